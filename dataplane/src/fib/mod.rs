@@ -1,0 +1,233 @@
+//! The forwarding information base (FIB): the immutable table every worker reads.
+//!
+//! # Design
+//!
+//! The control thread owns the routing information base (RIB): the config as the user wrote
+//! it, validated. From it, it compiles a [`Fib`]: listeners with their filter chains compiled
+//! into match tables, clusters as a dense array indexed by [`ClusterId`], endpoints in
+//! contiguous arrays. A FIB is never mutated after it is built; the control thread publishes a
+//! new one with a single pointer swap (`arc_swap::ArcSwap<Fib>`), and workers pick it up the
+//! next time round their loop. That gives three guarantees:
+//!
+//! - Workers never lock and never see a half-built table: a FIB is complete when published.
+//! - Every connection records the generation it was decided under and keeps that snapshot
+//!   alive (a per-worker reference count) until it closes, so established flows survive every
+//!   config change with the backend they were given.
+//! - Ids are indices into this snapshot's arrays. They mean nothing in another generation;
+//!   state that must survive a swap (counters) lives in stat blocks shared by stable name.
+//!
+//! The data graph holds no loops: listener -> filter chain -> route -> cluster -> endpoint.
+
+mod chain_match;
+
+pub use chain_match::{ChainMatch, CidrRange, MAX_FILTER_CHAINS};
+
+use crate::accesslog::AccessLogSink;
+use crate::stats::{ClusterStats, HostStats, ListenerStats, TcpStats};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Index of a cluster in [`Fib::clusters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClusterId(pub u32);
+
+/// Index of a listener in [`Fib::listeners`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(pub u32);
+
+/// One immutable, complete forwarding table.
+#[derive(Debug, Default)]
+pub struct Fib {
+    /// Increases by one on every publication; 0 is the empty table before the first config.
+    pub generation: u64,
+    /// Listeners, each opened by every worker.
+    pub listeners: Vec<Listener>,
+    /// Clusters, indexed by [`ClusterId`].
+    pub clusters: Vec<Cluster>,
+}
+
+impl Fib {
+    /// The cluster with this id. Panics only on an id from another generation (a bug).
+    #[inline]
+    pub fn cluster(&self, id: ClusterId) -> &Cluster {
+        &self.clusters[id.0 as usize]
+    }
+
+    /// Looks a listener up by name.
+    pub fn listener_by_name(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+/// A listening address and the filter chains that decide what to do with its connections.
+#[derive(Debug)]
+pub struct Listener {
+    /// The listener's name (Envoy `Listener.name`); with the address, its stable identity.
+    pub name: Arc<str>,
+    /// Where every worker binds its SO_REUSEPORT socket.
+    pub address: SocketAddr,
+    /// Filter chains in config order; [`Listener::match_chain`] picks one.
+    pub filter_chains: Vec<FilterChain>,
+    /// Used when no chain matches (Envoy `default_filter_chain`).
+    pub default_chain: Option<FilterChain>,
+    /// Kernel accept backlog.
+    pub backlog: u32,
+    /// `listener.<ip>_<port>.*` stats, shared across generations.
+    pub stats: Arc<ListenerStats>,
+}
+
+impl Listener {
+    /// Identity used to decide whether a listener in a new FIB is the same socket as one in
+    /// the old: same name and same address.
+    pub fn same_socket(&self, other: &Listener) -> bool {
+        self.name == other.name && self.address == other.address
+    }
+
+    /// Envoy's filter chain match for a connection from `remote` to `local`, or the default
+    /// chain, or `None`. Allocation-free.
+    pub fn match_chain(&self, local: SocketAddr, remote: SocketAddr) -> Option<&FilterChain> {
+        let chains = &self.filter_chains;
+        match chain_match::select(chains.len(), |i| &chains[i].matcher, local, remote) {
+            Some(i) => Some(&self.filter_chains[i]),
+            None => self.default_chain.as_ref(),
+        }
+    }
+
+    /// True when matching needs the connection's real local address (a wildcard listener
+    /// with chains that match on destination address).
+    pub fn needs_local_address(&self) -> bool {
+        self.address.ip().is_unspecified()
+            && self
+                .filter_chains
+                .iter()
+                .any(|c| !c.matcher.prefix_ranges.is_empty())
+    }
+
+    /// True when matching needs the peer address (chains match on source).
+    pub fn needs_remote_address(&self) -> bool {
+        self.filter_chains.iter().any(|c| {
+            !c.matcher.source_prefix_ranges.is_empty() || !c.matcher.source_ports.is_empty()
+        })
+    }
+}
+
+/// A filter chain: match criteria and the network filter that handles the connection.
+#[derive(Debug)]
+pub struct FilterChain {
+    /// The chain's name (may be empty).
+    pub name: Arc<str>,
+    /// What this chain matches.
+    pub matcher: ChainMatch,
+    /// The terminal network filter.
+    pub tcp_proxy: TcpProxy,
+}
+
+/// Envoy `envoy.filters.network.tcp_proxy`, compiled.
+#[derive(Debug)]
+pub struct TcpProxy {
+    /// `tcp.<stat_prefix>.*` stats, shared across generations.
+    pub stats: Arc<TcpStats>,
+    /// Where connections go.
+    pub route: Route,
+    /// Close a connection after this long without bytes in either direction; `None` disables.
+    pub idle_timeout_ms: Option<u64>,
+    /// Connect attempts (first try included) before giving up; at least 1.
+    pub max_connect_attempts: u32,
+    /// Access-log sinks written when a connection closes.
+    pub access_logs: Vec<Arc<AccessLogSink>>,
+}
+
+/// The tcp_proxy's destination.
+#[derive(Debug)]
+pub enum Route {
+    /// One cluster.
+    Cluster(ClusterId),
+    /// Several clusters chosen at random in proportion to their weights.
+    Weighted(WeightedClusters),
+    /// The named cluster does not exist in this generation: `downstream_cx_no_route`.
+    Missing(Arc<str>),
+}
+
+/// Weighted clusters, compiled for an O(log n) pick.
+#[derive(Debug)]
+pub struct WeightedClusters {
+    /// Clusters with their cumulative weight: entry i covers `[cumulative[i-1], cumulative[i])`.
+    pub entries: Vec<WeightedEntry>,
+    /// Sum of all weights (> 0).
+    pub total_weight: u64,
+}
+
+/// One weighted cluster.
+#[derive(Debug)]
+pub struct WeightedEntry {
+    /// The cluster, or `None` if it does not exist (counts as no route when picked).
+    pub cluster: Option<ClusterId>,
+    /// Name as configured, for logs.
+    pub name: Arc<str>,
+    /// Weight as configured.
+    pub weight: u32,
+    /// Running total up to and including this entry.
+    pub cumulative: u64,
+}
+
+impl WeightedClusters {
+    /// Builds the table; `None` if the total weight is zero.
+    pub fn new(items: Vec<(Option<ClusterId>, Arc<str>, u32)>) -> Option<Self> {
+        let mut total = 0u64;
+        let entries: Vec<WeightedEntry> = items
+            .into_iter()
+            .map(|(cluster, name, weight)| {
+                total += u64::from(weight);
+                WeightedEntry { cluster, name, weight, cumulative: total }
+            })
+            .collect();
+        (total > 0).then_some(WeightedClusters { entries, total_weight: total })
+    }
+
+    /// Picks the entry for a uniformly random `r`.
+    pub fn pick(&self, r: u64) -> &WeightedEntry {
+        let point = r % self.total_weight;
+        let i = self.entries.partition_point(|e| e.cumulative <= point);
+        &self.entries[i]
+    }
+}
+
+/// Load-balancing policy, Envoy's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Weighted round robin (EDF when weights differ, like Envoy).
+    RoundRobin,
+    /// Uniform (weighted) random.
+    Random,
+    /// Power of `choice_count` choices on active connections (weighted when weights differ).
+    LeastRequest {
+        /// Hosts sampled per pick (Envoy default 2).
+        choice_count: u32,
+    },
+}
+
+/// A cluster of endpoints.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The cluster's name: its stable identity.
+    pub name: Arc<str>,
+    /// Give up a connect after this long.
+    pub connect_timeout_ms: u64,
+    /// How an endpoint is picked.
+    pub lb_policy: LbPolicy,
+    /// Endpoints, in config order (priority 0 only).
+    pub endpoints: Vec<Endpoint>,
+    /// `cluster.<name>.*` stats, shared across generations.
+    pub stats: Arc<ClusterStats>,
+}
+
+/// One backend address.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// `load_balancing_weight` (>= 1).
+    pub weight: u32,
+    /// Per-host stats for `/clusters`, shared across generations by cluster and address.
+    pub stats: Arc<HostStats>,
+}

@@ -1,0 +1,12 @@
+//! Switchyard's data plane: the forwarding table types, the io_uring workers and everything
+//! they run per connection.
+//!
+//! This crate never depends on the control plane. The control plane builds [`fib::Fib`]
+//! snapshots and hands them over through [`plane::DataPlane`]; workers report back only
+//! through per-worker counters ([`stats`]) and bounded queues ([`accesslog`]).
+//!
+//! `unsafe` code lives only in the private `sys` module.
+
+pub mod accesslog;
+pub mod fib;
+pub mod stats;

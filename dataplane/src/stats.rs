@@ -1,0 +1,318 @@
+//! Per-worker counters and gauges, summed on read.
+//!
+//! Guarantees:
+//! - A worker only ever writes its own slot (`worker` index), with `Relaxed` atomic adds on a
+//!   cache line no other worker writes: no lock, no contention, no allocation after creation.
+//! - Readers (the admin thread) sum the slots; a sum is not a snapshot across stats, but every
+//!   single stat is exact once traffic stops.
+//! - Gauges are stored as wrapping `u64` and read back as `i64`: a connection that is counted up
+//!   on one worker is always counted down on the same worker, so each slot stays exact.
+//! - Stat blocks are keyed by stable identity (cluster name, stat prefix, listener address) by
+//!   the control plane and shared across FIB generations, so counters survive every config swap.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Whether a stat only grows (Envoy "counter") or goes up and down (Envoy "gauge").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatKind {
+    /// Monotonic count of events.
+    Counter,
+    /// Current level, may go down.
+    Gauge,
+}
+
+/// One cache line of `N` counters, written by exactly one worker.
+#[repr(align(128))]
+#[derive(Debug)]
+struct Slot<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Slot<N> {
+    fn new() -> Self {
+        Slot(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+/// `N` stats, one slot per worker plus one for the control plane (index `workers`).
+#[derive(Debug)]
+pub struct Counters<const N: usize> {
+    slots: Box<[Slot<N>]>,
+}
+
+impl<const N: usize> Counters<N> {
+    /// Counters for `workers` workers, plus one slot for non-worker writers.
+    pub fn new(workers: usize) -> Self {
+        Counters {
+            slots: (0..=workers).map(|_| Slot::new()).collect(),
+        }
+    }
+
+    /// Number of writer slots (workers + 1).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Adds `value` to stat `index` in `worker`'s slot. Out-of-range workers use the last slot.
+    #[inline]
+    pub fn add(&self, worker: usize, index: usize, value: u64) {
+        let slot = worker.min(self.slots.len() - 1);
+        self.slots[slot].0[index].fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Subtracts `value` (for gauges).
+    #[inline]
+    pub fn sub(&self, worker: usize, index: usize, value: u64) {
+        let slot = worker.min(self.slots.len() - 1);
+        self.slots[slot].0[index].fetch_sub(value, Ordering::Relaxed);
+    }
+
+    /// Sum over all slots, as an unsigned counter.
+    pub fn sum(&self, index: usize) -> u64 {
+        self.slots
+            .iter()
+            .fold(0u64, |acc, s| acc.wrapping_add(s.0[index].load(Ordering::Relaxed)))
+    }
+
+    /// Sum over all slots, as a signed gauge.
+    pub fn sum_gauge(&self, index: usize) -> i64 {
+        self.sum(index) as i64
+    }
+
+    /// The value in one worker's slot (for `worker_N.` stats).
+    pub fn worker_value(&self, worker: usize, index: usize) -> u64 {
+        self.slots[worker].0[index].load(Ordering::Relaxed)
+    }
+
+    /// Sets every slot of `index` to zero (POST /reset_counters).
+    pub fn reset(&self, index: usize) {
+        for s in self.slots.iter() {
+            s.0[index].store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Defines a stat block: an enum of stats with their Envoy names and kinds, and a named block.
+macro_rules! stat_block {
+    ($(#[$meta:meta])* $block:ident, $stat:ident, $count:literal, {
+        $($(#[$vmeta:meta])* $variant:ident => ($name:literal, $kind:ident)),* $(,)?
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum $stat {
+            $($(#[$vmeta])* $variant),*
+        }
+
+        impl $stat {
+            /// Every stat of this block, in declaration order.
+            pub const ALL: [$stat; $count] = [$($stat::$variant),*];
+
+            /// The Envoy stat name suffix.
+            pub const fn name(self) -> &'static str {
+                match self { $($stat::$variant => $name),* }
+            }
+
+            /// Counter or gauge.
+            pub const fn kind(self) -> StatKind {
+                match self { $($stat::$variant => StatKind::$kind),* }
+            }
+        }
+
+        $(#[$meta])*
+        #[derive(Debug)]
+        pub struct $block {
+            /// The stable identity this block is registered under (stat prefix, cluster name,
+            /// listener address or host address).
+            pub name: Arc<str>,
+            counters: Counters<$count>,
+        }
+
+        impl $block {
+            /// A zeroed block with one slot per worker (plus one).
+            pub fn new(name: impl Into<Arc<str>>, workers: usize) -> Self {
+                $block { name: name.into(), counters: Counters::new(workers) }
+            }
+
+            /// Adds one to `stat` on `worker`.
+            #[inline]
+            pub fn inc(&self, worker: usize, stat: $stat) {
+                self.counters.add(worker, stat as usize, 1);
+            }
+
+            /// Adds `value` to `stat` on `worker`.
+            #[inline]
+            pub fn add(&self, worker: usize, stat: $stat, value: u64) {
+                self.counters.add(worker, stat as usize, value);
+            }
+
+            /// Subtracts one from gauge `stat` on `worker`.
+            #[inline]
+            pub fn dec(&self, worker: usize, stat: $stat) {
+                self.counters.sub(worker, stat as usize, 1);
+            }
+
+            /// Sum over workers (counters).
+            pub fn get(&self, stat: $stat) -> u64 {
+                self.counters.sum(stat as usize)
+            }
+
+            /// Sum over workers (gauges).
+            pub fn gauge(&self, stat: $stat) -> i64 {
+                self.counters.sum_gauge(stat as usize)
+            }
+
+            /// One worker's value.
+            pub fn worker_value(&self, worker: usize, stat: $stat) -> u64 {
+                self.counters.worker_value(worker, stat as usize)
+            }
+
+            /// Number of writer slots (workers + 1).
+            pub fn slot_count(&self) -> usize {
+                self.counters.slot_count()
+            }
+
+            /// Zeroes every counter (gauges are left alone).
+            pub fn reset_counters(&self) {
+                for s in $stat::ALL {
+                    if s.kind() == StatKind::Counter {
+                        self.counters.reset(s as usize);
+                    }
+                }
+            }
+        }
+    };
+}
+
+stat_block!(
+    /// `tcp.<stat_prefix>.*`: one per tcp_proxy stat prefix.
+    TcpStats, TcpStat, 9, {
+    /// Connections handled by this tcp_proxy.
+    DownstreamCxTotal => ("downstream_cx_total", Counter),
+    /// Connections with no route (cluster not found).
+    DownstreamCxNoRoute => ("downstream_cx_no_route", Counter),
+    /// Bytes read from the client.
+    DownstreamCxRxBytesTotal => ("downstream_cx_rx_bytes_total", Counter),
+    /// Bytes written to the client.
+    DownstreamCxTxBytesTotal => ("downstream_cx_tx_bytes_total", Counter),
+    /// Times reading from the client paused because the backend was slow.
+    DownstreamFlowControlPausedReadingTotal => ("downstream_flow_control_paused_reading_total", Counter),
+    /// Times reading from the client resumed.
+    DownstreamFlowControlResumedReadingTotal => ("downstream_flow_control_resumed_reading_total", Counter),
+    /// Connections closed by the idle timeout.
+    IdleTimeout => ("idle_timeout", Counter),
+    /// Connections closed at the end of a drain.
+    DownstreamCxDrainClose => ("downstream_cx_drain_close", Counter),
+    /// Connections open now.
+    DownstreamCxActive => ("downstream_cx_active", Gauge),
+});
+
+stat_block!(
+    /// `cluster.<name>.*`: one per cluster name.
+    ClusterStats, ClusterStat, 14, {
+    /// Upstream connections attempted.
+    UpstreamCxTotal => ("upstream_cx_total", Counter),
+    /// Upstream connections open now.
+    UpstreamCxActive => ("upstream_cx_active", Gauge),
+    /// Upstream connects that failed (refused, unreachable, timeout).
+    UpstreamCxConnectFail => ("upstream_cx_connect_fail", Counter),
+    /// Upstream connects that timed out.
+    UpstreamCxConnectTimeout => ("upstream_cx_connect_timeout", Counter),
+    /// Connections that ran out of connect attempts.
+    UpstreamCxConnectAttemptsExceeded => ("upstream_cx_connect_attempts_exceeded", Counter),
+    /// Bytes read from upstream.
+    UpstreamCxRxBytesTotal => ("upstream_cx_rx_bytes_total", Counter),
+    /// Bytes written to upstream.
+    UpstreamCxTxBytesTotal => ("upstream_cx_tx_bytes_total", Counter),
+    /// Upstream connections destroyed.
+    UpstreamCxDestroy => ("upstream_cx_destroy", Counter),
+    /// Upstream connections closed by the proxy.
+    UpstreamCxDestroyLocal => ("upstream_cx_destroy_local", Counter),
+    /// Upstream connections closed by the backend.
+    UpstreamCxDestroyRemote => ("upstream_cx_destroy_remote", Counter),
+    /// Connections refused because the cluster had no endpoint.
+    UpstreamCxNoneHealthy => ("upstream_cx_none_healthy", Counter),
+    /// Times reading from upstream paused because the client was slow.
+    UpstreamFlowControlPausedReadingTotal => ("upstream_flow_control_paused_reading_total", Counter),
+    /// Times reading from upstream resumed.
+    UpstreamFlowControlResumedReadingTotal => ("upstream_flow_control_resumed_reading_total", Counter),
+    /// Upstream connections reset (by either side).
+    UpstreamCxReset => ("upstream_cx_reset", Counter),
+});
+
+stat_block!(
+    /// Per endpoint, for `/clusters` (`cluster::host:port::cx_total::N`).
+    HostStats, HostStat, 4, {
+    /// Connections made to this host.
+    CxTotal => ("cx_total", Counter),
+    /// Connections open to this host now.
+    CxActive => ("cx_active", Gauge),
+    /// Connects to this host that failed.
+    CxConnectFail => ("cx_connect_fail", Counter),
+    /// Requests (for TCP: connections) that ended in error.
+    RqError => ("rq_error", Counter),
+});
+
+stat_block!(
+    /// `listener.<ip>_<port>.*`: one per listener address.
+    ListenerStats, ListenerStat, 6, {
+    /// Connections accepted.
+    DownstreamCxTotal => ("downstream_cx_total", Counter),
+    /// Connections open now.
+    DownstreamCxActive => ("downstream_cx_active", Gauge),
+    /// Connections closed.
+    DownstreamCxDestroy => ("downstream_cx_destroy", Counter),
+    /// Connections that matched no filter chain.
+    NoFilterChainMatch => ("no_filter_chain_match", Counter),
+    /// Connections refused because the worker's connection table was full.
+    DownstreamCxOverflow => ("downstream_cx_overflow", Counter),
+    /// Accept errors (EMFILE, ENFILE, ...).
+    DownstreamCxAcceptError => ("downstream_cx_accept_error", Counter),
+});
+
+stat_block!(
+    /// `server.*` stats kept by workers (the admin adds live, uptime, concurrency).
+    ServerStats, ServerStat, 3, {
+    /// Connections open on all listeners.
+    TotalConnections => ("total_connections", Gauge),
+    /// Access-log records dropped because the log queue was full.
+    AccessLogDropped => ("access_log_dropped", Counter),
+    /// Worker loop iterations (io_uring_enter calls).
+    WorkerLoops => ("worker_loops", Counter),
+});
+
+/// Envoy-style listener stat name part: `127.0.0.1_10000`, `[::1]_10000`.
+pub fn listener_stat_name(addr: &std::net::SocketAddr) -> String {
+    match addr {
+        std::net::SocketAddr::V4(a) => format!("{}_{}", a.ip(), a.port()),
+        std::net::SocketAddr::V6(a) => format!("[{}]_{}", a.ip(), a.port()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_worker_sums_and_gauges() {
+        let s = ClusterStats::new("c", 2);
+        s.inc(0, ClusterStat::UpstreamCxTotal);
+        s.add(1, ClusterStat::UpstreamCxTotal, 4);
+        s.inc(0, ClusterStat::UpstreamCxActive);
+        s.inc(1, ClusterStat::UpstreamCxActive);
+        s.dec(1, ClusterStat::UpstreamCxActive);
+        s.dec(1, ClusterStat::UpstreamCxActive);
+        assert_eq!(s.get(ClusterStat::UpstreamCxTotal), 5);
+        assert_eq!(s.gauge(ClusterStat::UpstreamCxActive), 0);
+        assert_eq!(s.worker_value(1, ClusterStat::UpstreamCxTotal), 4);
+        s.reset_counters();
+        assert_eq!(s.get(ClusterStat::UpstreamCxTotal), 0);
+    }
+
+    #[test]
+    fn names_are_envoy_names() {
+        assert_eq!(TcpStat::DownstreamCxTotal.name(), "downstream_cx_total");
+        assert_eq!(ClusterStat::ALL.len(), 14);
+        let v6: std::net::SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(listener_stat_name(&v6), "[::1]_80");
+    }
+}
