@@ -1,1 +1,5 @@
+//! Switchyard's control plane: config sources, the RIB, FIB compilation and publication, and
+//! the admin API. It depends on the data plane's FIB types; the data plane never depends on it.
 #![forbid(unsafe_code)]
+
+pub mod stats;

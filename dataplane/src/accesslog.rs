@@ -187,3 +187,94 @@ impl AccessLogQueues {
         self.queues.is_empty()
     }
 }
+
+impl Operator {
+    /// The operator for a command name (without `%`), if Switchyard renders it.
+    pub fn from_name(name: &str) -> Option<Operator> {
+        Some(match name {
+            "START_TIME" => Operator::StartTime,
+            "DURATION" => Operator::Duration,
+            "BYTES_RECEIVED" => Operator::BytesReceived,
+            "BYTES_SENT" => Operator::BytesSent,
+            "UPSTREAM_HOST" => Operator::UpstreamHost,
+            "UPSTREAM_CLUSTER" => Operator::UpstreamCluster,
+            "UPSTREAM_LOCAL_ADDRESS" => Operator::UpstreamLocalAddress,
+            "DOWNSTREAM_REMOTE_ADDRESS" => Operator::DownstreamRemoteAddress,
+            "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Operator::DownstreamRemoteAddressWithoutPort,
+            "DOWNSTREAM_LOCAL_ADDRESS" => Operator::DownstreamLocalAddress,
+            "RESPONSE_FLAGS" => Operator::ResponseFlags,
+            "CONNECTION_TERMINATION_DETAILS" => Operator::ConnectionTerminationDetails,
+            "PROTOCOL" => Operator::Protocol,
+            "RESPONSE_CODE" => Operator::ResponseCode,
+            _ => return None,
+        })
+    }
+}
+
+/// Compiles a `text_format_source.inline_string` template. `%%` is a literal `%`. An unknown
+/// or unterminated operator is an error naming it.
+pub fn parse_text_format(template: &str) -> Result<Vec<Segment>, String> {
+    let mut out = Vec::new();
+    let mut literal = String::new();
+    let mut rest = template;
+    while let Some(pos) = rest.find('%') {
+        literal.push_str(&rest[..pos]);
+        rest = &rest[pos + 1..];
+        if let Some(r) = rest.strip_prefix('%') {
+            literal.push('%');
+            rest = r;
+            continue;
+        }
+        let end = rest
+            .find('%')
+            .ok_or_else(|| format!("unterminated command operator '%{rest}'"))?;
+        let name = &rest[..end];
+        let op = Operator::from_name(name)
+            .ok_or_else(|| format!("unsupported command operator '%{name}%'"))?;
+        if !literal.is_empty() {
+            out.push(Segment::Literal(std::mem::take(&mut literal)));
+        }
+        out.push(Segment::Operator(op));
+        rest = &rest[end + 1..];
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        out.push(Segment::Literal(literal));
+    }
+    Ok(out)
+}
+
+/// Compiles one `json_format` value: a single operator (`"%BYTES_SENT%"`) or a literal.
+pub fn parse_json_value(value: &str) -> Result<Segment, String> {
+    let segments = parse_text_format(value)?;
+    match segments.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Ok(Segment::Literal(String::new())),
+        _ => Err(format!(
+            "json_format value '{value}' must be one command operator or a literal"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn text_format_compiles() {
+        let f = parse_text_format("[%START_TIME%] %BYTES_SENT% 100%%\n").unwrap();
+        assert_eq!(
+            f,
+            vec![
+                Segment::Literal("[".into()),
+                Segment::Operator(Operator::StartTime),
+                Segment::Literal("] ".into()),
+                Segment::Operator(Operator::BytesSent),
+                Segment::Literal(" 100%\n".into()),
+            ]
+        );
+        assert!(parse_text_format("%NOPE%").unwrap_err().contains("NOPE"));
+        assert!(parse_text_format("%BYTES_SENT").is_err());
+        assert!(parse_json_value("%A% %B%").is_err());
+    }
+}

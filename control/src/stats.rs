@@ -1,0 +1,119 @@
+//! The stats registry: stat blocks by stable identity.
+//!
+//! Guarantees:
+//! - Asking twice for the same name returns the same `Arc`, so a FIB compiled after a config
+//!   change shares its counters with the FIB before it: counters survive every swap.
+//! - Only the control and admin threads touch the registry (behind a mutex); workers hold the
+//!   `Arc`s inside the FIB and never see the registry.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use switchyard_dataplane::stats::{
+    listener_stat_name, ClusterStats, HostStats, ListenerStats, ServerStats, TcpStats,
+};
+
+/// All stat blocks, by name.
+#[derive(Debug)]
+pub struct StatsRegistry {
+    workers: usize,
+    server: Arc<ServerStats>,
+    inner: Mutex<Blocks>,
+}
+
+/// The blocks themselves, sorted by name (the order `/stats` prints them in).
+#[derive(Debug, Default)]
+pub struct Blocks {
+    /// `tcp.<stat_prefix>.`
+    pub tcp: BTreeMap<String, Arc<TcpStats>>,
+    /// `cluster.<name>.`
+    pub cluster: BTreeMap<String, Arc<ClusterStats>>,
+    /// Per host of each cluster: (cluster name, address).
+    pub host: BTreeMap<(String, SocketAddr), Arc<HostStats>>,
+    /// `listener.<ip>_<port>.`
+    pub listener: BTreeMap<String, Arc<ListenerStats>>,
+}
+
+impl StatsRegistry {
+    /// A registry whose blocks have one slot per worker (plus one).
+    pub fn new(workers: usize) -> Self {
+        StatsRegistry {
+            workers,
+            server: Arc::new(ServerStats::new("server", workers)),
+            inner: Mutex::new(Blocks::default()),
+        }
+    }
+
+    /// Number of workers the blocks are sized for.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// `server.*` stats written by workers.
+    pub fn server(&self) -> Arc<ServerStats> {
+        self.server.clone()
+    }
+
+    /// Locks the registry for reading every block (admin) or creating blocks (compile).
+    pub fn blocks(&self) -> MutexGuard<'_, Blocks> {
+        // A panic while holding this lock cannot leave a block half-inserted: recover.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `tcp.<prefix>.` block.
+    pub fn tcp(&self, prefix: &str) -> Arc<TcpStats> {
+        let w = self.workers;
+        self.blocks()
+            .tcp
+            .entry(prefix.to_string())
+            .or_insert_with(|| Arc::new(TcpStats::new(prefix, w)))
+            .clone()
+    }
+
+    /// The `cluster.<name>.` block.
+    pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
+        let w = self.workers;
+        self.blocks()
+            .cluster
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(ClusterStats::new(name, w)))
+            .clone()
+    }
+
+    /// The block of host `addr` in cluster `cluster`.
+    pub fn host(&self, cluster: &str, addr: SocketAddr) -> Arc<HostStats> {
+        let w = self.workers;
+        self.blocks()
+            .host
+            .entry((cluster.to_string(), addr))
+            .or_insert_with(|| Arc::new(HostStats::new(addr.to_string(), w)))
+            .clone()
+    }
+
+    /// The `listener.<ip>_<port>.` block.
+    pub fn listener(&self, addr: SocketAddr) -> Arc<ListenerStats> {
+        let w = self.workers;
+        let name = listener_stat_name(&addr);
+        self.blocks()
+            .listener
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(ListenerStats::new(name, w)))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_name_same_block() {
+        let r = StatsRegistry::new(2);
+        let a = r.cluster("echo");
+        let b = r.cluster("echo");
+        assert!(Arc::ptr_eq(&a, &b));
+        let l = r.listener("127.0.0.1:10000".parse().unwrap());
+        assert_eq!(&*l.name, "127.0.0.1_10000");
+        assert_eq!(r.blocks().listener.len(), 1);
+    }
+}
