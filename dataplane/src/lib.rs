@@ -9,4 +9,11 @@
 
 pub mod accesslog;
 pub mod fib;
+pub mod lb;
+pub mod plane;
+pub mod relay;
 pub mod stats;
+pub mod worker;
+mod sys;
+
+pub use sys::net::{allowed_cpus, pin_current_thread, raise_fd_limit, EventFd};

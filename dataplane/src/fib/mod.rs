@@ -20,7 +20,7 @@
 
 mod chain_match;
 
-pub use chain_match::{ChainMatch, CidrRange, MAX_FILTER_CHAINS};
+pub use chain_match::{select as select_chain, ChainMatch, CidrRange, MAX_FILTER_CHAINS};
 
 use crate::accesslog::AccessLogSink;
 use crate::stats::{ClusterStats, HostStats, ListenerStats, TcpStats};

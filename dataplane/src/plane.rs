@@ -1,0 +1,381 @@
+//! The data plane handle: starts the workers, publishes FIBs, drains and stops.
+//!
+//! Guarantees:
+//! - **One pointer swap.** [`DataPlane::publish`] opens the sockets of new listeners first
+//!   (one SO_REUSEPORT socket per worker); if any fails, nothing changes and the error names
+//!   the listener. Then the new [`Snapshot`] is swapped in and every worker is woken; a
+//!   worker picks it up at its next loop turn.
+//! - **Listener sockets outlive the workers' use of them.** A removed listener's sockets are
+//!   closed only after every worker has adopted the snapshot that removed it (and so cancelled
+//!   its accept), so a worker never acts on a descriptor number that was reused.
+//! - **Drain.** [`DataPlane::shutdown`] stops accepting, waits for open connections to finish
+//!   up to the drain time, then closes what is left and joins the workers.
+
+use crate::accesslog::AccessLogQueues;
+use crate::fib::Fib;
+use crate::stats::{ServerStat, ServerStats};
+use crate::sys::net::{self, EventFd};
+use crate::sys::Ring;
+use crate::worker::{Limits, Worker, WorkerError};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What workers do with listeners and connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepting and relaying.
+    Running,
+    /// Not accepting; open connections continue.
+    Draining,
+    /// Closing every connection; workers exit when none is left.
+    Stopped,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            _ => Phase::Stopped,
+        }
+    }
+}
+
+/// The sockets of one listener: one per worker, bound to the same address.
+#[derive(Debug)]
+pub struct ListenerSockets {
+    /// Unique for the life of the process: tells sockets apart even when fd numbers repeat.
+    pub id: u64,
+    /// Listener name.
+    pub name: Arc<str>,
+    /// Bound address.
+    pub address: SocketAddr,
+    fds: Vec<OwnedFd>,
+}
+
+impl ListenerSockets {
+    /// The socket of worker `worker`.
+    pub fn fd(&self, worker: usize) -> Option<RawFd> {
+        self.fds.get(worker).map(|f| f.as_raw_fd())
+    }
+}
+
+/// What workers read: a FIB and the sockets of its listeners (same order as
+/// `fib.listeners`).
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The forwarding table.
+    pub fib: Arc<Fib>,
+    /// Listener sockets, indexed like `fib.listeners`.
+    pub listeners: Vec<Arc<ListenerSockets>>,
+}
+
+/// State shared by the handle and the workers. Workers only read it (atomics and one
+/// `ArcSwap` load) and write their own progress markers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    phase: AtomicU8,
+    pub drain_time_ms: u64,
+    pub server_stats: Arc<ServerStats>,
+    pub access_logs: Arc<AccessLogQueues>,
+    adopted: Vec<AtomicU64>,
+    exited: Vec<AtomicU8>,
+}
+
+impl Shared {
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    pub fn worker_adopted(&self, worker: usize, generation: u64) {
+        self.adopted[worker].store(generation, Ordering::Release);
+    }
+
+    pub fn worker_exited(&self, worker: usize) {
+        self.exited[worker].store(1, Ordering::Release);
+    }
+}
+
+/// Why the data plane could not start or publish.
+#[derive(Debug)]
+pub enum PlaneError {
+    /// io_uring is not permitted here.
+    IoUringRefused(std::io::Error),
+    /// A listener's socket could not be opened.
+    Listener {
+        /// Listener name.
+        name: String,
+        /// Its address.
+        address: SocketAddr,
+        /// The bind/listen error.
+        error: std::io::Error,
+    },
+    /// A worker failed to start.
+    Worker(std::io::Error),
+}
+
+impl std::fmt::Display for PlaneError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlaneError::IoUringRefused(e) => write!(
+                f,
+                "io_uring is not permitted in this environment ({e}). Switchyard's data plane \
+                 needs io_uring_setup, io_uring_enter and io_uring_register. Container runtimes' \
+                 default seccomp profiles refuse them: run with a seccomp profile that allows \
+                 them (Docker: --security-opt seccomp=<profile>; Kubernetes: \
+                 securityContext.seccompProfile of type Unconfined or a Localhost profile), and \
+                 check that the sysctl kernel.io_uring_disabled is 0 (or 1 with this user in \
+                 kernel.io_uring_group)"
+            ),
+            PlaneError::Listener { name, address, error } => {
+                write!(f, "listener '{name}' ({address}): cannot listen: {error}")
+            }
+            PlaneError::Worker(e) => write!(f, "worker failed to start: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PlaneError {}
+
+/// How to start the data plane.
+#[derive(Debug, Clone)]
+pub struct PlaneConfig {
+    /// CPUs to run workers on, one worker per entry (pinned when `pin` is set).
+    pub cpus: Vec<usize>,
+    /// Pin each worker to its CPU.
+    pub pin: bool,
+    /// Sizes.
+    pub limits: Limits,
+    /// How long connections of a removed listener may continue before they are closed.
+    pub drain_time: Duration,
+}
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct DataPlane {
+    shared: Arc<Shared>,
+    wakers: Vec<Arc<EventFd>>,
+    threads: Vec<JoinHandle<()>>,
+    next_socket_id: AtomicU64,
+    fib_view: Arc<ArcSwap<Fib>>,
+}
+
+impl DataPlane {
+    /// Starts one worker per CPU with an empty FIB. Fails fast, with a message saying how to
+    /// fix it, when io_uring is refused.
+    pub fn start(
+        config: PlaneConfig,
+        server_stats: Arc<ServerStats>,
+        access_logs: Arc<AccessLogQueues>,
+    ) -> Result<DataPlane, PlaneError> {
+        Ring::probe().map_err(|e| match e {
+            crate::sys::RingError::Refused(e) => PlaneError::IoUringRefused(e),
+            crate::sys::RingError::Other(e) => PlaneError::Worker(e),
+        })?;
+        let workers = config.cpus.len().max(1);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            phase: AtomicU8::new(0),
+            drain_time_ms: config.drain_time.as_millis() as u64,
+            server_stats,
+            access_logs,
+            adopted: (0..workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            exited: (0..workers).map(|_| AtomicU8::new(0)).collect(),
+        });
+        let mut plane = DataPlane {
+            shared,
+            wakers: Vec::new(),
+            threads: Vec::new(),
+            next_socket_id: AtomicU64::new(1),
+            fib_view: Arc::new(ArcSwap::from_pointee(Fib::default())),
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        for (index, cpu) in config.cpus.iter().copied().enumerate() {
+            let waker = Arc::new(EventFd::new().map_err(PlaneError::Worker)?);
+            plane.wakers.push(waker.clone());
+            let shared = plane.shared.clone();
+            let ready = ready_tx.clone();
+            let (limits, pin) = (config.limits, config.pin);
+            let thread = std::thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || {
+                    if pin {
+                        if let Err(e) = net::pin_current_thread(cpu) {
+                            tracing::warn!(worker = index, cpu, error = %e, "cannot pin worker");
+                        }
+                    }
+                    match Worker::new(index, shared, waker, limits) {
+                        Ok(worker) => {
+                            let _ = ready.send(Ok(()));
+                            worker.run();
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
+                    }
+                })
+                .map_err(PlaneError::Worker)?;
+            plane.threads.push(thread);
+        }
+        drop(ready_tx);
+        for _ in 0..plane.threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(WorkerError::IoUringRefused(e))) => {
+                    plane.abort_start();
+                    return Err(PlaneError::IoUringRefused(e));
+                }
+                Ok(Err(WorkerError::Setup(e))) => {
+                    plane.abort_start();
+                    return Err(PlaneError::Worker(e));
+                }
+                Err(_) => {
+                    plane.abort_start();
+                    return Err(PlaneError::Worker(std::io::Error::other("worker exited")));
+                }
+            }
+        }
+        Ok(plane)
+    }
+
+    fn abort_start(&mut self) {
+        self.shared.phase.store(2, Ordering::Release);
+        self.wake_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Number of workers.
+    pub fn worker_count(&self) -> usize {
+        self.wakers.len()
+    }
+
+    /// The FIB workers use now, for readers outside the data plane (admin).
+    pub fn fib_view(&self) -> Arc<ArcSwap<Fib>> {
+        self.fib_view.clone()
+    }
+
+    /// The FIB in force.
+    pub fn current(&self) -> Arc<Fib> {
+        self.shared.snapshot.load().fib.clone()
+    }
+
+    /// Publishes `fib`: opens new listeners' sockets (or fails, changing nothing), swaps the
+    /// snapshot, wakes the workers and waits (bounded) until each adopted it.
+    pub fn publish(&self, fib: Arc<Fib>) -> Result<(), PlaneError> {
+        let old = self.shared.snapshot.load_full();
+        let mut listeners = Vec::with_capacity(fib.listeners.len());
+        for listener in fib.listeners.iter() {
+            let reused = old
+                .listeners
+                .iter()
+                .find(|s| s.name == listener.name && s.address == listener.address)
+                .cloned();
+            let sockets = match reused {
+                Some(s) => s,
+                None => Arc::new(self.open_listener(&listener.name, listener.address, listener.backlog)?),
+            };
+            listeners.push(sockets);
+        }
+        let generation = fib.generation;
+        self.shared.snapshot.store(Arc::new(Snapshot { fib: fib.clone(), listeners }));
+        self.fib_view.store(fib);
+        self.wake_all();
+        self.wait_adopted(generation, Duration::from_secs(2));
+        drop(old);
+        Ok(())
+    }
+
+    fn open_listener(&self, name: &str, address: SocketAddr, backlog: u32) -> Result<ListenerSockets, PlaneError> {
+        let mut fds = Vec::with_capacity(self.worker_count());
+        for _ in 0..self.worker_count() {
+            let fd = net::listen_reuseport(address, backlog).map_err(|error| PlaneError::Listener {
+                name: name.to_string(),
+                address,
+                error,
+            })?;
+            fds.push(fd);
+        }
+        Ok(ListenerSockets {
+            id: self.next_socket_id.fetch_add(1, Ordering::Relaxed),
+            name: name.into(),
+            address,
+            fds,
+        })
+    }
+
+    fn wait_adopted(&self, generation: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let all = self.shared.adopted.iter().zip(self.shared.exited.iter()).all(|(a, e)| {
+                a.load(Ordering::Acquire) == generation || e.load(Ordering::Acquire) == 1
+            });
+            if all {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tracing::warn!(generation, "not every worker adopted the new FIB in time");
+    }
+
+    fn wake_all(&self) {
+        for w in self.wakers.iter() {
+            w.wake();
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let v = match phase {
+            Phase::Running => 0,
+            Phase::Draining => 1,
+            Phase::Stopped => 2,
+        };
+        self.shared.phase.store(v, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Stops accepting on every listener; open connections continue (POST /drain_listeners).
+    pub fn drain_listeners(&self) {
+        if self.shared.phase() == Phase::Running {
+            self.set_phase(Phase::Draining);
+        }
+    }
+
+    /// Connections open on all workers.
+    pub fn open_connections(&self) -> i64 {
+        self.shared.server_stats.gauge(ServerStat::TotalConnections)
+    }
+
+    /// Stops accepting, lets connections finish for up to `drain_time`, closes the rest and
+    /// joins the workers.
+    pub fn shutdown(mut self, drain_time: Duration) {
+        self.set_phase(Phase::Draining);
+        let deadline = Instant::now() + drain_time;
+        while Instant::now() < deadline && self.open_connections() > 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.set_phase(Phase::Stopped);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.shared.snapshot.store(Arc::new(Snapshot::default()));
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.set_phase(Phase::Stopped);
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The relay driven without sockets: random short reads and writes, random completion order,
+//! buffer starvation, resets on either side.
+
+use super::*;
+use proptest::prelude::*;
+
+const BUF_SIZE: usize = 16;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    Eof,
+    Reset,
+}
+
+/// One direction's source data and how it ends.
+struct Source {
+    data: Vec<u8>,
+    read: usize,
+    ending: Ending,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Recv(Dir),
+    Send { dir: Dir, buf: BufId, offset: u32, len: u32 },
+    Shutdown(Dir),
+}
+
+struct Sim {
+    rng: Rng,
+    relay: Relay,
+    sources: [Source; 2],
+    sinks: [Vec<u8>; 2],
+    sink_shut: [bool; 2],
+    /// A sink that fails sends after accepting this many bytes.
+    sink_fail_after: [Option<usize>; 2],
+    buffers: Vec<[u8; BUF_SIZE]>,
+    free: Vec<BufId>,
+    inflight: Vec<Op>,
+    resets: Vec<(Side, i32)>,
+    closes: usize,
+    paused: [u32; 2],
+    resumed: [u32; 2],
+}
+
+impl Sim {
+    fn new(seed: u64, data: [Vec<u8>; 2], endings: [Ending; 2], bufs: usize) -> Sim {
+        let [d0, d1] = data;
+        Sim {
+            rng: Rng(seed | 1),
+            relay: Relay::new(),
+            sources: [
+                Source { data: d0, read: 0, ending: endings[0] },
+                Source { data: d1, read: 0, ending: endings[1] },
+            ],
+            sinks: [Vec::new(), Vec::new()],
+            sink_shut: [false; 2],
+            sink_fail_after: [None; 2],
+            buffers: vec![[0u8; BUF_SIZE]; bufs],
+            free: (0..bufs as u16).collect(),
+            inflight: Vec::new(),
+            resets: Vec::new(),
+            closes: 0,
+            paused: [0; 2],
+            resumed: [0; 2],
+        }
+    }
+
+    fn apply(&mut self, actions: &Actions) {
+        assert!(actions.len() <= 4);
+        for a in actions.iter() {
+            match a {
+                Action::Recv(dir) => self.inflight.push(Op::Recv(dir)),
+                Action::Send { dir, buf, offset, len } => {
+                    assert!(len > 0);
+                    assert!(!self.free.contains(&buf), "send from a free buffer");
+                    self.inflight.push(Op::Send { dir, buf, offset, len })
+                }
+                Action::ShutdownWrite(side) => {
+                    let dir = if side == Side::Backend { Dir::Up } else { Dir::Down };
+                    self.inflight.push(Op::Shutdown(dir))
+                }
+                Action::Recycle(buf) => {
+                    assert!(!self.free.contains(&buf), "buffer recycled twice");
+                    self.free.push(buf);
+                    let mut more = Actions::default();
+                    self.relay.on_event(Event::BufferAvailable, &mut more);
+                    self.apply(&more);
+                }
+                Action::Reset { failed, errno } => self.resets.push((failed, errno)),
+                Action::Close => self.closes += 1,
+                Action::Paused(dir) => self.paused[dir as usize] += 1,
+                Action::Resumed(dir) => self.resumed[dir as usize] += 1,
+            }
+        }
+    }
+
+    fn complete(&mut self, op: Op) -> Event {
+        match op {
+            Op::Recv(dir) => {
+                let src = &mut self.sources[dir as usize];
+                let left = src.data.len() - src.read;
+                if left == 0 {
+                    return Event::Recv(
+                        dir,
+                        match src.ending {
+                            Ending::Eof => Received::Eof,
+                            Ending::Reset => Received::Error(104),
+                        },
+                    );
+                }
+                let Some(buf) = self.free.pop() else {
+                    return Event::Recv(dir, Received::NoBuffer);
+                };
+                let n = 1 + self.rng.below(left.min(BUF_SIZE) as u64) as usize;
+                self.buffers[buf as usize][..n].copy_from_slice(&src.data[src.read..src.read + n]);
+                src.read += n;
+                Event::Recv(dir, Received::Data { buf, len: n as u32 })
+            }
+            Op::Send { dir, buf, offset, len } => {
+                let d = dir as usize;
+                assert!(!self.sink_shut[d], "write after shutdown");
+                if let Some(limit) = self.sink_fail_after[d] {
+                    if self.sinks[d].len() >= limit {
+                        return Event::Sent(dir, Err(32));
+                    }
+                }
+                let n = 1 + self.rng.below(u64::from(len)) as usize;
+                let start = offset as usize;
+                self.sinks[d].extend_from_slice(&self.buffers[buf as usize][start..start + n]);
+                Event::Sent(dir, Ok(n as u32))
+            }
+            Op::Shutdown(dir) => {
+                self.sink_shut[dir as usize] = true;
+                Event::ShutdownDone(dir)
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        let mut out = Actions::default();
+        self.relay.start(&mut out);
+        self.apply(&out);
+        let mut steps = 0;
+        while !self.inflight.is_empty() {
+            steps += 1;
+            assert!(steps < 1_000_000, "no progress");
+            let i = self.rng.below(self.inflight.len() as u64) as usize;
+            let op = self.inflight.swap_remove(i);
+            let ev = self.complete(op);
+            let mut out = Actions::default();
+            self.relay.on_event(ev, &mut out);
+            self.apply(&out);
+        }
+    }
+}
+
+fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    (0..n).map(|_| r.next() as u8).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Both sides send then FIN: every byte arrives in order, each sink sees a shutdown after
+    /// the last byte, the relay closes once, every buffer comes back.
+    #[test]
+    fn clean_streams_are_byte_exact(seed: u64, up in 0usize..300, down in 0usize..300, bufs in 1usize..4) {
+        let data = [bytes(seed, up), bytes(seed ^ 0xabc, down)];
+        let mut sim = Sim::new(seed, data.clone(), [Ending::Eof, Ending::Eof], bufs);
+        sim.run();
+        prop_assert_eq!(&sim.sinks[0], &data[0]);
+        prop_assert_eq!(&sim.sinks[1], &data[1]);
+        prop_assert!(sim.sink_shut[0] && sim.sink_shut[1]);
+        prop_assert_eq!(sim.closes, 1);
+        prop_assert!(sim.resets.is_empty());
+        prop_assert_eq!(sim.free.len(), bufs);
+        prop_assert!(sim.relay.is_done());
+        prop_assert_eq!(sim.relay.bytes(Dir::Up), Bytes { received: up as u64, sent: up as u64 });
+        prop_assert_eq!(sim.relay.bytes(Dir::Down), Bytes { received: down as u64, sent: down as u64 });
+        prop_assert_eq!(sim.paused, sim.resumed);
+    }
+
+    /// One source resets: the relay asks to reset the other side exactly once, what reached
+    /// each sink is a prefix of what was sent, and every buffer comes back.
+    #[test]
+    fn reset_is_propagated_and_nothing_leaks(seed: u64, up in 0usize..200, down in 0usize..200, reset_up: bool) {
+        let data = [bytes(seed, up), bytes(seed ^ 7, down)];
+        let endings = if reset_up { [Ending::Reset, Ending::Eof] } else { [Ending::Eof, Ending::Reset] };
+        let mut sim = Sim::new(seed, data.clone(), endings, 2);
+        sim.run();
+        prop_assert_eq!(sim.resets.len(), 1);
+        let failed = if reset_up { Side::Client } else { Side::Backend };
+        prop_assert_eq!(sim.resets[0].0, failed);
+        prop_assert!(data[0].starts_with(&sim.sinks[0]));
+        prop_assert!(data[1].starts_with(&sim.sinks[1]));
+        prop_assert_eq!(sim.closes, 0);
+        prop_assert_eq!(sim.free.len(), 2);
+        prop_assert!(sim.relay.was_reset());
+    }
+
+    /// A sink that fails mid-stream resets the relay, blaming the sink's side.
+    #[test]
+    fn sink_failure_blames_the_sink(seed: u64, up in 1usize..200, limit in 0usize..100) {
+        let data = [bytes(seed, up), Vec::new()];
+        let mut sim = Sim::new(seed, data.clone(), [Ending::Eof, Ending::Eof], 2);
+        sim.sink_fail_after[0] = Some(limit);
+        sim.run();
+        if sim.sinks[0].len() < up {
+            prop_assert_eq!(sim.resets.len(), 1);
+            prop_assert_eq!(sim.resets[0].0, Side::Backend);
+            prop_assert!(sim.sinks[0].len() >= limit);
+        } else {
+            prop_assert!(sim.resets.is_empty());
+            prop_assert_eq!(sim.closes, 1);
+        }
+        prop_assert!(data[0].starts_with(&sim.sinks[0]));
+        prop_assert_eq!(sim.free.len(), 2);
+    }
+}
+
+#[test]
+fn half_close_keeps_the_other_direction_open() {
+    let mut r = Relay::new();
+    let mut out = Actions::default();
+    r.start(&mut out);
+    out.clear();
+    r.on_event(Event::Recv(Dir::Up, Received::Eof), &mut out);
+    assert_eq!(out.iter().collect::<Vec<_>>(), vec![Action::ShutdownWrite(Side::Backend)]);
+    out.clear();
+    r.on_event(Event::ShutdownDone(Dir::Up), &mut out);
+    assert!(out.is_empty());
+    assert!(!r.is_done());
+    r.on_event(Event::Recv(Dir::Down, Received::Data { buf: 3, len: 10 }), &mut out);
+    assert_eq!(
+        out.iter().collect::<Vec<_>>(),
+        vec![Action::Send { dir: Dir::Down, buf: 3, offset: 0, len: 10 }]
+    );
+    out.clear();
+    r.on_event(Event::Sent(Dir::Down, Ok(4)), &mut out);
+    assert_eq!(
+        out.iter().collect::<Vec<_>>(),
+        vec![Action::Paused(Dir::Down), Action::Send { dir: Dir::Down, buf: 3, offset: 4, len: 6 }]
+    );
+    out.clear();
+    r.on_event(Event::Sent(Dir::Down, Ok(6)), &mut out);
+    assert_eq!(
+        out.iter().collect::<Vec<_>>(),
+        vec![Action::Recycle(3), Action::Resumed(Dir::Down), Action::Recv(Dir::Down)]
+    );
+    out.clear();
+    r.on_event(Event::Recv(Dir::Down, Received::Eof), &mut out);
+    r.on_event(Event::ShutdownDone(Dir::Down), &mut out);
+    assert_eq!(
+        out.iter().collect::<Vec<_>>(),
+        vec![Action::ShutdownWrite(Side::Client), Action::Close]
+    );
+    assert!(r.is_done() && !r.was_reset());
+}
+
+#[test]
+fn abort_keeps_buffers_in_flight_accounted() {
+    let mut r = Relay::new();
+    let mut out = Actions::default();
+    r.start(&mut out);
+    r.on_event(Event::Recv(Dir::Up, Received::Data { buf: 1, len: 5 }), &mut out);
+    out.clear();
+    r.abort();
+    r.on_event(Event::Sent(Dir::Up, Ok(5)), &mut out);
+    r.on_event(Event::Recv(Dir::Down, Received::Data { buf: 2, len: 5 }), &mut out);
+    assert_eq!(out.iter().collect::<Vec<_>>(), vec![Action::Recycle(1), Action::Recycle(2)]);
+}

@@ -1,0 +1,127 @@
+//! Sockets, eventfds, CPU affinity and resource limits: the setup-time system calls.
+//!
+//! Workers call these only when a listener opens or closes, or when a connection needs an
+//! address the completion did not carry (`getpeername`/`getsockname`); the steady-state relay
+//! never does.
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// A listening TCP socket with SO_REUSEPORT, so every worker can own one on the same address.
+pub(crate) fn listen_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(OwnedFd::from(socket))
+}
+
+fn with_socket<T>(fd: RawFd, f: impl FnOnce(&Socket) -> io::Result<T>) -> io::Result<T> {
+    // SAFETY: `fd` is an open socket owned by the caller for the duration of this call; the
+    // temporary Socket is never dropped (ManuallyDrop), so the fd is not closed here.
+    let socket = std::mem::ManuallyDrop::new(unsafe { Socket::from_raw_fd(fd) });
+    f(&socket)
+}
+
+/// `getpeername`.
+pub(crate) fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    with_socket(fd, |s| s.peer_addr()).ok().and_then(|a| a.as_socket())
+}
+
+/// `getsockname`.
+pub(crate) fn local_addr(fd: RawFd) -> Option<SocketAddr> {
+    with_socket(fd, |s| s.local_addr()).ok().and_then(|a| a.as_socket())
+}
+
+/// Closes `fd` now (shutdown paths outside the ring).
+pub(crate) fn close(fd: RawFd) {
+    if fd >= 0 {
+        // SAFETY: the caller owns `fd` and never uses it again.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}
+
+/// Sets SO_LINGER {1,0} and closes: the peer gets a reset.
+pub(crate) fn reset_and_close(fd: RawFd) {
+    if fd >= 0 {
+        let _ = with_socket(fd, |s| s.set_linger(Some(std::time::Duration::ZERO)));
+        close(fd);
+    }
+}
+
+/// An eventfd a control thread writes to wake a worker blocked in `io_uring_enter`.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    /// A non-blocking, close-on-exec eventfd.
+    pub(crate) fn new() -> io::Result<EventFd> {
+        // SAFETY: plain syscall with constant flags; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Adds one to the counter, waking any reader.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    /// The descriptor, for an io_uring read.
+    pub(crate) fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// CPUs this process may run on (its affinity mask), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size matches the set passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return vec![0];
+    }
+    // SAFETY: CPU_ISSET only reads the set; indices are below CPU_SETSIZE.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect();
+    if cpus.is_empty() { vec![0] } else { cpus }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (cpu checked).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu out of range"));
+    }
+    // SAFETY: as above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is this thread; size matches the set.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into a live struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads a live struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    lim.rlim_cur
+}

@@ -1,0 +1,495 @@
+//! A safe io_uring driver for one worker thread.
+//!
+//! Memory the kernel reads or writes on behalf of an operation (provided buffers, socket
+//! addresses for connect, timespecs, the eventfd read buffer, socket-option values) is owned by
+//! [`Ring`] itself or is `'static`, so it outlives every operation: when the ring is dropped it
+//! first cancels everything in flight and waits for the last completion before anything is
+//! freed. Provided buffers carry an ownership state (kernel, worker, in a send) checked on
+//! every transition, so a buffer the kernel may still read is never handed back to it.
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use socket2::SockAddr;
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// One completion, copied out of the completion queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Completion {
+    /// The `user_data` of the operation.
+    pub user_data: u64,
+    /// The result: >= 0 on success, `-errno` on failure.
+    pub result: i32,
+    /// CQE flags.
+    pub flags: u32,
+}
+
+impl Completion {
+    /// True when a multishot operation will post more completions.
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+
+    /// The provided buffer this completion filled, if any.
+    pub fn buffer_id(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+}
+
+/// Why the ring could not be created.
+#[derive(Debug)]
+pub(crate) enum RingError {
+    /// io_uring is refused by the kernel or a seccomp profile (EPERM, ENOSYS, EACCES).
+    Refused(io::Error),
+    /// Any other failure.
+    Other(io::Error),
+}
+
+/// `SO_LINGER {on, 0}`: close sends a reset. Static, so it outlives any operation.
+static LINGER_ZERO: libc::linger = libc::linger { l_onoff: 1, l_linger: 0 };
+/// The integer 1, for boolean socket options.
+static ONE: libc::c_int = 1;
+
+/// Buffer ownership states.
+const BUF_KERNEL: u8 = 0;
+const BUF_WORKER: u8 = 1;
+const BUF_SENDING: u8 = 2;
+
+/// The provided-buffer ring of one worker (buffer group 0).
+struct BufPool {
+    /// Ring of `count` entries, page-aligned, shared with the kernel.
+    ring: *mut types::BufRingEntry,
+    ring_layout: Layout,
+    /// `count * size` bytes of buffers.
+    data: *mut u8,
+    data_layout: Layout,
+    size: u32,
+    count: u16,
+    /// Our producer index (the kernel consumes from head).
+    tail: u16,
+    state: Box<[u8]>,
+}
+
+const BUF_GROUP: u16 = 0;
+
+impl BufPool {
+    fn new(count: u16, size: u32) -> io::Result<BufPool> {
+        if !count.is_power_of_two() || count == 0 || size == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer count must be a power of two"));
+        }
+        let ring_layout = Layout::from_size_align(usize::from(count) * 16, 4096)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let data_layout = Layout::from_size_align(usize::from(count) * size as usize, 4096)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: both layouts have a non-zero size (count and size are > 0).
+        let ring = unsafe { alloc_zeroed(ring_layout) } as *mut types::BufRingEntry;
+        // SAFETY: as above.
+        let data = unsafe { alloc_zeroed(data_layout) };
+        if ring.is_null() || data.is_null() {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer pool"));
+        }
+        Ok(BufPool {
+            ring,
+            ring_layout,
+            data,
+            data_layout,
+            size,
+            count,
+            tail: 0,
+            state: vec![BUF_WORKER; usize::from(count)].into_boxed_slice(),
+        })
+    }
+
+    /// Puts buffer `bid` in the ring (not yet visible to the kernel until `publish`).
+    fn add(&mut self, bid: u16) {
+        let mask = self.count - 1;
+        let idx = usize::from(self.tail & mask);
+        // SAFETY: idx < count, so the entry is inside the ring allocation; the kernel only reads
+        // entries between its head and our published tail, and this one is past the tail.
+        let entry = unsafe { &mut *self.ring.add(idx) };
+        // SAFETY: bid < count, so the offset stays inside the data allocation.
+        let addr = unsafe { self.data.add(usize::from(bid) * self.size as usize) };
+        entry.set_addr(addr as u64);
+        entry.set_len(self.size);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        self.state[usize::from(bid)] = BUF_KERNEL;
+    }
+
+    /// Makes every added buffer visible to the kernel.
+    fn publish(&mut self) {
+        // SAFETY: the ring pointer is the page-aligned base of a live, initialized ring;
+        // `tail` returns the address of the shared tail field, which we write with release
+        // ordering so the kernel sees the entries before the new tail.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.ring) as *const std::sync::atomic::AtomicU16;
+            (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufPool {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly these layouts; `Ring::drop` guarantees the
+        // kernel no longer uses them (or leaks the pool instead of dropping it).
+        unsafe {
+            dealloc(self.ring as *mut u8, self.ring_layout);
+            dealloc(self.data, self.data_layout);
+        }
+    }
+}
+
+/// A worker's io_uring with the memory its operations use.
+pub(crate) struct Ring {
+    ring: IoUring,
+    bufs: BufPool,
+    /// Per connection slot: the address a connect is going to.
+    connect_addrs: Box<[Option<SockAddr>]>,
+    /// Per connection slot: the connect timeout.
+    connect_timeouts: Box<[types::Timespec]>,
+    tick: Box<types::Timespec>,
+    eventfd_value: Box<u64>,
+    /// Operations submitted whose last completion has not arrived yet.
+    inflight: usize,
+    cq_entries: usize,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("inflight", &self.inflight).finish()
+    }
+}
+
+fn classify(e: io::Error) -> RingError {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::EACCES) => RingError::Refused(e),
+        _ => RingError::Other(e),
+    }
+}
+
+impl Ring {
+    /// Probes whether this process may use io_uring at all.
+    pub fn probe() -> Result<(), RingError> {
+        IoUring::new(8).map(drop).map_err(classify)
+    }
+
+    /// A ring of `entries` submission slots, `buffers` provided buffers of `buffer_size` bytes
+    /// and room for `slots` concurrent connects. Must be created on the thread that uses it.
+    pub fn new(entries: u32, buffers: u16, buffer_size: u32, slots: usize) -> Result<Ring, RingError> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .setup_cqsize(entries * 4)
+            .build(entries)
+            .or_else(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) => IoUring::builder().setup_cqsize(entries * 4).build(entries),
+                _ => Err(e),
+            })
+            .map_err(classify)?;
+        let mut bufs = BufPool::new(buffers, buffer_size).map_err(RingError::Other)?;
+        // SAFETY: the ring memory is page-aligned, `buffers` entries long, zeroed, and owned by
+        // `bufs`, which lives inside this Ring and is only freed after the ring is torn down.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(bufs.ring as u64, buffers, BUF_GROUP, 0)
+                .map_err(RingError::Other)?;
+        }
+        for bid in 0..buffers {
+            bufs.add(bid);
+        }
+        bufs.publish();
+        Ok(Ring {
+            ring,
+            bufs,
+            connect_addrs: (0..slots).map(|_| None).collect(),
+            connect_timeouts: (0..slots).map(|_| types::Timespec::new()).collect(),
+            tick: Box::new(types::Timespec::new()),
+            eventfd_value: Box::new(0),
+            inflight: 0,
+            cq_entries: entries as usize * 4,
+        })
+    }
+
+    /// Pushes one entry, submitting first if the queue is full.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must stay valid until the operation completes.
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: the caller guarantees the entry's memory outlives the operation.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                self.inflight += 1;
+                return;
+            }
+            // Queue full: hand what we have to the kernel and retry. EBUSY (CQ overflow
+            // backlog) resolves once completions are reaped by the caller's loop.
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
+                    tracing::error!(error = %e, "io_uring submit failed");
+                }
+            }
+        }
+    }
+
+    /// Multishot accept on a listening socket.
+    pub fn accept_multi(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) }
+    }
+
+    /// Receive into a provided buffer chosen by the kernel.
+    pub fn recv(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size)
+            .buf_group(BUF_GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(user_data);
+        // SAFETY: the buffer comes from the registered pool, owned by self.
+        unsafe { self.push(e) }
+    }
+
+    /// Marks buffer `bid`, just returned by a receive, as held by the worker.
+    pub fn buffer_received(&mut self, bid: u16) {
+        let s = &mut self.bufs.state[usize::from(bid)];
+        assert_eq!(*s, BUF_KERNEL, "buffer {bid} received twice");
+        *s = BUF_WORKER;
+    }
+
+    /// Sends `len` bytes at `offset` of buffer `bid`.
+    pub fn send(&mut self, fd: RawFd, bid: u16, offset: u32, len: u32, user_data: u64) {
+        let state = &mut self.bufs.state[usize::from(bid)];
+        assert_eq!(*state, BUF_WORKER, "send from buffer {bid} not held by the worker");
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.bufs.size), "send outside buffer");
+        *state = BUF_SENDING;
+        // SAFETY: bid < count and offset + len <= size, so the range is inside the pool.
+        let ptr = unsafe { self.bufs.data.add(usize::from(bid) * self.bufs.size as usize + offset as usize) };
+        let e = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the buffer is in state SENDING, so it cannot be recycled (and rewritten by
+        // the kernel) until `send_done`; the pool outlives every operation.
+        unsafe { self.push(e) }
+    }
+
+    /// A send from `bid` completed.
+    pub fn send_done(&mut self, bid: u16) {
+        let s = &mut self.bufs.state[usize::from(bid)];
+        assert_eq!(*s, BUF_SENDING, "send_done on buffer {bid} not in a send");
+        *s = BUF_WORKER;
+    }
+
+    /// Hands buffer `bid` back to the kernel.
+    pub fn recycle(&mut self, bid: u16) {
+        assert_eq!(self.bufs.state[usize::from(bid)], BUF_WORKER, "recycle of buffer {bid} not held");
+        self.bufs.add(bid);
+        self.bufs.publish();
+    }
+
+    /// `shutdown(fd, how)`.
+    pub fn shutdown(&mut self, fd: RawFd, how: i32, user_data: u64) {
+        let e = opcode::Shutdown::new(types::Fd(fd), how).build().user_data(user_data);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) }
+    }
+
+    /// `close(fd)`.
+    pub fn close(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::Close::new(types::Fd(fd)).build().user_data(user_data);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) }
+    }
+
+    /// A new TCP socket for `addr`'s family.
+    pub fn socket(&mut self, addr: &SocketAddr, user_data: u64) {
+        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let e = opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+            .build()
+            .user_data(user_data);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) }
+    }
+
+    /// Connects `fd` to `addr`, giving up after `timeout`; two completions: the connect's
+    /// (`-ECANCELED` on timeout) and the timeout's (`-ETIME` when it fired).
+    pub fn connect(&mut self, fd: RawFd, slot: usize, addr: SocketAddr, timeout: Duration, user_data: u64, timeout_user_data: u64) {
+        let sa = self.connect_addrs[slot].insert(SockAddr::from(addr));
+        let (ptr, len) = (sa.as_ptr() as *const libc::sockaddr, sa.len());
+        self.connect_timeouts[slot] = types::Timespec::from(timeout);
+        let ts: *const types::Timespec = &self.connect_timeouts[slot];
+        let connect = opcode::Connect::new(types::Fd(fd), ptr, len)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(user_data);
+        let link = opcode::LinkTimeout::new(ts).build().user_data(timeout_user_data);
+        // Linked entries must be in the queue together: make room for both first.
+        let room = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < 2 {
+            let _ = self.ring.submit();
+        }
+        // SAFETY: the address and timespec live in per-slot storage owned by self; the worker
+        // does not start another connect on this slot before both completions arrive.
+        unsafe {
+            self.push(connect);
+            self.push(link);
+        }
+    }
+
+    /// `TCP_NODELAY = 1`.
+    pub fn set_nodelay(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::SetSockOpt::new(
+            types::Fd(fd),
+            libc::IPPROTO_TCP as u32,
+            libc::TCP_NODELAY as u32,
+            &ONE as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+        .build()
+        .user_data(user_data);
+        // SAFETY: the option value is a static.
+        unsafe { self.push(e) }
+    }
+
+    /// Tears a socket down in one hard-linked chain: cancel every operation on it, optionally
+    /// set `SO_LINGER {1,0}` (so the close sends a reset), then close it. Returns how many
+    /// operations (completions) the chain holds, all with `user_data`.
+    pub fn teardown(&mut self, fd: RawFd, reset: bool, user_data: u64) -> u32 {
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(user_data);
+        let linger = opcode::SetSockOpt::new(
+            types::Fd(fd),
+            libc::SOL_SOCKET as u32,
+            libc::SO_LINGER as u32,
+            &LINGER_ZERO as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+        .build()
+        .flags(squeue::Flags::IO_HARDLINK)
+        .user_data(user_data);
+        let close = opcode::Close::new(types::Fd(fd)).build().user_data(user_data);
+        let room = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < 3 {
+            let _ = self.ring.submit();
+        }
+        // SAFETY: the only pointer is the static linger value.
+        unsafe {
+            self.push(cancel);
+            if reset {
+                self.push(linger);
+            }
+            self.push(close);
+        }
+        if reset {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// Cancels the operation with `target` user data.
+    pub fn cancel(&mut self, target: u64, user_data: u64) {
+        let e = opcode::AsyncCancel::new(target).build().user_data(user_data);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) }
+    }
+
+    /// Reads the 8-byte counter of an eventfd.
+    pub fn read_eventfd(&mut self, fd: RawFd, user_data: u64) {
+        let ptr = &mut *self.eventfd_value as *mut u64 as *mut u8;
+        let e = opcode::Read::new(types::Fd(fd), ptr, 8).build().user_data(user_data);
+        // SAFETY: the 8-byte target is boxed inside self; only one eventfd read is in flight
+        // at a time (the worker re-arms it only after its completion).
+        unsafe { self.push(e) }
+    }
+
+    /// A repeating timer every `interval`.
+    pub fn tick(&mut self, interval: Duration, user_data: u64) {
+        *self.tick = types::Timespec::from(interval);
+        let ts: *const types::Timespec = &*self.tick;
+        let e = opcode::Timeout::new(ts)
+            .flags(types::TimeoutFlags::MULTISHOT)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the timespec is boxed inside self and is copied by the kernel at submission.
+        unsafe { self.push(e) }
+    }
+
+    /// Submits queued operations and waits for at least `want` completions.
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves every available completion into `out` (cleared first; no allocation once its
+    /// capacity covers a full completion queue).
+    pub fn completions_into(&mut self, out: &mut Vec<Completion>) {
+        out.clear();
+        let mut cq = self.ring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            if !cqueue::more(cqe.flags()) {
+                self.inflight = self.inflight.saturating_sub(1);
+            }
+            out.push(Completion { user_data: cqe.user_data(), result: cqe.result(), flags: cqe.flags() });
+        }
+    }
+
+    /// Capacity a completion batch needs.
+    pub fn completion_capacity(&self) -> usize {
+        self.cq_entries
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Cancel everything and wait for the last completion so the kernel no longer touches
+        // memory owned by self (buffers, addresses) when it is freed.
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(u64::MAX);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.inflight > 0 && std::time::Instant::now() < deadline {
+            let ts = types::Timespec::from(Duration::from_millis(50));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            let mut sink = Vec::new();
+            self.completions_into(&mut sink);
+        }
+        if self.inflight > 0 {
+            // The kernel may still use the pool: leak it rather than free memory in use.
+            let pool = std::mem::replace(&mut self.bufs, BufPool::leaked());
+            std::mem::forget(pool);
+            tracing::error!(inflight = self.inflight, "io_uring teardown timed out; leaking buffers");
+        }
+    }
+}
+
+impl BufPool {
+    /// An empty pool that owns no memory (used to leak the real one).
+    fn leaked() -> BufPool {
+        let layout = Layout::from_size_align(4096, 4096).expect("constant layout");
+        // SAFETY: non-zero size.
+        let ring = unsafe { alloc_zeroed(layout) } as *mut types::BufRingEntry;
+        // SAFETY: non-zero size.
+        let data = unsafe { alloc_zeroed(layout) };
+        BufPool { ring, ring_layout: layout, data, data_layout: layout, size: 1, count: 1, tail: 0, state: Box::new([]) }
+    }
+}

@@ -1,0 +1,135 @@
+//! One slot of the connection slab.
+
+use crate::accesslog::ResponseFlags;
+use crate::fib::ClusterId;
+use crate::relay::{BufId, Relay, Side};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+/// No descriptor.
+pub(crate) const NO_FD: RawFd = -1;
+/// The connection matched the listener's default filter chain.
+pub(crate) const CHAIN_DEFAULT: u32 = u32::MAX;
+/// The connection matched no filter chain.
+pub(crate) const CHAIN_NONE: u32 = u32::MAX - 1;
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ConnState {
+    /// The slot is free.
+    #[default]
+    Free,
+    /// Creating the backend socket or connecting it.
+    Connecting,
+    /// Both sockets open, the relay runs.
+    Relaying,
+    /// Sockets are being closed; the slot frees when the last completion arrives.
+    Closing,
+}
+
+/// Per-connection state. Plain data, reused in place: no allocation per connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub nonce: u32,
+    pub state: ConnState,
+    pub client: RawFd,
+    pub backend: RawFd,
+    /// Operations in flight for this connection.
+    pub inflight: u32,
+    /// Index of the worker generation (FIB snapshot) this connection was decided under.
+    pub generation: u32,
+    /// The worker's listener slot it was accepted on.
+    pub listener_slot: u32,
+    /// Index of its listener in its generation's FIB.
+    pub fib_listener: u32,
+    /// Index of its filter chain, [`CHAIN_DEFAULT`] or [`CHAIN_NONE`].
+    pub chain: u32,
+    pub cluster: Option<ClusterId>,
+    pub endpoint: Option<u32>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub connected: bool,
+    pub closed_by_backend: bool,
+    pub idle_timeout_ms: Option<u64>,
+    pub drain_deadline_ms: Option<u64>,
+    pub start_ms: u64,
+    pub start_unix_ms: u64,
+    pub last_activity_ms: u64,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub upstream: Option<SocketAddr>,
+    pub relay: Relay,
+    /// The buffer each direction is sending from, if any.
+    pub sending: [Option<BufId>; 2],
+    pub flags: ResponseFlags,
+    pub termination_details: &'static str,
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Conn {
+            nonce: 0,
+            state: ConnState::Free,
+            client: NO_FD,
+            backend: NO_FD,
+            inflight: 0,
+            generation: 0,
+            listener_slot: 0,
+            fib_listener: 0,
+            chain: CHAIN_NONE,
+            cluster: None,
+            endpoint: None,
+            attempts: 0,
+            max_attempts: 1,
+            connected: false,
+            closed_by_backend: false,
+            idle_timeout_ms: None,
+            drain_deadline_ms: None,
+            start_ms: 0,
+            start_unix_ms: 0,
+            last_activity_ms: 0,
+            local: None,
+            remote: None,
+            upstream: None,
+            relay: Relay::new(),
+            sending: [None; 2],
+            flags: ResponseFlags(0),
+            termination_details: "-",
+        }
+    }
+}
+
+impl Conn {
+    /// Reinitializes a free slot for a new client connection.
+    pub fn reset_for(&mut self, nonce: u32, client: RawFd, generation: u32, listener_slot: u32) {
+        *self = Conn {
+            nonce,
+            client,
+            generation,
+            listener_slot,
+            state: ConnState::Connecting,
+            ..Conn::default()
+        };
+    }
+
+    /// Open and not yet closing.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, ConnState::Connecting | ConnState::Relaying)
+    }
+
+    /// The descriptor of `side`.
+    pub fn fd(&self, side: Side) -> RawFd {
+        match side {
+            Side::Client => self.client,
+            Side::Backend => self.backend,
+        }
+    }
+
+    /// The descriptor of `side`, mutably.
+    pub fn fd_mut(&mut self, side: Side) -> &mut RawFd {
+        match side {
+            Side::Client => &mut self.client,
+            Side::Backend => &mut self.backend,
+        }
+    }
+}

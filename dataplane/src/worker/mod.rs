@@ -1,0 +1,1045 @@
+//! A worker: one pinned thread, one io_uring, one connection slab.
+//!
+//! The loop is DPDK's l3fwd shape: submit what the last batch asked for and wait for at least
+//! one completion in a single `io_uring_enter`, then handle every completion of the batch.
+//!
+//! Guarantees:
+//! - **No locks, no blocking.** The worker reads the published [`Snapshot`] through an
+//!   `ArcSwap` load and waits only inside `io_uring_enter`.
+//! - **No allocation in steady state.** The slab, the provided buffers and the per-slot
+//!   connect storage are sized at start from [`Limits`]; allocation happens only when a new
+//!   FIB generation is adopted (load-balancer state) or a listener opens.
+//! - **Connections survive config changes.** Each connection holds the generation it was
+//!   decided under (a per-worker reference count on that snapshot) and keeps its backend.
+//! - **A slot is reused only when the kernel is done with it.** Every operation for a
+//!   connection is counted; the slot is freed when the connection is closed and its last
+//!   completion arrived. A nonce in `user_data` tells reused slots apart.
+
+mod conn;
+pub(crate) mod ud;
+
+use crate::accesslog::{AccessRecord, ResponseFlags};
+use crate::fib::{Fib, FilterChain, Listener, Route};
+use crate::lb::{mix_seed, Rng, WorkerLb};
+use crate::plane::{Phase, Shared, Snapshot};
+use crate::relay::{Action, Actions, Dir, Event, Received, Side};
+use crate::stats::{ClusterStat, HostStat, ListenerStat, ServerStat, TcpStat};
+use crate::sys::net::{self, EventFd};
+use crate::sys::{Completion, Ring, RingError};
+use conn::{Conn, ConnState, CHAIN_DEFAULT, NO_FD};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use ud::Kind;
+
+/// Sizes fixed at start.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connection slots per worker (each proxied connection uses one slot and two fds).
+    pub max_connections_per_worker: usize,
+    /// Provided buffers per worker (power of two). Each direction of a connection holds at
+    /// most one while its bytes are in flight.
+    pub buffers_per_worker: u16,
+    /// Size of each provided buffer.
+    pub buffer_size_bytes: u32,
+    /// io_uring submission queue entries.
+    pub ring_entries: u32,
+    /// Timer resolution for idle timeouts and drain deadlines.
+    pub tick_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections_per_worker: 8192,
+            buffers_per_worker: 512,
+            buffer_size_bytes: 64 * 1024,
+            ring_entries: 1024,
+            tick_ms: 100,
+        }
+    }
+}
+
+/// Why a worker could not start.
+#[derive(Debug)]
+pub enum WorkerError {
+    /// io_uring refused by the kernel or seccomp.
+    IoUringRefused(std::io::Error),
+    /// Any other setup failure.
+    Setup(std::io::Error),
+}
+
+/// A FIB generation still in use on this worker.
+struct Generation {
+    fib: Arc<Fib>,
+    lb: WorkerLb,
+    /// Open connections per endpoint, per cluster (least-request input).
+    active: Vec<Vec<u32>>,
+    /// Connections decided under this generation that are still open.
+    conns: u32,
+}
+
+/// A listener socket as this worker sees it.
+struct WorkerListener {
+    fd: RawFd,
+    /// The snapshot's socket identity (fd numbers may repeat, ids never do).
+    socket_id: u64,
+    /// Index of the listener in the current FIB.
+    fib_index: usize,
+    /// Whether a multishot accept is armed.
+    armed: bool,
+    /// Open: accepting; closed: removed, waiting for its accept's last completion.
+    open: bool,
+    nonce: u32,
+    /// Re-arm on the next tick (after EMFILE and similar).
+    rearm_on_tick: bool,
+}
+
+/// One worker thread's state.
+pub(crate) struct Worker {
+    id: usize,
+    ring: Ring,
+    shared: Arc<Shared>,
+    wake: Arc<EventFd>,
+    limits: Limits,
+    generations: Vec<Option<Generation>>,
+    current_gen: usize,
+    snapshot_generation: u64,
+    listeners: Vec<WorkerListener>,
+    conns: Vec<Conn>,
+    free_slots: Vec<u32>,
+    /// Connections waiting for a provided buffer.
+    starved: Vec<u32>,
+    rng: Rng,
+    started: Instant,
+    now_ms: u64,
+    actions: Actions,
+    batch: Vec<Completion>,
+    phase: Phase,
+    /// Open connections on this worker.
+    open_conns: usize,
+}
+
+impl Worker {
+    /// Creates the worker's ring and state; called on the worker's own thread.
+    pub(crate) fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        wake: Arc<EventFd>,
+        limits: Limits,
+    ) -> Result<Worker, WorkerError> {
+        let slots = limits.max_connections_per_worker;
+        let ring = Ring::new(
+            limits.ring_entries,
+            limits.buffers_per_worker,
+            limits.buffer_size_bytes,
+            slots,
+        )
+        .map_err(|e| match e {
+            RingError::Refused(e) => WorkerError::IoUringRefused(e),
+            RingError::Other(e) => WorkerError::Setup(e),
+        })?;
+        let seed = mix_seed(
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64),
+            id as u64,
+        );
+        let mut worker = Worker {
+            id,
+            ring,
+            shared,
+            wake,
+            limits,
+            generations: Vec::new(),
+            current_gen: 0,
+            snapshot_generation: u64::MAX,
+            listeners: Vec::new(),
+            conns: (0..slots).map(|_| Conn::default()).collect(),
+            free_slots: (0..slots as u32).rev().collect(),
+            starved: Vec::with_capacity(slots * 2),
+            rng: Rng::new(seed),
+            started: Instant::now(),
+            now_ms: 0,
+            actions: Actions::default(),
+            batch: Vec::new(),
+            phase: Phase::Running,
+            open_conns: 0,
+        };
+        worker.batch = Vec::with_capacity(worker.ring.completion_capacity());
+        worker.adopt_snapshot();
+        Ok(worker)
+    }
+
+    /// Runs until the data plane stops and every connection is closed.
+    pub(crate) fn run(mut self) {
+        let wake_fd = self.wake.raw();
+        self.ring.read_eventfd(wake_fd, ud::encode(Kind::Wake, 0, 0));
+        self.ring.tick(Duration::from_millis(self.limits.tick_ms), ud::encode(Kind::Tick, 0, 0));
+        loop {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                tracing::error!(worker = self.id, error = %e, "io_uring_enter failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.now_ms = self.started.elapsed().as_millis() as u64;
+            self.shared.server_stats.inc(self.id, ServerStat::WorkerLoops);
+            let mut batch = std::mem::take(&mut self.batch);
+            self.ring.completions_into(&mut batch);
+            for c in batch.iter() {
+                self.dispatch(*c);
+            }
+            self.batch = batch;
+            if self.phase == Phase::Stopped && self.open_conns == 0 {
+                break;
+            }
+        }
+        self.close_all_listeners_now();
+        self.shared.worker_exited(self.id);
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        let Some((kind, slot, nonce)) = ud::decode(c.user_data) else {
+            return;
+        };
+        match kind {
+            Kind::Wake => self.on_wake(c),
+            Kind::Tick => self.on_tick(c),
+            Kind::Accept => self.on_accept(slot as usize, nonce, c),
+            Kind::AcceptCancel => {}
+            _ => self.on_conn_completion(kind, slot, nonce, c),
+        }
+    }
+
+    // ---- control: snapshots, phases, ticks ----
+
+    fn on_wake(&mut self, _c: Completion) {
+        self.ring.read_eventfd(self.wake.raw(), ud::encode(Kind::Wake, 0, 0));
+        self.adopt_snapshot();
+        self.follow_phase();
+    }
+
+    fn on_tick(&mut self, c: Completion) {
+        if !c.more() {
+            self.ring
+                .tick(Duration::from_millis(self.limits.tick_ms), ud::encode(Kind::Tick, 0, 0));
+        }
+        // A missed wake (eventfd coalescing) is caught here within one tick.
+        self.adopt_snapshot();
+        self.follow_phase();
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].rearm_on_tick && self.listeners[i].open && self.accepting() {
+                self.listeners[i].rearm_on_tick = false;
+                self.arm_accept(i);
+            }
+        }
+        self.expire_connections();
+    }
+
+    fn accepting(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    fn follow_phase(&mut self) {
+        let phase = self.shared.phase();
+        if phase == self.phase {
+            return;
+        }
+        let before = self.phase;
+        self.phase = phase;
+        if before == Phase::Running {
+            for i in 0..self.listeners.len() {
+                self.stop_accepting(i);
+            }
+        }
+        if phase == Phase::Running {
+            for i in 0..self.listeners.len() {
+                if self.listeners[i].open && !self.listeners[i].armed {
+                    self.arm_accept(i);
+                }
+            }
+        }
+        if phase == Phase::Stopped {
+            for slot in 0..self.conns.len() {
+                if self.conns[slot].is_live() {
+                    self.abort_conn(slot as u32, ResponseFlags::DRAIN_CLOSE, "drain_timeout", true);
+                }
+            }
+        }
+    }
+
+    /// Picks up a newly published snapshot: new generation, listeners opened and closed.
+    fn adopt_snapshot(&mut self) {
+        let snapshot = self.shared.snapshot.load_full();
+        if snapshot.fib.generation == self.snapshot_generation {
+            return;
+        }
+        self.snapshot_generation = snapshot.fib.generation;
+        let generation = Generation {
+            lb: WorkerLb::new(&snapshot.fib, mix_seed(self.rng.next_u64(), self.id as u64)),
+            active: snapshot.fib.clusters.iter().map(|c| vec![0; c.endpoints.len()]).collect(),
+            fib: snapshot.fib.clone(),
+            conns: 0,
+        };
+        let index = match self.generations.iter().position(Option::is_none) {
+            Some(i) => {
+                self.generations[i] = Some(generation);
+                i
+            }
+            None => {
+                self.generations.push(Some(generation));
+                self.generations.len() - 1
+            }
+        };
+        let previous = self.current_gen;
+        self.current_gen = index;
+        self.release_generation_if_unused(previous);
+        self.reconcile_listeners(&snapshot);
+        self.shared.worker_adopted(self.id, snapshot.fib.generation);
+    }
+
+    fn release_generation_if_unused(&mut self, index: usize) {
+        if index != self.current_gen {
+            if let Some(g) = &self.generations[index] {
+                if g.conns == 0 {
+                    self.generations[index] = None;
+                }
+            }
+        }
+    }
+
+    fn reconcile_listeners(&mut self, snapshot: &Snapshot) {
+        // Stop listeners whose sockets are gone from the snapshot; follow moved indices.
+        for i in 0..self.listeners.len() {
+            let id = self.listeners[i].socket_id;
+            match snapshot.listeners.iter().position(|s| s.id == id) {
+                Some(fib_index) => self.listeners[i].fib_index = fib_index,
+                None if self.listeners[i].open => {
+                    self.listeners[i].open = false;
+                    self.stop_accepting(i);
+                    self.mark_listener_conns_draining(i);
+                }
+                None => {}
+            }
+        }
+        // Start the snapshot's listeners this worker does not have yet.
+        for (fib_index, sockets) in snapshot.listeners.iter().enumerate() {
+            let Some(fd) = sockets.fd(self.id) else { continue };
+            if self.listeners.iter().any(|l| l.open && l.socket_id == sockets.id) {
+                continue;
+            }
+            let slot = match self.listeners.iter().position(|l| !l.open && !l.armed) {
+                Some(s) => s,
+                None => {
+                    self.listeners.push(WorkerListener {
+                        fd,
+                        socket_id: sockets.id,
+                        fib_index,
+                        armed: false,
+                        open: true,
+                        nonce: 0,
+                        rearm_on_tick: false,
+                    });
+                    self.listeners.len() - 1
+                }
+            };
+            let l = &mut self.listeners[slot];
+            l.fd = fd;
+            l.socket_id = sockets.id;
+            l.fib_index = fib_index;
+            l.open = true;
+            l.nonce = ud::next_nonce(l.nonce);
+            l.rearm_on_tick = false;
+            if self.accepting() {
+                self.arm_accept(slot);
+            }
+        }
+    }
+
+    fn mark_listener_conns_draining(&mut self, listener_slot: usize) {
+        let deadline = self.now_ms + self.shared.drain_time_ms;
+        for c in self.conns.iter_mut() {
+            if c.is_live() && c.listener_slot as usize == listener_slot {
+                c.drain_deadline_ms = Some(deadline);
+            }
+        }
+    }
+
+    fn arm_accept(&mut self, i: usize) {
+        let l = &mut self.listeners[i];
+        if l.armed {
+            return;
+        }
+        l.armed = true;
+        let ud = ud::encode(Kind::Accept, i as u32, l.nonce);
+        self.ring.accept_multi(l.fd, ud);
+    }
+
+    fn stop_accepting(&mut self, i: usize) {
+        let l = &self.listeners[i];
+        if l.armed {
+            let target = ud::encode(Kind::Accept, i as u32, l.nonce);
+            self.ring.cancel(target, ud::encode(Kind::AcceptCancel, i as u32, 0));
+        }
+    }
+
+    fn close_all_listeners_now(&mut self) {
+        for l in self.listeners.iter_mut() {
+            l.open = false;
+        }
+    }
+
+    /// Idle timeouts and drain deadlines.
+    fn expire_connections(&mut self) {
+        let now = self.now_ms;
+        for slot in 0..self.conns.len() {
+            let c = &self.conns[slot];
+            if !c.is_live() {
+                continue;
+            }
+            if c.drain_deadline_ms.is_some_and(|d| now >= d) {
+                self.abort_conn(slot as u32, ResponseFlags::DRAIN_CLOSE, "drain_timeout", true);
+                continue;
+            }
+            let idle = c.idle_timeout_ms.is_some_and(|t| now.saturating_sub(c.last_activity_ms) >= t);
+            if idle {
+                if let Some(stats) = self.tcp_stats(slot as u32) {
+                    stats.inc(self.id, TcpStat::IdleTimeout);
+                }
+                self.abort_conn(slot as u32, ResponseFlags::STREAM_IDLE_TIMEOUT, "idle_timeout", false);
+            }
+        }
+    }
+
+    // ---- accept and routing ----
+
+    fn on_accept(&mut self, i: usize, nonce: u32, c: Completion) {
+        let Some(l) = self.listeners.get_mut(i) else { return };
+        if l.nonce != nonce {
+            if c.result >= 0 {
+                net::close(c.result);
+            }
+            return;
+        }
+        if !c.more() {
+            l.armed = false;
+        }
+        let (open, fib_index) = (l.open, l.fib_index);
+        if c.result < 0 {
+            let errno = -c.result;
+            if errno != libc::ECANCELED {
+                let fib = self.current_fib();
+                if let Some(listener) = fib.listeners.get(fib_index) {
+                    listener.stats.inc(self.id, ListenerStat::DownstreamCxAcceptError);
+                }
+                tracing::warn!(worker = self.id, errno, "accept failed");
+                self.listeners[i].rearm_on_tick = true;
+            }
+            return;
+        }
+        let fd = c.result;
+        if !open || !self.accepting() {
+            net::close(fd);
+            return;
+        }
+        if !self.listeners[i].armed && self.accepting() {
+            self.arm_accept(i);
+        }
+        self.new_connection(i, fib_index, fd);
+    }
+
+    fn current_fib(&self) -> Arc<Fib> {
+        self.generations[self.current_gen]
+            .as_ref()
+            .map(|g| g.fib.clone())
+            .unwrap_or_else(|| self.shared.snapshot.load().fib.clone())
+    }
+
+    fn new_connection(&mut self, listener_slot: usize, fib_index: usize, fd: RawFd) {
+        let gen_index = self.current_gen;
+        let Some(generation) = self.generations[gen_index].as_mut() else {
+            net::close(fd);
+            return;
+        };
+        let fib = generation.fib.clone();
+        let Some(listener) = fib.listeners.get(fib_index) else {
+            net::close(fd);
+            return;
+        };
+        let Some(slot) = self.free_slots.pop() else {
+            listener.stats.inc(self.id, ListenerStat::DownstreamCxOverflow);
+            net::reset_and_close(fd);
+            return;
+        };
+        generation.conns += 1;
+        self.open_conns += 1;
+        listener.stats.inc(self.id, ListenerStat::DownstreamCxTotal);
+        listener.stats.inc(self.id, ListenerStat::DownstreamCxActive);
+        self.shared.server_stats.inc(self.id, ServerStat::TotalConnections);
+
+        let local = if listener.needs_local_address() {
+            net::local_addr(fd).unwrap_or(listener.address)
+        } else {
+            listener.address
+        };
+        let remote = net::peer_addr(fd);
+        let start_unix_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let conn = &mut self.conns[slot as usize];
+        conn.reset_for(ud::next_nonce(conn.nonce), fd, gen_index as u32, listener_slot as u32);
+        conn.fib_listener = fib_index as u32;
+        conn.local = Some(local);
+        conn.remote = remote;
+        conn.start_ms = self.now_ms;
+        conn.last_activity_ms = self.now_ms;
+        conn.start_unix_ms = start_unix_ms;
+
+        let remote_for_match = remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let chain_index = match_chain_index(listener, local, remote_for_match);
+        let Some(chain_index) = chain_index else {
+            listener.stats.inc(self.id, ListenerStat::NoFilterChainMatch);
+            self.conns[slot as usize].flags.set(ResponseFlags::NO_ROUTE_FOUND);
+            self.close_client_only(slot);
+            return;
+        };
+        let chain = chain_of(listener, chain_index);
+        let tcp = &chain.tcp_proxy;
+        tcp.stats.inc(self.id, TcpStat::DownstreamCxTotal);
+        tcp.stats.inc(self.id, TcpStat::DownstreamCxActive);
+        let conn = &mut self.conns[slot as usize];
+        conn.chain = chain_index;
+        conn.idle_timeout_ms = tcp.idle_timeout_ms;
+        conn.max_attempts = tcp.max_connect_attempts.max(1);
+        let cluster = match &tcp.route {
+            Route::Cluster(id) => Some(*id),
+            Route::Weighted(w) => w.pick(self.rng.next_u64()).cluster,
+            Route::Missing(_) => None,
+        };
+        let Some(cluster) = cluster else {
+            tcp.stats.inc(self.id, TcpStat::DownstreamCxNoRoute);
+            conn.flags.set(ResponseFlags::NO_ROUTE_FOUND);
+            self.close_client_only(slot);
+            return;
+        };
+        conn.cluster = Some(cluster);
+        self.connect_next(slot, None);
+    }
+
+    /// Picks an endpoint (not `exclude`) and starts a connect, or gives up.
+    fn connect_next(&mut self, slot: u32, exclude: Option<usize>) {
+        let conn = &self.conns[slot as usize];
+        let (gen_index, cluster_id) = (conn.generation as usize, conn.cluster);
+        let Some(cluster_id) = cluster_id else { return };
+        let Some(generation) = self.generations[gen_index].as_mut() else { return };
+        let fib = &generation.fib;
+        let cluster = fib.cluster(cluster_id);
+        let active = &generation.active[cluster_id.0 as usize];
+        let pick = generation.lb.pick(fib, cluster_id, active, exclude, &mut self.rng);
+        let Some(endpoint_index) = pick else {
+            cluster.stats.inc(self.id, ClusterStat::UpstreamCxNoneHealthy);
+            self.conns[slot as usize].flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
+            self.close_client_only(slot);
+            return;
+        };
+        let endpoint = &cluster.endpoints[endpoint_index];
+        cluster.stats.inc(self.id, ClusterStat::UpstreamCxTotal);
+        endpoint.stats.inc(self.id, HostStat::CxTotal);
+        let address = endpoint.address;
+        let conn = &mut self.conns[slot as usize];
+        conn.endpoint = Some(endpoint_index as u32);
+        conn.upstream = Some(address);
+        conn.attempts += 1;
+        conn.state = ConnState::Connecting;
+        conn.inflight += 1;
+        let ud = ud::encode(Kind::Socket, slot, conn.nonce);
+        self.ring.socket(&address, ud);
+    }
+
+    // ---- connection completions ----
+
+    fn on_conn_completion(&mut self, kind: Kind, slot: u32, nonce: u32, c: Completion) {
+        let Some(conn) = self.conns.get_mut(slot as usize) else { return };
+        if conn.nonce != nonce || conn.state == ConnState::Free {
+            // Cannot happen: slots are freed only after their last completion.
+            debug_assert!(false, "stale completion {kind:?} for slot {slot}");
+            if kind == Kind::Socket && c.result >= 0 {
+                net::close(c.result);
+            }
+            return;
+        }
+        conn.inflight -= 1;
+        match kind {
+            Kind::Socket => self.on_socket(slot, c.result),
+            Kind::Connect => self.on_connect(slot, c.result),
+            Kind::ConnectTimeout => {}
+            Kind::RecvUp => self.on_recv(slot, Dir::Up, c),
+            Kind::RecvDown => self.on_recv(slot, Dir::Down, c),
+            Kind::SendUp => self.on_sent(slot, Dir::Up, c.result),
+            Kind::SendDown => self.on_sent(slot, Dir::Down, c.result),
+            Kind::ShutUp => self.relay_event(slot, Event::ShutdownDone(Dir::Up)),
+            Kind::ShutDown => self.relay_event(slot, Event::ShutdownDone(Dir::Down)),
+            _ => {}
+        }
+        self.finish_if_done(slot);
+    }
+
+    fn on_socket(&mut self, slot: u32, result: i32) {
+        let conn = &mut self.conns[slot as usize];
+        if conn.state != ConnState::Connecting {
+            // Aborted while the socket was being created.
+            if result >= 0 {
+                net::close(result);
+            }
+            return;
+        }
+        if result < 0 {
+            tracing::warn!(worker = self.id, errno = -result, "upstream socket() failed");
+            self.connect_failed(slot, -result);
+            return;
+        }
+        conn.backend = result;
+        let nonce = conn.nonce;
+        let timeout = self.connect_timeout(slot);
+        let address = self.conns[slot as usize].upstream.expect("endpoint picked before socket");
+        self.conns[slot as usize].inflight += 3;
+        self.ring.set_nodelay(result, ud::encode(Kind::Aux, slot, nonce));
+        self.ring.connect(
+            result,
+            slot as usize,
+            address,
+            timeout,
+            ud::encode(Kind::Connect, slot, nonce),
+            ud::encode(Kind::ConnectTimeout, slot, nonce),
+        );
+    }
+
+    fn connect_timeout(&self, slot: u32) -> Duration {
+        let conn = &self.conns[slot as usize];
+        let ms = self.generations[conn.generation as usize]
+            .as_ref()
+            .zip(conn.cluster)
+            .map_or(5000, |(g, id)| g.fib.cluster(id).connect_timeout_ms);
+        Duration::from_millis(ms.max(1))
+    }
+
+    fn on_connect(&mut self, slot: u32, result: i32) {
+        if self.conns[slot as usize].state != ConnState::Connecting {
+            return;
+        }
+        if result < 0 {
+            self.connect_failed(slot, -result);
+            return;
+        }
+        let id = self.id;
+        let conn = &mut self.conns[slot as usize];
+        conn.state = ConnState::Relaying;
+        conn.connected = true;
+        conn.last_activity_ms = self.now_ms;
+        let (gen_index, cluster, endpoint) = (conn.generation as usize, conn.cluster, conn.endpoint);
+        if let (Some(g), Some(cluster), Some(endpoint)) =
+            (self.generations[gen_index].as_mut(), cluster, endpoint)
+        {
+            let c = g.fib.cluster(cluster);
+            c.stats.inc(id, ClusterStat::UpstreamCxActive);
+            c.endpoints[endpoint as usize].stats.inc(id, HostStat::CxActive);
+            g.active[cluster.0 as usize][endpoint as usize] += 1;
+        }
+        let mut actions = std::mem::take(&mut self.actions);
+        actions.clear();
+        self.conns[slot as usize].relay.start(&mut actions);
+        self.carry_out(slot, &actions);
+        self.actions = actions;
+    }
+
+    fn connect_failed(&mut self, slot: u32, errno: i32) {
+        let id = self.id;
+        let conn = &mut self.conns[slot as usize];
+        let timed_out = errno == libc::ECANCELED || errno == libc::ETIMEDOUT;
+        let backend = std::mem::replace(&mut conn.backend, NO_FD);
+        let (gen_index, cluster, endpoint) = (conn.generation as usize, conn.cluster, conn.endpoint);
+        let (attempts, max_attempts) = (conn.attempts, conn.max_attempts);
+        if backend != NO_FD {
+            conn.inflight += 1;
+            let ud = ud::encode(Kind::Aux, slot, conn.nonce);
+            self.ring.close(backend, ud);
+        }
+        if let (Some(g), Some(cluster)) = (self.generations[gen_index].as_ref(), cluster) {
+            let c = g.fib.cluster(cluster);
+            c.stats.inc(id, ClusterStat::UpstreamCxConnectFail);
+            if timed_out {
+                c.stats.inc(id, ClusterStat::UpstreamCxConnectTimeout);
+            }
+            if let Some(e) = endpoint {
+                c.endpoints[e as usize].stats.inc(id, HostStat::CxConnectFail);
+            }
+            if attempts >= max_attempts {
+                if max_attempts > 1 {
+                    c.stats.inc(id, ClusterStat::UpstreamCxConnectAttemptsExceeded);
+                }
+            }
+        }
+        if attempts < max_attempts && self.phase != Phase::Stopped {
+            tracing::debug!(worker = id, errno, attempts, "upstream connect failed; retrying");
+            self.connect_next(slot, endpoint.map(|e| e as usize));
+            return;
+        }
+        let conn = &mut self.conns[slot as usize];
+        conn.flags.set(if timed_out {
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT
+        } else {
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE
+        });
+        if max_attempts > 1 {
+            conn.flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        }
+        self.close_client_only(slot);
+    }
+
+    fn on_recv(&mut self, slot: u32, dir: Dir, c: Completion) {
+        let received = if c.result > 0 {
+            let Some(bid) = c.buffer_id() else {
+                tracing::error!(worker = self.id, "receive completed without a buffer");
+                return;
+            };
+            self.ring.buffer_received(bid);
+            self.count_received(slot, dir, c.result as u64);
+            Received::Data { buf: bid, len: c.result as u32 }
+        } else if c.result == 0 {
+            Received::Eof
+        } else if -c.result == libc::ENOBUFS {
+            Received::NoBuffer
+        } else if -c.result == libc::ECANCELED {
+            // Cancelled by a teardown: the relay was already stopped.
+            Received::Error(libc::ECANCELED)
+        } else {
+            Received::Error(-c.result)
+        };
+        if received == Received::NoBuffer {
+            self.starved.push(slot);
+        }
+        self.relay_event(slot, Event::Recv(dir, received));
+    }
+
+    fn on_sent(&mut self, slot: u32, dir: Dir, result: i32) {
+        let conn = &self.conns[slot as usize];
+        if let Some(bid) = conn.sending[dir as usize] {
+            self.conns[slot as usize].sending[dir as usize] = None;
+            self.ring.send_done(bid);
+        }
+        let outcome = if result >= 0 {
+            self.count_sent(slot, dir, result as u64);
+            Ok(result as u32)
+        } else {
+            Err(-result)
+        };
+        self.relay_event(slot, Event::Sent(dir, outcome));
+    }
+
+    fn count_received(&mut self, slot: u32, dir: Dir, n: u64) {
+        self.conns[slot as usize].last_activity_ms = self.now_ms;
+        match dir {
+            Dir::Up => {
+                if let Some(s) = self.tcp_stats(slot) {
+                    s.add(self.id, TcpStat::DownstreamCxRxBytesTotal, n);
+                }
+            }
+            Dir::Down => {
+                if let Some(s) = self.cluster_stats(slot) {
+                    s.add(self.id, ClusterStat::UpstreamCxRxBytesTotal, n);
+                }
+            }
+        }
+    }
+
+    fn count_sent(&mut self, slot: u32, dir: Dir, n: u64) {
+        self.conns[slot as usize].last_activity_ms = self.now_ms;
+        match dir {
+            Dir::Up => {
+                if let Some(s) = self.cluster_stats(slot) {
+                    s.add(self.id, ClusterStat::UpstreamCxTxBytesTotal, n);
+                }
+            }
+            Dir::Down => {
+                if let Some(s) = self.tcp_stats(slot) {
+                    s.add(self.id, TcpStat::DownstreamCxTxBytesTotal, n);
+                }
+            }
+        }
+    }
+
+    fn relay_event(&mut self, slot: u32, event: Event) {
+        let mut actions = std::mem::take(&mut self.actions);
+        actions.clear();
+        self.conns[slot as usize].relay.on_event(event, &mut actions);
+        self.carry_out(slot, &actions);
+        self.actions = actions;
+    }
+
+    fn carry_out(&mut self, slot: u32, actions: &Actions) {
+        for action in actions.iter() {
+            self.carry_out_one(slot, action);
+        }
+    }
+
+    fn carry_out_one(&mut self, slot: u32, action: Action) {
+        let conn = &mut self.conns[slot as usize];
+        let nonce = conn.nonce;
+        match action {
+            Action::Recv(dir) => {
+                let fd = conn.fd(dir.source());
+                conn.inflight += 1;
+                let kind = if dir == Dir::Up { Kind::RecvUp } else { Kind::RecvDown };
+                self.ring.recv(fd, ud::encode(kind, slot, nonce));
+            }
+            Action::Send { dir, buf, offset, len } => {
+                let fd = conn.fd(dir.sink());
+                conn.inflight += 1;
+                conn.sending[dir as usize] = Some(buf);
+                let kind = if dir == Dir::Up { Kind::SendUp } else { Kind::SendDown };
+                self.ring.send(fd, buf, offset, len, ud::encode(kind, slot, nonce));
+            }
+            Action::ShutdownWrite(side) => {
+                let fd = conn.fd(side);
+                conn.inflight += 1;
+                let kind = if side == Side::Backend { Kind::ShutUp } else { Kind::ShutDown };
+                self.ring.shutdown(fd, libc::SHUT_WR, ud::encode(kind, slot, nonce));
+            }
+            Action::Recycle(buf) => {
+                self.ring.recycle(buf);
+                self.feed_starved();
+            }
+            Action::Reset { failed, errno } => {
+                tracing::debug!(worker = self.id, ?failed, errno, "connection reset");
+                conn.flags.set(match failed {
+                    Side::Client => ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                    Side::Backend => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                });
+                conn.closed_by_backend = failed == Side::Backend;
+                if let Some(s) = self.cluster_stats(slot) {
+                    s.inc(self.id, ClusterStat::UpstreamCxReset);
+                }
+                self.teardown(slot, failed.other());
+            }
+            Action::Close => {
+                conn.closed_by_backend = true;
+                self.teardown_clean(slot);
+            }
+            Action::Paused(dir) => self.count_flow(slot, dir, true),
+            Action::Resumed(dir) => self.count_flow(slot, dir, false),
+        }
+    }
+
+    fn count_flow(&mut self, slot: u32, dir: Dir, paused: bool) {
+        match dir {
+            Dir::Up => {
+                if let Some(s) = self.tcp_stats(slot) {
+                    s.inc(
+                        self.id,
+                        if paused {
+                            TcpStat::DownstreamFlowControlPausedReadingTotal
+                        } else {
+                            TcpStat::DownstreamFlowControlResumedReadingTotal
+                        },
+                    );
+                }
+            }
+            Dir::Down => {
+                if let Some(s) = self.cluster_stats(slot) {
+                    s.inc(
+                        self.id,
+                        if paused {
+                            ClusterStat::UpstreamFlowControlPausedReadingTotal
+                        } else {
+                            ClusterStat::UpstreamFlowControlResumedReadingTotal
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Gives a returned buffer's worth of progress to starved connections.
+    fn feed_starved(&mut self) {
+        while let Some(slot) = self.starved.pop() {
+            let conn = &self.conns[slot as usize];
+            if conn.is_live() && (conn.relay.is_starved(Dir::Up) || conn.relay.is_starved(Dir::Down)) {
+                self.relay_event(slot, Event::BufferAvailable);
+                return;
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// Resets `reset_side` (SO_LINGER 0) and closes both sockets.
+    fn teardown(&mut self, slot: u32, reset_side: Side) {
+        self.close_sockets(slot, reset_side == Side::Client, reset_side == Side::Backend);
+    }
+
+    /// Closes both sockets after a clean end of both directions.
+    fn teardown_clean(&mut self, slot: u32) {
+        self.close_sockets(slot, false, false);
+    }
+
+    /// Stops the relay and closes both sockets (cancelling their operations first), each
+    /// with a reset if asked. Idempotent.
+    fn close_sockets(&mut self, slot: u32, reset_client: bool, reset_backend: bool) {
+        let conn = &mut self.conns[slot as usize];
+        if conn.state == ConnState::Closing {
+            return;
+        }
+        conn.state = ConnState::Closing;
+        conn.relay.abort();
+        let ud = ud::encode(Kind::Aux, slot, conn.nonce);
+        for (side, reset) in [(Side::Client, reset_client), (Side::Backend, reset_backend)] {
+            let fd = std::mem::replace(conn.fd_mut(side), NO_FD);
+            if fd != NO_FD {
+                conn.inflight += self.ring.teardown(fd, reset, ud);
+            }
+        }
+    }
+
+    /// Closes the client when no backend was ever connected (no route, connect failure).
+    fn close_client_only(&mut self, slot: u32) {
+        let conn = &mut self.conns[slot as usize];
+        conn.state = ConnState::Closing;
+        let ud = ud::encode(Kind::Aux, slot, conn.nonce);
+        let fd = std::mem::replace(&mut conn.client, NO_FD);
+        if fd != NO_FD {
+            conn.inflight += 1;
+            self.ring.close(fd, ud);
+        }
+        self.finish_if_done(slot);
+    }
+
+    /// Ends a live connection from the worker's side (idle timeout, drain): both sockets are
+    /// closed, with a reset when `reset` is set.
+    fn abort_conn(&mut self, slot: u32, flag: u16, details: &'static str, reset: bool) {
+        if flag == ResponseFlags::DRAIN_CLOSE {
+            if let Some(s) = self.tcp_stats(slot) {
+                s.inc(self.id, TcpStat::DownstreamCxDrainClose);
+            }
+        }
+        let conn = &mut self.conns[slot as usize];
+        if !conn.is_live() {
+            return;
+        }
+        conn.flags.set(flag);
+        conn.termination_details = details;
+        conn.max_attempts = 0;
+        self.close_sockets(slot, reset, reset);
+        self.finish_if_done(slot);
+    }
+
+    /// Frees the slot once the connection is closed and its last completion arrived.
+    fn finish_if_done(&mut self, slot: u32) {
+        let conn = &self.conns[slot as usize];
+        if conn.state != ConnState::Closing || conn.inflight > 0 {
+            return;
+        }
+        self.record_close(slot);
+        let conn = &mut self.conns[slot as usize];
+        let gen_index = conn.generation as usize;
+        conn.state = ConnState::Free;
+        self.free_slots.push(slot);
+        self.open_conns -= 1;
+        if let Some(g) = self.generations[gen_index].as_mut() {
+            g.conns -= 1;
+        }
+        self.release_generation_if_unused(gen_index);
+    }
+
+    /// Stats and the access-log record of a connection that just closed.
+    fn record_close(&mut self, slot: u32) {
+        let id = self.id;
+        let now_ms = self.now_ms;
+        let conn = &self.conns[slot as usize];
+        let Some(g) = self.generations[conn.generation as usize].as_mut() else { return };
+        let fib: &Fib = &g.fib;
+        self.shared.server_stats.dec(id, ServerStat::TotalConnections);
+        let Some(listener) = fib.listeners.get(conn.fib_listener as usize) else { return };
+        listener.stats.dec(id, ListenerStat::DownstreamCxActive);
+        listener.stats.inc(id, ListenerStat::DownstreamCxDestroy);
+        let mut cluster_name = None;
+        if let Some(cluster_id) = conn.cluster {
+            let cluster = fib.cluster(cluster_id);
+            cluster_name = Some(cluster.name.clone());
+            if conn.connected {
+                cluster.stats.dec(id, ClusterStat::UpstreamCxActive);
+                cluster.stats.inc(id, ClusterStat::UpstreamCxDestroy);
+                cluster.stats.inc(
+                    id,
+                    if conn.closed_by_backend {
+                        ClusterStat::UpstreamCxDestroyRemote
+                    } else {
+                        ClusterStat::UpstreamCxDestroyLocal
+                    },
+                );
+                if let Some(e) = conn.endpoint {
+                    cluster.endpoints[e as usize].stats.dec(id, HostStat::CxActive);
+                    let a = &mut g.active[cluster_id.0 as usize][e as usize];
+                    *a = a.saturating_sub(1);
+                }
+            }
+            if conn.flags.0 != 0 && !conn.flags.has(ResponseFlags::STREAM_IDLE_TIMEOUT) {
+                if let Some(e) = conn.endpoint {
+                    cluster.endpoints[e as usize].stats.inc(id, HostStat::RqError);
+                }
+            }
+        }
+        if conn.chain == conn::CHAIN_NONE {
+            return;
+        }
+        let chain = chain_of(listener, conn.chain);
+        chain.tcp_proxy.stats.dec(id, TcpStat::DownstreamCxActive);
+        for sink in chain.tcp_proxy.access_logs.iter() {
+            let record = AccessRecord {
+                sink: sink.clone(),
+                start_time_unix_ms: conn.start_unix_ms,
+                duration_ms: now_ms.saturating_sub(conn.start_ms),
+                bytes_received: conn.relay.bytes(Dir::Up).received,
+                bytes_sent: conn.relay.bytes(Dir::Down).sent,
+                downstream_remote: conn.remote,
+                downstream_local: conn.local,
+                upstream_host: conn.upstream,
+                upstream_local: None,
+                upstream_cluster: cluster_name.clone(),
+                response_flags: conn.flags,
+                termination_details: conn.termination_details,
+            };
+            if !self.shared.access_logs.push(id, record) {
+                self.shared.server_stats.inc(id, ServerStat::AccessLogDropped);
+            }
+        }
+    }
+
+    fn tcp_stats(&self, slot: u32) -> Option<&crate::stats::TcpStats> {
+        let conn = &self.conns[slot as usize];
+        if conn.chain == conn::CHAIN_NONE {
+            return None;
+        }
+        let g = self.generations[conn.generation as usize].as_ref()?;
+        let listener = g.fib.listeners.get(conn.fib_listener as usize)?;
+        Some(&chain_of(listener, conn.chain).tcp_proxy.stats)
+    }
+
+    fn cluster_stats(&self, slot: u32) -> Option<&crate::stats::ClusterStats> {
+        let conn = &self.conns[slot as usize];
+        let g = self.generations[conn.generation as usize].as_ref()?;
+        Some(&g.fib.cluster(conn.cluster?).stats)
+    }
+}
+
+fn match_chain_index(listener: &Listener, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+    let chains = &listener.filter_chains;
+    match crate::fib::select_chain(chains.len(), |i| &chains[i].matcher, local, remote) {
+        Some(i) => Some(i as u32),
+        None => listener.default_chain.as_ref().map(|_| CHAIN_DEFAULT),
+    }
+}
+
+fn chain_of(listener: &Listener, index: u32) -> &FilterChain {
+    if index == CHAIN_DEFAULT {
+        listener.default_chain.as_ref().expect("default chain index without a default chain")
+    } else {
+        &listener.filter_chains[index as usize]
+    }
+}
