@@ -1,1 +1,104 @@
-fn main() {}
+//! The `switchyard` binary: parses the command line and wires the crates together. No logic
+//! lives here.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use switchyard_control::controller::{self, RunOptions};
+use switchyard_dataplane::worker::Limits;
+
+mod demo;
+
+#[derive(Parser, Debug)]
+#[command(name = "switchyard", version, about = "A thread-per-core L4 proxy on io_uring, configured like Envoy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy with an Envoy v3 bootstrap file (YAML or JSON, by extension).
+    Run {
+        /// The bootstrap file. SIGHUP, or a change of its contents, reloads it.
+        #[arg(short = 'c', long = "config-path", alias = "config")]
+        config: PathBuf,
+        /// Workers (one per core, pinned); default: one per CPU this process may use.
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Log level: trace, debug, info, warn, error (or a tracing filter).
+        #[arg(short = 'l', long, default_value = "info")]
+        log_level: String,
+        /// Seconds open connections may finish after SIGTERM/SIGINT before they are closed.
+        #[arg(long, default_value_t = 5.0)]
+        drain_time_s: f64,
+        /// Connection slots per worker.
+        #[arg(long, default_value_t = Limits::default().max_connections_per_worker)]
+        max_connections_per_worker: usize,
+    },
+    /// Check a bootstrap file and exit: 0 when valid, 1 with the bad field's path when not.
+    Validate {
+        /// The bootstrap file.
+        #[arg(short = 'c', long = "config-path", alias = "config")]
+        config: PathBuf,
+    },
+    /// Start echo backends, the gateway with an embedded config, drive traffic through it and
+    /// print a results table.
+    Demo {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        duration_s: u64,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, concurrency, log_level, drain_time_s, max_connections_per_worker } => {
+            init_logging(&log_level);
+            let limits = Limits { max_connections_per_worker, ..Limits::default() };
+            let options = RunOptions {
+                config_path: config,
+                concurrency,
+                drain_time: Duration::from_secs_f64(drain_time_s.max(0.0)),
+                limits,
+                command_line: std::env::args().collect(),
+            };
+            match controller::run(options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchyard: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Validate { config } => match switchyard_control::config::load_rib(&config) {
+            Ok(_) => {
+                println!("configuration '{}' OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("configuration '{}' is invalid: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo { duration_s } => {
+            init_logging("warn");
+            match demo::run(Duration::from_secs(duration_s.max(1))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchyard demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

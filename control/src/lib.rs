@@ -2,4 +2,10 @@
 //! the admin API. It depends on the data plane's FIB types; the data plane never depends on it.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod compile;
+pub mod config;
+pub mod convert;
+pub mod rib;
 pub mod stats;
+pub mod controller;

@@ -670,10 +670,8 @@ impl Worker {
             if let Some(e) = endpoint {
                 c.endpoints[e as usize].stats.inc(id, HostStat::CxConnectFail);
             }
-            if attempts >= max_attempts {
-                if max_attempts > 1 {
-                    c.stats.inc(id, ClusterStat::UpstreamCxConnectAttemptsExceeded);
-                }
+            if attempts >= max_attempts && max_attempts > 1 {
+                c.stats.inc(id, ClusterStat::UpstreamCxConnectAttemptsExceeded);
             }
         }
         if attempts < max_attempts && self.phase != Phase::Stopped {

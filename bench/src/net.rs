@@ -1,0 +1,134 @@
+//! Socket helpers shared by the client modes: connect with timeouts, full reads and writes that
+//! classify their failures, and close with FIN or RST.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorClass, Failure};
+use crate::pattern::PatternVerifier;
+
+/// Connects to `target` within `connect_timeout`, with TCP_NODELAY and read/write timeouts of
+/// `io_timeout` (a stalled peer becomes a `timeout` error, never a hang).
+pub(crate) fn connect(
+    target: SocketAddr,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+) -> Result<TcpStream, Failure> {
+    let stream = TcpStream::connect_timeout(&target, connect_timeout)
+        .map_err(|e| Failure::io(&format!("connect to {target}"), &e))?;
+    configure(&stream, io_timeout).map_err(|e| Failure::io("configure socket", &e))?;
+    Ok(stream)
+}
+
+/// Sets TCP_NODELAY and the read/write timeouts.
+pub(crate) fn configure(stream: &TcpStream, io_timeout: Duration) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(io_timeout))?;
+    stream.set_write_timeout(Some(io_timeout))?;
+    Ok(())
+}
+
+/// Writes all of `data`.
+pub(crate) fn write_all(stream: &mut TcpStream, data: &[u8], what: &str) -> Result<(), Failure> {
+    stream
+        .write_all(data)
+        .map_err(|e| Failure::io(&format!("write {what}"), &e))
+}
+
+/// Reads exactly `buf.len()` bytes and verifies them against `verifier`.
+pub(crate) fn read_verified(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    verifier: &mut PatternVerifier,
+    what: &str,
+) -> Result<(), Failure> {
+    let mut got = 0;
+    while got < buf.len() {
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(Failure::new(
+                    ErrorClass::Eof,
+                    format!(
+                        "read {what}: peer closed after {got} of {} bytes",
+                        buf.len()
+                    ),
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failure::io(&format!("read {what}"), &e)),
+        }
+    }
+    verifier.feed(buf).map_err(|at| mismatch(what, at))
+}
+
+/// A mismatch failure at stream offset `at`.
+pub(crate) fn mismatch(what: &str, at: u64) -> Failure {
+    Failure::new(
+        ErrorClass::Mismatch,
+        format!("{what}: payload differs from what was sent at stream offset {at}"),
+    )
+}
+
+/// After our half-close, reads until the peer closes too; any byte that arrives is a mismatch.
+pub(crate) fn expect_eof(stream: &mut TcpStream, what: &str) -> Result<(), Failure> {
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                return Err(Failure::new(
+                    ErrorClass::Mismatch,
+                    format!("{what}: {n} unexpected bytes before the peer's close"),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failure::io(&format!("{what}: wait for close"), &e)),
+        }
+    }
+}
+
+/// How a client closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloseMode {
+    /// Abortive close (SO_LINGER 0): the client sends RST and keeps no TIME_WAIT, so a long
+    /// `cps` run does not run out of ephemeral ports.
+    #[default]
+    Rst,
+    /// Graceful: half-close, wait for the peer's FIN (checks that half-close propagates through
+    /// the proxy), then close. The client keeps TIME_WAIT.
+    Fin,
+}
+
+impl CloseMode {
+    /// `"rst"` or `"fin"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseMode::Rst => "rst",
+            CloseMode::Fin => "fin",
+        }
+    }
+}
+
+/// Closes `stream` as `mode` says.
+pub(crate) fn close(mut stream: TcpStream, mode: CloseMode) -> Result<(), Failure> {
+    match mode {
+        CloseMode::Rst => {
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(Duration::ZERO))
+                .map_err(|e| Failure::io("set SO_LINGER", &e))?;
+            drop(stream);
+            Ok(())
+        }
+        CloseMode::Fin => {
+            stream
+                .shutdown(Shutdown::Write)
+                .map_err(|e| Failure::io("half-close", &e))?;
+            expect_eof(&mut stream, "close")
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! `/clusters` and `/listeners`, read from the FIB the workers use now.
+//!
+//! `/clusters` prints what Switchyard really has: the cluster's name, and per host its
+//! counters and gauges, hostname, health, weight, locality and priority. Circuit-breaker
+//! thresholds are not printed: Switchyard has none yet, and printing Envoy's defaults would
+//! claim limits that are not enforced.
+
+use super::http::{Query, Response};
+use super::AdminState;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use switchyard_dataplane::fib::Fib;
+use switchyard_dataplane::stats::{HostStat, StatKind};
+
+fn socket_address(addr: &SocketAddr) -> serde_json::Value {
+    json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
+}
+
+/// Host stats sorted by name (Envoy's text order): (name, kind, value).
+fn host_stats(
+    stats: &switchyard_dataplane::stats::HostStats,
+) -> Vec<(&'static str, StatKind, u64)> {
+    let mut v: Vec<_> = HostStat::ALL
+        .iter()
+        .map(|&s| (s.name(), s.kind(), stats.get(s)))
+        .collect();
+    v.sort_by_key(|(name, _, _)| *name);
+    v
+}
+
+/// Envoy's `/clusters` text form.
+pub(crate) fn render_clusters_text(fib: &Fib) -> String {
+    let mut out = String::new();
+    for c in &fib.clusters {
+        let n = &c.name;
+        let _ = writeln!(out, "{n}::observability_name::{n}");
+        for e in &c.endpoints {
+            let h = format!("{n}::{}", e.address);
+            for (name, kind, value) in host_stats(&e.stats) {
+                match kind {
+                    StatKind::Counter => {
+                        let _ = writeln!(out, "{h}::{name}::{value}");
+                    }
+                    StatKind::Gauge => {
+                        let _ = writeln!(out, "{h}::{name}::{}", value as i64);
+                    }
+                }
+            }
+            let _ = writeln!(out, "{h}::hostname::");
+            let _ = writeln!(out, "{h}::health_flags::healthy");
+            let _ = writeln!(out, "{h}::weight::{}", e.weight);
+            let _ = writeln!(out, "{h}::region::");
+            let _ = writeln!(out, "{h}::zone::");
+            let _ = writeln!(out, "{h}::sub_zone::");
+            let _ = writeln!(out, "{h}::canary::false");
+            let _ = writeln!(out, "{h}::priority::0");
+        }
+    }
+    out
+}
+
+/// Envoy's `/clusters?format=json` (`envoy.admin.v3.Clusters`): host stats with values as
+/// strings (uint64 in proto3 JSON), counters first, then gauges.
+pub(crate) fn render_clusters_json(fib: &Fib) -> serde_json::Value {
+    let statuses: Vec<serde_json::Value> = fib
+        .clusters
+        .iter()
+        .map(|c| {
+            let hosts: Vec<serde_json::Value> = c
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let mut stats = host_stats(&e.stats);
+                    stats.sort_by_key(|(name, kind, _)| (*kind == StatKind::Gauge, *name));
+                    let stats: Vec<serde_json::Value> = stats
+                        .into_iter()
+                        .map(|(name, kind, value)| {
+                            let (value, kind) = match kind {
+                                StatKind::Counter => (value.to_string(), "COUNTER"),
+                                StatKind::Gauge => ((value as i64).max(0).to_string(), "GAUGE"),
+                            };
+                            json!({"name": name, "value": value, "type": kind})
+                        })
+                        .collect();
+                    json!({
+                        "address": socket_address(&e.address),
+                        "stats": stats,
+                        "health_status": {"eds_health_status": "HEALTHY"},
+                        "weight": e.weight,
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*c.name,
+                "observability_name": &*c.name,
+                "host_statuses": hosts,
+            })
+        })
+        .collect();
+    json!({ "cluster_statuses": statuses })
+}
+
+/// Envoy's `/listeners` text form: `name::address` lines.
+pub(crate) fn render_listeners_text(fib: &Fib) -> String {
+    let mut out = String::new();
+    for l in &fib.listeners {
+        let _ = writeln!(out, "{}::{}", l.name, l.address);
+    }
+    out
+}
+
+/// Envoy's `/listeners?format=json` (`envoy.admin.v3.Listeners`).
+pub(crate) fn render_listeners_json(fib: &Fib) -> serde_json::Value {
+    let statuses: Vec<serde_json::Value> = fib
+        .listeners
+        .iter()
+        .map(|l| json!({"name": &*l.name, "local_address": socket_address(&l.address)}))
+        .collect();
+    json!({ "listener_statuses": statuses })
+}
+
+fn bad_format(other: &str) -> Response {
+    Response::text(
+        400,
+        format!("unsupported format '{other}': one of text, json\n"),
+    )
+}
+
+/// `GET /clusters[?format=json]`.
+pub(super) fn handle_clusters(state: &AdminState, q: &Query) -> Response {
+    let fib = state.fib.load();
+    match q.get("format").unwrap_or("text") {
+        "text" | "" => Response::text(200, render_clusters_text(&fib)),
+        "json" => Response::json(&render_clusters_json(&fib)),
+        other => bad_format(other),
+    }
+}
+
+/// `GET /listeners[?format=json]`.
+pub(super) fn handle_listeners(state: &AdminState, q: &Query) -> Response {
+    let fib = state.fib.load();
+    match q.get("format").unwrap_or("text") {
+        "text" | "" => Response::text(200, render_listeners_text(&fib)),
+        "json" => Response::json(&render_listeners_json(&fib)),
+        other => bad_format(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::fixture;
+    use super::*;
+
+    #[test]
+    fn clusters_text() {
+        let f = fixture();
+        let text = render_clusters_text(&f.state.fib.load());
+        assert_eq!(
+            text,
+            "echo::observability_name::echo\n\
+             echo::127.0.0.1:9001::cx_active::1\n\
+             echo::127.0.0.1:9001::cx_connect_fail::1\n\
+             echo::127.0.0.1:9001::cx_total::3\n\
+             echo::127.0.0.1:9001::rq_error::0\n\
+             echo::127.0.0.1:9001::hostname::\n\
+             echo::127.0.0.1:9001::health_flags::healthy\n\
+             echo::127.0.0.1:9001::weight::1\n\
+             echo::127.0.0.1:9001::region::\n\
+             echo::127.0.0.1:9001::zone::\n\
+             echo::127.0.0.1:9001::sub_zone::\n\
+             echo::127.0.0.1:9001::canary::false\n\
+             echo::127.0.0.1:9001::priority::0\n\
+             echo::127.0.0.1:9002::cx_active::0\n\
+             echo::127.0.0.1:9002::cx_connect_fail::0\n\
+             echo::127.0.0.1:9002::cx_total::2\n\
+             echo::127.0.0.1:9002::rq_error::1\n\
+             echo::127.0.0.1:9002::hostname::\n\
+             echo::127.0.0.1:9002::health_flags::healthy\n\
+             echo::127.0.0.1:9002::weight::3\n\
+             echo::127.0.0.1:9002::region::\n\
+             echo::127.0.0.1:9002::zone::\n\
+             echo::127.0.0.1:9002::sub_zone::\n\
+             echo::127.0.0.1:9002::canary::false\n\
+             echo::127.0.0.1:9002::priority::0\n\
+             empty::observability_name::empty\n"
+        );
+    }
+
+    #[test]
+    fn clusters_json() {
+        let f = fixture();
+        let v = render_clusters_json(&f.state.fib.load());
+        let host = |port: u16, stats: [(&str, &str, &str); 4], weight: u32| {
+            let stats: Vec<_> = stats
+                .iter()
+                .map(|(n, v, t)| json!({"name": n, "value": v, "type": t}))
+                .collect();
+            json!({
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "stats": stats,
+                "health_status": {"eds_health_status": "HEALTHY"},
+                "weight": weight,
+            })
+        };
+        assert_eq!(
+            v,
+            json!({"cluster_statuses": [
+                {"name": "echo", "observability_name": "echo", "host_statuses": [
+                    host(9001, [("cx_connect_fail", "1", "COUNTER"), ("cx_total", "3", "COUNTER"),
+                                ("rq_error", "0", "COUNTER"), ("cx_active", "1", "GAUGE")], 1),
+                    host(9002, [("cx_connect_fail", "0", "COUNTER"), ("cx_total", "2", "COUNTER"),
+                                ("rq_error", "1", "COUNTER"), ("cx_active", "0", "GAUGE")], 3),
+                ]},
+                {"name": "empty", "observability_name": "empty", "host_statuses": []},
+            ]})
+        );
+    }
+
+    #[test]
+    fn listeners_text_and_json() {
+        let f = fixture();
+        let fib = f.state.fib.load();
+        assert_eq!(render_listeners_text(&fib), "gw::127.0.0.1:10000\n");
+        assert_eq!(
+            render_listeners_json(&fib),
+            json!({"listener_statuses": [{"name": "gw", "local_address":
+                {"socket_address": {"address": "127.0.0.1", "port_value": 10000}}}]})
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! `/config_dump` and `/server_info`.
+//!
+//! `/config_dump` is built from the bootstrap the control thread stored (proto3 JSON): an
+//! `envoy.admin.v3.BootstrapConfigDump` with it, then a `ClustersConfigDump` and a
+//! `ListenersConfigDump` whose `static_clusters` / `static_listeners` carry each
+//! `static_resources` entry as an `Any` (with its `@type`). That is Envoy's order (bootstrap,
+//! clusters, listeners). Resources from xDS are not in the stored bootstrap and so not dumped.
+
+use super::http::{Query, Response};
+use super::{state_name, AdminState};
+use serde_json::{json, Map, Value};
+
+const BOOTSTRAP_DUMP: &str = "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump";
+const CLUSTERS_DUMP: &str = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump";
+const LISTENERS_DUMP: &str = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump";
+const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+
+/// `value` as an `Any` of `type_url`: `@type` first, then the message's fields.
+fn as_any(type_url: &str, value: &Value) -> Value {
+    let mut m = Map::new();
+    m.insert("@type".into(), type_url.into());
+    if let Value::Object(fields) = value {
+        for (k, v) in fields {
+            if k != "@type" {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+fn static_resources<'a>(bootstrap: &'a Value, kind: &str) -> &'a [Value] {
+    bootstrap
+        .get("static_resources")
+        .and_then(|s| s.get(kind))
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The repeated fields `?resource=` can name: (field, dump type, item type).
+const RESOURCES: &[(&str, &str, &str)] = &[
+    ("static_clusters", CLUSTERS_DUMP, "StaticCluster"),
+    ("dynamic_active_clusters", CLUSTERS_DUMP, "DynamicCluster"),
+    ("dynamic_warming_clusters", CLUSTERS_DUMP, "DynamicCluster"),
+    ("static_listeners", LISTENERS_DUMP, "StaticListener"),
+    ("dynamic_listeners", LISTENERS_DUMP, "DynamicListener"),
+];
+
+/// The items of one repeated field of a dump (each `{"<key>": Any}`).
+fn resource_items(bootstrap: &Value, field: &str) -> Vec<Value> {
+    let (kind, key, type_url) = match field {
+        "static_clusters" => ("clusters", "cluster", CLUSTER),
+        "static_listeners" => ("listeners", "listener", LISTENER),
+        // Only the stored bootstrap is known here: no dynamic resources.
+        _ => return Vec::new(),
+    };
+    static_resources(bootstrap, kind)
+        .iter()
+        .map(|r| {
+            let mut m = Map::new();
+            m.insert(key.into(), as_any(type_url, r));
+            Value::Object(m)
+        })
+        .collect()
+}
+
+/// Envoy's `/config_dump` for a stored bootstrap.
+pub(crate) fn render_config_dump(bootstrap: &Value) -> Value {
+    let mut clusters = Map::new();
+    clusters.insert("@type".into(), CLUSTERS_DUMP.into());
+    let items = resource_items(bootstrap, "static_clusters");
+    if !items.is_empty() {
+        clusters.insert("static_clusters".into(), items.into());
+    }
+    let mut listeners = Map::new();
+    listeners.insert("@type".into(), LISTENERS_DUMP.into());
+    let items = resource_items(bootstrap, "static_listeners");
+    if !items.is_empty() {
+        listeners.insert("static_listeners".into(), items.into());
+    }
+    let bootstrap = if bootstrap.is_null() {
+        json!({})
+    } else {
+        bootstrap.clone()
+    };
+    json!({"configs": [
+        {"@type": BOOTSTRAP_DUMP, "bootstrap": bootstrap},
+        clusters,
+        listeners,
+    ]})
+}
+
+/// `?resource=<field>`: the items of that repeated field, each with its own `@type`
+/// (`envoy.admin.v3.ClustersConfigDump.StaticCluster`, ...). `None` for an unknown field.
+pub(crate) fn render_resource(bootstrap: &Value, field: &str) -> Option<Value> {
+    let (_, dump, item_type) = RESOURCES.iter().find(|r| r.0 == field)?;
+    let configs: Vec<Value> = resource_items(bootstrap, field)
+        .into_iter()
+        .map(|item| {
+            let mut m = Map::new();
+            m.insert("@type".into(), format!("{dump}.{item_type}").into());
+            if let Value::Object(fields) = item {
+                m.extend(fields);
+            }
+            Value::Object(m)
+        })
+        .collect();
+    Some(json!({ "configs": configs }))
+}
+
+/// `GET /config_dump[?resource=static_listeners]`.
+pub(super) fn handle_config_dump(state: &AdminState, q: &Query) -> Response {
+    let bootstrap = state.bootstrap();
+    match q.get("resource") {
+        None | Some("") => Response::json(&render_config_dump(&bootstrap)),
+        Some(field) => match render_resource(&bootstrap, field) {
+            Some(v) => Response::json(&v),
+            None => Response::text(404, format!("{field} not found in config dump\n")),
+        },
+    }
+}
+
+/// The value of an Envoy-style option in `args` (`-c x`, `--config-path x`, `--config-path=x`).
+fn option<'a>(args: &'a [String], names: &[&str]) -> Option<&'a str> {
+    let mut it = args.iter().skip(1);
+    while let Some(arg) = it.next() {
+        for name in names {
+            if arg == name {
+                return it.next().map(String::as_str);
+            }
+            if let Some(v) = arg.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+/// Envoy's `/server_info` (`envoy.admin.v3.ServerInfo`).
+pub(crate) fn render_server_info(state: &AdminState) -> Value {
+    let args = &state.command_line;
+    let mut options = Map::new();
+    options.insert("concurrency".into(), state.concurrency.into());
+    if let Some(path) = option(args, &["-c", "--config-path"]) {
+        options.insert("config_path".into(), path.into());
+    }
+    if let Some(s) = option(args, &["--drain-time-s"]).and_then(|s| s.parse::<u64>().ok()) {
+        options.insert("drain_time".into(), format!("{s}s").into());
+    }
+    if let Some(s) = option(args, &["--parent-shutdown-time-s"]).and_then(|s| s.parse::<u64>().ok())
+    {
+        options.insert("parent_shutdown_time".into(), format!("{s}s").into());
+    }
+    if let Some(s) = option(args, &["--drain-strategy"]) {
+        let strategy = if s.eq_ignore_ascii_case("immediate") {
+            "Immediate"
+        } else {
+            "Gradual"
+        };
+        options.insert("drain_strategy".into(), strategy.into());
+    }
+    if let Some(level) = option(args, &["-l", "--log-level"]) {
+        options.insert("log_level".into(), level.into());
+    }
+    options.insert("mode".into(), "Serve".into());
+    let uptime = format!("{}s", state.started.elapsed().as_secs());
+    let mut info = Map::new();
+    let build = if cfg!(debug_assertions) {
+        "DEBUG"
+    } else {
+        "RELEASE"
+    };
+    info.insert(
+        "version".into(),
+        format!("switchyard/{}/{build}", env!("CARGO_PKG_VERSION")).into(),
+    );
+    info.insert("state".into(), state_name(state.effective_state()).into());
+    info.insert("hot_restart_version".into(), "disabled".into());
+    info.insert("command_line_options".into(), Value::Object(options));
+    if let Some(node) = state.bootstrap().get("node") {
+        info.insert("node".into(), node.clone());
+    }
+    info.insert("uptime_current_epoch".into(), uptime.clone().into());
+    info.insert("uptime_all_epochs".into(), uptime.into());
+    Value::Object(info)
+}
+
+/// `GET /server_info`.
+pub(super) fn handle_server_info(state: &AdminState, _: &Query) -> Response {
+    Response::json(&render_server_info(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{bootstrap_json, fixture};
+    use super::*;
+
+    #[test]
+    fn config_dump_shape() {
+        let b = bootstrap_json();
+        let d = render_config_dump(&b);
+        let configs = d["configs"].as_array().unwrap();
+        assert_eq!(configs.len(), 3);
+        assert_eq!(configs[0], json!({"@type": BOOTSTRAP_DUMP, "bootstrap": b}));
+        assert_eq!(
+            configs[1],
+            json!({"@type": CLUSTERS_DUMP, "static_clusters": [
+                {"cluster": {"@type": CLUSTER, "name": "echo", "connect_timeout": "1s"}},
+                {"cluster": {"@type": CLUSTER, "name": "empty", "connect_timeout": "1s"}},
+            ]})
+        );
+        let l = &configs[2];
+        assert_eq!(l["@type"], LISTENERS_DUMP);
+        let listener = &l["static_listeners"][0]["listener"];
+        assert_eq!(listener["@type"], LISTENER);
+        assert_eq!(listener["name"], "gw");
+        assert_eq!(listener["address"]["socket_address"]["port_value"], 10000);
+        // "@type" is printed first.
+        let text = serde_json::to_string(listener).unwrap();
+        assert!(text.starts_with("{\"@type\":"), "{text}");
+
+        // Nothing stored yet: empty dumps.
+        assert_eq!(
+            render_config_dump(&Value::Null),
+            json!({"configs": [
+                {"@type": BOOTSTRAP_DUMP, "bootstrap": {}},
+                {"@type": CLUSTERS_DUMP},
+                {"@type": LISTENERS_DUMP},
+            ]})
+        );
+    }
+
+    #[test]
+    fn resource_param() {
+        let b = bootstrap_json();
+        let v = render_resource(&b, "static_clusters").unwrap();
+        assert_eq!(
+            v["configs"][1],
+            json!({"@type": format!("{CLUSTERS_DUMP}.StaticCluster"),
+                   "cluster": {"@type": CLUSTER, "name": "empty", "connect_timeout": "1s"}})
+        );
+        let v = render_resource(&b, "static_listeners").unwrap();
+        assert_eq!(v["configs"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            render_resource(&b, "dynamic_listeners").unwrap(),
+            json!({"configs": []})
+        );
+        assert!(render_resource(&b, "nope").is_none());
+    }
+
+    #[test]
+    fn server_info() {
+        let f = fixture();
+        let v = render_server_info(&f.state);
+        assert_eq!(v["state"], "LIVE");
+        assert_eq!(v["uptime_current_epoch"], "0s");
+        assert_eq!(v["uptime_all_epochs"], "0s");
+        assert_eq!(
+            v["command_line_options"],
+            json!({"concurrency": 2, "config_path": "/etc/sy.yaml", "drain_time": "30s", "mode": "Serve"})
+        );
+        assert_eq!(v["node"]["id"], "node-1");
+        assert!(v["version"].as_str().unwrap().starts_with("switchyard/"));
+    }
+
+    #[test]
+    fn options_parse_both_forms() {
+        let args: Vec<String> = ["sy", "--config-path", "a.yaml", "--log-level=debug"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(option(&args, &["-c", "--config-path"]), Some("a.yaml"));
+        assert_eq!(option(&args, &["-l", "--log-level"]), Some("debug"));
+        assert_eq!(option(&args, &["--drain-time-s"]), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! A hand-built FIB, stats registry and admin state for the admin's tests.
+
+use super::{AdminAction, AdminState, STATE_LIVE};
+use crate::stats::StatsRegistry;
+use arc_swap::ArcSwap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use switchyard_dataplane::fib::{Cluster, Endpoint, Fib, LbPolicy, Listener};
+use switchyard_dataplane::stats::{ClusterStat, HostStat, ListenerStat, ServerStat, TcpStat};
+
+pub(crate) struct Fixture {
+    pub state: Arc<AdminState>,
+    pub actions: Receiver<AdminAction>,
+}
+
+/// Two workers; listener `gw` on 127.0.0.1:10000; cluster `echo` with endpoints
+/// 127.0.0.1:9001 (weight one) and 127.0.0.1:9002 (weight three); cluster `empty` with no
+/// endpoint; tcp prefix `l4`.
+///
+/// Traffic so far: three connections (one on worker 0, two on worker 1, one of them still
+/// open), five upstream connects to echo (three to 9001 with one failure, two to 9002), and
+/// 100 bytes received.
+pub(crate) fn fixture() -> Fixture {
+    let reg = Arc::new(StatsRegistry::new(2));
+    let tcp = reg.tcp("l4");
+    tcp.inc(0, TcpStat::DownstreamCxTotal);
+    tcp.add(1, TcpStat::DownstreamCxTotal, 2);
+    tcp.inc(1, TcpStat::DownstreamCxActive);
+    tcp.add(0, TcpStat::DownstreamCxRxBytesTotal, 100);
+
+    let listener_addr = "127.0.0.1:10000".parse().unwrap();
+    let ls = reg.listener(listener_addr);
+    ls.inc(0, ListenerStat::DownstreamCxTotal);
+    ls.add(1, ListenerStat::DownstreamCxTotal, 2);
+    ls.inc(1, ListenerStat::DownstreamCxActive);
+
+    let echo = reg.cluster("echo");
+    echo.add(0, ClusterStat::UpstreamCxTotal, 5);
+    echo.inc(1, ClusterStat::UpstreamCxActive);
+    echo.inc(0, ClusterStat::UpstreamCxConnectFail);
+    let empty = reg.cluster("empty");
+
+    let a1 = "127.0.0.1:9001".parse().unwrap();
+    let a2 = "127.0.0.1:9002".parse().unwrap();
+    let h1 = reg.host("echo", a1);
+    h1.add(0, HostStat::CxTotal, 3);
+    h1.inc(0, HostStat::CxConnectFail);
+    h1.inc(1, HostStat::CxActive);
+    let h2 = reg.host("echo", a2);
+    h2.add(1, HostStat::CxTotal, 2);
+    h2.inc(1, HostStat::RqError);
+
+    reg.server().inc(1, ServerStat::TotalConnections);
+
+    let fib = Fib {
+        generation: 1,
+        listeners: vec![Listener {
+            name: "gw".into(),
+            address: listener_addr,
+            filter_chains: Vec::new(),
+            default_chain: None,
+            backlog: 1024,
+            stats: ls,
+        }],
+        clusters: vec![
+            Cluster {
+                name: "echo".into(),
+                connect_timeout_ms: 1000,
+                lb_policy: LbPolicy::RoundRobin,
+                endpoints: vec![
+                    Endpoint {
+                        address: a1,
+                        weight: 1,
+                        stats: h1,
+                    },
+                    Endpoint {
+                        address: a2,
+                        weight: 3,
+                        stats: h2,
+                    },
+                ],
+                stats: echo,
+            },
+            Cluster {
+                name: "empty".into(),
+                connect_timeout_ms: 1000,
+                lb_policy: LbPolicy::RoundRobin,
+                endpoints: Vec::new(),
+                stats: empty,
+            },
+        ],
+    };
+    let (tx, rx) = channel();
+    let state = AdminState::new(
+        reg,
+        Arc::new(ArcSwap::from_pointee(fib)),
+        2,
+        vec![
+            "switchyard".into(),
+            "-c".into(),
+            "/etc/sy.yaml".into(),
+            "--drain-time-s=30".into(),
+        ],
+        tx,
+    );
+    state.server_state.store(STATE_LIVE, Ordering::Relaxed);
+    *state.config_dump.lock().unwrap() = bootstrap_json();
+    Fixture {
+        state: Arc::new(state),
+        actions: rx,
+    }
+}
+
+/// The bootstrap the fixture's FIB came from, as proto3 JSON.
+pub(crate) fn bootstrap_json() -> serde_json::Value {
+    serde_json::json!({
+        "node": {"id": "node-1", "cluster": "gateways"},
+        "static_resources": {
+            "listeners": [{
+                "name": "gw",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.tcp_proxy",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": "l4",
+                        "cluster": "echo"
+                    }
+                }]}]
+            }],
+            "clusters": [
+                {"name": "echo", "connect_timeout": "1s"},
+                {"name": "empty", "connect_timeout": "1s"}
+            ]
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}}
+    })
+}

@@ -1,0 +1,541 @@
+//! A small, blocking HTTP/1.1 server for the admin: enough of RFC 9112 for admin clients
+//! (curl, Prometheus, kubelet probes), and nothing that lets a client hold the admin up.
+//!
+//! - Requests are parsed from a bounded buffer: the head (request line and headers) is at
+//!   most [`MAX_HEAD_BYTES`], a body at most [`MAX_BODY_BYTES`] (read and ignored). A
+//!   malformed request gets 400 and the connection is closed; an oversized one 431 or 413.
+//! - Keep-alive follows HTTP: on by default for HTTP/1.1, off for HTTP/1.0, and
+//!   `Connection: close` / `keep-alive` override it. Pipelined requests are answered in order.
+//! - Each read waits at most until a deadline: [`REQUEST_TIMEOUT`] to receive a whole request
+//!   once it has started (or on a new connection), [`IDLE_TIMEOUT`] between requests on a
+//!   kept-alive connection. Writes time out too.
+
+use super::{route, AdminState};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most bytes of request line plus headers.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most bytes of request body (bodies are read and ignored).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Connections served at once; more are answered 503 and closed.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Time allowed to receive one whole request (also the write timeout).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a kept-alive connection may sit idle between requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Parsed query parameters, percent-decoded, in request order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Query(pub Vec<(String, String)>);
+
+impl Query {
+    /// Parses `a=1&b&c=%2A`. `+` stays `+` (filters are regexes, where `+` means something).
+    pub fn parse(raw: &str) -> Query {
+        Query(
+            raw.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// True when `name` is present, with or without a value (Envoy's flags: `?usedonly`).
+    pub fn flag(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One request, as the router sees it.
+#[derive(Debug)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The query parameters.
+    pub query: Query,
+    /// Whether the client wants the connection kept open after the response.
+    pub keep_alive: bool,
+}
+
+/// One response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+    /// `Allow` header (405 answers).
+    pub allow: Option<&'static str>,
+}
+
+/// Envoy's admin content type for text.
+pub const TEXT: &str = "text/plain; charset=UTF-8";
+/// Envoy's admin content type for JSON.
+pub const JSON: &str = "application/json";
+
+impl Response {
+    /// A `text/plain; charset=UTF-8` response.
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
+        Response {
+            status,
+            content_type: TEXT,
+            body: body.into().into_bytes(),
+            allow: None,
+        }
+    }
+
+    /// An `application/json` response: `value`, pretty-printed like Envoy's, and a newline.
+    pub fn json(value: &serde_json::Value) -> Response {
+        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+        body.push(b'\n');
+        Response {
+            status: 200,
+            content_type: JSON,
+            body,
+            allow: None,
+        }
+    }
+
+    /// Adds an `Allow` header.
+    pub fn with_allow(mut self, allow: &'static str) -> Response {
+        self.allow = Some(allow);
+        self
+    }
+
+    fn write_to(
+        &self,
+        out: &mut impl Write,
+        head_only: bool,
+        keep_alive: bool,
+    ) -> std::io::Result<()> {
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+             Cache-Control: no-cache, max-age=0\r\nX-Content-Type-Options: nosniff\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len()
+        );
+        if let Some(allow) = self.allow {
+            head.push_str(&format!("Allow: {allow}\r\n"));
+        }
+        head.push_str(if keep_alive {
+            "Connection: keep-alive\r\n\r\n"
+        } else {
+            "Connection: close\r\n\r\n"
+        });
+        let mut bytes = head.into_bytes();
+        if !head_only {
+            bytes.extend_from_slice(&self.body);
+        }
+        out.write_all(&bytes)?;
+        out.flush()
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// Why no request could be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// The peer closed, reset, or went quiet: close without answering.
+    Gone,
+    /// The request is unacceptable: answer with this status and message, then close.
+    Reject(u16, String),
+}
+
+fn reject(status: u16, msg: impl Into<String>) -> ReadError {
+    ReadError::Reject(status, msg.into())
+}
+
+/// Reads one request from `stream`, using and refilling `buf` (bytes past this request stay
+/// in `buf` for the next one). `idle` is the deadline for the first byte when `buf` is empty.
+fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    idle: Duration,
+) -> Result<Request, ReadError> {
+    let started = Instant::now();
+    let mut deadline = started
+        + if buf.is_empty() {
+            idle
+        } else {
+            REQUEST_TIMEOUT
+        };
+    let mut scanned = 0;
+    let head_len = loop {
+        if let Some(end) = find_head_end(buf, scanned) {
+            break end;
+        }
+        scanned = buf.len().saturating_sub(3);
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(reject(431, "request head too large"));
+        }
+        let was_empty = buf.is_empty();
+        fill(stream, buf, deadline, MAX_HEAD_BYTES + 1)?;
+        if was_empty {
+            // The request has started: it must now arrive within REQUEST_TIMEOUT.
+            deadline = Instant::now() + REQUEST_TIMEOUT;
+        }
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Err(reject(431, "request head too large"));
+    }
+    let head = std::str::from_utf8(&buf[..head_len])
+        .map_err(|_| reject(400, "request head is not UTF-8"))?;
+    let (req, body_len) = parse_head(head)?;
+    if body_len > MAX_BODY_BYTES {
+        return Err(reject(413, "request body too large"));
+    }
+    let total = head_len + body_len;
+    while buf.len() < total {
+        fill(stream, buf, deadline, total)?;
+    }
+    buf.drain(..total);
+    Ok(req)
+}
+
+/// Index just past the blank line that ends the head (`\r\n\r\n`, or `\n\n` leniently).
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Reads more bytes into `buf` (up to `limit` bytes in all), waiting until `deadline`.
+fn fill(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    limit: usize,
+) -> Result<(), ReadError> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timeout_error(buf));
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|_| ReadError::Gone)?;
+        let want = chunk.len().min(limit.saturating_sub(buf.len()).max(1));
+        match stream.read(&mut chunk[..want]) {
+            Ok(0) => {
+                return Err(if buf.is_empty() {
+                    ReadError::Gone
+                } else {
+                    reject(400, "connection closed in the middle of a request")
+                })
+            }
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(());
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(timeout_error(buf));
+            }
+            Err(_) => return Err(ReadError::Gone),
+        }
+    }
+}
+
+fn timeout_error(buf: &[u8]) -> ReadError {
+    if buf.is_empty() {
+        ReadError::Gone
+    } else {
+        reject(408, "request not received in time")
+    }
+}
+
+/// Parses the request line and headers; returns the request and its body length.
+pub(crate) fn parse_head(head: &str) -> Result<(Request, usize), ReadError> {
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let request_line = lines.next().unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(reject(400, "malformed request line"));
+    };
+    if method.is_empty() || !method.bytes().all(is_token_byte) {
+        return Err(reject(400, "malformed method"));
+    }
+    let mut keep_alive = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        v if v.starts_with("HTTP/") => return Err(reject(505, "only HTTP/1.0 and HTTP/1.1")),
+        _ => return Err(reject(400, "malformed HTTP version")),
+    };
+    if !target.starts_with('/') || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(reject(400, "malformed request target"));
+    }
+    let mut content_length: Option<usize> = None;
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(reject(400, "malformed header line"));
+        };
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(reject(400, "malformed header name"));
+        }
+        let value = value.trim_matches(|c| c == ' ' || c == '\t');
+        if name.eq_ignore_ascii_case("content-length") {
+            let n: usize = value
+                .parse()
+                .ok()
+                .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| reject(400, "malformed Content-Length"))?;
+            if content_length.is_some_and(|old| old != n) {
+                return Err(reject(400, "conflicting Content-Length headers"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(reject(501, "Transfer-Encoding is not supported"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let req = Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: Query::parse(query),
+        keep_alive,
+    };
+    Ok((req, content_length.unwrap_or(0)))
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Accepts forever, serving each connection on its own thread.
+pub(super) fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let mut stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "admin: accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::AcqRel);
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+            let busy = Response::text(503, "too many admin connections\n");
+            let _ = busy.write_to(&mut stream, false, false);
+            close_gracefully(stream);
+            continue;
+        }
+        let state = state.clone();
+        let guard = ActiveGuard(active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("admin-conn".into())
+            .spawn(move || {
+                let _guard = guard;
+                serve_connection(stream, &state);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "admin: cannot spawn a connection thread");
+        }
+    }
+}
+
+/// Decrements the active-connection count when a connection thread ends (or never starts).
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves requests on one connection until either side closes it.
+pub(super) fn serve_connection(mut stream: TcpStream, state: &AdminState) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+    let mut buf = Vec::with_capacity(1024);
+    let mut idle = REQUEST_TIMEOUT;
+    loop {
+        match read_request(&mut stream, &mut buf, idle) {
+            Ok(req) => {
+                let response = route(state, &req);
+                let head_only = req.method == "HEAD";
+                if response
+                    .write_to(&mut stream, head_only, req.keep_alive)
+                    .is_err()
+                {
+                    return;
+                }
+                if !req.keep_alive {
+                    break;
+                }
+                idle = IDLE_TIMEOUT;
+            }
+            Err(ReadError::Gone) => return,
+            Err(ReadError::Reject(status, msg)) => {
+                tracing::debug!(status, %msg, "admin: rejected a request");
+                let _ =
+                    Response::text(status, format!("{msg}\n")).write_to(&mut stream, false, false);
+                break;
+            }
+        }
+    }
+    close_gracefully(stream);
+}
+
+/// Half-closes, then reads (briefly) what the client still sends, so the kernel does not
+/// answer unread bytes with a reset that could destroy the response in flight.
+fn close_gracefully(mut stream: TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_BODY_BYTES {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing_decodes_and_keeps_plus() {
+        let q = Query::parse("filter=cluster%5C.echo.%2B&usedonly&format=json&a=b=c&bad=%zz%4");
+        assert_eq!(q.get("filter"), Some("cluster\\.echo.+"));
+        assert!(q.flag("usedonly"));
+        assert_eq!(q.get("usedonly"), Some(""));
+        assert_eq!(q.get("format"), Some("json"));
+        assert_eq!(q.get("a"), Some("b=c"));
+        assert_eq!(q.get("bad"), Some("%zz%4"));
+        assert!(!q.flag("graceful"));
+        assert_eq!(Query::parse("x=a+b").get("x"), Some("a+b"));
+    }
+
+    #[test]
+    fn head_parsing() {
+        let (r, body) = parse_head("GET /stats?filter=x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.keep_alive, body),
+            ("GET", "/stats", true, 0)
+        );
+        assert_eq!(r.query.get("filter"), Some("x"));
+        let (r, _) = parse_head("GET / HTTP/1.1\r\nconnection: Close\r\n\r\n").unwrap();
+        assert!(!r.keep_alive);
+        let (r, _) = parse_head("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(!r.keep_alive);
+        let (r, _) = parse_head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+        assert!(r.keep_alive);
+        let (_, body) = parse_head("POST /x HTTP/1.1\r\nContent-Length: 12\r\n\r\n").unwrap();
+        assert_eq!(body, 12);
+        for bad in [
+            "GET\r\n\r\n",
+            "GET /  HTTP/1.1\r\n\r\n",
+            "GET stats HTTP/1.1\r\n\r\n",
+            "GET / FTP/1.0\r\n\r\n",
+            "G(T / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nno colon\r\n\r\n",
+            "GET / HTTP/1.1\r\nbad name: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_head(bad), Err(ReadError::Reject(400, _))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse_head("GET / HTTP/2.0\r\n\r\n"),
+            Err(ReadError::Reject(505, _))
+        ));
+        assert!(matches!(
+            parse_head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(ReadError::Reject(501, _))
+        ));
+    }
+
+    #[test]
+    fn head_end_detection() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nrest", 0), Some(18));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\n\nrest", 0), Some(16));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+    }
+}

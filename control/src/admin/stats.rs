@@ -1,0 +1,578 @@
+//! `/stats` and `/stats/prometheus`: every stat with its Envoy name, in Envoy's text, JSON and
+//! Prometheus forms.
+//!
+//! Names: `tcp.<stat_prefix>.<stat>`, `cluster.<name>.<stat>`, `listener.<ip>_<port>.<stat>`
+//! (and `.worker_N.downstream_cx_total|downstream_cx_active`), `server.<stat>`. Each dynamic
+//! part goes through Envoy's stat-name sanitizing (`:` becomes `_`, so an IPv6 listener is
+//! `listener.[__1]_80.`).
+//!
+//! The Prometheus form turns name parts into tags with Envoy's default tag-extraction regexes
+//! (`envoy.tcp_prefix`, `envoy.cluster_name`, `envoy.listener_address`), so a cluster whose
+//! name holds a dot is split where Envoy splits it.
+//!
+//! `usedonly` keeps stats whose value is not zero: stats here carry no "ever written" bit, so
+//! a counter that was written and then reset to zero is left out (Envoy would keep it).
+
+use super::http::{Query, Response};
+use super::{AdminState, STATE_LIVE};
+use crate::stats::StatsRegistry;
+use regex::Regex;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::LazyLock;
+use switchyard_dataplane::stats::{ClusterStat, ListenerStat, ServerStat, StatKind, TcpStat};
+
+/// A stat's value: counters are unsigned, gauges signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatValue {
+    /// Envoy counter.
+    Counter(u64),
+    /// Envoy gauge.
+    Gauge(i64),
+}
+
+impl StatValue {
+    fn new(kind: StatKind, raw: u64) -> StatValue {
+        match kind {
+            StatKind::Counter => StatValue::Counter(raw),
+            StatKind::Gauge => StatValue::Gauge(raw as i64),
+        }
+    }
+
+    fn is_zero(self) -> bool {
+        matches!(self, StatValue::Counter(0) | StatValue::Gauge(0))
+    }
+
+    fn json(self) -> serde_json::Value {
+        match self {
+            StatValue::Counter(v) => v.into(),
+            StatValue::Gauge(v) => v.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for StatValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatValue::Counter(v) => write!(f, "{v}"),
+            StatValue::Gauge(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// One stat: its full Envoy name and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// `cluster.echo.upstream_cx_total`.
+    pub name: String,
+    /// The value now.
+    pub value: StatValue,
+}
+
+/// Envoy's stat-name sanitizing for a dynamic name part: `:` becomes `_`.
+fn sanitize_element(s: &str) -> String {
+    s.replace(':', "_")
+}
+
+fn push_block<S: Copy>(
+    out: &mut Vec<Stat>,
+    prefix: &str,
+    all: &[S],
+    name: fn(S) -> &'static str,
+    kind: fn(S) -> StatKind,
+    get: impl Fn(S) -> u64,
+) {
+    for &s in all {
+        out.push(Stat {
+            name: format!("{prefix}.{}", name(s)),
+            value: StatValue::new(kind(s), get(s)),
+        });
+    }
+}
+
+/// Every stat, sorted by name: the registry's blocks summed over workers, per-worker listener
+/// stats, cluster membership from the current FIB, and the `server.*` stats.
+pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
+    let reg = &state.stats;
+    let workers = reg.workers();
+    let mut out = Vec::new();
+    {
+        let blocks = reg.blocks();
+        for (prefix, b) in &blocks.tcp {
+            let p = format!("tcp.{}", sanitize_element(prefix));
+            push_block(
+                &mut out,
+                &p,
+                &TcpStat::ALL,
+                TcpStat::name,
+                TcpStat::kind,
+                |s| b.get(s),
+            );
+        }
+        for (name, b) in &blocks.cluster {
+            let p = format!("cluster.{}", sanitize_element(name));
+            let all = &ClusterStat::ALL;
+            push_block(
+                &mut out,
+                &p,
+                all,
+                ClusterStat::name,
+                ClusterStat::kind,
+                |s| b.get(s),
+            );
+        }
+        for (name, b) in &blocks.listener {
+            let p = format!("listener.{}", sanitize_element(name));
+            let all = &ListenerStat::ALL;
+            push_block(
+                &mut out,
+                &p,
+                all,
+                ListenerStat::name,
+                ListenerStat::kind,
+                |s| b.get(s),
+            );
+            for w in 0..workers.min(b.slot_count()) {
+                let per_worker = [
+                    ListenerStat::DownstreamCxTotal,
+                    ListenerStat::DownstreamCxActive,
+                ];
+                let wp = format!("{p}.worker_{w}");
+                let get = |s| b.worker_value(w, s);
+                push_block(
+                    &mut out,
+                    &wp,
+                    &per_worker,
+                    ListenerStat::name,
+                    ListenerStat::kind,
+                    get,
+                );
+            }
+        }
+    }
+    let fib = state.fib.load();
+    for c in &fib.clusters {
+        let p = format!("cluster.{}", sanitize_element(&c.name));
+        let n = c.endpoints.len() as i64;
+        // No health checking yet: every endpoint in the FIB is healthy.
+        out.push(Stat {
+            name: format!("{p}.membership_healthy"),
+            value: StatValue::Gauge(n),
+        });
+        out.push(Stat {
+            name: format!("{p}.membership_total"),
+            value: StatValue::Gauge(n),
+        });
+    }
+    let server = reg.server();
+    push_block(
+        &mut out,
+        "server",
+        &ServerStat::ALL,
+        ServerStat::name,
+        ServerStat::kind,
+        |s| server.get(s),
+    );
+    let s = state.effective_state();
+    for (name, v) in [
+        ("server.live", i64::from(s == STATE_LIVE)),
+        ("server.state", i64::from(s)),
+        ("server.concurrency", state.concurrency as i64),
+        ("server.uptime", state.started.elapsed().as_secs() as i64),
+    ] {
+        out.push(Stat {
+            name: name.into(),
+            value: StatValue::Gauge(v),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Zeroes every counter of every block (gauges keep their values): `POST /reset_counters`.
+pub fn reset_counters(reg: &StatsRegistry) {
+    {
+        let blocks = reg.blocks();
+        blocks.tcp.values().for_each(|b| b.reset_counters());
+        blocks.cluster.values().for_each(|b| b.reset_counters());
+        blocks.host.values().for_each(|b| b.reset_counters());
+        blocks.listener.values().for_each(|b| b.reset_counters());
+    }
+    reg.server().reset_counters();
+}
+
+/// Which stats a request asks for.
+struct Selection {
+    filter: Option<Regex>,
+    used_only: bool,
+    counters: bool,
+    gauges: bool,
+}
+
+impl Selection {
+    fn from_query(q: &Query) -> Result<Selection, Response> {
+        let filter = match q.get("filter") {
+            None | Some("") => None,
+            Some(re) => Some(Regex::new(re).map_err(|_| Response::text(400, "Invalid re2 regex"))?),
+        };
+        let (counters, gauges) = match q.get("type").unwrap_or("All") {
+            "All" => (true, true),
+            "Counters" => (true, false),
+            "Gauges" => (false, true),
+            "Histograms" | "TextReadouts" => (false, false),
+            other => {
+                return Err(Response::text(
+                    400,
+                    format!("invalid stats type '{other}': one of All, Counters, Gauges, Histograms, TextReadouts\n"),
+                ))
+            }
+        };
+        Ok(Selection {
+            filter,
+            used_only: q.flag("usedonly"),
+            counters,
+            gauges,
+        })
+    }
+
+    fn keeps(&self, s: &Stat) -> bool {
+        let kind_ok = match s.value {
+            StatValue::Counter(_) => self.counters,
+            StatValue::Gauge(_) => self.gauges,
+        };
+        kind_ok
+            && !(self.used_only && s.value.is_zero())
+            && self.filter.as_ref().is_none_or(|re| re.is_match(&s.name))
+    }
+}
+
+/// `name: value` lines, sorted by name.
+pub(crate) fn render_text(stats: &[Stat]) -> String {
+    let mut out = String::new();
+    for s in stats {
+        let _ = writeln!(out, "{}: {}", s.name, s.value);
+    }
+    out
+}
+
+/// `{"stats":[{"name":..,"value":..}]}`.
+pub(crate) fn render_json(stats: &[Stat]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = stats
+        .iter()
+        .map(|s| serde_json::json!({"name": s.name, "value": s.value.json()}))
+        .collect();
+    serde_json::json!({ "stats": items })
+}
+
+/// Envoy's default tag extractors that apply to Switchyard's stats: (tag name, regex whose
+/// group 1 is removed from the name and group 2 is the value).
+static TAG_EXTRACTORS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
+    [
+        ("envoy.tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
+        ("envoy.cluster_name", r"^cluster\.(([^\.]+)\.).*"),
+        (
+            "envoy.listener_address",
+            r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)",
+        ),
+    ]
+    .into_iter()
+    .map(|(tag, re)| (tag, Regex::new(re).expect("built-in tag regex")))
+    .collect()
+});
+
+/// Envoy's tag extraction: the tag-extracted name and the tags.
+pub(crate) fn extract_tags(name: &str) -> (String, Vec<(&'static str, String)>) {
+    for (tag, re) in TAG_EXTRACTORS.iter() {
+        if let Some(c) = re.captures(name) {
+            let (Some(remove), Some(value)) = (c.get(1), c.get(2)) else {
+                continue;
+            };
+            let extracted = format!("{}{}", &name[..remove.start()], &name[remove.end()..]);
+            return (extracted, vec![(*tag, value.as_str().to_string())]);
+        }
+    }
+    (name.to_string(), Vec::new())
+}
+
+/// Prometheus sanitizing, like Envoy: every byte outside `[a-zA-Z0-9_]` becomes `_`.
+fn prom_sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn escape_label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Envoy's Prometheus text: counters, then gauges; within each, one family per tag-extracted
+/// name (sorted), `# TYPE envoy_<name> <type>`, one sample per stat, a blank line.
+pub(crate) fn render_prometheus(stats: &[Stat]) -> String {
+    type Family<'a> = Vec<(&'a str, Vec<(&'static str, String)>, StatValue)>;
+    let mut families: BTreeMap<(u8, String), Family<'_>> = BTreeMap::new();
+    for s in stats {
+        let (extracted, tags) = extract_tags(&s.name);
+        let order = match s.value {
+            StatValue::Counter(_) => 0,
+            StatValue::Gauge(_) => 1,
+        };
+        families
+            .entry((order, extracted))
+            .or_default()
+            .push((&s.name, tags, s.value));
+    }
+    let mut out = String::new();
+    for ((order, extracted), mut samples) in families {
+        let metric = format!("envoy_{}", prom_sanitize(&extracted));
+        let kind = if order == 0 { "counter" } else { "gauge" };
+        let _ = writeln!(out, "# TYPE {metric} {kind}");
+        samples.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, tags, value) in samples {
+            let tags: Vec<String> = tags
+                .iter()
+                .map(|(k, v)| format!("{}=\"{}\"", prom_sanitize(k), escape_label_value(v)))
+                .collect();
+            let _ = writeln!(out, "{metric}{{{}}} {value}", tags.join(","));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn selected(state: &AdminState, sel: &Selection) -> Vec<Stat> {
+    collect_stats(state)
+        .into_iter()
+        .filter(|s| sel.keeps(s))
+        .collect()
+}
+
+/// `GET /stats`: `?filter=`, `?usedonly`, `?type=`, `?format=text|json|prometheus`.
+pub(super) fn handle_stats(state: &AdminState, q: &Query) -> Response {
+    let sel = match Selection::from_query(q) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match q.get("format").unwrap_or("text") {
+        "text" | "" => Response::text(200, render_text(&selected(state, &sel))),
+        "json" => Response::json(&render_json(&selected(state, &sel))),
+        "prometheus" => Response::text(200, render_prometheus(&selected(state, &sel))),
+        other => Response::text(
+            400,
+            format!("unsupported stats format '{other}': one of text, json, prometheus\n"),
+        ),
+    }
+}
+
+/// `GET /stats/prometheus`: `?filter=`, `?usedonly`.
+pub(super) fn handle_prometheus(state: &AdminState, q: &Query) -> Response {
+    let sel = match Selection::from_query(q) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    Response::text(200, render_prometheus(&selected(state, &sel)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::fixture;
+    use super::*;
+
+    #[test]
+    fn tag_extraction_follows_envoy_regexes() {
+        let t = |n: &str| extract_tags(n);
+        assert_eq!(
+            t("tcp.l4.downstream_cx_total"),
+            (
+                "tcp.downstream_cx_total".into(),
+                vec![("envoy.tcp_prefix", "l4".into())]
+            )
+        );
+        assert_eq!(
+            t("tcp.a.b.idle_timeout"),
+            (
+                "tcp.idle_timeout".into(),
+                vec![("envoy.tcp_prefix", "a.b".into())]
+            )
+        );
+        assert_eq!(
+            t("cluster.echo.upstream_cx_total"),
+            (
+                "cluster.upstream_cx_total".into(),
+                vec![("envoy.cluster_name", "echo".into())]
+            )
+        );
+        // Envoy's cluster regex stops at the first dot.
+        assert_eq!(
+            t("cluster.a.b.upstream_cx_total"),
+            (
+                "cluster.b.upstream_cx_total".into(),
+                vec![("envoy.cluster_name", "a".into())]
+            )
+        );
+        assert_eq!(
+            t("listener.127.0.0.1_10000.worker_1.downstream_cx_total"),
+            (
+                "listener.worker_1.downstream_cx_total".into(),
+                vec![("envoy.listener_address", "127.0.0.1_10000".into())]
+            )
+        );
+        assert_eq!(
+            t("listener.[__1]_80.downstream_cx_active").1,
+            vec![("envoy.listener_address", "[__1]_80".into())]
+        );
+        assert_eq!(t("server.live"), ("server.live".into(), vec![]));
+    }
+
+    #[test]
+    fn collects_every_stat_with_envoy_names() {
+        let f = fixture();
+        let stats = collect_stats(&f.state);
+        let names: Vec<&str> = stats.iter().map(|s| s.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        // 9 tcp + 2 clusters x (14 + 2 membership) + 6 listener + 2 workers x 2 + 3 + 4 server.
+        assert_eq!(stats.len(), 9 + 2 * 16 + 6 + 4 + 3 + 4);
+        let text = render_text(&stats);
+        for line in [
+            "tcp.l4.downstream_cx_total: 3\n",
+            "tcp.l4.downstream_cx_active: 1\n",
+            "cluster.echo.upstream_cx_total: 5\n",
+            "cluster.echo.upstream_cx_connect_fail: 1\n",
+            "cluster.echo.membership_total: 2\n",
+            "cluster.echo.membership_healthy: 2\n",
+            "cluster.empty.membership_total: 0\n",
+            "listener.127.0.0.1_10000.downstream_cx_total: 3\n",
+            "listener.127.0.0.1_10000.worker_0.downstream_cx_total: 1\n",
+            "listener.127.0.0.1_10000.worker_1.downstream_cx_total: 2\n",
+            "listener.127.0.0.1_10000.worker_1.downstream_cx_active: 1\n",
+            "server.live: 1\n",
+            "server.state: 0\n",
+            "server.concurrency: 2\n",
+            "server.uptime: 0\n",
+            "server.total_connections: 1\n",
+            "server.access_log_dropped: 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(
+            text.starts_with("cluster.echo.membership_healthy: 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn selection_filters_usedonly_and_type() {
+        let f = fixture();
+        let q = Query::parse("filter=^cluster%5C.echo%5C.upstream_cx_(total|active)$");
+        let sel = Selection::from_query(&q).unwrap();
+        let text = render_text(&selected(&f.state, &sel));
+        assert_eq!(
+            text,
+            "cluster.echo.upstream_cx_active: 1\ncluster.echo.upstream_cx_total: 5\n"
+        );
+
+        let sel = Selection::from_query(&Query::parse("usedonly&filter=^tcp")).unwrap();
+        let text = render_text(&selected(&f.state, &sel));
+        assert_eq!(
+            text,
+            "tcp.l4.downstream_cx_active: 1\ntcp.l4.downstream_cx_rx_bytes_total: 100\n\
+             tcp.l4.downstream_cx_total: 3\n"
+        );
+
+        let sel = Selection::from_query(&Query::parse("type=Gauges&filter=^server")).unwrap();
+        let text = render_text(&selected(&f.state, &sel));
+        assert_eq!(
+            text,
+            "server.concurrency: 2\nserver.live: 1\nserver.state: 0\nserver.total_connections: 1\n\
+             server.uptime: 0\n"
+        );
+        assert!(Selection::from_query(&Query::parse("filter=(")).is_err());
+        assert!(Selection::from_query(&Query::parse("type=Nope")).is_err());
+    }
+
+    #[test]
+    fn json_form() {
+        let f = fixture();
+        let sel =
+            Selection::from_query(&Query::parse("filter=^tcp.l4.downstream_cx_(total|active)"))
+                .unwrap();
+        let v = render_json(&selected(&f.state, &sel));
+        assert_eq!(
+            v,
+            serde_json::json!({"stats": [
+                {"name": "tcp.l4.downstream_cx_active", "value": 1},
+                {"name": "tcp.l4.downstream_cx_total", "value": 3},
+            ]})
+        );
+    }
+
+    #[test]
+    fn prometheus_form() {
+        let f = fixture();
+        let sel = Selection::from_query(&Query::parse(
+            "filter=(downstream_cx_total|upstream_cx_total|upstream_cx_active|membership_total|server.live)",
+        ))
+        .unwrap();
+        let text = render_prometheus(&selected(&f.state, &sel));
+        assert_eq!(
+            text,
+            "# TYPE envoy_cluster_upstream_cx_total counter\n\
+             envoy_cluster_upstream_cx_total{envoy_cluster_name=\"echo\"} 5\n\
+             envoy_cluster_upstream_cx_total{envoy_cluster_name=\"empty\"} 0\n\
+             \n\
+             # TYPE envoy_listener_downstream_cx_total counter\n\
+             envoy_listener_downstream_cx_total{envoy_listener_address=\"127.0.0.1_10000\"} 3\n\
+             \n\
+             # TYPE envoy_listener_worker_0_downstream_cx_total counter\n\
+             envoy_listener_worker_0_downstream_cx_total{envoy_listener_address=\"127.0.0.1_10000\"} 1\n\
+             \n\
+             # TYPE envoy_listener_worker_1_downstream_cx_total counter\n\
+             envoy_listener_worker_1_downstream_cx_total{envoy_listener_address=\"127.0.0.1_10000\"} 2\n\
+             \n\
+             # TYPE envoy_tcp_downstream_cx_total counter\n\
+             envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"l4\"} 3\n\
+             \n\
+             # TYPE envoy_cluster_membership_total gauge\n\
+             envoy_cluster_membership_total{envoy_cluster_name=\"echo\"} 2\n\
+             envoy_cluster_membership_total{envoy_cluster_name=\"empty\"} 0\n\
+             \n\
+             # TYPE envoy_cluster_upstream_cx_active gauge\n\
+             envoy_cluster_upstream_cx_active{envoy_cluster_name=\"echo\"} 1\n\
+             envoy_cluster_upstream_cx_active{envoy_cluster_name=\"empty\"} 0\n\
+             \n\
+             # TYPE envoy_server_live gauge\n\
+             envoy_server_live{} 1\n\
+             \n"
+        );
+    }
+
+    #[test]
+    fn reset_zeroes_counters_not_gauges() {
+        let f = fixture();
+        reset_counters(&f.state.stats);
+        let text = render_text(&collect_stats(&f.state));
+        assert!(text.contains("cluster.echo.upstream_cx_total: 0\n"));
+        assert!(text.contains("cluster.echo.upstream_cx_active: 1\n"));
+        assert!(text.contains("tcp.l4.downstream_cx_total: 0\n"));
+        assert!(text.contains("listener.127.0.0.1_10000.worker_1.downstream_cx_active: 1\n"));
+    }
+
+    #[test]
+    fn state_drives_server_live() {
+        let f = fixture();
+        f.state
+            .healthcheck_failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let text = render_text(&collect_stats(&f.state));
+        assert!(text.contains("server.live: 0\nserver.state: 1\n"), "{text}");
+    }
+}

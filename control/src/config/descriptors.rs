@@ -1,0 +1,128 @@
+//! The protobuf descriptor pool used to read bootstrap files.
+//!
+//! envoy-types generates Rust types but does not export the descriptor set it was generated
+//! from, and the proto3 JSON mapping (`@type` in `Any`, `"1.5s"` durations, enum names, json
+//! names) needs descriptors. So Switchyard vendors a trimmed copy: `control/proto/envoy.bin` is
+//! the transitive closure of [`ROOT_FILES`] taken from envoy-types' own
+//! `src/generated/types.bin`, with source info stripped. Because both come from the same
+//! envoy-types release, the pool and the prost types agree; a test round-trips a config through
+//! both to prove it, and another recomputes the trimmed set from the registry copy of
+//! envoy-types and compares (run it with `SWITCHYARD_REGEN_DESCRIPTORS=1` to rewrite the file
+//! after bumping envoy-types or adding a root). See `control/proto/README.md`.
+
+use prost_reflect::DescriptorPool;
+use std::sync::OnceLock;
+
+/// The vendored, trimmed descriptor set.
+pub(crate) const DESCRIPTOR_SET: &[u8] = include_bytes!("../../proto/envoy.bin");
+
+/// The envoy-types release the descriptor set was taken from (must match Cargo.toml).
+#[cfg_attr(not(test), allow(dead_code))] // read by the regeneration test
+pub(crate) const ENVOY_TYPES_VERSION: &str = "0.7.7";
+
+/// Proto files whose messages a bootstrap may contain directly or as `typed_config`: the
+/// bootstrap itself and every extension Switchyard accepts. Their dependencies come along.
+#[cfg_attr(not(test), allow(dead_code))] // read by the regeneration test
+pub(crate) const ROOT_FILES: &[&str] = &[
+    "envoy/config/bootstrap/v3/bootstrap.proto",
+    "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
+    "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    "envoy/extensions/access_loggers/file/v3/file.proto",
+];
+
+/// The pool, decoded once.
+pub(crate) fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        // The set is vendored and checked by tests: failing to decode it is a build defect.
+        DescriptorPool::decode(DESCRIPTOR_SET).expect("vendored descriptor set decodes")
+    })
+}
+
+/// Computes the trimmed set: the files in `full` reachable from `roots`, in `full`'s order
+/// (which is dependency order), without source code info.
+#[cfg(test)]
+pub(crate) fn trim(full: &[u8], roots: &[&str]) -> Vec<u8> {
+    use prost::Message;
+    use prost_reflect::prost_types::FileDescriptorSet;
+    use std::collections::{BTreeSet, HashMap};
+
+    let set = FileDescriptorSet::decode(full).expect("full descriptor set decodes");
+    let by_name: HashMap<&str, _> = set.file.iter().map(|f| (f.name(), f)).collect();
+    let mut keep = BTreeSet::new();
+    let mut todo: Vec<&str> = roots.to_vec();
+    while let Some(name) = todo.pop() {
+        let file = by_name
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in the set"));
+        if keep.insert(name.to_string()) {
+            todo.extend(file.dependency.iter().map(String::as_str));
+        }
+    }
+    let file = set
+        .file
+        .iter()
+        .filter(|f| keep.contains(f.name()))
+        .map(|f| {
+            let mut f = f.clone();
+            f.source_code_info = None;
+            f
+        })
+        .collect();
+    FileDescriptorSet { file }.encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// envoy-types' full descriptor set in the cargo registry, if the sources are there.
+    fn registry_copy() -> Option<PathBuf> {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+        let src = home.join("registry").join("src");
+        std::fs::read_dir(src).ok()?.flatten().find_map(|index| {
+            let p = index
+                .path()
+                .join(format!("envoy-types-{ENVOY_TYPES_VERSION}"))
+                .join("src/generated/types.bin");
+            p.is_file().then_some(p)
+        })
+    }
+
+    #[test]
+    fn vendored_set_is_the_trimmed_registry_set() {
+        let Some(full) = registry_copy() else {
+            // Offline vendoring without registry sources: the other tests still prove the
+            // vendored pool decodes and agrees with the prost types.
+            eprintln!("envoy-types {ENVOY_TYPES_VERSION} sources not found; not comparing");
+            return;
+        };
+        let trimmed = trim(&std::fs::read(&full).unwrap(), ROOT_FILES);
+        let vendored = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto/envoy.bin");
+        if std::env::var_os("SWITCHYARD_REGEN_DESCRIPTORS").is_some() {
+            std::fs::write(&vendored, &trimmed).unwrap();
+            return;
+        }
+        assert!(
+            trimmed == std::fs::read(&vendored).unwrap(),
+            "control/proto/envoy.bin is stale: rerun this test with SWITCHYARD_REGEN_DESCRIPTORS=1"
+        );
+    }
+
+    #[test]
+    fn pool_has_every_accepted_type() {
+        let pool = pool();
+        for name in [
+            "envoy.config.bootstrap.v3.Bootstrap",
+            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+            "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        ] {
+            assert!(pool.get_message_by_name(name).is_some(), "{name}");
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Loading an Envoy v3 bootstrap file.
+//!
+//! The pipeline, one step per module:
+//!
+//! 1. text -> `serde_json::Value`: YAML (serde-saphyr) or JSON, chosen by file extension.
+//! 2. `walk`: the value is checked against Envoy's message descriptors and Switchyard's
+//!    whitelist. Unknown fields, unsupported fields, unsupported `typed_config` types and
+//!    badly typed values are rejected here, each with its full path.
+//! 3. The value is decoded with the proto3 JSON mapping (prost-reflect over the vendored
+//!    descriptor set, `descriptors`) and re-encoded into envoy-types'
+//!    [`Bootstrap`].
+//! 4. [`crate::convert`] turns the proto types into the RIB ([`crate::rib::Rib`]) and runs
+//!    the semantic checks (duplicates, ports, addresses, chain matches).
+//!
+//! [`load_rib`] does all four. Every error is a [`ConfigError`] whose `Display` is
+//! `<path>: <message>`.
+
+mod descriptors;
+mod error;
+pub(crate) mod walk;
+
+pub(crate) use error::{field, index};
+pub use error::{ConfigError, ErrorKind};
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use prost::Message;
+use prost_reflect::{DynamicMessage, SerializeOptions};
+use std::path::Path;
+
+/// Full name of the root message of a bootstrap file.
+const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
+
+/// The syntax of a config text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// YAML 1.2 (a superset of JSON).
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+impl Format {
+    /// The format a file's extension names: `.yaml`/`.yml` or `.json`.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()? {
+            "yaml" | "yml" => Some(Format::Yaml),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// A bootstrap that passed the walker and decoded.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The decoded bootstrap (the input to [`crate::convert`]).
+    pub bootstrap: Bootstrap,
+    /// The bootstrap in the canonical proto3 JSON form, with proto field names and defaults
+    /// left out (what `/config_dump` shows).
+    pub normalized: serde_json::Value,
+}
+
+/// Reads and parses a bootstrap file; the extension picks YAML or JSON.
+pub fn load_file(path: impl AsRef<Path>) -> Result<LoadedConfig, ConfigError> {
+    let path = path.as_ref();
+    let shown = path.display().to_string();
+    let format = Format::from_path(path).ok_or_else(|| {
+        ConfigError::new(
+            ErrorKind::Io,
+            &shown,
+            "unknown config format: the file name must end in .yaml, .yml or .json",
+        )
+    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(ErrorKind::Io, &shown, format!("cannot read: {e}")))?;
+    parse_str(&text, format).map_err(|e| match e.kind() {
+        // Syntax errors have no field path: say which file.
+        ErrorKind::Syntax => ConfigError::new(ErrorKind::Syntax, &shown, e.message()),
+        _ => e,
+    })
+}
+
+/// Parses a bootstrap from text.
+pub fn parse_str(text: &str, format: Format) -> Result<LoadedConfig, ConfigError> {
+    let value: serde_json::Value = match format {
+        Format::Yaml => serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::new(ErrorKind::Syntax, "", format!("invalid YAML: {e}")))?,
+        Format::Json => serde_json::from_str(text)
+            .map_err(|e| ConfigError::new(ErrorKind::Syntax, "", format!("invalid JSON: {e}")))?,
+    };
+    parse_value(&value)
+}
+
+/// Parses a bootstrap already read into a JSON value.
+pub fn parse_value(value: &serde_json::Value) -> Result<LoadedConfig, ConfigError> {
+    if !value.is_object() {
+        return Err(ConfigError::new(
+            ErrorKind::Syntax,
+            "",
+            "a bootstrap must be a mapping at the top level (is the file empty?)",
+        ));
+    }
+    let pool = descriptors::pool();
+    let desc = pool
+        .get_message_by_name(BOOTSTRAP)
+        .expect("the vendored descriptor set has the bootstrap");
+    walk::check(pool, &desc, value)?;
+
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    let message = DynamicMessage::deserialize(desc, de).map_err(|e| {
+        // The walker catches what it can with exact paths; this is the fallback.
+        let path = track.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::invalid(path, e.to_string())
+    })?;
+    let bytes = message.encode_to_vec();
+    let bootstrap = Bootstrap::decode(bytes.as_slice()).map_err(|e| {
+        // The pool and the prost types come from one envoy-types release (tested).
+        ConfigError::invalid(
+            "",
+            format!("internal error: bootstrap does not decode: {e}"),
+        )
+    })?;
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    let normalized = message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| ConfigError::invalid("", format!("internal error: {e}")))?;
+    Ok(LoadedConfig {
+        bootstrap,
+        normalized,
+    })
+}
+
+/// Reads a bootstrap file and converts it to the RIB.
+pub fn load_rib(path: impl AsRef<Path>) -> Result<(crate::rib::Rib, LoadedConfig), ConfigError> {
+    let loaded = load_file(path)?;
+    let rib = crate::convert::bootstrap(&loaded.bootstrap)?;
+    Ok((rib, loaded))
+}
+
+/// Parses text and converts it to the RIB.
+pub fn parse_rib(
+    text: &str,
+    format: Format,
+) -> Result<(crate::rib::Rib, LoadedConfig), ConfigError> {
+    let loaded = parse_str(text, format)?;
+    let rib = crate::convert::bootstrap(&loaded.bootstrap)?;
+    Ok((rib, loaded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::listener::v3::filter;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+        tcp_proxy, TcpProxy,
+    };
+    use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+
+    const YAML: &str = r#"
+node: { id: n1, cluster: c1 }
+static_resources:
+  listeners:
+  - name: l
+    address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }
+    filter_chains:
+    - filter_chain_match:
+        destination_port: 10000
+        prefix_ranges: [ { address_prefix: 10.0.0.0, prefix_len: 8 } ]
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: l
+          cluster: c
+          idle_timeout: 1.5s
+          max_connect_attempts: 3
+  clusters:
+  - name: c
+    connect_timeout: 0.25s
+    lb_policy: LEAST_REQUEST
+    least_request_lb_config: { choice_count: 4 }
+"#;
+
+    fn tcp_proxy_of(b: &Bootstrap) -> TcpProxy {
+        let l = &b.static_resources.as_ref().unwrap().listeners[0];
+        let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+        else {
+            panic!("no typed_config")
+        };
+        TcpProxy::decode(any.value.as_slice()).unwrap()
+    }
+
+    /// Pool -> prost: what the pool decoded from JSON is what the prost types read.
+    #[test]
+    fn pool_and_prost_types_agree_json_to_prost() {
+        let loaded = parse_str(YAML, Format::Yaml).unwrap();
+        let b = &loaded.bootstrap;
+        assert_eq!(b.node.as_ref().unwrap().id, "n1");
+        let tp = tcp_proxy_of(b);
+        assert_eq!(tp.stat_prefix, "l");
+        assert_eq!(
+            tp.idle_timeout,
+            Some(Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
+        assert_eq!(tp.max_connect_attempts, Some(UInt32Value { value: 3 }));
+        assert_eq!(
+            tp.cluster_specifier,
+            Some(tcp_proxy::ClusterSpecifier::Cluster("c".into()))
+        );
+        let c = &b.static_resources.as_ref().unwrap().clusters[0];
+        assert_eq!(
+            c.connect_timeout,
+            Some(Duration {
+                seconds: 0,
+                nanos: 250_000_000
+            })
+        );
+
+        // And back: prost bytes -> pool -> JSON is the normalized JSON.
+        let desc = descriptors::pool().get_message_by_name(BOOTSTRAP).unwrap();
+        let again = DynamicMessage::decode(desc, b.encode_to_vec().as_slice()).unwrap();
+        let options = SerializeOptions::new().use_proto_field_name(true);
+        let json = again
+            .serialize_with_options(serde_json::value::Serializer, &options)
+            .unwrap();
+        assert_eq!(json, loaded.normalized);
+        let tc = &json["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert_eq!(
+            tc["@type"],
+            "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+        );
+        assert_eq!(tc["idle_timeout"], "1.500s");
+        assert_eq!(
+            json["static_resources"]["clusters"][0]["lb_policy"],
+            "LEAST_REQUEST"
+        );
+    }
+
+    /// Prost -> pool: a bootstrap built with the prost types survives JSON through the pool.
+    #[test]
+    fn pool_and_prost_types_agree_prost_to_json() {
+        use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::StaticResources;
+        use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+        let tp = TcpProxy {
+            stat_prefix: "p".into(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("c".into())),
+            idle_timeout: Some(Duration {
+                seconds: 7,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let original = Bootstrap {
+            static_resources: Some(StaticResources {
+                listeners: vec![Listener {
+                    name: "l".into(),
+                    filter_chains: vec![FilterChain {
+                        filters: vec![Filter {
+                            name: "tcp".into(),
+                            config_type: Some(filter::ConfigType::TypedConfig(Any {
+                                type_url: format!("type.googleapis.com/{}", walk::TCP_PROXY),
+                                value: tp.encode_to_vec(),
+                            })),
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let desc = descriptors::pool().get_message_by_name(BOOTSTRAP).unwrap();
+        let dynamic = DynamicMessage::decode(desc, original.encode_to_vec().as_slice()).unwrap();
+        let json = serde_json::to_value(&dynamic).unwrap();
+        let loaded = parse_value(&json).unwrap();
+        assert_eq!(loaded.bootstrap, original);
+        assert_eq!(tcp_proxy_of(&loaded.bootstrap), tp);
+    }
+
+    #[test]
+    fn json_names_and_proto_names_both_work() {
+        let camel = r#"{"staticResources": {"clusters": [{"name": "c", "connectTimeout": "2s"}]}}"#;
+        let snake =
+            r#"{"static_resources": {"clusters": [{"name": "c", "connect_timeout": "2s"}]}}"#;
+        let a = parse_str(camel, Format::Json).unwrap();
+        let b = parse_str(snake, Format::Json).unwrap();
+        assert_eq!(a.bootstrap, b.bootstrap);
+        assert_eq!(a.normalized, b.normalized);
+        let both = r#"{"static_resources": {"clusters": [{"name": "c", "connect_timeout": "2s", "connectTimeout": "3s"}]}}"#;
+        let e = parse_str(both, Format::Json).unwrap_err();
+        assert_eq!(e.path(), "static_resources.clusters[0].connect_timeout");
+    }
+
+    #[test]
+    fn enum_numbers_and_string_integers_are_accepted() {
+        let text = r#"{"static_resources": {"clusters": [{"name": "c", "lb_policy": 3,
+            "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [{"endpoint":
+            {"address": {"socket_address": {"address": "::1", "port_value": "9000"}}}}]}]}}]}}"#;
+        let loaded = parse_str(text, Format::Json).unwrap();
+        assert_eq!(
+            loaded.normalized["static_resources"]["clusters"][0]["lb_policy"],
+            "RANDOM"
+        );
+    }
+
+    #[test]
+    fn whole_file_errors() {
+        let e = load_file("/nonexistent/bootstrap.yaml").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/bootstrap.yaml: cannot read"),
+            "{e}"
+        );
+        let e = load_file("bootstrap.toml").unwrap_err();
+        assert!(
+            e.to_string().contains("must end in .yaml, .yml or .json"),
+            "{e}"
+        );
+        let e = parse_str("a: [1, 2", Format::Yaml).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Syntax);
+        assert!(e.to_string().starts_with("invalid YAML"), "{e}");
+        let e = parse_str("{\"a\": ", Format::Json).unwrap_err();
+        assert!(e.to_string().starts_with("invalid JSON"), "{e}");
+        assert_eq!(
+            parse_str("", Format::Yaml).unwrap_err().kind(),
+            ErrorKind::Syntax
+        );
+        assert_eq!(
+            parse_str("[1]", Format::Json).unwrap_err().kind(),
+            ErrorKind::Syntax
+        );
+    }
+
+    #[test]
+    fn walker_errors_name_paths() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"admin": {"address": {"pipe": {"path": "/x"}}}}"#,
+                "admin.address.pipe",
+            ),
+            (
+                r#"{"admin": {"access_log_path": "/dev/null"}}"#,
+                "admin.access_log_path",
+            ),
+            (
+                r#"{"static_resources": {"clusters": [{"name": 5}]}}"#,
+                "static_resources.clusters[0].name",
+            ),
+            (
+                r#"{"static_resources": {"clusters": {"name": "c"}}}"#,
+                "static_resources.clusters",
+            ),
+            (
+                r#"{"static_resources": {"clusters": [{"name": "c", "lb_policy": "FASTEST"}]}}"#,
+                "static_resources.clusters[0].lb_policy",
+            ),
+            (
+                r#"{"static_resources": {"clusters": [{"name": "c", "connect_timeout": 5}]}}"#,
+                "static_resources.clusters[0].connect_timeout",
+            ),
+            (
+                r#"{"static_resources": {"listeners": [{"filter_chains": [{"filters": [{"name": "x", "typed_config": {}}]}]}]}}"#,
+                "static_resources.listeners[0].filter_chains[0].filters[0].typed_config",
+            ),
+            (
+                r#"{"static_resources": {"listeners": [{"filter_chains": [{"filters": [{"name": "x", "typed_config":
+                {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefx": "a"}}]}]}]}}"#,
+                "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stat_prefx",
+            ),
+            (
+                r#"{"static_resources": {"listeners": [{"filter_chains": [{"filters": [{"name": "x", "typed_config":
+                {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "on_demand": {}}}]}]}]}}"#,
+                "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.on_demand",
+            ),
+            (
+                r#"{"static_resources": {"listeners": [{"filter_chains": [{"filter_chain_match": {"server_names": ["a"]}}]}]}}"#,
+                "static_resources.listeners[0].filter_chains[0].filter_chain_match.server_names",
+            ),
+            (
+                r#"{"static_resources": {"listeners": [{"filter_chains": [{"transport_socket": {}}]}]}}"#,
+                "static_resources.listeners[0].filter_chains[0].transport_socket",
+            ),
+        ];
+        for (text, path) in cases {
+            let e = parse_str(text, Format::Json).unwrap_err();
+            assert_eq!(e.path(), *path, "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! The walker: checks a bootstrap, as a JSON value, against the Envoy message descriptors and
+//! Switchyard's whitelist before anything is decoded.
+//!
+//! Guarantees, each error naming the field's full path:
+//! - a key that is no field of its message (a typo) is rejected as unknown;
+//! - a field Envoy has but Switchyard does not handle is rejected as not supported, so nothing
+//!   in a config is ever silently ignored;
+//! - `typed_config` (`google.protobuf.Any`) is resolved through its `@type` and walked as the
+//!   message it names; only the extension types listed for that field are accepted;
+//! - scalar values have the JSON type and range the proto3 JSON mapping requires (durations
+//!   like `"1.5s"`, enum names, 64-bit integers as strings, ...);
+//! - two members of one `oneof`, or one field under both its names, are rejected.
+//!
+//! Semantic checks (duplicates, ports, addresses) come later, in `convert`.
+
+use super::error::{field, index, ConfigError, ErrorKind};
+use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// Fields Switchyard supports, by message: any other field is "not supported by Switchyard".
+/// A message missing from this table can only be reached through a field that is not listed.
+const SUPPORTED: &[(&str, &[&str])] = &[
+    (
+        "envoy.config.bootstrap.v3.Bootstrap",
+        &["node", "admin", "static_resources"],
+    ),
+    ("envoy.config.core.v3.Node", &["id", "cluster"]),
+    ("envoy.config.bootstrap.v3.Admin", &["address"]),
+    ("envoy.config.core.v3.Address", &["socket_address"]),
+    (
+        "envoy.config.core.v3.SocketAddress",
+        &["protocol", "address", "port_value"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
+        &["listeners", "clusters"],
+    ),
+    (
+        "envoy.config.listener.v3.Listener",
+        &["name", "address", "filter_chains", "default_filter_chain"],
+    ),
+    (
+        "envoy.config.listener.v3.FilterChain",
+        &["name", "filter_chain_match", "filters"],
+    ),
+    (
+        "envoy.config.listener.v3.FilterChainMatch",
+        &[
+            "destination_port",
+            "prefix_ranges",
+            "source_prefix_ranges",
+            "source_ports",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.CidrRange",
+        &["address_prefix", "prefix_len"],
+    ),
+    ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
+    (
+        TCP_PROXY,
+        &[
+            "stat_prefix",
+            "cluster",
+            "weighted_clusters",
+            "idle_timeout",
+            "max_connect_attempts",
+            "access_log",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
+        &["clusters"],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
+        &["name", "weight"],
+    ),
+    (
+        "envoy.config.accesslog.v3.AccessLog",
+        &["name", "typed_config"],
+    ),
+    (STDOUT_LOG, &["log_format"]),
+    (STDERR_LOG, &["log_format"]),
+    (FILE_LOG, &["path", "log_format", "format", "json_format"]),
+    (
+        "envoy.config.core.v3.SubstitutionFormatString",
+        &["text_format", "text_format_source", "json_format"],
+    ),
+    ("envoy.config.core.v3.DataSource", &["inline_string"]),
+    (
+        "envoy.config.cluster.v3.Cluster",
+        &[
+            "name",
+            "type",
+            "connect_timeout",
+            "lb_policy",
+            "least_request_lb_config",
+            "load_assignment",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+        &["choice_count"],
+    ),
+    (
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+        &["cluster_name", "endpoints"],
+    ),
+    (
+        "envoy.config.endpoint.v3.LocalityLbEndpoints",
+        &["lb_endpoints", "priority"],
+    ),
+    (
+        "envoy.config.endpoint.v3.LbEndpoint",
+        &["endpoint", "load_balancing_weight"],
+    ),
+    ("envoy.config.endpoint.v3.Endpoint", &["address"]),
+];
+
+/// `@type`s accepted in each `typed_config` field (by the field's full name).
+const TYPED_CONFIG: &[(&str, &[&str])] = &[
+    ("envoy.config.listener.v3.Filter.typed_config", &[TCP_PROXY]),
+    (
+        "envoy.config.accesslog.v3.AccessLog.typed_config",
+        &[STDOUT_LOG, STDERR_LOG, FILE_LOG],
+    ),
+];
+
+pub(crate) const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub(crate) const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+pub(crate) const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+pub(crate) const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+
+/// Checks `value` as a `desc` message at the root path.
+pub(crate) fn check(
+    pool: &DescriptorPool,
+    desc: &MessageDescriptor,
+    value: &Value,
+) -> Result<(), ConfigError> {
+    let walker = Walker {
+        pool,
+        supported: SUPPORTED.iter().copied().collect(),
+        typed: TYPED_CONFIG.iter().copied().collect(),
+    };
+    walker.message(desc, value, "", None)
+}
+
+struct Walker<'a> {
+    pool: &'a DescriptorPool,
+    supported: HashMap<&'static str, &'static [&'static str]>,
+    typed: HashMap<&'static str, &'static [&'static str]>,
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::invalid(path, message)
+}
+
+impl Walker<'_> {
+    /// `value` as a message of type `desc`. `field` is the field holding it (for `Any`).
+    fn message(
+        &self,
+        desc: &MessageDescriptor,
+        value: &Value,
+        path: &str,
+        holder: Option<&FieldDescriptor>,
+    ) -> Result<(), ConfigError> {
+        if let Some(done) = self.well_known(desc, value, path, holder) {
+            return done;
+        }
+        let Value::Object(map) = value else {
+            return Err(invalid(
+                path,
+                format!("expected an object ({})", desc.name()),
+            ));
+        };
+        self.fields(desc, map.iter().map(|(k, v)| (k.as_str(), v)), path)
+    }
+
+    /// The fields of one message, given as key/value pairs.
+    fn fields<'v>(
+        &self,
+        desc: &MessageDescriptor,
+        entries: impl Iterator<Item = (&'v str, &'v Value)>,
+        path: &str,
+    ) -> Result<(), ConfigError> {
+        let supported = self.supported.get(desc.full_name()).copied().unwrap_or(&[]);
+        let mut seen_fields: HashMap<u32, &str> = HashMap::new();
+        let mut seen_oneofs: HashMap<String, String> = HashMap::new();
+        for (key, value) in entries {
+            let Some(fd) = desc
+                .get_field_by_json_name(key)
+                .or_else(|| desc.get_field_by_name(key))
+            else {
+                return Err(ConfigError::new(
+                    ErrorKind::UnknownField,
+                    field(path, key),
+                    match suggest(desc, key) {
+                        Some(near) => format!(
+                            "unknown field (not in Envoy's {}); did you mean '{near}'?",
+                            desc.full_name()
+                        ),
+                        None => format!("unknown field (not in Envoy's {})", desc.full_name()),
+                    },
+                ));
+            };
+            let fpath = field(path, fd.name());
+            if let Some(other) = seen_fields.insert(fd.number(), key) {
+                return Err(invalid(
+                    &fpath,
+                    format!("set twice (as '{other}' and '{key}')"),
+                ));
+            }
+            if value.is_null() {
+                // proto3 JSON: null is the default value, the same as leaving the field out.
+                continue;
+            }
+            if !supported.contains(&fd.name()) {
+                return Err(ConfigError::unsupported(
+                    fpath,
+                    "not supported by Switchyard",
+                ));
+            }
+            if let Some(oneof) = fd.containing_oneof().filter(|o| !o.is_synthetic()) {
+                if let Some(other) =
+                    seen_oneofs.insert(oneof.name().to_string(), fd.name().to_string())
+                {
+                    return Err(invalid(
+                        fpath,
+                        format!("only one of '{other}' and '{}' may be set", fd.name()),
+                    ));
+                }
+            }
+            self.field(&fd, value, &fpath)?;
+        }
+        Ok(())
+    }
+
+    fn field(&self, fd: &FieldDescriptor, value: &Value, path: &str) -> Result<(), ConfigError> {
+        if fd.is_map() {
+            let Value::Object(map) = value else {
+                return Err(invalid(path, "expected an object (a map)"));
+            };
+            let Kind::Message(entry) = fd.kind() else {
+                unreachable!("map fields are messages")
+            };
+            let value_field = entry.map_entry_value_field();
+            for (k, v) in map {
+                self.single(&value_field, v, &field(path, k))?;
+            }
+            Ok(())
+        } else if fd.is_list() {
+            let Value::Array(items) = value else {
+                return Err(invalid(path, "expected a list"));
+            };
+            for (i, item) in items.iter().enumerate() {
+                self.single(fd, item, &index(path, i))?;
+            }
+            Ok(())
+        } else {
+            self.single(fd, value, path)
+        }
+    }
+
+    /// One value (not a list) of field `fd`.
+    fn single(&self, fd: &FieldDescriptor, value: &Value, path: &str) -> Result<(), ConfigError> {
+        match fd.kind() {
+            Kind::Message(m) => self.message(&m, value, path, Some(fd)),
+            kind => scalar(&kind, value, path),
+        }
+    }
+
+    /// Well-known types with their own JSON form; `None` for ordinary messages.
+    fn well_known(
+        &self,
+        desc: &MessageDescriptor,
+        value: &Value,
+        path: &str,
+        holder: Option<&FieldDescriptor>,
+    ) -> Option<Result<(), ConfigError>> {
+        let name = desc.full_name();
+        let wrapped = |kind: Kind| Some(scalar(&kind, value, path));
+        Some(match name {
+            "google.protobuf.Any" => self.any(value, path, holder),
+            "google.protobuf.Duration" => match value.as_str().map(parse_duration) {
+                Some(Some(_)) => Ok(()),
+                _ => Err(invalid(
+                    path,
+                    format!("invalid duration {value} (expected a string like \"1.5s\")"),
+                )),
+            },
+            "google.protobuf.Timestamp" | "google.protobuf.FieldMask" => match value {
+                Value::String(_) => Ok(()),
+                _ => Err(invalid(path, "expected a string")),
+            },
+            "google.protobuf.BoolValue" => return wrapped(Kind::Bool),
+            "google.protobuf.StringValue" => return wrapped(Kind::String),
+            "google.protobuf.BytesValue" => return wrapped(Kind::Bytes),
+            "google.protobuf.Int32Value" => return wrapped(Kind::Int32),
+            "google.protobuf.UInt32Value" => return wrapped(Kind::Uint32),
+            "google.protobuf.Int64Value" => return wrapped(Kind::Int64),
+            "google.protobuf.UInt64Value" => return wrapped(Kind::Uint64),
+            "google.protobuf.FloatValue" => return wrapped(Kind::Float),
+            "google.protobuf.DoubleValue" => return wrapped(Kind::Double),
+            "google.protobuf.Struct" => match value {
+                Value::Object(_) => Ok(()),
+                _ => Err(invalid(path, "expected an object")),
+            },
+            "google.protobuf.ListValue" => match value {
+                Value::Array(_) => Ok(()),
+                _ => Err(invalid(path, "expected a list")),
+            },
+            "google.protobuf.Value" => Ok(()),
+            "google.protobuf.Empty" => match value {
+                Value::Object(m) if m.is_empty() => Ok(()),
+                _ => Err(invalid(path, "expected an empty object")),
+            },
+            _ => return None,
+        })
+    }
+
+    /// A `typed_config`: resolve `@type`, check it is accepted here, walk the payload.
+    fn any(
+        &self,
+        value: &Value,
+        path: &str,
+        holder: Option<&FieldDescriptor>,
+    ) -> Result<(), ConfigError> {
+        let Value::Object(map) = value else {
+            return Err(invalid(path, "expected an object with '@type'"));
+        };
+        let accepted: &[&str] = holder
+            .and_then(|fd| self.typed.get(fd.full_name()).copied())
+            .unwrap_or(&[]);
+        let Some(type_url) = map.get("@type") else {
+            return Err(invalid(path, "missing '@type'"));
+        };
+        let Some(type_url) = type_url.as_str() else {
+            return Err(invalid(field(path, "@type"), "expected a string"));
+        };
+        let name = type_url.rsplit_once('/').map_or(type_url, |(_, n)| n);
+        let desc = match self.pool.get_message_by_name(name) {
+            Some(desc) if accepted.contains(&name) => desc,
+            found => {
+                let what = if found.is_some() {
+                    "not supported by Switchyard"
+                } else {
+                    "unknown or not supported by Switchyard"
+                };
+                return Err(ConfigError::unsupported(
+                    path,
+                    format!(
+                        "@type '{type_url}' is {what} (accepted here: {})",
+                        accepted
+                            .iter()
+                            .map(|t| format!("type.googleapis.com/{t}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        };
+        // Accepted types are ordinary messages: their fields sit beside `@type`.
+        let rest = map
+            .iter()
+            .filter(|(k, _)| *k != "@type")
+            .map(|(k, v)| (k.as_str(), v));
+        self.fields(&desc, rest, path)
+    }
+}
+
+/// The field of `desc` closest to a misspelled `key` (edit distance at most 2), if any.
+fn suggest(desc: &MessageDescriptor, key: &str) -> Option<String> {
+    desc.fields()
+        .map(|f| (distance(key, f.name()), f.name().to_string()))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// Levenshtein distance between two short strings.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// A scalar (or enum) value in the proto3 JSON mapping.
+fn scalar(kind: &Kind, value: &Value, path: &str) -> Result<(), ConfigError> {
+    let ok = match kind {
+        Kind::Bool => value.is_boolean(),
+        Kind::String => value.is_string(),
+        Kind::Bytes => value.is_string(),
+        Kind::Double | Kind::Float => {
+            value.is_number()
+                || value.as_str().is_some_and(|s| {
+                    matches!(s, "NaN" | "Infinity" | "-Infinity") || s.parse::<f64>().is_ok()
+                })
+        }
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            integer(value).is_some_and(|i| i32::try_from(i).is_ok())
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            integer(value).is_some_and(|i| i64::try_from(i).is_ok())
+        }
+        Kind::Uint32 | Kind::Fixed32 => integer(value).is_some_and(|i| u32::try_from(i).is_ok()),
+        Kind::Uint64 | Kind::Fixed64 => integer(value).is_some_and(|i| u64::try_from(i).is_ok()),
+        Kind::Enum(e) => {
+            return match value {
+                Value::String(s) if e.get_value_by_name(s).is_some() => Ok(()),
+                Value::Number(n) if n.as_i64().and_then(|n| i32::try_from(n).ok()).is_some() => {
+                    Ok(())
+                }
+                _ => Err(invalid(
+                    path,
+                    format!(
+                        "invalid value {value} (expected one of {})",
+                        e.values()
+                            .map(|v| v.name().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            };
+        }
+        Kind::Message(_) => unreachable!("messages are walked, not scalars"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            format!("invalid value {value} (expected {})", kind_name(kind)),
+        ))
+    }
+}
+
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Bool => "true or false",
+        Kind::String => "a string",
+        Kind::Bytes => "a base64 string",
+        Kind::Double | Kind::Float => "a number",
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => "a 32-bit integer",
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => "a 64-bit integer",
+        Kind::Uint32 | Kind::Fixed32 => "an unsigned 32-bit integer",
+        Kind::Uint64 | Kind::Fixed64 => "an unsigned 64-bit integer",
+        Kind::Enum(_) | Kind::Message(_) => "a value",
+    }
+}
+
+/// An integer given as a JSON number (integral) or a decimal string.
+fn integer(value: &Value) -> Option<i128> {
+    match value {
+        Value::Number(n) => n
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 1e19)
+                    .map(|f| f as i128)
+            }),
+        Value::String(s) => s.parse::<i128>().ok(),
+        _ => None,
+    }
+}
+
+/// Parses a proto3 JSON duration: optional `-`, seconds, optional fraction of up to nine
+/// digits, then `s` (`"1.5s"`, `"0s"`, `"-2s"`). Returns (seconds, nanos) with the same sign.
+pub(crate) fn parse_duration(text: &str) -> Option<(i64, i32)> {
+    let body = text.strip_suffix('s')?;
+    let (negative, body) = match body.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, body),
+    };
+    let (secs, frac) = body.split_once('.').unwrap_or((body, ""));
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if frac.len() > 9
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || (body.contains('.') && frac.is_empty())
+    {
+        return None;
+    }
+    let secs: i64 = secs.parse().ok().filter(|s| *s <= 315_576_000_000)?;
+    let nanos: i32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().ok()?
+    };
+    Some(if negative {
+        (-secs, -nanos)
+    } else {
+        (secs, nanos)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance() {
+        assert_eq!(distance("conect_timeout", "connect_timeout"), 1);
+        assert_eq!(distance("", "ab"), 2);
+        assert_eq!(distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1.5s"), Some((1, 500_000_000)));
+        assert_eq!(parse_duration("0s"), Some((0, 0)));
+        assert_eq!(parse_duration("3600s"), Some((3600, 0)));
+        assert_eq!(parse_duration("0.000000001s"), Some((0, 1)));
+        assert_eq!(parse_duration("-2.25s"), Some((-2, -250_000_000)));
+        for bad in [
+            "1.5",
+            "1m",
+            "s",
+            ".5s",
+            "1.s",
+            "1.0000000001s",
+            "abc",
+            "1 s",
+            "+1s",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    /// Every message a supported field leads to is itself in the table (or is well known),
+    /// and every listed field exists: the whitelist has no dead or misspelled entries.
+    #[test]
+    fn whitelist_is_consistent() {
+        let pool = super::super::descriptors::pool();
+        let table: HashMap<_, _> = SUPPORTED.iter().copied().collect();
+        for (msg, fields) in SUPPORTED {
+            let desc = pool
+                .get_message_by_name(msg)
+                .unwrap_or_else(|| panic!("{msg}"));
+            for f in *fields {
+                let fd = desc
+                    .get_field_by_name(f)
+                    .unwrap_or_else(|| panic!("{msg}.{f}"));
+                if let Kind::Message(m) = fd.kind() {
+                    let name = m.full_name();
+                    assert!(
+                        name.starts_with("google.protobuf.") || table.contains_key(name),
+                        "{msg}.{f} leads to {name}, which is not in the table"
+                    );
+                }
+            }
+        }
+        for (fd_name, types) in TYPED_CONFIG {
+            let (msg, f) = fd_name.rsplit_once('.').unwrap();
+            assert!(pool
+                .get_message_by_name(msg)
+                .unwrap()
+                .get_field_by_name(f)
+                .is_some());
+            for t in *types {
+                assert!(table.contains_key(t), "{t}");
+            }
+        }
+    }
+}

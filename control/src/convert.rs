@@ -1,0 +1,772 @@
+//! The conversion boundary: envoy-types proto messages in, RIB domain types out.
+//!
+//! This is the one module that touches proto types. It assumes the config walker
+//! (`config::walk`) already rejected unknown and unsupported fields, and runs the semantic
+//! checks the walker cannot: required fields, ranges, addresses, duplicate names and
+//! addresses, identical filter-chain matches. Each error names the field's full path in proto
+//! field names, e.g. `static_resources.listeners[1].filter_chains[0].filters[0].typed_config.idle_timeout`.
+//! Defaults are applied here (Envoy's where Envoy has one), so the RIB never holds "absent".
+
+use crate::config::{field, index, ConfigError};
+use crate::rib::{
+    AccessLogConfig, AdminConfig, ClusterConfig, EndpointConfig, FilterChainConfig, ListenerConfig,
+    NodeInfo, Rib, RouteConfig, TcpProxyConfig, WeightedClusterConfig, DEFAULT_ADMIN_ADDRESS,
+    DEFAULT_CHOICE_COUNT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+};
+use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy as PbLbPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{
+    address, data_source, socket_address, substitution_format_string, Address, CidrRange as PbCidr,
+    SubstitutionFormatString,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::listener::v3::{filter, FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+    file_access_log, FileAccessLog,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+    stderr_access_log, stdout_access_log, StderrAccessLog, StdoutAccessLog,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::google::protobuf::{
+    value::Kind as PbKind, Any, Duration as PbDuration, Struct,
+};
+use prost::Message;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use switchyard_dataplane::accesslog::{parse_json_value, parse_text_format, LogFormat, LogPath};
+use switchyard_dataplane::fib::{ChainMatch, CidrRange, LbPolicy, MAX_FILTER_CHAINS};
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// The `lb_policy` values Switchyard implements.
+const SUPPORTED_LB: &str = "ROUND_ROBIN, LEAST_REQUEST, RANDOM";
+
+/// Converts a decoded bootstrap to the RIB, checking everything the walker could not.
+pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
+    let node = b
+        .node
+        .as_ref()
+        .map(|n| NodeInfo {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+        })
+        .unwrap_or_default();
+    let admin_address = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(addr) => socket_address(Some(addr), "admin.address")?,
+        None => DEFAULT_ADMIN_ADDRESS
+            .parse()
+            .expect("default admin address parses"),
+    };
+    let empty = Default::default();
+    let statics = b.static_resources.as_ref().unwrap_or(&empty);
+
+    let mut clusters = Vec::with_capacity(statics.clusters.len());
+    let mut cluster_names: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in statics.clusters.iter().enumerate() {
+        let path = index("static_resources.clusters", i);
+        let converted = cluster(c, &path)?;
+        if let Some(first) = cluster_names.insert(&c.name, i) {
+            return Err(ConfigError::invalid(
+                field(&path, "name"),
+                format!(
+                    "duplicate cluster name '{}' (also clusters[{first}])",
+                    c.name
+                ),
+            ));
+        }
+        clusters.push(converted);
+    }
+
+    let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(statics.listeners.len());
+    for (i, l) in statics.listeners.iter().enumerate() {
+        let path = index("static_resources.listeners", i);
+        let converted = listener(l, &path)?;
+        if let Some(j) = listeners.iter().position(|o| o.name == converted.name) {
+            return Err(ConfigError::invalid(
+                field(&path, "name"),
+                format!(
+                    "duplicate listener name '{}' (also listeners[{j}])",
+                    converted.name
+                ),
+            ));
+        }
+        if let Some(j) = listeners
+            .iter()
+            .position(|o| o.address == converted.address)
+        {
+            return Err(ConfigError::invalid(
+                field(&path, "address"),
+                format!(
+                    "duplicate listener address {} (also listeners[{j}])",
+                    converted.address
+                ),
+            ));
+        }
+        if converted.address == admin_address {
+            return Err(ConfigError::invalid(
+                field(&path, "address"),
+                format!(
+                    "listener address {} is the admin address",
+                    converted.address
+                ),
+            ));
+        }
+        listeners.push(converted);
+    }
+
+    let rib = Rib {
+        node,
+        admin: AdminConfig {
+            address: admin_address,
+        },
+        listeners,
+        clusters,
+    };
+    warn_missing_clusters(&rib);
+    Ok(rib)
+}
+
+/// Envoy accepts a tcp_proxy naming a cluster that does not exist (it counts
+/// `downstream_cx_no_route` at run time); say so in the log.
+fn warn_missing_clusters(rib: &Rib) {
+    for l in &rib.listeners {
+        for chain in l
+            .filter_chains
+            .iter()
+            .chain(l.default_filter_chain.as_ref())
+        {
+            let names: Vec<&str> = match &chain.tcp_proxy.route {
+                RouteConfig::Cluster(n) => vec![n],
+                RouteConfig::Weighted(w) => w.iter().map(|w| w.name.as_str()).collect(),
+            };
+            for name in names.into_iter().filter(|n| rib.cluster(n).is_none()) {
+                tracing::warn!(
+                    listener = %l.name,
+                    chain = %chain.name,
+                    cluster = name,
+                    "tcp_proxy routes to a cluster that does not exist; its connections will be closed (downstream_cx_no_route)"
+                );
+            }
+        }
+    }
+}
+
+fn listener(l: &Listener, path: &str) -> Result<ListenerConfig> {
+    let address = socket_address(l.address.as_ref(), &field(path, "address"))?;
+    let name = if l.name.is_empty() {
+        address.to_string()
+    } else {
+        l.name.clone()
+    };
+    let chains_path = field(path, "filter_chains");
+    if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+        return Err(ConfigError::invalid(
+            chains_path,
+            "a listener needs at least one filter chain (or a default_filter_chain)",
+        ));
+    }
+    if l.filter_chains.len() > MAX_FILTER_CHAINS {
+        return Err(ConfigError::invalid(
+            chains_path,
+            format!(
+                "{} filter chains; Switchyard supports at most {MAX_FILTER_CHAINS} per listener",
+                l.filter_chains.len()
+            ),
+        ));
+    }
+    let mut filter_chains: Vec<FilterChainConfig> = Vec::with_capacity(l.filter_chains.len());
+    for (i, fc) in l.filter_chains.iter().enumerate() {
+        let chain_path = index(&chains_path, i);
+        let chain = filter_chain(fc, &chain_path)?;
+        if let Some(j) = filter_chains
+            .iter()
+            .position(|o| same_rules(&o.matcher, &chain.matcher))
+        {
+            return Err(ConfigError::invalid(
+                field(&chain_path, "filter_chain_match"),
+                format!(
+                    "multiple filter chains with the same matching rules are defined (same as filter_chains[{j}])"
+                ),
+            ));
+        }
+        filter_chains.push(chain);
+    }
+    let default_filter_chain = match &l.default_filter_chain {
+        Some(fc) => {
+            let path = field(path, "default_filter_chain");
+            if fc.filter_chain_match.is_some() {
+                return Err(ConfigError::invalid(
+                    field(&path, "filter_chain_match"),
+                    "the default filter chain matches everything that no other chain matches; it takes no filter_chain_match",
+                ));
+            }
+            Some(filter_chain(fc, &path)?)
+        }
+        None => None,
+    };
+    Ok(ListenerConfig {
+        name,
+        address,
+        filter_chains,
+        default_filter_chain,
+    })
+}
+
+/// Envoy's duplicate check: two chains conflict when some connection would reach the same
+/// leaf of the match tree through both, i.e. every criterion has a value in common (or is
+/// empty in both).
+fn same_rules(a: &ChainMatch, b: &ChainMatch) -> bool {
+    fn overlap<T: PartialEq>(x: &[T], y: &[T]) -> bool {
+        (x.is_empty() && y.is_empty()) || x.iter().any(|e| y.contains(e))
+    }
+    a.destination_port == b.destination_port
+        && overlap(&a.prefix_ranges, &b.prefix_ranges)
+        && overlap(&a.source_prefix_ranges, &b.source_prefix_ranges)
+        && overlap(&a.source_ports, &b.source_ports)
+}
+
+fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
+    let matcher = match &fc.filter_chain_match {
+        Some(m) => {
+            let mpath = field(path, "filter_chain_match");
+            let cidrs = |ranges: &[PbCidr], name: &str| -> Result<Vec<CidrRange>> {
+                let p = field(&mpath, name);
+                ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| cidr(r, &index(&p, i)))
+                    .collect()
+            };
+            let destination_port = match m.destination_port {
+                Some(p) => Some(port(p.value, &field(&mpath, "destination_port"))?),
+                None => None,
+            };
+            let sp = field(&mpath, "source_ports");
+            let source_ports = m
+                .source_ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| port(*p, &index(&sp, i)))
+                .collect::<Result<Vec<u16>>>()?;
+            ChainMatch {
+                destination_port,
+                prefix_ranges: cidrs(&m.prefix_ranges, "prefix_ranges")?,
+                source_prefix_ranges: cidrs(&m.source_prefix_ranges, "source_prefix_ranges")?,
+                source_ports,
+            }
+        }
+        None => ChainMatch::default(),
+    };
+    let filters_path = field(path, "filters");
+    let Some(last) = fc.filters.len().checked_sub(1) else {
+        return Err(ConfigError::invalid(
+            filters_path,
+            "a filter chain needs a tcp_proxy filter (the only network filter Switchyard supports)",
+        ));
+    };
+    let mut tcp = None;
+    for (i, f) in fc.filters.iter().enumerate() {
+        let fpath = index(&filters_path, i);
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err(ConfigError::invalid(
+                field(&fpath, "typed_config"),
+                "required",
+            ));
+        };
+        let tpath = field(&fpath, "typed_config");
+        let proxy: TcpProxy = decode_any(any, crate::config::walk::TCP_PROXY, &tpath)?;
+        if i != last {
+            return Err(ConfigError::invalid(
+                fpath,
+                "tcp_proxy is a terminal filter: it must be the last (and only) filter in the chain",
+            ));
+        }
+        tcp = Some(tcp_proxy(&proxy, &tpath)?);
+    }
+    let tcp_proxy = tcp.expect("the last filter was converted");
+    Ok(FilterChainConfig {
+        name: fc.name.clone(),
+        matcher,
+        tcp_proxy,
+    })
+}
+
+fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
+    if t.stat_prefix.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "stat_prefix"),
+            "required (non-empty)",
+        ));
+    }
+    let route = match &t.cluster_specifier {
+        None => {
+            return Err(ConfigError::invalid(
+                path,
+                "one of 'cluster' or 'weighted_clusters' is required",
+            ))
+        }
+        Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => {
+            if name.is_empty() {
+                return Err(ConfigError::invalid(
+                    field(path, "cluster"),
+                    "must not be empty",
+                ));
+            }
+            RouteConfig::Cluster(name.clone())
+        }
+        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+            let wpath = field(&field(path, "weighted_clusters"), "clusters");
+            if w.clusters.is_empty() {
+                return Err(ConfigError::invalid(
+                    wpath,
+                    "at least one cluster is required (the total weight must be greater than 0)",
+                ));
+            }
+            let mut entries = Vec::with_capacity(w.clusters.len());
+            for (i, c) in w.clusters.iter().enumerate() {
+                let cpath = index(&wpath, i);
+                if c.name.is_empty() {
+                    return Err(ConfigError::invalid(
+                        field(&cpath, "name"),
+                        "required (non-empty)",
+                    ));
+                }
+                if c.weight == 0 {
+                    return Err(ConfigError::invalid(
+                        field(&cpath, "weight"),
+                        "must be at least 1 (as in Envoy)",
+                    ));
+                }
+                entries.push(WeightedClusterConfig {
+                    name: c.name.clone(),
+                    weight: c.weight,
+                });
+            }
+            RouteConfig::Weighted(entries)
+        }
+    };
+    let idle_timeout = match &t.idle_timeout {
+        None => Some(DEFAULT_IDLE_TIMEOUT),
+        Some(d) => Some(duration(d, &field(path, "idle_timeout"))?).filter(|d| !d.is_zero()),
+    };
+    let max_connect_attempts = match t.max_connect_attempts {
+        None => 1,
+        Some(v) if v.value >= 1 => v.value,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                field(path, "max_connect_attempts"),
+                "must be at least 1",
+            ))
+        }
+    };
+    let lpath = field(path, "access_log");
+    let access_logs = t
+        .access_log
+        .iter()
+        .enumerate()
+        .map(|(i, a)| access_log_config(a, &index(&lpath, i)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TcpProxyConfig {
+        stat_prefix: t.stat_prefix.clone(),
+        route,
+        idle_timeout,
+        max_connect_attempts,
+        access_logs,
+    })
+}
+
+fn access_log_config(a: &AccessLog, path: &str) -> Result<AccessLogConfig> {
+    let Some(access_log::ConfigType::TypedConfig(any)) = &a.config_type else {
+        return Err(ConfigError::invalid(
+            field(path, "typed_config"),
+            "required",
+        ));
+    };
+    use crate::config::walk::{FILE_LOG, STDERR_LOG, STDOUT_LOG};
+    let tpath = field(path, "typed_config");
+    let name = type_name(any);
+    if name == STDOUT_LOG {
+        let log: StdoutAccessLog = decode_any(any, STDOUT_LOG, &tpath)?;
+        let format = match &log.access_log_format {
+            Some(stdout_access_log::AccessLogFormat::LogFormat(f)) => {
+                log_format(f, &field(&tpath, "log_format"))?
+            }
+            None => LogFormat::EnvoyDefault,
+        };
+        Ok(AccessLogConfig {
+            path: LogPath::Stdout,
+            format,
+        })
+    } else if name == STDERR_LOG {
+        let log: StderrAccessLog = decode_any(any, STDERR_LOG, &tpath)?;
+        let format = match &log.access_log_format {
+            Some(stderr_access_log::AccessLogFormat::LogFormat(f)) => {
+                log_format(f, &field(&tpath, "log_format"))?
+            }
+            None => LogFormat::EnvoyDefault,
+        };
+        Ok(AccessLogConfig {
+            path: LogPath::Stderr,
+            format,
+        })
+    } else {
+        let log: FileAccessLog = decode_any(any, FILE_LOG, &tpath)?;
+        if log.path.is_empty() {
+            return Err(ConfigError::invalid(
+                field(&tpath, "path"),
+                "required (non-empty)",
+            ));
+        }
+        #[allow(deprecated)] // `format` and `json_format` are deprecated, still accepted.
+        let format = match &log.access_log_format {
+            None => LogFormat::EnvoyDefault,
+            Some(file_access_log::AccessLogFormat::Format(s)) if s.is_empty() => {
+                LogFormat::EnvoyDefault
+            }
+            Some(file_access_log::AccessLogFormat::Format(s)) => {
+                text_format(s, &field(&tpath, "format"))?
+            }
+            Some(file_access_log::AccessLogFormat::JsonFormat(s)) => {
+                json_format(s, &field(&tpath, "json_format"))?
+            }
+            Some(file_access_log::AccessLogFormat::LogFormat(f)) => {
+                log_format(f, &field(&tpath, "log_format"))?
+            }
+            Some(_) => {
+                return Err(ConfigError::unsupported(
+                    tpath,
+                    "this format is not supported by Switchyard",
+                ))
+            }
+        };
+        Ok(AccessLogConfig {
+            path: LogPath::File(log.path.into()),
+            format,
+        })
+    }
+}
+
+fn log_format(f: &SubstitutionFormatString, path: &str) -> Result<LogFormat> {
+    use substitution_format_string::Format;
+    #[allow(deprecated)] // `text_format` is deprecated, still accepted.
+    match &f.format {
+        Some(Format::TextFormat(s)) => text_format(s, &field(path, "text_format")),
+        Some(Format::TextFormatSource(ds)) => match &ds.specifier {
+            Some(data_source::Specifier::InlineString(s)) => text_format(
+                s,
+                &field(&field(path, "text_format_source"), "inline_string"),
+            ),
+            _ => Err(ConfigError::invalid(
+                field(path, "text_format_source"),
+                "inline_string is required",
+            )),
+        },
+        Some(Format::JsonFormat(s)) => json_format(s, &field(path, "json_format")),
+        None => Err(ConfigError::invalid(
+            path,
+            "one of 'text_format_source' or 'json_format' is required",
+        )),
+    }
+}
+
+fn text_format(template: &str, path: &str) -> Result<LogFormat> {
+    parse_text_format(template)
+        .map(LogFormat::Text)
+        .map_err(|e| ConfigError::invalid(path, e))
+}
+
+/// `json_format`: keys in sorted order (a protobuf `Struct` keeps no order).
+fn json_format(s: &Struct, path: &str) -> Result<LogFormat> {
+    let mut keys: Vec<&String> = s.fields.keys().collect();
+    keys.sort();
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let kpath = field(path, key);
+        match &s.fields[key].kind {
+            Some(PbKind::StringValue(v)) => {
+                let segment = parse_json_value(v).map_err(|e| ConfigError::invalid(&kpath, e))?;
+                out.push((key.clone(), segment));
+            }
+            _ => return Err(ConfigError::unsupported(
+                kpath,
+                "only string values (a command operator or a literal) are supported by Switchyard",
+            )),
+        }
+    }
+    Ok(LogFormat::Json(out))
+}
+
+fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
+    if c.name.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "name"),
+            "required (non-empty)",
+        ));
+    }
+    match &c.cluster_discovery_type {
+        None => {}
+        Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
+            Ok(DiscoveryType::Static) => {}
+            Ok(other) => {
+                return Err(ConfigError::unsupported(
+                    field(path, "type"),
+                    format!(
+                        "{} is not supported by Switchyard yet (only STATIC)",
+                        other.as_str_name()
+                    ),
+                ))
+            }
+            Err(_) => {
+                return Err(ConfigError::invalid(
+                    field(path, "type"),
+                    format!("unknown type {t}"),
+                ))
+            }
+        },
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return Err(ConfigError::unsupported(
+                field(path, "cluster_type"),
+                "not supported by Switchyard",
+            ))
+        }
+    }
+    let connect_timeout = match &c.connect_timeout {
+        None => DEFAULT_CONNECT_TIMEOUT,
+        Some(d) => {
+            let p = field(path, "connect_timeout");
+            let d = duration(d, &p)?;
+            if d.is_zero() {
+                return Err(ConfigError::invalid(p, "must be greater than 0"));
+            }
+            d
+        }
+    };
+    let policy = PbLbPolicy::try_from(c.lb_policy).map_err(|_| {
+        ConfigError::invalid(
+            field(path, "lb_policy"),
+            format!("unknown policy {}", c.lb_policy),
+        )
+    })?;
+    let choice_count = match &c.lb_config {
+        None => None,
+        Some(LbConfig::LeastRequestLbConfig(lr)) => {
+            let p = field(path, "least_request_lb_config");
+            if policy != PbLbPolicy::LeastRequest {
+                return Err(ConfigError::invalid(
+                    p,
+                    "only valid with lb_policy LEAST_REQUEST",
+                ));
+            }
+            match lr.choice_count {
+                Some(n) if n.value < 2 => {
+                    return Err(ConfigError::invalid(
+                        field(&p, "choice_count"),
+                        "must be at least 2",
+                    ))
+                }
+                n => n.map(|n| n.value),
+            }
+        }
+        Some(_) => {
+            return Err(ConfigError::unsupported(
+                path,
+                "this lb_config is not supported by Switchyard",
+            ))
+        }
+    };
+    let lb_policy = match policy {
+        PbLbPolicy::RoundRobin => LbPolicy::RoundRobin,
+        PbLbPolicy::Random => LbPolicy::Random,
+        PbLbPolicy::LeastRequest => LbPolicy::LeastRequest {
+            choice_count: choice_count.unwrap_or(DEFAULT_CHOICE_COUNT),
+        },
+        other => {
+            let name = other.as_str_name();
+            return Err(ConfigError::unsupported(
+                field(path, "lb_policy"),
+                format!("{name} is not supported by Switchyard (supported: {SUPPORTED_LB})"),
+            ));
+        }
+    };
+    let mut endpoints = Vec::new();
+    if let Some(la) = &c.load_assignment {
+        let lpath = field(path, "load_assignment");
+        if la.cluster_name.is_empty() {
+            return Err(ConfigError::invalid(
+                field(&lpath, "cluster_name"),
+                "required (non-empty)",
+            ));
+        }
+        let epath = field(&lpath, "endpoints");
+        for (i, locality) in la.endpoints.iter().enumerate() {
+            let locpath = index(&epath, i);
+            if locality.priority != 0 {
+                return Err(ConfigError::unsupported(
+                    field(&locpath, "priority"),
+                    "only priority 0 is supported by Switchyard",
+                ));
+            }
+            let lbpath = field(&locpath, "lb_endpoints");
+            for (j, lbe) in locality.lb_endpoints.iter().enumerate() {
+                let p = index(&lbpath, j);
+                let Some(HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
+                    return Err(ConfigError::invalid(field(&p, "endpoint"), "required"));
+                };
+                let address = socket_address(
+                    ep.address.as_ref(),
+                    &field(&field(&p, "endpoint"), "address"),
+                )?;
+                let weight = match lbe.load_balancing_weight {
+                    None => 1,
+                    Some(w) if w.value >= 1 => w.value,
+                    Some(_) => {
+                        return Err(ConfigError::invalid(
+                            field(&p, "load_balancing_weight"),
+                            "must be at least 1 (as in Envoy)",
+                        ))
+                    }
+                };
+                endpoints.push(EndpointConfig { address, weight });
+            }
+        }
+    }
+    Ok(ClusterConfig {
+        name: c.name.clone(),
+        connect_timeout,
+        lb_policy,
+        endpoints,
+    })
+}
+
+/// An `Address` that must be an IP `socket_address` with a non-zero port.
+fn socket_address(a: Option<&Address>, path: &str) -> Result<SocketAddr> {
+    let Some(a) = a else {
+        return Err(ConfigError::invalid(path, "required"));
+    };
+    let sa = match &a.address {
+        Some(address::Address::SocketAddress(sa)) => sa,
+        Some(_) => {
+            return Err(ConfigError::unsupported(
+                path,
+                "only socket_address is supported by Switchyard",
+            ))
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                field(path, "socket_address"),
+                "required",
+            ))
+        }
+    };
+    let path = field(path, "socket_address");
+    if sa.protocol != socket_address::Protocol::Tcp as i32 {
+        return Err(ConfigError::unsupported(
+            field(&path, "protocol"),
+            "only TCP is supported by Switchyard so far",
+        ));
+    }
+    let ip: IpAddr = sa.address.parse().map_err(|_| {
+        ConfigError::invalid(
+            field(&path, "address"),
+            format!(
+                "'{}' is not an IP address (static config takes IP literals)",
+                sa.address
+            ),
+        )
+    })?;
+    let port_value = match &sa.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => *p,
+        Some(socket_address::PortSpecifier::NamedPort(_)) => {
+            return Err(ConfigError::unsupported(
+                field(&path, "named_port"),
+                "not supported by Switchyard",
+            ))
+        }
+        None => 0,
+    };
+    let port = port(port_value, &field(&path, "port_value"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A TCP port: 1 to 65535.
+fn port(value: u32, path: &str) -> Result<u16> {
+    match u16::try_from(value) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(ConfigError::invalid(
+            path,
+            format!("port {value} is out of range (1-65535)"),
+        )),
+    }
+}
+
+/// A `CidrRange`, with host bits cleared (Envoy matches on the network part only).
+fn cidr(r: &PbCidr, path: &str) -> Result<CidrRange> {
+    let address: IpAddr = r.address_prefix.parse().map_err(|_| {
+        ConfigError::invalid(
+            field(path, "address_prefix"),
+            format!("'{}' is not an IP address", r.address_prefix),
+        )
+    })?;
+    let len = r.prefix_len.map_or(0, |l| l.value);
+    let (max, family) = if address.is_ipv4() {
+        (32, "IPv4")
+    } else {
+        (128, "IPv6")
+    };
+    if len > max {
+        return Err(ConfigError::invalid(
+            field(path, "prefix_len"),
+            format!("{len} is too long for an {family} prefix (at most {max})"),
+        ));
+    }
+    let address = match address {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            IpAddr::from((u32::from(a) & mask).to_be_bytes())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            IpAddr::from((u128::from(a) & mask).to_be_bytes())
+        }
+    };
+    Ok(CidrRange {
+        address,
+        prefix_len: len as u8,
+    })
+}
+
+/// A non-negative duration.
+fn duration(d: &PbDuration, path: &str) -> Result<Duration> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(ConfigError::invalid(path, "must not be negative"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// The message name an `Any` carries.
+fn type_name(any: &Any) -> &str {
+    any.type_url
+        .rsplit_once('/')
+        .map_or(any.type_url.as_str(), |(_, n)| n)
+}
+
+/// Decodes an `Any` the walker accepted as `expected`.
+fn decode_any<M: Message + Default>(any: &Any, expected: &str, path: &str) -> Result<M> {
+    if type_name(any) != expected {
+        return Err(ConfigError::unsupported(
+            path,
+            format!(
+                "@type '{}' is not supported here (expected type.googleapis.com/{expected})",
+                any.type_url
+            ),
+        ));
+    }
+    M::decode(any.value.as_slice())
+        .map_err(|e| ConfigError::invalid(path, format!("does not decode: {e}")))
+}

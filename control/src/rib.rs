@@ -1,0 +1,157 @@
+//! The routing information base: the config as Switchyard understands it, validated.
+//!
+//! The RIB holds domain types only, never proto types: `convert` is the one boundary where
+//! envoy-types messages become these, and `compile` turns them into a [`Fib`] for workers.
+//! Every invariant the data plane relies on is established by `convert` and documented on
+//! the field (ports are non-zero, weights are at least 1, names are unique, ...). Defaults are
+//! already applied: nothing here is "absent, meaning Envoy's default".
+//!
+//! [`Fib`]: switchyard_dataplane::fib::Fib
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchyard_dataplane::accesslog::{LogFormat, LogPath};
+use switchyard_dataplane::fib::{ChainMatch, LbPolicy};
+
+/// Default admin address when the bootstrap has none (Envoy/Istio convention).
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
+
+/// Envoy's default tcp_proxy `idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Envoy's default cluster `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Envoy's default `least_request_lb_config.choice_count`.
+pub const DEFAULT_CHOICE_COUNT: u32 = 2;
+
+/// The whole validated config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rib {
+    /// `node.id` / `node.cluster` (empty when not set).
+    pub node: NodeInfo,
+    /// Where the admin HTTP server listens.
+    pub admin: AdminConfig,
+    /// Listeners in config order; names and addresses are unique.
+    pub listeners: Vec<ListenerConfig>,
+    /// Clusters in config order; names are unique.
+    pub clusters: Vec<ClusterConfig>,
+}
+
+impl Rib {
+    /// The cluster named `name`.
+    pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// The listener named `name`.
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+}
+
+/// Identity of this proxy, as Envoy's `node`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `node.id`.
+    pub id: String,
+    /// `node.cluster`.
+    pub cluster: String,
+}
+
+/// The admin server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Listening address ([`DEFAULT_ADMIN_ADDRESS`] when not configured).
+    pub address: SocketAddr,
+}
+
+/// A listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Unique name (the address, `ip:port`, when the config gives none).
+    pub name: String,
+    /// Unique listening address, port non-zero.
+    pub address: SocketAddr,
+    /// Filter chains in config order: at most `MAX_FILTER_CHAINS`, no two with the same
+    /// match criteria.
+    pub filter_chains: Vec<FilterChainConfig>,
+    /// The chain used when none matches.
+    pub default_filter_chain: Option<FilterChainConfig>,
+}
+
+/// A filter chain: what it matches and its one terminal filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterChainConfig {
+    /// The chain's name (may be empty).
+    pub name: String,
+    /// Match criteria; CIDR ranges have their host bits cleared.
+    pub matcher: ChainMatch,
+    /// The tcp_proxy filter (the only network filter Switchyard supports so far).
+    pub tcp_proxy: TcpProxyConfig,
+}
+
+/// Envoy's tcp_proxy network filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpProxyConfig {
+    /// Non-empty; stats are `tcp.<stat_prefix>.*`.
+    pub stat_prefix: String,
+    /// Where connections go.
+    pub route: RouteConfig,
+    /// `None` disables the idle timeout (`0s` in the config).
+    pub idle_timeout: Option<Duration>,
+    /// At least 1.
+    pub max_connect_attempts: u32,
+    /// Access logs written when a connection closes.
+    pub access_logs: Vec<AccessLogConfig>,
+}
+
+/// The tcp_proxy's destination, by cluster name (a name may be missing from the clusters:
+/// Envoy accepts that and counts `downstream_cx_no_route`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteConfig {
+    /// `cluster`.
+    Cluster(String),
+    /// `weighted_clusters`: at least one entry, every weight at least 1.
+    Weighted(Vec<WeightedClusterConfig>),
+}
+
+/// One entry of `weighted_clusters.clusters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedClusterConfig {
+    /// Cluster name.
+    pub name: String,
+    /// At least 1.
+    pub weight: u32,
+}
+
+/// One access log: where, and in which format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// Stdout, stderr or a file.
+    pub path: LogPath,
+    /// Compiled format.
+    pub format: LogFormat,
+}
+
+/// A cluster of static endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Unique, non-empty name.
+    pub name: String,
+    /// Greater than zero.
+    pub connect_timeout: Duration,
+    /// Load-balancing policy (`choice_count` >= 2 for least request).
+    pub lb_policy: LbPolicy,
+    /// Endpoints in config order (priority 0 only).
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// One static endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// IP address and non-zero port.
+    pub address: SocketAddr,
+    /// `load_balancing_weight`, at least 1 (default 1).
+    pub weight: u32,
+}

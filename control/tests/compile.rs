@@ -1,0 +1,311 @@
+//! Valid configs compile to the FIB they should: defaults, weighted clusters, filter-chain
+//! matches, access logs, and state shared across generations.
+
+use std::path::Path;
+use std::sync::Arc;
+use switchyard_control::compile::{compile, AccessLogSinks, DEFAULT_BACKLOG};
+use switchyard_control::config::{load_rib, parse_rib, Format};
+use switchyard_control::rib::Rib;
+use switchyard_control::stats::StatsRegistry;
+use switchyard_dataplane::accesslog::{LogFormat, LogPath, Operator, Segment};
+use switchyard_dataplane::fib::{CidrRange, ClusterId, Fib, LbPolicy, Route, MAX_FILTER_CHAINS};
+
+fn rib(name: &str) -> Rib {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/configs/valid")
+        .join(name);
+    load_rib(&path).unwrap_or_else(|e| panic!("{name}: {e}")).0
+}
+
+fn build(rib: &Rib) -> Fib {
+    compile(rib, 7, &StatsRegistry::new(2), &mut AccessLogSinks::new())
+}
+
+fn addr(s: &str) -> std::net::SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn minimal_gets_envoy_defaults() {
+    let rib = rib("minimal.yaml");
+    assert_eq!(rib.admin.address, addr("127.0.0.1:15000"));
+    let fib = build(&rib);
+    assert_eq!(fib.generation, 7);
+    let l = &fib.listeners[0];
+    assert_eq!(
+        &*l.name, "127.0.0.1:10000",
+        "an unnamed listener is named by its address"
+    );
+    assert_eq!(l.address, addr("127.0.0.1:10000"));
+    assert_eq!(l.backlog, DEFAULT_BACKLOG);
+    assert_eq!(&*l.stats.name, "127.0.0.1_10000");
+    assert!(l.default_chain.is_none());
+    let tp = &l.filter_chains[0].tcp_proxy;
+    assert!(matches!(tp.route, Route::Cluster(ClusterId(0))));
+    assert_eq!(tp.idle_timeout_ms, Some(3_600_000));
+    assert_eq!(tp.max_connect_attempts, 1);
+    assert!(tp.access_logs.is_empty());
+    assert_eq!(&*tp.stats.name, "echo");
+    let c = &fib.clusters[0];
+    assert_eq!(&*c.name, "echo");
+    assert_eq!(c.connect_timeout_ms, 5000);
+    assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(c.endpoints.len(), 1);
+    assert_eq!(c.endpoints[0].address, addr("127.0.0.1:9000"));
+    assert_eq!(c.endpoints[0].weight, 1);
+}
+
+#[test]
+fn weighted_clusters_from_json() {
+    let rib = rib("weighted.json");
+    assert_eq!(rib.node.id, "node-1");
+    assert_eq!(rib.node.cluster, "gateways");
+    let fib = build(&rib);
+    let tp = &fib.listener_by_name("split").unwrap().filter_chains[0].tcp_proxy;
+    let Route::Weighted(w) = &tp.route else {
+        panic!("{:?}", tp.route)
+    };
+    assert_eq!(w.total_weight, 4);
+    let names: Vec<_> = w
+        .entries
+        .iter()
+        .map(|e| (&*e.name, e.cluster, e.weight, e.cumulative))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("blue", Some(ClusterId(0)), 3, 3),
+            ("green", Some(ClusterId(1)), 1, 4)
+        ]
+    );
+    assert_eq!(&*w.pick(0).name, "blue");
+    assert_eq!(&*w.pick(3).name, "green");
+    assert_eq!(tp.max_connect_attempts, 3);
+    assert_eq!(tp.idle_timeout_ms, Some(30_000));
+    let blue = fib.cluster(ClusterId(0));
+    assert_eq!(blue.lb_policy, LbPolicy::LeastRequest { choice_count: 3 });
+    assert_eq!(blue.connect_timeout_ms, 2000);
+    assert_eq!(
+        blue.endpoints.iter().map(|e| e.weight).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let green = fib.cluster(ClusterId(1));
+    assert_eq!(green.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(green.connect_timeout_ms, 5000);
+}
+
+#[test]
+fn filter_chains_and_access_logs() {
+    let rib = rib("filter_chains.yaml");
+    assert_eq!(rib.admin.address, addr("[::1]:15001"));
+    let fib = build(&rib);
+    let l = fib.listener_by_name("wildcard").unwrap();
+    assert!(l.needs_local_address() && l.needs_remote_address());
+
+    let web = &l.filter_chains[0];
+    assert_eq!(&*web.name, "port_80");
+    assert_eq!(web.matcher.destination_port, Some(80));
+    assert_eq!(
+        web.tcp_proxy.idle_timeout_ms, None,
+        "0s disables the idle timeout"
+    );
+    let sink = &web.tcp_proxy.access_logs[0];
+    assert_eq!(sink.path, LogPath::Stderr);
+    assert_eq!(
+        sink.format,
+        LogFormat::Text(vec![
+            Segment::Literal("[".into()),
+            Segment::Operator(Operator::StartTime),
+            Segment::Literal("] ".into()),
+            Segment::Operator(Operator::BytesSent),
+            Segment::Literal(" ".into()),
+            Segment::Operator(Operator::UpstreamHost),
+            Segment::Literal("\n".into()),
+        ])
+    );
+
+    let internal = &l.filter_chains[1];
+    let m = &internal.matcher;
+    assert_eq!(
+        m.prefix_ranges,
+        [CidrRange {
+            address: "10.1.0.0".parse().unwrap(),
+            prefix_len: 16
+        }],
+        "host bits are cleared"
+    );
+    assert_eq!(m.source_prefix_ranges.len(), 2);
+    assert_eq!(
+        m.source_prefix_ranges[1].address,
+        "fd00::".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(m.source_ports, [5000, 5001]);
+    assert!(matches!(&internal.tcp_proxy.route, Route::Missing(n) if &**n == "not_defined_yet"));
+    assert_eq!(internal.tcp_proxy.idle_timeout_ms, Some(1500));
+    let [json, legacy] = &internal.tcp_proxy.access_logs[..] else {
+        panic!("two logs")
+    };
+    assert_eq!(
+        json.path,
+        LogPath::File("/tmp/switchyard-access.log".into())
+    );
+    assert_eq!(
+        json.format,
+        LogFormat::Json(vec![
+            ("bytes".into(), Segment::Operator(Operator::BytesSent)),
+            ("kind".into(), Segment::Literal("tcp".into())),
+            ("upstream".into(), Segment::Operator(Operator::UpstreamHost)),
+        ])
+    );
+    assert_eq!(
+        legacy.format,
+        LogFormat::Text(vec![
+            Segment::Operator(Operator::Duration),
+            Segment::Literal("\n".into())
+        ])
+    );
+    assert!(
+        !Arc::ptr_eq(json, legacy),
+        "same file, different formats: two sinks"
+    );
+
+    let default = l.default_chain.as_ref().unwrap();
+    assert_eq!(default.tcp_proxy.access_logs[0].path, LogPath::Stdout);
+    assert_eq!(
+        default.tcp_proxy.access_logs[0].format,
+        LogFormat::EnvoyDefault
+    );
+
+    // Envoy's matching order on the compiled table.
+    let chain =
+        |local: &str, remote: &str| l.match_chain(addr(local), addr(remote)).map(|c| &*c.name);
+    assert_eq!(
+        chain("10.1.5.5:80", "192.168.0.7:5000"),
+        Some("internal_sources")
+    );
+    // Envoy narrows criterion by criterion and never backtracks: the /16 wins on destination,
+    // then the source port does not match, so the connection falls to the default chain.
+    assert_eq!(chain("10.1.5.5:80", "192.168.0.7:6000"), Some("fallback"));
+    assert_eq!(chain("10.2.5.5:80", "192.168.0.7:5000"), Some("port_80"));
+    assert_eq!(chain("10.1.5.5:81", "192.168.0.7:5000"), Some("fallback"));
+
+    let c = &fib.clusters[0];
+    assert_eq!(c.lb_policy, LbPolicy::Random);
+    assert_eq!(c.connect_timeout_ms, 250);
+    let eps: Vec<_> = c.endpoints.iter().map(|e| (e.address, e.weight)).collect();
+    assert_eq!(eps, [(addr("[::1]:8080"), 3), (addr("127.0.0.1:8081"), 1)]);
+}
+
+#[test]
+fn stats_and_sinks_survive_generations() {
+    let rib = rib("filter_chains.yaml");
+    let stats = StatsRegistry::new(2);
+    let mut sinks = AccessLogSinks::new();
+    let one = compile(&rib, 1, &stats, &mut sinks);
+    let two = compile(&rib, 2, &stats, &mut sinks);
+    let (a, b) = (&one.listeners[0], &two.listeners[0]);
+    assert!(Arc::ptr_eq(&a.stats, &b.stats));
+    for (x, y) in a.filter_chains.iter().zip(&b.filter_chains) {
+        assert!(Arc::ptr_eq(&x.tcp_proxy.stats, &y.tcp_proxy.stats));
+        for (s, t) in x.tcp_proxy.access_logs.iter().zip(&y.tcp_proxy.access_logs) {
+            assert!(Arc::ptr_eq(s, t));
+        }
+    }
+    assert!(Arc::ptr_eq(&one.clusters[0].stats, &two.clusters[0].stats));
+    assert!(Arc::ptr_eq(
+        &one.clusters[0].endpoints[0].stats,
+        &two.clusters[0].endpoints[0].stats
+    ));
+    assert_eq!(sinks.all().len(), 4, "stderr, two file formats, stdout");
+
+    // A new generation without access logs: the old sinks go once the old FIBs do.
+    let (bare, _) = parse_rib(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/valid/minimal.yaml"),
+        )
+        .unwrap(),
+        Format::Yaml,
+    )
+    .unwrap();
+    let three = compile(&bare, 3, &stats, &mut sinks);
+    assert_eq!(
+        sinks.prune_unused(),
+        0,
+        "generations 1 and 2 still hold them"
+    );
+    drop((one, two));
+    assert_eq!(sinks.prune_unused(), 4);
+    assert!(sinks.all().is_empty());
+    drop(three);
+}
+
+fn chains_config(matches: &[&str]) -> String {
+    let chains: Vec<String> = matches
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            format!(
+                r#"{{"filter_chain_match": {m}, "filters": [{{"name": "t", "typed_config": {{
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "s{i}", "cluster": "c"}}}}]}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"static_resources": {{"listeners": [{{"name": "l", "address": {{"socket_address":
+        {{"address": "0.0.0.0", "port_value": 10000}}}}, "filter_chains": [{}]}}]}}}}"#,
+        chains.join(",")
+    )
+}
+
+#[test]
+fn chain_match_conflicts_follow_envoy() {
+    let ok = |m: &[&str]| parse_rib(&chains_config(m), Format::Json).map(|_| ());
+    let p8 = r#"{"prefix_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]}"#;
+    let p8b = r#"{"prefix_ranges": [{"address_prefix": "10.9.9.9", "prefix_len": 8}, {"address_prefix": "11.0.0.0", "prefix_len": 8}]}"#;
+    let p16 = r#"{"prefix_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 16}]}"#;
+    let port = r#"{"destination_port": 80}"#;
+    let port_src = r#"{"destination_port": 80, "source_ports": [1]}"#;
+    assert!(ok(&[p8, p16, port, port_src, "{}"]).is_ok());
+    let e = ok(&[p8, p16, p8b]).unwrap_err();
+    assert_eq!(
+        e.path(),
+        "static_resources.listeners[0].filter_chains[2].filter_chain_match"
+    );
+    assert!(e.message().contains("same as filter_chains[0]"), "{e}");
+    let e = ok(&["{}", r#"{"source_ports": []}"#]).unwrap_err();
+    assert_eq!(
+        e.path(),
+        "static_resources.listeners[0].filter_chains[1].filter_chain_match"
+    );
+}
+
+#[test]
+fn too_many_filter_chains() {
+    let ports: Vec<String> = (0..=MAX_FILTER_CHAINS)
+        .map(|i| format!(r#"{{"destination_port": {}}}"#, i + 1))
+        .collect();
+    let refs: Vec<&str> = ports.iter().map(String::as_str).collect();
+    let e = parse_rib(&chains_config(&refs), Format::Json).unwrap_err();
+    assert_eq!(e.path(), "static_resources.listeners[0].filter_chains");
+    assert!(e.message().contains("at most 256"), "{e}");
+    assert!(parse_rib(&chains_config(&refs[..MAX_FILTER_CHAINS]), Format::Json).is_ok());
+}
+
+#[test]
+fn listener_on_the_admin_address_is_rejected() {
+    let text = chains_config(&["{}"])
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace("10000", "15000");
+    let e = parse_rib(&text, Format::Json).unwrap_err();
+    assert_eq!(e.path(), "static_resources.listeners[0].address");
+}
+
+#[test]
+fn missing_cluster_is_accepted() {
+    let (rib, _) = parse_rib(&chains_config(&["{}"]), Format::Json).unwrap();
+    let fib = build(&rib);
+    assert!(
+        matches!(&fib.listeners[0].filter_chains[0].tcp_proxy.route, Route::Missing(n) if &**n == "c")
+    );
+}
