@@ -11,7 +11,11 @@ use switchyard_dataplane::worker::Limits;
 mod demo;
 
 #[derive(Parser, Debug)]
-#[command(name = "switchyard", version, about = "A thread-per-core L4 proxy on io_uring, configured like Envoy")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A thread-per-core L4 proxy on io_uring, configured like Envoy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,15 +60,28 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, concurrency, log_level, drain_time_s, max_connections_per_worker } => {
+        Command::Run {
+            config,
+            concurrency,
+            log_level,
+            drain_time_s,
+            max_connections_per_worker,
+        } => {
             init_logging(&log_level);
-            let limits = Limits { max_connections_per_worker, ..Limits::default() };
+            let limits = Limits {
+                max_connections_per_worker,
+                ..Limits::default()
+            };
             let options = RunOptions {
                 config_path: config,
                 concurrency,

@@ -92,7 +92,11 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     for b in bytes {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    Some(FileStamp { modified: meta.modified().ok(), len: meta.len(), hash })
+    Some(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        hash,
+    })
 }
 
 /// The CPUs workers run on: `concurrency` workers over the allowed CPUs, in order.
@@ -114,7 +118,12 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     let queues = Arc::new(AccessLogQueues::new(workers, ACCESS_LOG_QUEUE_RECORDS));
     let writer = AccessLogWriter::spawn(queues.clone());
     let plane = DataPlane::start(
-        PlaneConfig { cpus: cpus.clone(), pin: true, limits: options.limits, drain_time: options.drain_time },
+        PlaneConfig {
+            cpus: cpus.clone(),
+            pin: true,
+            limits: options.limits,
+            drain_time: options.drain_time,
+        },
         stats.server(),
         queues,
     )
@@ -126,8 +135,13 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
 
     let (events_tx, events_rx) = mpsc::channel();
     let admin_state = start_admin(&rib, &plane, &stats, &options, events_tx.clone())?;
-    *admin_state.config_dump.lock().unwrap_or_else(|e| e.into_inner()) = loaded.normalized;
-    admin_state.server_state.store(admin::STATE_LIVE, Ordering::Release);
+    *admin_state
+        .config_dump
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = loaded.normalized;
+    admin_state
+        .server_state
+        .store(admin::STATE_LIVE, Ordering::Release);
     install_signals(events_tx)?;
     tracing::info!(
         generation = 1,
@@ -137,10 +151,25 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         "config loaded; serving"
     );
 
-    let mut control = Control { options, rib, generation: 1, stats, sinks, plane, admin: admin_state };
+    let mut control = Control {
+        options,
+        rib,
+        generation: 1,
+        stats,
+        sinks,
+        plane,
+        admin: admin_state,
+    };
     control.serve(events_rx);
-    let Control { plane, admin, options, .. } = control;
-    admin.server_state.store(admin::STATE_DRAINING, Ordering::Release);
+    let Control {
+        plane,
+        admin,
+        options,
+        ..
+    } = control;
+    admin
+        .server_state
+        .store(admin::STATE_DRAINING, Ordering::Release);
     tracing::info!(drain_time_s = options.drain_time.as_secs_f64(), "draining");
     plane.shutdown(options.drain_time);
     writer.stop();
@@ -179,8 +208,8 @@ fn start_admin(
 }
 
 fn install_signals(events: Sender<ControlEvent>) -> Result<(), RunError> {
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(RunError::Signals)?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])
+        .map_err(RunError::Signals)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -294,7 +323,11 @@ impl Control {
         self.generation = generation;
         self.rib = rib;
         self.sinks.prune_unused();
-        *self.admin.config_dump.lock().unwrap_or_else(|e| e.into_inner()) = loaded.normalized;
+        *self
+            .admin
+            .config_dump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = loaded.normalized;
         tracing::info!(generation, "config reloaded");
     }
 }

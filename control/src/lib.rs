@@ -5,7 +5,7 @@
 pub mod admin;
 pub mod compile;
 pub mod config;
+pub mod controller;
 pub mod convert;
 pub mod rib;
 pub mod stats;
-pub mod controller;

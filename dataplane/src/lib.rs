@@ -13,7 +13,7 @@ pub mod lb;
 pub mod plane;
 pub mod relay;
 pub mod stats;
-pub mod worker;
 mod sys;
+pub mod worker;
 
 pub use sys::net::{allowed_cpus, pin_current_thread, raise_fd_limit, EventFd};

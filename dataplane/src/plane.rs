@@ -133,7 +133,11 @@ impl std::fmt::Display for PlaneError {
                  check that the sysctl kernel.io_uring_disabled is 0 (or 1 with this user in \
                  kernel.io_uring_group)"
             ),
-            PlaneError::Listener { name, address, error } => {
+            PlaneError::Listener {
+                name,
+                address,
+                error,
+            } => {
                 write!(f, "listener '{name}' ({address}): cannot listen: {error}")
             }
             PlaneError::Worker(e) => write!(f, "worker failed to start: {e}"),
@@ -280,12 +284,19 @@ impl DataPlane {
                 .cloned();
             let sockets = match reused {
                 Some(s) => s,
-                None => Arc::new(self.open_listener(&listener.name, listener.address, listener.backlog)?),
+                None => Arc::new(self.open_listener(
+                    &listener.name,
+                    listener.address,
+                    listener.backlog,
+                )?),
             };
             listeners.push(sockets);
         }
         let generation = fib.generation;
-        self.shared.snapshot.store(Arc::new(Snapshot { fib: fib.clone(), listeners }));
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            fib: fib.clone(),
+            listeners,
+        }));
         self.fib_view.store(fib);
         self.wake_all();
         self.wait_adopted(generation, Duration::from_secs(2));
@@ -293,14 +304,20 @@ impl DataPlane {
         Ok(())
     }
 
-    fn open_listener(&self, name: &str, address: SocketAddr, backlog: u32) -> Result<ListenerSockets, PlaneError> {
+    fn open_listener(
+        &self,
+        name: &str,
+        address: SocketAddr,
+        backlog: u32,
+    ) -> Result<ListenerSockets, PlaneError> {
         let mut fds = Vec::with_capacity(self.worker_count());
         for _ in 0..self.worker_count() {
-            let fd = net::listen_reuseport(address, backlog).map_err(|error| PlaneError::Listener {
-                name: name.to_string(),
-                address,
-                error,
-            })?;
+            let fd =
+                net::listen_reuseport(address, backlog).map_err(|error| PlaneError::Listener {
+                    name: name.to_string(),
+                    address,
+                    error,
+                })?;
             fds.push(fd);
         }
         Ok(ListenerSockets {
@@ -314,9 +331,14 @@ impl DataPlane {
     fn wait_adopted(&self, generation: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let all = self.shared.adopted.iter().zip(self.shared.exited.iter()).all(|(a, e)| {
-                a.load(Ordering::Acquire) == generation || e.load(Ordering::Acquire) == 1
-            });
+            let all = self
+                .shared
+                .adopted
+                .iter()
+                .zip(self.shared.exited.iter())
+                .all(|(a, e)| {
+                    a.load(Ordering::Acquire) == generation || e.load(Ordering::Acquire) == 1
+                });
             if all {
                 return;
             }

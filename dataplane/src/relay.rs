@@ -145,7 +145,12 @@ enum Flow {
     /// The ring had no buffer; waiting for one.
     Starved,
     /// A send of `buf[offset..offset+len]` is in flight.
-    Writing { buf: BufId, offset: u32, len: u32, paused: bool },
+    Writing {
+        buf: BufId,
+        offset: u32,
+        len: u32,
+        paused: bool,
+    },
     /// End of stream read; shutdown of the sink in flight.
     ShuttingDown,
     /// End of stream propagated.
@@ -218,7 +223,14 @@ impl Default for Relay {
 impl Relay {
     /// A relay that has not started.
     pub const fn new() -> Relay {
-        Relay { flows: [Flow::Idle; 2], bytes: [Bytes { received: 0, sent: 0 }; 2], reset: false }
+        Relay {
+            flows: [Flow::Idle; 2],
+            bytes: [Bytes {
+                received: 0,
+                sent: 0,
+            }; 2],
+            reset: false,
+        }
     }
 
     /// Starts both directions.
@@ -287,8 +299,18 @@ impl Relay {
         match received {
             Received::Data { buf, len } => {
                 self.bytes[d].received += u64::from(len);
-                self.flows[d] = Flow::Writing { buf, offset: 0, len, paused: false };
-                out.push(Action::Send { dir, buf, offset: 0, len });
+                self.flows[d] = Flow::Writing {
+                    buf,
+                    offset: 0,
+                    len,
+                    paused: false,
+                };
+                out.push(Action::Send {
+                    dir,
+                    buf,
+                    offset: 0,
+                    len,
+                });
             }
             Received::Eof => {
                 self.flows[d] = Flow::ShuttingDown;
@@ -301,7 +323,13 @@ impl Relay {
 
     fn on_sent(&mut self, dir: Dir, result: Result<u32, i32>, out: &mut Actions) {
         let d = dir as usize;
-        let Flow::Writing { buf, offset, len, paused } = self.flows[d] else {
+        let Flow::Writing {
+            buf,
+            offset,
+            len,
+            paused,
+        } = self.flows[d]
+        else {
             return;
         };
         if self.reset {
@@ -326,12 +354,21 @@ impl Relay {
             }
             Ok(n) => {
                 self.bytes[d].sent += u64::from(n);
-                self.flows[d] =
-                    Flow::Writing { buf, offset: offset + n, len: len - n, paused: true };
+                self.flows[d] = Flow::Writing {
+                    buf,
+                    offset: offset + n,
+                    len: len - n,
+                    paused: true,
+                };
                 if !paused {
                     out.push(Action::Paused(dir));
                 }
-                out.push(Action::Send { dir, buf, offset: offset + n, len: len - n });
+                out.push(Action::Send {
+                    dir,
+                    buf,
+                    offset: offset + n,
+                    len: len - n,
+                });
             }
             Err(errno) => {
                 self.flows[d] = Flow::Stopped;

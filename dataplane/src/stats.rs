@@ -68,9 +68,9 @@ impl<const N: usize> Counters<N> {
 
     /// Sum over all slots, as an unsigned counter.
     pub fn sum(&self, index: usize) -> u64 {
-        self.slots
-            .iter()
-            .fold(0u64, |acc, s| acc.wrapping_add(s.0[index].load(Ordering::Relaxed)))
+        self.slots.iter().fold(0u64, |acc, s| {
+            acc.wrapping_add(s.0[index].load(Ordering::Relaxed))
+        })
     }
 
     /// Sum over all slots, as a signed gauge.

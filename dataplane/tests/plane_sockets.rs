@@ -36,7 +36,10 @@ fn echo_backend() -> SocketAddr {
 }
 
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
@@ -46,7 +49,11 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         lb_policy: LbPolicy::RoundRobin,
         endpoints: backends
             .iter()
-            .map(|a| Endpoint { address: *a, weight: 1, stats: Arc::new(HostStats::new(a.to_string(), workers)) })
+            .map(|a| Endpoint {
+                address: *a,
+                weight: 1,
+                stats: Arc::new(HostStats::new(a.to_string(), workers)),
+            })
             .collect(),
         stats: Arc::new(ClusterStats::new("echo", workers)),
     };
@@ -81,7 +88,12 @@ fn echo_through_the_plane() {
     let listen = free_port();
     let workers = 1;
     let plane = DataPlane::start(
-        PlaneConfig { cpus: vec![0], pin: false, limits: Limits::default(), drain_time: Duration::from_secs(1) },
+        PlaneConfig {
+            cpus: vec![0],
+            pin: false,
+            limits: Limits::default(),
+            drain_time: Duration::from_secs(1),
+        },
         Arc::new(ServerStats::new("server", workers)),
         Arc::new(AccessLogQueues::new(workers, 64)),
     )

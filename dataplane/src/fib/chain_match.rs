@@ -32,9 +32,12 @@ impl CidrRange {
             v4 => v4,
         };
         match (self.address, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                prefix_eq(u128::from(u32::from(net)), u128::from(u32::from(ip)), 32, self.prefix_len)
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(
+                u128::from(u32::from(net)),
+                u128::from(u32::from(ip)),
+                32,
+                self.prefix_len,
+            ),
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 prefix_eq(u128::from(net), u128::from(ip), 128, self.prefix_len)
             }
@@ -92,7 +95,11 @@ impl Set {
 
 /// Longest prefix in `ranges` that contains `ip`, if any.
 fn best_prefix(ranges: &[CidrRange], ip: IpAddr) -> Option<u8> {
-    ranges.iter().filter(|r| r.contains(ip)).map(|r| r.prefix_len).max()
+    ranges
+        .iter()
+        .filter(|r| r.contains(ip))
+        .map(|r| r.prefix_len)
+        .max()
 }
 
 /// Narrows `cands` by one criterion: `score(chain)` is `None` when the chain leaves the
@@ -159,11 +166,19 @@ mod tests {
 
     fn cidr(s: &str) -> CidrRange {
         let (a, l) = s.split_once('/').unwrap();
-        CidrRange { address: a.parse().unwrap(), prefix_len: l.parse().unwrap() }
+        CidrRange {
+            address: a.parse().unwrap(),
+            prefix_len: l.parse().unwrap(),
+        }
     }
 
     fn sel(chains: &[ChainMatch], local: &str, remote: &str) -> Option<usize> {
-        select(chains.len(), |i| &chains[i], local.parse().unwrap(), remote.parse().unwrap())
+        select(
+            chains.len(),
+            |i| &chains[i],
+            local.parse().unwrap(),
+            remote.parse().unwrap(),
+        )
     }
 
     #[test]
@@ -180,7 +195,10 @@ mod tests {
     fn exact_port_beats_any_port() {
         let chains = vec![
             ChainMatch::default(),
-            ChainMatch { destination_port: Some(80), ..Default::default() },
+            ChainMatch {
+                destination_port: Some(80),
+                ..Default::default()
+            },
         ];
         assert_eq!(sel(&chains, "1.1.1.1:80", "2.2.2.2:5"), Some(1));
         assert_eq!(sel(&chains, "1.1.1.1:81", "2.2.2.2:5"), Some(0));
@@ -189,8 +207,14 @@ mod tests {
     #[test]
     fn longest_prefix_wins_and_empty_is_fallback() {
         let chains = vec![
-            ChainMatch { prefix_ranges: vec![cidr("10.0.0.0/8")], ..Default::default() },
-            ChainMatch { prefix_ranges: vec![cidr("10.1.0.0/16")], ..Default::default() },
+            ChainMatch {
+                prefix_ranges: vec![cidr("10.0.0.0/8")],
+                ..Default::default()
+            },
+            ChainMatch {
+                prefix_ranges: vec![cidr("10.1.0.0/16")],
+                ..Default::default()
+            },
             ChainMatch::default(),
         ];
         assert_eq!(sel(&chains, "10.1.2.3:1", "9.9.9.9:1"), Some(1));
@@ -213,7 +237,10 @@ mod tests {
         // Envoy: a chain that matches the destination port wins even if a chain without a
         // port matches the source more specifically.
         let chains = vec![
-            ChainMatch { destination_port: Some(80), ..Default::default() },
+            ChainMatch {
+                destination_port: Some(80),
+                ..Default::default()
+            },
             ChainMatch {
                 source_prefix_ranges: vec![cidr("127.0.0.0/8")],
                 ..Default::default()
@@ -226,7 +253,10 @@ mod tests {
     #[test]
     fn source_ports() {
         let chains = vec![
-            ChainMatch { source_ports: vec![1000], ..Default::default() },
+            ChainMatch {
+                source_ports: vec![1000],
+                ..Default::default()
+            },
             ChainMatch::default(),
         ];
         assert_eq!(sel(&chains, "127.0.0.1:80", "127.0.0.9:1000"), Some(0));

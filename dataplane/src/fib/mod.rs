@@ -178,10 +178,18 @@ impl WeightedClusters {
             .into_iter()
             .map(|(cluster, name, weight)| {
                 total += u64::from(weight);
-                WeightedEntry { cluster, name, weight, cumulative: total }
+                WeightedEntry {
+                    cluster,
+                    name,
+                    weight,
+                    cumulative: total,
+                }
             })
             .collect();
-        (total > 0).then_some(WeightedClusters { entries, total_weight: total })
+        (total > 0).then_some(WeightedClusters {
+            entries,
+            total_weight: total,
+        })
     }
 
     /// Picks the entry for a uniformly random `r`.

@@ -36,7 +36,12 @@ struct Source {
 #[derive(Debug, Clone, Copy)]
 enum Op {
     Recv(Dir),
-    Send { dir: Dir, buf: BufId, offset: u32, len: u32 },
+    Send {
+        dir: Dir,
+        buf: BufId,
+        offset: u32,
+        len: u32,
+    },
     Shutdown(Dir),
 }
 
@@ -64,8 +69,16 @@ impl Sim {
             rng: Rng(seed | 1),
             relay: Relay::new(),
             sources: [
-                Source { data: d0, read: 0, ending: endings[0] },
-                Source { data: d1, read: 0, ending: endings[1] },
+                Source {
+                    data: d0,
+                    read: 0,
+                    ending: endings[0],
+                },
+                Source {
+                    data: d1,
+                    read: 0,
+                    ending: endings[1],
+                },
             ],
             sinks: [Vec::new(), Vec::new()],
             sink_shut: [false; 2],
@@ -85,13 +98,27 @@ impl Sim {
         for a in actions.iter() {
             match a {
                 Action::Recv(dir) => self.inflight.push(Op::Recv(dir)),
-                Action::Send { dir, buf, offset, len } => {
+                Action::Send {
+                    dir,
+                    buf,
+                    offset,
+                    len,
+                } => {
                     assert!(len > 0);
                     assert!(!self.free.contains(&buf), "send from a free buffer");
-                    self.inflight.push(Op::Send { dir, buf, offset, len })
+                    self.inflight.push(Op::Send {
+                        dir,
+                        buf,
+                        offset,
+                        len,
+                    })
                 }
                 Action::ShutdownWrite(side) => {
-                    let dir = if side == Side::Backend { Dir::Up } else { Dir::Down };
+                    let dir = if side == Side::Backend {
+                        Dir::Up
+                    } else {
+                        Dir::Down
+                    };
                     self.inflight.push(Op::Shutdown(dir))
                 }
                 Action::Recycle(buf) => {
@@ -131,7 +158,12 @@ impl Sim {
                 src.read += n;
                 Event::Recv(dir, Received::Data { buf, len: n as u32 })
             }
-            Op::Send { dir, buf, offset, len } => {
+            Op::Send {
+                dir,
+                buf,
+                offset,
+                len,
+            } => {
                 let d = dir as usize;
                 assert!(!self.sink_shut[d], "write after shutdown");
                 if let Some(limit) = self.sink_fail_after[d] {
@@ -241,27 +273,50 @@ fn half_close_keeps_the_other_direction_open() {
     r.start(&mut out);
     out.clear();
     r.on_event(Event::Recv(Dir::Up, Received::Eof), &mut out);
-    assert_eq!(out.iter().collect::<Vec<_>>(), vec![Action::ShutdownWrite(Side::Backend)]);
+    assert_eq!(
+        out.iter().collect::<Vec<_>>(),
+        vec![Action::ShutdownWrite(Side::Backend)]
+    );
     out.clear();
     r.on_event(Event::ShutdownDone(Dir::Up), &mut out);
     assert!(out.is_empty());
     assert!(!r.is_done());
-    r.on_event(Event::Recv(Dir::Down, Received::Data { buf: 3, len: 10 }), &mut out);
+    r.on_event(
+        Event::Recv(Dir::Down, Received::Data { buf: 3, len: 10 }),
+        &mut out,
+    );
     assert_eq!(
         out.iter().collect::<Vec<_>>(),
-        vec![Action::Send { dir: Dir::Down, buf: 3, offset: 0, len: 10 }]
+        vec![Action::Send {
+            dir: Dir::Down,
+            buf: 3,
+            offset: 0,
+            len: 10
+        }]
     );
     out.clear();
     r.on_event(Event::Sent(Dir::Down, Ok(4)), &mut out);
     assert_eq!(
         out.iter().collect::<Vec<_>>(),
-        vec![Action::Paused(Dir::Down), Action::Send { dir: Dir::Down, buf: 3, offset: 4, len: 6 }]
+        vec![
+            Action::Paused(Dir::Down),
+            Action::Send {
+                dir: Dir::Down,
+                buf: 3,
+                offset: 4,
+                len: 6
+            }
+        ]
     );
     out.clear();
     r.on_event(Event::Sent(Dir::Down, Ok(6)), &mut out);
     assert_eq!(
         out.iter().collect::<Vec<_>>(),
-        vec![Action::Recycle(3), Action::Resumed(Dir::Down), Action::Recv(Dir::Down)]
+        vec![
+            Action::Recycle(3),
+            Action::Resumed(Dir::Down),
+            Action::Recv(Dir::Down)
+        ]
     );
     out.clear();
     r.on_event(Event::Recv(Dir::Down, Received::Eof), &mut out);
@@ -278,10 +333,19 @@ fn abort_keeps_buffers_in_flight_accounted() {
     let mut r = Relay::new();
     let mut out = Actions::default();
     r.start(&mut out);
-    r.on_event(Event::Recv(Dir::Up, Received::Data { buf: 1, len: 5 }), &mut out);
+    r.on_event(
+        Event::Recv(Dir::Up, Received::Data { buf: 1, len: 5 }),
+        &mut out,
+    );
     out.clear();
     r.abort();
     r.on_event(Event::Sent(Dir::Up, Ok(5)), &mut out);
-    r.on_event(Event::Recv(Dir::Down, Received::Data { buf: 2, len: 5 }), &mut out);
-    assert_eq!(out.iter().collect::<Vec<_>>(), vec![Action::Recycle(1), Action::Recycle(2)]);
+    r.on_event(
+        Event::Recv(Dir::Down, Received::Data { buf: 2, len: 5 }),
+        &mut out,
+    );
+    assert_eq!(
+        out.iter().collect::<Vec<_>>(),
+        vec![Action::Recycle(1), Action::Recycle(2)]
+    );
 }

@@ -11,7 +11,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A listening TCP socket with SO_REUSEPORT, so every worker can own one on the same address.
 pub(crate) fn listen_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -32,12 +36,16 @@ fn with_socket<T>(fd: RawFd, f: impl FnOnce(&Socket) -> io::Result<T>) -> io::Re
 
 /// `getpeername`.
 pub(crate) fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
-    with_socket(fd, |s| s.peer_addr()).ok().and_then(|a| a.as_socket())
+    with_socket(fd, |s| s.peer_addr())
+        .ok()
+        .and_then(|a| a.as_socket())
 }
 
 /// `getsockname`.
 pub(crate) fn local_addr(fd: RawFd) -> Option<SocketAddr> {
-    with_socket(fd, |s| s.local_addr()).ok().and_then(|a| a.as_socket())
+    with_socket(fd, |s| s.local_addr())
+        .ok()
+        .and_then(|a| a.as_socket())
 }
 
 /// Closes `fd` now (shutdown paths outside the ring).
@@ -76,7 +84,13 @@ impl EventFd {
     pub fn wake(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
-        let _ = unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        let _ = unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
     }
 
     /// The descriptor, for an io_uring read.
@@ -90,13 +104,20 @@ pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: pid 0 is this thread; the size matches the set passed.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return vec![0];
     }
     // SAFETY: CPU_ISSET only reads the set; indices are below CPU_SETSIZE.
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect();
-    if cpus.is_empty() { vec![0] } else { cpus }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    if cpus.is_empty() {
+        vec![0]
+    } else {
+        cpus
+    }
 }
 
 /// Pins the calling thread to `cpu`.
@@ -104,18 +125,28 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (cpu checked).
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu out of range"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cpu out of range",
+        ));
     }
     // SAFETY: as above.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: pid 0 is this thread; size matches the set.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit.
 pub fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into a live struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 1024;

@@ -48,7 +48,10 @@ pub(crate) enum RingError {
 }
 
 /// `SO_LINGER {on, 0}`: close sends a reset. Static, so it outlives any operation.
-static LINGER_ZERO: libc::linger = libc::linger { l_onoff: 1, l_linger: 0 };
+static LINGER_ZERO: libc::linger = libc::linger {
+    l_onoff: 1,
+    l_linger: 0,
+};
 /// The integer 1, for boolean socket options.
 static ONE: libc::c_int = 1;
 
@@ -77,7 +80,10 @@ const BUF_GROUP: u16 = 0;
 impl BufPool {
     fn new(count: u16, size: u32) -> io::Result<BufPool> {
         if !count.is_power_of_two() || count == 0 || size == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer count must be a power of two"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer count must be a power of two",
+            ));
         }
         let ring_layout = Layout::from_size_align(usize::from(count) * 16, 4096)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -158,7 +164,9 @@ pub(crate) struct Ring {
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring").field("inflight", &self.inflight).finish()
+        f.debug_struct("Ring")
+            .field("inflight", &self.inflight)
+            .finish()
     }
 }
 
@@ -177,7 +185,12 @@ impl Ring {
 
     /// A ring of `entries` submission slots, `buffers` provided buffers of `buffer_size` bytes
     /// and room for `slots` concurrent connects. Must be created on the thread that uses it.
-    pub fn new(entries: u32, buffers: u16, buffer_size: u32, slots: usize) -> Result<Ring, RingError> {
+    pub fn new(
+        entries: u32,
+        buffers: u16,
+        buffer_size: u32,
+        slots: usize,
+    ) -> Result<Ring, RingError> {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -265,11 +278,23 @@ impl Ring {
     /// Sends `len` bytes at `offset` of buffer `bid`.
     pub fn send(&mut self, fd: RawFd, bid: u16, offset: u32, len: u32, user_data: u64) {
         let state = &mut self.bufs.state[usize::from(bid)];
-        assert_eq!(*state, BUF_WORKER, "send from buffer {bid} not held by the worker");
-        assert!(offset.checked_add(len).is_some_and(|end| end <= self.bufs.size), "send outside buffer");
+        assert_eq!(
+            *state, BUF_WORKER,
+            "send from buffer {bid} not held by the worker"
+        );
+        assert!(
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.bufs.size),
+            "send outside buffer"
+        );
         *state = BUF_SENDING;
         // SAFETY: bid < count and offset + len <= size, so the range is inside the pool.
-        let ptr = unsafe { self.bufs.data.add(usize::from(bid) * self.bufs.size as usize + offset as usize) };
+        let ptr = unsafe {
+            self.bufs
+                .data
+                .add(usize::from(bid) * self.bufs.size as usize + offset as usize)
+        };
         let e = opcode::Send::new(types::Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
@@ -288,28 +313,40 @@ impl Ring {
 
     /// Hands buffer `bid` back to the kernel.
     pub fn recycle(&mut self, bid: u16) {
-        assert_eq!(self.bufs.state[usize::from(bid)], BUF_WORKER, "recycle of buffer {bid} not held");
+        assert_eq!(
+            self.bufs.state[usize::from(bid)],
+            BUF_WORKER,
+            "recycle of buffer {bid} not held"
+        );
         self.bufs.add(bid);
         self.bufs.publish();
     }
 
     /// `shutdown(fd, how)`.
     pub fn shutdown(&mut self, fd: RawFd, how: i32, user_data: u64) {
-        let e = opcode::Shutdown::new(types::Fd(fd), how).build().user_data(user_data);
+        let e = opcode::Shutdown::new(types::Fd(fd), how)
+            .build()
+            .user_data(user_data);
         // SAFETY: no pointers.
         unsafe { self.push(e) }
     }
 
     /// `close(fd)`.
     pub fn close(&mut self, fd: RawFd, user_data: u64) {
-        let e = opcode::Close::new(types::Fd(fd)).build().user_data(user_data);
+        let e = opcode::Close::new(types::Fd(fd))
+            .build()
+            .user_data(user_data);
         // SAFETY: no pointers.
         unsafe { self.push(e) }
     }
 
     /// A new TCP socket for `addr`'s family.
     pub fn socket(&mut self, addr: &SocketAddr, user_data: u64) {
-        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let domain = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         let e = opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
             .build()
             .user_data(user_data);
@@ -319,7 +356,15 @@ impl Ring {
 
     /// Connects `fd` to `addr`, giving up after `timeout`; two completions: the connect's
     /// (`-ECANCELED` on timeout) and the timeout's (`-ETIME` when it fired).
-    pub fn connect(&mut self, fd: RawFd, slot: usize, addr: SocketAddr, timeout: Duration, user_data: u64, timeout_user_data: u64) {
+    pub fn connect(
+        &mut self,
+        fd: RawFd,
+        slot: usize,
+        addr: SocketAddr,
+        timeout: Duration,
+        user_data: u64,
+        timeout_user_data: u64,
+    ) {
         let sa = self.connect_addrs[slot].insert(SockAddr::from(addr));
         let (ptr, len) = (sa.as_ptr() as *const libc::sockaddr, sa.len());
         self.connect_timeouts[slot] = types::Timespec::from(timeout);
@@ -328,7 +373,9 @@ impl Ring {
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(user_data);
-        let link = opcode::LinkTimeout::new(ts).build().user_data(timeout_user_data);
+        let link = opcode::LinkTimeout::new(ts)
+            .build()
+            .user_data(timeout_user_data);
         // Linked entries must be in the queue together: make room for both first.
         let room = {
             let sq = self.ring.submission();
@@ -378,7 +425,9 @@ impl Ring {
         .build()
         .flags(squeue::Flags::IO_HARDLINK)
         .user_data(user_data);
-        let close = opcode::Close::new(types::Fd(fd)).build().user_data(user_data);
+        let close = opcode::Close::new(types::Fd(fd))
+            .build()
+            .user_data(user_data);
         let room = {
             let sq = self.ring.submission();
             sq.capacity() - sq.len()
@@ -403,7 +452,9 @@ impl Ring {
 
     /// Cancels the operation with `target` user data.
     pub fn cancel(&mut self, target: u64, user_data: u64) {
-        let e = opcode::AsyncCancel::new(target).build().user_data(user_data);
+        let e = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data);
         // SAFETY: no pointers.
         unsafe { self.push(e) }
     }
@@ -411,7 +462,9 @@ impl Ring {
     /// Reads the 8-byte counter of an eventfd.
     pub fn read_eventfd(&mut self, fd: RawFd, user_data: u64) {
         let ptr = &mut *self.eventfd_value as *mut u64 as *mut u8;
-        let e = opcode::Read::new(types::Fd(fd), ptr, 8).build().user_data(user_data);
+        let e = opcode::Read::new(types::Fd(fd), ptr, 8)
+            .build()
+            .user_data(user_data);
         // SAFETY: the 8-byte target is boxed inside self; only one eventfd read is in flight
         // at a time (the worker re-arms it only after its completion).
         unsafe { self.push(e) }
@@ -433,7 +486,14 @@ impl Ring {
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
         match self.ring.submit_and_wait(want) {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -448,7 +508,11 @@ impl Ring {
             if !cqueue::more(cqe.flags()) {
                 self.inflight = self.inflight.saturating_sub(1);
             }
-            out.push(Completion { user_data: cqe.user_data(), result: cqe.result(), flags: cqe.flags() });
+            out.push(Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            });
         }
     }
 
@@ -462,7 +526,9 @@ impl Drop for Ring {
     fn drop(&mut self) {
         // Cancel everything and wait for the last completion so the kernel no longer touches
         // memory owned by self (buffers, addresses) when it is freed.
-        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(u64::MAX);
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(u64::MAX);
         // SAFETY: no pointers.
         unsafe { self.push(e) };
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -477,7 +543,10 @@ impl Drop for Ring {
             // The kernel may still use the pool: leak it rather than free memory in use.
             let pool = std::mem::replace(&mut self.bufs, BufPool::leaked());
             std::mem::forget(pool);
-            tracing::error!(inflight = self.inflight, "io_uring teardown timed out; leaking buffers");
+            tracing::error!(
+                inflight = self.inflight,
+                "io_uring teardown timed out; leaking buffers"
+            );
         }
     }
 }
@@ -490,6 +559,15 @@ impl BufPool {
         let ring = unsafe { alloc_zeroed(layout) } as *mut types::BufRingEntry;
         // SAFETY: non-zero size.
         let data = unsafe { alloc_zeroed(layout) };
-        BufPool { ring, ring_layout: layout, data, data_layout: layout, size: 1, count: 1, tail: 0, state: Box::new([]) }
+        BufPool {
+            ring,
+            ring_layout: layout,
+            data,
+            data_layout: layout,
+            size: 1,
+            count: 1,
+            tail: 0,
+            state: Box::new([]),
+        }
     }
 }

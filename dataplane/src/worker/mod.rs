@@ -141,7 +141,9 @@ impl Worker {
             RingError::Other(e) => WorkerError::Setup(e),
         })?;
         let seed = mix_seed(
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64),
             id as u64,
         );
         let mut worker = Worker {
@@ -173,15 +175,21 @@ impl Worker {
     /// Runs until the data plane stops and every connection is closed.
     pub(crate) fn run(mut self) {
         let wake_fd = self.wake.raw();
-        self.ring.read_eventfd(wake_fd, ud::encode(Kind::Wake, 0, 0));
-        self.ring.tick(Duration::from_millis(self.limits.tick_ms), ud::encode(Kind::Tick, 0, 0));
+        self.ring
+            .read_eventfd(wake_fd, ud::encode(Kind::Wake, 0, 0));
+        self.ring.tick(
+            Duration::from_millis(self.limits.tick_ms),
+            ud::encode(Kind::Tick, 0, 0),
+        );
         loop {
             if let Err(e) = self.ring.submit_and_wait(1) {
                 tracing::error!(worker = self.id, error = %e, "io_uring_enter failed");
                 std::thread::sleep(Duration::from_millis(10));
             }
             self.now_ms = self.started.elapsed().as_millis() as u64;
-            self.shared.server_stats.inc(self.id, ServerStat::WorkerLoops);
+            self.shared
+                .server_stats
+                .inc(self.id, ServerStat::WorkerLoops);
             let mut batch = std::mem::take(&mut self.batch);
             self.ring.completions_into(&mut batch);
             for c in batch.iter() {
@@ -212,15 +220,18 @@ impl Worker {
     // ---- control: snapshots, phases, ticks ----
 
     fn on_wake(&mut self, _c: Completion) {
-        self.ring.read_eventfd(self.wake.raw(), ud::encode(Kind::Wake, 0, 0));
+        self.ring
+            .read_eventfd(self.wake.raw(), ud::encode(Kind::Wake, 0, 0));
         self.adopt_snapshot();
         self.follow_phase();
     }
 
     fn on_tick(&mut self, c: Completion) {
         if !c.more() {
-            self.ring
-                .tick(Duration::from_millis(self.limits.tick_ms), ud::encode(Kind::Tick, 0, 0));
+            self.ring.tick(
+                Duration::from_millis(self.limits.tick_ms),
+                ud::encode(Kind::Tick, 0, 0),
+            );
         }
         // A missed wake (eventfd coalescing) is caught here within one tick.
         self.adopt_snapshot();
@@ -260,7 +271,12 @@ impl Worker {
         if phase == Phase::Stopped {
             for slot in 0..self.conns.len() {
                 if self.conns[slot].is_live() {
-                    self.abort_conn(slot as u32, ResponseFlags::DRAIN_CLOSE, "drain_timeout", true);
+                    self.abort_conn(
+                        slot as u32,
+                        ResponseFlags::DRAIN_CLOSE,
+                        "drain_timeout",
+                        true,
+                    );
                 }
             }
         }
@@ -275,7 +291,12 @@ impl Worker {
         self.snapshot_generation = snapshot.fib.generation;
         let generation = Generation {
             lb: WorkerLb::new(&snapshot.fib, mix_seed(self.rng.next_u64(), self.id as u64)),
-            active: snapshot.fib.clusters.iter().map(|c| vec![0; c.endpoints.len()]).collect(),
+            active: snapshot
+                .fib
+                .clusters
+                .iter()
+                .map(|c| vec![0; c.endpoints.len()])
+                .collect(),
             fib: snapshot.fib.clone(),
             conns: 0,
         };
@@ -322,8 +343,14 @@ impl Worker {
         }
         // Start the snapshot's listeners this worker does not have yet.
         for (fib_index, sockets) in snapshot.listeners.iter().enumerate() {
-            let Some(fd) = sockets.fd(self.id) else { continue };
-            if self.listeners.iter().any(|l| l.open && l.socket_id == sockets.id) {
+            let Some(fd) = sockets.fd(self.id) else {
+                continue;
+            };
+            if self
+                .listeners
+                .iter()
+                .any(|l| l.open && l.socket_id == sockets.id)
+            {
                 continue;
             }
             let slot = match self.listeners.iter().position(|l| !l.open && !l.armed) {
@@ -377,7 +404,8 @@ impl Worker {
         let l = &self.listeners[i];
         if l.armed {
             let target = ud::encode(Kind::Accept, i as u32, l.nonce);
-            self.ring.cancel(target, ud::encode(Kind::AcceptCancel, i as u32, 0));
+            self.ring
+                .cancel(target, ud::encode(Kind::AcceptCancel, i as u32, 0));
         }
     }
 
@@ -396,15 +424,27 @@ impl Worker {
                 continue;
             }
             if c.drain_deadline_ms.is_some_and(|d| now >= d) {
-                self.abort_conn(slot as u32, ResponseFlags::DRAIN_CLOSE, "drain_timeout", true);
+                self.abort_conn(
+                    slot as u32,
+                    ResponseFlags::DRAIN_CLOSE,
+                    "drain_timeout",
+                    true,
+                );
                 continue;
             }
-            let idle = c.idle_timeout_ms.is_some_and(|t| now.saturating_sub(c.last_activity_ms) >= t);
+            let idle = c
+                .idle_timeout_ms
+                .is_some_and(|t| now.saturating_sub(c.last_activity_ms) >= t);
             if idle {
                 if let Some(stats) = self.tcp_stats(slot as u32) {
                     stats.inc(self.id, TcpStat::IdleTimeout);
                 }
-                self.abort_conn(slot as u32, ResponseFlags::STREAM_IDLE_TIMEOUT, "idle_timeout", false);
+                self.abort_conn(
+                    slot as u32,
+                    ResponseFlags::STREAM_IDLE_TIMEOUT,
+                    "idle_timeout",
+                    false,
+                );
             }
         }
     }
@@ -412,7 +452,9 @@ impl Worker {
     // ---- accept and routing ----
 
     fn on_accept(&mut self, i: usize, nonce: u32, c: Completion) {
-        let Some(l) = self.listeners.get_mut(i) else { return };
+        let Some(l) = self.listeners.get_mut(i) else {
+            return;
+        };
         if l.nonce != nonce {
             if c.result >= 0 {
                 net::close(c.result);
@@ -428,7 +470,9 @@ impl Worker {
             if errno != libc::ECANCELED {
                 let fib = self.current_fib();
                 if let Some(listener) = fib.listeners.get(fib_index) {
-                    listener.stats.inc(self.id, ListenerStat::DownstreamCxAcceptError);
+                    listener
+                        .stats
+                        .inc(self.id, ListenerStat::DownstreamCxAcceptError);
                 }
                 tracing::warn!(worker = self.id, errno, "accept failed");
                 self.listeners[i].rearm_on_tick = true;
@@ -465,15 +509,21 @@ impl Worker {
             return;
         };
         let Some(slot) = self.free_slots.pop() else {
-            listener.stats.inc(self.id, ListenerStat::DownstreamCxOverflow);
+            listener
+                .stats
+                .inc(self.id, ListenerStat::DownstreamCxOverflow);
             net::reset_and_close(fd);
             return;
         };
         generation.conns += 1;
         self.open_conns += 1;
         listener.stats.inc(self.id, ListenerStat::DownstreamCxTotal);
-        listener.stats.inc(self.id, ListenerStat::DownstreamCxActive);
-        self.shared.server_stats.inc(self.id, ServerStat::TotalConnections);
+        listener
+            .stats
+            .inc(self.id, ListenerStat::DownstreamCxActive);
+        self.shared
+            .server_stats
+            .inc(self.id, ServerStat::TotalConnections);
 
         let local = if listener.needs_local_address() {
             net::local_addr(fd).unwrap_or(listener.address)
@@ -481,10 +531,16 @@ impl Worker {
             listener.address
         };
         let remote = net::peer_addr(fd);
-        let start_unix_ms =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let start_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let conn = &mut self.conns[slot as usize];
-        conn.reset_for(ud::next_nonce(conn.nonce), fd, gen_index as u32, listener_slot as u32);
+        conn.reset_for(
+            ud::next_nonce(conn.nonce),
+            fd,
+            gen_index as u32,
+            listener_slot as u32,
+        );
         conn.fib_listener = fib_index as u32;
         conn.local = Some(local);
         conn.remote = remote;
@@ -495,8 +551,12 @@ impl Worker {
         let remote_for_match = remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let chain_index = match_chain_index(listener, local, remote_for_match);
         let Some(chain_index) = chain_index else {
-            listener.stats.inc(self.id, ListenerStat::NoFilterChainMatch);
-            self.conns[slot as usize].flags.set(ResponseFlags::NO_ROUTE_FOUND);
+            listener
+                .stats
+                .inc(self.id, ListenerStat::NoFilterChainMatch);
+            self.conns[slot as usize]
+                .flags
+                .set(ResponseFlags::NO_ROUTE_FOUND);
             self.close_client_only(slot);
             return;
         };
@@ -528,14 +588,22 @@ impl Worker {
         let conn = &self.conns[slot as usize];
         let (gen_index, cluster_id) = (conn.generation as usize, conn.cluster);
         let Some(cluster_id) = cluster_id else { return };
-        let Some(generation) = self.generations[gen_index].as_mut() else { return };
+        let Some(generation) = self.generations[gen_index].as_mut() else {
+            return;
+        };
         let fib = &generation.fib;
         let cluster = fib.cluster(cluster_id);
         let active = &generation.active[cluster_id.0 as usize];
-        let pick = generation.lb.pick(fib, cluster_id, active, exclude, &mut self.rng);
+        let pick = generation
+            .lb
+            .pick(fib, cluster_id, active, exclude, &mut self.rng);
         let Some(endpoint_index) = pick else {
-            cluster.stats.inc(self.id, ClusterStat::UpstreamCxNoneHealthy);
-            self.conns[slot as usize].flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
+            cluster
+                .stats
+                .inc(self.id, ClusterStat::UpstreamCxNoneHealthy);
+            self.conns[slot as usize]
+                .flags
+                .set(ResponseFlags::NO_HEALTHY_UPSTREAM);
             self.close_client_only(slot);
             return;
         };
@@ -556,7 +624,9 @@ impl Worker {
     // ---- connection completions ----
 
     fn on_conn_completion(&mut self, kind: Kind, slot: u32, nonce: u32, c: Completion) {
-        let Some(conn) = self.conns.get_mut(slot as usize) else { return };
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
         if conn.nonce != nonce || conn.state == ConnState::Free {
             // Cannot happen: slots are freed only after their last completion.
             debug_assert!(false, "stale completion {kind:?} for slot {slot}");
@@ -591,16 +661,23 @@ impl Worker {
             return;
         }
         if result < 0 {
-            tracing::warn!(worker = self.id, errno = -result, "upstream socket() failed");
+            tracing::warn!(
+                worker = self.id,
+                errno = -result,
+                "upstream socket() failed"
+            );
             self.connect_failed(slot, -result);
             return;
         }
         conn.backend = result;
         let nonce = conn.nonce;
         let timeout = self.connect_timeout(slot);
-        let address = self.conns[slot as usize].upstream.expect("endpoint picked before socket");
+        let address = self.conns[slot as usize]
+            .upstream
+            .expect("endpoint picked before socket");
         self.conns[slot as usize].inflight += 3;
-        self.ring.set_nodelay(result, ud::encode(Kind::Aux, slot, nonce));
+        self.ring
+            .set_nodelay(result, ud::encode(Kind::Aux, slot, nonce));
         self.ring.connect(
             result,
             slot as usize,
@@ -633,13 +710,16 @@ impl Worker {
         conn.state = ConnState::Relaying;
         conn.connected = true;
         conn.last_activity_ms = self.now_ms;
-        let (gen_index, cluster, endpoint) = (conn.generation as usize, conn.cluster, conn.endpoint);
+        let (gen_index, cluster, endpoint) =
+            (conn.generation as usize, conn.cluster, conn.endpoint);
         if let (Some(g), Some(cluster), Some(endpoint)) =
             (self.generations[gen_index].as_mut(), cluster, endpoint)
         {
             let c = g.fib.cluster(cluster);
             c.stats.inc(id, ClusterStat::UpstreamCxActive);
-            c.endpoints[endpoint as usize].stats.inc(id, HostStat::CxActive);
+            c.endpoints[endpoint as usize]
+                .stats
+                .inc(id, HostStat::CxActive);
             g.active[cluster.0 as usize][endpoint as usize] += 1;
         }
         let mut actions = std::mem::take(&mut self.actions);
@@ -654,7 +734,8 @@ impl Worker {
         let conn = &mut self.conns[slot as usize];
         let timed_out = errno == libc::ECANCELED || errno == libc::ETIMEDOUT;
         let backend = std::mem::replace(&mut conn.backend, NO_FD);
-        let (gen_index, cluster, endpoint) = (conn.generation as usize, conn.cluster, conn.endpoint);
+        let (gen_index, cluster, endpoint) =
+            (conn.generation as usize, conn.cluster, conn.endpoint);
         let (attempts, max_attempts) = (conn.attempts, conn.max_attempts);
         if backend != NO_FD {
             conn.inflight += 1;
@@ -668,14 +749,22 @@ impl Worker {
                 c.stats.inc(id, ClusterStat::UpstreamCxConnectTimeout);
             }
             if let Some(e) = endpoint {
-                c.endpoints[e as usize].stats.inc(id, HostStat::CxConnectFail);
+                c.endpoints[e as usize]
+                    .stats
+                    .inc(id, HostStat::CxConnectFail);
             }
             if attempts >= max_attempts && max_attempts > 1 {
-                c.stats.inc(id, ClusterStat::UpstreamCxConnectAttemptsExceeded);
+                c.stats
+                    .inc(id, ClusterStat::UpstreamCxConnectAttemptsExceeded);
             }
         }
         if attempts < max_attempts && self.phase != Phase::Stopped {
-            tracing::debug!(worker = id, errno, attempts, "upstream connect failed; retrying");
+            tracing::debug!(
+                worker = id,
+                errno,
+                attempts,
+                "upstream connect failed; retrying"
+            );
             self.connect_next(slot, endpoint.map(|e| e as usize));
             return;
         }
@@ -699,7 +788,10 @@ impl Worker {
             };
             self.ring.buffer_received(bid);
             self.count_received(slot, dir, c.result as u64);
-            Received::Data { buf: bid, len: c.result as u32 }
+            Received::Data {
+                buf: bid,
+                len: c.result as u32,
+            }
         } else if c.result == 0 {
             Received::Eof
         } else if -c.result == libc::ENOBUFS {
@@ -766,7 +858,9 @@ impl Worker {
     fn relay_event(&mut self, slot: u32, event: Event) {
         let mut actions = std::mem::take(&mut self.actions);
         actions.clear();
-        self.conns[slot as usize].relay.on_event(event, &mut actions);
+        self.conns[slot as usize]
+            .relay
+            .on_event(event, &mut actions);
         self.carry_out(slot, &actions);
         self.actions = actions;
     }
@@ -784,21 +878,40 @@ impl Worker {
             Action::Recv(dir) => {
                 let fd = conn.fd(dir.source());
                 conn.inflight += 1;
-                let kind = if dir == Dir::Up { Kind::RecvUp } else { Kind::RecvDown };
+                let kind = if dir == Dir::Up {
+                    Kind::RecvUp
+                } else {
+                    Kind::RecvDown
+                };
                 self.ring.recv(fd, ud::encode(kind, slot, nonce));
             }
-            Action::Send { dir, buf, offset, len } => {
+            Action::Send {
+                dir,
+                buf,
+                offset,
+                len,
+            } => {
                 let fd = conn.fd(dir.sink());
                 conn.inflight += 1;
                 conn.sending[dir as usize] = Some(buf);
-                let kind = if dir == Dir::Up { Kind::SendUp } else { Kind::SendDown };
-                self.ring.send(fd, buf, offset, len, ud::encode(kind, slot, nonce));
+                let kind = if dir == Dir::Up {
+                    Kind::SendUp
+                } else {
+                    Kind::SendDown
+                };
+                self.ring
+                    .send(fd, buf, offset, len, ud::encode(kind, slot, nonce));
             }
             Action::ShutdownWrite(side) => {
                 let fd = conn.fd(side);
                 conn.inflight += 1;
-                let kind = if side == Side::Backend { Kind::ShutUp } else { Kind::ShutDown };
-                self.ring.shutdown(fd, libc::SHUT_WR, ud::encode(kind, slot, nonce));
+                let kind = if side == Side::Backend {
+                    Kind::ShutUp
+                } else {
+                    Kind::ShutDown
+                };
+                self.ring
+                    .shutdown(fd, libc::SHUT_WR, ud::encode(kind, slot, nonce));
             }
             Action::Recycle(buf) => {
                 self.ring.recycle(buf);
@@ -858,7 +971,9 @@ impl Worker {
     fn feed_starved(&mut self) {
         while let Some(slot) = self.starved.pop() {
             let conn = &self.conns[slot as usize];
-            if conn.is_live() && (conn.relay.is_starved(Dir::Up) || conn.relay.is_starved(Dir::Down)) {
+            if conn.is_live()
+                && (conn.relay.is_starved(Dir::Up) || conn.relay.is_starved(Dir::Down))
+            {
                 self.relay_event(slot, Event::BufferAvailable);
                 return;
             }
@@ -869,7 +984,11 @@ impl Worker {
 
     /// Resets `reset_side` (SO_LINGER 0) and closes both sockets.
     fn teardown(&mut self, slot: u32, reset_side: Side) {
-        self.close_sockets(slot, reset_side == Side::Client, reset_side == Side::Backend);
+        self.close_sockets(
+            slot,
+            reset_side == Side::Client,
+            reset_side == Side::Backend,
+        );
     }
 
     /// Closes both sockets after a clean end of both directions.
@@ -950,10 +1069,16 @@ impl Worker {
         let id = self.id;
         let now_ms = self.now_ms;
         let conn = &self.conns[slot as usize];
-        let Some(g) = self.generations[conn.generation as usize].as_mut() else { return };
+        let Some(g) = self.generations[conn.generation as usize].as_mut() else {
+            return;
+        };
         let fib: &Fib = &g.fib;
-        self.shared.server_stats.dec(id, ServerStat::TotalConnections);
-        let Some(listener) = fib.listeners.get(conn.fib_listener as usize) else { return };
+        self.shared
+            .server_stats
+            .dec(id, ServerStat::TotalConnections);
+        let Some(listener) = fib.listeners.get(conn.fib_listener as usize) else {
+            return;
+        };
         listener.stats.dec(id, ListenerStat::DownstreamCxActive);
         listener.stats.inc(id, ListenerStat::DownstreamCxDestroy);
         let mut cluster_name = None;
@@ -972,14 +1097,18 @@ impl Worker {
                     },
                 );
                 if let Some(e) = conn.endpoint {
-                    cluster.endpoints[e as usize].stats.dec(id, HostStat::CxActive);
+                    cluster.endpoints[e as usize]
+                        .stats
+                        .dec(id, HostStat::CxActive);
                     let a = &mut g.active[cluster_id.0 as usize][e as usize];
                     *a = a.saturating_sub(1);
                 }
             }
             if conn.flags.0 != 0 && !conn.flags.has(ResponseFlags::STREAM_IDLE_TIMEOUT) {
                 if let Some(e) = conn.endpoint {
-                    cluster.endpoints[e as usize].stats.inc(id, HostStat::RqError);
+                    cluster.endpoints[e as usize]
+                        .stats
+                        .inc(id, HostStat::RqError);
                 }
             }
         }
@@ -1004,7 +1133,9 @@ impl Worker {
                 termination_details: conn.termination_details,
             };
             if !self.shared.access_logs.push(id, record) {
-                self.shared.server_stats.inc(id, ServerStat::AccessLogDropped);
+                self.shared
+                    .server_stats
+                    .inc(id, ServerStat::AccessLogDropped);
             }
         }
     }
@@ -1036,7 +1167,10 @@ fn match_chain_index(listener: &Listener, local: SocketAddr, remote: SocketAddr)
 
 fn chain_of(listener: &Listener, index: u32) -> &FilterChain {
     if index == CHAIN_DEFAULT {
-        listener.default_chain.as_ref().expect("default chain index without a default chain")
+        listener
+            .default_chain
+            .as_ref()
+            .expect("default chain index without a default chain")
     } else {
         &listener.filter_chains[index as usize]
     }
