@@ -69,6 +69,8 @@ impl ListenerSockets {
 /// `fib.listeners`).
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// Increases with every store (a publication, or listeners closing for a drain).
+    pub epoch: u64,
     /// The forwarding table.
     pub fib: Arc<Fib>,
     /// Listener sockets, indexed like `fib.listeners`.
@@ -93,8 +95,8 @@ impl Shared {
         Phase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
-    pub fn worker_adopted(&self, worker: usize, generation: u64) {
-        self.adopted[worker].store(generation, Ordering::Release);
+    pub fn worker_adopted(&self, worker: usize, epoch: u64) {
+        self.adopted[worker].store(epoch, Ordering::Release);
     }
 
     pub fn worker_exited(&self, worker: usize) {
@@ -167,6 +169,7 @@ pub struct DataPlane {
     wakers: Vec<Arc<EventFd>>,
     threads: Vec<JoinHandle<()>>,
     next_socket_id: AtomicU64,
+    next_epoch: AtomicU64,
     fib_view: Arc<ArcSwap<Fib>>,
 }
 
@@ -197,6 +200,7 @@ impl DataPlane {
             wakers: Vec::new(),
             threads: Vec::new(),
             next_socket_id: AtomicU64::new(1),
+            next_epoch: AtomicU64::new(1),
             fib_view: Arc::new(ArcSwap::from_pointee(Fib::default())),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -272,36 +276,46 @@ impl DataPlane {
     }
 
     /// Publishes `fib`: opens new listeners' sockets (or fails, changing nothing), swaps the
-    /// snapshot, wakes the workers and waits (bounded) until each adopted it.
+    /// snapshot, wakes the workers and waits (bounded) until each adopted it. While the plane
+    /// is draining, listeners stay closed.
     pub fn publish(&self, fib: Arc<Fib>) -> Result<(), PlaneError> {
         let old = self.shared.snapshot.load_full();
         let mut listeners = Vec::with_capacity(fib.listeners.len());
-        for listener in fib.listeners.iter() {
-            let reused = old
-                .listeners
-                .iter()
-                .find(|s| s.name == listener.name && s.address == listener.address)
-                .cloned();
-            let sockets = match reused {
-                Some(s) => s,
-                None => Arc::new(self.open_listener(
-                    &listener.name,
-                    listener.address,
-                    listener.backlog,
-                )?),
-            };
-            listeners.push(sockets);
+        if self.shared.phase() == Phase::Running {
+            for listener in fib.listeners.iter() {
+                let reused = old
+                    .listeners
+                    .iter()
+                    .find(|s| s.name == listener.name && s.address == listener.address)
+                    .cloned();
+                let sockets = match reused {
+                    Some(s) => s,
+                    None => Arc::new(self.open_listener(
+                        &listener.name,
+                        listener.address,
+                        listener.backlog,
+                    )?),
+                };
+                listeners.push(sockets);
+            }
         }
-        let generation = fib.generation;
-        self.shared.snapshot.store(Arc::new(Snapshot {
-            fib: fib.clone(),
-            listeners,
-        }));
-        self.fib_view.store(fib);
-        self.wake_all();
-        self.wait_adopted(generation, Duration::from_secs(2));
+        self.fib_view.store(fib.clone());
+        self.store_snapshot(fib, listeners);
         drop(old);
         Ok(())
+    }
+
+    /// Swaps in a snapshot, wakes the workers and waits until each adopted it, so sockets
+    /// only the old snapshot held are closed after no worker uses them.
+    fn store_snapshot(&self, fib: Arc<Fib>, listeners: Vec<Arc<ListenerSockets>>) {
+        let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            epoch,
+            fib,
+            listeners,
+        }));
+        self.wake_all();
+        self.wait_adopted(epoch, Duration::from_secs(2));
     }
 
     fn open_listener(
@@ -328,7 +342,7 @@ impl DataPlane {
         })
     }
 
-    fn wait_adopted(&self, generation: u64, timeout: Duration) {
+    fn wait_adopted(&self, epoch: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let all = self
@@ -336,15 +350,13 @@ impl DataPlane {
                 .adopted
                 .iter()
                 .zip(self.shared.exited.iter())
-                .all(|(a, e)| {
-                    a.load(Ordering::Acquire) == generation || e.load(Ordering::Acquire) == 1
-                });
+                .all(|(a, e)| a.load(Ordering::Acquire) >= epoch || e.load(Ordering::Acquire) == 1);
             if all {
                 return;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        tracing::warn!(generation, "not every worker adopted the new FIB in time");
+        tracing::warn!(epoch, "not every worker adopted the new snapshot in time");
     }
 
     fn wake_all(&self) {
@@ -363,10 +375,13 @@ impl DataPlane {
         self.wake_all();
     }
 
-    /// Stops accepting on every listener; open connections continue (POST /drain_listeners).
+    /// Stops accepting and closes every listener socket, so new connections are refused;
+    /// open connections continue (POST /drain_listeners, and the start of a shutdown).
     pub fn drain_listeners(&self) {
         if self.shared.phase() == Phase::Running {
             self.set_phase(Phase::Draining);
+            let fib = self.shared.snapshot.load().fib.clone();
+            self.store_snapshot(fib, Vec::new());
         }
     }
 
@@ -378,7 +393,7 @@ impl DataPlane {
     /// Stops accepting, lets connections finish for up to `drain_time`, closes the rest and
     /// joins the workers.
     pub fn shutdown(mut self, drain_time: Duration) {
-        self.set_phase(Phase::Draining);
+        self.drain_listeners();
         let deadline = Instant::now() + drain_time;
         while Instant::now() < deadline && self.open_connections() > 0 {
             std::thread::sleep(Duration::from_millis(20));

@@ -106,6 +106,7 @@ pub(crate) struct Worker {
     generations: Vec<Option<Generation>>,
     current_gen: usize,
     snapshot_generation: u64,
+    snapshot_epoch: u64,
     listeners: Vec<WorkerListener>,
     conns: Vec<Conn>,
     free_slots: Vec<u32>,
@@ -155,6 +156,7 @@ impl Worker {
             generations: Vec::new(),
             current_gen: 0,
             snapshot_generation: u64::MAX,
+            snapshot_epoch: u64::MAX,
             listeners: Vec::new(),
             conns: (0..slots).map(|_| Conn::default()).collect(),
             free_slots: (0..slots as u32).rev().collect(),
@@ -285,19 +287,29 @@ impl Worker {
     /// Picks up a newly published snapshot: new generation, listeners opened and closed.
     fn adopt_snapshot(&mut self) {
         let snapshot = self.shared.snapshot.load_full();
-        if snapshot.fib.generation == self.snapshot_generation {
+        if snapshot.epoch == self.snapshot_epoch {
             return;
         }
-        self.snapshot_generation = snapshot.fib.generation;
+        self.snapshot_epoch = snapshot.epoch;
+        if snapshot.fib.generation != self.snapshot_generation {
+            self.adopt_generation(&snapshot.fib);
+        }
+        self.reconcile_listeners(&snapshot);
+        self.shared.worker_adopted(self.id, snapshot.epoch);
+    }
+
+    /// A new FIB generation: load-balancer state for it; the previous one is released once
+    /// its last connection closes.
+    fn adopt_generation(&mut self, fib: &Arc<Fib>) {
+        self.snapshot_generation = fib.generation;
         let generation = Generation {
-            lb: WorkerLb::new(&snapshot.fib, mix_seed(self.rng.next_u64(), self.id as u64)),
-            active: snapshot
-                .fib
+            lb: WorkerLb::new(fib, mix_seed(self.rng.next_u64(), self.id as u64)),
+            active: fib
                 .clusters
                 .iter()
                 .map(|c| vec![0; c.endpoints.len()])
                 .collect(),
-            fib: snapshot.fib.clone(),
+            fib: fib.clone(),
             conns: 0,
         };
         let index = match self.generations.iter().position(Option::is_none) {
@@ -313,8 +325,6 @@ impl Worker {
         let previous = self.current_gen;
         self.current_gen = index;
         self.release_generation_if_unused(previous);
-        self.reconcile_listeners(&snapshot);
-        self.shared.worker_adopted(self.id, snapshot.fib.generation);
     }
 
     fn release_generation_if_unused(&mut self, index: usize) {
@@ -336,7 +346,11 @@ impl Worker {
                 None if self.listeners[i].open => {
                     self.listeners[i].open = false;
                     self.stop_accepting(i);
-                    self.mark_listener_conns_draining(i);
+                    // A listener removed by a config change drains its connections; when the
+                    // whole plane drains, the shutdown deadline applies instead.
+                    if self.shared.phase() == Phase::Running {
+                        self.mark_listener_conns_draining(i);
+                    }
                 }
                 None => {}
             }
