@@ -35,8 +35,16 @@ fn refused_io_uring_exits_with_an_explanation() {
     let dir = std::env::temp_dir().join(format!("sy-uring-refused-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("c.yaml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut f = std::fs::File::create(&config).unwrap();
     write!(
         f,
@@ -91,7 +99,13 @@ static_resources:
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!status.success(), "exit status {status}");
-    assert!(stderr.contains("io_uring is not permitted"), "stderr: {stderr}");
-    assert!(stderr.contains("seccomp"), "stderr says how to allow it: {stderr}");
+    assert!(
+        stderr.contains("io_uring is not permitted"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("seccomp"),
+        "stderr says how to allow it: {stderr}"
+    );
     assert!(stderr.contains("io_uring_disabled"), "stderr: {stderr}");
 }

@@ -1,0 +1,143 @@
+//! Load balancing and connect behaviour: weighted round robin, connect-failure retry on another
+//! endpoint (`max_connect_attempts`), and a cluster with no endpoints.
+//!
+//! Run against real Envoy with `SWITCHYARD_TEST_PROXY=envoy`.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Weights 1 and 3 over 400 sequential connections with one worker: Envoy's EDF scheduler gives
+/// exactly 100/300 (every window of 4 picks is 1+3). We allow +-2 for a different but still
+/// smooth weighted round robin.
+#[test]
+fn weighted_round_robin_1_to_3() {
+    let a = Backend::tagged("a");
+    let b = Backend::tagged("b");
+    let admin = free_port();
+    let port = free_port();
+    let yaml = bootstrap(
+        admin,
+        &tcp_listener("wrr", port, "wrr", "wrr"),
+        &static_cluster("wrr", &[(a.addr, 1), (b.addr, 3)]),
+    );
+    let Some(proxy) = start_selected(&yaml) else {
+        return;
+    };
+    let addr = local(port);
+    const N: usize = 400;
+    let (mut na, mut nb) = (0usize, 0usize);
+    for i in 0..N {
+        let tag =
+            which_backend(addr).unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", proxy.logs()));
+        match tag.as_str() {
+            "a" => na += 1,
+            "b" => nb += 1,
+            other => panic!("connection {i}: unexpected tag {other:?}\n{}", proxy.logs()),
+        }
+    }
+    eprintln!("weighted RR over {N}: a={na} b={nb}");
+    assert_eq!(na + nb, N);
+    assert!(
+        na.abs_diff(100) <= 2 && nb.abs_diff(300) <= 2,
+        "weighted RR 1:3 over {N}: a={na} b={nb}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || a.accepted() == na
+        && b.accepted() == nb));
+    // Envoy's stat names.
+    let total = proxy.wait_stat(
+        "cluster.wrr.upstream_cx_total",
+        N as u64,
+        Duration::from_secs(5),
+    );
+    assert_eq!(total, N as u64, "cluster.wrr.upstream_cx_total");
+    assert_eq!(proxy.stat("tcp.wrr.downstream_cx_total"), N as u64);
+}
+
+/// One endpoint is a closed port; with `max_connect_attempts: 2` every client connection must
+/// still reach the healthy endpoint, and the failures are counted.
+#[test]
+fn connect_failure_is_retried_on_the_healthy_endpoint() {
+    let good = Backend::tagged("good");
+    let dead = local(closed_port());
+    let admin = free_port();
+    let port = free_port();
+    let listener = format!(
+        r#"  - name: retry
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: retry
+          cluster: retry
+          max_connect_attempts: 2
+"#
+    );
+    let yaml = bootstrap(
+        admin,
+        &listener,
+        &static_cluster("retry", &[(dead, 1), (good.addr, 1)]),
+    );
+    let Some(proxy) = start_selected(&yaml) else {
+        return;
+    };
+    let addr = local(port);
+    const N: usize = 40;
+    for i in 0..N {
+        let tag =
+            which_backend(addr).unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", proxy.logs()));
+        assert_eq!(
+            tag,
+            "good",
+            "connection {i} did not reach the healthy endpoint\n{}",
+            proxy.logs()
+        );
+    }
+    assert_eq!(good.accepted(), N);
+    let fails = proxy.stat("cluster.retry.upstream_cx_connect_fail");
+    eprintln!("upstream_cx_connect_fail = {fails} over {N} connections");
+    assert!(
+        fails >= 1,
+        "upstream_cx_connect_fail should count the refused attempts, got {fails}"
+    );
+    assert_eq!(proxy.stat("tcp.retry.downstream_cx_total"), N as u64);
+}
+
+/// A cluster with no endpoints: the client is closed at once (EOF or reset within 1 s).
+#[test]
+fn cluster_without_endpoints_closes_client_at_once() {
+    let admin = free_port();
+    let port = free_port();
+    let yaml = bootstrap(
+        admin,
+        &tcp_listener("empty", port, "empty", "empty"),
+        &static_cluster("empty", &[]),
+    );
+    let Some(proxy) = start_selected(&yaml) else {
+        return;
+    };
+    let addr = local(port);
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let mut s = connect_retry(addr, Duration::from_secs(5));
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let (data, end) = read_all(&mut s, 1024);
+        let took = t0.elapsed();
+        assert!(data.is_empty(), "connection {i}: got data {data:?}");
+        assert!(
+            matches!(end, End::Eof | End::Reset),
+            "connection {i}: expected close, got {end:?} after {took:?}\n{}",
+            proxy.logs()
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "connection {i}: closed only after {took:?}"
+        );
+    }
+    let none = proxy.stat("cluster.empty.upstream_cx_none_healthy");
+    assert_eq!(none, 5, "cluster.empty.upstream_cx_none_healthy");
+}

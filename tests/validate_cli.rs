@@ -1,0 +1,277 @@
+//! `switchyard validate -c FILE` over the config corpus:
+//!
+//! * `control/tests/configs/invalid/*.yaml`: each starts with `# expect: <path substring>`; the
+//!   command must exit non-zero within a few seconds and name that path on stderr, without a
+//!   panic.
+//! * `control/tests/configs/valid/*.yaml` and `examples/*.yaml`: exit 0.
+//!
+//! Switchyard only (Envoy's `--mode validate` has other output); skipped when
+//! `SWITCHYARD_TEST_PROXY=envoy`.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs `cmd` with piped output, killing it after `limit`.
+fn output_within(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().expect("stdout");
+    let mut se = child.stderr.take().expect("stderr");
+    let t_out = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut so, &mut v);
+        v
+    });
+    let t_err = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut se, &mut v);
+        v
+    });
+    let deadline = t0 + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish in {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let out = Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    };
+    (out, t0.elapsed())
+}
+
+/// Runs `switchyard validate -c file` with a 10 s limit.
+fn validate(file: &Path) -> (Output, Duration) {
+    output_within(
+        Command::new(switchyard_bin())
+            .arg("validate")
+            .arg("-c")
+            .arg(file),
+        Duration::from_secs(10),
+    )
+}
+
+fn expect_line(file: &Path) -> Option<String> {
+    let text = fs::read_to_string(file).ok()?;
+    text.lines()
+        .take(5)
+        .find_map(|l| l.trim().strip_prefix("# expect:"))
+        .map(|s| s.trim().to_string())
+}
+
+fn skip_for_envoy() -> bool {
+    let kind = selected_proxy();
+    if kind == ProxyKind::Envoy {
+        skip_unsupported(kind, "`switchyard validate` is a Switchyard CLI test");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn invalid_configs_are_rejected_naming_the_field() {
+    if skip_for_envoy() {
+        return;
+    }
+    let dir = repo_root().join("control/tests/configs/invalid");
+    let files = yaml_files(&dir);
+    if !require(
+        !files.is_empty(),
+        &format!("no invalid configs in {}", dir.display()),
+    ) {
+        return;
+    }
+    let mut failures = Vec::new();
+    for f in &files {
+        let Some(expect) = expect_line(f) else {
+            failures.push(format!(
+                "{}: missing `# expect: <path>` header",
+                f.display()
+            ));
+            continue;
+        };
+        let (out, took) = validate(f);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            failures.push(format!("{}: exit 0, expected failure", f.display()));
+        } else if !stderr.contains(&expect) {
+            failures.push(format!(
+                "{}: stderr does not contain {expect:?}: {}",
+                f.display(),
+                stderr.trim()
+            ));
+        } else if stderr.contains("panicked") || out.status.code().is_none() {
+            failures.push(format!(
+                "{}: panicked or killed by a signal ({:?})",
+                f.display(),
+                out.status
+            ));
+        } else if took > Duration::from_secs(2) {
+            failures.push(format!("{}: took {took:?}", f.display()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} invalid configs misbehaved:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn valid_configs_and_examples_are_accepted() {
+    if skip_for_envoy() {
+        return;
+    }
+    let root = repo_root();
+    let mut files = yaml_files(&root.join("control/tests/configs/valid"));
+    let n_valid = files.len();
+    files.extend(yaml_files(&root.join("examples")));
+    if !require(
+        n_valid > 0,
+        "no valid configs in control/tests/configs/valid",
+    ) {
+        return;
+    }
+    let mut failures = Vec::new();
+    for f in &files {
+        let (out, _) = validate(f);
+        if !out.status.success() {
+            failures.push(format!(
+                "{}: {:?}: {}",
+                f.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} valid configs rejected:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
+
+/// A config produced by the test harness itself (what every other test feeds the proxy) must
+/// validate, so the suites and the validator agree.
+#[test]
+fn harness_configs_validate() {
+    if skip_for_envoy() {
+        return;
+    }
+    let dir = test_dir("validate");
+    let be = local(closed_port());
+    let yaml = bootstrap(
+        free_port(),
+        &tcp_listener("l", free_port(), "l", "c"),
+        &static_cluster("c", &[(be, 1), (local(closed_port()), 3)]),
+    );
+    let f = dir.join("harness.yaml");
+    fs::write(&f, yaml).expect("write");
+    let (out, _) = validate(&f);
+    assert!(
+        out.status.success(),
+        "harness config rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And one broken field is named.
+    let bad = fs::read_to_string(&f)
+        .expect("read")
+        .replace("lb_policy: ROUND_ROBIN", "lb_policy: NOT_A_POLICY");
+    fs::write(&f, bad).expect("write");
+    let (out, _) = validate(&f);
+    assert!(!out.status.success(), "bad lb_policy accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lb_policy"),
+        "stderr does not name lb_policy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// The valid corpus and the examples are real Envoy configs: `envoy --mode validate` accepts
+/// them (so "valid" means valid for both implementations). Needs Envoy; runs for either
+/// selected proxy.
+#[test]
+fn valid_configs_are_accepted_by_envoy_validate() {
+    if !require(
+        envoy_available(),
+        &format!("Envoy not found at {}", envoy_bin().display()),
+    ) {
+        return;
+    }
+    let root = repo_root();
+    let mut files = yaml_files(&root.join("control/tests/configs/valid"));
+    files.extend(yaml_files(&root.join("examples")));
+    if !require(!files.is_empty(), "no valid configs or examples") {
+        return;
+    }
+    let mut failures = Vec::new();
+    for f in &files {
+        let out = Command::new(envoy_bin())
+            .args([
+                "--mode",
+                "validate",
+                "--disable-hot-restart",
+                "-l",
+                "error",
+                "-c",
+            ])
+            .arg(f)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run envoy --mode validate");
+        if !out.status.success() {
+            failures.push(format!(
+                "{}: {:?}: {}",
+                f.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "Envoy rejects {} of {} 'valid' configs:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
