@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use switchyard_control::controller::{self, RunOptions};
-use switchyard_dataplane::worker::Limits;
+use switchyard_dataplane::worker::{Limits, RelayMode};
 
 mod demo;
 
@@ -40,6 +40,10 @@ enum Command {
         /// Connection slots per worker.
         #[arg(long, default_value_t = Limits::default().max_connections_per_worker)]
         max_connections_per_worker: usize,
+        /// How workers relay bytes: buffer-ring (recv into provided buffers, then send) or
+        /// splice (socket -> pipe -> socket; two more descriptors per direction).
+        #[arg(long, default_value_t = RelayMode::default(), value_parser = parse_relay_mode)]
+        relay_mode: RelayMode,
     },
     /// Check a bootstrap file and exit: 0 when valid, 1 with the bad field's path when not.
     Validate {
@@ -54,6 +58,10 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         duration_s: u64,
     },
+}
+
+fn parse_relay_mode(s: &str) -> Result<RelayMode, String> {
+    s.parse()
 }
 
 fn init_logging(level: &str) {
@@ -76,10 +84,12 @@ fn main() -> ExitCode {
             log_level,
             drain_time_s,
             max_connections_per_worker,
+            relay_mode,
         } => {
             init_logging(&log_level);
             let limits = Limits {
                 max_connections_per_worker,
+                relay_mode,
                 ..Limits::default()
             };
             let options = RunOptions {

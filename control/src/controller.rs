@@ -112,7 +112,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     let cpus = worker_cpus(options.concurrency);
     let workers = cpus.len();
     let fd_limit = switchyard_dataplane::raise_fd_limit();
-    tracing::info!(workers, fd_limit, "starting");
+    tracing::info!(workers, fd_limit, relay_mode = %options.limits.relay_mode, "starting");
 
     let stats = Arc::new(StatsRegistry::new(workers));
     let queues = Arc::new(AccessLogQueues::new(workers, ACCESS_LOG_QUEUE_RECORDS));

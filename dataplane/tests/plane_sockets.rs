@@ -8,7 +8,7 @@ use switchyard_dataplane::accesslog::AccessLogQueues;
 use switchyard_dataplane::fib::*;
 use switchyard_dataplane::plane::{DataPlane, PlaneConfig};
 use switchyard_dataplane::stats::*;
-use switchyard_dataplane::worker::Limits;
+use switchyard_dataplane::worker::{Limits, RelayMode};
 
 fn echo_backend() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -82,16 +82,18 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
     }
 }
 
-#[test]
-fn echo_through_the_plane() {
-    let backend = echo_backend();
+/// One worker relaying in `mode` to `backend`; returns the plane, its FIB and its address.
+fn start_plane(mode: RelayMode, backend: SocketAddr) -> (DataPlane, Arc<Fib>, SocketAddr) {
     let listen = free_port();
     let workers = 1;
     let plane = DataPlane::start(
         PlaneConfig {
             cpus: vec![0],
             pin: false,
-            limits: Limits::default(),
+            limits: Limits {
+                relay_mode: mode,
+                ..Limits::default()
+            },
             drain_time: Duration::from_secs(1),
         },
         Arc::new(ServerStats::new("server", workers)),
@@ -100,6 +102,22 @@ fn echo_through_the_plane() {
     .expect("start");
     let f = Arc::new(fib(listen, &[backend], workers));
     plane.publish(f.clone()).expect("publish");
+    (plane, f, listen)
+}
+
+#[test]
+fn echo_through_the_plane_buffer_ring() {
+    echo_through_the_plane(RelayMode::BufferRing);
+}
+
+#[test]
+fn echo_through_the_plane_splice() {
+    echo_through_the_plane(RelayMode::Splice);
+}
+
+fn echo_through_the_plane(mode: RelayMode) {
+    let backend = echo_backend();
+    let (plane, f, listen) = start_plane(mode, backend);
     for round in 0..3 {
         let mut c = TcpStream::connect(listen).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -123,5 +141,157 @@ fn echo_through_the_plane() {
     assert_eq!(tcp.get(TcpStat::DownstreamCxTxBytesTotal), 600_000);
     assert_eq!(f.clusters[0].stats.get(ClusterStat::UpstreamCxTotal), 3);
     assert_eq!(tcp.gauge(TcpStat::DownstreamCxActive), 0);
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// A backend that reads everything until the client's FIN, then answers with `reply` and
+/// closes: the client's half-close must reach it while the other direction stays open.
+fn half_close_backend(reply: Vec<u8>) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        tx.send(got).unwrap();
+        s.write_all(&reply).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    });
+    (addr, rx)
+}
+
+#[test]
+fn splice_half_close_keeps_the_other_direction() {
+    let reply: Vec<u8> = (0..300_000u32).map(|i| (i * 13) as u8).collect();
+    let (backend, got_rx) = half_close_backend(reply.clone());
+    let (plane, f, listen) = start_plane(RelayMode::Splice, backend);
+    let request: Vec<u8> = (0..150_000u32).map(|i| (i * 3) as u8).collect();
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(&request).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    // The backend saw every byte and the end of stream before it answered.
+    let seen = got_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(seen == request, "backend got {} bytes", seen.len());
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).unwrap();
+    assert!(answer == reply, "client got {} bytes", answer.len());
+    std::thread::sleep(Duration::from_millis(100));
+    let tcp = &f.listeners[0].filter_chains[0].tcp_proxy.stats;
+    assert_eq!(tcp.get(TcpStat::DownstreamCxRxBytesTotal), 150_000);
+    assert_eq!(tcp.get(TcpStat::DownstreamCxTxBytesTotal), 300_000);
+    assert_eq!(
+        f.clusters[0].stats.get(ClusterStat::UpstreamCxTxBytesTotal),
+        150_000
+    );
+    assert_eq!(
+        f.clusters[0].stats.get(ClusterStat::UpstreamCxRxBytesTotal),
+        300_000
+    );
+    assert_eq!(tcp.gauge(TcpStat::DownstreamCxActive), 0);
+    assert_eq!(f.clusters[0].stats.get(ClusterStat::UpstreamCxReset), 0);
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// A backend that accepts, reads a little, then resets (SO_LINGER 0) while the client is
+/// still sending; reports when it is done.
+fn resetting_backend() -> (SocketAddr, std::sync::mpsc::Receiver<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 1000];
+        s.read_exact(&mut buf).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+        tx.send(()).unwrap();
+    });
+    (addr, rx)
+}
+
+#[test]
+fn splice_reset_reaches_the_client_as_a_reset() {
+    let (backend, done) = resetting_backend();
+    let (plane, f, listen) = start_plane(RelayMode::Splice, backend);
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(&[7u8; 1000]).unwrap();
+    done.recv_timeout(Duration::from_secs(5)).unwrap();
+    // The client must see a reset, not a clean end of stream.
+    let mut buf = [0u8; 100];
+    let outcome = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break Ok(0),
+            Ok(_) => continue,
+            Err(e) => break Err(e),
+        }
+    };
+    let err = outcome.expect_err("clean end of stream instead of a reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    // The connection is gone on the proxy too, with the reset counted, and a new connection
+    // still works (its pipes came from the pool, or were created fresh).
+    std::thread::sleep(Duration::from_millis(200));
+    let tcp = &f.listeners[0].filter_chains[0].tcp_proxy.stats;
+    assert_eq!(tcp.gauge(TcpStat::DownstreamCxActive), 0);
+    assert_eq!(f.clusters[0].stats.get(ClusterStat::UpstreamCxReset), 1);
+    plane.shutdown(Duration::from_millis(100));
+}
+
+#[test]
+fn splice_client_reset_resets_the_backend_and_pipes_are_reused() {
+    // The backend keeps reading until it sees the end of its connection: a reset, because
+    // the client reset while its bytes were still in flight.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 65536];
+        let mut first = true;
+        let end = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(_) if first => {
+                    first = false;
+                    tx.send(Ok(())).unwrap();
+                }
+                Ok(_) => {}
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        tx.send(end).unwrap();
+        // Then serve echo for the next connection.
+        let (mut s, _) = l.accept().unwrap();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => s.write_all(&buf[..n]).unwrap(),
+            }
+        }
+    });
+    let (plane, f, listen) = start_plane(RelayMode::Splice, backend);
+    let c = TcpStream::connect(listen).unwrap();
+    (&c).write_all(&[1u8; 4096]).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    let end = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(f.clusters[0].stats.get(ClusterStat::UpstreamCxReset), 1);
+    // A second connection relays through the same worker's pipes.
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut pong = [0u8; 4];
+    c.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"ping");
+    drop(c);
     plane.shutdown(Duration::from_millis(100));
 }

@@ -64,6 +64,60 @@ pub(crate) fn reset_and_close(fd: RawFd) {
     }
 }
 
+/// A pipe for the splice relay (`socket -> pipe -> socket`): both ends non-blocking and
+/// close-on-exec. Two descriptors, closed when dropped.
+#[derive(Debug)]
+pub(crate) struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: u32,
+}
+
+impl Pipe {
+    /// `pipe2(O_CLOEXEC | O_NONBLOCK)`, then `F_SETPIPE_SZ` to `size` where the kernel allows
+    /// it (`fs.pipe-max-size`, `fs.pipe-user-pages-soft`); [`Pipe::capacity`] is what it got.
+    pub(crate) fn new(size: u32) -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into a live two-element array; the result is
+        // checked before they are used.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors are fresh and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let want = size.min(i32::MAX as u32) as libc::c_int;
+        // SAFETY: fcntl on a pipe we own; F_SETPIPE_SZ takes an int and fails harmlessly
+        // (EPERM, EBUSY) when the limits do not allow the size, leaving the default.
+        let _ = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+        // SAFETY: fcntl on a pipe we own; F_GETPIPE_SZ takes no argument.
+        let got = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        if got <= 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Pipe {
+            read,
+            write,
+            capacity: got as u32,
+        })
+    }
+
+    /// The read end.
+    pub(crate) fn read_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// The write end.
+    pub(crate) fn write_fd(&self) -> RawFd {
+        self.write.as_raw_fd()
+    }
+
+    /// Bytes the pipe holds when full.
+    pub(crate) fn capacity(&self) -> u32 {
+        self.capacity
+    }
+}
+
 /// An eventfd a control thread writes to wake a worker blocked in `io_uring_enter`.
 #[derive(Debug)]
 pub struct EventFd(OwnedFd);

@@ -322,6 +322,18 @@ impl Ring {
         self.bufs.publish();
     }
 
+    /// `splice(fd_in, NULL, fd_out, NULL, len, 0)`: moves up to `len` bytes between a socket
+    /// and a pipe without copying them through user space. io_uring runs it on an io-wq
+    /// worker thread (splice is always punted), where it blocks until the source has data
+    /// or the sink has room.
+    pub fn splice(&mut self, fd_in: RawFd, fd_out: RawFd, len: u32, user_data: u64) {
+        let e = opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
+            .build()
+            .user_data(user_data);
+        // SAFETY: no pointers: the kernel moves bytes between two descriptors.
+        unsafe { self.push(e) }
+    }
+
     /// `shutdown(fd, how)`.
     pub fn shutdown(&mut self, fd: RawFd, how: i32, user_data: u64) {
         let e = opcode::Shutdown::new(types::Fd(fd), how)

@@ -61,6 +61,8 @@ pub(crate) struct Conn {
     pub relay: Relay,
     /// The buffer each direction is sending from, if any.
     pub sending: [Option<BufId>; 2],
+    /// Splice mode: the pipe of each direction ([`super::pipes::NO_PIPE`] when none).
+    pub pipes: [BufId; 2],
     pub flags: ResponseFlags,
     pub termination_details: &'static str,
 }
@@ -93,6 +95,7 @@ impl Default for Conn {
             upstream: None,
             relay: Relay::new(),
             sending: [None; 2],
+            pipes: [super::pipes::NO_PIPE; 2],
             flags: ResponseFlags(0),
             termination_details: "-",
         }

@@ -16,6 +16,7 @@
 //!   completion arrived. A nonce in `user_data` tells reused slots apart.
 
 mod conn;
+mod pipes;
 pub(crate) mod ud;
 
 use crate::accesslog::{AccessRecord, ResponseFlags};
@@ -27,6 +28,7 @@ use crate::stats::{ClusterStat, HostStat, ListenerStat, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
 use crate::sys::{Completion, Ring, RingError};
 use conn::{Conn, ConnState, CHAIN_DEFAULT, NO_FD};
+use pipes::{Pipes, NO_PIPE};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -36,7 +38,8 @@ use ud::Kind;
 /// Sizes fixed at start.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connection slots per worker (each proxied connection uses one slot and two fds).
+    /// Connection slots per worker (each proxied connection uses one slot and two fds; six
+    /// in [`RelayMode::Splice`], whose two pipes are two fds each).
     pub max_connections_per_worker: usize,
     /// Provided buffers per worker (power of two). Each direction of a connection holds at
     /// most one while its bytes are in flight.
@@ -47,6 +50,51 @@ pub struct Limits {
     pub ring_entries: u32,
     /// Timer resolution for idle timeouts and drain deadlines.
     pub tick_ms: u64,
+    /// How the relay moves bytes.
+    pub relay_mode: RelayMode,
+}
+
+/// How the relay moves bytes between the two sockets of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayMode {
+    /// `recv` into the worker's provided-buffer ring (`IOSQE_BUFFER_SELECT`), then `send`:
+    /// one copy in, one copy out; a buffer is held only while its bytes are in flight.
+    #[default]
+    BufferRing,
+    /// `splice(socket -> pipe)`, then `splice(pipe -> socket)`: no copy through user space,
+    /// but one pipe (two descriptors) per direction of every open connection, and each
+    /// splice runs on an io-wq kernel thread.
+    Splice,
+}
+
+impl RelayMode {
+    /// The command-line spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayMode::BufferRing => "buffer-ring",
+            RelayMode::Splice => "splice",
+        }
+    }
+}
+
+impl std::fmt::Display for RelayMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RelayMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<RelayMode, String> {
+        match s {
+            "buffer-ring" => Ok(RelayMode::BufferRing),
+            "splice" => Ok(RelayMode::Splice),
+            other => Err(format!(
+                "unknown relay mode '{other}' (expected buffer-ring or splice)"
+            )),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -57,6 +105,7 @@ impl Default for Limits {
             buffer_size_bytes: 64 * 1024,
             ring_entries: 1024,
             tick_ms: 100,
+            relay_mode: RelayMode::BufferRing,
         }
     }
 }
@@ -120,6 +169,8 @@ pub(crate) struct Worker {
     phase: Phase,
     /// Open connections on this worker.
     open_conns: usize,
+    /// Splice mode: the pipes connections relay through (dropped after the ring).
+    pipes: Pipes,
 }
 
 impl Worker {
@@ -168,6 +219,14 @@ impl Worker {
             batch: Vec::new(),
             phase: Phase::Running,
             open_conns: 0,
+            pipes: Pipes::new(
+                if limits.relay_mode == RelayMode::Splice {
+                    slots * 2
+                } else {
+                    0
+                },
+                limits.buffer_size_bytes,
+            ),
         };
         worker.batch = Vec::with_capacity(worker.ring.completion_capacity());
         worker.adopt_snapshot();
@@ -736,11 +795,35 @@ impl Worker {
                 .inc(id, HostStat::CxActive);
             g.active[cluster.0 as usize][endpoint as usize] += 1;
         }
+        if self.limits.relay_mode == RelayMode::Splice && !self.attach_pipes(slot) {
+            self.abort_conn(
+                slot,
+                ResponseFlags::UPSTREAM_OVERFLOW,
+                "splice_pipe_unavailable",
+                true,
+            );
+            return;
+        }
         let mut actions = std::mem::take(&mut self.actions);
         actions.clear();
         self.conns[slot as usize].relay.start(&mut actions);
         self.carry_out(slot, &actions);
         self.actions = actions;
+    }
+
+    /// Splice mode: gives each direction of `slot` its pipe. False when no pipe could be had
+    /// (descriptor limit): the connection is then reset rather than relayed.
+    fn attach_pipes(&mut self, slot: u32) -> bool {
+        for dir in Dir::BOTH {
+            match self.pipes.acquire() {
+                Ok(id) => self.conns[slot as usize].pipes[dir as usize] = id,
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "no pipe for a splice relay");
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     fn connect_failed(&mut self, slot: u32, errno: i32) {
@@ -795,7 +878,15 @@ impl Worker {
     }
 
     fn on_recv(&mut self, slot: u32, dir: Dir, c: Completion) {
-        let received = if c.result > 0 {
+        let received = if c.result > 0 && self.limits.relay_mode == RelayMode::Splice {
+            let pipe = self.conns[slot as usize].pipes[dir as usize];
+            self.pipes.filled(pipe, c.result as u32);
+            self.count_received(slot, dir, c.result as u64);
+            Received::Data {
+                buf: pipe,
+                len: c.result as u32,
+            }
+        } else if c.result > 0 {
             let Some(bid) = c.buffer_id() else {
                 tracing::error!(worker = self.id, "receive completed without a buffer");
                 return;
@@ -829,6 +920,10 @@ impl Worker {
             self.ring.send_done(bid);
         }
         let outcome = if result >= 0 {
+            if self.limits.relay_mode == RelayMode::Splice {
+                let pipe = self.conns[slot as usize].pipes[dir as usize];
+                self.pipes.drained(pipe, result as u32);
+            }
             self.count_sent(slot, dir, result as u64);
             Ok(result as u32)
         } else {
@@ -897,7 +992,16 @@ impl Worker {
                 } else {
                     Kind::RecvDown
                 };
-                self.ring.recv(fd, ud::encode(kind, slot, nonce));
+                let ud = ud::encode(kind, slot, nonce);
+                if self.limits.relay_mode == RelayMode::Splice {
+                    let (pipe_in, capacity) = self
+                        .pipes
+                        .write_end(conn.pipes[dir as usize])
+                        .expect("a relaying connection has its pipes");
+                    self.ring.splice(fd, pipe_in, capacity, ud);
+                } else {
+                    self.ring.recv(fd, ud);
+                }
             }
             Action::Send {
                 dir,
@@ -907,14 +1011,24 @@ impl Worker {
             } => {
                 let fd = conn.fd(dir.sink());
                 conn.inflight += 1;
-                conn.sending[dir as usize] = Some(buf);
                 let kind = if dir == Dir::Up {
                     Kind::SendUp
                 } else {
                     Kind::SendDown
                 };
-                self.ring
-                    .send(fd, buf, offset, len, ud::encode(kind, slot, nonce));
+                let ud = ud::encode(kind, slot, nonce);
+                if self.limits.relay_mode == RelayMode::Splice {
+                    // `buf` names the direction's pipe; a pipe is read from its front, so
+                    // the offset of a resumed short splice is implicit.
+                    let pipe_out = self
+                        .pipes
+                        .read_end(buf)
+                        .expect("a relaying connection has its pipes");
+                    self.ring.splice(pipe_out, fd, len, ud);
+                } else {
+                    conn.sending[dir as usize] = Some(buf);
+                    self.ring.send(fd, buf, offset, len, ud);
+                }
             }
             Action::ShutdownWrite(side) => {
                 let fd = conn.fd(side);
@@ -928,8 +1042,11 @@ impl Worker {
                     .shutdown(fd, libc::SHUT_WR, ud::encode(kind, slot, nonce));
             }
             Action::Recycle(buf) => {
-                self.ring.recycle(buf);
-                self.feed_starved();
+                // A pipe stays with its connection until the connection closes.
+                if self.limits.relay_mode == RelayMode::BufferRing {
+                    self.ring.recycle(buf);
+                    self.feed_starved();
+                }
             }
             Action::Reset { failed, errno } => {
                 tracing::debug!(worker = self.id, ?failed, errno, "connection reset");
@@ -1020,6 +1137,14 @@ impl Worker {
         conn.state = ConnState::Closing;
         conn.relay.abort();
         let ud = ud::encode(Kind::Aux, slot, conn.nonce);
+        if conn.pipes[0] != NO_PIPE {
+            // Splice mode, relay started. A receive splice belongs to its pipe, not its socket, so the cancel-by-socket
+            // below misses it; cancel it by its user data (a miss completes with ENOENT).
+            for kind in [Kind::RecvUp, Kind::RecvDown] {
+                conn.inflight += 1;
+                self.ring.cancel(ud::encode(kind, slot, conn.nonce), ud);
+            }
+        }
         for (side, reset) in [(Side::Client, reset_client), (Side::Backend, reset_backend)] {
             let fd = std::mem::replace(conn.fd_mut(side), NO_FD);
             if fd != NO_FD {
@@ -1068,6 +1193,11 @@ impl Worker {
         }
         self.record_close(slot);
         let conn = &mut self.conns[slot as usize];
+        for pipe in std::mem::replace(&mut conn.pipes, [NO_PIPE; 2]) {
+            if pipe != NO_PIPE {
+                self.pipes.release(pipe);
+            }
+        }
         let gen_index = conn.generation as usize;
         conn.state = ConnState::Free;
         self.free_slots.push(slot);
