@@ -271,13 +271,15 @@ stat_block!(
 
 stat_block!(
     /// `server.*` stats kept by workers (the admin adds live, uptime, concurrency).
-    ServerStats, ServerStat, 3, {
+    ServerStats, ServerStat, 4, {
     /// Connections open on all listeners.
     TotalConnections => ("total_connections", Gauge),
     /// Access-log records dropped because the log queue was full.
     AccessLogDropped => ("access_log_dropped", Counter),
     /// Worker loop iterations (io_uring_enter calls).
     WorkerLoops => ("worker_loops", Counter),
+    /// Receives that found the provided-buffer ring empty (the direction waits for a buffer).
+    RelayBufferExhausted => ("relay_buffer_exhausted", Counter),
 });
 
 /// Envoy-style listener stat name part: `127.0.0.1_10000`, `[::1]_10000`.

@@ -84,25 +84,87 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
 
 /// One worker relaying in `mode` to `backend`; returns the plane, its FIB and its address.
 fn start_plane(mode: RelayMode, backend: SocketAddr) -> (DataPlane, Arc<Fib>, SocketAddr) {
+    start_plane_with(
+        Limits {
+            relay_mode: mode,
+            ..Limits::default()
+        },
+        backend,
+    )
+}
+
+fn start_plane_with(limits: Limits, backend: SocketAddr) -> (DataPlane, Arc<Fib>, SocketAddr) {
+    start_plane_stats(limits, backend, Arc::new(ServerStats::new("server", 1)))
+}
+
+fn start_plane_stats(
+    limits: Limits,
+    backend: SocketAddr,
+    server: Arc<ServerStats>,
+) -> (DataPlane, Arc<Fib>, SocketAddr) {
     let listen = free_port();
     let workers = 1;
     let plane = DataPlane::start(
         PlaneConfig {
             cpus: vec![0],
             pin: false,
-            limits: Limits {
-                relay_mode: mode,
-                ..Limits::default()
-            },
+            limits,
             drain_time: Duration::from_secs(1),
         },
-        Arc::new(ServerStats::new("server", workers)),
+        server,
         Arc::new(AccessLogQueues::new(workers, 64)),
     )
     .expect("start");
     let f = Arc::new(fib(listen, &[backend], workers));
     plane.publish(f.clone()).expect("publish");
     (plane, f, listen)
+}
+
+/// Two provided buffers for sixteen busy connections: receives keep failing with ENOBUFS and
+/// every starved direction must be re-armed when a buffer comes back; nothing may stall.
+#[test]
+fn buffer_starvation_never_stalls_a_connection() {
+    let backend = echo_backend();
+    let limits = Limits {
+        buffers_per_worker: 2,
+        buffer_size_bytes: 4096,
+        ..Limits::default()
+    };
+    let server = Arc::new(ServerStats::new("server", 1));
+    let (plane, f, listen) = start_plane_stats(limits, backend, server.clone());
+    let clients: Vec<_> = (0..16u32)
+        .map(|id| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(listen).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let msg: Vec<u8> = (0..300_000u32).map(|i| (i * 13 + id) as u8).collect();
+                let m2 = msg.clone();
+                let mut w = c.try_clone().unwrap();
+                let t = std::thread::spawn(move || {
+                    w.write_all(&m2).unwrap();
+                    w.shutdown(Shutdown::Write).unwrap();
+                });
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).unwrap();
+                t.join().unwrap();
+                assert!(
+                    got == msg,
+                    "connection {id}: echo differs ({} bytes)",
+                    got.len()
+                );
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    let tcp = &f.listeners[0].filter_chains[0].tcp_proxy.stats;
+    assert_eq!(tcp.get(TcpStat::DownstreamCxRxBytesTotal), 16 * 300_000);
+    assert!(
+        server.get(ServerStat::RelayBufferExhausted) > 0,
+        "the test must exercise buffer starvation"
+    );
+    plane.shutdown(Duration::from_millis(100));
 }
 
 #[test]

@@ -73,6 +73,8 @@ struct BufPool {
     /// Our producer index (the kernel consumes from head).
     tail: u16,
     state: Box<[u8]>,
+    /// Buffers the kernel may pick now.
+    in_kernel: u32,
 }
 
 const BUF_GROUP: u16 = 0;
@@ -105,6 +107,7 @@ impl BufPool {
             count,
             tail: 0,
             state: vec![BUF_WORKER; usize::from(count)].into_boxed_slice(),
+            in_kernel: 0,
         })
     }
 
@@ -122,6 +125,7 @@ impl BufPool {
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
         self.state[usize::from(bid)] = BUF_KERNEL;
+        self.in_kernel += 1;
     }
 
     /// Makes every added buffer visible to the kernel.
@@ -273,6 +277,7 @@ impl Ring {
         let s = &mut self.bufs.state[usize::from(bid)];
         assert_eq!(*s, BUF_KERNEL, "buffer {bid} received twice");
         *s = BUF_WORKER;
+        self.bufs.in_kernel -= 1;
     }
 
     /// Sends `len` bytes at `offset` of buffer `bid`.
@@ -309,6 +314,11 @@ impl Ring {
         let s = &mut self.bufs.state[usize::from(bid)];
         assert_eq!(*s, BUF_SENDING, "send_done on buffer {bid} not in a send");
         *s = BUF_WORKER;
+    }
+
+    /// Provided buffers the kernel can pick from now.
+    pub fn buffers_in_kernel(&self) -> u32 {
+        self.bufs.in_kernel
     }
 
     /// Hands buffer `bid` back to the kernel.
@@ -580,6 +590,7 @@ impl BufPool {
             count: 1,
             tail: 0,
             state: Box::new([]),
+            in_kernel: 0,
         }
     }
 }

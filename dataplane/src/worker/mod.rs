@@ -257,6 +257,9 @@ impl Worker {
                 self.dispatch(*c);
             }
             self.batch = batch;
+            if !self.starved.is_empty() {
+                self.feed_starved();
+            }
             if self.phase == Phase::Stopped && self.open_conns == 0 {
                 break;
             }
@@ -908,6 +911,9 @@ impl Worker {
             Received::Error(-c.result)
         };
         if received == Received::NoBuffer {
+            self.shared
+                .server_stats
+                .inc(self.id, ServerStat::RelayBufferExhausted);
             self.starved.push(slot);
         }
         self.relay_event(slot, Event::Recv(dir, received));
@@ -1099,14 +1105,23 @@ impl Worker {
     }
 
     /// Gives a returned buffer's worth of progress to starved connections.
+    ///
+    /// Called when a buffer is recycled, after every completion batch and on every tick: a
+    /// buffer may come back in the same batch as the `ENOBUFS` that starved a connection,
+    /// before that connection was queued here, so waiting for the next recycle alone could
+    /// stall it forever.
     fn feed_starved(&mut self) {
-        while let Some(slot) = self.starved.pop() {
+        let mut budget = self.ring.buffers_in_kernel();
+        while budget > 0 {
+            let Some(slot) = self.starved.pop() else {
+                return;
+            };
             let conn = &self.conns[slot as usize];
             if conn.is_live()
                 && (conn.relay.is_starved(Dir::Up) || conn.relay.is_starved(Dir::Down))
             {
                 self.relay_event(slot, Event::BufferAvailable);
-                return;
+                budget -= 1;
             }
         }
     }
