@@ -439,8 +439,9 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        // 9 tcp + 2 clusters x (14 + 2 membership) + 6 listener + 2 workers x 2 + 3 + 4 server.
-        assert_eq!(stats.len(), 9 + 2 * 16 + 6 + 4 + 3 + 4);
+        // 9 tcp + 2 clusters x (14 + 2 membership) + 6 listener + 2 workers x 2 + the worker
+        // server block + 4 admin server stats.
+        assert_eq!(stats.len(), 9 + 2 * 16 + 6 + 4 + ServerStat::ALL.len() + 4);
         let text = render_text(&stats);
         for line in [
             "tcp.l4.downstream_cx_total: 3\n",
@@ -573,6 +574,7 @@ mod tests {
             .healthcheck_failed
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let text = render_text(&collect_stats(&f.state));
-        assert!(text.contains("server.live: 0\nserver.state: 1\n"), "{text}");
+        assert!(text.contains("server.live: 0\n"), "{text}");
+        assert!(text.contains("server.state: 1\n"), "{text}");
     }
 }
