@@ -14,9 +14,10 @@
 //! - **Reset.** An error on either side (reset, broken pipe) stops both directions and asks
 //!   the worker to reset the other side, so a reset reaches the peer as a reset, not as a
 //!   clean end of stream that would hide truncation.
-//! - **Backpressure.** Each direction has at most one buffer: it receives again only after
-//!   the previous buffer was fully written. A slow reader therefore stops the other side's
-//!   reads; memory per connection is bounded by two buffers.
+//! - **Backpressure.** Each direction holds at most two buffers: one being sent and one
+//!   received behind it (so the next receive overlaps the current send). With two held it
+//!   stops receiving until the first is fully written. A slow reader therefore stops the
+//!   other side's reads; memory per connection is bounded by four buffers.
 //! - **Buffers are never lost.** Every buffer handed in by a receive is handed back through
 //!   [`Action::Recycle`] exactly once, also after a reset.
 
@@ -135,40 +136,63 @@ pub enum Action {
     Resumed(Dir),
 }
 
-/// Where one direction stands.
+/// A send in flight: `len` bytes at `offset` of `buf`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    /// Not started.
-    Idle,
-    /// A receive is in flight.
-    Reading,
-    /// The ring had no buffer; waiting for one.
-    Starved,
-    /// A send of `buf[offset..offset+len]` is in flight.
-    Writing {
-        buf: BufId,
-        offset: u32,
-        len: u32,
-        paused: bool,
-    },
-    /// End of stream read; shutdown of the sink in flight.
-    ShuttingDown,
-    /// End of stream propagated.
-    Finished,
-    /// Stopped by a reset; nothing in flight that matters except buffers to recycle.
-    Stopped,
+struct Sending {
+    buf: BufId,
+    offset: u32,
+    len: u32,
+    /// A short send happened: reading is paused until this buffer is written.
+    paused: bool,
 }
 
-/// Up to four actions per event, without allocation.
+/// Where a direction's shutdown of its sink stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shut {
+    NotYet,
+    InFlight,
+    Done,
+}
+
+/// Where one direction stands. At most two buffers: one being sent, one received and queued
+/// behind it; a receive is in flight only while fewer than two are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flow {
+    started: bool,
+    /// A receive is in flight.
+    reading: bool,
+    /// The ring had no buffer; waiting for one.
+    starved: bool,
+    sending: Option<Sending>,
+    /// Received while a send was in flight; sent next.
+    queued: Option<(BufId, u32)>,
+    /// The source sent FIN.
+    eof: bool,
+    shut: Shut,
+}
+
+impl Flow {
+    const IDLE: Flow = Flow {
+        started: false,
+        reading: false,
+        starved: false,
+        sending: None,
+        queued: None,
+        eof: false,
+        shut: Shut::NotYet,
+    };
+}
+
+/// Up to six actions per event, without allocation.
 #[derive(Debug, Default)]
 pub struct Actions {
-    items: [Option<Action>; 4],
+    items: [Option<Action>; 6],
     len: usize,
 }
 
 impl Actions {
     fn push(&mut self, a: Action) {
-        // The state machine emits at most 4 actions per event (asserted by tests).
+        // The state machine emits at most 6 actions per event (asserted by tests).
         debug_assert!(self.len < self.items.len());
         if self.len < self.items.len() {
             self.items[self.len] = Some(a);
@@ -224,7 +248,7 @@ impl Relay {
     /// A relay that has not started.
     pub const fn new() -> Relay {
         Relay {
-            flows: [Flow::Idle; 2],
+            flows: [Flow::IDLE; 2],
             bytes: [Bytes {
                 received: 0,
                 sent: 0,
@@ -236,8 +260,8 @@ impl Relay {
     /// Starts both directions.
     pub fn start(&mut self, out: &mut Actions) {
         for dir in Dir::BOTH {
-            self.flows[dir as usize] = Flow::Reading;
-            out.push(Action::Recv(dir));
+            self.flows[dir as usize].started = true;
+            self.maybe_recv(dir, out);
         }
     }
 
@@ -248,7 +272,7 @@ impl Relay {
 
     /// True once both directions finished or the relay was reset.
     pub fn is_done(&self) -> bool {
-        self.reset || self.flows.iter().all(|f| *f == Flow::Finished)
+        self.reset || self.flows.iter().all(|f| f.shut == Shut::Done)
     }
 
     /// True if the relay ended in a reset.
@@ -258,22 +282,16 @@ impl Relay {
 
     /// True while `dir` waits for a buffer.
     pub fn is_starved(&self, dir: Dir) -> bool {
-        self.flows[dir as usize] == Flow::Starved
+        self.flows[dir as usize].starved && !self.reset
     }
 
     /// Stops both directions without a failing side (idle timeout, drain): the worker resets
-    /// or closes the sockets itself. Buffers still in flight come back through later events.
-    pub fn abort(&mut self) {
-        self.reset = true;
-        self.stop_flows();
-    }
-
-    fn stop_flows(&mut self) {
-        for f in self.flows.iter_mut() {
-            // A direction still writing keeps its buffer until its send completes.
-            if !matches!(f, Flow::Writing { .. }) {
-                *f = Flow::Stopped;
-            }
+    /// or closes the sockets itself. Queued buffers come back through `out` now; buffers in a
+    /// send or a receive come back through later events.
+    pub fn abort(&mut self, out: &mut Actions) {
+        if !self.reset {
+            self.reset = true;
+            self.release_queued(out);
         }
     }
 
@@ -287,10 +305,52 @@ impl Relay {
         }
     }
 
+    /// Receives again on `dir` if it may: started, no receive in flight, not starved, its
+    /// source not ended, fewer than two buffers held.
+    fn maybe_recv(&mut self, dir: Dir, out: &mut Actions) {
+        let f = &mut self.flows[dir as usize];
+        if self.reset || !f.started || f.reading || f.starved || f.eof || f.queued.is_some() {
+            return;
+        }
+        f.reading = true;
+        out.push(Action::Recv(dir));
+    }
+
+    /// Propagates the source's FIN once every byte before it was written.
+    fn maybe_shutdown(&mut self, dir: Dir, out: &mut Actions) {
+        let f = &mut self.flows[dir as usize];
+        if self.reset
+            || !f.eof
+            || f.sending.is_some()
+            || f.queued.is_some()
+            || f.shut != Shut::NotYet
+        {
+            return;
+        }
+        f.shut = Shut::InFlight;
+        out.push(Action::ShutdownWrite(dir.sink()));
+    }
+
+    fn send(&mut self, dir: Dir, buf: BufId, len: u32, out: &mut Actions) {
+        self.flows[dir as usize].sending = Some(Sending {
+            buf,
+            offset: 0,
+            len,
+            paused: false,
+        });
+        out.push(Action::Send {
+            dir,
+            buf,
+            offset: 0,
+            len,
+        });
+    }
+
     fn on_recv(&mut self, dir: Dir, received: Received, out: &mut Actions) {
         let d = dir as usize;
-        if self.flows[d] != Flow::Reading {
-            // Only reachable after a reset: hand back any buffer the kernel filled.
+        self.flows[d].reading = false;
+        if self.reset {
+            // Only a buffer the kernel filled needs handing back.
             if let Received::Data { buf, .. } = received {
                 out.push(Action::Recycle(buf));
             }
@@ -299,80 +359,69 @@ impl Relay {
         match received {
             Received::Data { buf, len } => {
                 self.bytes[d].received += u64::from(len);
-                self.flows[d] = Flow::Writing {
-                    buf,
-                    offset: 0,
-                    len,
-                    paused: false,
-                };
-                out.push(Action::Send {
-                    dir,
-                    buf,
-                    offset: 0,
-                    len,
-                });
+                if self.flows[d].sending.is_none() {
+                    self.send(dir, buf, len, out);
+                } else {
+                    self.flows[d].queued = Some((buf, len));
+                }
+                self.maybe_recv(dir, out);
             }
             Received::Eof => {
-                self.flows[d] = Flow::ShuttingDown;
-                out.push(Action::ShutdownWrite(dir.sink()));
+                self.flows[d].eof = true;
+                self.maybe_shutdown(dir, out);
             }
-            Received::NoBuffer => self.flows[d] = Flow::Starved,
+            Received::NoBuffer => self.flows[d].starved = true,
             Received::Error(errno) => self.fail(dir.source(), errno, out),
         }
     }
 
     fn on_sent(&mut self, dir: Dir, result: Result<u32, i32>, out: &mut Actions) {
         let d = dir as usize;
-        let Flow::Writing {
-            buf,
-            offset,
-            len,
-            paused,
-        } = self.flows[d]
-        else {
+        let Some(sending) = self.flows[d].sending.take() else {
             return;
         };
         if self.reset {
-            out.push(Action::Recycle(buf));
+            out.push(Action::Recycle(sending.buf));
             return;
         }
         match result {
-            Ok(n) if n >= len => {
-                self.bytes[d].sent += u64::from(len);
-                out.push(Action::Recycle(buf));
-                if paused {
+            Ok(n) if n >= sending.len => {
+                self.bytes[d].sent += u64::from(sending.len);
+                out.push(Action::Recycle(sending.buf));
+                if sending.paused {
                     out.push(Action::Resumed(dir));
                 }
-                self.flows[d] = Flow::Reading;
-                out.push(Action::Recv(dir));
+                if let Some((buf, len)) = self.flows[d].queued.take() {
+                    self.send(dir, buf, len, out);
+                }
+                self.maybe_recv(dir, out);
+                self.maybe_shutdown(dir, out);
             }
             Ok(0) => {
-                // A zero-byte send on a stream socket means the peer is gone.
-                self.flows[d] = Flow::Stopped;
-                out.push(Action::Recycle(buf));
+                out.push(Action::Recycle(sending.buf));
                 self.fail(dir.sink(), libc_epipe(), out);
             }
             Ok(n) => {
                 self.bytes[d].sent += u64::from(n);
-                self.flows[d] = Flow::Writing {
-                    buf,
-                    offset: offset + n,
-                    len: len - n,
+                let rest = Sending {
+                    buf: sending.buf,
+                    offset: sending.offset + n,
+                    len: sending.len - n,
                     paused: true,
                 };
-                if !paused {
+                self.flows[d].sending = Some(rest);
+                if !sending.paused {
                     out.push(Action::Paused(dir));
                 }
                 out.push(Action::Send {
                     dir,
-                    buf,
-                    offset: offset + n,
-                    len: len - n,
+                    buf: rest.buf,
+                    offset: rest.offset,
+                    len: rest.len,
                 });
             }
             Err(errno) => {
-                self.flows[d] = Flow::Stopped;
-                out.push(Action::Recycle(buf));
+                out.push(Action::Recycle(sending.buf));
                 self.fail(dir.sink(), errno, out);
             }
         }
@@ -380,20 +429,29 @@ impl Relay {
 
     fn on_shutdown_done(&mut self, dir: Dir, out: &mut Actions) {
         let d = dir as usize;
-        if self.flows[d] != Flow::ShuttingDown {
+        if self.flows[d].shut != Shut::InFlight {
             return;
         }
-        self.flows[d] = Flow::Finished;
-        if self.flows.iter().all(|f| *f == Flow::Finished) {
+        self.flows[d].shut = Shut::Done;
+        if !self.reset && self.flows.iter().all(|f| f.shut == Shut::Done) {
             out.push(Action::Close);
         }
     }
 
     fn on_buffer_available(&mut self, out: &mut Actions) {
         for dir in Dir::BOTH {
-            if self.flows[dir as usize] == Flow::Starved {
-                self.flows[dir as usize] = Flow::Reading;
-                out.push(Action::Recv(dir));
+            if self.flows[dir as usize].starved {
+                self.flows[dir as usize].starved = false;
+                self.maybe_recv(dir, out);
+            }
+        }
+    }
+
+    /// Hands back buffers received but not yet sending (after a reset or abort).
+    fn release_queued(&mut self, out: &mut Actions) {
+        for f in self.flows.iter_mut() {
+            if let Some((buf, _)) = f.queued.take() {
+                out.push(Action::Recycle(buf));
             }
         }
     }
@@ -403,7 +461,7 @@ impl Relay {
             return;
         }
         self.reset = true;
-        self.stop_flows();
+        self.release_queued(out);
         out.push(Action::Reset { failed, errno });
     }
 }

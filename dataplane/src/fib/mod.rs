@@ -103,6 +103,14 @@ impl Listener {
                 .any(|c| !c.matcher.prefix_ranges.is_empty())
     }
 
+    /// True when any chain (or the default chain) writes an access log.
+    pub fn has_access_logs(&self) -> bool {
+        self.filter_chains
+            .iter()
+            .chain(self.default_chain.iter())
+            .any(|c| !c.tcp_proxy.access_logs.is_empty())
+    }
+
     /// True when matching needs the peer address (chains match on source).
     pub fn needs_remote_address(&self) -> bool {
         self.filter_chains.iter().any(|c| {

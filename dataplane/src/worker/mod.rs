@@ -606,7 +606,13 @@ impl Worker {
         } else {
             listener.address
         };
-        let remote = net::peer_addr(fd);
+        // getpeername is a system call: only when a chain matches on the source or a
+        // connection may be logged.
+        let remote = if listener.needs_remote_address() || listener.has_access_logs() {
+            net::peer_addr(fd)
+        } else {
+            None
+        };
         let start_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -1138,8 +1144,27 @@ impl Worker {
     }
 
     /// Closes both sockets after a clean end of both directions.
+    /// Both directions ended, so no operation is in flight on either socket: a plain close
+    /// each, no cancel.
     fn teardown_clean(&mut self, slot: u32) {
-        self.close_sockets(slot, false, false);
+        let conn = &mut self.conns[slot as usize];
+        if conn.state == ConnState::Closing {
+            return;
+        }
+        if conn.pipes[0] != NO_PIPE {
+            // Splice mode keeps its cancel-by-user-data path.
+            self.close_sockets(slot, false, false);
+            return;
+        }
+        conn.state = ConnState::Closing;
+        let ud = ud::encode(Kind::Aux, slot, conn.nonce);
+        for side in [Side::Client, Side::Backend] {
+            let fd = std::mem::replace(conn.fd_mut(side), NO_FD);
+            if fd != NO_FD {
+                conn.inflight += 1;
+                self.ring.close(fd, ud);
+            }
+        }
     }
 
     /// Stops the relay and closes both sockets (cancelling their operations first), each
@@ -1150,7 +1175,10 @@ impl Worker {
             return;
         }
         conn.state = ConnState::Closing;
-        conn.relay.abort();
+        // Buffers queued behind a send come back now; the rest with their completions.
+        let mut released = std::mem::take(&mut self.actions);
+        released.clear();
+        conn.relay.abort(&mut released);
         let ud = ud::encode(Kind::Aux, slot, conn.nonce);
         if conn.pipes[0] != NO_PIPE {
             // Splice mode, relay started. A receive splice belongs to its pipe, not its socket, so the cancel-by-socket
@@ -1166,6 +1194,8 @@ impl Worker {
                 conn.inflight += self.ring.teardown(fd, reset, ud);
             }
         }
+        self.carry_out(slot, &released);
+        self.actions = released;
     }
 
     /// Closes the client when no backend was ever connected (no route, connect failure).
