@@ -119,6 +119,18 @@ pub enum WorkerError {
     Setup(std::io::Error),
 }
 
+/// What accept decided for a new connection.
+struct Decision {
+    local: SocketAddr,
+    remote: Option<SocketAddr>,
+    chain: u32,
+    cluster: Option<crate::fib::ClusterId>,
+    idle_timeout_ms: Option<u64>,
+    max_attempts: u32,
+    /// Response flags when the connection is refused (no chain, no route).
+    flags: u16,
+}
+
 /// A FIB generation still in use on this worker.
 struct Generation {
     fib: Arc<Fib>,
@@ -575,32 +587,70 @@ impl Worker {
 
     fn new_connection(&mut self, listener_slot: usize, fib_index: usize, fd: RawFd) {
         let gen_index = self.current_gen;
-        let Some(generation) = self.generations[gen_index].as_mut() else {
-            net::close(fd);
-            return;
-        };
-        let fib = generation.fib.clone();
-        let Some(listener) = fib.listeners.get(fib_index) else {
-            net::close(fd);
-            return;
-        };
-        let Some(slot) = self.free_slots.pop() else {
-            listener
-                .stats
-                .inc(self.id, ListenerStat::DownstreamCxOverflow);
+        let Some(slot) = self.free_slots.last().copied() else {
+            if let Some(listener) = self.listener_in(gen_index, fib_index) {
+                listener
+                    .stats
+                    .inc(self.id, ListenerStat::DownstreamCxOverflow);
+            }
             net::reset_and_close(fd);
             return;
         };
-        generation.conns += 1;
+        let Some(decision) = self.decide(gen_index, fib_index, fd) else {
+            net::close(fd);
+            return;
+        };
+        self.free_slots.pop();
         self.open_conns += 1;
-        listener.stats.inc(self.id, ListenerStat::DownstreamCxTotal);
-        listener
-            .stats
-            .inc(self.id, ListenerStat::DownstreamCxActive);
+        if let Some(g) = self.generations[gen_index].as_mut() {
+            g.conns += 1;
+        }
+        let conn = &mut self.conns[slot as usize];
+        conn.reset_for(
+            ud::next_nonce(conn.nonce),
+            fd,
+            gen_index as u32,
+            listener_slot as u32,
+        );
+        conn.fib_listener = fib_index as u32;
+        conn.local = Some(decision.local);
+        conn.remote = decision.remote;
+        conn.start_ms = self.now_ms;
+        conn.last_activity_ms = self.now_ms;
+        conn.start_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        conn.chain = decision.chain;
+        conn.idle_timeout_ms = decision.idle_timeout_ms;
+        conn.max_attempts = decision.max_attempts;
+        conn.cluster = decision.cluster;
+        if decision.flags != 0 {
+            conn.flags.set(decision.flags);
+            self.close_client_only(slot);
+            return;
+        }
+        self.connect_next(slot, None);
+    }
+
+    fn listener_in(&self, gen_index: usize, fib_index: usize) -> Option<&Listener> {
+        self.generations[gen_index]
+            .as_ref()?
+            .fib
+            .listeners
+            .get(fib_index)
+    }
+
+    /// Accept-time decisions for a new client connection, with their stats: filter chain,
+    /// route, cluster. Borrows the FIB in place (no reference-count traffic per connection).
+    fn decide(&mut self, gen_index: usize, fib_index: usize, fd: RawFd) -> Option<Decision> {
+        let id = self.id;
+        let generation = self.generations[gen_index].as_ref()?;
+        let listener = generation.fib.listeners.get(fib_index)?;
+        listener.stats.inc(id, ListenerStat::DownstreamCxTotal);
+        listener.stats.inc(id, ListenerStat::DownstreamCxActive);
         self.shared
             .server_stats
-            .inc(self.id, ServerStat::TotalConnections);
-
+            .inc(id, ServerStat::TotalConnections);
         let local = if listener.needs_local_address() {
             net::local_addr(fd).unwrap_or(listener.address)
         } else {
@@ -613,56 +663,37 @@ impl Worker {
         } else {
             None
         };
-        let start_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let conn = &mut self.conns[slot as usize];
-        conn.reset_for(
-            ud::next_nonce(conn.nonce),
-            fd,
-            gen_index as u32,
-            listener_slot as u32,
-        );
-        conn.fib_listener = fib_index as u32;
-        conn.local = Some(local);
-        conn.remote = remote;
-        conn.start_ms = self.now_ms;
-        conn.last_activity_ms = self.now_ms;
-        conn.start_unix_ms = start_unix_ms;
-
-        let remote_for_match = remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let chain_index = match_chain_index(listener, local, remote_for_match);
-        let Some(chain_index) = chain_index else {
-            listener
-                .stats
-                .inc(self.id, ListenerStat::NoFilterChainMatch);
-            self.conns[slot as usize]
-                .flags
-                .set(ResponseFlags::NO_ROUTE_FOUND);
-            self.close_client_only(slot);
-            return;
+        let mut decision = Decision {
+            local,
+            remote,
+            chain: conn::CHAIN_NONE,
+            cluster: None,
+            idle_timeout_ms: None,
+            max_attempts: 1,
+            flags: 0,
         };
-        let chain = chain_of(listener, chain_index);
-        let tcp = &chain.tcp_proxy;
-        tcp.stats.inc(self.id, TcpStat::DownstreamCxTotal);
-        tcp.stats.inc(self.id, TcpStat::DownstreamCxActive);
-        let conn = &mut self.conns[slot as usize];
-        conn.chain = chain_index;
-        conn.idle_timeout_ms = tcp.idle_timeout_ms;
-        conn.max_attempts = tcp.max_connect_attempts.max(1);
-        let cluster = match &tcp.route {
+        let remote_for_match = remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let Some(chain_index) = match_chain_index(listener, local, remote_for_match) else {
+            listener.stats.inc(id, ListenerStat::NoFilterChainMatch);
+            decision.flags = ResponseFlags::NO_ROUTE_FOUND;
+            return Some(decision);
+        };
+        let tcp = &chain_of(listener, chain_index).tcp_proxy;
+        tcp.stats.inc(id, TcpStat::DownstreamCxTotal);
+        tcp.stats.inc(id, TcpStat::DownstreamCxActive);
+        decision.chain = chain_index;
+        decision.idle_timeout_ms = tcp.idle_timeout_ms;
+        decision.max_attempts = tcp.max_connect_attempts.max(1);
+        decision.cluster = match &tcp.route {
             Route::Cluster(id) => Some(*id),
             Route::Weighted(w) => w.pick(self.rng.next_u64()).cluster,
             Route::Missing(_) => None,
         };
-        let Some(cluster) = cluster else {
-            tcp.stats.inc(self.id, TcpStat::DownstreamCxNoRoute);
-            conn.flags.set(ResponseFlags::NO_ROUTE_FOUND);
-            self.close_client_only(slot);
-            return;
-        };
-        conn.cluster = Some(cluster);
-        self.connect_next(slot, None);
+        if decision.cluster.is_none() {
+            tcp.stats.inc(id, TcpStat::DownstreamCxNoRoute);
+            decision.flags = ResponseFlags::NO_ROUTE_FOUND;
+        }
+        Some(decision)
     }
 
     /// Picks an endpoint (not `exclude`) and starts a connect, or gives up.
