@@ -38,6 +38,8 @@ pub(crate) struct Conn {
     pub inflight: u32,
     /// Index of the worker generation (FIB snapshot) this connection was decided under.
     pub generation: u32,
+    /// Position in the worker's list of occupied slots.
+    pub occupied_index: u32,
     /// The worker's listener slot it was accepted on.
     pub listener_slot: u32,
     /// Index of its listener in its generation's FIB.
@@ -77,6 +79,7 @@ impl Default for Conn {
             inflight: 0,
             generation: 0,
             listener_slot: 0,
+            occupied_index: 0,
             fib_listener: 0,
             chain: CHAIN_NONE,
             cluster: None,

@@ -171,6 +171,8 @@ pub(crate) struct Worker {
     listeners: Vec<WorkerListener>,
     conns: Vec<Conn>,
     free_slots: Vec<u32>,
+    /// Slots in use (open or closing), dense, so timers visit only those.
+    occupied: Vec<u32>,
     /// Connections waiting for a provided buffer.
     starved: Vec<u32>,
     rng: Rng,
@@ -223,6 +225,7 @@ impl Worker {
             listeners: Vec::new(),
             conns: (0..slots).map(|_| Conn::default()).collect(),
             free_slots: (0..slots as u32).rev().collect(),
+            occupied: Vec::with_capacity(slots),
             starved: Vec::with_capacity(slots * 2),
             rng: Rng::new(seed),
             started: Instant::now(),
@@ -471,7 +474,8 @@ impl Worker {
 
     fn mark_listener_conns_draining(&mut self, listener_slot: usize) {
         let deadline = self.now_ms + self.shared.drain_time_ms;
-        for c in self.conns.iter_mut() {
+        for &slot in self.occupied.iter() {
+            let c = &mut self.conns[slot as usize];
             if c.is_live() && c.listener_slot as usize == listener_slot {
                 c.drain_deadline_ms = Some(deadline);
             }
@@ -506,7 +510,15 @@ impl Worker {
     /// Idle timeouts and drain deadlines.
     fn expire_connections(&mut self) {
         let now = self.now_ms;
-        for slot in 0..self.conns.len() {
+        // Backwards over the occupied list: finishing a connection swap-removes it, which
+        // only moves an entry already visited.
+        let mut i = self.occupied.len();
+        while i > 0 {
+            i -= 1;
+            let Some(&slot) = self.occupied.get(i) else {
+                continue;
+            };
+            let slot = slot as usize;
             let c = &self.conns[slot];
             if !c.is_live() {
                 continue;
@@ -613,6 +625,8 @@ impl Worker {
             listener_slot as u32,
         );
         conn.fib_listener = fib_index as u32;
+        conn.occupied_index = self.occupied.len() as u32;
+        self.occupied.push(slot);
         conn.local = Some(decision.local);
         conn.remote = decision.remote;
         conn.start_ms = self.now_ms;
@@ -1276,6 +1290,11 @@ impl Worker {
         }
         let gen_index = conn.generation as usize;
         conn.state = ConnState::Free;
+        let index = conn.occupied_index as usize;
+        self.occupied.swap_remove(index);
+        if let Some(&moved) = self.occupied.get(index) {
+            self.conns[moved as usize].occupied_index = index as u32;
+        }
         self.free_slots.push(slot);
         self.open_conns -= 1;
         if let Some(g) = self.generations[gen_index].as_mut() {
