@@ -59,6 +59,14 @@ static ONE: libc::c_int = 1;
 const BUF_KERNEL: u8 = 0;
 const BUF_WORKER: u8 = 1;
 const BUF_SENDING: u8 = 2;
+/// Owned by the pool but not in the kernel's ring (beyond the window).
+const BUF_SPARE: u8 = 3;
+
+/// Most buffers the kernel's ring holds at once. The ring is FIFO, so every buffer in it
+/// gets written in turn; keeping it to a window (refilled from a LIFO stack of spares, so
+/// the buffers just used come back first) keeps the memory a worker touches proportional
+/// to the data in flight, not to the pool size.
+const KERNEL_WINDOW: u16 = 128;
 
 /// The provided-buffer ring of one worker (buffer group 0).
 struct BufPool {
@@ -75,6 +83,10 @@ struct BufPool {
     state: Box<[u8]>,
     /// Buffers the kernel may pick now.
     in_kernel: u32,
+    /// Most buffers in the kernel's ring at once.
+    window: u32,
+    /// Pool buffers outside the ring, most recently used on top.
+    spare: Vec<u16>,
 }
 
 const BUF_GROUP: u16 = 0;
@@ -93,8 +105,7 @@ impl BufPool {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // SAFETY: both layouts have a non-zero size (count and size are > 0).
         let ring = unsafe { alloc_zeroed(ring_layout) } as *mut types::BufRingEntry;
-        // SAFETY: as above.
-        let data = unsafe { alloc_zeroed(data_layout) };
+        let data = map_anonymous(data_layout.size());
         if ring.is_null() || data.is_null() {
             return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer pool"));
         }
@@ -108,6 +119,8 @@ impl BufPool {
             tail: 0,
             state: vec![BUF_WORKER; usize::from(count)].into_boxed_slice(),
             in_kernel: 0,
+            window: u32::from(count.min(KERNEL_WINDOW)),
+            spare: Vec::with_capacity(usize::from(count)),
         })
     }
 
@@ -146,8 +159,29 @@ impl Drop for BufPool {
         // kernel no longer uses them (or leaks the pool instead of dropping it).
         unsafe {
             dealloc(self.ring as *mut u8, self.ring_layout);
-            dealloc(self.data, self.data_layout);
+            libc::munmap(self.data as *mut libc::c_void, self.data_layout.size());
         }
+    }
+}
+
+/// `len` bytes of private anonymous memory: zero pages that cost nothing until written, so
+/// the pool's resident size follows the buffers actually used. Null on failure.
+fn map_anonymous(len: usize) -> *mut u8 {
+    // SAFETY: a fresh private anonymous mapping aliases nothing; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        std::ptr::null_mut()
+    } else {
+        p as *mut u8
     }
 }
 
@@ -214,8 +248,13 @@ impl Ring {
                 .register_buf_ring_with_flags(bufs.ring as u64, buffers, BUF_GROUP, 0)
                 .map_err(RingError::Other)?;
         }
-        for bid in 0..buffers {
+        let window = bufs.window as u16;
+        for bid in 0..window {
             bufs.add(bid);
+        }
+        for bid in (window..buffers).rev() {
+            bufs.state[usize::from(bid)] = BUF_SPARE;
+            bufs.spare.push(bid);
         }
         bufs.publish();
         Ok(Ring {
@@ -278,6 +317,11 @@ impl Ring {
         assert_eq!(*s, BUF_KERNEL, "buffer {bid} received twice");
         *s = BUF_WORKER;
         self.bufs.in_kernel -= 1;
+        // Keep the window full from the spares (most recently used first).
+        if let Some(spare) = self.bufs.spare.pop() {
+            self.bufs.add(spare);
+            self.bufs.publish();
+        }
     }
 
     /// Sends `len` bytes at `offset` of buffer `bid`.
@@ -328,8 +372,13 @@ impl Ring {
             BUF_WORKER,
             "recycle of buffer {bid} not held"
         );
-        self.bufs.add(bid);
-        self.bufs.publish();
+        if self.bufs.in_kernel < self.bufs.window {
+            self.bufs.add(bid);
+            self.bufs.publish();
+        } else {
+            self.bufs.state[usize::from(bid)] = BUF_SPARE;
+            self.bufs.spare.push(bid);
+        }
     }
 
     /// `splice(fd_in, NULL, fd_out, NULL, len, 0)`: moves up to `len` bytes between a socket
@@ -579,8 +628,7 @@ impl BufPool {
         let layout = Layout::from_size_align(4096, 4096).expect("constant layout");
         // SAFETY: non-zero size.
         let ring = unsafe { alloc_zeroed(layout) } as *mut types::BufRingEntry;
-        // SAFETY: non-zero size.
-        let data = unsafe { alloc_zeroed(layout) };
+        let data = map_anonymous(layout.size());
         BufPool {
             ring,
             ring_layout: layout,
@@ -591,6 +639,8 @@ impl BufPool {
             tail: 0,
             state: Box::new([]),
             in_kernel: 0,
+            window: 0,
+            spare: Vec::new(),
         }
     }
 }
