@@ -27,13 +27,14 @@ use std::time::{Duration, Instant};
 
 /// What workers do with listeners and connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Phase {
     /// Accepting and relaying.
-    Running,
+    Running = 0,
     /// Not accepting; open connections continue.
-    Draining,
+    Draining = 1,
     /// Closing every connection; workers exit when none is left.
-    Stopped,
+    Stopped = 2,
 }
 
 impl Phase {
@@ -253,7 +254,9 @@ impl DataPlane {
     }
 
     fn abort_start(&mut self) {
-        self.shared.phase.store(2, Ordering::Release);
+        self.shared
+            .phase
+            .store(Phase::Stopped as u8, Ordering::Release);
         self.wake_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -268,11 +271,6 @@ impl DataPlane {
     /// The FIB workers use now, for readers outside the data plane (admin).
     pub fn fib_view(&self) -> Arc<ArcSwap<Fib>> {
         self.fib_view.clone()
-    }
-
-    /// The FIB in force.
-    pub fn current(&self) -> Arc<Fib> {
-        self.shared.snapshot.load().fib.clone()
     }
 
     /// Publishes `fib`: opens new listeners' sockets (or fails, changing nothing), swaps the
@@ -366,12 +364,7 @@ impl DataPlane {
     }
 
     fn set_phase(&self, phase: Phase) {
-        let v = match phase {
-            Phase::Running => 0,
-            Phase::Draining => 1,
-            Phase::Stopped => 2,
-        };
-        self.shared.phase.store(v, Ordering::Release);
+        self.shared.phase.store(phase as u8, Ordering::Release);
         self.wake_all();
     }
 

@@ -20,7 +20,7 @@
 
 mod chain_match;
 
-pub use chain_match::{select as select_chain, ChainMatch, CidrRange, MAX_FILTER_CHAINS};
+pub use chain_match::{ChainMatch, CidrRange, MAX_FILTER_CHAINS};
 
 use crate::accesslog::AccessLogSink;
 use crate::stats::{ClusterStats, HostStats, ListenerStats, TcpStats};
@@ -30,6 +30,9 @@ use std::sync::Arc;
 /// Index of a cluster in [`Fib::clusters`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClusterId(pub u32);
+
+/// The chain index [`Listener::match_chain_index`] gives for `default_filter_chain`.
+pub const DEFAULT_CHAIN: u32 = u32::MAX;
 
 /// Index of a listener in [`Fib::listeners`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,19 +80,31 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Identity used to decide whether a listener in a new FIB is the same socket as one in
-    /// the old: same name and same address.
-    pub fn same_socket(&self, other: &Listener) -> bool {
-        self.name == other.name && self.address == other.address
-    }
-
     /// Envoy's filter chain match for a connection from `remote` to `local`, or the default
     /// chain, or `None`. Allocation-free.
     pub fn match_chain(&self, local: SocketAddr, remote: SocketAddr) -> Option<&FilterChain> {
+        self.match_chain_index(local, remote).map(|i| self.chain(i))
+    }
+
+    /// Like [`Listener::match_chain`], as an index for [`Listener::chain`]: a position in
+    /// `filter_chains`, or [`DEFAULT_CHAIN`].
+    pub fn match_chain_index(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
         let chains = &self.filter_chains;
         match chain_match::select(chains.len(), |i| &chains[i].matcher, local, remote) {
-            Some(i) => Some(&self.filter_chains[i]),
-            None => self.default_chain.as_ref(),
+            Some(i) => Some(i as u32),
+            None => self.default_chain.as_ref().map(|_| DEFAULT_CHAIN),
+        }
+    }
+
+    /// The chain at `index` (from [`Listener::match_chain_index`]). Panics only on an index
+    /// from another listener (a bug).
+    pub fn chain(&self, index: u32) -> &FilterChain {
+        if index == DEFAULT_CHAIN {
+            self.default_chain
+                .as_ref()
+                .expect("default chain index without a default chain")
+        } else {
+            &self.filter_chains[index as usize]
         }
     }
 

@@ -8,9 +8,8 @@ use std::os::fd::RawFd;
 
 /// No descriptor.
 pub(crate) const NO_FD: RawFd = -1;
-/// The connection matched the listener's default filter chain.
-pub(crate) const CHAIN_DEFAULT: u32 = u32::MAX;
-/// The connection matched no filter chain.
+/// The connection matched no filter chain (the default chain is
+/// [`crate::fib::DEFAULT_CHAIN`]).
 pub(crate) const CHAIN_NONE: u32 = u32::MAX - 1;
 
 /// Where a connection stands.
@@ -44,7 +43,7 @@ pub(crate) struct Conn {
     pub listener_slot: u32,
     /// Index of its listener in its generation's FIB.
     pub fib_listener: u32,
-    /// Index of its filter chain, [`CHAIN_DEFAULT`] or [`CHAIN_NONE`].
+    /// Index of its filter chain (`Listener::chain`), or [`CHAIN_NONE`].
     pub chain: u32,
     pub cluster: Option<ClusterId>,
     pub endpoint: Option<u32>,

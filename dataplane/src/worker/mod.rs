@@ -20,14 +20,14 @@ mod pipes;
 pub(crate) mod ud;
 
 use crate::accesslog::{AccessRecord, ResponseFlags};
-use crate::fib::{Fib, FilterChain, Listener, Route};
+use crate::fib::{Fib, Listener, Route};
 use crate::lb::{mix_seed, Rng, WorkerLb};
 use crate::plane::{Phase, Shared, Snapshot};
 use crate::relay::{Action, Actions, Dir, Event, Received, Side};
 use crate::stats::{ClusterStat, HostStat, ListenerStat, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
 use crate::sys::{Completion, Ring, RingError};
-use conn::{Conn, ConnState, CHAIN_DEFAULT, NO_FD};
+use conn::{Conn, ConnState, NO_FD};
 use pipes::{Pipes, NO_PIPE};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -139,6 +139,18 @@ struct Generation {
     active: Vec<Vec<u32>>,
     /// Connections decided under this generation that are still open.
     conns: u32,
+    /// Per listener: whether accept needs the local address (`getsockname`) and the peer
+    /// address (`getpeername`); derived once here, not per connection.
+    address_needs: Vec<AddressNeeds>,
+}
+
+/// Which addresses a listener's connections need looked up at accept.
+#[derive(Clone, Copy)]
+struct AddressNeeds {
+    /// A wildcard listener whose chains match on destination address.
+    local: bool,
+    /// Chains match on the source, or connections may be logged.
+    peer: bool,
 }
 
 /// A listener socket as this worker sees it.
@@ -388,6 +400,14 @@ impl Worker {
                 .collect(),
             fib: fib.clone(),
             conns: 0,
+            address_needs: fib
+                .listeners
+                .iter()
+                .map(|l| AddressNeeds {
+                    local: l.needs_local_address(),
+                    peer: l.needs_remote_address() || l.has_access_logs(),
+                })
+                .collect(),
         };
         let index = match self.generations.iter().position(Option::is_none) {
             Some(i) => {
@@ -665,18 +685,15 @@ impl Worker {
         self.shared
             .server_stats
             .inc(id, ServerStat::TotalConnections);
-        let local = if listener.needs_local_address() {
+        let needs = generation.address_needs[fib_index];
+        let local = if needs.local {
             net::local_addr(fd).unwrap_or(listener.address)
         } else {
             listener.address
         };
         // getpeername is a system call: only when a chain matches on the source or a
         // connection may be logged.
-        let remote = if listener.needs_remote_address() || listener.has_access_logs() {
-            net::peer_addr(fd)
-        } else {
-            None
-        };
+        let remote = if needs.peer { net::peer_addr(fd) } else { None };
         let mut decision = Decision {
             local,
             remote,
@@ -687,12 +704,12 @@ impl Worker {
             flags: 0,
         };
         let remote_for_match = remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let Some(chain_index) = match_chain_index(listener, local, remote_for_match) else {
+        let Some(chain_index) = listener.match_chain_index(local, remote_for_match) else {
             listener.stats.inc(id, ListenerStat::NoFilterChainMatch);
             decision.flags = ResponseFlags::NO_ROUTE_FOUND;
             return Some(decision);
         };
-        let tcp = &chain_of(listener, chain_index).tcp_proxy;
+        let tcp = &listener.chain(chain_index).tcp_proxy;
         tcp.stats.inc(id, TcpStat::DownstreamCxTotal);
         tcp.stats.inc(id, TcpStat::DownstreamCxActive);
         decision.chain = chain_index;
@@ -1354,7 +1371,7 @@ impl Worker {
         if conn.chain == conn::CHAIN_NONE {
             return;
         }
-        let chain = chain_of(listener, conn.chain);
+        let chain = listener.chain(conn.chain);
         chain.tcp_proxy.stats.dec(id, TcpStat::DownstreamCxActive);
         for sink in chain.tcp_proxy.access_logs.iter() {
             let record = AccessRecord {
@@ -1386,31 +1403,12 @@ impl Worker {
         }
         let g = self.generations[conn.generation as usize].as_ref()?;
         let listener = g.fib.listeners.get(conn.fib_listener as usize)?;
-        Some(&chain_of(listener, conn.chain).tcp_proxy.stats)
+        Some(&listener.chain(conn.chain).tcp_proxy.stats)
     }
 
     fn cluster_stats(&self, slot: u32) -> Option<&crate::stats::ClusterStats> {
         let conn = &self.conns[slot as usize];
         let g = self.generations[conn.generation as usize].as_ref()?;
         Some(&g.fib.cluster(conn.cluster?).stats)
-    }
-}
-
-fn match_chain_index(listener: &Listener, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
-    let chains = &listener.filter_chains;
-    match crate::fib::select_chain(chains.len(), |i| &chains[i].matcher, local, remote) {
-        Some(i) => Some(i as u32),
-        None => listener.default_chain.as_ref().map(|_| CHAIN_DEFAULT),
-    }
-}
-
-fn chain_of(listener: &Listener, index: u32) -> &FilterChain {
-    if index == CHAIN_DEFAULT {
-        listener
-            .default_chain
-            .as_ref()
-            .expect("default chain index without a default chain")
-    } else {
-        &listener.filter_chains[index as usize]
     }
 }
