@@ -44,6 +44,15 @@ enum Command {
         /// splice (socket -> pipe -> socket; two more descriptors per direction).
         #[arg(long, default_value_t = RelayMode::default(), value_parser = parse_relay_mode)]
         relay_mode: RelayMode,
+        /// Size of each relay buffer (buffer-ring) or pipe (splice), in KiB (4 to 4096).
+        #[arg(long, default_value_t = Limits::default().buffer_size_bytes / 1024,
+              value_parser = clap::value_parser!(u32).range(4..=4096))]
+        buffer_size_kib: u32,
+        /// Size of the large relay buffers a bulk direction moves to, in KiB (0 disables
+        /// them, else up to 16384; buffer-ring mode only).
+        #[arg(long, default_value_t = Limits::default().large_buffer_size_bytes / 1024,
+              value_parser = clap::value_parser!(u32).range(0..=16384))]
+        large_buffer_size_kib: u32,
     },
     /// Check a bootstrap file and exit: 0 when valid, 1 with the bad field's path when not.
     Validate {
@@ -85,11 +94,15 @@ fn main() -> ExitCode {
             drain_time_s,
             max_connections_per_worker,
             relay_mode,
+            buffer_size_kib,
+            large_buffer_size_kib,
         } => {
             init_logging(&log_level);
             let limits = Limits {
                 max_connections_per_worker,
                 relay_mode,
+                buffer_size_bytes: buffer_size_kib * 1024,
+                large_buffer_size_bytes: large_buffer_size_kib * 1024,
                 ..Limits::default()
             };
             let options = RunOptions {

@@ -271,7 +271,7 @@ stat_block!(
 
 stat_block!(
     /// `server.*` stats kept by workers (the admin adds live, uptime, concurrency).
-    ServerStats, ServerStat, 4, {
+    ServerStats, ServerStat, 5, {
     /// Connections open on all listeners.
     TotalConnections => ("total_connections", Gauge),
     /// Access-log records dropped because the log queue was full.
@@ -280,6 +280,8 @@ stat_block!(
     WorkerLoops => ("worker_loops", Counter),
     /// Receives that found the provided-buffer ring empty (the direction waits for a buffer).
     RelayBufferExhausted => ("relay_buffer_exhausted", Counter),
+    /// Receives into a large buffer (a direction moving bulk data).
+    RelayLargeBufferReceives => ("relay_large_buffer_receives", Counter),
 });
 
 /// Envoy-style listener stat name part: `127.0.0.1_10000`, `[::1]_10000`.

@@ -167,6 +167,78 @@ fn buffer_starvation_never_stalls_a_connection() {
     plane.shutdown(Duration::from_millis(100));
 }
 
+/// Sends `len` patterned bytes through `c` from another thread while reading the echo back;
+/// true when every byte came back in order.
+fn echo_bulk(c: &mut TcpStream, len: usize, seed: u32) -> bool {
+    let msg: Vec<u8> = (0..len as u32).map(|i| (i * 31 + seed) as u8).collect();
+    let m2 = msg.clone();
+    let mut w = c.try_clone().unwrap();
+    let t = std::thread::spawn(move || w.write_all(&m2).unwrap());
+    let mut got = vec![0u8; len];
+    c.read_exact(&mut got).unwrap();
+    t.join().unwrap();
+    got == msg
+}
+
+/// A bulk direction moves to large buffers, and back to small ones once the traffic turns
+/// into small messages: after the bulk phase, fifty 100-byte exchanges take at most one
+/// large receive per direction (the one that shows the burst is over).
+#[test]
+fn bulk_moves_to_large_buffers_and_small_messages_move_back() {
+    let backend = echo_backend();
+    let server = Arc::new(ServerStats::new("server", 1));
+    let (plane, _f, listen) = start_plane_stats(Limits::default(), backend, server.clone());
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(echo_bulk(&mut c, 16 << 20, 1), "bulk echo differs");
+    let after_bulk = server.get(ServerStat::RelayLargeBufferReceives);
+    assert!(after_bulk > 0, "16 MiB of bulk never used a large buffer");
+    for round in 0..50u8 {
+        let msg = [round; 100];
+        c.write_all(&msg).unwrap();
+        let mut got = [0u8; 100];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    }
+    let small_phase = server.get(ServerStat::RelayLargeBufferReceives) - after_bulk;
+    assert!(
+        small_phase <= 2,
+        "{small_phase} large receives for 50 small exchanges"
+    );
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// One large buffer for eight bulk connections: directions that find none fall back to
+/// small buffers (no stall, no `relay_buffer_exhausted`: the small pool is not short).
+#[test]
+fn large_buffer_shortage_falls_back_to_small_buffers() {
+    let backend = echo_backend();
+    let limits = Limits {
+        large_buffers_per_worker: 1,
+        ..Limits::default()
+    };
+    let server = Arc::new(ServerStats::new("server", 1));
+    let (plane, _f, listen) = start_plane_stats(limits, backend, server.clone());
+    let clients: Vec<_> = (0..8u32)
+        .map(|id| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(listen).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                assert!(
+                    echo_bulk(&mut c, 4 << 20, id),
+                    "connection {id}: echo differs"
+                );
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    assert!(server.get(ServerStat::RelayLargeBufferReceives) > 0);
+    assert_eq!(server.get(ServerStat::RelayBufferExhausted), 0);
+    plane.shutdown(Duration::from_millis(100));
+}
+
 #[test]
 fn echo_through_the_plane_buffer_ring() {
     echo_through_the_plane(RelayMode::BufferRing);

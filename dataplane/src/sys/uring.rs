@@ -67,8 +67,24 @@ const BUF_SPARE: u8 = 3;
 /// the buffers just used come back first) keeps the memory a worker touches proportional
 /// to the data in flight, not to the pool size.
 const KERNEL_WINDOW: u16 = 128;
+/// The same for the large buffers: each is big, so fewer rotate through the kernel.
+const LARGE_KERNEL_WINDOW: u16 = 4;
 
-/// The provided-buffer ring of one worker (buffer group 0).
+/// Which of the worker's two buffer pools a receive draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum BufClass {
+    /// The small buffers (buffer group 0): every receive starts here.
+    #[default]
+    Small,
+    /// The large buffers (buffer group 1), for a direction that keeps filling small ones.
+    Large,
+}
+
+/// Bit set in a worker-wide buffer id for a buffer of the large pool; the rest is the
+/// buffer's index in its pool (so each pool holds at most 32768 buffers).
+const LARGE_BIT: u16 = 0x8000;
+
+/// The provided-buffer ring of one pool of one worker.
 struct BufPool {
     /// Ring of `count` entries, page-aligned, shared with the kernel.
     ring: *mut types::BufRingEntry,
@@ -87,16 +103,19 @@ struct BufPool {
     window: u32,
     /// Pool buffers outside the ring, most recently used on top.
     spare: Vec<u16>,
+    /// The io_uring buffer group id.
+    group: u16,
 }
 
-const BUF_GROUP: u16 = 0;
+const SMALL_GROUP: u16 = 0;
+const LARGE_GROUP: u16 = 1;
 
 impl BufPool {
-    fn new(count: u16, size: u32) -> io::Result<BufPool> {
-        if !count.is_power_of_two() || count == 0 || size == 0 {
+    fn new(count: u16, size: u32, window: u16, group: u16) -> io::Result<BufPool> {
+        if !count.is_power_of_two() || count == 0 || count > LARGE_BIT || size == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "buffer count must be a power of two",
+                "buffer count must be a power of two, at most 32768",
             ));
         }
         let ring_layout = Layout::from_size_align(usize::from(count) * 16, 4096)
@@ -119,9 +138,35 @@ impl BufPool {
             tail: 0,
             state: vec![BUF_WORKER; usize::from(count)].into_boxed_slice(),
             in_kernel: 0,
-            window: u32::from(count.min(KERNEL_WINDOW)),
+            window: u32::from(count.min(window)),
             spare: Vec::with_capacity(usize::from(count)),
+            group,
         })
+    }
+
+    /// Registers the ring with `ring` and puts the first `window` buffers in it.
+    fn register(&mut self, ring: &IoUring) -> io::Result<()> {
+        // SAFETY: the ring memory is page-aligned, `count` entries long, zeroed, and owned by
+        // this pool, which lives inside the `Ring` and is only freed after the ring is torn
+        // down (or leaked when teardown times out).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                self.ring as u64,
+                self.count,
+                self.group,
+                0,
+            )?;
+        }
+        let window = self.window as u16;
+        for bid in 0..window {
+            self.add(bid);
+        }
+        for bid in (window..self.count).rev() {
+            self.state[usize::from(bid)] = BUF_SPARE;
+            self.spare.push(bid);
+        }
+        self.publish();
+        Ok(())
     }
 
     /// Puts buffer `bid` in the ring (not yet visible to the kernel until `publish`).
@@ -188,7 +233,8 @@ fn map_anonymous(len: usize) -> *mut u8 {
 /// A worker's io_uring with the memory its operations use.
 pub(crate) struct Ring {
     ring: IoUring,
-    bufs: BufPool,
+    /// The small buffers (group 0) and the large ones (group 1, empty when disabled).
+    bufs: [BufPool; 2],
     /// Per connection slot: the address a connect is going to.
     connect_addrs: Box<[Option<SockAddr>]>,
     /// Per connection slot: the connect timeout.
@@ -221,12 +267,13 @@ impl Ring {
         IoUring::new(8).map(drop).map_err(classify)
     }
 
-    /// A ring of `entries` submission slots, `buffers` provided buffers of `buffer_size` bytes
-    /// and room for `slots` concurrent connects. Must be created on the thread that uses it.
+    /// A ring of `entries` submission slots, `small` and `large` provided-buffer pools
+    /// (`large` may be `None`) and room for `slots` concurrent connects. Must be created on
+    /// the thread that uses it.
     pub fn new(
         entries: u32,
-        buffers: u16,
-        buffer_size: u32,
+        small: BufPoolSize,
+        large: Option<BufPoolSize>,
         slots: usize,
     ) -> Result<Ring, RingError> {
         let ring = IoUring::builder()
@@ -240,26 +287,22 @@ impl Ring {
                 _ => Err(e),
             })
             .map_err(classify)?;
-        let mut bufs = BufPool::new(buffers, buffer_size).map_err(RingError::Other)?;
-        // SAFETY: the ring memory is page-aligned, `buffers` entries long, zeroed, and owned by
-        // `bufs`, which lives inside this Ring and is only freed after the ring is torn down.
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(bufs.ring as u64, buffers, BUF_GROUP, 0)
-                .map_err(RingError::Other)?;
-        }
-        let window = bufs.window as u16;
-        for bid in 0..window {
-            bufs.add(bid);
-        }
-        for bid in (window..buffers).rev() {
-            bufs.state[usize::from(bid)] = BUF_SPARE;
-            bufs.spare.push(bid);
-        }
-        bufs.publish();
+        let mut small = BufPool::new(small.count, small.size_bytes, KERNEL_WINDOW, SMALL_GROUP)
+            .map_err(RingError::Other)?;
+        small.register(&ring).map_err(RingError::Other)?;
+        let large = match large {
+            Some(l) => {
+                let mut pool =
+                    BufPool::new(l.count, l.size_bytes, LARGE_KERNEL_WINDOW, LARGE_GROUP)
+                        .map_err(RingError::Other)?;
+                pool.register(&ring).map_err(RingError::Other)?;
+                pool
+            }
+            None => BufPool::leaked(),
+        };
         Ok(Ring {
             ring,
-            bufs,
+            bufs: [small, large],
             connect_addrs: (0..slots).map(|_| None).collect(),
             connect_timeouts: (0..slots).map(|_| types::Timespec::new()).collect(),
             tick: Box::new(types::Timespec::new()),
@@ -300,10 +343,11 @@ impl Ring {
         unsafe { self.push(e) }
     }
 
-    /// Receive into a provided buffer chosen by the kernel.
-    pub fn recv(&mut self, fd: RawFd, user_data: u64) {
-        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size)
-            .buf_group(BUF_GROUP)
+    /// Receive into a provided buffer of pool `class`, chosen by the kernel.
+    pub fn recv(&mut self, fd: RawFd, class: BufClass, user_data: u64) {
+        let pool = &self.bufs[class as usize];
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), pool.size)
+            .buf_group(pool.group)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
             .user_data(user_data);
@@ -311,38 +355,61 @@ impl Ring {
         unsafe { self.push(e) }
     }
 
-    /// Marks buffer `bid`, just returned by a receive, as held by the worker.
-    pub fn buffer_received(&mut self, bid: u16) {
-        let s = &mut self.bufs.state[usize::from(bid)];
-        assert_eq!(*s, BUF_KERNEL, "buffer {bid} received twice");
-        *s = BUF_WORKER;
-        self.bufs.in_kernel -= 1;
-        // Keep the window full from the spares (most recently used first).
-        if let Some(spare) = self.bufs.spare.pop() {
-            self.bufs.add(spare);
-            self.bufs.publish();
+    /// The pool and index a worker-wide buffer id names.
+    fn pool_of(&mut self, id: u16) -> (&mut BufPool, u16) {
+        if id & LARGE_BIT != 0 {
+            (&mut self.bufs[BufClass::Large as usize], id & !LARGE_BIT)
+        } else {
+            (&mut self.bufs[BufClass::Small as usize], id)
         }
     }
 
-    /// Sends `len` bytes at `offset` of buffer `bid`.
-    pub fn send(&mut self, fd: RawFd, bid: u16, offset: u32, len: u32, user_data: u64) {
-        let state = &mut self.bufs.state[usize::from(bid)];
+    /// Marks buffer `bid` of pool `class`, just returned by a receive, as held by the
+    /// worker; returns its worker-wide id (what `send` and `recycle` take).
+    pub fn buffer_received(&mut self, class: BufClass, bid: u16) -> u16 {
+        let pool = &mut self.bufs[class as usize];
+        let s = &mut pool.state[usize::from(bid)];
+        assert_eq!(*s, BUF_KERNEL, "buffer {bid} received twice");
+        *s = BUF_WORKER;
+        pool.in_kernel -= 1;
+        // Keep the window full from the spares (most recently used first).
+        if let Some(spare) = pool.spare.pop() {
+            pool.add(spare);
+            pool.publish();
+        }
+        match class {
+            BufClass::Small => bid,
+            BufClass::Large => bid | LARGE_BIT,
+        }
+    }
+
+    /// Size of the buffers of pool `class` (0 for a disabled pool).
+    pub fn buffer_size(&self, class: BufClass) -> u32 {
+        let pool = &self.bufs[class as usize];
+        if pool.window == 0 {
+            0
+        } else {
+            pool.size
+        }
+    }
+
+    /// Sends `len` bytes at `offset` of buffer `id`.
+    pub fn send(&mut self, fd: RawFd, id: u16, offset: u32, len: u32, user_data: u64) {
+        let (pool, bid) = self.pool_of(id);
+        let state = &mut pool.state[usize::from(bid)];
         assert_eq!(
             *state, BUF_WORKER,
-            "send from buffer {bid} not held by the worker"
+            "send from buffer {id} not held by the worker"
         );
         assert!(
-            offset
-                .checked_add(len)
-                .is_some_and(|end| end <= self.bufs.size),
+            offset.checked_add(len).is_some_and(|end| end <= pool.size),
             "send outside buffer"
         );
         *state = BUF_SENDING;
         // SAFETY: bid < count and offset + len <= size, so the range is inside the pool.
         let ptr = unsafe {
-            self.bufs
-                .data
-                .add(usize::from(bid) * self.bufs.size as usize + offset as usize)
+            pool.data
+                .add(usize::from(bid) * pool.size as usize + offset as usize)
         };
         let e = opcode::Send::new(types::Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
@@ -353,31 +420,33 @@ impl Ring {
         unsafe { self.push(e) }
     }
 
-    /// A send from `bid` completed.
-    pub fn send_done(&mut self, bid: u16) {
-        let s = &mut self.bufs.state[usize::from(bid)];
-        assert_eq!(*s, BUF_SENDING, "send_done on buffer {bid} not in a send");
+    /// A send from buffer `id` completed.
+    pub fn send_done(&mut self, id: u16) {
+        let (pool, bid) = self.pool_of(id);
+        let s = &mut pool.state[usize::from(bid)];
+        assert_eq!(*s, BUF_SENDING, "send_done on buffer {id} not in a send");
         *s = BUF_WORKER;
     }
 
-    /// Provided buffers the kernel can pick from now.
-    pub fn buffers_in_kernel(&self) -> u32 {
-        self.bufs.in_kernel
+    /// Provided buffers of pool `class` the kernel can pick from now.
+    pub fn buffers_in_kernel(&self, class: BufClass) -> u32 {
+        self.bufs[class as usize].in_kernel
     }
 
-    /// Hands buffer `bid` back to the kernel.
-    pub fn recycle(&mut self, bid: u16) {
+    /// Hands buffer `id` back to the kernel.
+    pub fn recycle(&mut self, id: u16) {
+        let (pool, bid) = self.pool_of(id);
         assert_eq!(
-            self.bufs.state[usize::from(bid)],
+            pool.state[usize::from(bid)],
             BUF_WORKER,
-            "recycle of buffer {bid} not held"
+            "recycle of buffer {id} not held"
         );
-        if self.bufs.in_kernel < self.bufs.window {
-            self.bufs.add(bid);
-            self.bufs.publish();
+        if pool.in_kernel < pool.window {
+            pool.add(bid);
+            pool.publish();
         } else {
-            self.bufs.state[usize::from(bid)] = BUF_SPARE;
-            self.bufs.spare.push(bid);
+            pool.state[usize::from(bid)] = BUF_SPARE;
+            pool.spare.push(bid);
         }
     }
 
@@ -611,9 +680,10 @@ impl Drop for Ring {
             self.completions_into(&mut sink);
         }
         if self.inflight > 0 {
-            // The kernel may still use the pool: leak it rather than free memory in use.
-            let pool = std::mem::replace(&mut self.bufs, BufPool::leaked());
-            std::mem::forget(pool);
+            // The kernel may still use the pools: leak them rather than free memory in use.
+            for pool in &mut self.bufs {
+                std::mem::forget(std::mem::replace(pool, BufPool::leaked()));
+            }
             tracing::error!(
                 inflight = self.inflight,
                 "io_uring teardown timed out; leaking buffers"
@@ -623,7 +693,8 @@ impl Drop for Ring {
 }
 
 impl BufPool {
-    /// An empty pool that owns no memory (used to leak the real one).
+    /// An empty pool with no buffers: a disabled large pool, or the stand-in left when a
+    /// real pool is leaked.
     fn leaked() -> BufPool {
         let layout = Layout::from_size_align(4096, 4096).expect("constant layout");
         // SAFETY: non-zero size.
@@ -641,6 +712,16 @@ impl BufPool {
             in_kernel: 0,
             window: 0,
             spare: Vec::new(),
+            group: u16::MAX,
         }
     }
+}
+
+/// How many provided buffers of which size a pool holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BufPoolSize {
+    /// Number of buffers (a power of two, at most 32768).
+    pub count: u16,
+    /// Bytes per buffer.
+    pub size_bytes: u32,
 }

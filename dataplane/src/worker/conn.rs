@@ -3,6 +3,7 @@
 use crate::accesslog::ResponseFlags;
 use crate::fib::ClusterId;
 use crate::relay::{BufId, Relay, Side};
+use crate::sys::BufClass;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
@@ -62,6 +63,10 @@ pub(crate) struct Conn {
     pub relay: Relay,
     /// The buffer each direction is sending from, if any.
     pub sending: [Option<BufId>; 2],
+    /// Per direction: the pool its armed receive draws from.
+    pub recv_class: [BufClass; 2],
+    /// Per direction: whether its next receive should use a large buffer.
+    pub large_receives: [bool; 2],
     /// Splice mode: the pipe of each direction ([`super::pipes::NO_PIPE`] when none).
     pub pipes: [BufId; 2],
     pub flags: ResponseFlags,
@@ -97,6 +102,8 @@ impl Default for Conn {
             upstream: None,
             relay: Relay::new(),
             sending: [None; 2],
+            recv_class: [BufClass::Small; 2],
+            large_receives: [false; 2],
             pipes: [super::pipes::NO_PIPE; 2],
             flags: ResponseFlags(0),
             termination_details: "-",

@@ -26,7 +26,7 @@ use crate::plane::{Phase, Shared, Snapshot};
 use crate::relay::{Action, Actions, Dir, Event, Received, Side};
 use crate::stats::{ClusterStat, HostStat, ListenerStat, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
-use crate::sys::{Completion, Ring, RingError};
+use crate::sys::{BufClass, BufPoolSize, Completion, Ring, RingError};
 use conn::{Conn, ConnState, NO_FD};
 use pipes::{Pipes, NO_PIPE};
 use std::net::SocketAddr;
@@ -44,8 +44,14 @@ pub struct Limits {
     /// Provided buffers per worker (power of two). Each direction of a connection holds at
     /// most one while its bytes are in flight.
     pub buffers_per_worker: u16,
-    /// Size of each provided buffer.
+    /// Size of each provided buffer (and of each pipe in [`RelayMode::Splice`]).
     pub buffer_size_bytes: u32,
+    /// Large provided buffers per worker (power of two). A direction whose receives keep
+    /// filling a whole small buffer (bulk transfer) moves to a large one, and back when a
+    /// receive would have fit a small one: fewer, bigger receives and sends per byte.
+    pub large_buffers_per_worker: u16,
+    /// Size of each large buffer; 0 disables them.
+    pub large_buffer_size_bytes: u32,
     /// io_uring submission queue entries.
     pub ring_entries: u32,
     /// Timer resolution for idle timeouts and drain deadlines.
@@ -103,6 +109,8 @@ impl Default for Limits {
             max_connections_per_worker: 8192,
             buffers_per_worker: 512,
             buffer_size_bytes: 64 * 1024,
+            large_buffers_per_worker: 64,
+            large_buffer_size_bytes: 1024 * 1024,
             ring_entries: 1024,
             tick_ms: 100,
             relay_mode: RelayMode::BufferRing,
@@ -208,13 +216,17 @@ impl Worker {
         limits: Limits,
     ) -> Result<Worker, WorkerError> {
         let slots = limits.max_connections_per_worker;
-        let ring = Ring::new(
-            limits.ring_entries,
-            limits.buffers_per_worker,
-            limits.buffer_size_bytes,
-            slots,
-        )
-        .map_err(|e| match e {
+        let small = BufPoolSize {
+            count: limits.buffers_per_worker,
+            size_bytes: limits.buffer_size_bytes,
+        };
+        let large = (limits.large_buffer_size_bytes > limits.buffer_size_bytes
+            && limits.relay_mode == RelayMode::BufferRing)
+            .then_some(BufPoolSize {
+                count: limits.large_buffers_per_worker,
+                size_bytes: limits.large_buffer_size_bytes,
+            });
+        let ring = Ring::new(limits.ring_entries, small, large, slots).map_err(|e| match e {
             RingError::Refused(e) => WorkerError::IoUringRefused(e),
             RingError::Other(e) => WorkerError::Setup(e),
         })?;
@@ -962,10 +974,17 @@ impl Worker {
                 tracing::error!(worker = self.id, "receive completed without a buffer");
                 return;
             };
-            self.ring.buffer_received(bid);
+            let class = self.conns[slot as usize].recv_class[dir as usize];
+            let buf = self.ring.buffer_received(class, bid);
+            if class == BufClass::Large {
+                self.shared
+                    .server_stats
+                    .inc(self.id, ServerStat::RelayLargeBufferReceives);
+            }
+            self.resize_receives(slot, dir, class, c.result as u32);
             self.count_received(slot, dir, c.result as u64);
             Received::Data {
-                buf: bid,
+                buf,
                 len: c.result as u32,
             }
         } else if c.result == 0 {
@@ -979,9 +998,15 @@ impl Worker {
             Received::Error(-c.result)
         };
         if received == Received::NoBuffer {
-            self.shared
-                .server_stats
-                .inc(self.id, ServerStat::RelayBufferExhausted);
+            let conn = &mut self.conns[slot as usize];
+            if conn.recv_class[dir as usize] == BufClass::Large {
+                // Out of large buffers: go on with small ones (the starved path re-arms).
+                conn.large_receives[dir as usize] = false;
+            } else {
+                self.shared
+                    .server_stats
+                    .inc(self.id, ServerStat::RelayBufferExhausted);
+            }
             self.starved.push(slot);
         }
         self.relay_event(slot, Event::Recv(dir, received));
@@ -1004,6 +1029,21 @@ impl Worker {
             Err(-result)
         };
         self.relay_event(slot, Event::Sent(dir, outcome));
+    }
+
+    /// Picks the buffer size of a direction's next receive from what this one got: a small
+    /// buffer filled to the brim means more is waiting (bulk), so go large; a large receive
+    /// that a small buffer would have held means the burst is over.
+    fn resize_receives(&mut self, slot: u32, dir: Dir, class: BufClass, len: u32) {
+        let small = self.ring.buffer_size(BufClass::Small);
+        let large = &mut self.conns[slot as usize].large_receives[dir as usize];
+        match class {
+            BufClass::Small if len == small && self.ring.buffer_size(BufClass::Large) > 0 => {
+                *large = true
+            }
+            BufClass::Large if len <= small => *large = false,
+            _ => {}
+        }
     }
 
     fn count_received(&mut self, slot: u32, dir: Dir, n: u64) {
@@ -1074,7 +1114,15 @@ impl Worker {
                         .expect("a relaying connection has its pipes");
                     self.ring.splice(fd, pipe_in, capacity, ud);
                 } else {
-                    self.ring.recv(fd, ud);
+                    let class = if conn.large_receives[dir as usize]
+                        && self.ring.buffers_in_kernel(BufClass::Large) > 0
+                    {
+                        BufClass::Large
+                    } else {
+                        BufClass::Small
+                    };
+                    conn.recv_class[dir as usize] = class;
+                    self.ring.recv(fd, class, ud);
                 }
             }
             Action::Send {
@@ -1179,7 +1227,7 @@ impl Worker {
     /// before that connection was queued here, so waiting for the next recycle alone could
     /// stall it forever.
     fn feed_starved(&mut self) {
-        let mut budget = self.ring.buffers_in_kernel();
+        let mut budget = self.ring.buffers_in_kernel(BufClass::Small);
         while budget > 0 {
             let Some(slot) = self.starved.pop() else {
                 return;
