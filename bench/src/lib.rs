@@ -15,6 +15,9 @@
 //! * Open-loop `rr` measures latency from the intended send time (coordinated-omission
 //!   correction, [`pacing`]).
 //!
+//! [`spawn_forward`] is the floor: the least work a user-space forwarder can do (a blocking
+//! thread per direction), to tell a proxy's own cost from the kernel's.
+//!
 //! CPU pinning is not done here (it would need `unsafe` `sched_setaffinity`); pin the whole
 //! process from outside with `taskset -c N`, which every thread inherits.
 
@@ -22,6 +25,7 @@
 
 pub mod cps;
 pub mod error;
+pub mod forward;
 mod gate;
 pub mod hist;
 pub mod idle;
@@ -35,6 +39,7 @@ pub mod throughput;
 
 pub use cps::{run_cps, CpsConfig, CpsParams, CpsReport, CpsResults};
 pub use error::{BenchError, ErrorClass, ErrorCounts};
+pub use forward::{spawn_forward, Forwarder, FORWARD_BUFFER_BYTES};
 pub use hist::{LatencyHistogram, LatencySummary};
 pub use idle::{run_idle, IdleConfig, IdleParams, IdleReport, IdleResults};
 pub use net::CloseMode;

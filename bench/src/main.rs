@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use switchyard_bench::{
-    run_cps, run_idle, run_rr, run_throughput, BenchError, CloseMode, CpsConfig, Direction,
-    IdleConfig, Report, RrConfig, Server, ServerKind, TableRows, ThroughputConfig,
+    run_cps, run_idle, run_rr, run_throughput, spawn_forward, BenchError, CloseMode, CpsConfig,
+    Direction, IdleConfig, Report, RrConfig, Server, ServerKind, TableRows, ThroughputConfig,
 };
 
 #[derive(Debug, Parser)]
@@ -43,6 +43,25 @@ enum Command {
     Cps(CpsArgs),
     /// Hold N idle connections, then check and close them.
     Idle(IdleArgs),
+    /// The floor forwarder: a blocking read/write thread per direction, as a reference for
+    /// how much of a proxy's cost is the kernel's (not a proxy to deploy).
+    Forward(ForwardArgs),
+}
+
+#[derive(Debug, Args)]
+struct ForwardArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Address every connection is forwarded to.
+    #[arg(long, value_name = "ADDR")]
+    target: SocketAddr,
+    /// Buffer per direction (e.g. 64k, 1m).
+    #[arg(long, default_value = "1m", value_parser = parse_size)]
+    buffer_size: usize,
+    /// Stop after this long (seconds, or 500ms / 2s / 1m); default: until a signal.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +292,7 @@ fn main() -> ExitCode {
             cfg.progress = !a.common.quiet;
             finish(run_idle(&cfg), &a.common)
         }
+        Command::Forward(a) => forward(a),
     };
     match result {
         Ok(code) => code,
@@ -306,6 +326,38 @@ where
     })
 }
 
+/// Blocks until SIGINT or SIGTERM, or until `duration` has passed.
+fn wait_for_signal(duration: Option<Duration>) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| format!("install signal handler: {e}"))?;
+    }
+    let start = Instant::now();
+    while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| start.elapsed() < d) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn forward(a: ForwardArgs) -> Result<ExitCode, String> {
+    let fwd = spawn_forward(a.listen, a.target, a.buffer_size)
+        .map_err(|e| format!("forward on {}: {e}", a.listen))?;
+    println!("forward listening on {} -> {}", fwd.local_addr(), a.target);
+    wait_for_signal(a.duration)?;
+    let failures = fwd.connect_failures();
+    println!(
+        "forward: {} connections, {failures} connect failures",
+        fwd.connections()
+    );
+    fwd.stop();
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn serve(a: ServeArgs) -> Result<ExitCode, String> {
     let wanted = [
         (ServerKind::Echo, a.echo),
@@ -324,15 +376,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
     if servers.is_empty() {
         return Err("serve needs at least one of --echo, --sink, --source".into());
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| format!("install signal handler: {e}"))?;
-    }
-    let start = Instant::now();
-    while !stop.load(Ordering::Relaxed) && a.duration.is_none_or(|d| start.elapsed() < d) {
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_signal(a.duration)?;
     let mut all = serde_json::Map::new();
     for server in servers {
         let kind = server.kind();

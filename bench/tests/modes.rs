@@ -5,8 +5,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use switchyard_bench::{
-    run_cps, run_idle, run_rr, run_throughput, spawn_echo, spawn_sink, spawn_source, CloseMode,
-    CpsConfig, Direction, ErrorClass, IdleConfig, RrConfig, Server, ThroughputConfig,
+    run_cps, run_idle, run_rr, run_throughput, spawn_echo, spawn_forward, spawn_sink, spawn_source,
+    CloseMode, CpsConfig, Direction, ErrorClass, IdleConfig, RrConfig, Server, ThroughputConfig,
 };
 
 fn loopback() -> SocketAddr {
@@ -217,4 +217,35 @@ fn reset_by_server_stop_is_counted() {
     assert_eq!(r.results.conns_alive_after_hold, 0);
     // The stopped echo closed each connection: the check after the hold sees eof or reset.
     assert_eq!(r.errors.eof + r.errors.reset, 5, "{}", r.table());
+}
+
+#[test]
+fn forward_relays_rr_and_bulk_exactly() {
+    let echo = spawn_echo(loopback()).unwrap();
+    let fwd = spawn_forward(loopback(), echo.local_addr(), 64 * 1024).unwrap();
+    let mut rr = RrConfig::new(fwd.local_addr());
+    rr.conns = 3;
+    rr.msg = 100;
+    rr.duration = Duration::from_millis(300);
+    let r = run_rr(&rr).unwrap();
+    assert!(r.ok(), "{}", r.table());
+    assert!(r.results.requests > 0);
+    let mut bulk = ThroughputConfig::new(fwd.local_addr());
+    bulk.conns = 2;
+    bulk.duration = Duration::from_millis(300);
+    bulk.size = 100_000;
+    bulk.direction = Direction::Both;
+    let t = run_throughput(&bulk).unwrap();
+    assert!(t.ok(), "{}", t.table());
+    assert_eq!(t.results.bytes_sent, t.results.bytes_received);
+    settle(&echo);
+    let s = echo.stop();
+    assert_eq!(s.connections_total, 5);
+    assert_eq!(
+        s.bytes_received,
+        r.results.requests * 100 + t.results.bytes_sent
+    );
+    assert_eq!(fwd.connections(), 5);
+    assert_eq!(fwd.connect_failures(), 0);
+    fwd.stop();
 }
