@@ -50,12 +50,12 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ForwardArgs {
-    /// Address to listen on.
-    #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
-    /// Address every connection is forwarded to.
-    #[arg(long, value_name = "ADDR")]
-    target: SocketAddr,
+    /// Address to listen on (repeat for several forwarders, each with its own --target).
+    #[arg(long, value_name = "ADDR", required = true)]
+    listen: Vec<SocketAddr>,
+    /// Address the connections of the matching --listen are forwarded to.
+    #[arg(long, value_name = "ADDR", required = true)]
+    target: Vec<SocketAddr>,
     /// Buffer per direction (e.g. 64k, 1m).
     #[arg(long, default_value = "1m", value_parser = parse_size)]
     buffer_size: usize,
@@ -341,16 +341,28 @@ fn wait_for_signal(duration: Option<Duration>) -> Result<(), String> {
 }
 
 fn forward(a: ForwardArgs) -> Result<ExitCode, String> {
-    let fwd = spawn_forward(a.listen, a.target, a.buffer_size)
-        .map_err(|e| format!("forward on {}: {e}", a.listen))?;
-    println!("forward listening on {} -> {}", fwd.local_addr(), a.target);
+    if a.listen.len() != a.target.len() {
+        return Err("forward needs one --target per --listen".into());
+    }
+    let mut forwarders = Vec::new();
+    for (listen, target) in a.listen.iter().zip(&a.target) {
+        let fwd = spawn_forward(*listen, *target, a.buffer_size)
+            .map_err(|e| format!("forward on {listen}: {e}"))?;
+        println!("forward listening on {} -> {target}", fwd.local_addr());
+        forwarders.push(fwd);
+    }
     wait_for_signal(a.duration)?;
-    let failures = fwd.connect_failures();
-    println!(
-        "forward: {} connections, {failures} connect failures",
-        fwd.connections()
-    );
-    fwd.stop();
+    let mut failures = 0;
+    for fwd in forwarders {
+        failures += fwd.connect_failures();
+        println!(
+            "forward {}: {} connections, {} connect failures",
+            fwd.local_addr(),
+            fwd.connections(),
+            fwd.connect_failures()
+        );
+        fwd.stop();
+    }
     Ok(if failures == 0 {
         ExitCode::SUCCESS
     } else {
