@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     SubstitutionFormatString,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{filter, FilterChain, Listener};
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
     file_access_log, FileAccessLog,
@@ -594,54 +595,77 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             ));
         }
     };
-    let mut endpoints = Vec::new();
-    if let Some(la) = &c.load_assignment {
-        let lpath = field(path, "load_assignment");
-        if la.cluster_name.is_empty() {
-            return Err(ConfigError::invalid(
-                field(&lpath, "cluster_name"),
-                "required (non-empty)",
-            ));
-        }
-        let epath = field(&lpath, "endpoints");
-        for (i, locality) in la.endpoints.iter().enumerate() {
-            let locpath = index(&epath, i);
-            if locality.priority != 0 {
-                return Err(ConfigError::unsupported(
-                    field(&locpath, "priority"),
-                    "only priority 0 is supported by Switchyard",
-                ));
-            }
-            let lbpath = field(&locpath, "lb_endpoints");
-            for (j, lbe) in locality.lb_endpoints.iter().enumerate() {
-                let p = index(&lbpath, j);
-                let Some(HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
-                    return Err(ConfigError::invalid(field(&p, "endpoint"), "required"));
-                };
-                let address = socket_address(
-                    ep.address.as_ref(),
-                    &field(&field(&p, "endpoint"), "address"),
-                )?;
-                let weight = match lbe.load_balancing_weight {
-                    None => 1,
-                    Some(w) if w.value >= 1 => w.value,
-                    Some(_) => {
-                        return Err(ConfigError::invalid(
-                            field(&p, "load_balancing_weight"),
-                            "must be at least 1 (as in Envoy)",
-                        ))
-                    }
-                };
-                endpoints.push(EndpointConfig { address, weight });
-            }
-        }
-    }
+    let endpoints = match &c.load_assignment {
+        Some(la) => load_assignment(la, &field(path, "load_assignment"))?,
+        None => Vec::new(),
+    };
     Ok(ClusterConfig {
         name: c.name.clone(),
         connect_timeout,
         lb_policy,
         endpoints,
     })
+}
+
+/// The endpoints of a `ClusterLoadAssignment` (a cluster's `load_assignment`, or an EDS
+/// resource): priority 0 only, every endpoint an IP address with a non-zero port.
+fn load_assignment(la: &ClusterLoadAssignment, lpath: &str) -> Result<Vec<EndpointConfig>> {
+    if la.cluster_name.is_empty() {
+        return Err(ConfigError::invalid(
+            field(lpath, "cluster_name"),
+            "required (non-empty)",
+        ));
+    }
+    let mut endpoints = Vec::new();
+    let epath = field(lpath, "endpoints");
+    for (i, locality) in la.endpoints.iter().enumerate() {
+        let locpath = index(&epath, i);
+        if locality.priority != 0 {
+            return Err(ConfigError::unsupported(
+                field(&locpath, "priority"),
+                "only priority 0 is supported by Switchyard",
+            ));
+        }
+        let lbpath = field(&locpath, "lb_endpoints");
+        for (j, lbe) in locality.lb_endpoints.iter().enumerate() {
+            let p = index(&lbpath, j);
+            let Some(HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
+                return Err(ConfigError::invalid(field(&p, "endpoint"), "required"));
+            };
+            let address = socket_address(
+                ep.address.as_ref(),
+                &field(&field(&p, "endpoint"), "address"),
+            )?;
+            let weight = match lbe.load_balancing_weight {
+                None => 1,
+                Some(w) if w.value >= 1 => w.value,
+                Some(_) => {
+                    return Err(ConfigError::invalid(
+                        field(&p, "load_balancing_weight"),
+                        "must be at least 1 (as in Envoy)",
+                    ))
+                }
+            };
+            endpoints.push(EndpointConfig { address, weight });
+        }
+    }
+    Ok(endpoints)
+}
+
+/// One listener received as an xDS resource (field paths relative to the resource).
+pub fn listener_resource(l: &Listener) -> Result<ListenerConfig> {
+    listener(l, "")
+}
+
+/// One cluster received as an xDS resource.
+pub fn cluster_resource(c: &Cluster) -> Result<ClusterConfig> {
+    cluster(c, "")
+}
+
+/// One `ClusterLoadAssignment` received as an xDS (EDS) resource: its cluster name and
+/// endpoints.
+pub fn endpoints_resource(la: &ClusterLoadAssignment) -> Result<(String, Vec<EndpointConfig>)> {
+    Ok((la.cluster_name.clone(), load_assignment(la, "")?))
 }
 
 /// An `Address` that must be an IP `socket_address` with a non-zero port.

@@ -9,3 +9,4 @@ pub mod controller;
 pub mod convert;
 pub mod rib;
 pub mod stats;
+pub mod xds;

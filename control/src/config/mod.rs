@@ -17,6 +17,7 @@
 
 mod descriptors;
 mod error;
+pub mod resource;
 pub(crate) mod walk;
 
 pub(crate) use error::{field, index};

@@ -1,0 +1,292 @@
+//! xDS resources (binary `google.protobuf.Any` payloads) checked and converted by exactly the
+//! rules a bootstrap's static resources go through: the payload is decoded with the vendored
+//! descriptors, walked (an unknown or unsupported field is refused with its path, nothing is
+//! silently ignored), then converted by `convert` (ports, addresses, CIDRs, names...). The
+//! error of a refused resource names the field, relative to the resource, for the NACK.
+
+use super::descriptors;
+use super::error::{field, index, ConfigError};
+use super::walk;
+use crate::convert;
+use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig};
+use crate::xds::{self, Rejected};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use prost_reflect::{DynamicMessage, ReflectMessage, SerializeOptions, Value};
+
+/// A listener resource (LDS): its name and config.
+pub fn listener(any: &Any) -> Result<(String, ListenerConfig), Rejected> {
+    let l: Listener = checked(any, xds::LISTENER_TYPE)?;
+    let config = convert::listener_resource(&l).map_err(|e| rejected(&l.name, e))?;
+    Ok((config.name.clone(), config))
+}
+
+/// A cluster resource (CDS): its name and config.
+pub fn cluster(any: &Any) -> Result<(String, ClusterConfig), Rejected> {
+    let c: Cluster = checked(any, xds::CLUSTER_TYPE)?;
+    let config = convert::cluster_resource(&c).map_err(|e| rejected(&c.name, e))?;
+    Ok((config.name.clone(), config))
+}
+
+/// An endpoint assignment resource (EDS): its cluster name and endpoints.
+pub fn endpoints(any: &Any) -> Result<(String, Vec<EndpointConfig>), Rejected> {
+    let la: ClusterLoadAssignment = checked(any, xds::ENDPOINTS_TYPE)?;
+    convert::endpoints_resource(&la).map_err(|e| rejected(&la.cluster_name, e))
+}
+
+fn rejected(name: &str, e: ConfigError) -> Rejected {
+    Rejected::new(name, e.to_string())
+}
+
+/// Decodes `any` as the message `type_url` names, walks it like a bootstrap section, and
+/// returns the prost message. Errors are rejections without a name (the caller's label is
+/// used), except where the name field could be read.
+fn checked<M: Message + Default>(any: &Any, type_url: &str) -> Result<M, Rejected> {
+    let full_name = type_url.rsplit('/').next().unwrap_or(type_url);
+    if any.type_url != type_url {
+        return Err(Rejected::new(
+            "",
+            format!("type_url: {:?}, expected {type_url:?}", any.type_url),
+        ));
+    }
+    let pool = descriptors::pool();
+    let desc = pool
+        .get_message_by_name(full_name)
+        .expect("the vendored descriptor set has every xDS resource type");
+    let message = DynamicMessage::decode(desc.clone(), any.value.as_slice())
+        .map_err(|e| Rejected::new("", format!("does not decode as {full_name}: {e}")))?;
+    let name = name_of(&message);
+    if let Some((path, type_url)) = unknown_any(&message, "") {
+        return Err(Rejected::new(
+            &name,
+            format!("{path}: unknown or unsupported @type {type_url:?}"),
+        ));
+    }
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    let value = message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| Rejected::new(&name, format!("internal error: {e}")))?;
+    walk::check(pool, &desc, &value).map_err(|e| rejected(&name, e))?;
+    M::decode(any.value.as_slice())
+        .map_err(|e| Rejected::new(&name, format!("does not decode: {e}")))
+}
+
+/// The path and type of the first `Any` inside `message` whose type the descriptors do not
+/// know (JSON serialization cannot represent it, so the walker would never see it).
+fn unknown_any(message: &DynamicMessage, path: &str) -> Option<(String, String)> {
+    if message.descriptor().full_name() == "google.protobuf.Any" {
+        let type_url = message
+            .get_field_by_name("type_url")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let known = descriptors::pool()
+            .get_message_by_name(type_url.rsplit('/').next().unwrap_or_default())
+            .is_some();
+        return (!known).then(|| (path.to_string(), type_url));
+    }
+    for (fd, value) in message.fields() {
+        let here = field(path, fd.name());
+        let found = match value {
+            Value::Message(m) => unknown_any(m, &here),
+            Value::List(items) => items.iter().enumerate().find_map(|(i, v)| match v {
+                Value::Message(m) => unknown_any(m, &index(&here, i)),
+                _ => None,
+            }),
+            Value::Map(entries) => entries.iter().find_map(|(k, v)| match v {
+                Value::Message(m) => unknown_any(m, &format!("{here}[{k:?}]")),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// The resource's own name (`name`, or `cluster_name` for an assignment), when readable.
+fn name_of(message: &DynamicMessage) -> String {
+    ["name", "cluster_name"]
+        .iter()
+        .find_map(|f| {
+            message
+                .get_field_by_name(f)
+                .and_then(|v| v.as_str().map(str::to_string))
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address::PortSpecifier, Address, CidrRange, SocketAddress,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        lb_endpoint::HostIdentifier, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::{
+        filter, Filter, FilterChain, FilterChainMatch,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+        tcp_proxy, TcpProxy,
+    };
+
+    fn any<M: Message>(type_url: &str, m: &M) -> Any {
+        Any {
+            type_url: type_url.into(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    fn addr(ip: &str, port: u32) -> Address {
+        Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(PortSpecifier::PortValue(port)),
+                ..SocketAddress::default()
+            })),
+        }
+    }
+
+    fn tcp_proxy_filter(type_url: &str) -> Filter {
+        let tp = TcpProxy {
+            stat_prefix: "t".into(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("c".into())),
+            ..TcpProxy::default()
+        };
+        Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(Any {
+                type_url: type_url.into(),
+                value: tp.encode_to_vec(),
+            })),
+        }
+    }
+
+    fn listener_msg(port: u32) -> Listener {
+        Listener {
+            name: "l1".into(),
+            address: Some(addr("127.0.0.1", port)),
+            filter_chains: vec![FilterChain {
+                filters: vec![tcp_proxy_filter(
+                    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                )],
+                ..FilterChain::default()
+            }],
+            ..Listener::default()
+        }
+    }
+
+    fn assignment(endpoint_address: Option<Address>) -> ClusterLoadAssignment {
+        ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: endpoint_address,
+                        ..Endpoint::default()
+                    })),
+                    ..LbEndpoint::default()
+                }],
+                ..LocalityLbEndpoints::default()
+            }],
+            ..ClusterLoadAssignment::default()
+        }
+    }
+
+    #[test]
+    fn a_valid_listener_and_assignment_convert() {
+        let (name, l) = listener(&any(xds::LISTENER_TYPE, &listener_msg(10000))).unwrap();
+        assert_eq!(name, "l1");
+        assert_eq!(l.address.port(), 10000);
+        let (name, eps) = endpoints(&any(
+            xds::ENDPOINTS_TYPE,
+            &assignment(Some(addr("10.0.0.1", 80))),
+        ))
+        .unwrap();
+        assert_eq!(name, "c");
+        assert_eq!(eps[0].address.to_string(), "10.0.0.1:80");
+    }
+
+    #[test]
+    fn port_70000_is_refused_naming_the_field() {
+        let e = listener(&any(xds::LISTENER_TYPE, &listener_msg(70000))).unwrap_err();
+        assert_eq!(e.name, "l1");
+        assert!(
+            e.reason.contains("address.socket_address.port_value"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn an_unknown_filter_type_is_refused_naming_the_field() {
+        let mut l = listener_msg(10000);
+        l.filter_chains[0].filters = vec![tcp_proxy_filter("type.googleapis.com/example.Unknown")];
+        let e = listener(&any(xds::LISTENER_TYPE, &l)).unwrap_err();
+        assert!(
+            e.reason
+                .contains("filter_chains[0].filters[0].typed_config"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn a_malformed_cidr_is_refused_naming_the_field() {
+        let mut l = listener_msg(10000);
+        l.filter_chains[0].filter_chain_match = Some(FilterChainMatch {
+            prefix_ranges: vec![CidrRange {
+                address_prefix: "10.0.0.300".into(),
+                prefix_len: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 8 }),
+            }],
+            ..FilterChainMatch::default()
+        });
+        let e = listener(&any(xds::LISTENER_TYPE, &l)).unwrap_err();
+        assert!(
+            e.reason
+                .contains("filter_chains[0].filter_chain_match.prefix_ranges[0]"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn an_endpoint_without_an_address_is_refused_naming_the_field() {
+        let e = endpoints(&any(xds::ENDPOINTS_TYPE, &assignment(None))).unwrap_err();
+        assert_eq!(e.name, "c");
+        assert!(
+            e.reason
+                .contains("endpoints[0].lb_endpoints[0].endpoint.address"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn an_unsupported_field_is_refused_not_ignored() {
+        let mut l = listener_msg(10000);
+        l.stat_prefix = "x".into();
+        let e = listener(&any(xds::LISTENER_TYPE, &l)).unwrap_err();
+        assert!(e.reason.contains("stat_prefix"), "{}", e.reason);
+    }
+
+    #[test]
+    fn a_payload_of_another_type_or_garbage_is_refused() {
+        let e = cluster(&any(xds::LISTENER_TYPE, &listener_msg(1))).unwrap_err();
+        assert!(e.reason.contains("type_url"));
+        let garbage = Any {
+            type_url: xds::CLUSTER_TYPE.into(),
+            value: vec![0xff, 0xff, 0xff],
+        };
+        assert!(cluster(&garbage)
+            .unwrap_err()
+            .reason
+            .contains("does not decode"));
+    }
+}
