@@ -18,6 +18,7 @@
 //! - resources of another type than the subscription's, and duplicate names within one
 //!   response, are rejections, not silent drops.
 
+pub mod client;
 pub mod delta;
 pub mod sotw;
 

@@ -1,0 +1,368 @@
+//! The ADS client against an in-process gRPC server (tonic + envoy-types) that the test
+//! scripts response by response: initial requests, ACK/NACK on the wire, events out,
+//! reconnect after the server ends a stream, and what the new stream announces.
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{
+    address, socket_address::PortSpecifier, Address, Node, SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::Duration;
+use switchyard_control::xds::client::{self, Api, ClientConfig, Command, Event};
+use switchyard_control::xds::{CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
+use tokio::sync::mpsc as tokio_mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One stream the server accepted: what the client sends, and where the test writes.
+struct StreamHandle<Req, Resp> {
+    requests: mpsc::Receiver<Req>,
+    responses: tokio_mpsc::Sender<Result<Resp, tonic::Status>>,
+}
+
+type SotwHandle = StreamHandle<DiscoveryRequest, DiscoveryResponse>;
+type DeltaHandle = StreamHandle<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
+
+struct ScriptedServer {
+    sotw: Mutex<mpsc::Sender<SotwHandle>>,
+    delta: Mutex<mpsc::Sender<DeltaHandle>>,
+}
+
+/// Forwards every message of `inbound` to `out` until the stream ends.
+fn forward<T: Send + 'static>(mut inbound: tonic::Streaming<T>, out: mpsc::Sender<T>) {
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = inbound.next().await {
+            if out.send(m).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for ScriptedServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, tonic::Status>>;
+    type DeltaAggregatedResourcesStream =
+        ReceiverStream<Result<DeltaDiscoveryResponse, tonic::Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        Ok(tonic::Response::new(accept(request, &self.sotw)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        Ok(tonic::Response::new(accept(request, &self.delta)))
+    }
+}
+
+/// Hands a new stream to the test: its requests, and a sender for its responses.
+fn accept<Req: Send + 'static, Resp>(
+    request: tonic::Request<tonic::Streaming<Req>>,
+    streams: &Mutex<mpsc::Sender<StreamHandle<Req, Resp>>>,
+) -> ReceiverStream<Result<Resp, tonic::Status>> {
+    let (req_tx, req_rx) = mpsc::channel();
+    let (resp_tx, resp_rx) = tokio_mpsc::channel(16);
+    forward(request.into_inner(), req_tx);
+    let handle = StreamHandle {
+        requests: req_rx,
+        responses: resp_tx,
+    };
+    let _ = streams.lock().unwrap().send(handle);
+    ReceiverStream::new(resp_rx)
+}
+
+/// Starts the server on its own thread; returns its address and the streams it accepts.
+fn start_server() -> (
+    SocketAddr,
+    mpsc::Receiver<SotwHandle>,
+    mpsc::Receiver<DeltaHandle>,
+) {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (sotw_tx, sotw_rx) = mpsc::channel();
+    let (delta_tx, delta_rx) = mpsc::channel();
+    let server = ScriptedServer {
+        sotw: Mutex::new(sotw_tx),
+        delta: Mutex::new(delta_tx),
+    };
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            tonic::transport::Server::builder()
+                .serve(addr, AggregatedDiscoveryServiceServer::new(server))
+                .await
+                .unwrap();
+        });
+    });
+    // Ready before any client starts, so a first failed connect is not part of a test.
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the test server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (addr, sotw_rx, delta_rx)
+}
+
+fn start_client(
+    addr: SocketAddr,
+    api: Api,
+) -> (
+    mpsc::Receiver<Event>,
+    tokio_mpsc::UnboundedSender<Command>,
+    std::thread::JoinHandle<()>,
+) {
+    let node = Node {
+        id: "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local".into(),
+        cluster: "switchyard".into(),
+        ..Node::default()
+    };
+    let mut config = ClientConfig::new(addr, node, api);
+    config.backoff_base = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(100);
+    let (events_tx, events) = mpsc::channel();
+    let (commands, handle) = client::spawn(config, events_tx).unwrap();
+    (events, commands, handle)
+}
+
+fn sock(ip: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..SocketAddress::default()
+        })),
+    }
+}
+
+fn assignment(cluster: &str, port: u32) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: cluster.into(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                    address: Some(sock("127.0.0.1", port)),
+                    ..Endpoint::default()
+                })),
+                ..LbEndpoint::default()
+            }],
+            ..LocalityLbEndpoints::default()
+        }],
+        ..ClusterLoadAssignment::default()
+    }
+}
+
+fn cluster_any(name: &str, port: u32) -> Any {
+    let c = Cluster {
+        name: name.into(),
+        load_assignment: Some(assignment(name, port)),
+        ..Cluster::default()
+    };
+    Any {
+        type_url: CLUSTER_TYPE.into(),
+        value: c.encode_to_vec(),
+    }
+}
+
+fn next_event(events: &mpsc::Receiver<Event>) -> Event {
+    events.recv_timeout(WAIT).expect("an event from the client")
+}
+
+fn sotw_response(
+    type_url: &str,
+    version: &str,
+    nonce: &str,
+    resources: Vec<Any>,
+) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: version.into(),
+        type_url: type_url.into(),
+        nonce: nonce.into(),
+        resources,
+        ..DiscoveryResponse::default()
+    }
+}
+
+#[test]
+fn sotw_initial_requests_ack_nack_and_reconnect() {
+    let (addr, streams, _) = start_server();
+    let (events, commands, handle) = start_client(addr, Api::Sotw);
+    let stream = streams
+        .recv_timeout(WAIT)
+        .expect("the client opens a stream");
+    let first: Vec<DiscoveryRequest> = (0..3)
+        .map(|_| stream.requests.recv_timeout(WAIT).unwrap())
+        .collect();
+    let types: Vec<&str> = first.iter().map(|r| r.type_url.as_str()).collect();
+    assert_eq!(types, [CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE]);
+    assert_eq!(first[0].node.as_ref().unwrap().cluster, "switchyard");
+    assert!(first[1].node.is_none(), "node only on the first request");
+    assert_eq!(next_event(&events), Event::Connected);
+
+    // One valid and one invalid cluster: NACK naming the bad one, the good one applied.
+    let resp = sotw_response(
+        CLUSTER_TYPE,
+        "c-v1",
+        "n1",
+        vec![cluster_any("good", 8080), cluster_any("bad", 70000)],
+    );
+    stream.responses.blocking_send(Ok(resp)).unwrap();
+    let nack = stream.requests.recv_timeout(WAIT).unwrap();
+    assert_eq!(nack.response_nonce, "n1");
+    assert_eq!(
+        nack.version_info, "",
+        "nothing accepted before: the NACK echoes \"\""
+    );
+    let detail = nack.error_detail.expect("NACK");
+    assert!(detail.message.contains("bad:"), "{}", detail.message);
+    assert!(detail.message.contains("port_value"), "{}", detail.message);
+    let Event::Clusters(change) = next_event(&events) else {
+        panic!("clusters change expected")
+    };
+    assert_eq!(change.upserts.len(), 1);
+    assert_eq!(change.upserts[0].name, "good");
+    assert_eq!(change.rejected[0].name, "bad");
+
+    // A clean response is ACKed with its version.
+    let resp = sotw_response(CLUSTER_TYPE, "c-v2", "n2", vec![cluster_any("good", 8081)]);
+    stream.responses.blocking_send(Ok(resp)).unwrap();
+    let ack = stream.requests.recv_timeout(WAIT).unwrap();
+    assert_eq!(
+        (ack.version_info.as_str(), ack.response_nonce.as_str()),
+        ("c-v2", "n2")
+    );
+    assert!(ack.error_detail.is_none());
+    assert!(matches!(next_event(&events), Event::Clusters(_)));
+
+    // Watching endpoints sends an EDS request with the names and the stream's nonce rules.
+    commands
+        .send(Command::WatchEndpoints(vec!["good".into()]))
+        .unwrap();
+    let eds = stream.requests.recv_timeout(WAIT).unwrap();
+    assert_eq!(eds.type_url, ENDPOINTS_TYPE);
+    assert_eq!(eds.resource_names, ["good"]);
+    let cla = Any {
+        type_url: ENDPOINTS_TYPE.into(),
+        value: assignment("good", 9000).encode_to_vec(),
+    };
+    stream
+        .responses
+        .blocking_send(Ok(sotw_response(ENDPOINTS_TYPE, "e-v1", "n3", vec![cla])))
+        .unwrap();
+    let ack = stream.requests.recv_timeout(WAIT).unwrap();
+    assert_eq!(ack.version_info, "e-v1");
+    let Event::Endpoints(change) = next_event(&events) else {
+        panic!("endpoints change expected")
+    };
+    assert_eq!(change.upserts[0].value[0].address.port(), 9000);
+
+    // The server ends the stream: Disconnected, then a new stream announcing the versions.
+    drop(stream);
+    assert!(matches!(next_event(&events), Event::Disconnected(_)));
+    let again = streams.recv_timeout(WAIT).expect("the client reconnects");
+    let first: Vec<DiscoveryRequest> = (0..3)
+        .map(|_| again.requests.recv_timeout(WAIT).unwrap())
+        .collect();
+    assert_eq!(first[0].version_info, "c-v2");
+    assert_eq!(first[0].response_nonce, "");
+    assert_eq!(first[1].resource_names, ["good"]);
+    assert_eq!(first[1].version_info, "e-v1");
+    assert_eq!(next_event(&events), Event::Connected);
+
+    commands.send(Command::Stop).unwrap();
+    handle.join().unwrap();
+}
+
+#[test]
+fn delta_ack_nack_and_initial_resource_versions_after_reconnect() {
+    let (addr, _, streams) = start_server();
+    let (events, commands, handle) = start_client(addr, Api::Delta);
+    let stream = streams
+        .recv_timeout(WAIT)
+        .expect("the client opens a stream");
+    let first: Vec<DeltaDiscoveryRequest> = (0..3)
+        .map(|_| stream.requests.recv_timeout(WAIT).unwrap())
+        .collect();
+    assert_eq!(first[0].type_url, CLUSTER_TYPE);
+    assert!(first[0].resource_names_subscribe.is_empty(), "wildcard");
+    assert!(first[0].node.is_some());
+    assert_eq!(next_event(&events), Event::Connected);
+
+    let resource = |name: &str, version: &str, port: u32| Resource {
+        name: name.into(),
+        version: version.into(),
+        resource: Some(cluster_any(name, port)),
+        ..Resource::default()
+    };
+    let resp = DeltaDiscoveryResponse {
+        type_url: CLUSTER_TYPE.into(),
+        nonce: "d1".into(),
+        resources: vec![resource("a", "1", 8080), resource("b", "1", 70000)],
+        ..DeltaDiscoveryResponse::default()
+    };
+    stream.responses.blocking_send(Ok(resp)).unwrap();
+    let nack = stream.requests.recv_timeout(WAIT).unwrap();
+    assert_eq!(nack.response_nonce, "d1");
+    assert!(nack.error_detail.unwrap().message.contains("b:"));
+    assert!(matches!(next_event(&events), Event::Clusters(c) if c.upserts.len() == 1));
+
+    drop(stream);
+    assert!(matches!(next_event(&events), Event::Disconnected(_)));
+    let again = streams.recv_timeout(WAIT).expect("the client reconnects");
+    let first = again.requests.recv_timeout(WAIT).unwrap();
+    assert_eq!(first.type_url, CLUSTER_TYPE);
+    assert_eq!(
+        first.initial_resource_versions.get("a").map(String::as_str),
+        Some("1")
+    );
+    assert!(
+        !first.initial_resource_versions.contains_key("b"),
+        "a rejected resource is not announced as held"
+    );
+    commands.send(Command::Stop).unwrap();
+    handle.join().unwrap();
+}
+
+#[test]
+fn an_unreachable_server_reports_and_retries() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // nothing listens there any more
+    let (events, commands, handle) = start_client(addr, Api::Sotw);
+    for _ in 0..2 {
+        match next_event(&events) {
+            Event::Disconnected(reason) => assert!(reason.contains("unreachable"), "{reason}"),
+            other => panic!("expected Disconnected, got {other:?}"),
+        }
+    }
+    commands.send(Command::Stop).unwrap();
+    handle.join().unwrap();
+}
