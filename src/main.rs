@@ -53,6 +53,12 @@ enum Command {
         #[arg(long, default_value_t = Limits::default().large_buffer_size_bytes / 1024,
               value_parser = clap::value_parser!(u32).range(0..=16384))]
         large_buffer_size_kib: u32,
+        /// Overrides the bootstrap's `node.id` (as Envoy's --service-node).
+        #[arg(long)]
+        service_node: Option<String>,
+        /// Overrides the bootstrap's `node.cluster` (as Envoy's --service-cluster).
+        #[arg(long)]
+        service_cluster: Option<String>,
     },
     /// Check a bootstrap file and exit: 0 when valid, 1 with the bad field's path when not.
     Validate {
@@ -96,6 +102,8 @@ fn main() -> ExitCode {
             relay_mode,
             buffer_size_kib,
             large_buffer_size_kib,
+            service_node,
+            service_cluster,
         } => {
             init_logging(&log_level);
             let limits = Limits {
@@ -111,6 +119,8 @@ fn main() -> ExitCode {
                 drain_time: Duration::from_secs_f64(drain_time_s.max(0.0)),
                 limits,
                 command_line: std::env::args().collect(),
+                service_node,
+                service_cluster,
             };
             match controller::run(options) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,10 @@
 //!   logged with the path of the bad field and the previous FIB keeps serving.
 //! - **One publication per accepted config**, with a generation one higher than the last; an
 //!   unchanged config is not republished.
+//! - **xDS.** With `dynamic_resources`, an ADS client thread ([`crate::xds::client`])
+//!   delivers validated changes; each is merged with the bootstrap's static resources
+//!   ([`crate::dynamic`]) and published like a reload. The last accepted state keeps serving
+//!   while the management server is away.
 //! - **Orderly stop.** SIGTERM, SIGINT or `POST /quitquitquit`: `/ready` turns 503, listeners
 //!   stop accepting, open connections get up to the drain time, the rest are closed, the
 //!   access log is flushed, and [`run`] returns.
@@ -13,8 +17,10 @@
 use crate::admin::{self, AdminAction, AdminState};
 use crate::compile::{compile, AccessLogSinks};
 use crate::config::{self, ConfigError};
-use crate::rib::Rib;
+use crate::dynamic::{self, DynamicState};
+use crate::rib::{NodeInfo, Rib};
 use crate::stats::StatsRegistry;
+use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -43,6 +49,9 @@ pub struct RunOptions {
     pub limits: Limits,
     /// The process's command line, for `/server_info`.
     pub command_line: Vec<String>,
+    /// `--service-node` / `--service-cluster`: override `node.id` / `node.cluster`.
+    pub service_node: Option<String>,
+    pub service_cluster: Option<String>,
 }
 
 /// Why `run` failed. Each variant says which side is at fault.
@@ -56,6 +65,8 @@ pub enum RunError {
     Admin(std::io::Error),
     /// Signal handlers could not be installed.
     Signals(std::io::Error),
+    /// The xDS client thread could not start.
+    Xds(std::io::Error),
 }
 
 impl std::fmt::Display for RunError {
@@ -65,6 +76,7 @@ impl std::fmt::Display for RunError {
             RunError::DataPlane(e) => write!(f, "{e}"),
             RunError::Admin(e) => write!(f, "admin: cannot listen: {e}"),
             RunError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            RunError::Xds(e) => write!(f, "xDS client: cannot start: {e}"),
         }
     }
 }
@@ -75,6 +87,7 @@ impl std::error::Error for RunError {}
 enum ControlEvent {
     Signal(i32),
     Admin(AdminAction),
+    Xds(Event),
 }
 
 /// Identity of the file's contents, to notice changes.
@@ -108,7 +121,8 @@ pub fn worker_cpus(concurrency: Option<usize>) -> Vec<usize> {
 
 /// Runs the proxy until it is told to stop.
 pub fn run(options: RunOptions) -> Result<(), RunError> {
-    let (rib, loaded) = config::load_rib(&options.config_path).map_err(RunError::Config)?;
+    let (mut rib, loaded) = config::load_rib(&options.config_path).map_err(RunError::Config)?;
+    apply_node_overrides(&mut rib, &options);
     let cpus = worker_cpus(options.concurrency);
     let workers = cpus.len();
     let fd_limit = switchyard_dataplane::raise_fd_limit();
@@ -142,6 +156,10 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     admin_state
         .server_state
         .store(admin::STATE_LIVE, Ordering::Release);
+    let xds = match &rib.dynamic {
+        Some(_) => Some(start_xds(&rib, events_tx.clone())?),
+        None => None,
+    };
     install_signals(events_tx)?;
     tracing::info!(
         generation = 1,
@@ -153,6 +171,9 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
 
     let mut control = Control {
         options,
+        statics: rib.clone(),
+        dynamic: DynamicState::default(),
+        xds,
         rib,
         generation: 1,
         stats,
@@ -165,8 +186,13 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         plane,
         admin,
         options,
+        xds,
         ..
     } = control;
+    if let Some(x) = xds {
+        let _ = x.commands.send(Command::Stop);
+        let _ = x.thread.join();
+    }
     admin
         .server_state
         .store(admin::STATE_DRAINING, Ordering::Release);
@@ -175,6 +201,52 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     writer.stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `--service-node` / `--service-cluster` win over the bootstrap's `node`, as in Envoy.
+fn apply_node_overrides(rib: &mut Rib, options: &RunOptions) {
+    if let Some(id) = &options.service_node {
+        rib.node.id = id.clone();
+    }
+    if let Some(cluster) = &options.service_cluster {
+        rib.node.cluster = cluster.clone();
+    }
+}
+
+/// The running ADS client.
+struct Xds {
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the ADS client for `rib.dynamic` and forwards its events to the control loop.
+fn start_xds(rib: &Rib, events: Sender<ControlEvent>) -> Result<Xds, RunError> {
+    let dynamic = rib.dynamic.as_ref().expect("called with dynamic_resources");
+    let server = rib
+        .cluster(&dynamic.ads_cluster)
+        .and_then(|c| c.endpoints.first())
+        .map(|e| e.address)
+        .expect("convert checked: the ADS cluster is static with an endpoint");
+    let node = NodeInfo {
+        id: rib.node.id.clone(),
+        cluster: rib.node.cluster.clone(),
+    };
+    let (xds_tx, xds_rx) = mpsc::channel();
+    let (commands, thread) =
+        xds_client::spawn(ClientConfig::new(server, node, dynamic.api), xds_tx)
+            .map_err(RunError::Xds)?;
+    std::thread::Builder::new()
+        .name("xds-events".into())
+        .spawn(move || {
+            for e in xds_rx {
+                if events.send(ControlEvent::Xds(e)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(RunError::Xds)?;
+    tracing::info!(%server, api = ?dynamic.api, "xDS: subscribing over ADS");
+    Ok(Xds { commands, thread })
 }
 
 fn start_admin(
@@ -233,6 +305,12 @@ fn install_signals(events: Sender<ControlEvent>) -> Result<(), RunError> {
 
 struct Control {
     options: RunOptions,
+    /// The bootstrap's resources.
+    statics: Rib,
+    /// What xDS delivered.
+    dynamic: DynamicState,
+    xds: Option<Xds>,
+    /// What is published: `statics` and `dynamic` composed.
     rib: Rib,
     generation: u64,
     stats: Arc<StatsRegistry>,
@@ -263,6 +341,7 @@ impl Control {
                         return;
                     }
                 }
+                Ok(ControlEvent::Xds(event)) => self.on_xds(event),
                 Err(RecvTimeoutError::Timeout) => {
                     next_poll = Instant::now() + Duration::from_millis(FILE_POLL_INTERVAL_MS);
                     let now = stamp(&self.options.config_path);
@@ -300,35 +379,98 @@ impl Control {
     /// Loads, validates, compiles and publishes the config file; on any error, logs it and
     /// keeps the current FIB.
     fn reload(&mut self) {
-        let (rib, loaded) = match config::load_rib(&self.options.config_path) {
+        let (mut statics, loaded) = match config::load_rib(&self.options.config_path) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, field = e.path(), "config rejected; keeping the previous config");
                 return;
             }
         };
+        apply_node_overrides(&mut statics, &self.options);
+        if statics.admin != self.statics.admin {
+            tracing::warn!("admin.address changes take effect at the next start");
+        }
+        if statics.dynamic != self.statics.dynamic || statics.node != self.statics.node {
+            tracing::warn!("dynamic_resources and node changes take effect at the next start");
+            statics.dynamic = self.statics.dynamic.clone();
+            statics.node = self.statics.node.clone();
+        }
+        let previous = std::mem::replace(&mut self.statics, statics);
+        if self.publish_composed("config reloaded") {
+            *self
+                .admin
+                .config_dump
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = loaded.normalized;
+        } else {
+            self.statics = previous;
+        }
+    }
+
+    /// Merges one xDS change into the dynamic state and publishes the result.
+    fn on_xds(&mut self, event: Event) {
+        let rejected = match event {
+            Event::Connected => {
+                tracing::info!("xDS: connected to the management server");
+                return;
+            }
+            Event::Disconnected(reason) => {
+                tracing::warn!(%reason, "xDS: stream down; serving the last accepted config");
+                return;
+            }
+            Event::Clusters(change) => {
+                let rejected = change.rejected.clone();
+                dynamic::apply(&mut self.dynamic.clusters, change);
+                if let Some(x) = &self.xds {
+                    let names = self.dynamic.eds_names(&self.statics);
+                    let _ = x.commands.send(Command::WatchEndpoints(names));
+                }
+                rejected
+            }
+            Event::Endpoints(change) => {
+                let rejected = change.rejected.clone();
+                dynamic::apply(&mut self.dynamic.endpoints, change);
+                rejected
+            }
+            Event::Listeners(change) => {
+                let rejected = change.rejected.clone();
+                dynamic::apply(&mut self.dynamic.listeners, change);
+                rejected
+            }
+        };
+        for r in rejected {
+            tracing::warn!(resource = %r.name, reason = %r.reason, "xDS: resource rejected (NACK sent)");
+        }
+        self.publish_composed("xDS update applied");
+    }
+
+    /// Composes statics and dynamic state, and publishes it if it differs from what serves.
+    /// False when the data plane refused it (nothing changed then).
+    fn publish_composed(&mut self, what: &str) -> bool {
+        let (rib, skipped) = self.dynamic.compose(&self.statics);
+        for s in skipped {
+            tracing::warn!(reason = %s, "xDS resource left out");
+        }
         if rib == self.rib {
-            tracing::info!("config unchanged");
-            return;
+            tracing::debug!("config unchanged");
+            return true;
         }
         let generation = self.generation + 1;
         let fib = compile(&rib, generation, &self.stats, &mut self.sinks);
         if let Err(e) = self.plane.publish(Arc::new(fib)) {
             tracing::error!(error = %e, "config rejected; keeping the previous config");
-            return;
-        }
-        if rib.admin != self.rib.admin {
-            tracing::warn!("admin.address changes take effect at the next start");
+            return false;
         }
         self.generation = generation;
         self.rib = rib;
         self.sinks.prune_unused();
-        *self
-            .admin
-            .config_dump
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = loaded.normalized;
-        tracing::info!(generation, "config reloaded");
+        tracing::info!(
+            generation,
+            listeners = self.rib.listeners.len(),
+            clusters = self.rib.clusters.len(),
+            "{what}"
+        );
+        true
     }
 }
 

@@ -9,19 +9,22 @@
 
 use crate::config::{field, index, ConfigError};
 use crate::rib::{
-    AccessLogConfig, AdminConfig, ClusterConfig, EndpointConfig, FilterChainConfig, ListenerConfig,
-    NodeInfo, Rib, RouteConfig, TcpProxyConfig, WeightedClusterConfig, DEFAULT_ADMIN_ADDRESS,
-    DEFAULT_CHOICE_COUNT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    AccessLogConfig, AdminConfig, ClusterConfig, DynamicConfig, EndpointConfig, FilterChainConfig,
+    ListenerConfig, NodeInfo, Rib, RouteConfig, TcpProxyConfig, WeightedClusterConfig, XdsApi,
+    DEFAULT_ADMIN_ADDRESS, DEFAULT_CHOICE_COUNT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_INITIAL_FETCH_TIMEOUT,
 };
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
+use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy as PbLbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
-    address, data_source, socket_address, substitution_format_string, Address, CidrRange as PbCidr,
-    SubstitutionFormatString,
+    address, api_config_source::ApiType, config_source::ConfigSourceSpecifier, data_source,
+    grpc_service::TargetSpecifier, socket_address, substitution_format_string, Address, ApiVersion,
+    CidrRange as PbCidr, ConfigSource, SubstitutionFormatString,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -121,6 +124,22 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         listeners.push(converted);
     }
 
+    let dynamic = match &b.dynamic_resources {
+        Some(d) => Some(dynamic_resources(d, &clusters)?),
+        None => None,
+    };
+    if dynamic.is_none() {
+        if let Some((i, _)) = clusters
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.eds_service.is_some())
+        {
+            return Err(ConfigError::invalid(
+                field(&index("static_resources.clusters", i), "eds_cluster_config"),
+                "EDS needs dynamic_resources.ads_config",
+            ));
+        }
+    }
     let rib = Rib {
         node,
         admin: AdminConfig {
@@ -128,6 +147,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         },
         listeners,
         clusters,
+        dynamic,
     };
     warn_missing_clusters(&rib);
     Ok(rib)
@@ -513,12 +533,12 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     match &c.cluster_discovery_type {
         None => {}
         Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
-            Ok(DiscoveryType::Static) => {}
+            Ok(DiscoveryType::Static | DiscoveryType::Eds) => {}
             Ok(other) => {
                 return Err(ConfigError::unsupported(
                     field(path, "type"),
                     format!(
-                        "{} is not supported by Switchyard yet (only STATIC)",
+                        "{} is not supported by Switchyard yet (STATIC and EDS are)",
                         other.as_str_name()
                     ),
                 ))
@@ -595,7 +615,14 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             ));
         }
     };
+    let eds_service = eds_service(c, path)?;
     let endpoints = match &c.load_assignment {
+        Some(_) if eds_service.is_some() => {
+            return Err(ConfigError::invalid(
+                field(path, "load_assignment"),
+                "an EDS cluster gets its endpoints from EDS, not load_assignment",
+            ))
+        }
         Some(la) => load_assignment(la, &field(path, "load_assignment"))?,
         None => Vec::new(),
     };
@@ -604,6 +631,145 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         connect_timeout,
         lb_policy,
         endpoints,
+        eds_service,
+    })
+}
+
+/// For `type: EDS`, the assignment name to watch; `None` for a static cluster. EDS must come
+/// over ADS (`eds_cluster_config.eds_config: {ads: {}}`).
+fn eds_service(c: &Cluster, path: &str) -> Result<Option<String>> {
+    let is_eds = matches!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
+    );
+    let epath = field(path, "eds_cluster_config");
+    let Some(eds) = &c.eds_cluster_config else {
+        if is_eds {
+            return Err(ConfigError::invalid(epath, "required for type EDS"));
+        }
+        return Ok(None);
+    };
+    if !is_eds {
+        return Err(ConfigError::invalid(epath, "only valid with type EDS"));
+    }
+    ads_source(eds.eds_config.as_ref(), &field(&epath, "eds_config"))?;
+    Ok(Some(if eds.service_name.is_empty() {
+        c.name.clone()
+    } else {
+        eds.service_name.clone()
+    }))
+}
+
+/// A `ConfigSource` that must be `{ads: {}}` (the only xDS source Switchyard supports), with
+/// resource API version V3 (or AUTO, which is V3). Returns its `initial_fetch_timeout`
+/// (`None` for `0s`: wait forever).
+fn ads_source(cs: Option<&ConfigSource>, path: &str) -> Result<Option<Duration>> {
+    let Some(cs) = cs else {
+        return Err(ConfigError::invalid(path, "required"));
+    };
+    if !matches!(
+        cs.config_source_specifier,
+        Some(ConfigSourceSpecifier::Ads(_))
+    ) {
+        return Err(ConfigError::unsupported(
+            path,
+            "only `ads: {}` is supported by Switchyard (path, api_config_source and self are not)",
+        ));
+    }
+    if !matches!(
+        ApiVersion::try_from(cs.resource_api_version),
+        Ok(ApiVersion::V3 | ApiVersion::Auto)
+    ) {
+        return Err(ConfigError::invalid(
+            field(path, "resource_api_version"),
+            "must be V3",
+        ));
+    }
+    match &cs.initial_fetch_timeout {
+        None => Ok(Some(DEFAULT_INITIAL_FETCH_TIMEOUT)),
+        Some(d) => {
+            let d = duration(d, &field(path, "initial_fetch_timeout"))?;
+            Ok((!d.is_zero()).then_some(d))
+        }
+    }
+}
+
+/// `dynamic_resources`: an ADS `ads_config` over gRPC to a static cluster, and `lds_config` /
+/// `cds_config` that use it.
+fn dynamic_resources(d: &DynamicResources, clusters: &[ClusterConfig]) -> Result<DynamicConfig> {
+    let path = "dynamic_resources";
+    let apath = field(path, "ads_config");
+    let Some(ads) = &d.ads_config else {
+        return Err(ConfigError::invalid(
+            apath,
+            "required: Switchyard takes listeners and clusters over ADS only",
+        ));
+    };
+    let api = match ApiType::try_from(ads.api_type) {
+        Ok(ApiType::Grpc) => XdsApi::Sotw,
+        Ok(ApiType::DeltaGrpc) => XdsApi::Delta,
+        _ => {
+            return Err(ConfigError::unsupported(
+                field(&apath, "api_type"),
+                "must be GRPC or DELTA_GRPC",
+            ))
+        }
+    };
+    if ApiVersion::try_from(ads.transport_api_version) != Ok(ApiVersion::V3) {
+        return Err(ConfigError::invalid(
+            field(&apath, "transport_api_version"),
+            "must be V3",
+        ));
+    }
+    let gpath = field(&apath, "grpc_services");
+    let [service] = ads.grpc_services.as_slice() else {
+        return Err(ConfigError::invalid(
+            gpath,
+            "exactly one gRPC service is required",
+        ));
+    };
+    let gpath = index(&gpath, 0);
+    let Some(TargetSpecifier::EnvoyGrpc(target)) = &service.target_specifier else {
+        return Err(ConfigError::unsupported(
+            gpath,
+            "only envoy_grpc is supported by Switchyard",
+        ));
+    };
+    let cpath = field(&field(&gpath, "envoy_grpc"), "cluster_name");
+    let Some(cluster) = clusters.iter().find(|c| c.name == target.cluster_name) else {
+        return Err(ConfigError::invalid(
+            cpath,
+            format!("no static cluster named '{}'", target.cluster_name),
+        ));
+    };
+    if cluster.endpoints.is_empty() || cluster.eds_service.is_some() {
+        return Err(ConfigError::invalid(
+            cpath,
+            format!(
+                "cluster '{}' must be a STATIC cluster with at least one endpoint",
+                cluster.name
+            ),
+        ));
+    }
+    let lds = d.lds_config.is_some();
+    let cds = d.cds_config.is_some();
+    let mut timeout = None;
+    for (name, source) in [("lds_config", &d.lds_config), ("cds_config", &d.cds_config)] {
+        if let Some(cs) = source {
+            let t = ads_source(Some(cs), &field(path, name))?;
+            timeout = timeout.max(t);
+        }
+    }
+    Ok(DynamicConfig {
+        ads_cluster: cluster.name.clone(),
+        api,
+        lds,
+        cds,
+        initial_fetch_timeout: if lds || cds {
+            timeout
+        } else {
+            Some(DEFAULT_INITIAL_FETCH_TIMEOUT)
+        },
     })
 }
 

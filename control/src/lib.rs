@@ -7,6 +7,7 @@ pub mod compile;
 pub mod config;
 pub mod controller;
 pub mod convert;
+pub mod dynamic;
 pub mod rib;
 pub mod stats;
 pub mod xds;

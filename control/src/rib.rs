@@ -36,7 +36,35 @@ pub struct Rib {
     pub listeners: Vec<ListenerConfig>,
     /// Clusters in config order; names are unique.
     pub clusters: Vec<ClusterConfig>,
+    /// `dynamic_resources`: where listeners, clusters and endpoints come from over xDS.
+    pub dynamic: Option<DynamicConfig>,
 }
+
+/// Envoy's `dynamic_resources` with an ADS `ads_config` (the only source supported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicConfig {
+    /// The static cluster the management server is reached through (`envoy_grpc`).
+    pub ads_cluster: String,
+    /// State of the World (`GRPC`) or Delta (`DELTA_GRPC`).
+    pub api: XdsApi,
+    /// Listeners come over ADS (`lds_config: {ads: {}}`).
+    pub lds: bool,
+    /// Clusters come over ADS (`cds_config: {ads: {}}`).
+    pub cds: bool,
+    /// How long the first fetch may take before serving without it (Envoy's default 15 s;
+    /// `None` when `0s`: wait forever).
+    pub initial_fetch_timeout: Option<Duration>,
+}
+
+/// The xDS protocol variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdsApi {
+    Sotw,
+    Delta,
+}
+
+/// Envoy's default `initial_fetch_timeout`.
+pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Rib {
     /// The cluster named `name`.
@@ -143,8 +171,12 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     /// Load-balancing policy (`choice_count` >= 2 for least request).
     pub lb_policy: LbPolicy,
-    /// Endpoints in config order (priority 0 only).
+    /// Endpoints in config order (priority 0 only); for an EDS cluster, the last assignment
+    /// received (empty until one arrives).
     pub endpoints: Vec<EndpointConfig>,
+    /// `type: EDS`: the assignment's name to watch (`eds_cluster_config.service_name`, or the
+    /// cluster's name); `None` for a static cluster.
+    pub eds_service: Option<String>,
 }
 
 /// One static endpoint.

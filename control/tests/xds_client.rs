@@ -4,13 +4,10 @@
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
-    address, socket_address::PortSpecifier, Address, Node, SocketAddress,
+    address, socket_address::PortSpecifier, Address, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
-};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
@@ -19,117 +16,14 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
-use std::sync::Mutex;
 use std::time::Duration;
+use switchyard_control::rib::NodeInfo;
 use switchyard_control::xds::client::{self, Api, ClientConfig, Command, Event};
+use switchyard_control::xds::server::start_server;
 use switchyard_control::xds::{CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
 use tokio::sync::mpsc as tokio_mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// One stream the server accepted: what the client sends, and where the test writes.
-struct StreamHandle<Req, Resp> {
-    requests: mpsc::Receiver<Req>,
-    responses: tokio_mpsc::Sender<Result<Resp, tonic::Status>>,
-}
-
-type SotwHandle = StreamHandle<DiscoveryRequest, DiscoveryResponse>;
-type DeltaHandle = StreamHandle<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
-
-struct ScriptedServer {
-    sotw: Mutex<mpsc::Sender<SotwHandle>>,
-    delta: Mutex<mpsc::Sender<DeltaHandle>>,
-}
-
-/// Forwards every message of `inbound` to `out` until the stream ends.
-fn forward<T: Send + 'static>(mut inbound: tonic::Streaming<T>, out: mpsc::Sender<T>) {
-    tokio::spawn(async move {
-        while let Some(Ok(m)) = inbound.next().await {
-            if out.send(m).is_err() {
-                return;
-            }
-        }
-    });
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for ScriptedServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, tonic::Status>>;
-    type DeltaAggregatedResourcesStream =
-        ReceiverStream<Result<DeltaDiscoveryResponse, tonic::Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        Ok(tonic::Response::new(accept(request, &self.sotw)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        Ok(tonic::Response::new(accept(request, &self.delta)))
-    }
-}
-
-/// Hands a new stream to the test: its requests, and a sender for its responses.
-fn accept<Req: Send + 'static, Resp>(
-    request: tonic::Request<tonic::Streaming<Req>>,
-    streams: &Mutex<mpsc::Sender<StreamHandle<Req, Resp>>>,
-) -> ReceiverStream<Result<Resp, tonic::Status>> {
-    let (req_tx, req_rx) = mpsc::channel();
-    let (resp_tx, resp_rx) = tokio_mpsc::channel(16);
-    forward(request.into_inner(), req_tx);
-    let handle = StreamHandle {
-        requests: req_rx,
-        responses: resp_tx,
-    };
-    let _ = streams.lock().unwrap().send(handle);
-    ReceiverStream::new(resp_rx)
-}
-
-/// Starts the server on its own thread; returns its address and the streams it accepts.
-fn start_server() -> (
-    SocketAddr,
-    mpsc::Receiver<SotwHandle>,
-    mpsc::Receiver<DeltaHandle>,
-) {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let (sotw_tx, sotw_rx) = mpsc::channel();
-    let (delta_tx, delta_rx) = mpsc::channel();
-    let server = ScriptedServer {
-        sotw: Mutex::new(sotw_tx),
-        delta: Mutex::new(delta_tx),
-    };
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            tonic::transport::Server::builder()
-                .serve(addr, AggregatedDiscoveryServiceServer::new(server))
-                .await
-                .unwrap();
-        });
-    });
-    // Ready before any client starts, so a first failed connect is not part of a test.
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the test server never listened"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    (addr, sotw_rx, delta_rx)
-}
 
 fn start_client(
     addr: SocketAddr,
@@ -139,10 +33,9 @@ fn start_client(
     tokio_mpsc::UnboundedSender<Command>,
     std::thread::JoinHandle<()>,
 ) {
-    let node = Node {
+    let node = NodeInfo {
         id: "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local".into(),
         cluster: "switchyard".into(),
-        ..Node::default()
     };
     let mut config = ClientConfig::new(addr, node, api);
     config.backoff_base = Duration::from_millis(20);
@@ -222,7 +115,9 @@ fn sotw_initial_requests_ack_nack_and_reconnect() {
         .collect();
     let types: Vec<&str> = first.iter().map(|r| r.type_url.as_str()).collect();
     assert_eq!(types, [CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE]);
-    assert_eq!(first[0].node.as_ref().unwrap().cluster, "switchyard");
+    let node = first[0].node.as_ref().unwrap();
+    assert_eq!(node.cluster, "switchyard");
+    assert_eq!(node.user_agent_name, "switchyard");
     assert!(first[1].node.is_none(), "node only on the first request");
     assert_eq!(next_event(&events), Event::Connected);
 

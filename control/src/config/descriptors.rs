@@ -28,6 +28,7 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
+    "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
 ];
 
 /// The pool, decoded once.
@@ -121,6 +122,7 @@ mod tests {
             "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
             "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
             "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         ] {
             assert!(pool.get_message_by_name(name).is_some(), "{name}");
         }

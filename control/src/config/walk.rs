@@ -23,7 +23,33 @@ use std::collections::HashMap;
 const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.Bootstrap",
-        &["node", "admin", "static_resources"],
+        &["node", "admin", "static_resources", "dynamic_resources"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
+        &["lds_config", "cds_config", "ads_config"],
+    ),
+    (
+        "envoy.config.core.v3.ConfigSource",
+        &["ads", "initial_fetch_timeout", "resource_api_version"],
+    ),
+    ("envoy.config.core.v3.AggregatedConfigSource", &[]),
+    (
+        "envoy.config.core.v3.ApiConfigSource",
+        &[
+            "api_type",
+            "transport_api_version",
+            "grpc_services",
+            "set_node_on_first_message_only",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.GrpcService",
+        &["envoy_grpc", "timeout"],
+    ),
+    (
+        "envoy.config.core.v3.GrpcService.EnvoyGrpc",
+        &["cluster_name"],
     ),
     ("envoy.config.core.v3.Node", &["id", "cluster"]),
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
@@ -98,7 +124,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "lb_policy",
             "least_request_lb_config",
             "load_assignment",
+            "eds_cluster_config",
+            "typed_extension_protocol_options",
         ],
+    ),
+    (HTTP_PROTOCOL_OPTIONS, &["explicit_http_config"]),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+        &["http2_protocol_options"],
+    ),
+    ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
+    (
+        "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
+        &["eds_config", "service_name"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
@@ -126,12 +164,20 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         "envoy.config.accesslog.v3.AccessLog.typed_config",
         &[STDOUT_LOG, STDERR_LOG, FILE_LOG],
     ),
+    // Every real xDS bootstrap gives its ADS cluster HTTP/2 this way; Switchyard speaks gRPC
+    // (HTTP/2) to it regardless, and a tcp_proxy cluster has no HTTP to configure.
+    (
+        "envoy.config.cluster.v3.Cluster.TypedExtensionProtocolOptionsEntry.value",
+        &[HTTP_PROTOCOL_OPTIONS],
+    ),
 ];
 
 pub(crate) const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 pub(crate) const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 pub(crate) const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 pub(crate) const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Checks `value` as a `desc` message at the root path.
 pub(crate) fn check(
@@ -554,7 +600,12 @@ mod tests {
                 let fd = desc
                     .get_field_by_name(f)
                     .unwrap_or_else(|| panic!("{msg}.{f}"));
-                if let Kind::Message(m) = fd.kind() {
+                let kind = match fd.kind() {
+                    // A map leads to its values (the entry type is synthetic).
+                    Kind::Message(entry) if fd.is_map() => entry.map_entry_value_field().kind(),
+                    kind => kind,
+                };
+                if let Kind::Message(m) = kind {
                     let name = m.full_name();
                     assert!(
                         name.starts_with("google.protobuf.") || table.contains_key(name),

@@ -18,7 +18,7 @@
 
 use super::{delta, sotw, Change, Rejected, CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
 use crate::config::resource;
-use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig};
+use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -30,20 +30,16 @@ use std::time::Duration;
 use tokio::sync::mpsc as tokio_mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// State of the World or Delta, as `ads_config.api_type` (`GRPC` / `DELTA_GRPC`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    Sotw,
-    Delta,
-}
+pub use crate::rib::XdsApi as Api;
 
 /// Where and how to subscribe.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The management server (the ADS cluster's endpoint).
     pub server: SocketAddr,
-    /// Sent on the first request of every stream.
-    pub node: Node,
+    /// Sent (as `node`, with `user_agent_name: switchyard`) on the first request of every
+    /// stream.
+    pub node: NodeInfo,
     pub api: Api,
     /// First reconnect delay; doubles per failed attempt up to `backoff_max` (each delay is
     /// drawn uniformly between half and all of it).
@@ -55,7 +51,7 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// Envoy's defaults: 500 ms base, 30 s cap.
-    pub fn new(server: SocketAddr, node: Node, api: Api) -> ClientConfig {
+    pub fn new(server: SocketAddr, node: NodeInfo, api: Api) -> ClientConfig {
         ClientConfig {
             server,
             node,
@@ -291,6 +287,8 @@ impl Wire for DeltaWire {
 
 struct Client<W: Wire> {
     config: ClientConfig,
+    /// `config.node` as the proto `Node`.
+    node: Node,
     events: mpsc::Sender<Event>,
     commands: tokio_mpsc::UnboundedReceiver<Command>,
     wire: W,
@@ -316,8 +314,15 @@ impl<W: Wire> Client<W> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             | 1;
+        let node = Node {
+            id: config.node.id.clone(),
+            cluster: config.node.cluster.clone(),
+            user_agent_name: "switchyard".into(),
+            ..Node::default()
+        };
         Client {
             config,
+            node,
             events,
             commands,
             wire,
@@ -404,7 +409,7 @@ impl<W: Wire> Client<W> {
             Err(e) => return Ended::Broke(e, false),
         };
         let (tx, rx) = tokio_mpsc::channel::<W::Req>(64);
-        for r in self.wire.initial(&self.config.node) {
+        for r in self.wire.initial(&self.node) {
             if tx.send(r).await.is_err() {
                 return Ended::Broke("request stream closed".into(), false);
             }

@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod delta;
+pub mod server;
 pub mod sotw;
 
 use envoy_types::pb::google::protobuf::Any;

@@ -1,0 +1,316 @@
+//! Listeners, clusters and endpoints over ADS (State of the World), end to end through the
+//! proxy binary, from the scripted ADS server (`switchyard_control::xds::server`):
+//!
+//! * the proxy subscribes; a listener and an EDS cluster arrive; traffic reaches the endpoint;
+//! * an endpoint update moves new connections to the new endpoint while an established one
+//!   keeps talking to the old;
+//! * an invalid listener (an unknown filter type) is NACKed, naming it, the rest of that
+//!   update is applied, and traffic is not disturbed.
+//!
+//! The same test runs against real Envoy (`SWITCHYARD_TEST_PROXY=envoy`), which keeps its
+//! expectations honest. Requests are matched by type, not order: Envoy asks for listeners
+//! only after its clusters have warmed.
+
+mod common;
+
+use common::*;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{
+    address, config_source::ConfigSourceSpecifier, socket_address::PortSpecifier, Address,
+    AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+use prost::Message;
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchyard_control::xds::server::{start_server, SotwHandle};
+use switchyard_control::xds::{CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn sock(addr: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(addr.port()))),
+            ..SocketAddress::default()
+        })),
+    }
+}
+
+fn any<M: Message>(type_url: &str, m: &M) -> Any {
+    Any {
+        type_url: type_url.into(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn eds_cluster(name: &str) -> Any {
+    let c = Cluster {
+        name: name.into(),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ConfigSource {
+                config_source_specifier: Some(ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource::default(),
+                )),
+                resource_api_version: ApiVersion::V3 as i32,
+                ..ConfigSource::default()
+            }),
+            service_name: String::new(),
+        }),
+        ..Cluster::default()
+    };
+    any(CLUSTER_TYPE, &c)
+}
+
+fn assignment(cluster: &str, endpoint: SocketAddr) -> Any {
+    let la = ClusterLoadAssignment {
+        cluster_name: cluster.into(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                    address: Some(sock(endpoint)),
+                    ..Endpoint::default()
+                })),
+                ..LbEndpoint::default()
+            }],
+            ..LocalityLbEndpoints::default()
+        }],
+        ..ClusterLoadAssignment::default()
+    };
+    any(ENDPOINTS_TYPE, &la)
+}
+
+fn listener(name: &str, port: u16, cluster: &str) -> Any {
+    listener_with_filter(
+        name,
+        port,
+        cluster,
+        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    )
+}
+
+fn listener_with_filter(name: &str, port: u16, cluster: &str, filter_type: &str) -> Any {
+    let tp = TcpProxy {
+        stat_prefix: name.into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..TcpProxy::default()
+    };
+    let l = Listener {
+        name: name.into(),
+        address: Some(sock(SocketAddr::from(([127, 0, 0, 1], port)))),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(filter_type, &tp))),
+            }],
+            ..FilterChain::default()
+        }],
+        ..Listener::default()
+    };
+    any(LISTENER_TYPE, &l)
+}
+
+fn bootstrap_yaml(admin: u16, ads: SocketAddr) -> String {
+    format!(
+        r#"admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+node: {{ id: xds-test, cluster: switchyard-test }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {{ cluster_name: xds }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}
+"#,
+        ads.port()
+    )
+}
+
+/// Requests of one stream, matched by type in arrival order (a request read while waiting
+/// for another type is kept for later).
+struct Requests<'a> {
+    stream: &'a SotwHandle,
+    pending: Vec<DiscoveryRequest>,
+}
+
+impl Requests<'_> {
+    /// The next request of `type_url` that satisfies `want`.
+    fn next(
+        &mut self,
+        type_url: &str,
+        want: impl Fn(&DiscoveryRequest) -> bool,
+    ) -> DiscoveryRequest {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(i) = self
+                .pending
+                .iter()
+                .position(|r| r.type_url == type_url && want(r))
+            {
+                return self.pending.remove(i);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let r = self
+                .stream
+                .requests
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {type_url} request; got {:?}", self.pending));
+            self.pending.push(r);
+        }
+    }
+}
+
+fn respond(stream: &SotwHandle, type_url: &str, version: &str, nonce: &str, resources: Vec<Any>) {
+    let resp = DiscoveryResponse {
+        version_info: version.into(),
+        type_url: type_url.into(),
+        nonce: nonce.into(),
+        resources,
+        ..DiscoveryResponse::default()
+    };
+    stream
+        .responses
+        .blocking_send(Ok(resp))
+        .expect("stream open");
+}
+
+/// The tag of the backend a new connection through `addr` reaches, retrying while the
+/// listener is not there yet or routes nowhere.
+fn reached(addr: SocketAddr) -> String {
+    let mut last = String::new();
+    let ok = wait_until(WAIT, || match which_backend(addr) {
+        Ok(tag) => {
+            last = tag;
+            true
+        }
+        Err(e) => {
+            last = e.to_string();
+            false
+        }
+    });
+    assert!(ok, "no backend reached through {addr}: {last}");
+    last
+}
+
+#[test]
+fn listeners_clusters_and_endpoints_over_ads() {
+    let kind = selected_proxy();
+    if !proxy_available(kind) {
+        skip_unsupported(kind, "proxy binary not available");
+        return;
+    }
+    let a = Backend::tagged("a");
+    let b = Backend::tagged("b");
+    let (ads, streams, _) = start_server();
+    let admin = free_port();
+    let port = free_port();
+    let proxy = Proxy::spawn(kind, &bootstrap_yaml(admin, ads), ProxyOpts::default());
+    let stream = streams
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("the proxy never opened an ADS stream\n{}", proxy.logs()));
+
+    let mut requests = Requests {
+        stream: &stream,
+        pending: Vec::new(),
+    };
+    let cds = requests.next(CLUSTER_TYPE, |_| true);
+    assert_eq!(cds.node.as_ref().map(|n| n.id.as_str()), Some("xds-test"));
+    respond(&stream, CLUSTER_TYPE, "c1", "n1", vec![eds_cluster("svc")]);
+    let eds = requests.next(ENDPOINTS_TYPE, |r| !r.resource_names.is_empty());
+    assert_eq!(eds.resource_names, ["svc"]);
+    respond(
+        &stream,
+        ENDPOINTS_TYPE,
+        "e1",
+        "n2",
+        vec![assignment("svc", local(a.port()))],
+    );
+    requests.next(LISTENER_TYPE, |_| true);
+    respond(
+        &stream,
+        LISTENER_TYPE,
+        "l1",
+        "n3",
+        vec![listener("ingress", port, "svc")],
+    );
+    let through = local(port);
+    assert_eq!(reached(through), "a");
+
+    // An established connection keeps its endpoint across an endpoint update.
+    let mut held = connect_retry(through, WAIT);
+    assert_eq!(read_line(&mut held).unwrap(), "a");
+    respond(
+        &stream,
+        ENDPOINTS_TYPE,
+        "e2",
+        "n4",
+        vec![assignment("svc", local(b.port()))],
+    );
+    assert!(
+        wait_until(WAIT, || which_backend(through).ok().as_deref() == Some("b")),
+        "new connections never reached the new endpoint"
+    );
+    assert_eq!(ping(&mut held, b"still here").unwrap(), b"still here");
+
+    // One invalid listener among valid ones: NACK naming it, the others applied.
+    let port2 = free_port();
+    respond(
+        &stream,
+        LISTENER_TYPE,
+        "l2",
+        "n5",
+        vec![
+            listener("ingress", port, "svc"),
+            listener("second", port2, "svc"),
+            listener_with_filter(
+                "broken",
+                free_port(),
+                "svc",
+                "type.googleapis.com/example.UnknownFilter",
+            ),
+        ],
+    );
+    let nack = requests.next(LISTENER_TYPE, |r| r.response_nonce == "n5");
+    let detail = nack.error_detail.as_ref().expect("a NACK");
+    assert!(detail.message.contains("broken"), "{}", detail.message);
+    assert_eq!(
+        nack.version_info, "l1",
+        "the NACK echoes the last accepted version"
+    );
+    assert_eq!(reached(local(port2)), "b");
+    assert_eq!(reached(through), "b");
+    assert_eq!(ping(&mut held, b"and still").unwrap(), b"and still");
+    drop(stream);
+}
