@@ -1,7 +1,8 @@
 //! Listeners, clusters and endpoints over ADS (State of the World), end to end through the
 //! proxy binary, from the scripted ADS server (`switchyard_control::xds::server`):
 //!
-//! * the proxy subscribes; a listener and an EDS cluster arrive; traffic reaches the endpoint;
+//! * the proxy subscribes and is INITIALIZING (`/ready` 503) until the first clusters, their
+//!   endpoints and the first listeners are in; then traffic reaches the endpoint;
 //! * an endpoint update moves new connections to the new endpoint while an established one
 //!   keeps talking to the old;
 //! * an invalid listener (an unknown filter type) is NACKed, naming it, the rest of that
@@ -126,6 +127,10 @@ fn listener_with_filter(name: &str, port: u16, cluster: &str, filter_type: &str)
 }
 
 fn bootstrap_yaml(admin: u16, ads: SocketAddr) -> String {
+    bootstrap_with_timeout(admin, ads, "15s")
+}
+
+fn bootstrap_with_timeout(admin: u16, ads: SocketAddr, initial_fetch_timeout: &str) -> String {
     format!(
         r#"admin:
   address:
@@ -137,8 +142,8 @@ dynamic_resources:
     transport_api_version: V3
     grpc_services:
     - envoy_grpc: {{ cluster_name: xds }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3, initial_fetch_timeout: {initial_fetch_timeout} }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3, initial_fetch_timeout: {initial_fetch_timeout} }}
 static_resources:
   clusters:
   - name: xds
@@ -246,6 +251,16 @@ fn listeners_clusters_and_endpoints_over_ads() {
         pending: Vec::new(),
     };
     let cds = requests.next(CLUSTER_TYPE, |_| true);
+    // Initializing until the first clusters, endpoints and listeners are in.
+    let mut status = 0;
+    assert!(
+        wait_until(WAIT, || {
+            status = http(proxy.admin, "GET", "/ready").map_or(0, |r| r.status);
+            status != 0
+        }),
+        "admin never answered"
+    );
+    assert_eq!(status, 503, "/ready before the first fetch");
     assert_eq!(cds.node.as_ref().map(|n| n.id.as_str()), Some("xds-test"));
     respond(&stream, CLUSTER_TYPE, "c1", "n1", vec![eds_cluster("svc")]);
     let eds = requests.next(ENDPOINTS_TYPE, |r| !r.resource_names.is_empty());
@@ -267,6 +282,11 @@ fn listeners_clusters_and_endpoints_over_ads() {
     );
     let through = local(port);
     assert_eq!(reached(through), "a");
+    assert!(
+        wait_until(WAIT, || http(proxy.admin, "GET", "/ready")
+            .is_ok_and(|r| r.status == 200)),
+        "/ready never turned 200 after the first fetch"
+    );
 
     // An established connection keeps its endpoint across an endpoint update.
     let mut held = connect_retry(through, WAIT);
@@ -313,4 +333,31 @@ fn listeners_clusters_and_endpoints_over_ads() {
     assert_eq!(reached(through), "b");
     assert_eq!(ping(&mut held, b"and still").unwrap(), b"and still");
     drop(stream);
+}
+
+/// A management server that accepts the stream and never answers: after
+/// `initial_fetch_timeout` the proxy serves anyway (`/ready` 200), as Envoy does.
+#[test]
+fn initial_fetch_timeout_goes_live_without_an_answer() {
+    let kind = selected_proxy();
+    if !proxy_available(kind) {
+        skip_unsupported(kind, "proxy binary not available");
+        return;
+    }
+    let (ads, streams, _) = start_server();
+    let admin = free_port();
+    let proxy = Proxy::spawn(
+        kind,
+        &bootstrap_with_timeout(admin, ads, "0.5s"),
+        ProxyOpts::default(),
+    );
+    let _stream = streams
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("the proxy never opened an ADS stream\n{}", proxy.logs()));
+    assert!(
+        wait_until(WAIT, || http(proxy.admin, "GET", "/ready")
+            .is_ok_and(|r| r.status == 200)),
+        "/ready never turned 200 after initial_fetch_timeout\n{}",
+        proxy.logs()
+    );
 }

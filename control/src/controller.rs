@@ -153,9 +153,16 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         .config_dump
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = loaded.normalized;
-    admin_state
-        .server_state
-        .store(admin::STATE_LIVE, Ordering::Release);
+    // With xDS, INITIALIZING (/ready 503) until the first fetch is in (see `Init`).
+    let init = Init::new(rib.dynamic.as_ref());
+    admin_state.server_state.store(
+        if init.done() {
+            admin::STATE_LIVE
+        } else {
+            admin::STATE_INITIALIZING
+        },
+        Ordering::Release,
+    );
     let xds = match &rib.dynamic {
         Some(_) => Some(start_xds(&rib, events_tx.clone())?),
         None => None,
@@ -174,6 +181,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         statics: rib.clone(),
         dynamic: DynamicState::default(),
         xds,
+        init,
         rib,
         generation: 1,
         stats,
@@ -210,6 +218,57 @@ fn apply_node_overrides(rib: &mut Rib, options: &RunOptions) {
     }
     if let Some(cluster) = &options.service_cluster {
         rib.node.cluster = cluster.clone();
+    }
+}
+
+/// Envoy's initialization with xDS: the server is INITIALIZING (`/ready` 503) until the first
+/// clusters have arrived with the endpoints of their EDS clusters, and then the first
+/// listeners; or until `initial_fetch_timeout` has passed since start (then it goes LIVE with
+/// what it has, and says so).
+struct Init {
+    /// Still waiting for the first CDS response.
+    clusters: bool,
+    /// Still waiting for the first LDS response.
+    listeners: bool,
+    /// EDS service names of the first clusters whose first assignment has not arrived.
+    endpoints: std::collections::BTreeSet<String>,
+    /// When waiting stops regardless (`None`: wait as long as it takes).
+    deadline: Option<Instant>,
+}
+
+impl Init {
+    fn new(dynamic: Option<&crate::rib::DynamicConfig>) -> Init {
+        Init {
+            clusters: dynamic.is_some_and(|d| d.cds),
+            listeners: dynamic.is_some_and(|d| d.lds),
+            endpoints: Default::default(),
+            deadline: dynamic
+                .and_then(|d| d.initial_fetch_timeout)
+                .map(|t| Instant::now() + t),
+        }
+    }
+
+    fn done(&self) -> bool {
+        !self.clusters && !self.listeners && self.endpoints.is_empty()
+    }
+
+    /// Clusters arrived; `eds` are the EDS services to wait for if these are the first.
+    fn clusters_arrived(&mut self, eds: &[String]) {
+        if self.clusters {
+            self.clusters = false;
+            self.endpoints = eds.iter().cloned().collect();
+        }
+    }
+
+    /// Endpoint assignments arrived for these services.
+    fn endpoints_arrived<'a>(&mut self, names: impl Iterator<Item = &'a str>) {
+        for n in names {
+            self.endpoints.remove(n);
+        }
+    }
+
+    fn listeners_arrived(&mut self) {
+        self.listeners = false;
     }
 }
 
@@ -310,6 +369,8 @@ struct Control {
     /// What xDS delivered.
     dynamic: DynamicState,
     xds: Option<Xds>,
+    /// Initialization with xDS (done at once without it).
+    init: Init,
     /// What is published: `statics` and `dynamic` composed.
     rib: Rib,
     generation: u64,
@@ -325,7 +386,11 @@ impl Control {
         let mut last_stamp = stamp(&self.options.config_path);
         let mut next_poll = Instant::now();
         loop {
-            let wait = next_poll.saturating_duration_since(Instant::now());
+            self.check_init();
+            let mut wait = next_poll.saturating_duration_since(Instant::now());
+            if let (false, Some(d)) = (self.init.done(), self.init.deadline) {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
+            }
             match events.recv_timeout(wait) {
                 Ok(ControlEvent::Signal(SIGHUP)) => {
                     tracing::info!("SIGHUP: reloading");
@@ -407,6 +472,32 @@ impl Control {
         }
     }
 
+    /// Goes LIVE once initialization is done or its deadline has passed.
+    fn check_init(&mut self) {
+        let state = &self.admin.server_state;
+        if state.load(Ordering::Acquire) != admin::STATE_INITIALIZING {
+            return;
+        }
+        if self.init.done() {
+            tracing::info!("xDS: initial fetch complete; serving (LIVE)");
+        } else if self.init.deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(
+                waiting_for_clusters = self.init.clusters,
+                waiting_for_listeners = self.init.listeners,
+                waiting_for_endpoints = ?self.init.endpoints,
+                "xDS: initial_fetch_timeout passed; serving with what has arrived (LIVE)"
+            );
+        } else {
+            return;
+        }
+        let _ = state.compare_exchange(
+            admin::STATE_INITIALIZING,
+            admin::STATE_LIVE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
     /// Merges one xDS change into the dynamic state and publishes the result.
     fn on_xds(&mut self, event: Event) {
         let rejected = match event {
@@ -421,19 +512,23 @@ impl Control {
             Event::Clusters(change) => {
                 let rejected = change.rejected.clone();
                 dynamic::apply(&mut self.dynamic.clusters, change);
+                let names = self.dynamic.eds_names(&self.statics);
+                self.init.clusters_arrived(&names);
                 if let Some(x) = &self.xds {
-                    let names = self.dynamic.eds_names(&self.statics);
                     let _ = x.commands.send(Command::WatchEndpoints(names));
                 }
                 rejected
             }
             Event::Endpoints(change) => {
                 let rejected = change.rejected.clone();
+                self.init
+                    .endpoints_arrived(change.upserts.iter().map(|a| a.name.as_str()));
                 dynamic::apply(&mut self.dynamic.endpoints, change);
                 rejected
             }
             Event::Listeners(change) => {
                 let rejected = change.rejected.clone();
+                self.init.listeners_arrived();
                 dynamic::apply(&mut self.dynamic.listeners, change);
                 rejected
             }
