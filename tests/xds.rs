@@ -6,7 +6,8 @@
 //! * an endpoint update moves new connections to the new endpoint while an established one
 //!   keeps talking to the old;
 //! * an invalid listener (an unknown filter type) is NACKed, naming it, the rest of that
-//!   update is applied, and traffic is not disturbed.
+//!   update is applied, and traffic is not disturbed; `listener_manager.lds.update_rejected`,
+//!   `*.update_success` and `control_plane.connected_state` say so.
 //!
 //! The same test runs against real Envoy (`SWITCHYARD_TEST_PROXY=envoy`), which keeps its
 //! expectations honest. Requests are matched by type, not order: Envoy asks for listeners
@@ -329,6 +330,14 @@ fn listeners_clusters_and_endpoints_over_ads() {
         nack.version_info, "l1",
         "the NACK echoes the last accepted version"
     );
+    // Envoy's xDS stats: one rejected LDS update, accepted CDS updates, connected.
+    assert_eq!(
+        proxy.wait_stat("listener_manager.lds.update_rejected", 1, WAIT),
+        1
+    );
+    assert_eq!(proxy.stat("listener_manager.lds.update_success"), 1);
+    assert_eq!(proxy.stat("cluster_manager.cds.update_success"), 1);
+    assert_eq!(proxy.stat("control_plane.connected_state"), 1);
     assert_eq!(reached(local(port2)), "b");
     assert_eq!(reached(through), "b");
     assert_eq!(ping(&mut held, b"and still").unwrap(), b"and still");

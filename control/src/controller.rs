@@ -164,7 +164,10 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         Ordering::Release,
     );
     let xds = match &rib.dynamic {
-        Some(_) => Some(start_xds(&rib, events_tx.clone())?),
+        Some(_) => {
+            stats.xds().enabled.store(true, Ordering::Relaxed);
+            Some(start_xds(&rib, events_tx.clone())?)
+        }
         None => None,
     };
     install_signals(events_tx)?;
@@ -434,7 +437,7 @@ impl Control {
                 false
             }
             AdminAction::ResetCounters => {
-                reset_counters(&self.stats);
+                self.stats.reset_counters();
                 false
             }
             AdminAction::HealthcheckFail | AdminAction::HealthcheckOk => false,
@@ -500,16 +503,26 @@ impl Control {
 
     /// Merges one xDS change into the dynamic state and publishes the result.
     fn on_xds(&mut self, event: Event) {
+        let xds = self.stats.xds();
         let rejected = match event {
             Event::Connected => {
+                xds.connected.store(1, Ordering::Relaxed);
                 tracing::info!("xDS: connected to the management server");
                 return;
             }
             Event::Disconnected(reason) => {
-                tracing::warn!(%reason, "xDS: stream down; serving the last accepted config");
+                if xds.connected.swap(0, Ordering::Relaxed) == 1 || self.init.done() {
+                    tracing::warn!(%reason, "xDS: stream down; serving the last accepted config");
+                } else {
+                    tracing::warn!(%reason, "xDS: management server not reachable yet");
+                }
+                for sub in [&xds.cds, &xds.lds] {
+                    sub.update_failure.fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             }
             Event::Clusters(change) => {
+                xds.cds.response(change.accepted_all());
                 let rejected = change.rejected.clone();
                 dynamic::apply(&mut self.dynamic.clusters, change);
                 let names = self.dynamic.eds_names(&self.statics);
@@ -527,6 +540,7 @@ impl Control {
                 rejected
             }
             Event::Listeners(change) => {
+                xds.lds.response(change.accepted_all());
                 let rejected = change.rejected.clone();
                 self.init.listeners_arrived();
                 dynamic::apply(&mut self.dynamic.listeners, change);
@@ -567,13 +581,4 @@ impl Control {
         );
         true
     }
-}
-
-fn reset_counters(stats: &StatsRegistry) {
-    let blocks = stats.blocks();
-    blocks.tcp.values().for_each(|b| b.reset_counters());
-    blocks.cluster.values().for_each(|b| b.reset_counters());
-    blocks.host.values().for_each(|b| b.reset_counters());
-    blocks.listener.values().for_each(|b| b.reset_counters());
-    stats.server().reset_counters();
 }

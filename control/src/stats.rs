@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::stats::{
     listener_stat_name, ClusterStats, HostStats, ListenerStats, ServerStats, TcpStats,
@@ -18,6 +19,7 @@ use switchyard_dataplane::stats::{
 pub struct StatsRegistry {
     workers: usize,
     server: Arc<ServerStats>,
+    xds: XdsStats,
     inner: Mutex<Blocks>,
 }
 
@@ -40,6 +42,7 @@ impl StatsRegistry {
         StatsRegistry {
             workers,
             server: Arc::new(ServerStats::new("server", workers)),
+            xds: XdsStats::default(),
             inner: Mutex::new(Blocks::default()),
         }
     }
@@ -52,6 +55,26 @@ impl StatsRegistry {
     /// `server.*` stats written by workers.
     pub fn server(&self) -> Arc<ServerStats> {
         self.server.clone()
+    }
+
+    /// Zeroes every counter of every block, the server's and the control plane's (gauges
+    /// keep their values): `POST /reset_counters`.
+    pub fn reset_counters(&self) {
+        {
+            let blocks = self.blocks();
+            blocks.tcp.values().for_each(|b| b.reset_counters());
+            blocks.cluster.values().for_each(|b| b.reset_counters());
+            blocks.host.values().for_each(|b| b.reset_counters());
+            blocks.listener.values().for_each(|b| b.reset_counters());
+        }
+        self.server.reset_counters();
+        self.xds.cds.reset();
+        self.xds.lds.reset();
+    }
+
+    /// The control plane's stats (written by the control thread only).
+    pub fn xds(&self) -> &XdsStats {
+        &self.xds
     }
 
     /// Locks the registry for reading every block (admin) or creating blocks (compile).
@@ -115,5 +138,75 @@ mod tests {
         let l = r.listener("127.0.0.1:10000".parse().unwrap());
         assert_eq!(&*l.name, "127.0.0.1_10000");
         assert_eq!(r.blocks().listener.len(), 1);
+    }
+}
+
+/// Envoy's xDS stats: `control_plane.connected_state`, and per subscription
+/// `cluster_manager.cds.*` / `listener_manager.lds.*` `update_attempt` (a response
+/// arrived), `update_success` (accepted whole), `update_rejected` (NACKed) and
+/// `update_failure` (the stream broke).
+#[derive(Debug, Default)]
+pub struct XdsStats {
+    /// Set once `dynamic_resources` is configured: the stats are reported from then on.
+    pub enabled: AtomicBool,
+    /// `control_plane.connected_state`: 1 while the ADS stream is up.
+    pub connected: AtomicU64,
+    pub cds: SubscriptionStats,
+    pub lds: SubscriptionStats,
+}
+
+/// The counters of one subscription.
+#[derive(Debug, Default)]
+pub struct SubscriptionStats {
+    pub update_attempt: AtomicU64,
+    pub update_success: AtomicU64,
+    pub update_rejected: AtomicU64,
+    pub update_failure: AtomicU64,
+}
+
+impl SubscriptionStats {
+    /// A response arrived: accepted whole, or rejected (in part).
+    pub fn response(&self, accepted_all: bool) {
+        self.update_attempt.fetch_add(1, Ordering::Relaxed);
+        let c = if accepted_all {
+            &self.update_success
+        } else {
+            &self.update_rejected
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(name, value)` of each counter.
+    pub fn counters(&self) -> [(&'static str, u64); 4] {
+        [
+            (
+                "update_attempt",
+                self.update_attempt.load(Ordering::Relaxed),
+            ),
+            (
+                "update_failure",
+                self.update_failure.load(Ordering::Relaxed),
+            ),
+            (
+                "update_rejected",
+                self.update_rejected.load(Ordering::Relaxed),
+            ),
+            (
+                "update_success",
+                self.update_success.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+
+    /// Zeroes the counters (`POST /reset_counters`).
+    pub fn reset(&self) {
+        for c in [
+            &self.update_attempt,
+            &self.update_success,
+            &self.update_rejected,
+            &self.update_failure,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
     }
 }

@@ -173,6 +173,24 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
         ServerStat::kind,
         |s| server.get(s),
     );
+    let xds = reg.xds();
+    if xds.enabled.load(std::sync::atomic::Ordering::Relaxed) {
+        out.push(Stat {
+            name: "control_plane.connected_state".into(),
+            value: StatValue::Gauge(xds.connected.load(std::sync::atomic::Ordering::Relaxed) as i64),
+        });
+        for (prefix, sub) in [
+            ("cluster_manager.cds", &xds.cds),
+            ("listener_manager.lds", &xds.lds),
+        ] {
+            for (name, v) in sub.counters() {
+                out.push(Stat {
+                    name: format!("{prefix}.{name}"),
+                    value: StatValue::Counter(v),
+                });
+            }
+        }
+    }
     let s = state.effective_state();
     for (name, v) in [
         ("server.live", i64::from(s == STATE_LIVE)),
@@ -191,14 +209,7 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
 
 /// Zeroes every counter of every block (gauges keep their values): `POST /reset_counters`.
 pub fn reset_counters(reg: &StatsRegistry) {
-    {
-        let blocks = reg.blocks();
-        blocks.tcp.values().for_each(|b| b.reset_counters());
-        blocks.cluster.values().for_each(|b| b.reset_counters());
-        blocks.host.values().for_each(|b| b.reset_counters());
-        blocks.listener.values().for_each(|b| b.reset_counters());
-    }
-    reg.server().reset_counters();
+    reg.reset_counters();
 }
 
 /// Which stats a request asks for.
