@@ -29,12 +29,14 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::Message;
 use std::net::SocketAddr;
 use std::time::Duration;
-use switchyard_control::xds::server::{start_server, SotwHandle};
+use switchyard_control::xds::server::{start_server, DeltaHandle, SotwHandle};
 use switchyard_control::xds::{CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -132,6 +134,10 @@ fn bootstrap_yaml(admin: u16, ads: SocketAddr) -> String {
 }
 
 fn bootstrap_with_timeout(admin: u16, ads: SocketAddr, initial_fetch_timeout: &str) -> String {
+    bootstrap_full(admin, ads, initial_fetch_timeout, "GRPC")
+}
+
+fn bootstrap_full(admin: u16, ads: SocketAddr, initial_fetch_timeout: &str, api: &str) -> String {
     format!(
         r#"admin:
   address:
@@ -139,7 +145,7 @@ fn bootstrap_with_timeout(admin: u16, ads: SocketAddr, initial_fetch_timeout: &s
 node: {{ id: xds-test, cluster: switchyard-test }}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api}
     transport_api_version: V3
     grpc_services:
     - envoy_grpc: {{ cluster_name: xds }}
@@ -164,32 +170,51 @@ static_resources:
     )
 }
 
-/// Requests of one stream, matched by type in arrival order (a request read while waiting
-/// for another type is kept for later).
-struct Requests<'a> {
-    stream: &'a SotwHandle,
-    pending: Vec<DiscoveryRequest>,
+/// A discovery request of either variant.
+trait TypedRequest: std::fmt::Debug {
+    fn type_url(&self) -> &str;
 }
 
-impl Requests<'_> {
+impl TypedRequest for DiscoveryRequest {
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+}
+
+impl TypedRequest for DeltaDiscoveryRequest {
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+}
+
+/// Requests of one stream, matched by type in arrival order (a request read while waiting
+/// for another type is kept for later).
+struct Requests<'a, Req> {
+    requests: &'a std::sync::mpsc::Receiver<Req>,
+    pending: Vec<Req>,
+}
+
+impl<'a, Req: TypedRequest> Requests<'a, Req> {
+    fn new(requests: &'a std::sync::mpsc::Receiver<Req>) -> Self {
+        Requests {
+            requests,
+            pending: Vec::new(),
+        }
+    }
+
     /// The next request of `type_url` that satisfies `want`.
-    fn next(
-        &mut self,
-        type_url: &str,
-        want: impl Fn(&DiscoveryRequest) -> bool,
-    ) -> DiscoveryRequest {
+    fn next(&mut self, type_url: &str, want: impl Fn(&Req) -> bool) -> Req {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             if let Some(i) = self
                 .pending
                 .iter()
-                .position(|r| r.type_url == type_url && want(r))
+                .position(|r| r.type_url() == type_url && want(r))
             {
                 return self.pending.remove(i);
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let r = self
-                .stream
                 .requests
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("no {type_url} request; got {:?}", self.pending));
@@ -247,10 +272,7 @@ fn listeners_clusters_and_endpoints_over_ads() {
         .recv_timeout(WAIT)
         .unwrap_or_else(|_| panic!("the proxy never opened an ADS stream\n{}", proxy.logs()));
 
-    let mut requests = Requests {
-        stream: &stream,
-        pending: Vec::new(),
-    };
+    let mut requests = Requests::new(&stream.requests);
     let cds = requests.next(CLUSTER_TYPE, |_| true);
     // Initializing until the first clusters, endpoints and listeners are in.
     let mut status = 0;
@@ -368,5 +390,111 @@ fn initial_fetch_timeout_goes_live_without_an_answer() {
             .is_ok_and(|r| r.status == 200)),
         "/ready never turned 200 after initial_fetch_timeout\n{}",
         proxy.logs()
+    );
+}
+
+/// `(name, version, resource)` as a Delta response for `type_url`.
+fn delta_respond(
+    stream: &DeltaHandle,
+    type_url: &str,
+    nonce: &str,
+    resources: Vec<(&str, &str, Any)>,
+    removed: &[&str],
+) {
+    let resp = DeltaDiscoveryResponse {
+        type_url: type_url.into(),
+        nonce: nonce.into(),
+        resources: resources
+            .into_iter()
+            .map(|(name, version, any)| Resource {
+                name: name.into(),
+                version: version.into(),
+                resource: Some(any),
+                ..Resource::default()
+            })
+            .collect(),
+        removed_resources: removed.iter().map(|r| r.to_string()).collect(),
+        ..DeltaDiscoveryResponse::default()
+    };
+    stream
+        .responses
+        .blocking_send(Ok(resp))
+        .expect("stream open");
+}
+
+/// Delta xDS end to end: wildcard subscriptions, an EDS subscription by name, an endpoint
+/// update, and a listener removed by `removed_resources` (its port then refuses).
+#[test]
+fn delta_xds_adds_updates_and_removes() {
+    let kind = selected_proxy();
+    if !proxy_available(kind) {
+        skip_unsupported(kind, "proxy binary not available");
+        return;
+    }
+    let a = Backend::tagged("a");
+    let b = Backend::tagged("b");
+    let (ads, _, streams) = start_server();
+    let admin = free_port();
+    let port = free_port();
+    let proxy = Proxy::spawn(
+        kind,
+        &bootstrap_full(admin, ads, "15s", "DELTA_GRPC"),
+        ProxyOpts::default(),
+    );
+    let stream = streams
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("the proxy never opened a Delta stream\n{}", proxy.logs()));
+    let mut requests = Requests::new(&stream.requests);
+    let cds = requests.next(CLUSTER_TYPE, |_| true);
+    assert!(
+        cds.resource_names_subscribe.is_empty() || cds.resource_names_subscribe == ["*"],
+        "a wildcard subscription: {:?}",
+        cds.resource_names_subscribe
+    );
+    delta_respond(
+        &stream,
+        CLUSTER_TYPE,
+        "d1",
+        vec![("svc", "1", eds_cluster("svc"))],
+        &[],
+    );
+    requests.next(ENDPOINTS_TYPE, |r| {
+        r.resource_names_subscribe.iter().any(|n| n == "svc")
+    });
+    delta_respond(
+        &stream,
+        ENDPOINTS_TYPE,
+        "d2",
+        vec![("svc", "1", assignment("svc", local(a.port())))],
+        &[],
+    );
+    requests.next(LISTENER_TYPE, |_| true);
+    delta_respond(
+        &stream,
+        LISTENER_TYPE,
+        "d3",
+        vec![("ingress", "1", listener("ingress", port, "svc"))],
+        &[],
+    );
+    let through = local(port);
+    assert_eq!(reached(through), "a");
+    let ack = requests.next(LISTENER_TYPE, |r| r.response_nonce == "d3");
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+
+    delta_respond(
+        &stream,
+        ENDPOINTS_TYPE,
+        "d4",
+        vec![("svc", "2", assignment("svc", local(b.port())))],
+        &[],
+    );
+    assert!(
+        wait_until(WAIT, || which_backend(through).ok().as_deref() == Some("b")),
+        "new connections never reached the new endpoint"
+    );
+    delta_respond(&stream, LISTENER_TYPE, "d5", Vec::new(), &["ingress"]);
+    assert!(
+        wait_until(WAIT, || connect(through).is_err()),
+        "the removed listener still accepts"
     );
 }
