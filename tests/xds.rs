@@ -129,10 +129,6 @@ fn listener_with_filter(name: &str, port: u16, cluster: &str, filter_type: &str)
     any(LISTENER_TYPE, &l)
 }
 
-fn bootstrap_yaml(admin: u16, ads: SocketAddr) -> String {
-    bootstrap_with_timeout(admin, ads, "15s")
-}
-
 fn bootstrap_with_timeout(admin: u16, ads: SocketAddr, initial_fetch_timeout: &str) -> String {
     bootstrap_full(admin, ads, initial_fetch_timeout, "GRPC")
 }
@@ -255,22 +251,60 @@ fn reached(addr: SocketAddr) -> String {
     last
 }
 
-#[test]
-fn listeners_clusters_and_endpoints_over_ads() {
+/// What each end-to-end test starts with: two tagged backends, the scripted ADS server and
+/// the proxy subscribed to it with `api`, and a free port for the listener xDS will create.
+struct Setup {
+    a: Backend,
+    b: Backend,
+    proxy: Proxy,
+    port: u16,
+    sotw: std::sync::mpsc::Receiver<SotwHandle>,
+    delta: std::sync::mpsc::Receiver<DeltaHandle>,
+}
+
+/// `None` (after saying why) when the selected proxy is not available.
+fn setup(api: &str) -> Option<Setup> {
     let kind = selected_proxy();
     if !proxy_available(kind) {
         skip_unsupported(kind, "proxy binary not available");
-        return;
+        return None;
     }
     let a = Backend::tagged("a");
     let b = Backend::tagged("b");
-    let (ads, streams, _) = start_server();
-    let admin = free_port();
-    let port = free_port();
-    let proxy = Proxy::spawn(kind, &bootstrap_yaml(admin, ads), ProxyOpts::default());
-    let stream = streams
+    let (ads, sotw, delta) = start_server();
+    let yaml = bootstrap_full(free_port(), ads, "15s", api);
+    let proxy = Proxy::spawn(kind, &yaml, ProxyOpts::default());
+    Some(Setup {
+        a,
+        b,
+        proxy,
+        port: free_port(),
+        sotw,
+        delta,
+    })
+}
+
+/// The first stream a proxy opens on `streams`.
+fn first_stream<H>(streams: &std::sync::mpsc::Receiver<H>, proxy: &Proxy) -> H {
+    streams
         .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("the proxy never opened an ADS stream\n{}", proxy.logs()));
+        .unwrap_or_else(|_| panic!("the proxy never opened an ADS stream\n{}", proxy.logs()))
+}
+
+#[test]
+fn listeners_clusters_and_endpoints_over_ads() {
+    let Some(Setup {
+        a,
+        b,
+        proxy,
+        port,
+        sotw,
+        ..
+    }) = setup("GRPC")
+    else {
+        return;
+    };
+    let stream = first_stream(&sotw, &proxy);
 
     let mut requests = Requests::new(&stream.requests);
     let cds = requests.next(CLUSTER_TYPE, |_| true);
@@ -426,24 +460,18 @@ fn delta_respond(
 /// update, and a listener removed by `removed_resources` (its port then refuses).
 #[test]
 fn delta_xds_adds_updates_and_removes() {
-    let kind = selected_proxy();
-    if !proxy_available(kind) {
-        skip_unsupported(kind, "proxy binary not available");
+    let Some(Setup {
+        a,
+        b,
+        proxy,
+        port,
+        delta,
+        ..
+    }) = setup("DELTA_GRPC")
+    else {
         return;
-    }
-    let a = Backend::tagged("a");
-    let b = Backend::tagged("b");
-    let (ads, _, streams) = start_server();
-    let admin = free_port();
-    let port = free_port();
-    let proxy = Proxy::spawn(
-        kind,
-        &bootstrap_full(admin, ads, "15s", "DELTA_GRPC"),
-        ProxyOpts::default(),
-    );
-    let stream = streams
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("the proxy never opened a Delta stream\n{}", proxy.logs()));
+    };
+    let stream = first_stream(&delta, &proxy);
     let mut requests = Requests::new(&stream.requests);
     let cds = requests.next(CLUSTER_TYPE, |_| true);
     assert!(
