@@ -17,7 +17,7 @@
 use crate::admin::{self, AdminAction, AdminState};
 use crate::compile::{compile, AccessLogSinks};
 use crate::config::{self, ConfigError};
-use crate::dynamic::{self, DynamicState};
+use crate::dynamic::{self, DynamicState, TypeDump};
 use crate::rib::{NodeInfo, Rib};
 use crate::stats::StatsRegistry;
 use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
@@ -183,6 +183,8 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         options,
         statics: rib.clone(),
         dynamic: DynamicState::default(),
+        cluster_dump: TypeDump::default(),
+        listener_dump: TypeDump::default(),
         xds,
         init,
         rib,
@@ -371,6 +373,9 @@ struct Control {
     statics: Rib,
     /// What xDS delivered.
     dynamic: DynamicState,
+    /// The same for `/config_dump`, with versions and rejections.
+    cluster_dump: TypeDump,
+    listener_dump: TypeDump,
     xds: Option<Xds>,
     /// Initialization with xDS (done at once without it).
     init: Init,
@@ -523,6 +528,7 @@ impl Control {
             }
             Event::Clusters(change) => {
                 xds.cds.response(change.accepted_all());
+                self.cluster_dump.record(&change, &now_rfc3339());
                 let rejected = change.rejected.clone();
                 dynamic::apply(&mut self.dynamic.clusters, change);
                 let names = self.dynamic.eds_names(&self.statics);
@@ -541,6 +547,7 @@ impl Control {
             }
             Event::Listeners(change) => {
                 xds.lds.response(change.accepted_all());
+                self.listener_dump.record(&change, &now_rfc3339());
                 let rejected = change.rejected.clone();
                 self.init.listeners_arrived();
                 dynamic::apply(&mut self.dynamic.listeners, change);
@@ -550,6 +557,14 @@ impl Control {
         for r in rejected {
             tracing::warn!(resource = %r.name, reason = %r.reason, "xDS: resource rejected (NACK sent)");
         }
+        *self
+            .admin
+            .xds_dump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = serde_json::json!({
+            "clusters": self.cluster_dump.render("dynamic_active_clusters", "cluster"),
+            "listeners": self.listener_dump.render("dynamic_listeners", "listener"),
+        });
         self.publish_composed("xDS update applied");
     }
 
@@ -581,4 +596,14 @@ impl Control {
         );
         true
     }
+}
+
+/// Now as Envoy writes timestamps (`2026-11-25T17:03:02.047Z`).
+fn now_rfc3339() -> String {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut s = String::new();
+    switchyard_dataplane::accesslog::write_start_time(ms, &mut s);
+    s
 }

@@ -7,8 +7,10 @@
 //! so connections to it find no healthy upstream rather than a stale one); removing a cluster
 //! over CDS drops its endpoints from the RIB but keeps the assignment until EDS removes it.
 
+use crate::config::resource;
 use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig, Rib};
 use crate::xds::Change;
+use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 /// Resources received over xDS, by name.
@@ -88,6 +90,80 @@ impl DynamicState {
     }
 }
 
+/// What `/config_dump` shows of one resource type received over xDS (Envoy's
+/// `DynamicCluster` / `DynamicListener` entries).
+#[derive(Debug, Default)]
+pub struct TypeDump {
+    /// The server's version of the last response.
+    version: String,
+    /// By name: the active resource (version, `Any` as JSON, when) and the last rejected one
+    /// (`Any` as JSON, when, why).
+    entries: BTreeMap<String, DumpEntry>,
+}
+
+#[derive(Debug, Default)]
+struct DumpEntry {
+    active: Option<(String, Value, String)>,
+    error: Option<(Value, String, String)>,
+}
+
+impl TypeDump {
+    /// Records a change received at `now` (RFC 3339).
+    pub fn record<T>(&mut self, change: &Change<T>, now: &str) {
+        if !change.version.is_empty() {
+            self.version = change.version.clone();
+        }
+        for name in &change.removals {
+            self.entries.remove(name);
+        }
+        for a in &change.upserts {
+            let e = self.entries.entry(a.name.clone()).or_default();
+            e.active = Some((
+                a.version.clone(),
+                resource::to_json(&a.resource),
+                now.into(),
+            ));
+            e.error = None;
+        }
+        for r in &change.rejected {
+            let failed = r.resource.as_ref().map_or(Value::Null, resource::to_json);
+            let e = self.entries.entry(r.name.clone()).or_default();
+            e.error = Some((failed, now.into(), r.reason.clone()));
+        }
+    }
+
+    /// `{"version_info", "<field>": [...]}` with each entry in Envoy's shape: clusters as
+    /// `{version_info, cluster, last_updated}` (active only), listeners as
+    /// `{name, active_state, error_state}`.
+    pub fn render(&self, field: &str, key: &str) -> Value {
+        let items: Vec<Value> = self
+            .entries
+            .iter()
+            .filter_map(|(name, e)| {
+                let active = e.active.as_ref().map(|(version, any, when)| {
+                    json!({"version_info": version, key: any, "last_updated": when})
+                });
+                let error = e.error.as_ref().map(|(any, when, details)| {
+                    json!({"failed_configuration": any, "last_update_attempt": when, "details": details})
+                });
+                if key == "cluster" {
+                    return active;
+                }
+                let mut m = Map::new();
+                m.insert("name".into(), name.clone().into());
+                if let Some(a) = active {
+                    m.insert("active_state".into(), a);
+                }
+                if let Some(e) = error {
+                    m.insert("error_state".into(), e);
+                }
+                Some(Value::Object(m))
+            })
+            .collect();
+        json!({"version_info": self.version, field: items})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +188,7 @@ mod tests {
                     name: n.into(),
                     version: "1".into(),
                     value,
+                    resource: Default::default(),
                 })
                 .collect(),
             removals: removals.iter().map(|s| s.to_string()).collect(),
@@ -149,6 +226,34 @@ mod tests {
             .unwrap()
             .endpoints
             .is_empty());
+    }
+
+    #[test]
+    fn the_dump_keeps_versions_removals_and_rejections() {
+        let mut dump = TypeDump::default();
+        let mut c = change(vec![("a", 1u8), ("b", 2u8)], &[]);
+        c.version = "v1".into();
+        dump.record(&c, "2026-11-25T00:00:00.000Z");
+        let mut c = change(vec![("a", 3u8)], &["b"]);
+        c.version = "v2".into();
+        c.rejected
+            .push(crate::xds::Rejected::new("x", "port_value: 70000"));
+        dump.record(&c, "2026-11-25T00:00:01.000Z");
+        let v = dump.render("dynamic_listeners", "listener");
+        assert_eq!(v["version_info"], "v2");
+        let items = v["dynamic_listeners"].as_array().unwrap();
+        let names: Vec<_> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["a", "x"], "b was removed");
+        assert_eq!(
+            items[0]["active_state"]["last_updated"],
+            "2026-11-25T00:00:01.000Z"
+        );
+        assert_eq!(items[1]["error_state"]["details"], "port_value: 70000");
+        assert!(items[1].get("active_state").is_none());
+        let clusters = dump.render("dynamic_active_clusters", "cluster");
+        let items = clusters["dynamic_active_clusters"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "clusters list active ones only");
+        assert_eq!(items[0]["version_info"], "1");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! `envoy.admin.v3.BootstrapConfigDump` with it, then a `ClustersConfigDump` and a
 //! `ListenersConfigDump` whose `static_clusters` / `static_listeners` carry each
 //! `static_resources` entry as an `Any` (with its `@type`). That is Envoy's order (bootstrap,
-//! clusters, listeners). Resources from xDS are not in the stored bootstrap and so not dumped.
+//! clusters, listeners). Resources from xDS come from the control thread's xDS dump
+//! (`AdminState::xds_dump`): `version_info`, `dynamic_active_clusters` and
+//! `dynamic_listeners` (with `active_state`, or `error_state` for a rejected update), as
+//! Envoy shows them.
 
 use super::http::{Query, Response};
 use super::{state_name, AdminState};
@@ -47,12 +50,25 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ("dynamic_listeners", LISTENERS_DUMP, "DynamicListener"),
 ];
 
-/// The items of one repeated field of a dump (each `{"<key>": Any}`).
-fn resource_items(bootstrap: &Value, field: &str) -> Vec<Value> {
+/// The items of one repeated field of a dump (each `{"<key>": Any}`, or for dynamic
+/// resources the control thread's xDS entries).
+fn resource_items(bootstrap: &Value, xds: &Value, field: &str) -> Vec<Value> {
     let (kind, key, type_url) = match field {
         "static_clusters" => ("clusters", "cluster", CLUSTER),
         "static_listeners" => ("listeners", "listener", LISTENER),
-        // Only the stored bootstrap is known here: no dynamic resources.
+        "dynamic_active_clusters" | "dynamic_listeners" => {
+            let dump = if field == "dynamic_listeners" {
+                "listeners"
+            } else {
+                "clusters"
+            };
+            return xds
+                .get(dump)
+                .and_then(|d| d.get(field))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+        }
         _ => return Vec::new(),
     };
     static_resources(bootstrap, kind)
@@ -65,20 +81,45 @@ fn resource_items(bootstrap: &Value, field: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Envoy's `/config_dump` for a stored bootstrap.
-pub(crate) fn render_config_dump(bootstrap: &Value) -> Value {
-    let mut clusters = Map::new();
-    clusters.insert("@type".into(), CLUSTERS_DUMP.into());
-    let items = resource_items(bootstrap, "static_clusters");
-    if !items.is_empty() {
-        clusters.insert("static_clusters".into(), items.into());
+/// One `ClustersConfigDump` or `ListenersConfigDump`: `version_info` from xDS, then the
+/// non-empty repeated fields.
+fn section(
+    bootstrap: &Value,
+    xds: &Value,
+    dump_type: &str,
+    xds_key: &str,
+    fields: &[&str],
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("@type".into(), dump_type.into());
+    if let Some(v) = xds.get(xds_key).and_then(|d| d.get("version_info")) {
+        m.insert("version_info".into(), v.clone());
     }
-    let mut listeners = Map::new();
-    listeners.insert("@type".into(), LISTENERS_DUMP.into());
-    let items = resource_items(bootstrap, "static_listeners");
-    if !items.is_empty() {
-        listeners.insert("static_listeners".into(), items.into());
+    for field in fields {
+        let items = resource_items(bootstrap, xds, field);
+        if !items.is_empty() {
+            m.insert((*field).into(), items.into());
+        }
     }
+    m
+}
+
+/// Envoy's `/config_dump` for a stored bootstrap and what xDS delivered.
+pub(crate) fn render_config_dump(bootstrap: &Value, xds: &Value) -> Value {
+    let clusters = section(
+        bootstrap,
+        xds,
+        CLUSTERS_DUMP,
+        "clusters",
+        &["static_clusters", "dynamic_active_clusters"],
+    );
+    let listeners = section(
+        bootstrap,
+        xds,
+        LISTENERS_DUMP,
+        "listeners",
+        &["static_listeners", "dynamic_listeners"],
+    );
     let bootstrap = if bootstrap.is_null() {
         json!({})
     } else {
@@ -93,9 +134,9 @@ pub(crate) fn render_config_dump(bootstrap: &Value) -> Value {
 
 /// `?resource=<field>`: the items of that repeated field, each with its own `@type`
 /// (`envoy.admin.v3.ClustersConfigDump.StaticCluster`, ...). `None` for an unknown field.
-pub(crate) fn render_resource(bootstrap: &Value, field: &str) -> Option<Value> {
+pub(crate) fn render_resource(bootstrap: &Value, xds: &Value, field: &str) -> Option<Value> {
     let (_, dump, item_type) = RESOURCES.iter().find(|r| r.0 == field)?;
-    let configs: Vec<Value> = resource_items(bootstrap, field)
+    let configs: Vec<Value> = resource_items(bootstrap, xds, field)
         .into_iter()
         .map(|item| {
             let mut m = Map::new();
@@ -112,9 +153,10 @@ pub(crate) fn render_resource(bootstrap: &Value, field: &str) -> Option<Value> {
 /// `GET /config_dump[?resource=static_listeners]`.
 pub(super) fn handle_config_dump(state: &AdminState, q: &Query) -> Response {
     let bootstrap = state.bootstrap();
+    let xds = state.xds();
     match q.get("resource") {
-        None | Some("") => Response::json(&render_config_dump(&bootstrap)),
-        Some(field) => match render_resource(&bootstrap, field) {
+        None | Some("") => Response::json(&render_config_dump(&bootstrap, &xds)),
+        Some(field) => match render_resource(&bootstrap, &xds, field) {
             Some(v) => Response::json(&v),
             None => Response::text(404, format!("{field} not found in config dump\n")),
         },
@@ -199,7 +241,7 @@ mod tests {
     #[test]
     fn config_dump_shape() {
         let b = bootstrap_json();
-        let d = render_config_dump(&b);
+        let d = render_config_dump(&b, &Value::Null);
         let configs = d["configs"].as_array().unwrap();
         assert_eq!(configs.len(), 3);
         assert_eq!(configs[0], json!({"@type": BOOTSTRAP_DUMP, "bootstrap": b}));
@@ -222,7 +264,7 @@ mod tests {
 
         // Nothing stored yet: empty dumps.
         assert_eq!(
-            render_config_dump(&Value::Null),
+            render_config_dump(&Value::Null, &Value::Null),
             json!({"configs": [
                 {"@type": BOOTSTRAP_DUMP, "bootstrap": {}},
                 {"@type": CLUSTERS_DUMP},
@@ -234,19 +276,19 @@ mod tests {
     #[test]
     fn resource_param() {
         let b = bootstrap_json();
-        let v = render_resource(&b, "static_clusters").unwrap();
+        let v = render_resource(&b, &Value::Null, "static_clusters").unwrap();
         assert_eq!(
             v["configs"][1],
             json!({"@type": format!("{CLUSTERS_DUMP}.StaticCluster"),
                    "cluster": {"@type": CLUSTER, "name": "empty", "connect_timeout": "1s"}})
         );
-        let v = render_resource(&b, "static_listeners").unwrap();
+        let v = render_resource(&b, &Value::Null, "static_listeners").unwrap();
         assert_eq!(v["configs"].as_array().unwrap().len(), 1);
         assert_eq!(
-            render_resource(&b, "dynamic_listeners").unwrap(),
+            render_resource(&b, &Value::Null, "dynamic_listeners").unwrap(),
             json!({"configs": []})
         );
-        assert!(render_resource(&b, "nope").is_none());
+        assert!(render_resource(&b, &Value::Null, "nope").is_none());
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct AdminState {
     /// The accepted bootstrap as proto3 JSON, set by the control thread on every accepted
     /// config (`Value::Null` before the first). `/config_dump` and `/server_info` read it.
     pub config_dump: Arc<Mutex<serde_json::Value>>,
+    /// What xDS delivered, as `/config_dump` shows it (set by the control thread):
+    /// `{"clusters": {version_info, dynamic_active_clusters}, "listeners": {version_info,
+    /// dynamic_listeners}}`; `Value::Null` without xDS.
+    pub xds_dump: Arc<Mutex<serde_json::Value>>,
     /// Envoy `server.state` as the control thread sets it: [`STATE_LIVE`], [`STATE_DRAINING`],
     /// [`STATE_PRE_INITIALIZING`] or [`STATE_INITIALIZING`].
     pub server_state: Arc<AtomicU8>,
@@ -95,6 +99,7 @@ impl AdminState {
             stats,
             fib,
             config_dump: Arc::new(Mutex::new(serde_json::Value::Null)),
+            xds_dump: Arc::new(Mutex::new(serde_json::Value::Null)),
             server_state: Arc::new(AtomicU8::new(STATE_PRE_INITIALIZING)),
             healthcheck_failed: Arc::new(AtomicBool::new(false)),
             concurrency,
@@ -118,6 +123,14 @@ impl AdminState {
     /// A copy of the stored bootstrap JSON.
     fn bootstrap(&self) -> serde_json::Value {
         self.config_dump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A copy of the xDS part of the dump.
+    fn xds(&self) -> serde_json::Value {
+        self.xds_dump
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

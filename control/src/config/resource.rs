@@ -37,6 +37,28 @@ pub fn endpoints(any: &Any) -> Result<(String, Vec<EndpointConfig>), Rejected> {
     convert::endpoints_resource(&la).map_err(|e| rejected(&la.cluster_name, e))
 }
 
+/// A resource payload as proto3 JSON with its `@type` first (as `/config_dump` shows an
+/// `Any`); `{"@type": ...}` alone when it does not decode.
+pub fn to_json(any: &Any) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    out.insert("@type".into(), any.type_url.clone().into());
+    let full_name = any.type_url.rsplit('/').next().unwrap_or_default();
+    let pool = descriptors::pool();
+    let decoded = pool
+        .get_message_by_name(full_name)
+        .and_then(|desc| DynamicMessage::decode(desc, any.value.as_slice()).ok())
+        .filter(|m| unknown_any(m, "").is_none());
+    if let Some(message) = decoded {
+        let options = SerializeOptions::new().use_proto_field_name(true);
+        if let Ok(serde_json::Value::Object(fields)) =
+            message.serialize_with_options(serde_json::value::Serializer, &options)
+        {
+            out.extend(fields);
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
 fn rejected(name: &str, e: ConfigError) -> Rejected {
     Rejected::new(name, e.to_string())
 }

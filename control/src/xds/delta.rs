@@ -95,7 +95,7 @@ impl Subscription {
                 .map(|any| (i, Some(r.name.as_str()), any))
         });
         let (accepted, rejected) = validate_all(&self.interest.type_url, resources, validator);
-        for (name, value) in accepted {
+        for (name, value, resource) in accepted {
             if !self.interest.wants(&name) {
                 continue;
             }
@@ -105,6 +105,7 @@ impl Subscription {
                 name,
                 version: version.to_string(),
                 value,
+                resource,
             });
         }
         for name in &response.removed_resources {

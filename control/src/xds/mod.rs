@@ -60,6 +60,8 @@ pub struct Rejected {
     pub name: String,
     /// Why: the field path and the problem, as `convert` reports them.
     pub reason: String,
+    /// The payload refused (for `/config_dump`'s `error_state`), when there was one.
+    pub resource: Option<Any>,
 }
 
 impl Rejected {
@@ -68,6 +70,7 @@ impl Rejected {
         Rejected {
             name: name.into(),
             reason: reason.into(),
+            resource: None,
         }
     }
 }
@@ -78,6 +81,8 @@ pub struct Accepted<T> {
     pub name: String,
     pub version: String,
     pub value: T,
+    /// The payload as received (for `/config_dump`).
+    pub resource: Any,
 }
 
 /// What one response changes for one resource type: the RIB applies `upserts` and
@@ -136,16 +141,20 @@ fn validate_all<'a, T>(
     type_url: &str,
     resources: impl Iterator<Item = (usize, Option<&'a str>, &'a Any)>,
     validator: &mut impl Validator<T>,
-) -> (Vec<(String, T)>, Vec<Rejected>) {
-    let mut accepted: Vec<(String, T)> = Vec::new();
+) -> (Vec<(String, T, Any)>, Vec<Rejected>) {
+    let mut accepted: Vec<(String, T, Any)> = Vec::new();
     let mut rejected = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (i, wire_name, any) in resources {
         let label = wire_name
             .filter(|n| !n.is_empty())
             .map_or_else(|| format!("#{i}"), str::to_string);
+        let refuse = |name: String, reason: String| Rejected {
+            resource: Some(any.clone()),
+            ..Rejected::new(name, reason)
+        };
         if any.type_url != type_url {
-            rejected.push(Rejected::new(
+            rejected.push(refuse(
                 label,
                 format!("type_url: {:?} in a {type_url} response", any.type_url),
             ));
@@ -155,26 +164,27 @@ fn validate_all<'a, T>(
             Ok((name, value)) => {
                 if let Some(wire) = wire_name.filter(|n| !n.is_empty()) {
                     if wire != name {
-                        rejected.push(Rejected::new(
-                            wire,
+                        rejected.push(refuse(
+                            wire.to_string(),
                             format!("name: the resource is named {name:?}"),
                         ));
                         continue;
                     }
                 }
                 if !seen.insert(name.clone()) {
-                    rejected.push(Rejected::new(
+                    rejected.push(refuse(
                         name,
-                        "name: duplicate resource name in one response",
+                        "name: duplicate resource name in one response".to_string(),
                     ));
                     continue;
                 }
-                accepted.push((name, value));
+                accepted.push((name, value, any.clone()));
             }
             Err(mut r) => {
                 if r.name.is_empty() {
                     r.name = label;
                 }
+                r.resource = Some(any.clone());
                 rejected.push(r);
             }
         }
@@ -186,7 +196,7 @@ fn validate_all<'a, T>(
         .filter(|r| r.reason.starts_with("name: duplicate"))
         .map(|r| r.name.clone())
         .collect();
-    accepted.retain(|(name, _)| !dup.contains(name));
+    accepted.retain(|(name, _, _)| !dup.contains(name));
     (accepted, rejected)
 }
 

@@ -99,7 +99,7 @@ impl Subscription {
         let (accepted, rejected) = validate_all(&self.interest.type_url, resources, validator);
         let in_response: BTreeSet<&str> = accepted
             .iter()
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _, _)| n.as_str())
             .chain(rejected.iter().map(|r| r.name.as_str()))
             .collect();
         let held = &mut self.interest.held;
@@ -113,7 +113,7 @@ impl Subscription {
                 held.remove(n);
             }
         }
-        for (name, value) in accepted {
+        for (name, value, resource) in accepted {
             if !self.interest.wants(&name) {
                 continue;
             }
@@ -124,6 +124,7 @@ impl Subscription {
                 name,
                 version: response.version_info.clone(),
                 value,
+                resource,
             });
         }
         change.rejected = rejected;
