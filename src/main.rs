@@ -59,6 +59,10 @@ enum Command {
         /// Overrides the bootstrap's `node.cluster` (as Envoy's --service-cluster).
         #[arg(long)]
         service_cluster: Option<String>,
+        /// Keep the last accepted xDS resources here, and serve them at start before the
+        /// management server answers.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Check a bootstrap file and exit: 0 when valid, 1 with the bad field's path when not.
     Validate {
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             large_buffer_size_kib,
             service_node,
             service_cluster,
+            state_dir,
         } => {
             init_logging(&log_level);
             let limits = Limits {
@@ -121,6 +126,7 @@ fn main() -> ExitCode {
                 command_line: std::env::args().collect(),
                 service_node,
                 service_cluster,
+                state_dir,
             };
             match controller::run(options) {
                 Ok(()) => ExitCode::SUCCESS,

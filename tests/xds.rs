@@ -251,6 +251,35 @@ fn reached(addr: SocketAddr) -> String {
     last
 }
 
+/// After the first CDS request: the EDS cluster `svc` (version c1, nonce n1), its endpoint
+/// `backend_port` once EDS asks for it (e1, n2), and the listener `ingress` on `port` to it
+/// once LDS asks (l1, n3).
+fn first_config(
+    stream: &SotwHandle,
+    requests: &mut Requests<'_, DiscoveryRequest>,
+    backend_port: u16,
+    port: u16,
+) {
+    respond(stream, CLUSTER_TYPE, "c1", "n1", vec![eds_cluster("svc")]);
+    let eds = requests.next(ENDPOINTS_TYPE, |r| !r.resource_names.is_empty());
+    assert_eq!(eds.resource_names, ["svc"]);
+    respond(
+        stream,
+        ENDPOINTS_TYPE,
+        "e1",
+        "n2",
+        vec![assignment("svc", local(backend_port))],
+    );
+    requests.next(LISTENER_TYPE, |_| true);
+    respond(
+        stream,
+        LISTENER_TYPE,
+        "l1",
+        "n3",
+        vec![listener("ingress", port, "svc")],
+    );
+}
+
 /// What each end-to-end test starts with: two tagged backends, the scripted ADS server and
 /// the proxy subscribed to it with `api`, and a free port for the listener xDS will create.
 struct Setup {
@@ -265,8 +294,7 @@ struct Setup {
 /// `None` (after saying why) when the selected proxy is not available.
 fn setup(api: &str) -> Option<Setup> {
     let kind = selected_proxy();
-    if !proxy_available(kind) {
-        skip_unsupported(kind, "proxy binary not available");
+    if !require(proxy_available(kind), "the proxy binary under test") {
         return None;
     }
     let a = Backend::tagged("a");
@@ -319,24 +347,7 @@ fn listeners_clusters_and_endpoints_over_ads() {
     );
     assert_eq!(status, 503, "/ready before the first fetch");
     assert_eq!(cds.node.as_ref().map(|n| n.id.as_str()), Some("xds-test"));
-    respond(&stream, CLUSTER_TYPE, "c1", "n1", vec![eds_cluster("svc")]);
-    let eds = requests.next(ENDPOINTS_TYPE, |r| !r.resource_names.is_empty());
-    assert_eq!(eds.resource_names, ["svc"]);
-    respond(
-        &stream,
-        ENDPOINTS_TYPE,
-        "e1",
-        "n2",
-        vec![assignment("svc", local(a.port()))],
-    );
-    requests.next(LISTENER_TYPE, |_| true);
-    respond(
-        &stream,
-        LISTENER_TYPE,
-        "l1",
-        "n3",
-        vec![listener("ingress", port, "svc")],
-    );
+    first_config(&stream, &mut requests, a.port(), port);
     let through = local(port);
     assert_eq!(reached(through), "a");
     assert!(
@@ -448,8 +459,7 @@ fn check_listener_dump(proxy: &Proxy) {
 #[test]
 fn initial_fetch_timeout_goes_live_without_an_answer() {
     let kind = selected_proxy();
-    if !proxy_available(kind) {
-        skip_unsupported(kind, "proxy binary not available");
+    if !require(proxy_available(kind), "the proxy binary under test") {
         return;
     }
     let (ads, streams, _) = start_server();
@@ -568,4 +578,56 @@ fn delta_xds_adds_updates_and_removes() {
         wait_until(WAIT, || connect(through).is_err()),
         "the removed listener still accepts"
     );
+}
+
+/// `--state-dir` (Switchyard only; Envoy has no warm start): a proxy restarted against a
+/// management server that never answers serves the last accepted listeners, clusters and
+/// endpoints at once.
+#[test]
+fn state_dir_warm_start_serves_before_the_server_answers() {
+    if selected_proxy() != ProxyKind::Switchyard {
+        skip_unsupported(
+            selected_proxy(),
+            "--state-dir is Switchyard's (Envoy has no warm start)",
+        );
+        return;
+    }
+    if !require(
+        proxy_available(ProxyKind::Switchyard),
+        "the proxy binary under test",
+    ) {
+        return;
+    }
+    let a = Backend::tagged("a");
+    let state = test_dir("xds-state");
+    let opts = ProxyOpts {
+        switchyard_args: vec!["--state-dir".into(), state.display().to_string()],
+        ..ProxyOpts::default()
+    };
+    let port = free_port();
+    {
+        let (ads, streams, _) = start_server();
+        let yaml = bootstrap_full(free_port(), ads, "15s", "GRPC");
+        let proxy = Proxy::spawn(ProxyKind::Switchyard, &yaml, opts.clone());
+        let stream = first_stream(&streams, &proxy);
+        let mut requests = Requests::new(&stream.requests);
+        requests.next(CLUSTER_TYPE, |_| true);
+        first_config(&stream, &mut requests, a.port(), port);
+        assert_eq!(reached(local(port)), "a");
+        requests.next(LISTENER_TYPE, |r| r.response_nonce == "n3");
+        proxy.sigterm();
+    }
+    // A new management server that never answers; a long initial_fetch_timeout.
+    let (ads, streams, _) = start_server();
+    let yaml = bootstrap_full(free_port(), ads, "60s", "GRPC");
+    let proxy = Proxy::spawn(ProxyKind::Switchyard, &yaml, opts);
+    let _stream = first_stream(&streams, &proxy);
+    assert!(
+        wait_until(WAIT, || http(proxy.admin, "GET", "/ready")
+            .is_ok_and(|r| r.status == 200)),
+        "not LIVE from the state dir\n{}",
+        proxy.logs()
+    );
+    assert_eq!(reached(local(port)), "a");
+    let _ = std::fs::remove_dir_all(&state);
 }

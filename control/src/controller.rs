@@ -19,6 +19,7 @@ use crate::compile::{compile, AccessLogSinks};
 use crate::config::{self, ConfigError};
 use crate::dynamic::{self, DynamicState, TypeDump};
 use crate::rib::{NodeInfo, Rib};
+use crate::state_dir::Persisted;
 use crate::stats::StatsRegistry;
 use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -52,6 +53,8 @@ pub struct RunOptions {
     /// `--service-node` / `--service-cluster`: override `node.id` / `node.cluster`.
     pub service_node: Option<String>,
     pub service_cluster: Option<String>,
+    /// `--state-dir`: where the last accepted xDS resources are kept for a warm start.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Why `run` failed. Each variant says which side is at fault.
@@ -185,6 +188,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         dynamic: DynamicState::default(),
         cluster_dump: TypeDump::default(),
         listener_dump: TypeDump::default(),
+        persisted: Persisted::default(),
         xds,
         init,
         rib,
@@ -194,6 +198,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         plane,
         admin: admin_state,
     };
+    control.warm_start();
     control.serve(events_rx);
     let Control {
         plane,
@@ -376,6 +381,8 @@ struct Control {
     /// The same for `/config_dump`, with versions and rejections.
     cluster_dump: TypeDump,
     listener_dump: TypeDump,
+    /// The accepted payloads, for `--state-dir`.
+    persisted: Persisted,
     xds: Option<Xds>,
     /// Initialization with xDS (done at once without it).
     init: Init,
@@ -480,6 +487,47 @@ impl Control {
         }
     }
 
+    /// With `--state-dir` and xDS: serves what the last run had accepted, at once (LIVE), until
+    /// the management server's answers replace it.
+    fn warm_start(&mut self) {
+        let (Some(dir), Some(_)) = (self.options.state_dir.clone(), &self.statics.dynamic) else {
+            return;
+        };
+        match Persisted::load(&dir) {
+            Ok(None) => {
+                tracing::info!(dir = %dir.display(), "state dir: nothing saved yet; cold start")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "state dir unreadable; cold start")
+            }
+            Ok(Some((persisted, state))) => {
+                tracing::info!(
+                    listeners = state.listeners.len(),
+                    clusters = state.clusters.len(),
+                    endpoints = state.endpoints.len(),
+                    "state dir: serving the last accepted xDS resources until the server answers"
+                );
+                self.persisted = persisted;
+                self.dynamic = state;
+                if let Some(x) = &self.xds {
+                    let names = self.dynamic.eds_names(&self.statics);
+                    let _ = x.commands.send(Command::WatchEndpoints(names));
+                }
+                if self.publish_composed("warm start from the state dir") {
+                    self.init = Init::new(None);
+                }
+            }
+        }
+    }
+
+    fn save_state(&self) {
+        if let (Some(dir), Some(_)) = (&self.options.state_dir, &self.xds) {
+            if let Err(e) = self.persisted.save(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "state dir: cannot save");
+            }
+        }
+    }
+
     /// Goes LIVE once initialization is done or its deadline has passed.
     fn check_init(&mut self) {
         let state = &self.admin.server_state;
@@ -529,6 +577,7 @@ impl Control {
             Event::Clusters(change) => {
                 xds.cds.response(change.accepted_all());
                 self.cluster_dump.record(&change, &now_rfc3339());
+                Persisted::record(&mut self.persisted.clusters, &change);
                 let rejected = change.rejected.clone();
                 dynamic::apply(&mut self.dynamic.clusters, change);
                 let names = self.dynamic.eds_names(&self.statics);
@@ -539,6 +588,7 @@ impl Control {
                 rejected
             }
             Event::Endpoints(change) => {
+                Persisted::record(&mut self.persisted.endpoints, &change);
                 let rejected = change.rejected.clone();
                 self.init
                     .endpoints_arrived(change.upserts.iter().map(|a| a.name.as_str()));
@@ -548,6 +598,7 @@ impl Control {
             Event::Listeners(change) => {
                 xds.lds.response(change.accepted_all());
                 self.listener_dump.record(&change, &now_rfc3339());
+                Persisted::record(&mut self.persisted.listeners, &change);
                 let rejected = change.rejected.clone();
                 self.init.listeners_arrived();
                 dynamic::apply(&mut self.dynamic.listeners, change);
@@ -557,6 +608,7 @@ impl Control {
         for r in rejected {
             tracing::warn!(resource = %r.name, reason = %r.reason, "xDS: resource rejected (NACK sent)");
         }
+        self.save_state();
         *self
             .admin
             .xds_dump

@@ -9,5 +9,6 @@ pub mod controller;
 pub mod convert;
 pub mod dynamic;
 pub mod rib;
+pub mod state_dir;
 pub mod stats;
 pub mod xds;

@@ -971,6 +971,8 @@ pub struct ProxyOpts {
     pub concurrency: u32,
     pub drain_time_s: Option<u32>,
     pub log_level: &'static str,
+    /// More arguments for Switchyard only (Envoy has no equivalent of its own flags).
+    pub switchyard_args: Vec<String>,
 }
 
 impl Default for ProxyOpts {
@@ -979,6 +981,7 @@ impl Default for ProxyOpts {
             concurrency: 1,
             drain_time_s: None,
             log_level: "info",
+            switchyard_args: Vec::new(),
         }
     }
 }
@@ -1047,6 +1050,7 @@ impl Proxy {
                 if let Some(d) = opts.drain_time_s {
                     c.arg("--drain-time-s").arg(d.to_string());
                 }
+                c.args(&opts.switchyard_args);
                 c
             }
             ProxyKind::Envoy => {

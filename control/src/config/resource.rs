@@ -59,6 +59,21 @@ pub fn to_json(any: &Any) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
+/// The inverse of [`to_json`]: the payload back from its JSON with `@type`; `None` when it
+/// does not parse as that type.
+pub fn from_json(value: &serde_json::Value) -> Option<Any> {
+    let type_url = value.get("@type")?.as_str()?.to_string();
+    let full_name = type_url.rsplit('/').next()?;
+    let desc = descriptors::pool().get_message_by_name(full_name)?;
+    let mut fields = value.as_object()?.clone();
+    fields.remove("@type");
+    let message = DynamicMessage::deserialize(desc, serde_json::Value::Object(fields)).ok()?;
+    Some(Any {
+        type_url,
+        value: message.encode_to_vec(),
+    })
+}
+
 fn rejected(name: &str, e: ConfigError) -> Rejected {
     Rejected::new(name, e.to_string())
 }
