@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source::ConfigSourceSpecifier, socket_address::PortSpecifier, Address,
     AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress,
@@ -27,12 +28,14 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, Filter, FilterChain, FilterChainMatch, Listener,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
-use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use prost::Message;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -630,4 +633,176 @@ fn state_dir_warm_start_serves_before_the_server_answers() {
     );
     assert_eq!(reached(local(port)), "a");
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// One row of the ACK/NACK table: a response of `type_url` with `resources`, and whether it
+/// must be accepted whole.
+struct Case {
+    what: &'static str,
+    type_url: &'static str,
+    resources: Vec<Any>,
+    ack: bool,
+}
+
+fn static_cluster_any(name: &str, endpoint_port: u32) -> Any {
+    let la = ClusterLoadAssignment {
+        cluster_name: name.into(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: "127.0.0.1".into(),
+                            port_specifier: Some(PortSpecifier::PortValue(endpoint_port)),
+                            ..SocketAddress::default()
+                        })),
+                    }),
+                    ..Endpoint::default()
+                })),
+                ..LbEndpoint::default()
+            }],
+            ..LocalityLbEndpoints::default()
+        }],
+        ..ClusterLoadAssignment::default()
+    };
+    let c = Cluster {
+        name: name.into(),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        load_assignment: Some(la),
+        ..Cluster::default()
+    };
+    any(CLUSTER_TYPE, &c)
+}
+
+fn listener_on_port(name: &str, port: u32) -> Any {
+    let mut l = Listener::decode(listener(name, 1, "svc").value.as_slice()).unwrap();
+    if let Some(address::Address::SocketAddress(sa)) =
+        l.address.as_mut().and_then(|a| a.address.as_mut())
+    {
+        sa.port_specifier = Some(PortSpecifier::PortValue(port));
+    }
+    any(LISTENER_TYPE, &l)
+}
+
+fn listener_matching(port: u32, prefix: &str) -> Any {
+    let mut l = Listener::decode(listener_on_port("l-cidr", port).value.as_slice()).unwrap();
+    l.filter_chains[0].filter_chain_match = Some(FilterChainMatch {
+        prefix_ranges: vec![CidrRange {
+            address_prefix: prefix.into(),
+            prefix_len: Some(UInt32Value { value: 8 }),
+        }],
+        ..FilterChainMatch::default()
+    });
+    any(LISTENER_TYPE, &l)
+}
+
+fn listener_without_chains(port: u32) -> Any {
+    let mut l = Listener::decode(listener_on_port("l-empty", port).value.as_slice()).unwrap();
+    l.filter_chains.clear();
+    any(LISTENER_TYPE, &l)
+}
+
+/// The same table of valid and invalid resources gets the same ACK/NACK decisions from
+/// Switchyard and from real Envoy (the CI runs this file against both).
+#[test]
+fn ack_nack_decisions_match_envoy() {
+    let Some(Setup { proxy, sotw, .. }) = setup("GRPC") else {
+        return;
+    };
+    let stream = first_stream(&sotw, &proxy);
+    let mut requests = Requests::new(&stream.requests);
+    requests.next(CLUSTER_TYPE, |_| true);
+    let free = u32::from(free_port());
+    let cases = vec![
+        Case {
+            what: "a static cluster",
+            type_url: CLUSTER_TYPE,
+            resources: vec![static_cluster_any("ok1", 9000)],
+            ack: true,
+        },
+        Case {
+            what: "an endpoint on port 70000",
+            type_url: CLUSTER_TYPE,
+            resources: vec![static_cluster_any("bad-port", 70000)],
+            ack: false,
+        },
+        Case {
+            what: "two clusters with one name",
+            type_url: CLUSTER_TYPE,
+            resources: vec![
+                static_cluster_any("dup", 9000),
+                static_cluster_any("dup", 9001),
+            ],
+            ack: false,
+        },
+        Case {
+            what: "a cluster without a name",
+            type_url: CLUSTER_TYPE,
+            resources: vec![static_cluster_any("", 9000)],
+            ack: false,
+        },
+        Case {
+            what: "a listener",
+            type_url: LISTENER_TYPE,
+            resources: vec![listener_on_port("l-ok", free)],
+            ack: true,
+        },
+        Case {
+            what: "a listener on port 70000",
+            type_url: LISTENER_TYPE,
+            resources: vec![listener_on_port("l-bad", 70000)],
+            ack: false,
+        },
+        Case {
+            what: "a listener with an unknown filter type",
+            type_url: LISTENER_TYPE,
+            resources: vec![listener_with_filter(
+                "l-unknown",
+                free_port(),
+                "svc",
+                "type.googleapis.com/example.UnknownFilter",
+            )],
+            ack: false,
+        },
+        Case {
+            what: "a listener matching a malformed CIDR",
+            type_url: LISTENER_TYPE,
+            resources: vec![listener_matching(free, "10.0.0.300")],
+            ack: false,
+        },
+        Case {
+            what: "a listener without filter chains",
+            type_url: LISTENER_TYPE,
+            resources: vec![listener_without_chains(free)],
+            ack: false,
+        },
+    ];
+    let mut mismatches = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let nonce = format!("t{i}");
+        // Each response is the whole set of its type (SotW): the valid first resource of the
+        // type rides along so that a later case does not remove it.
+        respond(
+            &stream,
+            case.type_url,
+            &format!("v{i}"),
+            &nonce,
+            case.resources.clone(),
+        );
+        let answer = requests.next(case.type_url, |r| r.response_nonce == nonce);
+        let acked = answer.error_detail.is_none();
+        if acked != case.ack {
+            mismatches.push(format!(
+                "{}: expected {}, got {} ({:?})",
+                case.what,
+                if case.ack { "ACK" } else { "NACK" },
+                if acked { "ACK" } else { "NACK" },
+                answer.error_detail.map(|d| d.message)
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
