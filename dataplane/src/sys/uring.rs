@@ -665,14 +665,16 @@ impl Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         // Cancel everything and wait for the last completion so the kernel no longer touches
-        // memory owned by self (buffers, addresses) when it is freed.
-        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-            .build()
-            .user_data(u64::MAX);
-        // SAFETY: no pointers.
-        unsafe { self.push(e) };
+        // memory owned by self (buffers, addresses) when it is freed. The cancel is repeated
+        // on every round: a timeout whose timer is firing at that instant refuses a cancel
+        // (-EALREADY), and the multishot tick then re-arms itself and would never end.
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while self.inflight > 0 && std::time::Instant::now() < deadline {
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(u64::MAX);
+            // SAFETY: no pointers.
+            unsafe { self.push(e) };
             let ts = types::Timespec::from(Duration::from_millis(50));
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
