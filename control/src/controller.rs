@@ -18,7 +18,7 @@ use crate::admin::{self, AdminAction, AdminState};
 use crate::compile::{compile, AccessLogSinks};
 use crate::config::{self, ConfigError};
 use crate::dynamic::{self, DynamicState, TypeDump};
-use crate::rib::{NodeInfo, Rib};
+use crate::rib::Rib;
 use crate::state_dir::Persisted;
 use crate::stats::StatsRegistry;
 use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
@@ -296,14 +296,9 @@ fn start_xds(rib: &Rib, events: Sender<ControlEvent>) -> Result<Xds, RunError> {
         .and_then(|c| c.endpoints.first())
         .map(|e| e.address)
         .expect("convert checked: the ADS cluster is static with an endpoint");
-    let node = NodeInfo {
-        id: rib.node.id.clone(),
-        cluster: rib.node.cluster.clone(),
-    };
     let (xds_tx, xds_rx) = mpsc::channel();
-    let (commands, thread) =
-        xds_client::spawn(ClientConfig::new(server, node, dynamic.api), xds_tx)
-            .map_err(RunError::Xds)?;
+    let config = ClientConfig::new(server, rib.node.clone(), dynamic.api);
+    let (commands, thread) = xds_client::spawn(config, xds_tx).map_err(RunError::Xds)?;
     std::thread::Builder::new()
         .name("xds-events".into())
         .spawn(move || {
@@ -448,11 +443,11 @@ impl Control {
                 self.plane.drain_listeners();
                 false
             }
-            AdminAction::ResetCounters => {
-                self.stats.reset_counters();
-                false
-            }
-            AdminAction::HealthcheckFail | AdminAction::HealthcheckOk => false,
+            // The admin thread has already zeroed the registry's counters (every counter there
+            // is, the control plane's included); nothing else here counts.
+            AdminAction::ResetCounters
+            | AdminAction::HealthcheckFail
+            | AdminAction::HealthcheckOk => false,
         }
     }
 

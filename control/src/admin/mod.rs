@@ -21,7 +21,7 @@ mod http;
 mod stats;
 
 pub use http::{IDLE_TIMEOUT, MAX_BODY_BYTES, MAX_CONNECTIONS, MAX_HEAD_BYTES, REQUEST_TIMEOUT};
-pub use stats::{collect_stats, reset_counters, Stat, StatValue};
+pub use stats::{collect_stats, Stat, StatValue};
 
 use crate::stats::StatsRegistry;
 use arc_swap::ArcSwap;
@@ -382,7 +382,7 @@ fn handle_healthcheck_ok(state: &AdminState, _: &Query) -> Response {
 }
 
 fn handle_reset_counters(state: &AdminState, _: &Query) -> Response {
-    reset_counters(&state.stats);
+    state.stats.reset_counters();
     send(state, AdminAction::ResetCounters)
 }
 

@@ -15,7 +15,6 @@
 
 use super::http::{Query, Response};
 use super::{AdminState, STATE_LIVE};
-use crate::stats::StatsRegistry;
 use regex::Regex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -205,11 +204,6 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
-}
-
-/// Zeroes every counter of every block (gauges keep their values): `POST /reset_counters`.
-pub fn reset_counters(reg: &StatsRegistry) {
-    reg.reset_counters();
 }
 
 /// Which stats a request asks for.
@@ -570,7 +564,7 @@ mod tests {
     #[test]
     fn reset_zeroes_counters_not_gauges() {
         let f = fixture();
-        reset_counters(&f.state.stats);
+        f.state.stats.reset_counters();
         let text = render_text(&collect_stats(&f.state));
         assert!(text.contains("cluster.echo.upstream_cx_total: 0\n"));
         assert!(text.contains("cluster.echo.upstream_cx_active: 1\n"));
