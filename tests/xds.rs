@@ -45,10 +45,15 @@ use switchyard_control::xds::{CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
 const WAIT: Duration = Duration::from_secs(15);
 
 fn sock(addr: SocketAddr) -> Address {
+    address_of(&addr.ip().to_string(), u32::from(addr.port()))
+}
+
+/// An address with any 32-bit port (so an invalid one, like 70000, can be written).
+fn address_of(ip: &str, port: u32) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
-            address: addr.ip().to_string(),
-            port_specifier: Some(PortSpecifier::PortValue(u32::from(addr.port()))),
+            address: ip.into(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
             ..SocketAddress::default()
         })),
     }
@@ -85,12 +90,17 @@ fn eds_cluster(name: &str) -> Any {
 }
 
 fn assignment(cluster: &str, endpoint: SocketAddr) -> Any {
-    let la = ClusterLoadAssignment {
+    any(ENDPOINTS_TYPE, &load_assignment(cluster, sock(endpoint)))
+}
+
+/// One endpoint at `endpoint` for `cluster`.
+fn load_assignment(cluster: &str, endpoint: Address) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
         cluster_name: cluster.into(),
         endpoints: vec![LocalityLbEndpoints {
             lb_endpoints: vec![LbEndpoint {
                 host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                    address: Some(sock(endpoint)),
+                    address: Some(endpoint),
                     ..Endpoint::default()
                 })),
                 ..LbEndpoint::default()
@@ -98,20 +108,19 @@ fn assignment(cluster: &str, endpoint: SocketAddr) -> Any {
             ..LocalityLbEndpoints::default()
         }],
         ..ClusterLoadAssignment::default()
-    };
-    any(ENDPOINTS_TYPE, &la)
+    }
 }
+
+const TCP_PROXY_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 fn listener(name: &str, port: u16, cluster: &str) -> Any {
-    listener_with_filter(
-        name,
-        port,
-        cluster,
-        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-    )
+    listener_with_filter(name, port.into(), cluster, TCP_PROXY_TYPE)
 }
 
-fn listener_with_filter(name: &str, port: u16, cluster: &str, filter_type: &str) -> Any {
+/// A tcp_proxy listener on 127.0.0.1:`port` (any 32-bit port) whose filter's `@type` is
+/// `filter_type`.
+fn listener_with_filter(name: &str, port: u32, cluster: &str, filter_type: &str) -> Any {
     let tp = TcpProxy {
         stat_prefix: name.into(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
@@ -119,7 +128,7 @@ fn listener_with_filter(name: &str, port: u16, cluster: &str, filter_type: &str)
     };
     let l = Listener {
         name: name.into(),
-        address: Some(sock(SocketAddr::from(([127, 0, 0, 1], port)))),
+        address: Some(address_of("127.0.0.1", port)),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.tcp_proxy".into(),
@@ -387,7 +396,7 @@ fn listeners_clusters_and_endpoints_over_ads() {
             listener("second", port2, "svc"),
             listener_with_filter(
                 "broken",
-                free_port(),
+                free_port().into(),
                 "svc",
                 "type.googleapis.com/example.UnknownFilter",
             ),
@@ -645,26 +654,7 @@ struct Case {
 }
 
 fn static_cluster_any(name: &str, endpoint_port: u32) -> Any {
-    let la = ClusterLoadAssignment {
-        cluster_name: name.into(),
-        endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints: vec![LbEndpoint {
-                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                    address: Some(Address {
-                        address: Some(address::Address::SocketAddress(SocketAddress {
-                            address: "127.0.0.1".into(),
-                            port_specifier: Some(PortSpecifier::PortValue(endpoint_port)),
-                            ..SocketAddress::default()
-                        })),
-                    }),
-                    ..Endpoint::default()
-                })),
-                ..LbEndpoint::default()
-            }],
-            ..LocalityLbEndpoints::default()
-        }],
-        ..ClusterLoadAssignment::default()
-    };
+    let la = load_assignment(name, address_of("127.0.0.1", endpoint_port));
     let c = Cluster {
         name: name.into(),
         connect_timeout: Some(PbDuration {
@@ -678,13 +668,7 @@ fn static_cluster_any(name: &str, endpoint_port: u32) -> Any {
 }
 
 fn listener_on_port(name: &str, port: u32) -> Any {
-    let mut l = Listener::decode(listener(name, 1, "svc").value.as_slice()).unwrap();
-    if let Some(address::Address::SocketAddress(sa)) =
-        l.address.as_mut().and_then(|a| a.address.as_mut())
-    {
-        sa.port_specifier = Some(PortSpecifier::PortValue(port));
-    }
-    any(LISTENER_TYPE, &l)
+    listener_with_filter(name, port, "svc", TCP_PROXY_TYPE)
 }
 
 fn listener_matching(port: u32, prefix: &str) -> Any {
@@ -761,7 +745,7 @@ fn ack_nack_decisions_match_envoy() {
             type_url: LISTENER_TYPE,
             resources: vec![listener_with_filter(
                 "l-unknown",
-                free_port(),
+                free_port().into(),
                 "svc",
                 "type.googleapis.com/example.UnknownFilter",
             )],
