@@ -123,14 +123,19 @@ pub fn parse_value(value: &serde_json::Value) -> Result<LoadedConfig, ConfigErro
             format!("internal error: bootstrap does not decode: {e}"),
         )
     })?;
-    let options = SerializeOptions::new().use_proto_field_name(true);
-    let normalized = message
-        .serialize_with_options(serde_json::value::Serializer, &options)
+    let normalized = proto_json(&message)
         .map_err(|e| ConfigError::invalid("", format!("internal error: {e}")))?;
     Ok(LoadedConfig {
         bootstrap,
         normalized,
     })
+}
+
+/// A message as proto3 JSON with proto field names (`static_resources`, not
+/// `staticResources`): the form the walker checks and `/config_dump` shows.
+pub(crate) fn proto_json(message: &DynamicMessage) -> Result<serde_json::Value, serde_json::Error> {
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    message.serialize_with_options(serde_json::value::Serializer, &options)
 }
 
 /// Reads a bootstrap file and converts it to the RIB.
@@ -225,10 +230,7 @@ static_resources:
         // And back: prost bytes -> pool -> JSON is the normalized JSON.
         let desc = descriptors::pool().get_message_by_name(BOOTSTRAP).unwrap();
         let again = DynamicMessage::decode(desc, b.encode_to_vec().as_slice()).unwrap();
-        let options = SerializeOptions::new().use_proto_field_name(true);
-        let json = again
-            .serialize_with_options(serde_json::value::Serializer, &options)
-            .unwrap();
+        let json = proto_json(&again).unwrap();
         assert_eq!(json, loaded.normalized);
         let tc = &json["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];

@@ -4,9 +4,9 @@
 //! silently ignored), then converted by `convert` (ports, addresses, CIDRs, names...). The
 //! error of a refused resource names the field, relative to the resource, for the NACK.
 
-use super::descriptors;
 use super::error::{field, index, ConfigError};
 use super::walk;
+use super::{descriptors, proto_json};
 use crate::convert;
 use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig};
 use crate::xds::{self, Rejected};
@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
-use prost_reflect::{DynamicMessage, ReflectMessage, SerializeOptions, Value};
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 
 /// A listener resource (LDS): its name and config.
 pub fn listener(any: &Any) -> Result<(String, ListenerConfig), Rejected> {
@@ -48,13 +48,8 @@ pub fn to_json(any: &Any) -> serde_json::Value {
         .get_message_by_name(full_name)
         .and_then(|desc| DynamicMessage::decode(desc, any.value.as_slice()).ok())
         .filter(|m| unknown_any(m, "").is_none());
-    if let Some(message) = decoded {
-        let options = SerializeOptions::new().use_proto_field_name(true);
-        if let Ok(serde_json::Value::Object(fields)) =
-            message.serialize_with_options(serde_json::value::Serializer, &options)
-        {
-            out.extend(fields);
-        }
+    if let Some(Ok(serde_json::Value::Object(fields))) = decoded.as_ref().map(proto_json) {
+        out.extend(fields);
     }
     serde_json::Value::Object(out)
 }
@@ -102,10 +97,8 @@ fn checked<M: Message + Default>(any: &Any, type_url: &str) -> Result<M, Rejecte
             format!("{path}: unknown or unsupported @type {type_url:?}"),
         ));
     }
-    let options = SerializeOptions::new().use_proto_field_name(true);
-    let value = message
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|e| Rejected::new(&name, format!("internal error: {e}")))?;
+    let value =
+        proto_json(&message).map_err(|e| Rejected::new(&name, format!("internal error: {e}")))?;
     walk::check(pool, &desc, &value).map_err(|e| rejected(&name, e))?;
     M::decode(any.value.as_slice())
         .map_err(|e| Rejected::new(&name, format!("does not decode: {e}")))
