@@ -1,26 +1,33 @@
 //! RIB -> FIB: turns the validated config into the immutable table workers read.
 //!
-//! Compilation cannot fail: everything that can be wrong was rejected by `convert`. It is
-//! pure apart from the two registries it draws shared state from, so that state survives a
-//! swap:
+//! Compilation cannot fail: everything that can be wrong was rejected by `convert`. Its
+//! result depends on the RIB alone; what it draws from outside only decides which objects are
+//! shared with earlier generations:
 //! - stat blocks come from the [`StatsRegistry`] by stable name (`tcp.<stat_prefix>`,
-//!   `cluster.<name>`, host by (cluster, address), `listener.<ip>_<port>`);
+//!   `cluster.<name>`, `listener.<ip>_<port>`); a host's block comes from the same cluster
+//!   in the previous FIB, by address (no registry entry per endpoint: 100k endpoints cost no
+//!   map, and a removed host's block goes when the last FIB holding it does);
 //! - access-log sinks come from [`AccessLogSinks`], one `Arc` per distinct (path, format), so
-//!   the log writer keeps one open file per sink across generations.
+//!   the log writer keeps one open file per sink across generations;
+//! - clusters whose config equals the one they were last built from come from the
+//!   [`CompileCache`] as they are (an unchanged endpoint list is the same `Arc` and compares by
+//!   pointer), so a one-endpoint change among 100k endpoints rebuilds one cluster.
 //!
 //! Cluster ids are indices into `rib.clusters` (the FIB keeps the RIB's order). A tcp_proxy
 //! naming a cluster that does not exist compiles to [`Route::Missing`] (Envoy's behaviour:
 //! `downstream_cx_no_route` at run time).
 
-use crate::rib::{FilterChainConfig, Rib, RouteConfig, TcpProxyConfig};
+use crate::rib::{ClusterConfig, FilterChainConfig, Rib, RouteConfig, TcpProxyConfig};
 use crate::stats::StatsRegistry;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{AccessLogSink, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
     Cluster, ClusterId, Endpoint, Fib, FilterChain, Listener, Route, TcpProxy, WeightedClusters,
 };
+use switchyard_dataplane::stats::HostStats;
 
 /// Kernel accept backlog for every listener.
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -68,42 +75,91 @@ impl AccessLogSinks {
     }
 }
 
-/// Compiles `rib` into generation `generation` of the FIB.
-pub fn compile(
-    rib: &Rib,
-    generation: u64,
-    stats: &StatsRegistry,
-    sinks: &mut AccessLogSinks,
-) -> Fib {
-    let ids: HashMap<&str, ClusterId> = rib
-        .clusters
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.as_str(), ClusterId(i as u32)))
-        .collect();
-    let clusters = rib
-        .clusters
-        .iter()
-        .map(|c| Cluster {
-            name: c.name.as_str().into(),
-            connect_timeout_ms: millis(c.connect_timeout),
-            lb_policy: c.lb_policy,
-            endpoints: c
-                .endpoints
+/// What one compilation hands to the next: the access-log sinks, and the clusters of the last
+/// RIB with what each compiled to, so that a cluster whose config is unchanged is shared with
+/// the new FIB instead of rebuilt.
+///
+/// When the new RIB has the same clusters in the same order (an endpoint change), each
+/// cluster is checked against the one at its index, by pointer first: no hashing, no
+/// allocation but the new FIB's array, and one stat-block lookup per endpoint of the changed
+/// clusters only. When clusters were added, removed or reordered, they are matched by name.
+#[derive(Debug, Default)]
+pub struct CompileCache {
+    /// Access-log sinks by (path, format).
+    pub sinks: AccessLogSinks,
+    configs: Vec<Arc<ClusterConfig>>,
+    built: Vec<Arc<Cluster>>,
+    /// Cluster ids by name for `configs`.
+    ids: HashMap<String, ClusterId>,
+    reused: usize,
+}
+
+impl CompileCache {
+    /// An empty cache: the next compilation builds everything.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many clusters the last compilation took from the cache unchanged.
+    pub fn reused(&self) -> usize {
+        self.reused
+    }
+
+    /// The clusters of `rib`, built or taken from the cache; updates the cache to `rib`.
+    fn clusters(&mut self, rib: &Rib, stats: &StatsRegistry) -> Vec<Arc<Cluster>> {
+        let same_layout = self.configs.len() == rib.clusters.len()
+            && rib
+                .clusters
                 .iter()
-                .map(|e| Endpoint {
-                    address: e.address,
-                    weight: e.weight,
-                    stats: stats.host(&c.name, e.address),
-                })
-                .collect(),
-            stats: stats.cluster(&c.name),
-        })
-        .collect();
+                .zip(&self.configs)
+                .all(|(new, old)| Arc::ptr_eq(new, old) || new.name == old.name);
+        let mut reused = 0;
+        let built: Vec<Arc<Cluster>> = rib
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let old = if same_layout {
+                    Some(i)
+                } else {
+                    self.ids.get(c.name.as_str()).map(|id| id.0 as usize)
+                };
+                match old {
+                    Some(j) if Arc::ptr_eq(c, &self.configs[j]) || **c == *self.configs[j] => {
+                        reused += 1;
+                        self.built[j].clone()
+                    }
+                    Some(j) if self.configs[j].name == c.name => {
+                        Arc::new(cluster(c, Some(&self.built[j]), stats))
+                    }
+                    _ => Arc::new(cluster(c, None, stats)),
+                }
+            })
+            .collect();
+        if !same_layout {
+            self.ids = rib
+                .clusters
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), ClusterId(i as u32)))
+                .collect();
+        }
+        self.configs = rib.clusters.clone();
+        self.built = built.clone();
+        self.reused = reused;
+        built
+    }
+}
+
+/// Compiles `rib` into generation `generation` of the FIB.
+pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut CompileCache) -> Fib {
+    let clusters = cache.clusters(rib, stats);
+    let ids = &cache.ids;
+    let sinks = &mut cache.sinks;
     let mut chain = |c: &FilterChainConfig| FilterChain {
         name: c.name.as_str().into(),
         matcher: c.matcher.clone(),
-        tcp_proxy: tcp_proxy(&c.tcp_proxy, &ids, stats, sinks),
+        tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
     };
     let listeners = rib
         .listeners
@@ -124,9 +180,35 @@ pub fn compile(
     }
 }
 
+/// Builds one cluster. An endpoint that `previous` (the same cluster as last compiled) also
+/// had keeps its stat block; a new one starts from zero (as in Envoy, a host's stats live as
+/// long as the host).
+fn cluster(c: &ClusterConfig, previous: Option<&Cluster>, stats: &StatsRegistry) -> Cluster {
+    let old: HashMap<SocketAddr, &Arc<HostStats>> = previous
+        .map(|p| p.endpoints.iter().map(|e| (e.address, &e.stats)).collect())
+        .unwrap_or_default();
+    Cluster {
+        name: c.name.as_str().into(),
+        connect_timeout_ms: millis(c.connect_timeout),
+        lb_policy: c.lb_policy,
+        endpoints: c
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                address: e.address,
+                weight: e.weight,
+                stats: old
+                    .get(&e.address)
+                    .map_or_else(Arc::default, |s| Arc::clone(s)),
+            })
+            .collect(),
+        stats: stats.cluster(&c.name),
+    }
+}
+
 fn tcp_proxy(
     t: &TcpProxyConfig,
-    ids: &HashMap<&str, ClusterId>,
+    ids: &HashMap<String, ClusterId>,
     stats: &StatsRegistry,
     sinks: &mut AccessLogSinks,
 ) -> TcpProxy {

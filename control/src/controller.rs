@@ -15,9 +15,9 @@
 //!   access log is flushed, and [`run`] returns.
 
 use crate::admin::{self, AdminAction, AdminState};
-use crate::compile::{compile, AccessLogSinks};
+use crate::compile::{compile, CompileCache};
 use crate::config::{self, ConfigError};
-use crate::dynamic::{self, DynamicState, TypeDump};
+use crate::dynamic::{DynamicState, XdsTypeDumps};
 use crate::rib::Rib;
 use crate::state_dir::Persisted;
 use crate::stats::StatsRegistry;
@@ -146,8 +146,8 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     )
     .map_err(RunError::DataPlane)?;
 
-    let mut sinks = AccessLogSinks::new();
-    let fib = compile(&rib, 1, &stats, &mut sinks);
+    let mut cache = CompileCache::new();
+    let fib = compile(&rib, 1, &stats, &mut cache);
     plane.publish(Arc::new(fib)).map_err(RunError::DataPlane)?;
 
     let (events_tx, events_rx) = mpsc::channel();
@@ -182,19 +182,24 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         "config loaded; serving"
     );
 
+    if xds.is_some() {
+        admin_state
+            .xds_dump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0 = Some(XdsTypeDumps::default());
+    }
     let mut control = Control {
         options,
         statics: rib.clone(),
         dynamic: DynamicState::default(),
-        cluster_dump: TypeDump::default(),
-        listener_dump: TypeDump::default(),
         persisted: Persisted::default(),
         xds,
         init,
         rib,
         generation: 1,
         stats,
-        sinks,
+        cache,
         plane,
         admin: admin_state,
     };
@@ -373,9 +378,6 @@ struct Control {
     statics: Rib,
     /// What xDS delivered.
     dynamic: DynamicState,
-    /// The same for `/config_dump`, with versions and rejections.
-    cluster_dump: TypeDump,
-    listener_dump: TypeDump,
     /// The accepted payloads, for `--state-dir`.
     persisted: Persisted,
     xds: Option<Xds>,
@@ -385,7 +387,8 @@ struct Control {
     rib: Rib,
     generation: u64,
     stats: Arc<StatsRegistry>,
-    sinks: AccessLogSinks,
+    /// Sinks and clusters shared between generations.
+    cache: CompileCache,
     plane: DataPlane,
     admin: Arc<AdminState>,
 }
@@ -497,9 +500,9 @@ impl Control {
             }
             Ok(Some((persisted, state))) => {
                 tracing::info!(
-                    listeners = state.listeners.len(),
-                    clusters = state.clusters.len(),
-                    endpoints = state.endpoints.len(),
+                    listeners = state.counts().0,
+                    clusters = state.counts().1,
+                    endpoints = state.counts().2,
                     "state dir: serving the last accepted xDS resources until the server answers"
                 );
                 self.persisted = persisted;
@@ -571,10 +574,10 @@ impl Control {
             }
             Event::Clusters(change) => {
                 xds.cds.response(change.accepted_all());
-                self.cluster_dump.record(&change, &now_rfc3339());
-                Persisted::record(&mut self.persisted.clusters, &change);
+                self.dump(|d| d.clusters.record(&change, &now_rfc3339()));
+                self.persist(|p| Persisted::record(&mut p.clusters, &change));
                 let rejected = change.rejected.clone();
-                dynamic::apply(&mut self.dynamic.clusters, change);
+                self.dynamic.apply_clusters(change);
                 let names = self.dynamic.eds_names(&self.statics);
                 self.init.clusters_arrived(&names);
                 if let Some(x) = &self.xds {
@@ -583,41 +586,53 @@ impl Control {
                 rejected
             }
             Event::Endpoints(change) => {
-                Persisted::record(&mut self.persisted.endpoints, &change);
+                self.persist(|p| Persisted::record(&mut p.endpoints, &change));
                 let rejected = change.rejected.clone();
                 self.init
                     .endpoints_arrived(change.upserts.iter().map(|a| a.name.as_str()));
-                dynamic::apply(&mut self.dynamic.endpoints, change);
+                self.dynamic.apply_endpoints(change);
                 rejected
             }
             Event::Listeners(change) => {
                 xds.lds.response(change.accepted_all());
-                self.listener_dump.record(&change, &now_rfc3339());
-                Persisted::record(&mut self.persisted.listeners, &change);
+                self.dump(|d| d.listeners.record(&change, &now_rfc3339()));
+                self.persist(|p| Persisted::record(&mut p.listeners, &change));
                 let rejected = change.rejected.clone();
                 self.init.listeners_arrived();
-                dynamic::apply(&mut self.dynamic.listeners, change);
+                self.dynamic.apply_listeners(change);
                 rejected
             }
         };
         for r in rejected {
             tracing::warn!(resource = %r.name, reason = %r.reason, "xDS: resource rejected (NACK sent)");
         }
+        self.publish_composed("xDS update applied");
         self.save_state();
-        *self
+    }
+
+    /// Records into the `/config_dump` view of xDS resources.
+    fn dump(&self, record: impl FnOnce(&mut XdsTypeDumps)) {
+        let mut dump = self
             .admin
             .xds_dump
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = serde_json::json!({
-            "clusters": self.cluster_dump.render("dynamic_active_clusters", "cluster"),
-            "listeners": self.listener_dump.render("dynamic_listeners", "listener"),
-        });
-        self.publish_composed("xDS update applied");
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = dump.0.as_mut() {
+            record(d);
+        }
+    }
+
+    /// Records into what `--state-dir` keeps (nothing is kept without one).
+    fn persist(&mut self, record: impl FnOnce(&mut Persisted)) {
+        if self.options.state_dir.is_some() {
+            record(&mut self.persisted);
+        }
     }
 
     /// Composes statics and dynamic state, and publishes it if it differs from what serves.
     /// False when the data plane refused it (nothing changed then).
     fn publish_composed(&mut self, what: &str) -> bool {
+        let started = Instant::now();
         let (rib, skipped) = self.dynamic.compose(&self.statics);
         for s in skipped {
             tracing::warn!(reason = %s, "xDS resource left out");
@@ -626,15 +641,27 @@ impl Control {
             tracing::debug!("config unchanged");
             return true;
         }
+        let composed = Instant::now();
         let generation = self.generation + 1;
-        let fib = compile(&rib, generation, &self.stats, &mut self.sinks);
+        let fib = compile(&rib, generation, &self.stats, &mut self.cache);
+        let compiled = Instant::now();
         if let Err(e) = self.plane.publish(Arc::new(fib)) {
             tracing::error!(error = %e, "config rejected; keeping the previous config");
             return false;
         }
+        let published = Instant::now();
         self.generation = generation;
-        self.rib = rib;
-        self.sinks.prune_unused();
+        let previous = std::mem::replace(&mut self.rib, rib);
+        drop(previous);
+        tracing::debug!(
+            compose_us = (composed - started).as_micros() as u64,
+            compile_us = (compiled - composed).as_micros() as u64,
+            clusters_reused = self.cache.reused(),
+            publish_us = (published - compiled).as_micros() as u64,
+            release_us = published.elapsed().as_micros() as u64,
+            "generation {generation} timings"
+        );
+        self.cache.sinks.prune_unused();
         tracing::info!(
             generation,
             listeners = self.rib.listeners.len(),

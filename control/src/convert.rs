@@ -42,6 +42,7 @@ use envoy_types::pb::google::protobuf::{
 use prost::Message;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{parse_json_value, parse_text_format, LogFormat, LogPath};
 use switchyard_dataplane::fib::{ChainMatch, CidrRange, LbPolicy, MAX_FILTER_CHAINS};
@@ -84,7 +85,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
                 ),
             ));
         }
-        clusters.push(converted);
+        clusters.push(Arc::new(converted));
     }
 
     let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(statics.listeners.len());
@@ -630,7 +631,7 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         name: c.name.clone(),
         connect_timeout,
         lb_policy,
-        endpoints,
+        endpoints: endpoints.into(),
         eds_service,
     })
 }
@@ -696,7 +697,10 @@ fn ads_source(cs: Option<&ConfigSource>, path: &str) -> Result<Option<Duration>>
 
 /// `dynamic_resources`: an ADS `ads_config` over gRPC to a static cluster, and `lds_config` /
 /// `cds_config` that use it.
-fn dynamic_resources(d: &DynamicResources, clusters: &[ClusterConfig]) -> Result<DynamicConfig> {
+fn dynamic_resources(
+    d: &DynamicResources,
+    clusters: &[Arc<ClusterConfig>],
+) -> Result<DynamicConfig> {
     let path = "dynamic_resources";
     let apath = field(path, "ads_config");
     let Some(ads) = &d.ads_config else {
@@ -830,8 +834,8 @@ pub fn cluster_resource(c: &Cluster) -> Result<ClusterConfig> {
 
 /// One `ClusterLoadAssignment` received as an xDS (EDS) resource: its cluster name and
 /// endpoints.
-pub fn endpoints_resource(la: &ClusterLoadAssignment) -> Result<(String, Vec<EndpointConfig>)> {
-    Ok((la.cluster_name.clone(), load_assignment(la, "")?))
+pub fn endpoints_resource(la: &ClusterLoadAssignment) -> Result<(String, Arc<[EndpointConfig]>)> {
+    Ok((la.cluster_name.clone(), load_assignment(la, "")?.into()))
 }
 
 /// An `Address` that must be an IP `socket_address` with a non-zero port.

@@ -9,6 +9,7 @@
 //! [`Fib`]: switchyard_dataplane::fib::Fib
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath};
 use switchyard_dataplane::fib::{ChainMatch, LbPolicy};
@@ -34,8 +35,9 @@ pub struct Rib {
     pub admin: AdminConfig,
     /// Listeners in config order; names and addresses are unique.
     pub listeners: Vec<ListenerConfig>,
-    /// Clusters in config order; names are unique.
-    pub clusters: Vec<ClusterConfig>,
+    /// Clusters in config order; names are unique. Shared with the xDS state and the
+    /// compile cache: an unchanged cluster is the same `Arc` from one RIB to the next.
+    pub clusters: Vec<Arc<ClusterConfig>>,
     /// `dynamic_resources`: where listeners, clusters and endpoints come from over xDS.
     pub dynamic: Option<DynamicConfig>,
 }
@@ -69,7 +71,7 @@ pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 impl Rib {
     /// The cluster named `name`.
     pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
-        self.clusters.iter().find(|c| c.name == name)
+        self.clusters.iter().find(|c| c.name == name).map(|c| &**c)
     }
 
     /// The listener named `name`.
@@ -172,8 +174,9 @@ pub struct ClusterConfig {
     /// Load-balancing policy (`choice_count` >= 2 for least request).
     pub lb_policy: LbPolicy,
     /// Endpoints in config order (priority 0 only); for an EDS cluster, the last assignment
-    /// received (empty until one arrives).
-    pub endpoints: Vec<EndpointConfig>,
+    /// received (empty until one arrives). Shared, not copied, between the xDS state, the
+    /// composed RIB and the compile cache: an unchanged list is recognised by pointer.
+    pub endpoints: Arc<[EndpointConfig]>,
     /// `type: EDS`: the assignment's name to watch (`eds_cluster_config.service_name`, or the
     /// cluster's name); `None` for a static cluster.
     pub eds_service: Option<String>,

@@ -65,19 +65,19 @@ impl Persisted {
         let mut state = DynamicState::default();
         for item in items(&doc, "clusters") {
             if let Some((any, (name, c))) = decode(item, resource::cluster) {
-                state.clusters.insert(name.clone(), c);
+                state.insert_cluster(name.clone(), c);
                 persisted.clusters.insert(name, any);
             }
         }
         for item in items(&doc, "endpoints") {
             if let Some((any, (name, e))) = decode(item, resource::endpoints) {
-                state.endpoints.insert(name.clone(), e);
+                state.insert_endpoints(name.clone(), e);
                 persisted.endpoints.insert(name, any);
             }
         }
         for item in items(&doc, "listeners") {
             if let Some((any, (name, l))) = decode(item, resource::listener) {
-                state.listeners.insert(name.clone(), l);
+                state.insert_listener(name.clone(), l);
                 persisted.listeners.insert(name, any);
             }
         }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::stats::{
-    listener_stat_name, ClusterStats, HostStats, ListenerStats, ServerStats, TcpStats,
+    listener_stat_name, ClusterStats, ListenerStats, ServerStats, TcpStats,
 };
 
 /// All stat blocks, by name.
@@ -30,8 +30,6 @@ pub struct Blocks {
     pub tcp: BTreeMap<String, Arc<TcpStats>>,
     /// `cluster.<name>.`
     pub cluster: BTreeMap<String, Arc<ClusterStats>>,
-    /// Per host of each cluster: (cluster name, address).
-    pub host: BTreeMap<(String, SocketAddr), Arc<HostStats>>,
     /// `listener.<ip>_<port>.`
     pub listener: BTreeMap<String, Arc<ListenerStats>>,
 }
@@ -64,7 +62,6 @@ impl StatsRegistry {
             let blocks = self.blocks();
             blocks.tcp.values().for_each(|b| b.reset_counters());
             blocks.cluster.values().for_each(|b| b.reset_counters());
-            blocks.host.values().for_each(|b| b.reset_counters());
             blocks.listener.values().for_each(|b| b.reset_counters());
         }
         self.server.reset_counters();
@@ -100,16 +97,6 @@ impl StatsRegistry {
             .cluster
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(ClusterStats::new(name, w)))
-            .clone()
-    }
-
-    /// The block of host `addr` in cluster `cluster`.
-    pub fn host(&self, cluster: &str, addr: SocketAddr) -> Arc<HostStats> {
-        let w = self.workers;
-        self.blocks()
-            .host
-            .entry((cluster.to_string(), addr))
-            .or_insert_with(|| Arc::new(HostStats::new(addr.to_string(), w)))
             .clone()
     }
 

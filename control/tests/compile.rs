@@ -3,9 +3,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use switchyard_control::compile::{compile, AccessLogSinks, DEFAULT_BACKLOG};
+use switchyard_control::compile::{compile, CompileCache, DEFAULT_BACKLOG};
 use switchyard_control::config::{load_rib, parse_rib, Format};
-use switchyard_control::rib::Rib;
+use switchyard_control::rib::{EndpointConfig, Rib};
 use switchyard_control::stats::StatsRegistry;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath, Operator, Segment};
 use switchyard_dataplane::fib::{CidrRange, ClusterId, Fib, LbPolicy, Route, MAX_FILTER_CHAINS};
@@ -18,7 +18,7 @@ fn rib(name: &str) -> Rib {
 }
 
 fn build(rib: &Rib) -> Fib {
-    compile(rib, 7, &StatsRegistry::new(2), &mut AccessLogSinks::new())
+    compile(rib, 7, &StatsRegistry::new(2), &mut CompileCache::new())
 }
 
 fn addr(s: &str) -> std::net::SocketAddr {
@@ -200,9 +200,9 @@ fn filter_chains_and_access_logs() {
 fn stats_and_sinks_survive_generations() {
     let rib = rib("filter_chains.yaml");
     let stats = StatsRegistry::new(2);
-    let mut sinks = AccessLogSinks::new();
-    let one = compile(&rib, 1, &stats, &mut sinks);
-    let two = compile(&rib, 2, &stats, &mut sinks);
+    let mut cache = CompileCache::new();
+    let one = compile(&rib, 1, &stats, &mut cache);
+    let two = compile(&rib, 2, &stats, &mut cache);
     let (a, b) = (&one.listeners[0], &two.listeners[0]);
     assert!(Arc::ptr_eq(&a.stats, &b.stats));
     for (x, y) in a.filter_chains.iter().zip(&b.filter_chains) {
@@ -216,7 +216,11 @@ fn stats_and_sinks_survive_generations() {
         &one.clusters[0].endpoints[0].stats,
         &two.clusters[0].endpoints[0].stats
     ));
-    assert_eq!(sinks.all().len(), 4, "stderr, two file formats, stdout");
+    assert_eq!(
+        cache.sinks.all().len(),
+        4,
+        "stderr, two file formats, stdout"
+    );
 
     // A new generation without access logs: the old sinks go once the old FIBs do.
     let (bare, _) = parse_rib(
@@ -227,16 +231,73 @@ fn stats_and_sinks_survive_generations() {
         Format::Yaml,
     )
     .unwrap();
-    let three = compile(&bare, 3, &stats, &mut sinks);
+    let three = compile(&bare, 3, &stats, &mut cache);
     assert_eq!(
-        sinks.prune_unused(),
+        cache.sinks.prune_unused(),
         0,
         "generations 1 and 2 still hold them"
     );
     drop((one, two));
-    assert_eq!(sinks.prune_unused(), 4);
-    assert!(sinks.all().is_empty());
+    assert_eq!(cache.sinks.prune_unused(), 4);
+    assert!(cache.sinks.all().is_empty());
     drop(three);
+}
+
+/// `rib` with the endpoints of cluster `index` replaced by `endpoints`.
+fn with_endpoints(rib: &Rib, index: usize, endpoints: &[(&str, u32)]) -> Rib {
+    let mut changed = rib.clone();
+    let c = Arc::make_mut(&mut changed.clusters[index]);
+    c.endpoints = endpoints
+        .iter()
+        .map(|(a, weight)| EndpointConfig {
+            address: addr(a),
+            weight: *weight,
+        })
+        .collect();
+    changed
+}
+
+#[test]
+fn a_change_rebuilds_only_the_changed_cluster_and_hosts_keep_their_stats() {
+    let rib = rib("weighted.json");
+    assert!(rib.clusters.len() >= 2, "the test needs two clusters");
+    let stats = StatsRegistry::new(2);
+    let mut cache = CompileCache::new();
+    let one = compile(&rib, 1, &stats, &mut cache);
+    let kept = one.clusters[0].endpoints[0].address.to_string();
+    let next = with_endpoints(&rib, 0, &[(&kept, 1), ("127.0.0.9:9", 2)]);
+    let two = compile(&next, 2, &stats, &mut cache);
+    assert_eq!(cache.reused(), rib.clusters.len() - 1);
+    for i in 1..rib.clusters.len() {
+        assert!(
+            Arc::ptr_eq(&one.clusters[i], &two.clusters[i]),
+            "cluster {i} shared"
+        );
+    }
+    let (old, new) = (&one.clusters[0], &two.clusters[0]);
+    assert!(!Arc::ptr_eq(old, new));
+    assert!(Arc::ptr_eq(&old.stats, &new.stats), "cluster stats by name");
+    assert!(
+        Arc::ptr_eq(&old.endpoints[0].stats, &new.endpoints[0].stats),
+        "a host present in both keeps its block"
+    );
+    assert_eq!(new.endpoints[1].address, addr("127.0.0.9:9"));
+    assert_eq!(new.endpoints[1].weight, 2);
+    assert_eq!(
+        Arc::strong_count(&new.endpoints[1].stats),
+        1,
+        "a new host starts fresh"
+    );
+
+    // Clusters removed and reordered: matched by name, still shared.
+    let mut fewer = next.clone();
+    let first = fewer.clusters.remove(0);
+    fewer.clusters.push(first);
+    let three = compile(&fewer, 3, &stats, &mut cache);
+    assert_eq!(cache.reused(), rib.clusters.len());
+    let last = three.clusters.last().unwrap();
+    assert!(Arc::ptr_eq(last, &two.clusters[0]));
+    assert_eq!(build(&fewer).clusters.len(), three.clusters.len());
 }
 
 fn chains_config(matches: &[&str]) -> String {

@@ -3,7 +3,7 @@
 //! (`# expect: <path substring>`). The `switchyard validate` CLI tests reuse these files.
 
 use std::path::{Path, PathBuf};
-use switchyard_control::compile::{compile, AccessLogSinks};
+use switchyard_control::compile::{compile, CompileCache};
 use switchyard_control::config::load_rib;
 use switchyard_control::stats::StatsRegistry;
 
@@ -26,7 +26,7 @@ fn valid_configs_load_and_compile() {
     for path in files {
         let (rib, loaded) = load_rib(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(loaded.normalized.is_object());
-        let fib = compile(&rib, 1, &StatsRegistry::new(2), &mut AccessLogSinks::new());
+        let fib = compile(&rib, 1, &StatsRegistry::new(2), &mut CompileCache::new());
         assert_eq!(
             fib.listeners.len(),
             rib.listeners.len(),

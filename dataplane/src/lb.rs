@@ -574,7 +574,7 @@ mod tests {
             .map(|(i, &weight)| Endpoint {
                 address: SocketAddr::from(([10, 0, 0, (i % 250) as u8 + 1], 8080)),
                 weight,
-                stats: Arc::new(HostStats::new("x", 1)),
+                stats: Arc::new(HostStats::new()),
             })
             .collect()
     }
@@ -875,9 +875,9 @@ mod tests {
             generation: 7,
             listeners: Vec::new(),
             clusters: vec![
-                cluster(LbPolicy::RoundRobin, &[1, 1]),
-                cluster(LbPolicy::Random, &[1, 4]),
-                cluster(LR2, &[]),
+                Arc::new(cluster(LbPolicy::RoundRobin, &[1, 1])),
+                Arc::new(cluster(LbPolicy::Random, &[1, 4])),
+                Arc::new(cluster(LR2, &[])),
             ],
         };
         let mut wlb = WorkerLb::new(&fib, 1234);

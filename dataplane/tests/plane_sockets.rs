@@ -52,7 +52,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             .map(|a| Endpoint {
                 address: *a,
                 weight: 1,
-                stats: Arc::new(HostStats::new(a.to_string(), workers)),
+                stats: Arc::new(HostStats::new()),
             })
             .collect(),
         stats: Arc::new(ClusterStats::new("echo", workers)),
@@ -78,7 +78,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             backlog: 128,
             stats: Arc::new(ListenerStats::new(listener_stat_name(&listen), workers)),
         }],
-        clusters: vec![cluster],
+        clusters: vec![Arc::new(cluster)],
     }
 }
 

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use switchyard_dataplane::fib::{Cluster, Endpoint, Fib, LbPolicy, Listener};
-use switchyard_dataplane::stats::{ClusterStat, HostStat, ListenerStat, ServerStat, TcpStat};
+use switchyard_dataplane::stats::{
+    ClusterStat, HostStat, HostStats, ListenerStat, ServerStat, TcpStat,
+};
 
 pub(crate) struct Fixture {
     pub state: Arc<AdminState>,
@@ -43,13 +45,13 @@ pub(crate) fn fixture() -> Fixture {
 
     let a1 = "127.0.0.1:9001".parse().unwrap();
     let a2 = "127.0.0.1:9002".parse().unwrap();
-    let h1 = reg.host("echo", a1);
-    h1.add(0, HostStat::CxTotal, 3);
-    h1.inc(0, HostStat::CxConnectFail);
-    h1.inc(1, HostStat::CxActive);
-    let h2 = reg.host("echo", a2);
-    h2.add(1, HostStat::CxTotal, 2);
-    h2.inc(1, HostStat::RqError);
+    let h1 = Arc::new(HostStats::new());
+    h1.add(HostStat::CxTotal, 3);
+    h1.inc(HostStat::CxConnectFail);
+    h1.inc(HostStat::CxActive);
+    let h2 = Arc::new(HostStats::new());
+    h2.add(HostStat::CxTotal, 2);
+    h2.inc(HostStat::RqError);
 
     reg.server().inc(1, ServerStat::TotalConnections);
 
@@ -64,7 +66,7 @@ pub(crate) fn fixture() -> Fixture {
             stats: ls,
         }],
         clusters: vec![
-            Cluster {
+            Arc::new(Cluster {
                 name: "echo".into(),
                 connect_timeout_ms: 1000,
                 lb_policy: LbPolicy::RoundRobin,
@@ -81,14 +83,14 @@ pub(crate) fn fixture() -> Fixture {
                     },
                 ],
                 stats: echo,
-            },
-            Cluster {
+            }),
+            Arc::new(Cluster {
                 name: "empty".into(),
                 connect_timeout_ms: 1000,
                 lb_policy: LbPolicy::RoundRobin,
                 endpoints: Vec::new(),
                 stats: empty,
-            },
+            }),
         ],
     };
     let (tx, rx) = channel();

@@ -64,10 +64,9 @@ pub struct AdminState {
     /// The accepted bootstrap as proto3 JSON, set by the control thread on every accepted
     /// config (`Value::Null` before the first). `/config_dump` and `/server_info` read it.
     pub config_dump: Arc<Mutex<serde_json::Value>>,
-    /// What xDS delivered, as `/config_dump` shows it (set by the control thread):
-    /// `{"clusters": {version_info, dynamic_active_clusters}, "listeners": {version_info,
-    /// dynamic_listeners}}`; `Value::Null` without xDS.
-    pub xds_dump: Arc<Mutex<serde_json::Value>>,
+    /// What xDS delivered, as `/config_dump` shows it (recorded by the control thread,
+    /// rendered when asked for).
+    pub xds_dump: Arc<Mutex<crate::dynamic::XdsDump>>,
     /// Envoy `server.state` as the control thread sets it: [`STATE_LIVE`], [`STATE_DRAINING`],
     /// [`STATE_PRE_INITIALIZING`] or [`STATE_INITIALIZING`].
     pub server_state: Arc<AtomicU8>,
@@ -99,7 +98,7 @@ impl AdminState {
             stats,
             fib,
             config_dump: Arc::new(Mutex::new(serde_json::Value::Null)),
-            xds_dump: Arc::new(Mutex::new(serde_json::Value::Null)),
+            xds_dump: Arc::default(),
             server_state: Arc::new(AtomicU8::new(STATE_PRE_INITIALIZING)),
             healthcheck_failed: Arc::new(AtomicBool::new(false)),
             concurrency,
@@ -133,7 +132,7 @@ impl AdminState {
         self.xds_dump
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .render()
     }
 }
 
@@ -383,6 +382,10 @@ fn handle_healthcheck_ok(state: &AdminState, _: &Query) -> Response {
 
 fn handle_reset_counters(state: &AdminState, _: &Query) -> Response {
     state.stats.reset_counters();
+    // Host blocks live in the FIB, not the registry: those of the FIB in service.
+    for c in state.fib.load().clusters.iter() {
+        c.endpoints.iter().for_each(|e| e.stats.reset_counters());
+    }
     send(state, AdminAction::ResetCounters)
 }
 

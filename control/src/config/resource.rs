@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+use std::sync::Arc;
 
 /// A listener resource (LDS): its name and config.
 pub fn listener(any: &Any) -> Result<(String, ListenerConfig), Rejected> {
@@ -32,7 +33,7 @@ pub fn cluster(any: &Any) -> Result<(String, ClusterConfig), Rejected> {
 }
 
 /// An endpoint assignment resource (EDS): its cluster name and endpoints.
-pub fn endpoints(any: &Any) -> Result<(String, Vec<EndpointConfig>), Rejected> {
+pub fn endpoints(any: &Any) -> Result<(String, Arc<[EndpointConfig]>), Rejected> {
     let la: ClusterLoadAssignment = checked(any, xds::ENDPOINTS_TYPE)?;
     convert::endpoints_resource(&la).map_err(|e| rejected(&la.cluster_name, e))
 }

@@ -26,6 +26,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use std::net::SocketAddr;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc as tokio_mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -73,7 +74,7 @@ pub enum Event {
     Listeners(Change<ListenerConfig>),
     Clusters(Change<ClusterConfig>),
     /// Endpoint assignments, by cluster name.
-    Endpoints(Change<Vec<EndpointConfig>>),
+    Endpoints(Change<Arc<[EndpointConfig]>>),
 }
 
 /// What the control thread asks of the client.

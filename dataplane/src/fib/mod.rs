@@ -45,8 +45,9 @@ pub struct Fib {
     pub generation: u64,
     /// Listeners, each opened by every worker.
     pub listeners: Vec<Listener>,
-    /// Clusters, indexed by [`ClusterId`].
-    pub clusters: Vec<Cluster>,
+    /// Clusters, indexed by [`ClusterId`]. Shared with the generations before and after
+    /// while unchanged, so a change to one cluster rebuilds only that one.
+    pub clusters: Vec<Arc<Cluster>>,
 }
 
 impl Fib {

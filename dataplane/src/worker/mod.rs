@@ -765,7 +765,7 @@ impl Worker {
         };
         let endpoint = &cluster.endpoints[endpoint_index];
         cluster.stats.inc(self.id, ClusterStat::UpstreamCxTotal);
-        endpoint.stats.inc(self.id, HostStat::CxTotal);
+        endpoint.stats.inc(HostStat::CxTotal);
         let address = endpoint.address;
         let conn = &mut self.conns[slot as usize];
         conn.endpoint = Some(endpoint_index as u32);
@@ -873,9 +873,7 @@ impl Worker {
         {
             let c = g.fib.cluster(cluster);
             c.stats.inc(id, ClusterStat::UpstreamCxActive);
-            c.endpoints[endpoint as usize]
-                .stats
-                .inc(id, HostStat::CxActive);
+            c.endpoints[endpoint as usize].stats.inc(HostStat::CxActive);
             g.active[cluster.0 as usize][endpoint as usize] += 1;
         }
         if self.limits.relay_mode == RelayMode::Splice && !self.attach_pipes(slot) {
@@ -929,9 +927,7 @@ impl Worker {
                 c.stats.inc(id, ClusterStat::UpstreamCxConnectTimeout);
             }
             if let Some(e) = endpoint {
-                c.endpoints[e as usize]
-                    .stats
-                    .inc(id, HostStat::CxConnectFail);
+                c.endpoints[e as usize].stats.inc(HostStat::CxConnectFail);
             }
             if attempts >= max_attempts && max_attempts > 1 {
                 c.stats
@@ -1401,18 +1397,14 @@ impl Worker {
                     },
                 );
                 if let Some(e) = conn.endpoint {
-                    cluster.endpoints[e as usize]
-                        .stats
-                        .dec(id, HostStat::CxActive);
+                    cluster.endpoints[e as usize].stats.dec(HostStat::CxActive);
                     let a = &mut g.active[cluster_id.0 as usize][e as usize];
                     *a = a.saturating_sub(1);
                 }
             }
             if conn.flags.0 != 0 && !conn.flags.has(ResponseFlags::STREAM_IDLE_TIMEOUT) {
                 if let Some(e) = conn.endpoint {
-                    cluster.endpoints[e as usize]
-                        .stats
-                        .inc(id, HostStat::RqError);
+                    cluster.endpoints[e as usize].stats.inc(HostStat::RqError);
                 }
             }
         }
