@@ -16,22 +16,10 @@
 mod common;
 
 use common::*;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
-};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::CidrRange;
-use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source::ConfigSourceSpecifier, socket_address::PortSpecifier, Address,
-    AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress,
-};
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
-};
-use envoy_types::pb::envoy::config::listener::v3::{
-    filter, Filter, FilterChain, FilterChainMatch, Listener,
-};
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::config::core::v3::{Address, CidrRange};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, Listener};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
@@ -39,80 +27,25 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value
 use prost::Message;
 use std::net::SocketAddr;
 use std::time::Duration;
+use switchyard_control::xds::fixtures::{self, any, eds_cluster, TCP_PROXY_TYPE};
 use switchyard_control::xds::server::{start_server, DeltaHandle, SotwHandle};
 use switchyard_control::xds::{CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn sock(addr: SocketAddr) -> Address {
-    address_of(&addr.ip().to_string(), u32::from(addr.port()))
-}
-
 /// An address with any 32-bit port (so an invalid one, like 70000, can be written).
 fn address_of(ip: &str, port: u32) -> Address {
-    Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.into(),
-            port_specifier: Some(PortSpecifier::PortValue(port)),
-            ..SocketAddress::default()
-        })),
-    }
-}
-
-fn any<M: Message>(type_url: &str, m: &M) -> Any {
-    Any {
-        type_url: type_url.into(),
-        value: m.encode_to_vec(),
-    }
-}
-
-fn eds_cluster(name: &str) -> Any {
-    let c = Cluster {
-        name: name.into(),
-        connect_timeout: Some(PbDuration {
-            seconds: 1,
-            nanos: 0,
-        }),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(EdsClusterConfig {
-            eds_config: Some(ConfigSource {
-                config_source_specifier: Some(ConfigSourceSpecifier::Ads(
-                    AggregatedConfigSource::default(),
-                )),
-                resource_api_version: ApiVersion::V3 as i32,
-                ..ConfigSource::default()
-            }),
-            service_name: String::new(),
-        }),
-        ..Cluster::default()
-    };
-    any(CLUSTER_TYPE, &c)
+    fixtures::socket_address(ip, port)
 }
 
 fn assignment(cluster: &str, endpoint: SocketAddr) -> Any {
-    any(ENDPOINTS_TYPE, &load_assignment(cluster, sock(endpoint)))
+    fixtures::assignment(cluster, &[endpoint])
 }
 
 /// One endpoint at `endpoint` for `cluster`.
 fn load_assignment(cluster: &str, endpoint: Address) -> ClusterLoadAssignment {
-    ClusterLoadAssignment {
-        cluster_name: cluster.into(),
-        endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints: vec![LbEndpoint {
-                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                    address: Some(endpoint),
-                    ..Endpoint::default()
-                })),
-                ..LbEndpoint::default()
-            }],
-            ..LocalityLbEndpoints::default()
-        }],
-        ..ClusterLoadAssignment::default()
-    }
+    fixtures::load_assignment(cluster, &[endpoint])
 }
-
-const TCP_PROXY_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 fn listener(name: &str, port: u16, cluster: &str) -> Any {
     listener_with_filter(name, port.into(), cluster, TCP_PROXY_TYPE)
@@ -121,24 +54,7 @@ fn listener(name: &str, port: u16, cluster: &str) -> Any {
 /// A tcp_proxy listener on 127.0.0.1:`port` (any 32-bit port) whose filter's `@type` is
 /// `filter_type`.
 fn listener_with_filter(name: &str, port: u32, cluster: &str, filter_type: &str) -> Any {
-    let tp = TcpProxy {
-        stat_prefix: name.into(),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
-        ..TcpProxy::default()
-    };
-    let l = Listener {
-        name: name.into(),
-        address: Some(address_of("127.0.0.1", port)),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.tcp_proxy".into(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(filter_type, &tp))),
-            }],
-            ..FilterChain::default()
-        }],
-        ..Listener::default()
-    };
-    any(LISTENER_TYPE, &l)
+    fixtures::tcp_proxy_listener(name, "127.0.0.1", port, cluster, filter_type)
 }
 
 fn bootstrap_with_timeout(admin: u16, ads: SocketAddr, initial_fetch_timeout: &str) -> String {
@@ -146,36 +62,7 @@ fn bootstrap_with_timeout(admin: u16, ads: SocketAddr, initial_fetch_timeout: &s
 }
 
 fn bootstrap_full(admin: u16, ads: SocketAddr, initial_fetch_timeout: &str, api: &str) -> String {
-    format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
-node: {{ id: xds-test, cluster: switchyard-test }}
-dynamic_resources:
-  ads_config:
-    api_type: {api}
-    transport_api_version: V3
-    grpc_services:
-    - envoy_grpc: {{ cluster_name: xds }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3, initial_fetch_timeout: {initial_fetch_timeout} }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3, initial_fetch_timeout: {initial_fetch_timeout} }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}
-"#,
-        ads.port()
-    )
+    fixtures::ads_bootstrap("xds-test", admin, ads, api, initial_fetch_timeout)
 }
 
 /// A discovery request of either variant.

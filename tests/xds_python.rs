@@ -333,35 +333,12 @@ fn listener_matching(name: &str, port: u32, cluster: &str, prefix: &str) -> Valu
 }
 
 fn bootstrap(admin: u16, ads: SocketAddr, api: &str, initial_fetch_timeout: &str) -> String {
-    format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
-node: {{ id: xds-py-test, cluster: switchyard-test }}
-dynamic_resources:
-  ads_config:
-    api_type: {api}
-    transport_api_version: V3
-    grpc_services:
-    - envoy_grpc: {{ cluster_name: xds }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3, initial_fetch_timeout: {initial_fetch_timeout} }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3, initial_fetch_timeout: {initial_fetch_timeout} }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}
-"#,
-        ads.port()
+    switchyard_control::xds::fixtures::ads_bootstrap(
+        "xds-py-test",
+        admin,
+        ads,
+        api,
+        initial_fetch_timeout,
     )
 }
 

@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod delta;
+pub mod fixtures;
 pub mod server;
 pub mod sotw;
 
