@@ -25,8 +25,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct StreamHandle<Req, Resp> {
     pub requests: mpsc::Receiver<Req>,
-    pub responses: tokio_mpsc::Sender<Result<Resp, tonic::Status>>,
+    pub responses: ResponseSender<Resp>,
 }
+
+/// Where a stream's responses are written (`blocking_send(Ok(response))` from a plain thread).
+pub type ResponseSender<Resp> = tokio_mpsc::Sender<Result<Resp, tonic::Status>>;
 
 /// A State of the World stream.
 pub type SotwHandle = StreamHandle<DiscoveryRequest, DiscoveryResponse>;
