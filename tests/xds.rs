@@ -27,7 +27,9 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value
 use prost::Message;
 use std::net::SocketAddr;
 use std::time::Duration;
-use switchyard_control::xds::fixtures::{self, any, eds_cluster, TCP_PROXY_TYPE};
+use switchyard_control::xds::fixtures::{
+    self, any, eds_cluster, eds_cluster_watching, TCP_PROXY_TYPE,
+};
 use switchyard_control::xds::server::{start_server, DeltaHandle, SotwHandle};
 use switchyard_control::xds::{CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
 
@@ -477,6 +479,162 @@ fn delta_xds_adds_updates_and_removes() {
         wait_until(WAIT, || connect(through).is_err()),
         "the removed listener still accepts"
     );
+}
+
+/// The clusters a `/config_dump` lists under `field` (`dynamic_active_clusters`,
+/// `dynamic_warming_clusters`): `(name, version_info)`.
+fn dumped_clusters(proxy: &Proxy, field: &str) -> Vec<(String, String)> {
+    let r = proxy.get("/config_dump");
+    let dump: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+    let clusters = dump["configs"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|d| d["@type"] == "type.googleapis.com/envoy.admin.v3.ClustersConfigDump")
+        })
+        .cloned()
+        .unwrap_or_default();
+    clusters[field]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    let name = i["cluster"]["name"].as_str().unwrap_or_default();
+                    let version = i["version_info"].as_str().unwrap_or_default();
+                    (name.to_string(), version.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Cluster warming, as Envoy does it: an updated EDS cluster whose new assignment has not
+/// arrived keeps serving with its previous version (listed under
+/// `dynamic_warming_clusters`) until the assignment comes. Switchyard also holds back a new
+/// listener that routes to a warming cluster (Envoy activates it at once and closes its
+/// connections until the cluster is ready).
+#[test]
+fn an_updated_cluster_warms_while_its_previous_version_serves() {
+    let Some(Setup {
+        a,
+        b,
+        proxy,
+        port,
+        delta,
+        ..
+    }) = setup("DELTA_GRPC")
+    else {
+        return;
+    };
+    let stream = first_stream(&delta, &proxy);
+    let mut requests = Requests::new(&stream.requests);
+    requests.next(CLUSTER_TYPE, |_| true);
+    delta_respond(
+        &stream,
+        CLUSTER_TYPE,
+        "d1",
+        vec![("svc", "c1", eds_cluster("svc"))],
+        &[],
+    );
+    requests.next(ENDPOINTS_TYPE, |r| {
+        r.resource_names_subscribe.iter().any(|n| n == "svc")
+    });
+    let to_a = assignment("svc", local(a.port()));
+    delta_respond(
+        &stream,
+        ENDPOINTS_TYPE,
+        "d2",
+        vec![("svc", "e1", to_a)],
+        &[],
+    );
+    requests.next(LISTENER_TYPE, |_| true);
+    let ingress = listener("ingress", port, "svc");
+    delta_respond(
+        &stream,
+        LISTENER_TYPE,
+        "d3",
+        vec![("ingress", "l1", ingress)],
+        &[],
+    );
+    let through = local(port);
+    assert_eq!(reached(through), "a");
+
+    // The cluster now watches "svc-v2", which has no assignment yet.
+    let v2 = eds_cluster_watching("svc", "svc-v2");
+    delta_respond(&stream, CLUSTER_TYPE, "d4", vec![("svc", "c2", v2)], &[]);
+    requests.next(ENDPOINTS_TYPE, |r| {
+        r.resource_names_subscribe.iter().any(|n| n == "svc-v2")
+    });
+    assert!(
+        wait_until(WAIT, || dumped_clusters(&proxy, "dynamic_warming_clusters")
+            == [("svc".to_string(), "c2".to_string())]),
+        "svc c2 never listed as warming: {:?}",
+        dumped_clusters(&proxy, "dynamic_warming_clusters")
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            reached(through),
+            "a",
+            "the previous version serves while warming"
+        );
+    }
+    let to_b = assignment("svc-v2", local(b.port()));
+    delta_respond(
+        &stream,
+        ENDPOINTS_TYPE,
+        "d5",
+        vec![("svc-v2", "e2", to_b)],
+        &[],
+    );
+    assert!(
+        wait_until(WAIT, || which_backend(through).ok().as_deref() == Some("b")),
+        "the warmed cluster never served its assignment\n{}",
+        proxy.logs()
+    );
+    assert!(dumped_clusters(&proxy, "dynamic_warming_clusters").is_empty());
+    assert!(dumped_clusters(&proxy, "dynamic_active_clusters")
+        .contains(&("svc".to_string(), "c2".to_string())));
+
+    if proxy.kind != ProxyKind::Switchyard {
+        return;
+    }
+    // Switchyard only: a listener to a warming cluster waits for it.
+    let port2 = free_port();
+    delta_respond(
+        &stream,
+        CLUSTER_TYPE,
+        "d6",
+        vec![("late", "c3", eds_cluster("late"))],
+        &[],
+    );
+    requests.next(ENDPOINTS_TYPE, |r| {
+        r.resource_names_subscribe.iter().any(|n| n == "late")
+    });
+    let l2 = listener("second", port2, "late");
+    delta_respond(
+        &stream,
+        LISTENER_TYPE,
+        "d7",
+        vec![("second", "l2", l2)],
+        &[],
+    );
+    requests.next(LISTENER_TYPE, |r| r.response_nonce == "d7");
+    assert!(
+        connect(local(port2)).is_err(),
+        "a warming listener does not listen"
+    );
+    let dump = proxy.get("/config_dump").body;
+    assert!(dump.contains("warming_state"), "{dump}");
+    let to_a = assignment("late", local(a.port()));
+    delta_respond(
+        &stream,
+        ENDPOINTS_TYPE,
+        "d8",
+        vec![("late", "e3", to_a)],
+        &[],
+    );
+    assert_eq!(reached(local(port2)), "a");
 }
 
 /// `--state-dir` (Switchyard only; Envoy has no warm start): a proxy restarted against a

@@ -23,6 +23,7 @@ use crate::state_dir::Persisted;
 use crate::stats::StatsRegistry;
 use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -400,8 +401,12 @@ impl Control {
         let mut next_poll = Instant::now();
         loop {
             self.check_init();
+            self.expire_warming();
             let mut wait = next_poll.saturating_duration_since(Instant::now());
             if let (false, Some(d)) = (self.init.done(), self.init.deadline) {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
+            }
+            if let Some(d) = self.dynamic.next_deadline() {
                 wait = wait.min(d.saturating_duration_since(Instant::now()));
             }
             match events.recv_timeout(wait) {
@@ -574,10 +579,19 @@ impl Control {
             }
             Event::Clusters(change) => {
                 xds.cds.response(change.accepted_all());
-                self.dump(|d| d.clusters.record(&change, &now_rfc3339()));
+                let warming: BTreeSet<&str> = change
+                    .upserts
+                    .iter()
+                    .filter(|a| self.dynamic.would_warm_cluster(&a.value))
+                    .map(|a| a.name.as_str())
+                    .collect();
+                self.dump(|d| {
+                    d.clusters
+                        .record(&change, &now_rfc3339(), |n| warming.contains(n))
+                });
                 self.persist(|p| Persisted::record(&mut p.clusters, &change));
                 let rejected = change.rejected.clone();
-                self.dynamic.apply_clusters(change);
+                self.dynamic.apply_clusters(change, self.warming_deadline());
                 let names = self.dynamic.eds_names(&self.statics);
                 self.init.clusters_arrived(&names);
                 if let Some(x) = &self.xds {
@@ -595,19 +609,68 @@ impl Control {
             }
             Event::Listeners(change) => {
                 xds.lds.response(change.accepted_all());
-                self.dump(|d| d.listeners.record(&change, &now_rfc3339()));
+                let warming: BTreeSet<&str> = change
+                    .upserts
+                    .iter()
+                    .filter(|a| self.dynamic.would_warm_listener(&a.value))
+                    .map(|a| a.name.as_str())
+                    .collect();
+                self.dump(|d| {
+                    d.listeners
+                        .record(&change, &now_rfc3339(), |n| warming.contains(n))
+                });
                 self.persist(|p| Persisted::record(&mut p.listeners, &change));
                 let rejected = change.rejected.clone();
                 self.init.listeners_arrived();
-                self.dynamic.apply_listeners(change);
+                self.dynamic
+                    .apply_listeners(change, self.warming_deadline());
                 rejected
             }
         };
         for r in rejected {
             tracing::warn!(resource = %r.name, reason = %r.reason, "xDS: resource rejected (NACK sent)");
         }
+        self.record_promotions();
         self.publish_composed("xDS update applied");
         self.save_state();
+    }
+
+    /// When a cluster or listener received now stops warming at the latest.
+    fn warming_deadline(&self) -> Option<Instant> {
+        let timeout = self.statics.dynamic.as_ref()?.initial_fetch_timeout?;
+        Some(Instant::now() + timeout)
+    }
+
+    /// Shows resources that stopped warming as active in `/config_dump`.
+    fn record_promotions(&mut self) {
+        let (clusters, listeners) = self.dynamic.take_promoted();
+        if clusters.is_empty() && listeners.is_empty() {
+            return;
+        }
+        tracing::info!(?clusters, ?listeners, "xDS: warming done");
+        self.dump(|d| {
+            clusters.iter().for_each(|n| d.clusters.promote(n));
+            listeners.iter().for_each(|n| d.listeners.promote(n));
+        });
+    }
+
+    /// Ends warming whose deadline has passed, and publishes what became active.
+    fn expire_warming(&mut self) {
+        if self
+            .dynamic
+            .next_deadline()
+            .is_none_or(|d| d > Instant::now())
+        {
+            return;
+        }
+        let (clusters, listeners) = self.dynamic.expire(Instant::now());
+        tracing::warn!(
+            ?clusters,
+            ?listeners,
+            "xDS: initial_fetch_timeout passed while warming; activating without what is missing"
+        );
+        self.record_promotions();
+        self.publish_composed("xDS warming timed out");
     }
 
     /// Records into the `/config_dump` view of xDS resources.

@@ -8,13 +8,14 @@
 //! over CDS drops its endpoints from the RIB but keeps the assignment until EDS removes it.
 
 use crate::config::resource;
-use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig, Rib};
+use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig, Rib, RouteConfig};
 use crate::xds::Change;
 use envoy_types::pb::google::protobuf::Any;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Resources received over xDS, by name.
 ///
@@ -22,21 +23,49 @@ use std::sync::Arc;
 /// to date after each change: composing the RIB then copies pointers only, and a cluster
 /// the change did not touch is the same `Arc` as before (which is how compilation knows it
 /// need not rebuild it).
+///
+/// Warming (Envoy's rules, bounded by a deadline the caller gives with each change — the
+/// `initial_fetch_timeout` — or unbounded when it gives none):
+/// - a received EDS cluster whose service has no assignment yet is *warming*: it does not
+///   serve; the version it replaces, if any, serves until it is ready. It becomes active
+///   when its assignment arrives, or at its deadline with no endpoints;
+/// - a received listener that routes to a warming cluster is warming too, the version it
+///   replaces serving meanwhile, until every such cluster is active or its own deadline;
+/// - removing a resource removes its warming version as well.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DynamicState {
+    /// Active listeners.
     listeners: BTreeMap<String, ListenerConfig>,
-    /// As received (an EDS cluster's endpoints are empty here).
+    /// Listeners waiting for their clusters, with their deadlines.
+    warming_listeners: BTreeMap<String, (ListenerConfig, Option<Instant>)>,
+    /// As received, active or warming (an EDS cluster's endpoints are empty here).
     clusters: BTreeMap<String, ClusterConfig>,
+    /// Received clusters waiting for their first assignment, with their deadlines.
+    warming_clusters: BTreeMap<String, Option<Instant>>,
     /// Endpoint assignments by service name.
     endpoints: BTreeMap<String, Arc<[EndpointConfig]>>,
-    /// `clusters` with their EDS endpoints filled in.
+    /// The active version of each cluster, with its EDS endpoints filled in.
     joined: BTreeMap<String, Arc<ClusterConfig>>,
     /// The received clusters watching each EDS service name.
     by_service: BTreeMap<String, BTreeSet<String>>,
+    /// Warming clusters and listeners that became active since [`DynamicState::take_promoted`].
+    promoted: (Vec<String>, Vec<String>),
+}
+
+/// The clusters a listener's tcp_proxy filters route to.
+fn routed_clusters(l: &ListenerConfig) -> impl Iterator<Item = &str> {
+    l.filter_chains
+        .iter()
+        .chain(&l.default_filter_chain)
+        .flat_map(|c| match &c.tcp_proxy.route {
+            RouteConfig::Cluster(name) => std::slice::from_ref(name).iter().collect::<Vec<_>>(),
+            RouteConfig::Weighted(entries) => entries.iter().map(|e| &e.name).collect(),
+        })
+        .map(String::as_str)
 }
 
 impl DynamicState {
-    /// Listeners, clusters and endpoint assignments held.
+    /// Active listeners, clusters (active or warming) and endpoint assignments held.
     pub fn counts(&self) -> (usize, usize, usize) {
         (
             self.listeners.len(),
@@ -50,14 +79,83 @@ impl DynamicState {
         self.endpoints.get(service)
     }
 
-    /// Adds or replaces listener `name`.
-    pub fn insert_listener(&mut self, name: String, listener: ListenerConfig) {
-        self.listeners.insert(name, listener);
+    /// Names of the clusters warming now.
+    pub fn warming_clusters(&self) -> impl Iterator<Item = &str> {
+        self.warming_clusters.keys().map(String::as_str)
     }
 
-    /// Adds or replaces cluster `name`.
+    /// Names of the listeners warming now.
+    pub fn warming_listeners(&self) -> impl Iterator<Item = &str> {
+        self.warming_listeners.keys().map(String::as_str)
+    }
+
+    /// The clusters and listeners that stopped warming (became active) since the last call.
+    pub fn take_promoted(&mut self) -> (Vec<String>, Vec<String>) {
+        std::mem::take(&mut self.promoted)
+    }
+
+    /// Whether `cluster`, received now, would warm (an EDS cluster whose service has no
+    /// assignment yet).
+    pub fn would_warm_cluster(&self, cluster: &ClusterConfig) -> bool {
+        cluster
+            .eds_service
+            .as_ref()
+            .is_some_and(|s| !self.endpoints.contains_key(s))
+    }
+
+    /// Whether `listener`, received now, would warm (it routes to a warming cluster).
+    pub fn would_warm_listener(&self, listener: &ListenerConfig) -> bool {
+        routed_clusters(listener).any(|c| self.warming_clusters.contains_key(c))
+    }
+
+    /// The earliest warming deadline, if anything is warming with one.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let clusters = self.warming_clusters.values().flatten();
+        let listeners = self
+            .warming_listeners
+            .values()
+            .filter_map(|(_, d)| d.as_ref());
+        clusters.chain(listeners).min().copied()
+    }
+
+    /// Adds or replaces listener `name` (warming while it routes to a warming cluster).
+    pub fn insert_listener(&mut self, name: String, listener: ListenerConfig) {
+        self.insert_listener_until(name, listener, None);
+    }
+
+    fn insert_listener_until(
+        &mut self,
+        name: String,
+        listener: ListenerConfig,
+        deadline: Option<Instant>,
+    ) {
+        self.warming_listeners.remove(&name);
+        if self.would_warm_listener(&listener) {
+            self.warming_listeners.insert(name, (listener, deadline));
+        } else {
+            self.listeners.insert(name, listener);
+        }
+    }
+
+    fn remove_listener(&mut self, name: &str) {
+        self.listeners.remove(name);
+        self.warming_listeners.remove(name);
+    }
+
+    /// Adds or replaces cluster `name` (warming until its assignment, if it has none yet).
     pub fn insert_cluster(&mut self, name: String, cluster: ClusterConfig) {
+        self.insert_cluster_until(name, cluster, None);
+    }
+
+    fn insert_cluster_until(
+        &mut self,
+        name: String,
+        cluster: ClusterConfig,
+        deadline: Option<Instant>,
+    ) {
+        let previous = self.joined.remove(&name);
         self.remove_cluster(&name);
+        let waits = self.would_warm_cluster(&cluster);
         if let Some(service) = &cluster.eds_service {
             self.by_service
                 .entry(service.clone())
@@ -65,10 +163,18 @@ impl DynamicState {
                 .insert(name.clone());
         }
         self.clusters.insert(name.clone(), cluster);
-        self.join(&name);
+        if waits {
+            self.warming_clusters.insert(name.clone(), deadline);
+            if let Some(p) = previous {
+                self.joined.insert(name, p);
+            }
+        } else {
+            self.join(&name);
+        }
     }
 
     fn remove_cluster(&mut self, name: &str) {
+        self.warming_clusters.remove(name);
         let Some(old) = self.clusters.remove(name) else {
             return;
         };
@@ -87,6 +193,7 @@ impl DynamicState {
     pub fn insert_endpoints(&mut self, service: String, endpoints: Arc<[EndpointConfig]>) {
         self.endpoints.insert(service.clone(), endpoints);
         self.rejoin_service(&service);
+        self.promote_listeners(None);
     }
 
     fn remove_endpoints(&mut self, service: &str) {
@@ -95,7 +202,7 @@ impl DynamicState {
         }
     }
 
-    /// Re-joins every cluster watching `service`.
+    /// Re-joins every cluster watching `service` (which makes a warming one active).
     fn rejoin_service(&mut self, service: &str) {
         let names: Vec<String> = self
             .by_service
@@ -107,7 +214,7 @@ impl DynamicState {
         }
     }
 
-    /// Rebuilds the joined form of cluster `name`.
+    /// Makes the received version of cluster `name` active, with its endpoints.
     fn join(&mut self, name: &str) {
         let Some(c) = self.clusters.get(name) else {
             return;
@@ -116,17 +223,58 @@ impl DynamicState {
         if let Some(service) = &c.eds_service {
             joined.endpoints = self.endpoints.get(service).cloned().unwrap_or_default();
         }
+        if self.warming_clusters.remove(name).is_some() {
+            self.promoted.0.push(name.to_string());
+        }
         self.joined.insert(name.to_string(), Arc::new(joined));
     }
 
-    /// Applies a CDS change.
-    pub fn apply_clusters(&mut self, change: Change<ClusterConfig>) {
+    /// Activates warming listeners whose clusters are all active, or whose deadline is at or
+    /// before `now`. Returns their names.
+    fn promote_listeners(&mut self, now: Option<Instant>) -> Vec<String> {
+        let ready: Vec<String> = self
+            .warming_listeners
+            .iter()
+            .filter(|(_, (l, deadline))| {
+                let expired = matches!((now, deadline), (Some(n), Some(d)) if *d <= n);
+                expired || !routed_clusters(l).any(|c| self.warming_clusters.contains_key(c))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &ready {
+            if let Some((l, _)) = self.warming_listeners.remove(name) {
+                self.listeners.insert(name.clone(), l);
+            }
+        }
+        self.promoted.1.extend(ready.iter().cloned());
+        ready
+    }
+
+    /// Ends warming that has reached its deadline (clusters go active without endpoints).
+    /// Returns the names of the clusters and listeners that became active.
+    pub fn expire(&mut self, now: Instant) -> (Vec<String>, Vec<String>) {
+        let clusters: Vec<String> = self
+            .warming_clusters
+            .iter()
+            .filter(|(_, d)| d.is_some_and(|d| d <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &clusters {
+            self.join(name);
+        }
+        let listeners = self.promote_listeners(Some(now));
+        (clusters, listeners)
+    }
+
+    /// Applies a CDS change; new warming clusters wait until `deadline` at most.
+    pub fn apply_clusters(&mut self, change: Change<ClusterConfig>, deadline: Option<Instant>) {
         for name in &change.removals {
             self.remove_cluster(name);
         }
         for a in change.upserts {
-            self.insert_cluster(a.name, a.value);
+            self.insert_cluster_until(a.name, a.value, deadline);
         }
+        self.promote_listeners(None);
     }
 
     /// Applies an EDS change.
@@ -139,13 +287,13 @@ impl DynamicState {
         }
     }
 
-    /// Applies an LDS change.
-    pub fn apply_listeners(&mut self, change: Change<ListenerConfig>) {
+    /// Applies an LDS change; new warming listeners wait until `deadline` at most.
+    pub fn apply_listeners(&mut self, change: Change<ListenerConfig>, deadline: Option<Instant>) {
         for name in &change.removals {
-            self.listeners.remove(name);
+            self.remove_listener(name);
         }
         for a in change.upserts {
-            self.listeners.insert(a.name, a.value);
+            self.insert_listener_until(a.name, a.value, deadline);
         }
     }
 
@@ -234,19 +382,32 @@ pub struct XdsTypeDumps {
 }
 
 impl XdsDump {
-    /// `{"clusters": {version_info, dynamic_active_clusters}, "listeners": {version_info,
-    /// dynamic_listeners}}`, or `Value::Null` without xDS. Payloads are converted to JSON
-    /// here, when asked for, not on every update.
+    /// `{"clusters": {version_info, dynamic_active_clusters, dynamic_warming_clusters},
+    /// "listeners": {version_info, dynamic_listeners}}`, or `Value::Null` without xDS.
+    /// Payloads are converted to JSON here, when asked for, not on every update.
     pub fn render(&self) -> Value {
         match &self.0 {
             None => Value::Null,
-            Some(d) => json!({
-                "clusters": d.clusters.render("dynamic_active_clusters", "cluster"),
-                "listeners": d.listeners.render("dynamic_listeners", "listener"),
-            }),
+            Some(d) => {
+                let mut clusters = d
+                    .clusters
+                    .render_list("dynamic_active_clusters", |e| e.active.as_ref());
+                clusters["dynamic_warming_clusters"] = d
+                    .clusters
+                    .render_list("dynamic_warming_clusters", |e| e.warming.as_ref())
+                    ["dynamic_warming_clusters"]
+                    .take();
+                json!({
+                    "clusters": clusters,
+                    "listeners": d.listeners.render_listeners(),
+                })
+            }
         }
     }
 }
+
+/// One version of a resource: (version, payload, when).
+type Version = (String, Any, String);
 
 /// What `/config_dump` shows of one resource type received over xDS (Envoy's
 /// `DynamicCluster` / `DynamicListener` entries).
@@ -254,20 +415,22 @@ impl XdsDump {
 pub struct TypeDump {
     /// The server's version of the last response.
     version: String,
-    /// By name: the active resource (version, payload, when) and the last rejected one
-    /// (payload, when, why).
+    /// By name: the version serving, the one warming, and the last rejected one (payload,
+    /// when, why).
     entries: BTreeMap<String, DumpEntry>,
 }
 
 #[derive(Debug, Default)]
 struct DumpEntry {
-    active: Option<(String, Any, String)>,
+    active: Option<Version>,
+    warming: Option<Version>,
     error: Option<(Option<Any>, String, String)>,
 }
 
 impl TypeDump {
-    /// Records a change received at `now` (RFC 3339).
-    pub fn record<T>(&mut self, change: &Change<T>, now: &str) {
+    /// Records a change received at `now` (RFC 3339); an upsert `warming` names is recorded
+    /// as warming, the version before it staying active.
+    pub fn record<T>(&mut self, change: &Change<T>, now: &str, warming: impl Fn(&str) -> bool) {
         if !change.version.is_empty() {
             self.version = change.version.clone();
         }
@@ -276,7 +439,13 @@ impl TypeDump {
         }
         for a in &change.upserts {
             let e = self.entries.entry(a.name.clone()).or_default();
-            e.active = Some((a.version.clone(), a.resource.clone(), now.into()));
+            let v = (a.version.clone(), a.resource.clone(), now.into());
+            if warming(&a.name) {
+                e.warming = Some(v);
+            } else {
+                e.active = Some(v);
+                e.warming = None;
+            }
             e.error = None;
         }
         for r in &change.rejected {
@@ -285,37 +454,57 @@ impl TypeDump {
         }
     }
 
-    /// `{"version_info", "<field>": [...]}` with each entry in Envoy's shape: clusters as
-    /// `{version_info, cluster, last_updated}` (active only), listeners as
-    /// `{name, active_state, error_state}`.
-    pub fn render(&self, field: &str, key: &str) -> Value {
+    /// The warming version of `name` has become active.
+    pub fn promote(&mut self, name: &str) {
+        if let Some(e) = self.entries.get_mut(name) {
+            if let Some(w) = e.warming.take() {
+                e.active = Some(w);
+            }
+        }
+    }
+
+    /// `{"version_info", "<field>": [{version_info, <key>, last_updated}]}` of the versions
+    /// `pick` chooses (clusters: active or warming).
+    fn render_list(&self, field: &str, pick: impl Fn(&DumpEntry) -> Option<&Version>) -> Value {
         let items: Vec<Value> = self
             .entries
-            .iter()
-            .filter_map(|(name, e)| {
-                let active = e.active.as_ref().map(|(version, any, when)| {
-                    json!({"version_info": version, key: resource::to_json(any), "last_updated": when})
-                });
-                let error = e.error.as_ref().map(|(any, when, details)| {
-                    let failed = any.as_ref().map_or(Value::Null, resource::to_json);
-                    json!({"failed_configuration": failed, "last_update_attempt": when, "details": details})
-                });
-                if key == "cluster" {
-                    return active;
-                }
-                let mut m = Map::new();
-                m.insert("name".into(), name.clone().into());
-                if let Some(a) = active {
-                    m.insert("active_state".into(), a);
-                }
-                if let Some(e) = error {
-                    m.insert("error_state".into(), e);
-                }
-                Some(Value::Object(m))
-            })
+            .values()
+            .filter_map(|e| pick(e).map(|v| version_json(v, "cluster")))
             .collect();
         json!({"version_info": self.version, field: items})
     }
+
+    /// `{"version_info", "dynamic_listeners": [{name, active_state, warming_state,
+    /// error_state}]}`.
+    fn render_listeners(&self) -> Value {
+        let items: Vec<Value> = self
+            .entries
+            .iter()
+            .map(|(name, e)| {
+                let mut m = Map::new();
+                m.insert("name".into(), name.clone().into());
+                if let Some(a) = &e.active {
+                    m.insert("active_state".into(), version_json(a, "listener"));
+                }
+                if let Some(w) = &e.warming {
+                    m.insert("warming_state".into(), version_json(w, "listener"));
+                }
+                if let Some((any, when, details)) = &e.error {
+                    let failed = any.as_ref().map_or(Value::Null, resource::to_json);
+                    m.insert(
+                        "error_state".into(),
+                        json!({"failed_configuration": failed, "last_update_attempt": when, "details": details}),
+                    );
+                }
+                Value::Object(m)
+            })
+            .collect();
+        json!({"version_info": self.version, "dynamic_listeners": items})
+    }
+}
+
+fn version_json((version, any, when): &Version, key: &str) -> Value {
+    json!({"version_info": version, key: resource::to_json(any), "last_updated": when})
 }
 
 #[cfg(test)]
@@ -363,7 +552,7 @@ mod tests {
         d.apply_endpoints(change(vec![("c", vec![ep.clone()].into())], &[]));
         let mut clash = statics.cluster("xds").unwrap().clone();
         clash.endpoints = Default::default();
-        d.apply_clusters(change(vec![("xds", clash)], &[]));
+        d.apply_clusters(change(vec![("xds", clash)], &[]), None);
         let (rib, skipped) = d.compose(&statics);
         assert_eq!(*rib.cluster("c").unwrap().endpoints, [ep]);
         assert_eq!(rib.clusters.len(), statics.clusters.len());
@@ -387,13 +576,13 @@ mod tests {
         let mut dump = TypeDump::default();
         let mut c = change(vec![("a", 1u8), ("b", 2u8)], &[]);
         c.version = "v1".into();
-        dump.record(&c, "2026-11-25T00:00:00.000Z");
+        dump.record(&c, "2026-11-25T00:00:00.000Z", |_| false);
         let mut c = change(vec![("a", 3u8)], &["b"]);
         c.version = "v2".into();
         c.rejected
             .push(crate::xds::Rejected::new("x", "port_value: 70000"));
-        dump.record(&c, "2026-11-25T00:00:01.000Z");
-        let v = dump.render("dynamic_listeners", "listener");
+        dump.record(&c, "2026-11-25T00:00:01.000Z", |_| false);
+        let v = dump.render_listeners();
         assert_eq!(v["version_info"], "v2");
         let items = v["dynamic_listeners"].as_array().unwrap();
         let names: Vec<_> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
@@ -404,10 +593,24 @@ mod tests {
         );
         assert_eq!(items[1]["error_state"]["details"], "port_value: 70000");
         assert!(items[1].get("active_state").is_none());
-        let clusters = dump.render("dynamic_active_clusters", "cluster");
+        let clusters = dump.render_list("dynamic_active_clusters", |e| e.active.as_ref());
         let items = clusters["dynamic_active_clusters"].as_array().unwrap();
         assert_eq!(items.len(), 1, "clusters list active ones only");
         assert_eq!(items[0]["version_info"], "1");
+
+        // A warming update: the old version stays active until promoted.
+        let mut c = change(vec![("a", 4u8)], &[]);
+        c.upserts[0].version = "3".into();
+        dump.record(&c, "2026-11-25T00:00:02.000Z", |n| n == "a");
+        let v = dump.render_listeners();
+        let a = &v["dynamic_listeners"][0];
+        assert_eq!(a["active_state"]["version_info"], "1");
+        assert_eq!(a["warming_state"]["version_info"], "3");
+        dump.promote("a");
+        let v = dump.render_listeners();
+        let a = &v["dynamic_listeners"][0];
+        assert_eq!(a["active_state"]["version_info"], "3");
+        assert!(a.get("warming_state").is_none());
     }
 
     #[test]
@@ -416,12 +619,12 @@ mod tests {
         let mut d = DynamicState::default();
         let mut l = statics.listeners[0].clone();
         l.name = "dyn".into();
-        d.apply_listeners(change(vec![("dyn", l.clone())], &[]));
+        d.apply_listeners(change(vec![("dyn", l.clone())], &[]), None);
         let (rib, skipped) = d.compose(&statics);
         assert_eq!(rib.listeners.len(), 1);
         assert!(skipped[0].contains("address"), "{skipped:?}");
         l.address = "127.0.0.1:10001".parse().unwrap();
-        d.apply_listeners(change(vec![("dyn", l)], &[]));
+        d.apply_listeners(change(vec![("dyn", l)], &[]), None);
         assert_eq!(d.compose(&statics).0.listeners.len(), 2);
     }
 
@@ -449,7 +652,7 @@ mod tests {
             ("b", eds_cluster("b", "s1")),
             ("z", eds_cluster("z", "s2")),
         ];
-        d.apply_clusters(change(clusters, &[]));
+        d.apply_clusters(change(clusters, &[]), None);
         d.apply_endpoints(change(
             vec![("s1", one_endpoint(1)), ("s2", one_endpoint(2))],
             &[],
@@ -468,14 +671,91 @@ mod tests {
         assert_eq!(z.endpoints[0].address.port(), 3);
         assert!(!Arc::ptr_eq(&find(&before, "z").unwrap(), &z));
         // Removing a cluster forgets its watch; the others keep theirs.
-        d.apply_clusters(change(Vec::<(&str, ClusterConfig)>::new(), &["a"]));
+        d.apply_clusters(change(Vec::<(&str, ClusterConfig)>::new(), &["a"]), None);
         assert_eq!(d.eds_names(&statics), ["c", "s1", "s2"]);
-        d.apply_clusters(change(Vec::<(&str, ClusterConfig)>::new(), &["b"]));
+        d.apply_clusters(change(Vec::<(&str, ClusterConfig)>::new(), &["b"]), None);
         assert_eq!(d.eds_names(&statics), ["c", "s2"]);
         assert_eq!(
             d.counts(),
             (0, 1, 2),
             "assignments stay until EDS removes them"
         );
+    }
+
+    fn listener_to(name: &str, cluster: &str, port: u16) -> ListenerConfig {
+        let mut l = statics().listeners[0].clone();
+        l.name = name.into();
+        l.address = SocketAddr::from(([127, 0, 0, 1], port));
+        for c in &mut l.filter_chains {
+            c.tcp_proxy.route = RouteConfig::Cluster(cluster.into());
+        }
+        l
+    }
+
+    #[test]
+    fn a_cluster_warms_until_its_assignment_and_its_listener_waits_for_it() {
+        let statics = statics();
+        let mut d = DynamicState::default();
+        let soon = Instant::now() + std::time::Duration::from_secs(60);
+        d.apply_clusters(change(vec![("a", eds_cluster("a", "sa"))], &[]), Some(soon));
+        assert_eq!(d.warming_clusters().collect::<Vec<_>>(), ["a"]);
+        let (rib, _) = d.compose(&statics);
+        assert!(
+            rib.cluster("a").is_none(),
+            "a warming cluster does not serve"
+        );
+        d.apply_listeners(
+            change(vec![("l", listener_to("l", "a", 10001))], &[]),
+            Some(soon),
+        );
+        assert_eq!(d.warming_listeners().collect::<Vec<_>>(), ["l"]);
+        assert_eq!(
+            d.compose(&statics).0.listeners.len(),
+            statics.listeners.len()
+        );
+        assert_eq!(d.next_deadline(), Some(soon));
+
+        d.apply_endpoints(change(vec![("sa", one_endpoint(7))], &[]));
+        assert_eq!(
+            d.take_promoted(),
+            (vec!["a".to_string()], vec!["l".to_string()])
+        );
+        let (rib, _) = d.compose(&statics);
+        assert_eq!(rib.cluster("a").unwrap().endpoints[0].address.port(), 7);
+        assert!(rib.listener("l").is_some());
+        assert_eq!(d.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_update_warms_while_the_old_version_serves_and_a_deadline_ends_warming() {
+        let statics = statics();
+        let mut d = DynamicState::default();
+        d.apply_clusters(change(vec![("a", eds_cluster("a", "sa"))], &[]), None);
+        d.apply_endpoints(change(vec![("sa", one_endpoint(7))], &[]));
+        d.take_promoted();
+        // The new version watches a service with no assignment yet: the old one serves.
+        let now = Instant::now();
+        let deadline = now + std::time::Duration::from_secs(5);
+        d.apply_clusters(
+            change(vec![("a", eds_cluster("a", "sb"))], &[]),
+            Some(deadline),
+        );
+        let (rib, _) = d.compose(&statics);
+        assert_eq!(rib.cluster("a").unwrap().eds_service.as_deref(), Some("sa"));
+        assert_eq!(d.expire(now), (vec![], vec![]), "not yet");
+        let (clusters, _) = d.expire(deadline);
+        assert_eq!(clusters, ["a"]);
+        let (rib, _) = d.compose(&statics);
+        let a = rib.cluster("a").unwrap();
+        assert_eq!(a.eds_service.as_deref(), Some("sb"));
+        assert!(
+            a.endpoints.is_empty(),
+            "timed out: active with no endpoints"
+        );
+        // Removing a warming cluster removes it for good.
+        d.apply_clusters(change(vec![("b", eds_cluster("b", "sc"))], &[]), None);
+        d.apply_clusters(change(Vec::<(&str, ClusterConfig)>::new(), &["b"]), None);
+        assert_eq!(d.warming_clusters().count(), 0);
+        assert!(d.compose(&statics).0.cluster("b").is_none());
     }
 }

@@ -56,7 +56,7 @@ fn resource_items(bootstrap: &Value, xds: &Value, field: &str) -> Vec<Value> {
     let (kind, key, type_url) = match field {
         "static_clusters" => ("clusters", "cluster", CLUSTER),
         "static_listeners" => ("listeners", "listener", LISTENER),
-        "dynamic_active_clusters" | "dynamic_listeners" => {
+        "dynamic_active_clusters" | "dynamic_warming_clusters" | "dynamic_listeners" => {
             let dump = if field == "dynamic_listeners" {
                 "listeners"
             } else {
@@ -111,7 +111,11 @@ pub(crate) fn render_config_dump(bootstrap: &Value, xds: &Value) -> Value {
         xds,
         CLUSTERS_DUMP,
         "clusters",
-        &["static_clusters", "dynamic_active_clusters"],
+        &[
+            "static_clusters",
+            "dynamic_active_clusters",
+            "dynamic_warming_clusters",
+        ],
     );
     let listeners = section(
         bootstrap,

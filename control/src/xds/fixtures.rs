@@ -92,6 +92,12 @@ pub fn address(addr: SocketAddr) -> Address {
 
 /// An EDS cluster (connect timeout 1 s) whose endpoints come over ADS under its own name.
 pub fn eds_cluster(name: &str) -> Any {
+    eds_cluster_watching(name, "")
+}
+
+/// An EDS cluster whose endpoints come over ADS as the assignment `service` (its own name
+/// when empty).
+pub fn eds_cluster_watching(name: &str, service: &str) -> Any {
     let c = Cluster {
         name: name.into(),
         connect_timeout: Some(PbDuration {
@@ -107,7 +113,7 @@ pub fn eds_cluster(name: &str) -> Any {
                 resource_api_version: ApiVersion::V3 as i32,
                 ..ConfigSource::default()
             }),
-            service_name: String::new(),
+            service_name: service.into(),
         }),
         ..Cluster::default()
     };
