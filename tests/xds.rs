@@ -410,6 +410,41 @@ fn delta_respond(
         .expect("stream open");
 }
 
+/// Delta's first config, each answer after the proxy asks for it: the EDS cluster `svc`
+/// (nonce d1), its endpoint `backend_port` (d2), the listener `ingress` on `port` to it (d3).
+/// Returns the first cluster request.
+fn delta_first_config(
+    stream: &DeltaHandle,
+    requests: &mut Requests<'_, DeltaDiscoveryRequest>,
+    backend_port: u16,
+    port: u16,
+) -> DeltaDiscoveryRequest {
+    let cds = requests.next(CLUSTER_TYPE, |_| true);
+    let svc = eds_cluster("svc");
+    delta_respond(stream, CLUSTER_TYPE, "d1", vec![("svc", "1", svc)], &[]);
+    requests.next(ENDPOINTS_TYPE, |r| {
+        r.resource_names_subscribe.iter().any(|n| n == "svc")
+    });
+    let endpoint = assignment("svc", local(backend_port));
+    delta_respond(
+        stream,
+        ENDPOINTS_TYPE,
+        "d2",
+        vec![("svc", "1", endpoint)],
+        &[],
+    );
+    requests.next(LISTENER_TYPE, |_| true);
+    let ingress = listener("ingress", port, "svc");
+    delta_respond(
+        stream,
+        LISTENER_TYPE,
+        "d3",
+        vec![("ingress", "1", ingress)],
+        &[],
+    );
+    cds
+}
+
 /// Delta xDS end to end: wildcard subscriptions, an EDS subscription by name, an endpoint
 /// update, and a listener removed by `removed_resources` (its port then refuses).
 #[test]
@@ -427,36 +462,11 @@ fn delta_xds_adds_updates_and_removes() {
     };
     let stream = first_stream(&delta, &proxy);
     let mut requests = Requests::new(&stream.requests);
-    let cds = requests.next(CLUSTER_TYPE, |_| true);
+    let cds = delta_first_config(&stream, &mut requests, a.port(), port);
     assert!(
         cds.resource_names_subscribe.is_empty() || cds.resource_names_subscribe == ["*"],
         "a wildcard subscription: {:?}",
         cds.resource_names_subscribe
-    );
-    delta_respond(
-        &stream,
-        CLUSTER_TYPE,
-        "d1",
-        vec![("svc", "1", eds_cluster("svc"))],
-        &[],
-    );
-    requests.next(ENDPOINTS_TYPE, |r| {
-        r.resource_names_subscribe.iter().any(|n| n == "svc")
-    });
-    delta_respond(
-        &stream,
-        ENDPOINTS_TYPE,
-        "d2",
-        vec![("svc", "1", assignment("svc", local(a.port())))],
-        &[],
-    );
-    requests.next(LISTENER_TYPE, |_| true);
-    delta_respond(
-        &stream,
-        LISTENER_TYPE,
-        "d3",
-        vec![("ingress", "1", listener("ingress", port, "svc"))],
-        &[],
     );
     let through = local(port);
     assert_eq!(reached(through), "a");
@@ -529,34 +539,7 @@ fn an_updated_cluster_warms_while_its_previous_version_serves() {
     };
     let stream = first_stream(&delta, &proxy);
     let mut requests = Requests::new(&stream.requests);
-    requests.next(CLUSTER_TYPE, |_| true);
-    delta_respond(
-        &stream,
-        CLUSTER_TYPE,
-        "d1",
-        vec![("svc", "c1", eds_cluster("svc"))],
-        &[],
-    );
-    requests.next(ENDPOINTS_TYPE, |r| {
-        r.resource_names_subscribe.iter().any(|n| n == "svc")
-    });
-    let to_a = assignment("svc", local(a.port()));
-    delta_respond(
-        &stream,
-        ENDPOINTS_TYPE,
-        "d2",
-        vec![("svc", "e1", to_a)],
-        &[],
-    );
-    requests.next(LISTENER_TYPE, |_| true);
-    let ingress = listener("ingress", port, "svc");
-    delta_respond(
-        &stream,
-        LISTENER_TYPE,
-        "d3",
-        vec![("ingress", "l1", ingress)],
-        &[],
-    );
+    delta_first_config(&stream, &mut requests, a.port(), port);
     let through = local(port);
     assert_eq!(reached(through), "a");
 
