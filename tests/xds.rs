@@ -272,6 +272,15 @@ fn listeners_clusters_and_endpoints_over_ads() {
         "new connections never reached the new endpoint"
     );
     assert_eq!(ping(&mut held, b"still here").unwrap(), b"still here");
+    // Two assignments for svc, both accepted.
+    assert_eq!(proxy.wait_stat("cluster.svc.update_success", 2, WAIT), 2);
+    assert_eq!(
+        proxy.stat("cluster.svc.update_attempt"),
+        3,
+        "the start and two responses"
+    );
+    assert_eq!(proxy.stat("cluster.svc.update_empty"), 0);
+    assert_eq!(proxy.stat("cluster.svc.membership_total"), 1);
 
     // One invalid listener among valid ones: NACK naming it, the others applied.
     let port2 = free_port();

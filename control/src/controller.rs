@@ -18,9 +18,10 @@ use crate::admin::{self, AdminAction, AdminState};
 use crate::compile::{compile, CompileCache};
 use crate::config::{self, ConfigError};
 use crate::dynamic::{DynamicState, XdsTypeDumps};
-use crate::rib::Rib;
+use crate::rib::{EndpointConfig, Rib};
 use crate::state_dir::Persisted;
 use crate::stats::StatsRegistry;
+use crate::xds;
 use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::BTreeSet;
@@ -170,6 +171,9 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     let xds = match &rib.dynamic {
         Some(_) => {
             stats.xds().enabled.store(true, Ordering::Relaxed);
+            for c in rib.clusters.iter().filter(|c| c.eds_service.is_some()) {
+                stats.xds().eds(&c.name);
+            }
             Some(start_xds(&rib, events_tx.clone())?)
         }
         None => None,
@@ -579,6 +583,13 @@ impl Control {
             }
             Event::Clusters(change) => {
                 xds.cds.response(change.accepted_all());
+                for a in change
+                    .upserts
+                    .iter()
+                    .filter(|a| a.value.eds_service.is_some())
+                {
+                    xds.eds(&a.name);
+                }
                 let warming: BTreeSet<&str> = change
                     .upserts
                     .iter()
@@ -600,6 +611,7 @@ impl Control {
                 rejected
             }
             Event::Endpoints(change) => {
+                self.count_eds(&change);
                 self.persist(|p| Persisted::record(&mut p.endpoints, &change));
                 let rejected = change.rejected.clone();
                 self.init
@@ -633,6 +645,37 @@ impl Control {
         self.record_promotions();
         self.publish_composed("xDS update applied");
         self.save_state();
+    }
+
+    /// `cluster.<name>.update_*` of every cluster (static or received) watching a service
+    /// this EDS change carries.
+    fn count_eds(&self, change: &xds::Change<Arc<[EndpointConfig]>>) {
+        let watching = |service: &str| -> Vec<String> {
+            let statics = self
+                .statics
+                .clusters
+                .iter()
+                .filter(|c| c.eds_service.as_deref() == Some(service));
+            statics
+                .map(|c| c.name.clone())
+                .chain(self.dynamic.clusters_watching(service).map(String::from))
+                .collect()
+        };
+        let xds = self.stats.xds();
+        for a in &change.upserts {
+            for cluster in watching(&a.name) {
+                let s = xds.eds(&cluster);
+                s.updates.response(true);
+                if a.value.is_empty() {
+                    s.update_empty.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        for r in &change.rejected {
+            for cluster in watching(&r.name) {
+                xds.eds(&cluster).updates.response(false);
+            }
+        }
     }
 
     /// When a cluster or listener received now stops warming at the latest.

@@ -89,6 +89,15 @@ impl DynamicState {
         self.warming_listeners.keys().map(String::as_str)
     }
 
+    /// The received clusters watching `service`.
+    pub fn clusters_watching(&self, service: &str) -> impl Iterator<Item = &str> {
+        self.by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
     /// The clusters and listeners that stopped warming (became active) since the last call.
     pub fn take_promoted(&mut self) -> (Vec<String>, Vec<String>) {
         std::mem::take(&mut self.promoted)

@@ -65,8 +65,7 @@ impl StatsRegistry {
             blocks.listener.values().for_each(|b| b.reset_counters());
         }
         self.server.reset_counters();
-        self.xds.cds.reset();
-        self.xds.lds.reset();
+        self.xds.reset();
     }
 
     /// The control plane's stats (written by the control thread only).
@@ -140,6 +139,58 @@ pub struct XdsStats {
     pub connected: AtomicU64,
     pub cds: SubscriptionStats,
     pub lds: SubscriptionStats,
+    /// Per EDS cluster, `cluster.<name>.update_*`: an assignment for it arrived (accepted,
+    /// or rejected), and `update_empty` when it had no endpoints.
+    eds: Mutex<BTreeMap<String, Arc<EdsStats>>>,
+}
+
+/// `cluster.<name>.update_*` of one EDS cluster.
+#[derive(Debug, Default)]
+pub struct EdsStats {
+    pub updates: SubscriptionStats,
+    pub update_empty: AtomicU64,
+}
+
+impl XdsStats {
+    /// The EDS counters of cluster `name`. Created when the cluster starts watching its
+    /// assignment, with `update_attempt` 1: Envoy counts the subscription's start as an
+    /// attempt, then one per response.
+    pub fn eds(&self, name: &str) -> Arc<EdsStats> {
+        let mut eds = self.eds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = eds.get(name) {
+            return s.clone();
+        }
+        let s = Arc::<EdsStats>::default();
+        s.updates.update_attempt.store(1, Ordering::Relaxed);
+        eds.insert(name.to_string(), s.clone());
+        s
+    }
+
+    /// The EDS counters of cluster `name`, if it ever had an assignment.
+    pub fn eds_of(&self, name: &str) -> Option<Arc<EdsStats>> {
+        let eds = self.eds.lock().unwrap_or_else(|e| e.into_inner());
+        eds.get(name).cloned()
+    }
+
+    /// Zeroes every counter.
+    fn reset(&self) {
+        self.cds.reset();
+        self.lds.reset();
+        let eds = self.eds.lock().unwrap_or_else(|e| e.into_inner());
+        for s in eds.values() {
+            s.updates.reset();
+            s.update_empty.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl EdsStats {
+    /// `(name, value)` of each counter, sorted by name.
+    pub fn counters(&self) -> [(&'static str, u64); 5] {
+        let [a, f, r, s] = self.updates.counters();
+        let empty = ("update_empty", self.update_empty.load(Ordering::Relaxed));
+        [a, empty, f, r, s]
+    }
 }
 
 /// The counters of one subscription.

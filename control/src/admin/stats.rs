@@ -162,6 +162,14 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
             name: format!("{p}.membership_total"),
             value: StatValue::Gauge(n),
         });
+        if let Some(eds) = reg.xds().eds_of(&c.name) {
+            for (name, v) in eds.counters() {
+                out.push(Stat {
+                    name: format!("{p}.{name}"),
+                    value: StatValue::Counter(v),
+                });
+            }
+        }
     }
     let server = reg.server();
     push_block(
