@@ -670,7 +670,7 @@ fn state_dir_warm_start_serves_before_the_server_answers() {
     let (ads, streams, _) = start_server();
     let yaml = bootstrap_full(free_port(), ads, "60s", "GRPC");
     let proxy = Proxy::spawn(ProxyKind::Switchyard, &yaml, opts);
-    let _stream = first_stream(&streams, &proxy);
+    let stream = first_stream(&streams, &proxy);
     assert!(
         wait_until(WAIT, || http(proxy.admin, "GET", "/ready")
             .is_ok_and(|r| r.status == 200)),
@@ -678,6 +678,20 @@ fn state_dir_warm_start_serves_before_the_server_answers() {
         proxy.logs()
     );
     assert_eq!(reached(local(port)), "a");
+    // The server answers at last, without the listener: the loaded one goes (the client
+    // started out holding it, so State of the World removes it).
+    let mut requests = Requests::new(&stream.requests);
+    let lds = requests.next(LISTENER_TYPE, |_| true);
+    assert!(
+        lds.version_info.is_empty(),
+        "a new process has accepted nothing yet"
+    );
+    respond(&stream, LISTENER_TYPE, "l9", "n9", Vec::new());
+    assert!(
+        wait_until(WAIT, || connect(local(port)).is_err()),
+        "a listener the server no longer has still serves after the warm start\n{}",
+        proxy.logs()
+    );
     let _ = std::fs::remove_dir_all(&state);
 }
 

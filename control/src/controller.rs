@@ -21,8 +21,8 @@ use crate::dynamic::{DynamicState, XdsTypeDumps};
 use crate::rib::{EndpointConfig, Rib};
 use crate::state_dir::Persisted;
 use crate::stats::StatsRegistry;
-use crate::xds;
 use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
+use crate::xds::{self, Held};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -168,13 +168,15 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         },
         Ordering::Release,
     );
+    let warm = load_state_dir(&options, &rib);
+    let held = warm.as_ref().map(|(p, _)| p.held()).unwrap_or_default();
     let xds = match &rib.dynamic {
         Some(_) => {
             stats.xds().enabled.store(true, Ordering::Relaxed);
             for c in rib.clusters.iter().filter(|c| c.eds_service.is_some()) {
                 stats.xds().eds(&c.name);
             }
-            Some(start_xds(&rib, events_tx.clone())?)
+            Some(start_xds(&rib, held, events_tx.clone())?)
         }
         None => None,
     };
@@ -208,7 +210,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         plane,
         admin: admin_state,
     };
-    control.warm_start();
+    control.warm_start(warm);
     control.serve(events_rx);
     let Control {
         plane,
@@ -299,7 +301,25 @@ struct Xds {
 }
 
 /// Starts the ADS client for `rib.dynamic` and forwards its events to the control loop.
-fn start_xds(rib: &Rib, events: Sender<ControlEvent>) -> Result<Xds, RunError> {
+/// With `--state-dir` and xDS: what the last run had accepted, if anything readable.
+fn load_state_dir(options: &RunOptions, rib: &Rib) -> Option<(Persisted, DynamicState)> {
+    let (Some(dir), Some(_)) = (&options.state_dir, &rib.dynamic) else {
+        return None;
+    };
+    match Persisted::load(dir) {
+        Ok(None) => {
+            tracing::info!(dir = %dir.display(), "state dir: nothing saved yet; cold start");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "state dir unreadable; cold start");
+            None
+        }
+        Ok(found) => found,
+    }
+}
+
+fn start_xds(rib: &Rib, held: Held, events: Sender<ControlEvent>) -> Result<Xds, RunError> {
     let dynamic = rib.dynamic.as_ref().expect("called with dynamic_resources");
     let server = rib
         .cluster(&dynamic.ads_cluster)
@@ -307,7 +327,8 @@ fn start_xds(rib: &Rib, events: Sender<ControlEvent>) -> Result<Xds, RunError> {
         .map(|e| e.address)
         .expect("convert checked: the ADS cluster is static with an endpoint");
     let (xds_tx, xds_rx) = mpsc::channel();
-    let config = ClientConfig::new(server, rib.node.clone(), dynamic.api);
+    let mut config = ClientConfig::new(server, rib.node.clone(), dynamic.api);
+    config.held = held;
     let (commands, thread) = xds_client::spawn(config, xds_tx).map_err(RunError::Xds)?;
     std::thread::Builder::new()
         .name("xds-events".into())
@@ -494,36 +515,26 @@ impl Control {
         }
     }
 
-    /// With `--state-dir` and xDS: serves what the last run had accepted, at once (LIVE), until
-    /// the management server's answers replace it.
-    fn warm_start(&mut self) {
-        let (Some(dir), Some(_)) = (self.options.state_dir.clone(), &self.statics.dynamic) else {
+    /// Serves what the last run had accepted (`warm`, from the state dir), at once (LIVE),
+    /// until the management server's answers replace it.
+    fn warm_start(&mut self, warm: Option<(Persisted, DynamicState)>) {
+        let Some((persisted, state)) = warm else {
             return;
         };
-        match Persisted::load(&dir) {
-            Ok(None) => {
-                tracing::info!(dir = %dir.display(), "state dir: nothing saved yet; cold start")
-            }
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "state dir unreadable; cold start")
-            }
-            Ok(Some((persisted, state))) => {
-                tracing::info!(
-                    listeners = state.counts().0,
-                    clusters = state.counts().1,
-                    endpoints = state.counts().2,
-                    "state dir: serving the last accepted xDS resources until the server answers"
-                );
-                self.persisted = persisted;
-                self.dynamic = state;
-                if let Some(x) = &self.xds {
-                    let names = self.dynamic.eds_names(&self.statics);
-                    let _ = x.commands.send(Command::WatchEndpoints(names));
-                }
-                if self.publish_composed("warm start from the state dir") {
-                    self.init = Init::new(None);
-                }
-            }
+        tracing::info!(
+            listeners = state.counts().0,
+            clusters = state.counts().1,
+            endpoints = state.counts().2,
+            "state dir: serving the last accepted xDS resources until the server answers"
+        );
+        self.persisted = persisted;
+        self.dynamic = state;
+        if let Some(x) = &self.xds {
+            let names = self.dynamic.eds_names(&self.statics);
+            let _ = x.commands.send(Command::WatchEndpoints(names));
+        }
+        if self.publish_composed("warm start from the state dir") {
+            self.init = Init::new(None);
         }
     }
 

@@ -1,14 +1,22 @@
 //! `--state-dir`: the xDS resources last accepted, kept on disk so that a restart serves them
 //! at once, before the management server answers (then the server's answers replace them).
 //!
-//! One file, `xds-state.json`: `{"listeners": [...], "clusters": [...], "endpoints": [...]}`,
-//! each item a resource as proto3 JSON with its `@type`, written whole to a temporary file
-//! and renamed over the old one after every accepted change (a crash leaves the old or the
-//! new file, never half of one). On load every resource goes through the same validation as
-//! when it arrived; an unreadable file or resource is skipped with a warning (a cold start).
+//! One file, `xds-state.json`: `{"listeners": [...], "clusters": [...], "endpoints": [...],
+//! "versions": {"listeners": {name: version}, ...}}`, each item a resource as proto3 JSON
+//! with its `@type`, written whole to a temporary file and renamed over the old one after
+//! every accepted change (a crash leaves the old or the new file, never half of one). On load
+//! every resource goes through the same validation as when it arrived; an unreadable file or
+//! resource is skipped with a warning (a cold start).
+//!
+//! The versions let the xDS client start as if it held what was loaded ([`Persisted::held`]):
+//! State of the World then removes what the server's first answer no longer has, and Delta
+//! announces them in `initial_resource_versions`, so the server sends only what changed and
+//! removes what it no longer has. Without them a warm start could keep serving a resource
+//! the server deleted while the proxy was down.
 
 use crate::config::resource;
 use crate::dynamic::DynamicState;
+use crate::xds;
 use envoy_types::pb::google::protobuf::Any;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -17,35 +25,75 @@ use std::path::{Path, PathBuf};
 
 const FILE: &str = "xds-state.json";
 
-/// Accepted payloads by kind and name.
+/// Accepted payloads, with their versions, by kind and name.
 #[derive(Debug, Default)]
 pub struct Persisted {
-    pub listeners: BTreeMap<String, Any>,
-    pub clusters: BTreeMap<String, Any>,
-    pub endpoints: BTreeMap<String, Any>,
+    pub listeners: BTreeMap<String, (String, Any)>,
+    pub clusters: BTreeMap<String, (String, Any)>,
+    pub endpoints: BTreeMap<String, (String, Any)>,
 }
+
+const KINDS: [(&str, &str); 3] = [
+    ("listeners", xds::LISTENER_TYPE),
+    ("clusters", xds::CLUSTER_TYPE),
+    ("endpoints", xds::ENDPOINTS_TYPE),
+];
 
 impl Persisted {
     /// Records an accepted change's payloads in `map` (one of the three).
-    pub fn record<T>(map: &mut BTreeMap<String, Any>, change: &crate::xds::Change<T>) {
+    pub fn record<T>(map: &mut BTreeMap<String, (String, Any)>, change: &xds::Change<T>) {
         for n in &change.removals {
             map.remove(n);
         }
         for a in &change.upserts {
-            map.insert(a.name.clone(), a.resource.clone());
+            map.insert(a.name.clone(), (a.version.clone(), a.resource.clone()));
         }
+    }
+
+    fn kind(&self, kind: &str) -> &BTreeMap<String, (String, Any)> {
+        match kind {
+            "listeners" => &self.listeners,
+            "clusters" => &self.clusters,
+            _ => &self.endpoints,
+        }
+    }
+
+    /// What the xDS client holds after loading this: names and versions by type URL.
+    pub fn held(&self) -> xds::Held {
+        KINDS
+            .iter()
+            .map(|(kind, type_url)| {
+                let names = self
+                    .kind(kind)
+                    .iter()
+                    .map(|(name, (version, _))| (name.clone(), version.clone()))
+                    .collect();
+                (type_url.to_string(), names)
+            })
+            .collect()
     }
 
     /// Writes the file in `dir` (created if missing), atomically.
     pub fn save(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let list = |m: &BTreeMap<String, Any>| -> Vec<Value> {
-            m.values().map(resource::to_json).collect()
+        let list = |m: &BTreeMap<String, (String, Any)>| -> Vec<Value> {
+            m.values().map(|(_, any)| resource::to_json(any)).collect()
+        };
+        let versions = |m: &BTreeMap<String, (String, Any)>| -> Value {
+            m.iter()
+                .map(|(name, (version, _))| (name.clone(), Value::from(version.as_str())))
+                .collect::<serde_json::Map<String, Value>>()
+                .into()
         };
         let doc = json!({
             "listeners": list(&self.listeners),
             "clusters": list(&self.clusters),
             "endpoints": list(&self.endpoints),
+            "versions": {
+                "listeners": versions(&self.listeners),
+                "clusters": versions(&self.clusters),
+                "endpoints": versions(&self.endpoints),
+            },
         });
         let tmp = dir.join(format!("{FILE}.tmp"));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
@@ -61,24 +109,33 @@ impl Persisted {
             Err(e) => return Err(e),
         };
         let doc: Value = serde_json::from_slice(&bytes)?;
+        let version = |kind: &str, name: &str| -> String {
+            doc["versions"][kind][name]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
         let mut persisted = Persisted::default();
         let mut state = DynamicState::default();
         for item in items(&doc, "clusters") {
             if let Some((any, (name, c))) = decode(item, resource::cluster) {
                 state.insert_cluster(name.clone(), c);
-                persisted.clusters.insert(name, any);
+                let v = version("clusters", &name);
+                persisted.clusters.insert(name, (v, any));
             }
         }
         for item in items(&doc, "endpoints") {
             if let Some((any, (name, e))) = decode(item, resource::endpoints) {
                 state.insert_endpoints(name.clone(), e);
-                persisted.endpoints.insert(name, any);
+                let v = version("endpoints", &name);
+                persisted.endpoints.insert(name, (v, any));
             }
         }
         for item in items(&doc, "listeners") {
             if let Some((any, (name, l))) = decode(item, resource::listener) {
                 state.insert_listener(name.clone(), l);
-                persisted.listeners.insert(name, any);
+                let v = version("listeners", &name);
+                persisted.listeners.insert(name, (v, any));
             }
         }
         Ok(Some((persisted, state)))
@@ -97,7 +154,7 @@ fn items<'a>(doc: &'a Value, kind: &str) -> &'a [Value] {
 
 fn decode<T>(
     item: &Value,
-    validate: impl Fn(&Any) -> Result<T, crate::xds::Rejected>,
+    validate: impl Fn(&Any) -> Result<T, xds::Rejected>,
 ) -> Option<(Any, T)> {
     let Some(any) = resource::from_json(item) else {
         tracing::warn!("state dir: a resource does not parse; skipped");

@@ -54,6 +54,7 @@
 //! candidate.
 
 use crate::fib::{Cluster, ClusterId, Endpoint, Fib, LbPolicy};
+use std::sync::Arc;
 
 /// Envoy's default `choice_count` for least request.
 pub const DEFAULT_CHOICE_COUNT: u32 = 2;
@@ -107,14 +108,14 @@ impl Rng {
 
 /// One cluster's load balancer on one worker. Built by [`ClusterLb::new`] for one FIB
 /// generation; picks only among that generation's endpoints of that cluster.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ClusterLb {
     /// Endpoints this balancer was built for.
     len: usize,
     state: State,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum State {
     /// Equal weights: rotate; `next` is the index of the next pick.
     RoundRobin { next: usize },
@@ -273,11 +274,28 @@ impl WorkerLb {
     /// Builds one [`ClusterLb`] per cluster of `fib`; cluster `i` gets the seed
     /// `mix_seed(seed, i)`. Allocates; call it when the worker adopts `fib`.
     pub fn new(fib: &Fib, seed: u64) -> Self {
+        Self::following(fib, None, seed)
+    }
+
+    /// Like [`WorkerLb::new`], but a cluster that `previous` (the balancers of `previous_fib`)
+    /// has at the same index, as the same `Arc`, keeps a copy of its balancer: its schedule
+    /// goes on where it was, and adopting a FIB in which one cluster of 10k changed reads the
+    /// two cluster arrays, not 10k clusters' endpoints.
+    pub fn following(fib: &Fib, previous: Option<(&Fib, &WorkerLb)>, seed: u64) -> Self {
         let clusters = fib
             .clusters
             .iter()
             .enumerate()
-            .map(|(i, cluster)| ClusterLb::new(cluster, mix_seed(seed, i as u64)))
+            .map(|(i, cluster)| {
+                let same = previous.and_then(|(pf, plb)| {
+                    let old = pf.clusters.get(i)?;
+                    Arc::ptr_eq(old, cluster).then(|| plb.clusters.get(i))?
+                });
+                match same {
+                    Some(lb) => lb.clone(),
+                    None => ClusterLb::new(cluster, mix_seed(seed, i as u64)),
+                }
+            })
             .collect();
         WorkerLb {
             generation: fib.generation,
@@ -439,7 +457,7 @@ impl<K: Deadline> EdfEntry<K> {
 /// Envoy's `EdfScheduler` as a binary min-heap of one entry per endpoint. Envoy's
 /// `pickAndAdd` pops the top and pushes it back with a later deadline; here the entry is
 /// rewritten in place and sifted down, so the heap never grows or shrinks after it is built.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct EdfHeap<K> {
     entries: Vec<EdfEntry<K>>,
     next_order: u64,
@@ -893,6 +911,37 @@ mod tests {
         assert!(wlb.pick(&fib, ClusterId(1), &[], Some(1), &mut rng) == Some(0));
         assert_eq!(wlb.pick(&fib, ClusterId(2), &[], None, &mut rng), None);
         assert!(WorkerLb::new(&Fib::default(), 0).is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_cluster_keeps_its_schedule_across_generations() {
+        let kept = Arc::new(cluster(LbPolicy::RoundRobin, &[1, 1, 1]));
+        let one = Fib {
+            generation: 1,
+            listeners: Vec::new(),
+            clusters: vec![
+                kept.clone(),
+                Arc::new(cluster(LbPolicy::RoundRobin, &[1, 1])),
+            ],
+        };
+        let mut rng = Rng::new(1);
+        let mut lb1 = WorkerLb::new(&one, 5);
+        let first = lb1.pick(&one, ClusterId(0), &[], None, &mut rng).unwrap();
+        // Generation 2: cluster 0 is the same Arc, cluster 1 was rebuilt.
+        let two = Fib {
+            generation: 2,
+            listeners: Vec::new(),
+            clusters: vec![kept, Arc::new(cluster(LbPolicy::RoundRobin, &[1, 1, 1, 1]))],
+        };
+        let mut lb2 = WorkerLb::following(&two, Some((&one, &lb1)), 9);
+        let next = lb2.pick(&two, ClusterId(0), &[], None, &mut rng).unwrap();
+        assert_eq!(next, (first + 1) % 3, "the rotation goes on where it was");
+        assert_eq!(
+            lb2.cluster(ClusterId(1)).len(),
+            4,
+            "a changed cluster is rebuilt"
+        );
+        assert_eq!(lb2.generation(), 2);
     }
 
     fn policy_strategy() -> impl Strategy<Value = LbPolicy> {

@@ -340,8 +340,12 @@ impl DataPlane {
         })
     }
 
+    /// Polls, first every few microseconds (a woken worker adopts within microseconds unless
+    /// it is busy), backing off to every millisecond: the control thread publishes the next
+    /// change that much sooner.
     fn wait_adopted(&self, epoch: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(5);
         while Instant::now() < deadline {
             let all = self
                 .shared
@@ -352,7 +356,8 @@ impl DataPlane {
             if all {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
         }
         tracing::warn!(epoch, "not every worker adopted the new snapshot in time");
     }

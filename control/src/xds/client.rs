@@ -16,7 +16,7 @@
 //!   the new stream announces it (SotW versions, Delta `initial_resource_versions`);
 //! - [`Command::Stop`] or dropping the command sender ends the thread promptly.
 
-use super::{delta, sotw, Change, Rejected, CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
+use super::{delta, sotw, Change, Held, Rejected, CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
 use crate::config::resource;
 use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -48,6 +48,8 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Bound on connecting (TCP + HTTP/2 handshake).
     pub connect_timeout: Duration,
+    /// What the subscriptions start out holding (a warm start from `--state-dir`).
+    pub held: Held,
 }
 
 impl ClientConfig {
@@ -60,6 +62,7 @@ impl ClientConfig {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            held: Held::new(),
         }
     }
 }
@@ -88,35 +91,35 @@ pub enum Command {
 
 /// Starts the client thread.
 pub fn spawn(
-    config: ClientConfig,
+    mut config: ClientConfig,
     events: mpsc::Sender<Event>,
 ) -> std::io::Result<(
     tokio_mpsc::UnboundedSender<Command>,
     std::thread::JoinHandle<()>,
 )> {
     let (commands, rx) = tokio_mpsc::unbounded_channel();
-    let handle = std::thread::Builder::new()
-        .name("xds".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = events.send(Event::Disconnected(format!("no tokio runtime: {e}")));
-                    return;
+    let handle =
+        std::thread::Builder::new()
+            .name("xds".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = events.send(Event::Disconnected(format!("no tokio runtime: {e}")));
+                        return;
+                    }
+                };
+                let held = std::mem::take(&mut config.held);
+                match config.api {
+                    Api::Sotw => runtime
+                        .block_on(Client::new(config, events, rx, SotwWire::new(&held)).run()),
+                    Api::Delta => runtime
+                        .block_on(Client::new(config, events, rx, DeltaWire::new(&held)).run()),
                 }
-            };
-            match config.api {
-                Api::Sotw => {
-                    runtime.block_on(Client::new(config, events, rx, SotwWire::new()).run())
-                }
-                Api::Delta => {
-                    runtime.block_on(Client::new(config, events, rx, DeltaWire::new()).run())
-                }
-            }
-        })?;
+            })?;
     Ok((commands, handle))
 }
 
@@ -154,11 +157,11 @@ struct SotwWire {
 }
 
 impl SotwWire {
-    fn new() -> SotwWire {
+    fn new(held: &Held) -> SotwWire {
         SotwWire {
-            clusters: sotw::Subscription::wildcard(CLUSTER_TYPE),
-            endpoints: sotw::Subscription::named(ENDPOINTS_TYPE, []),
-            listeners: sotw::Subscription::wildcard(LISTENER_TYPE),
+            clusters: sotw::Subscription::wildcard(CLUSTER_TYPE).holding(held),
+            endpoints: sotw::Subscription::named(ENDPOINTS_TYPE, []).holding(held),
+            listeners: sotw::Subscription::wildcard(LISTENER_TYPE).holding(held),
         }
     }
 }
@@ -223,11 +226,11 @@ struct DeltaWire {
 }
 
 impl DeltaWire {
-    fn new() -> DeltaWire {
+    fn new(held: &Held) -> DeltaWire {
         DeltaWire {
-            clusters: delta::Subscription::wildcard(CLUSTER_TYPE),
-            endpoints: delta::Subscription::named(ENDPOINTS_TYPE, []),
-            listeners: delta::Subscription::wildcard(LISTENER_TYPE),
+            clusters: delta::Subscription::wildcard(CLUSTER_TYPE).holding(held),
+            endpoints: delta::Subscription::named(ENDPOINTS_TYPE, []).holding(held),
+            listeners: delta::Subscription::wildcard(LISTENER_TYPE).holding(held),
         }
     }
 }
@@ -429,12 +432,14 @@ impl<W: Wire> Client<W> {
                     Ok(Some(resp)) => {
                         delivered = true;
                         let (event, request) = self.wire.answer(&resp);
-                        let _ = tx.send(request).await;
+                        // The control thread applies while the ACK is encoded and sent.
                         if let Some(e) = event {
+                            tracing::debug!("xDS: response validated; handing it over");
                             if self.events.send(e).is_err() {
                                 return Ended::Stop;
                             }
                         }
+                        let _ = tx.send(request).await;
                     }
                     Ok(None) => return Ended::Broke("stream closed by the server".into(), delivered),
                     Err(s) => return Ended::Broke(format!("stream error: {s}"), delivered),

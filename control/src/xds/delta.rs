@@ -35,6 +35,14 @@ impl Subscription {
         }
     }
 
+    /// Starts out holding what `held` has of this type (loaded from `--state-dir`), as if
+    /// it had been received: a reconnect announces it, and what the server no longer has is
+    /// removed.
+    pub fn holding(mut self, held: &super::Held) -> Subscription {
+        self.interest.hold(held);
+        self
+    }
+
     /// The type this subscription is for.
     pub fn type_url(&self) -> &str {
         &self.interest.type_url
@@ -284,5 +292,21 @@ mod tests {
         assert_eq!(req.resource_names_unsubscribe, ["a"]);
         assert_eq!(dropped, ["a"]);
         assert!(s.set_names(["b".to_string(), "c".to_string()]).is_none());
+    }
+
+    #[test]
+    fn a_warm_start_announces_what_it_holds() {
+        let held: crate::xds::Held = [(
+            LISTENER_TYPE.to_string(),
+            [("l".to_string(), "7".to_string())].into_iter().collect(),
+        )]
+        .into_iter()
+        .collect();
+        let s = Subscription::wildcard(LISTENER_TYPE).holding(&held);
+        let first = s.initial_request(None);
+        assert_eq!(
+            first.initial_resource_versions.get("l").map(String::as_str),
+            Some("7")
+        );
     }
 }

@@ -36,6 +36,10 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 pub const ENDPOINTS_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
+/// Resources a client starts out holding (loaded from `--state-dir`): by type URL, each name
+/// with the version it was accepted at.
+pub type Held = BTreeMap<String, BTreeMap<String, String>>;
+
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
 pub const INVALID_ARGUMENT: i32 = 3;
 
@@ -227,6 +231,16 @@ impl Interest {
             names: names.into_iter().collect(),
             wildcard: false,
             ..Interest::wildcard(type_url)
+        }
+    }
+
+    /// Starts out holding `held` (a named interest also asks for those names).
+    fn hold(&mut self, held: &Held) {
+        if let Some(held) = held.get(&self.type_url) {
+            if !self.wildcard {
+                self.names.extend(held.keys().cloned());
+            }
+            self.held = held.clone();
         }
     }
 

@@ -39,6 +39,14 @@ impl Subscription {
         }
     }
 
+    /// Starts out holding what `held` has of this type (loaded from `--state-dir`), as if
+    /// it had been received: a reconnect announces it, and what the server no longer has is
+    /// removed.
+    pub fn holding(mut self, held: &super::Held) -> Subscription {
+        self.interest.hold(held);
+        self
+    }
+
     /// The type this subscription is for.
     pub fn type_url(&self) -> &str {
         &self.interest.type_url
@@ -250,6 +258,27 @@ mod tests {
         assert_eq!(names(&c), ["b"]);
         assert!(ack.error_detail.is_none());
         assert_eq!(s.held().keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    fn held(type_url: &str, names: &[(&str, &str)]) -> crate::xds::Held {
+        let names = names
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        [(type_url.to_string(), names)].into_iter().collect()
+    }
+
+    #[test]
+    fn what_a_warm_start_holds_is_removed_when_the_server_no_longer_has_it() {
+        let mut s = Subscription::wildcard(CLUSTER_TYPE)
+            .holding(&held(CLUSTER_TYPE, &[("a", "v1"), ("gone", "v1")]));
+        let (c, _) = s.on_response(&response("v7", "n-1", &["a"]), &mut validator);
+        assert_eq!(c.removals, ["gone"]);
+        assert_eq!(s.held().keys().collect::<Vec<_>>(), ["a"]);
+        // A named subscription asks for what it holds.
+        let mut e = Subscription::named(ENDPOINTS_TYPE, [])
+            .holding(&held(ENDPOINTS_TYPE, &[("svc", "e1")]));
+        assert_eq!(e.initial_request(None).resource_names, ["svc"]);
     }
 
     #[test]

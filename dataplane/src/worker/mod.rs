@@ -143,13 +143,60 @@ struct Decision {
 struct Generation {
     fib: Arc<Fib>,
     lb: WorkerLb,
-    /// Open connections per endpoint, per cluster (least-request input).
-    active: Vec<Vec<u32>>,
+    /// Per cluster, its open-connection counts per endpoint (least-request input): an index
+    /// into the worker's [`ActiveCounts`], shared with the generation before while the
+    /// cluster is the same `Arc` (a connection counts on its endpoint whichever generation
+    /// it was decided under).
+    active: Vec<u32>,
     /// Connections decided under this generation that are still open.
     conns: u32,
     /// Per listener: whether accept needs the local address (`getsockname`) and the peer
     /// address (`getpeername`); derived once here, not per connection.
     address_needs: Vec<AddressNeeds>,
+}
+
+/// Open-connection counts per endpoint, one array per (cluster, run of generations in which
+/// it did not change), reference-counted by the generations that use it. Arrays are reused
+/// once free, so adopting a FIB allocates only for clusters that changed.
+#[derive(Default)]
+struct ActiveCounts {
+    counts: Vec<Vec<u32>>,
+    refs: Vec<u32>,
+    free: Vec<u32>,
+}
+
+impl ActiveCounts {
+    /// A zeroed array of `endpoints` counts, with one reference.
+    fn fresh(&mut self, endpoints: usize) -> u32 {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.counts.push(Vec::new());
+                self.refs.push(0);
+                (self.counts.len() - 1) as u32
+            }
+        };
+        let c = &mut self.counts[i as usize];
+        c.clear();
+        c.resize(endpoints, 0);
+        self.refs[i as usize] = 1;
+        i
+    }
+
+    /// One more generation uses array `i`.
+    fn share(&mut self, i: u32) -> u32 {
+        self.refs[i as usize] += 1;
+        i
+    }
+
+    /// A generation no longer uses array `i`.
+    fn release(&mut self, i: u32) {
+        let r = &mut self.refs[i as usize];
+        *r -= 1;
+        if *r == 0 {
+            self.free.push(i);
+        }
+    }
 }
 
 /// Which addresses a listener's connections need looked up at accept.
@@ -185,6 +232,8 @@ pub(crate) struct Worker {
     wake: Arc<EventFd>,
     limits: Limits,
     generations: Vec<Option<Generation>>,
+    /// The arrays `Generation::active` indexes.
+    active: ActiveCounts,
     current_gen: usize,
     snapshot_generation: u64,
     snapshot_epoch: u64,
@@ -243,6 +292,7 @@ impl Worker {
             wake,
             limits,
             generations: Vec::new(),
+            active: ActiveCounts::default(),
             current_gen: 0,
             snapshot_generation: u64::MAX,
             snapshot_epoch: u64::MAX,
@@ -403,13 +453,30 @@ impl Worker {
     /// its last connection closes.
     fn adopt_generation(&mut self, fib: &Arc<Fib>) {
         self.snapshot_generation = fib.generation;
+        let previous = self
+            .generations
+            .get(self.current_gen)
+            .and_then(Option::as_ref);
+        let seed = mix_seed(self.rng.next_u64(), self.id as u64);
+        let lb = WorkerLb::following(fib, previous.map(|p| (&*p.fib, &p.lb)), seed);
+        let active = fib
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let same = previous.and_then(|p| {
+                    let old = p.fib.clusters.get(i)?;
+                    Arc::ptr_eq(old, c).then(|| p.active[i])
+                });
+                match same {
+                    Some(a) => self.active.share(a),
+                    None => self.active.fresh(c.endpoints.len()),
+                }
+            })
+            .collect();
         let generation = Generation {
-            lb: WorkerLb::new(fib, mix_seed(self.rng.next_u64(), self.id as u64)),
-            active: fib
-                .clusters
-                .iter()
-                .map(|c| vec![0; c.endpoints.len()])
-                .collect(),
+            lb,
+            active,
             fib: fib.clone(),
             conns: 0,
             address_needs: fib
@@ -440,6 +507,9 @@ impl Worker {
         if index != self.current_gen {
             if let Some(g) = &self.generations[index] {
                 if g.conns == 0 {
+                    for &a in &g.active {
+                        self.active.release(a);
+                    }
                     self.generations[index] = None;
                 }
             }
@@ -749,7 +819,7 @@ impl Worker {
         };
         let fib = &generation.fib;
         let cluster = fib.cluster(cluster_id);
-        let active = &generation.active[cluster_id.0 as usize];
+        let active = &self.active.counts[generation.active[cluster_id.0 as usize] as usize];
         let pick = generation
             .lb
             .pick(fib, cluster_id, active, exclude, &mut self.rng);
@@ -874,7 +944,7 @@ impl Worker {
             let c = g.fib.cluster(cluster);
             c.stats.inc(id, ClusterStat::UpstreamCxActive);
             c.endpoints[endpoint as usize].stats.inc(HostStat::CxActive);
-            g.active[cluster.0 as usize][endpoint as usize] += 1;
+            self.active.counts[g.active[cluster.0 as usize] as usize][endpoint as usize] += 1;
         }
         if self.limits.relay_mode == RelayMode::Splice && !self.attach_pipes(slot) {
             self.abort_conn(
@@ -1398,7 +1468,8 @@ impl Worker {
                 );
                 if let Some(e) = conn.endpoint {
                     cluster.endpoints[e as usize].stats.dec(HostStat::CxActive);
-                    let a = &mut g.active[cluster_id.0 as usize][e as usize];
+                    let counts = &mut self.active.counts[g.active[cluster_id.0 as usize] as usize];
+                    let a = &mut counts[e as usize];
                     *a = a.saturating_sub(1);
                 }
             }
