@@ -106,8 +106,27 @@ fn checked<M: Message + Default>(any: &Any, type_url: &str) -> Result<M, Rejecte
 }
 
 /// The path and type of the first `Any` inside `message` whose type the descriptors do not
-/// know (JSON serialization cannot represent it, so the walker would never see it).
+/// know (JSON serialization cannot represent it, so the walker would never see it). The path
+/// is only built for the one found, not for every field walked.
 fn unknown_any(message: &DynamicMessage, path: &str) -> Option<(String, String)> {
+    let (mut segments, type_url) = find_unknown_any(message)?;
+    segments.reverse();
+    let path = segments.iter().fold(path.to_string(), |p, s| match s {
+        Segment::Field(name) => field(&p, name),
+        Segment::Index(i) => index(&p, *i),
+        Segment::Key(k) => format!("{p}[{k}]"),
+    });
+    Some((path, type_url))
+}
+
+/// One step of a path, innermost first as `find_unknown_any` returns them.
+enum Segment {
+    Field(String),
+    Index(usize),
+    Key(String),
+}
+
+fn find_unknown_any(message: &DynamicMessage) -> Option<(Vec<Segment>, String)> {
     if message.descriptor().full_name() == "google.protobuf.Any" {
         let type_url = message
             .get_field_by_name("type_url")
@@ -116,24 +135,30 @@ fn unknown_any(message: &DynamicMessage, path: &str) -> Option<(String, String)>
         let known = descriptors::pool()
             .get_message_by_name(type_url.rsplit('/').next().unwrap_or_default())
             .is_some();
-        return (!known).then(|| (path.to_string(), type_url));
+        return (!known).then(|| (Vec::new(), type_url));
     }
     for (fd, value) in message.fields() {
-        let here = field(path, fd.name());
         let found = match value {
-            Value::Message(m) => unknown_any(m, &here),
+            Value::Message(m) => find_unknown_any(m),
             Value::List(items) => items.iter().enumerate().find_map(|(i, v)| match v {
-                Value::Message(m) => unknown_any(m, &index(&here, i)),
+                Value::Message(m) => find_unknown_any(m).map(|(mut p, t)| {
+                    p.push(Segment::Index(i));
+                    (p, t)
+                }),
                 _ => None,
             }),
             Value::Map(entries) => entries.iter().find_map(|(k, v)| match v {
-                Value::Message(m) => unknown_any(m, &format!("{here}[{k:?}]")),
+                Value::Message(m) => find_unknown_any(m).map(|(mut p, t)| {
+                    p.push(Segment::Key(format!("{k:?}")));
+                    (p, t)
+                }),
                 _ => None,
             }),
             _ => None,
         };
-        if found.is_some() {
-            return found;
+        if let Some((mut p, t)) = found {
+            p.push(Segment::Field(fd.name().to_string()));
+            return Some((p, t));
         }
     }
     None

@@ -16,7 +16,9 @@
 //!   the new stream announces it (SotW versions, Delta `initial_resource_versions`);
 //! - [`Command::Stop`] or dropping the command sender ends the thread promptly.
 
-use super::{delta, sotw, Change, Held, Rejected, CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
+use super::{
+    delta, sotw, Change, Held, Parallel, Rejected, CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE,
+};
 use crate::config::resource;
 use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -185,15 +187,21 @@ impl Wire for SotwWire {
     fn answer(&mut self, resp: &DiscoveryResponse) -> (Option<Event>, DiscoveryRequest) {
         match resp.type_url.as_str() {
             CLUSTER_TYPE => {
-                let (c, r) = self.clusters.on_response(resp, &mut resource::cluster);
+                let (c, r) = self
+                    .clusters
+                    .on_response(resp, &mut Parallel(resource::cluster));
                 (Some(Event::Clusters(c)), r)
             }
             ENDPOINTS_TYPE => {
-                let (c, r) = self.endpoints.on_response(resp, &mut resource::endpoints);
+                let (c, r) = self
+                    .endpoints
+                    .on_response(resp, &mut Parallel(resource::endpoints));
                 (Some(Event::Endpoints(c)), r)
             }
             LISTENER_TYPE => {
-                let (c, r) = self.listeners.on_response(resp, &mut resource::listener);
+                let (c, r) = self
+                    .listeners
+                    .on_response(resp, &mut Parallel(resource::listener));
                 (Some(Event::Listeners(c)), r)
             }
             other => (
@@ -254,15 +262,21 @@ impl Wire for DeltaWire {
     fn answer(&mut self, resp: &DeltaDiscoveryResponse) -> (Option<Event>, DeltaDiscoveryRequest) {
         let (event, request) = match resp.type_url.as_str() {
             CLUSTER_TYPE => {
-                let (c, r) = self.clusters.on_response(resp, &mut resource::cluster);
+                let (c, r) = self
+                    .clusters
+                    .on_response(resp, &mut Parallel(resource::cluster));
                 (Event::Clusters(c), r)
             }
             ENDPOINTS_TYPE => {
-                let (c, r) = self.endpoints.on_response(resp, &mut resource::endpoints);
+                let (c, r) = self
+                    .endpoints
+                    .on_response(resp, &mut Parallel(resource::endpoints));
                 (Event::Endpoints(c), r)
             }
             LISTENER_TYPE => {
-                let (c, r) = self.listeners.on_response(resp, &mut resource::listener);
+                let (c, r) = self
+                    .listeners
+                    .on_response(resp, &mut Parallel(resource::listener));
                 (Event::Listeners(c), r)
             }
             other => {

@@ -47,6 +47,47 @@ pub const INVALID_ARGUMENT: i32 = 3;
 pub trait Validator<T> {
     /// The resource's name and value, or the reason it is rejected (naming the field).
     fn validate(&mut self, resource: &Any) -> Result<(String, T), Rejected>;
+
+    /// [`Validator::validate`] of each of `resources`, in order.
+    fn validate_many(&mut self, resources: &[&Any]) -> Vec<Result<(String, T), Rejected>> {
+        resources.iter().map(|r| self.validate(r)).collect()
+    }
+}
+
+/// A validator that is a plain function, run on several threads for a large response: a
+/// first push of 10k assignments is decoded and checked in parallel, in order of arrival.
+#[derive(Debug, Clone, Copy)]
+pub struct Parallel<T>(pub fn(&Any) -> Result<(String, T), Rejected>);
+
+/// Below this many resources a response is validated on the calling thread.
+const PARALLEL_MIN_RESOURCES: usize = 256;
+
+impl<T: Send> Validator<T> for Parallel<T> {
+    fn validate(&mut self, resource: &Any) -> Result<(String, T), Rejected> {
+        (self.0)(resource)
+    }
+
+    fn validate_many(&mut self, resources: &[&Any]) -> Vec<Result<(String, T), Rejected>> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        if resources.len() < PARALLEL_MIN_RESOURCES || threads < 2 {
+            return resources.iter().map(|r| (self.0)(r)).collect();
+        }
+        let f = self.0;
+        let chunk = resources.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = resources
+                .chunks(chunk)
+                .map(|part| s.spawn(move || part.iter().map(|r| f(r)).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    }
 }
 
 impl<T, F> Validator<T> for F
@@ -147,6 +188,13 @@ fn validate_all<'a, T>(
     resources: impl Iterator<Item = (usize, Option<&'a str>, &'a Any)>,
     validator: &mut impl Validator<T>,
 ) -> (Vec<(String, T, Any)>, Vec<Rejected>) {
+    let resources: Vec<_> = resources.collect();
+    let matching: Vec<&Any> = resources
+        .iter()
+        .filter(|(_, _, any)| any.type_url == type_url)
+        .map(|(_, _, any)| *any)
+        .collect();
+    let mut results = validator.validate_many(&matching).into_iter();
     let mut accepted: Vec<(String, T, Any)> = Vec::new();
     let mut rejected = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -165,7 +213,10 @@ fn validate_all<'a, T>(
             ));
             continue;
         }
-        match validator.validate(any) {
+        let Some(result) = results.next() else {
+            break;
+        };
+        match result {
             Ok((name, value)) => {
                 if let Some(wire) = wire_name.filter(|n| !n.is_empty()) {
                     if wire != name {

@@ -282,6 +282,31 @@ mod tests {
     }
 
     #[test]
+    fn a_large_response_is_validated_in_parallel_with_the_same_decisions() {
+        let bodies: Vec<String> = (0..1000)
+            .map(|i| match i % 97 {
+                0 => format!("r{i}=bad broken"),
+                _ => format!("r{i}"),
+            })
+            .collect();
+        let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        let mut mixed = response("v1", "n-1", &refs);
+        mixed.resources.insert(500, res(ENDPOINTS_TYPE, "foreign"));
+        let mut one = Subscription::wildcard(CLUSTER_TYPE);
+        let (sequential, ack1) = one.on_response(&mixed, &mut validator);
+        let mut two = Subscription::wildcard(CLUSTER_TYPE);
+        let (parallel, ack2) = two.on_response(
+            &mixed,
+            &mut crate::xds::Parallel(crate::xds::test_validator),
+        );
+        assert_eq!(sequential, parallel);
+        assert_eq!(ack1, ack2);
+        assert_eq!(parallel.upserts.len(), 1000 - 11);
+        assert_eq!(parallel.rejected.len(), 11 + 1, "11 bad, 1 foreign");
+        assert_eq!(parallel.upserts[0].name, "r1", "in order");
+    }
+
+    #[test]
     fn duplicate_names_and_foreign_types_are_rejections() {
         let mut s = Subscription::wildcard(CLUSTER_TYPE);
         let mut resp = response("v1", "n-1", &["a", "b", "a"]);
