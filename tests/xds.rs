@@ -751,6 +751,7 @@ fn ack_nack_decisions_match_envoy() {
     let mut requests = Requests::new(&stream.requests);
     requests.next(CLUSTER_TYPE, |_| true);
     let free = u32::from(free_port());
+    let free2 = u32::from(free_port());
     let cases = vec![
         Case {
             what: "a static cluster",
@@ -812,6 +813,15 @@ fn ack_nack_decisions_match_envoy() {
             what: "a listener without filter chains",
             type_url: LISTENER_TYPE,
             resources: vec![listener_without_chains(free)],
+            ack: false,
+        },
+        Case {
+            what: "two listeners on one address",
+            type_url: LISTENER_TYPE,
+            resources: vec![
+                listener_on_port("l-one", free2),
+                listener_on_port("l-two", free2),
+            ],
             ack: false,
         },
     ];

@@ -329,6 +329,12 @@ fn start_xds(rib: &Rib, held: Held, events: Sender<ControlEvent>) -> Result<Xds,
     let (xds_tx, xds_rx) = mpsc::channel();
     let mut config = ClientConfig::new(server, rib.node.clone(), dynamic.api);
     config.held = held;
+    config.reserved_addresses = rib
+        .listeners
+        .iter()
+        .map(|l| (format!("static listener '{}'", l.name), l.address))
+        .chain([("the admin".to_string(), rib.admin.address)])
+        .collect();
     let (commands, thread) = xds_client::spawn(config, xds_tx).map_err(RunError::Xds)?;
     std::thread::Builder::new()
         .name("xds-events".into())
@@ -701,7 +707,12 @@ impl Control {
         if clusters.is_empty() && listeners.is_empty() {
             return;
         }
-        tracing::info!(?clusters, ?listeners, "xDS: warming done");
+        tracing::info!(
+            clusters = clusters.len(),
+            listeners = listeners.len(),
+            first = ?clusters.iter().chain(&listeners).take(8).collect::<Vec<_>>(),
+            "xDS: warming done"
+        );
         self.dump(|d| {
             clusters.iter().for_each(|n| d.clusters.promote(n));
             listeners.iter().for_each(|n| d.listeners.promote(n));
@@ -719,8 +730,9 @@ impl Control {
         }
         let (clusters, listeners) = self.dynamic.expire(Instant::now());
         tracing::warn!(
-            ?clusters,
-            ?listeners,
+            clusters = clusters.len(),
+            listeners = listeners.len(),
+            first = ?clusters.iter().chain(&listeners).take(8).collect::<Vec<_>>(),
             "xDS: initial_fetch_timeout passed while warming; activating without what is missing"
         );
         self.record_promotions();

@@ -14,6 +14,7 @@ use switchyard_control::config::resource;
 use switchyard_control::dynamic::DynamicState;
 use switchyard_control::rib::{AdminConfig, ClusterConfig, EndpointConfig, NodeInfo, Rib};
 use switchyard_control::stats::StatsRegistry;
+use switchyard_control::xds::{Parallel, Validator};
 use switchyard_dataplane::fib::LbPolicy;
 
 #[derive(Debug, Serialize)]
@@ -33,6 +34,8 @@ pub struct FibReport {
     /// client does for a full push.
     validate_clusters_ms: f64,
     validate_assignments_ms: f64,
+    /// The same for the assignments through the client's parallel validator.
+    validate_assignments_parallel_ms: f64,
 }
 
 /// VmRSS of this process, bytes.
@@ -65,7 +68,8 @@ fn cluster(
 /// Measures compose + compile for `clusters` x `endpoints`.
 pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
     let snap = Snapshot::new(clusters, endpoints);
-    let (validate_clusters_ms, validate_assignments_ms) = validate(&snap)?;
+    let (validate_clusters_ms, validate_assignments_ms, validate_assignments_parallel_ms) =
+        validate(&snap)?;
     let statics = Rib {
         node: NodeInfo::default(),
         admin: AdminConfig {
@@ -123,12 +127,13 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
         fib_bytes_per_endpoint: rss2.saturating_sub(rss1) as f64 / total,
         validate_clusters_ms,
         validate_assignments_ms,
+        validate_assignments_parallel_ms,
     })
 }
 
 /// Times `resource::cluster` over every cluster and `resource::endpoints` over every
 /// assignment of `snap`.
-fn validate(snap: &Snapshot) -> Result<(f64, f64), String> {
+fn validate(snap: &Snapshot) -> Result<(f64, f64, f64), String> {
     let clusters = snap.cluster_resources();
     let assignments: Vec<_> = (0..snap.clusters.len())
         .map(|i| snap.assignment_resource(i))
@@ -142,5 +147,13 @@ fn validate(snap: &Snapshot) -> Result<(f64, f64), String> {
     for a in &assignments {
         resource::endpoints(a).map_err(|r| format!("assignment rejected: {}", r.reason))?;
     }
-    Ok((clusters_ms, t.elapsed().as_secs_f64() * 1000.0))
+    let sequential_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let refs: Vec<_> = assignments.iter().collect();
+    let t = Instant::now();
+    let results = Parallel(resource::endpoints).validate_many(&refs);
+    let parallel_ms = t.elapsed().as_secs_f64() * 1000.0;
+    if results.iter().any(Result::is_err) {
+        return Err("an assignment was rejected in parallel".into());
+    }
+    Ok((clusters_ms, sequential_ms, parallel_ms))
 }

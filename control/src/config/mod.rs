@@ -105,7 +105,7 @@ pub fn parse_value(value: &serde_json::Value) -> Result<LoadedConfig, ConfigErro
     let desc = pool
         .get_message_by_name(BOOTSTRAP)
         .expect("the vendored descriptor set has the bootstrap");
-    walk::check(pool, &desc, value)?;
+    walk::check(&pool, &desc, value)?;
 
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(value, &mut track);

@@ -100,7 +100,7 @@ fn checked<M: Message + Default>(any: &Any, type_url: &str) -> Result<M, Rejecte
     }
     let value =
         proto_json(&message).map_err(|e| Rejected::new(&name, format!("internal error: {e}")))?;
-    walk::check(pool, &desc, &value).map_err(|e| rejected(&name, e))?;
+    walk::check(&pool, &desc, &value).map_err(|e| rejected(&name, e))?;
     M::decode(any.value.as_slice())
         .map_err(|e| Rejected::new(&name, format!("does not decode: {e}")))
 }

@@ -17,7 +17,8 @@
 //! - [`Command::Stop`] or dropping the command sender ends the thread promptly.
 
 use super::{
-    delta, sotw, Change, Held, Parallel, Rejected, CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE,
+    delta, sotw, Change, Held, Parallel, Rejected, Validator, CLUSTER_TYPE, ENDPOINTS_TYPE,
+    LISTENER_TYPE,
 };
 use crate::config::resource;
 use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo};
@@ -26,6 +27,8 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::google::protobuf::Any;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -52,6 +55,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// What the subscriptions start out holding (a warm start from `--state-dir`).
     pub held: Held,
+    /// Addresses no received listener may take: the static listeners' and the admin's,
+    /// each with what holds it.
+    pub reserved_addresses: Vec<(String, SocketAddr)>,
 }
 
 impl ClientConfig {
@@ -65,6 +71,85 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             held: Held::new(),
+            reserved_addresses: Vec::new(),
+        }
+    }
+}
+
+/// The listener validator: each listener as [`resource::listener`] checks it, then its
+/// address, which no other listener may have: not a static listener nor the admin, not one
+/// held, not another in the same response. Envoy NACKs such an update ("duplicate
+/// address"); so does Switchyard, naming the listener whose address it is. Of two listeners
+/// that want one address, the one already there keeps it, else the first in the response.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerAddresses {
+    reserved: Vec<(String, SocketAddr)>,
+    /// Listeners held now (received and accepted), by name.
+    held: BTreeMap<String, SocketAddr>,
+}
+
+impl ListenerAddresses {
+    /// A validator with `reserved` addresses taken (what holds each, and the address).
+    pub fn new(reserved: Vec<(String, SocketAddr)>) -> ListenerAddresses {
+        ListenerAddresses {
+            reserved,
+            held: BTreeMap::new(),
+        }
+    }
+}
+
+impl Validator<ListenerConfig> for ListenerAddresses {
+    fn validate(&mut self, resource: &Any) -> Result<(String, ListenerConfig), Rejected> {
+        resource::listener(resource)
+    }
+
+    fn conflicts(
+        &mut self,
+        accepted: &[(String, ListenerConfig, Any)],
+        removed: &[String],
+        replaces_all: bool,
+    ) -> Vec<(usize, String)> {
+        let incoming: BTreeSet<&str> = accepted.iter().map(|(n, _, _)| n.as_str()).collect();
+        let mut taken: BTreeMap<SocketAddr, String> = self
+            .reserved
+            .iter()
+            .map(|(what, a)| (*a, what.clone()))
+            .collect();
+        if !replaces_all {
+            for (name, a) in &self.held {
+                if !incoming.contains(name.as_str()) && !removed.contains(name) {
+                    taken.insert(*a, format!("listener '{name}'"));
+                }
+            }
+        }
+        // Listeners staying where they are claim their address first.
+        let staying =
+            |(name, l, _): &(String, ListenerConfig, Any)| self.held.get(name) == Some(&l.address);
+        let order = accepted
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| staying(a))
+            .chain(accepted.iter().enumerate().filter(|(_, a)| !staying(a)));
+        let mut late = Vec::new();
+        for (i, (name, l, _)) in order {
+            match taken.get(&l.address) {
+                Some(other) => {
+                    late.push((i, format!("address: {} is already {other}'s", l.address)))
+                }
+                None => {
+                    taken.insert(l.address, format!("listener '{name}'"));
+                }
+            }
+        }
+        late
+    }
+
+    fn committed(&mut self, change: &Change<ListenerConfig>) {
+        for name in &change.removals {
+            self.held.remove(name);
+        }
+        for a in &change.upserts {
+            self.held.insert(a.name.clone(), a.value.address);
         }
     }
 }
@@ -100,28 +185,30 @@ pub fn spawn(
     std::thread::JoinHandle<()>,
 )> {
     let (commands, rx) = tokio_mpsc::unbounded_channel();
-    let handle =
-        std::thread::Builder::new()
-            .name("xds".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = events.send(Event::Disconnected(format!("no tokio runtime: {e}")));
-                        return;
-                    }
-                };
-                let held = std::mem::take(&mut config.held);
-                match config.api {
-                    Api::Sotw => runtime
-                        .block_on(Client::new(config, events, rx, SotwWire::new(&held)).run()),
-                    Api::Delta => runtime
-                        .block_on(Client::new(config, events, rx, DeltaWire::new(&held)).run()),
+    let handle = std::thread::Builder::new()
+        .name("xds".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = events.send(Event::Disconnected(format!("no tokio runtime: {e}")));
+                    return;
                 }
-            })?;
+            };
+            let held = std::mem::take(&mut config.held);
+            let addresses = ListenerAddresses::new(std::mem::take(&mut config.reserved_addresses));
+            match config.api {
+                Api::Sotw => runtime.block_on(
+                    Client::new(config, events, rx, SotwWire::new(&held, addresses)).run(),
+                ),
+                Api::Delta => runtime.block_on(
+                    Client::new(config, events, rx, DeltaWire::new(&held, addresses)).run(),
+                ),
+            }
+        })?;
     Ok((commands, handle))
 }
 
@@ -156,11 +243,13 @@ struct SotwWire {
     clusters: sotw::Subscription,
     endpoints: sotw::Subscription,
     listeners: sotw::Subscription,
+    listener_addresses: ListenerAddresses,
 }
 
 impl SotwWire {
-    fn new(held: &Held) -> SotwWire {
+    fn new(held: &Held, listener_addresses: ListenerAddresses) -> SotwWire {
         SotwWire {
+            listener_addresses,
             clusters: sotw::Subscription::wildcard(CLUSTER_TYPE).holding(held),
             endpoints: sotw::Subscription::named(ENDPOINTS_TYPE, []).holding(held),
             listeners: sotw::Subscription::wildcard(LISTENER_TYPE).holding(held),
@@ -201,7 +290,7 @@ impl Wire for SotwWire {
             LISTENER_TYPE => {
                 let (c, r) = self
                     .listeners
-                    .on_response(resp, &mut Parallel(resource::listener));
+                    .on_response(resp, &mut self.listener_addresses);
                 (Some(Event::Listeners(c)), r)
             }
             other => (
@@ -231,11 +320,13 @@ struct DeltaWire {
     clusters: delta::Subscription,
     endpoints: delta::Subscription,
     listeners: delta::Subscription,
+    listener_addresses: ListenerAddresses,
 }
 
 impl DeltaWire {
-    fn new(held: &Held) -> DeltaWire {
+    fn new(held: &Held, listener_addresses: ListenerAddresses) -> DeltaWire {
         DeltaWire {
+            listener_addresses,
             clusters: delta::Subscription::wildcard(CLUSTER_TYPE).holding(held),
             endpoints: delta::Subscription::named(ENDPOINTS_TYPE, []).holding(held),
             listeners: delta::Subscription::wildcard(LISTENER_TYPE).holding(held),
@@ -276,7 +367,7 @@ impl Wire for DeltaWire {
             LISTENER_TYPE => {
                 let (c, r) = self
                     .listeners
-                    .on_response(resp, &mut Parallel(resource::listener));
+                    .on_response(resp, &mut self.listener_addresses);
                 (Event::Listeners(c), r)
             }
             other => {
@@ -484,4 +575,99 @@ async fn connect(server: SocketAddr, timeout: Duration) -> Result<AdsClient, Str
     Ok(AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::fixtures::{tcp_proxy_listener, TCP_PROXY_TYPE};
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
+
+    fn listener(name: &str, port: u32) -> Any {
+        tcp_proxy_listener(name, "127.0.0.1", port, "svc", TCP_PROXY_TYPE)
+    }
+
+    fn sotw_response(version: &str, listeners: Vec<Any>) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: version.into(),
+            nonce: format!("n-{version}"),
+            type_url: LISTENER_TYPE.into(),
+            resources: listeners,
+            ..DiscoveryResponse::default()
+        }
+    }
+
+    fn admin_reserved() -> ListenerAddresses {
+        ListenerAddresses::new(vec![(
+            "the admin".into(),
+            "127.0.0.1:15000".parse().unwrap(),
+        )])
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_the_second_is_nacked() {
+        let mut sub = sotw::Subscription::wildcard(LISTENER_TYPE);
+        let mut v = admin_reserved();
+        let resp = sotw_response("1", vec![listener("a", 10001), listener("b", 10001)]);
+        let (change, nack) = sub.on_response(&resp, &mut v);
+        assert_eq!(change.upserts.len(), 1);
+        assert_eq!(change.upserts[0].name, "a");
+        assert_eq!(change.rejected[0].name, "b");
+        assert!(
+            change.rejected[0]
+                .reason
+                .contains("is already listener 'a''s"),
+            "{}",
+            change.rejected[0].reason
+        );
+        let detail = nack.error_detail.expect("NACK");
+        assert!(detail.message.contains("b: address"), "{}", detail.message);
+        assert_eq!(
+            nack.version_info, "",
+            "a NACK echoes the last accepted version"
+        );
+        // The admin's address is taken too.
+        let (change, _) = sub.on_response(&sotw_response("2", vec![listener("c", 15000)]), &mut v);
+        assert!(change.rejected[0].reason.contains("the admin"));
+    }
+
+    #[test]
+    fn a_held_listener_keeps_its_address_and_addresses_can_swap_in_one_response() {
+        let mut sub = delta::Subscription::wildcard(LISTENER_TYPE);
+        let mut v = admin_reserved();
+        let delta =
+            |nonce: &str, items: Vec<(&str, Any)>, removed: &[&str]| DeltaDiscoveryResponse {
+                type_url: LISTENER_TYPE.into(),
+                nonce: nonce.into(),
+                resources: items
+                    .into_iter()
+                    .map(|(name, any)| Resource {
+                        name: name.into(),
+                        version: "1".into(),
+                        resource: Some(any),
+                        ..Resource::default()
+                    })
+                    .collect(),
+                removed_resources: removed.iter().map(|s| s.to_string()).collect(),
+                ..DeltaDiscoveryResponse::default()
+            };
+        let (c, ack) =
+            sub.on_response(&delta("d1", vec![("a", listener("a", 10001))], &[]), &mut v);
+        assert!(c.rejected.is_empty() && ack.error_detail.is_none());
+        let (c, nack) =
+            sub.on_response(&delta("d2", vec![("d", listener("d", 10001))], &[]), &mut v);
+        assert_eq!(c.rejected[0].name, "d");
+        assert!(nack.error_detail.is_some());
+        // a moves away and e takes its old address in the same response: both fine.
+        let items = vec![("a", listener("a", 10002)), ("e", listener("e", 10001))];
+        let (c, ack) = sub.on_response(&delta("d3", items, &[]), &mut v);
+        assert!(c.rejected.is_empty(), "{:?}", c.rejected);
+        assert!(ack.error_detail.is_none());
+        // Removing a frees its address.
+        let (c, _) = sub.on_response(
+            &delta("d4", vec![("f", listener("f", 10002))], &["a"]),
+            &mut v,
+        );
+        assert!(c.rejected.is_empty(), "{:?}", c.rejected);
+    }
 }

@@ -7,7 +7,7 @@
 //! what changed; a resource whose latest version was rejected is listed at its last accepted
 //! version (or not at all), so the server sends it again.
 
-use super::{nack_status, validate_all, Accepted, Change, Interest, Validator};
+use super::{nack_status, reject_late, validate_all, Accepted, Change, Interest, Validator};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -102,7 +102,10 @@ impl Subscription {
                 .as_ref()
                 .map(|any| (i, Some(r.name.as_str()), any))
         });
-        let (accepted, rejected) = validate_all(&self.interest.type_url, resources, validator);
+        let (mut accepted, mut rejected) =
+            validate_all(&self.interest.type_url, resources, validator);
+        let late = validator.conflicts(&accepted, &response.removed_resources, false);
+        reject_late(&mut accepted, &mut rejected, late);
         for (name, value, resource) in accepted {
             if !self.interest.wants(&name) {
                 continue;
@@ -122,6 +125,7 @@ impl Subscription {
             }
         }
         change.rejected = rejected;
+        validator.committed(&change);
         let request = DeltaDiscoveryRequest {
             type_url: self.interest.type_url.clone(),
             response_nonce: response.nonce.clone(),

@@ -52,6 +52,47 @@ pub trait Validator<T> {
     fn validate_many(&mut self, resources: &[&Any]) -> Vec<Result<(String, T), Rejected>> {
         resources.iter().map(|r| self.validate(r)).collect()
     }
+
+    /// Conflicts between resources, which no single one shows: given what one response
+    /// would add or replace (`accepted`) and remove (`removed`; `replaces_all` when the
+    /// response is the whole set, as in State of the World), the indices of `accepted` to
+    /// reject, with why. Accepts everything by default.
+    fn conflicts(
+        &mut self,
+        _accepted: &[(String, T, Any)],
+        _removed: &[String],
+        _replaces_all: bool,
+    ) -> Vec<(usize, String)> {
+        Vec::new()
+    }
+
+    /// The change a response made, once decided (for a validator that tracks what is held).
+    fn committed(&mut self, _change: &Change<T>) {}
+}
+
+/// Moves the `late` rejections (indices into `accepted`, from [`Validator::conflicts`]) from
+/// `accepted` to `rejected`.
+fn reject_late<T>(
+    accepted: &mut Vec<(String, T, Any)>,
+    rejected: &mut Vec<Rejected>,
+    late: Vec<(usize, String)>,
+) {
+    let mut late: BTreeMap<usize, String> = late.into_iter().collect();
+    let mut i = 0;
+    accepted.retain(|(name, _, any)| {
+        let keep = match late.remove(&i) {
+            Some(reason) => {
+                rejected.push(Rejected {
+                    resource: Some(any.clone()),
+                    ..Rejected::new(name.clone(), reason)
+                });
+                false
+            }
+            None => true,
+        };
+        i += 1;
+        keep
+    });
 }
 
 /// A validator that is a plain function, run on several threads for a large response: a

@@ -5,7 +5,7 @@
 //! from a response is removed; for a named one (endpoints of the clusters that asked), the
 //! response covers the names requested and names are removed by unsubscribing.
 
-use super::{nack_status, validate_all, Accepted, Change, Interest, Validator};
+use super::{nack_status, reject_late, validate_all, Accepted, Change, Interest, Validator};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,7 +104,10 @@ impl Subscription {
             .iter()
             .enumerate()
             .map(|(i, any)| (i, None, any));
-        let (accepted, rejected) = validate_all(&self.interest.type_url, resources, validator);
+        let (mut accepted, mut rejected) =
+            validate_all(&self.interest.type_url, resources, validator);
+        let late = validator.conflicts(&accepted, &[], self.interest.wildcard);
+        reject_late(&mut accepted, &mut rejected, late);
         let in_response: BTreeSet<&str> = accepted
             .iter()
             .map(|(n, _, _)| n.as_str())
@@ -136,6 +139,7 @@ impl Subscription {
             });
         }
         change.rejected = rejected;
+        validator.committed(&change);
         self.nonce = response.nonce.clone();
         if change.accepted_all() {
             self.accepted_version = response.version_info.clone();
