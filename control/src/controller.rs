@@ -19,7 +19,7 @@ use crate::compile::{compile, CompileCache};
 use crate::config::{self, ConfigError};
 use crate::dynamic::{DynamicState, XdsTypeDumps};
 use crate::rib::{EndpointConfig, Rib};
-use crate::state_dir::Persisted;
+use crate::state_dir::{Persisted, StateWriter};
 use crate::stats::StatsRegistry;
 use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
 use crate::xds::{self, Held};
@@ -72,6 +72,8 @@ pub enum RunError {
     Signals(std::io::Error),
     /// The xDS client thread could not start.
     Xds(std::io::Error),
+    /// The `--state-dir` writer thread could not start.
+    StateDir(std::io::Error),
 }
 
 impl std::fmt::Display for RunError {
@@ -82,6 +84,7 @@ impl std::fmt::Display for RunError {
             RunError::Admin(e) => write!(f, "admin: cannot listen: {e}"),
             RunError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
             RunError::Xds(e) => write!(f, "xDS client: cannot start: {e}"),
+            RunError::StateDir(e) => write!(f, "state dir writer: cannot start: {e}"),
         }
     }
 }
@@ -196,11 +199,17 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             .unwrap_or_else(|e| e.into_inner())
             .0 = Some(XdsTypeDumps::default());
     }
+    let state_writer = match (&options.state_dir, &xds) {
+        (Some(dir), Some(_)) => Some(StateWriter::spawn(dir.clone()).map_err(RunError::StateDir)?),
+        _ => None,
+    };
     let mut control = Control {
         options,
         statics: rib.clone(),
         dynamic: DynamicState::default(),
         persisted: Persisted::default(),
+        state_writer,
+        state_dirty: false,
         xds,
         init,
         rib,
@@ -217,8 +226,13 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         admin,
         options,
         xds,
+        state_writer,
+        persisted,
         ..
     } = control;
+    if let Some(w) = state_writer {
+        w.finish(&persisted);
+    }
     if let Some(x) = xds {
         let _ = x.commands.send(Command::Stop);
         let _ = x.thread.join();
@@ -412,6 +426,10 @@ struct Control {
     dynamic: DynamicState,
     /// The accepted payloads, for `--state-dir`.
     persisted: Persisted,
+    /// Writes `persisted` to the state dir, off this thread.
+    state_writer: Option<StateWriter>,
+    /// `persisted` changed since the writer last took a copy.
+    state_dirty: bool,
     xds: Option<Xds>,
     /// Initialization with xDS (done at once without it).
     init: Init,
@@ -433,6 +451,7 @@ impl Control {
         loop {
             self.check_init();
             self.expire_warming();
+            self.flush_state();
             let mut wait = next_poll.saturating_duration_since(Instant::now());
             if let (false, Some(d)) = (self.init.done(), self.init.deadline) {
                 wait = wait.min(d.saturating_duration_since(Instant::now()));
@@ -544,10 +563,19 @@ impl Control {
         }
     }
 
-    fn save_state(&self) {
-        if let (Some(dir), Some(_)) = (&self.options.state_dir, &self.xds) {
-            if let Err(e) = self.persisted.save(dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "state dir: cannot save");
+    /// Marks the state dir stale and hands the state to its writer if it can take it.
+    fn save_state(&mut self) {
+        if self.state_writer.is_some() {
+            self.state_dirty = true;
+            self.flush_state();
+        }
+    }
+
+    /// Offers the state to the writer when it changed since the last copy was taken.
+    fn flush_state(&mut self) {
+        if let (true, Some(w)) = (self.state_dirty, &self.state_writer) {
+            if w.offer(&self.persisted) {
+                self.state_dirty = false;
             }
         }
     }

@@ -3,8 +3,9 @@
 //!
 //! One file, `xds-state.json`: `{"listeners": [...], "clusters": [...], "endpoints": [...],
 //! "versions": {"listeners": {name: version}, ...}}`, each item a resource as proto3 JSON
-//! with its `@type`, written whole to a temporary file and renamed over the old one after
-//! every accepted change (a crash leaves the old or the new file, never half of one). On load
+//! with its `@type`, written whole to a temporary file and renamed over the old one (a crash
+//! leaves the old or the new file, never half of one) by the `state-dir` thread, shortly
+//! after each accepted change (the latest state wins; the last one is written at stop). On load
 //! every resource goes through the same validation as when it arrived; an unreadable file or
 //! resource is skipped with a warning (a cold start).
 //!
@@ -22,11 +23,12 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 const FILE: &str = "xds-state.json";
 
 /// Accepted payloads, with their versions, by kind and name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Persisted {
     pub listeners: BTreeMap<String, (String, Any)>,
     pub clusters: BTreeMap<String, (String, Any)>,
@@ -139,6 +141,54 @@ impl Persisted {
             }
         }
         Ok(Some((persisted, state)))
+    }
+}
+
+/// Writes the state file on its own thread (`state-dir`), so that converting 20k resources
+/// to JSON never holds up the control thread: it hands over a copy and goes on. At most one
+/// copy waits while one is being written; a newer one is offered again later (the latest
+/// wins, and no change is lost: the caller keeps offering until one is taken).
+#[derive(Debug)]
+pub struct StateWriter {
+    tx: Option<mpsc::SyncSender<Persisted>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StateWriter {
+    /// Starts the writer for `dir`.
+    pub fn spawn(dir: PathBuf) -> io::Result<StateWriter> {
+        let (tx, rx) = mpsc::sync_channel::<Persisted>(1);
+        let thread = std::thread::Builder::new()
+            .name("state-dir".into())
+            .spawn(move || {
+                for state in rx {
+                    if let Err(e) = state.save(&dir) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "state dir: cannot save");
+                    }
+                }
+            })?;
+        Ok(StateWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands over a copy of `state` if the writer can take one now; false if it is busy.
+    pub fn offer(&self, state: &Persisted) -> bool {
+        match &self.tx {
+            Some(tx) => !matches!(tx.try_send(state.clone()), Err(mpsc::TrySendError::Full(_))),
+            None => true,
+        }
+    }
+
+    /// Writes `state` (waiting for the writer), then stops the writer.
+    pub fn finish(mut self, state: &Persisted) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(state.clone());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
