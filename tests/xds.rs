@@ -612,12 +612,19 @@ fn an_updated_cluster_warms_while_its_previous_version_serves() {
         &[],
     );
     requests.next(LISTENER_TYPE, |r| r.response_nonce == "d7");
+    // The ACK says the listener was accepted, not yet recorded: wait for the dump.
+    assert!(
+        wait_until(WAIT, || proxy
+            .get("/config_dump")
+            .body
+            .contains("warming_state")),
+        "no listener in warming_state: {}",
+        proxy.get("/config_dump").body
+    );
     assert!(
         connect(local(port2)).is_err(),
         "a warming listener does not listen"
     );
-    let dump = proxy.get("/config_dump").body;
-    assert!(dump.contains("warming_state"), "{dump}");
     let to_a = assignment("late", local(a.port()));
     delta_respond(
         &stream,
@@ -657,7 +664,7 @@ fn state_dir_warm_start_serves_before_the_server_answers() {
     {
         let (ads, streams, _) = start_server();
         let yaml = bootstrap_full(free_port(), ads, "15s", "GRPC");
-        let proxy = Proxy::spawn(ProxyKind::Switchyard, &yaml, opts.clone());
+        let mut proxy = Proxy::spawn(ProxyKind::Switchyard, &yaml, opts.clone());
         let stream = first_stream(&streams, &proxy);
         let mut requests = Requests::new(&stream.requests);
         requests.next(CLUSTER_TYPE, |_| true);
@@ -665,6 +672,11 @@ fn state_dir_warm_start_serves_before_the_server_answers() {
         assert_eq!(reached(local(port)), "a");
         requests.next(LISTENER_TYPE, |r| r.response_nonce == "n3");
         proxy.sigterm();
+        assert!(
+            proxy.wait_exit(WAIT).is_some(),
+            "no exit after SIGTERM\n{}",
+            proxy.logs()
+        );
     }
     // A new management server that never answers; a long initial_fetch_timeout.
     let (ads, streams, _) = start_server();

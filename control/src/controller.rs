@@ -209,7 +209,6 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         dynamic: DynamicState::default(),
         persisted: Persisted::default(),
         state_writer,
-        state_dirty: false,
         xds,
         init,
         rib,
@@ -428,8 +427,6 @@ struct Control {
     persisted: Persisted,
     /// Writes `persisted` to the state dir, off this thread.
     state_writer: Option<StateWriter>,
-    /// `persisted` changed since the writer last took a copy.
-    state_dirty: bool,
     xds: Option<Xds>,
     /// Initialization with xDS (done at once without it).
     init: Init,
@@ -451,7 +448,6 @@ impl Control {
         loop {
             self.check_init();
             self.expire_warming();
-            self.flush_state();
             let mut wait = next_poll.saturating_duration_since(Instant::now());
             if let (false, Some(d)) = (self.init.done(), self.init.deadline) {
                 wait = wait.min(d.saturating_duration_since(Instant::now()));
@@ -563,20 +559,10 @@ impl Control {
         }
     }
 
-    /// Marks the state dir stale and hands the state to its writer if it can take it.
-    fn save_state(&mut self) {
-        if self.state_writer.is_some() {
-            self.state_dirty = true;
-            self.flush_state();
-        }
-    }
-
-    /// Offers the state to the writer when it changed since the last copy was taken.
-    fn flush_state(&mut self) {
-        if let (true, Some(w)) = (self.state_dirty, &self.state_writer) {
-            if w.offer(&self.persisted) {
-                self.state_dirty = false;
-            }
+    /// Hands the state to the state dir's writer.
+    fn save_state(&self) {
+        if let Some(w) = &self.state_writer {
+            w.offer(&self.persisted);
         }
     }
 
@@ -627,7 +613,6 @@ impl Control {
                 return;
             }
             Event::Clusters(change) => {
-                xds.cds.response(change.accepted_all());
                 for a in change
                     .upserts
                     .iter()
@@ -645,6 +630,7 @@ impl Control {
                     d.clusters
                         .record(&change, &now_rfc3339(), |n| warming.contains(n))
                 });
+                xds.cds.response(change.accepted_all());
                 self.persist(|p| Persisted::record(&mut p.clusters, &change));
                 let rejected = change.rejected.clone();
                 self.dynamic.apply_clusters(change, self.warming_deadline());
@@ -665,7 +651,6 @@ impl Control {
                 rejected
             }
             Event::Listeners(change) => {
-                xds.lds.response(change.accepted_all());
                 let warming: BTreeSet<&str> = change
                     .upserts
                     .iter()
@@ -676,6 +661,8 @@ impl Control {
                     d.listeners
                         .record(&change, &now_rfc3339(), |n| warming.contains(n))
                 });
+                // Counted once recorded: whoever sees the count sees the dump.
+                xds.lds.response(change.accepted_all());
                 self.persist(|p| Persisted::record(&mut p.listeners, &change));
                 let rejected = change.rejected.clone();
                 self.init.listeners_arrived();

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 
 const FILE: &str = "xds-state.json";
 
@@ -145,49 +145,72 @@ impl Persisted {
 }
 
 /// Writes the state file on its own thread (`state-dir`), so that converting 20k resources
-/// to JSON never holds up the control thread: it hands over a copy and goes on. At most one
-/// copy waits while one is being written; a newer one is offered again later (the latest
-/// wins, and no change is lost: the caller keeps offering until one is taken).
+/// to JSON never holds up the control thread: it leaves a copy in a one-place slot and goes
+/// on. A copy left while one is being written replaces any older one still waiting, so the
+/// file follows the latest state a few milliseconds behind, never falling further back.
 #[derive(Debug)]
 pub struct StateWriter {
-    tx: Option<mpsc::SyncSender<Persisted>>,
+    slot: Arc<(Mutex<Slot>, Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    latest: Option<Persisted>,
+    stop: bool,
 }
 
 impl StateWriter {
     /// Starts the writer for `dir`.
     pub fn spawn(dir: PathBuf) -> io::Result<StateWriter> {
-        let (tx, rx) = mpsc::sync_channel::<Persisted>(1);
+        let slot = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
+        let theirs = slot.clone();
         let thread = std::thread::Builder::new()
             .name("state-dir".into())
-            .spawn(move || {
-                for state in rx {
-                    if let Err(e) = state.save(&dir) {
-                        tracing::warn!(dir = %dir.display(), error = %e, "state dir: cannot save");
-                    }
-                }
-            })?;
+            .spawn(move || write_loop(&dir, &theirs))?;
         Ok(StateWriter {
-            tx: Some(tx),
+            slot,
             thread: Some(thread),
         })
     }
 
-    /// Hands over a copy of `state` if the writer can take one now; false if it is busy.
-    pub fn offer(&self, state: &Persisted) -> bool {
-        match &self.tx {
-            Some(tx) => !matches!(tx.try_send(state.clone()), Err(mpsc::TrySendError::Full(_))),
-            None => true,
-        }
+    /// Leaves a copy of `state` to be written.
+    pub fn offer(&self, state: &Persisted) {
+        let (lock, ready) = &*self.slot;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).latest = Some(state.clone());
+        ready.notify_one();
     }
 
-    /// Writes `state` (waiting for the writer), then stops the writer.
+    /// Writes what is waiting and `state`, then stops the writer.
     pub fn finish(mut self, state: &Persisted) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(state.clone());
-        }
+        self.offer(state);
+        let (lock, ready) = &*self.slot;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        ready.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Writes each state left in `slot` until told to stop (after writing the last one).
+fn write_loop(dir: &Path, slot: &(Mutex<Slot>, Condvar)) {
+    let (lock, ready) = slot;
+    loop {
+        let (state, stop) = {
+            let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while s.latest.is_none() && !s.stop {
+                s = ready.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            (s.latest.take(), s.stop)
+        };
+        if let Some(state) = state {
+            if let Err(e) = state.save(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "state dir: cannot save");
+            }
+        }
+        if stop {
+            return;
         }
     }
 }
