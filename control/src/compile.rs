@@ -80,9 +80,10 @@ impl AccessLogSinks {
 /// the new FIB instead of rebuilt.
 ///
 /// When the new RIB has the same clusters in the same order (an endpoint change), each
-/// cluster is checked against the one at its index, by pointer first: no hashing, no
-/// allocation but the new FIB's array, and one stat-block lookup per endpoint of the changed
-/// clusters only. When clusters were added, removed or reordered, they are matched by name.
+/// cluster is checked against the one at its index, by pointer first: no hashing and no
+/// allocation but the new FIB's array; only a changed cluster is rebuilt, its hosts keeping
+/// their stat blocks by address. When clusters were added, removed or reordered, they are
+/// matched by name.
 #[derive(Debug, Default)]
 pub struct CompileCache {
     /// Access-log sinks by (path, format).
