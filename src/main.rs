@@ -70,6 +70,11 @@ enum Command {
         #[arg(short = 'c', long = "config-path", alias = "config")]
         config: PathBuf,
     },
+    /// The node's iptables rules that send TCP to the proxy (as istio-init does for a pod).
+    Capture {
+        #[command(subcommand)]
+        action: CaptureAction,
+    },
     /// Start echo backends, the gateway with an embedded config, drive traffic through it and
     /// print a results table.
     Demo {
@@ -77,6 +82,87 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         duration_s: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaptureAction {
+    /// Install (or replace) the rules; prints them.
+    Install(CaptureArgs),
+    /// Remove every rule and chain of ours; prints what was removed.
+    Remove(CaptureArgs),
+    /// Print our rules with their packet counters.
+    Status(CaptureArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CaptureArgs {
+    /// Outbound TCP goes to this port.
+    #[arg(short = 'p', long, default_value_t = 15001)]
+    proxy_port: u16,
+    /// Also capture TCP for local addresses, to --inbound-port.
+    #[arg(long)]
+    inbound: bool,
+    /// Inbound TCP goes to this port (with --inbound).
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// The proxy's UID: its traffic is never captured.
+    #[arg(short = 'u', long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The proxy's GID: its traffic is never captured.
+    #[arg(short = 'g', long, default_value_t = 1337)]
+    proxy_gid: u32,
+    /// The mark of the proxy's sockets: never captured.
+    #[arg(long, default_value_t = 1337)]
+    proxy_mark: u32,
+    /// Never capture traffic to this address or CIDR (repeatable).
+    #[arg(long)]
+    exclude_cidr: Vec<switchyard_control::capture::Cidr>,
+    /// Never capture traffic to this destination port (repeatable).
+    #[arg(long)]
+    exclude_port: Vec<u16>,
+    /// Work in this network namespace (`ip netns`), not the current one.
+    #[arg(long)]
+    netns: Option<String>,
+    /// iptables backend: auto (the one in use), nft or legacy.
+    #[arg(long, default_value = "auto")]
+    backend: switchyard_control::capture::Backend,
+}
+
+impl CaptureArgs {
+    fn config(self) -> switchyard_control::capture::CaptureConfig {
+        switchyard_control::capture::CaptureConfig {
+            outbound_port: self.proxy_port,
+            inbound_port: self.inbound_port,
+            inbound: self.inbound,
+            proxy_uid: self.proxy_uid,
+            proxy_gid: self.proxy_gid,
+            proxy_mark: self.proxy_mark,
+            exclude_cidrs: self.exclude_cidr,
+            exclude_ports: self.exclude_port,
+            netns: self.netns,
+            backend: self.backend,
+            ..Default::default()
+        }
+    }
+}
+
+fn capture(action: CaptureAction) -> ExitCode {
+    use switchyard_control::capture;
+    let result = match action {
+        CaptureAction::Install(a) => capture::install(&a.config()).map(|r| r.join("\n") + "\n"),
+        CaptureAction::Remove(a) => capture::remove(&a.config()).map(|r| r.join("\n") + "\n"),
+        CaptureAction::Status(a) => capture::status(&a.config()),
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard capture: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn parse_relay_mode(s: &str) -> Result<RelayMode, String> {
@@ -146,6 +232,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Capture { action } => capture(action),
         Command::Demo { duration_s } => {
             init_logging("warn");
             match demo::run(Duration::from_secs(duration_s.max(1))) {
