@@ -8,6 +8,9 @@
 //!   answers nothing) to 10.96.0.10:80 is redirected to the listener on 127.0.0.1:15001; from
 //!   the proxy's UID it is not captured (it times out), nor one to an excluded CIDR, nor any
 //!   after remove;
+//! * with the proxy gone and capture installed, a captured connection is refused at once
+//!   (never a hang, never a bypass);
+//! * ten install/remove cycles leave the table as it was;
 //! * errors name the tool: iptables missing, not permitted.
 //!
 //! Switchyard-only (Envoy has no capture command).
@@ -244,13 +247,44 @@ fn captured_connections_reach_the_proxy_port_and_the_proxys_own_do_not() {
     );
     let counters = ok(&ns.capture(&["status"]));
     assert!(counters.contains("REDIRECT"), "{counters}");
+
+    // The proxy gone, capture still installed: a captured connection is refused at once,
+    // never a hang and never a bypass to the (silent) destination.
+    drop(listener);
+    let started = std::time::Instant::now();
+    let down = fetch_in(&ns, None, "10.96.0.10:80");
+    assert!(down.contains("refused"), "proxy down: {down}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "refused at once, not after a timeout: {:?}",
+        started.elapsed()
+    );
+
     ok(&ns.capture(&["remove"]));
     let after = fetch_in(&ns, None, "10.96.0.10:80");
     assert!(
-        after.starts_with("failed"),
+        after.starts_with("failed") && !after.contains("refused"),
         "removed: not captured any more: {after}"
     );
-    drop(listener);
+}
+
+#[test]
+fn ten_install_remove_cycles_leak_no_rule() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = Netns::new();
+    let before = ns.nat();
+    for i in 0..10 {
+        let inbound = if i % 2 == 0 {
+            "--inbound"
+        } else {
+            "--proxy-port=15001"
+        };
+        ok(&ns.capture(&["install", inbound, "--exclude-port", "22"]));
+        ok(&ns.capture(&["remove"]));
+        assert_eq!(ns.nat(), before, "cycle {i} left something behind");
+    }
 }
 
 /// A child process ended by PID when the test ends, panicking or not.
