@@ -187,13 +187,10 @@ fn fetch_in(ns: &Netns, uid: Option<u32>, target: &str) -> String {
     }
 }
 
-#[test]
-fn captured_connections_reach_the_proxy_port_and_the_proxys_own_do_not() {
-    if !prerequisites() || !require(tool_exists("setpriv"), "setpriv (util-linux)") {
-        return;
-    }
-    // A node and a peer on a veth pair; the node's default route goes to the peer, which
-    // answers nothing: 10.96.0.10 exists nowhere, as a Service VIP.
+/// A node namespace (10.250.0.1) and a peer (10.250.0.2) on a veth pair, the node's default
+/// route going to the peer: a Service VIP such as 10.96.0.10 is routed out of the node and
+/// exists nowhere.
+fn node_and_peer() -> (Netns, Netns) {
     let (ns, peer) = (Netns::new(), Netns::new());
     let (a, b) = (format!("{}a", &ns.0[3..]), format!("{}b", &ns.0[3..]));
     let out = run(Command::new("ip").args([
@@ -207,6 +204,16 @@ fn captured_connections_reach_the_proxy_port_and_the_proxys_own_do_not() {
         "ip addr add 10.250.0.2/30 dev {b} && ip link set {b} up"
     ));
     ns.sh("ip route add default via 10.250.0.2");
+    (ns, peer)
+}
+
+#[test]
+fn captured_connections_reach_the_proxy_port_and_the_proxys_own_do_not() {
+    if !prerequisites() || !require(tool_exists("setpriv"), "setpriv (util-linux)") {
+        return;
+    }
+    // The peer answers nothing: only capture makes 10.96.0.10 answer.
+    let (ns, _peer) = node_and_peer();
     // The "proxy": a banner on 127.0.0.1:15001 in the node namespace, from a Python process
     // this test starts and ends by PID.
     let listener = Command::new("ip")
@@ -316,4 +323,110 @@ fn errors_name_the_tool_and_the_reason() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not permitted"), "{err}");
+}
+
+/// A Python banner server in `ns` on `addr`: each connection gets `tag` and is closed.
+fn banner(ns: &Netns, addr: &str, tag: &str) -> KillOnDrop {
+    let (ip, port) = addr.split_once(':').unwrap();
+    let code = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{ip}',{port}))\ns.listen()\nwhile True:\n c,_=s.accept(); c.sendall(b'{tag}'); c.close()"
+    );
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-c", &code])
+        .spawn()
+        .map(KillOnDrop)
+        .expect("python3 banner");
+    assert!(
+        wait_until(Duration::from_secs(5), || ns.sh("ss -ltn").contains(addr)),
+        "banner {tag} never listened on {addr}"
+    );
+    child
+}
+
+/// The node proxy's path: a client in the node namespace dials a Service VIP that exists
+/// nowhere; capture redirects it to Switchyard (UID 1337, so its own upstream connections
+/// are not captured), whose `use_original_dst` listener matches the VIP and port to a
+/// cluster in the peer namespace.
+#[test]
+fn a_captured_connection_is_routed_by_its_original_destination() {
+    if !prerequisites() || !require(tool_exists("setpriv"), "setpriv (util-linux)") {
+        return;
+    }
+    let (ns, peer) = node_and_peer();
+    let _web = banner(&peer, "10.250.0.2:9080", "web");
+    let _api = banner(&peer, "10.250.0.2:9081", "api");
+
+    let dir = std::env::temp_dir().join(format!("{}-proxy", ns.0));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.yaml");
+    let chain = |port: u16, cluster: &str| {
+        format!(
+            r#"    - filter_chain_match:
+        prefix_ranges: [{{ address_prefix: 10.96.0.10, prefix_len: 32 }}]
+        destination_port: {port}
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {cluster}
+          cluster: {cluster}
+"#
+        )
+    };
+    let cluster = |name: &str, port: u16| {
+        format!(
+            r#"  - name: {name}
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 10.250.0.2, port_value: {port} }} }} }}
+"#
+        )
+    };
+    let yaml = format!(
+        "admin:\n  address:\n    socket_address: {{ address: 127.0.0.1, port_value: 15000 }}\nstatic_resources:\n  listeners:\n  - name: outbound\n    address:\n      socket_address: {{ address: 0.0.0.0, port_value: 15001 }}\n    use_original_dst: true\n    filter_chains:\n{}{}  clusters:\n{}{}",
+        chain(80, "web"),
+        chain(81, "api"),
+        cluster("web", 9080),
+        cluster("api", 9081)
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let _ = run(Command::new("chmod").args(["-R", "a+rX", dir.to_str().unwrap()]));
+    let proxy = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .args(["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"])
+        .arg(switchyard_bin())
+        .args(["run", "-c", config.to_str().unwrap(), "--concurrency", "1"])
+        .stderr(std::fs::File::create(dir.join("proxy.log")).unwrap())
+        .spawn()
+        .map(KillOnDrop)
+        .expect("switchyard");
+    let logs = || std::fs::read_to_string(dir.join("proxy.log")).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), || ns
+            .sh("ss -ltn")
+            .contains("0.0.0.0:15001")),
+        "switchyard never listened\n{}",
+        logs()
+    );
+    ok(&ns.capture(&["install"]));
+    assert_eq!(
+        fetch_in(&ns, Some(4242), "10.96.0.10:80"),
+        "web",
+        "{}",
+        logs()
+    );
+    assert_eq!(
+        fetch_in(&ns, Some(4242), "10.96.0.10:81"),
+        "api",
+        "{}",
+        logs()
+    );
+    // An unmatched destination has no chain: the connection is closed, not passed through.
+    let other = fetch_in(&ns, Some(4242), "10.96.0.11:80");
+    assert!(!other.contains("web") && !other.contains("api"), "{other}");
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
 }

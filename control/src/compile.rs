@@ -172,6 +172,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
             default_chain: l.default_filter_chain.as_ref().map(&mut chain),
             backlog: DEFAULT_BACKLOG,
             stats: stats.listener(l.address),
+            use_original_dst: l.use_original_dst,
         })
         .collect();
     Fib {

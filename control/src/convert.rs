@@ -237,6 +237,7 @@ fn listener(l: &Listener, path: &str) -> Result<ListenerConfig> {
         address,
         filter_chains,
         default_filter_chain,
+        use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
     })
 }
 

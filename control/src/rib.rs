@@ -108,6 +108,9 @@ pub struct ListenerConfig {
     pub filter_chains: Vec<FilterChainConfig>,
     /// The chain used when none matches.
     pub default_filter_chain: Option<FilterChainConfig>,
+    /// `use_original_dst`: chains match on the destination the connection had before it was
+    /// redirected here (iptables REDIRECT), not on this listener's address.
+    pub use_original_dst: bool,
 }
 
 /// A filter chain: what it matches and its one terminal filter.

@@ -77,6 +77,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             default_chain: None,
             backlog: 128,
             stats: Arc::new(ListenerStats::new(listener_stat_name(&listen), workers)),
+            use_original_dst: false,
         }],
         clusters: vec![Arc::new(cluster)],
     }

@@ -64,6 +64,7 @@ pub(crate) fn fixture() -> Fixture {
             default_chain: None,
             backlog: 1024,
             stats: ls,
+            use_original_dst: false,
         }],
         clusters: vec![
             Arc::new(Cluster {

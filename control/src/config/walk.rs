@@ -64,7 +64,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.listener.v3.Listener",
-        &["name", "address", "filter_chains", "default_filter_chain"],
+        &[
+            "name",
+            "address",
+            "filter_chains",
+            "default_filter_chain",
+            "use_original_dst",
+        ],
     ),
     (
         "envoy.config.listener.v3.FilterChain",

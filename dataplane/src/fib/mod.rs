@@ -78,6 +78,9 @@ pub struct Listener {
     pub backlog: u32,
     /// `listener.<ip>_<port>.*` stats, shared across generations.
     pub stats: Arc<ListenerStats>,
+    /// Chains match on the connection's original destination (`SO_ORIGINAL_DST`, set by an
+    /// iptables REDIRECT), or on its local address when it was not redirected.
+    pub use_original_dst: bool,
 }
 
 impl Listener {
@@ -112,11 +115,12 @@ impl Listener {
     /// True when matching needs the connection's real local address (a wildcard listener
     /// with chains that match on destination address).
     pub fn needs_local_address(&self) -> bool {
-        self.address.ip().is_unspecified()
-            && self
-                .filter_chains
-                .iter()
-                .any(|c| !c.matcher.prefix_ranges.is_empty())
+        self.use_original_dst
+            || self.address.ip().is_unspecified()
+                && self
+                    .filter_chains
+                    .iter()
+                    .any(|c| !c.matcher.prefix_ranges.is_empty())
     }
 
     /// True when any chain (or the default chain) writes an access log.

@@ -48,6 +48,14 @@ pub(crate) fn local_addr(fd: RawFd) -> Option<SocketAddr> {
         .and_then(|a| a.as_socket())
 }
 
+/// The destination a connection had before an iptables REDIRECT/DNAT sent it here
+/// (`SO_ORIGINAL_DST`, IPv4), or `None` when it was not redirected.
+pub(crate) fn original_dst(fd: RawFd) -> Option<SocketAddr> {
+    with_socket(fd, |s| s.original_dst_v4())
+        .ok()
+        .and_then(|a| a.as_socket())
+}
+
 /// Closes `fd` now (shutdown paths outside the ring).
 pub(crate) fn close(fd: RawFd) {
     if fd >= 0 {

@@ -769,7 +769,12 @@ impl Worker {
             .inc(id, ServerStat::TotalConnections);
         let needs = generation.address_needs[fib_index];
         let local = if needs.local {
-            net::local_addr(fd).unwrap_or(listener.address)
+            listener
+                .use_original_dst
+                .then(|| net::original_dst(fd))
+                .flatten()
+                .or_else(|| net::local_addr(fd))
+                .unwrap_or(listener.address)
         } else {
             listener.address
         };
