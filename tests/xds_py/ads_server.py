@@ -238,6 +238,19 @@ class Stream:
     def close(self):
         self.out.put(None)
 
+    def emit_answer(self, t, version_info, response_nonce, err, last_nonce):
+        """Logs a request that answers a response: an ACK, or a NACK when it has an error."""
+        emit(
+            "nack" if err is not None else "ack",
+            api=self.api,
+            stream=self.id,
+            type_url=t,
+            version_info=version_info,
+            response_nonce=response_nonce,
+            error_detail=err,
+            stale=response_nonce != last_nonce,
+        )
+
 
 class SotwStream(Stream):
     api = "sotw"
@@ -273,16 +286,7 @@ class SotwStream(Stream):
         changed = first or names != state["names"]
         state["names"] = names
         if req.response_nonce:
-            emit(
-                "nack" if err is not None else "ack",
-                api=self.api,
-                stream=self.id,
-                type_url=t,
-                version_info=req.version_info,
-                response_nonce=req.response_nonce,
-                error_detail=err,
-                stale=req.response_nonce != state["nonce"],
-            )
+            self.emit_answer(t, req.version_info, req.response_nonce, err, state["nonce"])
         # A new stream, or new names: the current state. ACKs and NACKs: nothing.
         if not req.response_nonce or changed:
             self.send(t)
@@ -360,16 +364,7 @@ class DeltaStream(Stream):
         for n in unsubscribe:
             state["has"].pop(n, None)
         if req.response_nonce:
-            emit(
-                "nack" if err is not None else "ack",
-                api=self.api,
-                stream=self.id,
-                type_url=t,
-                version_info=None,
-                response_nonce=req.response_nonce,
-                error_detail=err,
-                stale=req.response_nonce != state["nonce"],
-            )
+            self.emit_answer(t, None, req.response_nonce, err, state["nonce"])
             sent = state["inflight"].pop(req.response_nonce, ())
             if err is not None:
                 # What a NACKed response carried may or may not be there (Envoy applies the
