@@ -24,7 +24,6 @@ use crate::stats::StatsRegistry;
 use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
 use crate::xds::{self, Held};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -613,19 +612,10 @@ impl Control {
                 return;
             }
             Event::Clusters(change) => {
-                for a in change
-                    .upserts
-                    .iter()
-                    .filter(|a| a.value.eds_service.is_some())
-                {
-                    xds.eds(&a.name);
+                for name in change.upserts_where(|c| c.eds_service.is_some()) {
+                    xds.eds(name);
                 }
-                let warming: BTreeSet<&str> = change
-                    .upserts
-                    .iter()
-                    .filter(|a| self.dynamic.would_warm_cluster(&a.value))
-                    .map(|a| a.name.as_str())
-                    .collect();
+                let warming = change.upserts_where(|c| self.dynamic.would_warm_cluster(c));
                 self.dump(|d| {
                     d.clusters
                         .record(&change, &now_rfc3339(), |n| warming.contains(n))
@@ -651,12 +641,7 @@ impl Control {
                 rejected
             }
             Event::Listeners(change) => {
-                let warming: BTreeSet<&str> = change
-                    .upserts
-                    .iter()
-                    .filter(|a| self.dynamic.would_warm_listener(&a.value))
-                    .map(|a| a.name.as_str())
-                    .collect();
+                let warming = change.upserts_where(|l| self.dynamic.would_warm_listener(l));
                 self.dump(|d| {
                     d.listeners
                         .record(&change, &now_rfc3339(), |n| warming.contains(n))
@@ -768,7 +753,7 @@ impl Control {
 
     /// Records into what `--state-dir` keeps (nothing is kept without one).
     fn persist(&mut self, record: impl FnOnce(&mut Persisted)) {
-        if self.options.state_dir.is_some() {
+        if self.state_writer.is_some() {
             record(&mut self.persisted);
         }
     }

@@ -202,6 +202,15 @@ impl<T> Change<T> {
     pub fn accepted_all(&self) -> bool {
         self.rejected.is_empty()
     }
+
+    /// The names of the upserts whose value satisfies `want`.
+    pub fn upserts_where(&self, want: impl Fn(&T) -> bool) -> BTreeSet<&str> {
+        self.upserts
+            .iter()
+            .filter(|a| want(&a.value))
+            .map(|a| a.name.as_str())
+            .collect()
+    }
 }
 
 /// The `error_detail` of a NACK: every rejected resource with its reason.
