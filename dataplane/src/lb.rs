@@ -54,7 +54,6 @@
 //! candidate.
 
 use crate::fib::{Cluster, ClusterId, Endpoint, Fib, LbPolicy};
-use std::sync::Arc;
 
 /// Envoy's default `choice_count` for least request.
 pub const DEFAULT_CHOICE_COUNT: u32 = 2;
@@ -287,10 +286,9 @@ impl WorkerLb {
             .iter()
             .enumerate()
             .map(|(i, cluster)| {
-                let same = previous.and_then(|(pf, plb)| {
-                    let old = pf.clusters.get(i)?;
-                    Arc::ptr_eq(old, cluster).then(|| plb.clusters.get(i))?
-                });
+                let same = previous
+                    .filter(|(pf, _)| fib.shares_cluster(pf, i))
+                    .and_then(|(_, plb)| plb.clusters.get(i));
                 match same {
                     Some(lb) => lb.clone(),
                     None => ClusterLb::new(cluster, mix_seed(seed, i as u64)),

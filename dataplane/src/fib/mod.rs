@@ -57,6 +57,15 @@ impl Fib {
         &self.clusters[id.0 as usize]
     }
 
+    /// Whether cluster `i` of this FIB is the very cluster `previous` has at `i` (the same
+    /// `Arc`, shared by an incremental compile): state kept per cluster may carry over.
+    pub fn shares_cluster(&self, previous: &Fib, i: usize) -> bool {
+        match (self.clusters.get(i), previous.clusters.get(i)) {
+            (Some(new), Some(old)) => Arc::ptr_eq(new, old),
+            _ => false,
+        }
+    }
+
     /// Looks a listener up by name.
     pub fn listener_by_name(&self, name: &str) -> Option<&Listener> {
         self.listeners.iter().find(|l| &*l.name == name)

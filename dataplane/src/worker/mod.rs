@@ -464,10 +464,9 @@ impl Worker {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let same = previous.and_then(|p| {
-                    let old = p.fib.clusters.get(i)?;
-                    Arc::ptr_eq(old, c).then(|| p.active[i])
-                });
+                let same = previous
+                    .filter(|p| fib.shares_cluster(&p.fib, i))
+                    .map(|p| p.active[i]);
                 match same {
                     Some(a) => self.active.share(a),
                     None => self.active.fresh(c.endpoints.len()),
