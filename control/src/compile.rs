@@ -173,12 +173,21 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
             backlog: DEFAULT_BACKLOG,
             stats: stats.listener(l.address),
             use_original_dst: l.use_original_dst,
+            transparent: l.transparent,
+            original_src: l.original_src,
         })
+        .collect();
+    let own_addresses = rib
+        .listeners
+        .iter()
+        .map(|l| l.address)
+        .chain(rib.admin.address.socket())
         .collect();
     Fib {
         generation,
         listeners,
         clusters,
+        own_addresses,
     }
 }
 
@@ -193,6 +202,7 @@ fn cluster(c: &ClusterConfig, previous: Option<&Cluster>, stats: &StatsRegistry)
         name: c.name.as_str().into(),
         connect_timeout_ms: millis(c.connect_timeout),
         lb_policy: c.lb_policy,
+        upstream_bind: c.upstream_bind.clone(),
         endpoints: c
             .endpoints
             .iter()

@@ -345,7 +345,12 @@ fn start_xds(rib: &Rib, held: Held, events: Sender<ControlEvent>) -> Result<Xds,
         .listeners
         .iter()
         .map(|l| (format!("static listener '{}'", l.name), l.address))
-        .chain([("the admin".to_string(), rib.admin.address)])
+        .chain(
+            rib.admin
+                .address
+                .socket()
+                .map(|a| ("the admin".to_string(), a)),
+        )
         .collect();
     let (commands, thread) = xds_client::spawn(config, xds_tx).map_err(RunError::Xds)?;
     std::thread::Builder::new()
@@ -387,7 +392,7 @@ fn start_admin(
         options.command_line.clone(),
         actions_tx,
     ));
-    let listener = std::net::TcpListener::bind(rib.admin.address).map_err(RunError::Admin)?;
+    let listener = admin::AdminListener::bind(&rib.admin.address).map_err(RunError::Admin)?;
     admin::spawn(listener, state.clone()).map_err(RunError::Admin)?;
     Ok(state)
 }

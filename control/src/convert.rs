@@ -7,12 +7,13 @@
 //! field names, e.g. `static_resources.listeners[1].filter_chains[0].filters[0].typed_config.idle_timeout`.
 //! Defaults are applied here (Envoy's where Envoy has one), so the RIB never holds "absent".
 
+use crate::config::walk::{ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER};
 use crate::config::{field, index, ConfigError};
 use crate::rib::{
-    AccessLogConfig, AdminConfig, ClusterConfig, DynamicConfig, EndpointConfig, FilterChainConfig,
-    ListenerConfig, NodeInfo, Rib, RouteConfig, TcpProxyConfig, WeightedClusterConfig, XdsApi,
-    DEFAULT_ADMIN_ADDRESS, DEFAULT_CHOICE_COUNT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_INITIAL_FETCH_TIMEOUT,
+    AccessLogConfig, AdminAddress, AdminConfig, ClusterConfig, DynamicConfig, EndpointConfig,
+    FilterChainConfig, ListenerConfig, NodeInfo, Rib, RouteConfig, TcpProxyConfig,
+    WeightedClusterConfig, XdsApi, DEFAULT_ADMIN_ADDRESS, DEFAULT_CHOICE_COUNT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INITIAL_FETCH_TIMEOUT,
 };
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
 use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
@@ -26,15 +27,22 @@ use envoy_types::pb::envoy::config::core::v3::{
     grpc_service::TargetSpecifier, socket_address, substitution_format_string, Address, ApiVersion,
     CidrRange as PbCidr, ConfigSource, SubstitutionFormatString,
 };
+use envoy_types::pb::envoy::config::core::v3::{
+    socket_option, socket_option::SocketState, BindConfig, SocketOption as PbSocketOption,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::{filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, listener_filter, FilterChain, Listener, ListenerFilter,
+};
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
     file_access_log, FileAccessLog,
 };
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
     stderr_access_log, stdout_access_log, StderrAccessLog, StdoutAccessLog,
 };
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc as PbOriginalSrc;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::google::protobuf::{
     value::Kind as PbKind, Any, Duration as PbDuration, Struct,
@@ -45,12 +53,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{parse_json_value, parse_text_format, LogFormat, LogPath};
-use switchyard_dataplane::fib::{ChainMatch, CidrRange, LbPolicy, MAX_FILTER_CHAINS};
+use switchyard_dataplane::fib::{
+    ChainMatch, CidrRange, LbPolicy, OriginalSrc, SocketOption, UpstreamBind, MAX_FILTER_CHAINS,
+};
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
 /// The `lb_policy` values Switchyard implements.
-const SUPPORTED_LB: &str = "ROUND_ROBIN, LEAST_REQUEST, RANDOM";
+const SUPPORTED_LB: &str = "ROUND_ROBIN, LEAST_REQUEST, RANDOM, CLUSTER_PROVIDED for ORIGINAL_DST";
 
 /// Converts a decoded bootstrap to the RIB, checking everything the walker could not.
 pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
@@ -63,10 +73,12 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         })
         .unwrap_or_default();
     let admin_address = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
-        Some(addr) => socket_address(Some(addr), "admin.address")?,
-        None => DEFAULT_ADMIN_ADDRESS
-            .parse()
-            .expect("default admin address parses"),
+        Some(addr) => admin_address(addr, "admin.address")?,
+        None => AdminAddress::Tcp(
+            DEFAULT_ADMIN_ADDRESS
+                .parse()
+                .expect("default admin address parses"),
+        ),
     };
     let empty = Default::default();
     let statics = b.static_resources.as_ref().unwrap_or(&empty);
@@ -113,7 +125,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
                 ),
             ));
         }
-        if converted.address == admin_address {
+        if Some(converted.address) == admin_address.socket() {
             return Err(ConfigError::invalid(
                 field(&path, "address"),
                 format!(
@@ -232,13 +244,49 @@ fn listener(l: &Listener, path: &str) -> Result<ListenerConfig> {
         }
         None => None,
     };
+    let filters = listener_filters(&l.listener_filters, &field(path, "listener_filters"))?;
     Ok(ListenerConfig {
         name,
         address,
         filter_chains,
         default_filter_chain,
-        use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
+        use_original_dst: l.use_original_dst.is_some_and(|b| b.value) || filters.original_dst,
+        transparent: l.transparent.is_some_and(|b| b.value),
+        original_src: filters.original_src,
     })
+}
+
+/// What a listener's `listener_filters` ask for.
+#[derive(Default)]
+struct ListenerFilters {
+    /// `envoy.filters.listener.original_dst`: the same as `use_original_dst: true`.
+    original_dst: bool,
+    /// `envoy.filters.listener.original_src`.
+    original_src: Option<OriginalSrc>,
+}
+
+fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFilters> {
+    let mut out = ListenerFilters::default();
+    for (i, f) in filters.iter().enumerate() {
+        let fpath = index(path, i);
+        let tpath = field(&fpath, "typed_config");
+        let Some(listener_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err(ConfigError::invalid(
+                tpath,
+                format!(
+                    "required (type.googleapis.com/{ORIGINAL_DST_FILTER} or {ORIGINAL_SRC_FILTER})"
+                ),
+            ));
+        };
+        if type_name(any) == ORIGINAL_DST_FILTER {
+            let _: OriginalDst = decode_any(any, ORIGINAL_DST_FILTER, &tpath)?;
+            out.original_dst = true;
+        } else {
+            let src: PbOriginalSrc = decode_any(any, ORIGINAL_SRC_FILTER, &tpath)?;
+            out.original_src = Some(OriginalSrc { mark: src.mark });
+        }
+    }
+    Ok(out)
 }
 
 /// Envoy's duplicate check: two chains conflict when some connection would reach the same
@@ -535,12 +583,12 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     match &c.cluster_discovery_type {
         None => {}
         Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
-            Ok(DiscoveryType::Static | DiscoveryType::Eds) => {}
+            Ok(DiscoveryType::Static | DiscoveryType::Eds | DiscoveryType::OriginalDst) => {}
             Ok(other) => {
                 return Err(ConfigError::unsupported(
                     field(path, "type"),
                     format!(
-                        "{} is not supported by Switchyard yet (STATIC and EDS are)",
+                        "{} is not supported by Switchyard yet (STATIC, EDS and ORIGINAL_DST are)",
                         other.as_str_name()
                     ),
                 ))
@@ -603,7 +651,28 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             ))
         }
     };
+    let original_dst = matches!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32
+    );
+    // Envoy's rule, both ways: CLUSTER_PROVIDED belongs to ORIGINAL_DST and nothing else.
+    if original_dst != (policy == PbLbPolicy::ClusterProvided) {
+        return Err(ConfigError::invalid(
+            field(path, "lb_policy"),
+            format!(
+                "{} is not valid for this cluster type: type ORIGINAL_DST takes lb_policy CLUSTER_PROVIDED, and only it does",
+                policy.as_str_name()
+            ),
+        ));
+    }
+    if original_dst && c.load_assignment.is_some() {
+        return Err(ConfigError::invalid(
+            field(path, "load_assignment"),
+            "an ORIGINAL_DST cluster has no endpoints: each connection goes to its own original destination",
+        ));
+    }
     let lb_policy = match policy {
+        PbLbPolicy::ClusterProvided => LbPolicy::ClusterProvided,
         PbLbPolicy::RoundRobin => LbPolicy::RoundRobin,
         PbLbPolicy::Random => LbPolicy::Random,
         PbLbPolicy::LeastRequest => LbPolicy::LeastRequest {
@@ -628,12 +697,84 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         Some(la) => load_assignment(la, &field(path, "load_assignment"))?,
         None => Vec::new(),
     };
+    let upstream_bind = match &c.upstream_bind_config {
+        Some(b) => upstream_bind(b, &field(path, "upstream_bind_config"))?,
+        None => UpstreamBind::default(),
+    };
     Ok(ClusterConfig {
         name: c.name.clone(),
         connect_timeout,
         lb_policy,
         endpoints: endpoints.into(),
         eds_service,
+        upstream_bind,
+    })
+}
+
+/// A cluster's `upstream_bind_config`: source IP (port 0: the kernel picks), freebind, and
+/// integer socket options applied before bind (`SO_MARK` is `{level: 1, name: 36}`).
+fn upstream_bind(b: &BindConfig, path: &str) -> Result<UpstreamBind> {
+    let source_ip = match &b.source_address {
+        None => None,
+        Some(sa) => {
+            let spath = field(path, "source_address");
+            let ip: IpAddr = sa.address.parse().map_err(|_| {
+                ConfigError::invalid(
+                    field(&spath, "address"),
+                    format!("'{}' is not an IP address", sa.address),
+                )
+            })?;
+            if !matches!(
+                sa.port_specifier,
+                None | Some(socket_address::PortSpecifier::PortValue(0))
+            ) {
+                return Err(ConfigError::unsupported(
+                    field(&spath, "port_value"),
+                    "a fixed source port is not supported by Switchyard (leave it 0: the kernel picks one per connection)",
+                ));
+            }
+            Some(ip)
+        }
+    };
+    let mut socket_options = Vec::with_capacity(b.socket_options.len());
+    for (i, o) in b.socket_options.iter().enumerate() {
+        socket_options.push(socket_option(o, &index(&field(path, "socket_options"), i))?);
+    }
+    Ok(UpstreamBind {
+        source_ip: source_ip.filter(|ip| !ip.is_unspecified()),
+        freebind: b.freebind.is_some_and(|f| f.value),
+        socket_options,
+    })
+}
+
+/// One integer `SocketOption`, set before bind (`STATE_PREBIND`, or `STATE_BOUND`: an
+/// upstream socket is bound and connected in one go, so both come before the connect).
+fn socket_option(o: &PbSocketOption, path: &str) -> Result<SocketOption> {
+    let int = |v: i64, name: &str| {
+        i32::try_from(v).map_err(|_| {
+            ConfigError::invalid(field(path, name), format!("{v} does not fit a C int"))
+        })
+    };
+    let value = match &o.value {
+        Some(socket_option::Value::IntValue(v)) => int(*v, "int_value")?,
+        Some(socket_option::Value::BufValue(_)) => {
+            return Err(ConfigError::unsupported(
+                field(path, "buf_value"),
+                "not supported by Switchyard (int_value is)",
+            ))
+        }
+        None => return Err(ConfigError::invalid(field(path, "int_value"), "required")),
+    };
+    if o.state == SocketState::StateListening as i32 {
+        return Err(ConfigError::invalid(
+            field(path, "state"),
+            "STATE_LISTENING applies to listening sockets, not to upstream connections",
+        ));
+    }
+    Ok(SocketOption {
+        level: int(o.level, "level")?,
+        name: int(o.name, "name")?,
+        value,
     })
 }
 
@@ -887,6 +1028,30 @@ fn socket_address(a: Option<&Address>, path: &str) -> Result<SocketAddr> {
     };
     let port = port(port_value, &field(&path, "port_value"))?;
     Ok(SocketAddr::new(ip, port))
+}
+
+/// The admin's address: a socket address, or a Unix socket path (`pipe`).
+fn admin_address(a: &Address, path: &str) -> Result<AdminAddress> {
+    let Some(address::Address::Pipe(pipe)) = &a.address else {
+        return socket_address(Some(a), path).map(AdminAddress::Tcp);
+    };
+    let ppath = field(path, "pipe");
+    if pipe.path.is_empty() || pipe.path.starts_with('@') {
+        return Err(ConfigError::invalid(
+            field(&ppath, "path"),
+            "a filesystem path is required (abstract sockets are not supported)",
+        ));
+    }
+    if pipe.mode > 0o777 {
+        return Err(ConfigError::invalid(
+            field(&ppath, "mode"),
+            format!("{:#o} is not a permission mode (at most 0777)", pipe.mode),
+        ));
+    }
+    Ok(AdminAddress::Pipe {
+        path: pipe.path.clone().into(),
+        mode: pipe.mode,
+    })
 }
 
 /// A TCP port: 1 to 65535.

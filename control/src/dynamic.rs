@@ -365,7 +365,7 @@ impl DynamicState {
                 ));
                 continue;
             }
-            if l.address == rib.admin.address {
+            if Some(l.address) == rib.admin.address.socket() {
                 skipped.push(format!(
                     "listener '{name}': address {} is the admin address",
                     l.address

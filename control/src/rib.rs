@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath};
-use switchyard_dataplane::fib::{ChainMatch, LbPolicy};
+use switchyard_dataplane::fib::{ChainMatch, LbPolicy, OriginalSrc, UpstreamBind};
 
 /// Default admin address when the bootstrap has none (Envoy/Istio convention).
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
@@ -93,7 +93,39 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     /// Listening address ([`DEFAULT_ADMIN_ADDRESS`] when not configured).
-    pub address: SocketAddr,
+    pub address: AdminAddress,
+}
+
+/// Where the admin listens: a TCP address, or a Unix socket (Envoy `address.pipe`), which
+/// two processes sharing a network namespace (a DaemonSet's old and new pod during a
+/// rolling update) can each have at their own path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddress {
+    Tcp(SocketAddr),
+    Pipe {
+        path: std::path::PathBuf,
+        /// Permission bits of the socket file (Envoy `pipe.mode`, 0 keeps the umask's).
+        mode: u32,
+    },
+}
+
+impl AdminAddress {
+    /// The TCP address, if it is one (a listener may not take it).
+    pub fn socket(&self) -> Option<SocketAddr> {
+        match self {
+            AdminAddress::Tcp(a) => Some(*a),
+            AdminAddress::Pipe { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AdminAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAddress::Tcp(a) => write!(f, "{a}"),
+            AdminAddress::Pipe { path, .. } => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// A listener.
@@ -111,6 +143,11 @@ pub struct ListenerConfig {
     /// `use_original_dst`: chains match on the destination the connection had before it was
     /// redirected here (iptables REDIRECT), not on this listener's address.
     pub use_original_dst: bool,
+    /// `transparent`: `IP_TRANSPARENT` on the listening socket (TPROXY).
+    pub transparent: bool,
+    /// `envoy.filters.listener.original_src`: upstream connections leave from the client's
+    /// address.
+    pub original_src: Option<OriginalSrc>,
 }
 
 /// A filter chain: what it matches and its one terminal filter.
@@ -183,6 +220,8 @@ pub struct ClusterConfig {
     /// `type: EDS`: the assignment's name to watch (`eds_cluster_config.service_name`, or the
     /// cluster's name); `None` for a static cluster.
     pub eds_service: Option<String>,
+    /// `upstream_bind_config`: socket setup before each connect.
+    pub upstream_bind: UpstreamBind,
 }
 
 /// One static endpoint.

@@ -8,7 +8,10 @@ use switchyard_control::config::{load_rib, parse_rib, Format};
 use switchyard_control::rib::{EndpointConfig, Rib};
 use switchyard_control::stats::StatsRegistry;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath, Operator, Segment};
-use switchyard_dataplane::fib::{CidrRange, ClusterId, Fib, LbPolicy, Route, MAX_FILTER_CHAINS};
+use switchyard_dataplane::fib::{
+    CidrRange, ClusterId, Fib, LbPolicy, OriginalSrc, Route, SocketOption, UpstreamBind,
+    MAX_FILTER_CHAINS,
+};
 
 fn rib(name: &str) -> Rib {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,7 +31,7 @@ fn addr(s: &str) -> std::net::SocketAddr {
 #[test]
 fn minimal_gets_envoy_defaults() {
     let rib = rib("minimal.yaml");
-    assert_eq!(rib.admin.address, addr("127.0.0.1:15000"));
+    assert_eq!(rib.admin.address.socket(), Some(addr("127.0.0.1:15000")));
     let fib = build(&rib);
     assert_eq!(fib.generation, 7);
     let l = &fib.listeners[0];
@@ -97,7 +100,7 @@ fn weighted_clusters_from_json() {
 #[test]
 fn filter_chains_and_access_logs() {
     let rib = rib("filter_chains.yaml");
-    assert_eq!(rib.admin.address, addr("[::1]:15001"));
+    assert_eq!(rib.admin.address.socket(), Some(addr("[::1]:15001")));
     let fib = build(&rib);
     let l = fib.listener_by_name("wildcard").unwrap();
     assert!(l.needs_local_address() && l.needs_remote_address());
@@ -369,4 +372,49 @@ fn missing_cluster_is_accepted() {
     assert!(
         matches!(&fib.listeners[0].filter_chains[0].tcp_proxy.route, Route::Missing(n) if &**n == "c")
     );
+}
+
+#[test]
+fn node_proxy_passes_through_and_marks_upstream_sockets() {
+    let fib = build(&rib("node_proxy.yaml"));
+    let (outbound, tproxy) = (&fib.listeners[0], &fib.listeners[1]);
+    assert!(
+        outbound.use_original_dst,
+        "the original_dst listener filter is use_original_dst"
+    );
+    assert!(!outbound.transparent && outbound.original_src.is_none());
+    assert!(tproxy.use_original_dst && tproxy.transparent);
+    assert_eq!(tproxy.original_src, Some(OriginalSrc { mark: 1337 }));
+    assert!(
+        tproxy.needs_remote_address(),
+        "original_src binds the client's IP"
+    );
+    let mark = SocketOption {
+        level: 1,
+        name: 36,
+        value: 1337,
+    };
+    let web = &fib.clusters[0];
+    assert_eq!(web.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(
+        web.upstream_bind,
+        UpstreamBind {
+            source_ip: None,
+            freebind: false,
+            socket_options: vec![mark],
+        },
+        "source 0.0.0.0 is no bind at all"
+    );
+    let passthrough = &fib.clusters[1];
+    assert!(passthrough.is_original_dst());
+    assert!(passthrough.endpoints.is_empty());
+    assert_eq!(passthrough.upstream_bind.socket_options, vec![mark]);
+    // Loops: the proxy's own listeners and admin, on any address for a wildcard listener.
+    assert!(fib.is_own_address(addr("10.0.0.5:15001")));
+    assert!(fib.is_own_address(addr("127.0.0.1:15000")));
+    assert!(
+        !fib.is_own_address(addr("10.0.0.5:15000")),
+        "admin is on 127.0.0.1 only"
+    );
+    assert!(!fib.is_own_address(addr("10.96.0.10:80")));
 }

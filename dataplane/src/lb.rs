@@ -160,6 +160,8 @@ impl ClusterLb {
             (LbPolicy::LeastRequest { .. }, true) => {
                 State::WeightedLeastRequest(EdfHeap::prepicked(endpoints, seed).to_float())
             }
+            // No endpoints to pick from: the worker connects to the original destination.
+            (LbPolicy::ClusterProvided, _) => State::Random,
         };
         ClusterLb { len, state }
     }
@@ -602,6 +604,7 @@ mod tests {
             lb_policy: policy,
             endpoints: endpoints(weights),
             stats: Arc::new(ClusterStats::new("c", 1)),
+            upstream_bind: Default::default(),
         }
     }
 
@@ -894,11 +897,13 @@ mod tests {
                 Arc::new(cluster(LbPolicy::RoundRobin, &[1, 1])),
                 Arc::new(cluster(LbPolicy::Random, &[1, 4])),
                 Arc::new(cluster(LR2, &[])),
+                Arc::new(cluster(LbPolicy::ClusterProvided, &[])),
             ],
+            own_addresses: Vec::new(),
         };
         let mut wlb = WorkerLb::new(&fib, 1234);
         let mut rng = Rng::new(1);
-        assert_eq!(wlb.len(), 3);
+        assert_eq!(wlb.len(), 4);
         assert_eq!(wlb.generation(), 7);
         assert!(!wlb.cluster(ClusterId(0)).is_weighted());
         assert!(wlb.cluster(ClusterId(1)).is_weighted());
@@ -908,6 +913,8 @@ mod tests {
         assert_ne!(a, b);
         assert!(wlb.pick(&fib, ClusterId(1), &[], Some(1), &mut rng) == Some(0));
         assert_eq!(wlb.pick(&fib, ClusterId(2), &[], None, &mut rng), None);
+        // ORIGINAL_DST: nothing to pick, the worker dials the original destination.
+        assert_eq!(wlb.pick(&fib, ClusterId(3), &[], None, &mut rng), None);
         assert!(WorkerLb::new(&Fib::default(), 0).is_empty());
     }
 
@@ -921,6 +928,7 @@ mod tests {
                 kept.clone(),
                 Arc::new(cluster(LbPolicy::RoundRobin, &[1, 1])),
             ],
+            own_addresses: Vec::new(),
         };
         let mut rng = Rng::new(1);
         let mut lb1 = WorkerLb::new(&one, 5);
@@ -930,6 +938,7 @@ mod tests {
             generation: 2,
             listeners: Vec::new(),
             clusters: vec![kept, Arc::new(cluster(LbPolicy::RoundRobin, &[1, 1, 1, 1]))],
+            own_addresses: Vec::new(),
         };
         let mut lb2 = WorkerLb::following(&two, Some((&one, &lb1)), 9);
         let next = lb2.pick(&two, ClusterId(0), &[], None, &mut rng).unwrap();

@@ -12,7 +12,7 @@
 //!   up to the drain time, then closes what is left and joins the workers.
 
 use crate::accesslog::AccessLogQueues;
-use crate::fib::Fib;
+use crate::fib::{Fib, Listener};
 use crate::stats::{ServerStat, ServerStats};
 use crate::sys::net::{self, EventFd};
 use crate::sys::Ring;
@@ -56,6 +56,8 @@ pub struct ListenerSockets {
     pub name: Arc<str>,
     /// Bound address.
     pub address: SocketAddr,
+    /// Opened with `IP_TRANSPARENT`.
+    pub transparent: bool,
     fds: Vec<OwnedFd>,
 }
 
@@ -284,15 +286,15 @@ impl DataPlane {
                 let reused = old
                     .listeners
                     .iter()
-                    .find(|s| s.name == listener.name && s.address == listener.address)
+                    .find(|s| {
+                        s.name == listener.name
+                            && s.address == listener.address
+                            && s.transparent == listener.transparent
+                    })
                     .cloned();
                 let sockets = match reused {
                     Some(s) => s,
-                    None => Arc::new(self.open_listener(
-                        &listener.name,
-                        listener.address,
-                        listener.backlog,
-                    )?),
+                    None => Arc::new(self.open_listener(listener)?),
                 };
                 listeners.push(sockets);
             }
@@ -316,17 +318,13 @@ impl DataPlane {
         self.wait_adopted(epoch, Duration::from_secs(2));
     }
 
-    fn open_listener(
-        &self,
-        name: &str,
-        address: SocketAddr,
-        backlog: u32,
-    ) -> Result<ListenerSockets, PlaneError> {
+    fn open_listener(&self, listener: &Listener) -> Result<ListenerSockets, PlaneError> {
+        let address = listener.address;
         let mut fds = Vec::with_capacity(self.worker_count());
         for _ in 0..self.worker_count() {
-            let fd =
-                net::listen_reuseport(address, backlog).map_err(|error| PlaneError::Listener {
-                    name: name.to_string(),
+            let fd = net::listen_reuseport(address, listener.backlog, listener.transparent)
+                .map_err(|error| PlaneError::Listener {
+                    name: listener.name.to_string(),
                     address,
                     error,
                 })?;
@@ -334,8 +332,9 @@ impl DataPlane {
         }
         Ok(ListenerSockets {
             id: self.next_socket_id.fetch_add(1, Ordering::Relaxed),
-            name: name.into(),
+            name: listener.name.clone(),
             address,
+            transparent: listener.transparent,
             fds,
         })
     }

@@ -316,7 +316,7 @@ impl HostStats {
 
 stat_block!(
     /// `listener.<ip>_<port>.*`: one per listener address.
-    ListenerStats, ListenerStat, 6, {
+    ListenerStats, ListenerStat, 7, {
     /// Connections accepted.
     DownstreamCxTotal => ("downstream_cx_total", Counter),
     /// Connections open now.
@@ -329,6 +329,9 @@ stat_block!(
     DownstreamCxOverflow => ("downstream_cx_overflow", Counter),
     /// Accept errors (EMFILE, ENFILE, ...).
     DownstreamCxAcceptError => ("downstream_cx_accept_error", Counter),
+    /// Connections refused because their original destination is the proxy's own address
+    /// (passed through, they would loop back in). Switchyard's own stat.
+    DownstreamCxProxyLoop => ("downstream_cx_proxy_loop", Counter),
 });
 
 stat_block!(

@@ -56,6 +56,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             })
             .collect(),
         stats: Arc::new(ClusterStats::new("echo", workers)),
+        upstream_bind: Default::default(),
     };
     let chain = FilterChain {
         name: "".into(),
@@ -78,8 +79,11 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             backlog: 128,
             stats: Arc::new(ListenerStats::new(listener_stat_name(&listen), workers)),
             use_original_dst: false,
+            transparent: false,
+            original_src: None,
         }],
         clusters: vec![Arc::new(cluster)],
+        own_addresses: vec![listen],
     }
 }
 

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use switchyard_control::compile::{compile, CompileCache};
 use switchyard_control::config::resource;
 use switchyard_control::dynamic::DynamicState;
-use switchyard_control::rib::{AdminConfig, ClusterConfig, EndpointConfig, NodeInfo, Rib};
+use switchyard_control::rib::{
+    AdminAddress, AdminConfig, ClusterConfig, EndpointConfig, NodeInfo, Rib,
+};
 use switchyard_control::stats::StatsRegistry;
 use switchyard_control::xds::{Parallel, Validator};
 use switchyard_dataplane::fib::LbPolicy;
@@ -54,6 +56,7 @@ fn cluster(
         lb_policy: LbPolicy::RoundRobin,
         endpoints: Default::default(),
         eds_service: Some(name.clone()),
+        upstream_bind: Default::default(),
     };
     let eps: Vec<EndpointConfig> = endpoints
         .iter()
@@ -73,7 +76,7 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
     let statics = Rib {
         node: NodeInfo::default(),
         admin: AdminConfig {
-            address: "127.0.0.1:15000".parse().unwrap(),
+            address: AdminAddress::Tcp("127.0.0.1:15000".parse().unwrap()),
         },
         listeners: Vec::new(),
         clusters: Vec::new(),

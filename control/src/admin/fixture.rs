@@ -65,6 +65,8 @@ pub(crate) fn fixture() -> Fixture {
             backlog: 1024,
             stats: ls,
             use_original_dst: false,
+            transparent: false,
+            original_src: None,
         }],
         clusters: vec![
             Arc::new(Cluster {
@@ -84,6 +86,7 @@ pub(crate) fn fixture() -> Fixture {
                     },
                 ],
                 stats: echo,
+                upstream_bind: Default::default(),
             }),
             Arc::new(Cluster {
                 name: "empty".into(),
@@ -91,8 +94,10 @@ pub(crate) fn fixture() -> Fixture {
                 lb_policy: LbPolicy::RoundRobin,
                 endpoints: Vec::new(),
                 stats: empty,
+                upstream_bind: Default::default(),
             }),
         ],
+        own_addresses: vec![listener_addr],
     };
     let (tx, rx) = channel();
     let state = AdminState::new(

@@ -10,9 +10,9 @@
 //!   once it has started (or on a new connection), [`IDLE_TIMEOUT`] between requests on a
 //!   kept-alive connection. Writes time out too.
 
+use super::socket::{AdminListener, AdminStream};
 use super::{route, AdminState};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -203,7 +203,7 @@ fn reject(status: u16, msg: impl Into<String>) -> ReadError {
 /// Reads one request from `stream`, using and refilling `buf` (bytes past this request stay
 /// in `buf` for the next one). `idle` is the deadline for the first byte when `buf` is empty.
 fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut AdminStream,
     buf: &mut Vec<u8>,
     idle: Duration,
 ) -> Result<Request, ReadError> {
@@ -266,7 +266,7 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
 
 /// Reads more bytes into `buf` (up to `limit` bytes in all), waiting until `deadline`.
 fn fill(
-    stream: &mut TcpStream,
+    stream: &mut AdminStream,
     buf: &mut Vec<u8>,
     deadline: Instant,
     limit: usize,
@@ -381,10 +381,10 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// Accepts forever, serving each connection on its own thread.
-pub(super) fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
+pub(super) fn accept_loop(listener: AdminListener, state: Arc<AdminState>) {
     let active = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        let mut stream = match conn {
+    loop {
+        let mut stream = match listener.accept() {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -425,8 +425,8 @@ impl Drop for ActiveGuard {
 }
 
 /// Serves requests on one connection until either side closes it.
-pub(super) fn serve_connection(mut stream: TcpStream, state: &AdminState) {
-    let _ = stream.set_nodelay(true);
+pub(super) fn serve_connection(mut stream: AdminStream, state: &AdminState) {
+    let _ = stream.set_nodelay();
     let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
     let mut buf = Vec::with_capacity(1024);
     let mut idle = REQUEST_TIMEOUT;
@@ -460,8 +460,8 @@ pub(super) fn serve_connection(mut stream: TcpStream, state: &AdminState) {
 
 /// Half-closes, then reads (briefly) what the client still sends, so the kernel does not
 /// answer unread bytes with a reset that could destroy the response in flight.
-fn close_gracefully(mut stream: TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
+fn close_gracefully(mut stream: AdminStream) {
+    let _ = stream.shutdown_write();
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let mut sink = [0u8; 4096];
     let mut drained = 0;

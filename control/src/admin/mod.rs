@@ -18,15 +18,16 @@
 mod clusters;
 mod dump;
 mod http;
+mod socket;
 mod stats;
 
 pub use http::{IDLE_TIMEOUT, MAX_BODY_BYTES, MAX_CONNECTIONS, MAX_HEAD_BYTES, REQUEST_TIMEOUT};
+pub use socket::AdminListener;
 pub use stats::{collect_stats, Stat, StatValue};
 
 use crate::stats::StatsRegistry;
 use arc_swap::ArcSwap;
 use http::{Query, Request, Response};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -307,7 +308,7 @@ fn help() -> Response {
 
 /// Starts the admin on `listener` (already bound): a thread named `admin` that accepts and
 /// hands each connection to its own `admin-conn` thread.
-pub fn spawn(listener: TcpListener, state: Arc<AdminState>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(listener: AdminListener, state: Arc<AdminState>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || http::accept_loop(listener, state))

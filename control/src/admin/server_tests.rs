@@ -1,7 +1,7 @@
 //! The admin server over real sockets: HTTP/1.1 as curl, Prometheus and probes speak it.
 
 use super::fixture::{fixture, Fixture};
-use super::{spawn, AdminAction};
+use super::{spawn, AdminAction, AdminListener};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::TryRecvError;
@@ -11,7 +11,7 @@ fn start() -> (Fixture, SocketAddr) {
     let f = fixture();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    spawn(listener, f.state.clone()).unwrap();
+    spawn(AdminListener::Tcp(listener), f.state.clone()).unwrap();
     (f, addr)
 }
 
@@ -340,4 +340,25 @@ fn a_silent_client_does_not_block_others() {
     let r = read_reply(&mut half, &mut Vec::new(), false);
     assert_eq!(r.status, 408);
     assert!(started.elapsed() >= super::REQUEST_TIMEOUT - Duration::from_millis(100));
+}
+
+#[test]
+fn serves_on_a_unix_socket() {
+    let f = fixture();
+    let path = std::env::temp_dir().join(format!("sy-admin-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let address = crate::rib::AdminAddress::Pipe {
+        path: path.clone(),
+        mode: 0,
+    };
+    spawn(AdminListener::bind(&address).unwrap(), f.state.clone()).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("LIVE\n"), "{response}");
+    std::fs::remove_file(&path).unwrap();
 }

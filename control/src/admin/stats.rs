@@ -452,9 +452,9 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        // 9 tcp + 2 clusters x (14 + 2 membership) + 6 listener + 2 workers x 2 + the worker
+        // 9 tcp + 2 clusters x (14 + 2 membership) + 7 listener + 2 workers x 2 + the worker
         // server block + 4 admin server stats.
-        assert_eq!(stats.len(), 9 + 2 * 16 + 6 + 4 + ServerStat::ALL.len() + 4);
+        assert_eq!(stats.len(), 9 + 2 * 16 + 7 + 4 + ServerStat::ALL.len() + 4);
         let text = render_text(&stats);
         for line in [
             "tcp.l4.downstream_cx_total: 3\n",

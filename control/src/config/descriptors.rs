@@ -28,6 +28,8 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+    "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
+    "envoy/extensions/filters/listener/original_src/v3/original_src.proto",
 ];
 
 /// The pool, decoded once per thread. A `DescriptorPool` and every descriptor and dynamic

@@ -346,8 +346,8 @@ static_resources:
     fn walker_errors_name_paths() {
         let cases: &[(&str, &str)] = &[
             (
-                r#"{"admin": {"address": {"pipe": {"path": "/x"}}}}"#,
-                "admin.address.pipe",
+                r#"{"admin": {"address": {"envoy_internal_address": {}}}}"#,
+                "admin.address.envoy_internal_address",
             ),
             (
                 r#"{"admin": {"access_log_path": "/dev/null"}}"#,

@@ -53,7 +53,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.core.v3.Node", &["id", "cluster"]),
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
-    ("envoy.config.core.v3.Address", &["socket_address"]),
+    ("envoy.config.core.v3.Address", &["socket_address", "pipe"]),
+    ("envoy.config.core.v3.Pipe", &["path", "mode"]),
     (
         "envoy.config.core.v3.SocketAddress",
         &["protocol", "address", "port_value"],
@@ -70,8 +71,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "filter_chains",
             "default_filter_chain",
             "use_original_dst",
+            "listener_filters",
+            "transparent",
         ],
     ),
+    (
+        "envoy.config.listener.v3.ListenerFilter",
+        &["name", "typed_config"],
+    ),
+    (ORIGINAL_DST_FILTER, &[]),
+    (ORIGINAL_SRC_FILTER, &["mark"]),
     (
         "envoy.config.listener.v3.FilterChain",
         &["name", "filter_chain_match", "filters"],
@@ -132,6 +141,22 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "load_assignment",
             "eds_cluster_config",
             "typed_extension_protocol_options",
+            "upstream_bind_config",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.BindConfig",
+        &["source_address", "freebind", "socket_options"],
+    ),
+    (
+        "envoy.config.core.v3.SocketOption",
+        &[
+            "description",
+            "level",
+            "name",
+            "int_value",
+            "buf_value",
+            "state",
         ],
     ),
     (HTTP_PROTOCOL_OPTIONS, &["explicit_http_config"]),
@@ -167,6 +192,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
 const TYPED_CONFIG: &[(&str, &[&str])] = &[
     ("envoy.config.listener.v3.Filter.typed_config", &[TCP_PROXY]),
     (
+        "envoy.config.listener.v3.ListenerFilter.typed_config",
+        &[ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER],
+    ),
+    (
         "envoy.config.accesslog.v3.AccessLog.typed_config",
         &[STDOUT_LOG, STDERR_LOG, FILE_LOG],
     ),
@@ -182,6 +211,10 @@ pub(crate) const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v
 pub(crate) const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 pub(crate) const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 pub(crate) const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+pub(crate) const ORIGINAL_DST_FILTER: &str =
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+pub(crate) const ORIGINAL_SRC_FILTER: &str =
+    "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
 pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 

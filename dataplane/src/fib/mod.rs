@@ -24,7 +24,7 @@ pub use chain_match::{ChainMatch, CidrRange, MAX_FILTER_CHAINS};
 
 use crate::accesslog::AccessLogSink;
 use crate::stats::{ClusterStats, HostStats, ListenerStats, TcpStats};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Index of a cluster in [`Fib::clusters`].
@@ -48,9 +48,24 @@ pub struct Fib {
     /// Clusters, indexed by [`ClusterId`]. Shared with the generations before and after
     /// while unchanged, so a change to one cluster rebuilds only that one.
     pub clusters: Vec<Arc<Cluster>>,
+    /// Every address the proxy itself listens on (its listeners and its admin): a connection
+    /// sent to one of them through an original-destination listener would loop back into the
+    /// proxy, so it is refused (see [`Fib::is_own_address`]).
+    pub own_addresses: Vec<SocketAddr>,
 }
 
 impl Fib {
+    /// True when `destination` is one of [`Fib::own_addresses`]: the same port, and the same
+    /// IP or a wildcard listener (which owns the port on every local address, so a
+    /// redirected destination with that port is the proxy itself, as Istio's `BlackHole`
+    /// chain on 15001 assumes). Allocation-free.
+    pub fn is_own_address(&self, destination: SocketAddr) -> bool {
+        self.own_addresses.iter().any(|own| {
+            own.port() == destination.port()
+                && (own.ip().is_unspecified() || own.ip() == destination.ip())
+        })
+    }
+
     /// The cluster with this id. Panics only on an id from another generation (a bug).
     #[inline]
     pub fn cluster(&self, id: ClusterId) -> &Cluster {
@@ -90,6 +105,47 @@ pub struct Listener {
     /// Chains match on the connection's original destination (`SO_ORIGINAL_DST`, set by an
     /// iptables REDIRECT), or on its local address when it was not redirected.
     pub use_original_dst: bool,
+    /// `IP_TRANSPARENT` on the listening socket (Envoy `transparent`): it accepts
+    /// connections a TPROXY rule steered to it, whatever their destination.
+    pub transparent: bool,
+    /// `envoy.filters.listener.original_src`: upstream connections leave from the client's
+    /// own address.
+    pub original_src: Option<OriginalSrc>,
+}
+
+/// Envoy's `envoy.filters.listener.original_src`: each upstream socket binds the client's IP
+/// (port chosen by the kernel) with `IP_TRANSPARENT`, so the endpoint sees the client, and
+/// carries `mark` (`SO_MARK`, when not 0) so policy routing brings the replies back here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginalSrc {
+    /// `SO_MARK` of the upstream socket; 0 sets none.
+    pub mark: u32,
+}
+
+/// How an upstream socket is set up before it connects (Envoy `upstream_bind_config`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamBind {
+    /// Bind this source IP (port chosen by the kernel); `None` leaves it to routing.
+    pub source_ip: Option<IpAddr>,
+    /// `IP_FREEBIND`: bind a source address that is not (yet) local.
+    pub freebind: bool,
+    /// `setsockopt` calls, in order, before bind and connect (e.g. `SO_MARK`).
+    pub socket_options: Vec<SocketOption>,
+}
+
+impl UpstreamBind {
+    /// True when the socket needs nothing beyond what the kernel gives it.
+    pub fn is_empty(&self) -> bool {
+        self.source_ip.is_none() && !self.freebind && self.socket_options.is_empty()
+    }
+}
+
+/// One integer `setsockopt(level, name, value)` (Envoy `SocketOption.int_value`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOption {
+    pub level: i32,
+    pub name: i32,
+    pub value: i32,
 }
 
 impl Listener {
@@ -125,6 +181,7 @@ impl Listener {
     /// with chains that match on destination address).
     pub fn needs_local_address(&self) -> bool {
         self.use_original_dst
+            || self.transparent
             || self.address.ip().is_unspecified()
                 && self
                     .filter_chains
@@ -140,11 +197,13 @@ impl Listener {
             .any(|c| !c.tcp_proxy.access_logs.is_empty())
     }
 
-    /// True when matching needs the peer address (chains match on source).
+    /// True when the peer address is needed: chains match on the source, or upstream
+    /// sockets bind it (`original_src`).
     pub fn needs_remote_address(&self) -> bool {
-        self.filter_chains.iter().any(|c| {
-            !c.matcher.source_prefix_ranges.is_empty() || !c.matcher.source_ports.is_empty()
-        })
+        self.original_src.is_some()
+            || self.filter_chains.iter().any(|c| {
+                !c.matcher.source_prefix_ranges.is_empty() || !c.matcher.source_ports.is_empty()
+            })
     }
 }
 
@@ -249,6 +308,10 @@ pub enum LbPolicy {
         /// Hosts sampled per pick (Envoy default 2).
         choice_count: u32,
     },
+    /// Envoy's `CLUSTER_PROVIDED`, for a `type: ORIGINAL_DST` cluster: no endpoints; each
+    /// connection goes to its own original destination (the local address its listener
+    /// restored with `use_original_dst`). A connection without one gets no upstream.
+    ClusterProvided,
 }
 
 /// A cluster of endpoints.
@@ -264,6 +327,15 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     /// `cluster.<name>.*` stats, shared across generations.
     pub stats: Arc<ClusterStats>,
+    /// Socket setup before every connect.
+    pub upstream_bind: UpstreamBind,
+}
+
+impl Cluster {
+    /// True for a `type: ORIGINAL_DST` cluster (its connections go where they were going).
+    pub fn is_original_dst(&self) -> bool {
+        self.lb_policy == LbPolicy::ClusterProvided
+    }
 }
 
 /// One backend address.

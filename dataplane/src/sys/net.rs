@@ -4,13 +4,20 @@
 //! address the completion did not carry (`getpeername`/`getsockname`); the steady-state relay
 //! never does.
 
+use crate::fib::UpstreamBind;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// A listening TCP socket with SO_REUSEPORT, so every worker can own one on the same address.
-pub(crate) fn listen_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
+/// A listening TCP socket with SO_REUSEPORT, so every worker can own one on the same address;
+/// with `transparent`, also `IP_TRANSPARENT` (needs CAP_NET_ADMIN), so it accepts connections
+/// a TPROXY rule steers to it whatever their destination.
+pub(crate) fn listen_reuseport(
+    addr: SocketAddr,
+    backlog: u32,
+    transparent: bool,
+) -> io::Result<OwnedFd> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.cloexec(),
@@ -22,6 +29,9 @@ pub(crate) fn listen_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<Own
         socket.set_only_v6(true)?;
     }
     socket.set_tcp_nodelay(true)?;
+    if transparent {
+        set_transparent(&socket, addr.ip())?;
+    }
     socket.bind(&SockAddr::from(addr))?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(OwnedFd::from(socket))
@@ -32,6 +42,69 @@ fn with_socket<T>(fd: RawFd, f: impl FnOnce(&Socket) -> io::Result<T>) -> io::Re
     // temporary Socket is never dropped (ManuallyDrop), so the fd is not closed here.
     let socket = std::mem::ManuallyDrop::new(unsafe { Socket::from_raw_fd(fd) });
     f(&socket)
+}
+
+fn set_transparent(socket: &Socket, ip: IpAddr) -> io::Result<()> {
+    if ip.is_ipv4() {
+        socket.set_ip_transparent_v4(true)
+    } else {
+        socket.set_ip_transparent_v6(true)
+    }
+}
+
+/// Sets an upstream socket up before its connect: `bind`'s socket options and freebind, then,
+/// with `original_src` (the client's IP and a mark), `IP_TRANSPARENT`, `SO_MARK` (when the
+/// mark is not 0) and a bind to the client's IP; else a bind to `bind.source_ip` if any. The
+/// port is left to the kernel (`IP_BIND_ADDRESS_NO_PORT`, so the 4-tuple picks it at
+/// connect). Plain non-blocking system calls on a fresh socket.
+pub(crate) fn prepare_upstream(
+    fd: RawFd,
+    bind: &UpstreamBind,
+    original_src: Option<(IpAddr, u32)>,
+) -> io::Result<()> {
+    with_socket(fd, |s| {
+        for o in &bind.socket_options {
+            set_int_option(fd, o.level, o.name, o.value)?;
+        }
+        if bind.freebind {
+            s.set_freebind_v4(true)?;
+        }
+        let source = match original_src {
+            Some((ip, mark)) => {
+                set_transparent(s, ip)?;
+                if mark != 0 {
+                    s.set_mark(mark)?;
+                }
+                Some(ip)
+            }
+            None => bind.source_ip,
+        };
+        if let Some(ip) = source {
+            set_int_option(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+            s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
+        }
+        Ok(())
+    })
+}
+
+/// `setsockopt(fd, level, name, &value, sizeof(int))`.
+fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int for the duration of the call and its size is passed;
+    // the kernel validates fd, level and name and fails with an errno on anything wrong.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// `getpeername`.

@@ -135,8 +135,10 @@ struct Decision {
     cluster: Option<crate::fib::ClusterId>,
     idle_timeout_ms: Option<u64>,
     max_attempts: u32,
-    /// Response flags when the connection is refused (no chain, no route).
+    /// Response flags when the connection is refused (no chain, no route, a loop).
     flags: u16,
+    /// The destination is the proxy's own address: refused with a reset.
+    proxy_loop: bool,
 }
 
 /// A FIB generation still in use on this worker.
@@ -739,6 +741,13 @@ impl Worker {
         conn.idle_timeout_ms = decision.idle_timeout_ms;
         conn.max_attempts = decision.max_attempts;
         conn.cluster = decision.cluster;
+        if decision.proxy_loop {
+            conn.flags.set(decision.flags);
+            conn.termination_details = "proxy_loop";
+            self.close_sockets(slot, true, false);
+            self.finish_if_done(slot);
+            return;
+        }
         if decision.flags != 0 {
             conn.flags.set(decision.flags);
             self.close_client_only(slot);
@@ -788,7 +797,16 @@ impl Worker {
             idle_timeout_ms: None,
             max_attempts: 1,
             flags: 0,
+            proxy_loop: false,
         };
+        if listener.use_original_dst && generation.fib.is_own_address(local) {
+            // Passed through, it would come straight back: refuse it, as Istio's BlackHole
+            // chain on 15001 does.
+            listener.stats.inc(id, ListenerStat::DownstreamCxProxyLoop);
+            decision.flags = ResponseFlags::NO_ROUTE_FOUND;
+            decision.proxy_loop = true;
+            return Some(decision);
+        }
         let remote_for_match = remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let Some(chain_index) = listener.match_chain_index(local, remote_for_match) else {
             listener.stats.inc(id, ListenerStat::NoFilterChainMatch);
@@ -823,18 +841,16 @@ impl Worker {
         };
         let fib = &generation.fib;
         let cluster = fib.cluster(cluster_id);
+        if cluster.is_original_dst() {
+            self.connect_original_dst(slot);
+            return;
+        }
         let active = &self.active.counts[generation.active[cluster_id.0 as usize] as usize];
         let pick = generation
             .lb
             .pick(fib, cluster_id, active, exclude, &mut self.rng);
         let Some(endpoint_index) = pick else {
-            cluster
-                .stats
-                .inc(self.id, ClusterStat::UpstreamCxNoneHealthy);
-            self.conns[slot as usize]
-                .flags
-                .set(ResponseFlags::NO_HEALTHY_UPSTREAM);
-            self.close_client_only(slot);
+            self.no_upstream(slot);
             return;
         };
         let endpoint = &cluster.endpoints[endpoint_index];
@@ -843,6 +859,49 @@ impl Worker {
         let address = endpoint.address;
         let conn = &mut self.conns[slot as usize];
         conn.endpoint = Some(endpoint_index as u32);
+        self.start_connect(slot, address);
+    }
+
+    /// `type: ORIGINAL_DST`: connects to where the client was going, as restored by its
+    /// listener's `use_original_dst`; without one there is no upstream (as in Envoy).
+    fn connect_original_dst(&mut self, slot: u32) {
+        let conn = &self.conns[slot as usize];
+        let (gen_index, cluster_id) = (conn.generation as usize, conn.cluster);
+        let Some((generation, cluster_id)) = self.generations[gen_index].as_ref().zip(cluster_id)
+        else {
+            return;
+        };
+        let fib = &generation.fib;
+        let restored = fib
+            .listeners
+            .get(conn.fib_listener as usize)
+            .is_some_and(|l| l.use_original_dst);
+        let Some(address) = conn.local.filter(|_| restored) else {
+            self.no_upstream(slot);
+            return;
+        };
+        fib.cluster(cluster_id)
+            .stats
+            .inc(self.id, ClusterStat::UpstreamCxTotal);
+        self.start_connect(slot, address);
+    }
+
+    /// Nothing to connect to (no healthy endpoint, no original destination): counted on
+    /// the cluster, and the client is closed.
+    fn no_upstream(&mut self, slot: u32) {
+        if let Some(stats) = self.cluster_stats(slot) {
+            stats.inc(self.id, ClusterStat::UpstreamCxNoneHealthy);
+        }
+        self.conns[slot as usize]
+            .flags
+            .set(ResponseFlags::NO_HEALTHY_UPSTREAM);
+        self.close_client_only(slot);
+    }
+
+    /// Creates the upstream socket for a connect to `address` (the connect follows in
+    /// [`Worker::on_socket`]).
+    fn start_connect(&mut self, slot: u32, address: SocketAddr) {
+        let conn = &mut self.conns[slot as usize];
         conn.upstream = Some(address);
         conn.attempts += 1;
         conn.state = ConnState::Connecting;
@@ -900,6 +959,16 @@ impl Worker {
             return;
         }
         conn.backend = result;
+        if let Err(errno) = self.prepare_upstream(slot, result) {
+            tracing::warn!(
+                worker = self.id,
+                errno,
+                "upstream socket setup (upstream_bind_config, original_src) failed"
+            );
+            self.connect_failed(slot, errno);
+            return;
+        }
+        let conn = &self.conns[slot as usize];
         let nonce = conn.nonce;
         let timeout = self.connect_timeout(slot);
         let address = self.conns[slot as usize]
@@ -916,6 +985,30 @@ impl Worker {
             ud::encode(Kind::Connect, slot, nonce),
             ud::encode(Kind::ConnectTimeout, slot, nonce),
         );
+    }
+
+    /// Socket setup before the connect: the cluster's `upstream_bind_config`, and the
+    /// client's own source address under `original_src`. Fails with an errno.
+    fn prepare_upstream(&self, slot: u32, fd: RawFd) -> Result<(), i32> {
+        let conn = &self.conns[slot as usize];
+        let Some(generation) = self.generations[conn.generation as usize].as_ref() else {
+            return Ok(());
+        };
+        let fib = &generation.fib;
+        let bind = conn.cluster.map(|id| &fib.cluster(id).upstream_bind);
+        let original_src = fib
+            .listeners
+            .get(conn.fib_listener as usize)
+            .and_then(|l| l.original_src)
+            .zip(conn.remote)
+            .map(|(o, remote)| (remote.ip(), o.mark));
+        match bind {
+            Some(b) if !b.is_empty() || original_src.is_some() => {
+                net::prepare_upstream(fd, b, original_src)
+                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn connect_timeout(&self, slot: u32) -> Duration {
