@@ -126,6 +126,18 @@ struct CaptureArgs {
     /// iptables backend: auto (the one in use), nft or legacy.
     #[arg(long, default_value = "auto")]
     backend: switchyard_control::capture::Backend,
+    /// How forwarded (pod) TCP reaches the proxy: redirect (nat REDIRECT, SO_ORIGINAL_DST)
+    /// or tproxy (mangle TPROXY and policy routing: destination kept, and with the
+    /// listener's original_src the endpoint sees the client's own address).
+    #[arg(long, default_value = "redirect")]
+    mode: switchyard_control::capture::Mode,
+    /// tproxy: the mark that routes a packet to the local stack (must differ from
+    /// --proxy-mark).
+    #[arg(long, default_value_t = 1338)]
+    tproxy_mark: u32,
+    /// tproxy: the routing table holding `local 0.0.0.0/0 dev lo`.
+    #[arg(long, default_value_t = 133)]
+    tproxy_table: u32,
 }
 
 impl CaptureArgs {
@@ -141,6 +153,9 @@ impl CaptureArgs {
             exclude_ports: self.exclude_port,
             netns: self.netns,
             backend: self.backend,
+            mode: self.mode,
+            tproxy_mark: self.tproxy_mark,
+            tproxy_table: self.tproxy_table,
             ..Default::default()
         }
     }

@@ -11,9 +11,26 @@
 //! - with `--inbound`, `SWITCHYARD_INBOUND`: TCP arriving for a local address is redirected to
 //!   the inbound port (15006), except the proxy's own ports and `--exclude-port` ports.
 //!
+//! With `--mode tproxy`, TCP forwarded through the node (from pods) is not NATed. An nftables
+//! table of ours, `ip switchyard`, hooks prerouting at mangle priority: a packet of a
+//! connection that has a transparent socket here (`socket transparent 1`: the accepted side,
+//! and replies to upstream sockets bound to the client's address) is marked (`--tproxy-mark`,
+//! 1338); any other TCP to a non-local, non-excluded destination is handed to the outbound
+//! port by `tproxy`, which keeps its destination, and marked; if nothing listens there it is
+//! answered with a reset (iptables' TPROXY target would drop it, and the client would hang).
+//! A policy route (`ip rule fwmark 1338 lookup 133`, `local 0.0.0.0/0 dev lo` in table 133)
+//! delivers marked packets to the local stack. The proxy's listener needs `transparent:
+//! true`, and `original_src` to connect from the client's own address. The divert mark must
+//! differ from any mark the proxy puts on its upstream sockets: policy routing would send
+//! those packets to the local stack too. Local processes are still captured with REDIRECT in
+//! `OUTPUT`.
+//!
 //! Guarantees:
-//! - install is idempotent: it removes whatever of ours is there first, then applies the whole
-//!   set in one `iptables-restore --noflush` transaction (all or nothing);
+//! - install is idempotent: when our chains and jumps are already there it refills the chains
+//!   in one `iptables-restore --noflush` transaction, so a re-run (an init container restarted)
+//!   lets no connection through uncaptured; otherwise it removes whatever of ours is there and
+//!   applies the whole set in one transaction (all or nothing); the nftables table is
+//!   replaced in one `nft -f` transaction;
 //! - remove deletes exactly our jumps from the built-in chains and our chains, and nothing
 //!   else: the table is left as it was before install;
 //! - the iptables backend (nft or legacy) is the one already in use in the namespace
@@ -31,6 +48,30 @@ const OUTPUT: &str = "SWITCHYARD_OUTPUT";
 const PREROUTING: &str = "SWITCHYARD_PREROUTING";
 const OUTBOUND: &str = "SWITCHYARD_OUTBOUND";
 const INBOUND: &str = "SWITCHYARD_INBOUND";
+/// Our nftables table (TPROXY mode).
+const NFT_TABLE: &str = "switchyard";
+
+/// How forwarded (pod) traffic reaches the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// nat `REDIRECT`: the proxy reads the destination back with `SO_ORIGINAL_DST`; upstream
+    /// connections leave from the node's address.
+    Redirect,
+    /// nftables `tproxy` plus policy routing: the destination is kept, and the proxy can
+    /// connect from the client's own address (`original_src`).
+    Tproxy,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "redirect" => Ok(Mode::Redirect),
+            "tproxy" => Ok(Mode::Tproxy),
+            other => Err(format!("mode {other:?}: expected redirect or tproxy")),
+        }
+    }
+}
 
 /// Which iptables implementation to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +117,12 @@ pub struct CaptureConfig {
     /// Run in this network namespace (`ip netns exec`), else the current one.
     pub netns: Option<String>,
     pub backend: Backend,
+    /// REDIRECT or TPROXY for forwarded traffic.
+    pub mode: Mode,
+    /// TPROXY: the mark that sends a packet to the local stack (not the proxy's own mark).
+    pub tproxy_mark: u32,
+    /// TPROXY: the routing table holding `local 0.0.0.0/0 dev lo`.
+    pub tproxy_table: u32,
 }
 
 impl Default for CaptureConfig {
@@ -93,6 +140,9 @@ impl Default for CaptureConfig {
             proxy_ports: vec![15000, 15001, 15006, 15020, 15021, 15090],
             netns: None,
             backend: Backend::Auto,
+            mode: Mode::Redirect,
+            tproxy_mark: 1338,
+            tproxy_table: 133,
         }
     }
 }
@@ -144,6 +194,8 @@ pub enum CaptureError {
     Failed { command: String, stderr: String },
     /// An IPv6 exclusion: the rules are IPv4 (`iptables`) only so far.
     Ipv6(Cidr),
+    /// TPROXY's divert mark equals the proxy's own mark.
+    MarkClash(u32),
 }
 
 impl fmt::Display for CaptureError {
@@ -167,6 +219,10 @@ impl fmt::Display for CaptureError {
                 f,
                 "--exclude-cidr {c}: IPv6 exclusions are not supported (capture is IPv4 only)"
             ),
+            CaptureError::MarkClash(m) => write!(
+                f,
+                "--tproxy-mark {m} equals --proxy-mark: policy routing would turn the proxy's own upstream packets back to it; pick another"
+            ),
         }
     }
 }
@@ -180,6 +236,9 @@ impl std::error::Error for CaptureError {}
 pub fn rules(cfg: &CaptureConfig) -> Result<String, CaptureError> {
     if let Some(c) = cfg.exclude_cidrs.iter().find(|c| c.addr.is_ipv6()) {
         return Err(CaptureError::Ipv6(*c));
+    }
+    if cfg.mode == Mode::Tproxy && cfg.tproxy_mark == cfg.proxy_mark {
+        return Err(CaptureError::MarkClash(cfg.tproxy_mark));
     }
     let mut chains = vec![OUTPUT, PREROUTING, OUTBOUND];
     if cfg.inbound {
@@ -209,15 +268,11 @@ pub fn rules(cfg: &CaptureConfig) -> Result<String, CaptureError> {
     r.push(format!(
         "-A {PREROUTING} -m addrtype --dst-type LOCAL -j {local}"
     ));
-    r.push(format!("-A {PREROUTING} -j {OUTBOUND}"));
+    if cfg.mode == Mode::Redirect {
+        r.push(format!("-A {PREROUTING} -j {OUTBOUND}"));
+    }
     // Outbound: what is never captured, then the redirect.
-    r.push(format!("-A {OUTBOUND} -d 127.0.0.0/8 -j RETURN"));
-    for c in &cfg.exclude_cidrs {
-        r.push(format!("-A {OUTBOUND} -d {c} -j RETURN"));
-    }
-    for p in &cfg.exclude_ports {
-        r.push(format!("-A {OUTBOUND} -p tcp --dport {p} -j RETURN"));
-    }
+    r.extend(outbound_exclusions(cfg, OUTBOUND));
     r.push(format!(
         "-A {OUTBOUND} -p tcp -j REDIRECT --to-ports {}",
         cfg.outbound_port
@@ -235,10 +290,58 @@ pub fn rules(cfg: &CaptureConfig) -> Result<String, CaptureError> {
             cfg.inbound_port
         ));
     }
-    r.push(format!("-A OUTPUT -p tcp -j {OUTPUT}"));
-    r.push(format!("-A PREROUTING -p tcp -j {PREROUTING}"));
+    // First in their chains: kube-proxy's Service DNAT, inserted at the top as well, would
+    // otherwise rewrite a VIP before capture sees it.
+    r.push(format!("-I OUTPUT 1 -p tcp -j {OUTPUT}"));
+    r.push(format!("-I PREROUTING 1 -p tcp -j {PREROUTING}"));
     r.push("COMMIT".into());
     Ok(r.join("\n") + "\n")
+}
+
+/// The `RETURN`s for destinations never captured outbound: loopback, `--exclude-cidr`,
+/// `--exclude-port`.
+fn outbound_exclusions(cfg: &CaptureConfig, chain: &str) -> Vec<String> {
+    let mut r = vec![format!("-A {chain} -d 127.0.0.0/8 -j RETURN")];
+    for c in &cfg.exclude_cidrs {
+        r.push(format!("-A {chain} -d {c} -j RETURN"));
+    }
+    for p in &cfg.exclude_ports {
+        r.push(format!("-A {chain} -p tcp --dport {p} -j RETURN"));
+    }
+    r
+}
+
+/// TPROXY mode's nftables table (see the module docs), as `nft -f` input that replaces any
+/// earlier version in the same transaction.
+pub fn tproxy_ruleset(cfg: &CaptureConfig) -> String {
+    let mark = cfg.tproxy_mark;
+    let mut rules = vec![
+        "type filter hook prerouting priority mangle; policy accept;".to_string(),
+        format!("meta l4proto tcp socket transparent 1 meta mark set {mark} accept"),
+        "fib daddr type local return".into(),
+        "ip daddr 127.0.0.0/8 return".into(),
+    ];
+    rules.extend(
+        cfg.exclude_cidrs
+            .iter()
+            .map(|c| format!("ip daddr {c} return")),
+    );
+    rules.extend(
+        cfg.exclude_ports
+            .iter()
+            .map(|p| format!("tcp dport {p} return")),
+    );
+    rules.push(format!(
+        "meta l4proto tcp counter tproxy to :{} meta mark set {mark} accept",
+        cfg.outbound_port
+    ));
+    // Reached only when tproxy found no listener: refuse rather than drop (a hang) or
+    // forward (a bypass).
+    rules.push("meta l4proto tcp counter reject with tcp reset".into());
+    let body: String = rules.iter().map(|r| format!("\t\t{r}\n")).collect();
+    format!(
+        "add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\ntable ip {NFT_TABLE} {{\n\tchain divert {{\n{body}\t}}\n}}\n"
+    )
 }
 
 /// The iptables tools of one backend, run in one namespace.
@@ -282,8 +385,8 @@ impl Tables {
         }
     }
 
-    fn iptables(&self, args: &[&str]) -> Result<String, CaptureError> {
-        let mut all = vec!["-w", "-t", "nat"];
+    fn iptables(&self, table: &str, args: &[&str]) -> Result<String, CaptureError> {
+        let mut all = vec!["-w", "-t", table];
         all.extend_from_slice(args);
         self.run(&format!("iptables-{}", self.backend), &all, None)
     }
@@ -335,9 +438,33 @@ impl Tables {
         check(shown, program, out)
     }
 
-    /// Deletes our jumps from the built-in chains, then our chains. Nothing else is touched.
-    fn remove_ours(&self) -> Result<Vec<String>, CaptureError> {
-        let spec = self.iptables(&["-S"])?;
+    /// In every table we use, deletes our jumps from the built-in chains, then our chains;
+    /// then our policy route. Nothing else is touched.
+    fn remove_ours(&self, cfg: &CaptureConfig) -> Result<Vec<String>, CaptureError> {
+        let mut removed = Vec::new();
+        for table in TABLES {
+            removed.extend(self.remove_ours_in(table)?);
+        }
+        if self.nft_table()?.is_some() {
+            self.run("nft", &["delete", "table", "ip", NFT_TABLE], None)?;
+            removed.push(format!("nft delete table ip {NFT_TABLE}"));
+        }
+        removed.extend(self.remove_route(cfg)?);
+        Ok(removed)
+    }
+
+    /// Our nftables table as `nft list` prints it, or `None` when it is not there (or nft
+    /// is not installed, so it cannot be).
+    fn nft_table(&self) -> Result<Option<String>, CaptureError> {
+        match self.run("nft", &["list", "table", "ip", NFT_TABLE], None) {
+            Ok(listing) => Ok(Some(listing)),
+            Err(CaptureError::Missing { .. } | CaptureError::Failed { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_ours_in(&self, table: &str) -> Result<Vec<String>, CaptureError> {
+        let spec = self.iptables(table, &["-S"])?;
         let mut removed = Vec::new();
         for line in spec.lines() {
             let Some(rule) = line.strip_prefix("-A ") else {
@@ -347,8 +474,8 @@ impl Tables {
             if !chain.starts_with(CHAIN_PREFIX) && rule.contains(&format!("-j {CHAIN_PREFIX}")) {
                 let mut args = vec!["-D"];
                 args.extend(rule.split_whitespace());
-                self.iptables(&args)?;
-                removed.push(line.to_string());
+                self.iptables(table, &args)?;
+                removed.push(format!("-t {table} {line}"));
             }
         }
         let ours: Vec<&str> = spec
@@ -357,25 +484,236 @@ impl Tables {
             .filter(|c| c.starts_with(CHAIN_PREFIX))
             .collect();
         for c in &ours {
-            self.iptables(&["-F", c])?;
+            self.iptables(table, &["-F", c])?;
         }
         for c in &ours {
-            self.iptables(&["-X", c])?;
-            removed.push(format!("-X {c}"));
+            self.iptables(table, &["-X", c])?;
+            removed.push(format!("-t {table} -X {c}"));
         }
         Ok(removed)
     }
 
-    /// Our rules as `iptables -S` prints them, in order.
-    fn ours(&self) -> Result<Vec<String>, CaptureError> {
+    /// TPROXY mode: our nftables table (replaced in one transaction) and the policy route;
+    /// REDIRECT mode: neither.
+    fn install_tproxy(&self, cfg: &CaptureConfig) -> Result<(), CaptureError> {
+        if cfg.mode == Mode::Redirect {
+            if self.nft_table()?.is_some() {
+                self.run("nft", &["delete", "table", "ip", NFT_TABLE], None)?;
+            }
+            self.remove_route(cfg)?;
+            return Ok(());
+        }
+        self.run("nft", &["-f", "-"], Some(&tproxy_ruleset(cfg)))?;
+        if self.our_rule_count(cfg)? != 1 || self.our_route(cfg)?.is_none() {
+            self.remove_route(cfg)?;
+            self.add_route(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// TPROXY's policy route: `ip rule fwmark M lookup T` and `local 0.0.0.0/0 dev lo` in T.
+    fn add_route(&self, cfg: &CaptureConfig) -> Result<(), CaptureError> {
+        let (mark, table) = (cfg.tproxy_mark.to_string(), cfg.tproxy_table.to_string());
+        self.run(
+            "ip",
+            &["rule", "add", "fwmark", &mark, "lookup", &table],
+            None,
+        )?;
+        self.run(
+            "ip",
+            &[
+                "route",
+                "replace",
+                "local",
+                "0.0.0.0/0",
+                "dev",
+                "lo",
+                "table",
+                &table,
+            ],
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Deletes exactly what [`Tables::add_route`] adds, however often it is there; whatever
+    /// else the table or the rules hold stays.
+    fn remove_route(&self, cfg: &CaptureConfig) -> Result<Vec<String>, CaptureError> {
+        let (mark, table) = (cfg.tproxy_mark.to_string(), cfg.tproxy_table.to_string());
+        let rule = ["rule", "del", "fwmark", &mark, "lookup", &table];
+        let mut removed = Vec::new();
+        while self.our_rule_count(cfg)? > 0 {
+            self.run("ip", &rule, None)?;
+            removed.push(format!("ip {}", rule.join(" ")));
+        }
+        let route = [
+            "route",
+            "del",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            &table,
+        ];
+        if self.our_route(cfg)?.is_some() {
+            self.run("ip", &route, None)?;
+            removed.push(format!("ip {}", route.join(" ")));
+        }
+        Ok(removed)
+    }
+
+    /// How many `ip rule`s send our mark to our table.
+    fn our_rule_count(&self, cfg: &CaptureConfig) -> Result<usize, CaptureError> {
+        let want = format!("fwmark {:#x} lookup {}", cfg.tproxy_mark, cfg.tproxy_table);
         Ok(self
-            .iptables(&["-S"])?
+            .run("ip", &["rule", "show"], None)?
             .lines()
-            .filter(|l| l.contains(CHAIN_PREFIX))
-            .map(str::to_string)
-            .collect())
+            .filter(|l| l.trim_end().ends_with(&want))
+            .count())
+    }
+
+    /// Our `local 0.0.0.0/0 dev lo` route, as `ip route show table T` prints it.
+    fn our_route(&self, cfg: &CaptureConfig) -> Result<Option<String>, CaptureError> {
+        let table = cfg.tproxy_table.to_string();
+        // A table that was never used does not exist: nothing of ours is there.
+        let shown = match self.run(
+            "ip",
+            &["route", "show", "table", &table, "type", "local"],
+            None,
+        ) {
+            Ok(s) => s,
+            Err(CaptureError::Failed { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(shown
+            .lines()
+            .find(|l| {
+                l.starts_with("local default dev lo") || l.starts_with("local 0.0.0.0/0 dev lo")
+            })
+            .map(str::to_string))
+    }
+
+    /// True when every table holds exactly the chains of ours that `input` declares, and
+    /// exactly its jumps, first in their built-in chains and in its order: only the chains'
+    /// contents may differ.
+    fn same_skeleton(&self, input: &str) -> Result<bool, CaptureError> {
+        let mut tables: Vec<(&str, Vec<String>, Vec<String>)> = Vec::new();
+        for line in input.lines() {
+            if let Some(table) = line.strip_prefix('*') {
+                tables.push((table, Vec::new(), Vec::new()));
+            } else if let Some((_, chains, jumps)) = tables.last_mut() {
+                if let Some(decl) = line.strip_prefix(':') {
+                    chains.push(decl.split_whitespace().next().unwrap_or_default().into());
+                } else if is_jump(line) {
+                    jumps.push(as_listed(line));
+                }
+            }
+        }
+        for table in TABLES {
+            let spec = self.iptables(table, &["-S"])?;
+            let (mut want_chains, want_jumps) = tables
+                .iter()
+                .find(|(t, ..)| *t == table)
+                .map(|(_, c, j)| (c.clone(), j.clone()))
+                .unwrap_or_default();
+            let mut have_chains: Vec<String> = spec
+                .lines()
+                .filter_map(|l| l.strip_prefix("-N "))
+                .filter(|c| c.starts_with(CHAIN_PREFIX))
+                .map(str::to_string)
+                .collect();
+            want_chains.sort();
+            have_chains.sort();
+            if want_chains != have_chains || !jumps_on_top(&spec, &want_jumps) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Our rules as `iptables -S` prints them, table by table, in order, then our policy
+    /// route.
+    fn ours(&self, cfg: &CaptureConfig) -> Result<Vec<String>, CaptureError> {
+        let mut out = Vec::new();
+        for table in TABLES {
+            out.extend(
+                self.iptables(table, &["-S"])?
+                    .lines()
+                    .filter(|l| l.contains(CHAIN_PREFIX))
+                    .map(|l| format!("-t {table} {l}")),
+            );
+        }
+        if let Some(listing) = self.nft_table()? {
+            out.extend(
+                listing
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && *l != "}")
+                    .map(|l| format!("nft {}", strip_counter(l))),
+            );
+        }
+        for _ in 0..self.our_rule_count(cfg)? {
+            out.push(format!(
+                "ip rule fwmark {} lookup {}",
+                cfg.tproxy_mark, cfg.tproxy_table
+            ));
+        }
+        if let Some(route) = self.our_route(cfg)? {
+            out.push(format!("ip route table {}: {route}", cfg.tproxy_table));
+        }
+        Ok(out)
     }
 }
+
+/// True when `spec` (`iptables -S`) holds exactly `jumps` as our jumps, each built-in
+/// chain starting with its share of them, in order.
+fn jumps_on_top(spec: &str, jumps: &[String]) -> bool {
+    let chain_of = |rule: &str| {
+        rule.split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let rules: Vec<&str> = spec.lines().filter(|l| l.starts_with("-A ")).collect();
+    let mut ours: Vec<&str> = rules
+        .iter()
+        .copied()
+        .filter(|l| {
+            !chain_of(l).starts_with(CHAIN_PREFIX) && l.contains(&format!("-j {CHAIN_PREFIX}"))
+        })
+        .collect();
+    let mut want: Vec<&str> = jumps.iter().map(String::as_str).collect();
+    ours.sort_unstable();
+    want.sort_unstable();
+    if ours != want {
+        return false;
+    }
+    jumps.iter().all(|j| {
+        let chain = chain_of(j);
+        let mine = jumps.iter().filter(|o| chain_of(o) == chain);
+        let first = rules.iter().filter(|l| chain_of(l) == chain);
+        mine.zip(first).all(|(m, f)| m == f)
+    })
+}
+
+/// An nft rule without its `counter packets N bytes M`, so listings compare across traffic.
+fn strip_counter(rule: &str) -> String {
+    match rule.find("counter packets ") {
+        Some(at) => {
+            let rest = &rule[at..];
+            let end = rest
+                .find(" bytes ")
+                .and_then(|b| rest[b + 7..].find(' ').map(|e| b + 7 + e))
+                .unwrap_or(rest.len());
+            format!("{}counter{}", &rule[..at], &rest[end..])
+        }
+        None => rule.to_string(),
+    }
+}
+
+/// The iptables tables capture writes to.
+const TABLES: [&str; 1] = ["nat"];
 
 /// Maps a finished command to its stdout or an error naming it.
 fn check(shown: String, program: &str, out: Output) -> Result<String, CaptureError> {
@@ -413,30 +751,68 @@ fn check(shown: String, program: &str, out: Output) -> Result<String, CaptureErr
 pub fn install(cfg: &CaptureConfig) -> Result<Vec<String>, CaptureError> {
     let input = rules(cfg)?;
     let t = Tables::open(cfg)?;
-    t.remove_ours()?;
-    t.run(
-        &format!("iptables-{}-restore", t.backend),
-        &["-w", "--noflush"],
-        Some(&input),
-    )?;
-    t.ours()
+    let restore = format!("iptables-{}-restore", t.backend);
+    if t.same_skeleton(&input)? {
+        // Re-installing what is there (a restarted init container): one transaction that
+        // flushes and refills our chains, so no connection slips through in between.
+        let refill: Vec<&str> = input.lines().filter(|l| !is_jump(l)).collect();
+        t.run(
+            &restore,
+            &["-w", "--noflush"],
+            Some(&(refill.join("\n") + "\n")),
+        )?;
+    } else {
+        t.remove_ours(cfg)?;
+        t.run(&restore, &["-w", "--noflush"], Some(&input))?;
+    }
+    if let Err(e) = t.install_tproxy(cfg) {
+        // All or nothing: no capture without the part that makes it deliver.
+        let _ = t.remove_ours(cfg);
+        return Err(e);
+    }
+    t.ours(cfg)
 }
 
-/// Removes every rule and chain of ours. Returns what was removed.
+/// A line of restore input that inserts one of our jumps into a built-in chain.
+fn is_jump(line: &str) -> bool {
+    line.starts_with("-I ")
+}
+
+/// `-I CHAIN N rule` as `iptables -S` prints it: `-A CHAIN rule`.
+fn as_listed(jump: &str) -> String {
+    let mut words = jump.split_whitespace().skip(1);
+    let chain = words.next().unwrap_or_default();
+    let rule: Vec<&str> = words.skip(1).collect();
+    format!("-A {chain} {}", rule.join(" "))
+}
+
+/// Removes every rule and chain of ours, and our policy route (for the `--tproxy-mark` and
+/// `--tproxy-table` given, the defaults unless changed). Returns what was removed.
 pub fn remove(cfg: &CaptureConfig) -> Result<Vec<String>, CaptureError> {
-    Tables::open(cfg)?.remove_ours()
+    Tables::open(cfg)?.remove_ours(cfg)
 }
 
 /// Our rules with their packet counters, and the backend, for `switchyard capture status`.
 pub fn status(cfg: &CaptureConfig) -> Result<String, CaptureError> {
     let t = Tables::open(cfg)?;
-    let rules = t.ours()?;
+    let rules = t.ours(cfg)?;
     if rules.is_empty() {
         return Ok(format!("capture: not installed (iptables-{})\n", t.backend));
     }
     let mut out = format!("capture: installed (iptables-{})\n", t.backend);
-    for chain in rules.iter().filter_map(|l| l.strip_prefix("-N ")) {
-        out += &t.iptables(&["-L", chain, "-n", "-v", "-x"])?;
+    for table in TABLES {
+        let prefix = format!("-t {table} -N ");
+        for chain in rules.iter().filter_map(|l| l.strip_prefix(&prefix)) {
+            out += &format!("table {table}: ");
+            out += &t.iptables(table, &["-L", chain, "-n", "-v", "-x"])?;
+        }
+    }
+    if let Some(listing) = t.nft_table()? {
+        out += &listing;
+    }
+    for line in rules.iter().filter(|l| l.starts_with("ip ")) {
+        out += line;
+        out.push('\n');
     }
     Ok(out)
 }
@@ -469,8 +845,8 @@ mod tests {
             "-A SWITCHYARD_OUTBOUND -d 192.168.1.1/32 -j RETURN",
             "-A SWITCHYARD_OUTBOUND -p tcp --dport 22 -j RETURN",
             "-A SWITCHYARD_OUTBOUND -p tcp -j REDIRECT --to-ports 15001",
-            "-A OUTPUT -p tcp -j SWITCHYARD_OUTPUT",
-            "-A PREROUTING -p tcp -j SWITCHYARD_PREROUTING",
+            "-I OUTPUT 1 -p tcp -j SWITCHYARD_OUTPUT",
+            "-I PREROUTING 1 -p tcp -j SWITCHYARD_PREROUTING",
         ] {
             assert!(lines.contains(&want), "missing {want:?} in\n{r}");
         }
@@ -495,6 +871,69 @@ mod tests {
         ));
         assert!(r.contains("-A SWITCHYARD_INBOUND -p tcp --dport 15001 -j RETURN"));
         assert!(r.contains("-A SWITCHYARD_INBOUND -p tcp -j REDIRECT --to-ports 15006"));
+    }
+
+    #[test]
+    fn tproxy_marks_diverts_and_keeps_the_destination() {
+        let cfg = CaptureConfig {
+            mode: Mode::Tproxy,
+            exclude_ports: vec![22],
+            exclude_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+            ..CaptureConfig::default()
+        };
+        let nft = tproxy_ruleset(&cfg);
+        let lines: Vec<&str> = nft.lines().map(str::trim).collect();
+        let pos = |s: &str| {
+            lines
+                .iter()
+                .position(|l| *l == s)
+                .unwrap_or_else(|| panic!("missing {s:?} in\n{nft}"))
+        };
+        assert_eq!(
+            lines[..2],
+            ["add table ip switchyard", "delete table ip switchyard"]
+        );
+        let divert = pos("meta l4proto tcp socket transparent 1 meta mark set 1338 accept");
+        let local = pos("fib daddr type local return");
+        let cidr = pos("ip daddr 10.1.0.0/16 return");
+        let port = pos("tcp dport 22 return");
+        let tproxy = pos("meta l4proto tcp counter tproxy to :15001 meta mark set 1338 accept");
+        let reject = pos("meta l4proto tcp counter reject with tcp reset");
+        assert!(divert < local && local < cidr && cidr < port && port < tproxy && tproxy < reject);
+        // Forwarded traffic is not NATed as well; local processes still are.
+        let nat = rules(&cfg).unwrap();
+        assert!(!nat.contains("-A SWITCHYARD_PREROUTING -j SWITCHYARD_OUTBOUND"));
+        assert!(nat.contains("-A SWITCHYARD_OUTPUT -j SWITCHYARD_OUTBOUND"));
+        let clash = CaptureConfig {
+            tproxy_mark: 1337,
+            ..cfg
+        };
+        assert_eq!(rules(&clash), Err(CaptureError::MarkClash(1337)));
+        assert_eq!(
+            strip_counter("tcp counter packets 12 bytes 720 tproxy to :15001"),
+            "tcp counter tproxy to :15001"
+        );
+    }
+
+    #[test]
+    fn a_reinstall_refills_in_place_only_when_our_jumps_lead_their_chains() {
+        let jumps = vec![
+            "-A OUTPUT -p tcp -j SWITCHYARD_OUTPUT".to_string(),
+            "-A PREROUTING -p tcp -j SWITCHYARD_PREROUTING".to_string(),
+        ];
+        let ours_first = "-P OUTPUT ACCEPT\n-N SWITCHYARD_OUTPUT\n-A PREROUTING -p tcp -j SWITCHYARD_PREROUTING\n-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -p tcp -j SWITCHYARD_OUTPUT\n-A OUTPUT -j KUBE-SERVICES\n";
+        assert!(jumps_on_top(ours_first, &jumps));
+        let kube_first = ours_first.replace(
+            "-A OUTPUT -p tcp -j SWITCHYARD_OUTPUT\n-A OUTPUT -j KUBE-SERVICES",
+            "-A OUTPUT -j KUBE-SERVICES\n-A OUTPUT -p tcp -j SWITCHYARD_OUTPUT",
+        );
+        assert!(!jumps_on_top(&kube_first, &jumps), "kube-proxy got ahead");
+        let missing = ours_first.replace("-A OUTPUT -p tcp -j SWITCHYARD_OUTPUT\n", "");
+        assert!(!jumps_on_top(&missing, &jumps));
+        assert_eq!(
+            as_listed("-I PREROUTING 1 -p tcp -j SWITCHYARD_PREROUTING"),
+            "-A PREROUTING -p tcp -j SWITCHYARD_PREROUTING"
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! ([`skip_unsupported`]).
 #![allow(dead_code)]
 
+pub mod netns;
+
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
