@@ -97,7 +97,10 @@ impl Persisted {
                 "endpoints": versions(&self.endpoints),
             },
         });
-        let tmp = dir.join(format!("{FILE}.tmp"));
+        // Per process: two proxies sharing the directory (a DaemonSet's old and new pod
+        // during a rolling update) never write one temporary file; the renames are atomic,
+        // and the later one wins.
+        let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
         std::fs::rename(&tmp, path(dir))
     }
