@@ -245,19 +245,7 @@ fn valid_configs_are_accepted_by_envoy_validate() {
     }
     let mut failures = Vec::new();
     for f in &files {
-        let out = Command::new(envoy_bin())
-            .args([
-                "--mode",
-                "validate",
-                "--disable-hot-restart",
-                "-l",
-                "error",
-                "-c",
-            ])
-            .arg(f)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run envoy --mode validate");
+        let out = envoy_validate(f);
         if !out.status.success() {
             failures.push(format!(
                 "{}: {:?}: {}",

@@ -119,6 +119,23 @@ pub fn envoy_available() -> bool {
     envoy_bin().is_file()
 }
 
+/// `envoy --mode validate -c <config>` (no hot restart, errors only), its output.
+pub fn envoy_validate(config: &Path) -> std::process::Output {
+    Command::new(envoy_bin())
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "error",
+            "-c",
+        ])
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run envoy --mode validate")
+}
+
 pub fn switchyard_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
 }
