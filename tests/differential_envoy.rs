@@ -13,9 +13,8 @@
 mod common;
 
 use common::*;
-use socket2::{Domain, Socket, Type};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr};
 use std::time::Duration;
 
 const TEMPLATE: &str = r#"admin:
@@ -242,16 +241,6 @@ fn classes() -> Vec<Class> {
             expect: "weighted",
         },
     ]
-}
-
-fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    s.bind(&SocketAddr::from((src, 0)).into())?;
-    s.connect_timeout(&dst.into(), Duration::from_secs(5))?;
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    Ok(s)
 }
 
 /// What one run produced: per class, the tags seen in order; per backend, accepted and bytes.

@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{AccessLogSink, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
-    Cluster, ClusterId, Endpoint, Fib, FilterChain, Listener, Route, TcpProxy, WeightedClusters,
+    Cluster, ClusterId, Endpoint, Fib, FilterChain, HashTable, Listener, Route, TcpProxy,
+    WeightedClusters,
 };
 use switchyard_dataplane::stats::HostStats;
 
@@ -198,11 +199,12 @@ fn cluster(c: &ClusterConfig, previous: Option<&Cluster>, stats: &StatsRegistry)
     let old: HashMap<SocketAddr, &Arc<HostStats>> = previous
         .map(|p| p.endpoints.iter().map(|e| (e.address, &e.stats)).collect())
         .unwrap_or_default();
-    Cluster {
+    let mut cluster = Cluster {
         name: c.name.as_str().into(),
         connect_timeout_ms: millis(c.connect_timeout),
         lb_policy: c.lb_policy,
         upstream_bind: c.upstream_bind.clone(),
+        hash_table: None,
         endpoints: c
             .endpoints
             .iter()
@@ -215,7 +217,11 @@ fn cluster(c: &ClusterConfig, previous: Option<&Cluster>, stats: &StatsRegistry)
             })
             .collect(),
         stats: stats.cluster(&c.name),
-    }
+    };
+    // RING_HASH, MAGLEV: the table is built here, on the control thread, once per change of
+    // the cluster (an unchanged cluster is shared with the previous FIB, table and all).
+    cluster.hash_table = HashTable::build(cluster.lb_policy, &cluster.endpoints);
+    cluster
 }
 
 fn tcp_proxy(
@@ -257,6 +263,7 @@ fn tcp_proxy(
             .iter()
             .map(|a| sinks.get(&a.path, &a.format))
             .collect(),
+        hash_source_ip: t.hash_source_ip,
     }
 }
 

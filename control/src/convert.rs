@@ -19,7 +19,8 @@ use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
 use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy as PbLbPolicy,
+    ring_hash_lb_config::HashFunction as PbHashFunction, ClusterDiscoveryType, DiscoveryType,
+    LbConfig, LbPolicy as PbLbPolicy, MaglevLbConfig, RingHashLbConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -44,6 +45,9 @@ use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc as PbOriginalSrc;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::r#type::v3::{
+    hash_policy::PolicySpecifier, HashPolicy as PbHashPolicy,
+};
 use envoy_types::pb::google::protobuf::{
     value::Kind as PbKind, Any, Duration as PbDuration, Struct,
 };
@@ -54,13 +58,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{parse_json_value, parse_text_format, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
-    ChainMatch, CidrRange, LbPolicy, OriginalSrc, SocketOption, UpstreamBind, MAX_FILTER_CHAINS,
+    ChainMatch, CidrRange, LbPolicy, OriginalSrc, RingHashFunction, SocketOption, UpstreamBind,
+    MAX_FILTER_CHAINS,
 };
+use switchyard_dataplane::hash_lb::{is_prime, MaglevTable, RingHash};
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
 /// The `lb_policy` values Switchyard implements.
-const SUPPORTED_LB: &str = "ROUND_ROBIN, LEAST_REQUEST, RANDOM, CLUSTER_PROVIDED for ORIGINAL_DST";
+const SUPPORTED_LB: &str =
+    "ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV, CLUSTER_PROVIDED for ORIGINAL_DST";
 
 /// Converts a decoded bootstrap to the RIB, checking everything the walker could not.
 pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
@@ -449,7 +456,30 @@ fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
         idle_timeout,
         max_connect_attempts,
         access_logs,
+        hash_source_ip: hash_policy(&t.hash_policy, &field(path, "hash_policy"))?,
     })
+}
+
+/// `hash_policy`: at most one entry (as Envoy), `source_ip`.
+fn hash_policy(policies: &[PbHashPolicy], path: &str) -> Result<bool> {
+    match policies {
+        [] => Ok(false),
+        [p] => match &p.policy_specifier {
+            Some(PolicySpecifier::SourceIp(_)) => Ok(true),
+            Some(PolicySpecifier::FilterState(_)) => Err(ConfigError::unsupported(
+                field(&index(path, 0), "filter_state"),
+                "not supported by Switchyard (source_ip is)",
+            )),
+            None => Err(ConfigError::invalid(
+                index(path, 0),
+                "one of 'source_ip' or 'filter_state' is required",
+            )),
+        },
+        _ => Err(ConfigError::invalid(
+            index(path, 1),
+            "at most one hash policy (as in Envoy)",
+        )),
+    }
 }
 
 fn access_log_config(a: &AccessLog, path: &str) -> Result<AccessLogConfig> {
@@ -624,8 +654,25 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             format!("unknown policy {}", c.lb_policy),
         )
     })?;
+    let mut hashing = HashingConfig::default();
     let choice_count = match &c.lb_config {
         None => None,
+        Some(LbConfig::RingHashLbConfig(r)) => {
+            hashing.ring = Some(ring_hash_config(
+                r,
+                policy,
+                &field(path, "ring_hash_lb_config"),
+            )?);
+            None
+        }
+        Some(LbConfig::MaglevLbConfig(m)) => {
+            hashing.maglev_table_size = Some(maglev_table_size(
+                m,
+                policy,
+                &field(path, "maglev_lb_config"),
+            )?);
+            None
+        }
         Some(LbConfig::LeastRequestLbConfig(lr)) => {
             let p = field(path, "least_request_lb_config");
             if policy != PbLbPolicy::LeastRequest {
@@ -673,6 +720,23 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     }
     let lb_policy = match policy {
         PbLbPolicy::ClusterProvided => LbPolicy::ClusterProvided,
+        PbLbPolicy::RingHash => {
+            let (min_ring_size, max_ring_size, hash_function) = hashing.ring.unwrap_or((
+                RingHash::DEFAULT_MIN_RING_SIZE,
+                RingHash::DEFAULT_MAX_RING_SIZE,
+                RingHashFunction::XxHash,
+            ));
+            LbPolicy::RingHash {
+                min_ring_size,
+                max_ring_size,
+                hash_function,
+            }
+        }
+        PbLbPolicy::Maglev => LbPolicy::Maglev {
+            table_size: hashing
+                .maglev_table_size
+                .unwrap_or(MaglevTable::DEFAULT_TABLE_SIZE),
+        },
         PbLbPolicy::RoundRobin => LbPolicy::RoundRobin,
         PbLbPolicy::Random => LbPolicy::Random,
         PbLbPolicy::LeastRequest => LbPolicy::LeastRequest {
@@ -709,6 +773,84 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         eds_service,
         upstream_bind,
     })
+}
+
+/// A hashing policy's `lb_config`, when given.
+#[derive(Default)]
+struct HashingConfig {
+    /// `ring_hash_lb_config`: minimum and maximum ring size, hash function.
+    ring: Option<(u64, u64, RingHashFunction)>,
+    /// `maglev_lb_config.table_size`.
+    maglev_table_size: Option<u64>,
+}
+
+/// Envoy's largest ring (`maximum_ring_size` may not exceed it).
+const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+
+fn ring_hash_config(
+    r: &RingHashLbConfig,
+    policy: PbLbPolicy,
+    path: &str,
+) -> Result<(u64, u64, RingHashFunction)> {
+    if policy != PbLbPolicy::RingHash {
+        return Err(ConfigError::invalid(
+            path,
+            "only valid with lb_policy RING_HASH",
+        ));
+    }
+    let min = r
+        .minimum_ring_size
+        .map_or(RingHash::DEFAULT_MIN_RING_SIZE, |v| v.value);
+    let max = r
+        .maximum_ring_size
+        .map_or(RingHash::DEFAULT_MAX_RING_SIZE, |v| v.value);
+    for (name, value) in [("minimum_ring_size", min), ("maximum_ring_size", max)] {
+        if value > MAX_RING_SIZE {
+            return Err(ConfigError::invalid(
+                field(path, name),
+                format!("{value} is above Envoy's limit of {MAX_RING_SIZE}"),
+            ));
+        }
+    }
+    if min > max {
+        return Err(ConfigError::invalid(
+            field(path, "minimum_ring_size"),
+            format!("{min} is greater than maximum_ring_size {max}"),
+        ));
+    }
+    let function = match PbHashFunction::try_from(r.hash_function) {
+        Ok(PbHashFunction::XxHash) => RingHashFunction::XxHash,
+        Ok(PbHashFunction::MurmurHash2) => RingHashFunction::MurmurHash2,
+        Err(_) => {
+            return Err(ConfigError::invalid(
+                field(path, "hash_function"),
+                format!("unknown hash function {}", r.hash_function),
+            ))
+        }
+    };
+    Ok((min, max, function))
+}
+
+/// Envoy's largest Maglev table.
+const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
+
+fn maglev_table_size(m: &MaglevLbConfig, policy: PbLbPolicy, path: &str) -> Result<u64> {
+    if policy != PbLbPolicy::Maglev {
+        return Err(ConfigError::invalid(
+            path,
+            "only valid with lb_policy MAGLEV",
+        ));
+    }
+    let size = m
+        .table_size
+        .map_or(MaglevTable::DEFAULT_TABLE_SIZE, |v| v.value);
+    if size > MAX_MAGLEV_TABLE_SIZE || !is_prime(size) {
+        return Err(ConfigError::invalid(
+            field(path, "table_size"),
+            format!("{size} must be a prime number no greater than {MAX_MAGLEV_TABLE_SIZE}"),
+        ));
+    }
+    Ok(size)
 }
 
 /// A cluster's `upstream_bind_config`: source IP (port 0: the kernel picks), freebind, and

@@ -172,6 +172,8 @@ pub struct TcpProxyConfig {
     pub idle_timeout: Option<Duration>,
     /// At least 1.
     pub max_connect_attempts: u32,
+    /// `hash_policy: [{source_ip: {}}]`: hashing balancers key on the client's IP.
+    pub hash_source_ip: bool,
     /// Access logs written when a connection closes.
     pub access_logs: Vec<AccessLogConfig>,
 }

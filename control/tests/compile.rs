@@ -9,8 +9,8 @@ use switchyard_control::rib::{EndpointConfig, Rib};
 use switchyard_control::stats::StatsRegistry;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath, Operator, Segment};
 use switchyard_dataplane::fib::{
-    CidrRange, ClusterId, Fib, LbPolicy, OriginalSrc, Route, SocketOption, UpstreamBind,
-    MAX_FILTER_CHAINS,
+    CidrRange, ClusterId, Fib, HashTable, LbPolicy, OriginalSrc, RingHashFunction, Route,
+    SocketOption, UpstreamBind, MAX_FILTER_CHAINS,
 };
 
 fn rib(name: &str) -> Rib {
@@ -417,4 +417,38 @@ fn node_proxy_passes_through_and_marks_upstream_sockets() {
         "admin is on 127.0.0.1 only"
     );
     assert!(!fib.is_own_address(addr("10.96.0.10:80")));
+}
+
+#[test]
+fn hashing_policies_get_their_tables_in_the_fib() {
+    let fib = build(&rib("hash_lb.yaml"));
+    let tcp = |l: usize| &fib.listeners[l].filter_chains[0].tcp_proxy;
+    assert!(tcp(0).hash_source_ip && tcp(1).hash_source_ip);
+    assert!(
+        fib.listeners[0].needs_remote_address(),
+        "the source IP is the key"
+    );
+    let (maglev, ring) = (&fib.clusters[0], &fib.clusters[1]);
+    assert_eq!(maglev.lb_policy, LbPolicy::Maglev { table_size: 65537 });
+    match &maglev.hash_table {
+        Some(HashTable::Maglev(t)) => assert_eq!(t.len(), 65537),
+        other => panic!("maglev table: {other:?}"),
+    }
+    assert_eq!(
+        ring.lb_policy,
+        LbPolicy::RingHash {
+            min_ring_size: 2048,
+            max_ring_size: 65536,
+            hash_function: RingHashFunction::MurmurHash2,
+        }
+    );
+    match &ring.hash_table {
+        // Equal weights: the ring is the minimum size, split evenly.
+        Some(HashTable::Ring(r)) => assert_eq!(r.len(), 2048),
+        other => panic!("ring: {other:?}"),
+    }
+    // The weighted endpoint (2 of 3) owns about two thirds of the Maglev table.
+    let table = maglev.hash_table.as_ref().unwrap();
+    let on_heavy = (0..65537u64).filter(|h| table.pick(*h) == Some(1)).count();
+    assert!((43_000..44_400).contains(&on_heavy), "{on_heavy}");
 }

@@ -53,7 +53,7 @@
 //! Health and outlier ejection are not applied here yet: every endpoint of the cluster is a
 //! candidate.
 
-use crate::fib::{Cluster, ClusterId, Endpoint, Fib, LbPolicy};
+use crate::fib::{Cluster, ClusterId, Endpoint, Fib, HashTable, LbPolicy};
 
 /// Envoy's default `choice_count` for least request.
 pub const DEFAULT_CHOICE_COUNT: u32 = 2;
@@ -162,6 +162,8 @@ impl ClusterLb {
             }
             // No endpoints to pick from: the worker connects to the original destination.
             (LbPolicy::ClusterProvided, _) => State::Random,
+            // Picks read the cluster's table in the FIB ([`WorkerLb::pick`]); nothing per worker.
+            (LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }, _) => State::Random,
         };
         ClusterLb { len, state }
     }
@@ -326,20 +328,54 @@ impl WorkerLb {
     }
 
     /// Picks an endpoint of cluster `id` of `fib` (the FIB this was built from): see
-    /// [`ClusterLb::pick`].
+    /// [`ClusterLb::pick`]. A hashing cluster (RING_HASH, MAGLEV) looks `hash` up in its
+    /// table, or a random hash when the connection has none (as Envoy does without a hash
+    /// policy).
     #[inline]
     pub fn pick(
         &mut self,
         fib: &Fib,
         id: ClusterId,
-        active: &[u32],
-        exclude: Option<usize>,
+        pick: Pick<'_>,
         rng: &mut Rng,
     ) -> Option<usize> {
         debug_assert_eq!(fib.generation, self.generation, "FIB generation mismatch");
-        let endpoints = &fib.cluster(id).endpoints;
-        self.cluster(id).pick(endpoints, active, exclude, rng)
+        let cluster = fib.cluster(id);
+        if let Some(table) = &cluster.hash_table {
+            let hash = pick.hash.unwrap_or_else(|| rng.next_u64());
+            return hashed(table, hash, cluster.endpoints.len(), pick.exclude);
+        }
+        self.cluster(id)
+            .pick(&cluster.endpoints, pick.active, pick.exclude, rng)
     }
+}
+
+/// What a pick knows of its connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pick<'a> {
+    /// This worker's open connections per endpoint (least request).
+    pub active: &'a [u32],
+    /// The endpoint that just failed: never picked again while another exists.
+    pub exclude: Option<usize>,
+    /// The connection's hash key (a hash policy's), for RING_HASH and MAGLEV.
+    pub hash: Option<u64>,
+}
+
+/// A table pick that avoids `exclude` (a retry after a failed connect): Envoy's retry
+/// attempts (as its previous-hosts retry predicate makes them) until another endpoint comes
+/// up, a bounded number of times, then the next endpoint. Allocation-free.
+fn hashed(table: &HashTable, hash: u64, n: usize, exclude: Option<usize>) -> Option<usize> {
+    let first = table.pick(hash)?;
+    let Some(excluded) = exclude.filter(|&e| e == first && n > 1) else {
+        return Some(first);
+    };
+    for attempt in 1..=16 {
+        match table.pick_attempt(hash, attempt) {
+            Some(i) if i != excluded => return Some(i),
+            _ => {}
+        }
+    }
+    Some((excluded + 1) % n)
 }
 
 /// An endpoint's weight; 0 (rejected by config validation) counts as 1.
@@ -605,6 +641,7 @@ mod tests {
             endpoints: endpoints(weights),
             stats: Arc::new(ClusterStats::new("c", 1)),
             upstream_bind: Default::default(),
+            hash_table: None,
         }
     }
 
@@ -908,13 +945,33 @@ mod tests {
         assert!(!wlb.cluster(ClusterId(0)).is_weighted());
         assert!(wlb.cluster(ClusterId(1)).is_weighted());
         assert_eq!(wlb.cluster(ClusterId(2)).len(), 0);
-        let a = wlb.pick(&fib, ClusterId(0), &[], None, &mut rng).unwrap();
-        let b = wlb.pick(&fib, ClusterId(0), &[], None, &mut rng).unwrap();
+        let a = wlb
+            .pick(&fib, ClusterId(0), Pick::default(), &mut rng)
+            .unwrap();
+        let b = wlb
+            .pick(&fib, ClusterId(0), Pick::default(), &mut rng)
+            .unwrap();
         assert_ne!(a, b);
-        assert!(wlb.pick(&fib, ClusterId(1), &[], Some(1), &mut rng) == Some(0));
-        assert_eq!(wlb.pick(&fib, ClusterId(2), &[], None, &mut rng), None);
+        assert!(
+            wlb.pick(
+                &fib,
+                ClusterId(1),
+                Pick {
+                    exclude: Some(1),
+                    ..Pick::default()
+                },
+                &mut rng,
+            ) == Some(0)
+        );
+        assert_eq!(
+            wlb.pick(&fib, ClusterId(2), Pick::default(), &mut rng),
+            None
+        );
         // ORIGINAL_DST: nothing to pick, the worker dials the original destination.
-        assert_eq!(wlb.pick(&fib, ClusterId(3), &[], None, &mut rng), None);
+        assert_eq!(
+            wlb.pick(&fib, ClusterId(3), Pick::default(), &mut rng),
+            None
+        );
         assert!(WorkerLb::new(&Fib::default(), 0).is_empty());
     }
 
@@ -932,7 +989,9 @@ mod tests {
         };
         let mut rng = Rng::new(1);
         let mut lb1 = WorkerLb::new(&one, 5);
-        let first = lb1.pick(&one, ClusterId(0), &[], None, &mut rng).unwrap();
+        let first = lb1
+            .pick(&one, ClusterId(0), Pick::default(), &mut rng)
+            .unwrap();
         // Generation 2: cluster 0 is the same Arc, cluster 1 was rebuilt.
         let two = Fib {
             generation: 2,
@@ -941,7 +1000,9 @@ mod tests {
             own_addresses: Vec::new(),
         };
         let mut lb2 = WorkerLb::following(&two, Some((&one, &lb1)), 9);
-        let next = lb2.pick(&two, ClusterId(0), &[], None, &mut rng).unwrap();
+        let next = lb2
+            .pick(&two, ClusterId(0), Pick::default(), &mut rng)
+            .unwrap();
         assert_eq!(next, (first + 1) % 3, "the rotation goes on where it was");
         assert_eq!(
             lb2.cluster(ClusterId(1)).len(),

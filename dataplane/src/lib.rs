@@ -9,6 +9,7 @@
 
 pub mod accesslog;
 pub mod fib;
+pub mod hash_lb;
 pub mod lb;
 pub mod plane;
 pub mod relay;

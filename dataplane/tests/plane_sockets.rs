@@ -57,6 +57,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             .collect(),
         stats: Arc::new(ClusterStats::new("echo", workers)),
         upstream_bind: Default::default(),
+        hash_table: None,
     };
     let chain = FilterChain {
         name: "".into(),
@@ -67,6 +68,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             idle_timeout_ms: None,
             max_connect_attempts: 2,
             access_logs: vec![],
+            hash_source_ip: false,
         },
     };
     Fib {

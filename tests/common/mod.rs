@@ -177,6 +177,18 @@ pub fn test_dir(tag: &str) -> PathBuf {
 // Ports
 // ---------------------------------------------------------------------------------------------
 
+/// A connection to `dst` from source address `src` (any 127/8 address is local), with 10 s
+/// read and write timeouts.
+pub fn connect_from(src: std::net::Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::from((src, 0)).into())?;
+    s.connect_timeout(&dst.into(), Duration::from_secs(5))?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
 /// A free TCP port on 127.0.0.1 for a proxy listener or admin.
 ///
 /// Ports are taken below the kernel's ephemeral range (32768-60999) so that the many outgoing

@@ -87,6 +87,7 @@ pub(crate) fn fixture() -> Fixture {
                 ],
                 stats: echo,
                 upstream_bind: Default::default(),
+                hash_table: None,
             }),
             Arc::new(Cluster {
                 name: "empty".into(),
@@ -95,6 +96,7 @@ pub(crate) fn fixture() -> Fixture {
                 endpoints: Vec::new(),
                 stats: empty,
                 upstream_bind: Default::default(),
+                hash_table: None,
             }),
         ],
         own_addresses: vec![listener_addr],

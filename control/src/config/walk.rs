@@ -108,6 +108,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "idle_timeout",
             "max_connect_attempts",
             "access_log",
+            "hash_policy",
         ],
     ),
     (
@@ -138,6 +139,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "connect_timeout",
             "lb_policy",
             "least_request_lb_config",
+            "ring_hash_lb_config",
+            "maglev_lb_config",
             "load_assignment",
             "eds_cluster_config",
             "typed_extension_protocol_options",
@@ -173,6 +176,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
         &["choice_count"],
     ),
+    (
+        "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
+        &["minimum_ring_size", "maximum_ring_size", "hash_function"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.MaglevLbConfig",
+        &["table_size"],
+    ),
+    ("envoy.type.v3.HashPolicy", &["source_ip"]),
+    ("envoy.type.v3.HashPolicy.SourceIp", &[]),
     (
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
         &["cluster_name", "endpoints"],

@@ -22,7 +22,10 @@ mod chain_match;
 
 pub use chain_match::{ChainMatch, CidrRange, MAX_FILTER_CHAINS};
 
+pub use crate::hash_lb::RingHashFunction;
+
 use crate::accesslog::AccessLogSink;
+use crate::hash_lb::{envoy_host_key, HashHost, MaglevTable, RingHash};
 use crate::stats::{ClusterStats, HostStats, ListenerStats, TcpStats};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -197,10 +200,15 @@ impl Listener {
             .any(|c| !c.tcp_proxy.access_logs.is_empty())
     }
 
-    /// True when the peer address is needed: chains match on the source, or upstream
-    /// sockets bind it (`original_src`).
+    /// True when the peer address is needed: chains match on the source, upstream sockets
+    /// bind it (`original_src`), or a hash policy keys on it.
     pub fn needs_remote_address(&self) -> bool {
         self.original_src.is_some()
+            || self
+                .filter_chains
+                .iter()
+                .chain(self.default_chain.iter())
+                .any(|c| c.tcp_proxy.hash_source_ip)
             || self.filter_chains.iter().any(|c| {
                 !c.matcher.source_prefix_ranges.is_empty() || !c.matcher.source_ports.is_empty()
             })
@@ -231,6 +239,9 @@ pub struct TcpProxy {
     pub max_connect_attempts: u32,
     /// Access-log sinks written when a connection closes.
     pub access_logs: Vec<Arc<AccessLogSink>>,
+    /// `hash_policy: [{source_ip: {}}]`: hashing balancers (RING_HASH, MAGLEV) key on the
+    /// client's IP, so one client keeps its endpoint; without it they hash a random number.
+    pub hash_source_ip: bool,
 }
 
 /// The tcp_proxy's destination.
@@ -312,6 +323,82 @@ pub enum LbPolicy {
     /// connection goes to its own original destination (the local address its listener
     /// restored with `use_original_dst`). A connection without one gets no upstream.
     ClusterProvided,
+    /// Envoy's ring hash (Karger et al.): each endpoint owns points on a ring of 64-bit
+    /// hashes in proportion to its weight; a key goes to the next point.
+    RingHash {
+        min_ring_size: u64,
+        max_ring_size: u64,
+        hash_function: RingHashFunction,
+    },
+    /// Envoy's Maglev: a lookup table of `table_size` (prime) slots filled by each
+    /// endpoint's permutation, weighted; a key goes to `table[key % table_size]`.
+    Maglev { table_size: u64 },
+}
+
+impl LbPolicy {
+    /// True for the policies that pick by a hash key (a table built with the FIB).
+    pub fn is_hashing(&self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
+}
+
+/// A hashing balancer's lookup structure, built by the control thread with the FIB (one per
+/// cluster, shared by every worker: picks are reads).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashTable {
+    Maglev(MaglevTable),
+    Ring(RingHash),
+}
+
+impl HashTable {
+    /// The table for `policy` over `endpoints` (Envoy's host keys: `ip:port`), or `None` for
+    /// a policy that does not hash.
+    pub fn build(policy: LbPolicy, endpoints: &[Endpoint]) -> Option<HashTable> {
+        let keys: Vec<String> = endpoints
+            .iter()
+            .map(|e| envoy_host_key(e.address))
+            .collect();
+        let hosts: Vec<HashHost> = keys
+            .iter()
+            .zip(endpoints)
+            .map(|(key, e)| HashHost {
+                key,
+                weight: e.weight.max(1),
+            })
+            .collect();
+        match policy {
+            LbPolicy::Maglev { table_size } => {
+                Some(HashTable::Maglev(MaglevTable::build(&hosts, table_size)))
+            }
+            LbPolicy::RingHash {
+                min_ring_size,
+                max_ring_size,
+                hash_function,
+            } => Some(HashTable::Ring(RingHash::build(
+                &hosts,
+                min_ring_size,
+                max_ring_size,
+                hash_function,
+            ))),
+            _ => None,
+        }
+    }
+
+    /// The endpoint for `hash`, or `None` when the cluster has none. Allocation-free.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> Option<usize> {
+        self.pick_attempt(hash, 0)
+    }
+
+    /// Envoy's pick for retry `attempt` (0: the first), which moves to another endpoint
+    /// the way Envoy's retry host predicate does. Allocation-free.
+    #[inline]
+    pub fn pick_attempt(&self, hash: u64, attempt: u32) -> Option<usize> {
+        match self {
+            HashTable::Maglev(t) => t.pick_attempt(hash, attempt),
+            HashTable::Ring(r) => r.pick_attempt(hash, attempt),
+        }
+    }
 }
 
 /// A cluster of endpoints.
@@ -329,6 +416,8 @@ pub struct Cluster {
     pub stats: Arc<ClusterStats>,
     /// Socket setup before every connect.
     pub upstream_bind: UpstreamBind,
+    /// RING_HASH and MAGLEV: the table picks are read from.
+    pub hash_table: Option<HashTable>,
 }
 
 impl Cluster {

@@ -48,6 +48,8 @@ pub(crate) struct Conn {
     pub chain: u32,
     pub cluster: Option<ClusterId>,
     pub endpoint: Option<u32>,
+    /// The hash policy's key, for hashing balancers (kept for retries).
+    pub hash: Option<u64>,
     pub attempts: u32,
     pub max_attempts: u32,
     pub connected: bool,
@@ -88,6 +90,7 @@ impl Default for Conn {
             chain: CHAIN_NONE,
             cluster: None,
             endpoint: None,
+            hash: None,
             attempts: 0,
             max_attempts: 1,
             connected: false,

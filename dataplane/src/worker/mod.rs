@@ -21,7 +21,8 @@ pub(crate) mod ud;
 
 use crate::accesslog::{AccessRecord, ResponseFlags};
 use crate::fib::{Fib, Listener, Route};
-use crate::lb::{mix_seed, Rng, WorkerLb};
+use crate::hash_lb;
+use crate::lb::{mix_seed, Pick, Rng, WorkerLb};
 use crate::plane::{Phase, Shared, Snapshot};
 use crate::relay::{Action, Actions, Dir, Event, Received, Side};
 use crate::stats::{ClusterStat, HostStat, ListenerStat, ServerStat, TcpStat};
@@ -139,6 +140,8 @@ struct Decision {
     flags: u16,
     /// The destination is the proxy's own address: refused with a reset.
     proxy_loop: bool,
+    /// The hash policy's key (the client's IP), for hashing balancers.
+    hash: Option<u64>,
 }
 
 /// A FIB generation still in use on this worker.
@@ -741,6 +744,7 @@ impl Worker {
         conn.idle_timeout_ms = decision.idle_timeout_ms;
         conn.max_attempts = decision.max_attempts;
         conn.cluster = decision.cluster;
+        conn.hash = decision.hash;
         if decision.proxy_loop {
             conn.flags.set(decision.flags);
             conn.termination_details = "proxy_loop";
@@ -798,6 +802,7 @@ impl Worker {
             max_attempts: 1,
             flags: 0,
             proxy_loop: false,
+            hash: None,
         };
         if listener.use_original_dst && generation.fib.is_own_address(local) {
             // Passed through, it would come straight back: refuse it, as Istio's BlackHole
@@ -817,6 +822,9 @@ impl Worker {
         tcp.stats.inc(id, TcpStat::DownstreamCxTotal);
         tcp.stats.inc(id, TcpStat::DownstreamCxActive);
         decision.chain = chain_index;
+        decision.hash = remote
+            .filter(|_| tcp.hash_source_ip)
+            .map(|r| hash_lb::source_ip_hash(r.ip()));
         decision.idle_timeout_ms = tcp.idle_timeout_ms;
         decision.max_attempts = tcp.max_connect_attempts.max(1);
         decision.cluster = match &tcp.route {
@@ -846,9 +854,16 @@ impl Worker {
             return;
         }
         let active = &self.active.counts[generation.active[cluster_id.0 as usize] as usize];
-        let pick = generation
-            .lb
-            .pick(fib, cluster_id, active, exclude, &mut self.rng);
+        let pick = generation.lb.pick(
+            fib,
+            cluster_id,
+            Pick {
+                active,
+                exclude,
+                hash: conn.hash,
+            },
+            &mut self.rng,
+        );
         let Some(endpoint_index) = pick else {
             self.no_upstream(slot);
             return;
