@@ -205,6 +205,8 @@ fn cluster(c: &ClusterConfig, previous: Option<&Cluster>, stats: &StatsRegistry)
         lb_policy: c.lb_policy,
         upstream_bind: c.upstream_bind.clone(),
         hash_table: None,
+        circuit_breakers: c.circuit_breakers,
+        resources: stats.resources(&c.name),
         endpoints: c
             .endpoints
             .iter()

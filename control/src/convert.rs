@@ -22,7 +22,8 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ring_hash_lb_config::HashFunction as PbHashFunction, ClusterDiscoveryType, DiscoveryType,
     LbConfig, LbPolicy as PbLbPolicy, MaglevLbConfig, RingHashLbConfig,
 };
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers as PbCircuitBreakers, Cluster};
+use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
 use envoy_types::pb::envoy::config::core::v3::{
     address, api_config_source::ApiType, config_source::ConfigSourceSpecifier, data_source,
     grpc_service::TargetSpecifier, socket_address, substitution_format_string, Address, ApiVersion,
@@ -58,8 +59,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{parse_json_value, parse_text_format, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
-    ChainMatch, CidrRange, LbPolicy, OriginalSrc, RingHashFunction, SocketOption, UpstreamBind,
-    MAX_FILTER_CHAINS,
+    ChainMatch, CidrRange, CircuitBreakers, LbPolicy, OriginalSrc, RingHashFunction, SocketOption,
+    UpstreamBind, MAX_FILTER_CHAINS,
 };
 use switchyard_dataplane::hash_lb::{is_prime, MaglevTable, RingHash};
 
@@ -765,6 +766,10 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         Some(b) => upstream_bind(b, &field(path, "upstream_bind_config"))?,
         None => UpstreamBind::default(),
     };
+    let circuit_breakers = match &c.circuit_breakers {
+        Some(cb) => circuit_breakers(cb, &field(path, "circuit_breakers"))?,
+        None => CircuitBreakers::default(),
+    };
     Ok(ClusterConfig {
         name: c.name.clone(),
         connect_timeout,
@@ -772,7 +777,34 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         endpoints: endpoints.into(),
         eds_service,
         upstream_bind,
+        circuit_breakers,
     })
+}
+
+/// `circuit_breakers.thresholds`: one entry per priority; Switchyard routes at priority
+/// DEFAULT only, so a HIGH entry is refused rather than ignored. `max_requests` and
+/// `max_retries` are accepted (Istio always sets them) and, as in Envoy's tcp_proxy, limit
+/// nothing at L4: a TCP connection makes no requests and no retries through the pool.
+fn circuit_breakers(cb: &PbCircuitBreakers, path: &str) -> Result<CircuitBreakers> {
+    let mut out = CircuitBreakers::default();
+    let tpath = field(path, "thresholds");
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        let p = index(&tpath, i);
+        if t.priority != RoutingPriority::Default as i32 {
+            return Err(ConfigError::unsupported(
+                field(&p, "priority"),
+                "only DEFAULT is supported by Switchyard (it routes no HIGH priority traffic)",
+            ));
+        }
+        if let Some(v) = t.max_connections {
+            out.max_connections = v.value;
+        }
+        if let Some(v) = t.max_pending_requests {
+            out.max_pending_requests = v.value;
+        }
+        out.track_remaining = t.track_remaining;
+    }
+    Ok(out)
 }
 
 /// A hashing policy's `lb_config`, when given.

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath};
-use switchyard_dataplane::fib::{ChainMatch, LbPolicy, OriginalSrc, UpstreamBind};
+use switchyard_dataplane::fib::{ChainMatch, CircuitBreakers, LbPolicy, OriginalSrc, UpstreamBind};
 
 /// Default admin address when the bootstrap has none (Envoy/Istio convention).
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
@@ -224,6 +224,8 @@ pub struct ClusterConfig {
     pub eds_service: Option<String>,
     /// `upstream_bind_config`: socket setup before each connect.
     pub upstream_bind: UpstreamBind,
+    /// `circuit_breakers` (priority DEFAULT), Envoy's defaults when not given.
+    pub circuit_breakers: CircuitBreakers,
 }
 
 /// One static endpoint.

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::stats::{
-    listener_stat_name, ClusterStats, ListenerStats, ServerStats, TcpStats,
+    listener_stat_name, ClusterResources, ClusterStats, ListenerStats, ServerStats, TcpStats,
 };
 
 /// All stat blocks, by name.
@@ -32,6 +32,8 @@ pub struct Blocks {
     pub cluster: BTreeMap<String, Arc<ClusterStats>>,
     /// `listener.<ip>_<port>.`
     pub listener: BTreeMap<String, Arc<ListenerStats>>,
+    /// Circuit-breaker resources in use, by cluster name.
+    pub resources: BTreeMap<String, Arc<ClusterResources>>,
 }
 
 impl StatsRegistry {
@@ -96,6 +98,16 @@ impl StatsRegistry {
             .cluster
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(ClusterStats::new(name, w)))
+            .clone()
+    }
+
+    /// The circuit-breaker resources of cluster `name`: one object for the cluster's life
+    /// (connections counted under one FIB are released under the next).
+    pub fn resources(&self, name: &str) -> Arc<ClusterResources> {
+        self.blocks()
+            .resources
+            .entry(name.to_string())
+            .or_default()
             .clone()
     }
 

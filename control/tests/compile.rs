@@ -9,8 +9,8 @@ use switchyard_control::rib::{EndpointConfig, Rib};
 use switchyard_control::stats::StatsRegistry;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath, Operator, Segment};
 use switchyard_dataplane::fib::{
-    CidrRange, ClusterId, Fib, HashTable, LbPolicy, OriginalSrc, RingHashFunction, Route,
-    SocketOption, UpstreamBind, MAX_FILTER_CHAINS,
+    CidrRange, CircuitBreakers, ClusterId, Fib, HashTable, LbPolicy, OriginalSrc, RingHashFunction,
+    Route, SocketOption, UpstreamBind, MAX_FILTER_CHAINS,
 };
 
 fn rib(name: &str) -> Rib {
@@ -451,4 +451,31 @@ fn hashing_policies_get_their_tables_in_the_fib() {
     let table = maglev.hash_table.as_ref().unwrap();
     let on_heavy = (0..65537u64).filter(|h| table.pick(*h) == Some(1)).count();
     assert!((43_000..44_400).contains(&on_heavy), "{on_heavy}");
+}
+
+#[test]
+fn circuit_breakers_default_to_envoys_and_share_counts_by_name() {
+    let fib = build(&rib("circuit_breakers.yaml"));
+    let c = &fib.clusters[0];
+    assert_eq!(
+        c.circuit_breakers,
+        CircuitBreakers {
+            max_connections: 100,
+            max_pending_requests: 10,
+            track_remaining: true,
+        }
+    );
+    let defaults = &build(&rib("minimal.yaml")).clusters[0];
+    assert_eq!(defaults.circuit_breakers, CircuitBreakers::default());
+    assert_eq!(defaults.circuit_breakers.max_connections, 1024);
+    // Two compiles with one registry: the same counters (connections opened under one FIB
+    // are released under the next).
+    let stats = StatsRegistry::new(1);
+    let rib = rib("circuit_breakers.yaml");
+    let one = compile(&rib, 1, &stats, &mut CompileCache::new());
+    let two = compile(&rib, 2, &stats, &mut CompileCache::new());
+    assert!(Arc::ptr_eq(
+        &one.clusters[0].resources,
+        &two.clusters[0].resources
+    ));
 }

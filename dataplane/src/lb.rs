@@ -642,6 +642,8 @@ mod tests {
             stats: Arc::new(ClusterStats::new("c", 1)),
             upstream_bind: Default::default(),
             hash_table: None,
+            circuit_breakers: Default::default(),
+            resources: Default::default(),
         }
     }
 

@@ -217,7 +217,7 @@ stat_block!(
 
 stat_block!(
     /// `cluster.<name>.*`: one per cluster name.
-    ClusterStats, ClusterStat, 14, {
+    ClusterStats, ClusterStat, 16, {
     /// Upstream connections attempted.
     UpstreamCxTotal => ("upstream_cx_total", Counter),
     /// Upstream connections open now.
@@ -246,7 +246,59 @@ stat_block!(
     UpstreamFlowControlResumedReadingTotal => ("upstream_flow_control_resumed_reading_total", Counter),
     /// Upstream connections reset (by either side).
     UpstreamCxReset => ("upstream_cx_reset", Counter),
+    /// Clients refused because the cluster was at its circuit breaker's `max_connections`.
+    UpstreamCxOverflow => ("upstream_cx_overflow", Counter),
+    /// Clients refused because the cluster was at `max_pending_requests`.
+    UpstreamRqPendingOverflow => ("upstream_rq_pending_overflow", Counter),
 });
+
+/// A cluster's circuit-breaker resources in use, counted across all workers together
+/// (Envoy's resource manager): shared atomics, by cluster name, across FIB generations.
+#[derive(Debug, Default)]
+pub struct ClusterResources {
+    /// Upstream connections open or being opened.
+    connections: AtomicU64,
+    /// Clients whose upstream connection is being opened (Envoy's pending requests).
+    pending: AtomicU64,
+}
+
+/// One circuit-breaker resource of [`ClusterResources`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Connections,
+    Pending,
+}
+
+impl ClusterResources {
+    fn counter(&self, r: Resource) -> &AtomicU64 {
+        match r {
+            Resource::Connections => &self.connections,
+            Resource::Pending => &self.pending,
+        }
+    }
+
+    /// Takes one of `r` if fewer than `max` are in use; false (nothing taken) otherwise.
+    #[inline]
+    pub fn try_acquire(&self, r: Resource, max: u32) -> bool {
+        let c = self.counter(r);
+        if c.fetch_add(1, Ordering::AcqRel) < u64::from(max) {
+            return true;
+        }
+        c.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Gives one of `r` back.
+    #[inline]
+    pub fn release(&self, r: Resource) {
+        self.counter(r).fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// How many of `r` are in use now.
+    pub fn in_use(&self, r: Resource) -> u64 {
+        self.counter(r).load(Ordering::Acquire)
+    }
+}
 
 stat_enum!(HostStat, 4, {
     /// Connections made to this host.
@@ -378,9 +430,27 @@ mod tests {
     }
 
     #[test]
+    fn resources_are_taken_only_below_the_limit() {
+        let r = ClusterResources::default();
+        assert!(r.try_acquire(Resource::Connections, 2));
+        assert!(r.try_acquire(Resource::Connections, 2));
+        assert!(!r.try_acquire(Resource::Connections, 2));
+        assert_eq!(r.in_use(Resource::Connections), 2, "a refusal takes nothing");
+        r.release(Resource::Connections);
+        assert!(r.try_acquire(Resource::Connections, 2));
+        assert!(!r.try_acquire(Resource::Pending, 0));
+        assert_eq!(r.in_use(Resource::Pending), 0);
+    }
+
+    #[test]
     fn names_are_envoy_names() {
         assert_eq!(TcpStat::DownstreamCxTotal.name(), "downstream_cx_total");
-        assert_eq!(ClusterStat::ALL.len(), 14);
+        assert_eq!(ClusterStat::ALL.len(), 16);
+        assert_eq!(ClusterStat::UpstreamCxOverflow.name(), "upstream_cx_overflow");
+        assert_eq!(
+            ClusterStat::UpstreamRqPendingOverflow.name(),
+            "upstream_rq_pending_overflow"
+        );
         let v6: std::net::SocketAddr = "[::1]:80".parse().unwrap();
         assert_eq!(listener_stat_name(&v6), "[::1]_80");
     }

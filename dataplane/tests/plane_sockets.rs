@@ -58,6 +58,8 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         stats: Arc::new(ClusterStats::new("echo", workers)),
         upstream_bind: Default::default(),
         hash_table: None,
+        circuit_breakers: Default::default(),
+        resources: Default::default(),
     };
     let chain = FilterChain {
         name: "".into(),

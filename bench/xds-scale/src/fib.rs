@@ -57,6 +57,7 @@ fn cluster(
         endpoints: Default::default(),
         eds_service: Some(name.clone()),
         upstream_bind: Default::default(),
+        circuit_breakers: Default::default(),
     };
     let eps: Vec<EndpointConfig> = endpoints
         .iter()

@@ -88,6 +88,8 @@ pub(crate) fn fixture() -> Fixture {
                 stats: echo,
                 upstream_bind: Default::default(),
                 hash_table: None,
+                circuit_breakers: Default::default(),
+                resources: Default::default(),
             }),
             Arc::new(Cluster {
                 name: "empty".into(),
@@ -97,6 +99,8 @@ pub(crate) fn fixture() -> Fixture {
                 stats: empty,
                 upstream_bind: Default::default(),
                 hash_table: None,
+                circuit_breakers: Default::default(),
+                resources: Default::default(),
             }),
         ],
         own_addresses: vec![listener_addr],

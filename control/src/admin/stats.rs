@@ -19,7 +19,10 @@ use regex::Regex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::LazyLock;
-use switchyard_dataplane::stats::{ClusterStat, ListenerStat, ServerStat, StatKind, TcpStat};
+use switchyard_dataplane::fib::Cluster;
+use switchyard_dataplane::stats::{
+    ClusterStat, ListenerStat, Resource, ServerStat, StatKind, TcpStat,
+};
 
 /// A stat's value: counters are unsigned, gauges signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +94,34 @@ fn push_block<S: Copy>(
 
 /// Every stat, sorted by name: the registry's blocks summed over workers, per-worker listener
 /// stats, cluster membership from the current FIB, and the `server.*` stats.
+/// Envoy's `cluster.<name>.circuit_breakers.default.*` gauges: `cx_open` and
+/// `rq_pending_open` (1 while the limit is reached), and with `track_remaining`,
+/// `remaining_cx` and `remaining_pending`.
+fn circuit_breaker_gauges(prefix: &str, c: &Cluster) -> Vec<Stat> {
+    let limits = c.circuit_breakers;
+    let p = format!("{prefix}.circuit_breakers.default");
+    let mut out = Vec::with_capacity(4);
+    for (name, resource, max) in [
+        ("cx", Resource::Connections, limits.max_connections),
+        ("rq_pending", Resource::Pending, limits.max_pending_requests),
+    ] {
+        let used = c.resources.in_use(resource);
+        out.push(Stat {
+            name: format!("{p}.{name}_open"),
+            value: StatValue::Gauge(i64::from(used >= u64::from(max))),
+        });
+        if limits.track_remaining {
+            let remaining = u64::from(max).saturating_sub(used);
+            let short = if name == "cx" { "cx" } else { "pending" };
+            out.push(Stat {
+                name: format!("{p}.remaining_{short}"),
+                value: StatValue::Gauge(remaining as i64),
+            });
+        }
+    }
+    out
+}
+
 pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
     let reg = &state.stats;
     let workers = reg.workers();
@@ -162,6 +193,7 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
             name: format!("{p}.membership_total"),
             value: StatValue::Gauge(n),
         });
+        out.extend(circuit_breaker_gauges(&p, c));
         if let Some(eds) = reg.xds().eds_of(&c.name) {
             for (name, v) in eds.counters() {
                 out.push(Stat {
@@ -452,9 +484,9 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        // 9 tcp + 2 clusters x (14 + 2 membership) + 7 listener + 2 workers x 2 + the worker
-        // server block + 4 admin server stats.
-        assert_eq!(stats.len(), 9 + 2 * 16 + 7 + 4 + ServerStat::ALL.len() + 4);
+        // 9 tcp + 2 clusters x (16 + 2 membership + 2 circuit breaker) + 7 listener + 2
+        // workers x 2 + the worker server block + 4 admin server stats.
+        assert_eq!(stats.len(), 9 + 2 * 20 + 7 + 4 + ServerStat::ALL.len() + 4);
         let text = render_text(&stats);
         for line in [
             "tcp.l4.downstream_cx_total: 3\n",
@@ -478,7 +510,7 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(
-            text.starts_with("cluster.echo.membership_healthy: 2\n"),
+            text.starts_with("cluster.echo.circuit_breakers.default.cx_open: 0\n"),
             "{text}"
         );
     }

@@ -145,6 +145,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "eds_cluster_config",
             "typed_extension_protocol_options",
             "upstream_bind_config",
+            "circuit_breakers",
+        ],
+    ),
+    ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
+        &[
+            "priority",
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            "track_remaining",
         ],
     ),
     (

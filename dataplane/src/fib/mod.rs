@@ -26,7 +26,7 @@ pub use crate::hash_lb::RingHashFunction;
 
 use crate::accesslog::AccessLogSink;
 use crate::hash_lb::{envoy_host_key, HashHost, MaglevTable, RingHash};
-use crate::stats::{ClusterStats, HostStats, ListenerStats, TcpStats};
+use crate::stats::{ClusterResources, ClusterStats, HostStats, ListenerStats, TcpStats};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -418,6 +418,31 @@ pub struct Cluster {
     pub upstream_bind: UpstreamBind,
     /// RING_HASH and MAGLEV: the table picks are read from.
     pub hash_table: Option<HashTable>,
+    /// Limits on the resources below (`circuit_breakers`, priority DEFAULT).
+    pub circuit_breakers: CircuitBreakers,
+    /// Connections and pending clients now, across workers; shared by name across FIBs.
+    pub resources: Arc<ClusterResources>,
+}
+
+/// Envoy's `circuit_breakers.thresholds` for priority DEFAULT, defaults included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreakers {
+    /// Upstream connections open or opening at once (Envoy default 1024).
+    pub max_connections: u32,
+    /// Upstream connections being opened at once (Envoy's pending requests; default 1024).
+    pub max_pending_requests: u32,
+    /// `track_remaining`: publish `remaining_cx` and `remaining_pending` gauges.
+    pub track_remaining: bool,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            track_remaining: false,
+        }
+    }
 }
 
 impl Cluster {

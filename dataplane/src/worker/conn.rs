@@ -50,6 +50,10 @@ pub(crate) struct Conn {
     pub endpoint: Option<u32>,
     /// The hash policy's key, for hashing balancers (kept for retries).
     pub hash: Option<u64>,
+    /// Holds one of its cluster's circuit-breaker connections (until it closes).
+    pub holds_cx: bool,
+    /// Holds one of its cluster's pending requests (until connected or closed).
+    pub holds_pending: bool,
     pub attempts: u32,
     pub max_attempts: u32,
     pub connected: bool,
@@ -91,6 +95,8 @@ impl Default for Conn {
             cluster: None,
             endpoint: None,
             hash: None,
+            holds_cx: false,
+            holds_pending: false,
             attempts: 0,
             max_attempts: 1,
             connected: false,

@@ -25,7 +25,7 @@ use crate::hash_lb;
 use crate::lb::{mix_seed, Pick, Rng, WorkerLb};
 use crate::plane::{Phase, Shared, Snapshot};
 use crate::relay::{Action, Actions, Dir, Event, Received, Side};
-use crate::stats::{ClusterStat, HostStat, ListenerStat, ServerStat, TcpStat};
+use crate::stats::{ClusterStat, HostStat, ListenerStat, Resource, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
 use crate::sys::{BufClass, BufPoolSize, Completion, Ring, RingError};
 use conn::{Conn, ConnState, NO_FD};
@@ -844,6 +844,9 @@ impl Worker {
         let conn = &self.conns[slot as usize];
         let (gen_index, cluster_id) = (conn.generation as usize, conn.cluster);
         let Some(cluster_id) = cluster_id else { return };
+        if !self.conns[slot as usize].holds_cx && !self.admit(slot) {
+            return;
+        }
         let Some(generation) = self.generations[gen_index].as_mut() else {
             return;
         };
@@ -860,7 +863,7 @@ impl Worker {
             Pick {
                 active,
                 exclude,
-                hash: conn.hash,
+                hash: self.conns[slot as usize].hash,
             },
             &mut self.rng,
         );
@@ -899,6 +902,65 @@ impl Worker {
             .stats
             .inc(self.id, ClusterStat::UpstreamCxTotal);
         self.start_connect(slot, address);
+    }
+
+    /// The circuit breaker's admission of `slot`'s upstream connection, across all workers,
+    /// as Envoy's TCP pool decides it: a pending request (connecting), refused with UO and
+    /// `upstream_rq_pending_overflow` when `max_pending_requests` are taken; then a
+    /// connection, refused with UO and `upstream_cx_overflow` at `max_connections`. True when
+    /// the connection may be made; otherwise the client is being closed.
+    fn admit(&mut self, slot: u32) -> bool {
+        let id = self.id;
+        let conn = &mut self.conns[slot as usize];
+        let Some((g, cluster_id)) = self.generations[conn.generation as usize]
+            .as_ref()
+            .zip(conn.cluster)
+        else {
+            return false;
+        };
+        let cluster = g.fib.cluster(cluster_id);
+        let (limits, resources) = (cluster.circuit_breakers, &cluster.resources);
+        let overflow = if !resources.try_acquire(Resource::Pending, limits.max_pending_requests) {
+            Some(ClusterStat::UpstreamRqPendingOverflow)
+        } else if !resources.try_acquire(Resource::Connections, limits.max_connections) {
+            resources.release(Resource::Pending);
+            Some(ClusterStat::UpstreamCxOverflow)
+        } else {
+            None
+        };
+        match overflow {
+            None => {
+                conn.holds_pending = true;
+                conn.holds_cx = true;
+                true
+            }
+            Some(stat) => {
+                cluster.stats.inc(id, stat);
+                conn.flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
+                self.close_client_only(slot);
+                false
+            }
+        }
+    }
+
+    /// Gives back what `slot` holds of its cluster's circuit breaker.
+    fn release_resources(&mut self, slot: u32, pending_only: bool) {
+        let conn = &mut self.conns[slot as usize];
+        let Some((g, cluster_id)) = self.generations[conn.generation as usize]
+            .as_ref()
+            .zip(conn.cluster)
+        else {
+            return;
+        };
+        let resources = &g.fib.cluster(cluster_id).resources;
+        if conn.holds_pending {
+            resources.release(Resource::Pending);
+            conn.holds_pending = false;
+        }
+        if conn.holds_cx && !pending_only {
+            resources.release(Resource::Connections);
+            conn.holds_cx = false;
+        }
     }
 
     /// Nothing to connect to (no healthy endpoint, no original destination): counted on
@@ -1044,6 +1106,7 @@ impl Worker {
             return;
         }
         let id = self.id;
+        self.release_resources(slot, true);
         let conn = &mut self.conns[slot as usize];
         conn.state = ConnState::Relaying;
         conn.connected = true;
@@ -1548,6 +1611,7 @@ impl Worker {
 
     /// Stats and the access-log record of a connection that just closed.
     fn record_close(&mut self, slot: u32) {
+        self.release_resources(slot, false);
         let id = self.id;
         let now_ms = self.now_ms;
         let conn = &self.conns[slot as usize];
