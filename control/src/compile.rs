@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{AccessLogSink, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
-    Cluster, ClusterId, Endpoint, Fib, FilterChain, HashTable, Listener, Route, TcpProxy,
-    WeightedClusters,
+    Cluster, ClusterId, ConnectionLimit, Endpoint, Fib, FilterChain, HashTable, Listener, Route,
+    TcpProxy, WeightedClusters,
 };
 use switchyard_dataplane::stats::HostStats;
 
@@ -161,6 +161,11 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
     let mut chain = |c: &FilterChainConfig| FilterChain {
         name: c.name.as_str().into(),
         matcher: c.matcher.clone(),
+        connection_limit: c.connection_limit.as_ref().map(|l| ConnectionLimit {
+            max_connections: l.max_connections,
+            delay_ms: l.delay.map_or(0, millis),
+            state: stats.connection_limit(&l.stat_prefix),
+        }),
         tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
     };
     let listeners = rib

@@ -7,12 +7,12 @@
 //! field names, e.g. `static_resources.listeners[1].filter_chains[0].filters[0].typed_config.idle_timeout`.
 //! Defaults are applied here (Envoy's where Envoy has one), so the RIB never holds "absent".
 
-use crate::config::walk::{ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER};
+use crate::config::walk::{CONNECTION_LIMIT, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER};
 use crate::config::{field, index, ConfigError};
 use crate::rib::{
-    AccessLogConfig, AdminAddress, AdminConfig, ClusterConfig, DynamicConfig, EndpointConfig,
-    FilterChainConfig, ListenerConfig, NodeInfo, Rib, RouteConfig, TcpProxyConfig,
-    WeightedClusterConfig, XdsApi, DEFAULT_ADMIN_ADDRESS, DEFAULT_CHOICE_COUNT,
+    AccessLogConfig, AdminAddress, AdminConfig, ClusterConfig, ConnectionLimitConfig,
+    DynamicConfig, EndpointConfig, FilterChainConfig, ListenerConfig, NodeInfo, Rib, RouteConfig,
+    TcpProxyConfig, WeightedClusterConfig, XdsApi, DEFAULT_ADMIN_ADDRESS, DEFAULT_CHOICE_COUNT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INITIAL_FETCH_TIMEOUT,
 };
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
@@ -45,6 +45,7 @@ use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc as PbOriginalSrc;
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit as PbConnectionLimit;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::r#type::v3::{
     hash_policy::PolicySpecifier, HashPolicy as PbHashPolicy,
@@ -346,10 +347,11 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
     let Some(last) = fc.filters.len().checked_sub(1) else {
         return Err(ConfigError::invalid(
             filters_path,
-            "a filter chain needs a tcp_proxy filter (the only network filter Switchyard supports)",
+            "a filter chain needs a tcp_proxy filter (its terminal filter)",
         ));
     };
     let mut tcp = None;
+    let mut connection_limit = None;
     for (i, f) in fc.filters.iter().enumerate() {
         let fpath = index(&filters_path, i);
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -359,11 +361,28 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
             ));
         };
         let tpath = field(&fpath, "typed_config");
+        if type_name(any) == CONNECTION_LIMIT {
+            if connection_limit.is_some() {
+                return Err(ConfigError::invalid(
+                    fpath,
+                    "a second connection_limit filter in one chain",
+                ));
+            }
+            let limit: PbConnectionLimit = decode_any(any, CONNECTION_LIMIT, &tpath)?;
+            connection_limit = Some(connection_limit_config(&limit, &tpath)?);
+            if i == last {
+                return Err(ConfigError::invalid(
+                    fpath,
+                    "the chain must end with a tcp_proxy filter",
+                ));
+            }
+            continue;
+        }
         let proxy: TcpProxy = decode_any(any, crate::config::walk::TCP_PROXY, &tpath)?;
         if i != last {
             return Err(ConfigError::invalid(
                 fpath,
-                "tcp_proxy is a terminal filter: it must be the last (and only) filter in the chain",
+                "tcp_proxy is a terminal filter: it must be the last filter in the chain",
             ));
         }
         tcp = Some(tcp_proxy(&proxy, &tpath)?);
@@ -372,7 +391,41 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
     Ok(FilterChainConfig {
         name: fc.name.clone(),
         matcher,
+        connection_limit,
         tcp_proxy,
+    })
+}
+
+fn connection_limit_config(c: &PbConnectionLimit, path: &str) -> Result<ConnectionLimitConfig> {
+    if c.stat_prefix.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "stat_prefix"),
+            "required (non-empty)",
+        ));
+    }
+    let max_connections = match c.max_connections {
+        Some(v) if v.value >= 1 => v.value,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                field(path, "max_connections"),
+                "must be at least 1",
+            ))
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                field(path, "max_connections"),
+                "required",
+            ))
+        }
+    };
+    let delay = match &c.delay {
+        Some(d) => Some(duration(d, &field(path, "delay"))?).filter(|d| !d.is_zero()),
+        None => None,
+    };
+    Ok(ConnectionLimitConfig {
+        stat_prefix: c.stat_prefix.clone(),
+        max_connections,
+        delay,
     })
 }
 

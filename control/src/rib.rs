@@ -157,8 +157,21 @@ pub struct FilterChainConfig {
     pub name: String,
     /// Match criteria; CIDR ranges have their host bits cleared.
     pub matcher: ChainMatch,
-    /// The tcp_proxy filter (the only network filter Switchyard supports so far).
+    /// `envoy.filters.network.connection_limit`, before the tcp_proxy.
+    pub connection_limit: Option<ConnectionLimitConfig>,
+    /// The tcp_proxy filter (the chain's terminal filter).
     pub tcp_proxy: TcpProxyConfig,
+}
+
+/// Envoy's connection limit network filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimitConfig {
+    /// `connection_limit.<stat_prefix>.*`; chains with one prefix share one count.
+    pub stat_prefix: String,
+    /// At least 1.
+    pub max_connections: u64,
+    /// Hold a refused connection this long before closing it.
+    pub delay: Option<Duration>,
 }
 
 /// Envoy's tcp_proxy network filter.

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::stats::{
-    listener_stat_name, ClusterResources, ClusterStats, ListenerStats, ServerStats, TcpStats,
+    listener_stat_name, ClusterResources, ClusterStats, ConnectionLimitState, ListenerStats,
+    ServerStats, TcpStats,
 };
 
 /// All stat blocks, by name.
@@ -34,6 +35,8 @@ pub struct Blocks {
     pub listener: BTreeMap<String, Arc<ListenerStats>>,
     /// Circuit-breaker resources in use, by cluster name.
     pub resources: BTreeMap<String, Arc<ClusterResources>>,
+    /// `connection_limit.<stat_prefix>.`
+    pub connection_limit: BTreeMap<String, Arc<ConnectionLimitState>>,
 }
 
 impl StatsRegistry {
@@ -65,6 +68,10 @@ impl StatsRegistry {
             blocks.tcp.values().for_each(|b| b.reset_counters());
             blocks.cluster.values().for_each(|b| b.reset_counters());
             blocks.listener.values().for_each(|b| b.reset_counters());
+            blocks
+                .connection_limit
+                .values()
+                .for_each(|b| b.reset_counters());
         }
         self.server.reset_counters();
         self.xds.reset();
@@ -108,6 +115,15 @@ impl StatsRegistry {
             .resources
             .entry(name.to_string())
             .or_default()
+            .clone()
+    }
+
+    /// The `connection_limit.<prefix>.` count and stats.
+    pub fn connection_limit(&self, prefix: &str) -> Arc<ConnectionLimitState> {
+        self.blocks()
+            .connection_limit
+            .entry(prefix.to_string())
+            .or_insert_with(|| Arc::new(ConnectionLimitState::new(prefix)))
             .clone()
     }
 

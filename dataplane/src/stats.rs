@@ -262,6 +262,62 @@ pub struct ClusterResources {
     pending: AtomicU64,
 }
 
+/// `connection_limit.<stat_prefix>.*` and the count the limit is decided on, shared by
+/// every worker (the limit holds across workers together) and across FIB generations.
+#[derive(Debug)]
+pub struct ConnectionLimitState {
+    /// The stat prefix.
+    pub name: Arc<str>,
+    /// Connections open on the filter now (`active_connections`).
+    active: AtomicU64,
+    /// Connections refused by the limit (`limited_connections`).
+    limited: AtomicU64,
+}
+
+impl ConnectionLimitState {
+    /// Zeroed, for stat prefix `name`.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        ConnectionLimitState {
+            name: name.into(),
+            active: AtomicU64::new(0),
+            limited: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a new connection in, or refuses it (counted in `limited_connections`) when
+    /// `max` are open.
+    #[inline]
+    pub fn try_enter(&self, max: u64) -> bool {
+        if self.active.fetch_add(1, Ordering::AcqRel) < max {
+            return true;
+        }
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.limited.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// A connection counted in by [`ConnectionLimitState::try_enter`] closed.
+    #[inline]
+    pub fn leave(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// `active_connections`.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// `limited_connections`.
+    pub fn limited(&self) -> u64 {
+        self.limited.load(Ordering::Relaxed)
+    }
+
+    /// `POST /reset_counters`.
+    pub fn reset_counters(&self) {
+        self.limited.store(0, Ordering::Relaxed);
+    }
+}
+
 /// One circuit-breaker resource of [`ClusterResources`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
@@ -435,7 +491,11 @@ mod tests {
         assert!(r.try_acquire(Resource::Connections, 2));
         assert!(r.try_acquire(Resource::Connections, 2));
         assert!(!r.try_acquire(Resource::Connections, 2));
-        assert_eq!(r.in_use(Resource::Connections), 2, "a refusal takes nothing");
+        assert_eq!(
+            r.in_use(Resource::Connections),
+            2,
+            "a refusal takes nothing"
+        );
         r.release(Resource::Connections);
         assert!(r.try_acquire(Resource::Connections, 2));
         assert!(!r.try_acquire(Resource::Pending, 0));
@@ -446,7 +506,10 @@ mod tests {
     fn names_are_envoy_names() {
         assert_eq!(TcpStat::DownstreamCxTotal.name(), "downstream_cx_total");
         assert_eq!(ClusterStat::ALL.len(), 16);
-        assert_eq!(ClusterStat::UpstreamCxOverflow.name(), "upstream_cx_overflow");
+        assert_eq!(
+            ClusterStat::UpstreamCxOverflow.name(),
+            "upstream_cx_overflow"
+        );
         assert_eq!(
             ClusterStat::UpstreamRqPendingOverflow.name(),
             "upstream_rq_pending_overflow"

@@ -64,6 +64,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
     let chain = FilterChain {
         name: "".into(),
         matcher: ChainMatch::default(),
+        connection_limit: None,
         tcp_proxy: TcpProxy {
             stats: Arc::new(TcpStats::new("l4", workers)),
             route: Route::Cluster(ClusterId(0)),

@@ -946,13 +946,25 @@ static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}"
 
 /// One TCP proxy listener item (indented for `static_resources.listeners`).
 pub fn tcp_listener(name: &str, port: u16, stat_prefix: &str, cluster: &str) -> String {
+    tcp_listener_after(name, port, "", stat_prefix, cluster)
+}
+
+/// Like [`tcp_listener`], with network filters (`filters` items, indented as such) before
+/// the tcp_proxy.
+pub fn tcp_listener_after(
+    name: &str,
+    port: u16,
+    filters: &str,
+    stat_prefix: &str,
+    cluster: &str,
+) -> String {
     format!(
         r#"  - name: {name}
     address:
       socket_address: {{ address: 127.0.0.1, port_value: {port} }}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.tcp_proxy
+{filters}      - name: envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: {stat_prefix}

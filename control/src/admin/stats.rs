@@ -151,6 +151,17 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                 |s| b.get(s),
             );
         }
+        for (prefix, l) in &blocks.connection_limit {
+            let p = format!("connection_limit.{}", sanitize_element(prefix));
+            out.push(Stat {
+                name: format!("{p}.active_connections"),
+                value: StatValue::Gauge(l.active() as i64),
+            });
+            out.push(Stat {
+                name: format!("{p}.limited_connections"),
+                value: StatValue::Counter(l.limited()),
+            });
+        }
         for (name, b) in &blocks.listener {
             let p = format!("listener.{}", sanitize_element(name));
             let all = &ListenerStat::ALL;

@@ -80,6 +80,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["name", "typed_config"],
     ),
     (ORIGINAL_DST_FILTER, &[]),
+    (
+        CONNECTION_LIMIT,
+        &["stat_prefix", "max_connections", "delay"],
+    ),
     (ORIGINAL_SRC_FILTER, &["mark"]),
     (
         "envoy.config.listener.v3.FilterChain",
@@ -216,7 +220,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
 
 /// `@type`s accepted in each `typed_config` field (by the field's full name).
 const TYPED_CONFIG: &[(&str, &[&str])] = &[
-    ("envoy.config.listener.v3.Filter.typed_config", &[TCP_PROXY]),
+    (
+        "envoy.config.listener.v3.Filter.typed_config",
+        &[TCP_PROXY, CONNECTION_LIMIT],
+    ),
     (
         "envoy.config.listener.v3.ListenerFilter.typed_config",
         &[ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER],
@@ -237,6 +244,8 @@ pub(crate) const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v
 pub(crate) const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 pub(crate) const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 pub(crate) const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+pub(crate) const CONNECTION_LIMIT: &str =
+    "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
 pub(crate) const ORIGINAL_DST_FILTER: &str =
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 pub(crate) const ORIGINAL_SRC_FILTER: &str =

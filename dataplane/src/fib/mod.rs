@@ -26,7 +26,9 @@ pub use crate::hash_lb::RingHashFunction;
 
 use crate::accesslog::AccessLogSink;
 use crate::hash_lb::{envoy_host_key, HashHost, MaglevTable, RingHash};
-use crate::stats::{ClusterResources, ClusterStats, HostStats, ListenerStats, TcpStats};
+use crate::stats::{
+    ClusterResources, ClusterStats, ConnectionLimitState, HostStats, ListenerStats, TcpStats,
+};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -222,8 +224,21 @@ pub struct FilterChain {
     pub name: Arc<str>,
     /// What this chain matches.
     pub matcher: ChainMatch,
+    /// `envoy.filters.network.connection_limit` before the tcp_proxy, if any.
+    pub connection_limit: Option<ConnectionLimit>,
     /// The terminal network filter.
     pub tcp_proxy: TcpProxy,
+}
+
+/// Envoy's `envoy.filters.network.connection_limit`: at most `max_connections` open on the
+/// chain, across every worker; one more is closed, after `delay_ms` if set.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    pub max_connections: u64,
+    /// Hold a refused connection this long before closing it (0: at once).
+    pub delay_ms: u64,
+    /// The shared count and stats, by stat prefix, across FIB generations.
+    pub state: Arc<ConnectionLimitState>,
 }
 
 /// Envoy `envoy.filters.network.tcp_proxy`, compiled.

@@ -54,6 +54,10 @@ pub(crate) struct Conn {
     pub holds_cx: bool,
     /// Holds one of its cluster's pending requests (until connected or closed).
     pub holds_pending: bool,
+    /// Counted in its chain's connection limit (until it closes).
+    pub holds_limit: bool,
+    /// Refused by the connection limit: closed at this time (its `delay`).
+    pub limit_close_at_ms: Option<u64>,
     pub attempts: u32,
     pub max_attempts: u32,
     pub connected: bool,
@@ -97,6 +101,8 @@ impl Default for Conn {
             hash: None,
             holds_cx: false,
             holds_pending: false,
+            holds_limit: false,
+            limit_close_at_ms: None,
             attempts: 0,
             max_attempts: 1,
             connected: false,

@@ -142,6 +142,10 @@ struct Decision {
     proxy_loop: bool,
     /// The hash policy's key (the client's IP), for hashing balancers.
     hash: Option<u64>,
+    /// Counted in the chain's connection limit.
+    holds_limit: bool,
+    /// Refused by the chain's connection limit: close after this many ms.
+    limited_delay_ms: Option<u64>,
 }
 
 /// A FIB generation still in use on this worker.
@@ -629,6 +633,10 @@ impl Worker {
             if !c.is_live() {
                 continue;
             }
+            if c.limit_close_at_ms.is_some_and(|d| now >= d) {
+                self.close_client_only(slot as u32);
+                continue;
+            }
             if c.drain_deadline_ms.is_some_and(|d| now >= d) {
                 self.abort_conn(
                     slot as u32,
@@ -745,6 +753,19 @@ impl Worker {
         conn.max_attempts = decision.max_attempts;
         conn.cluster = decision.cluster;
         conn.hash = decision.hash;
+        conn.holds_limit = decision.holds_limit;
+        if let Some(delay_ms) = decision.limited_delay_ms {
+            // The filter closes the connection before the tcp_proxy sees it.
+            conn.chain = conn::CHAIN_NONE;
+            conn.termination_details = "connection_limit";
+            if delay_ms == 0 {
+                self.close_client_only(slot);
+            } else {
+                conn.limit_close_at_ms = Some(self.now_ms + delay_ms);
+                conn.idle_timeout_ms = None;
+            }
+            return;
+        }
         if decision.proxy_loop {
             conn.flags.set(decision.flags);
             conn.termination_details = "proxy_loop";
@@ -803,6 +824,8 @@ impl Worker {
             flags: 0,
             proxy_loop: false,
             hash: None,
+            holds_limit: false,
+            limited_delay_ms: None,
         };
         if listener.use_original_dst && generation.fib.is_own_address(local) {
             // Passed through, it would come straight back: refuse it, as Istio's BlackHole
@@ -818,10 +841,18 @@ impl Worker {
             decision.flags = ResponseFlags::NO_ROUTE_FOUND;
             return Some(decision);
         };
-        let tcp = &listener.chain(chain_index).tcp_proxy;
+        let chain = listener.chain(chain_index);
+        decision.chain = chain_index;
+        if let Some(limit) = &chain.connection_limit {
+            if !limit.state.try_enter(limit.max_connections) {
+                decision.limited_delay_ms = Some(limit.delay_ms);
+                return Some(decision);
+            }
+            decision.holds_limit = true;
+        }
+        let tcp = &chain.tcp_proxy;
         tcp.stats.inc(id, TcpStat::DownstreamCxTotal);
         tcp.stats.inc(id, TcpStat::DownstreamCxActive);
-        decision.chain = chain_index;
         decision.hash = remote
             .filter(|_| tcp.hash_source_ip)
             .map(|r| hash_lb::source_ip_hash(r.ip()));
@@ -940,6 +971,21 @@ impl Worker {
                 self.close_client_only(slot);
                 false
             }
+        }
+    }
+
+    /// Takes `slot` out of its chain's connection limit count.
+    fn leave_connection_limit(&mut self, slot: u32) {
+        let conn = &mut self.conns[slot as usize];
+        if !std::mem::take(&mut conn.holds_limit) {
+            return;
+        }
+        let limit = self.generations[conn.generation as usize]
+            .as_ref()
+            .and_then(|g| g.fib.listeners.get(conn.fib_listener as usize))
+            .and_then(|l| l.chain(conn.chain).connection_limit.as_ref());
+        if let Some(limit) = limit {
+            limit.state.leave();
         }
     }
 
@@ -1612,6 +1658,7 @@ impl Worker {
     /// Stats and the access-log record of a connection that just closed.
     fn record_close(&mut self, slot: u32) {
         self.release_resources(slot, false);
+        self.leave_connection_limit(slot);
         let id = self.id;
         let now_ms = self.now_ms;
         let conn = &self.conns[slot as usize];
