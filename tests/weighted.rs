@@ -23,22 +23,11 @@ struct Bed {
 }
 
 fn config(admin: u16, port: u16, bed: &Bed, stable: u32, canary: u32) -> String {
-    let listener = format!(
-        r#"  - name: shift
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: shift
-          weighted_clusters:
-            clusters:
-            - {{ name: stable, weight: {stable} }}
-            - {{ name: canary, weight: {canary} }}
-"#
+    let weighted = format!(
+        "          weighted_clusters:\n            clusters:\n            - {{ name: stable, weight: {stable} }}\n            - {{ name: canary, weight: {canary} }}\n"
     );
+    let listener = tcp_listener("shift", port, "shift", "WEIGHTED")
+        .replace("          cluster: WEIGHTED\n", &weighted);
     let stable_eps: Vec<(SocketAddr, u32)> = bed.stable.iter().map(|b| (b.addr, 1)).collect();
     let clusters =
         static_cluster("stable", &stable_eps) + &static_cluster("canary", &[(bed.canary.addr, 1)]);
