@@ -7,7 +7,9 @@
 //! * with one of four endpoints removed, the keys that move are those of the removed endpoint
 //!   and few others (Maglev: at most 1/N + 5% in all; ring hash, which keeps its size:
 //!   1.5/N), and again Switchyard and Envoy agree;
-//! * Maglev's shares follow the weights.
+//! * Maglev's shares follow the weights;
+//! * the tables' stats (`maglev_lb.{min,max}_entries_per_host`, `ring_hash_lb.size` and
+//!   `{min,max}_hashes_per_host`) equal Envoy's.
 //!
 //! Runs once, in the Switchyard pass, with Envoy beside it (missing Envoy fails under
 //! CI=true, skips otherwise).
@@ -44,15 +46,30 @@ fn bootstrap(admin: u16, ports: [u16; 2], endpoints: &[(SocketAddr, u32)]) -> St
     )
 }
 
-/// Per policy, the endpoint tag each of the first `keys` sources reached through `kind`.
-fn picks(kind: ProxyKind, endpoints: &[(SocketAddr, u32)], keys: usize) -> [Vec<String>; 2] {
+/// Envoy's stats of the two tables.
+const TABLE_STATS: [&str; 5] = [
+    "cluster.maglev.maglev_lb.min_entries_per_host",
+    "cluster.maglev.maglev_lb.max_entries_per_host",
+    "cluster.ring_hash.ring_hash_lb.size",
+    "cluster.ring_hash.ring_hash_lb.min_hashes_per_host",
+    "cluster.ring_hash.ring_hash_lb.max_hashes_per_host",
+];
+
+/// Per policy, the endpoint tag each of the first `keys` sources reached through `kind`;
+/// and the table stats.
+fn picks_and_stats(
+    kind: ProxyKind,
+    endpoints: &[(SocketAddr, u32)],
+    keys: usize,
+) -> ([Vec<String>; 2], Vec<u64>) {
     let (admin, ports) = (free_port(), [free_port(), free_port()]);
     let proxy = Proxy::start_with(
         kind,
         &bootstrap(admin, ports, endpoints),
         ProxyOpts::default(),
     );
-    ports.map(|port| {
+    let stats = TABLE_STATS.iter().map(|s| proxy.stat(s)).collect();
+    let picks = ports.map(|port| {
         sources()
             .into_iter()
             .take(keys)
@@ -64,7 +81,12 @@ fn picks(kind: ProxyKind, endpoints: &[(SocketAddr, u32)], keys: usize) -> [Vec<
                 })
             })
             .collect()
-    })
+    });
+    (picks, stats)
+}
+
+fn picks(kind: ProxyKind, endpoints: &[(SocketAddr, u32)], keys: usize) -> [Vec<String>; 2] {
+    picks_and_stats(kind, endpoints, keys).0
 }
 
 fn share(tags: &[String]) -> BTreeMap<String, f64> {
@@ -98,8 +120,13 @@ fn maglev_and_ring_hash_pick_what_envoy_picks() {
     let backends: Vec<Backend> = ["a", "b", "c", "d"].map(Backend::tagged).into();
     let weights = [1, 2, 1, 1];
     let all: Vec<(SocketAddr, u32)> = backends.iter().map(|b| b.addr).zip(weights).collect();
-    let ours = picks(ProxyKind::Switchyard, &all, KEYS);
-    let envoy = picks(ProxyKind::Envoy, &all, KEYS);
+    let (ours, our_stats) = picks_and_stats(ProxyKind::Switchyard, &all, KEYS);
+    let (envoy, envoy_stats) = picks_and_stats(ProxyKind::Envoy, &all, KEYS);
+    assert_eq!(
+        our_stats, envoy_stats,
+        "table stats {TABLE_STATS:?} as Envoy's"
+    );
+    assert!(our_stats.iter().all(|v| *v > 0), "{our_stats:?}");
     for (i, policy) in POLICIES.iter().enumerate() {
         let differ = moved(&ours[i], &envoy[i]);
         assert_eq!(

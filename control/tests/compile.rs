@@ -9,8 +9,8 @@ use switchyard_control::rib::{EndpointConfig, Rib};
 use switchyard_control::stats::StatsRegistry;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath, Operator, Segment};
 use switchyard_dataplane::fib::{
-    CidrRange, CircuitBreakers, ClusterId, Fib, HashTable, LbPolicy, OriginalSrc, RingHashFunction,
-    Route, SocketOption, UpstreamBind, MAX_FILTER_CHAINS,
+    CidrRange, CircuitBreakers, ClusterId, Fib, HashLookup, LbPolicy, OriginalSrc,
+    RingHashFunction, Route, SocketOption, UpstreamBind, MAX_FILTER_CHAINS,
 };
 
 fn rib(name: &str) -> Rib {
@@ -430,10 +430,17 @@ fn hashing_policies_get_their_tables_in_the_fib() {
     );
     let (maglev, ring) = (&fib.clusters[0], &fib.clusters[1]);
     assert_eq!(maglev.lb_policy, LbPolicy::Maglev { table_size: 65537 });
-    match &maglev.hash_table {
-        Some(HashTable::Maglev(t)) => assert_eq!(t.len(), 65537),
+    let table = maglev.hash_table.as_ref().expect("a Maglev table");
+    match &table.lookup {
+        HashLookup::Maglev(t) => assert_eq!(t.len(), 65537),
         other => panic!("maglev table: {other:?}"),
     }
+    // Envoy's maglev_lb stats: every slot is someone's.
+    assert_eq!(
+        table.min_entries_per_host + table.max_entries_per_host,
+        65537,
+        "two endpoints share the table"
+    );
     assert_eq!(
         ring.lb_policy,
         LbPolicy::RingHash {
@@ -442,11 +449,19 @@ fn hashing_policies_get_their_tables_in_the_fib() {
             hash_function: RingHashFunction::MurmurHash2,
         }
     );
-    match &ring.hash_table {
+    let ring_table = ring.hash_table.as_ref().expect("a ring");
+    match &ring_table.lookup {
         // Equal weights: the ring is the minimum size, split evenly.
-        Some(HashTable::Ring(r)) => assert_eq!(r.len(), 2048),
+        HashLookup::Ring(r) => assert_eq!(r.len(), 2048),
         other => panic!("ring: {other:?}"),
     }
+    assert_eq!(
+        (
+            ring_table.min_entries_per_host,
+            ring_table.max_entries_per_host
+        ),
+        (1024, 1024)
+    );
     // The weighted endpoint (2 of 3) owns about two thirds of the Maglev table.
     let table = maglev.hash_table.as_ref().unwrap();
     let on_heavy = (0..65537u64).filter(|h| table.pick(*h) == Some(1)).count();

@@ -19,7 +19,7 @@ use regex::Regex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::LazyLock;
-use switchyard_dataplane::fib::Cluster;
+use switchyard_dataplane::fib::{Cluster, HashLookup};
 use switchyard_dataplane::stats::{
     ClusterStat, ListenerStat, Resource, ServerStat, StatKind, TcpStat,
 };
@@ -122,6 +122,30 @@ fn circuit_breaker_gauges(prefix: &str, c: &Cluster) -> Vec<Stat> {
     out
 }
 
+/// Envoy's gauges of a hashing balancer's table: `maglev_lb.{min,max}_entries_per_host`, or
+/// `ring_hash_lb.size` and `ring_hash_lb.{min,max}_hashes_per_host`.
+fn hash_table_gauges(prefix: &str, c: &Cluster) -> Vec<Stat> {
+    let Some(t) = &c.hash_table else {
+        return Vec::new();
+    };
+    let gauge = |name: String, v: u64| Stat {
+        name,
+        value: StatValue::Gauge(v as i64),
+    };
+    let (min, max) = (t.min_entries_per_host, t.max_entries_per_host);
+    match &t.lookup {
+        HashLookup::Maglev(_) => vec![
+            gauge(format!("{prefix}.maglev_lb.max_entries_per_host"), max),
+            gauge(format!("{prefix}.maglev_lb.min_entries_per_host"), min),
+        ],
+        HashLookup::Ring(r) => vec![
+            gauge(format!("{prefix}.ring_hash_lb.max_hashes_per_host"), max),
+            gauge(format!("{prefix}.ring_hash_lb.min_hashes_per_host"), min),
+            gauge(format!("{prefix}.ring_hash_lb.size"), r.size_stat()),
+        ],
+    }
+}
+
 pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
     let reg = &state.stats;
     let workers = reg.workers();
@@ -205,6 +229,7 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
             value: StatValue::Gauge(n),
         });
         out.extend(circuit_breaker_gauges(&p, c));
+        out.extend(hash_table_gauges(&p, c));
         if let Some(eds) = reg.xds().eds_of(&c.name) {
             for (name, v) in eds.counters() {
                 out.push(Stat {

@@ -358,9 +358,21 @@ impl LbPolicy {
 }
 
 /// A hashing balancer's lookup structure, built by the control thread with the FIB (one per
-/// cluster, shared by every worker: picks are reads).
+/// cluster, shared by every worker: picks are reads), with the per-host entry counts Envoy
+/// publishes as stats.
 #[derive(Debug, Clone, PartialEq)]
-pub enum HashTable {
+pub struct HashTable {
+    pub lookup: HashLookup,
+    /// Fewest table slots (Maglev) or ring points (ring hash) any endpoint owns: Envoy's
+    /// `maglev_lb.min_entries_per_host` / `ring_hash_lb.min_hashes_per_host`.
+    pub min_entries_per_host: u64,
+    /// The most: `max_entries_per_host` / `max_hashes_per_host`.
+    pub max_entries_per_host: u64,
+}
+
+/// The table itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashLookup {
     Maglev(MaglevTable),
     Ring(RingHash),
 }
@@ -381,22 +393,38 @@ impl HashTable {
                 weight: e.weight.max(1),
             })
             .collect();
-        match policy {
+        let lookup = match policy {
             LbPolicy::Maglev { table_size } => {
-                Some(HashTable::Maglev(MaglevTable::build(&hosts, table_size)))
+                HashLookup::Maglev(MaglevTable::build(&hosts, table_size))
             }
             LbPolicy::RingHash {
                 min_ring_size,
                 max_ring_size,
                 hash_function,
-            } => Some(HashTable::Ring(RingHash::build(
+            } => HashLookup::Ring(RingHash::build(
                 &hosts,
                 min_ring_size,
                 max_ring_size,
                 hash_function,
-            ))),
-            _ => None,
+            )),
+            _ => return None,
+        };
+        let mut counts = vec![0u64; endpoints.len()];
+        match &lookup {
+            HashLookup::Maglev(t) => {
+                for slot in 0..t.len() as u64 {
+                    if let Some(host) = t.pick(slot) {
+                        counts[host] += 1;
+                    }
+                }
+            }
+            HashLookup::Ring(r) => r.entries().for_each(|(_, host)| counts[host] += 1),
         }
+        Some(HashTable {
+            lookup,
+            min_entries_per_host: counts.iter().copied().min().unwrap_or(0),
+            max_entries_per_host: counts.iter().copied().max().unwrap_or(0),
+        })
     }
 
     /// The endpoint for `hash`, or `None` when the cluster has none. Allocation-free.
@@ -409,9 +437,9 @@ impl HashTable {
     /// the way Envoy's retry host predicate does. Allocation-free.
     #[inline]
     pub fn pick_attempt(&self, hash: u64, attempt: u32) -> Option<usize> {
-        match self {
-            HashTable::Maglev(t) => t.pick_attempt(hash, attempt),
-            HashTable::Ring(r) => r.pick_attempt(hash, attempt),
+        match &self.lookup {
+            HashLookup::Maglev(t) => t.pick_attempt(hash, attempt),
+            HashLookup::Ring(r) => r.pick_attempt(hash, attempt),
         }
     }
 }
