@@ -115,9 +115,32 @@ fn admin_endpoints_report_connections_and_bytes() {
         "/clusters lacks {want:?}:\n{}",
         r.body
     );
+    for want in [
+        format!("{CLUSTER}::default_priority::max_connections::1024"),
+        format!("{CLUSTER}::default_priority::max_retries::3"),
+        format!("{CLUSTER}::high_priority::max_pending_requests::1024"),
+    ] {
+        assert!(
+            r.body.lines().any(|l| l.trim() == want),
+            "/clusters lacks the circuit breaker line {want:?}:\n{}",
+            r.body
+        );
+    }
     let r = proxy.get("/clusters?format=json");
     assert_eq!(r.status, 200);
-    let _: serde_json::Value = serde_json::from_str(&r.body).expect("/clusters?format=json");
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("/clusters?format=json");
+    let cluster = v["cluster_statuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == CLUSTER))
+        .unwrap_or_else(|| panic!("no {CLUSTER} in /clusters?format=json: {v}"));
+    assert_eq!(
+        cluster["circuit_breakers"]["thresholds"][0]["max_connections"], 1024,
+        "{cluster}"
+    );
+    assert_eq!(
+        cluster["circuit_breakers"]["thresholds"][1]["priority"], "HIGH",
+        "{cluster}"
+    );
 
     // /listeners: name::address
     let r = proxy.get("/listeners");

@@ -855,6 +855,12 @@ fn circuit_breakers(cb: &PbCircuitBreakers, path: &str) -> Result<CircuitBreaker
         if let Some(v) = t.max_pending_requests {
             out.max_pending_requests = v.value;
         }
+        if let Some(v) = t.max_requests {
+            out.max_requests = v.value;
+        }
+        if let Some(v) = t.max_retries {
+            out.max_retries = v.value;
+        }
         out.track_remaining = t.track_remaining;
     }
     Ok(out)

@@ -10,7 +10,7 @@ use super::AdminState;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use switchyard_dataplane::fib::Fib;
+use switchyard_dataplane::fib::{CircuitBreakers, Fib};
 use switchyard_dataplane::stats::{HostStat, StatKind};
 
 fn socket_address(addr: &SocketAddr) -> serde_json::Value {
@@ -30,11 +30,31 @@ fn host_stats(
 }
 
 /// Envoy's `/clusters` text form.
+/// One priority's thresholds, in Envoy's order.
+fn circuit_breaker_values(cb: &CircuitBreakers) -> [(&'static str, u32); 4] {
+    [
+        ("max_connections", cb.max_connections),
+        ("max_pending_requests", cb.max_pending_requests),
+        ("max_requests", cb.max_requests),
+        ("max_retries", cb.max_retries),
+    ]
+}
+
 pub(crate) fn render_clusters_text(fib: &Fib) -> String {
     let mut out = String::new();
     for c in &fib.clusters {
         let n = &c.name;
         let _ = writeln!(out, "{n}::observability_name::{n}");
+        // Envoy prints both priorities; Switchyard routes at DEFAULT, HIGH keeps Envoy's
+        // defaults.
+        for (priority, cb) in [
+            ("default", c.circuit_breakers),
+            ("high", CircuitBreakers::default()),
+        ] {
+            for (name, value) in circuit_breaker_values(&cb) {
+                let _ = writeln!(out, "{n}::{priority}_priority::{name}::{value}");
+            }
+        }
         for e in &c.endpoints {
             let h = format!("{n}::{}", e.address);
             for (name, kind, value) in host_stats(&e.stats) {
@@ -91,9 +111,18 @@ pub(crate) fn render_clusters_json(fib: &Fib) -> serde_json::Value {
                     })
                 })
                 .collect();
+            let thresholds = |cb: &CircuitBreakers| -> serde_json::Map<String, serde_json::Value> {
+                circuit_breaker_values(cb)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect()
+            };
+            let mut high = thresholds(&CircuitBreakers::default());
+            high.insert("priority".into(), json!("HIGH"));
             json!({
                 "name": &*c.name,
                 "observability_name": &*c.name,
+                "circuit_breakers": {"thresholds": [thresholds(&c.circuit_breakers), high]},
                 "host_statuses": hosts,
             })
         })
@@ -159,6 +188,14 @@ mod tests {
         assert_eq!(
             text,
             "echo::observability_name::echo\n\
+             echo::default_priority::max_connections::1024\n\
+             echo::default_priority::max_pending_requests::1024\n\
+             echo::default_priority::max_requests::1024\n\
+             echo::default_priority::max_retries::3\n\
+             echo::high_priority::max_connections::1024\n\
+             echo::high_priority::max_pending_requests::1024\n\
+             echo::high_priority::max_requests::1024\n\
+             echo::high_priority::max_retries::3\n\
              echo::127.0.0.1:9001::cx_active::1\n\
              echo::127.0.0.1:9001::cx_connect_fail::1\n\
              echo::127.0.0.1:9001::cx_total::3\n\
@@ -183,13 +220,28 @@ mod tests {
              echo::127.0.0.1:9002::sub_zone::\n\
              echo::127.0.0.1:9002::canary::false\n\
              echo::127.0.0.1:9002::priority::0\n\
-             empty::observability_name::empty\n"
+             empty::observability_name::empty\n\
+             empty::default_priority::max_connections::1024\n\
+             empty::default_priority::max_pending_requests::1024\n\
+             empty::default_priority::max_requests::1024\n\
+             empty::default_priority::max_retries::3\n\
+             empty::high_priority::max_connections::1024\n\
+             empty::high_priority::max_pending_requests::1024\n\
+             empty::high_priority::max_requests::1024\n\
+             empty::high_priority::max_retries::3\n"
         );
     }
 
     #[test]
     fn clusters_json() {
         let f = fixture();
+        // Envoy's defaults at both priorities, as Envoy prints them.
+        let cb = || {
+            json!({"thresholds": [
+                {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3},
+                {"priority": "HIGH", "max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3},
+            ]})
+        };
         let v = render_clusters_json(&f.state.fib.load());
         let host = |port: u16, stats: [(&str, &str, &str); 4], weight: u32| {
             let stats: Vec<_> = stats
@@ -206,13 +258,13 @@ mod tests {
         assert_eq!(
             v,
             json!({"cluster_statuses": [
-                {"name": "echo", "observability_name": "echo", "host_statuses": [
+                {"name": "echo", "observability_name": "echo", "circuit_breakers": cb(), "host_statuses": [
                     host(9001, [("cx_connect_fail", "1", "COUNTER"), ("cx_total", "3", "COUNTER"),
                                 ("rq_error", "0", "COUNTER"), ("cx_active", "1", "GAUGE")], 1),
                     host(9002, [("cx_connect_fail", "0", "COUNTER"), ("cx_total", "2", "COUNTER"),
                                 ("rq_error", "1", "COUNTER"), ("cx_active", "0", "GAUGE")], 3),
                 ]},
-                {"name": "empty", "observability_name": "empty", "host_statuses": []},
+                {"name": "empty", "observability_name": "empty", "circuit_breakers": cb(), "host_statuses": []},
             ]})
         );
     }

@@ -474,6 +474,11 @@ pub struct CircuitBreakers {
     pub max_connections: u32,
     /// Upstream connections being opened at once (Envoy's pending requests; default 1024).
     pub max_pending_requests: u32,
+    /// `max_requests` (default 1024) and `max_retries` (default 3): accepted and shown in
+    /// `/clusters` as Envoy shows them; an L4 connection makes no requests or retries
+    /// through the pool, so they limit nothing.
+    pub max_requests: u32,
+    pub max_retries: u32,
     /// `track_remaining`: publish `remaining_cx` and `remaining_pending` gauges.
     pub track_remaining: bool,
 }
@@ -483,6 +488,8 @@ impl Default for CircuitBreakers {
         CircuitBreakers {
             max_connections: 1024,
             max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
             track_remaining: false,
         }
     }
