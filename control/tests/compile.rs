@@ -477,6 +477,8 @@ fn circuit_breakers_default_to_envoys_and_share_counts_by_name() {
         CircuitBreakers {
             max_connections: 100,
             max_pending_requests: 10,
+            max_requests: u32::MAX,
+            max_retries: u32::MAX,
             track_remaining: true,
         }
     );
