@@ -951,12 +951,7 @@ fn upstream_bind(b: &BindConfig, path: &str) -> Result<UpstreamBind> {
         None => None,
         Some(sa) => {
             let spath = field(path, "source_address");
-            let ip: IpAddr = sa.address.parse().map_err(|_| {
-                ConfigError::invalid(
-                    field(&spath, "address"),
-                    format!("'{}' is not an IP address", sa.address),
-                )
-            })?;
+            let ip = ip_address(&sa.address, field(&spath, "address"))?;
             if !matches!(
                 sa.port_specifier,
                 None | Some(socket_address::PortSpecifier::PortValue(0))
@@ -1298,14 +1293,15 @@ fn port(value: u32, path: &str) -> Result<u16> {
     }
 }
 
+/// An IP address literal; the error names `path`.
+fn ip_address(text: &str, path: String) -> Result<IpAddr> {
+    text.parse()
+        .map_err(|_| ConfigError::invalid(path, format!("'{text}' is not an IP address")))
+}
+
 /// A `CidrRange`, with host bits cleared (Envoy matches on the network part only).
 fn cidr(r: &PbCidr, path: &str) -> Result<CidrRange> {
-    let address: IpAddr = r.address_prefix.parse().map_err(|_| {
-        ConfigError::invalid(
-            field(path, "address_prefix"),
-            format!("'{}' is not an IP address", r.address_prefix),
-        )
-    })?;
+    let address = ip_address(&r.address_prefix, field(path, "address_prefix"))?;
     let len = r.prefix_len.map_or(0, |l| l.value);
     let (max, family) = if address.is_ipv4() {
         (32, "IPv4")

@@ -101,21 +101,30 @@ fn circuit_breaker_gauges(prefix: &str, c: &Cluster) -> Vec<Stat> {
     let limits = c.circuit_breakers;
     let p = format!("{prefix}.circuit_breakers.default");
     let mut out = Vec::with_capacity(4);
-    for (name, resource, max) in [
-        ("cx", Resource::Connections, limits.max_connections),
-        ("rq_pending", Resource::Pending, limits.max_pending_requests),
+    for (open, remaining, resource, max) in [
+        (
+            "cx_open",
+            "remaining_cx",
+            Resource::Connections,
+            limits.max_connections,
+        ),
+        (
+            "rq_pending_open",
+            "remaining_pending",
+            Resource::Pending,
+            limits.max_pending_requests,
+        ),
     ] {
         let used = c.resources.in_use(resource);
         out.push(Stat {
-            name: format!("{p}.{name}_open"),
+            name: format!("{p}.{open}"),
             value: StatValue::Gauge(i64::from(used >= u64::from(max))),
         });
         if limits.track_remaining {
-            let remaining = u64::from(max).saturating_sub(used);
-            let short = if name == "cx" { "cx" } else { "pending" };
+            let left = u64::from(max).saturating_sub(used);
             out.push(Stat {
-                name: format!("{p}.remaining_{short}"),
-                value: StatValue::Gauge(remaining as i64),
+                name: format!("{p}.{remaining}"),
+                value: StatValue::Gauge(left as i64),
             });
         }
     }

@@ -941,15 +941,9 @@ impl Worker {
     /// connection, refused with UO and `upstream_cx_overflow` at `max_connections`. True when
     /// the connection may be made; otherwise the client is being closed.
     fn admit(&mut self, slot: u32) -> bool {
-        let id = self.id;
-        let conn = &mut self.conns[slot as usize];
-        let Some((g, cluster_id)) = self.generations[conn.generation as usize]
-            .as_ref()
-            .zip(conn.cluster)
-        else {
+        let Some(cluster) = self.cluster_of(slot) else {
             return false;
         };
-        let cluster = g.fib.cluster(cluster_id);
         let (limits, resources) = (cluster.circuit_breakers, &cluster.resources);
         let overflow = if !resources.try_acquire(Resource::Pending, limits.max_pending_requests) {
             Some(ClusterStat::UpstreamRqPendingOverflow)
@@ -959,54 +953,49 @@ impl Worker {
         } else {
             None
         };
-        match overflow {
-            None => {
-                conn.holds_pending = true;
-                conn.holds_cx = true;
-                true
-            }
-            Some(stat) => {
-                cluster.stats.inc(id, stat);
-                conn.flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
-                self.close_client_only(slot);
-                false
-            }
+        if let Some(stat) = overflow {
+            cluster.stats.inc(self.id, stat);
         }
+        let conn = &mut self.conns[slot as usize];
+        if overflow.is_some() {
+            conn.flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
+            self.close_client_only(slot);
+            return false;
+        }
+        conn.holds_pending = true;
+        conn.holds_cx = true;
+        true
     }
 
     /// Takes `slot` out of its chain's connection limit count.
     fn leave_connection_limit(&mut self, slot: u32) {
-        let conn = &mut self.conns[slot as usize];
-        if !std::mem::take(&mut conn.holds_limit) {
+        if !std::mem::take(&mut self.conns[slot as usize].holds_limit) {
             return;
         }
-        let limit = self.generations[conn.generation as usize]
-            .as_ref()
-            .and_then(|g| g.fib.listeners.get(conn.fib_listener as usize))
-            .and_then(|l| l.chain(conn.chain).connection_limit.as_ref());
-        if let Some(limit) = limit {
+        if let Some(limit) = self
+            .chain_of(slot)
+            .and_then(|c| c.connection_limit.as_ref())
+        {
             limit.state.leave();
         }
     }
 
     /// Gives back what `slot` holds of its cluster's circuit breaker.
     fn release_resources(&mut self, slot: u32, pending_only: bool) {
-        let conn = &mut self.conns[slot as usize];
-        let Some((g, cluster_id)) = self.generations[conn.generation as usize]
-            .as_ref()
-            .zip(conn.cluster)
-        else {
+        let conn = &self.conns[slot as usize];
+        let (pending, cx) = (conn.holds_pending, conn.holds_cx && !pending_only);
+        let Some(cluster) = self.cluster_of(slot) else {
             return;
         };
-        let resources = &g.fib.cluster(cluster_id).resources;
-        if conn.holds_pending {
-            resources.release(Resource::Pending);
-            conn.holds_pending = false;
+        if pending {
+            cluster.resources.release(Resource::Pending);
         }
-        if conn.holds_cx && !pending_only {
-            resources.release(Resource::Connections);
-            conn.holds_cx = false;
+        if cx {
+            cluster.resources.release(Resource::Connections);
         }
+        let conn = &mut self.conns[slot as usize];
+        conn.holds_pending &= !pending;
+        conn.holds_cx &= !cx;
     }
 
     /// Nothing to connect to (no healthy endpoint, no original destination): counted on
@@ -1135,11 +1124,7 @@ impl Worker {
     }
 
     fn connect_timeout(&self, slot: u32) -> Duration {
-        let conn = &self.conns[slot as usize];
-        let ms = self.generations[conn.generation as usize]
-            .as_ref()
-            .zip(conn.cluster)
-            .map_or(5000, |(g, id)| g.fib.cluster(id).connect_timeout_ms);
+        let ms = self.cluster_of(slot).map_or(5000, |c| c.connect_timeout_ms);
         Duration::from_millis(ms.max(1))
     }
 
@@ -1730,19 +1715,29 @@ impl Worker {
         }
     }
 
-    fn tcp_stats(&self, slot: u32) -> Option<&crate::stats::TcpStats> {
+    /// The filter chain `slot` was decided on, in its own generation.
+    fn chain_of(&self, slot: u32) -> Option<&crate::fib::FilterChain> {
         let conn = &self.conns[slot as usize];
         if conn.chain == conn::CHAIN_NONE {
             return None;
         }
         let g = self.generations[conn.generation as usize].as_ref()?;
         let listener = g.fib.listeners.get(conn.fib_listener as usize)?;
-        Some(&listener.chain(conn.chain).tcp_proxy.stats)
+        Some(listener.chain(conn.chain))
+    }
+
+    /// The cluster `slot` was routed to, in its own generation.
+    fn cluster_of(&self, slot: u32) -> Option<&crate::fib::Cluster> {
+        let conn = &self.conns[slot as usize];
+        let g = self.generations[conn.generation as usize].as_ref()?;
+        Some(g.fib.cluster(conn.cluster?))
+    }
+
+    fn tcp_stats(&self, slot: u32) -> Option<&crate::stats::TcpStats> {
+        self.chain_of(slot).map(|c| &*c.tcp_proxy.stats)
     }
 
     fn cluster_stats(&self, slot: u32) -> Option<&crate::stats::ClusterStats> {
-        let conn = &self.conns[slot as usize];
-        let g = self.generations[conn.generation as usize].as_ref()?;
-        Some(&g.fib.cluster(conn.cluster?).stats)
+        self.cluster_of(slot).map(|c| &*c.stats)
     }
 }
