@@ -17,17 +17,20 @@
 //! naming a cluster that does not exist compiles to [`Route::Missing`] (Envoy's behaviour:
 //! `downstream_cx_no_route` at run time).
 
-use crate::rib::{ClusterConfig, FilterChainConfig, Rib, RouteConfig, TcpProxyConfig};
+use crate::rib::{
+    millis_ceil as millis, ClusterConfig, FilterChainConfig, Rib, RouteConfig, TcpProxyConfig,
+};
 use crate::stats::StatsRegistry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use switchyard_dataplane::accesslog::{AccessLogSink, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
     Cluster, ClusterId, ConnectionLimit, Endpoint, Fib, FilterChain, HashTable, Listener, Route,
     TcpProxy, WeightedClusters,
 };
+use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
+use switchyard_dataplane::lb::levels::first_priority_len;
 use switchyard_dataplane::stats::HostStats;
 
 /// Kernel accept backlog for every listener.
@@ -204,6 +207,15 @@ fn cluster(c: &ClusterConfig, previous: Option<&Cluster>, stats: &StatsRegistry)
     let old: HashMap<SocketAddr, &Arc<HostStats>> = previous
         .map(|p| p.endpoints.iter().map(|e| (e.address, &e.stats)).collect())
         .unwrap_or_default();
+    let new_host = || {
+        let host = HostStats::default();
+        if c.health.health_check.is_some() {
+            // As in Envoy: a host under an active check takes no traffic until its first
+            // check passes.
+            host.health.set(FAILED_ACTIVE_HC | PENDING_ACTIVE_HC);
+        }
+        Arc::new(host)
+    };
     let mut cluster = Cluster {
         name: c.name.as_str().into(),
         connect_timeout_ms: millis(c.connect_timeout),
@@ -218,16 +230,21 @@ fn cluster(c: &ClusterConfig, previous: Option<&Cluster>, stats: &StatsRegistry)
             .map(|e| Endpoint {
                 address: e.address,
                 weight: e.weight,
-                stats: old
-                    .get(&e.address)
-                    .map_or_else(Arc::default, |s| Arc::clone(s)),
+                priority: e.priority,
+                stats: old.get(&e.address).map_or_else(new_host, |s| Arc::clone(s)),
             })
             .collect(),
         stats: stats.cluster(&c.name),
+        health: c.health.clone(),
+        health_state: stats.health(&c.name),
+        added_via_api: c.added_via_api,
     };
     // RING_HASH, MAGLEV: the table is built here, on the control thread, once per change of
-    // the cluster (an unchanged cluster is shared with the previous FIB, table and all).
-    cluster.hash_table = HashTable::build(cluster.lb_policy, &cluster.endpoints);
+    // the cluster (an unchanged cluster is shared with the previous FIB, table and all). It
+    // covers the first priority level; workers build their own for other levels and for
+    // subsets of healthy hosts.
+    let first_level = first_priority_len(&cluster.endpoints);
+    cluster.hash_table = HashTable::build(cluster.lb_policy, &cluster.endpoints[..first_level]);
     cluster
 }
 
@@ -272,10 +289,4 @@ fn tcp_proxy(
             .collect(),
         hash_source_ip: t.hash_source_ip,
     }
-}
-
-/// Whole milliseconds, rounded up so that a non-zero duration never becomes zero.
-fn millis(d: Duration) -> u64 {
-    let ms = d.as_nanos().div_ceil(1_000_000);
-    u64::try_from(ms).unwrap_or(u64::MAX)
 }

@@ -18,6 +18,7 @@ use crate::admin::{self, AdminAction, AdminState};
 use crate::compile::{compile, CompileCache};
 use crate::config::{self, ConfigError};
 use crate::dynamic::{DynamicState, XdsTypeDumps};
+use crate::health::HealthThread;
 use crate::rib::{EndpointConfig, Rib};
 use crate::state_dir::{Persisted, StateWriter};
 use crate::stats::StatsRegistry;
@@ -73,6 +74,8 @@ pub enum RunError {
     Xds(std::io::Error),
     /// The `--state-dir` writer thread could not start.
     StateDir(std::io::Error),
+    /// The health-check thread could not start.
+    Health(std::io::Error),
 }
 
 impl std::fmt::Display for RunError {
@@ -84,6 +87,7 @@ impl std::fmt::Display for RunError {
             RunError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
             RunError::Xds(e) => write!(f, "xDS client: cannot start: {e}"),
             RunError::StateDir(e) => write!(f, "state dir writer: cannot start: {e}"),
+            RunError::Health(e) => write!(f, "health checker: cannot start: {e}"),
         }
     }
 }
@@ -153,6 +157,8 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     let mut cache = CompileCache::new();
     let fib = compile(&rib, 1, &stats, &mut cache);
     plane.publish(Arc::new(fib)).map_err(RunError::DataPlane)?;
+    let health =
+        HealthThread::spawn(plane.fib_view(), stats.health_signal()).map_err(RunError::Health)?;
 
     let (events_tx, events_rx) = mpsc::channel();
     let admin_state = start_admin(&rib, &plane, &stats, &options, events_tx.clone())?;
@@ -240,6 +246,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         .store(admin::STATE_DRAINING, Ordering::Release);
     tracing::info!(drain_time_s = options.drain_time.as_secs_f64(), "draining");
     plane.shutdown(options.drain_time);
+    health.stop();
     writer.stop();
     tracing::info!("stopped");
     Ok(())
@@ -784,6 +791,10 @@ impl Control {
             return false;
         }
         let published = Instant::now();
+        // The health thread follows the new FIB now rather than at its next look.
+        if let Some(signal) = self.stats.health_signal() {
+            signal.wake();
+        }
         self.generation = generation;
         let previous = std::mem::replace(&mut self.rib, rib);
         drop(previous);

@@ -557,6 +557,7 @@ mod tests {
         let ep = EndpointConfig {
             address: "127.0.0.1:9000".parse().unwrap(),
             weight: 1,
+            priority: 0,
         };
         d.apply_endpoints(change(vec![("c", vec![ep.clone()].into())], &[]));
         let mut clash = statics.cluster("xds").unwrap().clone();
@@ -648,6 +649,7 @@ mod tests {
         vec![EndpointConfig {
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             weight: 1,
+            priority: 0,
         }]
         .into()
     }

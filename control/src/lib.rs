@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod convert;
 pub mod dynamic;
+pub mod health;
 pub mod rib;
 pub mod state_dir;
 pub mod stats;

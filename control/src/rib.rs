@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath};
-use switchyard_dataplane::fib::{ChainMatch, CircuitBreakers, LbPolicy, OriginalSrc, UpstreamBind};
+use switchyard_dataplane::fib::{
+    ChainMatch, CircuitBreakers, HealthPolicy, LbPolicy, OriginalSrc, UpstreamBind,
+};
 
 /// Default admin address when the bootstrap has none (Envoy/Istio convention).
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
@@ -228,7 +230,7 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     /// Load-balancing policy (`choice_count` >= 2 for least request).
     pub lb_policy: LbPolicy,
-    /// Endpoints in config order (priority 0 only); for an EDS cluster, the last assignment
+    /// Endpoints by priority, in config order within one; for an EDS cluster, the last assignment
     /// received (empty until one arrives). Shared, not copied, between the xDS state, the
     /// composed RIB and the compile cache: an unchanged list is recognised by pointer.
     pub endpoints: Arc<[EndpointConfig]>,
@@ -239,6 +241,10 @@ pub struct ClusterConfig {
     pub upstream_bind: UpstreamBind,
     /// `circuit_breakers` (priority DEFAULT), Envoy's defaults when not given.
     pub circuit_breakers: CircuitBreakers,
+    /// `health_checks`, `outlier_detection`, `common_lb_config.healthy_panic_threshold`.
+    pub health: HealthPolicy,
+    /// Received over xDS (CDS) rather than from the bootstrap.
+    pub added_via_api: bool,
 }
 
 /// One static endpoint.
@@ -248,4 +254,12 @@ pub struct EndpointConfig {
     pub address: SocketAddr,
     /// `load_balancing_weight`, at least 1 (default 1).
     pub weight: u32,
+    /// The locality's `priority` (0 first).
+    pub priority: u32,
+}
+
+/// Whole milliseconds of `d`, rounded up so that a non-zero duration never becomes zero
+/// (saturating at `u64::MAX`).
+pub fn millis_ceil(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }

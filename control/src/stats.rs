@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
 use switchyard_dataplane::stats::{
     listener_stat_name, ClusterResources, ClusterStats, ConnectionLimitState, ListenerStats,
     ServerStats, TcpStats,
@@ -21,6 +22,8 @@ pub struct StatsRegistry {
     workers: usize,
     server: Arc<ServerStats>,
     xds: XdsStats,
+    /// Wakes the health thread when a worker sees a host reach an ejection threshold.
+    health_signal: Option<Arc<HealthSignal>>,
     inner: Mutex<Blocks>,
 }
 
@@ -37,6 +40,8 @@ pub struct Blocks {
     pub resources: BTreeMap<String, Arc<ClusterResources>>,
     /// `connection_limit.<stat_prefix>.`
     pub connection_limit: BTreeMap<String, Arc<ConnectionLimitState>>,
+    /// Health state and `outlier_detection.*` / `health_check.*` stats, by cluster name.
+    pub health: BTreeMap<String, Arc<ClusterHealth>>,
 }
 
 impl StatsRegistry {
@@ -46,6 +51,13 @@ impl StatsRegistry {
             workers,
             server: Arc::new(ServerStats::new("server", workers)),
             xds: XdsStats::default(),
+            health_signal: match HealthSignal::new() {
+                Ok(signal) => Some(Arc::new(signal)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no eventfd for the health thread: outlier ejections wait for its next interval");
+                    None
+                }
+            },
             inner: Mutex::new(Blocks::default()),
         }
     }
@@ -72,6 +84,7 @@ impl StatsRegistry {
                 .connection_limit
                 .values()
                 .for_each(|b| b.reset_counters());
+            blocks.health.values().for_each(|b| b.reset_counters());
         }
         self.server.reset_counters();
         self.xds.reset();
@@ -125,6 +138,22 @@ impl StatsRegistry {
             .entry(prefix.to_string())
             .or_insert_with(|| Arc::new(ConnectionLimitState::new(prefix)))
             .clone()
+    }
+
+    /// The health state of cluster `name`: one object for the cluster's life, shared by
+    /// every FIB and the health thread.
+    pub fn health(&self, name: &str) -> Arc<ClusterHealth> {
+        let signal = self.health_signal.clone();
+        self.blocks()
+            .health
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(ClusterHealth::new(name, signal)))
+            .clone()
+    }
+
+    /// What wakes the health thread (`None` when no eventfd could be had).
+    pub fn health_signal(&self) -> Option<Arc<HealthSignal>> {
+        self.health_signal.clone()
     }
 
     /// The `listener.<ip>_<port>.` block.

@@ -255,6 +255,7 @@ fn with_endpoints(rib: &Rib, index: usize, endpoints: &[(&str, u32)]) -> Rib {
         .map(|(a, weight)| EndpointConfig {
             address: addr(a),
             weight: *weight,
+            priority: 0,
         })
         .collect();
     changed

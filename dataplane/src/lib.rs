@@ -10,6 +10,7 @@
 pub mod accesslog;
 pub mod fib;
 pub mod hash_lb;
+pub mod health;
 pub mod lb;
 pub mod plane;
 pub mod relay;
@@ -17,4 +18,4 @@ pub mod stats;
 mod sys;
 pub mod worker;
 
-pub use sys::net::{allowed_cpus, pin_current_thread, raise_fd_limit, EventFd};
+pub use sys::net::{allowed_cpus, pin_current_thread, poll, raise_fd_limit, EventFd, PollFd};

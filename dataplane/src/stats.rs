@@ -217,7 +217,7 @@ stat_block!(
 
 stat_block!(
     /// `cluster.<name>.*`: one per cluster name.
-    ClusterStats, ClusterStat, 16, {
+    ClusterStats, ClusterStat, 17, {
     /// Upstream connections attempted.
     UpstreamCxTotal => ("upstream_cx_total", Counter),
     /// Upstream connections open now.
@@ -250,6 +250,8 @@ stat_block!(
     UpstreamCxOverflow => ("upstream_cx_overflow", Counter),
     /// Clients refused because the cluster was at `max_pending_requests`.
     UpstreamRqPendingOverflow => ("upstream_rq_pending_overflow", Counter),
+    /// Picks made in panic mode: too few healthy hosts, so all of a level's hosts were used.
+    LbHealthyPanic => ("lb_healthy_panic", Counter),
 });
 
 /// A cluster's circuit-breaker resources in use, counted across all workers together
@@ -367,15 +369,86 @@ stat_enum!(HostStat, 4, {
     RqError => ("rq_error", Counter),
 });
 
+stat_enum!(HealthStat, 29, {
+    /// Hosts ejected now (gauge).
+    EjectionsActive => ("outlier_detection.ejections_active", Gauge),
+    /// Deprecated by Envoy, still emitted: consecutive 5xx runs detected.
+    EjectionsConsecutive5xx => ("outlier_detection.ejections_consecutive_5xx", Counter),
+    /// Runs of `consecutive_5xx` failures (at L4: connect failures and timeouts).
+    EjectionsDetectedConsecutive5xx => ("outlier_detection.ejections_detected_consecutive_5xx", Counter),
+    /// Runs of `consecutive_gateway_failure` failures.
+    EjectionsDetectedConsecutiveGatewayFailure => ("outlier_detection.ejections_detected_consecutive_gateway_failure", Counter),
+    /// Runs of `consecutive_local_origin_failure` failures (split local-origin errors).
+    EjectionsDetectedConsecutiveLocalOriginFailure => ("outlier_detection.ejections_detected_consecutive_local_origin_failure", Counter),
+    /// Degradation (HTTP header driven; never at L4).
+    EjectionsDetectedDegradation => ("outlier_detection.ejections_detected_degradation", Counter),
+    /// Failure-percentage ejection (not implemented: always 0, emitted as Envoy does).
+    EjectionsDetectedFailurePercentage => ("outlier_detection.ejections_detected_failure_percentage", Counter),
+    /// Local-origin failure-percentage ejection (not implemented).
+    EjectionsDetectedLocalOriginFailurePercentage => ("outlier_detection.ejections_detected_local_origin_failure_percentage", Counter),
+    /// Local-origin success-rate ejection (not implemented).
+    EjectionsDetectedLocalOriginSuccessRate => ("outlier_detection.ejections_detected_local_origin_success_rate", Counter),
+    /// Success-rate ejection (not implemented).
+    EjectionsDetectedSuccessRate => ("outlier_detection.ejections_detected_success_rate", Counter),
+    /// `consecutive_5xx` runs that ejected.
+    EjectionsEnforcedConsecutive5xx => ("outlier_detection.ejections_enforced_consecutive_5xx", Counter),
+    /// `consecutive_gateway_failure` runs that ejected.
+    EjectionsEnforcedConsecutiveGatewayFailure => ("outlier_detection.ejections_enforced_consecutive_gateway_failure", Counter),
+    /// `consecutive_local_origin_failure` runs that ejected.
+    EjectionsEnforcedConsecutiveLocalOriginFailure => ("outlier_detection.ejections_enforced_consecutive_local_origin_failure", Counter),
+    /// Failure-percentage ejection (not implemented).
+    EjectionsEnforcedFailurePercentage => ("outlier_detection.ejections_enforced_failure_percentage", Counter),
+    /// Local-origin failure-percentage ejection (not implemented).
+    EjectionsEnforcedLocalOriginFailurePercentage => ("outlier_detection.ejections_enforced_local_origin_failure_percentage", Counter),
+    /// Local-origin success-rate ejection (not implemented).
+    EjectionsEnforcedLocalOriginSuccessRate => ("outlier_detection.ejections_enforced_local_origin_success_rate", Counter),
+    /// Success-rate ejection (not implemented).
+    EjectionsEnforcedSuccessRate => ("outlier_detection.ejections_enforced_success_rate", Counter),
+    /// Ejections carried out, of every type.
+    EjectionsEnforcedTotal => ("outlier_detection.ejections_enforced_total", Counter),
+    /// Ejections refused by `max_ejection_percent`.
+    EjectionsOverflow => ("outlier_detection.ejections_overflow", Counter),
+    /// Deprecated by Envoy, still emitted (success rate; always 0).
+    EjectionsSuccessRate => ("outlier_detection.ejections_success_rate", Counter),
+    /// Deprecated by Envoy, still emitted: consecutive 5xx ejections allowed by
+    /// `max_ejection_percent`.
+    EjectionsTotal => ("outlier_detection.ejections_total", Counter),
+    /// Active health checks started.
+    HcAttempt => ("health_check.attempt", Counter),
+    /// Active health checks passed.
+    HcSuccess => ("health_check.success", Counter),
+    /// Active health checks failed, for any reason.
+    HcFailure => ("health_check.failure", Counter),
+    /// Failures reported by traffic rather than a check (always 0 at L4).
+    HcPassiveFailure => ("health_check.passive_failure", Counter),
+    /// Checks failed by the network: refused, reset, timed out.
+    HcNetworkFailure => ("health_check.network_failure", Counter),
+    /// Cluster verifications (HTTP only in Envoy; always 0).
+    HcVerifyCluster => ("health_check.verify_cluster", Counter),
+    /// Hosts healthy by their active check now (gauge).
+    HcHealthy => ("health_check.healthy", Gauge),
+    /// Hosts degraded now (gauge; TCP checks degrade nothing).
+    HcDegraded => ("health_check.degraded", Gauge),
+});
+
+impl HealthStat {
+    /// True for the `outlier_detection.*` stats, false for `health_check.*`.
+    pub fn is_outlier(self) -> bool {
+        self.name().starts_with("outlier_detection.")
+    }
+}
+
 /// Per endpoint, for `/clusters` (`cluster::host:port::cx_total::N`).
 ///
 /// Unlike the other blocks, one set of atomics shared by every worker (as Envoy's host stats
 /// are): host stats change once per connection, never per byte, so sharing costs little,
 /// while a slot per worker would cost `(workers + 1) * 128` bytes for every endpoint, the
-/// largest part of a FIB with 100k endpoints. 32 bytes per endpoint.
+/// largest part of a FIB with 100k endpoints. 40 bytes per endpoint, health included.
 #[derive(Debug, Default)]
 pub struct HostStats {
     counters: [AtomicU64; 4],
+    /// The host's health flags and failure run ([`crate::health`]), shared the same way.
+    pub health: crate::health::HostHealth,
 }
 
 impl HostStats {
@@ -505,7 +578,7 @@ mod tests {
     #[test]
     fn names_are_envoy_names() {
         assert_eq!(TcpStat::DownstreamCxTotal.name(), "downstream_cx_total");
-        assert_eq!(ClusterStat::ALL.len(), 16);
+        assert_eq!(ClusterStat::ALL.len(), 17);
         assert_eq!(
             ClusterStat::UpstreamCxOverflow.name(),
             "upstream_cx_overflow"

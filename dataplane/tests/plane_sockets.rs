@@ -52,6 +52,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             .map(|a| Endpoint {
                 address: *a,
                 weight: 1,
+                priority: 0,
                 stats: Arc::new(HostStats::new()),
             })
             .collect(),
@@ -60,6 +61,9 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         hash_table: None,
         circuit_breakers: Default::default(),
         resources: Default::default(),
+        health: Default::default(),
+        health_state: Default::default(),
+        added_via_api: false,
     };
     let chain = FilterChain {
         name: "".into(),

@@ -58,12 +58,15 @@ fn cluster(
         eds_service: Some(name.clone()),
         upstream_bind: Default::default(),
         circuit_breakers: Default::default(),
+        health: Default::default(),
+        added_via_api: true,
     };
     let eps: Vec<EndpointConfig> = endpoints
         .iter()
         .map(|a| EndpointConfig {
             address: *a,
             weight: 1,
+            priority: 0,
         })
         .collect();
     (name, c, eps.into())

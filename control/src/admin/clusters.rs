@@ -11,6 +11,7 @@ use serde_json::json;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use switchyard_dataplane::fib::{CircuitBreakers, Fib};
+use switchyard_dataplane::health::{ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC, FAILED_OUTLIER_CHECK};
 use switchyard_dataplane::stats::{HostStat, StatKind};
 
 fn socket_address(addr: &SocketAddr) -> serde_json::Value {
@@ -40,11 +41,59 @@ fn circuit_breaker_values(cb: &CircuitBreakers) -> [(&'static str, u32); 4] {
     ]
 }
 
+/// Envoy's `health_flags` text: `healthy`, or each flag set, in Envoy's order. The internal
+/// "first check pending" mark is not shown (Envoy shows it only for hosts it ignores until
+/// their first check).
+fn health_flags(flags: u32) -> String {
+    let text: String = [
+        (FAILED_ACTIVE_HC, "/failed_active_hc"),
+        (FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
+        (ACTIVE_HC_TIMEOUT, "/active_hc_timeout"),
+    ]
+    .iter()
+    .filter(|(flag, _)| flags & flag != 0)
+    .map(|(_, name)| *name)
+    .collect();
+    if text.is_empty() {
+        "healthy".into()
+    } else {
+        text
+    }
+}
+
+/// Envoy's JSON `health_status` of a host.
+fn health_status(flags: u32) -> serde_json::Value {
+    let mut status = json!({"eds_health_status": "HEALTHY"});
+    for (flag, key) in [
+        (FAILED_ACTIVE_HC, "failed_active_health_check"),
+        (FAILED_OUTLIER_CHECK, "failed_outlier_check"),
+        (ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
+    ] {
+        if flags & flag != 0 {
+            status[key] = json!(true);
+        }
+    }
+    status
+}
+
 pub(crate) fn render_clusters_text(fib: &Fib) -> String {
     let mut out = String::new();
     for c in &fib.clusters {
         let n = &c.name;
         let _ = writeln!(out, "{n}::observability_name::{n}");
+        let outlier = c.health.outlier.is_some();
+        if outlier {
+            // Success-rate detection is not implemented: -1, as Envoy shows before it has
+            // computed one.
+            for name in [
+                "success_rate_average",
+                "success_rate_ejection_threshold",
+                "local_origin_success_rate_average",
+                "local_origin_success_rate_ejection_threshold",
+            ] {
+                let _ = writeln!(out, "{n}::outlier::{name}::-1");
+            }
+        }
         // Envoy prints both priorities; Switchyard routes at DEFAULT, HIGH keeps Envoy's
         // defaults.
         for (priority, cb) in [
@@ -55,6 +104,7 @@ pub(crate) fn render_clusters_text(fib: &Fib) -> String {
                 let _ = writeln!(out, "{n}::{priority}_priority::{name}::{value}");
             }
         }
+        let _ = writeln!(out, "{n}::added_via_api::{}", c.added_via_api);
         for e in &c.endpoints {
             let h = format!("{n}::{}", e.address);
             for (name, kind, value) in host_stats(&e.stats) {
@@ -68,13 +118,21 @@ pub(crate) fn render_clusters_text(fib: &Fib) -> String {
                 }
             }
             let _ = writeln!(out, "{h}::hostname::");
-            let _ = writeln!(out, "{h}::health_flags::healthy");
+            let _ = writeln!(
+                out,
+                "{h}::health_flags::{}",
+                health_flags(e.health().flags())
+            );
             let _ = writeln!(out, "{h}::weight::{}", e.weight);
             let _ = writeln!(out, "{h}::region::");
             let _ = writeln!(out, "{h}::zone::");
             let _ = writeln!(out, "{h}::sub_zone::");
             let _ = writeln!(out, "{h}::canary::false");
-            let _ = writeln!(out, "{h}::priority::0");
+            let _ = writeln!(out, "{h}::priority::{}", e.priority);
+            if outlier {
+                let _ = writeln!(out, "{h}::success_rate::-1");
+                let _ = writeln!(out, "{h}::local_origin_success_rate::-1");
+            }
         }
     }
     out
@@ -103,12 +161,16 @@ pub(crate) fn render_clusters_json(fib: &Fib) -> serde_json::Value {
                             json!({"name": name, "value": value, "type": kind})
                         })
                         .collect();
-                    json!({
+                    let mut host = json!({
                         "address": socket_address(&e.address),
                         "stats": stats,
-                        "health_status": {"eds_health_status": "HEALTHY"},
+                        "health_status": health_status(e.health().flags()),
                         "weight": e.weight,
-                    })
+                    });
+                    if e.priority != 0 {
+                        host["priority"] = json!(e.priority);
+                    }
+                    host
                 })
                 .collect();
             let thresholds = |cb: &CircuitBreakers| -> serde_json::Map<String, serde_json::Value> {
@@ -119,12 +181,17 @@ pub(crate) fn render_clusters_json(fib: &Fib) -> serde_json::Value {
             };
             let mut high = thresholds(&CircuitBreakers::default());
             high.insert("priority".into(), json!("HIGH"));
-            json!({
+            let mut status = json!({
                 "name": &*c.name,
                 "observability_name": &*c.name,
                 "circuit_breakers": {"thresholds": [thresholds(&c.circuit_breakers), high]},
                 "host_statuses": hosts,
-            })
+            });
+            // proto3 JSON leaves out a false bool, as Envoy's output does.
+            if c.added_via_api {
+                status["added_via_api"] = json!(true);
+            }
+            status
         })
         .collect();
     json!({ "cluster_statuses": statuses })
@@ -196,6 +263,7 @@ mod tests {
              echo::high_priority::max_pending_requests::1024\n\
              echo::high_priority::max_requests::1024\n\
              echo::high_priority::max_retries::3\n\
+             echo::added_via_api::false\n\
              echo::127.0.0.1:9001::cx_active::1\n\
              echo::127.0.0.1:9001::cx_connect_fail::1\n\
              echo::127.0.0.1:9001::cx_total::3\n\
@@ -228,7 +296,8 @@ mod tests {
              empty::high_priority::max_connections::1024\n\
              empty::high_priority::max_pending_requests::1024\n\
              empty::high_priority::max_requests::1024\n\
-             empty::high_priority::max_retries::3\n"
+             empty::high_priority::max_retries::3\n\
+             empty::added_via_api::false\n"
         );
     }
 

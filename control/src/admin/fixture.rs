@@ -77,11 +77,13 @@ pub(crate) fn fixture() -> Fixture {
                     Endpoint {
                         address: a1,
                         weight: 1,
+                        priority: 0,
                         stats: h1,
                     },
                     Endpoint {
                         address: a2,
                         weight: 3,
+                        priority: 0,
                         stats: h2,
                     },
                 ],
@@ -90,6 +92,9 @@ pub(crate) fn fixture() -> Fixture {
                 hash_table: None,
                 circuit_breakers: Default::default(),
                 resources: Default::default(),
+                health: Default::default(),
+                health_state: Default::default(),
+                added_via_api: false,
             }),
             Arc::new(Cluster {
                 name: "empty".into(),
@@ -101,6 +106,9 @@ pub(crate) fn fixture() -> Fixture {
                 hash_table: None,
                 circuit_breakers: Default::default(),
                 resources: Default::default(),
+                health: Default::default(),
+                health_state: Default::default(),
+                added_via_api: false,
             }),
         ],
         own_addresses: vec![listener_addr],

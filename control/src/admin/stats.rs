@@ -20,8 +20,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::LazyLock;
 use switchyard_dataplane::fib::{Cluster, HashLookup};
+use switchyard_dataplane::health::FAILED_ACTIVE_HC;
 use switchyard_dataplane::stats::{
-    ClusterStat, ListenerStat, Resource, ServerStat, StatKind, TcpStat,
+    ClusterStat, HealthStat, ListenerStat, Resource, ServerStat, StatKind, TcpStat,
 };
 
 /// A stat's value: counters are unsigned, gauges signed.
@@ -90,6 +91,35 @@ fn push_block<S: Copy>(
             value: StatValue::new(kind(s), get(s)),
         });
     }
+}
+
+/// `outlier_detection.*` (with outlier detection) and `health_check.*` (with an active
+/// check), under Envoy's names; `health_check.healthy` counts the hosts whose check passes.
+fn health_stats(p: &str, c: &Cluster) -> Vec<Stat> {
+    let health = &c.health_state;
+    let checked_healthy = c
+        .endpoints
+        .iter()
+        .filter(|e| e.health().flags() & FAILED_ACTIVE_HC == 0)
+        .count() as i64;
+    HealthStat::ALL
+        .iter()
+        .filter(|s| {
+            if s.is_outlier() {
+                c.health.outlier.is_some()
+            } else {
+                c.health.health_check.is_some()
+            }
+        })
+        .map(|&s| Stat {
+            name: format!("{p}.{}", s.name()),
+            value: match (s, s.kind()) {
+                (HealthStat::HcHealthy, _) => StatValue::Gauge(checked_healthy),
+                (_, StatKind::Gauge) => StatValue::Gauge(health.get(s) as i64),
+                (_, StatKind::Counter) => StatValue::Counter(health.get(s)),
+            },
+        })
+        .collect()
 }
 
 /// Every stat, sorted by name: the registry's blocks summed over workers, per-worker listener
@@ -228,15 +258,27 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
     for c in &fib.clusters {
         let p = format!("cluster.{}", sanitize_element(&c.name));
         let n = c.endpoints.len() as i64;
-        // No health checking yet: every endpoint in the FIB is healthy.
+        let healthy = c
+            .endpoints
+            .iter()
+            .filter(|e| e.health().is_healthy())
+            .count();
         out.push(Stat {
             name: format!("{p}.membership_healthy"),
-            value: StatValue::Gauge(n),
+            value: StatValue::Gauge(healthy as i64),
         });
-        out.push(Stat {
-            name: format!("{p}.membership_total"),
-            value: StatValue::Gauge(n),
-        });
+        // Nothing is degraded or excluded at L4 (no degraded checks, no EDS health status).
+        for (name, value) in [
+            ("membership_degraded", 0),
+            ("membership_excluded", 0),
+            ("membership_total", n),
+        ] {
+            out.push(Stat {
+                name: format!("{p}.{name}"),
+                value: StatValue::Gauge(value),
+            });
+        }
+        out.extend(health_stats(&p, c));
         out.extend(circuit_breaker_gauges(&p, c));
         out.extend(hash_table_gauges(&p, c));
         if let Some(eds) = reg.xds().eds_of(&c.name) {
@@ -529,9 +571,9 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        // 9 tcp + 2 clusters x (16 + 2 membership + 2 circuit breaker) + 7 listener + 2
+        // 9 tcp + 2 clusters x (17 + 4 membership + 2 circuit breaker) + 7 listener + 2
         // workers x 2 + the worker server block + 4 admin server stats.
-        assert_eq!(stats.len(), 9 + 2 * 20 + 7 + 4 + ServerStat::ALL.len() + 4);
+        assert_eq!(stats.len(), 9 + 2 * 23 + 7 + 4 + ServerStat::ALL.len() + 4);
         let text = render_text(&stats);
         for line in [
             "tcp.l4.downstream_cx_total: 3\n",

@@ -26,6 +26,7 @@ pub use crate::hash_lb::RingHashFunction;
 
 use crate::accesslog::AccessLogSink;
 use crate::hash_lb::{envoy_host_key, HashHost, MaglevTable, RingHash};
+use crate::health::ClusterHealth;
 use crate::stats::{
     ClusterResources, ClusterStats, ConnectionLimitState, HostStats, ListenerStats, TcpStats,
 };
@@ -453,7 +454,7 @@ pub struct Cluster {
     pub connect_timeout_ms: u64,
     /// How an endpoint is picked.
     pub lb_policy: LbPolicy,
-    /// Endpoints, in config order (priority 0 only).
+    /// Endpoints by priority (0 first), in config order within a priority.
     pub endpoints: Vec<Endpoint>,
     /// `cluster.<name>.*` stats, shared across generations.
     pub stats: Arc<ClusterStats>,
@@ -465,6 +466,130 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     /// Connections and pending clients now, across workers; shared by name across FIBs.
     pub resources: Arc<ClusterResources>,
+    /// Health checking, outlier detection and the panic threshold.
+    pub health: HealthPolicy,
+    /// Health state shared with the health thread; by name across FIBs.
+    pub health_state: Arc<ClusterHealth>,
+    /// Received over xDS rather than from the bootstrap (`/clusters`' `added_via_api`).
+    pub added_via_api: bool,
+}
+
+/// What decides a cluster's endpoints' health, and what balancing does about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// `common_lb_config.healthy_panic_threshold`, whole percent (Envoy's default 50): below
+    /// this share of healthy hosts a priority level balances over all its hosts; 0 never.
+    pub panic_threshold_pct: u32,
+    /// `outlier_detection`, when configured.
+    pub outlier: Option<OutlierDetection>,
+    /// `health_checks[0]` (a TCP check), when configured.
+    pub health_check: Option<Arc<HealthCheck>>,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy {
+            panic_threshold_pct: 50,
+            outlier: None,
+            health_check: None,
+        }
+    }
+}
+
+impl HealthPolicy {
+    /// True when some host's health may change at run time (balancers then watch the
+    /// cluster's health epoch).
+    pub fn tracks_health(&self) -> bool {
+        self.outlier.is_some() || self.health_check.is_some()
+    }
+}
+
+/// Envoy's `outlier_detection` for L4: a connect failure or timeout is a local-origin
+/// failure; unless `split_external_local_origin_errors`, Envoy maps it to a 503/504, so it
+/// counts for `consecutive_5xx` and `consecutive_gateway_failure` alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub consecutive_local_origin_failure: u32,
+    /// Percent chance that a detected run is enforced (ejects).
+    pub enforcing_consecutive_5xx: u32,
+    pub enforcing_consecutive_gateway_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
+    pub split_external_local_origin_errors: bool,
+    /// How often ejected hosts are checked for return.
+    pub interval_ms: u64,
+    /// An ejection lasts this times the host's ejection count...
+    pub base_ejection_time_ms: u64,
+    /// ... but no longer than this (or `base_ejection_time_ms`, when larger).
+    pub max_ejection_time_ms: u64,
+    /// At most this share of the cluster's hosts ejected at once...
+    pub max_ejection_percent: u32,
+    /// ... except that one host may always be (`always_eject_one_host`).
+    pub always_eject_one_host: bool,
+    /// Up to this much is added to each ejection at random.
+    pub max_ejection_time_jitter_ms: u64,
+    /// A passing active health check returns an ejected host (Envoy's default).
+    pub successful_active_health_check_uneject_host: bool,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: 5,
+            consecutive_gateway_failure: 5,
+            consecutive_local_origin_failure: 5,
+            enforcing_consecutive_5xx: 100,
+            enforcing_consecutive_gateway_failure: 0,
+            enforcing_consecutive_local_origin_failure: 100,
+            split_external_local_origin_errors: false,
+            interval_ms: 10_000,
+            base_ejection_time_ms: 30_000,
+            max_ejection_time_ms: 300_000,
+            max_ejection_percent: 10,
+            always_eject_one_host: false,
+            max_ejection_time_jitter_ms: 0,
+            successful_active_health_check_uneject_host: true,
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// The failure run at which a worker asks the health thread to look: the lowest
+    /// threshold that applies (a threshold of 0 detects nothing, as in Envoy).
+    pub fn review_threshold(&self) -> u32 {
+        let enabled = |t: u32| if t == 0 { u32::MAX } else { t };
+        if self.split_external_local_origin_errors {
+            enabled(self.consecutive_local_origin_failure)
+        } else {
+            enabled(self.consecutive_5xx).min(enabled(self.consecutive_gateway_failure))
+        }
+    }
+}
+
+/// Envoy's `health_checks` entry with a `tcp_health_check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub timeout_ms: u64,
+    pub interval_ms: u64,
+    /// Up to this much is added to each interval at random.
+    pub interval_jitter_ms: u64,
+    /// Up to this much delays a host's first check at random.
+    pub initial_jitter_ms: u64,
+    /// The interval while a host is unhealthy (`unhealthy_interval`, default `interval`).
+    pub unhealthy_interval_ms: u64,
+    /// The interval until the cluster has carried a connection (`no_traffic_interval`,
+    /// Envoy's default 60 s).
+    pub no_traffic_interval_ms: u64,
+    /// Consecutive failures that mark a healthy host unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that mark an unhealthy host healthy (a new host's first
+    /// success is enough, as in Envoy).
+    pub healthy_threshold: u32,
+    /// Bytes written once connected (empty: connect only).
+    pub send: Vec<u8>,
+    /// Byte strings that must all arrive, in this order (empty: connect only).
+    pub receive: Vec<Vec<u8>>,
 }
 
 /// Envoy's `circuit_breakers.thresholds` for priority DEFAULT, defaults included.
@@ -503,12 +628,22 @@ impl Cluster {
 }
 
 /// One backend address.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     /// Where to connect.
     pub address: SocketAddr,
     /// `load_balancing_weight` (>= 1).
     pub weight: u32,
-    /// Per-host stats for `/clusters`, shared across generations by cluster and address.
+    /// The priority of its locality (0 is tried first).
+    pub priority: u32,
+    /// Per-host stats and health, shared across generations by cluster and address.
     pub stats: Arc<HostStats>,
+}
+
+impl Endpoint {
+    /// The host's health flags and failure run.
+    #[inline]
+    pub fn health(&self) -> &crate::health::HostHealth {
+        &self.stats.health
+    }
 }

@@ -228,10 +228,76 @@ impl EventFd {
         };
     }
 
-    /// The descriptor, for an io_uring read.
+    /// The descriptor, for an io_uring read or a poll.
     pub(crate) fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }
+
+    /// Reads and resets the counter without blocking; true when it was non-zero.
+    pub(crate) fn drain(&self) -> bool {
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64 from our own non-blocking eventfd.
+        let n = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                &mut value as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
+        n == 8 && value != 0
+    }
+}
+
+/// One descriptor to [`poll`]: what to wait for and, after the call, what happened.
+#[derive(Debug, Clone, Copy)]
+#[repr(transparent)]
+pub struct PollFd(libc::pollfd);
+
+impl PollFd {
+    /// Wait for `fd` to become readable.
+    pub const READABLE: i16 = libc::POLLIN;
+    /// Wait for `fd` to become writable (a non-blocking connect finished).
+    pub const WRITABLE: i16 = libc::POLLOUT;
+
+    /// Waits on `fd` for `events` (a combination of [`PollFd::READABLE`] and
+    /// [`PollFd::WRITABLE`]).
+    pub fn new(fd: RawFd, events: i16) -> Self {
+        PollFd(libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        })
+    }
+
+    /// True when the last [`poll`] found `fd` ready for something asked, or in error or
+    /// hung up (which the next read or write then reports).
+    pub fn ready(&self) -> bool {
+        self.0.revents != 0
+    }
+}
+
+/// Waits until one of `fds` is ready or `timeout_ms` has passed (`poll(2)`); returns how
+/// many are ready. EINTR counts as nothing ready.
+pub fn poll(fds: &mut [PollFd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: PollFd is repr(transparent) over libc::pollfd, so the slice is a valid array
+    // of `fds.len()` pollfd structures that the kernel may write `revents` into while we
+    // hold the only (mutable) borrow.
+    let n = unsafe {
+        libc::poll(
+            fds.as_mut_ptr() as *mut libc::pollfd,
+            fds.len() as libc::nfds_t,
+            timeout_ms,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n as usize)
 }
 
 /// CPUs this process may run on (its affinity mask), in order.

@@ -898,11 +898,15 @@ impl Worker {
             },
             &mut self.rng,
         );
-        let Some(endpoint_index) = pick else {
+        let Some(picked) = pick else {
             self.no_upstream(slot);
             return;
         };
+        let endpoint_index = picked.endpoint;
         let endpoint = &cluster.endpoints[endpoint_index];
+        if picked.panic {
+            cluster.stats.inc(self.id, ClusterStat::LbHealthyPanic);
+        }
         cluster.stats.inc(self.id, ClusterStat::UpstreamCxTotal);
         endpoint.stats.inc(HostStat::CxTotal);
         let address = endpoint.address;
@@ -1149,7 +1153,11 @@ impl Worker {
         {
             let c = g.fib.cluster(cluster);
             c.stats.inc(id, ClusterStat::UpstreamCxActive);
-            c.endpoints[endpoint as usize].stats.inc(HostStat::CxActive);
+            let host = &c.endpoints[endpoint as usize];
+            host.stats.inc(HostStat::CxActive);
+            if c.health.outlier.is_some() {
+                host.health().connect_succeeded();
+            }
             self.active.counts[g.active[cluster.0 as usize] as usize][endpoint as usize] += 1;
         }
         if self.limits.relay_mode == RelayMode::Splice && !self.attach_pipes(slot) {
@@ -1203,7 +1211,9 @@ impl Worker {
                 c.stats.inc(id, ClusterStat::UpstreamCxConnectTimeout);
             }
             if let Some(e) = endpoint {
-                c.endpoints[e as usize].stats.inc(HostStat::CxConnectFail);
+                let host = &c.endpoints[e as usize];
+                host.stats.inc(HostStat::CxConnectFail);
+                report_outlier_failure(c, host);
             }
             if attempts >= max_attempts && max_attempts > 1 {
                 c.stats
@@ -1739,5 +1749,17 @@ impl Worker {
 
     fn cluster_stats(&self, slot: u32) -> Option<&crate::stats::ClusterStats> {
         self.cluster_of(slot).map(|c| &*c.stats)
+    }
+}
+
+/// Outlier detection's part on the worker: a connect failure or timeout lengthens the host's
+/// failure run; a run that reaches the cluster's threshold asks the health thread to decide
+/// on an ejection (Envoy posts the same decision to its main thread).
+#[inline]
+fn report_outlier_failure(cluster: &crate::fib::Cluster, host: &crate::fib::Endpoint) {
+    if let Some(outlier) = &cluster.health.outlier {
+        if host.health().connect_failed() >= outlier.review_threshold() {
+            cluster.health_state.request_review();
+        }
     }
 }

@@ -65,6 +65,8 @@ use switchyard_dataplane::fib::{
 };
 use switchyard_dataplane::hash_lb::{is_prime, MaglevTable, RingHash};
 
+mod health;
+
 type Result<T> = std::result::Result<T, ConfigError>;
 
 /// The `lb_policy` values Switchyard implements.
@@ -823,6 +825,13 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         Some(cb) => circuit_breakers(cb, &field(path, "circuit_breakers"))?,
         None => CircuitBreakers::default(),
     };
+    let health = health::health_policy(c, path)?;
+    if original_dst && health.health_check.is_some() {
+        return Err(ConfigError::invalid(
+            field(path, "health_checks"),
+            "an ORIGINAL_DST cluster has no endpoints to check",
+        ));
+    }
     Ok(ClusterConfig {
         name: c.name.clone(),
         connect_timeout,
@@ -831,6 +840,8 @@ fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         eds_service,
         upstream_bind,
         circuit_breakers,
+        health,
+        added_via_api: false,
     })
 }
 
@@ -1148,7 +1159,7 @@ fn dynamic_resources(
 }
 
 /// The endpoints of a `ClusterLoadAssignment` (a cluster's `load_assignment`, or an EDS
-/// resource): priority 0 only, every endpoint an IP address with a non-zero port.
+/// resource), sorted by priority; every endpoint an IP address with a non-zero port.
 fn load_assignment(la: &ClusterLoadAssignment, lpath: &str) -> Result<Vec<EndpointConfig>> {
     if la.cluster_name.is_empty() {
         return Err(ConfigError::invalid(
@@ -1160,12 +1171,6 @@ fn load_assignment(la: &ClusterLoadAssignment, lpath: &str) -> Result<Vec<Endpoi
     let epath = field(lpath, "endpoints");
     for (i, locality) in la.endpoints.iter().enumerate() {
         let locpath = index(&epath, i);
-        if locality.priority != 0 {
-            return Err(ConfigError::unsupported(
-                field(&locpath, "priority"),
-                "only priority 0 is supported by Switchyard",
-            ));
-        }
         let lbpath = field(&locpath, "lb_endpoints");
         for (j, lbe) in locality.lb_endpoints.iter().enumerate() {
             let p = index(&lbpath, j);
@@ -1186,9 +1191,16 @@ fn load_assignment(la: &ClusterLoadAssignment, lpath: &str) -> Result<Vec<Endpoi
                     ))
                 }
             };
-            endpoints.push(EndpointConfig { address, weight });
+            endpoints.push(EndpointConfig {
+                address,
+                weight,
+                priority: locality.priority,
+            });
         }
     }
+    // Priority levels in order (a stable sort keeps config order within a level, which
+    // the hashing policies' tables depend on).
+    endpoints.sort_by_key(|e| e.priority);
     Ok(endpoints)
 }
 
@@ -1199,7 +1211,9 @@ pub fn listener_resource(l: &Listener) -> Result<ListenerConfig> {
 
 /// One cluster received as an xDS resource.
 pub fn cluster_resource(c: &Cluster) -> Result<ClusterConfig> {
-    cluster(c, "")
+    let mut config = cluster(c, "")?;
+    config.added_via_api = true;
+    Ok(config)
 }
 
 /// One `ClusterLoadAssignment` received as an xDS (EDS) resource: its cluster name and

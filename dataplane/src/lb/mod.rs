@@ -50,10 +50,13 @@
 //!   failed host is skipped without charging its turn: the EDF schedules give the turn to the
 //!   earliest host other than the failed one, and the random policies draw from the others.
 //!
-//! Health and outlier ejection are not applied here yet: every endpoint of the cluster is a
-//! candidate.
+//! Priority levels, host health and panic mode are applied in front of these policies by
+//! [`levels::ClusterBalancer`]: a policy balances over one level's members.
+
+pub mod levels;
 
 use crate::fib::{Cluster, ClusterId, Endpoint, Fib, HashTable, LbPolicy};
+pub use levels::{ClusterBalancer, Picked};
 
 /// Envoy's default `choice_count` for least request.
 pub const DEFAULT_CHOICE_COUNT: u32 = 2;
@@ -134,10 +137,23 @@ impl ClusterLb {
     /// Builds the balancer for `cluster` and allocates everything its picks will need.
     /// `seed` fixes where the schedule starts and nothing else; give each worker its own.
     pub fn new(cluster: &Cluster, seed: u64) -> Self {
-        let endpoints = &cluster.endpoints[..];
+        Self::over(cluster.lb_policy, &cluster.endpoints, seed)
+    }
+
+    /// A balancer with no endpoints (every pick is `None`).
+    pub fn empty() -> Self {
+        ClusterLb {
+            len: 0,
+            state: State::Random,
+        }
+    }
+
+    /// Builds the balancer for `policy` over `endpoints` (a cluster's, or one priority
+    /// level's members).
+    pub fn over(policy: LbPolicy, endpoints: &[Endpoint], seed: u64) -> Self {
         let len = endpoints.len();
         let weighted = !weights_equal(endpoints);
-        let state = match (cluster.lb_policy, weighted) {
+        let state = match (policy, weighted) {
             (LbPolicy::RoundRobin, false) => State::RoundRobin {
                 next: index_from_seed(seed, len),
             },
@@ -204,6 +220,18 @@ impl ClusterLb {
         exclude: Option<usize>,
         rng: &mut Rng,
     ) -> Option<usize> {
+        self.pick_with(endpoints, |i| active_of(active, i), exclude, rng)
+    }
+
+    /// [`ClusterLb::pick`] with the open connections of endpoint `i` given by `active(i)`
+    /// (a level's members map to the cluster's endpoints).
+    pub fn pick_with(
+        &mut self,
+        endpoints: &[Endpoint],
+        active: impl Fn(usize) -> u32,
+        exclude: Option<usize>,
+        rng: &mut Rng,
+    ) -> Option<usize> {
         let n = endpoints.len();
         if n == 0 {
             return None;
@@ -243,7 +271,7 @@ impl ClusterLb {
                 let mut best = uniform(n, exclude, rng);
                 for _ in 1..*choice_count {
                     let sampled = uniform(n, exclude, rng);
-                    if active_of(active, sampled) < active_of(active, best) {
+                    if active(sampled) < active(best) {
                         best = sampled;
                     }
                 }
@@ -255,7 +283,7 @@ impl ClusterLb {
                 let host = entry.host;
                 // Envoy: current_time = popped deadline; re-add at current_time + 1 / weight
                 // with weight = load_balancing_weight / (active + 1).
-                let active_plus_one = f64::from(active_of(active, host)) + 1.0;
+                let active_plus_one = f64::from(active(host)) + 1.0;
                 let step = active_plus_one / f64::from(weight(&endpoints[host]));
                 heap.reschedule(slot, entry.deadline + step);
                 host
@@ -270,11 +298,11 @@ impl ClusterLb {
 #[derive(Debug)]
 pub struct WorkerLb {
     generation: u64,
-    clusters: Vec<ClusterLb>,
+    clusters: Vec<ClusterBalancer>,
 }
 
 impl WorkerLb {
-    /// Builds one [`ClusterLb`] per cluster of `fib`; cluster `i` gets the seed
+    /// Builds one [`ClusterBalancer`] per cluster of `fib`; cluster `i` gets the seed
     /// `mix_seed(seed, i)`. Allocates; call it when the worker adopts `fib`.
     pub fn new(fib: &Fib, seed: u64) -> Self {
         Self::following(fib, None, seed)
@@ -295,7 +323,7 @@ impl WorkerLb {
                     .and_then(|(_, plb)| plb.clusters.get(i));
                 match same {
                     Some(lb) => lb.clone(),
-                    None => ClusterLb::new(cluster, mix_seed(seed, i as u64)),
+                    None => ClusterBalancer::build(cluster, mix_seed(seed, i as u64)),
                 }
             })
             .collect();
@@ -323,14 +351,13 @@ impl WorkerLb {
     /// The balancer of cluster `id`. Panics only on an id from another generation (a bug),
     /// like [`Fib::cluster`].
     #[inline]
-    pub fn cluster(&mut self, id: ClusterId) -> &mut ClusterLb {
+    pub fn cluster(&mut self, id: ClusterId) -> &mut ClusterBalancer {
         &mut self.clusters[id.0 as usize]
     }
 
     /// Picks an endpoint of cluster `id` of `fib` (the FIB this was built from): see
-    /// [`ClusterLb::pick`]. A hashing cluster (RING_HASH, MAGLEV) looks `hash` up in its
-    /// table, or a random hash when the connection has none (as Envoy does without a hash
-    /// policy).
+    /// [`ClusterBalancer::pick`]. When the cluster's host health has changed since its
+    /// balancer was built, rebuilds it first (the one allocation, once per change).
     #[inline]
     pub fn pick(
         &mut self,
@@ -338,15 +365,14 @@ impl WorkerLb {
         id: ClusterId,
         pick: Pick<'_>,
         rng: &mut Rng,
-    ) -> Option<usize> {
+    ) -> Option<Picked> {
         debug_assert_eq!(fib.generation, self.generation, "FIB generation mismatch");
         let cluster = fib.cluster(id);
-        if let Some(table) = &cluster.hash_table {
-            let hash = pick.hash.unwrap_or_else(|| rng.next_u64());
-            return hashed(table, hash, cluster.endpoints.len(), pick.exclude);
+        let balancer = self.cluster(id);
+        if balancer.is_stale(cluster) {
+            balancer.rebuild(cluster);
         }
-        self.cluster(id)
-            .pick(&cluster.endpoints, pick.active, pick.exclude, rng)
+        balancer.pick(cluster, pick.active, pick.exclude, pick.hash, rng)
     }
 }
 
@@ -361,7 +387,7 @@ pub struct Pick<'a> {
     pub hash: Option<u64>,
 }
 
-/// A table pick that avoids `exclude` (a retry after a failed connect): Envoy's retry
+/// A table pick over `n` hosts that avoids `exclude` (a retry after a failed connect): Envoy's retry
 /// attempts (as its previous-hosts retry predicate makes them) until another endpoint comes
 /// up, a bounded number of times, then the next endpoint. Allocation-free.
 fn hashed(table: &HashTable, hash: u64, n: usize, exclude: Option<usize>) -> Option<usize> {
@@ -628,6 +654,7 @@ mod tests {
             .map(|(i, &weight)| Endpoint {
                 address: SocketAddr::from(([10, 0, 0, (i % 250) as u8 + 1], 8080)),
                 weight,
+                priority: 0,
                 stats: Arc::new(HostStats::new()),
             })
             .collect()
@@ -644,6 +671,9 @@ mod tests {
             hash_table: None,
             circuit_breakers: Default::default(),
             resources: Default::default(),
+            health: Default::default(),
+            health_state: Default::default(),
+            added_via_api: false,
         }
     }
 
@@ -963,7 +993,9 @@ mod tests {
                     ..Pick::default()
                 },
                 &mut rng,
-            ) == Some(0)
+            )
+            .map(|p| p.endpoint)
+                == Some(0)
         );
         assert_eq!(
             wlb.pick(&fib, ClusterId(2), Pick::default(), &mut rng),
@@ -1005,7 +1037,11 @@ mod tests {
         let next = lb2
             .pick(&two, ClusterId(0), Pick::default(), &mut rng)
             .unwrap();
-        assert_eq!(next, (first + 1) % 3, "the rotation goes on where it was");
+        assert_eq!(
+            next.endpoint,
+            (first.endpoint + 1) % 3,
+            "the rotation goes on where it was"
+        );
         assert_eq!(
             lb2.cluster(ClusterId(1)).len(),
             4,
