@@ -155,10 +155,13 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     .map_err(RunError::DataPlane)?;
 
     let mut cache = CompileCache::new();
-    let fib = compile(&rib, 1, &stats, &mut cache);
-    plane.publish(Arc::new(fib)).map_err(RunError::DataPlane)?;
+    let fib = Arc::new(compile(&rib, 1, &stats, &mut cache));
     let health =
-        HealthThread::spawn(plane.fib_view(), stats.health_signal()).map_err(RunError::Health)?;
+        HealthThread::spawn(fib.clone(), stats.health_signal()).map_err(RunError::Health)?;
+    if !health.wait_first_checks() {
+        tracing::warn!("some hosts' first health check did not finish in time; serving anyway");
+    }
+    plane.publish(fib).map_err(RunError::DataPlane)?;
 
     let (events_tx, events_rx) = mpsc::channel();
     let admin_state = start_admin(&rib, &plane, &stats, &options, events_tx.clone())?;
@@ -221,12 +224,14 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         stats,
         cache,
         plane,
+        health,
         admin: admin_state,
     };
     control.warm_start(warm);
     control.serve(events_rx);
     let Control {
         plane,
+        health,
         admin,
         options,
         xds,
@@ -448,6 +453,8 @@ struct Control {
     /// Sinks and clusters shared between generations.
     cache: CompileCache,
     plane: DataPlane,
+    /// Follows every published FIB.
+    health: HealthThread,
     admin: Arc<AdminState>,
 }
 
@@ -786,15 +793,13 @@ impl Control {
         let generation = self.generation + 1;
         let fib = compile(&rib, generation, &self.stats, &mut self.cache);
         let compiled = Instant::now();
-        if let Err(e) = self.plane.publish(Arc::new(fib)) {
+        let fib = Arc::new(fib);
+        if let Err(e) = self.plane.publish(fib.clone()) {
             tracing::error!(error = %e, "config rejected; keeping the previous config");
             return false;
         }
         let published = Instant::now();
-        // The health thread follows the new FIB now rather than at its next look.
-        if let Some(signal) = self.stats.health_signal() {
-            signal.wake();
-        }
+        self.health.follow(fib);
         self.generation = generation;
         let previous = std::mem::replace(&mut self.rib, rib);
         drop(previous);

@@ -17,9 +17,13 @@
 //! # Waking up
 //!
 //! It sleeps in `poll` until the next check starts or times out, a socket is ready, the next
-//! outlier tick, or its eventfd is written: by a worker asking for a review, by the control
-//! thread after a publication, or by [`HealthThread::stop`]. It also looks at the FIB at
-//! least every [`MAX_SLEEP`].
+//! outlier tick, or its eventfd is written: by a worker asking for a review, by
+//! [`HealthThread::follow`] after a publication, or by [`HealthThread::stop`]. It also looks
+//! at the FIB at least every [`MAX_SLEEP`].
+//!
+//! At start the control thread gives it the first FIB before publishing it and waits for the
+//! first check of every checked host ([`HealthThread::wait_first_checks`]), so the listeners
+//! open with hosts already known healthy or not, as in Envoy.
 
 mod active;
 mod outlier;
@@ -43,31 +47,82 @@ use switchyard_dataplane::{poll, PollFd};
 /// The longest the thread sleeps without looking at the FIB.
 const MAX_SLEEP: Duration = Duration::from_millis(250);
 
+/// What [`HealthThread::wait_first_checks`] allows beyond the longest first check.
+const FIRST_CHECKS_MARGIN: Duration = Duration::from_millis(250);
+
+/// Polls `done` every 2 ms until it holds or `timeout` passes.
+fn wait(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
 /// The running health thread; stopped when dropped.
 #[derive(Debug)]
 pub struct HealthThread {
+    /// The FIB it follows: the last one published (see [`HealthThread::follow`]).
+    fib: Arc<ArcSwap<Fib>>,
     stop: Arc<AtomicBool>,
     signal: Option<Arc<HealthSignal>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl HealthThread {
-    /// Starts the thread over the FIB in `fib`; `signal` is the eventfd workers and the
-    /// control thread write to wake it (the registry's).
-    pub fn spawn(
-        fib: Arc<ArcSwap<Fib>>,
-        signal: Option<Arc<HealthSignal>>,
-    ) -> std::io::Result<Self> {
+    /// Starts the thread over `first` (the FIB about to be published); `signal` is the
+    /// eventfd workers and the control thread write to wake it (the registry's).
+    pub fn spawn(first: Arc<Fib>, signal: Option<Arc<HealthSignal>>) -> std::io::Result<Self> {
+        let fib = Arc::new(ArcSwap::new(first));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new().name("health".into()).spawn({
-            let (stop, signal) = (stop.clone(), signal.clone());
+            let (fib, stop, signal) = (fib.clone(), stop.clone(), signal.clone());
             move || run(&fib, signal.as_deref(), &stop)
         })?;
         Ok(HealthThread {
+            fib,
             stop,
             signal,
             thread: Some(thread),
         })
+    }
+
+    /// Follows `fib`, just published, at once.
+    pub fn follow(&self, fib: Arc<Fib>) {
+        self.fib.store(fib);
+        if let Some(signal) = &self.signal {
+            signal.wake();
+        }
+    }
+
+    /// Waits until every checked host of the FIB followed now has had its first check, as
+    /// Envoy initialises its clusters before its listeners; bounded by the longest first
+    /// check (`initial_jitter` + `timeout`) plus a margin. False when it timed out.
+    pub fn wait_first_checks(&self) -> bool {
+        let fib = self.fib.load_full();
+        let longest_ms = fib
+            .clusters
+            .iter()
+            .filter_map(|c| c.health.health_check.as_ref())
+            .map(|hc| hc.initial_jitter_ms + hc.timeout_ms)
+            .max();
+        let Some(longest_ms) = longest_ms else {
+            return true;
+        };
+        let pending = || {
+            fib.clusters
+                .iter()
+                .filter(|c| c.health.health_check.is_some())
+                .flat_map(|c| &c.endpoints)
+                .any(|e| e.health().flags() & PENDING_ACTIVE_HC != 0)
+        };
+        wait(
+            Duration::from_millis(longest_ms) + FIRST_CHECKS_MARGIN,
+            || !pending(),
+        )
     }
 
     /// Stops the thread and waits for it.
