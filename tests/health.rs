@@ -35,6 +35,8 @@ enum Answer {
     Wrong = 1,
     /// Reads and never writes (a hung backend): no greeting either.
     Silent = 2,
+    /// Resets every connection as soon as it is accepted.
+    Reset = 3,
 }
 
 /// A tagged backend on a fixed port that answers `PING` as told and can be stopped and
@@ -176,6 +178,10 @@ fn bind_retry(port: u16) -> TcpListener {
 }
 
 fn serve_hc(mut s: TcpStream, tag: &str, answer: &AtomicU8) {
+    if answer.load(Ordering::SeqCst) == Answer::Reset as u8 {
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        return;
+    }
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let _ = s.set_nodelay(true);
     let silent = answer.load(Ordering::SeqCst) == Answer::Silent as u8;
@@ -339,8 +345,8 @@ fn start(yaml: &str) -> Option<Proxy> {
 // Tests
 // ---------------------------------------------------------------------------------------------
 
-/// A backend that answers, one that refuses, one that hangs and one that answers wrong: from
-/// the first connection only the first is used and stays healthy, each failure is a network failure, the hung and the wrong one
+/// A backend that answers, one that refuses, one that hangs, one that answers wrong and one
+/// that resets: from the first connection only the first is used and stays healthy, each failure is a network failure, the hung and the wrong one
 /// are marked `active_hc_timeout`, traffic goes only to the healthy one, and a backend that
 /// comes back is healthy after `healthy_threshold` passes and takes traffic again.
 #[test]
@@ -352,8 +358,10 @@ fn active_checks_find_refusing_hanging_and_wrong_backends() {
     hanging.set_answer(Answer::Silent);
     let wrong = HcBackend::start("wrong");
     wrong.set_answer(Answer::Wrong);
+    let resetting = HcBackend::start("resetting");
+    resetting.set_answer(Answer::Reset);
     let (admin, port) = (free_port(), free_port());
-    let eps: Vec<(SocketAddr, u32)> = [&good, &refusing, &hanging, &wrong]
+    let eps: Vec<(SocketAddr, u32)> = [&good, &refusing, &hanging, &wrong, &resetting]
         .iter()
         .map(|b| (b.addr(), 0))
         .collect();
@@ -380,6 +388,7 @@ fn active_checks_find_refusing_hanging_and_wrong_backends() {
         "healthy"
     );
     assert_eq!(health_flags(&p, refusing.addr()), "/failed_active_hc");
+    assert_eq!(health_flags(&p, resetting.addr()), "/failed_active_hc");
     for b in [&hanging, &wrong] {
         // Neither closes: each check runs to its timeout.
         assert_eq!(
@@ -404,7 +413,7 @@ fn active_checks_find_refusing_hanging_and_wrong_backends() {
     assert!(stats["cluster.hc.health_check.success"] >= 1);
     assert!(stats["cluster.hc.health_check.attempt"] >= failure);
     assert_eq!(stats["cluster.hc.health_check.healthy"], 1);
-    assert_eq!(stats["cluster.hc.membership_total"], 4);
+    assert_eq!(stats["cluster.hc.membership_total"], 5);
     for name in ["passive_failure", "verify_cluster", "degraded"] {
         assert_eq!(
             stats[&format!("cluster.hc.health_check.{name}")],
@@ -425,8 +434,11 @@ fn active_checks_find_refusing_hanging_and_wrong_backends() {
     );
     let (tags, errors) = spread(port, 40);
     assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(tags.get("good"), Some(&20), "{tags:?}");
-    assert_eq!(tags.get("refusing"), Some(&20), "{tags:?}");
+    // Round robin on each of two workers: about half each.
+    for tag in ["good", "refusing"] {
+        let n = tags.get(tag).copied().unwrap_or(0);
+        assert!((14..=26).contains(&n), "{tags:?}");
+    }
     // A backend that starts answering wrong is unhealthy after two failed checks.
     good.set_answer(Answer::Wrong);
     assert_eq!(
