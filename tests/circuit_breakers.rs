@@ -148,20 +148,3 @@ fn over_the_limits_connections_are_refused_and_counted() {
         "the first still waits for its connect"
     );
 }
-
-/// Starts the selected proxy with `concurrency` workers, or returns `None` (skipped) when it
-/// is not available.
-fn start_selected_with(yaml: &str, concurrency: u32) -> Option<Proxy> {
-    let kind = selected_proxy();
-    if !proxy_available(kind) {
-        return None;
-    }
-    Some(Proxy::start_with(
-        kind,
-        yaml,
-        ProxyOpts {
-            concurrency,
-            ..ProxyOpts::default()
-        },
-    ))
-}

@@ -327,18 +327,7 @@ fn wait_flags(p: &Proxy, addr: SocketAddr, want: &str, timeout: Duration) -> Str
 }
 
 fn start(yaml: &str) -> Option<Proxy> {
-    let kind = selected_proxy();
-    if !require(proxy_available(kind), kind.name()) {
-        return None;
-    }
-    Some(Proxy::start_with(
-        kind,
-        yaml,
-        ProxyOpts {
-            concurrency: 2,
-            ..Default::default()
-        },
-    ))
+    start_selected_with(yaml, 2)
 }
 
 // ---------------------------------------------------------------------------------------------

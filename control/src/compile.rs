@@ -26,8 +26,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use switchyard_dataplane::accesslog::{AccessLogSink, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
-    Cluster, ClusterId, ConnectionLimit, Endpoint, Fib, FilterChain, HashTable, Listener, Route,
-    TcpProxy, WeightedClusters,
+    Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable, Listener,
+    Route, TcpProxy, WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::lb::levels::first_priority_len;
@@ -168,6 +168,12 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
             max_connections: l.max_connections,
             delay_ms: l.delay.map_or(0, millis),
             state: stats.connection_limit(&l.stat_prefix),
+        }),
+        fault: c.fault.as_ref().map(|f| Fault {
+            delay: f.delay,
+            abort: f.abort,
+            throttle: f.throttle,
+            stats: stats.fault(&f.stat_prefix),
         }),
         tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
     };

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath};
 use switchyard_dataplane::fib::{
-    ChainMatch, CircuitBreakers, HealthPolicy, LbPolicy, OriginalSrc, UpstreamBind,
+    ChainMatch, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle, HealthPolicy, LbPolicy,
+    OriginalSrc, UpstreamBind,
 };
 
 /// Default admin address when the bootstrap has none (Envoy/Istio convention).
@@ -161,8 +162,21 @@ pub struct FilterChainConfig {
     pub matcher: ChainMatch,
     /// `envoy.filters.network.connection_limit`, before the tcp_proxy.
     pub connection_limit: Option<ConnectionLimitConfig>,
+    /// `switchyard.filters.network.fault`, before the tcp_proxy.
+    pub fault: Option<FaultConfig>,
     /// The tcp_proxy filter (the chain's terminal filter).
     pub tcp_proxy: TcpProxyConfig,
+}
+
+/// Switchyard's L4 fault injection filter: each fault with its share of connections in
+/// per million.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultConfig {
+    /// `fault.<stat_prefix>.*`.
+    pub stat_prefix: String,
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+    pub throttle: Option<FaultThrottle>,
 }
 
 /// Envoy's connection limit network filter.

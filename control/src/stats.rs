@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
 use switchyard_dataplane::stats::{
-    listener_stat_name, ClusterResources, ClusterStats, ConnectionLimitState, ListenerStats,
-    ServerStats, TcpStats,
+    listener_stat_name, ClusterResources, ClusterStats, ConnectionLimitState, FaultStats,
+    ListenerStats, ServerStats, TcpStats,
 };
 
 /// All stat blocks, by name.
@@ -40,6 +40,8 @@ pub struct Blocks {
     pub resources: BTreeMap<String, Arc<ClusterResources>>,
     /// `connection_limit.<stat_prefix>.`
     pub connection_limit: BTreeMap<String, Arc<ConnectionLimitState>>,
+    /// `fault.<stat_prefix>.`
+    pub fault: BTreeMap<String, Arc<FaultStats>>,
     /// Health state and `outlier_detection.*` / `health_check.*` stats, by cluster name.
     pub health: BTreeMap<String, Arc<ClusterHealth>>,
 }
@@ -85,6 +87,7 @@ impl StatsRegistry {
                 .values()
                 .for_each(|b| b.reset_counters());
             blocks.health.values().for_each(|b| b.reset_counters());
+            blocks.fault.values().for_each(|b| b.reset_counters());
         }
         self.server.reset_counters();
         self.xds.reset();
@@ -108,6 +111,16 @@ impl StatsRegistry {
             .tcp
             .entry(prefix.to_string())
             .or_insert_with(|| Arc::new(TcpStats::new(prefix, w)))
+            .clone()
+    }
+
+    /// The `fault.<prefix>.` block.
+    pub fn fault(&self, prefix: &str) -> Arc<FaultStats> {
+        let w = self.workers;
+        self.blocks()
+            .fault
+            .entry(prefix.to_string())
+            .or_insert_with(|| Arc::new(FaultStats::new(prefix, w)))
             .clone()
     }
 

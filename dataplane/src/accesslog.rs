@@ -121,6 +121,10 @@ impl ResponseFlags {
     pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: u16 = 1 << 8;
     /// `DT`: closed at the end of a drain.
     pub const DRAIN_CLOSE: u16 = 1 << 9;
+    /// `FI`: the fault filter reset the connection.
+    pub const FAULT_INJECTED: u16 = 1 << 10;
+    /// `DI`: the fault filter delayed the upstream connect.
+    pub const DELAY_INJECTED: u16 = 1 << 11;
 
     /// Sets `flag`.
     pub fn set(&mut self, flag: u16) {
@@ -277,13 +281,15 @@ pub fn parse_json_value(value: &str) -> Result<Segment, String> {
 
 impl ResponseFlags {
     /// Envoy's short codes, in Envoy's order (the order `%RESPONSE_FLAGS%` joins them in).
-    const SHORT_CODES: [(u16, &'static str); 10] = [
+    const SHORT_CODES: [(u16, &'static str); 12] = [
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
         (Self::UPSTREAM_REQUEST_TIMEOUT, "UT"),
         (Self::UPSTREAM_CONNECTION_FAILURE, "UF"),
         (Self::UPSTREAM_CONNECTION_TERMINATION, "UC"),
         (Self::UPSTREAM_OVERFLOW, "UO"),
         (Self::NO_ROUTE_FOUND, "NR"),
+        (Self::DELAY_INJECTED, "DI"),
+        (Self::FAULT_INJECTED, "FI"),
         (Self::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
         (Self::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
         (Self::STREAM_IDLE_TIMEOUT, "SI"),

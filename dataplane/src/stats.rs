@@ -216,6 +216,20 @@ stat_block!(
 });
 
 stat_block!(
+    /// `fault.<stat_prefix>.*`: one per `switchyard.filters.network.fault` stat prefix
+    /// (named like Envoy's HTTP fault filter's stats).
+    FaultStats, FaultStat, 4, {
+    /// Connections whose upstream connect was delayed.
+    DelaysInjected => ("delays_injected", Counter),
+    /// Connections reset by the fault (at accept or after their byte allowance).
+    AbortsInjected => ("aborts_injected", Counter),
+    /// Connections whose throughput was limited.
+    ThrottlesInjected => ("throttles_injected", Counter),
+    /// Connections with a fault in effect now.
+    ActiveFaults => ("active_faults", Gauge),
+});
+
+stat_block!(
     /// `cluster.<name>.*`: one per cluster name.
     ClusterStats, ClusterStat, 17, {
     /// Upstream connections attempted.

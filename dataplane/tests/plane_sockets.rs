@@ -69,6 +69,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         name: "".into(),
         matcher: ChainMatch::default(),
         connection_limit: None,
+        fault: None,
         tcp_proxy: TcpProxy {
             stats: Arc::new(TcpStats::new("l4", workers)),
             route: Route::Cluster(ClusterId(0)),

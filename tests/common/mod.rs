@@ -1327,6 +1327,23 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Starts the selected proxy with `concurrency` workers, or returns None (a skip outside
+/// CI; a failure in CI) when it is not available.
+pub fn start_selected_with(yaml: &str, concurrency: u32) -> Option<Proxy> {
+    let kind = selected_proxy();
+    if !require(proxy_available(kind), kind.name()) {
+        return None;
+    }
+    Some(Proxy::start_with(
+        kind,
+        yaml,
+        ProxyOpts {
+            concurrency,
+            ..Default::default()
+        },
+    ))
+}
+
 /// Starts the selected proxy, or returns None (skip outside CI) if it is not available.
 pub fn start_selected(yaml: &str) -> Option<Proxy> {
     let kind = selected_proxy();

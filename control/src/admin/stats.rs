@@ -22,7 +22,7 @@ use std::sync::LazyLock;
 use switchyard_dataplane::fib::{Cluster, HashLookup};
 use switchyard_dataplane::health::FAILED_ACTIVE_HC;
 use switchyard_dataplane::stats::{
-    ClusterStat, HealthStat, ListenerStat, Resource, ServerStat, StatKind, TcpStat,
+    ClusterStat, FaultStat, HealthStat, ListenerStat, Resource, ServerStat, StatKind, TcpStat,
 };
 
 /// A stat's value: counters are unsigned, gauges signed.
@@ -211,6 +211,17 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                 all,
                 ClusterStat::name,
                 ClusterStat::kind,
+                |s| b.get(s),
+            );
+        }
+        for (prefix, b) in &blocks.fault {
+            let p = format!("fault.{}", sanitize_element(prefix));
+            push_block(
+                &mut out,
+                &p,
+                &FaultStat::ALL,
+                FaultStat::name,
+                FaultStat::kind,
                 |s| b.get(s),
             );
         }

@@ -42,7 +42,13 @@ pub(crate) fn pool() -> DescriptorPool {
         static POOL: DescriptorPool = {
             // The set is vendored and checked by tests: failing to decode it is a build
             // defect.
-            DescriptorPool::decode(DESCRIPTOR_SET).expect("vendored descriptor set decodes")
+            let mut pool =
+                DescriptorPool::decode(DESCRIPTOR_SET).expect("vendored descriptor set decodes");
+            // Switchyard's own extensions, compiled by build.rs over the same well-known
+            // types.
+            pool.decode_file_descriptor_set(super::ext::DESCRIPTOR_SET)
+                .expect("extension descriptor set decodes");
+            pool
         };
     }
     POOL.with(DescriptorPool::clone)

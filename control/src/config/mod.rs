@@ -17,6 +17,7 @@
 
 mod descriptors;
 mod error;
+pub mod ext;
 pub mod resource;
 pub(crate) mod walk;
 

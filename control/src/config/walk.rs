@@ -270,13 +270,33 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["endpoint", "load_balancing_weight"],
     ),
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),
+    (
+        "switchyard.filters.network.fault.v1.Fault",
+        &["stat_prefix", "delay", "abort", "throttle"],
+    ),
+    (
+        "switchyard.filters.network.fault.v1.Delay",
+        &["fixed_delay", "percent"],
+    ),
+    (
+        "switchyard.filters.network.fault.v1.Abort",
+        &["after_bytes", "percent"],
+    ),
+    (
+        "switchyard.filters.network.fault.v1.Throttle",
+        &[
+            "upstream_bytes_per_second",
+            "downstream_bytes_per_second",
+            "percent",
+        ],
+    ),
 ];
 
 /// `@type`s accepted in each `typed_config` field (by the field's full name).
 const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "envoy.config.listener.v3.Filter.typed_config",
-        &[TCP_PROXY, CONNECTION_LIMIT],
+        &[TCP_PROXY, CONNECTION_LIMIT, super::ext::FAULT],
     ),
     (
         "envoy.config.listener.v3.ListenerFilter.typed_config",
@@ -306,6 +326,16 @@ pub(crate) const ORIGINAL_SRC_FILTER: &str =
     "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
 pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Whose message `desc` is, for error messages: "Envoy's envoy.config...", or Switchyard's
+/// own extension by name.
+fn owner(desc: &MessageDescriptor) -> String {
+    if desc.full_name().starts_with("switchyard.") {
+        desc.full_name().to_string()
+    } else {
+        format!("Envoy's {}", desc.full_name())
+    }
+}
 
 /// Checks `value` as a `desc` message at the root path.
 pub(crate) fn check(
@@ -372,10 +402,10 @@ impl Walker<'_> {
                     field(path, key),
                     match suggest(desc, key) {
                         Some(near) => format!(
-                            "unknown field (not in Envoy's {}); did you mean '{near}'?",
-                            desc.full_name()
+                            "unknown field (not in {}); did you mean '{near}'?",
+                            owner(desc)
                         ),
-                        None => format!("unknown field (not in Envoy's {})", desc.full_name()),
+                        None => format!("unknown field (not in {})", owner(desc)),
                     },
                 ));
             };

@@ -7,6 +7,8 @@
 //! field names, e.g. `static_resources.listeners[1].filter_chains[0].filters[0].typed_config.idle_timeout`.
 //! Defaults are applied here (Envoy's where Envoy has one), so the RIB never holds "absent".
 
+use crate::config::ext::fault::Fault as PbFault;
+use crate::config::ext::FAULT;
 use crate::config::walk::{CONNECTION_LIMIT, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER};
 use crate::config::{field, index, ConfigError};
 use crate::rib::{
@@ -65,6 +67,7 @@ use switchyard_dataplane::fib::{
 };
 use switchyard_dataplane::hash_lb::{is_prime, MaglevTable, RingHash};
 
+mod ext;
 mod health;
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -354,6 +357,7 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
     };
     let mut tcp = None;
     let mut connection_limit = None;
+    let mut fault = None;
     for (i, f) in fc.filters.iter().enumerate() {
         let fpath = index(&filters_path, i);
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -363,6 +367,23 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
             ));
         };
         let tpath = field(&fpath, "typed_config");
+        if type_name(any) == FAULT {
+            if fault.is_some() {
+                return Err(ConfigError::invalid(
+                    fpath,
+                    "a second fault filter in one chain",
+                ));
+            }
+            let f: PbFault = decode_any(any, FAULT, &tpath)?;
+            fault = Some(ext::fault_config(&f, &tpath)?);
+            if i == last {
+                return Err(ConfigError::invalid(
+                    fpath,
+                    "the chain must end with a tcp_proxy filter",
+                ));
+            }
+            continue;
+        }
         if type_name(any) == CONNECTION_LIMIT {
             if connection_limit.is_some() {
                 return Err(ConfigError::invalid(
@@ -394,6 +415,7 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
         name: fc.name.clone(),
         matcher,
         connection_limit,
+        fault,
         tcp_proxy,
     })
 }

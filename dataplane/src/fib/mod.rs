@@ -28,7 +28,8 @@ use crate::accesslog::AccessLogSink;
 use crate::hash_lb::{envoy_host_key, HashHost, MaglevTable, RingHash};
 use crate::health::ClusterHealth;
 use crate::stats::{
-    ClusterResources, ClusterStats, ConnectionLimitState, HostStats, ListenerStats, TcpStats,
+    ClusterResources, ClusterStats, ConnectionLimitState, FaultStats, HostStats, ListenerStats,
+    TcpStats,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -227,8 +228,53 @@ pub struct FilterChain {
     pub matcher: ChainMatch,
     /// `envoy.filters.network.connection_limit` before the tcp_proxy, if any.
     pub connection_limit: Option<ConnectionLimit>,
+    /// `switchyard.filters.network.fault`, when configured.
+    pub fault: Option<Fault>,
     /// The terminal network filter.
     pub tcp_proxy: TcpProxy,
+}
+
+/// `switchyard.filters.network.fault`: each fault is drawn per connection, independently.
+#[derive(Debug)]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+    pub throttle: Option<FaultThrottle>,
+    /// `fault.<stat_prefix>.*`, shared across generations.
+    pub stats: Arc<FaultStats>,
+}
+
+/// Delay the upstream connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultDelay {
+    pub delay_ms: u64,
+    /// Connections delayed, per million.
+    pub per_million: u32,
+}
+
+/// Reset the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultAbort {
+    /// Once the client has sent this many bytes (0: at accept). The upstream receives at
+    /// most this many.
+    pub after_bytes: u64,
+    /// Connections aborted, per million.
+    pub per_million: u32,
+}
+
+/// Limit throughput, each direction on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultThrottle {
+    /// Bytes per second, by [`crate::relay::Dir`] (`Up`: client to upstream); 0 unlimited.
+    pub bytes_per_second: [u64; 2],
+    /// Connections throttled, per million.
+    pub per_million: u32,
+}
+
+/// A draw that succeeds for `per_million` of a million.
+#[inline]
+pub fn drawn(per_million: u32, random: u64) -> bool {
+    random % 1_000_000 < u64::from(per_million)
 }
 
 /// Envoy's `envoy.filters.network.connection_limit`: at most `max_connections` open on the

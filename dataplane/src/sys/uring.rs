@@ -240,6 +240,8 @@ pub(crate) struct Ring {
     /// Per connection slot: the connect timeout.
     connect_timeouts: Box<[types::Timespec]>,
     tick: Box<types::Timespec>,
+    /// The fault timer's interval (see [`Ring::fault_tick`]).
+    fault_tick: Box<types::Timespec>,
     eventfd_value: Box<u64>,
     /// Operations submitted whose last completion has not arrived yet.
     inflight: usize,
@@ -306,6 +308,7 @@ impl Ring {
             connect_addrs: (0..slots).map(|_| None).collect(),
             connect_timeouts: (0..slots).map(|_| types::Timespec::new()).collect(),
             tick: Box::new(types::Timespec::new()),
+            fault_tick: Box::new(types::Timespec::new()),
             eventfd_value: Box::new(0),
             inflight: 0,
             cq_entries: entries as usize * 4,
@@ -614,11 +617,26 @@ impl Ring {
     pub fn tick(&mut self, interval: Duration, user_data: u64) {
         *self.tick = types::Timespec::from(interval);
         let ts: *const types::Timespec = &*self.tick;
+        self.repeating_timeout(ts, user_data);
+    }
+
+    /// A second repeating timer, every `interval`, with its own timespec (so it may be armed
+    /// in the same batch as [`Ring::tick`]): the fault filter's fine-grained timer.
+    pub fn fault_tick(&mut self, interval: Duration, user_data: u64) {
+        *self.fault_tick = types::Timespec::from(interval);
+        let ts: *const types::Timespec = &*self.fault_tick;
+        self.repeating_timeout(ts, user_data);
+    }
+
+    /// A multishot timeout on the timespec at `ts`, one of the boxed timespecs of `self`.
+    fn repeating_timeout(&mut self, ts: *const types::Timespec, user_data: u64) {
         let e = opcode::Timeout::new(ts)
             .flags(types::TimeoutFlags::MULTISHOT)
             .build()
             .user_data(user_data);
-        // SAFETY: the timespec is boxed inside self and is copied by the kernel at submission.
+        // SAFETY: `ts` points into a Box owned by self (tick or fault_tick), which outlives
+        // the submission, and the kernel copies the timespec at submission; each timer's
+        // method is its only writer and the worker arms at most one of each at a time.
         unsafe { self.push(e) }
     }
 

@@ -81,6 +81,25 @@ pub(crate) struct Conn {
     pub pipes: [BufId; 2],
     pub flags: ResponseFlags,
     pub termination_details: &'static str,
+    /// What the fault filter drew for this connection.
+    pub faults: Faults,
+}
+
+/// The fault filter's state of one connection (all zero: no fault).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Faults {
+    /// A fault applies: counted in `active_faults` until the connection closes.
+    pub active: bool,
+    /// The delayed upstream connect starts then.
+    pub connect_at_ms: Option<u64>,
+    /// Client bytes still allowed before the reset.
+    pub abort_after: Option<u64>,
+    /// Throttle rate by direction, bytes per second (0: none).
+    pub rate_bps: [u64; 2],
+    /// A throttled direction may receive again from then (µs on the worker's clock).
+    pub recv_ready_at_us: [u64; 2],
+    /// A throttled direction's receive waits for `recv_ready_at_us`.
+    pub recv_deferred: [bool; 2],
 }
 
 impl Default for Conn {
@@ -122,6 +141,7 @@ impl Default for Conn {
             pipes: [super::pipes::NO_PIPE; 2],
             flags: ResponseFlags(0),
             termination_details: "-",
+            faults: Faults::default(),
         }
     }
 }

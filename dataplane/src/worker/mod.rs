@@ -16,6 +16,7 @@
 //!   completion arrived. A nonce in `user_data` tells reused slots apart.
 
 mod conn;
+mod fault;
 mod pipes;
 pub(crate) mod ud;
 
@@ -263,6 +264,8 @@ pub(crate) struct Worker {
     open_conns: usize,
     /// Splice mode: the pipes connections relay through (dropped after the ring).
     pipes: Pipes,
+    /// The fault filter's deadlines (delayed connects, throttled receives).
+    fault_timers: fault::FaultTimers,
 }
 
 impl Worker {
@@ -325,6 +328,7 @@ impl Worker {
                 },
                 limits.buffer_size_bytes,
             ),
+            fault_timers: fault::FaultTimers::with_capacity(slots),
         };
         worker.batch = Vec::with_capacity(worker.ring.completion_capacity());
         worker.adopt_snapshot();
@@ -374,7 +378,8 @@ impl Worker {
             Kind::Wake => self.on_wake(c),
             Kind::Tick => self.on_tick(c),
             Kind::Accept => self.on_accept(slot as usize, nonce, c),
-            Kind::AcceptCancel => {}
+            Kind::AcceptCancel | Kind::FaultTickCancel => {}
+            Kind::FaultTick => self.on_fault_tick(slot, c),
             _ => self.on_conn_completion(kind, slot, nonce, c),
         }
     }
@@ -776,6 +781,9 @@ impl Worker {
         if decision.flags != 0 {
             conn.flags.set(decision.flags);
             self.close_client_only(slot);
+            return;
+        }
+        if self.apply_faults(slot) {
             return;
         }
         self.connect_next(slot, None);
@@ -1247,6 +1255,9 @@ impl Worker {
             let pipe = self.conns[slot as usize].pipes[dir as usize];
             self.pipes.filled(pipe, c.result as u32);
             self.count_received(slot, dir, c.result as u64);
+            if self.charge_faults(slot, dir, c.result as u64) {
+                return;
+            }
             Received::Data {
                 buf: pipe,
                 len: c.result as u32,
@@ -1265,6 +1276,12 @@ impl Worker {
             }
             self.resize_receives(slot, dir, class, c.result as u32);
             self.count_received(slot, dir, c.result as u64);
+            if self.charge_faults(slot, dir, c.result as u64) {
+                // The abort fault fired: these bytes go nowhere.
+                self.ring.recycle(buf);
+                self.feed_starved();
+                return;
+            }
             Received::Data {
                 buf,
                 len: c.result as u32,
@@ -1376,37 +1393,49 @@ impl Worker {
         }
     }
 
+    /// Starts a receive on `dir`'s source of `slot`.
+    fn submit_recv(&mut self, slot: u32, dir: Dir) {
+        let throttled = self.throttled(slot, dir);
+        let conn = &mut self.conns[slot as usize];
+        let fd = conn.fd(dir.source());
+        conn.inflight += 1;
+        let kind = if dir == Dir::Up {
+            Kind::RecvUp
+        } else {
+            Kind::RecvDown
+        };
+        let ud = ud::encode(kind, slot, conn.nonce);
+        if self.limits.relay_mode == RelayMode::Splice {
+            let (pipe_in, capacity) = self
+                .pipes
+                .write_end(conn.pipes[dir as usize])
+                .expect("a relaying connection has its pipes");
+            self.ring.splice(fd, pipe_in, capacity, ud);
+        } else {
+            let class = if conn.large_receives[dir as usize]
+                && !throttled
+                && self.ring.buffers_in_kernel(BufClass::Large) > 0
+            {
+                BufClass::Large
+            } else {
+                BufClass::Small
+            };
+            conn.recv_class[dir as usize] = class;
+            self.ring.recv(fd, class, ud);
+        }
+    }
+
     fn carry_out_one(&mut self, slot: u32, action: Action) {
+        if let Action::Recv(dir) = action {
+            if !self.defer_recv(slot, dir) {
+                self.submit_recv(slot, dir);
+            }
+            return;
+        }
         let conn = &mut self.conns[slot as usize];
         let nonce = conn.nonce;
         match action {
-            Action::Recv(dir) => {
-                let fd = conn.fd(dir.source());
-                conn.inflight += 1;
-                let kind = if dir == Dir::Up {
-                    Kind::RecvUp
-                } else {
-                    Kind::RecvDown
-                };
-                let ud = ud::encode(kind, slot, nonce);
-                if self.limits.relay_mode == RelayMode::Splice {
-                    let (pipe_in, capacity) = self
-                        .pipes
-                        .write_end(conn.pipes[dir as usize])
-                        .expect("a relaying connection has its pipes");
-                    self.ring.splice(fd, pipe_in, capacity, ud);
-                } else {
-                    let class = if conn.large_receives[dir as usize]
-                        && self.ring.buffers_in_kernel(BufClass::Large) > 0
-                    {
-                        BufClass::Large
-                    } else {
-                        BufClass::Small
-                    };
-                    conn.recv_class[dir as usize] = class;
-                    self.ring.recv(fd, class, ud);
-                }
-            }
+            Action::Recv(_) => unreachable!("handled above"),
             Action::Send {
                 dir,
                 buf,
@@ -1652,6 +1681,7 @@ impl Worker {
 
     /// Stats and the access-log record of a connection that just closed.
     fn record_close(&mut self, slot: u32) {
+        self.leave_faults(slot);
         self.release_resources(slot, false);
         self.leave_connection_limit(slot);
         let id = self.id;

@@ -36,6 +36,10 @@ pub(crate) enum Kind {
     ShutDown = 13,
     /// Socket options, cancels and closes whose result does not matter.
     Aux = 14,
+    /// The fault filter's timer fired.
+    FaultTick = 15,
+    /// The cancel of the fault filter's timer finished.
+    FaultTickCancel = 16,
 }
 
 impl Kind {
@@ -55,6 +59,8 @@ impl Kind {
             12 => Kind::ShutUp,
             13 => Kind::ShutDown,
             14 => Kind::Aux,
+            15 => Kind::FaultTick,
+            16 => Kind::FaultTickCancel,
             _ => return None,
         })
     }

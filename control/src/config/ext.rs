@@ -1,0 +1,30 @@
+//! Switchyard's own extension messages (`proto/switchyard/...`, package `switchyard.*.v1`),
+//! compiled by `control/build.rs`, and their descriptors for the config walker's pool. Like
+//! Envoy's types, they are read only by `convert`.
+
+/// `switchyard.filters.network.fault.v1`: L4 fault injection.
+pub mod fault {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/switchyard.filters.network.fault.v1.rs"
+    ));
+}
+
+/// `switchyard.filters.network.mirror.v1`: L4 traffic mirroring.
+pub mod mirror {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/switchyard.filters.network.mirror.v1.rs"
+    ));
+}
+
+/// The extension files' descriptors (without the well-known types they import).
+pub(crate) const DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/switchyard.bin"));
+
+/// `@type` of the fault filter's config.
+pub const FAULT: &str = "switchyard.filters.network.fault.v1.Fault";
+/// `@type` of the mirror filter's config.
+pub const MIRROR: &str = "switchyard.filters.network.mirror.v1.Mirror";

@@ -1,0 +1,277 @@
+//! The fault filter (`switchyard.filters.network.fault`) on the worker.
+//!
+//! Each fault is drawn per connection at accept, independently, with the worker's RNG:
+//!
+//! - **abort at accept** (`after_bytes` 0): the client is reset before anything is connected
+//!   (`FI`, `aborts_injected`);
+//! - **abort after N bytes**: the connection is reset when the client's bytes reach N; the
+//!   receive that reaches N is not forwarded, so the upstream gets fewer than N bytes (`FI`,
+//!   `aborts_injected` when it fires);
+//! - **delay**: the upstream connect starts `fixed_delay` after accept (`DI`,
+//!   `delays_injected`); nothing is read from the client meanwhile;
+//! - **throttle**: each direction's receives are spaced so that its bytes per second stay at
+//!   the rate: after a receive of `n` bytes the direction may receive again `n / rate`
+//!   seconds later (a token bucket of one receive), and throttled directions use small
+//!   buffers so one receive is a small step (`throttles_injected`).
+//!
+//! Deadlines go into a small list served by a 2 ms timer of its own ([`FAULT_TICK`]), armed
+//! only while the list is not empty. Nothing here allocates per connection: the list's
+//! capacity is reserved when the worker starts.
+
+use super::conn::CHAIN_NONE;
+use super::ud::{self, Kind};
+use super::Worker;
+use crate::accesslog::ResponseFlags;
+use crate::fib::drawn;
+use crate::relay::Dir;
+use crate::stats::{FaultStat, FaultStats};
+use crate::sys::Completion;
+use std::time::Duration;
+
+/// Period of the fault timer: the precision of delays and throttling.
+const FAULT_TICK: Duration = Duration::from_millis(2);
+
+/// What a fault deadline starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Due {
+    /// The delayed upstream connect.
+    Connect,
+    /// A throttled direction's next receive.
+    Recv(Dir),
+}
+
+/// One fault deadline.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FaultTimer {
+    at_us: u64,
+    slot: u32,
+    nonce: u32,
+    due: Due,
+}
+
+/// The worker's fault deadlines and their timer.
+#[derive(Debug, Default)]
+pub(super) struct FaultTimers {
+    timers: Vec<FaultTimer>,
+    /// The armed timer's generation (in its user_data), so that completions of a cancelled
+    /// timer are told apart from the current one's.
+    generation: u32,
+    armed: bool,
+}
+
+impl FaultTimers {
+    /// Room for `slots` connections' deadlines (a connect, then at most one receive per
+    /// direction at a time).
+    pub(super) fn with_capacity(slots: usize) -> Self {
+        FaultTimers {
+            timers: Vec::with_capacity(slots * 2),
+            ..Default::default()
+        }
+    }
+}
+
+impl Worker {
+    /// The worker's clock in microseconds (throttling needs finer steps than `now_ms`).
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    fn fault_stats(&self, slot: u32) -> Option<&FaultStats> {
+        self.chain_of(slot)
+            .and_then(|c| c.fault.as_ref())
+            .map(|f| &*f.stats)
+    }
+
+    /// Draws the chain's faults for the new connection `slot`. True when a fault took the
+    /// connection over (reset at accept, or connect delayed); false to connect now.
+    pub(super) fn apply_faults(&mut self, slot: u32) -> bool {
+        let Some(fault) = self.chain_of(slot).and_then(|c| c.fault.as_ref()) else {
+            return false;
+        };
+        let (delay, abort, throttle) = (fault.delay, fault.abort, fault.throttle);
+        let abort = abort.filter(|a| drawn(a.per_million, self.rng.next_u64()));
+        let delay = delay.filter(|d| drawn(d.per_million, self.rng.next_u64()));
+        let throttle = throttle.filter(|t| drawn(t.per_million, self.rng.next_u64()));
+        if abort.is_none() && delay.is_none() && throttle.is_none() {
+            return false;
+        }
+        let (id, now_ms) = (self.id, self.now_ms);
+        if let Some(stats) = self.fault_stats(slot) {
+            stats.inc(id, FaultStat::ActiveFaults);
+            if throttle.is_some() {
+                stats.inc(id, FaultStat::ThrottlesInjected);
+            }
+            if delay.is_some() && abort.is_none_or(|a| a.after_bytes > 0) {
+                stats.inc(id, FaultStat::DelaysInjected);
+            }
+        }
+        let conn = &mut self.conns[slot as usize];
+        conn.faults.active = true;
+        if let Some(t) = throttle {
+            conn.faults.rate_bps = t.bytes_per_second;
+        }
+        if let Some(a) = abort {
+            if a.after_bytes == 0 {
+                self.fault_abort(slot);
+                return true;
+            }
+            conn.faults.abort_after = Some(a.after_bytes);
+        }
+        if let Some(d) = delay {
+            conn.flags.set(ResponseFlags::DELAY_INJECTED);
+            let at_ms = now_ms + d.delay_ms;
+            conn.faults.connect_at_ms = Some(at_ms);
+            self.schedule_fault(at_ms * 1000, slot, Due::Connect);
+            return true;
+        }
+        false
+    }
+
+    /// Resets the connection for the abort fault.
+    fn fault_abort(&mut self, slot: u32) {
+        if let Some(stats) = self.fault_stats(slot) {
+            stats.inc(self.id, FaultStat::AbortsInjected);
+        }
+        if self.conns[slot as usize].state == super::ConnState::Connecting
+            && !self.conns[slot as usize].connected
+            && self.conns[slot as usize].backend == super::NO_FD
+        {
+            // Not connected upstream yet (abort at accept): only the client to reset.
+            let conn = &mut self.conns[slot as usize];
+            conn.flags.set(ResponseFlags::FAULT_INJECTED);
+            conn.termination_details = "fault_abort";
+            conn.max_attempts = 0;
+            self.close_sockets(slot, true, false);
+            self.finish_if_done(slot);
+            return;
+        }
+        self.abort_conn(slot, ResponseFlags::FAULT_INJECTED, "fault_abort", true);
+    }
+
+    /// A receive of `len` bytes on `dir` completed: charges the throttle and the abort
+    /// allowance. True when the abort fired (the bytes are then not forwarded).
+    pub(super) fn charge_faults(&mut self, slot: u32, dir: Dir, len: u64) -> bool {
+        let now_us = self.now_us();
+        let faults = &mut self.conns[slot as usize].faults;
+        if !faults.active {
+            return false;
+        }
+        if let Some(wait_us) = len
+            .saturating_mul(1_000_000)
+            .checked_div(faults.rate_bps[dir as usize])
+        {
+            let ready = &mut faults.recv_ready_at_us[dir as usize];
+            *ready = (*ready).max(now_us) + wait_us;
+        }
+        if dir == Dir::Up {
+            if let Some(left) = faults.abort_after {
+                if len >= left {
+                    faults.abort_after = None;
+                    self.fault_abort(slot);
+                    return true;
+                }
+                faults.abort_after = Some(left - len);
+            }
+        }
+        false
+    }
+
+    /// True when `dir`'s next receive must wait for the throttle; the receive is then
+    /// deferred and started by the fault timer.
+    pub(super) fn defer_recv(&mut self, slot: u32, dir: Dir) -> bool {
+        let faults = &self.conns[slot as usize].faults;
+        if faults.rate_bps[dir as usize] == 0 {
+            return false;
+        }
+        let at_us = faults.recv_ready_at_us[dir as usize];
+        if at_us <= self.now_us() {
+            return false;
+        }
+        self.conns[slot as usize].faults.recv_deferred[dir as usize] = true;
+        self.schedule_fault(at_us, slot, Due::Recv(dir));
+        true
+    }
+
+    /// True when `dir` of `slot` is throttled (its receives then use small buffers).
+    pub(super) fn throttled(&self, slot: u32, dir: Dir) -> bool {
+        self.conns[slot as usize].faults.rate_bps[dir as usize] > 0
+    }
+
+    fn schedule_fault(&mut self, at_us: u64, slot: u32, due: Due) {
+        let nonce = self.conns[slot as usize].nonce;
+        self.fault_timers.timers.push(FaultTimer {
+            at_us,
+            slot,
+            nonce,
+            due,
+        });
+        if !self.fault_timers.armed {
+            self.fault_timers.armed = true;
+            self.fault_timers.generation = self.fault_timers.generation.wrapping_add(1) & 0xffff;
+            let ud = ud::encode(Kind::FaultTick, self.fault_timers.generation, 0);
+            self.ring.fault_tick(FAULT_TICK, ud);
+        }
+    }
+
+    /// The fault timer fired: starts what is due; stops the timer when nothing is left.
+    pub(super) fn on_fault_tick(&mut self, generation: u32, c: Completion) {
+        if generation != self.fault_timers.generation || !self.fault_timers.armed {
+            return; // a cancelled timer's last completions
+        }
+        if !c.more() {
+            self.fault_timers.armed = false;
+        }
+        let now_us = self.now_us();
+        let mut i = 0;
+        while i < self.fault_timers.timers.len() {
+            let t = self.fault_timers.timers[i];
+            if t.at_us > now_us {
+                i += 1;
+                continue;
+            }
+            self.fault_timers.timers.swap_remove(i);
+            self.fire(t);
+        }
+        if self.fault_timers.timers.is_empty() && self.fault_timers.armed {
+            self.fault_timers.armed = false;
+            let target = ud::encode(Kind::FaultTick, self.fault_timers.generation, 0);
+            self.ring
+                .cancel(target, ud::encode(Kind::FaultTickCancel, 0, 0));
+        } else if !self.fault_timers.timers.is_empty() && !self.fault_timers.armed {
+            self.fault_timers.armed = true;
+            self.fault_timers.generation = self.fault_timers.generation.wrapping_add(1) & 0xffff;
+            let ud = ud::encode(Kind::FaultTick, self.fault_timers.generation, 0);
+            self.ring.fault_tick(FAULT_TICK, ud);
+        }
+    }
+
+    fn fire(&mut self, t: FaultTimer) {
+        let conn = &mut self.conns[t.slot as usize];
+        if conn.nonce != t.nonce || !conn.is_live() {
+            return;
+        }
+        match t.due {
+            Due::Connect => {
+                if conn.faults.connect_at_ms.take().is_some() {
+                    self.connect_next(t.slot, None);
+                }
+            }
+            Due::Recv(dir) => {
+                if std::mem::take(&mut conn.faults.recv_deferred[dir as usize]) {
+                    self.submit_recv(t.slot, dir);
+                }
+            }
+        }
+    }
+
+    /// The connection closes: it no longer counts in `active_faults`.
+    pub(super) fn leave_faults(&mut self, slot: u32) {
+        let conn = &mut self.conns[slot as usize];
+        if !std::mem::take(&mut conn.faults.active) || conn.chain == CHAIN_NONE {
+            return;
+        }
+        if let Some(stats) = self.fault_stats(slot) {
+            stats.dec(self.id, FaultStat::ActiveFaults);
+        }
+    }
+}
