@@ -27,7 +27,7 @@ use std::sync::Arc;
 use switchyard_dataplane::accesslog::{AccessLogSink, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
     Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable, Listener,
-    Route, TcpProxy, WeightedClusters,
+    Mirror, Route, TcpProxy, WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::lb::levels::first_priority_len;
@@ -168,6 +168,12 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
             max_connections: l.max_connections,
             delay_ms: l.delay.map_or(0, millis),
             state: stats.connection_limit(&l.stat_prefix),
+        }),
+        mirror: c.mirror.as_ref().map(|m| Mirror {
+            cluster: ids.get(m.cluster.as_str()).copied(),
+            per_million: m.per_million,
+            max_buffered_bytes: m.max_buffered_bytes,
+            stats: stats.mirror(&m.stat_prefix),
         }),
         fault: c.fault.as_ref().map(|f| Fault {
             delay: f.delay,

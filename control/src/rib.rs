@@ -164,6 +164,8 @@ pub struct FilterChainConfig {
     pub connection_limit: Option<ConnectionLimitConfig>,
     /// `switchyard.filters.network.fault`, before the tcp_proxy.
     pub fault: Option<FaultConfig>,
+    /// `switchyard.filters.network.mirror`, before the tcp_proxy.
+    pub mirror: Option<MirrorConfig>,
     /// The tcp_proxy filter (the chain's terminal filter).
     pub tcp_proxy: TcpProxyConfig,
 }
@@ -177,6 +179,19 @@ pub struct FaultConfig {
     pub delay: Option<FaultDelay>,
     pub abort: Option<FaultAbort>,
     pub throttle: Option<FaultThrottle>,
+}
+
+/// Switchyard's L4 mirroring filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorConfig {
+    /// `mirror.<stat_prefix>.*`.
+    pub stat_prefix: String,
+    /// The shadow cluster's name.
+    pub cluster: String,
+    /// Connections mirrored, per million.
+    pub per_million: u32,
+    /// Bytes waiting for the shadow at most, per connection.
+    pub max_buffered_bytes: u32,
 }
 
 /// Envoy's connection limit network filter.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
 use switchyard_dataplane::stats::{
     listener_stat_name, ClusterResources, ClusterStats, ConnectionLimitState, FaultStats,
-    ListenerStats, ServerStats, TcpStats,
+    ListenerStats, MirrorStats, ServerStats, TcpStats,
 };
 
 /// All stat blocks, by name.
@@ -42,6 +42,8 @@ pub struct Blocks {
     pub connection_limit: BTreeMap<String, Arc<ConnectionLimitState>>,
     /// `fault.<stat_prefix>.`
     pub fault: BTreeMap<String, Arc<FaultStats>>,
+    /// `mirror.<stat_prefix>.`
+    pub mirror: BTreeMap<String, Arc<MirrorStats>>,
     /// Health state and `outlier_detection.*` / `health_check.*` stats, by cluster name.
     pub health: BTreeMap<String, Arc<ClusterHealth>>,
 }
@@ -88,6 +90,7 @@ impl StatsRegistry {
                 .for_each(|b| b.reset_counters());
             blocks.health.values().for_each(|b| b.reset_counters());
             blocks.fault.values().for_each(|b| b.reset_counters());
+            blocks.mirror.values().for_each(|b| b.reset_counters());
         }
         self.server.reset_counters();
         self.xds.reset();
@@ -121,6 +124,16 @@ impl StatsRegistry {
             .fault
             .entry(prefix.to_string())
             .or_insert_with(|| Arc::new(FaultStats::new(prefix, w)))
+            .clone()
+    }
+
+    /// The `mirror.<prefix>.` block.
+    pub fn mirror(&self, prefix: &str) -> Arc<MirrorStats> {
+        let w = self.workers;
+        self.blocks()
+            .mirror
+            .entry(prefix.to_string())
+            .or_insert_with(|| Arc::new(MirrorStats::new(prefix, w)))
             .clone()
     }
 

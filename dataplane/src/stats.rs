@@ -230,6 +230,21 @@ stat_block!(
 });
 
 stat_block!(
+    /// `mirror.<stat_prefix>.*`: one per `switchyard.filters.network.mirror` stat prefix.
+    MirrorStats, MirrorStat, 5, {
+    /// Connections sampled for mirroring (a shadow connection was started).
+    ConnectionsMirrored => ("connections_mirrored", Counter),
+    /// Shadow connections that could not connect or failed later.
+    ConnectionsFailed => ("connections_failed", Counter),
+    /// Shadow connections given up because the shadow fell behind (`max_buffered_bytes`).
+    ConnectionsDropped => ("connections_dropped", Counter),
+    /// Client bytes the shadows took.
+    BytesMirrored => ("bytes_mirrored", Counter),
+    /// Shadow connections open now.
+    Active => ("active", Gauge),
+});
+
+stat_block!(
     /// `cluster.<name>.*`: one per cluster name.
     ClusterStats, ClusterStat, 17, {
     /// Upstream connections attempted.

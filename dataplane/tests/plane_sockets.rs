@@ -70,6 +70,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         matcher: ChainMatch::default(),
         connection_limit: None,
         fault: None,
+        mirror: None,
         tcp_proxy: TcpProxy {
             stats: Arc::new(TcpStats::new("l4", workers)),
             route: Route::Cluster(ClusterId(0)),

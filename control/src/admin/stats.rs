@@ -22,7 +22,8 @@ use std::sync::LazyLock;
 use switchyard_dataplane::fib::{Cluster, HashLookup};
 use switchyard_dataplane::health::FAILED_ACTIVE_HC;
 use switchyard_dataplane::stats::{
-    ClusterStat, FaultStat, HealthStat, ListenerStat, Resource, ServerStat, StatKind, TcpStat,
+    ClusterStat, FaultStat, HealthStat, ListenerStat, MirrorStat, Resource, ServerStat, StatKind,
+    TcpStat,
 };
 
 /// A stat's value: counters are unsigned, gauges signed.
@@ -222,6 +223,17 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                 &FaultStat::ALL,
                 FaultStat::name,
                 FaultStat::kind,
+                |s| b.get(s),
+            );
+        }
+        for (prefix, b) in &blocks.mirror {
+            let p = format!("mirror.{}", sanitize_element(prefix));
+            push_block(
+                &mut out,
+                &p,
+                &MirrorStat::ALL,
+                MirrorStat::name,
+                MirrorStat::kind,
                 |s| b.get(s),
             );
         }

@@ -271,6 +271,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),
     (
+        "switchyard.filters.network.mirror.v1.Mirror",
+        &["stat_prefix", "cluster", "percent", "max_buffered_bytes"],
+    ),
+    (
         "switchyard.filters.network.fault.v1.Fault",
         &["stat_prefix", "delay", "abort", "throttle"],
     ),
@@ -296,7 +300,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
 const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "envoy.config.listener.v3.Filter.typed_config",
-        &[TCP_PROXY, CONNECTION_LIMIT, super::ext::FAULT],
+        &[
+            TCP_PROXY,
+            CONNECTION_LIMIT,
+            super::ext::FAULT,
+            super::ext::MIRROR,
+        ],
     ),
     (
         "envoy.config.listener.v3.ListenerFilter.typed_config",

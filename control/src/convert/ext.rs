@@ -2,8 +2,9 @@
 
 use super::{duration, Result};
 use crate::config::ext::fault::Fault as PbFault;
+use crate::config::ext::mirror::Mirror as PbMirror;
 use crate::config::{field, ConfigError};
-use crate::rib::{millis_ceil, FaultConfig};
+use crate::rib::{millis_ceil, FaultConfig, MirrorConfig};
 use switchyard_dataplane::fib::{FaultAbort, FaultDelay, FaultThrottle};
 
 /// `switchyard.filters.network.fault.v1.Fault`.
@@ -66,6 +67,36 @@ pub(super) fn fault_config(f: &PbFault, path: &str) -> Result<FaultConfig> {
         delay,
         abort,
         throttle,
+    })
+}
+
+/// Default `max_buffered_bytes`: 1 MiB.
+const DEFAULT_MIRROR_BUFFER: u32 = 1024 * 1024;
+
+/// `switchyard.filters.network.mirror.v1.Mirror`. The shadow cluster is looked up when the
+/// FIB is compiled: a missing one is warned about there (like a missing tcp_proxy cluster)
+/// and mirrors nothing (`connections_failed`).
+pub(super) fn mirror_config(m: &PbMirror, path: &str) -> Result<MirrorConfig> {
+    for (name, value) in [("stat_prefix", &m.stat_prefix), ("cluster", &m.cluster)] {
+        if value.is_empty() {
+            return Err(ConfigError::invalid(
+                field(path, name),
+                "required (non-empty)",
+            ));
+        }
+    }
+    let max_buffered_bytes = m.max_buffered_bytes.unwrap_or(DEFAULT_MIRROR_BUFFER);
+    if max_buffered_bytes == 0 {
+        return Err(ConfigError::invalid(
+            field(path, "max_buffered_bytes"),
+            "must be greater than 0",
+        ));
+    }
+    Ok(MirrorConfig {
+        stat_prefix: m.stat_prefix.clone(),
+        cluster: m.cluster.clone(),
+        per_million: per_million(m.percent, &field(path, "percent"))?,
+        max_buffered_bytes,
     })
 }
 

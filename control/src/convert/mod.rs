@@ -8,7 +8,8 @@
 //! Defaults are applied here (Envoy's where Envoy has one), so the RIB never holds "absent".
 
 use crate::config::ext::fault::Fault as PbFault;
-use crate::config::ext::FAULT;
+use crate::config::ext::mirror::Mirror as PbMirror;
+use crate::config::ext::{FAULT, MIRROR};
 use crate::config::walk::{CONNECTION_LIMIT, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER};
 use crate::config::{field, index, ConfigError};
 use crate::rib::{
@@ -201,6 +202,18 @@ fn warn_missing_clusters(rib: &Rib) {
                     "tcp_proxy routes to a cluster that does not exist; its connections will be closed (downstream_cx_no_route)"
                 );
             }
+            if let Some(m) = chain
+                .mirror
+                .as_ref()
+                .filter(|m| rib.cluster(&m.cluster).is_none())
+            {
+                tracing::warn!(
+                    listener = %l.name,
+                    chain = %chain.name,
+                    cluster = %m.cluster,
+                    "the mirror's shadow cluster does not exist; nothing is mirrored (connections_failed)"
+                );
+            }
         }
     }
 }
@@ -358,6 +371,7 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
     let mut tcp = None;
     let mut connection_limit = None;
     let mut fault = None;
+    let mut mirror = None;
     for (i, f) in fc.filters.iter().enumerate() {
         let fpath = index(&filters_path, i);
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -367,37 +381,39 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
             ));
         };
         let tpath = field(&fpath, "typed_config");
-        if type_name(any) == FAULT {
-            if fault.is_some() {
-                return Err(ConfigError::invalid(
-                    fpath,
-                    "a second fault filter in one chain",
-                ));
-            }
-            let f: PbFault = decode_any(any, FAULT, &tpath)?;
-            fault = Some(ext::fault_config(&f, &tpath)?);
+        let name = type_name(any);
+        if name != crate::config::walk::TCP_PROXY {
+            // A filter before the tcp_proxy: at most one of each kind, never the last.
             if i == last {
                 return Err(ConfigError::invalid(
                     fpath,
                     "the chain must end with a tcp_proxy filter",
                 ));
             }
-            continue;
-        }
-        if type_name(any) == CONNECTION_LIMIT {
-            if connection_limit.is_some() {
+            let taken = match name {
+                FAULT => fault.is_some(),
+                MIRROR => mirror.is_some(),
+                _ => connection_limit.is_some(),
+            };
+            if taken {
                 return Err(ConfigError::invalid(
                     fpath,
-                    "a second connection_limit filter in one chain",
+                    format!("a second {} filter in one chain", filter_kind(name)),
                 ));
             }
-            let limit: PbConnectionLimit = decode_any(any, CONNECTION_LIMIT, &tpath)?;
-            connection_limit = Some(connection_limit_config(&limit, &tpath)?);
-            if i == last {
-                return Err(ConfigError::invalid(
-                    fpath,
-                    "the chain must end with a tcp_proxy filter",
-                ));
+            match name {
+                FAULT => {
+                    let f: PbFault = decode_any(any, FAULT, &tpath)?;
+                    fault = Some(ext::fault_config(&f, &tpath)?);
+                }
+                MIRROR => {
+                    let m: PbMirror = decode_any(any, MIRROR, &tpath)?;
+                    mirror = Some(ext::mirror_config(&m, &tpath)?);
+                }
+                _ => {
+                    let limit: PbConnectionLimit = decode_any(any, CONNECTION_LIMIT, &tpath)?;
+                    connection_limit = Some(connection_limit_config(&limit, &tpath)?);
+                }
             }
             continue;
         }
@@ -416,8 +432,18 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
         matcher,
         connection_limit,
         fault,
+        mirror,
         tcp_proxy,
     })
+}
+
+/// A network filter's short name in errors.
+fn filter_kind(type_name: &str) -> &'static str {
+    match type_name {
+        FAULT => "fault",
+        MIRROR => "mirror",
+        _ => "connection_limit",
+    }
 }
 
 fn connection_limit_config(c: &PbConnectionLimit, path: &str) -> Result<ConnectionLimitConfig> {

@@ -29,7 +29,7 @@ use crate::hash_lb::{envoy_host_key, HashHost, MaglevTable, RingHash};
 use crate::health::ClusterHealth;
 use crate::stats::{
     ClusterResources, ClusterStats, ConnectionLimitState, FaultStats, HostStats, ListenerStats,
-    TcpStats,
+    MirrorStats, TcpStats,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -230,6 +230,8 @@ pub struct FilterChain {
     pub connection_limit: Option<ConnectionLimit>,
     /// `switchyard.filters.network.fault`, when configured.
     pub fault: Option<Fault>,
+    /// `switchyard.filters.network.mirror`, when configured.
+    pub mirror: Option<Mirror>,
     /// The terminal network filter.
     pub tcp_proxy: TcpProxy,
 }
@@ -242,6 +244,20 @@ pub struct Fault {
     pub throttle: Option<FaultThrottle>,
     /// `fault.<stat_prefix>.*`, shared across generations.
     pub stats: Arc<FaultStats>,
+}
+
+/// `switchyard.filters.network.mirror`: a sampled share of connections also sends every
+/// client byte to an endpoint of the shadow cluster.
+#[derive(Debug)]
+pub struct Mirror {
+    /// The shadow cluster (`None`: not in this FIB; nothing is mirrored).
+    pub cluster: Option<ClusterId>,
+    /// Connections mirrored, per million.
+    pub per_million: u32,
+    /// Bytes waiting for the shadow at most, per connection, before it is given up.
+    pub max_buffered_bytes: u32,
+    /// `mirror.<stat_prefix>.*`, shared across generations.
+    pub stats: Arc<MirrorStats>,
 }
 
 /// Delay the upstream connect.

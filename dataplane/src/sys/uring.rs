@@ -237,6 +237,8 @@ pub(crate) struct Ring {
     bufs: [BufPool; 2],
     /// Per connection slot: the address a connect is going to.
     connect_addrs: Box<[Option<SockAddr>]>,
+    /// Copies of mirrored bytes on their way to shadow connections.
+    copies: CopyPool,
     /// Per connection slot: the connect timeout.
     connect_timeouts: Box<[types::Timespec]>,
     tick: Box<types::Timespec>,
@@ -277,6 +279,7 @@ impl Ring {
         small: BufPoolSize,
         large: Option<BufPoolSize>,
         slots: usize,
+        copies: u16,
     ) -> Result<Ring, RingError> {
         let ring = IoUring::builder()
             .setup_single_issuer()
@@ -289,6 +292,7 @@ impl Ring {
                 _ => Err(e),
             })
             .map_err(classify)?;
+        let small_size = small.size_bytes;
         let mut small = BufPool::new(small.count, small.size_bytes, KERNEL_WINDOW, SMALL_GROUP)
             .map_err(RingError::Other)?;
         small.register(&ring).map_err(RingError::Other)?;
@@ -305,8 +309,10 @@ impl Ring {
         Ok(Ring {
             ring,
             bufs: [small, large],
-            connect_addrs: (0..slots).map(|_| None).collect(),
-            connect_timeouts: (0..slots).map(|_| types::Timespec::new()).collect(),
+            // Each connection may connect twice at once: its upstream and its shadow.
+            connect_addrs: (0..slots * 2).map(|_| None).collect(),
+            connect_timeouts: (0..slots * 2).map(|_| types::Timespec::new()).collect(),
+            copies: CopyPool::new(copies, small_size),
             tick: Box::new(types::Timespec::new()),
             fault_tick: Box::new(types::Timespec::new()),
             eventfd_value: Box::new(0),
@@ -414,12 +420,21 @@ impl Ring {
             pool.data
                 .add(usize::from(bid) * pool.size as usize + offset as usize)
         };
+        // SAFETY: the buffer is in state SENDING, so it cannot be recycled (and rewritten by
+        // the kernel) until `send_done`; the pool outlives every operation.
+        unsafe { self.push_send(fd, ptr, len, user_data) }
+    }
+
+    /// Queues a send of `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// The `len` bytes at `ptr` must stay valid and unchanged until the send completes.
+    unsafe fn push_send(&mut self, fd: RawFd, ptr: *const u8, len: u32, user_data: u64) {
         let e = opcode::Send::new(types::Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(user_data);
-        // SAFETY: the buffer is in state SENDING, so it cannot be recycled (and rewritten by
-        // the kernel) until `send_done`; the pool outlives every operation.
+        // SAFETY: the caller keeps the bytes valid until the completion.
         unsafe { self.push(e) }
     }
 
@@ -640,6 +655,90 @@ impl Ring {
         unsafe { self.push(e) }
     }
 
+    /// A connect of connection `slot`'s shadow (mirroring): like [`Ring::connect`], with
+    /// storage of its own so that it may run alongside the slot's upstream connect.
+    pub fn connect_shadow(
+        &mut self,
+        fd: RawFd,
+        slot: usize,
+        addr: SocketAddr,
+        timeout: Duration,
+        user_data: u64,
+        timeout_user_data: u64,
+    ) {
+        let lane = self.connect_addrs.len() / 2 + slot;
+        self.connect(fd, lane, addr, timeout, user_data, timeout_user_data);
+    }
+
+    /// Takes a free copy chunk (each as large as a small buffer), or `None` when all are
+    /// in use.
+    pub fn copy_alloc(&mut self) -> Option<u16> {
+        let id = self.copies.free.pop()?;
+        self.copies.state[usize::from(id)] = COPY_HELD;
+        Some(id)
+    }
+
+    /// Copies the first `len` bytes of held buffer `buf` into copy chunk `copy`; returns
+    /// how many fitted (the chunk is as large as a small buffer).
+    pub fn copy_from_buffer(&mut self, copy: u16, buf: u16, len: u32) -> u32 {
+        let chunk = self.copies.chunk;
+        let (pool, bid) = self.pool_of(buf);
+        let state = pool.state[usize::from(bid)];
+        assert!(
+            state == BUF_WORKER || state == BUF_SENDING,
+            "copy from buffer {buf} not held by the worker"
+        );
+        let n = len.min(pool.size).min(chunk);
+        // SAFETY: bid < count and n <= size: the source range is inside the pool, and the
+        // buffer is held by the worker (the kernel does not write it while it is not in the
+        // ring).
+        let src = unsafe { pool.data.add(usize::from(bid) * pool.size as usize) } as *const u8;
+        assert_eq!(
+            self.copies.state[usize::from(copy)],
+            COPY_HELD,
+            "copy into a chunk not held"
+        );
+        let start = usize::from(copy) * chunk as usize;
+        let dst = &mut self.copies.data[start..start + n as usize];
+        // SAFETY: `src` is valid for `n` bytes (above) and does not overlap `dst`, a separate
+        // allocation.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), n as usize) };
+        n
+    }
+
+    /// Sends `len` bytes at `offset` of copy chunk `copy` to `fd`.
+    pub fn send_copy(&mut self, fd: RawFd, copy: u16, offset: u32, len: u32, user_data: u64) {
+        let chunk = self.copies.chunk;
+        let state = &mut self.copies.state[usize::from(copy)];
+        assert_eq!(*state, COPY_HELD, "send from copy chunk {copy} not held");
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= chunk),
+            "send outside copy chunk"
+        );
+        *state = COPY_SENDING;
+        let start = usize::from(copy) * chunk as usize + offset as usize;
+        let ptr = self.copies.data[start..].as_ptr();
+        // SAFETY: the chunk is SENDING, so it is neither freed nor rewritten until
+        // `copy_send_done`; the pool lives in self and outlives every operation (Drop waits
+        // for the last completion, or leaks the pool).
+        unsafe { self.push_send(fd, ptr, len, user_data) }
+    }
+
+    /// The send from copy chunk `copy` completed.
+    pub fn copy_send_done(&mut self, copy: u16) {
+        let state = &mut self.copies.state[usize::from(copy)];
+        assert_eq!(*state, COPY_SENDING, "copy chunk {copy} not in a send");
+        *state = COPY_HELD;
+    }
+
+    /// Gives copy chunk `copy` back.
+    pub fn copy_free(&mut self, copy: u16) {
+        let state = &mut self.copies.state[usize::from(copy)];
+        assert_eq!(*state, COPY_HELD, "free of copy chunk {copy} not held");
+        *state = COPY_FREE;
+        self.copies.free.push(copy);
+    }
+
     /// Submits queued operations and waits for at least `want` completions.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
         match self.ring.submit_and_wait(want) {
@@ -680,6 +779,30 @@ impl Ring {
     }
 }
 
+const COPY_FREE: u8 = 0;
+const COPY_HELD: u8 = 1;
+const COPY_SENDING: u8 = 2;
+
+/// Fixed chunks for copies of mirrored bytes: zero pages until first written.
+#[derive(Debug)]
+struct CopyPool {
+    data: Box<[u8]>,
+    chunk: u32,
+    state: Box<[u8]>,
+    free: Vec<u16>,
+}
+
+impl CopyPool {
+    fn new(count: u16, chunk: u32) -> CopyPool {
+        CopyPool {
+            data: vec![0u8; usize::from(count) * chunk as usize].into_boxed_slice(),
+            chunk,
+            state: vec![COPY_FREE; usize::from(count)].into_boxed_slice(),
+            free: (0..count).rev().collect(),
+        }
+    }
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         // Cancel everything and wait for the last completion so the kernel no longer touches
@@ -704,6 +827,7 @@ impl Drop for Ring {
             for pool in &mut self.bufs {
                 std::mem::forget(std::mem::replace(pool, BufPool::leaked()));
             }
+            std::mem::forget(std::mem::take(&mut self.copies.data));
             tracing::error!(
                 inflight = self.inflight,
                 "io_uring teardown timed out; leaking buffers"

@@ -83,6 +83,118 @@ pub(crate) struct Conn {
     pub termination_details: &'static str,
     /// What the fault filter drew for this connection.
     pub faults: Faults,
+    /// The mirror filter's shadow connection.
+    pub shadow: Shadow,
+}
+
+/// Copy chunks a shadow may have queued at once.
+pub(crate) const SHADOW_QUEUE: usize = 16;
+
+/// Where a shadow connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ShadowState {
+    /// Not mirrored.
+    #[default]
+    Off,
+    Connecting,
+    Open,
+    /// Closed (given up, failed, or done); completions may still arrive.
+    Closed,
+}
+
+/// A mirrored connection's shadow: its socket and the copies queued for it, in order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shadow {
+    pub state: ShadowState,
+    pub fd: RawFd,
+    pub address: Option<SocketAddr>,
+    pub timeout_ms: u64,
+    pub max_bytes: u32,
+    /// Copy chunks and their lengths, oldest at `head`.
+    queue: [(u16, u32); SHADOW_QUEUE],
+    head: u8,
+    pub count: u8,
+    pub queued_bytes: u32,
+    /// Bytes of the head chunk already sent.
+    pub sent: u32,
+    pub sending: bool,
+    pub reading: bool,
+    /// The client's stream ended: shut the shadow's write side after the queue.
+    pub eof: bool,
+    pub shut: bool,
+    /// The shadow closed its side (our discard read saw end of stream).
+    pub peer_closed: bool,
+    /// The primary closed: the shadow must finish by then.
+    pub drain_deadline_ms: Option<u64>,
+}
+
+impl Default for Shadow {
+    fn default() -> Self {
+        Shadow {
+            state: ShadowState::Off,
+            fd: NO_FD,
+            address: None,
+            timeout_ms: 0,
+            max_bytes: 0,
+            queue: [(0, 0); SHADOW_QUEUE],
+            head: 0,
+            count: 0,
+            queued_bytes: 0,
+            sent: 0,
+            sending: false,
+            reading: false,
+            eof: false,
+            shut: false,
+            peer_closed: false,
+            drain_deadline_ms: None,
+        }
+    }
+}
+
+impl Shadow {
+    /// A shadow about to connect to `address`.
+    pub fn connecting(address: SocketAddr, timeout_ms: u64, max_bytes: u32) -> Self {
+        Shadow {
+            state: ShadowState::Connecting,
+            address: Some(address),
+            timeout_ms,
+            max_bytes,
+            ..Shadow::default()
+        }
+    }
+
+    /// Queues copy chunk `copy` holding `len` bytes (the caller checked there is room).
+    pub fn push(&mut self, copy: u16, len: u32) {
+        debug_assert!((self.count as usize) < SHADOW_QUEUE);
+        let i = (self.head as usize + self.count as usize) % SHADOW_QUEUE;
+        self.queue[i] = (copy, len);
+        self.count += 1;
+        self.queued_bytes += len;
+    }
+
+    /// The oldest queued chunk and its length.
+    pub fn head(&self) -> Option<(u16, u32)> {
+        (self.count > 0).then(|| self.queue[self.head as usize])
+    }
+
+    /// Removes the oldest chunk (fully sent).
+    pub fn pop(&mut self) {
+        if let Some((_, len)) = self.head() {
+            self.head = ((self.head as usize + 1) % SHADOW_QUEUE) as u8;
+            self.count -= 1;
+            self.queued_bytes -= len;
+            self.sent = 0;
+        }
+    }
+
+    /// Removes and returns the newest chunk (when giving the shadow up).
+    pub fn pop_back(&mut self) -> u16 {
+        debug_assert!(self.count > 0);
+        self.count -= 1;
+        let i = (self.head as usize + self.count as usize) % SHADOW_QUEUE;
+        self.queued_bytes -= self.queue[i].1;
+        self.queue[i].0
+    }
 }
 
 /// The fault filter's state of one connection (all zero: no fault).
@@ -142,6 +254,7 @@ impl Default for Conn {
             flags: ResponseFlags(0),
             termination_details: "-",
             faults: Faults::default(),
+            shadow: Shadow::default(),
         }
     }
 }

@@ -17,6 +17,7 @@
 
 mod conn;
 mod fault;
+mod mirror;
 mod pipes;
 pub(crate) mod ud;
 
@@ -128,6 +129,10 @@ pub enum WorkerError {
     /// Any other setup failure.
     Setup(std::io::Error),
 }
+
+/// Copy chunks (each one small buffer) a worker has for mirrored bytes in flight to
+/// shadows.
+const MIRROR_COPY_CHUNKS: u16 = 256;
 
 /// What accept decided for a new connection.
 struct Decision {
@@ -266,6 +271,8 @@ pub(crate) struct Worker {
     pipes: Pipes,
     /// The fault filter's deadlines (delayed connects, throttled receives).
     fault_timers: fault::FaultTimers,
+    /// Mirroring was asked for in splice mode (warned once).
+    mirror_splice_warned: bool,
 }
 
 impl Worker {
@@ -287,10 +294,18 @@ impl Worker {
                 count: limits.large_buffers_per_worker,
                 size_bytes: limits.large_buffer_size_bytes,
             });
-        let ring = Ring::new(limits.ring_entries, small, large, slots).map_err(|e| match e {
-            RingError::Refused(e) => WorkerError::IoUringRefused(e),
-            RingError::Other(e) => WorkerError::Setup(e),
-        })?;
+        // Copies for mirroring (zero pages until used); none in splice mode, which does
+        // not mirror.
+        let copies = if limits.relay_mode == RelayMode::BufferRing {
+            MIRROR_COPY_CHUNKS
+        } else {
+            0
+        };
+        let ring =
+            Ring::new(limits.ring_entries, small, large, slots, copies).map_err(|e| match e {
+                RingError::Refused(e) => WorkerError::IoUringRefused(e),
+                RingError::Other(e) => WorkerError::Setup(e),
+            })?;
         let seed = mix_seed(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -329,6 +344,7 @@ impl Worker {
                 limits.buffer_size_bytes,
             ),
             fault_timers: fault::FaultTimers::with_capacity(slots),
+            mirror_splice_warned: false,
         };
         worker.batch = Vec::with_capacity(worker.ring.completion_capacity());
         worker.adopt_snapshot();
@@ -636,6 +652,10 @@ impl Worker {
             let slot = slot as usize;
             let c = &self.conns[slot];
             if !c.is_live() {
+                if c.shadow.drain_deadline_ms.is_some_and(|d| now >= d) {
+                    self.shadow_drain_expired(slot as u32);
+                    self.finish_if_done(slot as u32);
+                }
                 continue;
             }
             if c.limit_close_at_ms.is_some_and(|d| now >= d) {
@@ -784,8 +804,13 @@ impl Worker {
             return;
         }
         if self.apply_faults(slot) {
+            if self.conns[slot as usize].is_live() {
+                // Delayed: the shadow starts now, the upstream after the delay.
+                self.start_shadow(slot);
+            }
             return;
         }
+        self.start_shadow(slot);
         self.connect_next(slot, None);
     }
 
@@ -1059,6 +1084,10 @@ impl Worker {
             Kind::SendDown => self.on_sent(slot, Dir::Down, c.result),
             Kind::ShutUp => self.relay_event(slot, Event::ShutdownDone(Dir::Up)),
             Kind::ShutDown => self.relay_event(slot, Event::ShutdownDone(Dir::Down)),
+            Kind::ShadowSocket => self.on_shadow_socket(slot, c.result),
+            Kind::ShadowConnect => self.on_shadow_connect(slot, c.result),
+            Kind::ShadowSend => self.on_shadow_sent(slot, c.result),
+            Kind::ShadowRecv => self.on_shadow_recv(slot, c),
             _ => {}
         }
         self.finish_if_done(slot);
@@ -1405,6 +1434,8 @@ impl Worker {
             Kind::RecvDown
         };
         let ud = ud::encode(kind, slot, conn.nonce);
+        // A mirrored direction receives small buffers: each is copied whole for the shadow.
+        let mirrored = dir == Dir::Up && conn.shadow.state != conn::ShadowState::Off;
         if self.limits.relay_mode == RelayMode::Splice {
             let (pipe_in, capacity) = self
                 .pipes
@@ -1414,6 +1445,7 @@ impl Worker {
         } else {
             let class = if conn.large_receives[dir as usize]
                 && !throttled
+                && !mirrored
                 && self.ring.buffers_in_kernel(BufClass::Large) > 0
             {
                 BufClass::Large
@@ -1461,9 +1493,18 @@ impl Worker {
                 } else {
                     conn.sending[dir as usize] = Some(buf);
                     self.ring.send(fd, buf, offset, len, ud);
+                    if dir == Dir::Up && offset == 0 && conn.shadow.state != conn::ShadowState::Off
+                    {
+                        // First send of these bytes: the shadow gets a copy.
+                        self.mirror_send(slot, buf, len);
+                    }
                 }
             }
             Action::ShutdownWrite(side) => {
+                if side == Side::Backend && conn.shadow.state != conn::ShadowState::Off {
+                    self.mirror_eof(slot);
+                }
+                let conn = &mut self.conns[slot as usize];
                 let fd = conn.fd(side);
                 conn.inflight += 1;
                 let kind = if side == Side::Backend {
@@ -1586,6 +1627,7 @@ impl Worker {
                 self.ring.close(fd, ud);
             }
         }
+        self.mirror_primary_closed(slot);
     }
 
     /// Stops the relay and closes both sockets (cancelling their operations first), each
@@ -1617,6 +1659,7 @@ impl Worker {
         }
         self.carry_out(slot, &released);
         self.actions = released;
+        self.mirror_primary_closed(slot);
     }
 
     /// Closes the client when no backend was ever connected (no route, connect failure).
@@ -1629,6 +1672,7 @@ impl Worker {
             conn.inflight += 1;
             self.ring.close(fd, ud);
         }
+        self.mirror_primary_closed(slot);
         self.finish_if_done(slot);
     }
 

@@ -40,6 +40,16 @@ pub(crate) enum Kind {
     FaultTick = 15,
     /// The cancel of the fault filter's timer finished.
     FaultTickCancel = 16,
+    /// A shadow (mirror) socket was created.
+    ShadowSocket = 17,
+    /// A shadow connect finished.
+    ShadowConnect = 18,
+    /// A send to the shadow completed.
+    ShadowSend = 19,
+    /// A discard receive from the shadow completed.
+    ShadowRecv = 20,
+    /// Shadow socket options, timeouts, shutdowns, cancels and closes.
+    ShadowAux = 21,
 }
 
 impl Kind {
@@ -61,6 +71,11 @@ impl Kind {
             14 => Kind::Aux,
             15 => Kind::FaultTick,
             16 => Kind::FaultTickCancel,
+            17 => Kind::ShadowSocket,
+            18 => Kind::ShadowConnect,
+            19 => Kind::ShadowSend,
+            20 => Kind::ShadowRecv,
+            21 => Kind::ShadowAux,
             _ => return None,
         })
     }
