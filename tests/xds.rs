@@ -9,6 +9,9 @@
 //!   update is applied, and traffic is not disturbed; `listener_manager.lds.update_rejected`,
 //!   `*.update_success` and `control_plane.connected_state` say so.
 //!
+//! * Switchyard's own fault filter is switched on and off by listener updates, in one
+//!   process (Switchyard only).
+//!
 //! The same test runs against real Envoy (`SWITCHYARD_TEST_PROXY=envoy`), which keeps its
 //! expectations honest. Requests are matched by type, not order: Envoy asks for listeners
 //! only after its clusters have warmed.
@@ -862,4 +865,96 @@ fn ack_nack_decisions_match_envoy() {
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// `ingress` on `port` to `cluster`, with Switchyard's fault filter (abort at accept for
+/// `percent` of connections) before the tcp_proxy.
+fn faulty_listener(port: u16, cluster: &str, percent: f64) -> Any {
+    use envoy_types::pb::envoy::config::listener::v3::{filter, Filter};
+    use switchyard_control::config::ext::fault::{Abort, Fault};
+    let plain = Listener::decode(listener("ingress", port, cluster).value.as_slice())
+        .expect("listener decodes");
+    let fault = Fault {
+        stat_prefix: "chaos".into(),
+        abort: Some(Abort {
+            after_bytes: 0,
+            percent: Some(percent),
+        }),
+        ..Fault::default()
+    };
+    let mut l = plain;
+    l.filter_chains[0].filters.insert(
+        0,
+        Filter {
+            name: "switchyard.filters.network.fault".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(any(
+                &format!(
+                    "type.googleapis.com/{}",
+                    switchyard_control::config::ext::FAULT
+                ),
+                &fault,
+            ))),
+        },
+    );
+    any(LISTENER_TYPE, &l)
+}
+
+/// Faults change over LDS without a restart: a listener update adds the fault filter
+/// (every connection aborted), is ACKed, and a second update takes it away again, in one
+/// process. Switchyard only: the fault filter is its own extension.
+#[test]
+fn a_fault_is_switched_on_and_off_over_lds() {
+    let kind = selected_proxy();
+    if kind == ProxyKind::Envoy {
+        skip_unsupported(kind, "L4 fault injection (a Switchyard extension)");
+        return;
+    }
+    let Some(Setup {
+        a,
+        proxy,
+        port,
+        sotw,
+        ..
+    }) = setup("GRPC")
+    else {
+        return;
+    };
+    let pid = proxy.pid();
+    let stream = first_stream(&sotw, &proxy);
+    let mut requests = Requests::new(&stream.requests);
+    requests.next(CLUSTER_TYPE, |_| true);
+    first_config(&stream, &mut requests, a.port(), port);
+    assert_eq!(reached(local(port)), "a");
+
+    respond(
+        &stream,
+        LISTENER_TYPE,
+        "l2",
+        "n4",
+        vec![faulty_listener(port, "svc", 100.0)],
+    );
+    let ack = requests.next(LISTENER_TYPE, |r| r.response_nonce == "n4");
+    assert_eq!(ack.version_info, "l2", "ACKed");
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    assert!(
+        wait_until(WAIT, || which_backend(local(port)).is_err()),
+        "the fault took effect"
+    );
+    for i in 0..20 {
+        assert!(
+            which_backend(local(port)).is_err(),
+            "connection {i} was not aborted"
+        );
+    }
+    assert!(proxy.stat("fault.chaos.aborts_injected") >= 20);
+
+    respond(
+        &stream,
+        LISTENER_TYPE,
+        "l3",
+        "n5",
+        vec![listener("ingress", port, "svc")],
+    );
+    assert_eq!(reached(local(port)), "a", "the fault is gone");
+    assert_eq!(proxy.pid(), pid, "one process throughout");
 }
