@@ -43,7 +43,11 @@ pub struct ClusterBalancer {
     seed: u64,
     epoch: u64,
     watches_health: bool,
-    levels: Vec<Level>,
+    /// The first priority level, inline: the common one-level cluster clones its balancer
+    /// (at every FIB adoption that keeps the cluster) without allocating.
+    first: Level,
+    /// Further levels, in priority order.
+    rest: Vec<Level>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,25 +101,27 @@ impl ClusterBalancer {
         let epoch = cluster.health_state.epoch();
         let plans = plan_levels(&cluster.endpoints, watches_health);
         let loads = priority_loads(&plans, cluster.health.panic_threshold_pct);
-        let levels = plans
-            .into_iter()
-            .zip(loads)
-            .enumerate()
-            .map(|(i, (plan, (upto, panic)))| {
-                level(
-                    cluster,
-                    plan,
-                    upto,
-                    panic,
-                    super::mix_seed(seed, i as u64 ^ epoch << 8),
-                )
-            })
-            .collect();
+        let mut levels =
+            plans
+                .into_iter()
+                .zip(loads)
+                .enumerate()
+                .map(|(i, (plan, (upto, panic)))| {
+                    level(
+                        cluster,
+                        plan,
+                        upto,
+                        panic,
+                        super::mix_seed(seed, i as u64 ^ epoch << 8),
+                    )
+                });
+        let first = levels.next().expect("plan_levels plans at least one level");
         ClusterBalancer {
             seed,
             epoch,
             watches_health,
-            levels,
+            first,
+            rest: levels.collect(),
         }
     }
 
@@ -156,18 +162,14 @@ impl ClusterBalancer {
         } else {
             None
         };
-        let level = match self.levels.len() {
-            0 => return None,
-            1 => &mut self.levels[0],
-            _ => {
-                let r = hash.unwrap_or_else(|| rng.next_u64());
-                let point = (r % 100) as u32 + 1;
-                let i = self
-                    .levels
-                    .iter()
-                    .position(|l| point <= l.upto)
-                    .unwrap_or(0);
-                &mut self.levels[i]
+        let level = if self.rest.is_empty() {
+            &mut self.first
+        } else {
+            let r = hash.unwrap_or_else(|| rng.next_u64());
+            let point = (r % 100) as u32 + 1;
+            match self.rest.iter().position(|l| point <= l.upto) {
+                Some(i) if point > self.first.upto => &mut self.rest[i],
+                _ => &mut self.first,
             }
         };
         let size = level.size();
@@ -214,12 +216,12 @@ impl ClusterBalancer {
 
     /// True when some level runs its policy's weighted variant.
     pub fn is_weighted(&self) -> bool {
-        self.levels.iter().any(|l| l.lb.is_weighted())
+        self.iter().any(|l| l.lb.is_weighted())
     }
 
     /// How many endpoints are balanced over now, all levels together.
     pub fn len(&self) -> usize {
-        self.levels.iter().map(Level::size).sum()
+        self.iter().map(Level::size).sum()
     }
 
     /// True when no endpoint is balanced over.
@@ -230,10 +232,13 @@ impl ClusterBalancer {
     /// How many endpoints each level balances over now, and whether it is in panic (for
     /// tests and diagnostics).
     pub fn levels(&self) -> Vec<(usize, u32, bool)> {
-        self.levels
-            .iter()
-            .map(|l| (l.size(), l.upto, l.panic))
-            .collect()
+        self.iter().map(|l| (l.size(), l.upto, l.panic)).collect()
+    }
+}
+
+impl ClusterBalancer {
+    fn iter(&self) -> impl Iterator<Item = &Level> {
+        std::iter::once(&self.first).chain(&self.rest)
     }
 }
 
