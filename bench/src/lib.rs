@@ -1,7 +1,8 @@
 //! switchyard-bench: an L4 load generator and fast test backends.
 //!
-//! Backends ([`spawn_echo`], [`spawn_sink`], [`spawn_source`]) and four client modes
-//! ([`run_throughput`], [`run_rr`], [`run_cps`], [`run_idle`]), on plain std threads with
+//! Backends ([`spawn_echo`], [`spawn_sink`], [`spawn_source`], [`spawn_udp_echo`]) and five
+//! client modes ([`run_throughput`], [`run_rr`], [`run_cps`], [`run_idle`], [`run_udp`]), on
+//! plain std threads with
 //! blocking sockets. Each mode returns a [`Report`] that prints as a table
 //! ([`Report::table`]) and serializes to the JSON schema in `bench/README.md`.
 //!
@@ -36,6 +37,7 @@ pub mod report;
 pub mod rr;
 pub mod server;
 pub mod throughput;
+pub mod udp;
 
 pub use cps::{run_cps, CpsConfig, CpsParams, CpsReport, CpsResults};
 pub use error::{BenchError, ErrorClass, ErrorCounts};
@@ -50,3 +52,4 @@ pub use throughput::{
     run_throughput, Direction, ThroughputConfig, ThroughputParams, ThroughputReport,
     ThroughputResults,
 };
+pub use udp::{run_udp, spawn_udp_echo, UdpConfig, UdpEcho, UdpParams, UdpReport, UdpResults};

@@ -14,8 +14,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use switchyard_bench::{
-    run_cps, run_idle, run_rr, run_throughput, spawn_forward, BenchError, CloseMode, CpsConfig,
-    Direction, IdleConfig, Report, RrConfig, Server, ServerKind, TableRows, ThroughputConfig,
+    run_cps, run_idle, run_rr, run_throughput, run_udp, spawn_forward, spawn_udp_echo, BenchError,
+    CloseMode, CpsConfig, Direction, IdleConfig, Report, RrConfig, Server, ServerKind, TableRows,
+    ThroughputConfig, UdpConfig,
 };
 
 #[derive(Debug, Parser)]
@@ -43,6 +44,8 @@ enum Command {
     Cps(CpsArgs),
     /// Hold N idle connections, then check and close them.
     Idle(IdleArgs),
+    /// Datagrams at a fixed rate through a UDP echo: loss and round-trip time.
+    Udp(UdpArgs),
     /// The floor forwarder: a blocking read/write thread per direction, as a reference for
     /// how much of a proxy's cost is the kernel's (not a proxy to deploy).
     Forward(ForwardArgs),
@@ -75,6 +78,9 @@ struct ServeArgs {
     /// Source server address.
     #[arg(long, value_name = "ADDR")]
     source: Option<SocketAddr>,
+    /// UDP echo server address.
+    #[arg(long, value_name = "ADDR")]
+    udp_echo: Option<SocketAddr>,
     /// Stop after this long (seconds, or 500ms / 2s / 1m); default: until a signal.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -154,6 +160,31 @@ struct CpsArgs {
     /// How the client closes: rst (no TIME_WAIT) or fin (waits for the peer's FIN).
     #[arg(long, value_enum, default_value_t = CloseArg::Rst)]
     close: CloseArg,
+}
+
+#[derive(Debug, Args)]
+struct UdpArgs {
+    /// Address to send to (the proxy's UDP listener, or a UDP echo directly).
+    #[arg(long, value_name = "ADDR")]
+    target: SocketAddr,
+    /// Sockets (client ports), each a session to a proxy.
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// Datagram size in bytes (16 to 65507).
+    #[arg(long, default_value = "64", value_parser = parse_size)]
+    size: usize,
+    /// Datagrams per second, all sessions together.
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Sending time.
+    #[arg(long, default_value = "3", value_parser = parse_duration)]
+    duration: Duration,
+    /// How long to wait for late echoes after the last send.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    drain: Duration,
+    /// Write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +323,24 @@ fn main() -> ExitCode {
             cfg.progress = !a.common.quiet;
             finish(run_idle(&cfg), &a.common)
         }
+        Command::Udp(a) => {
+            let cfg = UdpConfig {
+                target: a.target,
+                sessions: a.sessions,
+                size: a.size,
+                rate: a.rate,
+                duration: a.duration,
+                drain: a.drain,
+            };
+            let common = Common {
+                target: a.target,
+                json: a.json,
+                connect_timeout: Duration::from_secs(2),
+                io_timeout: Duration::from_secs(5),
+                quiet: true,
+            };
+            finish(run_udp(&cfg), &common)
+        }
         Command::Forward(a) => forward(a),
     };
     match result {
@@ -377,6 +426,14 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
         (ServerKind::Source, a.source),
     ];
     let mut servers: Vec<Server> = Vec::new();
+    let udp = match a.udp_echo {
+        Some(addr) => {
+            let echo = spawn_udp_echo(addr).map_err(|e| format!("udp echo on {addr}: {e}"))?;
+            println!("udp-echo listening on {}", echo.local_addr());
+            Some(echo)
+        }
+        None => None,
+    };
     for (kind, addr) in wanted {
         if let Some(addr) = addr {
             let server = Server::spawn(kind, addr)
@@ -385,11 +442,20 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
             servers.push(server);
         }
     }
-    if servers.is_empty() {
-        return Err("serve needs at least one of --echo, --sink, --source".into());
+    if servers.is_empty() && udp.is_none() {
+        return Err("serve needs at least one of --echo, --sink, --source, --udp-echo".into());
     }
     wait_for_signal(a.duration)?;
     let mut all = serde_json::Map::new();
+    if let Some(echo) = udp {
+        let addr = echo.local_addr();
+        let (datagrams, bytes) = echo.stop();
+        println!("udp-echo {addr}: datagrams {datagrams}  bytes {bytes}");
+        all.insert(
+            "udp_echo".into(),
+            serde_json::json!({ "addr": addr.to_string(), "datagrams": datagrams, "bytes": bytes }),
+        );
+    }
     for server in servers {
         let kind = server.kind();
         let addr = server.local_addr();

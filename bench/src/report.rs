@@ -42,7 +42,7 @@ impl TableRows for serde_json::Value {
 pub struct Report<P, R> {
     /// Always [`SCHEMA`].
     pub schema: String,
-    /// `throughput`, `rr`, `cps` or `idle`.
+    /// `throughput`, `rr`, `cps`, `idle` or `udp`.
     pub mode: String,
     /// The address the run connected to.
     pub target: String,

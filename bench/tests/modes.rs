@@ -249,3 +249,33 @@ fn forward_relays_rr_and_bulk_exactly() {
     assert_eq!(fwd.connect_failures(), 0);
     fwd.stop();
 }
+
+#[test]
+fn udp_through_echo_counts_every_datagram() {
+    let echo = switchyard_bench::spawn_udp_echo(loopback()).unwrap();
+    let mut cfg = switchyard_bench::UdpConfig::new(echo.local_addr());
+    cfg.sessions = 3;
+    cfg.size = 1_000;
+    cfg.rate = 2_000.0;
+    cfg.duration = Duration::from_millis(500);
+    cfg.drain = Duration::from_secs(2);
+    let r = switchyard_bench::run_udp(&cfg).unwrap();
+    assert!(r.ok(), "{}", r.table());
+    assert_eq!(r.results.datagrams_sent, 1_000);
+    assert_eq!(
+        r.results.datagrams_received + r.results.datagrams_lost,
+        r.results.datagrams_sent
+    );
+    let (datagrams, bytes) = echo.stop();
+    assert!(datagrams >= r.results.datagrams_received);
+    assert_eq!(bytes, datagrams * 1_000);
+}
+
+#[test]
+fn udp_refuses_impossible_sizes() {
+    let mut cfg = switchyard_bench::UdpConfig::new(loopback());
+    cfg.size = 65_508;
+    assert!(switchyard_bench::run_udp(&cfg).is_err());
+    cfg.size = 8;
+    assert!(switchyard_bench::run_udp(&cfg).is_err());
+}
