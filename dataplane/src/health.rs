@@ -44,11 +44,14 @@ pub const ACTIVE_HC_TIMEOUT: u32 = 8;
 const UNHEALTHY: u32 = FAILED_ACTIVE_HC | FAILED_OUTLIER_CHECK;
 
 /// One host's health: flags and the consecutive connect failures outlier detection counts.
-/// Eight bytes per endpoint, inside its [`crate::stats::HostStats`].
+/// Twelve bytes per endpoint, inside its [`crate::stats::HostStats`].
 #[derive(Debug, Default)]
 pub struct HostHealth {
     flags: AtomicU32,
     consecutive_failures: AtomicU32,
+    /// How many failure runs a success has ended: tells the health thread that a run it
+    /// saw ended, even when a new one has grown as long since.
+    runs_ended: AtomicU32,
 }
 
 impl HostHealth {
@@ -80,7 +83,13 @@ impl HostHealth {
     pub fn connect_succeeded(&self) {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.runs_ended.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// How many failure runs successes have ended so far.
+    pub fn runs_ended(&self) -> u32 {
+        self.runs_ended.load(Ordering::Relaxed)
     }
 
     /// A connect to this host failed; returns the length of the failure run, this one

@@ -270,7 +270,9 @@ fn finish(
             health.inc(HealthStat::HcNetworkFailure);
             host.active.passes = 0;
             host.active.failures += 1;
-            if !failed && host.active.failures >= config.unhealthy_threshold {
+            // A first check decides at once, either way (a host that was serving before
+            // its cluster gained this check is pending but not failed).
+            if !failed && (first || host.active.failures >= config.unhealthy_threshold) {
                 changed |= flags.set(FAILED_ACTIVE_HC);
                 host.active.failures = 0;
                 tracing::info!(cluster = %health.name, host = %host.address, "health check: unhealthy");

@@ -260,11 +260,15 @@ impl State {
             if cluster.health.tracks_health() {
                 let entry = self.follow(entry, cluster, now);
                 self.clusters.push(entry);
-            } else if entry.is_some() {
+            } else if let Some(entry) = entry {
                 // No longer checked: what the checks decided no longer holds.
                 settle_flags(cluster, ALL_FLAGS);
+                forget(&entry);
             }
         }
+        // Clusters that left the FIB: their health block lives on by name (a cluster added
+        // back under it must not start with their ejections).
+        previous.values().for_each(forget);
     }
 
     /// `entry` (the cluster's state so far, if any) brought to `cluster` as now published.
@@ -291,9 +295,13 @@ impl State {
             .drain(..)
             .map(|h| (Arc::as_ptr(&h.stats), h))
             .collect();
+        // One entry per host block: an address listed twice shares one block (compile keys
+        // blocks by address), and must be checked and ejected once.
+        let mut seen = std::collections::HashSet::new();
         entry.hosts = cluster
             .endpoints
             .iter()
+            .filter(|e| seen.insert(Arc::as_ptr(&e.stats)))
             .map(|e| {
                 known
                     .remove(&Arc::as_ptr(&e.stats))
@@ -310,8 +318,7 @@ impl State {
             );
         }
         // Flags of a mechanism the cluster no longer has are cleared; hosts that an active
-        // check covers for the first time wait for it, as new hosts do (a cluster whose
-        // config changes is a new cluster to Envoy).
+        // check covers for the first time are checked at once.
         let mut stale = 0;
         if entry.policy.health_check.is_none() {
             stale |= FAILED_ACTIVE_HC | PENDING_ACTIVE_HC | ACTIVE_HC_TIMEOUT;
@@ -321,12 +328,10 @@ impl State {
         }
         settle_flags(cluster, stale);
         if entry.policy.health_check.is_some() && !was_checked {
-            let mut changed = false;
+            // Hosts that were serving keep serving until their first check decides (new
+            // hosts come from compile already failed, as in Envoy).
             for e in &cluster.endpoints {
-                changed |= e.health().set(FAILED_ACTIVE_HC | PENDING_ACTIVE_HC);
-            }
-            if changed {
-                entry.health.bump_epoch();
+                e.health().set(PENDING_ACTIVE_HC);
             }
         }
         match &entry.policy.outlier {
@@ -413,6 +418,12 @@ impl State {
             })
             .min()
     }
+}
+
+/// A cluster no longer tracked: nothing of it counts as ejected or waits for review.
+fn forget(entry: &ClusterEntry) {
+    entry.health.set(HealthStat::EjectionsActive, 0);
+    entry.health.take_review();
 }
 
 /// Every flag the health thread may set.

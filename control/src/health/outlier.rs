@@ -39,6 +39,9 @@ pub(super) struct OutlierHost {
     /// per type and resets only the type it detected, which these baselines reproduce over
     /// the workers' one run.
     baseline: [u32; 3],
+    /// The host's `runs_ended` when the baselines were taken: a success since then ended
+    /// that run, so the baselines no longer apply.
+    runs_seen: u32,
 }
 
 impl OutlierHost {
@@ -108,6 +111,11 @@ pub(super) fn review(
     let mut ejected_any = false;
     for host in hosts.iter_mut() {
         let run = host.stats.health.consecutive_failures();
+        let runs_ended = host.stats.health.runs_ended();
+        if runs_ended != host.outlier.runs_seen {
+            host.outlier.runs_seen = runs_ended;
+            host.outlier.baseline = [0; 3];
+        }
         let mut detected = [None; 2];
         for (slot, &kind) in kinds.iter().enumerate() {
             let baseline = &mut host.outlier.baseline[kind as usize];
@@ -367,6 +375,25 @@ mod tests {
         );
         assert_eq!(health.get(HealthStat::EjectionsOverflow), 5);
         assert_eq!(health.get(HealthStat::EjectionsTotal), 0);
+    }
+
+    #[test]
+    fn a_success_starts_a_new_run_even_when_it_grows_back_before_the_review() {
+        // Not enforced (overflow at 0%): the first detection sets a baseline of 3. One
+        // success, then three failures before the next review: Envoy detects again.
+        let c = OutlierDetection {
+            max_ejection_percent: 0,
+            ..config()
+        };
+        let health = ClusterHealth::default();
+        let mut hs = hosts(2);
+        let (mut rng, now) = (Rng::new(1), Instant::now());
+        fail(&hs[0], 3);
+        review(&c, &health, &mut hs, &mut rng, now);
+        hs[0].stats.health.connect_succeeded();
+        fail(&hs[0], 3);
+        review(&c, &health, &mut hs, &mut rng, now);
+        assert_eq!(health.get(HealthStat::EjectionsDetectedConsecutive5xx), 2);
     }
 
     #[test]

@@ -650,8 +650,10 @@ impl Ring {
             .build()
             .user_data(user_data);
         // SAFETY: `ts` points into a Box owned by self (tick or fault_tick), which outlives
-        // the submission, and the kernel copies the timespec at submission; each timer's
-        // method is its only writer and the worker arms at most one of each at a time.
+        // the submission; the kernel copies the timespec when it prepares the entry (at
+        // submission, on this thread: no SQPOLL), so a later re-arm that rewrites the same
+        // Box (a new fault timer while a cancelled one is still completing) cannot affect an
+        // entry already submitted, and both values are the same constant anyway.
         unsafe { self.push(e) }
     }
 
@@ -698,11 +700,10 @@ impl Ring {
             COPY_HELD,
             "copy into a chunk not held"
         );
-        let start = usize::from(copy) * chunk as usize;
-        let dst = &mut self.copies.data[start..start + n as usize];
-        // SAFETY: `src` is valid for `n` bytes (above) and does not overlap `dst`, a separate
-        // allocation.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), n as usize) };
+        let dst = self.copies.at(copy, 0);
+        // SAFETY: `src` is valid for `n` bytes (above); `dst` is chunk `copy`, n <= chunk
+        // bytes long, HELD (no send reads it), in a separate allocation from `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, n as usize) };
         n
     }
 
@@ -716,8 +717,7 @@ impl Ring {
             "send outside copy chunk"
         );
         *state = COPY_SENDING;
-        let start = usize::from(copy) * chunk as usize + offset as usize;
-        let ptr = self.copies.data[start..].as_ptr();
+        let ptr = self.copies.at(copy, offset) as *const u8;
         // SAFETY: the chunk is SENDING, so it is neither freed nor rewritten until
         // `copy_send_done`; the pool lives in self and outlives every operation (Drop waits
         // for the last completion, or leaks the pool).
@@ -783,10 +783,13 @@ const COPY_FREE: u8 = 0;
 const COPY_HELD: u8 = 1;
 const COPY_SENDING: u8 = 2;
 
-/// Fixed chunks for copies of mirrored bytes: zero pages until first written.
+/// Fixed chunks for copies of mirrored bytes: zero pages until first written. The memory is
+/// held as a raw pointer (like [`BufPool`]'s), never as a Rust reference, because the kernel
+/// reads chunks being sent while the worker writes others.
 #[derive(Debug)]
 struct CopyPool {
-    data: Box<[u8]>,
+    data: *mut u8,
+    len: usize,
     chunk: u32,
     state: Box<[u8]>,
     free: Vec<u16>,
@@ -794,11 +797,36 @@ struct CopyPool {
 
 impl CopyPool {
     fn new(count: u16, chunk: u32) -> CopyPool {
+        let memory = vec![0u8; usize::from(count) * chunk as usize].into_boxed_slice();
+        let len = memory.len();
         CopyPool {
-            data: vec![0u8; usize::from(count) * chunk as usize].into_boxed_slice(),
+            data: Box::into_raw(memory) as *mut u8,
+            len,
             chunk,
             state: vec![COPY_FREE; usize::from(count)].into_boxed_slice(),
             free: (0..count).rev().collect(),
+        }
+    }
+
+    /// Start of chunk `copy`, `offset` bytes in.
+    fn at(&self, copy: u16, offset: u32) -> *mut u8 {
+        let start = usize::from(copy) * self.chunk as usize + offset as usize;
+        assert!(start <= self.len, "copy chunk {copy} out of the pool");
+        // SAFETY: start <= len, so the pointer is inside the allocation (or one past it).
+        unsafe { self.data.add(start) }
+    }
+
+    /// Gives the memory up without freeing it (the kernel may still read it).
+    fn leak(&mut self) {
+        self.data = std::ptr::null_mut();
+    }
+}
+
+impl Drop for CopyPool {
+    fn drop(&mut self) {
+        if !self.data.is_null() {
+            // SAFETY: data and len are those of the boxed slice made in `new`, freed once.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.data, self.len)) });
         }
     }
 }
@@ -827,7 +855,7 @@ impl Drop for Ring {
             for pool in &mut self.bufs {
                 std::mem::forget(std::mem::replace(pool, BufPool::leaked()));
             }
-            std::mem::forget(std::mem::take(&mut self.copies.data));
+            self.copies.leak();
             tracing::error!(
                 inflight = self.inflight,
                 "io_uring teardown timed out; leaking buffers"

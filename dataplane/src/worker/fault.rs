@@ -253,6 +253,8 @@ impl Worker {
         match t.due {
             Due::Connect => {
                 if conn.faults.connect_at_ms.take().is_some() {
+                    // The delay is not idleness: the idle timer starts again now.
+                    conn.last_activity_ms = self.now_ms;
                     self.connect_next(t.slot, None);
                 }
             }
@@ -264,10 +266,16 @@ impl Worker {
         }
     }
 
-    /// The connection closes: it no longer counts in `active_faults`.
+    /// The connection closes: its deadlines go, and it no longer counts in
+    /// `active_faults`.
     pub(super) fn leave_faults(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
-        if !std::mem::take(&mut conn.faults.active) || conn.chain == CHAIN_NONE {
+        if !std::mem::take(&mut conn.faults.active) {
+            return;
+        }
+        // Keeps the list within the capacity reserved at start (and the tick's scan short).
+        self.fault_timers.timers.retain(|t| t.slot != slot);
+        if self.conns[slot as usize].chain == CHAIN_NONE {
             return;
         }
         if let Some(stats) = self.fault_stats(slot) {

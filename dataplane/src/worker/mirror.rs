@@ -37,6 +37,9 @@ use std::time::Duration;
 
 /// How long a shadow may keep draining its queue after the primary closed.
 pub(super) const SHADOW_DRAIN_MS: u64 = 5_000;
+/// How long a shadow that has everything (queue sent, end of stream sent) may take to close
+/// its side after the primary closed, before it is closed without waiting.
+pub(super) const SHADOW_LINGER_MS: u64 = 250;
 
 impl Worker {
     fn mirror_stats(&self, slot: u32) -> Option<&MirrorStats> {
@@ -235,7 +238,20 @@ impl Worker {
             }
         }
         self.shadow_kick(slot);
+        self.shorten_linger(slot);
         self.shadow_close_if_done(slot);
+    }
+
+    /// After the primary closed, a shadow that has everything only waits a little for its
+    /// peer's end of stream, so that slots are not held for a shadow that never closes.
+    fn shorten_linger(&mut self, slot: u32) {
+        let now = self.now_ms;
+        let shadow = &mut self.conns[slot as usize].shadow;
+        if shadow.count == 0 && shadow.shut {
+            if let Some(d) = &mut shadow.drain_deadline_ms {
+                *d = (*d).min(now + SHADOW_LINGER_MS);
+            }
+        }
     }
 
     /// The shadow's reply bytes are discarded; reads go on until it closes its side.
@@ -279,6 +295,7 @@ impl Worker {
                 shadow.eof = true;
                 shadow.drain_deadline_ms = Some(now + SHADOW_DRAIN_MS);
                 self.shadow_kick(slot);
+                self.shorten_linger(slot);
                 self.shadow_close_if_done(slot);
             }
         }
@@ -305,8 +322,12 @@ impl Worker {
         if shadow.drain_deadline_ms.is_some_and(|d| self.now_ms >= d)
             && shadow.state == ShadowState::Open
         {
-            if let Some(stats) = self.mirror_stats(slot) {
-                stats.inc(self.id, MirrorStat::ConnectionsDropped);
+            // Dropped only if it had not taken everything; one that just did not close its
+            // side in time got every byte.
+            if shadow.count > 0 || !shadow.shut {
+                if let Some(stats) = self.mirror_stats(slot) {
+                    stats.inc(self.id, MirrorStat::ConnectionsDropped);
+                }
             }
             self.shadow_close(slot);
         }

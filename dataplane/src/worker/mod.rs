@@ -671,9 +671,10 @@ impl Worker {
                 );
                 continue;
             }
-            let idle = c
-                .idle_timeout_ms
-                .is_some_and(|t| now.saturating_sub(c.last_activity_ms) >= t);
+            // A connect held back by the fault filter's delay is not idle.
+            let idle = c.faults.connect_at_ms.is_none()
+                && c.idle_timeout_ms
+                    .is_some_and(|t| now.saturating_sub(c.last_activity_ms) >= t);
             if idle {
                 if let Some(stats) = self.tcp_stats(slot as u32) {
                     stats.inc(self.id, TcpStat::IdleTimeout);
@@ -1108,7 +1109,7 @@ impl Worker {
                 errno = -result,
                 "upstream socket() failed"
             );
-            self.connect_failed(slot, -result);
+            self.connect_failed(slot, -result, true);
             return;
         }
         conn.backend = result;
@@ -1118,7 +1119,7 @@ impl Worker {
                 errno,
                 "upstream socket setup (upstream_bind_config, original_src) failed"
             );
-            self.connect_failed(slot, errno);
+            self.connect_failed(slot, errno, true);
             return;
         }
         let conn = &self.conns[slot as usize];
@@ -1174,7 +1175,7 @@ impl Worker {
             return;
         }
         if result < 0 {
-            self.connect_failed(slot, -result);
+            self.connect_failed(slot, -result, false);
             return;
         }
         let id = self.id;
@@ -1228,7 +1229,10 @@ impl Worker {
         true
     }
 
-    fn connect_failed(&mut self, slot: u32, errno: i32) {
+    /// A connect attempt failed. `local`: the proxy's own failure before anything was sent
+    /// (socket(), socket setup), not the host's, so outlier detection does not hear of it
+    /// (Envoy's local connection failure).
+    fn connect_failed(&mut self, slot: u32, errno: i32, local: bool) {
         let id = self.id;
         let conn = &mut self.conns[slot as usize];
         let timed_out = errno == libc::ECANCELED || errno == libc::ETIMEDOUT;
@@ -1250,7 +1254,9 @@ impl Worker {
             if let Some(e) = endpoint {
                 let host = &c.endpoints[e as usize];
                 host.stats.inc(HostStat::CxConnectFail);
-                report_outlier_failure(c, host);
+                if !local {
+                    report_outlier_failure(c, host);
+                }
             }
             if attempts >= max_attempts && max_attempts > 1 {
                 c.stats
@@ -1700,6 +1706,17 @@ impl Worker {
         let conn = &self.conns[slot as usize];
         if conn.state != ConnState::Closing || conn.inflight > 0 {
             return;
+        }
+        if matches!(
+            conn.shadow.state,
+            conn::ShadowState::Connecting | conn::ShadowState::Open
+        ) {
+            // Nothing of the shadow is in flight any more (a discard read that found no
+            // buffer): close it now; the slot is freed after its close completes.
+            self.shadow_close(slot);
+            if self.conns[slot as usize].inflight > 0 {
+                return;
+            }
         }
         self.record_close(slot);
         let conn = &mut self.conns[slot as usize];
