@@ -182,6 +182,13 @@ struct ClusterEntry {
     next_tick: Option<Instant>,
 }
 
+impl ClusterEntry {
+    /// The cluster has carried a connection (until then checks use `no_traffic_interval`).
+    fn has_traffic(&self) -> bool {
+        self.stats.get(ClusterStat::UpstreamCxTotal) > 0
+    }
+}
+
 /// Everything the thread keeps.
 struct State {
     generation: u64,
@@ -376,7 +383,7 @@ impl State {
             if let Some(hc) = &c.policy.health_check {
                 let mut sched = active::Schedule {
                     now,
-                    has_traffic: c.stats.get(ClusterStat::UpstreamCxTotal) > 0,
+                    has_traffic: c.has_traffic(),
                     rng: &mut self.rng,
                 };
                 for host in &mut c.hosts {
@@ -392,6 +399,7 @@ impl State {
         let Some(c) = self.clusters.get_mut(ci) else {
             return;
         };
+        let has_traffic = c.has_traffic();
         let Some(hc) = &c.policy.health_check else {
             return;
         };
@@ -400,7 +408,7 @@ impl State {
         };
         let mut sched = active::Schedule {
             now,
-            has_traffic: c.stats.get(ClusterStat::UpstreamCxTotal) > 0,
+            has_traffic,
             rng: &mut self.rng,
         };
         let outcome = active::on_ready(hc, &c.health, host, &mut sched);

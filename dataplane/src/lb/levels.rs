@@ -156,8 +156,7 @@ impl ClusterBalancer {
         hash: Option<u64>,
         rng: &mut Rng,
     ) -> Option<Picked> {
-        let hashing = cluster.hash_table.is_some() || cluster.lb_policy.is_hashing();
-        let hash = if hashing {
+        let hash = if cluster.lb_policy.is_hashing() {
             Some(hash.unwrap_or_else(|| rng.next_u64()))
         } else {
             None

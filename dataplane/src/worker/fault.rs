@@ -206,11 +206,17 @@ impl Worker {
             due,
         });
         if !self.fault_timers.armed {
-            self.fault_timers.armed = true;
-            self.fault_timers.generation = self.fault_timers.generation.wrapping_add(1) & 0xffff;
-            let ud = ud::encode(Kind::FaultTick, self.fault_timers.generation, 0);
-            self.ring.fault_tick(FAULT_TICK, ud);
+            self.arm_fault_timer();
         }
+    }
+
+    /// Arms the fault timer under a new generation (completions of a cancelled one are told
+    /// apart by theirs).
+    fn arm_fault_timer(&mut self) {
+        self.fault_timers.armed = true;
+        self.fault_timers.generation = self.fault_timers.generation.wrapping_add(1) & 0xffff;
+        let ud = ud::encode(Kind::FaultTick, self.fault_timers.generation, 0);
+        self.ring.fault_tick(FAULT_TICK, ud);
     }
 
     /// The fault timer fired: starts what is due; stops the timer when nothing is left.
@@ -238,10 +244,7 @@ impl Worker {
             self.ring
                 .cancel(target, ud::encode(Kind::FaultTickCancel, 0, 0));
         } else if !self.fault_timers.timers.is_empty() && !self.fault_timers.armed {
-            self.fault_timers.armed = true;
-            self.fault_timers.generation = self.fault_timers.generation.wrapping_add(1) & 0xffff;
-            let ud = ud::encode(Kind::FaultTick, self.fault_timers.generation, 0);
-            self.ring.fault_tick(FAULT_TICK, ud);
+            self.arm_fault_timer();
         }
     }
 
