@@ -8,6 +8,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "switchyard/filters/network/fault/v1/fault.proto",
     "switchyard/filters/network/mirror/v1/mirror.proto",
+    "switchyard/filters/udp/udp_proxy/v1/route.proto",
 ];
 
 fn main() {

@@ -4,9 +4,11 @@
 //! result depends on the RIB alone; what it draws from outside only decides which objects are
 //! shared with earlier generations:
 //! - stat blocks come from the [`StatsRegistry`] by stable name (`tcp.<stat_prefix>`,
-//!   `cluster.<name>`, `listener.<ip>_<port>`); a host's block comes from the same cluster
-//!   in the previous FIB, by address (no registry entry per endpoint: 100k endpoints cost no
-//!   map, and a removed host's block goes when the last FIB holding it does);
+//!   `udp.<stat_prefix>`, `cluster.<name>`, `listener.<ip>_<port>`; `cluster.<name>.udp`
+//!   only for a cluster a UDP route names, the others share one unused block); a host's
+//!   block comes from the same cluster in the previous FIB, by address (no registry entry
+//!   per endpoint: 100k endpoints cost no map, and a removed host's block goes when the
+//!   last FIB holding it does);
 //! - access-log sinks come from [`AccessLogSinks`], one `Arc` per distinct (path, format), so
 //!   the log writer keeps one open file per sink across generations;
 //! - clusters whose config equals the one they were last built from come from the
@@ -14,24 +16,28 @@
 //!   pointer), so a one-endpoint change among 100k endpoints rebuilds one cluster.
 //!
 //! Cluster ids are indices into `rib.clusters` (the FIB keeps the RIB's order). A tcp_proxy
-//! naming a cluster that does not exist compiles to [`Route::Missing`] (Envoy's behaviour:
-//! `downstream_cx_no_route` at run time).
+//! or udp_proxy naming a cluster that does not exist compiles to [`Route::Missing`] (Envoy's
+//! behaviour: `downstream_cx_no_route` / `downstream_sess_no_route` at run time).
+//!
+//! The RIB's listeners are TCP and UDP in one list; the FIB has them apart
+//! ([`Fib::listeners`], [`Fib::udp_listeners`]), each in config order.
 
 use crate::rib::{
-    millis_ceil as millis, ClusterConfig, FilterChainConfig, Rib, RouteConfig, TcpProxyConfig,
+    millis_ceil as millis, ClusterConfig, FilterChainConfig, ListenerKind, Rib, RouteConfig,
+    TcpProxyConfig, UdpProxyConfig,
 };
 use crate::stats::StatsRegistry;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use switchyard_dataplane::accesslog::{AccessLogSink, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
     Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable, Listener,
-    Mirror, Route, TcpProxy, WeightedClusters,
+    Mirror, Route, TcpProxy, UdpListener, UdpProxy, WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::lb::levels::first_priority_len;
-use switchyard_dataplane::stats::HostStats;
+use switchyard_dataplane::stats::{ClusterUdpStats, HostStats};
 
 /// Kernel accept backlog for every listener.
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -111,7 +117,26 @@ impl CompileCache {
     }
 
     /// The clusters of `rib`, built or taken from the cache; updates the cache to `rib`.
+    ///
+    /// A cluster a UDP route names needs its own `cluster.<name>.udp` block: one built
+    /// while no UDP route named it (with the shared unused block) is rebuilt, even if its
+    /// config is unchanged. Without UDP listeners this costs nothing.
     fn clusters(&mut self, rib: &Rib, stats: &StatsRegistry) -> Vec<Arc<Cluster>> {
+        let udp_routed: HashSet<&str> = udp_routed_clusters(rib).collect();
+        let unrouted = stats.cluster_udp_unrouted();
+        let stale_udp = |built: &Cluster| {
+            !udp_routed.is_empty()
+                && Arc::ptr_eq(&built.udp_stats, unrouted)
+                && udp_routed.contains(&*built.name)
+        };
+        let build = |c: &ClusterConfig, previous: Option<&Cluster>| {
+            let udp_stats = if udp_routed.contains(c.name.as_str()) {
+                stats.cluster_udp(&c.name)
+            } else {
+                unrouted.clone()
+            };
+            Arc::new(cluster(c, previous, stats, udp_stats))
+        };
         let same_layout = self.configs.len() == rib.clusters.len()
             && rib
                 .clusters
@@ -130,14 +155,15 @@ impl CompileCache {
                     self.ids.get(c.name.as_str()).map(|id| id.0 as usize)
                 };
                 match old {
-                    Some(j) if Arc::ptr_eq(c, &self.configs[j]) || **c == *self.configs[j] => {
+                    Some(j)
+                        if (Arc::ptr_eq(c, &self.configs[j]) || **c == *self.configs[j])
+                            && !stale_udp(&self.built[j]) =>
+                    {
                         reused += 1;
                         self.built[j].clone()
                     }
-                    Some(j) if self.configs[j].name == c.name => {
-                        Arc::new(cluster(c, Some(&self.built[j]), stats))
-                    }
-                    _ => Arc::new(cluster(c, None, stats)),
+                    Some(j) if self.configs[j].name == c.name => build(c, Some(&self.built[j])),
+                    _ => build(c, None),
                 }
             })
             .collect();
@@ -183,39 +209,62 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
         }),
         tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
     };
-    let listeners = rib
-        .listeners
-        .iter()
-        .map(|l| Listener {
-            name: l.name.as_str().into(),
-            address: l.address,
-            filter_chains: l.filter_chains.iter().map(&mut chain).collect(),
-            default_chain: l.default_filter_chain.as_ref().map(&mut chain),
-            backlog: DEFAULT_BACKLOG,
-            stats: stats.listener(l.address),
-            use_original_dst: l.use_original_dst,
-            transparent: l.transparent,
-            original_src: l.original_src,
-        })
-        .collect();
+    let mut listeners = Vec::new();
+    let mut udp_listeners = Vec::new();
+    for l in &rib.listeners {
+        match &l.kind {
+            ListenerKind::Tcp(t) => listeners.push(Listener {
+                name: l.name.as_str().into(),
+                address: l.address,
+                filter_chains: t.filter_chains.iter().map(&mut chain).collect(),
+                default_chain: t.default_filter_chain.as_ref().map(&mut chain),
+                backlog: DEFAULT_BACKLOG,
+                stats: stats.listener(l.address),
+                use_original_dst: t.use_original_dst,
+                transparent: t.transparent,
+                original_src: t.original_src,
+            }),
+            ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
+                name: l.name.as_str().into(),
+                address: l.address,
+                proxy: udp_proxy(u, ids, stats),
+            }),
+        }
+    }
+    // What a redirected TCP connection must not loop back into: TCP listeners and the admin.
     let own_addresses = rib
         .listeners
         .iter()
+        .filter(|l| l.tcp().is_some())
         .map(|l| l.address)
         .chain(rib.admin.address.socket())
         .collect();
     Fib {
         generation,
         listeners,
+        udp_listeners,
         clusters,
         own_addresses,
     }
 }
 
+/// The names of the clusters the UDP listeners of `rib` route to.
+fn udp_routed_clusters(rib: &Rib) -> impl Iterator<Item = &str> {
+    rib.listeners
+        .iter()
+        .filter_map(|l| l.udp())
+        .flat_map(|u| u.route.cluster_names())
+}
+
 /// Builds one cluster. An endpoint that `previous` (the same cluster as last compiled) also
 /// had keeps its stat block; a new one starts from zero (as in Envoy, a host's stats live as
 /// long as the host).
-fn cluster(c: &ClusterConfig, previous: Option<&Cluster>, stats: &StatsRegistry) -> Cluster {
+fn cluster(
+    c: &ClusterConfig,
+    previous: Option<&Cluster>,
+    stats: &StatsRegistry,
+    udp_stats: Arc<ClusterUdpStats>,
+) -> Cluster {
     let old: HashMap<SocketAddr, &Arc<HostStats>> = previous
         .map(|p| p.endpoints.iter().map(|e| (e.address, &e.stats)).collect())
         .unwrap_or_default();
@@ -250,6 +299,7 @@ fn cluster(c: &ClusterConfig, previous: Option<&Cluster>, stats: &StatsRegistry)
         health: c.health.clone(),
         health_state: stats.health(&c.name),
         added_via_api: c.added_via_api,
+        udp_stats,
     };
     // RING_HASH, MAGLEV: the table is built here, on the control thread, once per change of
     // the cluster (an unchanged cluster is shared with the previous FIB, table and all). It
@@ -266,7 +316,38 @@ fn tcp_proxy(
     stats: &StatsRegistry,
     sinks: &mut AccessLogSinks,
 ) -> TcpProxy {
-    let route = match &t.route {
+    let route = route(&t.route, ids);
+    TcpProxy {
+        stats: stats.tcp(&t.stat_prefix),
+        route,
+        idle_timeout_ms: t.idle_timeout.map(millis),
+        max_connect_attempts: t.max_connect_attempts.max(1),
+        access_logs: t
+            .access_logs
+            .iter()
+            .map(|a| sinks.get(&a.path, &a.format))
+            .collect(),
+        hash_source_ip: t.hash_source_ip,
+    }
+}
+
+fn udp_proxy(
+    u: &UdpProxyConfig,
+    ids: &HashMap<String, ClusterId>,
+    stats: &StatsRegistry,
+) -> UdpProxy {
+    UdpProxy {
+        stats: stats.udp(&u.stat_prefix),
+        route: route(&u.route, ids),
+        idle_timeout_ms: u.idle_timeout.map(millis),
+        hash_source_ip: u.hash_source_ip,
+    }
+}
+
+/// A tcp_proxy's or udp_proxy's route: clusters by id, [`Route::Missing`] for a name that
+/// is not among the clusters.
+fn route(r: &RouteConfig, ids: &HashMap<String, ClusterId>) -> Route {
+    match r {
         RouteConfig::Cluster(name) => match ids.get(name.as_str()) {
             Some(id) => Route::Cluster(*id),
             None => Route::Missing(name.as_str().into()),
@@ -288,17 +369,5 @@ fn tcp_proxy(
                 None => Route::Missing(entries.first().map_or("", |e| e.name.as_str()).into()),
             }
         }
-    };
-    TcpProxy {
-        stats: stats.tcp(&t.stat_prefix),
-        route,
-        idle_timeout_ms: t.idle_timeout.map(millis),
-        max_connect_attempts: t.max_connect_attempts.max(1),
-        access_logs: t
-            .access_logs
-            .iter()
-            .map(|a| sinks.get(&a.path, &a.format))
-            .collect(),
-        hash_source_ip: t.hash_source_ip,
     }
 }

@@ -19,7 +19,7 @@ use crate::compile::{compile, CompileCache};
 use crate::config::{self, ConfigError};
 use crate::dynamic::{DynamicState, XdsTypeDumps};
 use crate::health::HealthThread;
-use crate::rib::{EndpointConfig, Rib};
+use crate::rib::{Bind, EndpointConfig, Rib};
 use crate::state_dir::{Persisted, StateWriter};
 use crate::stats::StatsRegistry;
 use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
@@ -356,12 +356,12 @@ fn start_xds(rib: &Rib, held: Held, events: Sender<ControlEvent>) -> Result<Xds,
     config.reserved_addresses = rib
         .listeners
         .iter()
-        .map(|l| (format!("static listener '{}'", l.name), l.address))
+        .map(|l| (format!("static listener '{}'", l.name), l.bind()))
         .chain(
             rib.admin
                 .address
                 .socket()
-                .map(|a| ("the admin".to_string(), a)),
+                .map(|a| ("the admin".to_string(), Bind::tcp(a))),
         )
         .collect();
     let (commands, thread) = xds_client::spawn(config, xds_tx).map_err(RunError::Xds)?;

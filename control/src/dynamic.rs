@@ -8,12 +8,11 @@
 //! over CDS drops its endpoints from the RIB but keeps the assignment until EDS removes it.
 
 use crate::config::resource;
-use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig, Rib, RouteConfig};
+use crate::rib::{Bind, ClusterConfig, EndpointConfig, ListenerConfig, Rib};
 use crate::xds::Change;
 use envoy_types::pb::google::protobuf::Any;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,18 +49,6 @@ pub struct DynamicState {
     by_service: BTreeMap<String, BTreeSet<String>>,
     /// Warming clusters and listeners that became active since [`DynamicState::take_promoted`].
     promoted: (Vec<String>, Vec<String>),
-}
-
-/// The clusters a listener's tcp_proxy filters route to.
-fn routed_clusters(l: &ListenerConfig) -> impl Iterator<Item = &str> {
-    l.filter_chains
-        .iter()
-        .chain(&l.default_filter_chain)
-        .flat_map(|c| match &c.tcp_proxy.route {
-            RouteConfig::Cluster(name) => std::slice::from_ref(name).iter().collect::<Vec<_>>(),
-            RouteConfig::Weighted(entries) => entries.iter().map(|e| &e.name).collect(),
-        })
-        .map(String::as_str)
 }
 
 impl DynamicState {
@@ -114,7 +101,9 @@ impl DynamicState {
 
     /// Whether `listener`, received now, would warm (it routes to a warming cluster).
     pub fn would_warm_listener(&self, listener: &ListenerConfig) -> bool {
-        routed_clusters(listener).any(|c| self.warming_clusters.contains_key(c))
+        listener
+            .routed_clusters()
+            .any(|c| self.warming_clusters.contains_key(c))
     }
 
     /// The earliest warming deadline, if anything is warming with one.
@@ -246,7 +235,10 @@ impl DynamicState {
             .iter()
             .filter(|(_, (l, deadline))| {
                 let expired = matches!((now, deadline), (Some(n), Some(d)) if *d <= n);
-                expired || !routed_clusters(l).any(|c| self.warming_clusters.contains_key(c))
+                expired
+                    || !l
+                        .routed_clusters()
+                        .any(|c| self.warming_clusters.contains_key(c))
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -346,10 +338,10 @@ impl DynamicState {
         }
         let static_listeners: HashSet<&str> =
             statics.listeners.iter().map(|l| l.name.as_str()).collect();
-        let mut addresses: HashMap<SocketAddr, String> = statics
+        let mut addresses: HashMap<Bind, String> = statics
             .listeners
             .iter()
-            .map(|l| (l.address, l.name.clone()))
+            .map(|l| (l.bind(), l.name.clone()))
             .collect();
         for (name, l) in &self.listeners {
             if static_listeners.contains(name.as_str()) {
@@ -358,21 +350,21 @@ impl DynamicState {
                 ));
                 continue;
             }
-            if let Some(other) = addresses.get(&l.address) {
+            if let Some(other) = addresses.get(&l.bind()) {
                 skipped.push(format!(
                     "listener '{name}': address {} is listener '{other}''s",
-                    l.address
+                    l.bind()
                 ));
                 continue;
             }
-            if Some(l.address) == rib.admin.address.socket() {
+            if rib.admin.address.socket().map(Bind::tcp) == Some(l.bind()) {
                 skipped.push(format!(
                     "listener '{name}': address {} is the admin address",
                     l.address
                 ));
                 continue;
             }
-            addresses.insert(l.address, name.clone());
+            addresses.insert(l.bind(), name.clone());
             rib.listeners.push(l.clone());
         }
         (rib, skipped)
@@ -520,7 +512,9 @@ fn version_json((version, any, when): &Version, key: &str) -> Value {
 mod tests {
     use super::*;
     use crate::config::{parse_rib, Format};
+    use crate::rib::{ListenerKind, RouteConfig};
     use crate::xds::Accepted;
+    use std::net::SocketAddr;
 
     fn statics() -> Rib {
         let text = std::fs::read_to_string(concat!(
@@ -638,6 +632,60 @@ mod tests {
         assert_eq!(d.compose(&statics).0.listeners.len(), 2);
     }
 
+    /// A UDP listener `name` on `address` routing to `cluster`.
+    fn udp_listener(name: &str, address: SocketAddr, cluster: &str) -> ListenerConfig {
+        ListenerConfig {
+            name: name.into(),
+            address,
+            kind: ListenerKind::Udp(crate::rib::UdpProxyConfig {
+                stat_prefix: name.into(),
+                route: RouteConfig::Cluster(cluster.into()),
+                idle_timeout: None,
+                hash_source_ip: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_dynamic_udp_listener_may_share_a_tcp_address_not_a_udp_one() {
+        let statics = statics();
+        let tcp = statics.listeners[0].address;
+        let mut d = DynamicState::default();
+        d.apply_listeners(
+            change(
+                vec![
+                    ("u1", udp_listener("u1", tcp, "c")),
+                    ("u2", udp_listener("u2", tcp, "c")),
+                ],
+                &[],
+            ),
+            None,
+        );
+        let (rib, skipped) = d.compose(&statics);
+        let names: Vec<&str> = rib.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, [statics.listeners[0].name.as_str(), "u1"]);
+        assert_eq!(
+            skipped,
+            [format!(
+                "listener 'u2': address {tcp}/udp is listener 'u1''s"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_udp_listener_waits_for_its_warming_cluster() {
+        let statics = statics();
+        let mut d = DynamicState::default();
+        d.apply_clusters(change(vec![("a", eds_cluster("a", "sa"))], &[]), None);
+        let u = udp_listener("u", "127.0.0.1:10053".parse().unwrap(), "a");
+        assert!(d.would_warm_listener(&u));
+        d.apply_listeners(change(vec![("u", u)], &[]), None);
+        assert_eq!(d.warming_listeners().collect::<Vec<_>>(), ["u"]);
+        d.apply_endpoints(change(vec![("sa", one_endpoint(7))], &[]));
+        assert_eq!(d.take_promoted().1, ["u"]);
+        assert!(d.compose(&statics).0.listener("u").is_some());
+    }
+
     fn eds_cluster(name: &str, service: &str) -> ClusterConfig {
         let mut c = statics().cluster("c").unwrap().clone();
         c.name = name.into();
@@ -697,7 +745,10 @@ mod tests {
         let mut l = statics().listeners[0].clone();
         l.name = name.into();
         l.address = SocketAddr::from(([127, 0, 0, 1], port));
-        for c in &mut l.filter_chains {
+        let ListenerKind::Tcp(t) = &mut l.kind else {
+            unreachable!("the static listener is TCP")
+        };
+        for c in &mut t.filter_chains {
             c.tcp_proxy.route = RouteConfig::Cluster(cluster.into());
         }
         l

@@ -23,6 +23,9 @@ pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
 /// Envoy's default tcp_proxy `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Envoy's default udp_proxy `idle_timeout`.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Envoy's default cluster `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -36,7 +39,8 @@ pub struct Rib {
     pub node: NodeInfo,
     /// Where the admin HTTP server listens.
     pub admin: AdminConfig,
-    /// Listeners in config order; names and addresses are unique.
+    /// Listeners (TCP and UDP) in config order; names are unique, and so is what each binds
+    /// (protocol and address).
     pub listeners: Vec<ListenerConfig>,
     /// Clusters in config order; names are unique. Shared with the xDS state and the
     /// compile cache: an unchanged cluster is the same `Arc` from one RIB to the next.
@@ -131,13 +135,120 @@ impl std::fmt::Display for AdminAddress {
     }
 }
 
-/// A listener.
+/// A listener: TCP (filter chains ending in a tcp_proxy) or UDP (the udp_proxy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
-    /// Unique name (the address, `ip:port`, when the config gives none).
+    /// Unique among all listeners, TCP and UDP (the address, `ip:port`, when the config
+    /// gives none; `ip:port/udp` for a UDP listener).
     pub name: String,
-    /// Unique listening address, port non-zero.
+    /// Listening address, port non-zero; unique among the listeners of its protocol (a TCP
+    /// and a UDP listener may share one).
     pub address: SocketAddr,
+    /// What it does with what arrives.
+    pub kind: ListenerKind,
+}
+
+/// A listener's protocol and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// `protocol: TCP` (the default): filter chains (boxed: much larger than the UDP
+    /// variant).
+    Tcp(Box<TcpListenerConfig>),
+    /// `protocol: UDP` with the `envoy.filters.udp_listener.udp_proxy` listener filter.
+    Udp(UdpProxyConfig),
+}
+
+/// The transport protocol of a listener's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// `protocol: TCP`, the default.
+    Tcp,
+    /// `protocol: UDP`.
+    Udp,
+}
+
+/// What a listener binds: two listeners may not bind the same one (a TCP and a UDP listener
+/// on one address and port bind different ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bind {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// IP and port.
+    pub address: SocketAddr,
+}
+
+impl Bind {
+    /// A TCP address (the admin's, a TCP listener's).
+    pub fn tcp(address: SocketAddr) -> Bind {
+        Bind {
+            protocol: Protocol::Tcp,
+            address,
+        }
+    }
+}
+
+/// `127.0.0.1:80` for TCP (as every message showed before UDP existed), `127.0.0.1:53/udp`
+/// for UDP.
+impl std::fmt::Display for Bind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.protocol {
+            Protocol::Tcp => write!(f, "{}", self.address),
+            Protocol::Udp => write!(f, "{}/udp", self.address),
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// TCP or UDP.
+    pub fn protocol(&self) -> Protocol {
+        match self.kind {
+            ListenerKind::Tcp(_) => Protocol::Tcp,
+            ListenerKind::Udp(_) => Protocol::Udp,
+        }
+    }
+
+    /// What it binds (protocol and address).
+    pub fn bind(&self) -> Bind {
+        Bind {
+            protocol: self.protocol(),
+            address: self.address,
+        }
+    }
+
+    /// The TCP part, if it is a TCP listener.
+    pub fn tcp(&self) -> Option<&TcpListenerConfig> {
+        match &self.kind {
+            ListenerKind::Tcp(t) => Some(t),
+            ListenerKind::Udp(_) => None,
+        }
+    }
+
+    /// The UDP proxy, if it is a UDP listener.
+    pub fn udp(&self) -> Option<&UdpProxyConfig> {
+        match &self.kind {
+            ListenerKind::Tcp(_) => None,
+            ListenerKind::Udp(u) => Some(u),
+        }
+    }
+
+    /// The names of the clusters it routes to (tcp_proxy routes of every chain, or the UDP
+    /// proxy's route), in config order, possibly repeated; mirrors' shadow clusters are not
+    /// included.
+    pub fn routed_clusters(&self) -> impl Iterator<Item = &str> {
+        let (tcp, udp) = match &self.kind {
+            ListenerKind::Tcp(t) => (Some(t), None),
+            ListenerKind::Udp(u) => (None, Some(&u.route)),
+        };
+        tcp.into_iter()
+            .flat_map(|t| t.chains().map(|c| &c.tcp_proxy.route))
+            .chain(udp)
+            .flat_map(RouteConfig::cluster_names)
+    }
+}
+
+/// A TCP listener's chains and socket options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpListenerConfig {
     /// Filter chains in config order: at most `MAX_FILTER_CHAINS`, no two with the same
     /// match criteria.
     pub filter_chains: Vec<FilterChainConfig>,
@@ -151,6 +262,31 @@ pub struct ListenerConfig {
     /// `envoy.filters.listener.original_src`: upstream connections leave from the client's
     /// address.
     pub original_src: Option<OriginalSrc>,
+}
+
+impl TcpListenerConfig {
+    /// Every chain: the filter chains in order, then the default chain.
+    pub fn chains(&self) -> impl Iterator<Item = &FilterChainConfig> {
+        self.filter_chains
+            .iter()
+            .chain(self.default_filter_chain.as_ref())
+    }
+}
+
+/// Envoy's UDP proxy (`envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig`): each new
+/// source opens a session to an endpoint of the routed cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpProxyConfig {
+    /// Non-empty; stats are `udp.<stat_prefix>.*`.
+    pub stat_prefix: String,
+    /// Where sessions go: the deprecated `cluster`, the matcher's `on_no_match` action
+    /// (Envoy's `Route`), or Switchyard's `WeightedRoute` (every weight at least 1: entries
+    /// of weight 0 are left out, as they can never be picked).
+    pub route: RouteConfig,
+    /// A session idle this long is closed (Envoy's default 60 s); `None` never (`0s`).
+    pub idle_timeout: Option<Duration>,
+    /// `hash_policies: [{source_ip: true}]`: hashing balancers key on the client's IP.
+    pub hash_source_ip: bool,
 }
 
 /// A filter chain: what it matches and its one terminal filter.
@@ -222,14 +358,29 @@ pub struct TcpProxyConfig {
     pub access_logs: Vec<AccessLogConfig>,
 }
 
-/// The tcp_proxy's destination, by cluster name (a name may be missing from the clusters:
-/// Envoy accepts that and counts `downstream_cx_no_route`).
+/// The tcp_proxy's or udp_proxy's destination, by cluster name (a name may be missing from
+/// the clusters: Envoy accepts that and counts `downstream_cx_no_route` /
+/// `downstream_sess_no_route`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteConfig {
     /// `cluster`.
     Cluster(String),
     /// `weighted_clusters`: at least one entry, every weight at least 1.
     Weighted(Vec<WeightedClusterConfig>),
+}
+
+impl RouteConfig {
+    /// The cluster names, in config order.
+    pub fn cluster_names(&self) -> impl Iterator<Item = &str> {
+        let (single, weighted): (Option<&String>, &[WeightedClusterConfig]) = match self {
+            RouteConfig::Cluster(name) => (Some(name), &[]),
+            RouteConfig::Weighted(entries) => (None, entries),
+        };
+        single
+            .map(String::as_str)
+            .into_iter()
+            .chain(weighted.iter().map(|w| w.name.as_str()))
+    }
 }
 
 /// One entry of `weighted_clusters.clusters`.

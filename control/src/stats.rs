@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
 use switchyard_dataplane::stats::{
-    listener_stat_name, ClusterResources, ClusterStats, ConnectionLimitState, FaultStats,
-    ListenerStats, MirrorStats, ServerStats, TcpStats,
+    listener_stat_name, ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState,
+    FaultStats, ListenerStats, MirrorStats, ServerStats, TcpStats, UdpStats,
 };
 
 /// All stat blocks, by name.
@@ -24,6 +24,9 @@ pub struct StatsRegistry {
     xds: XdsStats,
     /// Wakes the health thread when a worker sees a host reach an ejection threshold.
     health_signal: Option<Arc<HealthSignal>>,
+    /// The `cluster.<name>.udp.` block of every cluster no UDP route names (see
+    /// [`StatsRegistry::cluster_udp_unrouted`]).
+    cluster_udp_unrouted: Arc<ClusterUdpStats>,
     inner: Mutex<Blocks>,
 }
 
@@ -32,6 +35,10 @@ pub struct StatsRegistry {
 pub struct Blocks {
     /// `tcp.<stat_prefix>.`
     pub tcp: BTreeMap<String, Arc<TcpStats>>,
+    /// `udp.<stat_prefix>.`
+    pub udp: BTreeMap<String, Arc<UdpStats>>,
+    /// `cluster.<name>.udp.`, for the clusters a UDP route has named.
+    pub cluster_udp: BTreeMap<String, Arc<ClusterUdpStats>>,
     /// `cluster.<name>.`
     pub cluster: BTreeMap<String, Arc<ClusterStats>>,
     /// `listener.<ip>_<port>.`
@@ -62,6 +69,7 @@ impl StatsRegistry {
                     None
                 }
             },
+            cluster_udp_unrouted: Arc::new(ClusterUdpStats::new("", 0)),
             inner: Mutex::new(Blocks::default()),
         }
     }
@@ -82,6 +90,8 @@ impl StatsRegistry {
         {
             let blocks = self.blocks();
             blocks.tcp.values().for_each(|b| b.reset_counters());
+            blocks.udp.values().for_each(|b| b.reset_counters());
+            blocks.cluster_udp.values().for_each(|b| b.reset_counters());
             blocks.cluster.values().for_each(|b| b.reset_counters());
             blocks.listener.values().for_each(|b| b.reset_counters());
             blocks
@@ -115,6 +125,34 @@ impl StatsRegistry {
             .entry(prefix.to_string())
             .or_insert_with(|| Arc::new(TcpStats::new(prefix, w)))
             .clone()
+    }
+
+    /// The `udp.<prefix>.` block.
+    pub fn udp(&self, prefix: &str) -> Arc<UdpStats> {
+        let w = self.workers;
+        self.blocks()
+            .udp
+            .entry(prefix.to_string())
+            .or_insert_with(|| Arc::new(UdpStats::new(prefix, w)))
+            .clone()
+    }
+
+    /// The `cluster.<name>.udp.` block, for a cluster a UDP route names.
+    pub fn cluster_udp(&self, name: &str) -> Arc<ClusterUdpStats> {
+        let w = self.workers;
+        self.blocks()
+            .cluster_udp
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(ClusterUdpStats::new(name, w)))
+            .clone()
+    }
+
+    /// What a cluster that no UDP route names has as its `cluster.<name>.udp.` block: one
+    /// shared, unnamed block of one slot that nothing writes (no UDP session reaches such a
+    /// cluster) and `/stats` never shows. A block per cluster would cost every cluster one
+    /// cache line per worker for a feature most never use.
+    pub fn cluster_udp_unrouted(&self) -> &Arc<ClusterUdpStats> {
+        &self.cluster_udp_unrouted
     }
 
     /// The `fault.<prefix>.` block.
@@ -207,6 +245,26 @@ mod tests {
         let l = r.listener("127.0.0.1:10000".parse().unwrap());
         assert_eq!(&*l.name, "127.0.0.1_10000");
         assert_eq!(r.blocks().listener.len(), 1);
+        assert!(Arc::ptr_eq(&r.udp("dns"), &r.udp("dns")));
+        let c = r.cluster_udp("echo");
+        assert!(Arc::ptr_eq(&c, &r.cluster_udp("echo")));
+        assert!(!Arc::ptr_eq(&c, r.cluster_udp_unrouted()));
+        assert_eq!(r.blocks().cluster_udp.len(), 1);
+    }
+
+    #[test]
+    fn reset_covers_udp_blocks() {
+        use switchyard_dataplane::stats::{ClusterUdpStat, UdpStat};
+        let r = StatsRegistry::new(1);
+        let u = r.udp("dns");
+        u.inc(0, UdpStat::DownstreamSessTotal);
+        u.inc(0, UdpStat::DownstreamSessActive);
+        let c = r.cluster_udp("echo");
+        c.inc(0, ClusterUdpStat::SessTxDatagrams);
+        r.reset_counters();
+        assert_eq!(u.get(UdpStat::DownstreamSessTotal), 0);
+        assert_eq!(u.gauge(UdpStat::DownstreamSessActive), 1);
+        assert_eq!(c.get(ClusterUdpStat::SessTxDatagrams), 0);
     }
 }
 

@@ -497,3 +497,155 @@ fn circuit_breakers_default_to_envoys_and_share_counts_by_name() {
         &two.clusters[0].resources
     ));
 }
+
+#[test]
+fn udp_listeners_compile_beside_tcp_ones() {
+    let rib = rib("udp_proxy.yaml");
+    let stats = StatsRegistry::new(2);
+    let fib = compile(&rib, 1, &stats, &mut CompileCache::new());
+    assert_eq!(fib.listeners.len(), 1);
+    assert_eq!(&*fib.listeners[0].name, "dns-tcp");
+    let names: Vec<&str> = fib.udp_listeners.iter().map(|l| &*l.name).collect();
+    assert_eq!(names, ["dns", "syslog"]);
+    let (dns, syslog) = (&fib.udp_listeners[0], &fib.udp_listeners[1]);
+    assert_eq!(
+        dns.address, fib.listeners[0].address,
+        "TCP and UDP share a port"
+    );
+    assert!(matches!(dns.proxy.route, Route::Cluster(ClusterId(0))));
+    assert_eq!(dns.proxy.idle_timeout_ms, Some(30_000));
+    assert!(dns.proxy.hash_source_ip);
+    assert_eq!(&*dns.proxy.stats.name, "dns");
+    assert!(Arc::ptr_eq(&dns.proxy.stats, &stats.udp("dns")));
+    assert!(matches!(syslog.proxy.route, Route::Cluster(ClusterId(1))));
+    assert_eq!(syslog.proxy.idle_timeout_ms, None, "0s: never");
+    assert!(!syslog.proxy.hash_source_ip);
+    // Only TCP listeners (and the admin) are addresses a redirected connection must not
+    // reach: the UDP listeners add nothing.
+    assert_eq!(
+        fib.own_addresses,
+        [addr("127.0.0.1:10053"), addr("127.0.0.1:15000")]
+    );
+    // Both clusters are UDP-routed: each has its own `cluster.<name>.udp` block.
+    for c in &fib.clusters {
+        assert_eq!(c.udp_stats.name, c.name);
+        assert!(Arc::ptr_eq(&c.udp_stats, &stats.cluster_udp(&c.name)));
+    }
+}
+
+#[test]
+fn udp_weighted_route_and_missing_clusters() {
+    let rib = rib("udp_weighted.yaml");
+    let fib = build(&rib);
+    let Route::Weighted(w) = &fib.udp_listeners[0].proxy.route else {
+        panic!("{:?}", fib.udp_listeners[0].proxy.route)
+    };
+    let entries: Vec<_> = w
+        .entries
+        .iter()
+        .map(|e| (e.cluster, &*e.name, e.weight))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (Some(ClusterId(0)), "stable", 90),
+            (Some(ClusterId(1)), "canary", 10)
+        ],
+        "weight 0 is left out"
+    );
+    assert_eq!(w.total_weight, 100);
+    assert_eq!(fib.udp_listeners[0].proxy.idle_timeout_ms, Some(60_000));
+
+    // A route to a cluster that does not exist compiles to Missing (Envoy counts
+    // downstream_sess_no_route at run time); in weighted routes, an entry without a cluster.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/valid/udp_weighted.yaml"),
+    )
+    .unwrap()
+    .replace("name: canary, weight: 10", "name: gone, weight: 10");
+    let (rib, _) = parse_rib(&text, Format::Yaml).unwrap();
+    let fib = build(&rib);
+    let Route::Weighted(w) = &fib.udp_listeners[0].proxy.route else {
+        panic!()
+    };
+    assert_eq!(w.entries[1].cluster, None);
+    assert_eq!(&*w.entries[1].name, "gone");
+    assert!(
+        !Arc::ptr_eq(&fib.clusters[1].udp_stats, &fib.clusters[0].udp_stats),
+        "canary is no longer UDP-routed: it shares the unused block"
+    );
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/valid/udp_proxy.yaml"),
+    )
+    .unwrap()
+    .replace("cluster: syslog", "cluster: nowhere");
+    let (rib, _) = parse_rib(&text, Format::Yaml).unwrap();
+    let fib = build(&rib);
+    assert!(matches!(&fib.udp_listeners[1].proxy.route, Route::Missing(n) if &**n == "nowhere"));
+}
+
+/// A cluster gets its `cluster.<name>.udp` block when a UDP route first names it: an
+/// unchanged cluster is then rebuilt once (not shared from the cache with the unused block),
+/// and shared as before after that. Clusters no UDP route names share one unused block.
+#[test]
+fn a_cluster_newly_udp_routed_gets_its_udp_block() {
+    let tcp_only = rib("weighted.json");
+    let stats = StatsRegistry::new(2);
+    let mut cache = CompileCache::new();
+    let one = compile(&tcp_only, 1, &stats, &mut cache);
+    let unrouted = stats.cluster_udp_unrouted();
+    assert!(one
+        .clusters
+        .iter()
+        .all(|c| Arc::ptr_eq(&c.udp_stats, unrouted)));
+    assert!(stats.blocks().cluster_udp.is_empty());
+
+    // The same clusters (the same Arcs), and a UDP listener to the first.
+    let udp = parse_rib(
+        r#"
+static_resources:
+  listeners:
+  - name: u
+    address: {socket_address: {protocol: UDP, address: 127.0.0.1, port_value: 10053}}
+    listener_filters:
+    - name: envoy.filters.udp_listener.udp_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig
+        stat_prefix: u
+        cluster: blue
+"#,
+        Format::Yaml,
+    )
+    .unwrap()
+    .0;
+    let mut both = tcp_only.clone();
+    both.listeners.extend(udp.listeners);
+    assert_eq!(both.clusters[0].name, "blue");
+    let two = compile(&both, 2, &stats, &mut cache);
+    assert_eq!(cache.reused(), both.clusters.len() - 1);
+    assert!(!Arc::ptr_eq(&one.clusters[0], &two.clusters[0]), "rebuilt");
+    assert!(Arc::ptr_eq(
+        &two.clusters[0].udp_stats,
+        &stats.cluster_udp("blue")
+    ));
+    assert!(Arc::ptr_eq(
+        &one.clusters[0].endpoints[0].stats,
+        &two.clusters[0].endpoints[0].stats
+    ));
+    for i in 1..both.clusters.len() {
+        assert!(
+            Arc::ptr_eq(&one.clusters[i], &two.clusters[i]),
+            "cluster {i}"
+        );
+    }
+
+    // Unchanged from then on: shared, block and all.
+    let three = compile(&both, 3, &stats, &mut cache);
+    assert_eq!(cache.reused(), both.clusters.len());
+    assert!(Arc::ptr_eq(&two.clusters[0], &three.clusters[0]));
+    // No longer routed: kept as it is (its block is harmless and shows nowhere).
+    let four = compile(&tcp_only, 4, &stats, &mut cache);
+    assert_eq!(cache.reused(), tcp_only.clusters.len());
+    assert!(Arc::ptr_eq(&three.clusters[0], &four.clusters[0]));
+    assert!(four.udp_listeners.is_empty());
+}

@@ -28,7 +28,7 @@ fn valid_configs_load_and_compile() {
         assert!(loaded.normalized.is_object());
         let fib = compile(&rib, 1, &StatsRegistry::new(2), &mut CompileCache::new());
         assert_eq!(
-            fib.listeners.len(),
+            fib.listeners.len() + fib.udp_listeners.len(),
             rib.listeners.len(),
             "{}",
             path.display()

@@ -12,7 +12,7 @@
 //!   up to the drain time, then closes what is left and joins the workers.
 
 use crate::accesslog::AccessLogQueues;
-use crate::fib::{Fib, Listener};
+use crate::fib::{Fib, Listener, UdpListener};
 use crate::stats::{ServerStat, ServerStats};
 use crate::sys::net::{self, EventFd};
 use crate::sys::Ring;
@@ -54,7 +54,7 @@ pub struct ListenerSockets {
     pub id: u64,
     /// Listener name.
     pub name: Arc<str>,
-    /// Bound address.
+    /// Bound address (TCP or UDP, by the snapshot list that holds it).
     pub address: SocketAddr,
     /// Opened with `IP_TRANSPARENT`.
     pub transparent: bool,
@@ -78,6 +78,8 @@ pub struct Snapshot {
     pub fib: Arc<Fib>,
     /// Listener sockets, indexed like `fib.listeners`.
     pub listeners: Vec<Arc<ListenerSockets>>,
+    /// UDP listener sockets, indexed like `fib.udp_listeners`.
+    pub udp_listeners: Vec<Arc<ListenerSockets>>,
 }
 
 /// State shared by the handle and the workers. Workers only read it (atomics and one
@@ -299,20 +301,71 @@ impl DataPlane {
                 listeners.push(sockets);
             }
         }
+        let udp_listeners = self.udp_sockets(&fib, &old)?;
         self.fib_view.store(fib.clone());
-        self.store_snapshot(fib, listeners);
+        self.store_snapshot(fib, listeners, udp_listeners);
         drop(old);
         Ok(())
     }
 
+    /// The sockets of `fib`'s UDP listeners: the old snapshot's where name and address are
+    /// the same (sessions keep their listener), new ones otherwise. None while draining.
+    fn udp_sockets(
+        &self,
+        fib: &Fib,
+        old: &Snapshot,
+    ) -> Result<Vec<Arc<ListenerSockets>>, PlaneError> {
+        if self.shared.phase() != Phase::Running {
+            return Ok(Vec::new());
+        }
+        fib.udp_listeners
+            .iter()
+            .map(|listener| {
+                let reused = old
+                    .udp_listeners
+                    .iter()
+                    .find(|s| s.name == listener.name && s.address == listener.address);
+                match reused {
+                    Some(s) => Ok(s.clone()),
+                    None => self.open_udp_listener(listener).map(Arc::new),
+                }
+            })
+            .collect()
+    }
+
+    fn open_udp_listener(&self, listener: &UdpListener) -> Result<ListenerSockets, PlaneError> {
+        let address = listener.address;
+        let fds = (0..self.worker_count())
+            .map(|_| net::bind_udp_reuseport(address))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| PlaneError::Listener {
+                name: listener.name.to_string(),
+                address,
+                error,
+            })?;
+        Ok(ListenerSockets {
+            id: self.next_socket_id.fetch_add(1, Ordering::Relaxed),
+            name: listener.name.clone(),
+            address,
+            transparent: false,
+            fds,
+        })
+    }
+
     /// Swaps in a snapshot, wakes the workers and waits until each adopted it, so sockets
     /// only the old snapshot held are closed after no worker uses them.
-    fn store_snapshot(&self, fib: Arc<Fib>, listeners: Vec<Arc<ListenerSockets>>) {
+    fn store_snapshot(
+        &self,
+        fib: Arc<Fib>,
+        listeners: Vec<Arc<ListenerSockets>>,
+        udp_listeners: Vec<Arc<ListenerSockets>>,
+    ) {
         let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
         self.shared.snapshot.store(Arc::new(Snapshot {
             epoch,
             fib,
             listeners,
+            udp_listeners,
         }));
         self.wake_all();
         self.wait_adopted(epoch, Duration::from_secs(2));
@@ -378,7 +431,7 @@ impl DataPlane {
         if self.shared.phase() == Phase::Running {
             self.set_phase(Phase::Draining);
             let fib = self.shared.snapshot.load().fib.clone();
-            self.store_snapshot(fib, Vec::new());
+            self.store_snapshot(fib, Vec::new(), Vec::new());
         }
     }
 

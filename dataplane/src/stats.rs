@@ -245,6 +245,48 @@ stat_block!(
 });
 
 stat_block!(
+    /// `udp.<stat_prefix>.*`: one per udp_proxy stat prefix (Envoy's names).
+    UdpStats, UdpStat, 11, {
+    /// Sessions created (a datagram from a new source).
+    DownstreamSessTotal => ("downstream_sess_total", Counter),
+    /// Datagrams dropped because the route's cluster does not exist or has no endpoint.
+    DownstreamSessNoRoute => ("downstream_sess_no_route", Counter),
+    /// Payload bytes received from clients.
+    DownstreamSessRxBytes => ("downstream_sess_rx_bytes", Counter),
+    /// Datagrams received from clients.
+    DownstreamSessRxDatagrams => ("downstream_sess_rx_datagrams", Counter),
+    /// Receive errors on the listener socket (and truncated datagrams).
+    DownstreamSessRxErrors => ("downstream_sess_rx_errors", Counter),
+    /// Payload bytes sent to clients.
+    DownstreamSessTxBytes => ("downstream_sess_tx_bytes", Counter),
+    /// Datagrams sent to clients.
+    DownstreamSessTxDatagrams => ("downstream_sess_tx_datagrams", Counter),
+    /// Sends to clients that failed.
+    DownstreamSessTxErrors => ("downstream_sess_tx_errors", Counter),
+    /// Sessions closed by the idle timeout.
+    IdleTimeout => ("idle_timeout", Counter),
+    /// Session filters missing their config (none are supported: always 0, as Envoy shows it).
+    SessionFilterConfigMissing => ("session_filter_config_missing", Counter),
+    /// Sessions open now.
+    DownstreamSessActive => ("downstream_sess_active", Gauge),
+});
+
+stat_block!(
+    /// `cluster.<name>.udp.*`: a cluster's UDP sessions' upstream side (Envoy's names).
+    ClusterUdpStats, ClusterUdpStat, 5, {
+    /// Datagrams received from the cluster's endpoints.
+    SessRxDatagrams => ("sess_rx_datagrams", Counter),
+    /// Datagrams from endpoints dropped (no buffer, or the client side gone).
+    SessRxDatagramsDropped => ("sess_rx_datagrams_dropped", Counter),
+    /// Receive errors on upstream sockets (e.g. ICMP port unreachable).
+    SessRxErrors => ("sess_rx_errors", Counter),
+    /// Datagrams sent to the cluster's endpoints.
+    SessTxDatagrams => ("sess_tx_datagrams", Counter),
+    /// Sends to endpoints that failed.
+    SessTxErrors => ("sess_tx_errors", Counter),
+});
+
+stat_block!(
     /// `cluster.<name>.*`: one per cluster name.
     ClusterStats, ClusterStat, 17, {
     /// Upstream connections attempted.

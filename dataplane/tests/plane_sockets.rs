@@ -64,6 +64,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         health: Default::default(),
         health_state: Default::default(),
         added_via_api: false,
+        udp_stats: Arc::new(ClusterUdpStats::new("echo", 1)),
     };
     let chain = FilterChain {
         name: "".into(),
@@ -95,6 +96,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         }],
         clusters: vec![Arc::new(cluster)],
         own_addresses: vec![listen],
+        udp_listeners: Vec::new(),
     }
 }
 

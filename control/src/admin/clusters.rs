@@ -197,21 +197,26 @@ pub(crate) fn render_clusters_json(fib: &Fib) -> serde_json::Value {
     json!({ "cluster_statuses": statuses })
 }
 
+/// Every listener's name and address: the TCP listeners, then the UDP ones. Envoy prints
+/// both kinds alike (an address's text and JSON forms carry no protocol).
+fn all_listeners(fib: &Fib) -> impl Iterator<Item = (&str, &SocketAddr)> {
+    let tcp = fib.listeners.iter().map(|l| (&*l.name, &l.address));
+    tcp.chain(fib.udp_listeners.iter().map(|l| (&*l.name, &l.address)))
+}
+
 /// Envoy's `/listeners` text form: `name::address` lines.
 pub(crate) fn render_listeners_text(fib: &Fib) -> String {
     let mut out = String::new();
-    for l in &fib.listeners {
-        let _ = writeln!(out, "{}::{}", l.name, l.address);
+    for (name, address) in all_listeners(fib) {
+        let _ = writeln!(out, "{name}::{address}");
     }
     out
 }
 
 /// Envoy's `/listeners?format=json` (`envoy.admin.v3.Listeners`).
 pub(crate) fn render_listeners_json(fib: &Fib) -> serde_json::Value {
-    let statuses: Vec<serde_json::Value> = fib
-        .listeners
-        .iter()
-        .map(|l| json!({"name": &*l.name, "local_address": socket_address(&l.address)}))
+    let statuses: Vec<serde_json::Value> = all_listeners(fib)
+        .map(|(name, address)| json!({"name": name, "local_address": socket_address(address)}))
         .collect();
     json!({ "listener_statuses": statuses })
 }
@@ -342,11 +347,16 @@ mod tests {
     fn listeners_text_and_json() {
         let f = fixture();
         let fib = f.state.fib.load();
-        assert_eq!(render_listeners_text(&fib), "gw::127.0.0.1:10000\n");
+        // Envoy prints a UDP listener's address like a TCP one's.
+        assert_eq!(
+            render_listeners_text(&fib),
+            "gw::127.0.0.1:10000\ndns::127.0.0.1:10000\n"
+        );
+        let address = json!({"socket_address": {"address": "127.0.0.1", "port_value": 10000}});
         assert_eq!(
             render_listeners_json(&fib),
-            json!({"listener_statuses": [{"name": "gw", "local_address":
-                {"socket_address": {"address": "127.0.0.1", "port_value": 10000}}}]})
+            json!({"listener_statuses": [{"name": "gw", "local_address": address},
+                                         {"name": "dns", "local_address": address}]})
         );
     }
 }

@@ -287,7 +287,15 @@ mod tests {
                    "cluster": {"@type": CLUSTER, "name": "empty", "connect_timeout": "1s"}})
         );
         let v = render_resource(&b, &Value::Null, "static_listeners").unwrap();
-        assert_eq!(v["configs"].as_array().unwrap().len(), 1);
+        assert_eq!(v["configs"].as_array().unwrap().len(), 2);
+        // A UDP listener is dumped as written, its udp_proxy and matcher included.
+        let udp = &v["configs"][1]["listener"];
+        assert_eq!(udp["address"]["socket_address"]["protocol"], "UDP");
+        assert_eq!(
+            udp["listener_filters"][0]["typed_config"]["matcher"]["on_no_match"]["action"]
+                ["typed_config"]["cluster"],
+            "echo"
+        );
         assert_eq!(
             render_resource(&b, &Value::Null, "dynamic_listeners").unwrap(),
             json!({"configs": []})

@@ -6,9 +6,11 @@ use arc_swap::ArcSwap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
-use switchyard_dataplane::fib::{Cluster, Endpoint, Fib, LbPolicy, Listener};
+use switchyard_dataplane::fib::{
+    Cluster, ClusterId, Endpoint, Fib, LbPolicy, Listener, Route, UdpListener, UdpProxy,
+};
 use switchyard_dataplane::stats::{
-    ClusterStat, HostStat, HostStats, ListenerStat, ServerStat, TcpStat,
+    ClusterStat, ClusterUdpStat, HostStat, HostStats, ListenerStat, ServerStat, TcpStat, UdpStat,
 };
 
 pub(crate) struct Fixture {
@@ -18,11 +20,12 @@ pub(crate) struct Fixture {
 
 /// Two workers; listener `gw` on 127.0.0.1:10000; cluster `echo` with endpoints
 /// 127.0.0.1:9001 (weight one) and 127.0.0.1:9002 (weight three); cluster `empty` with no
-/// endpoint; tcp prefix `l4`.
+/// endpoint; tcp prefix `l4`; UDP listener `dns` on 127.0.0.1:10000 to `echo`, udp prefix
+/// `dns`.
 ///
 /// Traffic so far: three connections (one on worker 0, two on worker 1, one of them still
 /// open), five upstream connects to echo (three to 9001 with one failure, two to 9002), and
-/// 100 bytes received.
+/// 100 bytes received; two UDP sessions (one still open), four datagrams sent to echo.
 pub(crate) fn fixture() -> Fixture {
     let reg = Arc::new(StatsRegistry::new(2));
     let tcp = reg.tcp("l4");
@@ -42,6 +45,12 @@ pub(crate) fn fixture() -> Fixture {
     echo.inc(1, ClusterStat::UpstreamCxActive);
     echo.inc(0, ClusterStat::UpstreamCxConnectFail);
     let empty = reg.cluster("empty");
+
+    let udp = reg.udp("dns");
+    udp.add(0, UdpStat::DownstreamSessTotal, 2);
+    udp.inc(1, UdpStat::DownstreamSessActive);
+    let echo_udp = reg.cluster_udp("echo");
+    echo_udp.add(1, ClusterUdpStat::SessTxDatagrams, 4);
 
     let a1 = "127.0.0.1:9001".parse().unwrap();
     let a2 = "127.0.0.1:9002".parse().unwrap();
@@ -95,6 +104,7 @@ pub(crate) fn fixture() -> Fixture {
                 health: Default::default(),
                 health_state: Default::default(),
                 added_via_api: false,
+                udp_stats: echo_udp,
             }),
             Arc::new(Cluster {
                 name: "empty".into(),
@@ -109,9 +119,20 @@ pub(crate) fn fixture() -> Fixture {
                 health: Default::default(),
                 health_state: Default::default(),
                 added_via_api: false,
+                udp_stats: reg.cluster_udp_unrouted().clone(),
             }),
         ],
         own_addresses: vec![listener_addr],
+        udp_listeners: vec![UdpListener {
+            name: "dns".into(),
+            address: listener_addr,
+            proxy: UdpProxy {
+                stats: udp,
+                route: Route::Cluster(ClusterId(0)),
+                idle_timeout_ms: Some(60_000),
+                hash_source_ip: false,
+            },
+        }],
     };
     let (tx, rx) = channel();
     let state = AdminState::new(
@@ -150,6 +171,23 @@ pub(crate) fn bootstrap_json() -> serde_json::Value {
                         "cluster": "echo"
                     }
                 }]}]
+            }, {
+                "name": "dns",
+                "address": {"socket_address": {"protocol": "UDP", "address": "127.0.0.1", "port_value": 10000}},
+                "listener_filters": [{
+                    "name": "envoy.filters.udp_listener.udp_proxy",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
+                        "stat_prefix": "dns",
+                        "matcher": {"on_no_match": {"action": {
+                            "name": "route",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route",
+                                "cluster": "echo"
+                            }
+                        }}}
+                    }
+                }]
             }],
             "clusters": [
                 {"name": "echo", "connect_timeout": "1s"},

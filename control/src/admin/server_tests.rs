@@ -248,7 +248,10 @@ fn reads_in_every_format() {
     let r = get(addr, "/clusters?format=json");
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["cluster_statuses"][0]["host_statuses"][1]["weight"], 3);
-    assert_eq!(get(addr, "/listeners").body, "gw::127.0.0.1:10000\n");
+    assert_eq!(
+        get(addr, "/listeners").body,
+        "gw::127.0.0.1:10000\ndns::127.0.0.1:10000\n"
+    );
     let r = get(addr, "/listeners?format=json");
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["listener_statuses"][0]["name"], "gw");
@@ -275,7 +278,7 @@ fn keep_alive_pipelining_and_close() {
     assert_eq!((r1.status, r1.body.as_str()), (200, "LIVE\n"));
     assert_eq!(r1.header("connection"), Some("keep-alive"));
     let r2 = read_reply(&mut s, &mut pending, false);
-    assert_eq!(r2.body, "gw::127.0.0.1:10000\n");
+    assert_eq!(r2.body, "gw::127.0.0.1:10000\ndns::127.0.0.1:10000\n");
     // A POST with a body: the body is read and ignored.
     s.write_all(b"POST /ready HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
         .unwrap();

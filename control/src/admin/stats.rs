@@ -1,14 +1,15 @@
 //! `/stats` and `/stats/prometheus`: every stat with its Envoy name, in Envoy's text, JSON and
 //! Prometheus forms.
 //!
-//! Names: `tcp.<stat_prefix>.<stat>`, `cluster.<name>.<stat>`, `listener.<ip>_<port>.<stat>`
-//! (and `.worker_N.downstream_cx_total|downstream_cx_active`), `server.<stat>`. Each dynamic
-//! part goes through Envoy's stat-name sanitizing (`:` becomes `_`, so an IPv6 listener is
-//! `listener.[__1]_80.`).
+//! Names: `tcp.<stat_prefix>.<stat>`, `udp.<stat_prefix>.<stat>`, `cluster.<name>.<stat>`
+//! (and `cluster.<name>.udp.<stat>` for a cluster a UDP listener routes to),
+//! `listener.<ip>_<port>.<stat>` (and `.worker_N.downstream_cx_total|downstream_cx_active`),
+//! `server.<stat>`. Each dynamic part goes through Envoy's stat-name sanitizing (`:` becomes
+//! `_`, so an IPv6 listener is `listener.[__1]_80.`).
 //!
 //! The Prometheus form turns name parts into tags with Envoy's default tag-extraction regexes
-//! (`envoy.tcp_prefix`, `envoy.cluster_name`, `envoy.listener_address`), so a cluster whose
-//! name holds a dot is split where Envoy splits it.
+//! (`envoy.tcp_prefix`, `envoy.udp_prefix`, `envoy.cluster_name`, `envoy.listener_address`),
+//! so a cluster whose name holds a dot is split where Envoy splits it.
 //!
 //! `usedonly` keeps stats whose value is not zero: stats here carry no "ever written" bit, so
 //! a counter that was written and then reset to zero is left out (Envoy would keep it).
@@ -19,11 +20,11 @@ use regex::Regex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::LazyLock;
-use switchyard_dataplane::fib::{Cluster, HashLookup};
+use switchyard_dataplane::fib::{Cluster, Fib, HashLookup, Route};
 use switchyard_dataplane::health::FAILED_ACTIVE_HC;
 use switchyard_dataplane::stats::{
-    ClusterStat, FaultStat, HealthStat, ListenerStat, MirrorStat, Resource, ServerStat, StatKind,
-    TcpStat,
+    ClusterStat, ClusterUdpStat, FaultStat, HealthStat, ListenerStat, MirrorStat, Resource,
+    ServerStat, StatKind, TcpStat, UdpStat,
 };
 
 /// A stat's value: counters are unsigned, gauges signed.
@@ -123,8 +124,28 @@ fn health_stats(p: &str, c: &Cluster) -> Vec<Stat> {
         .collect()
 }
 
-/// Every stat, sorted by name: the registry's blocks summed over workers, per-worker listener
-/// stats, cluster membership from the current FIB, and the `server.*` stats.
+/// The clusters the FIB's UDP listeners route to (each once, in id order): those with
+/// `cluster.<name>.udp.*` stats, as Envoy's udp_proxy creates them for the clusters it uses.
+fn udp_routed_clusters(fib: &Fib) -> impl Iterator<Item = &Cluster> {
+    let mut ids: Vec<usize> = fib
+        .udp_listeners
+        .iter()
+        .flat_map(|l| match &l.proxy.route {
+            Route::Cluster(id) => vec![id.0 as usize],
+            Route::Weighted(w) => w
+                .entries
+                .iter()
+                .filter_map(|e| e.cluster.map(|id| id.0 as usize))
+                .collect(),
+            Route::Missing(_) => Vec::new(),
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .filter_map(|i| fib.clusters.get(i).map(|c| &**c))
+}
+
 /// Envoy's `cluster.<name>.circuit_breakers.default.*` gauges: `cx_open` and
 /// `rq_pending_open` (1 while the limit is reached), and with `track_remaining`,
 /// `remaining_cx` and `remaining_pending`.
@@ -186,6 +207,8 @@ fn hash_table_gauges(prefix: &str, c: &Cluster) -> Vec<Stat> {
     }
 }
 
+/// Every stat, sorted by name: the registry's blocks summed over workers, per-worker listener
+/// stats, cluster membership from the current FIB, and the `server.*` stats.
 pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
     let reg = &state.stats;
     let workers = reg.workers();
@@ -200,6 +223,17 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                 &TcpStat::ALL,
                 TcpStat::name,
                 TcpStat::kind,
+                |s| b.get(s),
+            );
+        }
+        for (prefix, b) in &blocks.udp {
+            let p = format!("udp.{}", sanitize_element(prefix));
+            push_block(
+                &mut out,
+                &p,
+                &UdpStat::ALL,
+                UdpStat::name,
+                UdpStat::kind,
                 |s| b.get(s),
             );
         }
@@ -278,6 +312,18 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
         }
     }
     let fib = state.fib.load();
+    for c in udp_routed_clusters(&fib) {
+        let p = format!("cluster.{}.udp", sanitize_element(&c.name));
+        let b = &c.udp_stats;
+        push_block(
+            &mut out,
+            &p,
+            &ClusterUdpStat::ALL,
+            ClusterUdpStat::name,
+            ClusterUdpStat::kind,
+            |s| b.get(s),
+        );
+    }
     for c in &fib.clusters {
         let p = format!("cluster.{}", sanitize_element(&c.name));
         let n = c.endpoints.len() as i64;
@@ -424,6 +470,7 @@ pub(crate) fn render_json(stats: &[Stat]) -> serde_json::Value {
 static TAG_EXTRACTORS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     [
         ("envoy.tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
+        ("envoy.udp_prefix", r"^udp\.((.*?)\.)\w+?$"),
         ("envoy.cluster_name", r"^cluster\.(([^\.]+)\.).*"),
         (
             "envoy.listener_address",
@@ -583,6 +630,20 @@ mod tests {
             t("listener.[__1]_80.downstream_cx_active").1,
             vec![("envoy.listener_address", "[__1]_80".into())]
         );
+        assert_eq!(
+            t("udp.dns.downstream_sess_total"),
+            (
+                "udp.downstream_sess_total".into(),
+                vec![("envoy.udp_prefix", "dns".into())]
+            )
+        );
+        assert_eq!(
+            t("cluster.echo.udp.sess_tx_datagrams"),
+            (
+                "cluster.udp.sess_tx_datagrams".into(),
+                vec![("envoy.cluster_name", "echo".into())]
+            )
+        );
         assert_eq!(t("server.live"), ("server.live".into(), vec![]));
     }
 
@@ -594,13 +655,22 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        // 9 tcp + 2 clusters x (17 + 4 membership + 2 circuit breaker) + 7 listener + 2
-        // workers x 2 + the worker server block + 4 admin server stats.
-        assert_eq!(stats.len(), 9 + 2 * 23 + 7 + 4 + ServerStat::ALL.len() + 4);
+        // 9 tcp + 11 udp + 2 clusters x (17 + 4 membership + 2 circuit breaker) + 5 udp of
+        // echo (empty has no UDP route) + 7 listener + 2 workers x 2 + the worker server
+        // block + 4 admin server stats.
+        assert_eq!(
+            stats.len(),
+            9 + 11 + 2 * 23 + 5 + 7 + 4 + ServerStat::ALL.len() + 4
+        );
         let text = render_text(&stats);
         for line in [
             "tcp.l4.downstream_cx_total: 3\n",
             "tcp.l4.downstream_cx_active: 1\n",
+            "udp.dns.downstream_sess_total: 2\n",
+            "udp.dns.downstream_sess_active: 1\n",
+            "udp.dns.idle_timeout: 0\n",
+            "cluster.echo.udp.sess_tx_datagrams: 4\n",
+            "cluster.echo.udp.sess_rx_datagrams: 0\n",
             "cluster.echo.upstream_cx_total: 5\n",
             "cluster.echo.upstream_cx_connect_fail: 1\n",
             "cluster.echo.membership_total: 2\n",
@@ -621,6 +691,69 @@ mod tests {
         }
         assert!(
             text.starts_with("cluster.echo.circuit_breakers.default.cx_open: 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("cluster.empty.udp."), "{text}");
+    }
+
+    #[test]
+    fn udp_stats_in_every_form() {
+        let f = fixture();
+        let sel = Selection::from_query(&Query::parse("filter=udp%5C.")).unwrap();
+        let text = render_text(&selected(&f.state, &sel));
+        assert_eq!(
+            text,
+            "cluster.echo.udp.sess_rx_datagrams: 0\n\
+             cluster.echo.udp.sess_rx_datagrams_dropped: 0\n\
+             cluster.echo.udp.sess_rx_errors: 0\n\
+             cluster.echo.udp.sess_tx_datagrams: 4\n\
+             cluster.echo.udp.sess_tx_errors: 0\n\
+             udp.dns.downstream_sess_active: 1\n\
+             udp.dns.downstream_sess_no_route: 0\n\
+             udp.dns.downstream_sess_rx_bytes: 0\n\
+             udp.dns.downstream_sess_rx_datagrams: 0\n\
+             udp.dns.downstream_sess_rx_errors: 0\n\
+             udp.dns.downstream_sess_total: 2\n\
+             udp.dns.downstream_sess_tx_bytes: 0\n\
+             udp.dns.downstream_sess_tx_datagrams: 0\n\
+             udp.dns.downstream_sess_tx_errors: 0\n\
+             udp.dns.idle_timeout: 0\n\
+             udp.dns.session_filter_config_missing: 0\n"
+        );
+        let sel = Selection::from_query(&Query::parse("usedonly&filter=udp")).unwrap();
+        assert_eq!(
+            render_json(&selected(&f.state, &sel)),
+            serde_json::json!({"stats": [
+                {"name": "cluster.echo.udp.sess_tx_datagrams", "value": 4},
+                {"name": "udp.dns.downstream_sess_active", "value": 1},
+                {"name": "udp.dns.downstream_sess_total", "value": 2},
+            ]})
+        );
+        assert_eq!(
+            render_prometheus(&selected(&f.state, &sel)),
+            "# TYPE envoy_cluster_udp_sess_tx_datagrams counter\n\
+             envoy_cluster_udp_sess_tx_datagrams{envoy_cluster_name=\"echo\"} 4\n\
+             \n\
+             # TYPE envoy_udp_downstream_sess_total counter\n\
+             envoy_udp_downstream_sess_total{envoy_udp_prefix=\"dns\"} 2\n\
+             \n\
+             # TYPE envoy_udp_downstream_sess_active gauge\n\
+             envoy_udp_downstream_sess_active{envoy_udp_prefix=\"dns\"} 1\n\
+             \n"
+        );
+        // Reset zeroes the UDP counters, not the gauge.
+        f.state.stats.reset_counters();
+        let text = render_text(&collect_stats(&f.state));
+        assert!(
+            text.contains("udp.dns.downstream_sess_total: 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("udp.dns.downstream_sess_active: 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cluster.echo.udp.sess_tx_datagrams: 0\n"),
             "{text}"
         );
     }

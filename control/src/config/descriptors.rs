@@ -31,6 +31,8 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
     "envoy/extensions/filters/listener/original_src/v3/original_src.proto",
     "envoy/extensions/filters/network/connection_limit/v3/connection_limit.proto",
+    "envoy/extensions/filters/udp/udp_proxy/v3/udp_proxy.proto",
+    "envoy/extensions/filters/udp/udp_proxy/v3/route.proto",
 ];
 
 /// The pool, decoded once per thread. A `DescriptorPool` and every descriptor and dynamic
@@ -137,6 +139,10 @@ mod tests {
             "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
             "envoy.extensions.access_loggers.file.v3.FileAccessLog",
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
+            "envoy.extensions.filters.udp.udp_proxy.v3.Route",
+            "xds.type.matcher.v3.Matcher",
+            "switchyard.filters.udp.udp_proxy.v1.WeightedRoute",
         ] {
             assert!(pool.get_message_by_name(name).is_some(), "{name}");
         }

@@ -20,6 +20,15 @@ pub mod mirror {
     ));
 }
 
+/// `switchyard.filters.udp.udp_proxy.v1`: weighted clusters for the UDP proxy.
+pub mod udp_route {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/switchyard.filters.udp.udp_proxy.v1.rs"
+    ));
+}
+
 /// The extension files' descriptors (without the well-known types they import).
 pub(crate) const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard.bin"));
@@ -28,3 +37,5 @@ pub(crate) const DESCRIPTOR_SET: &[u8] =
 pub const FAULT: &str = "switchyard.filters.network.fault.v1.Fault";
 /// `@type` of the mirror filter's config.
 pub const MIRROR: &str = "switchyard.filters.network.mirror.v1.Mirror";
+/// `@type` of the UDP proxy's weighted route (the action of its matcher).
+pub const UDP_WEIGHTED_ROUTE: &str = "switchyard.filters.udp.udp_proxy.v1.WeightedRoute";

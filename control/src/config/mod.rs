@@ -288,6 +288,54 @@ static_resources:
         assert_eq!(tcp_proxy_of(&loaded.bootstrap), tp);
     }
 
+    /// A UDP listener's udp_proxy and its matcher's action (an `Any` inside an `Any`) come
+    /// out of the normalized form (what `/config_dump` shows) as written, and the prost
+    /// types read the same message.
+    #[test]
+    fn udp_listener_normalizes_with_nested_any() {
+        use envoy_types::pb::envoy::config::listener::v3::listener_filter;
+        use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
+            udp_proxy_config::RouteSpecifier, UdpProxyConfig,
+        };
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/configs/valid/udp_weighted.yaml"
+        ))
+        .unwrap();
+        let loaded = parse_str(&text, Format::Yaml).unwrap();
+        let l = &loaded.normalized["static_resources"]["listeners"][0];
+        assert_eq!(l["address"]["socket_address"]["protocol"], "UDP");
+        let proxy = &l["listener_filters"][0]["typed_config"];
+        assert_eq!(
+            proxy["@type"],
+            "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig"
+        );
+        let action = &proxy["matcher"]["on_no_match"]["action"]["typed_config"];
+        assert_eq!(
+            action["@type"],
+            "type.googleapis.com/switchyard.filters.udp.udp_proxy.v1.WeightedRoute"
+        );
+        assert_eq!(action["clusters"][1]["name"], "canary");
+        assert_eq!(action["clusters"][1]["weight"], 10);
+        let b = &loaded
+            .bootstrap
+            .static_resources
+            .as_ref()
+            .unwrap()
+            .listeners[0];
+        let Some(listener_filter::ConfigType::TypedConfig(any)) =
+            &b.listener_filters[0].config_type
+        else {
+            panic!("no typed_config")
+        };
+        let decoded = UdpProxyConfig::decode(any.value.as_slice()).unwrap();
+        assert_eq!(decoded.stat_prefix, "game");
+        assert!(matches!(
+            decoded.route_specifier,
+            Some(RouteSpecifier::Matcher(_))
+        ));
+    }
+
     #[test]
     fn json_names_and_proto_names_both_work() {
         let camel = r#"{"staticResources": {"clusters": [{"name": "c", "connectTimeout": "2s"}]}}"#;

@@ -332,6 +332,135 @@ mod tests {
         assert!(e.reason.contains("stat_prefix"), "{}", e.reason);
     }
 
+    /// A UDP listener over LDS: Envoy's udp_proxy with a matcher whose action is
+    /// `action` (an `Any`), on 127.0.0.1:10053.
+    fn udp_listener_msg(action: Any) -> Listener {
+        use envoy_types::pb::envoy::config::core::v3::socket_address::Protocol;
+        use envoy_types::pb::envoy::config::listener::v3::{listener_filter, ListenerFilter};
+        use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
+            udp_proxy_config::RouteSpecifier, UdpProxyConfig,
+        };
+        use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
+        use envoy_types::pb::xds::r#type::matcher::v3::{matcher, Matcher};
+        let mut address = addr("127.0.0.1", 10053);
+        if let Some(address::Address::SocketAddress(sa)) = &mut address.address {
+            sa.protocol = Protocol::Udp as i32;
+        }
+        let proxy = UdpProxyConfig {
+            stat_prefix: "dns".into(),
+            route_specifier: Some(RouteSpecifier::Matcher(Matcher {
+                on_no_match: Some(Box::new(matcher::OnMatch {
+                    on_match: Some(matcher::on_match::OnMatch::Action(TypedExtensionConfig {
+                        name: "route".into(),
+                        typed_config: Some(action),
+                    })),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        Listener {
+            name: "dns".into(),
+            address: Some(address),
+            listener_filters: vec![ListenerFilter {
+                name: "envoy.filters.udp_listener.udp_proxy".into(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                    "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
+                    &proxy,
+                ))),
+                ..ListenerFilter::default()
+            }],
+            ..Listener::default()
+        }
+    }
+
+    #[test]
+    fn a_udp_listener_converts_and_dumps_as_received() {
+        use crate::rib::{ListenerKind, RouteConfig, WeightedClusterConfig};
+        use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::Route;
+        let route = any(
+            "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route",
+            &Route {
+                cluster: "c".into(),
+            },
+        );
+        let payload = any(xds::LISTENER_TYPE, &udp_listener_msg(route));
+        let (name, l) = listener(&payload).unwrap();
+        assert_eq!(name, "dns");
+        let ListenerKind::Udp(u) = &l.kind else {
+            panic!("{l:?}")
+        };
+        assert_eq!(u.route, RouteConfig::Cluster("c".into()));
+        let json = to_json(&payload);
+        assert_eq!(json["address"]["socket_address"]["protocol"], "UDP");
+        assert_eq!(
+            json["listener_filters"][0]["typed_config"]["matcher"]["on_no_match"]["action"]
+                ["typed_config"]["cluster"],
+            "c"
+        );
+        assert_eq!(from_json(&json).as_ref(), Some(&payload));
+
+        // Switchyard's own weighted route comes over LDS the same way.
+        use crate::config::ext::udp_route::{ClusterWeight, WeightedRoute};
+        let weighted = WeightedRoute {
+            clusters: vec![
+                ClusterWeight {
+                    name: "a".into(),
+                    weight: 1,
+                },
+                ClusterWeight {
+                    name: "b".into(),
+                    weight: 2,
+                },
+            ],
+        };
+        let w = any(
+            "type.googleapis.com/switchyard.filters.udp.udp_proxy.v1.WeightedRoute",
+            &weighted,
+        );
+        let (_, l) = listener(&any(xds::LISTENER_TYPE, &udp_listener_msg(w))).unwrap();
+        assert_eq!(
+            l.udp().unwrap().route,
+            RouteConfig::Weighted(vec![
+                WeightedClusterConfig {
+                    name: "a".into(),
+                    weight: 1
+                },
+                WeightedClusterConfig {
+                    name: "b".into(),
+                    weight: 2
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn a_bad_udp_listener_is_refused_naming_the_field() {
+        use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::Route;
+        let empty = any(
+            "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route",
+            &Route::default(),
+        );
+        let e = listener(&any(xds::LISTENER_TYPE, &udp_listener_msg(empty))).unwrap_err();
+        assert!(
+            e.reason.contains(
+                "listener_filters[0].typed_config.matcher.on_no_match.action.typed_config.cluster"
+            ),
+            "{}",
+            e.reason
+        );
+        let mut l = udp_listener_msg(any(
+            "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route",
+            &Route {
+                cluster: "c".into(),
+            },
+        ));
+        l.filter_chains = listener_msg(1).filter_chains;
+        let e = listener(&any(xds::LISTENER_TYPE, &l)).unwrap_err();
+        assert!(e.reason.starts_with("filter_chains: "), "{}", e.reason);
+    }
+
     #[test]
     fn a_payload_of_another_type_or_garbage_is_refused() {
         let e = cluster(&any(xds::LISTENER_TYPE, &listener_msg(1))).unwrap_err();

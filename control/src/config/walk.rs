@@ -73,8 +73,42 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "use_original_dst",
             "listener_filters",
             "transparent",
+            "udp_listener_config",
         ],
     ),
+    (
+        "envoy.config.listener.v3.UdpListenerConfig",
+        &["downstream_socket_config"],
+    ),
+    (
+        "envoy.config.core.v3.UdpSocketConfig",
+        &["max_rx_datagram_size", "prefer_gro"],
+    ),
+    (
+        UDP_PROXY,
+        &[
+            "stat_prefix",
+            "cluster",
+            "matcher",
+            "idle_timeout",
+            "hash_policies",
+            "use_original_src_ip",
+            "use_per_packet_load_balancing",
+            "upstream_socket_config",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig.HashPolicy",
+        &["source_ip"],
+    ),
+    // The UDP proxy's matcher: only `on_no_match` with an action (its route).
+    ("xds.type.matcher.v3.Matcher", &["on_no_match"]),
+    ("xds.type.matcher.v3.Matcher.OnMatch", &["action"]),
+    (
+        "xds.core.v3.TypedExtensionConfig",
+        &["name", "typed_config"],
+    ),
+    (UDP_ROUTE, &["cluster"]),
     (
         "envoy.config.listener.v3.ListenerFilter",
         &["name", "typed_config"],
@@ -275,6 +309,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["stat_prefix", "cluster", "percent", "max_buffered_bytes"],
     ),
     (
+        "switchyard.filters.udp.udp_proxy.v1.WeightedRoute",
+        &["clusters"],
+    ),
+    (
+        "switchyard.filters.udp.udp_proxy.v1.ClusterWeight",
+        &["name", "weight"],
+    ),
+    (
         "switchyard.filters.network.fault.v1.Fault",
         &["stat_prefix", "delay", "abort", "throttle"],
     ),
@@ -309,7 +351,12 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.listener.v3.ListenerFilter.typed_config",
-        &[ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER],
+        &[ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY],
+    ),
+    // The action of the UDP proxy's matcher (the only `TypedExtensionConfig` reachable).
+    (
+        "xds.core.v3.TypedExtensionConfig.typed_config",
+        &[UDP_ROUTE, super::ext::UDP_WEIGHTED_ROUTE],
     ),
     (
         "envoy.config.accesslog.v3.AccessLog.typed_config",
@@ -333,6 +380,8 @@ pub(crate) const ORIGINAL_DST_FILTER: &str =
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 pub(crate) const ORIGINAL_SRC_FILTER: &str =
     "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
+pub(crate) const UDP_PROXY: &str = "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig";
+pub(crate) const UDP_ROUTE: &str = "envoy.extensions.filters.udp.udp_proxy.v3.Route";
 pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 

@@ -1,10 +1,12 @@
-//! Switchyard's own network filters (`proto/switchyard/...`) to the RIB.
+//! Switchyard's own extensions (`proto/switchyard/...`) to the RIB: network filters, and the
+//! UDP proxy's weighted route.
 
 use super::{duration, Result};
 use crate::config::ext::fault::Fault as PbFault;
 use crate::config::ext::mirror::Mirror as PbMirror;
-use crate::config::{field, ConfigError};
-use crate::rib::{millis_ceil, FaultConfig, MirrorConfig};
+use crate::config::ext::udp_route::WeightedRoute as PbWeightedRoute;
+use crate::config::{field, index, ConfigError};
+use crate::rib::{millis_ceil, FaultConfig, MirrorConfig, RouteConfig, WeightedClusterConfig};
 use switchyard_dataplane::fib::{FaultAbort, FaultDelay, FaultThrottle};
 
 /// `switchyard.filters.network.fault.v1.Fault`.
@@ -98,6 +100,44 @@ pub(super) fn mirror_config(m: &PbMirror, path: &str) -> Result<MirrorConfig> {
         per_million: per_million(m.percent, &field(path, "percent"))?,
         max_buffered_bytes,
     })
+}
+
+/// `switchyard.filters.udp.udp_proxy.v1.WeightedRoute`: at least one cluster, every name
+/// non-empty, the weights adding up to more than 0. Entries of weight 0 are left out of the
+/// route (no session can pick them); a cluster that does not exist is kept, as with the
+/// tcp_proxy's weighted clusters (`downstream_sess_no_route` when picked).
+pub(super) fn udp_weighted_route(w: &PbWeightedRoute, path: &str) -> Result<RouteConfig> {
+    let cpath = field(path, "clusters");
+    if w.clusters.is_empty() {
+        return Err(ConfigError::invalid(
+            cpath,
+            "at least one cluster is required",
+        ));
+    }
+    for (i, c) in w.clusters.iter().enumerate() {
+        if c.name.is_empty() {
+            return Err(ConfigError::invalid(
+                field(&index(&cpath, i), "name"),
+                "required (non-empty)",
+            ));
+        }
+    }
+    let entries: Vec<WeightedClusterConfig> = w
+        .clusters
+        .iter()
+        .filter(|c| c.weight > 0)
+        .map(|c| WeightedClusterConfig {
+            name: c.name.clone(),
+            weight: c.weight,
+        })
+        .collect();
+    if entries.is_empty() {
+        return Err(ConfigError::invalid(
+            cpath,
+            "the total weight must be greater than 0",
+        ));
+    }
+    Ok(RouteConfig::Weighted(entries))
 }
 
 /// A percentage (default 100) as parts per million.

@@ -10,13 +10,14 @@
 use crate::config::ext::fault::Fault as PbFault;
 use crate::config::ext::mirror::Mirror as PbMirror;
 use crate::config::ext::{FAULT, MIRROR};
-use crate::config::walk::{CONNECTION_LIMIT, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER};
+use crate::config::walk::{CONNECTION_LIMIT, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY};
 use crate::config::{field, index, ConfigError};
 use crate::rib::{
-    AccessLogConfig, AdminAddress, AdminConfig, ClusterConfig, ConnectionLimitConfig,
-    DynamicConfig, EndpointConfig, FilterChainConfig, ListenerConfig, NodeInfo, Rib, RouteConfig,
-    TcpProxyConfig, WeightedClusterConfig, XdsApi, DEFAULT_ADMIN_ADDRESS, DEFAULT_CHOICE_COUNT,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INITIAL_FETCH_TIMEOUT,
+    AccessLogConfig, AdminAddress, AdminConfig, Bind, ClusterConfig, ConnectionLimitConfig,
+    DynamicConfig, EndpointConfig, FilterChainConfig, ListenerConfig, ListenerKind, NodeInfo,
+    Protocol, Rib, RouteConfig, TcpListenerConfig, TcpProxyConfig, WeightedClusterConfig, XdsApi,
+    DEFAULT_ADMIN_ADDRESS, DEFAULT_CHOICE_COUNT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_INITIAL_FETCH_TIMEOUT,
 };
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
 use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
@@ -70,6 +71,7 @@ use switchyard_dataplane::hash_lb::{is_prime, MaglevTable, RingHash};
 
 mod ext;
 mod health;
+mod udp;
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -128,19 +130,16 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
                 ),
             ));
         }
-        if let Some(j) = listeners
-            .iter()
-            .position(|o| o.address == converted.address)
-        {
+        if let Some(j) = listeners.iter().position(|o| o.bind() == converted.bind()) {
             return Err(ConfigError::invalid(
                 field(&path, "address"),
                 format!(
                     "duplicate listener address {} (also listeners[{j}])",
-                    converted.address
+                    converted.bind()
                 ),
             ));
         }
-        if Some(converted.address) == admin_address.socket() {
+        if admin_address.socket().map(Bind::tcp) == Some(converted.bind()) {
             return Err(ConfigError::invalid(
                 field(&path, "address"),
                 format!(
@@ -181,20 +180,18 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
     Ok(rib)
 }
 
-/// Envoy accepts a tcp_proxy naming a cluster that does not exist (it counts
-/// `downstream_cx_no_route` at run time); say so in the log.
+/// Envoy accepts a tcp_proxy or udp_proxy naming a cluster that does not exist (it counts
+/// `downstream_cx_no_route` / `downstream_sess_no_route` at run time); say so in the log.
 fn warn_missing_clusters(rib: &Rib) {
     for l in &rib.listeners {
-        for chain in l
-            .filter_chains
-            .iter()
-            .chain(l.default_filter_chain.as_ref())
-        {
-            let names: Vec<&str> = match &chain.tcp_proxy.route {
-                RouteConfig::Cluster(n) => vec![n],
-                RouteConfig::Weighted(w) => w.iter().map(|w| w.name.as_str()).collect(),
-            };
-            for name in names.into_iter().filter(|n| rib.cluster(n).is_none()) {
+        let chains = l.tcp().into_iter().flat_map(|t| t.chains());
+        for chain in chains {
+            for name in chain
+                .tcp_proxy
+                .route
+                .cluster_names()
+                .filter(|n| rib.cluster(n).is_none())
+            {
                 tracing::warn!(
                     listener = %l.name,
                     chain = %chain.name,
@@ -215,16 +212,44 @@ fn warn_missing_clusters(rib: &Rib) {
                 );
             }
         }
+        let udp_routes = l.udp().into_iter().flat_map(|u| u.route.cluster_names());
+        for name in udp_routes.filter(|n| rib.cluster(n).is_none()) {
+            tracing::warn!(
+                listener = %l.name,
+                cluster = name,
+                "udp_proxy routes to a cluster that does not exist; its datagrams will be dropped (downstream_sess_no_route)"
+            );
+        }
     }
 }
 
+/// A listener: its address's protocol decides whether it is a TCP listener (filter chains)
+/// or a UDP one (the udp_proxy listener filter).
 fn listener(l: &Listener, path: &str) -> Result<ListenerConfig> {
-    let address = socket_address(l.address.as_ref(), &field(path, "address"))?;
+    let bind = listener_address(l.address.as_ref(), &field(path, "address"))?;
     let name = if l.name.is_empty() {
-        address.to_string()
+        bind.to_string()
     } else {
         l.name.clone()
     };
+    let kind = match bind.protocol {
+        Protocol::Tcp => ListenerKind::Tcp(Box::new(tcp_listener(l, path)?)),
+        Protocol::Udp => ListenerKind::Udp(udp::udp_listener(l, path)?),
+    };
+    Ok(ListenerConfig {
+        name,
+        address: bind.address,
+        kind,
+    })
+}
+
+fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
+    if l.udp_listener_config.is_some() {
+        return Err(ConfigError::invalid(
+            field(path, "udp_listener_config"),
+            "only for a UDP listener (address.socket_address.protocol: UDP)",
+        ));
+    }
     let chains_path = field(path, "filter_chains");
     if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
         return Err(ConfigError::invalid(
@@ -272,9 +297,7 @@ fn listener(l: &Listener, path: &str) -> Result<ListenerConfig> {
         None => None,
     };
     let filters = listener_filters(&l.listener_filters, &field(path, "listener_filters"))?;
-    Ok(ListenerConfig {
-        name,
-        address,
+    Ok(TcpListenerConfig {
         filter_chains,
         default_filter_chain,
         use_original_dst: l.use_original_dst.is_some_and(|b| b.value) || filters.original_dst,
@@ -308,6 +331,11 @@ fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFi
         if type_name(any) == ORIGINAL_DST_FILTER {
             let _: OriginalDst = decode_any(any, ORIGINAL_DST_FILTER, &tpath)?;
             out.original_dst = true;
+        } else if type_name(any) == UDP_PROXY {
+            return Err(ConfigError::invalid(
+                tpath,
+                "the udp_proxy is a UDP listener filter: this listener's address is TCP (set address.socket_address.protocol: UDP)",
+            ));
         } else {
             let src: PbOriginalSrc = decode_any(any, ORIGINAL_SRC_FILTER, &tpath)?;
             out.original_src = Some(OriginalSrc { mark: src.mark });
@@ -1270,8 +1298,34 @@ pub fn endpoints_resource(la: &ClusterLoadAssignment) -> Result<(String, Arc<[En
     Ok((la.cluster_name.clone(), load_assignment(la, "")?.into()))
 }
 
-/// An `Address` that must be an IP `socket_address` with a non-zero port.
+/// A listener's `Address`: an IP `socket_address` with a non-zero port, TCP or UDP.
+fn listener_address(a: Option<&Address>, path: &str) -> Result<Bind> {
+    let (protocol, address) = any_socket_address(a, path)?;
+    let protocol = match protocol {
+        socket_address::Protocol::Tcp => Protocol::Tcp,
+        socket_address::Protocol::Udp => Protocol::Udp,
+    };
+    Ok(Bind { protocol, address })
+}
+
+/// An endpoint's or the admin's `Address`: an IP `socket_address` with a non-zero port, TCP
+/// (the default). An endpoint needs no `protocol: UDP` to serve a UDP route: the udp_proxy
+/// sends to its address.
 fn socket_address(a: Option<&Address>, path: &str) -> Result<SocketAddr> {
+    match any_socket_address(a, path)? {
+        (socket_address::Protocol::Tcp, address) => Ok(address),
+        (socket_address::Protocol::Udp, _) => Err(ConfigError::unsupported(
+            field(&field(path, "socket_address"), "protocol"),
+            "UDP is for a listener's address only (a cluster's endpoints serve UDP routes with the default protocol)",
+        )),
+    }
+}
+
+/// An `Address` that must be an IP `socket_address` with a non-zero port, and its protocol.
+fn any_socket_address(
+    a: Option<&Address>,
+    path: &str,
+) -> Result<(socket_address::Protocol, SocketAddr)> {
     let Some(a) = a else {
         return Err(ConfigError::invalid(path, "required"));
     };
@@ -1291,12 +1345,12 @@ fn socket_address(a: Option<&Address>, path: &str) -> Result<SocketAddr> {
         }
     };
     let path = field(path, "socket_address");
-    if sa.protocol != socket_address::Protocol::Tcp as i32 {
-        return Err(ConfigError::unsupported(
+    let Ok(protocol) = socket_address::Protocol::try_from(sa.protocol) else {
+        return Err(ConfigError::invalid(
             field(&path, "protocol"),
-            "only TCP is supported by Switchyard so far",
+            format!("unknown protocol {}", sa.protocol),
         ));
-    }
+    };
     let ip: IpAddr = sa.address.parse().map_err(|_| {
         ConfigError::invalid(
             field(&path, "address"),
@@ -1317,7 +1371,7 @@ fn socket_address(a: Option<&Address>, path: &str) -> Result<SocketAddr> {
         None => 0,
     };
     let port = port(port_value, &field(&path, "port_value"))?;
-    Ok(SocketAddr::new(ip, port))
+    Ok((protocol, SocketAddr::new(ip, port)))
 }
 
 /// The admin's address: a socket address, or a Unix socket path (`pipe`).

@@ -21,7 +21,7 @@ use super::{
     LISTENER_TYPE,
 };
 use crate::config::resource;
-use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo};
+use crate::rib::{Bind, ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -57,7 +57,7 @@ pub struct ClientConfig {
     pub held: Held,
     /// Addresses no received listener may take: the static listeners' and the admin's,
     /// each with what holds it.
-    pub reserved_addresses: Vec<(String, SocketAddr)>,
+    pub reserved_addresses: Vec<(String, Bind)>,
 }
 
 impl ClientConfig {
@@ -77,20 +77,21 @@ impl ClientConfig {
 }
 
 /// The listener validator: each listener as [`resource::listener`] checks it, then its
-/// address, which no other listener may have: not a static listener nor the admin, not one
-/// held, not another in the same response. Envoy NACKs such an update ("duplicate
-/// address"); so does Switchyard, naming the listener whose address it is. Of two listeners
-/// that want one address, the one already there keeps it, else the first in the response.
+/// address, which no other listener of its protocol may have: not a static listener nor the
+/// admin, not one held, not another in the same response (a TCP and a UDP listener may share
+/// an address and port). Envoy NACKs such an update ("duplicate address"); so does
+/// Switchyard, naming the listener whose address it is. Of two listeners that want one
+/// address, the one already there keeps it, else the first in the response.
 #[derive(Debug, Clone, Default)]
 pub struct ListenerAddresses {
-    reserved: Vec<(String, SocketAddr)>,
+    reserved: Vec<(String, Bind)>,
     /// Listeners held now (received and accepted), by name.
-    held: BTreeMap<String, SocketAddr>,
+    held: BTreeMap<String, Bind>,
 }
 
 impl ListenerAddresses {
     /// A validator with `reserved` addresses taken (what holds each, and the address).
-    pub fn new(reserved: Vec<(String, SocketAddr)>) -> ListenerAddresses {
+    pub fn new(reserved: Vec<(String, Bind)>) -> ListenerAddresses {
         ListenerAddresses {
             reserved,
             held: BTreeMap::new(),
@@ -110,7 +111,7 @@ impl Validator<ListenerConfig> for ListenerAddresses {
         replaces_all: bool,
     ) -> Vec<(usize, String)> {
         let incoming: BTreeSet<&str> = accepted.iter().map(|(n, _, _)| n.as_str()).collect();
-        let mut taken: BTreeMap<SocketAddr, String> = self
+        let mut taken: BTreeMap<Bind, String> = self
             .reserved
             .iter()
             .map(|(what, a)| (*a, what.clone()))
@@ -124,7 +125,7 @@ impl Validator<ListenerConfig> for ListenerAddresses {
         }
         // Listeners staying where they are claim their address first.
         let staying =
-            |(name, l, _): &(String, ListenerConfig, Any)| self.held.get(name) == Some(&l.address);
+            |(name, l, _): &(String, ListenerConfig, Any)| self.held.get(name) == Some(&l.bind());
         let order = accepted
             .iter()
             .enumerate()
@@ -132,12 +133,12 @@ impl Validator<ListenerConfig> for ListenerAddresses {
             .chain(accepted.iter().enumerate().filter(|(_, a)| !staying(a)));
         let mut late = Vec::new();
         for (i, (name, l, _)) in order {
-            match taken.get(&l.address) {
+            match taken.get(&l.bind()) {
                 Some(other) => {
-                    late.push((i, format!("address: {} is already {other}'s", l.address)))
+                    late.push((i, format!("address: {} is already {other}'s", l.bind())))
                 }
                 None => {
-                    taken.insert(l.address, format!("listener '{name}'"));
+                    taken.insert(l.bind(), format!("listener '{name}'"));
                 }
             }
         }
@@ -149,7 +150,7 @@ impl Validator<ListenerConfig> for ListenerAddresses {
             self.held.remove(name);
         }
         for a in &change.upserts {
-            self.held.insert(a.name.clone(), a.value.address);
+            self.held.insert(a.name.clone(), a.value.bind());
         }
     }
 }
@@ -597,10 +598,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_tcp_and_a_udp_listener_share_an_address_two_udp_ones_do_not() {
+        use crate::xds::fixtures::udp_proxy_listener;
+        let mut sub = sotw::Subscription::wildcard(LISTENER_TYPE);
+        let mut v = admin_reserved();
+        let resp = sotw_response(
+            "1",
+            vec![
+                listener("tcp", 10053),
+                udp_proxy_listener("udp", "127.0.0.1", 10053, "svc"),
+                udp_proxy_listener("udp2", "127.0.0.1", 10053, "svc"),
+                // The admin's address is TCP: a UDP listener may have it.
+                udp_proxy_listener("udp3", "127.0.0.1", 15000, "svc"),
+            ],
+        );
+        let (change, _) = sub.on_response(&resp, &mut v);
+        let names: Vec<&str> = change.upserts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["tcp", "udp", "udp3"]);
+        assert_eq!(change.rejected[0].name, "udp2");
+        assert!(
+            change.rejected[0]
+                .reason
+                .contains("address: 127.0.0.1:10053/udp is already listener 'udp''s"),
+            "{}",
+            change.rejected[0].reason
+        );
+    }
+
     fn admin_reserved() -> ListenerAddresses {
         ListenerAddresses::new(vec![(
             "the admin".into(),
-            "127.0.0.1:15000".parse().unwrap(),
+            Bind::tcp("127.0.0.1:15000".parse().unwrap()),
         )])
     }
 

@@ -176,3 +176,58 @@ pub fn tcp_proxy_listener(
     };
     any(LISTENER_TYPE, &l)
 }
+
+/// The udp_proxy listener filter's `@type`.
+pub const UDP_PROXY_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig";
+
+/// A UDP listener on `ip`:`port`: Envoy's udp_proxy, stat prefix `name`, whose matcher routes
+/// every session to `cluster` (`on_no_match` with a `Route` action).
+pub fn udp_proxy_listener(name: &str, ip: &str, port: u32, cluster: &str) -> Any {
+    use envoy_types::pb::envoy::config::core::v3::socket_address::Protocol;
+    use envoy_types::pb::envoy::config::listener::v3::{listener_filter, ListenerFilter};
+    use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
+        udp_proxy_config::RouteSpecifier, Route, UdpProxyConfig,
+    };
+    use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::xds::r#type::matcher::v3::{matcher, Matcher};
+    let route = Route {
+        cluster: cluster.into(),
+    };
+    let action = TypedExtensionConfig {
+        name: "route".into(),
+        typed_config: Some(any(
+            "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route",
+            &route,
+        )),
+    };
+    let proxy = UdpProxyConfig {
+        stat_prefix: name.into(),
+        route_specifier: Some(RouteSpecifier::Matcher(Matcher {
+            on_no_match: Some(Box::new(matcher::OnMatch {
+                on_match: Some(matcher::on_match::OnMatch::Action(action)),
+                ..matcher::OnMatch::default()
+            })),
+            ..Matcher::default()
+        })),
+        ..UdpProxyConfig::default()
+    };
+    let mut address = socket_address(ip, port);
+    if let Some(address::Address::SocketAddress(sa)) = &mut address.address {
+        sa.protocol = Protocol::Udp as i32;
+    }
+    let l = Listener {
+        name: name.into(),
+        address: Some(address),
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.udp_listener.udp_proxy".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                UDP_PROXY_TYPE,
+                &proxy,
+            ))),
+            ..ListenerFilter::default()
+        }],
+        ..Listener::default()
+    };
+    any(LISTENER_TYPE, &l)
+}

@@ -28,8 +28,8 @@ use crate::accesslog::AccessLogSink;
 use crate::hash_lb::{envoy_host_key, HashHost, MaglevTable, RingHash};
 use crate::health::ClusterHealth;
 use crate::stats::{
-    ClusterResources, ClusterStats, ConnectionLimitState, FaultStats, HostStats, ListenerStats,
-    MirrorStats, TcpStats,
+    ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState, FaultStats, HostStats,
+    ListenerStats, MirrorStats, TcpStats, UdpStats,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -52,6 +52,8 @@ pub struct Fib {
     pub generation: u64,
     /// Listeners, each opened by every worker.
     pub listeners: Vec<Listener>,
+    /// UDP listeners (Envoy `protocol: UDP` with the udp_proxy), each opened by every worker.
+    pub udp_listeners: Vec<UdpListener>,
     /// Clusters, indexed by [`ClusterId`]. Shared with the generations before and after
     /// while unchanged, so a change to one cluster rebuilds only that one.
     pub clusters: Vec<Arc<Cluster>>,
@@ -118,6 +120,37 @@ pub struct Listener {
     /// `envoy.filters.listener.original_src`: upstream connections leave from the client's
     /// own address.
     pub original_src: Option<OriginalSrc>,
+}
+
+/// A UDP listener: Envoy's `address.socket_address.protocol: UDP` with the listener filter
+/// `envoy.filters.udp_listener.udp_proxy`. Every worker binds one SO_REUSEPORT socket, so the
+/// kernel spreads sources over workers by their 4-tuple and a source stays on one worker.
+#[derive(Debug)]
+pub struct UdpListener {
+    /// The listener's name; with the address, its stable identity.
+    pub name: Arc<str>,
+    /// Where every worker binds its socket.
+    pub address: SocketAddr,
+    /// What its datagrams do.
+    pub proxy: UdpProxy,
+}
+
+/// Envoy's `UdpProxyConfig`, compiled: each new source (client address) opens a session, a
+/// connected socket to one endpoint picked at the session's first datagram, which carries
+/// that source's datagrams both ways, one for one, until the session is idle.
+#[derive(Debug)]
+pub struct UdpProxy {
+    /// `udp.<stat_prefix>.*`, shared across generations.
+    pub stats: Arc<UdpStats>,
+    /// The matcher's `on_no_match` route (or the deprecated `cluster`): one cluster, or
+    /// weighted clusters (`switchyard.filters.udp.udp_proxy.v1.WeightedRoute`).
+    pub route: Route,
+    /// A session with no datagram either way for this long is closed (Envoy's default
+    /// 60 s); `None` never.
+    pub idle_timeout_ms: Option<u64>,
+    /// `hash_policies: [{source_ip: true}]`: hashing balancers (MAGLEV, RING_HASH) key on
+    /// the client's IP, so its sessions land on one endpoint.
+    pub hash_source_ip: bool,
 }
 
 /// Envoy's `envoy.filters.listener.original_src`: each upstream socket binds the client's IP
@@ -534,6 +567,8 @@ pub struct Cluster {
     pub health_state: Arc<ClusterHealth>,
     /// Received over xDS rather than from the bootstrap (`/clusters`' `added_via_api`).
     pub added_via_api: bool,
+    /// `cluster.<name>.udp.*`: the upstream side of UDP sessions, by name across FIBs.
+    pub udp_stats: Arc<ClusterUdpStats>,
 }
 
 /// What decides a cluster's endpoints' health, and what balancing does about it.

@@ -674,6 +674,7 @@ mod tests {
             health: Default::default(),
             health_state: Default::default(),
             added_via_api: false,
+            udp_stats: Arc::new(crate::stats::ClusterUdpStats::new("c", 1)),
         }
     }
 
@@ -969,6 +970,7 @@ mod tests {
                 Arc::new(cluster(LbPolicy::ClusterProvided, &[])),
             ],
             own_addresses: Vec::new(),
+            udp_listeners: Vec::new(),
         };
         let mut wlb = WorkerLb::new(&fib, 1234);
         let mut rng = Rng::new(1);
@@ -1020,6 +1022,7 @@ mod tests {
                 Arc::new(cluster(LbPolicy::RoundRobin, &[1, 1])),
             ],
             own_addresses: Vec::new(),
+            udp_listeners: Vec::new(),
         };
         let mut rng = Rng::new(1);
         let mut lb1 = WorkerLb::new(&one, 5);
@@ -1032,6 +1035,7 @@ mod tests {
             listeners: Vec::new(),
             clusters: vec![kept, Arc::new(cluster(LbPolicy::RoundRobin, &[1, 1, 1, 1]))],
             own_addresses: Vec::new(),
+            udp_listeners: Vec::new(),
         };
         let mut lb2 = WorkerLb::following(&two, Some((&one, &lb1)), 9);
         let next = lb2

@@ -37,6 +37,44 @@ pub(crate) fn listen_reuseport(
     Ok(OwnedFd::from(socket))
 }
 
+/// Socket buffer size asked for on UDP sockets (the kernel caps it at `rmem_max` /
+/// `wmem_max`): room for bursts while a worker is busy.
+const UDP_SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// A bound, non-blocking UDP socket with SO_REUSEPORT, so every worker can own one on the
+/// same address (the kernel then keeps each source on one worker's socket).
+pub(crate) fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.cloexec().nonblocking(),
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    socket.bind(&SockAddr::from(addr))?;
+    Ok(OwnedFd::from(socket))
+}
+
+/// A non-blocking UDP socket connected to `endpoint` (a UDP session's upstream side), set up
+/// with the cluster's `bind`. `connect` on UDP only records the peer: no packet, no wait.
+/// The caller owns the returned descriptor.
+pub(crate) fn udp_connect(endpoint: SocketAddr, bind: &UpstreamBind) -> io::Result<RawFd> {
+    let socket = Socket::new(
+        Domain::for_address(endpoint),
+        Type::DGRAM.cloexec().nonblocking(),
+        Some(Protocol::UDP),
+    )?;
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    prepare_upstream(socket.as_raw_fd(), bind, None)?;
+    socket.connect(&SockAddr::from(endpoint))?;
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(socket))
+}
+
 fn with_socket<T>(fd: RawFd, f: impl FnOnce(&Socket) -> io::Result<T>) -> io::Result<T> {
     // SAFETY: `fd` is an open socket owned by the caller for the duration of this call; the
     // temporary Socket is never dropped (ManuallyDrop), so the fd is not closed here.

@@ -69,6 +69,14 @@ const BUF_SPARE: u8 = 3;
 const KERNEL_WINDOW: u16 = 128;
 /// The same for the large buffers: each is big, so fewer rotate through the kernel.
 const LARGE_KERNEL_WINDOW: u16 = 4;
+/// The same for the datagram buffers: a burst of this many datagrams is taken in at once.
+const DATAGRAM_KERNEL_WINDOW: u16 = 64;
+
+/// Size of each datagram buffer: the 16-byte `io_uring_recvmsg_out` header, a 28-byte IPv6
+/// source address and the largest UDP payload (65,527 bytes), rounded up to whole pages.
+pub(crate) const DATAGRAM_BUFFER_BYTES: u32 = 69_632;
+/// Room for the source address a datagram receive records (`sockaddr_in6`).
+const DATAGRAM_NAME_BYTES: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
 
 /// Which of the worker's two buffer pools a receive draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,11 +86,16 @@ pub(crate) enum BufClass {
     Small,
     /// The large buffers (buffer group 1), for a direction that keeps filling small ones.
     Large,
+    /// The datagram buffers (buffer group 2): each holds one whole UDP datagram, with its
+    /// source address when received on a listener.
+    Datagram,
 }
 
 /// Bit set in a worker-wide buffer id for a buffer of the large pool; the rest is the
-/// buffer's index in its pool (so each pool holds at most 32768 buffers).
+/// buffer's index in its pool.
 const LARGE_BIT: u16 = 0x8000;
+/// The same for the datagram pool (so each pool holds at most 16384 buffers).
+const DATAGRAM_BIT: u16 = 0x4000;
 
 /// The provided-buffer ring of one pool of one worker.
 struct BufPool {
@@ -109,13 +122,14 @@ struct BufPool {
 
 const SMALL_GROUP: u16 = 0;
 const LARGE_GROUP: u16 = 1;
+const DATAGRAM_GROUP: u16 = 2;
 
 impl BufPool {
     fn new(count: u16, size: u32, window: u16, group: u16) -> io::Result<BufPool> {
-        if !count.is_power_of_two() || count == 0 || count > LARGE_BIT || size == 0 {
+        if !count.is_power_of_two() || count == 0 || count > DATAGRAM_BIT || size == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "buffer count must be a power of two, at most 32768",
+                "buffer count must be a power of two, at most 16384",
             ));
         }
         let ring_layout = Layout::from_size_align(usize::from(count) * 16, 4096)
@@ -233,8 +247,14 @@ fn map_anonymous(len: usize) -> *mut u8 {
 /// A worker's io_uring with the memory its operations use.
 pub(crate) struct Ring {
     ring: IoUring,
-    /// The small buffers (group 0) and the large ones (group 1, empty when disabled).
-    bufs: [BufPool; 2],
+    /// The small buffers (group 0), the large ones (group 1) and the datagram ones (group
+    /// 2); the last two empty when disabled.
+    bufs: [BufPool; 3],
+    /// Per datagram buffer: where a `send_to` from it goes.
+    datagram_dests: Box<[SockAddr]>,
+    /// The header datagram receives on listeners take (room for an IPv6 source address, no
+    /// control data). The kernel copies it when it prepares the receive.
+    datagram_msghdr: Box<libc::msghdr>,
     /// Per connection slot: the address a connect is going to.
     connect_addrs: Box<[Option<SockAddr>]>,
     /// Copies of mirrored bytes on their way to shadow connections.
@@ -272,12 +292,14 @@ impl Ring {
     }
 
     /// A ring of `entries` submission slots, `small` and `large` provided-buffer pools
-    /// (`large` may be `None`) and room for `slots` concurrent connects. Must be created on
-    /// the thread that uses it.
+    /// (`large` may be `None`), `datagrams` buffers of [`DATAGRAM_BUFFER_BYTES`] for UDP (0:
+    /// none) and room for `slots` concurrent connects. Must be created on the thread that
+    /// uses it.
     pub fn new(
         entries: u32,
         small: BufPoolSize,
         large: Option<BufPoolSize>,
+        datagrams: u16,
         slots: usize,
         copies: u16,
     ) -> Result<Ring, RingError> {
@@ -306,9 +328,28 @@ impl Ring {
             }
             None => BufPool::leaked(),
         };
+        let datagram = if datagrams > 0 {
+            let mut pool = BufPool::new(
+                datagrams,
+                DATAGRAM_BUFFER_BYTES,
+                DATAGRAM_KERNEL_WINDOW,
+                DATAGRAM_GROUP,
+            )
+            .map_err(RingError::Other)?;
+            pool.register(&ring).map_err(RingError::Other)?;
+            pool
+        } else {
+            BufPool::leaked()
+        };
+        let unspecified = SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
+        // SAFETY: msghdr is plain old data; all-zero is a valid (empty) header.
+        let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msghdr.msg_namelen = DATAGRAM_NAME_BYTES;
         Ok(Ring {
             ring,
-            bufs: [small, large],
+            datagram_dests: (0..datagrams).map(|_| unspecified.clone()).collect(),
+            datagram_msghdr: msghdr,
+            bufs: [small, large, datagram],
             // Each connection may connect twice at once: its upstream and its shadow.
             connect_addrs: (0..slots * 2).map(|_| None).collect(),
             connect_timeouts: (0..slots * 2).map(|_| types::Timespec::new()).collect(),
@@ -364,10 +405,104 @@ impl Ring {
         unsafe { self.push(e) }
     }
 
+    /// Multishot receive of datagrams on an unconnected UDP socket (a UDP listener): each
+    /// completion is one datagram in a datagram buffer, with its source address (read it
+    /// with [`Ring::datagram`]). Ends with `-ENOBUFS` when the pool runs dry.
+    pub fn recvmsg_multi(&mut self, fd: RawFd, user_data: u64) {
+        let msghdr: *const libc::msghdr = &*self.datagram_msghdr;
+        let e = opcode::RecvMsgMulti::new(
+            types::Fd(fd),
+            msghdr,
+            self.bufs[BufClass::Datagram as usize].group,
+        )
+        .build()
+        .user_data(user_data);
+        // SAFETY: the msghdr is boxed inside self and never changes; the kernel copies it at
+        // preparation (and reads nothing through its null name/iov/control pointers: the
+        // buffers come from the registered pool, owned by self).
+        unsafe { self.push(e) }
+    }
+
+    /// Multishot receive on a connected socket into buffers of pool `class`; on a UDP
+    /// socket each completion is one whole datagram.
+    pub fn recv_multi(&mut self, fd: RawFd, class: BufClass, user_data: u64) {
+        let e = opcode::RecvMulti::new(types::Fd(fd), self.bufs[class as usize].group)
+            .build()
+            .user_data(user_data);
+        // SAFETY: no pointers; the buffers come from the registered pool, owned by self.
+        unsafe { self.push(e) }
+    }
+
+    /// The datagram a [`Ring::recvmsg_multi`] completion put in buffer `id` (`len`: the
+    /// completion's result): its source, and where its payload lies in the buffer. `None`
+    /// when the buffer does not hold a well-formed record or the source is not IPv4/IPv6.
+    pub fn datagram(&self, id: u16, len: u32) -> Option<Datagram> {
+        if id & DATAGRAM_BIT == 0 {
+            return None;
+        }
+        let msghdr: &libc::msghdr = &self.datagram_msghdr;
+        let pool = &self.bufs[BufClass::Datagram as usize];
+        let bid = id & !DATAGRAM_BIT;
+        assert_eq!(
+            pool.state[usize::from(bid)],
+            BUF_WORKER,
+            "datagram {id} not held"
+        );
+        let len = len.min(pool.size) as usize;
+        // SAFETY: bid < count, so the buffer lies inside the pool; the worker holds it (state
+        // checked above), so the kernel does not write it while this slice lives; `len` is
+        // clamped to the buffer's size.
+        let buf = unsafe {
+            std::slice::from_raw_parts(pool.data.add(usize::from(bid) * pool.size as usize), len)
+        };
+        let out = types::RecvMsgOut::parse(buf, msghdr).ok()?;
+        let source = sockaddr_from_bytes(out.name_data())?;
+        let payload = out.payload_data();
+        let offset = payload.as_ptr() as usize - buf.as_ptr() as usize;
+        Some(Datagram {
+            source,
+            offset: offset as u32,
+            len: payload.len() as u32,
+            truncated: out.is_payload_truncated(),
+        })
+    }
+
+    /// Sends `len` bytes at `offset` of buffer `id` as one datagram to `dest` (on an
+    /// unconnected UDP socket). The buffer is in a send until [`Ring::send_done`].
+    pub fn send_to(
+        &mut self,
+        fd: RawFd,
+        id: u16,
+        offset: u32,
+        len: u32,
+        dest: SocketAddr,
+        user_data: u64,
+    ) {
+        let ptr = self.start_send(id, offset, len);
+        let bid = usize::from(id & !DATAGRAM_BIT);
+        assert!(id & DATAGRAM_BIT != 0, "send_to from a non-datagram buffer");
+        self.datagram_dests[bid] = SockAddr::from(dest);
+        let sa = &self.datagram_dests[bid];
+        let e = opcode::Send::new(types::Fd(fd), ptr, len)
+            .dest_addr(sa.as_ptr() as *const libc::sockaddr)
+            .dest_addr_len(sa.len())
+            .build()
+            .user_data(user_data);
+        // SAFETY: the payload is in a buffer in state SENDING (not recycled before
+        // `send_done`), and the address in per-buffer storage owned by self that is rewritten
+        // only by the next send from the same buffer, which cannot start before this one ends.
+        unsafe { self.push(e) }
+    }
+
     /// The pool and index a worker-wide buffer id names.
     fn pool_of(&mut self, id: u16) -> (&mut BufPool, u16) {
         if id & LARGE_BIT != 0 {
             (&mut self.bufs[BufClass::Large as usize], id & !LARGE_BIT)
+        } else if id & DATAGRAM_BIT != 0 {
+            (
+                &mut self.bufs[BufClass::Datagram as usize],
+                id & !DATAGRAM_BIT,
+            )
         } else {
             (&mut self.bufs[BufClass::Small as usize], id)
         }
@@ -389,6 +524,7 @@ impl Ring {
         match class {
             BufClass::Small => bid,
             BufClass::Large => bid | LARGE_BIT,
+            BufClass::Datagram => bid | DATAGRAM_BIT,
         }
     }
 
@@ -404,6 +540,14 @@ impl Ring {
 
     /// Sends `len` bytes at `offset` of buffer `id`.
     pub fn send(&mut self, fd: RawFd, id: u16, offset: u32, len: u32, user_data: u64) {
+        let ptr = self.start_send(id, offset, len);
+        // SAFETY: the buffer is in state SENDING, so it cannot be recycled (and rewritten by
+        // the kernel) until `send_done`; the pool outlives every operation.
+        unsafe { self.push_send(fd, ptr, len, user_data) }
+    }
+
+    /// Moves buffer `id` into a send of `len` bytes at `offset`; returns where they start.
+    fn start_send(&mut self, id: u16, offset: u32, len: u32) -> *const u8 {
         let (pool, bid) = self.pool_of(id);
         let state = &mut pool.state[usize::from(bid)];
         assert_eq!(
@@ -416,13 +560,10 @@ impl Ring {
         );
         *state = BUF_SENDING;
         // SAFETY: bid < count and offset + len <= size, so the range is inside the pool.
-        let ptr = unsafe {
+        unsafe {
             pool.data
                 .add(usize::from(bid) * pool.size as usize + offset as usize)
-        };
-        // SAFETY: the buffer is in state SENDING, so it cannot be recycled (and rewritten by
-        // the kernel) until `send_done`; the pool outlives every operation.
-        unsafe { self.push_send(fd, ptr, len, user_data) }
+        }
     }
 
     /// Queues a send of `len` bytes at `ptr`.
@@ -886,6 +1027,43 @@ impl BufPool {
             spare: Vec::new(),
             group: u16::MAX,
         }
+    }
+}
+
+/// One received datagram: where it came from and where its payload lies in its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Datagram {
+    pub source: SocketAddr,
+    /// Payload offset in the buffer.
+    pub offset: u32,
+    /// Payload length.
+    pub len: u32,
+    /// The datagram was larger than the buffer (never, with [`DATAGRAM_BUFFER_BYTES`]).
+    pub truncated: bool,
+}
+
+/// An IPv4 or IPv6 `sockaddr` as the kernel wrote it (native-endian family, network-order
+/// port and address), or `None`.
+fn sockaddr_from_bytes(b: &[u8]) -> Option<SocketAddr> {
+    let family = i32::from(u16::from_ne_bytes([*b.first()?, *b.get(1)?]));
+    let port = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+    match family {
+        libc::AF_INET => {
+            let ip: [u8; 4] = b.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::from((ip, port)))
+        }
+        libc::AF_INET6 => {
+            let ip: [u8; 16] = b.get(8..24)?.try_into().ok()?;
+            let scope = u32::from_ne_bytes(b.get(24..28)?.try_into().ok()?);
+            let flow = u32::from_be_bytes(b.get(4..8)?.try_into().ok()?);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip.into(),
+                port,
+                flow,
+                scope,
+            )))
+        }
+        _ => None,
     }
 }
 

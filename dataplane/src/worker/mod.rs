@@ -20,6 +20,7 @@ mod fault;
 mod mirror;
 mod pipes;
 pub(crate) mod ud;
+mod udp;
 
 use crate::accesslog::{AccessRecord, ResponseFlags};
 use crate::fib::{Fib, Listener, Route};
@@ -61,6 +62,13 @@ pub struct Limits {
     pub tick_ms: u64,
     /// How the relay moves bytes.
     pub relay_mode: RelayMode,
+    /// UDP sessions per worker (each holds one connected socket); a datagram from a new
+    /// source beyond this is dropped. The table is allocated when a UDP listener opens.
+    pub udp_sessions_per_worker: usize,
+    /// Datagram buffers per worker (power of two, at most 16384; 0: no UDP), each
+    /// [`crate::sys::uring::DATAGRAM_BUFFER_BYTES`] of zero pages until used; a datagram
+    /// holds one from its receive until its send completes.
+    pub datagram_buffers_per_worker: u16,
 }
 
 /// How the relay moves bytes between the two sockets of a connection.
@@ -117,6 +125,8 @@ impl Default for Limits {
             ring_entries: 1024,
             tick_ms: 100,
             relay_mode: RelayMode::BufferRing,
+            udp_sessions_per_worker: 16_384,
+            datagram_buffers_per_worker: 256,
         }
     }
 }
@@ -273,6 +283,8 @@ pub(crate) struct Worker {
     fault_timers: fault::FaultTimers,
     /// Mirroring was asked for in splice mode (warned once).
     mirror_splice_warned: bool,
+    /// UDP listener sockets and sessions.
+    udp: udp::Udp,
 }
 
 impl Worker {
@@ -301,11 +313,18 @@ impl Worker {
         } else {
             0
         };
-        let ring =
-            Ring::new(limits.ring_entries, small, large, slots, copies).map_err(|e| match e {
-                RingError::Refused(e) => WorkerError::IoUringRefused(e),
-                RingError::Other(e) => WorkerError::Setup(e),
-            })?;
+        let ring = Ring::new(
+            limits.ring_entries,
+            small,
+            large,
+            limits.datagram_buffers_per_worker,
+            slots,
+            copies,
+        )
+        .map_err(|e| match e {
+            RingError::Refused(e) => WorkerError::IoUringRefused(e),
+            RingError::Other(e) => WorkerError::Setup(e),
+        })?;
         let seed = mix_seed(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -345,6 +364,7 @@ impl Worker {
             ),
             fault_timers: fault::FaultTimers::with_capacity(slots),
             mirror_splice_warned: false,
+            udp: udp::Udp::default(),
         };
         worker.batch = Vec::with_capacity(worker.ring.completion_capacity());
         worker.adopt_snapshot();
@@ -378,6 +398,9 @@ impl Worker {
             if !self.starved.is_empty() {
                 self.feed_starved();
             }
+            if self.udp_starved() {
+                self.udp_feed_starved();
+            }
             if self.phase == Phase::Stopped && self.open_conns == 0 {
                 break;
             }
@@ -396,6 +419,10 @@ impl Worker {
             Kind::Accept => self.on_accept(slot as usize, nonce, c),
             Kind::AcceptCancel | Kind::FaultTickCancel => {}
             Kind::FaultTick => self.on_fault_tick(slot, c),
+            Kind::UdpRecv => self.on_udp_recv(slot as usize, nonce, c),
+            Kind::UdpUpRecv => self.on_udp_upstream_recv(slot, nonce, c),
+            Kind::UdpSendUp | Kind::UdpSendDown => self.on_udp_sent(kind, slot, nonce, c),
+            Kind::UdpAux => {}
             _ => self.on_conn_completion(kind, slot, nonce, c),
         }
     }
@@ -426,6 +453,7 @@ impl Worker {
             }
         }
         self.expire_connections();
+        self.udp_on_tick();
     }
 
     fn accepting(&self) -> bool {
@@ -451,6 +479,7 @@ impl Worker {
                 }
             }
         }
+        self.udp_follow_phase(phase);
         if phase == Phase::Stopped {
             for slot in 0..self.conns.len() {
                 if self.conns[slot].is_live() {
@@ -476,6 +505,7 @@ impl Worker {
             self.adopt_generation(&snapshot.fib);
         }
         self.reconcile_listeners(&snapshot);
+        self.reconcile_udp_listeners(&snapshot);
         self.shared.worker_adopted(self.id, snapshot.epoch);
     }
 

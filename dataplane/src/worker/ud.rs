@@ -50,6 +50,16 @@ pub(crate) enum Kind {
     ShadowRecv = 20,
     /// Shadow socket options, timeouts, shutdowns, cancels and closes.
     ShadowAux = 21,
+    /// A datagram receive on a UDP listener socket (slot: the worker's UDP socket slot).
+    UdpRecv = 22,
+    /// A datagram receive on a UDP session's upstream socket (slot: the session).
+    UdpUpRecv = 23,
+    /// A datagram sent to a session's endpoint (slot: the session; nonce: the buffer).
+    UdpSendUp = 24,
+    /// A datagram sent to a session's client (slot: the session; nonce: the buffer).
+    UdpSendDown = 25,
+    /// UDP cancels and closes whose result does not matter.
+    UdpAux = 26,
 }
 
 impl Kind {
@@ -76,6 +86,11 @@ impl Kind {
             19 => Kind::ShadowSend,
             20 => Kind::ShadowRecv,
             21 => Kind::ShadowAux,
+            22 => Kind::UdpRecv,
+            23 => Kind::UdpUpRecv,
+            24 => Kind::UdpSendUp,
+            25 => Kind::UdpSendDown,
+            26 => Kind::UdpAux,
             _ => return None,
         })
     }
