@@ -53,6 +53,11 @@ enum Command {
         #[arg(long, default_value_t = Limits::default().large_buffer_size_bytes / 1024,
               value_parser = clap::value_parser!(u32).range(0..=16384))]
         large_buffer_size_kib: u32,
+        /// UDP sessions per worker (a datagram from a new source beyond this is dropped and
+        /// counted in udp.<prefix>.downstream_sess_table_full).
+        #[arg(long, default_value_t = Limits::default().udp_sessions_per_worker as u32,
+              value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+        udp_sessions_per_worker: u32,
         /// Overrides the bootstrap's `node.id` (as Envoy's --service-node).
         #[arg(long)]
         service_node: Option<String>,
@@ -207,6 +212,7 @@ fn main() -> ExitCode {
             relay_mode,
             buffer_size_kib,
             large_buffer_size_kib,
+            udp_sessions_per_worker,
             service_node,
             service_cluster,
             state_dir,
@@ -217,6 +223,7 @@ fn main() -> ExitCode {
                 relay_mode,
                 buffer_size_bytes: buffer_size_kib * 1024,
                 large_buffer_size_bytes: large_buffer_size_kib * 1024,
+                udp_sessions_per_worker: udp_sessions_per_worker as usize,
                 ..Limits::default()
             };
             let options = RunOptions {

@@ -518,7 +518,11 @@ fn udp_listeners_compile_beside_tcp_ones() {
     assert_eq!(&*dns.proxy.stats.name, "dns");
     assert!(Arc::ptr_eq(&dns.proxy.stats, &stats.udp("dns")));
     assert!(matches!(syslog.proxy.route, Route::Cluster(ClusterId(1))));
-    assert_eq!(syslog.proxy.idle_timeout_ms, None, "0s: never");
+    assert_eq!(
+        syslog.proxy.idle_timeout_ms,
+        Some(0),
+        "0s: at the next tick, as Envoy's timer fires at once"
+    );
     assert!(!syslog.proxy.hash_source_ip);
     // Only TCP listeners (and the admin) are addresses a redirected connection must not
     // reach: the UDP listeners add nothing.
@@ -564,15 +568,20 @@ fn udp_weighted_route_and_missing_clusters() {
     .unwrap()
     .replace("name: canary, weight: 10", "name: gone, weight: 10");
     let (rib, _) = parse_rib(&text, Format::Yaml).unwrap();
-    let fib = build(&rib);
+    let registry = StatsRegistry::new(2);
+    let fib = compile(&rib, 7, &registry, &mut CompileCache::new());
     let Route::Weighted(w) = &fib.udp_listeners[0].proxy.route else {
         panic!()
     };
     assert_eq!(w.entries[1].cluster, None);
     assert_eq!(&*w.entries[1].name, "gone");
     assert!(
-        !Arc::ptr_eq(&fib.clusters[1].udp_stats, &fib.clusters[0].udp_stats),
+        Arc::ptr_eq(&fib.clusters[1].udp_stats, registry.cluster_udp_unrouted()),
         "canary is no longer UDP-routed: it shares the unused block"
+    );
+    assert!(
+        !Arc::ptr_eq(&fib.clusters[0].udp_stats, registry.cluster_udp_unrouted()),
+        "stable is UDP-routed: a block of its own"
     );
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/valid/udp_proxy.yaml"),

@@ -176,6 +176,8 @@ pub struct DataPlane {
     next_socket_id: AtomicU64,
     next_epoch: AtomicU64,
     fib_view: Arc<ArcSwap<Fib>>,
+    /// Workers have datagram buffers (`Limits::datagram_buffers_per_worker` > 0).
+    udp_enabled: bool,
 }
 
 impl DataPlane {
@@ -207,6 +209,7 @@ impl DataPlane {
             next_socket_id: AtomicU64::new(1),
             next_epoch: AtomicU64::new(1),
             fib_view: Arc::new(ArcSwap::from_pointee(Fib::default())),
+            udp_enabled: config.limits.datagram_buffers_per_worker > 0,
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         for (index, cpu) in config.cpus.iter().copied().enumerate() {
@@ -335,6 +338,15 @@ impl DataPlane {
 
     fn open_udp_listener(&self, listener: &UdpListener) -> Result<ListenerSockets, PlaneError> {
         let address = listener.address;
+        if !self.udp_enabled {
+            return Err(PlaneError::Listener {
+                name: listener.name.to_string(),
+                address,
+                error: std::io::Error::other(
+                    "UDP listeners need datagram buffers (datagram_buffers_per_worker is 0)",
+                ),
+            });
+        }
         let fds = (0..self.worker_count())
             .map(|_| net::bind_udp_reuseport(address))
             .collect::<Result<Vec<_>, _>>()

@@ -246,7 +246,7 @@ stat_block!(
 
 stat_block!(
     /// `udp.<stat_prefix>.*`: one per udp_proxy stat prefix (Envoy's names).
-    UdpStats, UdpStat, 11, {
+    UdpStats, UdpStat, 12, {
     /// Sessions created (a datagram from a new source).
     DownstreamSessTotal => ("downstream_sess_total", Counter),
     /// Datagrams dropped because the route's cluster does not exist or has no endpoint.
@@ -267,6 +267,9 @@ stat_block!(
     IdleTimeout => ("idle_timeout", Counter),
     /// Session filters missing their config (none are supported: always 0, as Envoy shows it).
     SessionFilterConfigMissing => ("session_filter_config_missing", Counter),
+    /// Datagrams from new sources dropped because the worker's session table was full
+    /// (Switchyard's; Envoy has no such limit).
+    DownstreamSessTableFull => ("downstream_sess_table_full", Counter),
     /// Sessions open now.
     DownstreamSessActive => ("downstream_sess_active", Gauge),
 });

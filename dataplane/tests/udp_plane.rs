@@ -10,15 +10,19 @@ use switchyard_dataplane::plane::{DataPlane, PlaneConfig};
 use switchyard_dataplane::stats::*;
 use switchyard_dataplane::worker::Limits;
 
-/// A UDP echo on loopback (one thread), returning every datagram to its source; stops
-/// when the test process ends.
+/// A UDP echo on loopback (one thread), returning every datagram to its source (or, when
+/// tagged, its tag); stops when the test process ends.
 fn udp_echo() -> SocketAddr {
+    udp_backend(None)
+}
+
+fn udp_backend(tag: Option<&'static [u8]>) -> SocketAddr {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = s.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
         while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let _ = s.send_to(&buf[..n], from);
+            let _ = s.send_to(tag.unwrap_or(&buf[..n]), from);
         }
     });
     addr
@@ -37,54 +41,104 @@ struct Plane {
     listen: SocketAddr,
 }
 
-fn start(backend: SocketAddr, idle_timeout_ms: Option<u64>) -> Plane {
-    let workers = 1;
-    let listen = free_udp_port();
-    let cluster = Cluster {
+/// A cluster `udp_echo` over `endpoints` (round robin), tracking outlier health, admitting
+/// `max_sessions`.
+fn cluster(endpoints: &[(SocketAddr, Arc<HostStats>)], max_sessions: u32) -> Cluster {
+    Cluster {
         name: "udp_echo".into(),
         connect_timeout_ms: 1000,
         lb_policy: LbPolicy::RoundRobin,
-        endpoints: vec![Endpoint {
-            address: backend,
-            weight: 1,
-            priority: 0,
-            stats: Arc::new(HostStats::new()),
-        }],
-        stats: Arc::new(ClusterStats::new("udp_echo", workers)),
+        endpoints: endpoints
+            .iter()
+            .map(|(address, stats)| Endpoint {
+                address: *address,
+                weight: 1,
+                priority: 0,
+                stats: stats.clone(),
+            })
+            .collect(),
+        stats: Arc::new(ClusterStats::new("udp_echo", 1)),
         upstream_bind: Default::default(),
         hash_table: None,
-        circuit_breakers: Default::default(),
+        circuit_breakers: CircuitBreakers {
+            max_connections: max_sessions,
+            ..Default::default()
+        },
         resources: Default::default(),
-        health: Default::default(),
+        health: HealthPolicy {
+            // Outlier detection configured: balancers follow host health (the thread that
+            // would eject is not running here; the test sets the flags itself).
+            outlier: Some(OutlierDetection::default()),
+            ..Default::default()
+        },
         health_state: Default::default(),
         added_via_api: false,
-        udp_stats: Arc::new(ClusterUdpStats::new("udp_echo", workers)),
-    };
-    let fib = Arc::new(Fib {
-        generation: 1,
+        udp_stats: Arc::new(ClusterUdpStats::new("udp_echo", 1)),
+    }
+}
+
+/// A FIB of generation `generation` with the UDP listener on `listen` (none when `None`)
+/// routing to `cluster`, whose shared blocks (stats, resources, health) come from `like`
+/// when given, as the control plane keeps them across generations.
+fn fib_with(
+    generation: u64,
+    listen: Option<SocketAddr>,
+    mut cluster: Cluster,
+    like: Option<&Fib>,
+    idle_timeout_ms: Option<u64>,
+) -> Arc<Fib> {
+    let stats = like
+        .and_then(|f| f.udp_listeners.first())
+        .map(|l| l.proxy.stats.clone())
+        .unwrap_or_else(|| Arc::new(UdpStats::new("udp", 1)));
+    if let Some(old) = like.map(|f| f.cluster(ClusterId(0))) {
+        cluster.stats = old.stats.clone();
+        cluster.resources = old.resources.clone();
+        cluster.health_state = old.health_state.clone();
+        cluster.udp_stats = old.udp_stats.clone();
+    }
+    Arc::new(Fib {
+        generation,
         listeners: Vec::new(),
-        udp_listeners: vec![UdpListener {
-            name: "udp".into(),
-            address: listen,
-            proxy: UdpProxy {
-                stats: Arc::new(UdpStats::new("udp", workers)),
-                route: Route::Cluster(ClusterId(0)),
-                idle_timeout_ms,
-                hash_source_ip: false,
-            },
-        }],
+        udp_listeners: listen
+            .map(|address| UdpListener {
+                name: "udp".into(),
+                address,
+                proxy: UdpProxy {
+                    stats,
+                    route: Route::Cluster(ClusterId(0)),
+                    idle_timeout_ms,
+                    hash_source_ip: false,
+                },
+            })
+            .into_iter()
+            .collect(),
         clusters: vec![Arc::new(cluster)],
         own_addresses: Vec::new(),
-    });
+    })
+}
+
+fn start(backend: SocketAddr, idle_timeout_ms: Option<u64>) -> Plane {
+    let host = Arc::new(HostStats::new());
+    start_with(
+        Limits::default(),
+        cluster(&[(backend, host)], 1024),
+        idle_timeout_ms,
+    )
+}
+
+fn start_with(limits: Limits, cluster: Cluster, idle_timeout_ms: Option<u64>) -> Plane {
+    let listen = free_udp_port();
+    let fib = fib_with(1, Some(listen), cluster, None, idle_timeout_ms);
     let plane = DataPlane::start(
         PlaneConfig {
             cpus: vec![0],
             pin: false,
-            limits: Limits::default(),
+            limits,
             drain_time: Duration::from_secs(1),
         },
-        Arc::new(ServerStats::new("server", workers)),
-        Arc::new(AccessLogQueues::new(workers, 64)),
+        Arc::new(ServerStats::new("server", 1)),
+        Arc::new(AccessLogQueues::new(1, 64)),
     )
     .expect("start");
     plane.publish(fib.clone()).expect("publish");
@@ -194,5 +248,119 @@ fn each_source_is_a_session_and_an_idle_one_expires() {
     clients[1].send(b"again").unwrap();
     assert_eq!(recv(&clients[1], &mut buf).unwrap(), 5);
     assert_eq!(s.get(UdpStat::DownstreamSessTotal), 21);
+    p.plane.shutdown(Duration::from_millis(10));
+}
+
+fn ask(c: &UdpSocket, msg: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 65536];
+    c.send(msg).unwrap();
+    let n = recv(c, &mut buf).expect("an answer");
+    buf[..n].to_vec()
+}
+
+fn sessions_held(p: &Plane) -> u64 {
+    p.fib.clusters[0].resources.in_use(Resource::Connections)
+}
+
+#[test]
+fn a_session_leaves_an_endpoint_that_is_removed_or_turns_unhealthy() {
+    let (a, b) = (udp_backend(Some(b"a")), udp_backend(Some(b"b")));
+    let (host_a, host_b) = (Arc::new(HostStats::new()), Arc::new(HostStats::new()));
+    let p = start_with(
+        Limits::default(),
+        cluster(&[(a, host_a.clone())], 1024),
+        None,
+    );
+    let c = client(p.listen);
+    assert_eq!(ask(&c, b"?"), b"a");
+    // EDS adds b and removes a: the session closes with the new FIB...
+    let two = fib_with(
+        2,
+        Some(p.listen),
+        cluster(&[(b, host_b.clone())], 1024),
+        Some(&p.fib),
+        None,
+    );
+    p.plane.publish(two.clone()).unwrap();
+    let s = stats(&p);
+    wait_for("the session on the removed endpoint to close", || {
+        s.gauge(UdpStat::DownstreamSessActive) == 0
+    });
+    assert_eq!(
+        sessions_held(&p),
+        0,
+        "its circuit-breaker connection is given back"
+    );
+    // ...and the source's next datagram opens one on b.
+    assert_eq!(ask(&c, b"?"), b"b");
+    assert_eq!(s.get(UdpStat::DownstreamSessTotal), 2);
+    // Both endpoints; b fails an outlier check: the session moves to a.
+    let three = fib_with(
+        3,
+        Some(p.listen),
+        cluster(&[(a, host_a.clone()), (b, host_b.clone())], 1024),
+        Some(&two),
+        None,
+    );
+    p.plane.publish(three.clone()).unwrap();
+    assert_eq!(ask(&c, b"?"), b"b", "a kept endpoint keeps its session");
+    host_b
+        .health
+        .set(switchyard_dataplane::health::FAILED_OUTLIER_CHECK);
+    three.clusters[0].health_state.bump_epoch();
+    assert_eq!(ask(&c, b"?"), b"a", "moved off the unhealthy endpoint");
+    assert_eq!(s.get(UdpStat::DownstreamSessTotal), 3);
+    assert_eq!(s.gauge(UdpStat::DownstreamSessActive), 1);
+    assert_eq!(sessions_held(&p), 1);
+    // The listener goes: its sessions close and give their connections back.
+    let four = fib_with(4, None, cluster(&[(a, host_a)], 1024), Some(&three), None);
+    p.plane.publish(four).unwrap();
+    wait_for("the removed listener's sessions to close", || {
+        s.gauge(UdpStat::DownstreamSessActive) == 0
+    });
+    assert_eq!(sessions_held(&p), 0);
+    p.plane.shutdown(Duration::from_millis(10));
+}
+
+#[test]
+fn two_buffers_carry_a_burst_and_the_circuit_breaker_limits_sessions() {
+    // Two datagram buffers: the listener's receive runs dry at every burst and is re-armed
+    // as sends complete; nothing is lost (it waits in the socket).
+    let limits = Limits {
+        datagram_buffers_per_worker: 2,
+        ..Limits::default()
+    };
+    let host = Arc::new(HostStats::new());
+    let p = start_with(limits, cluster(&[(udp_echo(), host)], 3), None);
+    let clients: Vec<UdpSocket> = (0..5).map(|_| client(p.listen)).collect();
+    for round in 0..40u8 {
+        for c in &clients[..3] {
+            c.send(&[round; 1000]).unwrap();
+        }
+    }
+    let mut buf = vec![0u8; 2048];
+    for (i, c) in clients[..3].iter().enumerate() {
+        for round in 0..40u8 {
+            let n = recv(c, &mut buf).unwrap_or_else(|e| panic!("client {i} round {round}: {e}"));
+            assert_eq!(&buf[..n], &[round; 1000][..], "client {i} round {round}");
+        }
+    }
+    // max_connections 3: the fourth and fifth sources get no session.
+    for c in &clients[3..] {
+        c.send(b"over").unwrap();
+    }
+    let cs = &p.fib.clusters[0].stats;
+    wait_for("two overflows", || {
+        cs.get(ClusterStat::UpstreamCxOverflow) == 2
+    });
+    clients[3]
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        recv(&clients[3], &mut buf).is_err(),
+        "no session, no answer"
+    );
+    assert_eq!(stats(&p).get(UdpStat::DownstreamSessTotal), 3);
+    assert_eq!(sessions_held(&p), 3);
     p.plane.shutdown(Duration::from_millis(10));
 }

@@ -655,12 +655,12 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        // 9 tcp + 11 udp + 2 clusters x (17 + 4 membership + 2 circuit breaker) + 5 udp of
+        // 9 tcp + 12 udp + 2 clusters x (17 + 4 membership + 2 circuit breaker) + 5 udp of
         // echo (empty has no UDP route) + 7 listener + 2 workers x 2 + the worker server
         // block + 4 admin server stats.
         assert_eq!(
             stats.len(),
-            9 + 11 + 2 * 23 + 5 + 7 + 4 + ServerStat::ALL.len() + 4
+            9 + 12 + 2 * 23 + 5 + 7 + 4 + ServerStat::ALL.len() + 4
         );
         let text = render_text(&stats);
         for line in [
@@ -713,6 +713,7 @@ mod tests {
              udp.dns.downstream_sess_rx_bytes: 0\n\
              udp.dns.downstream_sess_rx_datagrams: 0\n\
              udp.dns.downstream_sess_rx_errors: 0\n\
+             udp.dns.downstream_sess_table_full: 0\n\
              udp.dns.downstream_sess_total: 2\n\
              udp.dns.downstream_sess_tx_bytes: 0\n\
              udp.dns.downstream_sess_tx_datagrams: 0\n\

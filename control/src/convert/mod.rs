@@ -1253,7 +1253,9 @@ fn load_assignment(la: &ClusterLoadAssignment, lpath: &str) -> Result<Vec<Endpoi
             let Some(HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
                 return Err(ConfigError::invalid(field(&p, "endpoint"), "required"));
             };
-            let address = socket_address(
+            // Either protocol, as Envoy takes it: the tcp_proxy connects to the address and
+            // the udp_proxy sends to it.
+            let (_, address) = any_socket_address(
                 ep.address.as_ref(),
                 &field(&field(&p, "endpoint"), "address"),
             )?;
@@ -1308,15 +1310,13 @@ fn listener_address(a: Option<&Address>, path: &str) -> Result<Bind> {
     Ok(Bind { protocol, address })
 }
 
-/// An endpoint's or the admin's `Address`: an IP `socket_address` with a non-zero port, TCP
-/// (the default). An endpoint needs no `protocol: UDP` to serve a UDP route: the udp_proxy
-/// sends to its address.
+/// The admin's `Address`: an IP `socket_address` with a non-zero port, TCP (the default).
 fn socket_address(a: Option<&Address>, path: &str) -> Result<SocketAddr> {
     match any_socket_address(a, path)? {
         (socket_address::Protocol::Tcp, address) => Ok(address),
         (socket_address::Protocol::Udp, _) => Err(ConfigError::unsupported(
             field(&field(path, "socket_address"), "protocol"),
-            "UDP is for a listener's address only (a cluster's endpoints serve UDP routes with the default protocol)",
+            "the admin serves HTTP over TCP",
         )),
     }
 }

@@ -5,7 +5,8 @@
 //! - the route: the deprecated `cluster`, or a `matcher` with only `on_no_match` whose
 //!   action is Envoy's `Route` or Switchyard's `WeightedRoute` (every session takes it; the
 //!   walker refuses `matcher_list` and `matcher_tree`);
-//! - `idle_timeout` (Envoy's default 60 s, `0s` never), `hash_policies: [{source_ip: true}]`;
+//! - `idle_timeout` (Envoy's default 60 s; `0s`, as in Envoy, ends a session right after
+//!   its last datagram, at the worker's next tick), `hash_policies: [{source_ip: true}]`;
 //! - `use_original_src_ip` and `use_per_packet_load_balancing` only as `false`;
 //! - `udp_listener_config.downstream_socket_config` and `upstream_socket_config`
 //!   (`max_rx_datagram_size`, `prefer_gro`) are range-checked as Envoy does and otherwise
@@ -145,7 +146,9 @@ pub(super) fn udp_proxy(u: &PbUdpProxyConfig, path: &str) -> Result<UdpProxyConf
     };
     let idle_timeout = match &u.idle_timeout {
         None => Some(DEFAULT_UDP_IDLE_TIMEOUT),
-        Some(d) => Some(duration(d, &field(path, "idle_timeout"))?).filter(|d| !d.is_zero()),
+        // 0 as in Envoy (whose timer then fires at once): a session ends at the first tick
+        // after its last datagram.
+        Some(d) => Some(duration(d, &field(path, "idle_timeout"))?),
     };
     if u.use_original_src_ip {
         return Err(ConfigError::unsupported(
@@ -397,7 +400,10 @@ static_resources:
             proxy("cluster: c").idle_timeout,
             Some(Duration::from_secs(60))
         );
-        assert_eq!(proxy("cluster: c\nidle_timeout: 0s").idle_timeout, None);
+        assert_eq!(
+            proxy("cluster: c\nidle_timeout: 0s").idle_timeout,
+            Some(Duration::ZERO)
+        );
         assert_eq!(
             proxy("cluster: c\nidle_timeout: 1.5s").idle_timeout,
             Some(Duration::from_millis(1500))

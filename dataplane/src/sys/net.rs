@@ -49,7 +49,8 @@ pub(crate) fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<OwnedFd> {
         Type::DGRAM.cloexec().nonblocking(),
         Some(Protocol::UDP),
     )?;
-    socket.set_reuse_address(true)?;
+    // SO_REUSEPORT only: on UDP, SO_REUSEADDR would let another user's socket bind the same
+    // address and take its datagrams (SO_REUSEPORT checks the user).
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -61,7 +62,8 @@ pub(crate) fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<OwnedFd> {
 }
 
 /// A non-blocking UDP socket connected to `endpoint` (a UDP session's upstream side), set up
-/// with the cluster's `bind`. `connect` on UDP only records the peer: no packet, no wait.
+/// with the cluster's `bind` (its TCP-level socket options, meant for the cluster's TCP
+/// connections, are left out). `connect` on UDP only records the peer: no packet, no wait.
 /// The caller owns the returned descriptor.
 pub(crate) fn udp_connect(endpoint: SocketAddr, bind: &UpstreamBind) -> io::Result<RawFd> {
     let socket = Socket::new(
@@ -70,7 +72,7 @@ pub(crate) fn udp_connect(endpoint: SocketAddr, bind: &UpstreamBind) -> io::Resu
         Some(Protocol::UDP),
     )?;
     let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
-    prepare_upstream(socket.as_raw_fd(), bind, None)?;
+    setup_upstream(socket.as_raw_fd(), bind, None, true)?;
     socket.connect(&SockAddr::from(endpoint))?;
     Ok(std::os::fd::IntoRawFd::into_raw_fd(socket))
 }
@@ -100,8 +102,21 @@ pub(crate) fn prepare_upstream(
     bind: &UpstreamBind,
     original_src: Option<(IpAddr, u32)>,
 ) -> io::Result<()> {
+    setup_upstream(fd, bind, original_src, false)
+}
+
+/// [`prepare_upstream`]; on a UDP socket (`udp`), options at the TCP level are skipped.
+fn setup_upstream(
+    fd: RawFd,
+    bind: &UpstreamBind,
+    original_src: Option<(IpAddr, u32)>,
+    udp: bool,
+) -> io::Result<()> {
     with_socket(fd, |s| {
         for o in &bind.socket_options {
+            if udp && o.level == libc::IPPROTO_TCP {
+                continue;
+            }
             set_int_option(fd, o.level, o.name, o.value)?;
         }
         if bind.freebind {

@@ -417,9 +417,10 @@ impl Ring {
         )
         .build()
         .user_data(user_data);
-        // SAFETY: the msghdr is boxed inside self and never changes; the kernel copies it at
-        // preparation (and reads nothing through its null name/iov/control pointers: the
-        // buffers come from the registered pool, owned by self).
+        // SAFETY: the msghdr is boxed inside self, never changes and lives until the ring is
+        // torn down (leaked if teardown times out); the kernel reads it when it prepares or
+        // first issues the receive, and reads nothing through its null name/iov/control
+        // pointers (the buffers come from the registered pool, owned by self).
         unsafe { self.push(e) }
     }
 
@@ -881,6 +882,17 @@ impl Ring {
     }
 
     /// Submits queued operations and waits for at least `want` completions.
+    /// Hands every queued entry to the kernel now, without waiting: after this, closing a
+    /// descriptor that queued entries name cannot affect them (each took its file at
+    /// submission).
+    pub fn submit(&mut self) {
+        if let Err(e) = self.ring.submit() {
+            if !matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) {
+                tracing::error!(error = %e, "io_uring submit failed");
+            }
+        }
+    }
+
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
         match self.ring.submit_and_wait(want) {
             Ok(_) => Ok(()),
@@ -997,6 +1009,13 @@ impl Drop for Ring {
                 std::mem::forget(std::mem::replace(pool, BufPool::leaked()));
             }
             self.copies.leak();
+            // Queued receives and sends may still point at these two as well.
+            std::mem::forget(std::mem::take(&mut self.datagram_dests));
+            std::mem::forget(std::mem::replace(
+                &mut self.datagram_msghdr,
+                // SAFETY: msghdr is plain old data; all-zero is a valid (empty) header.
+                Box::new(unsafe { std::mem::zeroed() }),
+            ));
             tracing::error!(
                 inflight = self.inflight,
                 "io_uring teardown timed out; leaking buffers"

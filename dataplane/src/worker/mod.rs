@@ -506,6 +506,10 @@ impl Worker {
         }
         self.reconcile_listeners(&snapshot);
         self.reconcile_udp_listeners(&snapshot);
+        // Entries queued so far may name sockets that only the old snapshot holds: they go
+        // to the kernel before the plane may close those sockets (and their numbers be
+        // reused).
+        self.ring.submit();
         self.shared.worker_adopted(self.id, snapshot.epoch);
     }
 
@@ -560,6 +564,7 @@ impl Worker {
         let previous = self.current_gen;
         self.current_gen = index;
         self.release_generation_if_unused(previous);
+        self.udp_follow_generation();
     }
 
     fn release_generation_if_unused(&mut self, index: usize) {

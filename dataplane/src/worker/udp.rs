@@ -18,8 +18,13 @@
 //!   kernel in the same `io_uring_enter` (batched). The buffer returns to the kernel when the
 //!   send completes.
 //! - **Steady state** allocates nothing: the session slab, its free list and the source map
-//!   are sized when the first UDP listener opens. Opening a session costs two plain
-//!   non-blocking system calls (`socket`, `connect`: UDP connect sends nothing).
+//!   are sized when the first UDP listener opens. Opening a session costs a few plain
+//!   non-blocking system calls (`socket`, `setsockopt(SO_RCVBUF)`, the cluster's bind
+//!   options if any, `connect`: UDP connect sends nothing).
+//! - **Endpoint changes**: a session whose endpoint leaves the FIB (EDS, CDS) is closed when
+//!   the worker adopts that FIB, and one whose endpoint failed a health or outlier check
+//!   after it was picked moves to a newly picked endpoint at its next client datagram, as
+//!   Envoy does; the next datagram of a closed session's source opens a new one.
 //! - **Limits**: a datagram from a new source when the worker's session table is full, or
 //!   when the cluster's circuit breaker `max_connections` is reached (Envoy counts UDP
 //!   sessions there too, `upstream_cx_overflow`), is dropped. A datagram that finds no
@@ -32,15 +37,17 @@
 use super::ud::{self, Kind};
 use super::Worker;
 use crate::fib::{Cluster, ClusterId, Route, UdpListener};
+use crate::health::ClusterHealth;
 use crate::lb::Pick;
 use crate::plane::{Phase, Snapshot};
 use crate::stats::{
-    ClusterResources, ClusterStat, ClusterUdpStat, ClusterUdpStats, Resource, UdpStat, UdpStats,
+    ClusterResources, ClusterStat, ClusterStats, ClusterUdpStat, ClusterUdpStats, HostStats,
+    Resource, UdpStat, UdpStats,
 };
 use crate::sys::net;
 use crate::sys::uring::Datagram;
 use crate::sys::{BufClass, Completion};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -93,13 +100,20 @@ struct Session {
     occupied_at: u32,
     proxy_stats: Option<Arc<UdpStats>>,
     cluster_stats: Option<Arc<UdpClusterRef>>,
+    /// The endpoint's stat block (its identity across FIBs, and its health).
+    host: Option<Arc<HostStats>>,
+    /// The cluster's health epoch when the session picked its endpoint.
+    health_epoch: u64,
 }
 
-/// What a session keeps of its cluster: its UDP stats and the circuit breaker it holds a
-/// connection of. Shared by the sessions of one cluster (one `Arc` clone per session).
+/// What a session keeps of its cluster: its stats, its health and the circuit breaker it
+/// holds a connection of. Shared by the sessions of one cluster (one `Arc` clone per
+/// session).
 struct UdpClusterRef {
     udp: Arc<ClusterUdpStats>,
+    stats: Arc<ClusterStats>,
     resources: Arc<ClusterResources>,
+    health: Arc<ClusterHealth>,
 }
 
 /// A new session's upstream side.
@@ -107,6 +121,7 @@ struct UdpUpstream {
     /// The socket connected to the endpoint.
     fd: RawFd,
     cluster: Arc<UdpClusterRef>,
+    host: Arc<HostStats>,
     proxy_stats: Arc<UdpStats>,
     idle_timeout_ms: Option<u64>,
 }
@@ -125,6 +140,11 @@ pub(super) struct Udp {
     cluster_refs: Vec<Arc<UdpClusterRef>>,
     /// Datagrams dropped because the session table was full (reported in the log once).
     table_full_warned: bool,
+    /// An upstream socket could not be made (reported in the log once).
+    socket_failed_warned: bool,
+    /// The endpoints of the current FIB (their stat blocks' addresses), to find sessions
+    /// whose endpoint is gone; rebuilt on each new FIB while sessions are open.
+    live_hosts: HashSet<usize>,
 }
 
 fn session_ud(kind: Kind, slot: u32, nonce: u32) -> u64 {
@@ -142,7 +162,8 @@ impl Worker {
         udp.sessions = (0..n).map(|_| Session::default()).collect();
         udp.free = (0..n as u32).rev().collect();
         udp.occupied = Vec::with_capacity(n);
-        udp.by_source = HashMap::with_capacity(n);
+        // Twice the sessions: deleted entries' markers never make the map grow.
+        udp.by_source = HashMap::with_capacity(2 * n);
         udp.starved_sessions = Vec::with_capacity(n);
     }
 
@@ -155,6 +176,7 @@ impl Worker {
                 Some(fib_index) => self.udp.sockets[i].fib_index = fib_index,
                 None if self.udp.sockets[i].open => {
                     self.udp.sockets[i].open = false;
+                    self.udp.sockets[i].starved = false;
                     self.udp_stop_receiving(i);
                     self.close_udp_sessions_of(i as u32);
                 }
@@ -287,15 +309,16 @@ impl Worker {
             s.armed = false;
         }
         let (open, fib_index) = (s.open, s.fib_index);
-        if c.result < 0 {
-            self.udp_recv_failed(i, -c.result);
+        if c.result < 0 || !open || !self.accepting() {
+            if let Some(id) = id {
+                self.ring.recycle(id);
+            }
+            if c.result < 0 && open {
+                self.udp_recv_failed(i, -c.result);
+            }
             return;
         }
         let Some(id) = id else { return };
-        if !open || !self.accepting() {
-            self.ring.recycle(id);
-            return;
-        }
         if !self.udp.sockets[i].armed {
             self.udp_arm_receive(i);
         }
@@ -334,14 +357,13 @@ impl Worker {
     }
 
     /// A client's datagram, in buffer `id`: to its session's endpoint, opening the session
-    /// if it is the source's first.
+    /// if it is the source's first (or if its endpoint turned unhealthy since: Envoy moves
+    /// such a session to another endpoint).
     fn udp_from_client(&mut self, listener_slot: u32, fib_index: usize, id: u16, d: Datagram) {
-        let Some(stats) = self.udp_listener(fib_index).map(|l| l.proxy.stats.clone()) else {
-            self.ring.recycle(id);
-            return;
-        };
-        stats.inc(self.id, UdpStat::DownstreamSessRxDatagrams);
-        stats.add(self.id, UdpStat::DownstreamSessRxBytes, u64::from(d.len));
+        let existing = self.udp.by_source.get(&(listener_slot, d.source)).copied();
+        if let Some(slot) = existing.filter(|&slot| self.udp_endpoint_turned_unhealthy(slot)) {
+            self.close_udp_session(slot);
+        }
         let slot = match self.udp.by_source.get(&(listener_slot, d.source)) {
             Some(&slot) => slot,
             None => match self.open_udp_session(listener_slot, fib_index, d.source) {
@@ -352,8 +374,12 @@ impl Worker {
                 }
             },
         };
-        let now = self.now_ms;
+        let (now, worker) = (self.now_ms, self.id);
         let s = &mut self.udp.sessions[slot as usize];
+        if let Some(p) = &s.proxy_stats {
+            p.inc(worker, UdpStat::DownstreamSessRxDatagrams);
+            p.add(worker, UdpStat::DownstreamSessRxBytes, u64::from(d.len));
+        }
         s.last_activity_ms = now;
         s.sends += 1;
         let fd = s.fd;
@@ -366,6 +392,47 @@ impl Worker {
         );
     }
 
+    /// True when the session's endpoint failed a health or outlier check after the session
+    /// picked it (a session opened on an unhealthy endpoint, in panic, stays).
+    fn udp_endpoint_turned_unhealthy(&self, slot: u32) -> bool {
+        let s = &self.udp.sessions[slot as usize];
+        match (&s.host, &s.cluster_stats) {
+            (Some(host), Some(cluster)) => {
+                !host.health.is_healthy() && cluster.health.epoch() != s.health_epoch
+            }
+            _ => false,
+        }
+    }
+
+    /// A new FIB: sessions whose endpoint is no longer in it (removed by EDS, its cluster
+    /// removed) are closed, as Envoy closes them; the next datagram of their source picks
+    /// again.
+    pub(super) fn udp_follow_generation(&mut self) {
+        if self.udp.occupied.is_empty() {
+            return;
+        }
+        let Some(fib) = self.generations[self.current_gen]
+            .as_ref()
+            .map(|g| g.fib.clone())
+        else {
+            return;
+        };
+        let mut live = std::mem::take(&mut self.udp.live_hosts);
+        live.clear();
+        for c in fib.clusters.iter() {
+            live.extend(c.endpoints.iter().map(|e| Arc::as_ptr(&e.stats) as usize));
+        }
+        self.close_udp_sessions_where(
+            |s| {
+                s.host
+                    .as_ref()
+                    .is_some_and(|h| !live.contains(&(Arc::as_ptr(h) as usize)))
+            },
+            None,
+        );
+        self.udp.live_hosts = live;
+    }
+
     /// Opens a session for `source`: picks the cluster and endpoint, connects a socket and
     /// arms its receive. `None` (the datagram is dropped, counted) when there is no route,
     /// no endpoint, no room or no socket.
@@ -376,6 +443,9 @@ impl Worker {
         source: SocketAddr,
     ) -> Option<u32> {
         let Some(slot) = self.udp.free.pop() else {
+            if let Some(l) = self.udp_listener(fib_index) {
+                l.proxy.stats.inc(self.id, UdpStat::DownstreamSessTableFull);
+            }
             if !std::mem::replace(&mut self.udp.table_full_warned, true) {
                 tracing::warn!(
                     worker = self.id,
@@ -407,8 +477,10 @@ impl Worker {
         s.last_activity_ms = now;
         s.idle_timeout_ms = up.idle_timeout_ms;
         s.occupied_at = occupied_at;
+        s.health_epoch = up.cluster.health.epoch();
         s.proxy_stats = Some(up.proxy_stats);
         s.cluster_stats = Some(up.cluster);
+        s.host = Some(up.host);
         self.udp_arm_session(slot);
         Some(slot)
     }
@@ -456,24 +528,32 @@ impl Worker {
         let Some(picked) = picked.filter(|_| !cluster.is_original_dst()) else {
             cluster.resources.release(Resource::Connections);
             cluster.stats.inc(id, ClusterStat::UpstreamCxNoneHealthy);
-            proxy.stats.inc(id, UdpStat::DownstreamSessNoRoute);
             return None;
         };
         if picked.panic {
             cluster.stats.inc(id, ClusterStat::LbHealthyPanic);
         }
-        let endpoint = cluster.endpoints[picked.endpoint].address;
-        let fd = match net::udp_connect(endpoint, &cluster.upstream_bind) {
+        let endpoint = &cluster.endpoints[picked.endpoint];
+        let fd = match net::udp_connect(endpoint.address, &cluster.upstream_bind) {
             Ok(fd) => fd,
             Err(e) => {
                 cluster.resources.release(Resource::Connections);
                 cluster.stats.inc(id, ClusterStat::UpstreamCxConnectFail);
-                tracing::warn!(worker = id, %endpoint, error = %e, "UDP upstream socket failed");
+                if !std::mem::replace(&mut self.udp.socket_failed_warned, true) {
+                    tracing::warn!(
+                        worker = id,
+                        endpoint = %endpoint.address,
+                        error = %e,
+                        "UDP upstream socket failed (reported once; counted in \
+                         cluster.<name>.upstream_cx_connect_fail)"
+                    );
+                }
                 return None;
             }
         };
         Some(UdpUpstream {
             fd,
+            host: endpoint.stats.clone(),
             cluster: self.udp_cluster_ref(cluster),
             proxy_stats: proxy.stats.clone(),
             idle_timeout_ms: proxy.idle_timeout_ms,
@@ -484,7 +564,10 @@ impl Worker {
     /// cluster name while sessions use it).
     fn udp_cluster_ref(&mut self, cluster: &Cluster) -> Arc<UdpClusterRef> {
         let found = self.udp.cluster_refs.iter().find(|r| {
-            Arc::ptr_eq(&r.udp, &cluster.udp_stats) && Arc::ptr_eq(&r.resources, &cluster.resources)
+            Arc::ptr_eq(&r.udp, &cluster.udp_stats)
+                && Arc::ptr_eq(&r.stats, &cluster.stats)
+                && Arc::ptr_eq(&r.resources, &cluster.resources)
+                && Arc::ptr_eq(&r.health, &cluster.health_state)
         });
         if let Some(r) = found {
             return r.clone();
@@ -493,7 +576,9 @@ impl Worker {
         self.udp.cluster_refs.retain(|r| Arc::strong_count(r) > 1);
         let r = Arc::new(UdpClusterRef {
             udp: cluster.udp_stats.clone(),
+            stats: cluster.stats.clone(),
             resources: cluster.resources.clone(),
+            health: cluster.health_state.clone(),
         });
         self.udp.cluster_refs.push(r.clone());
         r
@@ -531,6 +616,9 @@ impl Worker {
             s.armed = false;
         }
         if c.result < 0 {
+            if let Some(id) = id {
+                self.ring.recycle(id);
+            }
             self.udp_upstream_recv_failed(slot, -c.result);
             self.udp_free_if_done(slot);
             return;
@@ -586,6 +674,8 @@ impl Worker {
         };
         if let Some(c) = &s.cluster_stats {
             c.udp.inc(self.id, ClusterUdpStat::SessRxDatagrams);
+            c.stats
+                .add(self.id, ClusterStat::UpstreamCxRxBytesTotal, u64::from(len));
         }
         s.last_activity_ms = now;
         s.sends += 1;
@@ -610,10 +700,13 @@ impl Worker {
             return;
         };
         s.sends = s.sends.saturating_sub(1);
+        let sent_bytes = c.result.max(0) as u64;
         match (kind, c.result >= 0) {
             (Kind::UdpSendUp, true) => {
                 if let Some(c) = &s.cluster_stats {
                     c.udp.inc(worker, ClusterUdpStat::SessTxDatagrams);
+                    c.stats
+                        .add(worker, ClusterStat::UpstreamCxTxBytesTotal, sent_bytes);
                 }
             }
             (Kind::UdpSendUp, false) => {
@@ -624,7 +717,7 @@ impl Worker {
             (_, true) => {
                 if let Some(p) = &s.proxy_stats {
                     p.inc(worker, UdpStat::DownstreamSessTxDatagrams);
-                    p.add(worker, UdpStat::DownstreamSessTxBytes, c.result as u64);
+                    p.add(worker, UdpStat::DownstreamSessTxBytes, sent_bytes);
                 }
             }
             (_, false) => {
@@ -712,6 +805,7 @@ impl Worker {
         s.source = None;
         s.proxy_stats = None;
         s.cluster_stats = None;
+        s.host = None;
         let at = s.occupied_at as usize;
         self.udp.occupied.swap_remove(at);
         if let Some(&moved) = self.udp.occupied.get(at) {
