@@ -237,6 +237,13 @@ fn datagrams_of_1_to_65507_bytes_come_back_byte_exact() {
     assert_eq!(stat("cluster.echo.udp.sess_tx_datagrams"), n);
     assert_eq!(stat("cluster.echo.udp.sess_rx_datagrams"), n);
     assert_eq!(echo.received(), n, "the backend got each datagram once");
+    let dump = p.get("/config_dump").body;
+    assert!(
+        dump.contains(
+            "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig"
+        ) && dump.contains("\"stat_prefix\": \"up\""),
+        "the UDP listener is in /config_dump"
+    );
 }
 
 #[test]

@@ -11,6 +11,8 @@
 //!
 //! * Switchyard's own fault filter is switched on and off by listener updates, in one
 //!   process (Switchyard only).
+//! * a UDP listener (udp_proxy) added over LDS carries datagrams, keeps its session through
+//!   an update that changes only the TCP listeners, and stops when removed.
 //!
 //! The same test runs against real Envoy (`SWITCHYARD_TEST_PROXY=envoy`), which keeps its
 //! expectations honest. Requests are matched by type, not order: Envoy asks for listeners
@@ -182,6 +184,16 @@ fn first_config(
         "n3",
         vec![listener("ingress", port, "svc")],
     );
+}
+
+/// [`first_config`] on the proxy's first stream, once it asked for clusters; returns when
+/// traffic on `port` reaches backend `a` (at `backend_port`).
+fn configured(stream: &SotwHandle, backend_port: u16, port: u16) -> Requests<'_, DiscoveryRequest> {
+    let mut requests = Requests::new(&stream.requests);
+    requests.next(CLUSTER_TYPE, |_| true);
+    first_config(stream, &mut requests, backend_port, port);
+    assert_eq!(reached(local(port)), "a");
+    requests
 }
 
 /// What each end-to-end test starts with: two tagged backends, the scripted ADS server and
@@ -921,21 +933,16 @@ fn a_fault_is_switched_on_and_off_over_lds() {
     };
     let pid = proxy.pid();
     let stream = first_stream(&sotw, &proxy);
-    let mut requests = Requests::new(&stream.requests);
-    requests.next(CLUSTER_TYPE, |_| true);
-    first_config(&stream, &mut requests, a.port(), port);
-    assert_eq!(reached(local(port)), "a");
+    let mut requests = configured(&stream, a.port(), port);
 
-    respond(
+    respond_acked(
         &stream,
+        &mut requests,
         LISTENER_TYPE,
         "l2",
         "n4",
         vec![faulty_listener(port, "svc", 100.0)],
     );
-    let ack = requests.next(LISTENER_TYPE, |r| r.response_nonce == "n4");
-    assert_eq!(ack.version_info, "l2", "ACKed");
-    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
     assert!(
         wait_until(WAIT, || which_backend(local(port)).is_err()),
         "the fault took effect"
@@ -957,4 +964,131 @@ fn a_fault_is_switched_on_and_off_over_lds() {
     );
     assert_eq!(reached(local(port)), "a", "the fault is gone");
     assert_eq!(proxy.pid(), pid, "one process throughout");
+}
+
+/// Sends a response and waits for its ACK (a request of that type with its nonce and no
+/// error).
+fn respond_acked(
+    stream: &SotwHandle,
+    requests: &mut Requests<'_, DiscoveryRequest>,
+    type_url: &str,
+    version: &str,
+    nonce: &str,
+    resources: Vec<Any>,
+) {
+    respond(stream, type_url, version, nonce, resources);
+    let ack = requests.next(type_url, |r| r.response_nonce == nonce);
+    assert_eq!(ack.version_info, version, "ACKed");
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+}
+
+/// A UDP echo on loopback for the rest of the test process (one thread).
+fn udp_echo() -> std::net::UdpSocket {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP echo");
+    let echo = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    s
+}
+
+/// Sends `msg` from `c` and says whether it came back within 200 ms.
+fn udp_answered(c: &std::net::UdpSocket, msg: &[u8]) -> bool {
+    let mut buf = [0u8; 2048];
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let _ = c.send(msg);
+    loop {
+        match c.recv(&mut buf) {
+            Ok(n) if &buf[..n] == msg => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn a_udp_listener_comes_and_goes_over_lds_and_its_sessions_survive_other_updates() {
+    let Some(Setup {
+        a,
+        proxy,
+        port,
+        sotw,
+        ..
+    }) = setup("GRPC")
+    else {
+        return;
+    };
+    let echo = udp_echo();
+    let echo_port = u32::from(echo.local_addr().unwrap().port());
+    let udp_port = free_port();
+    let stream = first_stream(&sotw, &proxy);
+    let mut requests = configured(&stream, a.port(), port);
+
+    respond_acked(
+        &stream,
+        &mut requests,
+        CLUSTER_TYPE,
+        "c2",
+        "n4",
+        vec![eds_cluster("svc"), static_cluster_any("udp", echo_port)],
+    );
+    let dns = || fixtures::udp_proxy_listener("dns", "127.0.0.1", udp_port.into(), "udp");
+    respond_acked(
+        &stream,
+        &mut requests,
+        LISTENER_TYPE,
+        "l2",
+        "n5",
+        vec![listener("ingress", port, "svc"), dns()],
+    );
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.connect(local(udp_port)).unwrap();
+    assert!(
+        wait_until(WAIT, || udp_answered(&client, b"query 1")),
+        "the UDP listener never answered\n{}",
+        proxy.logs()
+    );
+    assert_eq!(proxy.stat("udp.dns.downstream_sess_total"), 1);
+
+    // The TCP listener moves; the UDP listener is the same: its session goes on.
+    let port2 = free_port();
+    respond_acked(
+        &stream,
+        &mut requests,
+        LISTENER_TYPE,
+        "l3",
+        "n6",
+        vec![listener("ingress2", port2, "svc"), dns()],
+    );
+    assert_eq!(reached(local(port2)), "a");
+    for i in 2..12 {
+        assert!(
+            udp_answered(&client, format!("query {i}").as_bytes()),
+            "query {i}"
+        );
+    }
+    assert_eq!(
+        proxy.stat("udp.dns.downstream_sess_total"),
+        1,
+        "one session throughout"
+    );
+
+    // The UDP listener is removed: nothing answers.
+    respond_acked(
+        &stream,
+        &mut requests,
+        LISTENER_TYPE,
+        "l4",
+        "n7",
+        vec![listener("ingress2", port2, "svc")],
+    );
+    assert!(
+        wait_until(WAIT, || !udp_answered(&client, b"anyone?")),
+        "the removed UDP listener still answers"
+    );
 }
