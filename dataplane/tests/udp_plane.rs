@@ -18,6 +18,7 @@ fn udp_echo() -> SocketAddr {
 
 fn udp_backend(tag: Option<&'static [u8]>) -> SocketAddr {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    room_for_bursts(&s);
     let addr = s.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
@@ -149,8 +150,17 @@ fn stats(p: &Plane) -> &UdpStats {
     &p.fib.udp_listeners[0].proxy.stats
 }
 
+/// 4 MiB socket buffers (capped by `rmem_max`): every datagram a test has in flight fits,
+/// so a thread kept off its CPU (CI runs tests in parallel) loses none.
+fn room_for_bursts(s: &UdpSocket) {
+    let s = socket2::SockRef::from(s);
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+}
+
 fn client(to: SocketAddr) -> UdpSocket {
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    room_for_bursts(&c);
     c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     c.connect(to).unwrap();
     c
@@ -325,7 +335,10 @@ fn a_session_leaves_an_endpoint_that_is_removed_or_turns_unhealthy() {
 #[test]
 fn two_buffers_carry_a_burst_and_the_circuit_breaker_limits_sessions() {
     // Two datagram buffers: the listener's receive runs dry at every burst and is re-armed
-    // as sends complete; nothing is lost (it waits in the socket).
+    // as sends complete; nothing is lost (it waits in the socket). 60 datagrams of 1,000 B
+    // in flight at most: they fit every socket's buffer even at the kernel's default
+    // 212,992 B (when rmem_max keeps room_for_bursts from raising it), so a thread kept
+    // off its CPU cannot make the test lose one.
     let limits = Limits {
         datagram_buffers_per_worker: 2,
         ..Limits::default()
@@ -333,14 +346,14 @@ fn two_buffers_carry_a_burst_and_the_circuit_breaker_limits_sessions() {
     let host = Arc::new(HostStats::new());
     let p = start_with(limits, cluster(&[(udp_echo(), host)], 3), None);
     let clients: Vec<UdpSocket> = (0..5).map(|_| client(p.listen)).collect();
-    for round in 0..40u8 {
+    for round in 0..20u8 {
         for c in &clients[..3] {
             c.send(&[round; 1000]).unwrap();
         }
     }
     let mut buf = vec![0u8; 2048];
     for (i, c) in clients[..3].iter().enumerate() {
-        for round in 0..40u8 {
+        for round in 0..20u8 {
             let n = recv(c, &mut buf).unwrap_or_else(|e| panic!("client {i} round {round}: {e}"));
             assert_eq!(&buf[..n], &[round; 1000][..], "client {i} round {round}");
         }
