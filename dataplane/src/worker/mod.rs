@@ -19,6 +19,7 @@ mod conn;
 mod fault;
 mod mirror;
 mod pipes;
+mod sockets;
 pub(crate) mod ud;
 mod udp;
 
@@ -33,6 +34,7 @@ use crate::sys::net::{self, EventFd};
 use crate::sys::{BufClass, BufPoolSize, Completion, Ring, RingError};
 use conn::{Conn, ConnState, NO_FD};
 use pipes::{Pipes, NO_PIPE};
+use sockets::SocketSlots;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -233,22 +235,6 @@ struct AddressNeeds {
     peer: bool,
 }
 
-/// A listener socket as this worker sees it.
-struct WorkerListener {
-    fd: RawFd,
-    /// The snapshot's socket identity (fd numbers may repeat, ids never do).
-    socket_id: u64,
-    /// Index of the listener in the current FIB.
-    fib_index: usize,
-    /// Whether a multishot accept is armed.
-    armed: bool,
-    /// Open: accepting; closed: removed, waiting for its accept's last completion.
-    open: bool,
-    nonce: u32,
-    /// Re-arm on the next tick (after EMFILE and similar).
-    rearm_on_tick: bool,
-}
-
 /// One worker thread's state.
 pub(crate) struct Worker {
     id: usize,
@@ -262,7 +248,8 @@ pub(crate) struct Worker {
     current_gen: usize,
     snapshot_generation: u64,
     snapshot_epoch: u64,
-    listeners: Vec<WorkerListener>,
+    /// The TCP listener sockets this worker accepts on.
+    listeners: SocketSlots,
     conns: Vec<Conn>,
     free_slots: Vec<u32>,
     /// Slots in use (open or closing), dense, so timers visit only those.
@@ -342,7 +329,7 @@ impl Worker {
             current_gen: 0,
             snapshot_generation: u64::MAX,
             snapshot_epoch: u64::MAX,
-            listeners: Vec::new(),
+            listeners: SocketSlots::default(),
             conns: (0..slots).map(|_| Conn::default()).collect(),
             free_slots: (0..slots as u32).rev().collect(),
             occupied: Vec::with_capacity(slots),
@@ -583,19 +570,13 @@ impl Worker {
     fn reconcile_listeners(&mut self, snapshot: &Snapshot) {
         // Stop listeners whose sockets are gone from the snapshot; follow moved indices.
         for i in 0..self.listeners.len() {
-            let id = self.listeners[i].socket_id;
-            match snapshot.listeners.iter().position(|s| s.id == id) {
-                Some(fib_index) => self.listeners[i].fib_index = fib_index,
-                None if self.listeners[i].open => {
-                    self.listeners[i].open = false;
-                    self.stop_accepting(i);
-                    // A listener removed by a config change drains its connections; when the
-                    // whole plane drains, the shutdown deadline applies instead.
-                    if self.shared.phase() == Phase::Running {
-                        self.mark_listener_conns_draining(i);
-                    }
+            if self.listeners.leave_if_removed(i, &snapshot.listeners) {
+                self.stop_accepting(i);
+                // A listener removed by a config change drains its connections; when the
+                // whole plane drains, the shutdown deadline applies instead.
+                if self.shared.phase() == Phase::Running {
+                    self.mark_listener_conns_draining(i);
                 }
-                None => {}
             }
         }
         // Start the snapshot's listeners this worker does not have yet.
@@ -603,37 +584,10 @@ impl Worker {
             let Some(fd) = sockets.fd(self.id) else {
                 continue;
             };
-            if self
-                .listeners
-                .iter()
-                .any(|l| l.open && l.socket_id == sockets.id)
-            {
-                continue;
-            }
-            let slot = match self.listeners.iter().position(|l| !l.open && !l.armed) {
-                Some(s) => s,
-                None => {
-                    self.listeners.push(WorkerListener {
-                        fd,
-                        socket_id: sockets.id,
-                        fib_index,
-                        armed: false,
-                        open: true,
-                        nonce: 0,
-                        rearm_on_tick: false,
-                    });
-                    self.listeners.len() - 1
+            if let Some(slot) = self.listeners.place(fib_index, sockets.id, fd) {
+                if self.accepting() {
+                    self.arm_accept(slot);
                 }
-            };
-            let l = &mut self.listeners[slot];
-            l.fd = fd;
-            l.socket_id = sockets.id;
-            l.fib_index = fib_index;
-            l.open = true;
-            l.nonce = ud::next_nonce(l.nonce);
-            l.rearm_on_tick = false;
-            if self.accepting() {
-                self.arm_accept(slot);
             }
         }
     }

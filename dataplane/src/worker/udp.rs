@@ -34,6 +34,7 @@
 //!   from it completed; its socket is closed through the ring after its receive is
 //!   cancelled, so no queued operation ever names a reused descriptor.
 
+use super::sockets::SocketSlots;
 use super::ud::{self, Kind};
 use super::Worker;
 use crate::fib::{Cluster, ClusterId, Route, UdpListener};
@@ -51,24 +52,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
-
-/// A UDP listener socket as this worker sees it.
-struct UdpSocket {
-    fd: RawFd,
-    /// The snapshot's socket identity (fd numbers may repeat, ids never do).
-    socket_id: u64,
-    /// Index of the listener in the current FIB's `udp_listeners`.
-    fib_index: usize,
-    /// A multishot receive is armed.
-    armed: bool,
-    /// Open: receiving; closed: removed, waiting for its receive's last completion.
-    open: bool,
-    nonce: u32,
-    /// The receive ended for lack of buffers: re-armed when buffers come back.
-    starved: bool,
-    /// The receive ended with an error: re-armed on the next tick.
-    rearm_on_tick: bool,
-}
 
 /// Where a session's slot is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -129,7 +112,8 @@ struct UdpUpstream {
 /// The worker's UDP state.
 #[derive(Default)]
 pub(super) struct Udp {
-    sockets: Vec<UdpSocket>,
+    /// The UDP listener sockets this worker receives on.
+    sockets: SocketSlots,
     sessions: Vec<Session>,
     free: Vec<u32>,
     occupied: Vec<u32>,
@@ -145,10 +129,6 @@ pub(super) struct Udp {
     /// The endpoints of the current FIB (their stat blocks' addresses), to find sessions
     /// whose endpoint is gone; rebuilt on each new FIB while sessions are open.
     live_hosts: HashSet<usize>,
-}
-
-fn session_ud(kind: Kind, slot: u32, nonce: u32) -> u64 {
-    ud::encode(kind, slot, nonce)
 }
 
 impl Worker {
@@ -171,16 +151,13 @@ impl Worker {
     /// starts new ones.
     pub(super) fn reconcile_udp_listeners(&mut self, snapshot: &Snapshot) {
         for i in 0..self.udp.sockets.len() {
-            let id = self.udp.sockets[i].socket_id;
-            match snapshot.udp_listeners.iter().position(|s| s.id == id) {
-                Some(fib_index) => self.udp.sockets[i].fib_index = fib_index,
-                None if self.udp.sockets[i].open => {
-                    self.udp.sockets[i].open = false;
-                    self.udp.sockets[i].starved = false;
-                    self.udp_stop_receiving(i);
-                    self.close_udp_sessions_of(i as u32);
-                }
-                None => {}
+            if self
+                .udp
+                .sockets
+                .leave_if_removed(i, &snapshot.udp_listeners)
+            {
+                self.udp_stop_receiving(i);
+                self.close_udp_sessions_of(i as u32);
             }
         }
         if snapshot.udp_listeners.is_empty() || self.limits.datagram_buffers_per_worker == 0 {
@@ -191,40 +168,10 @@ impl Worker {
             let Some(fd) = sockets.fd(self.id) else {
                 continue;
             };
-            let known = self
-                .udp
-                .sockets
-                .iter()
-                .any(|s| s.open && s.socket_id == sockets.id);
-            if known {
-                continue;
-            }
-            let slot = match self.udp.sockets.iter().position(|s| !s.open && !s.armed) {
-                Some(s) => s,
-                None => {
-                    self.udp.sockets.push(UdpSocket {
-                        fd,
-                        socket_id: sockets.id,
-                        fib_index,
-                        armed: false,
-                        open: true,
-                        nonce: 0,
-                        starved: false,
-                        rearm_on_tick: false,
-                    });
-                    self.udp.sockets.len() - 1
+            if let Some(slot) = self.udp.sockets.place(fib_index, sockets.id, fd) {
+                if self.accepting() {
+                    self.udp_arm_receive(slot);
                 }
-            };
-            let s = &mut self.udp.sockets[slot];
-            s.fd = fd;
-            s.socket_id = sockets.id;
-            s.fib_index = fib_index;
-            s.open = true;
-            s.nonce = ud::next_nonce(s.nonce);
-            s.starved = false;
-            s.rearm_on_tick = false;
-            if self.accepting() {
-                self.udp_arm_receive(slot);
             }
         }
     }
@@ -388,7 +335,7 @@ impl Worker {
             id,
             d.offset,
             d.len,
-            session_ud(Kind::UdpSendUp, slot, u32::from(id)),
+            ud::encode(Kind::UdpSendUp, slot, u32::from(id)),
         );
     }
 
@@ -591,7 +538,7 @@ impl Worker {
         }
         s.armed = true;
         s.starved = false;
-        let (fd, ud) = (s.fd, session_ud(Kind::UdpUpRecv, slot, s.nonce));
+        let (fd, ud) = (s.fd, ud::encode(Kind::UdpUpRecv, slot, s.nonce));
         self.ring.recv_multi(fd, BufClass::Datagram, ud);
     }
 
@@ -686,7 +633,7 @@ impl Worker {
             0,
             len,
             source,
-            session_ud(Kind::UdpSendDown, slot, u32::from(id)),
+            ud::encode(Kind::UdpSendDown, slot, u32::from(id)),
         );
     }
 
@@ -788,7 +735,7 @@ impl Worker {
         if let Some(c) = &s.cluster_stats {
             c.resources.release(Resource::Connections);
         }
-        let (fd, armed, target) = (s.fd, s.armed, session_ud(Kind::UdpUpRecv, slot, s.nonce));
+        let (fd, armed, target) = (s.fd, s.armed, ud::encode(Kind::UdpUpRecv, slot, s.nonce));
         if armed {
             self.ring.cancel(target, ud::encode(Kind::UdpAux, 0, 0));
         }

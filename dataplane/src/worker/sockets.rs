@@ -1,0 +1,104 @@
+//! A worker's view of one list of a snapshot's listener sockets (the TCP listeners it
+//! accepts on, the UDP listeners it receives on): slots that follow the snapshot by socket
+//! identity, whose index is the `user_data` slot of the socket's multishot operation.
+//!
+//! Guarantees: a slot is reused only when it is closed and its operation has posted its last
+//! completion (`armed` false), and each reuse takes a new nonce, so a late completion of the
+//! slot's previous socket is never taken for the new one's.
+
+use super::ud;
+use crate::plane::ListenerSockets;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+/// One listener socket as this worker sees it.
+#[derive(Debug)]
+pub(super) struct SocketSlot {
+    pub fd: RawFd,
+    /// The snapshot's socket identity (fd numbers may repeat, ids never do).
+    pub socket_id: u64,
+    /// Index of the listener in the current FIB's list.
+    pub fib_index: usize,
+    /// The multishot accept or receive is armed.
+    pub armed: bool,
+    /// Open: in use; closed: removed, waiting for its operation's last completion.
+    pub open: bool,
+    pub nonce: u32,
+    /// The operation ended with an error (EMFILE and similar): re-armed on the next tick.
+    pub rearm_on_tick: bool,
+    /// A receive ended for lack of provided buffers: re-armed when buffers come back (UDP).
+    pub starved: bool,
+}
+
+/// The slots of one list of listener sockets.
+#[derive(Debug, Default)]
+pub(super) struct SocketSlots(Vec<SocketSlot>);
+
+impl Deref for SocketSlots {
+    type Target = [SocketSlot];
+
+    fn deref(&self) -> &[SocketSlot] {
+        &self.0
+    }
+}
+
+impl DerefMut for SocketSlots {
+    fn deref_mut(&mut self) -> &mut [SocketSlot] {
+        &mut self.0
+    }
+}
+
+impl SocketSlots {
+    /// Follows slot `i` into the snapshot's `sockets`: its socket's new index there; or, when
+    /// its socket is gone and the slot was open, closes it and returns true (the caller
+    /// cancels its operation and lets go of what used it).
+    pub fn leave_if_removed(&mut self, i: usize, sockets: &[Arc<ListenerSockets>]) -> bool {
+        let slot = &mut self.0[i];
+        match sockets.iter().position(|s| s.id == slot.socket_id) {
+            Some(fib_index) => {
+                slot.fib_index = fib_index;
+                false
+            }
+            None if slot.open => {
+                slot.open = false;
+                slot.starved = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A slot for socket `socket_id` (this worker's descriptor `fd`, at `fib_index`), with a
+    /// new nonce, to arm its operation on; `None` when the socket has an open slot already.
+    pub fn place(&mut self, fib_index: usize, socket_id: u64, fd: RawFd) -> Option<usize> {
+        if self.0.iter().any(|s| s.open && s.socket_id == socket_id) {
+            return None;
+        }
+        let i = match self.0.iter().position(|s| !s.open && !s.armed) {
+            Some(i) => i,
+            None => {
+                self.0.push(SocketSlot {
+                    fd,
+                    socket_id,
+                    fib_index,
+                    armed: false,
+                    open: false,
+                    nonce: 0,
+                    rearm_on_tick: false,
+                    starved: false,
+                });
+                self.0.len() - 1
+            }
+        };
+        let s = &mut self.0[i];
+        s.fd = fd;
+        s.socket_id = socket_id;
+        s.fib_index = fib_index;
+        s.open = true;
+        s.nonce = ud::next_nonce(s.nonce);
+        s.rearm_on_tick = false;
+        s.starved = false;
+        Some(i)
+    }
+}
