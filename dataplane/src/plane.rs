@@ -285,83 +285,76 @@ impl DataPlane {
     /// is draining, listeners stay closed.
     pub fn publish(&self, fib: Arc<Fib>) -> Result<(), PlaneError> {
         let old = self.shared.snapshot.load_full();
-        let mut listeners = Vec::with_capacity(fib.listeners.len());
-        if self.shared.phase() == Phase::Running {
-            for listener in fib.listeners.iter() {
-                let reused = old
-                    .listeners
-                    .iter()
-                    .find(|s| {
-                        s.name == listener.name
-                            && s.address == listener.address
-                            && s.transparent == listener.transparent
-                    })
-                    .cloned();
-                let sockets = match reused {
-                    Some(s) => s,
-                    None => Arc::new(self.open_listener(listener)?),
-                };
-                listeners.push(sockets);
-            }
-        }
-        let udp_listeners = self.udp_sockets(&fib, &old)?;
+        let listeners = self.follow_sockets(
+            &fib.listeners,
+            &old.listeners,
+            |l: &Listener| (&l.name, l.address, l.transparent),
+            |l| net::listen_reuseport(l.address, l.backlog, l.transparent),
+        )?;
+        let udp_listeners = self.follow_sockets(
+            &fib.udp_listeners,
+            &old.udp_listeners,
+            |l: &UdpListener| (&l.name, l.address, false),
+            |l| self.bind_udp(l.address),
+        )?;
         self.fib_view.store(fib.clone());
         self.store_snapshot(fib, listeners, udp_listeners);
         drop(old);
         Ok(())
     }
 
-    /// The sockets of `fib`'s UDP listeners: the old snapshot's where name and address are
-    /// the same (sessions keep their listener), new ones otherwise. None while draining.
-    fn udp_sockets(
+    /// The sockets of one list of `listeners`: the old snapshot's (`old`) where name,
+    /// address and `transparent` (given by `key`) are the same, so the workers keep them and
+    /// what uses them (connections, UDP sessions); otherwise one new socket per worker, each
+    /// made by `bind`. None while draining. Fails, naming the listener, at the first socket
+    /// that cannot be made; the sockets already made are closed.
+    fn follow_sockets<L>(
         &self,
-        fib: &Fib,
-        old: &Snapshot,
+        listeners: &[L],
+        old: &[Arc<ListenerSockets>],
+        key: impl Fn(&L) -> (&Arc<str>, SocketAddr, bool),
+        bind: impl Fn(&L) -> std::io::Result<OwnedFd>,
     ) -> Result<Vec<Arc<ListenerSockets>>, PlaneError> {
         if self.shared.phase() != Phase::Running {
             return Ok(Vec::new());
         }
-        fib.udp_listeners
+        listeners
             .iter()
             .map(|listener| {
-                let reused = old
-                    .udp_listeners
-                    .iter()
-                    .find(|s| s.name == listener.name && s.address == listener.address);
-                match reused {
-                    Some(s) => Ok(s.clone()),
-                    None => self.open_udp_listener(listener).map(Arc::new),
+                let (name, address, transparent) = key(listener);
+                let reused = old.iter().find(|s| {
+                    s.name == *name && s.address == address && s.transparent == transparent
+                });
+                if let Some(s) = reused {
+                    return Ok(s.clone());
                 }
+                let fds = (0..self.worker_count())
+                    .map(|_| bind(listener))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|error| PlaneError::Listener {
+                        name: name.to_string(),
+                        address,
+                        error,
+                    })?;
+                Ok(Arc::new(ListenerSockets {
+                    id: self.next_socket_id.fetch_add(1, Ordering::Relaxed),
+                    name: name.clone(),
+                    address,
+                    transparent,
+                    fds,
+                }))
             })
             .collect()
     }
 
-    fn open_udp_listener(&self, listener: &UdpListener) -> Result<ListenerSockets, PlaneError> {
-        let address = listener.address;
+    /// One worker's UDP listener socket; refused when workers have no datagram buffers.
+    fn bind_udp(&self, address: SocketAddr) -> std::io::Result<OwnedFd> {
         if !self.udp_enabled {
-            return Err(PlaneError::Listener {
-                name: listener.name.to_string(),
-                address,
-                error: std::io::Error::other(
-                    "UDP listeners need datagram buffers (datagram_buffers_per_worker is 0)",
-                ),
-            });
+            return Err(std::io::Error::other(
+                "UDP listeners need datagram buffers (datagram_buffers_per_worker is 0)",
+            ));
         }
-        let fds = (0..self.worker_count())
-            .map(|_| net::bind_udp_reuseport(address))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| PlaneError::Listener {
-                name: listener.name.to_string(),
-                address,
-                error,
-            })?;
-        Ok(ListenerSockets {
-            id: self.next_socket_id.fetch_add(1, Ordering::Relaxed),
-            name: listener.name.clone(),
-            address,
-            transparent: false,
-            fds,
-        })
+        net::bind_udp_reuseport(address)
     }
 
     /// Swaps in a snapshot, wakes the workers and waits until each adopted it, so sockets
@@ -381,27 +374,6 @@ impl DataPlane {
         }));
         self.wake_all();
         self.wait_adopted(epoch, Duration::from_secs(2));
-    }
-
-    fn open_listener(&self, listener: &Listener) -> Result<ListenerSockets, PlaneError> {
-        let address = listener.address;
-        let mut fds = Vec::with_capacity(self.worker_count());
-        for _ in 0..self.worker_count() {
-            let fd = net::listen_reuseport(address, listener.backlog, listener.transparent)
-                .map_err(|error| PlaneError::Listener {
-                    name: listener.name.to_string(),
-                    address,
-                    error,
-                })?;
-            fds.push(fd);
-        }
-        Ok(ListenerSockets {
-            id: self.next_socket_id.fetch_add(1, Ordering::Relaxed),
-            name: listener.name.clone(),
-            address,
-            transparent: listener.transparent,
-            fds,
-        })
     }
 
     /// Polls, first every few microseconds (a woken worker adopts within microseconds unless
