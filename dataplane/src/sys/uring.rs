@@ -479,9 +479,9 @@ impl Ring {
         dest: SocketAddr,
         user_data: u64,
     ) {
+        assert!(id & DATAGRAM_BIT != 0, "send_to from a non-datagram buffer");
         let ptr = self.start_send(id, offset, len);
         let bid = usize::from(id & !DATAGRAM_BIT);
-        assert!(id & DATAGRAM_BIT != 0, "send_to from a non-datagram buffer");
         self.datagram_dests[bid] = SockAddr::from(dest);
         let sa = &self.datagram_dests[bid];
         let e = opcode::Send::new(types::Fd(fd), ptr, len)
