@@ -19,78 +19,8 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// A UDP echo backend on loopback: returns each datagram to its source unchanged, or, when
-/// tagged, answers each with its tag (which backend a session reached).
-struct UdpBackend {
-    addr: SocketAddr,
-    received: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl UdpBackend {
-    fn echo() -> UdpBackend {
-        UdpBackend::start(None)
-    }
-
-    fn tagged(tag: &str) -> UdpBackend {
-        UdpBackend::start(Some(tag.as_bytes().to_vec()))
-    }
-
-    fn start(tag: Option<Vec<u8>>) -> UdpBackend {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind backend");
-        set_buffers(&socket);
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (received.clone(), stop.clone());
-        let thread = thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                r.fetch_add(1, Ordering::Relaxed);
-                let reply = tag.as_deref().unwrap_or(&buf[..n]);
-                let _ = socket.send_to(reply, from);
-            }
-        });
-        UdpBackend {
-            addr,
-            received,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for UdpBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// 4 MiB socket buffers (capped by the kernel's rmem_max/wmem_max): room for bursts.
-fn set_buffers(s: &UdpSocket) {
-    let s = socket2::SockRef::from(s);
-    let _ = s.set_recv_buffer_size(4 << 20);
-    let _ = s.set_send_buffer_size(4 << 20);
-}
 
 /// One UDP proxy listener item on 127.0.0.1:`port` (indented for
 /// `static_resources.listeners`), routing to `route` (an `on_no_match` action's
@@ -152,23 +82,13 @@ fn client(port: u16) -> UdpSocket {
     client_from(Ipv4Addr::LOCALHOST, port)
 }
 
-/// `recv`, retried when a signal interrupts it.
-fn recv(c: &UdpSocket, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match c.recv(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
-}
-
 /// Sends `msg` and waits for one answer, resending (same source, same session) if none comes
 /// within a second; panics after `tries`.
 fn ask(c: &UdpSocket, msg: &[u8], tries: u32) -> Vec<u8> {
     let mut buf = vec![0u8; 65536];
     for _ in 0..tries {
         c.send(msg).expect("send");
-        match recv(c, &mut buf) {
+        match udp_recv(c, &mut buf) {
             Ok(n) => return buf[..n].to_vec(),
             Err(e)
                 if matches!(
@@ -478,7 +398,7 @@ fn a_route_to_a_missing_cluster_drops_datagrams_and_counts_them() {
     }
     let mut buf = [0u8; 16];
     assert!(
-        recv(&c, &mut buf).is_err(),
+        udp_recv(&c, &mut buf).is_err(),
         "{}: an answer with no route",
         kind.name()
     );

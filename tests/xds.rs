@@ -982,19 +982,6 @@ fn respond_acked(
     assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
 }
 
-/// A UDP echo on loopback for the rest of the test process (one thread).
-fn udp_echo() -> std::net::UdpSocket {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP echo");
-    let echo = s.try_clone().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = echo.recv_from(&mut buf) {
-            let _ = echo.send_to(&buf[..n], from);
-        }
-    });
-    s
-}
-
 /// Sends `msg` from `c` and says whether it came back within 200 ms.
 fn udp_answered(c: &std::net::UdpSocket, msg: &[u8]) -> bool {
     let mut buf = [0u8; 2048];
@@ -1002,10 +989,9 @@ fn udp_answered(c: &std::net::UdpSocket, msg: &[u8]) -> bool {
         .unwrap();
     let _ = c.send(msg);
     loop {
-        match c.recv(&mut buf) {
+        match udp_recv(c, &mut buf) {
             Ok(n) if &buf[..n] == msg => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return false,
         }
     }
@@ -1023,8 +1009,8 @@ fn a_udp_listener_comes_and_goes_over_lds_and_its_sessions_survive_other_updates
     else {
         return;
     };
-    let echo = udp_echo();
-    let echo_port = u32::from(echo.local_addr().unwrap().port());
+    let echo = UdpBackend::echo();
+    let echo_port = u32::from(echo.addr.port());
     let udp_port = free_port();
     let stream = first_stream(&sotw, &proxy);
     let mut requests = configured(&stream, a.port(), port);
