@@ -255,11 +255,26 @@ pub(crate) struct Ring {
     /// The header datagram receives on listeners take (room for an IPv6 source address, no
     /// control data). The kernel copies it when it prepares the receive.
     datagram_msghdr: Box<libc::msghdr>,
-    /// Per connection slot: the address a connect is going to.
+    /// Per connect lane (a connection's upstream, or its shadow): the address a connect is
+    /// going to. The kernel copies it when it consumes the entry (`IORING_FEAT_SUBMIT_STABLE`,
+    /// checked at start), so a lane's storage is reused only after a submission took it.
     connect_addrs: Box<[Option<SockAddr>]>,
+    /// Per connect lane: the submission epoch its storage was last written in. Equal to
+    /// `submit_epoch` while the entries that read it may still sit in the submission queue.
+    connect_epochs: Box<[u64]>,
+    /// Counts submissions that left the submission queue empty.
+    submit_epoch: u64,
+    /// Completions taken out of the completion queue while an entry waited for room (the
+    /// kernel refused submissions with `EBUSY` until its completion queue drained), or posted
+    /// by the ring itself for an entry the kernel would not take. Handed out first by
+    /// [`Ring::completions_into`].
+    backlog: Vec<Completion>,
+    /// `user_data` of the eventfd read in flight: its 8-byte target is written when it
+    /// completes, so a second read is not queued over it.
+    eventfd_read: Option<u64>,
     /// Copies of mirrored bytes on their way to shadow connections.
     copies: CopyPool,
-    /// Per connection slot: the connect timeout.
+    /// Per connect lane: the connect timeout (copied by the kernel like the address).
     connect_timeouts: Box<[types::Timespec]>,
     tick: Box<types::Timespec>,
     /// The fault timer's interval (see [`Ring::fault_tick`]).
@@ -314,6 +329,11 @@ impl Ring {
                 _ => Err(e),
             })
             .map_err(classify)?;
+        if !ring.params().is_feature_submit_stable() {
+            return Err(RingError::Other(io::Error::other(
+                "the kernel's io_uring lacks IORING_FEAT_SUBMIT_STABLE (Linux 5.5 or later needed)",
+            )));
+        }
         let small_size = small.size_bytes;
         let mut small = BufPool::new(small.count, small.size_bytes, KERNEL_WINDOW, SMALL_GROUP)
             .map_err(RingError::Other)?;
@@ -353,6 +373,10 @@ impl Ring {
             // Each connection may connect twice at once: its upstream and its shadow.
             connect_addrs: (0..slots * 2).map(|_| None).collect(),
             connect_timeouts: (0..slots * 2).map(|_| types::Timespec::new()).collect(),
+            connect_epochs: vec![0; slots * 2].into_boxed_slice(),
+            submit_epoch: 1,
+            backlog: Vec::with_capacity(entries as usize * 4),
+            eventfd_read: None,
             copies: CopyPool::new(copies, small_size),
             tick: Box::new(types::Timespec::new()),
             fault_tick: Box::new(types::Timespec::new()),
@@ -362,24 +386,105 @@ impl Ring {
         })
     }
 
-    /// Pushes one entry, submitting first if the queue is full.
+    /// Pushes one entry, submitting first if the queue is full. Never waits without bound:
+    /// when the kernel cannot take the entry at all, the entry "completes" at once with the
+    /// kernel's error (see [`Ring::reserve`]).
     ///
     /// # Safety
-    /// Every pointer in `entry` must stay valid until the operation completes.
+    /// Every pointer in `entry` must stay valid until the operation completes (or, for data
+    /// the kernel copies when it consumes the entry, until the next submission).
     unsafe fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: the caller guarantees the entry's memory outlives the operation.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                self.inflight += 1;
-                return;
-            }
-            // Queue full: hand what we have to the kernel and retry. EBUSY (CQ overflow
-            // backlog) resolves once completions are reaped by the caller's loop.
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    tracing::error!(error = %e, "io_uring submit failed");
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_chain(&[entry]) }
+    }
+
+    /// Pushes `entries` next to each other in the submission queue (a linked chain must not
+    /// be split across submissions), or, when no room can be made, posts a failed completion
+    /// for each instead.
+    ///
+    /// # Safety
+    /// As for [`Ring::push`], for every entry.
+    unsafe fn push_chain(&mut self, entries: &[squeue::Entry]) {
+        match self.reserve(entries.len()) {
+            Ok(()) => {
+                for entry in entries {
+                    // SAFETY: the caller guarantees the entry's memory outlives the
+                    // operation; `reserve` made room for every entry of the chain.
+                    let pushed = unsafe { self.ring.submission().push(entry) };
+                    assert!(pushed.is_ok(), "submission queue room was reserved");
+                    self.inflight += 1;
                 }
             }
+            Err(errno) => {
+                for entry in entries {
+                    // Counted in flight like a submitted entry: its completion is taken out
+                    // of the backlog like any other.
+                    self.inflight += 1;
+                    self.backlog.push(Completion {
+                        user_data: entry.get_user_data(),
+                        result: -errno,
+                        flags: 0,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Makes room for `n` entries in the submission queue: submits what is queued, and while
+    /// the kernel answers `EBUSY` (its completion queue is full and completions wait in its
+    /// overflow list) moves completions into the backlog so that it can go on. Bounded: a
+    /// kernel that refuses entries `RESERVE_TRIES` times in a row (`EAGAIN`: no memory for a
+    /// request), or fails with any other error, makes it give up with that errno.
+    fn reserve(&mut self, n: usize) -> Result<(), i32> {
+        const RESERVE_TRIES: u32 = 64;
+        for _ in 0..RESERVE_TRIES {
+            let room = {
+                let sq = self.ring.submission();
+                sq.capacity() - sq.len()
+            };
+            if room >= n {
+                return Ok(());
+            }
+            match self.ring.submit() {
+                Ok(_) => self.note_submitted(),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EBUSY) => self.move_completions_to_backlog(),
+                    Some(libc::EINTR) => {}
+                    Some(libc::EAGAIN) => self.move_completions_to_backlog(),
+                    other => {
+                        tracing::error!(error = %e, "io_uring submit failed");
+                        return Err(other.unwrap_or(libc::EIO));
+                    }
+                },
+            }
+        }
+        tracing::error!(
+            n,
+            "io_uring submission queue stayed full; failing the entries"
+        );
+        Err(libc::EBUSY)
+    }
+
+    /// After a submission: when it left the queue empty, every entry queued so far has been
+    /// consumed, and with it every copy the kernel makes at submission.
+    fn note_submitted(&mut self) {
+        if self.ring.submission().is_empty() {
+            self.submit_epoch += 1;
+        }
+    }
+
+    /// Takes every completion out of the completion queue into the backlog (the order is
+    /// kept: [`Ring::completions_into`] hands out the backlog first).
+    fn move_completions_to_backlog(&mut self) {
+        let mut cq = self.ring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            let c = Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            };
+            self.backlog.push(c);
         }
     }
 
@@ -665,6 +770,12 @@ impl Ring {
         user_data: u64,
         timeout_user_data: u64,
     ) {
+        if self.connect_epochs[slot] == self.submit_epoch {
+            // This lane's storage is still named by queued entries: hand them to the kernel
+            // (which copies address and timeout) before it is rewritten.
+            self.submit();
+        }
+        self.connect_epochs[slot] = self.submit_epoch;
         let sa = self.connect_addrs[slot].insert(SockAddr::from(addr));
         let (ptr, len) = (sa.as_ptr() as *const libc::sockaddr, sa.len());
         self.connect_timeouts[slot] = types::Timespec::from(timeout);
@@ -676,20 +787,11 @@ impl Ring {
         let link = opcode::LinkTimeout::new(ts)
             .build()
             .user_data(timeout_user_data);
-        // Linked entries must be in the queue together: make room for both first.
-        let room = {
-            let sq = self.ring.submission();
-            sq.capacity() - sq.len()
-        };
-        if room < 2 {
-            let _ = self.ring.submit();
-        }
-        // SAFETY: the address and timespec live in per-slot storage owned by self; the worker
-        // does not start another connect on this slot before both completions arrive.
-        unsafe {
-            self.push(connect);
-            self.push(link);
-        }
+        // SAFETY: the address and timespec live in per-lane storage owned by self, which is
+        // rewritten only after a submission consumed these entries (the check above), and the
+        // kernel copies both when it consumes them (IORING_FEAT_SUBMIT_STABLE, checked in
+        // `new`). The two entries go in together so the link is never split.
+        unsafe { self.push_chain(&[connect, link]) }
     }
 
     /// `TCP_NODELAY = 1`.
@@ -728,20 +830,13 @@ impl Ring {
         let close = opcode::Close::new(types::Fd(fd))
             .build()
             .user_data(user_data);
-        let room = {
-            let sq = self.ring.submission();
-            sq.capacity() - sq.len()
-        };
-        if room < 3 {
-            let _ = self.ring.submit();
-        }
-        // SAFETY: the only pointer is the static linger value.
+        // SAFETY: the only pointer is the static linger value. The chain goes in whole.
         unsafe {
-            self.push(cancel);
             if reset {
-                self.push(linger);
+                self.push_chain(&[cancel, linger, close]);
+            } else {
+                self.push_chain(&[cancel, close]);
             }
-            self.push(close);
         }
         if reset {
             3
@@ -759,14 +854,20 @@ impl Ring {
         unsafe { self.push(e) }
     }
 
-    /// Reads the 8-byte counter of an eventfd.
+    /// Reads the 8-byte counter of an eventfd. At most one such read is in flight: while
+    /// one is, this does nothing (its completion, through [`Ring::completions_into`], frees
+    /// the target again), so the read's target is never written by two operations.
     pub fn read_eventfd(&mut self, fd: RawFd, user_data: u64) {
+        if self.eventfd_read.is_some() {
+            return;
+        }
         let ptr = &mut *self.eventfd_value as *mut u64 as *mut u8;
         let e = opcode::Read::new(types::Fd(fd), ptr, 8)
             .build()
             .user_data(user_data);
-        // SAFETY: the 8-byte target is boxed inside self; only one eventfd read is in flight
-        // at a time (the worker re-arms it only after its completion).
+        self.eventfd_read = Some(user_data);
+        // SAFETY: the 8-byte target is boxed inside self and outlives the ring's operations;
+        // `eventfd_read` keeps a second read off it until this one's completion is taken.
         unsafe { self.push(e) }
     }
 
@@ -881,21 +982,25 @@ impl Ring {
         self.copies.free.push(copy);
     }
 
-    /// Submits queued operations and waits for at least `want` completions.
     /// Hands every queued entry to the kernel now, without waiting: after this, closing a
     /// descriptor that queued entries name cannot affect them (each took its file at
     /// submission).
     pub fn submit(&mut self) {
-        if let Err(e) = self.ring.submit() {
-            if !matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) {
-                tracing::error!(error = %e, "io_uring submit failed");
-            }
-        }
+        // `reserve` of the whole queue submits until the kernel took every entry (or gave
+        // up, logging why).
+        let capacity = self.ring.submission().capacity();
+        let _ = self.reserve(capacity);
     }
 
+    /// Submits queued operations and waits for at least `want` completions (none when
+    /// completions are already waiting in the backlog).
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        let want = if self.backlog.is_empty() { want } else { 0 };
         match self.ring.submit_and_wait(want) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.note_submitted();
+                Ok(())
+            }
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -908,27 +1013,34 @@ impl Ring {
         }
     }
 
-    /// Moves every available completion into `out` (cleared first; no allocation once its
-    /// capacity covers a full completion queue).
+    /// Moves every available completion into `out` (cleared first), the backlog first; no
+    /// allocation once its capacity covers a full completion queue and the backlog.
     pub fn completions_into(&mut self, out: &mut Vec<Completion>) {
         out.clear();
+        out.append(&mut self.backlog);
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in &mut cq {
-            if !cqueue::more(cqe.flags()) {
-                self.inflight = self.inflight.saturating_sub(1);
-            }
             out.push(Completion {
                 user_data: cqe.user_data(),
                 result: cqe.result(),
                 flags: cqe.flags(),
             });
         }
+        drop(cq);
+        for c in out.iter() {
+            if !c.more() {
+                self.inflight = self.inflight.saturating_sub(1);
+                if self.eventfd_read == Some(c.user_data) {
+                    self.eventfd_read = None;
+                }
+            }
+        }
     }
 
-    /// Capacity a completion batch needs.
+    /// Capacity a completion batch needs: a full completion queue and a backlog as large.
     pub fn completion_capacity(&self) -> usize {
-        self.cq_entries
+        self.cq_entries * 2
     }
 }
 
@@ -1093,4 +1205,168 @@ pub(crate) struct BufPoolSize {
     pub count: u16,
     /// Bytes per buffer.
     pub size_bytes: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn small_ring(entries: u32) -> Ring {
+        let small = BufPoolSize {
+            count: 8,
+            size_bytes: 4096,
+        };
+        Ring::new(entries, small, None, 0, 4, 1).expect("io_uring available")
+    }
+
+    /// Takes completions until `n` arrived (bounded by `deadline`).
+    fn drain(ring: &mut Ring, n: usize, deadline: Duration) -> Vec<Completion> {
+        let until = std::time::Instant::now() + deadline;
+        let mut all = Vec::new();
+        let mut batch = Vec::with_capacity(ring.completion_capacity());
+        while all.len() < n && std::time::Instant::now() < until {
+            wait_a_little(ring);
+            ring.completions_into(&mut batch);
+            all.extend_from_slice(&batch);
+        }
+        // Anything more that arrives shortly after is returned too.
+        wait_a_little(ring);
+        ring.completions_into(&mut batch);
+        all.extend_from_slice(&batch);
+        all
+    }
+
+    /// Submits and waits up to 50 ms for a completion (with deferred task running, the kernel
+    /// posts completions only inside such a wait).
+    fn wait_a_little(ring: &mut Ring) {
+        let ts = types::Timespec::from(Duration::from_millis(50));
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match ring.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) => assert!(
+                matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ),
+                "{e}"
+            ),
+        }
+    }
+
+    #[test]
+    fn a_full_completion_queue_never_blocks_a_push_and_loses_nothing() {
+        // 20,000 operations that complete at once, pushed into a ring whose completion
+        // queue holds 16, without the caller reaping in between: every push must return
+        // (the old push retried forever while the kernel answered EBUSY), and every
+        // completion must come out exactly once.
+        const N: u64 = 20_000;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ring = small_ring(4);
+            for i in 0..N {
+                ring.cancel(0xdead_beef_0000 + i, i);
+            }
+            ring.submit();
+            let got = drain(&mut ring, N as usize, Duration::from_secs(20));
+            tx.send(got).expect("test alive");
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("pushes returned and completions drained in time");
+        let ids: HashSet<u64> = got.iter().map(|c| c.user_data).collect();
+        assert_eq!(got.len() as u64, N, "every completion once");
+        assert_eq!(ids.len() as u64, N, "no duplicates");
+        assert!(got
+            .iter()
+            .all(|c| c.result == -libc::ENOENT || c.result < 0));
+    }
+
+    /// Moves a ring to another thread, for the test below.
+    struct Moved(Ring);
+    // SAFETY: the ring is used by one thread at a time: created on one, then handed whole to
+    // the other, which alone uses and drops it. That is exactly the misuse the kernel
+    // refuses (single issuer) and the test wants.
+    unsafe impl Send for Moved {}
+
+    #[test]
+    fn a_kernel_that_refuses_submissions_never_blocks_a_push() {
+        // A single-issuer ring used from another thread: every submission fails (EEXIST), so
+        // room in the submission queue never comes back. The old push retried forever;
+        // now each entry that cannot go in completes at once with the kernel's error.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let moved = Moved(small_ring(4));
+        std::thread::spawn(move || {
+            let whole = moved;
+            let mut ring = whole.0;
+            for i in 0..100u64 {
+                ring.cancel(0xdead_0000 + i, i);
+            }
+            let mut batch = Vec::with_capacity(ring.completion_capacity());
+            ring.completions_into(&mut batch);
+            let _ = tx.send(batch);
+            drop(ring);
+        });
+        let failed = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("every push returned");
+        // Four fitted in the queue (never submitted); the other 96 failed at once.
+        assert_eq!(failed.len(), 96, "{failed:?}");
+        assert!(
+            failed.iter().all(|c| c.result == -libc::EEXIST),
+            "{failed:?}"
+        );
+        let ids: HashSet<u64> = failed.iter().map(|c| c.user_data).collect();
+        assert_eq!(ids, (4..100).collect());
+    }
+
+    #[test]
+    fn a_connect_lane_reused_before_submission_keeps_both_addresses() {
+        // Two connects on one lane, the second queued before the first was submitted: each
+        // must go to its own address (the lane's storage is handed to the kernel before it
+        // is rewritten).
+        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut ring = small_ring(16);
+        let s1 = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let s2 = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        use std::os::fd::AsRawFd;
+        let t = Duration::from_secs(5);
+        ring.connect(s1.as_raw_fd(), 0, a.local_addr().unwrap(), t, 1, 2);
+        ring.connect(s2.as_raw_fd(), 0, b.local_addr().unwrap(), t, 3, 4);
+        ring.submit();
+        let got = drain(&mut ring, 4, Duration::from_secs(5));
+        for ud in [1, 3] {
+            let c = got
+                .iter()
+                .find(|c| c.user_data == ud)
+                .expect("connect completed");
+            assert_eq!(c.result, 0, "connect {ud}");
+        }
+        let peer_a = a.accept().expect("a accepted").1;
+        let peer_b = b.accept().expect("b accepted").1;
+        assert_eq!(peer_a, s1.local_addr().unwrap().as_socket().unwrap());
+        assert_eq!(peer_b, s2.local_addr().unwrap().as_socket().unwrap());
+    }
+
+    #[test]
+    fn only_one_eventfd_read_is_in_flight() {
+        let mut ring = small_ring(8);
+        let efd = crate::sys::net::EventFd::new().expect("eventfd");
+        ring.read_eventfd(efd.raw(), 7);
+        ring.read_eventfd(efd.raw(), 8);
+        ring.submit();
+        efd.wake();
+        let got = drain(&mut ring, 1, Duration::from_secs(5));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].user_data, 7, "the second read was not queued");
+        // Its completion frees the target: the next read is queued.
+        ring.read_eventfd(efd.raw(), 9);
+        ring.submit();
+        efd.wake();
+        let got = drain(&mut ring, 1, Duration::from_secs(5));
+        assert_eq!(got.first().map(|c| c.user_data), Some(9));
+    }
 }
