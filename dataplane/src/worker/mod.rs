@@ -1275,50 +1275,46 @@ impl Worker {
     }
 
     fn on_recv(&mut self, slot: u32, dir: Dir, c: Completion) {
-        let received = if c.result > 0 && self.limits.relay_mode == RelayMode::Splice {
-            let pipe = self.conns[slot as usize].pipes[dir as usize];
-            self.pipes.filled(pipe, c.result as u32);
-            self.count_received(slot, dir, c.result as u64);
-            if self.charge_faults(slot, dir, c.result as u64) {
-                return;
+        let needs_buffer = self.limits.relay_mode == RelayMode::BufferRing;
+        let received = match classify_receive(c.result, c.buffer_id(), needs_buffer) {
+            Receive::Bytes { len, .. } if !needs_buffer => {
+                let pipe = self.conns[slot as usize].pipes[dir as usize];
+                self.pipes.filled(pipe, len);
+                self.count_received(slot, dir, u64::from(len));
+                if self.charge_faults(slot, dir, u64::from(len)) {
+                    return;
+                }
+                Received::Data { buf: pipe, len }
             }
-            Received::Data {
-                buf: pipe,
-                len: c.result as u32,
+            Receive::Bytes { len, buffer } => {
+                let bid = buffer.expect("classify_receive gives buffer-ring bytes a buffer");
+                let class = self.conns[slot as usize].recv_class[dir as usize];
+                let buf = self.ring.buffer_received(class, bid);
+                if class == BufClass::Large {
+                    self.shared
+                        .server_stats
+                        .inc(self.id, ServerStat::RelayLargeBufferReceives);
+                }
+                self.resize_receives(slot, dir, class, len);
+                self.count_received(slot, dir, u64::from(len));
+                if self.charge_faults(slot, dir, u64::from(len)) {
+                    // The abort fault fired: these bytes go nowhere.
+                    self.ring.recycle(buf);
+                    self.feed_starved();
+                    return;
+                }
+                Received::Data { buf, len }
             }
-        } else if c.result > 0 {
-            let Some(bid) = c.buffer_id() else {
-                tracing::error!(worker = self.id, "receive completed without a buffer");
-                return;
-            };
-            let class = self.conns[slot as usize].recv_class[dir as usize];
-            let buf = self.ring.buffer_received(class, bid);
-            if class == BufClass::Large {
-                self.shared
-                    .server_stats
-                    .inc(self.id, ServerStat::RelayLargeBufferReceives);
+            Receive::Other(received) => {
+                if received == Received::Error(libc::EIO) && c.result > 0 {
+                    tracing::error!(
+                        worker = self.id,
+                        bytes = c.result,
+                        "receive completed without a buffer; resetting the connection"
+                    );
+                }
+                received
             }
-            self.resize_receives(slot, dir, class, c.result as u32);
-            self.count_received(slot, dir, c.result as u64);
-            if self.charge_faults(slot, dir, c.result as u64) {
-                // The abort fault fired: these bytes go nowhere.
-                self.ring.recycle(buf);
-                self.feed_starved();
-                return;
-            }
-            Received::Data {
-                buf,
-                len: c.result as u32,
-            }
-        } else if c.result == 0 {
-            Received::Eof
-        } else if -c.result == libc::ENOBUFS {
-            Received::NoBuffer
-        } else if -c.result == libc::ECANCELED {
-            // Cancelled by a teardown: the relay was already stopped.
-            Received::Error(libc::ECANCELED)
-        } else {
-            Received::Error(-c.result)
         };
         if received == Received::NoBuffer {
             let conn = &mut self.conns[slot as usize];
@@ -1832,6 +1828,36 @@ impl Worker {
     }
 }
 
+/// What a relay receive completion says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Receive {
+    /// `len` bytes, in `buffer` (buffer-ring mode) or in the direction's pipe (splice).
+    Bytes { len: u32, buffer: Option<u16> },
+    /// End of stream, starvation or an error, for the relay as it is.
+    Other(Received),
+}
+
+/// Reads a receive completion's result and buffer flag. Bytes that should be in a provided
+/// buffer but came with none (which the kernel does not post) left the socket for a place the
+/// worker does not know: the stream can no longer be relayed intact, so the receive counts as
+/// an error of the proxy's own (`EIO`) and the relay resets the connection, instead of the
+/// direction waiting for its idle timeout.
+fn classify_receive(result: i32, buffer: Option<u16>, needs_buffer: bool) -> Receive {
+    match result {
+        n if n > 0 && needs_buffer && buffer.is_none() => {
+            Receive::Other(Received::Error(libc::EIO))
+        }
+        n if n > 0 => Receive::Bytes {
+            len: n as u32,
+            buffer: buffer.filter(|_| needs_buffer),
+        },
+        0 => Receive::Other(Received::Eof),
+        e if -e == libc::ENOBUFS => Receive::Other(Received::NoBuffer),
+        // ECANCELED included: cancelled by a teardown, when the relay was already stopped.
+        e => Receive::Other(Received::Error(-e)),
+    }
+}
+
 /// Outlier detection's part on the worker: a connect failure or timeout lengthens the host's
 /// failure run; a run that reaches the cluster's threshold asks the health thread to decide
 /// on an ejection (Envoy posts the same decision to its main thread).
@@ -1841,5 +1867,65 @@ fn report_outlier_failure(cluster: &crate::fib::Cluster, host: &crate::fib::Endp
         if host.health().connect_failed() >= outlier.review_threshold() {
             cluster.health_state.request_review();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::Relay;
+
+    #[test]
+    fn bytes_without_a_buffer_reset_the_connection() {
+        // Before: the worker logged and dropped the completion, and the direction hung
+        // until its idle timeout. Now the relay hears of an error and resets.
+        let receive = classify_receive(100, None, true);
+        assert_eq!(receive, Receive::Other(Received::Error(libc::EIO)));
+        let Receive::Other(received) = receive else {
+            unreachable!()
+        };
+        let mut relay = Relay::default();
+        let mut out = Actions::default();
+        relay.start(&mut out);
+        out.clear();
+        relay.on_event(Event::Recv(Dir::Up, received), &mut out);
+        assert!(
+            out.iter().any(
+                |a| matches!(a, Action::Reset { failed: Side::Client, errno } if errno == libc::EIO)
+            ),
+            "the relay resets: {:?}",
+            out.iter().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn receive_results_are_classified() {
+        assert_eq!(
+            classify_receive(7, Some(3), true),
+            Receive::Bytes {
+                len: 7,
+                buffer: Some(3)
+            }
+        );
+        // Splice mode: the bytes are in the pipe, a stray buffer flag is ignored.
+        assert_eq!(
+            classify_receive(7, None, false),
+            Receive::Bytes {
+                len: 7,
+                buffer: None
+            }
+        );
+        assert_eq!(
+            classify_receive(0, None, true),
+            Receive::Other(Received::Eof)
+        );
+        assert_eq!(
+            classify_receive(-libc::ENOBUFS, None, true),
+            Receive::Other(Received::NoBuffer)
+        );
+        assert_eq!(
+            classify_receive(-libc::ECONNRESET, None, true),
+            Receive::Other(Received::Error(libc::ECONNRESET))
+        );
     }
 }
