@@ -5,9 +5,12 @@
 //!   (one SO_REUSEPORT socket per worker); if any fails, nothing changes and the error names
 //!   the listener. Then the new [`Snapshot`] is swapped in and every worker is woken; a
 //!   worker picks it up at its next loop turn.
-//! - **Listener sockets outlive the workers' use of them.** A removed listener's sockets are
-//!   closed only after every worker has adopted the snapshot that removed it (and so cancelled
-//!   its accept), so a worker never acts on a descriptor number that was reused.
+//! - **Listener sockets outlive the workers' use of them.** Each worker's slot for a listener
+//!   holds a reference to its [`ListenerSockets`]; a removed listener's sockets are closed when
+//!   the last reference goes, which is after every worker that used them adopted the snapshot
+//!   that removed it and its accept or receive posted its last completion, however late that
+//!   is (the plane waits at most 2 s for a worker to adopt, but never closes under one). So a
+//!   worker never acts on a descriptor number that was closed and reused.
 //! - **Drain.** [`DataPlane::shutdown`] stops accepting, waits for open connections to finish
 //!   up to the drain time, then closes what is left and joins the workers.
 
@@ -93,6 +96,9 @@ pub(crate) struct Shared {
     pub access_logs: Arc<AccessLogQueues>,
     adopted: Vec<AtomicU64>,
     exited: Vec<AtomicU8>,
+    /// Per worker: milliseconds to sleep before adopting its next snapshot (a test's way to
+    /// make a worker lag; 0 in service).
+    adoption_delay_ms: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -106,6 +112,14 @@ impl Shared {
 
     pub fn worker_exited(&self, worker: usize) {
         self.exited[worker].store(1, Ordering::Release);
+    }
+
+    /// The delay a test asked worker `worker` to take before its next adoption (taken once).
+    pub fn take_adoption_delay(&self, worker: usize) -> Option<Duration> {
+        match self.adoption_delay_ms[worker].swap(0, Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 }
 
@@ -201,6 +215,7 @@ impl DataPlane {
             access_logs,
             adopted: (0..workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
             exited: (0..workers).map(|_| AtomicU8::new(0)).collect(),
+            adoption_delay_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         });
         let mut plane = DataPlane {
             shared,
@@ -416,6 +431,16 @@ impl DataPlane {
             self.set_phase(Phase::Draining);
             let fib = self.shared.snapshot.load().fib.clone();
             self.store_snapshot(fib, Vec::new(), Vec::new());
+        }
+    }
+
+    /// Makes every worker sleep `delay` before it adopts its next snapshot, as a worker busy
+    /// with a long batch would: for tests of what a lagging worker must never see.
+    #[doc(hidden)]
+    pub fn delay_next_adoption_for_test(&self, delay: Duration) {
+        let ms = delay.as_millis().max(1) as u64;
+        for d in &self.shared.adoption_delay_ms {
+            d.store(ms, Ordering::Relaxed);
         }
     }
 

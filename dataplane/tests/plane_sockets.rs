@@ -447,3 +447,82 @@ fn splice_client_reset_resets_the_backend_and_pipes_are_reused() {
     drop(c);
     plane.shutdown(Duration::from_millis(100));
 }
+
+/// The inode of the socket listening on `addr` (from /proc/net/tcp).
+fn listening_inode(addr: SocketAddr) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{:04X}", addr.port());
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 9 && f[1].ends_with(&local) && f[3] == "0A")
+        .map(|f| f[9].parse().expect("inode"))
+        .expect("a listening socket on the port")
+}
+
+/// This process's descriptors that refer to socket `inode`.
+fn fds_of_socket(inode: u64) -> Vec<i32> {
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let link = std::fs::read_link(e.path()).ok()?;
+            (link.to_string_lossy() == want)
+                .then(|| e.file_name().to_string_lossy().parse().ok())?
+        })
+        .collect()
+}
+
+/// A worker that adopts a snapshot late (here: 3 s, beyond the plane's 2 s wait) must still
+/// find the removed listener's descriptor open: the plane used to close it when its wait ran
+/// out, so the lagging worker's slot named a descriptor number that any socket opened
+/// meanwhile could take. Now the descriptor stays open until the worker has let go of it,
+/// and is closed right after.
+#[test]
+fn a_lagging_worker_keeps_a_removed_listeners_descriptor_until_it_lets_go() {
+    let backend = echo_backend();
+    let (plane, f, listen) = start_plane(RelayMode::BufferRing, backend);
+    let mut c = TcpStream::connect(listen).expect("listener serves");
+    assert!(echo_bulk(&mut c, 1000, 1));
+    drop(c);
+    let inode = listening_inode(listen);
+    let fds = fds_of_socket(inode);
+    assert_eq!(fds.len(), 1, "one worker, one descriptor: {fds:?}");
+    let without = Fib {
+        generation: 2,
+        listeners: Vec::new(),
+        clusters: f.clusters.clone(),
+        own_addresses: Vec::new(),
+        udp_listeners: Vec::new(),
+    };
+    plane.delay_next_adoption_for_test(Duration::from_secs(3));
+    let t0 = std::time::Instant::now();
+    plane.publish(Arc::new(without)).expect("publish");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "the plane waited for the lagging worker ({waited:?})"
+    );
+    // The worker has not adopted yet: the descriptor number it holds must still be its socket.
+    assert_eq!(
+        fds_of_socket(inode),
+        fds,
+        "removed listener's descriptor closed under a worker that still names it"
+    );
+    // Once the worker caught up and its accept ended, the descriptor is closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !fds_of_socket(inode).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed listener's descriptor was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2900),
+        "closed only after the worker adopted"
+    );
+    plane.shutdown(Duration::from_millis(100));
+}

@@ -483,6 +483,11 @@ impl Worker {
 
     /// Picks up a newly published snapshot: new generation, listeners opened and closed.
     fn adopt_snapshot(&mut self) {
+        if let Some(delay) = self.shared.take_adoption_delay(self.id) {
+            // Only a test sets this: a worker made to lag, holding nothing of the snapshot
+            // meanwhile, as a worker busy with a long batch would.
+            std::thread::sleep(delay);
+        }
         let snapshot = self.shared.snapshot.load_full();
         if snapshot.epoch == self.snapshot_epoch {
             return;
@@ -572,6 +577,7 @@ impl Worker {
         for i in 0..self.listeners.len() {
             if self.listeners.leave_if_removed(i, &snapshot.listeners) {
                 self.stop_accepting(i);
+                self.let_go_of_listener(i);
                 // A listener removed by a config change drains its connections; when the
                 // whole plane drains, the shutdown deadline applies instead.
                 if self.shared.phase() == Phase::Running {
@@ -584,7 +590,7 @@ impl Worker {
             let Some(fd) = sockets.fd(self.id) else {
                 continue;
             };
-            if let Some(slot) = self.listeners.place(fib_index, sockets.id, fd) {
+            if let Some(slot) = self.listeners.place(fib_index, sockets, fd) {
                 if self.accepting() {
                     self.arm_accept(slot);
                 }
@@ -622,8 +628,24 @@ impl Worker {
     }
 
     fn close_all_listeners_now(&mut self) {
-        for l in self.listeners.iter_mut() {
-            l.open = false;
+        // The worker is exiting: its ring cancels what is left when it is dropped.
+        self.listeners.close_all();
+        self.ring.submit();
+        for i in 0..self.listeners.len() {
+            self.listeners[i].armed = false;
+            drop(self.listeners.let_go(i));
+        }
+        self.udp_close_all_sockets();
+    }
+
+    /// Gives up TCP listener slot `i`'s sockets once it is closed and its accept ended: what
+    /// was queued on the descriptor goes to the kernel first, then the reference is dropped
+    /// (the last holder's drop closes the sockets: once per removed listener, never in steady
+    /// state).
+    fn let_go_of_listener(&mut self, i: usize) {
+        if let Some(sockets) = self.listeners.let_go(i) {
+            self.ring.submit();
+            drop(sockets);
         }
     }
 
@@ -694,6 +716,9 @@ impl Worker {
             l.armed = false;
         }
         let (open, fib_index) = (l.open, l.fib_index);
+        if !open {
+            self.let_go_of_listener(i);
+        }
         if c.result < 0 {
             let errno = -c.result;
             if errno != libc::ECANCELED {

@@ -2,9 +2,16 @@
 //! accepts on, the UDP listeners it receives on): slots that follow the snapshot by socket
 //! identity, whose index is the `user_data` slot of the socket's multishot operation.
 //!
-//! Guarantees: a slot is reused only when it is closed and its operation has posted its last
-//! completion (`armed` false), and each reuse takes a new nonce, so a late completion of the
-//! slot's previous socket is never taken for the new one's.
+//! Guarantees:
+//! - A slot is reused only when it is closed and its operation has posted its last
+//!   completion (`armed` false), and each reuse takes a new nonce, so a late completion of the
+//!   slot's previous socket is never taken for the new one's.
+//! - A slot holds its socket open: it keeps a reference to the snapshot's
+//!   [`ListenerSockets`] from [`SocketSlots::place`] until [`SocketSlots::let_go`], which
+//!   gives it up only once the slot is closed and its operation ended, and forgets the
+//!   descriptor number. The plane closes a removed listener's sockets when the last holder
+//!   lets go, however late a worker adopts the snapshot that removed it, so no slot ever
+//!   operates on a descriptor number that was closed and reused.
 
 use super::ud;
 use crate::plane::ListenerSockets;
@@ -29,6 +36,8 @@ pub(super) struct SocketSlot {
     pub rearm_on_tick: bool,
     /// A receive ended for lack of provided buffers: re-armed when buffers come back (UDP).
     pub starved: bool,
+    /// Keeps `fd` open while the slot may use it.
+    sockets: Option<Arc<ListenerSockets>>,
 }
 
 /// The slots of one list of listener sockets.
@@ -69,9 +78,15 @@ impl SocketSlots {
         }
     }
 
-    /// A slot for socket `socket_id` (this worker's descriptor `fd`, at `fib_index`), with a
+    /// A slot for `sockets` (this worker's descriptor `fd` of them, at `fib_index`), with a
     /// new nonce, to arm its operation on; `None` when the socket has an open slot already.
-    pub fn place(&mut self, fib_index: usize, socket_id: u64, fd: RawFd) -> Option<usize> {
+    pub fn place(
+        &mut self,
+        fib_index: usize,
+        sockets: &Arc<ListenerSockets>,
+        fd: RawFd,
+    ) -> Option<usize> {
+        let socket_id = sockets.id;
         if self.0.iter().any(|s| s.open && s.socket_id == socket_id) {
             return None;
         }
@@ -87,6 +102,7 @@ impl SocketSlots {
                     nonce: 0,
                     rearm_on_tick: false,
                     starved: false,
+                    sockets: None,
                 });
                 self.0.len() - 1
             }
@@ -99,6 +115,28 @@ impl SocketSlots {
         s.nonce = ud::next_nonce(s.nonce);
         s.rearm_on_tick = false;
         s.starved = false;
+        s.sockets = Some(sockets.clone());
         Some(i)
+    }
+
+    /// Closes every slot (the worker is exiting); each is let go of once its operation ended.
+    pub fn close_all(&mut self) {
+        for s in self.0.iter_mut() {
+            s.open = false;
+            s.starved = false;
+        }
+    }
+
+    /// The sockets slot `i` holds, taken from it when it is closed and its operation has
+    /// ended (the caller drops them after submitting what it queued on the descriptor); its
+    /// descriptor number is forgotten.
+    pub fn let_go(&mut self, i: usize) -> Option<Arc<ListenerSockets>> {
+        let s = self.0.get_mut(i)?;
+        if s.open || s.armed {
+            return None;
+        }
+        let sockets = s.sockets.take()?;
+        s.fd = -1;
+        Some(sockets)
     }
 }

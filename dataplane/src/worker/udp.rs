@@ -158,6 +158,7 @@ impl Worker {
             {
                 self.udp_stop_receiving(i);
                 self.close_udp_sessions_of(i as u32);
+                self.let_go_of_udp_listener(i);
             }
         }
         if snapshot.udp_listeners.is_empty() || self.limits.datagram_buffers_per_worker == 0 {
@@ -168,7 +169,7 @@ impl Worker {
             let Some(fd) = sockets.fd(self.id) else {
                 continue;
             };
-            if let Some(slot) = self.udp.sockets.place(fib_index, sockets.id, fd) {
+            if let Some(slot) = self.udp.sockets.place(fib_index, sockets, fd) {
                 if self.accepting() {
                     self.udp_arm_receive(slot);
                 }
@@ -205,6 +206,25 @@ impl Worker {
         let ud = ud::encode(Kind::UdpRecv, i as u32, s.nonce);
         let fd = s.fd;
         self.ring.recvmsg_multi(fd, ud);
+    }
+
+    /// Gives up UDP socket slot `i`'s sockets once it is closed and its receive ended, after
+    /// submitting what was queued on the descriptor (the sends of its closed sessions).
+    fn let_go_of_udp_listener(&mut self, i: usize) {
+        if let Some(sockets) = self.udp.sockets.let_go(i) {
+            self.ring.submit();
+            drop(sockets);
+        }
+    }
+
+    /// The worker is exiting: lets go of every UDP listener socket.
+    pub(super) fn udp_close_all_sockets(&mut self) {
+        self.udp.sockets.close_all();
+        self.ring.submit();
+        for i in 0..self.udp.sockets.len() {
+            self.udp.sockets[i].armed = false;
+            drop(self.udp.sockets.let_go(i));
+        }
     }
 
     fn udp_stop_receiving(&mut self, i: usize) {
@@ -256,6 +276,9 @@ impl Worker {
             s.armed = false;
         }
         let (open, fib_index) = (s.open, s.fib_index);
+        if !open {
+            self.let_go_of_udp_listener(i);
+        }
         if c.result < 0 || !open || !self.accepting() {
             if let Some(id) = id {
                 self.ring.recycle(id);
