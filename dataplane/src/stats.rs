@@ -571,7 +571,7 @@ impl HostStats {
 
 stat_block!(
     /// `listener.<ip>_<port>.*`: one per listener address.
-    ListenerStats, ListenerStat, 7, {
+    ListenerStats, ListenerStat, 8, {
     /// Connections accepted.
     DownstreamCxTotal => ("downstream_cx_total", Counter),
     /// Connections open now.
@@ -587,6 +587,9 @@ stat_block!(
     /// Connections refused because their original destination is the proxy's own address
     /// (passed through, they would loop back in). Switchyard's own stat.
     DownstreamCxProxyLoop => ("downstream_cx_proxy_loop", Counter),
+    /// Connections accepted and closed at once because the process was out of descriptors
+    /// (`EMFILE`/`ENFILE`), instead of waiting in the accept queue. Switchyard's own stat.
+    DownstreamCxShedFdLimit => ("downstream_cx_shed_fd_limit", Counter),
 });
 
 stat_block!(

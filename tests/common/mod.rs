@@ -1098,6 +1098,8 @@ pub struct ProxyOpts {
     pub log_level: &'static str,
     /// More arguments for Switchyard only (Envoy has no equivalent of its own flags).
     pub switchyard_args: Vec<String>,
+    /// Run Switchyard with this descriptor limit (soft and hard, through `prlimit`).
+    pub nofile_limit: Option<u64>,
 }
 
 impl Default for ProxyOpts {
@@ -1107,6 +1109,7 @@ impl Default for ProxyOpts {
             drain_time_s: None,
             log_level: "info",
             switchyard_args: Vec::new(),
+            nofile_limit: None,
         }
     }
 }
@@ -1164,7 +1167,16 @@ impl Proxy {
         let stderr_path = dir.join("stderr.log");
         let mut cmd = match kind {
             ProxyKind::Switchyard => {
-                let mut c = Command::new(switchyard_bin());
+                let mut c = match opts.nofile_limit {
+                    Some(n) => {
+                        let mut c = Command::new("prlimit");
+                        c.arg(format!("--nofile={n}:{n}"))
+                            .arg("--")
+                            .arg(switchyard_bin());
+                        c
+                    }
+                    None => Command::new(switchyard_bin()),
+                };
                 c.arg("run")
                     .arg("-c")
                     .arg(&config_path)

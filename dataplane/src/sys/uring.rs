@@ -78,6 +78,9 @@ pub(crate) const DATAGRAM_BUFFER_BYTES: u32 = 69_632;
 /// Room for the source address a datagram receive records (`sockaddr_in6`).
 const DATAGRAM_NAME_BYTES: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
 
+/// Direct-descriptor slots registered for [`Ring::shed_accept`].
+const SHED_SLOTS: u32 = 16;
+
 /// Which of the worker's two buffer pools a receive draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum BufClass {
@@ -272,6 +275,9 @@ pub(crate) struct Ring {
     /// `user_data` of the eventfd read in flight: its 8-byte target is written when it
     /// completes, so a second read is not queued over it.
     eventfd_read: Option<u64>,
+    /// The ring has [`SHED_SLOTS`] registered (sparse) fixed-file slots for
+    /// [`Ring::shed_accept`].
+    shed_slots: bool,
     /// Copies of mirrored bytes on their way to shadow connections.
     copies: CopyPool,
     /// Per connect lane: the connect timeout (copied by the kernel like the address).
@@ -334,6 +340,9 @@ impl Ring {
                 "the kernel's io_uring lacks IORING_FEAT_SUBMIT_STABLE (Linux 5.5 or later needed)",
             )));
         }
+        // Direct-descriptor slots for shedding accepts when the process is out of
+        // descriptors; without them, shedding is off (accepts are retried on the tick).
+        let shed_slots = ring.submitter().register_files_sparse(SHED_SLOTS).is_ok();
         let small_size = small.size_bytes;
         let mut small = BufPool::new(small.count, small.size_bytes, KERNEL_WINDOW, SMALL_GROUP)
             .map_err(RingError::Other)?;
@@ -377,6 +386,7 @@ impl Ring {
             submit_epoch: 1,
             backlog: Vec::with_capacity(entries as usize * 4),
             eventfd_read: None,
+            shed_slots,
             copies: CopyPool::new(copies, small_size),
             tick: Box::new(types::Timespec::new()),
             fault_tick: Box::new(types::Timespec::new()),
@@ -496,6 +506,40 @@ impl Ring {
             .user_data(user_data);
         // SAFETY: no pointers.
         unsafe { self.push(e) }
+    }
+
+    /// Sheds one connection waiting on listening socket `fd` without using a descriptor of
+    /// the process: an accept into direct-descriptor slot `slot % SHED_SLOTS` (io_uring's own
+    /// file table), linked to the close of that slot. For when accepts fail with `EMFILE` or
+    /// `ENFILE`: the connection at the head of the queue is closed at once instead of waiting
+    /// there. Two completions: the accept's (`user_data`) and the close's (`close_user_data`).
+    /// False (nothing queued) when the ring has no such slots.
+    pub fn shed_accept(
+        &mut self,
+        fd: RawFd,
+        slot: u32,
+        user_data: u64,
+        close_user_data: u64,
+    ) -> bool {
+        if !self.shed_slots {
+            return false;
+        }
+        let index = slot % SHED_SLOTS;
+        let Ok(dest) = types::DestinationSlot::try_from_slot_target(index) else {
+            return false;
+        };
+        let accept = opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+            .file_index(Some(dest))
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(user_data);
+        let close = opcode::Close::new(types::Fixed(index))
+            .build()
+            .user_data(close_user_data);
+        // SAFETY: no pointers (no peer address is asked for). Two sheds sharing a slot at once
+        // only replace each other's socket in it: every socket they accept is still closed.
+        unsafe { self.push_chain(&[accept, close]) };
+        true
     }
 
     /// Receive into a provided buffer of pool `class`, chosen by the kernel.

@@ -272,6 +272,13 @@ pub(crate) struct Worker {
     mirror_splice_warned: bool,
     /// UDP listener sockets and sessions.
     udp: udp::Udp,
+    /// Accept errors other than running out of descriptors (logged at most every 5 s).
+    accept_error_log: LogLimit,
+    /// Connections shed for lack of descriptors since the last log line about it.
+    shed_count: u64,
+    shed_log: LogLimit,
+    /// Upstream `socket()` failures (logged at most every 5 s).
+    socket_error_log: LogLimit,
 }
 
 impl Worker {
@@ -352,6 +359,10 @@ impl Worker {
             fault_timers: fault::FaultTimers::with_capacity(slots),
             mirror_splice_warned: false,
             udp: udp::Udp::default(),
+            accept_error_log: LogLimit::default(),
+            shed_count: 0,
+            shed_log: LogLimit::default(),
+            socket_error_log: LogLimit::default(),
         };
         worker.batch = Vec::with_capacity(worker.ring.completion_capacity());
         worker.adopt_snapshot();
@@ -404,7 +415,8 @@ impl Worker {
             Kind::Wake => self.on_wake(c),
             Kind::Tick => self.on_tick(c),
             Kind::Accept => self.on_accept(slot as usize, nonce, c),
-            Kind::AcceptCancel | Kind::FaultTickCancel => {}
+            Kind::AcceptShed => self.on_accept_shed(slot as usize, nonce, c),
+            Kind::AcceptCancel | Kind::FaultTickCancel | Kind::AcceptShedAux => {}
             Kind::FaultTick => self.on_fault_tick(slot, c),
             Kind::UdpRecv => self.on_udp_recv(slot as usize, nonce, c),
             Kind::UdpUpRecv => self.on_udp_upstream_recv(slot, nonce, c),
@@ -621,9 +633,14 @@ impl Worker {
     fn stop_accepting(&mut self, i: usize) {
         let l = &self.listeners[i];
         if l.armed {
-            let target = ud::encode(Kind::Accept, i as u32, l.nonce);
+            // The slot's operation is its multishot accept or a shed (one of the two).
+            let nonce = l.nonce;
+            let target = ud::encode(Kind::Accept, i as u32, nonce);
             self.ring
                 .cancel(target, ud::encode(Kind::AcceptCancel, i as u32, 0));
+            let shed = ud::encode(Kind::AcceptShed, i as u32, nonce);
+            self.ring
+                .cancel(shed, ud::encode(Kind::AcceptShedAux, i as u32, 0));
         }
     }
 
@@ -722,13 +739,18 @@ impl Worker {
         if c.result < 0 {
             let errno = -c.result;
             if errno != libc::ECANCELED {
-                let fib = self.current_fib();
-                if let Some(listener) = fib.listeners.get(fib_index) {
-                    listener
-                        .stats
-                        .inc(self.id, ListenerStat::DownstreamCxAcceptError);
+                self.count_listener(fib_index, ListenerStat::DownstreamCxAcceptError);
+                if is_out_of_descriptors(errno) && self.shed_one(i) {
+                    return;
                 }
-                tracing::warn!(worker = self.id, errno, "accept failed");
+                if self.accept_error_log.allow(self.now_ms) {
+                    tracing::warn!(
+                        worker = self.id,
+                        errno,
+                        suppressed = self.accept_error_log.take_suppressed(),
+                        "accept failed; retrying on the next tick"
+                    );
+                }
                 self.listeners[i].rearm_on_tick = true;
             }
             return;
@@ -742,6 +764,61 @@ impl Worker {
             self.arm_accept(i);
         }
         self.new_connection(i, fib_index, fd);
+    }
+
+    /// Out of descriptors: sheds the connection at the head of listener slot `i`'s queue
+    /// with an accept into the ring's own file table and a close, so it is refused at once
+    /// instead of waiting (and timing out) in the queue; the multishot accept is re-armed
+    /// when the shed completes. False when the ring cannot shed.
+    fn shed_one(&mut self, i: usize) -> bool {
+        let l = &self.listeners[i];
+        if !l.open || l.armed || !self.accepting() {
+            return false;
+        }
+        let (fd, nonce) = (l.fd, l.nonce);
+        let shed = ud::encode(Kind::AcceptShed, i as u32, nonce);
+        let close = ud::encode(Kind::AcceptShedAux, i as u32, nonce);
+        if !self.ring.shed_accept(fd, i as u32, shed, close) {
+            return false;
+        }
+        // The shed names the slot's descriptor: the slot counts as armed until it ends.
+        self.listeners[i].armed = true;
+        true
+    }
+
+    /// A shed accept completed: count it, and accept again.
+    fn on_accept_shed(&mut self, i: usize, nonce: u32, c: Completion) {
+        let Some(l) = self.listeners.get_mut(i).filter(|l| l.nonce == nonce) else {
+            return;
+        };
+        l.armed = false;
+        let (open, fib_index) = (l.open, l.fib_index);
+        if !open {
+            self.let_go_of_listener(i);
+            return;
+        }
+        if c.result >= 0 {
+            self.count_listener(fib_index, ListenerStat::DownstreamCxShedFdLimit);
+            self.shed_count += 1;
+        }
+        if self.shed_log.allow(self.now_ms) {
+            tracing::warn!(
+                worker = self.id,
+                shed = std::mem::take(&mut self.shed_count),
+                "out of file descriptors: closing new connections at once (raise the \
+                 descriptor limit, or lower the load)"
+            );
+        }
+        if self.accepting() {
+            self.arm_accept(i);
+        }
+    }
+
+    fn count_listener(&self, fib_index: usize, stat: ListenerStat) {
+        let fib = self.current_fib();
+        if let Some(listener) = fib.listeners.get(fib_index) {
+            listener.stats.inc(self.id, stat);
+        }
     }
 
     fn current_fib(&self) -> Arc<Fib> {
@@ -1118,11 +1195,14 @@ impl Worker {
             return;
         }
         if result < 0 {
-            tracing::warn!(
-                worker = self.id,
-                errno = -result,
-                "upstream socket() failed"
-            );
+            if self.socket_error_log.allow(self.now_ms) {
+                tracing::warn!(
+                    worker = self.id,
+                    errno = -result,
+                    suppressed = self.socket_error_log.take_suppressed(),
+                    "upstream socket() failed"
+                );
+            }
             self.connect_failed(slot, -result, true);
             return;
         }
@@ -1850,6 +1930,39 @@ impl Worker {
 
     fn cluster_stats(&self, slot: u32) -> Option<&crate::stats::ClusterStats> {
         self.cluster_of(slot).map(|c| &*c.stats)
+    }
+}
+
+/// The process (`EMFILE`) or the system (`ENFILE`) is out of descriptors.
+fn is_out_of_descriptors(errno: i32) -> bool {
+    errno == libc::EMFILE || errno == libc::ENFILE
+}
+
+/// At most one log line per interval for a recurring condition, with a count of the lines
+/// left out in between.
+#[derive(Debug, Default)]
+struct LogLimit {
+    next_ms: u64,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    const INTERVAL_MS: u64 = 5_000;
+
+    /// True when a line may be written now; otherwise counts it as suppressed.
+    fn allow(&mut self, now_ms: u64) -> bool {
+        if now_ms >= self.next_ms {
+            self.next_ms = now_ms + Self::INTERVAL_MS;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Lines suppressed since the last one written.
+    fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
     }
 }
 

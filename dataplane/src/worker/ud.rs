@@ -60,6 +60,11 @@ pub(crate) enum Kind {
     UdpSendDown = 25,
     /// UDP cancels and closes whose result does not matter.
     UdpAux = 26,
+    /// An accept that sheds a connection while the process is out of descriptors (slot: the
+    /// listener slot).
+    AcceptShed = 27,
+    /// The close of a shed connection, and cancels of sheds; results do not matter.
+    AcceptShedAux = 28,
 }
 
 impl Kind {
@@ -91,6 +96,8 @@ impl Kind {
             24 => Kind::UdpSendUp,
             25 => Kind::UdpSendDown,
             26 => Kind::UdpAux,
+            27 => Kind::AcceptShed,
+            28 => Kind::AcceptShedAux,
             _ => return None,
         })
     }
