@@ -1,18 +1,45 @@
 //! Relay correctness through the proxy: byte-exact bulk transfer both ways, many concurrent
-//! connections, half-close in both directions, reset propagation, backend killed mid-stream.
+//! connections, half-close in both directions, reset propagation, backend killed mid-stream,
+//! request/response rounds on many connections of one worker, bulk through small buffers.
 //!
-//! Run against real Envoy with `SWITCHYARD_TEST_PROXY=envoy`.
+//! Every test runs in both relay modes (`buffer_ring::*` and `splice::*`, one worker each).
+//! Run against real Envoy with `SWITCHYARD_TEST_PROXY=envoy` (the splice variants then skip:
+//! Envoy has no relay mode).
 
+#[macro_use]
 mod common;
 
 use common::*;
 use std::io::{Read, Write};
 use std::net::Shutdown;
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// One listener -> one cluster -> `backend`.
-fn gateway(backend: &Backend) -> Option<(Proxy, std::net::SocketAddr)> {
+in_both_relay_modes!(
+    bulk_64mib_each_way_is_byte_exact,
+    hundred_concurrent_connections_are_byte_exact,
+    half_close_client_first_still_receives,
+    half_close_backend_first_client_can_still_send,
+    backend_reset_reaches_client_as_reset,
+    backend_killed_mid_stream_gives_prefix_then_close,
+    request_response_rounds_on_8_connections_of_one_worker,
+    request_response_rounds_on_32_connections_of_one_worker,
+    bulk_through_4kib_buffers_is_byte_exact,
+    idle_connections_hold_no_kernel_threads,
+);
+
+/// One listener -> one cluster -> `backend`, through one worker in relay mode `mode`.
+fn gateway(backend: &Backend, mode: RelayMode) -> Option<(Proxy, std::net::SocketAddr)> {
+    gateway_with(backend, mode, &[])
+}
+
+/// [`gateway`] with more Switchyard arguments.
+fn gateway_with(
+    backend: &Backend,
+    mode: RelayMode,
+    extra: &[&str],
+) -> Option<(Proxy, std::net::SocketAddr)> {
     let admin = free_port();
     let port = free_port();
     let yaml = bootstrap(
@@ -20,14 +47,13 @@ fn gateway(backend: &Backend) -> Option<(Proxy, std::net::SocketAddr)> {
         &tcp_listener("l4", port, "l4", "be"),
         &static_cluster("be", &[(backend.addr, 1)]),
     );
-    let p = start_selected(&yaml)?;
+    let p = start_selected_mode(&yaml, mode, extra)?;
     Some((p, local(port)))
 }
 
-#[test]
-fn bulk_64mib_each_way_is_byte_exact() {
+fn bulk_64mib_each_way_is_byte_exact(mode: RelayMode) {
     let be = Backend::echo();
-    let Some((proxy, addr)) = gateway(&be) else {
+    let Some((proxy, addr)) = gateway(&be, mode) else {
         return;
     };
     const N: u64 = 64 * 1024 * 1024;
@@ -47,45 +73,20 @@ fn bulk_64mib_each_way_is_byte_exact() {
     eprintln!("64 MiB each way in {:?}", t0.elapsed());
 }
 
-#[test]
-fn hundred_concurrent_connections_are_byte_exact() {
+fn hundred_concurrent_connections_are_byte_exact(mode: RelayMode) {
     let be = Backend::echo();
-    let Some((proxy, addr)) = gateway(&be) else {
+    let Some((proxy, addr)) = gateway(&be, mode) else {
         return;
     };
     const CONNS: u64 = 100;
     const N: u64 = 256 * 1024;
     let _warm = connect_retry(addr, Duration::from_secs(5));
     drop(_warm);
-    let handles: Vec<_> = (0..CONNS)
-        .map(|i| {
-            thread::spawn(move || {
-                let s = connect(addr).map_err(|e| format!("conn {i}: connect: {e}"))?;
-                let x = exchange(s, 1000 + i, N + i * 17);
-                if x.write_error.is_some()
-                    || x.end != End::Eof
-                    || x.received != x.sent
-                    || x.received_sha != x.sent_sha
-                {
-                    return Err(format!("conn {i}: {x:?}"));
-                }
-                Ok(x.sent)
-            })
-        })
-        .collect();
-    let mut failures = Vec::new();
-    for h in handles {
-        if let Err(e) = h.join().expect("client thread") {
-            failures.push(e);
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {CONNS} connections failed: {:?}\n{}",
-        failures.len(),
-        &failures[..failures.len().min(5)],
-        proxy.logs()
-    );
+    let failures = on_connections(CONNS, move |i| {
+        let s = connect(addr).map_err(|e| format!("conn {i}: connect: {e}"))?;
+        echoed_exactly(i, &exchange(s, 1000 + i, N + i * 17))
+    });
+    assert_no_failures(&failures, CONNS, mode, &proxy);
     // 1 warm-up connection + CONNS.
     assert!(wait_until(Duration::from_secs(5), || be.accepted()
         == CONNS as usize + 1));
@@ -93,10 +94,9 @@ fn hundred_concurrent_connections_are_byte_exact() {
 
 /// The client shuts down its write side first and must still receive everything the backend
 /// sends after that (FIN propagated upstream without closing the other direction).
-#[test]
-fn half_close_client_first_still_receives() {
+fn half_close_client_first_still_receives(mode: RelayMode) {
     let be = Backend::echo_after_eof();
-    let Some((proxy, addr)) = gateway(&be) else {
+    let Some((proxy, addr)) = gateway(&be, mode) else {
         return;
     };
     const N: usize = 3 * 1024 * 1024 + 7;
@@ -121,11 +121,10 @@ fn half_close_client_first_still_receives() {
 
 /// The backend sends its data and FINs first; the client must read a clean EOF and can still
 /// send afterwards, all of which reaches the backend.
-#[test]
-fn half_close_backend_first_client_can_still_send() {
+fn half_close_backend_first_client_can_still_send(mode: RelayMode) {
     const DOWN: u64 = 1024 * 1024 + 3;
     let be = Backend::source(DOWN, 7);
-    let Some((proxy, addr)) = gateway(&be) else {
+    let Some((proxy, addr)) = gateway(&be, mode) else {
         return;
     };
     let mut s = connect_retry(addr, Duration::from_secs(5));
@@ -158,11 +157,10 @@ fn half_close_backend_first_client_can_still_send() {
 
 /// A backend reset reaches the client as a reset (ECONNRESET), never as a clean EOF, after an
 /// exact prefix of what the backend sent before the reset.
-#[test]
-fn backend_reset_reaches_client_as_reset() {
+fn backend_reset_reaches_client_as_reset(mode: RelayMode) {
     const N: u64 = 256 * 1024;
     let be = Backend::rst_after(N, 99);
-    let Some((proxy, addr)) = gateway(&be) else {
+    let Some((proxy, addr)) = gateway(&be, mode) else {
         return;
     };
     let mut s = connect_retry(addr, Duration::from_secs(5));
@@ -187,11 +185,10 @@ fn backend_reset_reaches_client_as_reset() {
 
 /// A backend that dies mid-stream (socket closed abruptly with unread input, which makes the
 /// kernel send RST) gives the client an exact prefix and then a close or reset, never a hang.
-#[test]
-fn backend_killed_mid_stream_gives_prefix_then_close() {
+fn backend_killed_mid_stream_gives_prefix_then_close(mode: RelayMode) {
     const N: u64 = 300 * 1024 + 11;
     let be = Backend::abort_after(N, 5);
-    let Some((proxy, addr)) = gateway(&be) else {
+    let Some((proxy, addr)) = gateway(&be, mode) else {
         return;
     };
     let mut s = connect_retry(addr, Duration::from_secs(5));
@@ -206,4 +203,177 @@ fn backend_killed_mid_stream_gives_prefix_then_close() {
     );
     assert_eq!(data.len() as u64, N, "exact prefix length");
     assert!(data == Prng::bytes(5, data.len()), "prefix content");
+}
+
+/// Longest a 64-byte round may take (an echo over loopback takes well under a millisecond;
+/// the bound only separates slow from stalled).
+const ROUND_BOUND: Duration = Duration::from_secs(2);
+
+/// `conns` connections through one worker, all open at once, each doing `rounds` closed-loop
+/// rounds of 64 bytes against an echo backend: every round is answered, byte-exact, within
+/// [`ROUND_BOUND`], and every connection ends with a clean EOF after the client's FIN.
+fn request_response_rounds(mode: RelayMode, conns: u64, rounds: u64) {
+    let be = Backend::echo();
+    let Some((proxy, addr)) = gateway(&be, mode) else {
+        return;
+    };
+    let start = Barrier::new(conns as usize);
+    let failures = on_connections(conns, move |i| {
+        let mut s = connect_retry(addr, Duration::from_secs(5));
+        s.set_read_timeout(Some(ROUND_BOUND)).unwrap();
+        // Every connection relays before the rounds start, so they overlap.
+        start.wait();
+        let mut back = [0u8; 64];
+        for r in 0..rounds {
+            let msg = Prng::bytes(i * 1_000_000 + r, 64);
+            let t = Instant::now();
+            s.write_all(&msg)
+                .map_err(|e| format!("conn {i} round {r}: write: {e}"))?;
+            s.read_exact(&mut back).map_err(|e| {
+                format!("conn {i} round {r}: no answer after {:?}: {e}", t.elapsed())
+            })?;
+            if back[..] != msg[..] {
+                return Err(format!("conn {i} round {r}: echo differs"));
+            }
+            if t.elapsed() > ROUND_BOUND {
+                return Err(format!("conn {i} round {r}: took {:?}", t.elapsed()));
+            }
+        }
+        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        let (rest, end) = read_all(&mut s, 1024);
+        if !rest.is_empty() || end != End::Eof {
+            return Err(format!(
+                "conn {i}: expected a clean EOF, got {} bytes then {end:?}",
+                rest.len()
+            ));
+        }
+        Ok(())
+    });
+    assert_no_failures(&failures, conns, mode, &proxy);
+}
+
+/// Runs `client(i)` for each of `conns` connections, each on a thread of its own, all at
+/// once; returns what failed.
+fn on_connections(
+    conns: u64,
+    client: impl Fn(u64) -> Result<(), String> + Send + Sync + 'static,
+) -> Vec<String> {
+    let client = Arc::new(client);
+    let handles: Vec<_> = (0..conns)
+        .map(|i| {
+            let client = Arc::clone(&client);
+            thread::spawn(move || client(i))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .filter_map(|h| h.join().expect("client thread").err())
+        .collect()
+}
+
+/// Connection `i`'s exchange with an echo: everything sent came back, byte-exact, then a
+/// clean end of stream.
+fn echoed_exactly(i: u64, x: &Exchange) -> Result<(), String> {
+    if x.write_error.is_some()
+        || x.end != End::Eof
+        || x.received != x.sent
+        || x.received_sha != x.sent_sha
+    {
+        return Err(format!("conn {i}: {x:?}"));
+    }
+    Ok(())
+}
+
+fn assert_no_failures(failures: &[String], conns: u64, mode: RelayMode, proxy: &Proxy) {
+    assert!(
+        failures.is_empty(),
+        "{} of {conns} connections failed ({} mode): {:?}\n{}",
+        failures.len(),
+        mode.arg(),
+        &failures[..failures.len().min(8)],
+        proxy.logs()
+    );
+}
+
+fn request_response_rounds_on_8_connections_of_one_worker(mode: RelayMode) {
+    request_response_rounds(mode, 8, 500);
+}
+
+fn request_response_rounds_on_32_connections_of_one_worker(mode: RelayMode) {
+    request_response_rounds(mode, 32, 200);
+}
+
+/// Bulk both ways on 4 connections at once through 4 KiB buffers (in splice mode: one-page
+/// pipes, full after every receive, so receives and sends contend for pipe room all the time).
+fn bulk_through_4kib_buffers_is_byte_exact(mode: RelayMode) {
+    let be = Backend::echo();
+    let Some((proxy, addr)) = gateway_with(&be, mode, &["--buffer-size-kib", "4"]) else {
+        return;
+    };
+    const CONNS: u64 = 4;
+    const N: u64 = 8 * 1024 * 1024;
+    let failures = on_connections(CONNS, move |i| {
+        let s = connect_retry(addr, Duration::from_secs(5));
+        echoed_exactly(i, &exchange(s, 0x4C1B + i, N + i * 4099))
+    });
+    assert_no_failures(&failures, CONNS, mode, &proxy);
+    let reps = be.wait_reports(CONNS as usize, Duration::from_secs(10));
+    assert_eq!(reps.len(), CONNS as usize, "backend connections finished");
+    assert!(
+        reps.iter().all(|r| r.end == "eof"),
+        "backend saw a clean FIN on each: {reps:?}"
+    );
+}
+
+/// Threads of process `pid` whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .count()
+}
+
+/// Connections that wait for data hold no kernel thread of the proxy: with 64 established,
+/// idle connections (each relayed one round both ways), the proxy has fewer io_uring worker
+/// threads (`iou-wrk-*`) than connections.
+fn idle_connections_hold_no_kernel_threads(mode: RelayMode) {
+    let be = Backend::echo();
+    let Some((proxy, addr)) = gateway(&be, mode) else {
+        return;
+    };
+    if proxy.kind != ProxyKind::Switchyard {
+        skip_unsupported(proxy.kind, "counts io_uring worker threads");
+        return;
+    }
+    const CONNS: usize = 64;
+    let mut held = Vec::new();
+    for i in 0..CONNS {
+        let mut s = connect_retry(addr, Duration::from_secs(5));
+        s.set_read_timeout(Some(ROUND_BOUND)).unwrap();
+        let msg = Prng::bytes(i as u64, 64);
+        assert_eq!(ping(&mut s, &msg).expect("round"), msg, "conn {i}");
+        held.push(s);
+    }
+    // Let the relay arm its receives (and io-wq finish what it ran).
+    thread::sleep(Duration::from_millis(500));
+    let workers = threads_named(proxy.pid(), "iou-wrk");
+    eprintln!(
+        "{CONNS} idle connections ({} mode): {workers} iou-wrk threads",
+        mode.arg()
+    );
+    assert!(
+        workers < CONNS / 2,
+        "{workers} io_uring worker threads for {CONNS} idle connections ({} mode)",
+        mode.arg()
+    );
+    // The held connections still relay.
+    for (i, s) in held.iter_mut().enumerate() {
+        let msg = Prng::bytes(1000 + i as u64, 64);
+        assert_eq!(ping(s, &msg).expect("round after idling"), msg, "conn {i}");
+    }
 }

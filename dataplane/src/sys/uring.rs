@@ -81,6 +81,15 @@ const DATAGRAM_NAME_BYTES: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u3
 /// Direct-descriptor slots registered for [`Ring::shed_accept`].
 const SHED_SLOTS: u32 = 16;
 
+/// What a [`Ring::splice_when_ready`] waits for before its splice starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ready {
+    /// The source socket (`fd_in`) has data, end of stream or an error: a receive.
+    SourceReadable,
+    /// The sink socket (`fd_out`) has room or an error: a send.
+    SinkWritable,
+}
+
 /// Which of the worker's two buffer pools a receive draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum BufClass {
@@ -498,10 +507,11 @@ impl Ring {
         }
     }
 
-    /// Multishot accept on a listening socket.
-    pub fn accept_multi(&mut self, fd: RawFd, user_data: u64) {
+    /// Multishot accept on a listening socket. `flags`: more flags for the accepted sockets
+    /// (`SOCK_NONBLOCK` for the splice relay; see [`Ring::splice_when_ready`]).
+    pub fn accept_multi(&mut self, fd: RawFd, flags: i32, user_data: u64) {
         let e = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
+            .flags(libc::SOCK_CLOEXEC | flags)
             .build()
             .user_data(user_data);
         // SAFETY: no pointers.
@@ -761,14 +771,48 @@ impl Ring {
 
     /// `splice(fd_in, NULL, fd_out, NULL, len, 0)`: moves up to `len` bytes between a socket
     /// and a pipe without copying them through user space. io_uring runs it on an io-wq
-    /// worker thread (splice is always punted), where it blocks until the source has data
-    /// or the sink has room.
+    /// worker thread (splice is always punted). The relay's sockets and pipes are
+    /// non-blocking, so it never sleeps there: it completes with `-EAGAIN` when the source
+    /// has no data or the sink no room (a full pipe counts), and the caller waits for
+    /// readiness with [`Ring::splice_when_ready`].
     pub fn splice(&mut self, fd_in: RawFd, fd_out: RawFd, len: u32, user_data: u64) {
         let e = opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
             .build()
             .user_data(user_data);
         // SAFETY: no pointers: the kernel moves bytes between two descriptors.
         unsafe { self.push(e) }
+    }
+
+    /// A one-shot poll of the splice's socket linked to a [`Ring::splice`] that the kernel
+    /// starts only once that socket is ready (`wait`): no io-wq thread waits for a socket
+    /// (one waiting in `splice` would sleep holding the pipe's lock, and every other splice
+    /// of that pipe behind it). Two completions: the poll's (`poll_user_data`: the ready
+    /// mask, or `-ECANCELED` when a cancel by the socket's descriptor removed it) and the
+    /// splice's (`user_data`; `-ECANCELED` when the poll failed). `POLLERR`/`POLLHUP` end the
+    /// poll whatever it waits for, so the splice then reports the socket's error or end of
+    /// stream.
+    pub fn splice_when_ready(
+        &mut self,
+        wait: Ready,
+        fd_in: RawFd,
+        fd_out: RawFd,
+        len: u32,
+        poll_user_data: u64,
+        user_data: u64,
+    ) {
+        let (socket, events) = match wait {
+            Ready::SourceReadable => (fd_in, libc::POLLIN),
+            Ready::SinkWritable => (fd_out, libc::POLLOUT),
+        };
+        let poll = opcode::PollAdd::new(types::Fd(socket), events as u16 as u32)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(poll_user_data);
+        let splice = opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
+            .build()
+            .user_data(user_data);
+        // SAFETY: no pointers: a poll of a descriptor, then a splice between two.
+        unsafe { self.push_chain(&[poll, splice]) }
     }
 
     /// `shutdown(fd, how)`.
@@ -789,14 +833,15 @@ impl Ring {
         unsafe { self.push(e) }
     }
 
-    /// A new TCP socket for `addr`'s family.
-    pub fn socket(&mut self, addr: &SocketAddr, user_data: u64) {
+    /// A new TCP socket for `addr`'s family. `flags`: more type flags (`SOCK_NONBLOCK` for
+    /// the splice relay).
+    pub fn socket(&mut self, addr: &SocketAddr, flags: i32, user_data: u64) {
         let domain = if addr.is_ipv4() {
             libc::AF_INET
         } else {
             libc::AF_INET6
         };
-        let e = opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+        let e = opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags, 0)
             .build()
             .user_data(user_data);
         // SAFETY: no pointers.

@@ -79,6 +79,12 @@ pub(crate) struct Conn {
     pub large_receives: [bool; 2],
     /// Splice mode: the pipe of each direction ([`super::pipes::NO_PIPE`] when none).
     pub pipes: [BufId; 2],
+    /// Splice mode: bytes of each direction's send in flight (re-issued as they are when the
+    /// splice finds the sink full, `EAGAIN`).
+    pub splice_send_len: [u32; 2],
+    /// Splice mode: a direction whose receive found its pipe full (`EAGAIN`) while a send
+    /// still drains it; the receive starts again when that send completes.
+    pub recv_parked: [bool; 2],
     pub flags: ResponseFlags,
     pub termination_details: &'static str,
     /// What the fault filter drew for this connection.
@@ -251,6 +257,8 @@ impl Default for Conn {
             recv_class: [BufClass::Small; 2],
             large_receives: [false; 2],
             pipes: [super::pipes::NO_PIPE; 2],
+            splice_send_len: [0; 2],
+            recv_parked: [false; 2],
             flags: ResponseFlags(0),
             termination_details: "-",
             faults: Faults::default(),

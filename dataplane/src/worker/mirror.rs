@@ -102,8 +102,11 @@ impl Worker {
         let conn = &mut self.conns[slot as usize];
         conn.shadow = Shadow::connecting(address, timeout.as_millis() as u64, max_bytes);
         conn.inflight += 1;
-        self.ring
-            .socket(&address, ud::encode(Kind::ShadowSocket, slot, conn.nonce));
+        self.ring.socket(
+            &address,
+            0,
+            ud::encode(Kind::ShadowSocket, slot, conn.nonce),
+        );
     }
 
     pub(super) fn on_shadow_socket(&mut self, slot: u32, result: i32) {

@@ -31,7 +31,7 @@ use crate::plane::{Phase, Shared, Snapshot};
 use crate::relay::{Action, Actions, Dir, Event, Received, Side};
 use crate::stats::{ClusterStat, HostStat, ListenerStat, Resource, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
-use crate::sys::{BufClass, BufPoolSize, Completion, Ring, RingError};
+use crate::sys::{BufClass, BufPoolSize, Completion, Ready, Ring, RingError};
 use conn::{Conn, ConnState, NO_FD};
 use pipes::{Pipes, NO_PIPE};
 use sockets::SocketSlots;
@@ -82,7 +82,8 @@ pub enum RelayMode {
     BufferRing,
     /// `splice(socket -> pipe)`, then `splice(pipe -> socket)`: no copy through user space,
     /// but one pipe (two descriptors) per direction of every open connection, and each
-    /// splice runs on an io-wq kernel thread.
+    /// splice runs on an io-wq kernel thread (briefly: the sockets are non-blocking and a
+    /// receive is spliced only once its socket is readable).
     Splice,
 }
 
@@ -621,13 +622,24 @@ impl Worker {
     }
 
     fn arm_accept(&mut self, i: usize) {
+        let flags = self.socket_flags();
         let l = &mut self.listeners[i];
         if l.armed {
             return;
         }
         l.armed = true;
         let ud = ud::encode(Kind::Accept, i as u32, l.nonce);
-        self.ring.accept_multi(l.fd, ud);
+        self.ring.accept_multi(l.fd, flags, ud);
+    }
+
+    /// Flags for the sockets a connection relays between: `SOCK_NONBLOCK` in splice mode,
+    /// where a splice from or to a blocking socket would sleep on an io-wq thread holding the
+    /// pipe's lock (see [`Ring::splice_when_ready`]); none for the buffer-ring relay.
+    fn socket_flags(&self) -> i32 {
+        match self.limits.relay_mode {
+            RelayMode::BufferRing => 0,
+            RelayMode::Splice => libc::SOCK_NONBLOCK,
+        }
     }
 
     fn stop_accepting(&mut self, i: usize) {
@@ -1148,7 +1160,8 @@ impl Worker {
         conn.state = ConnState::Connecting;
         conn.inflight += 1;
         let ud = ud::encode(Kind::Socket, slot, conn.nonce);
-        self.ring.socket(&address, ud);
+        let flags = self.socket_flags();
+        self.ring.socket(&address, flags, ud);
     }
 
     // ---- connection completions ----
@@ -1380,6 +1393,13 @@ impl Worker {
     }
 
     fn on_recv(&mut self, slot: u32, dir: Dir, c: Completion) {
+        if c.result == -libc::EAGAIN
+            && self.limits.relay_mode == RelayMode::Splice
+            && self.conns[slot as usize].state == ConnState::Relaying
+        {
+            self.splice_recv_again(slot, dir);
+            return;
+        }
         let needs_buffer = self.limits.relay_mode == RelayMode::BufferRing;
         let received = match classify_receive(c.result, c.buffer_id(), needs_buffer) {
             Receive::Bytes { len, .. } if !needs_buffer => {
@@ -1437,22 +1457,80 @@ impl Worker {
     }
 
     fn on_sent(&mut self, slot: u32, dir: Dir, result: i32) {
+        if self.limits.relay_mode == RelayMode::Splice {
+            self.on_splice_sent(slot, dir, result);
+            return;
+        }
         let conn = &self.conns[slot as usize];
         if let Some(bid) = conn.sending[dir as usize] {
             self.conns[slot as usize].sending[dir as usize] = None;
             self.ring.send_done(bid);
         }
         let outcome = if result >= 0 {
-            if self.limits.relay_mode == RelayMode::Splice {
-                let pipe = self.conns[slot as usize].pipes[dir as usize];
-                self.pipes.drained(pipe, result as u32);
-            }
             self.count_sent(slot, dir, result as u64);
             Ok(result as u32)
         } else {
             Err(-result)
         };
         self.relay_event(slot, Event::Sent(dir, outcome));
+    }
+
+    /// Splice mode: a receive moved nothing (`EAGAIN`), which is not an error. Either its pipe
+    /// is full of bytes a send of the same direction still drains (a one-page pipe after every
+    /// receive, or slots used up by small segments): the receive starts again when that send
+    /// completes ([`Worker::on_splice_sent`]), since a poll now would fire at once and spin; or
+    /// the socket had nothing after all: wait for it again.
+    fn splice_recv_again(&mut self, slot: u32, dir: Dir) {
+        let pipe = self.conns[slot as usize].pipes[dir as usize];
+        if self.pipes.held(pipe) > 0 {
+            self.conns[slot as usize].recv_parked[dir as usize] = true;
+        } else {
+            self.submit_recv(slot, dir);
+        }
+    }
+
+    /// Splice mode: a send completed. `EAGAIN` (the sink's buffer is full; nothing moved) is
+    /// not an error: the same send starts again once the sink is writable. Bytes moved free
+    /// pipe room, so a receive parked on a full pipe starts again.
+    fn on_splice_sent(&mut self, slot: u32, dir: Dir, result: i32) {
+        let conn = &mut self.conns[slot as usize];
+        let relaying = conn.state == ConnState::Relaying;
+        if result == -libc::EAGAIN && relaying {
+            let (pipe, sink, len) = (
+                conn.pipes[dir as usize],
+                conn.fd(dir.sink()),
+                conn.splice_send_len[dir as usize],
+            );
+            conn.inflight += 2;
+            let nonce = conn.nonce;
+            let pipe_out = self
+                .pipes
+                .read_end(pipe)
+                .expect("a relaying connection has its pipes");
+            self.ring.splice_when_ready(
+                Ready::SinkWritable,
+                pipe_out,
+                sink,
+                len,
+                ud::encode(Kind::Aux, slot, nonce),
+                ud::encode(send_kind(dir), slot, nonce),
+            );
+            return;
+        }
+        let outcome = if result >= 0 {
+            let pipe = conn.pipes[dir as usize];
+            self.pipes.drained(pipe, result as u32);
+            self.count_sent(slot, dir, result as u64);
+            Ok(result as u32)
+        } else {
+            Err(-result)
+        };
+        self.relay_event(slot, Event::Sent(dir, outcome));
+        let conn = &mut self.conns[slot as usize];
+        if std::mem::take(&mut conn.recv_parked[dir as usize]) && conn.state == ConnState::Relaying
+        {
+            self.submit_recv(slot, dir);
+        }
     }
 
     /// Picks the buffer size of a direction's next receive from what this one got: a small
@@ -1529,7 +1607,8 @@ impl Worker {
         } else {
             Kind::RecvDown
         };
-        let ud = ud::encode(kind, slot, conn.nonce);
+        let nonce = conn.nonce;
+        let ud = ud::encode(kind, slot, nonce);
         // A mirrored direction receives small buffers: each is copied whole for the shadow.
         let mirrored = dir == Dir::Up && conn.shadow.state != conn::ShadowState::Off;
         if self.limits.relay_mode == RelayMode::Splice {
@@ -1537,7 +1616,17 @@ impl Worker {
                 .pipes
                 .write_end(conn.pipes[dir as usize])
                 .expect("a relaying connection has its pipes");
-            self.ring.splice(fd, pipe_in, capacity, ud);
+            // Spliced only once the socket is readable: no io-wq thread sleeps for its data
+            // (holding the pipe's lock, against the send of this direction's last bytes).
+            conn.inflight += 1;
+            self.ring.splice_when_ready(
+                Ready::SourceReadable,
+                fd,
+                pipe_in,
+                capacity,
+                ud::encode(Kind::Aux, slot, nonce),
+                ud,
+            );
         } else {
             let class = if conn.large_receives[dir as usize]
                 && !throttled
@@ -1572,19 +1661,16 @@ impl Worker {
             } => {
                 let fd = conn.fd(dir.sink());
                 conn.inflight += 1;
-                let kind = if dir == Dir::Up {
-                    Kind::SendUp
-                } else {
-                    Kind::SendDown
-                };
-                let ud = ud::encode(kind, slot, nonce);
+                let ud = ud::encode(send_kind(dir), slot, nonce);
                 if self.limits.relay_mode == RelayMode::Splice {
                     // `buf` names the direction's pipe; a pipe is read from its front, so
-                    // the offset of a resumed short splice is implicit.
+                    // the offset of a resumed short splice is implicit. Straight away: the
+                    // sink usually has room (when not, `EAGAIN`, see `on_splice_sent`).
                     let pipe_out = self
                         .pipes
                         .read_end(buf)
                         .expect("a relaying connection has its pipes");
+                    conn.splice_send_len[dir as usize] = len;
                     self.ring.splice(pipe_out, fd, len, ud);
                 } else {
                     conn.sending[dir as usize] = Some(buf);
@@ -1740,8 +1826,10 @@ impl Worker {
         conn.relay.abort(&mut released);
         let ud = ud::encode(Kind::Aux, slot, conn.nonce);
         if conn.pipes[0] != NO_PIPE {
-            // Splice mode, relay started. A receive splice belongs to its pipe, not its socket, so the cancel-by-socket
-            // below misses it; cancel it by its user data (a miss completes with ENOENT).
+            // Splice mode, relay started. A receive splice belongs to its pipe, not its
+            // socket, so the cancel-by-socket below misses it once it runs; cancel it by its
+            // user data (a miss completes with ENOENT). One still waiting for its socket is
+            // cancelled with the poll it is linked to, which the cancel-by-socket catches.
             for kind in [Kind::RecvUp, Kind::RecvDown] {
                 conn.inflight += 1;
                 self.ring.cancel(ud::encode(kind, slot, conn.nonce), ud);
@@ -1993,6 +2081,14 @@ fn classify_receive(result: i32, buffer: Option<u16>, needs_buffer: bool) -> Rec
         e if -e == libc::ENOBUFS => Receive::Other(Received::NoBuffer),
         // ECANCELED included: cancelled by a teardown, when the relay was already stopped.
         e => Receive::Other(Received::Error(-e)),
+    }
+}
+
+/// The kind of a send on `dir`.
+fn send_kind(dir: Dir) -> Kind {
+    match dir {
+        Dir::Up => Kind::SendUp,
+        Dir::Down => Kind::SendDown,
     }
 }
 

@@ -112,6 +112,11 @@ impl Pipes {
         }
     }
 
+    /// Bytes spliced into pipe `id` and not yet out (counted from the completions).
+    pub(crate) fn held(&self, id: BufId) -> u64 {
+        self.slots.get(usize::from(id)).map_or(0, |s| s.held)
+    }
+
     /// The write end of pipe `id` and how many bytes a splice into it may move.
     pub(crate) fn write_end(&self, id: BufId) -> Option<(RawFd, u32)> {
         let p = self.slots.get(usize::from(id))?.pipe.as_ref()?;
