@@ -3,8 +3,10 @@
 //! the backend's writes stall (the proxy stopped reading upstream); afterwards every byte arrives
 //! intact.
 //!
-//! Run against real Envoy with `SWITCHYARD_TEST_PROXY=envoy`.
+//! Runs in both relay modes (`buffer_ring::*`, `splice::*`). Run against real Envoy with
+//! `SWITCHYARD_TEST_PROXY=envoy` (the splice variant then skips: Envoy has no relay mode).
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -16,8 +18,9 @@ const SEED: u64 = 0x51_0e;
 /// Allowed RSS growth during the stall.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
 
-#[test]
-fn slow_reader_bounded_memory_then_byte_exact() {
+in_both_relay_modes!(slow_reader_bounded_memory_then_byte_exact);
+
+fn slow_reader_bounded_memory_then_byte_exact(mode: RelayMode) {
     let be = Backend::source(TOTAL, SEED);
     let admin = free_port();
     let port = free_port();
@@ -26,7 +29,7 @@ fn slow_reader_bounded_memory_then_byte_exact() {
         &tcp_listener("slow", port, "slow", "slow"),
         &static_cluster("slow", &[(be.addr, 1)]),
     );
-    let Some(proxy) = start_selected(&yaml) else {
+    let Some(proxy) = start_selected_mode(&yaml, mode, &[]) else {
         return;
     };
     let addr = local(port);

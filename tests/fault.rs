@@ -7,10 +7,12 @@
 //!   and the delayed ones wait at least the delay;
 //! * abort after 4,096 client bytes: the client is reset and the backend got fewer bytes;
 //! * throttling each direction: measured rates within 10% of the set bytes per second;
+//! * those two in both relay modes (`buffer_ring::*`, `splice::*`);
 //! * a reload (SIGHUP) turns a fault on for new connections without a restart.
 //!
 //! No other proxy has these faults at L4: Switchyard only.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -45,13 +47,31 @@ fn config_n(admin: u16, port: u16, backends: &[SocketAddr], fault: &str) -> Stri
 }
 
 fn start(yaml: &str) -> Option<Proxy> {
+    start_in(yaml, RelayMode::BufferRing)
+}
+
+/// Two workers in relay mode `mode` (the throttle and the abort act on the relay's receives).
+fn start_in(yaml: &str, mode: RelayMode) -> Option<Proxy> {
     let kind = selected_proxy();
     if kind == ProxyKind::Envoy {
         skip_unsupported(kind, "L4 fault injection (a Switchyard extension)");
         return None;
     }
-    start_selected_with(yaml, 2)
+    let opts = ProxyOpts {
+        concurrency: 2,
+        ..ProxyOpts::default()
+    };
+    let opts = relay_mode_opts(kind, mode, opts)?;
+    if !require(proxy_available(kind), kind.name()) {
+        return None;
+    }
+    Some(Proxy::start_with(kind, yaml, opts))
 }
+
+in_both_relay_modes!(
+    abort_after_bytes_resets_before_the_allowance_reaches_the_backend,
+    throttle_holds_each_direction_to_its_rate,
+);
 
 /// What one connection saw: the tag line arrived (and when), or the connection failed.
 #[derive(Debug)]
@@ -171,12 +191,13 @@ fn connect_delay_hits_its_share_and_lasts_its_time() {
     );
 }
 
-#[test]
-fn abort_after_bytes_resets_before_the_allowance_reaches_the_backend() {
+fn abort_after_bytes_resets_before_the_allowance_reaches_the_backend(mode: RelayMode) {
     let backend = Backend::sink();
     let (admin, port) = (free_port(), free_port());
     let yaml = config(admin, port, backend.addr, "abort: { after_bytes: 4096 }");
-    let Some(p) = start(&yaml) else { return };
+    let Some(p) = start_in(&yaml, mode) else {
+        return;
+    };
     for round in 0..5 {
         let mut s = connect(local(port)).expect("connect");
         let chunk = [7u8; 1024];
@@ -223,8 +244,7 @@ fn send_all(port: u16, total: u64) {
     let _ = s.shutdown(Shutdown::Write);
 }
 
-#[test]
-fn throttle_holds_each_direction_to_its_rate() {
+fn throttle_holds_each_direction_to_its_rate(mode: RelayMode) {
     const UP: u64 = 512 * 1024;
     const DOWN: u64 = 1024 * 1024;
     // Upstream: the sink's received bytes over the time it took.
@@ -233,7 +253,7 @@ fn throttle_holds_each_direction_to_its_rate() {
     let body = format!(
         "throttle: {{ upstream_bytes_per_second: {UP}, downstream_bytes_per_second: {DOWN} }}"
     );
-    let Some(p) = start(&config(admin, port, sink.addr, &body)) else {
+    let Some(p) = start_in(&config(admin, port, sink.addr, &body), mode) else {
         return;
     };
     // Three seconds' worth at the set rate: the sink's bytes over the time they took.
@@ -257,7 +277,7 @@ fn throttle_holds_each_direction_to_its_rate() {
     let total = 3 * DOWN;
     let source = Backend::source(total, 9);
     let (admin, port) = (free_port(), free_port());
-    let Some(_p) = start(&config(admin, port, source.addr, &body)) else {
+    let Some(_p) = start_in(&config(admin, port, source.addr, &body), mode) else {
         return;
     };
     let mut s = connect(local(port)).expect("connect");

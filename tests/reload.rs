@@ -9,6 +9,7 @@
 //! Envoy cannot do this (a static bootstrap changes only through hot restart or xDS), so against
 //! Envoy the test is skipped with that reason.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -66,8 +67,10 @@ fn live_connection(
     })
 }
 
-#[test]
-fn reload_keeps_live_connections_and_routes_new_ones() {
+// Established flows outlive a reload the same way in either relay mode.
+in_both_relay_modes!(reload_keeps_live_connections_and_routes_new_ones);
+
+fn reload_keeps_live_connections_and_routes_new_ones(mode: RelayMode) {
     let kind = selected_proxy();
     if kind == ProxyKind::Envoy {
         skip_unsupported(
@@ -84,7 +87,10 @@ fn reload_keeps_live_connections_and_routes_new_ones() {
     let admin = free_port();
     let port = free_port();
     let addr = local(port);
-    let proxy = Proxy::start(&config(admin, port, old.addr));
+    let Some(opts) = relay_mode_opts(kind, mode, ProxyOpts::default()) else {
+        return;
+    };
+    let proxy = Proxy::start_with(kind, &config(admin, port, old.addr), opts);
 
     let stop = Arc::new(AtomicBool::new(false));
     let live: Vec<_> = (0..5)

@@ -7,6 +7,7 @@
 //! accepting, keep existing connections) + `POST /healthcheck/fail`, then SIGTERM once the active
 //! connection has finished. That checks the client-side expectations of the test itself.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -17,9 +18,21 @@ use std::time::{Duration, Instant};
 
 const DRAIN_S: u32 = 5;
 
-#[test]
-fn sigterm_drains_active_connection_then_exits_zero() {
+// An established flow drains the same way in either relay mode.
+in_both_relay_modes!(sigterm_drains_active_connection_then_exits_zero);
+
+fn sigterm_drains_active_connection_then_exits_zero(mode: RelayMode) {
     let kind = selected_proxy();
+    let Some(opts) = relay_mode_opts(
+        kind,
+        mode,
+        ProxyOpts {
+            drain_time_s: Some(DRAIN_S),
+            ..ProxyOpts::default()
+        },
+    ) else {
+        return;
+    };
     if !proxy_available(kind) {
         return;
     }
@@ -31,14 +44,7 @@ fn sigterm_drains_active_connection_then_exits_zero() {
         &tcp_listener("drain", port, "drain", "drain"),
         &static_cluster("drain", &[(be.addr, 1)]),
     );
-    let mut proxy = Proxy::start_with(
-        kind,
-        &yaml,
-        ProxyOpts {
-            drain_time_s: Some(DRAIN_S),
-            ..ProxyOpts::default()
-        },
-    );
+    let mut proxy = Proxy::start_with(kind, &yaml, opts);
     let addr = local(port);
 
     // An active connection, proven to work.
