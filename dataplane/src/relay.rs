@@ -67,8 +67,16 @@ impl Dir {
     }
 }
 
-/// Identifies a provided buffer (the buffer ring's buffer id).
-pub type BufId = u16;
+/// What holds bytes received and not yet sent: a provided buffer of the worker's ring, or
+/// the direction's pipe (splice mode). The relay only passes it along; the worker hands each
+/// kind to what owns it, so a pipe's id can never be taken for a ring buffer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufId {
+    /// A provided buffer, as the ring handed it over.
+    Ring(crate::sys::RingBuf),
+    /// A pipe of the worker's pipe pool, by its index.
+    Pipe(u16),
+}
 
 /// What a receive completed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,6 +45,14 @@ enum Op {
     Shutdown(Dir),
 }
 
+/// The simulator's buffers are numbered like pipes: the relay does not care which kind.
+fn index(buf: BufId) -> usize {
+    match buf {
+        BufId::Pipe(i) => usize::from(i),
+        BufId::Ring(_) => unreachable!("the simulator hands out no ring buffers"),
+    }
+}
+
 struct Sim {
     rng: Rng,
     relay: Relay,
@@ -84,7 +92,7 @@ impl Sim {
             sink_shut: [false; 2],
             sink_fail_after: [None; 2],
             buffers: vec![[0u8; BUF_SIZE]; bufs],
-            free: (0..bufs as u16).collect(),
+            free: (0..bufs as u16).map(BufId::Pipe).collect(),
             inflight: Vec::new(),
             resets: Vec::new(),
             closes: 0,
@@ -154,7 +162,7 @@ impl Sim {
                     return Event::Recv(dir, Received::NoBuffer);
                 };
                 let n = 1 + self.rng.below(left.min(BUF_SIZE) as u64) as usize;
-                self.buffers[buf as usize][..n].copy_from_slice(&src.data[src.read..src.read + n]);
+                self.buffers[index(buf)][..n].copy_from_slice(&src.data[src.read..src.read + n]);
                 src.read += n;
                 Event::Recv(dir, Received::Data { buf, len: n as u32 })
             }
@@ -173,7 +181,7 @@ impl Sim {
                 }
                 let n = 1 + self.rng.below(u64::from(len)) as usize;
                 let start = offset as usize;
-                self.sinks[d].extend_from_slice(&self.buffers[buf as usize][start..start + n]);
+                self.sinks[d].extend_from_slice(&self.buffers[index(buf)][start..start + n]);
                 Event::Sent(dir, Ok(n as u32))
             }
             Op::Shutdown(dir) => {
@@ -282,7 +290,13 @@ fn half_close_keeps_the_other_direction_open() {
     assert!(out.is_empty());
     assert!(!r.is_done());
     r.on_event(
-        Event::Recv(Dir::Down, Received::Data { buf: 3, len: 10 }),
+        Event::Recv(
+            Dir::Down,
+            Received::Data {
+                buf: BufId::Pipe(3),
+                len: 10,
+            },
+        ),
         &mut out,
     );
     // The next receive overlaps the send.
@@ -291,7 +305,7 @@ fn half_close_keeps_the_other_direction_open() {
         vec![
             Action::Send {
                 dir: Dir::Down,
-                buf: 3,
+                buf: BufId::Pipe(3),
                 offset: 0,
                 len: 10
             },
@@ -306,7 +320,7 @@ fn half_close_keeps_the_other_direction_open() {
             Action::Paused(Dir::Down),
             Action::Send {
                 dir: Dir::Down,
-                buf: 3,
+                buf: BufId::Pipe(3),
                 offset: 4,
                 len: 6
             }
@@ -316,7 +330,7 @@ fn half_close_keeps_the_other_direction_open() {
     r.on_event(Event::Sent(Dir::Down, Ok(6)), &mut out);
     assert_eq!(
         out.iter().collect::<Vec<_>>(),
-        vec![Action::Recycle(3), Action::Resumed(Dir::Down)]
+        vec![Action::Recycle(BufId::Pipe(3)), Action::Resumed(Dir::Down)]
     );
     out.clear();
     r.on_event(Event::Recv(Dir::Down, Received::Eof), &mut out);
@@ -334,23 +348,45 @@ fn abort_keeps_buffers_in_flight_accounted() {
     let mut out = Actions::default();
     r.start(&mut out);
     r.on_event(
-        Event::Recv(Dir::Up, Received::Data { buf: 1, len: 5 }),
+        Event::Recv(
+            Dir::Up,
+            Received::Data {
+                buf: BufId::Pipe(1),
+                len: 5,
+            },
+        ),
         &mut out,
     );
     // A second buffer queues behind the send in flight.
     r.on_event(
-        Event::Recv(Dir::Up, Received::Data { buf: 4, len: 5 }),
+        Event::Recv(
+            Dir::Up,
+            Received::Data {
+                buf: BufId::Pipe(4),
+                len: 5,
+            },
+        ),
         &mut out,
     );
     out.clear();
     r.abort(&mut out);
     r.on_event(Event::Sent(Dir::Up, Ok(5)), &mut out);
     r.on_event(
-        Event::Recv(Dir::Down, Received::Data { buf: 2, len: 5 }),
+        Event::Recv(
+            Dir::Down,
+            Received::Data {
+                buf: BufId::Pipe(2),
+                len: 5,
+            },
+        ),
         &mut out,
     );
     assert_eq!(
         out.iter().collect::<Vec<_>>(),
-        vec![Action::Recycle(4), Action::Recycle(1), Action::Recycle(2)]
+        vec![
+            Action::Recycle(BufId::Pipe(4)),
+            Action::Recycle(BufId::Pipe(1)),
+            Action::Recycle(BufId::Pipe(2))
+        ]
     );
 }

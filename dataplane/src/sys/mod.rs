@@ -9,4 +9,4 @@
 pub(crate) mod net;
 pub(crate) mod uring;
 
-pub(crate) use uring::{BufClass, BufPoolSize, Completion, Ready, Ring, RingError};
+pub(crate) use uring::{BufClass, BufPoolSize, Completion, Ready, Ring, RingBuf, RingError};

@@ -103,6 +103,27 @@ pub(crate) enum BufClass {
     Datagram,
 }
 
+/// A provided buffer the worker holds, by its worker-wide id. Only the ring makes one (when a
+/// receive hands the buffer over, or when a send's completion names it), so nothing else —
+/// a pipe's id, a number from elsewhere — can be passed where the ring expects a buffer; and
+/// every use is checked against the buffer's state, so a stale copy panics instead of
+/// touching a buffer another connection holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingBuf(u16);
+
+impl std::fmt::Display for RingBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl RingBuf {
+    /// The id as a number (to carry in `user_data`; [`Ring::buffer_in_send`] turns it back).
+    pub fn raw(self) -> u16 {
+        self.0
+    }
+}
+
 /// Bit set in a worker-wide buffer id for a buffer of the large pool; the rest is the
 /// buffer's index in its pool.
 const LARGE_BIT: u16 = 0x8000;
@@ -596,7 +617,8 @@ impl Ring {
     /// The datagram a [`Ring::recvmsg_multi`] completion put in buffer `id` (`len`: the
     /// completion's result): its source, and where its payload lies in the buffer. `None`
     /// when the buffer does not hold a well-formed record or the source is not IPv4/IPv6.
-    pub fn datagram(&self, id: u16, len: u32) -> Option<Datagram> {
+    pub fn datagram(&self, id: RingBuf, len: u32) -> Option<Datagram> {
+        let id = id.0;
         if id & DATAGRAM_BIT == 0 {
             return None;
         }
@@ -632,15 +654,18 @@ impl Ring {
     pub fn send_to(
         &mut self,
         fd: RawFd,
-        id: u16,
+        id: RingBuf,
         offset: u32,
         len: u32,
         dest: SocketAddr,
         user_data: u64,
     ) {
-        assert!(id & DATAGRAM_BIT != 0, "send_to from a non-datagram buffer");
+        assert!(
+            id.0 & DATAGRAM_BIT != 0,
+            "send_to from a non-datagram buffer"
+        );
         let ptr = self.start_send(id, offset, len);
-        let bid = usize::from(id & !DATAGRAM_BIT);
+        let bid = usize::from(id.0 & !DATAGRAM_BIT);
         self.datagram_dests[bid] = SockAddr::from(dest);
         let sa = &self.datagram_dests[bid];
         let e = opcode::Send::new(types::Fd(fd), ptr, len)
@@ -655,7 +680,8 @@ impl Ring {
     }
 
     /// The pool and index a worker-wide buffer id names.
-    fn pool_of(&mut self, id: u16) -> (&mut BufPool, u16) {
+    fn pool_of(&mut self, id: RingBuf) -> (&mut BufPool, u16) {
+        let id = id.0;
         if id & LARGE_BIT != 0 {
             (&mut self.bufs[BufClass::Large as usize], id & !LARGE_BIT)
         } else if id & DATAGRAM_BIT != 0 {
@@ -670,7 +696,7 @@ impl Ring {
 
     /// Marks buffer `bid` of pool `class`, just returned by a receive, as held by the
     /// worker; returns its worker-wide id (what `send` and `recycle` take).
-    pub fn buffer_received(&mut self, class: BufClass, bid: u16) -> u16 {
+    pub fn buffer_received(&mut self, class: BufClass, bid: u16) -> RingBuf {
         let pool = &mut self.bufs[class as usize];
         let s = &mut pool.state[usize::from(bid)];
         assert_eq!(*s, BUF_KERNEL, "buffer {bid} received twice");
@@ -681,11 +707,19 @@ impl Ring {
             pool.add(spare);
             pool.publish();
         }
-        match class {
+        RingBuf(match class {
             BufClass::Small => bid,
             BufClass::Large => bid | LARGE_BIT,
             BufClass::Datagram => bid | DATAGRAM_BIT,
-        }
+        })
+    }
+
+    /// The buffer whose id is `raw` ([`RingBuf::raw`]), when it is in a send (the buffer a
+    /// send's completion names); `None` for a number that names no buffer in a send.
+    pub fn buffer_in_send(&mut self, raw: u16) -> Option<RingBuf> {
+        let id = RingBuf(raw);
+        let (pool, bid) = self.pool_of(id);
+        (pool.state.get(usize::from(bid)) == Some(&BUF_SENDING)).then_some(id)
     }
 
     /// Size of the buffers of pool `class` (0 for a disabled pool).
@@ -699,7 +733,7 @@ impl Ring {
     }
 
     /// Sends `len` bytes at `offset` of buffer `id`.
-    pub fn send(&mut self, fd: RawFd, id: u16, offset: u32, len: u32, user_data: u64) {
+    pub fn send(&mut self, fd: RawFd, id: RingBuf, offset: u32, len: u32, user_data: u64) {
         let ptr = self.start_send(id, offset, len);
         // SAFETY: the buffer is in state SENDING, so it cannot be recycled (and rewritten by
         // the kernel) until `send_done`; the pool outlives every operation.
@@ -707,7 +741,7 @@ impl Ring {
     }
 
     /// Moves buffer `id` into a send of `len` bytes at `offset`; returns where they start.
-    fn start_send(&mut self, id: u16, offset: u32, len: u32) -> *const u8 {
+    fn start_send(&mut self, id: RingBuf, offset: u32, len: u32) -> *const u8 {
         let (pool, bid) = self.pool_of(id);
         let state = &mut pool.state[usize::from(bid)];
         assert_eq!(
@@ -740,7 +774,7 @@ impl Ring {
     }
 
     /// A send from buffer `id` completed.
-    pub fn send_done(&mut self, id: u16) {
+    pub fn send_done(&mut self, id: RingBuf) {
         let (pool, bid) = self.pool_of(id);
         let s = &mut pool.state[usize::from(bid)];
         assert_eq!(*s, BUF_SENDING, "send_done on buffer {id} not in a send");
@@ -753,7 +787,7 @@ impl Ring {
     }
 
     /// Hands buffer `id` back to the kernel.
-    pub fn recycle(&mut self, id: u16) {
+    pub fn recycle(&mut self, id: RingBuf) {
         let (pool, bid) = self.pool_of(id);
         assert_eq!(
             pool.state[usize::from(bid)],
@@ -1014,7 +1048,7 @@ impl Ring {
 
     /// Copies the first `len` bytes of held buffer `buf` into copy chunk `copy`; returns
     /// how many fitted (the chunk is as large as a small buffer).
-    pub fn copy_from_buffer(&mut self, copy: u16, buf: u16, len: u32) -> u32 {
+    pub fn copy_from_buffer(&mut self, copy: u16, buf: RingBuf, len: u32) -> u32 {
         let chunk = self.copies.chunk;
         let (pool, bid) = self.pool_of(buf);
         let state = pool.state[usize::from(bid)];
@@ -1438,6 +1472,16 @@ mod tests {
         let peer_b = b.accept().expect("b accepted").1;
         assert_eq!(peer_a, s1.local_addr().unwrap().as_socket().unwrap());
         assert_eq!(peer_b, s2.local_addr().unwrap().as_socket().unwrap());
+    }
+
+    #[test]
+    fn a_number_is_a_buffer_only_while_that_buffer_is_in_a_send() {
+        // What a UDP send completion carries back is a number; the ring turns it into a
+        // buffer only when that buffer is in a send, never one the kernel or the worker holds.
+        let mut ring = small_ring(8);
+        assert_eq!(ring.buffer_in_send(0), None, "buffer 0 is the kernel's");
+        assert_eq!(ring.buffer_in_send(7), None);
+        assert_eq!(ring.buffer_in_send(u16::MAX), None, "no such buffer");
     }
 
     #[test]

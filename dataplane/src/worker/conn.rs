@@ -2,8 +2,9 @@
 
 use crate::accesslog::ResponseFlags;
 use crate::fib::ClusterId;
-use crate::relay::{BufId, Relay, Side};
+use crate::relay::{Relay, Side};
 use crate::sys::BufClass;
+use crate::sys::RingBuf;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
@@ -72,13 +73,13 @@ pub(crate) struct Conn {
     pub upstream: Option<SocketAddr>,
     pub relay: Relay,
     /// The buffer each direction is sending from, if any.
-    pub sending: [Option<BufId>; 2],
+    pub sending: [Option<RingBuf>; 2],
     /// Per direction: the pool its armed receive draws from.
     pub recv_class: [BufClass; 2],
     /// Per direction: whether its next receive should use a large buffer.
     pub large_receives: [bool; 2],
     /// Splice mode: the pipe of each direction ([`super::pipes::NO_PIPE`] when none).
-    pub pipes: [BufId; 2],
+    pub pipes: [super::pipes::BufId; 2],
     /// Splice mode: bytes of each direction's send in flight (re-issued as they are when the
     /// splice finds the sink full, `EAGAIN`).
     pub splice_send_len: [u32; 2],

@@ -32,7 +32,7 @@ use super::ud::{self, Kind};
 use super::{RelayMode, Worker, NO_FD};
 use crate::lb::Pick;
 use crate::stats::{MirrorStat, MirrorStats};
-use crate::sys::BufClass;
+use crate::sys::{BufClass, RingBuf};
 use std::time::Duration;
 
 /// How long a shadow may keep draining its queue after the primary closed.
@@ -165,7 +165,7 @@ impl Worker {
 
     /// The relay sends `len` bytes of buffer `buf` upstream for the first time: a copy goes
     /// to the shadow's queue, or the shadow is given up.
-    pub(super) fn mirror_send(&mut self, slot: u32, buf: u16, len: u32) {
+    pub(super) fn mirror_send(&mut self, slot: u32, buf: RingBuf, len: u32) {
         let shadow = &self.conns[slot as usize].shadow;
         if !matches!(shadow.state, ShadowState::Connecting | ShadowState::Open) || shadow.eof {
             return;

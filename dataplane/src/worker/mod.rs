@@ -28,7 +28,7 @@ use crate::fib::{Fib, Listener, Route};
 use crate::hash_lb;
 use crate::lb::{mix_seed, Pick, Rng, WorkerLb};
 use crate::plane::{Phase, Shared, Snapshot};
-use crate::relay::{Action, Actions, Dir, Event, Received, Side};
+use crate::relay::{Action, Actions, BufId, Dir, Event, Received, Side};
 use crate::stats::{ClusterStat, HostStat, ListenerStat, Resource, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
 use crate::sys::{BufClass, BufPoolSize, Completion, Ready, Ring, RingError};
@@ -1409,7 +1409,10 @@ impl Worker {
                 if self.charge_faults(slot, dir, u64::from(len)) {
                     return;
                 }
-                Received::Data { buf: pipe, len }
+                Received::Data {
+                    buf: BufId::Pipe(pipe),
+                    len,
+                }
             }
             Receive::Bytes { len, buffer } => {
                 let bid = buffer.expect("classify_receive gives buffer-ring bytes a buffer");
@@ -1428,7 +1431,10 @@ impl Worker {
                     self.feed_starved();
                     return;
                 }
-                Received::Data { buf, len }
+                Received::Data {
+                    buf: BufId::Ring(buf),
+                    len,
+                }
             }
             Receive::Other(received) => {
                 if received == Received::Error(libc::EIO) && c.result > 0 {
@@ -1662,23 +1668,26 @@ impl Worker {
                 let fd = conn.fd(dir.sink());
                 conn.inflight += 1;
                 let ud = ud::encode(send_kind(dir), slot, nonce);
-                if self.limits.relay_mode == RelayMode::Splice {
-                    // `buf` names the direction's pipe; a pipe is read from its front, so
-                    // the offset of a resumed short splice is implicit. Straight away: the
-                    // sink usually has room (when not, `EAGAIN`, see `on_splice_sent`).
-                    let pipe_out = self
-                        .pipes
-                        .read_end(buf)
-                        .expect("a relaying connection has its pipes");
-                    conn.splice_send_len[dir as usize] = len;
-                    self.ring.splice(pipe_out, fd, len, ud);
-                } else {
-                    conn.sending[dir as usize] = Some(buf);
-                    self.ring.send(fd, buf, offset, len, ud);
-                    if dir == Dir::Up && offset == 0 && conn.shadow.state != conn::ShadowState::Off
-                    {
-                        // First send of these bytes: the shadow gets a copy.
-                        self.mirror_send(slot, buf, len);
+                match buf {
+                    BufId::Pipe(pipe) => {
+                        // A pipe is read from its front, so the offset of a resumed short
+                        // splice is implicit. Straight away: the sink usually has room
+                        // (when not, `EAGAIN`, see `on_splice_sent`).
+                        let pipe_out = self
+                            .pipes
+                            .read_end(pipe)
+                            .expect("a relaying connection has its pipes");
+                        conn.splice_send_len[dir as usize] = len;
+                        self.ring.splice(pipe_out, fd, len, ud);
+                    }
+                    BufId::Ring(buf) => {
+                        conn.sending[dir as usize] = Some(buf);
+                        self.ring.send(fd, buf, offset, len, ud);
+                        let mirrored = conn.shadow.state != conn::ShadowState::Off;
+                        if dir == Dir::Up && offset == 0 && mirrored {
+                            // First send of these bytes: the shadow gets a copy.
+                            self.mirror_send(slot, buf, len);
+                        }
                     }
                 }
             }
@@ -1697,12 +1706,11 @@ impl Worker {
                 self.ring
                     .shutdown(fd, libc::SHUT_WR, ud::encode(kind, slot, nonce));
             }
-            Action::Recycle(buf) => {
-                // A pipe stays with its connection until the connection closes.
-                if self.limits.relay_mode == RelayMode::BufferRing {
-                    self.ring.recycle(buf);
-                    self.feed_starved();
-                }
+            // A pipe stays with its connection until the connection closes.
+            Action::Recycle(BufId::Pipe(_)) => {}
+            Action::Recycle(BufId::Ring(buf)) => {
+                self.ring.recycle(buf);
+                self.feed_starved();
             }
             Action::Reset { failed, errno } => {
                 tracing::debug!(worker = self.id, ?failed, errno, "connection reset");

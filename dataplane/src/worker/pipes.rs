@@ -2,12 +2,13 @@
 //!
 //! Each direction of a connection owns one pipe while the connection lives: a receive is
 //! `splice(source socket -> pipe)`, a send is `splice(pipe -> sink socket)`. The relay names a
-//! pipe with its [`BufId`]. Pipes are created lazily (only when the free list is empty, so in
+//! pipe with `relay::BufId::Pipe` and its index here. Pipes are created lazily (only when the free list is empty, so in
 //! steady state the worker makes no system call for them) and reused: a pipe that is empty
 //! when its connection closes goes back to the free list; one that may still hold bytes (a
 //! reset stopped a send half-way) is closed, so no stale byte ever reaches another connection.
 
-use crate::relay::BufId;
+/// A pipe's index in the worker's pool (the relay carries it as `BufId::Pipe`).
+pub(crate) type BufId = u16;
 use crate::sys::net::Pipe;
 use std::io;
 use std::os::fd::RawFd;

@@ -47,7 +47,7 @@ use crate::stats::{
 };
 use crate::sys::net;
 use crate::sys::uring::Datagram;
-use crate::sys::{BufClass, Completion};
+use crate::sys::{BufClass, Completion, RingBuf};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -329,7 +329,7 @@ impl Worker {
     /// A client's datagram, in buffer `id`: to its session's endpoint, opening the session
     /// if it is the source's first (or if its endpoint turned unhealthy since: Envoy moves
     /// such a session to another endpoint).
-    fn udp_from_client(&mut self, listener_slot: u32, fib_index: usize, id: u16, d: Datagram) {
+    fn udp_from_client(&mut self, listener_slot: u32, fib_index: usize, id: RingBuf, d: Datagram) {
         let existing = self.udp.by_source.get(&(listener_slot, d.source)).copied();
         if let Some(slot) = existing.filter(|&slot| self.udp_endpoint_turned_unhealthy(slot)) {
             self.close_udp_session(slot);
@@ -358,7 +358,7 @@ impl Worker {
             id,
             d.offset,
             d.len,
-            ud::encode(Kind::UdpSendUp, slot, u32::from(id)),
+            ud::encode(Kind::UdpSendUp, slot, u32::from(id.raw())),
         );
     }
 
@@ -626,7 +626,7 @@ impl Worker {
 
     /// An endpoint's datagram of `len` bytes in buffer `id`: to the session's client, from
     /// the listener's socket.
-    fn udp_to_client(&mut self, slot: u32, id: u16, len: u32) {
+    fn udp_to_client(&mut self, slot: u32, id: RingBuf, len: u32) {
         let now = self.now_ms;
         let s = &mut self.udp.sessions[slot as usize];
         let listener = self
@@ -656,13 +656,20 @@ impl Worker {
             0,
             len,
             source,
-            ud::encode(Kind::UdpSendDown, slot, u32::from(id)),
+            ud::encode(Kind::UdpSendDown, slot, u32::from(id.raw())),
         );
     }
 
     /// A datagram's send completed: its buffer goes back to the kernel.
     pub(super) fn on_udp_sent(&mut self, kind: Kind, slot: u32, buffer: u32, c: Completion) {
-        let id = buffer as u16;
+        // The nonce carries the buffer's id: the ring gives it back only if it is in a send.
+        let Some(id) = self.ring.buffer_in_send(buffer as u16) else {
+            debug_assert!(
+                false,
+                "UDP send completion for buffer {buffer} not in a send"
+            );
+            return;
+        };
         self.ring.send_done(id);
         self.ring.recycle(id);
         let worker = self.id;
