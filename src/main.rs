@@ -9,6 +9,7 @@ use switchyard_control::controller::{self, RunOptions};
 use switchyard_dataplane::worker::{Limits, RelayMode};
 
 mod demo;
+mod flags;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,35 +29,43 @@ enum Command {
         /// The bootstrap file. SIGHUP, or a change of its contents, reloads it.
         #[arg(short = 'c', long = "config-path", alias = "config")]
         config: PathBuf,
-        /// Workers (one per core, pinned); default: one per CPU this process may use.
-        #[arg(long)]
-        concurrency: Option<usize>,
+        /// Workers (one per core, pinned), 1 to 1024; default: one per CPU this process may
+        /// use.
+        #[arg(long, allow_negative_numbers = true,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(flags::MAX_CONCURRENCY)))]
+        concurrency: Option<u32>,
         /// Log level: trace, debug, info, warn, error (or a tracing filter).
         #[arg(short = 'l', long, default_value = "info")]
         log_level: String,
-        /// Seconds open connections may finish after SIGTERM/SIGINT before they are closed.
-        #[arg(long, default_value_t = 5.0)]
-        drain_time_s: f64,
-        /// Connection slots per worker.
-        #[arg(long, default_value_t = Limits::default().max_connections_per_worker)]
-        max_connections_per_worker: usize,
+        /// Seconds open connections may finish after SIGTERM/SIGINT before they are closed
+        /// (0 to 4294967295, fractions allowed).
+        #[arg(long = "drain-time-s", value_name = "SECONDS", default_value = "5",
+              allow_hyphen_values = true,
+              value_parser = flags::drain_time)]
+        drain_time: Duration,
+        /// Connection slots per worker (1 to 1048576).
+        #[arg(long, allow_negative_numbers = true,
+              default_value_t = Limits::default().max_connections_per_worker as u32,
+              value_parser = clap::value_parser!(u32)
+                  .range(1..=i64::from(flags::MAX_CONNECTIONS_PER_WORKER)))]
+        max_connections_per_worker: u32,
         /// How workers relay bytes: buffer-ring (recv into provided buffers, then send) or
         /// splice (socket -> pipe -> socket; two more descriptors per direction).
         #[arg(long, default_value_t = RelayMode::default(), value_parser = parse_relay_mode)]
         relay_mode: RelayMode,
         /// Size of each relay buffer (buffer-ring) or pipe (splice), in KiB (4 to 4096).
         #[arg(long, default_value_t = Limits::default().buffer_size_bytes / 1024,
-              value_parser = clap::value_parser!(u32).range(4..=4096))]
+              allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(4..=4096))]
         buffer_size_kib: u32,
         /// Size of the large relay buffers a bulk direction moves to, in KiB (0 disables
         /// them, else up to 16384; buffer-ring mode only).
         #[arg(long, default_value_t = Limits::default().large_buffer_size_bytes / 1024,
-              value_parser = clap::value_parser!(u32).range(0..=16384))]
+              allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(0..=16384))]
         large_buffer_size_kib: u32,
         /// UDP sessions per worker (a datagram from a new source beyond this is dropped and
         /// counted in udp.<prefix>.downstream_sess_table_full).
         #[arg(long, default_value_t = Limits::default().udp_sessions_per_worker as u32,
-              value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+              allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
         udp_sessions_per_worker: u32,
         /// Overrides the bootstrap's `node.id` (as Envoy's --service-node).
         #[arg(long)]
@@ -83,8 +92,9 @@ enum Command {
     /// Start echo backends, the gateway with an embedded config, drive traffic through it and
     /// print a results table.
     Demo {
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 3)]
+        /// Seconds per measurement (1 to 86400).
+        #[arg(long, default_value_t = 3, allow_negative_numbers = true,
+              value_parser = clap::value_parser!(u64).range(1..=flags::MAX_DEMO_DURATION_S))]
         duration_s: u64,
     },
 }
@@ -207,7 +217,7 @@ fn main() -> ExitCode {
             config,
             concurrency,
             log_level,
-            drain_time_s,
+            drain_time,
             max_connections_per_worker,
             relay_mode,
             buffer_size_kib,
@@ -219,7 +229,7 @@ fn main() -> ExitCode {
         } => {
             init_logging(&log_level);
             let limits = Limits {
-                max_connections_per_worker,
+                max_connections_per_worker: max_connections_per_worker as usize,
                 relay_mode,
                 buffer_size_bytes: buffer_size_kib * 1024,
                 large_buffer_size_bytes: large_buffer_size_kib * 1024,
@@ -228,8 +238,8 @@ fn main() -> ExitCode {
             };
             let options = RunOptions {
                 config_path: config,
-                concurrency,
-                drain_time: Duration::from_secs_f64(drain_time_s.max(0.0)),
+                concurrency: concurrency.map(|n| n as usize),
+                drain_time,
                 limits,
                 command_line: std::env::args().collect(),
                 service_node,
@@ -257,7 +267,7 @@ fn main() -> ExitCode {
         Command::Capture { action } => capture(action),
         Command::Demo { duration_s } => {
             init_logging("warn");
-            match demo::run(Duration::from_secs(duration_s.max(1))) {
+            match demo::run(Duration::from_secs(duration_s)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard demo: {e}");

@@ -4,6 +4,8 @@
 //!   command must exit non-zero within a few seconds and name that path on stderr, without a
 //!   panic.
 //! * `control/tests/configs/valid/*.yaml` and `examples/*.yaml`: exit 0.
+//! * `switchyard run`/`demo` numeric flags: inf, NaN, negative and out-of-range values are
+//!   refused naming the flag.
 //!
 //! Switchyard only (Envoy's `--mode validate` has other output); skipped when
 //! `SWITCHYARD_TEST_PROXY=envoy`.
@@ -32,8 +34,13 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Runs `cmd` with piped output, killing it after `limit`.
+/// Runs `cmd` with piped output, killing it after `limit` (a panic).
 fn output_within(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
+    try_output_within(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `cmd` with piped output; `Err` when it had to be killed after `limit`.
+fn try_output_within(cmd: &mut Command, limit: Duration) -> Result<(Output, Duration), String> {
     let t0 = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -62,7 +69,7 @@ fn output_within(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{cmd:?} did not finish in {limit:?}");
+            return Err(format!("{cmd:?} did not finish in {limit:?}"));
         }
         thread::sleep(Duration::from_millis(10));
     };
@@ -71,7 +78,7 @@ fn output_within(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
     };
-    (out, t0.elapsed())
+    Ok((out, t0.elapsed()))
 }
 
 /// Runs `switchyard validate -c file` with a 10 s limit.
@@ -269,4 +276,101 @@ fn valid_configs_are_accepted_by_envoy_validate() {
         files.len(),
         failures.join("\n")
     );
+}
+
+/// Every numeric flag refuses what it cannot represent (inf, NaN, negative, past its range,
+/// past u64) with an error that names the flag, and never panics. The config path does not
+/// exist, so a value wrongly accepted fails later with an error that does not name the flag.
+#[test]
+fn numeric_flags_reject_unrepresentable_values() {
+    if skip_for_envoy() {
+        return;
+    }
+    let missing = test_dir("flags").join("no-such-config.yaml");
+    let run = |flag: &str, value: &str| -> Vec<String> {
+        vec![
+            "run".into(),
+            "-c".into(),
+            missing.display().to_string(),
+            flag.into(),
+            value.into(),
+        ]
+    };
+    let huge = "18446744073709551616"; // u64::MAX + 1
+    let mut cases: Vec<(Vec<String>, &str)> = Vec::new();
+    for v in [
+        "inf",
+        "-inf",
+        "NaN",
+        "nan",
+        "-1",
+        "-0.5",
+        "1e300",
+        "1e19",
+        huge,
+        "4294967296",
+        "5s",
+        "",
+    ] {
+        cases.push((run("--drain-time-s", v), "--drain-time-s"));
+    }
+    for v in ["0", "-1", "1e3", "1025", huge, "NaN"] {
+        cases.push((run("--concurrency", v), "--concurrency"));
+    }
+    for v in ["0", "-1", "1048577", huge, "inf"] {
+        cases.push((
+            run("--max-connections-per-worker", v),
+            "--max-connections-per-worker",
+        ));
+    }
+    for v in ["0", "-1", "4097", huge, "NaN"] {
+        cases.push((run("--buffer-size-kib", v), "--buffer-size-kib"));
+    }
+    for v in ["-1", "16385", huge, "inf"] {
+        cases.push((run("--large-buffer-size-kib", v), "--large-buffer-size-kib"));
+    }
+    for v in ["0", "-1", "1048577", huge] {
+        cases.push((
+            run("--udp-sessions-per-worker", v),
+            "--udp-sessions-per-worker",
+        ));
+    }
+    for v in ["0", "-1", "86401", "18446744073709551615", huge, "inf"] {
+        cases.push((
+            vec!["demo".into(), "--duration-s".into(), v.into()],
+            "--duration-s",
+        ));
+    }
+    let mut failures = Vec::new();
+    for (args, flag) in &cases {
+        let out = match try_output_within(
+            Command::new(switchyard_bin()).args(args),
+            Duration::from_secs(5),
+        ) {
+            Ok((out, _)) => out,
+            Err(e) => {
+                failures.push(format!("{args:?}: accepted: {e}"));
+                continue;
+            }
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || out.status.code().is_none() || stderr.contains("panicked") {
+            failures.push(format!("{args:?}: {:?}: {}", out.status, stderr.trim()));
+        } else if !stderr.contains(flag) {
+            failures.push(format!(
+                "{args:?}: stderr does not name {flag}: {}",
+                stderr.trim()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad flag values misbehaved:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    if let Some(dir) = missing.parent() {
+        let _ = fs::remove_dir_all(dir);
+    }
 }
