@@ -4,6 +4,8 @@
 //!   command must exit non-zero within a few seconds and name that path on stderr, without a
 //!   panic.
 //! * `control/tests/configs/valid/*.yaml` and `examples/*.yaml`: exit 0.
+//! * invalid configs marked `# envoy-rejects: <text>`: `envoy --mode validate` fails with
+//!   that text too.
 //! * `switchyard run`/`demo` numeric flags: inf, NaN, negative and out-of-range values are
 //!   refused naming the flag.
 //!
@@ -373,4 +375,55 @@ fn numeric_flags_reject_unrepresentable_values() {
     if let Some(dir) = missing.parent() {
         let _ = fs::remove_dir_all(dir);
     }
+}
+
+/// Invalid configs that Envoy refuses too say so with `# envoy-rejects: <part of Envoy's
+/// error>` in their first lines: `envoy --mode validate` must fail on them with that text, so
+/// the corpus keeps Switchyard's refusals and Envoy's in step. Needs Envoy; runs for either
+/// selected proxy.
+#[test]
+fn invalid_configs_marked_envoy_rejects_fail_envoy_validate() {
+    if !require(
+        envoy_available(),
+        &format!("Envoy not found at {}", envoy_bin().display()),
+    ) {
+        return;
+    }
+    let files = yaml_files(&repo_root().join("control/tests/configs/invalid"));
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for f in &files {
+        let text = fs::read_to_string(f).unwrap_or_default();
+        let Some(want) = text
+            .lines()
+            .take(5)
+            .find_map(|l| l.trim().strip_prefix("# envoy-rejects:"))
+            .map(str::trim)
+        else {
+            continue;
+        };
+        checked += 1;
+        let out = envoy_validate(f);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            failures.push(format!("{}: Envoy accepted it", f.display()));
+        } else if !all.contains(want) {
+            failures.push(format!(
+                "{}: Envoy's error does not contain {want:?}: {}",
+                f.display(),
+                all.trim()
+            ));
+        }
+    }
+    assert!(checked > 0, "no `# envoy-rejects:` config in the corpus");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} configs misbehaved under Envoy:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

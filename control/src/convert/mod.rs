@@ -1446,11 +1446,12 @@ fn cidr(r: &PbCidr, path: &str) -> Result<CidrRange> {
     })
 }
 
-/// A non-negative duration.
+/// A duration Envoy accepts (not negative, at most 9,223,372,035 s, nanos below a second).
+/// The walker refuses the others first with the same message; this keeps the conversion
+/// total for any message handed to `convert`.
 fn duration(d: &PbDuration, path: &str) -> Result<Duration> {
-    if d.seconds < 0 || d.nanos < 0 {
-        return Err(ConfigError::invalid(path, "must not be negative"));
-    }
+    crate::config::walk::check_duration(d.seconds, d.nanos)
+        .map_err(|m| ConfigError::invalid(path, m))?;
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
@@ -1474,4 +1475,30 @@ fn decode_any<M: Message + Default>(any: &Any, expected: &str, path: &str) -> Re
     }
     M::decode(any.value.as_slice())
         .map_err(|e| ConfigError::invalid(path, format!("does not decode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_convert_only_in_envoy_range() {
+        let d = |seconds, nanos| PbDuration { seconds, nanos };
+        assert_eq!(duration(&d(0, 0), "f"), Ok(Duration::ZERO));
+        assert_eq!(
+            duration(&d(9_223_372_035, 999_999_999), "f"),
+            Ok(Duration::new(9_223_372_035, 999_999_999))
+        );
+        for (s, n) in [
+            (315_576_000_000, 0),
+            (9_223_372_036, 0),
+            (i64::MAX, 999_999_999),
+            (0, 1_000_000_000),
+            (-1, 0),
+            (0, -1),
+        ] {
+            let e = duration(&d(s, n), "a.b").unwrap_err();
+            assert_eq!(e.path(), "a.b", "{s} {n}: {e}");
+        }
+    }
 }
