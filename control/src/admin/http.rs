@@ -9,6 +9,8 @@
 //! - Each read waits at most until a deadline: [`REQUEST_TIMEOUT`] to receive a whole request
 //!   once it has started (or on a new connection), [`IDLE_TIMEOUT`] between requests on a
 //!   kept-alive connection. Writes time out too.
+//! - A query parameter that does not decode (bad `%XX`, not UTF-8, NUL) is answered 400 by
+//!   every endpoint that takes parameters.
 
 use super::socket::{AdminListener, AdminStream};
 use super::{route, AdminState};
@@ -28,27 +30,77 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a kept-alive connection may sit idle between requests.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Parsed query parameters, percent-decoded, in request order.
+/// Parsed query parameters, percent-decoded, in request order, and the first parameter
+/// that did not decode.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Query(pub Vec<(String, String)>);
+pub struct Query {
+    params: Vec<(String, String)>,
+    error: Option<QueryError>,
+}
+
+/// A query parameter that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryError {
+    /// The parameter's name as sent (not decoded).
+    pub param: String,
+    /// What is wrong with it.
+    pub problem: QueryProblem,
+}
+
+/// What is wrong with a query parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryProblem {
+    /// A `%` not followed by two hex digits (the escape as sent).
+    BadEscape(String),
+    /// The decoded bytes are not UTF-8.
+    InvalidUtf8,
+    /// The decoded text has a NUL character.
+    Nul,
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "query parameter '{}': ", self.param)?;
+        match &self.problem {
+            QueryProblem::BadEscape(e) => {
+                write!(f, "bad percent escape '{e}' (want % and two hex digits)")
+            }
+            QueryProblem::InvalidUtf8 => f.write_str("invalid UTF-8 after percent-decoding"),
+            QueryProblem::Nul => f.write_str("NUL character (%00) after percent-decoding"),
+        }
+    }
+}
+
+impl std::error::Error for QueryError {}
 
 impl Query {
     /// Parses `a=1&b&c=%2A`. `+` stays `+` (filters are regexes, where `+` means something).
+    /// A parameter that does not decode is left out and recorded as [`Query::error`].
     pub fn parse(raw: &str) -> Query {
-        Query(
-            raw.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (percent_decode(k), percent_decode(v))
-                })
-                .collect(),
-        )
+        let mut q = Query::default();
+        for p in raw.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match percent_decode(k).and_then(|k| Ok((k, percent_decode(v)?))) {
+                Ok(kv) => q.params.push(kv),
+                Err(problem) => {
+                    q.error.get_or_insert(QueryError {
+                        param: k.to_string(),
+                        problem,
+                    });
+                }
+            }
+        }
+        q
+    }
+
+    /// The first parameter that did not decode.
+    pub fn error(&self) -> Option<&QueryError> {
+        self.error.as_ref()
     }
 
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.params
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
@@ -60,23 +112,32 @@ impl Query {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+/// Strict percent-decoding: every `%` starts a two-hex-digit escape, and the result is UTF-8
+/// without NUL.
+fn percent_decode(s: &str) -> Result<String, QueryProblem> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%' {
+            let hex = |j: usize| bytes.get(j).and_then(|&b| (b as char).to_digit(16));
+            let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) else {
+                let end = (i + 3).min(bytes.len());
+                let shown = String::from_utf8_lossy(&bytes[i..end]).into_owned();
+                return Err(QueryProblem::BadEscape(shown));
+            };
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
-        out.push(bytes[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    let text = String::from_utf8(out).map_err(|_| QueryProblem::InvalidUtf8)?;
+    if text.contains('\0') {
+        return Err(QueryProblem::Nul);
+    }
+    Ok(text)
 }
 
 /// One request, as the router sees it.
@@ -479,15 +540,46 @@ mod tests {
 
     #[test]
     fn query_parsing_decodes_and_keeps_plus() {
-        let q = Query::parse("filter=cluster%5C.echo.%2B&usedonly&format=json&a=b=c&bad=%zz%4");
+        let q = Query::parse("filter=cluster%5C.echo.%2B&usedonly&format=json&a=b=c&e=%C3%A9");
         assert_eq!(q.get("filter"), Some("cluster\\.echo.+"));
         assert!(q.flag("usedonly"));
         assert_eq!(q.get("usedonly"), Some(""));
         assert_eq!(q.get("format"), Some("json"));
         assert_eq!(q.get("a"), Some("b=c"));
-        assert_eq!(q.get("bad"), Some("%zz%4"));
+        assert_eq!(q.get("e"), Some("\u{e9}"));
         assert!(!q.flag("graceful"));
+        assert_eq!(q.error(), None);
         assert_eq!(Query::parse("x=a+b").get("x"), Some("a+b"));
+    }
+
+    #[test]
+    fn query_parameters_that_do_not_decode_are_reported() {
+        let problem = |raw: &str| {
+            let q = Query::parse(raw);
+            let e = q
+                .error()
+                .unwrap_or_else(|| panic!("{raw}: no error"))
+                .clone();
+            let msg = e.to_string();
+            (e.param, e.problem, msg)
+        };
+        let bad = |s: &str| QueryProblem::BadEscape(s.into());
+        assert_eq!(problem("ok=1&bad=%zz%4").1, bad("%zz"));
+        assert_eq!(problem("bad=ab%4").1, bad("%4"));
+        assert_eq!(problem("bad=%").1, bad("%"));
+        assert_eq!(problem("filter=%ff%00").1, QueryProblem::InvalidUtf8);
+        assert_eq!(problem("filter=%C3").1, QueryProblem::InvalidUtf8);
+        assert_eq!(problem("filter=a%00b").1, QueryProblem::Nul);
+        let (param, _, msg) = problem("x=1&filter=%ff&y=%zz");
+        assert_eq!(param, "filter", "the first bad parameter is reported");
+        assert!(
+            msg.contains("'filter'") && msg.contains("invalid UTF-8"),
+            "{msg}"
+        );
+        assert_eq!(problem("%ff=1").1, QueryProblem::InvalidUtf8);
+        // The parameters that decode are kept.
+        let q = Query::parse("x=1&filter=%ff");
+        assert_eq!((q.get("x"), q.get("filter")), (Some("1"), None));
     }
 
     #[test]

@@ -21,7 +21,10 @@ mod http;
 mod socket;
 mod stats;
 
-pub use http::{IDLE_TIMEOUT, MAX_BODY_BYTES, MAX_CONNECTIONS, MAX_HEAD_BYTES, REQUEST_TIMEOUT};
+pub use http::{
+    QueryError, QueryProblem, IDLE_TIMEOUT, MAX_BODY_BYTES, MAX_CONNECTIONS, MAX_HEAD_BYTES,
+    REQUEST_TIMEOUT,
+};
 pub use socket::AdminListener;
 pub use stats::{collect_stats, Stat, StatValue};
 
@@ -337,6 +340,11 @@ fn route(state: &AdminState, req: &Request) -> Response {
             )
         };
         return Response::text(405, body).with_allow(allow);
+    }
+    // An endpoint that reads parameters never guesses at one that did not decode; one
+    // without parameters ignores its query, as Envoy's do.
+    if let Some(e) = req.query.error().filter(|_| !endpoint.params.is_empty()) {
+        return Response::text(400, format!("invalid query: {e}\n"));
     }
     (endpoint.handler)(state, &req.query)
 }

@@ -414,7 +414,10 @@ impl Selection {
     fn from_query(q: &Query) -> Result<Selection, Response> {
         let filter = match q.get("filter") {
             None | Some("") => None,
-            Some(re) => Some(Regex::new(re).map_err(|_| Response::text(400, "Invalid re2 regex"))?),
+            Some(re) => Some(
+                Regex::new(re)
+                    .map_err(|e| Response::text(400, format!("Invalid re2 regex: {e}\n")))?,
+            ),
         };
         let (counters, gauges) = match q.get("type").unwrap_or("All") {
             "All" => (true, true),
