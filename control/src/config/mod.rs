@@ -82,11 +82,68 @@ pub fn load_file(path: impl AsRef<Path>) -> Result<LoadedConfig, ConfigError> {
     })
 }
 
+/// The fewest YAML nodes a document may have, however small the file: the parser's default
+/// budget, which every config before the xDS scale bench fit.
+pub const MIN_YAML_NODE_LIMIT: usize = 250_000;
+
+/// The most YAML nodes (mappings, sequences and scalars, counting what aliases expand to) a
+/// document of `len` bytes may have: one per byte, at least [`MIN_YAML_NODE_LIMIT`]. A node
+/// takes at least one byte of its own text, so a document without aliases always fits,
+/// however large (10,000 clusters of 10 endpoints is about 1.2 million nodes in 9 MB); a
+/// small file whose aliases expand into a huge tree (billion laughs) is refused once it
+/// has produced as many nodes as it has bytes.
+pub fn yaml_node_limit(len: usize) -> usize {
+    len.max(MIN_YAML_NODE_LIMIT)
+}
+
+/// Parses YAML text to JSON, under [`yaml_node_limit`].
+fn parse_yaml(text: &str) -> Result<serde_json::Value, ConfigError> {
+    let limit = yaml_node_limit(text.len());
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = limit;
+    // Each node is one or two events (start and end), plus the stream's and documents' own.
+    budget.max_events = limit.saturating_mul(2).saturating_add(1024);
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(text.len());
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = limit.saturating_mul(2);
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let message = if yaml_too_large(&e) {
+            format!(
+                "invalid YAML: the document is too large: more than {limit} nodes (mappings, \
+                 lists and values, counting what aliases expand to) in {} bytes; the limit is \
+                 one node per byte of the file, at least {MIN_YAML_NODE_LIMIT}, so aliases \
+                 cannot expand a small file into a huge tree",
+                text.len()
+            )
+        } else {
+            format!("invalid YAML: {e}")
+        };
+        ConfigError::new(ErrorKind::Syntax, "", message)
+    })
+}
+
+/// Whether `e` is the node budget (or the alias expansion it bounds) running out.
+fn yaml_too_large(mut e: &serde_saphyr::Error) -> bool {
+    use serde_saphyr::budget::BudgetBreach;
+    use serde_saphyr::Error;
+    loop {
+        match e {
+            Error::WithSnippet { error, .. } | Error::AliasError { error, .. } => e = error,
+            Error::Budget {
+                breach: BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. },
+                ..
+            }
+            | Error::AliasReplayLimitExceeded { .. } => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Parses a bootstrap from text.
 pub fn parse_str(text: &str, format: Format) -> Result<LoadedConfig, ConfigError> {
     let value: serde_json::Value = match format {
-        Format::Yaml => serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::new(ErrorKind::Syntax, "", format!("invalid YAML: {e}")))?,
+        Format::Yaml => parse_yaml(text)?,
         Format::Json => serde_json::from_str(text)
             .map_err(|e| ConfigError::new(ErrorKind::Syntax, "", format!("invalid JSON: {e}")))?,
     };
@@ -376,6 +433,8 @@ static_resources:
             e.to_string().contains("must end in .yaml, .yml or .json"),
             "{e}"
         );
+        assert_eq!(yaml_node_limit(10), MIN_YAML_NODE_LIMIT);
+        assert_eq!(yaml_node_limit(9_000_000), 9_000_000);
         let e = parse_str("a: [1, 2", Format::Yaml).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Syntax);
         assert!(e.to_string().starts_with("invalid YAML"), "{e}");
