@@ -77,6 +77,12 @@ enum Command {
         /// management server answers.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Also serve readiness alone on this port, on all addresses (`GET /ready` as the
+        /// admin answers it, `GET /healthz/ready` as Istio's 15021 does), for probes that
+        /// must not share the admin. Off by default.
+        #[arg(long, allow_negative_numbers = true,
+              value_parser = clap::value_parser!(u16).range(1..))]
+        readiness_port: Option<u16>,
     },
     /// Check a bootstrap file and exit: 0 when valid, 1 with the bad field's path when not.
     Validate {
@@ -226,6 +232,7 @@ fn main() -> ExitCode {
             service_node,
             service_cluster,
             state_dir,
+            readiness_port,
         } => {
             init_logging(&log_level);
             let limits = Limits {
@@ -245,6 +252,7 @@ fn main() -> ExitCode {
                 service_node,
                 service_cluster,
                 state_dir,
+                readiness_port,
             };
             match controller::run(options) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,12 @@
 mod common;
 
 use common::*;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 const PREFIX: &str = "admin_l4";
 const CLUSTER: &str = "admin_be";
@@ -274,4 +279,148 @@ fn admin_query_that_does_not_decode_is_refused() {
     let r = proxy.get("/stats?filter=%C3%A9|%5Eserver%2Elive%24");
     assert_eq!((r.status, r.body.trim()), (200, "server.live: 1"));
     assert!(proxy.try_exit().is_none());
+}
+
+/// Holds one admin connection with a request that never ends (the head's blank line is never
+/// sent) until the server drops it or `stop` is set, then reconnects at once: a local client
+/// that keeps as many admin connections busy as it can.
+fn hold_half_sent_requests(admin: SocketAddr, stop: &AtomicBool, held: &AtomicUsize) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_secs(1)) else {
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        if s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n").is_err() {
+            continue;
+        }
+        held.fetch_add(1, Ordering::Relaxed);
+        let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+        let mut buf = [0u8; 512];
+        while !stop.load(Ordering::Relaxed) {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A kubelet probe is never starved by other admin clients: while 40 local connections hold
+/// half-sent requests (reconnecting whenever the admin drops one), 25 of 25 `/ready` probes,
+/// spread over more than the admin's request timeout, answer 200 `LIVE`, each within 2 s.
+/// Envoy answers all of them too.
+#[test]
+fn ready_answers_while_admin_connections_are_held() {
+    let Some((proxy, _)) = start_admin_proxy() else {
+        return;
+    };
+    const ABUSERS: usize = 40;
+    const PROBES: usize = 25;
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..ABUSERS)
+        .map(|_| {
+            let (stop, held, admin) = (stop.clone(), held.clone(), proxy.admin);
+            thread::spawn(move || hold_half_sent_requests(admin, &stop, &held))
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(5), || held.load(Ordering::Relaxed)
+            >= ABUSERS),
+        "the abusing clients did not connect"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let mut failures = Vec::new();
+    for i in 0..PROBES {
+        let t0 = Instant::now();
+        let r = http(proxy.admin, "GET", "/ready");
+        let took = t0.elapsed();
+        match r {
+            Ok(r)
+                if r.status == 200 && r.body.trim() == "LIVE" && took < Duration::from_secs(2) => {}
+            Ok(r) => failures.push(format!(
+                "probe {i}: {} {:?} after {took:?}",
+                r.status, r.body
+            )),
+            Err(e) => failures.push(format!("probe {i}: {e} after {took:?}")),
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {PROBES} /ready probes failed while {ABUSERS} admin connections were held:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// `--readiness-port`: readiness alone on its own port, Envoy's `/ready` and Istio's
+/// `/healthz/ready` (503 with the state once the health check is failed), nothing else; it
+/// answers while the admin's connections are all held. Switchyard's flag (Envoy has none).
+#[test]
+fn readiness_port_serves_readiness_alone() {
+    let kind = selected_proxy();
+    if kind == ProxyKind::Envoy {
+        skip_unsupported(kind, "--readiness-port is Switchyard's flag");
+        return;
+    }
+    if !require(proxy_available(kind), kind.name()) {
+        return;
+    }
+    let ready_port = free_port();
+    let yaml = bootstrap(
+        free_port(),
+        &tcp_listener("admin_listener", free_port(), PREFIX, CLUSTER),
+        &static_cluster(CLUSTER, &[(local(closed_port()), 1)]),
+    );
+    let opts = ProxyOpts {
+        switchyard_args: vec!["--readiness-port".into(), ready_port.to_string()],
+        ..Default::default()
+    };
+    let proxy = Proxy::start_with(kind, &yaml, opts);
+    let probe = local(ready_port);
+    let r = http(probe, "GET", "/healthz/ready").expect("readiness port answers");
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+    let r = http(probe, "GET", "/ready").expect("readiness port answers");
+    assert_eq!((r.status, r.body.as_str()), (200, "LIVE\n"));
+    for (method, path) in [("GET", "/stats"), ("POST", "/quitquitquit")] {
+        let r = http(probe, method, path).expect("readiness port answers");
+        assert!(
+            matches!(r.status, 404 | 405),
+            "{method} {path}: {}",
+            r.status
+        );
+    }
+    // Held admin connections do not reach the readiness port either.
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..20)
+        .map(|_| {
+            let (stop, held, admin) = (stop.clone(), held.clone(), proxy.admin);
+            thread::spawn(move || hold_half_sent_requests(admin, &stop, &held))
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(http(probe, "GET", "/healthz/ready").map(|r| r.status).ok());
+    }
+    assert_eq!(proxy.post("/healthcheck/fail").status, 200);
+    let r = http(probe, "GET", "/healthz/ready").expect("readiness port answers");
+    assert_eq!((r.status, r.body.trim()), (503, "DRAINING"));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    assert_eq!(statuses, vec![Some(200); 5]);
 }

@@ -57,6 +57,9 @@ pub struct RunOptions {
     pub service_cluster: Option<String>,
     /// `--state-dir`: where the last accepted xDS resources are kept for a warm start.
     pub state_dir: Option<PathBuf>,
+    /// `--readiness-port`: also serve readiness alone (`/ready`, `/healthz/ready`) on this
+    /// port, on all addresses, like Istio's 15021.
+    pub readiness_port: Option<u16>,
 }
 
 /// Why `run` failed. Each variant says which side is at fault.
@@ -68,6 +71,8 @@ pub enum RunError {
     DataPlane(PlaneError),
     /// The admin address could not be bound.
     Admin(std::io::Error),
+    /// The `--readiness-port` could not be bound.
+    Readiness(u16, std::io::Error),
     /// Signal handlers could not be installed.
     Signals(std::io::Error),
     /// The xDS client thread could not start.
@@ -84,6 +89,12 @@ impl std::fmt::Display for RunError {
             RunError::Config(e) => write!(f, "invalid config: {e}"),
             RunError::DataPlane(e) => write!(f, "{e}"),
             RunError::Admin(e) => write!(f, "admin: cannot listen: {e}"),
+            RunError::Readiness(port, e) => {
+                write!(
+                    f,
+                    "--readiness-port {port}: cannot listen on 0.0.0.0:{port}: {e}"
+                )
+            }
             RunError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
             RunError::Xds(e) => write!(f, "xDS client: cannot start: {e}"),
             RunError::StateDir(e) => write!(f, "state dir writer: cannot start: {e}"),
@@ -405,7 +416,14 @@ fn start_admin(
         actions_tx,
     ));
     let listener = admin::AdminListener::bind(&rib.admin.address).map_err(RunError::Admin)?;
-    admin::spawn(listener, state.clone()).map_err(RunError::Admin)?;
+    let readiness = options
+        .readiness_port
+        .map(|port| {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+                .map_err(|e| RunError::Readiness(port, e))
+        })
+        .transpose()?;
+    admin::spawn(listener, readiness, state.clone()).map_err(RunError::Admin)?;
     Ok(state)
 }
 

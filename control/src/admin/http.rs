@@ -9,22 +9,34 @@
 //! - Each read waits at most until a deadline: [`REQUEST_TIMEOUT`] to receive a whole request
 //!   once it has started (or on a new connection), [`IDLE_TIMEOUT`] between requests on a
 //!   kept-alive connection. Writes time out too.
-//! - A query parameter that does not decode (bad `%XX`, not UTF-8, NUL) is answered 400 by
-//!   every endpoint that takes parameters.
+//! - Connections are tasks of one single-threaded runtime, not threads: one waiting for its
+//!   request holds only its buffer. At most [`MAX_CONNECTIONS`] are open; a new one beyond
+//!   that takes the place of the one that has waited longest for its request, so clients that
+//!   connect and send nothing (or half a request) cannot keep a probe out. `/ready` is
+//!   answered on the runtime's thread at once; other handlers run on at most
+//!   [`MAX_BUSY_HANDLERS`] threads. A query parameter that does not decode (bad `%XX`, not
+//!   UTF-8, NUL) is answered 400 by every endpoint that takes parameters.
 
 use super::socket::{AdminListener, AdminStream};
 use super::{route, AdminState};
-use std::io::{ErrorKind, Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
 
 /// Most bytes of request line plus headers.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most bytes of request body (bodies are read and ignored).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Connections served at once; more are answered 503 and closed.
-pub const MAX_CONNECTIONS: usize = 16;
+/// Connections open at once (each holds at most one request's bytes: [`MAX_HEAD_BYTES`] plus
+/// [`MAX_BODY_BYTES`]). Beyond it a new connection takes the place of the one that has
+/// waited longest for its request; only when all of them are being served is it answered 503.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Threads that run admin handlers (`/stats`, `/config_dump`, ...) at once; more requests
+/// wait for one. `/ready` never waits for them.
+pub const MAX_BUSY_HANDLERS: usize = 16;
 /// Time allowed to receive one whole request (also the write timeout).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a kept-alive connection may sit idle between requests.
@@ -200,9 +212,9 @@ impl Response {
         self
     }
 
-    fn write_to(
+    async fn write_to(
         &self,
-        out: &mut impl Write,
+        out: &mut AdminStream,
         head_only: bool,
         keep_alive: bool,
     ) -> std::io::Result<()> {
@@ -226,8 +238,8 @@ impl Response {
         if !head_only {
             bytes.extend_from_slice(&self.body);
         }
-        out.write_all(&bytes)?;
-        out.flush()
+        out.write_all(&bytes).await?;
+        out.flush().await
     }
 }
 
@@ -263,7 +275,7 @@ fn reject(status: u16, msg: impl Into<String>) -> ReadError {
 
 /// Reads one request from `stream`, using and refilling `buf` (bytes past this request stay
 /// in `buf` for the next one). `idle` is the deadline for the first byte when `buf` is empty.
-fn read_request(
+async fn read_request(
     stream: &mut AdminStream,
     buf: &mut Vec<u8>,
     idle: Duration,
@@ -285,7 +297,7 @@ fn read_request(
             return Err(reject(431, "request head too large"));
         }
         let was_empty = buf.is_empty();
-        fill(stream, buf, deadline, MAX_HEAD_BYTES + 1)?;
+        fill(stream, buf, deadline, MAX_HEAD_BYTES + 1).await?;
         if was_empty {
             // The request has started: it must now arrive within REQUEST_TIMEOUT.
             deadline = Instant::now() + REQUEST_TIMEOUT;
@@ -302,7 +314,7 @@ fn read_request(
     }
     let total = head_len + body_len;
     while buf.len() < total {
-        fill(stream, buf, deadline, total)?;
+        fill(stream, buf, deadline, total).await?;
     }
     buf.drain(..total);
     Ok(req)
@@ -326,7 +338,7 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Reads more bytes into `buf` (up to `limit` bytes in all), waiting until `deadline`.
-fn fill(
+async fn fill(
     stream: &mut AdminStream,
     buf: &mut Vec<u8>,
     deadline: Instant,
@@ -338,11 +350,11 @@ fn fill(
         if left.is_zero() {
             return Err(timeout_error(buf));
         }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|_| ReadError::Gone)?;
         let want = chunk.len().min(limit.saturating_sub(buf.len()).max(1));
-        match stream.read(&mut chunk[..want]) {
+        let Ok(read) = timeout(left, stream.read(&mut chunk[..want])).await else {
+            return Err(timeout_error(buf));
+        };
+        match read {
             Ok(0) => {
                 return Err(if buf.is_empty() {
                     ReadError::Gone
@@ -441,95 +453,276 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Accepts forever, serving each connection on its own thread.
-pub(super) fn accept_loop(listener: AdminListener, state: Arc<AdminState>) {
-    let active = Arc::new(AtomicUsize::new(0));
+/// The admin's runtime: one thread for every connection, [`MAX_BUSY_HANDLERS`] for handlers.
+pub(super) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(MAX_BUSY_HANDLERS)
+        .thread_name("admin-handler")
+        .build()
+}
+
+/// Runs the admin's (and the readiness port's) connections on this thread: a single-threaded
+/// tokio runtime. A connection waiting for its request costs a task and its buffer, not a
+/// thread, so slow or idle clients cannot use up what probes need; handlers other than
+/// readiness run on at most [`MAX_BUSY_HANDLERS`] blocking threads.
+pub(super) fn serve(
+    runtime: tokio::runtime::Runtime,
+    admin: AdminListener,
+    readiness: Option<std::net::TcpListener>,
+    state: Arc<AdminState>,
+) -> std::io::Result<()> {
+    runtime.block_on(async move {
+        let admin = AsyncListener::new(admin)?;
+        let readiness = readiness
+            .map(|l| AsyncListener::new(AdminListener::Tcp(l)))
+            .transpose()?;
+        let table = Arc::new(Mutex::new(ConnTable::default()));
+        if let Some(readiness) = readiness {
+            tokio::spawn(accept_loop(
+                readiness,
+                Role::Readiness,
+                state.clone(),
+                table.clone(),
+            ));
+        }
+        accept_loop(admin, Role::Admin, state, table).await;
+        Ok(())
+    })
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Every admin endpoint.
+    Admin,
+    /// Readiness only (`/ready`, `/healthz/ready`): the `--readiness-port` listener.
+    Readiness,
+}
+
+/// A listener of either kind, registered with the runtime.
+enum AsyncListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl AsyncListener {
+    fn new(listener: AdminListener) -> std::io::Result<AsyncListener> {
+        Ok(match listener {
+            AdminListener::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                AsyncListener::Tcp(tokio::net::TcpListener::from_std(l)?)
+            }
+            AdminListener::Unix(l) => {
+                l.set_nonblocking(true)?;
+                AsyncListener::Unix(tokio::net::UnixListener::from_std(l)?)
+            }
+        })
+    }
+
+    async fn accept(&self) -> std::io::Result<AdminStream> {
+        match self {
+            AsyncListener::Tcp(l) => l.accept().await.map(|(s, _)| AdminStream::Tcp(s)),
+            AsyncListener::Unix(l) => l.accept().await.map(|(s, _)| AdminStream::Unix(s)),
+        }
+    }
+}
+
+/// The open connections: which of them are waiting for a request (and since when), so that
+/// a new connection beyond [`MAX_CONNECTIONS`] can take the place of the one that has waited
+/// longest.
+#[derive(Default)]
+struct ConnTable {
+    next_id: u64,
+    open: BTreeMap<u64, Conn>,
+}
+
+struct Conn {
+    /// When it started waiting for its next request; `None` while a request is served.
+    waiting_since: Option<Instant>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl ConnTable {
+    /// Makes room for one more connection: when [`MAX_CONNECTIONS`] are open, takes out the
+    /// one that has waited longest for its request and returns its task, for the caller to
+    /// abort once the table is unlocked. `Err` when every open connection is being served.
+    fn make_room(&mut self) -> Result<Option<tokio::task::AbortHandle>, ()> {
+        if self.open.len() < MAX_CONNECTIONS {
+            return Ok(None);
+        }
+        let oldest = self
+            .open
+            .iter()
+            .filter_map(|(id, c)| c.waiting_since.map(|t| (t, *id)))
+            .min();
+        let Some((_, id)) = oldest else {
+            return Err(());
+        };
+        Ok(self.open.remove(&id).and_then(|c| c.task))
+    }
+}
+
+/// Removes a connection from the table when its task ends (or is aborted).
+struct Registered {
+    id: u64,
+    table: Arc<Mutex<ConnTable>>,
+}
+
+impl Registered {
+    fn set_waiting(&self, waiting: bool) {
+        let mut t = lock(&self.table);
+        if let Some(c) = t.open.get_mut(&self.id) {
+            c.waiting_since = waiting.then(Instant::now);
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.table).open.remove(&self.id);
+    }
+}
+
+fn lock(table: &Mutex<ConnTable>) -> std::sync::MutexGuard<'_, ConnTable> {
+    table.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Accepts forever, serving each connection in its own task.
+async fn accept_loop(
+    listener: AsyncListener,
+    role: Role,
+    state: Arc<AdminState>,
+    table: Arc<Mutex<ConnTable>>,
+) {
     loop {
-        let mut stream = match listener.accept() {
+        let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "admin: accept failed");
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::AcqRel);
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-            let busy = Response::text(503, "too many admin connections\n");
-            let _ = busy.write_to(&mut stream, false, false);
-            close_gracefully(stream);
+        let mut t = lock(&table);
+        let evicted = t.make_room();
+        if evicted.is_err() {
+            drop(t);
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let busy = Response::text(503, "too many admin requests in progress\n");
+                let _ = timeout(
+                    Duration::from_millis(200),
+                    busy.write_to(&mut stream, false, false),
+                )
+                .await;
+                close_gracefully(stream).await;
+            });
             continue;
         }
-        let state = state.clone();
-        let guard = ActiveGuard(active.clone());
-        let spawned = std::thread::Builder::new()
-            .name("admin-conn".into())
-            .spawn(move || {
-                let _guard = guard;
-                serve_connection(stream, &state);
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "admin: cannot spawn a connection thread");
+        let id = t.next_id;
+        t.next_id += 1;
+        t.open.insert(
+            id,
+            Conn {
+                waiting_since: Some(Instant::now()),
+                task: None,
+            },
+        );
+        let registered = Registered {
+            id,
+            table: table.clone(),
+        };
+        // The task cannot run before this loop next awaits (one thread), so its abort handle
+        // is in the table before it could end and remove itself.
+        let task = tokio::spawn(serve_connection(stream, role, state.clone(), registered));
+        if let Some(c) = t.open.get_mut(&id) {
+            c.task = Some(task.abort_handle());
         }
-    }
-}
-
-/// Decrements the active-connection count when a connection thread ends (or never starts).
-struct ActiveGuard(Arc<AtomicUsize>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        drop(t);
+        if let Ok(Some(oldest)) = evicted {
+            // Dropping its task closes the connection; the table no longer holds it.
+            oldest.abort();
+        }
     }
 }
 
 /// Serves requests on one connection until either side closes it.
-pub(super) fn serve_connection(mut stream: AdminStream, state: &AdminState) {
-    let _ = stream.set_nodelay();
-    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+async fn serve_connection(
+    mut stream: AdminStream,
+    role: Role,
+    state: Arc<AdminState>,
+    registered: Registered,
+) {
+    stream.set_nodelay();
     let mut buf = Vec::with_capacity(1024);
     let mut idle = REQUEST_TIMEOUT;
     loop {
-        match read_request(&mut stream, &mut buf, idle) {
+        registered.set_waiting(true);
+        match read_request(&mut stream, &mut buf, idle).await {
             Ok(req) => {
-                let response = route(state, &req);
+                registered.set_waiting(false);
                 let head_only = req.method == "HEAD";
-                if response
-                    .write_to(&mut stream, head_only, req.keep_alive)
-                    .is_err()
-                {
+                let keep_alive = req.keep_alive;
+                let response = respond(role, &state, req).await;
+                let written = timeout(
+                    REQUEST_TIMEOUT,
+                    response.write_to(&mut stream, head_only, keep_alive),
+                )
+                .await;
+                if !matches!(written, Ok(Ok(()))) {
                     return;
                 }
-                if !req.keep_alive {
+                if !keep_alive {
                     break;
                 }
                 idle = IDLE_TIMEOUT;
             }
             Err(ReadError::Gone) => return,
             Err(ReadError::Reject(status, msg)) => {
+                registered.set_waiting(false);
                 tracing::debug!(status, %msg, "admin: rejected a request");
-                let _ =
-                    Response::text(status, format!("{msg}\n")).write_to(&mut stream, false, false);
+                let _ = timeout(
+                    REQUEST_TIMEOUT,
+                    Response::text(status, format!("{msg}\n")).write_to(&mut stream, false, false),
+                )
+                .await;
                 break;
             }
         }
     }
-    close_gracefully(stream);
+    close_gracefully(stream).await;
+}
+
+/// The response to one request. Readiness is answered on the spot (two atomic loads), so it
+/// never waits behind other admin work; everything else runs on the blocking pool.
+async fn respond(role: Role, state: &Arc<AdminState>, req: Request) -> Response {
+    match role {
+        Role::Readiness => super::route_readiness(state, &req),
+        Role::Admin if req.path == "/ready" => route(state, &req),
+        Role::Admin => {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || route(&state, &req))
+                .await
+                .unwrap_or_else(|_| Response::text(500, "admin handler failed\n"))
+        }
+    }
 }
 
 /// Half-closes, then reads (briefly) what the client still sends, so the kernel does not
 /// answer unread bytes with a reset that could destroy the response in flight.
-fn close_gracefully(mut stream: AdminStream) {
-    let _ = stream.shutdown_write();
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+async fn close_gracefully(mut stream: AdminStream) {
+    let _ = stream.shutdown().await;
     let mut sink = [0u8; 4096];
     let mut drained = 0;
+    let deadline = Instant::now() + Duration::from_millis(100);
     while drained < MAX_BODY_BYTES {
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
         }
     }
 }

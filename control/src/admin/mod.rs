@@ -8,10 +8,14 @@
 //!   stat names, the Prometheus form), so tools written for Envoy's admin work unchanged.
 //! - Mutations (`/quitquitquit`, `/drain_listeners`, `/healthcheck/*`, `/reset_counters`)
 //!   are POST only; a GET answers 405, like Envoy.
-//! - One thread (`admin`) accepts; each connection is served on its own short-lived thread
-//!   (`admin-conn`), at most [`MAX_CONNECTIONS`] at once. Reads time out
-//!   ([`REQUEST_TIMEOUT`], [`IDLE_TIMEOUT`]) and requests are bounded in size, so a
-//!   stuck or hostile client holds one slot for a few seconds at most.
+//! - One thread (`admin`) runs every connection as a task of a single-threaded runtime, at
+//!   most [`MAX_CONNECTIONS`] open at once; a new one beyond that replaces the one that has
+//!   waited longest for its request. Reads time out ([`REQUEST_TIMEOUT`], [`IDLE_TIMEOUT`])
+//!   and requests are bounded in size. Handlers run on at most [`MAX_BUSY_HANDLERS`] threads
+//!   (`admin-handler`); `/ready` is answered on the `admin` thread at once. So no number of
+//!   idle, slow or half-sent clients can keep a readiness probe out.
+//! - With `--readiness-port`, a second listener (all addresses, like Istio's 15021) serves
+//!   only `/ready` and `/healthz/ready` on the same thread.
 //!
 //! Endpoints are listed in [`ENDPOINTS`]; `/help` prints them.
 
@@ -22,8 +26,8 @@ mod socket;
 mod stats;
 
 pub use http::{
-    QueryError, QueryProblem, IDLE_TIMEOUT, MAX_BODY_BYTES, MAX_CONNECTIONS, MAX_HEAD_BYTES,
-    REQUEST_TIMEOUT,
+    QueryError, QueryProblem, IDLE_TIMEOUT, MAX_BODY_BYTES, MAX_BUSY_HANDLERS, MAX_CONNECTIONS,
+    MAX_HEAD_BYTES, REQUEST_TIMEOUT,
 };
 pub use socket::AdminListener;
 pub use stats::{collect_stats, Stat, StatValue};
@@ -309,12 +313,21 @@ fn help() -> Response {
     Response::text(200, help_text())
 }
 
-/// Starts the admin on `listener` (already bound): a thread named `admin` that accepts and
-/// hands each connection to its own `admin-conn` thread.
-pub fn spawn(listener: AdminListener, state: Arc<AdminState>) -> std::io::Result<JoinHandle<()>> {
+/// Starts the admin on `listener` (already bound), and readiness alone on `readiness` when
+/// given (`--readiness-port`): a thread named `admin` that serves both.
+pub fn spawn(
+    listener: AdminListener,
+    readiness: Option<std::net::TcpListener>,
+    state: Arc<AdminState>,
+) -> std::io::Result<JoinHandle<()>> {
+    let runtime = http::runtime()?;
     std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || http::accept_loop(listener, state))
+        .spawn(move || {
+            if let Err(e) = http::serve(runtime, listener, readiness, state) {
+                tracing::error!(error = %e, "admin: cannot serve");
+            }
+        })
 }
 
 /// Routes one request: 404 for an unknown path, 405 for a mutation that is not a POST.
@@ -347,6 +360,26 @@ fn route(state: &AdminState, req: &Request) -> Response {
         return Response::text(400, format!("invalid query: {e}\n"));
     }
     (endpoint.handler)(state, &req.query)
+}
+
+/// The readiness port (`--readiness-port`): `/ready` as the admin answers it (`LIVE`, or 503
+/// with the state), `/healthz/ready` as Istio's readiness port does (`ready`, or 503 with the
+/// state). Nothing else.
+fn route_readiness(state: &AdminState, req: &Request) -> Response {
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        return Response::text(405, format!("Method {} not allowed.\n", req.method))
+            .with_allow("GET, HEAD");
+    }
+    let s = state.effective_state();
+    match req.path.as_str() {
+        "/ready" => handle_ready(state, &req.query),
+        "/healthz/ready" if s == STATE_LIVE => Response::text(200, "ready\n"),
+        "/healthz/ready" => Response::text(503, format!("{}\n", state_name(s))),
+        _ => Response::text(
+            404,
+            "the readiness port serves only /ready and /healthz/ready\n",
+        ),
+    }
 }
 
 fn send(state: &AdminState, action: AdminAction) -> Response {

@@ -11,7 +11,7 @@ fn start() -> (Fixture, SocketAddr) {
     let f = fixture();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    spawn(AdminListener::Tcp(listener), f.state.clone()).unwrap();
+    spawn(AdminListener::Tcp(listener), None, f.state.clone()).unwrap();
     (f, addr)
 }
 
@@ -366,7 +366,12 @@ fn serves_on_a_unix_socket() {
         path: path.clone(),
         mode: 0,
     };
-    spawn(AdminListener::bind(&address).unwrap(), f.state.clone()).unwrap();
+    spawn(
+        AdminListener::bind(&address).unwrap(),
+        None,
+        f.state.clone(),
+    )
+    .unwrap();
     let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -376,4 +381,24 @@ fn serves_on_a_unix_socket() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("LIVE\n"), "{response}");
     std::fs::remove_file(&path).unwrap();
+}
+
+/// Readiness is never starved: with more half-sent requests open than the admin holds at
+/// once, `/ready` still answers 200 at once (the oldest waiting connection gives way), again
+/// and again.
+#[test]
+fn ready_answers_while_more_connections_than_the_limit_are_held() {
+    let (_f, addr) = start();
+    let mut held = Vec::new();
+    for _ in 0..super::MAX_CONNECTIONS + 8 {
+        let mut s = connect(addr);
+        s.write_all(b"GET /stats HTTP/1.1\r\nHost: a").unwrap();
+        held.push(s);
+    }
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let r = get(addr, "/ready");
+        assert_eq!((r.status, r.body.as_str()), (200, "LIVE\n"));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
 }

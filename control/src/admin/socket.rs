@@ -5,12 +5,14 @@
 //! a socket is never removed.
 
 use crate::rib::AdminAddress;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io;
+use std::net::TcpListener;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A bound admin listener.
 #[derive(Debug)]
@@ -25,14 +27,6 @@ impl AdminListener {
         match address {
             AdminAddress::Tcp(a) => TcpListener::bind(a).map(AdminListener::Tcp),
             AdminAddress::Pipe { path, mode } => bind_unix(path, *mode).map(AdminListener::Unix),
-        }
-    }
-
-    /// Waits for the next connection.
-    pub(super) fn accept(&self) -> io::Result<AdminStream> {
-        match self {
-            AdminListener::Tcp(l) => l.accept().map(|(s, _)| AdminStream::Tcp(s)),
-            AdminListener::Unix(l) => l.accept().map(|(s, _)| AdminStream::Unix(s)),
         }
     }
 }
@@ -63,65 +57,59 @@ fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// One admin connection.
+/// One admin connection, on the admin's runtime.
 #[derive(Debug)]
 pub(super) enum AdminStream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
 }
 
 impl AdminStream {
-    pub(super) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            AdminStream::Tcp(s) => s.set_read_timeout(t),
-            AdminStream::Unix(s) => s.set_read_timeout(t),
-        }
-    }
-
-    pub(super) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            AdminStream::Tcp(s) => s.set_write_timeout(t),
-            AdminStream::Unix(s) => s.set_write_timeout(t),
-        }
-    }
-
     /// Sends what is written at once (TCP_NODELAY; nothing to do on a Unix socket).
-    pub(super) fn set_nodelay(&self) -> io::Result<()> {
-        match self {
-            AdminStream::Tcp(s) => s.set_nodelay(true),
-            AdminStream::Unix(_) => Ok(()),
-        }
-    }
-
-    pub(super) fn shutdown_write(&self) -> io::Result<()> {
-        match self {
-            AdminStream::Tcp(s) => s.shutdown(Shutdown::Write),
-            AdminStream::Unix(s) => s.shutdown(Shutdown::Write),
+    pub(super) fn set_nodelay(&self) {
+        if let AdminStream::Tcp(s) = self {
+            let _ = s.set_nodelay(true);
         }
     }
 }
 
-impl Read for AdminStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            AdminStream::Tcp(s) => s.read(buf),
-            AdminStream::Unix(s) => s.read(buf),
+impl AsyncRead for AdminStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AdminStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            AdminStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl Write for AdminStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            AdminStream::Tcp(s) => s.write(buf),
-            AdminStream::Unix(s) => s.write(buf),
+impl AsyncWrite for AdminStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            AdminStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            AdminStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            AdminStream::Tcp(s) => s.flush(),
-            AdminStream::Unix(s) => s.flush(),
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AdminStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            AdminStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    /// Half-closes (`shutdown(SHUT_WR)`).
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AdminStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            AdminStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
