@@ -98,6 +98,9 @@ fn checked<M: Message + Default>(any: &Any, type_url: &str) -> Result<M, Rejecte
             format!("{path}: unknown or unsupported @type {type_url:?}"),
         ));
     }
+    if let Some((path, reason)) = bad_duration(&message) {
+        return Err(Rejected::new(&name, format!("{path}: {reason}")));
+    }
     let value =
         proto_json(&message).map_err(|e| Rejected::new(&name, format!("internal error: {e}")))?;
     walk::check(&pool, &desc, &value).map_err(|e| rejected(&name, e))?;
@@ -111,15 +114,10 @@ fn checked<M: Message + Default>(any: &Any, type_url: &str) -> Result<M, Rejecte
 fn unknown_any(message: &DynamicMessage, path: &str) -> Option<(String, String)> {
     let (mut segments, type_url) = find_unknown_any(message)?;
     segments.reverse();
-    let path = segments.iter().fold(path.to_string(), |p, s| match s {
-        Segment::Field(name) => field(&p, name),
-        Segment::Index(i) => index(&p, *i),
-        Segment::Key(k) => format!("{p}[{k}]"),
-    });
-    Some((path, type_url))
+    Some((join_path(path, &segments), type_url))
 }
 
-/// One step of a path, innermost first as `find_unknown_any` returns them.
+/// One step of a path, innermost first as `find_first` returns them.
 enum Segment {
     Field(String),
     Index(usize),
@@ -127,28 +125,79 @@ enum Segment {
 }
 
 fn find_unknown_any(message: &DynamicMessage) -> Option<(Vec<Segment>, String)> {
-    if message.descriptor().full_name() == "google.protobuf.Any" {
-        let type_url = message
-            .get_field_by_name("type_url")
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+    find_first(message, &|m| {
+        if m.descriptor().full_name() != "google.protobuf.Any" {
+            return None;
+        }
+        let type_url = any_type_url(m);
         let known = descriptors::pool()
             .get_message_by_name(type_url.rsplit('/').next().unwrap_or_default())
             .is_some();
-        return (!known).then(|| (Vec::new(), type_url));
+        (!known).then_some(type_url)
+    })
+}
+
+/// The path and reason of the first duration in `message` that Envoy refuses (the walker
+/// would refuse it too, but proto3 JSON cannot spell every binary duration, so it is found
+/// here, before the payload is turned into JSON).
+fn bad_duration(message: &DynamicMessage) -> Option<(String, String)> {
+    let (mut segments, reason) = find_first(message, &|m| {
+        if m.descriptor().full_name() != "google.protobuf.Duration" {
+            return None;
+        }
+        let seconds = m.get_field_by_name("seconds").and_then(|v| v.as_i64())?;
+        let nanos = m.get_field_by_name("nanos").and_then(|v| v.as_i32())?;
+        walk::check_duration(seconds, nanos).err()
+    })?;
+    segments.reverse();
+    Some((join_path("", &segments), reason))
+}
+
+/// `base` followed by `segments` (outermost first), as the walker spells paths.
+fn join_path(base: &str, segments: &[Segment]) -> String {
+    segments.iter().fold(base.to_string(), |p, s| match s {
+        Segment::Field(name) => field(&p, name),
+        Segment::Index(i) => index(&p, *i),
+        Segment::Key(k) => format!("{p}[{k}]"),
+    })
+}
+
+fn any_type_url(any: &DynamicMessage) -> String {
+    any.get_field_by_name("type_url")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The first message in `message` (itself, its fields, and the payloads of `Any`s of known
+/// types, whose fields the JSON form shows in place) for which `problem` says something: its
+/// path, innermost segment first, and what was said.
+fn find_first(
+    message: &DynamicMessage,
+    problem: &dyn Fn(&DynamicMessage) -> Option<String>,
+) -> Option<(Vec<Segment>, String)> {
+    if let Some(p) = problem(message) {
+        return Some((Vec::new(), p));
+    }
+    if message.descriptor().full_name() == "google.protobuf.Any" {
+        let type_url = any_type_url(message);
+        let desc = descriptors::pool()
+            .get_message_by_name(type_url.rsplit('/').next().unwrap_or_default())?;
+        let value = message.get_field_by_name("value")?;
+        let inner = DynamicMessage::decode(desc, value.as_bytes()?.as_ref()).ok()?;
+        return find_first(&inner, problem);
     }
     for (fd, value) in message.fields() {
         let found = match value {
-            Value::Message(m) => find_unknown_any(m),
+            Value::Message(m) => find_first(m, problem),
             Value::List(items) => items.iter().enumerate().find_map(|(i, v)| match v {
-                Value::Message(m) => find_unknown_any(m).map(|(mut p, t)| {
+                Value::Message(m) => find_first(m, problem).map(|(mut p, t)| {
                     p.push(Segment::Index(i));
                     (p, t)
                 }),
                 _ => None,
             }),
             Value::Map(entries) => entries.iter().find_map(|(k, v)| match v {
-                Value::Message(m) => find_unknown_any(m).map(|(mut p, t)| {
+                Value::Message(m) => find_first(m, problem).map(|(mut p, t)| {
                     p.push(Segment::Key(format!("{k:?}")));
                     (p, t)
                 }),
@@ -473,5 +522,52 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("does not decode"));
+    }
+
+    /// A resource holding a duration Envoy refuses is NACKed naming the field, whatever the
+    /// binary payload holds (seconds past what proto3 JSON can spell included), inside an
+    /// `Any` too.
+    #[test]
+    fn out_of_range_durations_are_refused_naming_the_field() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        use envoy_types::pb::google::protobuf::Duration as PbDuration;
+        for (seconds, nanos) in [
+            (315_576_000_000, 0),
+            (9_223_372_036, 0),
+            (i64::MAX, 0),
+            (-1, 0),
+            (1, 1_000_000_000),
+        ] {
+            let d = PbDuration { seconds, nanos };
+            let c = Cluster {
+                name: "c".into(),
+                connect_timeout: Some(d),
+                ..Cluster::default()
+            };
+            let e = cluster(&any(xds::CLUSTER_TYPE, &c)).expect_err("out of range");
+            assert!(
+                e.reason.starts_with("connect_timeout: "),
+                "{seconds}s {nanos}ns: {}",
+                e.reason
+            );
+            let mut l = listener_msg(10000);
+            let tp = TcpProxy {
+                stat_prefix: "t".into(),
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("c".into())),
+                idle_timeout: Some(d),
+                ..TcpProxy::default()
+            };
+            l.filter_chains[0].filters[0].config_type = Some(filter::ConfigType::TypedConfig(any(
+                "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                &tp,
+            )));
+            let e = listener(&any(xds::LISTENER_TYPE, &l)).expect_err("out of range");
+            assert!(
+                e.reason
+                    .starts_with("filter_chains[0].filters[0].typed_config.idle_timeout: "),
+                "{seconds}s {nanos}ns: {}",
+                e.reason
+            );
+        }
     }
 }
