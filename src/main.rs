@@ -118,28 +118,43 @@ enum CaptureAction {
 #[derive(clap::Args, Debug)]
 struct CaptureArgs {
     /// Outbound TCP goes to this port.
-    #[arg(short = 'p', long, default_value_t = 15001)]
+    #[arg(
+        short = 'p',
+        long,
+        default_value_t = 15001,
+        allow_negative_numbers = true
+    )]
     proxy_port: u16,
     /// Also capture TCP for local addresses, to --inbound-port.
     #[arg(long)]
     inbound: bool,
     /// Inbound TCP goes to this port (with --inbound).
-    #[arg(long, default_value_t = 15006)]
+    #[arg(long, default_value_t = 15006, allow_negative_numbers = true)]
     inbound_port: u16,
     /// The proxy's UID: its traffic is never captured.
-    #[arg(short = 'u', long, default_value_t = 1337)]
+    #[arg(
+        short = 'u',
+        long,
+        default_value_t = 1337,
+        allow_negative_numbers = true
+    )]
     proxy_uid: u32,
     /// The proxy's GID: its traffic is never captured.
-    #[arg(short = 'g', long, default_value_t = 1337)]
+    #[arg(
+        short = 'g',
+        long,
+        default_value_t = 1337,
+        allow_negative_numbers = true
+    )]
     proxy_gid: u32,
     /// The mark of the proxy's sockets: never captured.
-    #[arg(long, default_value_t = 1337)]
+    #[arg(long, default_value_t = 1337, allow_negative_numbers = true)]
     proxy_mark: u32,
     /// Never capture traffic to this address or CIDR (repeatable).
     #[arg(long)]
     exclude_cidr: Vec<switchyard_control::capture::Cidr>,
     /// Never capture traffic to this destination port (repeatable).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     exclude_port: Vec<u16>,
     /// Work in this network namespace (`ip netns`), not the current one.
     #[arg(long)]
@@ -154,10 +169,10 @@ struct CaptureArgs {
     mode: switchyard_control::capture::Mode,
     /// tproxy: the mark that routes a packet to the local stack (must differ from
     /// --proxy-mark).
-    #[arg(long, default_value_t = 1338)]
+    #[arg(long, default_value_t = 1338, allow_negative_numbers = true)]
     tproxy_mark: u32,
     /// tproxy: the routing table holding `local 0.0.0.0/0 dev lo`.
-    #[arg(long, default_value_t = 133)]
+    #[arg(long, default_value_t = 133, allow_negative_numbers = true)]
     tproxy_table: u32,
 }
 

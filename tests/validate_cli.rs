@@ -343,6 +343,22 @@ fn numeric_flags_reject_unrepresentable_values() {
             "--duration-s",
         ));
     }
+    for (flag, v) in [
+        ("--proxy-port", "-1"),
+        ("--proxy-port", "65536"),
+        ("--inbound-port", "-1"),
+        ("--proxy-uid", "-1"),
+        ("--proxy-gid", "4294967296"),
+        ("--proxy-mark", "-1"),
+        ("--exclude-port", "-1"),
+        ("--tproxy-mark", "-1"),
+        ("--tproxy-table", huge),
+    ] {
+        cases.push((
+            vec!["capture".into(), "status".into(), flag.into(), v.into()],
+            flag,
+        ));
+    }
     let mut failures = Vec::new();
     for (args, flag) in &cases {
         let out = match try_output_within(
