@@ -659,11 +659,11 @@ mod tests {
         sorted.sort();
         assert_eq!(names, sorted);
         // 9 tcp + 12 udp + 2 clusters x (17 + 4 membership + 2 circuit breaker) + 5 udp of
-        // echo (empty has no UDP route) + 7 listener + 2 workers x 2 + the worker server
-        // block + 4 admin server stats.
+        // echo (empty has no UDP route) + the listener block + 2 workers x 2 + the worker
+        // server block + 4 admin server stats.
         assert_eq!(
             stats.len(),
-            9 + 12 + 2 * 23 + 5 + 7 + 4 + ServerStat::ALL.len() + 4
+            9 + 12 + 2 * 23 + 5 + ListenerStat::ALL.len() + 4 + ServerStat::ALL.len() + 4
         );
         let text = render_text(&stats);
         for line in [
