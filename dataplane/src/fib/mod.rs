@@ -23,6 +23,8 @@ mod chain_match;
 pub use chain_match::{ChainMatch, CidrRange, MAX_FILTER_CHAINS};
 
 pub use crate::hash_lb::RingHashFunction;
+// Defined by the socket code that applies them, so `sys` needs nothing from the FIB.
+pub use crate::sys::net::{SocketOption, UpstreamBind};
 
 use crate::accesslog::AccessLogSink;
 use crate::hash_lb::{envoy_host_key, HashHost, MaglevTable, RingHash};
@@ -31,7 +33,7 @@ use crate::stats::{
     ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState, FaultStats, HostStats,
     ListenerStats, MirrorStats, TcpStats, UdpStats,
 };
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Index of a cluster in [`Fib::clusters`].
@@ -160,32 +162,6 @@ pub struct UdpProxy {
 pub struct OriginalSrc {
     /// `SO_MARK` of the upstream socket; 0 sets none.
     pub mark: u32,
-}
-
-/// How an upstream socket is set up before it connects (Envoy `upstream_bind_config`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UpstreamBind {
-    /// Bind this source IP (port chosen by the kernel); `None` leaves it to routing.
-    pub source_ip: Option<IpAddr>,
-    /// `IP_FREEBIND`: bind a source address that is not (yet) local.
-    pub freebind: bool,
-    /// `setsockopt` calls, in order, before bind and connect (e.g. `SO_MARK`).
-    pub socket_options: Vec<SocketOption>,
-}
-
-impl UpstreamBind {
-    /// True when the socket needs nothing beyond what the kernel gives it.
-    pub fn is_empty(&self) -> bool {
-        self.source_ip.is_none() && !self.freebind && self.socket_options.is_empty()
-    }
-}
-
-/// One integer `setsockopt(level, name, value)` (Envoy `SocketOption.int_value`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SocketOption {
-    pub level: i32,
-    pub name: i32,
-    pub value: i32,
 }
 
 impl Listener {

@@ -3,12 +3,40 @@
 //! Workers call these only when a listener opens or closes, or when a connection needs an
 //! address the completion did not carry (`getpeername`/`getsockname`); the steady-state relay
 //! never does.
+//!
+//! The upstream socket setup ([`UpstreamBind`], [`SocketOption`]) is defined here, next to the
+//! code that applies it; the FIB re-exports it. `sys` imports nothing else from the crate.
 
-use crate::fib::UpstreamBind;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// How an upstream socket is set up before it connects (Envoy `upstream_bind_config`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamBind {
+    /// Bind this source IP (port chosen by the kernel); `None` leaves it to routing.
+    pub source_ip: Option<IpAddr>,
+    /// `IP_FREEBIND`: bind a source address that is not (yet) local.
+    pub freebind: bool,
+    /// `setsockopt` calls, in order, before bind and connect (e.g. `SO_MARK`).
+    pub socket_options: Vec<SocketOption>,
+}
+
+impl UpstreamBind {
+    /// True when the socket needs nothing beyond what the kernel gives it.
+    pub fn is_empty(&self) -> bool {
+        self.source_ip.is_none() && !self.freebind && self.socket_options.is_empty()
+    }
+}
+
+/// One integer `setsockopt(level, name, value)` (Envoy `SocketOption.int_value`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOption {
+    pub level: i32,
+    pub name: i32,
+    pub value: i32,
+}
 
 /// A listening TCP socket with SO_REUSEPORT, so every worker can own one on the same address;
 /// with `transparent`, also `IP_TRANSPARENT` (needs CAP_NET_ADMIN), so it accepts connections
