@@ -11,6 +11,7 @@
 pub mod accesslog;
 pub mod fib;
 pub mod hash_lb;
+pub mod handoff;
 pub mod health;
 pub mod lb;
 pub mod plane;

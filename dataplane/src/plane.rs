@@ -1,4 +1,6 @@
-//! The data plane handle: starts the workers, publishes FIBs, drains and stops.
+//! The data plane handle: starts the workers, publishes FIBs, drains and stops. What it hands
+//! the workers ([`Snapshot`], [`ListenerSockets`], the phase) is defined in
+//! [`crate::handoff`].
 //!
 //! Guarantees:
 //! - **One pointer swap.** [`DataPlane::publish`] opens the sockets of new listeners first
@@ -16,112 +18,18 @@
 
 use crate::accesslog::AccessLogQueues;
 use crate::fib::{Fib, Listener, UdpListener};
+use crate::handoff::{ListenerSockets, Phase, Shared, Snapshot};
 use crate::stats::{ServerStat, ServerStats};
 use crate::sys::net::{self, EventFd};
 use crate::sys::Ring;
 use crate::worker::{Limits, Worker, WorkerError};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// What workers do with listeners and connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    /// Accepting and relaying.
-    Running = 0,
-    /// Not accepting; open connections continue.
-    Draining = 1,
-    /// Closing every connection; workers exit when none is left.
-    Stopped = 2,
-}
-
-impl Phase {
-    fn from_u8(v: u8) -> Phase {
-        match v {
-            0 => Phase::Running,
-            1 => Phase::Draining,
-            _ => Phase::Stopped,
-        }
-    }
-}
-
-/// The sockets of one listener: one per worker, bound to the same address.
-#[derive(Debug)]
-pub struct ListenerSockets {
-    /// Unique for the life of the process: tells sockets apart even when fd numbers repeat.
-    pub id: u64,
-    /// Listener name.
-    pub name: Arc<str>,
-    /// Bound address (TCP or UDP, by the snapshot list that holds it).
-    pub address: SocketAddr,
-    /// Opened with `IP_TRANSPARENT`.
-    pub transparent: bool,
-    fds: Vec<OwnedFd>,
-}
-
-impl ListenerSockets {
-    /// The socket of worker `worker`.
-    pub fn fd(&self, worker: usize) -> Option<RawFd> {
-        self.fds.get(worker).map(|f| f.as_raw_fd())
-    }
-}
-
-/// What workers read: a FIB and the sockets of its listeners (same order as
-/// `fib.listeners`).
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Increases with every store (a publication, or listeners closing for a drain).
-    pub epoch: u64,
-    /// The forwarding table.
-    pub fib: Arc<Fib>,
-    /// Listener sockets, indexed like `fib.listeners`.
-    pub listeners: Vec<Arc<ListenerSockets>>,
-    /// UDP listener sockets, indexed like `fib.udp_listeners`.
-    pub udp_listeners: Vec<Arc<ListenerSockets>>,
-}
-
-/// State shared by the handle and the workers. Workers only read it (atomics and one
-/// `ArcSwap` load) and write their own progress markers.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    phase: AtomicU8,
-    pub drain_time_ms: u64,
-    pub server_stats: Arc<ServerStats>,
-    pub access_logs: Arc<AccessLogQueues>,
-    adopted: Vec<AtomicU64>,
-    exited: Vec<AtomicU8>,
-    /// Per worker: milliseconds to sleep before adopting its next snapshot (a test's way to
-    /// make a worker lag; 0 in service).
-    adoption_delay_ms: Vec<AtomicU64>,
-}
-
-impl Shared {
-    pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::Acquire))
-    }
-
-    pub fn worker_adopted(&self, worker: usize, epoch: u64) {
-        self.adopted[worker].store(epoch, Ordering::Release);
-    }
-
-    pub fn worker_exited(&self, worker: usize) {
-        self.exited[worker].store(1, Ordering::Release);
-    }
-
-    /// The delay a test asked worker `worker` to take before its next adoption (taken once).
-    pub fn take_adoption_delay(&self, worker: usize) -> Option<Duration> {
-        match self.adoption_delay_ms[worker].swap(0, Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
-    }
-}
 
 /// Why the data plane could not start or publish.
 #[derive(Debug)]
@@ -207,16 +115,12 @@ impl DataPlane {
             crate::sys::RingError::Other(e) => PlaneError::Worker(e),
         })?;
         let workers = config.cpus.len().max(1);
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            phase: AtomicU8::new(0),
-            drain_time_ms: config.drain_time.as_millis() as u64,
+        let shared = Arc::new(Shared::new(
+            workers,
+            config.drain_time,
             server_stats,
             access_logs,
-            adopted: (0..workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
-            exited: (0..workers).map(|_| AtomicU8::new(0)).collect(),
-            adoption_delay_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),
-        });
+        ));
         let mut plane = DataPlane {
             shared,
             wakers: Vec::new(),
@@ -276,9 +180,7 @@ impl DataPlane {
     }
 
     fn abort_start(&mut self) {
-        self.shared
-            .phase
-            .store(Phase::Stopped as u8, Ordering::Release);
+        self.shared.set_phase(Phase::Stopped);
         self.wake_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -351,13 +253,13 @@ impl DataPlane {
                         address,
                         error,
                     })?;
-                Ok(Arc::new(ListenerSockets {
-                    id: self.next_socket_id.fetch_add(1, Ordering::Relaxed),
-                    name: name.clone(),
+                Ok(Arc::new(ListenerSockets::new(
+                    self.next_socket_id.fetch_add(1, Ordering::Relaxed),
+                    name.clone(),
                     address,
                     transparent,
                     fds,
-                }))
+                )))
             })
             .collect()
     }
@@ -398,13 +300,7 @@ impl DataPlane {
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_micros(5);
         while Instant::now() < deadline {
-            let all = self
-                .shared
-                .adopted
-                .iter()
-                .zip(self.shared.exited.iter())
-                .all(|(a, e)| a.load(Ordering::Acquire) >= epoch || e.load(Ordering::Acquire) == 1);
-            if all {
+            if self.shared.all_adopted(epoch) {
                 return;
             }
             std::thread::sleep(pause);
@@ -420,7 +316,7 @@ impl DataPlane {
     }
 
     fn set_phase(&self, phase: Phase) {
-        self.shared.phase.store(phase as u8, Ordering::Release);
+        self.shared.set_phase(phase);
         self.wake_all();
     }
 
@@ -438,10 +334,8 @@ impl DataPlane {
     /// with a long batch would: for tests of what a lagging worker must never see.
     #[doc(hidden)]
     pub fn delay_next_adoption_for_test(&self, delay: Duration) {
-        let ms = delay.as_millis().max(1) as u64;
-        for d in &self.shared.adoption_delay_ms {
-            d.store(ms, Ordering::Relaxed);
-        }
+        self.shared
+            .delay_next_adoption(delay.as_millis().max(1) as u64);
     }
 
     /// Connections open on all workers.

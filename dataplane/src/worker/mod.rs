@@ -25,9 +25,9 @@ mod udp;
 
 use crate::accesslog::{AccessRecord, ResponseFlags};
 use crate::fib::{Fib, Listener, Route};
+use crate::handoff::{Phase, Shared, Snapshot};
 use crate::hash_lb;
 use crate::lb::{mix_seed, Pick, Rng, WorkerLb};
-use crate::plane::{Phase, Shared, Snapshot};
 use crate::relay::{Action, Actions, BufId, Dir, Event, Received, Side};
 use crate::stats::{ClusterStat, HostStat, ListenerStat, Resource, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};

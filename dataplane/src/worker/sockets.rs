@@ -14,7 +14,7 @@
 //!   operates on a descriptor number that was closed and reused.
 
 use super::ud;
-use crate::plane::ListenerSockets;
+use crate::handoff::ListenerSockets;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::RawFd;
 use std::sync::Arc;

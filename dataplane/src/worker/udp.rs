@@ -38,9 +38,9 @@ use super::sockets::SocketSlots;
 use super::ud::{self, Kind};
 use super::Worker;
 use crate::fib::{Cluster, ClusterId, Route, UdpListener};
+use crate::handoff::{Phase, Snapshot};
 use crate::health::ClusterHealth;
 use crate::lb::Pick;
-use crate::plane::{Phase, Snapshot};
 use crate::stats::{
     ClusterResources, ClusterStat, ClusterStats, ClusterUdpStat, ClusterUdpStats, HostStats,
     Resource, UdpStat, UdpStats,
