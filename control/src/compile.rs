@@ -36,8 +36,9 @@ use switchyard_dataplane::fib::{
     Mirror, Route, TcpProxy, UdpListener, UdpProxy, WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
+use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::lb::levels::first_priority_len;
-use switchyard_dataplane::stats::{ClusterUdpStats, HostStats};
+use switchyard_dataplane::stats::ClusterUdpStats;
 
 /// Kernel accept backlog for every listener.
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -265,11 +266,11 @@ fn cluster(
     stats: &StatsRegistry,
     udp_stats: Arc<ClusterUdpStats>,
 ) -> Cluster {
-    let old: HashMap<SocketAddr, &Arc<HostStats>> = previous
+    let old: HashMap<SocketAddr, &Arc<HostState>> = previous
         .map(|p| p.endpoints.iter().map(|e| (e.address, &e.stats)).collect())
         .unwrap_or_default();
     let new_host = || {
-        let host = HostStats::default();
+        let host = HostState::default();
         if c.health.health_check.is_some() {
             // As in Envoy: a host under an active check takes no traffic until its first
             // check passes.

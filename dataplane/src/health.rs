@@ -18,12 +18,12 @@
 //!
 //! # Guarantees
 //!
-//! - Health survives FIB swaps: flags live in the host's stat block, which a new FIB takes
-//!   over from the previous one for every endpoint it keeps (by address); the cluster block
-//!   is fetched by cluster name.
+//! - Health survives FIB swaps: flags live in the host's [`crate::host::HostState`], which a
+//!   new FIB takes over from the previous one for every endpoint it keeps (by address); the
+//!   cluster block is fetched by cluster name.
 //! - Nothing here locks or allocates after construction.
 
-use crate::stats::{HealthStat, StatKind};
+use crate::stats::HealthStat;
 use crate::sys::net::EventFd;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -44,7 +44,7 @@ pub const ACTIVE_HC_TIMEOUT: u32 = 8;
 const UNHEALTHY: u32 = FAILED_ACTIVE_HC | FAILED_OUTLIER_CHECK;
 
 /// One host's health: flags and the consecutive connect failures outlier detection counts.
-/// Twelve bytes per endpoint, inside its [`crate::stats::HostStats`].
+/// Twelve bytes per endpoint (asserted below), inside its [`crate::host::HostState`].
 #[derive(Debug, Default)]
 pub struct HostHealth {
     flags: AtomicU32,
@@ -53,6 +53,9 @@ pub struct HostHealth {
     /// saw ended, even when a new one has grown as long since.
     runs_ended: AtomicU32,
 }
+
+// Three 4-byte atomics; part of the per-endpoint cost `host::HostState` states.
+const _: () = assert!(std::mem::size_of::<HostHealth>() == 12);
 
 impl HostHealth {
     /// The current flags (0: healthy).
@@ -217,11 +220,7 @@ impl ClusterHealth {
 
     /// Zeroes every counter (gauges are left alone), for `/reset_counters`.
     pub fn reset_counters(&self) {
-        for s in HealthStat::ALL {
-            if s.kind() == StatKind::Counter {
-                self.stats[s as usize].store(0, Ordering::Relaxed);
-            }
-        }
+        HealthStat::reset_counters(&self.stats);
     }
 }
 

@@ -10,9 +10,10 @@
 
 pub mod accesslog;
 pub mod fib;
-pub mod hash_lb;
 pub mod handoff;
+pub mod hash_lb;
 pub mod health;
+pub mod host;
 pub mod lb;
 pub mod plane;
 pub mod relay;

@@ -115,6 +115,16 @@ macro_rules! stat_enum {
             pub const fn kind(self) -> StatKind {
                 match self { $($stat::$variant => StatKind::$kind),* }
             }
+
+            /// Zeroes the counters of `values`, one shared atomic per stat indexed by the
+            /// stat; gauges are left alone.
+            pub fn reset_counters(values: &[AtomicU64; $count]) {
+                for s in $stat::ALL {
+                    if s.kind() == StatKind::Counter {
+                        values[s as usize].store(0, Ordering::Relaxed);
+                    }
+                }
+            }
         }
     };
 }
@@ -432,6 +442,8 @@ impl ClusterResources {
     }
 }
 
+// Per endpoint, for `/clusters` (`cluster::host:port::cx_total::N`); kept in the endpoint's
+// shared `host::HostState`, not in per-worker slots.
 stat_enum!(HostStat, 4, {
     /// Connections made to this host.
     CxTotal => ("cx_total", Counter),
@@ -509,63 +521,6 @@ impl HealthStat {
     /// True for the `outlier_detection.*` stats, false for `health_check.*`.
     pub fn is_outlier(self) -> bool {
         self.name().starts_with("outlier_detection.")
-    }
-}
-
-/// Per endpoint, for `/clusters` (`cluster::host:port::cx_total::N`).
-///
-/// Unlike the other blocks, one set of atomics shared by every worker (as Envoy's host stats
-/// are): host stats change once per connection, never per byte, so sharing costs little,
-/// while a slot per worker would cost `(workers + 1) * 128` bytes for every endpoint, the
-/// largest part of a FIB with 100k endpoints. 40 bytes per endpoint, health included.
-#[derive(Debug, Default)]
-pub struct HostStats {
-    counters: [AtomicU64; 4],
-    /// The host's health flags and failure run ([`crate::health`]), shared the same way.
-    pub health: crate::health::HostHealth,
-}
-
-impl HostStats {
-    /// A zeroed block.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds one to `stat`.
-    #[inline]
-    pub fn inc(&self, stat: HostStat) {
-        self.counters[stat as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds `value` to `stat`.
-    #[inline]
-    pub fn add(&self, stat: HostStat, value: u64) {
-        self.counters[stat as usize].fetch_add(value, Ordering::Relaxed);
-    }
-
-    /// Subtracts one from gauge `stat`.
-    #[inline]
-    pub fn dec(&self, stat: HostStat) {
-        self.counters[stat as usize].fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// The value of a counter.
-    pub fn get(&self, stat: HostStat) -> u64 {
-        self.counters[stat as usize].load(Ordering::Relaxed)
-    }
-
-    /// The value of a gauge.
-    pub fn gauge(&self, stat: HostStat) -> i64 {
-        self.get(stat) as i64
-    }
-
-    /// Zeroes every counter (gauges are left alone).
-    pub fn reset_counters(&self) {
-        for s in HostStat::ALL {
-            if s.kind() == StatKind::Counter {
-                self.counters[s as usize].store(0, Ordering::Relaxed);
-            }
-        }
     }
 }
 

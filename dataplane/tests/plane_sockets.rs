@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::AccessLogQueues;
 use switchyard_dataplane::fib::*;
+use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::plane::{DataPlane, PlaneConfig};
 use switchyard_dataplane::stats::*;
 use switchyard_dataplane::worker::{Limits, RelayMode};
@@ -53,7 +54,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
                 address: *a,
                 weight: 1,
                 priority: 0,
-                stats: Arc::new(HostStats::new()),
+                stats: Arc::new(HostState::new()),
             })
             .collect(),
         stats: Arc::new(ClusterStats::new("echo", workers)),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_dataplane::accesslog::AccessLogQueues;
 use switchyard_dataplane::fib::*;
+use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::plane::{DataPlane, PlaneConfig};
 use switchyard_dataplane::stats::*;
 use switchyard_dataplane::worker::Limits;
@@ -44,7 +45,7 @@ struct Plane {
 
 /// A cluster `udp_echo` over `endpoints` (round robin), tracking outlier health, admitting
 /// `max_sessions`.
-fn cluster(endpoints: &[(SocketAddr, Arc<HostStats>)], max_sessions: u32) -> Cluster {
+fn cluster(endpoints: &[(SocketAddr, Arc<HostState>)], max_sessions: u32) -> Cluster {
     Cluster {
         name: "udp_echo".into(),
         connect_timeout_ms: 1000,
@@ -120,7 +121,7 @@ fn fib_with(
 }
 
 fn start(backend: SocketAddr, idle_timeout_ms: Option<u64>) -> Plane {
-    let host = Arc::new(HostStats::new());
+    let host = Arc::new(HostState::new());
     start_with(
         Limits::default(),
         cluster(&[(backend, host)], 1024),
@@ -275,7 +276,7 @@ fn sessions_held(p: &Plane) -> u64 {
 #[test]
 fn a_session_leaves_an_endpoint_that_is_removed_or_turns_unhealthy() {
     let (a, b) = (udp_backend(Some(b"a")), udp_backend(Some(b"b")));
-    let (host_a, host_b) = (Arc::new(HostStats::new()), Arc::new(HostStats::new()));
+    let (host_a, host_b) = (Arc::new(HostState::new()), Arc::new(HostState::new()));
     let p = start_with(
         Limits::default(),
         cluster(&[(a, host_a.clone())], 1024),
@@ -343,7 +344,7 @@ fn two_buffers_carry_a_burst_and_the_circuit_breaker_limits_sessions() {
         datagram_buffers_per_worker: 2,
         ..Limits::default()
     };
-    let host = Arc::new(HostStats::new());
+    let host = Arc::new(HostState::new());
     let p = start_with(limits, cluster(&[(udp_echo(), host)], 3), None);
     let clients: Vec<UdpSocket> = (0..5).map(|_| client(p.listen)).collect();
     for round in 0..20u8 {

@@ -19,9 +19,7 @@ fn socket_address(addr: &SocketAddr) -> serde_json::Value {
 }
 
 /// Host stats sorted by name (Envoy's text order): (name, kind, value).
-fn host_stats(
-    stats: &switchyard_dataplane::stats::HostStats,
-) -> Vec<(&'static str, StatKind, u64)> {
+fn host_stats(stats: &switchyard_dataplane::host::HostState) -> Vec<(&'static str, StatKind, u64)> {
     let mut v: Vec<_> = HostStat::ALL
         .iter()
         .map(|&s| (s.name(), s.kind(), stats.get(s)))

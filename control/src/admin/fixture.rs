@@ -9,8 +9,9 @@ use std::sync::Arc;
 use switchyard_dataplane::fib::{
     Cluster, ClusterId, Endpoint, Fib, LbPolicy, Listener, Route, UdpListener, UdpProxy,
 };
+use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::stats::{
-    ClusterStat, ClusterUdpStat, HostStat, HostStats, ListenerStat, ServerStat, TcpStat, UdpStat,
+    ClusterStat, ClusterUdpStat, HostStat, ListenerStat, ServerStat, TcpStat, UdpStat,
 };
 
 pub(crate) struct Fixture {
@@ -54,11 +55,11 @@ pub(crate) fn fixture() -> Fixture {
 
     let a1 = "127.0.0.1:9001".parse().unwrap();
     let a2 = "127.0.0.1:9002".parse().unwrap();
-    let h1 = Arc::new(HostStats::new());
+    let h1 = Arc::new(HostState::new());
     h1.add(HostStat::CxTotal, 3);
     h1.inc(HostStat::CxConnectFail);
     h1.inc(HostStat::CxActive);
-    let h2 = Arc::new(HostStats::new());
+    let h2 = Arc::new(HostState::new());
     h2.add(HostStat::CxTotal, 2);
     h2.inc(HostStat::RqError);
 

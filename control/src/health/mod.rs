@@ -40,8 +40,9 @@ use switchyard_dataplane::health::{
     ClusterHealth, HealthSignal, ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC, FAILED_OUTLIER_CHECK,
     PENDING_ACTIVE_HC,
 };
+use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::lb::Rng;
-use switchyard_dataplane::stats::{ClusterStat, ClusterStats, HealthStat, HostStats};
+use switchyard_dataplane::stats::{ClusterStat, ClusterStats, HealthStat};
 use switchyard_dataplane::{poll, PollFd};
 
 /// The longest the thread sleeps without looking at the FIB.
@@ -153,13 +154,13 @@ pub(crate) struct HostEntry {
     address: SocketAddr,
     /// The host's shared block (its flags and failure run); its address is the host's
     /// identity across FIBs.
-    stats: Arc<HostStats>,
+    stats: Arc<HostState>,
     outlier: outlier::OutlierHost,
     active: active::ActiveHost,
 }
 
 impl HostEntry {
-    fn new(address: SocketAddr, stats: Arc<HostStats>) -> Self {
+    fn new(address: SocketAddr, stats: Arc<HostState>) -> Self {
         HostEntry {
             address,
             stats,
@@ -297,7 +298,7 @@ impl State {
         entry.health = cluster.health_state.clone();
         entry.stats = cluster.stats.clone();
         entry.policy = cluster.health.clone();
-        let mut known: HashMap<*const HostStats, HostEntry> = entry
+        let mut known: HashMap<*const HostState, HostEntry> = entry
             .hosts
             .drain(..)
             .map(|h| (Arc::as_ptr(&h.stats), h))

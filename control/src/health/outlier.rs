@@ -239,11 +239,11 @@ mod tests {
     use super::*;
     use crate::health::HostEntry;
     use std::sync::Arc;
-    use switchyard_dataplane::stats::HostStats;
+    use switchyard_dataplane::host::HostState;
 
     fn hosts(n: usize) -> Vec<HostEntry> {
         (0..n)
-            .map(|i| HostEntry::new(([10, 0, 0, i as u8], 80).into(), Arc::new(HostStats::new())))
+            .map(|i| HostEntry::new(([10, 0, 0, i as u8], 80).into(), Arc::new(HostState::new())))
             .collect()
     }
 

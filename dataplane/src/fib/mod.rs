@@ -29,8 +29,9 @@ pub use crate::sys::net::{SocketOption, UpstreamBind};
 use crate::accesslog::AccessLogSink;
 use crate::hash_lb::{envoy_host_key, HashHost, MaglevTable, RingHash};
 use crate::health::ClusterHealth;
+use crate::host::HostState;
 use crate::stats::{
-    ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState, FaultStats, HostStats,
+    ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState, FaultStats,
     ListenerStats, MirrorStats, TcpStats, UdpStats,
 };
 use std::net::SocketAddr;
@@ -709,8 +710,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// The priority of its locality (0 is tried first).
     pub priority: u32,
-    /// Per-host stats and health, shared across generations by cluster and address.
-    pub stats: Arc<HostStats>,
+    /// The host's counters and health ([`HostState`]), shared across generations by cluster
+    /// and address.
+    pub stats: Arc<HostState>,
 }
 
 impl Endpoint {

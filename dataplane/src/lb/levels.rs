@@ -459,7 +459,8 @@ mod tests {
     use super::*;
     use crate::fib::{HealthPolicy, LbPolicy, OutlierDetection};
     use crate::health::{ClusterHealth, FAILED_OUTLIER_CHECK};
-    use crate::stats::{ClusterStats, HostStats};
+    use crate::host::HostState;
+    use crate::stats::ClusterStats;
     use std::net::SocketAddr;
     use std::sync::Arc;
 
@@ -471,7 +472,7 @@ mod tests {
                 address: SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
                 weight: 1,
                 priority,
-                stats: Arc::new(HostStats::new()),
+                stats: Arc::new(HostState::new()),
             })
             .collect();
         let hash_table = HashTable::build(policy, &endpoints[..first_priority_len(&endpoints)]);

@@ -642,7 +642,8 @@ impl EdfHeap<Ratio> {
 mod tests {
     use super::Rng;
     use super::*;
-    use crate::stats::{ClusterStats, HostStats};
+    use crate::host::HostState;
+    use crate::stats::ClusterStats;
     use proptest::prelude::*;
     use std::net::SocketAddr;
     use std::sync::Arc;
@@ -655,7 +656,7 @@ mod tests {
                 address: SocketAddr::from(([10, 0, 0, (i % 250) as u8 + 1], 8080)),
                 weight,
                 priority: 0,
-                stats: Arc::new(HostStats::new()),
+                stats: Arc::new(HostState::new()),
             })
             .collect()
     }

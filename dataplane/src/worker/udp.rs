@@ -40,10 +40,11 @@ use super::Worker;
 use crate::fib::{Cluster, ClusterId, Route, UdpListener};
 use crate::handoff::{Phase, Snapshot};
 use crate::health::ClusterHealth;
+use crate::host::HostState;
 use crate::lb::Pick;
 use crate::stats::{
-    ClusterResources, ClusterStat, ClusterStats, ClusterUdpStat, ClusterUdpStats, HostStats,
-    Resource, UdpStat, UdpStats,
+    ClusterResources, ClusterStat, ClusterStats, ClusterUdpStat, ClusterUdpStats, Resource,
+    UdpStat, UdpStats,
 };
 use crate::sys::net;
 use crate::sys::uring::Datagram;
@@ -84,7 +85,7 @@ struct Session {
     proxy_stats: Option<Arc<UdpStats>>,
     cluster_stats: Option<Arc<UdpClusterRef>>,
     /// The endpoint's stat block (its identity across FIBs, and its health).
-    host: Option<Arc<HostStats>>,
+    host: Option<Arc<HostState>>,
     /// The cluster's health epoch when the session picked its endpoint.
     health_epoch: u64,
 }
@@ -104,7 +105,7 @@ struct UdpUpstream {
     /// The socket connected to the endpoint.
     fd: RawFd,
     cluster: Arc<UdpClusterRef>,
-    host: Arc<HostStats>,
+    host: Arc<HostState>,
     proxy_stats: Arc<UdpStats>,
     idle_timeout_ms: Option<u64>,
 }
