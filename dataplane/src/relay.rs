@@ -238,13 +238,18 @@ pub struct Bytes {
     pub sent: u64,
 }
 
-/// The two-direction relay of one connection.
+/// The two-direction relay of one connection: 104 bytes (asserted below), held inline in
+/// every connection slot.
 #[derive(Debug, Clone, Copy)]
 pub struct Relay {
     flows: [Flow; 2],
     bytes: [Bytes; 2],
     reset: bool,
 }
+
+// Two `Flow`s, two `Bytes` (32) and the reset flag, padded to 8. Every connection slot holds
+// one, so growth here grows the slab: change the figure deliberately, with the doc above.
+const _: () = assert!(std::mem::size_of::<Relay>() == 104);
 
 impl Default for Relay {
     fn default() -> Self {

@@ -26,6 +26,10 @@ pub(crate) struct Completion {
     pub flags: u32,
 }
 
+// What the worker copies out of the completion queue per event: the size of a plain CQE,
+// 16 bytes (four per cache line), whatever fields are added here.
+const _: () = assert!(std::mem::size_of::<Completion>() == 16);
+
 impl Completion {
     /// True when a multishot operation will post more completions.
     pub fn more(&self) -> bool {

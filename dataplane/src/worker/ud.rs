@@ -105,15 +105,24 @@ impl Kind {
 
 const NONCE_BITS: u32 = 24;
 const NONCE_MASK: u64 = (1 << NONCE_BITS) - 1;
+/// The kind sits above the 32-bit slot and the nonce.
+const KIND_SHIFT: u32 = NONCE_BITS + u32::BITS;
+
+// The three fields fill the 64-bit `user_data` exactly: an 8-bit kind (`Kind` is `repr(u8)`)
+// over the slot over the nonce. Widening one must narrow another.
+const _: () = assert!(KIND_SHIFT + u8::BITS == u64::BITS);
+const _: () = assert!(std::mem::size_of::<Kind>() == 1);
 
 /// Packs a user_data value.
 pub(crate) fn encode(kind: Kind, slot: u32, nonce: u32) -> u64 {
-    ((kind as u64) << 56) | (u64::from(slot) << NONCE_BITS) | (u64::from(nonce) & NONCE_MASK)
+    ((kind as u64) << KIND_SHIFT)
+        | (u64::from(slot) << NONCE_BITS)
+        | (u64::from(nonce) & NONCE_MASK)
 }
 
 /// Unpacks a user_data value; `None` for values this worker never produced.
 pub(crate) fn decode(ud: u64) -> Option<(Kind, u32, u32)> {
-    let kind = Kind::from_u8((ud >> 56) as u8)?;
+    let kind = Kind::from_u8((ud >> KIND_SHIFT) as u8)?;
     let slot = ((ud >> NONCE_BITS) & 0xffff_ffff) as u32;
     Some((kind, slot, (ud & NONCE_MASK) as u32))
 }
