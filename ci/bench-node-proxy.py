@@ -14,7 +14,7 @@ closed loop: p50 and p99), and connections per second (8 at a time). The targets
 within every repetition; the table shows medians over the repetitions and captured/forwarded.
 Nothing is pinned: every process shares the machine's CPUs (the placement is printed).
 
-    ci/bench-node-proxy [--reps 3] [--duration 3] [--no-build] [--json FILE]
+    ci/bench-node-proxy.py [--reps 3] [--duration 3] [--no-build] [--json FILE]
 
 Needs root, iproute2, iptables. Removes its namespaces and stops its processes by PID.
 """

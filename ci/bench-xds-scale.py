@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """xDS scale: Switchyard and Envoy fed the same snapshot by the same ADS server.
 
-    ci/bench-xds-scale [--reps 3] [--api GRPC|DELTA_GRPC] [--clusters 10000] [--endpoints 10]
+    ci/bench-xds-scale.py [--reps 3] [--api GRPC|DELTA_GRPC] [--clusters 10000] [--endpoints 10]
                        [--concurrency 1] [--changes 20] [--phase-s 5] [--only switchyard,envoy]
                        [--no-build] [--out bench/results]
 
@@ -114,7 +114,7 @@ def main():
     lines = [
         f"# xDS scale, {date}, Switchyard {commit}",
         "",
-        f"`ci/bench-xds-scale --reps {args.reps} --api {args.api}`: {args.clusters} EDS clusters x "
+        f"`ci/bench-xds-scale.py --reps {args.reps} --api {args.api}`: {args.clusters} EDS clusters x "
         f"{args.endpoints} endpoints, {args.concurrency} worker(s), {nproc} CPUs, proxies unpinned; "
         f"median (min-max) of {args.reps} interleaved runs.",
         "",

@@ -44,12 +44,12 @@ each measurement the CPU time of processes that are not ours is measured, and a 
 disturbed by more than --disturb-cpu CPU-seconds per second is re-run (up to 2 times).
 Proxy CPU is utime+stime of the proxy's process tree (/proc/PID/stat), RSS is VmRSS.
 
-    ci/bench-compare [--quick] [--reps N] [--no-build] [--no-install] [--port-base 16100]
+    ci/bench-compare.py [--quick] [--reps N] [--no-build] [--no-install] [--port-base 16100]
                      [--only switchyard,nginx] [--placements shared,split] [--out bench/results]
                      [--scenarios S1,S7 | --scenario udp] [--udp-rates 4000,20000]
 
 S7 alone (HAProxy and the floor have no UDP cell, so leave them out):
-    ci/bench-compare --quick --no-install --only switchyard,nginx,envoy --scenario udp
+    ci/bench-compare.py --quick --no-install --only switchyard,nginx,envoy --scenario udp
 
 Writes bench/results/<date>-<mode>.{json,md,png} (the chart only when S1 or S2 ran). Exit 1 if
 any run reported errors (or a contender could not start), 0 otherwise. Every process it starts

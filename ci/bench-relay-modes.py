@@ -9,7 +9,7 @@ Per placement and target: iperf3 1 stream, iperf3 -P 4, and 64-byte request/resp
 Runs are interleaved (the target order rotates every repetition); the table shows the median
 and min-max over the repetitions.
 
-    ci/bench-relay-modes [--reps 3] [--duration 5] [--port-base 15900] [--no-build] [--json F]
+    ci/bench-relay-modes.py [--reps 3] [--duration 5] [--port-base 15900] [--no-build] [--json F]
 
 Needs iperf3, taskset and 2 CPUs. Every process it starts is stopped by its PID.
 """
