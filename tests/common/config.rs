@@ -1,0 +1,87 @@
+//! Config templating: `{{var}}` substitution and builders for the Envoy v3 bootstrap YAML
+//! (admin, TCP proxy listeners, static clusters) that both proxies are given.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+/// Replaces every `{{key}}` in `template` with its value; panics if a placeholder remains.
+pub fn render(template: &str, vars: &[(&str, String)]) -> String {
+    let mut s = template.to_string();
+    for (k, v) in vars {
+        s = s.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    if let Some(i) = s.find("{{") {
+        let end = (i + 40).min(s.len());
+        panic!("unfilled placeholder in config: {}", &s[i..end]);
+    }
+    s
+}
+
+/// An Envoy v3 bootstrap: admin on `admin_port`, then the given listener and cluster YAML
+/// (each a list of items already indented for `static_resources.listeners` / `.clusters`).
+pub fn bootstrap(admin_port: u16, listeners: &str, clusters: &str) -> String {
+    format!(
+        "admin:\n  address:\n    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}\n\
+static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}"
+    )
+}
+
+/// One TCP proxy listener item (indented for `static_resources.listeners`).
+pub fn tcp_listener(name: &str, port: u16, stat_prefix: &str, cluster: &str) -> String {
+    tcp_listener_after(name, port, "", stat_prefix, cluster)
+}
+
+/// Like [`tcp_listener`], with network filters (`filters` items, indented as such) before
+/// the tcp_proxy.
+pub fn tcp_listener_after(
+    name: &str,
+    port: u16,
+    filters: &str,
+    stat_prefix: &str,
+    cluster: &str,
+) -> String {
+    format!(
+        r#"  - name: {name}
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+{filters}      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {stat_prefix}
+          cluster: {cluster}
+"#
+    )
+}
+
+/// One STATIC round-robin cluster item with `(address, weight)` endpoints.
+pub fn static_cluster(name: &str, endpoints: &[(SocketAddr, u32)]) -> String {
+    static_cluster_lb(name, "ROUND_ROBIN", endpoints)
+}
+
+pub fn static_cluster_lb(name: &str, lb: &str, endpoints: &[(SocketAddr, u32)]) -> String {
+    let mut eps = String::new();
+    for (a, w) in endpoints {
+        let _ = write!(
+            eps,
+            "        - endpoint:\n            address:\n              socket_address: {{ address: {}, port_value: {} }}\n          load_balancing_weight: {w}\n",
+            a.ip(),
+            a.port()
+        );
+    }
+    let lb_endpoints = if endpoints.is_empty() {
+        "      endpoints: []\n".to_string()
+    } else {
+        format!("      endpoints:\n      - lb_endpoints:\n{eps}")
+    };
+    format!(
+        r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    lb_policy: {lb}
+    load_assignment:
+      cluster_name: {name}
+{lb_endpoints}"#
+    )
+}

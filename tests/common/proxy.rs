@@ -1,0 +1,354 @@
+//! The proxy under test ([`Proxy`]): Switchyard or Envoy started on a bootstrap with
+//! [`ProxyOpts`], waited for until ready, its logs, signals by PID, RSS and admin statistics;
+//! [`start_selected`] and [`start_selected_with`] start the proxy the run selected.
+
+use super::{
+    envoy_bin, http, local, parse_stats, proxy_available, require, selected_proxy, switchyard_bin,
+    test_dir, HttpResponse, ProxyKind, READY_TIMEOUT,
+};
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Options for starting a proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyOpts {
+    pub concurrency: u32,
+    pub drain_time_s: Option<u32>,
+    pub log_level: &'static str,
+    /// More arguments for Switchyard only (Envoy has no equivalent of its own flags).
+    pub switchyard_args: Vec<String>,
+    /// Run Switchyard with this descriptor limit (soft and hard, through `prlimit`).
+    pub nofile_limit: Option<u64>,
+}
+
+impl Default for ProxyOpts {
+    fn default() -> Self {
+        ProxyOpts {
+            concurrency: 1,
+            drain_time_s: None,
+            log_level: "info",
+            switchyard_args: Vec::new(),
+            nofile_limit: None,
+        }
+    }
+}
+
+/// The brief's name for [`Proxy`].
+pub type ProxyUnderTest = Proxy;
+
+/// A running proxy (Switchyard or Envoy) with its config file, logs and admin address.
+/// Dropping it kills the process (SIGKILL by its PID) if it is still running.
+#[derive(Debug)]
+pub struct Proxy {
+    pub kind: ProxyKind,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub admin: SocketAddr,
+    child: Child,
+    exited: Option<ExitStatus>,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+/// Admin port written in a bootstrap (`admin.address.socket_address.port_value`).
+fn admin_port_of(yaml: &str) -> Option<u16> {
+    let i = yaml.find("admin:")?;
+    let rest = &yaml[i..];
+    let j = rest.find("port_value:")?;
+    let digits: String = rest[j + "port_value:".len()..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+impl Proxy {
+    /// Starts the selected proxy with `yaml` and waits for `/ready` 200.
+    pub fn start(yaml: &str) -> Proxy {
+        Proxy::start_with(selected_proxy(), yaml, ProxyOpts::default())
+    }
+
+    /// Starts a proxy of `kind` and waits for `/ready` 200; panics with its logs otherwise.
+    pub fn start_with(kind: ProxyKind, yaml: &str, opts: ProxyOpts) -> Proxy {
+        let p = Proxy::spawn(kind, yaml, opts);
+        p.wait_ready(READY_TIMEOUT);
+        p
+    }
+
+    /// Spawns without waiting for readiness.
+    pub fn spawn(kind: ProxyKind, yaml: &str, opts: ProxyOpts) -> Proxy {
+        let dir = test_dir(kind.name());
+        let config_path = dir.join("config.yaml");
+        fs::write(&config_path, yaml).expect("write config");
+        let admin_port = admin_port_of(yaml).expect("config has no admin port_value");
+        let stdout_path = dir.join("stdout.log");
+        let stderr_path = dir.join("stderr.log");
+        let mut cmd = match kind {
+            ProxyKind::Switchyard => {
+                let mut c = match opts.nofile_limit {
+                    Some(n) => {
+                        let mut c = Command::new("prlimit");
+                        c.arg(format!("--nofile={n}:{n}"))
+                            .arg("--")
+                            .arg(switchyard_bin());
+                        c
+                    }
+                    None => Command::new(switchyard_bin()),
+                };
+                c.arg("run")
+                    .arg("-c")
+                    .arg(&config_path)
+                    .arg("--concurrency")
+                    .arg(opts.concurrency.to_string())
+                    .arg("--log-level")
+                    .arg(opts.log_level);
+                if let Some(d) = opts.drain_time_s {
+                    c.arg("--drain-time-s").arg(d.to_string());
+                }
+                c.args(&opts.switchyard_args);
+                c
+            }
+            ProxyKind::Envoy => {
+                let mut c = Command::new(envoy_bin());
+                // --disable-hot-restart: no shared memory, so no base id is needed and parallel
+                // instances never collide (verified with Envoy 1.40).
+                c.arg("-c")
+                    .arg(&config_path)
+                    .arg("--concurrency")
+                    .arg(opts.concurrency.to_string())
+                    .arg("--disable-hot-restart")
+                    .arg("--log-level")
+                    .arg(opts.log_level);
+                if let Some(d) = opts.drain_time_s {
+                    c.arg("--drain-time-s").arg(d.to_string());
+                }
+                c
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).expect("stdout log"))
+            .stderr(fs::File::create(&stderr_path).expect("stderr log"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {} failed: {e}", kind.name()));
+        Proxy {
+            kind,
+            dir,
+            config_path,
+            admin: local(admin_port),
+            child,
+            exited: None,
+            stdout_path,
+            stderr_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// stdout + stderr so far (for assertion messages).
+    pub fn logs(&self) -> String {
+        let out = fs::read_to_string(&self.stdout_path).unwrap_or_default();
+        let err = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let tail = |s: &str| {
+            let n = s.len();
+            let start = n.saturating_sub(8000);
+            let start = (start..n).find(|i| s.is_char_boundary(*i)).unwrap_or(n);
+            s[start..].to_string()
+        };
+        format!(
+            "--- {} pid {} dir {} ---\n[stdout]\n{}\n[stderr]\n{}",
+            self.kind.name(),
+            self.pid(),
+            self.dir.display(),
+            tail(&out),
+            tail(&err)
+        )
+    }
+
+    /// Full log text (stdout + stderr) for searching.
+    pub fn log_text(&self) -> String {
+        let out = fs::read_to_string(&self.stdout_path).unwrap_or_default();
+        let err = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        out + &err
+    }
+
+    /// Has the process exited? (Reaps it.)
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.exited = Some(st);
+            }
+        }
+        self.exited
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_exit() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `/ready` until 200, panicking with the logs if the process dies or time runs out.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            match http(self.admin, "GET", "/ready") {
+                Ok(r) if r.status == 200 => return,
+                Ok(r) => last = format!("status {} body {:?}", r.status, r.body),
+                Err(e) => last = e.to_string(),
+            }
+            // Cannot reap through &self; check /proc instead.
+            if !Path::new(&format!("/proc/{}", self.pid())).exists() || self.is_zombie() {
+                panic!(
+                    "{} exited before becoming ready (last /ready: {last})\n{}",
+                    self.kind.name(),
+                    self.logs()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} not ready after {timeout:?} (last /ready: {last})\n{}",
+                    self.kind.name(),
+                    self.logs()
+                );
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn is_zombie(&self) -> bool {
+        fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                    .unwrap_or(false)
+            })
+            .unwrap_or(true)
+    }
+
+    /// Sends a signal by PID with the `kill` command (never by name).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {} failed", self.pid());
+    }
+
+    pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+    pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Rewrites the config file atomically (write + rename).
+    pub fn rewrite_config(&self, yaml: &str) {
+        let tmp = self.dir.join("config.yaml.tmp");
+        fs::write(&tmp, yaml).expect("write config");
+        fs::rename(&tmp, &self.config_path).expect("rename config");
+    }
+
+    /// VmRSS in KiB from /proc/<pid>/status.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:").unwrap_or(0)
+    }
+
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http(self.admin, "GET", path)
+            .unwrap_or_else(|e| panic!("GET {path} failed: {e}\n{}", self.logs()))
+    }
+
+    pub fn post(&self, path: &str) -> HttpResponse {
+        http(self.admin, "POST", path)
+            .unwrap_or_else(|e| panic!("POST {path} failed: {e}\n{}", self.logs()))
+    }
+
+    /// All integer stats from `/stats`.
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        let r = self.get("/stats");
+        assert_eq!(r.status, 200, "/stats status\n{}", self.logs());
+        parse_stats(&r.body)
+    }
+
+    /// One stat by its exact name; 0 if absent.
+    pub fn stat(&self, name: &str) -> u64 {
+        self.stats().get(name).copied().unwrap_or(0)
+    }
+
+    /// Waits until `stat(name) == want` (or timeout); returns the last value.
+    pub fn wait_stat(&self, name: &str, want: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.stat(name);
+            if v == want || Instant::now() >= deadline {
+                return v;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("proxy files kept in {}", self.dir.display());
+        }
+    }
+}
+
+pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Starts the selected proxy with `concurrency` workers, or returns None (a skip outside
+/// CI; a failure in CI) when it is not available.
+pub fn start_selected_with(yaml: &str, concurrency: u32) -> Option<Proxy> {
+    let kind = selected_proxy();
+    if !require(proxy_available(kind), kind.name()) {
+        return None;
+    }
+    Some(Proxy::start_with(
+        kind,
+        yaml,
+        ProxyOpts {
+            concurrency,
+            ..Default::default()
+        },
+    ))
+}
+
+/// Starts the selected proxy, or returns None (skip outside CI) if it is not available.
+pub fn start_selected(yaml: &str) -> Option<Proxy> {
+    let kind = selected_proxy();
+    if !proxy_available(kind) {
+        return None;
+    }
+    Some(Proxy::start(yaml))
+}
