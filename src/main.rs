@@ -277,7 +277,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate { config } => match switchyard_control::config::load_rib(&config) {
+        Command::Validate { config } => match switchyard_control::load::load_rib(&config) {
             Ok(_) => {
                 println!("configuration '{}' OK", config.display());
                 ExitCode::SUCCESS

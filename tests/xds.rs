@@ -883,7 +883,7 @@ fn ack_nack_decisions_match_envoy() {
 /// `percent` of connections) before the tcp_proxy.
 fn faulty_listener(port: u16, cluster: &str, percent: f64) -> Any {
     use envoy_types::pb::envoy::config::listener::v3::{filter, Filter};
-    use switchyard_control::config::ext::fault::{Abort, Fault};
+    use switchyard_control::ext::fault::{Abort, Fault};
     let plain = Listener::decode(listener("ingress", port, cluster).value.as_slice())
         .expect("listener decodes");
     let fault = Fault {
@@ -902,7 +902,7 @@ fn faulty_listener(port: u16, cluster: &str, percent: f64) -> Any {
             config_type: Some(filter::ConfigType::TypedConfig(any(
                 &format!(
                     "type.googleapis.com/{}",
-                    switchyard_control::config::ext::FAULT
+                    switchyard_control::type_names::FAULT
                 ),
                 &fault,
             ))),

@@ -16,9 +16,10 @@
 
 use crate::admin::{self, AdminAction, AdminState};
 use crate::compile::{compile, CompileCache};
-use crate::config::{self, ConfigError};
 use crate::dynamic::{DynamicState, XdsTypeDumps};
+use crate::error::ConfigError;
 use crate::health::HealthThread;
+use crate::load::load_rib;
 use crate::rib::{Bind, EndpointConfig, Rib};
 use crate::state_dir::{Persisted, StateWriter};
 use crate::stats::StatsRegistry;
@@ -143,7 +144,7 @@ pub fn worker_cpus(concurrency: Option<usize>) -> Vec<usize> {
 
 /// Runs the proxy until it is told to stop.
 pub fn run(options: RunOptions) -> Result<(), RunError> {
-    let (mut rib, loaded) = config::load_rib(&options.config_path).map_err(RunError::Config)?;
+    let (mut rib, loaded) = load_rib(&options.config_path).map_err(RunError::Config)?;
     apply_node_overrides(&mut rib, &options);
     let cpus = worker_cpus(options.concurrency);
     let workers = cpus.len();
@@ -544,7 +545,7 @@ impl Control {
     /// Loads, validates, compiles and publishes the config file; on any error, logs it and
     /// keeps the current FIB.
     fn reload(&mut self) {
-        let (mut statics, loaded) = match config::load_rib(&self.options.config_path) {
+        let (mut statics, loaded) = match load_rib(&self.options.config_path) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, field = e.path(), "config rejected; keeping the previous config");

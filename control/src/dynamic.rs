@@ -7,8 +7,8 @@
 //! so connections to it find no healthy upstream rather than a stale one); removing a cluster
 //! over CDS drops its endpoints from the RIB but keeps the assignment until EDS removes it.
 
-use crate::config::resource;
 use crate::rib::{Bind, ClusterConfig, EndpointConfig, ListenerConfig, Rib};
+use crate::xds::resource;
 use crate::xds::Change;
 use envoy_types::pb::google::protobuf::Any;
 use serde_json::{json, Map, Value};
@@ -511,7 +511,8 @@ fn version_json((version, any, when): &Version, key: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse_rib, Format};
+    use crate::config::Format;
+    use crate::load::parse_rib;
     use crate::rib::{ListenerKind, RouteConfig};
     use crate::xds::Accepted;
     use std::net::SocketAddr;

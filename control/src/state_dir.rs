@@ -15,9 +15,9 @@
 //! removes what it no longer has. Without them a warm start could keep serving a resource
 //! the server deleted while the proxy was down.
 
-use crate::config::resource;
 use crate::dynamic::DynamicState;
 use crate::xds;
+use crate::xds::resource;
 use envoy_types::pb::google::protobuf::Any;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

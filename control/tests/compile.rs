@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 use switchyard_control::compile::{compile, CompileCache, DEFAULT_BACKLOG};
-use switchyard_control::config::{load_rib, parse_rib, Format};
+use switchyard_control::config::Format;
+use switchyard_control::load::{load_rib, parse_rib};
 use switchyard_control::rib::{EndpointConfig, Rib};
 use switchyard_control::stats::StatsRegistry;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath, Operator, Segment};

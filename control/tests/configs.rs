@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use switchyard_control::compile::{compile, CompileCache};
-use switchyard_control::config::load_rib;
+use switchyard_control::load::load_rib;
 use switchyard_control::stats::StatsRegistry;
 
 fn files(dir: &str) -> Vec<PathBuf> {

@@ -10,12 +10,12 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_control::compile::{compile, CompileCache};
-use switchyard_control::config::resource;
 use switchyard_control::dynamic::DynamicState;
 use switchyard_control::rib::{
     AdminAddress, AdminConfig, ClusterConfig, EndpointConfig, NodeInfo, Rib,
 };
 use switchyard_control::stats::StatsRegistry;
+use switchyard_control::xds::resource;
 use switchyard_control::xds::{Parallel, Validator};
 use switchyard_dataplane::fib::LbPolicy;
 

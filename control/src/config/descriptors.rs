@@ -48,7 +48,7 @@ pub(crate) fn pool() -> DescriptorPool {
                 DescriptorPool::decode(DESCRIPTOR_SET).expect("vendored descriptor set decodes");
             // Switchyard's own extensions, compiled by build.rs over the same well-known
             // types.
-            pool.decode_file_descriptor_set(super::ext::DESCRIPTOR_SET)
+            pool.decode_file_descriptor_set(crate::ext::DESCRIPTOR_SET)
                 .expect("extension descriptor set decodes");
             pool
         };

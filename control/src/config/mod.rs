@@ -9,20 +9,17 @@
 //! 3. The value is decoded with the proto3 JSON mapping (prost-reflect over the vendored
 //!    descriptor set, `descriptors`) and re-encoded into envoy-types'
 //!    [`Bootstrap`].
-//! 4. [`crate::convert`] turns the proto types into the RIB ([`crate::rib::Rib`]) and runs
-//!    the semantic checks (duplicates, ports, addresses, chain matches).
 //!
-//! [`load_rib`] does all four. Every error is a [`ConfigError`] whose `Display` is
-//! `<path>: <message>`.
+//! Then `convert` turns the proto types into the RIB ([`crate::rib::Rib`]) and runs the
+//! semantic checks (duplicates, ports, addresses, chain matches); [`crate::load`] does both.
+//! This module does not import `convert` (nor `convert` it): what both need (errors, field
+//! paths, `@type` names, duration rules) lives in leaf modules. Every error is a
+//! [`ConfigError`] whose `Display` is `<path>: <message>`.
 
-mod descriptors;
-mod error;
-pub mod ext;
-pub mod resource;
+pub(crate) mod descriptors;
 pub(crate) mod walk;
 
-pub(crate) use error::{field, index};
-pub use error::{ConfigError, ErrorKind};
+use crate::error::{ConfigError, ErrorKind};
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use prost::Message;
@@ -196,23 +193,6 @@ pub(crate) fn proto_json(message: &DynamicMessage) -> Result<serde_json::Value, 
     message.serialize_with_options(serde_json::value::Serializer, &options)
 }
 
-/// Reads a bootstrap file and converts it to the RIB.
-pub fn load_rib(path: impl AsRef<Path>) -> Result<(crate::rib::Rib, LoadedConfig), ConfigError> {
-    let loaded = load_file(path)?;
-    let rib = crate::convert::bootstrap(&loaded.bootstrap)?;
-    Ok((rib, loaded))
-}
-
-/// Parses text and converts it to the RIB.
-pub fn parse_rib(
-    text: &str,
-    format: Format,
-) -> Result<(crate::rib::Rib, LoadedConfig), ConfigError> {
-    let loaded = parse_str(text, format)?;
-    let rib = crate::convert::bootstrap(&loaded.bootstrap)?;
-    Ok((rib, loaded))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,7 +305,10 @@ static_resources:
                         filters: vec![Filter {
                             name: "tcp".into(),
                             config_type: Some(filter::ConfigType::TypedConfig(Any {
-                                type_url: format!("type.googleapis.com/{}", walk::TCP_PROXY),
+                                type_url: format!(
+                                    "type.googleapis.com/{}",
+                                    crate::type_names::TCP_PROXY
+                                ),
                                 value: tp.encode_to_vec(),
                             })),
                         }],

@@ -13,7 +13,14 @@
 //!
 //! Semantic checks (duplicates, ports, addresses) come later, in `convert`.
 
-use super::error::{field, index, ConfigError, ErrorKind};
+use crate::duration::{check_duration, parse_duration};
+use crate::error::{ConfigError, ErrorKind};
+use crate::path::{field, index};
+use crate::type_names::{
+    CONNECTION_LIMIT, FAULT, FILE_LOG, HTTP_PROTOCOL_OPTIONS, MIRROR, ORIGINAL_DST_FILTER,
+    ORIGINAL_SRC_FILTER, STDERR_LOG, STDOUT_LOG, TCP_PROXY, UDP_PROXY, UDP_ROUTE,
+    UDP_WEIGHTED_ROUTE,
+};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -342,12 +349,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
 const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "envoy.config.listener.v3.Filter.typed_config",
-        &[
-            TCP_PROXY,
-            CONNECTION_LIMIT,
-            super::ext::FAULT,
-            super::ext::MIRROR,
-        ],
+        &[TCP_PROXY, CONNECTION_LIMIT, FAULT, MIRROR],
     ),
     (
         "envoy.config.listener.v3.ListenerFilter.typed_config",
@@ -356,7 +358,7 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
     // The action of the UDP proxy's matcher (the only `TypedExtensionConfig` reachable).
     (
         "xds.core.v3.TypedExtensionConfig.typed_config",
-        &[UDP_ROUTE, super::ext::UDP_WEIGHTED_ROUTE],
+        &[UDP_ROUTE, UDP_WEIGHTED_ROUTE],
     ),
     (
         "envoy.config.accesslog.v3.AccessLog.typed_config",
@@ -369,21 +371,6 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         &[HTTP_PROTOCOL_OPTIONS],
     ),
 ];
-
-pub(crate) const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
-pub(crate) const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
-pub(crate) const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
-pub(crate) const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
-pub(crate) const CONNECTION_LIMIT: &str =
-    "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
-pub(crate) const ORIGINAL_DST_FILTER: &str =
-    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
-pub(crate) const ORIGINAL_SRC_FILTER: &str =
-    "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
-pub(crate) const UDP_PROXY: &str = "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig";
-pub(crate) const UDP_ROUTE: &str = "envoy.extensions.filters.udp.udp_proxy.v3.Route";
-pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Whose message `desc` is, for error messages: "Envoy's envoy.config...", or Switchyard's
 /// own extension by name.
@@ -740,123 +727,15 @@ fn integer(value: &Value) -> Option<i128> {
     }
 }
 
-/// Most seconds of any duration in a config, as Envoy checks every `google.protobuf.Duration`
-/// of its config (strict duration validation, permanent since Envoy 1.34): seconds plus a
-/// whole second of nanoseconds must fit an int64 of nanoseconds. About 292 years.
-pub(crate) const MAX_DURATION_SECONDS: i64 = (i64::MAX - 999_999_999) / 1_000_000_000;
-
-/// Envoy's rule for every duration of a config, whether Switchyard reads the field or not:
-/// not negative ("Expected positive duration") and at most [`MAX_DURATION_SECONDS`]
-/// ("Duration out-of-range"). Field rules (`connect_timeout` greater than 0, ...) are
-/// checked where the field is read.
-pub(crate) fn check_duration(seconds: i64, nanos: i32) -> Result<(), String> {
-    let shown = if nanos == 0 {
-        format!("{seconds}s")
-    } else {
-        format!("{seconds}s {nanos}ns")
-    };
-    if seconds < 0 || nanos < 0 {
-        return Err(format!(
-            "Expected positive duration: {shown} (a duration must not be negative)"
-        ));
-    }
-    if seconds > MAX_DURATION_SECONDS || nanos > 999_999_999 {
-        return Err(format!(
-            "Duration out-of-range: {shown} (at most {MAX_DURATION_SECONDS}s, about 292 \
-             years, as Envoy accepts)"
-        ));
-    }
-    Ok(())
-}
-
-/// Parses a proto3 JSON duration: optional `-`, seconds, optional fraction of up to nine
-/// digits, then `s` (`"1.5s"`, `"0s"`, `"-2s"`). Returns (seconds, nanos) with the same sign.
-pub(crate) fn parse_duration(text: &str) -> Option<(i64, i32)> {
-    let body = text.strip_suffix('s')?;
-    let (negative, body) = match body.strip_prefix('-') {
-        Some(b) => (true, b),
-        None => (false, body),
-    };
-    let (secs, frac) = body.split_once('.').unwrap_or((body, ""));
-    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if frac.len() > 9
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-        || (body.contains('.') && frac.is_empty())
-    {
-        return None;
-    }
-    // Range is checked by `check_duration`, with Envoy's message.
-    let secs: i64 = secs.parse().ok()?;
-    let nanos: i32 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<9}").parse().ok()?
-    };
-    Some(if negative {
-        (-secs, -nanos)
-    } else {
-        (secs, nanos)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_in_envoy_range() {
-        assert_eq!(check_duration(0, 0), Ok(()));
-        assert_eq!(check_duration(9_223_372_035, 999_999_999), Ok(()));
-        for (s, n) in [
-            (9_223_372_036, 0),
-            (315_576_000_000, 0),
-            (i64::MAX, 999_999_999),
-            (1, 1_000_000_000),
-            (0, i32::MAX),
-        ] {
-            let e = check_duration(s, n).unwrap_err();
-            assert!(e.starts_with("Duration out-of-range"), "{s} {n}: {e}");
-        }
-        for (s, n) in [(-1, 0), (0, -1), (i64::MIN, 0), (-2, -250_000_000)] {
-            let e = check_duration(s, n).unwrap_err();
-            assert!(e.starts_with("Expected positive duration"), "{s} {n}: {e}");
-        }
-    }
 
     #[test]
     fn edit_distance() {
         assert_eq!(distance("conect_timeout", "connect_timeout"), 1);
         assert_eq!(distance("", "ab"), 2);
         assert_eq!(distance("kitten", "sitting"), 3);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1.5s"), Some((1, 500_000_000)));
-        assert_eq!(parse_duration("0s"), Some((0, 0)));
-        assert_eq!(parse_duration("3600s"), Some((3600, 0)));
-        assert_eq!(parse_duration("0.000000001s"), Some((0, 1)));
-        assert_eq!(parse_duration("-2.25s"), Some((-2, -250_000_000)));
-        assert_eq!(
-            parse_duration("315576000001s"),
-            Some((315_576_000_001, 0)),
-            "parsed, then refused by check_duration"
-        );
-        for bad in [
-            "1.5",
-            "1m",
-            "s",
-            ".5s",
-            "1.s",
-            "1.0000000001s",
-            "abc",
-            "1 s",
-            "+1s",
-        ] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
     }
 
     /// Every message a supported field leads to is itself in the table (or is well known),

@@ -2,10 +2,11 @@
 //! UDP proxy's weighted route.
 
 use super::{duration, Result};
-use crate::config::ext::fault::Fault as PbFault;
-use crate::config::ext::mirror::Mirror as PbMirror;
-use crate::config::ext::udp_route::WeightedRoute as PbWeightedRoute;
-use crate::config::{field, index, ConfigError};
+use crate::error::ConfigError;
+use crate::ext::fault::Fault as PbFault;
+use crate::ext::mirror::Mirror as PbMirror;
+use crate::ext::udp_route::WeightedRoute as PbWeightedRoute;
+use crate::path::{field, index};
 use crate::rib::{millis_ceil, FaultConfig, MirrorConfig, RouteConfig, WeightedClusterConfig};
 use switchyard_dataplane::fib::{FaultAbort, FaultDelay, FaultThrottle};
 

@@ -2,7 +2,8 @@
 //! [`HealthPolicy`], with Envoy's defaults and range checks; errors name the field.
 
 use super::{duration, Result};
-use crate::config::{field, index, ConfigError};
+use crate::error::ConfigError;
+use crate::path::{field, index};
 use crate::rib::millis_ceil as millis;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection as PbOutlier};

@@ -7,17 +7,19 @@
 //! field names, e.g. `static_resources.listeners[1].filter_chains[0].filters[0].typed_config.idle_timeout`.
 //! Defaults are applied here (Envoy's where Envoy has one), so the RIB never holds "absent".
 
-use crate::config::ext::fault::Fault as PbFault;
-use crate::config::ext::mirror::Mirror as PbMirror;
-use crate::config::ext::{FAULT, MIRROR};
-use crate::config::walk::{CONNECTION_LIMIT, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY};
-use crate::config::{field, index, ConfigError};
+use crate::error::ConfigError;
+use crate::ext::fault::Fault as PbFault;
+use crate::ext::mirror::Mirror as PbMirror;
+use crate::path::{field, index};
 use crate::rib::{
     AccessLogConfig, AdminAddress, AdminConfig, Bind, ClusterConfig, ConnectionLimitConfig,
     DynamicConfig, EndpointConfig, FilterChainConfig, ListenerConfig, ListenerKind, NodeInfo,
     Protocol, Rib, RouteConfig, TcpListenerConfig, TcpProxyConfig, WeightedClusterConfig, XdsApi,
     DEFAULT_ADMIN_ADDRESS, DEFAULT_CHOICE_COUNT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_INITIAL_FETCH_TIMEOUT,
+};
+use crate::type_names::{
+    CONNECTION_LIMIT, FAULT, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY,
 };
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
 use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
@@ -410,7 +412,7 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
         };
         let tpath = field(&fpath, "typed_config");
         let name = type_name(any);
-        if name != crate::config::walk::TCP_PROXY {
+        if name != crate::type_names::TCP_PROXY {
             // A filter before the tcp_proxy: at most one of each kind, never the last.
             if i == last {
                 return Err(ConfigError::invalid(
@@ -445,7 +447,7 @@ fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
             }
             continue;
         }
-        let proxy: TcpProxy = decode_any(any, crate::config::walk::TCP_PROXY, &tpath)?;
+        let proxy: TcpProxy = decode_any(any, crate::type_names::TCP_PROXY, &tpath)?;
         if i != last {
             return Err(ConfigError::invalid(
                 fpath,
@@ -621,7 +623,7 @@ fn access_log_config(a: &AccessLog, path: &str) -> Result<AccessLogConfig> {
             "required",
         ));
     };
-    use crate::config::walk::{FILE_LOG, STDERR_LOG, STDOUT_LOG};
+    use crate::type_names::{FILE_LOG, STDERR_LOG, STDOUT_LOG};
     let tpath = field(path, "typed_config");
     let name = type_name(any);
     if name == STDOUT_LOG {
@@ -1450,7 +1452,7 @@ fn cidr(r: &PbCidr, path: &str) -> Result<CidrRange> {
 /// The walker refuses the others first with the same message; this keeps the conversion
 /// total for any message handed to `convert`.
 fn duration(d: &PbDuration, path: &str) -> Result<Duration> {
-    crate::config::walk::check_duration(d.seconds, d.nanos)
+    crate::duration::check_duration(d.seconds, d.nanos)
         .map_err(|m| ConfigError::invalid(path, m))?;
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }

@@ -13,11 +13,11 @@
 //!   change nothing: Switchyard receives datagrams of up to 64 KiB on both sides.
 
 use super::{decode_any, duration, ext, type_name, Result};
-use crate::config::ext::udp_route::WeightedRoute as PbWeightedRoute;
-use crate::config::ext::UDP_WEIGHTED_ROUTE;
-use crate::config::walk::{UDP_PROXY, UDP_ROUTE};
-use crate::config::{field, index, ConfigError};
+use crate::error::ConfigError;
+use crate::ext::udp_route::WeightedRoute as PbWeightedRoute;
+use crate::path::{field, index};
 use crate::rib::{RouteConfig, UdpProxyConfig, DEFAULT_UDP_IDLE_TIMEOUT};
+use crate::type_names::{UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE};
 use envoy_types::pb::envoy::config::core::v3::UdpSocketConfig;
 use envoy_types::pb::envoy::config::listener::v3::{listener_filter, Listener, UdpListenerConfig};
 use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
@@ -262,7 +262,9 @@ fn hash_policies(policies: &[HashPolicy], path: &str) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{parse_rib, ConfigError, ErrorKind, Format};
+    use crate::config::Format;
+    use crate::error::{ConfigError, ErrorKind};
+    use crate::load::parse_rib;
     use crate::rib::{
         ListenerConfig, ListenerKind, Protocol, RouteConfig, UdpProxyConfig, WeightedClusterConfig,
     };

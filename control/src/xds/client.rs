@@ -20,8 +20,8 @@ use super::{
     delta, sotw, Change, Held, Parallel, Rejected, Validator, CLUSTER_TYPE, ENDPOINTS_TYPE,
     LISTENER_TYPE,
 };
-use crate::config::resource;
 use crate::rib::{Bind, ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo};
+use crate::xds::resource;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{

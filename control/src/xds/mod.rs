@@ -21,6 +21,7 @@
 pub mod client;
 pub mod delta;
 pub mod fixtures;
+pub mod resource;
 pub mod server;
 pub mod sotw;
 

@@ -4,10 +4,11 @@
 //! silently ignored), then converted by `convert` (ports, addresses, CIDRs, names...). The
 //! error of a refused resource names the field, relative to the resource, for the NACK.
 
-use super::error::{field, index, ConfigError};
-use super::walk;
-use super::{descriptors, proto_json};
+use crate::config::{descriptors, proto_json, walk};
 use crate::convert;
+use crate::duration::check_duration;
+use crate::error::ConfigError;
+use crate::path::{field, index};
 use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig};
 use crate::xds::{self, Rejected};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -147,7 +148,7 @@ fn bad_duration(message: &DynamicMessage) -> Option<(String, String)> {
         }
         let seconds = m.get_field_by_name("seconds").and_then(|v| v.as_i64())?;
         let nanos = m.get_field_by_name("nanos").and_then(|v| v.as_i32())?;
-        walk::check_duration(seconds, nanos).err()
+        check_duration(seconds, nanos).err()
     })?;
     segments.reverse();
     Some((join_path("", &segments), reason))
@@ -451,7 +452,7 @@ mod tests {
         assert_eq!(from_json(&json).as_ref(), Some(&payload));
 
         // Switchyard's own weighted route comes over LDS the same way.
-        use crate::config::ext::udp_route::{ClusterWeight, WeightedRoute};
+        use crate::ext::udp_route::{ClusterWeight, WeightedRoute};
         let weighted = WeightedRoute {
             clusters: vec![
                 ClusterWeight {

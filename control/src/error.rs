@@ -1,4 +1,7 @@
 //! The one error type of the config layer: where, and what.
+//!
+//! A leaf: it imports nothing of the crate, so `config` (parsing, walking) and `convert`
+//! (proto to RIB) both report through it without importing each other.
 
 use std::fmt;
 
@@ -76,17 +79,3 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// Joins a field onto a path (`a` + `b` = `a.b`; the root path is empty).
-pub(crate) fn field(path: &str, name: &str) -> String {
-    if path.is_empty() {
-        name.to_string()
-    } else {
-        format!("{path}.{name}")
-    }
-}
-
-/// Joins a list index onto a path (`a` + 3 = `a[3]`).
-pub(crate) fn index(path: &str, i: usize) -> String {
-    format!("{path}[{i}]")
-}

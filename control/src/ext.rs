@@ -1,6 +1,7 @@
 //! Switchyard's own extension messages (`proto/switchyard/...`, package `switchyard.*.v1`),
 //! compiled by `control/build.rs`, and their descriptors for the config walker's pool. Like
-//! Envoy's types, they are read only by `convert`.
+//! Envoy's types, they are read only by `convert` (and their descriptors by `config`'s
+//! walker); their `@type` names are in [`crate::type_names`].
 
 /// `switchyard.filters.network.fault.v1`: L4 fault injection.
 pub mod fault {
@@ -32,10 +33,3 @@ pub mod udp_route {
 /// The extension files' descriptors (without the well-known types they import).
 pub(crate) const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard.bin"));
-
-/// `@type` of the fault filter's config.
-pub const FAULT: &str = "switchyard.filters.network.fault.v1.Fault";
-/// `@type` of the mirror filter's config.
-pub const MIRROR: &str = "switchyard.filters.network.mirror.v1.Mirror";
-/// `@type` of the UDP proxy's weighted route (the action of its matcher).
-pub const UDP_WEIGHTED_ROUTE: &str = "switchyard.filters.udp.udp_proxy.v1.WeightedRoute";

@@ -1,0 +1,25 @@
+//! The `@type` names (full message names) of the extensions Switchyard accepts in a
+//! `typed_config`: Envoy's and Switchyard's own. A leaf: the walker (`config`) whitelists
+//! them and `convert` dispatches on them, neither importing the other.
+
+pub(crate) const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub(crate) const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+pub(crate) const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+pub(crate) const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+pub(crate) const CONNECTION_LIMIT: &str =
+    "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+pub(crate) const ORIGINAL_DST_FILTER: &str =
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+pub(crate) const ORIGINAL_SRC_FILTER: &str =
+    "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
+pub(crate) const UDP_PROXY: &str = "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig";
+pub(crate) const UDP_ROUTE: &str = "envoy.extensions.filters.udp.udp_proxy.v3.Route";
+pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// `@type` of the fault filter's config.
+pub const FAULT: &str = "switchyard.filters.network.fault.v1.Fault";
+/// `@type` of the mirror filter's config.
+pub const MIRROR: &str = "switchyard.filters.network.mirror.v1.Mirror";
+/// `@type` of the UDP proxy's weighted route (the action of its matcher).
+pub const UDP_WEIGHTED_ROUTE: &str = "switchyard.filters.udp.udp_proxy.v1.WeightedRoute";
