@@ -20,3 +20,9 @@ pub fn parse_rib(text: &str, format: Format) -> Result<(Rib, LoadedConfig), Conf
     let rib = crate::convert::bootstrap(&loaded.bootstrap)?;
     Ok((rib, loaded))
 }
+
+/// YAML text to the RIB, for the tests of the steps below this one.
+#[cfg(test)]
+pub(crate) fn parse_yaml_rib(text: &str) -> Result<(Rib, LoadedConfig), ConfigError> {
+    parse_rib(text, Format::Yaml)
+}

@@ -262,9 +262,8 @@ fn hash_policies(policies: &[HashPolicy], path: &str) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Format;
     use crate::error::{ConfigError, ErrorKind};
-    use crate::load::parse_rib;
+    use crate::load::parse_yaml_rib;
     use crate::rib::{
         ListenerConfig, ListenerKind, Protocol, RouteConfig, UdpProxyConfig, WeightedClusterConfig,
     };
@@ -292,7 +291,7 @@ static_resources:
     }
 
     fn listener(proxy: &str) -> Result<ListenerConfig, ConfigError> {
-        let (rib, _) = parse_rib(&bootstrap(proxy), Format::Yaml)?;
+        let (rib, _) = parse_yaml_rib(&bootstrap(proxy))?;
         Ok(rib.listeners[0].clone())
     }
 
@@ -474,7 +473,7 @@ static_resources:
         );
         assert!(e.message().contains("accepted here"), "{e}");
         let no_prefix = bootstrap("cluster: c").replace("stat_prefix: dns", "stat_prefix: \"\"");
-        let e = parse_rib(&no_prefix, Format::Yaml).unwrap_err();
+        let e = parse_yaml_rib(&no_prefix).unwrap_err();
         assert_eq!(
             e.path(),
             "static_resources.listeners[0].listener_filters[0].typed_config.stat_prefix"
@@ -519,7 +518,7 @@ static_resources:
     /// listener filter; `udp_listener_config` is for them only.
     #[test]
     fn listener_level_rules() {
-        let parse = |text: &str| parse_rib(text, Format::Yaml).map(|(rib, _)| rib);
+        let parse = |text: &str| parse_yaml_rib(text).map(|(rib, _)| rib);
         let udp = bootstrap("cluster: c");
         let rib = parse(&udp.replace("  - name: u\n    address", "  - address")).unwrap();
         assert_eq!(rib.listeners[0].name, "127.0.0.1:10053/udp");

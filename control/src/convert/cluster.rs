@@ -1,0 +1,166 @@
+//! A cluster: its discovery type (STATIC, EDS over ADS, ORIGINAL_DST), connect timeout and
+//! endpoints, with the parts that have their own files (`lb`, `circuit_breakers`,
+//! `upstream_bind`, `health`, `endpoints`). Envoy's cross-field rules (ORIGINAL_DST with
+//! CLUSTER_PROVIDED and no endpoints, EDS without `load_assignment`) are checked here.
+
+use super::ads::ads_source;
+use super::circuit_breakers::circuit_breakers;
+use super::endpoints::load_assignment;
+use super::upstream_bind::upstream_bind;
+use super::{duration, health, lb, Result};
+use crate::error::ConfigError;
+use crate::path::field;
+use crate::rib::{ClusterConfig, EndpointConfig, DEFAULT_CONNECT_TIMEOUT};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbPolicy as PbLbPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use std::time::Duration;
+use switchyard_dataplane::fib::{CircuitBreakers, UpstreamBind};
+
+pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
+    if c.name.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "name"),
+            "required (non-empty)",
+        ));
+    }
+    discovery_type(c, path)?;
+    let connect_timeout = connect_timeout(c, path)?;
+    let lb = lb::settings(c, path)?;
+    let original_dst = matches!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32
+    );
+    original_dst_rules(c, original_dst, lb.policy, path)?;
+    let lb_policy = lb::lb_policy(lb, path)?;
+    let eds_service = eds_service(c, path)?;
+    let endpoints = endpoints(c, eds_service.is_some(), path)?;
+    let upstream_bind = match &c.upstream_bind_config {
+        Some(b) => upstream_bind(b, &field(path, "upstream_bind_config"))?,
+        None => UpstreamBind::default(),
+    };
+    let circuit_breakers = match &c.circuit_breakers {
+        Some(cb) => circuit_breakers(cb, &field(path, "circuit_breakers"))?,
+        None => CircuitBreakers::default(),
+    };
+    let health = health::health_policy(c, path)?;
+    if original_dst && health.health_check.is_some() {
+        return Err(ConfigError::invalid(
+            field(path, "health_checks"),
+            "an ORIGINAL_DST cluster has no endpoints to check",
+        ));
+    }
+    Ok(ClusterConfig {
+        name: c.name.clone(),
+        connect_timeout,
+        lb_policy,
+        endpoints: endpoints.into(),
+        eds_service,
+        upstream_bind,
+        circuit_breakers,
+        health,
+        added_via_api: false,
+    })
+}
+
+/// `type` (STATIC, EDS or ORIGINAL_DST); `cluster_type` (an extension) is refused.
+fn discovery_type(c: &Cluster, path: &str) -> Result<()> {
+    match &c.cluster_discovery_type {
+        None => Ok(()),
+        Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
+            Ok(DiscoveryType::Static | DiscoveryType::Eds | DiscoveryType::OriginalDst) => Ok(()),
+            Ok(other) => Err(ConfigError::unsupported(
+                field(path, "type"),
+                format!(
+                    "{} is not supported by Switchyard yet (STATIC, EDS and ORIGINAL_DST are)",
+                    other.as_str_name()
+                ),
+            )),
+            Err(_) => Err(ConfigError::invalid(
+                field(path, "type"),
+                format!("unknown type {t}"),
+            )),
+        },
+        Some(ClusterDiscoveryType::ClusterType(_)) => Err(ConfigError::unsupported(
+            field(path, "cluster_type"),
+            "not supported by Switchyard",
+        )),
+    }
+}
+
+/// `connect_timeout`: greater than 0; Envoy's default when not given.
+fn connect_timeout(c: &Cluster, path: &str) -> Result<Duration> {
+    let Some(d) = &c.connect_timeout else {
+        return Ok(DEFAULT_CONNECT_TIMEOUT);
+    };
+    let p = field(path, "connect_timeout");
+    let d = duration(d, &p)?;
+    if d.is_zero() {
+        return Err(ConfigError::invalid(p, "must be greater than 0"));
+    }
+    Ok(d)
+}
+
+/// Envoy's rules, both ways: CLUSTER_PROVIDED belongs to ORIGINAL_DST and nothing else; an
+/// ORIGINAL_DST cluster has no `load_assignment`.
+fn original_dst_rules(
+    c: &Cluster,
+    original_dst: bool,
+    policy: PbLbPolicy,
+    path: &str,
+) -> Result<()> {
+    if original_dst != (policy == PbLbPolicy::ClusterProvided) {
+        return Err(ConfigError::invalid(
+            field(path, "lb_policy"),
+            format!(
+                "{} is not valid for this cluster type: type ORIGINAL_DST takes lb_policy CLUSTER_PROVIDED, and only it does",
+                policy.as_str_name()
+            ),
+        ));
+    }
+    if original_dst && c.load_assignment.is_some() {
+        return Err(ConfigError::invalid(
+            field(path, "load_assignment"),
+            "an ORIGINAL_DST cluster has no endpoints: each connection goes to its own original destination",
+        ));
+    }
+    Ok(())
+}
+
+/// `load_assignment`: the endpoints of a static cluster; an EDS cluster has none here.
+fn endpoints(c: &Cluster, eds: bool, path: &str) -> Result<Vec<EndpointConfig>> {
+    match &c.load_assignment {
+        Some(_) if eds => Err(ConfigError::invalid(
+            field(path, "load_assignment"),
+            "an EDS cluster gets its endpoints from EDS, not load_assignment",
+        )),
+        Some(la) => load_assignment(la, &field(path, "load_assignment")),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// For `type: EDS`, the assignment name to watch; `None` for a static cluster. EDS must come
+/// over ADS (`eds_cluster_config.eds_config: {ads: {}}`).
+fn eds_service(c: &Cluster, path: &str) -> Result<Option<String>> {
+    let is_eds = matches!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
+    );
+    let epath = field(path, "eds_cluster_config");
+    let Some(eds) = &c.eds_cluster_config else {
+        if is_eds {
+            return Err(ConfigError::invalid(epath, "required for type EDS"));
+        }
+        return Ok(None);
+    };
+    if !is_eds {
+        return Err(ConfigError::invalid(epath, "only valid with type EDS"));
+    }
+    ads_source(eds.eds_config.as_ref(), &field(&epath, "eds_config"))?;
+    Ok(Some(if eds.service_name.is_empty() {
+        c.name.clone()
+    } else {
+        eds.service_name.clone()
+    }))
+}

@@ -1,0 +1,195 @@
+//! A TCP listener's filter chain: its `filter_chain_match` (ports, CIDRs) and its network
+//! filters, which must end with exactly one `tcp_proxy` (converted in `tcp_proxy`), each
+//! other kind (`connection_limit`, fault, mirror) at most once before it.
+
+use super::address::{cidr, port};
+use super::tcp_proxy::tcp_proxy;
+use super::{decode_any, duration, ext, type_name, Result};
+use crate::error::ConfigError;
+use crate::ext::fault::Fault as PbFault;
+use crate::ext::mirror::Mirror as PbMirror;
+use crate::path::{field, index};
+use crate::rib::{
+    ConnectionLimitConfig, FaultConfig, FilterChainConfig, MirrorConfig, TcpProxyConfig,
+};
+use crate::type_names::{CONNECTION_LIMIT, FAULT, MIRROR, TCP_PROXY};
+use envoy_types::pb::envoy::config::core::v3::CidrRange as PbCidr;
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, FilterChainMatch};
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit as PbConnectionLimit;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::google::protobuf::Any;
+use switchyard_dataplane::fib::{ChainMatch, CidrRange};
+
+pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
+    let matcher = match &fc.filter_chain_match {
+        Some(m) => chain_match(m, &field(path, "filter_chain_match"))?,
+        None => ChainMatch::default(),
+    };
+    let (side, tcp_proxy) = network_filters(&fc.filters, &field(path, "filters"))?;
+    Ok(FilterChainConfig {
+        name: fc.name.clone(),
+        matcher,
+        connection_limit: side.connection_limit,
+        fault: side.fault,
+        mirror: side.mirror,
+        tcp_proxy,
+    })
+}
+
+/// `filter_chain_match`: destination port, destination and source CIDRs, source ports.
+fn chain_match(m: &FilterChainMatch, mpath: &str) -> Result<ChainMatch> {
+    let cidrs = |ranges: &[PbCidr], name: &str| -> Result<Vec<CidrRange>> {
+        let p = field(mpath, name);
+        ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| cidr(r, &index(&p, i)))
+            .collect()
+    };
+    let destination_port = match m.destination_port {
+        Some(p) => Some(port(p.value, &field(mpath, "destination_port"))?),
+        None => None,
+    };
+    let sp = field(mpath, "source_ports");
+    let source_ports = m
+        .source_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| port(*p, &index(&sp, i)))
+        .collect::<Result<Vec<u16>>>()?;
+    Ok(ChainMatch {
+        destination_port,
+        prefix_ranges: cidrs(&m.prefix_ranges, "prefix_ranges")?,
+        source_prefix_ranges: cidrs(&m.source_prefix_ranges, "source_prefix_ranges")?,
+        source_ports,
+    })
+}
+
+/// The network filters before a chain's `tcp_proxy`: at most one of each kind.
+#[derive(Default)]
+struct SideFilters {
+    connection_limit: Option<ConnectionLimitConfig>,
+    fault: Option<FaultConfig>,
+    mirror: Option<MirrorConfig>,
+}
+
+impl SideFilters {
+    /// Adds the filter at `fpath`, whose `typed_config` is `any` (of message `name`).
+    fn add(&mut self, name: &str, any: &Any, fpath: &str) -> Result<()> {
+        let taken = match name {
+            FAULT => self.fault.is_some(),
+            MIRROR => self.mirror.is_some(),
+            _ => self.connection_limit.is_some(),
+        };
+        if taken {
+            return Err(ConfigError::invalid(
+                fpath,
+                format!("a second {} filter in one chain", filter_kind(name)),
+            ));
+        }
+        let tpath = field(fpath, "typed_config");
+        match name {
+            FAULT => {
+                let f: PbFault = decode_any(any, FAULT, &tpath)?;
+                self.fault = Some(ext::fault_config(&f, &tpath)?);
+            }
+            MIRROR => {
+                let m: PbMirror = decode_any(any, MIRROR, &tpath)?;
+                self.mirror = Some(ext::mirror_config(&m, &tpath)?);
+            }
+            _ => {
+                let limit: PbConnectionLimit = decode_any(any, CONNECTION_LIMIT, &tpath)?;
+                self.connection_limit = Some(connection_limit_config(&limit, &tpath)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `filters`: one `tcp_proxy`, last; before it at most one filter of each other kind.
+fn network_filters(
+    filters: &[Filter],
+    filters_path: &str,
+) -> Result<(SideFilters, TcpProxyConfig)> {
+    let Some(last) = filters.len().checked_sub(1) else {
+        return Err(ConfigError::invalid(
+            filters_path,
+            "a filter chain needs a tcp_proxy filter (its terminal filter)",
+        ));
+    };
+    let mut tcp = None;
+    let mut side = SideFilters::default();
+    for (i, f) in filters.iter().enumerate() {
+        let fpath = index(filters_path, i);
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err(ConfigError::invalid(
+                field(&fpath, "typed_config"),
+                "required",
+            ));
+        };
+        let tpath = field(&fpath, "typed_config");
+        let name = type_name(any);
+        if name != TCP_PROXY {
+            // A filter before the tcp_proxy: at most one of each kind, never the last.
+            if i == last {
+                return Err(ConfigError::invalid(
+                    fpath,
+                    "the chain must end with a tcp_proxy filter",
+                ));
+            }
+            side.add(name, any, &fpath)?;
+            continue;
+        }
+        let proxy: TcpProxy = decode_any(any, TCP_PROXY, &tpath)?;
+        if i != last {
+            return Err(ConfigError::invalid(
+                fpath,
+                "tcp_proxy is a terminal filter: it must be the last filter in the chain",
+            ));
+        }
+        tcp = Some(tcp_proxy(&proxy, &tpath)?);
+    }
+    Ok((side, tcp.expect("the last filter was converted")))
+}
+
+/// A network filter's short name in errors.
+fn filter_kind(type_name: &str) -> &'static str {
+    match type_name {
+        FAULT => "fault",
+        MIRROR => "mirror",
+        _ => "connection_limit",
+    }
+}
+
+fn connection_limit_config(c: &PbConnectionLimit, path: &str) -> Result<ConnectionLimitConfig> {
+    if c.stat_prefix.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "stat_prefix"),
+            "required (non-empty)",
+        ));
+    }
+    let max_connections = match c.max_connections {
+        Some(v) if v.value >= 1 => v.value,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                field(path, "max_connections"),
+                "must be at least 1",
+            ))
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                field(path, "max_connections"),
+                "required",
+            ))
+        }
+    };
+    let delay = match &c.delay {
+        Some(d) => Some(duration(d, &field(path, "delay"))?).filter(|d| !d.is_zero()),
+        None => None,
+    };
+    Ok(ConnectionLimitConfig {
+        stat_prefix: c.stat_prefix.clone(),
+        max_connections,
+        delay,
+    })
+}

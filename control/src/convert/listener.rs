@@ -1,0 +1,162 @@
+//! A listener: its address's protocol picks TCP (filter chains, converted in
+//! `filter_chain`) or UDP (`udp`); for TCP, the chains' matches must differ (Envoy's
+//! duplicate rule) and the listener filters (`original_dst`, `original_src`) are read.
+
+use super::address::listener_address;
+use super::filter_chain::filter_chain;
+use super::{decode_any, type_name, udp, Result};
+use crate::error::ConfigError;
+use crate::path::{field, index};
+use crate::rib::{FilterChainConfig, ListenerConfig, ListenerKind, Protocol, TcpListenerConfig};
+use crate::type_names::{ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY};
+use envoy_types::pb::envoy::config::listener::v3::{
+    listener_filter, FilterChain, Listener, ListenerFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc as PbOriginalSrc;
+use switchyard_dataplane::fib::{ChainMatch, OriginalSrc, MAX_FILTER_CHAINS};
+
+/// A listener: its address's protocol decides whether it is a TCP listener (filter chains)
+/// or a UDP one (the udp_proxy listener filter).
+pub(super) fn listener(l: &Listener, path: &str) -> Result<ListenerConfig> {
+    let bind = listener_address(l.address.as_ref(), &field(path, "address"))?;
+    let name = if l.name.is_empty() {
+        bind.to_string()
+    } else {
+        l.name.clone()
+    };
+    let kind = match bind.protocol {
+        Protocol::Tcp => ListenerKind::Tcp(Box::new(tcp_listener(l, path)?)),
+        Protocol::Udp => ListenerKind::Udp(udp::udp_listener(l, path)?),
+    };
+    Ok(ListenerConfig {
+        name,
+        address: bind.address,
+        kind,
+    })
+}
+
+fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
+    if l.udp_listener_config.is_some() {
+        return Err(ConfigError::invalid(
+            field(path, "udp_listener_config"),
+            "only for a UDP listener (address.socket_address.protocol: UDP)",
+        ));
+    }
+    let filter_chains = filter_chains(l, &field(path, "filter_chains"))?;
+    let default_filter_chain = match &l.default_filter_chain {
+        Some(fc) => Some(default_filter_chain(
+            fc,
+            &field(path, "default_filter_chain"),
+        )?),
+        None => None,
+    };
+    let filters = listener_filters(&l.listener_filters, &field(path, "listener_filters"))?;
+    Ok(TcpListenerConfig {
+        filter_chains,
+        default_filter_chain,
+        use_original_dst: l.use_original_dst.is_some_and(|b| b.value) || filters.original_dst,
+        transparent: l.transparent.is_some_and(|b| b.value),
+        original_src: filters.original_src,
+    })
+}
+
+/// `filter_chains`: at least one chain (or a default chain), at most [`MAX_FILTER_CHAINS`],
+/// no two with the same matching rules.
+fn filter_chains(l: &Listener, chains_path: &str) -> Result<Vec<FilterChainConfig>> {
+    if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+        return Err(ConfigError::invalid(
+            chains_path,
+            "a listener needs at least one filter chain (or a default_filter_chain)",
+        ));
+    }
+    if l.filter_chains.len() > MAX_FILTER_CHAINS {
+        return Err(ConfigError::invalid(
+            chains_path,
+            format!(
+                "{} filter chains; Switchyard supports at most {MAX_FILTER_CHAINS} per listener",
+                l.filter_chains.len()
+            ),
+        ));
+    }
+    let mut filter_chains: Vec<FilterChainConfig> = Vec::with_capacity(l.filter_chains.len());
+    for (i, fc) in l.filter_chains.iter().enumerate() {
+        let chain_path = index(chains_path, i);
+        let chain = filter_chain(fc, &chain_path)?;
+        if let Some(j) = filter_chains
+            .iter()
+            .position(|o| same_rules(&o.matcher, &chain.matcher))
+        {
+            return Err(ConfigError::invalid(
+                field(&chain_path, "filter_chain_match"),
+                format!(
+                    "multiple filter chains with the same matching rules are defined (same as filter_chains[{j}])"
+                ),
+            ));
+        }
+        filter_chains.push(chain);
+    }
+    Ok(filter_chains)
+}
+
+/// `default_filter_chain`: a chain without a `filter_chain_match`.
+fn default_filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
+    if fc.filter_chain_match.is_some() {
+        return Err(ConfigError::invalid(
+            field(path, "filter_chain_match"),
+            "the default filter chain matches everything that no other chain matches; it takes no filter_chain_match",
+        ));
+    }
+    filter_chain(fc, path)
+}
+
+/// What a listener's `listener_filters` ask for.
+#[derive(Default)]
+struct ListenerFilters {
+    /// `envoy.filters.listener.original_dst`: the same as `use_original_dst: true`.
+    original_dst: bool,
+    /// `envoy.filters.listener.original_src`.
+    original_src: Option<OriginalSrc>,
+}
+
+fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFilters> {
+    let mut out = ListenerFilters::default();
+    for (i, f) in filters.iter().enumerate() {
+        let fpath = index(path, i);
+        let tpath = field(&fpath, "typed_config");
+        let Some(listener_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err(ConfigError::invalid(
+                tpath,
+                format!(
+                    "required (type.googleapis.com/{ORIGINAL_DST_FILTER} or {ORIGINAL_SRC_FILTER})"
+                ),
+            ));
+        };
+        if type_name(any) == ORIGINAL_DST_FILTER {
+            let _: OriginalDst = decode_any(any, ORIGINAL_DST_FILTER, &tpath)?;
+            out.original_dst = true;
+        } else if type_name(any) == UDP_PROXY {
+            return Err(ConfigError::invalid(
+                tpath,
+                "the udp_proxy is a UDP listener filter: this listener's address is TCP (set address.socket_address.protocol: UDP)",
+            ));
+        } else {
+            let src: PbOriginalSrc = decode_any(any, ORIGINAL_SRC_FILTER, &tpath)?;
+            out.original_src = Some(OriginalSrc { mark: src.mark });
+        }
+    }
+    Ok(out)
+}
+
+/// Envoy's duplicate check: two chains conflict when some connection would reach the same
+/// leaf of the match tree through both, i.e. every criterion has a value in common (or is
+/// empty in both).
+fn same_rules(a: &ChainMatch, b: &ChainMatch) -> bool {
+    fn overlap<T: PartialEq>(x: &[T], y: &[T]) -> bool {
+        (x.is_empty() && y.is_empty()) || x.iter().any(|e| y.contains(e))
+    }
+    a.destination_port == b.destination_port
+        && overlap(&a.prefix_ranges, &b.prefix_ranges)
+        && overlap(&a.source_prefix_ranges, &b.source_prefix_ranges)
+        && overlap(&a.source_ports, &b.source_ports)
+}

@@ -1,0 +1,74 @@
+//! A cluster's `upstream_bind_config`: the source IP of upstream connections, freebind, and
+//! integer socket options set before the connect.
+
+use super::address::ip_address;
+use super::Result;
+use crate::error::ConfigError;
+use crate::path::{field, index};
+use envoy_types::pb::envoy::config::core::v3::socket_option::SocketState;
+use envoy_types::pb::envoy::config::core::v3::{
+    socket_address, socket_option, BindConfig, SocketOption as PbSocketOption,
+};
+use switchyard_dataplane::fib::{SocketOption, UpstreamBind};
+
+/// A cluster's `upstream_bind_config`: source IP (port 0: the kernel picks), freebind, and
+/// integer socket options applied before bind (`SO_MARK` is `{level: 1, name: 36}`).
+pub(super) fn upstream_bind(b: &BindConfig, path: &str) -> Result<UpstreamBind> {
+    let source_ip = match &b.source_address {
+        None => None,
+        Some(sa) => {
+            let spath = field(path, "source_address");
+            let ip = ip_address(&sa.address, field(&spath, "address"))?;
+            if !matches!(
+                sa.port_specifier,
+                None | Some(socket_address::PortSpecifier::PortValue(0))
+            ) {
+                return Err(ConfigError::unsupported(
+                    field(&spath, "port_value"),
+                    "a fixed source port is not supported by Switchyard (leave it 0: the kernel picks one per connection)",
+                ));
+            }
+            Some(ip)
+        }
+    };
+    let mut socket_options = Vec::with_capacity(b.socket_options.len());
+    for (i, o) in b.socket_options.iter().enumerate() {
+        socket_options.push(socket_option(o, &index(&field(path, "socket_options"), i))?);
+    }
+    Ok(UpstreamBind {
+        source_ip: source_ip.filter(|ip| !ip.is_unspecified()),
+        freebind: b.freebind.is_some_and(|f| f.value),
+        socket_options,
+    })
+}
+
+/// One integer `SocketOption`, set before bind (`STATE_PREBIND`, or `STATE_BOUND`: an
+/// upstream socket is bound and connected in one go, so both come before the connect).
+fn socket_option(o: &PbSocketOption, path: &str) -> Result<SocketOption> {
+    let int = |v: i64, name: &str| {
+        i32::try_from(v).map_err(|_| {
+            ConfigError::invalid(field(path, name), format!("{v} does not fit a C int"))
+        })
+    };
+    let value = match &o.value {
+        Some(socket_option::Value::IntValue(v)) => int(*v, "int_value")?,
+        Some(socket_option::Value::BufValue(_)) => {
+            return Err(ConfigError::unsupported(
+                field(path, "buf_value"),
+                "not supported by Switchyard (int_value is)",
+            ))
+        }
+        None => return Err(ConfigError::invalid(field(path, "int_value"), "required")),
+    };
+    if o.state == SocketState::StateListening as i32 {
+        return Err(ConfigError::invalid(
+            field(path, "state"),
+            "STATE_LISTENING applies to listening sockets, not to upstream connections",
+        ));
+    }
+    Ok(SocketOption {
+        level: int(o.level, "level")?,
+        name: int(o.name, "name")?,
+        value,
+    })
+}
