@@ -14,9 +14,10 @@
 //!   stop accepting, open connections get up to the drain time, the rest are closed, the
 //!   access log is flushed, and [`run`] returns.
 
+use crate::admin::xds_dump::XdsTypeDumps;
 use crate::admin::{self, AdminAction, AdminState};
 use crate::compile::{compile, CompileCache};
-use crate::dynamic::{DynamicState, XdsTypeDumps};
+use crate::dynamic::DynamicState;
 use crate::error::ConfigError;
 use crate::health::HealthThread;
 use crate::load::load_rib;

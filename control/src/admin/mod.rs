@@ -24,6 +24,7 @@ mod dump;
 mod http;
 mod socket;
 mod stats;
+pub mod xds_dump;
 
 pub use http::{
     QueryError, QueryProblem, IDLE_TIMEOUT, MAX_BODY_BYTES, MAX_BUSY_HANDLERS, MAX_CONNECTIONS,
@@ -74,7 +75,7 @@ pub struct AdminState {
     pub config_dump: Arc<Mutex<serde_json::Value>>,
     /// What xDS delivered, as `/config_dump` shows it (recorded by the control thread,
     /// rendered when asked for).
-    pub xds_dump: Arc<Mutex<crate::dynamic::XdsDump>>,
+    pub xds_dump: Arc<Mutex<xds_dump::XdsDump>>,
     /// Envoy `server.state` as the control thread sets it: [`STATE_LIVE`], [`STATE_DRAINING`],
     /// [`STATE_PRE_INITIALIZING`] or [`STATE_INITIALIZING`].
     pub server_state: Arc<AtomicU8>,

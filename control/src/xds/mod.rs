@@ -387,3 +387,23 @@ pub(crate) fn test_validator(any: &Any) -> Result<(String, String), Rejected> {
         None => Ok((body.clone(), format!("value of {body}"))),
     }
 }
+
+/// A change for tests: `upserts` (name, value) at version "1", and `removals`.
+#[cfg(test)]
+pub(crate) fn test_change<T>(upserts: Vec<(&str, T)>, removals: &[&str]) -> Change<T> {
+    Change {
+        type_url: String::new(),
+        upserts: upserts
+            .into_iter()
+            .map(|(n, value)| Accepted {
+                name: n.into(),
+                version: "1".into(),
+                value,
+                resource: Default::default(),
+            })
+            .collect(),
+        removals: removals.iter().map(|s| s.to_string()).collect(),
+        rejected: Vec::new(),
+        version: "1".into(),
+    }
+}
