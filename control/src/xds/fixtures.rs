@@ -1,6 +1,7 @@
 //! Resources and bootstraps for driving a proxy over ADS from tests and benchmarks, with the
 //! scripted [`server`](super::server): the same shapes the integration tests, the Python
-//! differential and the scale benchmark send, written once.
+//! differential and the scale benchmark send, written once. Test support: built only with
+//! the `testing` feature (and for this crate's unit tests).
 
 use super::{CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{

@@ -20,8 +20,10 @@
 
 pub mod client;
 pub mod delta;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod resource;
+#[cfg(any(test, feature = "testing"))]
 pub mod server;
 pub mod sotw;
 

@@ -1,7 +1,8 @@
 //! A scripted ADS server for tests and benchmarks: every stream a client opens is handed to
 //! the caller, who reads the client's requests and writes the responses one by one. It speaks
 //! both State of the World and Delta, on 127.0.0.1, from its own thread and tokio runtime.
-//! Not a management server: it keeps no state and answers nothing on its own.
+//! Not a management server: it keeps no state and answers nothing on its own. Test support:
+//! built only with the `testing` feature (and for this crate's unit tests).
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
