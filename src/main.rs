@@ -152,7 +152,7 @@ struct CaptureArgs {
     proxy_mark: u32,
     /// Never capture traffic to this address or CIDR (repeatable).
     #[arg(long)]
-    exclude_cidr: Vec<switchyard_control::capture::Cidr>,
+    exclude_cidr: Vec<switchyard_capture::Cidr>,
     /// Never capture traffic to this destination port (repeatable).
     #[arg(long, allow_negative_numbers = true)]
     exclude_port: Vec<u16>,
@@ -161,12 +161,12 @@ struct CaptureArgs {
     netns: Option<String>,
     /// iptables backend: auto (the one in use), nft or legacy.
     #[arg(long, default_value = "auto")]
-    backend: switchyard_control::capture::Backend,
+    backend: switchyard_capture::Backend,
     /// How forwarded (pod) TCP reaches the proxy: redirect (nat REDIRECT, SO_ORIGINAL_DST)
     /// or tproxy (mangle TPROXY and policy routing: destination kept, and with the
     /// listener's original_src the endpoint sees the client's own address).
     #[arg(long, default_value = "redirect")]
-    mode: switchyard_control::capture::Mode,
+    mode: switchyard_capture::Mode,
     /// tproxy: the mark that routes a packet to the local stack (must differ from
     /// --proxy-mark).
     #[arg(long, default_value_t = 1338, allow_negative_numbers = true)]
@@ -177,8 +177,8 @@ struct CaptureArgs {
 }
 
 impl CaptureArgs {
-    fn config(self) -> switchyard_control::capture::CaptureConfig {
-        switchyard_control::capture::CaptureConfig {
+    fn config(self) -> switchyard_capture::CaptureConfig {
+        switchyard_capture::CaptureConfig {
             outbound_port: self.proxy_port,
             inbound_port: self.inbound_port,
             inbound: self.inbound,
@@ -198,7 +198,7 @@ impl CaptureArgs {
 }
 
 fn capture(action: CaptureAction) -> ExitCode {
-    use switchyard_control::capture;
+    use switchyard_capture as capture;
     let result = match action {
         CaptureAction::Install(a) => capture::install(&a.config()).map(|r| r.join("\n") + "\n"),
         CaptureAction::Remove(a) => capture::remove(&a.config()).map(|r| r.join("\n") + "\n"),

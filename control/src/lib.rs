@@ -3,7 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod capture;
 pub mod compile;
 pub mod config;
 pub mod controller;

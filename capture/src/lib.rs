@@ -37,6 +37,10 @@
 //!   (`--backend auto`, the one with rules wins, nft when neither has any), or the one asked
 //!   for;
 //! - errors say which tool failed and why (missing, not permitted, rejected input).
+//!
+//! A crate of its own: it uses std only and shares nothing with the control plane; the
+//! binary's `switchyard capture` command is its one user.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::net::IpAddr;
