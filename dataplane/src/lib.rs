@@ -9,6 +9,7 @@
 //! and `sys` is the one module allowed it.
 
 pub mod accesslog;
+pub mod conn;
 pub mod fib;
 pub mod handoff;
 pub mod hash_lb;

@@ -1,0 +1,382 @@
+//! The connection machine on its own: its transitions one by one, then whole runs of the
+//! simulator ([`super::sim`]) under proptest. Failing seeds are kept by proptest in
+//! `dataplane/proptest-regressions/conn/tests.txt` and replayed first on every run.
+
+use super::sim::{Sim, World};
+use super::*;
+use crate::relay::Dir;
+use proptest::prelude::*;
+
+/// A cluster that admits and picks as told.
+struct Fixed {
+    admit: bool,
+    endpoint: Option<u32>,
+    admitted: u32,
+}
+
+impl Upstreams for Fixed {
+    fn admit(&mut self) -> Result<(), Overflow> {
+        self.admitted += u32::from(self.admit);
+        if self.admit {
+            Ok(())
+        } else {
+            Err(Overflow)
+        }
+    }
+
+    fn pick(&mut self, exclude: Option<u32>) -> Option<Target> {
+        self.endpoint
+            .map(|e| Target::Endpoint(if Some(e) == exclude { e + 1 } else { e }))
+    }
+}
+
+fn healthy() -> Fixed {
+    Fixed {
+        admit: true,
+        endpoint: Some(0),
+        admitted: 0,
+    }
+}
+
+fn proxy(max_attempts: u32) -> Verdict {
+    Verdict::Proxy(Proxy {
+        idle_timeout_ms: Some(1_000),
+        max_attempts,
+        holds_limit: true,
+        faults: Faults::default(),
+    })
+}
+
+/// Feeds `event` and returns the actions, settled.
+fn feed(m: &mut Machine, now_ms: u64, event: Event, up: &mut Fixed) -> Vec<Action> {
+    let mut out = Actions::default();
+    m.on_event(now_ms, event, up, &mut out)
+        .expect("a valid event");
+    m.settle(&mut out);
+    out.iter().collect()
+}
+
+/// Feeds one completion for each operation in flight.
+fn complete_all(m: &mut Machine) -> Vec<Action> {
+    let mut all = Vec::new();
+    while m.inflight() > 0 {
+        m.completed().expect("an operation in flight");
+        let mut out = Actions::default();
+        m.settle(&mut out);
+        all.extend(out.iter());
+    }
+    all
+}
+
+#[test]
+fn a_connect_moves_the_breaker_from_pending_to_connection() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    assert_eq!(
+        feed(&mut m, 0, Event::Accepted(proxy(1)), &mut up),
+        [Action::OpenSocket]
+    );
+    assert_eq!(m.breaker(), Breaker::Pending);
+    m.started(1);
+    m.completed().unwrap();
+    assert_eq!(
+        feed(&mut m, 0, Event::SocketCreated(Ok(())), &mut up),
+        [Action::Connect]
+    );
+    m.started(1);
+    m.completed().unwrap();
+    let actions = feed(&mut m, 5, Event::ConnectDone(Ok(Transport::Ready)), &mut up);
+    assert_eq!(actions[0], Action::Release(Seat::BreakerPending));
+    assert!(actions.contains(&Action::Note(Note::Connected { endpoint: Some(0) })));
+    assert!(actions.contains(&Action::Relay(relay::Action::Recv(Dir::Up))));
+    assert_eq!(m.breaker(), Breaker::Connection);
+    assert_eq!(m.stage(), Stage::Relaying);
+    assert_eq!(
+        m.upstream(),
+        Upstream::Connected {
+            endpoint: Some(0),
+            remote_close: false
+        }
+    );
+}
+
+#[test]
+fn a_failed_attempt_retries_another_endpoint_then_gives_up_with_its_flags() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    feed(&mut m, 0, Event::Accepted(proxy(2)), &mut up);
+    feed(&mut m, 0, Event::SocketCreated(Ok(())), &mut up);
+    let retry = feed(
+        &mut m,
+        0,
+        Event::ConnectDone(Err(libc::ECONNREFUSED)),
+        &mut up,
+    );
+    assert_eq!(retry[0], Action::CloseAttempt);
+    assert_eq!(*retry.last().unwrap(), Action::OpenSocket);
+    assert_eq!(
+        m.upstream(),
+        Upstream::Tried(Some(1)),
+        "not the endpoint that failed"
+    );
+    assert_eq!(up.admitted, 1, "a retry keeps its admission");
+    feed(&mut m, 0, Event::SocketCreated(Ok(())), &mut up);
+    let give_up = feed(&mut m, 0, Event::ConnectDone(Err(libc::ECANCELED)), &mut up);
+    assert!(give_up.contains(&Action::Note(Note::ConnectFailed {
+        endpoint: Some(1),
+        timed_out: true,
+        local: false,
+        attempts_exceeded: true
+    })));
+    assert!(give_up.contains(&Action::CloseClient { reset: false }));
+    assert!(m.flags().has(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT));
+    assert!(m.flags().has(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED));
+    // Nothing was started through the driver in this test, so the finish is immediate,
+    // with both breaker seats and the limit seat given back once.
+    assert_eq!(
+        &give_up[give_up.len() - 4..],
+        [
+            Action::Release(Seat::BreakerPending),
+            Action::Release(Seat::BreakerConnection),
+            Action::Release(Seat::ConnectionLimit),
+            Action::Finish
+        ]
+    );
+    assert_eq!(m.stage(), Stage::Free);
+}
+
+#[test]
+fn a_refused_admission_closes_the_client_holding_nothing() {
+    let mut up = Fixed {
+        admit: false,
+        ..healthy()
+    };
+    let mut m = Machine::accepted_at(0);
+    let actions = feed(&mut m, 0, Event::Accepted(proxy(1)), &mut up);
+    assert_eq!(
+        actions,
+        [
+            Action::Note(Note::Overflow),
+            Action::CloseClient { reset: false },
+            Action::Release(Seat::ConnectionLimit),
+            Action::Finish
+        ]
+    );
+    assert!(m.flags().has(ResponseFlags::UPSTREAM_OVERFLOW));
+}
+
+#[test]
+fn the_slot_finishes_only_after_its_last_completion() {
+    let mut up = Fixed {
+        endpoint: None,
+        ..healthy()
+    };
+    let mut m = Machine::accepted_at(0);
+    let mut out = Actions::default();
+    m.on_event(0, Event::Accepted(proxy(1)), &mut up, &mut out)
+        .unwrap();
+    assert!(out
+        .iter()
+        .any(|a| a == Action::CloseClient { reset: false }));
+    m.started(1); // the driver's close
+    m.settle(&mut out);
+    assert!(!out.iter().any(|a| a == Action::Finish));
+    let finish = complete_all(&mut m);
+    assert_eq!(finish.iter().filter(|a| **a == Action::Finish).count(), 1);
+    assert!(m.flags().has(ResponseFlags::NO_HEALTHY_UPSTREAM));
+}
+
+#[test]
+fn a_completion_with_nothing_in_flight_is_refused_not_wrapped() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    let mut out = Actions::default();
+    assert_eq!(m.completed(), Err(Violation::OpUnderflow));
+    assert_eq!(m.inflight(), 0);
+    m.on_event(0, Event::Accepted(proxy(1)), &mut up, &mut out)
+        .unwrap();
+    assert_eq!(
+        m.on_event(0, Event::Accepted(proxy(1)), &mut up, &mut out),
+        Err(Violation::Decided)
+    );
+    let mut free = Machine::default();
+    assert_eq!(
+        free.on_event(0, Event::Tick, &mut up, &mut out),
+        Err(Violation::FreeSlot)
+    );
+}
+
+#[test]
+fn idle_time_counts_from_the_last_byte_and_not_during_a_fault_delay() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    let delayed = Verdict::Proxy(Proxy {
+        idle_timeout_ms: Some(10),
+        max_attempts: 1,
+        holds_limit: false,
+        faults: Faults {
+            active: true,
+            abort_at_accept: false,
+            delay_ms: Some(50),
+        },
+    });
+    assert_eq!(
+        feed(&mut m, 0, Event::Accepted(delayed), &mut up),
+        [Action::ScheduleDelay { at_ms: 50 }]
+    );
+    assert!(
+        feed(&mut m, 40, Event::Tick, &mut up).is_empty(),
+        "a delay is not idleness"
+    );
+    assert_eq!(
+        feed(&mut m, 50, Event::DelayOver, &mut up),
+        [Action::OpenSocket]
+    );
+    feed(&mut m, 55, Event::Tick, &mut up);
+    assert!(m.is_live());
+    let idle = feed(&mut m, 60, Event::Tick, &mut up);
+    assert_eq!(idle[0], Action::Note(Note::IdleTimeout));
+    assert!(idle.contains(&Action::CloseClient { reset: false }));
+    assert!(idle.contains(&Action::Release(Seat::Fault)));
+    assert_eq!(m.details(), "idle_timeout");
+}
+
+#[test]
+fn a_limited_connection_closes_after_the_filters_delay() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    assert!(feed(
+        &mut m,
+        0,
+        Event::Accepted(Verdict::Limited { delay_ms: 30 }),
+        &mut up
+    )
+    .is_empty());
+    assert!(feed(&mut m, 29, Event::Tick, &mut up).is_empty());
+    assert_eq!(
+        feed(&mut m, 30, Event::Tick, &mut up),
+        [Action::CloseClient { reset: false }, Action::Finish]
+    );
+    assert_eq!(m.details(), "connection_limit");
+}
+
+#[test]
+fn a_backend_reset_resets_the_client_and_counts_as_remote() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    feed(&mut m, 0, Event::Accepted(proxy(1)), &mut up);
+    feed(&mut m, 0, Event::SocketCreated(Ok(())), &mut up);
+    feed(&mut m, 0, Event::ConnectDone(Ok(Transport::Ready)), &mut up);
+    let reset = feed(
+        &mut m,
+        1,
+        Event::Relay(relay::Event::Recv(
+            Dir::Down,
+            relay::Received::Error(libc::ECONNRESET),
+        )),
+        &mut up,
+    );
+    assert!(reset.contains(&Action::CloseBoth {
+        reset_client: true,
+        reset_backend: false,
+        clean: false
+    }));
+    assert!(m
+        .flags()
+        .has(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION));
+    assert_eq!(
+        m.upstream(),
+        Upstream::Connected {
+            endpoint: Some(0),
+            remote_close: true
+        }
+    );
+}
+
+#[test]
+fn a_socket_created_after_an_abort_is_closed_as_a_stray() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    feed(&mut m, 0, Event::Accepted(proxy(1)), &mut up);
+    m.started(1); // the socket() in flight
+    let drained = feed(&mut m, 1, Event::Abort(Abort::Drain), &mut up);
+    assert_eq!(
+        &drained[..2],
+        [
+            Action::Note(Note::DrainClose),
+            Action::CloseClient { reset: true }
+        ]
+    );
+    assert_eq!(
+        feed(&mut m, 2, Event::SocketCreated(Ok(())), &mut up),
+        [Action::CloseStraySocket]
+    );
+}
+
+/// A world hostile in every way at once.
+fn hostile(slots: usize, buffers: u16, rates: [u64; 6]) -> World {
+    let [fail, error, shed, fault, timer, mirror] = rates;
+    World {
+        slots,
+        connections: 40,
+        buffers,
+        max_pending: 3,
+        max_connections: 5,
+        max_attempts: 1 + (fail % 3) as u32,
+        socket_fail: fail / 2,
+        connect_fail: fail,
+        connect_timeout: fail / 2,
+        no_endpoint: fail / 4,
+        recv_error: error,
+        send_error: error / 4,
+        refuse: shed,
+        limited: shed,
+        fault_abort: fault,
+        fault_delay: fault,
+        mirror,
+        tick: timer,
+        drain: timer / 8,
+        abort: timer / 8,
+        idle_timeout_ms: (timer % 2 == 0).then_some(200),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        ..ProptestConfig::default()
+    })]
+
+    /// Whatever the world does, in whatever order: every slot freed once, nothing in
+    /// flight, every budget given back, one finish per connection, every buffer home, and
+    /// clean connections moved every byte both ways.
+    #[test]
+    fn every_run_ends_with_everything_given_back(
+        seed in any::<u64>(),
+        slots in 1usize..12,
+        buffers in 1u16..8,
+        rates in prop::array::uniform6(0u64..300),
+    ) {
+        let mut sim = Sim::new(seed, hostile(slots, buffers, rates));
+        sim.run(20_000);
+        sim.check_end();
+        prop_assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+        prop_assert_eq!(sim.finished, 40, "every connection was accepted and finished");
+    }
+}
+
+/// A friendly world lets most connections finish cleanly: the byte checks above are not
+/// vacuous.
+#[test]
+fn a_friendly_world_relays_most_connections_cleanly() {
+    let mut world = hostile(8, 6, [0, 0, 0, 0, 51, 0]);
+    world.max_pending = 100;
+    world.max_connections = 100;
+    world.drain = 0;
+    world.abort = 0;
+    let mut sim = Sim::new(7, world);
+    sim.run(200_000);
+    sim.check_end();
+    assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
+    assert!(sim.clean >= 30, "only {} of 40 clean", sim.clean);
+}
