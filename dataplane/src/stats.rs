@@ -549,7 +549,7 @@ stat_block!(
 
 stat_block!(
     /// `server.*` stats kept by workers (the admin adds live, uptime, concurrency).
-    ServerStats, ServerStat, 5, {
+    ServerStats, ServerStat, 6, {
     /// Connections open on all listeners.
     TotalConnections => ("total_connections", Gauge),
     /// Access-log records dropped because the log queue was full.
@@ -560,6 +560,10 @@ stat_block!(
     RelayBufferExhausted => ("relay_buffer_exhausted", Counter),
     /// Receives into a large buffer (a direction moving bulk data).
     RelayLargeBufferReceives => ("relay_large_buffer_receives", Counter),
+    /// Broken invariants a worker refused instead of absorbing: a completion for a slot that
+    /// was reused or freed, a completion with nothing in flight, an open-connection count
+    /// below zero. Always 0; anything else is a bug (logged). Switchyard's own stat.
+    WorkerInvariantViolations => ("worker_invariant_violations", Counter),
 });
 
 /// Envoy-style listener stat name part: `127.0.0.1_10000`, `[::1]_10000`.

@@ -18,10 +18,9 @@
 //! only while the list is not empty. Nothing here allocates per connection: the list's
 //! capacity is reserved when the worker starts.
 
-use super::conn::CHAIN_NONE;
 use super::ud::{self, Kind};
 use super::Worker;
-use crate::accesslog::ResponseFlags;
+use crate::conn;
 use crate::fib::drawn;
 use crate::relay::Dir;
 use crate::stats::{FaultStat, FaultStats};
@@ -82,80 +81,51 @@ impl Worker {
             .map(|f| &*f.stats)
     }
 
-    /// Draws the chain's faults for the new connection `slot`. True when a fault took the
-    /// connection over (reset at accept, or connect delayed); false to connect now.
-    pub(super) fn apply_faults(&mut self, slot: u32) -> bool {
+    /// Draws the chain's faults for the new connection `slot`, counts them, and keeps the
+    /// throttle and the abort allowance beside the connection; the machine gets the rest.
+    pub(super) fn draw_faults(&mut self, slot: u32) -> conn::Faults {
         let Some(fault) = self.chain_of(slot).and_then(|c| c.fault.as_ref()) else {
-            return false;
+            return conn::Faults::default();
         };
         let (delay, abort, throttle) = (fault.delay, fault.abort, fault.throttle);
         let abort = abort.filter(|a| drawn(a.per_million, self.rng.next_u64()));
         let delay = delay.filter(|d| drawn(d.per_million, self.rng.next_u64()));
         let throttle = throttle.filter(|t| drawn(t.per_million, self.rng.next_u64()));
         if abort.is_none() && delay.is_none() && throttle.is_none() {
-            return false;
+            return conn::Faults::default();
         }
-        let (id, now_ms) = (self.id, self.now_ms);
+        let abort_at_accept = abort.is_some_and(|a| a.after_bytes == 0);
         if let Some(stats) = self.fault_stats(slot) {
-            stats.inc(id, FaultStat::ActiveFaults);
+            stats.inc(self.id, FaultStat::ActiveFaults);
             if throttle.is_some() {
-                stats.inc(id, FaultStat::ThrottlesInjected);
+                stats.inc(self.id, FaultStat::ThrottlesInjected);
             }
-            if delay.is_some() && abort.is_none_or(|a| a.after_bytes > 0) {
-                stats.inc(id, FaultStat::DelaysInjected);
+            if delay.is_some() && !abort_at_accept {
+                stats.inc(self.id, FaultStat::DelaysInjected);
+            }
+            if abort_at_accept {
+                stats.inc(self.id, FaultStat::AbortsInjected);
             }
         }
-        let conn = &mut self.conns[slot as usize];
-        conn.faults.active = true;
+        let faults = &mut self.conns[slot as usize].faults;
         if let Some(t) = throttle {
-            conn.faults.rate_bps = t.bytes_per_second;
+            faults.rate_bps = t.bytes_per_second;
         }
-        if let Some(a) = abort {
-            if a.after_bytes == 0 {
-                self.fault_abort(slot);
-                return true;
-            }
-            conn.faults.abort_after = Some(a.after_bytes);
+        faults.abort_after = abort.map(|a| a.after_bytes).filter(|&n| n > 0);
+        conn::Faults {
+            active: true,
+            abort_at_accept,
+            delay_ms: delay.map(|d| d.delay_ms),
         }
-        if let Some(d) = delay {
-            conn.flags.set(ResponseFlags::DELAY_INJECTED);
-            let at_ms = now_ms + d.delay_ms;
-            conn.faults.connect_at_ms = Some(at_ms);
-            self.schedule_fault(at_ms * 1000, slot, Due::Connect);
-            return true;
-        }
-        false
     }
 
-    /// Resets the connection for the abort fault.
-    fn fault_abort(&mut self, slot: u32) {
-        if let Some(stats) = self.fault_stats(slot) {
-            stats.inc(self.id, FaultStat::AbortsInjected);
-        }
-        if self.conns[slot as usize].state == super::ConnState::Connecting
-            && !self.conns[slot as usize].connected
-            && self.conns[slot as usize].backend == super::NO_FD
-        {
-            // Not connected upstream yet (abort at accept): only the client to reset.
-            let conn = &mut self.conns[slot as usize];
-            conn.flags.set(ResponseFlags::FAULT_INJECTED);
-            conn.termination_details = "fault_abort";
-            conn.max_attempts = 0;
-            self.close_sockets(slot, true, false);
-            self.finish_if_done(slot);
-            return;
-        }
-        self.abort_conn(slot, ResponseFlags::FAULT_INJECTED, "fault_abort", true);
-    }
 
     /// A receive of `len` bytes on `dir` completed: charges the throttle and the abort
-    /// allowance. True when the abort fired (the bytes are then not forwarded).
+    /// allowance. True when the abort fired (the bytes are then not forwarded; the caller
+    /// aborts the connection).
     pub(super) fn charge_faults(&mut self, slot: u32, dir: Dir, len: u64) -> bool {
         let now_us = self.now_us();
         let faults = &mut self.conns[slot as usize].faults;
-        if !faults.active {
-            return false;
-        }
         if let Some(wait_us) = len
             .saturating_mul(1_000_000)
             .checked_div(faults.rate_bps[dir as usize])
@@ -167,7 +137,9 @@ impl Worker {
             if let Some(left) = faults.abort_after {
                 if len >= left {
                     faults.abort_after = None;
-                    self.fault_abort(slot);
+                    if let Some(stats) = self.fault_stats(slot) {
+                        stats.inc(self.id, FaultStat::AbortsInjected);
+                    }
                     return true;
                 }
                 faults.abort_after = Some(left - len);
@@ -197,7 +169,7 @@ impl Worker {
         self.conns[slot as usize].faults.rate_bps[dir as usize] > 0
     }
 
-    fn schedule_fault(&mut self, at_us: u64, slot: u32, due: Due) {
+    pub(super) fn schedule_fault(&mut self, at_us: u64, slot: u32, due: Due) {
         let nonce = self.conns[slot as usize].nonce;
         self.fault_timers.timers.push(FaultTimer {
             at_us,
@@ -250,17 +222,11 @@ impl Worker {
 
     fn fire(&mut self, t: FaultTimer) {
         let conn = &mut self.conns[t.slot as usize];
-        if conn.nonce != t.nonce || !conn.is_live() {
+        if conn.nonce != t.nonce || !conn.machine.is_live() {
             return;
         }
         match t.due {
-            Due::Connect => {
-                if conn.faults.connect_at_ms.take().is_some() {
-                    // The delay is not idleness: the idle timer starts again now.
-                    conn.last_activity_ms = self.now_ms;
-                    self.connect_next(t.slot, None);
-                }
-            }
+            Due::Connect => self.drive(t.slot, conn::Event::DelayOver),
             Due::Recv(dir) => {
                 if std::mem::take(&mut conn.faults.recv_deferred[dir as usize]) {
                     self.submit_recv(t.slot, dir);
@@ -269,18 +235,11 @@ impl Worker {
         }
     }
 
-    /// The connection closes: its deadlines go, and it no longer counts in
-    /// `active_faults`.
+    /// The connection closes ([`conn::Seat::Fault`] given back): its deadlines go, and it
+    /// no longer counts in `active_faults`.
     pub(super) fn leave_faults(&mut self, slot: u32) {
-        let conn = &mut self.conns[slot as usize];
-        if !std::mem::take(&mut conn.faults.active) {
-            return;
-        }
         // Keeps the list within the capacity reserved at start (and the tick's scan short).
         self.fault_timers.timers.retain(|t| t.slot != slot);
-        if self.conns[slot as usize].chain == CHAIN_NONE {
-            return;
-        }
         if let Some(stats) = self.fault_stats(slot) {
             stats.dec(self.id, FaultStat::ActiveFaults);
         }

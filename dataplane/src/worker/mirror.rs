@@ -27,9 +27,10 @@
 //! - Splice mode moves bytes kernel to kernel, so there is nothing to copy: mirroring is
 //!   skipped there (logged once per worker).
 
-use super::conn::{Shadow, ShadowState, SHADOW_QUEUE};
+use super::slot::{Shadow, ShadowState, NO_FD, SHADOW_QUEUE};
 use super::ud::{self, Kind};
-use super::{RelayMode, Worker, NO_FD};
+use super::{RelayMode, Worker};
+use crate::conn;
 use crate::lb::Pick;
 use crate::stats::{MirrorStat, MirrorStats};
 use crate::sys::{BufClass, RingBuf};
@@ -101,7 +102,8 @@ impl Worker {
         }
         let conn = &mut self.conns[slot as usize];
         conn.shadow = Shadow::connecting(address, timeout.as_millis() as u64, max_bytes);
-        conn.inflight += 1;
+        conn.machine.mirror_started();
+        conn.machine.started(1);
         self.ring.socket(
             &address,
             0,
@@ -125,7 +127,7 @@ impl Worker {
         let nonce = conn.nonce;
         let address = conn.shadow.address.expect("shadow endpoint picked");
         let timeout = Duration::from_millis(conn.shadow.timeout_ms);
-        conn.inflight += 3;
+        conn.machine.started(3);
         self.ring
             .set_nodelay(result, ud::encode(Kind::ShadowAux, slot, nonce));
         self.ring.connect_shadow(
@@ -158,7 +160,7 @@ impl Worker {
             return;
         }
         shadow.reading = true;
-        conn.inflight += 1;
+        conn.machine.started(1);
         let ud = ud::encode(Kind::ShadowRecv, slot, conn.nonce);
         self.ring.recv(shadow.fd, BufClass::Small, ud);
     }
@@ -198,7 +200,7 @@ impl Worker {
         let Some((copy, len)) = shadow.head() else {
             if shadow.eof && !shadow.shut {
                 shadow.shut = true;
-                conn.inflight += 1;
+                conn.machine.started(1);
                 let ud = ud::encode(Kind::ShadowAux, slot, conn.nonce);
                 self.ring.shutdown(shadow.fd, libc::SHUT_WR, ud);
             }
@@ -206,7 +208,7 @@ impl Worker {
         };
         shadow.sending = true;
         let offset = shadow.sent;
-        conn.inflight += 1;
+        conn.machine.started(1);
         let ud = ud::encode(Kind::ShadowSend, slot, conn.nonce);
         self.ring
             .send_copy(shadow.fd, copy, offset, len - offset, ud);
@@ -356,7 +358,7 @@ impl Worker {
         let fd = std::mem::replace(&mut shadow.fd, NO_FD);
         if fd != NO_FD {
             let ud = ud::encode(Kind::ShadowAux, slot, conn.nonce);
-            conn.inflight += self.ring.teardown(fd, false, ud);
+            conn.machine.started(self.ring.teardown(fd, false, ud));
         }
         let keep = usize::from(shadow.sending);
         while shadow.count as usize > keep {
@@ -366,5 +368,7 @@ impl Worker {
         if let Some(stats) = self.mirror_stats(slot) {
             stats.dec(id, MirrorStat::Active);
         }
+        let out = self.machine_event(slot, conn::Event::MirrorDone);
+        debug_assert!(out.is_empty(), "a closed mirror is only noted");
     }
 }

@@ -15,25 +15,28 @@
 //!   connection is counted; the slot is freed when the connection is closed and its last
 //!   completion arrived. A nonce in `user_data` tells reused slots apart.
 
-mod conn;
+mod drive;
 mod fault;
 mod mirror;
 mod pipes;
+mod relay_io;
+mod slot;
 mod sockets;
 pub(crate) mod ud;
 mod udp;
 
-use crate::accesslog::{AccessRecord, ResponseFlags};
+use crate::accesslog::ResponseFlags;
+use crate::conn;
 use crate::fib::{Fib, Listener, Route};
 use crate::handoff::{Phase, Shared, Snapshot};
 use crate::hash_lb;
-use crate::lb::{mix_seed, Pick, Rng, WorkerLb};
-use crate::relay::{Action, Actions, BufId, Dir, Event, Received, Side};
-use crate::stats::{ClusterStat, HostStat, ListenerStat, Resource, ServerStat, TcpStat};
+use crate::lb::{mix_seed, Rng, WorkerLb};
+use crate::relay::{Dir, Event, Received};
+use crate::stats::{ListenerStat, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
-use crate::sys::{BufClass, BufPoolSize, Completion, Ready, Ring, RingError};
-use conn::{Conn, ConnState, NO_FD};
-use pipes::{Pipes, NO_PIPE};
+use crate::sys::{BufPoolSize, Completion, Ring, RingError};
+use pipes::Pipes;
+use slot::Conn;
 use sockets::SocketSlots;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -155,17 +158,33 @@ struct Decision {
     cluster: Option<crate::fib::ClusterId>,
     idle_timeout_ms: Option<u64>,
     max_attempts: u32,
-    /// Response flags when the connection is refused (no chain, no route, a loop).
-    flags: u16,
-    /// The destination is the proxy's own address: refused with a reset.
-    proxy_loop: bool,
     /// The hash policy's key (the client's IP), for hashing balancers.
     hash: Option<u64>,
     /// Counted in the chain's connection limit.
     holds_limit: bool,
-    /// Refused by the chain's connection limit: close after this many ms.
-    limited_delay_ms: Option<u64>,
+    outcome: Outcome,
 }
+
+/// Where accept sends a connection.
+enum Outcome {
+    /// To its cluster.
+    Proxy,
+    /// Refused (no chain, no route, a loop back into the proxy).
+    Refuse {
+        flags: u16,
+        reset: bool,
+        details: &'static str,
+    },
+    /// Refused by its chain's connection limit: closed after `delay_ms`.
+    Limited { delay_ms: u64 },
+}
+
+/// No filter chain or no route: closed cleanly, `NR`.
+const NO_ROUTE: Outcome = Outcome::Refuse {
+    flags: ResponseFlags::NO_ROUTE_FOUND,
+    reset: false,
+    details: "-",
+};
 
 /// A FIB generation still in use on this worker.
 struct Generation {
@@ -260,7 +279,6 @@ pub(crate) struct Worker {
     rng: Rng,
     started: Instant,
     now_ms: u64,
-    actions: Actions,
     batch: Vec<Completion>,
     phase: Phase,
     /// Open connections on this worker.
@@ -345,7 +363,6 @@ impl Worker {
             rng: Rng::new(seed),
             started: Instant::now(),
             now_ms: 0,
-            actions: Actions::default(),
             batch: Vec::new(),
             phase: Phase::Running,
             open_conns: 0,
@@ -482,13 +499,8 @@ impl Worker {
         self.udp_follow_phase(phase);
         if phase == Phase::Stopped {
             for slot in 0..self.conns.len() {
-                if self.conns[slot].is_live() {
-                    self.abort_conn(
-                        slot as u32,
-                        ResponseFlags::DRAIN_CLOSE,
-                        "drain_timeout",
-                        true,
-                    );
+                if self.conns[slot].machine.is_live() {
+                    self.drive(slot as u32, conn::Event::Abort(conn::Abort::Drain));
                 }
             }
         }
@@ -612,11 +624,12 @@ impl Worker {
     }
 
     fn mark_listener_conns_draining(&mut self, listener_slot: usize) {
-        let deadline = self.now_ms + self.shared.drain_time_ms;
-        for &slot in self.occupied.iter() {
-            let c = &mut self.conns[slot as usize];
-            if c.is_live() && c.listener_slot as usize == listener_slot {
-                c.drain_deadline_ms = Some(deadline);
+        let deadline_ms = self.now_ms + self.shared.drain_time_ms;
+        for i in 0..self.occupied.len() {
+            let slot = self.occupied[i];
+            if self.conns[slot as usize].listener_slot as usize == listener_slot {
+                let out = self.machine_event(slot, conn::Event::DrainBy { deadline_ms });
+                debug_assert!(out.is_empty(), "a drain deadline is only noted");
             }
         }
     }
@@ -678,9 +691,9 @@ impl Worker {
         }
     }
 
-    /// Idle timeouts and drain deadlines.
+    /// Timers of every occupied slot: the connection's own (limit delay, drain deadline,
+    /// idle timeout) and, once it closed, its mirror shadow's drain.
     fn expire_connections(&mut self) {
-        let now = self.now_ms;
         // Backwards over the occupied list: finishing a connection swap-removes it, which
         // only moves an entry already visited.
         let mut i = self.occupied.len();
@@ -689,42 +702,12 @@ impl Worker {
             let Some(&slot) = self.occupied.get(i) else {
                 continue;
             };
-            let slot = slot as usize;
-            let c = &self.conns[slot];
-            if !c.is_live() {
-                if c.shadow.drain_deadline_ms.is_some_and(|d| now >= d) {
-                    self.shadow_drain_expired(slot as u32);
-                    self.finish_if_done(slot as u32);
-                }
-                continue;
-            }
-            if c.limit_close_at_ms.is_some_and(|d| now >= d) {
-                self.close_client_only(slot as u32);
-                continue;
-            }
-            if c.drain_deadline_ms.is_some_and(|d| now >= d) {
-                self.abort_conn(
-                    slot as u32,
-                    ResponseFlags::DRAIN_CLOSE,
-                    "drain_timeout",
-                    true,
-                );
-                continue;
-            }
-            // A connect held back by the fault filter's delay is not idle.
-            let idle = c.faults.connect_at_ms.is_none()
-                && c.idle_timeout_ms
-                    .is_some_and(|t| now.saturating_sub(c.last_activity_ms) >= t);
-            if idle {
-                if let Some(stats) = self.tcp_stats(slot as u32) {
-                    stats.inc(self.id, TcpStat::IdleTimeout);
-                }
-                self.abort_conn(
-                    slot as u32,
-                    ResponseFlags::STREAM_IDLE_TIMEOUT,
-                    "idle_timeout",
-                    false,
-                );
+            let c = &self.conns[slot as usize];
+            if c.machine.is_live() {
+                self.drive(slot, conn::Event::Tick);
+            } else if c.shadow.drain_deadline_ms.is_some_and(|d| self.now_ms >= d) {
+                self.shadow_drain_expired(slot);
+                self.settle(slot);
             }
         }
     }
@@ -855,6 +838,49 @@ impl Worker {
             net::close(fd);
             return;
         };
+        self.occupy(slot, listener_slot, fib_index, fd, &decision);
+        let verdict = match decision.outcome {
+            Outcome::Limited { delay_ms } => {
+                // The filter closes the connection before the tcp_proxy sees it.
+                self.conns[slot as usize].chain = slot::CHAIN_NONE;
+                conn::Verdict::Limited { delay_ms }
+            }
+            Outcome::Refuse {
+                flags,
+                reset,
+                details,
+            } => conn::Verdict::Refuse {
+                flags,
+                reset,
+                details,
+                holds_limit: decision.holds_limit,
+            },
+            Outcome::Proxy => {
+                let faults = self.draw_faults(slot);
+                if !faults.abort_at_accept {
+                    self.start_shadow(slot);
+                }
+                conn::Verdict::Proxy(conn::Proxy {
+                    idle_timeout_ms: decision.idle_timeout_ms,
+                    max_attempts: decision.max_attempts,
+                    holds_limit: decision.holds_limit,
+                    faults,
+                })
+            }
+        };
+        self.drive(slot, conn::Event::Accepted(verdict));
+    }
+
+    /// Takes free slot `slot` for the connection on `fd` accepted on `listener_slot`.
+    fn occupy(
+        &mut self,
+        slot: u32,
+        listener_slot: usize,
+        fib_index: usize,
+        fd: RawFd,
+        decision: &Decision,
+    ) {
+        let gen_index = self.current_gen;
         self.free_slots.pop();
         self.open_conns += 1;
         if let Some(g) = self.generations[gen_index].as_mut() {
@@ -866,6 +892,7 @@ impl Worker {
             fd,
             gen_index as u32,
             listener_slot as u32,
+            self.now_ms,
         );
         conn.fib_listener = fib_index as u32;
         conn.occupied_index = self.occupied.len() as u32;
@@ -873,49 +900,12 @@ impl Worker {
         conn.local = Some(decision.local);
         conn.remote = decision.remote;
         conn.start_ms = self.now_ms;
-        conn.last_activity_ms = self.now_ms;
         conn.start_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         conn.chain = decision.chain;
-        conn.idle_timeout_ms = decision.idle_timeout_ms;
-        conn.max_attempts = decision.max_attempts;
         conn.cluster = decision.cluster;
         conn.hash = decision.hash;
-        conn.holds_limit = decision.holds_limit;
-        if let Some(delay_ms) = decision.limited_delay_ms {
-            // The filter closes the connection before the tcp_proxy sees it.
-            conn.chain = conn::CHAIN_NONE;
-            conn.termination_details = "connection_limit";
-            if delay_ms == 0 {
-                self.close_client_only(slot);
-            } else {
-                conn.limit_close_at_ms = Some(self.now_ms + delay_ms);
-                conn.idle_timeout_ms = None;
-            }
-            return;
-        }
-        if decision.proxy_loop {
-            conn.flags.set(decision.flags);
-            conn.termination_details = "proxy_loop";
-            self.close_sockets(slot, true, false);
-            self.finish_if_done(slot);
-            return;
-        }
-        if decision.flags != 0 {
-            conn.flags.set(decision.flags);
-            self.close_client_only(slot);
-            return;
-        }
-        if self.apply_faults(slot) {
-            if self.conns[slot as usize].is_live() {
-                // Delayed: the shadow starts now, the upstream after the delay.
-                self.start_shadow(slot);
-            }
-            return;
-        }
-        self.start_shadow(slot);
-        self.connect_next(slot, None);
     }
 
     fn listener_in(&self, gen_index: usize, fib_index: usize) -> Option<&Listener> {
@@ -954,35 +944,38 @@ impl Worker {
         let mut decision = Decision {
             local,
             remote,
-            chain: conn::CHAIN_NONE,
+            chain: slot::CHAIN_NONE,
             cluster: None,
             idle_timeout_ms: None,
             max_attempts: 1,
-            flags: 0,
-            proxy_loop: false,
             hash: None,
             holds_limit: false,
-            limited_delay_ms: None,
+            outcome: Outcome::Proxy,
         };
         if listener.use_original_dst && generation.fib.is_own_address(local) {
             // Passed through, it would come straight back: refuse it, as Istio's BlackHole
             // chain on 15001 does.
             listener.stats.inc(id, ListenerStat::DownstreamCxProxyLoop);
-            decision.flags = ResponseFlags::NO_ROUTE_FOUND;
-            decision.proxy_loop = true;
+            decision.outcome = Outcome::Refuse {
+                flags: ResponseFlags::NO_ROUTE_FOUND,
+                reset: true,
+                details: "proxy_loop",
+            };
             return Some(decision);
         }
         let remote_for_match = remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let Some(chain_index) = listener.match_chain_index(local, remote_for_match) else {
             listener.stats.inc(id, ListenerStat::NoFilterChainMatch);
-            decision.flags = ResponseFlags::NO_ROUTE_FOUND;
+            decision.outcome = NO_ROUTE;
             return Some(decision);
         };
         let chain = listener.chain(chain_index);
         decision.chain = chain_index;
         if let Some(limit) = &chain.connection_limit {
             if !limit.state.try_enter(limit.max_connections) {
-                decision.limited_delay_ms = Some(limit.delay_ms);
+                decision.outcome = Outcome::Limited {
+                    delay_ms: limit.delay_ms,
+                };
                 return Some(decision);
             }
             decision.holds_limit = true;
@@ -1002,167 +995,17 @@ impl Worker {
         };
         if decision.cluster.is_none() {
             tcp.stats.inc(id, TcpStat::DownstreamCxNoRoute);
-            decision.flags = ResponseFlags::NO_ROUTE_FOUND;
+            decision.outcome = NO_ROUTE;
         }
         Some(decision)
     }
 
-    /// Picks an endpoint (not `exclude`) and starts a connect, or gives up.
-    fn connect_next(&mut self, slot: u32, exclude: Option<usize>) {
-        let conn = &self.conns[slot as usize];
-        let (gen_index, cluster_id) = (conn.generation as usize, conn.cluster);
-        let Some(cluster_id) = cluster_id else { return };
-        if !self.conns[slot as usize].holds_cx && !self.admit(slot) {
-            return;
-        }
-        let Some(generation) = self.generations[gen_index].as_mut() else {
-            return;
-        };
-        let fib = &generation.fib;
-        let cluster = fib.cluster(cluster_id);
-        if cluster.is_original_dst() {
-            self.connect_original_dst(slot);
-            return;
-        }
-        let active = &self.active.counts[generation.active[cluster_id.0 as usize] as usize];
-        let pick = generation.lb.pick(
-            fib,
-            cluster_id,
-            Pick {
-                active,
-                exclude,
-                hash: self.conns[slot as usize].hash,
-            },
-            &mut self.rng,
-        );
-        let Some(picked) = pick else {
-            self.no_upstream(slot);
-            return;
-        };
-        let endpoint_index = picked.endpoint;
-        let endpoint = &cluster.endpoints[endpoint_index];
-        if picked.panic {
-            cluster.stats.inc(self.id, ClusterStat::LbHealthyPanic);
-        }
-        cluster.stats.inc(self.id, ClusterStat::UpstreamCxTotal);
-        endpoint.stats.inc(HostStat::CxTotal);
-        let address = endpoint.address;
-        let conn = &mut self.conns[slot as usize];
-        conn.endpoint = Some(endpoint_index as u32);
-        self.start_connect(slot, address);
-    }
 
-    /// `type: ORIGINAL_DST`: connects to where the client was going, as restored by its
-    /// listener's `use_original_dst`; without one there is no upstream (as in Envoy).
-    fn connect_original_dst(&mut self, slot: u32) {
-        let conn = &self.conns[slot as usize];
-        let (gen_index, cluster_id) = (conn.generation as usize, conn.cluster);
-        let Some((generation, cluster_id)) = self.generations[gen_index].as_ref().zip(cluster_id)
-        else {
-            return;
-        };
-        let fib = &generation.fib;
-        let restored = fib
-            .listeners
-            .get(conn.fib_listener as usize)
-            .is_some_and(|l| l.use_original_dst);
-        let Some(address) = conn.local.filter(|_| restored) else {
-            self.no_upstream(slot);
-            return;
-        };
-        fib.cluster(cluster_id)
-            .stats
-            .inc(self.id, ClusterStat::UpstreamCxTotal);
-        self.start_connect(slot, address);
-    }
 
-    /// The circuit breaker's admission of `slot`'s upstream connection, across all workers,
-    /// as Envoy's TCP pool decides it: a pending request (connecting), refused with UO and
-    /// `upstream_rq_pending_overflow` when `max_pending_requests` are taken; then a
-    /// connection, refused with UO and `upstream_cx_overflow` at `max_connections`. True when
-    /// the connection may be made; otherwise the client is being closed.
-    fn admit(&mut self, slot: u32) -> bool {
-        let Some(cluster) = self.cluster_of(slot) else {
-            return false;
-        };
-        let (limits, resources) = (cluster.circuit_breakers, &cluster.resources);
-        let overflow = if !resources.try_acquire(Resource::Pending, limits.max_pending_requests) {
-            Some(ClusterStat::UpstreamRqPendingOverflow)
-        } else if !resources.try_acquire(Resource::Connections, limits.max_connections) {
-            resources.release(Resource::Pending);
-            Some(ClusterStat::UpstreamCxOverflow)
-        } else {
-            None
-        };
-        if let Some(stat) = overflow {
-            cluster.stats.inc(self.id, stat);
-        }
-        let conn = &mut self.conns[slot as usize];
-        if overflow.is_some() {
-            conn.flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
-            self.close_client_only(slot);
-            return false;
-        }
-        conn.holds_pending = true;
-        conn.holds_cx = true;
-        true
-    }
 
-    /// Takes `slot` out of its chain's connection limit count.
-    fn leave_connection_limit(&mut self, slot: u32) {
-        if !std::mem::take(&mut self.conns[slot as usize].holds_limit) {
-            return;
-        }
-        if let Some(limit) = self
-            .chain_of(slot)
-            .and_then(|c| c.connection_limit.as_ref())
-        {
-            limit.state.leave();
-        }
-    }
 
-    /// Gives back what `slot` holds of its cluster's circuit breaker.
-    fn release_resources(&mut self, slot: u32, pending_only: bool) {
-        let conn = &self.conns[slot as usize];
-        let (pending, cx) = (conn.holds_pending, conn.holds_cx && !pending_only);
-        let Some(cluster) = self.cluster_of(slot) else {
-            return;
-        };
-        if pending {
-            cluster.resources.release(Resource::Pending);
-        }
-        if cx {
-            cluster.resources.release(Resource::Connections);
-        }
-        let conn = &mut self.conns[slot as usize];
-        conn.holds_pending &= !pending;
-        conn.holds_cx &= !cx;
-    }
 
-    /// Nothing to connect to (no healthy endpoint, no original destination): counted on
-    /// the cluster, and the client is closed.
-    fn no_upstream(&mut self, slot: u32) {
-        if let Some(stats) = self.cluster_stats(slot) {
-            stats.inc(self.id, ClusterStat::UpstreamCxNoneHealthy);
-        }
-        self.conns[slot as usize]
-            .flags
-            .set(ResponseFlags::NO_HEALTHY_UPSTREAM);
-        self.close_client_only(slot);
-    }
 
-    /// Creates the upstream socket for a connect to `address` (the connect follows in
-    /// [`Worker::on_socket`]).
-    fn start_connect(&mut self, slot: u32, address: SocketAddr) {
-        let conn = &mut self.conns[slot as usize];
-        conn.upstream = Some(address);
-        conn.attempts += 1;
-        conn.state = ConnState::Connecting;
-        conn.inflight += 1;
-        let ud = ud::encode(Kind::Socket, slot, conn.nonce);
-        let flags = self.socket_flags();
-        self.ring.socket(&address, flags, ud);
-    }
 
     // ---- connection completions ----
 
@@ -1170,19 +1013,22 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
         };
-        if conn.nonce != nonce || conn.state == ConnState::Free {
-            // Cannot happen: slots are freed only after their last completion.
-            debug_assert!(false, "stale completion {kind:?} for slot {slot}");
+        let done = if conn.nonce == nonce {
+            conn.machine.completed()
+        } else {
+            Err(conn::Violation::FreeSlot)
+        };
+        if let Err(v) = done {
+            // Slots are freed only after their last completion: a bug, counted and logged.
+            self.violated(slot, v, "completion");
             if kind == Kind::Socket && c.result >= 0 {
                 net::close(c.result);
             }
             return;
         }
-        conn.inflight -= 1;
         match kind {
             Kind::Socket => self.on_socket(slot, c.result),
             Kind::Connect => self.on_connect(slot, c.result),
-            Kind::ConnectTimeout => {}
             Kind::RecvUp => self.on_recv(slot, Dir::Up, c),
             Kind::RecvDown => self.on_recv(slot, Dir::Down, c),
             Kind::SendUp => self.on_sent(slot, Dir::Up, c.result),
@@ -1195,19 +1041,19 @@ impl Worker {
             Kind::ShadowRecv => self.on_shadow_recv(slot, c),
             _ => {}
         }
-        self.finish_if_done(slot);
+        self.settle(slot);
     }
 
+    /// The upstream socket was created: set up (bind, original source), then connected; or
+    /// the attempt failed locally.
     fn on_socket(&mut self, slot: u32, result: i32) {
-        let conn = &mut self.conns[slot as usize];
-        if conn.state != ConnState::Connecting {
-            // Aborted while the socket was being created.
-            if result >= 0 {
-                net::close(result);
-            }
-            return;
+        if result >= 0 {
+            self.conns[slot as usize].backend = result;
         }
-        if result < 0 {
+        let wanted = self.conns[slot as usize].machine.stage() == conn::Stage::Opening;
+        let outcome = if !wanted {
+            Ok(())
+        } else if result < 0 {
             if self.socket_error_log.allow(self.now_ms) {
                 tracing::warn!(
                     worker = self.id,
@@ -1216,36 +1062,19 @@ impl Worker {
                     "upstream socket() failed"
                 );
             }
-            self.connect_failed(slot, -result, true);
-            return;
+            Err(-result)
+        } else {
+            self.prepare_upstream(slot, result).inspect_err(|errno| {
+                tracing::warn!(
+                    worker = self.id,
+                    errno,
+                    "upstream socket setup (upstream_bind_config, original_src) failed"
+                );
+            })
+        };
+        if wanted || result >= 0 {
+            self.drive(slot, conn::Event::SocketCreated(outcome));
         }
-        conn.backend = result;
-        if let Err(errno) = self.prepare_upstream(slot, result) {
-            tracing::warn!(
-                worker = self.id,
-                errno,
-                "upstream socket setup (upstream_bind_config, original_src) failed"
-            );
-            self.connect_failed(slot, errno, true);
-            return;
-        }
-        let conn = &self.conns[slot as usize];
-        let nonce = conn.nonce;
-        let timeout = self.connect_timeout(slot);
-        let address = self.conns[slot as usize]
-            .upstream
-            .expect("endpoint picked before socket");
-        self.conns[slot as usize].inflight += 3;
-        self.ring
-            .set_nodelay(result, ud::encode(Kind::Aux, slot, nonce));
-        self.ring.connect(
-            result,
-            slot as usize,
-            address,
-            timeout,
-            ud::encode(Kind::Connect, slot, nonce),
-            ud::encode(Kind::ConnectTimeout, slot, nonce),
-        );
     }
 
     /// Socket setup before the connect: the cluster's `upstream_bind_config`, and the
@@ -1272,740 +1101,51 @@ impl Worker {
         }
     }
 
-    fn connect_timeout(&self, slot: u32) -> Duration {
+    pub(super) fn connect_timeout(&self, slot: u32) -> Duration {
         let ms = self.cluster_of(slot).map_or(5000, |c| c.connect_timeout_ms);
         Duration::from_millis(ms.max(1))
     }
 
     fn on_connect(&mut self, slot: u32, result: i32) {
-        if self.conns[slot as usize].state != ConnState::Connecting {
-            return;
-        }
-        if result < 0 {
-            self.connect_failed(slot, -result, false);
-            return;
-        }
-        let id = self.id;
-        self.release_resources(slot, true);
-        let conn = &mut self.conns[slot as usize];
-        conn.state = ConnState::Relaying;
-        conn.connected = true;
-        conn.last_activity_ms = self.now_ms;
-        let (gen_index, cluster, endpoint) =
-            (conn.generation as usize, conn.cluster, conn.endpoint);
-        if let (Some(g), Some(cluster), Some(endpoint)) =
-            (self.generations[gen_index].as_mut(), cluster, endpoint)
-        {
-            let c = g.fib.cluster(cluster);
-            c.stats.inc(id, ClusterStat::UpstreamCxActive);
-            let host = &c.endpoints[endpoint as usize];
-            host.stats.inc(HostStat::CxActive);
-            if c.health.outlier.is_some() {
-                host.health().connect_succeeded();
-            }
-            self.active.counts[g.active[cluster.0 as usize] as usize][endpoint as usize] += 1;
-        }
-        if self.limits.relay_mode == RelayMode::Splice && !self.attach_pipes(slot) {
-            self.abort_conn(
-                slot,
-                ResponseFlags::UPSTREAM_OVERFLOW,
-                "splice_pipe_unavailable",
-                true,
-            );
-            return;
-        }
-        let mut actions = std::mem::take(&mut self.actions);
-        actions.clear();
-        self.conns[slot as usize].relay.start(&mut actions);
-        self.carry_out(slot, &actions);
-        self.actions = actions;
-    }
-
-    /// Splice mode: gives each direction of `slot` its pipe. False when no pipe could be had
-    /// (descriptor limit): the connection is then reset rather than relayed.
-    fn attach_pipes(&mut self, slot: u32) -> bool {
-        for dir in Dir::BOTH {
-            match self.pipes.acquire() {
-                Ok(id) => self.conns[slot as usize].pipes[dir as usize] = id,
-                Err(e) => {
-                    tracing::warn!(worker = self.id, error = %e, "no pipe for a splice relay");
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
-    /// A connect attempt failed. `local`: the proxy's own failure before anything was sent
-    /// (socket(), socket setup), not the host's, so outlier detection does not hear of it
-    /// (Envoy's local connection failure).
-    fn connect_failed(&mut self, slot: u32, errno: i32, local: bool) {
-        let id = self.id;
-        let conn = &mut self.conns[slot as usize];
-        let timed_out = errno == libc::ECANCELED || errno == libc::ETIMEDOUT;
-        let backend = std::mem::replace(&mut conn.backend, NO_FD);
-        let (gen_index, cluster, endpoint) =
-            (conn.generation as usize, conn.cluster, conn.endpoint);
-        let (attempts, max_attempts) = (conn.attempts, conn.max_attempts);
-        if backend != NO_FD {
-            conn.inflight += 1;
-            let ud = ud::encode(Kind::Aux, slot, conn.nonce);
-            self.ring.close(backend, ud);
-        }
-        if let (Some(g), Some(cluster)) = (self.generations[gen_index].as_ref(), cluster) {
-            let c = g.fib.cluster(cluster);
-            c.stats.inc(id, ClusterStat::UpstreamCxConnectFail);
-            if timed_out {
-                c.stats.inc(id, ClusterStat::UpstreamCxConnectTimeout);
-            }
-            if let Some(e) = endpoint {
-                let host = &c.endpoints[e as usize];
-                host.stats.inc(HostStat::CxConnectFail);
-                if !local {
-                    report_outlier_failure(c, host);
-                }
-            }
-            if attempts >= max_attempts && max_attempts > 1 {
-                c.stats
-                    .inc(id, ClusterStat::UpstreamCxConnectAttemptsExceeded);
-            }
-        }
-        if attempts < max_attempts && self.phase != Phase::Stopped {
-            tracing::debug!(
-                worker = id,
-                errno,
-                attempts,
-                "upstream connect failed; retrying"
-            );
-            self.connect_next(slot, endpoint.map(|e| e as usize));
-            return;
-        }
-        let conn = &mut self.conns[slot as usize];
-        conn.flags.set(if timed_out {
-            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT
-        } else {
-            ResponseFlags::UPSTREAM_CONNECTION_FAILURE
-        });
-        if max_attempts > 1 {
-            conn.flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-        }
-        self.close_client_only(slot);
-    }
-
-    fn on_recv(&mut self, slot: u32, dir: Dir, c: Completion) {
-        if c.result == -libc::EAGAIN
-            && self.limits.relay_mode == RelayMode::Splice
-            && self.conns[slot as usize].state == ConnState::Relaying
-        {
-            self.splice_recv_again(slot, dir);
-            return;
-        }
-        let needs_buffer = self.limits.relay_mode == RelayMode::BufferRing;
-        let received = match classify_receive(c.result, c.buffer_id(), needs_buffer) {
-            Receive::Bytes { len, .. } if !needs_buffer => {
-                let pipe = self.conns[slot as usize].pipes[dir as usize];
-                self.pipes.filled(pipe, len);
-                self.count_received(slot, dir, u64::from(len));
-                if self.charge_faults(slot, dir, u64::from(len)) {
-                    return;
-                }
-                Received::Data {
-                    buf: BufId::Pipe(pipe),
-                    len,
-                }
-            }
-            Receive::Bytes { len, buffer } => {
-                let bid = buffer.expect("classify_receive gives buffer-ring bytes a buffer");
-                let class = self.conns[slot as usize].recv_class[dir as usize];
-                let buf = self.ring.buffer_received(class, bid);
-                if class == BufClass::Large {
-                    self.shared
-                        .server_stats
-                        .inc(self.id, ServerStat::RelayLargeBufferReceives);
-                }
-                self.resize_receives(slot, dir, class, len);
-                self.count_received(slot, dir, u64::from(len));
-                if self.charge_faults(slot, dir, u64::from(len)) {
-                    // The abort fault fired: these bytes go nowhere.
-                    self.ring.recycle(buf);
-                    self.feed_starved();
-                    return;
-                }
-                Received::Data {
-                    buf: BufId::Ring(buf),
-                    len,
-                }
-            }
-            Receive::Other(received) => {
-                if received == Received::Error(libc::EIO) && c.result > 0 {
-                    tracing::error!(
-                        worker = self.id,
-                        bytes = c.result,
-                        "receive completed without a buffer; resetting the connection"
-                    );
-                }
-                received
-            }
-        };
-        if received == Received::NoBuffer {
-            let conn = &mut self.conns[slot as usize];
-            if conn.recv_class[dir as usize] == BufClass::Large {
-                // Out of large buffers: go on with small ones (the starved path re-arms).
-                conn.large_receives[dir as usize] = false;
-            } else {
-                self.shared
-                    .server_stats
-                    .inc(self.id, ServerStat::RelayBufferExhausted);
-            }
-            self.starved.push(slot);
-        }
-        self.relay_event(slot, Event::Recv(dir, received));
-    }
-
-    fn on_sent(&mut self, slot: u32, dir: Dir, result: i32) {
-        if self.limits.relay_mode == RelayMode::Splice {
-            self.on_splice_sent(slot, dir, result);
-            return;
-        }
-        let conn = &self.conns[slot as usize];
-        if let Some(bid) = conn.sending[dir as usize] {
-            self.conns[slot as usize].sending[dir as usize] = None;
-            self.ring.send_done(bid);
-        }
-        let outcome = if result >= 0 {
-            self.count_sent(slot, dir, result as u64);
-            Ok(result as u32)
-        } else {
+        let connecting = self.conns[slot as usize].machine.stage() == conn::Stage::Connecting;
+        let outcome = if result < 0 {
             Err(-result)
+        } else if connecting && !self.attach_pipes(slot) {
+            Ok(conn::Transport::Unavailable)
+        } else {
+            Ok(conn::Transport::Ready)
         };
-        self.relay_event(slot, Event::Sent(dir, outcome));
+        self.drive(slot, conn::Event::ConnectDone(outcome));
     }
 
-    /// Splice mode: a receive moved nothing (`EAGAIN`), which is not an error. Either its pipe
-    /// is full of bytes a send of the same direction still drains (a one-page pipe after every
-    /// receive, or slots used up by small segments): the receive starts again when that send
-    /// completes ([`Worker::on_splice_sent`]), since a poll now would fire at once and spin; or
-    /// the socket had nothing after all: wait for it again.
-    fn splice_recv_again(&mut self, slot: u32, dir: Dir) {
-        let pipe = self.conns[slot as usize].pipes[dir as usize];
-        if self.pipes.held(pipe) > 0 {
-            self.conns[slot as usize].recv_parked[dir as usize] = true;
-        } else {
-            self.submit_recv(slot, dir);
-        }
-    }
 
-    /// Splice mode: a send completed. `EAGAIN` (the sink's buffer is full; nothing moved) is
-    /// not an error: the same send starts again once the sink is writable. Bytes moved free
-    /// pipe room, so a receive parked on a full pipe starts again.
-    fn on_splice_sent(&mut self, slot: u32, dir: Dir, result: i32) {
-        let conn = &mut self.conns[slot as usize];
-        let relaying = conn.state == ConnState::Relaying;
-        if result == -libc::EAGAIN && relaying {
-            let (pipe, sink, len) = (
-                conn.pipes[dir as usize],
-                conn.fd(dir.sink()),
-                conn.splice_send_len[dir as usize],
-            );
-            conn.inflight += 2;
-            let nonce = conn.nonce;
-            let pipe_out = self
-                .pipes
-                .read_end(pipe)
-                .expect("a relaying connection has its pipes");
-            self.ring.splice_when_ready(
-                Ready::SinkWritable,
-                pipe_out,
-                sink,
-                len,
-                ud::encode(Kind::Aux, slot, nonce),
-                ud::encode(send_kind(dir), slot, nonce),
-            );
-            return;
-        }
-        let outcome = if result >= 0 {
-            let pipe = conn.pipes[dir as usize];
-            self.pipes.drained(pipe, result as u32);
-            self.count_sent(slot, dir, result as u64);
-            Ok(result as u32)
-        } else {
-            Err(-result)
-        };
-        self.relay_event(slot, Event::Sent(dir, outcome));
-        let conn = &mut self.conns[slot as usize];
-        if std::mem::take(&mut conn.recv_parked[dir as usize]) && conn.state == ConnState::Relaying
-        {
-            self.submit_recv(slot, dir);
-        }
-    }
 
-    /// Picks the buffer size of a direction's next receive from what this one got: a small
-    /// buffer filled to the brim means more is waiting (bulk), so go large; a large receive
-    /// that a small buffer would have held means the burst is over.
-    fn resize_receives(&mut self, slot: u32, dir: Dir, class: BufClass, len: u32) {
-        let small = self.ring.buffer_size(BufClass::Small);
-        let large = &mut self.conns[slot as usize].large_receives[dir as usize];
-        match class {
-            BufClass::Small if len == small && self.ring.buffer_size(BufClass::Large) > 0 => {
-                *large = true
-            }
-            BufClass::Large if len <= small => *large = false,
-            _ => {}
-        }
-    }
 
-    fn count_received(&mut self, slot: u32, dir: Dir, n: u64) {
-        self.conns[slot as usize].last_activity_ms = self.now_ms;
-        match dir {
-            Dir::Up => {
-                if let Some(s) = self.tcp_stats(slot) {
-                    s.add(self.id, TcpStat::DownstreamCxRxBytesTotal, n);
-                }
-            }
-            Dir::Down => {
-                if let Some(s) = self.cluster_stats(slot) {
-                    s.add(self.id, ClusterStat::UpstreamCxRxBytesTotal, n);
-                }
-            }
-        }
-    }
 
-    fn count_sent(&mut self, slot: u32, dir: Dir, n: u64) {
-        self.conns[slot as usize].last_activity_ms = self.now_ms;
-        match dir {
-            Dir::Up => {
-                if let Some(s) = self.cluster_stats(slot) {
-                    s.add(self.id, ClusterStat::UpstreamCxTxBytesTotal, n);
-                }
-            }
-            Dir::Down => {
-                if let Some(s) = self.tcp_stats(slot) {
-                    s.add(self.id, TcpStat::DownstreamCxTxBytesTotal, n);
-                }
-            }
-        }
-    }
 
-    fn relay_event(&mut self, slot: u32, event: Event) {
-        let mut actions = std::mem::take(&mut self.actions);
-        actions.clear();
-        self.conns[slot as usize]
-            .relay
-            .on_event(event, &mut actions);
-        self.carry_out(slot, &actions);
-        self.actions = actions;
-    }
 
-    fn carry_out(&mut self, slot: u32, actions: &Actions) {
-        for action in actions.iter() {
-            self.carry_out_one(slot, action);
-        }
-    }
 
-    /// Starts a receive on `dir`'s source of `slot`.
-    fn submit_recv(&mut self, slot: u32, dir: Dir) {
-        let throttled = self.throttled(slot, dir);
-        let conn = &mut self.conns[slot as usize];
-        let fd = conn.fd(dir.source());
-        conn.inflight += 1;
-        let kind = if dir == Dir::Up {
-            Kind::RecvUp
-        } else {
-            Kind::RecvDown
-        };
-        let nonce = conn.nonce;
-        let ud = ud::encode(kind, slot, nonce);
-        // A mirrored direction receives small buffers: each is copied whole for the shadow.
-        let mirrored = dir == Dir::Up && conn.shadow.state != conn::ShadowState::Off;
-        if self.limits.relay_mode == RelayMode::Splice {
-            let (pipe_in, capacity) = self
-                .pipes
-                .write_end(conn.pipes[dir as usize])
-                .expect("a relaying connection has its pipes");
-            // Spliced only once the socket is readable: no io-wq thread sleeps for its data
-            // (holding the pipe's lock, against the send of this direction's last bytes).
-            conn.inflight += 1;
-            self.ring.splice_when_ready(
-                Ready::SourceReadable,
-                fd,
-                pipe_in,
-                capacity,
-                ud::encode(Kind::Aux, slot, nonce),
-                ud,
-            );
-        } else {
-            let class = if conn.large_receives[dir as usize]
-                && !throttled
-                && !mirrored
-                && self.ring.buffers_in_kernel(BufClass::Large) > 0
-            {
-                BufClass::Large
-            } else {
-                BufClass::Small
-            };
-            conn.recv_class[dir as usize] = class;
-            self.ring.recv(fd, class, ud);
-        }
-    }
 
-    fn carry_out_one(&mut self, slot: u32, action: Action) {
-        if let Action::Recv(dir) = action {
-            if !self.defer_recv(slot, dir) {
-                self.submit_recv(slot, dir);
-            }
-            return;
-        }
-        let conn = &mut self.conns[slot as usize];
-        let nonce = conn.nonce;
-        match action {
-            Action::Recv(_) => unreachable!("handled above"),
-            Action::Send {
-                dir,
-                buf,
-                offset,
-                len,
-            } => {
-                let fd = conn.fd(dir.sink());
-                conn.inflight += 1;
-                let ud = ud::encode(send_kind(dir), slot, nonce);
-                match buf {
-                    BufId::Pipe(pipe) => {
-                        // A pipe is read from its front, so the offset of a resumed short
-                        // splice is implicit. Straight away: the sink usually has room
-                        // (when not, `EAGAIN`, see `on_splice_sent`).
-                        let pipe_out = self
-                            .pipes
-                            .read_end(pipe)
-                            .expect("a relaying connection has its pipes");
-                        conn.splice_send_len[dir as usize] = len;
-                        self.ring.splice(pipe_out, fd, len, ud);
-                    }
-                    BufId::Ring(buf) => {
-                        conn.sending[dir as usize] = Some(buf);
-                        self.ring.send(fd, buf, offset, len, ud);
-                        let mirrored = conn.shadow.state != conn::ShadowState::Off;
-                        if dir == Dir::Up && offset == 0 && mirrored {
-                            // First send of these bytes: the shadow gets a copy.
-                            self.mirror_send(slot, buf, len);
-                        }
-                    }
-                }
-            }
-            Action::ShutdownWrite(side) => {
-                if side == Side::Backend && conn.shadow.state != conn::ShadowState::Off {
-                    self.mirror_eof(slot);
-                }
-                let conn = &mut self.conns[slot as usize];
-                let fd = conn.fd(side);
-                conn.inflight += 1;
-                let kind = if side == Side::Backend {
-                    Kind::ShutUp
-                } else {
-                    Kind::ShutDown
-                };
-                self.ring
-                    .shutdown(fd, libc::SHUT_WR, ud::encode(kind, slot, nonce));
-            }
-            // A pipe stays with its connection until the connection closes.
-            Action::Recycle(BufId::Pipe(_)) => {}
-            Action::Recycle(BufId::Ring(buf)) => {
-                self.ring.recycle(buf);
-                self.feed_starved();
-            }
-            Action::Reset { failed, errno } => {
-                tracing::debug!(worker = self.id, ?failed, errno, "connection reset");
-                conn.flags.set(match failed {
-                    Side::Client => ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
-                    Side::Backend => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-                });
-                conn.closed_by_backend = failed == Side::Backend;
-                if let Some(s) = self.cluster_stats(slot) {
-                    s.inc(self.id, ClusterStat::UpstreamCxReset);
-                }
-                self.teardown(slot, failed.other());
-            }
-            Action::Close => {
-                conn.closed_by_backend = true;
-                self.teardown_clean(slot);
-            }
-            Action::Paused(dir) => self.count_flow(slot, dir, true),
-            Action::Resumed(dir) => self.count_flow(slot, dir, false),
-        }
-    }
 
-    fn count_flow(&mut self, slot: u32, dir: Dir, paused: bool) {
-        match dir {
-            Dir::Up => {
-                if let Some(s) = self.tcp_stats(slot) {
-                    s.inc(
-                        self.id,
-                        if paused {
-                            TcpStat::DownstreamFlowControlPausedReadingTotal
-                        } else {
-                            TcpStat::DownstreamFlowControlResumedReadingTotal
-                        },
-                    );
-                }
-            }
-            Dir::Down => {
-                if let Some(s) = self.cluster_stats(slot) {
-                    s.inc(
-                        self.id,
-                        if paused {
-                            ClusterStat::UpstreamFlowControlPausedReadingTotal
-                        } else {
-                            ClusterStat::UpstreamFlowControlResumedReadingTotal
-                        },
-                    );
-                }
-            }
-        }
-    }
 
-    /// Gives a returned buffer's worth of progress to starved connections.
-    ///
-    /// Called when a buffer is recycled, after every completion batch and on every tick: a
-    /// buffer may come back in the same batch as the `ENOBUFS` that starved a connection,
-    /// before that connection was queued here, so waiting for the next recycle alone could
-    /// stall it forever.
-    fn feed_starved(&mut self) {
-        let mut budget = self.ring.buffers_in_kernel(BufClass::Small);
-        while budget > 0 {
-            let Some(slot) = self.starved.pop() else {
-                return;
-            };
-            let conn = &self.conns[slot as usize];
-            if conn.is_live()
-                && (conn.relay.is_starved(Dir::Up) || conn.relay.is_starved(Dir::Down))
-            {
-                self.relay_event(slot, Event::BufferAvailable);
-                budget -= 1;
-            }
-        }
-    }
+
+
+
+
 
     // ---- closing ----
 
-    /// Resets `reset_side` (SO_LINGER 0) and closes both sockets.
-    fn teardown(&mut self, slot: u32, reset_side: Side) {
-        self.close_sockets(
-            slot,
-            reset_side == Side::Client,
-            reset_side == Side::Backend,
-        );
-    }
 
-    /// Closes both sockets after a clean end of both directions.
-    /// Both directions ended, so no operation is in flight on either socket: a plain close
-    /// each, no cancel.
-    fn teardown_clean(&mut self, slot: u32) {
-        let conn = &mut self.conns[slot as usize];
-        if conn.state == ConnState::Closing {
-            return;
-        }
-        if conn.pipes[0] != NO_PIPE {
-            // Splice mode keeps its cancel-by-user-data path.
-            self.close_sockets(slot, false, false);
-            return;
-        }
-        conn.state = ConnState::Closing;
-        let ud = ud::encode(Kind::Aux, slot, conn.nonce);
-        for side in [Side::Client, Side::Backend] {
-            let fd = std::mem::replace(conn.fd_mut(side), NO_FD);
-            if fd != NO_FD {
-                conn.inflight += 1;
-                self.ring.close(fd, ud);
-            }
-        }
-        self.mirror_primary_closed(slot);
-    }
 
-    /// Stops the relay and closes both sockets (cancelling their operations first), each
-    /// with a reset if asked. Idempotent.
-    fn close_sockets(&mut self, slot: u32, reset_client: bool, reset_backend: bool) {
-        let conn = &mut self.conns[slot as usize];
-        if conn.state == ConnState::Closing {
-            return;
-        }
-        conn.state = ConnState::Closing;
-        // Buffers queued behind a send come back now; the rest with their completions.
-        let mut released = std::mem::take(&mut self.actions);
-        released.clear();
-        conn.relay.abort(&mut released);
-        let ud = ud::encode(Kind::Aux, slot, conn.nonce);
-        if conn.pipes[0] != NO_PIPE {
-            // Splice mode, relay started. A receive splice belongs to its pipe, not its
-            // socket, so the cancel-by-socket below misses it once it runs; cancel it by its
-            // user data (a miss completes with ENOENT). One still waiting for its socket is
-            // cancelled with the poll it is linked to, which the cancel-by-socket catches.
-            for kind in [Kind::RecvUp, Kind::RecvDown] {
-                conn.inflight += 1;
-                self.ring.cancel(ud::encode(kind, slot, conn.nonce), ud);
-            }
-        }
-        for (side, reset) in [(Side::Client, reset_client), (Side::Backend, reset_backend)] {
-            let fd = std::mem::replace(conn.fd_mut(side), NO_FD);
-            if fd != NO_FD {
-                conn.inflight += self.ring.teardown(fd, reset, ud);
-            }
-        }
-        self.carry_out(slot, &released);
-        self.actions = released;
-        self.mirror_primary_closed(slot);
-    }
 
-    /// Closes the client when no backend was ever connected (no route, connect failure).
-    fn close_client_only(&mut self, slot: u32) {
-        let conn = &mut self.conns[slot as usize];
-        conn.state = ConnState::Closing;
-        let ud = ud::encode(Kind::Aux, slot, conn.nonce);
-        let fd = std::mem::replace(&mut conn.client, NO_FD);
-        if fd != NO_FD {
-            conn.inflight += 1;
-            self.ring.close(fd, ud);
-        }
-        self.mirror_primary_closed(slot);
-        self.finish_if_done(slot);
-    }
 
-    /// Ends a live connection from the worker's side (idle timeout, drain): both sockets are
-    /// closed, with a reset when `reset` is set.
-    fn abort_conn(&mut self, slot: u32, flag: u16, details: &'static str, reset: bool) {
-        if flag == ResponseFlags::DRAIN_CLOSE {
-            if let Some(s) = self.tcp_stats(slot) {
-                s.inc(self.id, TcpStat::DownstreamCxDrainClose);
-            }
-        }
-        let conn = &mut self.conns[slot as usize];
-        if !conn.is_live() {
-            return;
-        }
-        conn.flags.set(flag);
-        conn.termination_details = details;
-        conn.max_attempts = 0;
-        self.close_sockets(slot, reset, reset);
-        self.finish_if_done(slot);
-    }
 
-    /// Frees the slot once the connection is closed and its last completion arrived.
-    fn finish_if_done(&mut self, slot: u32) {
-        let conn = &self.conns[slot as usize];
-        if conn.state != ConnState::Closing || conn.inflight > 0 {
-            return;
-        }
-        if matches!(
-            conn.shadow.state,
-            conn::ShadowState::Connecting | conn::ShadowState::Open
-        ) {
-            // Nothing of the shadow is in flight any more (a discard read that found no
-            // buffer): close it now; the slot is freed after its close completes.
-            self.shadow_close(slot);
-            if self.conns[slot as usize].inflight > 0 {
-                return;
-            }
-        }
-        self.record_close(slot);
-        let conn = &mut self.conns[slot as usize];
-        for pipe in std::mem::replace(&mut conn.pipes, [NO_PIPE; 2]) {
-            if pipe != NO_PIPE {
-                self.pipes.release(pipe);
-            }
-        }
-        let gen_index = conn.generation as usize;
-        conn.state = ConnState::Free;
-        let index = conn.occupied_index as usize;
-        self.occupied.swap_remove(index);
-        if let Some(&moved) = self.occupied.get(index) {
-            self.conns[moved as usize].occupied_index = index as u32;
-        }
-        self.free_slots.push(slot);
-        self.open_conns -= 1;
-        if let Some(g) = self.generations[gen_index].as_mut() {
-            g.conns -= 1;
-        }
-        self.release_generation_if_unused(gen_index);
-    }
 
-    /// Stats and the access-log record of a connection that just closed.
-    fn record_close(&mut self, slot: u32) {
-        self.leave_faults(slot);
-        self.release_resources(slot, false);
-        self.leave_connection_limit(slot);
-        let id = self.id;
-        let now_ms = self.now_ms;
-        let conn = &self.conns[slot as usize];
-        let Some(g) = self.generations[conn.generation as usize].as_mut() else {
-            return;
-        };
-        let fib: &Fib = &g.fib;
-        self.shared
-            .server_stats
-            .dec(id, ServerStat::TotalConnections);
-        let Some(listener) = fib.listeners.get(conn.fib_listener as usize) else {
-            return;
-        };
-        listener.stats.dec(id, ListenerStat::DownstreamCxActive);
-        listener.stats.inc(id, ListenerStat::DownstreamCxDestroy);
-        let mut cluster_name = None;
-        if let Some(cluster_id) = conn.cluster {
-            let cluster = fib.cluster(cluster_id);
-            cluster_name = Some(cluster.name.clone());
-            if conn.connected {
-                cluster.stats.dec(id, ClusterStat::UpstreamCxActive);
-                cluster.stats.inc(id, ClusterStat::UpstreamCxDestroy);
-                cluster.stats.inc(
-                    id,
-                    if conn.closed_by_backend {
-                        ClusterStat::UpstreamCxDestroyRemote
-                    } else {
-                        ClusterStat::UpstreamCxDestroyLocal
-                    },
-                );
-                if let Some(e) = conn.endpoint {
-                    cluster.endpoints[e as usize].stats.dec(HostStat::CxActive);
-                    let counts = &mut self.active.counts[g.active[cluster_id.0 as usize] as usize];
-                    let a = &mut counts[e as usize];
-                    *a = a.saturating_sub(1);
-                }
-            }
-            if conn.flags.0 != 0 && !conn.flags.has(ResponseFlags::STREAM_IDLE_TIMEOUT) {
-                if let Some(e) = conn.endpoint {
-                    cluster.endpoints[e as usize].stats.inc(HostStat::RqError);
-                }
-            }
-        }
-        if conn.chain == conn::CHAIN_NONE {
-            return;
-        }
-        let chain = listener.chain(conn.chain);
-        chain.tcp_proxy.stats.dec(id, TcpStat::DownstreamCxActive);
-        for sink in chain.tcp_proxy.access_logs.iter() {
-            let record = AccessRecord {
-                sink: sink.clone(),
-                start_time_unix_ms: conn.start_unix_ms,
-                duration_ms: now_ms.saturating_sub(conn.start_ms),
-                bytes_received: conn.relay.bytes(Dir::Up).received,
-                bytes_sent: conn.relay.bytes(Dir::Down).sent,
-                downstream_remote: conn.remote,
-                downstream_local: conn.local,
-                upstream_host: conn.upstream,
-                upstream_local: None,
-                upstream_cluster: cluster_name.clone(),
-                response_flags: conn.flags,
-                termination_details: conn.termination_details,
-            };
-            if !self.shared.access_logs.push(id, record) {
-                self.shared
-                    .server_stats
-                    .inc(id, ServerStat::AccessLogDropped);
-            }
-        }
-    }
 
     /// The filter chain `slot` was decided on, in its own generation.
     fn chain_of(&self, slot: u32) -> Option<&crate::fib::FilterChain> {
         let conn = &self.conns[slot as usize];
-        if conn.chain == conn::CHAIN_NONE {
+        if conn.chain == slot::CHAIN_NONE {
             return None;
         }
         let g = self.generations[conn.generation as usize].as_ref()?;
@@ -2115,7 +1255,7 @@ fn report_outlier_failure(cluster: &crate::fib::Cluster, host: &crate::fib::Endp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::Relay;
+    use crate::relay::{Action, Actions, Relay, Side};
 
     #[test]
     fn bytes_without_a_buffer_reset_the_connection() {

@@ -1,0 +1,388 @@
+//! The relay's side of the worker: receive and send completions become relay events (with
+//! their bytes counted and charged to the fault filter), and the relay's actions become ring
+//! operations, on provided buffers or, in splice mode, on the connection's pipes.
+
+use super::slot::ShadowState;
+use super::ud::{self, Kind};
+use super::{classify_receive, send_kind, RelayMode, Receive, Worker};
+use crate::conn;
+use crate::relay::{Action, BufId, Dir, Event, Received, Side};
+use crate::stats::{ClusterStat, ServerStat, TcpStat};
+use crate::sys::{BufClass, Completion, Ready, RingBuf};
+
+impl Worker {
+    /// A receive completed on `dir`'s source: its bytes (counted, charged to the fault
+    /// filter) go to the relay, or the direction starves, ends or fails.
+    pub(super) fn on_recv(&mut self, slot: u32, dir: Dir, c: Completion) {
+        if c.result == -libc::EAGAIN
+            && self.limits.relay_mode == RelayMode::Splice
+            && self.conns[slot as usize].machine.stage() == conn::Stage::Relaying
+        {
+            self.splice_recv_again(slot, dir);
+            return;
+        }
+        let needs_buffer = self.limits.relay_mode == RelayMode::BufferRing;
+        let received = match classify_receive(c.result, c.buffer_id(), needs_buffer) {
+            Receive::Bytes { len, buffer } => {
+                let buf = match buffer {
+                    Some(bid) => BufId::Ring(self.take_ring_buffer(slot, dir, bid, len)),
+                    None => {
+                        let pipe = self.conns[slot as usize].pipes[dir as usize];
+                        self.pipes.filled(pipe, len);
+                        BufId::Pipe(pipe)
+                    }
+                };
+                self.count_received(slot, dir, u64::from(len));
+                if self.charge_faults(slot, dir, u64::from(len)) {
+                    // The abort fault fired: these bytes go nowhere.
+                    if let BufId::Ring(buf) = buf {
+                        self.ring.recycle(buf);
+                        self.feed_starved();
+                    }
+                    self.drive(slot, conn::Event::Abort(conn::Abort::Fault));
+                    return;
+                }
+                Received::Data { buf, len }
+            }
+            Receive::Other(received) => {
+                if received == Received::Error(libc::EIO) && c.result > 0 {
+                    tracing::error!(
+                        worker = self.id,
+                        bytes = c.result,
+                        "receive completed without a buffer; resetting the connection"
+                    );
+                }
+                received
+            }
+        };
+        if received == Received::NoBuffer {
+            self.starve(slot, dir);
+        }
+        self.relay_event(slot, Event::Recv(dir, received));
+    }
+
+    /// Takes provided buffer `bid` of a receive of `len` bytes on `dir` from the ring, and
+    /// sizes the direction's next receive from it.
+    fn take_ring_buffer(&mut self, slot: u32, dir: Dir, bid: u16, len: u32) -> RingBuf {
+        let class = self.conns[slot as usize].recv_class[dir as usize];
+        let buf = self.ring.buffer_received(class, bid);
+        if class == BufClass::Large {
+            self.shared
+                .server_stats
+                .inc(self.id, ServerStat::RelayLargeBufferReceives);
+        }
+        self.resize_receives(slot, dir, class, len);
+        buf
+    }
+
+    /// `dir`'s receive found no buffer: it waits for one.
+    fn starve(&mut self, slot: u32, dir: Dir) {
+        let conn = &mut self.conns[slot as usize];
+        if conn.recv_class[dir as usize] == BufClass::Large {
+            // Out of large buffers: go on with small ones (the starved path re-arms).
+            conn.large_receives[dir as usize] = false;
+        } else {
+            self.shared
+                .server_stats
+                .inc(self.id, ServerStat::RelayBufferExhausted);
+        }
+        self.starved.push(slot);
+    }
+
+    pub(super) fn on_sent(&mut self, slot: u32, dir: Dir, result: i32) {
+        if self.limits.relay_mode == RelayMode::Splice {
+            self.on_splice_sent(slot, dir, result);
+            return;
+        }
+        let conn = &self.conns[slot as usize];
+        if let Some(bid) = conn.sending[dir as usize] {
+            self.conns[slot as usize].sending[dir as usize] = None;
+            self.ring.send_done(bid);
+        }
+        let outcome = if result >= 0 {
+            self.count_sent(slot, dir, result as u64);
+            Ok(result as u32)
+        } else {
+            Err(-result)
+        };
+        self.relay_event(slot, Event::Sent(dir, outcome));
+    }
+
+    /// Splice mode: a receive moved nothing (`EAGAIN`), which is not an error. Either its pipe
+    /// is full of bytes a send of the same direction still drains (a one-page pipe after every
+    /// receive, or slots used up by small segments): the receive starts again when that send
+    /// completes ([`Worker::on_splice_sent`]), since a poll now would fire at once and spin; or
+    /// the socket had nothing after all: wait for it again.
+    fn splice_recv_again(&mut self, slot: u32, dir: Dir) {
+        let pipe = self.conns[slot as usize].pipes[dir as usize];
+        if self.pipes.held(pipe) > 0 {
+            self.conns[slot as usize].recv_parked[dir as usize] = true;
+        } else {
+            self.submit_recv(slot, dir);
+        }
+    }
+
+    /// Splice mode: a send completed. `EAGAIN` (the sink's buffer is full; nothing moved) is
+    /// not an error: the same send starts again once the sink is writable. Bytes moved free
+    /// pipe room, so a receive parked on a full pipe starts again.
+    fn on_splice_sent(&mut self, slot: u32, dir: Dir, result: i32) {
+        let conn = &mut self.conns[slot as usize];
+        let relaying = conn.machine.stage() == conn::Stage::Relaying;
+        if result == -libc::EAGAIN && relaying {
+            let (pipe, sink, len) = (
+                conn.pipes[dir as usize],
+                conn.fd(dir.sink()),
+                conn.splice_send_len[dir as usize],
+            );
+            conn.machine.started(2);
+            let nonce = conn.nonce;
+            let pipe_out = self
+                .pipes
+                .read_end(pipe)
+                .expect("a relaying connection has its pipes");
+            self.ring.splice_when_ready(
+                Ready::SinkWritable,
+                pipe_out,
+                sink,
+                len,
+                ud::encode(Kind::Aux, slot, nonce),
+                ud::encode(send_kind(dir), slot, nonce),
+            );
+            return;
+        }
+        let outcome = if result >= 0 {
+            let pipe = conn.pipes[dir as usize];
+            self.pipes.drained(pipe, result as u32);
+            self.count_sent(slot, dir, result as u64);
+            Ok(result as u32)
+        } else {
+            Err(-result)
+        };
+        self.relay_event(slot, Event::Sent(dir, outcome));
+        let conn = &mut self.conns[slot as usize];
+        if std::mem::take(&mut conn.recv_parked[dir as usize]) && conn.machine.stage() == conn::Stage::Relaying
+        {
+            self.submit_recv(slot, dir);
+        }
+    }
+
+    /// Picks the buffer size of a direction's next receive from what this one got: a small
+    /// buffer filled to the brim means more is waiting (bulk), so go large; a large receive
+    /// that a small buffer would have held means the burst is over.
+    fn resize_receives(&mut self, slot: u32, dir: Dir, class: BufClass, len: u32) {
+        let small = self.ring.buffer_size(BufClass::Small);
+        let large = &mut self.conns[slot as usize].large_receives[dir as usize];
+        match class {
+            BufClass::Small if len == small && self.ring.buffer_size(BufClass::Large) > 0 => {
+                *large = true
+            }
+            BufClass::Large if len <= small => *large = false,
+            _ => {}
+        }
+    }
+
+    pub(super) fn count_received(&mut self, slot: u32, dir: Dir, n: u64) {
+        match dir {
+            Dir::Up => {
+                if let Some(s) = self.tcp_stats(slot) {
+                    s.add(self.id, TcpStat::DownstreamCxRxBytesTotal, n);
+                }
+            }
+            Dir::Down => {
+                if let Some(s) = self.cluster_stats(slot) {
+                    s.add(self.id, ClusterStat::UpstreamCxRxBytesTotal, n);
+                }
+            }
+        }
+    }
+
+    pub(super) fn count_sent(&mut self, slot: u32, dir: Dir, n: u64) {
+        match dir {
+            Dir::Up => {
+                if let Some(s) = self.cluster_stats(slot) {
+                    s.add(self.id, ClusterStat::UpstreamCxTxBytesTotal, n);
+                }
+            }
+            Dir::Down => {
+                if let Some(s) = self.tcp_stats(slot) {
+                    s.add(self.id, TcpStat::DownstreamCxTxBytesTotal, n);
+                }
+            }
+        }
+    }
+
+    pub(super) fn relay_event(&mut self, slot: u32, event: Event) {
+        self.drive(slot, conn::Event::Relay(event));
+    }
+
+
+    /// Starts a receive on `dir`'s source of `slot`.
+    pub(super) fn submit_recv(&mut self, slot: u32, dir: Dir) {
+        let throttled = self.throttled(slot, dir);
+        let conn = &mut self.conns[slot as usize];
+        let fd = conn.fd(dir.source());
+        conn.machine.started(1);
+        let kind = if dir == Dir::Up {
+            Kind::RecvUp
+        } else {
+            Kind::RecvDown
+        };
+        let nonce = conn.nonce;
+        let ud = ud::encode(kind, slot, nonce);
+        // A mirrored direction receives small buffers: each is copied whole for the shadow.
+        let mirrored = dir == Dir::Up && conn.shadow.state != ShadowState::Off;
+        if self.limits.relay_mode == RelayMode::Splice {
+            let (pipe_in, capacity) = self
+                .pipes
+                .write_end(conn.pipes[dir as usize])
+                .expect("a relaying connection has its pipes");
+            // Spliced only once the socket is readable: no io-wq thread sleeps for its data
+            // (holding the pipe's lock, against the send of this direction's last bytes).
+            conn.machine.started(1);
+            self.ring.splice_when_ready(
+                Ready::SourceReadable,
+                fd,
+                pipe_in,
+                capacity,
+                ud::encode(Kind::Aux, slot, nonce),
+                ud,
+            );
+        } else {
+            let class = if conn.large_receives[dir as usize]
+                && !throttled
+                && !mirrored
+                && self.ring.buffers_in_kernel(BufClass::Large) > 0
+            {
+                BufClass::Large
+            } else {
+                BufClass::Small
+            };
+            conn.recv_class[dir as usize] = class;
+            self.ring.recv(fd, class, ud);
+        }
+    }
+
+    /// Carries out one of the relay's actions.
+    pub(super) fn carry_out_relay(&mut self, slot: u32, action: Action) {
+        if let Action::Recv(dir) = action {
+            if !self.defer_recv(slot, dir) {
+                self.submit_recv(slot, dir);
+            }
+            return;
+        }
+        let conn = &mut self.conns[slot as usize];
+        let nonce = conn.nonce;
+        match action {
+            Action::Recv(_) => unreachable!("handled above"),
+            Action::Send {
+                dir,
+                buf,
+                offset,
+                len,
+            } => {
+                let fd = conn.fd(dir.sink());
+                conn.machine.started(1);
+                let ud = ud::encode(send_kind(dir), slot, nonce);
+                match buf {
+                    BufId::Pipe(pipe) => {
+                        // A pipe is read from its front, so the offset of a resumed short
+                        // splice is implicit. Straight away: the sink usually has room
+                        // (when not, `EAGAIN`, see `on_splice_sent`).
+                        let pipe_out = self
+                            .pipes
+                            .read_end(pipe)
+                            .expect("a relaying connection has its pipes");
+                        conn.splice_send_len[dir as usize] = len;
+                        self.ring.splice(pipe_out, fd, len, ud);
+                    }
+                    BufId::Ring(buf) => {
+                        conn.sending[dir as usize] = Some(buf);
+                        self.ring.send(fd, buf, offset, len, ud);
+                        let mirrored = conn.shadow.state != ShadowState::Off;
+                        if dir == Dir::Up && offset == 0 && mirrored {
+                            // First send of these bytes: the shadow gets a copy.
+                            self.mirror_send(slot, buf, len);
+                        }
+                    }
+                }
+            }
+            Action::ShutdownWrite(side) => {
+                if side == Side::Backend && conn.shadow.state != ShadowState::Off {
+                    self.mirror_eof(slot);
+                }
+                let conn = &mut self.conns[slot as usize];
+                let fd = conn.fd(side);
+                conn.machine.started(1);
+                let kind = if side == Side::Backend {
+                    Kind::ShutUp
+                } else {
+                    Kind::ShutDown
+                };
+                self.ring
+                    .shutdown(fd, libc::SHUT_WR, ud::encode(kind, slot, nonce));
+            }
+            // A pipe stays with its connection until the connection closes.
+            Action::Recycle(BufId::Pipe(_)) => {}
+            Action::Recycle(BufId::Ring(buf)) => {
+                self.ring.recycle(buf);
+                self.feed_starved();
+            }
+            Action::Reset { .. } | Action::Close => {
+                unreachable!("the connection machine turns the relay's end into its own")
+            }
+            Action::Paused(dir) => self.count_flow(slot, dir, true),
+            Action::Resumed(dir) => self.count_flow(slot, dir, false),
+        }
+    }
+
+    fn count_flow(&mut self, slot: u32, dir: Dir, paused: bool) {
+        match dir {
+            Dir::Up => {
+                if let Some(s) = self.tcp_stats(slot) {
+                    s.inc(
+                        self.id,
+                        if paused {
+                            TcpStat::DownstreamFlowControlPausedReadingTotal
+                        } else {
+                            TcpStat::DownstreamFlowControlResumedReadingTotal
+                        },
+                    );
+                }
+            }
+            Dir::Down => {
+                if let Some(s) = self.cluster_stats(slot) {
+                    s.inc(
+                        self.id,
+                        if paused {
+                            ClusterStat::UpstreamFlowControlPausedReadingTotal
+                        } else {
+                            ClusterStat::UpstreamFlowControlResumedReadingTotal
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Gives a returned buffer's worth of progress to starved connections.
+    ///
+    /// Called when a buffer is recycled, after every completion batch and on every tick: a
+    /// buffer may come back in the same batch as the `ENOBUFS` that starved a connection,
+    /// before that connection was queued here, so waiting for the next recycle alone could
+    /// stall it forever.
+    pub(super) fn feed_starved(&mut self) {
+        let mut budget = self.ring.buffers_in_kernel(BufClass::Small);
+        while budget > 0 {
+            let Some(slot) = self.starved.pop() else {
+                return;
+            };
+            let conn = &self.conns[slot as usize];
+            let relay = conn.machine.relay();
+            if conn.machine.is_live() && (relay.is_starved(Dir::Up) || relay.is_starved(Dir::Down))
+            {
+                self.relay_event(slot, Event::BufferAvailable);
+                budget -= 1;
+            }
+        }
+    }
+}
