@@ -9,6 +9,7 @@
 //! and `sys` is the one module allowed it.
 
 pub mod accesslog;
+pub mod action_list;
 pub mod conn;
 pub mod fib;
 pub mod handoff;
@@ -21,6 +22,8 @@ pub mod relay;
 pub mod stats;
 #[allow(unsafe_code)]
 mod sys;
+#[cfg(test)]
+mod testing;
 pub mod worker;
 
 pub use sys::net::{allowed_cpus, pin_current_thread, poll, raise_fd_limit, EventFd, PollFd};

@@ -192,42 +192,7 @@ impl Flow {
 }
 
 /// Up to six actions per event, without allocation.
-#[derive(Debug, Default)]
-pub struct Actions {
-    items: [Option<Action>; 6],
-    len: usize,
-}
-
-impl Actions {
-    fn push(&mut self, a: Action) {
-        // The state machine emits at most 6 actions per event (asserted by tests).
-        debug_assert!(self.len < self.items.len());
-        if self.len < self.items.len() {
-            self.items[self.len] = Some(a);
-            self.len += 1;
-        }
-    }
-
-    /// Removes every action.
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// The actions, in the order they must be carried out.
-    pub fn iter(&self) -> impl Iterator<Item = Action> + '_ {
-        self.items[..self.len].iter().flatten().copied()
-    }
-
-    /// Number of actions.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when there is nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
+pub type Actions = crate::action_list::ActionList<Action, 6>;
 
 /// Byte counts of one direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -344,55 +344,9 @@ pub enum Violation {
     Decided,
 }
 
-/// The actions of one event, without allocation.
-#[derive(Debug, Clone, Copy)]
-pub struct Actions {
-    items: [Option<Action>; Actions::CAPACITY],
-    len: usize,
-}
-
-impl Default for Actions {
-    fn default() -> Self {
-        Actions {
-            items: [None; Actions::CAPACITY],
-            len: 0,
-        }
-    }
-}
-
-impl Actions {
-    /// The most actions one event may append (the relay's six plus the connection's own).
-    pub const CAPACITY: usize = 16;
-
-    /// Appends `a`. The machine never emits more than [`Actions::CAPACITY`] per event (the
-    /// simulator checks it); losing an action would leak what it releases, so overflowing
-    /// is a bug that stops the thread rather than a silent drop.
-    fn push(&mut self, a: Action) {
-        assert!(self.len < Self::CAPACITY, "conn::Actions overflow: {a:?}");
-        self.items[self.len] = Some(a);
-        self.len += 1;
-    }
-
-    /// Removes every action.
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// The actions, in order.
-    pub fn iter(&self) -> impl Iterator<Item = Action> + '_ {
-        self.items[..self.len].iter().flatten().copied()
-    }
-
-    /// Number of actions.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when there is nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
+/// The actions of one event, without allocation: the relay's six plus the connection's
+/// own (the simulator would stop at an overflow).
+pub type Actions = crate::action_list::ActionList<Action, 16>;
 
 /// Why the breaker refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

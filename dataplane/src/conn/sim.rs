@@ -9,31 +9,7 @@
 
 use super::*;
 use crate::relay::{BufId, Dir, Received};
-
-/// A xorshift generator: the whole run follows from its seed.
-pub(super) struct Rng(u64);
-
-impl Rng {
-    pub(super) fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// True with probability `per_mille` / 1000.
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
+use crate::testing::Rng;
 
 /// How hostile the simulated world is, per mille of the operations it may affect.
 #[derive(Debug, Clone, Copy)]

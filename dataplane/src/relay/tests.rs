@@ -2,23 +2,10 @@
 //! buffer starvation, resets on either side.
 
 use super::*;
+use crate::testing::Rng;
 use proptest::prelude::*;
 
 const BUF_SIZE: usize = 16;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Ending {
@@ -74,7 +61,7 @@ impl Sim {
     fn new(seed: u64, data: [Vec<u8>; 2], endings: [Ending; 2], bufs: usize) -> Sim {
         let [d0, d1] = data;
         Sim {
-            rng: Rng(seed | 1),
+            rng: Rng::new(seed),
             relay: Relay::new(),
             sources: [
                 Source {
@@ -210,7 +197,7 @@ impl Sim {
 }
 
 fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut r = Rng(seed | 1);
+    let mut r = Rng::new(seed);
     (0..n).map(|_| r.next() as u8).collect()
 }
 

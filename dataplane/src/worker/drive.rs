@@ -17,7 +17,9 @@ use super::slot::{Conn, CHAIN_NONE, NO_FD};
 use super::ud::{self, Kind};
 use super::{report_outlier_failure, Generation, RelayMode, Worker};
 use crate::accesslog::{AccessRecord, ResponseFlags};
-use crate::conn::{Action, Actions, Event, Note, Overflow, Seat, Target, Upstream, Upstreams, Violation};
+use crate::conn::{
+    Action, Actions, Event, Note, Overflow, Seat, Target, Upstream, Upstreams, Violation,
+};
 use crate::fib::{Cluster, Fib};
 use crate::lb::{Pick, Rng};
 use crate::relay::{Dir, Side};
@@ -153,7 +155,13 @@ impl Worker {
         self.shared
             .server_stats
             .inc(self.id, ServerStat::WorkerInvariantViolations);
-        tracing::error!(worker = self.id, slot, ?v, what, "connection invariant violated");
+        tracing::error!(
+            worker = self.id,
+            slot,
+            ?v,
+            what,
+            "connection invariant violated"
+        );
     }
 
     /// `n` ring operations were started for `slot`.
@@ -208,7 +216,9 @@ impl Worker {
         let timeout = self.connect_timeout(slot);
         let conn = &self.conns[slot as usize];
         let (fd, nonce) = (conn.backend, conn.nonce);
-        let address = conn.upstream.expect("an upstream picked before its connect");
+        let address = conn
+            .upstream
+            .expect("an upstream picked before its connect");
         self.started(slot, 3);
         self.ring
             .set_nodelay(fd, ud::encode(Kind::Aux, slot, nonce));
@@ -300,7 +310,10 @@ impl Worker {
                 }
             }
             Seat::ConnectionLimit => {
-                if let Some(limit) = self.chain_of(slot).and_then(|c| c.connection_limit.as_ref()) {
+                if let Some(limit) = self
+                    .chain_of(slot)
+                    .and_then(|c| c.connection_limit.as_ref())
+                {
                     limit.state.leave();
                 }
             }
@@ -320,7 +333,9 @@ impl Worker {
                 local,
                 attempts_exceeded,
             } => self.count_connect_failure(slot, endpoint, timed_out, local, attempts_exceeded),
-            Note::Retrying => tracing::debug!(worker = id, slot, "upstream connect failed; retrying"),
+            Note::Retrying => {
+                tracing::debug!(worker = id, slot, "upstream connect failed; retrying")
+            }
             Note::Overflow => {}
             Note::NoHealthyUpstream => {
                 if let Some(stats) = self.cluster_stats(slot) {

@@ -119,7 +119,6 @@ impl Worker {
         }
     }
 
-
     /// A receive of `len` bytes on `dir` completed: charges the throttle and the abort
     /// allowance. True when the abort fired (the bytes are then not forwarded; the caller
     /// aborts the connection).

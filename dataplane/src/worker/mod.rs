@@ -309,35 +309,7 @@ impl Worker {
         limits: Limits,
     ) -> Result<Worker, WorkerError> {
         let slots = limits.max_connections_per_worker;
-        let small = BufPoolSize {
-            count: limits.buffers_per_worker,
-            size_bytes: limits.buffer_size_bytes,
-        };
-        let large = (limits.large_buffer_size_bytes > limits.buffer_size_bytes
-            && limits.relay_mode == RelayMode::BufferRing)
-            .then_some(BufPoolSize {
-                count: limits.large_buffers_per_worker,
-                size_bytes: limits.large_buffer_size_bytes,
-            });
-        // Copies for mirroring (zero pages until used); none in splice mode, which does
-        // not mirror.
-        let copies = if limits.relay_mode == RelayMode::BufferRing {
-            MIRROR_COPY_CHUNKS
-        } else {
-            0
-        };
-        let ring = Ring::new(
-            limits.ring_entries,
-            small,
-            large,
-            limits.datagram_buffers_per_worker,
-            slots,
-            copies,
-        )
-        .map_err(|e| match e {
-            RingError::Refused(e) => WorkerError::IoUringRefused(e),
-            RingError::Other(e) => WorkerError::Setup(e),
-        })?;
+        let ring = ring_for(&limits)?;
         let seed = mix_seed(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -927,20 +899,7 @@ impl Worker {
         self.shared
             .server_stats
             .inc(id, ServerStat::TotalConnections);
-        let needs = generation.address_needs[fib_index];
-        let local = if needs.local {
-            listener
-                .use_original_dst
-                .then(|| net::original_dst(fd))
-                .flatten()
-                .or_else(|| net::local_addr(fd))
-                .unwrap_or(listener.address)
-        } else {
-            listener.address
-        };
-        // getpeername is a system call: only when a chain matches on the source or a
-        // connection may be logged.
-        let remote = if needs.peer { net::peer_addr(fd) } else { None };
+        let (local, remote) = addresses(listener, generation.address_needs[fib_index], fd);
         let mut decision = Decision {
             local,
             remote,
@@ -980,32 +939,9 @@ impl Worker {
             }
             decision.holds_limit = true;
         }
-        let tcp = &chain.tcp_proxy;
-        tcp.stats.inc(id, TcpStat::DownstreamCxTotal);
-        tcp.stats.inc(id, TcpStat::DownstreamCxActive);
-        decision.hash = remote
-            .filter(|_| tcp.hash_source_ip)
-            .map(|r| hash_lb::source_ip_hash(r.ip()));
-        decision.idle_timeout_ms = tcp.idle_timeout_ms;
-        decision.max_attempts = tcp.max_connect_attempts.max(1);
-        decision.cluster = match &tcp.route {
-            Route::Cluster(id) => Some(*id),
-            Route::Weighted(w) => w.pick(self.rng.next_u64()).cluster,
-            Route::Missing(_) => None,
-        };
-        if decision.cluster.is_none() {
-            tcp.stats.inc(id, TcpStat::DownstreamCxNoRoute);
-            decision.outcome = NO_ROUTE;
-        }
+        route_tcp(id, &chain.tcp_proxy, &mut self.rng, &mut decision);
         Some(decision)
     }
-
-
-
-
-
-
-
 
     // ---- connection completions ----
 
@@ -1118,29 +1054,7 @@ impl Worker {
         self.drive(slot, conn::Event::ConnectDone(outcome));
     }
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
     // ---- closing ----
-
-
-
-
-
-
-
 
     /// The filter chain `slot` was decided on, in its own generation.
     fn chain_of(&self, slot: u32) -> Option<&crate::fib::FilterChain> {
@@ -1167,6 +1081,40 @@ impl Worker {
     fn cluster_stats(&self, slot: u32) -> Option<&crate::stats::ClusterStats> {
         self.cluster_of(slot).map(|c| &*c.stats)
     }
+}
+
+/// The worker's ring, with its buffer pools sized from `limits`.
+fn ring_for(limits: &Limits) -> Result<Ring, WorkerError> {
+    let slots = limits.max_connections_per_worker;
+    let small = BufPoolSize {
+        count: limits.buffers_per_worker,
+        size_bytes: limits.buffer_size_bytes,
+    };
+    let large = (limits.large_buffer_size_bytes > limits.buffer_size_bytes
+        && limits.relay_mode == RelayMode::BufferRing)
+        .then_some(BufPoolSize {
+            count: limits.large_buffers_per_worker,
+            size_bytes: limits.large_buffer_size_bytes,
+        });
+    // Copies for mirroring (zero pages until used); none in splice mode, which does
+    // not mirror.
+    let copies = if limits.relay_mode == RelayMode::BufferRing {
+        MIRROR_COPY_CHUNKS
+    } else {
+        0
+    };
+    Ring::new(
+        limits.ring_entries,
+        small,
+        large,
+        limits.datagram_buffers_per_worker,
+        slots,
+        copies,
+    )
+    .map_err(|e| match e {
+        RingError::Refused(e) => WorkerError::IoUringRefused(e),
+        RingError::Other(e) => WorkerError::Setup(e),
+    })
 }
 
 /// The process (`EMFILE`) or the system (`ENFILE`) is out of descriptors.
@@ -1229,6 +1177,50 @@ fn classify_receive(result: i32, buffer: Option<u16>, needs_buffer: bool) -> Rec
         e if -e == libc::ENOBUFS => Receive::Other(Received::NoBuffer),
         // ECANCELED included: cancelled by a teardown, when the relay was already stopped.
         e => Receive::Other(Received::Error(-e)),
+    }
+}
+
+/// The connection's local address (its original destination on a `use_original_dst`
+/// listener) and its peer, each looked up only when a listener needs it: both are system
+/// calls.
+fn addresses(
+    listener: &Listener,
+    needs: AddressNeeds,
+    fd: RawFd,
+) -> (SocketAddr, Option<SocketAddr>) {
+    let local = if needs.local {
+        listener
+            .use_original_dst
+            .then(|| net::original_dst(fd))
+            .flatten()
+            .or_else(|| net::local_addr(fd))
+            .unwrap_or(listener.address)
+    } else {
+        listener.address
+    };
+    // getpeername: only when a chain matches on the source or a connection may be logged.
+    let remote = if needs.peer { net::peer_addr(fd) } else { None };
+    (local, remote)
+}
+
+/// The `tcp_proxy` part of a decision: its stats, the hash key, timeouts and the cluster.
+fn route_tcp(worker: usize, tcp: &crate::fib::TcpProxy, rng: &mut Rng, decision: &mut Decision) {
+    tcp.stats.inc(worker, TcpStat::DownstreamCxTotal);
+    tcp.stats.inc(worker, TcpStat::DownstreamCxActive);
+    decision.hash = decision
+        .remote
+        .filter(|_| tcp.hash_source_ip)
+        .map(|r| hash_lb::source_ip_hash(r.ip()));
+    decision.idle_timeout_ms = tcp.idle_timeout_ms;
+    decision.max_attempts = tcp.max_connect_attempts.max(1);
+    decision.cluster = match &tcp.route {
+        Route::Cluster(id) => Some(*id),
+        Route::Weighted(w) => w.pick(rng.next_u64()).cluster,
+        Route::Missing(_) => None,
+    };
+    if decision.cluster.is_none() {
+        tcp.stats.inc(worker, TcpStat::DownstreamCxNoRoute);
+        decision.outcome = NO_ROUTE;
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::slot::ShadowState;
 use super::ud::{self, Kind};
-use super::{classify_receive, send_kind, RelayMode, Receive, Worker};
+use super::{classify_receive, send_kind, Receive, RelayMode, Worker};
 use crate::conn;
 use crate::relay::{Action, BufId, Dir, Event, Received, Side};
 use crate::stats::{ClusterStat, ServerStat, TcpStat};
@@ -160,7 +160,8 @@ impl Worker {
         };
         self.relay_event(slot, Event::Sent(dir, outcome));
         let conn = &mut self.conns[slot as usize];
-        if std::mem::take(&mut conn.recv_parked[dir as usize]) && conn.machine.stage() == conn::Stage::Relaying
+        if std::mem::take(&mut conn.recv_parked[dir as usize])
+            && conn.machine.stage() == conn::Stage::Relaying
         {
             self.submit_recv(slot, dir);
         }
@@ -215,7 +216,6 @@ impl Worker {
         self.drive(slot, conn::Event::Relay(event));
     }
 
-
     /// Starts a receive on `dir`'s source of `slot`.
     pub(super) fn submit_recv(&mut self, slot: u32, dir: Dir) {
         let throttled = self.throttled(slot, dir);
@@ -264,63 +264,19 @@ impl Worker {
 
     /// Carries out one of the relay's actions.
     pub(super) fn carry_out_relay(&mut self, slot: u32, action: Action) {
-        if let Action::Recv(dir) = action {
-            if !self.defer_recv(slot, dir) {
-                self.submit_recv(slot, dir);
-            }
-            return;
-        }
-        let conn = &mut self.conns[slot as usize];
-        let nonce = conn.nonce;
         match action {
-            Action::Recv(_) => unreachable!("handled above"),
+            Action::Recv(dir) => {
+                if !self.defer_recv(slot, dir) {
+                    self.submit_recv(slot, dir);
+                }
+            }
             Action::Send {
                 dir,
                 buf,
                 offset,
                 len,
-            } => {
-                let fd = conn.fd(dir.sink());
-                conn.machine.started(1);
-                let ud = ud::encode(send_kind(dir), slot, nonce);
-                match buf {
-                    BufId::Pipe(pipe) => {
-                        // A pipe is read from its front, so the offset of a resumed short
-                        // splice is implicit. Straight away: the sink usually has room
-                        // (when not, `EAGAIN`, see `on_splice_sent`).
-                        let pipe_out = self
-                            .pipes
-                            .read_end(pipe)
-                            .expect("a relaying connection has its pipes");
-                        conn.splice_send_len[dir as usize] = len;
-                        self.ring.splice(pipe_out, fd, len, ud);
-                    }
-                    BufId::Ring(buf) => {
-                        conn.sending[dir as usize] = Some(buf);
-                        self.ring.send(fd, buf, offset, len, ud);
-                        let mirrored = conn.shadow.state != ShadowState::Off;
-                        if dir == Dir::Up && offset == 0 && mirrored {
-                            // First send of these bytes: the shadow gets a copy.
-                            self.mirror_send(slot, buf, len);
-                        }
-                    }
-                }
-            }
-            Action::ShutdownWrite(side) => {
-                if side == Side::Backend && conn.shadow.state != ShadowState::Off {
-                    self.mirror_eof(slot);
-                }
-                let conn = &mut self.conns[slot as usize];
-                let fd = conn.fd(side);
-                conn.machine.started(1);
-                let kind = if side == Side::Backend {
-                    Kind::ShutUp
-                } else {
-                    Kind::ShutDown
-                };
-                self.ring
-                    .shutdown(fd, libc::SHUT_WR, ud::encode(kind, slot, nonce));
-            }
+            } => self.submit_send(slot, dir, buf, offset, len),
+            Action::ShutdownWrite(side) => self.submit_shutdown(slot, side),
             // A pipe stays with its connection until the connection closes.
             Action::Recycle(BufId::Pipe(_)) => {}
             Action::Recycle(BufId::Ring(buf)) => {
@@ -333,6 +289,55 @@ impl Worker {
             Action::Paused(dir) => self.count_flow(slot, dir, true),
             Action::Resumed(dir) => self.count_flow(slot, dir, false),
         }
+    }
+
+    /// Sends `len` bytes at `offset` of `buf` to `dir`'s sink: a splice from the pipe, or a
+    /// send from the provided buffer (and its first send upstream copies it for the mirror).
+    fn submit_send(&mut self, slot: u32, dir: Dir, buf: BufId, offset: u32, len: u32) {
+        let conn = &mut self.conns[slot as usize];
+        let fd = conn.fd(dir.sink());
+        conn.machine.started(1);
+        let ud = ud::encode(send_kind(dir), slot, conn.nonce);
+        match buf {
+            BufId::Pipe(pipe) => {
+                // A pipe is read from its front, so the offset of a resumed short splice is
+                // implicit. Straight away: the sink usually has room (when not, `EAGAIN`, see
+                // `on_splice_sent`).
+                let pipe_out = self
+                    .pipes
+                    .read_end(pipe)
+                    .expect("a relaying connection has its pipes");
+                conn.splice_send_len[dir as usize] = len;
+                self.ring.splice(pipe_out, fd, len, ud);
+            }
+            BufId::Ring(buf) => {
+                conn.sending[dir as usize] = Some(buf);
+                self.ring.send(fd, buf, offset, len, ud);
+                let mirrored = conn.shadow.state != ShadowState::Off;
+                if dir == Dir::Up && offset == 0 && mirrored {
+                    // First send of these bytes: the shadow gets a copy.
+                    self.mirror_send(slot, buf, len);
+                }
+            }
+        }
+    }
+
+    /// `shutdown(SHUT_WR)` on `side`: the other side's end of stream, after its last byte
+    /// (the client's also ends the mirror's stream).
+    fn submit_shutdown(&mut self, slot: u32, side: Side) {
+        if side == Side::Backend && self.conns[slot as usize].shadow.state != ShadowState::Off {
+            self.mirror_eof(slot);
+        }
+        let conn = &mut self.conns[slot as usize];
+        let fd = conn.fd(side);
+        conn.machine.started(1);
+        let kind = if side == Side::Backend {
+            Kind::ShutUp
+        } else {
+            Kind::ShutDown
+        };
+        self.ring
+            .shutdown(fd, libc::SHUT_WR, ud::encode(kind, slot, conn.nonce));
     }
 
     fn count_flow(&mut self, slot: u32, dir: Dir, paused: bool) {

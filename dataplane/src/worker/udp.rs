@@ -505,23 +505,7 @@ impl Worker {
             cluster.stats.inc(id, ClusterStat::LbHealthyPanic);
         }
         let endpoint = &cluster.endpoints[picked.endpoint];
-        let fd = match net::udp_connect(endpoint.address, &cluster.upstream_bind) {
-            Ok(fd) => fd,
-            Err(e) => {
-                cluster.resources.release(Resource::Connections);
-                cluster.stats.inc(id, ClusterStat::UpstreamCxConnectFail);
-                if !std::mem::replace(&mut self.udp.socket_failed_warned, true) {
-                    tracing::warn!(
-                        worker = id,
-                        endpoint = %endpoint.address,
-                        error = %e,
-                        "UDP upstream socket failed (reported once; counted in \
-                         cluster.<name>.upstream_cx_connect_fail)"
-                    );
-                }
-                return None;
-            }
-        };
+        let fd = self.udp_connect_session(cluster, endpoint.address)?;
         Some(UdpUpstream {
             fd,
             host: endpoint.stats.clone(),
@@ -529,6 +513,30 @@ impl Worker {
             proxy_stats: proxy.stats.clone(),
             idle_timeout_ms: proxy.idle_timeout_ms,
         })
+    }
+
+    /// A new session's socket, connected to `address`; on failure the cluster's connection
+    /// is given back and counted (`upstream_cx_connect_fail`), and the first one is logged.
+    fn udp_connect_session(&mut self, cluster: &Cluster, address: SocketAddr) -> Option<RawFd> {
+        match net::udp_connect(address, &cluster.upstream_bind) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                cluster.resources.release(Resource::Connections);
+                cluster
+                    .stats
+                    .inc(self.id, ClusterStat::UpstreamCxConnectFail);
+                if !std::mem::replace(&mut self.udp.socket_failed_warned, true) {
+                    tracing::warn!(
+                        worker = self.id,
+                        endpoint = %address,
+                        error = %e,
+                        "UDP upstream socket failed (reported once; counted in \
+                         cluster.<name>.upstream_cx_connect_fail)"
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// What the sessions of `cluster` share: found by its stats block, else made (once per
