@@ -1250,6 +1250,38 @@ mod tests {
     use crate::relay::{Action, Actions, Relay, Side};
 
     #[test]
+    fn a_completion_that_belongs_to_no_connection_is_counted_not_absorbed() {
+        // Before: a debug assertion (nothing in release) and a count that would wrap. Now the
+        // worker refuses it, counts it, and the slot stays free.
+        let stats = Arc::new(crate::stats::ServerStats::new("server", 1));
+        let shared = Arc::new(Shared::new(
+            1,
+            Duration::from_secs(1),
+            stats.clone(),
+            Arc::new(crate::accesslog::AccessLogQueues::new(1, 8)),
+        ));
+        let wake = Arc::new(EventFd::new().expect("eventfd"));
+        let limits = Limits {
+            max_connections_per_worker: 4,
+            buffers_per_worker: 4,
+            large_buffer_size_bytes: 0,
+            datagram_buffers_per_worker: 0,
+            ..Limits::default()
+        };
+        let mut worker = Worker::new(0, shared, wake, limits).expect("io_uring");
+        let stale = Completion {
+            user_data: ud::encode(Kind::RecvUp, 2, 7),
+            result: -libc::ECANCELED,
+            flags: 0,
+        };
+        worker.dispatch(stale);
+        worker.dispatch(stale);
+        assert_eq!(stats.get(ServerStat::WorkerInvariantViolations), 2);
+        assert_eq!(worker.conns[2].machine.stage(), conn::Stage::Free);
+        assert_eq!(worker.open_conns, 0);
+    }
+
+    #[test]
     fn bytes_without_a_buffer_reset_the_connection() {
         // Before: the worker logged and dropped the completion, and the direction hung
         // until its idle timeout. Now the relay hears of an error and resets.
