@@ -35,6 +35,15 @@ struct SlotUpstreams<'a> {
     conn: &'a mut ConnRoute,
 }
 
+/// A slot's two connect lanes (the ring keeps each one's address and timeout).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Lane {
+    /// The connection's upstream.
+    Primary,
+    /// Its mirror shadow.
+    Shadow,
+}
+
 /// What the balancer reads and writes of a slot.
 struct ConnRoute {
     cluster: Option<crate::fib::ClusterId>,
@@ -215,21 +224,39 @@ impl Worker {
     fn connect_upstream(&mut self, slot: u32) {
         let timeout = self.connect_timeout(slot);
         let conn = &self.conns[slot as usize];
-        let (fd, nonce) = (conn.backend, conn.nonce);
+        let fd = conn.backend;
         let address = conn
             .upstream
             .expect("an upstream picked before its connect");
+        let kinds = [Kind::Aux, Kind::Connect, Kind::ConnectTimeout];
+        self.connect_nodelay(slot, Lane::Primary, fd, address, timeout, kinds);
+    }
+
+    /// `TCP_NODELAY`, then a connect linked to its `timeout`, on `slot`'s connect `lane`,
+    /// with user data of `kinds` (option, connect, timeout): three operations of `slot`.
+    pub(super) fn connect_nodelay(
+        &mut self,
+        slot: u32,
+        lane: Lane,
+        fd: i32,
+        address: SocketAddr,
+        timeout: std::time::Duration,
+        kinds: [Kind; 3],
+    ) {
+        let nonce = self.conns[slot as usize].nonce;
+        let [option, connect, timed_out] = kinds.map(|k| ud::encode(k, slot, nonce));
         self.started(slot, 3);
-        self.ring
-            .set_nodelay(fd, ud::encode(Kind::Aux, slot, nonce));
-        self.ring.connect(
-            fd,
-            slot as usize,
-            address,
-            timeout,
-            ud::encode(Kind::Connect, slot, nonce),
-            ud::encode(Kind::ConnectTimeout, slot, nonce),
-        );
+        self.ring.set_nodelay(fd, option);
+        match lane {
+            Lane::Primary => {
+                self.ring
+                    .connect(fd, slot as usize, address, timeout, connect, timed_out)
+            }
+            Lane::Shadow => {
+                self.ring
+                    .connect_shadow(fd, slot as usize, address, timeout, connect, timed_out)
+            }
+        }
     }
 
     /// Closes the upstream socket of a failed attempt, or one that arrived too late.

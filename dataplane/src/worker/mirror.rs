@@ -27,6 +27,7 @@
 //! - Splice mode moves bytes kernel to kernel, so there is nothing to copy: mirroring is
 //!   skipped there (logged once per worker).
 
+use super::drive::Lane;
 use super::slot::{Shadow, ShadowState, NO_FD, SHADOW_QUEUE};
 use super::ud::{self, Kind};
 use super::{RelayMode, Worker};
@@ -124,20 +125,10 @@ impl Worker {
             return;
         }
         conn.shadow.fd = result;
-        let nonce = conn.nonce;
         let address = conn.shadow.address.expect("shadow endpoint picked");
         let timeout = Duration::from_millis(conn.shadow.timeout_ms);
-        conn.machine.started(3);
-        self.ring
-            .set_nodelay(result, ud::encode(Kind::ShadowAux, slot, nonce));
-        self.ring.connect_shadow(
-            result,
-            slot as usize,
-            address,
-            timeout,
-            ud::encode(Kind::ShadowConnect, slot, nonce),
-            ud::encode(Kind::ShadowAux, slot, nonce),
-        );
+        let kinds = [Kind::ShadowAux, Kind::ShadowConnect, Kind::ShadowAux];
+        self.connect_nodelay(slot, Lane::Shadow, result, address, timeout, kinds);
     }
 
     pub(super) fn on_shadow_connect(&mut self, slot: u32, result: i32) {
