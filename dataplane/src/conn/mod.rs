@@ -481,6 +481,11 @@ impl Machine {
         self.inflight
     }
 
+    /// Closing with nothing in flight: [`Machine::settle`] has something to do.
+    pub fn is_settling(&self) -> bool {
+        self.stage == Stage::Closing && self.inflight == 0
+    }
+
     /// The fault delay is holding the connect back (not idleness).
     pub fn is_delayed(&self) -> bool {
         matches!(self.stage, Stage::Delayed { .. })

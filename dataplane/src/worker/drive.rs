@@ -48,9 +48,26 @@ pub(super) enum Lane {
 struct ConnRoute {
     cluster: Option<crate::fib::ClusterId>,
     hash: Option<u64>,
-    /// The original destination, when its listener restored it.
-    original_dst: Option<SocketAddr>,
+    /// The connection's local address and its listener's index (the original destination,
+    /// when that listener restored it).
+    local: Option<SocketAddr>,
+    fib_listener: u32,
     upstream: Option<SocketAddr>,
+}
+
+/// For events that never ask about the cluster (relay completions): nothing to borrow.
+struct NoUpstreams;
+
+impl Upstreams for NoUpstreams {
+    fn admit(&mut self) -> Result<(), Overflow> {
+        debug_assert!(false, "a relay event asked for admission");
+        Err(Overflow)
+    }
+
+    fn pick(&mut self, _exclude: Option<u32>) -> Option<Target> {
+        debug_assert!(false, "a relay event asked for an endpoint");
+        None
+    }
 }
 
 impl SlotUpstreams<'_> {
@@ -90,7 +107,11 @@ impl Upstreams for SlotUpstreams<'_> {
         if cluster.is_original_dst() {
             // `type: ORIGINAL_DST`: where the client was going, as restored by its
             // listener's `use_original_dst`; without one there is no upstream (as in Envoy).
-            let address = self.conn.original_dst?;
+            let restored = fib
+                .listeners
+                .get(self.conn.fib_listener as usize)
+                .is_some_and(|l| l.use_original_dst);
+            let address = self.conn.local.filter(|_| restored)?;
             cluster.stats.inc(worker, ClusterStat::UpstreamCxTotal);
             self.conn.upstream = Some(address);
             return Some(Target::OriginalDst);
@@ -125,14 +146,11 @@ impl Worker {
     pub(super) fn machine_event(&mut self, slot: u32, event: Event) -> Actions {
         let mut out = Actions::default();
         let conn = &mut self.conns[slot as usize];
-        let restored = self.generations[conn.generation as usize]
-            .as_ref()
-            .and_then(|g| g.fib.listeners.get(conn.fib_listener as usize))
-            .is_some_and(|l| l.use_original_dst);
         let mut route = ConnRoute {
             cluster: conn.cluster,
             hash: conn.hash,
-            original_dst: conn.local.filter(|_| restored),
+            local: conn.local,
+            fib_listener: conn.fib_listener,
             upstream: conn.upstream,
         };
         let mut upstreams = SlotUpstreams {
@@ -152,8 +170,27 @@ impl Worker {
         out
     }
 
+    /// A relay completion for `slot`: the hot path, with nothing of the cluster to borrow.
+    pub(super) fn drive_relay(&mut self, slot: u32, event: crate::relay::Event) {
+        let mut out = Actions::default();
+        let result = self.conns[slot as usize].machine.on_event(
+            self.now_ms,
+            Event::Relay(event),
+            &mut NoUpstreams,
+            &mut out,
+        );
+        if let Err(v) = result {
+            self.violated(slot, v, "relay event");
+        }
+        self.carry_out_conn(slot, &out);
+        self.settle(slot);
+    }
+
     /// Frees `slot` if its connection is closed and nothing of it is in flight.
     pub(super) fn settle(&mut self, slot: u32) {
+        if !self.conns[slot as usize].machine.is_settling() {
+            return;
+        }
         let mut out = Actions::default();
         self.conns[slot as usize].machine.settle(&mut out);
         self.carry_out_conn(slot, &out);
