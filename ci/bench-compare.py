@@ -46,7 +46,12 @@ Proxy CPU is utime+stime of the proxy's process tree (/proc/PID/stat), RSS is Vm
 
     ci/bench-compare.py [--quick] [--reps N] [--no-build] [--no-install] [--port-base 16100]
                      [--only switchyard,nginx] [--placements shared,split] [--out bench/results]
-                     [--scenarios S1,S7 | --scenario udp] [--udp-rates 4000,20000]
+                     [--scenarios S1,S7 | --scenario udp] [--udp-rates 4000,20000] [--counters]
+
+--counters adds, for rr and cps cells, what each request (or connection) costs the proxy:
+system calls and context switches of all its threads (`perf stat -e raw_syscalls:sys_enter,
+context-switches`, attached for the measurement), and for Switchyard io_uring_enter calls
+(`server.worker_loops`) and completions per enter (`server.worker_completions`).
 
 S7 alone (HAProxy and the floor have no UDP cell, so leave them out):
     ci/bench-compare.py --quick --no-install --only switchyard,nginx,envoy --scenario udp
@@ -450,6 +455,75 @@ class Env:
 
 
 # ---------------------------------------------------------------------------------------------
+# counters (--counters): what each request costs the proxy in system calls and wake-ups
+
+PERF_EVENTS = "raw_syscalls:sys_enter,context-switches,cpu-migrations"
+
+
+class Counters:
+    """`perf stat` attached to the proxy (all its threads) for one measurement, and for
+    Switchyard its own loop counters from the admin: system calls, context switches (each one
+    a sleep and a wake-up of a proxy thread), io_uring_enter calls and completions."""
+
+    def __init__(self, pid, admin_port):
+        self.admin_port = admin_port
+        self.before = switchyard_loop_stats(admin_port) if admin_port else None
+        self.out = tempfile.NamedTemporaryFile(prefix="perf-", suffix=".csv", delete=False)
+        self.perf = subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-e", PERF_EVENTS, "-p", str(pid), "-o", self.out.name],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finish(self):
+        """Totals over the measurement: {event: count}."""
+        self.perf.send_signal(signal.SIGINT)
+        try:
+            self.perf.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.perf.kill()
+            self.perf.wait()
+        totals = {}
+        with open(self.out.name) as f:
+            for line in f:
+                parts = line.strip().split(",")
+                if len(parts) > 2 and parts[0].replace(".", "").isdigit():
+                    totals[parts[2]] = float(parts[0])
+        os.unlink(self.out.name)
+        if self.before is not None:
+            after = switchyard_loop_stats(self.admin_port)
+            for k, v in after.items():
+                totals[k] = v - self.before.get(k, 0)
+        return totals
+
+
+def switchyard_loop_stats(port):
+    """server.worker_loops and server.worker_completions from Switchyard's admin."""
+    out = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats?filter=^server.worker_",
+                                timeout=2) as r:
+        for line in r.read().decode().splitlines():
+            name, _, value = line.partition(": ")
+            if name in ("server.worker_loops", "server.worker_completions"):
+                out[name] = int(value)
+    return out
+
+
+def per_unit(totals, units):
+    """Counters per request (rr) or per connection (cps)."""
+    if not units:
+        return {}
+    out = {}
+    for event, key in (("raw_syscalls:sys_enter", "syscalls_per"),
+                       ("context-switches", "cswitch_per"),
+                       ("server.worker_loops", "enters_per")):
+        if event in totals:
+            out[key] = totals[event] / units
+    loops = totals.get("server.worker_loops")
+    if loops:
+        out["completions_per_enter"] = totals.get("server.worker_completions", 0) / loops
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # one measurement
 
 def bench(args, tmp, mode, target, extra, timeout):
@@ -522,11 +596,16 @@ def measure_once(ctx, cell, spec, proxy):
     if pid and spec["mode"] == "idle":
         poller = threading.Thread(target=poll_rss, daemon=True)
         poller.start()
+    counters = None
+    if pid and ctx.args.counters and spec["mode"] in ("rr", "cps"):
+        admin = ctx.env.ports["switchyard"]["ADMIN_PORT"] if cell["contender"] == "switchyard" else None
+        counters = Counters(pid, admin)
     foreign = Foreign()
     t0 = time.monotonic()
     rc, report, stderr = bench(ctx.args, ctx.tmp, spec["mode"], target, spec["extra"],
                                spec["timeout"])
     wall = time.monotonic() - t0
+    totals = counters.finish() if counters else None
     fcpu = foreign.cpu_per_s()
     if poller:
         stop_poll.set()
@@ -547,6 +626,11 @@ def measure_once(ctx, cell, spec, proxy):
     m["errors_total"] = errs
     m["ok"] = rc == 0 and report is not None and errs == 0
     m["metrics"] = metrics_of(spec, m) if report else {}
+    if totals is not None and report:
+        m["counters"] = totals
+        r = report["results"]
+        units = r.get("requests") if spec["mode"] == "rr" else r.get("connections")
+        m["metrics"].update(per_unit(totals, units))
     return m
 
 
@@ -1183,6 +1267,9 @@ def main():
     ap.add_argument("--no-install", action="store_true")
     ap.add_argument("--no-spinners", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--counters", action="store_true",
+                    help="per request/connection: system calls and context switches of the proxy "
+                         "(perf stat), and Switchyard's io_uring_enter calls and completions each")
     ap.add_argument("--max-wait", type=float, default=None,
                     help="seconds to wait for an idle machine per check (default 30; quick 5)")
     ap.add_argument("--wait-budget", type=float, default=None,

@@ -549,13 +549,16 @@ stat_block!(
 
 stat_block!(
     /// `server.*` stats kept by workers (the admin adds live, uptime, concurrency).
-    ServerStats, ServerStat, 6, {
+    ServerStats, ServerStat, 7, {
     /// Connections open on all listeners.
     TotalConnections => ("total_connections", Gauge),
     /// Access-log records dropped because the log queue was full.
     AccessLogDropped => ("access_log_dropped", Counter),
     /// Worker loop iterations (io_uring_enter calls).
     WorkerLoops => ("worker_loops", Counter),
+    /// Completions the workers handled: over `worker_loops`, how many each wake-up found.
+    /// Switchyard's own stat.
+    WorkerCompletions => ("worker_completions", Counter),
     /// Receives that found the provided-buffer ring empty (the direction waits for a buffer).
     RelayBufferExhausted => ("relay_buffer_exhausted", Counter),
     /// Receives into a large buffer (a direction moving bulk data).

@@ -379,6 +379,11 @@ impl Worker {
                 .inc(self.id, ServerStat::WorkerLoops);
             let mut batch = std::mem::take(&mut self.batch);
             self.ring.completions_into(&mut batch);
+            self.shared.server_stats.add(
+                self.id,
+                ServerStat::WorkerCompletions,
+                batch.len() as u64,
+            );
             for c in batch.iter() {
                 self.dispatch(*c);
             }
