@@ -142,48 +142,40 @@ impl Worker {
         self.settle(slot);
     }
 
-    /// Feeds `event` to `slot`'s machine and returns its actions, not carried out yet.
+    /// Feeds `event` to `slot`'s machine and returns its actions, not carried out yet. A
+    /// relay completion (the hot path) never asks about the cluster, so it borrows nothing
+    /// of it.
     pub(super) fn machine_event(&mut self, slot: u32, event: Event) -> Actions {
         let mut out = Actions::default();
         let conn = &mut self.conns[slot as usize];
-        let mut route = ConnRoute {
-            cluster: conn.cluster,
-            hash: conn.hash,
-            local: conn.local,
-            fib_listener: conn.fib_listener,
-            upstream: conn.upstream,
+        let result = if let Event::Relay(_) = event {
+            conn.machine
+                .on_event(self.now_ms, event, &mut NoUpstreams, &mut out)
+        } else {
+            let mut route = ConnRoute {
+                cluster: conn.cluster,
+                hash: conn.hash,
+                local: conn.local,
+                fib_listener: conn.fib_listener,
+                upstream: conn.upstream,
+            };
+            let mut upstreams = SlotUpstreams {
+                worker: self.id,
+                generation: self.generations[conn.generation as usize].as_mut(),
+                active: &self.active.counts,
+                rng: &mut self.rng,
+                conn: &mut route,
+            };
+            let result = conn
+                .machine
+                .on_event(self.now_ms, event, &mut upstreams, &mut out);
+            conn.upstream = route.upstream;
+            result
         };
-        let mut upstreams = SlotUpstreams {
-            worker: self.id,
-            generation: self.generations[conn.generation as usize].as_mut(),
-            active: &self.active.counts,
-            rng: &mut self.rng,
-            conn: &mut route,
-        };
-        let result = conn
-            .machine
-            .on_event(self.now_ms, event, &mut upstreams, &mut out);
-        conn.upstream = route.upstream;
         if let Err(v) = result {
             self.violated(slot, v, "event");
         }
         out
-    }
-
-    /// A relay completion for `slot`: the hot path, with nothing of the cluster to borrow.
-    pub(super) fn drive_relay(&mut self, slot: u32, event: crate::relay::Event) {
-        let mut out = Actions::default();
-        let result = self.conns[slot as usize].machine.on_event(
-            self.now_ms,
-            Event::Relay(event),
-            &mut NoUpstreams,
-            &mut out,
-        );
-        if let Err(v) = result {
-            self.violated(slot, v, "relay event");
-        }
-        self.carry_out_conn(slot, &out);
-        self.settle(slot);
     }
 
     /// Frees `slot` if its connection is closed and nothing of it is in flight.

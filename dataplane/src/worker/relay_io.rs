@@ -213,7 +213,7 @@ impl Worker {
     }
 
     pub(super) fn relay_event(&mut self, slot: u32, event: Event) {
-        self.drive_relay(slot, event);
+        self.drive(slot, conn::Event::Relay(event));
     }
 
     /// Starts a receive on `dir`'s source of `slot`.
