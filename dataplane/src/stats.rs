@@ -549,7 +549,7 @@ stat_block!(
 
 stat_block!(
     /// `server.*` stats kept by workers (the admin adds live, uptime, concurrency).
-    ServerStats, ServerStat, 7, {
+    ServerStats, ServerStat, 9, {
     /// Connections open on all listeners.
     TotalConnections => ("total_connections", Gauge),
     /// Access-log records dropped because the log queue was full.
@@ -559,6 +559,12 @@ stat_block!(
     /// Completions the workers handled: over `worker_loops`, how many each wake-up found.
     /// Switchyard's own stat.
     WorkerCompletions => ("worker_completions", Counter),
+    /// Waits a busy-poll ended by finding completions, without sleeping (own core only).
+    /// Switchyard's own stat.
+    WorkerBusyPollHits => ("worker_busy_poll_hits", Counter),
+    /// Workers that judge their core their own (`--placement`; detected unless fixed).
+    /// Switchyard's own stat.
+    WorkerOwnCore => ("worker_own_core", Gauge),
     /// Receives that found the provided-buffer ring empty (the direction waits for a buffer).
     RelayBufferExhausted => ("relay_buffer_exhausted", Counter),
     /// Receives into a large buffer (a direction moving bulk data).

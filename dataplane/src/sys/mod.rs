@@ -9,4 +9,6 @@
 pub(crate) mod net;
 pub(crate) mod uring;
 
-pub(crate) use uring::{BufClass, BufPoolSize, Completion, Ready, Ring, RingBuf, RingError};
+pub(crate) use uring::{
+    BufClass, BufPoolSize, Completion, Ready, Ring, RingBuf, RingError, RingSetup, WaitSpec, Waited,
+};

@@ -12,8 +12,8 @@ use socket2::SockAddr;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
-use std::time::Duration;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 /// One completion, copied out of the completion queue.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +40,85 @@ impl Completion {
     pub fn buffer_id(&self) -> Option<u16> {
         cqueue::buffer_select(self.flags)
     }
+}
+
+/// How a ring is set up (the worker's `--taskrun` and registered-ring levers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RingSetup {
+    /// `IORING_SETUP_DEFER_TASKRUN` (completion work runs only when the worker waits), else
+    /// `IORING_SETUP_COOP_TASKRUN` (at its next system call or wake-up).
+    pub defer_taskrun: bool,
+    /// Register the ring's own descriptor so each `io_uring_enter` skips its lookup.
+    pub register_ring_fd: bool,
+}
+
+/// How one wait goes (see `worker::wait::WaitPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WaitSpec {
+    /// Look for completions this long without a system call before sleeping (0: never).
+    pub busy_poll_us: u32,
+    /// Sleep until this many completions are pending ...
+    pub batch: u32,
+    /// ... or this long passed with at least one (0: wake at the first).
+    pub min_wait_us: u32,
+}
+
+/// What one wait did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// Completions were already there, or the backlog held some: no sleep.
+    Ready,
+    /// The busy-poll found completions before its budget ran out: no sleep.
+    Polled,
+    /// Entered the kernel to sleep (it may have returned at once).
+    Slept,
+}
+
+// io_uring_enter flags and register opcodes (linux/io_uring.h), for the entries made here
+// rather than through the crate (whose registered ring index does not outlive a Submitter).
+const ENTER_GETEVENTS: u32 = 1 << 0;
+const ENTER_EXT_ARG: u32 = 1 << 3;
+const ENTER_REGISTERED_RING: u32 = 1 << 4;
+const REGISTER_RING_FDS: u32 = 20;
+
+/// `struct io_uring_getevents_arg` (linux/io_uring.h).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    ts: u64,
+}
+
+/// `struct io_uring_rsrc_update` (linux/io_uring.h).
+#[repr(C)]
+struct RsrcUpdate {
+    offset: u32,
+    resv: u32,
+    data: u64,
+}
+
+/// Registers `ring_fd` with itself (`IORING_REGISTER_RING_FDS`); its index, or `None` when
+/// the kernel refuses (before Linux 5.18), in which case enters name the descriptor.
+fn register_ring_fd(ring_fd: RawFd) -> Option<i32> {
+    let mut update = RsrcUpdate {
+        offset: u32::MAX, // any free slot; the kernel writes back which
+        resv: 0,
+        data: ring_fd as u64,
+    };
+    // SAFETY: `update` is a valid io_uring_rsrc_update that lives across the call; the
+    // kernel writes only its `offset`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring_fd,
+            REGISTER_RING_FDS,
+            &mut update as *mut RsrcUpdate,
+            1u32,
+        )
+    };
+    (rc == 1).then_some(update.offset as i32)
 }
 
 /// Why the ring could not be created.
@@ -323,6 +402,10 @@ pub(crate) struct Ring {
     /// Operations submitted whose last completion has not arrived yet.
     inflight: usize,
     cq_entries: usize,
+    /// The ring's registered descriptor index (`IORING_REGISTER_RING_FDS`), if registered.
+    registered_ring: Option<i32>,
+    /// The kernel supports a min-wait in `io_uring_enter` (`IORING_FEAT_MIN_TIMEOUT`).
+    min_wait: bool,
 }
 
 impl std::fmt::Debug for Ring {
@@ -357,18 +440,30 @@ impl Ring {
         datagrams: u16,
         slots: usize,
         copies: u16,
+        setup: RingSetup,
     ) -> Result<Ring, RingError> {
-        let ring = IoUring::builder()
+        let mut builder = IoUring::builder();
+        builder
             .setup_single_issuer()
-            .setup_defer_taskrun()
             .setup_coop_taskrun()
-            .setup_cqsize(entries * 4)
+            .setup_taskrun_flag()
+            .setup_cqsize(entries * 4);
+        if setup.defer_taskrun {
+            builder.setup_defer_taskrun();
+        }
+        let ring = builder
             .build(entries)
             .or_else(|e| match e.raw_os_error() {
                 Some(libc::EINVAL) => IoUring::builder().setup_cqsize(entries * 4).build(entries),
                 _ => Err(e),
             })
             .map_err(classify)?;
+        let registered_ring = if setup.register_ring_fd {
+            register_ring_fd(ring.as_raw_fd())
+        } else {
+            None
+        };
+        let min_wait = ring.params().is_feature_min_timeout();
         if !ring.params().is_feature_submit_stable() {
             return Err(RingError::Other(io::Error::other(
                 "the kernel's io_uring lacks IORING_FEAT_SUBMIT_STABLE (Linux 5.5 or later needed)",
@@ -427,7 +522,137 @@ impl Ring {
             eventfd_value: Box::new(0),
             inflight: 0,
             cq_entries: entries as usize * 4,
+            registered_ring,
+            min_wait,
         })
+    }
+
+    /// Whether each `io_uring_enter` names the ring by its registered index.
+    pub fn ring_fd_registered(&self) -> bool {
+        self.registered_ring.is_some()
+    }
+
+    /// Submits what is queued and waits as `spec` says; see [`Waited`]. With a backlog
+    /// (completions already taken out), only submits.
+    pub fn wait(&mut self, spec: WaitSpec) -> io::Result<Waited> {
+        if !self.backlog.is_empty() {
+            self.enter(0, false, None)?;
+            return Ok(Waited::Ready);
+        }
+        if spec.busy_poll_us > 0 {
+            // Submit, and run the completion work already pending, without sleeping.
+            self.enter(0, true, None)?;
+            if !self.ring.completion().is_empty() {
+                return Ok(Waited::Ready);
+            }
+            if self.busy_poll(Duration::from_micros(u64::from(spec.busy_poll_us))) {
+                self.enter(0, true, None)?;
+                return Ok(Waited::Polled);
+            }
+        }
+        if spec.batch > 1 && spec.min_wait_us > 0 && self.min_wait {
+            let arg = GeteventsArg {
+                min_wait_usec: spec.min_wait_us,
+                ..GeteventsArg::default()
+            };
+            self.enter(spec.batch, true, Some(&arg))?;
+        } else {
+            self.enter(1, true, None)?;
+        }
+        Ok(Waited::Slept)
+    }
+
+    /// Watches the rings' shared memory (no system call) until a completion is posted or
+    /// completion work is pending (`IORING_SQ_TASKRUN`), for at most `budget`.
+    fn busy_poll(&mut self, budget: Duration) -> bool {
+        const CHECKS_PER_CLOCK_READ: u32 = 64;
+        let start = Instant::now();
+        loop {
+            for _ in 0..CHECKS_PER_CLOCK_READ {
+                if self.ring.submission().taskrun() || !self.ring.completion().is_empty() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= budget {
+                return false;
+            }
+        }
+    }
+
+    /// [`Ring::enter_raw`], where interruptions, a full completion queue and an expired
+    /// wait are not errors: the loop comes back.
+    fn enter(
+        &mut self,
+        want: u32,
+        getevents: bool,
+        arg: Option<&GeteventsArg>,
+    ) -> io::Result<usize> {
+        match self.enter_raw(want, getevents, arg) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)
+                ) =>
+            {
+                Ok(0)
+            }
+            other => other,
+        }
+    }
+
+    /// One `io_uring_enter`: submits every queued entry and, with `getevents` (or when the
+    /// kernel flags pending work), runs completion work and waits for `want` completions.
+    fn enter_raw(
+        &mut self,
+        want: u32,
+        getevents: bool,
+        arg: Option<&GeteventsArg>,
+    ) -> io::Result<usize> {
+        let (to_submit, pending) = {
+            let sq = self.ring.submission();
+            (sq.len() as u32, sq.taskrun() || sq.cq_overflow())
+        };
+        let mut flags = 0;
+        if getevents || want > 0 || pending {
+            flags |= ENTER_GETEVENTS;
+        }
+        let fd = match self.registered_ring {
+            Some(index) => {
+                flags |= ENTER_REGISTERED_RING;
+                index
+            }
+            None => self.ring.as_raw_fd(),
+        };
+        let (arg_ptr, arg_size) = match arg {
+            Some(a) => {
+                flags |= ENTER_EXT_ARG;
+                (
+                    a as *const GeteventsArg,
+                    std::mem::size_of::<GeteventsArg>(),
+                )
+            }
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: io_uring_enter reads the submission queue (entries pushed through the
+        // crate, whose memory rules `push` enforces) and, with EXT_ARG, `arg` for the
+        // duration of the call only; `fd` is this ring's descriptor or its registered index.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                fd,
+                to_submit,
+                want,
+                flags,
+                arg_ptr,
+                arg_size,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.note_submitted();
+        Ok(rc as usize)
     }
 
     /// Pushes one entry, submitting first if the queue is full. Never waits without bound:
@@ -489,8 +714,8 @@ impl Ring {
             if room >= n {
                 return Ok(());
             }
-            match self.ring.submit() {
-                Ok(_) => self.note_submitted(),
+            match self.enter_raw(0, false, None) {
+                Ok(_) => {}
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EBUSY) => self.move_completions_to_backlog(),
                     Some(libc::EINTR) => {}
@@ -1119,27 +1344,6 @@ impl Ring {
         let _ = self.reserve(capacity);
     }
 
-    /// Submits queued operations and waits for at least `want` completions (none when
-    /// completions are already waiting in the backlog).
-    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
-        let want = if self.backlog.is_empty() { want } else { 0 };
-        match self.ring.submit_and_wait(want) {
-            Ok(_) => {
-                self.note_submitted();
-                Ok(())
-            }
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// Moves every available completion into `out` (cleared first), the backlog first; no
     /// allocation once its capacity covers a full completion queue and the backlog.
     pub fn completions_into(&mut self, out: &mut Vec<Completion>) {
@@ -1339,12 +1543,81 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    const TEST_SETUP: RingSetup = RingSetup {
+        defer_taskrun: true,
+        register_ring_fd: true,
+    };
+
     fn small_ring(entries: u32) -> Ring {
         let small = BufPoolSize {
             count: 8,
             size_bytes: 4096,
         };
-        Ring::new(entries, small, None, 0, 4, 1).expect("io_uring available")
+        Ring::new(entries, small, None, 0, 4, 1, TEST_SETUP).expect("io_uring available")
+    }
+
+    /// Every way of waiting (both task-run modes, registered ring or not; plain, busy-poll,
+    /// min-wait with a batch that never fills) hands over a completion that arrives while
+    /// the ring waits, and a min-wait ends with one completion instead of waiting for the
+    /// batch.
+    #[test]
+    fn every_wait_delivers_a_completion_that_arrives_while_waiting() {
+        let specs = [
+            WaitSpec {
+                busy_poll_us: 0,
+                batch: 1,
+                min_wait_us: 0,
+            },
+            WaitSpec {
+                busy_poll_us: 200,
+                batch: 1,
+                min_wait_us: 0,
+            },
+            WaitSpec {
+                busy_poll_us: 0,
+                batch: 64,
+                min_wait_us: 500,
+            },
+        ];
+        for defer_taskrun in [true, false] {
+            for register_ring_fd in [true, false] {
+                let setup = RingSetup {
+                    defer_taskrun,
+                    register_ring_fd,
+                };
+                let small = BufPoolSize {
+                    count: 8,
+                    size_bytes: 4096,
+                };
+                let mut ring = Ring::new(16, small, None, 0, 4, 1, setup).expect("io_uring");
+                assert_eq!(ring.ring_fd_registered(), register_ring_fd, "{setup:?}");
+                let wake = std::sync::Arc::new(crate::sys::net::EventFd::new().expect("eventfd"));
+                let mut batch = Vec::with_capacity(ring.completion_capacity());
+                for spec in specs {
+                    ring.read_eventfd(wake.raw(), 7);
+                    let waker = wake.clone();
+                    let writer = std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(5));
+                        waker.wake();
+                    });
+                    let started = Instant::now();
+                    let mut got = Vec::new();
+                    while got.is_empty() && started.elapsed() < Duration::from_secs(5) {
+                        ring.wait(spec).expect("wait");
+                        ring.completions_into(&mut batch);
+                        got.extend(batch.iter().map(|c| c.user_data));
+                    }
+                    writer.join().expect("writer");
+                    assert_eq!(got, vec![7], "{setup:?} {spec:?}");
+                    assert!(
+                        started.elapsed() < Duration::from_secs(1),
+                        "{setup:?} {spec:?}: a batch that never fills must not hold the one \
+                         completion ({:?})",
+                        started.elapsed()
+                    );
+                }
+            }
+        }
     }
 
     /// Takes completions until `n` arrived (bounded by `deadline`).

@@ -24,6 +24,7 @@ mod slot;
 mod sockets;
 pub(crate) mod ud;
 mod udp;
+pub mod wait;
 
 use crate::accesslog::ResponseFlags;
 use crate::conn;
@@ -34,7 +35,7 @@ use crate::lb::{mix_seed, Rng, WorkerLb};
 use crate::relay::{Dir, Event, Received};
 use crate::stats::{ListenerStat, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
-use crate::sys::{BufPoolSize, Completion, Ring, RingError};
+use crate::sys::{BufPoolSize, Completion, Ring, RingError, RingSetup, WaitSpec, Waited};
 use pipes::Pipes;
 use slot::Conn;
 use sockets::SocketSlots;
@@ -74,6 +75,8 @@ pub struct Limits {
     /// [`crate::sys::uring::DATAGRAM_BUFFER_BYTES`] of zero pages until used; a datagram
     /// holds one from its receive until its send completes.
     pub datagram_buffers_per_worker: u16,
+    /// How the worker waits for completions, per placement.
+    pub wait: wait::WaitConfig,
 }
 
 /// How the relay moves bytes between the two sockets of a connection.
@@ -133,6 +136,7 @@ impl Default for Limits {
             relay_mode: RelayMode::BufferRing,
             udp_sessions_per_worker: 16_384,
             datagram_buffers_per_worker: 256,
+            wait: wait::WaitConfig::default(),
         }
     }
 }
@@ -298,6 +302,14 @@ pub(crate) struct Worker {
     shed_log: LogLimit,
     /// Upstream `socket()` failures (logged at most every 5 s).
     socket_error_log: LogLimit,
+    /// Whether this worker has its core to itself (picks the wait policy).
+    placement: wait::PlacementDetector,
+    /// This thread's scheduler account (`/proc/thread-self/schedstat`), read once per
+    /// detection window while the placement is detected.
+    schedstat: Option<std::fs::File>,
+    next_detect_ms: u64,
+    /// The last wait found completions (a busy-poll is worth trying).
+    last_found_work: bool,
 }
 
 impl Worker {
@@ -310,6 +322,12 @@ impl Worker {
     ) -> Result<Worker, WorkerError> {
         let slots = limits.max_connections_per_worker;
         let ring = ring_for(&limits)?;
+        if limits.wait.registered_ring && !ring.ring_fd_registered() {
+            tracing::debug!(
+                worker = id,
+                "ring descriptor not registered (kernel before 5.18)"
+            );
+        }
         let seed = mix_seed(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -353,7 +371,15 @@ impl Worker {
             shed_count: 0,
             shed_log: LogLimit::default(),
             socket_error_log: LogLimit::default(),
+            placement: wait::PlacementDetector::new(limits.wait.placement),
+            schedstat: None,
+            next_detect_ms: 0,
+            last_found_work: false,
         };
+        if worker.placement.detecting() {
+            // Opened on the worker's own thread: thread-self is this thread from now on.
+            worker.schedstat = std::fs::File::open("/proc/thread-self/schedstat").ok();
+        }
         worker.batch = Vec::with_capacity(worker.ring.completion_capacity());
         worker.adopt_snapshot();
         Ok(worker)
@@ -368,11 +394,9 @@ impl Worker {
             Duration::from_millis(self.limits.tick_ms),
             ud::encode(Kind::Tick, 0, 0),
         );
+        self.note_placement(self.placement.own_core());
         loop {
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                tracing::error!(worker = self.id, error = %e, "io_uring_enter failed");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            self.wait();
             self.now_ms = self.started.elapsed().as_millis() as u64;
             self.shared
                 .server_stats
@@ -384,6 +408,7 @@ impl Worker {
                 ServerStat::WorkerCompletions,
                 batch.len() as u64,
             );
+            self.last_found_work = !batch.is_empty();
             for c in batch.iter() {
                 self.dispatch(*c);
             }
@@ -400,6 +425,60 @@ impl Worker {
         }
         self.close_all_listeners_now();
         self.shared.worker_exited(self.id);
+    }
+
+    /// Submits what the last batch queued and waits for more, as this worker's placement's
+    /// policy says.
+    fn wait(&mut self) {
+        let policy = self.limits.wait.policy(self.placement.own_core());
+        let spec = WaitSpec {
+            busy_poll_us: if self.last_found_work {
+                policy.busy_poll_us
+            } else {
+                0
+            },
+            batch: policy.wait_batch,
+            min_wait_us: policy.min_wait_us,
+        };
+        match self.ring.wait(spec) {
+            Ok(Waited::Polled) => self
+                .shared
+                .server_stats
+                .inc(self.id, ServerStat::WorkerBusyPollHits),
+            Ok(Waited::Ready | Waited::Slept) => {}
+            Err(e) => {
+                tracing::error!(worker = self.id, error = %e, "io_uring_enter failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Re-judges the placement once per window from this thread's run delay: one `pread`
+    /// of its schedstat per [`wait::DETECT_WINDOW_MS`], while the placement is detected.
+    fn detect_placement(&mut self) {
+        if !self.placement.detecting() || self.now_ms < self.next_detect_ms {
+            return;
+        }
+        self.next_detect_ms = self.now_ms + wait::DETECT_WINDOW_MS;
+        let account = self.schedstat.as_ref().and_then(|f| {
+            let mut text = [0u8; 96];
+            let n = std::os::unix::fs::FileExt::read_at(f, &mut text, 0).ok()?;
+            wait::parse_schedstat(&text[..n])
+        });
+        if let Some(own_core) = self.placement.sample(self.now_ms, account) {
+            tracing::debug!(worker = self.id, own_core, "worker placement changed");
+            self.note_placement(own_core);
+        }
+    }
+
+    /// Keeps `server.worker_own_core` (workers judging their core their own) current.
+    fn note_placement(&self, own_core: bool) {
+        let stats = &self.shared.server_stats;
+        if own_core {
+            stats.inc(self.id, ServerStat::WorkerOwnCore);
+        } else if stats.worker_value(self.id, ServerStat::WorkerOwnCore) > 0 {
+            stats.dec(self.id, ServerStat::WorkerOwnCore);
+        }
     }
 
     fn dispatch(&mut self, c: Completion) {
@@ -448,6 +527,7 @@ impl Worker {
         }
         self.expire_connections();
         self.udp_on_tick();
+        self.detect_placement();
     }
 
     fn accepting(&self) -> bool {
@@ -1115,6 +1195,10 @@ fn ring_for(limits: &Limits) -> Result<Ring, WorkerError> {
         limits.datagram_buffers_per_worker,
         slots,
         copies,
+        RingSetup {
+            defer_taskrun: limits.wait.taskrun == wait::TaskRun::Defer,
+            register_ring_fd: limits.wait.registered_ring,
+        },
     )
     .map_err(|e| match e {
         RingError::Refused(e) => WorkerError::IoUringRefused(e),
