@@ -68,6 +68,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -420,7 +421,7 @@ class Env:
         elif name == "switchyard":
             cfg = self.render(name, UDP_CONFIGS[name] if udp else "switchyard.yaml")
             cmd = ts + [PROXY, "run", "-c", cfg, "--concurrency", "1", "--drain-time-s", "0",
-                        "-l", "warn"]
+                        "-l", "warn"] + shlex.split(self.args.switchyard_args)
         elif name == "nginx":
             cfg = self.render(name, UDP_CONFIGS[name] if udp else "nginx.conf")
             cmd = ts + ["nginx", "-p", d + "/", "-c", cfg, "-e", os.path.join(d, "error.log")]
@@ -1043,7 +1044,8 @@ def markdown(results):
     lines += [
         f"- Machine: {a['machine']['describe']} ({a['machine']['cpu_model']}, kernel "
         f"{a['machine']['kernel']}), loopback 127.0.0.1, fd limit {a['machine']['fd_limit']}.",
-        f"- Versions: Switchyard {a['versions']['switchyard']} (release build, buffer-ring relay); "
+        f"- Versions: Switchyard {a['versions']['switchyard']} (release build, buffer-ring relay"
+        f"{', flags ' + repr(a['switchyard_args']) if a.get('switchyard_args') else ''}); "
         f"{a['versions']['nginx']}; {a['versions']['haproxy']}; Envoy {a['versions']['envoy']}. "
         "Configs: `bench/peers/` (tuning in bench/peers/README.md).",
         "- **floor** = `switchyard-bench forward`: a blocking read/write thread per direction "
@@ -1264,6 +1266,10 @@ def main():
                          "(default 4000,20000)")
     ap.add_argument("--port-base", type=int, default=16100)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--switchyard-args", default="", metavar="FLAGS",
+                    help="extra flags for `switchyard run` (a wait lever: --busy-poll-us 0, ...)")
+    ap.add_argument("--switchyard-bin", metavar="PATH",
+                    help="the switchyard binary to measure (default target/release/switchyard)")
     ap.add_argument("--no-install", action="store_true")
     ap.add_argument("--no-spinners", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
@@ -1331,6 +1337,8 @@ def main():
     if not args.no_build:
         log("bench-compare: cargo build --release --workspace")
         sh(["cargo", "build", "--release", "--workspace", "--quiet"], cwd=ROOT)
+    if args.switchyard_bin:
+        globals()["PROXY"] = os.path.abspath(args.switchyard_bin)
     for b in (PROXY, BENCH):
         if not os.access(b, os.X_OK):
             sys.exit(f"bench-compare: {b} missing (run without --no-build)")
@@ -1367,7 +1375,9 @@ def main():
                                                       "echo": ctx.env.echo,
                                                       "udp_echo": ctx.env.udp_echo,
                                                       **ctx.env.ports},
-                "command": " ".join(sys.argv)}
+                "command": " ".join(sys.argv), "switchyard_args": args.switchyard_args}
+        if args.switchyard_bin:
+            meta["versions"]["switchyard"] = f"binary {args.switchyard_bin}"
         results["meta"] = meta
         if not args.no_spinners:
             for cpu in sorted({LOAD_CPU, *[PLACEMENTS[p] for p in placements]}):

@@ -549,7 +549,7 @@ stat_block!(
 
 stat_block!(
     /// `server.*` stats kept by workers (the admin adds live, uptime, concurrency).
-    ServerStats, ServerStat, 9, {
+    ServerStats, ServerStat, 10, {
     /// Connections open on all listeners.
     TotalConnections => ("total_connections", Gauge),
     /// Access-log records dropped because the log queue was full.
@@ -562,6 +562,9 @@ stat_block!(
     /// Waits a busy-poll ended by finding completions, without sleeping (own core only).
     /// Switchyard's own stat.
     WorkerBusyPollHits => ("worker_busy_poll_hits", Counter),
+    /// Busy-polls that ran their whole budget without finding completions (then slept).
+    /// Switchyard's own stat.
+    WorkerBusyPollMisses => ("worker_busy_poll_misses", Counter),
     /// Workers that judge their core their own (`--placement`; detected unless fixed).
     /// Switchyard's own stat.
     WorkerOwnCore => ("worker_own_core", Gauge),

@@ -70,6 +70,8 @@ pub(crate) enum Waited {
     Ready,
     /// The busy-poll found completions before its budget ran out: no sleep.
     Polled,
+    /// The busy-poll ran its whole budget and found nothing; then slept.
+    Missed,
     /// Entered the kernel to sleep (it may have returned at once).
     Slept,
 }
@@ -549,7 +551,15 @@ impl Ring {
                 self.enter(0, true, None)?;
                 return Ok(Waited::Polled);
             }
+            self.sleep(spec)?;
+            return Ok(Waited::Missed);
         }
+        self.sleep(spec)?;
+        Ok(Waited::Slept)
+    }
+
+    /// Sleeps in the kernel until `spec`'s batch (or min-wait) is satisfied.
+    fn sleep(&mut self, spec: WaitSpec) -> io::Result<()> {
         if spec.batch > 1 && spec.min_wait_us > 0 && self.min_wait {
             let arg = GeteventsArg {
                 min_wait_usec: spec.min_wait_us,
@@ -559,7 +569,7 @@ impl Ring {
         } else {
             self.enter(1, true, None)?;
         }
-        Ok(Waited::Slept)
+        Ok(())
     }
 
     /// Watches the rings' shared memory (no system call) until a completion is posted or

@@ -441,10 +441,18 @@ impl Worker {
             min_wait_us: policy.min_wait_us,
         };
         match self.ring.wait(spec) {
-            Ok(Waited::Polled) => self
-                .shared
-                .server_stats
-                .inc(self.id, ServerStat::WorkerBusyPollHits),
+            Ok(Waited::Polled) => {
+                self.placement.note_spin(true);
+                self.shared
+                    .server_stats
+                    .inc(self.id, ServerStat::WorkerBusyPollHits);
+            }
+            Ok(Waited::Missed) => {
+                self.placement.note_spin(false);
+                self.shared
+                    .server_stats
+                    .inc(self.id, ServerStat::WorkerBusyPollMisses);
+            }
             Ok(Waited::Ready | Waited::Slept) => {}
             Err(e) => {
                 tracing::error!(worker = self.id, error = %e, "io_uring_enter failed");

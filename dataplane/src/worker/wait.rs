@@ -182,6 +182,21 @@ pub const BUSY_PER_MILLE: u64 = 50;
 /// core 0.5-0.6%, sharing it with its load and backends 12-59%.
 pub const SHARED_RUN_DELAY_PER_MILLE: u64 = 50;
 
+/// Busy-polls a window must have run before their hit rate counts.
+pub const SPIN_MIN_ATTEMPTS: u64 = 64;
+
+/// Share of busy-polls that must find completions, in thousandths, for spinning to pay. On
+/// a shared core a spinning worker keeps the very processes that would produce its
+/// completions off the CPU, so its busy-polls find nothing (0 of 150,000 in 3 s measured);
+/// alone on its core they find work at once under request/response load.
+pub const SPIN_MIN_HIT_PER_MILLE: u64 = 250;
+
+/// How long a worker whose busy-polls did not pay stays judged shared before it tries its
+/// own-core policy again; doubled at each failure up to [`SPIN_HOLD_MAX_MS`].
+pub const SPIN_HOLD_MIN_MS: u64 = 1000;
+/// See [`SPIN_HOLD_MIN_MS`].
+pub const SPIN_HOLD_MAX_MS: u64 = 64_000;
+
 /// One thread's account from the scheduler (`/proc/<pid>/task/<tid>/schedstat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedAccount {
@@ -191,15 +206,20 @@ pub struct SchedAccount {
     pub run_delay_ns: u64,
 }
 
-/// Judges, from the scheduler's account of one thread, whether that thread has its CPU to
-/// itself: over each busy window of wall-clock time, the share it spent runnable but not
-/// running. Detected placements start shared (never spin without evidence) and turn own at
-/// the first busy window that shows so.
+/// Judges whether a thread has its CPU to itself, over each busy window of wall-clock time:
+/// from the scheduler's account, the share it spent runnable but not running, and from its
+/// own busy-polls, whether they find work. Detected placements start shared (never spin
+/// without evidence) and turn own at the first busy window that shows so; busy-polls that
+/// do not pay turn them shared for a hold that doubles at each failure.
 #[derive(Debug, Clone)]
 pub struct PlacementDetector {
     fixed: bool,
     own_core: bool,
     window: Option<(u64, SchedAccount)>,
+    spin_attempts: u64,
+    spin_hits: u64,
+    hold_until_ms: u64,
+    hold_ms: u64,
 }
 
 impl PlacementDetector {
@@ -209,7 +229,17 @@ impl PlacementDetector {
             fixed: placement != Placement::Auto,
             own_core: placement == Placement::Own,
             window: None,
+            spin_attempts: 0,
+            spin_hits: 0,
+            hold_until_ms: 0,
+            hold_ms: SPIN_HOLD_MIN_MS,
         }
+    }
+
+    /// Counts one busy-poll, and whether it found completions.
+    pub fn note_spin(&mut self, found: bool) {
+        self.spin_attempts += 1;
+        self.spin_hits += u64::from(found);
     }
 
     /// Whether the thread has its core to itself, as last judged.
@@ -241,12 +271,29 @@ impl PlacementDetector {
             return None;
         }
         self.window = Some((now_ms, account));
+        let (attempts, hits) = (self.spin_attempts, self.spin_hits);
+        (self.spin_attempts, self.spin_hits) = (0, 0);
         let per_mille = |ns: u64| ns / 1000 / window_ms;
         if per_mille(account.cpu_ns.saturating_sub(start.cpu_ns)) < BUSY_PER_MILLE {
             return None;
         }
+        let spins_counted = attempts >= SPIN_MIN_ATTEMPTS;
+        if spins_counted && hits * 1000 < attempts * SPIN_MIN_HIT_PER_MILLE {
+            self.hold_until_ms = now_ms + self.hold_ms;
+            self.hold_ms = (self.hold_ms * 2).min(SPIN_HOLD_MAX_MS);
+            return self.judge(false);
+        }
+        if spins_counted {
+            self.hold_ms = SPIN_HOLD_MIN_MS;
+        }
         let waited = per_mille(account.run_delay_ns.saturating_sub(start.run_delay_ns));
-        self.judge(waited < SHARED_RUN_DELAY_PER_MILLE)
+        if waited >= SHARED_RUN_DELAY_PER_MILLE {
+            return self.judge(false);
+        }
+        if now_ms < self.hold_until_ms {
+            return None;
+        }
+        self.judge(true)
     }
 
     fn judge(&mut self, own_core: bool) -> Option<bool> {
@@ -346,6 +393,61 @@ mod tests {
         );
         assert_eq!(d.sample(1000, account(231, 20)), None, "idle: stays shared");
         assert!(!d.own_core());
+    }
+
+    #[test]
+    fn busy_polls_that_find_nothing_mean_sharing_for_a_doubling_hold() {
+        let mut d = PlacementDetector::new(Placement::Auto);
+        d.sample(0, account(0, 0));
+        assert_eq!(
+            d.sample(250, account(200, 0)),
+            Some(true),
+            "no waiting: own"
+        );
+        for _ in 0..100 {
+            d.note_spin(false);
+        }
+        assert_eq!(
+            d.sample(500, account(450, 0)),
+            Some(false),
+            "spins miss: shared"
+        );
+        assert_eq!(d.sample(750, account(700, 0)), None, "held shared for 1 s");
+        assert_eq!(d.sample(1000, account(950, 0)), None);
+        assert_eq!(
+            d.sample(1500, account(1400, 0)),
+            Some(true),
+            "hold over: own again"
+        );
+        for _ in 0..100 {
+            d.note_spin(false);
+        }
+        assert_eq!(d.sample(1750, account(1650, 0)), Some(false));
+        assert_eq!(d.sample(3500, account(3000, 0)), None, "second hold: 2 s");
+        assert_eq!(d.sample(3750, account(3200, 0)), Some(true));
+    }
+
+    #[test]
+    fn busy_polls_that_pay_keep_the_core_own() {
+        let mut d = PlacementDetector::new(Placement::Auto);
+        d.sample(0, account(0, 0));
+        d.sample(250, account(200, 0));
+        for i in 0..100 {
+            d.note_spin(i % 2 == 0);
+        }
+        assert_eq!(
+            d.sample(500, account(450, 0)),
+            None,
+            "half the spins hit: stays own"
+        );
+        assert!(d.own_core());
+        d.note_spin(false);
+        assert_eq!(
+            d.sample(750, account(700, 0)),
+            None,
+            "too few spins to count"
+        );
+        assert!(d.own_core());
     }
 
     #[test]
