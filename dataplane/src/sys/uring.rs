@@ -48,7 +48,9 @@ pub(crate) struct RingSetup {
     /// `IORING_SETUP_DEFER_TASKRUN` (completion work runs only when the worker waits), else
     /// `IORING_SETUP_COOP_TASKRUN` (at its next system call or wake-up).
     pub defer_taskrun: bool,
-    /// Register the ring's own descriptor so each `io_uring_enter` skips its lookup.
+    /// Register the ring's own descriptor so each `io_uring_enter` skips its lookup. The
+    /// index is the creating thread's: the ring must be used on that thread (as a worker's
+    /// is).
     pub register_ring_fd: bool,
 }
 
@@ -1703,9 +1705,20 @@ mod tests {
     fn a_kernel_that_refuses_submissions_never_blocks_a_push() {
         // A single-issuer ring used from another thread: every submission fails (EEXIST), so
         // room in the submission queue never comes back. The old push retried forever;
-        // now each entry that cannot go in completes at once with the kernel's error.
+        // now each entry that cannot go in completes at once with the kernel's error. (Not
+        // registered: a registered ring index belongs to the thread that registered it, and
+        // another thread's enters fail with EINVAL before the single-issuer check.)
         let (tx, rx) = std::sync::mpsc::channel();
-        let moved = Moved(small_ring(4));
+        let small = BufPoolSize {
+            count: 8,
+            size_bytes: 4096,
+        };
+        let setup = RingSetup {
+            register_ring_fd: false,
+            ..TEST_SETUP
+        };
+        let ring = Ring::new(4, small, None, 0, 4, 1, setup).expect("io_uring available");
+        let moved = Moved(ring);
         std::thread::spawn(move || {
             let whole = moved;
             let mut ring = whole.0;

@@ -2,6 +2,8 @@
 //!
 //! The loop is DPDK's l3fwd shape: submit what the last batch asked for and wait for at least
 //! one completion in a single `io_uring_enter`, then handle every completion of the batch.
+//! How it waits depends on whether the worker has its core to itself ([`wait`]): on its own
+//! core it first looks for completions for a few microseconds without a system call.
 //!
 //! Guarantees:
 //! - **No locks, no blocking.** The worker reads the published [`Snapshot`] through an
