@@ -786,7 +786,7 @@ mod tests {
         assert_eq!(
             text,
             "server.concurrency: 2\nserver.live: 1\nserver.state: 0\nserver.total_connections: 1\n\
-             server.uptime: 0\n"
+             server.uptime: 0\nserver.worker_own_core: 0\n"
         );
         assert!(Selection::from_query(&Query::parse("filter=(")).is_err());
         assert!(Selection::from_query(&Query::parse("type=Nope")).is_err());
