@@ -322,8 +322,22 @@ impl DataPlane {
 
     /// Stops accepting and closes every listener socket, so new connections are refused;
     /// open connections continue (POST /drain_listeners, and the start of a shutdown).
+    ///
+    /// Each worker serves what its sockets had accepted or queued, then stops them listening,
+    /// so a newer process on the same ports (a rolling update) takes every new connection. A
+    /// connection the kernel completes between a worker's last accept and that moment moves
+    /// to the newer process only with `net.ipv4.tcp_migrate_req = 1`; otherwise it is reset,
+    /// and the drain says so in its log.
     pub fn drain_listeners(&self) {
         if self.shared.phase() == Phase::Running {
+            let has_tcp = !self.shared.snapshot.load().listeners.is_empty();
+            if has_tcp && net::tcp_migrate_req() == Some(false) {
+                tracing::info!(
+                    "draining with net.ipv4.tcp_migrate_req = 0: a connection that completes \
+while a listener closes is reset instead of moving to another process on its port (set it to \
+1 for rolling updates)"
+                );
+            }
             self.set_phase(Phase::Draining);
             let fib = self.shared.snapshot.load().fib.clone();
             self.store_snapshot(fib, Vec::new(), Vec::new());

@@ -527,3 +527,49 @@ fn a_lagging_worker_keeps_a_removed_listeners_descriptor_until_it_lets_go() {
     );
     plane.shutdown(Duration::from_millis(100));
 }
+
+/// Connections the kernel completes while the plane drains its listeners (the worker has
+/// not yet stopped its accept, or has stopped it but not yet closed the socket) count as
+/// connected for their clients: each is served, byte-exact, and only then does the listener
+/// stop listening. The worker is held in its adoption of the drain so that every connection
+/// lands in that window; a drain used to close what it accepted there and reset what was
+/// still queued.
+fn a_drain_serves_what_the_kernel_completed(mode: RelayMode) {
+    let backend = echo_backend();
+    let (plane, _f, listen) = start_plane(mode, backend);
+    plane.delay_next_adoption_for_test(Duration::from_millis(600));
+    std::thread::scope(|scope| {
+        let drain = scope.spawn(|| plane.drain_listeners());
+        std::thread::sleep(Duration::from_millis(100));
+        let mut clients: Vec<TcpStream> = (0..24)
+            .map(|_| TcpStream::connect(listen).expect("the listener still listens"))
+            .collect();
+        for (seed, c) in clients.iter_mut().enumerate() {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert!(
+                echo_bulk(c, 4096, seed as u32),
+                "connection {seed}, completed during the drain, was not served"
+            );
+        }
+        drain.join().unwrap();
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect_timeout(&listen, Duration::from_secs(1)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drained listener still accepts"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    plane.shutdown(Duration::from_millis(100));
+}
+
+#[test]
+fn a_drain_serves_what_the_kernel_completed_buffer_ring() {
+    a_drain_serves_what_the_kernel_completed(RelayMode::BufferRing);
+}
+
+#[test]
+fn a_drain_serves_what_the_kernel_completed_splice() {
+    a_drain_serves_what_the_kernel_completed(RelayMode::Splice);
+}

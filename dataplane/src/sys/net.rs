@@ -218,6 +218,41 @@ pub(crate) fn close(fd: RawFd) {
     }
 }
 
+/// Accepts one connection already waiting in listening socket `fd`'s queue, without waiting
+/// for one (the listener is made non-blocking first; only its own worker accepts on it, and
+/// only once it stopped its multishot accept). `nonblocking` makes the accepted socket
+/// non-blocking too. `Ok(None)` when the queue is empty.
+pub(crate) fn accept_queued(fd: RawFd, nonblocking: bool) -> io::Result<Option<RawFd>> {
+    with_socket(fd, |listener| {
+        listener.set_nonblocking(true)?;
+        match listener.accept() {
+            Ok((socket, _)) => {
+                socket.set_nonblocking(nonblocking)?;
+                Ok(Some(std::os::fd::IntoRawFd::into_raw_fd(socket)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Stops listening socket `fd` listening without closing it (`shutdown(SHUT_RD)`): the
+/// kernel takes it out of its SO_REUSEPORT group at once, so new connections go to the
+/// group's other sockets (another worker's, or a newer process's during a handover), and
+/// the connections still in its queue move to one of them when `net.ipv4.tcp_migrate_req`
+/// is 1, or are reset. The descriptor stays open until its owner closes it.
+pub(crate) fn stop_listening(fd: RawFd) {
+    let _ = with_socket(fd, |s| s.shutdown(std::net::Shutdown::Read));
+}
+
+/// `net.ipv4.tcp_migrate_req` of this process's network namespace: whether the connections
+/// queued on a closing SO_REUSEPORT listener move to another socket of its group. `None`
+/// when the kernel has no such setting (before Linux 5.14) or it cannot be read.
+pub(crate) fn tcp_migrate_req() -> Option<bool> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok()?;
+    Some(text.trim() != "0")
+}
+
 /// Sets SO_LINGER {1,0} and closes: the peer gets a reset.
 pub(crate) fn reset_and_close(fd: RawFd) {
     if fd >= 0 {
@@ -437,4 +472,32 @@ pub fn raise_fd_limit() -> u64 {
     // SAFETY: setrlimit reads a live struct.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     lim.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    /// What a drain does to one worker's socket: the queue is taken without waiting, then
+    /// the socket leaves the port, and the next client is refused.
+    #[test]
+    fn a_listener_gives_up_its_queue_then_stops_listening() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let listener = listen_reuseport(addr, 16, false).unwrap();
+        let fd = listener.as_raw_fd();
+        let addr = local_addr(fd).unwrap();
+        let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let mut taken = Vec::new();
+        while let Some(conn) = accept_queued(fd, true).unwrap() {
+            taken.push(conn);
+        }
+        assert_eq!(taken.len(), clients.len(), "every queued connection taken");
+        stop_listening(fd);
+        assert!(TcpStream::connect(addr).is_err(), "refused once stopped");
+        for conn in taken {
+            assert_eq!(peer_addr(conn).map(|a| a.ip()), Some(addr.ip()));
+            close(conn);
+        }
+    }
 }

@@ -668,13 +668,16 @@ impl Worker {
         // Stop listeners whose sockets are gone from the snapshot; follow moved indices.
         for i in 0..self.listeners.len() {
             if self.listeners.leave_if_removed(i, &snapshot.listeners) {
-                self.stop_accepting(i);
-                self.let_go_of_listener(i);
                 // A listener removed by a config change drains its connections; when the
-                // whole plane drains, the shutdown deadline applies instead.
+                // whole plane drains, the shutdown deadline applies instead, and what the
+                // listener still accepts is served (the FIB is unchanged).
                 if self.shared.phase() == Phase::Running {
                     self.mark_listener_conns_draining(i);
+                } else {
+                    self.listeners[i].drained_in_generation = Some(self.snapshot_generation);
                 }
+                self.stop_accepting(i);
+                self.let_go_of_listener(i);
             }
         }
         // Start the snapshot's listeners this worker does not have yet.
@@ -747,14 +750,51 @@ impl Worker {
         self.udp_close_all_sockets();
     }
 
-    /// Gives up TCP listener slot `i`'s sockets once it is closed and its accept ended: what
-    /// was queued on the descriptor goes to the kernel first, then the reference is dropped
-    /// (the last holder's drop closes the sockets: once per removed listener, never in steady
-    /// state).
+    /// Gives up TCP listener slot `i`'s sockets once it is closed and its accept ended: a
+    /// drained listener's queue is served first, then this worker's socket stops listening
+    /// (so the kernel sends new connections to the port's other sockets at once, not when
+    /// the last worker lets go), what was queued on the descriptor goes to the kernel, and
+    /// the reference is dropped (the last holder's drop closes the sockets). Once per
+    /// removed listener, never in steady state.
     fn let_go_of_listener(&mut self, i: usize) {
+        let serves = self.serves_drained(i);
+        let (fd, fib_index) = (self.listeners[i].fd, self.listeners[i].fib_index);
         if let Some(sockets) = self.listeners.let_go(i) {
+            if serves {
+                self.serve_queued(i, fib_index, fd);
+            }
+            net::stop_listening(fd);
             self.ring.submit();
             drop(sockets);
+        }
+    }
+
+    /// Whether TCP listener slot `i`, closed by the plane's drain, still routes what it
+    /// accepts: the plane drains (not stopped) and the FIB is the one it closed under.
+    fn serves_drained(&self, i: usize) -> bool {
+        self.phase_now() == Phase::Draining
+            && self.listeners[i].drained_in_generation == Some(self.snapshot_generation)
+    }
+
+    /// The plane's phase as published (this worker may not have followed it yet).
+    fn phase_now(&self) -> Phase {
+        self.shared.phase()
+    }
+
+    /// Serves the connections the kernel completed on a drained listener's socket before it
+    /// stops listening (their clients already count them as connected; a close would reset
+    /// them). Bounded by the listener's backlog.
+    fn serve_queued(&mut self, listener_slot: usize, fib_index: usize, fd: RawFd) {
+        let nonblocking = self.socket_flags() & libc::SOCK_NONBLOCK != 0;
+        loop {
+            match net::accept_queued(fd, nonblocking) {
+                Ok(Some(conn_fd)) => self.new_connection(listener_slot, fib_index, conn_fd),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "accepting a drained listener's queue");
+                    return;
+                }
+            }
         }
     }
 
@@ -818,7 +858,15 @@ impl Worker {
             return;
         }
         let fd = c.result;
-        if !open || !self.accepting() {
+        // The kernel completed this connection: its client counts it as connected. Served
+        // while the listener routes (open, or closed by a drain under the same FIB); closed
+        // only once the plane stops or the listener is gone from the FIB.
+        let routes = if open {
+            self.phase_now() != Phase::Stopped
+        } else {
+            self.serves_drained(i)
+        };
+        if !routes {
             net::close(fd);
             return;
         }

@@ -36,6 +36,10 @@ pub(super) struct SocketSlot {
     pub rearm_on_tick: bool,
     /// A receive ended for lack of provided buffers: re-armed when buffers come back (UDP).
     pub starved: bool,
+    /// Closed by a drain of the whole plane while the FIB had this generation: connections
+    /// it accepted after that are still served, because `fib_index` holds as long as the
+    /// generation does (TCP).
+    pub drained_in_generation: Option<u64>,
     /// Keeps `fd` open while the slot may use it.
     sockets: Option<Arc<ListenerSockets>>,
 }
@@ -102,6 +106,7 @@ impl SocketSlots {
                     nonce: 0,
                     rearm_on_tick: false,
                     starved: false,
+                    drained_in_generation: None,
                     sockets: None,
                 });
                 self.0.len() - 1
@@ -115,6 +120,7 @@ impl SocketSlots {
         s.nonce = ud::next_nonce(s.nonce);
         s.rearm_on_tick = false;
         s.starved = false;
+        s.drained_in_generation = None;
         s.sockets = Some(sockets.clone());
         Some(i)
     }
