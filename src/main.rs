@@ -84,30 +84,8 @@ enum Command {
         #[arg(long, allow_negative_numbers = true,
               value_parser = clap::value_parser!(u16).range(1..))]
         readiness_port: Option<u16>,
-        /// Whether workers have their cores to themselves (own), share them with the
-        /// processes they serve (shared), or judge it from how long they wait for their CPU
-        /// (auto: at start and every second). Picks how a worker waits for completions.
-        #[arg(long, default_value_t = Placement::Auto, value_parser = parse_placement)]
-        placement: Placement,
-        /// Before sleeping, a worker with its own core looks for completions this many
-        /// microseconds without a system call (0 to 1000; default: the own-core policy's).
-        #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(0..=1000))]
-        busy_poll_us: Option<u32>,
-        /// A sleeping worker wakes once this many completions are pending, or after
-        /// --min-wait-us with at least one (1 to 4096; default: the placement's policy).
-        #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=4096))]
-        wait_batch: Option<u32>,
-        /// The most a completion waits for --wait-batch to fill, in microseconds (0 to 1000;
-        /// 0: wake at the first completion; default: the placement's policy).
-        #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(0..=1000))]
-        min_wait_us: Option<u32>,
-        /// When the kernel runs completion work: defer (only when the worker waits) or coop
-        /// (at its next system call or wake-up).
-        #[arg(long, default_value_t = TaskRun::Defer, value_parser = parse_taskrun)]
-        taskrun: TaskRun,
-        /// Register each worker's ring descriptor, so no io_uring_enter looks it up.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        registered_ring: bool,
+        #[command(flatten)]
+        wait: WaitFlags,
     },
     /// Check a bootstrap file and exit: 0 when valid, 1 with the bad field's path when not.
     Validate {
@@ -253,33 +231,58 @@ fn parse_taskrun(s: &str) -> Result<TaskRun, String> {
     s.parse()
 }
 
-/// The wait configuration: the defaults per placement, with the flags given on top.
-fn wait_config(
+/// How workers wait for completions (`switchyard run`): the placement's policy, with these
+/// flags on top.
+#[derive(clap::Args, Debug)]
+struct WaitFlags {
+    /// Whether workers have their cores to themselves (own), share them with the
+    /// processes they serve (shared), or judge it from how long they wait for their CPU
+    /// (auto: at start and every second). Picks how a worker waits for completions.
+    #[arg(long, default_value_t = Placement::Auto, value_parser = parse_placement)]
     placement: Placement,
+    /// Before sleeping, a worker with its own core looks for completions this many
+    /// microseconds without a system call (0 to 1000; default: the own-core policy's).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(0..=1000))]
     busy_poll_us: Option<u32>,
+    /// A sleeping worker wakes once this many completions are pending, or after
+    /// --min-wait-us with at least one (1 to 4096; default: the placement's policy).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=4096))]
     wait_batch: Option<u32>,
+    /// The most a completion waits for --wait-batch to fill, in microseconds (0 to 1000;
+    /// 0: wake at the first completion; default: the placement's policy).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(0..=1000))]
     min_wait_us: Option<u32>,
+    /// When the kernel runs completion work: defer (only when the worker waits) or coop
+    /// (at its next system call or wake-up).
+    #[arg(long, default_value_t = TaskRun::Defer, value_parser = parse_taskrun)]
     taskrun: TaskRun,
+    /// Register each worker's ring descriptor, so no io_uring_enter looks it up.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     registered_ring: bool,
-) -> WaitConfig {
-    let mut config = WaitConfig {
-        placement,
-        taskrun,
-        registered_ring,
-        ..WaitConfig::default()
-    };
-    if let Some(us) = busy_poll_us {
-        config.own.busy_poll_us = us;
-    }
-    for policy in [&mut config.own, &mut config.shared] {
-        if let Some(n) = wait_batch {
-            policy.wait_batch = n;
+}
+
+impl From<WaitFlags> for WaitConfig {
+    /// The defaults per placement, with the flags given on top.
+    fn from(flags: WaitFlags) -> WaitConfig {
+        let mut config = WaitConfig {
+            placement: flags.placement,
+            taskrun: flags.taskrun,
+            registered_ring: flags.registered_ring,
+            ..WaitConfig::default()
+        };
+        if let Some(us) = flags.busy_poll_us {
+            config.own.busy_poll_us = us;
         }
-        if let Some(us) = min_wait_us {
-            policy.min_wait_us = us;
+        for policy in [&mut config.own, &mut config.shared] {
+            if let Some(n) = flags.wait_batch {
+                policy.wait_batch = n;
+            }
+            if let Some(us) = flags.min_wait_us {
+                policy.min_wait_us = us;
+            }
         }
+        config
     }
-    config
 }
 
 fn init_logging(level: &str) {
@@ -310,12 +313,7 @@ fn main() -> ExitCode {
             service_cluster,
             state_dir,
             readiness_port,
-            placement,
-            busy_poll_us,
-            wait_batch,
-            min_wait_us,
-            taskrun,
-            registered_ring,
+            wait,
         } => {
             init_logging(&log_level);
             let limits = Limits {
@@ -324,14 +322,7 @@ fn main() -> ExitCode {
                 buffer_size_bytes: buffer_size_kib * 1024,
                 large_buffer_size_bytes: large_buffer_size_kib * 1024,
                 udp_sessions_per_worker: udp_sessions_per_worker as usize,
-                wait: wait_config(
-                    placement,
-                    busy_poll_us,
-                    wait_batch,
-                    min_wait_us,
-                    taskrun,
-                    registered_ring,
-                ),
+                wait: wait.into(),
                 ..Limits::default()
             };
             let options = RunOptions {

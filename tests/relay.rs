@@ -205,10 +205,6 @@ fn backend_killed_mid_stream_gives_prefix_then_close(mode: RelayMode) {
     assert!(data == Prng::bytes(5, data.len()), "prefix content");
 }
 
-/// Longest a 64-byte round may take (an echo over loopback takes well under a millisecond;
-/// the bound only separates slow from stalled).
-const ROUND_BOUND: Duration = Duration::from_secs(2);
-
 /// `conns` connections through one worker, all open at once, each doing `rounds` closed-loop
 /// rounds of 64 bytes against an echo backend: every round is answered, byte-exact, within
 /// [`ROUND_BOUND`], and every connection ends with a clean EOF after the client's FIN.
@@ -220,34 +216,9 @@ fn request_response_rounds(mode: RelayMode, conns: u64, rounds: u64) {
     let start = Barrier::new(conns as usize);
     let failures = on_connections(conns, move |i| {
         let mut s = connect_retry(addr, Duration::from_secs(5));
-        s.set_read_timeout(Some(ROUND_BOUND)).unwrap();
         // Every connection relays before the rounds start, so they overlap.
         start.wait();
-        let mut back = [0u8; 64];
-        for r in 0..rounds {
-            let msg = Prng::bytes(i * 1_000_000 + r, 64);
-            let t = Instant::now();
-            s.write_all(&msg)
-                .map_err(|e| format!("conn {i} round {r}: write: {e}"))?;
-            s.read_exact(&mut back).map_err(|e| {
-                format!("conn {i} round {r}: no answer after {:?}: {e}", t.elapsed())
-            })?;
-            if back[..] != msg[..] {
-                return Err(format!("conn {i} round {r}: echo differs"));
-            }
-            if t.elapsed() > ROUND_BOUND {
-                return Err(format!("conn {i} round {r}: took {:?}", t.elapsed()));
-            }
-        }
-        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-        let (rest, end) = read_all(&mut s, 1024);
-        if !rest.is_empty() || end != End::Eof {
-            return Err(format!(
-                "conn {i}: expected a clean EOF, got {} bytes then {end:?}",
-                rest.len()
-            ));
-        }
-        Ok(())
+        echo_rounds(&mut s, i, rounds)
     });
     assert_no_failures(&failures, conns, mode, &proxy);
 }
@@ -269,19 +240,6 @@ fn on_connections(
         .into_iter()
         .filter_map(|h| h.join().expect("client thread").err())
         .collect()
-}
-
-/// Connection `i`'s exchange with an echo: everything sent came back, byte-exact, then a
-/// clean end of stream.
-fn echoed_exactly(i: u64, x: &Exchange) -> Result<(), String> {
-    if x.write_error.is_some()
-        || x.end != End::Eof
-        || x.received != x.sent
-        || x.received_sha != x.sent_sha
-    {
-        return Err(format!("conn {i}: {x:?}"));
-    }
-    Ok(())
 }
 
 fn assert_no_failures(failures: &[String], conns: u64, mode: RelayMode, proxy: &Proxy) {

@@ -1,28 +1,28 @@
 //! Every way a worker can wait (`--placement`, `--busy-poll-us`, `--wait-batch` with
 //! `--min-wait-us`, `--taskrun`, `--registered-ring`) relays correctly under load: 8
 //! connections doing request/response rounds at once while 4 more move 8 MiB each way,
-//! byte-exact, through one worker. A spinning worker counts its busy-polls; a shared one
-//! never spins.
+//! byte-exact, through one worker, in both relay modes. A spinning worker counts its
+//! busy-polls; a shared one never spins.
 //!
 //! Switchyard only (these are its own flags); the Envoy pass skips with the reason.
 
+#[macro_use]
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ROUND_CONNS: u64 = 8;
 const ROUNDS: u64 = 300;
 const BULK_CONNS: u64 = 4;
 const BULK_BYTES: u64 = 8 * 1024 * 1024;
-const ROUND_BOUND: Duration = Duration::from_secs(2);
 
-/// One listener -> one echo cluster through one worker started with `args`.
-fn gateway(backend: &Backend, args: &[&str]) -> Option<(Proxy, SocketAddr)> {
+/// One listener -> one echo cluster through one worker relaying in `mode`, started with
+/// `args`.
+fn gateway(backend: &Backend, mode: RelayMode, args: &[&str]) -> Option<(Proxy, SocketAddr)> {
     let kind = selected_proxy();
     if kind == ProxyKind::Envoy {
         skip_unsupported(kind, "wait policies are Switchyard's own flags");
@@ -38,10 +38,12 @@ fn gateway(backend: &Backend, args: &[&str]) -> Option<(Proxy, SocketAddr)> {
         &tcp_listener("l4", port, "l4", "be"),
         &static_cluster("be", &[(backend.addr, 1)]),
     );
-    let opts = ProxyOpts {
+    let mut opts = ProxyOpts {
         switchyard_args: args.iter().map(|a| a.to_string()).collect(),
         ..ProxyOpts::default()
     };
+    opts.switchyard_args
+        .extend(["--relay-mode".to_string(), mode.arg().to_string()]);
     Some((Proxy::start_with(kind, &yaml, opts), local(port)))
 }
 
@@ -66,55 +68,33 @@ fn loaded_relay(addr: SocketAddr) -> Vec<String> {
 
 fn rounds(addr: SocketAddr, i: u64, start: &Barrier) -> Result<(), String> {
     let mut s = connect_retry(addr, Duration::from_secs(5));
-    s.set_read_timeout(Some(ROUND_BOUND)).unwrap();
     start.wait();
-    let mut back = [0u8; 64];
-    for r in 0..ROUNDS {
-        let msg = Prng::bytes(i * 1_000_000 + r, 64);
-        let t = Instant::now();
-        s.write_all(&msg)
-            .map_err(|e| format!("rr conn {i} round {r}: write: {e}"))?;
-        s.read_exact(&mut back).map_err(|e| {
-            format!(
-                "rr conn {i} round {r}: no answer after {:?}: {e}",
-                t.elapsed()
-            )
-        })?;
-        if back[..] != msg[..] {
-            return Err(format!("rr conn {i} round {r}: echo differs"));
-        }
-    }
-    s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-    let (rest, end) = read_all(&mut s, 1024);
-    if !rest.is_empty() || end != End::Eof {
-        return Err(format!("rr conn {i}: {} bytes then {end:?}", rest.len()));
-    }
-    Ok(())
+    echo_rounds(&mut s, i, ROUNDS).map_err(|e| format!("rr {e}"))
 }
 
 fn bulk(addr: SocketAddr, i: u64, start: &Barrier) -> Result<(), String> {
     let s = connect_retry(addr, Duration::from_secs(5));
     start.wait();
     let x = exchange(s, 77 + i, BULK_BYTES);
-    if x.write_error.is_some()
-        || x.end != End::Eof
-        || x.sent != BULK_BYTES
-        || x.received != x.sent
-        || x.received_sha != x.sent_sha
-    {
-        return Err(format!("bulk conn {i}: {x:?}"));
+    if x.sent != BULK_BYTES {
+        return Err(format!("bulk conn {i}: sent {} of {BULK_BYTES}", x.sent));
     }
-    Ok(())
+    echoed_exactly(i, &x).map_err(|e| format!("bulk {e}"))
 }
 
-/// Runs the loaded relay through a worker started with `args`; returns the proxy's stats.
-fn relays_loaded_with(args: &[&str]) -> Option<std::collections::BTreeMap<String, u64>> {
+/// Runs the loaded relay through a worker relaying in `mode`, started with `args`; returns
+/// the proxy's stats.
+fn relays_loaded_with(
+    mode: RelayMode,
+    args: &[&str],
+) -> Option<std::collections::BTreeMap<String, u64>> {
     let be = Backend::echo();
-    let (proxy, addr) = gateway(&be, args)?;
+    let (proxy, addr) = gateway(&be, mode, args)?;
     let failures = loaded_relay(addr);
     assert!(
         failures.is_empty(),
-        "{args:?}: {} of {} connections failed: {:?}\n{}",
+        "{args:?} ({} mode): {} of {} connections failed: {:?}\n{}",
+        mode.arg(),
         failures.len(),
         ROUND_CONNS + BULK_CONNS,
         &failures[..failures.len().min(8)],
@@ -128,9 +108,18 @@ fn busy_polls(stats: &std::collections::BTreeMap<String, u64>) -> u64 {
     stats["server.worker_busy_poll_hits"] + stats["server.worker_busy_poll_misses"]
 }
 
-#[test]
-fn an_own_core_worker_spins_and_relays_exactly() {
-    let Some(stats) = relays_loaded_with(&["--placement", "own", "--busy-poll-us", "100"]) else {
+in_both_relay_modes!(
+    an_own_core_worker_spins_and_relays_exactly,
+    a_shared_core_worker_never_spins_and_relays_exactly,
+    a_detected_placement_relays_exactly,
+    min_wait_batches_relay_exactly,
+    coop_taskrun_relays_exactly,
+    an_unregistered_ring_relays_exactly,
+);
+
+fn an_own_core_worker_spins_and_relays_exactly(mode: RelayMode) {
+    let Some(stats) = relays_loaded_with(mode, &["--placement", "own", "--busy-poll-us", "100"])
+    else {
         return;
     };
     assert_eq!(stats["server.worker_own_core"], 1);
@@ -140,9 +129,8 @@ fn an_own_core_worker_spins_and_relays_exactly() {
     );
 }
 
-#[test]
-fn a_shared_core_worker_never_spins_and_relays_exactly() {
-    let Some(stats) = relays_loaded_with(&["--placement", "shared", "--busy-poll-us", "100"])
+fn a_shared_core_worker_never_spins_and_relays_exactly(mode: RelayMode) {
+    let Some(stats) = relays_loaded_with(mode, &["--placement", "shared", "--busy-poll-us", "100"])
     else {
         return;
     };
@@ -150,36 +138,35 @@ fn a_shared_core_worker_never_spins_and_relays_exactly() {
     assert_eq!(busy_polls(&stats), 0, "a shared core never spins");
 }
 
-#[test]
-fn a_detected_placement_relays_exactly() {
-    let Some(stats) = relays_loaded_with(&["--placement", "auto"]) else {
+fn a_detected_placement_relays_exactly(mode: RelayMode) {
+    let Some(stats) = relays_loaded_with(mode, &["--placement", "auto"]) else {
         return;
     };
     assert!(stats["server.worker_own_core"] <= 1);
 }
 
-#[test]
-fn min_wait_batches_relay_exactly() {
+fn min_wait_batches_relay_exactly(mode: RelayMode) {
     // A batch that 12 connections rarely fill: every wake-up but the busiest ends on the
     // min-wait, which must hand over what arrived instead of holding it.
-    relays_loaded_with(&[
-        "--placement",
-        "shared",
-        "--wait-batch",
-        "64",
-        "--min-wait-us",
-        "200",
-    ]);
+    relays_loaded_with(
+        mode,
+        &[
+            "--placement",
+            "shared",
+            "--wait-batch",
+            "64",
+            "--min-wait-us",
+            "200",
+        ],
+    );
 }
 
-#[test]
-fn coop_taskrun_relays_exactly() {
-    relays_loaded_with(&["--taskrun", "coop", "--placement", "own"]);
+fn coop_taskrun_relays_exactly(mode: RelayMode) {
+    relays_loaded_with(mode, &["--taskrun", "coop", "--placement", "own"]);
 }
 
-#[test]
-fn an_unregistered_ring_relays_exactly() {
-    relays_loaded_with(&["--registered-ring", "false", "--placement", "own"]);
+fn an_unregistered_ring_relays_exactly(mode: RelayMode) {
+    relays_loaded_with(mode, &["--registered-ring", "false", "--placement", "own"]);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Client helpers: connecting with timeouts (and retrying), a full PRNG exchange with
-//! hashes both ways ([`Exchange`]), line-based ping and "which backend answered".
+//! hashes both ways ([`Exchange`], [`echoed_exactly`]), request/response rounds against an
+//! echo ([`echo_rounds`]), line-based ping and "which backend answered".
 
-use super::{prng_sha256, read_hash, write_prng, End, IO_TIMEOUT};
+use super::{prng_sha256, read_all, read_hash, write_prng, End, Prng, IO_TIMEOUT, ROUND_BOUND};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
@@ -66,6 +67,51 @@ pub fn exchange(stream: TcpStream, seed: u64, n: u64) -> Exchange {
         end,
         write_error,
     }
+}
+
+/// Connection `i`'s exchange with an echo: everything sent came back, byte-exact, then a
+/// clean end of stream.
+pub fn echoed_exactly(i: u64, x: &Exchange) -> Result<(), String> {
+    if x.write_error.is_some()
+        || x.end != End::Eof
+        || x.received != x.sent
+        || x.received_sha != x.sent_sha
+    {
+        return Err(format!("conn {i}: {x:?}"));
+    }
+    Ok(())
+}
+
+/// Connection `i` (on `s`, through an echo) does `rounds` closed-loop rounds of 64 PRNG
+/// bytes: each answered, byte-exact, within [`ROUND_BOUND`]; then, after the client's FIN, a
+/// clean end of stream. The error names the connection and the round.
+pub fn echo_rounds(s: &mut TcpStream, i: u64, rounds: u64) -> Result<(), String> {
+    s.set_read_timeout(Some(ROUND_BOUND))
+        .map_err(|e| e.to_string())?;
+    let mut back = [0u8; 64];
+    for r in 0..rounds {
+        let msg = Prng::bytes(i * 1_000_000 + r, 64);
+        let t = Instant::now();
+        s.write_all(&msg)
+            .map_err(|e| format!("conn {i} round {r}: write: {e}"))?;
+        s.read_exact(&mut back)
+            .map_err(|e| format!("conn {i} round {r}: no answer after {:?}: {e}", t.elapsed()))?;
+        if back[..] != msg[..] {
+            return Err(format!("conn {i} round {r}: echo differs"));
+        }
+        if t.elapsed() > ROUND_BOUND {
+            return Err(format!("conn {i} round {r}: took {:?}", t.elapsed()));
+        }
+    }
+    s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let (rest, end) = read_all(s, 1024);
+    if !rest.is_empty() || end != End::Eof {
+        return Err(format!(
+            "conn {i}: expected a clean EOF, got {} bytes then {end:?}",
+            rest.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Request/response ping over an echo path: sends `msg`, reads the same number of bytes back.

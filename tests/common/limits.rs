@@ -12,6 +12,9 @@ pub const BACKEND_MAX_CONNS: usize = 4096;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for a proxy's `/ready` to answer 200.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a 64-byte request/response round may take ([`super::echo_rounds`]): an echo over
+/// loopback takes well under a millisecond; the bound only separates slow from stalled.
+pub const ROUND_BOUND: Duration = Duration::from_secs(2);
 /// Chunk size for streaming.
 pub const CHUNK: usize = 64 * 1024;
 
