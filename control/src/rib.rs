@@ -406,6 +406,9 @@ pub struct AccessLogConfig {
 pub struct ClusterConfig {
     /// Unique, non-empty name.
     pub name: String,
+    /// `alt_stat_name`: the name stats and access logs show instead of `name` (Envoy's
+    /// observability name); `None` shows `name`.
+    pub alt_stat_name: Option<String>,
     /// Greater than zero.
     pub connect_timeout: Duration,
     /// Load-balancing policy (`choice_count` >= 2 for least request).
@@ -425,6 +428,13 @@ pub struct ClusterConfig {
     pub health: HealthPolicy,
     /// Received over xDS (CDS) rather than from the bootstrap.
     pub added_via_api: bool,
+}
+
+impl ClusterConfig {
+    /// The name stats and access logs show: `alt_stat_name`, or the cluster's name.
+    pub fn observability_name(&self) -> &str {
+        self.alt_stat_name.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// One static endpoint.

@@ -46,6 +46,7 @@ fn free_port() -> SocketAddr {
 fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
     let cluster = Cluster {
         name: "echo".into(),
+        observability_name: "echo".into(),
         connect_timeout_ms: 1000,
         lb_policy: LbPolicy::RoundRobin,
         endpoints: backends

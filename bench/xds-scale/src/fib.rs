@@ -51,6 +51,7 @@ fn cluster(
 ) -> (String, ClusterConfig, Arc<[EndpointConfig]>) {
     let name = cluster_name(i);
     let c = ClusterConfig {
+        alt_stat_name: None,
         name: name.clone(),
         connect_timeout: Duration::from_secs(1),
         lb_policy: LbPolicy::RoundRobin,

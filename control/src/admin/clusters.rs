@@ -78,7 +78,7 @@ pub(crate) fn render_clusters_text(fib: &Fib) -> String {
     let mut out = String::new();
     for c in &fib.clusters {
         let n = &c.name;
-        let _ = writeln!(out, "{n}::observability_name::{n}");
+        let _ = writeln!(out, "{n}::observability_name::{}", c.observability_name);
         let outlier = c.health.outlier.is_some();
         if outlier {
             // Success-rate detection is not implemented: -1, as Envoy shows before it has
@@ -181,7 +181,7 @@ pub(crate) fn render_clusters_json(fib: &Fib) -> serde_json::Value {
             high.insert("priority".into(), json!("HIGH"));
             let mut status = json!({
                 "name": &*c.name,
-                "observability_name": &*c.name,
+                "observability_name": &*c.observability_name,
                 "circuit_breakers": {"thresholds": [thresholds(&c.circuit_breakers), high]},
                 "host_statuses": hosts,
             });

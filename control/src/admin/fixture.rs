@@ -81,6 +81,7 @@ pub(crate) fn fixture() -> Fixture {
         clusters: vec![
             Arc::new(Cluster {
                 name: "echo".into(),
+                observability_name: "echo".into(),
                 connect_timeout_ms: 1000,
                 lb_policy: LbPolicy::RoundRobin,
                 endpoints: vec![
@@ -109,6 +110,7 @@ pub(crate) fn fixture() -> Fixture {
             }),
             Arc::new(Cluster {
                 name: "empty".into(),
+                observability_name: "empty".into(),
                 connect_timeout_ms: 1000,
                 lb_policy: LbPolicy::RoundRobin,
                 endpoints: Vec::new(),

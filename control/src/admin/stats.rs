@@ -313,7 +313,7 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
     }
     let fib = state.fib.load();
     for c in udp_routed_clusters(&fib) {
-        let p = format!("cluster.{}.udp", sanitize_element(&c.name));
+        let p = format!("cluster.{}.udp", sanitize_element(&c.observability_name));
         let b = &c.udp_stats;
         push_block(
             &mut out,
@@ -325,7 +325,7 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
         );
     }
     for c in &fib.clusters {
-        let p = format!("cluster.{}", sanitize_element(&c.name));
+        let p = format!("cluster.{}", sanitize_element(&c.observability_name));
         let n = c.endpoints.len() as i64;
         let healthy = c
             .endpoints

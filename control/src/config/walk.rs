@@ -194,7 +194,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "health_checks",
             "outlier_detection",
             "common_lb_config",
+            "alt_stat_name",
+            "upstream_connection_options",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.UpstreamConnectionOptions",
+        &["tcp_keepalive"],
+    ),
+    (
+        "envoy.config.core.v3.TcpKeepalive",
+        &["keepalive_probes", "keepalive_time", "keepalive_interval"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig",

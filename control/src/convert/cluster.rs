@@ -6,7 +6,7 @@
 use super::ads::ads_source;
 use super::circuit_breakers::circuit_breakers;
 use super::endpoints::load_assignment;
-use super::upstream_bind::upstream_bind;
+use super::upstream_bind::{upstream_bind, upstream_connection_options};
 use super::{duration, health, lb, Result};
 use crate::error::ConfigError;
 use crate::path::field;
@@ -36,10 +36,15 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     let lb_policy = lb::lb_policy(lb, path)?;
     let eds_service = eds_service(c, path)?;
     let endpoints = endpoints(c, eds_service.is_some(), path)?;
-    let upstream_bind = match &c.upstream_bind_config {
+    let mut upstream_bind = match &c.upstream_bind_config {
         Some(b) => upstream_bind(b, &field(path, "upstream_bind_config"))?,
         None => UpstreamBind::default(),
     };
+    if let Some(o) = &c.upstream_connection_options {
+        let keepalive =
+            upstream_connection_options(o, &field(path, "upstream_connection_options"))?;
+        upstream_bind.socket_options.extend(keepalive);
+    }
     let circuit_breakers = match &c.circuit_breakers {
         Some(cb) => circuit_breakers(cb, &field(path, "circuit_breakers"))?,
         None => CircuitBreakers::default(),
@@ -53,6 +58,7 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     }
     Ok(ClusterConfig {
         name: c.name.clone(),
+        alt_stat_name: Some(c.alt_stat_name.clone()).filter(|n| !n.is_empty()),
         connect_timeout,
         lb_policy,
         endpoints: endpoints.into(),

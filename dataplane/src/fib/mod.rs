@@ -522,6 +522,9 @@ impl HashTable {
 pub struct Cluster {
     /// The cluster's name: its stable identity.
     pub name: Arc<str>,
+    /// The name its stats and access logs show: `alt_stat_name`, or `name` (Envoy's
+    /// observability name).
+    pub observability_name: Arc<str>,
     /// Give up a connect after this long.
     pub connect_timeout_ms: u64,
     /// How an endpoint is picked.
