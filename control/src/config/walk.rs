@@ -81,6 +81,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "listener_filters",
             "transparent",
             "udp_listener_config",
+            // Informational in Envoy on Linux (tracing and Windows' original_dst use it):
+            // kept in /config_dump, no effect on forwarding. README says so.
+            "traffic_direction",
         ],
     ),
     (
@@ -196,6 +199,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "common_lb_config",
             "alt_stat_name",
             "upstream_connection_options",
+            "ignore_health_on_host_removal",
         ],
     ),
     (
@@ -382,6 +386,17 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Supported fields that Switchyard implements for some values only: (message, field, the
+/// values it takes, why another is refused).
+type OnlyValue = (&'static str, &'static str, fn(&Value) -> bool, &'static str);
+const ONLY_VALUE: &[OnlyValue] = &[(
+    "envoy.config.cluster.v3.Cluster",
+    "ignore_health_on_host_removal",
+    |v| v.as_bool() == Some(true),
+    "Switchyard removes a host as soon as discovery drops it, whatever its health (Envoy's \
+behaviour with true); keeping a removed host until its health check fails is not supported",
+)];
+
 /// Whose message `desc` is, for error messages: "Envoy's envoy.config...", or Switchyard's
 /// own extension by name.
 fn owner(desc: &MessageDescriptor) -> String {
@@ -480,6 +495,14 @@ impl Walker<'_> {
                     fpath,
                     "not supported by Switchyard",
                 ));
+            }
+            if let Some(&(_, _, only, why)) = ONLY_VALUE
+                .iter()
+                .find(|(m, f, _, _)| *m == desc.full_name() && *f == fd.name())
+            {
+                if !only(value) {
+                    return Err(ConfigError::unsupported(fpath, why));
+                }
             }
             if let Some(oneof) = fd.containing_oneof().filter(|o| !o.is_synthetic()) {
                 if let Some(other) =
