@@ -259,6 +259,9 @@ pub struct TcpListenerConfig {
     pub use_original_dst: bool,
     /// `transparent`: `IP_TRANSPARENT` on the listening socket (TPROXY).
     pub transparent: bool,
+    /// `enable_reuse_port` (or the deprecated `reuse_port`); default true: a socket per
+    /// worker with `SO_REUSEPORT`.
+    pub reuse_port: bool,
     /// `envoy.filters.listener.original_src`: upstream connections leave from the client's
     /// address.
     pub original_src: Option<OriginalSrc>,

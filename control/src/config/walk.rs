@@ -84,6 +84,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             // Informational in Envoy on Linux (tracing and Windows' original_dst use it):
             // kept in /config_dump, no effect on forwarding. README says so.
             "traffic_direction",
+            "enable_reuse_port",
+            "reuse_port",
         ],
     ),
     (
