@@ -18,6 +18,8 @@
 //! * `config.rs`: the Envoy v3 bootstrap builders ([`bootstrap`], [`tcp_listener`],
 //!   [`static_cluster`], [`render`]).
 //! * `udp.rs`: [`UdpBackend`] and UDP socket helpers.
+//! * `process.rs`: [`output_within`] / [`try_output_within`], a child process run with a time
+//!   limit (the `validate` tests).
 //! * `proxy.rs`: [`Proxy`], the proxy under test, Switchyard (`CARGO_BIN_EXE_switchyard run -c
 //!   FILE`) or real Envoy (`ENVOY_BIN`, default `<repo>/.venv/bin/envoy`); the same YAML (an
 //!   Envoy v3 bootstrap) is given to both. [`Proxy::stats`] and [`Proxy::stat`] read its admin.
@@ -42,6 +44,7 @@ mod data;
 mod env;
 mod limits;
 mod ports;
+mod process;
 mod proxy;
 #[macro_use]
 mod relay_mode;
@@ -52,5 +55,5 @@ mod udp;
 #[allow(unused_imports)]
 pub use self::{
     admin_http::*, backend::*, client::*, config::*, data::*, env::*, limits::*, ports::*,
-    proxy::*, relay_mode::*, stream::*, udp::*,
+    process::*, proxy::*, relay_mode::*, stream::*, udp::*,
 };
