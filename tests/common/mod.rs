@@ -18,6 +18,8 @@
 //! * `config.rs`: the Envoy v3 bootstrap builders ([`bootstrap`], [`tcp_listener`],
 //!   [`static_cluster`], [`render`]).
 //! * `udp.rs`: [`UdpBackend`] and UDP socket helpers.
+//! * `dns.rs`: [`DnsServer`], an authoritative DNS server on loopback whose answers the test
+//!   changes, for the DNS cluster tests.
 //! * `proxy.rs`: [`Proxy`], the proxy under test, Switchyard (`CARGO_BIN_EXE_switchyard run -c
 //!   FILE`) or real Envoy (`ENVOY_BIN`, default `<repo>/.venv/bin/envoy`); the same YAML (an
 //!   Envoy v3 bootstrap) is given to both. [`Proxy::stats`] and [`Proxy::stat`] read its admin.
@@ -39,6 +41,7 @@ mod backend;
 mod client;
 mod config;
 mod data;
+mod dns;
 mod env;
 mod limits;
 mod ports;
@@ -51,6 +54,6 @@ mod udp;
 // A test binary uses only part of the harness, so some of these go unused in each.
 #[allow(unused_imports)]
 pub use self::{
-    admin_http::*, backend::*, client::*, config::*, data::*, env::*, limits::*, ports::*,
+    admin_http::*, backend::*, client::*, config::*, data::*, dns::*, env::*, limits::*, ports::*,
     proxy::*, relay_mode::*, stream::*, udp::*,
 };
