@@ -42,7 +42,12 @@ impl DnsThread {
         let (commands, rx) = unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("dns".into())
-            .spawn(move || runtime.block_on(run(rx, stats, sink)))?;
+            .spawn(move || {
+                runtime.block_on(run(rx, stats, sink));
+                // A getaddrinfo() call may still run on a blocking thread: leave it behind
+                // rather than hold up the stop until it returns.
+                runtime.shutdown_background();
+            })?;
         Ok(DnsThread {
             commands,
             thread: Some(thread),
