@@ -17,6 +17,7 @@
 use crate::admin::xds_dump::XdsTypeDumps;
 use crate::admin::{self, AdminAction, AdminState};
 use crate::compile::{compile, CompileCache};
+use crate::dns::{first_answers_bound, DnsHosts, DnsThread, DnsUpdate, DnsWatch};
 use crate::dynamic::DynamicState;
 use crate::error::ConfigError;
 use crate::health::HealthThread;
@@ -83,6 +84,8 @@ pub enum RunError {
     StateDir(std::io::Error),
     /// The health-check thread could not start.
     Health(std::io::Error),
+    /// The DNS thread could not start.
+    Dns(std::io::Error),
 }
 
 impl std::fmt::Display for RunError {
@@ -101,6 +104,7 @@ impl std::fmt::Display for RunError {
             RunError::Xds(e) => write!(f, "xDS client: cannot start: {e}"),
             RunError::StateDir(e) => write!(f, "state dir writer: cannot start: {e}"),
             RunError::Health(e) => write!(f, "health checker: cannot start: {e}"),
+            RunError::Dns(e) => write!(f, "DNS resolver thread: cannot start: {e}"),
         }
     }
 }
@@ -112,6 +116,8 @@ enum ControlEvent {
     Signal(i32),
     Admin(AdminAction),
     Xds(Event),
+    /// A DNS cluster's hosts changed (or its first answers are in).
+    Dns(DnsUpdate),
 }
 
 /// Identity of the file's contents, to notice changes.
@@ -167,6 +173,16 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     )
     .map_err(RunError::DataPlane)?;
 
+    // DNS clusters: resolved on the `dns` thread; the first FIB waits for their first
+    // answers (bounded), as Envoy initialises clusters before listeners.
+    let (events_tx, events_rx) = mpsc::channel();
+    let statics = rib.clone();
+    let mut dns = DnsHosts::default();
+    dns.sync(&rib, || start_dns(&stats, &events_tx))
+        .map_err(RunError::Dns)?;
+    wait_first_answers(&mut dns, &rib, &events_rx, &stats);
+    dns.fill(&mut rib, None);
+
     let mut cache = CompileCache::new();
     let fib = Arc::new(compile(&rib, 1, &stats, &mut cache));
     let health =
@@ -176,7 +192,6 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     }
     plane.publish(fib).map_err(RunError::DataPlane)?;
 
-    let (events_tx, events_rx) = mpsc::channel();
     let admin_state = start_admin(&rib, &plane, &stats, &options, events_tx.clone())?;
     *admin_state
         .config_dump
@@ -204,7 +219,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         }
         None => None,
     };
-    install_signals(events_tx)?;
+    install_signals(events_tx.clone())?;
     tracing::info!(
         generation = 1,
         listeners = rib.listeners.len(),
@@ -226,7 +241,9 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     };
     let mut control = Control {
         options,
-        statics: rib.clone(),
+        statics,
+        dns,
+        events: events_tx.clone(),
         dynamic: DynamicState::default(),
         persisted: Persisted::default(),
         state_writer,
@@ -242,6 +259,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     };
     control.warm_start(warm);
     control.serve(events_rx);
+    control.dns.stop();
     let Control {
         plane,
         health,
@@ -268,6 +286,49 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     writer.stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the `dns` thread, its updates going to the control loop.
+fn start_dns(stats: &StatsRegistry, events: &Sender<ControlEvent>) -> std::io::Result<DnsThread> {
+    let events = events.clone();
+    DnsThread::spawn(
+        stats.dns().clone(),
+        Box::new(move |update| events.send(ControlEvent::Dns(update)).is_ok()),
+    )
+}
+
+/// Waits until every DNS cluster of `rib` that waits for it (`wait_for_warm_on_init`) has
+/// had its first answers, bounded by the time its resolver's every try takes. Only DNS
+/// events can arrive yet (nothing else is started).
+fn wait_first_answers(
+    dns: &mut DnsHosts,
+    rib: &Rib,
+    events: &Receiver<ControlEvent>,
+    stats: &StatsRegistry,
+) {
+    let pending = dns.unsettled(rib);
+    if pending.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + first_answers_bound(&DnsWatch::of(rib));
+    tracing::info!(clusters = ?pending, "waiting for the first DNS answers");
+    loop {
+        let pending = dns.unsettled(rib);
+        if pending.is_empty() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(ControlEvent::Dns(update)) => {
+                dns.apply(update, stats.dns());
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(clusters = ?pending, "no first DNS answers in time; serving without their hosts until they come");
+                return;
+            }
+        }
+    }
 }
 
 /// `--service-node` / `--service-cluster` win over the bootstrap's `node`, as in Envoy.
@@ -476,6 +537,10 @@ struct Control {
     /// Follows every published FIB.
     health: HealthThread,
     admin: Arc<AdminState>,
+    /// DNS clusters: what the `dns` thread resolves and the hosts it found.
+    dns: DnsHosts,
+    /// The control loop's own queue (where the `dns` thread sends, once started).
+    events: Sender<ControlEvent>,
 }
 
 impl Control {
@@ -509,6 +574,11 @@ impl Control {
                     }
                 }
                 Ok(ControlEvent::Xds(event)) => self.on_xds(event),
+                Ok(ControlEvent::Dns(update)) => {
+                    if self.dns.apply(update, self.stats.dns()) {
+                        self.publish_composed("DNS answer applied");
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     next_poll = Instant::now() + Duration::from_millis(FILE_POLL_INTERVAL_MS);
                     let now = stamp(&self.options.config_path);
@@ -801,10 +871,15 @@ impl Control {
     /// False when the data plane refused it (nothing changed then).
     fn publish_composed(&mut self, what: &str) -> bool {
         let started = Instant::now();
-        let (rib, skipped) = self.dynamic.compose(&self.statics);
+        let (mut rib, skipped) = self.dynamic.compose(&self.statics);
         for s in skipped {
             tracing::warn!(reason = %s, "xDS resource left out");
         }
+        let (stats, events) = (&self.stats, &self.events);
+        if let Err(e) = self.dns.sync(&rib, || start_dns(stats, events)) {
+            tracing::error!(error = %e, "DNS resolver thread: cannot start; DNS clusters have no hosts");
+        }
+        self.dns.fill(&mut rib, Some(&self.rib));
         if rib == self.rib {
             tracing::debug!("config unchanged");
             return true;

@@ -20,6 +20,8 @@
 //! * `udp.rs`: [`UdpBackend`] and UDP socket helpers.
 //! * `process.rs`: [`output_within`] / [`try_output_within`], a child process run with a time
 //!   limit (the `validate` tests).
+//! * `dns.rs`: [`DnsServer`], an authoritative DNS server on loopback whose answers the test
+//!   changes, for the DNS cluster tests.
 //! * `proxy.rs`: [`Proxy`], the proxy under test, Switchyard (`CARGO_BIN_EXE_switchyard run -c
 //!   FILE`) or real Envoy (`ENVOY_BIN`, default `<repo>/.venv/bin/envoy`); the same YAML (an
 //!   Envoy v3 bootstrap) is given to both. [`Proxy::stats`] and [`Proxy::stat`] read its admin.
@@ -41,6 +43,7 @@ mod backend;
 mod client;
 mod config;
 mod data;
+mod dns;
 mod env;
 mod limits;
 mod ports;
@@ -54,6 +57,6 @@ mod udp;
 // A test binary uses only part of the harness, so some of these go unused in each.
 #[allow(unused_imports)]
 pub use self::{
-    admin_http::*, backend::*, client::*, config::*, data::*, env::*, limits::*, ports::*,
+    admin_http::*, backend::*, client::*, config::*, data::*, dns::*, env::*, limits::*, ports::*,
     process::*, proxy::*, relay_mode::*, stream::*, udp::*,
 };

@@ -61,6 +61,7 @@ fn cluster(
         circuit_breakers: Default::default(),
         health: Default::default(),
         added_via_api: true,
+        dns: None,
     };
     let eps: Vec<EndpointConfig> = endpoints
         .iter()
@@ -86,6 +87,7 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
         listeners: Vec::new(),
         clusters: Vec::new(),
         dynamic: None,
+        dns_resolver: Default::default(),
     };
     let stats = StatsRegistry::new(1);
     let mut cache = CompileCache::new();

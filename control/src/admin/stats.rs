@@ -358,6 +358,27 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                 });
             }
         }
+        if let Some(dns) = reg.dns().cluster_of(&c.name) {
+            for (name, v) in dns.counters() {
+                out.push(Stat {
+                    name: format!("{p}.{name}"),
+                    value: StatValue::Counter(v),
+                });
+            }
+        }
+    }
+    let cares = &reg.dns().cares;
+    if cares.used.load(std::sync::atomic::Ordering::Relaxed) {
+        for (name, v, gauge) in cares.stats() {
+            out.push(Stat {
+                name: format!("dns.cares.{name}"),
+                value: if gauge {
+                    StatValue::Gauge(v)
+                } else {
+                    StatValue::Counter(v as u64)
+                },
+            });
+        }
     }
     let server = reg.server();
     push_block(

@@ -17,9 +17,9 @@ use crate::duration::{check_duration, parse_duration};
 use crate::error::{ConfigError, ErrorKind};
 use crate::path::{field, index};
 use crate::type_names::{
-    CONNECTION_LIMIT, FAULT, FILE_LOG, HTTP_PROTOCOL_OPTIONS, MIRROR, ORIGINAL_DST_FILTER,
-    ORIGINAL_SRC_FILTER, STDERR_LOG, STDOUT_LOG, TCP_PROXY, UDP_PROXY, UDP_ROUTE,
-    UDP_WEIGHTED_ROUTE,
+    CARES_RESOLVER, CONNECTION_LIMIT, FAULT, FILE_LOG, GETADDRINFO_RESOLVER, HTTP_PROTOCOL_OPTIONS,
+    MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, STDERR_LOG, STDOUT_LOG, TCP_PROXY, UDP_PROXY,
+    UDP_ROUTE, UDP_WEIGHTED_ROUTE,
 };
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::Value;
@@ -30,7 +30,15 @@ use std::collections::HashMap;
 const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.Bootstrap",
-        &["node", "admin", "static_resources", "dynamic_resources"],
+        &[
+            "node",
+            "admin",
+            "static_resources",
+            "dynamic_resources",
+            "typed_dns_resolver_config",
+            "dns_resolution_config",
+            "use_tcp_for_dns_lookups",
+        ],
     ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
@@ -202,6 +210,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "alt_stat_name",
             "upstream_connection_options",
             "ignore_health_on_host_removal",
+            "dns_refresh_rate",
+            "dns_jitter",
+            "dns_failure_refresh_rate",
+            "respect_dns_ttl",
+            "dns_lookup_family",
+            "dns_resolvers",
+            "use_tcp_for_dns_lookups",
+            "dns_resolution_config",
+            "typed_dns_resolver_config",
+            "wait_for_warm_on_init",
         ],
     ),
     (
@@ -212,6 +230,33 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.core.v3.TcpKeepalive",
         &["keepalive_probes", "keepalive_time", "keepalive_interval"],
     ),
+    (
+        "envoy.config.cluster.v3.Cluster.RefreshRate",
+        &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.config.core.v3.DnsResolutionConfig",
+        &["resolvers", "dns_resolver_options"],
+    ),
+    (
+        "envoy.config.core.v3.DnsResolverOptions",
+        &["use_tcp_for_dns_lookups", "no_default_search_domain"],
+    ),
+    (
+        "envoy.config.core.v3.TypedExtensionConfig",
+        &["name", "typed_config"],
+    ),
+    (
+        CARES_RESOLVER,
+        &[
+            "resolvers",
+            "dns_resolver_options",
+            "use_resolvers_as_fallback",
+            "query_timeout_seconds",
+            "query_tries",
+        ],
+    ),
+    (GETADDRINFO_RESOLVER, &[]),
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig",
         &["healthy_panic_threshold", "update_merge_window"],
@@ -379,6 +424,11 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "envoy.config.accesslog.v3.AccessLog.typed_config",
         &[STDOUT_LOG, STDERR_LOG, FILE_LOG],
+    ),
+    // A DNS resolver (a cluster's or the bootstrap's `typed_dns_resolver_config`).
+    (
+        "envoy.config.core.v3.TypedExtensionConfig.typed_config",
+        &[CARES_RESOLVER, GETADDRINFO_RESOLVER],
     ),
     // Every real xDS bootstrap gives its ADS cluster HTTP/2 this way; Switchyard speaks gRPC
     // (HTTP/2) to it regardless, and a tcp_proxy cluster has no HTTP to configure.

@@ -41,6 +41,7 @@ mod address;
 mod ads;
 mod circuit_breakers;
 mod cluster;
+mod dns;
 mod endpoints;
 mod ext;
 mod filter_chain;
@@ -82,6 +83,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         listeners,
         clusters,
         dynamic,
+        dns_resolver: dns::bootstrap_resolver(b)?,
     };
     warn_missing_clusters(&rib);
     Ok(rib)
