@@ -349,7 +349,7 @@ fn one_assignment(response: &DiscoveryResponse, names: &[String]) -> Result<(), 
         // Refused by the subscription, with its reason.
         return Ok(());
     };
-    if names.iter().any(|n| *n == name) {
+    if names.contains(&name) {
         Ok(())
     } else {
         Err(format!(
