@@ -263,8 +263,9 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         health,
         admin: admin_state,
     };
-    control.update_watches();
+    // After the warm start: watching nothing before it would drop what it loaded.
     control.warm_start(warm);
+    control.update_watches();
     control.serve(events_rx);
     let Control {
         plane,
