@@ -743,11 +743,14 @@ impl<W: Wire> Client<W> {
 
     async fn stream_once(&mut self) -> Ended {
         let (server, timeout) = (self.config.server, self.config.connect_timeout);
-        let client = tokio::select! {
-            c = connect(server, timeout) => c,
-            stop = self.idle_command() => {
-                if stop { return Ended::Stop }
-                return Ended::Broke("interrupted while connecting".into(), false);
+        // A watch change while connecting is remembered for the initial requests; only a
+        // stop ends the attempt.
+        let connecting = connect(server, timeout);
+        tokio::pin!(connecting);
+        let client = loop {
+            tokio::select! {
+                c = &mut connecting => break c,
+                stop = self.idle_command() => if stop { return Ended::Stop },
             }
         };
         let channel = match client {
