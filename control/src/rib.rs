@@ -53,24 +53,56 @@ pub struct Rib {
     pub dns_resolver: Arc<DnsResolverConfig>,
 }
 
-/// Envoy's `dynamic_resources` with an ADS `ads_config` (the only source supported).
+/// Envoy's `dynamic_resources`: where listeners (`lds_config`) and clusters (`cds_config`)
+/// come from, and the ADS stream (`ads_config`) that sources naming `ads: {}` share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamicConfig {
-    /// The static cluster the management server is reached through (`envoy_grpc`).
-    pub ads_cluster: String,
-    /// State of the World (`GRPC`) or Delta (`DELTA_GRPC`).
-    pub api: XdsApi,
-    /// Listeners come over ADS (`lds_config: {ads: {}}`).
-    pub lds: bool,
-    /// Clusters come over ADS (`cds_config: {ads: {}}`).
-    pub cds: bool,
+    /// `ads_config`: the ADS stream, if there is one.
+    pub ads: Option<GrpcSource>,
+    /// `lds_config`: where listeners come from (`None`: only the static ones).
+    pub lds: Option<XdsSource>,
+    /// `cds_config`: where clusters come from (`None`: only the static ones).
+    pub cds: Option<XdsSource>,
     /// How long the first fetch may take before serving without it (Envoy's default 15 s;
     /// `None` when `0s`: wait forever).
     pub initial_fetch_timeout: Option<Duration>,
 }
 
+/// Where one kind of resource comes from (Envoy's `ConfigSource`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum XdsSource {
+    /// `ads: {}`: the ADS stream of `dynamic_resources.ads_config`.
+    #[default]
+    Ads,
+    /// `path_config_source` (or the deprecated `path`): a file in Envoy's
+    /// `DiscoveryResponse` format, read again when something is moved into place.
+    File(FileSource),
+    /// `api_config_source` with `api_type: GRPC` or `DELTA_GRPC`: a stream of its own (the
+    /// type's own discovery service) to a static cluster.
+    Grpc(GrpcSource),
+}
+
+/// A file subscription (`path_config_source`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileSource {
+    /// The file (YAML by a `.yaml`/`.yml` name, else JSON).
+    pub path: std::path::PathBuf,
+    /// `watched_directory.path`: a move into this directory reloads `path`; without it, a
+    /// move onto `path` itself does.
+    pub watched_directory: Option<std::path::PathBuf>,
+}
+
+/// A gRPC management server (`api_config_source`, or `ads_config`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GrpcSource {
+    /// The static cluster it is reached through (`grpc_services[0].envoy_grpc`).
+    pub cluster: String,
+    /// State of the World (`GRPC`) or Delta (`DELTA_GRPC`).
+    pub api: XdsApi,
+}
+
 /// The xDS protocol variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum XdsApi {
     Sotw,
     Delta,
@@ -427,6 +459,9 @@ pub struct ClusterConfig {
     /// `type: EDS`: the assignment's name to watch (`eds_cluster_config.service_name`, or the
     /// cluster's name); `None` for a static cluster.
     pub eds_service: Option<String>,
+    /// Where an EDS cluster's assignment comes from (`eds_cluster_config.eds_config`); `Ads`
+    /// for a cluster that is not EDS.
+    pub eds_source: XdsSource,
     /// `upstream_bind_config`: socket setup before each connect.
     pub upstream_bind: UpstreamBind,
     /// `circuit_breakers` (priority DEFAULT), Envoy's defaults when not given.

@@ -284,10 +284,18 @@ mod tests {
 pub struct XdsStats {
     /// Set once `dynamic_resources` is configured: the stats are reported from then on.
     pub enabled: AtomicBool,
+    /// Set when there is an ADS stream (`ads_config`): `control_plane.connected_state` is
+    /// reported from then on.
+    pub ads: AtomicBool,
     /// `control_plane.connected_state`: 1 while the ADS stream is up.
     pub connected: AtomicU64,
     pub cds: SubscriptionStats,
     pub lds: SubscriptionStats,
+    /// `cluster_manager.cds.control_plane.connected_state`: CDS over a gRPC stream of its
+    /// own (`cds_config.api_config_source`).
+    pub cds_stream: StreamState,
+    /// `listener_manager.lds.control_plane.connected_state`, likewise.
+    pub lds_stream: StreamState,
     /// Per EDS cluster, `cluster.<name>.update_*`: an assignment for it arrived (accepted,
     /// or rejected), and `update_empty` when it had no endpoints.
     eds: Mutex<BTreeMap<String, Arc<EdsStats>>>,
@@ -298,6 +306,35 @@ pub struct XdsStats {
 pub struct EdsStats {
     pub updates: SubscriptionStats,
     pub update_empty: AtomicU64,
+    /// `cluster.<name>.control_plane.connected_state`: an EDS cluster whose assignment
+    /// comes over a gRPC stream of its own (`eds_config.api_config_source`).
+    pub stream: StreamState,
+}
+
+/// The state of a gRPC stream that is not ADS, as Envoy reports it under the subscription's
+/// prefix (`<prefix>.control_plane.connected_state`).
+#[derive(Debug, Default)]
+pub struct StreamState {
+    /// The subscription has such a stream: the gauge is reported.
+    pub enabled: AtomicBool,
+    /// 1 while the stream is up.
+    pub connected: AtomicU64,
+}
+
+impl StreamState {
+    /// The gauge, when there is such a stream.
+    pub fn connected_state(&self) -> Option<i64> {
+        self.enabled
+            .load(Ordering::Relaxed)
+            .then(|| self.connected.load(Ordering::Relaxed) as i64)
+    }
+
+    /// Marks the stream up or down (and present).
+    pub fn set(&self, connected: bool) {
+        self.enabled.store(true, Ordering::Relaxed);
+        self.connected
+            .store(u64::from(connected), Ordering::Relaxed);
+    }
 }
 
 impl XdsStats {
@@ -305,12 +342,20 @@ impl XdsStats {
     /// assignment, with `update_attempt` 1: Envoy counts the subscription's start as an
     /// attempt, then one per response.
     pub fn eds(&self, name: &str) -> Arc<EdsStats> {
+        self.eds_for(name, true)
+    }
+
+    /// [`XdsStats::eds`], created with `update_attempt` 1 only when `counts_start`: a file
+    /// subscription's start is its first read, counted as that read's attempt.
+    pub fn eds_for(&self, name: &str, counts_start: bool) -> Arc<EdsStats> {
         let mut eds = self.eds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = eds.get(name) {
             return s.clone();
         }
         let s = Arc::<EdsStats>::default();
-        s.updates.update_attempt.store(1, Ordering::Relaxed);
+        s.updates
+            .update_attempt
+            .store(u64::from(counts_start), Ordering::Relaxed);
         eds.insert(name.to_string(), s.clone());
         s
     }

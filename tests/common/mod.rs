@@ -26,6 +26,7 @@
 //!   FILE`) or real Envoy (`ENVOY_BIN`, default `<repo>/.venv/bin/envoy`); the same YAML (an
 //!   Envoy v3 bootstrap) is given to both. [`Proxy::stats`] and [`Proxy::stat`] read its admin.
 //! * `relay_mode.rs`: [`RelayMode`] and `in_both_relay_modes!`.
+//! * `xds_py.rs`: [`Ads`], the Python xDS management server as a child process.
 //! * `netns.rs` (not re-exported; `use common::netns::*`): network namespaces for the capture
 //!   and node-proxy tests.
 //!
@@ -53,10 +54,11 @@ mod proxy;
 mod relay_mode;
 mod stream;
 mod udp;
+mod xds_py;
 
 // A test binary uses only part of the harness, so some of these go unused in each.
 #[allow(unused_imports)]
 pub use self::{
     admin_http::*, backend::*, client::*, config::*, data::*, dns::*, env::*, limits::*, ports::*,
-    process::*, proxy::*, relay_mode::*, stream::*, udp::*,
+    process::*, proxy::*, relay_mode::*, stream::*, udp::*, xds_py::*,
 };

@@ -57,6 +57,7 @@ fn cluster(
         lb_policy: LbPolicy::RoundRobin,
         endpoints: Default::default(),
         eds_service: Some(name.clone()),
+        eds_source: Default::default(),
         upstream_bind: Default::default(),
         circuit_breakers: Default::default(),
         health: Default::default(),

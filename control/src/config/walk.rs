@@ -46,8 +46,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.ConfigSource",
-        &["ads", "initial_fetch_timeout", "resource_api_version"],
+        &[
+            "ads",
+            "api_config_source",
+            "path",
+            "path_config_source",
+            "initial_fetch_timeout",
+            "resource_api_version",
+        ],
     ),
+    (
+        "envoy.config.core.v3.PathConfigSource",
+        &["path", "watched_directory"],
+    ),
+    ("envoy.config.core.v3.WatchedDirectory", &["path"]),
     ("envoy.config.core.v3.AggregatedConfigSource", &[]),
     (
         "envoy.config.core.v3.ApiConfigSource",

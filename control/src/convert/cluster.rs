@@ -4,7 +4,7 @@
 //! cross-field rules (ORIGINAL_DST with CLUSTER_PROVIDED and no endpoints, EDS without
 //! `load_assignment`) are checked here.
 
-use super::ads::ads_source;
+use super::ads::config_source;
 use super::circuit_breakers::circuit_breakers;
 use super::dns::{dns_cluster, unused_dns_fields};
 use super::endpoints::load_assignment;
@@ -12,7 +12,7 @@ use super::upstream_bind::{upstream_bind, upstream_connection_options};
 use super::{duration, health, lb, Result};
 use crate::error::ConfigError;
 use crate::path::field;
-use crate::rib::{ClusterConfig, EndpointConfig, DEFAULT_CONNECT_TIMEOUT};
+use crate::rib::{ClusterConfig, EndpointConfig, XdsSource, DEFAULT_CONNECT_TIMEOUT};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy as PbLbPolicy,
 };
@@ -37,7 +37,10 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     );
     original_dst_rules(c, original_dst, lb.policy, path)?;
     let lb_policy = lb::lb_policy(lb, path)?;
-    let eds_service = eds_service(c, path)?;
+    let (eds_service, eds_source) = match eds_service(c, path)? {
+        Some((service, source)) => (Some(service), source),
+        None => (None, XdsSource::Ads),
+    };
     let dns = match kind {
         DiscoveryType::StrictDns | DiscoveryType::LogicalDns => Some(Arc::new(dns_cluster(
             c,
@@ -81,6 +84,7 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         lb_policy,
         endpoints: endpoints.into(),
         eds_service,
+        eds_source,
         upstream_bind,
         circuit_breakers,
         health,
@@ -165,9 +169,10 @@ fn endpoints(c: &Cluster, eds: bool, path: &str) -> Result<Vec<EndpointConfig>> 
     }
 }
 
-/// For `type: EDS`, the assignment name to watch; `None` for a static cluster. EDS must come
-/// over ADS (`eds_cluster_config.eds_config: {ads: {}}`).
-fn eds_service(c: &Cluster, path: &str) -> Result<Option<String>> {
+/// For `type: EDS`, the assignment name to watch and where it comes from
+/// (`eds_cluster_config.eds_config`: ADS, a gRPC stream of its own, or a file); `None` for
+/// a cluster that is not EDS.
+fn eds_service(c: &Cluster, path: &str) -> Result<Option<(String, XdsSource)>> {
     let is_eds = matches!(
         c.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
@@ -182,10 +187,11 @@ fn eds_service(c: &Cluster, path: &str) -> Result<Option<String>> {
     if !is_eds {
         return Err(ConfigError::invalid(epath, "only valid with type EDS"));
     }
-    ads_source(eds.eds_config.as_ref(), &field(&epath, "eds_config"))?;
-    Ok(Some(if eds.service_name.is_empty() {
+    let (source, _) = config_source(eds.eds_config.as_ref(), &field(&epath, "eds_config"))?;
+    let service = if eds.service_name.is_empty() {
         c.name.clone()
     } else {
         eds.service_name.clone()
-    }))
+    };
+    Ok(Some((service, source)))
 }
