@@ -1,5 +1,6 @@
-//! Load balancing and connect behaviour: weighted round robin, connect-failure retry on another
-//! endpoint (`max_connect_attempts`), and a cluster with no endpoints.
+//! Load balancing and connect behaviour: weighted round robin, locality-weighted balancing,
+//! connect-failure retry on another endpoint (`max_connect_attempts`), and a cluster with no
+//! endpoints.
 //!
 //! Run against real Envoy with `SWITCHYARD_TEST_PROXY=envoy`.
 
@@ -53,6 +54,82 @@ fn weighted_round_robin_1_to_3() {
     );
     assert_eq!(total, N as u64, "cluster.wrr.upstream_cx_total");
     assert_eq!(proxy.stat("tcp.wrr.downstream_cx_total"), N as u64);
+}
+
+/// `common_lb_config.locality_weighted_lb_config` with localities weighted 1 and 3 (two
+/// backends each) and a third without a weight, over 400 sequential connections with one
+/// worker: the localities get 100 and 300 (Envoy's EDF over locality weights), each split
+/// evenly between its two backends, the weightless one none; `/clusters` shows each host's
+/// region and zone.
+#[test]
+fn locality_weights_split_connections_before_hosts() {
+    let tags = ["a1", "a2", "b1", "b2", "c1"];
+    let backends: Vec<Backend> = tags.iter().map(|t| Backend::tagged(t)).collect();
+    let (admin, port) = (free_port(), free_port());
+    let endpoint = |b: &Backend| {
+        format!(
+            "        - endpoint:\n            address:\n              socket_address: {{ address: {}, port_value: {} }}\n",
+            b.addr.ip(),
+            b.addr.port()
+        )
+    };
+    let locality = |zone: &str, weight: Option<u32>, members: &[&Backend]| {
+        let weight = weight.map_or(String::new(), |w| {
+            format!("        load_balancing_weight: {w}\n")
+        });
+        let eps: String = members.iter().map(|b| endpoint(b)).collect();
+        format!("      - locality: {{ region: r1, zone: {zone} }}\n{weight}        lb_endpoints:\n{eps}")
+    };
+    let cluster = format!(
+        "  - name: loc\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: ROUND_ROBIN\n    common_lb_config:\n      locality_weighted_lb_config: {{}}\n    load_assignment:\n      cluster_name: loc\n      endpoints:\n{}{}{}",
+        locality("za", Some(1), &[&backends[0], &backends[1]]),
+        locality("zb", Some(3), &[&backends[2], &backends[3]]),
+        locality("zc", None, &[&backends[4]]),
+    );
+    let yaml = bootstrap(admin, &tcp_listener("loc", port, "loc", "loc"), &cluster);
+    let Some(proxy) = start_selected(&yaml) else {
+        return;
+    };
+    const N: usize = 400;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..N {
+        let tag = which_backend(local(port))
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", proxy.logs()));
+        *counts.entry(tag).or_default() += 1;
+    }
+    let n = |t: &str| counts.get(t).copied().unwrap_or(0);
+    eprintln!("locality-weighted over {N}: {counts:?}");
+    assert_eq!(
+        n("c1"),
+        0,
+        "the locality without a weight got connections: {counts:?}"
+    );
+    let (za, zb) = (n("a1") + n("a2"), n("b1") + n("b2"));
+    assert_eq!(za + zb, N, "{counts:?}");
+    assert!(
+        za.abs_diff(100) <= 2 && zb.abs_diff(300) <= 2,
+        "localities 1:3: {counts:?}"
+    );
+    assert!(
+        n("a1").abs_diff(n("a2")) <= 2 && n("b1").abs_diff(n("b2")) <= 2,
+        "{counts:?}"
+    );
+    let clusters = proxy.get("/clusters").body;
+    for (b, zone) in [
+        (&backends[0], "za"),
+        (&backends[2], "zb"),
+        (&backends[4], "zc"),
+    ] {
+        for line in [
+            format!("loc::{}::region::r1", b.addr),
+            format!("loc::{}::zone::{zone}", b.addr),
+        ] {
+            assert!(
+                clusters.contains(&line),
+                "/clusters lacks {line}:\n{clusters}"
+            );
+        }
+    }
 }
 
 /// One endpoint is a closed port; with `max_connect_attempts: 2` every client connection must

@@ -295,6 +295,7 @@ fn cluster(
                 address: e.address,
                 weight: e.weight,
                 priority: e.priority,
+                locality: e.locality.clone(),
                 stats: old.get(&e.address).map_or_else(new_host, |s| Arc::clone(s)),
             })
             .collect(),

@@ -444,6 +444,7 @@ mod tests {
             address: "127.0.0.1:9000".parse().unwrap(),
             weight: 1,
             priority: 0,
+            locality: Default::default(),
         };
         d.apply_endpoints(change(vec![("c", vec![ep.clone()].into())], &[]));
         let mut clash = statics.cluster("xds").unwrap().clone();
@@ -548,6 +549,7 @@ mod tests {
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             weight: 1,
             priority: 0,
+            locality: Default::default(),
         }]
         .into()
     }

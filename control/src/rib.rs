@@ -14,7 +14,7 @@ use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath};
 use switchyard_dataplane::fib::{
     ChainMatch, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle, HealthPolicy, LbPolicy,
-    OriginalSrc, UpstreamBind,
+    Locality, OriginalSrc, UpstreamBind,
 };
 
 /// Default admin address when the bootstrap has none (Envoy/Istio convention).
@@ -524,6 +524,8 @@ pub struct DnsTarget {
     pub weight: u32,
     /// The locality's `priority` (always 0 for LOGICAL_DNS, as Envoy rewrites it).
     pub priority: u32,
+    /// The `LocalityLbEndpoints` group it came from.
+    pub locality: Locality,
 }
 
 /// Envoy's `dns_lookup_family`, with its c-ares resolver's semantics.
@@ -607,6 +609,8 @@ pub struct EndpointConfig {
     pub weight: u32,
     /// The locality's `priority` (0 first).
     pub priority: u32,
+    /// The `LocalityLbEndpoints` group it came from (its weight and name).
+    pub locality: Locality,
 }
 
 /// Whole milliseconds of `d`, rounded up so that a non-zero duration never becomes zero

@@ -257,6 +257,7 @@ fn with_endpoints(rib: &Rib, index: usize, endpoints: &[(&str, u32)]) -> Rib {
             address: addr(a),
             weight: *weight,
             priority: 0,
+            locality: Default::default(),
         })
         .collect();
     changed

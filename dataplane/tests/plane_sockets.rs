@@ -55,6 +55,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
                 address: *a,
                 weight: 1,
                 priority: 0,
+                locality: Default::default(),
                 stats: Arc::new(HostState::new()),
             })
             .collect(),

@@ -57,6 +57,7 @@ fn cluster(endpoints: &[(SocketAddr, Arc<HostState>)], max_sessions: u32) -> Clu
                 address: *address,
                 weight: 1,
                 priority: 0,
+                locality: Default::default(),
                 stats: stats.clone(),
             })
             .collect(),

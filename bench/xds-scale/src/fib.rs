@@ -70,6 +70,7 @@ fn cluster(
             address: *a,
             weight: 1,
             priority: 0,
+            locality: Default::default(),
         })
         .collect();
     (name, c, eps.into())

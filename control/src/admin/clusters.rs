@@ -11,7 +11,7 @@ use crate::stats::DnsStats;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use switchyard_dataplane::fib::{CircuitBreakers, Fib};
+use switchyard_dataplane::fib::{CircuitBreakers, Fib, LocalityName};
 use switchyard_dataplane::health::{ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC, FAILED_OUTLIER_CHECK};
 use switchyard_dataplane::stats::{HostStat, StatKind};
 
@@ -125,9 +125,10 @@ pub(crate) fn render_clusters_text(fib: &Fib, dns: &DnsStats) -> String {
                 health_flags(e.health().flags())
             );
             let _ = writeln!(out, "{h}::weight::{}", e.weight);
-            let _ = writeln!(out, "{h}::region::");
-            let _ = writeln!(out, "{h}::zone::");
-            let _ = writeln!(out, "{h}::sub_zone::");
+            let locality = e.locality.name.as_deref().cloned().unwrap_or_default();
+            let _ = writeln!(out, "{h}::region::{}", locality.region);
+            let _ = writeln!(out, "{h}::zone::{}", locality.zone);
+            let _ = writeln!(out, "{h}::sub_zone::{}", locality.sub_zone);
             let _ = writeln!(out, "{h}::canary::false");
             let _ = writeln!(out, "{h}::priority::{}", e.priority);
             if outlier {
@@ -172,6 +173,9 @@ pub(crate) fn render_clusters_json(fib: &Fib, dns: &DnsStats) -> serde_json::Val
                     if e.priority != 0 {
                         host["priority"] = json!(e.priority);
                     }
+                    if let Some(l) = &e.locality.name {
+                        host["locality"] = locality_json(l);
+                    }
                     if let Some(name) = hostnames.as_ref().and_then(|m| m.get(&e.address)) {
                         host["hostname"] = json!(&**name);
                     }
@@ -204,6 +208,21 @@ pub(crate) fn render_clusters_json(fib: &Fib, dns: &DnsStats) -> serde_json::Val
 
 /// Every listener's name and address: the TCP listeners, then the UDP ones. Envoy prints
 /// both kinds alike (an address's text and JSON forms carry no protocol).
+/// A `Locality` in proto3 JSON: empty fields left out.
+fn locality_json(l: &LocalityName) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in [
+        ("region", &l.region),
+        ("zone", &l.zone),
+        ("sub_zone", &l.sub_zone),
+    ] {
+        if !v.is_empty() {
+            m.insert(k.into(), json!(v));
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
 fn all_listeners(fib: &Fib) -> impl Iterator<Item = (&str, &SocketAddr)> {
     let tcp = fib.listeners.iter().map(|l| (&*l.name, &l.address));
     tcp.chain(fib.udp_listeners.iter().map(|l| (&*l.name, &l.address)))

@@ -271,7 +271,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (GETADDRINFO_RESOLVER, &[]),
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig",
-        &["healthy_panic_threshold", "update_merge_window"],
+        &[
+            "healthy_panic_threshold",
+            "update_merge_window",
+            "locality_weighted_lb_config",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig",
+        &[],
+    ),
+    (
+        "envoy.config.core.v3.Locality",
+        &["region", "zone", "sub_zone"],
     ),
     ("envoy.type.v3.Percent", &["value"]),
     (
@@ -377,7 +389,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        &["lb_endpoints", "priority"],
+        &[
+            "lb_endpoints",
+            "priority",
+            "locality",
+            "load_balancing_weight",
+        ],
     ),
     (
         "envoy.config.endpoint.v3.LbEndpoint",

@@ -8,8 +8,12 @@ use crate::error::ConfigError;
 use crate::path::{field, index};
 use crate::rib::{DnsTarget, EndpointConfig};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints,
+};
 use std::net::IpAddr;
+use std::sync::Arc;
+use switchyard_dataplane::fib::{Locality, LocalityName};
 
 /// The endpoints of a `ClusterLoadAssignment` (a cluster's `load_assignment`, or an EDS
 /// resource), sorted by priority; every endpoint an IP address with a non-zero port.
@@ -18,7 +22,7 @@ pub(super) fn load_assignment(
     lpath: &str,
 ) -> Result<Vec<EndpointConfig>> {
     let mut endpoints = Vec::new();
-    for_each_endpoint(la, lpath, |lbe, priority, p| {
+    for_each_endpoint(la, lpath, |lbe, priority, locality, p| {
         let apath = field(&field(p, "endpoint"), "address");
         let (_, text, _) = raw_socket_address(endpoint(lbe, p)?.address.as_ref(), &apath)?;
         if text.parse::<IpAddr>().is_err() {
@@ -39,6 +43,7 @@ pub(super) fn load_assignment(
             address,
             weight: weight(lbe, p)?,
             priority,
+            locality: locality.clone(),
         });
         Ok(())
     })?;
@@ -57,7 +62,7 @@ pub(super) fn dns_targets(
     kind: &str,
 ) -> Result<Vec<DnsTarget>> {
     let mut targets = Vec::new();
-    for_each_endpoint(la, lpath, |lbe, priority, p| {
+    for_each_endpoint(la, lpath, |lbe, priority, locality, p| {
         let apath = field(&field(p, "endpoint"), "address");
         let (_, name, port_value) = raw_socket_address(endpoint(lbe, p)?.address.as_ref(), &apath)?;
         let sa_path = field(&apath, "socket_address");
@@ -85,18 +90,19 @@ pub(super) fn dns_targets(
             port,
             weight: weight(lbe, p)?,
             priority,
+            locality: locality.clone(),
         });
         Ok(())
     })?;
     Ok(targets)
 }
 
-/// Calls `f(lb_endpoint, priority, path)` for every endpoint of every locality, in config
-/// order; `cluster_name` is required.
+/// Calls `f(lb_endpoint, priority, locality, path)` for every endpoint of every locality, in
+/// config order; `cluster_name` is required.
 fn for_each_endpoint(
     la: &ClusterLoadAssignment,
     lpath: &str,
-    mut f: impl FnMut(&LbEndpoint, u32, &str) -> Result<()>,
+    mut f: impl FnMut(&LbEndpoint, u32, &Locality, &str) -> Result<()>,
 ) -> Result<()> {
     if la.cluster_name.is_empty() {
         return Err(ConfigError::invalid(
@@ -105,13 +111,43 @@ fn for_each_endpoint(
         ));
     }
     let epath = field(lpath, "endpoints");
-    for (i, locality) in la.endpoints.iter().enumerate() {
-        let lbpath = field(&index(&epath, i), "lb_endpoints");
-        for (j, lbe) in locality.lb_endpoints.iter().enumerate() {
-            f(lbe, locality.priority, &index(&lbpath, j))?;
+    for (i, group) in la.endpoints.iter().enumerate() {
+        let gpath = index(&epath, i);
+        let locality = locality(group, i, &gpath)?;
+        let lbpath = field(&gpath, "lb_endpoints");
+        for (j, lbe) in group.lb_endpoints.iter().enumerate() {
+            f(lbe, group.priority, &locality, &index(&lbpath, j))?;
         }
     }
     Ok(())
+}
+
+/// A `LocalityLbEndpoints`' identity for locality-weighted balancing: its position, its
+/// `load_balancing_weight` (at least 1 when given, as Envoy validates it; 0 when not) and
+/// its `locality` name.
+fn locality(group: &LocalityLbEndpoints, i: usize, path: &str) -> Result<Locality> {
+    let weight = match group.load_balancing_weight {
+        None => 0,
+        Some(w) if w.value >= 1 => w.value,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                field(path, "load_balancing_weight"),
+                "must be at least 1 (as in Envoy)",
+            ))
+        }
+    };
+    let name = group.locality.as_ref().map(|l| {
+        Arc::new(LocalityName {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            sub_zone: l.sub_zone.clone(),
+        })
+    });
+    Ok(Locality {
+        group: u32::try_from(i).unwrap_or(u32::MAX),
+        weight,
+        name,
+    })
 }
 
 /// The `endpoint` of an `LbEndpoint` (required).

@@ -5,7 +5,10 @@ use super::{duration, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
 use crate::rib::millis_ceil as millis;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    CommonLbConfig, LbPolicy as PbLbPolicy,
+};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection as PbOutlier};
 use envoy_types::pb::envoy::config::core::v3::health_check::{
     payload, HealthChecker, Payload, TcpHealthCheck,
@@ -22,7 +25,9 @@ const DEFAULT_NO_TRAFFIC_INTERVAL_MS: u64 = 60_000;
 pub(super) fn health_policy(c: &Cluster, path: &str) -> Result<HealthPolicy> {
     let mut policy = HealthPolicy::default();
     if let Some(common) = &c.common_lb_config {
-        policy.panic_threshold_pct = panic_threshold(common, &field(path, "common_lb_config"))?;
+        let cpath = field(path, "common_lb_config");
+        policy.panic_threshold_pct = panic_threshold(common, &cpath)?;
+        policy.locality_weighted = locality_weighted(c, common, &cpath)?;
     }
     if let Some(o) = &c.outlier_detection {
         policy.outlier = Some(outlier(o, &field(path, "outlier_detection"))?);
@@ -39,6 +44,28 @@ pub(super) fn health_policy(c: &Cluster, path: &str) -> Result<HealthPolicy> {
         }
     }
     Ok(policy)
+}
+
+/// `locality_weighted_lb_config`: localities picked by weight before hosts, for the
+/// policies that pick per connection. The hashing policies would have to fold locality
+/// weights into their tables as Envoy does; Switchyard refuses the combination rather than
+/// ignore the weights.
+fn locality_weighted(c: &Cluster, common: &CommonLbConfig, path: &str) -> Result<bool> {
+    if !matches!(
+        common.locality_config_specifier,
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+    ) {
+        return Ok(false);
+    }
+    let hashing = [PbLbPolicy::RingHash as i32, PbLbPolicy::Maglev as i32];
+    if hashing.contains(&c.lb_policy) {
+        return Err(ConfigError::unsupported(
+            field(path, "locality_weighted_lb_config"),
+            "not with RING_HASH or MAGLEV in Switchyard (their tables do not weigh \
+             localities); use ROUND_ROBIN, LEAST_REQUEST or RANDOM",
+        ));
+    }
+    Ok(true)
 }
 
 /// `healthy_panic_threshold`: a percentage, truncated to whole percent as Envoy does.

@@ -243,6 +243,7 @@ static_resources:
                 address: std::net::SocketAddr::from(([10, 0, 0, 1], port)),
                 weight: 1,
                 priority: 0,
+                locality: Default::default(),
             }]
             .into(),
             hostnames: vec![Arc::from("a.example")].into(),

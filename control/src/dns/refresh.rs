@@ -122,6 +122,7 @@ pub(super) fn endpoints(
                     address: SocketAddr::new(*ip, target.port),
                     weight: target.weight,
                     priority: target.priority,
+                    locality: target.locality.clone(),
                 },
                 name.clone(),
             ));
@@ -232,6 +233,7 @@ mod tests {
             port,
             weight,
             priority,
+            locality: Default::default(),
         };
         let query = DnsQuery {
             logical: false,

@@ -565,6 +565,10 @@ pub struct HealthPolicy {
     pub outlier: Option<OutlierDetection>,
     /// `health_checks[0]` (a TCP check), when configured.
     pub health_check: Option<Arc<HealthCheck>>,
+    /// `common_lb_config.locality_weighted_lb_config`: within a priority level, a locality
+    /// is picked by its effective weight before a host is picked within it
+    /// ([`crate::lb::levels`]).
+    pub locality_weighted: bool,
 }
 
 impl Default for HealthPolicy {
@@ -573,6 +577,7 @@ impl Default for HealthPolicy {
             panic_threshold_pct: 50,
             outlier: None,
             health_check: None,
+            locality_weighted: false,
         }
     }
 }
@@ -717,9 +722,35 @@ pub struct Endpoint {
     pub weight: u32,
     /// The priority of its locality (0 is tried first).
     pub priority: u32,
+    /// The `LocalityLbEndpoints` it came from.
+    pub locality: Locality,
     /// The host's counters and health ([`HostState`]), shared across generations by cluster
     /// and address.
     pub stats: Arc<HostState>,
+}
+
+/// The `LocalityLbEndpoints` group an endpoint belongs to. Endpoints of one group are
+/// contiguous in [`Cluster::endpoints`] (groups keep their config order within a priority).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Locality {
+    /// The group's position in the assignment's `endpoints`: what tells groups apart.
+    pub group: u32,
+    /// The group's `load_balancing_weight`; 0 when unset (such a locality is never picked
+    /// by locality-weighted balancing, as in Envoy).
+    pub weight: u32,
+    /// `locality`: `region`, `zone`, `sub_zone` (`/clusters` shows them); `None` when unset.
+    pub name: Option<Arc<LocalityName>>,
+}
+
+/// Envoy's `core.v3.Locality`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct LocalityName {
+    /// `region`.
+    pub region: String,
+    /// `zone`.
+    pub zone: String,
+    /// `sub_zone`.
+    pub sub_zone: String,
 }
 
 impl Endpoint {

@@ -18,6 +18,16 @@
 //!   count instead. With panic disabled and no healthy host anywhere, there is no pick
 //!   (`upstream_cx_none_healthy`).
 //!
+//! - **localities** (`common_lb_config.locality_weighted_lb_config`, not with the hashing
+//!   policies): within a level not in panic, a locality (one `LocalityLbEndpoints` group) is
+//!   picked first, by Envoy's EDF over effective weights
+//!   `load_balancing_weight * min(1, 1.4 * healthy / hosts)` (kept in hundredths, so
+//!   integer weights keep exact ratios), then a
+//!   host within it by the policy. A locality without a weight or without a healthy host is
+//!   never picked; when no locality can be, the level's healthy hosts are balanced over as
+//!   a whole (Envoy's fallback). A level in panic balances over all its hosts, localities
+//!   ignored, as Envoy does.
+//!
 //! The level is chosen by `r % 100 + 1` against the cumulative loads, where `r` is the
 //! connection's hash for RING_HASH and MAGLEV (so a key stays on its level, as in Envoy's
 //! thread-aware balancers) and a random draw otherwise.
@@ -30,7 +40,7 @@
 //! a hashing policy over a subset, its table) once per health change; a pick then reads the
 //! cluster's health epoch (one atomic load) and allocates nothing.
 
-use super::{hashed, ClusterLb, Rng};
+use super::{hashed, ClusterLb, Rng, WeightedRotation};
 use crate::fib::{Cluster, Endpoint, HashTable};
 
 /// Envoy's default overprovisioning factor, in percent.
@@ -65,6 +75,18 @@ struct Level {
     /// A hashing policy's table over `members`, when the FIB's (over all of priority 0)
     /// does not fit.
     table: Option<HashTable>,
+    /// Locality-weighted balancing: the level's localities that may be picked. `None` when
+    /// the cluster does not weigh localities, the level is in panic, or no locality has an
+    /// effective weight (then the level's own members are balanced over, as in Envoy).
+    localities: Option<Box<Localities>>,
+}
+
+/// A level's localities with an effective weight, and the rotation that picks among them.
+#[derive(Debug, Clone)]
+struct Localities {
+    rotation: WeightedRotation,
+    /// One per locality in the rotation, in the same order: its healthy members.
+    levels: Vec<Level>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +134,7 @@ impl ClusterBalancer {
                         plan,
                         upto,
                         panic,
+                        true,
                         super::mix_seed(seed, i as u64 ^ epoch << 8),
                     )
                 });
@@ -171,46 +194,11 @@ impl ClusterBalancer {
                 _ => &mut self.first,
             }
         };
-        let size = level.size();
-        if size == 0 {
-            return None;
-        }
-        let exclude = exclude.and_then(|e| level.slot_of(e));
-        let slot = match hash {
-            Some(h) => {
-                let table = level
-                    .table
-                    .as_ref()
-                    .or_else(|| level.fits_fib_table(cluster))?;
-                hashed(table, h, size, exclude)?
-            }
-            None => {
-                let Level {
-                    start,
-                    end,
-                    members,
-                    lb,
-                    ..
-                } = level;
-                let (start, members) = (*start, &*members);
-                let endpoints = match members {
-                    Members::All => &cluster.endpoints[start..*end],
-                    Members::Some { endpoints, .. } => &endpoints[..],
-                };
-                let active_of = |slot: usize| {
-                    let i = match members {
-                        Members::All => start + slot,
-                        Members::Some { index, .. } => index[slot] as usize,
-                    };
-                    active.get(i).copied().unwrap_or(0)
-                };
-                lb.pick_with(endpoints, active_of, exclude, rng)?
-            }
-        };
-        Some(Picked {
-            endpoint: level.endpoint_of(slot),
-            panic: level.panic,
-        })
+        let (endpoint, panic) = (
+            level.pick(cluster, active, exclude, hash, rng)?,
+            level.panic,
+        );
+        Some(Picked { endpoint, panic })
     }
 
     /// True when some level runs its policy's weighted variant.
@@ -242,6 +230,70 @@ impl ClusterBalancer {
 }
 
 impl Level {
+    /// An endpoint of this level (an index into the cluster's endpoints): by locality first
+    /// when the level weighs localities, then by the policy.
+    fn pick(
+        &mut self,
+        cluster: &Cluster,
+        active: &[u32],
+        exclude: Option<usize>,
+        hash: Option<u64>,
+        rng: &mut Rng,
+    ) -> Option<usize> {
+        match self.localities.as_deref_mut() {
+            Some(localities) => localities.pick(cluster, active, exclude, rng),
+            None => self.pick_member(cluster, active, exclude, hash, rng),
+        }
+    }
+
+    /// An endpoint among this level's members, by the cluster's policy.
+    fn pick_member(
+        &mut self,
+        cluster: &Cluster,
+        active: &[u32],
+        exclude: Option<usize>,
+        hash: Option<u64>,
+        rng: &mut Rng,
+    ) -> Option<usize> {
+        let size = self.size();
+        if size == 0 {
+            return None;
+        }
+        let exclude = exclude.and_then(|e| self.slot_of(e));
+        let slot = match hash {
+            Some(h) => {
+                let table = self
+                    .table
+                    .as_ref()
+                    .or_else(|| self.fits_fib_table(cluster))?;
+                hashed(table, h, size, exclude)?
+            }
+            None => {
+                let Level {
+                    start,
+                    end,
+                    members,
+                    lb,
+                    ..
+                } = self;
+                let (start, members) = (*start, &*members);
+                let endpoints = match members {
+                    Members::All => &cluster.endpoints[start..*end],
+                    Members::Some { endpoints, .. } => &endpoints[..],
+                };
+                let active_of = |slot: usize| {
+                    let i = match members {
+                        Members::All => start + slot,
+                        Members::Some { index, .. } => index[slot] as usize,
+                    };
+                    active.get(i).copied().unwrap_or(0)
+                };
+                lb.pick_with(endpoints, active_of, exclude, rng)?
+            }
+        };
+        Some(self.endpoint_of(slot))
+    }
+
     fn size(&self) -> usize {
         match &self.members {
             Members::All => self.end - self.start,
@@ -283,6 +335,77 @@ impl Level {
     }
 }
 
+impl Localities {
+    /// Envoy's locality pick (`chooseHealthyLocality`), then the policy within it. On a
+    /// retry, a locality whose only member just failed gives its turn to the next one.
+    fn pick(
+        &mut self,
+        cluster: &Cluster,
+        active: &[u32],
+        exclude: Option<usize>,
+        rng: &mut Rng,
+    ) -> Option<usize> {
+        let spent = exclude.and_then(|e| {
+            self.levels
+                .iter()
+                .position(|l| l.size() == 1 && l.slot_of(e).is_some())
+        });
+        let i = self.rotation.next(spent);
+        self.levels[i].pick_member(cluster, active, exclude, None, rng)
+    }
+
+    /// The localities of a level's `plan` with an effective weight (module docs), each a
+    /// sub-level over its healthy members; `None` when none has one.
+    fn build(cluster: &Cluster, plan: &LevelPlan, seed: u64) -> Option<Box<Localities>> {
+        let mut weights = Vec::new();
+        let mut levels = Vec::new();
+        let mut start = plan.start;
+        while start < plan.end {
+            let group = &cluster.endpoints[start].locality;
+            let end = start
+                + cluster.endpoints[start..plan.end]
+                    .iter()
+                    .take_while(|e| e.locality.group == group.group)
+                    .count();
+            let healthy: Vec<u32> = plan
+                .healthy
+                .iter()
+                .copied()
+                .filter(|&i| (start..end).contains(&(i as usize)))
+                .collect();
+            let weight = effective_locality_weight(group.weight, end - start, healthy.len());
+            if weight > 0 {
+                let sub = LevelPlan {
+                    start,
+                    end,
+                    healthy,
+                };
+                let sub_seed = super::mix_seed(seed, levels.len() as u64 + 1);
+                levels.push(level(cluster, sub, 0, false, false, sub_seed));
+                weights.push(weight);
+            }
+            start = end;
+        }
+        (!levels.is_empty()).then(|| {
+            Box::new(Localities {
+                rotation: WeightedRotation::new(&weights, seed),
+                levels,
+            })
+        })
+    }
+}
+
+/// Envoy's `effectiveLocalityWeight`: `weight * min(1, 1.4 * healthy / hosts)`, here in
+/// hundredths so that integer weights keep their exact ratios when every host is healthy.
+fn effective_locality_weight(weight: u32, hosts: usize, healthy: usize) -> u32 {
+    if hosts == 0 {
+        return 0;
+    }
+    let (hosts, healthy) = (hosts as u64, healthy as u64);
+    let share = (OVERPROVISIONING_PCT * healthy).min(100 * hosts);
+    u32::try_from(u64::from(weight) * share / hosts).unwrap_or(u32::MAX)
+}
+
 /// How many endpoints the first priority present has (they come first).
 pub fn first_priority_len(endpoints: &[Endpoint]) -> usize {
     match endpoints.first() {
@@ -294,7 +417,22 @@ pub fn first_priority_len(endpoints: &[Endpoint]) -> usize {
     }
 }
 
-fn level(cluster: &Cluster, plan: LevelPlan, upto: u32, panic: bool, seed: u64) -> Level {
+/// A level over `plan`'s members (all of them in panic). With `by_locality` and a cluster
+/// that weighs localities, a level not in panic also gets its [`Localities`].
+fn level(
+    cluster: &Cluster,
+    plan: LevelPlan,
+    upto: u32,
+    panic: bool,
+    by_locality: bool,
+    seed: u64,
+) -> Level {
+    let weighs = cluster.health.locality_weighted && !cluster.lb_policy.is_hashing();
+    let localities = if by_locality && !panic && weighs {
+        Localities::build(cluster, &plan, seed)
+    } else {
+        None
+    };
     let (start, end) = (plan.start, plan.end);
     let all = panic || plan.healthy.len() == end - start;
     let members = if all {
@@ -318,6 +456,7 @@ fn level(cluster: &Cluster, plan: LevelPlan, upto: u32, panic: bool, seed: u64) 
         upto,
         lb: ClusterLb::empty(),
         table: None,
+        localities,
     };
     let endpoints = level.endpoints(cluster);
     let lb = ClusterLb::over(cluster.lb_policy, endpoints, seed);
@@ -472,6 +611,7 @@ mod tests {
                 address: SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
                 weight: 1,
                 priority,
+                locality: Default::default(),
                 stats: Arc::new(HostState::new()),
             })
             .collect();
@@ -491,6 +631,7 @@ mod tests {
                 panic_threshold_pct,
                 outlier: Some(OutlierDetection::default()),
                 health_check: None,
+                locality_weighted: false,
             },
             health_state: Arc::new(ClusterHealth::new("c", None)),
             added_via_api: false,
@@ -642,5 +783,91 @@ mod tests {
             moved >= on_three && moved < on_three + 100,
             "{moved} vs {on_three}"
         );
+    }
+
+    /// A locality-weighted cluster: `groups[g] = (weight, hosts)`, all at priority 0.
+    fn by_locality(policy: LbPolicy, groups: &[(u32, usize)]) -> Cluster {
+        let sizes: Vec<u32> = groups
+            .iter()
+            .flat_map(|&(_, hosts)| std::iter::repeat_n(0, hosts))
+            .collect();
+        let mut c = cluster(policy, &sizes, 50);
+        let mut i = 0;
+        for (g, &(weight, hosts)) in groups.iter().enumerate() {
+            for _ in 0..hosts {
+                c.endpoints[i].locality = crate::fib::Locality {
+                    group: g as u32,
+                    weight,
+                    name: None,
+                };
+                i += 1;
+            }
+        }
+        c.health.locality_weighted = true;
+        c
+    }
+
+    #[test]
+    fn localities_share_by_weight_exactly() {
+        // Locality 0 (weight 1) has two hosts, locality 1 (weight 3) three.
+        let c = by_locality(LbPolicy::RoundRobin, &[(1, 2), (3, 3)]);
+        let mut b = ClusterBalancer::build(&c, 7);
+        let counts = picks(&c, &mut b, 400);
+        assert_eq!(counts[0] + counts[1], 100, "{counts:?}");
+        assert_eq!(counts[2] + counts[3] + counts[4], 300, "{counts:?}");
+        // Round robin within each locality.
+        assert_eq!((counts[0], counts[1]), (50, 50), "{counts:?}");
+        assert!(counts[2..].iter().all(|&n| n == 100), "{counts:?}");
+    }
+
+    #[test]
+    fn a_locality_without_weight_gets_nothing_unless_none_has_one() {
+        let c = by_locality(LbPolicy::RoundRobin, &[(0, 2), (2, 2)]);
+        let mut b = ClusterBalancer::build(&c, 3);
+        assert_eq!(picks(&c, &mut b, 100), [0, 0, 50, 50]);
+        // No locality with a weight: the level's hosts, as if localities were not weighed.
+        let c = by_locality(LbPolicy::RoundRobin, &[(0, 2), (0, 2)]);
+        let mut b = ClusterBalancer::build(&c, 3);
+        assert_eq!(picks(&c, &mut b, 100), [25, 25, 25, 25]);
+    }
+
+    #[test]
+    fn unhealthy_hosts_lower_their_localitys_weight_as_envoy_computes_it() {
+        let c = by_locality(
+            LbPolicy::LeastRequest { choice_count: 2 },
+            &[(1, 2), (1, 2)],
+        );
+        eject(&c, 3);
+        let mut b = ClusterBalancer::build(&c, 5);
+        // Locality 1: 1 of 2 healthy: 1 * min(1, 1.4 * 0.5) = 0.7 against locality 0's 1.
+        let counts = picks(&c, &mut b, 1700);
+        assert_eq!(counts[0] + counts[1], 1000, "{counts:?}");
+        assert_eq!((counts[2], counts[3]), (700, 0), "{counts:?}");
+        assert_eq!(effective_locality_weight(3, 4, 3), 300);
+        assert_eq!(effective_locality_weight(3, 4, 2), 210);
+        assert_eq!(effective_locality_weight(3, 4, 0), 0);
+    }
+
+    #[test]
+    fn a_retry_leaves_a_locality_whose_only_host_failed() {
+        let c = by_locality(LbPolicy::RoundRobin, &[(1, 1), (1, 1), (1, 1)]);
+        let mut b = ClusterBalancer::build(&c, 9);
+        let mut rng = Rng::new(1);
+        for _ in 0..30 {
+            let p = b.pick(&c, &[], Some(1), None, &mut rng).unwrap();
+            assert_ne!(p.endpoint, 1);
+        }
+    }
+
+    #[test]
+    fn a_level_in_panic_ignores_localities() {
+        // Locality 1 has the weight but both its hosts are out: with 1 of 3 hosts healthy
+        // the level is in panic and balances over all three.
+        let c = by_locality(LbPolicy::RoundRobin, &[(0, 1), (5, 2)]);
+        eject(&c, 1);
+        eject(&c, 2);
+        let mut b = ClusterBalancer::build(&c, 2);
+        assert_eq!(picks(&c, &mut b, 300), [100, 100, 100]);
+        assert!(b.levels()[0].2, "panic");
     }
 }

@@ -158,7 +158,7 @@ impl ClusterLb {
                 next: index_from_seed(seed, len),
             },
             (LbPolicy::RoundRobin, true) => {
-                State::WeightedRoundRobin(EdfHeap::prepicked(endpoints, seed))
+                State::WeightedRoundRobin(EdfHeap::prepicked(endpoints.iter().map(weight), seed))
             }
             (LbPolicy::Random, false) => State::Random,
             (LbPolicy::Random, true) => State::WeightedRandom {
@@ -173,9 +173,9 @@ impl ClusterLb {
             (LbPolicy::LeastRequest { choice_count }, false) => State::LeastRequest {
                 choice_count: choice_count.max(1),
             },
-            (LbPolicy::LeastRequest { .. }, true) => {
-                State::WeightedLeastRequest(EdfHeap::prepicked(endpoints, seed).to_float())
-            }
+            (LbPolicy::LeastRequest { .. }, true) => State::WeightedLeastRequest(
+                EdfHeap::prepicked(endpoints.iter().map(weight), seed).to_float(),
+            ),
             // No endpoints to pick from: the worker connects to the original destination.
             (LbPolicy::ClusterProvided, _) => State::Random,
             // Picks read the cluster's table in the FIB ([`WorkerLb::pick`]); nothing per worker.
@@ -255,16 +255,7 @@ impl ClusterLb {
                 *next = (i + 1) % n;
                 i
             }
-            State::WeightedRoundRobin(heap) => {
-                let slot = heap.earliest(exclude);
-                let entry = heap.entries[slot];
-                let deadline = Ratio {
-                    picks: entry.deadline.picks + 1,
-                    weight: entry.deadline.weight,
-                };
-                heap.reschedule(slot, deadline);
-                entry.host
-            }
+            State::WeightedRoundRobin(heap) => heap.pick_next(exclude),
             State::Random => uniform(n, exclude, rng),
             State::WeightedRandom { cumulative } => weighted_random(cumulative, exclude, rng),
             State::LeastRequest { choice_count } => {
@@ -291,6 +282,26 @@ impl ClusterLb {
         };
         debug_assert!(picked < n && Some(picked) != exclude);
         Some(picked)
+    }
+}
+
+/// Envoy's `EdfScheduler` over fixed weights, for picking among a level's localities:
+/// entry `i` is picked `w_i` times in every `sum(w)` picks, smoothly interleaved, from a
+/// seeded point of the cycle. Allocation-free after [`WeightedRotation::new`].
+#[derive(Debug, Clone)]
+pub(crate) struct WeightedRotation(EdfHeap<Ratio>);
+
+impl WeightedRotation {
+    /// A rotation over `weights` (0 counts as 1; callers leave zero weights out).
+    pub(crate) fn new(weights: &[u32], seed: u64) -> Self {
+        WeightedRotation(EdfHeap::prepicked(weights.iter().map(|&w| w.max(1)), seed))
+    }
+
+    /// The next entry, never `exclude` while another exists.
+    #[inline]
+    pub(crate) fn next(&mut self, exclude: Option<usize>) -> usize {
+        let exclude = exclude.filter(|_| self.0.entries.len() > 1);
+        self.0.pick_next(exclude)
     }
 }
 
@@ -585,18 +596,19 @@ impl<K: Deadline> EdfHeap<K> {
 }
 
 impl EdfHeap<Ratio> {
-    /// A schedule advanced by `seed % total_weight` picks: a seeded point in one cycle
-    /// (Envoy's `createWithPicks`). Host `i` has made `floor(picks * w_i / total)` of them,
-    /// computed directly; the fewer than `n` left over run through the heap.
-    fn prepicked(endpoints: &[Endpoint], seed: u64) -> Self {
-        let total: u64 = endpoints.iter().map(|e| u64::from(weight(e))).sum();
+    /// A schedule over `weights` (each at least 1) advanced by `seed % total_weight` picks:
+    /// a seeded point in one cycle (Envoy's `createWithPicks`). Host `i` has made
+    /// `floor(picks * w_i / total)` of them, computed directly; the fewer than `n` left over
+    /// run through the heap.
+    fn prepicked(weights: impl Iterator<Item = u32> + Clone, seed: u64) -> Self {
+        let total: u64 = weights.clone().map(u64::from).sum();
         let picks = if total == 0 { 0 } else { seed % total };
         let mut done = 0u64;
-        let entries = endpoints
-            .iter()
+        let mut n = 0u64;
+        let entries = weights
             .enumerate()
-            .map(|(host, e)| {
-                let w = weight(e);
+            .map(|(host, w)| {
+                n += 1;
                 let made = (u128::from(picks) * u128::from(w) / u128::from(total)) as u64;
                 done += made;
                 EdfEntry {
@@ -609,18 +621,25 @@ impl EdfHeap<Ratio> {
                 }
             })
             .collect();
-        let mut heap = EdfHeap::from_entries(entries, endpoints.len() as u64);
+        let mut heap = EdfHeap::from_entries(entries, n);
         for _ in done..picks {
-            let top = heap.entries[0].deadline;
-            heap.reschedule(
-                0,
-                Ratio {
-                    picks: top.picks + 1,
-                    weight: top.weight,
-                },
-            );
+            heap.pick_next(None);
         }
         heap
+    }
+
+    /// The earliest entry's host other than `exclude` (when another exists), its turn
+    /// taken: its next deadline is one more pick at its weight.
+    #[inline]
+    fn pick_next(&mut self, exclude: Option<usize>) -> usize {
+        let slot = self.earliest(exclude);
+        let entry = self.entries[slot];
+        let deadline = Ratio {
+            picks: entry.deadline.picks + 1,
+            weight: entry.deadline.weight,
+        };
+        self.reschedule(slot, deadline);
+        entry.host
     }
 
     /// The same schedule with floating-point deadlines, for weights that change per pick.
@@ -656,6 +675,7 @@ mod tests {
                 address: SocketAddr::from(([10, 0, 0, (i % 250) as u8 + 1], 8080)),
                 weight,
                 priority: 0,
+                locality: Default::default(),
                 stats: Arc::new(HostState::new()),
             })
             .collect()
