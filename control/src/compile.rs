@@ -229,6 +229,8 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
                 name: l.name.as_str().into(),
                 address: l.address,
                 proxy: udp_proxy(u, ids, stats),
+                max_rx_datagram_bytes: u.max_downstream_rx_datagram_bytes,
+                udp_stats: stats.listener_udp(l.address),
             }),
         }
     }
@@ -343,6 +345,7 @@ fn udp_proxy(
         route: route(&u.route, ids),
         idle_timeout_ms: u.idle_timeout.map(millis),
         hash_source_ip: u.hash_source_ip,
+        max_upstream_rx_datagram_bytes: u.max_upstream_rx_datagram_bytes,
     }
 }
 

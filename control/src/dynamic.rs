@@ -443,6 +443,8 @@ mod tests {
                 route: RouteConfig::Cluster(cluster.into()),
                 idle_timeout: None,
                 hash_source_ip: false,
+                max_downstream_rx_datagram_bytes: Some(1500),
+                max_upstream_rx_datagram_bytes: None,
             }),
         }
     }

@@ -287,7 +287,17 @@ pub struct UdpProxyConfig {
     pub idle_timeout: Option<Duration>,
     /// `hash_policies: [{source_ip: true}]`: hashing balancers key on the client's IP.
     pub hash_source_ip: bool,
+    /// The listener's `udp_listener_config.downstream_socket_config`: a client's datagram
+    /// longer than this is dropped ([`DEFAULT_MAX_RX_DATAGRAM_SIZE`] by default); `None`:
+    /// none is (`prefer_gro: true`, see [`crate::convert`]'s UDP rules).
+    pub max_downstream_rx_datagram_bytes: Option<u32>,
+    /// `upstream_socket_config`: an endpoint's datagram longer than this is dropped; `None`
+    /// (the default, as upstream sockets prefer GRO): none is.
+    pub max_upstream_rx_datagram_bytes: Option<u32>,
 }
+
+/// Envoy's default `max_rx_datagram_size`.
+pub const DEFAULT_MAX_RX_DATAGRAM_SIZE: u32 = 1500;
 
 /// A filter chain: what it matches and its one terminal filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
