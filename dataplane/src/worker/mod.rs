@@ -955,11 +955,9 @@ impl Worker {
         };
         self.occupy(slot, listener_slot, fib_index, fd, &decision);
         let verdict = match decision.outcome {
-            Outcome::Limited { delay_ms } => {
-                // The filter closes the connection before the tcp_proxy sees it.
-                self.conns[slot as usize].chain = slot::CHAIN_NONE;
-                conn::Verdict::Limited { delay_ms }
-            }
+            // The filter closes the connection before the tcp_proxy routes it; Envoy's
+            // tcp_proxy still counts it and logs it (no upstream, no flag).
+            Outcome::Limited { delay_ms } => conn::Verdict::Limited { delay_ms },
             Outcome::Refuse {
                 flags,
                 reset,
@@ -1075,6 +1073,8 @@ impl Worker {
         decision.chain = chain_index;
         if let Some(limit) = &chain.connection_limit {
             if !limit.state.try_enter(limit.max_connections) {
+                chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
+                chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxActive);
                 decision.outcome = Outcome::Limited {
                     delay_ms: limit.delay_ms,
                 };
