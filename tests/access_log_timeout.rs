@@ -2,7 +2,8 @@
 //! file) and the upstream connect timeout. Every test runs against Envoy too
 //! (`SWITCHYARD_TEST_PROXY=envoy`): the log lines must have Envoy's shape and values, for
 //! relayed connections and for the ones the proxy ends itself (a `connection_limit` refusal,
-//! connect failures and timeouts, an idle timeout).
+//! connect failures and timeouts, an idle timeout), and every closed connection's line must be
+//! in the file once the proxy has exited.
 
 mod common;
 
@@ -394,4 +395,54 @@ fn connections_the_proxy_ends_are_logged_as_envoy_logs_them() {
     );
     assert_eq!(stat("cluster.closed.upstream_cx_connect_fail"), 3);
     assert_eq!(stat("tcp.idle.idle_timeout"), 1);
+}
+
+/// Connections closed just before SIGTERM: every one's line is in the file once the proxy has
+/// exited (Switchyard once lost the lines of connections it had not finished recording when
+/// the stop came; Envoy writes them all).
+#[test]
+fn every_connection_closed_before_sigterm_has_its_line_after_exit() {
+    const CONNECTIONS: usize = 20;
+    let backend = Backend::echo();
+    let dir = test_dir("access-log-sigterm");
+    let log = dir.join("stop.log");
+    let (admin, port) = (free_port(), free_port());
+    let yaml = bootstrap(
+        admin,
+        &tcp_listener_logged("stop", port, "stop", &[file_access_log(&log, None)]),
+        &static_cluster("stop", &[(backend.addr, 1)]),
+    );
+    let Some(mut proxy) = start_selected(&yaml) else {
+        return;
+    };
+    let addr = local(port);
+    let mut first = connect_retry(addr, Duration::from_secs(5));
+    assert_eq!(ping(&mut first, b"x").expect("ping"), b"x");
+    drop(first);
+    // Each relayed, then closed by the client; SIGTERM right after the last close.
+    let clients: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|i| {
+            let mut c = connect(addr).expect("connect");
+            let msg = [i as u8; 16];
+            assert_eq!(ping(&mut c, &msg).expect("ping"), msg);
+            c
+        })
+        .collect();
+    drop(clients);
+    proxy.sigterm();
+    let status = proxy.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit after SIGTERM: {status:?}\n{}",
+        proxy.logs()
+    );
+    let lines = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1 + CONNECTIONS,
+        "one line per connection, written before exit: {lines:#?}\n{}",
+        proxy.logs()
+    );
+    assert!(lines.iter().all(|l| l.starts_with('[')), "{lines:#?}");
 }

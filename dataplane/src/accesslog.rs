@@ -587,7 +587,8 @@ impl AccessLogWriter {
         }
     }
 
-    /// Writes everything queued, then stops and joins the thread.
+    /// Writes everything queued, flushes stdout and stderr, then stops and joins the thread.
+    /// Called once the workers have stopped, it writes every record they queued.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -639,6 +640,9 @@ fn writer_loop(shared: &WriterShared) {
         }
         shared.wake.notify_all();
         if stop && !busy {
+            // Everything the stopped workers queued is written: nothing stays in a buffer
+            // (a text format need not end its lines, so stdout may hold a part of one).
+            outputs.flush();
             return;
         }
     }
@@ -683,6 +687,14 @@ enum FileState {
 }
 
 impl Outputs {
+    /// Flushes what the standard streams buffer (files are written unbuffered).
+    fn flush(&mut self) {
+        if let Err(e) = std::io::stdout().lock().flush() {
+            tracing::warn!(error = %e, "access log: cannot flush stdout");
+        }
+        let _ = std::io::stderr().lock().flush();
+    }
+
     fn write_pending(&mut self) {
         for (path, buf) in self.pending.iter_mut() {
             if buf.is_empty() {

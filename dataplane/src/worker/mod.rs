@@ -595,6 +595,11 @@ impl Worker {
         // reused).
         self.ring.submit();
         self.shared.worker_adopted(self.id, snapshot.epoch);
+        if let Some(delay) = self.shared.take_after_adoption_delay(self.id) {
+            // Only a test sets this: a worker held right after it acknowledged, as one taken
+            // off its CPU there would be.
+            std::thread::sleep(delay);
+        }
     }
 
     /// A new FIB generation: load-balancer state for it; the previous one is released once
