@@ -240,7 +240,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
         .iter()
         .filter(|l| l.tcp().is_some())
         .map(|l| l.address)
-        .chain(rib.admin.address.socket())
+        .chain(rib.admin.socket())
         .collect();
     Fib {
         generation,

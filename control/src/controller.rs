@@ -211,7 +211,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         generation = 1,
         listeners = rib.listeners.len(),
         clusters = rib.clusters.len(),
-        admin = %rib.admin.address,
+        admin = %rib.admin.address.as_ref().map_or("none".to_string(), |a| a.to_string()),
         "config loaded; serving"
     );
 
@@ -374,7 +374,6 @@ fn start_xds(rib: &Rib, held: Held, events: Sender<ControlEvent>) -> Result<Xds,
         .map(|l| (format!("static listener '{}'", l.name), l.bind()))
         .chain(
             rib.admin
-                .address
                 .socket()
                 .map(|a| ("the admin".to_string(), Bind::tcp(a))),
         )
@@ -419,7 +418,18 @@ fn start_admin(
         options.command_line.clone(),
         actions_tx,
     ));
-    let listener = admin::AdminListener::bind(&rib.admin.address).map_err(RunError::Admin)?;
+    // Without `admin.address` no admin listener is opened, as in Envoy; the state is kept
+    // for readiness (`--readiness-port`) and the control thread.
+    let listener = rib
+        .admin
+        .address
+        .as_ref()
+        .map(admin::AdminListener::bind)
+        .transpose()
+        .map_err(RunError::Admin)?;
+    if listener.is_none() {
+        tracing::info!("no admin.address: no admin listener");
+    }
     let readiness = options
         .readiness_port
         .map(|port| {
@@ -427,7 +437,9 @@ fn start_admin(
                 .map_err(|e| RunError::Readiness(port, e))
         })
         .transpose()?;
-    admin::spawn(listener, readiness, state.clone()).map_err(RunError::Admin)?;
+    if listener.is_some() || readiness.is_some() {
+        admin::spawn(listener, readiness, state.clone()).map_err(RunError::Admin)?;
+    }
     Ok(state)
 }
 

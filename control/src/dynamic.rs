@@ -354,7 +354,7 @@ impl DynamicState {
                 ));
                 continue;
             }
-            if rib.admin.address.socket().map(Bind::tcp) == Some(l.bind()) {
+            if rib.admin.socket().map(Bind::tcp) == Some(l.bind()) {
                 skipped.push(format!(
                     "listener '{name}': address {} is the admin address",
                     l.address
