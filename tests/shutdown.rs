@@ -75,6 +75,13 @@ fn sigterm_drains_active_connection_then_exits_zero(mode: RelayMode) {
             "/ready still 200 after SIGTERM\n{}",
             proxy.logs()
         );
+        // /ready turns 503 just before the listeners close; a connection the kernel
+        // completes in between is served (and reaches the backend), so probe only once the
+        // listener is gone.
+        let closed = wait_until(Duration::from_secs(2), || {
+            !proxy.listening_tcp().contains(&addr)
+        });
+        assert!(closed, "still listening after SIGTERM\n{}", proxy.logs());
     }
 
     // New connections are refused (or closed without ever reaching the backend).
