@@ -223,6 +223,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
                 stats: stats.listener(l.address),
                 use_original_dst: t.use_original_dst,
                 transparent: t.transparent,
+                reuse_port: t.reuse_port,
                 original_src: t.original_src,
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {

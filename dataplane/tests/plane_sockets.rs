@@ -94,6 +94,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             stats: Arc::new(ListenerStats::new(listener_stat_name(&listen), workers)),
             use_original_dst: false,
             transparent: false,
+            reuse_port: true,
             original_src: None,
         }],
         clusters: vec![Arc::new(cluster)],

@@ -80,6 +80,7 @@ pub(crate) fn fixture() -> Fixture {
             stats: ls,
             use_original_dst: false,
             transparent: false,
+            reuse_port: true,
             original_src: None,
         }],
         clusters: vec![

@@ -139,12 +139,16 @@ fn yaml_too_large(mut e: &serde_saphyr::Error) -> bool {
 
 /// Parses a bootstrap from text.
 pub fn parse_str(text: &str, format: Format) -> Result<LoadedConfig, ConfigError> {
-    let value: serde_json::Value = match format {
-        Format::Yaml => parse_yaml(text)?,
+    parse_value(&parse_text(text, format)?)
+}
+
+/// Config text (YAML or JSON) as a JSON value, nothing checked yet.
+pub(crate) fn parse_text(text: &str, format: Format) -> Result<serde_json::Value, ConfigError> {
+    match format {
+        Format::Yaml => parse_yaml(text),
         Format::Json => serde_json::from_str(text)
-            .map_err(|e| ConfigError::new(ErrorKind::Syntax, "", format!("invalid JSON: {e}")))?,
-    };
-    parse_value(&value)
+            .map_err(|e| ConfigError::new(ErrorKind::Syntax, "", format!("invalid JSON: {e}"))),
+    }
 }
 
 /// Parses a bootstrap already read into a JSON value.
@@ -160,16 +164,7 @@ pub fn parse_value(value: &serde_json::Value) -> Result<LoadedConfig, ConfigErro
     let desc = pool
         .get_message_by_name(BOOTSTRAP)
         .expect("the vendored descriptor set has the bootstrap");
-    walk::check(&pool, &desc, value)?;
-
-    let mut track = serde_path_to_error::Track::new();
-    let de = serde_path_to_error::Deserializer::new(value, &mut track);
-    let message = DynamicMessage::deserialize(desc, de).map_err(|e| {
-        // The walker catches what it can with exact paths; this is the fallback.
-        let path = track.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        ConfigError::invalid(path, e.to_string())
-    })?;
+    let message = checked_message(&pool, desc, value)?;
     let bytes = message.encode_to_vec();
     let bootstrap = Bootstrap::decode(bytes.as_slice()).map_err(|e| {
         // The pool and the prost types come from one envoy-types release (tested).
@@ -183,6 +178,24 @@ pub fn parse_value(value: &serde_json::Value) -> Result<LoadedConfig, ConfigErro
     Ok(LoadedConfig {
         bootstrap,
         normalized,
+    })
+}
+
+/// `value` walked as a `desc` message (every field named by its path when refused), then
+/// decoded with the proto3 JSON mapping.
+pub(crate) fn checked_message(
+    pool: &prost_reflect::DescriptorPool,
+    desc: prost_reflect::MessageDescriptor,
+    value: &serde_json::Value,
+) -> Result<DynamicMessage, ConfigError> {
+    walk::check(pool, &desc, value)?;
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    DynamicMessage::deserialize(desc, de).map_err(|e| {
+        // The walker catches what it can with exact paths; this is the fallback.
+        let path = track.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::invalid(path, e.to_string())
     })
 }
 

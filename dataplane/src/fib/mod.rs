@@ -120,6 +120,10 @@ pub struct Listener {
     /// `IP_TRANSPARENT` on the listening socket (Envoy `transparent`): it accepts
     /// connections a TPROXY rule steered to it, whatever their destination.
     pub transparent: bool,
+    /// `enable_reuse_port` (Envoy's default true): one `SO_REUSEPORT` socket per worker;
+    /// false: one socket without it, which every worker accepts from (and no other process
+    /// can bind the port).
+    pub reuse_port: bool,
     /// `envoy.filters.listener.original_src`: upstream connections leave from the client's
     /// own address.
     pub original_src: Option<OriginalSrc>,
