@@ -1,6 +1,9 @@
-//! Access logs (Envoy's default TCP format and `json_format`, to a file) and the upstream
-//! connect timeout. Both run against Envoy too (`SWITCHYARD_TEST_PROXY=envoy`): the log lines
-//! must have Envoy's shape and values.
+//! Access logs (Envoy's default TCP format, `text_format_source` and `json_format`, to a
+//! file) and the upstream connect timeout. Every test runs against Envoy too
+//! (`SWITCHYARD_TEST_PROXY=envoy`): the log lines must have Envoy's shape and values, for
+//! relayed connections and for the ones the proxy ends itself (a `connection_limit` refusal,
+//! connect failures and timeouts, an idle timeout), and every closed connection's line must be
+//! in the file once the proxy has exited.
 
 mod common;
 
@@ -132,9 +135,11 @@ fn connect_timeout_is_enforced_and_counted() {
 
     let admin = free_port();
     let port = free_port();
+    let dir = test_dir("connect-timeout");
+    let log = dir.join("slow.log");
     let yaml = bootstrap(
         admin,
-        &tcp_listener("slow", port, "slow", "slow"),
+        &tcp_listener_logged("slow", port, "slow", &[file_access_log(&log, None)]),
         &static_cluster("slow", &[(target, 1)])
             .replace("connect_timeout: 1s", "connect_timeout: 0.5s"),
     );
@@ -164,5 +169,280 @@ fn connect_timeout_is_enforced_and_counted() {
         proxy.logs()
     );
     assert_eq!(proxy.stat("cluster.slow.upstream_cx_connect_fail"), 1);
+    assert_eq!(
+        proxy.stat("cluster.slow.upstream_cx_connect_attempts_exceeded"),
+        1
+    );
+    // Envoy's tcp_proxy logs a connect timeout as a connect failure: `UF,URX`, not `UT`.
+    let lines = read_lines(&log, 1);
+    let (line, duration_ms) = without_time(&lines[0]);
+    assert_eq!(
+        line,
+        format!("\"- - -\" 0 UF,URX 0 0 - \"-\" \"-\" \"-\" \"-\" \"{target}\"")
+    );
+    assert!(duration_ms >= 300, "{duration_ms} ms");
     drop(fillers);
+}
+
+/// The fields the flag cases differ in, one line per connection (a `text_format_source`).
+const FIELDS: &str = "%RESPONSE_FLAGS% %CONNECTION_TERMINATION_DETAILS% %UPSTREAM_HOST% \
+%UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT%";
+
+/// A TCP proxy listener `name` to `cluster`, with `filters` before its tcp_proxy and `extra`
+/// tcp_proxy fields (YAML lines at the tcp_proxy's indentation), logging each connection to
+/// `<dir>/<name>.log` in Envoy's default format and to `<dir>/<name>.fields.log` as
+/// [`FIELDS`].
+fn flag_listener(
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+    cluster: &str,
+    filters: &str,
+    extra: &str,
+) -> String {
+    let fields =
+        format!("                text_format_source: {{inline_string: \"{FIELDS}\\n\"}}\n");
+    let logs = [
+        file_access_log(&dir.join(format!("{name}.log")), None),
+        file_access_log(&dir.join(format!("{name}.fields.log")), Some(&fields)),
+    ]
+    .concat();
+    tcp_listener_after(name, port, filters, name, cluster).replace(
+        &format!("cluster: {cluster}\n"),
+        &format!("cluster: {cluster}\n{extra}          access_log:\n{logs}"),
+    )
+}
+
+/// A line of Envoy's default format with its start time and duration left out:
+/// `"- - -" 0 UF,URX 0 0 - "-" "-" "-" "-" "127.0.0.1:9001"`, and the duration.
+fn without_time(line: &str) -> (String, u64) {
+    let (_, rest) = line
+        .split_once("] ")
+        .unwrap_or_else(|| panic!("no time: {line}"));
+    let mut fields: Vec<&str> = rest.split(' ').collect();
+    assert!(fields.len() > 8, "{line}");
+    let duration = fields.remove(7);
+    let duration = duration
+        .parse()
+        .unwrap_or_else(|_| panic!("duration: {line}"));
+    (fields.join(" "), duration)
+}
+
+/// The connections a proxy ends itself are logged as Envoy 1.40 logs them (each line checked
+/// against Envoy with the same file): a connection refused by `connection_limit` gets a line
+/// (no flag, no upstream, no bytes; after the filter's `delay` when it has one) and counts in
+/// `tcp.<prefix>.downstream_cx_total`; a connect failure is `UF,URX` once the attempts are
+/// used up, with one attempt or two, and counts `upstream_cx_connect_attempts_exceeded`; an
+/// idle timeout is `-`, with no termination details. Switchyard used to log no line for the
+/// refusal, `UF` for one failed attempt and `SI` / `idle_timeout` for the idle timeout.
+#[test]
+fn connections_the_proxy_ends_are_logged_as_envoy_logs_them() {
+    let backend = Backend::echo();
+    let closed = local(closed_port());
+    let dir = test_dir("access-log-flags");
+    let admin = free_port();
+    let ports = [
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    ];
+    let listeners = [
+        flag_listener(
+            &dir,
+            "limit",
+            ports[0],
+            "echo",
+            &connection_limit_filter("limit", 1, None),
+            "",
+        ),
+        flag_listener(
+            &dir,
+            "later",
+            ports[1],
+            "echo",
+            &connection_limit_filter("later", 1, Some("0.3s")),
+            "",
+        ),
+        flag_listener(&dir, "refused", ports[2], "closed", "", ""),
+        flag_listener(
+            &dir,
+            "twice",
+            ports[3],
+            "closed",
+            "",
+            "          max_connect_attempts: 2\n",
+        ),
+        flag_listener(
+            &dir,
+            "idle",
+            ports[4],
+            "echo",
+            "",
+            "          idle_timeout: 0.5s\n",
+        ),
+    ]
+    .concat();
+    let clusters =
+        static_cluster("echo", &[(backend.addr, 1)]) + &static_cluster("closed", &[(closed, 1)]);
+    let Some(proxy) = start_selected(&bootstrap(admin, &listeners, &clusters)) else {
+        return;
+    };
+    let msg = [5u8; 8];
+    // connection_limit: one held, the next refused (at once, then after the delay).
+    for (port, least) in [
+        (ports[0], Duration::ZERO),
+        (ports[1], Duration::from_millis(250)),
+    ] {
+        let mut held = connect_retry(local(port), Duration::from_secs(5));
+        assert_eq!(ping(&mut held, &msg).expect("held connection"), msg);
+        let mut refused = connect(local(port)).expect("connect");
+        let took = closed_within(&mut refused, Duration::from_secs(5));
+        assert!(
+            took.is_some_and(|t| t >= least && t < least + Duration::from_secs(2)),
+            "refused after {least:?}: {took:?}\n{}",
+            proxy.logs()
+        );
+        drop(refused);
+        drop(held);
+    }
+    // Connect failures, with one attempt and with two.
+    for port in [ports[2], ports[3]] {
+        let mut c = connect_retry(local(port), Duration::from_secs(5));
+        assert!(closed_within(&mut c, Duration::from_secs(5)).is_some());
+    }
+    // The idle timeout.
+    let mut idle = connect_retry(local(ports[4]), Duration::from_secs(5));
+    assert_eq!(ping(&mut idle, &msg).expect("idle connection"), msg);
+    let took = closed_within(&mut idle, Duration::from_secs(5));
+    assert!(
+        took.is_some_and(|t| t >= Duration::from_millis(300)),
+        "idle timeout of 0.5 s: closed after {took:?}"
+    );
+
+    let echo = backend.addr.to_string();
+    let closed_host = closed.to_string();
+    let relayed = format!("- - {echo} echo 8 8");
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let expect: [(&str, Vec<String>); 5] = [
+        ("limit", sorted(vec!["- - - - 0 0".into(), relayed.clone()])),
+        ("later", sorted(vec!["- - - - 0 0".into(), relayed.clone()])),
+        (
+            "refused",
+            vec![format!("UF,URX - {closed_host} closed 0 0")],
+        ),
+        ("twice", vec![format!("UF,URX - {closed_host} closed 0 0")]),
+        ("idle", vec![relayed.clone()]),
+    ];
+    for (name, want) in &expect {
+        let got = sorted(read_lines(
+            &dir.join(format!("{name}.fields.log")),
+            want.len(),
+        ));
+        assert_eq!(&got, want, "{name}\n{}", proxy.logs());
+    }
+    // The same in Envoy's default format.
+    let shape = |flags: &str, bytes: &str, host: &str| {
+        format!("\"- - -\" 0 {flags} {bytes} - \"-\" \"-\" \"-\" \"-\" \"{host}\"")
+    };
+    let refused_line = |name: &str| {
+        let lines = read_lines(&dir.join(format!("{name}.log")), 2);
+        let shapes: Vec<(String, u64)> = lines.iter().map(|l| without_time(l)).collect();
+        shapes
+            .into_iter()
+            .find(|(s, _)| s.ends_with("\"-\""))
+            .unwrap_or_else(|| panic!("{name}: no refused line in {lines:?}"))
+    };
+    let (line, _) = refused_line("limit");
+    assert_eq!(line, shape("-", "0 0", "-"));
+    let (line, duration_ms) = refused_line("later");
+    assert_eq!(line, shape("-", "0 0", "-"));
+    assert!(
+        (250..2000).contains(&duration_ms),
+        "held for the filter's 0.3 s delay: {duration_ms} ms"
+    );
+    for name in ["refused", "twice"] {
+        let lines = read_lines(&dir.join(format!("{name}.log")), 1);
+        assert_eq!(
+            without_time(&lines[0]).0,
+            shape("UF,URX", "0 0", &closed_host),
+            "{name}"
+        );
+    }
+    let lines = read_lines(&dir.join("idle.log"), 1);
+    let (line, duration_ms) = without_time(&lines[0]);
+    assert_eq!(line, shape("-", "8 8", &echo));
+    assert!(duration_ms >= 400, "{duration_ms} ms");
+
+    // Envoy's stats for the same connections.
+    let stats = proxy.stats();
+    let stat = |name: &str| stats.get(name).copied().unwrap_or(0);
+    assert_eq!(stat("connection_limit.limit.limited_connections"), 1);
+    assert_eq!(
+        stat("tcp.limit.downstream_cx_total"),
+        2,
+        "the refused connection counts in the tcp_proxy too, as in Envoy"
+    );
+    assert_eq!(stat("tcp.limit.downstream_cx_active"), 0);
+    assert_eq!(
+        stat("cluster.closed.upstream_cx_connect_attempts_exceeded"),
+        2,
+        "with one attempt and with two"
+    );
+    assert_eq!(stat("cluster.closed.upstream_cx_connect_fail"), 3);
+    assert_eq!(stat("tcp.idle.idle_timeout"), 1);
+}
+
+/// Connections closed just before SIGTERM: every one's line is in the file once the proxy has
+/// exited (Switchyard once lost the lines of connections it had not finished recording when
+/// the stop came; Envoy writes them all).
+#[test]
+fn every_connection_closed_before_sigterm_has_its_line_after_exit() {
+    const CONNECTIONS: usize = 20;
+    let backend = Backend::echo();
+    let dir = test_dir("access-log-sigterm");
+    let log = dir.join("stop.log");
+    let (admin, port) = (free_port(), free_port());
+    let yaml = bootstrap(
+        admin,
+        &tcp_listener_logged("stop", port, "stop", &[file_access_log(&log, None)]),
+        &static_cluster("stop", &[(backend.addr, 1)]),
+    );
+    let Some(mut proxy) = start_selected(&yaml) else {
+        return;
+    };
+    let addr = local(port);
+    let mut first = connect_retry(addr, Duration::from_secs(5));
+    assert_eq!(ping(&mut first, b"x").expect("ping"), b"x");
+    drop(first);
+    // Each relayed, then closed by the client; SIGTERM right after the last close.
+    let clients: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|i| {
+            let mut c = connect(addr).expect("connect");
+            let msg = [i as u8; 16];
+            assert_eq!(ping(&mut c, &msg).expect("ping"), msg);
+            c
+        })
+        .collect();
+    drop(clients);
+    proxy.sigterm();
+    let status = proxy.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit after SIGTERM: {status:?}\n{}",
+        proxy.logs()
+    );
+    let lines = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1 + CONNECTIONS,
+        "one line per connection, written before exit: {lines:#?}\n{}",
+        proxy.logs()
+    );
+    assert!(lines.iter().all(|l| l.starts_with('[')), "{lines:#?}");
 }

@@ -424,3 +424,61 @@ fn readiness_port_serves_readiness_alone() {
     }
     assert_eq!(statuses, vec![Some(200); 5]);
 }
+
+/// With no `admin` block there is no admin: the proxy listens on its listener and nothing
+/// else (Envoy: "No admin address given, so no admin HTTP server started"). Switchyard used
+/// to open one on 127.0.0.1:15000, `POST /quitquitquit` included. For Switchyard also: with
+/// `--readiness-port` and no admin, readiness is served alone on that port.
+#[test]
+fn no_admin_block_opens_no_admin_listener() {
+    let kind = selected_proxy();
+    if !require(proxy_available(kind), kind.name()) {
+        return;
+    }
+    let be = Backend::echo();
+    let port = free_port();
+    let yaml = bootstrap(
+        0,
+        &tcp_listener("no_admin", port, PREFIX, CLUSTER),
+        &static_cluster(CLUSTER, &[(be.addr, 1)]),
+    );
+    let yaml = yaml[yaml.find("static_resources:").expect("static_resources")..].to_string();
+    assert!(!yaml.contains("admin:"), "{yaml}");
+    let proxy = Proxy::spawn(kind, &yaml, ProxyOpts::default());
+    let listener = local(port);
+    proxy.wait_listening(listener, READY_TIMEOUT);
+    let mut c = connect_retry(listener, Duration::from_secs(5));
+    assert_eq!(ping(&mut c, b"through").expect("relayed"), b"through");
+    assert_eq!(
+        proxy.listening_tcp(),
+        std::collections::BTreeSet::from([listener]),
+        "listens on its listener and on nothing else (no 127.0.0.1:15000)\n{}",
+        proxy.logs()
+    );
+    drop(proxy);
+
+    if kind != ProxyKind::Switchyard {
+        return;
+    }
+    let ready_port = free_port();
+    let opts = ProxyOpts {
+        switchyard_args: vec!["--readiness-port".into(), ready_port.to_string()],
+        ..Default::default()
+    };
+    let proxy = Proxy::spawn(kind, &yaml, opts);
+    proxy.wait_listening(listener, READY_TIMEOUT);
+    let probe = local(ready_port);
+    let mut ready = None;
+    wait_until(Duration::from_secs(10), || {
+        ready = http(probe, "GET", "/ready")
+            .ok()
+            .map(|r| (r.status, r.body));
+        ready.is_some()
+    });
+    assert_eq!(ready, Some((200, "LIVE\n".to_string())), "{}", proxy.logs());
+    let r = http(probe, "POST", "/quitquitquit").expect("readiness port answers");
+    assert!(matches!(r.status, 404 | 405), "{}", r.status);
+    let mut listening = proxy.listening_tcp();
+    listening.retain(|a| a.port() != ready_port);
+    assert_eq!(listening, std::collections::BTreeSet::from([listener]));
+}

@@ -11,35 +11,19 @@
 mod common;
 
 use common::*;
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn limited_listener(name: &str, port: u16, delay: &str) -> String {
-    let limit = format!(
-        r#"      - name: envoy.filters.network.connection_limit
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit
-          stat_prefix: {name}
-          max_connections: 2
-{delay}"#
-    );
+fn limited_listener(name: &str, port: u16, delay: Option<&str>) -> String {
+    let limit = connection_limit_filter(name, 2, delay);
     tcp_listener_after(name, port, &limit, name, "echo")
-}
-
-/// Waits (up to `wait`) for `s` to be closed by the proxy; how long it took, or `None`.
-fn closed_within(s: &mut TcpStream, wait: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    s.set_read_timeout(Some(wait)).unwrap();
-    let (got, end) = read_all(s, 64);
-    (got.is_empty() && matches!(end, End::Eof | End::Reset)).then(|| started.elapsed())
 }
 
 #[test]
 fn connections_over_the_limit_are_closed() {
     let backend = Backend::echo();
     let (admin, ports) = (free_port(), [free_port(), free_port()]);
-    let listeners = limited_listener("now", ports[0], "")
-        + &limited_listener("later", ports[1], "          delay: 0.5s\n");
+    let listeners = limited_listener("now", ports[0], None)
+        + &limited_listener("later", ports[1], Some("0.5s"));
     let yaml = bootstrap(
         admin,
         &listeners,

@@ -75,6 +75,13 @@ fn sigterm_drains_active_connection_then_exits_zero(mode: RelayMode) {
             "/ready still 200 after SIGTERM\n{}",
             proxy.logs()
         );
+        // /ready turns 503 just before the listeners close; a connection the kernel
+        // completes in between is served (and reaches the backend), so probe only once the
+        // listener is gone.
+        let closed = wait_until(Duration::from_secs(2), || {
+            !proxy.listening_tcp().contains(&addr)
+        });
+        assert!(closed, "still listening after SIGTERM\n{}", proxy.logs());
     }
 
     // New connections are refused (or closed without ever reaching the backend).
@@ -161,4 +168,68 @@ fn sigterm_idle_exits_zero_quickly() {
         .unwrap_or_else(|| panic!("idle proxy did not exit after SIGTERM\n{}", proxy.logs()));
     assert!(st.success(), "exit status {st:?}\n{}", proxy.logs());
     assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+/// A second SIGTERM ends the drain at once: the held connections are closed (`DT`) and every
+/// one's access-log line is in the file when the process exits. It used to exit(1) on the
+/// spot, and the lines of the connections it was draining were lost. Switchyard only: Envoy
+/// exits on the first SIGTERM.
+#[test]
+fn second_sigterm_ends_the_drain_and_writes_every_line() {
+    let kind = selected_proxy();
+    if kind == ProxyKind::Envoy {
+        skip_unsupported(
+            kind,
+            "Envoy does not drain on SIGTERM: it exits on the first",
+        );
+        return;
+    }
+    if !require(proxy_available(kind), kind.name()) {
+        return;
+    }
+    let be = Backend::echo();
+    let dir = test_dir("second-sigterm");
+    let log = dir.join("held.log");
+    let (admin, port) = (free_port(), free_port());
+    let yaml = bootstrap(
+        admin,
+        &tcp_listener_logged("held", port, "held", &[file_access_log(&log, None)]),
+        &static_cluster("held", &[(be.addr, 1)]),
+    );
+    let mut proxy = Proxy::start_with(
+        kind,
+        &yaml,
+        ProxyOpts {
+            drain_time_s: Some(60),
+            ..ProxyOpts::default()
+        },
+    );
+    let held: Vec<_> = (0..3u8)
+        .map(|i| {
+            let mut c = connect_retry(local(port), Duration::from_secs(5));
+            assert_eq!(ping(&mut c, &[i; 4]).expect("ping"), [i; 4]);
+            c
+        })
+        .collect();
+    proxy.sigterm();
+    // The drain has begun (readiness down) with the three connections still open.
+    assert!(wait_until(Duration::from_secs(5), || {
+        http(proxy.admin, "GET", "/ready").map_or(true, |r| r.status == 503)
+    }));
+    thread::sleep(Duration::from_millis(200));
+    assert!(proxy.try_exit().is_none(), "exited with connections open");
+    let t0 = Instant::now();
+    proxy.sigterm();
+    let st = proxy
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no exit after the second SIGTERM\n{}", proxy.logs()));
+    assert!(st.success(), "exit status {st:?}\n{}", proxy.logs());
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let lines = std::fs::read_to_string(&log).unwrap_or_default();
+    let flags: Vec<&str> = lines
+        .lines()
+        .map(|l| l.split(' ').nth(5).unwrap_or(""))
+        .collect();
+    assert_eq!(flags, ["DT"; 3], "{lines}\n{}", proxy.logs());
+    drop(held);
 }

@@ -8,7 +8,10 @@
 //! * 10,000 sources at once are 10,000 sessions, every one answered;
 //! * MAGLEV on the source IP keeps every session of a client IP on one endpoint;
 //! * weighted clusters split sessions 90/10 (a Switchyard extension: Envoy 1.40's udp_proxy
-//!   has no weighted clusters), and sessions keep their endpoint across a config reload.
+//!   has no weighted clusters), and sessions keep their endpoint across a config reload;
+//! * `max_rx_datagram_size` as Envoy applies it: a client's datagram over the listener's
+//!   (1,500 B by default) is dropped and counted, an endpoint's over the upstream one only
+//!   with `prefer_gro: false` (Envoy's upstream sockets prefer GRO and take any size).
 //!
 //! The same tests run against Envoy (`SWITCHYARD_TEST_PROXY=envoy`), except the Switchyard
 //! extensions.
@@ -412,4 +415,82 @@ fn a_route_to_a_missing_cluster_drops_datagrams_and_counts_them() {
     );
     assert_eq!(p.stat("udp.nowhere.downstream_sess_active"), 0);
     assert_eq!(echo.received(), 0);
+}
+
+/// Sends `msg` once and expects no answer within 700 ms.
+fn unanswered(c: &UdpSocket, msg: &[u8]) -> bool {
+    let mut buf = vec![0u8; 65536];
+    c.send(msg).expect("send");
+    c.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let r = udp_recv(c, &mut buf);
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    matches!(r, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
+/// `max_rx_datagram_size`, as Envoy 1.40 drops datagrams (the same traffic gives the same
+/// forwarding and counters through both): with the defaults a client's datagram of 1,501 B
+/// is dropped at the listener (`listener.<address>.udp.downstream_rx_datagram_dropped`) while
+/// an endpoint's reply of 4,000 B is forwarded (upstream sockets prefer GRO, which takes any
+/// size); with sizes set, the listener takes up to its size, and an upstream size with
+/// `prefer_gro: false` drops longer replies (`cluster.<name>.udp.sess_rx_datagrams_dropped`).
+/// Switchyard used to forward every size.
+#[test]
+fn datagrams_over_max_rx_datagram_size_are_dropped_as_envoy_drops_them() {
+    let big = UdpBackend::tagged(&"r".repeat(4000));
+    let echo = UdpBackend::echo();
+    let (admin, plain, sized) = (free_port(), free_port(), free_port());
+    let defaults = udp_listener_with("plain", plain, "plain", &to_cluster("big"), "")
+        .replace(
+            "    udp_listener_config:\n      downstream_socket_config: { max_rx_datagram_size: 65535 }\n",
+            "",
+        )
+        .replace("        upstream_socket_config: { max_rx_datagram_size: 65535 }\n", "");
+    let set = udp_listener_with("sized", sized, "sized", &to_cluster("echo"), "")
+        .replace(
+            "downstream_socket_config: { max_rx_datagram_size: 65535 }",
+            "downstream_socket_config: { max_rx_datagram_size: 9000 }",
+        )
+        .replace(
+            "upstream_socket_config: { max_rx_datagram_size: 65535 }",
+            "upstream_socket_config: { max_rx_datagram_size: 3999, prefer_gro: false }",
+        );
+    assert!(!defaults.contains("socket_config") && set.contains("prefer_gro: false"));
+    let yaml = bootstrap(
+        admin,
+        &(defaults + &set),
+        &(udp_cluster("big", "ROUND_ROBIN", &[big.addr], 1024)
+            + &udp_cluster("echo", "ROUND_ROBIN", &[echo.addr], 1024)),
+    );
+    let Some(p) = start(&yaml) else { return };
+    let counted_once = |stat: &str| {
+        let got = p.wait_stat(stat, 1, Duration::from_secs(3));
+        assert_eq!(got, 1, "{stat}\n{}", p.logs());
+    };
+    let dropped_at =
+        |port: u16| format!("listener.127.0.0.1_{port}.udp.downstream_rx_datagram_dropped");
+
+    // Defaults: 1,500 B in, a 4,000 B reply out; 1,501 B in is dropped at the listener.
+    let c = client(plain);
+    assert_eq!(ask(&c, &[1u8; 1500], 5).len(), 4000);
+    let reached = big.received();
+    assert!(unanswered(&c, &[2u8; 1501]), "1,501 B went through");
+    assert_eq!(big.received(), reached, "the endpoint got 1,501 B");
+    counted_once(&dropped_at(plain));
+
+    // Sizes set: up to 9,000 B in; replies up to 3,999 B out.
+    let c = client(sized);
+    assert_eq!(ask(&c, &[3u8; 3999], 5), [3u8; 3999]);
+    let reached = echo.received();
+    assert!(unanswered(&c, &[4u8; 4000]), "a 4,000 B reply went through");
+    assert_eq!(
+        echo.received(),
+        reached + 1,
+        "4,000 B never reached the echo"
+    );
+    counted_once("cluster.echo.udp.sess_rx_datagrams_dropped");
+    assert!(unanswered(&c, &[5u8; 9001]), "9,001 B went through");
+    assert_eq!(echo.received(), reached + 1, "the echo got 9,001 B");
+    counted_once(&dropped_at(sized));
+    assert_eq!(p.stat("cluster.big.udp.sess_rx_datagrams_dropped"), 0);
 }

@@ -230,6 +230,8 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
                 name: l.name.as_str().into(),
                 address: l.address,
                 proxy: udp_proxy(u, ids, stats),
+                max_rx_datagram_bytes: u.max_downstream_rx_datagram_bytes,
+                udp_stats: stats.listener_udp(l.address),
             }),
         }
     }
@@ -239,7 +241,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
         .iter()
         .filter(|l| l.tcp().is_some())
         .map(|l| l.address)
-        .chain(rib.admin.address.socket())
+        .chain(rib.admin.socket())
         .collect();
     Fib {
         generation,
@@ -345,6 +347,7 @@ fn udp_proxy(
         route: route(&u.route, ids),
         idle_timeout_ms: u.idle_timeout.map(millis),
         hash_source_ip: u.hash_source_ip,
+        max_upstream_rx_datagram_bytes: u.max_upstream_rx_datagram_bytes,
     }
 }
 

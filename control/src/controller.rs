@@ -11,8 +11,9 @@
 //!   ([`crate::dynamic`]) and published like a reload. The last accepted state keeps serving
 //!   while the management server is away.
 //! - **Orderly stop.** SIGTERM, SIGINT or `POST /quitquitquit`: `/ready` turns 503, listeners
-//!   stop accepting, open connections get up to the drain time, the rest are closed, the
-//!   access log is flushed, and [`run`] returns.
+//!   stop accepting, open connections get up to the drain time (a second stop signal ends it
+//!   at once), the rest are closed, and once the workers have stopped every connection's
+//!   access-log record is written and the sinks flushed before [`run`] returns.
 
 use crate::admin::xds_dump::XdsTypeDumps;
 use crate::admin::{self, AdminAction, AdminState};
@@ -34,7 +35,7 @@ use crate::xds::{self, Held};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -242,12 +243,13 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     } else {
         None
     };
-    install_signals(events_tx.clone())?;
+    let cut_drain = Arc::new(AtomicBool::new(false));
+    install_signals(events_tx.clone(), cut_drain.clone())?;
     tracing::info!(
         generation = 1,
         listeners = rib.listeners.len(),
         clusters = rib.clusters.len(),
-        admin = %rib.admin.address,
+        admin = %rib.admin.address.as_ref().map_or("none".to_string(), |a| a.to_string()),
         "config loaded; serving"
     );
 
@@ -305,7 +307,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         .server_state
         .store(admin::STATE_DRAINING, Ordering::Release);
     tracing::info!(drain_time_s = options.drain_time.as_secs_f64(), "draining");
-    plane.shutdown(options.drain_time);
+    plane.shutdown_cut_by(options.drain_time, &cut_drain);
     health.stop();
     writer.stop();
     tracing::info!("stopped");
@@ -509,7 +511,6 @@ impl Sources {
             .map(|l| (format!("static listener '{}'", l.name), l.bind()))
             .chain(
                 rib.admin
-                    .address
                     .socket()
                     .map(|a| ("the admin".to_string(), Bind::tcp(a))),
             )
@@ -759,7 +760,18 @@ fn start_admin(
         options.command_line.clone(),
         actions_tx,
     ));
-    let listener = admin::AdminListener::bind(&rib.admin.address).map_err(RunError::Admin)?;
+    // Without `admin.address` no admin listener is opened, as in Envoy; the state is kept
+    // for readiness (`--readiness-port`) and the control thread.
+    let listener = rib
+        .admin
+        .address
+        .as_ref()
+        .map(admin::AdminListener::bind)
+        .transpose()
+        .map_err(RunError::Admin)?;
+    if listener.is_none() {
+        tracing::info!("no admin.address: no admin listener");
+    }
     let readiness = options
         .readiness_port
         .map(|port| {
@@ -767,11 +779,19 @@ fn start_admin(
                 .map_err(|e| RunError::Readiness(port, e))
         })
         .transpose()?;
-    admin::spawn(listener, readiness, state.clone()).map_err(RunError::Admin)?;
+    if listener.is_some() || readiness.is_some() {
+        admin::spawn(listener, readiness, state.clone()).map_err(RunError::Admin)?;
+    }
     Ok(state)
 }
 
-fn install_signals(events: Sender<ControlEvent>) -> Result<(), RunError> {
+/// The `signals` thread. A first stop signal (SIGTERM, SIGINT) asks for an orderly stop; a
+/// second cuts the drain short (open connections are closed now, their access-log lines
+/// still written); a third exits at once, writing nothing more.
+fn install_signals(
+    events: Sender<ControlEvent>,
+    cut_drain: Arc<AtomicBool>,
+) -> Result<(), RunError> {
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])
         .map_err(RunError::Signals)?;
     std::thread::Builder::new()
@@ -781,8 +801,15 @@ fn install_signals(events: Sender<ControlEvent>) -> Result<(), RunError> {
             for signal in signals.forever() {
                 if signal != SIGHUP {
                     stops += 1;
-                    if stops > 1 {
-                        tracing::warn!("second stop signal: exiting now");
+                    if stops == 2 {
+                        tracing::warn!(
+                            "second stop signal: closing open connections now (a third exits at once)"
+                        );
+                        cut_drain.store(true, Ordering::Release);
+                        continue;
+                    }
+                    if stops > 2 {
+                        tracing::warn!("third stop signal: exiting now");
                         std::process::exit(1);
                     }
                 }

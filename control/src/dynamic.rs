@@ -403,7 +403,7 @@ impl DynamicState {
                 ));
                 continue;
             }
-            if rib.admin.address.socket().map(Bind::tcp) == Some(l.bind()) {
+            if rib.admin.socket().map(Bind::tcp) == Some(l.bind()) {
                 skipped.push(format!(
                     "listener '{name}': address {} is the admin address",
                     l.address
@@ -493,6 +493,8 @@ mod tests {
                 route: RouteConfig::Cluster(cluster.into()),
                 idle_timeout: None,
                 hash_source_ip: false,
+                max_downstream_rx_datagram_bytes: Some(1500),
+                max_upstream_rx_datagram_bytes: None,
             }),
         }
     }

@@ -17,9 +17,6 @@ use switchyard_dataplane::fib::{
     Locality, OriginalSrc, UpstreamBind,
 };
 
-/// Default admin address when the bootstrap has none (Envoy/Istio convention).
-pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
-
 /// Envoy's default tcp_proxy `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -37,7 +34,7 @@ pub const DEFAULT_CHOICE_COUNT: u32 = 2;
 pub struct Rib {
     /// `node.id` / `node.cluster` (empty when not set).
     pub node: NodeInfo,
-    /// Where the admin HTTP server listens.
+    /// The admin HTTP server (none without `admin.address`).
     pub admin: AdminConfig,
     /// Listeners (TCP and UDP) in config order; names are unique, and so is what each binds
     /// (protocol and address).
@@ -133,10 +130,19 @@ pub struct NodeInfo {
 }
 
 /// The admin server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdminConfig {
-    /// Listening address ([`DEFAULT_ADMIN_ADDRESS`] when not configured).
-    pub address: AdminAddress,
+    /// Listening address; `None` (no `admin.address`, or no `admin` at all): no admin
+    /// listener is opened, as in Envoy ("No admin address given, so no admin HTTP server
+    /// started").
+    pub address: Option<AdminAddress>,
+}
+
+impl AdminConfig {
+    /// The admin's TCP address, if it listens on one (a listener may not take it).
+    pub fn socket(&self) -> Option<SocketAddr> {
+        self.address.as_ref().and_then(AdminAddress::socket)
+    }
 }
 
 /// Where the admin listens: a TCP address, or a Unix socket (Envoy `address.pipe`), which
@@ -326,7 +332,17 @@ pub struct UdpProxyConfig {
     pub idle_timeout: Option<Duration>,
     /// `hash_policies: [{source_ip: true}]`: hashing balancers key on the client's IP.
     pub hash_source_ip: bool,
+    /// The listener's `udp_listener_config.downstream_socket_config`: a client's datagram
+    /// longer than this is dropped ([`DEFAULT_MAX_RX_DATAGRAM_SIZE`] by default); `None`:
+    /// none is (`prefer_gro: true`, see [`crate::convert`]'s UDP rules).
+    pub max_downstream_rx_datagram_bytes: Option<u32>,
+    /// `upstream_socket_config`: an endpoint's datagram longer than this is dropped; `None`
+    /// (the default, as upstream sockets prefer GRO): none is.
+    pub max_upstream_rx_datagram_bytes: Option<u32>,
 }
+
+/// Envoy's default `max_rx_datagram_size`.
+pub const DEFAULT_MAX_RX_DATAGRAM_SIZE: u32 = 1500;
 
 /// A filter chain: what it matches and its one terminal filter.
 #[derive(Debug, Clone, PartialEq, Eq)]

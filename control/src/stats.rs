@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
 use switchyard_dataplane::stats::{
     listener_stat_name, ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState,
-    FaultStats, ListenerStats, MirrorStats, ServerStats, TcpStats, UdpStats,
+    FaultStats, ListenerStats, ListenerUdpStats, MirrorStats, ServerStats, TcpStats, UdpStats,
 };
 
 /// All stat blocks, by name.
@@ -44,6 +44,8 @@ pub struct Blocks {
     pub cluster: BTreeMap<String, Arc<ClusterStats>>,
     /// `listener.<ip>_<port>.`
     pub listener: BTreeMap<String, Arc<ListenerStats>>,
+    /// `listener.<ip>_<port>.udp.`, for UDP listeners.
+    pub listener_udp: BTreeMap<String, Arc<ListenerUdpStats>>,
     /// Circuit-breaker resources in use, by cluster name.
     pub resources: BTreeMap<String, Arc<ClusterResources>>,
     /// `connection_limit.<stat_prefix>.`
@@ -96,6 +98,10 @@ impl StatsRegistry {
             blocks.cluster_udp.values().for_each(|b| b.reset_counters());
             blocks.cluster.values().for_each(|b| b.reset_counters());
             blocks.listener.values().for_each(|b| b.reset_counters());
+            blocks
+                .listener_udp
+                .values()
+                .for_each(|b| b.reset_counters());
             blocks
                 .connection_limit
                 .values()
@@ -236,6 +242,17 @@ impl StatsRegistry {
             .listener
             .entry(name.clone())
             .or_insert_with(|| Arc::new(ListenerStats::new(name, w)))
+            .clone()
+    }
+
+    /// The `listener.<ip>_<port>.udp.` block of a UDP listener.
+    pub fn listener_udp(&self, addr: SocketAddr) -> Arc<ListenerUdpStats> {
+        let w = self.workers;
+        let name = listener_stat_name(&addr);
+        self.blocks()
+            .listener_udp
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(ListenerUdpStats::new(name, w)))
             .clone()
     }
 }

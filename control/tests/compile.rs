@@ -32,7 +32,10 @@ fn addr(s: &str) -> std::net::SocketAddr {
 #[test]
 fn minimal_gets_envoy_defaults() {
     let rib = rib("minimal.yaml");
-    assert_eq!(rib.admin.address.socket(), Some(addr("127.0.0.1:15000")));
+    assert_eq!(
+        rib.admin.address, None,
+        "no admin.address, no admin (as in Envoy)"
+    );
     let fib = build(&rib);
     assert_eq!(fib.generation, 7);
     let l = &fib.listeners[0];
@@ -101,7 +104,7 @@ fn weighted_clusters_from_json() {
 #[test]
 fn filter_chains_and_access_logs() {
     let rib = rib("filter_chains.yaml");
-    assert_eq!(rib.admin.address.socket(), Some(addr("[::1]:15001")));
+    assert_eq!(rib.admin.socket(), Some(addr("[::1]:15001")));
     let fib = build(&rib);
     let l = fib.listener_by_name("wildcard").unwrap();
     assert!(l.needs_local_address() && l.needs_remote_address());
@@ -364,7 +367,16 @@ fn listener_on_the_admin_address_is_rejected() {
     let text = chains_config(&["{}"])
         .replace("0.0.0.0", "127.0.0.1")
         .replace("10000", "15000");
-    let e = parse_rib(&text, Format::Json).unwrap_err();
+    // Without an admin block there is no admin, so the port is the listener's (Envoy).
+    let (rib, _) = parse_rib(&text, Format::Json).unwrap();
+    assert_eq!(rib.admin.address, None);
+    assert_eq!(rib.listeners[0].address, addr("127.0.0.1:15000"));
+    let with_admin = text.replacen(
+        '{',
+        r#"{"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},"#,
+        1,
+    );
+    let e = parse_rib(&with_admin, Format::Json).unwrap_err();
     assert_eq!(e.path(), "static_resources.listeners[0].address");
 }
 

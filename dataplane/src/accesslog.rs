@@ -103,23 +103,22 @@ pub struct AccessLogSink {
 pub struct ResponseFlags(pub u16);
 
 impl ResponseFlags {
-    /// `UF`: upstream connection failure.
+    /// `UF`: upstream connection failure (refused, or timed out: Envoy's tcp_proxy has no
+    /// other flag for a connect timeout).
     pub const UPSTREAM_CONNECTION_FAILURE: u16 = 1 << 0;
     /// `UH`: no healthy upstream.
     pub const NO_HEALTHY_UPSTREAM: u16 = 1 << 1;
     /// `NR`: no route (no filter chain, or cluster not found).
     pub const NO_ROUTE_FOUND: u16 = 1 << 2;
-    /// `UT`: upstream connect timeout.
-    pub const UPSTREAM_REQUEST_TIMEOUT: u16 = 1 << 3;
+    // Bit 3 was `UT` and bit 7 `SI`: Envoy's tcp_proxy sets neither (a connect timeout is
+    // `UF,URX`, an idle timeout `-`), so neither is a flag here.
     /// `UO`: upstream overflow (connection table full).
     pub const UPSTREAM_OVERFLOW: u16 = 1 << 4;
     /// `DC`: downstream connection termination (client reset).
     pub const DOWNSTREAM_CONNECTION_TERMINATION: u16 = 1 << 5;
     /// `UC`: upstream connection termination (backend reset).
     pub const UPSTREAM_CONNECTION_TERMINATION: u16 = 1 << 6;
-    /// `SI`: idle timeout.
-    pub const STREAM_IDLE_TIMEOUT: u16 = 1 << 7;
-    /// `URX`: connect attempts exceeded.
+    /// `URX`: the connect attempts are used up (`max_connect_attempts`, 1 by default).
     pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: u16 = 1 << 8;
     /// `DT`: closed at the end of a drain.
     pub const DRAIN_CLOSE: u16 = 1 << 9;
@@ -286,9 +285,8 @@ pub fn parse_json_value(value: &str) -> Result<Segment, String> {
 
 impl ResponseFlags {
     /// Envoy's short codes, in Envoy's order (the order `%RESPONSE_FLAGS%` joins them in).
-    const SHORT_CODES: [(u16, &'static str); 12] = [
+    const SHORT_CODES: [(u16, &'static str); 10] = [
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
-        (Self::UPSTREAM_REQUEST_TIMEOUT, "UT"),
         (Self::UPSTREAM_CONNECTION_FAILURE, "UF"),
         (Self::UPSTREAM_CONNECTION_TERMINATION, "UC"),
         (Self::UPSTREAM_OVERFLOW, "UO"),
@@ -297,7 +295,6 @@ impl ResponseFlags {
         (Self::FAULT_INJECTED, "FI"),
         (Self::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
         (Self::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
-        (Self::STREAM_IDLE_TIMEOUT, "SI"),
         (Self::DRAIN_CLOSE, "DT"),
     ];
 
@@ -590,7 +587,8 @@ impl AccessLogWriter {
         }
     }
 
-    /// Writes everything queued, then stops and joins the thread.
+    /// Writes everything queued, flushes stdout and stderr, then stops and joins the thread.
+    /// Called once the workers have stopped, it writes every record they queued.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -642,6 +640,9 @@ fn writer_loop(shared: &WriterShared) {
         }
         shared.wake.notify_all();
         if stop && !busy {
+            // Everything the stopped workers queued is written: nothing stays in a buffer
+            // (a text format need not end its lines, so stdout may hold a part of one).
+            outputs.flush();
             return;
         }
     }
@@ -686,6 +687,14 @@ enum FileState {
 }
 
 impl Outputs {
+    /// Flushes what the standard streams buffer (files are written unbuffered).
+    fn flush(&mut self) {
+        if let Err(e) = std::io::stdout().lock().flush() {
+            tracing::warn!(error = %e, "access log: cannot flush stdout");
+        }
+        let _ = std::io::stderr().lock().flush();
+    }
+
     fn write_pending(&mut self) {
         for (path, buf) in self.pending.iter_mut() {
             if buf.is_empty() {
@@ -870,17 +879,17 @@ mod render_tests {
     #[test]
     fn every_flag_has_its_envoy_code_in_envoy_order() {
         let mut f = ResponseFlags::default();
-        for bit in 0..10 {
+        for bit in 0..12 {
             f.set(1 << bit);
         }
         let mut s = String::new();
         f.write_short(&mut s);
-        assert_eq!(s, "UH,UT,UF,UC,UO,NR,DC,URX,SI,DT");
+        assert_eq!(s, "UH,UF,UC,UO,NR,DI,FI,DC,URX,DT");
         for (bit, code) in [
             (ResponseFlags::NO_ROUTE_FOUND, "NR"),
             (ResponseFlags::UPSTREAM_OVERFLOW, "UO"),
             (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
-            (ResponseFlags::STREAM_IDLE_TIMEOUT, "SI"),
+            (ResponseFlags::DRAIN_CLOSE, "DT"),
         ] {
             s.clear();
             ResponseFlags(bit).write_short(&mut s);

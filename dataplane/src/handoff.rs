@@ -114,6 +114,9 @@ pub(crate) struct Shared {
     /// Per worker: milliseconds to sleep before adopting its next snapshot (a test's way to
     /// make a worker lag; 0 in service).
     adoption_delay_ms: Vec<AtomicU64>,
+    /// Per worker: milliseconds to sleep right after acknowledging its next snapshot, before
+    /// it handles anything else (a test's way to hold a worker there; 0 in service).
+    after_adoption_delay_ms: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -134,6 +137,7 @@ impl Shared {
             adopted: (0..workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
             exited: (0..workers).map(|_| AtomicU8::new(0)).collect(),
             adoption_delay_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            after_adoption_delay_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -165,16 +169,36 @@ impl Shared {
 
     /// Makes every worker sleep `ms` milliseconds before its next adoption (tests).
     pub fn delay_next_adoption(&self, ms: u64) {
-        for d in &self.adoption_delay_ms {
-            d.store(ms, Ordering::Relaxed);
-        }
+        set_every(&self.adoption_delay_ms, ms);
     }
 
     /// The delay a test asked worker `worker` to take before its next adoption (taken once).
     pub fn take_adoption_delay(&self, worker: usize) -> Option<Duration> {
-        match self.adoption_delay_ms[worker].swap(0, Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
+        take_delay(&self.adoption_delay_ms[worker])
+    }
+
+    /// Makes every worker sleep `ms` milliseconds right after its next adoption (tests).
+    pub fn delay_after_next_adoption(&self, ms: u64) {
+        set_every(&self.after_adoption_delay_ms, ms);
+    }
+
+    /// The delay a test asked worker `worker` to take after its next adoption (taken once).
+    pub fn take_after_adoption_delay(&self, worker: usize) -> Option<Duration> {
+        take_delay(&self.after_adoption_delay_ms[worker])
+    }
+}
+
+/// Sets every worker's delay to `ms` (a test hook).
+fn set_every(delays: &[AtomicU64], ms: u64) {
+    for d in delays {
+        d.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// Takes a worker's delay (once): `None` when none was asked for.
+fn take_delay(delay: &AtomicU64) -> Option<Duration> {
+    match delay.swap(0, Ordering::Relaxed) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
     }
 }

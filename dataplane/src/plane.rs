@@ -13,8 +13,11 @@
 //!   that removed it and its accept or receive posted its last completion, however late that
 //!   is (the plane waits at most 2 s for a worker to adopt, but never closes under one). So a
 //!   worker never acts on a descriptor number that was closed and reused.
-//! - **Drain.** [`DataPlane::shutdown`] stops accepting, waits for open connections to finish
-//!   up to the drain time, then closes what is left and joins the workers.
+//! - **Drain.** [`DataPlane::shutdown`] stops accepting, waits until every worker has served
+//!   what the kernel had completed on its listeners (so each such connection is counted and
+//!   logged, whatever the drain time), waits for open connections to finish up to the drain
+//!   time, then closes what is left and joins the workers, which record every connection
+//!   they close before they exit.
 
 use crate::accesslog::AccessLogQueues;
 use crate::fib::{Fib, Listener, UdpListener};
@@ -26,8 +29,8 @@ use crate::worker::{Limits, Worker, WorkerError};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -89,6 +92,10 @@ pub struct PlaneConfig {
     pub drain_time: Duration,
 }
 
+/// How long a shutdown waits for every worker to serve what its drained listeners had
+/// accepted or queued (a worker does that within a loop turn; this only bounds a stuck one).
+pub const LET_GO_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A running data plane.
 #[derive(Debug)]
 pub struct DataPlane {
@@ -100,6 +107,8 @@ pub struct DataPlane {
     fib_view: Arc<ArcSwap<Fib>>,
     /// Workers have datagram buffers (`Limits::datagram_buffers_per_worker` > 0).
     udp_enabled: bool,
+    /// The TCP listeners' sockets the drain closed (the control thread's only).
+    drained: Mutex<Vec<Weak<ListenerSockets>>>,
 }
 
 impl DataPlane {
@@ -129,6 +138,7 @@ impl DataPlane {
             next_epoch: AtomicU64::new(1),
             fib_view: Arc::new(ArcSwap::from_pointee(Fib::default())),
             udp_enabled: config.limits.datagram_buffers_per_worker > 0,
+            drained: Mutex::new(Vec::new()),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         for (index, cpu) in config.cpus.iter().copied().enumerate() {
@@ -345,7 +355,22 @@ impl DataPlane {
     /// to the newer process only with `net.ipv4.tcp_migrate_req = 1`; otherwise it is reset,
     /// and the drain says so in its log.
     pub fn drain_listeners(&self) {
+        self.drain_listeners_held();
+    }
+
+    /// [`DataPlane::drain_listeners`]; returns the drained TCP listeners' sockets, which
+    /// live while some worker still holds them (has not served what they had queued).
+    fn drain_listeners_held(&self) -> Vec<Weak<ListenerSockets>> {
+        let mut drained = self.drained.lock().unwrap_or_else(|e| e.into_inner());
         if self.shared.phase() == Phase::Running {
+            drained.extend(
+                self.shared
+                    .snapshot
+                    .load()
+                    .listeners
+                    .iter()
+                    .map(Arc::downgrade),
+            );
             let has_tcp = !self.shared.snapshot.load().listeners.is_empty();
             if has_tcp && net::tcp_migrate_req() == Some(false) {
                 tracing::info!(
@@ -358,6 +383,7 @@ while a listener closes is reset instead of moving to another process on its por
             let fib = self.shared.snapshot.load().fib.clone();
             self.store_snapshot(fib, Vec::new(), Vec::new());
         }
+        drained.clone()
     }
 
     /// Makes every worker sleep `delay` before it adopts its next snapshot, as a worker busy
@@ -368,6 +394,14 @@ while a listener closes is reset instead of moving to another process on its por
             .delay_next_adoption(delay.as_millis().max(1) as u64);
     }
 
+    /// Makes every worker sleep `delay` right after it acknowledges its next snapshot, as a
+    /// worker taken off its CPU there would: for tests of what the plane must wait for.
+    #[doc(hidden)]
+    pub fn delay_after_next_adoption_for_test(&self, delay: Duration) {
+        self.shared
+            .delay_after_next_adoption(delay.as_millis().max(1) as u64);
+    }
+
     /// Connections open on all workers.
     pub fn open_connections(&self) -> i64 {
         self.shared.server_stats.gauge(ServerStat::TotalConnections)
@@ -375,10 +409,32 @@ while a listener closes is reset instead of moving to another process on its por
 
     /// Stops accepting, lets connections finish for up to `drain_time`, closes the rest and
     /// joins the workers.
-    pub fn shutdown(mut self, drain_time: Duration) {
-        self.drain_listeners();
-        let deadline = Instant::now() + drain_time;
-        while Instant::now() < deadline && self.open_connections() > 0 {
+    ///
+    /// Every connection the kernel completed before the listeners closed is served first,
+    /// whatever the drain time (0 included): a worker serves what its accept and its socket's
+    /// queue still held when it lets go of a drained listener's socket, so the plane waits
+    /// for every worker to let go (bounded by [`LET_GO_TIMEOUT`]) before it looks at the
+    /// open connections. Before, a connection whose accept completed between a worker's
+    /// adoption of the drain and its next loop turn was not yet counted, the plane could
+    /// stop at once, and the worker then closed it without stats or access-log record.
+    pub fn shutdown(self, drain_time: Duration) {
+        self.shutdown_cut_by(drain_time, &AtomicBool::new(false));
+    }
+
+    /// [`DataPlane::shutdown`], whose wait for open connections ends as soon as `cut` is set
+    /// (a second stop signal): what is still open is closed then, and recorded as usual.
+    pub fn shutdown_cut_by(mut self, drain_time: Duration, cut: &AtomicBool) {
+        let started = Instant::now();
+        let drained = self.drain_listeners_held();
+        let let_go_by = started + LET_GO_TIMEOUT;
+        while Instant::now() < let_go_by && drained.iter().any(|l| l.strong_count() > 0) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let deadline = started + drain_time;
+        while Instant::now() < deadline
+            && self.open_connections() > 0
+            && !cut.load(Ordering::Acquire)
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.set_phase(Phase::Stopped);

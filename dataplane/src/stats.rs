@@ -265,7 +265,7 @@ stat_block!(
     DownstreamSessRxBytes => ("downstream_sess_rx_bytes", Counter),
     /// Datagrams received from clients.
     DownstreamSessRxDatagrams => ("downstream_sess_rx_datagrams", Counter),
-    /// Receive errors on the listener socket (and truncated datagrams).
+    /// Receive errors on the listener socket.
     DownstreamSessRxErrors => ("downstream_sess_rx_errors", Counter),
     /// Payload bytes sent to clients.
     DownstreamSessTxBytes => ("downstream_sess_tx_bytes", Counter),
@@ -285,11 +285,20 @@ stat_block!(
 });
 
 stat_block!(
+    /// `listener.<ip>_<port>.udp.*`: one per UDP listener address (Envoy's names).
+    ListenerUdpStats, ListenerUdpStat, 1, {
+    /// Datagrams from clients dropped before any session saw them: larger than the
+    /// listener's `max_rx_datagram_size`, or truncated.
+    DownstreamRxDatagramDropped => ("downstream_rx_datagram_dropped", Counter),
+});
+
+stat_block!(
     /// `cluster.<name>.udp.*`: a cluster's UDP sessions' upstream side (Envoy's names).
     ClusterUdpStats, ClusterUdpStat, 5, {
     /// Datagrams received from the cluster's endpoints.
     SessRxDatagrams => ("sess_rx_datagrams", Counter),
-    /// Datagrams from endpoints dropped (no buffer, or the client side gone).
+    /// Datagrams from endpoints dropped: larger than the upstream `max_rx_datagram_size`
+    /// (when it applies), truncated, or their client side gone.
     SessRxDatagramsDropped => ("sess_rx_datagrams_dropped", Counter),
     /// Receive errors on upstream sockets (e.g. ICMP port unreachable).
     SessRxErrors => ("sess_rx_errors", Counter),

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_dataplane::accesslog::AccessLogQueues;
+use switchyard_dataplane::accesslog::{AccessLogQueues, AccessLogSink, LogFormat, LogPath};
 use switchyard_dataplane::fib::*;
 use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::plane::{DataPlane, PlaneConfig};
@@ -575,4 +575,56 @@ fn a_drain_serves_what_the_kernel_completed_buffer_ring() {
 #[test]
 fn a_drain_serves_what_the_kernel_completed_splice() {
     a_drain_serves_what_the_kernel_completed(RelayMode::Splice);
+}
+
+/// A shutdown records every connection the kernel completed before the listeners closed,
+/// even with a drain time of 0. The worker is held right after it acknowledged the drain
+/// (as one taken off its CPU there would be) while eight clients connect and send; the plane
+/// used to stop as soon as the worker had acknowledged, before it had served what its
+/// listener still held, and the worker then closed those connections without a record
+/// (lines lost at shutdown).
+#[test]
+fn a_shutdown_records_every_connection_the_kernel_completed() {
+    let backend = echo_backend();
+    let listen = free_port();
+    let queues = Arc::new(AccessLogQueues::new(1, 64));
+    let plane = DataPlane::start(
+        PlaneConfig {
+            cpus: vec![0],
+            pin: false,
+            limits: Limits::default(),
+            drain_time: Duration::ZERO,
+        },
+        Arc::new(ServerStats::new("server", 1)),
+        queues.clone(),
+    )
+    .expect("start");
+    let mut f = fib(listen, &[backend], 1);
+    f.listeners[0].filter_chains[0].tcp_proxy.access_logs = vec![Arc::new(AccessLogSink {
+        path: LogPath::Stdout,
+        format: LogFormat::EnvoyDefault,
+    })];
+    plane.publish(Arc::new(f)).expect("publish");
+    let mut c = TcpStream::connect(listen).expect("listener serves");
+    assert!(echo_bulk(&mut c, 100, 1));
+    drop(c);
+    plane.delay_after_next_adoption_for_test(Duration::from_millis(500));
+    std::thread::scope(|scope| {
+        let stop = scope.spawn(move || plane.shutdown(Duration::ZERO));
+        std::thread::sleep(Duration::from_millis(100));
+        for i in 0..8u8 {
+            let mut c = TcpStream::connect(listen).expect("the listener still listens");
+            c.write_all(&[i; 16]).unwrap();
+        }
+        stop.join().unwrap();
+    });
+    let mut records = 0;
+    while queues.pop(0).is_some() {
+        records += 1;
+    }
+    assert_eq!(
+        records,
+        1 + 8,
+        "one record per connection, the eight included"
+    );
 }

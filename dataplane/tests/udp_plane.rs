@@ -95,6 +95,10 @@ fn fib_with(
         .and_then(|f| f.udp_listeners.first())
         .map(|l| l.proxy.stats.clone())
         .unwrap_or_else(|| Arc::new(UdpStats::new("udp", 1)));
+    let listener_udp_stats = like
+        .and_then(|f| f.udp_listeners.first())
+        .map(|l| l.udp_stats.clone())
+        .unwrap_or_else(|| Arc::new(ListenerUdpStats::new("udp", 1)));
     if let Some(old) = like.map(|f| f.cluster(ClusterId(0))) {
         cluster.stats = old.stats.clone();
         cluster.resources = old.resources.clone();
@@ -113,7 +117,10 @@ fn fib_with(
                     route: Route::Cluster(ClusterId(0)),
                     idle_timeout_ms,
                     hash_source_ip: false,
+                    max_upstream_rx_datagram_bytes: None,
                 },
+                max_rx_datagram_bytes: None,
+                udp_stats: listener_udp_stats.clone(),
             })
             .into_iter()
             .collect(),

@@ -81,6 +81,20 @@ pub fn tcp_listener_after(
     )
 }
 
+/// An `envoy.filters.network.connection_limit` item for [`tcp_listener_after`]'s `filters`:
+/// `max` connections, and `delay` (`"0.5s"`) before a refused one is closed, if given.
+pub fn connection_limit_filter(stat_prefix: &str, max: u32, delay: Option<&str>) -> String {
+    let delay = delay.map_or(String::new(), |d| format!("          delay: {d}\n"));
+    format!(
+        r#"      - name: envoy.filters.network.connection_limit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit
+          stat_prefix: {stat_prefix}
+          max_connections: {max}
+{delay}"#
+    )
+}
+
 /// One STATIC round-robin cluster item with `(address, weight)` endpoints.
 pub fn static_cluster(name: &str, endpoints: &[(SocketAddr, u32)]) -> String {
     static_cluster_lb(name, "ROUND_ROBIN", endpoints)

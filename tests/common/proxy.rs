@@ -86,7 +86,9 @@ impl Proxy {
         let dir = test_dir(kind.name());
         let config_path = dir.join("config.yaml");
         fs::write(&config_path, yaml).expect("write config");
-        let admin_port = admin_port_of(yaml).expect("config has no admin port_value");
+        // A bootstrap without an admin port (no admin listener) gets 127.0.0.1:0, which
+        // answers nothing: wait for it with [`Proxy::wait_listening`] instead.
+        let admin_port = admin_port_of(yaml).unwrap_or(0);
         let stdout_path = dir.join("stdout.log");
         let stderr_path = dir.join("stderr.log");
         let mut cmd = match kind {
@@ -206,31 +208,63 @@ impl Proxy {
 
     /// Polls `/ready` until 200, panicking with the logs if the process dies or time runs out.
     pub fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut last: String;
-        loop {
+        self.poll_until_up("ready (last /ready: {})", timeout, || {
             match http(self.admin, "GET", "/ready") {
-                Ok(r) if r.status == 200 => return,
-                Ok(r) => last = format!("status {} body {:?}", r.status, r.body),
-                Err(e) => last = e.to_string(),
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("status {} body {:?}", r.status, r.body)),
+                Err(e) => Err(e.to_string()),
             }
+        });
+    }
+
+    /// Waits until `addr` (one of its listeners) accepts a TCP connection, panicking with
+    /// the logs if the process dies or time runs out: readiness for a proxy with no admin.
+    pub fn wait_listening(&self, addr: SocketAddr, timeout: Duration) {
+        self.poll_until_up("listening (last connect: {})", timeout, || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .map(drop)
+                .map_err(|e| format!("{addr}: {e}"))
+        });
+    }
+
+    /// Polls `probe` every 25 ms until it succeeds; panics with the logs, saying `what` (its
+    /// `{}` is the probe's last error), if the process dies or `timeout` passes first.
+    fn poll_until_up(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut() -> Result<(), String>,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match probe() {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            let what = what.replace("{}", &last);
             // Cannot reap through &self; check /proc instead.
             if !Path::new(&format!("/proc/{}", self.pid())).exists() || self.is_zombie() {
                 panic!(
-                    "{} exited before becoming ready (last /ready: {last})\n{}",
+                    "{} exited before becoming {what}\n{}",
                     self.kind.name(),
                     self.logs()
                 );
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "{} not ready after {timeout:?} (last /ready: {last})\n{}",
+                    "{} not {what} after {timeout:?}\n{}",
                     self.kind.name(),
                     self.logs()
                 );
             }
             thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// The TCP addresses the process listens on (its own sockets in LISTEN state, from
+    /// `/proc/<pid>/fd` and `/proc/<pid>/net/tcp{,6}`), each once.
+    pub fn listening_tcp(&self) -> std::collections::BTreeSet<SocketAddr> {
+        listening_tcp(self.pid())
     }
 
     fn is_zombie(&self) -> bool {
@@ -319,6 +353,60 @@ impl Drop for Proxy {
             eprintln!("proxy files kept in {}", self.dir.display());
         }
     }
+}
+
+/// The TCP addresses process `pid` listens on: the sockets among its descriptors that
+/// `/proc/<pid>/net/tcp` or `tcp6` shows in state LISTEN (`0A`).
+pub fn listening_tcp(pid: u32) -> std::collections::BTreeSet<SocketAddr> {
+    let inodes: std::collections::BTreeSet<u64> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|target| {
+                    let t = target.to_string_lossy().into_owned();
+                    t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = std::collections::BTreeSet::new();
+    for (file, v6) in [("tcp", false), ("tcp6", true)] {
+        let table = fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
+        for row in table.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            let listening = *state == "0A";
+            if listening && inode.parse().is_ok_and(|i: u64| inodes.contains(&i)) {
+                if let Some(a) = proc_net_address(local, v6) {
+                    out.insert(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `0100007F:3A98` (IPv4) or its 32-digit IPv6 form, as `/proc/net/tcp*` writes addresses:
+/// the address in the kernel's byte order, 32 bits at a time, then the port in hex.
+fn proc_net_address(text: &str, v6: bool) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // Each word is the address's bytes as the kernel held them, read as a native integer.
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip: std::net::IpAddr = if v6 {
+        let b: [u8; 16] = bytes.try_into().ok()?;
+        std::net::Ipv6Addr::from(b).into()
+    } else {
+        let b: [u8; 4] = bytes.try_into().ok()?;
+        std::net::Ipv4Addr::from(b).into()
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {

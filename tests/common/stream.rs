@@ -91,3 +91,12 @@ pub fn read_exact_timeout(s: &mut TcpStream, n: usize, what: &str) -> Vec<u8> {
     }
     v
 }
+
+/// Waits (up to `wait`) for the peer to close `s` without sending anything (end of stream or
+/// a reset); how long that took, or `None`.
+pub fn closed_within(s: &mut TcpStream, wait: std::time::Duration) -> Option<std::time::Duration> {
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let (got, end) = read_all(s, 64);
+    (got.is_empty() && matches!(end, End::Eof | End::Reset)).then(|| started.elapsed())
+}

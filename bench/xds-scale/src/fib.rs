@@ -84,7 +84,7 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
     let statics = Rib {
         node: NodeInfo::default(),
         admin: AdminConfig {
-            address: AdminAddress::Tcp("127.0.0.1:15000".parse().unwrap()),
+            address: Some(AdminAddress::Tcp("127.0.0.1:15000".parse().unwrap())),
         },
         listeners: Vec::new(),
         clusters: Vec::new(),

@@ -11,7 +11,8 @@ use switchyard_dataplane::fib::{
 };
 use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::stats::{
-    ClusterStat, ClusterUdpStat, HostStat, ListenerStat, ServerStat, TcpStat, UdpStat,
+    ClusterStat, ClusterUdpStat, HostStat, ListenerStat, ListenerUdpStat, ServerStat, TcpStat,
+    UdpStat,
 };
 
 pub(crate) struct Fixture {
@@ -26,7 +27,8 @@ pub(crate) struct Fixture {
 ///
 /// Traffic so far: three connections (one on worker 0, two on worker 1, one of them still
 /// open), five upstream connects to echo (three to 9001 with one failure, two to 9002), and
-/// 100 bytes received; two UDP sessions (one still open), four datagrams sent to echo.
+/// 100 bytes received; two UDP sessions (one still open), four datagrams sent to echo, one
+/// dropped at the UDP listener (longer than its `max_rx_datagram_size`).
 pub(crate) fn fixture() -> Fixture {
     let reg = Arc::new(StatsRegistry::new(2));
     let tcp = reg.tcp("l4");
@@ -52,6 +54,8 @@ pub(crate) fn fixture() -> Fixture {
     udp.inc(1, UdpStat::DownstreamSessActive);
     let echo_udp = reg.cluster_udp("echo");
     echo_udp.add(1, ClusterUdpStat::SessTxDatagrams, 4);
+    reg.listener_udp(listener_addr)
+        .inc(0, ListenerUdpStat::DownstreamRxDatagramDropped);
 
     let a1 = "127.0.0.1:9001".parse().unwrap();
     let a2 = "127.0.0.1:9002".parse().unwrap();
@@ -137,7 +141,10 @@ pub(crate) fn fixture() -> Fixture {
                 route: Route::Cluster(ClusterId(0)),
                 idle_timeout_ms: Some(60_000),
                 hash_source_ip: false,
+                max_upstream_rx_datagram_bytes: None,
             },
+            max_rx_datagram_bytes: Some(1500),
+            udp_stats: reg.listener_udp(listener_addr),
         }],
     };
     let (tx, rx) = channel();

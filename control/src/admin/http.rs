@@ -469,25 +469,32 @@ pub(super) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// readiness run on at most [`MAX_BUSY_HANDLERS`] blocking threads.
 pub(super) fn serve(
     runtime: tokio::runtime::Runtime,
-    admin: AdminListener,
+    admin: Option<AdminListener>,
     readiness: Option<std::net::TcpListener>,
     state: Arc<AdminState>,
 ) -> std::io::Result<()> {
     runtime.block_on(async move {
-        let admin = AsyncListener::new(admin)?;
+        let admin = admin.map(AsyncListener::new).transpose()?;
         let readiness = readiness
             .map(|l| AsyncListener::new(AdminListener::Tcp(l)))
             .transpose()?;
         let table = Arc::new(Mutex::new(ConnTable::default()));
-        if let Some(readiness) = readiness {
-            tokio::spawn(accept_loop(
-                readiness,
-                Role::Readiness,
-                state.clone(),
-                table.clone(),
-            ));
+        match (admin, readiness) {
+            (Some(admin), Some(readiness)) => {
+                tokio::spawn(accept_loop(
+                    readiness,
+                    Role::Readiness,
+                    state.clone(),
+                    table.clone(),
+                ));
+                accept_loop(admin, Role::Admin, state, table).await;
+            }
+            (Some(admin), None) => accept_loop(admin, Role::Admin, state, table).await,
+            (None, Some(readiness)) => {
+                accept_loop(readiness, Role::Readiness, state, table).await;
+            }
+            (None, None) => {}
         }
-        accept_loop(admin, Role::Admin, state, table).await;
         Ok(())
     })
 }

@@ -314,10 +314,11 @@ fn help() -> Response {
     Response::text(200, help_text())
 }
 
-/// Starts the admin on `listener` (already bound), and readiness alone on `readiness` when
-/// given (`--readiness-port`): a thread named `admin` that serves both.
+/// Starts the admin on `listener` (already bound; `None` without `admin.address`), and
+/// readiness alone on `readiness` when given (`--readiness-port`): a thread named `admin`
+/// that serves both.
 pub fn spawn(
-    listener: AdminListener,
+    listener: Option<AdminListener>,
     readiness: Option<std::net::TcpListener>,
     state: Arc<AdminState>,
 ) -> std::io::Result<JoinHandle<()>> {

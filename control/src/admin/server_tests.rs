@@ -11,7 +11,7 @@ fn start() -> (Fixture, SocketAddr) {
     let f = fixture();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    spawn(AdminListener::Tcp(listener), None, f.state.clone()).unwrap();
+    spawn(Some(AdminListener::Tcp(listener)), None, f.state.clone()).unwrap();
     (f, addr)
 }
 
@@ -367,7 +367,7 @@ fn serves_on_a_unix_socket() {
         mode: 0,
     };
     spawn(
-        AdminListener::bind(&address).unwrap(),
+        Some(AdminListener::bind(&address).unwrap()),
         None,
         f.state.clone(),
     )

@@ -3,7 +3,8 @@
 //!
 //! Names: `tcp.<stat_prefix>.<stat>`, `udp.<stat_prefix>.<stat>`, `cluster.<name>.<stat>`
 //! (and `cluster.<name>.udp.<stat>` for a cluster a UDP listener routes to),
-//! `listener.<ip>_<port>.<stat>` (and `.worker_N.downstream_cx_total|downstream_cx_active`),
+//! `listener.<ip>_<port>.<stat>` (and `.worker_N.downstream_cx_total|downstream_cx_active`;
+//! `listener.<ip>_<port>.udp.downstream_rx_datagram_dropped` for a UDP listener),
 //! `server.<stat>`. Each dynamic part goes through Envoy's stat-name sanitizing (`:` becomes
 //! `_`, so an IPv6 listener is `listener.[__1]_80.`).
 //!
@@ -23,8 +24,8 @@ use std::sync::LazyLock;
 use switchyard_dataplane::fib::{Cluster, Fib, HashLookup, Route};
 use switchyard_dataplane::health::FAILED_ACTIVE_HC;
 use switchyard_dataplane::stats::{
-    ClusterStat, ClusterUdpStat, FaultStat, HealthStat, ListenerStat, MirrorStat, Resource,
-    ServerStat, StatKind, TcpStat, UdpStat,
+    ClusterStat, ClusterUdpStat, FaultStat, HealthStat, ListenerStat, ListenerUdpStat, MirrorStat,
+    Resource, ServerStat, StatKind, TcpStat, UdpStat,
 };
 
 /// A stat's value: counters are unsigned, gauges signed.
@@ -309,6 +310,17 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                     get,
                 );
             }
+        }
+        for (name, b) in &blocks.listener_udp {
+            let p = format!("listener.{}.udp", sanitize_element(name));
+            push_block(
+                &mut out,
+                &p,
+                &ListenerUdpStat::ALL,
+                ListenerUdpStat::name,
+                ListenerUdpStat::kind,
+                |s| b.get(s),
+            );
         }
     }
     let fib = state.fib.load();
@@ -694,11 +706,11 @@ mod tests {
         sorted.sort();
         assert_eq!(names, sorted);
         // 9 tcp + 12 udp + 2 clusters x (17 + 4 membership + 2 circuit breaker) + 5 udp of
-        // echo (empty has no UDP route) + the listener block + 2 workers x 2 + the worker
-        // server block + 4 admin server stats.
+        // echo (empty has no UDP route) + the listener block + 2 workers x 2 + the UDP
+        // listener's 1 + the worker server block + 4 admin server stats.
         assert_eq!(
             stats.len(),
-            9 + 12 + 2 * 23 + 5 + ListenerStat::ALL.len() + 4 + ServerStat::ALL.len() + 4
+            9 + 12 + 2 * 23 + 5 + ListenerStat::ALL.len() + 4 + 1 + ServerStat::ALL.len() + 4
         );
         let text = render_text(&stats);
         for line in [
@@ -718,6 +730,7 @@ mod tests {
             "listener.127.0.0.1_10000.worker_0.downstream_cx_total: 1\n",
             "listener.127.0.0.1_10000.worker_1.downstream_cx_total: 2\n",
             "listener.127.0.0.1_10000.worker_1.downstream_cx_active: 1\n",
+            "listener.127.0.0.1_10000.udp.downstream_rx_datagram_dropped: 1\n",
             "server.live: 1\n",
             "server.state: 0\n",
             "server.concurrency: 2\n",
@@ -746,6 +759,7 @@ mod tests {
              cluster.echo.udp.sess_rx_errors: 0\n\
              cluster.echo.udp.sess_tx_datagrams: 4\n\
              cluster.echo.udp.sess_tx_errors: 0\n\
+             listener.127.0.0.1_10000.udp.downstream_rx_datagram_dropped: 1\n\
              udp.dns.downstream_sess_active: 1\n\
              udp.dns.downstream_sess_no_route: 0\n\
              udp.dns.downstream_sess_rx_bytes: 0\n\
@@ -764,6 +778,7 @@ mod tests {
             render_json(&selected(&f.state, &sel)),
             serde_json::json!({"stats": [
                 {"name": "cluster.echo.udp.sess_tx_datagrams", "value": 4},
+                {"name": "listener.127.0.0.1_10000.udp.downstream_rx_datagram_dropped", "value": 1},
                 {"name": "udp.dns.downstream_sess_active", "value": 1},
                 {"name": "udp.dns.downstream_sess_total", "value": 2},
             ]})
@@ -772,6 +787,9 @@ mod tests {
             render_prometheus(&selected(&f.state, &sel)),
             "# TYPE envoy_cluster_udp_sess_tx_datagrams counter\n\
              envoy_cluster_udp_sess_tx_datagrams{envoy_cluster_name=\"echo\"} 4\n\
+             \n\
+             # TYPE envoy_listener_udp_downstream_rx_datagram_dropped counter\n\
+             envoy_listener_udp_downstream_rx_datagram_dropped{envoy_listener_address=\"127.0.0.1_10000\"} 1\n\
              \n\
              # TYPE envoy_udp_downstream_sess_total counter\n\
              envoy_udp_downstream_sess_total{envoy_udp_prefix=\"dns\"} 2\n\
@@ -793,6 +811,10 @@ mod tests {
         );
         assert!(
             text.contains("cluster.echo.udp.sess_tx_datagrams: 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("listener.127.0.0.1_10000.udp.downstream_rx_datagram_dropped: 0\n"),
             "{text}"
         );
     }

@@ -23,8 +23,8 @@ use self::listener::listener;
 use crate::error::ConfigError;
 use crate::path::{field, index};
 use crate::rib::{
-    AdminAddress, AdminConfig, Bind, ClusterConfig, EndpointConfig, FileSource, ListenerConfig,
-    NodeInfo, Rib, XdsSource, DEFAULT_ADMIN_ADDRESS,
+    AdminConfig, Bind, ClusterConfig, EndpointConfig, FileSource, ListenerConfig, NodeInfo, Rib,
+    XdsSource,
 };
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -56,18 +56,19 @@ type Result<T> = std::result::Result<T, ConfigError>;
 
 /// Converts a decoded bootstrap to the RIB, checking everything the walker could not.
 pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
-    let admin_address = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
-        Some(addr) => admin_address(addr, "admin.address")?,
-        None => AdminAddress::Tcp(
-            DEFAULT_ADMIN_ADDRESS
-                .parse()
-                .expect("default admin address parses"),
-        ),
+    // No address, no admin listener: Envoy opens none either.
+    let admin = AdminConfig {
+        address: b
+            .admin
+            .as_ref()
+            .and_then(|a| a.address.as_ref())
+            .map(|addr| admin_address(addr, "admin.address"))
+            .transpose()?,
     };
     let empty = Default::default();
     let statics = b.static_resources.as_ref().unwrap_or(&empty);
     let clusters = static_clusters(&statics.clusters)?;
-    let listeners = static_listeners(&statics.listeners, &admin_address)?;
+    let listeners = static_listeners(&statics.listeners, &admin)?;
     let dynamic = match &b.dynamic_resources {
         Some(d) => Some(dynamic_resources(d, &clusters)?),
         None => None,
@@ -75,9 +76,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
     eds_sources(&clusters, dynamic.as_ref().is_some_and(|d| d.ads.is_some()))?;
     let rib = Rib {
         node: node_info(b),
-        admin: AdminConfig {
-            address: admin_address,
-        },
+        admin,
         listeners,
         clusters,
         dynamic,
@@ -119,7 +118,7 @@ fn static_clusters(statics: &[Cluster]) -> Result<Vec<Arc<ClusterConfig>>> {
 }
 
 /// `static_resources.listeners`, each name and address once, none on the admin's address.
-fn static_listeners(statics: &[Listener], admin: &AdminAddress) -> Result<Vec<ListenerConfig>> {
+fn static_listeners(statics: &[Listener], admin: &AdminConfig) -> Result<Vec<ListenerConfig>> {
     let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(statics.len());
     for (i, l) in statics.iter().enumerate() {
         let path = index("static_resources.listeners", i);

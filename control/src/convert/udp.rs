@@ -9,14 +9,23 @@
 //!   its last datagram, at the worker's next tick), `hash_policies: [{source_ip: true}]`;
 //! - `use_original_src_ip` and `use_per_packet_load_balancing` only as `false`;
 //! - `udp_listener_config.downstream_socket_config` and `upstream_socket_config`
-//!   (`max_rx_datagram_size`, `prefer_gro`) are range-checked as Envoy does and otherwise
-//!   change nothing: Switchyard receives datagrams of up to 64 KiB on both sides.
+//!   (`max_rx_datagram_size`, 1 to 65535, default 1,500; `prefer_gro`) say which datagrams
+//!   are too long, as Envoy 1.40 on Linux treats them (verified against it): a socket that
+//!   does not prefer GRO drops a datagram longer than `max_rx_datagram_size`
+//!   (`listener.<address>.udp.downstream_rx_datagram_dropped` on the listener,
+//!   `cluster.<name>.udp.sess_rx_datagrams_dropped` upstream); one that prefers GRO reads up
+//!   to 64 KiB at a time and drops none, whatever the size says. `prefer_gro` is `false` by
+//!   default on the listener and `true` on the upstream sockets, so by default a client's
+//!   datagram over 1,500 B is dropped and an endpoint's is forwarded. Switchyard's buffers
+//!   always hold a whole datagram: the limit is a comparison, never a truncation.
 
 use super::{decode_any, duration, ext, type_name, Result};
 use crate::error::ConfigError;
 use crate::ext::udp_route::WeightedRoute as PbWeightedRoute;
 use crate::path::{field, index};
-use crate::rib::{RouteConfig, UdpProxyConfig, DEFAULT_UDP_IDLE_TIMEOUT};
+use crate::rib::{
+    RouteConfig, UdpProxyConfig, DEFAULT_MAX_RX_DATAGRAM_SIZE, DEFAULT_UDP_IDLE_TIMEOUT,
+};
 use crate::type_names::{UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE};
 use envoy_types::pb::envoy::config::core::v3::UdpSocketConfig;
 use envoy_types::pb::envoy::config::listener::v3::{listener_filter, Listener, UdpListenerConfig};
@@ -56,9 +65,10 @@ pub(super) fn udp_listener(l: &Listener, path: &str) -> Result<UdpProxyConfig> {
             ));
         }
     }
-    if let Some(c) = &l.udp_listener_config {
-        udp_listener_config(c, &field(path, "udp_listener_config"))?;
-    }
+    let max_downstream = match &l.udp_listener_config {
+        Some(c) => udp_listener_config(c, &field(path, "udp_listener_config"))?,
+        None => rx_datagram_limit(None, DOWNSTREAM_PREFERS_GRO, path)?,
+    };
     let fpath = field(path, "listener_filters");
     let filter = match l.listener_filters.as_slice() {
         [f] => f,
@@ -96,31 +106,57 @@ pub(super) fn udp_listener(l: &Listener, path: &str) -> Result<UdpProxyConfig> {
         ));
     }
     let proxy: PbUdpProxyConfig = decode_any(any, UDP_PROXY, &tpath)?;
-    udp_proxy(&proxy, &tpath)
+    udp_proxy(&proxy, &tpath, max_downstream)
 }
 
-/// `udp_listener_config`: only `downstream_socket_config`, which changes nothing here.
-fn udp_listener_config(c: &UdpListenerConfig, path: &str) -> Result<()> {
-    match &c.downstream_socket_config {
-        Some(s) => udp_socket_config(s, &field(path, "downstream_socket_config")),
-        None => Ok(()),
-    }
+/// Envoy's `prefer_gro` default for a listener's socket (`UdpListenerConfig`).
+const DOWNSTREAM_PREFERS_GRO: bool = false;
+/// Envoy's `prefer_gro` default for udp_proxy's upstream sockets.
+const UPSTREAM_PREFERS_GRO: bool = true;
+
+/// `udp_listener_config`: only `downstream_socket_config` (the walker refuses the rest); the
+/// longest datagram a client may send.
+fn udp_listener_config(c: &UdpListenerConfig, path: &str) -> Result<Option<u32>> {
+    rx_datagram_limit(
+        c.downstream_socket_config.as_ref(),
+        DOWNSTREAM_PREFERS_GRO,
+        &field(path, "downstream_socket_config"),
+    )
 }
 
-/// A `UdpSocketConfig`: `max_rx_datagram_size` in Envoy's range (1 to 65535); `prefer_gro`
-/// as it likes. Neither changes what Switchyard does: it takes datagrams of up to 64 KiB.
-fn udp_socket_config(s: &UdpSocketConfig, path: &str) -> Result<()> {
-    match s.max_rx_datagram_size {
-        Some(v) if v.value == 0 || v.value >= 65536 => Err(ConfigError::invalid(
-            field(path, "max_rx_datagram_size"),
-            format!("{} is out of range (1-65535, as in Envoy)", v.value),
-        )),
-        _ => Ok(()),
-    }
+/// A `UdpSocketConfig` (or its absence): the longest datagram the socket takes, `None` for
+/// any. `max_rx_datagram_size` in Envoy's range (1 to 65535, default 1,500) applies to a
+/// socket that does not prefer GRO; Envoy reads a GRO socket into 64 KiB whatever the size
+/// says (Envoy 1.40: 65,000 B datagrams pass with the default 1,500 and `prefer_gro: true`),
+/// so Switchyard, which receives whole datagrams without GRO, applies no limit there.
+fn rx_datagram_limit(
+    s: Option<&UdpSocketConfig>,
+    prefers_gro_by_default: bool,
+    path: &str,
+) -> Result<Option<u32>> {
+    let size = match s.and_then(|s| s.max_rx_datagram_size) {
+        Some(v) if v.value == 0 || v.value >= 65536 => {
+            return Err(ConfigError::invalid(
+                field(path, "max_rx_datagram_size"),
+                format!("{} is out of range (1-65535, as in Envoy)", v.value),
+            ))
+        }
+        Some(v) => v.value as u32,
+        None => DEFAULT_MAX_RX_DATAGRAM_SIZE,
+    };
+    let prefer_gro = s
+        .and_then(|s| s.prefer_gro)
+        .map_or(prefers_gro_by_default, |b| b.value);
+    Ok((!prefer_gro).then_some(size))
 }
 
-/// `UdpProxyConfig`, at `path` (its `typed_config`).
-pub(super) fn udp_proxy(u: &PbUdpProxyConfig, path: &str) -> Result<UdpProxyConfig> {
+/// `UdpProxyConfig`, at `path` (its `typed_config`), behind a listener that takes client
+/// datagrams of up to `max_downstream_rx_datagram_bytes`.
+fn udp_proxy(
+    u: &PbUdpProxyConfig,
+    path: &str,
+    max_downstream_rx_datagram_bytes: Option<u32>,
+) -> Result<UdpProxyConfig> {
     if u.stat_prefix.is_empty() {
         return Err(ConfigError::invalid(
             field(path, "stat_prefix"),
@@ -162,14 +198,18 @@ pub(super) fn udp_proxy(u: &PbUdpProxyConfig, path: &str) -> Result<UdpProxyConf
             "not supported by Switchyard (a session keeps the endpoint its first datagram was sent to)",
         ));
     }
-    if let Some(s) = &u.upstream_socket_config {
-        udp_socket_config(s, &field(path, "upstream_socket_config"))?;
-    }
+    let max_upstream_rx_datagram_bytes = rx_datagram_limit(
+        u.upstream_socket_config.as_ref(),
+        UPSTREAM_PREFERS_GRO,
+        &field(path, "upstream_socket_config"),
+    )?;
     Ok(UdpProxyConfig {
         stat_prefix: u.stat_prefix.clone(),
         route,
         idle_timeout,
         hash_source_ip: hash_policies(&u.hash_policies, &field(path, "hash_policies"))?,
+        max_downstream_rx_datagram_bytes,
+        max_upstream_rx_datagram_bytes,
     })
 }
 
@@ -346,6 +386,8 @@ static_resources:
                 route: RouteConfig::Cluster("c".into()),
                 idle_timeout: Some(Duration::from_secs(60)),
                 hash_source_ip: false,
+                max_downstream_rx_datagram_bytes: Some(1500),
+                max_upstream_rx_datagram_bytes: None,
             })
         );
         assert_eq!(l.routed_clusters().collect::<Vec<_>>(), ["c"]);
@@ -511,6 +553,65 @@ static_resources:
         error(
             "cluster: c\nupstream_socket_config: {max_rx_datagram_size: 0}",
             ".upstream_socket_config.max_rx_datagram_size",
+        );
+    }
+
+    /// `max_rx_datagram_size` as Envoy 1.40 applies it: to a socket that does not prefer
+    /// GRO (the listener's by default, 1,500 B by default); a socket that prefers GRO (the
+    /// upstream ones by default) takes any datagram.
+    #[test]
+    fn datagram_size_limits_follow_envoy() {
+        let limits = |listener: &str, proxy: &str| {
+            let text = bootstrap(&format!("cluster: c\n{proxy}")).replace(
+                "    listener_filters:",
+                &format!("{listener}    listener_filters:"),
+            );
+            let (rib, _) = parse_yaml_rib(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let u = rib.listeners[0].udp().expect("udp").clone();
+            (
+                u.max_downstream_rx_datagram_bytes,
+                u.max_upstream_rx_datagram_bytes,
+            )
+        };
+        let down =
+            |c: &str| format!("    udp_listener_config: {{downstream_socket_config: {c}}}\n");
+        assert_eq!(limits("", ""), (Some(1500), None), "Envoy's defaults");
+        assert_eq!(
+            limits(&down("{max_rx_datagram_size: 9000}"), ""),
+            (Some(9000), None)
+        );
+        assert_eq!(limits(&down("{prefer_gro: true}"), ""), (None, None));
+        assert_eq!(
+            limits(&down("{max_rx_datagram_size: 9000, prefer_gro: false}"), ""),
+            (Some(9000), None)
+        );
+        assert_eq!(
+            limits("", "upstream_socket_config: {max_rx_datagram_size: 9000}"),
+            (Some(1500), None),
+            "upstream sockets prefer GRO by default"
+        );
+        assert_eq!(
+            limits("", "upstream_socket_config: {prefer_gro: false}"),
+            (Some(1500), Some(1500))
+        );
+        assert_eq!(
+            limits(
+                "",
+                "upstream_socket_config: {max_rx_datagram_size: 512, prefer_gro: false}"
+            ),
+            (Some(1500), Some(512))
+        );
+        let e = parse_yaml_rib(&bootstrap("cluster: c").replace(
+            "    listener_filters:",
+            &format!(
+                "{}    listener_filters:",
+                down("{max_rx_datagram_size: 65536}")
+            ),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.path(),
+            "static_resources.listeners[0].udp_listener_config.downstream_socket_config.max_rx_datagram_size"
         );
     }
 

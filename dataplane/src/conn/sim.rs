@@ -80,6 +80,8 @@ struct Slot {
     mirror_open: bool,
     delay_at_ms: Option<u64>,
     finished: u32,
+    /// Closed by the idle timeout (which, as in Envoy, sets no flag): not a clean end.
+    idled: bool,
 }
 
 /// The simulated world and its driver.
@@ -375,6 +377,7 @@ impl Sim {
             }
             Action::Release(seat) => self.release(slot, seat),
             Action::ScheduleDelay { at_ms } => self.slots[slot].delay_at_ms = Some(at_ms),
+            Action::Note(Note::IdleTimeout) => self.slots[slot].idled = true,
             Action::Note(_) => {}
             Action::Finish => self.finish(slot),
         }
@@ -415,7 +418,7 @@ impl Sim {
             }
         }
         let connected = matches!(m.upstream(), Upstream::Connected { .. });
-        if connected && m.flags().0 == 0 {
+        if connected && m.flags().0 == 0 && !s.idled {
             self.clean += 1;
             for dir in Dir::BOTH {
                 if m.relay().bytes(dir).sent != s.delivered[dir as usize] {

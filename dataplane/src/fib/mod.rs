@@ -32,7 +32,7 @@ use crate::health::ClusterHealth;
 use crate::host::HostState;
 use crate::stats::{
     ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState, FaultStats,
-    ListenerStats, MirrorStats, TcpStats, UdpStats,
+    ListenerStats, ListenerUdpStats, MirrorStats, TcpStats, UdpStats,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,6 +140,12 @@ pub struct UdpListener {
     pub address: SocketAddr,
     /// What its datagrams do.
     pub proxy: UdpProxy,
+    /// A client's datagram longer than this is dropped (`udp_listener_config`'s
+    /// `downstream_socket_config.max_rx_datagram_size`, 1,500 by default); `None`: none is
+    /// (the socket prefers GRO, which Envoy reads up to 64 KiB at a time).
+    pub max_rx_datagram_bytes: Option<u32>,
+    /// `listener.<ip>_<port>.udp.*`, shared across generations.
+    pub udp_stats: Arc<ListenerUdpStats>,
 }
 
 /// Envoy's `UdpProxyConfig`, compiled: each new source (client address) opens a session, a
@@ -158,6 +164,10 @@ pub struct UdpProxy {
     /// `hash_policies: [{source_ip: true}]`: hashing balancers (MAGLEV, RING_HASH) key on
     /// the client's IP, so its sessions land on one endpoint.
     pub hash_source_ip: bool,
+    /// An endpoint's datagram longer than this is dropped (`upstream_socket_config`'s
+    /// `max_rx_datagram_size` when it has `prefer_gro: false`); `None`: none is (the
+    /// default: Envoy's upstream sockets prefer GRO, read up to 64 KiB at a time).
+    pub max_upstream_rx_datagram_bytes: Option<u32>,
 }
 
 /// Envoy's `envoy.filters.listener.original_src`: each upstream socket binds the client's IP

@@ -16,7 +16,7 @@
 use super::slot::{Conn, CHAIN_NONE, NO_FD};
 use super::ud::{self, Kind};
 use super::{report_outlier_failure, Generation, RelayMode, Worker};
-use crate::accesslog::{AccessRecord, ResponseFlags};
+use crate::accesslog::AccessRecord;
 use crate::conn::{
     Action, Actions, Event, Note, Overflow, Seat, Target, Upstream, Upstreams, Violation,
 };
@@ -566,7 +566,7 @@ impl Worker {
             }
         }
         let flags = machine.flags();
-        if flags.0 != 0 && !flags.has(ResponseFlags::STREAM_IDLE_TIMEOUT) {
+        if flags.0 != 0 {
             if let Some(e) = machine.upstream().endpoint() {
                 cluster.endpoints[e as usize].stats.inc(HostStat::RqError);
             }

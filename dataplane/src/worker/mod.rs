@@ -595,6 +595,11 @@ impl Worker {
         // reused).
         self.ring.submit();
         self.shared.worker_adopted(self.id, snapshot.epoch);
+        if let Some(delay) = self.shared.take_after_adoption_delay(self.id) {
+            // Only a test sets this: a worker held right after it acknowledged, as one taken
+            // off its CPU there would be.
+            std::thread::sleep(delay);
+        }
     }
 
     /// A new FIB generation: load-balancer state for it; the previous one is released once
@@ -959,11 +964,9 @@ impl Worker {
         };
         self.occupy(slot, listener_slot, fib_index, fd, &decision);
         let verdict = match decision.outcome {
-            Outcome::Limited { delay_ms } => {
-                // The filter closes the connection before the tcp_proxy sees it.
-                self.conns[slot as usize].chain = slot::CHAIN_NONE;
-                conn::Verdict::Limited { delay_ms }
-            }
+            // The filter closes the connection before the tcp_proxy routes it; Envoy's
+            // tcp_proxy still counts it and logs it (no upstream, no flag).
+            Outcome::Limited { delay_ms } => conn::Verdict::Limited { delay_ms },
             Outcome::Refuse {
                 flags,
                 reset,
@@ -1079,6 +1082,8 @@ impl Worker {
         decision.chain = chain_index;
         if let Some(limit) = &chain.connection_limit {
             if !limit.state.try_enter(limit.max_connections) {
+                chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
+                chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxActive);
                 decision.outcome = Outcome::Limited {
                     delay_ms: limit.delay_ms,
                 };

@@ -30,6 +30,12 @@
 //!   sessions there too, `upstream_cx_overflow`), is dropped. A datagram that finds no
 //!   buffer waits in the socket's receive queue (the multishot receive is re-armed when
 //!   buffers come back).
+//! - **Sizes**: a client's datagram longer than the listener's `max_rx_datagram_size` is
+//!   dropped (`listener.<address>.udp.downstream_rx_datagram_dropped`), and an endpoint's
+//!   longer than the upstream one, when that applies (`cluster.<name>.udp.
+//!   sess_rx_datagrams_dropped`). A buffer holds the largest datagram, so the sizes are
+//!   compared, never cut; a truncated datagram (MSG_TRUNC in the listener's receive record;
+//!   a full buffer on a session's plain receive) is dropped the same way, never forwarded.
 //! - A session's slot is reused only after its receive's last completion and every send
 //!   from it completed; its socket is closed through the ring after its receive is
 //!   cancelled, so no queued operation ever names a reused descriptor.
@@ -43,11 +49,11 @@ use crate::health::ClusterHealth;
 use crate::host::HostState;
 use crate::lb::Pick;
 use crate::stats::{
-    ClusterResources, ClusterStat, ClusterStats, ClusterUdpStat, ClusterUdpStats, Resource,
-    UdpStat, UdpStats,
+    ClusterResources, ClusterStat, ClusterStats, ClusterUdpStat, ClusterUdpStats, ListenerUdpStat,
+    Resource, UdpStat, UdpStats,
 };
 use crate::sys::net;
-use crate::sys::uring::Datagram;
+use crate::sys::uring::{Datagram, DATAGRAM_BUFFER_BYTES};
 use crate::sys::{BufClass, Completion, RingBuf};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -80,6 +86,8 @@ struct Session {
     sends: u32,
     last_activity_ms: u64,
     idle_timeout_ms: Option<u64>,
+    /// An endpoint's datagram longer than this is dropped (`None`: none is).
+    max_rx_datagram_bytes: Option<u32>,
     /// Position in `Udp::occupied`.
     occupied_at: u32,
     proxy_stats: Option<Arc<UdpStats>>,
@@ -108,6 +116,7 @@ struct UdpUpstream {
     host: Arc<HostState>,
     proxy_stats: Arc<UdpStats>,
     idle_timeout_ms: Option<u64>,
+    max_rx_datagram_bytes: Option<u32>,
 }
 
 /// The worker's UDP state.
@@ -293,15 +302,26 @@ impl Worker {
         if !self.udp.sockets[i].armed {
             self.udp_arm_receive(i);
         }
-        match self.ring.datagram(id, c.result as u32) {
-            Some(d) if !d.truncated => self.udp_from_client(i as u32, fib_index, id, d),
-            _ => {
-                if let Some(l) = self.udp_listener(fib_index) {
-                    l.proxy.stats.inc(self.id, UdpStat::DownstreamSessRxErrors);
-                }
-                self.ring.recycle(id);
+        let Some(d) = self.ring.datagram(id, c.result as u32) else {
+            if let Some(l) = self.udp_listener(fib_index) {
+                l.proxy.stats.inc(self.id, UdpStat::DownstreamSessRxErrors);
             }
+            self.ring.recycle(id);
+            return;
+        };
+        // Longer than the listener takes, or truncated (MSG_TRUNC: never, as a buffer holds
+        // the largest datagram): dropped before any session sees it, as Envoy drops it.
+        let Some(l) = self.udp_listener(fib_index) else {
+            self.ring.recycle(id);
+            return;
+        };
+        if d.truncated || l.max_rx_datagram_bytes.is_some_and(|max| d.len > max) {
+            l.udp_stats
+                .inc(self.id, ListenerUdpStat::DownstreamRxDatagramDropped);
+            self.ring.recycle(id);
+            return;
         }
+        self.udp_from_client(i as u32, fib_index, id, d);
     }
 
     fn udp_recv_failed(&mut self, i: usize, errno: i32) {
@@ -447,6 +467,7 @@ impl Worker {
         s.sends = 0;
         s.last_activity_ms = now;
         s.idle_timeout_ms = up.idle_timeout_ms;
+        s.max_rx_datagram_bytes = up.max_rx_datagram_bytes;
         s.occupied_at = occupied_at;
         s.health_epoch = up.cluster.health.epoch();
         s.proxy_stats = Some(up.proxy_stats);
@@ -512,6 +533,7 @@ impl Worker {
             cluster: self.udp_cluster_ref(cluster),
             proxy_stats: proxy.stats.clone(),
             idle_timeout_ms: proxy.idle_timeout_ms,
+            max_rx_datagram_bytes: proxy.max_upstream_rx_datagram_bytes,
         })
     }
 
@@ -643,7 +665,11 @@ impl Worker {
             .sockets
             .get(s.listener_slot as usize)
             .filter(|l| l.open);
-        let (Some(listener), Some(source), SessionState::Open) = (listener, s.source, s.state)
+        // A plain receive reports no MSG_TRUNC: a datagram that filled its buffer may have
+        // been cut (never, as a buffer holds the largest one), and is dropped, not forwarded.
+        let fits = len < DATAGRAM_BUFFER_BYTES && s.max_rx_datagram_bytes.is_none_or(|m| len <= m);
+        let (Some(listener), Some(source), SessionState::Open, true) =
+            (listener, s.source, s.state, fits)
         else {
             if let Some(c) = &s.cluster_stats {
                 c.udp.inc(self.id, ClusterUdpStat::SessRxDatagramsDropped);
