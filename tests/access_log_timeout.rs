@@ -10,28 +10,21 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 fn listener_with_logs(port: u16, cluster: &str, default_log: &str, json_log: &str) -> String {
-    tcp_listener("logged", port, "logged", cluster).replace(
-        &format!("cluster: {cluster}\n"),
-        &format!(
-            r#"cluster: {cluster}
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {default_log}
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {json_log}
-              log_format:
-                json_format:
+    let json = r#"                json_format:
                   bytes_received: "%BYTES_RECEIVED%"
                   bytes_sent: "%BYTES_SENT%"
                   upstream_host: "%UPSTREAM_HOST%"
                   upstream_cluster: "%UPSTREAM_CLUSTER%"
                   response_flags: "%RESPONSE_FLAGS%"
-"#
-        ),
+"#;
+    tcp_listener_logged(
+        "logged",
+        port,
+        cluster,
+        &[
+            file_access_log(std::path::Path::new(default_log), None),
+            file_access_log(std::path::Path::new(json_log), Some(json)),
+        ],
     )
 }
 

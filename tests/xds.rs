@@ -13,6 +13,8 @@
 //!   process (Switchyard only).
 //! * a UDP listener (udp_proxy) added over LDS carries datagrams, keeps its session through
 //!   an update that changes only the TCP listeners, and stops when removed.
+//! * a STRICT_DNS cluster received over CDS resolves its name (the test's DNS server) and
+//!   follows a changed answer.
 //!
 //! The same test runs against real Envoy (`SWITCHYARD_TEST_PROXY=envoy`), which keeps its
 //! expectations honest. Requests are matched by type, not order: Envoy asks for listeners
@@ -1077,4 +1079,95 @@ fn a_udp_listener_comes_and_goes_over_lds_and_its_sessions_survive_other_updates
         wait_until(WAIT, || !udp_answered(&client, b"anyone?")),
         "the removed UDP listener still answers"
     );
+}
+
+/// A STRICT_DNS cluster received over CDS, its name answered by the test's DNS server:
+/// traffic reaches the address the name resolves to, and follows a changed answer while a
+/// held connection keeps its backend.
+#[test]
+#[allow(deprecated)] // `dns_refresh_rate`: the v3 API prefers the DnsCluster extension
+fn a_dns_cluster_over_cds_follows_its_names_answers() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType, DnsLookupFamily,
+    };
+    use envoy_types::pb::envoy::config::core::v3::{DnsResolverOptions, TypedExtensionConfig};
+    use envoy_types::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig;
+    let Some(Setup {
+        a,
+        proxy,
+        port,
+        sotw,
+        ..
+    }) = setup("GRPC")
+    else {
+        return;
+    };
+    // The same port as `a` on 127.0.0.2, for the changed answer.
+    let _c = Backend::start_at(
+        SocketAddr::from(([127, 0, 0, 2], a.port())),
+        Mode::Tagged("c".into()),
+    );
+    let dns = DnsServer::start();
+    let name = "cds.switchyard.test";
+    dns.set_a(name, &[std::net::Ipv4Addr::LOCALHOST]);
+    let resolver = CaresDnsResolverConfig {
+        resolvers: vec![address_of("127.0.0.1", dns.port().into())],
+        dns_resolver_options: Some(DnsResolverOptions {
+            no_default_search_domain: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let cluster = Cluster {
+        name: "svc".into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        dns_lookup_family: DnsLookupFamily::V4Only as i32,
+        dns_refresh_rate: Some(PbDuration {
+            seconds: 0,
+            nanos: 200_000_000,
+        }),
+        typed_dns_resolver_config: Some(TypedExtensionConfig {
+            name: "envoy.network.dns_resolver.cares".into(),
+            typed_config: Some(any(
+                "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+                &resolver,
+            )),
+        }),
+        load_assignment: Some(load_assignment("svc", address_of(name, a.port().into()))),
+        ..Cluster::default()
+    };
+    let stream = first_stream(&sotw, &proxy);
+    let mut requests = Requests::new(&stream.requests);
+    requests.next(CLUSTER_TYPE, |_| true);
+    respond(
+        &stream,
+        CLUSTER_TYPE,
+        "c1",
+        "n1",
+        vec![any(CLUSTER_TYPE, &cluster)],
+    );
+    requests.next(LISTENER_TYPE, |_| true);
+    respond(
+        &stream,
+        LISTENER_TYPE,
+        "l1",
+        "n2",
+        vec![listener("ingress", port, "svc")],
+    );
+    let through = local(port);
+    assert_eq!(reached(through), "a", "{}", proxy.logs());
+    let mut held = connect_retry(through, WAIT);
+    assert_eq!(read_line(&mut held).unwrap(), "a");
+    dns.set_a(name, &[std::net::Ipv4Addr::new(127, 0, 0, 2)]);
+    assert!(
+        wait_until(WAIT, || which_backend(through).ok().as_deref() == Some("c")),
+        "new connections never followed the answer\n{}",
+        proxy.logs()
+    );
+    assert_eq!(ping(&mut held, b"still here").unwrap(), b"still here");
+    assert!(proxy.stat("cluster.svc.update_success") >= 2);
 }

@@ -132,7 +132,7 @@ impl CompileCache {
         };
         let build = |c: &ClusterConfig, previous: Option<&Cluster>| {
             let udp_stats = if udp_routed.contains(c.name.as_str()) {
-                stats.cluster_udp(&c.name)
+                stats.cluster_udp(c.observability_name())
             } else {
                 unrouted.clone()
             };
@@ -224,6 +224,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
                 stats: stats.listener(l.address),
                 use_original_dst: t.use_original_dst,
                 transparent: t.transparent,
+                reuse_port: t.reuse_port,
                 original_src: t.original_src,
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
@@ -281,6 +282,7 @@ fn cluster(
     };
     let mut cluster = Cluster {
         name: c.name.as_str().into(),
+        observability_name: c.observability_name().into(),
         connect_timeout_ms: millis(c.connect_timeout),
         lb_policy: c.lb_policy,
         upstream_bind: c.upstream_bind.clone(),
@@ -297,7 +299,7 @@ fn cluster(
                 stats: old.get(&e.address).map_or_else(new_host, |s| Arc::clone(s)),
             })
             .collect(),
-        stats: stats.cluster(&c.name),
+        stats: stats.cluster(c.observability_name()),
         health: c.health.clone(),
         health_state: stats.health(&c.name),
         added_via_api: c.added_via_api,

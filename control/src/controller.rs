@@ -17,16 +17,22 @@
 use crate::admin::xds_dump::XdsTypeDumps;
 use crate::admin::{self, AdminAction, AdminState};
 use crate::compile::{compile, CompileCache};
+use crate::dns::{first_answers_bound, DnsHosts, DnsThread, DnsUpdate, DnsWatch};
 use crate::dynamic::DynamicState;
 use crate::error::ConfigError;
 use crate::health::HealthThread;
 use crate::load::load_rib;
 use crate::rib::{Bind, EndpointConfig, Rib};
+use crate::rib::{GrpcSource, XdsSource};
 use crate::state_dir::{Persisted, StateWriter};
 use crate::stats::StatsRegistry;
-use crate::xds::client::{self as xds_client, ClientConfig, Command, Event};
+use crate::xds::client::{
+    self as xds_client, ClientConfig, ClusterSources, Command, Event, EventSink, Service,
+};
+use crate::xds::file::{self as xds_file, FileCommand, FilesConfig};
 use crate::xds::{self, Held};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -83,6 +89,8 @@ pub enum RunError {
     StateDir(std::io::Error),
     /// The health-check thread could not start.
     Health(std::io::Error),
+    /// The DNS thread could not start.
+    Dns(std::io::Error),
 }
 
 impl std::fmt::Display for RunError {
@@ -101,6 +109,7 @@ impl std::fmt::Display for RunError {
             RunError::Xds(e) => write!(f, "xDS client: cannot start: {e}"),
             RunError::StateDir(e) => write!(f, "state dir writer: cannot start: {e}"),
             RunError::Health(e) => write!(f, "health checker: cannot start: {e}"),
+            RunError::Dns(e) => write!(f, "DNS resolver thread: cannot start: {e}"),
         }
     }
 }
@@ -111,7 +120,24 @@ impl std::error::Error for RunError {}
 enum ControlEvent {
     Signal(i32),
     Admin(AdminAction),
-    Xds(Event),
+    Xds(Stream, Event),
+    /// A DNS cluster's hosts changed (or its first answers are in).
+    Dns(DnsUpdate),
+}
+
+/// Where an xDS event came from: a gRPC stream, or the file thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stream {
+    Ads,
+    /// `lds_config.api_config_source`.
+    Lds,
+    /// `cds_config.api_config_source`.
+    Cds,
+    /// The EDS stream to one management server (`eds_config.api_config_source`), shared
+    /// by the clusters that name it.
+    Eds(GrpcSource),
+    /// `path_config_source` of any type.
+    Files,
 }
 
 /// Identity of the file's contents, to notice changes.
@@ -167,6 +193,16 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     )
     .map_err(RunError::DataPlane)?;
 
+    // DNS clusters: resolved on the `dns` thread; the first FIB waits for their first
+    // answers (bounded), as Envoy initialises clusters before listeners.
+    let (events_tx, events_rx) = mpsc::channel();
+    let statics = rib.clone();
+    let mut dns = DnsHosts::default();
+    dns.sync(&rib, || start_dns(&stats, &events_tx))
+        .map_err(RunError::Dns)?;
+    wait_first_answers(&mut dns, &rib, &events_rx, &stats);
+    dns.fill(&mut rib, None);
+
     let mut cache = CompileCache::new();
     let fib = Arc::new(compile(&rib, 1, &stats, &mut cache));
     let health =
@@ -176,14 +212,13 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     }
     plane.publish(fib).map_err(RunError::DataPlane)?;
 
-    let (events_tx, events_rx) = mpsc::channel();
     let admin_state = start_admin(&rib, &plane, &stats, &options, events_tx.clone())?;
     *admin_state
         .config_dump
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = loaded.normalized;
     // With xDS, INITIALIZING (/ready 503) until the first fetch is in (see `Init`).
-    let init = Init::new(rib.dynamic.as_ref());
+    let init = Init::new(&rib);
     admin_state.server_state.store(
         if init.done() {
             admin::STATE_LIVE
@@ -194,17 +229,20 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     );
     let warm = load_state_dir(&options, &rib);
     let held = warm.as_ref().map(|(p, _)| p.held()).unwrap_or_default();
-    let xds = match &rib.dynamic {
-        Some(_) => {
+    let xds = if uses_xds(&rib) {
+        if let Some(d) = &rib.dynamic {
             stats.xds().enabled.store(true, Ordering::Relaxed);
-            for c in rib.clusters.iter().filter(|c| c.eds_service.is_some()) {
-                stats.xds().eds(&c.name);
-            }
-            Some(start_xds(&rib, held, events_tx.clone())?)
+            stats.xds().ads.store(d.ads.is_some(), Ordering::Relaxed);
         }
-        None => None,
+        for c in rib.clusters.iter().filter(|c| c.eds_service.is_some()) {
+            let file = matches!(c.eds_source, XdsSource::File(_));
+            stats.xds().eds_for(&c.name, !file);
+        }
+        Some(Sources::start(&rib, held, events_tx.clone())?)
+    } else {
+        None
     };
-    install_signals(events_tx)?;
+    install_signals(events_tx.clone())?;
     tracing::info!(
         generation = 1,
         listeners = rib.listeners.len(),
@@ -226,7 +264,9 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     };
     let mut control = Control {
         options,
-        statics: rib.clone(),
+        statics,
+        dns,
+        events: events_tx.clone(),
         dynamic: DynamicState::default(),
         persisted: Persisted::default(),
         state_writer,
@@ -240,8 +280,11 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         health,
         admin: admin_state,
     };
+    // After the warm start: watching nothing before it would drop what it loaded.
     control.warm_start(warm);
+    control.update_watches();
     control.serve(events_rx);
+    control.dns.stop();
     let Control {
         plane,
         health,
@@ -256,8 +299,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         w.finish(&persisted);
     }
     if let Some(x) = xds {
-        let _ = x.commands.send(Command::Stop);
-        let _ = x.thread.join();
+        x.stop();
     }
     admin
         .server_state
@@ -268,6 +310,49 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     writer.stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the `dns` thread, its updates going to the control loop.
+fn start_dns(stats: &StatsRegistry, events: &Sender<ControlEvent>) -> std::io::Result<DnsThread> {
+    let events = events.clone();
+    DnsThread::spawn(
+        stats.dns().clone(),
+        Box::new(move |update| events.send(ControlEvent::Dns(update)).is_ok()),
+    )
+}
+
+/// Waits until every DNS cluster of `rib` that waits for it (`wait_for_warm_on_init`) has
+/// had its first answers, bounded by the time its resolver's every try takes. Only DNS
+/// events can arrive yet (nothing else is started).
+fn wait_first_answers(
+    dns: &mut DnsHosts,
+    rib: &Rib,
+    events: &Receiver<ControlEvent>,
+    stats: &StatsRegistry,
+) {
+    let pending = dns.unsettled(rib);
+    if pending.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + first_answers_bound(&DnsWatch::of(rib));
+    tracing::info!(clusters = ?pending, "waiting for the first DNS answers");
+    loop {
+        let pending = dns.unsettled(rib);
+        if pending.is_empty() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(ControlEvent::Dns(update)) => {
+                dns.apply(update, stats.dns());
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(clusters = ?pending, "no first DNS answers in time; serving without their hosts until they come");
+                return;
+            }
+        }
+    }
 }
 
 /// `--service-node` / `--service-cluster` win over the bootstrap's `node`, as in Envoy.
@@ -296,14 +381,33 @@ struct Init {
 }
 
 impl Init {
-    fn new(dynamic: Option<&crate::rib::DynamicConfig>) -> Init {
+    /// Waiting for what `rib` gets over xDS: the first clusters (with their endpoints) and
+    /// listeners; without CDS, the endpoints of the static EDS clusters.
+    fn new(rib: &Rib) -> Init {
+        let dynamic = rib.dynamic.as_ref();
+        let cds = dynamic.is_some_and(|d| d.cds.is_some());
         Init {
-            clusters: dynamic.is_some_and(|d| d.cds),
-            listeners: dynamic.is_some_and(|d| d.lds),
+            clusters: cds,
+            listeners: dynamic.is_some_and(|d| d.lds.is_some()),
+            endpoints: if cds {
+                Default::default()
+            } else {
+                rib.clusters
+                    .iter()
+                    .filter_map(|c| c.eds_service.clone())
+                    .collect()
+            },
+            deadline: fetch_timeout(rib).map(|t| Instant::now() + t),
+        }
+    }
+
+    /// Nothing to wait for.
+    fn done_now() -> Init {
+        Init {
+            clusters: false,
+            listeners: false,
             endpoints: Default::default(),
-            deadline: dynamic
-                .and_then(|d| d.initial_fetch_timeout)
-                .map(|t| Instant::now() + t),
+            deadline: None,
         }
     }
 
@@ -331,13 +435,6 @@ impl Init {
     }
 }
 
-/// The running ADS client.
-struct Xds {
-    commands: tokio::sync::mpsc::UnboundedSender<Command>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-/// Starts the ADS client for `rib.dynamic` and forwards its events to the control loop.
 /// With `--state-dir` and xDS: what the last run had accepted, if anything readable.
 fn load_state_dir(options: &RunOptions, rib: &Rib) -> Option<(Persisted, DynamicState)> {
     let (Some(dir), Some(_)) = (&options.state_dir, &rib.dynamic) else {
@@ -356,40 +453,285 @@ fn load_state_dir(options: &RunOptions, rib: &Rib) -> Option<(Persisted, Dynamic
     }
 }
 
-fn start_xds(rib: &Rib, held: Held, events: Sender<ControlEvent>) -> Result<Xds, RunError> {
-    let dynamic = rib.dynamic.as_ref().expect("called with dynamic_resources");
-    let server = rib
-        .cluster(&dynamic.ads_cluster)
-        .and_then(|c| c.endpoints.first())
-        .map(|e| e.address)
-        .expect("convert checked: the ADS cluster is static with an endpoint");
-    let (xds_tx, xds_rx) = mpsc::channel();
-    let mut config = ClientConfig::new(server, rib.node.clone(), dynamic.api);
-    config.held = held;
-    config.reserved_addresses = rib
-        .listeners
-        .iter()
-        .map(|l| (format!("static listener '{}'", l.name), l.bind()))
-        .chain(
-            rib.admin
-                .address
-                .socket()
-                .map(|a| ("the admin".to_string(), Bind::tcp(a))),
-        )
-        .collect();
-    let (commands, thread) = xds_client::spawn(config, xds_tx).map_err(RunError::Xds)?;
-    std::thread::Builder::new()
-        .name("xds-events".into())
-        .spawn(move || {
-            for e in xds_rx {
-                if events.send(ControlEvent::Xds(e)).is_err() {
-                    break;
+/// Whether `rib` gets anything over xDS: `dynamic_resources`, or a static EDS cluster.
+fn uses_xds(rib: &Rib) -> bool {
+    rib.dynamic.is_some() || rib.clusters.iter().any(|c| c.eds_service.is_some())
+}
+
+/// The `initial_fetch_timeout` that bounds initialization and warming: `dynamic_resources`'
+/// (the longest of its sources'), else Envoy's default.
+fn fetch_timeout(rib: &Rib) -> Option<Duration> {
+    match &rib.dynamic {
+        Some(d) => d.initial_fetch_timeout,
+        None => Some(crate::rib::DEFAULT_INITIAL_FETCH_TIMEOUT),
+    }
+}
+
+/// A running gRPC client thread.
+struct GrpcClient {
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// The running file thread.
+struct FileThread {
+    commands: Sender<FileCommand>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// The config sources in use: the ADS stream, LDS and CDS streams of their own, an EDS
+/// stream per management server that EDS clusters name, and the file thread. EDS streams
+/// and the file thread start when the first cluster needs them.
+struct Sources {
+    ads: Option<GrpcClient>,
+    lds: Option<GrpcClient>,
+    cds: Option<GrpcClient>,
+    eds: BTreeMap<GrpcSource, GrpcClient>,
+    /// Whether each EDS stream is up.
+    eds_connected: BTreeMap<GrpcSource, bool>,
+    files: Option<FileThread>,
+    /// What every client is started with (the node, the static clusters' endpoints, the
+    /// validators' context).
+    node: crate::rib::NodeInfo,
+    statics: Vec<Arc<crate::rib::ClusterConfig>>,
+    reserved: Vec<(String, Bind)>,
+    eds_sources: ClusterSources,
+    events: Sender<ControlEvent>,
+}
+
+impl Sources {
+    /// Starts the sources of `rib.dynamic` (ADS, and LDS / CDS from gRPC or files); `held`
+    /// is what the state dir had (given to the ADS stream and to LDS / CDS streams).
+    fn start(rib: &Rib, held: Held, events: Sender<ControlEvent>) -> Result<Sources, RunError> {
+        let reserved = rib
+            .listeners
+            .iter()
+            .map(|l| (format!("static listener '{}'", l.name), l.bind()))
+            .chain(
+                rib.admin
+                    .address
+                    .socket()
+                    .map(|a| ("the admin".to_string(), Bind::tcp(a))),
+            )
+            .collect();
+        let dynamic = rib.dynamic.clone();
+        let mut sources = Sources {
+            ads: None,
+            lds: None,
+            cds: None,
+            eds: BTreeMap::new(),
+            eds_connected: BTreeMap::new(),
+            files: None,
+            node: rib.node.clone(),
+            statics: rib.clusters.clone(),
+            reserved,
+            eds_sources: ClusterSources {
+                statics: rib.clusters.clone(),
+                ads: dynamic.as_ref().is_some_and(|d| d.ads.is_some()),
+            },
+            events,
+        };
+        let Some(d) = dynamic else {
+            return Ok(sources);
+        };
+        let of_type = |type_url: &str| -> Held {
+            held.iter()
+                .filter(|(t, _)| *t == type_url)
+                .map(|(t, h)| (t.clone(), h.clone()))
+                .collect()
+        };
+        if let Some(ads) = &d.ads {
+            let service = Service::Ads {
+                clusters: d.cds == Some(XdsSource::Ads),
+                listeners: d.lds == Some(XdsSource::Ads),
+            };
+            let mut ads_held = held.clone();
+            ads_held.retain(|t, _| match t.as_str() {
+                xds::CLUSTER_TYPE => d.cds == Some(XdsSource::Ads),
+                xds::LISTENER_TYPE => d.lds == Some(XdsSource::Ads),
+                _ => true,
+            });
+            sources.ads = Some(sources.spawn(ads, service, ads_held, Vec::new(), Stream::Ads)?);
+        }
+        let mut files = FilesConfig {
+            reserved_addresses: sources.reserved.clone(),
+            eds_sources: sources.eds_sources.clone(),
+            ..FilesConfig::default()
+        };
+        for (name, source, service, stream, type_url) in [
+            (
+                "cds_config",
+                &d.cds,
+                Service::Clusters,
+                Stream::Cds,
+                xds::CLUSTER_TYPE,
+            ),
+            (
+                "lds_config",
+                &d.lds,
+                Service::Listeners,
+                Stream::Lds,
+                xds::LISTENER_TYPE,
+            ),
+        ] {
+            match source {
+                Some(XdsSource::Grpc(g)) => {
+                    let client =
+                        sources.spawn(g, service, of_type(type_url), Vec::new(), stream.clone())?;
+                    match stream {
+                        Stream::Cds => sources.cds = Some(client),
+                        _ => sources.lds = Some(client),
+                    }
                 }
+                Some(XdsSource::File(f)) => {
+                    crate::convert::file_source_present(f, &format!("dynamic_resources.{name}"))
+                        .map_err(RunError::Config)?;
+                    tracing::info!(path = %f.path.display(), "xDS: {name} from a file");
+                    match stream {
+                        Stream::Cds => files.clusters = Some(f.clone()),
+                        _ => files.listeners = Some(f.clone()),
+                    }
+                }
+                _ => {}
             }
-        })
-        .map_err(RunError::Xds)?;
-    tracing::info!(%server, api = ?dynamic.api, "xDS: subscribing over ADS");
-    Ok(Xds { commands, thread })
+        }
+        if files.clusters.is_some() || files.listeners.is_some() {
+            sources.start_files(files)?;
+        }
+        Ok(sources)
+    }
+
+    /// Starts a gRPC client for `source` speaking `service`.
+    fn spawn(
+        &self,
+        source: &GrpcSource,
+        service: Service,
+        held: Held,
+        endpoints: Vec<String>,
+        stream: Stream,
+    ) -> Result<GrpcClient, RunError> {
+        let server = self
+            .statics
+            .iter()
+            .find(|c| c.name == source.cluster)
+            .and_then(|c| c.endpoints.first())
+            .map(|e| e.address)
+            .expect("convert checked: a management cluster is static with an endpoint");
+        let mut config = ClientConfig::new(server, self.node.clone(), source.api);
+        config.service = service;
+        config.held = held;
+        config.endpoints = endpoints;
+        config.reserved_addresses = self.reserved.clone();
+        config.eds_sources = self.eds_sources.clone();
+        let name = match &stream {
+            Stream::Ads => "xds".to_string(),
+            Stream::Lds => "xds-lds".to_string(),
+            Stream::Cds => "xds-cds".to_string(),
+            Stream::Eds(g) => format!("xds-eds-{}", g.cluster),
+            Stream::Files => unreachable!("files have no gRPC client"),
+        };
+        tracing::info!(%server, api = ?source.api, ?service, cluster = %source.cluster, "xDS: subscribing");
+        let events = self.events.clone();
+        let sink =
+            EventSink::new(move |e| events.send(ControlEvent::Xds(stream.clone(), e)).is_ok());
+        let mut name = name;
+        name.truncate(15);
+        let (commands, thread) = xds_client::spawn(config, &name, sink).map_err(RunError::Xds)?;
+        Ok(GrpcClient { commands, thread })
+    }
+
+    fn start_files(&mut self, config: FilesConfig) -> Result<(), RunError> {
+        let events = self.events.clone();
+        let sink =
+            EventSink::new(move |e| events.send(ControlEvent::Xds(Stream::Files, e)).is_ok());
+        let (commands, thread) = xds_file::spawn(config, sink).map_err(RunError::Xds)?;
+        self.files = Some(FileThread { commands, thread });
+        Ok(())
+    }
+
+    /// Hands each source the assignments to watch (`watches`, from
+    /// [`DynamicState::eds_watches`]), starting EDS streams and the file thread as needed.
+    fn watch(&mut self, mut watches: BTreeMap<XdsSource, Vec<String>>) {
+        if let Some(ads) = &self.ads {
+            let names = watches.remove(&XdsSource::Ads).unwrap_or_default();
+            let _ = ads.commands.send(Command::WatchEndpoints(names));
+        }
+        // A stream no cluster names any more keeps running, watching nothing.
+        for (g, c) in &self.eds {
+            if !watches.contains_key(&XdsSource::Grpc(g.clone())) {
+                let _ = c.commands.send(Command::WatchEndpoints(Vec::new()));
+            }
+        }
+        let mut files = BTreeMap::new();
+        for (source, names) in watches {
+            match source {
+                XdsSource::Ads => {
+                    tracing::warn!(?names, "EDS over ADS without an ADS stream: not watched")
+                }
+                XdsSource::File(f) => {
+                    files.insert(f, names);
+                }
+                XdsSource::Grpc(g) => match self.eds.get(&g) {
+                    Some(c) => {
+                        let _ = c.commands.send(Command::WatchEndpoints(names));
+                    }
+                    None => {
+                        match self.spawn(
+                            &g,
+                            Service::Endpoints,
+                            Held::new(),
+                            names,
+                            Stream::Eds(g.clone()),
+                        ) {
+                            Ok(c) => {
+                                self.eds.insert(g.clone(), c);
+                                self.eds_connected.insert(g, false);
+                            }
+                            Err(e) => tracing::error!(error = %e, "xDS: EDS stream not started"),
+                        }
+                    }
+                },
+            }
+        }
+        if files.is_empty() && self.files.is_none() {
+            return;
+        }
+        if self.files.is_none() {
+            let config = FilesConfig {
+                reserved_addresses: self.reserved.clone(),
+                eds_sources: self.eds_sources.clone(),
+                ..FilesConfig::default()
+            };
+            if let Err(e) = self.start_files(config) {
+                tracing::error!(error = %e, "xDS: file thread not started");
+                return;
+            }
+        }
+        if let Some(f) = &self.files {
+            let _ = f.commands.send(FileCommand::WatchEndpoints(files));
+        }
+    }
+
+    /// Stops every client and the file thread, and waits for them.
+    fn stop(self) {
+        let clients: Vec<GrpcClient> = [self.ads, self.lds, self.cds]
+            .into_iter()
+            .flatten()
+            .chain(self.eds.into_values())
+            .collect();
+        for c in &clients {
+            let _ = c.commands.send(Command::Stop);
+        }
+        if let Some(f) = &self.files {
+            let _ = f.commands.send(FileCommand::Stop);
+        }
+        for c in clients {
+            let _ = c.thread.join();
+        }
+        if let Some(f) = self.files {
+            let _ = f.thread.join();
+        }
+    }
 }
 
 fn start_admin(
@@ -463,7 +805,7 @@ struct Control {
     persisted: Persisted,
     /// Writes `persisted` to the state dir, off this thread.
     state_writer: Option<StateWriter>,
-    xds: Option<Xds>,
+    xds: Option<Sources>,
     /// Initialization with xDS (done at once without it).
     init: Init,
     /// What is published: `statics` and `dynamic` composed.
@@ -476,6 +818,10 @@ struct Control {
     /// Follows every published FIB.
     health: HealthThread,
     admin: Arc<AdminState>,
+    /// DNS clusters: what the `dns` thread resolves and the hosts it found.
+    dns: DnsHosts,
+    /// The control loop's own queue (where the `dns` thread sends, once started).
+    events: Sender<ControlEvent>,
 }
 
 impl Control {
@@ -508,7 +854,12 @@ impl Control {
                         return;
                     }
                 }
-                Ok(ControlEvent::Xds(event)) => self.on_xds(event),
+                Ok(ControlEvent::Xds(stream, event)) => self.on_xds(stream, event),
+                Ok(ControlEvent::Dns(update)) => {
+                    if self.dns.apply(update, self.stats.dns()) {
+                        self.publish_composed("DNS answer applied");
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     next_poll = Instant::now() + Duration::from_millis(FILE_POLL_INTERVAL_MS);
                     let now = stamp(&self.options.config_path);
@@ -564,6 +915,7 @@ impl Control {
         }
         let previous = std::mem::replace(&mut self.statics, statics);
         if self.publish_composed("config reloaded") {
+            self.update_watches();
             *self
                 .admin
                 .config_dump
@@ -588,12 +940,9 @@ impl Control {
         );
         self.persisted = persisted;
         self.dynamic = state;
-        if let Some(x) = &self.xds {
-            let names = self.dynamic.eds_names(&self.statics);
-            let _ = x.commands.send(Command::WatchEndpoints(names));
-        }
+        self.update_watches();
         if self.publish_composed("warm start from the state dir") {
-            self.init = Init::new(None);
+            self.init = Init::done_now();
         }
     }
 
@@ -630,29 +979,151 @@ impl Control {
         );
     }
 
+    /// Hands every source the endpoint assignments its EDS clusters watch, and shows each
+    /// EDS cluster's stream state.
+    fn update_watches(&mut self) {
+        let watches = self.dynamic.eds_watches(&self.statics);
+        if let Some(x) = &mut self.xds {
+            x.watch(watches);
+        }
+        self.show_eds_streams();
+    }
+
+    /// `cluster.<name>.control_plane.connected_state` of each EDS cluster on a stream of its
+    /// source's own.
+    fn show_eds_streams(&self) {
+        let Some(x) = &self.xds else { return };
+        let xds = self.stats.xds();
+        for (name, _, source) in self.dynamic.eds_clusters(&self.statics) {
+            if let XdsSource::Grpc(g) = source {
+                let up = x.eds_connected.get(g).copied().unwrap_or(false);
+                xds.eds(name).stream.set(up);
+            }
+        }
+    }
+
+    /// A stream came up (`up`) or went down: its gauge, and on the way down Envoy's
+    /// `update_failure` of the subscriptions it carries. Returns whether it had been up.
+    fn stream_state(&mut self, stream: &Stream, up: bool) -> bool {
+        let xds = self.stats.xds();
+        let d = self.statics.dynamic.as_ref();
+        let failure = |sub: &crate::stats::SubscriptionStats| {
+            if !up {
+                sub.update_failure.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        match stream {
+            Stream::Ads => {
+                for (sub, source) in [
+                    (&xds.cds, d.and_then(|d| d.cds.as_ref())),
+                    (&xds.lds, d.and_then(|d| d.lds.as_ref())),
+                ] {
+                    if source == Some(&XdsSource::Ads) {
+                        failure(sub);
+                    }
+                }
+                xds.connected.swap(u64::from(up), Ordering::Relaxed) == 1
+            }
+            Stream::Lds => {
+                failure(&xds.lds);
+                let was = xds.lds_stream.connected_state() == Some(1);
+                xds.lds_stream.set(up);
+                was
+            }
+            Stream::Cds => {
+                failure(&xds.cds);
+                let was = xds.cds_stream.connected_state() == Some(1);
+                xds.cds_stream.set(up);
+                was
+            }
+            Stream::Eds(g) => {
+                let was = self
+                    .xds
+                    .as_mut()
+                    .and_then(|x| x.eds_connected.insert(g.clone(), up))
+                    .unwrap_or(false);
+                for (name, _, source) in self.dynamic.eds_clusters(&self.statics) {
+                    if source == &XdsSource::Grpc(g.clone()) {
+                        failure(&xds.eds(name).updates);
+                    }
+                }
+                self.show_eds_streams();
+                was
+            }
+            Stream::Files => false,
+        }
+    }
+
+    /// A file update that changed nothing: counted and logged; what waited for it (the
+    /// first fetch, warming clusters) goes on without it, as in Envoy.
+    fn on_failed(&mut self, f: crate::xds::client::Failure) {
+        let xds = self.stats.xds();
+        let count = |sub: &crate::stats::SubscriptionStats| {
+            sub.update_attempt.fetch_add(1, Ordering::Relaxed);
+            let c = if f.rejected {
+                &sub.update_rejected
+            } else {
+                &sub.update_failure
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        };
+        let what = if f.rejected { "rejected" } else { "failed" };
+        tracing::warn!(reason = %f.reason, "xDS: file update {what}; keeping the last accepted config");
+        match f.type_url.as_str() {
+            xds::CLUSTER_TYPE => {
+                count(&xds.cds);
+                let names = self.dynamic.eds_names(&self.statics);
+                self.init.clusters_arrived(&names);
+            }
+            xds::LISTENER_TYPE => {
+                count(&xds.lds);
+                self.init.listeners_arrived();
+            }
+            _ => {
+                for (name, service, _) in self.dynamic.eds_clusters(&self.statics) {
+                    if f.names.iter().any(|n| n == service) {
+                        count(&xds.eds(name).updates);
+                    }
+                }
+                self.init
+                    .endpoints_arrived(f.names.iter().map(String::as_str));
+                self.dynamic
+                    .stop_warming(f.names.iter().map(String::as_str));
+                self.record_promotions();
+                self.publish_composed("xDS warming ended without an assignment");
+            }
+        }
+    }
+
     /// Merges one xDS change into the dynamic state and publishes the result.
-    fn on_xds(&mut self, event: Event) {
+    fn on_xds(&mut self, stream: Stream, event: Event) {
         let xds = self.stats.xds();
         let rejected = match event {
             Event::Connected => {
-                xds.connected.store(1, Ordering::Relaxed);
-                tracing::info!("xDS: connected to the management server");
+                self.stream_state(&stream, true);
+                tracing::info!(?stream, "xDS: connected to the management server");
                 return;
             }
             Event::Disconnected(reason) => {
-                if xds.connected.swap(0, Ordering::Relaxed) == 1 || self.init.done() {
-                    tracing::warn!(%reason, "xDS: stream down; serving the last accepted config");
+                if self.stream_state(&stream, false) || self.init.done() {
+                    tracing::warn!(?stream, %reason, "xDS: stream down; serving the last accepted config");
                 } else {
-                    tracing::warn!(%reason, "xDS: management server not reachable yet");
-                }
-                for sub in [&xds.cds, &xds.lds] {
-                    sub.update_failure.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(?stream, %reason, "xDS: management server not reachable yet");
                 }
                 return;
             }
+            Event::Failed(f) => {
+                self.on_failed(f);
+                return;
+            }
             Event::Clusters(change) => {
-                for name in change.upserts_where(|c| c.eds_service.is_some()) {
-                    xds.eds(name);
+                for a in change
+                    .upserts
+                    .iter()
+                    .filter(|a| a.value.eds_service.is_some())
+                {
+                    let file = matches!(a.value.eds_source, XdsSource::File(_));
+                    xds.eds_for(&a.name, !file);
                 }
                 let warming = change.upserts_where(|c| self.dynamic.would_warm_cluster(c));
                 self.dump(|d| {
@@ -665,9 +1136,7 @@ impl Control {
                 self.dynamic.apply_clusters(change, self.warming_deadline());
                 let names = self.dynamic.eds_names(&self.statics);
                 self.init.clusters_arrived(&names);
-                if let Some(x) = &self.xds {
-                    let _ = x.commands.send(Command::WatchEndpoints(names));
-                }
+                self.update_watches();
                 rejected
             }
             Event::Endpoints(change) => {
@@ -696,7 +1165,7 @@ impl Control {
             }
         };
         for r in rejected {
-            tracing::warn!(resource = %r.name, reason = %r.reason, "xDS: resource rejected (NACK sent)");
+            tracing::warn!(?stream, resource = %r.name, reason = %r.reason, "xDS: resource rejected (NACK sent, or the file's update refused)");
         }
         self.record_promotions();
         self.publish_composed("xDS update applied");
@@ -736,8 +1205,7 @@ impl Control {
 
     /// When a cluster or listener received now stops warming at the latest.
     fn warming_deadline(&self) -> Option<Instant> {
-        let timeout = self.statics.dynamic.as_ref()?.initial_fetch_timeout?;
-        Some(Instant::now() + timeout)
+        Some(Instant::now() + fetch_timeout(&self.statics)?)
     }
 
     /// Shows resources that stopped warming as active in `/config_dump`.
@@ -801,10 +1269,15 @@ impl Control {
     /// False when the data plane refused it (nothing changed then).
     fn publish_composed(&mut self, what: &str) -> bool {
         let started = Instant::now();
-        let (rib, skipped) = self.dynamic.compose(&self.statics);
+        let (mut rib, skipped) = self.dynamic.compose(&self.statics);
         for s in skipped {
             tracing::warn!(reason = %s, "xDS resource left out");
         }
+        let (stats, events) = (&self.stats, &self.events);
+        if let Err(e) = self.dns.sync(&rib, || start_dns(stats, events)) {
+            tracing::error!(error = %e, "DNS resolver thread: cannot start; DNS clusters have no hosts");
+        }
+        self.dns.fill(&mut rib, Some(&self.rib));
         if rib == self.rib {
             tracing::debug!("config unchanged");
             return true;

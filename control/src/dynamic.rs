@@ -7,7 +7,7 @@
 //! so connections to it find no healthy upstream rather than a stale one); removing a cluster
 //! over CDS drops its endpoints from the RIB but keeps the assignment until EDS removes it.
 
-use crate::rib::{Bind, ClusterConfig, EndpointConfig, ListenerConfig, Rib};
+use crate::rib::{Bind, ClusterConfig, EndpointConfig, ListenerConfig, Rib, XdsSource};
 use crate::xds::Change;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -293,6 +293,55 @@ impl DynamicState {
         for a in change.upserts {
             self.insert_listener_until(a.name, a.value, deadline);
         }
+    }
+
+    /// Every EDS cluster, static or received (active or warming): its name, the service
+    /// it watches and where the assignment comes from.
+    pub fn eds_clusters<'a>(
+        &'a self,
+        statics: &'a Rib,
+    ) -> impl Iterator<Item = (&'a str, &'a str, &'a XdsSource)> {
+        let statics = statics.clusters.iter().map(|c| &**c);
+        statics.chain(self.clusters.values()).filter_map(|c| {
+            let service = c.eds_service.as_deref()?;
+            Some((c.name.as_str(), service, &c.eds_source))
+        })
+    }
+
+    /// What each source must watch: the service names of the EDS clusters (static or
+    /// received) whose assignment comes from it.
+    pub fn eds_watches(&self, statics: &Rib) -> BTreeMap<XdsSource, Vec<String>> {
+        let mut watches: BTreeMap<XdsSource, BTreeSet<String>> = BTreeMap::new();
+        for (_, service, source) in self.eds_clusters(statics) {
+            watches
+                .entry(source.clone())
+                .or_default()
+                .insert(service.to_string());
+        }
+        watches
+            .into_iter()
+            .map(|(s, names)| (s, names.into_iter().collect()))
+            .collect()
+    }
+
+    /// Ends the warming of the clusters watching `services` without their assignment (the
+    /// source failed: Envoy lets such a cluster go active without endpoints rather than
+    /// hold up the rest), and of the listeners that waited only for them.
+    pub fn stop_warming<'a>(&mut self, services: impl IntoIterator<Item = &'a str>) {
+        for service in services {
+            let names: Vec<String> = self
+                .by_service
+                .get(service)
+                .into_iter()
+                .flatten()
+                .filter(|n| self.warming_clusters.contains_key(*n))
+                .cloned()
+                .collect();
+            for name in names {
+                self.join(&name);
+            }
+        }
+        self.promote_listeners(None);
     }
 
     /// The service names of every EDS cluster, static or dynamic: what EDS must watch.

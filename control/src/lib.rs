@@ -7,6 +7,7 @@ pub mod compile;
 pub mod config;
 pub mod controller;
 pub mod convert;
+pub mod dns;
 pub(crate) mod duration;
 pub mod dynamic;
 pub mod error;

@@ -47,26 +47,62 @@ pub struct Rib {
     pub clusters: Vec<Arc<ClusterConfig>>,
     /// `dynamic_resources`: where listeners, clusters and endpoints come from over xDS.
     pub dynamic: Option<DynamicConfig>,
+    /// The bootstrap's DNS resolver (`typed_dns_resolver_config`, `dns_resolution_config`,
+    /// `use_tcp_for_dns_lookups`): what a STRICT_DNS or LOGICAL_DNS cluster without a
+    /// resolver of its own resolves with.
+    pub dns_resolver: Arc<DnsResolverConfig>,
 }
 
-/// Envoy's `dynamic_resources` with an ADS `ads_config` (the only source supported).
+/// Envoy's `dynamic_resources`: where listeners (`lds_config`) and clusters (`cds_config`)
+/// come from, and the ADS stream (`ads_config`) that sources naming `ads: {}` share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamicConfig {
-    /// The static cluster the management server is reached through (`envoy_grpc`).
-    pub ads_cluster: String,
-    /// State of the World (`GRPC`) or Delta (`DELTA_GRPC`).
-    pub api: XdsApi,
-    /// Listeners come over ADS (`lds_config: {ads: {}}`).
-    pub lds: bool,
-    /// Clusters come over ADS (`cds_config: {ads: {}}`).
-    pub cds: bool,
+    /// `ads_config`: the ADS stream, if there is one.
+    pub ads: Option<GrpcSource>,
+    /// `lds_config`: where listeners come from (`None`: only the static ones).
+    pub lds: Option<XdsSource>,
+    /// `cds_config`: where clusters come from (`None`: only the static ones).
+    pub cds: Option<XdsSource>,
     /// How long the first fetch may take before serving without it (Envoy's default 15 s;
     /// `None` when `0s`: wait forever).
     pub initial_fetch_timeout: Option<Duration>,
 }
 
+/// Where one kind of resource comes from (Envoy's `ConfigSource`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum XdsSource {
+    /// `ads: {}`: the ADS stream of `dynamic_resources.ads_config`.
+    #[default]
+    Ads,
+    /// `path_config_source` (or the deprecated `path`): a file in Envoy's
+    /// `DiscoveryResponse` format, read again when something is moved into place.
+    File(FileSource),
+    /// `api_config_source` with `api_type: GRPC` or `DELTA_GRPC`: a stream of its own (the
+    /// type's own discovery service) to a static cluster.
+    Grpc(GrpcSource),
+}
+
+/// A file subscription (`path_config_source`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileSource {
+    /// The file (YAML by a `.yaml`/`.yml` name, else JSON).
+    pub path: std::path::PathBuf,
+    /// `watched_directory.path`: a move into this directory reloads `path`; without it, a
+    /// move onto `path` itself does.
+    pub watched_directory: Option<std::path::PathBuf>,
+}
+
+/// A gRPC management server (`api_config_source`, or `ads_config`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GrpcSource {
+    /// The static cluster it is reached through (`grpc_services[0].envoy_grpc`).
+    pub cluster: String,
+    /// State of the World (`GRPC`) or Delta (`DELTA_GRPC`).
+    pub api: XdsApi,
+}
+
 /// The xDS protocol variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum XdsApi {
     Sotw,
     Delta,
@@ -262,6 +298,9 @@ pub struct TcpListenerConfig {
     pub use_original_dst: bool,
     /// `transparent`: `IP_TRANSPARENT` on the listening socket (TPROXY).
     pub transparent: bool,
+    /// `enable_reuse_port` (or the deprecated `reuse_port`); default true: a socket per
+    /// worker with `SO_REUSEPORT`.
+    pub reuse_port: bool,
     /// `envoy.filters.listener.original_src`: upstream connections leave from the client's
     /// address.
     pub original_src: Option<OriginalSrc>,
@@ -409,6 +448,9 @@ pub struct AccessLogConfig {
 pub struct ClusterConfig {
     /// Unique, non-empty name.
     pub name: String,
+    /// `alt_stat_name`: the name stats and access logs show instead of `name` (Envoy's
+    /// observability name); `None` shows `name`.
+    pub alt_stat_name: Option<String>,
     /// Greater than zero.
     pub connect_timeout: Duration,
     /// Load-balancing policy (`choice_count` >= 2 for least request).
@@ -420,6 +462,9 @@ pub struct ClusterConfig {
     /// `type: EDS`: the assignment's name to watch (`eds_cluster_config.service_name`, or the
     /// cluster's name); `None` for a static cluster.
     pub eds_service: Option<String>,
+    /// Where an EDS cluster's assignment comes from (`eds_cluster_config.eds_config`); `Ads`
+    /// for a cluster that is not EDS.
+    pub eds_source: XdsSource,
     /// `upstream_bind_config`: socket setup before each connect.
     pub upstream_bind: UpstreamBind,
     /// `circuit_breakers` (priority DEFAULT), Envoy's defaults when not given.
@@ -428,6 +473,132 @@ pub struct ClusterConfig {
     pub health: HealthPolicy,
     /// Received over xDS (CDS) rather than from the bootstrap.
     pub added_via_api: bool,
+    /// `type: STRICT_DNS` or `LOGICAL_DNS`: the names to resolve and how; `None` for the
+    /// other types. `endpoints` is then what the last answers resolved to (empty in what
+    /// `convert` returns: a name is resolved only on the `dns` thread, never by `validate`).
+    pub dns: Option<Arc<DnsCluster>>,
+}
+
+/// A STRICT_DNS or LOGICAL_DNS cluster's discovery: what to resolve ([`DnsQuery`]), with
+/// which resolver, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsCluster {
+    /// The names, the family, the cluster type: what decides its hosts.
+    pub query: Arc<DnsQuery>,
+    /// The cluster's own resolver (`typed_dns_resolver_config`, `dns_resolution_config`,
+    /// `dns_resolvers`), or `None`: the bootstrap's ([`Rib::dns_resolver`]).
+    pub resolver: Option<Arc<DnsResolverConfig>>,
+    /// `dns_refresh_rate` (Envoy's default 5 s, more than 1 ms).
+    pub refresh_rate: Duration,
+    /// `respect_dns_ttl`: after a good answer, resolve again after its smallest TTL.
+    pub respect_dns_ttl: bool,
+    /// `dns_failure_refresh_rate`: the jittered exponential backoff after a failure; `None`:
+    /// `refresh_rate` after a failure too.
+    pub failure_refresh: Option<RefreshBackoff>,
+    /// `dns_jitter`: up to this much (exclusive) is added to each refresh after a good
+    /// answer; zero for none.
+    pub jitter: Duration,
+    /// `wait_for_warm_on_init` (default true): at start, listeners open once this cluster's
+    /// names have had their first answer (or failure).
+    pub wait_for_warm_on_init: bool,
+}
+
+/// What a DNS cluster resolves: its hosts follow from this and the answers alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsQuery {
+    /// LOGICAL_DNS (one host: the first address of the latest answer) rather than
+    /// STRICT_DNS (every address of every name a host).
+    pub logical: bool,
+    /// The `load_assignment`'s endpoints, in config order (one for LOGICAL_DNS).
+    pub targets: Vec<DnsTarget>,
+    /// `dns_lookup_family` (default AUTO).
+    pub family: DnsLookupFamily,
+}
+
+/// One endpoint of a DNS cluster's `load_assignment`: a name resolved into hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsTarget {
+    /// `socket_address.address`: a host name (or an IP literal, which resolves to itself),
+    /// without a trailing dot unless the config has one.
+    pub name: String,
+    /// `socket_address.port_value`, non-zero: every resolved host's port.
+    pub port: u16,
+    /// `load_balancing_weight` of every host it resolves to (at least 1).
+    pub weight: u32,
+    /// The locality's `priority` (always 0 for LOGICAL_DNS, as Envoy rewrites it).
+    pub priority: u32,
+}
+
+/// Envoy's `dns_lookup_family`, with its c-ares resolver's semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DnsLookupFamily {
+    /// AAAA; if that gives no address, A (Envoy's default; "V6_PREFERRED").
+    Auto,
+    /// A only.
+    V4Only,
+    /// AAAA only.
+    V6Only,
+    /// A; if that gives no address, AAAA.
+    V4Preferred,
+    /// A and AAAA, every address of both.
+    All,
+}
+
+/// `dns_failure_refresh_rate`: Envoy's jittered exponential backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshBackoff {
+    /// `base_interval` (more than 1 ms).
+    pub base: Duration,
+    /// `max_interval` (default 10 x `base`, at least `base`).
+    pub max: Duration,
+}
+
+/// Envoy's default `dns_refresh_rate`.
+pub const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
+
+/// A DNS resolver: Envoy's `envoy.network.dns_resolver.cares` (also what the deprecated
+/// `dns_resolvers` / `use_tcp_for_dns_lookups` / `dns_resolution_config` fields mean) or
+/// `envoy.network.dns_resolver.getaddrinfo`. Equal configs share one resolver.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DnsResolverConfig {
+    /// c-ares' settings, resolved with hickory-resolver. The default (no config at all):
+    /// the system's name servers and search list.
+    Cares(CaresResolver),
+    /// The system's `getaddrinfo()` (on a blocking thread of the `dns` thread's runtime).
+    /// It has no TTL: Envoy's 60 s stands in for one.
+    GetAddrInfo,
+}
+
+impl Default for DnsResolverConfig {
+    /// Envoy's default resolver: c-ares with the system's configuration.
+    fn default() -> Self {
+        DnsResolverConfig::Cares(CaresResolver::default())
+    }
+}
+
+/// `CaresDnsResolverConfig` (or its deprecated spellings).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct CaresResolver {
+    /// `resolvers` (port 53 when 0); empty: the system's (`/etc/resolv.conf`).
+    pub resolvers: Vec<SocketAddr>,
+    /// `use_resolvers_as_fallback`: `resolvers` only when the system has no name server.
+    pub resolvers_as_fallback: bool,
+    /// `dns_resolver_options.use_tcp_for_dns_lookups`.
+    pub use_tcp: bool,
+    /// `dns_resolver_options.no_default_search_domain`: names are queried as they are,
+    /// never with the system's search domains.
+    pub no_default_search_domain: bool,
+    /// `query_timeout_seconds` (c-ares' default 2 s when `None`).
+    pub query_timeout: Option<Duration>,
+    /// `query_tries` (c-ares' default 3 when `None`), at least 1.
+    pub query_tries: Option<u32>,
+}
+
+impl ClusterConfig {
+    /// The name stats and access logs show: `alt_stat_name`, or the cluster's name.
+    pub fn observability_name(&self) -> &str {
+        self.alt_stat_name.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// One static endpoint.

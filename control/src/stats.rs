@@ -6,9 +6,9 @@
 //! - Only the control and admin threads touch the registry (behind a mutex); workers hold the
 //!   `Arc`s inside the FIB and never see the registry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
 use switchyard_dataplane::stats::{
@@ -22,6 +22,7 @@ pub struct StatsRegistry {
     workers: usize,
     server: Arc<ServerStats>,
     xds: XdsStats,
+    dns: Arc<DnsStats>,
     /// Wakes the health thread when a worker sees a host reach an ejection threshold.
     health_signal: Option<Arc<HealthSignal>>,
     /// The `cluster.<name>.udp.` block of every cluster no UDP route names (see
@@ -62,6 +63,7 @@ impl StatsRegistry {
             workers,
             server: Arc::new(ServerStats::new("server", workers)),
             xds: XdsStats::default(),
+            dns: Arc::default(),
             health_signal: match HealthSignal::new() {
                 Ok(signal) => Some(Arc::new(signal)),
                 Err(e) => {
@@ -104,11 +106,17 @@ impl StatsRegistry {
         }
         self.server.reset_counters();
         self.xds.reset();
+        self.dns.reset();
     }
 
     /// The control plane's stats (written by the control thread only).
     pub fn xds(&self) -> &XdsStats {
         &self.xds
+    }
+
+    /// The DNS stats (written by the `dns` thread).
+    pub fn dns(&self) -> &Arc<DnsStats> {
+        &self.dns
     }
 
     /// Locks the registry for reading every block (admin) or creating blocks (compile).
@@ -276,10 +284,18 @@ mod tests {
 pub struct XdsStats {
     /// Set once `dynamic_resources` is configured: the stats are reported from then on.
     pub enabled: AtomicBool,
+    /// Set when there is an ADS stream (`ads_config`): `control_plane.connected_state` is
+    /// reported from then on.
+    pub ads: AtomicBool,
     /// `control_plane.connected_state`: 1 while the ADS stream is up.
     pub connected: AtomicU64,
     pub cds: SubscriptionStats,
     pub lds: SubscriptionStats,
+    /// `cluster_manager.cds.control_plane.connected_state`: CDS over a gRPC stream of its
+    /// own (`cds_config.api_config_source`).
+    pub cds_stream: StreamState,
+    /// `listener_manager.lds.control_plane.connected_state`, likewise.
+    pub lds_stream: StreamState,
     /// Per EDS cluster, `cluster.<name>.update_*`: an assignment for it arrived (accepted,
     /// or rejected), and `update_empty` when it had no endpoints.
     eds: Mutex<BTreeMap<String, Arc<EdsStats>>>,
@@ -290,6 +306,35 @@ pub struct XdsStats {
 pub struct EdsStats {
     pub updates: SubscriptionStats,
     pub update_empty: AtomicU64,
+    /// `cluster.<name>.control_plane.connected_state`: an EDS cluster whose assignment
+    /// comes over a gRPC stream of its own (`eds_config.api_config_source`).
+    pub stream: StreamState,
+}
+
+/// The state of a gRPC stream that is not ADS, as Envoy reports it under the subscription's
+/// prefix (`<prefix>.control_plane.connected_state`).
+#[derive(Debug, Default)]
+pub struct StreamState {
+    /// The subscription has such a stream: the gauge is reported.
+    pub enabled: AtomicBool,
+    /// 1 while the stream is up.
+    pub connected: AtomicU64,
+}
+
+impl StreamState {
+    /// The gauge, when there is such a stream.
+    pub fn connected_state(&self) -> Option<i64> {
+        self.enabled
+            .load(Ordering::Relaxed)
+            .then(|| self.connected.load(Ordering::Relaxed) as i64)
+    }
+
+    /// Marks the stream up or down (and present).
+    pub fn set(&self, connected: bool) {
+        self.enabled.store(true, Ordering::Relaxed);
+        self.connected
+            .store(u64::from(connected), Ordering::Relaxed);
+    }
 }
 
 impl XdsStats {
@@ -297,12 +342,20 @@ impl XdsStats {
     /// assignment, with `update_attempt` 1: Envoy counts the subscription's start as an
     /// attempt, then one per response.
     pub fn eds(&self, name: &str) -> Arc<EdsStats> {
+        self.eds_for(name, true)
+    }
+
+    /// [`XdsStats::eds`], created with `update_attempt` 1 only when `counts_start`: a file
+    /// subscription's start is its first read, counted as that read's attempt.
+    pub fn eds_for(&self, name: &str, counts_start: bool) -> Arc<EdsStats> {
         let mut eds = self.eds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = eds.get(name) {
             return s.clone();
         }
         let s = Arc::<EdsStats>::default();
-        s.updates.update_attempt.store(1, Ordering::Relaxed);
+        s.updates
+            .update_attempt
+            .store(u64::from(counts_start), Ordering::Relaxed);
         eds.insert(name.to_string(), s.clone());
         s
     }
@@ -384,6 +437,140 @@ impl SubscriptionStats {
             &self.update_success,
             &self.update_rejected,
             &self.update_failure,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the `dns` thread counts, under Envoy's names: per DNS cluster
+/// `cluster.<name>.update_*` and `membership_change` ([`DnsClusterStats`]), and the c-ares
+/// resolver's `dns.cares.*` ([`ResolverStats`]; Envoy's getaddrinfo resolver has no stats,
+/// so neither has Switchyard's). Also the host name each resolved host came from, for
+/// `/clusters`.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    /// `dns.cares.*`, shared by every c-ares resolver (Envoy's share them by name too).
+    pub cares: ResolverStats,
+    clusters: Mutex<BTreeMap<String, Arc<DnsClusterStats>>>,
+    hostnames: Mutex<HashMap<String, Hostnames>>,
+}
+
+/// The host name behind each resolved address of one DNS cluster.
+pub type Hostnames = Arc<HashMap<SocketAddr, Arc<str>>>;
+
+impl DnsStats {
+    /// The counters of DNS cluster `name` (created at its first resolution).
+    pub fn cluster(&self, name: &str) -> Arc<DnsClusterStats> {
+        let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        clusters.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The counters of cluster `name`, if it was ever resolved.
+    pub fn cluster_of(&self, name: &str) -> Option<Arc<DnsClusterStats>> {
+        let clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        clusters.get(name).cloned()
+    }
+
+    /// Records the host name behind each resolved address of cluster `name`.
+    pub fn set_hostnames(&self, name: &str, hosts: HashMap<SocketAddr, Arc<str>>) {
+        let mut all = self.hostnames.lock().unwrap_or_else(|e| e.into_inner());
+        all.insert(name.to_string(), Arc::new(hosts));
+    }
+
+    /// The host names behind cluster `name`'s resolved addresses (for `/clusters`).
+    pub fn hostnames(&self, name: &str) -> Option<Hostnames> {
+        let all = self.hostnames.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(name).cloned()
+    }
+
+    /// Zeroes every counter (gauges keep their values).
+    fn reset(&self) {
+        self.cares.reset();
+        let clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        clusters.values().for_each(|c| c.reset());
+    }
+}
+
+/// Envoy's `cluster.<name>.update_*` and `membership_change` of a DNS cluster, as its
+/// `DnsClusterImpl` counts them: an attempt per name resolved, a success or failure per
+/// answer, `update_no_rebuild` for a good answer that changed no host, `membership_change`
+/// when the cluster's hosts changed. `update_empty` stays 0, as in Envoy (an EDS counter).
+#[derive(Debug, Default)]
+pub struct DnsClusterStats {
+    pub update_attempt: AtomicU64,
+    pub update_success: AtomicU64,
+    pub update_failure: AtomicU64,
+    pub update_empty: AtomicU64,
+    pub update_no_rebuild: AtomicU64,
+    pub membership_change: AtomicU64,
+}
+
+impl DnsClusterStats {
+    /// `(name, value)` of each counter, sorted by name.
+    pub fn counters(&self) -> [(&'static str, u64); 6] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("membership_change", get(&self.membership_change)),
+            ("update_attempt", get(&self.update_attempt)),
+            ("update_empty", get(&self.update_empty)),
+            ("update_failure", get(&self.update_failure)),
+            ("update_no_rebuild", get(&self.update_no_rebuild)),
+            ("update_success", get(&self.update_success)),
+        ]
+    }
+
+    fn reset(&self) {
+        for c in [
+            &self.update_attempt,
+            &self.update_success,
+            &self.update_failure,
+            &self.update_empty,
+            &self.update_no_rebuild,
+            &self.membership_change,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Envoy's `dns.cares.*`: `resolve_total` (every finished query of one family, or of both
+/// for ALL), `pending_resolutions` (a gauge), and per failed query `not_found` (NXDOMAIN, or
+/// no address of that family), `timeouts` or `get_addr_failure` (anything else).
+#[derive(Debug, Default)]
+pub struct ResolverStats {
+    /// A resolver of this kind exists: the stats are reported from then on.
+    pub used: AtomicBool,
+    pub resolve_total: AtomicU64,
+    pub pending_resolutions: AtomicI64,
+    pub not_found: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub get_addr_failure: AtomicU64,
+}
+
+impl ResolverStats {
+    /// `(name, value, is_gauge)` of each stat, sorted by name.
+    pub fn stats(&self) -> [(&'static str, i64, bool); 5] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
+        [
+            ("get_addr_failure", get(&self.get_addr_failure), false),
+            ("not_found", get(&self.not_found), false),
+            (
+                "pending_resolutions",
+                self.pending_resolutions.load(Ordering::Relaxed),
+                true,
+            ),
+            ("resolve_total", get(&self.resolve_total), false),
+            ("timeouts", get(&self.timeouts), false),
+        ]
+    }
+
+    fn reset(&self) {
+        for c in [
+            &self.resolve_total,
+            &self.not_found,
+            &self.timeouts,
+            &self.get_addr_failure,
         ] {
             c.store(0, Ordering::Relaxed);
         }

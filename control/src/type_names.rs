@@ -16,6 +16,10 @@ pub(crate) const UDP_PROXY: &str = "envoy.extensions.filters.udp.udp_proxy.v3.Ud
 pub(crate) const UDP_ROUTE: &str = "envoy.extensions.filters.udp.udp_proxy.v3.Route";
 pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+pub(crate) const CARES_RESOLVER: &str =
+    "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
+pub(crate) const GETADDRINFO_RESOLVER: &str =
+    "envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig";
 
 /// `@type` of the fault filter's config.
 pub const FAULT: &str = "switchyard.filters.network.fault.v1.Fault";

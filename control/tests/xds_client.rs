@@ -41,7 +41,7 @@ fn start_client(
     config.backoff_base = Duration::from_millis(20);
     config.backoff_max = Duration::from_millis(100);
     let (events_tx, events) = mpsc::channel();
-    let (commands, handle) = client::spawn(config, events_tx).unwrap();
+    let (commands, handle) = client::spawn(config, "xds", events_tx).unwrap();
     (events, commands, handle)
 }
 

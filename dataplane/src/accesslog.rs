@@ -67,8 +67,10 @@ pub enum Operator {
     BytesSent,
     /// `%UPSTREAM_HOST%`
     UpstreamHost,
-    /// `%UPSTREAM_CLUSTER%`
+    /// `%UPSTREAM_CLUSTER%` (the observability name: `alt_stat_name` when set)
     UpstreamCluster,
+    /// `%UPSTREAM_CLUSTER_RAW%` (the cluster's name)
+    UpstreamClusterRaw,
     /// `%UPSTREAM_LOCAL_ADDRESS%`
     UpstreamLocalAddress,
     /// `%DOWNSTREAM_REMOTE_ADDRESS%`
@@ -158,8 +160,10 @@ pub struct AccessRecord {
     pub upstream_host: Option<SocketAddr>,
     /// Local address of the upstream connection.
     pub upstream_local: Option<SocketAddr>,
-    /// Cluster name.
+    /// The cluster's observability name (`alt_stat_name`, or its name).
     pub upstream_cluster: Option<Arc<str>>,
+    /// The cluster's name.
+    pub upstream_cluster_raw: Option<Arc<str>>,
     /// Envoy response flags.
     pub response_flags: ResponseFlags,
     /// Why the proxy closed the connection, if it did (`-` otherwise).
@@ -219,6 +223,7 @@ impl Operator {
             "BYTES_SENT" => Operator::BytesSent,
             "UPSTREAM_HOST" => Operator::UpstreamHost,
             "UPSTREAM_CLUSTER" => Operator::UpstreamCluster,
+            "UPSTREAM_CLUSTER_RAW" => Operator::UpstreamClusterRaw,
             "UPSTREAM_LOCAL_ADDRESS" => Operator::UpstreamLocalAddress,
             "DOWNSTREAM_REMOTE_ADDRESS" => Operator::DownstreamRemoteAddress,
             "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
@@ -374,6 +379,10 @@ fn value(record: &AccessRecord, op: Operator) -> Value<'_> {
         Operator::UpstreamHost => addr(record.upstream_host),
         Operator::UpstreamCluster => record
             .upstream_cluster
+            .as_deref()
+            .map_or(Value::Missing, Value::Str),
+        Operator::UpstreamClusterRaw => record
+            .upstream_cluster_raw
             .as_deref()
             .map_or(Value::Missing, Value::Str),
         Operator::UpstreamLocalAddress => addr(record.upstream_local),
@@ -771,6 +780,7 @@ mod render_tests {
             upstream_host: Some("127.0.0.1:9001".parse().unwrap()),
             upstream_local: None,
             upstream_cluster: Some("echo".into()),
+            upstream_cluster_raw: Some("echo_raw".into()),
             response_flags: ResponseFlags::default(),
             termination_details: "-",
         }

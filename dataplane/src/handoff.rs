@@ -54,6 +54,9 @@ pub struct ListenerSockets {
     pub address: SocketAddr,
     /// Opened with `IP_TRANSPARENT`.
     pub transparent: bool,
+    /// One `SO_REUSEPORT` socket per worker (true), or one socket every worker's descriptor
+    /// names (false: `enable_reuse_port: false`).
+    pub reuse_port: bool,
     fds: Vec<OwnedFd>,
 }
 
@@ -64,6 +67,7 @@ impl ListenerSockets {
         name: Arc<str>,
         address: SocketAddr,
         transparent: bool,
+        reuse_port: bool,
         fds: Vec<OwnedFd>,
     ) -> Self {
         ListenerSockets {
@@ -71,6 +75,7 @@ impl ListenerSockets {
             name,
             address,
             transparent,
+            reuse_port,
             fds,
         }
     }

@@ -205,13 +205,15 @@ impl DataPlane {
         let listeners = self.follow_sockets(
             &fib.listeners,
             &old.listeners,
-            |l: &Listener| (&l.name, l.address, l.transparent),
+            |l: &Listener| (&l.name, l.address, l.transparent, l.reuse_port),
             |l| net::listen_reuseport(l.address, l.backlog, l.transparent),
+            |l| net::listen_shared(l.address, l.backlog, l.transparent),
         )?;
         let udp_listeners = self.follow_sockets(
             &fib.udp_listeners,
             &old.udp_listeners,
-            |l: &UdpListener| (&l.name, l.address, false),
+            |l: &UdpListener| (&l.name, l.address, false, true),
+            |l| self.bind_udp(l.address),
             |l| self.bind_udp(l.address),
         )?;
         self.fib_view.store(fib.clone());
@@ -221,16 +223,18 @@ impl DataPlane {
     }
 
     /// The sockets of one list of `listeners`: the old snapshot's (`old`) where name,
-    /// address and `transparent` (given by `key`) are the same, so the workers keep them and
-    /// what uses them (connections, UDP sessions); otherwise one new socket per worker, each
-    /// made by `bind`. None while draining. Fails, naming the listener, at the first socket
+    /// address, `transparent` and `reuse_port` (given by `key`) are the same, so the workers
+    /// keep them and what uses them (connections, UDP sessions); otherwise one new socket per
+    /// worker, each made by `bind`, or (no `reuse_port`) one made by `bind_shared` whose
+    /// descriptor is duplicated for each worker. None while draining. Fails, naming the listener, at the first socket
     /// that cannot be made; the sockets already made are closed.
     fn follow_sockets<L>(
         &self,
         listeners: &[L],
         old: &[Arc<ListenerSockets>],
-        key: impl Fn(&L) -> (&Arc<str>, SocketAddr, bool),
+        key: impl Fn(&L) -> (&Arc<str>, SocketAddr, bool, bool),
         bind: impl Fn(&L) -> std::io::Result<OwnedFd>,
+        bind_shared: impl Fn(&L) -> std::io::Result<OwnedFd>,
     ) -> Result<Vec<Arc<ListenerSockets>>, PlaneError> {
         if self.shared.phase() != Phase::Running {
             return Ok(Vec::new());
@@ -238,26 +242,38 @@ impl DataPlane {
         listeners
             .iter()
             .map(|listener| {
-                let (name, address, transparent) = key(listener);
+                let (name, address, transparent, reuse_port) = key(listener);
                 let reused = old.iter().find(|s| {
-                    s.name == *name && s.address == address && s.transparent == transparent
+                    s.name == *name
+                        && s.address == address
+                        && s.transparent == transparent
+                        && s.reuse_port == reuse_port
                 });
                 if let Some(s) = reused {
                     return Ok(s.clone());
                 }
-                let fds = (0..self.worker_count())
-                    .map(|_| bind(listener))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|error| PlaneError::Listener {
-                        name: name.to_string(),
-                        address,
-                        error,
-                    })?;
+                let fds = if reuse_port {
+                    (0..self.worker_count())
+                        .map(|_| bind(listener))
+                        .collect::<Result<Vec<_>, _>>()
+                } else {
+                    bind_shared(listener).and_then(|fd| {
+                        (0..self.worker_count())
+                            .map(|_| fd.try_clone())
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                }
+                .map_err(|error| PlaneError::Listener {
+                    name: name.to_string(),
+                    address,
+                    error,
+                })?;
                 Ok(Arc::new(ListenerSockets::new(
                     self.next_socket_id.fetch_add(1, Ordering::Relaxed),
                     name.clone(),
                     address,
                     transparent,
+                    reuse_port,
                     fds,
                 )))
             })

@@ -46,6 +46,7 @@ fn free_port() -> SocketAddr {
 fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
     let cluster = Cluster {
         name: "echo".into(),
+        observability_name: "echo".into(),
         connect_timeout_ms: 1000,
         lb_policy: LbPolicy::RoundRobin,
         endpoints: backends
@@ -94,6 +95,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             stats: Arc::new(ListenerStats::new(listener_stat_name(&listen), workers)),
             use_original_dst: false,
             transparent: false,
+            reuse_port: true,
             original_src: None,
         }],
         clusters: vec![Arc::new(cluster)],

@@ -48,6 +48,7 @@ struct Plane {
 fn cluster(endpoints: &[(SocketAddr, Arc<HostState>)], max_sessions: u32) -> Cluster {
     Cluster {
         name: "udp_echo".into(),
+        observability_name: "udp_echo".into(),
         connect_timeout_ms: 1000,
         lb_policy: LbPolicy::RoundRobin,
         endpoints: endpoints

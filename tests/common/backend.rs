@@ -69,7 +69,13 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(mode: Mode) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), mode)
+    }
+
+    /// A backend on `addr` (any loopback address; port 0 for any port).
+    pub fn start_at(addr: SocketAddr, mode: Mode) -> Backend {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind backend on {addr}: {e}"));
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(BackendShared {

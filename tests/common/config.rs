@@ -31,6 +31,32 @@ pub fn tcp_listener(name: &str, port: u16, stat_prefix: &str, cluster: &str) -> 
     tcp_listener_after(name, port, "", stat_prefix, cluster)
 }
 
+/// Like [`tcp_listener`], its tcp_proxy logging to each of `logs` ([`file_access_log`]
+/// items).
+pub fn tcp_listener_logged(name: &str, port: u16, cluster: &str, logs: &[String]) -> String {
+    tcp_listener(name, port, name, cluster).replace(
+        &format!("cluster: {cluster}\n"),
+        &format!(
+            "cluster: {cluster}\n          access_log:\n{}",
+            logs.concat()
+        ),
+    )
+}
+
+/// One `FileAccessLog` item of a tcp_proxy's `access_log`, writing to `path` in Envoy's
+/// default format, or in `log_format` (its YAML, indented under `log_format:`) when given.
+pub fn file_access_log(path: &std::path::Path, log_format: Option<&str>) -> String {
+    let format = log_format.map_or(String::new(), |f| format!("              log_format:\n{f}"));
+    format!(
+        r#"          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+{format}"#,
+        path.display()
+    )
+}
+
 /// Like [`tcp_listener`], with network filters (`filters` items, indented as such) before
 /// the tcp_proxy.
 pub fn tcp_listener_after(

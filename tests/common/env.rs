@@ -74,19 +74,25 @@ pub fn envoy_available() -> bool {
     envoy_bin().is_file()
 }
 
-/// `envoy --mode validate -c <config>` (no hot restart, errors only), its output.
+/// The command `envoy --mode validate -c <config>` (no hot restart, errors only).
+pub fn envoy_validate_command(config: &Path) -> Command {
+    let mut cmd = Command::new(envoy_bin());
+    cmd.args([
+        "--mode",
+        "validate",
+        "--disable-hot-restart",
+        "-l",
+        "error",
+        "-c",
+    ])
+    .arg(config)
+    .stdin(Stdio::null());
+    cmd
+}
+
+/// `envoy --mode validate -c <config>`, its output.
 pub fn envoy_validate(config: &Path) -> std::process::Output {
-    Command::new(envoy_bin())
-        .args([
-            "--mode",
-            "validate",
-            "--disable-hot-restart",
-            "-l",
-            "error",
-            "-c",
-        ])
-        .arg(config)
-        .stdin(Stdio::null())
+    envoy_validate_command(config)
         .output()
         .expect("run envoy --mode validate")
 }

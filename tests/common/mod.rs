@@ -18,10 +18,15 @@
 //! * `config.rs`: the Envoy v3 bootstrap builders ([`bootstrap`], [`tcp_listener`],
 //!   [`static_cluster`], [`render`]).
 //! * `udp.rs`: [`UdpBackend`] and UDP socket helpers.
+//! * `process.rs`: [`output_within`] / [`try_output_within`], a child process run with a time
+//!   limit (the `validate` tests).
+//! * `dns.rs`: [`DnsServer`], an authoritative DNS server on loopback whose answers the test
+//!   changes, for the DNS cluster tests.
 //! * `proxy.rs`: [`Proxy`], the proxy under test, Switchyard (`CARGO_BIN_EXE_switchyard run -c
 //!   FILE`) or real Envoy (`ENVOY_BIN`, default `<repo>/.venv/bin/envoy`); the same YAML (an
 //!   Envoy v3 bootstrap) is given to both. [`Proxy::stats`] and [`Proxy::stat`] read its admin.
 //! * `relay_mode.rs`: [`RelayMode`] and `in_both_relay_modes!`.
+//! * `xds_py.rs`: [`Ads`], the Python xDS management server as a child process.
 //! * `netns.rs` (not re-exported; `use common::netns::*`): network namespaces for the capture
 //!   and node-proxy tests.
 //!
@@ -39,18 +44,21 @@ mod backend;
 mod client;
 mod config;
 mod data;
+mod dns;
 mod env;
 mod limits;
 mod ports;
+mod process;
 mod proxy;
 #[macro_use]
 mod relay_mode;
 mod stream;
 mod udp;
+mod xds_py;
 
 // A test binary uses only part of the harness, so some of these go unused in each.
 #[allow(unused_imports)]
 pub use self::{
-    admin_http::*, backend::*, client::*, config::*, data::*, env::*, limits::*, ports::*,
-    proxy::*, relay_mode::*, stream::*, udp::*,
+    admin_http::*, backend::*, client::*, config::*, data::*, dns::*, env::*, limits::*, ports::*,
+    process::*, proxy::*, relay_mode::*, stream::*, udp::*, xds_py::*,
 };

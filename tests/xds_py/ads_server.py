@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""A small ADS management server on grpcio + xds-protos, for tests/xds_python.rs.
+"""A small xDS management server on grpcio + xds-protos, for tests/xds_python.rs and
+tests/xds_sources.rs.
 
 It shares no code with Switchyard's own xDS (Rust, prost): the messages are the Python classes
 that the xds-protos package generates from Envoy's data-plane-api, built here from proto3 JSON
 with google.protobuf.json_format, and served with grpcio.
 
-It serves a SNAPSHOT: per type URL, a version and the list of resources of that type.
+It serves a SNAPSHOT: per type URL, a version and the list of resources of that type, over ADS
+(AggregatedDiscoveryService, every type on one stream) and over the per-type services
+(ListenerDiscoveryService, ClusterDiscoveryService, EndpointDiscoveryService: one type per
+stream, as Envoy uses them for an `api_config_source` that is not ADS). A request of another
+type than its service's on a per-type stream is logged as an "error" event and not answered.
+Events carry "service": "ads", "lds", "cds" or "eds".
 
 * State of the World (StreamAggregatedResources): the first request of a type on a stream, a
   request whose resource names changed, and every change of that type's snapshot get the current
@@ -59,7 +65,10 @@ from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401
 from envoy.config.listener.v3 import listener_pb2  # noqa: F401
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.endpoint.v3 import eds_pb2_grpc
+from envoy.service.listener.v3 import lds_pb2_grpc
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -224,9 +233,12 @@ class Stream:
 
     api = None
 
-    def __init__(self, server, stream_id):
+    def __init__(self, server, stream_id, service="ads", only_type=None):
         self.server = server
         self.id = stream_id
+        # "ads", or the per-type service ("lds", "cds", "eds") and the one type it carries.
+        self.service = service
+        self.only_type = only_type
         self.out = queue.Queue()
         self.nonce = 0
         self.closed = False
@@ -237,6 +249,14 @@ class Stream:
 
     def close(self):
         self.out.put(None)
+
+    def wrong_type(self, t):
+        """True (and logged) for a request of another type than a per-type stream's."""
+        if self.only_type is None or t == self.only_type:
+            return False
+        emit("error", message="a %s request on a %s stream" % (t, self.service),
+             service=self.service, stream=self.id)
+        return True
 
     def emit_answer(self, t, version_info, response_nonce, err, last_nonce):
         """Logs a request that answers a response: an ACK, or a NACK when it has an error."""
@@ -249,14 +269,15 @@ class Stream:
             response_nonce=response_nonce,
             error_detail=err,
             stale=response_nonce != last_nonce,
+            service=self.service,
         )
 
 
 class SotwStream(Stream):
     api = "sotw"
 
-    def __init__(self, server, stream_id):
-        super().__init__(server, stream_id)
+    def __init__(self, server, stream_id, service="ads", only_type=None):
+        super().__init__(server, stream_id, service, only_type)
         # type_url -> {"names": set or None (wildcard), "nonce": last sent, "version": last sent}
         self.types = {}
 
@@ -273,7 +294,10 @@ class SotwStream(Stream):
             resource_names=list(req.resource_names),
             error_detail=err,
             node_id=req.node.id if req.HasField("node") else None,
+            service=self.service,
         )
+        if self.wrong_type(t):
+            return
         state = self.types.get(t)
         first = state is None
         if first:
@@ -319,8 +343,8 @@ class SotwStream(Stream):
 class DeltaStream(Stream):
     api = "delta"
 
-    def __init__(self, server, stream_id):
-        super().__init__(server, stream_id)
+    def __init__(self, server, stream_id, service="ads", only_type=None):
+        super().__init__(server, stream_id, service, only_type)
         # type_url -> {"wildcard": bool, "names": set, "has": {name: version}, "nonce": last
         # sent, "inflight": {nonce: names sent, until the client answers}}
         self.types = {}
@@ -340,7 +364,10 @@ class DeltaStream(Stream):
             initial_resource_versions=dict(req.initial_resource_versions),
             error_detail=err,
             node_id=req.node.id if req.HasField("node") else None,
+            service=self.service,
         )
+        if self.wrong_type(t):
+            return
         state = self.types.get(t)
         first = state is None
         if first:
@@ -423,6 +450,8 @@ class DeltaStream(Stream):
 
 
 class Server(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """ADS, and (through `PerType`) the per-type services, over one snapshot."""
+
     def __init__(self):
         self.lock = threading.Lock()
         self.snapshot = {}
@@ -442,12 +471,12 @@ class Server(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             for s in self.streams:
                 s.on_snapshot(type_url)
 
-    def _serve(self, cls, request_iterator, context):
+    def _serve(self, cls, request_iterator, context, service="ads", only_type=None):
         with self.lock:
             self.next_stream += 1
-            stream = cls(self, self.next_stream)
+            stream = cls(self, self.next_stream, service, only_type)
             self.streams.append(stream)
-        emit("stream_open", api=stream.api, stream=stream.id)
+        emit("stream_open", api=stream.api, stream=stream.id, service=service)
 
         def read():
             try:
@@ -466,18 +495,69 @@ class Server(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if item is None:
                     return
                 resp, info = item
-                emit("sent", api=stream.api, stream=stream.id, **info)
+                emit("sent", api=stream.api, stream=stream.id, service=stream.service, **info)
                 yield resp
         finally:
             with self.lock:
                 self.streams.remove(stream)
-            emit("stream_closed", api=stream.api, stream=stream.id)
+            emit("stream_closed", api=stream.api, stream=stream.id, service=stream.service)
 
     def StreamAggregatedResources(self, request_iterator, context):
         return self._serve(SotwStream, request_iterator, context)
 
     def DeltaAggregatedResources(self, request_iterator, context):
         return self._serve(DeltaStream, request_iterator, context)
+
+
+class PerType:
+    """One per-type discovery service (LDS, CDS or EDS) over the server's snapshot: the same
+    streams as ADS, restricted to one type."""
+
+    def __init__(self, server, service, type_url):
+        self.server = server
+        self.service = service
+        self.type_url = type_url
+
+    def sotw(self, request_iterator, context):
+        return self.server._serve(SotwStream, request_iterator, context, self.service,
+                                  self.type_url)
+
+    def delta(self, request_iterator, context):
+        return self.server._serve(DeltaStream, request_iterator, context, self.service,
+                                  self.type_url)
+
+
+class Lds(lds_pb2_grpc.ListenerDiscoveryServiceServicer):
+    def __init__(self, server):
+        self.t = PerType(server, "lds", LISTENER)
+
+    def StreamListeners(self, request_iterator, context):
+        return self.t.sotw(request_iterator, context)
+
+    def DeltaListeners(self, request_iterator, context):
+        return self.t.delta(request_iterator, context)
+
+
+class Cds(cds_pb2_grpc.ClusterDiscoveryServiceServicer):
+    def __init__(self, server):
+        self.t = PerType(server, "cds", CLUSTER)
+
+    def StreamClusters(self, request_iterator, context):
+        return self.t.sotw(request_iterator, context)
+
+    def DeltaClusters(self, request_iterator, context):
+        return self.t.delta(request_iterator, context)
+
+
+class Eds(eds_pb2_grpc.EndpointDiscoveryServiceServicer):
+    def __init__(self, server):
+        self.t = PerType(server, "eds", ENDPOINTS)
+
+    def StreamEndpoints(self, request_iterator, context):
+        return self.t.sotw(request_iterator, context)
+
+    def DeltaEndpoints(self, request_iterator, context):
+        return self.t.delta(request_iterator, context)
 
 
 def main():
@@ -492,6 +572,9 @@ def main():
         options=[("grpc.so_reuseport", 0)],
     )
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(Lds(servicer), server)
+    cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(Cds(servicer), server)
+    eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(Eds(servicer), server)
     try:
         port = server.add_insecure_port("127.0.0.1:%d" % args.port)
     except RuntimeError as e:

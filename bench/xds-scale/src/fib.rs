@@ -51,15 +51,18 @@ fn cluster(
 ) -> (String, ClusterConfig, Arc<[EndpointConfig]>) {
     let name = cluster_name(i);
     let c = ClusterConfig {
+        alt_stat_name: None,
         name: name.clone(),
         connect_timeout: Duration::from_secs(1),
         lb_policy: LbPolicy::RoundRobin,
         endpoints: Default::default(),
         eds_service: Some(name.clone()),
+        eds_source: Default::default(),
         upstream_bind: Default::default(),
         circuit_breakers: Default::default(),
         health: Default::default(),
         added_via_api: true,
+        dns: None,
     };
     let eps: Vec<EndpointConfig> = endpoints
         .iter()
@@ -85,6 +88,7 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
         listeners: Vec::new(),
         clusters: Vec::new(),
         dynamic: None,
+        dns_resolver: Default::default(),
     };
     let stats = StatsRegistry::new(1);
     let mut cache = CompileCache::new();

@@ -7,6 +7,7 @@
 
 use super::http::{Query, Response};
 use super::AdminState;
+use crate::stats::DnsStats;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -74,11 +75,12 @@ fn health_status(flags: u32) -> serde_json::Value {
     status
 }
 
-pub(crate) fn render_clusters_text(fib: &Fib) -> String {
+pub(crate) fn render_clusters_text(fib: &Fib, dns: &DnsStats) -> String {
     let mut out = String::new();
     for c in &fib.clusters {
         let n = &c.name;
-        let _ = writeln!(out, "{n}::observability_name::{n}");
+        let hostnames = dns.hostnames(n);
+        let _ = writeln!(out, "{n}::observability_name::{}", c.observability_name);
         let outlier = c.health.outlier.is_some();
         if outlier {
             // Success-rate detection is not implemented: -1, as Envoy shows before it has
@@ -115,7 +117,8 @@ pub(crate) fn render_clusters_text(fib: &Fib) -> String {
                     }
                 }
             }
-            let _ = writeln!(out, "{h}::hostname::");
+            let hostname = hostnames.as_ref().and_then(|m| m.get(&e.address));
+            let _ = writeln!(out, "{h}::hostname::{}", hostname.map_or("", |n| &**n));
             let _ = writeln!(
                 out,
                 "{h}::health_flags::{}",
@@ -138,11 +141,12 @@ pub(crate) fn render_clusters_text(fib: &Fib) -> String {
 
 /// Envoy's `/clusters?format=json` (`envoy.admin.v3.Clusters`): host stats with values as
 /// strings (uint64 in proto3 JSON), counters first, then gauges.
-pub(crate) fn render_clusters_json(fib: &Fib) -> serde_json::Value {
+pub(crate) fn render_clusters_json(fib: &Fib, dns: &DnsStats) -> serde_json::Value {
     let statuses: Vec<serde_json::Value> = fib
         .clusters
         .iter()
         .map(|c| {
+            let hostnames = dns.hostnames(&c.name);
             let hosts: Vec<serde_json::Value> = c
                 .endpoints
                 .iter()
@@ -168,6 +172,9 @@ pub(crate) fn render_clusters_json(fib: &Fib) -> serde_json::Value {
                     if e.priority != 0 {
                         host["priority"] = json!(e.priority);
                     }
+                    if let Some(name) = hostnames.as_ref().and_then(|m| m.get(&e.address)) {
+                        host["hostname"] = json!(&**name);
+                    }
                     host
                 })
                 .collect();
@@ -181,7 +188,7 @@ pub(crate) fn render_clusters_json(fib: &Fib) -> serde_json::Value {
             high.insert("priority".into(), json!("HIGH"));
             let mut status = json!({
                 "name": &*c.name,
-                "observability_name": &*c.name,
+                "observability_name": &*c.observability_name,
                 "circuit_breakers": {"thresholds": [thresholds(&c.circuit_breakers), high]},
                 "host_statuses": hosts,
             });
@@ -230,8 +237,8 @@ fn bad_format(other: &str) -> Response {
 pub(super) fn handle_clusters(state: &AdminState, q: &Query) -> Response {
     let fib = state.fib.load();
     match q.get("format").unwrap_or("text") {
-        "text" | "" => Response::text(200, render_clusters_text(&fib)),
-        "json" => Response::json(&render_clusters_json(&fib)),
+        "text" | "" => Response::text(200, render_clusters_text(&fib, state.stats.dns())),
+        "json" => Response::json(&render_clusters_json(&fib, state.stats.dns())),
         other => bad_format(other),
     }
 }
@@ -254,7 +261,7 @@ mod tests {
     #[test]
     fn clusters_text() {
         let f = fixture();
-        let text = render_clusters_text(&f.state.fib.load());
+        let text = render_clusters_text(&f.state.fib.load(), f.state.stats.dns());
         assert_eq!(
             text,
             "echo::observability_name::echo\n\
@@ -314,7 +321,7 @@ mod tests {
                 {"priority": "HIGH", "max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3},
             ]})
         };
-        let v = render_clusters_json(&f.state.fib.load());
+        let v = render_clusters_json(&f.state.fib.load(), f.state.stats.dns());
         let host = |port: u16, stats: [(&str, &str, &str); 4], weight: u32| {
             let stats: Vec<_> = stats
                 .iter()

@@ -77,11 +77,13 @@ pub(crate) fn fixture() -> Fixture {
             stats: ls,
             use_original_dst: false,
             transparent: false,
+            reuse_port: true,
             original_src: None,
         }],
         clusters: vec![
             Arc::new(Cluster {
                 name: "echo".into(),
+                observability_name: "echo".into(),
                 connect_timeout_ms: 1000,
                 lb_policy: LbPolicy::RoundRobin,
                 endpoints: vec![
@@ -110,6 +112,7 @@ pub(crate) fn fixture() -> Fixture {
             }),
             Arc::new(Cluster {
                 name: "empty".into(),
+                observability_name: "empty".into(),
                 connect_timeout_ms: 1000,
                 lb_policy: LbPolicy::RoundRobin,
                 endpoints: Vec::new(),

@@ -313,7 +313,7 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
     }
     let fib = state.fib.load();
     for c in udp_routed_clusters(&fib) {
-        let p = format!("cluster.{}.udp", sanitize_element(&c.name));
+        let p = format!("cluster.{}.udp", sanitize_element(&c.observability_name));
         let b = &c.udp_stats;
         push_block(
             &mut out,
@@ -325,7 +325,7 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
         );
     }
     for c in &fib.clusters {
-        let p = format!("cluster.{}", sanitize_element(&c.name));
+        let p = format!("cluster.{}", sanitize_element(&c.observability_name));
         let n = c.endpoints.len() as i64;
         let healthy = c
             .endpoints
@@ -357,6 +357,33 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                     value: StatValue::Counter(v),
                 });
             }
+            if let Some(v) = eds.stream.connected_state() {
+                out.push(Stat {
+                    name: format!("{p}.control_plane.connected_state"),
+                    value: StatValue::Gauge(v),
+                });
+            }
+        }
+        if let Some(dns) = reg.dns().cluster_of(&c.name) {
+            for (name, v) in dns.counters() {
+                out.push(Stat {
+                    name: format!("{p}.{name}"),
+                    value: StatValue::Counter(v),
+                });
+            }
+        }
+    }
+    let cares = &reg.dns().cares;
+    if cares.used.load(std::sync::atomic::Ordering::Relaxed) {
+        for (name, v, gauge) in cares.stats() {
+            out.push(Stat {
+                name: format!("dns.cares.{name}"),
+                value: if gauge {
+                    StatValue::Gauge(v)
+                } else {
+                    StatValue::Counter(v as u64)
+                },
+            });
         }
     }
     let server = reg.server();
@@ -369,19 +396,27 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
         |s| server.get(s),
     );
     let xds = reg.xds();
-    if xds.enabled.load(std::sync::atomic::Ordering::Relaxed) {
+    if xds.ads.load(std::sync::atomic::Ordering::Relaxed) {
         out.push(Stat {
             name: "control_plane.connected_state".into(),
             value: StatValue::Gauge(xds.connected.load(std::sync::atomic::Ordering::Relaxed) as i64),
         });
-        for (prefix, sub) in [
-            ("cluster_manager.cds", &xds.cds),
-            ("listener_manager.lds", &xds.lds),
+    }
+    if xds.enabled.load(std::sync::atomic::Ordering::Relaxed) {
+        for (prefix, sub, stream) in [
+            ("cluster_manager.cds", &xds.cds, &xds.cds_stream),
+            ("listener_manager.lds", &xds.lds, &xds.lds_stream),
         ] {
             for (name, v) in sub.counters() {
                 out.push(Stat {
                     name: format!("{prefix}.{name}"),
                     value: StatValue::Counter(v),
+                });
+            }
+            if let Some(v) = stream.connected_state() {
+                out.push(Stat {
+                    name: format!("{prefix}.control_plane.connected_state"),
+                    value: StatValue::Gauge(v),
                 });
             }
         }

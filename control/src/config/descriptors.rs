@@ -33,6 +33,8 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/filters/network/connection_limit/v3/connection_limit.proto",
     "envoy/extensions/filters/udp/udp_proxy/v3/udp_proxy.proto",
     "envoy/extensions/filters/udp/udp_proxy/v3/route.proto",
+    "envoy/extensions/network/dns_resolver/cares/v3/cares_dns_resolver.proto",
+    "envoy/extensions/network/dns_resolver/getaddrinfo/v3/getaddrinfo_dns_resolver.proto",
     "envoy/extensions/matching/common_inputs/network/v3/network_inputs.proto",
     // Imported by the IP matcher (`proto/xds/type/matcher/v3/ip.proto`, built by build.rs).
     "xds/core/v3/cidr.proto",
@@ -146,6 +148,8 @@ mod tests {
             "envoy.extensions.filters.udp.udp_proxy.v3.Route",
             "xds.type.matcher.v3.Matcher",
             "switchyard.filters.udp.udp_proxy.v1.WeightedRoute",
+            "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+            "envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig",
         ] {
             assert!(pool.get_message_by_name(name).is_some(), "{name}");
         }

@@ -103,11 +103,16 @@ pub fn yaml_node_limit(len: usize) -> usize {
 
 /// Parses a bootstrap from text.
 pub fn parse_str(text: &str, format: Format) -> Result<LoadedConfig, ConfigError> {
-    let value: serde_json::Value = match format {
-        Format::Yaml => yaml::to_json(text)?,
-        Format::Json => json::to_json(text)?,
-    };
-    parse_owned(value)
+    parse_owned(parse_text(text, format)?)
+}
+
+/// Config text (YAML or JSON) as a JSON value, nothing checked yet: YAML the way Envoy's
+/// yaml-cpp types its scalars, JSON with protobuf's legacy syntax.
+pub(crate) fn parse_text(text: &str, format: Format) -> Result<serde_json::Value, ConfigError> {
+    match format {
+        Format::Yaml => yaml::to_json(text),
+        Format::Json => json::to_json(text),
+    }
 }
 
 /// Parses a bootstrap already read into a JSON value.
@@ -115,7 +120,7 @@ pub fn parse_value(value: &serde_json::Value) -> Result<LoadedConfig, ConfigErro
     parse_owned(value.clone())
 }
 
-fn parse_owned(mut value: serde_json::Value) -> Result<LoadedConfig, ConfigError> {
+fn parse_owned(value: serde_json::Value) -> Result<LoadedConfig, ConfigError> {
     if !value.is_object() {
         return Err(ConfigError::new(
             ErrorKind::Syntax,
@@ -127,17 +132,7 @@ fn parse_owned(mut value: serde_json::Value) -> Result<LoadedConfig, ConfigError
     let desc = pool
         .get_message_by_name(BOOTSTRAP)
         .expect("the vendored descriptor set has the bootstrap");
-    // The walker rewrites what Envoy's loader is lenient about into the canonical form.
-    walk::check(&pool, &desc, &mut value)?;
-
-    let mut track = serde_path_to_error::Track::new();
-    let de = serde_path_to_error::Deserializer::new(&value, &mut track);
-    let message = DynamicMessage::deserialize(desc, de).map_err(|e| {
-        // The walker catches what it can with exact paths; this is the fallback.
-        let path = track.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        ConfigError::invalid(path, e.to_string())
-    })?;
+    let message = checked_message(&pool, desc, value)?;
     let bytes = message.encode_to_vec();
     let bootstrap = Bootstrap::decode(bytes.as_slice()).map_err(|e| {
         // The pool and the prost types come from one envoy-types release (tested).
@@ -151,6 +146,25 @@ fn parse_owned(mut value: serde_json::Value) -> Result<LoadedConfig, ConfigError
     Ok(LoadedConfig {
         bootstrap,
         normalized,
+    })
+}
+
+/// `value` walked as a `desc` message (every field named by its path when refused), then
+/// decoded with the proto3 JSON mapping.
+pub(crate) fn checked_message(
+    pool: &prost_reflect::DescriptorPool,
+    desc: prost_reflect::MessageDescriptor,
+    mut value: serde_json::Value,
+) -> Result<DynamicMessage, ConfigError> {
+    // The walker rewrites what Envoy's loader is lenient about into the canonical form.
+    walk::check(pool, &desc, &mut value)?;
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(&value, &mut track);
+    DynamicMessage::deserialize(desc, de).map_err(|e| {
+        // The walker catches what it can with exact paths; this is the fallback.
+        let path = track.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::invalid(path, e.to_string())
     })
 }
 

@@ -18,11 +18,12 @@ use crate::duration::{check_duration, parse_duration};
 use crate::error::{ConfigError, ErrorKind};
 use crate::path::{field, index};
 use crate::type_names::{
-    APPLICATION_PROTOCOL_INPUT, CONNECTION_LIMIT, DESTINATION_IP_INPUT, DESTINATION_PORT_INPUT,
-    DIRECT_SOURCE_IP_INPUT, FAULT, FILE_LOG, HTTP_PROTOCOL_OPTIONS, IP_MATCHER, MIRROR,
-    ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, SERVER_NAME_INPUT, SOURCE_IP_INPUT,
-    SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY,
-    TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
+    APPLICATION_PROTOCOL_INPUT, CARES_RESOLVER, CONNECTION_LIMIT, DESTINATION_IP_INPUT,
+    DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, FAULT, FILE_LOG, GETADDRINFO_RESOLVER,
+    HTTP_PROTOCOL_OPTIONS, IP_MATCHER, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER,
+    SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG,
+    STDOUT_LOG, STRING_VALUE, TCP_PROXY, TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE,
+    UDP_WEIGHTED_ROUTE,
 };
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::Value;
@@ -33,7 +34,15 @@ use std::collections::HashMap;
 const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.Bootstrap",
-        &["node", "admin", "static_resources", "dynamic_resources"],
+        &[
+            "node",
+            "admin",
+            "static_resources",
+            "dynamic_resources",
+            "typed_dns_resolver_config",
+            "dns_resolution_config",
+            "use_tcp_for_dns_lookups",
+        ],
     ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
@@ -41,8 +50,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.ConfigSource",
-        &["ads", "initial_fetch_timeout", "resource_api_version"],
+        &[
+            "ads",
+            "api_config_source",
+            "path",
+            "path_config_source",
+            "initial_fetch_timeout",
+            "resource_api_version",
+        ],
     ),
+    (
+        "envoy.config.core.v3.PathConfigSource",
+        &["path", "watched_directory"],
+    ),
+    ("envoy.config.core.v3.WatchedDirectory", &["path"]),
     ("envoy.config.core.v3.AggregatedConfigSource", &[]),
     (
         "envoy.config.core.v3.ApiConfigSource",
@@ -85,6 +106,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "transparent",
             "udp_listener_config",
             "filter_chain_matcher",
+            // Informational in Envoy on Linux (tracing and Windows' original_dst use it):
+            // kept in /config_dump, no effect on forwarding. README says so.
+            "traffic_direction",
+            "enable_reuse_port",
+            "reuse_port",
         ],
     ),
     (
@@ -260,8 +286,56 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "health_checks",
             "outlier_detection",
             "common_lb_config",
+            "alt_stat_name",
+            "upstream_connection_options",
+            "ignore_health_on_host_removal",
+            "dns_refresh_rate",
+            "dns_jitter",
+            "dns_failure_refresh_rate",
+            "respect_dns_ttl",
+            "dns_lookup_family",
+            "dns_resolvers",
+            "use_tcp_for_dns_lookups",
+            "dns_resolution_config",
+            "typed_dns_resolver_config",
+            "wait_for_warm_on_init",
         ],
     ),
+    (
+        "envoy.config.cluster.v3.UpstreamConnectionOptions",
+        &["tcp_keepalive"],
+    ),
+    (
+        "envoy.config.core.v3.TcpKeepalive",
+        &["keepalive_probes", "keepalive_time", "keepalive_interval"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.RefreshRate",
+        &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.config.core.v3.DnsResolutionConfig",
+        &["resolvers", "dns_resolver_options"],
+    ),
+    (
+        "envoy.config.core.v3.DnsResolverOptions",
+        &["use_tcp_for_dns_lookups", "no_default_search_domain"],
+    ),
+    (
+        "envoy.config.core.v3.TypedExtensionConfig",
+        &["name", "typed_config"],
+    ),
+    (
+        CARES_RESOLVER,
+        &[
+            "resolvers",
+            "dns_resolver_options",
+            "use_resolvers_as_fallback",
+            "query_timeout_seconds",
+            "query_tries",
+        ],
+    ),
+    (GETADDRINFO_RESOLVER, &[]),
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig",
         &["healthy_panic_threshold", "update_merge_window"],
@@ -444,6 +518,11 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         "envoy.config.accesslog.v3.AccessLog.typed_config",
         &[STDOUT_LOG, STDERR_LOG, FILE_LOG],
     ),
+    // A DNS resolver (a cluster's or the bootstrap's `typed_dns_resolver_config`).
+    (
+        "envoy.config.core.v3.TypedExtensionConfig.typed_config",
+        &[CARES_RESOLVER, GETADDRINFO_RESOLVER],
+    ),
     // Every real xDS bootstrap gives its ADS cluster HTTP/2 this way; Switchyard speaks gRPC
     // (HTTP/2) to it regardless, and a tcp_proxy cluster has no HTTP to configure.
     (
@@ -469,6 +548,17 @@ const NETWORK_INPUTS: &[&str] = &[
 /// The message of an extension in the matching API: its `typed_config` is checked against the
 /// field that holds it.
 const TYPED_EXTENSION: &str = "xds.core.v3.TypedExtensionConfig";
+
+/// Supported fields that Switchyard implements for some values only: (message, field, the
+/// values it takes, why another is refused).
+type OnlyValue = (&'static str, &'static str, fn(&Value) -> bool, &'static str);
+const ONLY_VALUE: &[OnlyValue] = &[(
+    "envoy.config.cluster.v3.Cluster",
+    "ignore_health_on_host_removal",
+    |v| v.as_bool() == Some(true),
+    "Switchyard removes a host as soon as discovery drops it, whatever its health (Envoy's \
+behaviour with true); keeping a removed host until its health check fails is not supported",
+)];
 
 /// Whose message `desc` is, for error messages: "Envoy's envoy.config...", or Switchyard's
 /// own extension by name.
@@ -597,6 +687,15 @@ impl Walker<'_> {
             match extension {
                 Some(holder) if fd.name() == "typed_config" => self.any(value, &fpath, holder)?,
                 _ => self.field(&fd, value, &fpath)?,
+            }
+            // After the walk, so the value is in its canonical form (`"yes"` is `true`).
+            if let Some(&(_, _, only, why)) = ONLY_VALUE
+                .iter()
+                .find(|(m, f, _, _)| *m == desc.full_name() && *f == fd.name())
+            {
+                if !only(value) {
+                    return Err(ConfigError::unsupported(fpath, why));
+                }
             }
         }
         Ok(())

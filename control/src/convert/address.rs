@@ -38,6 +38,24 @@ pub(super) fn any_socket_address(
     a: Option<&Address>,
     path: &str,
 ) -> Result<(socket_address::Protocol, SocketAddr)> {
+    let (protocol, text, port_value) = raw_socket_address(a, path)?;
+    let path = field(path, "socket_address");
+    let ip: IpAddr = text.parse().map_err(|_| {
+        ConfigError::invalid(
+            field(&path, "address"),
+            format!("'{text}' is not an IP address (static config takes IP literals)"),
+        )
+    })?;
+    let port = port(port_value, &field(&path, "port_value"))?;
+    Ok((protocol, SocketAddr::new(ip, port)))
+}
+
+/// An endpoint's `Address` as written: its protocol, its `address` text (an IP literal or a
+/// host name, not checked here) and its port (`port_value`, 0 when not given).
+pub(super) fn raw_socket_address<'a>(
+    a: Option<&'a Address>,
+    path: &str,
+) -> Result<(socket_address::Protocol, &'a str, u32)> {
     let sa = ip_socket_address(a, path)?;
     let path = field(path, "socket_address");
     let Ok(protocol) = socket_address::Protocol::try_from(sa.protocol) else {
@@ -46,15 +64,6 @@ pub(super) fn any_socket_address(
             format!("unknown protocol {}", sa.protocol),
         ));
     };
-    let ip: IpAddr = sa.address.parse().map_err(|_| {
-        ConfigError::invalid(
-            field(&path, "address"),
-            format!(
-                "'{}' is not an IP address (static config takes IP literals)",
-                sa.address
-            ),
-        )
-    })?;
     let port_value = match &sa.port_specifier {
         Some(socket_address::PortSpecifier::PortValue(p)) => *p,
         Some(socket_address::PortSpecifier::NamedPort(_)) => {
@@ -65,8 +74,26 @@ pub(super) fn any_socket_address(
         }
         None => 0,
     };
-    let port = port(port_value, &field(&path, "port_value"))?;
-    Ok((protocol, SocketAddr::new(ip, port)))
+    Ok((protocol, sa.address.as_str(), port_value))
+}
+
+/// A DNS resolver's `Address` (c-ares `resolvers`, `dns_resolvers`, `dns_resolution_config`):
+/// an IP literal; port 0 (or none) is DNS's 53. The `protocol` does not matter (Envoy hands
+/// c-ares `ip:port`; queries go over UDP unless `use_tcp_for_dns_lookups`).
+pub(super) fn dns_resolver_address(a: &Address, path: &str) -> Result<SocketAddr> {
+    let (_, text, port_value) = raw_socket_address(Some(a), path)?;
+    let sa_path = field(path, "socket_address");
+    let ip: IpAddr = text.parse().map_err(|_| {
+        ConfigError::invalid(
+            field(&sa_path, "address"),
+            format!("DNS resolver '{text}' is not an IP address"),
+        )
+    })?;
+    let port = match port_value {
+        0 => 53,
+        p => port(p, &field(&sa_path, "port_value"))?,
+    };
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// The `socket_address` of an `Address` (a pipe or an internal address is refused).

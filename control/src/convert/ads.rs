@@ -1,35 +1,73 @@
 //! `dynamic_resources` and every `ConfigSource`: ADS over gRPC (SotW or Delta) to a static
-//! cluster is the one xDS source Switchyard supports; anything else is refused with its
-//! path.
+//! cluster, a stream of the type's own discovery service (`api_config_source` with
+//! `api_type: GRPC` or `DELTA_GRPC`), or a watched file (`path_config_source`, or the
+//! deprecated `path`). REST polling and `self` are refused with their path.
 
 use super::{duration, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
-use crate::rib::{ClusterConfig, DynamicConfig, XdsApi, DEFAULT_INITIAL_FETCH_TIMEOUT};
+use crate::rib::{
+    ClusterConfig, DynamicConfig, FileSource, GrpcSource, XdsApi, XdsSource,
+    DEFAULT_INITIAL_FETCH_TIMEOUT,
+};
 use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
 use envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{ApiConfigSource, ApiVersion, ConfigSource};
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiConfigSource, ApiVersion, ConfigSource, PathConfigSource,
+};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A `ConfigSource` that must be `{ads: {}}` (the only xDS source Switchyard supports), with
-/// resource API version V3 (or AUTO, which is V3). Returns its `initial_fetch_timeout`
-/// (`None` for `0s`: wait forever).
-pub(super) fn ads_source(cs: Option<&ConfigSource>, path: &str) -> Result<Option<Duration>> {
+/// A `ConfigSource` (resource API version V3, or AUTO, which is V3): where the resources
+/// come from, and its `initial_fetch_timeout` (`None` for `0s`: wait forever). A gRPC
+/// source's cluster is checked by the caller ([`management_cluster`]), which knows the
+/// static clusters.
+pub(super) fn config_source(
+    cs: Option<&ConfigSource>,
+    path: &str,
+) -> Result<(XdsSource, Option<Duration>)> {
     let Some(cs) = cs else {
         return Err(ConfigError::invalid(path, "required"));
     };
-    if !matches!(
-        cs.config_source_specifier,
-        Some(ConfigSourceSpecifier::Ads(_))
-    ) {
-        return Err(ConfigError::unsupported(
-            path,
-            "only `ads: {}` is supported by Switchyard (path, api_config_source and self are not)",
-        ));
-    }
+    let source =
+        match &cs.config_source_specifier {
+            Some(ConfigSourceSpecifier::Ads(_)) => XdsSource::Ads,
+            // Deprecated in Envoy's API for `path_config_source`, still accepted by Envoy 1.40
+            // (with a warning, as here).
+            #[allow(deprecated)]
+            Some(ConfigSourceSpecifier::Path(p)) => {
+                tracing::warn!(
+                    field = %field(path, "path"),
+                    "deprecated: ConfigSource.path; use path_config_source.path"
+                );
+                XdsSource::File(file_source(
+                    &PathConfigSource {
+                        path: p.clone(),
+                        ..PathConfigSource::default()
+                    },
+                    &field(path, "path"),
+                )?)
+            }
+            Some(ConfigSourceSpecifier::PathConfigSource(p)) => {
+                XdsSource::File(file_source(p, &field(path, "path_config_source"))?)
+            }
+            Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
+                XdsSource::Grpc(api_source(api, &field(path, "api_config_source"))?)
+            }
+            Some(ConfigSourceSpecifier::Self_(_)) => return Err(ConfigError::unsupported(
+                field(path, "self"),
+                "not supported by Switchyard (use ads, api_config_source or path_config_source)",
+            )),
+            None => {
+                return Err(ConfigError::invalid(
+                    path,
+                    "one of ads, api_config_source or path_config_source is required",
+                ))
+            }
+        };
     if !matches!(
         ApiVersion::try_from(cs.resource_api_version),
         Ok(ApiVersion::V3 | ApiVersion::Auto)
@@ -39,83 +77,70 @@ pub(super) fn ads_source(cs: Option<&ConfigSource>, path: &str) -> Result<Option
             "must be V3",
         ));
     }
-    match &cs.initial_fetch_timeout {
-        None => Ok(Some(DEFAULT_INITIAL_FETCH_TIMEOUT)),
+    let timeout = match &cs.initial_fetch_timeout {
+        None => Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
         Some(d) => {
             let d = duration(d, &field(path, "initial_fetch_timeout"))?;
-            Ok((!d.is_zero()).then_some(d))
+            (!d.is_zero()).then_some(d)
         }
-    }
+    };
+    Ok((source, timeout))
 }
 
-/// `dynamic_resources`: an ADS `ads_config` over gRPC to a static cluster, and `lds_config` /
-/// `cds_config` that use it.
-pub(super) fn dynamic_resources(
-    d: &DynamicResources,
-    clusters: &[Arc<ClusterConfig>],
-) -> Result<DynamicConfig> {
-    let path = "dynamic_resources";
-    let apath = field(path, "ads_config");
-    let Some(ads) = &d.ads_config else {
+/// `path_config_source`: a non-empty path, and a non-empty `watched_directory.path` if one
+/// is given. Whether they exist is checked when the subscription starts (as Envoy does:
+/// `validate` touches no file).
+fn file_source(p: &PathConfigSource, path: &str) -> Result<FileSource> {
+    if p.path.is_empty() {
         return Err(ConfigError::invalid(
-            apath,
-            "required: Switchyard takes listeners and clusters over ADS only",
+            field(path, "path"),
+            "must not be empty",
         ));
-    };
-    let api = ads_api(ads, &apath)?;
-    let ads_cluster = ads_cluster(ads, &apath, clusters)?;
-    let lds = d.lds_config.is_some();
-    let cds = d.cds_config.is_some();
-    let mut timeout = None;
-    for (name, source) in [("lds_config", &d.lds_config), ("cds_config", &d.cds_config)] {
-        if let Some(cs) = source {
-            let t = ads_source(Some(cs), &field(path, name))?;
-            timeout = timeout.max(t);
-        }
     }
-    Ok(DynamicConfig {
-        ads_cluster,
-        api,
-        lds,
-        cds,
-        initial_fetch_timeout: if lds || cds {
-            timeout
-        } else {
-            Some(DEFAULT_INITIAL_FETCH_TIMEOUT)
-        },
+    let watched_directory = match &p.watched_directory {
+        None => None,
+        Some(w) if w.path.is_empty() => {
+            return Err(ConfigError::invalid(
+                field(&field(path, "watched_directory"), "path"),
+                "must not be empty",
+            ))
+        }
+        Some(w) => Some(PathBuf::from(&w.path)),
+    };
+    Ok(FileSource {
+        path: PathBuf::from(&p.path),
+        watched_directory,
     })
 }
 
-/// `ads_config.api_type` (GRPC: State of the World, DELTA_GRPC: Delta), transport V3.
-fn ads_api(ads: &ApiConfigSource, apath: &str) -> Result<XdsApi> {
-    let api = match ApiType::try_from(ads.api_type) {
+/// `api_config_source` (or `ads_config`): `api_type` GRPC (State of the World) or
+/// DELTA_GRPC (Delta), transport V3, one `envoy_grpc` service.
+fn api_source(api: &ApiConfigSource, path: &str) -> Result<GrpcSource> {
+    let xds_api = match ApiType::try_from(api.api_type) {
         Ok(ApiType::Grpc) => XdsApi::Sotw,
         Ok(ApiType::DeltaGrpc) => XdsApi::Delta,
+        Ok(ApiType::Rest) => {
+            return Err(ConfigError::unsupported(
+                field(path, "api_type"),
+                "REST (polling JSON over HTTP) is not supported by Switchyard: use GRPC or \
+                 DELTA_GRPC, or a file (path_config_source)",
+            ))
+        }
         _ => {
             return Err(ConfigError::unsupported(
-                field(apath, "api_type"),
+                field(path, "api_type"),
                 "must be GRPC or DELTA_GRPC",
             ))
         }
     };
-    if ApiVersion::try_from(ads.transport_api_version) != Ok(ApiVersion::V3) {
+    if ApiVersion::try_from(api.transport_api_version) != Ok(ApiVersion::V3) {
         return Err(ConfigError::invalid(
-            field(apath, "transport_api_version"),
+            field(path, "transport_api_version"),
             "must be V3",
         ));
     }
-    Ok(api)
-}
-
-/// `ads_config.grpc_services`: one `envoy_grpc` service naming a static cluster with
-/// endpoints; returns the cluster's name.
-fn ads_cluster(
-    ads: &ApiConfigSource,
-    apath: &str,
-    clusters: &[Arc<ClusterConfig>],
-) -> Result<String> {
-    let gpath = field(apath, "grpc_services");
-    let [service] = ads.grpc_services.as_slice() else {
+    let gpath = field(path, "grpc_services");
+    let [service] = api.grpc_services.as_slice() else {
         return Err(ConfigError::invalid(
             gpath,
             "exactly one gRPC service is required",
@@ -128,21 +153,100 @@ fn ads_cluster(
             "only envoy_grpc is supported by Switchyard",
         ));
     };
-    let cpath = field(&field(&gpath, "envoy_grpc"), "cluster_name");
-    let Some(cluster) = clusters.iter().find(|c| c.name == target.cluster_name) else {
+    Ok(GrpcSource {
+        cluster: target.cluster_name.clone(),
+        api: xds_api,
+    })
+}
+
+/// The path of a gRPC source's cluster name, under the `ConfigSource` at `path`.
+pub(crate) fn grpc_cluster_path(path: &str, ads_config: bool) -> String {
+    let api = if ads_config {
+        path.to_string()
+    } else {
+        field(path, "api_config_source")
+    };
+    field(
+        &field(&index(&field(&api, "grpc_services"), 0), "envoy_grpc"),
+        "cluster_name",
+    )
+}
+
+/// Checks that `name` is a cluster a management server can be reached through: static,
+/// with at least one endpoint (`clusters` are the static ones). `path` names the field.
+pub(crate) fn management_cluster(
+    name: &str,
+    path: &str,
+    clusters: &[Arc<ClusterConfig>],
+) -> Result<()> {
+    let Some(cluster) = clusters.iter().find(|c| c.name == name) else {
         return Err(ConfigError::invalid(
-            cpath,
-            format!("no static cluster named '{}'", target.cluster_name),
+            path,
+            format!("no static cluster named '{name}'"),
         ));
     };
     if cluster.endpoints.is_empty() || cluster.eds_service.is_some() {
         return Err(ConfigError::invalid(
-            cpath,
-            format!(
-                "cluster '{}' must be a STATIC cluster with at least one endpoint",
-                cluster.name
-            ),
+            path,
+            format!("cluster '{name}' must be a STATIC cluster with at least one endpoint"),
         ));
     }
-    Ok(cluster.name.clone())
+    Ok(())
+}
+
+/// `dynamic_resources`: `lds_config` / `cds_config` (ADS, a gRPC stream of their own, or a
+/// file) and `ads_config`, which every `ads: {}` source needs.
+pub(super) fn dynamic_resources(
+    d: &DynamicResources,
+    clusters: &[Arc<ClusterConfig>],
+) -> Result<DynamicConfig> {
+    let path = "dynamic_resources";
+    let apath = field(path, "ads_config");
+    let ads = match &d.ads_config {
+        Some(ads) => {
+            let source = api_source(ads, &apath)?;
+            management_cluster(&source.cluster, &grpc_cluster_path(&apath, true), clusters)?;
+            Some(source)
+        }
+        None => None,
+    };
+    let mut timeout = None;
+    let mut sources = [None, None];
+    for (i, (name, cs)) in [("lds_config", &d.lds_config), ("cds_config", &d.cds_config)]
+        .into_iter()
+        .enumerate()
+    {
+        let Some(cs) = cs else { continue };
+        let spath = field(path, name);
+        let (source, t) = config_source(Some(cs), &spath)?;
+        match &source {
+            XdsSource::Ads if ads.is_none() => {
+                return Err(ConfigError::invalid(
+                    field(&spath, "ads"),
+                    "needs dynamic_resources.ads_config",
+                ))
+            }
+            XdsSource::Grpc(g) => {
+                management_cluster(&g.cluster, &grpc_cluster_path(&spath, false), clusters)?
+            }
+            // Envoy refuses a missing CDS file at load, `validate` included; a missing LDS
+            // file only when its subscription starts (`run`: the controller checks it).
+            XdsSource::File(f) if name == "cds_config" => super::file_source_present(f, &spath)?,
+            XdsSource::File(_) | XdsSource::Ads => {}
+        }
+        timeout = timeout.max(t);
+        sources[i] = Some(source);
+    }
+    let [lds, cds] = sources;
+    let any = lds.is_some() || cds.is_some();
+    Ok(DynamicConfig {
+        ads,
+        lds,
+        cds,
+        initial_fetch_timeout: if any {
+            timeout
+        } else {
+            Some(DEFAULT_INITIAL_FETCH_TIMEOUT)
+        },
+    })
 }

@@ -1,20 +1,23 @@
-//! A cluster: its discovery type (STATIC, EDS over ADS, ORIGINAL_DST), connect timeout and
-//! endpoints, with the parts that have their own files (`lb`, `circuit_breakers`,
-//! `upstream_bind`, `health`, `endpoints`). Envoy's cross-field rules (ORIGINAL_DST with
-//! CLUSTER_PROVIDED and no endpoints, EDS without `load_assignment`) are checked here.
+//! A cluster: its discovery type (STATIC, EDS over ADS, ORIGINAL_DST, STRICT_DNS,
+//! LOGICAL_DNS), connect timeout and endpoints, with the parts that have their own files
+//! (`lb`, `circuit_breakers`, `upstream_bind`, `health`, `endpoints`, `dns`). Envoy's
+//! cross-field rules (ORIGINAL_DST with CLUSTER_PROVIDED and no endpoints, EDS without
+//! `load_assignment`) are checked here.
 
-use super::ads::ads_source;
+use super::ads::config_source;
 use super::circuit_breakers::circuit_breakers;
+use super::dns::{dns_cluster, unused_dns_fields};
 use super::endpoints::load_assignment;
-use super::upstream_bind::upstream_bind;
+use super::upstream_bind::{upstream_bind, upstream_connection_options};
 use super::{duration, health, lb, Result};
 use crate::error::ConfigError;
 use crate::path::field;
-use crate::rib::{ClusterConfig, EndpointConfig, DEFAULT_CONNECT_TIMEOUT};
+use crate::rib::{ClusterConfig, EndpointConfig, XdsSource, DEFAULT_CONNECT_TIMEOUT};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy as PbLbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::fib::{CircuitBreakers, UpstreamBind};
 
@@ -25,7 +28,7 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             "required (non-empty)",
         ));
     }
-    discovery_type(c, path)?;
+    let kind = discovery_type(c, path)?;
     let connect_timeout = connect_timeout(c, path)?;
     let lb = lb::settings(c, path)?;
     let original_dst = matches!(
@@ -34,12 +37,35 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     );
     original_dst_rules(c, original_dst, lb.policy, path)?;
     let lb_policy = lb::lb_policy(lb, path)?;
-    let eds_service = eds_service(c, path)?;
-    let endpoints = endpoints(c, eds_service.is_some(), path)?;
-    let upstream_bind = match &c.upstream_bind_config {
+    let (eds_service, eds_source) = match eds_service(c, path)? {
+        Some((service, source)) => (Some(service), source),
+        None => (None, XdsSource::Ads),
+    };
+    let dns = match kind {
+        DiscoveryType::StrictDns | DiscoveryType::LogicalDns => Some(Arc::new(dns_cluster(
+            c,
+            kind == DiscoveryType::LogicalDns,
+            path,
+        )?)),
+        other => {
+            unused_dns_fields(c, other.as_str_name(), path)?;
+            None
+        }
+    };
+    let endpoints = match dns {
+        // Resolved on the `dns` thread; none until then.
+        Some(_) => Vec::new(),
+        None => endpoints(c, eds_service.is_some(), path)?,
+    };
+    let mut upstream_bind = match &c.upstream_bind_config {
         Some(b) => upstream_bind(b, &field(path, "upstream_bind_config"))?,
         None => UpstreamBind::default(),
     };
+    if let Some(o) = &c.upstream_connection_options {
+        let keepalive =
+            upstream_connection_options(o, &field(path, "upstream_connection_options"))?;
+        upstream_bind.socket_options.extend(keepalive);
+    }
     let circuit_breakers = match &c.circuit_breakers {
         Some(cb) => circuit_breakers(cb, &field(path, "circuit_breakers"))?,
         None => CircuitBreakers::default(),
@@ -53,30 +79,33 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     }
     Ok(ClusterConfig {
         name: c.name.clone(),
+        alt_stat_name: Some(c.alt_stat_name.clone()).filter(|n| !n.is_empty()),
         connect_timeout,
         lb_policy,
         endpoints: endpoints.into(),
         eds_service,
+        eds_source,
         upstream_bind,
         circuit_breakers,
         health,
         added_via_api: false,
+        dns,
     })
 }
 
-/// `type` (STATIC, EDS or ORIGINAL_DST); `cluster_type` (an extension) is refused.
-fn discovery_type(c: &Cluster, path: &str) -> Result<()> {
+/// `type` (STATIC, EDS, ORIGINAL_DST, STRICT_DNS or LOGICAL_DNS; STATIC when not given);
+/// `cluster_type` (an extension) is refused.
+fn discovery_type(c: &Cluster, path: &str) -> Result<DiscoveryType> {
     match &c.cluster_discovery_type {
-        None => Ok(()),
+        None => Ok(DiscoveryType::Static),
         Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
-            Ok(DiscoveryType::Static | DiscoveryType::Eds | DiscoveryType::OriginalDst) => Ok(()),
-            Ok(other) => Err(ConfigError::unsupported(
-                field(path, "type"),
-                format!(
-                    "{} is not supported by Switchyard yet (STATIC, EDS and ORIGINAL_DST are)",
-                    other.as_str_name()
-                ),
-            )),
+            Ok(
+                t @ (DiscoveryType::Static
+                | DiscoveryType::Eds
+                | DiscoveryType::OriginalDst
+                | DiscoveryType::StrictDns
+                | DiscoveryType::LogicalDns),
+            ) => Ok(t),
             Err(_) => Err(ConfigError::invalid(
                 field(path, "type"),
                 format!("unknown type {t}"),
@@ -140,9 +169,10 @@ fn endpoints(c: &Cluster, eds: bool, path: &str) -> Result<Vec<EndpointConfig>> 
     }
 }
 
-/// For `type: EDS`, the assignment name to watch; `None` for a static cluster. EDS must come
-/// over ADS (`eds_cluster_config.eds_config: {ads: {}}`).
-fn eds_service(c: &Cluster, path: &str) -> Result<Option<String>> {
+/// For `type: EDS`, the assignment name to watch and where it comes from
+/// (`eds_cluster_config.eds_config`: ADS, a gRPC stream of its own, or a file); `None` for
+/// a cluster that is not EDS.
+fn eds_service(c: &Cluster, path: &str) -> Result<Option<(String, XdsSource)>> {
     let is_eds = matches!(
         c.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
@@ -157,10 +187,11 @@ fn eds_service(c: &Cluster, path: &str) -> Result<Option<String>> {
     if !is_eds {
         return Err(ConfigError::invalid(epath, "only valid with type EDS"));
     }
-    ads_source(eds.eds_config.as_ref(), &field(&epath, "eds_config"))?;
-    Ok(Some(if eds.service_name.is_empty() {
+    let (source, _) = config_source(eds.eds_config.as_ref(), &field(&epath, "eds_config"))?;
+    let service = if eds.service_name.is_empty() {
         c.name.clone()
     } else {
         eds.service_name.clone()
-    }))
+    };
+    Ok(Some((service, source)))
 }

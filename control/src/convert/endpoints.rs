@@ -1,13 +1,15 @@
 //! A `ClusterLoadAssignment` (a cluster's `load_assignment`, or an EDS resource) to the
-//! RIB's endpoints: IP addresses with non-zero ports and weights, sorted by priority.
+//! RIB's endpoints: IP addresses with non-zero ports and weights, sorted by priority; or, for
+//! a STRICT_DNS / LOGICAL_DNS cluster, the names to resolve ([`dns_targets`]).
 
-use super::address::any_socket_address;
+use super::address::{any_socket_address, raw_socket_address};
 use super::Result;
 use crate::error::ConfigError;
 use crate::path::{field, index};
-use crate::rib::EndpointConfig;
+use crate::rib::{DnsTarget, EndpointConfig};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint};
+use std::net::IpAddr;
 
 /// The endpoints of a `ClusterLoadAssignment` (a cluster's `load_assignment`, or an EDS
 /// resource), sorted by priority; every endpoint an IP address with a non-zero port.
@@ -15,47 +17,170 @@ pub(super) fn load_assignment(
     la: &ClusterLoadAssignment,
     lpath: &str,
 ) -> Result<Vec<EndpointConfig>> {
+    let mut endpoints = Vec::new();
+    for_each_endpoint(la, lpath, |lbe, priority, p| {
+        let apath = field(&field(p, "endpoint"), "address");
+        let (_, text, _) = raw_socket_address(endpoint(lbe, p)?.address.as_ref(), &apath)?;
+        if text.parse::<IpAddr>().is_err() {
+            // Envoy's words ("malformed IP address"), and what to do about it.
+            return Err(ConfigError::invalid(
+                field(&field(&apath, "socket_address"), "address"),
+                format!(
+                    "malformed IP address: '{text}': the endpoints of a STATIC or EDS cluster are \
+                     IP addresses; set the cluster's type to STRICT_DNS or LOGICAL_DNS to resolve \
+                     a host name"
+                ),
+            ));
+        }
+        // Either protocol, as Envoy takes it: the tcp_proxy connects to the address and
+        // the udp_proxy sends to it.
+        let (_, address) = any_socket_address(endpoint(lbe, p)?.address.as_ref(), &apath)?;
+        endpoints.push(EndpointConfig {
+            address,
+            weight: weight(lbe, p)?,
+            priority,
+        });
+        Ok(())
+    })?;
+    // Priority levels in order (a stable sort keeps config order within a level, which
+    // the hashing policies' tables depend on).
+    endpoints.sort_by_key(|e| e.priority);
+    Ok(endpoints)
+}
+
+/// The names a STRICT_DNS or LOGICAL_DNS cluster resolves, in config order: each endpoint's
+/// `socket_address.address` is a host name (or an IP literal) and its `port_value`, which
+/// every address it resolves to gets, is required. Nothing is resolved here.
+pub(super) fn dns_targets(
+    la: &ClusterLoadAssignment,
+    lpath: &str,
+    kind: &str,
+) -> Result<Vec<DnsTarget>> {
+    let mut targets = Vec::new();
+    for_each_endpoint(la, lpath, |lbe, priority, p| {
+        let apath = field(&field(p, "endpoint"), "address");
+        let (_, name, port_value) = raw_socket_address(endpoint(lbe, p)?.address.as_ref(), &apath)?;
+        let sa_path = field(&apath, "socket_address");
+        check_host_name(name, &field(&sa_path, "address"))?;
+        let port = match u16::try_from(port_value) {
+            Ok(0) => {
+                return Err(ConfigError::invalid(
+                    field(&sa_path, "port_value"),
+                    format!(
+                        "required for a {kind} cluster (every address the name resolves to gets \
+                         this port)"
+                    ),
+                ))
+            }
+            Ok(p) => p,
+            Err(_) => {
+                return Err(ConfigError::invalid(
+                    field(&sa_path, "port_value"),
+                    format!("port {port_value} is out of range (1-65535)"),
+                ))
+            }
+        };
+        targets.push(DnsTarget {
+            name: name.to_string(),
+            port,
+            weight: weight(lbe, p)?,
+            priority,
+        });
+        Ok(())
+    })?;
+    Ok(targets)
+}
+
+/// Calls `f(lb_endpoint, priority, path)` for every endpoint of every locality, in config
+/// order; `cluster_name` is required.
+fn for_each_endpoint(
+    la: &ClusterLoadAssignment,
+    lpath: &str,
+    mut f: impl FnMut(&LbEndpoint, u32, &str) -> Result<()>,
+) -> Result<()> {
     if la.cluster_name.is_empty() {
         return Err(ConfigError::invalid(
             field(lpath, "cluster_name"),
             "required (non-empty)",
         ));
     }
-    let mut endpoints = Vec::new();
     let epath = field(lpath, "endpoints");
     for (i, locality) in la.endpoints.iter().enumerate() {
-        let locpath = index(&epath, i);
-        let lbpath = field(&locpath, "lb_endpoints");
+        let lbpath = field(&index(&epath, i), "lb_endpoints");
         for (j, lbe) in locality.lb_endpoints.iter().enumerate() {
-            let p = index(&lbpath, j);
-            let Some(HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
-                return Err(ConfigError::invalid(field(&p, "endpoint"), "required"));
-            };
-            // Either protocol, as Envoy takes it: the tcp_proxy connects to the address and
-            // the udp_proxy sends to it.
-            let (_, address) = any_socket_address(
-                ep.address.as_ref(),
-                &field(&field(&p, "endpoint"), "address"),
-            )?;
-            let weight = match lbe.load_balancing_weight {
-                None => 1,
-                Some(w) if w.value >= 1 => w.value,
-                Some(_) => {
-                    return Err(ConfigError::invalid(
-                        field(&p, "load_balancing_weight"),
-                        "must be at least 1 (as in Envoy)",
-                    ))
-                }
-            };
-            endpoints.push(EndpointConfig {
-                address,
-                weight,
-                priority: locality.priority,
-            });
+            f(lbe, locality.priority, &index(&lbpath, j))?;
         }
     }
-    // Priority levels in order (a stable sort keeps config order within a level, which
-    // the hashing policies' tables depend on).
-    endpoints.sort_by_key(|e| e.priority);
-    Ok(endpoints)
+    Ok(())
+}
+
+/// The `endpoint` of an `LbEndpoint` (required).
+fn endpoint<'a>(
+    lbe: &'a LbEndpoint,
+    path: &str,
+) -> Result<&'a envoy_types::pb::envoy::config::endpoint::v3::Endpoint> {
+    match &lbe.host_identifier {
+        Some(HostIdentifier::Endpoint(ep)) => Ok(ep),
+        _ => Err(ConfigError::invalid(field(path, "endpoint"), "required")),
+    }
+}
+
+/// `load_balancing_weight`: at least 1, 1 when not given.
+fn weight(lbe: &LbEndpoint, path: &str) -> Result<u32> {
+    match lbe.load_balancing_weight {
+        None => Ok(1),
+        Some(w) if w.value >= 1 => Ok(w.value),
+        Some(_) => Err(ConfigError::invalid(
+            field(path, "load_balancing_weight"),
+            "must be at least 1 (as in Envoy)",
+        )),
+    }
+}
+
+/// A name a resolver can be asked for: an IP literal, or a host name (labels of letters,
+/// digits, `-` and `_`, 1 to 63 bytes each, at most 253 bytes without a final dot).
+fn check_host_name(name: &str, path: &str) -> Result<()> {
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let valid = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            path,
+            format!("'{name}' is not a host name or an IP address"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_host_name;
+
+    #[test]
+    fn host_names() {
+        for ok in [
+            "backend",
+            "backend.example",
+            "a-b_c.example.",
+            "10.0.0.1",
+            "::1",
+        ] {
+            assert!(check_host_name(ok, "p").is_ok(), "{ok}");
+        }
+        let long = format!("{}.example", "a".repeat(64));
+        for bad in ["", ".", "a..b", "a b", "back/end", long.as_str()] {
+            assert!(check_host_name(bad, "p").is_err(), "{bad:?}");
+        }
+    }
 }

@@ -75,6 +75,7 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
         chain_matcher,
         use_original_dst: l.use_original_dst.is_some_and(|b| b.value) || filters.original_dst,
         transparent: l.transparent.is_some_and(|b| b.value),
+        reuse_port: reuse_port(l),
         original_src: filters.original_src,
     })
 }
@@ -213,4 +214,11 @@ fn same_rules(a: &ChainMatch, b: &ChainMatch) -> bool {
         && overlap(&a.prefix_ranges, &b.prefix_ranges)
         && overlap(&a.source_prefix_ranges, &b.source_prefix_ranges)
         && overlap(&a.source_ports, &b.source_ports)
+}
+
+/// `enable_reuse_port`, Envoy's default true. The deprecated `reuse_port` changes nothing:
+/// Envoy follows `enable_reuse_port` when given, else its server default (true), which a
+/// `reuse_port: true` only repeats.
+fn reuse_port(l: &Listener) -> bool {
+    l.enable_reuse_port.as_ref().is_none_or(|b| b.value)
 }

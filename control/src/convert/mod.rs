@@ -23,8 +23,8 @@ use self::listener::listener;
 use crate::error::ConfigError;
 use crate::path::{field, index};
 use crate::rib::{
-    AdminAddress, AdminConfig, Bind, ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo, Rib,
-    DEFAULT_ADMIN_ADDRESS,
+    AdminAddress, AdminConfig, Bind, ClusterConfig, EndpointConfig, FileSource, ListenerConfig,
+    NodeInfo, Rib, XdsSource, DEFAULT_ADMIN_ADDRESS,
 };
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -42,6 +42,7 @@ mod ads;
 mod chain_matcher;
 mod circuit_breakers;
 mod cluster;
+mod dns;
 mod endpoints;
 mod ext;
 mod filter_chain;
@@ -72,9 +73,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         Some(d) => Some(dynamic_resources(d, &clusters)?),
         None => None,
     };
-    if dynamic.is_none() {
-        eds_needs_ads(&clusters)?;
-    }
+    eds_sources(&clusters, dynamic.as_ref().is_some_and(|d| d.ads.is_some()))?;
     let rib = Rib {
         node: node_info(b),
         admin: AdminConfig {
@@ -83,6 +82,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         listeners,
         clusters,
         dynamic,
+        dns_resolver: dns::bootstrap_resolver(b)?,
     };
     warn_missing_clusters(&rib);
     Ok(rib)
@@ -157,14 +157,80 @@ fn static_listeners(statics: &[Listener], admin: &AdminAddress) -> Result<Vec<Li
     Ok(listeners)
 }
 
-/// Without `dynamic_resources` there is no ADS for an EDS cluster to watch.
-fn eds_needs_ads(clusters: &[Arc<ClusterConfig>]) -> Result<()> {
-    match clusters.iter().position(|c| c.eds_service.is_some()) {
-        Some(i) => Err(ConfigError::invalid(
-            field(&index("static_resources.clusters", i), "eds_cluster_config"),
-            "EDS needs dynamic_resources.ads_config",
+/// Each static EDS cluster's source must be usable: `ads: {}` needs
+/// `dynamic_resources.ads_config`, a gRPC source a static cluster with endpoints, a file
+/// must exist (so `validate` refuses what `run` would).
+fn eds_sources(clusters: &[Arc<ClusterConfig>], ads: bool) -> Result<()> {
+    for (i, c) in clusters.iter().enumerate() {
+        if c.eds_service.is_none() {
+            continue;
+        }
+        let path = field(
+            &field(&index("static_resources.clusters", i), "eds_cluster_config"),
+            "eds_config",
+        );
+        match &c.eds_source {
+            XdsSource::Ads if !ads => {
+                return Err(ConfigError::invalid(
+                    field(&path, "ads"),
+                    "needs dynamic_resources.ads_config",
+                ))
+            }
+            XdsSource::Grpc(g) => ads::management_cluster(
+                &g.cluster,
+                &ads::grpc_cluster_path(&path, false),
+                clusters,
+            )?,
+            XdsSource::File(f) => file_source_present(f, &path)?,
+            XdsSource::Ads => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a cluster received over CDS can get its endpoints from where its `eds_config`
+/// says, given the bootstrap's static clusters and whether there is an ADS stream; the
+/// reason (naming the field, relative to the cluster) when it cannot. A file must exist
+/// (Envoy refuses such a cluster too).
+pub fn eds_source_usable(
+    c: &ClusterConfig,
+    statics: &[Arc<ClusterConfig>],
+    ads: bool,
+) -> Result<()> {
+    if c.eds_service.is_none() {
+        return Ok(());
+    }
+    let path = "eds_cluster_config.eds_config";
+    match &c.eds_source {
+        XdsSource::Ads if !ads => Err(ConfigError::invalid(
+            field(path, "ads"),
+            "needs dynamic_resources.ads_config",
         )),
-        None => Ok(()),
+        XdsSource::Ads => Ok(()),
+        XdsSource::Grpc(g) => {
+            ads::management_cluster(&g.cluster, &ads::grpc_cluster_path(path, false), statics)
+        }
+        XdsSource::File(f) => file_source_present(f, path),
+    }
+}
+
+/// A file source's file must exist when its subscription starts, and its watched directory
+/// be a directory (Envoy: "paths must refer to an existing path in the system"). `path` is
+/// the `ConfigSource`'s.
+pub fn file_source_present(f: &FileSource, path: &str) -> Result<()> {
+    let ppath = field(path, "path_config_source");
+    if !f.path.is_file() {
+        return Err(ConfigError::invalid(
+            field(&ppath, "path"),
+            format!("'{}' does not exist or is not a file", f.path.display()),
+        ));
+    }
+    match &f.watched_directory {
+        Some(d) if !d.is_dir() => Err(ConfigError::invalid(
+            field(&field(&ppath, "watched_directory"), "path"),
+            format!("'{}' is not a directory", d.display()),
+        )),
+        _ => Ok(()),
     }
 }
 

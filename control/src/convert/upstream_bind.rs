@@ -1,13 +1,15 @@
-//! A cluster's `upstream_bind_config`: the source IP of upstream connections, freebind, and
-//! integer socket options set before the connect.
+//! A cluster's `upstream_bind_config` (the source IP of upstream connections, freebind, and
+//! integer socket options set before the connect) and `upstream_connection_options` (TCP
+//! keepalive, as the socket options Envoy sets for it).
 
 use super::address::ip_address;
 use super::Result;
 use crate::error::ConfigError;
 use crate::path::{field, index};
+use envoy_types::pb::envoy::config::cluster::v3::UpstreamConnectionOptions;
 use envoy_types::pb::envoy::config::core::v3::socket_option::SocketState;
 use envoy_types::pb::envoy::config::core::v3::{
-    socket_address, socket_option, BindConfig, SocketOption as PbSocketOption,
+    socket_address, socket_option, BindConfig, SocketOption as PbSocketOption, TcpKeepalive,
 };
 use switchyard_dataplane::fib::{SocketOption, UpstreamBind};
 
@@ -71,4 +73,60 @@ fn socket_option(o: &PbSocketOption, path: &str) -> Result<SocketOption> {
         name: int(o.name, "name")?,
         value,
     })
+}
+
+/// `upstream_connection_options`: with `tcp_keepalive`, `SO_KEEPALIVE` on every upstream
+/// socket, and `TCP_KEEPCNT`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL` for the fields given (the
+/// kernel's defaults for the others), as Envoy sets them.
+pub(super) fn upstream_connection_options(
+    o: &UpstreamConnectionOptions,
+    path: &str,
+) -> Result<Vec<SocketOption>> {
+    match &o.tcp_keepalive {
+        Some(k) => tcp_keepalive(k, &field(path, "tcp_keepalive")),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn tcp_keepalive(k: &TcpKeepalive, path: &str) -> Result<Vec<SocketOption>> {
+    let mut options = vec![SocketOption {
+        level: libc::SOL_SOCKET,
+        name: libc::SO_KEEPALIVE,
+        value: 1,
+    }];
+    // The kernel's ranges: a value outside one would fail every upstream connect.
+    for (name, value, option, max) in [
+        (
+            "keepalive_probes",
+            &k.keepalive_probes,
+            libc::TCP_KEEPCNT,
+            127,
+        ),
+        (
+            "keepalive_time",
+            &k.keepalive_time,
+            libc::TCP_KEEPIDLE,
+            32_767,
+        ),
+        (
+            "keepalive_interval",
+            &k.keepalive_interval,
+            libc::TCP_KEEPINTVL,
+            32_767,
+        ),
+    ] {
+        let Some(v) = value else { continue };
+        if !(1..=max).contains(&v.value) {
+            return Err(ConfigError::invalid(
+                field(path, name),
+                format!("{} is outside the kernel's range (1 to {max})", v.value),
+            ));
+        }
+        options.push(SocketOption {
+            level: libc::IPPROTO_TCP,
+            name: option,
+            value: v.value as i32,
+        });
+    }
+    Ok(options)
 }

@@ -20,13 +20,17 @@ use super::{
     delta, sotw, Change, Held, Parallel, Rejected, Validator, CLUSTER_TYPE, ENDPOINTS_TYPE,
     LISTENER_TYPE,
 };
+use crate::convert;
 use crate::rib::{Bind, ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo};
 use crate::xds::resource;
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -38,15 +42,47 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub use crate::rib::XdsApi as Api;
 
+/// Which discovery service a stream speaks, and so which types it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `AggregatedDiscoveryService`: clusters (when `clusters`), endpoint assignments, and
+    /// listeners (when `listeners`) on one stream.
+    Ads { clusters: bool, listeners: bool },
+    /// `ListenerDiscoveryService`: listeners only (`lds_config.api_config_source`).
+    Listeners,
+    /// `ClusterDiscoveryService`: clusters only (`cds_config.api_config_source`).
+    Clusters,
+    /// `EndpointDiscoveryService`: endpoint assignments only (an EDS cluster's
+    /// `eds_config.api_config_source`).
+    Endpoints,
+}
+
+impl Service {
+    /// Whether the stream carries clusters, endpoint assignments, listeners.
+    fn carries(self) -> (bool, bool, bool) {
+        match self {
+            Service::Ads {
+                clusters,
+                listeners,
+            } => (clusters, true, listeners),
+            Service::Listeners => (false, false, true),
+            Service::Clusters => (true, false, false),
+            Service::Endpoints => (false, true, false),
+        }
+    }
+}
+
 /// Where and how to subscribe.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The management server (the ADS cluster's endpoint).
+    /// The management server (the endpoint of the source's cluster).
     pub server: SocketAddr,
     /// Sent (as `node`, with `user_agent_name: switchyard`) on the first request of every
     /// stream.
     pub node: NodeInfo,
     pub api: Api,
+    /// The discovery service (ADS, or one type's own); ADS with every type by default.
+    pub service: Service,
     /// First reconnect delay; doubles per failed attempt up to `backoff_max` (each delay is
     /// drawn uniformly between half and all of it).
     pub backoff_base: Duration,
@@ -55,9 +91,13 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// What the subscriptions start out holding (a warm start from `--state-dir`).
     pub held: Held,
+    /// The endpoint assignments to watch from the start.
+    pub endpoints: Vec<String>,
     /// Addresses no received listener may take: the static listeners' and the admin's,
     /// each with what holds it.
     pub reserved_addresses: Vec<(String, Bind)>,
+    /// What a received cluster's `eds_config` may name.
+    pub eds_sources: ClusterSources,
 }
 
 impl ClientConfig {
@@ -67,11 +107,17 @@ impl ClientConfig {
             server,
             node,
             api,
+            service: Service::Ads {
+                clusters: true,
+                listeners: true,
+            },
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             held: Held::new(),
+            endpoints: Vec::new(),
             reserved_addresses: Vec::new(),
+            eds_sources: ClusterSources::default(),
         }
     }
 }
@@ -155,6 +201,58 @@ impl Validator<ListenerConfig> for ListenerAddresses {
     }
 }
 
+/// The cluster validator: each cluster as [`resource::cluster`] checks it (on several
+/// threads for a large response), then where an EDS cluster's assignment would come from,
+/// which must be usable: `ads: {}` only with an ADS stream, a gRPC source's cluster a static
+/// one with endpoints, a file that exists ([`convert::eds_source_usable`]).
+#[derive(Debug, Clone)]
+pub struct ClusterSources {
+    /// The bootstrap's static clusters.
+    pub statics: Vec<Arc<ClusterConfig>>,
+    /// Whether there is an ADS stream (`dynamic_resources.ads_config`).
+    pub ads: bool,
+}
+
+impl Default for ClusterSources {
+    /// ADS, no static cluster.
+    fn default() -> ClusterSources {
+        ClusterSources {
+            statics: Vec::new(),
+            ads: true,
+        }
+    }
+}
+
+impl Validator<ClusterConfig> for ClusterSources {
+    fn validate(&mut self, resource: &Any) -> Result<(String, ClusterConfig), Rejected> {
+        resource::cluster(resource)
+    }
+
+    fn validate_many(
+        &mut self,
+        resources: &[&Any],
+    ) -> Vec<Result<(String, ClusterConfig), Rejected>> {
+        Parallel(resource::cluster).validate_many(resources)
+    }
+
+    fn conflicts(
+        &mut self,
+        accepted: &[(String, ClusterConfig, Any)],
+        _removed: &[String],
+        _replaces_all: bool,
+    ) -> Vec<(usize, String)> {
+        accepted
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, c, _))| {
+                convert::eds_source_usable(c, &self.statics, self.ads)
+                    .err()
+                    .map(|e| (i, e.to_string()))
+            })
+            .collect()
+    }
+}
+
 /// What the client reports to the control thread.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -166,7 +264,58 @@ pub enum Event {
     Clusters(Change<ClusterConfig>),
     /// Endpoint assignments, by cluster name.
     Endpoints(Change<Arc<[EndpointConfig]>>),
+    /// A file subscription's update that changed nothing: the file could not be read or
+    /// parsed (Envoy's `update_failure`), or it was refused whole (`update_rejected`).
+    Failed(Failure),
 }
+
+/// A file update that was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The type the file holds.
+    pub type_url: String,
+    /// For endpoint assignments: the names the file was watched for.
+    pub names: Vec<String>,
+    /// The file and why (with the bad field's path where there is one).
+    pub reason: String,
+    /// Refused (`update_rejected`), rather than unreadable (`update_failure`).
+    pub rejected: bool,
+}
+
+/// Where a client's events go (the control thread): false once nobody listens.
+pub struct EventSink(Box<dyn Fn(Event) -> bool + Send>);
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink")
+    }
+}
+
+impl EventSink {
+    /// Events through `send`, which returns false once the receiver is gone.
+    pub fn new(send: impl Fn(Event) -> bool + Send + 'static) -> EventSink {
+        EventSink(Box::new(send))
+    }
+
+    /// Hands `event` over; `Err` once nobody listens.
+    pub fn send(&self, event: Event) -> Result<(), Gone> {
+        if (self.0)(event) {
+            Ok(())
+        } else {
+            Err(Gone)
+        }
+    }
+}
+
+impl From<mpsc::Sender<Event>> for EventSink {
+    fn from(tx: mpsc::Sender<Event>) -> EventSink {
+        EventSink::new(move |e| tx.send(e).is_ok())
+    }
+}
+
+/// The receiver of events is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
 
 /// What the control thread asks of the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,17 +326,19 @@ pub enum Command {
     Stop,
 }
 
-/// Starts the client thread.
+/// Starts the client thread, named `name`.
 pub fn spawn(
     mut config: ClientConfig,
-    events: mpsc::Sender<Event>,
+    name: &str,
+    events: impl Into<EventSink>,
 ) -> std::io::Result<(
     tokio_mpsc::UnboundedSender<Command>,
     std::thread::JoinHandle<()>,
 )> {
+    let events = events.into();
     let (commands, rx) = tokio_mpsc::unbounded_channel();
     let handle = std::thread::Builder::new()
-        .name("xds".into())
+        .name(name.into())
         .spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -200,34 +351,48 @@ pub fn spawn(
                 }
             };
             let held = std::mem::take(&mut config.held);
-            let addresses = ListenerAddresses::new(std::mem::take(&mut config.reserved_addresses));
+            let validators = Validators {
+                listeners: ListenerAddresses::new(std::mem::take(&mut config.reserved_addresses)),
+                clusters: config.eds_sources.clone(),
+            };
+            let (service, endpoints) = (config.service, config.endpoints.clone());
             match config.api {
-                Api::Sotw => runtime.block_on(
-                    Client::new(config, events, rx, SotwWire::new(&held, addresses)).run(),
-                ),
-                Api::Delta => runtime.block_on(
-                    Client::new(config, events, rx, DeltaWire::new(&held, addresses)).run(),
-                ),
+                Api::Sotw => {
+                    let wire =
+                        Streams::<sotw::Subscription>::new(service, &held, &endpoints, validators);
+                    runtime.block_on(Client::new(config, events, rx, wire).run())
+                }
+                Api::Delta => {
+                    let wire =
+                        Streams::<delta::Subscription>::new(service, &held, &endpoints, validators);
+                    runtime.block_on(Client::new(config, events, rx, wire).run())
+                }
             }
         })?;
     Ok((commands, handle))
 }
 
-type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+/// The validators of the types that need more than one resource at a time.
+struct Validators {
+    listeners: ListenerAddresses,
+    clusters: ClusterSources,
+}
 
-/// One protocol variant: its three subscriptions and its stream.
+/// One protocol variant: the subscriptions of its service and its stream.
 trait Wire {
     type Req: Send + 'static;
     type Resp;
-    /// The first requests of a stream, in order: clusters (with `node`), endpoints, listeners.
-    fn initial(&mut self, node: &Node) -> [Self::Req; 3];
+    /// The first requests of a stream, in order: clusters (with `node`), endpoints, listeners
+    /// (those the service carries).
+    fn initial(&mut self, node: &Node) -> Vec<Self::Req>;
     /// Changes the watched endpoint names: the request, and the assignments dropped.
     fn watch(&mut self, names: Vec<String>) -> Option<(Self::Req, Vec<String>)>;
     /// Validates one response: the event for the control thread, and the ACK or NACK.
     fn answer(&mut self, resp: &Self::Resp) -> (Option<Event>, Self::Req);
     /// Opens the stream.
     async fn open(
-        client: &mut AdsClient,
+        &self,
+        channel: tonic::transport::Channel,
         requests: ReceiverStream<Self::Req>,
     ) -> Result<tonic::Streaming<Self::Resp>, tonic::Status>;
 }
@@ -240,166 +405,237 @@ fn unsubscribed(type_url: &str) -> Option<envoy_types::pb::google::rpc::Status> 
     )])
 }
 
-struct SotwWire {
-    clusters: sotw::Subscription,
-    endpoints: sotw::Subscription,
-    listeners: sotw::Subscription,
-    listener_addresses: ListenerAddresses,
+/// A client's gRPC stubs, largest messages allowed (a first push of 10k assignments).
+macro_rules! stub {
+    ($client:ty, $channel:expr) => {
+        <$client>::new($channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    };
 }
 
-impl SotwWire {
-    fn new(held: &Held, listener_addresses: ListenerAddresses) -> SotwWire {
-        SotwWire {
-            listener_addresses,
-            clusters: sotw::Subscription::wildcard(CLUSTER_TYPE).holding(held),
-            endpoints: sotw::Subscription::named(ENDPOINTS_TYPE, []).holding(held),
-            listeners: sotw::Subscription::wildcard(LISTENER_TYPE).holding(held),
-        }
-    }
+/// What the client needs of a protocol variant's subscription ([`sotw::Subscription`],
+/// [`delta::Subscription`]) and stream.
+trait Protocol: Sized {
+    type Req: Send + 'static;
+    type Resp;
+    fn wildcard(type_url: &str) -> Self;
+    fn named(type_url: &str, names: &[String]) -> Self;
+    fn holding(self, held: &Held) -> Self;
+    fn initial_request(&mut self, node: Option<Node>) -> Self::Req;
+    fn set_names(&mut self, names: Vec<String>) -> Option<(Self::Req, Vec<String>)>;
+    fn on_response<T>(
+        &mut self,
+        resp: &Self::Resp,
+        validator: &mut impl Validator<T>,
+    ) -> (Change<T>, Self::Req);
+    /// The response's type and nonce.
+    fn type_and_nonce(resp: &Self::Resp) -> (&str, &str);
+    /// The NACK of a response of a type not subscribed to.
+    fn nack_unsubscribed(type_url: &str, nonce: &str) -> Self::Req;
+    /// Opens a stream of `service`.
+    async fn open(
+        service: Service,
+        channel: tonic::transport::Channel,
+        requests: ReceiverStream<Self::Req>,
+    ) -> Result<tonic::Streaming<Self::Resp>, tonic::Status>;
 }
 
-impl Wire for SotwWire {
+impl Protocol for sotw::Subscription {
     type Req = DiscoveryRequest;
     type Resp = DiscoveryResponse;
 
-    fn initial(&mut self, node: &Node) -> [DiscoveryRequest; 3] {
-        [
-            self.clusters.initial_request(Some(node.clone())),
-            self.endpoints.initial_request(None),
-            self.listeners.initial_request(None),
-        ]
+    fn wildcard(type_url: &str) -> Self {
+        sotw::Subscription::wildcard(type_url)
     }
-
-    fn watch(&mut self, names: Vec<String>) -> Option<(DiscoveryRequest, Vec<String>)> {
-        self.endpoints.set_names(names)
+    fn named(type_url: &str, names: &[String]) -> Self {
+        sotw::Subscription::named(type_url, names.iter().cloned())
     }
-
-    fn answer(&mut self, resp: &DiscoveryResponse) -> (Option<Event>, DiscoveryRequest) {
-        match resp.type_url.as_str() {
-            CLUSTER_TYPE => {
-                let (c, r) = self
-                    .clusters
-                    .on_response(resp, &mut Parallel(resource::cluster));
-                (Some(Event::Clusters(c)), r)
-            }
-            ENDPOINTS_TYPE => {
-                let (c, r) = self
-                    .endpoints
-                    .on_response(resp, &mut Parallel(resource::endpoints));
-                (Some(Event::Endpoints(c)), r)
-            }
-            LISTENER_TYPE => {
-                let (c, r) = self
-                    .listeners
-                    .on_response(resp, &mut self.listener_addresses);
-                (Some(Event::Listeners(c)), r)
-            }
-            other => (
-                None,
-                DiscoveryRequest {
-                    type_url: other.to_string(),
-                    response_nonce: resp.nonce.clone(),
-                    error_detail: unsubscribed(other),
-                    ..DiscoveryRequest::default()
-                },
-            ),
+    fn holding(self, held: &Held) -> Self {
+        sotw::Subscription::holding(self, held)
+    }
+    fn initial_request(&mut self, node: Option<Node>) -> DiscoveryRequest {
+        sotw::Subscription::initial_request(self, node)
+    }
+    fn set_names(&mut self, names: Vec<String>) -> Option<(DiscoveryRequest, Vec<String>)> {
+        sotw::Subscription::set_names(self, names)
+    }
+    fn on_response<T>(
+        &mut self,
+        resp: &DiscoveryResponse,
+        validator: &mut impl Validator<T>,
+    ) -> (Change<T>, DiscoveryRequest) {
+        sotw::Subscription::on_response(self, resp, validator)
+    }
+    fn type_and_nonce(resp: &DiscoveryResponse) -> (&str, &str) {
+        (&resp.type_url, &resp.nonce)
+    }
+    fn nack_unsubscribed(type_url: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.to_string(),
+            response_nonce: nonce.to_string(),
+            error_detail: unsubscribed(type_url),
+            ..DiscoveryRequest::default()
         }
     }
-
     async fn open(
-        client: &mut AdsClient,
+        service: Service,
+        channel: tonic::transport::Channel,
         requests: ReceiverStream<DiscoveryRequest>,
     ) -> Result<tonic::Streaming<DiscoveryResponse>, tonic::Status> {
-        Ok(client
-            .stream_aggregated_resources(requests)
-            .await?
-            .into_inner())
-    }
-}
-
-struct DeltaWire {
-    clusters: delta::Subscription,
-    endpoints: delta::Subscription,
-    listeners: delta::Subscription,
-    listener_addresses: ListenerAddresses,
-}
-
-impl DeltaWire {
-    fn new(held: &Held, listener_addresses: ListenerAddresses) -> DeltaWire {
-        DeltaWire {
-            listener_addresses,
-            clusters: delta::Subscription::wildcard(CLUSTER_TYPE).holding(held),
-            endpoints: delta::Subscription::named(ENDPOINTS_TYPE, []).holding(held),
-            listeners: delta::Subscription::wildcard(LISTENER_TYPE).holding(held),
+        Ok(match service {
+            Service::Ads { .. } => {
+                stub!(AdsClient, channel)
+                    .stream_aggregated_resources(requests)
+                    .await?
+            }
+            Service::Listeners => stub!(LdsClient, channel).stream_listeners(requests).await?,
+            Service::Clusters => stub!(CdsClient, channel).stream_clusters(requests).await?,
+            Service::Endpoints => stub!(EdsClient, channel).stream_endpoints(requests).await?,
         }
+        .into_inner())
     }
 }
 
-impl Wire for DeltaWire {
+impl Protocol for delta::Subscription {
     type Req = DeltaDiscoveryRequest;
     type Resp = DeltaDiscoveryResponse;
 
-    fn initial(&mut self, node: &Node) -> [DeltaDiscoveryRequest; 3] {
-        [
-            self.clusters.initial_request(Some(node.clone())),
-            self.endpoints.initial_request(None),
-            self.listeners.initial_request(None),
-        ]
+    fn wildcard(type_url: &str) -> Self {
+        delta::Subscription::wildcard(type_url)
+    }
+    fn named(type_url: &str, names: &[String]) -> Self {
+        delta::Subscription::named(type_url, names.iter().cloned())
+    }
+    fn holding(self, held: &Held) -> Self {
+        delta::Subscription::holding(self, held)
+    }
+    fn initial_request(&mut self, node: Option<Node>) -> DeltaDiscoveryRequest {
+        delta::Subscription::initial_request(self, node)
+    }
+    fn set_names(&mut self, names: Vec<String>) -> Option<(DeltaDiscoveryRequest, Vec<String>)> {
+        delta::Subscription::set_names(self, names)
+    }
+    fn on_response<T>(
+        &mut self,
+        resp: &DeltaDiscoveryResponse,
+        validator: &mut impl Validator<T>,
+    ) -> (Change<T>, DeltaDiscoveryRequest) {
+        delta::Subscription::on_response(self, resp, validator)
+    }
+    fn type_and_nonce(resp: &DeltaDiscoveryResponse) -> (&str, &str) {
+        (&resp.type_url, &resp.nonce)
+    }
+    fn nack_unsubscribed(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: type_url.to_string(),
+            response_nonce: nonce.to_string(),
+            error_detail: unsubscribed(type_url),
+            ..DeltaDiscoveryRequest::default()
+        }
+    }
+    async fn open(
+        service: Service,
+        channel: tonic::transport::Channel,
+        requests: ReceiverStream<DeltaDiscoveryRequest>,
+    ) -> Result<tonic::Streaming<DeltaDiscoveryResponse>, tonic::Status> {
+        Ok(match service {
+            Service::Ads { .. } => {
+                stub!(AdsClient, channel)
+                    .delta_aggregated_resources(requests)
+                    .await?
+            }
+            Service::Listeners => stub!(LdsClient, channel).delta_listeners(requests).await?,
+            Service::Clusters => stub!(CdsClient, channel).delta_clusters(requests).await?,
+            Service::Endpoints => stub!(EdsClient, channel).delta_endpoints(requests).await?,
+        }
+        .into_inner())
+    }
+}
+
+/// The subscriptions of one stream (those its service carries), in either variant.
+struct Streams<P: Protocol> {
+    service: Service,
+    clusters: Option<P>,
+    endpoints: Option<P>,
+    listeners: Option<P>,
+    validators: Validators,
+}
+
+impl<P: Protocol> Streams<P> {
+    fn new(service: Service, held: &Held, endpoints: &[String], v: Validators) -> Streams<P> {
+        let (c, e, l) = service.carries();
+        Streams {
+            service,
+            clusters: c.then(|| P::wildcard(CLUSTER_TYPE).holding(held)),
+            endpoints: e.then(|| P::named(ENDPOINTS_TYPE, endpoints).holding(held)),
+            listeners: l.then(|| P::wildcard(LISTENER_TYPE).holding(held)),
+            validators: v,
+        }
+    }
+}
+
+impl<P: Protocol> Wire for Streams<P> {
+    type Req = P::Req;
+    type Resp = P::Resp;
+
+    fn initial(&mut self, node: &Node) -> Vec<P::Req> {
+        let mut node = Some(node.clone());
+        [&mut self.clusters, &mut self.endpoints, &mut self.listeners]
+            .into_iter()
+            .flatten()
+            .map(|s| s.initial_request(node.take()))
+            .collect()
     }
 
-    fn watch(&mut self, names: Vec<String>) -> Option<(DeltaDiscoveryRequest, Vec<String>)> {
-        self.endpoints.set_names(names)
+    fn watch(&mut self, names: Vec<String>) -> Option<(P::Req, Vec<String>)> {
+        self.endpoints.as_mut()?.set_names(names)
     }
 
-    fn answer(&mut self, resp: &DeltaDiscoveryResponse) -> (Option<Event>, DeltaDiscoveryRequest) {
-        let (event, request) = match resp.type_url.as_str() {
-            CLUSTER_TYPE => {
-                let (c, r) = self
-                    .clusters
-                    .on_response(resp, &mut Parallel(resource::cluster));
-                (Event::Clusters(c), r)
+    fn answer(&mut self, resp: &P::Resp) -> (Option<Event>, P::Req) {
+        let v = &mut self.validators;
+        let (type_url, nonce) = P::type_and_nonce(resp);
+        match (
+            type_url,
+            &mut self.clusters,
+            &mut self.endpoints,
+            &mut self.listeners,
+        ) {
+            (CLUSTER_TYPE, Some(s), _, _) => {
+                let (c, r) = s.on_response(resp, &mut v.clusters);
+                (Some(Event::Clusters(c)), r)
             }
-            ENDPOINTS_TYPE => {
-                let (c, r) = self
-                    .endpoints
-                    .on_response(resp, &mut Parallel(resource::endpoints));
-                (Event::Endpoints(c), r)
+            (ENDPOINTS_TYPE, _, Some(s), _) => {
+                let (c, r) = s.on_response(resp, &mut Parallel(resource::endpoints));
+                (Some(Event::Endpoints(c)), r)
             }
-            LISTENER_TYPE => {
-                let (c, r) = self
-                    .listeners
-                    .on_response(resp, &mut self.listener_addresses);
-                (Event::Listeners(c), r)
+            (LISTENER_TYPE, _, _, Some(s)) => {
+                let (c, r) = s.on_response(resp, &mut v.listeners);
+                (Some(Event::Listeners(c)), r)
             }
-            other => {
-                let nack = DeltaDiscoveryRequest {
-                    type_url: other.to_string(),
-                    response_nonce: resp.nonce.clone(),
-                    error_detail: unsubscribed(other),
-                    ..DeltaDiscoveryRequest::default()
-                };
-                return (None, nack);
-            }
-        };
-        (Some(event), request)
+            _ => (None, P::nack_unsubscribed(type_url, nonce)),
+        }
     }
 
     async fn open(
-        client: &mut AdsClient,
-        requests: ReceiverStream<DeltaDiscoveryRequest>,
-    ) -> Result<tonic::Streaming<DeltaDiscoveryResponse>, tonic::Status> {
-        Ok(client
-            .delta_aggregated_resources(requests)
-            .await?
-            .into_inner())
+        &self,
+        channel: tonic::transport::Channel,
+        requests: ReceiverStream<P::Req>,
+    ) -> Result<tonic::Streaming<P::Resp>, tonic::Status> {
+        P::open(self.service, channel, requests).await
     }
 }
+
+type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+type LdsClient = ListenerDiscoveryServiceClient<tonic::transport::Channel>;
+type CdsClient = ClusterDiscoveryServiceClient<tonic::transport::Channel>;
+type EdsClient = EndpointDiscoveryServiceClient<tonic::transport::Channel>;
 
 struct Client<W: Wire> {
     config: ClientConfig,
     /// `config.node` as the proto `Node`.
     node: Node,
-    events: mpsc::Sender<Event>,
+    events: EventSink,
     commands: tokio_mpsc::UnboundedReceiver<Command>,
     wire: W,
     seed: u64,
@@ -416,7 +652,7 @@ enum Ended {
 impl<W: Wire> Client<W> {
     fn new(
         config: ClientConfig,
-        events: mpsc::Sender<Event>,
+        events: EventSink,
         commands: tokio_mpsc::UnboundedReceiver<Command>,
         wire: W,
     ) -> Client<W> {
@@ -507,14 +743,17 @@ impl<W: Wire> Client<W> {
 
     async fn stream_once(&mut self) -> Ended {
         let (server, timeout) = (self.config.server, self.config.connect_timeout);
-        let client = tokio::select! {
-            c = connect(server, timeout) => c,
-            stop = self.idle_command() => {
-                if stop { return Ended::Stop }
-                return Ended::Broke("interrupted while connecting".into(), false);
+        // A watch change while connecting is remembered for the initial requests; only a
+        // stop ends the attempt.
+        let connecting = connect(server, timeout);
+        tokio::pin!(connecting);
+        let client = loop {
+            tokio::select! {
+                c = &mut connecting => break c,
+                stop = self.idle_command() => if stop { return Ended::Stop },
             }
         };
-        let mut client = match client {
+        let channel = match client {
             Ok(c) => c,
             Err(e) => return Ended::Broke(e, false),
         };
@@ -524,7 +763,7 @@ impl<W: Wire> Client<W> {
                 return Ended::Broke("request stream closed".into(), false);
             }
         }
-        let mut inbound = match W::open(&mut client, ReceiverStream::new(rx)).await {
+        let mut inbound = match self.wire.open(channel, ReceiverStream::new(rx)).await {
             Ok(s) => s,
             Err(s) => return Ended::Broke(format!("stream refused: {s}"), false),
         };
@@ -564,18 +803,18 @@ impl<W: Wire> Client<W> {
     }
 }
 
-async fn connect(server: SocketAddr, timeout: Duration) -> Result<AdsClient, String> {
+async fn connect(
+    server: SocketAddr,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{server}"))
         .map_err(|e| format!("control plane address: {e}"))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .map_err(|e| format!("control plane {server} unreachable: {e}"))?;
-    Ok(AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+        .map_err(|e| format!("control plane {server} unreachable: {e}"))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod delta;
+pub mod file;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod resource;

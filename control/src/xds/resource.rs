@@ -4,16 +4,17 @@
 //! silently ignored), then converted by `convert` (ports, addresses, CIDRs, names...). The
 //! error of a refused resource names the field, relative to the resource, for the NACK.
 
-use crate::config::{descriptors, proto_json, walk};
+use crate::config::{checked_message, descriptors, proto_json, walk};
 use crate::convert;
 use crate::duration::check_duration;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ErrorKind};
 use crate::path::{field, index};
 use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig};
 use crate::xds::{self, Rejected};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use prost_reflect::{DynamicMessage, ReflectMessage, Value};
@@ -67,6 +68,115 @@ pub fn from_json(value: &serde_json::Value) -> Option<Any> {
     let message = DynamicMessage::deserialize(desc, serde_json::Value::Object(fields)).ok()?;
     Some(Any {
         type_url,
+        value: message.encode_to_vec(),
+    })
+}
+
+/// The contents of a file subscription (`path_config_source`): Envoy's `DiscoveryResponse`
+/// as a JSON value (`version_info`, `resources` with `@type`, optionally `type_url`). Each
+/// resource is walked as its `@type` (a listener, cluster or assignment; an unknown or
+/// unsupported field anywhere is refused with its path from the file's root,
+/// `resources[1].address.socket_address.port_value`) and encoded; the subscription then
+/// checks each on its own, exactly as over ADS. The other fields of a `DiscoveryResponse`
+/// mean nothing in a file and are refused.
+pub fn file_response(value: &serde_json::Value) -> Result<DiscoveryResponse, ConfigError> {
+    const ACCEPTED: [&str; 3] = [xds::LISTENER_TYPE, xds::CLUSTER_TYPE, xds::ENDPOINTS_TYPE];
+    let serde_json::Value::Object(map) = value else {
+        return Err(ConfigError::invalid(
+            "",
+            "expected a DiscoveryResponse (a mapping with version_info and resources)",
+        ));
+    };
+    let string = |key: &str, v: &serde_json::Value| -> Result<String, ConfigError> {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ConfigError::invalid(key, "expected a string"))
+    };
+    let mut response = DiscoveryResponse::default();
+    for (key, v) in map {
+        match key.as_str() {
+            "version_info" | "versionInfo" => response.version_info = string("version_info", v)?,
+            "type_url" | "typeUrl" => response.type_url = string("type_url", v)?,
+            "resources" => {
+                let serde_json::Value::Array(items) = v else {
+                    return Err(ConfigError::invalid("resources", "expected a list"));
+                };
+                for (i, item) in items.iter().enumerate() {
+                    let path = index("resources", i);
+                    response
+                        .resources
+                        .push(file_resource(item, &path, &ACCEPTED)?);
+                }
+            }
+            "nonce" | "canary" | "control_plane" | "controlPlane" | "resource_errors"
+            | "resourceErrors" => {
+                return Err(ConfigError::unsupported(
+                    key.as_str(),
+                    "means nothing in a file (Envoy reads version_info and resources); not \
+                     supported by Switchyard",
+                ))
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    ErrorKind::UnknownField,
+                    key.as_str(),
+                    "unknown field (not in Envoy's DiscoveryResponse)",
+                ))
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// One resource of a file (`@type` among `accepted`) as an `Any`, walked first; errors name
+/// the field under `path`.
+fn file_resource(
+    item: &serde_json::Value,
+    path: &str,
+    accepted: &[&str],
+) -> Result<Any, ConfigError> {
+    let serde_json::Value::Object(map) = item else {
+        return Err(ConfigError::invalid(
+            path,
+            "expected an object with '@type'",
+        ));
+    };
+    let type_url = match map.get("@type").map(|t| t.as_str()) {
+        None => return Err(ConfigError::invalid(path, "missing '@type'")),
+        Some(None) => {
+            return Err(ConfigError::invalid(
+                field(path, "@type"),
+                "expected a string",
+            ))
+        }
+        Some(Some(t)) if accepted.contains(&t) => t,
+        Some(Some(t)) => {
+            return Err(ConfigError::unsupported(
+                field(path, "@type"),
+                format!(
+                    "'{t}' is not a resource here (accepted: {})",
+                    accepted.join(", ")
+                ),
+            ))
+        }
+    };
+    let pool = descriptors::pool();
+    let desc = pool
+        .get_message_by_name(type_url.rsplit('/').next().unwrap_or_default())
+        .expect("the vendored descriptor set has every xDS resource type");
+    let mut rest = map.clone();
+    rest.remove("@type");
+    let message = checked_message(&pool, desc, serde_json::Value::Object(rest)).map_err(|e| {
+        let inner = e.path();
+        let full = if inner.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.{inner}")
+        };
+        ConfigError::new(e.kind(), full, e.message())
+    })?;
+    Ok(Any {
+        type_url: type_url.to_string(),
         value: message.encode_to_vec(),
     })
 }

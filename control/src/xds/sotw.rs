@@ -57,6 +57,11 @@ impl Subscription {
         &self.interest.held
     }
 
+    /// The names of a named subscription (none for a wildcard).
+    pub fn names(&self) -> Vec<String> {
+        self.interest.name_list()
+    }
+
     /// The version last acknowledged.
     pub fn accepted_version(&self) -> &str {
         &self.accepted_version

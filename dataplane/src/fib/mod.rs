@@ -125,6 +125,10 @@ pub struct Listener {
     /// `IP_TRANSPARENT` on the listening socket (Envoy `transparent`): it accepts
     /// connections a TPROXY rule steered to it, whatever their destination.
     pub transparent: bool,
+    /// `enable_reuse_port` (Envoy's default true): one `SO_REUSEPORT` socket per worker;
+    /// false: one socket without it, which every worker accepts from (and no other process
+    /// can bind the port).
+    pub reuse_port: bool,
     /// `envoy.filters.listener.original_src`: upstream connections leave from the client's
     /// own address.
     pub original_src: Option<OriginalSrc>,
@@ -552,6 +556,9 @@ impl HashTable {
 pub struct Cluster {
     /// The cluster's name: its stable identity.
     pub name: Arc<str>,
+    /// The name its stats and access logs show: `alt_stat_name`, or `name` (Envoy's
+    /// observability name).
+    pub observability_name: Arc<str>,
     /// Give up a connect after this long.
     pub connect_timeout_ms: u64,
     /// How an endpoint is picked.

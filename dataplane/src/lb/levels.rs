@@ -478,6 +478,7 @@ mod tests {
         let hash_table = HashTable::build(policy, &endpoints[..first_priority_len(&endpoints)]);
         Cluster {
             name: "c".into(),
+            observability_name: "c".into(),
             connect_timeout_ms: 1000,
             lb_policy: policy,
             endpoints,

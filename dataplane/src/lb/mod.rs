@@ -664,6 +664,7 @@ mod tests {
     fn cluster(policy: LbPolicy, weights: &[u32]) -> Cluster {
         Cluster {
             name: "c".into(),
+            observability_name: "c".into(),
             connect_timeout_ms: 1000,
             lb_policy: policy,
             endpoints: endpoints(weights),

@@ -46,13 +46,32 @@ pub(crate) fn listen_reuseport(
     backlog: u32,
     transparent: bool,
 ) -> io::Result<OwnedFd> {
+    listen(addr, backlog, transparent, true)
+}
+
+/// A listening TCP socket without SO_REUSEPORT (`enable_reuse_port: false`): the one socket
+/// every worker accepts from; no other socket can bind its address while it is open.
+pub(crate) fn listen_shared(
+    addr: SocketAddr,
+    backlog: u32,
+    transparent: bool,
+) -> io::Result<OwnedFd> {
+    listen(addr, backlog, transparent, false)
+}
+
+fn listen(
+    addr: SocketAddr,
+    backlog: u32,
+    transparent: bool,
+    reuse_port: bool,
+) -> io::Result<OwnedFd> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.cloexec(),
         Some(Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

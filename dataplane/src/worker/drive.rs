@@ -520,9 +520,10 @@ impl Worker {
             .expect("checked above");
         let chain = g.fib.listeners[conn.fib_listener as usize].chain(conn.chain);
         chain.tcp_proxy.stats.dec(id, TcpStat::DownstreamCxActive);
-        let cluster_name = conn.cluster.map(|c| g.fib.cluster(c).name.clone());
+        let cluster = conn.cluster.map(|c| g.fib.cluster(c));
+        let names = cluster.map(|c| (c.observability_name.clone(), c.name.clone()));
         for sink in chain.tcp_proxy.access_logs.iter() {
-            let record = access_record(conn, sink.clone(), cluster_name.clone(), self.now_ms);
+            let record = access_record(conn, sink.clone(), names.clone(), self.now_ms);
             if !self.shared.access_logs.push(id, record) {
                 self.shared
                     .server_stats
@@ -595,9 +596,10 @@ impl Worker {
 fn access_record(
     conn: &Conn,
     sink: std::sync::Arc<crate::accesslog::AccessLogSink>,
-    cluster: Option<std::sync::Arc<str>>,
+    cluster: Option<(std::sync::Arc<str>, std::sync::Arc<str>)>,
     now_ms: u64,
 ) -> AccessRecord {
+    let (upstream_cluster, upstream_cluster_raw) = cluster.unzip();
     let relay = conn.machine.relay();
     AccessRecord {
         sink,
@@ -609,7 +611,8 @@ fn access_record(
         downstream_local: conn.local,
         upstream_host: conn.upstream,
         upstream_local: None,
-        upstream_cluster: cluster,
+        upstream_cluster,
+        upstream_cluster_raw,
         response_flags: conn.machine.flags(),
         termination_details: conn.machine.details(),
     }

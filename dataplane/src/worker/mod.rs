@@ -760,10 +760,14 @@ impl Worker {
         let serves = self.serves_drained(i);
         let (fd, fib_index) = (self.listeners[i].fd, self.listeners[i].fib_index);
         if let Some(sockets) = self.listeners.let_go(i) {
-            if serves {
-                self.serve_queued(i, fib_index, fd);
+            // A socket every worker shares stays listening until the last lets go of it:
+            // shut down under one worker, it would fail the others' accepts.
+            if sockets.reuse_port {
+                if serves {
+                    self.serve_queued(i, fib_index, fd);
+                }
+                net::stop_listening(fd);
             }
-            net::stop_listening(fd);
             self.ring.submit();
             drop(sockets);
         }

@@ -1,0 +1,118 @@
+//! Listener fields about its sockets, against Envoy too (`SWITCHYARD_TEST_PROXY=envoy`):
+//!
+//! * `enable_reuse_port` (default true): with two workers, two listening sockets on the port
+//!   (one `SO_REUSEPORT` socket per worker); with `false`, one socket both workers accept
+//!   from, every connection still served byte-exact; and (Switchyard) a second process can
+//!   bind the port only when the first has `SO_REUSEPORT` sockets.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// How many sockets listen on TCP `port` (`ss -ltnH`).
+fn listening_sockets(port: u16) -> usize {
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("( sport = :{port} )")])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A bootstrap with one listener on `port` to an echo, `extra` among its fields.
+fn gateway(port: u16, backend: &Backend, extra: &str) -> String {
+    let listener = tcp_listener("gw", port, "gw", "echo").replacen(
+        "  - name: gw\n",
+        &format!("  - name: gw\n{extra}"),
+        1,
+    );
+    bootstrap(
+        free_port(),
+        &listener,
+        &static_cluster("echo", &[(backend.addr, 1)]),
+    )
+}
+
+/// Twenty exchanges through `port`, each byte-exact.
+fn serves(port: u16) {
+    for seed in 0..20 {
+        let s = connect_retry(local(port), Duration::from_secs(5));
+        let x = exchange(s, seed, 10_000);
+        echoed_exactly(seed, &x).unwrap();
+    }
+}
+
+fn sockets_with(extra: &str) -> Option<usize> {
+    if !require(
+        common::netns::tool_exists("ss"),
+        "ss (iproute2) to count listening sockets",
+    ) {
+        return None;
+    }
+    let backend = Backend::echo();
+    let port = free_port();
+    let proxy = start_selected_with(&gateway(port, &backend, extra), 2)?;
+    serves(port);
+    let n = listening_sockets(port);
+    drop(proxy);
+    Some(n)
+}
+
+#[test]
+fn reuse_port_gives_each_worker_its_own_socket() {
+    if let Some(n) = sockets_with("") {
+        assert_eq!(n, 2, "two workers, two SO_REUSEPORT sockets");
+    }
+}
+
+#[test]
+fn without_reuse_port_both_workers_share_one_socket() {
+    if let Some(n) = sockets_with("    enable_reuse_port: false\n") {
+        assert_eq!(
+            n, 1,
+            "enable_reuse_port: false: one socket for both workers"
+        );
+    }
+}
+
+#[test]
+fn without_reuse_port_no_second_process_binds_the_port() {
+    if selected_proxy() != ProxyKind::Switchyard {
+        skip_unsupported(
+            selected_proxy(),
+            "a second process on the port (Envoy's would need its own hot-restart base id)",
+        );
+        return;
+    }
+    let backend = Backend::echo();
+    let port = free_port();
+    let Some(_first) = start_selected(&gateway(port, &backend, "    enable_reuse_port: false\n"))
+    else {
+        return;
+    };
+    let dir = test_dir("reuse-port");
+    let config = dir.join("second.yaml");
+    std::fs::write(
+        &config,
+        gateway(port, &backend, "    enable_reuse_port: false\n"),
+    )
+    .unwrap();
+    let out = Command::new(switchyard_bin())
+        .args(["run", "-c"])
+        .arg(&config)
+        .args(["--concurrency", "1"])
+        .output()
+        .expect("run switchyard");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second process bound the port: {err}"
+    );
+    assert!(
+        err.contains("Address already in use") && err.contains("gw"),
+        "the error names the listener and the cause: {err}"
+    );
+    serves(port);
+    let _ = std::fs::remove_dir_all(&dir);
+}
