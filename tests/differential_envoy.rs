@@ -2,9 +2,11 @@
 //! real Envoy and to Switchyard; the same traffic must reach the same backends with the same bytes.
 //!
 //! The config exercises filter-chain matching (destination port + destination IP, source prefix,
-//! default chain, and Envoy's no-backtracking rule), `weighted_clusters` in tcp_proxy (random by
-//! weight, so compared statistically) and endpoint weights with round robin (deterministic with one
-//! worker, so compared exactly).
+//! default chain, and Envoy's no-backtracking rule), `filter_chain_matcher` in the shapes of
+//! Envoy's docs (prefix and exact maps, the IP range matcher, a matcher list with nested,
+//! and/or/not predicates, an action naming no chain, the default chain),
+//! `weighted_clusters` in tcp_proxy (random by weight, so compared statistically) and endpoint
+//! weights with round robin (deterministic with one worker, so compared exactly).
 //!
 //! With `SWITCHYARD_TEST_PROXY=envoy` only the Envoy side runs and is checked against the routing
 //! table written down below (which was read off Envoy 1.40). With the default (switchyard) both run
@@ -119,6 +121,239 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: rr
           cluster: rr
+  # filter_chain_matcher in the shapes of Envoy's docs ("Matching Filter Chains in
+  # Listeners"): a destination-IP prefix map (the VIP example) whose shorter prefix nests an
+  # exact map on the source address, with the default chain when nothing yields.
+  - name: m_vip
+    address:
+      socket_address: { address: 0.0.0.0, port_value: {{port4}} }
+    filter_chains:
+    - name: vip
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: m_vip
+          cluster: dst3
+    - name: other
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: m_other
+          cluster: src2
+    default_filter_chain:
+      name: default
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: m_vip_default
+          weighted_clusters:
+            clusters:
+            - { name: wa, weight: 1 }
+            - { name: wb, weight: 3 }
+    filter_chain_matcher:
+      matcher_tree:
+        input:
+          name: destination_ip
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput
+        prefix_match_map:
+          map:
+            "127.0.0.3":
+              action:
+                name: vip
+                typed_config:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: vip
+            "127.0.0.":
+              matcher:
+                matcher_tree:
+                  input:
+                    name: source_ip
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput
+                  exact_match_map:
+                    map:
+                      "127.0.0.4":
+                        action:
+                          name: other
+                          typed_config:
+                            "@type": type.googleapis.com/google.protobuf.StringValue
+                            value: other
+  # The destination port, then the IP range matcher on the source (the docs' "destination port
+  # and source IP" example).
+  - name: m_port_src
+    address:
+      socket_address: { address: 0.0.0.0, port_value: {{port5}} }
+    filter_chains:
+    - name: http
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: m_http
+          cluster: src4
+    - name: internal
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: m_internal
+          cluster: src2
+    - name: tls
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: m_tls
+          cluster: dst3
+    filter_chain_matcher:
+      matcher_tree:
+        input:
+          name: port
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput
+        exact_match_map:
+          map:
+            "80":
+              action:
+                name: http
+                typed_config:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: http
+            "{{port5}}":
+              matcher:
+                matcher_tree:
+                  input:
+                    name: ip
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput
+                  custom_match:
+                    name: ip-matcher
+                    typed_config:
+                      "@type": type.googleapis.com/xds.type.matcher.v3.IPMatcher
+                      range_matchers:
+                      - ranges:
+                        - { address_prefix: 127.0.0.2, prefix_len: 32 }
+                        - { address_prefix: 127.0.0.4, prefix_len: 30 }
+                        on_match:
+                          action:
+                            name: internal
+                            typed_config:
+                              "@type": type.googleapis.com/google.protobuf.StringValue
+                              value: internal
+                      - ranges:
+                        - address_prefix: 0.0.0.0
+                        on_match:
+                          action:
+                            name: tls
+                            typed_config:
+                              "@type": type.googleapis.com/google.protobuf.StringValue
+                              value: tls
+  # A matcher list: a nested matcher that yields nothing lets the list go on; and/not/or of
+  # string matchers; an action naming no chain closes the connection (default chain or not);
+  # nothing matching, the default chain takes it.
+  - name: m_list
+    address:
+      socket_address: { address: 0.0.0.0, port_value: {{port6}} }
+    filter_chains:
+    - name: a
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: m_a
+          cluster: src4
+    - name: b
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: m_b
+          cluster: dst3
+    default_filter_chain:
+      name: default
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: m_list_default
+          weighted_clusters:
+            clusters:
+            - { name: wa, weight: 1 }
+            - { name: wb, weight: 3 }
+    filter_chain_matcher:
+      matcher_list:
+        matchers:
+        - predicate:
+            single_predicate:
+              input:
+                name: source_ip
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput
+              value_match: { prefix: "127.0.0." }
+          on_match:
+            matcher:
+              matcher_list:
+                matchers:
+                - predicate:
+                    single_predicate:
+                      input:
+                        name: destination_ip
+                        typed_config:
+                          "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput
+                      value_match: { exact: "127.0.0.9" }
+                  on_match:
+                    action:
+                      name: a
+                      typed_config:
+                        "@type": type.googleapis.com/google.protobuf.StringValue
+                        value: a
+        - predicate:
+            and_matcher:
+              predicate:
+              - single_predicate:
+                  input:
+                    name: source_ip
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput
+                  value_match: { exact: "127.0.0.2" }
+              - not_matcher:
+                  single_predicate:
+                    input:
+                      name: destination_ip
+                      typed_config:
+                        "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput
+                    value_match: { suffix: ".1" }
+          on_match:
+            action:
+              name: b
+              typed_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: b
+        - predicate:
+            or_matcher:
+              predicate:
+              - single_predicate:
+                  input:
+                    name: source_ip
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput
+                  value_match: { exact: "127.0.0.6" }
+              - single_predicate:
+                  input:
+                    name: destination_ip
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput
+                  value_match: { exact: "127.0.0.7" }
+          on_match:
+            action:
+              name: missing
+              typed_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: missing
   clusters:
 {{clusters}}"#;
 
@@ -147,13 +382,14 @@ fn bed() -> Bed {
 }
 
 /// One traffic class: client source IP, destination IP, listener (0 = diff_match, 1 = diff_rr,
-/// 2 = diff_src), count.
+/// 2 = diff_src, 3 = m_vip, 4 = m_port_src, 5 = m_list), count.
 struct Class {
     src: Ipv4Addr,
     dst: Ipv4Addr,
     listener: usize,
     count: usize,
-    /// Where Envoy 1.40 sends it (`"weighted"` = wa or wb by weight).
+    /// Where Envoy 1.40 sends it (`"weighted"` = wa or wb by weight, `"closed"` = closed
+    /// without reaching a backend).
     expect: &'static str,
 }
 
@@ -240,6 +476,103 @@ fn classes() -> Vec<Class> {
             count: 20,
             expect: "weighted",
         },
+        // m_vip: the destination prefix "127.0.0.3" => vip.
+        Class {
+            src: ip(1),
+            dst: ip(3),
+            listener: 3,
+            count: 10,
+            expect: "dst3",
+        },
+        // m_vip: "127.0.0.3" is a prefix of "127.0.0.30" too (a string prefix, not a CIDR).
+        Class {
+            src: ip(4),
+            dst: ip(30),
+            listener: 3,
+            count: 10,
+            expect: "dst3",
+        },
+        // m_vip: "127.0.0." nests an exact map on the source: 127.0.0.4 => other.
+        Class {
+            src: ip(4),
+            dst: ip(1),
+            listener: 3,
+            count: 10,
+            expect: "src2",
+        },
+        // m_vip: the nested map has no 127.0.0.1 and nothing else yields => default chain.
+        Class {
+            src: ip(1),
+            dst: ip(1),
+            listener: 3,
+            count: 10,
+            expect: "weighted",
+        },
+        // m_port_src: this port, source 127.0.0.2/32 => internal.
+        Class {
+            src: ip(2),
+            dst: ip(1),
+            listener: 4,
+            count: 10,
+            expect: "src2",
+        },
+        // m_port_src: source in 127.0.0.4/30 => internal.
+        Class {
+            src: ip(5),
+            dst: ip(1),
+            listener: 4,
+            count: 10,
+            expect: "src2",
+        },
+        // m_port_src: any other source, 0.0.0.0/0 => tls.
+        Class {
+            src: ip(1),
+            dst: ip(1),
+            listener: 4,
+            count: 10,
+            expect: "dst3",
+        },
+        // m_list: the first entry's nested matcher yields a.
+        Class {
+            src: ip(1),
+            dst: ip(9),
+            listener: 5,
+            count: 10,
+            expect: "src4",
+        },
+        // m_list: the nested matcher yields nothing, so the list goes on: source 127.0.0.2
+        // and a destination not ending in ".1" => b.
+        Class {
+            src: ip(2),
+            dst: ip(5),
+            listener: 5,
+            count: 10,
+            expect: "dst3",
+        },
+        // m_list: nothing matches and there is no on_no_match => the default chain.
+        Class {
+            src: ip(2),
+            dst: ip(1),
+            listener: 5,
+            count: 10,
+            expect: "weighted",
+        },
+        // m_list: the or_matcher (source 127.0.0.6) names a chain the listener lacks => closed.
+        Class {
+            src: ip(6),
+            dst: ip(5),
+            listener: 5,
+            count: 5,
+            expect: "closed",
+        },
+        // m_list: the or_matcher (destination 127.0.0.7) => closed, though a default exists.
+        Class {
+            src: ip(3),
+            dst: ip(7),
+            listener: 5,
+            count: 5,
+            expect: "closed",
+        },
     ]
 }
 
@@ -256,6 +589,9 @@ fn run(kind: ProxyKind, bed: &Bed) -> Outcome {
     let port = free_port();
     let port2 = free_port();
     let port3 = free_port();
+    let port4 = free_port();
+    let port5 = free_port();
+    let port6 = free_port();
     let yaml = render(
         TEMPLATE,
         &[
@@ -263,6 +599,9 @@ fn run(kind: ProxyKind, bed: &Bed) -> Outcome {
             ("port", port.to_string()),
             ("port2", port2.to_string()),
             ("port3", port3.to_string()),
+            ("port4", port4.to_string()),
+            ("port5", port5.to_string()),
+            ("port6", port6.to_string()),
             ("clusters", bed.clusters.clone()),
         ],
     );
@@ -275,12 +614,21 @@ fn run(kind: ProxyKind, bed: &Bed) -> Outcome {
     let mut out = Outcome::default();
     let mut n_conn = 0u64;
     for (ci, c) in classes().iter().enumerate() {
-        let lport = [port, port2, port3][c.listener];
+        let lport = [port, port2, port3, port4, port5, port6][c.listener];
         let dst = SocketAddr::from((c.dst, lport));
         let mut tags = Vec::new();
         for i in 0..c.count {
             let mut s = connect_from(c.src, dst)
                 .unwrap_or_else(|e| panic!("{} class {ci} conn {i}: connect: {e}", kind.name()));
+            if c.expect == "closed" {
+                // Closed without a byte (a FIN or a reset), never reaching a backend.
+                let tag = match read_line(&mut s) {
+                    Ok(t) if !t.is_empty() => t,
+                    _ => "closed".to_string(),
+                };
+                tags.push(tag);
+                continue;
+            }
             let tag = read_line(&mut s).unwrap_or_else(|e| {
                 panic!(
                     "{} class {ci} conn {i}: tag: {e}\n{}",
@@ -302,7 +650,11 @@ fn run(kind: ProxyKind, bed: &Bed) -> Outcome {
         out.tags.push(tags);
     }
     // Let the backend connection threads finish their accounting.
-    let total: usize = classes().iter().map(|c| c.count).sum();
+    let total: usize = classes()
+        .iter()
+        .filter(|c| c.expect != "closed")
+        .map(|c| c.count)
+        .sum();
     let done = wait_until(Duration::from_secs(5), || {
         bed.backends
             .iter()
@@ -316,6 +668,19 @@ fn run(kind: ProxyKind, bed: &Bed) -> Outcome {
         kind.name()
     );
     std::thread::sleep(Duration::from_millis(200));
+    // The connections an action naming no chain closed count as matching no chain.
+    let closed: usize = classes()
+        .iter()
+        .filter(|c| c.expect == "closed")
+        .map(|c| c.count)
+        .sum();
+    let stat = format!("listener.0.0.0.0_{port6}.no_filter_chain_match");
+    assert_eq!(
+        proxy.wait_stat(&stat, closed as u64, Duration::from_secs(5)),
+        closed as u64,
+        "{}: {stat}",
+        kind.name()
+    );
     for (k, b) in &bed.backends {
         out.accepted
             .insert(k.to_string(), b.accepted() - before[*k].0);

@@ -219,6 +219,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
                 address: l.address,
                 filter_chains: t.filter_chains.iter().map(&mut chain).collect(),
                 default_chain: t.default_filter_chain.as_ref().map(&mut chain),
+                chain_matcher: t.chain_matcher.clone(),
                 backlog: DEFAULT_BACKLOG,
                 stats: stats.listener(l.address),
                 use_original_dst: t.use_original_dst,

@@ -30,6 +30,13 @@ pub mod udp_route {
     ));
 }
 
+/// `xds.type.matcher.v3.IPMatcher`: the matching API's IP range matcher, which envoy-types
+/// does not carry (its `OnMatch` and `CidrRange` are envoy-types' own).
+pub mod ip_matcher {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/xds.r#type.matcher.v3.rs"));
+}
+
 /// The extension files' descriptors (without the well-known types they import).
 pub(crate) const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard.bin"));

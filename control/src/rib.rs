@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath};
 use switchyard_dataplane::fib::{
-    ChainMatch, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle, HealthPolicy, LbPolicy,
-    Locality, OriginalSrc, UpstreamBind,
+    ChainMatch, ChainMatcher, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle, HealthPolicy,
+    LbPolicy, Locality, OriginalSrc, UpstreamBind,
 };
 
 /// Envoy's default tcp_proxy `idle_timeout`.
@@ -292,10 +292,13 @@ impl ListenerConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpListenerConfig {
     /// Filter chains in config order: at most `MAX_FILTER_CHAINS`, no two with the same
-    /// match criteria.
+    /// match criteria (with a `chain_matcher`: each named, no two alike, none with a match).
     pub filter_chains: Vec<FilterChainConfig>,
     /// The chain used when none matches.
     pub default_filter_chain: Option<FilterChainConfig>,
+    /// `filter_chain_matcher`: picks the chain by name (resolved to `filter_chains`
+    /// indices) instead of the chains' `filter_chain_match`.
+    pub chain_matcher: Option<ChainMatcher>,
     /// `use_original_dst`: chains match on the destination the connection had before it was
     /// redirected here (iptables REDIRECT), not on this listener's address.
     pub use_original_dst: bool,

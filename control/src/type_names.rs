@@ -27,3 +27,28 @@ pub const FAULT: &str = "switchyard.filters.network.fault.v1.Fault";
 pub const MIRROR: &str = "switchyard.filters.network.mirror.v1.Mirror";
 /// `@type` of the UDP proxy's weighted route (the action of its matcher).
 pub const UDP_WEIGHTED_ROUTE: &str = "switchyard.filters.udp.udp_proxy.v1.WeightedRoute";
+
+/// `filter_chain_matcher`: the action naming a filter chain.
+pub(crate) const STRING_VALUE: &str = "google.protobuf.StringValue";
+/// `filter_chain_matcher`: the IP matcher (`envoy.matching.custom_matchers.trie_matcher`).
+pub(crate) const IP_MATCHER: &str = "xds.type.matcher.v3.IPMatcher";
+/// The network inputs of the matching API (`envoy.matching.inputs.*`).
+pub(crate) const DESTINATION_IP_INPUT: &str =
+    "envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput";
+pub(crate) const DESTINATION_PORT_INPUT: &str =
+    "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput";
+pub(crate) const SOURCE_IP_INPUT: &str =
+    "envoy.extensions.matching.common_inputs.network.v3.SourceIPInput";
+pub(crate) const SOURCE_PORT_INPUT: &str =
+    "envoy.extensions.matching.common_inputs.network.v3.SourcePortInput";
+pub(crate) const DIRECT_SOURCE_IP_INPUT: &str =
+    "envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput";
+pub(crate) const SOURCE_TYPE_INPUT: &str =
+    "envoy.extensions.matching.common_inputs.network.v3.SourceTypeInput";
+/// Inputs that need TLS inspection (refused until it comes, with their own message).
+pub(crate) const SERVER_NAME_INPUT: &str =
+    "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput";
+pub(crate) const TRANSPORT_PROTOCOL_INPUT: &str =
+    "envoy.extensions.matching.common_inputs.network.v3.TransportProtocolInput";
+pub(crate) const APPLICATION_PROTOCOL_INPUT: &str =
+    "envoy.extensions.matching.common_inputs.network.v3.ApplicationProtocolInput";

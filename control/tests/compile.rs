@@ -672,3 +672,102 @@ static_resources:
     assert!(Arc::ptr_eq(&three.clusters[0], &four.clusters[0]));
     assert!(four.udp_listeners.is_empty());
 }
+
+/// `valid/filter_chain_matcher.yaml` (the shapes of Envoy's docs) compiles to a table that
+/// picks chains as Envoy does, and asks the worker for the addresses its inputs read.
+#[test]
+fn filter_chain_matcher_picks_chains_like_envoys_docs() {
+    let fib = build(&rib("filter_chain_matcher.yaml"));
+    let chain = |l: usize, local: &str, remote: &str| {
+        fib.listeners[l]
+            .match_chain(addr(local), addr(remote))
+            .map(|c| &*c.name)
+    };
+    // A destination IP prefix, else on_no_match.
+    assert_eq!(chain(0, "10.0.0.7:10000", "1.2.3.4:5"), Some("vip"));
+    assert_eq!(chain(0, "10.0.1.7:10000", "1.2.3.4:5"), Some("default"));
+    assert!(fib.listeners[0].needs_local_address());
+    assert!(!fib.listeners[0].needs_remote_address());
+    // Port 80 -> http; 443 -> internal for 192.0.0.0/2 and 10.0.0.0/24, else tls; any other
+    // port matches nothing and there is no default chain.
+    assert_eq!(chain(1, "10.9.9.9:80", "1.2.3.4:5"), Some("http"));
+    assert_eq!(chain(1, "10.9.9.9:443", "192.168.1.1:5"), Some("internal"));
+    assert_eq!(chain(1, "10.9.9.9:443", "10.0.0.200:5"), Some("internal"));
+    assert_eq!(chain(1, "10.9.9.9:443", "10.0.1.1:5"), Some("tls"));
+    assert_eq!(chain(1, "10.9.9.9:8080", "10.0.0.1:5"), None);
+    assert!(fib.listeners[1].needs_remote_address());
+    // A list: local sources whose port does not end in 0, then 10.x sources or destinations
+    // containing "fd00" (any case), else the default chain.
+    assert_eq!(
+        chain(2, "127.0.0.1:10002", "127.0.0.1:40001"),
+        Some("local")
+    );
+    assert_eq!(
+        chain(2, "127.0.0.1:10002", "127.0.0.1:40000"),
+        Some("fallback")
+    );
+    assert_eq!(chain(2, "10.0.0.1:10002", "10.0.0.2:40000"), Some("other"));
+    assert_eq!(
+        chain(2, "[fd00::1]:10002", "[fd01::2]:40000"),
+        Some("other")
+    );
+    assert_eq!(
+        chain(2, "10.0.0.1:10002", "11.0.0.2:40001"),
+        Some("fallback")
+    );
+    assert!(fib.listeners[2].needs_remote_address());
+    // The chains carry no filter_chain_match of their own.
+    assert!(fib.listeners.iter().all(|l| l.chain_matcher.is_some()));
+}
+
+/// An action naming a chain the listener does not have is accepted (as in Envoy) and closes
+/// the connection even though a default chain exists; a matcher that matches nothing falls to
+/// the default chain.
+#[test]
+fn filter_chain_matcher_missing_name_closes_and_no_match_takes_the_default() {
+    let text = r#"
+static_resources:
+  listeners:
+  - name: l
+    address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }
+    filter_chains:
+    - name: a
+      filters:
+      - name: tcp
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: a
+          cluster: c
+    default_filter_chain:
+      name: d
+      filters:
+      - name: tcp
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: d
+          cluster: c
+    filter_chain_matcher:
+      matcher_tree:
+        input:
+          name: port
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourcePortInput
+        exact_match_map:
+          map:
+            "1": { action: { name: a, typed_config: { "@type": type.googleapis.com/google.protobuf.StringValue, value: a } } }
+            "2": { action: { name: d, typed_config: { "@type": type.googleapis.com/google.protobuf.StringValue, value: d } } }
+  clusters:
+  - name: c
+"#;
+    let (rib, _) = parse_rib(text, Format::Yaml).unwrap();
+    let fib = build(&rib);
+    let l = &fib.listeners[0];
+    let chain = |remote: &str| {
+        l.match_chain(addr("127.0.0.1:10000"), addr(remote))
+            .map(|c| &*c.name)
+    };
+    assert_eq!(chain("127.0.0.1:1"), Some("a"));
+    // `d` is the default chain's name, not one of filter_chains: Envoy closes.
+    assert_eq!(chain("127.0.0.1:2"), None);
+    assert_eq!(chain("127.0.0.1:3"), Some("d"));
+}

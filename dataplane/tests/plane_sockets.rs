@@ -91,6 +91,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             address: listen,
             filter_chains: vec![chain],
             default_chain: None,
+            chain_matcher: None,
             backlog: 128,
             stats: Arc::new(ListenerStats::new(listener_stat_name(&listen), workers)),
             use_original_dst: false,

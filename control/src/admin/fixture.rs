@@ -76,6 +76,7 @@ pub(crate) fn fixture() -> Fixture {
             address: listener_addr,
             filter_chains: Vec::new(),
             default_chain: None,
+            chain_matcher: None,
             backlog: 1024,
             stats: ls,
             use_original_dst: false,

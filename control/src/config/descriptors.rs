@@ -35,6 +35,9 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/filters/udp/udp_proxy/v3/route.proto",
     "envoy/extensions/network/dns_resolver/cares/v3/cares_dns_resolver.proto",
     "envoy/extensions/network/dns_resolver/getaddrinfo/v3/getaddrinfo_dns_resolver.proto",
+    "envoy/extensions/matching/common_inputs/network/v3/network_inputs.proto",
+    // Imported by the IP matcher (`proto/xds/type/matcher/v3/ip.proto`, built by build.rs).
+    "xds/core/v3/cidr.proto",
 ];
 
 /// The pool, decoded once per thread. A `DescriptorPool` and every descriptor and dynamic

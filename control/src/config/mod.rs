@@ -2,10 +2,15 @@
 //!
 //! The pipeline, one step per module:
 //!
-//! 1. text -> `serde_json::Value`: YAML (serde-saphyr) or JSON, chosen by file extension.
+//! 1. text -> `serde_json::Value`: YAML (`yaml`: the first document, scalars typed the way
+//!    Envoy's yaml-cpp conversion types them) or JSON (`json`: with the legacy syntax
+//!    protobuf's lexer accepts in Envoy), chosen by file extension.
 //! 2. `walk`: the value is checked against Envoy's message descriptors and Switchyard's
 //!    whitelist. Unknown fields, unsupported fields, unsupported `typed_config` types and
-//!    badly typed values are rejected here, each with its full path.
+//!    badly typed values are rejected here, each with its full path; what Envoy's loader
+//!    (protobuf's JSON parser in its legacy mode) is lenient about is rewritten into the
+//!    canonical proto3 JSON form: lower-case enum names, a single value for a list, `"yes"`
+//!    for `true`, `{seconds: 5}` for `"5s"`, ...
 //! 3. The value is decoded with the proto3 JSON mapping (prost-reflect over the vendored
 //!    descriptor set, `descriptors`) and re-encoded into envoy-types'
 //!    [`Bootstrap`].
@@ -17,7 +22,10 @@
 //! [`ConfigError`] whose `Display` is `<path>: <message>`.
 
 pub(crate) mod descriptors;
+pub(crate) mod json;
+pub(crate) mod lenient;
 pub(crate) mod walk;
+pub(crate) mod yaml;
 
 use crate::error::{ConfigError, ErrorKind};
 
@@ -93,66 +101,26 @@ pub fn yaml_node_limit(len: usize) -> usize {
     len.max(MIN_YAML_NODE_LIMIT)
 }
 
-/// Parses YAML text to JSON, under [`yaml_node_limit`].
-fn parse_yaml(text: &str) -> Result<serde_json::Value, ConfigError> {
-    let limit = yaml_node_limit(text.len());
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_nodes = limit;
-    // Each node is one or two events (start and end), plus the stream's and documents' own.
-    budget.max_events = limit.saturating_mul(2).saturating_add(1024);
-    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(text.len());
-    let mut options = serde_saphyr::Options::default();
-    options.budget = Some(budget);
-    options.alias_limits.max_total_replayed_events = limit.saturating_mul(2);
-    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let message = if yaml_too_large(&e) {
-            format!(
-                "invalid YAML: the document is too large: more than {limit} nodes (mappings, \
-                 lists and values, counting what aliases expand to) in {} bytes; the limit is \
-                 one node per byte of the file, at least {MIN_YAML_NODE_LIMIT}, so aliases \
-                 cannot expand a small file into a huge tree",
-                text.len()
-            )
-        } else {
-            format!("invalid YAML: {e}")
-        };
-        ConfigError::new(ErrorKind::Syntax, "", message)
-    })
-}
-
-/// Whether `e` is the node budget (or the alias expansion it bounds) running out.
-fn yaml_too_large(mut e: &serde_saphyr::Error) -> bool {
-    use serde_saphyr::budget::BudgetBreach;
-    use serde_saphyr::Error;
-    loop {
-        match e {
-            Error::WithSnippet { error, .. } | Error::AliasError { error, .. } => e = error,
-            Error::Budget {
-                breach: BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. },
-                ..
-            }
-            | Error::AliasReplayLimitExceeded { .. } => return true,
-            _ => return false,
-        }
-    }
-}
-
 /// Parses a bootstrap from text.
 pub fn parse_str(text: &str, format: Format) -> Result<LoadedConfig, ConfigError> {
-    parse_value(&parse_text(text, format)?)
+    parse_owned(parse_text(text, format)?)
 }
 
-/// Config text (YAML or JSON) as a JSON value, nothing checked yet.
+/// Config text (YAML or JSON) as a JSON value, nothing checked yet: YAML the way Envoy's
+/// yaml-cpp types its scalars, JSON with protobuf's legacy syntax.
 pub(crate) fn parse_text(text: &str, format: Format) -> Result<serde_json::Value, ConfigError> {
     match format {
-        Format::Yaml => parse_yaml(text),
-        Format::Json => serde_json::from_str(text)
-            .map_err(|e| ConfigError::new(ErrorKind::Syntax, "", format!("invalid JSON: {e}"))),
+        Format::Yaml => yaml::to_json(text),
+        Format::Json => json::to_json(text),
     }
 }
 
 /// Parses a bootstrap already read into a JSON value.
 pub fn parse_value(value: &serde_json::Value) -> Result<LoadedConfig, ConfigError> {
+    parse_owned(value.clone())
+}
+
+fn parse_owned(value: serde_json::Value) -> Result<LoadedConfig, ConfigError> {
     if !value.is_object() {
         return Err(ConfigError::new(
             ErrorKind::Syntax,
@@ -186,11 +154,12 @@ pub fn parse_value(value: &serde_json::Value) -> Result<LoadedConfig, ConfigErro
 pub(crate) fn checked_message(
     pool: &prost_reflect::DescriptorPool,
     desc: prost_reflect::MessageDescriptor,
-    value: &serde_json::Value,
+    mut value: serde_json::Value,
 ) -> Result<DynamicMessage, ConfigError> {
-    walk::check(pool, &desc, value)?;
+    // The walker rewrites what Envoy's loader is lenient about into the canonical form.
+    walk::check(pool, &desc, &mut value)?;
     let mut track = serde_path_to_error::Track::new();
-    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    let de = serde_path_to_error::Deserializer::new(&value, &mut track);
     DynamicMessage::deserialize(desc, de).map_err(|e| {
         // The walker catches what it can with exact paths; this is the fallback.
         let path = track.path().to_string();
@@ -415,6 +384,133 @@ static_resources:
         );
     }
 
+    /// `valid/loader_leniency.yaml` uses every leniency of Envoy's loader; what it loads to
+    /// (what `/config_dump` shows) is Envoy 1.40's own `/config_dump` of the same file.
+    #[test]
+    fn leniencies_load_to_envoys_canonical_form() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/configs/valid/loader_leniency.yaml"
+        );
+        let loaded = load_file(path).unwrap();
+        let envoy: serde_json::Value = serde_json::from_str(
+            r#"{"listeners": [{"name": "lenient",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                  "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": "lenient", "cluster": "lenient",
+                    "max_connect_attempts": 2, "idle_timeout": "30.500s"}}]}],
+                "use_original_dst": false}],
+              "clusters": [{"name": "lenient", "type": "STATIC", "connect_timeout": "0.250s",
+                "circuit_breakers": {"thresholds": [{"max_connections": 1000, "track_remaining": true}]},
+                "common_lb_config": {"healthy_panic_threshold": {"value": 12.5}},
+                "load_assignment": {"cluster_name": "lenient", "endpoints": [{"lb_endpoints": [
+                  {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9000}}},
+                   "load_balancing_weight": 2},
+                  {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9000}}},
+                   "load_balancing_weight": 3}]}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(loaded.normalized["static_resources"], envoy);
+    }
+
+    /// What Envoy's loader refuses, Switchyard refuses too, naming the field (each checked
+    /// against Envoy 1.40).
+    #[test]
+    fn what_envoys_loader_refuses_names_its_path() {
+        let listener = |extra: &str, port: &str| {
+            format!(
+                "static_resources:\n  listeners:\n  - name: l\n{extra}    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}\n"
+            )
+        };
+        let cluster = |extra: &str| {
+            format!("static_resources:\n  clusters:\n  - name: c\n    connect_timeout: 1s\n{extra}")
+        };
+        let cases: &[(String, &str)] = &[
+            // yaml-cpp reads `yes` and `123` as a bool and a number: not a string.
+            (
+                cluster("    eds_cluster_config: {service_name: yes}\n"),
+                "static_resources.clusters[0].eds_cluster_config.service_name",
+            ),
+            (
+                cluster("    eds_cluster_config: {service_name: 123}\n"),
+                "static_resources.clusters[0].eds_cluster_config.service_name",
+            ),
+            (
+                cluster("    eds_cluster_config: {service_name: 0x1F}\n"),
+                "static_resources.clusters[0].eds_cluster_config.service_name",
+            ),
+            // `0o` is YAML 1.2 octal, which yaml-cpp does not read.
+            (
+                listener("", "0o23420"),
+                "static_resources.listeners[0].address.socket_address.port_value",
+            ),
+            (
+                listener("", "10_000"),
+                "static_resources.listeners[0].address.socket_address.port_value",
+            ),
+            (
+                listener("", "10000.5"),
+                "static_resources.listeners[0].address.socket_address.port_value",
+            ),
+            (
+                listener("", "\" 10000\""),
+                "static_resources.listeners[0].address.socket_address.port_value",
+            ),
+            (
+                listener("    transparent: \"on\"\n", "1"),
+                "static_resources.listeners[0].transparent",
+            ),
+            (
+                listener("    transparent: 1\n", "1"),
+                "static_resources.listeners[0].transparent",
+            ),
+            (
+                cluster("    lb_policy: roundrobin\n"),
+                "static_resources.clusters[0].lb_policy",
+            ),
+            (
+                cluster("    lb_policy: \"1.5\"\n"),
+                "static_resources.clusters[0].lb_policy",
+            ),
+            // Merge keys are ordinary (unknown) keys to yaml-cpp.
+            (
+                format!(
+                    "!ignore d: &d {{connect_timeout: 1s}}\n{}    <<: *d\n",
+                    cluster("")
+                ),
+                "static_resources.clusters[0].<<",
+            ),
+            (
+                cluster("    connect_timeout: 1\n").replace("    connect_timeout: 1s\n", ""),
+                "static_resources.clusters[0].connect_timeout",
+            ),
+            (
+                cluster("    connect_timeout: +1s\n").replace("    connect_timeout: 1s\n", ""),
+                "static_resources.clusters[0].connect_timeout",
+            ),
+            (
+                cluster("    connect_timeout: {seconds: 1, nanos: 2000000000}\n")
+                    .replace("    connect_timeout: 1s\n", ""),
+                "static_resources.clusters[0].connect_timeout",
+            ),
+            (
+                cluster("    connect_timeout: {seconds: 1, millis: 2}\n")
+                    .replace("    connect_timeout: 1s\n", ""),
+                "static_resources.clusters[0].connect_timeout.millis",
+            ),
+            (
+                listener("    transparent: {value: true, x: 2}\n", "1"),
+                "static_resources.listeners[0].transparent.x",
+            ),
+        ];
+        for (text, path) in cases {
+            let e = parse_str(text, Format::Yaml).unwrap_err();
+            assert_eq!(e.path(), *path, "{text}: {e}");
+        }
+    }
+
     #[test]
     fn whole_file_errors() {
         let e = load_file("/nonexistent/bootstrap.yaml").unwrap_err();
@@ -462,8 +558,8 @@ static_resources:
                 "static_resources.clusters[0].name",
             ),
             (
-                r#"{"static_resources": {"clusters": {"name": "c"}}}"#,
-                "static_resources.clusters",
+                r#"{"static_resources": {"clusters": {"name": 5}}}"#,
+                "static_resources.clusters[0].name",
             ),
             (
                 r#"{"static_resources": {"clusters": [{"name": "c", "lb_policy": "FASTEST"}]}}"#,

@@ -13,13 +13,17 @@
 //!
 //! Semantic checks (duplicates, ports, addresses) come later, in `convert`.
 
+use super::lenient;
 use crate::duration::{check_duration, parse_duration};
 use crate::error::{ConfigError, ErrorKind};
 use crate::path::{field, index};
 use crate::type_names::{
-    CARES_RESOLVER, CONNECTION_LIMIT, FAULT, FILE_LOG, GETADDRINFO_RESOLVER, HTTP_PROTOCOL_OPTIONS,
-    MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, STDERR_LOG, STDOUT_LOG, TCP_PROXY, UDP_PROXY,
-    UDP_ROUTE, UDP_WEIGHTED_ROUTE,
+    APPLICATION_PROTOCOL_INPUT, CARES_RESOLVER, CONNECTION_LIMIT, DESTINATION_IP_INPUT,
+    DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, FAULT, FILE_LOG, GETADDRINFO_RESOLVER,
+    HTTP_PROTOCOL_OPTIONS, IP_MATCHER, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER,
+    SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG,
+    STDOUT_LOG, STRING_VALUE, TCP_PROXY, TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE,
+    UDP_WEIGHTED_ROUTE,
 };
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::Value;
@@ -101,6 +105,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "listener_filters",
             "transparent",
             "udp_listener_config",
+            "filter_chain_matcher",
             // Informational in Envoy on Linux (tracing and Windows' original_dst use it):
             // kept in /config_dump, no effect on forwarding. README says so.
             "traffic_direction",
@@ -133,9 +138,71 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig.HashPolicy",
         &["source_ip"],
     ),
-    // The UDP proxy's matcher: only `on_no_match` with an action (its route).
-    ("xds.type.matcher.v3.Matcher", &["on_no_match"]),
-    ("xds.type.matcher.v3.Matcher.OnMatch", &["action"]),
+    // The matching API: a listener's `filter_chain_matcher` (`convert::chain_matcher`) and
+    // the UDP proxy's matcher (`convert::udp`, which takes only `on_no_match` with an action);
+    // each refuses by path what its place does not support.
+    (
+        "xds.type.matcher.v3.Matcher",
+        &["on_no_match", "matcher_list", "matcher_tree"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.OnMatch",
+        &["action", "matcher", "keep_matching"],
+    ),
+    ("xds.type.matcher.v3.Matcher.MatcherList", &["matchers"]),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.FieldMatcher",
+        &["predicate", "on_match"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate",
+        &[
+            "single_predicate",
+            "or_matcher",
+            "and_matcher",
+            "not_matcher",
+        ],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate.SinglePredicate",
+        &["input", "value_match"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate.PredicateList",
+        &["predicate"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherTree",
+        &[
+            "input",
+            "exact_match_map",
+            "prefix_match_map",
+            "custom_match",
+        ],
+    ),
+    ("xds.type.matcher.v3.Matcher.MatcherTree.MatchMap", &["map"]),
+    (
+        "xds.type.matcher.v3.StringMatcher",
+        &["exact", "prefix", "suffix", "contains", "ignore_case"],
+    ),
+    (IP_MATCHER, &["range_matchers"]),
+    (
+        "xds.type.matcher.v3.IPMatcher.IPRangeMatcher",
+        &["ranges", "on_match", "exclusive"],
+    ),
+    ("xds.core.v3.CidrRange", &["address_prefix", "prefix_len"]),
+    // A filter chain's name, as a matcher action.
+    (STRING_VALUE, &["value"]),
+    (DESTINATION_IP_INPUT, &[]),
+    (DESTINATION_PORT_INPUT, &[]),
+    (SOURCE_IP_INPUT, &[]),
+    (SOURCE_PORT_INPUT, &[]),
+    (DIRECT_SOURCE_IP_INPUT, &[]),
+    (SOURCE_TYPE_INPUT, &[]),
+    // Refused by `convert` with their own message: they need TLS inspection.
+    (SERVER_NAME_INPUT, &[]),
+    (TRANSPORT_PROTOCOL_INPUT, &[]),
+    (APPLICATION_PROTOCOL_INPUT, &[]),
     (
         "xds.core.v3.TypedExtensionConfig",
         &["name", "typed_config"],
@@ -445,10 +512,24 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         "envoy.config.listener.v3.ListenerFilter.typed_config",
         &[ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY],
     ),
-    // The action of the UDP proxy's matcher (the only `TypedExtensionConfig` reachable).
+    // The matching API (a `TypedExtensionConfig` takes what the field holding it takes):
+    // the actions of the UDP proxy's routes and of a filter chain matcher's chain names
+    // (`convert` checks which belong to which), the inputs, the IP range matcher.
     (
-        "xds.core.v3.TypedExtensionConfig.typed_config",
-        &[UDP_ROUTE, UDP_WEIGHTED_ROUTE],
+        "xds.type.matcher.v3.Matcher.OnMatch.action",
+        &[UDP_ROUTE, UDP_WEIGHTED_ROUTE, STRING_VALUE],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherTree.input",
+        NETWORK_INPUTS,
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate.SinglePredicate.input",
+        NETWORK_INPUTS,
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherTree.custom_match",
+        &[IP_MATCHER],
     ),
     (
         "envoy.config.accesslog.v3.AccessLog.typed_config",
@@ -466,6 +547,24 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         &[HTTP_PROTOCOL_OPTIONS],
     ),
 ];
+
+/// The matching API's network inputs; the last three need TLS inspection and are refused by
+/// `convert` with their own message.
+const NETWORK_INPUTS: &[&str] = &[
+    DESTINATION_IP_INPUT,
+    DESTINATION_PORT_INPUT,
+    SOURCE_IP_INPUT,
+    SOURCE_PORT_INPUT,
+    DIRECT_SOURCE_IP_INPUT,
+    SOURCE_TYPE_INPUT,
+    SERVER_NAME_INPUT,
+    TRANSPORT_PROTOCOL_INPUT,
+    APPLICATION_PROTOCOL_INPUT,
+];
+
+/// The message of an extension in the matching API: its `typed_config` is checked against the
+/// field that holds it.
+const TYPED_EXTENSION: &str = "xds.core.v3.TypedExtensionConfig";
 
 /// Supported fields that Switchyard implements for some values only: (message, field, the
 /// values it takes, why another is refused).
@@ -488,11 +587,12 @@ fn owner(desc: &MessageDescriptor) -> String {
     }
 }
 
-/// Checks `value` as a `desc` message at the root path.
+/// Checks `value` as a `desc` message at the root path, rewriting what Envoy's loader is
+/// lenient about into the canonical proto3 JSON form (see [`lenient`]).
 pub(crate) fn check(
     pool: &DescriptorPool,
     desc: &MessageDescriptor,
-    value: &Value,
+    value: &mut Value,
 ) -> Result<(), ConfigError> {
     let walker = Walker {
         pool,
@@ -517,7 +617,7 @@ impl Walker<'_> {
     fn message(
         &self,
         desc: &MessageDescriptor,
-        value: &Value,
+        value: &mut Value,
         path: &str,
         holder: Option<&FieldDescriptor>,
     ) -> Result<(), ConfigError> {
@@ -530,15 +630,27 @@ impl Walker<'_> {
                 format!("expected an object ({})", desc.name()),
             ));
         };
-        self.fields(desc, map.iter().map(|(k, v)| (k.as_str(), v)), path)
+        // A `TypedExtensionConfig`'s `typed_config` accepts what the field holding the
+        // extension takes (a matcher's input, action, custom matcher).
+        let extension = (desc.full_name() == TYPED_EXTENSION)
+            .then(|| holder.map(|h| h.full_name().to_string()))
+            .flatten();
+        self.fields(
+            desc,
+            map.iter_mut().map(|(k, v)| (k.as_str(), v)),
+            path,
+            extension.as_deref(),
+        )
     }
 
-    /// The fields of one message, given as key/value pairs.
+    /// The fields of one message, given as key/value pairs. `extension` is the field holding
+    /// a `TypedExtensionConfig` whose fields these are.
     fn fields<'v>(
         &self,
         desc: &MessageDescriptor,
-        entries: impl Iterator<Item = (&'v str, &'v Value)>,
+        entries: impl Iterator<Item = (&'v str, &'v mut Value)>,
         path: &str,
+        extension: Option<&str>,
     ) -> Result<(), ConfigError> {
         let supported = self.supported.get(desc.full_name()).copied().unwrap_or(&[]);
         let mut seen_fields: HashMap<u32, &str> = HashMap::new();
@@ -562,6 +674,8 @@ impl Walker<'_> {
             };
             let fpath = field(path, fd.name());
             if let Some(other) = seen_fields.insert(fd.number(), key) {
+                // Envoy takes one of the two, chosen by protobuf's map order rather than the
+                // file's: refused rather than guessed.
                 return Err(invalid(
                     &fpath,
                     format!("set twice (as '{other}' and '{key}')"),
@@ -577,14 +691,6 @@ impl Walker<'_> {
                     "not supported by Switchyard",
                 ));
             }
-            if let Some(&(_, _, only, why)) = ONLY_VALUE
-                .iter()
-                .find(|(m, f, _, _)| *m == desc.full_name() && *f == fd.name())
-            {
-                if !only(value) {
-                    return Err(ConfigError::unsupported(fpath, why));
-                }
-            }
             if let Some(oneof) = fd.containing_oneof().filter(|o| !o.is_synthetic()) {
                 if let Some(other) =
                     seen_oneofs.insert(oneof.name().to_string(), fd.name().to_string())
@@ -595,12 +701,29 @@ impl Walker<'_> {
                     ));
                 }
             }
-            self.field(&fd, value, &fpath)?;
+            match extension {
+                Some(holder) if fd.name() == "typed_config" => self.any(value, &fpath, holder)?,
+                _ => self.field(&fd, value, &fpath)?,
+            }
+            // After the walk, so the value is in its canonical form (`"yes"` is `true`).
+            if let Some(&(_, _, only, why)) = ONLY_VALUE
+                .iter()
+                .find(|(m, f, _, _)| *m == desc.full_name() && *f == fd.name())
+            {
+                if !only(value) {
+                    return Err(ConfigError::unsupported(fpath, why));
+                }
+            }
         }
         Ok(())
     }
 
-    fn field(&self, fd: &FieldDescriptor, value: &Value, path: &str) -> Result<(), ConfigError> {
+    fn field(
+        &self,
+        fd: &FieldDescriptor,
+        value: &mut Value,
+        path: &str,
+    ) -> Result<(), ConfigError> {
         if fd.is_map() {
             let Value::Object(map) = value else {
                 return Err(invalid(path, "expected an object (a map)"));
@@ -609,15 +732,16 @@ impl Walker<'_> {
                 unreachable!("map fields are messages")
             };
             let value_field = entry.map_entry_value_field();
-            for (k, v) in map {
+            for (k, v) in map.iter_mut() {
                 self.single(&value_field, v, &field(path, k))?;
             }
             Ok(())
         } else if fd.is_list() {
+            *value = Value::Array(lenient::list(fd, std::mem::take(value)));
             let Value::Array(items) = value else {
-                return Err(invalid(path, "expected a list"));
+                unreachable!("just made a list")
             };
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in items.iter_mut().enumerate() {
                 self.single(fd, item, &index(path, i))?;
             }
             Ok(())
@@ -627,7 +751,12 @@ impl Walker<'_> {
     }
 
     /// One value (not a list) of field `fd`.
-    fn single(&self, fd: &FieldDescriptor, value: &Value, path: &str) -> Result<(), ConfigError> {
+    fn single(
+        &self,
+        fd: &FieldDescriptor,
+        value: &mut Value,
+        path: &str,
+    ) -> Result<(), ConfigError> {
         match fd.kind() {
             Kind::Message(m) => self.message(&m, value, path, Some(fd)),
             kind => scalar(&kind, value, path),
@@ -638,36 +767,27 @@ impl Walker<'_> {
     fn well_known(
         &self,
         desc: &MessageDescriptor,
-        value: &Value,
+        value: &mut Value,
         path: &str,
         holder: Option<&FieldDescriptor>,
     ) -> Option<Result<(), ConfigError>> {
         let name = desc.full_name();
-        let wrapped = |kind: Kind| Some(scalar(&kind, value, path));
         Some(match name {
-            "google.protobuf.Any" => self.any(value, path, holder),
-            "google.protobuf.Duration" => match value.as_str().map(parse_duration) {
-                Some(Some((seconds, nanos))) => {
-                    check_duration(seconds, nanos).map_err(|m| invalid(path, m))
-                }
-                _ => Err(invalid(
-                    path,
-                    format!("invalid duration {value} (expected a string like \"1.5s\")"),
-                )),
-            },
+            "google.protobuf.Any" => self.any(value, path, holder.map_or("", |h| h.full_name())),
+            "google.protobuf.Duration" => duration(value, path),
             "google.protobuf.Timestamp" | "google.protobuf.FieldMask" => match value {
                 Value::String(_) => Ok(()),
                 _ => Err(invalid(path, "expected a string")),
             },
-            "google.protobuf.BoolValue" => return wrapped(Kind::Bool),
-            "google.protobuf.StringValue" => return wrapped(Kind::String),
-            "google.protobuf.BytesValue" => return wrapped(Kind::Bytes),
-            "google.protobuf.Int32Value" => return wrapped(Kind::Int32),
-            "google.protobuf.UInt32Value" => return wrapped(Kind::Uint32),
-            "google.protobuf.Int64Value" => return wrapped(Kind::Int64),
-            "google.protobuf.UInt64Value" => return wrapped(Kind::Uint64),
-            "google.protobuf.FloatValue" => return wrapped(Kind::Float),
-            "google.protobuf.DoubleValue" => return wrapped(Kind::Double),
+            "google.protobuf.BoolValue"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.DoubleValue" => wrapper(desc, value, path),
             "google.protobuf.Struct" => match value {
                 Value::Object(_) => Ok(()),
                 _ => Err(invalid(path, "expected an object")),
@@ -685,19 +805,13 @@ impl Walker<'_> {
         })
     }
 
-    /// A `typed_config`: resolve `@type`, check it is accepted here, walk the payload.
-    fn any(
-        &self,
-        value: &Value,
-        path: &str,
-        holder: Option<&FieldDescriptor>,
-    ) -> Result<(), ConfigError> {
+    /// A `typed_config`: resolve `@type`, check it is accepted in `holder` (the full name of
+    /// the field holding it, or holding its `TypedExtensionConfig`), walk the payload.
+    fn any(&self, value: &mut Value, path: &str, holder: &str) -> Result<(), ConfigError> {
         let Value::Object(map) = value else {
             return Err(invalid(path, "expected an object with '@type'"));
         };
-        let accepted: &[&str] = holder
-            .and_then(|fd| self.typed.get(fd.full_name()).copied())
-            .unwrap_or(&[]);
+        let accepted: &[&str] = self.typed.get(holder).copied().unwrap_or(&[]);
         let Some(type_url) = map.get("@type") else {
             return Err(invalid(path, "missing '@type'"));
         };
@@ -726,13 +840,81 @@ impl Walker<'_> {
                 ));
             }
         };
-        // Accepted types are ordinary messages: their fields sit beside `@type`.
+        // Accepted types are ordinary messages (or `StringValue`, whose JSON in an `Any` is
+        // its field `value`): their fields sit beside `@type`.
         let rest = map
-            .iter()
+            .iter_mut()
             .filter(|(k, _)| *k != "@type")
             .map(|(k, v)| (k.as_str(), v));
-        self.fields(&desc, rest, path)
+        self.fields(&desc, rest, path, None)
     }
+}
+
+/// A `google.protobuf.Duration`: the proto3 JSON string, or (protobuf's legacy syntax) an
+/// object of `seconds` and `nanos`, rewritten as the string; either way within Envoy's range.
+fn duration(value: &mut Value, path: &str) -> Result<(), ConfigError> {
+    let bad = |value: &Value| {
+        invalid(
+            path,
+            format!("invalid duration {value} (expected a string like \"1.5s\")"),
+        )
+    };
+    let (seconds, nanos) = match value {
+        Value::String(s) => parse_duration(s).ok_or_else(|| bad(value))?,
+        Value::Object(map) => {
+            let (mut seconds, mut nanos) = (0, 0);
+            for (k, v) in map.iter_mut() {
+                let fpath = field(path, k);
+                match k.as_str() {
+                    "seconds" => {
+                        scalar(&Kind::Int64, v, &fpath)?;
+                        seconds = v.as_i64().expect("normalized to an integer");
+                    }
+                    "nanos" => {
+                        scalar(&Kind::Int32, v, &fpath)?;
+                        nanos = v.as_i64().expect("normalized to an integer") as i32;
+                    }
+                    _ => {
+                        return Err(ConfigError::new(
+                            ErrorKind::UnknownField,
+                            fpath,
+                            "unknown field (a duration has 'seconds' and 'nanos')",
+                        ))
+                    }
+                }
+            }
+            (seconds, nanos)
+        }
+        _ => return Err(bad(value)),
+    };
+    check_duration(seconds, nanos).map_err(|m| invalid(path, m))?;
+    *value = Value::String(lenient::duration_text(seconds, nanos));
+    Ok(())
+}
+
+/// A wrapper (`UInt32Value`, ...): its value, or (protobuf's legacy syntax) an object with
+/// the field `value`, rewritten as the value.
+fn wrapper(desc: &MessageDescriptor, value: &mut Value, path: &str) -> Result<(), ConfigError> {
+    let inner = desc
+        .get_field_by_name("value")
+        .expect("wrappers have 'value'");
+    if let Value::Object(map) = value {
+        let mut unwrapped = lenient::default_value(&inner);
+        for (k, v) in std::mem::take(map) {
+            if k != "value" {
+                return Err(ConfigError::new(
+                    ErrorKind::UnknownField,
+                    field(path, &k),
+                    format!("unknown field (not in {})", owner(desc)),
+                ));
+            }
+            if !v.is_null() {
+                unwrapped = v;
+            }
+        }
+        *value = unwrapped;
+    }
+    scalar(&inner.kind(), value, path)
 }
 
 /// The field of `desc` closest to a misspelled `key` (edit distance at most 2), if any.
@@ -760,33 +942,65 @@ fn distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// A scalar (or enum) value in the proto3 JSON mapping.
-fn scalar(kind: &Kind, value: &Value, path: &str) -> Result<(), ConfigError> {
-    let ok = match kind {
-        Kind::Bool => value.is_boolean(),
-        Kind::String => value.is_string(),
-        Kind::Bytes => value.is_string(),
-        Kind::Double | Kind::Float => {
-            value.is_number()
-                || value.as_str().is_some_and(|s| {
-                    matches!(s, "NaN" | "Infinity" | "-Infinity") || s.parse::<f64>().is_ok()
-                })
-        }
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            integer(value).is_some_and(|i| i32::try_from(i).is_ok())
-        }
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            integer(value).is_some_and(|i| i64::try_from(i).is_ok())
-        }
-        Kind::Uint32 | Kind::Fixed32 => integer(value).is_some_and(|i| u32::try_from(i).is_ok()),
-        Kind::Uint64 | Kind::Fixed64 => integer(value).is_some_and(|i| u64::try_from(i).is_ok()),
-        Kind::Enum(e) => {
-            return match value {
-                Value::String(s) if e.get_value_by_name(s).is_some() => Ok(()),
-                Value::Number(n) if n.as_i64().and_then(|n| i32::try_from(n).ok()).is_some() => {
+/// A scalar (or enum) value in the proto3 JSON mapping, as Envoy's parser (protobuf's, in
+/// its legacy mode) reads it, rewritten into the canonical form.
+fn scalar(kind: &Kind, value: &mut Value, path: &str) -> Result<(), ConfigError> {
+    let wrong = |value: &Value, expected: &str| {
+        invalid(path, format!("invalid value {value} (expected {expected})"))
+    };
+    match kind {
+        Kind::Bool => match value {
+            Value::Bool(_) => Ok(()),
+            Value::String(s) => match lenient::bool_text(s) {
+                Some(b) => {
+                    *value = Value::Bool(b);
                     Ok(())
                 }
-                _ => Err(invalid(
+                None => Err(wrong(value, kind_name(kind))),
+            },
+            _ => Err(wrong(value, kind_name(kind))),
+        },
+        Kind::String | Kind::Bytes => match value {
+            Value::String(_) => Ok(()),
+            _ => Err(wrong(value, kind_name(kind))),
+        },
+        Kind::Double | Kind::Float => {
+            let float = matches!(kind, Kind::Float);
+            match lenient::float(value, float) {
+                Ok(canonical) => {
+                    *value = canonical;
+                    Ok(())
+                }
+                Err(why) => Err(wrong(value, why)),
+            }
+        }
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            integer(value, i32::MIN.into(), i32::MAX.into(), kind, path)
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            integer(value, i64::MIN.into(), i64::MAX.into(), kind, path)
+        }
+        Kind::Uint32 | Kind::Fixed32 => integer(value, 0, u32::MAX.into(), kind, path),
+        Kind::Uint64 | Kind::Fixed64 => integer(value, 0, u64::MAX.into(), kind, path),
+        Kind::Enum(e) => {
+            let number = match &*value {
+                Value::String(s) => {
+                    if let Some(v) = e.values().find(|v| v.name().eq_ignore_ascii_case(s)) {
+                        // Envoy matches enum names without regard to case.
+                        *value = Value::String(v.name().to_string());
+                        return Ok(());
+                    }
+                    lenient::decimal(s.trim_matches(|c: char| c.is_ascii_whitespace()))
+                }
+                Value::Number(_) => lenient::int(value, false).ok(),
+                _ => None,
+            };
+            match number.and_then(|n| i32::try_from(n).ok()) {
+                Some(n) => {
+                    *value = Value::from(n);
+                    Ok(())
+                }
+                None => Err(invalid(
                     path,
                     format!(
                         "invalid value {value} (expected one of {})",
@@ -796,17 +1010,44 @@ fn scalar(kind: &Kind, value: &Value, path: &str) -> Result<(), ConfigError> {
                             .join(", ")
                     ),
                 )),
-            };
+            }
         }
         Kind::Message(_) => unreachable!("messages are walked, not scalars"),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
+    }
+}
+
+/// An integer field's value within `lo..=hi`, rewritten as a JSON integer.
+fn integer(
+    value: &mut Value,
+    lo: i128,
+    hi: i128,
+    kind: &Kind,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let unsigned = lo == 0;
+    match lenient::int(value, unsigned) {
+        Ok(n) if (lo..=hi).contains(&n) => {
+            *value = if unsigned {
+                Value::from(n as u64)
+            } else {
+                Value::from(n as i64)
+            };
+            Ok(())
+        }
+        Ok(_) => Err(invalid(
             path,
-            format!("invalid value {value} (expected {})", kind_name(kind)),
-        ))
+            format!(
+                "invalid value {value} (out of range: expected {})",
+                kind_name(kind)
+            ),
+        )),
+        Err(why) => Err(invalid(
+            path,
+            format!(
+                "invalid value {value} (expected {}: {why})",
+                kind_name(kind)
+            ),
+        )),
     }
 }
 
@@ -821,23 +1062,6 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::Uint32 | Kind::Fixed32 => "an unsigned 32-bit integer",
         Kind::Uint64 | Kind::Fixed64 => "an unsigned 64-bit integer",
         Kind::Enum(_) | Kind::Message(_) => "a value",
-    }
-}
-
-/// An integer given as a JSON number (integral) or a decimal string.
-fn integer(value: &Value) -> Option<i128> {
-    match value {
-        Value::Number(n) => n
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.abs() < 1e19)
-                    .map(|f| f as i128)
-            }),
-        Value::String(s) => s.parse::<i128>().ok(),
-        _ => None,
     }
 }
 

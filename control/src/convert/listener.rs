@@ -1,8 +1,10 @@
 //! A listener: its address's protocol picks TCP (filter chains, converted in
 //! `filter_chain`) or UDP (`udp`); for TCP, the chains' matches must differ (Envoy's
-//! duplicate rule) and the listener filters (`original_dst`, `original_src`) are read.
+//! duplicate rule), or with a `filter_chain_matcher` (`chain_matcher`) the chains are picked
+//! by their names, and the listener filters (`original_dst`, `original_src`) are read.
 
 use super::address::listener_address;
+use super::chain_matcher::{chain_matcher, ChainNames};
 use super::filter_chain::filter_chain;
 use super::{decode_any, type_name, udp, Result};
 use crate::error::ConfigError;
@@ -44,6 +46,21 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
         ));
     }
     let filter_chains = filter_chains(l, &field(path, "filter_chains"))?;
+    let chain_matcher = match &l.filter_chain_matcher {
+        Some(m) => {
+            let names: ChainNames = filter_chains
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.as_str(), i as u32))
+                .collect();
+            Some(chain_matcher(
+                m,
+                &names,
+                &field(path, "filter_chain_matcher"),
+            )?)
+        }
+        None => None,
+    };
     let default_filter_chain = match &l.default_filter_chain {
         Some(fc) => Some(default_filter_chain(
             fc,
@@ -55,6 +72,7 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
     Ok(TcpListenerConfig {
         filter_chains,
         default_filter_chain,
+        chain_matcher,
         use_original_dst: l.use_original_dst.is_some_and(|b| b.value) || filters.original_dst,
         transparent: l.transparent.is_some_and(|b| b.value),
         reuse_port: reuse_port(l),
@@ -84,6 +102,12 @@ fn filter_chains(l: &Listener, chains_path: &str) -> Result<Vec<FilterChainConfi
     for (i, fc) in l.filter_chains.iter().enumerate() {
         let chain_path = index(chains_path, i);
         let chain = filter_chain(fc, &chain_path)?;
+        if l.filter_chain_matcher.is_some() {
+            // The matcher picks chains by name; their own matches play no part.
+            by_name(fc, &filter_chains, &chain_path)?;
+            filter_chains.push(chain);
+            continue;
+        }
         if let Some(j) = filter_chains
             .iter()
             .position(|o| same_rules(&o.matcher, &chain.matcher))
@@ -98,6 +122,36 @@ fn filter_chains(l: &Listener, chains_path: &str) -> Result<Vec<FilterChainConfi
         filter_chains.push(chain);
     }
     Ok(filter_chains)
+}
+
+/// A chain of a listener with a `filter_chain_matcher` (Envoy's rules): named, the name
+/// not taken by an earlier chain, and no `filter_chain_match` (which Envoy would ignore).
+fn by_name(fc: &FilterChain, earlier: &[FilterChainConfig], chain_path: &str) -> Result<()> {
+    if fc.filter_chain_match.is_some() {
+        return Err(ConfigError::invalid(
+            field(chain_path, "filter_chain_match"),
+            "Envoy ignores filter_chain_match when the listener has a filter_chain_matcher: \
+             set one or the other",
+        ));
+    }
+    if fc.name.is_empty() {
+        return Err(ConfigError::invalid(
+            field(chain_path, "name"),
+            "required when the listener has a filter_chain_matcher (its actions name chains), \
+             as in Envoy",
+        ));
+    }
+    if let Some(j) = earlier.iter().position(|o| o.name == fc.name) {
+        return Err(ConfigError::invalid(
+            field(chain_path, "name"),
+            format!(
+                "duplicate filter chain name '{}' (also filter_chains[{j}]); a \
+                 filter_chain_matcher names chains",
+                fc.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `default_filter_chain`: a chain without a `filter_chain_match`.

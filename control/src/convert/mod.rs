@@ -39,6 +39,7 @@ use std::time::Duration;
 mod access_log;
 mod address;
 mod ads;
+mod chain_matcher;
 mod circuit_breakers;
 mod cluster;
 mod dns;

@@ -3,8 +3,8 @@
 //!
 //! What is accepted, beyond what the walker already checked field by field:
 //! - the route: the deprecated `cluster`, or a `matcher` with only `on_no_match` whose
-//!   action is Envoy's `Route` or Switchyard's `WeightedRoute` (every session takes it; the
-//!   walker refuses `matcher_list` and `matcher_tree`);
+//!   action is Envoy's `Route` or Switchyard's `WeightedRoute` (every session takes it;
+//!   `matcher_list` and `matcher_tree` are refused by path);
 //! - `idle_timeout` (Envoy's default 60 s; `0s`, as in Envoy, ends a session right after
 //!   its last datagram, at the worker's next tick), `hash_policies: [{source_ip: true}]`;
 //! - `use_original_src_ip` and `use_per_packet_load_balancing` only as `false`;
@@ -33,7 +33,8 @@ use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
     udp_proxy_config::{hash_policy::PolicySpecifier, HashPolicy, RouteSpecifier},
     Route as PbRoute, UdpProxyConfig as PbUdpProxyConfig,
 };
-use envoy_types::pb::xds::r#type::matcher::v3::{matcher::on_match::OnMatch, Matcher};
+use envoy_types::pb::xds::r#type::matcher::v3::matcher::{on_match::OnMatch, MatcherType};
+use envoy_types::pb::xds::r#type::matcher::v3::Matcher;
 
 /// The listener filter's name in Envoy's docs (the `@type` decides, not the name).
 const UDP_PROXY_NAME: &str = "envoy.filters.udp_listener.udp_proxy";
@@ -53,6 +54,9 @@ pub(super) fn udp_listener(l: &Listener, path: &str) -> Result<UdpProxyConfig> {
     }
     if l.default_filter_chain.is_some() {
         return Err(not_udp("default_filter_chain", "default filter chain"));
+    }
+    if l.filter_chain_matcher.is_some() {
+        return Err(not_udp("filter_chain_matcher", "filter chain matcher"));
     }
     for (name, value) in [
         ("use_original_dst", l.use_original_dst),
@@ -216,11 +220,14 @@ fn udp_proxy(
 /// `matcher`: Switchyard matches nothing, so the one form it takes is `on_no_match` with an
 /// action, which every session takes.
 fn matcher_route(m: &Matcher, path: &str) -> Result<RouteConfig> {
-    if m.matcher_type.is_some() {
-        // The walker refuses both by name; a hand-built resource may still get here.
+    if let Some(t) = &m.matcher_type {
+        let name = match t {
+            MatcherType::MatcherList(_) => "matcher_list",
+            MatcherType::MatcherTree(_) => "matcher_tree",
+        };
         return Err(ConfigError::unsupported(
-            path,
-            "matcher_list and matcher_tree are not supported by Switchyard (on_no_match is)",
+            field(path, name),
+            "not supported by Switchyard in the UDP proxy (on_no_match is)",
         ));
     }
     let npath = field(path, "on_no_match");

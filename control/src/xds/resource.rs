@@ -166,7 +166,7 @@ fn file_resource(
         .expect("the vendored descriptor set has every xDS resource type");
     let mut rest = map.clone();
     rest.remove("@type");
-    let message = checked_message(&pool, desc, &serde_json::Value::Object(rest)).map_err(|e| {
+    let message = checked_message(&pool, desc, serde_json::Value::Object(rest)).map_err(|e| {
         let inner = e.path();
         let full = if inner.is_empty() {
             path.to_string()
@@ -212,9 +212,9 @@ fn checked<M: Message + Default>(any: &Any, type_url: &str) -> Result<M, Rejecte
     if let Some((path, reason)) = bad_duration(&message) {
         return Err(Rejected::new(&name, format!("{path}: {reason}")));
     }
-    let value =
+    let mut value =
         proto_json(&message).map_err(|e| Rejected::new(&name, format!("internal error: {e}")))?;
-    walk::check(&pool, &desc, &value).map_err(|e| rejected(&name, e))?;
+    walk::check(&pool, &desc, &mut value).map_err(|e| rejected(&name, e))?;
     M::decode(any.value.as_slice())
         .map_err(|e| Rejected::new(&name, format!("does not decode: {e}")))
 }

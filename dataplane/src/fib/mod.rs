@@ -19,8 +19,10 @@
 //! The data graph holds no loops: listener -> filter chain -> route -> cluster -> endpoint.
 
 mod chain_match;
+pub mod chain_matcher;
 
 pub use chain_match::{ChainMatch, CidrRange, MAX_FILTER_CHAINS};
+pub use chain_matcher::ChainMatcher;
 
 pub use crate::hash_lb::RingHashFunction;
 // Defined by the socket code that applies them, so `sys` needs nothing from the FIB.
@@ -110,6 +112,9 @@ pub struct Listener {
     pub filter_chains: Vec<FilterChain>,
     /// Used when no chain matches (Envoy `default_filter_chain`).
     pub default_chain: Option<FilterChain>,
+    /// Envoy's `filter_chain_matcher`: when set, it picks the chain (the chains' own
+    /// `matcher`s are all empty then).
+    pub chain_matcher: Option<ChainMatcher>,
     /// Kernel accept backlog.
     pub backlog: u32,
     /// `listener.<ip>_<port>.*` stats, shared across generations.
@@ -189,6 +194,16 @@ impl Listener {
     /// Like [`Listener::match_chain`], as an index for [`Listener::chain`]: a position in
     /// `filter_chains`, or [`DEFAULT_CHAIN`].
     pub fn match_chain_index(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+        if let Some(m) = &self.chain_matcher {
+            return match m.select(local, remote) {
+                chain_matcher::Outcome::Chain(i) => Some(i),
+                // An action naming no chain: Envoy closes the connection, default or not.
+                chain_matcher::Outcome::Closed => None,
+                chain_matcher::Outcome::NoMatch => {
+                    self.default_chain.as_ref().map(|_| DEFAULT_CHAIN)
+                }
+            };
+        }
         let chains = &self.filter_chains;
         match chain_match::select(chains.len(), |i| &chains[i].matcher, local, remote) {
             Some(i) => Some(i as u32),
@@ -209,15 +224,19 @@ impl Listener {
     }
 
     /// True when matching needs the connection's real local address (a wildcard listener
-    /// with chains that match on destination address).
+    /// with chains, or a chain matcher, that match on destination address).
     pub fn needs_local_address(&self) -> bool {
+        use chain_matcher::Input;
+        let matcher_reads = |i| self.chain_matcher.as_ref().is_some_and(|m| m.reads(i));
         self.use_original_dst
             || self.transparent
             || self.address.ip().is_unspecified()
-                && self
+                && (self
                     .filter_chains
                     .iter()
                     .any(|c| !c.matcher.prefix_ranges.is_empty())
+                    || matcher_reads(Input::DestinationIp)
+                    || matcher_reads(Input::SourceType))
     }
 
     /// True when any chain (or the default chain) writes an access log.
@@ -239,6 +258,17 @@ impl Listener {
                 .any(|c| c.tcp_proxy.hash_source_ip)
             || self.filter_chains.iter().any(|c| {
                 !c.matcher.source_prefix_ranges.is_empty() || !c.matcher.source_ports.is_empty()
+            })
+            || self.chain_matcher.as_ref().is_some_and(|m| {
+                use chain_matcher::Input;
+                [
+                    Input::SourceIp,
+                    Input::SourcePort,
+                    Input::DirectSourceIp,
+                    Input::SourceType,
+                ]
+                .into_iter()
+                .any(|i| m.reads(i))
             })
     }
 }
