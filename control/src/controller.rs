@@ -80,6 +80,8 @@ pub enum RunError {
     DataPlane(PlaneError),
     /// The admin address could not be bound.
     Admin(std::io::Error),
+    /// An `admin.access_log` file could not be opened.
+    AdminAccessLog(std::io::Error),
     /// The `--readiness-port` could not be bound.
     Readiness(u16, std::io::Error),
     /// Signal handlers could not be installed.
@@ -100,6 +102,7 @@ impl std::fmt::Display for RunError {
             RunError::Config(e) => write!(f, "invalid config: {e}"),
             RunError::DataPlane(e) => write!(f, "{e}"),
             RunError::Admin(e) => write!(f, "admin: cannot listen: {e}"),
+            RunError::AdminAccessLog(e) => write!(f, "admin: cannot open its access log: {e}"),
             RunError::Readiness(port, e) => {
                 write!(
                     f,
@@ -753,13 +756,16 @@ fn start_admin(
             }
         })
         .map_err(RunError::Admin)?;
-    let state = Arc::new(AdminState::new(
+    let mut state = AdminState::new(
         stats.clone(),
         plane.fib_view(),
         plane.worker_count(),
         options.command_line.clone(),
         actions_tx,
-    ));
+    );
+    state.access_log = admin::access_log::AdminAccessLog::open(&rib.admin.access_logs)
+        .map_err(RunError::AdminAccessLog)?;
+    let state = Arc::new(state);
     // Without `admin.address` no admin listener is opened, as in Envoy; the state is kept
     // for readiness (`--readiness-port`) and the control thread.
     let listener = rib

@@ -136,6 +136,9 @@ pub struct AdminConfig {
     /// listener is opened, as in Envoy ("No admin address given, so no admin HTTP server
     /// started").
     pub address: Option<AdminAddress>,
+    /// `admin.access_log` and `admin.access_log_path`: where a line per admin request goes
+    /// (Envoy's default HTTP format).
+    pub access_logs: Vec<LogPath>,
 }
 
 impl AdminConfig {

@@ -63,7 +63,7 @@ fn parse_http(raw: &[u8]) -> io::Result<HttpResponse> {
     })
 }
 
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+pub fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     for _ in 0..1_000_000 {
         let eol = b.windows(2).position(|w| w == b"\r\n")?;

@@ -85,6 +85,7 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
         node: NodeInfo::default(),
         admin: AdminConfig {
             address: Some(AdminAddress::Tcp("127.0.0.1:15000".parse().unwrap())),
+            access_logs: Vec::new(),
         },
         listeners: Vec::new(),
         clusters: Vec::new(),

@@ -17,6 +17,7 @@
 //!   [`MAX_BUSY_HANDLERS`] threads. A query parameter that does not decode (bad `%XX`, not
 //!   UTF-8, NUL) is answered 400 by every endpoint that takes parameters.
 
+use super::access_log::{AdminLogEntry, LoggedHeaders};
 use super::socket::{AdminListener, AdminStream};
 use super::{route, AdminState};
 use std::collections::BTreeMap;
@@ -163,6 +164,14 @@ pub struct Request {
     pub query: Query,
     /// Whether the client wants the connection kept open after the response.
     pub keep_alive: bool,
+    /// The request target as sent (path and query), for the access log.
+    pub target: String,
+    /// `HTTP/1.1` or `HTTP/1.0`.
+    pub protocol: &'static str,
+    /// The headers the access log prints.
+    pub headers: LoggedHeaders,
+    /// The body's length (read and ignored).
+    pub body_len: usize,
 }
 
 /// One response.
@@ -396,9 +405,9 @@ pub(crate) fn parse_head(head: &str) -> Result<(Request, usize), ReadError> {
     if method.is_empty() || !method.bytes().all(is_token_byte) {
         return Err(reject(400, "malformed method"));
     }
-    let mut keep_alive = match version {
-        "HTTP/1.1" => true,
-        "HTTP/1.0" => false,
+    let (mut keep_alive, protocol) = match version {
+        "HTTP/1.1" => (true, "HTTP/1.1"),
+        "HTTP/1.0" => (false, "HTTP/1.0"),
         v if v.starts_with("HTTP/") => return Err(reject(505, "only HTTP/1.0 and HTTP/1.1")),
         _ => return Err(reject(400, "malformed HTTP version")),
     };
@@ -406,6 +415,7 @@ pub(crate) fn parse_head(head: &str) -> Result<(Request, usize), ReadError> {
         return Err(reject(400, "malformed request target"));
     }
     let mut content_length: Option<usize> = None;
+    let mut headers = LoggedHeaders::default();
     for line in lines {
         if line.is_empty() {
             break;
@@ -427,6 +437,8 @@ pub(crate) fn parse_head(head: &str) -> Result<(Request, usize), ReadError> {
                 return Err(reject(400, "conflicting Content-Length headers"));
             }
             content_length = Some(n);
+        } else if let Some(slot) = logged_header(&mut headers, name) {
+            *slot = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(reject(501, "Transfer-Encoding is not supported"));
         } else if name.eq_ignore_ascii_case("connection") {
@@ -445,8 +457,24 @@ pub(crate) fn parse_head(head: &str) -> Result<(Request, usize), ReadError> {
         path: path.to_string(),
         query: Query::parse(query),
         keep_alive,
+        target: target.to_string(),
+        protocol,
+        headers,
+        body_len: content_length.unwrap_or(0),
     };
     Ok((req, content_length.unwrap_or(0)))
+}
+
+/// Where a header the access log prints goes, if `name` is one.
+fn logged_header<'a>(headers: &'a mut LoggedHeaders, name: &str) -> Option<&'a mut Option<String>> {
+    let slot = match name.to_ascii_lowercase().as_str() {
+        "x-forwarded-for" => &mut headers.x_forwarded_for,
+        "user-agent" => &mut headers.user_agent,
+        "x-request-id" => &mut headers.x_request_id,
+        "host" => &mut headers.authority,
+        _ => return None,
+    };
+    Some(slot)
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -673,12 +701,17 @@ async fn serve_connection(
                 registered.set_waiting(false);
                 let head_only = req.method == "HEAD";
                 let keep_alive = req.keep_alive;
+                let started = (!state.access_log.is_empty()).then(|| Started::of(&req));
                 let response = respond(role, &state, req).await;
                 let written = timeout(
                     REQUEST_TIMEOUT,
                     response.write_to(&mut stream, head_only, keep_alive),
                 )
                 .await;
+                if let Some(started) = started {
+                    let sent = if head_only { 0 } else { response.body.len() };
+                    started.log(&state, response.status, sent);
+                }
                 if !matches!(written, Ok(Ok(()))) {
                     return;
                 }
@@ -701,6 +734,48 @@ async fn serve_connection(
         }
     }
     close_gracefully(stream).await;
+}
+
+/// A request's access-log facts, kept while it is served.
+struct Started {
+    at: Instant,
+    unix_ms: u64,
+    method: String,
+    target: String,
+    protocol: &'static str,
+    headers: LoggedHeaders,
+    body_len: usize,
+}
+
+impl Started {
+    fn of(req: &Request) -> Started {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Started {
+            at: Instant::now(),
+            unix_ms,
+            method: req.method.clone(),
+            target: req.target.clone(),
+            protocol: req.protocol,
+            headers: req.headers.clone(),
+            body_len: req.body_len,
+        }
+    }
+
+    fn log(self, state: &AdminState, status: u16, bytes_sent: usize) {
+        state.access_log.log(&AdminLogEntry {
+            start_unix_ms: self.unix_ms,
+            method: &self.method,
+            target: &self.target,
+            protocol: self.protocol,
+            status,
+            bytes_received: self.body_len,
+            bytes_sent,
+            duration_ms: u64::try_from(self.at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            headers: &self.headers,
+        });
+    }
 }
 
 /// The response to one request. Readiness is answered on the spot (two atomic loads), so it

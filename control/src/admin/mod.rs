@@ -19,6 +19,7 @@
 //!
 //! Endpoints are listed in [`ENDPOINTS`]; `/help` prints them.
 
+pub mod access_log;
 mod clusters;
 mod dump;
 mod http;
@@ -91,6 +92,8 @@ pub struct AdminState {
     pub command_line: Vec<String>,
     /// Requests to the control thread.
     pub actions: Sender<AdminAction>,
+    /// The admin's own access log (`admin.access_log`); empty unless the bootstrap asks.
+    pub access_log: access_log::AdminAccessLog,
 }
 
 impl AdminState {
@@ -114,6 +117,7 @@ impl AdminState {
             started: Instant::now(),
             command_line,
             actions,
+            access_log: access_log::AdminAccessLog::default(),
         }
     }
 

@@ -83,7 +83,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["cluster_name"],
     ),
     ("envoy.config.core.v3.Node", &["id", "cluster"]),
-    ("envoy.config.bootstrap.v3.Admin", &["address"]),
+    (
+        "envoy.config.bootstrap.v3.Admin",
+        &["address", "access_log", "access_log_path"],
+    ),
     ("envoy.config.core.v3.Address", &["socket_address", "pipe"]),
     ("envoy.config.core.v3.Pipe", &["path", "mode"]),
     (

@@ -26,7 +26,7 @@ use crate::rib::{
     AdminConfig, Bind, ClusterConfig, EndpointConfig, FileSource, ListenerConfig, NodeInfo, Rib,
     XdsSource,
 };
-use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -35,6 +35,7 @@ use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_dataplane::accesslog::{LogFormat, LogPath};
 
 mod access_log;
 mod address;
@@ -65,6 +66,10 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
             .and_then(|a| a.address.as_ref())
             .map(|addr| admin_address(addr, "admin.address"))
             .transpose()?,
+        access_logs: match &b.admin {
+            Some(a) => admin_access_logs(a)?,
+            None => Vec::new(),
+        },
     };
     let empty = Default::default();
     let statics = b.static_resources.as_ref().unwrap_or(&empty);
@@ -116,6 +121,30 @@ fn static_clusters(statics: &[Cluster]) -> Result<Vec<Arc<ClusterConfig>>> {
         clusters.push(Arc::new(converted));
     }
     Ok(clusters)
+}
+
+/// `admin.access_log` (stdout, stderr or a file, in Envoy's default format: the admin
+/// writes HTTP lines, which the tcp_proxy's command operators do not describe) and the
+/// deprecated `admin.access_log_path`.
+fn admin_access_logs(a: &Admin) -> Result<Vec<LogPath>> {
+    let mut logs = Vec::new();
+    #[allow(deprecated)] // Deprecated in Envoy's API, still accepted by Envoy 1.40.
+    if !a.access_log_path.is_empty() {
+        logs.push(LogPath::File(a.access_log_path.clone().into()));
+    }
+    for (i, log) in a.access_log.iter().enumerate() {
+        let path = index("admin.access_log", i);
+        let config = access_log::access_log_config(log, &path)?;
+        if config.format != LogFormat::EnvoyDefault {
+            return Err(ConfigError::unsupported(
+                field(&path, "typed_config"),
+                "the admin's access log is written in Envoy's default HTTP format only \
+                 (leave out its format)",
+            ));
+        }
+        logs.push(config.path);
+    }
+    Ok(logs)
 }
 
 /// `static_resources.listeners`, each name and address once, none on the admin's address.
