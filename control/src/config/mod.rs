@@ -550,8 +550,8 @@ static_resources:
                 "admin.address.envoy_internal_address",
             ),
             (
-                r#"{"admin": {"access_log_path": "/dev/null"}}"#,
-                "admin.access_log_path",
+                r#"{"admin": {"profile_path": "/tmp/envoy.prof"}}"#,
+                "admin.profile_path",
             ),
             (
                 r#"{"static_resources": {"clusters": [{"name": 5}]}}"#,
