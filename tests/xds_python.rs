@@ -120,13 +120,21 @@ fn listener_matching(name: &str, port: u32, cluster: &str, prefix: &str) -> Valu
     l
 }
 
+/// The ADS bootstrap, its node carrying metadata as Istio's does (sent in every request).
 fn bootstrap(admin: u16, ads: SocketAddr, api: &str, initial_fetch_timeout: &str) -> String {
-    switchyard_control::xds::fixtures::ads_bootstrap(
+    let yaml = switchyard_control::xds::fixtures::ads_bootstrap(
         "xds-py-test",
         admin,
         ads,
         api,
         initial_fetch_timeout,
+    );
+    let node = "node: { id: xds-py-test, cluster: switchyard-test }";
+    assert!(yaml.contains(node), "{yaml}");
+    yaml.replace(
+        node,
+        "node: { id: xds-py-test, cluster: switchyard-test, metadata: { ISTIO_VERSION: 1.24.0, \
+         INTERCEPTION_MODE: REDIRECT, LABELS: { app: web }, CONCURRENCY: 2 } }",
     )
 }
 
@@ -357,6 +365,13 @@ fn sync_update_and_removal(api: Api) {
         e["event"] == "request" && e["type_url"] == CLUSTER
     }));
     assert_eq!(cds["node_id"], "xds-py-test", "{cds}");
+    // `node.metadata` reaches the management server as written (CONCURRENCY is a number).
+    assert_eq!(
+        cds["node_metadata"],
+        json!({"ISTIO_VERSION": "1.24.0", "INTERCEPTION_MODE": "REDIRECT",
+               "LABELS": {"app": "web"}, "CONCURRENCY": 2.0}),
+        "{cds}"
+    );
     let names = cds["resource_names"]
         .as_array()
         .cloned()

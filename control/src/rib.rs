@@ -127,6 +127,10 @@ pub struct NodeInfo {
     pub id: String,
     /// `node.cluster`.
     pub cluster: String,
+    /// `node.metadata`, a `google.protobuf.Struct` kept encoded (the RIB holds no proto
+    /// types): sent to every management server in the `Node`, as Envoy sends it (Istio's
+    /// control plane reads the proxy's labels, version and interception mode from it).
+    pub metadata: Option<Vec<u8>>,
 }
 
 /// The admin server.

@@ -36,6 +36,7 @@ fn start_client(
     let node = NodeInfo {
         id: "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local".into(),
         cluster: "switchyard".into(),
+        metadata: None,
     };
     let mut config = ClientConfig::new(addr, node, api);
     config.backoff_base = Duration::from_millis(20);

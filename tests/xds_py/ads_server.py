@@ -294,6 +294,7 @@ class SotwStream(Stream):
             resource_names=list(req.resource_names),
             error_detail=err,
             node_id=req.node.id if req.HasField("node") else None,
+            node_metadata=json_format.MessageToDict(req.node.metadata) if req.HasField("node") else None,
             service=self.service,
         )
         if self.wrong_type(t):
@@ -364,6 +365,7 @@ class DeltaStream(Stream):
             initial_resource_versions=dict(req.initial_resource_versions),
             error_detail=err,
             node_id=req.node.id if req.HasField("node") else None,
+            node_metadata=json_format.MessageToDict(req.node.metadata) if req.HasField("node") else None,
             service=self.service,
         )
         if self.wrong_type(t):

@@ -98,6 +98,7 @@ fn node_info(b: &Bootstrap) -> NodeInfo {
         .map(|n| NodeInfo {
             id: n.id.clone(),
             cluster: n.cluster.clone(),
+            metadata: n.metadata.as_ref().map(Message::encode_to_vec),
         })
         .unwrap_or_default()
 }

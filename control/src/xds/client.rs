@@ -663,6 +663,11 @@ impl<W: Wire> Client<W> {
         let node = Node {
             id: config.node.id.clone(),
             cluster: config.node.cluster.clone(),
+            metadata: config
+                .node
+                .metadata
+                .as_deref()
+                .and_then(|b| prost::Message::decode(b).ok()),
             user_agent_name: "switchyard".into(),
             ..Node::default()
         };
