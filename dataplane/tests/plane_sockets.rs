@@ -579,8 +579,9 @@ fn a_drain_serves_what_the_kernel_completed_splice() {
 }
 
 /// A shutdown records every connection the kernel completed before the listeners closed,
-/// even with a drain time of 0. The worker is held right after it acknowledged the drain
-/// (as one taken off its CPU there would be) while eight clients connect and send; the plane
+/// even with a drain time of 0. Eight clients connect and send, then the stop comes and the
+/// worker is held right after it acknowledged the drain (as one taken off its CPU there
+/// would be); the plane
 /// used to stop as soon as the worker had acknowledged, before it had served what its
 /// listener still held, and the worker then closed those connections without a record
 /// (lines lost at shutdown).
@@ -609,18 +610,18 @@ fn a_shutdown_records_every_connection_the_kernel_completed() {
     let mut c = TcpStream::connect(listen).expect("listener serves");
     assert!(echo_bulk(&mut c, 100, 1));
     drop(c);
-    // The hold is long against the 100 ms before the clients connect, so a loaded machine
-    // (CI's 2 vCPUs) that delays this thread still connects while the worker is held.
-    plane.delay_after_next_adoption_for_test(Duration::from_millis(2000));
-    std::thread::scope(|scope| {
-        let stop = scope.spawn(move || plane.shutdown(Duration::ZERO));
-        std::thread::sleep(Duration::from_millis(100));
-        for i in 0..8u8 {
-            let mut c = TcpStream::connect(listen).expect("the listener still listens");
+    // Eight clients the kernel completes (accepted or still in the accept queue) just before
+    // the stop; the worker is then held right after it adopts the drain.
+    let clients: Vec<TcpStream> = (0..8u8)
+        .map(|i| {
+            let mut c = TcpStream::connect(listen).expect("the listener listens");
             c.write_all(&[i; 16]).unwrap();
-        }
-        stop.join().unwrap();
-    });
+            c
+        })
+        .collect();
+    plane.delay_after_next_adoption_for_test(Duration::from_millis(500));
+    plane.shutdown(Duration::ZERO);
+    drop(clients);
     let mut records = 0;
     while queues.pop(0).is_some() {
         records += 1;
