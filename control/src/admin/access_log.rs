@@ -39,6 +39,23 @@ enum Sink {
     File(Mutex<std::fs::File>),
 }
 
+impl Sink {
+    /// A file is created if missing and appended to; its error names the path.
+    fn open(path: &LogPath) -> std::io::Result<Sink> {
+        let file = match path {
+            LogPath::Stdout => return Ok(Sink::Stdout),
+            LogPath::Stderr => return Ok(Sink::Stderr),
+            LogPath::File(file) => file,
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .map(|f| Sink::File(Mutex::new(f)))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))
+    }
+}
+
 /// What one admin request's line says.
 #[derive(Debug, Clone)]
 pub struct AdminLogEntry<'a> {
@@ -80,24 +97,7 @@ impl AdminAccessLog {
     pub fn open(paths: &[LogPath]) -> std::io::Result<AdminAccessLog> {
         let sinks = paths
             .iter()
-            .map(|p| {
-                Ok(match p {
-                    LogPath::Stdout => Sink::Stdout,
-                    LogPath::Stderr => Sink::Stderr,
-                    LogPath::File(path) => Sink::File(Mutex::new(
-                        std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(path)
-                            .map_err(|e| {
-                                std::io::Error::new(
-                                    e.kind(),
-                                    format!("admin access log {}: {e}", path.display()),
-                                )
-                            })?,
-                    )),
-                })
-            })
+            .map(Sink::open)
             .collect::<std::io::Result<Vec<Sink>>>()?;
         Ok(AdminAccessLog { sinks })
     }
@@ -132,7 +132,6 @@ pub fn render(e: &AdminLogEntry<'_>) -> String {
     out.push('[');
     write_start_time(e.start_unix_ms, &mut out);
     let h = e.headers;
-    let q = |v: &Option<String>| v.as_deref().unwrap_or("-").to_string();
     let _ = writeln!(
         out,
         "] \"{} {} {}\" {} - {} {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"-\"",
@@ -143,12 +142,17 @@ pub fn render(e: &AdminLogEntry<'_>) -> String {
         e.bytes_received,
         e.bytes_sent,
         e.duration_ms,
-        q(&h.x_forwarded_for),
-        q(&h.user_agent),
-        q(&h.x_request_id),
-        q(&h.authority),
+        or_dash(&h.x_forwarded_for),
+        or_dash(&h.user_agent),
+        or_dash(&h.x_request_id),
+        or_dash(&h.authority),
     );
     out
+}
+
+/// A header's value, or `-` when it was absent (Envoy's placeholder).
+fn or_dash(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
 }
 
 #[cfg(test)]

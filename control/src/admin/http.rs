@@ -467,14 +467,18 @@ pub(crate) fn parse_head(head: &str) -> Result<(Request, usize), ReadError> {
 
 /// Where a header the access log prints goes, if `name` is one.
 fn logged_header<'a>(headers: &'a mut LoggedHeaders, name: &str) -> Option<&'a mut Option<String>> {
-    let slot = match name.to_ascii_lowercase().as_str() {
-        "x-forwarded-for" => &mut headers.x_forwarded_for,
-        "user-agent" => &mut headers.user_agent,
-        "x-request-id" => &mut headers.x_request_id,
-        "host" => &mut headers.authority,
-        _ => return None,
-    };
-    Some(slot)
+    let is = |h: &str| name.eq_ignore_ascii_case(h);
+    if is("x-forwarded-for") {
+        Some(&mut headers.x_forwarded_for)
+    } else if is("user-agent") {
+        Some(&mut headers.user_agent)
+    } else if is("x-request-id") {
+        Some(&mut headers.x_request_id)
+    } else if is("host") {
+        Some(&mut headers.authority)
+    } else {
+        None
+    }
 }
 
 fn is_token_byte(b: u8) -> bool {
