@@ -367,12 +367,10 @@ impl Localities {
                     .iter()
                     .take_while(|e| e.locality.group == group.group)
                     .count();
-            let healthy: Vec<u32> = plan
-                .healthy
-                .iter()
-                .copied()
-                .filter(|&i| (start..end).contains(&(i as usize)))
-                .collect();
+            // `plan.healthy` is ascending: this locality's are one run of it.
+            let from = plan.healthy.partition_point(|&i| (i as usize) < start);
+            let to = plan.healthy.partition_point(|&i| (i as usize) < end);
+            let healthy = plan.healthy[from..to].to_vec();
             let weight = effective_locality_weight(group.weight, end - start, healthy.len());
             if weight > 0 {
                 let sub = LevelPlan {
