@@ -3,6 +3,11 @@
 //! the backend's writes stall (the proxy stopped reading upstream); afterwards every byte arrives
 //! intact.
 //!
+//! `per_connection_buffer_limit_bytes` are Envoy's watermarks: with one side stalled, the
+//! bytes the proxy holds for it (`cluster.<name>.upstream_cx_tx_bytes_buffered`,
+//! `tcp.<prefix>.downstream_cx_tx_bytes_buffered`) stay near the limits, where Envoy's
+//! 1 MiB default lets them grow far beyond.
+//!
 //! Runs in both relay modes (`buffer_ring::*`, `splice::*`). Run against real Envoy with
 //! `SWITCHYARD_TEST_PROXY=envoy` (the splice variant then skips: Envoy has no relay mode).
 
@@ -10,6 +15,9 @@
 mod common;
 
 use common::*;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,7 +26,10 @@ const SEED: u64 = 0x51_0e;
 /// Allowed RSS growth during the stall.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
 
-in_both_relay_modes!(slow_reader_bounded_memory_then_byte_exact);
+in_both_relay_modes!(
+    slow_reader_bounded_memory_then_byte_exact,
+    buffer_limits_bound_the_bytes_held_for_a_stalled_side,
+);
 
 fn slow_reader_bounded_memory_then_byte_exact(mode: RelayMode) {
     let be = Backend::source(TOTAL, SEED);
@@ -114,4 +125,151 @@ fn slow_reader_bounded_memory_then_byte_exact(mode: RelayMode) {
         balanced,
         "upstream flow control paused {p_total} != resumed {r_total}"
     );
+}
+
+/// The limits of the test's limited listener and clusters.
+const LIMIT: u32 = 16 * 1024;
+/// What Envoy may read past a watermark: one read of up to 16 KiB (its read slice).
+const READ_SLACK: u64 = 16 * 1024;
+
+/// A backend that accepts and never reads, with a small receive buffer (so that it stalls
+/// soon). Its connections stay open until it is dropped.
+struct SilentBackend {
+    addr: SocketAddr,
+    _held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl SilentBackend {
+    fn start() -> SilentBackend {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        s.listen(16).expect("listen");
+        let listener: TcpListener = s.into();
+        let addr = listener.local_addr().expect("local_addr");
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let keep = held.clone();
+        thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                keep.lock().unwrap().push(s);
+            }
+        });
+        SilentBackend { addr, _held: held }
+    }
+}
+
+/// Samples `name` until it has not changed for a second (at most 15 s): what the proxy holds
+/// once the stalled side's buffers are full.
+fn settled_gauge(proxy: &Proxy, name: &str) -> u64 {
+    let t0 = Instant::now();
+    let mut last = proxy.stat(name);
+    let mut since = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        thread::sleep(Duration::from_millis(100));
+        let now = proxy.stat(name);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= Duration::from_secs(1) && now > 0 {
+            break;
+        }
+    }
+    last
+}
+
+/// Writes to `addr` through the proxy until the writes stall for a second (the backend does
+/// not read); returns the stream, still open, and the bytes written.
+fn upload_until_stalled(addr: SocketAddr) -> (TcpStream, u64) {
+    let mut s = connect_retry(addr, Duration::from_secs(5));
+    s.set_write_timeout(Some(Duration::from_secs(1)))
+        .expect("SO_SNDTIMEO");
+    let chunk = vec![0x5a_u8; CHUNK];
+    let mut written = 0u64;
+    while written < 1 << 30 {
+        match s.write(&chunk) {
+            Ok(n) => written += n as u64,
+            Err(_) => break,
+        }
+    }
+    (s, written)
+}
+
+/// One side stalled, the other sending: the limited connections hold at most about their
+/// limits (each direction: its sink's limit, plus one receive of at most its source's
+/// limit, plus Envoy's read slice), the default's (1 MiB) far more. Up: a backend that never
+/// reads; down: a client that never reads.
+fn buffer_limits_bound_the_bytes_held_for_a_stalled_side(mode: RelayMode) {
+    let silent = SilentBackend::start();
+    let source = Backend::source(1 << 30, SEED);
+    let admin = free_port();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let limited = |item: String| with_buffer_limit(&item, LIMIT);
+    let listeners = [
+        limited(tcp_listener(
+            "up_limited",
+            ports[0],
+            "up_limited",
+            "silent_limited",
+        )),
+        tcp_listener("up_open", ports[1], "up_open", "silent_open"),
+        limited(tcp_listener(
+            "down_limited",
+            ports[2],
+            "down_limited",
+            "source_limited",
+        )),
+        tcp_listener("down_open", ports[3], "down_open", "source_open"),
+    ]
+    .concat();
+    let clusters = [
+        limited(static_cluster("silent_limited", &[(silent.addr, 1)])),
+        static_cluster("silent_open", &[(silent.addr, 1)]),
+        limited(static_cluster("source_limited", &[(source.addr, 1)])),
+        static_cluster("source_open", &[(source.addr, 1)]),
+    ]
+    .concat();
+    let Some(proxy) = start_selected_mode(&bootstrap(admin, &listeners, &clusters), mode, &[])
+    else {
+        return;
+    };
+    let bound = 2 * u64::from(LIMIT) + READ_SLACK;
+
+    // Up: clients send to the backend that never reads.
+    let (_up_limited, sent_limited) = upload_until_stalled(local(ports[0]));
+    let (_up_open, sent_open) = upload_until_stalled(local(ports[1]));
+    let up_limited = settled_gauge(
+        &proxy,
+        "cluster.silent_limited.upstream_cx_tx_bytes_buffered",
+    );
+    let up_open = settled_gauge(&proxy, "cluster.silent_open.upstream_cx_tx_bytes_buffered");
+    // Down: the backend streams to clients that never read.
+    let _down_limited = connect_retry(local(ports[2]), Duration::from_secs(5));
+    let _down_open = connect_retry(local(ports[3]), Duration::from_secs(5));
+    let down_limited = settled_gauge(&proxy, "tcp.down_limited.downstream_cx_tx_bytes_buffered");
+    let down_open = settled_gauge(&proxy, "tcp.down_open.downstream_cx_tx_bytes_buffered");
+    eprintln!(
+        "held with limits of {LIMIT} B: up {up_limited} B (client wrote {sent_limited}), \
+         down {down_limited} B; with the 1 MiB default: up {up_open} B (client wrote \
+         {sent_open}), down {down_open} B; bound {bound} B"
+    );
+    for (what, held) in [("up", up_limited), ("down", down_limited)] {
+        assert!(
+            held > 0 && held <= bound,
+            "{what}: {held} bytes held for the stalled side with {LIMIT}-byte limits \
+             (bound {bound})\n{}",
+            proxy.logs()
+        );
+    }
+    // In splice mode a direction holds at most its pipe (64 KiB) whatever the limit.
+    if mode == RelayMode::BufferRing {
+        for (what, held) in [("up", up_open), ("down", down_open)] {
+            assert!(
+                held > 2 * bound,
+                "{what}: only {held} bytes held with the 1 MiB default: the limited case \
+                 proves nothing"
+            );
+        }
+    }
 }

@@ -26,6 +26,7 @@ in_both_relay_modes!(
     request_response_rounds_on_8_connections_of_one_worker,
     request_response_rounds_on_32_connections_of_one_worker,
     bulk_through_4kib_buffers_is_byte_exact,
+    small_buffer_limits_on_8_connections_are_byte_exact,
     idle_connections_hold_no_kernel_threads,
 );
 
@@ -268,18 +269,63 @@ fn bulk_through_4kib_buffers_is_byte_exact(mode: RelayMode) {
     let Some((proxy, addr)) = gateway_with(&be, mode, &["--buffer-size-kib", "4"]) else {
         return;
     };
-    const CONNS: u64 = 4;
-    const N: u64 = 8 * 1024 * 1024;
-    let failures = on_connections(CONNS, move |i| {
+    echo_bulk_on_connections(&be, &proxy, addr, mode, 4, 8 * 1024 * 1024, 0x4C1B);
+}
+
+/// `conns` connections at once each echo about `n` bytes through `proxy` at `addr` (and
+/// `be`): byte-exact both ways, and the backend sees a clean FIN on each.
+fn echo_bulk_on_connections(
+    be: &Backend,
+    proxy: &Proxy,
+    addr: std::net::SocketAddr,
+    mode: RelayMode,
+    conns: u64,
+    n: u64,
+    seed: u64,
+) {
+    let failures = on_connections(conns, move |i| {
         let s = connect_retry(addr, Duration::from_secs(5));
-        echoed_exactly(i, &exchange(s, 0x4C1B + i, N + i * 4099))
+        echoed_exactly(i, &exchange(s, seed + i, n + i * 4099))
     });
-    assert_no_failures(&failures, CONNS, mode, &proxy);
-    let reps = be.wait_reports(CONNS as usize, Duration::from_secs(10));
-    assert_eq!(reps.len(), CONNS as usize, "backend connections finished");
+    assert_no_failures(&failures, conns, mode, proxy);
+    let reps = be.wait_reports(conns as usize, Duration::from_secs(10));
+    assert_eq!(reps.len(), conns as usize, "backend connections finished");
     assert!(
         reps.iter().all(|r| r.end == "eof"),
         "backend saw a clean FIN on each: {reps:?}"
+    );
+}
+
+/// Bulk both ways on 8 connections at once through `per_connection_buffer_limit_bytes` far
+/// below the buffers (and odd, so receives end mid-page): every receive is capped, every
+/// direction keeps stopping at its watermark and starting again, and nothing stalls or is
+/// lost.
+fn small_buffer_limits_on_8_connections_are_byte_exact(mode: RelayMode) {
+    let be = Backend::echo();
+    let admin = free_port();
+    let port = free_port();
+    let yaml = bootstrap(
+        admin,
+        &with_buffer_limit(&tcp_listener("l4", port, "l4", "be"), 4099),
+        &with_buffer_limit(&static_cluster("be", &[(be.addr, 1)]), 1000),
+    );
+    let Some(proxy) = start_selected_mode(&yaml, mode, &[]) else {
+        return;
+    };
+    echo_bulk_on_connections(&be, &proxy, local(port), mode, 8, 4 * 1024 * 1024, 0xB1F);
+    // Every byte was sent on: nothing is left counted as buffered.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let st = proxy.stats();
+            st.get("cluster.be.upstream_cx_tx_bytes_buffered") == Some(&0)
+                && st.get("tcp.l4.downstream_cx_tx_bytes_buffered") == Some(&0)
+        }),
+        "buffered gauges after the connections closed: {:?}",
+        proxy
+            .stats()
+            .into_iter()
+            .filter(|(k, _)| k.ends_with("_bytes_buffered"))
+            .collect::<Vec<_>>()
     );
 }
 

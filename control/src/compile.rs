@@ -226,6 +226,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
                 transparent: t.transparent,
                 reuse_port: t.reuse_port,
                 original_src: t.original_src,
+                buffer_limit_bytes: t.buffer_limit_bytes,
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),
@@ -286,6 +287,7 @@ fn cluster(
         name: c.name.as_str().into(),
         observability_name: c.observability_name().into(),
         connect_timeout_ms: millis(c.connect_timeout),
+        buffer_limit_bytes: c.buffer_limit_bytes,
         lb_policy: c.lb_policy,
         upstream_bind: c.upstream_bind.clone(),
         hash_table: None,

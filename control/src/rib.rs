@@ -317,6 +317,10 @@ pub struct TcpListenerConfig {
     /// `envoy.filters.listener.original_src`: upstream connections leave from the client's
     /// address.
     pub original_src: Option<OriginalSrc>,
+    /// `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB; 0: no limit): the most
+    /// one receive from a client takes, and what a connection may hold for its client
+    /// before it stops reading from the backend.
+    pub buffer_limit_bytes: u32,
 }
 
 impl TcpListenerConfig {
@@ -476,6 +480,11 @@ pub struct ClusterConfig {
     pub alt_stat_name: Option<String>,
     /// Greater than zero.
     pub connect_timeout: Duration,
+    /// `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB; 0: no limit): the most
+    /// one receive from a backend takes, and what a connection may hold for its backend
+    /// before it stops reading from the client. No effect on UDP sessions (nor in Envoy's
+    /// `udp_proxy`).
+    pub buffer_limit_bytes: u32,
     /// Load-balancing policy (`choice_count` >= 2 for least request).
     pub lb_policy: LbPolicy,
     /// Endpoints by priority, in config order within one; for an EDS cluster, the last assignment

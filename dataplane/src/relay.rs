@@ -18,6 +18,11 @@
 //!   received behind it (so the next receive overlaps the current send). With two held it
 //!   stops receiving until the first is fully written. A slow reader therefore stops the
 //!   other side's reads; memory per connection is bounded by four buffers.
+//! - **Buffer limits** ([`BufferLimits`], Envoy's `per_connection_buffer_limit_bytes` as
+//!   watermarks): a direction also stops receiving while it holds more unsent bytes than its
+//!   sink's limit, and starts again once a send brings them back to the limit; the worker
+//!   caps each receive at the source's limit. A direction therefore holds at most its sink's
+//!   limit plus one receive.
 //! - **Buffers are never lost.** Every buffer handed in by a receive is handed back through
 //!   [`Action::Recycle`] exactly once, also after a reset.
 
@@ -144,6 +149,58 @@ pub enum Action {
     Resumed(Dir),
 }
 
+/// Envoy's `per_connection_buffer_limit_bytes` of the two connections: the listener's for the
+/// client's, the cluster's for the backend's. 0: no limit (Envoy disables the watermarks).
+///
+/// Envoy reads at most a connection's limit from it per read, and stops reading from one
+/// side while the other side's write buffer is above that other side's limit. Here the
+/// bytes a direction holds (received, not yet sent) are its sink's write buffer: `dir` stops
+/// receiving while it holds more than [`BufferLimits::hold_bytes`], and each of its receives
+/// is at most [`BufferLimits::recv_bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferLimits {
+    /// The client connection's limit (the listener's).
+    pub client_bytes: u32,
+    /// The backend connection's limit (the cluster's).
+    pub backend_bytes: u32,
+}
+
+impl BufferLimits {
+    /// Envoy's default for both: 1 MiB.
+    pub const ENVOY_DEFAULT: BufferLimits = BufferLimits {
+        client_bytes: 1024 * 1024,
+        backend_bytes: 1024 * 1024,
+    };
+
+    fn of(self, side: Side) -> u32 {
+        let limit = match side {
+            Side::Client => self.client_bytes,
+            Side::Backend => self.backend_bytes,
+        };
+        if limit == 0 {
+            u32::MAX
+        } else {
+            limit
+        }
+    }
+
+    /// The most one receive on `dir`'s source may take: the source's limit.
+    pub fn recv_bytes(self, dir: Dir) -> u32 {
+        self.of(dir.source())
+    }
+
+    /// `dir` stops receiving while it holds more than this: its sink's limit.
+    pub fn hold_bytes(self, dir: Dir) -> u32 {
+        self.of(dir.sink())
+    }
+}
+
+impl Default for BufferLimits {
+    fn default() -> Self {
+        BufferLimits::ENVOY_DEFAULT
+    }
+}
+
 /// A send in flight: `len` bytes at `offset` of `buf`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sending {
@@ -203,18 +260,20 @@ pub struct Bytes {
     pub sent: u64,
 }
 
-/// The two-direction relay of one connection: 104 bytes (asserted below), held inline in
+/// The two-direction relay of one connection: 112 bytes (asserted below), held inline in
 /// every connection slot.
 #[derive(Debug, Clone, Copy)]
 pub struct Relay {
     flows: [Flow; 2],
     bytes: [Bytes; 2],
+    limits: BufferLimits,
     reset: bool,
 }
 
-// Two `Flow`s, two `Bytes` (32) and the reset flag, padded to 8. Every connection slot holds
-// one, so growth here grows the slab: change the figure deliberately, with the doc above.
-const _: () = assert!(std::mem::size_of::<Relay>() == 104);
+// Two `Flow`s, two `Bytes` (32), the limits (8) and the reset flag, padded to 8. Every
+// connection slot holds one, so growth here grows the slab: change the figure deliberately,
+// with the doc above.
+const _: () = assert!(std::mem::size_of::<Relay>() == 112);
 
 impl Default for Relay {
     fn default() -> Self {
@@ -223,16 +282,35 @@ impl Default for Relay {
 }
 
 impl Relay {
-    /// A relay that has not started.
+    /// A relay that has not started, with Envoy's default buffer limits.
     pub const fn new() -> Relay {
+        Relay::with_limits(BufferLimits::ENVOY_DEFAULT)
+    }
+
+    /// A relay that has not started, with these buffer limits.
+    pub const fn with_limits(limits: BufferLimits) -> Relay {
         Relay {
             flows: [Flow::IDLE; 2],
             bytes: [Bytes {
                 received: 0,
                 sent: 0,
             }; 2],
+            limits,
             reset: false,
         }
+    }
+
+    /// Its buffer limits.
+    pub fn limits(&self) -> BufferLimits {
+        self.limits
+    }
+
+    /// Bytes `dir` holds: received and not yet sent.
+    pub fn held_bytes(&self, dir: Dir) -> u64 {
+        let f = &self.flows[dir as usize];
+        let sending = f.sending.map_or(0, |s| u64::from(s.len));
+        let queued = f.queued.map_or(0, |(_, len)| u64::from(len));
+        sending + queued
     }
 
     /// Starts both directions.
@@ -284,10 +362,18 @@ impl Relay {
     }
 
     /// Receives again on `dir` if it may: started, no receive in flight, not starved, its
-    /// source not ended, fewer than two buffers held.
+    /// source not ended, fewer than two buffers held, no more bytes held than its limit.
     fn maybe_recv(&mut self, dir: Dir, out: &mut Actions) {
+        let over_limit = self.held_bytes(dir) > u64::from(self.limits.hold_bytes(dir));
         let f = &mut self.flows[dir as usize];
-        if self.reset || !f.started || f.reading || f.starved || f.eof || f.queued.is_some() {
+        if self.reset
+            || !f.started
+            || f.reading
+            || f.starved
+            || f.eof
+            || f.queued.is_some()
+            || over_limit
+        {
             return;
         }
         f.reading = true;
@@ -397,6 +483,8 @@ impl Relay {
                     offset: rest.offset,
                     len: rest.len,
                 });
+                // Fewer bytes held: back under the limit, the direction may receive again.
+                self.maybe_recv(dir, out);
             }
             Err(errno) => {
                 out.push(Action::Recycle(sending.buf));

@@ -170,6 +170,12 @@ macro_rules! stat_block {
                 self.counters.sub(worker, stat as usize, 1);
             }
 
+            /// Subtracts `value` from gauge `stat` on `worker`.
+            #[inline]
+            pub fn sub(&self, worker: usize, stat: $stat, value: u64) {
+                self.counters.sub(worker, stat as usize, value);
+            }
+
             /// Sum over workers (counters).
             pub fn get(&self, stat: $stat) -> u64 {
                 self.counters.sum(stat as usize)
@@ -204,7 +210,7 @@ macro_rules! stat_block {
 
 stat_block!(
     /// `tcp.<stat_prefix>.*`: one per tcp_proxy stat prefix.
-    TcpStats, TcpStat, 9, {
+    TcpStats, TcpStat, 10, {
     /// Connections handled by this tcp_proxy.
     DownstreamCxTotal => ("downstream_cx_total", Counter),
     /// Connections with no route (cluster not found).
@@ -223,6 +229,9 @@ stat_block!(
     DownstreamCxDrainClose => ("downstream_cx_drain_close", Counter),
     /// Connections open now.
     DownstreamCxActive => ("downstream_cx_active", Gauge),
+    /// Bytes received from backends and not yet written to their clients (the clients'
+    /// write buffers, which `per_connection_buffer_limit_bytes` of the listener bounds).
+    DownstreamCxTxBytesBuffered => ("downstream_cx_tx_bytes_buffered", Gauge),
 });
 
 stat_block!(
@@ -310,11 +319,15 @@ stat_block!(
 
 stat_block!(
     /// `cluster.<name>.*`: one per cluster name.
-    ClusterStats, ClusterStat, 17, {
+    ClusterStats, ClusterStat, 18, {
     /// Upstream connections attempted.
     UpstreamCxTotal => ("upstream_cx_total", Counter),
     /// Upstream connections open now.
     UpstreamCxActive => ("upstream_cx_active", Gauge),
+    /// Bytes received from clients and not yet written to the backend (the upstream
+    /// connections' write buffers, which the cluster's `per_connection_buffer_limit_bytes`
+    /// bounds).
+    UpstreamCxTxBytesBuffered => ("upstream_cx_tx_bytes_buffered", Gauge),
     /// Upstream connects that failed (refused, unreachable, timeout).
     UpstreamCxConnectFail => ("upstream_cx_connect_fail", Counter),
     /// Upstream connects that timed out.
@@ -635,7 +648,11 @@ mod tests {
     #[test]
     fn names_are_envoy_names() {
         assert_eq!(TcpStat::DownstreamCxTotal.name(), "downstream_cx_total");
-        assert_eq!(ClusterStat::ALL.len(), 17);
+        assert_eq!(ClusterStat::ALL.len(), 18);
+        assert_eq!(
+            ClusterStat::UpstreamCxTxBytesBuffered.name(),
+            "upstream_cx_tx_bytes_buffered"
+        );
         assert_eq!(
             ClusterStat::UpstreamCxOverflow.name(),
             "upstream_cx_overflow"

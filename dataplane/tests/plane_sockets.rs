@@ -48,6 +48,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         name: "echo".into(),
         observability_name: "echo".into(),
         connect_timeout_ms: 1000,
+        buffer_limit_bytes: 1024 * 1024,
         lb_policy: LbPolicy::RoundRobin,
         endpoints: backends
             .iter()
@@ -98,6 +99,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             transparent: false,
             reuse_port: true,
             original_src: None,
+            buffer_limit_bytes: 1024 * 1024,
         }],
         clusters: vec![Arc::new(cluster)],
         own_addresses: vec![listen],

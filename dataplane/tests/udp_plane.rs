@@ -50,6 +50,7 @@ fn cluster(endpoints: &[(SocketAddr, Arc<HostState>)], max_sessions: u32) -> Clu
         name: "udp_echo".into(),
         observability_name: "udp_echo".into(),
         connect_timeout_ms: 1000,
+        buffer_limit_bytes: 1024 * 1024,
         lb_policy: LbPolicy::RoundRobin,
         endpoints: endpoints
             .iter()

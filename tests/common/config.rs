@@ -81,6 +81,13 @@ pub fn tcp_listener_after(
     )
 }
 
+/// A listener or cluster item (as [`tcp_listener`] or [`static_cluster`] write them) with
+/// `per_connection_buffer_limit_bytes: bytes`.
+pub fn with_buffer_limit(item: &str, bytes: u32) -> String {
+    let (first, rest) = item.split_once('\n').expect("an item of several lines");
+    format!("{first}\n    per_connection_buffer_limit_bytes: {bytes}\n{rest}")
+}
+
 /// An `envoy.filters.network.connection_limit` item for [`tcp_listener_after`]'s `filters`:
 /// `max` connections, and `delay` (`"0.5s"`) before a refused one is closed, if given.
 pub fn connection_limit_filter(stat_prefix: &str, max: u32, delay: Option<&str>) -> String {

@@ -54,6 +54,7 @@ fn cluster(
         alt_stat_name: None,
         name: name.clone(),
         connect_timeout: Duration::from_secs(1),
+        buffer_limit_bytes: 1024 * 1024,
         lb_policy: LbPolicy::RoundRobin,
         endpoints: Default::default(),
         eds_service: Some(name.clone()),

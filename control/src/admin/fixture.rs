@@ -83,12 +83,14 @@ pub(crate) fn fixture() -> Fixture {
             transparent: false,
             reuse_port: true,
             original_src: None,
+            buffer_limit_bytes: 1024 * 1024,
         }],
         clusters: vec![
             Arc::new(Cluster {
                 name: "echo".into(),
                 observability_name: "echo".into(),
                 connect_timeout_ms: 1000,
+                buffer_limit_bytes: 1024 * 1024,
                 lb_policy: LbPolicy::RoundRobin,
                 endpoints: vec![
                     Endpoint {
@@ -120,6 +122,7 @@ pub(crate) fn fixture() -> Fixture {
                 name: "empty".into(),
                 observability_name: "empty".into(),
                 connect_timeout_ms: 1000,
+                buffer_limit_bytes: 1024 * 1024,
                 lb_policy: LbPolicy::RoundRobin,
                 endpoints: Vec::new(),
                 stats: empty,

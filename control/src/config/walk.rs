@@ -114,6 +114,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "traffic_direction",
             "enable_reuse_port",
             "reuse_port",
+            // Watermarks on client connections (`relay::BufferLimits`); no effect on a UDP
+            // listener, as in Envoy.
+            "per_connection_buffer_limit_bytes",
         ],
     ),
     (
@@ -302,6 +305,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "dns_resolution_config",
             "typed_dns_resolver_config",
             "wait_for_warm_on_init",
+            "per_connection_buffer_limit_bytes",
         ],
     ),
     (

@@ -81,6 +81,9 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         name: c.name.clone(),
         alt_stat_name: Some(c.alt_stat_name.clone()).filter(|n| !n.is_empty()),
         connect_timeout,
+        buffer_limit_bytes: super::listener::buffer_limit_bytes(
+            c.per_connection_buffer_limit_bytes.map(|v| v.value),
+        ),
         lb_policy,
         endpoints: endpoints.into(),
         eds_service,

@@ -77,6 +77,9 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
         transparent: l.transparent.is_some_and(|b| b.value),
         reuse_port: reuse_port(l),
         original_src: filters.original_src,
+        buffer_limit_bytes: buffer_limit_bytes(
+            l.per_connection_buffer_limit_bytes.map(|v| v.value),
+        ),
     })
 }
 
@@ -215,6 +218,15 @@ fn same_rules(a: &ChainMatch, b: &ChainMatch) -> bool {
         && overlap(&a.source_prefix_ranges, &b.source_prefix_ranges)
         && overlap(&a.source_ports, &b.source_ports)
 }
+
+/// `per_connection_buffer_limit_bytes` of a listener or a cluster: Envoy's default (1 MiB)
+/// when not given; 0 stands for no limit, as in Envoy (its watermarks are off then).
+pub(super) fn buffer_limit_bytes(value: Option<u32>) -> u32 {
+    value.unwrap_or(DEFAULT_BUFFER_LIMIT_BYTES)
+}
+
+/// Envoy's default `per_connection_buffer_limit_bytes`.
+const DEFAULT_BUFFER_LIMIT_BYTES: u32 = 1024 * 1024;
 
 /// `enable_reuse_port`, Envoy's default true. The deprecated `reuse_port` changes nothing:
 /// Envoy follows `enable_reuse_port` when given, else its server default (true), which a

@@ -187,6 +187,8 @@ pub struct Proxy {
     pub holds_limit: bool,
     /// What the fault filter drew for it.
     pub faults: Faults,
+    /// The listener's and the cluster's `per_connection_buffer_limit_bytes`.
+    pub buffer_limits: relay::BufferLimits,
 }
 
 /// The fault filter's draws that change a connection's life (throttling only paces
@@ -609,6 +611,7 @@ impl Machine {
     ) {
         self.clock.idle_timeout_ms = p.idle_timeout_ms;
         self.attempts.max = p.max_attempts.max(1);
+        self.relay = Relay::with_limits(p.buffer_limits);
         self.seats.limit = p.holds_limit;
         self.seats.fault = p.faults.active;
         if p.faults.abort_at_accept {

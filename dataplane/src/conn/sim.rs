@@ -269,10 +269,17 @@ impl Sim {
         }
         let abort_at_accept = self.rng.chance(w.fault_abort);
         let delay_ms = self.rng.chance(w.fault_delay).then(|| self.rng.below(40));
+        // Small limits (0: none) so that they bind on the simulator's receives of up to 32.
+        let mut limit = || [0, 1, 8, 16, 1 << 20][self.rng.below(5) as usize];
+        let buffer_limits = relay::BufferLimits {
+            client_bytes: limit(),
+            backend_bytes: limit(),
+        };
         Verdict::Proxy(Proxy {
             idle_timeout_ms: w.idle_timeout_ms,
             max_attempts: w.max_attempts,
             holds_limit: self.take_limit_seat(),
+            buffer_limits,
             faults: Faults {
                 active: abort_at_accept || delay_ms.is_some(),
                 abort_at_accept,
@@ -552,7 +559,9 @@ impl Sim {
             self.starved.push(f.slot);
             return Received::NoBuffer;
         };
-        let len = 1 + self.rng.below(u64::from(s.remaining[d].min(32))) as u32;
+        // The driver caps a receive at the source's buffer limit.
+        let cap = s.machine.relay().limits().recv_bytes(dir).min(32);
+        let len = 1 + self.rng.below(u64::from(s.remaining[d].min(cap))) as u32;
         s.remaining[d] -= len;
         Received::Data { buf, len }
     }

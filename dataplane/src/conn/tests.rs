@@ -44,6 +44,7 @@ fn proxy(max_attempts: u32) -> Verdict {
         max_attempts,
         holds_limit: true,
         faults: Faults::default(),
+        buffer_limits: relay::BufferLimits::ENVOY_DEFAULT,
     })
 }
 
@@ -225,6 +226,7 @@ fn idle_time_counts_from_the_last_byte_and_not_during_a_fault_delay() {
             abort_at_accept: false,
             delay_ms: Some(50),
         },
+        buffer_limits: relay::BufferLimits::ENVOY_DEFAULT,
     });
     assert_eq!(
         feed(&mut m, 0, Event::Accepted(delayed), &mut up),

@@ -132,6 +132,9 @@ pub struct Listener {
     /// `envoy.filters.listener.original_src`: upstream connections leave from the client's
     /// own address.
     pub original_src: Option<OriginalSrc>,
+    /// `per_connection_buffer_limit_bytes` of its client connections (0: none); see
+    /// [`crate::relay::BufferLimits`].
+    pub buffer_limit_bytes: u32,
 }
 
 /// A UDP listener: Envoy's `address.socket_address.protocol: UDP` with the listener filter
@@ -571,6 +574,9 @@ pub struct Cluster {
     pub observability_name: Arc<str>,
     /// Give up a connect after this long.
     pub connect_timeout_ms: u64,
+    /// `per_connection_buffer_limit_bytes` of its backend connections (0: none); see
+    /// [`crate::relay::BufferLimits`].
+    pub buffer_limit_bytes: u32,
     /// How an endpoint is picked.
     pub lb_policy: LbPolicy,
     /// Endpoints by priority (0 first), in config order within a priority.

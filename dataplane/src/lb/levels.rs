@@ -618,6 +618,7 @@ mod tests {
             name: "c".into(),
             observability_name: "c".into(),
             connect_timeout_ms: 1000,
+            buffer_limit_bytes: 1024 * 1024,
             lb_policy: policy,
             endpoints,
             stats: Arc::new(ClusterStats::new("c", 1)),

@@ -55,6 +55,8 @@ struct Sim {
     closes: usize,
     paused: [u32; 2],
     resumed: [u32; 2],
+    /// The most bytes each direction held, seen after every event.
+    max_held: [u64; 2],
 }
 
 impl Sim {
@@ -85,14 +87,27 @@ impl Sim {
             closes: 0,
             paused: [0; 2],
             resumed: [0; 2],
+            max_held: [0; 2],
         }
+    }
+
+    fn with_limits(mut self, limits: BufferLimits) -> Sim {
+        self.relay = Relay::with_limits(limits);
+        self
     }
 
     fn apply(&mut self, actions: &Actions) {
         assert!(actions.len() <= 6);
         for a in actions.iter() {
             match a {
-                Action::Recv(dir) => self.inflight.push(Op::Recv(dir)),
+                Action::Recv(dir) => {
+                    let limits = self.relay.limits();
+                    assert!(
+                        self.relay.held_bytes(dir) <= u64::from(limits.hold_bytes(dir)),
+                        "a receive while over the limit"
+                    );
+                    self.inflight.push(Op::Recv(dir))
+                }
                 Action::Send {
                     dir,
                     buf,
@@ -148,7 +163,9 @@ impl Sim {
                 let Some(buf) = self.free.pop() else {
                     return Event::Recv(dir, Received::NoBuffer);
                 };
-                let n = 1 + self.rng.below(left.min(BUF_SIZE) as u64) as usize;
+                // The worker caps a receive at the source's limit.
+                let cap = (self.relay.limits().recv_bytes(dir) as usize).min(BUF_SIZE);
+                let n = 1 + self.rng.below(left.min(cap) as u64) as usize;
                 self.buffers[index(buf)][..n].copy_from_slice(&src.data[src.read..src.read + n]);
                 src.read += n;
                 Event::Recv(dir, Received::Data { buf, len: n as u32 })
@@ -192,6 +209,10 @@ impl Sim {
             let mut out = Actions::default();
             self.relay.on_event(ev, &mut out);
             self.apply(&out);
+            for dir in Dir::BOTH {
+                let held = self.relay.held_bytes(dir);
+                self.max_held[dir as usize] = self.max_held[dir as usize].max(held);
+            }
         }
     }
 }
@@ -221,6 +242,32 @@ proptest! {
         prop_assert_eq!(sim.relay.bytes(Dir::Up), Bytes { received: up as u64, sent: up as u64 });
         prop_assert_eq!(sim.relay.bytes(Dir::Down), Bytes { received: down as u64, sent: down as u64 });
         prop_assert_eq!(sim.paused, sim.resumed);
+    }
+
+    /// Buffer limits: every byte still arrives in order, and a direction never holds more
+    /// than its sink's limit plus one receive (which is at most its source's limit).
+    #[test]
+    fn buffer_limits_bound_what_a_direction_holds(
+        seed: u64,
+        up in 0usize..300,
+        down in 0usize..300,
+        client in 0u32..24,
+        backend in 0u32..24,
+    ) {
+        let data = [bytes(seed, up), bytes(seed ^ 0x55, down)];
+        let limits = BufferLimits { client_bytes: client, backend_bytes: backend };
+        let mut sim = Sim::new(seed, data.clone(), [Ending::Eof, Ending::Eof], 3).with_limits(limits);
+        sim.run();
+        prop_assert_eq!(&sim.sinks[0], &data[0]);
+        prop_assert_eq!(&sim.sinks[1], &data[1]);
+        prop_assert_eq!(sim.closes, 1);
+        prop_assert_eq!(sim.free.len(), 3);
+        for dir in Dir::BOTH {
+            let one_receive = u64::from(limits.recv_bytes(dir)).min(BUF_SIZE as u64);
+            let bound = u64::from(limits.hold_bytes(dir)).min(BUF_SIZE as u64) + one_receive;
+            prop_assert!(sim.max_held[dir as usize] <= bound,
+                "{:?} held {} > {}", dir, sim.max_held[dir as usize], bound);
+        }
     }
 
     /// One source resets: the relay asks to reset the other side exactly once, what reached
@@ -259,6 +306,52 @@ proptest! {
         prop_assert!(data[0].starts_with(&sim.sinks[0]));
         prop_assert_eq!(sim.free.len(), 2);
     }
+}
+
+/// Over its sink's limit a direction stops receiving, even with no buffer queued, and a
+/// send that brings it back to the limit starts the receive again.
+#[test]
+fn over_the_limit_a_direction_waits_for_its_send() {
+    // The backend's limit is what the upward direction may hold.
+    let limits = BufferLimits {
+        client_bytes: 64,
+        backend_bytes: 4,
+    };
+    let mut r = Relay::with_limits(limits);
+    let mut out = Actions::default();
+    r.start(&mut out);
+    let has_recv = |out: &Actions| out.iter().any(|a| a == Action::Recv(Dir::Up));
+    // 4 received (at the limit, not over it): sent, and the next receive overlaps the send.
+    let mut out = Actions::default();
+    let received = Received::Data {
+        buf: BufId::Pipe(0),
+        len: 4,
+    };
+    r.on_event(Event::Recv(Dir::Up, received), &mut out);
+    assert!(has_recv(&out));
+    let mut out = Actions::default();
+    r.on_event(Event::Sent(Dir::Up, Ok(4)), &mut out);
+    assert!(!has_recv(&out), "the receive is still in flight");
+    // 10 received: sent, but 10 held is over the limit, so no receive behind it.
+    let mut out = Actions::default();
+    let received = Received::Data {
+        buf: BufId::Pipe(1),
+        len: 10,
+    };
+    r.on_event(Event::Recv(Dir::Up, received), &mut out);
+    assert!(!has_recv(&out));
+    assert_eq!(r.held_bytes(Dir::Up), 10);
+    // Short sends: 7 held, still over; 4 held, back at the limit: the receive starts.
+    let mut out = Actions::default();
+    r.on_event(Event::Sent(Dir::Up, Ok(3)), &mut out);
+    assert!(!has_recv(&out));
+    let mut out = Actions::default();
+    r.on_event(Event::Sent(Dir::Up, Ok(3)), &mut out);
+    assert!(has_recv(&out));
+    assert_eq!(r.held_bytes(Dir::Up), 4);
+    // The other direction's limit is the client's: 64, untouched by all this.
+    assert_eq!(limits.hold_bytes(Dir::Down), 64);
+    assert_eq!(limits.recv_bytes(Dir::Down), 4);
 }
 
 #[test]

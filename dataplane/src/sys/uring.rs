@@ -814,10 +814,12 @@ impl Ring {
         true
     }
 
-    /// Receive into a provided buffer of pool `class`, chosen by the kernel.
-    pub fn recv(&mut self, fd: RawFd, class: BufClass, user_data: u64) {
+    /// Receive at most `max_len` bytes into a provided buffer of pool `class`, chosen by the
+    /// kernel (at most the buffer's size).
+    pub fn recv(&mut self, fd: RawFd, class: BufClass, max_len: u32, user_data: u64) {
         let pool = &self.bufs[class as usize];
-        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), pool.size)
+        let len = max_len.clamp(1, pool.size);
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), len)
             .buf_group(pool.group)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)

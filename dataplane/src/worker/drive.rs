@@ -494,6 +494,10 @@ impl Worker {
 
     /// Stats and the access-log record of a connection that just closed.
     fn record_close(&mut self, slot: u32) {
+        for dir in Dir::BOTH {
+            let held = self.conns[slot as usize].buffered[dir as usize];
+            self.unbuffer(slot, dir, held);
+        }
         let id = self.id;
         let conn = &self.conns[slot as usize];
         let Some(g) = self.generations[conn.generation as usize].as_ref() else {

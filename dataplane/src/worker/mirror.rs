@@ -153,7 +153,7 @@ impl Worker {
         shadow.reading = true;
         conn.machine.started(1);
         let ud = ud::encode(Kind::ShadowRecv, slot, conn.nonce);
-        self.ring.recv(shadow.fd, BufClass::Small, ud);
+        self.ring.recv(shadow.fd, BufClass::Small, u32::MAX, ud);
     }
 
     /// The relay sends `len` bytes of buffer `buf` upstream for the first time: a copy goes

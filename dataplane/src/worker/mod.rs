@@ -34,7 +34,7 @@ use crate::fib::{Fib, Listener, Route};
 use crate::handoff::{Phase, Shared, Snapshot};
 use crate::hash_lb;
 use crate::lb::{mix_seed, Rng, WorkerLb};
-use crate::relay::{Dir, Event, Received};
+use crate::relay::{BufferLimits, Dir, Event, Received};
 use crate::stats::{ListenerStat, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
 use crate::sys::{BufPoolSize, Completion, Ring, RingError, RingSetup, WaitSpec, Waited};
@@ -168,6 +168,8 @@ struct Decision {
     hash: Option<u64>,
     /// Counted in the chain's connection limit.
     holds_limit: bool,
+    /// The listener's and the cluster's `per_connection_buffer_limit_bytes`.
+    buffer_limits: BufferLimits,
     outcome: Outcome,
 }
 
@@ -987,6 +989,7 @@ impl Worker {
                     max_attempts: decision.max_attempts,
                     holds_limit: decision.holds_limit,
                     faults,
+                    buffer_limits: decision.buffer_limits,
                 })
             }
         };
@@ -1059,6 +1062,7 @@ impl Worker {
             max_attempts: 1,
             hash: None,
             holds_limit: false,
+            buffer_limits: BufferLimits::ENVOY_DEFAULT,
             outcome: Outcome::Proxy,
         };
         if listener.use_original_dst && generation.fib.is_own_address(local) {
@@ -1092,6 +1096,12 @@ impl Worker {
             decision.holds_limit = true;
         }
         route_tcp(id, &chain.tcp_proxy, &mut self.rng, &mut decision);
+        decision.buffer_limits = BufferLimits {
+            client_bytes: listener.buffer_limit_bytes,
+            backend_bytes: decision
+                .cluster
+                .map_or(0, |c| generation.fib.cluster(c).buffer_limit_bytes),
+        };
         Some(decision)
     }
 

@@ -42,6 +42,7 @@ impl Worker {
                     self.drive(slot, conn::Event::Abort(conn::Abort::Fault));
                     return;
                 }
+                self.count_buffered(slot, dir, len);
                 Received::Data { buf, len }
             }
             Receive::Other(received) => {
@@ -198,6 +199,7 @@ impl Worker {
     }
 
     pub(super) fn count_sent(&mut self, slot: u32, dir: Dir, n: u64) {
+        self.unbuffer(slot, dir, n.min(u64::from(u32::MAX)) as u32);
         match dir {
             Dir::Up => {
                 if let Some(s) = self.cluster_stats(slot) {
@@ -212,15 +214,48 @@ impl Worker {
         }
     }
 
+    /// `len` bytes received on `dir` wait for their send: the sink's `*_tx_bytes_buffered`.
+    fn count_buffered(&mut self, slot: u32, dir: Dir, len: u32) {
+        let conn = &mut self.conns[slot as usize];
+        conn.buffered[dir as usize] = conn.buffered[dir as usize].saturating_add(len);
+        self.move_tx_buffered(slot, dir, u64::from(len), true);
+    }
+
+    /// `len` bytes of `dir` no longer wait: sent, or the connection closed without them.
+    pub(super) fn unbuffer(&mut self, slot: u32, dir: Dir, len: u32) {
+        let conn = &mut self.conns[slot as usize];
+        let n = len.min(conn.buffered[dir as usize]);
+        if n > 0 {
+            conn.buffered[dir as usize] -= n;
+            self.move_tx_buffered(slot, dir, u64::from(n), false);
+        }
+    }
+
+    /// Adds `n` to (or takes it from) the gauge of the bytes `dir` holds for its sink.
+    fn move_tx_buffered(&self, slot: u32, dir: Dir, n: u64, add: bool) {
+        let (id, up, down) = (
+            self.id,
+            ClusterStat::UpstreamCxTxBytesBuffered,
+            TcpStat::DownstreamCxTxBytesBuffered,
+        );
+        match (dir, add) {
+            (Dir::Up, true) => self.cluster_stats(slot).map(|s| s.add(id, up, n)),
+            (Dir::Up, false) => self.cluster_stats(slot).map(|s| s.sub(id, up, n)),
+            (Dir::Down, true) => self.tcp_stats(slot).map(|s| s.add(id, down, n)),
+            (Dir::Down, false) => self.tcp_stats(slot).map(|s| s.sub(id, down, n)),
+        };
+    }
+
     pub(super) fn relay_event(&mut self, slot: u32, event: Event) {
         self.drive(slot, conn::Event::Relay(event));
     }
 
-    /// Starts a receive on `dir`'s source of `slot`.
+    /// Starts a receive on `dir`'s source of `slot`, of at most the source's buffer limit.
     pub(super) fn submit_recv(&mut self, slot: u32, dir: Dir) {
         let throttled = self.throttled(slot, dir);
         let conn = &mut self.conns[slot as usize];
         let fd = conn.fd(dir.source());
+        let max_len = conn.machine.relay().limits().recv_bytes(dir);
         conn.machine.started(1);
         let kind = if dir == Dir::Up {
             Kind::RecvUp
@@ -243,12 +278,14 @@ impl Worker {
                 Ready::SourceReadable,
                 fd,
                 pipe_in,
-                capacity,
+                capacity.min(max_len),
                 ud::encode(Kind::Aux, slot, nonce),
                 ud,
             );
         } else {
+            // A large buffer only where the limit lets a receive fill more than a small one.
             let class = if conn.large_receives[dir as usize]
+                && max_len > self.ring.buffer_size(BufClass::Small)
                 && !throttled
                 && !mirrored
                 && self.ring.buffers_in_kernel(BufClass::Large) > 0
@@ -258,7 +295,7 @@ impl Worker {
                 BufClass::Small
             };
             conn.recv_class[dir as usize] = class;
-            self.ring.recv(fd, class, ud);
+            self.ring.recv(fd, class, max_len, ud);
         }
     }
 

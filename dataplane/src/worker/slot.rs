@@ -48,6 +48,9 @@ pub(crate) struct Conn {
     pub recv_class: [BufClass; 2],
     /// Per direction: whether its next receive should use a large buffer.
     pub large_receives: [bool; 2],
+    /// Per direction: bytes received and not yet sent (what the direction adds to the
+    /// `*_tx_bytes_buffered` gauges).
+    pub buffered: [u32; 2],
     /// Splice mode: the pipe of each direction ([`super::pipes::NO_PIPE`] when none).
     pub pipes: [super::pipes::BufId; 2],
     /// Splice mode: bytes of each direction's send in flight (re-issued as they are when the
@@ -207,6 +210,7 @@ impl Default for Conn {
             sending: [None; 2],
             recv_class: [BufClass::Small; 2],
             large_receives: [false; 2],
+            buffered: [0; 2],
             pipes: [super::pipes::NO_PIPE; 2],
             splice_send_len: [0; 2],
             recv_parked: [false; 2],
@@ -254,8 +258,9 @@ impl Conn {
 }
 
 // A slot is touched on every completion of its connection, and the slab holds
-// `max_connections_per_worker` of them from the start (8,192 x 672 B = 5.5 MB a worker by
-// default): a change of size is a decision, not an accident. Of the 672 B, the machine is
-// 208 (its relay 104).
-const _: () = assert!(std::mem::size_of::<Conn>() == 672);
-const _: () = assert!(std::mem::size_of::<Machine>() == 208);
+// `max_connections_per_worker` of them from the start (8,192 x 688 B = 5.6 MB a worker by
+// default): a change of size is a decision, not an accident. Of the 688 B, the machine is
+// 216 (its relay 112, of which 8 are the connection's buffer limits); 8 more count the
+// bytes each direction holds for the `*_tx_bytes_buffered` gauges.
+const _: () = assert!(std::mem::size_of::<Conn>() == 688);
+const _: () = assert!(std::mem::size_of::<Machine>() == 216);
