@@ -24,6 +24,9 @@ pub struct ProxyOpts {
     pub switchyard_args: Vec<String>,
     /// Run Switchyard with this descriptor limit (soft and hard, through `prlimit`).
     pub nofile_limit: Option<u64>,
+    /// Run the proxy in this network namespace (`ip netns exec`, which execs it: the PID
+    /// is still the proxy's). Its admin is then reachable only from inside.
+    pub netns: Option<String>,
 }
 
 impl Default for ProxyOpts {
@@ -34,6 +37,7 @@ impl Default for ProxyOpts {
             log_level: "info",
             switchyard_args: Vec::new(),
             nofile_limit: None,
+            netns: None,
         }
     }
 }
@@ -133,6 +137,14 @@ impl Proxy {
                 c
             }
         };
+        if let Some(ns) = &opts.netns {
+            let mut wrapped = Command::new("ip");
+            wrapped
+                .args(["netns", "exec", ns])
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            cmd = wrapped;
+        }
         cmd.stdin(Stdio::null())
             .stdout(fs::File::create(&stdout_path).expect("stdout log"))
             .stderr(fs::File::create(&stderr_path).expect("stderr log"));
