@@ -4,12 +4,38 @@
 //!   (one `SO_REUSEPORT` socket per worker); with `false`, one socket both workers accept
 //!   from, every connection still served byte-exact; and (Switchyard) a second process can
 //!   bind the port only when the first has `SO_REUSEPORT` sockets.
+//! * `max_connections_to_accept_per_socket_event` (1 and 3) with two workers: a burst of 64
+//!   clients at once, each echoed byte-exact, every connection counted; and (Switchyard) a
+//!   reload that changes the bound keeps serving.
 
 mod common;
 
 use common::*;
 use std::process::Command;
 use std::time::Duration;
+
+/// 64 clients connect at once through `port` and each gets 64 KiB echoed exactly.
+fn serves_a_burst(port: u16) {
+    const CLIENTS: u64 = 64;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS as usize));
+    let failures = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let barrier = barrier.clone();
+                scope.spawn(move || {
+                    barrier.wait();
+                    let s = connect_retry(local(port), Duration::from_secs(5));
+                    echoed_exactly(i, &exchange(s, 0xACC + i, 64 * 1024))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().expect("client thread").err())
+            .collect::<Vec<_>>()
+    });
+    assert!(failures.is_empty(), "{failures:?}");
+}
 
 /// How many sockets listen on TCP `port` (`ss -ltnH`).
 fn listening_sockets(port: u16) -> usize {
@@ -115,4 +141,72 @@ fn without_reuse_port_no_second_process_binds_the_port() {
     );
     serves(port);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `max_connections_to_accept_per_socket_event`: each worker takes at most N new connections
+/// per socket event (Envoy: per epoll wake; Switchyard: per completion batch, with N
+/// single-shot accepts in flight). Bounded that tightly, a burst is still served whole.
+#[test]
+fn bounded_accepts_per_socket_event_serve_a_burst() {
+    for n in [1, 3] {
+        let backend = Backend::echo();
+        let port = free_port();
+        let extra = format!("    max_connections_to_accept_per_socket_event: {n}\n");
+        let Some(proxy) = start_selected_with(&gateway(port, &backend, &extra), 2) else {
+            return;
+        };
+        serves_a_burst(port);
+        let total = proxy.stat(&format!("listener.127.0.0.1_{port}.downstream_cx_total"));
+        assert_eq!(total, 64, "connections counted with a bound of {n}");
+        assert_eq!(backend.accepted(), 64);
+    }
+}
+
+/// A reload that changes the bound (Switchyard reloads its file; Envoy only by xDS or a hot
+/// restart): the listener's sockets are opened anew with it, and connections keep being
+/// served before and after.
+#[test]
+fn a_reload_changing_the_accept_bound_keeps_serving() {
+    if selected_proxy() != ProxyKind::Switchyard {
+        skip_unsupported(
+            selected_proxy(),
+            "file reload (Envoy reloads by xDS or hot restart)",
+        );
+        return;
+    }
+    let backend = Backend::echo();
+    let port = free_port();
+    let bounded = |n: u32| {
+        gateway(
+            port,
+            &backend,
+            &format!("    max_connections_to_accept_per_socket_event: {n}\n"),
+        )
+    };
+    let Some(proxy) = start_selected_with(&bounded(1), 2) else {
+        return;
+    };
+    serves_a_burst(port);
+    let held = connect_retry(local(port), Duration::from_secs(5));
+    assert!(
+        proxy
+            .get("/config_dump")
+            .body
+            .contains("\"max_connections_to_accept_per_socket_event\": 1"),
+        "the bound is in /config_dump before the reload"
+    );
+    proxy.rewrite_config(&gateway(port, &backend, ""));
+    proxy.sighup();
+    assert!(
+        wait_until(Duration::from_secs(5), || !proxy
+            .get("/config_dump")
+            .body
+            .contains("max_connections_to_accept_per_socket_event")),
+        "the reload was not applied\n{}",
+        proxy.logs()
+    );
+    serves_a_burst(port);
+    let x = exchange(held, 7, 10_000);
+    echoed_exactly(7, &x).expect("a connection from before the reload");
+    drop(proxy);
 }

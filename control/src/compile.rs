@@ -227,6 +227,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
                 reuse_port: t.reuse_port,
                 original_src: t.original_src,
                 buffer_limit_bytes: t.buffer_limit_bytes,
+                max_accepts_per_event: t.max_accepts_per_event,
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),

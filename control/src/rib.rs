@@ -321,6 +321,10 @@ pub struct TcpListenerConfig {
     /// one receive from a client takes, and what a connection may hold for its client
     /// before it stops reading from the backend.
     pub buffer_limit_bytes: u32,
+    /// `max_connections_to_accept_per_socket_event` (more than 0): each worker takes at
+    /// most this many new connections per completion batch; `None`: no bound (Envoy's
+    /// default).
+    pub max_accepts_per_event: Option<u32>,
 }
 
 impl TcpListenerConfig {

@@ -57,6 +57,9 @@ pub struct ListenerSockets {
     /// One `SO_REUSEPORT` socket per worker (true), or one socket every worker's descriptor
     /// names (false: `enable_reuse_port: false`).
     pub reuse_port: bool,
+    /// TCP: `max_connections_to_accept_per_socket_event`; `None`: no bound (a multishot
+    /// accept).
+    pub accepts_per_event: Option<u32>,
     fds: Vec<OwnedFd>,
 }
 
@@ -68,6 +71,7 @@ impl ListenerSockets {
         address: SocketAddr,
         transparent: bool,
         reuse_port: bool,
+        accepts_per_event: Option<u32>,
         fds: Vec<OwnedFd>,
     ) -> Self {
         ListenerSockets {
@@ -76,6 +80,7 @@ impl ListenerSockets {
             address,
             transparent,
             reuse_port,
+            accepts_per_event,
             fds,
         }
     }

@@ -215,14 +215,17 @@ impl DataPlane {
         let listeners = self.follow_sockets(
             &fib.listeners,
             &old.listeners,
-            |l: &Listener| (&l.name, l.address, l.transparent, l.reuse_port),
+            |l: &Listener| {
+                let options = (l.transparent, l.reuse_port, l.max_accepts_per_event);
+                (&l.name, l.address, options)
+            },
             |l| net::listen_reuseport(l.address, l.backlog, l.transparent),
             |l| net::listen_shared(l.address, l.backlog, l.transparent),
         )?;
         let udp_listeners = self.follow_sockets(
             &fib.udp_listeners,
             &old.udp_listeners,
-            |l: &UdpListener| (&l.name, l.address, false, true),
+            |l: &UdpListener| (&l.name, l.address, (false, true, None)),
             |l| self.bind_udp(l.address),
             |l| self.bind_udp(l.address),
         )?;
@@ -233,7 +236,7 @@ impl DataPlane {
     }
 
     /// The sockets of one list of `listeners`: the old snapshot's (`old`) where name,
-    /// address, `transparent` and `reuse_port` (given by `key`) are the same, so the workers
+    /// address, `transparent`, `reuse_port` and the accept bound (given by `key`) are the same, so the workers
     /// keep them and what uses them (connections, UDP sessions); otherwise one new socket per
     /// worker, each made by `bind`, or (no `reuse_port`) one made by `bind_shared` whose
     /// descriptor is duplicated for each worker. None while draining. Fails, naming the listener, at the first socket
@@ -242,7 +245,7 @@ impl DataPlane {
         &self,
         listeners: &[L],
         old: &[Arc<ListenerSockets>],
-        key: impl Fn(&L) -> (&Arc<str>, SocketAddr, bool, bool),
+        key: impl Fn(&L) -> (&Arc<str>, SocketAddr, (bool, bool, Option<u32>)),
         bind: impl Fn(&L) -> std::io::Result<OwnedFd>,
         bind_shared: impl Fn(&L) -> std::io::Result<OwnedFd>,
     ) -> Result<Vec<Arc<ListenerSockets>>, PlaneError> {
@@ -252,12 +255,13 @@ impl DataPlane {
         listeners
             .iter()
             .map(|listener| {
-                let (name, address, transparent, reuse_port) = key(listener);
+                let (name, address, (transparent, reuse_port, accepts_per_event)) = key(listener);
                 let reused = old.iter().find(|s| {
                     s.name == *name
                         && s.address == address
                         && s.transparent == transparent
                         && s.reuse_port == reuse_port
+                        && s.accepts_per_event == accepts_per_event
                 });
                 if let Some(s) = reused {
                     return Ok(s.clone());
@@ -284,6 +288,7 @@ impl DataPlane {
                     address,
                     transparent,
                     reuse_port,
+                    accepts_per_event,
                     fds,
                 )))
             })

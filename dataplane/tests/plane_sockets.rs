@@ -100,6 +100,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             reuse_port: true,
             original_src: None,
             buffer_limit_bytes: 1024 * 1024,
+            max_accepts_per_event: None,
         }],
         clusters: vec![Arc::new(cluster)],
         own_addresses: vec![listen],

@@ -84,6 +84,7 @@ pub(crate) fn fixture() -> Fixture {
             reuse_port: true,
             original_src: None,
             buffer_limit_bytes: 1024 * 1024,
+            max_accepts_per_event: None,
         }],
         clusters: vec![
             Arc::new(Cluster {

@@ -117,6 +117,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             // Watermarks on client connections (`relay::BufferLimits`); no effect on a UDP
             // listener, as in Envoy.
             "per_connection_buffer_limit_bytes",
+            // Bounds each worker's accepts per completion batch (TCP); no effect on a UDP
+            // listener, which accepts nothing (as in Envoy).
+            "max_connections_to_accept_per_socket_event",
         ],
     ),
     (

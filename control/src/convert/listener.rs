@@ -80,6 +80,7 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
         buffer_limit_bytes: buffer_limit_bytes(
             l.per_connection_buffer_limit_bytes.map(|v| v.value),
         ),
+        max_accepts_per_event: max_accepts_per_event(l, path)?,
     })
 }
 
@@ -217,6 +218,18 @@ fn same_rules(a: &ChainMatch, b: &ChainMatch) -> bool {
         && overlap(&a.prefix_ranges, &b.prefix_ranges)
         && overlap(&a.source_prefix_ranges, &b.source_prefix_ranges)
         && overlap(&a.source_ports, &b.source_ports)
+}
+
+/// `max_connections_to_accept_per_socket_event`: more than 0, as Envoy validates it.
+fn max_accepts_per_event(l: &Listener, path: &str) -> Result<Option<u32>> {
+    match l.max_connections_to_accept_per_socket_event {
+        None => Ok(None),
+        Some(v) if v.value > 0 => Ok(Some(v.value)),
+        Some(_) => Err(ConfigError::invalid(
+            field(path, "max_connections_to_accept_per_socket_event"),
+            "value must be greater than 0",
+        )),
+    }
 }
 
 /// `per_connection_buffer_limit_bytes` of a listener or a cluster: Envoy's default (1 MiB)

@@ -135,6 +135,9 @@ pub struct Listener {
     /// `per_connection_buffer_limit_bytes` of its client connections (0: none); see
     /// [`crate::relay::BufferLimits`].
     pub buffer_limit_bytes: u32,
+    /// `max_connections_to_accept_per_socket_event`: each worker takes at most this many
+    /// new connections from its socket per completion batch; `None`: no bound.
+    pub max_accepts_per_event: Option<u32>,
 }
 
 /// A UDP listener: Envoy's `address.socket_address.protocol: UDP` with the listener filter

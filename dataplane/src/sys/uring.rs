@@ -780,6 +780,16 @@ impl Ring {
         unsafe { self.push(e) }
     }
 
+    /// One accept on a listening socket (`flags` as for [`Ring::accept_multi`]).
+    pub fn accept(&mut self, fd: RawFd, flags: i32, user_data: u64) {
+        let e = opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+            .flags(libc::SOCK_CLOEXEC | flags)
+            .build()
+            .user_data(user_data);
+        // SAFETY: no pointers (no peer address is asked for).
+        unsafe { self.push(e) }
+    }
+
     /// Sheds one connection waiting on listening socket `fd` without using a descriptor of
     /// the process: an accept into direct-descriptor slot `slot % SHED_SLOTS` (io_uring's own
     /// file table), linked to the close of that slot. For when accepts fail with `EMFILE` or

@@ -152,6 +152,11 @@ pub enum WorkerError {
     Setup(std::io::Error),
 }
 
+/// Single-shot accepts one listener socket keeps in flight at most, under a
+/// `max_connections_to_accept_per_socket_event` larger than this (which it then bounds more
+/// tightly): the submission queue stays small whatever the config says.
+const MAX_ACCEPTS_IN_FLIGHT: u32 = 64;
+
 /// Copy chunks (each one small buffer) a worker has for mirrored bytes in flight to
 /// shadows.
 const MIRROR_COPY_CHUNKS: u16 = 256;
@@ -711,15 +716,30 @@ impl Worker {
         }
     }
 
+    /// Accepts on TCP listener slot `i`: one multishot accept, or, with
+    /// `max_connections_to_accept_per_socket_event` N, single-shot accepts topped up to N
+    /// (at most [`MAX_ACCEPTS_IN_FLIGHT`]). Those are submitted with the next batch, so the
+    /// completions of one batch hold at most N new connections of this socket: Envoy's bound
+    /// on one socket event. Nothing while a shed is in flight.
     fn arm_accept(&mut self, i: usize) {
         let flags = self.socket_flags();
         let l = &mut self.listeners[i];
-        if l.armed {
-            return;
+        let ud = ud::encode(Kind::Accept, i as u32, l.nonce);
+        match l.accepts_per_event {
+            None if !l.armed => {
+                self.ring.accept_multi(l.fd, flags, ud);
+                l.accepts_in_flight = 1;
+            }
+            Some(n) if l.accepts_in_flight > 0 || !l.armed => {
+                let target = n.clamp(1, MAX_ACCEPTS_IN_FLIGHT);
+                while l.accepts_in_flight < target {
+                    self.ring.accept(l.fd, flags, ud);
+                    l.accepts_in_flight += 1;
+                }
+            }
+            _ => return,
         }
         l.armed = true;
-        let ud = ud::encode(Kind::Accept, i as u32, l.nonce);
-        self.ring.accept_multi(l.fd, flags, ud);
     }
 
     /// Flags for the sockets a connection relays between: `SOCK_NONBLOCK` in splice mode,
@@ -735,11 +755,14 @@ impl Worker {
     fn stop_accepting(&mut self, i: usize) {
         let l = &self.listeners[i];
         if l.armed {
-            // The slot's operation is its multishot accept or a shed (one of the two).
+            // The slot's operations are its accepts (one multishot, or single-shot ones, all
+            // with one user_data: a cancel each) or a shed.
             let nonce = l.nonce;
             let target = ud::encode(Kind::Accept, i as u32, nonce);
-            self.ring
-                .cancel(target, ud::encode(Kind::AcceptCancel, i as u32, 0));
+            for _ in 0..l.accepts_in_flight {
+                self.ring
+                    .cancel(target, ud::encode(Kind::AcceptCancel, i as u32, 0));
+            }
             let shed = ud::encode(Kind::AcceptShed, i as u32, nonce);
             self.ring
                 .cancel(shed, ud::encode(Kind::AcceptShedAux, i as u32, 0));
@@ -752,6 +775,7 @@ impl Worker {
         self.ring.submit();
         for i in 0..self.listeners.len() {
             self.listeners[i].armed = false;
+            self.listeners[i].accepts_in_flight = 0;
             drop(self.listeners.let_go(i));
         }
         self.udp_close_all_sockets();
@@ -843,7 +867,8 @@ impl Worker {
             return;
         }
         if !c.more() {
-            l.armed = false;
+            l.accepts_in_flight = l.accepts_in_flight.saturating_sub(1);
+            l.armed = l.accepts_in_flight > 0;
         }
         let (open, fib_index) = (l.open, l.fib_index);
         if !open {
@@ -881,7 +906,7 @@ impl Worker {
             net::close(fd);
             return;
         }
-        if !self.listeners[i].armed && self.accepting() {
+        if self.accepting() {
             self.arm_accept(i);
         }
         self.new_connection(i, fib_index, fd);

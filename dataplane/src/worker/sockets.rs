@@ -27,8 +27,13 @@ pub(super) struct SocketSlot {
     pub socket_id: u64,
     /// Index of the listener in the current FIB's list.
     pub fib_index: usize,
-    /// The multishot accept or receive is armed.
+    /// The multishot accept or receive is armed (TCP: some accept is in flight, or a shed).
     pub armed: bool,
+    /// TCP: accepts in flight: a multishot counts one; with a per-event bound, the
+    /// single-shot accepts.
+    pub accepts_in_flight: u32,
+    /// TCP: the listener's `max_connections_to_accept_per_socket_event`.
+    pub accepts_per_event: Option<u32>,
     /// Open: in use; closed: removed, waiting for its operation's last completion.
     pub open: bool,
     pub nonce: u32,
@@ -102,6 +107,8 @@ impl SocketSlots {
                     socket_id,
                     fib_index,
                     armed: false,
+                    accepts_in_flight: 0,
+                    accepts_per_event: None,
                     open: false,
                     nonce: 0,
                     rearm_on_tick: false,
@@ -116,6 +123,8 @@ impl SocketSlots {
         s.fd = fd;
         s.socket_id = socket_id;
         s.fib_index = fib_index;
+        s.accepts_in_flight = 0;
+        s.accepts_per_event = sockets.accepts_per_event;
         s.open = true;
         s.nonce = ud::next_nonce(s.nonce);
         s.rearm_on_tick = false;
