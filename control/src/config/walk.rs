@@ -289,6 +289,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "load_assignment",
             "eds_cluster_config",
             "typed_extension_protocol_options",
+            // The deprecated form of `typed_extension_protocol_options`'
+            // `explicit_http_config.http2_protocol_options`, with the same meaning and the
+            // same (empty) message: Switchyard speaks gRPC over HTTP/2 to an xDS cluster
+            // regardless, and a tcp_proxy cluster has no HTTP. Envoy takes both forms at once
+            // (the typed one wins), and so does Switchyard.
+            "http2_protocol_options",
             "upstream_bind_config",
             "circuit_breakers",
             "health_checks",
