@@ -113,6 +113,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             // Informational in Envoy on Linux (tracing and Windows' original_dst use it):
             // kept in /config_dump, no effect on forwarding. README says so.
             "traffic_direction",
+            // Envoy: whether POST /healthcheck/fail makes the listener's drain decision
+            // "close" (DEFAULT) or not (MODIFY_ONLY). Only HTTP's connection manager asks that
+            // decision; tcp_proxy and udp_proxy never do, and a failed health check stops no
+            // listener (in Envoy or Switchyard). So no effect at L4: kept in /config_dump,
+            // README says so (tests/listener_options.rs checks it against Envoy).
+            "drain_type",
             "enable_reuse_port",
             "reuse_port",
             // Watermarks on client connections (`relay::BufferLimits`); no effect on a UDP
