@@ -77,8 +77,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.GrpcService",
-        &["envoy_grpc", "timeout"],
+        &["envoy_grpc", "timeout", "initial_metadata"],
     ),
+    ("envoy.config.core.v3.HeaderValue", &["key", "value"]),
     (
         "envoy.config.core.v3.GrpcService.EnvoyGrpc",
         &["cluster_name"],
