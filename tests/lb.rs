@@ -1,4 +1,5 @@
-//! Load balancing and connect behaviour: weighted round robin, locality-weighted balancing,
+//! Load balancing and connect behaviour: weighted round robin, locality-weighted balancing
+//! (by `lb_policy` and by the typed `load_balancing_policy`),
 //! connect-failure retry on another endpoint (`max_connect_attempts`), and a cluster with no
 //! endpoints.
 //!
@@ -63,6 +64,33 @@ fn weighted_round_robin_1_to_3() {
 /// region and zone.
 #[test]
 fn locality_weights_split_connections_before_hosts() {
+    locality_split(
+        "    lb_policy: ROUND_ROBIN\n    common_lb_config:\n      locality_weighted_lb_config: {}\n",
+    );
+}
+
+/// The same through the typed `load_balancing_policy` (Envoy's round_robin extension with
+/// `locality_lb_config.locality_weighted_lb_config`), listed after an empty entry that Envoy
+/// skips: the same split. Its `lb_policy` (the default, ROUND_ROBIN) is what Envoy ignores.
+#[test]
+fn typed_round_robin_policy_splits_like_lb_policy() {
+    locality_split(
+        "    load_balancing_policy:
+      policies:
+      - {}
+      - typed_extension_config:
+          name: envoy.load_balancing_policies.round_robin
+          typed_config:
+            '@type': type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
+            locality_lb_config:
+              locality_weighted_lb_config: {}
+",
+    );
+}
+
+/// Localities weighted 1 and 3 and one without a weight, under the balancing given by `lb`
+/// (lines of the cluster): see `locality_weights_split_connections_before_hosts`.
+fn locality_split(lb: &str) {
     let tags = ["a1", "a2", "b1", "b2", "c1"];
     let backends: Vec<Backend> = tags.iter().map(|t| Backend::tagged(t)).collect();
     let (admin, port) = (free_port(), free_port());
@@ -81,7 +109,7 @@ fn locality_weights_split_connections_before_hosts() {
         format!("      - locality: {{ region: r1, zone: {zone} }}\n{weight}        lb_endpoints:\n{eps}")
     };
     let cluster = format!(
-        "  - name: loc\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: ROUND_ROBIN\n    common_lb_config:\n      locality_weighted_lb_config: {{}}\n    load_assignment:\n      cluster_name: loc\n      endpoints:\n{}{}{}",
+        "  - name: loc\n    type: STATIC\n    connect_timeout: 1s\n{lb}    load_assignment:\n      cluster_name: loc\n      endpoints:\n{}{}{}",
         locality("za", Some(1), &[&backends[0], &backends[1]]),
         locality("zb", Some(3), &[&backends[2], &backends[3]]),
         locality("zc", None, &[&backends[4]]),

@@ -7,10 +7,13 @@
 //! * `max_connections_to_accept_per_socket_event` (1 and 3) with two workers: a burst of 64
 //!   clients at once, each echoed byte-exact, every connection counted; and (Switchyard) a
 //!   reload that changes the bound keeps serving.
+//! * `drain_type` (`DEFAULT`, `MODIFY_ONLY`): no effect on a tcp_proxy listener when the
+//!   health check is failed; shown in `/config_dump`.
 
 mod common;
 
 use common::*;
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
@@ -209,4 +212,55 @@ fn a_reload_changing_the_accept_bound_keeps_serving() {
     let x = exchange(held, 7, 10_000);
     echoed_exactly(7, &x).expect("a connection from before the reload");
     drop(proxy);
+}
+
+/// `drain_type` decides one thing in Envoy: whether `POST /healthcheck/fail` makes the
+/// listener's drain decision (`DrainManagerImpl::drainClose`) say "close" (`DEFAULT`) or not
+/// (`MODIFY_ONLY`). Only a filter that asks that decision acts on it (HTTP's connection
+/// manager); tcp_proxy never asks, and the health check failing stops no listener. So under
+/// both proxies, after `/healthcheck/fail`, a listener of either type keeps relaying on its
+/// open connection and serves new ones; `/config_dump` shows the field.
+#[test]
+fn drain_type_changes_nothing_for_tcp_proxy_when_the_health_check_fails() {
+    let backend = Backend::echo();
+    let ports = [free_port(), free_port()];
+    let listener = |name: &str, port: u16, drain: &str| {
+        tcp_listener(name, port, name, "echo").replacen(
+            &format!("  - name: {name}\n"),
+            &format!("  - name: {name}\n    drain_type: {drain}\n"),
+            1,
+        )
+    };
+    let listeners =
+        listener("dflt", ports[0], "DEFAULT") + &listener("modify", ports[1], "MODIFY_ONLY");
+    let yaml = bootstrap(
+        free_port(),
+        &listeners,
+        &static_cluster("echo", &[(backend.addr, 1)]),
+    );
+    let Some(proxy) = start_selected(&yaml) else {
+        return;
+    };
+    let mut open: Vec<TcpStream> = ports
+        .iter()
+        .map(|p| connect_retry(local(*p), Duration::from_secs(5)))
+        .collect();
+    for s in &mut open {
+        let back = ping(s, b"before").unwrap_or_else(|e| panic!("{e}\n{}", proxy.logs()));
+        assert_eq!(back, b"before");
+    }
+    assert_eq!(proxy.post("/healthcheck/fail").status, 200);
+    for (i, s) in open.iter_mut().enumerate() {
+        echo_rounds(s, i as u64, 3).unwrap_or_else(|e| {
+            panic!(
+                "listener {i}'s open connection after /healthcheck/fail: {e}\n{}",
+                proxy.logs()
+            )
+        });
+    }
+    for port in ports {
+        serves(port);
+    }
+    let dump = proxy.get("/config_dump").body;
+    assert!(dump.contains("MODIFY_ONLY"), "{dump}");
 }

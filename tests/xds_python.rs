@@ -131,12 +131,27 @@ fn bootstrap(admin: u16, ads: SocketAddr, api: &str, initial_fetch_timeout: &str
     );
     let node = "node: { id: xds-py-test, cluster: switchyard-test }";
     assert!(yaml.contains(node), "{yaml}");
+    let service = "    - envoy_grpc: { cluster_name: xds }\n";
+    assert!(yaml.contains(service), "{yaml}");
     yaml.replace(
         node,
         "node: { id: xds-py-test, cluster: switchyard-test, metadata: { ISTIO_VERSION: 1.24.0, \
          INTERCEPTION_MODE: REDIRECT, LABELS: { app: web }, CONCURRENCY: 2 } }",
     )
+    .replace(
+        service,
+        &format!(
+            "{service}      initial_metadata:\n{}",
+            INITIAL_METADATA_YAML
+        ),
+    )
 }
+
+/// `grpc_services[0].initial_metadata` of the bootstrap: a name in capitals (sent lower-cased,
+/// as Envoy sends it) and a value with a space.
+const INITIAL_METADATA_YAML: &str = "      - { key: X-Tenant, value: team-a }\n      - { key: authorization, value: Bearer t0ken }\n";
+const INITIAL_METADATA: [(&str, &str); 2] =
+    [("x-tenant", "team-a"), ("authorization", "Bearer t0ken")];
 
 // ---------------------------------------------------------------------------------------------
 // A scenario: backends, the Python server, the proxy under test
@@ -365,6 +380,28 @@ fn sync_update_and_removal(api: Api) {
         e["event"] == "request" && e["type_url"] == CLUSTER
     }));
     assert_eq!(cds["node_id"], "xds-py-test", "{cds}");
+    // `initial_metadata` reaches the management server as request metadata of the stream.
+    let open = s.ok(s
+        .ads
+        .wait_event(0, "the stream's opening", |e| e["event"] == "stream_open"));
+    let sent: Vec<(String, String)> = open["metadata"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no metadata: {open}"))
+        .iter()
+        .map(|kv| {
+            (
+                kv[0].as_str().unwrap_or_default().to_string(),
+                kv[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    eprintln!("the stream's request metadata: {sent:?}");
+    for (name, value) in INITIAL_METADATA {
+        assert!(
+            sent.iter().any(|(n, v)| n == name && v == value),
+            "{name}: {value} not among the stream's metadata: {sent:?}"
+        );
+    }
     // `node.metadata` reaches the management server as written (CONCURRENCY is a number).
     assert_eq!(
         cds["node_metadata"],

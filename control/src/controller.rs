@@ -627,6 +627,7 @@ impl Sources {
         config.endpoints = endpoints;
         config.reserved_addresses = self.reserved.clone();
         config.eds_sources = self.eds_sources.clone();
+        config.initial_metadata = source.initial_metadata.clone();
         let name = match &stream {
             Stream::Ads => "xds".to_string(),
             Stream::Lds => "xds-lds".to_string(),

@@ -96,6 +96,9 @@ pub struct GrpcSource {
     pub cluster: String,
     /// State of the World (`GRPC`) or Delta (`DELTA_GRPC`).
     pub api: XdsApi,
+    /// `grpc_services[0].initial_metadata`: request metadata (header name, lower-cased as
+    /// Envoy sends it, and value) sent when every stream to this server opens, in order.
+    pub initial_metadata: Vec<(String, String)>,
 }
 
 /// The xDS protocol variant.

@@ -20,6 +20,15 @@ pub(crate) const CARES_RESOLVER: &str =
     "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
 pub(crate) const GETADDRINFO_RESOLVER: &str =
     "envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig";
+/// The typed load balancing policies (a cluster's `load_balancing_policy`).
+pub(crate) const ROUND_ROBIN_POLICY: &str =
+    "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin";
+pub(crate) const LEAST_REQUEST_POLICY: &str =
+    "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest";
+pub(crate) const RANDOM_POLICY: &str = "envoy.extensions.load_balancing_policies.random.v3.Random";
+pub(crate) const RING_HASH_POLICY: &str =
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash";
+pub(crate) const MAGLEV_POLICY: &str = "envoy.extensions.load_balancing_policies.maglev.v3.Maglev";
 
 /// `@type` of the fault filter's config.
 pub const FAULT: &str = "switchyard.filters.network.fault.v1.Fault";

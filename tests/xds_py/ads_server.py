@@ -36,7 +36,8 @@ Control: one JSON object per line on stdin.
 Events: one JSON object per line on stdout, flushed at once:
   {"event": "listening", "port": N}
   {"event": "snapshot", "type_url", "version", "resources": [names]}
-  {"event": "stream_open" | "stream_closed", "api", "stream"}
+  {"event": "stream_open" | "stream_closed", "api", "stream"} (stream_open with "metadata":
+   the request metadata, [name, value] pairs)
   {"event": "request", "api", "stream", "type_url", "version_info", "response_nonce",
    "resource_names", "error_detail", ...}         (every request)
   {"event": "ack" | "nack", "api", "stream", "type_url", "version_info", "response_nonce",
@@ -478,7 +479,11 @@ class Server(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self.next_stream += 1
             stream = cls(self, self.next_stream, service, only_type)
             self.streams.append(stream)
-        emit("stream_open", api=stream.api, stream=stream.id, service=service)
+        # The request metadata, as [name, value] pairs in order (a binary value as hex).
+        metadata = [[k, v if isinstance(v, str) else v.hex()]
+                    for (k, v) in context.invocation_metadata()]
+        emit("stream_open", api=stream.api, stream=stream.id, service=service,
+             metadata=metadata)
 
         def read():
             try:

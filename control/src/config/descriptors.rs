@@ -36,6 +36,11 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/network/dns_resolver/cares/v3/cares_dns_resolver.proto",
     "envoy/extensions/network/dns_resolver/getaddrinfo/v3/getaddrinfo_dns_resolver.proto",
     "envoy/extensions/matching/common_inputs/network/v3/network_inputs.proto",
+    "envoy/extensions/load_balancing_policies/round_robin/v3/round_robin.proto",
+    "envoy/extensions/load_balancing_policies/least_request/v3/least_request.proto",
+    "envoy/extensions/load_balancing_policies/random/v3/random.proto",
+    "envoy/extensions/load_balancing_policies/ring_hash/v3/ring_hash.proto",
+    "envoy/extensions/load_balancing_policies/maglev/v3/maglev.proto",
     // Imported by the IP matcher (`proto/xds/type/matcher/v3/ip.proto`, built by build.rs).
     "xds/core/v3/cidr.proto",
 ];
@@ -150,6 +155,11 @@ mod tests {
             "switchyard.filters.udp.udp_proxy.v1.WeightedRoute",
             "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
             "envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig",
+            "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+            "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+            "envoy.extensions.load_balancing_policies.random.v3.Random",
+            "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+            "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
         ] {
             assert!(pool.get_message_by_name(name).is_some(), "{name}");
         }

@@ -20,7 +20,8 @@ use crate::path::{field, index};
 use crate::type_names::{
     APPLICATION_PROTOCOL_INPUT, CARES_RESOLVER, CONNECTION_LIMIT, DESTINATION_IP_INPUT,
     DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, FAULT, FILE_LOG, GETADDRINFO_RESOLVER,
-    HTTP_PROTOCOL_OPTIONS, IP_MATCHER, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER,
+    HTTP_PROTOCOL_OPTIONS, IP_MATCHER, LEAST_REQUEST_POLICY, MAGLEV_POLICY, MIRROR,
+    ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, RANDOM_POLICY, RING_HASH_POLICY, ROUND_ROBIN_POLICY,
     SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG,
     STDOUT_LOG, STRING_VALUE, TCP_PROXY, TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE,
     UDP_WEIGHTED_ROUTE,
@@ -76,8 +77,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.GrpcService",
-        &["envoy_grpc", "timeout"],
+        &["envoy_grpc", "timeout", "initial_metadata"],
     ),
+    ("envoy.config.core.v3.HeaderValue", &["key", "value"]),
     (
         "envoy.config.core.v3.GrpcService.EnvoyGrpc",
         &["cluster_name"],
@@ -112,6 +114,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             // Informational in Envoy on Linux (tracing and Windows' original_dst use it):
             // kept in /config_dump, no effect on forwarding. README says so.
             "traffic_direction",
+            // Envoy: whether POST /healthcheck/fail makes the listener's drain decision
+            // "close" (DEFAULT) or not (MODIFY_ONLY). Only HTTP's connection manager asks that
+            // decision; tcp_proxy and udp_proxy never do, and a failed health check stops no
+            // listener (in Envoy or Switchyard). So no effect at L4: kept in /config_dump,
+            // README says so (tests/listener_options.rs checks it against Envoy).
+            "drain_type",
             "enable_reuse_port",
             "reuse_port",
             // Watermarks on client connections (`relay::BufferLimits`); no effect on a UDP
@@ -284,12 +292,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "type",
             "connect_timeout",
             "lb_policy",
+            "load_balancing_policy",
             "least_request_lb_config",
             "ring_hash_lb_config",
             "maglev_lb_config",
             "load_assignment",
             "eds_cluster_config",
             "typed_extension_protocol_options",
+            // The deprecated form of `typed_extension_protocol_options`'
+            // `explicit_http_config.http2_protocol_options`, with the same meaning and the
+            // same (empty) message: Switchyard speaks gRPC over HTTP/2 to an xDS cluster
+            // regardless, and a tcp_proxy cluster has no HTTP. Envoy takes both forms at once
+            // (the typed one wins), and so does Switchyard.
+            "http2_protocol_options",
             "upstream_bind_config",
             "circuit_breakers",
             "health_checks",
@@ -446,6 +461,34 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
         &["eds_config", "service_name"],
     ),
+    ("envoy.config.cluster.v3.LoadBalancingPolicy", &["policies"]),
+    (
+        "envoy.config.cluster.v3.LoadBalancingPolicy.Policy",
+        &["typed_extension_config"],
+    ),
+    // The typed policies: what maps onto lb_policy and its *_lb_config (convert refuses
+    // locality weights for the hashing ones, as with common_lb_config).
+    (ROUND_ROBIN_POLICY, &["locality_lb_config"]),
+    (LEAST_REQUEST_POLICY, &["choice_count", "locality_lb_config"]),
+    (RANDOM_POLICY, &["locality_lb_config"]),
+    (
+        RING_HASH_POLICY,
+        &[
+            "hash_function",
+            "minimum_ring_size",
+            "maximum_ring_size",
+            "locality_weighted_lb_config",
+        ],
+    ),
+    (MAGLEV_POLICY, &["table_size", "locality_weighted_lb_config"]),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig",
+        &["locality_weighted_lb_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig",
+        &[],
+    ),
     (
         "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
         &["choice_count"],
@@ -545,10 +588,26 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         "envoy.config.accesslog.v3.AccessLog.typed_config",
         &[STDOUT_LOG, STDERR_LOG, FILE_LOG],
     ),
-    // A DNS resolver (a cluster's or the bootstrap's `typed_dns_resolver_config`).
+    // Envoy's own `TypedExtensionConfig`, like the matching API's, takes what the field
+    // holding it takes: a DNS resolver (a cluster's or the bootstrap's
+    // `typed_dns_resolver_config`), a load balancing policy.
     (
-        "envoy.config.core.v3.TypedExtensionConfig.typed_config",
-        &[CARES_RESOLVER, GETADDRINFO_RESOLVER],
+        "envoy.config.bootstrap.v3.Bootstrap.typed_dns_resolver_config",
+        DNS_RESOLVERS,
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.typed_dns_resolver_config",
+        DNS_RESOLVERS,
+    ),
+    (
+        "envoy.config.cluster.v3.LoadBalancingPolicy.Policy.typed_extension_config",
+        &[
+            ROUND_ROBIN_POLICY,
+            LEAST_REQUEST_POLICY,
+            RANDOM_POLICY,
+            RING_HASH_POLICY,
+            MAGLEV_POLICY,
+        ],
     ),
     // Every real xDS bootstrap gives its ADS cluster HTTP/2 this way; Switchyard speaks gRPC
     // (HTTP/2) to it regardless, and a tcp_proxy cluster has no HTTP to configure.
@@ -557,6 +616,8 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         &[HTTP_PROTOCOL_OPTIONS],
     ),
 ];
+
+const DNS_RESOLVERS: &[&str] = &[CARES_RESOLVER, GETADDRINFO_RESOLVER];
 
 /// The matching API's network inputs; the last three need TLS inspection and are refused by
 /// `convert` with their own message.
@@ -572,9 +633,12 @@ const NETWORK_INPUTS: &[&str] = &[
     APPLICATION_PROTOCOL_INPUT,
 ];
 
-/// The message of an extension in the matching API: its `typed_config` is checked against the
-/// field that holds it.
-const TYPED_EXTENSION: &str = "xds.core.v3.TypedExtensionConfig";
+/// The messages of an extension (the matching API's and Envoy's own): its `typed_config` is
+/// checked against the field that holds it.
+const TYPED_EXTENSIONS: &[&str] = &[
+    "xds.core.v3.TypedExtensionConfig",
+    "envoy.config.core.v3.TypedExtensionConfig",
+];
 
 /// Supported fields that Switchyard implements for some values only: (message, field, the
 /// values it takes, why another is refused).
@@ -641,8 +705,10 @@ impl Walker<'_> {
             ));
         };
         // A `TypedExtensionConfig`'s `typed_config` accepts what the field holding the
-        // extension takes (a matcher's input, action, custom matcher).
-        let extension = (desc.full_name() == TYPED_EXTENSION)
+        // extension takes (a matcher's input, action, custom matcher, a DNS resolver, a load
+        // balancing policy).
+        let extension = TYPED_EXTENSIONS
+            .contains(&desc.full_name())
             .then(|| holder.map(|h| h.full_name().to_string()))
             .flatten();
         self.fields(
@@ -1110,6 +1176,22 @@ mod tests {
                     assert!(
                         name.starts_with("google.protobuf.") || table.contains_key(name),
                         "{msg}.{f} leads to {name}, which is not in the table"
+                    );
+                }
+            }
+        }
+        // Every supported field holding an extension names what it takes.
+        let typed: HashMap<_, _> = TYPED_CONFIG.iter().copied().collect();
+        for (msg, fields) in SUPPORTED {
+            let desc = pool.get_message_by_name(msg).unwrap();
+            for f in *fields {
+                let fd = desc.get_field_by_name(f).unwrap();
+                if matches!(fd.kind(), Kind::Message(m) if TYPED_EXTENSIONS.contains(&m.full_name()))
+                {
+                    assert!(
+                        typed.contains_key(fd.full_name()),
+                        "{} holds an extension but TYPED_CONFIG has no entry for it",
+                        fd.full_name()
                     );
                 }
             }

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiConfigSource, ApiVersion, ConfigSource, PathConfigSource,
+    ApiConfigSource, ApiVersion, ConfigSource, HeaderValue, PathConfigSource,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -156,7 +156,50 @@ fn api_source(api: &ApiConfigSource, path: &str) -> Result<GrpcSource> {
     Ok(GrpcSource {
         cluster: target.cluster_name.clone(),
         api: xds_api,
+        initial_metadata: initial_metadata(
+            &service.initial_metadata,
+            &field(&gpath, "initial_metadata"),
+        )?,
     })
+}
+
+/// `initial_metadata`: headers the xDS client sends when each stream opens. Envoy lower-cases
+/// the names and sends the values as given; a name gRPC could not carry (not an HTTP token,
+/// a pseudo-header) is refused, and so are binary (`-bin`) metadata, whose values gRPC
+/// base64-encodes, and values that are not visible ASCII (tonic's ASCII metadata).
+fn initial_metadata(headers: &[HeaderValue], path: &str) -> Result<Vec<(String, String)>> {
+    headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let hpath = index(path, i);
+            let key = h.key.to_ascii_lowercase();
+            let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+            if key.is_empty() || !key.bytes().all(token) {
+                return Err(ConfigError::invalid(
+                    field(&hpath, "key"),
+                    format!("'{}' is not a header name (an HTTP token)", h.key),
+                ));
+            }
+            if key.ends_with("-bin") {
+                return Err(ConfigError::unsupported(
+                    field(&hpath, "key"),
+                    "binary (-bin) metadata is not supported by Switchyard",
+                ));
+            }
+            if !h
+                .value
+                .bytes()
+                .all(|c| c == b'\t' || (b' '..=b'~').contains(&c))
+            {
+                return Err(ConfigError::invalid(
+                    field(&hpath, "value"),
+                    "must be visible ASCII (spaces and tabs allowed)",
+                ));
+            }
+            Ok((key, h.value.clone()))
+        })
+        .collect()
 }
 
 /// The path of a gRPC source's cluster name, under the `ConfigSource` at `path`.
@@ -249,4 +292,49 @@ pub(super) fn dynamic_resources(
             Some(DEFAULT_INITIAL_FETCH_TIMEOUT)
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::load::parse_yaml_rib;
+
+    #[test]
+    fn initial_metadata_is_kept_in_order_with_lower_case_names() {
+        let yaml = "node: {id: node1, cluster: cluster1}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {cluster_name: xds}
+      initial_metadata:
+      - {key: X-Tenant, value: team-a}
+      - {key: authorization, value: 'Bearer t0ken'}
+      - {key: x-tenant, value: team-b}
+  cds_config: {ads: {}, resource_api_version: V3}
+static_resources:
+  clusters:
+  - name: xds
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18000}}}
+";
+        let (rib, _) = parse_yaml_rib(yaml).unwrap_or_else(|e| panic!("{e}"));
+        let ads = rib.dynamic.and_then(|d| d.ads).expect("an ADS source");
+        let pairs: Vec<(&str, &str)> = ads
+            .initial_metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x-tenant", "team-a"),
+                ("authorization", "Bearer t0ken"),
+                ("x-tenant", "team-b")
+            ]
+        );
+    }
 }

@@ -36,6 +36,7 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32
     );
     original_dst_rules(c, original_dst, lb.policy, path)?;
+    let typed_locality_weighted = lb.locality_weighted;
     let lb_policy = lb::lb_policy(lb, path)?;
     let (eds_service, eds_source) = match eds_service(c, path)? {
         Some((service, source)) => (Some(service), source),
@@ -70,7 +71,10 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         Some(cb) => circuit_breakers(cb, &field(path, "circuit_breakers"))?,
         None => CircuitBreakers::default(),
     };
-    let health = health::health_policy(c, path)?;
+    let mut health = health::health_policy(c, path)?;
+    // A typed policy's locality weights (`lb_typed` refused them in `common_lb_config`
+    // beside it, as Envoy does).
+    health.locality_weighted |= typed_locality_weighted;
     if original_dst && health.health_check.is_some() {
         return Err(ConfigError::invalid(
             field(path, "health_checks"),

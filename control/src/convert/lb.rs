@@ -1,6 +1,7 @@
 //! A cluster's load balancing: `lb_policy` and its `*_lb_config`, with Envoy's defaults and
 //! limits (ring sizes, Maglev's prime table size, `choice_count`); a config for a policy the
-//! cluster does not use is refused, not ignored.
+//! cluster does not use is refused, not ignored. The typed `load_balancing_policy` comes to
+//! the same settings through `lb_typed`.
 
 use super::Result;
 use crate::error::ConfigError;
@@ -22,13 +23,16 @@ const SUPPORTED_LB: &str =
 /// against the cluster's type and against what Switchyard implements.
 pub(super) struct LbSettings {
     pub(super) policy: PbLbPolicy,
-    hashing: HashingConfig,
+    pub(super) hashing: HashingConfig,
     /// `least_request_lb_config.choice_count`.
-    choice_count: Option<u32>,
+    pub(super) choice_count: Option<u32>,
+    /// A typed policy's locality weights (`locality_lb_config.locality_weighted_lb_config`);
+    /// the legacy form's are in `common_lb_config`, read by `health`.
+    pub(super) locality_weighted: bool,
 }
 
-/// Reads `lb_policy` and `lb_config`; a config for another policy than the cluster's is
-/// refused.
+/// Reads `load_balancing_policy` when given (Envoy then uses it and not `lb_policy`), else
+/// `lb_policy` and `lb_config`; a config for another policy than the cluster's is refused.
 pub(super) fn settings(c: &Cluster, path: &str) -> Result<LbSettings> {
     let policy = PbLbPolicy::try_from(c.lb_policy).map_err(|_| {
         ConfigError::invalid(
@@ -36,6 +40,16 @@ pub(super) fn settings(c: &Cluster, path: &str) -> Result<LbSettings> {
             format!("unknown policy {}", c.lb_policy),
         )
     })?;
+    if let Some(typed) = &c.load_balancing_policy {
+        return super::lb_typed::settings(c, policy, typed, path);
+    }
+    if policy == PbLbPolicy::LoadBalancingPolicyConfig {
+        // Envoy: "field load_balancing_policy need to be set".
+        return Err(ConfigError::invalid(
+            field(path, "lb_policy"),
+            "LOAD_BALANCING_POLICY_CONFIG needs load_balancing_policy",
+        ));
+    }
     let mut hashing = HashingConfig::default();
     let choice_count = match &c.lb_config {
         None => None,
@@ -69,6 +83,7 @@ pub(super) fn settings(c: &Cluster, path: &str) -> Result<LbSettings> {
         policy,
         hashing,
         choice_count,
+        locality_weighted: false,
     })
 }
 
@@ -132,11 +147,11 @@ pub(super) fn lb_policy(s: LbSettings, path: &str) -> Result<LbPolicy> {
 
 /// A hashing policy's `lb_config`, when given.
 #[derive(Default)]
-struct HashingConfig {
+pub(super) struct HashingConfig {
     /// `ring_hash_lb_config`: minimum and maximum ring size, hash function.
-    ring: Option<(u64, u64, RingHashFunction)>,
+    pub(super) ring: Option<(u64, u64, RingHashFunction)>,
     /// `maglev_lb_config.table_size`.
-    maglev_table_size: Option<u64>,
+    pub(super) maglev_table_size: Option<u64>,
 }
 
 /// Envoy's largest ring (`maximum_ring_size` may not exceed it).
@@ -153,12 +168,29 @@ fn ring_hash_config(
             "only valid with lb_policy RING_HASH",
         ));
     }
-    let min = r
-        .minimum_ring_size
-        .map_or(RingHash::DEFAULT_MIN_RING_SIZE, |v| v.value);
-    let max = r
-        .maximum_ring_size
-        .map_or(RingHash::DEFAULT_MAX_RING_SIZE, |v| v.value);
+    let function = match PbHashFunction::try_from(r.hash_function) {
+        Ok(PbHashFunction::XxHash) => RingHashFunction::XxHash,
+        Ok(PbHashFunction::MurmurHash2) => RingHashFunction::MurmurHash2,
+        Err(_) => {
+            return Err(ConfigError::invalid(
+                field(path, "hash_function"),
+                format!("unknown hash function {}", r.hash_function),
+            ))
+        }
+    };
+    let (min, max) = ring_sizes(
+        r.minimum_ring_size.map(|v| v.value),
+        r.maximum_ring_size.map(|v| v.value),
+        path,
+    )?;
+    Ok((min, max, function))
+}
+
+/// `minimum_ring_size` and `maximum_ring_size` with Envoy's defaults and limits (the legacy
+/// and the typed ring hash alike).
+pub(super) fn ring_sizes(min: Option<u64>, max: Option<u64>, path: &str) -> Result<(u64, u64)> {
+    let min = min.unwrap_or(RingHash::DEFAULT_MIN_RING_SIZE);
+    let max = max.unwrap_or(RingHash::DEFAULT_MAX_RING_SIZE);
     for (name, value) in [("minimum_ring_size", min), ("maximum_ring_size", max)] {
         if value > MAX_RING_SIZE {
             return Err(ConfigError::invalid(
@@ -173,17 +205,7 @@ fn ring_hash_config(
             format!("{min} is greater than maximum_ring_size {max}"),
         ));
     }
-    let function = match PbHashFunction::try_from(r.hash_function) {
-        Ok(PbHashFunction::XxHash) => RingHashFunction::XxHash,
-        Ok(PbHashFunction::MurmurHash2) => RingHashFunction::MurmurHash2,
-        Err(_) => {
-            return Err(ConfigError::invalid(
-                field(path, "hash_function"),
-                format!("unknown hash function {}", r.hash_function),
-            ))
-        }
-    };
-    Ok((min, max, function))
+    Ok((min, max))
 }
 
 /// Envoy's largest Maglev table.
@@ -196,9 +218,12 @@ fn maglev_table_size(m: &MaglevLbConfig, policy: PbLbPolicy, path: &str) -> Resu
             "only valid with lb_policy MAGLEV",
         ));
     }
-    let size = m
-        .table_size
-        .map_or(MaglevTable::DEFAULT_TABLE_SIZE, |v| v.value);
+    maglev_size(m.table_size.map(|v| v.value), path)
+}
+
+/// `table_size` with Envoy's default and limits (the legacy and the typed Maglev alike).
+pub(super) fn maglev_size(size: Option<u64>, path: &str) -> Result<u64> {
+    let size = size.unwrap_or(MaglevTable::DEFAULT_TABLE_SIZE);
     if size > MAX_MAGLEV_TABLE_SIZE || !is_prime(size) {
         return Err(ConfigError::invalid(
             field(path, "table_size"),

@@ -49,6 +49,7 @@ mod ext;
 mod filter_chain;
 mod health;
 mod lb;
+mod lb_typed;
 mod listener;
 mod tcp_proxy;
 mod udp;

@@ -89,6 +89,9 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Bound on connecting (TCP + HTTP/2 handshake).
     pub connect_timeout: Duration,
+    /// Request metadata sent when every stream opens (`grpc_services[].initial_metadata`:
+    /// lower-cased names and their values, checked by `convert`).
+    pub initial_metadata: Vec<(String, String)>,
     /// What the subscriptions start out holding (a warm start from `--state-dir`).
     pub held: Held,
     /// The endpoint assignments to watch from the start.
@@ -114,6 +117,7 @@ impl ClientConfig {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            initial_metadata: Vec::new(),
             held: Held::new(),
             endpoints: Vec::new(),
             reserved_addresses: Vec::new(),
@@ -389,12 +393,30 @@ trait Wire {
     fn watch(&mut self, names: Vec<String>) -> Option<(Self::Req, Vec<String>)>;
     /// Validates one response: the event for the control thread, and the ACK or NACK.
     fn answer(&mut self, resp: &Self::Resp) -> (Option<Event>, Self::Req);
-    /// Opens the stream.
+    /// Opens the stream, with `metadata` as its request metadata.
     async fn open(
         &self,
         channel: tonic::transport::Channel,
         requests: ReceiverStream<Self::Req>,
+        metadata: &[(String, String)],
     ) -> Result<tonic::Streaming<Self::Resp>, tonic::Status>;
+}
+
+/// The stream's request: `requests` with `metadata` (names and values `convert` checked, so
+/// a failure here is a bug, reported as the stream's error).
+fn with_metadata<R>(
+    requests: ReceiverStream<R>,
+    metadata: &[(String, String)],
+) -> Result<tonic::Request<ReceiverStream<R>>, tonic::Status> {
+    let mut request = tonic::Request::new(requests);
+    for (name, value) in metadata {
+        let key = tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes())
+            .map_err(|e| tonic::Status::internal(format!("metadata name {name:?}: {e}")))?;
+        let value = tonic::metadata::AsciiMetadataValue::try_from(value.as_str())
+            .map_err(|e| tonic::Status::internal(format!("metadata {name} value: {e}")))?;
+        request.metadata_mut().append(key, value);
+    }
+    Ok(request)
 }
 
 /// The NACK of a response for a type nobody subscribed to.
@@ -437,7 +459,7 @@ trait Protocol: Sized {
     async fn open(
         service: Service,
         channel: tonic::transport::Channel,
-        requests: ReceiverStream<Self::Req>,
+        requests: tonic::Request<ReceiverStream<Self::Req>>,
     ) -> Result<tonic::Streaming<Self::Resp>, tonic::Status>;
 }
 
@@ -481,7 +503,7 @@ impl Protocol for sotw::Subscription {
     async fn open(
         service: Service,
         channel: tonic::transport::Channel,
-        requests: ReceiverStream<DiscoveryRequest>,
+        requests: tonic::Request<ReceiverStream<DiscoveryRequest>>,
     ) -> Result<tonic::Streaming<DiscoveryResponse>, tonic::Status> {
         Ok(match service {
             Service::Ads { .. } => {
@@ -537,7 +559,7 @@ impl Protocol for delta::Subscription {
     async fn open(
         service: Service,
         channel: tonic::transport::Channel,
-        requests: ReceiverStream<DeltaDiscoveryRequest>,
+        requests: tonic::Request<ReceiverStream<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Streaming<DeltaDiscoveryResponse>, tonic::Status> {
         Ok(match service {
             Service::Ads { .. } => {
@@ -621,8 +643,9 @@ impl<P: Protocol> Wire for Streams<P> {
         &self,
         channel: tonic::transport::Channel,
         requests: ReceiverStream<P::Req>,
+        metadata: &[(String, String)],
     ) -> Result<tonic::Streaming<P::Resp>, tonic::Status> {
-        P::open(self.service, channel, requests).await
+        P::open(self.service, channel, with_metadata(requests, metadata)?).await
     }
 }
 
@@ -768,7 +791,12 @@ impl<W: Wire> Client<W> {
                 return Ended::Broke("request stream closed".into(), false);
             }
         }
-        let mut inbound = match self.wire.open(channel, ReceiverStream::new(rx)).await {
+        let opened = self.wire.open(
+            channel,
+            ReceiverStream::new(rx),
+            &self.config.initial_metadata,
+        );
+        let mut inbound = match opened.await {
             Ok(s) => s,
             Err(s) => return Ended::Broke(format!("stream refused: {s}"), false),
         };
