@@ -264,3 +264,50 @@ fn drain_type_changes_nothing_for_tcp_proxy_when_the_health_check_fails() {
     let dump = proxy.get("/config_dump").body;
     assert!(dump.contains("MODIFY_ONLY"), "{dump}");
 }
+
+/// `additional_addresses`: the listener also listens on 127.0.0.2 (another port) with the
+/// same chains: both addresses serve byte-exact, their connections count in the listener's
+/// stats (named after its first address, as Envoy names them), and `/listeners` shows both.
+#[test]
+fn additional_addresses_serve_the_same_chains() {
+    let backend = Backend::echo();
+    let (port, more_port) = (free_port(), free_port());
+    let extra = format!(
+        "    additional_addresses:\n    - address:\n        socket_address: {{ address: 127.0.0.2, port_value: {more_port} }}\n"
+    );
+    let Some(proxy) = start_selected_with(&gateway(port, &backend, &extra), 2) else {
+        return;
+    };
+    let more = std::net::SocketAddr::from(([127, 0, 0, 2], more_port));
+    for (i, addr) in [local(port), more, local(port), more]
+        .into_iter()
+        .enumerate()
+    {
+        let s = connect_retry(addr, Duration::from_secs(5));
+        echoed_exactly(i as u64, &exchange(s, 0xADD + i as u64, 20_000))
+            .unwrap_or_else(|e| panic!("{addr}: {e}\n{}", proxy.logs()));
+    }
+    let total = proxy.wait_stat(
+        &format!("listener.127.0.0.1_{port}.downstream_cx_total"),
+        4,
+        Duration::from_secs(5),
+    );
+    assert_eq!(total, 4, "both addresses count in the listener's stats");
+    let listeners = proxy.get("/listeners").body;
+    assert!(
+        listeners.contains(&format!("gw::127.0.0.1:{port}"))
+            && listeners.contains(&format!("gw::127.0.0.2:{more_port}")),
+        "{listeners}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&proxy.get("/listeners?format=json").body).expect("JSON");
+    let status = &json["listener_statuses"][0];
+    assert_eq!(
+        status["local_address"]["socket_address"]["port_value"],
+        port
+    );
+    assert_eq!(
+        status["additional_local_addresses"][0]["socket_address"]["port_value"], more_port,
+        "{json}"
+    );
+}

@@ -212,11 +212,17 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
     };
     let mut listeners = Vec::new();
     let mut udp_listeners = Vec::new();
-    for l in &rib.listeners {
+    // A listener with `additional_addresses` is one FIB listener per address: the same name,
+    // chains and stats (named after its first address, as Envoy names them).
+    for (l, address) in rib
+        .listeners
+        .iter()
+        .flat_map(|l| l.addresses().map(move |a| (l, a)))
+    {
         match &l.kind {
             ListenerKind::Tcp(t) => listeners.push(Listener {
                 name: l.name.as_str().into(),
-                address: l.address,
+                address,
                 filter_chains: t.filter_chains.iter().map(&mut chain).collect(),
                 default_chain: t.default_filter_chain.as_ref().map(&mut chain),
                 chain_matcher: t.chain_matcher.clone(),
@@ -231,7 +237,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),
-                address: l.address,
+                address,
                 proxy: udp_proxy(u, ids, stats),
                 max_rx_datagram_bytes: u.max_downstream_rx_datagram_bytes,
                 udp_stats: stats.listener_udp(l.address),
@@ -243,7 +249,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
         .listeners
         .iter()
         .filter(|l| l.tcp().is_some())
-        .map(|l| l.address)
+        .flat_map(|l| l.addresses())
         .chain(rib.admin.socket())
         .collect();
     Fib {

@@ -387,7 +387,7 @@ impl DynamicState {
         let mut addresses: HashMap<Bind, String> = statics
             .listeners
             .iter()
-            .map(|l| (l.bind(), l.name.clone()))
+            .flat_map(|l| l.binds().map(|b| (b, l.name.clone())))
             .collect();
         for (name, l) in &self.listeners {
             if static_listeners.contains(name.as_str()) {
@@ -396,21 +396,26 @@ impl DynamicState {
                 ));
                 continue;
             }
-            if let Some(other) = addresses.get(&l.bind()) {
+            if let Some((bind, other)) = l
+                .binds()
+                .find_map(|b| addresses.get(&b).map(|other| (b, other)))
+            {
                 skipped.push(format!(
-                    "listener '{name}': address {} is listener '{other}''s",
-                    l.bind()
+                    "listener '{name}': address {bind} is listener '{other}''s"
                 ));
                 continue;
             }
-            if rib.admin.socket().map(Bind::tcp) == Some(l.bind()) {
+            let admin = rib.admin.socket().map(Bind::tcp);
+            if let Some(bind) = l.binds().find(|b| Some(*b) == admin) {
                 skipped.push(format!(
                     "listener '{name}': address {} is the admin address",
-                    l.address
+                    bind.address
                 ));
                 continue;
             }
-            addresses.insert(l.bind(), name.clone());
+            for bind in l.binds() {
+                addresses.insert(bind, name.clone());
+            }
             rib.listeners.push(l.clone());
         }
         (rib, skipped)
@@ -488,6 +493,7 @@ mod tests {
         ListenerConfig {
             name: name.into(),
             address,
+            additional_addresses: Vec::new(),
             kind: ListenerKind::Udp(crate::rib::UdpProxyConfig {
                 stat_prefix: name.into(),
                 route: RouteConfig::Cluster(cluster.into()),

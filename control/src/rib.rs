@@ -194,8 +194,11 @@ pub struct ListenerConfig {
     /// gives none; `ip:port/udp` for a UDP listener).
     pub name: String,
     /// Listening address, port non-zero; unique among the listeners of its protocol (a TCP
-    /// and a UDP listener may share one).
+    /// and a UDP listener may share one). Its stats are named after it.
     pub address: SocketAddr,
+    /// `additional_addresses`: more addresses of the same protocol it also listens on, with
+    /// the same chains and stats; each unique like `address`.
+    pub additional_addresses: Vec<SocketAddr>,
     /// What it does with what arrives.
     pub kind: ListenerKind,
 }
@@ -265,6 +268,18 @@ impl ListenerConfig {
             protocol: self.protocol(),
             address: self.address,
         }
+    }
+
+    /// Every address it listens on: `address`, then the `additional_addresses`.
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.address).chain(self.additional_addresses.iter().copied())
+    }
+
+    /// What each of its addresses binds.
+    pub fn binds(&self) -> impl Iterator<Item = Bind> + '_ {
+        let protocol = self.protocol();
+        self.addresses()
+            .map(move |address| Bind { protocol, address })
     }
 
     /// The TCP part, if it is a TCP listener.

@@ -237,11 +237,29 @@ pub(crate) fn render_listeners_text(fib: &Fib) -> String {
     out
 }
 
-/// Envoy's `/listeners?format=json` (`envoy.admin.v3.Listeners`).
+/// Envoy's `/listeners?format=json` (`envoy.admin.v3.Listeners`): one status per listener,
+/// its first address as `local_address` and the others (`additional_addresses`, compiled
+/// into FIB listeners of the same name) as `additional_local_addresses`.
 pub(crate) fn render_listeners_json(fib: &Fib) -> serde_json::Value {
-    let statuses: Vec<serde_json::Value> = all_listeners(fib)
-        .map(|(name, address)| json!({"name": name, "local_address": socket_address(address)}))
-        .collect();
+    let mut statuses: Vec<serde_json::Value> = Vec::new();
+    let mut previous: Option<&str> = None;
+    for (name, address) in all_listeners(fib) {
+        if previous == Some(name) {
+            if let Some(status) = statuses.last_mut() {
+                let more = status
+                    .as_object_mut()
+                    .expect("a status is an object")
+                    .entry("additional_local_addresses")
+                    .or_insert_with(|| json!([]));
+                if let Some(list) = more.as_array_mut() {
+                    list.push(socket_address(address));
+                }
+            }
+            continue;
+        }
+        previous = Some(name);
+        statuses.push(json!({"name": name, "local_address": socket_address(address)}));
+    }
     json!({ "listener_statuses": statuses })
 }
 

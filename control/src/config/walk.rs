@@ -128,7 +128,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             // Bounds each worker's accepts per completion batch (TCP); no effect on a UDP
             // listener, which accepts nothing (as in Envoy).
             "max_connections_to_accept_per_socket_event",
+            // More addresses with the same chains: one FIB listener per address.
+            "additional_addresses",
         ],
+    ),
+    (
+        "envoy.config.listener.v3.AdditionalAddress",
+        &["address"],
     ),
     (
         "envoy.config.listener.v3.UdpListenerConfig",

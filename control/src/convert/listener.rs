@@ -9,13 +9,16 @@ use super::filter_chain::filter_chain;
 use super::{decode_any, type_name, udp, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
-use crate::rib::{FilterChainConfig, ListenerConfig, ListenerKind, Protocol, TcpListenerConfig};
+use crate::rib::{
+    Bind, FilterChainConfig, ListenerConfig, ListenerKind, Protocol, TcpListenerConfig,
+};
 use crate::type_names::{ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY};
 use envoy_types::pb::envoy::config::listener::v3::{
     listener_filter, FilterChain, Listener, ListenerFilter,
 };
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc as PbOriginalSrc;
+use std::net::SocketAddr;
 use switchyard_dataplane::fib::{ChainMatch, OriginalSrc, MAX_FILTER_CHAINS};
 
 /// A listener: its address's protocol decides whether it is a TCP listener (filter chains)
@@ -34,8 +37,32 @@ pub(super) fn listener(l: &Listener, path: &str) -> Result<ListenerConfig> {
     Ok(ListenerConfig {
         name,
         address: bind.address,
+        additional_addresses: additional_addresses(l, bind, path)?,
         kind,
     })
+}
+
+/// `additional_addresses`: each of the primary's protocol (as Envoy requires), none twice.
+fn additional_addresses(l: &Listener, primary: Bind, path: &str) -> Result<Vec<SocketAddr>> {
+    let mut out: Vec<SocketAddr> = Vec::with_capacity(l.additional_addresses.len());
+    for (i, a) in l.additional_addresses.iter().enumerate() {
+        let apath = field(&index(&field(path, "additional_addresses"), i), "address");
+        let bind = listener_address(a.address.as_ref(), &apath)?;
+        if bind.protocol != primary.protocol {
+            return Err(ConfigError::invalid(
+                field(&field(&apath, "socket_address"), "protocol"),
+                "a listener's addresses all have one protocol (its address's)",
+            ));
+        }
+        if bind.address == primary.address || out.contains(&bind.address) {
+            return Err(ConfigError::invalid(
+                apath,
+                format!("{} is already an address of this listener", bind.address),
+            ));
+        }
+        out.push(bind.address);
+    }
+    Ok(out)
 }
 
 fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {

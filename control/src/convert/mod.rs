@@ -164,23 +164,27 @@ fn static_listeners(statics: &[Listener], admin: &AdminConfig) -> Result<Vec<Lis
                 ),
             ));
         }
-        if let Some(j) = listeners.iter().position(|o| o.bind() == converted.bind()) {
-            return Err(ConfigError::invalid(
-                field(&path, "address"),
-                format!(
-                    "duplicate listener address {} (also listeners[{j}])",
-                    converted.bind()
-                ),
-            ));
-        }
-        if admin.socket().map(Bind::tcp) == Some(converted.bind()) {
-            return Err(ConfigError::invalid(
-                field(&path, "address"),
-                format!(
-                    "listener address {} is the admin address",
-                    converted.address
-                ),
-            ));
+        for (k, bind) in converted.binds().enumerate() {
+            let at = if k == 0 {
+                field(&path, "address")
+            } else {
+                field(
+                    &index(&field(&path, "additional_addresses"), k - 1),
+                    "address",
+                )
+            };
+            if let Some(j) = listeners.iter().position(|o| o.binds().any(|b| b == bind)) {
+                return Err(ConfigError::invalid(
+                    at,
+                    format!("duplicate listener address {bind} (also listeners[{j}])"),
+                ));
+            }
+            if admin.socket().map(Bind::tcp) == Some(bind) {
+                return Err(ConfigError::invalid(
+                    at,
+                    format!("listener address {} is the admin address", bind.address),
+                ));
+            }
         }
         listeners.push(converted);
     }
