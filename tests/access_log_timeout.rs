@@ -446,3 +446,75 @@ fn every_connection_closed_before_sigterm_has_its_line_after_exit() {
     );
     assert!(lines.iter().all(|l| l.starts_with('[')), "{lines:#?}");
 }
+
+/// A listener's own `access_log` logs every connection it accepted when it closes: one a
+/// filter chain relayed (bytes and upstream host, as the tcp_proxy logs it) and one no chain
+/// matched (`NR`, nothing else), as Envoy writes them.
+#[test]
+fn a_listeners_own_access_log_has_a_line_per_connection_chain_or_not() {
+    let backend = Backend::echo();
+    let dir = test_dir("listener-access-log");
+    let (relayed_log, refused_log) = (dir.join("relayed.log"), dir.join("refused.log"));
+    let (relayed_port, refused_port) = (free_port(), free_port());
+    // A tcp_proxy's access-log item, moved out to the listener's own `access_log`.
+    let own_log = |path: &std::path::Path| {
+        let item: String = file_access_log(path, None)
+            .lines()
+            .map(|l| format!("{}\n", &l[6..]))
+            .collect();
+        format!("    access_log:\n{item}")
+    };
+    let with_log = |item: String, path: &std::path::Path| {
+        let (first, rest) = item.split_once('\n').expect("an item of several lines");
+        format!("{first}\n{}{rest}", own_log(path))
+    };
+    let refused = tcp_listener("refused", refused_port, "refused", "echo").replacen(
+        "    - filters:\n",
+        "    - filter_chain_match:\n        source_prefix_ranges: [{ address_prefix: 10.0.0.0, prefix_len: 8 }]\n      filters:\n",
+        1,
+    );
+    let listeners = with_log(
+        tcp_listener("relayed", relayed_port, "relayed", "echo"),
+        &relayed_log,
+    ) + &with_log(refused, &refused_log);
+    let yaml = bootstrap(
+        free_port(),
+        &listeners,
+        &static_cluster("echo", &[(backend.addr, 1)]),
+    );
+    let Some(mut proxy) = start_selected(&yaml) else {
+        return;
+    };
+    let mut c = connect_retry(local(relayed_port), Duration::from_secs(5));
+    assert_eq!(ping(&mut c, b"hello").expect("ping"), b"hello");
+    drop(c);
+    let mut refused = connect_retry(local(refused_port), Duration::from_secs(5));
+    let mut buf = [0u8; 16];
+    let _ = refused.read(&mut buf);
+    drop(refused);
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.sigterm();
+    assert!(
+        proxy.wait_exit(Duration::from_secs(20)).is_some(),
+        "{}",
+        proxy.logs()
+    );
+    let relayed = std::fs::read_to_string(&relayed_log).unwrap_or_default();
+    let refused = std::fs::read_to_string(&refused_log).unwrap_or_default();
+    let (relayed_line, _) = without_time(relayed.lines().next().unwrap_or(""));
+    let (refused_line, _) = without_time(refused.lines().next().unwrap_or(""));
+    assert_eq!(relayed.lines().count(), 1, "{relayed}");
+    assert_eq!(
+        relayed_line,
+        format!(
+            "\"- - -\" 0 - 5 5 - \"-\" \"-\" \"-\" \"-\" \"{}\"",
+            backend.addr
+        ),
+        "{relayed}"
+    );
+    assert_eq!(refused.lines().count(), 1, "{refused}");
+    assert_eq!(
+        refused_line, "\"- - -\" 0 NR 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\"",
+        "{refused}"
+    );
+}

@@ -188,6 +188,19 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
     let clusters = cache.clusters(rib, stats);
     let ids = &cache.ids;
     let sinks = &mut cache.sinks;
+    // Each TCP listener's own access-log sinks, in `rib.listeners` order.
+    let listener_logs: Vec<Vec<Arc<AccessLogSink>>> = rib
+        .listeners
+        .iter()
+        .map(|l| {
+            l.tcp().map_or_else(Vec::new, |t| {
+                t.access_logs
+                    .iter()
+                    .map(|a| sinks.get(&a.path, &a.format))
+                    .collect()
+            })
+        })
+        .collect();
     let mut chain = |c: &FilterChainConfig| FilterChain {
         name: c.name.as_str().into(),
         matcher: c.matcher.clone(),
@@ -214,10 +227,11 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
     let mut udp_listeners = Vec::new();
     // A listener with `additional_addresses` is one FIB listener per address: the same name,
     // chains and stats (named after its first address, as Envoy names them).
-    for (l, address) in rib
+    for (i, l, address) in rib
         .listeners
         .iter()
-        .flat_map(|l| l.addresses().map(move |a| (l, a)))
+        .enumerate()
+        .flat_map(|(i, l)| l.addresses().map(move |a| (i, l, a)))
     {
         match &l.kind {
             ListenerKind::Tcp(t) => listeners.push(Listener {
@@ -234,6 +248,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
                 original_src: t.original_src,
                 buffer_limit_bytes: t.buffer_limit_bytes,
                 max_accepts_per_event: t.max_accepts_per_event,
+                access_logs: listener_logs[i].clone(),
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),

@@ -343,6 +343,9 @@ pub struct TcpListenerConfig {
     /// most this many new connections per completion batch; `None`: no bound (Envoy's
     /// default).
     pub max_accepts_per_event: Option<u32>,
+    /// The listener's own `access_log`: a line for every connection it accepted, when it
+    /// closes, whether a filter chain took it or not (Envoy's listener access log).
+    pub access_logs: Vec<AccessLogConfig>,
 }
 
 impl TcpListenerConfig {

@@ -101,6 +101,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             original_src: None,
             buffer_limit_bytes: 1024 * 1024,
             max_accepts_per_event: None,
+            access_logs: Vec::new(),
         }],
         clusters: vec![Arc::new(cluster)],
         own_addresses: vec![listen],

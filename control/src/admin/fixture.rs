@@ -85,6 +85,7 @@ pub(crate) fn fixture() -> Fixture {
             original_src: None,
             buffer_limit_bytes: 1024 * 1024,
             max_accepts_per_event: None,
+            access_logs: Vec::new(),
         }],
         clusters: vec![
             Arc::new(Cluster {

@@ -130,6 +130,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_connections_to_accept_per_socket_event",
             // More addresses with the same chains: one FIB listener per address.
             "additional_addresses",
+            // A line per connection at close, chain or not (refused on a UDP listener).
+            "access_log",
         ],
     ),
     (

@@ -3,6 +3,7 @@
 //! duplicate rule), or with a `filter_chain_matcher` (`chain_matcher`) the chains are picked
 //! by their names, and the listener filters (`original_dst`, `original_src`) are read.
 
+use super::access_log::access_log_config;
 use super::address::listener_address;
 use super::chain_matcher::{chain_matcher, ChainNames};
 use super::filter_chain::filter_chain;
@@ -10,7 +11,8 @@ use super::{decode_any, type_name, udp, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
 use crate::rib::{
-    Bind, FilterChainConfig, ListenerConfig, ListenerKind, Protocol, TcpListenerConfig,
+    AccessLogConfig, Bind, FilterChainConfig, ListenerConfig, ListenerKind, Protocol,
+    TcpListenerConfig,
 };
 use crate::type_names::{ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY};
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -30,6 +32,12 @@ pub(super) fn listener(l: &Listener, path: &str) -> Result<ListenerConfig> {
     } else {
         l.name.clone()
     };
+    if bind.protocol == Protocol::Udp && !l.access_log.is_empty() {
+        return Err(ConfigError::unsupported(
+            field(path, "access_log"),
+            "a UDP listener's own access log is not supported by Switchyard",
+        ));
+    }
     let kind = match bind.protocol {
         Protocol::Tcp => ListenerKind::Tcp(Box::new(tcp_listener(l, path)?)),
         Protocol::Udp => ListenerKind::Udp(udp::udp_listener(l, path)?),
@@ -108,6 +116,7 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
             l.per_connection_buffer_limit_bytes.map(|v| v.value),
         ),
         max_accepts_per_event: max_accepts_per_event(l, path)?,
+        access_logs: listener_access_logs(l, path)?,
     })
 }
 
@@ -245,6 +254,16 @@ fn same_rules(a: &ChainMatch, b: &ChainMatch) -> bool {
         && overlap(&a.prefix_ranges, &b.prefix_ranges)
         && overlap(&a.source_prefix_ranges, &b.source_prefix_ranges)
         && overlap(&a.source_ports, &b.source_ports)
+}
+
+/// The listener's `access_log`, each as a tcp_proxy's.
+fn listener_access_logs(l: &Listener, path: &str) -> Result<Vec<AccessLogConfig>> {
+    let lpath = field(path, "access_log");
+    l.access_log
+        .iter()
+        .enumerate()
+        .map(|(i, a)| access_log_config(a, &index(&lpath, i)))
+        .collect()
 }
 
 /// `max_connections_to_accept_per_socket_event`: more than 0, as Envoy validates it.

@@ -138,6 +138,9 @@ pub struct Listener {
     /// `max_connections_to_accept_per_socket_event`: each worker takes at most this many
     /// new connections from its socket per completion batch; `None`: no bound.
     pub max_accepts_per_event: Option<u32>,
+    /// The listener's own access logs: a line for every connection when it closes, whether
+    /// a filter chain took it or not (no chain: `NR`).
+    pub access_logs: Vec<Arc<AccessLogSink>>,
 }
 
 /// A UDP listener: Envoy's `address.socket_address.protocol: UDP` with the listener filter
@@ -247,10 +250,12 @@ impl Listener {
 
     /// True when any chain (or the default chain) writes an access log.
     pub fn has_access_logs(&self) -> bool {
-        self.filter_chains
-            .iter()
-            .chain(self.default_chain.iter())
-            .any(|c| !c.tcp_proxy.access_logs.is_empty())
+        !self.access_logs.is_empty()
+            || self
+                .filter_chains
+                .iter()
+                .chain(self.default_chain.iter())
+                .any(|c| !c.tcp_proxy.access_logs.is_empty())
     }
 
     /// True when the peer address is needed: chains match on the source, upstream sockets

@@ -516,17 +516,20 @@ impl Worker {
             self.count_cluster_close(slot, cluster_id);
         }
         let conn = &self.conns[slot as usize];
-        if conn.chain == CHAIN_NONE {
-            return;
-        }
         let g = self.generations[conn.generation as usize]
             .as_ref()
             .expect("checked above");
-        let chain = g.fib.listeners[conn.fib_listener as usize].chain(conn.chain);
-        chain.tcp_proxy.stats.dec(id, TcpStat::DownstreamCxActive);
+        let listener = &g.fib.listeners[conn.fib_listener as usize];
         let cluster = conn.cluster.map(|c| g.fib.cluster(c));
         let names = cluster.map(|c| (c.observability_name.clone(), c.name.clone()));
-        for sink in chain.tcp_proxy.access_logs.iter() {
+        let chain = (conn.chain != CHAIN_NONE).then(|| listener.chain(conn.chain));
+        if let Some(chain) = chain {
+            chain.tcp_proxy.stats.dec(id, TcpStat::DownstreamCxActive);
+        }
+        // The tcp_proxy's lines, then the listener's own (Envoy's order: the filter's logs
+        // when its stream ends, the listener's when the connection is destroyed).
+        let tcp_logs = chain.map_or(&[][..], |c| &c.tcp_proxy.access_logs[..]);
+        for sink in tcp_logs.iter().chain(listener.access_logs.iter()) {
             let record = access_record(conn, sink.clone(), names.clone(), self.now_ms);
             if !self.shared.access_logs.push(id, record) {
                 self.shared
