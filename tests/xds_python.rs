@@ -642,6 +642,96 @@ fn delta_nacks_keep_last_good() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The management cluster found by DNS
+// ---------------------------------------------------------------------------------------------
+
+/// The name the test's DNS server answers for the management server.
+const XDS_NAME: &str = "xds.switchyard.test";
+
+/// [`bootstrap`] whose `xds` cluster is STRICT_DNS: `XDS_NAME` at the server's port, resolved
+/// by the test's DNS server (c-ares `resolvers`, IPv4, refreshed every 200 ms).
+fn dns_bootstrap(admin: u16, ads: SocketAddr, api: &str, dns: &DnsServer) -> String {
+    let yaml = bootstrap(admin, ads, api, "15s");
+    let (kind, address) = (
+        "    type: STATIC\n",
+        format!("address: {}, port_value: {} ", ads.ip(), ads.port()),
+    );
+    assert!(yaml.contains(kind) && yaml.contains(&address), "{yaml}");
+    let dns_port = dns.port();
+    yaml.replace(
+        kind,
+        &format!(
+            r#"    type: STRICT_DNS
+    dns_lookup_family: V4_ONLY
+    dns_refresh_rate: 0.2s
+    typed_dns_resolver_config:
+      name: envoy.network.dns_resolver.cares
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+        resolvers: [{{socket_address: {{address: 127.0.0.1, port_value: {dns_port}}}}}]
+        dns_resolver_options: {{no_default_search_domain: true}}
+"#
+        ),
+    )
+    .replace(
+        &address,
+        &format!("address: {XDS_NAME}, port_value: {} ", ads.port()),
+    )
+}
+
+/// The ADS cluster is STRICT_DNS: while its name does not resolve (NXDOMAIN) nothing
+/// reaches the server and the proxy stays INITIALIZING; once it resolves to 127.0.0.1 the
+/// proxy subscribes there, gets its cluster and listener, and forwards.
+fn management_cluster_by_dns(api: Api) {
+    if !prerequisites() {
+        return;
+    }
+    let dns = DnsServer::start();
+    let ads = Ads::start();
+    let yaml = dns_bootstrap(free_port(), ads.addr(), api.bootstrap_name(), &dns);
+    let quiet = ads.mark();
+    let mut s = Scenario {
+        a: Backend::tagged("a"),
+        b: Backend::tagged("b"),
+        proxy: Proxy::spawn(selected_proxy(), &yaml, ProxyOpts::default()),
+        ads,
+        port: free_port(),
+    };
+    if !wait_until(WAIT, || !dns.queries(XDS_NAME).is_empty()) {
+        s.fail(&format!("{XDS_NAME} was never resolved"));
+    }
+    thread::sleep(Duration::from_millis(500));
+    if s.ads.mark() != quiet {
+        s.fail("the server heard from the proxy before its name resolved");
+    }
+    if s.ready_status() == 200 {
+        s.fail("/ready is 200 before the first fetch");
+    }
+    dns.set_a(XDS_NAME, &[std::net::Ipv4Addr::LOCALHOST]);
+    s.initial_sync();
+    if s.proxy.wait_stat("control_plane.connected_state", 1, WAIT) != 1 {
+        s.fail("control_plane.connected_state is not 1");
+    }
+    if !wait_until(WAIT, || s.ready_status() == 200) {
+        s.fail("/ready never became 200");
+    }
+    // An endpoint update still applies over the stream.
+    let b = assignment("svc", &s.b);
+    s.push_ack(ENDPOINTS, "e2", vec![b]);
+    s.wait_reaches("b", "after the endpoint update");
+}
+
+#[test]
+fn sotw_management_cluster_by_dns() {
+    management_cluster_by_dns(Api::Sotw);
+}
+
+#[test]
+fn delta_management_cluster_by_dns() {
+    management_cluster_by_dns(Api::Delta);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The server killed and restarted
 // ---------------------------------------------------------------------------------------------
 

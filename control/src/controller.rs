@@ -472,8 +472,31 @@ fn fetch_timeout(rib: &Rib) -> Option<Duration> {
     }
 }
 
+/// The addresses a gRPC client connects to through `cluster`: a STATIC cluster's first
+/// endpoint (as before DNS), or a DNS cluster's hosts of its first priority, in answer order
+/// (LOGICAL_DNS has one); none while its names have not resolved.
+fn management_servers(cluster: &crate::rib::ClusterConfig) -> Vec<std::net::SocketAddr> {
+    if cluster.dns.is_none() {
+        return cluster
+            .endpoints
+            .first()
+            .map(|e| e.address)
+            .into_iter()
+            .collect();
+    }
+    let first = cluster.endpoints.first().map(|e| e.priority);
+    cluster
+        .endpoints
+        .iter()
+        .filter(|e| Some(e.priority) == first)
+        .map(|e| e.address)
+        .collect()
+}
+
 /// A running gRPC client thread.
 struct GrpcClient {
+    /// The management cluster it connects through.
+    cluster: String,
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -614,14 +637,13 @@ impl Sources {
         endpoints: Vec<String>,
         stream: Stream,
     ) -> Result<GrpcClient, RunError> {
-        let server = self
+        let cluster = self
             .statics
             .iter()
             .find(|c| c.name == source.cluster)
-            .and_then(|c| c.endpoints.first())
-            .map(|e| e.address)
-            .expect("convert checked: a management cluster is static with an endpoint");
-        let mut config = ClientConfig::new(server, self.node.clone(), source.api);
+            .expect("convert checked: a management cluster is a static one");
+        let servers = management_servers(cluster);
+        let mut config = ClientConfig::to_servers(servers.clone(), self.node.clone(), source.api);
         config.service = service;
         config.held = held;
         config.endpoints = endpoints;
@@ -635,14 +657,18 @@ impl Sources {
             Stream::Eds(g) => format!("xds-eds-{}", g.cluster),
             Stream::Files => unreachable!("files have no gRPC client"),
         };
-        tracing::info!(%server, api = ?source.api, ?service, cluster = %source.cluster, "xDS: subscribing");
+        tracing::info!(?servers, api = ?source.api, ?service, cluster = %source.cluster, "xDS: subscribing");
         let events = self.events.clone();
         let sink =
             EventSink::new(move |e| events.send(ControlEvent::Xds(stream.clone(), e)).is_ok());
         let mut name = name;
         name.truncate(15);
         let (commands, thread) = xds_client::spawn(config, &name, sink).map_err(RunError::Xds)?;
-        Ok(GrpcClient { commands, thread })
+        Ok(GrpcClient {
+            cluster: source.cluster.clone(),
+            commands,
+            thread,
+        })
     }
 
     fn start_files(&mut self, config: FilesConfig) -> Result<(), RunError> {
@@ -714,6 +740,29 @@ impl Sources {
         }
         if let Some(f) = &self.files {
             let _ = f.commands.send(FileCommand::WatchEndpoints(files));
+        }
+    }
+
+    /// Follows the DNS answers of the management clusters that are STRICT_DNS or
+    /// LOGICAL_DNS: each one whose hosts in `rib` (what serves) changed hands its clients
+    /// the new addresses ([`Command::Servers`]), and the streams started later take them.
+    fn follow_dns(&mut self, rib: &Rib) {
+        for slot in self.statics.iter_mut().filter(|c| c.dns.is_some()) {
+            let Some(now) = rib.clusters.iter().find(|c| c.name == slot.name) else {
+                continue;
+            };
+            if now.dns != slot.dns || now.endpoints == slot.endpoints {
+                continue;
+            }
+            *slot = now.clone();
+            let servers = management_servers(slot);
+            let clients = [&self.ads, &self.lds, &self.cds]
+                .into_iter()
+                .flatten()
+                .chain(self.eds.values());
+            for c in clients.filter(|c| c.cluster == slot.name) {
+                let _ = c.commands.send(Command::Servers(servers.clone()));
+            }
         }
     }
 
@@ -892,6 +941,9 @@ impl Control {
                 Ok(ControlEvent::Dns(update)) => {
                     if self.dns.apply(update, self.stats.dns()) {
                         self.publish_composed("DNS answer applied");
+                        if let Some(x) = &mut self.xds {
+                            x.follow_dns(&self.rib);
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -1357,4 +1409,58 @@ fn now_rfc3339() -> String {
     let mut s = String::new();
     switchyard_dataplane::accesslog::write_start_time(ms, &mut s);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::management_servers;
+    use crate::load::parse_yaml_rib;
+    use crate::rib::EndpointConfig;
+    use std::sync::Arc;
+
+    fn endpoint(last: u8, priority: u32) -> EndpointConfig {
+        EndpointConfig {
+            address: std::net::SocketAddr::from(([10, 0, 0, last], 18000)),
+            weight: 1,
+            priority,
+            locality: Default::default(),
+        }
+    }
+
+    /// A DNS management cluster's addresses: its hosts of the first priority, in order;
+    /// none before its names resolve. A STATIC one: its first endpoint.
+    #[test]
+    fn management_servers_of_a_dns_cluster_are_its_first_priority_hosts() {
+        let yaml = "static_resources:
+  clusters:
+  - name: xds
+    type: STRICT_DNS
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: xds.example, port_value: 18000}}}
+  - name: s
+    load_assignment:
+      cluster_name: s
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 10.0.0.9, port_value: 18000}}}
+        - endpoint: {address: {socket_address: {address: 10.0.0.8, port_value: 18000}}}
+";
+        let (rib, _) = parse_yaml_rib(yaml).unwrap_or_else(|e| panic!("{e}"));
+        let mut xds = rib.cluster("xds").unwrap().clone();
+        assert!(management_servers(&xds).is_empty());
+        xds.endpoints = Arc::from(vec![endpoint(1, 0), endpoint(2, 0), endpoint(3, 1)]);
+        let got: Vec<String> = management_servers(&xds)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(got, ["10.0.0.1:18000", "10.0.0.2:18000"]);
+        let s = management_servers(rib.cluster("s").unwrap());
+        assert_eq!(
+            s,
+            vec!["10.0.0.9:18000".parse::<std::net::SocketAddr>().unwrap()]
+        );
+    }
 }

@@ -262,3 +262,46 @@ fn an_unreachable_server_reports_and_retries() {
     commands.send(Command::Stop).unwrap();
     handle.join().unwrap();
 }
+
+/// A DNS management cluster: no address until its name resolves (each attempt fails and is
+/// retried), then the addresses [`Command::Servers`] gives, tried in turn.
+#[test]
+fn servers_come_later_and_are_tried_in_turn() {
+    let node = NodeInfo {
+        id: "n".into(),
+        cluster: "c".into(),
+        metadata: None,
+    };
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // nothing listens there any more
+    let mut config = ClientConfig::to_servers(Vec::new(), node, Api::Sotw);
+    config.backoff_base = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(100);
+    let (events_tx, events) = mpsc::channel();
+    let (commands, handle) = client::spawn(config, "xds", events_tx).unwrap();
+    match next_event(&events) {
+        Event::Disconnected(reason) => assert!(reason.contains("not resolved"), "{reason}"),
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    let (live, streams, _) = start_server();
+    commands.send(Command::Servers(vec![dead, live])).unwrap();
+    // The dead address first, then the live one.
+    loop {
+        match next_event(&events) {
+            Event::Disconnected(reason) if reason.contains("not resolved") => continue,
+            Event::Disconnected(reason) => {
+                assert!(reason.contains(&dead.to_string()), "{reason}");
+                break;
+            }
+            other => panic!("expected Disconnected, got {other:?}"),
+        }
+    }
+    assert_eq!(next_event(&events), Event::Connected);
+    streams
+        .recv_timeout(WAIT)
+        .expect("the client opens a stream on the live address");
+    commands.send(Command::Stop).unwrap();
+    handle.join().unwrap();
+}

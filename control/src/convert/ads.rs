@@ -1,5 +1,5 @@
 //! `dynamic_resources` and every `ConfigSource`: ADS over gRPC (SotW or Delta) to a static
-//! cluster, a stream of the type's own discovery service (`api_config_source` with
+//! cluster (STATIC, STRICT_DNS or LOGICAL_DNS), a stream of the type's own discovery service (`api_config_source` with
 //! `api_type: GRPC` or `DELTA_GRPC`), or a watched file (`path_config_source`, or the
 //! deprecated `path`). REST polling and `self` are refused with their path.
 
@@ -215,8 +215,10 @@ pub(crate) fn grpc_cluster_path(path: &str, ads_config: bool) -> String {
     )
 }
 
-/// Checks that `name` is a cluster a management server can be reached through: static,
-/// with at least one endpoint (`clusters` are the static ones). `path` names the field.
+/// Checks that `name` is a cluster a management server can be reached through: a static
+/// one (`clusters` are the static ones), STATIC with at least one endpoint, or STRICT_DNS /
+/// LOGICAL_DNS (its names are resolved on the `dns` thread once running, never here).
+/// `path` names the field.
 pub(crate) fn management_cluster(
     name: &str,
     path: &str,
@@ -228,10 +230,13 @@ pub(crate) fn management_cluster(
             format!("no static cluster named '{name}'"),
         ));
     };
-    if cluster.endpoints.is_empty() || cluster.eds_service.is_some() {
+    if cluster.dns.is_none() && (cluster.endpoints.is_empty() || cluster.eds_service.is_some()) {
         return Err(ConfigError::invalid(
             path,
-            format!("cluster '{name}' must be a STATIC cluster with at least one endpoint"),
+            format!(
+                "cluster '{name}' must be a STATIC cluster with at least one endpoint, or a \
+                 STRICT_DNS or LOGICAL_DNS cluster"
+            ),
         ));
     }
     Ok(())
@@ -335,6 +340,48 @@ static_resources:
                 ("authorization", "Bearer t0ken"),
                 ("x-tenant", "team-b")
             ]
+        );
+    }
+
+    /// A STRICT_DNS or LOGICAL_DNS management cluster is accepted and resolved by nobody
+    /// here (the `dns` thread does, once running); a STATIC one still needs an endpoint.
+    #[test]
+    fn a_dns_management_cluster_is_accepted_unresolved() {
+        let yaml = |kind: &str, endpoints: &str| {
+            format!(
+                "dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {{cluster_name: xds}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: {kind}
+    load_assignment:
+      cluster_name: xds
+      endpoints:{endpoints}
+"
+            )
+        };
+        let named = "
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: xds.example, port_value: 18000}}}";
+        for kind in ["STRICT_DNS", "LOGICAL_DNS"] {
+            let (rib, _) = parse_yaml_rib(&yaml(kind, named)).unwrap_or_else(|e| panic!("{e}"));
+            let xds = rib.cluster("xds").expect("the xds cluster");
+            assert!(xds.dns.is_some() && xds.endpoints.is_empty(), "{kind}");
+            assert_eq!(rib.dynamic.and_then(|d| d.ads).unwrap().cluster, "xds");
+        }
+        let e = parse_yaml_rib(&yaml("STATIC", " []"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name")
+                && e.contains("STRICT_DNS or LOGICAL_DNS"),
+            "{e}"
         );
     }
 }

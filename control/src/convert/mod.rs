@@ -192,8 +192,8 @@ fn static_listeners(statics: &[Listener], admin: &AdminConfig) -> Result<Vec<Lis
 }
 
 /// Each static EDS cluster's source must be usable: `ads: {}` needs
-/// `dynamic_resources.ads_config`, a gRPC source a static cluster with endpoints, a file
-/// must exist (so `validate` refuses what `run` would).
+/// `dynamic_resources.ads_config`, a gRPC source a static cluster (STATIC with endpoints, or
+/// DNS), a file must exist (so `validate` refuses what `run` would).
 fn eds_sources(clusters: &[Arc<ClusterConfig>], ads: bool) -> Result<()> {
     for (i, c) in clusters.iter().enumerate() {
         if c.eds_service.is_none() {

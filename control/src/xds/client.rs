@@ -15,6 +15,14 @@
 //!   reset after a stream that delivered a response); what was accepted keeps serving, and
 //!   the new stream announces it (SotW versions, Delta `initial_resource_versions`);
 //! - [`Command::Stop`] or dropping the command sender ends the thread promptly.
+//!
+//! The management server's addresses: a STATIC cluster's first endpoint, or the hosts a
+//! STRICT_DNS / LOGICAL_DNS cluster's latest answers gave (resolved on the `dns` thread, never
+//! here; the controller hands each new answer over as [`Command::Servers`]). Each connection
+//! attempt takes the next address in turn (round robin, as Envoy's gRPC client picks a host
+//! of the cluster per stream); an open stream stays on its address whatever later answers
+//! say. With no address yet (the name has not resolved), an attempt fails at once and is
+//! retried with the backoff; new addresses end a backoff wait.
 
 use super::{
     delta, sotw, Change, Held, Parallel, Rejected, Validator, CLUSTER_TYPE, ENDPOINTS_TYPE,
@@ -75,8 +83,9 @@ impl Service {
 /// Where and how to subscribe.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The management server (the endpoint of the source's cluster).
-    pub server: SocketAddr,
+    /// The management server's addresses, tried in turn (a STATIC cluster's endpoint, or a
+    /// DNS cluster's hosts; empty until its name resolves).
+    pub servers: Vec<SocketAddr>,
     /// Sent (as `node`, with `user_agent_name: switchyard`) on the first request of every
     /// stream.
     pub node: NodeInfo,
@@ -106,8 +115,14 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Envoy's defaults: 500 ms base, 30 s cap.
     pub fn new(server: SocketAddr, node: NodeInfo, api: Api) -> ClientConfig {
+        ClientConfig::to_servers(vec![server], node, api)
+    }
+
+    /// As [`ClientConfig::new`], to these addresses in turn (none yet: every attempt fails
+    /// until [`Command::Servers`] gives some).
+    pub fn to_servers(servers: Vec<SocketAddr>, node: NodeInfo, api: Api) -> ClientConfig {
         ClientConfig {
-            server,
+            servers,
             node,
             api,
             service: Service::Ads {
@@ -208,7 +223,7 @@ impl Validator<ListenerConfig> for ListenerAddresses {
 /// The cluster validator: each cluster as [`resource::cluster`] checks it (on several
 /// threads for a large response), then where an EDS cluster's assignment would come from,
 /// which must be usable: `ads: {}` only with an ADS stream, a gRPC source's cluster a static
-/// one with endpoints, a file that exists ([`convert::eds_source_usable`]).
+/// one (STATIC with endpoints, or DNS), a file that exists ([`convert::eds_source_usable`]).
 #[derive(Debug, Clone)]
 pub struct ClusterSources {
     /// The bootstrap's static clusters.
@@ -326,6 +341,9 @@ pub struct Gone;
 pub enum Command {
     /// Watch the endpoint assignments of these clusters (the EDS clusters accepted so far).
     WatchEndpoints(Vec<String>),
+    /// The management server's addresses are now these (a DNS cluster's latest answer):
+    /// later connection attempts use them.
+    Servers(Vec<SocketAddr>),
     /// Close the stream and end the thread.
     Stop,
 }
@@ -662,6 +680,8 @@ struct Client<W: Wire> {
     commands: tokio_mpsc::UnboundedReceiver<Command>,
     wire: W,
     seed: u64,
+    /// How many connection attempts were made: the next takes `servers[attempts % len]`.
+    attempts: usize,
 }
 
 /// Why a stream ended.
@@ -701,6 +721,7 @@ impl<W: Wire> Client<W> {
             commands,
             wire,
             seed,
+            attempts: 0,
         }
     }
 
@@ -756,7 +777,29 @@ impl<W: Wire> Client<W> {
                 }
                 false
             }
+            Some(Command::Servers(servers)) => {
+                self.set_servers(servers);
+                false
+            }
         }
+    }
+
+    fn set_servers(&mut self, servers: Vec<SocketAddr>) {
+        if servers != self.config.servers {
+            tracing::info!(?servers, "xDS: management server addresses changed");
+            self.config.servers = servers;
+        }
+    }
+
+    /// The address the next connection attempt takes, in turn; `None` while there is none.
+    fn next_server(&mut self) -> Option<SocketAddr> {
+        let servers = &self.config.servers;
+        if servers.is_empty() {
+            return None;
+        }
+        let server = servers[self.attempts % servers.len()];
+        self.attempts = self.attempts.wrapping_add(1);
+        Some(server)
     }
 
     /// Endpoint assignments no longer watched are removals for the control thread.
@@ -770,7 +813,14 @@ impl<W: Wire> Client<W> {
     }
 
     async fn stream_once(&mut self) -> Ended {
-        let (server, timeout) = (self.config.server, self.config.connect_timeout);
+        let Some(server) = self.next_server() else {
+            return Ended::Broke(
+                "no management server address yet (its cluster's DNS names have not resolved)"
+                    .into(),
+                false,
+            );
+        };
+        let timeout = self.config.connect_timeout;
         // A watch change while connecting is remembered for the initial requests; only a
         // stop ends the attempt.
         let connecting = connect(server, timeout);
@@ -830,6 +880,8 @@ impl<W: Wire> Client<W> {
                             self.report_dropped(dropped);
                         }
                     }
+                    // For the next stream: this one stays where it is.
+                    Some(Command::Servers(servers)) => self.set_servers(servers),
                 },
             }
         }
