@@ -492,15 +492,7 @@ fn a_listeners_own_access_log_has_a_line_per_connection_chain_or_not() {
     let mut buf = [0u8; 16];
     let _ = refused.read(&mut buf);
     drop(refused);
-    std::thread::sleep(Duration::from_millis(200));
-    proxy.sigterm();
-    assert!(
-        proxy.wait_exit(Duration::from_secs(20)).is_some(),
-        "{}",
-        proxy.logs()
-    );
-    let relayed = std::fs::read_to_string(&relayed_log).unwrap_or_default();
-    let refused = std::fs::read_to_string(&refused_log).unwrap_or_default();
+    let [relayed, refused] = stop_and_read(&mut proxy, [&relayed_log, &refused_log]);
     let (relayed_line, _) = without_time(relayed.lines().next().unwrap_or(""));
     let (refused_line, _) = without_time(refused.lines().next().unwrap_or(""));
     assert_eq!(relayed.lines().count(), 1, "{relayed}");
@@ -517,4 +509,94 @@ fn a_listeners_own_access_log_has_a_line_per_connection_chain_or_not() {
         refused_line, "\"- - -\" 0 NR 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\"",
         "{refused}"
     );
+}
+
+/// An access log's `response_flag_filter`: with `NR`, a listener's own log has the line of
+/// the connection no chain matched and none for the relayed one; with no flags, a
+/// tcp_proxy's log has only the connection that failed (`UF,URX`), as Envoy filters them.
+#[test]
+fn response_flag_filters_pick_the_lines() {
+    let backend = Backend::echo();
+    let dir = test_dir("access-log-filter");
+    let (nr_log, any_log) = (dir.join("nr.log"), dir.join("any.log"));
+    let (port, dead_port) = (free_port(), free_port());
+    let filtered = |path: &std::path::Path, flags: &str| {
+        let item: String = file_access_log(path, None)
+            .lines()
+            .map(|l| format!("{}\n", &l[6..]))
+            .collect();
+        let item = item.replacen(
+            "    - name:",
+            &format!(
+                "    - filter: {{ response_flag_filter: {{ flags: [{flags}] }} }}\n      name:"
+            ),
+            1,
+        );
+        format!("    access_log:\n{item}")
+    };
+    // Two chains: 127.0.0.1 relays to the echo; everything else (127.0.0.2) has no chain.
+    let listener = tcp_listener("filtered", port, "filtered", "echo").replacen(
+        "    - filters:\n",
+        "    - filter_chain_match:\n        source_prefix_ranges: [{ address_prefix: 127.0.0.1, prefix_len: 32 }]\n      filters:\n",
+        1,
+    );
+    let (first, rest) = listener.split_once('\n').expect("lines");
+    let listener = format!("{first}\n{}{rest}", filtered(&nr_log, "NR"));
+    // A tcp_proxy to a cluster with nothing listening, logging any flagged connection.
+    let dead = tcp_listener("dead", dead_port, "dead", "dead").replace(
+        "cluster: dead\n",
+        &format!(
+            "cluster: dead\n          access_log:\n{}",
+            filtered(&any_log, "")
+                .lines()
+                .skip(1)
+                .map(|l| format!("      {l}\n"))
+                .collect::<String>()
+        ),
+    );
+    let yaml = bootstrap(
+        free_port(),
+        &(listener + &dead),
+        &(static_cluster("echo", &[(backend.addr, 1)])
+            + &static_cluster("dead", &[(local(free_port()), 1)])),
+    );
+    let Some(mut proxy) = start_selected(&yaml) else {
+        return;
+    };
+    let mut c = connect_retry(local(port), Duration::from_secs(5));
+    assert_eq!(ping(&mut c, b"hello").expect("ping"), b"hello");
+    drop(c);
+    let from_other = std::net::SocketAddr::from(([127, 0, 0, 2], 0));
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&from_other.into()).expect("bind 127.0.0.2");
+    s.connect(&local(port).into())
+        .expect("connect from 127.0.0.2");
+    let mut refused: TcpStream = s.into();
+    let _ = refused.read(&mut [0u8; 16]);
+    drop(refused);
+    for _ in 0..2 {
+        let mut d = connect_retry(local(dead_port), Duration::from_secs(5));
+        let _ = d.read(&mut [0u8; 16]);
+    }
+    let mut ok = connect_retry(local(dead_port), Duration::from_secs(5));
+    let _ = ok.write_all(b"x");
+    drop(ok);
+    let [nr, any] = stop_and_read(&mut proxy, [&nr_log, &any_log]);
+    assert_eq!(nr.lines().count(), 1, "only the NR connection: {nr}");
+    assert!(nr.contains("\" 0 NR 0 0 "), "{nr}");
+    assert_eq!(any.lines().count(), 3, "every failed connection: {any}");
+    assert!(any.lines().all(|l| l.contains(" 0 UF,URX ")), "{any}");
+}
+
+/// Lets the last closes settle, stops the proxy (Envoy flushes its logs on exit) and reads
+/// the two log files.
+fn stop_and_read(proxy: &mut Proxy, logs: [&std::path::Path; 2]) -> [String; 2] {
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.sigterm();
+    assert!(
+        proxy.wait_exit(Duration::from_secs(20)).is_some(),
+        "{}",
+        proxy.logs()
+    );
+    logs.map(|p| std::fs::read_to_string(p).unwrap_or_default())
 }

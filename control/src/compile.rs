@@ -23,14 +23,14 @@
 //! ([`Fib::listeners`], [`Fib::udp_listeners`]), each in config order.
 
 use crate::rib::{
-    millis_ceil as millis, ClusterConfig, FilterChainConfig, ListenerKind, Rib, RouteConfig,
-    TcpProxyConfig, UdpProxyConfig,
+    millis_ceil as millis, AccessLogConfig, ClusterConfig, FilterChainConfig, ListenerKind, Rib,
+    RouteConfig, TcpProxyConfig, UdpProxyConfig,
 };
 use crate::stats::StatsRegistry;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use switchyard_dataplane::accesslog::{AccessLogSink, LogFormat, LogPath};
+use switchyard_dataplane::accesslog::AccessLogSink;
 use switchyard_dataplane::fib::{
     Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable, Listener,
     Mirror, Route, TcpProxy, UdpListener, UdpProxy, WeightedClusters,
@@ -56,17 +56,18 @@ impl AccessLogSinks {
     }
 
     /// The sink for `path` and `format`: the existing one if there is one, else a new one.
-    pub fn get(&mut self, path: &LogPath, format: &LogFormat) -> Arc<AccessLogSink> {
+    pub fn get(&mut self, log: &AccessLogConfig) -> Arc<AccessLogSink> {
         if let Some(s) = self
             .sinks
             .iter()
-            .find(|s| &s.path == path && &s.format == format)
+            .find(|s| s.path == log.path && s.format == log.format && s.filter == log.filter)
         {
             return s.clone();
         }
         let sink = Arc::new(AccessLogSink {
-            path: path.clone(),
-            format: format.clone(),
+            path: log.path.clone(),
+            format: log.format.clone(),
+            filter: log.filter,
         });
         self.sinks.push(sink.clone());
         sink
@@ -194,10 +195,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
         .iter()
         .map(|l| {
             l.tcp().map_or_else(Vec::new, |t| {
-                t.access_logs
-                    .iter()
-                    .map(|a| sinks.get(&a.path, &a.format))
-                    .collect()
+                t.access_logs.iter().map(|a| sinks.get(a)).collect()
             })
         })
         .collect();
@@ -353,11 +351,7 @@ fn tcp_proxy(
         route,
         idle_timeout_ms: t.idle_timeout.map(millis),
         max_connect_attempts: t.max_connect_attempts.max(1),
-        access_logs: t
-            .access_logs
-            .iter()
-            .map(|a| sinks.get(&a.path, &a.format))
-            .collect(),
+        access_logs: t.access_logs.iter().map(|a| sinks.get(a)).collect(),
         hash_source_ip: t.hash_source_ip,
     }
 }

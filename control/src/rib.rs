@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_dataplane::accesslog::{LogFormat, LogPath};
+use switchyard_dataplane::accesslog::{LogFilter, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
     ChainMatch, ChainMatcher, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle, HealthPolicy,
     LbPolicy, Locality, OriginalSrc, UpstreamBind,
@@ -493,6 +493,8 @@ pub struct AccessLogConfig {
     pub path: LogPath,
     /// Compiled format.
     pub format: LogFormat,
+    /// `filter` (`response_flag_filter`), or every connection.
+    pub filter: LogFilter,
 }
 
 /// A cluster of static endpoints.

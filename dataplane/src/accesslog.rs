@@ -96,6 +96,32 @@ pub struct AccessLogSink {
     pub path: LogPath,
     /// How lines look.
     pub format: LogFormat,
+    /// Which connections get a line.
+    pub filter: LogFilter,
+}
+
+/// An access log's `filter`: every connection, or Envoy's `response_flag_filter`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFilter {
+    /// No filter: a line for every connection.
+    #[default]
+    All,
+    /// `response_flag_filter` with no flags: connections with any flag.
+    AnyFlag,
+    /// `response_flag_filter` with flags: connections with one of these (bits of
+    /// [`ResponseFlags`]; a flag Switchyard never sets adds no bit).
+    Flags(u16),
+}
+
+impl LogFilter {
+    /// Whether a connection that ended with `flags` gets a line.
+    pub fn admits(self, flags: ResponseFlags) -> bool {
+        match self {
+            LogFilter::All => true,
+            LogFilter::AnyFlag => flags.0 != 0,
+            LogFilter::Flags(mask) => flags.0 & mask != 0,
+        }
+    }
 }
 
 /// Envoy response flags for TCP, as bits.
@@ -297,6 +323,14 @@ impl ResponseFlags {
         (Self::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
         (Self::DRAIN_CLOSE, "DT"),
     ];
+
+    /// The bit of Envoy's short code `code` (`"UF"`), if Switchyard ever sets that flag.
+    pub fn from_short_code(code: &str) -> Option<u16> {
+        Self::SHORT_CODES
+            .iter()
+            .find(|(_, c)| *c == code)
+            .map(|(bit, _)| *bit)
+    }
 
     /// Appends the flags as Envoy's `%RESPONSE_FLAGS%` renders them: short codes joined with
     /// `,` (`UF,URX`), or `-` when none is set.
@@ -773,7 +807,11 @@ mod render_tests {
     use super::*;
 
     fn sink(format: LogFormat, path: LogPath) -> Arc<AccessLogSink> {
-        Arc::new(AccessLogSink { path, format })
+        Arc::new(AccessLogSink {
+            path,
+            format,
+            filter: LogFilter::All,
+        })
     }
 
     fn record(sink: Arc<AccessLogSink>) -> AccessRecord {

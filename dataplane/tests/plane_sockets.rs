@@ -609,6 +609,7 @@ fn a_shutdown_records_every_connection_the_kernel_completed() {
     f.listeners[0].filter_chains[0].tcp_proxy.access_logs = vec![Arc::new(AccessLogSink {
         path: LogPath::Stdout,
         format: LogFormat::EnvoyDefault,
+        filter: Default::default(),
     })];
     plane.publish(Arc::new(f)).expect("publish");
     let mut c = TcpStream::connect(listen).expect("listener serves");

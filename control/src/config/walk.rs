@@ -283,8 +283,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.accesslog.v3.AccessLog",
-        &["name", "typed_config"],
+        &["name", "typed_config", "filter"],
     ),
+    (
+        "envoy.config.accesslog.v3.AccessLogFilter",
+        &["response_flag_filter"],
+    ),
+    ("envoy.config.accesslog.v3.ResponseFlagFilter", &["flags"]),
     (STDOUT_LOG, &["log_format"]),
     (STDERR_LOG, &["log_format"]),
     (FILE_LOG, &["path", "log_format", "format", "json_format"]),

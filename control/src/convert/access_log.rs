@@ -4,10 +4,12 @@
 
 use super::{decode_any, type_name, Result};
 use crate::error::ConfigError;
-use crate::path::field;
+use crate::path::{field, index};
 use crate::rib::AccessLogConfig;
 use crate::type_names::{FILE_LOG, STDERR_LOG, STDOUT_LOG};
-use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    access_log, access_log_filter, AccessLog, AccessLogFilter,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     data_source, substitution_format_string, SubstitutionFormatString,
 };
@@ -21,10 +23,54 @@ use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind as PbKind;
 use envoy_types::pb::google::protobuf::Struct;
-use switchyard_dataplane::accesslog::{parse_json_value, parse_text_format, LogFormat, LogPath};
+use switchyard_dataplane::accesslog::{
+    parse_json_value, parse_text_format, LogFilter, LogFormat, LogPath, ResponseFlags,
+};
 
 /// One `access_log` entry: its `typed_config` names the logger.
 pub(super) fn access_log_config(a: &AccessLog, path: &str) -> Result<AccessLogConfig> {
+    let filter = match &a.filter {
+        Some(f) => log_filter(f, &field(path, "filter"))?,
+        None => LogFilter::All,
+    };
+    let mut config = logger_config(a, path)?;
+    config.filter = filter;
+    Ok(config)
+}
+
+/// Envoy's response flag short codes (`ResponseFlagFilter.flags` accepts these only).
+const ENVOY_FLAGS: &[&str] = &[
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
+    "UDO",
+];
+
+/// An access log's `filter`: `response_flag_filter` (any other filter is refused by the
+/// walker). A flag Envoy knows and Switchyard never sets (an HTTP one) matches nothing.
+fn log_filter(f: &AccessLogFilter, path: &str) -> Result<LogFilter> {
+    let Some(access_log_filter::FilterSpecifier::ResponseFlagFilter(r)) = &f.filter_specifier
+    else {
+        return Err(ConfigError::invalid(path, "a filter is required"));
+    };
+    if r.flags.is_empty() {
+        return Ok(LogFilter::AnyFlag);
+    }
+    let fpath = field(&field(path, "response_flag_filter"), "flags");
+    let mut mask = 0u16;
+    for (i, flag) in r.flags.iter().enumerate() {
+        if !ENVOY_FLAGS.contains(&flag.as_str()) {
+            return Err(ConfigError::invalid(
+                index(&fpath, i),
+                format!("'{flag}' is not a response flag"),
+            ));
+        }
+        mask |= ResponseFlags::from_short_code(flag).unwrap_or(0);
+    }
+    Ok(LogFilter::Flags(mask))
+}
+
+/// The logger of an access log: its path and format.
+fn logger_config(a: &AccessLog, path: &str) -> Result<AccessLogConfig> {
     let Some(access_log::ConfigType::TypedConfig(any)) = &a.config_type else {
         return Err(ConfigError::invalid(
             field(path, "typed_config"),
@@ -58,7 +104,11 @@ fn stream_log(
         Some(f) => log_format(f, &field(tpath, "log_format"))?,
         None => LogFormat::EnvoyDefault,
     };
-    Ok(AccessLogConfig { path, format })
+    Ok(AccessLogConfig {
+        path,
+        format,
+        filter: LogFilter::All,
+    })
 }
 
 /// A file logger: a path, and a format in any of the ways Envoy takes one.
@@ -94,6 +144,7 @@ fn file_log(log: FileAccessLog, tpath: &str) -> Result<AccessLogConfig> {
     Ok(AccessLogConfig {
         path: LogPath::File(log.path.into()),
         format,
+        filter: LogFilter::All,
     })
 }
 

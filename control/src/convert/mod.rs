@@ -137,6 +137,12 @@ fn admin_access_logs(a: &Admin) -> Result<Vec<LogPath>> {
     for (i, log) in a.access_log.iter().enumerate() {
         let path = index("admin.access_log", i);
         let config = access_log::access_log_config(log, &path)?;
+        if log.filter.is_some() {
+            return Err(ConfigError::unsupported(
+                field(&path, "filter"),
+                "the admin's access log takes no filter in Switchyard",
+            ));
+        }
         if config.format != LogFormat::EnvoyDefault {
             return Err(ConfigError::unsupported(
                 field(&path, "typed_config"),

@@ -529,7 +529,9 @@ impl Worker {
         // The tcp_proxy's lines, then the listener's own (Envoy's order: the filter's logs
         // when its stream ends, the listener's when the connection is destroyed).
         let tcp_logs = chain.map_or(&[][..], |c| &c.tcp_proxy.access_logs[..]);
-        for sink in tcp_logs.iter().chain(listener.access_logs.iter()) {
+        let flags = conn.machine.flags();
+        let logged = tcp_logs.iter().chain(listener.access_logs.iter());
+        for sink in logged.filter(|s| s.filter.admits(flags)) {
             let record = access_record(conn, sink.clone(), names.clone(), self.now_ms);
             if !self.shared.access_logs.push(id, record) {
                 self.shared
