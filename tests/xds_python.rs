@@ -136,7 +136,8 @@ fn bootstrap(admin: u16, ads: SocketAddr, api: &str, initial_fetch_timeout: &str
     yaml.replace(
         node,
         "node: { id: xds-py-test, cluster: switchyard-test, metadata: { ISTIO_VERSION: 1.24.0, \
-         INTERCEPTION_MODE: REDIRECT, LABELS: { app: web }, CONCURRENCY: 2 } }",
+         INTERCEPTION_MODE: REDIRECT, LABELS: { app: web }, CONCURRENCY: 2 }, \
+         locality: { region: eu-west, zone: eu-west-1a } }",
     )
     .replace(
         service,
@@ -407,6 +408,12 @@ fn sync_update_and_removal(api: Api) {
         cds["node_metadata"],
         json!({"ISTIO_VERSION": "1.24.0", "INTERCEPTION_MODE": "REDIRECT",
                "LABELS": {"app": "web"}, "CONCURRENCY": 2.0}),
+        "{cds}"
+    );
+    // So does `node.locality`.
+    assert_eq!(
+        cds["node_locality"],
+        json!({"region": "eu-west", "zone": "eu-west-1a"}),
         "{cds}"
     );
     let names = cds["resource_names"]

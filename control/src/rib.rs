@@ -14,7 +14,7 @@ use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFilter, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
     ChainMatch, ChainMatcher, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle, HealthPolicy,
-    LbPolicy, Locality, OriginalSrc, UpstreamBind,
+    LbPolicy, Locality, LocalityName, OriginalSrc, UpstreamBind,
 };
 
 /// Envoy's default tcp_proxy `idle_timeout`.
@@ -134,6 +134,11 @@ pub struct NodeInfo {
     /// types): sent to every management server in the `Node`, as Envoy sends it (Istio's
     /// control plane reads the proxy's labels, version and interception mode from it).
     pub metadata: Option<Vec<u8>>,
+    /// `node.locality` (`region`, `zone`, `sub_zone`), sent in the `Node` likewise (a
+    /// control plane picks endpoints near the proxy with it). Switchyard balances no
+    /// differently by it: Envoy's own use is zone-aware routing, which needs
+    /// `cluster_manager.local_cluster_name` (not supported).
+    pub locality: Option<LocalityName>,
 }
 
 /// The admin server.

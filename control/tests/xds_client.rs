@@ -36,7 +36,7 @@ fn start_client(
     let node = NodeInfo {
         id: "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local".into(),
         cluster: "switchyard".into(),
-        metadata: None,
+        ..NodeInfo::default()
     };
     let mut config = ClientConfig::new(addr, node, api);
     config.backoff_base = Duration::from_millis(20);
@@ -270,7 +270,7 @@ fn servers_come_later_and_are_tried_in_turn() {
     let node = NodeInfo {
         id: "n".into(),
         cluster: "c".into(),
-        metadata: None,
+        ..NodeInfo::default()
     };
     let dead = TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -296,6 +296,7 @@ class SotwStream(Stream):
             error_detail=err,
             node_id=req.node.id if req.HasField("node") else None,
             node_metadata=json_format.MessageToDict(req.node.metadata) if req.HasField("node") else None,
+            node_locality=json_format.MessageToDict(req.node.locality) if req.HasField("node") else None,
             service=self.service,
         )
         if self.wrong_type(t):
@@ -367,6 +368,7 @@ class DeltaStream(Stream):
             error_detail=err,
             node_id=req.node.id if req.HasField("node") else None,
             node_metadata=json_format.MessageToDict(req.node.metadata) if req.HasField("node") else None,
+            node_locality=json_format.MessageToDict(req.node.locality) if req.HasField("node") else None,
             service=self.service,
         )
         if self.wrong_type(t):

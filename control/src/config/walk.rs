@@ -84,7 +84,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.core.v3.GrpcService.EnvoyGrpc",
         &["cluster_name"],
     ),
-    ("envoy.config.core.v3.Node", &["id", "cluster", "metadata"]),
+    ("envoy.config.core.v3.Node", &["id", "cluster", "metadata", "locality"]),
     (
         "envoy.config.bootstrap.v3.Admin",
         &["address", "access_log", "access_log_path"],

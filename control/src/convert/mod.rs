@@ -36,6 +36,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFormat, LogPath};
+use switchyard_dataplane::fib::LocalityName;
 
 mod access_log;
 mod address;
@@ -100,6 +101,11 @@ fn node_info(b: &Bootstrap) -> NodeInfo {
             id: n.id.clone(),
             cluster: n.cluster.clone(),
             metadata: n.metadata.as_ref().map(Message::encode_to_vec),
+            locality: n.locality.as_ref().map(|l| LocalityName {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                sub_zone: l.sub_zone.clone(),
+            }),
         })
         .unwrap_or_default()
 }

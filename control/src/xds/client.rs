@@ -31,7 +31,7 @@ use super::{
 use crate::convert;
 use crate::rib::{Bind, ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo};
 use crate::xds::resource;
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{Locality as PbLocality, Node};
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -711,6 +711,11 @@ impl<W: Wire> Client<W> {
                 .metadata
                 .as_deref()
                 .and_then(|b| prost::Message::decode(b).ok()),
+            locality: config.node.locality.as_ref().map(|l| PbLocality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                sub_zone: l.sub_zone.clone(),
+            }),
             user_agent_name: "switchyard".into(),
             ..Node::default()
         };
