@@ -456,17 +456,8 @@ fn a_listeners_own_access_log_has_a_line_per_connection_chain_or_not() {
     let dir = test_dir("listener-access-log");
     let (relayed_log, refused_log) = (dir.join("relayed.log"), dir.join("refused.log"));
     let (relayed_port, refused_port) = (free_port(), free_port());
-    // A tcp_proxy's access-log item, moved out to the listener's own `access_log`.
-    let own_log = |path: &std::path::Path| {
-        let item: String = file_access_log(path, None)
-            .lines()
-            .map(|l| format!("{}\n", &l[6..]))
-            .collect();
-        format!("    access_log:\n{item}")
-    };
     let with_log = |item: String, path: &std::path::Path| {
-        let (first, rest) = item.split_once('\n').expect("an item of several lines");
-        format!("{first}\n{}{rest}", own_log(path))
+        with_fields(&item, &listener_access_log(&file_access_log(path, None)))
     };
     let refused = tcp_listener("refused", refused_port, "refused", "echo").replacen(
         "    - filters:\n",
@@ -520,38 +511,22 @@ fn response_flag_filters_pick_the_lines() {
     let dir = test_dir("access-log-filter");
     let (nr_log, any_log) = (dir.join("nr.log"), dir.join("any.log"));
     let (port, dead_port) = (free_port(), free_port());
-    let filtered = |path: &std::path::Path, flags: &str| {
-        let item: String = file_access_log(path, None)
-            .lines()
-            .map(|l| format!("{}\n", &l[6..]))
-            .collect();
-        let item = item.replacen(
-            "    - name:",
-            &format!(
-                "    - filter: {{ response_flag_filter: {{ flags: [{flags}] }} }}\n      name:"
-            ),
-            1,
-        );
-        format!("    access_log:\n{item}")
-    };
     // Two chains: 127.0.0.1 relays to the echo; everything else (127.0.0.2) has no chain.
     let listener = tcp_listener("filtered", port, "filtered", "echo").replacen(
         "    - filters:\n",
         "    - filter_chain_match:\n        source_prefix_ranges: [{ address_prefix: 127.0.0.1, prefix_len: 32 }]\n      filters:\n",
         1,
     );
-    let (first, rest) = listener.split_once('\n').expect("lines");
-    let listener = format!("{first}\n{}{rest}", filtered(&nr_log, "NR"));
+    let listener = with_fields(
+        &listener,
+        &listener_access_log(&flagged_file_access_log(&nr_log, "NR")),
+    );
     // A tcp_proxy to a cluster with nothing listening, logging any flagged connection.
     let dead = tcp_listener("dead", dead_port, "dead", "dead").replace(
         "cluster: dead\n",
         &format!(
             "cluster: dead\n          access_log:\n{}",
-            filtered(&any_log, "")
-                .lines()
-                .skip(1)
-                .map(|l| format!("      {l}\n"))
-                .collect::<String>()
+            flagged_file_access_log(&any_log, "")
         ),
     );
     let yaml = bootstrap(

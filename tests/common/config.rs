@@ -82,10 +82,35 @@ pub fn tcp_listener_after(
 }
 
 /// A listener or cluster item (as [`tcp_listener`] or [`static_cluster`] write them) with
-/// `per_connection_buffer_limit_bytes: bytes`.
-pub fn with_buffer_limit(item: &str, bytes: u32) -> String {
+/// `fields` (indented as the item's own fields) after its first line.
+pub fn with_fields(item: &str, fields: &str) -> String {
     let (first, rest) = item.split_once('\n').expect("an item of several lines");
-    format!("{first}\n    per_connection_buffer_limit_bytes: {bytes}\n{rest}")
+    format!("{first}\n{fields}{rest}")
+}
+
+/// [`with_fields`]: `per_connection_buffer_limit_bytes: bytes`.
+pub fn with_buffer_limit(item: &str, bytes: u32) -> String {
+    with_fields(
+        item,
+        &format!("    per_connection_buffer_limit_bytes: {bytes}\n"),
+    )
+}
+
+/// [`file_access_log`] (Envoy's default format) with a `response_flag_filter` of `flags`
+/// (short codes joined with `,`; empty: any flag).
+pub fn flagged_file_access_log(path: &std::path::Path, flags: &str) -> String {
+    file_access_log(path, None).replacen(
+        "          - name:",
+        &format!("          - filter: {{ response_flag_filter: {{ flags: [{flags}] }} }}\n            name:"),
+        1,
+    )
+}
+
+/// A listener's own `access_log` field (for [`with_fields`]) holding `item`, an access-log
+/// item as [`file_access_log`] indents it for a tcp_proxy.
+pub fn listener_access_log(item: &str) -> String {
+    let item: String = item.lines().map(|l| format!("{}\n", &l[6..])).collect();
+    format!("    access_log:\n{item}")
 }
 
 /// An `envoy.filters.network.connection_limit` item for [`tcp_listener_after`]'s `filters`:

@@ -495,8 +495,7 @@ impl Worker {
     /// Stats and the access-log record of a connection that just closed.
     fn record_close(&mut self, slot: u32) {
         for dir in Dir::BOTH {
-            let held = self.conns[slot as usize].buffered[dir as usize];
-            self.unbuffer(slot, dir, held);
+            self.unbuffer_all(slot, dir);
         }
         let id = self.id;
         let conn = &self.conns[slot as usize];

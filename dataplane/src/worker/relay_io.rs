@@ -198,17 +198,26 @@ impl Worker {
         }
     }
 
+    /// `n` bytes of `dir` sent: the sink's `*_tx_bytes_total` grows and its
+    /// `*_tx_bytes_buffered` shrinks, on one lookup of the stat block.
     pub(super) fn count_sent(&mut self, slot: u32, dir: Dir, n: u64) {
-        self.unbuffer(slot, dir, n.min(u64::from(u32::MAX)) as u32);
+        let unbuffered = u64::from(self.take_buffered(slot, dir, n));
+        let id = self.id;
         match dir {
             Dir::Up => {
                 if let Some(s) = self.cluster_stats(slot) {
-                    s.add(self.id, ClusterStat::UpstreamCxTxBytesTotal, n);
+                    s.add(id, ClusterStat::UpstreamCxTxBytesTotal, n);
+                    if unbuffered > 0 {
+                        s.sub(id, ClusterStat::UpstreamCxTxBytesBuffered, unbuffered);
+                    }
                 }
             }
             Dir::Down => {
                 if let Some(s) = self.tcp_stats(slot) {
-                    s.add(self.id, TcpStat::DownstreamCxTxBytesTotal, n);
+                    s.add(id, TcpStat::DownstreamCxTxBytesTotal, n);
+                    if unbuffered > 0 {
+                        s.sub(id, TcpStat::DownstreamCxTxBytesBuffered, unbuffered);
+                    }
                 }
             }
         }
@@ -221,12 +230,18 @@ impl Worker {
         self.move_tx_buffered(slot, dir, u64::from(len), true);
     }
 
-    /// `len` bytes of `dir` no longer wait: sent, or the connection closed without them.
-    pub(super) fn unbuffer(&mut self, slot: u32, dir: Dir, len: u32) {
-        let conn = &mut self.conns[slot as usize];
-        let n = len.min(conn.buffered[dir as usize]);
+    /// Takes up to `len` bytes off `dir`'s buffered count; how many it took.
+    fn take_buffered(&mut self, slot: u32, dir: Dir, len: u64) -> u32 {
+        let held = &mut self.conns[slot as usize].buffered[dir as usize];
+        let n = len.min(u64::from(*held)) as u32;
+        *held -= n;
+        n
+    }
+
+    /// The bytes `dir` still holds at close no longer wait: off the gauge.
+    pub(super) fn unbuffer_all(&mut self, slot: u32, dir: Dir) {
+        let n = self.take_buffered(slot, dir, u64::MAX);
         if n > 0 {
-            conn.buffered[dir as usize] -= n;
             self.move_tx_buffered(slot, dir, u64::from(n), false);
         }
     }
