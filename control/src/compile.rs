@@ -247,6 +247,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
                 buffer_limit_bytes: t.buffer_limit_bytes,
                 max_accepts_per_event: t.max_accepts_per_event,
                 access_logs: listener_logs[i].clone(),
+                ignore_global_conn_limit: t.ignore_global_conn_limit,
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),

@@ -25,6 +25,7 @@ use crate::health::HealthThread;
 use crate::load::load_rib;
 use crate::rib::{Bind, EndpointConfig, Rib};
 use crate::rib::{GrpcSource, XdsSource};
+use crate::runtime::Runtime;
 use crate::state_dir::{Persisted, StateWriter};
 use crate::stats::StatsRegistry;
 use crate::xds::client::{
@@ -815,6 +816,9 @@ fn start_admin(
     );
     state.access_log = admin::access_log::AdminAccessLog::open(&rib.admin.access_logs)
         .map_err(RunError::AdminAccessLog)?;
+    state.runtime = Arc::new(Runtime::new(plane.global_connections()));
+    state.runtime.configure(&rib.runtime);
+    state.ignore_global_conn_limit = rib.admin.ignore_global_conn_limit;
     let state = Arc::new(state);
     // Without `admin.address` no admin listener is opened, as in Envoy; the state is kept
     // for readiness (`--readiness-port`) and the control thread.
@@ -992,7 +996,7 @@ impl Control {
         };
         apply_node_overrides(&mut statics, &self.options);
         if statics.admin != self.statics.admin {
-            tracing::warn!("admin.address changes take effect at the next start");
+            tracing::warn!("admin changes take effect at the next start");
         }
         if statics.dynamic != self.statics.dynamic || statics.node != self.statics.node {
             tracing::warn!("dynamic_resources and node changes take effect at the next start");
@@ -1002,6 +1006,7 @@ impl Control {
         let previous = std::mem::replace(&mut self.statics, statics);
         if self.publish_composed("config reloaded") {
             self.update_watches();
+            self.admin.runtime.configure(&self.statics.runtime);
             *self
                 .admin
                 .config_dump

@@ -16,6 +16,7 @@ pub mod health;
 pub mod load;
 pub(crate) mod path;
 pub mod rib;
+pub mod runtime;
 pub mod state_dir;
 pub mod stats;
 pub mod type_names;

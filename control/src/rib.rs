@@ -48,6 +48,40 @@ pub struct Rib {
     /// `use_tcp_for_dns_lookups`): what a STRICT_DNS or LOGICAL_DNS cluster without a
     /// resolver of its own resolves with.
     pub dns_resolver: Arc<DnsResolverConfig>,
+    /// `layered_runtime` and the overload manager's connection limit.
+    pub runtime: RuntimeConfig,
+}
+
+/// Envoy's runtime (`layered_runtime`) and `overload_manager`, as far as an L4 proxy reads
+/// them: the global downstream connection limit (see [`crate::runtime`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimeConfig {
+    /// `layered_runtime.layers` in order (a later layer's value wins); names are unique and
+    /// at most one is the admin layer.
+    pub layers: Vec<RuntimeLayer>,
+    /// The overload manager's `envoy.resource_monitors.global_downstream_max_connections`
+    /// (`max_active_downstream_connections`, at least 1). When set, it is the limit and the
+    /// runtime key is not read, as in Envoy.
+    pub overload_max_connections: Option<u64>,
+}
+
+/// One runtime layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeLayer {
+    /// `name`, as `/runtime` lists it.
+    pub name: String,
+    /// What it holds.
+    pub kind: RuntimeLayerKind,
+}
+
+/// A runtime layer's source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeLayerKind {
+    /// `static_layer`: its entries, flattened to dotted keys, values as Envoy prints them;
+    /// every key is one [`crate::runtime::check_entry`] accepts.
+    Static(std::collections::BTreeMap<String, String>),
+    /// `admin_layer`: what `POST /runtime_modify` sets, held by the running process.
+    Admin,
 }
 
 /// Envoy's `dynamic_resources`: where listeners (`lds_config`) and clusters (`cds_config`)
@@ -151,6 +185,10 @@ pub struct AdminConfig {
     /// `admin.access_log` and `admin.access_log_path`: where a line per admin request goes
     /// (Envoy's default HTTP format).
     pub access_logs: Vec<LogPath>,
+    /// `admin.ignore_global_conn_limit`: admin connections count toward the global
+    /// connection limit but are never refused by it (by default they are refused, as in
+    /// Envoy).
+    pub ignore_global_conn_limit: bool,
 }
 
 impl AdminConfig {
@@ -351,6 +389,9 @@ pub struct TcpListenerConfig {
     /// The listener's own `access_log`: a line for every connection it accepted, when it
     /// closes, whether a filter chain took it or not (Envoy's listener access log).
     pub access_logs: Vec<AccessLogConfig>,
+    /// `ignore_global_conn_limit`: its connections count toward the global connection limit
+    /// but are never refused by it.
+    pub ignore_global_conn_limit: bool,
 }
 
 impl TcpListenerConfig {

@@ -16,6 +16,9 @@ pub(crate) const UDP_PROXY: &str = "envoy.extensions.filters.udp.udp_proxy.v3.Ud
 pub(crate) const UDP_ROUTE: &str = "envoy.extensions.filters.udp.udp_proxy.v3.Route";
 pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// The overload manager's global downstream connection limit.
+pub(crate) const DOWNSTREAM_CONNECTIONS_MONITOR: &str =
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig";
 pub(crate) const CARES_RESOLVER: &str =
     "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
 pub(crate) const GETADDRINFO_RESOLVER: &str =

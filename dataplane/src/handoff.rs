@@ -13,6 +13,7 @@
 
 use crate::accesslog::AccessLogQueues;
 use crate::fib::Fib;
+use crate::global_limit::GlobalConnections;
 use crate::stats::ServerStats;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -114,6 +115,8 @@ pub(crate) struct Shared {
     pub drain_time_ms: u64,
     pub server_stats: Arc<ServerStats>,
     pub access_logs: Arc<AccessLogQueues>,
+    /// Every client connection of every worker, and the global limit on them.
+    pub global_connections: Arc<GlobalConnections>,
     adopted: Vec<AtomicU64>,
     exited: Vec<AtomicU8>,
     /// Per worker: milliseconds to sleep before adopting its next snapshot (a test's way to
@@ -139,6 +142,7 @@ impl Shared {
             drain_time_ms: drain_time.as_millis() as u64,
             server_stats,
             access_logs,
+            global_connections: Arc::default(),
             adopted: (0..workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
             exited: (0..workers).map(|_| AtomicU8::new(0)).collect(),
             adoption_delay_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),

@@ -12,6 +12,7 @@ pub mod accesslog;
 pub mod action_list;
 pub mod conn;
 pub mod fib;
+pub mod global_limit;
 pub mod handoff;
 pub mod hash_lb;
 pub mod health;

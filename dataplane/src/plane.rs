@@ -21,6 +21,7 @@
 
 use crate::accesslog::AccessLogQueues;
 use crate::fib::{Fib, Listener, UdpListener};
+use crate::global_limit::GlobalConnections;
 use crate::handoff::{ListenerSockets, Phase, Shared, Snapshot};
 use crate::stats::{ServerStat, ServerStats};
 use crate::sys::net::{self, EventFd};
@@ -205,6 +206,12 @@ impl DataPlane {
     /// The FIB workers use now, for readers outside the data plane (admin).
     pub fn fib_view(&self) -> Arc<ArcSwap<Fib>> {
         self.fib_view.clone()
+    }
+
+    /// The process-wide client connection count and its limit (the control plane sets the
+    /// limit from the runtime or the overload manager).
+    pub fn global_connections(&self) -> Arc<GlobalConnections> {
+        self.shared.global_connections.clone()
     }
 
     /// Publishes `fib`: opens new listeners' sockets (or fails, changing nothing), swaps the

@@ -548,7 +548,7 @@ impl HealthStat {
 
 stat_block!(
     /// `listener.<ip>_<port>.*`: one per listener address.
-    ListenerStats, ListenerStat, 8, {
+    ListenerStats, ListenerStat, 9, {
     /// Connections accepted.
     DownstreamCxTotal => ("downstream_cx_total", Counter),
     /// Connections open now.
@@ -559,6 +559,9 @@ stat_block!(
     NoFilterChainMatch => ("no_filter_chain_match", Counter),
     /// Connections refused because the worker's connection table was full.
     DownstreamCxOverflow => ("downstream_cx_overflow", Counter),
+    /// Connections closed at accept by the global connection limit
+    /// ([`crate::global_limit`]).
+    DownstreamGlobalCxOverflow => ("downstream_global_cx_overflow", Counter),
     /// Accept errors (EMFILE, ENFILE, ...).
     DownstreamCxAcceptError => ("downstream_cx_accept_error", Counter),
     /// Connections refused because their original destination is the proxy's own address

@@ -102,6 +102,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             buffer_limit_bytes: 1024 * 1024,
             max_accepts_per_event: None,
             access_logs: Vec::new(),
+            ignore_global_conn_limit: false,
         }],
         clusters: vec![Arc::new(cluster)],
         own_addresses: vec![listen],

@@ -87,11 +87,13 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
         admin: AdminConfig {
             address: Some(AdminAddress::Tcp("127.0.0.1:15000".parse().unwrap())),
             access_logs: Vec::new(),
+            ignore_global_conn_limit: false,
         },
         listeners: Vec::new(),
         clusters: Vec::new(),
         dynamic: None,
         dns_resolver: Default::default(),
+        runtime: Default::default(),
     };
     let stats = StatsRegistry::new(1);
     let mut cache = CompileCache::new();

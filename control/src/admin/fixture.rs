@@ -86,6 +86,7 @@ pub(crate) fn fixture() -> Fixture {
             buffer_limit_bytes: 1024 * 1024,
             max_accepts_per_event: None,
             access_logs: Vec::new(),
+            ignore_global_conn_limit: false,
         }],
         clusters: vec![
             Arc::new(Cluster {

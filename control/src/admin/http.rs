@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchyard_dataplane::global_limit::{Counted, GlobalConnections};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -122,6 +123,11 @@ impl Query {
     /// True when `name` is present, with or without a value (Envoy's flags: `?usedonly`).
     pub fn flag(&self, name: &str) -> bool {
         self.get(name).is_some()
+    }
+
+    /// Every parameter that decoded, in order (`/runtime_modify` takes arbitrary keys).
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.params
     }
 }
 
@@ -607,6 +613,28 @@ impl ConnTable {
 struct Registered {
     id: u64,
     table: Arc<Mutex<ConnTable>>,
+    /// Its place in the global connection count, given back when the connection ends.
+    _seat: Option<GlobalSeat>,
+}
+
+/// An admin connection counted in the data plane's global connection count.
+struct GlobalSeat(Arc<GlobalConnections>);
+
+impl GlobalSeat {
+    /// Counts a new admin connection in; `None` (the caller drops it, closing it) when the
+    /// global limit is reached.
+    fn take(state: &AdminState) -> Option<GlobalSeat> {
+        let connections = state.runtime.connections();
+        connections
+            .try_enter(Counted::Admin, state.ignore_global_conn_limit)
+            .then(|| GlobalSeat(connections.clone()))
+    }
+}
+
+impl Drop for GlobalSeat {
+    fn drop(&mut self) {
+        self.0.leave(Counted::Admin);
+    }
 }
 
 impl Registered {
@@ -645,6 +673,16 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Admin connections count toward the runtime's global connection limit, as in Envoy
+        // (unless `admin.ignore_global_conn_limit`); the readiness port is Switchyard's own and is
+        // never refused, so a probe answers under any load.
+        let seat = match role {
+            Role::Admin => match GlobalSeat::take(&state) {
+                Some(seat) => Some(seat),
+                None => continue,
+            },
+            Role::Readiness => None,
+        };
         let mut t = lock(&table);
         let evicted = t.make_room();
         if evicted.is_err() {
@@ -673,6 +711,7 @@ async fn accept_loop(
         let registered = Registered {
             id,
             table: table.clone(),
+            _seat: seat,
         };
         // The task cannot run before this loop next awaits (one thread), so its abort handle
         // is in the table before it could end and remove itself.

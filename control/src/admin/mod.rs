@@ -34,6 +34,7 @@ pub use http::{
 pub use socket::AdminListener;
 pub use stats::{collect_stats, Stat, StatValue};
 
+use crate::runtime::{ModifyError, Runtime};
 use crate::stats::StatsRegistry;
 use arc_swap::ArcSwap;
 use http::{Query, Request, Response};
@@ -94,6 +95,11 @@ pub struct AdminState {
     pub actions: Sender<AdminAction>,
     /// The admin's own access log (`admin.access_log`); empty unless the bootstrap asks.
     pub access_log: access_log::AdminAccessLog,
+    /// The runtime (`/runtime`, `/runtime_modify`) and the global connection count, which
+    /// admin connections count toward.
+    pub runtime: Arc<Runtime>,
+    /// `admin.ignore_global_conn_limit`: admin connections are counted but never refused.
+    pub ignore_global_conn_limit: bool,
 }
 
 impl AdminState {
@@ -118,6 +124,8 @@ impl AdminState {
             command_line,
             actions,
             access_log: access_log::AdminAccessLog::default(),
+            runtime: Arc::new(Runtime::new(Arc::default())),
+            ignore_global_conn_limit: false,
         }
     }
 
@@ -269,6 +277,23 @@ pub static ENDPOINTS: &[Endpoint] = &[
         mutates: true,
         params: &[],
         handler: handle_reset_counters,
+    },
+    Endpoint {
+        path: "/runtime",
+        help: "print runtime values",
+        mutates: false,
+        params: &[],
+        handler: handle_runtime,
+    },
+    Endpoint {
+        path: "/runtime_modify",
+        help: "Adds or modifies runtime values as passed in query parameters. To delete a \
+               previously added key, use an empty string as the value. Note that deletion only \
+               applies to overrides added via this endpoint; values loaded from disk can be \
+               modified via override but not deleted. E.g. ?key1=value1&key2=value2...",
+        mutates: true,
+        params: &[],
+        handler: handle_runtime_modify,
     },
     Endpoint {
         path: "/server_info",
@@ -435,6 +460,34 @@ fn handle_reset_counters(state: &AdminState, _: &Query) -> Response {
         c.endpoints.iter().for_each(|e| e.stats.reset_counters());
     }
     send(state, AdminAction::ResetCounters)
+}
+
+fn handle_runtime(state: &AdminState, _: &Query) -> Response {
+    Response::json(&state.runtime.to_json())
+}
+
+/// `POST /runtime_modify?key=value&...`: Envoy's answers (400 with its usage text without
+/// parameters, 503 without an admin layer), and 400 naming a key Switchyard does not read.
+/// Parameters come in the query only (Envoy also reads a form body; the admin reads no
+/// body).
+fn handle_runtime_modify(state: &AdminState, q: &Query) -> Response {
+    if let Some(e) = q.error() {
+        return Response::text(400, format!("invalid query: {e}\n"));
+    }
+    if q.pairs().is_empty() {
+        return Response::text(
+            400,
+            "usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n\
+             use an empty value to remove a previously added override",
+        );
+    }
+    match state.runtime.modify(q.pairs()) {
+        Ok(()) => Response::text(200, "OK\n"),
+        Err(ModifyError::NoAdminLayer) => Response::text(503, "No admin layer specified"),
+        Err(ModifyError::Refused { key, reason }) => {
+            Response::text(400, format!("{key}: {reason}\n"))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/load_balancing_policies/random/v3/random.proto",
     "envoy/extensions/load_balancing_policies/ring_hash/v3/ring_hash.proto",
     "envoy/extensions/load_balancing_policies/maglev/v3/maglev.proto",
+    "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.proto",
     // Imported by the IP matcher (`proto/xds/type/matcher/v3/ip.proto`, built by build.rs).
     "xds/core/v3/cidr.proto",
 ];
@@ -160,6 +161,7 @@ mod tests {
             "envoy.extensions.load_balancing_policies.random.v3.Random",
             "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
             "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+            "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
         ] {
             assert!(pool.get_message_by_name(name).is_some(), "{name}");
         }

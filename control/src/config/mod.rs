@@ -550,8 +550,8 @@ static_resources:
                 "admin.address.envoy_internal_address",
             ),
             (
-                r#"{"admin": {"profile_path": "/tmp/envoy.prof"}}"#,
-                "admin.profile_path",
+                r#"{"admin": {"socket_options": []}}"#,
+                "admin.socket_options",
             ),
             (
                 r#"{"static_resources": {"clusters": [{"name": 5}]}}"#,

@@ -19,12 +19,12 @@ use crate::error::{ConfigError, ErrorKind};
 use crate::path::{field, index};
 use crate::type_names::{
     APPLICATION_PROTOCOL_INPUT, CARES_RESOLVER, CONNECTION_LIMIT, DESTINATION_IP_INPUT,
-    DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, FAULT, FILE_LOG, GETADDRINFO_RESOLVER,
-    HTTP_PROTOCOL_OPTIONS, IP_MATCHER, LEAST_REQUEST_POLICY, MAGLEV_POLICY, MIRROR,
-    ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, RANDOM_POLICY, RING_HASH_POLICY, ROUND_ROBIN_POLICY,
-    SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG,
-    STDOUT_LOG, STRING_VALUE, TCP_PROXY, TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE,
-    UDP_WEIGHTED_ROUTE,
+    DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, DOWNSTREAM_CONNECTIONS_MONITOR, FAULT,
+    FILE_LOG, GETADDRINFO_RESOLVER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER, LEAST_REQUEST_POLICY,
+    MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, RANDOM_POLICY,
+    RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_PORT_INPUT,
+    SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY, TRANSPORT_PROTOCOL_INPUT,
+    UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
 };
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::Value;
@@ -43,7 +43,34 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "typed_dns_resolver_config",
             "dns_resolution_config",
             "use_tcp_for_dns_lookups",
+            "layered_runtime",
+            "overload_manager",
         ],
+    ),
+    // Static and admin layers; disk and RTDS layers are not read.
+    (
+        "envoy.config.bootstrap.v3.LayeredRuntime",
+        &["layers"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.RuntimeLayer",
+        &["name", "static_layer", "admin_layer"],
+    ),
+    ("envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer", &[]),
+    // The global downstream connection monitor only: `refresh_interval` paces monitors that
+    // are sampled, which the connection count is not (Envoy checks it at each accept), so it
+    // has no effect here as in Envoy with only this monitor.
+    (
+        "envoy.config.overload.v3.OverloadManager",
+        &["refresh_interval", "resource_monitors"],
+    ),
+    (
+        "envoy.config.overload.v3.ResourceMonitor",
+        &["name", "typed_config"],
+    ),
+    (
+        DOWNSTREAM_CONNECTIONS_MONITOR,
+        &["max_active_downstream_connections"],
     ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
@@ -87,7 +114,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.Node", &["id", "cluster", "metadata", "locality"]),
     (
         "envoy.config.bootstrap.v3.Admin",
-        &["address", "access_log", "access_log_path"],
+        &[
+            "address",
+            "access_log",
+            "access_log_path",
+            "ignore_global_conn_limit",
+            // Where Envoy's /cpuprofiler writes. Switchyard has no profiler endpoint (and the
+            // Envoy 1.40 build compared against fails to start its profiler), so no effect:
+            // kept in /config_dump, README says so.
+            "profile_path",
+        ],
     ),
     ("envoy.config.core.v3.Address", &["socket_address", "pipe"]),
     ("envoy.config.core.v3.Pipe", &["path", "mode"]),
@@ -132,6 +168,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "additional_addresses",
             // A line per connection at close, chain or not (refused on a UDP listener).
             "access_log",
+            // Counted toward the global connection limit, never refused by it; no effect on a
+            // UDP listener, whose sessions are not counted (as in Envoy).
+            "ignore_global_conn_limit",
         ],
     ),
     (
@@ -600,6 +639,10 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "envoy.config.accesslog.v3.AccessLog.typed_config",
         &[STDOUT_LOG, STDERR_LOG, FILE_LOG],
+    ),
+    (
+        "envoy.config.overload.v3.ResourceMonitor.typed_config",
+        &[DOWNSTREAM_CONNECTIONS_MONITOR],
     ),
     // Envoy's own `TypedExtensionConfig`, like the matching API's, takes what the field
     // holding it takes: a DNS resolver (a cluster's or the bootstrap's

@@ -117,6 +117,7 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
         ),
         max_accepts_per_event: max_accepts_per_event(l, path)?,
         access_logs: listener_access_logs(l, path)?,
+        ignore_global_conn_limit: l.ignore_global_conn_limit,
     })
 }
 

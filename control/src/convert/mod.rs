@@ -52,6 +52,7 @@ mod health;
 mod lb;
 mod lb_typed;
 mod listener;
+mod runtime;
 mod tcp_proxy;
 mod udp;
 mod upstream_bind;
@@ -72,6 +73,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
             Some(a) => admin_access_logs(a)?,
             None => Vec::new(),
         },
+        ignore_global_conn_limit: b.admin.as_ref().is_some_and(|a| a.ignore_global_conn_limit),
     };
     let empty = Default::default();
     let statics = b.static_resources.as_ref().unwrap_or(&empty);
@@ -89,6 +91,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         clusters,
         dynamic,
         dns_resolver: dns::bootstrap_resolver(b)?,
+        runtime: runtime::runtime_config(b)?,
     };
     warn_missing_clusters(&rib);
     Ok(rib)

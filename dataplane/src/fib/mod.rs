@@ -141,6 +141,9 @@ pub struct Listener {
     /// The listener's own access logs: a line for every connection when it closes, whether
     /// a filter chain took it or not (no chain: `NR`).
     pub access_logs: Vec<Arc<AccessLogSink>>,
+    /// `ignore_global_conn_limit`: its connections count toward the global connection limit
+    /// ([`crate::global_limit`]) but are never refused by it.
+    pub ignore_global_conn_limit: bool,
 }
 
 /// A UDP listener: Envoy's `address.socket_address.protocol: UDP` with the listener filter

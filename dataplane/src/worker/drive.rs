@@ -21,6 +21,7 @@ use crate::conn::{
     Action, Actions, Event, Note, Overflow, Seat, Target, Upstream, Upstreams, Violation,
 };
 use crate::fib::{Cluster, Fib};
+use crate::global_limit::Counted;
 use crate::lb::{Pick, Rng};
 use crate::relay::{Dir, Side};
 use crate::stats::{ClusterStat, HostStat, ListenerStat, Resource, ServerStat, TcpStat};
@@ -486,6 +487,7 @@ impl Worker {
         }
         self.free_slots.push(slot);
         self.open_conns -= 1;
+        self.shared.global_connections.leave(Counted::Worker);
         if let Some(g) = self.generations[gen_index].as_mut() {
             g.conns -= 1;
         }

@@ -31,6 +31,7 @@ pub mod wait;
 use crate::accesslog::ResponseFlags;
 use crate::conn;
 use crate::fib::{Fib, Listener, Route};
+use crate::global_limit::Counted;
 use crate::handoff::{Phase, Shared, Snapshot};
 use crate::hash_lb;
 use crate::lb::{mix_seed, Rng, WorkerLb};
@@ -976,16 +977,29 @@ impl Worker {
 
     fn new_connection(&mut self, listener_slot: usize, fib_index: usize, fd: RawFd) {
         let gen_index = self.current_gen;
+        let Some(listener) = self.listener_in(gen_index, fib_index) else {
+            net::close(fd);
+            return;
+        };
+        let global = &self.shared.global_connections;
+        if !global.try_enter(Counted::Worker, listener.ignore_global_conn_limit) {
+            // Envoy's listener closes it at accept: no chain, no access log.
+            listener
+                .stats
+                .inc(self.id, ListenerStat::DownstreamGlobalCxOverflow);
+            net::close(fd);
+            return;
+        }
         let Some(slot) = self.free_slots.last().copied() else {
-            if let Some(listener) = self.listener_in(gen_index, fib_index) {
-                listener
-                    .stats
-                    .inc(self.id, ListenerStat::DownstreamCxOverflow);
-            }
+            listener
+                .stats
+                .inc(self.id, ListenerStat::DownstreamCxOverflow);
+            global.leave(Counted::Worker);
             net::reset_and_close(fd);
             return;
         };
         let Some(decision) = self.decide(gen_index, fib_index, fd) else {
+            self.shared.global_connections.leave(Counted::Worker);
             net::close(fd);
             return;
         };
