@@ -815,6 +815,7 @@ fn start_admin(
     );
     state.access_log = admin::access_log::AdminAccessLog::open(&rib.admin.access_logs)
         .map_err(RunError::AdminAccessLog)?;
+    state.stats_config = rib.stats.clone();
     let state = Arc::new(state);
     // Without `admin.address` no admin listener is opened, as in Envoy; the state is kept
     // for readiness (`--readiness-port`) and the control thread.
@@ -993,6 +994,10 @@ impl Control {
         apply_node_overrides(&mut statics, &self.options);
         if statics.admin != self.statics.admin {
             tracing::warn!("admin.address changes take effect at the next start");
+        }
+        if statics.stats != self.statics.stats {
+            tracing::warn!("stats_config changes take effect at the next start");
+            statics.stats = self.statics.stats.clone();
         }
         if statics.dynamic != self.statics.dynamic || statics.node != self.statics.node {
             tracing::warn!("dynamic_resources and node changes take effect at the next start");

@@ -18,5 +18,6 @@ pub(crate) mod path;
 pub mod rib;
 pub mod state_dir;
 pub mod stats;
+pub mod stats_config;
 pub mod type_names;
 pub mod xds;

@@ -35,6 +35,7 @@ pub use socket::AdminListener;
 pub use stats::{collect_stats, Stat, StatValue};
 
 use crate::stats::StatsRegistry;
+use crate::stats_config::StatsConfig;
 use arc_swap::ArcSwap;
 use http::{Query, Request, Response};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -94,6 +95,9 @@ pub struct AdminState {
     pub actions: Sender<AdminAction>,
     /// The admin's own access log (`admin.access_log`); empty unless the bootstrap asks.
     pub access_log: access_log::AdminAccessLog,
+    /// The bootstrap's `stats_config` (Envoy's defaults until set): which stats exist and
+    /// their Prometheus tags. Set once at start.
+    pub stats_config: Arc<StatsConfig>,
 }
 
 impl AdminState {
@@ -118,6 +122,7 @@ impl AdminState {
             command_line,
             actions,
             access_log: access_log::AdminAccessLog::default(),
+            stats_config: Arc::default(),
         }
     }
 

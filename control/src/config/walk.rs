@@ -43,8 +43,35 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "typed_dns_resolver_config",
             "dns_resolution_config",
             "use_tcp_for_dns_lookups",
+            // Tag extraction and the stats matcher (`convert::stats_config`).
+            "stats_config",
         ],
     ),
+    (
+        "envoy.config.metrics.v3.StatsConfig",
+        &["stats_tags", "use_all_default_tags", "stats_matcher"],
+    ),
+    (
+        "envoy.config.metrics.v3.TagSpecifier",
+        &["tag_name", "regex", "fixed_value"],
+    ),
+    (
+        "envoy.config.metrics.v3.StatsMatcher",
+        &["reject_all", "exclusion_list", "inclusion_list"],
+    ),
+    ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    (
+        "envoy.type.matcher.v3.StringMatcher",
+        &[
+            "exact",
+            "prefix",
+            "suffix",
+            "contains",
+            "safe_regex",
+            "ignore_case",
+        ],
+    ),
+    ("envoy.type.matcher.v3.RegexMatcher", &["regex"]),
     (
         "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
         &["lds_config", "cds_config", "ads_config"],

@@ -52,6 +52,8 @@ mod health;
 mod lb;
 mod lb_typed;
 mod listener;
+mod stats_config;
+mod string_matcher;
 mod tcp_proxy;
 mod udp;
 mod upstream_bind;
@@ -89,6 +91,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         clusters,
         dynamic,
         dns_resolver: dns::bootstrap_resolver(b)?,
+        stats: Arc::new(stats_config::stats_config(b.stats_config.as_ref())?),
     };
     warn_missing_clusters(&rib);
     Ok(rib)
