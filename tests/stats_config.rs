@@ -110,7 +110,10 @@ fn stats_config_tags_and_inclusion_list_in_every_form() {
         ] {
             assert!(prom.contains(&line), "{path}: missing {line:?} in\n{prom}");
         }
-        assert!(!prom.contains("listener"), "{path}: listener stats kept:\n{prom}");
+        assert!(
+            !prom.contains("listener"),
+            "{path}: listener stats kept:\n{prom}"
+        );
         assert!(
             !prom.contains("membership_total"),
             "{path}: membership kept:\n{prom}"
