@@ -92,6 +92,7 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
         clusters: Vec::new(),
         dynamic: None,
         dns_resolver: Default::default(),
+        stats: Default::default(),
     };
     let stats = StatsRegistry::new(1);
     let mut cache = CompileCache::new();

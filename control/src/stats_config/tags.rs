@@ -101,13 +101,13 @@ fn re2(re: &regex::Regex, name: &str) -> Option<Found> {
 fn match_tokens(pat: &[&str], at: usize, input: &[&str]) -> Option<Found> {
     let (start, i) = search_tokens(pat, at, input, 0, 0, 0)?;
     let value = input[i];
-    let (mut start, mut end) = (start, start + value.len());
-    if i + 1 < input.len() {
-        end += 1;
-    } else if start > 0 {
-        start -= 1;
-    }
-    Some((Some((start, end)), value.to_string()))
+    let end = start + value.len();
+    let range = if i + 1 < input.len() {
+        (start, end + 1)
+    } else {
+        (start.saturating_sub(1), end)
+    };
+    Some((Some(range), value.to_string()))
 }
 
 /// The byte offset and index of the token that `$` matched, when the whole input matches.
