@@ -25,35 +25,19 @@ pub(super) enum Parts<'a> {
 
 /// The [`Parts`] of a `match_pattern` oneof (`$kind` is the package's `MatchPattern`).
 macro_rules! string_matcher_parts {
-    ($pattern:expr, $kind:ident) => {
+    ($pattern:expr, $kind:ident) => {{
+        use switchyard_dataplane::fib::chain_matcher::StringMatchKind as K;
+        use $crate::convert::string_matcher::Parts as P;
         match $pattern {
-            Some($kind::Exact(s)) => $crate::convert::string_matcher::Parts::Plain(
-                switchyard_dataplane::fib::chain_matcher::StringMatchKind::Exact,
-                "exact",
-                s.as_str(),
-            ),
-            Some($kind::Prefix(s)) => $crate::convert::string_matcher::Parts::Plain(
-                switchyard_dataplane::fib::chain_matcher::StringMatchKind::Prefix,
-                "prefix",
-                s.as_str(),
-            ),
-            Some($kind::Suffix(s)) => $crate::convert::string_matcher::Parts::Plain(
-                switchyard_dataplane::fib::chain_matcher::StringMatchKind::Suffix,
-                "suffix",
-                s.as_str(),
-            ),
-            Some($kind::Contains(s)) => $crate::convert::string_matcher::Parts::Plain(
-                switchyard_dataplane::fib::chain_matcher::StringMatchKind::Contains,
-                "contains",
-                s.as_str(),
-            ),
-            Some($kind::SafeRegex(r)) => {
-                $crate::convert::string_matcher::Parts::Regex(r.regex.as_str())
-            }
-            Some($kind::Custom(_)) => $crate::convert::string_matcher::Parts::Custom,
-            None => $crate::convert::string_matcher::Parts::Missing,
+            Some($kind::Exact(s)) => P::Plain(K::Exact, "exact", s.as_str()),
+            Some($kind::Prefix(s)) => P::Plain(K::Prefix, "prefix", s.as_str()),
+            Some($kind::Suffix(s)) => P::Plain(K::Suffix, "suffix", s.as_str()),
+            Some($kind::Contains(s)) => P::Plain(K::Contains, "contains", s.as_str()),
+            Some($kind::SafeRegex(r)) => P::Regex(r.regex.as_str()),
+            Some($kind::Custom(_)) => P::Custom,
+            None => P::Missing,
         }
-    };
+    }};
 }
 pub(super) use string_matcher_parts;
 
