@@ -819,6 +819,7 @@ fn start_admin(
     state.runtime = Arc::new(Runtime::new(plane.global_connections()));
     state.runtime.configure(&rib.runtime);
     state.ignore_global_conn_limit = rib.admin.ignore_global_conn_limit;
+    state.stats_config = rib.stats.clone();
     let state = Arc::new(state);
     // Without `admin.address` no admin listener is opened, as in Envoy; the state is kept
     // for readiness (`--readiness-port`) and the control thread.
@@ -997,6 +998,10 @@ impl Control {
         apply_node_overrides(&mut statics, &self.options);
         if statics.admin != self.statics.admin {
             tracing::warn!("admin changes take effect at the next start");
+        }
+        if statics.stats != self.statics.stats {
+            tracing::warn!("stats_config changes take effect at the next start");
+            statics.stats = self.statics.stats.clone();
         }
         if statics.dynamic != self.statics.dynamic || statics.node != self.statics.node {
             tracing::warn!("dynamic_resources and node changes take effect at the next start");

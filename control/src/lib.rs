@@ -19,5 +19,6 @@ pub mod rib;
 pub mod runtime;
 pub mod state_dir;
 pub mod stats;
+pub mod stats_config;
 pub mod type_names;
 pub mod xds;

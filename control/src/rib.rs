@@ -8,6 +8,7 @@
 //!
 //! [`Fib`]: switchyard_dataplane::fib::Fib
 
+use crate::stats_config::StatsConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,8 @@ pub struct Rib {
     /// `use_tcp_for_dns_lookups`): what a STRICT_DNS or LOGICAL_DNS cluster without a
     /// resolver of its own resolves with.
     pub dns_resolver: Arc<DnsResolverConfig>,
+    /// `stats_config`: tag extraction and the stats matcher, compiled; fixed at start.
+    pub stats: Arc<StatsConfig>,
     /// `layered_runtime` and the overload manager's connection limit.
     pub runtime: RuntimeConfig,
 }

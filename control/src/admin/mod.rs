@@ -36,6 +36,7 @@ pub use stats::{collect_stats, Stat, StatValue};
 
 use crate::runtime::{ModifyError, Runtime};
 use crate::stats::StatsRegistry;
+use crate::stats_config::StatsConfig;
 use arc_swap::ArcSwap;
 use http::{Query, Request, Response};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -100,6 +101,9 @@ pub struct AdminState {
     pub runtime: Arc<Runtime>,
     /// `admin.ignore_global_conn_limit`: admin connections are counted but never refused.
     pub ignore_global_conn_limit: bool,
+    /// The bootstrap's `stats_config` (Envoy's defaults until set): which stats exist and
+    /// their Prometheus tags. Set once at start.
+    pub stats_config: Arc<StatsConfig>,
 }
 
 impl AdminState {
@@ -126,6 +130,7 @@ impl AdminState {
             access_log: access_log::AdminAccessLog::default(),
             runtime: Arc::new(Runtime::new(Arc::default())),
             ignore_global_conn_limit: false,
+            stats_config: Arc::default(),
         }
     }
 

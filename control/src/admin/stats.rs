@@ -8,19 +8,21 @@
 //! `server.<stat>`. Each dynamic part goes through Envoy's stat-name sanitizing (`:` becomes
 //! `_`, so an IPv6 listener is `listener.[__1]_80.`).
 //!
-//! The Prometheus form turns name parts into tags with Envoy's default tag-extraction regexes
-//! (`envoy.tcp_prefix`, `envoy.udp_prefix`, `envoy.cluster_name`, `envoy.listener_address`),
-//! so a cluster whose name holds a dot is split where Envoy splits it.
+//! The Prometheus form turns name parts into tags with the config's tag extractors
+//! (`stats_config.stats_tags` and Envoy's defaults: `envoy.tcp_prefix`, `envoy.cluster_name`,
+//! `envoy.listener_address`, `envoy.worker_id`, ...; see `crate::stats_config`), so a cluster
+//! whose name holds a dot is split where Envoy splits it. A stat `stats_config.stats_matcher`
+//! rejects is in no form.
 //!
 //! `usedonly` keeps stats whose value is not zero: stats here carry no "ever written" bit, so
 //! a counter that was written and then reset to zero is left out (Envoy would keep it).
 
 use super::http::{Query, Response};
 use super::{AdminState, STATE_LIVE};
+use crate::stats_config::{Tag, TagProducer};
 use regex::Regex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::LazyLock;
 use switchyard_dataplane::fib::{Cluster, Fib, HashLookup, Route};
 use switchyard_dataplane::health::FAILED_ACTIVE_HC;
 use switchyard_dataplane::stats::{
@@ -445,6 +447,8 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
             value: StatValue::Gauge(v),
         });
     }
+    let matcher = &state.stats_config.matcher;
+    out.retain(|s| matcher.keeps(&s.name));
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
@@ -515,37 +519,6 @@ pub(crate) fn render_json(stats: &[Stat]) -> serde_json::Value {
     serde_json::json!({ "stats": items })
 }
 
-/// Envoy's default tag extractors that apply to Switchyard's stats: (tag name, regex whose
-/// group 1 is removed from the name and group 2 is the value).
-static TAG_EXTRACTORS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
-    [
-        ("envoy.tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
-        ("envoy.udp_prefix", r"^udp\.((.*?)\.)\w+?$"),
-        ("envoy.cluster_name", r"^cluster\.(([^\.]+)\.).*"),
-        (
-            "envoy.listener_address",
-            r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)",
-        ),
-    ]
-    .into_iter()
-    .map(|(tag, re)| (tag, Regex::new(re).expect("built-in tag regex")))
-    .collect()
-});
-
-/// Envoy's tag extraction: the tag-extracted name and the tags.
-pub(crate) fn extract_tags(name: &str) -> (String, Vec<(&'static str, String)>) {
-    for (tag, re) in TAG_EXTRACTORS.iter() {
-        if let Some(c) = re.captures(name) {
-            let (Some(remove), Some(value)) = (c.get(1), c.get(2)) else {
-                continue;
-            };
-            let extracted = format!("{}{}", &name[..remove.start()], &name[remove.end()..]);
-            return (extracted, vec![(*tag, value.as_str().to_string())]);
-        }
-    }
-    (name.to_string(), Vec::new())
-}
-
 /// Prometheus sanitizing, like Envoy: every byte outside `[a-zA-Z0-9_]` becomes `_`.
 fn prom_sanitize(s: &str) -> String {
     s.chars()
@@ -567,11 +540,11 @@ fn escape_label_value(v: &str) -> String {
 
 /// Envoy's Prometheus text: counters, then gauges; within each, one family per tag-extracted
 /// name (sorted), `# TYPE envoy_<name> <type>`, one sample per stat, a blank line.
-pub(crate) fn render_prometheus(stats: &[Stat]) -> String {
-    type Family<'a> = Vec<(&'a str, Vec<(&'static str, String)>, StatValue)>;
+pub(crate) fn render_prometheus(stats: &[Stat], tagger: &TagProducer) -> String {
+    type Family<'a> = Vec<(&'a str, Vec<Tag>, StatValue)>;
     let mut families: BTreeMap<(u8, String), Family<'_>> = BTreeMap::new();
     for s in stats {
-        let (extracted, tags) = extract_tags(&s.name);
+        let (extracted, tags) = tagger.produce(&s.name);
         let order = match s.value {
             StatValue::Counter(_) => 0,
             StatValue::Gauge(_) => 1,
@@ -590,7 +563,10 @@ pub(crate) fn render_prometheus(stats: &[Stat]) -> String {
         for (_, tags, value) in samples {
             let tags: Vec<String> = tags
                 .iter()
-                .map(|(k, v)| format!("{}=\"{}\"", prom_sanitize(k), escape_label_value(v)))
+                .map(|t| {
+                    let (k, v) = (prom_sanitize(&t.name), escape_label_value(&t.value));
+                    format!("{k}=\"{v}\"")
+                })
                 .collect();
             let _ = writeln!(out, "{metric}{{{}}} {value}", tags.join(","));
         }
@@ -615,7 +591,10 @@ pub(super) fn handle_stats(state: &AdminState, q: &Query) -> Response {
     match q.get("format").unwrap_or("text") {
         "text" | "" => Response::text(200, render_text(&selected(state, &sel))),
         "json" => Response::json(&render_json(&selected(state, &sel))),
-        "prometheus" => Response::text(200, render_prometheus(&selected(state, &sel))),
+        "prometheus" => Response::text(
+            200,
+            render_prometheus(&selected(state, &sel), &state.stats_config.tags),
+        ),
         other => Response::text(
             400,
             format!("unsupported stats format '{other}': one of text, json, prometheus\n"),
@@ -629,73 +608,16 @@ pub(super) fn handle_prometheus(state: &AdminState, q: &Query) -> Response {
         Ok(s) => s,
         Err(r) => return r,
     };
-    Response::text(200, render_prometheus(&selected(state, &sel)))
+    Response::text(
+        200,
+        render_prometheus(&selected(state, &sel), &state.stats_config.tags),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::fixture::fixture;
     use super::*;
-
-    #[test]
-    fn tag_extraction_follows_envoy_regexes() {
-        let t = |n: &str| extract_tags(n);
-        assert_eq!(
-            t("tcp.l4.downstream_cx_total"),
-            (
-                "tcp.downstream_cx_total".into(),
-                vec![("envoy.tcp_prefix", "l4".into())]
-            )
-        );
-        assert_eq!(
-            t("tcp.a.b.idle_timeout"),
-            (
-                "tcp.idle_timeout".into(),
-                vec![("envoy.tcp_prefix", "a.b".into())]
-            )
-        );
-        assert_eq!(
-            t("cluster.echo.upstream_cx_total"),
-            (
-                "cluster.upstream_cx_total".into(),
-                vec![("envoy.cluster_name", "echo".into())]
-            )
-        );
-        // Envoy's cluster regex stops at the first dot.
-        assert_eq!(
-            t("cluster.a.b.upstream_cx_total"),
-            (
-                "cluster.b.upstream_cx_total".into(),
-                vec![("envoy.cluster_name", "a".into())]
-            )
-        );
-        assert_eq!(
-            t("listener.127.0.0.1_10000.worker_1.downstream_cx_total"),
-            (
-                "listener.worker_1.downstream_cx_total".into(),
-                vec![("envoy.listener_address", "127.0.0.1_10000".into())]
-            )
-        );
-        assert_eq!(
-            t("listener.[__1]_80.downstream_cx_active").1,
-            vec![("envoy.listener_address", "[__1]_80".into())]
-        );
-        assert_eq!(
-            t("udp.dns.downstream_sess_total"),
-            (
-                "udp.downstream_sess_total".into(),
-                vec![("envoy.udp_prefix", "dns".into())]
-            )
-        );
-        assert_eq!(
-            t("cluster.echo.udp.sess_tx_datagrams"),
-            (
-                "cluster.udp.sess_tx_datagrams".into(),
-                vec![("envoy.cluster_name", "echo".into())]
-            )
-        );
-        assert_eq!(t("server.live"), ("server.live".into(), vec![]));
-    }
 
     #[test]
     fn collects_every_stat_with_envoy_names() {
@@ -784,7 +706,7 @@ mod tests {
             ]})
         );
         assert_eq!(
-            render_prometheus(&selected(&f.state, &sel)),
+            render_prometheus(&selected(&f.state, &sel), &f.state.stats_config.tags),
             "# TYPE envoy_cluster_udp_sess_tx_datagrams counter\n\
              envoy_cluster_udp_sess_tx_datagrams{envoy_cluster_name=\"echo\"} 4\n\
              \n\
@@ -872,7 +794,7 @@ mod tests {
             "filter=(downstream_cx_total|upstream_cx_total|upstream_cx_active|membership_total|server.live)",
         ))
         .unwrap();
-        let text = render_prometheus(&selected(&f.state, &sel));
+        let text = render_prometheus(&selected(&f.state, &sel), &f.state.stats_config.tags);
         assert_eq!(
             text,
             "# TYPE envoy_cluster_upstream_cx_total counter\n\
@@ -882,11 +804,9 @@ mod tests {
              # TYPE envoy_listener_downstream_cx_total counter\n\
              envoy_listener_downstream_cx_total{envoy_listener_address=\"127.0.0.1_10000\"} 3\n\
              \n\
-             # TYPE envoy_listener_worker_0_downstream_cx_total counter\n\
-             envoy_listener_worker_0_downstream_cx_total{envoy_listener_address=\"127.0.0.1_10000\"} 1\n\
-             \n\
-             # TYPE envoy_listener_worker_1_downstream_cx_total counter\n\
-             envoy_listener_worker_1_downstream_cx_total{envoy_listener_address=\"127.0.0.1_10000\"} 2\n\
+             # TYPE envoy_listener_worker_downstream_cx_total counter\n\
+             envoy_listener_worker_downstream_cx_total{envoy_worker_id=\"0\",envoy_listener_address=\"127.0.0.1_10000\"} 1\n\
+             envoy_listener_worker_downstream_cx_total{envoy_worker_id=\"1\",envoy_listener_address=\"127.0.0.1_10000\"} 2\n\
              \n\
              # TYPE envoy_tcp_downstream_cx_total counter\n\
              envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"l4\"} 3\n\
@@ -903,6 +823,49 @@ mod tests {
              envoy_server_live{} 1\n\
              \n"
         );
+    }
+
+    #[test]
+    fn stats_config_drops_stats_and_tags_them() {
+        use crate::stats_config::{NameMatch, StatsConfig, StatsMatcher};
+        use std::sync::Arc;
+        use switchyard_dataplane::fib::chain_matcher::{StringMatch, StringMatchKind};
+        let mut f = fixture();
+        let mut tags = TagProducer::new(false);
+        tags.add_fixed("env", "prod");
+        tags.add_regex("what", Regex::new(r"\.(downstream_(cx)_)total$").unwrap());
+        tags.add_defaults_named("envoy.tcp_prefix");
+        let keep = |kind, pattern: &str| {
+            NameMatch::Plain(StringMatch {
+                kind,
+                pattern: pattern.into(),
+                ignore_case: false,
+            })
+        };
+        let matcher = StatsMatcher::Include(vec![
+            keep(StringMatchKind::Prefix, "tcp.l4.downstream_cx_"),
+            keep(StringMatchKind::Exact, "server.live"),
+        ]);
+        Arc::get_mut(&mut f.state).unwrap().stats_config = Arc::new(StatsConfig { tags, matcher });
+        let sel = Selection::from_query(&Query::parse("filter=total|live")).unwrap();
+        let stats = selected(&f.state, &sel);
+        assert_eq!(
+            render_text(&stats),
+            "server.live: 1\ntcp.l4.downstream_cx_rx_bytes_total: 100\n\
+             tcp.l4.downstream_cx_total: 3\ntcp.l4.downstream_cx_tx_bytes_total: 0\n"
+        );
+        assert_eq!(
+            render_prometheus(&stats[..1], &f.state.stats_config.tags),
+            "# TYPE envoy_server_live gauge\nenvoy_server_live{env=\"prod\"} 1\n\n"
+        );
+        assert_eq!(
+            render_prometheus(&stats[2..3], &f.state.stats_config.tags),
+            "# TYPE envoy_tcp_total counter\n\
+             envoy_tcp_total{env=\"prod\",what=\"cx\",envoy_tcp_prefix=\"l4\"} 3\n\n"
+        );
+        let all = collect_stats(&f.state);
+        // server.live and the 7 tcp.l4.downstream_cx_* stats.
+        assert_eq!(all.len(), 8, "{all:?}");
     }
 
     #[test]

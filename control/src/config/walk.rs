@@ -45,6 +45,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "use_tcp_for_dns_lookups",
             "layered_runtime",
             "overload_manager",
+            // Tag extraction and the stats matcher (`convert::stats_config`).
+            "stats_config",
         ],
     ),
     // Static and admin layers; disk and RTDS layers are not read.
@@ -72,6 +74,31 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         DOWNSTREAM_CONNECTIONS_MONITOR,
         &["max_active_downstream_connections"],
     ),
+    (
+        "envoy.config.metrics.v3.StatsConfig",
+        &["stats_tags", "use_all_default_tags", "stats_matcher"],
+    ),
+    (
+        "envoy.config.metrics.v3.TagSpecifier",
+        &["tag_name", "regex", "fixed_value"],
+    ),
+    (
+        "envoy.config.metrics.v3.StatsMatcher",
+        &["reject_all", "exclusion_list", "inclusion_list"],
+    ),
+    ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    (
+        "envoy.type.matcher.v3.StringMatcher",
+        &[
+            "exact",
+            "prefix",
+            "suffix",
+            "contains",
+            "safe_regex",
+            "ignore_case",
+        ],
+    ),
+    ("envoy.type.matcher.v3.RegexMatcher", &["regex"]),
     (
         "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
         &["lds_config", "cds_config", "ads_config"],

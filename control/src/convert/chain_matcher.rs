@@ -16,10 +16,12 @@
 //! an `and`/`or`, required fields) are checked here, by path.
 
 use super::address::cidr;
+use super::string_matcher::{string_matcher, string_matcher_parts};
 use super::{decode_any, type_name, Result};
 use crate::error::ConfigError;
 use crate::ext::ip_matcher::IpMatcher;
 use crate::path::{field, index};
+use crate::stats_config::NameMatch;
 use crate::type_names::{
     APPLICATION_PROTOCOL_INPUT, DESTINATION_IP_INPUT, DESTINATION_PORT_INPUT,
     DIRECT_SOURCE_IP_INPUT, IP_MATCHER, SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_PORT_INPUT,
@@ -343,46 +345,14 @@ fn predicate(p: &Predicate, path: &str) -> Result<fib::Predicate> {
 }
 
 /// `exact`, `prefix`, `suffix` or `contains` (the last three non-empty, as in Envoy), with
-/// `ignore_case`.
+/// `ignore_case` (`convert::string_matcher`); `safe_regex` is refused here.
 fn string_match(m: &StringMatcher, path: &str) -> Result<fib::StringMatch> {
-    use fib::StringMatchKind as K;
-    let (kind, name, pattern) = match &m.match_pattern {
-        Some(MatchPattern::Exact(s)) => (K::Exact, "exact", s),
-        Some(MatchPattern::Prefix(s)) => (K::Prefix, "prefix", s),
-        Some(MatchPattern::Suffix(s)) => (K::Suffix, "suffix", s),
-        Some(MatchPattern::Contains(s)) => (K::Contains, "contains", s),
-        Some(MatchPattern::SafeRegex(_)) => {
-            return Err(ConfigError::unsupported(
-                field(path, "safe_regex"),
-                "not supported by Switchyard",
-            ))
-        }
-        Some(MatchPattern::Custom(_)) => {
-            return Err(ConfigError::unsupported(
-                field(path, "custom"),
-                "not supported by Switchyard",
-            ))
-        }
-        None => {
-            return Err(ConfigError::invalid(
-                path,
-                "one of exact, prefix, suffix or contains is required",
-            ))
-        }
-    };
-    if kind != K::Exact && pattern.is_empty() {
-        return Err(ConfigError::invalid(
-            field(path, name),
-            "must not be empty, as in Envoy",
-        ));
+    let parts = string_matcher_parts!(&m.match_pattern, MatchPattern);
+    match string_matcher(parts, m.ignore_case, path)? {
+        NameMatch::Plain(p) => Ok(p),
+        NameMatch::Regex(_) => Err(ConfigError::unsupported(
+            field(path, "safe_regex"),
+            "not supported by Switchyard",
+        )),
     }
-    Ok(fib::StringMatch {
-        kind,
-        pattern: if m.ignore_case {
-            pattern.to_ascii_lowercase().into()
-        } else {
-            pattern.as_str().into()
-        },
-        ignore_case: m.ignore_case,
-    })
 }

@@ -53,6 +53,8 @@ mod lb;
 mod lb_typed;
 mod listener;
 mod runtime;
+mod stats_config;
+mod string_matcher;
 mod tcp_proxy;
 mod udp;
 mod upstream_bind;
@@ -92,6 +94,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         dynamic,
         dns_resolver: dns::bootstrap_resolver(b)?,
         runtime: runtime::runtime_config(b)?,
+        stats: Arc::new(stats_config::stats_config(b.stats_config.as_ref())?),
     };
     warn_missing_clusters(&rib);
     Ok(rib)
