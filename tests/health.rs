@@ -554,6 +554,116 @@ fn outlier_detection_ejects_refusing_endpoints_and_returns_them() {
     assert_eq!(tags.len(), 3, "all three take traffic again: {tags:?}");
 }
 
+/// `cluster_manager.outlier_detection.event_log_path`: the detection of a gateway-failure
+/// run (not enforced: `enforcing_consecutive_gateway_failure` is 0 by default), the
+/// consecutive-5xx ejection and the return, as Envoy's `OutlierDetectionEvent` JSON lines,
+/// field for field and in Envoy's field order.
+#[test]
+fn outlier_events_are_logged_as_envoy_logs_them() {
+    let a = HcBackend::start("a");
+    let mut dead = HcBackend::start("dead");
+    dead.pause();
+    let (admin, port) = (free_port(), free_port());
+    let log = test_dir("outlier-events").join("events.log");
+    let outlier = "    outlier_detection:\n      consecutive_5xx: 2\n      \
+                   consecutive_gateway_failure: 2\n      interval: 0.2s\n      \
+                   base_ejection_time: 0.5s\n      max_ejection_percent: 100\n";
+    let eps = [(a.addr(), 0), (dead.addr(), 0)];
+    let yaml = format!(
+        "cluster_manager:\n  outlier_detection:\n    event_log_path: {}\n{}",
+        log.display(),
+        bootstrap(
+            admin,
+            &listener(port, "ev", 1),
+            &cluster("ev", &eps, outlier)
+        )
+    );
+    let Some(p) = start(&yaml) else { return };
+    let active = "cluster.ev.outlier_detection.ejections_active";
+    let fail_until = Instant::now() + Duration::from_secs(5);
+    while p.stat(active) == 0 && Instant::now() < fail_until {
+        let _ = one(port, 1);
+    }
+    assert_eq!(p.stat(active), 1, "ejected\n{}", p.logs());
+    assert_eq!(
+        p.wait_stat(active, 0, Duration::from_secs(5)),
+        0,
+        "returned"
+    );
+    let mut lines = Vec::new();
+    wait_until(Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.len() >= 3
+    });
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let url = dead.addr().to_string();
+    let expected = [
+        ("CONSECUTIVE_GATEWAY_FAILURE", "EJECT", false, 0),
+        ("CONSECUTIVE_5XX", "EJECT", true, 1),
+        ("CONSECUTIVE_5XX", "UNEJECT", false, 1),
+    ];
+    for (line, (kind, action, enforced, n)) in lines.iter().zip(expected) {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(e["type"], kind, "{line}");
+        assert_eq!(e["action"], action, "{line}");
+        assert_eq!(e["enforced"], enforced, "{line}");
+        assert_eq!(e["num_ejections"], n, "{line}");
+        assert_eq!(
+            (&e["cluster_name"], &e["upstream_url"]),
+            (&"ev".into(), &url.as_str().into())
+        );
+        let ts = e["timestamp"].as_str().unwrap();
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "{ts}"
+        );
+        let keys = top_level_keys(line);
+        let mut want = vec!["type", "timestamp"];
+        if action == "UNEJECT" {
+            want.push("secs_since_last_action");
+            assert!(e["secs_since_last_action"].is_string(), "{line}");
+        }
+        want.extend([
+            "cluster_name",
+            "upstream_url",
+            "action",
+            "num_ejections",
+            "enforced",
+        ]);
+        if action == "EJECT" {
+            want.push("eject_consecutive_event");
+        }
+        assert_eq!(keys, want, "{line}");
+    }
+}
+
+/// The keys of a flat JSON object line, in order.
+fn top_level_keys(line: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let (mut depth, mut in_str, mut start, mut prev) = (0, false, 0, ' ');
+    for (i, ch) in line.char_indices() {
+        match ch {
+            '"' if prev != '\\' => {
+                in_str = !in_str;
+                if in_str {
+                    start = i + 1;
+                } else if depth == 1 && line[i + 1..].starts_with(':') {
+                    keys.push(line[start..i].to_string());
+                }
+            }
+            '{' if !in_str => depth += 1,
+            '}' if !in_str => depth -= 1,
+            _ => {}
+        }
+        prev = ch;
+    }
+    keys
+}
+
 /// A host that fails again right after returning is ejected for twice the base (Envoy's
 /// backoff grows by one base per ejection).
 #[test]

@@ -21,7 +21,7 @@ use crate::compile::{compile, CompileCache};
 use crate::dns::{first_answers_bound, DnsHosts, DnsThread, DnsUpdate, DnsWatch};
 use crate::dynamic::DynamicState;
 use crate::error::ConfigError;
-use crate::health::HealthThread;
+use crate::health::{HealthThread, OutlierEventLog};
 use crate::load::load_rib;
 use crate::rib::{Bind, EndpointConfig, Rib};
 use crate::rib::{GrpcSource, XdsSource};
@@ -93,6 +93,8 @@ pub enum RunError {
     StateDir(std::io::Error),
     /// The health-check thread could not start.
     Health(std::io::Error),
+    /// `cluster_manager.outlier_detection.event_log_path` could not be opened.
+    OutlierEventLog(std::path::PathBuf, std::io::Error),
     /// The DNS thread could not start.
     Dns(std::io::Error),
 }
@@ -114,6 +116,11 @@ impl std::fmt::Display for RunError {
             RunError::Xds(e) => write!(f, "xDS client: cannot start: {e}"),
             RunError::StateDir(e) => write!(f, "state dir writer: cannot start: {e}"),
             RunError::Health(e) => write!(f, "health checker: cannot start: {e}"),
+            RunError::OutlierEventLog(path, e) => write!(
+                f,
+                "cluster_manager.outlier_detection.event_log_path: cannot open {}: {e}",
+                path.display()
+            ),
             RunError::Dns(e) => write!(f, "DNS resolver thread: cannot start: {e}"),
         }
     }
@@ -210,8 +217,13 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
 
     let mut cache = CompileCache::new();
     let fib = Arc::new(compile(&rib, 1, &stats, &mut cache));
-    let health =
-        HealthThread::spawn(fib.clone(), stats.health_signal()).map_err(RunError::Health)?;
+    let event_log = rib
+        .outlier_event_log
+        .as_ref()
+        .map(|p| OutlierEventLog::open(p).map_err(|e| RunError::OutlierEventLog(p.clone(), e)))
+        .transpose()?;
+    let health = HealthThread::spawn(fib.clone(), stats.health_signal(), event_log)
+        .map_err(RunError::Health)?;
     if !health.wait_first_checks() {
         tracing::warn!("some hosts' first health check did not finish in time; serving anyway");
     }
@@ -998,6 +1010,12 @@ impl Control {
         apply_node_overrides(&mut statics, &self.options);
         if statics.admin != self.statics.admin {
             tracing::warn!("admin changes take effect at the next start");
+        }
+        if statics.outlier_event_log != self.statics.outlier_event_log {
+            tracing::warn!(
+                "cluster_manager.outlier_detection.event_log_path changes take effect at the next start"
+            );
+            statics.outlier_event_log = self.statics.outlier_event_log.clone();
         }
         if statics.stats != self.statics.stats {
             tracing::warn!("stats_config changes take effect at the next start");

@@ -53,6 +53,9 @@ pub struct Rib {
     pub stats: Arc<StatsConfig>,
     /// `layered_runtime` and the overload manager's connection limit.
     pub runtime: RuntimeConfig,
+    /// `cluster_manager.outlier_detection.event_log_path`: where outlier ejections and
+    /// returns are logged (fixed at start, like `admin`).
+    pub outlier_event_log: Option<std::path::PathBuf>,
 }
 
 /// Envoy's runtime (`layered_runtime`) and `overload_manager`, as far as an L4 proxy reads

@@ -130,7 +130,11 @@ impl Proxy {
                     .arg(opts.concurrency.to_string())
                     .arg("--disable-hot-restart")
                     .arg("--log-level")
-                    .arg(opts.log_level);
+                    .arg(opts.log_level)
+                    // Envoy buffers its log files (access and outlier event logs) up to 10 s;
+                    // Switchyard writes each line at once. Flush often so tests read both alike.
+                    .arg("--file-flush-interval-msec")
+                    .arg("50");
                 if let Some(d) = opts.drain_time_s {
                     c.arg("--drain-time-s").arg(d.to_string());
                 }

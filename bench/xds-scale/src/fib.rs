@@ -94,6 +94,7 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
         dynamic: None,
         dns_resolver: Default::default(),
         runtime: Default::default(),
+        outlier_event_log: None,
         stats: Default::default(),
     };
     let stats = StatsRegistry::new(1);

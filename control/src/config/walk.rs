@@ -45,9 +45,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "use_tcp_for_dns_lookups",
             "layered_runtime",
             "overload_manager",
+            "cluster_manager",
             // Tag extraction and the stats matcher (`convert::stats_config`).
             "stats_config",
         ],
+    ),
+    // The outlier event log only: `local_cluster_name` (zone-aware routing), load reports
+    // (`load_stats_config`) and the event service are not supported.
+    (
+        "envoy.config.bootstrap.v3.ClusterManager",
+        &["outlier_detection"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.ClusterManager.OutlierDetection",
+        &["event_log_path"],
     ),
     // Static and admin layers; disk and RTDS layers are not read.
     (

@@ -94,6 +94,12 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         dynamic,
         dns_resolver: dns::bootstrap_resolver(b)?,
         runtime: runtime::runtime_config(b)?,
+        outlier_event_log: b
+            .cluster_manager
+            .as_ref()
+            .and_then(|c| c.outlier_detection.as_ref())
+            .map(|o| std::path::PathBuf::from(&o.event_log_path))
+            .filter(|p| !p.as_os_str().is_empty()),
         stats: Arc::new(stats_config::stats_config(b.stats_config.as_ref())?),
     };
     warn_missing_clusters(&rib);

@@ -26,7 +26,10 @@
 //! open with hosts already known healthy or not, as in Envoy.
 
 mod active;
+mod event_log;
 mod outlier;
+
+pub use event_log::OutlierEventLog;
 
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -76,12 +79,18 @@ pub struct HealthThread {
 impl HealthThread {
     /// Starts the thread over `first` (the FIB about to be published); `signal` is the
     /// eventfd workers and the control thread write to wake it (the registry's).
-    pub fn spawn(first: Arc<Fib>, signal: Option<Arc<HealthSignal>>) -> std::io::Result<Self> {
+    /// Outlier decisions go to `event_log` when given
+    /// (`cluster_manager.outlier_detection.event_log_path`).
+    pub fn spawn(
+        first: Arc<Fib>,
+        signal: Option<Arc<HealthSignal>>,
+        event_log: Option<OutlierEventLog>,
+    ) -> std::io::Result<Self> {
         let fib = Arc::new(ArcSwap::new(first));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new().name("health".into()).spawn({
             let (fib, stop, signal) = (fib.clone(), stop.clone(), signal.clone());
-            move || run(&fib, signal.as_deref(), &stop)
+            move || run(&fib, signal.as_deref(), &stop, event_log)
         })?;
         Ok(HealthThread {
             fib,
@@ -195,9 +204,15 @@ struct State {
     generation: u64,
     clusters: Vec<ClusterEntry>,
     rng: Rng,
+    event_log: Option<OutlierEventLog>,
 }
 
-fn run(fib: &ArcSwap<Fib>, signal: Option<&HealthSignal>, stop: &AtomicBool) {
+fn run(
+    fib: &ArcSwap<Fib>,
+    signal: Option<&HealthSignal>,
+    stop: &AtomicBool,
+    event_log: Option<OutlierEventLog>,
+) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -205,6 +220,7 @@ fn run(fib: &ArcSwap<Fib>, signal: Option<&HealthSignal>, stop: &AtomicBool) {
         generation: u64::MAX,
         clusters: Vec::new(),
         rng: Rng::new(seed),
+        event_log,
     };
     let mut fds: Vec<PollFd> = Vec::new();
     let mut owners: Vec<(usize, usize)> = Vec::new();
@@ -374,10 +390,11 @@ impl State {
         for c in &mut self.clusters {
             if let Some(o) = &c.policy.outlier {
                 if c.health.take_review() {
-                    outlier::review(o, &c.health, &mut c.hosts, &mut self.rng, now);
+                    let log = &mut self.event_log;
+                    outlier::review(o, &c.health, &mut c.hosts, &mut self.rng, now, log);
                 }
                 if c.next_tick.is_some_and(|t| now >= t) {
-                    outlier::tick(o, &c.health, &mut c.hosts, now);
+                    outlier::tick(o, &c.health, &mut c.hosts, now, &mut self.event_log);
                     c.next_tick = Some(now + Duration::from_millis(o.interval_ms));
                 }
             }
@@ -389,7 +406,7 @@ impl State {
                 };
                 for host in &mut c.hosts {
                     let outcome = active::advance(hc, &c.health, host, &mut sched);
-                    after_check(&c.policy, &c.health, host, outcome);
+                    after_check(&c.policy, &c.health, host, outcome, &mut self.event_log);
                 }
             }
         }
@@ -413,7 +430,7 @@ impl State {
             rng: &mut self.rng,
         };
         let outcome = active::on_ready(hc, &c.health, host, &mut sched);
-        after_check(&c.policy, &c.health, host, outcome);
+        after_check(&c.policy, &c.health, host, outcome, &mut self.event_log);
     }
 
     /// The earliest time something is due.
@@ -460,12 +477,13 @@ fn after_check(
     health: &ClusterHealth,
     host: &mut HostEntry,
     outcome: Option<active::Outcome>,
+    log: &mut Option<OutlierEventLog>,
 ) {
     let uneject = policy
         .outlier
         .is_some_and(|o| o.successful_active_health_check_uneject_host);
     if outcome == Some(active::Outcome::Pass) && uneject && host.outlier.is_ejected() {
-        outlier::uneject(health, host);
+        outlier::uneject(health, host, Instant::now(), log);
         health.bump_epoch();
     }
 }

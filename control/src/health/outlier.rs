@@ -19,6 +19,7 @@
 //! every failure counts for all types alike, so the workers keep one run per host and the
 //! health thread keeps, per type, the run's value at that type's last detection.
 
+use super::event_log::{Event, OutlierEventLog};
 use super::HostEntry;
 use std::time::{Duration, Instant};
 use switchyard_dataplane::fib::OutlierDetection;
@@ -42,6 +43,10 @@ pub(super) struct OutlierHost {
     /// The host's `runs_ended` when the baselines were taken: a success since then ended
     /// that run, so the baselines no longer apply.
     runs_seen: u32,
+    /// Enforced ejections so far (Envoy's `num_ejections`, never lowered).
+    num_ejections: u32,
+    /// When it last returned from an ejection (the event log's `secs_since_last_action`).
+    returned_at: Option<Instant>,
 }
 
 impl OutlierHost {
@@ -84,6 +89,15 @@ impl Kind {
         }
     }
 
+    /// Envoy's `OutlierEjectionType` name.
+    fn event_name(self) -> &'static str {
+        match self {
+            Kind::GatewayFailure => "CONSECUTIVE_GATEWAY_FAILURE",
+            Kind::Consecutive5xx => "CONSECUTIVE_5XX",
+            Kind::LocalOrigin => "CONSECUTIVE_LOCAL_ORIGIN_FAILURE",
+        }
+    }
+
     fn enforced(self) -> HealthStat {
         match self {
             Kind::GatewayFailure => HealthStat::EjectionsEnforcedConsecutiveGatewayFailure,
@@ -101,6 +115,7 @@ pub(super) fn review(
     hosts: &mut [HostEntry],
     rng: &mut Rng,
     now: Instant,
+    log: &mut Option<OutlierEventLog>,
 ) -> bool {
     let kinds: &[Kind] = if config.split_external_local_origin_errors {
         &[Kind::LocalOrigin]
@@ -140,7 +155,12 @@ pub(super) fn review(
             if kind == Kind::Consecutive5xx {
                 health.inc(HealthStat::EjectionsConsecutive5xx);
             }
-            ejected_any |= eject(config, health, host, total, kind, rng, now);
+            let decision = Decision {
+                kind,
+                total_hosts: total,
+                now,
+            };
+            ejected_any |= eject(config, health, host, decision, rng, log);
         }
     }
     if ejected_any {
@@ -149,33 +169,65 @@ pub(super) fn review(
     ejected_any
 }
 
-/// Envoy's `ejectHost`: true when the host was ejected.
+/// One detection to act on.
+#[derive(Clone, Copy)]
+struct Decision {
+    kind: Kind,
+    total_hosts: usize,
+    now: Instant,
+}
+
+/// Envoy's `ejectHost`: true when the host was ejected. A detection within
+/// `max_ejection_percent` is logged, enforced or not.
 fn eject(
     config: &OutlierDetection,
     health: &ClusterHealth,
     host: &mut HostEntry,
-    total_hosts: usize,
-    kind: Kind,
+    d: Decision,
     rng: &mut Rng,
-    now: Instant,
+    log: &mut Option<OutlierEventLog>,
 ) -> bool {
     let active = health.get(HealthStat::EjectionsActive);
     let max_pct = f64::from(config.max_ejection_percent.min(100));
-    let share_after = 100.0 * (active + 1) as f64 / total_hosts.max(1) as f64;
+    let share_after = 100.0 * (active + 1) as f64 / d.total_hosts.max(1) as f64;
     let allowed = share_after <= max_pct || (config.always_eject_one_host && active == 0);
     if !allowed {
         health.inc(HealthStat::EjectionsOverflow);
         return false;
     }
-    if kind == Kind::Consecutive5xx {
+    if d.kind == Kind::Consecutive5xx {
         health.inc(HealthStat::EjectionsTotal);
     }
-    if rng.below(100) >= u64::from(kind.enforcing_pct(config)) {
-        return false;
+    let enforced = rng.below(100) < u64::from(d.kind.enforcing_pct(config));
+    if enforced {
+        enforce(config, health, host, active, d, rng);
     }
+    if let Some(log) = log {
+        log.write(&Event {
+            kind: d.kind.event_name(),
+            cluster: &health.name,
+            host: host.address,
+            eject: true,
+            num_ejections: host.outlier.num_ejections,
+            enforced,
+            since_last_action: host.outlier.returned_at.map(|t| d.now.duration_since(t)),
+        });
+    }
+    enforced
+}
+
+/// Takes the host out: stats, backoff, jitter, its health flag.
+fn enforce(
+    config: &OutlierDetection,
+    health: &ClusterHealth,
+    host: &mut HostEntry,
+    active: u64,
+    d: Decision,
+    rng: &mut Rng,
+) {
     health.set(HealthStat::EjectionsActive, active + 1);
     health.inc(HealthStat::EjectionsEnforcedTotal);
-    health.inc(kind.enforced());
+    health.inc(d.kind.enforced());
     let base = config.base_ejection_time_ms;
     let max = config.max_ejection_time_ms;
     let o = &mut host.outlier;
@@ -183,11 +235,11 @@ fn eject(
     if base.saturating_mul(u64::from(o.backoff)) < max.saturating_add(base) {
         o.backoff += 1;
     }
-    o.ejected_at = Some(now);
+    o.num_ejections += 1;
+    o.ejected_at = Some(d.now);
     o.jitter = Duration::from_millis(rng.below(config.max_ejection_time_jitter_ms + 1));
     host.stats.health.set(FAILED_OUTLIER_CHECK);
     tracing::info!(cluster = %health.name, host = %host.address, backoff = o.backoff, "outlier ejected");
-    true
 }
 
 /// The `interval` tick: returns hosts whose ejection is over and lowers the backoff of
@@ -197,6 +249,7 @@ pub(super) fn tick(
     health: &ClusterHealth,
     hosts: &mut [HostEntry],
     now: Instant,
+    log: &mut Option<OutlierEventLog>,
 ) -> bool {
     let mut returned = false;
     for host in hosts.iter_mut() {
@@ -210,7 +263,7 @@ pub(super) fn tick(
             .saturating_mul(u64::from(host.outlier.backoff))
             .min(config.max_ejection_time_ms);
         if now.duration_since(since) >= Duration::from_millis(lasts_ms) + host.outlier.jitter {
-            uneject(health, host);
+            uneject(health, host, now, log);
             returned = true;
         }
     }
@@ -221,17 +274,35 @@ pub(super) fn tick(
 }
 
 /// Returns `host` to load balancing (its ejection ended, or its active check passed); the
-/// caller bumps the epoch.
-pub(super) fn uneject(health: &ClusterHealth, host: &mut HostEntry) {
-    if host.outlier.ejected_at.take().is_none() {
+/// caller bumps the epoch. Logged as Envoy logs it (an `UNEJECT` of type `CONSECUTIVE_5XX`,
+/// the proto's default, whatever ejected it).
+pub(super) fn uneject(
+    health: &ClusterHealth,
+    host: &mut HostEntry,
+    now: Instant,
+    log: &mut Option<OutlierEventLog>,
+) {
+    let Some(ejected_at) = host.outlier.ejected_at.take() else {
         return;
-    }
+    };
     host.outlier.baseline = [0; 3];
+    host.outlier.returned_at = Some(now);
     let active = health.get(HealthStat::EjectionsActive);
     health.set(HealthStat::EjectionsActive, active.saturating_sub(1));
     host.stats.health.clear(FAILED_OUTLIER_CHECK);
     host.stats.health.reset_failures();
     tracing::info!(cluster = %health.name, host = %host.address, "outlier returned");
+    if let Some(log) = log {
+        log.write(&Event {
+            kind: Kind::Consecutive5xx.event_name(),
+            cluster: &health.name,
+            host: host.address,
+            eject: false,
+            num_ejections: host.outlier.num_ejections,
+            enforced: false,
+            since_last_action: Some(now.duration_since(ejected_at)),
+        });
+    }
 }
 
 #[cfg(test)]
@@ -270,9 +341,9 @@ mod tests {
         let mut hs = hosts(3);
         let (mut rng, now) = (Rng::new(1), Instant::now());
         fail(&hs[1], 2);
-        assert!(!review(&c, &health, &mut hs, &mut rng, now));
+        assert!(!review(&c, &health, &mut hs, &mut rng, now, &mut None));
         fail(&hs[1], 1);
-        assert!(review(&c, &health, &mut hs, &mut rng, now));
+        assert!(review(&c, &health, &mut hs, &mut rng, now, &mut None));
         assert!(!hs[1].stats.health.is_healthy());
         assert_eq!(health.get(HealthStat::EjectionsActive), 1);
         assert_eq!(health.get(HealthStat::EjectionsEnforcedConsecutive5xx), 1);
@@ -302,7 +373,7 @@ mod tests {
         for h in &hs {
             fail(h, 3);
         }
-        review(&c, &health, &mut hs, &mut rng, now);
+        review(&c, &health, &mut hs, &mut rng, now, &mut None);
         assert_eq!(health.get(HealthStat::EjectionsActive), 2);
         // Each refused host overflows twice: its gateway-failure and its 5xx detection
         // (Envoy's count too).
@@ -315,7 +386,7 @@ mod tests {
         let health = ClusterHealth::default();
         let mut hs = hosts(3);
         fail(&hs[0], 3);
-        review(&ten, &health, &mut hs, &mut rng, now);
+        review(&ten, &health, &mut hs, &mut rng, now, &mut None);
         assert_eq!(health.get(HealthStat::EjectionsActive), 0);
         let one = OutlierDetection {
             always_eject_one_host: true,
@@ -323,7 +394,7 @@ mod tests {
         };
         fail(&hs[0], 3);
         fail(&hs[1], 3);
-        review(&one, &health, &mut hs, &mut rng, now);
+        review(&one, &health, &mut hs, &mut rng, now, &mut None);
         assert_eq!(health.get(HealthStat::EjectionsActive), 1);
     }
 
@@ -334,22 +405,41 @@ mod tests {
         let mut hs = hosts(2);
         let (mut rng, t0) = (Rng::new(1), Instant::now());
         fail(&hs[0], 3);
-        review(&c, &health, &mut hs, &mut rng, t0);
-        assert!(!tick(&c, &health, &mut hs, t0 + Duration::from_millis(999)));
-        assert!(tick(&c, &health, &mut hs, t0 + Duration::from_millis(1000)));
+        review(&c, &health, &mut hs, &mut rng, t0, &mut None);
+        assert!(!tick(
+            &c,
+            &health,
+            &mut hs,
+            t0 + Duration::from_millis(999),
+            &mut None
+        ));
+        assert!(tick(
+            &c,
+            &health,
+            &mut hs,
+            t0 + Duration::from_millis(1000),
+            &mut None
+        ));
         assert!(hs[0].stats.health.is_healthy());
         assert_eq!(health.get(HealthStat::EjectionsActive), 0);
         // Ejected again at once: base x 2 (Envoy's backoff grows by one base per ejection).
         let t1 = t0 + Duration::from_millis(1000);
         fail(&hs[0], 3);
-        review(&c, &health, &mut hs, &mut rng, t1);
+        review(&c, &health, &mut hs, &mut rng, t1, &mut None);
         assert!(!tick(
             &c,
             &health,
             &mut hs,
-            t1 + Duration::from_millis(1999)
+            t1 + Duration::from_millis(1999),
+            &mut None
         ));
-        assert!(tick(&c, &health, &mut hs, t1 + Duration::from_millis(2000)));
+        assert!(tick(
+            &c,
+            &health,
+            &mut hs,
+            t1 + Duration::from_millis(2000),
+            &mut None
+        ));
     }
 
     #[test]
@@ -366,7 +456,7 @@ mod tests {
         let (mut rng, now) = (Rng::new(1), Instant::now());
         for _ in 0..10 {
             fail(&hs[0], 1);
-            review(&c, &health, &mut hs, &mut rng, now);
+            review(&c, &health, &mut hs, &mut rng, now, &mut None);
         }
         assert_eq!(health.get(HealthStat::EjectionsDetectedConsecutive5xx), 3);
         assert_eq!(
@@ -389,10 +479,10 @@ mod tests {
         let mut hs = hosts(2);
         let (mut rng, now) = (Rng::new(1), Instant::now());
         fail(&hs[0], 3);
-        review(&c, &health, &mut hs, &mut rng, now);
+        review(&c, &health, &mut hs, &mut rng, now, &mut None);
         hs[0].stats.health.connect_succeeded();
         fail(&hs[0], 3);
-        review(&c, &health, &mut hs, &mut rng, now);
+        review(&c, &health, &mut hs, &mut rng, now, &mut None);
         assert_eq!(health.get(HealthStat::EjectionsDetectedConsecutive5xx), 2);
     }
 
@@ -407,18 +497,21 @@ mod tests {
         let (mut rng, t0) = (Rng::new(1), Instant::now());
         let ms = |n| t0 + Duration::from_millis(n);
         fail(&hs[0], 3);
-        review(&c, &health, &mut hs, &mut rng, t0);
-        tick(&c, &health, &mut hs, ms(1000));
+        review(&c, &health, &mut hs, &mut rng, t0, &mut None);
+        tick(&c, &health, &mut hs, ms(1000), &mut None);
         fail(&hs[0], 3);
-        review(&c, &health, &mut hs, &mut rng, ms(1000));
-        assert!(tick(&c, &health, &mut hs, ms(3000)), "second ejection: 2 s");
-        // Two ticks back take the backoff from 2 to 0: the next ejection lasts 1 s.
-        tick(&c, &health, &mut hs, ms(3200));
-        tick(&c, &health, &mut hs, ms(3400));
-        fail(&hs[0], 3);
-        review(&c, &health, &mut hs, &mut rng, ms(3400));
+        review(&c, &health, &mut hs, &mut rng, ms(1000), &mut None);
         assert!(
-            tick(&c, &health, &mut hs, ms(4400)),
+            tick(&c, &health, &mut hs, ms(3000), &mut None),
+            "second ejection: 2 s"
+        );
+        // Two ticks back take the backoff from 2 to 0: the next ejection lasts 1 s.
+        tick(&c, &health, &mut hs, ms(3200), &mut None);
+        tick(&c, &health, &mut hs, ms(3400), &mut None);
+        fail(&hs[0], 3);
+        review(&c, &health, &mut hs, &mut rng, ms(3400), &mut None);
+        assert!(
+            tick(&c, &health, &mut hs, ms(4400), &mut None),
             "backoff decayed: 1 s again"
         );
     }
@@ -434,7 +527,7 @@ mod tests {
         let mut hs = hosts(2);
         let (mut rng, now) = (Rng::new(1), Instant::now());
         fail(&hs[0], 2);
-        assert!(review(&c, &health, &mut hs, &mut rng, now));
+        assert!(review(&c, &health, &mut hs, &mut rng, now, &mut None));
         assert_eq!(
             health.get(HealthStat::EjectionsEnforcedConsecutiveLocalOriginFailure),
             1
