@@ -9,6 +9,8 @@
 //!   reload that changes the bound keeps serving.
 //! * `drain_type` (`DEFAULT`, `MODIFY_ONLY`): no effect on a tcp_proxy listener when the
 //!   health check is failed; shown in `/config_dump`.
+//! * `traffic_direction`: `POST /drain_listeners?inboundonly` stops the `INBOUND` listener
+//!   (new connections refused) and no other; open connections on both go on.
 
 mod common;
 
@@ -214,33 +216,34 @@ fn a_reload_changing_the_accept_bound_keeps_serving() {
     drop(proxy);
 }
 
-/// `drain_type` decides one thing in Envoy: whether `POST /healthcheck/fail` makes the
-/// listener's drain decision (`DrainManagerImpl::drainClose`) say "close" (`DEFAULT`) or not
-/// (`MODIFY_ONLY`). Only a filter that asks that decision acts on it (HTTP's connection
-/// manager); tcp_proxy never asks, and the health check failing stops no listener. So under
-/// both proxies, after `/healthcheck/fail`, a listener of either type keeps relaying on its
-/// open connection and serves new ones; `/config_dump` shows the field.
-#[test]
-fn drain_type_changes_nothing_for_tcp_proxy_when_the_health_check_fails() {
+/// One echo listener per `(name, value)`, each with `field: value`, the proxy serving them,
+/// and one open connection through each, echoed once.
+struct Listeners {
+    ports: Vec<u16>,
+    open: Vec<TcpStream>,
+    proxy: Proxy,
+    _backend: Backend,
+}
+
+fn listeners_with(field: &str, values: &[(&str, &str)]) -> Option<Listeners> {
     let backend = Backend::echo();
-    let ports = [free_port(), free_port()];
-    let listener = |name: &str, port: u16, drain: &str| {
-        tcp_listener(name, port, name, "echo").replacen(
-            &format!("  - name: {name}\n"),
-            &format!("  - name: {name}\n    drain_type: {drain}\n"),
-            1,
-        )
-    };
-    let listeners =
-        listener("dflt", ports[0], "DEFAULT") + &listener("modify", ports[1], "MODIFY_ONLY");
+    let ports: Vec<u16> = values.iter().map(|_| free_port()).collect();
+    let listeners: String = values
+        .iter()
+        .zip(&ports)
+        .map(|((name, value), port)| {
+            with_fields(
+                &tcp_listener(name, *port, name, "echo"),
+                &format!("    {field}: {value}\n"),
+            )
+        })
+        .collect();
     let yaml = bootstrap(
         free_port(),
         &listeners,
         &static_cluster("echo", &[(backend.addr, 1)]),
     );
-    let Some(proxy) = start_selected(&yaml) else {
-        return;
-    };
+    let proxy = start_selected(&yaml)?;
     let mut open: Vec<TcpStream> = ports
         .iter()
         .map(|p| connect_retry(local(*p), Duration::from_secs(5)))
@@ -249,20 +252,72 @@ fn drain_type_changes_nothing_for_tcp_proxy_when_the_health_check_fails() {
         let back = ping(s, b"before").unwrap_or_else(|e| panic!("{e}\n{}", proxy.logs()));
         assert_eq!(back, b"before");
     }
-    assert_eq!(proxy.post("/healthcheck/fail").status, 200);
-    for (i, s) in open.iter_mut().enumerate() {
-        echo_rounds(s, i as u64, 3).unwrap_or_else(|e| {
-            panic!(
-                "listener {i}'s open connection after /healthcheck/fail: {e}\n{}",
-                proxy.logs()
-            )
-        });
+    Some(Listeners {
+        ports,
+        open,
+        proxy,
+        _backend: backend,
+    })
+}
+
+impl Listeners {
+    /// Every open connection still echoes, `after` something.
+    fn still_echo(&mut self, after: &str) {
+        for (i, s) in self.open.iter_mut().enumerate() {
+            echo_rounds(s, i as u64, 3).unwrap_or_else(|e| {
+                panic!(
+                    "listener {i}'s open connection after {after}: {e}\n{}",
+                    self.proxy.logs()
+                )
+            });
+        }
     }
-    for port in ports {
-        serves(port);
+}
+
+/// `drain_type` decides one thing in Envoy: whether `POST /healthcheck/fail` makes the
+/// listener's drain decision (`DrainManagerImpl::drainClose`) say "close" (`DEFAULT`) or not
+/// (`MODIFY_ONLY`). Only a filter that asks that decision acts on it (HTTP's connection
+/// manager); tcp_proxy never asks, and the health check failing stops no listener. So under
+/// both proxies, after `/healthcheck/fail`, a listener of either type keeps relaying on its
+/// open connection and serves new ones; `/config_dump` shows the field.
+#[test]
+fn drain_type_changes_nothing_for_tcp_proxy_when_the_health_check_fails() {
+    let values = [("dflt", "DEFAULT"), ("modify", "MODIFY_ONLY")];
+    let Some(mut l) = listeners_with("drain_type", &values) else {
+        return;
+    };
+    assert_eq!(l.proxy.post("/healthcheck/fail").status, 200);
+    l.still_echo("/healthcheck/fail");
+    for port in &l.ports {
+        serves(*port);
     }
-    let dump = proxy.get("/config_dump").body;
+    let dump = l.proxy.get("/config_dump").body;
     assert!(dump.contains("MODIFY_ONLY"), "{dump}");
+}
+
+/// `traffic_direction`: `POST /drain_listeners?inboundonly` stops the `INBOUND` listener and
+/// no other; open connections on all of them go on.
+#[test]
+fn drain_listeners_inboundonly_stops_only_inbound_listeners() {
+    let values = [
+        ("inbound", "INBOUND"),
+        ("outbound", "OUTBOUND"),
+        ("unspecified", "UNSPECIFIED"),
+    ];
+    let Some(mut l) = listeners_with("traffic_direction", &values) else {
+        return;
+    };
+    assert_eq!(l.proxy.post("/drain_listeners?inboundonly").status, 200);
+    let inbound = l.ports[0];
+    assert!(
+        wait_until(Duration::from_secs(5), || connect(local(inbound)).is_err()),
+        "the INBOUND listener stops accepting\n{}",
+        l.proxy.logs()
+    );
+    for port in &l.ports[1..] {
+        serves(*port);
+    }
+    l.still_echo("the drain");
 }
 
 /// `additional_addresses`: the listener also listens on 127.0.0.2 (another port) with the

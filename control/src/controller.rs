@@ -297,6 +297,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         plane,
         health,
         admin: admin_state,
+        inbound_stopped: false,
     };
     // After the warm start: watching nothing before it would drop what it loaded.
     control.warm_start(warm);
@@ -922,6 +923,9 @@ struct Control {
     dns: DnsHosts,
     /// The control loop's own queue (where the `dns` thread sends, once started).
     events: Sender<ControlEvent>,
+    /// `POST /drain_listeners?inboundonly` stopped the `INBOUND` listeners: every later
+    /// composition leaves them out too.
+    inbound_stopped: bool,
 }
 
 impl Control {
@@ -983,6 +987,16 @@ impl Control {
             AdminAction::Quit => {
                 tracing::info!("POST /quitquitquit");
                 true
+            }
+            AdminAction::DrainListeners {
+                inbound_only: true, ..
+            } => {
+                tracing::info!(
+                    "POST /drain_listeners?inboundonly: INBOUND listeners stop accepting"
+                );
+                self.inbound_stopped = true;
+                self.publish_composed("inbound listeners stopped");
+                false
             }
             AdminAction::DrainListeners { .. } => {
                 tracing::info!("POST /drain_listeners: listeners stop accepting");
@@ -1386,6 +1400,9 @@ impl Control {
         let (mut rib, skipped) = self.dynamic.compose(&self.statics);
         for s in skipped {
             tracing::warn!(reason = %s, "xDS resource left out");
+        }
+        if self.inbound_stopped {
+            rib.listeners.retain(|l| !l.inbound);
         }
         let (stats, events) = (&self.stats, &self.events);
         if let Err(e) = self.dns.sync(&rib, || start_dns(stats, events)) {

@@ -494,6 +494,7 @@ mod tests {
             name: name.into(),
             address,
             additional_addresses: Vec::new(),
+            inbound: false,
             kind: ListenerKind::Udp(crate::rib::UdpProxyConfig {
                 stat_prefix: name.into(),
                 route: RouteConfig::Cluster(cluster.into()),

@@ -248,6 +248,9 @@ pub struct ListenerConfig {
     /// `additional_addresses`: more addresses of the same protocol it also listens on, with
     /// the same chains and stats; each unique like `address`.
     pub additional_addresses: Vec<SocketAddr>,
+    /// `traffic_direction: INBOUND`: `POST /drain_listeners?inboundonly` stops it (its one
+    /// effect at L4, as in Envoy on Linux).
+    pub inbound: bool,
     /// What it does with what arrives.
     pub kind: ListenerKind,
 }

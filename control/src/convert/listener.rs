@@ -15,6 +15,7 @@ use crate::rib::{
     TcpListenerConfig,
 };
 use crate::type_names::{ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY};
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     listener_filter, FilterChain, Listener, ListenerFilter,
 };
@@ -46,6 +47,7 @@ pub(super) fn listener(l: &Listener, path: &str) -> Result<ListenerConfig> {
         name,
         address: bind.address,
         additional_addresses: additional_addresses(l, bind, path)?,
+        inbound: l.traffic_direction == TrafficDirection::Inbound as i32,
         kind,
     })
 }
