@@ -337,7 +337,7 @@ fn checker_names_the_broken_field() {
                     "-fsS",
                     "--unix-socket",
                     ADMIN_SOCKET,
-                    "http://localhost/drain_listeners?graceful"
+                    "http://localhost/drain_listeners"
                 ])
             }),
         ),
@@ -462,7 +462,7 @@ fn tcp_admin_form_is_understood_but_not_for_the_surge() {
         "sh",
         "-c",
         "curl -fsS -m 2 -X POST http://127.0.0.1:15000/healthcheck/fail; \
-         curl -fsS -m 2 -X POST 'http://127.0.0.1:15000/drain_listeners?graceful'; sleep 5"
+         curl -fsS -m 2 -X POST http://127.0.0.1:15000/drain_listeners; sleep 5"
     ]);
     let problems = check(&d);
     assert!(
@@ -543,7 +543,7 @@ fn curl_commands_are_read() {
         "/bin/sh",
         "-c",
         "curl -sSm2 --unix-socket=/run/switchyard/admin.sock -XPOST http://x/healthcheck/fail; \
-         curl -s -d '' \"http://127.0.0.1:15000/drain_listeners?graceful\" && sleep 5",
+         curl -s -d '' \"http://127.0.0.1:15000/drain_listeners\" && sleep 5",
     ]));
     assert_eq!(c.len(), 2, "{c:?}");
     assert!(!c[0].fail && c[0].reaches(&pipe));

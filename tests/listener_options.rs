@@ -10,7 +10,8 @@
 //! * `drain_type` (`DEFAULT`, `MODIFY_ONLY`): no effect on a tcp_proxy listener when the
 //!   health check is failed; shown in `/config_dump`.
 //! * `traffic_direction`: `POST /drain_listeners?inboundonly` stops the `INBOUND` listener
-//!   (new connections refused) and no other; open connections on both go on.
+//!   (new connections refused) and no other; open connections on both go on; with
+//!   `?graceful` it stops only after the drain period.
 
 mod common;
 
@@ -226,6 +227,15 @@ struct Listeners {
 }
 
 fn listeners_with(field: &str, values: &[(&str, &str)]) -> Option<Listeners> {
+    listeners_draining_in(field, values, None)
+}
+
+/// [`listeners_with`], the proxy run with `--drain-time-s drain_time_s` when given.
+fn listeners_draining_in(
+    field: &str,
+    values: &[(&str, &str)],
+    drain_time_s: Option<u32>,
+) -> Option<Listeners> {
     let backend = Backend::echo();
     let ports: Vec<u16> = values.iter().map(|_| free_port()).collect();
     let listeners: String = values
@@ -243,7 +253,15 @@ fn listeners_with(field: &str, values: &[(&str, &str)]) -> Option<Listeners> {
         &listeners,
         &static_cluster("echo", &[(backend.addr, 1)]),
     );
-    let proxy = start_selected(&yaml)?;
+    let kind = selected_proxy();
+    if !proxy_available(kind) {
+        return None;
+    }
+    let opts = ProxyOpts {
+        drain_time_s,
+        ..ProxyOpts::default()
+    };
+    let proxy = Proxy::start_with(kind, &yaml, opts);
     let mut open: Vec<TcpStream> = ports
         .iter()
         .map(|p| connect_retry(local(*p), Duration::from_secs(5)))
@@ -318,6 +336,34 @@ fn drain_listeners_inboundonly_stops_only_inbound_listeners() {
         serves(*port);
     }
     l.still_echo("the drain");
+}
+
+/// `POST /drain_listeners?graceful&inboundonly`, as Envoy: the `INBOUND` listener keeps
+/// accepting for the drain period (`--drain-time-s 1`), then stops; the other never does.
+#[test]
+fn graceful_drain_stops_listeners_after_the_drain_period() {
+    let values = [("inbound", "INBOUND"), ("outbound", "OUTBOUND")];
+    let Some(mut l) = listeners_draining_in("traffic_direction", &values, Some(1)) else {
+        return;
+    };
+    let asked = std::time::Instant::now();
+    let r = l.proxy.post("/drain_listeners?graceful&inboundonly");
+    assert_eq!(r.status, 200);
+    let inbound = l.ports[0];
+    serves(inbound);
+    let still_open = asked.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(5), || connect(local(inbound)).is_err()),
+        "the INBOUND listener stops after the drain period\n{}",
+        l.proxy.logs()
+    );
+    let stopped = asked.elapsed();
+    assert!(
+        still_open < Duration::from_millis(900) && stopped >= Duration::from_millis(900),
+        "served at {still_open:?}, stopped by {stopped:?}"
+    );
+    serves(l.ports[1]);
+    l.still_echo("the graceful drain");
 }
 
 /// `additional_addresses`: the listener also listens on 127.0.0.2 (another port) with the

@@ -1,7 +1,7 @@
 //! The DaemonSet's rolling update (maxSurge 1, maxUnavailable 0) on one node: a new proxy
 //! starts next to the old one on the same listener port (SO_REUSEPORT; each has its admin on
 //! its own Unix socket, Envoy's `admin.address.pipe`, as each pod has its own `emptyDir`),
-//! then the old one drains (`POST /drain_listeners?graceful`, then SIGTERM) and exits.
+//! then the old one drains (`POST /drain_listeners`, then SIGTERM) and exits.
 //!
 //! * the new proxy starts and turns ready while the old one runs (a TCP admin port could not
 //!   be shared: the second process would fail to start);
@@ -231,9 +231,7 @@ fn a_new_proxy_takes_over_the_port_without_refusing_a_connection(mode: RelayMode
         200
     );
     assert_eq!(
-        admin(&old.socket, "POST", "/drain_listeners?graceful")
-            .unwrap()
-            .0,
+        admin(&old.socket, "POST", "/drain_listeners").unwrap().0,
         200
     );
     let drained = done.load(Ordering::Relaxed);

@@ -298,6 +298,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         health,
         admin: admin_state,
         inbound_stopped: false,
+        pending_drain: None,
     };
     // After the warm start: watching nothing before it would drop what it loaded.
     control.warm_start(warm);
@@ -926,6 +927,17 @@ struct Control {
     /// `POST /drain_listeners?inboundonly` stopped the `INBOUND` listeners: every later
     /// composition leaves them out too.
     inbound_stopped: bool,
+    /// `POST /drain_listeners?graceful` waiting for its drain period.
+    pending_drain: Option<PendingDrain>,
+}
+
+/// A graceful drain waiting for its period to end.
+#[derive(Debug, Clone, Copy)]
+struct PendingDrain {
+    /// When the listeners stop.
+    at: Instant,
+    /// Only the `INBOUND` ones.
+    inbound_only: bool,
 }
 
 impl Control {
@@ -942,6 +954,10 @@ impl Control {
             }
             if let Some(d) = self.dynamic.next_deadline() {
                 wait = wait.min(d.saturating_duration_since(Instant::now()));
+            }
+            self.run_pending_drain();
+            if let Some(p) = &self.pending_drain {
+                wait = wait.min(p.at.saturating_duration_since(Instant::now()));
             }
             match events.recv_timeout(wait) {
                 Ok(ControlEvent::Signal(SIGHUP)) => {
@@ -989,18 +1005,14 @@ impl Control {
                 true
             }
             AdminAction::DrainListeners {
-                inbound_only: true, ..
+                graceful: true,
+                inbound_only,
             } => {
-                tracing::info!(
-                    "POST /drain_listeners?inboundonly: INBOUND listeners stop accepting"
-                );
-                self.inbound_stopped = true;
-                self.publish_composed("inbound listeners stopped");
+                self.drain_after_period(inbound_only);
                 false
             }
-            AdminAction::DrainListeners { .. } => {
-                tracing::info!("POST /drain_listeners: listeners stop accepting");
-                self.plane.drain_listeners();
+            AdminAction::DrainListeners { inbound_only, .. } => {
+                self.stop_listeners(inbound_only);
                 false
             }
             // The admin thread has already zeroed the registry's counters (every counter there
@@ -1008,6 +1020,47 @@ impl Control {
             AdminAction::ResetCounters
             | AdminAction::HealthcheckFail
             | AdminAction::HealthcheckOk => false,
+        }
+    }
+
+    /// `POST /drain_listeners?graceful`: as Envoy, the listeners keep accepting for the drain
+    /// period (`--drain-time-s`), then stop. While one waits, another graceful request
+    /// changes nothing; an immediate drain of every listener replaces it.
+    fn drain_after_period(&mut self, inbound_only: bool) {
+        if self.pending_drain.is_some() {
+            tracing::info!("POST /drain_listeners?graceful: a graceful drain is already under way");
+            return;
+        }
+        tracing::info!(
+            drain_time_s = self.options.drain_time.as_secs_f64(),
+            inbound_only,
+            "POST /drain_listeners?graceful: listeners stop accepting after the drain period"
+        );
+        self.pending_drain = Some(PendingDrain {
+            at: Instant::now() + self.options.drain_time,
+            inbound_only,
+        });
+    }
+
+    /// Stops the listeners a graceful drain waited for, once its period is over.
+    fn run_pending_drain(&mut self) {
+        if let Some(p) = self.pending_drain.filter(|p| Instant::now() >= p.at) {
+            self.pending_drain = None;
+            self.stop_listeners(p.inbound_only);
+        }
+    }
+
+    /// Stops accepting now: on every listener, or (`inbound_only`) on the `INBOUND` ones, which
+    /// leave the FIB as if removed and stay out of every later composition.
+    fn stop_listeners(&mut self, inbound_only: bool) {
+        if inbound_only {
+            tracing::info!("drain_listeners?inboundonly: INBOUND listeners stop accepting");
+            self.inbound_stopped = true;
+            self.publish_composed("inbound listeners stopped");
+        } else {
+            tracing::info!("drain_listeners: listeners stop accepting");
+            self.pending_drain = None;
+            self.plane.drain_listeners();
         }
     }
 

@@ -170,7 +170,7 @@ pub enum AdminAction {
     /// `POST /drain_listeners`: stop accepting. The admin does not change `server_state`; the
     /// control thread does when it starts draining.
     DrainListeners {
-        /// `?graceful`: drain gradually (Envoy `--drain-time-s`) instead of closing now.
+        /// `?graceful`: keep accepting for the drain period (`--drain-time-s`), then stop.
         graceful: bool,
         /// `?inboundonly`: only inbound listeners.
         inbound_only: bool,
