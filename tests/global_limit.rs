@@ -13,12 +13,19 @@
 //!   2, which replaces the runtime key's 100 for the workers): the third client is refused,
 //!   the admin (not in the overload manager's count, as in Envoy) still answers.
 //!
-//! The same tests run against Envoy.
+//! * rounds of 8 concurrent bulk connections at a limit of 8, in both relay modes: every
+//!   connection relayed byte-exact while a ninth is refused, and the count back to zero once
+//!   a round's connections closed (the next round fits again).
+//!
+//! The same tests run against Envoy (the relay-mode test once: Envoy has no relay modes).
 
+#[macro_use]
 mod common;
 
 use common::*;
 use std::time::Duration;
+
+in_both_relay_modes!(a_limit_holds_through_rounds_of_loaded_connections);
 
 const KEY: &str = "overload.global_downstream_max_connections";
 
@@ -238,4 +245,44 @@ fn overload_manager_limit_holds_workers_alone() {
         proxy.logs()
     );
     assert_eq!(ping(&mut clients[0], b"still").unwrap(), b"still");
+}
+
+fn a_limit_holds_through_rounds_of_loaded_connections(mode: RelayMode) {
+    const LIMIT: u64 = 8;
+    let (_backend, port, yaml) = one_listener(&format!(
+        "layered_runtime:\n  layers:\n  - name: static\n    static_layer: \
+         {{ overload.global_downstream_max_connections: {LIMIT} }}\n"
+    ));
+    // The admin stays reachable at the limit.
+    let yaml = yaml.replacen("admin:\n", "admin:\n  ignore_global_conn_limit: true\n", 1);
+    let kind = selected_proxy();
+    let opts = ProxyOpts {
+        concurrency: 2,
+        ..ProxyOpts::default()
+    };
+    let Some(opts) = relay_mode_opts(kind, mode, opts) else {
+        return;
+    };
+    if !require(proxy_available(kind), kind.name()) {
+        return;
+    }
+    let proxy = Proxy::start_with(kind, &yaml, opts);
+    let active = format!("listener.127.0.0.1_{port}.downstream_cx_active");
+    for round in 0..3u64 {
+        let clients: Vec<_> = (0..LIMIT).map(|i| open(port, i as u8)).collect();
+        assert_refused(port, &proxy);
+        let exchanges: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| std::thread::spawn(move || exchange(s, round * 100 + i as u64, 1 << 20)))
+            .collect();
+        for (i, x) in exchanges.into_iter().enumerate() {
+            let x = x.join().expect("exchange thread");
+            echoed_exactly(i as u64, &x).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        assert_eq!(proxy.wait_stat(&active, 0, Duration::from_secs(5)), 0);
+        // A slot leaves the global count right after its stats: give it that moment.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(proxy.stat(&overflow_stat(port)), 3, "one refused per round");
 }
