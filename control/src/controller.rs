@@ -1078,16 +1078,12 @@ impl Control {
         if statics.admin != self.statics.admin {
             tracing::warn!("admin changes take effect at the next start");
         }
-        if statics.outlier_event_log != self.statics.outlier_event_log {
-            tracing::warn!(
-                "cluster_manager.outlier_detection.event_log_path changes take effect at the next start"
-            );
-            statics.outlier_event_log = self.statics.outlier_event_log.clone();
-        }
-        if statics.stats != self.statics.stats {
-            tracing::warn!("stats_config changes take effect at the next start");
-            statics.stats = self.statics.stats.clone();
-        }
+        keep_until_restart(
+            &mut statics.outlier_event_log,
+            &self.statics.outlier_event_log,
+            "cluster_manager.outlier_detection.event_log_path",
+        );
+        keep_until_restart(&mut statics.stats, &self.statics.stats, "stats_config");
         if statics.dynamic != self.statics.dynamic || statics.node != self.statics.node {
             tracing::warn!("dynamic_resources and node changes take effect at the next start");
             statics.dynamic = self.statics.dynamic.clone();
@@ -1507,6 +1503,15 @@ fn now_rfc3339() -> String {
     let mut s = String::new();
     switchyard_dataplane::accesslog::write_start_time(ms, &mut s);
     s
+}
+
+/// A reloaded bootstrap part that applies only at start: a change is logged and `reloaded`
+/// keeps what runs (`running`).
+fn keep_until_restart<T: PartialEq + Clone>(reloaded: &mut T, running: &T, what: &str) {
+    if reloaded != running {
+        tracing::warn!("{what} changes take effect at the next start");
+        *reloaded = running.clone();
+    }
 }
 
 #[cfg(test)]

@@ -186,15 +186,6 @@ impl Runtime {
         serde_json::json!({ "layers": names, "entries": entries })
     }
 
-    /// The limit the workers' connections are held to now.
-    pub fn global_max_connections(&self) -> Option<u64> {
-        let inner = self.lock();
-        inner
-            .config
-            .overload_max_connections
-            .or(inner.runtime_max_connections())
-    }
-
     fn apply(&self, inner: &Inner) {
         self.connections.set_limits(
             inner.runtime_max_connections(),
@@ -347,7 +338,6 @@ mod tests {
             Some(3),
             "the overload manager wins for workers"
         );
-        assert_eq!(rt.global_max_connections(), Some(3));
     }
 
     #[test]
@@ -389,9 +379,9 @@ mod tests {
         rt.modify(&pairs(&[(GLOBAL_MAX_CONNECTIONS_KEY, "9")]))
             .unwrap();
         rt.configure(&config);
-        assert_eq!(rt.global_max_connections(), Some(9));
+        assert_eq!(rt.connections().worker_limit(), Some(9));
         rt.configure(&RuntimeConfig::default());
-        assert_eq!(rt.global_max_connections(), None);
+        assert_eq!(rt.connections().worker_limit(), None);
     }
 
     #[test]
