@@ -25,6 +25,7 @@ pub mod stats;
 mod sys;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 pub mod worker;
 
 pub use sys::net::{allowed_cpus, pin_current_thread, poll, raise_fd_limit, EventFd, PollFd};

@@ -1,0 +1,386 @@
+//! Sessions talking to each other through in-place buffers, as the worker drives them.
+
+use super::settings::*;
+use super::*;
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType as RSan,
+};
+use std::sync::Arc;
+
+const CAP: usize = 64 * 1024;
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: Vec<u8>,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        der: cert.der().to_vec(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+fn leaf(ca: &Ca, dns: &[&str], uri: &[&str]) -> Certificate {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    for d in dns {
+        params
+            .subject_alt_names
+            .push(RSan::DnsName((*d).try_into().unwrap()));
+    }
+    for u in uri {
+        params
+            .subject_alt_names
+            .push(RSan::URI((*u).try_into().unwrap()));
+    }
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    Certificate {
+        chain: vec![cert.der().to_vec()],
+        key: PrivateKey {
+            format: KeyFormat::Pkcs8,
+            der: key.serialize_der(),
+        },
+    }
+}
+
+fn server_settings(cert: Certificate) -> ServerSettings {
+    ServerSettings {
+        certificates: vec![cert],
+        validation: None,
+        require_client_certificate: false,
+        alpn: Vec::new(),
+        params: TlsParams::default(),
+        tickets: SessionTickets::Random,
+    }
+}
+
+fn client_settings(ca: &Ca) -> ClientSettings {
+    ClientSettings {
+        certificate: None,
+        validation: Some(Validation {
+            trusted_ca: vec![ca.der.clone()],
+            ..Validation::default()
+        }),
+        sni: Some("backend.example.com".into()),
+        alpn: Vec::new(),
+        params: TlsParams::default(),
+        max_session_keys: 1,
+    }
+}
+
+/// One side as the worker holds it: its session and the bytes in flight to the other.
+struct End {
+    session: Session,
+    /// Ciphertext written, not yet received by the peer.
+    wire: Vec<u8>,
+    /// Plaintext delivered to the application.
+    app: Vec<u8>,
+    closed: bool,
+}
+
+impl End {
+    fn new(session: Session) -> End {
+        End {
+            session,
+            wire: Vec::new(),
+            app: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Writes what the session has pending, through a buffer as a worker would.
+    fn flush(&mut self) {
+        let mut buf = vec![0u8; CAP];
+        loop {
+            let n = self.session.write_pending(&mut buf);
+            if n == 0 {
+                break;
+            }
+            self.wire.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Sends `plain` in receives of at most `CAP - TLS_SLACK`, encrypted in place.
+    fn send(&mut self, plain: &[u8]) {
+        for chunk in plain.chunks(CAP - TLS_SLACK as usize) {
+            let mut buf = vec![0u8; CAP];
+            buf[100..100 + chunk.len()].copy_from_slice(chunk);
+            let n = self
+                .session
+                .encrypt_in_place(&mut buf, 100, chunk.len())
+                .unwrap();
+            self.wire.extend_from_slice(&buf[..n]);
+            assert!(!self.session.wants_write(), "the records fit the buffer");
+        }
+    }
+}
+
+/// Moves `from`'s wire to `to` in segments of `segment` bytes (received at most
+/// `CAP - TLS_SLACK` at a time), decrypting in place.
+fn deliver(from: &mut End, to: &mut End, segment: usize) -> Result<(), TlsError> {
+    let wire = std::mem::take(&mut from.wire);
+    let step = segment.min(CAP - TLS_SLACK as usize);
+    for piece in wire.chunks(step) {
+        let mut buf = vec![0u8; CAP];
+        buf[..piece.len()].copy_from_slice(piece);
+        let d = to.session.decrypt_in_place(&mut buf, 0, piece.len())?;
+        to.app.extend_from_slice(&buf[..d.plaintext]);
+        assert!(!d.plaintext_pending, "plaintext always fits");
+        to.closed |= d.peer_closed;
+        to.flush();
+    }
+    Ok(())
+}
+
+fn handshake(client: &mut End, server: &mut End, segment: usize) -> Result<(), TlsError> {
+    client.flush();
+    for _ in 0..10 {
+        deliver(client, server, segment)?;
+        deliver(server, client, segment)?;
+        if !client.session.is_handshaking() && !server.session.is_handshaking() {
+            deliver(client, server, segment)?;
+            return Ok(());
+        }
+    }
+    panic!("handshake did not finish");
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn bytes_cross_both_ways_in_place_whatever_the_segmenting() {
+    let ca = ca("root");
+    let server_ctx = Arc::new(
+        ServerContext::new(&server_settings(leaf(&ca, &["backend.example.com"], &[]))).unwrap(),
+    );
+    let client_ctx = ClientContext::new(&client_settings(&ca)).unwrap();
+    for segment in [1usize, 7, 1400, 16 * 1024 + 5, 64 * 1024] {
+        let mut client = End::new(Session::client(&client_ctx).unwrap());
+        let mut server = End::new(Session::server(server_ctx.clone()));
+        handshake(&mut client, &mut server, segment).unwrap();
+        let up = pattern(300 * 1024 + 17, 1);
+        let down = pattern(200 * 1024 + 3, 2);
+        client.send(&up);
+        server.send(&down);
+        deliver(&mut client, &mut server, segment).unwrap();
+        deliver(&mut server, &mut client, segment).unwrap();
+        assert_eq!(server.app, up, "segment {segment}");
+        assert_eq!(client.app, down, "segment {segment}");
+        client.session.send_close_notify();
+        client.flush();
+        deliver(&mut client, &mut server, segment).unwrap();
+        assert!(server.closed);
+        let n = server.session.negotiated().unwrap();
+        assert_eq!(n.version, "TLSv1.3");
+    }
+}
+
+#[test]
+fn a_second_connection_resumes_on_a_ticket_any_worker_can_open() {
+    let ca = ca("root");
+    let server_ctx = Arc::new(
+        ServerContext::new(&server_settings(leaf(&ca, &["backend.example.com"], &[]))).unwrap(),
+    );
+    let client_ctx = ClientContext::new(&client_settings(&ca)).unwrap();
+    let mut first = End::new(Session::client(&client_ctx).unwrap());
+    let mut server = End::new(Session::server(server_ctx.clone()));
+    handshake(&mut first, &mut server, 1400).unwrap();
+    // The ticket comes after the handshake.
+    server.flush();
+    deliver(&mut server, &mut first, 1400).unwrap();
+    assert!(!first.session.negotiated().unwrap().resumed);
+    // Another server session of the same context stands for another worker.
+    let mut second = End::new(Session::client(&client_ctx).unwrap());
+    let mut other = End::new(Session::server(server_ctx.clone()));
+    handshake(&mut second, &mut other, 1400).unwrap();
+    assert!(second.session.negotiated().unwrap().resumed);
+    assert!(other.session.negotiated().unwrap().resumed);
+}
+
+fn mtls(client_uri: &str, matcher: &str) -> Result<(), TlsError> {
+    let ca = ca("mesh");
+    let mut server = server_settings(leaf(&ca, &["backend.example.com"], &[]));
+    server.validation = Some(Validation {
+        trusted_ca: vec![ca.der.clone()],
+        crls: Vec::new(),
+        san_matchers: vec![SanMatcher {
+            san_type: SanType::Uri,
+            matcher: StringMatch {
+                pattern: StringPattern::Prefix(matcher.into()),
+                ignore_case: false,
+            },
+        }],
+    });
+    server.require_client_certificate = true;
+    let mut client = client_settings(&ca);
+    client.certificate = Some(leaf(&ca, &[], &[client_uri]));
+    let server_ctx = Arc::new(ServerContext::new(&server).unwrap());
+    let client_ctx = ClientContext::new(&client).unwrap();
+    let mut c = End::new(Session::client(&client_ctx).unwrap());
+    let mut s = End::new(Session::server(server_ctx));
+    handshake(&mut c, &mut s, 4096)?;
+    let peer = s.session.peer_certificates().unwrap();
+    let sans = verify::PeerSans::of(peer[0].as_ref());
+    assert_eq!(sans.uri, vec![client_uri.to_string()]);
+    Ok(())
+}
+
+#[test]
+fn a_client_certificate_is_accepted_by_its_spiffe_id_and_refused_by_another() {
+    mtls(
+        "spiffe://cluster.local/ns/default/sa/web",
+        "spiffe://cluster.local/ns/default/",
+    )
+    .unwrap();
+    let refused = mtls(
+        "spiffe://cluster.local/ns/other/sa/web",
+        "spiffe://cluster.local/ns/default/",
+    );
+    assert!(
+        matches!(
+            refused,
+            Err(TlsError::Protocol(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+            )))
+        ),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_client_without_a_certificate_is_refused_when_one_is_required() {
+    let ca = ca("mesh");
+    let mut server = server_settings(leaf(&ca, &["backend.example.com"], &[]));
+    server.validation = Some(Validation {
+        trusted_ca: vec![ca.der.clone()],
+        ..Validation::default()
+    });
+    server.require_client_certificate = true;
+    let server_ctx = Arc::new(ServerContext::new(&server).unwrap());
+    let client_ctx = ClientContext::new(&client_settings(&ca)).unwrap();
+    let mut c = End::new(Session::client(&client_ctx).unwrap());
+    let mut s = End::new(Session::server(server_ctx));
+    let r = handshake(&mut c, &mut s, 4096);
+    assert!(r.is_err(), "{r:?}");
+    assert!(s.session.is_failed() || c.session.is_failed());
+}
+
+#[test]
+fn a_server_signed_by_another_root_fails_verification() {
+    let root = ca("root");
+    let other = ca("other");
+    let server_ctx = Arc::new(
+        ServerContext::new(&server_settings(leaf(
+            &other,
+            &["backend.example.com"],
+            &[],
+        )))
+        .unwrap(),
+    );
+    let client_ctx = ClientContext::new(&client_settings(&root)).unwrap();
+    let mut c = End::new(Session::client(&client_ctx).unwrap());
+    let mut s = End::new(Session::server(server_ctx));
+    let r = handshake(&mut c, &mut s, 4096);
+    assert!(
+        matches!(
+            r,
+            Err(TlsError::Protocol(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            )))
+        ),
+        "{r:?}"
+    );
+    // The client queued an alert for the server.
+    assert!(c.session.wants_write());
+}
+
+#[test]
+fn garbage_instead_of_a_client_hello_fails_with_an_alert() {
+    let ca = ca("root");
+    let ctx = Arc::new(ServerContext::new(&server_settings(leaf(&ca, &["a"], &[]))).unwrap());
+    let mut s = Session::server(ctx);
+    let mut buf = vec![0u8; CAP];
+    buf[..18].copy_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    let r = s.decrypt_in_place(&mut buf, 0, 18);
+    assert!(matches!(r, Err(TlsError::Protocol(_))), "{r:?}");
+    assert!(s.is_failed());
+    let mut out = [0u8; 64];
+    let n = s.write_pending(&mut out);
+    assert!(n > 0 && out[0] == 21, "an alert record follows");
+}
+
+#[test]
+fn a_key_that_is_not_the_certificates_is_refused_with_its_index() {
+    let ca = ca("root");
+    let mut cert = leaf(&ca, &["a"], &[]);
+    cert.key = leaf(&ca, &["b"], &[]).key;
+    let mut settings = server_settings(leaf(&ca, &["ok"], &[]));
+    settings.certificates.push(cert);
+    let err = ServerContext::new(&settings).unwrap_err();
+    assert!(
+        matches!(err, TlsConfigError::Certificate { index: 1, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn alpn_is_agreed_when_shared_and_left_out_when_not() {
+    let ca = ca("root");
+    let mut server = server_settings(leaf(&ca, &["backend.example.com"], &[]));
+    server.alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let server_ctx = Arc::new(ServerContext::new(&server).unwrap());
+    for (offered, agreed) in [
+        (vec![b"http/1.1".to_vec()], Some(b"http/1.1".to_vec())),
+        (vec![b"istio".to_vec()], None),
+        (vec![], None),
+    ] {
+        let mut client = client_settings(&ca);
+        client.alpn = offered.clone();
+        let client_ctx = ClientContext::new(&client).unwrap();
+        let mut c = End::new(Session::client(&client_ctx).unwrap());
+        let mut s = End::new(Session::server(server_ctx.clone()));
+        handshake(&mut c, &mut s, 4096).unwrap();
+        assert_eq!(s.session.alpn().map(<[u8]>::to_vec), agreed, "{offered:?}");
+    }
+}
+
+#[test]
+fn tls_1_2_only_negotiates_1_2_with_the_chosen_suite() {
+    let ca = ca("root");
+    let mut server = server_settings(leaf(&ca, &["backend.example.com"], &[]));
+    server.params = TlsParams {
+        min_version: TlsVersion::V1_2,
+        max_version: TlsVersion::V1_2,
+        cipher_suites: Some(vec![CipherSuite::EcdheEcdsaChacha20Poly1305]),
+        curves: Some(vec![Curve::P256]),
+    };
+    let server_ctx = Arc::new(ServerContext::new(&server).unwrap());
+    let client_ctx = ClientContext::new(&client_settings(&ca)).unwrap();
+    let mut c = End::new(Session::client(&client_ctx).unwrap());
+    let mut s = End::new(Session::server(server_ctx));
+    handshake(&mut c, &mut s, 4096).unwrap();
+    let n = s.session.negotiated().unwrap();
+    assert_eq!(n.version, "TLSv1.2");
+    assert_eq!(n.cipher, "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256");
+    let up = pattern(100_000, 9);
+    c.send(&up);
+    deliver(&mut c, &mut s, 999).unwrap();
+    assert_eq!(s.app, up);
+}
