@@ -220,6 +220,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
             stats: stats.fault(&f.stat_prefix),
         }),
         tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
+        tls: None,
     };
     let mut listeners = Vec::new();
     let mut udp_listeners = Vec::new();
@@ -328,6 +329,7 @@ fn cluster(
         stats: stats.cluster(c.observability_name()),
         health: c.health.clone(),
         health_state: stats.health(&c.name),
+        tls: None,
         added_via_api: c.added_via_api,
         udp_stats,
     };

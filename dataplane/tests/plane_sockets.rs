@@ -69,6 +69,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         health_state: Default::default(),
         added_via_api: false,
         udp_stats: Arc::new(ClusterUdpStats::new("echo", 1)),
+        tls: None,
     };
     let chain = FilterChain {
         name: "".into(),
@@ -84,6 +85,7 @@ fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             access_logs: vec![],
             hash_source_ip: false,
         },
+        tls: None,
     };
     Fib {
         generation: 1,

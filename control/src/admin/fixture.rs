@@ -120,6 +120,7 @@ pub(crate) fn fixture() -> Fixture {
                 health_state: Default::default(),
                 added_via_api: false,
                 udp_stats: echo_udp,
+                tls: None,
             }),
             Arc::new(Cluster {
                 name: "empty".into(),
@@ -137,6 +138,7 @@ pub(crate) fn fixture() -> Fixture {
                 health_state: Default::default(),
                 added_via_api: false,
                 udp_stats: reg.cluster_udp_unrouted().clone(),
+                tls: None,
             }),
         ],
         own_addresses: vec![listener_addr],

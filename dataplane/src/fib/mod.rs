@@ -302,6 +302,19 @@ pub struct FilterChain {
     pub mirror: Option<Mirror>,
     /// The terminal network filter.
     pub tcp_proxy: TcpProxy,
+    /// `transport_socket` `envoy.transport_sockets.tls`: TLS is terminated with this
+    /// context (the handshake completes before the upstream connect); `None`: plaintext.
+    pub tls: Option<ChainTls>,
+}
+
+/// A filter chain's TLS termination.
+#[derive(Debug, Clone)]
+pub struct ChainTls {
+    /// The context every worker handshakes with (shared; its ticket keys too).
+    pub context: Arc<crate::tls::ServerContext>,
+    /// `transport_socket_connect_timeout`: a handshake not done by then closes the
+    /// connection; `None`: no deadline but the tcp_proxy's idle timeout (Envoy's default).
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 /// `switchyard.filters.network.fault`: each fault is drawn per connection, independently.
@@ -610,6 +623,10 @@ pub struct Cluster {
     pub added_via_api: bool,
     /// `cluster.<name>.udp.*`: the upstream side of UDP sessions, by name across FIBs.
     pub udp_stats: Arc<ClusterUdpStats>,
+    /// `transport_socket` `envoy.transport_sockets.tls`: connections to its endpoints
+    /// originate TLS with this context (the handshake is part of the connect, as in Envoy);
+    /// `None`: plaintext.
+    pub tls: Option<Arc<crate::tls::ClientContext>>,
 }
 
 /// What decides a cluster's endpoints' health, and what balancing does about it.

@@ -635,6 +635,7 @@ mod tests {
             health_state: Arc::new(ClusterHealth::new("c", None)),
             added_via_api: false,
             udp_stats: Arc::new(crate::stats::ClusterUdpStats::new("c", 1)),
+            tls: None,
         }
     }
 

@@ -698,6 +698,7 @@ mod tests {
             health_state: Default::default(),
             added_via_api: false,
             udp_stats: Arc::new(crate::stats::ClusterUdpStats::new("c", 1)),
+            tls: None,
         }
     }
 
