@@ -51,6 +51,11 @@ pub enum PlaneError {
     },
     /// A worker failed to start.
     Worker(std::io::Error),
+    /// TLS needs the bytes in user space: the splice relay cannot carry it.
+    TlsNeedsBufferRing {
+        /// The listener (`listener 'name'`) or cluster (`cluster 'name'`) with TLS.
+        what: String,
+    },
 }
 
 impl std::fmt::Display for PlaneError {
@@ -74,6 +79,12 @@ impl std::fmt::Display for PlaneError {
                 write!(f, "listener '{name}' ({address}): cannot listen: {error}")
             }
             PlaneError::Worker(e) => write!(f, "worker failed to start: {e}"),
+            PlaneError::TlsNeedsBufferRing { what } => write!(
+                f,
+                "{what} speaks TLS (transport_socket envoy.transport_sockets.tls), which needs \
+                 the bytes in user space: run with --relay-mode buffer-ring (the default), not \
+                 splice"
+            ),
         }
     }
 }
@@ -108,6 +119,8 @@ pub struct DataPlane {
     fib_view: Arc<ArcSwap<Fib>>,
     /// Workers have datagram buffers (`Limits::datagram_buffers_per_worker` > 0).
     udp_enabled: bool,
+    /// How workers relay (TLS needs the buffer-ring relay).
+    relay_mode: crate::worker::RelayMode,
     /// The TCP listeners' sockets the drain closed (the control thread's only).
     drained: Mutex<Vec<Weak<ListenerSockets>>>,
 }
@@ -139,6 +152,7 @@ impl DataPlane {
             next_epoch: AtomicU64::new(1),
             fib_view: Arc::new(ArcSwap::from_pointee(Fib::default())),
             udp_enabled: config.limits.datagram_buffers_per_worker > 0,
+            relay_mode: config.limits.relay_mode,
             drained: Mutex::new(Vec::new()),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -218,6 +232,7 @@ impl DataPlane {
     /// snapshot, wakes the workers and waits (bounded) until each adopted it. While the plane
     /// is draining, listeners stay closed.
     pub fn publish(&self, fib: Arc<Fib>) -> Result<(), PlaneError> {
+        self.check_relay_mode(&fib)?;
         let old = self.shared.snapshot.load_full();
         let listeners = self.follow_sockets(
             &fib.listeners,
@@ -240,6 +255,27 @@ impl DataPlane {
         self.store_snapshot(fib, listeners, udp_listeners);
         drop(old);
         Ok(())
+    }
+
+    /// Refuses a FIB with TLS when the workers splice: they never see the bytes.
+    fn check_relay_mode(&self, fib: &Fib) -> Result<(), PlaneError> {
+        if self.relay_mode != crate::worker::RelayMode::Splice {
+            return Ok(());
+        }
+        let listener = fib.listeners.iter().find(|l| {
+            l.filter_chains
+                .iter()
+                .chain(l.default_chain.as_ref())
+                .any(|c| c.tls.is_some())
+        });
+        let what = match listener {
+            Some(l) => format!("listener '{}'", l.name),
+            None => match fib.clusters.iter().find(|c| c.tls.is_some()) {
+                Some(c) => format!("cluster '{}'", c.name),
+                None => return Ok(()),
+            },
+        };
+        Err(PlaneError::TlsNeedsBufferRing { what })
     }
 
     /// The sockets of one list of `listeners`: the old snapshot's (`old`) where name,

@@ -6,110 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{AccessLogQueues, AccessLogSink, LogFormat, LogPath};
 use switchyard_dataplane::fib::*;
-use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::plane::{DataPlane, PlaneConfig};
 use switchyard_dataplane::stats::*;
 use switchyard_dataplane::worker::{Limits, RelayMode};
 
-fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().take(64) {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
-}
+mod support;
+use support::fib::{echo_backend, fib};
 
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
-    let cluster = Cluster {
-        name: "echo".into(),
-        observability_name: "echo".into(),
-        connect_timeout_ms: 1000,
-        buffer_limit_bytes: 1024 * 1024,
-        lb_policy: LbPolicy::RoundRobin,
-        endpoints: backends
-            .iter()
-            .map(|a| Endpoint {
-                address: *a,
-                weight: 1,
-                priority: 0,
-                locality: Default::default(),
-                stats: Arc::new(HostState::new()),
-            })
-            .collect(),
-        stats: Arc::new(ClusterStats::new("echo", workers)),
-        upstream_bind: Default::default(),
-        hash_table: None,
-        circuit_breakers: Default::default(),
-        resources: Default::default(),
-        health: Default::default(),
-        health_state: Default::default(),
-        added_via_api: false,
-        udp_stats: Arc::new(ClusterUdpStats::new("echo", 1)),
-        tls: None,
-    };
-    let chain = FilterChain {
-        name: "".into(),
-        matcher: ChainMatch::default(),
-        connection_limit: None,
-        fault: None,
-        mirror: None,
-        tcp_proxy: TcpProxy {
-            stats: Arc::new(TcpStats::new("l4", workers)),
-            route: Route::Cluster(ClusterId(0)),
-            idle_timeout_ms: None,
-            max_connect_attempts: 2,
-            access_logs: vec![],
-            hash_source_ip: false,
-        },
-        tls: None,
-    };
-    Fib {
-        generation: 1,
-        listeners: vec![Listener {
-            name: "gw".into(),
-            address: listen,
-            filter_chains: vec![chain],
-            default_chain: None,
-            chain_matcher: None,
-            backlog: 128,
-            stats: Arc::new(ListenerStats::new(listener_stat_name(&listen), workers)),
-            use_original_dst: false,
-            transparent: false,
-            reuse_port: true,
-            original_src: None,
-            buffer_limit_bytes: 1024 * 1024,
-            max_accepts_per_event: None,
-            access_logs: Vec::new(),
-            ignore_global_conn_limit: false,
-        }],
-        clusters: vec![Arc::new(cluster)],
-        own_addresses: vec![listen],
-        udp_listeners: Vec::new(),
-    }
 }
 
 /// One worker relaying in `mode` to `backend`; returns the plane, its FIB and its address.

@@ -15,7 +15,22 @@
 //! A connection's [`Stage`] is one of: refused by its chain's connection limit and waiting
 //! for the filter's delay ([`Stage::Limited`]), held back by an injected delay
 //! ([`Stage::Delayed`]), creating its upstream socket ([`Stage::Opening`]), connecting it
-//! ([`Stage::Connecting`]), relaying ([`Stage::Relaying`]) or closing ([`Stage::Closing`]).
+//! ([`Stage::Connecting`]), in a TLS handshake with the client (after accept, before any
+//! upstream is picked) or with the backend (after its TCP connect: still part of the
+//! connect, as in Envoy) ([`Stage::Handshaking`]), relaying ([`Stage::Relaying`]) or
+//! closing ([`Stage::Closing`]).
+//!
+//! # TLS handshakes
+//!
+//! The driver runs a handshake's I/O itself ([`Action::StartHandshake`]) and reports its end
+//! only once nothing of it is in flight any more ([`Event::Handshaken`]), so a failed
+//! backend handshake can be retried on a fresh socket without old completions in the way.
+//! The machine keeps the deadline: the chain's `transport_socket_connect_timeout` for the
+//! client, what is left of the cluster's `connect_timeout` for the backend (Envoy's timer
+//! covers the TCP connect and the handshake together). Past it, it asks the driver to give
+//! the handshake up ([`Action::AbandonHandshake`]), which then ends as
+//! [`HandshakeEnd::TimedOut`]. A client handshake that fails closes the client; a backend
+//! one is a connect failure (retried while attempts are left).
 //! What it holds of shared budgets is typed apart from the stage: its cluster's circuit
 //! breaker as a [`Breaker`] (a pending request and a connection while connecting, only the
 //! connection once connected: holding a pending request alone cannot be written down), and
@@ -79,6 +94,11 @@ pub enum Stage {
     Opening,
     /// Connecting the upstream socket.
     Connecting,
+    /// In a TLS handshake with `side`.
+    Handshaking {
+        /// The client (before the upstream is picked) or the backend (after its connect).
+        side: Side,
+    },
     /// Both sockets open: the relay runs.
     Relaying,
     /// The sockets are closing; the slot frees when nothing is in flight any more.
@@ -93,7 +113,14 @@ impl Stage {
 
     /// An upstream socket exists (created and not yet closed by the machine).
     fn has_backend_socket(self) -> bool {
-        matches!(self, Stage::Connecting | Stage::Relaying)
+        matches!(
+            self,
+            Stage::Connecting
+                | Stage::Relaying
+                | Stage::Handshaking {
+                    side: Side::Backend
+                }
+        )
     }
 }
 
@@ -189,6 +216,35 @@ pub struct Proxy {
     pub faults: Faults,
     /// The listener's and the cluster's `per_connection_buffer_limit_bytes`.
     pub buffer_limits: relay::BufferLimits,
+    /// Which sides speak TLS.
+    pub tls: TlsPlan,
+}
+
+/// Which sides of a connection speak TLS, and their handshake deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlsPlan {
+    /// The client's side: TLS terminated by the filter chain.
+    pub client: bool,
+    /// `transport_socket_connect_timeout`: the client handshake's deadline after accept.
+    pub client_timeout_ms: Option<u64>,
+    /// The backend's side: TLS originated by the cluster.
+    pub backend: bool,
+    /// The cluster's `connect_timeout`, which the backend handshake shares with the TCP
+    /// connect of its attempt.
+    pub connect_timeout_ms: u64,
+}
+
+/// How a handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeEnd {
+    /// Established: the relay (or the upstream connect) goes on.
+    Done,
+    /// The peer failed it (protocol error, certificate refused, end of stream).
+    Failed,
+    /// Given up at its deadline ([`Action::AbandonHandshake`]).
+    TimedOut,
+    /// The proxy could not run it (no buffer to write from).
+    Local,
 }
 
 /// The fault filter's draws that change a connection's life (throttling only paces
@@ -248,6 +304,13 @@ pub enum Event {
     },
     /// The connection's mirror shadow closed for good.
     MirrorDone,
+    /// A TLS handshake with `side` ended, and nothing of it is in flight any more.
+    Handshaken {
+        /// Which side.
+        side: Side,
+        /// How.
+        end: HandshakeEnd,
+    },
 }
 
 /// What the driver must do, in order.
@@ -285,6 +348,11 @@ pub enum Action {
     CloseMirror,
     /// Give a shared budget back.
     Release(Seat),
+    /// Start a TLS handshake with `side` (answered by [`Event::Handshaken`]).
+    StartHandshake(Side),
+    /// The handshake with `side` is past its deadline: stop its I/O and report it
+    /// ([`HandshakeEnd::TimedOut`]).
+    AbandonHandshake(Side),
     /// Schedule [`Event::DelayOver`] at this time.
     ScheduleDelay {
         /// When.
@@ -334,6 +402,13 @@ pub enum Note {
     IdleTimeout,
     /// Closed by draining (`downstream_cx_drain_close`).
     DrainClose,
+    /// A TLS handshake with `side` failed or timed out.
+    HandshakeFailed {
+        /// Which side.
+        side: Side,
+        /// It timed out.
+        timed_out: bool,
+    },
 }
 
 /// A broken invariant, refused rather than absorbed (the driver counts it).
@@ -392,6 +467,12 @@ struct Clock {
     idle_timeout_ms: Option<u64>,
     drain_deadline_ms: Option<u64>,
     last_activity_ms: u64,
+    /// When the current connect attempt began (its socket was asked for).
+    attempt_started_ms: u64,
+    /// The handshake under way must be done by then.
+    handshake_deadline_ms: Option<u64>,
+    /// The driver was asked to give the handshake up.
+    handshake_abandoned: bool,
 }
 
 /// Shared budgets held: one bit per [`Seat`] other than the breaker's (typed in
@@ -427,6 +508,9 @@ pub struct Machine {
     flags: ResponseFlags,
     details: &'static str,
     relay: Relay,
+    tls: TlsPlan,
+    /// The fault filter's connect delay, held while the client handshake runs.
+    delay_ms: Option<u64>,
 }
 
 impl Machine {
@@ -528,13 +612,16 @@ impl Machine {
             }
             Event::Accepted(_) => return Err(Violation::Decided),
             Event::DelayOver => self.on_delay_over(now_ms, upstreams, out),
-            Event::SocketCreated(result) => self.on_socket(result, upstreams, out),
+            Event::SocketCreated(result) => self.on_socket(now_ms, result, upstreams, out),
             Event::ConnectDone(result) => self.on_connect(now_ms, result, upstreams, out),
             Event::Relay(e) => self.on_relay(now_ms, e, out),
             Event::Tick => self.on_tick(now_ms, out),
             Event::Abort(why) => self.abort(why, out),
             Event::DrainBy { deadline_ms } => self.drain_by(deadline_ms),
             Event::MirrorDone => self.mirror = Mirror::Off,
+            Event::Handshaken { side, end } => {
+                self.on_handshaken(now_ms, side, end, upstreams, out)
+            }
         }
         Ok(())
     }
@@ -614,11 +701,26 @@ impl Machine {
         self.relay = Relay::with_limits(p.buffer_limits);
         self.seats.limit = p.holds_limit;
         self.seats.fault = p.faults.active;
+        self.tls = p.tls;
+        self.delay_ms = p.faults.delay_ms;
         if p.faults.abort_at_accept {
             self.abort(Abort::Fault, out);
             return;
         }
-        if let Some(delay_ms) = p.faults.delay_ms {
+        if p.tls.client {
+            // The client's handshake first: nothing upstream is picked or opened for a
+            // client that cannot complete one (and its identity is known before routing).
+            let deadline = p.tls.client_timeout_ms.map(|t| now_ms + t);
+            self.start_handshake(Side::Client, deadline, out);
+            return;
+        }
+        self.after_accept(now_ms, upstreams, out);
+    }
+
+    /// The connection is accepted (and its client handshake done): the fault delay, then
+    /// the first connect attempt.
+    fn after_accept(&mut self, now_ms: u64, upstreams: &mut dyn Upstreams, out: &mut Actions) {
+        if let Some(delay_ms) = self.delay_ms {
             self.flags.set(ResponseFlags::DELAY_INJECTED);
             let at_ms = now_ms + delay_ms;
             self.stage = Stage::Delayed {
@@ -627,7 +729,51 @@ impl Machine {
             out.push(Action::ScheduleDelay { at_ms });
             return;
         }
-        self.next_attempt(None, upstreams, out);
+        self.next_attempt(now_ms, None, upstreams, out);
+    }
+
+    // ---- TLS handshakes ----
+
+    fn start_handshake(&mut self, side: Side, deadline_ms: Option<u64>, out: &mut Actions) {
+        self.stage = Stage::Handshaking { side };
+        self.clock.handshake_deadline_ms = deadline_ms;
+        self.clock.handshake_abandoned = false;
+        out.push(Action::StartHandshake(side));
+    }
+
+    fn on_handshaken(
+        &mut self,
+        now_ms: u64,
+        side: Side,
+        end: HandshakeEnd,
+        upstreams: &mut dyn Upstreams,
+        out: &mut Actions,
+    ) {
+        if self.stage != (Stage::Handshaking { side }) {
+            return;
+        }
+        self.clock.handshake_deadline_ms = None;
+        if end != HandshakeEnd::Done {
+            out.push(Action::Note(Note::HandshakeFailed {
+                side,
+                timed_out: end == HandshakeEnd::TimedOut,
+            }));
+        }
+        match (side, end) {
+            (Side::Client, HandshakeEnd::Done) => {
+                self.clock.last_activity_ms = now_ms;
+                self.after_accept(now_ms, upstreams, out);
+            }
+            (Side::Client, _) => self.close_client(false, out),
+            (Side::Backend, HandshakeEnd::Done) => self.connected(now_ms, Transport::Ready, out),
+            (Side::Backend, end) => {
+                let errno = match end {
+                    HandshakeEnd::TimedOut => libc::ETIMEDOUT,
+                    _ => libc::EPROTO,
+                };
+                self.connect_failed(now_ms, errno, end == HandshakeEnd::Local, upstreams, out);
+            }
+        }
     }
 
     fn on_delay_over(&mut self, now_ms: u64, upstreams: &mut dyn Upstreams, out: &mut Actions) {
@@ -636,7 +782,7 @@ impl Machine {
         }
         // The delay is not idleness: the idle timer starts again now.
         self.clock.last_activity_ms = now_ms;
-        self.next_attempt(None, upstreams, out);
+        self.next_attempt(now_ms, None, upstreams, out);
     }
 
     // ---- connect attempts ----
@@ -645,6 +791,7 @@ impl Machine {
     /// socket; or the client is closed.
     fn next_attempt(
         &mut self,
+        now_ms: u64,
         exclude: Option<u32>,
         upstreams: &mut dyn Upstreams,
         out: &mut Actions,
@@ -669,12 +816,14 @@ impl Machine {
             Target::OriginalDst => None,
         });
         self.attempts.made += 1;
+        self.clock.attempt_started_ms = now_ms;
         self.stage = Stage::Opening;
         out.push(Action::OpenSocket);
     }
 
     fn on_socket(
         &mut self,
+        now_ms: u64,
         result: Result<(), i32>,
         upstreams: &mut dyn Upstreams,
         out: &mut Actions,
@@ -691,24 +840,12 @@ impl Machine {
                 self.stage = Stage::Connecting;
                 out.push(Action::Connect);
             }
-            Err(errno) => self.connect_failed(errno, true, upstreams, out),
+            Err(errno) => self.connect_failed(now_ms, errno, true, upstreams, out),
         }
     }
 
-    fn on_connect(
-        &mut self,
-        now_ms: u64,
-        result: Result<Transport, i32>,
-        upstreams: &mut dyn Upstreams,
-        out: &mut Actions,
-    ) {
-        if self.stage != Stage::Connecting {
-            return;
-        }
-        let transport = match result {
-            Ok(t) => t,
-            Err(errno) => return self.connect_failed(errno, false, upstreams, out),
-        };
+    /// The upstream is connected (its handshake done, with TLS): the relay starts.
+    fn connected(&mut self, now_ms: u64, transport: Transport, out: &mut Actions) {
         // Connected: the pending request is over, the connection stays held.
         if self.breaker == Breaker::Pending {
             out.push(Action::Release(Seat::BreakerPending));
@@ -732,11 +869,35 @@ impl Machine {
         }
     }
 
+    fn on_connect(
+        &mut self,
+        now_ms: u64,
+        result: Result<Transport, i32>,
+        upstreams: &mut dyn Upstreams,
+        out: &mut Actions,
+    ) {
+        if self.stage != Stage::Connecting {
+            return;
+        }
+        let transport = match result {
+            Ok(t) => t,
+            Err(errno) => return self.connect_failed(now_ms, errno, false, upstreams, out),
+        };
+        if self.tls.backend && transport == Transport::Ready {
+            // Envoy's connect timer runs until the handshake is done.
+            let deadline = self.clock.attempt_started_ms + self.tls.connect_timeout_ms;
+            self.start_handshake(Side::Backend, Some(deadline), out);
+            return;
+        }
+        self.connected(now_ms, transport, out);
+    }
+
     /// An attempt failed: retry on another endpoint while attempts are left, else close the
     /// client with the failure's flags. `local`: the proxy's own failure before anything
     /// was sent (socket creation or setup).
     fn connect_failed(
         &mut self,
+        now_ms: u64,
         errno: i32,
         local: bool,
         upstreams: &mut dyn Upstreams,
@@ -753,7 +914,7 @@ impl Machine {
         }));
         if retry {
             out.push(Action::Note(Note::Retrying));
-            self.next_attempt(self.upstream.endpoint(), upstreams, out);
+            self.next_attempt(now_ms, self.upstream.endpoint(), upstreams, out);
             return;
         }
         // Envoy's tcp_proxy: `UF,URX` once the attempts are used up, one attempt or several,
@@ -829,6 +990,16 @@ impl Machine {
         if self.clock.drain_deadline_ms.is_some_and(|d| now_ms >= d) {
             self.abort(Abort::Drain, out);
             return;
+        }
+        if let Stage::Handshaking { side } = self.stage {
+            let late = self
+                .clock
+                .handshake_deadline_ms
+                .is_some_and(|d| now_ms >= d);
+            if late && !self.clock.handshake_abandoned {
+                self.clock.handshake_abandoned = true;
+                out.push(Action::AbandonHandshake(side));
+            }
         }
         let idle = !self.is_delayed()
             && self

@@ -41,6 +41,11 @@ pub(super) struct World {
     pub drain: u64,
     pub abort: u64,
     pub idle_timeout_ms: Option<u64>,
+    /// Connections whose client speaks TLS, and whose backend does.
+    pub tls_client: u64,
+    pub tls_backend: u64,
+    /// Handshakes that fail.
+    pub handshake_fail: u64,
 }
 
 /// An operation in flight, as the worker's `user_data` names it.
@@ -49,10 +54,15 @@ enum Op {
     Socket,
     Connect,
     Recv(Dir),
-    Send { dir: Dir, len: u32 },
+    Send {
+        dir: Dir,
+        len: u32,
+    },
     Shutdown(Dir),
     Close,
     MirrorClose,
+    /// A whole TLS handshake's I/O with a side (the worker's reads and writes, as one).
+    Handshake(Side),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -285,6 +295,12 @@ impl Sim {
                 abort_at_accept,
                 delay_ms,
             },
+            tls: TlsPlan {
+                client: self.rng.chance(w.tls_client),
+                client_timeout_ms: self.rng.chance(500).then(|| self.rng.below(60)),
+                backend: self.rng.chance(w.tls_backend),
+                connect_timeout_ms: 1 + self.rng.below(80),
+            },
         })
     }
 
@@ -383,6 +399,19 @@ impl Sim {
                 }
             }
             Action::Release(seat) => self.release(slot, seat),
+            Action::StartHandshake(side) => self.start(slot, Op::Handshake(side)),
+            Action::AbandonHandshake(side) => {
+                let handshake = self
+                    .inflight
+                    .iter_mut()
+                    .find(|f| f.slot == slot && f.op == Op::Handshake(side));
+                match handshake {
+                    Some(f) => f.cancelled = true,
+                    None => self
+                        .violations
+                        .push(format!("slot {slot}: abandoned a handshake not in flight")),
+                }
+            }
             Action::ScheduleDelay { at_ms } => self.slots[slot].delay_at_ms = Some(at_ms),
             Action::Note(Note::IdleTimeout) => self.slots[slot].idled = true,
             Action::Note(_) => {}
@@ -539,6 +568,20 @@ impl Sim {
             Op::Shutdown(dir) => Event::Relay(relay::Event::ShutdownDone(dir)),
             Op::Close => return None,
             Op::MirrorClose => Event::MirrorDone,
+            Op::Handshake(side) => {
+                // The worker reports a handshake only while the connection is in it.
+                if self.slots[slot].machine.stage() != (Stage::Handshaking { side }) {
+                    return None;
+                }
+                let end = if f.cancelled {
+                    HandshakeEnd::TimedOut
+                } else if self.rng.chance(w.handshake_fail) {
+                    [HandshakeEnd::Failed, HandshakeEnd::Local][self.rng.below(2) as usize]
+                } else {
+                    HandshakeEnd::Done
+                };
+                Event::Handshaken { side, end }
+            }
         })
     }
 
@@ -647,7 +690,7 @@ impl Op {
     fn on_sockets(self) -> bool {
         matches!(
             self,
-            Op::Connect | Op::Recv(_) | Op::Send { .. } | Op::Shutdown(_)
+            Op::Connect | Op::Recv(_) | Op::Send { .. } | Op::Shutdown(_) | Op::Handshake(_)
         )
     }
 }

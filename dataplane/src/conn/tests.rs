@@ -45,6 +45,7 @@ fn proxy(max_attempts: u32) -> Verdict {
         holds_limit: true,
         faults: Faults::default(),
         buffer_limits: relay::BufferLimits::ENVOY_DEFAULT,
+        tls: TlsPlan::default(),
     })
 }
 
@@ -227,6 +228,7 @@ fn idle_time_counts_from_the_last_byte_and_not_during_a_fault_delay() {
             delay_ms: Some(50),
         },
         buffer_limits: relay::BufferLimits::ENVOY_DEFAULT,
+        tls: TlsPlan::default(),
     });
     assert_eq!(
         feed(&mut m, 0, Event::Accepted(delayed), &mut up),
@@ -350,6 +352,9 @@ fn hostile(slots: usize, buffers: u16, rates: [u64; 6]) -> World {
         drain: timer / 8,
         abort: timer / 8,
         idle_timeout_ms: (timer % 2 == 0).then_some(200),
+        tls_client: fault,
+        tls_backend: error,
+        handshake_fail: fail,
     }
 }
 
@@ -391,4 +396,164 @@ fn a_friendly_world_relays_most_connections_cleanly() {
     sim.check_end();
     assert!(sim.violations.is_empty(), "{:#?}", sim.violations);
     assert!(sim.clean >= 30, "only {} of 40 clean", sim.clean);
+}
+
+fn tls_proxy(client: bool, backend: bool, max_attempts: u32) -> Verdict {
+    Verdict::Proxy(Proxy {
+        idle_timeout_ms: None,
+        max_attempts,
+        holds_limit: false,
+        faults: Faults::default(),
+        buffer_limits: relay::BufferLimits::ENVOY_DEFAULT,
+        tls: TlsPlan {
+            client,
+            client_timeout_ms: Some(100),
+            backend,
+            connect_timeout_ms: 1_000,
+        },
+    })
+}
+
+#[test]
+fn the_client_handshake_comes_before_any_upstream_is_picked() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    let out = feed(
+        &mut m,
+        0,
+        Event::Accepted(tls_proxy(true, false, 1)),
+        &mut up,
+    );
+    assert_eq!(out, [Action::StartHandshake(Side::Client)]);
+    assert_eq!(up.admitted, 0, "nothing admitted before the handshake");
+    m.started(1);
+    m.completed().unwrap();
+    let done = Event::Handshaken {
+        side: Side::Client,
+        end: HandshakeEnd::Done,
+    };
+    assert_eq!(feed(&mut m, 5, done, &mut up), [Action::OpenSocket]);
+    assert_eq!(up.admitted, 1);
+}
+
+#[test]
+fn a_failed_client_handshake_closes_the_client_and_a_late_one_is_abandoned_first() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    feed(
+        &mut m,
+        0,
+        Event::Accepted(tls_proxy(true, false, 1)),
+        &mut up,
+    );
+    m.started(1);
+    // Before the deadline, nothing; at it, the driver is asked to give up, once.
+    assert!(feed(&mut m, 50, Event::Tick, &mut up).is_empty());
+    assert_eq!(
+        feed(&mut m, 100, Event::Tick, &mut up),
+        [Action::AbandonHandshake(Side::Client)]
+    );
+    assert!(feed(&mut m, 200, Event::Tick, &mut up).is_empty());
+    m.completed().unwrap();
+    let timed_out = Event::Handshaken {
+        side: Side::Client,
+        end: HandshakeEnd::TimedOut,
+    };
+    let out = feed(&mut m, 200, timed_out, &mut up);
+    assert_eq!(
+        out[..2],
+        [
+            Action::Note(Note::HandshakeFailed {
+                side: Side::Client,
+                timed_out: true
+            }),
+            Action::CloseClient { reset: false },
+        ]
+    );
+    assert_eq!(up.admitted, 0);
+}
+
+#[test]
+fn a_backend_handshake_is_part_of_the_connect_and_its_failure_retries() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    feed(
+        &mut m,
+        0,
+        Event::Accepted(tls_proxy(false, true, 2)),
+        &mut up,
+    );
+    m.started(1);
+    m.completed().unwrap();
+    feed(&mut m, 0, Event::SocketCreated(Ok(())), &mut up);
+    m.started(3);
+    for _ in 0..3 {
+        m.completed().unwrap();
+    }
+    let out = feed(
+        &mut m,
+        10,
+        Event::ConnectDone(Ok(Transport::Ready)),
+        &mut up,
+    );
+    assert_eq!(out, [Action::StartHandshake(Side::Backend)]);
+    assert_eq!(
+        m.breaker(),
+        Breaker::Pending,
+        "still connecting until the handshake"
+    );
+    m.started(1);
+    m.completed().unwrap();
+    let failed = Event::Handshaken {
+        side: Side::Backend,
+        end: HandshakeEnd::Failed,
+    };
+    let out = feed(&mut m, 20, failed, &mut up);
+    assert!(out.contains(&Action::CloseAttempt));
+    assert!(out.contains(&Action::OpenSocket), "retried: {out:?}");
+    // The second attempt connects and its handshake passes: the relay starts.
+    m.started(1);
+    m.completed().unwrap();
+    feed(&mut m, 30, Event::SocketCreated(Ok(())), &mut up);
+    m.started(3);
+    for _ in 0..3 {
+        m.completed().unwrap();
+    }
+    feed(
+        &mut m,
+        30,
+        Event::ConnectDone(Ok(Transport::Ready)),
+        &mut up,
+    );
+    m.started(1);
+    m.completed().unwrap();
+    let done = Event::Handshaken {
+        side: Side::Backend,
+        end: HandshakeEnd::Done,
+    };
+    let out = feed(&mut m, 40, done, &mut up);
+    assert!(out.contains(&Action::Release(Seat::BreakerPending)));
+    assert_eq!(m.stage(), Stage::Relaying);
+    // The backend handshake's deadline is the attempt's connect timeout.
+    let mut m2 = Machine::accepted_at(0);
+    feed(
+        &mut m2,
+        0,
+        Event::Accepted(tls_proxy(false, true, 1)),
+        &mut up,
+    );
+    m2.started(1);
+    m2.completed().unwrap();
+    feed(&mut m2, 0, Event::SocketCreated(Ok(())), &mut up);
+    feed(
+        &mut m2,
+        900,
+        Event::ConnectDone(Ok(Transport::Ready)),
+        &mut up,
+    );
+    assert!(feed(&mut m2, 999, Event::Tick, &mut up).is_empty());
+    assert_eq!(
+        feed(&mut m2, 1_000, Event::Tick, &mut up),
+        [Action::AbandonHandshake(Side::Backend)]
+    );
 }

@@ -1034,6 +1034,47 @@ impl Ring {
         *s = BUF_WORKER;
     }
 
+    /// The bytes of buffer `id`, which the worker holds (received, not in a send): TLS
+    /// decrypts and encrypts in place there. Panics for a buffer in any other state.
+    pub fn buffer_mut(&mut self, id: RingBuf) -> &mut [u8] {
+        let (pool, bid) = self.pool_of(id);
+        assert_eq!(
+            pool.state[usize::from(bid)],
+            BUF_WORKER,
+            "buffer {id} written while not held by the worker"
+        );
+        let size = pool.size as usize;
+        // SAFETY: bid < count, so the `size` bytes at this offset are inside the pool's
+        // mapping, which lives as long as `self`. The buffer is held by the worker: the
+        // kernel does not write it (it is not in the ring) or read it (it is not in a send)
+        // until the worker hands it over again, which needs `&mut self`, so no other
+        // reference to these bytes exists while the returned one lives.
+        unsafe { std::slice::from_raw_parts_mut(pool.data.add(usize::from(bid) * size), size) }
+    }
+
+    /// Takes a buffer of pool `class` that the kernel does not hold (a spare), for the
+    /// worker to write into; `None` when every buffer is in the kernel's ring or held.
+    pub fn take_spare(&mut self, class: BufClass) -> Option<RingBuf> {
+        let pool = &mut self.bufs[class as usize];
+        let bid = pool.spare.pop()?;
+        let s = &mut pool.state[usize::from(bid)];
+        assert_eq!(*s, BUF_SPARE, "spare buffer {bid} in another state");
+        *s = BUF_WORKER;
+        Some(RingBuf(match class {
+            BufClass::Small => bid,
+            BufClass::Large => bid | LARGE_BIT,
+            BufClass::Datagram => bid | DATAGRAM_BIT,
+        }))
+    }
+
+    /// A no-op that completes with 0: a completion for `user_data` without I/O (a TLS
+    /// direction whose next bytes are already decrypted answers its receive with one).
+    pub fn nop(&mut self, user_data: u64) {
+        let e = opcode::Nop::new().build().user_data(user_data);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) }
+    }
+
     /// Provided buffers of pool `class` the kernel can pick from now.
     pub fn buffers_in_kernel(&self, class: BufClass) -> u32 {
         self.bufs[class as usize].in_kernel

@@ -114,6 +114,23 @@ impl Session {
         })
     }
 
+    /// A session that failed before it began (no context to begin with).
+    pub fn failed() -> Session {
+        Session {
+            state: State::Failed(Vec::new()),
+        }
+    }
+
+    /// rustls holds decrypted plaintext not yet moved out.
+    pub fn has_plaintext(&mut self) -> bool {
+        match &mut self.state {
+            State::Open(conn) => conn
+                .process_new_packets()
+                .is_ok_and(|s| s.plaintext_bytes_to_read() > 0),
+            _ => false,
+        }
+    }
+
     /// Still handshaking (or accepting).
     pub fn is_handshaking(&self) -> bool {
         match &self.state {

@@ -2,83 +2,23 @@
 
 use super::settings::*;
 use super::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType as RSan,
-};
 use std::sync::Arc;
 
 const CAP: usize = 64 * 1024;
 
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    der: Vec<u8>,
-}
+/// The socket tests' PKI, shared by path.
+#[path = "../../tests/support/pki.rs"]
+#[allow(dead_code)]
+mod pki;
+use super::settings as tls_settings;
+use pki::{client_settings, server_settings, Pki as Ca};
 
 fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        der: cert.der().to_vec(),
-        issuer: Issuer::new(params, key),
-    }
+    Ca::named(name)
 }
 
 fn leaf(ca: &Ca, dns: &[&str], uri: &[&str]) -> Certificate {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    for d in dns {
-        params
-            .subject_alt_names
-            .push(RSan::DnsName((*d).try_into().unwrap()));
-    }
-    for u in uri {
-        params
-            .subject_alt_names
-            .push(RSan::URI((*u).try_into().unwrap()));
-    }
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    Certificate {
-        chain: vec![cert.der().to_vec()],
-        key: PrivateKey {
-            format: KeyFormat::Pkcs8,
-            der: key.serialize_der(),
-        },
-    }
-}
-
-fn server_settings(cert: Certificate) -> ServerSettings {
-    ServerSettings {
-        certificates: vec![cert],
-        validation: None,
-        require_client_certificate: false,
-        alpn: Vec::new(),
-        params: TlsParams::default(),
-        tickets: SessionTickets::Random,
-    }
-}
-
-fn client_settings(ca: &Ca) -> ClientSettings {
-    ClientSettings {
-        certificate: None,
-        validation: Some(Validation {
-            trusted_ca: vec![ca.der.clone()],
-            ..Validation::default()
-        }),
-        sni: Some("backend.example.com".into()),
-        alpn: Vec::new(),
-        params: TlsParams::default(),
-        max_session_keys: 1,
-    }
+    ca.leaf(dns, uri)
 }
 
 /// One side as the worker holds it: its session and the bytes in flight to the other.
@@ -218,7 +158,7 @@ fn mtls(client_uri: &str, matcher: &str) -> Result<(), TlsError> {
     let ca = ca("mesh");
     let mut server = server_settings(leaf(&ca, &["backend.example.com"], &[]));
     server.validation = Some(Validation {
-        trusted_ca: vec![ca.der.clone()],
+        trusted_ca: vec![ca.ca.clone()],
         crls: Vec::new(),
         san_matchers: vec![SanMatcher {
             san_type: SanType::Uri,
@@ -269,7 +209,7 @@ fn a_client_without_a_certificate_is_refused_when_one_is_required() {
     let ca = ca("mesh");
     let mut server = server_settings(leaf(&ca, &["backend.example.com"], &[]));
     server.validation = Some(Validation {
-        trusted_ca: vec![ca.der.clone()],
+        trusted_ca: vec![ca.ca.clone()],
         ..Validation::default()
     });
     server.require_client_certificate = true;

@@ -229,6 +229,8 @@ impl Worker {
             Action::MirrorPrimaryClosed => self.mirror_primary_closed(slot),
             Action::CloseMirror => self.shadow_close(slot),
             Action::Release(seat) => self.release(slot, seat),
+            Action::StartHandshake(side) => self.start_handshake(slot, side),
+            Action::AbandonHandshake(side) => self.abandon_handshake(slot, side),
             Action::ScheduleDelay { at_ms } => {
                 self.schedule_fault(at_ms * 1000, slot, super::fault::Due::Connect)
             }
@@ -311,7 +313,8 @@ impl Worker {
         if fd == NO_FD {
             return;
         }
-        let ops = if reset {
+        // A handshake's own I/O may still be on the socket: cancelled with the close.
+        let ops = if reset || self.tls_busy(slot, Side::Client) {
             self.ring.teardown(fd, true, ud)
         } else {
             self.ring.close(fd, ud);
@@ -415,6 +418,9 @@ impl Worker {
                     s.inc(id, TcpStat::DownstreamCxDrainClose);
                 }
             }
+            Note::HandshakeFailed { side, timed_out } => {
+                tracing::debug!(worker = id, slot, ?side, timed_out, "TLS handshake failed");
+            }
         }
     }
 
@@ -473,6 +479,7 @@ impl Worker {
     /// record, then the slot is freed.
     fn finish(&mut self, slot: u32) {
         self.record_close(slot);
+        self.release_tls(slot);
         let conn = &mut self.conns[slot as usize];
         for pipe in std::mem::replace(&mut conn.pipes, [super::pipes::NO_PIPE; 2]) {
             if pipe != super::pipes::NO_PIPE {

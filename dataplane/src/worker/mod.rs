@@ -24,6 +24,7 @@ mod pipes;
 mod relay_io;
 mod slot;
 mod sockets;
+mod tls_io;
 pub(crate) mod ud;
 mod udp;
 pub mod wait;
@@ -35,7 +36,7 @@ use crate::global_limit::Counted;
 use crate::handoff::{Phase, Shared, Snapshot};
 use crate::hash_lb;
 use crate::lb::{mix_seed, Rng, WorkerLb};
-use crate::relay::{BufferLimits, Dir, Event, Received};
+use crate::relay::{BufferLimits, Dir, Event, Received, Side};
 use crate::stats::{ListenerStat, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
 use crate::sys::{BufPoolSize, Completion, Ring, RingError, RingSetup, WaitSpec, Waited};
@@ -176,6 +177,8 @@ struct Decision {
     holds_limit: bool,
     /// The listener's and the cluster's `per_connection_buffer_limit_bytes`.
     buffer_limits: BufferLimits,
+    /// Which sides speak TLS (the chain's and the cluster's transport sockets).
+    tls: conn::TlsPlan,
     outcome: Outcome,
 }
 
@@ -1029,6 +1032,7 @@ impl Worker {
                     holds_limit: decision.holds_limit,
                     faults,
                     buffer_limits: decision.buffer_limits,
+                    tls: decision.tls,
                 })
             }
         };
@@ -1102,6 +1106,7 @@ impl Worker {
             hash: None,
             holds_limit: false,
             buffer_limits: BufferLimits::ENVOY_DEFAULT,
+            tls: conn::TlsPlan::default(),
             outcome: Outcome::Proxy,
         };
         if listener.use_original_dst && generation.fib.is_own_address(local) {
@@ -1135,11 +1140,16 @@ impl Worker {
             decision.holds_limit = true;
         }
         route_tcp(id, &chain.tcp_proxy, &mut self.rng, &mut decision);
+        let cluster = decision.cluster.map(|c| generation.fib.cluster(c));
         decision.buffer_limits = BufferLimits {
             client_bytes: listener.buffer_limit_bytes,
-            backend_bytes: decision
-                .cluster
-                .map_or(0, |c| generation.fib.cluster(c).buffer_limit_bytes),
+            backend_bytes: cluster.map_or(0, |c| c.buffer_limit_bytes),
+        };
+        decision.tls = conn::TlsPlan {
+            client: chain.tls.is_some(),
+            client_timeout_ms: chain.tls.as_ref().and_then(|t| t.handshake_timeout_ms),
+            backend: cluster.is_some_and(|c| c.tls.is_some()),
+            connect_timeout_ms: cluster.map_or(5000, |c| c.connect_timeout_ms),
         };
         Some(decision)
     }
@@ -1176,6 +1186,10 @@ impl Worker {
             Kind::ShadowConnect => self.on_shadow_connect(slot, c.result),
             Kind::ShadowSend => self.on_shadow_sent(slot, c.result),
             Kind::ShadowRecv => self.on_shadow_recv(slot, c),
+            Kind::TlsReadClient => self.on_tls_read(slot, Side::Client, c),
+            Kind::TlsReadBackend => self.on_tls_read(slot, Side::Backend, c),
+            Kind::TlsWriteClient => self.on_tls_write(slot, Side::Client, c.result),
+            Kind::TlsWriteBackend => self.on_tls_write(slot, Side::Backend, c.result),
             _ => {}
         }
         self.settle(slot);

@@ -3,6 +3,7 @@
 //! operations, on provided buffers or, in splice mode, on the connection's pipes.
 
 use super::slot::ShadowState;
+use super::tls_io::{tls_room, TlsReceived, TlsSent};
 use super::ud::{self, Kind};
 use super::{classify_receive, send_kind, Receive, RelayMode, Worker};
 use crate::conn;
@@ -21,29 +22,34 @@ impl Worker {
             self.splice_recv_again(slot, dir);
             return;
         }
+        let tls = self.tls_receive(slot, dir, &c);
+        if let Some(answer) = tls.filter(|t| *t != TlsReceived::Socket) {
+            self.deliver_tls(slot, dir, answer);
+            return;
+        }
         let needs_buffer = self.limits.relay_mode == RelayMode::BufferRing;
         let received = match classify_receive(c.result, c.buffer_id(), needs_buffer) {
             Receive::Bytes { len, buffer } => {
                 let buf = match buffer {
-                    Some(bid) => BufId::Ring(self.take_ring_buffer(slot, dir, bid, len)),
+                    Some(bid) => {
+                        let buf = self.take_ring_buffer(slot, dir, bid, len);
+                        if tls.is_some() {
+                            let answer = self.tls_decrypt(slot, dir, buf, len);
+                            self.deliver_tls(slot, dir, answer);
+                            return;
+                        }
+                        BufId::Ring(buf)
+                    }
                     None => {
                         let pipe = self.conns[slot as usize].pipes[dir as usize];
                         self.pipes.filled(pipe, len);
                         BufId::Pipe(pipe)
                     }
                 };
-                self.count_received(slot, dir, u64::from(len));
-                if self.charge_faults(slot, dir, u64::from(len)) {
-                    // The abort fault fired: these bytes go nowhere.
-                    if let BufId::Ring(buf) = buf {
-                        self.ring.recycle(buf);
-                        self.feed_starved();
-                    }
-                    self.drive(slot, conn::Event::Abort(conn::Abort::Fault));
-                    return;
+                match self.accept_bytes(slot, dir, buf, len) {
+                    Some(received) => received,
+                    None => return,
                 }
-                self.count_buffered(slot, dir, len);
-                Received::Data { buf, len }
             }
             Receive::Other(received) => {
                 if received == Received::Error(libc::EIO) && c.result > 0 {
@@ -55,6 +61,48 @@ impl Worker {
                 }
                 received
             }
+        };
+        if received == Received::NoBuffer {
+            self.starve(slot, dir);
+        }
+        self.relay_event(slot, Event::Recv(dir, received));
+    }
+
+    /// `len` bytes received in `buf` on `dir`: counted, charged to the fault filter, and
+    /// what the relay hears of them (`None`: the abort fault fired and the connection is
+    /// gone).
+    fn accept_bytes(&mut self, slot: u32, dir: Dir, buf: BufId, len: u32) -> Option<Received> {
+        self.count_received(slot, dir, u64::from(len));
+        if self.charge_faults(slot, dir, u64::from(len)) {
+            // The abort fault fired: these bytes go nowhere.
+            if let BufId::Ring(buf) = buf {
+                self.ring.recycle(buf);
+                self.feed_starved();
+            }
+            self.drive(slot, conn::Event::Abort(conn::Abort::Fault));
+            return None;
+        }
+        self.count_buffered(slot, dir, len);
+        Some(Received::Data { buf, len })
+    }
+
+    /// What a TLS source made of a receive on `dir`, passed on to the relay.
+    fn deliver_tls(&mut self, slot: u32, dir: Dir, answer: TlsReceived) {
+        let received = match answer {
+            TlsReceived::Plain { buf, len } => {
+                match self.accept_bytes(slot, dir, BufId::Ring(buf), len) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+            TlsReceived::Relay(r) => r,
+            TlsReceived::Again => {
+                // Only records of TLS itself (a ticket, a partial record): read on.
+                self.feed_starved();
+                self.submit_recv(slot, dir);
+                return;
+            }
+            TlsReceived::Socket => unreachable!("a socket read is decrypted first"),
         };
         if received == Received::NoBuffer {
             self.starve(slot, dir);
@@ -95,10 +143,20 @@ impl Worker {
             self.on_splice_sent(slot, dir, result);
             return;
         }
-        let conn = &self.conns[slot as usize];
-        if let Some(bid) = conn.sending[dir as usize] {
-            self.conns[slot as usize].sending[dir as usize] = None;
+        let sent_from = self.conns[slot as usize].sending[dir as usize].take();
+        if let Some(bid) = sent_from {
             self.ring.send_done(bid);
+            match self.tls_sent(slot, dir, bid, result) {
+                TlsSent::Plaintext => {}
+                TlsSent::Again => return,
+                TlsSent::Relay(outcome) => {
+                    if let Ok(n) = outcome {
+                        self.count_sent(slot, dir, u64::from(n));
+                    }
+                    self.relay_event(slot, Event::Sent(dir, outcome));
+                    return;
+                }
+            }
         }
         let outcome = if result >= 0 {
             self.count_sent(slot, dir, result as u64);
@@ -172,10 +230,14 @@ impl Worker {
     /// buffer filled to the brim means more is waiting (bulk), so go large; a large receive
     /// that a small buffer would have held means the burst is over.
     fn resize_receives(&mut self, slot: u32, dir: Dir, class: BufClass, len: u32) {
-        let small = self.ring.buffer_size(BufClass::Small);
+        let mut small = self.ring.buffer_size(BufClass::Small);
+        if self.tls_direction(slot, dir) {
+            // A TLS direction's receives stop short of the brim (room for records).
+            small = tls_room(small);
+        }
         let large = &mut self.conns[slot as usize].large_receives[dir as usize];
         match class {
-            BufClass::Small if len == small && self.ring.buffer_size(BufClass::Large) > 0 => {
+            BufClass::Small if len >= small && self.ring.buffer_size(BufClass::Large) > 0 => {
                 *large = true
             }
             BufClass::Large if len <= small => *large = false,
@@ -267,6 +329,10 @@ impl Worker {
 
     /// Starts a receive on `dir`'s source of `slot`, of at most the source's buffer limit.
     pub(super) fn submit_recv(&mut self, slot: u32, dir: Dir) {
+        if self.tls_answers_receive(slot, dir) {
+            return;
+        }
+        let tls = self.tls_direction(slot, dir);
         let throttled = self.throttled(slot, dir);
         let conn = &mut self.conns[slot as usize];
         let fd = conn.fd(dir.source());
@@ -310,6 +376,11 @@ impl Worker {
                 BufClass::Small
             };
             conn.recv_class[dir as usize] = class;
+            let max_len = if tls {
+                max_len.min(tls_room(self.ring.buffer_size(class)))
+            } else {
+                max_len
+            };
             self.ring.recv(fd, class, max_len, ud);
         }
     }
@@ -348,7 +419,6 @@ impl Worker {
     fn submit_send(&mut self, slot: u32, dir: Dir, buf: BufId, offset: u32, len: u32) {
         let conn = &mut self.conns[slot as usize];
         let fd = conn.fd(dir.sink());
-        conn.machine.started(1);
         let ud = ud::encode(send_kind(dir), slot, conn.nonce);
         match buf {
             BufId::Pipe(pipe) => {
@@ -359,17 +429,24 @@ impl Worker {
                     .pipes
                     .read_end(pipe)
                     .expect("a relaying connection has its pipes");
+                conn.machine.started(1);
                 conn.splice_send_len[dir as usize] = len;
                 self.ring.splice(pipe_out, fd, len, ud);
             }
             BufId::Ring(buf) => {
-                conn.sending[dir as usize] = Some(buf);
-                self.ring.send(fd, buf, offset, len, ud);
                 let mirrored = conn.shadow.state != ShadowState::Off;
                 if dir == Dir::Up && offset == 0 && mirrored {
-                    // First send of these bytes: the shadow gets a copy.
+                    // First send of these bytes: the shadow gets a copy (before a TLS
+                    // backend's records overwrite them).
                     self.mirror_send(slot, buf, len);
                 }
+                if self.tls_send(slot, dir, buf, offset, len) {
+                    return;
+                }
+                let conn = &mut self.conns[slot as usize];
+                conn.machine.started(1);
+                conn.sending[dir as usize] = Some(buf);
+                self.ring.send(fd, buf, offset, len, ud);
             }
         }
     }
@@ -380,6 +457,15 @@ impl Worker {
         if side == Side::Backend && self.conns[slot as usize].shadow.state != ShadowState::Off {
             self.mirror_eof(slot);
         }
+        if self.tls_close_notify(slot, side) {
+            // The shutdown follows the close_notify's write.
+            return;
+        }
+        self.shutdown_now(slot, side);
+    }
+
+    /// `shutdown(SHUT_WR)` on `side` now.
+    pub(super) fn shutdown_now(&mut self, slot: u32, side: Side) {
         let conn = &mut self.conns[slot as usize];
         let fd = conn.fd(side);
         conn.machine.started(1);

@@ -63,6 +63,8 @@ pub(crate) struct Conn {
     pub faults: Faults,
     /// The mirror filter's shadow connection.
     pub shadow: Shadow,
+    /// TLS on each side (by [`Side`]: client, backend), from its handshake on.
+    pub tls: [Option<Box<super::tls_io::TlsSide>>; 2],
 }
 
 /// Copy chunks a shadow may have queued at once.
@@ -216,6 +218,7 @@ impl Default for Conn {
             recv_parked: [false; 2],
             faults: Faults::default(),
             shadow: Shadow::default(),
+            tls: [None, None],
         }
     }
 }
@@ -248,6 +251,11 @@ impl Conn {
         }
     }
 
+    /// The TLS of `side`, if it speaks TLS.
+    pub fn tls(&mut self, side: Side) -> Option<&mut super::tls_io::TlsSide> {
+        self.tls[side as usize].as_deref_mut()
+    }
+
     /// The descriptor of `side`, mutably.
     pub fn fd_mut(&mut self, side: Side) -> &mut RawFd {
         match side {
@@ -258,9 +266,12 @@ impl Conn {
 }
 
 // A slot is touched on every completion of its connection, and the slab holds
-// `max_connections_per_worker` of them from the start (8,192 x 688 B = 5.6 MB a worker by
-// default): a change of size is a decision, not an accident. Of the 688 B, the machine is
-// 216 (its relay 112, of which 8 are the connection's buffer limits); 8 more count the
-// bytes each direction holds for the `*_tx_bytes_buffered` gauges.
-const _: () = assert!(std::mem::size_of::<Conn>() == 688);
-const _: () = assert!(std::mem::size_of::<Machine>() == 216);
+// `max_connections_per_worker` of them from the start (8,192 x 784 B = 6.4 MB a worker by
+// default): a change of size is a decision, not an accident. Of the 784 B, the machine is
+// 296 (its relay 112, of which 8 are the connection's buffer limits; 80 for TLS: which
+// sides speak it, the handshake deadline and the attempt's start, the fault delay held
+// while the client handshakes); 8 more count the bytes each direction holds for the
+// `*_tx_bytes_buffered` gauges; 16 point to each side's TLS state, allocated only for a
+// connection that speaks TLS.
+const _: () = assert!(std::mem::size_of::<Conn>() == 784);
+const _: () = assert!(std::mem::size_of::<Machine>() == 296);

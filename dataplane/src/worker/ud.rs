@@ -65,6 +65,14 @@ pub(crate) enum Kind {
     AcceptShed = 27,
     /// The close of a shed connection, and cancels of sheds; results do not matter.
     AcceptShedAux = 28,
+    /// A TLS handshake receive from the client.
+    TlsReadClient = 29,
+    /// A TLS handshake receive from the backend.
+    TlsReadBackend = 30,
+    /// A write TLS itself makes to the client (handshake flight, alert, close_notify).
+    TlsWriteClient = 31,
+    /// A write TLS itself makes to the backend.
+    TlsWriteBackend = 32,
 }
 
 impl Kind {
@@ -98,6 +106,10 @@ impl Kind {
             26 => Kind::UdpAux,
             27 => Kind::AcceptShed,
             28 => Kind::AcceptShedAux,
+            29 => Kind::TlsReadClient,
+            30 => Kind::TlsReadBackend,
+            31 => Kind::TlsWriteClient,
+            32 => Kind::TlsWriteBackend,
             _ => return None,
         })
     }

@@ -1,0 +1,627 @@
+//! TLS on the worker's ring: handshakes driven by their own receives and writes, then the
+//! relay's receives decrypted and its sends encrypted in place, in the provided buffers.
+//!
+//! Guarantees:
+//! - **No thread, no blocking.** Every byte moves through the connection's worker's ring;
+//!   rustls only computes ([`crate::tls::Session`]).
+//! - **One write at a time per socket.** A handshake's writes go out one after the other,
+//!   and the relay starts sending to a side only once its handshake reported done, which
+//!   waits for the last handshake write to complete; a `close_notify` goes out after the
+//!   relay's last send of that direction. So records never interleave.
+//! - **A handshake's end is reported once nothing of it is in flight**
+//!   ([`crate::conn::Event::Handshaken`]): a failed backend handshake can be retried on a
+//!   new socket with no old completion in the way.
+//! - **Buffers come home.** A handshake receive's buffer is either decrypted plaintext
+//!   waiting for the relay ([`TlsSide::ready`]), the buffer the next write goes out from, or
+//!   recycled; what a closed connection still holds is recycled when its slot frees.
+
+use super::ud::{self, Kind};
+use super::Worker;
+use crate::conn::{self, HandshakeEnd};
+use crate::relay::{Dir, Received, Side};
+use crate::sys::{BufClass, Completion, RingBuf};
+use crate::tls::{Decrypted, Session, TLS_SLACK};
+
+/// A TLS write in flight: `len` bytes of `buf`, `sent` of them done.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Write {
+    buf: RingBuf,
+    sent: u32,
+    len: u32,
+}
+
+/// The relay's send to a TLS side, in records: it reports `plain` bytes sent once every
+/// record is written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordSend {
+    plain: u32,
+    sent: u32,
+    len: u32,
+}
+
+/// One side's TLS, beside its socket.
+#[derive(Debug)]
+pub(crate) struct TlsSide {
+    pub session: Session,
+    /// A handshake receive is in flight.
+    hs_recv: bool,
+    /// A write TLS makes itself (handshake flight, ticket, alert, close_notify).
+    write: Option<Write>,
+    /// A held buffer free to write from (a handshake receive with no plaintext).
+    scratch: Option<RingBuf>,
+    /// Plaintext decrypted before the relay asked for it.
+    ready: Option<(RingBuf, u32)>,
+    /// rustls holds plaintext that did not fit.
+    pending: bool,
+    /// The peer sent `close_notify`: the direction's next receive is its end.
+    eof: bool,
+    /// The handshake failed for want of a buffer.
+    local_failure: bool,
+    /// The peer ended the stream or failed the socket during the handshake.
+    peer_failure: bool,
+    /// The machine gave the handshake up.
+    abandoned: bool,
+    /// The handshake's end went to the machine.
+    reported: bool,
+    /// After the write in flight (`close_notify`), shut the socket's write side.
+    shutdown_after_write: bool,
+    /// The relay's send in flight to this side.
+    record_send: Option<RecordSend>,
+}
+
+impl TlsSide {
+    fn new(session: Session) -> TlsSide {
+        TlsSide {
+            session,
+            hs_recv: false,
+            write: None,
+            scratch: None,
+            ready: None,
+            pending: false,
+            eof: false,
+            local_failure: false,
+            peer_failure: false,
+            abandoned: false,
+            reported: false,
+            shutdown_after_write: false,
+            record_send: None,
+        }
+    }
+
+    /// The relay's next receive needs no socket read: bytes or the end are already here.
+    fn answers_receive(&self) -> bool {
+        self.ready.is_some() || self.pending || self.eof
+    }
+}
+
+fn read_kind(side: Side) -> Kind {
+    match side {
+        Side::Client => Kind::TlsReadClient,
+        Side::Backend => Kind::TlsReadBackend,
+    }
+}
+
+fn write_kind(side: Side) -> Kind {
+    match side {
+        Side::Client => Kind::TlsWriteClient,
+        Side::Backend => Kind::TlsWriteBackend,
+    }
+}
+
+/// The most a receive or send of plaintext through a TLS side may take from a buffer of
+/// `size` bytes (what leaves room for records and leftover plaintext).
+pub(super) fn tls_room(size: u32) -> u32 {
+    size.saturating_sub(TLS_SLACK).max(1)
+}
+
+impl Worker {
+    // ---- handshakes ----
+
+    /// `Action::StartHandshake`: a session for `side` from its chain's or cluster's
+    /// context, then its first receive or write.
+    pub(super) fn start_handshake(&mut self, slot: u32, side: Side) {
+        let session = self.new_session(slot, side);
+        let failed = session.is_none();
+        let conn = &mut self.conns[slot as usize];
+        let mut t = TlsSide::new(session.unwrap_or_else(|| {
+            // No context (the FIB changed under a connection being accepted cannot happen:
+            // it keeps its generation), or the client session could not be made.
+            Session::failed()
+        }));
+        t.local_failure = failed;
+        conn.tls[side as usize] = Some(Box::new(t));
+        if self.tls_pump(slot, side).is_some() {
+            // Ended before any I/O: report it through a completion, never from inside the
+            // action being carried out.
+            self.defer_report(slot, side);
+        }
+    }
+
+    fn new_session(&self, slot: u32, side: Side) -> Option<Session> {
+        match side {
+            Side::Client => {
+                let tls = self.chain_of(slot)?.tls.as_ref()?;
+                Some(Session::server(tls.context.clone()))
+            }
+            Side::Backend => {
+                let ctx = self.cluster_of(slot)?.tls.as_ref()?;
+                match Session::client(ctx) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(worker = self.id, error = %e, "TLS client session");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports `side`'s handshake end through a no-op completion (as a handshake receive).
+    fn defer_report(&mut self, slot: u32, side: Side) {
+        let conn = &mut self.conns[slot as usize];
+        let Some(t) = conn.tls(side) else { return };
+        t.reported = false;
+        t.hs_recv = true;
+        conn.machine.started(1);
+        self.ring.nop(ud::encode(read_kind(side), slot, conn.nonce));
+    }
+
+    /// `Action::AbandonHandshake`: its deadline passed. Its I/O is cancelled; the end is
+    /// reported when the last of it completes.
+    pub(super) fn abandon_handshake(&mut self, slot: u32, side: Side) {
+        let conn = &mut self.conns[slot as usize];
+        let nonce = conn.nonce;
+        let Some(t) = conn.tls[side as usize].as_deref_mut() else {
+            return;
+        };
+        t.abandoned = true;
+        let (recv, write) = (t.hs_recv, t.write.is_some());
+        let aux = ud::encode(Kind::Aux, slot, nonce);
+        for (in_flight, kind) in [(recv, read_kind(side)), (write, write_kind(side))] {
+            if in_flight {
+                conn.machine.started(1);
+                self.ring.cancel(ud::encode(kind, slot, nonce), aux);
+            }
+        }
+        if !recv && !write {
+            self.defer_report(slot, side);
+        }
+    }
+
+    /// Moves `side`'s handshake on: writes what rustls has for the peer, receives while it
+    /// handshakes. Returns the handshake's end once it has one and nothing is in flight.
+    fn tls_pump(&mut self, slot: u32, side: Side) -> Option<HandshakeEnd> {
+        let conn = &mut self.conns[slot as usize];
+        let (fd, nonce) = (conn.fd(side), conn.nonce);
+        let t = conn.tls[side as usize].as_deref_mut()?;
+        if t.reported {
+            return None;
+        }
+        let stopped = t.abandoned || t.local_failure || t.peer_failure;
+        if t.write.is_none() && t.session.wants_write() && !t.abandoned && !t.peer_failure {
+            match t
+                .scratch
+                .take()
+                .or_else(|| self.ring.take_spare(BufClass::Small))
+            {
+                Some(buf) => {
+                    let len = t.session.write_pending(self.ring.buffer_mut(buf)) as u32;
+                    t.write = Some(Write { buf, sent: 0, len });
+                    conn.machine.started(1);
+                    self.ring
+                        .send(fd, buf, 0, len, ud::encode(write_kind(side), slot, nonce));
+                }
+                // The handshake cannot go on without writing; its tickets can wait for
+                // the relay's first send to this side.
+                None if t.session.is_handshaking() => t.local_failure = true,
+                None => {}
+            }
+        }
+        if let Some(buf) = t.scratch.take() {
+            self.ring.recycle(buf);
+        }
+        let failed = t.session.is_failed() || stopped || t.local_failure;
+        if !failed && t.session.is_handshaking() && !t.hs_recv {
+            let max_len = tls_room(self.ring.buffer_size(BufClass::Small));
+            t.hs_recv = true;
+            conn.machine.started(1);
+            self.ring.recv(
+                fd,
+                BufClass::Small,
+                max_len,
+                ud::encode(read_kind(side), slot, nonce),
+            );
+        }
+        if t.hs_recv || t.write.is_some() {
+            return None;
+        }
+        let end = if t.abandoned {
+            HandshakeEnd::TimedOut
+        } else if t.local_failure {
+            HandshakeEnd::Local
+        } else if failed {
+            HandshakeEnd::Failed
+        } else if t.session.is_handshaking() {
+            return None;
+        } else {
+            HandshakeEnd::Done
+        };
+        t.reported = true;
+        Some(end)
+    }
+
+    /// Whether `slot` is in a handshake with `side` (its completions move it on).
+    fn handshaking(&self, slot: u32, side: Side) -> bool {
+        self.conns[slot as usize].machine.stage() == conn::Stage::Handshaking { side }
+    }
+
+    /// A handshake receive from `side` completed.
+    pub(super) fn on_tls_read(&mut self, slot: u32, side: Side, c: Completion) {
+        let buf = match (c.result, c.buffer_id()) {
+            (n, Some(bid)) if n > 0 => Some((self.ring.buffer_received(BufClass::Small, bid), n)),
+            _ => None,
+        };
+        let live = self.handshaking(slot, side);
+        let conn = &mut self.conns[slot as usize];
+        let Some(t) = conn.tls[side as usize].as_deref_mut() else {
+            if let Some((b, _)) = buf {
+                self.ring.recycle(b);
+            }
+            return;
+        };
+        t.hs_recv = false;
+        match buf {
+            Some((b, _)) if !live || t.reported || t.abandoned => self.ring.recycle(b),
+            Some((b, n)) => {
+                let bytes = self.ring.buffer_mut(b);
+                match t.session.decrypt_in_place(bytes, 0, n as usize) {
+                    Ok(d) => keep_decrypted(t, b, d, &mut self.ring),
+                    // The session failed; its alert goes out from this buffer.
+                    Err(e) => {
+                        tracing::debug!(worker = self.id, ?side, error = %e, "TLS handshake failed");
+                        t.scratch = Some(b);
+                    }
+                }
+            }
+            // End of stream or an error before the handshake finished (or the no-op that
+            // reports an end decided before any I/O).
+            None if !t.reported && !t.local_failure && !t.abandoned => t.peer_failure = true,
+            None => {}
+        }
+        if !live {
+            return;
+        }
+        if let Some(end) = self.tls_pump(slot, side) {
+            self.drive(slot, conn::Event::Handshaken { side, end });
+        }
+    }
+
+    /// A write TLS made to `side` completed.
+    pub(super) fn on_tls_write(&mut self, slot: u32, side: Side, result: i32) {
+        let conn = &mut self.conns[slot as usize];
+        let (fd, nonce) = (conn.fd(side), conn.nonce);
+        let Some(t) = conn.tls[side as usize].as_deref_mut() else {
+            return;
+        };
+        let Some(mut w) = t.write.take() else {
+            return;
+        };
+        self.ring.send_done(w.buf);
+        if result > 0 && (result as u32) < w.len - w.sent && fd != super::slot::NO_FD {
+            // A short write: the rest, from where it stopped.
+            w.sent += result as u32;
+            t.write = Some(w);
+            conn.machine.started(1);
+            self.ring.send(
+                fd,
+                w.buf,
+                w.sent,
+                w.len - w.sent,
+                ud::encode(write_kind(side), slot, nonce),
+            );
+            return;
+        }
+        if result < 0 {
+            t.peer_failure = true;
+        }
+        if std::mem::take(&mut t.shutdown_after_write) {
+            self.ring.recycle(w.buf);
+            if conn.machine.stage() == conn::Stage::Relaying {
+                self.shutdown_now(slot, side);
+            }
+            return;
+        }
+        t.scratch = Some(w.buf);
+        if !self.handshaking(slot, side) {
+            if let Some(t) = self.conns[slot as usize].tls(side) {
+                if let Some(b) = t.scratch.take() {
+                    self.ring.recycle(b);
+                }
+            }
+            return;
+        }
+        if let Some(end) = self.tls_pump(slot, side) {
+            self.drive(slot, conn::Event::Handshaken { side, end });
+        }
+    }
+
+    // ---- the relay over TLS ----
+
+    /// The relay asks to receive on `dir` from a TLS side whose next bytes (or end) are
+    /// already decrypted: answered by a no-op completion. False when a socket read is due.
+    pub(super) fn tls_answers_receive(&mut self, slot: u32, dir: Dir) -> bool {
+        let conn = &mut self.conns[slot as usize];
+        let nonce = conn.nonce;
+        let Some(t) = conn.tls[dir.source() as usize].as_deref() else {
+            return false;
+        };
+        if !t.answers_receive() {
+            return false;
+        }
+        let kind = if dir == Dir::Up {
+            Kind::RecvUp
+        } else {
+            Kind::RecvDown
+        };
+        conn.machine.started(1);
+        self.ring.nop(ud::encode(kind, slot, nonce));
+        true
+    }
+
+    /// A receive completion on `dir` whose source speaks TLS, before the relay sees it:
+    /// the no-op that stands for already decrypted bytes, or ciphertext to decrypt in
+    /// place. `None`: nothing for the relay yet (a receive was started again).
+    pub(super) fn tls_receive(
+        &mut self,
+        slot: u32,
+        dir: Dir,
+        c: &Completion,
+    ) -> Option<TlsReceived> {
+        let side = dir.source();
+        let t = self.conns[slot as usize].tls[side as usize].as_deref_mut()?;
+        if t.answers_receive() && c.buffer_id().is_none() {
+            return Some(self.answer_from_session(slot, dir));
+        }
+        Some(TlsReceived::Socket)
+    }
+
+    /// The relay's receive on `dir`, answered from the session.
+    fn answer_from_session(&mut self, slot: u32, dir: Dir) -> TlsReceived {
+        let t = self.conns[slot as usize].tls[dir.source() as usize]
+            .as_deref_mut()
+            .expect("checked by the caller");
+        if let Some((buf, len)) = t.ready.take() {
+            return TlsReceived::Plain { buf, len };
+        }
+        if t.pending {
+            let Some(buf) = self.ring.take_spare(BufClass::Small) else {
+                return TlsReceived::Relay(Received::NoBuffer);
+            };
+            let n = t.session.drain_plaintext(self.ring.buffer_mut(buf)) as u32;
+            t.pending = n > 0 && t.session.has_plaintext();
+            if n > 0 {
+                return TlsReceived::Plain { buf, len: n };
+            }
+            self.ring.recycle(buf);
+            if !t.eof {
+                return TlsReceived::Again;
+            }
+        }
+        TlsReceived::Relay(Received::Eof)
+    }
+
+    /// Decrypts the `len` bytes just received into `buf` on `dir` in place.
+    pub(super) fn tls_decrypt(
+        &mut self,
+        slot: u32,
+        dir: Dir,
+        buf: RingBuf,
+        len: u32,
+    ) -> TlsReceived {
+        let t = self.conns[slot as usize].tls[dir.source() as usize]
+            .as_deref_mut()
+            .expect("a TLS side");
+        let bytes = self.ring.buffer_mut(buf);
+        match t.session.decrypt_in_place(bytes, 0, len as usize) {
+            Ok(d) => {
+                t.eof |= d.peer_closed;
+                t.pending |= d.plaintext_pending;
+                if d.plaintext > 0 {
+                    return TlsReceived::Plain {
+                        buf,
+                        len: d.plaintext as u32,
+                    };
+                }
+                self.ring.recycle(buf);
+                if d.peer_closed {
+                    TlsReceived::Relay(Received::Eof)
+                } else {
+                    TlsReceived::Again
+                }
+            }
+            Err(e) => {
+                tracing::debug!(worker = self.id, ?dir, error = %e, "TLS record refused");
+                self.ring.recycle(buf);
+                TlsReceived::Relay(Received::Error(libc::EPROTO))
+            }
+        }
+    }
+
+    /// The relay sends `len` plaintext bytes at `offset` of `buf` to a TLS side: they are
+    /// encrypted over the buffer and the records sent. False when the side is plaintext.
+    pub(super) fn tls_send(
+        &mut self,
+        slot: u32,
+        dir: Dir,
+        buf: RingBuf,
+        offset: u32,
+        len: u32,
+    ) -> bool {
+        let conn = &mut self.conns[slot as usize];
+        let (fd, nonce) = (conn.fd(dir.sink()), conn.nonce);
+        let Some(t) = conn.tls[dir.sink() as usize].as_deref_mut() else {
+            return false;
+        };
+        let bytes = self.ring.buffer_mut(buf);
+        let cipher = match t
+            .session
+            .encrypt_in_place(bytes, offset as usize, len as usize)
+        {
+            Ok(n) => n as u32,
+            Err(e) => {
+                // Cannot happen on an established session; the send fails as a write would.
+                tracing::error!(worker = self.id, error = %e, "TLS encrypt");
+                0
+            }
+        };
+        t.record_send = Some(RecordSend {
+            plain: len,
+            sent: 0,
+            len: cipher,
+        });
+        conn.sending[dir as usize] = Some(buf);
+        conn.machine.started(1);
+        let ud = ud::encode(super::send_kind(dir), slot, nonce);
+        if cipher == 0 {
+            self.ring.nop(ud);
+        } else {
+            self.ring.send(fd, buf, 0, cipher, ud);
+        }
+        true
+    }
+
+    /// A send of records from `buf` to `dir`'s TLS sink completed (its buffer is back from
+    /// the send): the rest of them, or what the relay hears.
+    pub(super) fn tls_sent(&mut self, slot: u32, dir: Dir, buf: RingBuf, result: i32) -> TlsSent {
+        let conn = &mut self.conns[slot as usize];
+        let (fd, nonce) = (conn.fd(dir.sink()), conn.nonce);
+        let Some(t) = conn.tls[dir.sink() as usize].as_deref_mut() else {
+            return TlsSent::Plaintext;
+        };
+        let Some(mut s) = t.record_send.take() else {
+            return TlsSent::Plaintext;
+        };
+        if s.len == 0 {
+            return TlsSent::Relay(Err(libc::EPROTO));
+        }
+        if result < 0 {
+            return TlsSent::Relay(Err(-result));
+        }
+        if result == 0 {
+            return TlsSent::Relay(Err(libc::EPIPE));
+        }
+        s.sent += result as u32;
+        let relaying = conn.machine.stage() == conn::Stage::Relaying;
+        if s.sent >= s.len && relaying && t.session.wants_write() {
+            // Records that did not fit the buffer (or rustls' own messages): next.
+            s.len = t.session.write_pending(self.ring.buffer_mut(buf)) as u32;
+            s.sent = 0;
+        }
+        if s.sent < s.len && relaying {
+            t.record_send = Some(s);
+            conn.sending[dir as usize] = Some(buf);
+            conn.machine.started(1);
+            self.ring.send(
+                fd,
+                buf,
+                s.sent,
+                s.len - s.sent,
+                ud::encode(super::send_kind(dir), slot, nonce),
+            );
+            return TlsSent::Again;
+        }
+        TlsSent::Relay(Ok(s.plain))
+    }
+
+    /// The relay ends `side`'s stream: a `close_notify` first when a buffer is free to
+    /// write it from. True when the shutdown waits for that write.
+    pub(super) fn tls_close_notify(&mut self, slot: u32, side: Side) -> bool {
+        let conn = &mut self.conns[slot as usize];
+        let (fd, nonce) = (conn.fd(side), conn.nonce);
+        let Some(t) = conn.tls[side as usize].as_deref_mut() else {
+            return false;
+        };
+        if t.write.is_some() || t.session.is_failed() {
+            return false;
+        }
+        let Some(buf) = self.ring.take_spare(BufClass::Small) else {
+            return false;
+        };
+        t.session.send_close_notify();
+        let len = t.session.write_pending(self.ring.buffer_mut(buf)) as u32;
+        if len == 0 {
+            self.ring.recycle(buf);
+            return false;
+        }
+        t.write = Some(Write { buf, sent: 0, len });
+        t.shutdown_after_write = true;
+        conn.machine.started(1);
+        self.ring
+            .send(fd, buf, 0, len, ud::encode(write_kind(side), slot, nonce));
+        true
+    }
+
+    /// Buffers a closed connection's TLS still holds go home; the sessions are dropped.
+    pub(super) fn release_tls(&mut self, slot: u32) {
+        for side in [Side::Client, Side::Backend] {
+            let Some(t) = self.conns[slot as usize].tls[side as usize].take() else {
+                continue;
+            };
+            for buf in [t.ready.map(|(b, _)| b), t.scratch].into_iter().flatten() {
+                self.ring.recycle(buf);
+            }
+        }
+    }
+
+    /// Whether `side` has TLS I/O of its own in flight (a handshake receive or a write).
+    pub(super) fn tls_busy(&self, slot: u32, side: Side) -> bool {
+        self.conns[slot as usize].tls[side as usize]
+            .as_deref()
+            .is_some_and(|t| t.hs_recv || t.write.is_some())
+    }
+
+    /// Whether the receive on `dir` reads a TLS side (its length leaves room for records).
+    pub(super) fn tls_direction(&self, slot: u32, dir: Dir) -> bool {
+        let conn = &self.conns[slot as usize];
+        conn.tls[dir.source() as usize].is_some() || conn.tls[dir.sink() as usize].is_some()
+    }
+}
+
+/// What a TLS sink makes of a send's completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TlsSent {
+    /// The sink is plaintext: the completion is the relay's own.
+    Plaintext,
+    /// More records went out; the relay hears nothing yet.
+    Again,
+    /// The relay's send is over: its plaintext bytes sent, or the error.
+    Relay(Result<u32, i32>),
+}
+
+/// What a TLS side makes of a receive on its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TlsReceived {
+    /// Not answered from the session: the completion is a socket read.
+    Socket,
+    /// `len` bytes of plaintext at the front of `buf`.
+    Plain { buf: RingBuf, len: u32 },
+    /// What the relay hears instead of bytes.
+    Relay(Received),
+    /// Nothing for the relay: receive again.
+    Again,
+}
+
+/// Keeps what a handshake receive decrypted: plaintext for the relay, or the buffer for the
+/// next write.
+fn keep_decrypted(t: &mut TlsSide, buf: RingBuf, d: Decrypted, ring: &mut crate::sys::Ring) {
+    t.eof |= d.peer_closed;
+    t.pending |= d.plaintext_pending;
+    if d.plaintext > 0 {
+        if let Some((old, _)) = t.ready.replace((buf, d.plaintext as u32)) {
+            // Cannot happen: one handshake receive after the handshake's end at most.
+            ring.recycle(old);
+        }
+    } else {
+        t.scratch = Some(buf);
+    }
+}

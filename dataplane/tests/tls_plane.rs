@@ -1,0 +1,316 @@
+//! TLS through the data plane alone, with real sockets: a hand-built FIB whose chain
+//! terminates TLS and whose cluster originates it, rustls peers on loopback, loaded.
+
+use rustls::pki_types::ServerName;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_dataplane::accesslog::AccessLogQueues;
+use switchyard_dataplane::fib::*;
+use switchyard_dataplane::plane::{DataPlane, PlaneConfig};
+use switchyard_dataplane::stats::*;
+use switchyard_dataplane::tls::settings::*;
+use switchyard_dataplane::tls::{ClientContext, ServerContext};
+use switchyard_dataplane::worker::Limits;
+
+mod support;
+use support::fib::echo;
+use support::pki::{chain_der, client_config, client_settings, key_der, server_settings, Pki};
+
+/// An echo server speaking TLS with `cert`.
+fn tls_echo_backend(cert: &Certificate) -> SocketAddr {
+    let config = Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain_der(cert), key_der(cert))
+            .unwrap(),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                echo(&mut tls);
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+                let _ = tls.sock.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// The support FIB with TLS on its chain and cluster as given.
+fn fib(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    chain_tls: Option<ChainTls>,
+    cluster_tls: Option<Arc<ClientContext>>,
+) -> Fib {
+    let mut f = support::fib::fib(listen, &[backend], 1);
+    f.listeners[0].filter_chains[0].tls = chain_tls;
+    Arc::get_mut(&mut f.clusters[0]).expect("fresh").tls = cluster_tls;
+    f
+}
+
+fn start(f: impl FnOnce(SocketAddr) -> Fib) -> (DataPlane, SocketAddr) {
+    let listen = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let plane = DataPlane::start(
+        PlaneConfig {
+            cpus: vec![0],
+            pin: false,
+            limits: Limits::default(),
+            drain_time: Duration::from_secs(1),
+        },
+        Arc::new(ServerStats::new("server", 1)),
+        Arc::new(AccessLogQueues::new(1, 64)),
+    )
+    .expect("start");
+    plane.publish(Arc::new(f(listen))).expect("publish");
+    (plane, listen)
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(13) + seed) as u8)
+        .collect()
+}
+
+/// Sends `msg` through `stream` in 64 KiB pieces, reading the echo of each back.
+fn exchange(mut stream: impl Read + Write, msg: &[u8]) -> Vec<u8> {
+    let mut got = Vec::with_capacity(msg.len());
+    let mut buf = vec![0u8; 65536];
+    let mut sent = 0;
+    for chunk in msg.chunks(64 * 1024) {
+        stream.write_all(chunk).unwrap();
+        stream.flush().unwrap();
+        sent += chunk.len();
+        while got.len() < sent {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "the echo ended early at {}", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    got
+}
+
+fn tls_client(
+    listen: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = ServerName::try_from("gateway.example.com").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    rustls::StreamOwned::new(conn, s)
+}
+
+/// Runs `client(id)` for ids `0..n` on threads of their own, all at once; panics if one did.
+fn in_parallel(n: u32, client: impl Fn(u32) + Send + Sync + Clone + 'static) {
+    let threads: Vec<_> = (0..n)
+        .map(|id| {
+            let client = client.clone();
+            std::thread::spawn(move || client(id))
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client");
+    }
+}
+
+/// Eight clients at once each move 1 MiB both ways through a chain that terminates TLS.
+#[test]
+fn a_terminating_chain_relays_eight_loaded_connections() {
+    let pki = Pki::new();
+    let ctx = Arc::new(
+        ServerContext::new(&server_settings(pki.leaf(&["gateway.example.com"], &[]))).unwrap(),
+    );
+    let backend = support::fib::echo_backend();
+    let chain = ChainTls {
+        context: ctx,
+        handshake_timeout_ms: None,
+    };
+    let (plane, listen) = start(|l| fib(l, backend, Some(chain), None));
+    let config = client_config(&pki, None);
+    in_parallel(8, move |id| {
+        let config = config.clone();
+        let msg = pattern(1 << 20, id);
+        let mut tls = tls_client(listen, config);
+        let got = exchange(&mut tls, &msg);
+        assert!(got == msg, "connection {id}: the echo differs");
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        let mut rest = Vec::new();
+        // The backend's end comes back as close_notify, then the socket's end.
+        let _ = tls.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+    });
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// Plaintext clients, a cluster that originates TLS to a rustls echo server.
+#[test]
+fn an_originating_cluster_relays_eight_loaded_connections() {
+    let pki = Pki::new();
+    let backend = tls_echo_backend(&pki.leaf(&["backend.example.com"], &[]));
+    let ctx = ClientContext::new(&client_settings(&pki)).unwrap();
+    let (plane, listen) = start(|l| fib(l, backend, None, Some(Arc::new(ctx))));
+    in_parallel(8, move |id| {
+        let msg = pattern(1 << 20, id);
+        let s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let got = exchange(&s, &msg);
+        assert!(got == msg, "connection {id}: the echo differs");
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        (&s).read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    });
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// TLS on both sides, a bad client among good ones: garbage instead of a ClientHello and a
+/// silent client are closed (the silent one at the handshake deadline); the others pass.
+#[test]
+fn bad_clients_are_closed_and_good_ones_pass_with_tls_on_both_sides() {
+    let pki = Pki::new();
+    let backend = tls_echo_backend(&pki.leaf(&["backend.example.com"], &[]));
+    let server = Arc::new(
+        ServerContext::new(&server_settings(pki.leaf(&["gateway.example.com"], &[]))).unwrap(),
+    );
+    let client = ClientContext::new(&client_settings(&pki)).unwrap();
+    let chain = ChainTls {
+        context: server,
+        handshake_timeout_ms: Some(300),
+    };
+    let (plane, listen) = start(|l| fib(l, backend, Some(chain), Some(Arc::new(client))));
+    // Garbage: an alert comes back, then the end.
+    let mut garbage = TcpStream::connect(listen).unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = garbage.read_to_end(&mut answer);
+    assert_eq!(answer.first(), Some(&21), "a TLS alert record: {answer:?}");
+    // Silent: closed at the handshake deadline.
+    let mut silent = TcpStream::connect(listen).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = loop {
+        match silent.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r.unwrap_or(0),
+        }
+    };
+    assert_eq!(n, 0);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    let config = client_config(&pki, None);
+    in_parallel(4, move |id| {
+        let config = config.clone();
+        let msg = pattern(300_000, id);
+        let mut tls = tls_client(listen, config);
+        assert!(exchange(&mut tls, &msg) == msg);
+    });
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// mTLS: a client whose SPIFFE ID the chain's SAN matcher accepts gets through; another
+/// is refused in the handshake; a client without a certificate too.
+#[test]
+fn a_client_certificate_is_checked_by_its_spiffe_id() {
+    let pki = Pki::new();
+    let backend = support::fib::echo_backend();
+    let mut settings = server_settings(pki.leaf(&["gateway.example.com"], &[]));
+    settings.validation = Some(Validation {
+        trusted_ca: vec![pki.ca.clone()],
+        crls: Vec::new(),
+        san_matchers: vec![SanMatcher {
+            san_type: SanType::Uri,
+            matcher: StringMatch {
+                pattern: StringPattern::Exact("spiffe://cluster.local/ns/default/sa/web".into()),
+                ignore_case: false,
+            },
+        }],
+    });
+    settings.require_client_certificate = true;
+    let chain = ChainTls {
+        context: Arc::new(ServerContext::new(&settings).unwrap()),
+        handshake_timeout_ms: None,
+    };
+    let (plane, listen) = start(|l| fib(l, backend, Some(chain), None));
+    let web = pki.leaf(&[], &["spiffe://cluster.local/ns/default/sa/web"]);
+    let mut ok = tls_client(listen, client_config(&pki, Some(&web)));
+    assert_eq!(exchange(&mut ok, b"hello"), b"hello");
+    let intruder = pki.leaf(&[], &["spiffe://cluster.local/ns/other/sa/web"]);
+    for cert in [Some(&intruder), None] {
+        let mut refused = tls_client(listen, client_config(&pki, cert));
+        // TLS 1.3: the client's write succeeds; the server's refusal arrives on the read.
+        let _ = refused.write_all(b"hello");
+        let _ = refused.flush();
+        let mut buf = [0u8; 16];
+        let r = refused.read(&mut buf);
+        assert!(
+            matches!(r, Err(_) | Ok(0)),
+            "a refused client reads nothing: {r:?}"
+        );
+    }
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// The splice relay never sees the bytes: a FIB with TLS is refused, naming what has it.
+#[test]
+fn a_splicing_plane_refuses_tls() {
+    let pki = Pki::new();
+    let plane = DataPlane::start(
+        PlaneConfig {
+            cpus: vec![0],
+            pin: false,
+            limits: Limits {
+                relay_mode: switchyard_dataplane::worker::RelayMode::Splice,
+                ..Limits::default()
+            },
+            drain_time: Duration::from_secs(1),
+        },
+        Arc::new(ServerStats::new("server", 1)),
+        Arc::new(AccessLogQueues::new(1, 64)),
+    )
+    .expect("start");
+    let listen = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let chain = ChainTls {
+        context: Arc::new(ServerContext::new(&server_settings(pki.leaf(&["a"], &[]))).unwrap()),
+        handshake_timeout_ms: None,
+    };
+    let err = plane
+        .publish(Arc::new(fib(listen, listen, Some(chain), None)))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("listener 'gw' speaks TLS"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("--relay-mode buffer-ring"),
+        "{err}"
+    );
+    plane.shutdown(Duration::from_millis(100));
+}
