@@ -249,6 +249,7 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
                 max_accepts_per_event: t.max_accepts_per_event,
                 access_logs: listener_logs[i].clone(),
                 ignore_global_conn_limit: t.ignore_global_conn_limit,
+                ssl_stats: None,
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),
@@ -332,6 +333,7 @@ fn cluster(
         tls: None,
         added_via_api: c.added_via_api,
         udp_stats,
+        ssl_stats: None,
     };
     // RING_HASH, MAGLEV: the table is built here, on the control thread, once per change of
     // the cluster (an unchanged cluster is shared with the previous FIB, table and all). It

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
 use switchyard_dataplane::stats::{
     listener_stat_name, ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState,
-    FaultStats, ListenerStats, ListenerUdpStats, MirrorStats, ServerStats, TcpStats, UdpStats,
+    FaultStats, ListenerStats, ListenerUdpStats, MirrorStats, ServerStats, SslStats, TcpStats,
+    UdpStats,
 };
 
 /// All stat blocks, by name.
@@ -46,6 +47,10 @@ pub struct Blocks {
     pub listener: BTreeMap<String, Arc<ListenerStats>>,
     /// `listener.<ip>_<port>.udp.`, for UDP listeners.
     pub listener_udp: BTreeMap<String, Arc<ListenerUdpStats>>,
+    /// `listener.<ip>_<port>.ssl.`, for listeners with a chain that terminates TLS.
+    pub listener_ssl: BTreeMap<String, Arc<SslStats>>,
+    /// `cluster.<name>.ssl.`, for clusters that originate TLS.
+    pub cluster_ssl: BTreeMap<String, Arc<SslStats>>,
     /// Circuit-breaker resources in use, by cluster name.
     pub resources: BTreeMap<String, Arc<ClusterResources>>,
     /// `connection_limit.<stat_prefix>.`
@@ -102,6 +107,11 @@ impl StatsRegistry {
                 .listener_udp
                 .values()
                 .for_each(|b| b.reset_counters());
+            let ssl = blocks
+                .listener_ssl
+                .values()
+                .chain(blocks.cluster_ssl.values());
+            ssl.for_each(|b| b.reset_counters());
             blocks
                 .connection_limit
                 .values()
@@ -242,6 +252,27 @@ impl StatsRegistry {
             .listener
             .entry(name.clone())
             .or_insert_with(|| Arc::new(ListenerStats::new(name, w)))
+            .clone()
+    }
+
+    /// The `listener.<ip>_<port>.ssl.` block of a listener that terminates TLS.
+    pub fn listener_ssl(&self, addr: SocketAddr) -> Arc<SslStats> {
+        let w = self.workers;
+        let name = listener_stat_name(&addr);
+        self.blocks()
+            .listener_ssl
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(SslStats::new(name, w)))
+            .clone()
+    }
+
+    /// The `cluster.<name>.ssl.` block of a cluster that originates TLS.
+    pub fn cluster_ssl(&self, name: &str) -> Arc<SslStats> {
+        let w = self.workers;
+        self.blocks()
+            .cluster_ssl
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(SslStats::new(name, w)))
             .clone()
     }
 

@@ -547,8 +547,91 @@ impl HealthStat {
 }
 
 stat_block!(
+    /// `listener.<ip>_<port>.ssl.*` (a listener with a TLS chain) and `cluster.<name>.ssl.*`
+    /// (a cluster that originates TLS): Envoy's names. The `versions.*`, `ciphers.*` and
+    /// `curves.*` stats are shown once they counted something, as Envoy creates them on
+    /// first use; cipher names are BoringSSL's.
+    SslStats, SslStat, 22, {
+    /// Handshakes completed.
+    Handshake => ("handshake", Counter),
+    /// Handshakes that failed (protocol errors, refused certificates, the peer's end).
+    ConnectionError => ("connection_error", Counter),
+    /// Handshakes completed without a peer certificate where one was asked for.
+    NoCertificate => ("no_certificate", Counter),
+    /// Handshakes refused because the peer sent no certificate and one is required.
+    FailVerifyNoCert => ("fail_verify_no_cert", Counter),
+    /// Handshakes refused by the certificate's chain (untrusted, expired, revoked).
+    FailVerifyError => ("fail_verify_error", Counter),
+    /// Handshakes refused by `match_typed_subject_alt_names`.
+    FailVerifySan => ("fail_verify_san", Counter),
+    /// Handshakes resumed from a session ticket.
+    SessionReused => ("session_reused", Counter),
+    /// Handshakes not done by the deadline (Switchyard's; Envoy counts these in
+    /// `listener.<addr>.downstream_cx_transport_socket_connect_timeout`, also counted).
+    HandshakeTimeout => ("handshake_timeout", Counter),
+    VersionTls12 => ("versions.TLSv1.2", Counter),
+    VersionTls13 => ("versions.TLSv1.3", Counter),
+    CipherAes128Gcm => ("ciphers.TLS_AES_128_GCM_SHA256", Counter),
+    CipherAes256Gcm => ("ciphers.TLS_AES_256_GCM_SHA384", Counter),
+    CipherChacha20 => ("ciphers.TLS_CHACHA20_POLY1305_SHA256", Counter),
+    CipherEcdsaAes128 => ("ciphers.ECDHE-ECDSA-AES128-GCM-SHA256", Counter),
+    CipherEcdsaAes256 => ("ciphers.ECDHE-ECDSA-AES256-GCM-SHA384", Counter),
+    CipherEcdsaChacha20 => ("ciphers.ECDHE-ECDSA-CHACHA20-POLY1305", Counter),
+    CipherRsaAes128 => ("ciphers.ECDHE-RSA-AES128-GCM-SHA256", Counter),
+    CipherRsaAes256 => ("ciphers.ECDHE-RSA-AES256-GCM-SHA384", Counter),
+    CipherRsaChacha20 => ("ciphers.ECDHE-RSA-CHACHA20-POLY1305", Counter),
+    CurveX25519 => ("curves.X25519", Counter),
+    CurveP256 => ("curves.P-256", Counter),
+    CurveP384 => ("curves.P-384", Counter),
+});
+
+impl SslStat {
+    /// Shown only once it counted something (Envoy makes these on first use).
+    pub fn on_first_use(self) -> bool {
+        let n = self.name();
+        n.starts_with("versions.") || n.starts_with("ciphers.") || n.starts_with("curves.")
+    }
+
+    /// The `versions.*` stat of a version as rustls names it.
+    pub fn of_version(v: rustls::ProtocolVersion) -> Option<SslStat> {
+        match v {
+            rustls::ProtocolVersion::TLSv1_2 => Some(SslStat::VersionTls12),
+            rustls::ProtocolVersion::TLSv1_3 => Some(SslStat::VersionTls13),
+            _ => None,
+        }
+    }
+
+    /// The `ciphers.*` stat of a suite.
+    pub fn of_cipher(c: rustls::CipherSuite) -> Option<SslStat> {
+        use rustls::CipherSuite as C;
+        Some(match c {
+            C::TLS13_AES_128_GCM_SHA256 => SslStat::CipherAes128Gcm,
+            C::TLS13_AES_256_GCM_SHA384 => SslStat::CipherAes256Gcm,
+            C::TLS13_CHACHA20_POLY1305_SHA256 => SslStat::CipherChacha20,
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => SslStat::CipherEcdsaAes128,
+            C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => SslStat::CipherEcdsaAes256,
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => SslStat::CipherEcdsaChacha20,
+            C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => SslStat::CipherRsaAes128,
+            C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => SslStat::CipherRsaAes256,
+            C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => SslStat::CipherRsaChacha20,
+            _ => return None,
+        })
+    }
+
+    /// The `curves.*` stat of a key-exchange group.
+    pub fn of_curve(g: rustls::NamedGroup) -> Option<SslStat> {
+        match g {
+            rustls::NamedGroup::X25519 => Some(SslStat::CurveX25519),
+            rustls::NamedGroup::secp256r1 => Some(SslStat::CurveP256),
+            rustls::NamedGroup::secp384r1 => Some(SslStat::CurveP384),
+            _ => None,
+        }
+    }
+}
+
+stat_block!(
     /// `listener.<ip>_<port>.*`: one per listener address.
-    ListenerStats, ListenerStat, 9, {
+    ListenerStats, ListenerStat, 10, {
     /// Connections accepted.
     DownstreamCxTotal => ("downstream_cx_total", Counter),
     /// Connections open now.
@@ -570,6 +653,8 @@ stat_block!(
     /// Connections accepted and closed at once because the process was out of descriptors
     /// (`EMFILE`/`ENFILE`), instead of waiting in the accept queue. Switchyard's own stat.
     DownstreamCxShedFdLimit => ("downstream_cx_shed_fd_limit", Counter),
+    /// TLS handshakes not done within the chain's `transport_socket_connect_timeout`.
+    DownstreamCxTransportSocketConnectTimeout => ("downstream_cx_transport_socket_connect_timeout", Counter),
 });
 
 stat_block!(

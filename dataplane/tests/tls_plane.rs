@@ -53,12 +53,29 @@ fn fib(
     cluster_tls: Option<Arc<ClientContext>>,
 ) -> Fib {
     let mut f = support::fib::fib(listen, &[backend], 1);
+    f.listeners[0].ssl_stats = chain_tls
+        .as_ref()
+        .map(|_| Arc::new(SslStats::new("listener", 1)));
     f.listeners[0].filter_chains[0].tls = chain_tls;
-    Arc::get_mut(&mut f.clusters[0]).expect("fresh").tls = cluster_tls;
+    let cluster = Arc::get_mut(&mut f.clusters[0]).expect("fresh");
+    cluster.ssl_stats = cluster_tls
+        .as_ref()
+        .map(|_| Arc::new(SslStats::new("cluster", 1)));
+    cluster.tls = cluster_tls;
     f
 }
 
-fn start(f: impl FnOnce(SocketAddr) -> Fib) -> (DataPlane, SocketAddr) {
+/// The listener's `ssl.*` stats.
+fn listener_ssl(f: &Fib) -> &SslStats {
+    f.listeners[0].ssl_stats.as_deref().expect("a TLS listener")
+}
+
+/// The cluster's `ssl.*` stats.
+fn cluster_ssl(f: &Fib) -> &SslStats {
+    f.clusters[0].ssl_stats.as_deref().expect("a TLS cluster")
+}
+
+fn start(f: impl FnOnce(SocketAddr) -> Fib) -> (DataPlane, Arc<Fib>, SocketAddr) {
     let listen = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -74,8 +91,9 @@ fn start(f: impl FnOnce(SocketAddr) -> Fib) -> (DataPlane, SocketAddr) {
         Arc::new(AccessLogQueues::new(1, 64)),
     )
     .expect("start");
-    plane.publish(Arc::new(f(listen))).expect("publish");
-    (plane, listen)
+    let fib = Arc::new(f(listen));
+    plane.publish(fib.clone()).expect("publish");
+    (plane, fib, listen)
 }
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -113,6 +131,15 @@ fn tls_client(
     rustls::StreamOwned::new(conn, s)
 }
 
+/// Waits up to 2 s for `cond` (a count the worker makes just after the peer saw the end).
+fn eventually(cond: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(2);
+    while !cond() {
+        assert!(Instant::now() < until, "not within 2 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs `client(id)` for ids `0..n` on threads of their own, all at once; panics if one did.
 fn in_parallel(n: u32, client: impl Fn(u32) + Send + Sync + Clone + 'static) {
     let threads: Vec<_> = (0..n)
@@ -138,7 +165,7 @@ fn a_terminating_chain_relays_eight_loaded_connections() {
         context: ctx,
         handshake_timeout_ms: None,
     };
-    let (plane, listen) = start(|l| fib(l, backend, Some(chain), None));
+    let (plane, f, listen) = start(|l| fib(l, backend, Some(chain), None));
     let config = client_config(&pki, None);
     in_parallel(8, move |id| {
         let config = config.clone();
@@ -153,6 +180,19 @@ fn a_terminating_chain_relays_eight_loaded_connections() {
         let _ = tls.read_to_end(&mut rest);
         assert!(rest.is_empty());
     });
+    let ssl = listener_ssl(&f);
+    assert_eq!(ssl.get(SslStat::Handshake), 8);
+    assert_eq!(ssl.get(SslStat::VersionTls13), 8);
+    // The group the client sent a key share for (rustls' own client: P-384).
+    let curves = [SslStat::CurveX25519, SslStat::CurveP256, SslStat::CurveP384];
+    assert_eq!(curves.iter().map(|&c| ssl.get(c)).sum::<u64>(), 8);
+    let tls13 = [
+        SslStat::CipherAes128Gcm,
+        SslStat::CipherAes256Gcm,
+        SslStat::CipherChacha20,
+    ];
+    assert_eq!(tls13.iter().map(|&c| ssl.get(c)).sum::<u64>(), 8);
+    assert_eq!(ssl.get(SslStat::ConnectionError), 0);
     plane.shutdown(Duration::from_millis(100));
 }
 
@@ -162,7 +202,7 @@ fn an_originating_cluster_relays_eight_loaded_connections() {
     let pki = Pki::new();
     let backend = tls_echo_backend(&pki.leaf(&["backend.example.com"], &[]));
     let ctx = ClientContext::new(&client_settings(&pki)).unwrap();
-    let (plane, listen) = start(|l| fib(l, backend, None, Some(Arc::new(ctx))));
+    let (plane, f, listen) = start(|l| fib(l, backend, None, Some(Arc::new(ctx))));
     in_parallel(8, move |id| {
         let msg = pattern(1 << 20, id);
         let s = TcpStream::connect(listen).unwrap();
@@ -174,6 +214,8 @@ fn an_originating_cluster_relays_eight_loaded_connections() {
         (&s).read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
     });
+    assert_eq!(cluster_ssl(&f).get(SslStat::Handshake), 8);
+    assert_eq!(cluster_ssl(&f).get(SslStat::ConnectionError), 0);
     plane.shutdown(Duration::from_millis(100));
 }
 
@@ -191,7 +233,7 @@ fn bad_clients_are_closed_and_good_ones_pass_with_tls_on_both_sides() {
         context: server,
         handshake_timeout_ms: Some(300),
     };
-    let (plane, listen) = start(|l| fib(l, backend, Some(chain), Some(Arc::new(client))));
+    let (plane, f, listen) = start(|l| fib(l, backend, Some(chain), Some(Arc::new(client))));
     // Garbage: an alert comes back, then the end.
     let mut garbage = TcpStream::connect(listen).unwrap();
     garbage
@@ -229,6 +271,13 @@ fn bad_clients_are_closed_and_good_ones_pass_with_tls_on_both_sides() {
         let mut tls = tls_client(listen, config);
         assert!(exchange(&mut tls, &msg) == msg);
     });
+    let ssl = listener_ssl(&f);
+    eventually(|| ssl.get(SslStat::HandshakeTimeout) == 1);
+    assert_eq!(ssl.get(SslStat::Handshake), 4);
+    assert_eq!(ssl.get(SslStat::ConnectionError), 1, "the garbage");
+    let timeouts = ListenerStat::DownstreamCxTransportSocketConnectTimeout;
+    assert_eq!(f.listeners[0].stats.get(timeouts), 1);
+    assert_eq!(cluster_ssl(&f).get(SslStat::Handshake), 4);
     plane.shutdown(Duration::from_millis(100));
 }
 
@@ -255,7 +304,7 @@ fn a_client_certificate_is_checked_by_its_spiffe_id() {
         context: Arc::new(ServerContext::new(&settings).unwrap()),
         handshake_timeout_ms: None,
     };
-    let (plane, listen) = start(|l| fib(l, backend, Some(chain), None));
+    let (plane, f, listen) = start(|l| fib(l, backend, Some(chain), None));
     let web = pki.leaf(&[], &["spiffe://cluster.local/ns/default/sa/web"]);
     let mut ok = tls_client(listen, client_config(&pki, Some(&web)));
     assert_eq!(exchange(&mut ok, b"hello"), b"hello");
@@ -272,6 +321,11 @@ fn a_client_certificate_is_checked_by_its_spiffe_id() {
             "a refused client reads nothing: {r:?}"
         );
     }
+    let ssl = listener_ssl(&f);
+    eventually(|| ssl.get(SslStat::ConnectionError) == 2);
+    assert_eq!(ssl.get(SslStat::Handshake), 1);
+    assert_eq!(ssl.get(SslStat::FailVerifySan), 1);
+    assert_eq!(ssl.get(SslStat::FailVerifyNoCert), 1);
     plane.shutdown(Duration::from_millis(100));
 }
 

@@ -87,6 +87,7 @@ pub(crate) fn fixture() -> Fixture {
             max_accepts_per_event: None,
             access_logs: Vec::new(),
             ignore_global_conn_limit: false,
+            ssl_stats: None,
         }],
         clusters: vec![
             Arc::new(Cluster {
@@ -121,6 +122,7 @@ pub(crate) fn fixture() -> Fixture {
                 added_via_api: false,
                 udp_stats: echo_udp,
                 tls: None,
+                ssl_stats: None,
             }),
             Arc::new(Cluster {
                 name: "empty".into(),
@@ -139,6 +141,7 @@ pub(crate) fn fixture() -> Fixture {
                 added_via_api: false,
                 udp_stats: reg.cluster_udp_unrouted().clone(),
                 tls: None,
+                ssl_stats: None,
             }),
         ],
         own_addresses: vec![listener_addr],

@@ -27,7 +27,7 @@ use switchyard_dataplane::fib::{Cluster, Fib, HashLookup, Route};
 use switchyard_dataplane::health::FAILED_ACTIVE_HC;
 use switchyard_dataplane::stats::{
     ClusterStat, ClusterUdpStat, FaultStat, HealthStat, ListenerStat, ListenerUdpStat, MirrorStat,
-    Resource, ServerStat, StatKind, TcpStat, UdpStat,
+    Resource, ServerStat, SslStat, StatKind, TcpStat, UdpStat,
 };
 
 /// A stat's value: counters are unsigned, gauges signed.
@@ -311,6 +311,21 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                     ListenerStat::kind,
                     get,
                 );
+            }
+        }
+        for (prefix, ssl) in [
+            ("listener", &blocks.listener_ssl),
+            ("cluster", &blocks.cluster_ssl),
+        ] {
+            for (name, b) in ssl {
+                let p = format!("{prefix}.{}.ssl", sanitize_element(name));
+                let shown = SslStat::ALL.iter().copied();
+                let shown: Vec<SslStat> = shown
+                    .filter(|s| !s.on_first_use() || b.get(*s) > 0)
+                    .collect();
+                push_block(&mut out, &p, &shown, SslStat::name, SslStat::kind, |s| {
+                    b.get(s)
+                });
             }
         }
         for (name, b) in &blocks.listener_udp {

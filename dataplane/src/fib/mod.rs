@@ -144,6 +144,8 @@ pub struct Listener {
     /// `ignore_global_conn_limit`: its connections count toward the global connection limit
     /// ([`crate::global_limit`]) but are never refused by it.
     pub ignore_global_conn_limit: bool,
+    /// `listener.<ip>_<port>.ssl.*` when a chain terminates TLS, by address across FIBs.
+    pub ssl_stats: Option<Arc<crate::stats::SslStats>>,
 }
 
 /// A UDP listener: Envoy's `address.socket_address.protocol: UDP` with the listener filter
@@ -627,6 +629,8 @@ pub struct Cluster {
     /// originate TLS with this context (the handshake is part of the connect, as in Envoy);
     /// `None`: plaintext.
     pub tls: Option<Arc<crate::tls::ClientContext>>,
+    /// `cluster.<name>.ssl.*`, by name across FIBs (with `tls`).
+    pub ssl_stats: Option<Arc<crate::stats::SslStats>>,
 }
 
 /// What decides a cluster's endpoints' health, and what balancing does about it.

@@ -401,11 +401,15 @@ fn provider_for(params: &TlsParams) -> Result<CryptoProvider, TlsConfigError> {
         }
         provider.cipher_suites = suites;
     }
-    if let Some(curves) = &params.curves {
-        if curves.is_empty() {
-            return Err(TlsConfigError::Params("ecdh_curves is empty".into()));
-        }
-        provider.kx_groups = curves.iter().map(|&c| group(c)).collect();
+    // BoringSSL's (Envoy's) order by default; rustls' ring provider puts P-384 first, a
+    // slower key exchange than X25519 for every full handshake.
+    let curves = params
+        .curves
+        .as_deref()
+        .unwrap_or(&[Curve::X25519, Curve::P256, Curve::P384]);
+    if curves.is_empty() {
+        return Err(TlsConfigError::Params("ecdh_curves is empty".into()));
     }
+    provider.kx_groups = curves.iter().map(|&c| group(c)).collect();
     Ok(provider)
 }

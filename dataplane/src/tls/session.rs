@@ -78,6 +78,10 @@ enum State {
 /// One connection's TLS state.
 pub struct Session {
     state: State,
+    /// What it failed with, for the counters.
+    error: Option<rustls::Error>,
+    /// A server that asks for a client certificate.
+    asks_client_cert: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -95,11 +99,14 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A server session for a filter chain's context: it reads the ClientHello first.
     pub fn server(context: Arc<ServerContext>) -> Session {
+        let asks_client_cert = context.settings().validation.is_some();
         Session {
+            asks_client_cert,
             state: State::Accepting {
                 acceptor: Box::default(),
                 context,
             },
+            error: None,
         }
     }
 
@@ -111,6 +118,8 @@ impl Session {
         conn.set_buffer_limit(None);
         Ok(Session {
             state: State::Open(Box::new(Connection::Client(conn))),
+            error: None,
+            asks_client_cert: false,
         })
     }
 
@@ -118,6 +127,8 @@ impl Session {
     pub fn failed() -> Session {
         Session {
             state: State::Failed(Vec::new()),
+            error: None,
+            asks_client_cert: false,
         }
     }
 
@@ -193,7 +204,10 @@ impl Session {
             unreachable!("checked above")
         };
         out.plaintext += read_plaintext(conn, &mut buf[out.plaintext..]);
-        let state = conn.process_new_packets().map_err(TlsError::Protocol)?;
+        let state = match conn.process_new_packets() {
+            Ok(state) => state,
+            Err(e) => return Err(self.fail(e)),
+        };
         out.peer_closed = state.peer_has_closed();
         out.plaintext_pending = state.plaintext_bytes_to_read() > 0;
         Ok(out)
@@ -244,6 +258,7 @@ impl Session {
         let mut bytes = Vec::new();
         let _ = alert.write_all(&mut bytes);
         self.state = State::Failed(bytes);
+        self.error = Some(e.clone());
         TlsError::Protocol(e)
     }
 
@@ -259,7 +274,13 @@ impl Session {
             }
         }
         self.state = State::Failed(bytes);
+        self.error = Some(e.clone());
         TlsError::Protocol(e)
+    }
+
+    /// What the session failed with, if it did.
+    pub fn error(&self) -> Option<&rustls::Error> {
+        self.error.as_ref()
     }
 
     /// Moves plaintext rustls still holds into `out`; how much.
@@ -331,17 +352,18 @@ impl Session {
         if conn.is_handshaking() {
             return None;
         }
+        let suite = conn.negotiated_cipher_suite().map(|s| s.suite());
         Some(Negotiated {
             version: match conn.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                 Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                 _ => "-",
             },
-            cipher: conn
-                .negotiated_cipher_suite()
-                .and_then(|s| s.suite().as_str())
-                .unwrap_or("-"),
+            cipher: suite.and_then(|s| s.as_str()).unwrap_or("-"),
             resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
+            protocol: conn.protocol_version(),
+            suite,
+            group: conn.negotiated_key_exchange_group().map(|g| g.name()),
         })
     }
 
@@ -351,6 +373,11 @@ impl Session {
             State::Open(conn) => conn.peer_certificates(),
             _ => None,
         }
+    }
+
+    /// A server session that asks its client for a certificate.
+    pub fn asks_for_client_certificate(&self) -> bool {
+        self.asks_client_cert
     }
 
     /// The SNI a client sent (server sessions).
@@ -382,6 +409,12 @@ pub struct Negotiated {
     pub cipher: &'static str,
     /// Resumed from a ticket.
     pub resumed: bool,
+    /// The version, as rustls names it.
+    pub protocol: Option<rustls::ProtocolVersion>,
+    /// The cipher suite, as rustls names it.
+    pub suite: Option<rustls::CipherSuite>,
+    /// The key-exchange group (none for a TLS 1.2 resumption).
+    pub group: Option<rustls::NamedGroup>,
 }
 
 /// Moves plaintext from `conn` into `out` until either is empty.

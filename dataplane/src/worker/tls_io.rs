@@ -19,6 +19,7 @@ use super::ud::{self, Kind};
 use super::Worker;
 use crate::conn::{self, HandshakeEnd};
 use crate::relay::{Dir, Received, Side};
+use crate::stats::{ListenerStat, SslStat, SslStats};
 use crate::sys::{BufClass, Completion, RingBuf};
 use crate::tls::{Decrypted, Session, TLS_SLACK};
 
@@ -250,6 +251,83 @@ impl Worker {
         Some(end)
     }
 
+    /// Counts `side`'s handshake end in its `ssl.*` stats and tells the machine.
+    fn report_handshake(&mut self, slot: u32, side: Side, end: HandshakeEnd) {
+        self.count_handshake(slot, side, end);
+        self.drive(slot, conn::Event::Handshaken { side, end });
+    }
+
+    /// The listener `slot` was accepted on, in its own generation.
+    fn listener_of(&self, slot: u32) -> Option<&crate::fib::Listener> {
+        let conn = &self.conns[slot as usize];
+        let g = self.generations[conn.generation as usize].as_ref()?;
+        g.fib.listeners.get(conn.fib_listener as usize)
+    }
+
+    /// The `ssl.*` stats of `side`: the listener's for the client, the cluster's for the
+    /// backend.
+    fn ssl_stats(&self, slot: u32, side: Side) -> Option<&SslStats> {
+        match side {
+            Side::Client => self.listener_of(slot)?.ssl_stats.as_deref(),
+            Side::Backend => self.cluster_of(slot)?.ssl_stats.as_deref(),
+        }
+    }
+
+    fn count_handshake(&self, slot: u32, side: Side, end: HandshakeEnd) {
+        let Some(t) = self.conns[slot as usize].tls[side as usize].as_deref() else {
+            return;
+        };
+        let Some(stats) = self.ssl_stats(slot, side) else {
+            return;
+        };
+        let id = self.id;
+        match end {
+            HandshakeEnd::Done => {
+                stats.inc(id, SslStat::Handshake);
+                if let Some(n) = t.session.negotiated() {
+                    if n.resumed {
+                        stats.inc(id, SslStat::SessionReused);
+                    }
+                    let named = [
+                        n.protocol.and_then(SslStat::of_version),
+                        n.suite.and_then(SslStat::of_cipher),
+                        n.group.and_then(SslStat::of_curve),
+                    ];
+                    for stat in named.into_iter().flatten() {
+                        stats.inc(id, stat);
+                    }
+                }
+                let asked = side == Side::Client && t.session.asks_for_client_certificate();
+                if asked && t.session.peer_certificates().is_none() {
+                    stats.inc(id, SslStat::NoCertificate);
+                }
+            }
+            HandshakeEnd::TimedOut => {
+                stats.inc(id, SslStat::HandshakeTimeout);
+                if side == Side::Client {
+                    if let Some(l) = self.listener_of(slot) {
+                        l.stats
+                            .inc(id, ListenerStat::DownstreamCxTransportSocketConnectTimeout);
+                    }
+                }
+            }
+            HandshakeEnd::Failed | HandshakeEnd::Local => {
+                stats.inc(id, SslStat::ConnectionError);
+                let verify = match t.session.error() {
+                    Some(rustls::Error::NoCertificatesPresented) => Some(SslStat::FailVerifyNoCert),
+                    Some(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::NotValidForName,
+                    )) => Some(SslStat::FailVerifySan),
+                    Some(rustls::Error::InvalidCertificate(_)) => Some(SslStat::FailVerifyError),
+                    _ => None,
+                };
+                if let Some(stat) = verify {
+                    stats.inc(id, stat);
+                }
+            }
+        }
+    }
+
     /// Whether `slot` is in a handshake with `side` (its completions move it on).
     fn handshaking(&self, slot: u32, side: Side) -> bool {
         self.conns[slot as usize].machine.stage() == conn::Stage::Handshaking { side }
@@ -292,7 +370,7 @@ impl Worker {
             return;
         }
         if let Some(end) = self.tls_pump(slot, side) {
-            self.drive(slot, conn::Event::Handshaken { side, end });
+            self.report_handshake(slot, side, end);
         }
     }
 
@@ -341,7 +419,7 @@ impl Worker {
             return;
         }
         if let Some(end) = self.tls_pump(slot, side) {
-            self.drive(slot, conn::Event::Handshaken { side, end });
+            self.report_handshake(slot, side, end);
         }
     }
 

@@ -36,6 +36,7 @@ pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         added_via_api: false,
         udp_stats: Arc::new(ClusterUdpStats::new("echo", 1)),
         tls: None,
+        ssl_stats: None,
     };
     let chain = FilterChain {
         name: "".into(),
@@ -71,6 +72,7 @@ pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             max_accepts_per_event: None,
             access_logs: Vec::new(),
             ignore_global_conn_limit: false,
+            ssl_stats: None,
         }],
         clusters: vec![Arc::new(cluster)],
         own_addresses: vec![listen],
