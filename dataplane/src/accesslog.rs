@@ -12,6 +12,8 @@
 //! - Rendering ([`render`]) is pure: no clock, no I/O. A value the record does not have renders
 //!   as `-` in text formats and as `null` in JSON, like Envoy.
 
+pub mod tls;
+
 use crossbeam_queue::ArrayQueue;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -43,6 +45,18 @@ pub enum LogFormat {
     Text(Vec<Segment>),
     /// A `json_format` object: keys and the operator or literal each key renders.
     Json(Vec<(String, Segment)>),
+}
+
+impl LogFormat {
+    /// Renders a TLS operator (so records of TLS connections carry their TLS).
+    pub fn uses_tls(&self) -> bool {
+        let tls = |s: &Segment| matches!(s, Segment::Operator(Operator::Tls(..)));
+        match self {
+            LogFormat::EnvoyDefault => false,
+            LogFormat::Text(segments) => segments.iter().any(tls),
+            LogFormat::Json(fields) => fields.iter().any(|(_, s)| tls(s)),
+        }
+    }
 }
 
 /// One piece of a compiled format.
@@ -87,6 +101,8 @@ pub enum Operator {
     Protocol,
     /// `%RESPONSE_CODE%` (always 0 for TCP)
     ResponseCode,
+    /// A TLS operator: `%DOWNSTREAM_PEER_URI_SAN%`, `%UPSTREAM_TLS_VERSION%`, ... ([`tls`]).
+    Tls(tls::TlsSideSel, tls::TlsField),
 }
 
 /// A configured access-log destination and format. Shared (by `Arc`) across FIB generations.
@@ -193,6 +209,9 @@ pub struct AccessRecord {
     pub response_flags: ResponseFlags,
     /// Why the proxy closed the connection, if it did (`-` otherwise).
     pub termination_details: &'static str,
+    /// Its TLS, when it spoke TLS and a sink of it renders a TLS operator (one per
+    /// connection, shared by its records).
+    pub tls: Option<Arc<tls::TlsRecord>>,
 }
 
 /// One bounded queue per worker.
@@ -259,7 +278,10 @@ impl Operator {
             "CONNECTION_TERMINATION_DETAILS" => Operator::ConnectionTerminationDetails,
             "PROTOCOL" => Operator::Protocol,
             "RESPONSE_CODE" => Operator::ResponseCode,
-            _ => return None,
+            other => {
+                let (side, field) = tls::operator(other)?;
+                Operator::Tls(side, field)
+            }
         })
     }
 }
@@ -398,6 +420,8 @@ enum Value<'a> {
     Time(u64),
     /// `%RESPONSE_FLAGS%`.
     Flags(ResponseFlags),
+    /// Text made for this record (TLS operators).
+    Owned(String),
 }
 
 fn value(record: &AccessRecord, op: Operator) -> Value<'_> {
@@ -429,6 +453,9 @@ fn value(record: &AccessRecord, op: Operator) -> Value<'_> {
         },
         Operator::Protocol => Value::Missing,
         Operator::ResponseCode => Value::Num(0),
+        Operator::Tls(side, field) => {
+            tls::render(record.tls.as_deref(), side, field).map_or(Value::Missing, Value::Owned)
+        }
     }
 }
 
@@ -439,6 +466,7 @@ fn write_text_value(v: Value<'_>, out: &mut String) {
             let _ = write!(out, "{n}");
         }
         Value::Str(s) => out.push_str(s),
+        Value::Owned(s) => out.push_str(&s),
         Value::Addr(a) => {
             let _ = write!(out, "{a}");
         }
@@ -457,6 +485,7 @@ fn write_json_value(v: Value<'_>, out: &mut String) {
             let _ = write!(out, "{n}");
         }
         Value::Str(s) => write_json_string(s, out),
+        Value::Owned(s) => write_json_string(&s, out),
         other => {
             // Addresses, times and flags never need escaping: render, then quote.
             out.push('"');
@@ -830,7 +859,53 @@ mod render_tests {
             upstream_cluster_raw: Some("echo_raw".into()),
             response_flags: ResponseFlags::default(),
             termination_details: "-",
+            tls: None,
         }
+    }
+
+    #[test]
+    fn tls_operators_render_the_peer_certificate_as_envoy() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "acme, inc");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "web");
+        params.subject_alt_names = vec![
+            rcgen::SanType::URI(
+                "spiffe://cluster.local/ns/default/sa/web"
+                    .try_into()
+                    .unwrap(),
+            ),
+            rcgen::SanType::URI("spiffe://other/x".try_into().unwrap()),
+        ];
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0, 0x1a, 0x2b]));
+        let cert = params.self_signed(&key).unwrap();
+        let template = "%DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_PEER_SUBJECT% \
+                        %DOWNSTREAM_PEER_SERIAL% %DOWNSTREAM_TLS_VERSION% \
+                        %DOWNSTREAM_TLS_CIPHER% %REQUESTED_SERVER_NAME% %UPSTREAM_TLS_VERSION%";
+        let format = LogFormat::Text(parse_text_format(template).unwrap());
+        let mut r = record(sink(format, LogPath::Stdout));
+        assert!(r.sink.format.uses_tls());
+        r.tls = Some(Arc::new(tls::TlsRecord {
+            downstream: Some(tls::TlsSideRecord::new(
+                Some("TLSv1.3"),
+                Some("TLS_AES_128_GCM_SHA256"),
+                Some("gw.example.com".into()),
+                Some(cert.der().to_vec()),
+                None,
+            )),
+            upstream: None,
+        }));
+        assert_eq!(
+            rendered(&r),
+            // rcgen writes the CN first; RFC 2253 prints the last RDN first (as
+            // `openssl x509 -nameopt RFC2253` does: checked on an openssl-made certificate).
+            "spiffe://cluster.local/ns/default/sa/web,spiffe://other/x O=acme\\, inc,CN=web \
+             1a2b TLSv1.3 TLS_AES_128_GCM_SHA256 gw.example.com -"
+        );
     }
 
     fn rendered(r: &AccessRecord) -> String {

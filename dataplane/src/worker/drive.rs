@@ -538,9 +538,18 @@ impl Worker {
         // when its stream ends, the listener's when the connection is destroyed).
         let tcp_logs = chain.map_or(&[][..], |c| &c.tcp_proxy.access_logs[..]);
         let flags = conn.machine.flags();
-        let logged = tcp_logs.iter().chain(listener.access_logs.iter());
-        for sink in logged.filter(|s| s.filter.admits(flags)) {
-            let record = access_record(conn, sink.clone(), names.clone(), self.now_ms);
+        let logged = || {
+            let all = tcp_logs.iter().chain(listener.access_logs.iter());
+            all.filter(|s| s.filter.admits(flags))
+        };
+        let tls = if logged().any(|s| s.format.uses_tls()) {
+            super::tls_io::tls_record(conn)
+        } else {
+            None
+        };
+        for sink in logged() {
+            let mut record = access_record(conn, sink.clone(), names.clone(), self.now_ms);
+            record.tls = tls.clone();
             if !self.shared.access_logs.push(id, record) {
                 self.shared
                     .server_stats
@@ -632,5 +641,6 @@ fn access_record(
         upstream_cluster_raw,
         response_flags: conn.machine.flags(),
         termination_details: conn.machine.details(),
+        tls: None,
     }
 }

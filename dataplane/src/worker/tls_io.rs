@@ -17,11 +17,13 @@
 
 use super::ud::{self, Kind};
 use super::Worker;
+use crate::accesslog::tls::{TlsRecord, TlsSideRecord};
 use crate::conn::{self, HandshakeEnd};
 use crate::relay::{Dir, Received, Side};
 use crate::stats::{ListenerStat, SslStat, SslStats};
 use crate::sys::{BufClass, Completion, RingBuf};
 use crate::tls::{Decrypted, Session, TLS_SLACK};
+use std::sync::Arc;
 
 /// A TLS write in flight: `len` bytes of `buf`, `sent` of them done.
 #[derive(Debug, Clone, Copy)]
@@ -663,6 +665,37 @@ impl Worker {
         let conn = &self.conns[slot as usize];
         conn.tls[dir.source() as usize].is_some() || conn.tls[dir.sink() as usize].is_some()
     }
+}
+
+/// What a closed connection's TLS gives its access-log records.
+pub(super) fn tls_record(conn: &super::slot::Conn) -> Option<Arc<TlsRecord>> {
+    let side = |s: Side| {
+        conn.tls[s as usize]
+            .as_deref()
+            .map(|t| side_record(&t.session))
+    };
+    let record = TlsRecord {
+        downstream: side(Side::Client),
+        upstream: side(Side::Backend),
+    };
+    (record.downstream.is_some() || record.upstream.is_some()).then(|| Arc::new(record))
+}
+
+fn side_record(session: &Session) -> TlsSideRecord {
+    let negotiated = session.negotiated();
+    TlsSideRecord::new(
+        negotiated.map(|n| n.version),
+        negotiated
+            .and_then(|n| n.suite)
+            .and_then(SslStat::of_cipher)
+            .and_then(|s| s.name().strip_prefix("ciphers.")),
+        session.server_name().map(Box::from),
+        session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec()),
+        session.error().map(|e| e.to_string().into_boxed_str()),
+    )
 }
 
 /// What a TLS sink makes of a send's completion.
