@@ -5,6 +5,7 @@
 //! so a bad config is refused with the part named ([`TlsConfigError`]) instead of failing
 //! handshakes later.
 
+use super::client_cache::PerThreadSessions;
 use super::settings::{
     Certificate, CipherSuite, ClientSettings, Curve, KeyFormat, ServerSettings, SessionTickets,
     TlsParams, TlsVersion,
@@ -224,7 +225,8 @@ impl ClientContext {
         config.resumption = if settings.max_session_keys == 0 {
             rustls::client::Resumption::disabled()
         } else {
-            rustls::client::Resumption::in_memory_sessions(settings.max_session_keys as usize)
+            let keys = settings.max_session_keys as usize;
+            rustls::client::Resumption::store(Arc::new(PerThreadSessions::new(keys)))
         };
         let server_name = match &settings.sni {
             Some(sni) => ServerName::try_from(sni.clone())

@@ -9,6 +9,7 @@
 //!   place (no thread, no blocking, no I/O here).
 //! - [`verify`]: Envoy's `CertificateValidationContext` (chain, CRLs, SAN matchers).
 
+mod client_cache;
 mod context;
 pub mod session;
 pub mod settings;
