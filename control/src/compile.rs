@@ -1,6 +1,10 @@
 //! RIB -> FIB: turns the validated config into the immutable table workers read.
 //!
-//! Compilation cannot fail: everything that can be wrong was rejected by `convert`. Its
+//! Everything that can be wrong with a config was rejected by `convert`, which also built
+//! each TLS context once to check it. Building a context again here can still fail in
+//! principle (the random session-ticket key needs the system's RNG, and a hand-built RIB
+//! skips `convert`), so [`compile`] returns that as a [`CompileError`] rather than panicking
+//! or serving a TLS chain in plaintext: the control thread keeps the previous FIB. Its
 //! result depends on the RIB alone; what it draws from outside only decides which objects are
 //! shared with earlier generations:
 //! - stat blocks come from the [`StatsRegistry`] by stable name (`tcp.<stat_prefix>`,
@@ -13,7 +17,11 @@
 //!   the log writer keeps one open file per sink across generations;
 //! - clusters whose config equals the one they were last built from come from the
 //!   [`CompileCache`] as they are (an unchanged endpoint list is the same `Arc` and compares by
-//!   pointer), so a one-endpoint change among 100k endpoints rebuilds one cluster.
+//!   pointer), so a one-endpoint change among 100k endpoints rebuilds one cluster;
+//! - TLS contexts come from the [`CompileCache`] too, one per distinct settings value: a
+//!   chain or cluster whose TLS settings equal those of a context the previous FIB had gets
+//!   that same `Arc` (a reload that does not touch TLS keeps its contexts, and with them the
+//!   random session-ticket key, so tickets issued before it still resume).
 //!
 //! Cluster ids are indices into `rib.clusters` (the FIB keeps the RIB's order). A tcp_proxy
 //! or udp_proxy naming a cluster that does not exist compiles to [`Route::Missing`] (Envoy's
@@ -23,8 +31,8 @@
 //! ([`Fib::listeners`], [`Fib::udp_listeners`]), each in config order.
 
 use crate::rib::{
-    millis_ceil as millis, AccessLogConfig, ClusterConfig, FilterChainConfig, ListenerKind, Rib,
-    RouteConfig, TcpProxyConfig, UdpProxyConfig,
+    millis_ceil as millis, AccessLogConfig, ChainTlsConfig, ClusterConfig, FilterChainConfig,
+    ListenerKind, Rib, RouteConfig, TcpProxyConfig, UdpProxyConfig,
 };
 use crate::stats::StatsRegistry;
 use std::collections::{HashMap, HashSet};
@@ -32,13 +40,105 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use switchyard_dataplane::accesslog::AccessLogSink;
 use switchyard_dataplane::fib::{
-    Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable, Listener,
-    Mirror, Route, TcpProxy, UdpListener, UdpProxy, WeightedClusters,
+    ChainTls, Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable,
+    Listener, Mirror, Route, TcpProxy, UdpListener, UdpProxy, WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::lb::levels::first_priority_len;
 use switchyard_dataplane::stats::ClusterUdpStats;
+use switchyard_dataplane::tls::settings::{ClientSettings, ServerSettings};
+use switchyard_dataplane::tls::{ClientContext, ServerContext, TlsConfigError};
+
+/// A TLS context that could not be built (see the module's documentation for when).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompileError {
+    /// A filter chain's `DownstreamTlsContext` (listener and chain names).
+    ChainTls {
+        listener: String,
+        chain: String,
+        error: TlsConfigError,
+    },
+    /// A cluster's `UpstreamTlsContext`.
+    ClusterTls {
+        cluster: String,
+        error: TlsConfigError,
+    },
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CompileError::ChainTls {
+                listener,
+                chain,
+                error,
+            } => write!(
+                f,
+                "listener {listener:?}, filter chain {chain:?}: TLS context: {error}"
+            ),
+            CompileError::ClusterTls { cluster, error } => {
+                write!(f, "cluster {cluster:?}: TLS context: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// TLS contexts by the settings they were built from: those of the last FIB, and those the
+/// compilation in progress used (which become the last FIB's when it succeeds).
+#[derive(Debug, Default)]
+struct TlsContexts {
+    servers: Vec<Arc<ServerContext>>,
+    clients: Vec<Arc<ClientContext>>,
+    next_servers: Vec<Arc<ServerContext>>,
+    next_clients: Vec<Arc<ClientContext>>,
+}
+
+impl TlsContexts {
+    /// The server context for `settings`: one already used by this compilation, one the last
+    /// FIB had, or a new one.
+    fn server(&mut self, settings: &ServerSettings) -> Result<Arc<ServerContext>, TlsConfigError> {
+        shared(
+            &mut self.next_servers,
+            &self.servers,
+            settings,
+            ServerContext::settings,
+            ServerContext::new,
+        )
+    }
+
+    /// The client context for `settings`, as [`TlsContexts::server`].
+    fn client(&mut self, settings: &ClientSettings) -> Result<Arc<ClientContext>, TlsConfigError> {
+        shared(
+            &mut self.next_clients,
+            &self.clients,
+            settings,
+            ClientContext::settings,
+            ClientContext::new,
+        )
+    }
+
+    /// Records that this compilation uses `context` (a cluster taken from the cache as it
+    /// was).
+    fn keep_client(&mut self, context: &Arc<ClientContext>) {
+        keep(&mut self.next_clients, context);
+    }
+
+    /// The compilation succeeded: what it used is what the next one starts from (contexts no
+    /// FIB uses any more are dropped with the FIBs holding them).
+    fn commit(&mut self) {
+        self.servers = std::mem::take(&mut self.next_servers);
+        self.clients = std::mem::take(&mut self.next_clients);
+    }
+
+    /// The compilation failed: forget what it built.
+    fn abandon(&mut self) {
+        self.next_servers.clear();
+        self.next_clients.clear();
+    }
+}
 
 /// Kernel accept backlog for every listener.
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -105,6 +205,7 @@ pub struct CompileCache {
     /// Cluster ids by name for `configs`.
     ids: HashMap<String, ClusterId>,
     reused: usize,
+    tls: TlsContexts,
 }
 
 impl CompileCache {
@@ -123,7 +224,14 @@ impl CompileCache {
     /// A cluster a UDP route names needs its own `cluster.<name>.udp` block: one built
     /// while no UDP route named it (with the shared unused block) is rebuilt, even if its
     /// config is unchanged. Without UDP listeners this costs nothing.
-    fn clusters(&mut self, rib: &Rib, stats: &StatsRegistry) -> Vec<Arc<Cluster>> {
+    ///
+    /// A cluster's TLS context comes from the cache's contexts ([`TlsContexts`]); one that
+    /// cannot be built fails the whole compilation and leaves the cache as it was.
+    fn clusters(
+        &mut self,
+        rib: &Rib,
+        stats: &StatsRegistry,
+    ) -> Result<Vec<Arc<Cluster>>, CompileError> {
         let udp_routed: HashSet<&str> = udp_routed_clusters(rib).collect();
         let unrouted = stats.cluster_udp_unrouted();
         let stale_udp = |built: &Cluster| {
@@ -131,14 +239,28 @@ impl CompileCache {
                 && Arc::ptr_eq(&built.udp_stats, unrouted)
                 && udp_routed.contains(&*built.name)
         };
-        let build = |c: &ClusterConfig, previous: Option<&Cluster>| {
-            let udp_stats = if udp_routed.contains(c.name.as_str()) {
-                stats.cluster_udp(c.observability_name())
-            } else {
-                unrouted.clone()
+        let tls = &mut self.tls;
+        let mut build =
+            |c: &ClusterConfig, previous: Option<&Cluster>| {
+                let udp_stats = if udp_routed.contains(c.name.as_str()) {
+                    stats.cluster_udp(c.observability_name())
+                } else {
+                    unrouted.clone()
+                };
+                let context =
+                    match &c.tls {
+                        Some(settings) => Some(tls.client(settings).map_err(|error| {
+                            CompileError::ClusterTls {
+                                cluster: c.name.clone(),
+                                error,
+                            }
+                        })?),
+                        None => None,
+                    };
+                let mut built = cluster(c, previous, stats, udp_stats);
+                built.tls = context;
+                Ok(Arc::new(built))
             };
-            Arc::new(cluster(c, previous, stats, udp_stats))
-        };
         let same_layout = self.configs.len() == rib.clusters.len()
             && rib
                 .clusters
@@ -146,7 +268,8 @@ impl CompileCache {
                 .zip(&self.configs)
                 .all(|(new, old)| Arc::ptr_eq(new, old) || new.name == old.name);
         let mut reused = 0;
-        let built: Vec<Arc<Cluster>> = rib
+        let (configs, previous, ids) = (&self.configs, &self.built, &self.ids);
+        let built: Result<Vec<Arc<Cluster>>, CompileError> = rib
             .clusters
             .iter()
             .enumerate()
@@ -154,21 +277,26 @@ impl CompileCache {
                 let old = if same_layout {
                     Some(i)
                 } else {
-                    self.ids.get(c.name.as_str()).map(|id| id.0 as usize)
+                    ids.get(c.name.as_str()).map(|id| id.0 as usize)
                 };
                 match old {
                     Some(j)
-                        if (Arc::ptr_eq(c, &self.configs[j]) || **c == *self.configs[j])
-                            && !stale_udp(&self.built[j]) =>
+                        if (Arc::ptr_eq(c, &configs[j]) || **c == *configs[j])
+                            && !stale_udp(&previous[j]) =>
                     {
                         reused += 1;
-                        self.built[j].clone()
+                        Ok(previous[j].clone())
                     }
-                    Some(j) if self.configs[j].name == c.name => build(c, Some(&self.built[j])),
+                    Some(j) if configs[j].name == c.name => build(c, Some(&previous[j])),
                     _ => build(c, None),
                 }
             })
             .collect();
+        let built = built?;
+        // A cluster taken as it was keeps its context: the next compilation may share it too.
+        for context in built.iter().filter_map(|c| c.tls.as_ref()) {
+            self.tls.keep_client(context);
+        }
         if !same_layout {
             self.ids = rib
                 .clusters
@@ -180,15 +308,36 @@ impl CompileCache {
         self.configs = rib.clusters.clone();
         self.built = built.clone();
         self.reused = reused;
-        built
+        Ok(built)
     }
 }
 
-/// Compiles `rib` into generation `generation` of the FIB.
-pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut CompileCache) -> Fib {
-    let clusters = cache.clusters(rib, stats);
+/// Compiles `rib` into generation `generation` of the FIB, or says which TLS context could
+/// not be built (then the cache's TLS contexts are those of the last FIB still).
+pub fn compile(
+    rib: &Rib,
+    generation: u64,
+    stats: &StatsRegistry,
+    cache: &mut CompileCache,
+) -> Result<Fib, CompileError> {
+    let fib = build(rib, generation, stats, cache);
+    match fib {
+        Ok(_) => cache.tls.commit(),
+        Err(_) => cache.tls.abandon(),
+    }
+    fib
+}
+
+fn build(
+    rib: &Rib,
+    generation: u64,
+    stats: &StatsRegistry,
+    cache: &mut CompileCache,
+) -> Result<Fib, CompileError> {
+    let clusters = cache.clusters(rib, stats)?;
     let ids = &cache.ids;
     let sinks = &mut cache.sinks;
+    let contexts = &mut cache.tls;
     // Each TCP listener's own access-log sinks, in `rib.listeners` order.
     let listener_logs: Vec<Vec<Arc<AccessLogSink>>> = rib
         .listeners
@@ -199,28 +348,40 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
             })
         })
         .collect();
-    let mut chain = |c: &FilterChainConfig| FilterChain {
-        name: c.name.as_str().into(),
-        matcher: c.matcher.clone(),
-        connection_limit: c.connection_limit.as_ref().map(|l| ConnectionLimit {
-            max_connections: l.max_connections,
-            delay_ms: l.delay.map_or(0, millis),
-            state: stats.connection_limit(&l.stat_prefix),
-        }),
-        mirror: c.mirror.as_ref().map(|m| Mirror {
-            cluster: ids.get(m.cluster.as_str()).copied(),
-            per_million: m.per_million,
-            max_buffered_bytes: m.max_buffered_bytes,
-            stats: stats.mirror(&m.stat_prefix),
-        }),
-        fault: c.fault.as_ref().map(|f| Fault {
-            delay: f.delay,
-            abort: f.abort,
-            throttle: f.throttle,
-            stats: stats.fault(&f.stat_prefix),
-        }),
-        tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
-        tls: None,
+    let mut chain = |listener: &str, c: &FilterChainConfig| -> Result<FilterChain, CompileError> {
+        let tls = match &c.tls {
+            Some(t) => Some(
+                chain_tls(contexts, t).map_err(|error| CompileError::ChainTls {
+                    listener: listener.to_string(),
+                    chain: c.name.clone(),
+                    error,
+                })?,
+            ),
+            None => None,
+        };
+        Ok(FilterChain {
+            name: c.name.as_str().into(),
+            matcher: c.matcher.clone(),
+            connection_limit: c.connection_limit.as_ref().map(|l| ConnectionLimit {
+                max_connections: l.max_connections,
+                delay_ms: l.delay.map_or(0, millis),
+                state: stats.connection_limit(&l.stat_prefix),
+            }),
+            mirror: c.mirror.as_ref().map(|m| Mirror {
+                cluster: ids.get(m.cluster.as_str()).copied(),
+                per_million: m.per_million,
+                max_buffered_bytes: m.max_buffered_bytes,
+                stats: stats.mirror(&m.stat_prefix),
+            }),
+            fault: c.fault.as_ref().map(|f| Fault {
+                delay: f.delay,
+                abort: f.abort,
+                throttle: f.throttle,
+                stats: stats.fault(&f.stat_prefix),
+            }),
+            tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
+            tls,
+        })
     };
     let mut listeners = Vec::new();
     let mut udp_listeners = Vec::new();
@@ -236,8 +397,16 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
             ListenerKind::Tcp(t) => listeners.push(Listener {
                 name: l.name.as_str().into(),
                 address,
-                filter_chains: t.filter_chains.iter().map(&mut chain).collect(),
-                default_chain: t.default_filter_chain.as_ref().map(&mut chain),
+                filter_chains: t
+                    .filter_chains
+                    .iter()
+                    .map(|c| chain(&l.name, c))
+                    .collect::<Result<_, _>>()?,
+                default_chain: t
+                    .default_filter_chain
+                    .as_ref()
+                    .map(|c| chain(&l.name, c))
+                    .transpose()?,
                 chain_matcher: t.chain_matcher.clone(),
                 backlog: DEFAULT_BACKLOG,
                 stats: stats.listener(l.address),
@@ -268,13 +437,50 @@ pub fn compile(rib: &Rib, generation: u64, stats: &StatsRegistry, cache: &mut Co
         .flat_map(|l| l.addresses())
         .chain(rib.admin.socket())
         .collect();
-    Fib {
+    Ok(Fib {
         generation,
         listeners,
         udp_listeners,
         clusters,
         own_addresses,
+    })
+}
+
+/// The context built from `settings`: one in `next` (this compilation's) or `last` (the last
+/// FIB's) with equal settings, or a new one; recorded in `next` either way.
+fn shared<C, S: PartialEq>(
+    next: &mut Vec<Arc<C>>,
+    last: &[Arc<C>],
+    settings: &S,
+    settings_of: fn(&C) -> &S,
+    new: fn(&S) -> Result<C, TlsConfigError>,
+) -> Result<Arc<C>, TlsConfigError> {
+    let found = next
+        .iter()
+        .chain(last)
+        .find(|c| settings_of(c) == settings)
+        .cloned();
+    let context = match found {
+        Some(c) => c,
+        None => Arc::new(new(settings)?),
+    };
+    keep(next, &context);
+    Ok(context)
+}
+
+/// Adds `context` to `next` unless it is there.
+fn keep<C>(next: &mut Vec<Arc<C>>, context: &Arc<C>) {
+    if !next.iter().any(|c| Arc::ptr_eq(c, context)) {
+        next.push(context.clone());
     }
+}
+
+/// A chain's TLS termination: its context (shared, see [`TlsContexts`]) and deadline.
+fn chain_tls(contexts: &mut TlsContexts, t: &ChainTlsConfig) -> Result<ChainTls, TlsConfigError> {
+    Ok(ChainTls {
+        context: contexts.server(&t.settings)?,
+        handshake_timeout_ms: t.handshake_timeout.map(millis),
+    })
 }
 
 /// The names of the clusters the UDP listeners of `rib` route to.

@@ -97,6 +97,8 @@ pub enum RunError {
     OutlierEventLog(std::path::PathBuf, std::io::Error),
     /// The DNS thread could not start.
     Dns(std::io::Error),
+    /// A TLS context `convert` had checked could not be built.
+    Compile(crate::compile::CompileError),
 }
 
 impl std::fmt::Display for RunError {
@@ -122,6 +124,7 @@ impl std::fmt::Display for RunError {
                 path.display()
             ),
             RunError::Dns(e) => write!(f, "DNS resolver thread: cannot start: {e}"),
+            RunError::Compile(e) => write!(f, "{e}"),
         }
     }
 }
@@ -216,7 +219,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     dns.fill(&mut rib, None);
 
     let mut cache = CompileCache::new();
-    let fib = Arc::new(compile(&rib, 1, &stats, &mut cache));
+    let fib = Arc::new(compile(&rib, 1, &stats, &mut cache).map_err(RunError::Compile)?);
     let event_log = rib
         .outlier_event_log
         .as_ref()
@@ -1464,7 +1467,13 @@ impl Control {
         }
         let composed = Instant::now();
         let generation = self.generation + 1;
-        let fib = compile(&rib, generation, &self.stats, &mut self.cache);
+        let fib = match compile(&rib, generation, &self.stats, &mut self.cache) {
+            Ok(fib) => fib,
+            Err(e) => {
+                tracing::error!(error = %e, "config rejected; keeping the previous config");
+                return false;
+            }
+        };
         let compiled = Instant::now();
         let fib = Arc::new(fib);
         if let Err(e) = self.plane.publish(fib.clone()) {

@@ -17,6 +17,7 @@ use switchyard_dataplane::fib::{
     ChainMatch, ChainMatcher, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle, HealthPolicy,
     LbPolicy, Locality, LocalityName, OriginalSrc, UpstreamBind,
 };
+use switchyard_dataplane::tls::settings::{ClientSettings, ServerSettings};
 
 /// Envoy's default tcp_proxy `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -453,6 +454,19 @@ pub struct FilterChainConfig {
     pub mirror: Option<MirrorConfig>,
     /// The tcp_proxy filter (the chain's terminal filter).
     pub tcp_proxy: TcpProxyConfig,
+    /// `transport_socket` with a `DownstreamTlsContext`: the chain terminates TLS; `None`:
+    /// plaintext (no transport socket, or `raw_buffer`).
+    pub tls: Option<ChainTlsConfig>,
+}
+
+/// A filter chain's TLS termination, checked by `convert` (its context was built once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainTlsConfig {
+    /// The `DownstreamTlsContext`, Envoy's defaults applied.
+    pub settings: ServerSettings,
+    /// `transport_socket_connect_timeout`: how long the handshake may take (`None`: no
+    /// limit, Envoy's default).
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// Switchyard's L4 fault injection filter: each fault with its share of connections in
@@ -591,6 +605,9 @@ pub struct ClusterConfig {
     /// other types. `endpoints` is then what the last answers resolved to (empty in what
     /// `convert` returns: a name is resolved only on the `dns` thread, never by `validate`).
     pub dns: Option<Arc<DnsCluster>>,
+    /// `transport_socket` with an `UpstreamTlsContext`: connections to the endpoints speak
+    /// TLS; `None`: plaintext (no transport socket, or `raw_buffer`).
+    pub tls: Option<ClientSettings>,
 }
 
 /// A STRICT_DNS or LOGICAL_DNS cluster's discovery: what to resolve ([`DnsQuery`]), with

@@ -64,3 +64,12 @@ pub(crate) const TRANSPORT_PROTOCOL_INPUT: &str =
     "envoy.extensions.matching.common_inputs.network.v3.TransportProtocolInput";
 pub(crate) const APPLICATION_PROTOCOL_INPUT: &str =
     "envoy.extensions.matching.common_inputs.network.v3.ApplicationProtocolInput";
+
+/// `envoy.transport_sockets.tls` on a filter chain: TLS termination.
+pub(crate) const DOWNSTREAM_TLS: &str =
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+/// `envoy.transport_sockets.tls` on a cluster: TLS origination.
+pub(crate) const UPSTREAM_TLS: &str =
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+/// `envoy.transport_sockets.raw_buffer`: plaintext (the same as no transport socket).
+pub(crate) const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";

@@ -22,7 +22,7 @@ fn rib(name: &str) -> Rib {
 }
 
 fn build(rib: &Rib) -> Fib {
-    compile(rib, 7, &StatsRegistry::new(2), &mut CompileCache::new())
+    compile(rib, 7, &StatsRegistry::new(2), &mut CompileCache::new()).expect("compiles")
 }
 
 fn addr(s: &str) -> std::net::SocketAddr {
@@ -208,8 +208,8 @@ fn stats_and_sinks_survive_generations() {
     let rib = rib("filter_chains.yaml");
     let stats = StatsRegistry::new(2);
     let mut cache = CompileCache::new();
-    let one = compile(&rib, 1, &stats, &mut cache);
-    let two = compile(&rib, 2, &stats, &mut cache);
+    let one = compile(&rib, 1, &stats, &mut cache).expect("compiles");
+    let two = compile(&rib, 2, &stats, &mut cache).expect("compiles");
     let (a, b) = (&one.listeners[0], &two.listeners[0]);
     assert!(Arc::ptr_eq(&a.stats, &b.stats));
     for (x, y) in a.filter_chains.iter().zip(&b.filter_chains) {
@@ -238,7 +238,7 @@ fn stats_and_sinks_survive_generations() {
         Format::Yaml,
     )
     .unwrap();
-    let three = compile(&bare, 3, &stats, &mut cache);
+    let three = compile(&bare, 3, &stats, &mut cache).expect("compiles");
     assert_eq!(
         cache.sinks.prune_unused(),
         0,
@@ -272,10 +272,10 @@ fn a_change_rebuilds_only_the_changed_cluster_and_hosts_keep_their_stats() {
     assert!(rib.clusters.len() >= 2, "the test needs two clusters");
     let stats = StatsRegistry::new(2);
     let mut cache = CompileCache::new();
-    let one = compile(&rib, 1, &stats, &mut cache);
+    let one = compile(&rib, 1, &stats, &mut cache).expect("compiles");
     let kept = one.clusters[0].endpoints[0].address.to_string();
     let next = with_endpoints(&rib, 0, &[(&kept, 1), ("127.0.0.9:9", 2)]);
-    let two = compile(&next, 2, &stats, &mut cache);
+    let two = compile(&next, 2, &stats, &mut cache).expect("compiles");
     assert_eq!(cache.reused(), rib.clusters.len() - 1);
     for i in 1..rib.clusters.len() {
         assert!(
@@ -302,7 +302,7 @@ fn a_change_rebuilds_only_the_changed_cluster_and_hosts_keep_their_stats() {
     let mut fewer = next.clone();
     let first = fewer.clusters.remove(0);
     fewer.clusters.push(first);
-    let three = compile(&fewer, 3, &stats, &mut cache);
+    let three = compile(&fewer, 3, &stats, &mut cache).expect("compiles");
     assert_eq!(cache.reused(), rib.clusters.len());
     let last = three.clusters.last().unwrap();
     assert!(Arc::ptr_eq(last, &two.clusters[0]));
@@ -504,8 +504,8 @@ fn circuit_breakers_default_to_envoys_and_share_counts_by_name() {
     // are released under the next).
     let stats = StatsRegistry::new(1);
     let rib = rib("circuit_breakers.yaml");
-    let one = compile(&rib, 1, &stats, &mut CompileCache::new());
-    let two = compile(&rib, 2, &stats, &mut CompileCache::new());
+    let one = compile(&rib, 1, &stats, &mut CompileCache::new()).expect("compiles");
+    let two = compile(&rib, 2, &stats, &mut CompileCache::new()).expect("compiles");
     assert!(Arc::ptr_eq(
         &one.clusters[0].resources,
         &two.clusters[0].resources
@@ -516,7 +516,7 @@ fn circuit_breakers_default_to_envoys_and_share_counts_by_name() {
 fn udp_listeners_compile_beside_tcp_ones() {
     let rib = rib("udp_proxy.yaml");
     let stats = StatsRegistry::new(2);
-    let fib = compile(&rib, 1, &stats, &mut CompileCache::new());
+    let fib = compile(&rib, 1, &stats, &mut CompileCache::new()).expect("compiles");
     assert_eq!(fib.listeners.len(), 1);
     assert_eq!(&*fib.listeners[0].name, "dns-tcp");
     let names: Vec<&str> = fib.udp_listeners.iter().map(|l| &*l.name).collect();
@@ -583,7 +583,7 @@ fn udp_weighted_route_and_missing_clusters() {
     .replace("name: canary, weight: 10", "name: gone, weight: 10");
     let (rib, _) = parse_rib(&text, Format::Yaml).unwrap();
     let registry = StatsRegistry::new(2);
-    let fib = compile(&rib, 7, &registry, &mut CompileCache::new());
+    let fib = compile(&rib, 7, &registry, &mut CompileCache::new()).expect("compiles");
     let Route::Weighted(w) = &fib.udp_listeners[0].proxy.route else {
         panic!()
     };
@@ -615,7 +615,7 @@ fn a_cluster_newly_udp_routed_gets_its_udp_block() {
     let tcp_only = rib("weighted.json");
     let stats = StatsRegistry::new(2);
     let mut cache = CompileCache::new();
-    let one = compile(&tcp_only, 1, &stats, &mut cache);
+    let one = compile(&tcp_only, 1, &stats, &mut cache).expect("compiles");
     let unrouted = stats.cluster_udp_unrouted();
     assert!(one
         .clusters
@@ -644,7 +644,7 @@ static_resources:
     let mut both = tcp_only.clone();
     both.listeners.extend(udp.listeners);
     assert_eq!(both.clusters[0].name, "blue");
-    let two = compile(&both, 2, &stats, &mut cache);
+    let two = compile(&both, 2, &stats, &mut cache).expect("compiles");
     assert_eq!(cache.reused(), both.clusters.len() - 1);
     assert!(!Arc::ptr_eq(&one.clusters[0], &two.clusters[0]), "rebuilt");
     assert!(Arc::ptr_eq(
@@ -663,11 +663,11 @@ static_resources:
     }
 
     // Unchanged from then on: shared, block and all.
-    let three = compile(&both, 3, &stats, &mut cache);
+    let three = compile(&both, 3, &stats, &mut cache).expect("compiles");
     assert_eq!(cache.reused(), both.clusters.len());
     assert!(Arc::ptr_eq(&two.clusters[0], &three.clusters[0]));
     // No longer routed: kept as it is (its block is harmless and shows nowhere).
-    let four = compile(&tcp_only, 4, &stats, &mut cache);
+    let four = compile(&tcp_only, 4, &stats, &mut cache).expect("compiles");
     assert_eq!(cache.reused(), tcp_only.clusters.len());
     assert!(Arc::ptr_eq(&three.clusters[0], &four.clusters[0]));
     assert!(four.udp_listeners.is_empty());
@@ -770,4 +770,37 @@ static_resources:
     // `d` is the default chain's name, not one of filter_chains: Envoy closes.
     assert_eq!(chain("127.0.0.1:2"), None);
     assert_eq!(chain("127.0.0.1:3"), Some("d"));
+}
+
+/// A reload that does not touch TLS keeps each context (and so its random session-ticket
+/// key): a chain or cluster whose settings are unchanged gets the same `Arc`, even when the
+/// cluster itself is rebuilt; another cache builds its own.
+#[test]
+fn tls_contexts_are_shared_across_generations() {
+    // tls.yaml names its files relative to the repository root.
+    std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).unwrap();
+    let rib = rib("tls.yaml");
+    let stats = StatsRegistry::new(2);
+    let mut cache = CompileCache::new();
+    let one = compile(&rib, 1, &stats, &mut cache).expect("compiles");
+    let chain = |fib: &Fib, i: usize| fib.listeners[0].filter_chains[i].tls.clone().unwrap();
+    let mtls = chain(&one, 0);
+    assert_eq!(mtls.handshake_timeout_ms, Some(5000));
+    assert!(chain(&one, 1).handshake_timeout_ms.is_none());
+    assert!(!Arc::ptr_eq(&mtls.context, &chain(&one, 1).context));
+    let client = one.clusters[0]
+        .tls
+        .clone()
+        .expect("tls_backend originates TLS");
+    assert!(one.clusters[1].tls.is_none(), "raw_buffer is plaintext");
+
+    let mut next = rib.clone();
+    Arc::make_mut(&mut next.clusters[0]).connect_timeout = std::time::Duration::from_secs(9);
+    let two = compile(&next, 2, &stats, &mut cache).expect("compiles");
+    assert!(Arc::ptr_eq(&chain(&two, 0).context, &mtls.context));
+    assert!(!Arc::ptr_eq(&two.clusters[0], &one.clusters[0]), "rebuilt");
+    assert!(Arc::ptr_eq(two.clusters[0].tls.as_ref().unwrap(), &client));
+
+    let other = compile(&rib, 1, &stats, &mut CompileCache::new()).expect("compiles");
+    assert!(!Arc::ptr_eq(&chain(&other, 0).context, &mtls.context));
 }

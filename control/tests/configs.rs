@@ -7,6 +7,14 @@ use switchyard_control::compile::{compile, CompileCache};
 use switchyard_control::load::load_rib;
 use switchyard_control::stats::StatsRegistry;
 
+/// The configs name TLS files relative to the repository root (`tests/certs/server.pem`), as
+/// `switchyard validate` and `envoy --mode validate` read them from there (tests/validate_cli.rs).
+/// Every test here that loads them moves there first (the same directory, so they may race).
+fn at_repo_root() {
+    std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .expect("the repository root");
+}
+
 fn files(dir: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/configs")
@@ -21,12 +29,14 @@ fn files(dir: &str) -> Vec<PathBuf> {
 
 #[test]
 fn valid_configs_load_and_compile() {
+    at_repo_root();
     let files = files("valid");
     assert!(files.len() >= 3);
     for path in files {
         let (rib, loaded) = load_rib(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(loaded.normalized.is_object());
-        let fib = compile(&rib, 1, &StatsRegistry::new(2), &mut CompileCache::new());
+        let fib =
+            compile(&rib, 1, &StatsRegistry::new(2), &mut CompileCache::new()).expect("compiles");
         assert_eq!(
             fib.listeners.len() + fib.udp_listeners.len(),
             rib.listeners.len(),
@@ -47,6 +57,7 @@ fn example_gateway_validates() {
 
 #[test]
 fn invalid_configs_name_their_path() {
+    at_repo_root();
     let files = files("invalid");
     assert!(files.len() >= 12);
     let mut failures = Vec::new();
@@ -75,6 +86,7 @@ fn invalid_configs_name_their_path() {
 #[test]
 #[ignore]
 fn show_errors() {
+    at_repo_root();
     for path in files("invalid") {
         eprintln!(
             "{}: {}",

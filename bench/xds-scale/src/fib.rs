@@ -64,6 +64,7 @@ fn cluster(
         health: Default::default(),
         added_via_api: true,
         dns: None,
+        tls: None,
     };
     let eps: Vec<EndpointConfig> = endpoints
         .iter()
@@ -109,7 +110,7 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
     let rss1 = rss();
     let t = Instant::now();
     let (rib, _) = state.compose(&statics);
-    let fib = compile(&rib, 1, &stats, &mut cache);
+    let fib = compile(&rib, 1, &stats, &mut cache).expect("compiles");
     let full_ms = t.elapsed().as_secs_f64() * 1000.0;
     let rss2 = rss();
     let total = (clusters * endpoints) as f64;
@@ -126,7 +127,7 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
         let t = Instant::now();
         let (rib, _) = state.compose(&statics);
         let changed = rib != held.0;
-        let fib = compile(&rib, n as u64 + 2, &stats, &mut cache);
+        let fib = compile(&rib, n as u64 + 2, &stats, &mut cache).expect("compiles");
         held = (rib, fib);
         times.push(t.elapsed().as_secs_f64() * 1000.0);
         if !changed {

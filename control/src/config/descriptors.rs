@@ -42,6 +42,9 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/load_balancing_policies/ring_hash/v3/ring_hash.proto",
     "envoy/extensions/load_balancing_policies/maglev/v3/maglev.proto",
     "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.proto",
+    // Transport sockets: TLS (`Downstream`/`UpstreamTlsContext`) and plaintext.
+    "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+    "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",
     // Imported by the IP matcher (`proto/xds/type/matcher/v3/ip.proto`, built by build.rs).
     "xds/core/v3/cidr.proto",
 ];
@@ -162,6 +165,9 @@ mod tests {
             "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
             "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
             "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+            "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
         ] {
             assert!(pool.get_message_by_name(name).is_some(), "{name}");
         }

@@ -588,8 +588,22 @@ static_resources:
                 "static_resources.listeners[0].filter_chains[0].filter_chain_match.server_names",
             ),
             (
-                r#"{"static_resources": {"listeners": [{"filter_chains": [{"transport_socket": {}}]}]}}"#,
-                "static_resources.listeners[0].filter_chains[0].transport_socket",
+                // A cluster's TLS context on a chain: the walker knows where each one goes.
+                r#"{"static_resources": {"listeners": [{"filter_chains": [{"transport_socket": {"name": "tls", "typed_config":
+                {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}}}]}]}}"#,
+                "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config",
+            ),
+            (
+                r#"{"static_resources": {"listeners": [{"filter_chains": [{"transport_socket": {"name": "tls", "typed_config":
+                {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "common_tls_context": {"tls_certificate_sds_secret_configs": [{"name": "cert"}]}}}}]}]}}"#,
+                "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs",
+            ),
+            (
+                r#"{"static_resources": {"clusters": [{"name": "c", "transport_socket": {"name": "tls", "typed_config":
+                {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "allow_renegotiation": true}}}]}}"#,
+                "static_resources.clusters[0].transport_socket.typed_config.allow_renegotiation",
             ),
         ];
         for (text, path) in cases {

@@ -26,6 +26,7 @@ use crate::type_names::{
     SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY, TRANSPORT_PROTOCOL_INPUT,
     UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
 };
+use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_TLS};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -322,7 +323,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (ORIGINAL_SRC_FILTER, &["mark"]),
     (
         "envoy.config.listener.v3.FilterChain",
-        &["name", "filter_chain_match", "filters"],
+        &[
+            "name",
+            "filter_chain_match",
+            "filters",
+            // TLS termination (`convert::tls`): a DownstreamTlsContext, or raw_buffer.
+            "transport_socket",
+            // The TLS handshake's deadline.
+            "transport_socket_connect_timeout",
+        ],
     ),
     (
         "envoy.config.listener.v3.FilterChainMatch",
@@ -374,7 +383,88 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.core.v3.SubstitutionFormatString",
         &["text_format", "text_format_source", "json_format"],
     ),
-    ("envoy.config.core.v3.DataSource", &["inline_string"]),
+    // Where each holder reads one from: an access log's `text_format_source` takes
+    // `inline_string` only (`convert::access_log`), TLS certificates, keys, CAs and ticket
+    // keys take all four (`convert::tls`).
+    (
+        "envoy.config.core.v3.DataSource",
+        &[
+            "inline_string",
+            "inline_bytes",
+            "filename",
+            "environment_variable",
+        ],
+    ),
+    // `envoy.transport_sockets.tls` (`convert::tls`): files and inline PEM only; SDS,
+    // certificate providers, custom handshakers, key logs, OCSP and SCTs are refused by path.
+    ("envoy.config.core.v3.TransportSocket", &["name", "typed_config"]),
+    (RAW_BUFFER, &[]),
+    (
+        DOWNSTREAM_TLS,
+        &[
+            "common_tls_context",
+            "require_client_certificate",
+            "session_ticket_keys",
+            "disable_stateless_session_resumption",
+            // Switchyard keeps no stateful session cache at all (session tickets only), so
+            // this is what it does either way (README: fields with no effect).
+            "disable_stateful_session_resumption",
+            // The default (LENIENT_STAPLING) only: no OCSP staple can be configured.
+            "ocsp_staple_policy",
+        ],
+    ),
+    (
+        UPSTREAM_TLS,
+        &[
+            "common_tls_context",
+            "sni",
+            "max_session_keys",
+            "allow_renegotiation",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsSessionTicketKeys",
+        &["keys"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+        &[
+            "tls_params",
+            "tls_certificates",
+            "validation_context",
+            "alpn_protocols",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        &[
+            "tls_minimum_protocol_version",
+            "tls_maximum_protocol_version",
+            "cipher_suites",
+            "ecdh_curves",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
+        &["certificate_chain", "private_key"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+        &[
+            "trusted_ca",
+            "crl",
+            "match_typed_subject_alt_names",
+            "match_subject_alt_names",
+            // Their defaults only (ONLY_VALUE below).
+            "allow_expired_certificate",
+            "trust_chain_verification",
+            "only_verify_leaf_cert_crl",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+        &["san_type", "matcher"],
+    ),
     (
         "envoy.config.cluster.v3.Cluster",
         &[
@@ -414,6 +504,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "typed_dns_resolver_config",
             "wait_for_warm_on_init",
             "per_connection_buffer_limit_bytes",
+            // TLS origination (`convert::tls`): an UpstreamTlsContext, or raw_buffer.
+            "transport_socket",
         ],
     ),
     (
@@ -703,6 +795,16 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
             MAGLEV_POLICY,
         ],
     ),
+    // A transport socket's `typed_config` takes what the field holding it takes (as an
+    // extension): TLS termination on a chain, origination on a cluster, plaintext on either.
+    (
+        "envoy.config.listener.v3.FilterChain.transport_socket",
+        &[DOWNSTREAM_TLS, RAW_BUFFER],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.transport_socket",
+        &[UPSTREAM_TLS, RAW_BUFFER],
+    ),
     // Every real xDS bootstrap gives its ADS cluster HTTP/2 this way; Switchyard speaks gRPC
     // (HTTP/2) to it regardless, and a tcp_proxy cluster has no HTTP to configure.
     (
@@ -732,18 +834,51 @@ const NETWORK_INPUTS: &[&str] = &[
 const TYPED_EXTENSIONS: &[&str] = &[
     "xds.core.v3.TypedExtensionConfig",
     "envoy.config.core.v3.TypedExtensionConfig",
+    "envoy.config.core.v3.TransportSocket",
 ];
 
 /// Supported fields that Switchyard implements for some values only: (message, field, the
 /// values it takes, why another is refused).
 type OnlyValue = (&'static str, &'static str, fn(&Value) -> bool, &'static str);
-const ONLY_VALUE: &[OnlyValue] = &[(
-    "envoy.config.cluster.v3.Cluster",
-    "ignore_health_on_host_removal",
-    |v| v.as_bool() == Some(true),
-    "Switchyard removes a host as soon as discovery drops it, whatever its health (Envoy's \
+const ONLY_VALUE: &[OnlyValue] = &[
+    (
+        "envoy.config.cluster.v3.Cluster",
+        "ignore_health_on_host_removal",
+        |v| v.as_bool() == Some(true),
+        "Switchyard removes a host as soon as discovery drops it, whatever its health (Envoy's \
 behaviour with true); keeping a removed host until its health check fails is not supported",
-)];
+    ),
+    (
+        DOWNSTREAM_TLS,
+        "ocsp_staple_policy",
+        |v| v.as_str() == Some("LENIENT_STAPLING") || v.as_i64() == Some(0),
+        "only LENIENT_STAPLING (the default) is supported: Switchyard staples no OCSP response",
+    ),
+    (
+        UPSTREAM_TLS,
+        "allow_renegotiation",
+        |v| v.as_bool() == Some(false),
+        "rustls never renegotiates (nor does TLS 1.3); only false is supported",
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+        "allow_expired_certificate",
+        |v| v.as_bool() == Some(false),
+        "an expired peer certificate is always refused; only false is supported",
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+        "trust_chain_verification",
+        |v| v.as_str() == Some("VERIFY_TRUST_CHAIN") || v.as_i64() == Some(0),
+        "only VERIFY_TRUST_CHAIN (the default) is supported: an untrusted chain is refused",
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+        "only_verify_leaf_cert_crl",
+        |v| v.as_bool() == Some(false),
+        "CRLs are checked along the whole chain; only false is supported",
+    ),
+];
 
 /// Whose message `desc` is, for error messages: "Envoy's envoy.config...", or Switchyard's
 /// own extension by name.

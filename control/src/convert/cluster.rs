@@ -1,6 +1,7 @@
 //! A cluster: its discovery type (STATIC, EDS over ADS, ORIGINAL_DST, STRICT_DNS,
 //! LOGICAL_DNS), connect timeout and endpoints, with the parts that have their own files
-//! (`lb`, `circuit_breakers`, `upstream_bind`, `health`, `endpoints`, `dns`). Envoy's
+//! (`lb`, `circuit_breakers`, `upstream_bind`, `health`, `endpoints`, `dns`, `tls` for its
+//! `transport_socket`). Envoy's
 //! cross-field rules (ORIGINAL_DST with CLUSTER_PROVIDED and no endpoints, EDS without
 //! `load_assignment`) are checked here.
 
@@ -8,6 +9,7 @@ use super::ads::config_source;
 use super::circuit_breakers::circuit_breakers;
 use super::dns::{dns_cluster, unused_dns_fields};
 use super::endpoints::load_assignment;
+use super::tls::cluster_tls;
 use super::upstream_bind::{upstream_bind, upstream_connection_options};
 use super::{duration, health, lb, Result};
 use crate::error::ConfigError;
@@ -97,6 +99,7 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         health,
         added_via_api: false,
         dns,
+        tls: cluster_tls(c.transport_socket.as_ref(), path)?,
     })
 }
 

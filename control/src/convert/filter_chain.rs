@@ -1,9 +1,11 @@
 //! A TCP listener's filter chain: its `filter_chain_match` (ports, CIDRs) and its network
 //! filters, which must end with exactly one `tcp_proxy` (converted in `tcp_proxy`), each
-//! other kind (`connection_limit`, fault, mirror) at most once before it.
+//! other kind (`connection_limit`, fault, mirror) at most once before it; and its
+//! `transport_socket` (TLS termination, in `tls`).
 
 use super::address::{cidr, port};
 use super::tcp_proxy::tcp_proxy;
+use super::tls::chain_tls;
 use super::{decode_any, duration, ext, type_name, Result};
 use crate::error::ConfigError;
 use crate::ext::fault::Fault as PbFault;
@@ -26,6 +28,7 @@ pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainCo
         None => ChainMatch::default(),
     };
     let (side, tcp_proxy) = network_filters(&fc.filters, &field(path, "filters"))?;
+    let tls = chain_tls(fc, path)?;
     Ok(FilterChainConfig {
         name: fc.name.clone(),
         matcher,
@@ -33,6 +36,7 @@ pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainCo
         fault: side.fault,
         mirror: side.mirror,
         tcp_proxy,
+        tls,
     })
 }
 

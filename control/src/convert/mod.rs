@@ -12,7 +12,7 @@
 //! part shares (durations, `Any` decoding); each part of the config has its own file:
 //! `listener` (and `filter_chain`, `tcp_proxy`, `access_log` under it, `udp` for UDP
 //! listeners), `cluster` (and `lb`, `circuit_breakers`, `upstream_bind`, `health`,
-//! `endpoints` under it), `ads` (`dynamic_resources`), `address`, and `ext` (Switchyard's
+//! `endpoints` under it), `tls` (the transport sockets of both), `ads` (`dynamic_resources`), `address`, and `ext` (Switchyard's
 //! own extensions).
 
 use self::address::admin_address;
@@ -56,6 +56,7 @@ mod runtime;
 mod stats_config;
 mod string_matcher;
 mod tcp_proxy;
+mod tls;
 mod udp;
 mod upstream_bind;
 
