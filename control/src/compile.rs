@@ -418,7 +418,10 @@ fn build(
                 max_accepts_per_event: t.max_accepts_per_event,
                 access_logs: listener_logs[i].clone(),
                 ignore_global_conn_limit: t.ignore_global_conn_limit,
-                ssl_stats: None,
+                ssl_stats: t
+                    .chains()
+                    .any(|c| c.tls.is_some())
+                    .then(|| stats.listener_ssl(l.address)),
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),
@@ -539,7 +542,10 @@ fn cluster(
         tls: None,
         added_via_api: c.added_via_api,
         udp_stats,
-        ssl_stats: None,
+        ssl_stats: c
+            .tls
+            .as_ref()
+            .map(|_| stats.cluster_ssl(c.observability_name())),
     };
     // RING_HASH, MAGLEV: the table is built here, on the control thread, once per change of
     // the cluster (an unchanged cluster is shared with the previous FIB, table and all). It

@@ -193,7 +193,8 @@ impl PeerValidation {
             let cert = CertificateDer::from(der.clone());
             let anchor = webpki::anchor_from_trusted_cert(&cert)
                 .map_err(|e| TlsConfigError::TrustedCa(format!("certificate {i}: {e}")))?;
-            subjects.push(DistinguishedName::from(anchor.subject.as_ref().to_vec()));
+            // webpki keeps the Name without its SEQUENCE; the wire wants the whole Name.
+            subjects.push(DistinguishedName::in_sequence(anchor.subject.as_ref()));
             roots.push(anchor.to_owned());
         }
         let mut crls = Vec::with_capacity(v.crls.len());

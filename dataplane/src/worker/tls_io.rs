@@ -313,6 +313,10 @@ impl Worker {
                     }
                 }
             }
+            // A peer that ends or resets the connection before TLS failed is no TLS error
+            // (a port probe, a client gone): only a failed session or the proxy's own
+            // failure counts.
+            HandshakeEnd::Failed if t.session.error().is_none() => {}
             HandshakeEnd::Failed | HandshakeEnd::Local => {
                 stats.inc(id, SslStat::ConnectionError);
                 let verify = match t.session.error() {
@@ -689,7 +693,9 @@ fn side_record(session: &Session) -> TlsSideRecord {
             .and_then(|n| n.suite)
             .and_then(SslStat::of_cipher)
             .and_then(|s| s.name().strip_prefix("ciphers.")),
-        session.server_name().map(Box::from),
+        // `%REQUESTED_SERVER_NAME%` is the tls_inspector's (Envoy sets none without
+        // one, even on a chain that terminates TLS); no listener has one yet.
+        None,
         session
             .peer_certificates()
             .and_then(|c| c.first())
