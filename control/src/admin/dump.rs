@@ -154,16 +154,55 @@ pub(crate) fn render_resource(bootstrap: &Value, xds: &Value, field: &str) -> Op
     Some(json!({ "configs": configs }))
 }
 
-/// `GET /config_dump[?resource=static_listeners]`.
+/// `GET /config_dump[?resource=static_listeners]`, secrets redacted.
 pub(super) fn handle_config_dump(state: &AdminState, q: &Query) -> Response {
     let bootstrap = state.bootstrap();
     let xds = state.xds();
-    match q.get("resource") {
-        None | Some("") => Response::json(&render_config_dump(&bootstrap, &xds)),
+    let mut dump = match q.get("resource") {
+        None | Some("") => render_config_dump(&bootstrap, &xds),
         Some(field) => match render_resource(&bootstrap, &xds, field) {
-            Some(v) => Response::json(&v),
-            None => Response::text(404, format!("{field} not found in config dump\n")),
+            Some(v) => v,
+            None => return Response::text(404, format!("{field} not found in config dump\n")),
         },
+    };
+    redact_secrets(&mut dump);
+    Response::json(&dump)
+}
+
+/// Envoy's redaction of the fields its protos mark sensitive that Switchyard accepts: a TLS
+/// certificate's `private_key` and `session_ticket_keys.keys`, each a DataSource whose
+/// string fields become `[redacted]` and whose bytes become that text's base64 (file names
+/// too, as Envoy does).
+pub(crate) fn redact_secrets(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (key, value) in m.iter_mut() {
+                match (key.as_str(), value) {
+                    ("private_key", source @ Value::Object(_)) => redact_source(source),
+                    ("session_ticket_keys", Value::Object(tickets)) => {
+                        if let Some(Value::Array(keys)) = tickets.get_mut("keys") {
+                            keys.iter_mut().for_each(redact_source);
+                        }
+                    }
+                    (_, other) => redact_secrets(other),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
+}
+
+fn redact_source(source: &mut Value) {
+    if let Value::Object(fields) = source {
+        for (name, value) in fields.iter_mut() {
+            *value = if name == "inline_bytes" {
+                // base64("[redacted]")
+                "W3JlZGFjdGVkXQ==".into()
+            } else {
+                "[redacted]".into()
+            };
+        }
     }
 }
 
@@ -241,6 +280,30 @@ pub(super) fn handle_server_info(state: &AdminState, _: &Query) -> Response {
 mod tests {
     use super::super::fixture::{bootstrap_json, fixture};
     use super::*;
+
+    #[test]
+    fn secrets_are_redacted_as_envoy_redacts_them() {
+        let mut v = json!({"listeners": [{"transport_socket": {"typed_config": {
+            "common_tls_context": {"tls_certificates": [
+                {"certificate_chain": {"filename": "/c.pem"}, "private_key": {"inline_string": "KEY"}},
+                {"certificate_chain": {"filename": "/d.pem"}, "private_key": {"filename": "/d.key"}}
+            ]},
+            "session_ticket_keys": {"keys": [{"inline_bytes": "AAAA"}]}
+        }}}]});
+        redact_secrets(&mut v);
+        let ctx = &v["listeners"][0]["transport_socket"]["typed_config"];
+        let certs = &ctx["common_tls_context"]["tls_certificates"];
+        assert_eq!(
+            certs[0]["private_key"],
+            json!({"inline_string": "[redacted]"})
+        );
+        assert_eq!(certs[1]["private_key"], json!({"filename": "[redacted]"}));
+        assert_eq!(certs[0]["certificate_chain"], json!({"filename": "/c.pem"}));
+        assert_eq!(
+            ctx["session_ticket_keys"]["keys"][0],
+            json!({"inline_bytes": "W3JlZGFjdGVkXQ=="})
+        );
+    }
 
     #[test]
     fn config_dump_shape() {
