@@ -338,6 +338,7 @@ fn mtls_accepts_the_spiffe_id_it_names_and_refuses_others() {
         );
     }
     assert!(python_client(port, Some("intruder")).is_err());
+    certs_show_the_chain(&proxy);
     assert_eq!(proxy.stat(&listener_stat(port, "handshake")), 2);
     // The two accepted connections' lines name the client's SPIFFE ID (Envoy logs the
     // refused handshakes too, with no identity).
@@ -596,5 +597,52 @@ fn interoperates_with_envoy_both_ways() {
     assert!(
         envoy.stat(&listener_stat(envoy_tls, "handshake")) >= 4,
         "Switchyard's handshakes"
+    );
+}
+
+/// `/certs` in Envoy's shape: the chain's CA and its certificate, by file, serial (as
+/// openssl prints it, lowercased), SANs and days left.
+fn certs_show_the_chain(proxy: &Proxy) {
+    let r = proxy.get("/certs");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    let context = &v["certificates"][0];
+    let leaf = &context["cert_chain"][0];
+    assert_eq!(
+        leaf["path"],
+        cert("server.pem").display().to_string(),
+        "{}",
+        r.body
+    );
+    let mut openssl = std::process::Command::new("openssl");
+    openssl
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(cert("server.pem"));
+    let (out, _) = output_within(&mut openssl, Duration::from_secs(10));
+    let serial = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .trim_start_matches('0')
+        .to_lowercase();
+    assert_eq!(leaf["serial_number"], serial, "{}", r.body);
+    let sans = leaf["subject_alt_names"].as_array().expect("sans");
+    assert!(
+        sans.contains(&serde_json::json!({"dns": "localhost"})),
+        "{}",
+        r.body
+    );
+    let days: u64 = leaf["days_until_expiration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(days > 30_000, "{}", r.body);
+    assert!(leaf["expiration_time"].as_str().unwrap().ends_with('Z'));
+    let ca = &context["ca_cert"][0];
+    assert_eq!(
+        ca["path"],
+        cert("ca.pem").display().to_string(),
+        "{}",
+        r.body
     );
 }

@@ -298,6 +298,7 @@ fn a_client_certificate_is_checked_by_its_spiffe_id() {
                 ignore_case: false,
             },
         }],
+        trusted_ca_source: None,
     });
     settings.require_client_certificate = true;
     let chain = ChainTls {

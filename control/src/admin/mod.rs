@@ -20,6 +20,7 @@
 //! Endpoints are listed in [`ENDPOINTS`]; `/help` prints them.
 
 pub mod access_log;
+mod certs;
 mod clusters;
 mod dump;
 mod http;
@@ -206,6 +207,13 @@ pub static ENDPOINTS: &[Endpoint] = &[
         mutates: false,
         params: &[],
         handler: |_, _| help(),
+    },
+    Endpoint {
+        path: "/certs",
+        help: "print certs on machine",
+        mutates: false,
+        params: &[],
+        handler: certs::handle_certs,
     },
     Endpoint {
         path: "/clusters",

@@ -270,13 +270,18 @@ fn certificates(certs: &[TlsCertificate], cpath: &str) -> Result<Vec<Certificate
             let Some(chain) = &c.certificate_chain else {
                 return Err(ConfigError::invalid(chain_path, "required"));
             };
+            let chain_source = file_name(chain);
             let chain = pem_certificates(&read(chain, &chain_path)?, &chain_path)?;
             let key_path = field(&p, "private_key");
             let Some(key) = &c.private_key else {
                 return Err(ConfigError::invalid(key_path, "required"));
             };
             let key = private_key(&read(key, &key_path)?, &key_path)?;
-            Ok(Certificate { chain, key })
+            Ok(Certificate {
+                chain,
+                key,
+                chain_source,
+            })
         })
         .collect()
 }
@@ -323,6 +328,14 @@ fn private_key(pem: &[u8], path: &str) -> Result<PrivateKey> {
         format,
         der: key.secret_der().to_vec(),
     })
+}
+
+/// A `DataSource`'s file name, if it names one.
+fn file_name(ds: &DataSource) -> Option<String> {
+    match &ds.specifier {
+        Some(data_source::Specifier::Filename(name)) => Some(name.clone()),
+        _ => None,
+    }
 }
 
 /// A `DataSource`'s bytes: a file (read now), inline bytes or string, or an environment
@@ -601,6 +614,7 @@ fn validation_context(vc: &CertificateValidationContext, path: &str) -> Result<V
         trusted_ca,
         crls,
         san_matchers,
+        trusted_ca_source: vc.trusted_ca.as_ref().and_then(file_name),
     })
 }
 

@@ -6,6 +6,7 @@
 //! operator. Everything derived from the certificate (SANs, subject, issuer, serial,
 //! fingerprint) is parsed here, on the access-log thread, at most once per record.
 
+use crate::tls::verify::serial_hex;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
@@ -178,15 +179,6 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
     }
     out
-}
-
-/// Envoy's serial: the number in lowercase hex, leading zero bytes dropped.
-fn serial_hex(raw: &[u8]) -> String {
-    let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
-    if start == raw.len() {
-        return "0".into();
-    }
-    hex(&raw[start..])
 }
 
 /// A name as OpenSSL's `XN_FLAG_RFC2253` prints it: the last RDN first, `,` between,

@@ -12,6 +12,8 @@ pub struct Certificate {
     pub chain: Vec<Vec<u8>>,
     /// The leaf's private key.
     pub key: PrivateKey,
+    /// The chain's file (`/certs`' `path`); `None` when inline.
+    pub chain_source: Option<String>,
 }
 
 impl fmt::Debug for Certificate {
@@ -110,6 +112,8 @@ pub struct Validation {
     pub crls: Vec<Vec<u8>>,
     /// `match_typed_subject_alt_names`: the peer's leaf must match one (none: any).
     pub san_matchers: Vec<SanMatcher>,
+    /// The `trusted_ca` file (`/certs`' `path`); `None` when inline or absent.
+    pub trusted_ca_source: Option<String>,
 }
 
 /// A TLS protocol version rustls speaks.

@@ -167,6 +167,7 @@ fn mtls(client_uri: &str, matcher: &str) -> Result<(), TlsError> {
                 ignore_case: false,
             },
         }],
+        trusted_ca_source: None,
     });
     server.require_client_certificate = true;
     let mut client = client_settings(&ca);

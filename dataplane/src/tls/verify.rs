@@ -175,6 +175,39 @@ fn ip_text(bytes: &[u8]) -> Option<String> {
     }
 }
 
+/// What `/certs` shows of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertDetails {
+    /// The serial number in lowercase hex, leading zero bytes dropped.
+    pub serial: String,
+    /// Its SANs.
+    pub sans: PeerSans,
+    /// Valid from, seconds since the Unix epoch.
+    pub not_before_unix: i64,
+    /// Valid until, seconds since the Unix epoch.
+    pub not_after_unix: i64,
+}
+
+/// A serial number as Envoy prints it: lowercase hex, leading zero bytes dropped.
+pub(crate) fn serial_hex(raw: &[u8]) -> String {
+    let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
+    if start == raw.len() {
+        return "0".into();
+    }
+    raw[start..].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The details of DER certificate `der`, if it parses.
+pub fn describe(der: &[u8]) -> Option<CertDetails> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(CertDetails {
+        serial: serial_hex(cert.raw_serial()),
+        sans: PeerSans::of(der),
+        not_before_unix: cert.validity().not_before.timestamp(),
+        not_after_unix: cert.validity().not_after.timestamp(),
+    })
+}
+
 /// A compiled `validation_context`.
 #[derive(Debug)]
 pub(crate) struct PeerValidation {

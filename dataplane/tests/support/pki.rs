@@ -62,6 +62,7 @@ impl Pki {
         ];
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Certificate {
+            chain_source: None,
             chain: vec![cert.der().to_vec()],
             key: PrivateKey {
                 format: KeyFormat::Pkcs8,
