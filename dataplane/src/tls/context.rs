@@ -288,13 +288,9 @@ fn covers(key: &CertifiedKey, sni: &str) -> bool {
         return false;
     };
     let sans = super::verify::PeerSans::of(leaf.as_ref());
-    sans.dns.iter().any(|d| {
-        d.eq_ignore_ascii_case(sni)
-            || d.strip_prefix("*.").is_some_and(|suffix| {
-                sni.split_once('.')
-                    .is_some_and(|(l, rest)| !l.is_empty() && rest.eq_ignore_ascii_case(suffix))
-            })
-    })
+    sans.dns
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(sni) || super::verify::dns_wildcard_matches(d, sni))
 }
 
 fn private_key(key: &super::settings::PrivateKey) -> PrivateKeyDer<'static> {

@@ -11,7 +11,7 @@ use super::settings::{SanMatcher, SanType, StringMatch, StringPattern, Validatio
 use super::TlsConfigError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 use std::sync::Arc;
@@ -96,7 +96,7 @@ fn pattern_matches(pattern: &Pattern, ignore_case: bool, value: &str) -> bool {
 }
 
 /// `*.example.com` covers `a.example.com` (one label), as Envoy's `dnsNameMatch`.
-fn dns_wildcard_matches(san: &str, name: &str) -> bool {
+pub(crate) fn dns_wildcard_matches(san: &str, name: &str) -> bool {
     let Some(suffix) = san.strip_prefix("*.") else {
         return false;
     };
@@ -212,7 +212,7 @@ pub fn describe(der: &[u8]) -> Option<CertDetails> {
 #[derive(Debug)]
 pub(crate) struct PeerValidation {
     roots: Vec<rustls::pki_types::TrustAnchor<'static>>,
-    crls: Vec<OwnedCertRevocationList>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
     sans: Vec<CompiledSan>,
     /// The roots' subjects, offered to clients as acceptable issuers.
     subjects: Vec<DistinguishedName>,
@@ -234,7 +234,7 @@ impl PeerValidation {
         for (i, der) in v.crls.iter().enumerate() {
             let crl = OwnedCertRevocationList::from_der(der)
                 .map_err(|e| TlsConfigError::Crl(format!("list {i}: {e}")))?;
-            crls.push(crl);
+            crls.push(webpki::CertRevocationList::Owned(crl));
         }
         if !crls.is_empty() && roots.is_empty() {
             return Err(TlsConfigError::Crl(
@@ -265,16 +265,13 @@ impl PeerValidation {
     ) -> Result<(), Error> {
         if !self.roots.is_empty() {
             let cert = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-            let crl_refs: Vec<webpki::CertRevocationList<'_>> = self
-                .crls
-                .iter()
-                .map(|c| webpki::CertRevocationList::Owned(c.clone()))
-                .collect();
-            let crl_ptrs: Vec<&webpki::CertRevocationList<'_>> = crl_refs.iter().collect();
-            let revocation = if crl_ptrs.is_empty() {
+            // The lists were parsed once, at build; only the slice of references the
+            // builder wants is made here (and only with CRLs).
+            let crl_refs: Vec<&webpki::CertRevocationList<'static>> = self.crls.iter().collect();
+            let revocation = if crl_refs.is_empty() {
                 None
             } else {
-                RevocationOptionsBuilder::new(&crl_ptrs)
+                RevocationOptionsBuilder::new(&crl_refs)
                     .ok()
                     .map(|b| b.build())
             };
@@ -461,14 +458,6 @@ impl ClientCertVerifier for DownstreamVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
     }
-}
-
-/// Parses a DER CRL (for `convert`'s checks).
-pub fn parse_crl(der: &[u8]) -> Result<(), String> {
-    let _ = CertificateRevocationListDer::from(der.to_vec());
-    OwnedCertRevocationList::from_der(der)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

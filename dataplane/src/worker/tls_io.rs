@@ -415,15 +415,13 @@ impl Worker {
             }
             return;
         }
-        t.scratch = Some(w.buf);
-        if !self.handshaking(slot, side) {
-            if let Some(t) = self.conns[slot as usize].tls(side) {
-                if let Some(b) = t.scratch.take() {
-                    self.ring.recycle(b);
-                }
-            }
+        let live = conn.machine.stage() == conn::Stage::Handshaking { side };
+        if !live {
+            self.ring.recycle(w.buf);
             return;
         }
+        // The buffer the next handshake write goes out from.
+        t.scratch = Some(w.buf);
         if let Some(end) = self.tls_pump(slot, side) {
             self.report_handshake(slot, side, end);
         }
