@@ -16,52 +16,12 @@
 mod common;
 
 use common::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const SPIFFE_CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
-
-fn cert(name: &str) -> PathBuf {
-    repo_root().join("tests/certs").join(name)
-}
-
-fn certs(name: &str) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_file_iter(cert(name))
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect()
-}
-
-/// A rustls client config trusting the test CA, presenting `identity` (`client`,
-/// `intruder`, ...) when given.
-fn client_config(identity: Option<&str>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certs("ca.pem").remove(0)).unwrap();
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    Arc::new(match identity {
-        Some(id) => builder
-            .with_client_auth_cert(
-                certs(&format!("{id}.pem")),
-                PrivateKeyDer::from_pem_file(cert(&format!("{id}.key"))).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    })
-}
-
-type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> TlsStream {
-    let s = connect_retry(addr, Duration::from_secs(5));
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    rustls::StreamOwned::new(rustls::ClientConnection::new(config, name).unwrap(), s)
-}
 
 /// Writes `msg` in 16 KiB pieces, reading the echo of each back; the echo, or the error.
 fn echo_through(s: &mut impl ReadWrite, msg: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -94,19 +54,12 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// A `DownstreamTlsContext` transport socket (YAML under a filter chain), serving
 /// `server.pem`; `extra` goes into `common_tls_context` and `top` beside it.
 fn downstream_tls(top: &str, common: &str) -> String {
-    format!(
-        r#"      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-{top}          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{ filename: {chain} }}
-              private_key: {{ filename: {key} }}
-{common}"#,
-        chain = cert("server.pem").display(),
-        key = cert("server.key").display(),
-    )
+    let certificates = format!(
+        "            tls_certificates:\n            - certificate_chain: {{ filename: {} }}\n              private_key: {{ filename: {} }}\n{common}",
+        cert("server.pem").display(),
+        cert("server.key").display(),
+    );
+    downstream_tls_socket(top, &certificates)
 }
 
 /// The mTLS part of a `DownstreamTlsContext`: the test CA, its CRL, the client's SPIFFE ID.

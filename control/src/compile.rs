@@ -32,7 +32,7 @@
 
 use crate::rib::{
     millis_ceil as millis, AccessLogConfig, ChainTlsConfig, ClusterConfig, FilterChainConfig,
-    ListenerKind, Rib, RouteConfig, TcpProxyConfig, UdpProxyConfig,
+    ListenerConfig, ListenerKind, Rib, RouteConfig, TcpProxyConfig, UdpProxyConfig,
 };
 use crate::stats::StatsRegistry;
 use std::collections::{HashMap, HashSet};
@@ -46,7 +46,7 @@ use switchyard_dataplane::fib::{
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::lb::levels::first_priority_len;
-use switchyard_dataplane::stats::ClusterUdpStats;
+use switchyard_dataplane::stats::{ClusterUdpStats, SslStat, SslStats};
 use switchyard_dataplane::tls::settings::{ClientSettings, ServerSettings};
 use switchyard_dataplane::tls::{ClientContext, ServerContext, TlsConfigError};
 
@@ -99,7 +99,10 @@ struct TlsContexts {
 impl TlsContexts {
     /// The server context for `settings`: one already used by this compilation, one the last
     /// FIB had, or a new one.
-    fn server(&mut self, settings: &ServerSettings) -> Result<Arc<ServerContext>, TlsConfigError> {
+    fn server(
+        &mut self,
+        settings: &ServerSettings,
+    ) -> Result<(Arc<ServerContext>, bool), TlsConfigError> {
         shared(
             &mut self.next_servers,
             &self.servers,
@@ -110,7 +113,10 @@ impl TlsContexts {
     }
 
     /// The client context for `settings`, as [`TlsContexts::server`].
-    fn client(&mut self, settings: &ClientSettings) -> Result<Arc<ClientContext>, TlsConfigError> {
+    fn client(
+        &mut self,
+        settings: &ClientSettings,
+    ) -> Result<(Arc<ClientContext>, bool), TlsConfigError> {
         shared(
             &mut self.next_clients,
             &self.clients,
@@ -240,27 +246,34 @@ impl CompileCache {
                 && udp_routed.contains(&*built.name)
         };
         let tls = &mut self.tls;
-        let mut build =
-            |c: &ClusterConfig, previous: Option<&Cluster>| {
-                let udp_stats = if udp_routed.contains(c.name.as_str()) {
-                    stats.cluster_udp(c.observability_name())
-                } else {
-                    unrouted.clone()
-                };
-                let context =
-                    match &c.tls {
-                        Some(settings) => Some(tls.client(settings).map_err(|error| {
-                            CompileError::ClusterTls {
-                                cluster: c.name.clone(),
-                                error,
-                            }
-                        })?),
-                        None => None,
-                    };
-                let mut built = cluster(c, previous, stats, udp_stats);
-                built.tls = context;
-                Ok(Arc::new(built))
+        let mut build = |c: &ClusterConfig, previous: Option<&Cluster>| {
+            let udp_stats = if udp_routed.contains(c.name.as_str()) {
+                stats.cluster_udp(c.observability_name())
+            } else {
+                unrouted.clone()
             };
+            let context =
+                match &c.tls {
+                    Some(t) if t.secrets.ready => Some(tls.client(&t.settings).map_err(
+                        |error| CompileError::ClusterTls {
+                            cluster: c.name.clone(),
+                            error,
+                        },
+                    )?),
+                    _ => None,
+                };
+            let mut built = cluster(c, previous, stats, udp_stats);
+            if let (Some((_, true)), Some(ssl)) = (&context, &built.ssl_stats) {
+                if c.tls
+                    .as_ref()
+                    .is_some_and(|t| t.secrets.keys().next().is_some())
+                {
+                    ssl.inc(0, SslStat::SslContextUpdateBySds);
+                }
+            }
+            built.tls = context.map(|(c, _)| c);
+            Ok(Arc::new(built))
+        };
         let same_layout = self.configs.len() == rib.clusters.len()
             && rib
                 .clusters
@@ -348,41 +361,44 @@ fn build(
             })
         })
         .collect();
-    let mut chain = |listener: &str, c: &FilterChainConfig| -> Result<FilterChain, CompileError> {
-        let tls = match &c.tls {
-            Some(t) => Some(
-                chain_tls(contexts, t).map_err(|error| CompileError::ChainTls {
-                    listener: listener.to_string(),
-                    chain: c.name.clone(),
-                    error,
-                })?,
-            ),
-            None => None,
+    let mut chain =
+        |l: &ListenerConfig, c: &FilterChainConfig| -> Result<FilterChain, CompileError> {
+            let tls = match &c.tls {
+                Some(t) => Some(
+                    chain_tls(contexts, t, &stats.listener_ssl(l.address)).map_err(|error| {
+                        CompileError::ChainTls {
+                            listener: l.name.clone(),
+                            chain: c.name.clone(),
+                            error,
+                        }
+                    })?,
+                ),
+                None => None,
+            };
+            Ok(FilterChain {
+                name: c.name.as_str().into(),
+                matcher: c.matcher.clone(),
+                connection_limit: c.connection_limit.as_ref().map(|l| ConnectionLimit {
+                    max_connections: l.max_connections,
+                    delay_ms: l.delay.map_or(0, millis),
+                    state: stats.connection_limit(&l.stat_prefix),
+                }),
+                mirror: c.mirror.as_ref().map(|m| Mirror {
+                    cluster: ids.get(m.cluster.as_str()).copied(),
+                    per_million: m.per_million,
+                    max_buffered_bytes: m.max_buffered_bytes,
+                    stats: stats.mirror(&m.stat_prefix),
+                }),
+                fault: c.fault.as_ref().map(|f| Fault {
+                    delay: f.delay,
+                    abort: f.abort,
+                    throttle: f.throttle,
+                    stats: stats.fault(&f.stat_prefix),
+                }),
+                tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
+                tls,
+            })
         };
-        Ok(FilterChain {
-            name: c.name.as_str().into(),
-            matcher: c.matcher.clone(),
-            connection_limit: c.connection_limit.as_ref().map(|l| ConnectionLimit {
-                max_connections: l.max_connections,
-                delay_ms: l.delay.map_or(0, millis),
-                state: stats.connection_limit(&l.stat_prefix),
-            }),
-            mirror: c.mirror.as_ref().map(|m| Mirror {
-                cluster: ids.get(m.cluster.as_str()).copied(),
-                per_million: m.per_million,
-                max_buffered_bytes: m.max_buffered_bytes,
-                stats: stats.mirror(&m.stat_prefix),
-            }),
-            fault: c.fault.as_ref().map(|f| Fault {
-                delay: f.delay,
-                abort: f.abort,
-                throttle: f.throttle,
-                stats: stats.fault(&f.stat_prefix),
-            }),
-            tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
-            tls,
-        })
-    };
     let mut listeners = Vec::new();
     let mut udp_listeners = Vec::new();
     // A listener with `additional_addresses` is one FIB listener per address: the same name,
@@ -400,12 +416,12 @@ fn build(
                 filter_chains: t
                     .filter_chains
                     .iter()
-                    .map(|c| chain(&l.name, c))
+                    .map(|c| chain(l, c))
                     .collect::<Result<_, _>>()?,
                 default_chain: t
                     .default_filter_chain
                     .as_ref()
-                    .map(|c| chain(&l.name, c))
+                    .map(|c| chain(l, c))
                     .transpose()?,
                 chain_matcher: t.chain_matcher.clone(),
                 backlog: DEFAULT_BACKLOG,
@@ -450,25 +466,25 @@ fn build(
 }
 
 /// The context built from `settings`: one in `next` (this compilation's) or `last` (the last
-/// FIB's) with equal settings, or a new one; recorded in `next` either way.
+/// FIB's) with equal settings, or a new one (then true); recorded in `next` either way.
 fn shared<C, S: PartialEq>(
     next: &mut Vec<Arc<C>>,
     last: &[Arc<C>],
     settings: &S,
     settings_of: fn(&C) -> &S,
     new: fn(&S) -> Result<C, TlsConfigError>,
-) -> Result<Arc<C>, TlsConfigError> {
+) -> Result<(Arc<C>, bool), TlsConfigError> {
     let found = next
         .iter()
         .chain(last)
         .find(|c| settings_of(c) == settings)
         .cloned();
-    let context = match found {
-        Some(c) => c,
-        None => Arc::new(new(settings)?),
+    let (context, built) = match found {
+        Some(c) => (c, false),
+        None => (Arc::new(new(settings)?), true),
     };
     keep(next, &context);
-    Ok(context)
+    Ok((context, built))
 }
 
 /// Adds `context` to `next` unless it is there.
@@ -478,10 +494,25 @@ fn keep<C>(next: &mut Vec<Arc<C>>, context: &Arc<C>) {
     }
 }
 
-/// A chain's TLS termination: its context (shared, see [`TlsContexts`]) and deadline.
-fn chain_tls(contexts: &mut TlsContexts, t: &ChainTlsConfig) -> Result<ChainTls, TlsConfigError> {
+/// A chain's TLS termination: its context (shared, see [`TlsContexts`]; none while it waits
+/// for SDS secrets) and deadline. A context built anew from SDS secrets is counted in
+/// `ssl` (`ssl_context_update_by_sds`).
+fn chain_tls(
+    contexts: &mut TlsContexts,
+    t: &ChainTlsConfig,
+    ssl: &SslStats,
+) -> Result<ChainTls, TlsConfigError> {
+    let context = if t.secrets.ready {
+        let (context, built) = contexts.server(&t.settings)?;
+        if built && t.secrets.keys().next().is_some() {
+            ssl.inc(0, SslStat::SslContextUpdateBySds);
+        }
+        Some(context)
+    } else {
+        None
+    };
     Ok(ChainTls {
-        context: contexts.server(&t.settings)?,
+        context,
         handshake_timeout_ms: t.handshake_timeout.map(millis),
     })
 }
@@ -540,6 +571,7 @@ fn cluster(
         health: c.health.clone(),
         health_state: stats.health(&c.name),
         tls: None,
+        tls_secrets_missing: c.tls.as_ref().is_some_and(|t| !t.secrets.ready),
         added_via_api: c.added_via_api,
         udp_stats,
         ssl_stats: c

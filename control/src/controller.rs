@@ -23,7 +23,7 @@ use crate::dynamic::DynamicState;
 use crate::error::ConfigError;
 use crate::health::{HealthThread, OutlierEventLog};
 use crate::load::load_rib;
-use crate::rib::{Bind, EndpointConfig, Rib};
+use crate::rib::{Bind, EndpointConfig, Rib, SecretKey, SecretSource};
 use crate::rib::{GrpcSource, XdsSource};
 use crate::runtime::Runtime;
 use crate::state_dir::{Persisted, StateWriter};
@@ -188,6 +188,7 @@ pub fn worker_cpus(concurrency: Option<usize>) -> Vec<usize> {
 pub fn run(options: RunOptions) -> Result<(), RunError> {
     let (mut rib, loaded) = load_rib(&options.config_path).map_err(RunError::Config)?;
     apply_node_overrides(&mut rib, &options);
+    sds_needs_node(&rib).map_err(RunError::Config)?;
     let cpus = worker_cpus(options.concurrency);
     let workers = cpus.len();
     let fd_limit = switchyard_dataplane::raise_fd_limit();
@@ -378,6 +379,21 @@ fn wait_first_answers(
     }
 }
 
+/// Envoy's rule: SDS (over ADS or from a file) needs the node's id and cluster, from the
+/// bootstrap or the command line.
+fn sds_needs_node(rib: &Rib) -> Result<(), ConfigError> {
+    let sds = crate::secrets::named(rib).any(|k| k.source != SecretSource::Static);
+    if sds && (rib.node.id.is_empty() || rib.node.cluster.is_empty()) {
+        return Err(ConfigError::invalid(
+            "node",
+            "id and cluster are required with SDS secrets, in node or from --service-node and \
+             --service-cluster (Envoy: TlsCertificateSdsApi: node 'id' and 'cluster' are \
+             required)",
+        ));
+    }
+    Ok(())
+}
+
 /// `--service-node` / `--service-cluster` win over the bootstrap's `node`, as in Envoy.
 fn apply_node_overrides(rib: &mut Rib, options: &RunOptions) {
     if let Some(id) = &options.service_node {
@@ -399,6 +415,9 @@ struct Init {
     listeners: bool,
     /// EDS service names of the first clusters whose first assignment has not arrived.
     endpoints: std::collections::BTreeSet<String>,
+    /// SDS secrets (over ADS or from files) the bootstrap's listeners and clusters name
+    /// that have not arrived (Envoy's init manager waits for them too).
+    secrets: std::collections::BTreeSet<SecretKey>,
     /// When waiting stops regardless (`None`: wait as long as it takes).
     deadline: Option<Instant>,
 }
@@ -420,7 +439,11 @@ impl Init {
                     .filter_map(|c| c.eds_service.clone())
                     .collect()
             },
-            deadline: fetch_timeout(rib).map(|t| Instant::now() + t),
+            secrets: crate::secrets::named(rib)
+                .filter(|k| k.source != SecretSource::Static)
+                .cloned()
+                .collect(),
+            deadline: init_timeout(rib).map(|t| Instant::now() + t),
         }
     }
 
@@ -430,12 +453,20 @@ impl Init {
             clusters: false,
             listeners: false,
             endpoints: Default::default(),
+            secrets: Default::default(),
             deadline: None,
         }
     }
 
     fn done(&self) -> bool {
-        !self.clusters && !self.listeners && self.endpoints.is_empty()
+        !self.clusters && !self.listeners && self.endpoints.is_empty() && self.secrets.is_empty()
+    }
+
+    /// Secrets arrived (or their source failed: nothing to wait for then).
+    fn secrets_arrived(&mut self, keys: impl Iterator<Item = SecretKey>) {
+        for k in keys {
+            self.secrets.remove(&k);
+        }
     }
 
     /// Clusters arrived; `eds` are the EDS services to wait for if these are the first.
@@ -476,9 +507,39 @@ fn load_state_dir(options: &RunOptions, rib: &Rib) -> Option<(Persisted, Dynamic
     }
 }
 
-/// Whether `rib` gets anything over xDS: `dynamic_resources`, or a static EDS cluster.
+/// Whether `rib` gets anything over xDS: `dynamic_resources`, a static EDS cluster, or a
+/// secret over SDS.
 fn uses_xds(rib: &Rib) -> bool {
-    rib.dynamic.is_some() || rib.clusters.iter().any(|c| c.eds_service.is_some())
+    rib.dynamic.is_some()
+        || rib.clusters.iter().any(|c| c.eds_service.is_some())
+        || crate::secrets::named(rib).any(|k| k.source != SecretSource::Static)
+}
+
+/// How long initialization waits: [`fetch_timeout`], or longer for the SDS secrets the
+/// bootstrap names (their sources' `initial_fetch_timeout`; none: as long as it takes).
+fn init_timeout(rib: &Rib) -> Option<Duration> {
+    let mut timeout = fetch_timeout(rib);
+    let secrets = rib
+        .listeners
+        .iter()
+        .filter_map(|l| l.tcp())
+        .flat_map(|t| t.chains())
+        .filter_map(|c| c.tls.as_ref().map(|t| &t.secrets))
+        .chain(
+            rib.clusters
+                .iter()
+                .filter_map(|c| c.tls.as_ref().map(|t| &t.secrets)),
+        );
+    for s in secrets.filter(|s| !s.ready || s.keys().next().is_some()) {
+        if s.keys().all(|k| k.source == SecretSource::Static) {
+            continue;
+        }
+        timeout = match (timeout, s.initial_fetch_timeout) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+    }
+    timeout
 }
 
 /// The `initial_fetch_timeout` that bounds initialization and warming: `dynamic_resources`'
@@ -745,6 +806,13 @@ impl Sources {
         if files.is_empty() && self.files.is_none() {
             return;
         }
+        if let Some(f) = self.file_thread() {
+            let _ = f.commands.send(FileCommand::WatchEndpoints(files));
+        }
+    }
+
+    /// The file thread, started now if it is not running (`None` when it cannot start).
+    fn file_thread(&mut self) -> Option<&FileThread> {
         if self.files.is_none() {
             let config = FilesConfig {
                 reserved_addresses: self.reserved.clone(),
@@ -753,11 +821,37 @@ impl Sources {
             };
             if let Err(e) = self.start_files(config) {
                 tracing::error!(error = %e, "xDS: file thread not started");
-                return;
+                return None;
             }
         }
-        if let Some(f) = &self.files {
-            let _ = f.commands.send(FileCommand::WatchEndpoints(files));
+        self.files.as_ref()
+    }
+
+    /// Hands the ADS stream and the file thread the secrets to watch (`watches`, from
+    /// [`DynamicState::secret_watches`]), starting the file thread as needed.
+    fn watch_secrets(&mut self, mut watches: BTreeMap<SecretSource, Vec<String>>) {
+        let ads = watches.remove(&SecretSource::Ads).unwrap_or_default();
+        match &self.ads {
+            Some(c) => {
+                let _ = c.commands.send(Command::WatchSecrets(ads));
+            }
+            None if !ads.is_empty() => {
+                tracing::warn!(names = ?ads, "SDS over ADS without an ADS stream: not watched")
+            }
+            None => {}
+        }
+        let files: BTreeMap<_, _> = watches
+            .into_iter()
+            .filter_map(|(s, names)| match s {
+                SecretSource::File(f) => Some((f, names)),
+                _ => None,
+            })
+            .collect();
+        if files.is_empty() && self.files.is_none() {
+            return;
+        }
+        if let Some(f) = self.file_thread() {
+            let _ = f.commands.send(FileCommand::WatchSecrets(files));
         }
     }
 
@@ -1163,8 +1257,17 @@ impl Control {
     /// EDS cluster's stream state.
     fn update_watches(&mut self) {
         let watches = self.dynamic.eds_watches(&self.statics);
+        let secrets = self.dynamic.secret_watches(&self.statics);
+        if self.xds.is_none() && !secrets.is_empty() {
+            // A reload named the first secret from a file.
+            match Sources::start(&self.statics, Held::new(), self.events.clone()) {
+                Ok(s) => self.xds = Some(s),
+                Err(e) => tracing::error!(error = %e, "SDS: sources not started"),
+            }
+        }
         if let Some(x) = &mut self.xds {
             x.watch(watches);
+            x.watch_secrets(secrets);
         }
         self.show_eds_streams();
     }
@@ -1259,6 +1362,13 @@ impl Control {
                 count(&xds.lds);
                 self.init.listeners_arrived();
             }
+            // The secrets keep what they had; what waits for them goes on waiting until its
+            // deadline (a listener without its certificate would only refuse handshakes).
+            xds::SECRET_TYPE => {
+                for name in &f.names {
+                    count(&xds.sds(name));
+                }
+            }
             _ => {
                 for (name, service, _) in self.dynamic.eds_clusters(&self.statics) {
                     if f.names.iter().any(|n| n == service) {
@@ -1328,6 +1438,30 @@ impl Control {
                 self.dynamic.apply_endpoints(change);
                 rejected
             }
+            Event::Secrets(file, change) => {
+                let source = file.map_or(SecretSource::Ads, SecretSource::File);
+                for a in &change.upserts {
+                    xds.sds(&a.name).response(true);
+                }
+                for r in &change.rejected {
+                    xds.sds(&r.name).response(false);
+                }
+                if !change.removals.is_empty() {
+                    tracing::warn!(names = ?change.removals, "SDS: secrets removed by the server are kept while in use (as Envoy)");
+                }
+                let rejected = change.rejected.clone();
+                let arrived: Vec<SecretKey> = change
+                    .upserts
+                    .iter()
+                    .map(|a| SecretKey {
+                        source: source.clone(),
+                        name: a.name.clone(),
+                    })
+                    .collect();
+                self.init.secrets_arrived(arrived.into_iter());
+                self.dynamic.apply_secrets(&source, change);
+                rejected
+            }
             Event::Listeners(change) => {
                 let warming = change.upserts_where(|l| self.dynamic.would_warm_listener(l));
                 self.dump(|d| {
@@ -1341,6 +1475,7 @@ impl Control {
                 self.init.listeners_arrived();
                 self.dynamic
                     .apply_listeners(change, self.warming_deadline());
+                self.update_watches();
                 rejected
             }
         };
@@ -1452,6 +1587,9 @@ impl Control {
         let (mut rib, skipped) = self.dynamic.compose(&self.statics);
         for s in skipped {
             tracing::warn!(reason = %s, "xDS resource left out");
+        }
+        for problem in crate::secrets::resolve(&mut rib, self.dynamic.secrets()) {
+            tracing::warn!(%problem, "TLS context not ready: it serves no handshake until its secrets arrive");
         }
         if self.inbound_stopped {
             rib.listeners.retain(|l| !l.inbound);

@@ -7,7 +7,11 @@
 //! so connections to it find no healthy upstream rather than a stale one); removing a cluster
 //! over CDS drops its endpoints from the RIB but keeps the assignment until EDS removes it.
 
-use crate::rib::{Bind, ClusterConfig, EndpointConfig, ListenerConfig, Rib, XdsSource};
+use crate::rib::{
+    Bind, ClusterConfig, EndpointConfig, ListenerConfig, Rib, SecretKey, SecretSource, SecretValue,
+    TlsSecrets, XdsSource,
+};
+use crate::secrets::DynamicSecrets;
 use crate::xds::Change;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +31,9 @@ use std::time::Instant;
 ///   when its assignment arrives, or at its deadline with no endpoints;
 /// - a received listener that routes to a warming cluster is warming too, the version it
 ///   replaces serving meanwhile, until every such cluster is active or its own deadline;
+/// - a received listener or cluster whose TLS context names an SDS secret (over ADS or from
+///   a file) that has not arrived is warming too, until every such secret has, or its
+///   deadline (then its context serves no handshake until they arrive);
 /// - removing a resource removes its warming version as well.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DynamicState {
@@ -46,6 +53,9 @@ pub struct DynamicState {
     by_service: BTreeMap<String, BTreeSet<String>>,
     /// Warming clusters and listeners that became active since [`DynamicState::take_promoted`].
     promoted: (Vec<String>, Vec<String>),
+    /// Secrets received over SDS (ADS and files), by source and name. A secret stays once
+    /// received (Envoy refuses an SDS update that removes it).
+    secrets: DynamicSecrets,
 }
 
 impl DynamicState {
@@ -88,19 +98,102 @@ impl DynamicState {
     }
 
     /// Whether `cluster`, received now, would warm (an EDS cluster whose service has no
-    /// assignment yet).
+    /// assignment yet, or a TLS context waiting for a secret).
     pub fn would_warm_cluster(&self, cluster: &ClusterConfig) -> bool {
-        cluster
+        let no_endpoints = cluster
             .eds_service
             .as_ref()
-            .is_some_and(|s| !self.endpoints.contains_key(s))
+            .is_some_and(|s| !self.endpoints.contains_key(s));
+        no_endpoints || cluster.tls.as_ref().is_some_and(|t| self.lacks(&t.secrets))
     }
 
-    /// Whether `listener`, received now, would warm (it routes to a warming cluster).
+    /// Whether `listener`, received now, would warm (it routes to a warming cluster, or a
+    /// chain's TLS context waits for a secret).
     pub fn would_warm_listener(&self, listener: &ListenerConfig) -> bool {
-        listener
+        let routes_to_warming = listener
             .routed_clusters()
-            .any(|c| self.warming_clusters.contains_key(c))
+            .any(|c| self.warming_clusters.contains_key(c));
+        routes_to_warming || self.listener_lacks_secrets(listener)
+    }
+
+    fn listener_lacks_secrets(&self, listener: &ListenerConfig) -> bool {
+        listener
+            .tcp()
+            .into_iter()
+            .flat_map(|t| t.chains())
+            .filter_map(|c| c.tls.as_ref())
+            .any(|t| self.lacks(&t.secrets))
+    }
+
+    /// Whether a secret `secrets` names over SDS has not arrived (static ones are always
+    /// there: `convert` checked them).
+    fn lacks(&self, secrets: &TlsSecrets) -> bool {
+        secrets
+            .keys()
+            .any(|k| k.source != SecretSource::Static && !self.secrets.contains_key(k))
+    }
+
+    /// The secrets received over SDS.
+    pub fn secrets(&self) -> &DynamicSecrets {
+        &self.secrets
+    }
+
+    /// Applies an SDS change from `source`: new and changed secrets are kept, removals are
+    /// ignored (as Envoy, which keeps serving the last secret), and whatever waited only for
+    /// them stops warming.
+    pub fn apply_secrets(&mut self, source: &SecretSource, change: Change<SecretValue>) {
+        for a in change.upserts {
+            let key = SecretKey {
+                source: source.clone(),
+                name: a.name,
+            };
+            self.secrets.insert(key, a.value);
+        }
+        let ready: Vec<String> = self
+            .warming_clusters
+            .keys()
+            .filter(|n| {
+                self.clusters
+                    .get(*n)
+                    .is_some_and(|c| !self.would_warm_cluster(c))
+            })
+            .cloned()
+            .collect();
+        for name in ready {
+            self.join(&name);
+        }
+        self.promote_listeners(None);
+    }
+
+    /// Every secret named over SDS by the listeners and clusters received (warming or
+    /// not) and by `statics`, by source: what the sources must watch.
+    pub fn secret_watches(&self, statics: &Rib) -> BTreeMap<SecretSource, Vec<String>> {
+        let warming = self.warming_listeners.values().map(|(l, _)| l);
+        let listeners = statics.listeners.iter().chain(self.listeners.values());
+        let chains = listeners
+            .chain(warming)
+            .filter_map(|l| l.tcp())
+            .flat_map(|t| t.chains())
+            .filter_map(|c| c.tls.as_ref())
+            .map(|t| &t.secrets);
+        let clusters = statics
+            .clusters
+            .iter()
+            .map(|c| &**c)
+            .chain(self.clusters.values())
+            .filter_map(|c| c.tls.as_ref())
+            .map(|t| &t.secrets);
+        let mut out: BTreeMap<SecretSource, BTreeSet<String>> = BTreeMap::new();
+        for key in chains.chain(clusters).flat_map(|s| s.keys()) {
+            if key.source != SecretSource::Static {
+                out.entry(key.source.clone())
+                    .or_default()
+                    .insert(key.name.clone());
+            }
+        }
+        out.into_iter()
+            .map(|(s, names)| (s, names.into_iter().collect()))
+            .collect()
     }
 
     /// The earliest warming deadline, if anything is warming with one.
@@ -126,6 +219,13 @@ impl DynamicState {
     ) {
         self.warming_listeners.remove(&name);
         if self.would_warm_listener(&listener) {
+            let secrets = listener
+                .tcp()
+                .into_iter()
+                .flat_map(|t| t.chains())
+                .filter_map(|c| c.tls.as_ref())
+                .map(|t| &t.secrets);
+            let deadline = secrets_deadline(self, secrets, deadline);
             self.warming_listeners.insert(name, (listener, deadline));
         } else {
             self.listeners.insert(name, listener);
@@ -157,6 +257,7 @@ impl DynamicState {
                 .or_default()
                 .insert(name.clone());
         }
+        let deadline = secrets_deadline(self, cluster.tls.iter().map(|t| &t.secrets), deadline);
         self.clusters.insert(name.clone(), cluster);
         if waits {
             self.warming_clusters.insert(name.clone(), deadline);
@@ -205,7 +306,14 @@ impl DynamicState {
             .map(|n| n.iter().cloned().collect())
             .unwrap_or_default();
         for name in names {
-            self.join(&name);
+            let waits = self.warming_clusters.contains_key(&name)
+                && self
+                    .clusters
+                    .get(&name)
+                    .is_some_and(|c| self.would_warm_cluster(c));
+            if !waits {
+                self.join(&name);
+            }
         }
     }
 
@@ -232,10 +340,11 @@ impl DynamicState {
             .iter()
             .filter(|(_, (l, deadline))| {
                 let expired = matches!((now, deadline), (Some(n), Some(d)) if *d <= n);
-                expired
-                    || !l
-                        .routed_clusters()
-                        .any(|c| self.warming_clusters.contains_key(c))
+                let waits = l
+                    .routed_clusters()
+                    .any(|c| self.warming_clusters.contains_key(c))
+                    || self.listener_lacks_secrets(l);
+                expired || !waits
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -420,6 +529,23 @@ impl DynamicState {
         }
         (rib, skipped)
     }
+}
+
+/// A warming deadline that also waits for the secrets a resource lacks: the later of
+/// `deadline` and each lacking context's `initial_fetch_timeout` from now (`None`, no limit,
+/// if either has none).
+fn secrets_deadline<'a>(
+    state: &DynamicState,
+    secrets: impl Iterator<Item = &'a TlsSecrets>,
+    deadline: Option<Instant>,
+) -> Option<Instant> {
+    let now = Instant::now();
+    secrets
+        .filter(|s| state.lacks(s))
+        .fold(deadline, |d, s| match (d, s.initial_fetch_timeout) {
+            (Some(d), Some(t)) => Some(d.max(now + t)),
+            _ => None,
+        })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod load;
 pub(crate) mod path;
 pub mod rib;
 pub mod runtime;
+pub mod secrets;
 pub mod state_dir;
 pub mod stats;
 pub mod stats_config;

@@ -57,6 +57,8 @@ pub struct Rib {
     /// `cluster_manager.outlier_detection.event_log_path`: where outlier ejections and
     /// returns are logged (fixed at start, like `admin`).
     pub outlier_event_log: Option<std::path::PathBuf>,
+    /// `static_resources.secrets` by name.
+    pub secrets: std::collections::BTreeMap<String, SecretValue>,
 }
 
 /// Envoy's runtime (`layered_runtime`) and `overload_manager`, as far as an L4 proxy reads
@@ -343,6 +345,14 @@ impl ListenerConfig {
         }
     }
 
+    /// The TCP part, mutable, if it is a TCP listener.
+    pub fn tcp_mut(&mut self) -> Option<&mut TcpListenerConfig> {
+        match &mut self.kind {
+            ListenerKind::Tcp(t) => Some(t),
+            ListenerKind::Udp(_) => None,
+        }
+    }
+
     /// The UDP proxy, if it is a UDP listener.
     pub fn udp(&self) -> Option<&UdpProxyConfig> {
         match &self.kind {
@@ -411,6 +421,13 @@ impl TcpListenerConfig {
             .iter()
             .chain(self.default_filter_chain.as_ref())
     }
+
+    /// Every chain, mutable, in the order of [`TcpListenerConfig::chains`].
+    pub fn chains_mut(&mut self) -> impl Iterator<Item = &mut FilterChainConfig> {
+        self.filter_chains
+            .iter_mut()
+            .chain(self.default_filter_chain.as_mut())
+    }
 }
 
 /// Envoy's UDP proxy (`envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig`): each new
@@ -459,14 +476,112 @@ pub struct FilterChainConfig {
     pub tls: Option<ChainTlsConfig>,
 }
 
-/// A filter chain's TLS termination, checked by `convert` (its context was built once).
+/// A filter chain's TLS termination, checked by `convert` (its context was built once when
+/// it takes nothing from SDS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainTlsConfig {
-    /// The `DownstreamTlsContext`, Envoy's defaults applied.
+    /// The `DownstreamTlsContext`, Envoy's defaults applied; what comes from SDS is filled
+    /// in when the RIB is composed ([`crate::secrets::resolve`]).
     pub settings: ServerSettings,
+    /// What the context takes from SDS, and whether all of it is there.
+    pub secrets: TlsSecrets,
     /// `transport_socket_connect_timeout`: how long the handshake may take (`None`: no
     /// limit, Envoy's default).
     pub handshake_timeout: Option<Duration>,
+}
+
+/// A cluster's TLS origination, checked by `convert` as [`ChainTlsConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTlsConfig {
+    /// The `UpstreamTlsContext`, Envoy's defaults applied; SDS parts filled in at compose.
+    pub settings: ClientSettings,
+    /// What the context takes from SDS, and whether all of it is there.
+    pub secrets: TlsSecrets,
+}
+
+/// Where an SDS secret comes from (`SdsSecretConfig.sds_config`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SecretSource {
+    /// No `sds_config`: `static_resources.secrets`.
+    Static,
+    /// `ads: {}`: the ADS stream.
+    Ads,
+    /// `path_config_source`: a watched file holding a `DiscoveryResponse` of secrets.
+    File(FileSource),
+}
+
+/// A secret as a TLS context names it: where from, and its name there.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SecretKey {
+    pub source: SecretSource,
+    pub name: String,
+}
+
+/// A TLS context's SDS references (`tls_certificate_sds_secret_configs`,
+/// `validation_context_sds_secret_config`, `combined_validation_context`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsSecrets {
+    /// How many certificates the context has inline (`tls_certificates`): the SDS ones
+    /// follow them.
+    pub inline_certificates: usize,
+    /// `tls_certificate_sds_secret_configs`, in order.
+    pub certificates: Vec<SecretKey>,
+    /// The validation context from SDS, with the combined context's default, if any.
+    pub validation: Option<ValidationSecretRef>,
+    /// Every secret named is there (always true without SDS); false until then, and while
+    /// false the context does not serve: a chain closes its connections, a cluster fails
+    /// its connects (Envoy's `*_context_secrets_not_ready`).
+    pub ready: bool,
+    /// How long a listener or cluster received over xDS warms waiting for these secrets
+    /// (their sources' longest `initial_fetch_timeout`; `None`: as long as it takes).
+    pub initial_fetch_timeout: Option<Duration>,
+}
+
+impl TlsSecrets {
+    /// Nothing from SDS.
+    pub fn none() -> TlsSecrets {
+        TlsSecrets {
+            ready: true,
+            ..TlsSecrets::default()
+        }
+    }
+
+    /// Every secret named.
+    pub fn keys(&self) -> impl Iterator<Item = &SecretKey> {
+        self.certificates
+            .iter()
+            .chain(self.validation.as_ref().map(|v| &v.secret))
+    }
+}
+
+/// `validation_context_sds_secret_config`, or `combined_validation_context` (the SDS one
+/// merged into `default`, as Envoy's `MergeFrom`: its singular fields win, lists join).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationSecretRef {
+    pub secret: SecretKey,
+    /// `default_validation_context` of a combined context.
+    pub default: Option<ValidationParts>,
+}
+
+/// A `CertificateValidationContext` as given, before defaults and merging: each singular
+/// field only if set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ValidationParts {
+    /// `trusted_ca`: DER roots and the file they came from.
+    pub trusted_ca: Option<(Vec<Vec<u8>>, Option<String>)>,
+    /// `crl`: DER CRLs.
+    pub crls: Option<Vec<Vec<u8>>>,
+    /// `match_typed_subject_alt_names` (and the untyped form, expanded).
+    pub san_matchers: Vec<switchyard_dataplane::tls::settings::SanMatcher>,
+}
+
+/// A secret's payload (`envoy.extensions.transport_sockets.tls.v3.Secret`), checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretValue {
+    /// `tls_certificate`: a chain and its key (they belong together).
+    Certificate(switchyard_dataplane::tls::settings::Certificate),
+    /// `validation_context`.
+    Validation(ValidationParts),
 }
 
 /// Switchyard's L4 fault injection filter: each fault with its share of connections in
@@ -607,7 +722,7 @@ pub struct ClusterConfig {
     pub dns: Option<Arc<DnsCluster>>,
     /// `transport_socket` with an `UpstreamTlsContext`: connections to the endpoints speak
     /// TLS; `None`: plaintext (no transport socket, or `raw_buffer`).
-    pub tls: Option<ClientSettings>,
+    pub tls: Option<ClusterTlsConfig>,
 }
 
 /// A STRICT_DNS or LOGICAL_DNS cluster's discovery: what to resolve ([`DnsQuery`]), with

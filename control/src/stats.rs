@@ -347,6 +347,8 @@ pub struct XdsStats {
     /// Per EDS cluster, `cluster.<name>.update_*`: an assignment for it arrived (accepted,
     /// or rejected), and `update_empty` when it had no endpoints.
     eds: Mutex<BTreeMap<String, Arc<EdsStats>>>,
+    /// Per secret named over SDS, Envoy's `sds.<name>.update_*`.
+    sds: Mutex<BTreeMap<String, Arc<SubscriptionStats>>>,
 }
 
 /// `cluster.<name>.update_*` of one EDS cluster.
@@ -408,6 +410,18 @@ impl XdsStats {
         s
     }
 
+    /// `sds.<name>.*` of secret `name` (made on first use).
+    pub fn sds(&self, name: &str) -> Arc<SubscriptionStats> {
+        let mut sds = self.sds.lock().unwrap_or_else(|e| e.into_inner());
+        sds.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Every `sds.<name>` block, by secret name.
+    pub fn sds_all(&self) -> Vec<(String, Arc<SubscriptionStats>)> {
+        let sds = self.sds.lock().unwrap_or_else(|e| e.into_inner());
+        sds.iter().map(|(n, s)| (n.clone(), s.clone())).collect()
+    }
+
     /// The EDS counters of cluster `name`, if it ever had an assignment.
     pub fn eds_of(&self, name: &str) -> Option<Arc<EdsStats>> {
         let eds = self.eds.lock().unwrap_or_else(|e| e.into_inner());
@@ -418,6 +432,10 @@ impl XdsStats {
     fn reset(&self) {
         self.cds.reset();
         self.lds.reset();
+        let sds = self.sds.lock().unwrap_or_else(|e| e.into_inner());
+        for s in sds.values() {
+            s.reset();
+        }
         let eds = self.eds.lock().unwrap_or_else(|e| e.into_inner());
         for s in eds.values() {
             s.updates.reset();

@@ -784,10 +784,11 @@ fn tls_contexts_are_shared_across_generations() {
     let mut cache = CompileCache::new();
     let one = compile(&rib, 1, &stats, &mut cache).expect("compiles");
     let chain = |fib: &Fib, i: usize| fib.listeners[0].filter_chains[i].tls.clone().unwrap();
-    let mtls = chain(&one, 0);
-    assert_eq!(mtls.handshake_timeout_ms, Some(5000));
+    let context = |fib: &Fib, i: usize| chain(fib, i).context.expect("ready");
+    assert_eq!(chain(&one, 0).handshake_timeout_ms, Some(5000));
     assert!(chain(&one, 1).handshake_timeout_ms.is_none());
-    assert!(!Arc::ptr_eq(&mtls.context, &chain(&one, 1).context));
+    let mtls = context(&one, 0);
+    assert!(!Arc::ptr_eq(&mtls, &context(&one, 1)));
     let client = one.clusters[0]
         .tls
         .clone()
@@ -797,10 +798,10 @@ fn tls_contexts_are_shared_across_generations() {
     let mut next = rib.clone();
     Arc::make_mut(&mut next.clusters[0]).connect_timeout = std::time::Duration::from_secs(9);
     let two = compile(&next, 2, &stats, &mut cache).expect("compiles");
-    assert!(Arc::ptr_eq(&chain(&two, 0).context, &mtls.context));
+    assert!(Arc::ptr_eq(&context(&two, 0), &mtls));
     assert!(!Arc::ptr_eq(&two.clusters[0], &one.clusters[0]), "rebuilt");
     assert!(Arc::ptr_eq(two.clusters[0].tls.as_ref().unwrap(), &client));
 
     let other = compile(&rib, 1, &stats, &mut CompileCache::new()).expect("compiles");
-    assert!(!Arc::ptr_eq(&chain(&other, 0).context, &mtls.context));
+    assert!(!Arc::ptr_eq(&context(&other, 0), &mtls));
 }

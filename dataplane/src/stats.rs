@@ -551,7 +551,10 @@ stat_block!(
     /// (a cluster that originates TLS): Envoy's names. The `versions.*`, `ciphers.*` and
     /// `curves.*` stats are shown once they counted something, as Envoy creates them on
     /// first use; cipher names are BoringSSL's.
-    SslStats, SslStat, 22, {
+    ///
+    /// The last three are Envoy's socket factory's (`listener.<ip>_<port>.server_ssl_socket_factory.*`,
+    /// `cluster.<name>.client_ssl_socket_factory.*`): see [`SslStat::is_factory`].
+    SslStats, SslStat, 25, {
     /// Handshakes completed.
     Handshake => ("handshake", Counter),
     /// Handshakes that failed (protocol errors, refused certificates, the peer's end).
@@ -583,9 +586,25 @@ stat_block!(
     CurveX25519 => ("curves.X25519", Counter),
     CurveP256 => ("curves.P-256", Counter),
     CurveP384 => ("curves.P-384", Counter),
+    /// The context was (re)built because an SDS secret it uses arrived or changed.
+    SslContextUpdateBySds => ("ssl_context_update_by_sds", Counter),
+    /// A connect to the cluster failed at once: its context waits for SDS secrets.
+    UpstreamContextSecretsNotReady => ("upstream_context_secrets_not_ready", Counter),
+    /// A connection on the chain was closed at once: its context waits for SDS secrets.
+    DownstreamContextSecretsNotReady => ("downstream_context_secrets_not_ready", Counter),
 });
 
 impl SslStat {
+    /// Shown under the socket factory's prefix rather than `ssl.`.
+    pub fn is_factory(self) -> bool {
+        matches!(
+            self,
+            SslStat::SslContextUpdateBySds
+                | SslStat::UpstreamContextSecretsNotReady
+                | SslStat::DownstreamContextSecretsNotReady
+        )
+    }
+
     /// Shown only once it counted something (Envoy makes these on first use).
     pub fn on_first_use(self) -> bool {
         let n = self.name();

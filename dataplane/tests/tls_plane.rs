@@ -162,7 +162,7 @@ fn a_terminating_chain_relays_eight_loaded_connections() {
     );
     let backend = support::fib::echo_backend();
     let chain = ChainTls {
-        context: ctx,
+        context: Some(ctx),
         handshake_timeout_ms: None,
     };
     let (plane, f, listen) = start(|l| fib(l, backend, Some(chain), None));
@@ -230,7 +230,7 @@ fn bad_clients_are_closed_and_good_ones_pass_with_tls_on_both_sides() {
     );
     let client = ClientContext::new(&client_settings(&pki)).unwrap();
     let chain = ChainTls {
-        context: server,
+        context: Some(server),
         handshake_timeout_ms: Some(300),
     };
     let (plane, f, listen) = start(|l| fib(l, backend, Some(chain), Some(Arc::new(client))));
@@ -302,7 +302,7 @@ fn a_client_certificate_is_checked_by_its_spiffe_id() {
     });
     settings.require_client_certificate = true;
     let chain = ChainTls {
-        context: Arc::new(ServerContext::new(&settings).unwrap()),
+        context: Some(Arc::new(ServerContext::new(&settings).unwrap())),
         handshake_timeout_ms: None,
     };
     let (plane, f, listen) = start(|l| fib(l, backend, Some(chain), None));
@@ -353,7 +353,9 @@ fn a_splicing_plane_refuses_tls() {
         .local_addr()
         .unwrap();
     let chain = ChainTls {
-        context: Arc::new(ServerContext::new(&server_settings(pki.leaf(&["a"], &[]))).unwrap()),
+        context: Some(Arc::new(
+            ServerContext::new(&server_settings(pki.leaf(&["a"], &[]))).unwrap(),
+        )),
         handshake_timeout_ms: None,
     };
     let err = plane

@@ -17,6 +17,7 @@
 //! * `admin_http.rs`: a tiny HTTP/1.1 client for the admin API ([`http`], [`parse_stats`]).
 //! * `config.rs`: the Envoy v3 bootstrap builders ([`bootstrap`], [`tcp_listener`],
 //!   [`static_cluster`], [`render`]).
+//! * `tls.rs`: rustls clients with the test PKI ([`client_config`], [`tls_connect`]).
 //! * `udp.rs`: [`UdpBackend`] and UDP socket helpers.
 //! * `process.rs`: [`output_within`] / [`try_output_within`], a child process run with a time
 //!   limit (the `validate` tests).
@@ -53,6 +54,7 @@ mod proxy;
 #[macro_use]
 mod relay_mode;
 mod stream;
+mod tls;
 mod udp;
 mod xds_py;
 
@@ -60,5 +62,5 @@ mod xds_py;
 #[allow(unused_imports)]
 pub use self::{
     admin_http::*, backend::*, client::*, config::*, data::*, dns::*, env::*, limits::*, ports::*,
-    process::*, proxy::*, relay_mode::*, stream::*, udp::*, xds_py::*,
+    process::*, proxy::*, relay_mode::*, stream::*, tls::*, udp::*, xds_py::*,
 };

@@ -96,6 +96,7 @@ pub fn measure(clusters: usize, endpoints: usize) -> Result<FibReport, String> {
         dns_resolver: Default::default(),
         runtime: Default::default(),
         outlier_event_log: None,
+        secrets: Default::default(),
         stats: Default::default(),
     };
     let stats = StatsRegistry::new(1);

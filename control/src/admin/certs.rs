@@ -25,9 +25,9 @@ pub(crate) fn render_certs(fib: &Fib, now_unix: i64) -> Value {
         .listeners
         .iter()
         .flat_map(|l| l.filter_chains.iter().chain(l.default_chain.as_ref()))
-        .filter_map(|c| c.tls.as_ref())
-        .map(|t| {
-            let s = t.context.settings();
+        .filter_map(|c| c.tls.as_ref()?.context.as_ref())
+        .map(|ctx| {
+            let s = ctx.settings();
             context(&s.certificates, s.validation.as_ref(), now_unix)
         });
     let clusters = fib.clusters.iter().filter_map(|c| c.tls.as_ref()).map(|t| {

@@ -122,6 +122,7 @@ pub(crate) fn fixture() -> Fixture {
                 added_via_api: false,
                 udp_stats: echo_udp,
                 tls: None,
+                tls_secrets_missing: false,
                 ssl_stats: None,
             }),
             Arc::new(Cluster {
@@ -141,6 +142,7 @@ pub(crate) fn fixture() -> Fixture {
                 added_via_api: false,
                 udp_stats: reg.cluster_udp_unrouted().clone(),
                 tls: None,
+                tls_secrets_missing: false,
                 ssl_stats: None,
             }),
         ],

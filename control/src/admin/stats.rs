@@ -313,15 +313,29 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                 );
             }
         }
-        for (prefix, ssl) in [
-            ("listener", &blocks.listener_ssl),
-            ("cluster", &blocks.cluster_ssl),
+        for (prefix, factory, ssl) in [
+            (
+                "listener",
+                "server_ssl_socket_factory",
+                &blocks.listener_ssl,
+            ),
+            ("cluster", "client_ssl_socket_factory", &blocks.cluster_ssl),
         ] {
             for (name, b) in ssl {
-                let p = format!("{prefix}.{}.ssl", sanitize_element(name));
-                let shown = SslStat::ALL.iter().copied();
+                let element = sanitize_element(name);
+                let p = format!("{prefix}.{element}.ssl");
+                let shown = SslStat::ALL.iter().copied().filter(|s| !s.is_factory());
                 let shown: Vec<SslStat> = shown
                     .filter(|s| !s.on_first_use() || b.get(*s) > 0)
+                    .collect();
+                push_block(&mut out, &p, &shown, SslStat::name, SslStat::kind, |s| {
+                    b.get(s)
+                });
+                let p = format!("{prefix}.{element}.{factory}");
+                let shown: Vec<SslStat> = SslStat::ALL
+                    .iter()
+                    .copied()
+                    .filter(|s| s.is_factory())
                     .collect();
                 push_block(&mut out, &p, &shown, SslStat::name, SslStat::kind, |s| {
                     b.get(s)
@@ -448,6 +462,14 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                     value: StatValue::Gauge(v),
                 });
             }
+        }
+    }
+    for (secret, sub) in xds.sds_all() {
+        for (name, v) in sub.counters() {
+            out.push(Stat {
+                name: format!("sds.{secret}.{name}"),
+                value: StatValue::Counter(v),
+            });
         }
     }
     let s = state.effective_state();

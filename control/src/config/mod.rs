@@ -596,8 +596,8 @@ static_resources:
             (
                 r#"{"static_resources": {"listeners": [{"filter_chains": [{"transport_socket": {"name": "tls", "typed_config":
                 {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                "common_tls_context": {"tls_certificate_sds_secret_configs": [{"name": "cert"}]}}}}]}]}}"#,
-                "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs",
+                "common_tls_context": {"tls_certificate_provider_instance": {"instance_name": "x"}}}}}]}]}}"#,
+                "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificate_provider_instance",
             ),
             (
                 r#"{"static_resources": {"clusters": [{"name": "c", "transport_socket": {"name": "tls", "typed_config":

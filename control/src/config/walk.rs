@@ -172,7 +172,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
-        &["listeners", "clusters"],
+        &["listeners", "clusters", "secrets"],
     ),
     (
         "envoy.config.listener.v3.Listener",
@@ -431,9 +431,25 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &[
             "tls_params",
             "tls_certificates",
+            "tls_certificate_sds_secret_configs",
             "validation_context",
+            "validation_context_sds_secret_config",
+            "combined_validation_context",
             "alpn_protocols",
         ],
+    ),
+    // SDS (`convert::tls`, `crate::secrets`): from ADS, a file, or `static_resources.secrets`.
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
+        &["name", "sds_config"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
+        &["default_validation_context", "validation_context_sds_secret_config"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        &["name", "tls_certificate", "validation_context"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.TlsParameters",

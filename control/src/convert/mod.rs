@@ -87,8 +87,12 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
         None => None,
     };
     eds_sources(&clusters, dynamic.as_ref().is_some_and(|d| d.ads.is_some()))?;
-    let rib = Rib {
-        node: node_info(b),
+    let secrets = static_secrets(&statics.secrets)?;
+    let ads = dynamic.as_ref().is_some_and(|d| d.ads.is_some());
+    secret_references(&listeners, &clusters, &secrets, ads)?;
+    let node = node_info(b);
+    let mut rib = Rib {
+        node,
         admin,
         listeners,
         clusters,
@@ -102,9 +106,112 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
             .map(|o| std::path::PathBuf::from(&o.event_log_path))
             .filter(|p| !p.as_os_str().is_empty()),
         stats: Arc::new(stats_config::stats_config(b.stats_config.as_ref())?),
+        secrets,
     };
+    for problem in crate::secrets::resolve(&mut rib, &Default::default()) {
+        tracing::debug!(%problem, "TLS context waits for SDS");
+    }
     warn_missing_clusters(&rib);
     Ok(rib)
+}
+
+/// `static_resources.secrets`, each name once.
+fn static_secrets(
+    statics: &[envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret],
+) -> Result<std::collections::BTreeMap<String, crate::rib::SecretValue>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (i, s) in statics.iter().enumerate() {
+        let path = index("static_resources.secrets", i);
+        let (name, value) = tls::secret(s, &path)?;
+        if out.insert(name.clone(), value).is_some() {
+            return Err(ConfigError::invalid(
+                field(&path, "name"),
+                format!("duplicate secret name '{name}'"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Every secret a static listener or cluster names: a static one must be in
+/// `static_resources.secrets` with the right kind (Envoy: Unknown static secret), one over
+/// ADS needs `dynamic_resources.ads_config`.
+fn secret_references(
+    listeners: &[ListenerConfig],
+    clusters: &[Arc<ClusterConfig>],
+    secrets: &std::collections::BTreeMap<String, crate::rib::SecretValue>,
+    ads: bool,
+) -> Result<()> {
+    use crate::rib::{SecretSource, SecretValue, TlsSecrets};
+    let check = |t: &TlsSecrets, path: &str| -> Result<()> {
+        let certificates = t.certificates.iter().map(|k| (k, true));
+        let validation = t.validation.iter().map(|v| (&v.secret, false));
+        for (key, is_certificate) in certificates.chain(validation) {
+            match (&key.source, secrets.get(&key.name)) {
+                (SecretSource::Static, None) => {
+                    return Err(ConfigError::invalid(
+                        path,
+                        format!(
+                            "names static secret '{}', which static_resources.secrets lacks \
+                             (Envoy: Unknown static secret: {})",
+                            key.name, key.name
+                        ),
+                    ))
+                }
+                (SecretSource::Static, Some(v)) => {
+                    let right = matches!(v, SecretValue::Certificate(_)) == is_certificate;
+                    if !right {
+                        let want = if is_certificate {
+                            "tls_certificate"
+                        } else {
+                            "validation_context"
+                        };
+                        return Err(ConfigError::invalid(
+                            path,
+                            format!("static secret '{}' is no {want}", key.name),
+                        ));
+                    }
+                }
+                (SecretSource::Ads, _) if !ads => {
+                    return Err(ConfigError::invalid(
+                        path,
+                        format!(
+                            "secret '{}' comes over ADS (sds_config.ads), which needs \
+                             dynamic_resources.ads_config",
+                            key.name
+                        ),
+                    ))
+                }
+                (SecretSource::File(f), _) => file_source_present(f, path)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    for (i, l) in listeners.iter().enumerate() {
+        let Some(t) = l.tcp() else { continue };
+        let lpath = index("static_resources.listeners", i);
+        for (j, c) in t.filter_chains.iter().enumerate() {
+            if let Some(tls) = &c.tls {
+                let path = field(
+                    &index(&field(&lpath, "filter_chains"), j),
+                    "transport_socket",
+                );
+                check(&tls.secrets, &path)?;
+            }
+        }
+        if let Some(tls) = t.default_filter_chain.as_ref().and_then(|c| c.tls.as_ref()) {
+            let path = field(&field(&lpath, "default_filter_chain"), "transport_socket");
+            check(&tls.secrets, &path)?;
+        }
+    }
+    for (i, c) in clusters.iter().enumerate() {
+        if let Some(tls) = &c.tls {
+            let path = field(&index("static_resources.clusters", i), "transport_socket");
+            check(&tls.secrets, &path)?;
+        }
+    }
+    Ok(())
 }
 
 fn node_info(b: &Bootstrap) -> NodeInfo {
@@ -346,6 +453,13 @@ pub fn cluster_resource(c: &Cluster) -> Result<ClusterConfig> {
     let mut config = cluster(c, "")?;
     config.added_via_api = true;
     Ok(config)
+}
+
+/// One `Secret` received as an xDS (SDS) resource: its name and checked payload.
+pub fn secret_resource(
+    s: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+) -> Result<(String, crate::rib::SecretValue)> {
+    tls::secret(s, "")
 }
 
 /// One `ClusterLoadAssignment` received as an xDS (EDS) resource: its cluster name and

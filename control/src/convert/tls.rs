@@ -27,7 +27,11 @@ use super::string_matcher::{string_matcher, string_matcher_parts};
 use super::{decode_any, duration, type_name, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
-use crate::rib::ChainTlsConfig;
+use crate::rib::{
+    ChainTlsConfig, ClusterTlsConfig, SecretKey, SecretSource, SecretValue, TlsSecrets,
+    ValidationParts, ValidationSecretRef, XdsSource,
+};
+use crate::secrets::finish_validation;
 use crate::stats_config::NameMatch;
 use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_TLS};
 use envoy_types::pb::envoy::config::core::v3::{
@@ -35,9 +39,10 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::FilterChain;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context, downstream_tls_context, subject_alt_name_matcher::SanType as PbSanType,
-    tls_parameters::TlsProtocol, CertificateValidationContext, CommonTlsContext,
-    DownstreamTlsContext, TlsCertificate, TlsParameters, UpstreamTlsContext,
+    common_tls_context, downstream_tls_context, secret,
+    subject_alt_name_matcher::SanType as PbSanType, tls_parameters::TlsProtocol,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    TlsCertificate, TlsParameters, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use rustls_pki_types::pem::PemObject;
@@ -88,7 +93,7 @@ pub(super) fn chain_tls(fc: &FilterChain, path: &str) -> Result<Option<ChainTlsC
         return Ok(None);
     }
     let ctx: DownstreamTlsContext = decode_any(any, DOWNSTREAM_TLS, &tpath)?;
-    let settings = server_settings(&ctx, &tpath)?;
+    let (settings, secrets) = server_settings(&ctx, &tpath)?;
     let handshake_timeout = match &fc.transport_socket_connect_timeout {
         Some(d) => Some(duration(
             d,
@@ -99,6 +104,7 @@ pub(super) fn chain_tls(fc: &FilterChain, path: &str) -> Result<Option<ChainTlsC
     };
     Ok(Some(ChainTlsConfig {
         settings,
+        secrets,
         handshake_timeout,
     }))
 }
@@ -107,7 +113,7 @@ pub(super) fn chain_tls(fc: &FilterChain, path: &str) -> Result<Option<ChainTlsC
 pub(super) fn cluster_tls(
     socket: Option<&TransportSocket>,
     path: &str,
-) -> Result<Option<ClientSettings>> {
+) -> Result<Option<ClusterTlsConfig>> {
     let spath = field(path, "transport_socket");
     let Some((any, tpath)) = typed_config(socket, &spath)? else {
         return Ok(None);
@@ -140,13 +146,15 @@ fn typed_config<'a>(
     }
 }
 
-/// A `DownstreamTlsContext` at `path` (its `typed_config`).
-fn server_settings(ctx: &DownstreamTlsContext, path: &str) -> Result<ServerSettings> {
+/// A `DownstreamTlsContext` at `path` (its `typed_config`), and what it takes from SDS.
+fn server_settings(ctx: &DownstreamTlsContext, path: &str) -> Result<(ServerSettings, TlsSecrets)> {
     let cpath = field(path, "common_tls_context");
     let empty = CommonTlsContext::default();
     let common = ctx.common_tls_context.as_ref().unwrap_or(&empty);
     let certificates = certificates(&common.tls_certificates, &cpath)?;
-    if certificates.is_empty() {
+    let mut secrets = sds_references(common, &cpath)?;
+    secrets.inline_certificates = certificates.len();
+    if certificates.is_empty() && secrets.certificates.is_empty() {
         return Err(ConfigError::invalid(
             field(&cpath, "tls_certificates"),
             "a server context needs at least one certificate (Envoy: No TLS certificates \
@@ -155,7 +163,7 @@ fn server_settings(ctx: &DownstreamTlsContext, path: &str) -> Result<ServerSetti
     }
     let require_client_certificate = ctx.require_client_certificate.is_some_and(|b| b.value);
     let mut validation = validation(common, &cpath)?;
-    if require_client_certificate && validation.is_none() {
+    if require_client_certificate && validation.is_none() && secrets.validation.is_none() {
         // Envoy then asks for a certificate and takes any: a validation context with nothing
         // to check is exactly that.
         validation = Some(Validation::default());
@@ -207,12 +215,14 @@ fn server_settings(ctx: &DownstreamTlsContext, path: &str) -> Result<ServerSetti
         params: params(common.tls_params.as_ref(), Side::Server, &cpath)?,
         tickets,
     };
-    ServerContext::new(&settings).map_err(|e| context_error(e, path))?;
-    Ok(settings)
+    if secrets.ready {
+        ServerContext::new(&settings).map_err(|e| context_error(e, path))?;
+    }
+    Ok((settings, secrets))
 }
 
 /// An `UpstreamTlsContext` at `path` (its `typed_config`).
-fn client_settings(ctx: &UpstreamTlsContext, path: &str) -> Result<ClientSettings> {
+fn client_settings(ctx: &UpstreamTlsContext, path: &str) -> Result<ClusterTlsConfig> {
     let cpath = field(path, "common_tls_context");
     let empty = CommonTlsContext::default();
     let common = ctx.common_tls_context.as_ref().unwrap_or(&empty);
@@ -224,6 +234,20 @@ fn client_settings(ctx: &UpstreamTlsContext, path: &str) -> Result<ClientSetting
         ));
     }
     let certificate = certificates(&common.tls_certificates, &cpath)?.pop();
+    let secrets = sds_references(common, &cpath)?;
+    let sds_certificates = secrets.certificates.len();
+    if sds_certificates + usize::from(certificate.is_some()) > 1 {
+        let at = if certificate.is_some() {
+            index(&field(&cpath, "tls_certificate_sds_secret_configs"), 0)
+        } else {
+            index(&field(&cpath, "tls_certificate_sds_secret_configs"), 1)
+        };
+        return Err(ConfigError::invalid(
+            at,
+            "a client context takes at most one certificate, inline or from SDS (Envoy: \
+             Multiple TLS certificates are not supported for client contexts)",
+        ));
+    }
     let settings = ClientSettings {
         certificate,
         validation: validation(common, &cpath)?,
@@ -232,8 +256,10 @@ fn client_settings(ctx: &UpstreamTlsContext, path: &str) -> Result<ClientSetting
         params: params(common.tls_params.as_ref(), Side::Client, &cpath)?,
         max_session_keys: ctx.max_session_keys.map_or(1, |v| v.value),
     };
-    ClientContext::new(&settings).map_err(|e| context_error(e, path))?;
-    Ok(settings)
+    if secrets.ready {
+        ClientContext::new(&settings).map_err(|e| context_error(e, path))?;
+    }
+    Ok(ClusterTlsConfig { settings, secrets })
 }
 
 /// What building the context refused, at the field it came from (`path`: the context's
@@ -264,26 +290,28 @@ fn certificates(certs: &[TlsCertificate], cpath: &str) -> Result<Vec<Certificate
     certs
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            let p = index(&lpath, i);
-            let chain_path = field(&p, "certificate_chain");
-            let Some(chain) = &c.certificate_chain else {
-                return Err(ConfigError::invalid(chain_path, "required"));
-            };
-            let chain_source = file_name(chain);
-            let chain = pem_certificates(&read(chain, &chain_path)?, &chain_path)?;
-            let key_path = field(&p, "private_key");
-            let Some(key) = &c.private_key else {
-                return Err(ConfigError::invalid(key_path, "required"));
-            };
-            let key = private_key(&read(key, &key_path)?, &key_path)?;
-            Ok(Certificate {
-                chain,
-                key,
-                chain_source,
-            })
-        })
+        .map(|(i, c)| certificate(c, &index(&lpath, i)))
         .collect()
+}
+
+/// One `TlsCertificate` at `p`.
+fn certificate(c: &TlsCertificate, p: &str) -> Result<Certificate> {
+    let chain_path = field(p, "certificate_chain");
+    let Some(chain) = &c.certificate_chain else {
+        return Err(ConfigError::invalid(chain_path, "required"));
+    };
+    let chain_source = file_name(chain);
+    let chain = pem_certificates(&read(chain, &chain_path)?, &chain_path)?;
+    let key_path = field(p, "private_key");
+    let Some(key) = &c.private_key else {
+        return Err(ConfigError::invalid(key_path, "required"));
+    };
+    let key = private_key(&read(key, &key_path)?, &key_path)?;
+    Ok(Certificate {
+        chain,
+        key,
+        chain_source,
+    })
 }
 
 /// Every `CERTIFICATE` block of `pem`, in order (at least one).
@@ -506,46 +534,234 @@ fn curves(names: &[String], ppath: &str) -> Result<Vec<Curve>> {
     Ok(out)
 }
 
-/// `validation_context` (the other kinds, SDS and combined, are refused by path).
+/// `validation_context` (inline); `None` with none or with one from SDS (see
+/// [`sds_references`]).
 fn validation(common: &CommonTlsContext, cpath: &str) -> Result<Option<Validation>> {
     use common_tls_context::ValidationContextType as V;
-    let vc = match &common.validation_context_type {
-        None => return Ok(None),
-        Some(V::ValidationContext(vc)) => vc,
-        Some(V::ValidationContextSdsSecretConfig(_)) => {
+    match &common.validation_context_type {
+        Some(V::ValidationContext(vc)) => {
+            let path = field(cpath, "validation_context");
+            let parts = validation_parts(vc, &path)?;
+            finish_validation(parts)
+                .map(Some)
+                .map_err(|e| ConfigError::invalid(field(&path, "trusted_ca"), e))
+        }
+        // SDS ones: `sds_references`; certificate providers: refused by the walker.
+        _ => Ok(None),
+    }
+}
+
+/// What `common` takes from SDS: `tls_certificate_sds_secret_configs` and
+/// `validation_context_sds_secret_config` or `combined_validation_context` (its default
+/// checked here). Ready when it takes nothing.
+fn sds_references(common: &CommonTlsContext, cpath: &str) -> Result<TlsSecrets> {
+    use common_tls_context::ValidationContextType as V;
+    let mut out = TlsSecrets::none();
+    let mut timeouts = Vec::new();
+    let lpath = field(cpath, "tls_certificate_sds_secret_configs");
+    for (i, c) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
+        let (key, timeout) = sds_secret_config(c, &index(&lpath, i))?;
+        out.certificates.push(key);
+        timeouts.push(timeout);
+    }
+    let validation = match &common.validation_context_type {
+        Some(V::ValidationContextSdsSecretConfig(c)) => {
+            let (secret, timeout) =
+                sds_secret_config(c, &field(cpath, "validation_context_sds_secret_config"))?;
+            timeouts.push(timeout);
+            Some(ValidationSecretRef {
+                secret,
+                default: None,
+            })
+        }
+        Some(V::CombinedValidationContext(c)) => {
+            let path = field(cpath, "combined_validation_context");
+            #[allow(deprecated)]
+            if c.validation_context_certificate_provider.is_some()
+                || c.validation_context_certificate_provider_instance.is_some()
+            {
+                return Err(ConfigError::unsupported(
+                    field(&path, "validation_context_certificate_provider"),
+                    "not supported by Switchyard",
+                ));
+            }
+            let Some(sds) = &c.validation_context_sds_secret_config else {
+                return Err(ConfigError::invalid(
+                    field(&path, "validation_context_sds_secret_config"),
+                    "required",
+                ));
+            };
+            let (secret, timeout) =
+                sds_secret_config(sds, &field(&path, "validation_context_sds_secret_config"))?;
+            timeouts.push(timeout);
+            let default = match &c.default_validation_context {
+                Some(vc) => validation_parts(vc, &field(&path, "default_validation_context"))?,
+                None => ValidationParts::default(),
+            };
+            Some(ValidationSecretRef {
+                secret,
+                default: Some(default),
+            })
+        }
+        _ => None,
+    };
+    out.validation = validation;
+    let names_none = out.keys().next().is_none();
+    out.ready = names_none;
+    // The longest wait of its sources; one that waits forever makes it wait forever.
+    out.initial_fetch_timeout = if timeouts.iter().any(Option::is_none) {
+        None
+    } else {
+        timeouts.into_iter().flatten().max()
+    };
+    if out.ready {
+        out.initial_fetch_timeout = None;
+    }
+    Ok(out)
+}
+
+/// An `SdsSecretConfig`: the secret's name and source (none: a static secret), and the
+/// source's `initial_fetch_timeout` (`None`: no limit; a static secret waits for nothing).
+fn sds_secret_config(
+    c: &SdsSecretConfig,
+    path: &str,
+) -> Result<(SecretKey, Option<std::time::Duration>)> {
+    if c.name.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "name"),
+            "required (non-empty), as in Envoy",
+        ));
+    }
+    let spath = field(path, "sds_config");
+    let (source, timeout) = match &c.sds_config {
+        None => (SecretSource::Static, Some(std::time::Duration::ZERO)),
+        Some(cs) => match super::ads::config_source(Some(cs), &spath)? {
+            (XdsSource::Ads, t) => (SecretSource::Ads, t),
+            (XdsSource::File(f), t) => (SecretSource::File(f), t),
+            (XdsSource::Grpc(_), _) => {
+                return Err(ConfigError::unsupported(
+                    field(&spath, "api_config_source"),
+                    "SDS from a gRPC stream of its own is not supported by Switchyard (use \
+                     ads, path_config_source, or a static secret)",
+                ))
+            }
+        },
+    };
+    Ok((
+        SecretKey {
+            source,
+            name: c.name.clone(),
+        },
+        timeout,
+    ))
+}
+
+/// `static_resources.secrets[i]` or an SDS resource: its name and checked payload. A
+/// certificate must parse and its key belong to it (a context is built with it); a
+/// validation context's CA and CRLs must parse. Session ticket keys and generic secrets are
+/// refused by path.
+pub(super) fn secret(s: &Secret, path: &str) -> Result<(String, SecretValue)> {
+    if s.name.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "name"),
+            "required (non-empty), as in Envoy",
+        ));
+    }
+    let value = match &s.r#type {
+        Some(secret::Type::TlsCertificate(c)) => {
+            let cpath = field(path, "tls_certificate");
+            let certificate = certificate(c, &cpath)?;
+            let settings = ServerSettings {
+                certificates: vec![certificate.clone()],
+                validation: None,
+                require_client_certificate: false,
+                alpn: Vec::new(),
+                params: TlsParams::default(),
+                tickets: SessionTickets::Disabled,
+            };
+            ServerContext::new(&settings).map_err(|e| match e {
+                TlsConfigError::Certificate { reason, .. } => ConfigError::invalid(&cpath, reason),
+                other => ConfigError::invalid(&cpath, other.to_string()),
+            })?;
+            SecretValue::Certificate(certificate)
+        }
+        Some(secret::Type::ValidationContext(vc)) => {
+            let vpath = field(path, "validation_context");
+            let parts = validation_parts(vc, &vpath)?;
+            check_validation_parts(&parts, &vpath)?;
+            SecretValue::Validation(parts)
+        }
+        Some(secret::Type::SessionTicketKeys(_)) => {
             return Err(ConfigError::unsupported(
-                field(cpath, "validation_context_sds_secret_config"),
+                field(path, "session_ticket_keys"),
+                "not supported by Switchyard (session_ticket_keys_sds_secret_config is not \
+                 either)",
+            ))
+        }
+        Some(secret::Type::GenericSecret(_)) => {
+            return Err(ConfigError::unsupported(
+                field(path, "generic_secret"),
                 "not supported by Switchyard",
             ))
         }
-        Some(other) => {
-            let name = match other {
-                V::CombinedValidationContext(_) => "combined_validation_context",
-                _ => "validation_context_certificate_provider",
-            };
-            return Err(ConfigError::unsupported(
-                field(cpath, name),
-                "not supported by Switchyard",
-            ));
+        None => {
+            return Err(ConfigError::invalid(
+                path,
+                "one of tls_certificate or validation_context is required",
+            ))
         }
     };
-    validation_context(vc, &field(cpath, "validation_context")).map(Some)
+    Ok((s.name.clone(), value))
 }
 
-fn validation_context(vc: &CertificateValidationContext, path: &str) -> Result<Validation> {
+/// Builds a client context with `parts`' CA and CRLs alone, so what rustls or webpki would
+/// refuse (a CA that is no CA certificate, a CRL that does not parse) is refused now.
+fn check_validation_parts(parts: &ValidationParts, path: &str) -> Result<()> {
+    let trusted_ca = parts
+        .trusted_ca
+        .as_ref()
+        .map(|(c, _)| c.clone())
+        .unwrap_or_default();
+    if trusted_ca.is_empty() {
+        return Ok(());
+    }
+    let settings = ClientSettings {
+        certificate: None,
+        validation: Some(Validation {
+            trusted_ca,
+            crls: parts.crls.clone().unwrap_or_default(),
+            san_matchers: Vec::new(),
+            trusted_ca_source: None,
+        }),
+        sni: None,
+        alpn: Vec::new(),
+        params: TlsParams::default(),
+        max_session_keys: 0,
+    };
+    ClientContext::new(&settings).map_err(|e| match e {
+        TlsConfigError::TrustedCa(r) => ConfigError::invalid(field(path, "trusted_ca"), r),
+        TlsConfigError::Crl(r) => ConfigError::invalid(field(path, "crl"), r),
+        other => ConfigError::invalid(path, other.to_string()),
+    })?;
+    Ok(())
+}
+
+/// A `CertificateValidationContext` as given (each singular field only if set); Envoy's
+/// checks on a complete one are [`finish_validation`]'s.
+fn validation_parts(vc: &CertificateValidationContext, path: &str) -> Result<ValidationParts> {
     let trusted_ca = match &vc.trusted_ca {
         Some(ds) => {
             let p = field(path, "trusted_ca");
-            pem_certificates(&read(ds, &p)?, &p)?
+            Some(pem_certificates(&read(ds, &p)?, &p)?)
         }
-        None => Vec::new(),
+        None => None,
     };
     let crls = match &vc.crl {
         Some(ds) => {
             let p = field(path, "crl");
-            crls(&read(ds, &p)?, &p)?
+            Some(crls(&read(ds, &p)?, &p)?)
         }
-        None => Vec::new(),
+        None => None,
     };
     let mut san_matchers = Vec::new();
     let tpath = field(path, "match_typed_subject_alt_names");
@@ -595,26 +811,10 @@ fn validation_context(vc: &CertificateValidationContext, path: &str) -> Result<V
             });
         }
     }
-    if trusted_ca.is_empty() {
-        if !san_matchers.is_empty() {
-            return Err(ConfigError::invalid(
-                field(path, "trusted_ca"),
-                "required with subject alt name matchers (Envoy: SAN-based verification of \
-                 peer certificates without trusted CA is insecure and not allowed)",
-            ));
-        }
-        if !crls.is_empty() {
-            return Err(ConfigError::invalid(
-                field(path, "trusted_ca"),
-                "required with a crl (Envoy: Failed to load CRL ... without trusted CA)",
-            ));
-        }
-    }
-    Ok(Validation {
-        trusted_ca,
+    Ok(ValidationParts {
+        trusted_ca: trusted_ca.map(|c| (c, vc.trusted_ca.as_ref().and_then(file_name))),
         crls,
         san_matchers,
-        trusted_ca_source: vc.trusted_ca.as_ref().and_then(file_name),
     })
 }
 
@@ -784,7 +984,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let v = validation_context(&vc, "v").unwrap();
+        let v = validation_parts(&vc, "v").unwrap();
         let types: Vec<SanType> = v.san_matchers.iter().map(|m| m.san_type).collect();
         assert_eq!(
             types,

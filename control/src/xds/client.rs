@@ -26,10 +26,12 @@
 
 use super::{
     delta, sotw, Change, Held, Parallel, Rejected, Validator, CLUSTER_TYPE, ENDPOINTS_TYPE,
-    LISTENER_TYPE,
+    LISTENER_TYPE, SECRET_TYPE,
 };
 use crate::convert;
-use crate::rib::{Bind, ClusterConfig, EndpointConfig, ListenerConfig, NodeInfo};
+use crate::rib::{
+    Bind, ClusterConfig, EndpointConfig, FileSource, ListenerConfig, NodeInfo, SecretValue,
+};
 use crate::xds::resource;
 use envoy_types::pb::envoy::config::core::v3::{Locality as PbLocality, Node};
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
@@ -283,6 +285,8 @@ pub enum Event {
     Clusters(Change<ClusterConfig>),
     /// Endpoint assignments, by cluster name.
     Endpoints(Change<Arc<[EndpointConfig]>>),
+    /// Secrets (SDS): over ADS (`None`), or from a file (`path_config_source`).
+    Secrets(Option<FileSource>, Change<SecretValue>),
     /// A file subscription's update that changed nothing: the file could not be read or
     /// parsed (Envoy's `update_failure`), or it was refused whole (`update_rejected`).
     Failed(Failure),
@@ -341,6 +345,9 @@ pub struct Gone;
 pub enum Command {
     /// Watch the endpoint assignments of these clusters (the EDS clusters accepted so far).
     WatchEndpoints(Vec<String>),
+    /// Watch these secrets (those the listeners and clusters name with `ads: {}`); an ADS
+    /// stream subscribes to secrets once the first is named.
+    WatchSecrets(Vec<String>),
     /// The management server's addresses are now these (a DNS cluster's latest answer):
     /// later connection attempts use them.
     Servers(Vec<SocketAddr>),
@@ -409,6 +416,9 @@ trait Wire {
     fn initial(&mut self, node: &Node) -> Vec<Self::Req>;
     /// Changes the watched endpoint names: the request, and the assignments dropped.
     fn watch(&mut self, names: Vec<String>) -> Option<(Self::Req, Vec<String>)>;
+    /// Changes the watched secret names: the request, if any is due. A secret no longer
+    /// watched is not reported removed: Envoy keeps a secret until nothing uses it.
+    fn watch_secrets(&mut self, names: Vec<String>) -> Option<Self::Req>;
     /// Validates one response: the event for the control thread, and the ACK or NACK.
     fn answer(&mut self, resp: &Self::Resp) -> (Option<Event>, Self::Req);
     /// Opens the stream, with `metadata` as its request metadata.
@@ -599,6 +609,8 @@ struct Streams<P: Protocol> {
     clusters: Option<P>,
     endpoints: Option<P>,
     listeners: Option<P>,
+    /// SDS (ADS only): made when the first secret is named.
+    secrets: Option<P>,
     validators: Validators,
 }
 
@@ -610,6 +622,7 @@ impl<P: Protocol> Streams<P> {
             clusters: c.then(|| P::wildcard(CLUSTER_TYPE).holding(held)),
             endpoints: e.then(|| P::named(ENDPOINTS_TYPE, endpoints).holding(held)),
             listeners: l.then(|| P::wildcard(LISTENER_TYPE).holding(held)),
+            secrets: None,
             validators: v,
         }
     }
@@ -621,15 +634,36 @@ impl<P: Protocol> Wire for Streams<P> {
 
     fn initial(&mut self, node: &Node) -> Vec<P::Req> {
         let mut node = Some(node.clone());
-        [&mut self.clusters, &mut self.endpoints, &mut self.listeners]
-            .into_iter()
-            .flatten()
-            .map(|s| s.initial_request(node.take()))
-            .collect()
+        [
+            &mut self.clusters,
+            &mut self.endpoints,
+            &mut self.listeners,
+            &mut self.secrets,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| s.initial_request(node.take()))
+        .collect()
     }
 
     fn watch(&mut self, names: Vec<String>) -> Option<(P::Req, Vec<String>)> {
         self.endpoints.as_mut()?.set_names(names)
+    }
+
+    fn watch_secrets(&mut self, names: Vec<String>) -> Option<P::Req> {
+        if !matches!(self.service, Service::Ads { .. }) {
+            return None;
+        }
+        match &mut self.secrets {
+            Some(s) => s.set_names(names).map(|(req, _)| req),
+            None if names.is_empty() => None,
+            None => {
+                let mut s = P::named(SECRET_TYPE, &names);
+                let req = s.initial_request(None);
+                self.secrets = Some(s);
+                Some(req)
+            }
+        }
     }
 
     fn answer(&mut self, resp: &P::Resp) -> (Option<Event>, P::Req) {
@@ -652,6 +686,11 @@ impl<P: Protocol> Wire for Streams<P> {
             (LISTENER_TYPE, _, _, Some(s)) => {
                 let (c, r) = s.on_response(resp, &mut v.listeners);
                 (Some(Event::Listeners(c)), r)
+            }
+            (SECRET_TYPE, _, _, _) if self.secrets.is_some() => {
+                let s = self.secrets.as_mut().expect("checked");
+                let (c, r) = s.on_response(resp, &mut Parallel(resource::secret));
+                (Some(Event::Secrets(None, c)), r)
             }
             _ => (None, P::nack_unsubscribed(type_url, nonce)),
         }
@@ -782,6 +821,10 @@ impl<W: Wire> Client<W> {
                 }
                 false
             }
+            Some(Command::WatchSecrets(names)) => {
+                self.wire.watch_secrets(names);
+                false
+            }
             Some(Command::Servers(servers)) => {
                 self.set_servers(servers);
                 false
@@ -883,6 +926,11 @@ impl<W: Wire> Client<W> {
                         if let Some((req, dropped)) = self.wire.watch(names) {
                             let _ = tx.send(req).await;
                             self.report_dropped(dropped);
+                        }
+                    }
+                    Some(Command::WatchSecrets(names)) => {
+                        if let Some(req) = self.wire.watch_secrets(names) {
+                            let _ = tx.send(req).await;
                         }
                     }
                     // For the next stream: this one stays where it is.

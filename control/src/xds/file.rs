@@ -28,7 +28,9 @@
 //! so a move is seen within about that long.
 
 use super::client::{ClusterSources, Event, EventSink, Failure, ListenerAddresses};
-use super::{resource, sotw, Change, Parallel, CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE};
+use super::{
+    resource, sotw, Change, Parallel, CLUSTER_TYPE, ENDPOINTS_TYPE, LISTENER_TYPE, SECRET_TYPE,
+};
 use crate::config::{parse_text, Format};
 use crate::rib::{Bind, FileSource};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
@@ -63,6 +65,10 @@ pub enum FileCommand {
     /// The endpoint files to watch, each with the assignment names the clusters using it
     /// watch; a file no longer listed is dropped (its assignments reported removed).
     WatchEndpoints(BTreeMap<FileSource, Vec<String>>),
+    /// The secret files to watch (SDS `path_config_source`), each with the secret names
+    /// listeners and clusters take from it; a file no longer listed is dropped (its secret
+    /// is kept by the control thread while anything uses it).
+    WatchSecrets(BTreeMap<FileSource, Vec<String>>),
     /// End the thread.
     Stop,
 }
@@ -73,6 +79,7 @@ enum Kind {
     Listeners,
     Clusters,
     Endpoints,
+    Secrets,
 }
 
 impl Kind {
@@ -81,6 +88,7 @@ impl Kind {
             Kind::Listeners => LISTENER_TYPE,
             Kind::Clusters => CLUSTER_TYPE,
             Kind::Endpoints => ENDPOINTS_TYPE,
+            Kind::Secrets => SECRET_TYPE,
         }
     }
 }
@@ -162,7 +170,12 @@ impl Files {
             match commands.recv_timeout(POLL) {
                 Ok(FileCommand::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 Ok(FileCommand::WatchEndpoints(files)) => {
-                    if self.watch_endpoints(files).is_err() {
+                    if self.watch_named(Kind::Endpoints, files).is_err() {
+                        return;
+                    }
+                }
+                Ok(FileCommand::WatchSecrets(files)) => {
+                    if self.watch_named(Kind::Secrets, files).is_err() {
                         return;
                     }
                 }
@@ -218,18 +231,19 @@ impl Files {
         hits.into_iter().collect()
     }
 
-    /// Follows the endpoint files the control thread names: new ones are watched and read,
-    /// ones whose names changed are read again, dropped ones report their assignments
-    /// removed.
-    fn watch_endpoints(
+    /// Follows the endpoint (or secret) files the control thread names: new ones are
+    /// watched and read, ones whose names changed are read again, dropped ones report their
+    /// assignments removed (secrets are not: see [`FileCommand::WatchSecrets`]).
+    fn watch_named(
         &mut self,
+        kind: Kind,
         files: BTreeMap<FileSource, Vec<String>>,
     ) -> Result<(), super::client::Gone> {
         let mut reread = Vec::new();
         let mut removed = Change::new(ENDPOINTS_TYPE, "");
         let mut kept = Vec::with_capacity(self.subs.len());
         for mut s in std::mem::take(&mut self.subs) {
-            if s.kind != Kind::Endpoints {
+            if s.kind != kind {
                 kept.push(s);
                 continue;
             }
@@ -246,12 +260,16 @@ impl Files {
         }
         self.subs = kept;
         for (source, names) in files {
-            if self.subs.iter().any(|s| s.source == source) {
+            if self
+                .subs
+                .iter()
+                .any(|s| s.source == source && s.kind == kind)
+            {
                 continue;
             }
             if let Err(e) = self.watch(&source) {
                 self.events.send(Event::Failed(Failure {
-                    type_url: ENDPOINTS_TYPE.into(),
+                    type_url: kind.type_url().into(),
                     names: names.clone(),
                     reason: format!("{}: {e}", source.path.display()),
                     rejected: false,
@@ -260,9 +278,12 @@ impl Files {
             reread.push(self.subs.len());
             self.subs.push(FileSub {
                 source,
-                kind: Kind::Endpoints,
-                sub: sotw::Subscription::named(ENDPOINTS_TYPE, names),
+                kind,
+                sub: sotw::Subscription::named(kind.type_url(), names),
             });
+        }
+        if kind == Kind::Secrets {
+            removed.removals.clear();
         }
         if !removed.removals.is_empty() {
             self.events.send(Event::Endpoints(removed))?;
@@ -305,10 +326,13 @@ impl Files {
                 true,
             );
         }
-        if s.kind == Kind::Endpoints {
-            if let Err(reason) = one_assignment(&response, &s.sub.names()) {
-                return fail(reason, true);
-            }
+        let one = match s.kind {
+            Kind::Endpoints => one_assignment(&response, &s.sub.names()),
+            Kind::Secrets => one_secret(&response, &s.sub.names()),
+            _ => Ok(()),
+        };
+        if let Err(reason) = one {
+            return fail(reason, true);
         }
         match s.kind {
             Kind::Listeners => {
@@ -318,6 +342,12 @@ impl Files {
             Kind::Endpoints => Event::Endpoints(
                 s.sub
                     .on_response(&response, &mut Parallel(resource::endpoints))
+                    .0,
+            ),
+            Kind::Secrets => Event::Secrets(
+                Some(s.source.clone()),
+                s.sub
+                    .on_response(&response, &mut Parallel(resource::secret))
                     .0,
             ),
         }
@@ -354,6 +384,27 @@ fn one_assignment(response: &DiscoveryResponse, names: &[String]) -> Result<(), 
     } else {
         Err(format!(
             "resources[0].cluster_name: '{name}', but the file is watched for {names:?}"
+        ))
+    }
+}
+
+/// Envoy's rule for a secret file: exactly one secret, named as a listener or cluster
+/// names it (Envoy: Unexpected SDS secrets length / Unexpected SDS secret).
+fn one_secret(response: &DiscoveryResponse, names: &[String]) -> Result<(), String> {
+    let [any] = response.resources.as_slice() else {
+        return Err(format!(
+            "resources: a secret file holds exactly one Secret, not {}",
+            response.resources.len()
+        ));
+    };
+    let Ok((name, _)) = resource::secret(any) else {
+        return Ok(());
+    };
+    if names.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "resources[0].name: '{name}', but the file is watched for {names:?}"
         ))
     }
 }

@@ -39,6 +39,9 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 /// `type_url` of endpoint assignments (EDS).
 pub const ENDPOINTS_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// SDS: `envoy.extensions.transport_sockets.tls.v3.Secret`.
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Resources a client starts out holding (loaded from `--state-dir`): by type URL, each name
 /// with the version it was accepted at.

@@ -9,11 +9,12 @@ use crate::convert;
 use crate::duration::check_duration;
 use crate::error::{ConfigError, ErrorKind};
 use crate::path::{field, index};
-use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig};
+use crate::rib::{ClusterConfig, EndpointConfig, ListenerConfig, SecretValue};
 use crate::xds::{self, Rejected};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -38,6 +39,13 @@ pub fn cluster(any: &Any) -> Result<(String, ClusterConfig), Rejected> {
 pub fn endpoints(any: &Any) -> Result<(String, Arc<[EndpointConfig]>), Rejected> {
     let la: ClusterLoadAssignment = checked(any, xds::ENDPOINTS_TYPE)?;
     convert::endpoints_resource(&la).map_err(|e| rejected(&la.cluster_name, e))
+}
+
+/// A secret resource (SDS): its name and checked payload (a certificate whose key belongs
+/// to it, or a validation context whose CA and CRLs parse).
+pub fn secret(any: &Any) -> Result<(String, SecretValue), Rejected> {
+    let s: Secret = checked(any, xds::SECRET_TYPE)?;
+    convert::secret_resource(&s).map_err(|e| rejected(&s.name, e))
 }
 
 /// A resource payload as proto3 JSON with its `@type` first (as `/config_dump` shows an
@@ -80,7 +88,12 @@ pub fn from_json(value: &serde_json::Value) -> Option<Any> {
 /// checks each on its own, exactly as over ADS. The other fields of a `DiscoveryResponse`
 /// mean nothing in a file and are refused.
 pub fn file_response(value: &serde_json::Value) -> Result<DiscoveryResponse, ConfigError> {
-    const ACCEPTED: [&str; 3] = [xds::LISTENER_TYPE, xds::CLUSTER_TYPE, xds::ENDPOINTS_TYPE];
+    const ACCEPTED: [&str; 4] = [
+        xds::LISTENER_TYPE,
+        xds::CLUSTER_TYPE,
+        xds::ENDPOINTS_TYPE,
+        xds::SECRET_TYPE,
+    ];
     let serde_json::Value::Object(map) = value else {
         return Err(ConfigError::invalid(
             "",

@@ -312,8 +312,10 @@ pub struct FilterChain {
 /// A filter chain's TLS termination.
 #[derive(Debug, Clone)]
 pub struct ChainTls {
-    /// The context every worker handshakes with (shared; its ticket keys too).
-    pub context: Arc<crate::tls::ServerContext>,
+    /// The context every worker handshakes with (shared; its ticket keys too); `None` while
+    /// it waits for SDS secrets: each connection is then closed at once
+    /// (`downstream_context_secrets_not_ready`).
+    pub context: Option<Arc<crate::tls::ServerContext>>,
     /// `transport_socket_connect_timeout`: a handshake not done by then closes the
     /// connection; `None`: no deadline but the tcp_proxy's idle timeout (Envoy's default).
     pub handshake_timeout_ms: Option<u64>,
@@ -629,6 +631,9 @@ pub struct Cluster {
     /// originate TLS with this context (the handshake is part of the connect, as in Envoy);
     /// `None`: plaintext.
     pub tls: Option<Arc<crate::tls::ClientContext>>,
+    /// The cluster originates TLS but its context waits for SDS secrets (`tls` is `None`):
+    /// each connect fails at once (`upstream_context_secrets_not_ready`).
+    pub tls_secrets_missing: bool,
     /// `cluster.<name>.ssl.*`, by name across FIBs (with `tls`).
     pub ssl_stats: Option<Arc<crate::stats::SslStats>>,
 }

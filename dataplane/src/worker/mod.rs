@@ -1148,7 +1148,7 @@ impl Worker {
         decision.tls = conn::TlsPlan {
             client: chain.tls.is_some(),
             client_timeout_ms: chain.tls.as_ref().and_then(|t| t.handshake_timeout_ms),
-            backend: cluster.is_some_and(|c| c.tls.is_some()),
+            backend: cluster.is_some_and(|c| c.tls.is_some() || c.tls_secrets_missing),
             connect_timeout_ms: cluster.map_or(5000, |c| c.connect_timeout_ms),
         };
         Some(decision)

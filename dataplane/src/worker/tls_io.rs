@@ -60,6 +60,8 @@ pub(crate) struct TlsSide {
     eof: bool,
     /// The handshake failed for want of a buffer.
     local_failure: bool,
+    /// The context waited for SDS secrets: no handshake was tried (not a TLS error).
+    not_ready: bool,
     /// The peer ended the stream or failed the socket during the handshake.
     peer_failure: bool,
     /// The machine gave the handshake up.
@@ -83,6 +85,7 @@ impl TlsSide {
             pending: false,
             eof: false,
             local_failure: false,
+            not_ready: false,
             peer_failure: false,
             abandoned: false,
             reported: false,
@@ -123,7 +126,12 @@ impl Worker {
     /// `Action::StartHandshake`: a session for `side` from its chain's or cluster's
     /// context, then its first receive or write.
     pub(super) fn start_handshake(&mut self, slot: u32, side: Side) {
-        let session = self.new_session(slot, side);
+        let not_ready = self.secrets_not_ready(slot, side);
+        let session = if not_ready {
+            None
+        } else {
+            self.new_session(slot, side)
+        };
         let failed = session.is_none();
         let conn = &mut self.conns[slot as usize];
         let mut t = TlsSide::new(session.unwrap_or_else(|| {
@@ -132,6 +140,7 @@ impl Worker {
             Session::failed()
         }));
         t.local_failure = failed;
+        t.not_ready = not_ready;
         conn.tls[side as usize] = Some(Box::new(t));
         if self.tls_pump(slot, side).is_some() {
             // Ended before any I/O: report it through a completion, never from inside the
@@ -140,11 +149,34 @@ impl Worker {
         }
     }
 
+    /// Whether `side`'s context waits for SDS secrets; counted (Envoy's
+    /// `*_context_secrets_not_ready`) when it does, and the handshake then fails at once.
+    fn secrets_not_ready(&self, slot: u32, side: Side) -> bool {
+        let (waiting, stat) = match side {
+            Side::Client => (
+                self.chain_of(slot)
+                    .and_then(|c| c.tls.as_ref())
+                    .is_some_and(|t| t.context.is_none()),
+                SslStat::DownstreamContextSecretsNotReady,
+            ),
+            Side::Backend => (
+                self.cluster_of(slot).is_some_and(|c| c.tls_secrets_missing),
+                SslStat::UpstreamContextSecretsNotReady,
+            ),
+        };
+        if waiting {
+            if let Some(stats) = self.ssl_stats(slot, side) {
+                stats.inc(self.id, stat);
+            }
+        }
+        waiting
+    }
+
     fn new_session(&self, slot: u32, side: Side) -> Option<Session> {
         match side {
             Side::Client => {
                 let tls = self.chain_of(slot)?.tls.as_ref()?;
-                Some(Session::server(tls.context.clone()))
+                Some(Session::server(tls.context.clone()?))
             }
             Side::Backend => {
                 let ctx = self.cluster_of(slot)?.tls.as_ref()?;
@@ -317,6 +349,7 @@ impl Worker {
             // (a port probe, a client gone): only a failed session or the proxy's own
             // failure counts.
             HandshakeEnd::Failed if t.session.error().is_none() => {}
+            HandshakeEnd::Local if t.not_ready => {}
             HandshakeEnd::Failed | HandshakeEnd::Local => {
                 stats.inc(id, SslStat::ConnectionError);
                 let verify = match t.session.error() {
