@@ -171,3 +171,17 @@ fn missing_ca_file_is_a_config_error() {
     cfg.tls = Some(TlsOptions::new("/nonexistent/ca.pem"));
     assert!(run_rr(&cfg).is_err());
 }
+
+#[test]
+fn client_certificate_loads_and_runs() {
+    let echo = tls_server(ServerKind::Echo, "server");
+    let mut cfg = RrConfig::new(echo.local_addr());
+    cfg.duration = Duration::from_millis(100);
+    let mut opts = client(false);
+    opts.client_cert = Some((cert("client.pem"), cert("client.key")));
+    cfg.tls = Some(opts);
+    let r = run_rr(&cfg).unwrap();
+    assert!(r.ok(), "{}", r.table());
+    assert!(r.params.tls.unwrap().client_cert);
+    echo.stop();
+}
