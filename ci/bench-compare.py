@@ -5,7 +5,7 @@ Plus the floor: `switchyard-bench forward`, a blocking read/write thread per dir
 least work a user-space hop can do. What it adds over direct is the kernel's share of any
 proxy (extra sockets, copies, wake-ups); what a proxy adds over it is the proxy's own. It runs
 S1-S3 only (it spawns threads per connection, so S4/S5 would not measure a floor; it relays
-TCP only, so no S7).
+plain TCP only, so no S7 or S8).
 
 Loopback (127.0.0.1 only), each proxy with exactly one worker, two placements:
   shared  load generator, backends and proxy all on CPU 0 (`taskset -c 0`): the proxy's CPU cost
@@ -36,6 +36,19 @@ Scenarios (full run; --quick runs a subset, once, shorter):
                      Switchyard, nginx (stream `listen ... udp`), Envoy (udp_proxy). HAProxy
                      has no UDP proxying: n/a. Every proxy's UDP listener socket has 4 MiB
                      buffers (Switchyard by default; nginx rcvbuf/sndbuf; Envoy socket_options).
+  S8 tls             TLS termination, plaintext to the same sink and echo: for an ECDSA P-256
+                     and an RSA-2048 certificate (tests/certs), bulk up 1 and 4 connections
+                     (Gbit/s, proxy CPU-s per GB), rr 64 B with 64 connections (S3's count;
+                     req/s, req per proxy CPU-s), and cps 8 concurrent with full handshakes and
+                     with resumed ones (handshakes/s, proxy CPU-ms per handshake, handshakes per
+                     proxy CPU-s, share resumed). Client: `switchyard-bench --tls` (TLS 1.3,
+                     TLS_AES_128_GCM_SHA256, X25519 only, so every contender negotiates the
+                     same; `--tls-resume` for the resumed rows, none offered for the full ones).
+                     A full row with any resumed handshake, or a resumed row with under 90%
+                     resumed, counts as an error. Each proxy runs from its TLS peer config
+                     (bench/peers/*-tls.*) after its TCP one in the same cell; direct is
+                     `switchyard-bench serve --tls-cert --tls-key` (rustls on CPU 0: the floor
+                     of the TLS cost). The floor: n/a (it relays plain TCP only).
 
 Hygiene: contenders interleaved (order rotated each repetition); before each cell (one
 contender x placement x repetition) the machine must be idle (/proc/stat idle > 90% over 1 s,
@@ -46,7 +59,7 @@ Proxy CPU is utime+stime of the proxy's process tree (/proc/PID/stat), RSS is Vm
 
     ci/bench-compare.py [--quick] [--reps N] [--no-build] [--no-install] [--port-base 16100]
                      [--only switchyard,nginx] [--placements shared,split] [--out bench/results]
-                     [--scenarios S1,S7 | --scenario udp] [--udp-rates 4000,20000] [--counters]
+                     [--scenarios S1,S8 | --scenario tls] [--udp-rates 4000,20000] [--counters]
 
 --counters adds, for rr and cps cells, what each request (or connection) costs the proxy:
 system calls and context switches of all its threads (`perf stat -e raw_syscalls:sys_enter,
@@ -90,14 +103,25 @@ PROXIES = CONTENDERS[1:]
 # The floor (`switchyard-bench forward`: a blocking thread per direction) is a reference for
 # what any user-space hop costs, not a proxy: it spawns threads per connection, so the
 # connect-heavy (S4) and idle-memory (S5) scenarios would measure that, not a floor.
-FLOOR_SKIPS = ("S4", "S5", "S6", "S7")
+FLOOR_SKIPS = ("S4", "S5", "S6", "S7", "S8")
 # S7 (UDP): who cannot take part, and why (recorded in each cell and shown as n/a).
 UDP_NA = {"floor": "switchyard-bench forward relays TCP only",
           "haproxy": "HAProxy has no UDP proxying"}
 UDP_CONFIGS = {"switchyard": "switchyard-udp.yaml", "nginx": "nginx-udp.conf",
                "envoy": "envoy-udp.yaml"}
 SCENARIOS = {"S1": "bulk", "S2": "latency", "S3": "rr", "S4": "cps", "S5": "idle",
-             "S6": "routing", "S7": "udp"}
+             "S6": "routing", "S7": "udp", "S8": "tls"}
+# S8 (TLS termination): each proxy's TLS peer config, who cannot take part, the certificates
+# (tests/certs: ECDSA P-256 and RSA-2048 leaves for localhost/127.0.0.1, signed by ca.pem) and
+# the per-contender port of each listener.
+TLS_CONFIGS = {"switchyard": "switchyard-tls.yaml", "nginx": "nginx-tls.conf",
+               "haproxy": "haproxy-tls.cfg", "envoy": "envoy-tls.yaml"}
+TLS_NA = {"floor": "switchyard-bench forward relays plain TCP only"}
+CERTS_DIR = os.path.join(ROOT, "tests/certs")
+TLS_CERTS = {"ECDSA": ("EC", "server"), "RSA": ("RSA", "server-rsa")}  # name: (key, file stem)
+TLS_CA = os.path.join(CERTS_DIR, "ca.pem")
+# A resumed row below this share of resumed handshakes means the peer did not resume.
+TLS_RESUMED_MIN_PCT = 90.0
 COLOURS = {"direct": (119, 119, 119), "floor": (188, 189, 34), "switchyard": (214, 39, 40),
            "nginx": (44, 160, 44), "haproxy": (31, 119, 180), "envoy": (148, 103, 189)}
 PLACEMENTS = {"shared": "0", "split": "1"}  # the proxy's CPU; load and backends on CPU 0
@@ -108,11 +132,13 @@ PF_KTHREAD = 0x00200000
 FULL = dict(reps=5, bulk_s=1.5, rr_s=1.0, cps_s=1.0, hold_s=1.0,
             s1_conns=[1, 4], s2_msgs=[64, 4096], open_msgs=[64], open_fracs=[25, 50, 75],
             open_conns=8, s3_conns=[64, 256], s4_conc=[1, 8, 32], s5_conns=[1000, 5000],
-            udp_s=1.5, udp_sizes=[64, 1400], udp_sessions=8, udp_drain="500ms")
+            udp_s=1.5, udp_sizes=[64, 1400], udp_sessions=8, udp_drain="500ms",
+            tls_certs=["ECDSA", "RSA"], tls_bulk_conns=[1, 4], tls_rr_conns=64, tls_cps_conc=8)
 QUICK = dict(reps=1, bulk_s=1.0, rr_s=0.6, cps_s=0.6, hold_s=0.5,
              s1_conns=[1, 4], s2_msgs=[64, 4096], open_msgs=[64], open_fracs=[50],
              open_conns=8, s3_conns=[64], s4_conc=[1, 32], s5_conns=[1000],
-             udp_s=1.0, udp_sizes=[64, 1400], udp_sessions=8, udp_drain="500ms")
+             udp_s=1.0, udp_sizes=[64, 1400], udp_sessions=8, udp_drain="500ms",
+             tls_certs=["ECDSA", "RSA"], tls_bulk_conns=[1, 4], tls_rr_conns=64, tls_cps_conc=8)
 
 
 def log(msg):
@@ -355,12 +381,18 @@ class Env:
             base = b + 10 * (i + 1)
             self.ports[name] = dict(BULK_PORT=base, RR_PORT=base + 1, ADMIN_PORT=base + 2,
                                     WEIGHTED_PORT=base + 3, HASH_PORT=base + 4,
-                                    UDP_PORT=base + 5)
+                                    UDP_PORT=base + 5, TLS_EC_BULK_PORT=base + 6,
+                                    TLS_EC_RR_PORT=base + 7, TLS_RSA_BULK_PORT=base + 8,
+                                    TLS_RSA_RR_PORT=base + 9)
+        # S8 direct: `serve --tls-*` (sink, echo) per certificate.
+        self.tls_direct = {"ECDSA": (b + 6, b + 7), "RSA": (b + 8, b + 9)}
         self.envoy = None
 
     def all_ports(self):
         """TCP ports this run listens on."""
         out = [self.sink, *self.echos]
+        for sink, echo in self.tls_direct.values():
+            out += [sink, echo]
         for p in self.ports.values():
             out += [v for k, v in p.items() if k != "UDP_PORT"]
         return out
@@ -381,6 +413,26 @@ class Env:
         p = self.ports[contender]
         return f"127.0.0.1:{p['BULK_PORT']}", f"127.0.0.1:{p['RR_PORT']}"
 
+    def tls_target(self, contender, cert, bulk):
+        """S8: the TLS listener for `cert` (bulk: to the sink; else to the echo)."""
+        if contender == "direct":
+            sink, echo = self.tls_direct[cert]
+            return f"127.0.0.1:{sink if bulk else echo}"
+        key = f"TLS_{TLS_CERTS[cert][0]}_{'BULK' if bulk else 'RR'}_PORT"
+        return f"127.0.0.1:{self.ports[contender][key]}"
+
+    def tls_files(self, name):
+        """Certificate and key paths for the TLS peer configs, and for HAProxy's `crt` one PEM
+        with both (written into the contender's temporary directory)."""
+        out = {}
+        for key, stem in TLS_CERTS.values():
+            cert, pkey = (os.path.join(CERTS_DIR, f"{stem}.{x}") for x in ("pem", "key"))
+            both = os.path.join(self.tmp, name, f"{stem}-with-key.pem")
+            with open(both, "w") as f, open(cert) as c, open(pkey) as k:
+                f.write(c.read() + k.read())
+            out.update({f"CERT_{key}": cert, f"KEY_{key}": pkey, f"CERT_KEY_{key}": both})
+        return out
+
     def route_target(self, contender, route):
         """S6: the listener that splits (`weighted`) or hashes (`hash`); direct: the echo."""
         if contender == "direct":
@@ -396,6 +448,7 @@ class Env:
                     ECHO4_PORT=self.echos[3], UDP_ECHO_PORT=self.udp_echo,
                     TMP=os.path.join(self.tmp, name))
         os.makedirs(vals["TMP"], exist_ok=True)
+        vals.update(self.tls_files(name))
         for k, v in vals.items():
             text = text.replace("{{" + k + "}}", str(v))
         if re.search(r"\{\{[A-Z_]+\}\}", text):
@@ -405,13 +458,20 @@ class Env:
             f.write(text)
         return out
 
-    def start_proxy(self, name, cpu, udp=False):
+    def start_proxy(self, name, cpu, udp=False, tls=False):
         """Start a contender pinned to `cpu`; returns its Popen once it accepts. With `udp`,
-        from its UDP peer config (S7), ready once its UDP listener is bound."""
+        from its UDP peer config (S7), ready once its UDP listener is bound; with `tls`, from
+        its TLS peer config (S8), ready once its four TLS listeners accept."""
         d = os.path.join(self.tmp, name)
         ts = ["taskset", "-c", cpu]
         if udp and name not in UDP_CONFIGS:
             raise ValueError(f"{name}: no UDP config")
+        if tls and name not in TLS_CONFIGS:
+            raise ValueError(f"{name}: no TLS config")
+
+        def config(plain):
+            return self.render(name, TLS_CONFIGS[name] if tls else
+                               UDP_CONFIGS[name] if udp else plain)
         if name == "floor":
             p = self.ports[name]
             cmd = ts + [BENCH, "forward",
@@ -419,17 +479,17 @@ class Env:
                         "--listen", f"127.0.0.1:{p['RR_PORT']}", "--target", f"127.0.0.1:{self.echo}"]
             os.makedirs(d, exist_ok=True)
         elif name == "switchyard":
-            cfg = self.render(name, UDP_CONFIGS[name] if udp else "switchyard.yaml")
+            cfg = config("switchyard.yaml")
             cmd = ts + [PROXY, "run", "-c", cfg, "--concurrency", "1", "--drain-time-s", "0",
                         "-l", "warn"] + shlex.split(self.args.switchyard_args)
         elif name == "nginx":
-            cfg = self.render(name, UDP_CONFIGS[name] if udp else "nginx.conf")
+            cfg = config("nginx.conf")
             cmd = ts + ["nginx", "-p", d + "/", "-c", cfg, "-e", os.path.join(d, "error.log")]
         elif name == "haproxy":
-            cfg = self.render(name, "haproxy.cfg")
+            cfg = config("haproxy.cfg")
             cmd = ts + ["haproxy", "-db", "-f", cfg]
         elif name == "envoy":
-            cfg = self.render(name, UDP_CONFIGS[name] if udp else "envoy.yaml")
+            cfg = config("envoy.yaml")
             cmd = ts + [self.envoy, "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
                         "--log-level", "warn"]
         else:
@@ -438,10 +498,13 @@ class Env:
         p = self.procs.start(cmd, stderr=err, stdout=err)
         err.close()
         ports = self.ports[name]
-        what = f"{name} (UDP config)" if udp else name
+        what = f"{name} (UDP config)" if udp else f"{name} (TLS config)" if tls else name
         try:
             if udp:
                 wait_until(lambda: udp_bound(ports["UDP_PORT"]), p, what)
+            elif tls:
+                wait_until(lambda: all(port_listening(v) for k, v in ports.items()
+                                       if k.startswith("TLS_")), p, what)
             else:
                 wait_until(lambda: port_listening(ports["BULK_PORT"])
                            and port_listening(ports["RR_PORT"]), p, what)
@@ -581,6 +644,9 @@ def measure_once(ctx, cell, spec, proxy):
     target = bulk if spec["mode"] == "throughput" else rr
     if spec.get("route"):
         target = ctx.env.route_target(cell["contender"], spec["route"])
+    if spec.get("tls_cert"):
+        target = ctx.env.tls_target(cell["contender"], spec["tls_cert"],
+                                    spec["mode"] == "throughput")
     if spec["mode"] == "udp":
         target = ctx.env.udp_target(cell["contender"])
     pid = proxy.pid if proxy else None
@@ -627,12 +693,31 @@ def measure_once(ctx, cell, spec, proxy):
     m["errors_total"] = errs
     m["ok"] = rc == 0 and report is not None and errs == 0
     m["metrics"] = metrics_of(spec, m) if report else {}
+    if report and "expect_resumed" in spec:
+        check_resumption(spec, m)
     if totals is not None and report:
         m["counters"] = totals
         r = report["results"]
         units = r.get("requests") if spec["mode"] == "rr" else r.get("connections")
         m["metrics"].update(per_unit(totals, units))
     return m
+
+
+def check_resumption(spec, m):
+    """S8 cps: a full-handshake row must have no resumed handshake, a resumed row at least
+    TLS_RESUMED_MIN_PCT; otherwise the measurement is not what its row says: an error."""
+    pct = m["metrics"].get("resumed_pct")
+    if pct is None:
+        bad = "the report has no TLS resumption count"
+    elif spec["expect_resumed"] and pct < TLS_RESUMED_MIN_PCT:
+        bad = f"only {pct:.1f}% of handshakes resumed (asked for resumption)"
+    elif not spec["expect_resumed"] and pct > 0:
+        bad = f"{pct:.1f}% of handshakes resumed (asked for full handshakes)"
+    else:
+        return
+    m["ok"] = False
+    m["tls_check"] = bad
+    log(f"    {m['id']}: {bad}")
 
 
 def metrics_of(spec, m):
@@ -658,6 +743,10 @@ def metrics_of(spec, m):
         out["connect_p99"] = r["connect_latency_us"]["p99_us"]
         if cpu:
             out["conn_per_cpu_s"] = r["connections"] / cpu
+        if cpu is not None and r["connections"]:
+            out["cpu_ms_per_conn"] = 1000 * cpu / r["connections"]
+        if r.get("tls_resumed") is not None and r["connections"]:
+            out["resumed_pct"] = 100 * r["tls_resumed"] / r["connections"]
     elif spec["mode"] == "udp":
         out["pps"] = r["received_per_s"]
         out["loss_pct"] = r["loss_pct"]
@@ -715,7 +804,32 @@ def specs_for(cfg, rates, scenarios):
                             extra=["--sessions", cfg["udp_sessions"], "--size", size, "--rate",
                                    f"{rate:.0f}", "--duration", u, "--drain",
                                    cfg["udp_drain"]], timeout=u + 60))
+    out += tls_specs(cfg)
     return [x for x in out if x["scenario"] in scenarios]
+
+
+def tls_specs(cfg):
+    """S8: per certificate, bulk up, rr 64 B, cps full and resumed, all with --tls."""
+    out = []
+    b, r, c = cfg["bulk_s"], cfg["rr_s"], cfg["cps_s"]
+    for cert in cfg["tls_certs"]:
+        tls = ["--tls", "--tls-ca", TLS_CA, "--tls-sni", "localhost"]
+        common = dict(scenario="S8", tls_cert=cert)
+        for n in cfg["tls_bulk_conns"]:
+            out.append(dict(id=f"S8 {cert} bulk {n} conn", mode="throughput", **common,
+                            extra=tls + ["--direction", "up", "--conns", n, "--duration", b,
+                                         "--size", "64k"], timeout=b + 60))
+        n = cfg["tls_rr_conns"]
+        out.append(dict(id=f"S8 {cert} rr 64 B {n} conns", mode="rr", **common,
+                        extra=tls + ["--conns", n, "--msg", 64, "--duration", r],
+                        timeout=r + 60))
+        n = cfg["tls_cps_conc"]
+        for kind, resume in (("full", []), ("resumed", ["--tls-resume"])):
+            out.append(dict(id=f"S8 {cert} cps {n} {kind}", mode="cps", **common,
+                            expect_resumed=bool(resume),
+                            extra=tls + resume + ["--concurrency", n, "--msg", 64,
+                                                  "--duration", c], timeout=c + 60))
+    return out
 
 
 def s5_specs(cfg, scenarios):
@@ -763,12 +877,16 @@ def run_cell(ctx, rep, placement, contender, specs):
     t0 = time.monotonic()
     env = ctx.env
     try:
-        # S7 runs last, on the contender's UDP proxy (run_udp).
+        # S8 then S7 run last, each on its own proxy config (run_variant).
         udp_specs = [s for s in specs if s["scenario"] == "S7"]
-        specs = [s for s in specs if s["scenario"] != "S7"]
+        tls_specs_ = [s for s in specs if s["scenario"] == "S8"]
+        specs = [s for s in specs if s["scenario"] not in ("S7", "S8")]
         if udp_specs and contender in UDP_NA:
-            cell["not_applicable"] = {"S7": UDP_NA[contender]}
+            cell.setdefault("not_applicable", {})["S7"] = UDP_NA[contender]
             udp_specs = []
+        if tls_specs_ and contender in TLS_NA:
+            cell.setdefault("not_applicable", {})["S8"] = TLS_NA[contender]
+            tls_specs_ = []
         if contender == "floor":
             specs = [s for s in specs if s["scenario"] not in FLOOR_SKIPS]
         # S5 first, each on a fresh proxy: memory is what N held connections add to a process
@@ -794,8 +912,10 @@ def run_cell(ctx, rep, placement, contender, specs):
                 cell["proxy_cpu_s_total"] = round(tree_cpu_s(p.pid) - cpu_start, 3)
         finally:
             env.procs.stop(p)
+        if tls_specs_:
+            run_variant(ctx, cell, cpu, tls_specs_, "tls")
         if udp_specs:
-            run_udp(ctx, cell, cpu, udp_specs)
+            run_variant(ctx, cell, cpu, udp_specs, "udp")
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         cell["error"] = str(e)
         log(f"  ERROR {placement} {contender}: {e}")
@@ -807,20 +927,21 @@ def run_cell(ctx, rep, placement, contender, specs):
     return cell
 
 
-def run_udp(ctx, cell, cpu, specs):
-    """S7 on the contender's UDP proxy (its own peer config), started after the TCP one has
-    stopped. A start failure is an error, as for the TCP proxies."""
+def run_variant(ctx, cell, cpu, specs, variant):
+    """S7 (`udp`) or S8 (`tls`) on the contender's proxy started from that variant's peer
+    config, after the TCP one has stopped. A start failure is an error, as for the TCP
+    proxies."""
     contender = cell["contender"]
     p = None
     if contender != "direct":
-        p = ctx.env.start_proxy(contender, cpu, udp=True)
+        p = ctx.env.start_proxy(contender, cpu, **{variant: True})
     try:
         if p:
-            cell["udp_proxy_rss_kib_start"] = tree_rss_kib(p.pid)
+            cell[f"{variant}_proxy_rss_kib_start"] = tree_rss_kib(p.pid)
         for spec in specs:
             cell["measurements"].append(measure(ctx, cell, spec, p))
         if p:
-            cell["udp_proxy_rss_kib_end"] = tree_rss_kib(p.pid)
+            cell[f"{variant}_proxy_rss_kib_end"] = tree_rss_kib(p.pid)
     finally:
         ctx.env.procs.stop(p)
 
@@ -954,7 +1075,20 @@ ROWS = [  # (measurement id prefix, metric, label, unit, higher_is_better)
     ("S7 udp {}", "p99", "S7 udp {} round trip p99 (us)", "us", False),
     ("S7 udp {}", "cpu_s_per_m", "S7 udp {}, proxy CPU-s per million round trips", "x2",
      False),
-]
+    ("S8 {} conn", "gbit_s", "S8 TLS {} conn (Gbit/s)", "gbit", True),
+    ("S8 {} conn", "cpu_s_per_gb", "S8 TLS {} conn, proxy CPU-s per GB", "x2", False),
+    ("S8 {} conns", "rps", "S8 TLS {} conns (req/s)", "k", True),
+    ("S8 {} conns", "req_per_cpu_s", "S8 TLS {} conns (req per proxy CPU-s)", "k", True),
+] + [row for kind in ("full", "resumed") for row in (
+    (f"S8 {{}} {kind}", "cps", f"S8 TLS {{}} {kind} (handshakes/s)", "k", True),
+    (f"S8 {{}} {kind}", "cpu_ms_per_conn", f"S8 TLS {{}} {kind}, proxy CPU-ms per handshake",
+     "x3", False),
+    (f"S8 {{}} {kind}", "conn_per_cpu_s", f"S8 TLS {{}} {kind} (handshakes per proxy CPU-s)",
+     "k", True),
+    # full: must be 0 (lower is right); resumed: near 100 (higher is right).
+    (f"S8 {{}} {kind}", "resumed_pct", f"S8 TLS {{}} {kind}: resumed (%)", "x1",
+     kind == "resumed"),
+)]
 
 
 def fmt(v, unit):
@@ -968,6 +1102,8 @@ def fmt(v, unit):
         return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
     if unit == "x2":
         return f"{v:.2f}"
+    if unit == "x3":
+        return f"{v:.3f}"
     return f"{v:.1f}"
 
 
@@ -994,7 +1130,7 @@ def table_rows(results, placement):
     """[(label, unit, higher, {contender: [values]})] in a stable order."""
     data = collect(results)
     ids = row_ids(results, placement)
-    order = {"S1": 0, "S2": 1, "S3": 3, "S4": 4, "S5": 5, "S6": 6, "S7": 7}
+    order = {"S1": 0, "S2": 1, "S3": 3, "S4": 4, "S5": 5, "S6": 6, "S7": 7, "S8": 8}
     rows = []
     for pattern, metric, label, unit, higher in ROWS:
         if pattern == "S2 open":
@@ -1104,6 +1240,23 @@ def markdown(results):
             + "; ".join(f"{c}: n/a ({r})" for c, r in UDP_NA.items()
                         if c in a["contenders"]) + ".",
         ]
+    if "S8" in scen:
+        lines += [
+            f"- S8 tls: each proxy terminates TLS from its TLS peer config (`bench/peers/*-tls.*`, "
+            "TLS 1.3 minimum, session tickets on: each one's default) and forwards plaintext to "
+            "the same sink and echo; certificates `tests/certs/server.pem` (ECDSA P-256) and "
+            "`server-rsa.pem` (RSA-2048). Client `switchyard-bench --tls --tls-ca "
+            "tests/certs/ca.pem --tls-sni localhost`: TLS 1.3, TLS_AES_128_GCM_SHA256 and X25519 "
+            f"only. Bulk: `throughput --direction up`, {' and '.join(map(str, cfg['tls_bulk_conns']))} "
+            f"connections; rr: 64 B, {cfg['tls_rr_conns']} connections (as S3); cps: "
+            f"{cfg['tls_cps_conc']} concurrent, 64 B exchange, RST close, `full` offers no "
+            "session, `resumed` passes `--tls-resume` (a ticket from the run's cache on every "
+            "connection; `resumed (%)` is the share that did resume, each worker's first "
+            "connection cannot). The handshake is inside each connection's exchange. direct = "
+            "`switchyard-bench serve --tls-cert --tls-key` (rustls, CPU 0): TLS without a "
+            "proxy. " + "; ".join(f"{c}: n/a ({r})" for c, r in TLS_NA.items()
+                                  if c in a["contenders"]) + ".",
+        ]
     lines.append("")
     for placement in results["meta"]["placements"]:
         rows = table_rows(results, placement)
@@ -1112,13 +1265,13 @@ def markdown(results):
                      else " (proxy on CPU 1; load and backends on CPU 0)"), ""]
         lines += [f"| {placement} | " + " | ".join(shown) + " |",
                   "|---|" + "---|" * len(shown)]
-        udp_missing = not_measured(results, placement, "S7")
+        missing = {x: not_measured(results, placement, x) for x in ("S7", "S8")}
         for label, unit, higher, vals in rows:
             cells = []
             for c in shown:
                 v = vals.get(c)
-                if not v and label.startswith("S7") and c in udp_missing:
-                    cells.append(udp_missing[c])
+                if not v and c in missing.get(label[:2], {}):
+                    cells.append(missing[label[:2]][c])
                 elif not v:
                     cells.append("—")
                 elif len(v) == 1:
@@ -1260,7 +1413,7 @@ def main():
     ap.add_argument("--placements", default="shared,split")
     ap.add_argument("--scenarios", "--scenario", default="all",
                     help="comma list of scenarios, by number or name: S1 bulk, S2 latency, "
-                         "S3 rr, S4 cps, S5 idle, S6 routing, S7 udp (default all)")
+                         "S3 rr, S4 cps, S5 idle, S6 routing, S7 udp, S8 tls (default all)")
     ap.add_argument("--udp-rates", "--udp-rate", default="4000,20000",
                     help="S7: comma list of datagrams/s, all sessions together "
                          "(default 4000,20000)")
@@ -1306,7 +1459,7 @@ def main():
         elif x.lower() in names:
             scenarios.append(names[x.lower()])
         elif x:
-            ap.error(f"--scenarios: unknown scenario {x!r} (S1-S7 or "
+            ap.error(f"--scenarios: unknown scenario {x!r} (S1-S8 or "
                      f"{', '.join(SCENARIOS.values())})")
     scenarios = [x for x in SCENARIOS if x in scenarios]
     if not scenarios:
@@ -1395,6 +1548,17 @@ def main():
                 extra = procs.start(["taskset", "-c", LOAD_CPU, BENCH, "serve",
                                      "--echo", f"127.0.0.1:{port}"])
                 wait_until(lambda: port_listening(port), extra, "switchyard-bench serve (S6)")
+        if "S8" in scenarios:
+            for cert, (sink, echo) in ctx.env.tls_direct.items():
+                leaf = TLS_CERTS[cert][1]
+                tls_backend = procs.start(
+                    ["taskset", "-c", LOAD_CPU, BENCH, "serve", "--echo", f"127.0.0.1:{echo}",
+                     "--sink", f"127.0.0.1:{sink}",
+                     "--tls-cert", os.path.join(CERTS_DIR, f"{leaf}.pem"),
+                     "--tls-key", os.path.join(CERTS_DIR, f"{leaf}.key")])
+                backends.append(tls_backend)
+                wait_until(lambda: port_listening(echo) and port_listening(sink), tls_backend,
+                           f"switchyard-bench serve --tls-cert ({cert})")
         if "S7" in scenarios:
             backend = procs.start(["taskset", "-c", LOAD_CPU, BENCH, "serve",
                                    "--udp-echo", f"127.0.0.1:{ctx.env.udp_echo}"])

@@ -3,6 +3,11 @@
 //! peer's FIN). Latency is connect + exchange, measured before the close; the connect alone is
 //! reported too. A failed connection is counted and the worker goes on after a 1 ms pause (so
 //! a refusing target is not hammered).
+//!
+//! With TLS ([`CpsConfig::tls`]) each connection runs a TLS 1.3 handshake right after the
+//! connect, inside the measured exchange: full handshakes by default, resumed ones (a ticket
+//! from the run's shared session cache) with `resume`. The report counts how many resumed and
+//! summarizes the handshakes' own latency.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{BenchError, ErrorClass, ErrorSink, Failure};
 use crate::hist::{LatencyHistogram, LatencySummary};
-use crate::net::{self, CloseMode};
+use crate::net::{self, CloseMode, Conn};
 use crate::pattern::{conn_seed, fill, PatternVerifier};
 use crate::report::{Progress, Report, TableRows};
 use crate::throughput::CONNS_MAX;
+use crate::tls::{TlsClient, TlsOptions, TlsParams};
 
 /// The pause after a failed connection.
 pub const FAILURE_PAUSE: Duration = Duration::from_millis(1);
@@ -37,6 +43,8 @@ pub struct CpsConfig {
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
     pub progress: bool,
+    /// TLS on every connection (`None`: plain TCP).
+    pub tls: Option<TlsOptions>,
 }
 
 impl CpsConfig {
@@ -51,6 +59,7 @@ impl CpsConfig {
             connect_timeout: Duration::from_secs(2),
             io_timeout: Duration::from_secs(5),
             progress: false,
+            tls: None,
         }
     }
 
@@ -83,16 +92,23 @@ pub struct CpsParams {
     pub duration_s: f64,
     pub connect_timeout_s: f64,
     pub io_timeout_s: f64,
+    /// Present only with TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsParams>,
 }
 
 impl TableRows for CpsParams {
     fn rows(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut rows = vec![
             ("concurrency", self.concurrency.to_string()),
             ("msg", format!("{}B", self.msg_bytes)),
             ("close", self.close.name().to_string()),
             ("duration", format!("{}s", self.duration_s)),
-        ]
+        ];
+        if let Some(tls) = &self.tls {
+            rows.push(("tls", tls.row()));
+        }
+        rows
     }
 }
 
@@ -107,15 +123,28 @@ pub struct CpsResults {
     pub bytes_each_way: u64,
     /// The connect alone (the envelope's `latency_us` is connect + exchange).
     pub connect_latency_us: LatencySummary,
+    /// TLS only: completed connections whose handshake resumed a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_resumed: Option<u64>,
+    /// TLS only: the handshake alone (after the connect, before the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_handshake_latency_us: Option<LatencySummary>,
 }
 
 impl TableRows for CpsResults {
     fn rows(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut rows = vec![
             ("connections", self.connections.to_string()),
             ("connections/s", format!("{:.0}", self.connections_per_s)),
             ("connect (µs)", self.connect_latency_us.row()),
-        ]
+        ];
+        if let Some(resumed) = self.tls_resumed {
+            rows.push(("TLS resumed", resumed.to_string()));
+        }
+        if let Some(handshake) = &self.tls_handshake_latency_us {
+            rows.push(("TLS handshake (µs)", handshake.row()));
+        }
+        rows
     }
 }
 
@@ -126,12 +155,24 @@ pub type CpsReport = Report<CpsParams, CpsResults>;
 struct WorkerOutcome {
     total: LatencyHistogram,
     connect: LatencyHistogram,
+    handshake: LatencyHistogram,
     completed: u64,
+    resumed: u64,
+}
+
+/// The instants of one connection: connected, handshake done (= connected without TLS),
+/// response verified; and whether TLS resumed.
+struct ConnTimes {
+    connected: Instant,
+    handshaken: Instant,
+    exchanged: Instant,
+    resumed: bool,
 }
 
 /// Runs a connections-per-second test against an echo server.
 pub fn run_cps(cfg: &CpsConfig) -> Result<CpsReport, BenchError> {
     cfg.validate()?;
+    let tls = cfg.tls.as_ref().map(TlsClient::new).transpose()?;
     let completed = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(ErrorSink::default());
     let start = Instant::now();
@@ -141,9 +182,10 @@ pub fn run_cps(cfg: &CpsConfig) -> Result<CpsReport, BenchError> {
         let cfg = cfg.clone();
         let completed = Arc::clone(&completed);
         let errors = Arc::clone(&errors);
+        let tls = tls.clone();
         let spawned = thread::Builder::new()
             .name(format!("cps-{w}"))
-            .spawn(move || worker(&cfg, w, deadline, &completed, &errors));
+            .spawn(move || worker(&cfg, tls.as_ref(), w, deadline, &completed, &errors));
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -171,13 +213,17 @@ pub fn run_cps(cfg: &CpsConfig) -> Result<CpsReport, BenchError> {
     };
     let mut total = LatencyHistogram::new();
     let mut connect = LatencyHistogram::new();
+    let mut handshake = LatencyHistogram::new();
     let mut connections = 0;
+    let mut resumed = 0;
     for h in handles {
         match h.join() {
             Ok(o) => {
                 total.merge(&o.total);
                 connect.merge(&o.connect);
+                handshake.merge(&o.handshake);
                 connections += o.completed;
+                resumed += o.resumed;
             }
             Err(_) => errors.record(&Failure::new(ErrorClass::Other, "worker thread panicked")),
         }
@@ -195,6 +241,7 @@ pub fn run_cps(cfg: &CpsConfig) -> Result<CpsReport, BenchError> {
             duration_s: cfg.duration.as_secs_f64(),
             connect_timeout_s: cfg.connect_timeout.as_secs_f64(),
             io_timeout_s: cfg.io_timeout.as_secs_f64(),
+            tls: cfg.tls.as_ref().map(TlsOptions::params),
         },
         elapsed,
         CpsResults {
@@ -202,6 +249,8 @@ pub fn run_cps(cfg: &CpsConfig) -> Result<CpsReport, BenchError> {
             connections_per_s: connections as f64 / elapsed.max(1e-9),
             bytes_each_way: connections * cfg.msg as u64,
             connect_latency_us: connect.summary(),
+            tls_resumed: tls.as_ref().map(|_| resumed),
+            tls_handshake_latency_us: tls.as_ref().map(|_| handshake.summary()),
         },
         error_counts,
         samples,
@@ -211,6 +260,7 @@ pub fn run_cps(cfg: &CpsConfig) -> Result<CpsReport, BenchError> {
 
 fn worker(
     cfg: &CpsConfig,
+    tls: Option<&TlsClient>,
     w: usize,
     deadline: Instant,
     completed: &AtomicU64,
@@ -219,7 +269,9 @@ fn worker(
     let mut out = WorkerOutcome {
         total: LatencyHistogram::new(),
         connect: LatencyHistogram::new(),
+        handshake: LatencyHistogram::new(),
         completed: 0,
+        resumed: 0,
     };
     let mut request = vec![0u8; cfg.msg];
     let mut response = vec![0u8; cfg.msg];
@@ -229,21 +281,32 @@ fn worker(
         k += 1;
         let t0 = Instant::now();
         let result =
-            net::connect(cfg.target, cfg.connect_timeout, cfg.io_timeout).and_then(|mut stream| {
-                let t1 = Instant::now();
+            net::connect(cfg.target, cfg.connect_timeout, cfg.io_timeout).and_then(|tcp| {
+                let connected = Instant::now();
+                let mut stream = Conn::establish(tcp, tls)?;
+                let handshaken = Instant::now();
                 fill(seed, 0, &mut request);
                 net::write_all(&mut stream, &request, "request")?;
                 let mut verifier = PatternVerifier::new(seed);
                 net::read_verified(&mut stream, &mut response, &mut verifier, "response")?;
-                let t2 = Instant::now();
+                let exchanged = Instant::now();
+                let resumed = stream.tls_resumed() == Some(true);
                 net::close(stream, cfg.close)?;
-                Ok((t1, t2))
+                Ok(ConnTimes {
+                    connected,
+                    handshaken,
+                    exchanged,
+                    resumed,
+                })
             });
         match result {
-            Ok((t1, t2)) => {
-                out.connect.record_ns((t1 - t0).as_nanos() as u64);
-                out.total.record_ns((t2 - t0).as_nanos() as u64);
+            Ok(t) => {
+                out.connect.record_ns((t.connected - t0).as_nanos() as u64);
+                out.handshake
+                    .record_ns((t.handshaken - t.connected).as_nanos() as u64);
+                out.total.record_ns((t.exchanged - t0).as_nanos() as u64);
                 out.completed += 1;
+                out.resumed += u64::from(t.resumed);
                 completed.fetch_add(1, Ordering::Relaxed);
             }
             Err(f) => {

@@ -29,18 +29,22 @@ pub enum ErrorClass {
     Mismatch,
     /// The peer closed the connection before all expected bytes arrived.
     Eof,
+    /// TLS failed: the handshake (a certificate the trust roots or the name do not accept, an
+    /// alert from the peer, no common cipher suite) or a record (decrypt error).
+    Tls,
     /// Anything else (address not available, too many open files, ...).
     Other,
 }
 
 impl ErrorClass {
     /// Every class, in report order.
-    pub const ALL: [ErrorClass; 6] = [
+    pub const ALL: [ErrorClass; 7] = [
         ErrorClass::Refused,
         ErrorClass::Reset,
         ErrorClass::Timeout,
         ErrorClass::Mismatch,
         ErrorClass::Eof,
+        ErrorClass::Tls,
         ErrorClass::Other,
     ];
 
@@ -52,13 +56,20 @@ impl ErrorClass {
             ErrorClass::Timeout => "timeout",
             ErrorClass::Mismatch => "mismatch",
             ErrorClass::Eof => "eof",
+            ErrorClass::Tls => "tls",
             ErrorClass::Other => "other",
         }
     }
 
     /// Classifies an I/O error. Socket timeouts (SO_RCVTIMEO/SO_SNDTIMEO) surface as
-    /// `WouldBlock` on Linux and count as timeouts.
+    /// `WouldBlock` on Linux and count as timeouts. An error rustls raised is `tls`.
     pub fn of_io(err: &io::Error) -> ErrorClass {
+        if err
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return ErrorClass::Tls;
+        }
         match err.kind() {
             io::ErrorKind::ConnectionRefused => ErrorClass::Refused,
             io::ErrorKind::ConnectionReset
@@ -86,6 +97,9 @@ pub struct ErrorCounts {
     pub timeout: u64,
     pub mismatch: u64,
     pub eof: u64,
+    /// Added within `switchyard-bench/v1`: absent (0) in reports written before it.
+    #[serde(default)]
+    pub tls: u64,
     pub other: u64,
 }
 
@@ -103,6 +117,7 @@ impl ErrorCounts {
             ErrorClass::Timeout => self.timeout,
             ErrorClass::Mismatch => self.mismatch,
             ErrorClass::Eof => self.eof,
+            ErrorClass::Tls => self.tls,
             ErrorClass::Other => self.other,
         }
     }
@@ -114,6 +129,7 @@ impl ErrorCounts {
             ErrorClass::Timeout => &mut self.timeout,
             ErrorClass::Mismatch => &mut self.mismatch,
             ErrorClass::Eof => &mut self.eof,
+            ErrorClass::Tls => &mut self.tls,
             ErrorClass::Other => &mut self.other,
         }
     }
@@ -263,6 +279,11 @@ mod tests {
             ErrorClass::of_io(&e(io::ErrorKind::AddrNotAvailable)),
             ErrorClass::Other
         );
+        let bad_cert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(ErrorClass::of_io(&bad_cert), ErrorClass::Tls);
     }
 
     #[test]

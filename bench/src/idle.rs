@@ -299,7 +299,7 @@ fn check_share(cfg: &IdleConfig, share: Vec<Held>, errors: &ErrorSink) -> u64 {
                 &mut h.verifier,
                 "response after hold",
             )?;
-            net::close(h.stream, cfg.close)
+            net::close(net::Conn::Plain(h.stream), cfg.close)
         })();
         match result {
             Ok(()) => alive += 1,

@@ -37,6 +37,7 @@ pub mod report;
 pub mod rr;
 pub mod server;
 pub mod throughput;
+pub mod tls;
 pub mod udp;
 
 pub use cps::{run_cps, CpsConfig, CpsParams, CpsReport, CpsResults};
@@ -52,4 +53,5 @@ pub use throughput::{
     run_throughput, Direction, ThroughputConfig, ThroughputParams, ThroughputReport,
     ThroughputResults,
 };
+pub use tls::{server_config, TlsOptions, TlsParams};
 pub use udp::{run_udp, spawn_udp_echo, UdpConfig, UdpEcho, UdpParams, UdpReport, UdpResults};

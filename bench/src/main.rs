@@ -16,7 +16,7 @@ use serde::Serialize;
 use switchyard_bench::{
     run_cps, run_idle, run_rr, run_throughput, run_udp, spawn_forward, spawn_udp_echo, BenchError,
     CloseMode, CpsConfig, Direction, IdleConfig, Report, RrConfig, Server, ServerKind, TableRows,
-    ThroughputConfig, UdpConfig,
+    ThroughputConfig, TlsOptions, UdpConfig,
 };
 
 #[derive(Debug, Parser)]
@@ -87,6 +87,49 @@ struct ServeArgs {
     /// Write final server counters as JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Serve echo, sink and source over TLS 1.3 with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TlsArgs {
+    /// TLS 1.3 on every connection (TLS13_AES_128_GCM_SHA256, X25519); needs --tls-ca.
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+    /// Trust roots (PEM) the server's chain must lead to.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM), for servers that ask for one.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Name sent as SNI and checked against the server's certificate [default: localhost].
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_sni: Option<String>,
+    /// Offer a ticket from the run's session cache on every connection (resumed handshakes);
+    /// without it every handshake is full.
+    #[arg(long, requires = "tls")]
+    tls_resume: bool,
+}
+
+impl TlsArgs {
+    /// The TLS options, or `None` without --tls.
+    fn options(&self) -> Option<TlsOptions> {
+        let ca = self.tls_ca.as_ref().filter(|_| self.tls)?;
+        let mut opts = TlsOptions::new(ca);
+        opts.client_cert = self.tls_cert.clone().zip(self.tls_key.clone());
+        if let Some(sni) = &self.tls_sni {
+            opts.sni = sni.clone();
+        }
+        opts.resume = self.tls_resume;
+        Some(opts)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +155,8 @@ struct Common {
 struct ThroughputArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Parallel connections.
     #[arg(long, default_value_t = 1)]
     conns: usize,
@@ -130,6 +175,8 @@ struct ThroughputArgs {
 struct RrArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Parallel connections.
     #[arg(long, default_value_t = 1)]
     conns: usize,
@@ -148,6 +195,8 @@ struct RrArgs {
 struct CpsArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Connections in flight at once.
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
@@ -284,6 +333,7 @@ fn main() -> ExitCode {
                 connect_timeout: a.common.connect_timeout,
                 io_timeout: a.common.io_timeout,
                 progress: !a.common.quiet,
+                tls: a.tls.options(),
             };
             finish(run_throughput(&cfg), &a.common)
         }
@@ -297,6 +347,7 @@ fn main() -> ExitCode {
                 connect_timeout: a.common.connect_timeout,
                 io_timeout: a.common.io_timeout,
                 progress: !a.common.quiet,
+                tls: a.tls.options(),
             };
             finish(run_rr(&cfg), &a.common)
         }
@@ -310,6 +361,7 @@ fn main() -> ExitCode {
                 connect_timeout: a.common.connect_timeout,
                 io_timeout: a.common.io_timeout,
                 progress: !a.common.quiet,
+                tls: a.tls.options(),
             };
             finish(run_cps(&cfg), &a.common)
         }
@@ -425,6 +477,12 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
         (ServerKind::Sink, a.sink),
         (ServerKind::Source, a.source),
     ];
+    let tls = match a.tls_cert.as_deref().zip(a.tls_key.as_deref()) {
+        Some((cert, key)) => {
+            Some(switchyard_bench::server_config(cert, key).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
     let mut servers: Vec<Server> = Vec::new();
     let udp = match a.udp_echo {
         Some(addr) => {
@@ -436,9 +494,13 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
     };
     for (kind, addr) in wanted {
         if let Some(addr) = addr {
-            let server = Server::spawn(kind, addr)
-                .map_err(|e| format!("{} server on {addr}: {e}", kind.name()))?;
-            println!("{} listening on {}", kind.name(), server.local_addr());
+            let server = match &tls {
+                None => Server::spawn(kind, addr),
+                Some(config) => Server::spawn_tls(kind, addr, Arc::clone(config)),
+            }
+            .map_err(|e| format!("{} server on {addr}: {e}", kind.name()))?;
+            let over = if tls.is_some() { " (TLS)" } else { "" };
+            println!("{} listening on {}{over}", kind.name(), server.local_addr());
             servers.push(server);
         }
     }
@@ -461,13 +523,16 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
         let addr = server.local_addr();
         let stats = server.stop();
         println!(
-            "{} {addr}: connections {}  received {} B  sent {} B  resets {}  errors {}",
+            "{} {addr}: connections {}  received {} B  sent {} B  resets {}  errors {}  \
+             TLS handshakes {} (resumed {})",
             kind.name(),
             stats.connections_total,
             stats.bytes_received,
             stats.bytes_sent,
             stats.resets,
-            stats.errors
+            stats.errors,
+            stats.tls_handshakes,
+            stats.tls_resumed
         );
         all.insert(
             kind.name().to_string(),

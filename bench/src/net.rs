@@ -1,5 +1,6 @@
-//! Socket helpers shared by the client modes: connect with timeouts, full reads and writes that
-//! classify their failures, and close with FIN or RST.
+//! Socket helpers shared by the client modes: connect with timeouts (and a TLS handshake when
+//! the run has TLS), full reads and writes that classify their failures, and close with FIN or
+//! RST. [`Conn`] is a plain or a TLS connection behind one `Read + Write`.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -9,6 +10,74 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorClass, Failure};
 use crate::pattern::PatternVerifier;
+use crate::tls::{self, ClientTls, TlsClient};
+
+/// A client connection: plain TCP, or TLS whose handshake has completed.
+pub(crate) enum Conn {
+    Plain(TcpStream),
+    Tls(Box<ClientTls>),
+}
+
+impl Conn {
+    /// Wraps `tcp`, running the TLS handshake first when `tls` is given.
+    pub(crate) fn establish(tcp: TcpStream, tls: Option<&TlsClient>) -> Result<Conn, Failure> {
+        match tls {
+            None => Ok(Conn::Plain(tcp)),
+            Some(client) => Ok(Conn::Tls(Box::new(client.handshake(tcp)?))),
+        }
+    }
+
+    /// The TCP socket underneath.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &t.sock,
+        }
+    }
+
+    /// `Some(true)` when the TLS handshake resumed a session; `None` for plain TCP.
+    pub(crate) fn tls_resumed(&self) -> Option<bool> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(t) => Some(tls::resumed(t.conn.handshake_kind())),
+        }
+    }
+
+    /// Half-close: TLS close_notify (when TLS), then FIN.
+    pub(crate) fn half_close(&mut self) -> Result<(), Failure> {
+        if let Conn::Tls(t) = self {
+            tls::send_close_notify(t).map_err(|e| Failure::io("send close_notify", &e))?;
+        }
+        self.tcp()
+            .shutdown(Shutdown::Write)
+            .map_err(|e| Failure::io("half-close", &e))
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(t) => tls::read_lenient(t, buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(t) => t.flush(),
+        }
+    }
+}
 
 /// Connects to `target` within `connect_timeout`, with TCP_NODELAY and read/write timeouts of
 /// `io_timeout` (a stalled peer becomes a `timeout` error, never a hang).
@@ -31,8 +100,19 @@ pub(crate) fn configure(stream: &TcpStream, io_timeout: Duration) -> io::Result<
     Ok(())
 }
 
+/// Connects to `target` as [`connect`] does, then runs the TLS handshake when `tls` is given.
+pub(crate) fn connect_conn(
+    target: SocketAddr,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+    tls: Option<&TlsClient>,
+) -> Result<Conn, Failure> {
+    let tcp = connect(target, connect_timeout, io_timeout)?;
+    Conn::establish(tcp, tls)
+}
+
 /// Writes all of `data`.
-pub(crate) fn write_all(stream: &mut TcpStream, data: &[u8], what: &str) -> Result<(), Failure> {
+pub(crate) fn write_all(stream: &mut impl Write, data: &[u8], what: &str) -> Result<(), Failure> {
     stream
         .write_all(data)
         .map_err(|e| Failure::io(&format!("write {what}"), &e))
@@ -40,7 +120,7 @@ pub(crate) fn write_all(stream: &mut TcpStream, data: &[u8], what: &str) -> Resu
 
 /// Reads exactly `buf.len()` bytes and verifies them against `verifier`.
 pub(crate) fn read_verified(
-    stream: &mut TcpStream,
+    stream: &mut impl Read,
     buf: &mut [u8],
     verifier: &mut PatternVerifier,
     what: &str,
@@ -74,7 +154,7 @@ pub(crate) fn mismatch(what: &str, at: u64) -> Failure {
 }
 
 /// After our half-close, reads until the peer closes too; any byte that arrives is a mismatch.
-pub(crate) fn expect_eof(stream: &mut TcpStream, what: &str) -> Result<(), Failure> {
+pub(crate) fn expect_eof(stream: &mut impl Read, what: &str) -> Result<(), Failure> {
     let mut buf = [0u8; 512];
     loop {
         match stream.read(&mut buf) {
@@ -114,20 +194,18 @@ impl CloseMode {
     }
 }
 
-/// Closes `stream` as `mode` says.
-pub(crate) fn close(mut stream: TcpStream, mode: CloseMode) -> Result<(), Failure> {
+/// Closes `stream` as `mode` says (with TLS, `fin` sends close_notify first; `rst` does not).
+pub(crate) fn close(mut stream: Conn, mode: CloseMode) -> Result<(), Failure> {
     match mode {
         CloseMode::Rst => {
-            socket2::SockRef::from(&stream)
+            socket2::SockRef::from(stream.tcp())
                 .set_linger(Some(Duration::ZERO))
                 .map_err(|e| Failure::io("set SO_LINGER", &e))?;
             drop(stream);
             Ok(())
         }
         CloseMode::Fin => {
-            stream
-                .shutdown(Shutdown::Write)
-                .map_err(|e| Failure::io("half-close", &e))?;
+            stream.half_close()?;
             expect_eof(&mut stream, "close")
         }
     }

@@ -5,8 +5,11 @@
 //! misrouted response is a mismatch). Closed loop by default; with a rate, open loop with
 //! coordinated-omission correction (see [`crate::pacing`]). A connection stops at its first
 //! failure; the others go on.
+//!
+//! With TLS ([`RrConfig::tls`]) each connection completes its handshake before the clock
+//! starts; every request and response then goes through TLS records.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,11 +20,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{BenchError, ErrorClass, ErrorSink, Failure};
 use crate::gate::Gate;
 use crate::hist::LatencyHistogram;
-use crate::net;
+use crate::net::{self, Conn};
 use crate::pacing::{drive, LoopStats, MonotonicClock, OpenLoopSchedule, Pacing};
 use crate::pattern::{conn_seed, fill, PatternVerifier};
 use crate::report::{Progress, Report, TableRows};
 use crate::throughput::CONNS_MAX;
+use crate::tls::{TlsClient, TlsOptions, TlsParams};
 
 /// The largest message accepted.
 pub const MSG_MAX: usize = 16 * 1024 * 1024;
@@ -40,6 +44,8 @@ pub struct RrConfig {
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
     pub progress: bool,
+    /// TLS on every connection (`None`: plain TCP).
+    pub tls: Option<TlsOptions>,
 }
 
 impl RrConfig {
@@ -54,6 +60,7 @@ impl RrConfig {
             connect_timeout: Duration::from_secs(2),
             io_timeout: Duration::from_secs(5),
             progress: false,
+            tls: None,
         }
     }
 
@@ -96,6 +103,9 @@ pub struct RrParams {
     pub duration_s: f64,
     pub connect_timeout_s: f64,
     pub io_timeout_s: f64,
+    /// Present only with TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsParams>,
 }
 
 impl TableRows for RrParams {
@@ -109,6 +119,9 @@ impl TableRows for RrParams {
             rows.push(("rate", format!("{rate}/s")));
         }
         rows.push(("duration", format!("{}s", self.duration_s)));
+        if let Some(tls) = &self.tls {
+            rows.push(("tls", tls.row()));
+        }
         rows
     }
 }
@@ -147,12 +160,14 @@ type ConnOutcome = (LatencyHistogram, LoopStats, bool);
 /// Runs a request/response test against an echo server.
 pub fn run_rr(cfg: &RrConfig) -> Result<RrReport, BenchError> {
     cfg.validate()?;
+    let tls = cfg.tls.as_ref().map(TlsClient::new).transpose()?;
     let completed = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(ErrorSink::default());
     let gate = Arc::new(Gate::default());
     let mut handles = Vec::with_capacity(cfg.conns);
     for index in 0..cfg.conns {
         let cfg = cfg.clone();
+        let tls = tls.clone();
         let completed = Arc::clone(&completed);
         let errors = Arc::clone(&errors);
         let conn_gate = Arc::clone(&gate);
@@ -161,7 +176,12 @@ pub fn run_rr(cfg: &RrConfig) -> Result<RrReport, BenchError> {
                 .name(format!("rr-{index}"))
                 .spawn(move || -> ConnOutcome {
                     let mut hist = LatencyHistogram::new();
-                    let connected = net::connect(cfg.target, cfg.connect_timeout, cfg.io_timeout);
+                    let connected = net::connect_conn(
+                        cfg.target,
+                        cfg.connect_timeout,
+                        cfg.io_timeout,
+                        tls.as_ref(),
+                    );
                     let Some(start) = conn_gate.arrive_and_wait() else {
                         return (hist, LoopStats::default(), false);
                     };
@@ -251,6 +271,7 @@ pub fn run_rr(cfg: &RrConfig) -> Result<RrReport, BenchError> {
             duration_s: cfg.duration.as_secs_f64(),
             connect_timeout_s: cfg.connect_timeout.as_secs_f64(),
             io_timeout_s: cfg.io_timeout.as_secs_f64(),
+            tls: cfg.tls.as_ref().map(TlsOptions::params),
         },
         elapsed,
         RrResults {
@@ -268,7 +289,7 @@ pub fn run_rr(cfg: &RrConfig) -> Result<RrReport, BenchError> {
 
 fn conn_loop(
     cfg: &RrConfig,
-    mut stream: TcpStream,
+    mut stream: Conn,
     index: u64,
     start: Instant,
     pacing: Pacing,

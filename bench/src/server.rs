@@ -11,6 +11,10 @@
 //! * source: writes the [`crate::pattern::SOURCE_SEED`] pattern stream until the
 //!   client goes away.
 //!
+//! With a TLS config ([`Server::spawn_tls`]) every connection first completes a TLS 1.3
+//! handshake (counted, and counted again when it resumed a session), then gets the same
+//! echo, sink or source over TLS records, and ends with close_notify.
+//!
 //! [`Server::stop`] is bounded: it shuts the listener down (which wakes a blocked `accept` on
 //! Linux), shuts down every open connection (which wakes blocked reads and writes), and joins
 //! every thread.
@@ -24,10 +28,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use rustls::ServerConfig;
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Socket, Type};
 
 use crate::pattern::{PatternSource, SOURCE_SEED};
+use crate::tls;
 
 /// How long a worker without a connection waits for the next before it exits.
 pub const WORKER_IDLE_EXIT: Duration = Duration::from_secs(10);
@@ -75,11 +81,18 @@ pub struct ServerStats {
     pub resets: u64,
     /// Connections that ended in any other error.
     pub errors: u64,
+    /// TLS handshakes completed (0 without TLS).
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    /// Of those, handshakes that resumed a session.
+    #[serde(default)]
+    pub tls_resumed: u64,
 }
 
 #[derive(Debug)]
 struct Shared {
     kind: ServerKind,
+    tls: Option<Arc<ServerConfig>>,
     stop: AtomicBool,
     open: Mutex<HashMap<u64, TcpStream>>,
     idle: Mutex<Vec<(u64, Sender<TcpStream>)>>,
@@ -91,6 +104,8 @@ struct Shared {
     bytes_sent: AtomicU64,
     resets: AtomicU64,
     errors: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_resumed: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +139,23 @@ pub fn spawn_source(addr: SocketAddr) -> io::Result<Server> {
 impl Server {
     /// Starts a server of `kind` on `addr`.
     pub fn spawn(kind: ServerKind, addr: SocketAddr) -> io::Result<Server> {
+        Server::spawn_with(kind, addr, None)
+    }
+
+    /// Starts a server of `kind` on `addr` that speaks TLS (see [`crate::tls::server_config`]).
+    pub fn spawn_tls(
+        kind: ServerKind,
+        addr: SocketAddr,
+        config: Arc<ServerConfig>,
+    ) -> io::Result<Server> {
+        Server::spawn_with(kind, addr, Some(config))
+    }
+
+    fn spawn_with(
+        kind: ServerKind,
+        addr: SocketAddr,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> io::Result<Server> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         socket.bind(&addr.into())?;
@@ -132,6 +164,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             kind,
+            tls,
             stop: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
             idle: Mutex::new(Vec::new()),
@@ -143,6 +176,8 @@ impl Server {
             bytes_sent: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_resumed: AtomicU64::new(0),
         });
         let accept_listener = listener.try_clone()?;
         let accept_shared = Arc::clone(&shared);
@@ -177,6 +212,8 @@ impl Server {
             bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
             resets: s.resets.load(Ordering::Relaxed),
             errors: s.errors.load(Ordering::Relaxed),
+            tls_handshakes: s.tls_handshakes.load(Ordering::Relaxed),
+            tls_resumed: s.tls_resumed.load(Ordering::Relaxed),
         }
     }
 
@@ -319,10 +356,9 @@ fn serve_connection(shared: &Shared, stream: TcpStream, buf: &mut Vec<u8>) {
     });
     let result = if registered.is_some() {
         let _ = stream.set_nodelay(true);
-        match shared.kind {
-            ServerKind::Echo => echo(shared, stream, buf),
-            ServerKind::Sink => sink(shared, stream, buf),
-            ServerKind::Source => source(shared, stream),
+        match &shared.tls {
+            None => serve_kind(shared, stream, buf),
+            Some(config) => serve_tls(shared, config, stream, buf),
         }
     } else {
         Ok(())
@@ -348,13 +384,38 @@ fn serve_connection(shared: &Shared, stream: TcpStream, buf: &mut Vec<u8>) {
     shared.connections_active.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Reads into `buf`, growing it (up to [`READ_BUF_MAX`]) when a read fills it.
-fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+fn serve_kind(shared: &Shared, stream: impl Read + Write, buf: &mut Vec<u8>) -> io::Result<()> {
+    match shared.kind {
+        ServerKind::Echo => echo(shared, stream, buf),
+        ServerKind::Sink => sink(shared, stream, buf),
+        ServerKind::Source => source(shared, stream),
+    }
+}
+
+/// The handshake, then the backend over TLS, then close_notify.
+fn serve_tls(
+    shared: &Shared,
+    config: &Arc<ServerConfig>,
+    tcp: TcpStream,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    let mut stream = tls::accept(config, tcp)?;
+    shared.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+    if tls::resumed(stream.conn.handshake_kind()) {
+        shared.tls_resumed.fetch_add(1, Ordering::Relaxed);
+    }
+    serve_kind(shared, &mut stream, buf)?;
+    tls::send_close_notify(&mut stream)
+}
+
+/// Reads into `buf`, growing it (up to [`READ_BUF_MAX`]) when a read fills it. A TLS peer that
+/// closed without close_notify is an end of stream, as a plain FIN is.
+fn read_some(stream: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<usize> {
     if buf.is_empty() {
         buf.resize(READ_BUF_MIN, 0);
     }
     loop {
-        match stream.read(buf) {
+        match tls::read_lenient(stream, buf) {
             Ok(n) => {
                 if n == buf.len() && buf.len() < READ_BUF_MAX {
                     let grown = (buf.len() * 4).min(READ_BUF_MAX);
@@ -368,7 +429,7 @@ fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     }
 }
 
-fn echo(shared: &Shared, mut stream: TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+fn echo(shared: &Shared, mut stream: impl Read + Write, buf: &mut Vec<u8>) -> io::Result<()> {
     loop {
         let n = read_some(&mut stream, buf)?;
         if n == 0 {
@@ -380,7 +441,7 @@ fn echo(shared: &Shared, mut stream: TcpStream, buf: &mut Vec<u8>) -> io::Result
     }
 }
 
-fn sink(shared: &Shared, mut stream: TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+fn sink(shared: &Shared, mut stream: impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
     loop {
         let n = read_some(&mut stream, buf)?;
         if n == 0 {
@@ -390,7 +451,7 @@ fn sink(shared: &Shared, mut stream: TcpStream, buf: &mut Vec<u8>) -> io::Result
     }
 }
 
-fn source(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
+fn source(shared: &Shared, mut stream: impl Write) -> io::Result<()> {
     let mut pattern = PatternSource::new(SOURCE_SEED, READ_BUF_MAX);
     loop {
         let n = stream.write(pattern.next_chunk())?;

@@ -8,6 +8,10 @@
 //!   the bytes received must equal the bytes sent.
 //!
 //! All connections connect first; the clock starts when all have connected (or failed).
+//!
+//! With TLS ([`ThroughputConfig::tls`]) each connection completes its handshake before the
+//! clock starts; `up` ends with close_notify before the FIN. `both` is plain TCP only (its
+//! reader and writer threads would need to share one TLS session).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -20,9 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{BenchError, ErrorClass, ErrorSink, Failure};
 use crate::gate::Gate;
-use crate::net;
+use crate::net::{self, Conn};
 use crate::pattern::{conn_seed, PatternSource, PatternVerifier, SOURCE_SEED};
 use crate::report::{fmt_bytes, Progress, Report, TableRows};
+use crate::tls::{TlsClient, TlsOptions, TlsParams};
 
 /// The largest write size accepted.
 pub const SIZE_MAX: usize = 16 * 1024 * 1024;
@@ -69,6 +74,8 @@ pub struct ThroughputConfig {
     pub io_timeout: Duration,
     /// Print a progress line on stderr (runs of 3 s or more).
     pub progress: bool,
+    /// TLS on every connection (`None`: plain TCP); `up` and `down` only.
+    pub tls: Option<TlsOptions>,
 }
 
 impl ThroughputConfig {
@@ -84,6 +91,7 @@ impl ThroughputConfig {
             connect_timeout: Duration::from_secs(2),
             io_timeout: Duration::from_secs(5),
             progress: false,
+            tls: None,
         }
     }
 
@@ -103,6 +111,11 @@ impl ThroughputConfig {
         if self.duration.is_zero() {
             return Err(BenchError::Config("duration must be positive".into()));
         }
+        if self.tls.is_some() && self.direction == Direction::Both {
+            return Err(BenchError::Config(
+                "TLS throughput runs up or down, not both".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -116,16 +129,23 @@ pub struct ThroughputParams {
     pub duration_s: f64,
     pub connect_timeout_s: f64,
     pub io_timeout_s: f64,
+    /// Present only with TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsParams>,
 }
 
 impl TableRows for ThroughputParams {
     fn rows(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut rows = vec![
             ("conns", self.conns.to_string()),
             ("size", fmt_bytes(self.size_bytes as u64).replace(' ', "")),
             ("direction", self.direction.name().to_string()),
             ("duration", format!("{}s", self.duration_s)),
-        ]
+        ];
+        if let Some(tls) = &self.tls {
+            rows.push(("tls", tls.row()));
+        }
+        rows
     }
 }
 
@@ -182,19 +202,26 @@ struct Counters {
 /// Runs a throughput test; per-connection failures are counted in the report.
 pub fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport, BenchError> {
     cfg.validate()?;
+    let tls = cfg.tls.as_ref().map(TlsClient::new).transpose()?;
     let counters = Arc::new(Counters::default());
     let errors = Arc::new(ErrorSink::default());
     let gate = Arc::new(Gate::default());
     let mut handles = Vec::with_capacity(cfg.conns);
     for index in 0..cfg.conns {
         let cfg = cfg.clone();
+        let tls = tls.clone();
         let counters = Arc::clone(&counters);
         let errors = Arc::clone(&errors);
         let conn_gate = Arc::clone(&gate);
         let spawned = thread::Builder::new()
             .name(format!("tput-{index}"))
             .spawn(move || {
-                let connected = net::connect(cfg.target, cfg.connect_timeout, cfg.io_timeout);
+                let connected = net::connect_conn(
+                    cfg.target,
+                    cfg.connect_timeout,
+                    cfg.io_timeout,
+                    tls.as_ref(),
+                );
                 let Some(start) = conn_gate.arrive_and_wait() else {
                     return;
                 };
@@ -261,6 +288,7 @@ pub fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport, BenchE
             duration_s: cfg.duration.as_secs_f64(),
             connect_timeout_s: cfg.connect_timeout.as_secs_f64(),
             io_timeout_s: cfg.io_timeout.as_secs_f64(),
+            tls: cfg.tls.as_ref().map(TlsOptions::params),
         },
         elapsed,
         ThroughputResults {
@@ -279,22 +307,18 @@ pub fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport, BenchE
 
 fn run_conn(
     cfg: &ThroughputConfig,
-    stream: TcpStream,
+    stream: Conn,
     index: u64,
     deadline: Instant,
     counters: &Arc<Counters>,
 ) -> Result<(), Failure> {
-    match cfg.direction {
-        Direction::Up => {
-            let mut stream = stream;
+    match (cfg.direction, stream) {
+        (Direction::Up, mut stream) => {
             write_until(&mut stream, conn_seed(index), cfg.size, deadline, counters)?;
-            stream
-                .shutdown(Shutdown::Write)
-                .map_err(|e| Failure::io("half-close", &e))?;
+            stream.half_close()?;
             net::expect_eof(&mut stream, "up (is the target a sink?)")
         }
-        Direction::Down => {
-            let mut stream = stream;
+        (Direction::Down, mut stream) => {
             let mut verifier = PatternVerifier::new(SOURCE_SEED);
             let mut buf = vec![0u8; cfg.size];
             while Instant::now() < deadline {
@@ -315,11 +339,15 @@ fn run_conn(
             }
             Ok(())
         }
-        Direction::Both => both(cfg, stream, index, deadline, counters),
+        (Direction::Both, Conn::Plain(stream)) => both(cfg, stream, index, deadline, counters),
+        (Direction::Both, Conn::Tls(_)) => Err(Failure::new(
+            ErrorClass::Other,
+            "TLS throughput runs up or down, not both",
+        )),
     }
 }
 
-fn read_some(stream: &mut TcpStream, buf: &mut [u8], what: &str) -> Result<usize, Failure> {
+fn read_some(stream: &mut impl Read, buf: &mut [u8], what: &str) -> Result<usize, Failure> {
     loop {
         match stream.read(buf) {
             Ok(n) => return Ok(n),
@@ -331,7 +359,7 @@ fn read_some(stream: &mut TcpStream, buf: &mut [u8], what: &str) -> Result<usize
 
 /// Writes the pattern of `seed` until `deadline`; returns the bytes written.
 fn write_until(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     seed: u64,
     size: usize,
     deadline: Instant,

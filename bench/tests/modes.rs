@@ -1,29 +1,15 @@
 //! Each mode against this crate's own backends on 127.0.0.1: zero errors and exact byte counts.
 //! No timing assertions.
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod common;
+
+use common::{loopback, settle};
 use std::time::Duration;
 
 use switchyard_bench::{
     run_cps, run_idle, run_rr, run_throughput, spawn_echo, spawn_forward, spawn_sink, spawn_source,
-    CloseMode, CpsConfig, Direction, ErrorClass, IdleConfig, RrConfig, Server, ThroughputConfig,
+    CloseMode, CpsConfig, Direction, ErrorClass, IdleConfig, RrConfig, ThroughputConfig,
 };
-
-fn loopback() -> SocketAddr {
-    (Ipv4Addr::LOCALHOST, 0).into()
-}
-
-/// Server counters are updated after the client has seen its data; wait until the server has
-/// closed every connection so they are final.
-fn settle(server: &Server) {
-    for _ in 0..500 {
-        if server.stats().connections_active == 0 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("server still has open connections: {:?}", server.stats());
-}
 
 #[test]
 fn throughput_both_through_echo_is_exact() {

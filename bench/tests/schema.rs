@@ -34,7 +34,9 @@ fn check_envelope(json: &str, mode: &str, has_latency: bool) {
         assert!(obj.contains_key(k), "missing {k} in {json}");
     }
     assert_eq!(obj.len(), ENVELOPE_KEYS.len(), "unexpected keys in {json}");
-    for class in ["refused", "reset", "timeout", "mismatch", "eof", "other"] {
+    for class in [
+        "refused", "reset", "timeout", "mismatch", "eof", "tls", "other",
+    ] {
         assert!(v["errors"][class].is_u64(), "errors.{class}");
     }
     assert_eq!(v["latency_us"].is_object(), has_latency);
@@ -67,6 +69,7 @@ fn synthetic_report_round_trips_exactly() {
             duration_s: 3.0,
             connect_timeout_s: 2.0,
             io_timeout_s: 5.0,
+            tls: None,
         },
         3.0012,
         RrResults {
