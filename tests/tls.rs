@@ -8,8 +8,9 @@
 //!   access log (`%DOWNSTREAM_PEER_URI_SAN%`, `%DOWNSTREAM_TLS_VERSION%`, ...);
 //! * a cluster originating TLS: to a good backend, and to one whose certificate the
 //!   validation context refuses (`cluster.<name>.ssl.*`, the client closed);
-//! * bad clients (garbage instead of a ClientHello, a truncated one, a silent one past
-//!   `transport_socket_connect_timeout`) closed and counted while good ones pass;
+//! * bad clients (garbage instead of a ClientHello, a truncated one, an oversized record after
+//!   the handshake, a silent one past `transport_socket_connect_timeout`) closed and counted
+//!   while good ones pass;
 //! * interop with real Envoy both ways: Envoy originating to the proxy under test, and the
 //!   proxy under test originating to Envoy, with client certificates both ways.
 
@@ -450,6 +451,28 @@ fn bad_clients_are_closed_and_counted_while_good_ones_pass() {
         echo_through(&mut tls, b"slow hello").unwrap(),
         b"slow hello"
     );
+    // After the handshake, a record header announcing more than TLS allows (2^14 + 256
+    // bytes of ciphertext): that connection is closed, the others go on.
+    let errors_before = proxy.stat(&listener_stat(port, "connection_error"));
+    let mut oversize = tls_connect(local(port), client_config(None));
+    assert_eq!(echo_through(&mut oversize, b"before").unwrap(), b"before");
+    let mut raw = oversize.sock.try_clone().unwrap();
+    raw.write_all(&[23, 3, 3, 0x48, 0x01]).unwrap();
+    let _ = raw.write_all(&[0u8; 512]);
+    // Closed, perhaps after an alert (Envoy sends BoringSSL's).
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (_, end) = read_all(&mut raw, 4096);
+    assert!(
+        matches!(end, End::Eof | End::Reset),
+        "an oversized record closes its connection: {end:?}"
+    );
+    assert!(
+        proxy.wait_stat(
+            &listener_stat(port, "connection_error"),
+            errors_before + 1,
+            Duration::from_secs(5)
+        ) > errors_before
+    );
     // Good clients meanwhile.
     for i in 0..4u8 {
         let mut s = tls_connect(local(port), client_config(None));
@@ -475,8 +498,8 @@ fn bad_clients_are_closed_and_counted_while_good_ones_pass() {
     if selected_proxy() == ProxyKind::Switchyard {
         assert_eq!(
             backend.accepted() - accepted,
-            5,
-            "only the good clients reached the backend"
+            6,
+            "only the clients that finished a handshake reached the backend"
         );
     }
 }

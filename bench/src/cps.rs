@@ -45,6 +45,10 @@ pub struct CpsConfig {
     pub progress: bool,
     /// TLS on every connection (`None`: plain TCP).
     pub tls: Option<TlsOptions>,
+    /// Connections started per second, all workers together (`None`: as fast as they
+    /// complete, closed loop). Each worker starts its k-th connection at
+    /// `k * concurrency / rate` seconds, or as soon as the one before is done if later.
+    pub rate_per_s: Option<f64>,
 }
 
 impl CpsConfig {
@@ -60,6 +64,7 @@ impl CpsConfig {
             io_timeout: Duration::from_secs(5),
             progress: false,
             tls: None,
+            rate_per_s: None,
         }
     }
 
@@ -276,7 +281,20 @@ fn worker(
     let mut request = vec![0u8; cfg.msg];
     let mut response = vec![0u8; cfg.msg];
     let mut k: u64 = 0;
+    let started = Instant::now();
+    // Workers start offset from each other so the paced starts spread over the interval.
+    let interval = cfg
+        .rate_per_s
+        .map(|r| Duration::from_secs_f64(cfg.concurrency as f64 / r));
     while Instant::now() < deadline {
+        if let Some(interval) = interval {
+            let offset = interval.mul_f64(w as f64 / cfg.concurrency as f64);
+            let due = started + offset + interval.mul_f64(k as f64);
+            if due >= deadline {
+                break;
+            }
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         let seed = conn_seed(k * cfg.concurrency as u64 + w as u64);
         k += 1;
         let t0 = Instant::now();

@@ -209,6 +209,9 @@ struct CpsArgs {
     /// How the client closes: rst (no TIME_WAIT) or fin (waits for the peer's FIN).
     #[arg(long, value_enum, default_value_t = CloseArg::Rst)]
     close: CloseArg,
+    /// Connections started per second, all together (paced; default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -362,6 +365,7 @@ fn main() -> ExitCode {
                 io_timeout: a.common.io_timeout,
                 progress: !a.common.quiet,
                 tls: a.tls.options(),
+                rate_per_s: a.rate.filter(|r| *r > 0.0),
             };
             finish(run_cps(&cfg), &a.common)
         }

@@ -557,6 +557,11 @@ impl Worker {
             Err(e) => {
                 tracing::debug!(worker = self.id, ?dir, error = %e, "TLS record refused");
                 self.ring.recycle(buf);
+                // A bad record after the handshake (oversized, undecryptable) is a TLS error
+                // too, as Envoy counts it.
+                if let Some(stats) = self.ssl_stats(slot, dir.source()) {
+                    stats.inc(self.id, SslStat::ConnectionError);
+                }
                 TlsReceived::Relay(Received::Error(libc::EPROTO))
             }
         }

@@ -1,0 +1,70 @@
+#!/bin/bash
+# Issue 19, item 5: full TLS handshakes at 500/s beside an established rr connection on the
+# same (single) Switchyard worker, and the control that says what the load generator's own
+# handshake work adds. Proxy alone on CPU 1; backend and load generator on CPU 0.
+#   ci/bench-tls-burst.sh [OUT_DIR] [REPS]   (after `cargo build --release --workspace`)
+# Prints, per repetition, the rr p50/p99 idle and during the burst, through the proxy and
+# (control) straight to the backend.
+set -eu
+cd "$(dirname "$0")/.."
+O=${1:-target/tls-burst}; REPS=${2:-3}
+mkdir -p "$O"
+B=target/release/switchyard-bench; S=target/release/switchyard; C=tests/certs
+ECHO=127.0.0.1:17101; PORT=17102; ADMIN=17103
+sed -e "s#@ADMIN@#$ADMIN#; s#@PORT@#$PORT#; s#@CERTS@#$PWD/$C#g" > "$O/switchyard.yaml" <<'Y'
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: @ADMIN@ } } }
+static_resources:
+  listeners:
+  - name: tls
+    address: { socket_address: { address: 127.0.0.1, port_value: @PORT@ } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tls
+          cluster: echo
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: { filename: @CERTS@/server.pem }
+              private_key: { filename: @CERTS@/server.key }
+  clusters:
+  - name: echo
+    load_assignment:
+      cluster_name: echo
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 17101 } } }
+Y
+taskset -c 0 $B serve --echo $ECHO --duration 600 > "$O/serve.log" 2>&1 & SERVE=$!
+taskset -c 1 $S run -c "$O/switchyard.yaml" --concurrency 1 > "$O/switchyard.log" 2>&1 & SW=$!
+trap 'kill $SW $SERVE 2>/dev/null || true' EXIT
+sleep 2
+T="--tls --tls-ca $C/ca.pem"
+rr() { taskset -c 0 $B rr --target "$1" $2 --conns 1 --rate 2000 --duration 8 -q --json "$3" > /dev/null; }
+for rep in $(seq 1 "$REPS"); do
+  for path in proxy direct; do
+    if [ $path = proxy ]; then target=127.0.0.1:$PORT; tls=$T; else target=$ECHO; tls=; fi
+    rr $target "$tls" "$O/$path-idle-$rep.json"
+    taskset -c 0 $B cps --target 127.0.0.1:$PORT $T --concurrency 4 --rate 500 --duration 10 -q --json "$O/$path-cps-$rep.json" > /dev/null & CPS=$!
+    sleep 1
+    rr $target "$tls" "$O/$path-burst-$rep.json"
+    wait $CPS
+  done
+done
+python3 - "$O" "$REPS" <<'PY'
+import json, sys
+out, reps = sys.argv[1], int(sys.argv[2])
+lat = lambda f: json.load(open(f))["latency_us"]
+for rep in range(1, reps + 1):
+    for path in ("proxy", "direct"):
+        i, b = lat(f"{out}/{path}-idle-{rep}.json"), lat(f"{out}/{path}-burst-{rep}.json")
+        c = json.load(open(f"{out}/{path}-cps-{rep}.json"))
+        print(f"rep {rep} {path:6} p50 {i['p50_us']:.0f} -> {b['p50_us']:.0f} us, "
+              f"p99 {i['p99_us']:.0f} -> {b['p99_us']:.0f} us ({b['p99_us'] / i['p99_us']:.1f}x); "
+              f"handshakes {c['results']['connections_per_s']:.0f}/s, errors {c['errors_total']}")
+PY
