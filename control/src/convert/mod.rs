@@ -143,14 +143,31 @@ fn secret_references(
     ads: bool,
 ) -> Result<()> {
     use crate::rib::{SecretSource, SecretValue, TlsSecrets};
-    let check = |t: &TlsSecrets, path: &str| -> Result<()> {
-        let certificates = t.certificates.iter().map(|k| (k, true));
-        let validation = t.validation.iter().map(|v| (&v.secret, false));
-        for (key, is_certificate) in certificates.chain(validation) {
+    let check = |t: &TlsSecrets, socket: &str| -> Result<()> {
+        let common = field(&field(socket, "typed_config"), "common_tls_context");
+        let lpath = field(&common, "tls_certificate_sds_secret_configs");
+        let certificates = t
+            .certificates
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k, true, index(&lpath, i)));
+        let validation = t.validation.iter().map(|v| {
+            let at = match v.default {
+                Some(_) => field(&common, "combined_validation_context"),
+                None => common.clone(),
+            };
+            (
+                &v.secret,
+                false,
+                field(&at, "validation_context_sds_secret_config"),
+            )
+        });
+        for (key, is_certificate, path) in certificates.chain(validation) {
+            let path = path.as_str();
             match (&key.source, secrets.get(&key.name)) {
                 (SecretSource::Static, None) => {
                     return Err(ConfigError::invalid(
-                        path,
+                        field(path, "name"),
                         format!(
                             "names static secret '{}', which static_resources.secrets lacks \
                              (Envoy: Unknown static secret: {})",
@@ -174,7 +191,7 @@ fn secret_references(
                 }
                 (SecretSource::Ads, _) if !ads => {
                     return Err(ConfigError::invalid(
-                        path,
+                        field(&field(path, "sds_config"), "ads"),
                         format!(
                             "secret '{}' comes over ADS (sds_config.ads), which needs \
                              dynamic_resources.ads_config",
@@ -182,7 +199,7 @@ fn secret_references(
                         ),
                     ))
                 }
-                (SecretSource::File(f), _) => file_source_present(f, path)?,
+                (SecretSource::File(f), _) => file_source_present(f, &field(path, "sds_config"))?,
                 _ => {}
             }
         }
