@@ -1121,7 +1121,9 @@ impl Worker {
             return Some(decision);
         }
         let remote_for_match = remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let Some(chain_index) = listener.match_chain_index(local, remote_for_match) else {
+        let Some(chain_index) =
+            listener.match_chain_index(local, remote_for_match, &crate::fib::Detected::NOTHING)
+        else {
             listener.stats.inc(id, ListenerStat::NoFilterChainMatch);
             decision.outcome = NO_ROUTE;
             return Some(decision);
