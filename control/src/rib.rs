@@ -402,8 +402,7 @@ pub struct TcpListenerConfig {
     /// `ignore_global_conn_limit`: its connections count toward the global connection limit
     /// but are never refused by it.
     pub ignore_global_conn_limit: bool,
-    /// `envoy.filters.listener.tls_inspector` (configured, or injected as Envoy injects it),
-    /// with the listener filters' deadline.
+    /// `envoy.filters.listener.tls_inspector`, with the listener filters' deadline.
     pub tls_inspector: Option<TlsInspectorConfig>,
 }
 

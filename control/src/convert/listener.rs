@@ -2,9 +2,11 @@
 //! `filter_chain`) or UDP (`udp`); for TCP, the chains' matches must differ (Envoy's
 //! duplicate rule), or with a `filter_chain_matcher` (`chain_matcher`) the chains are picked
 //! by their names, and the listener filters (`original_dst`, `original_src`,
-//! `tls_inspector` with the listener filters' deadline) are read. As Envoy does, a listener
-//! whose chains match on what only a TLS inspector can tell (a server name, the `tls`
-//! transport, application protocols) gets one even when its config names none.
+//! `tls_inspector` with the listener filters' deadline) are read. A listener whose chains
+//! match on what only a TLS inspector can tell (a server name, the `tls` transport,
+//! application protocols) without one is accepted with a warning, as Envoy 1.40 accepts it:
+//! its connections have no server name, `raw_buffer` and no protocols, so those chains never
+//! match (checked against Envoy 1.40, which injects no inspector).
 
 use super::access_log::access_log_config;
 use super::address::listener_address;
@@ -133,9 +135,8 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
 /// Envoy's default `listener_filters_timeout`.
 const DEFAULT_LISTENER_FILTERS_TIMEOUT_MS: u64 = 15_000;
 
-/// The listener's TLS inspector: the configured one, or (as Envoy injects one, with a
-/// warning) a default one when a chain's match reads what only it can tell; with the
-/// listener filters' deadline.
+/// The listener's TLS inspector, with the listener filters' deadline; without one, a
+/// warning when a chain's match reads what only an inspector can tell.
 fn tls_inspector(
     l: &Listener,
     configured: Option<InspectorFilter>,
@@ -150,17 +151,16 @@ fn tls_inspector(
             (!d.is_zero()).then(|| (d.as_millis() as u64).max(1))
         }
     };
-    let filter = match configured {
-        Some(f) => f,
-        None if chains.iter().any(|c| c.matcher.needs_tls_inspector()) => {
+    let Some(filter) = configured else {
+        if chains.iter().any(|c| c.matcher.needs_tls_inspector()) {
             tracing::warn!(
                 listener = %path,
-                "filter chain match rules require the TLS Inspector listener filter, but it \
-                 isn't configured: injecting it, as Envoy does"
+                "filter chain match rules read the server name, the tls transport or \
+                 application protocols, but the listener has no tls_inspector: those chains \
+                 never match (as in Envoy)"
             );
-            InspectorFilter::default()
         }
-        None => return Ok(None),
+        return Ok(None);
     };
     Ok(Some(TlsInspectorConfig {
         max_client_hello_bytes: filter.max_client_hello_bytes,
@@ -175,15 +175,6 @@ fn tls_inspector(
 struct InspectorFilter {
     max_client_hello_bytes: u32,
     close_on_parse_error: bool,
-}
-
-impl Default for InspectorFilter {
-    fn default() -> Self {
-        InspectorFilter {
-            max_client_hello_bytes: DEFAULT_MAX_CLIENT_HELLO_BYTES,
-            close_on_parse_error: false,
-        }
-    }
 }
 
 /// A `TlsInspector` at `path`: Envoy's ranges; the JA3/JA4 fingerprints are refused when

@@ -79,7 +79,8 @@ pub struct ChainMatch {
 }
 
 impl ChainMatch {
-    /// Whether it reads what only a TLS inspector can tell (Envoy injects one then).
+    /// Whether it reads what only a TLS inspector can tell (without one such a chain never
+    /// matches; the config warns).
     pub fn needs_tls_inspector(&self) -> bool {
         self.transport_protocol.as_deref() == Some(TRANSPORT_TLS)
             || (self.transport_protocol.is_none()
@@ -459,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn envoy_injects_an_inspector_for_these_matches() {
+    fn these_matches_need_an_inspector() {
         assert!(names(&["a"]).needs_tls_inspector());
         assert!(!ChainMatch::default().needs_tls_inspector());
         let raw_named = ChainMatch {

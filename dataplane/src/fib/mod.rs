@@ -148,8 +148,7 @@ pub struct Listener {
     pub ignore_global_conn_limit: bool,
     /// `listener.<ip>_<port>.ssl.*` when a chain terminates TLS, by address across FIBs.
     pub ssl_stats: Option<Arc<crate::stats::SslStats>>,
-    /// `envoy.filters.listener.tls_inspector` (configured, or injected as Envoy does for
-    /// chains that match on what only it can tell): the chain waits for the ClientHello.
+    /// `envoy.filters.listener.tls_inspector`: the chain waits for the ClientHello.
     pub tls_inspector: Option<TlsInspector>,
 }
 
