@@ -551,6 +551,31 @@ mod tests {
         assert!(kept.iter().zip(&names).all(|(k, n)| *k == n.as_bytes()));
     }
 
+    /// rustls' own ClientHello, as a client sends it.
+    fn rustls_hello(sni: &str, alpn: &[&str]) -> Vec<u8> {
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn reads_what_rustls_sends() {
+        let h = hello(&rustls_hello("api.example.com", &["h2", "http/1.1"]));
+        assert_eq!(h.server_name(), Some(&b"api.example.com"[..]));
+        let alpn: Vec<&[u8]> = h.alpn().collect();
+        assert_eq!(alpn, vec![&b"h2"[..], &b"http/1.1"[..]]);
+    }
+
     proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600), max in 0usize..20000) {

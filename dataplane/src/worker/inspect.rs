@@ -268,6 +268,15 @@ impl Worker {
         true
     }
 
+    /// The tick: an inspection whose receive found no buffer receives again.
+    pub(super) fn retry_starved_inspection(&mut self, slot: u32) {
+        let conn = &mut self.conns[slot as usize];
+        let waiting = conn.machine.stage() == conn::Stage::Inspecting && !conn.inspect.reading;
+        if std::mem::take(&mut conn.inspect.starved) && waiting {
+            self.inspect_recv(slot);
+        }
+    }
+
     /// What a closed connection's inspection still holds goes home.
     pub(super) fn release_inspection(&mut self, slot: u32) {
         if let Some((buf, _)) = self.take_inspected(slot) {

@@ -881,6 +881,9 @@ impl Worker {
             };
             let c = &self.conns[slot as usize];
             if c.machine.is_live() {
+                if c.inspect.starved {
+                    self.retry_starved_inspection(slot);
+                }
                 self.drive(slot, conn::Event::Tick);
             } else if c.shadow.drain_deadline_ms.is_some_and(|d| self.now_ms >= d) {
                 self.shadow_drain_expired(slot);

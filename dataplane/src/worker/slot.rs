@@ -83,6 +83,8 @@ pub(crate) struct Inspect {
     pub reading: bool,
     /// The machine gave the inspection up at its deadline.
     pub abandoned: bool,
+    /// The last receive found the buffer pool dry: the next tick receives again.
+    pub starved: bool,
 }
 
 /// Copy chunks a shadow may have queued at once.
