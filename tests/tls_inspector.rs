@@ -549,3 +549,50 @@ fn a_filter_chain_matcher_reads_server_name_and_transport_protocol() {
     );
     assert_eq!(reach_plain(port, b"plain\n").0, "plain");
 }
+
+/// A ClientHello longer than `max_client_hello_size` is `client_hello_too_large`, and the
+/// connection is closed, with `close_connection_on_client_hello_parsing_errors` or without
+/// (Envoy 1.40 closes it either way).
+#[test]
+fn a_client_hello_too_large_is_closed() {
+    let backends = Backends::start(&["tls_default", "plain"]);
+    let (admin, lenient, strict) = (free_port(), free_port(), free_port());
+    let chains = [
+        chain("transport_protocol: tls", "tls_default", ECDSA, ""),
+        chain("transport_protocol: raw_buffer", "plain", None, ""),
+    ];
+    let small = INSPECTOR.to_string() + "        max_client_hello_size: 256\n";
+    let closing = small.clone() + "        close_connection_on_client_hello_parsing_errors: true\n";
+    let yaml = bootstrap(
+        admin,
+        &(listener(lenient, &small, &chains) + &listener(strict, &closing, &chains)),
+        &backends.clusters(),
+    );
+    let Some(proxy) = start_selected(&yaml) else {
+        return;
+    };
+    proxy.wait_listening(local(lenient), Duration::from_secs(10));
+    proxy.wait_listening(local(strict), Duration::from_secs(10));
+    let long_name = format!("{}.example.com", "n".repeat(60));
+    let hello = || {
+        let (mut conn, _) = tls_client(Some(&long_name), &["h2", "http/1.1"]);
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        assert!(hello.len() > 256, "a ClientHello of {} bytes", hello.len());
+        hello
+    };
+    for port in [lenient, strict] {
+        let mut s = connect_retry(local(port), Duration::from_secs(5));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&hello()).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "closed");
+    }
+    let name = "tls_inspector.client_hello_too_large";
+    assert_eq!(proxy.wait_stat(name, 2, Duration::from_secs(5)), 2);
+    assert_eq!(
+        backends.0[0].1.accepted(),
+        0,
+        "no connection reached the TLS chain"
+    );
+}

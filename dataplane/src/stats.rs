@@ -683,8 +683,8 @@ stat_block!(
     DownstreamPreCxTimeout => ("downstream_pre_cx_timeout", Counter),
     /// Connections the client closed while listener filters read them.
     DownstreamListenerFilterRemoteClose => ("downstream_listener_filter_remote_close", Counter),
-    /// Connections closed by a listener filter's error (a read error, or a ClientHello the
-    /// inspector refuses under `close_connection_on_client_hello_parsing_errors`).
+    /// Connections closed by a listener filter's error (a receive that failed while the
+    /// inspector read).
     DownstreamListenerFilterError => ("downstream_listener_filter_error", Counter),
 });
 

@@ -157,8 +157,9 @@ pub struct Listener {
 pub struct TlsInspector {
     /// `max_client_hello_size`: a longer ClientHello is `client_hello_too_large`.
     pub max_client_hello_bytes: u32,
-    /// `close_connection_on_client_hello_parsing_errors`: a ClientHello too large closes
-    /// the connection instead of going on as plaintext.
+    /// `close_connection_on_client_hello_parsing_errors` (kept for the record: a ClientHello
+    /// too large closes the connection either way, as in Envoy 1.40, and a malformed one is
+    /// plaintext either way).
     pub close_on_parse_error: bool,
     /// `listener_filters_timeout` (Envoy's default 15 s; `None`: 0, no deadline).
     pub timeout_ms: Option<u64>,

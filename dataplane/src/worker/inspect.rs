@@ -35,7 +35,6 @@ const COPY_CHUNK_BYTES: usize = 512;
 #[derive(Debug, Clone, Copy)]
 struct Settings {
     max_bytes: u32,
-    close_on_parse_error: bool,
     continue_on_timeout: bool,
 }
 
@@ -68,7 +67,6 @@ impl Worker {
         let room = tls_room(self.ring.buffer_size(BufClass::Small));
         Some(Settings {
             max_bytes: inspector.max_client_hello_bytes.min(room),
-            close_on_parse_error: inspector.close_on_parse_error,
             continue_on_timeout: inspector.continue_on_timeout,
         })
     }
@@ -152,13 +150,11 @@ impl Worker {
                 self.count_inspector(slot, TlsInspectorStat::TlsNotFound);
                 self.finish_inspection(slot, &Detected::NOTHING);
             }
+            // Closed, with close_connection_on_client_hello_parsing_errors or without, as
+            // Envoy 1.40 closes it.
             Inspected::TooLarge => {
                 self.count_inspector(slot, TlsInspectorStat::ClientHelloTooLarge);
-                if settings.close_on_parse_error {
-                    self.fail_inspection(slot, Some(ListenerStat::DownstreamListenerFilterError));
-                } else {
-                    self.finish_inspection(slot, &Detected::NOTHING);
-                }
+                self.fail_inspection(slot, None);
             }
             Inspected::Hello(hello) => self.found_tls(slot, &hello),
         }
