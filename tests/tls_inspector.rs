@@ -6,7 +6,9 @@
 //!   `server.pem`, RSA `server-rsa.pem`) picked by SNI: an exact name, the longest `*.`
 //!   suffix, chains without names; by ALPN; and a `raw_buffer` chain on the same port that a
 //!   plaintext client (or garbage) reaches with its first bytes intact;
-//! * a ClientHello written one byte at a time, read whole;
+//! * a ClientHello written one byte at a time, read whole; one over `max_client_hello_size`
+//!   closed (`client_hello_too_large`), with or without
+//!   `close_connection_on_client_hello_parsing_errors`;
 //! * `tls_inspector.*` counted as Envoy counts them, `%REQUESTED_SERVER_NAME%` in the access
 //!   log;
 //! * a silent or stalled client closed at `listener_filters_timeout`

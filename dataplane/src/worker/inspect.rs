@@ -1,7 +1,8 @@
 //! Envoy's `envoy.filters.listener.tls_inspector` on the worker's ring: a connection of a
 //! listener with one is read before its chain is decided, until its first bytes are a whole
 //! ClientHello (its server name and protocols then pick the chain), plainly not TLS
-//! (`raw_buffer`), too long, or the listener filters' deadline passes.
+//! (`raw_buffer`), too long (closed, as Envoy 1.40 closes it), or the listener filters'
+//! deadline passes.
 //!
 //! Guarantees:
 //! - **The bytes stay.** Everything read is kept in one buffer of the worker's pool
