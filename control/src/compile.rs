@@ -41,7 +41,7 @@ use std::sync::Arc;
 use switchyard_dataplane::accesslog::AccessLogSink;
 use switchyard_dataplane::fib::{
     ChainTls, Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable,
-    Listener, Mirror, Route, TcpProxy, UdpListener, UdpProxy, WeightedClusters,
+    Listener, Mirror, Route, TcpProxy, TlsInspector, UdpListener, UdpProxy, WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::host::HostState;
@@ -438,6 +438,13 @@ fn build(
                     .chains()
                     .any(|c| c.tls.is_some())
                     .then(|| stats.listener_ssl(l.address)),
+                tls_inspector: t.tls_inspector.as_ref().map(|i| TlsInspector {
+                    max_client_hello_bytes: i.max_client_hello_bytes,
+                    close_on_parse_error: i.close_on_parse_error,
+                    timeout_ms: i.timeout_ms,
+                    continue_on_timeout: i.continue_on_timeout,
+                    stats: stats.tls_inspector(),
+                }),
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),

@@ -412,6 +412,21 @@ pub struct TcpListenerConfig {
     /// `ignore_global_conn_limit`: its connections count toward the global connection limit
     /// but are never refused by it.
     pub ignore_global_conn_limit: bool,
+    /// `envoy.filters.listener.tls_inspector`, with the listener filters' deadline.
+    pub tls_inspector: Option<TlsInspectorConfig>,
+}
+
+/// A listener's TLS inspector (`convert::listener`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInspectorConfig {
+    /// `max_client_hello_size` (256 to 16,384 bytes; Envoy's default 16 KiB).
+    pub max_client_hello_bytes: u32,
+    /// `close_connection_on_client_hello_parsing_errors`.
+    pub close_on_parse_error: bool,
+    /// The listener's `listener_filters_timeout` (default 15 s; `None`: 0, no deadline).
+    pub timeout_ms: Option<u64>,
+    /// The listener's `continue_on_listener_filters_timeout`.
+    pub continue_on_timeout: bool,
 }
 
 impl TcpListenerConfig {

@@ -14,7 +14,7 @@ use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
 use switchyard_dataplane::stats::{
     listener_stat_name, ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState,
     FaultStats, ListenerStats, ListenerUdpStats, MirrorStats, ServerStats, SslStats, TcpStats,
-    UdpStats,
+    TlsInspectorStats, UdpStats,
 };
 
 /// All stat blocks, by name.
@@ -51,6 +51,9 @@ pub struct Blocks {
     pub listener_ssl: BTreeMap<String, Arc<SslStats>>,
     /// `cluster.<name>.ssl.`, for clusters that originate TLS.
     pub cluster_ssl: BTreeMap<String, Arc<SslStats>>,
+    /// `tls_inspector.`, once a listener has a TLS inspector (one block for all, as Envoy's
+    /// inspector counts in the root scope).
+    pub tls_inspector: Option<Arc<TlsInspectorStats>>,
     /// Circuit-breaker resources in use, by cluster name.
     pub resources: BTreeMap<String, Arc<ClusterResources>>,
     /// `connection_limit.<stat_prefix>.`
@@ -112,6 +115,9 @@ impl StatsRegistry {
                 .values()
                 .chain(blocks.cluster_ssl.values());
             ssl.for_each(|b| b.reset_counters());
+            if let Some(b) = &blocks.tls_inspector {
+                b.reset_counters();
+            }
             blocks
                 .connection_limit
                 .values()
@@ -252,6 +258,15 @@ impl StatsRegistry {
             .listener
             .entry(name.clone())
             .or_insert_with(|| Arc::new(ListenerStats::new(name, w)))
+            .clone()
+    }
+
+    /// The `tls_inspector.` block, shared by every listener with a TLS inspector.
+    pub fn tls_inspector(&self) -> Arc<TlsInspectorStats> {
+        let w = self.workers;
+        self.blocks()
+            .tls_inspector
+            .get_or_insert_with(|| Arc::new(TlsInspectorStats::new("tls_inspector", w)))
             .clone()
     }
 

@@ -12,6 +12,8 @@ pub(crate) const ORIGINAL_DST_FILTER: &str =
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 pub(crate) const ORIGINAL_SRC_FILTER: &str =
     "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
+pub(crate) const TLS_INSPECTOR: &str =
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 pub(crate) const UDP_PROXY: &str = "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig";
 pub(crate) const UDP_ROUTE: &str = "envoy.extensions.filters.udp.udp_proxy.v3.Route";
 pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
@@ -57,7 +59,7 @@ pub(crate) const DIRECT_SOURCE_IP_INPUT: &str =
     "envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput";
 pub(crate) const SOURCE_TYPE_INPUT: &str =
     "envoy.extensions.matching.common_inputs.network.v3.SourceTypeInput";
-/// Inputs that need TLS inspection (refused until it comes, with their own message).
+/// Inputs that read what the TLS inspector detected.
 pub(crate) const SERVER_NAME_INPUT: &str =
     "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput";
 pub(crate) const TRANSPORT_PROTOCOL_INPUT: &str =

@@ -262,11 +262,13 @@ impl DataPlane {
         if self.relay_mode != crate::worker::RelayMode::Splice {
             return Ok(());
         }
+        // The TLS inspector too: the bytes it read go to the relay from a ring buffer.
         let listener = fib.listeners.iter().find(|l| {
-            l.filter_chains
-                .iter()
-                .chain(l.default_chain.as_ref())
-                .any(|c| c.tls.is_some())
+            l.tls_inspector.is_some()
+                || l.filter_chains
+                    .iter()
+                    .chain(l.default_chain.as_ref())
+                    .any(|c| c.tls.is_some())
         });
         let what = match listener {
             Some(l) => format!("listener '{}'", l.name),

@@ -649,8 +649,29 @@ impl SslStat {
 }
 
 stat_block!(
+    /// `tls_inspector.*`: Envoy's `envoy.filters.listener.tls_inspector` counts in the
+    /// server's root scope, one block for every listener that has one. (Envoy's
+    /// `bytes_processed` histogram is not kept: Switchyard has no histograms.)
+    TlsInspectorStats, TlsInspectorStat, 7, {
+    /// ClientHellos longer than `max_client_hello_size`.
+    ClientHelloTooLarge => ("client_hello_too_large", Counter),
+    /// Connections whose first bytes were a ClientHello.
+    TlsFound => ("tls_found", Counter),
+    /// Connections whose first bytes were not (plaintext).
+    TlsNotFound => ("tls_not_found", Counter),
+    /// ClientHellos offering application protocols (ALPN).
+    AlpnFound => ("alpn_found", Counter),
+    /// ClientHellos offering none.
+    AlpnNotFound => ("alpn_not_found", Counter),
+    /// ClientHellos naming a server (SNI).
+    SniFound => ("sni_found", Counter),
+    /// ClientHellos naming none.
+    SniNotFound => ("sni_not_found", Counter),
+});
+
+stat_block!(
     /// `listener.<ip>_<port>.*`: one per listener address.
-    ListenerStats, ListenerStat, 10, {
+    ListenerStats, ListenerStat, 14, {
     /// Connections accepted.
     DownstreamCxTotal => ("downstream_cx_total", Counter),
     /// Connections open now.
@@ -674,6 +695,16 @@ stat_block!(
     DownstreamCxShedFdLimit => ("downstream_cx_shed_fd_limit", Counter),
     /// TLS handshakes not done within the chain's `transport_socket_connect_timeout`.
     DownstreamCxTransportSocketConnectTimeout => ("downstream_cx_transport_socket_connect_timeout", Counter),
+    /// Connections in listener filters now (the TLS inspector reading a ClientHello).
+    DownstreamPreCxActive => ("downstream_pre_cx_active", Gauge),
+    /// Connections closed because their listener filters did not finish within
+    /// `listener_filters_timeout`.
+    DownstreamPreCxTimeout => ("downstream_pre_cx_timeout", Counter),
+    /// Connections the client closed while listener filters read them.
+    DownstreamListenerFilterRemoteClose => ("downstream_listener_filter_remote_close", Counter),
+    /// Connections closed by a listener filter's error (a receive that failed while the
+    /// inspector read).
+    DownstreamListenerFilterError => ("downstream_listener_filter_error", Counter),
 });
 
 stat_block!(

@@ -1,5 +1,6 @@
 //! TLS through the data plane alone, with real sockets: a hand-built FIB whose chain
-//! terminates TLS and whose cluster originates it, rustls peers on loopback, loaded.
+//! terminates TLS and whose cluster originates it, and a listener whose TLS inspector picks
+//! a TLS or a plaintext chain; rustls peers on loopback, loaded.
 
 use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
@@ -369,5 +370,86 @@ fn a_splicing_plane_refuses_tls() {
         err.to_string().contains("--relay-mode buffer-ring"),
         "{err}"
     );
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// A listener with a TLS inspector, a TLS chain picked by SNI and a plaintext chain beside
+/// it: eight TLS clients and eight plaintext ones at once, each moving 256 KiB both ways;
+/// every one reaches its chain with its first bytes intact, and the inspector counts them.
+#[test]
+fn an_inspected_listener_relays_eight_tls_and_eight_plaintext_connections() {
+    let pki = Pki::new();
+    let ctx = Arc::new(
+        ServerContext::new(&server_settings(pki.leaf(&["gateway.example.com"], &[]))).unwrap(),
+    );
+    let backend = support::fib::echo_backend();
+    let (plane, f, listen) = start(|l| {
+        let mut f = fib(
+            l,
+            backend,
+            Some(ChainTls {
+                context: Some(ctx),
+                handshake_timeout_ms: None,
+            }),
+            None,
+        );
+        let listener = &mut f.listeners[0];
+        listener.filter_chains[0].matcher = ChainMatch {
+            server_names: vec!["gateway.example.com".into()],
+            transport_protocol: Some(TRANSPORT_TLS.into()),
+            ..ChainMatch::default()
+        };
+        listener.filter_chains.push(FilterChain {
+            name: "plain".into(),
+            matcher: ChainMatch {
+                transport_protocol: Some(TRANSPORT_RAW_BUFFER.into()),
+                ..ChainMatch::default()
+            },
+            connection_limit: None,
+            fault: None,
+            mirror: None,
+            tcp_proxy: TcpProxy {
+                stats: Arc::new(TcpStats::new("plain", 1)),
+                route: Route::Cluster(ClusterId(0)),
+                idle_timeout_ms: None,
+                max_connect_attempts: 1,
+                access_logs: vec![],
+                hash_source_ip: false,
+            },
+            tls: None,
+        });
+        listener.tls_inspector = Some(TlsInspector {
+            max_client_hello_bytes: 16 * 1024,
+            close_on_parse_error: false,
+            timeout_ms: Some(5_000),
+            continue_on_timeout: false,
+            stats: Arc::new(TlsInspectorStats::new("tls_inspector", 1)),
+        });
+        f
+    });
+    let config = client_config(&pki, None);
+    in_parallel(16, move |id| {
+        let msg = pattern(256 * 1024, id);
+        if id % 2 == 0 {
+            let mut tls = tls_client(listen, config.clone());
+            let got = exchange(&mut tls, &msg);
+            assert!(got == msg, "TLS connection {id}: the echo differs");
+            tls.conn.send_close_notify();
+            tls.flush().unwrap();
+        } else {
+            let s = TcpStream::connect(listen).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let got = exchange(&s, &msg);
+            assert!(got == msg, "plaintext connection {id}: the echo differs");
+            s.shutdown(Shutdown::Write).unwrap();
+        }
+    });
+    let inspector = &f.listeners[0].tls_inspector.as_ref().unwrap().stats;
+    assert_eq!(inspector.get(TlsInspectorStat::TlsFound), 8);
+    assert_eq!(inspector.get(TlsInspectorStat::SniFound), 8);
+    assert_eq!(inspector.get(TlsInspectorStat::TlsNotFound), 8);
+    assert_eq!(listener_ssl(&f).get(SslStat::Handshake), 8);
+    let plain = &f.listeners[0].filter_chains[1].tcp_proxy.stats;
+    eventually(|| plain.get(TcpStat::DownstreamCxTotal) == 8);
     plane.shutdown(Duration::from_millis(100));
 }

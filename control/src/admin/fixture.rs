@@ -88,6 +88,7 @@ pub(crate) fn fixture() -> Fixture {
             access_logs: Vec::new(),
             ignore_global_conn_limit: false,
             ssl_stats: None,
+            tls_inspector: None,
         }],
         clusters: vec![
             Arc::new(Cluster {

@@ -27,7 +27,7 @@ use switchyard_dataplane::fib::{Cluster, Fib, HashLookup, Route};
 use switchyard_dataplane::health::FAILED_ACTIVE_HC;
 use switchyard_dataplane::stats::{
     ClusterStat, ClusterUdpStat, FaultStat, HealthStat, ListenerStat, ListenerUdpStat, MirrorStat,
-    Resource, ServerStat, SslStat, StatKind, TcpStat, UdpStat,
+    Resource, ServerStat, SslStat, StatKind, TcpStat, TlsInspectorStat, UdpStat,
 };
 
 /// A stat's value: counters are unsigned, gauges signed.
@@ -341,6 +341,16 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                     b.get(s)
                 });
             }
+        }
+        if let Some(b) = &blocks.tls_inspector {
+            push_block(
+                &mut out,
+                "tls_inspector",
+                &TlsInspectorStat::ALL,
+                TlsInspectorStat::name,
+                TlsInspectorStat::kind,
+                |s| b.get(s),
+            );
         }
         for (name, b) in &blocks.listener_udp {
             let p = format!("listener.{}.udp", sanitize_element(name));

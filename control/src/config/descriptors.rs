@@ -30,6 +30,7 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
     "envoy/extensions/filters/listener/original_src/v3/original_src.proto",
+    "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     "envoy/extensions/filters/network/connection_limit/v3/connection_limit.proto",
     "envoy/extensions/filters/udp/udp_proxy/v3/udp_proxy.proto",
     "envoy/extensions/filters/udp/udp_proxy/v3/route.proto",

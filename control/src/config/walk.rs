@@ -23,8 +23,8 @@ use crate::type_names::{
     FILE_LOG, GETADDRINFO_RESOLVER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER, LEAST_REQUEST_POLICY,
     MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, RANDOM_POLICY,
     RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_PORT_INPUT,
-    SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY, TRANSPORT_PROTOCOL_INPUT,
-    UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
+    SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY, TLS_INSPECTOR,
+    TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
 };
 use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_TLS};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
@@ -210,6 +210,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             // Counted toward the global connection limit, never refused by it; no effect on a
             // UDP listener, whose sessions are not counted (as in Envoy).
             "ignore_global_conn_limit",
+            // The TLS inspector's deadline, and what happens past it (no effect on a listener
+            // without one: no other listener filter waits for bytes).
+            "listener_filters_timeout",
+            "continue_on_listener_filters_timeout",
         ],
     ),
     (
@@ -302,7 +306,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (SOURCE_PORT_INPUT, &[]),
     (DIRECT_SOURCE_IP_INPUT, &[]),
     (SOURCE_TYPE_INPUT, &[]),
-    // Refused by `convert` with their own message: they need TLS inspection.
+    // What the TLS inspector read (none, raw_buffer and none without one).
     (SERVER_NAME_INPUT, &[]),
     (TRANSPORT_PROTOCOL_INPUT, &[]),
     (APPLICATION_PROTOCOL_INPUT, &[]),
@@ -321,6 +325,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["stat_prefix", "max_connections", "delay"],
     ),
     (ORIGINAL_SRC_FILTER, &["mark"]),
+    // `convert::listener` refuses the fingerprints when enabled (Switchyard computes none).
+    (
+        TLS_INSPECTOR,
+        &[
+            "enable_ja3_fingerprinting",
+            "enable_ja4_fingerprinting",
+            "initial_read_buffer_size",
+            "close_connection_on_client_hello_parsing_errors",
+            "max_client_hello_size",
+        ],
+    ),
     (
         "envoy.config.listener.v3.FilterChain",
         &[
@@ -338,6 +353,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &[
             "destination_port",
             "prefix_ranges",
+            "server_names",
+            "transport_protocol",
+            "application_protocols",
             "source_prefix_ranges",
             "source_ports",
         ],
@@ -761,7 +779,12 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.listener.v3.ListenerFilter.typed_config",
-        &[ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY],
+        &[
+            ORIGINAL_DST_FILTER,
+            ORIGINAL_SRC_FILTER,
+            TLS_INSPECTOR,
+            UDP_PROXY,
+        ],
     ),
     // The matching API (a `TypedExtensionConfig` takes what the field holding it takes):
     // the actions of the UDP proxy's routes and of a filter chain matcher's chain names

@@ -8,10 +8,11 @@
 //! matcher (`xds.type.matcher.v3.IPMatcher`, Envoy's
 //! `envoy.matching.custom_matchers.trie_matcher`), `on_no_match` and nested matchers; the
 //! inputs `destination_ip`, `destination_port`, `source_ip`,
-//! `source_port`, `direct_source_ip` and `source_type`. The server name, transport protocol
-//! and application protocol inputs need TLS inspection and are refused by path; so are
-//! `safe_regex` and custom string matchers, and `keep_matching` (which crashes Envoy 1.40
-//! here). Envoy's own constraints on the
+//! `source_port`, `direct_source_ip`, `source_type`, `server_name`, `transport_protocol` and
+//! `application_protocol` (the last three read what the listener's TLS inspector detected:
+//! without one, no server name, `raw_buffer` and no protocols, as in Envoy, which injects no
+//! inspector for a matcher). `safe_regex` and custom string matchers are refused by path,
+//! and so is `keep_matching` (which crashes Envoy 1.40 here). Envoy's own constraints on the
 //! messages (a list of at least one matcher, a map of at least one entry, two predicates in
 //! an `and`/`or`, required fields) are checked here, by path.
 
@@ -265,18 +266,9 @@ fn input(c: Option<&TypedExtensionConfig>, path: &str) -> Result<fib::Input> {
         SOURCE_PORT_INPUT => fib::Input::SourcePort,
         DIRECT_SOURCE_IP_INPUT => fib::Input::DirectSourceIp,
         SOURCE_TYPE_INPUT => fib::Input::SourceType,
-        SERVER_NAME_INPUT | TRANSPORT_PROTOCOL_INPUT | APPLICATION_PROTOCOL_INPUT => {
-            return Err(ConfigError::unsupported(
-                tpath,
-                format!(
-                    "@type '{}' is not supported by Switchyard yet: the server name, transport \
-                     protocol and application protocol inputs come with TLS inspection \
-                     (destination_ip, destination_port, source_ip, source_port, \
-                     direct_source_ip and source_type are supported)",
-                    any.type_url
-                ),
-            ))
-        }
+        SERVER_NAME_INPUT => fib::Input::ServerName,
+        TRANSPORT_PROTOCOL_INPUT => fib::Input::TransportProtocol,
+        APPLICATION_PROTOCOL_INPUT => fib::Input::ApplicationProtocol,
         _ => {
             return Err(ConfigError::unsupported(
                 tpath,
@@ -291,6 +283,9 @@ fn input(c: Option<&TypedExtensionConfig>, path: &str) -> Result<fib::Input> {
                         "SourcePortInput",
                         "DirectSourceIPInput",
                         "SourceTypeInput",
+                        "ServerNameInput",
+                        "TransportProtocolInput",
+                        "ApplicationProtocolInput",
                     ]
                     .join(", ")
                 ),

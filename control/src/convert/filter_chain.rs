@@ -1,4 +1,5 @@
-//! A TCP listener's filter chain: its `filter_chain_match` (ports, CIDRs) and its network
+//! A TCP listener's filter chain: its `filter_chain_match` (ports, CIDRs, server names,
+//! transport and application protocols) and its network
 //! filters, which must end with exactly one `tcp_proxy` (converted in `tcp_proxy`), each
 //! other kind (`connection_limit`, fault, mirror) at most once before it; and its
 //! `transport_socket` (TLS termination, in `tls`).
@@ -40,7 +41,8 @@ pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainCo
     })
 }
 
-/// `filter_chain_match`: destination port, destination and source CIDRs, source ports.
+/// `filter_chain_match`: destination port, destination and source CIDRs, server names,
+/// transport and application protocols, source ports.
 fn chain_match(m: &FilterChainMatch, mpath: &str) -> Result<ChainMatch> {
     let cidrs = |ranges: &[PbCidr], name: &str| -> Result<Vec<CidrRange>> {
         let p = field(mpath, name);
@@ -64,9 +66,39 @@ fn chain_match(m: &FilterChainMatch, mpath: &str) -> Result<ChainMatch> {
     Ok(ChainMatch {
         destination_port,
         prefix_ranges: cidrs(&m.prefix_ranges, "prefix_ranges")?,
+        server_names: server_names(&m.server_names, &field(mpath, "server_names"))?,
+        transport_protocol: (!m.transport_protocol.is_empty())
+            .then(|| m.transport_protocol.as_str().into()),
+        application_protocols: m
+            .application_protocols
+            .iter()
+            .map(|p| p.as_str().into())
+            .collect(),
         source_prefix_ranges: cidrs(&m.source_prefix_ranges, "source_prefix_ranges")?,
         source_ports,
     })
+}
+
+/// `server_names`: exact names, or `*.` wildcards; a `*` anywhere else is refused, as
+/// Envoy refuses partial wildcards.
+fn server_names(names: &[String], path: &str) -> Result<Vec<Box<str>>> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let wildcard = name.starts_with("*.");
+            if name.contains('*') && (!wildcard || name[1..].contains('*')) {
+                return Err(ConfigError::invalid(
+                    index(path, i),
+                    format!(
+                        "'{name}': partial wildcards are not supported in server_names (only a \
+                         leading '*.', as in Envoy)"
+                    ),
+                ));
+            }
+            Ok(name.as_str().into())
+        })
+        .collect()
 }
 
 /// The network filters before a chain's `tcp_proxy`: at most one of each kind.

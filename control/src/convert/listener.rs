@@ -1,28 +1,35 @@
 //! A listener: its address's protocol picks TCP (filter chains, converted in
 //! `filter_chain`) or UDP (`udp`); for TCP, the chains' matches must differ (Envoy's
 //! duplicate rule), or with a `filter_chain_matcher` (`chain_matcher`) the chains are picked
-//! by their names, and the listener filters (`original_dst`, `original_src`) are read.
+//! by their names, and the listener filters (`original_dst`, `original_src`,
+//! `tls_inspector` with the listener filters' deadline) are read. A listener whose chains
+//! match on what only a TLS inspector can tell (a server name, the `tls` transport,
+//! application protocols) without one is accepted with a warning, as Envoy 1.40 accepts it:
+//! its connections have no server name, `raw_buffer` and no protocols, so those chains never
+//! match (checked against Envoy 1.40, which injects no inspector).
 
 use super::access_log::access_log_config;
 use super::address::listener_address;
 use super::chain_matcher::{chain_matcher, ChainNames};
 use super::filter_chain::filter_chain;
-use super::{decode_any, type_name, udp, Result};
+use super::{decode_any, duration, type_name, udp, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
 use crate::rib::{
     AccessLogConfig, Bind, FilterChainConfig, ListenerConfig, ListenerKind, Protocol,
-    TcpListenerConfig,
+    TcpListenerConfig, TlsInspectorConfig,
 };
-use crate::type_names::{ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, UDP_PROXY};
+use crate::type_names::{ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, TLS_INSPECTOR, UDP_PROXY};
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     listener_filter, FilterChain, Listener, ListenerFilter,
 };
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc as PbOriginalSrc;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector as PbTlsInspector;
 use std::net::SocketAddr;
 use switchyard_dataplane::fib::{ChainMatch, OriginalSrc, MAX_FILTER_CHAINS};
+use switchyard_dataplane::tls::client_hello::DEFAULT_MAX_CLIENT_HELLO_BYTES;
 
 /// A listener: its address's protocol decides whether it is a TCP listener (filter chains)
 /// or a UDP one (the udp_proxy listener filter).
@@ -106,6 +113,7 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
         None => None,
     };
     let filters = listener_filters(&l.listener_filters, &field(path, "listener_filters"))?;
+    let tls_inspector = tls_inspector(l, filters.tls_inspector, &filter_chains, path)?;
     Ok(TcpListenerConfig {
         filter_chains,
         default_filter_chain,
@@ -120,6 +128,91 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
         max_accepts_per_event: max_accepts_per_event(l, path)?,
         access_logs: listener_access_logs(l, path)?,
         ignore_global_conn_limit: l.ignore_global_conn_limit,
+        tls_inspector,
+    })
+}
+
+/// Envoy's default `listener_filters_timeout`.
+const DEFAULT_LISTENER_FILTERS_TIMEOUT_MS: u64 = 15_000;
+
+/// The listener's TLS inspector, with the listener filters' deadline; without one, a
+/// warning when a chain's match reads what only an inspector can tell.
+fn tls_inspector(
+    l: &Listener,
+    configured: Option<InspectorFilter>,
+    chains: &[FilterChainConfig],
+    path: &str,
+) -> Result<Option<TlsInspectorConfig>> {
+    let timeout_ms = match &l.listener_filters_timeout {
+        None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT_MS),
+        Some(d) => {
+            let d = duration(d, &field(path, "listener_filters_timeout"))?;
+            // 0 is no deadline; below a millisecond is one millisecond.
+            (!d.is_zero()).then(|| (d.as_millis() as u64).max(1))
+        }
+    };
+    let Some(filter) = configured else {
+        if chains.iter().any(|c| c.matcher.needs_tls_inspector()) {
+            tracing::warn!(
+                listener = %path,
+                "filter chain match rules read the server name, the tls transport or \
+                 application protocols, but the listener has no tls_inspector: those chains \
+                 never match (as in Envoy)"
+            );
+        }
+        return Ok(None);
+    };
+    Ok(Some(TlsInspectorConfig {
+        max_client_hello_bytes: filter.max_client_hello_bytes,
+        close_on_parse_error: filter.close_on_parse_error,
+        timeout_ms,
+        continue_on_timeout: l.continue_on_listener_filters_timeout,
+    }))
+}
+
+/// What an `envoy.filters.listener.tls_inspector` says.
+#[derive(Debug, Clone, Copy)]
+struct InspectorFilter {
+    max_client_hello_bytes: u32,
+    close_on_parse_error: bool,
+}
+
+/// A `TlsInspector` at `path`: Envoy's ranges; the JA3/JA4 fingerprints are refused when
+/// enabled (Switchyard computes none); `initial_read_buffer_size` has no effect (the
+/// inspector reads what arrives into one of the worker's buffers).
+fn inspector_filter(t: &PbTlsInspector, path: &str) -> Result<InspectorFilter> {
+    for (name, on) in [
+        ("enable_ja3_fingerprinting", t.enable_ja3_fingerprinting),
+        ("enable_ja4_fingerprinting", t.enable_ja4_fingerprinting),
+    ] {
+        if on.is_some_and(|b| b.value) {
+            return Err(ConfigError::unsupported(
+                field(path, name),
+                "TLS fingerprints are not supported by Switchyard (false or unset only)",
+            ));
+        }
+    }
+    if let Some(size) = t.initial_read_buffer_size {
+        if !(256..65537).contains(&size.value) {
+            return Err(ConfigError::invalid(
+                field(path, "initial_read_buffer_size"),
+                "value must be greater than 255 and less than 65537, as in Envoy",
+            ));
+        }
+    }
+    let max = match t.max_client_hello_size {
+        None => DEFAULT_MAX_CLIENT_HELLO_BYTES,
+        Some(v) if (256..=DEFAULT_MAX_CLIENT_HELLO_BYTES).contains(&v.value) => v.value,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                field(path, "max_client_hello_size"),
+                "value must be greater than 255 and at most 16384, as in Envoy",
+            ))
+        }
+    };
+    Ok(InspectorFilter {
+        max_client_hello_bytes: max,
+        close_on_parse_error: t.close_connection_on_client_hello_parsing_errors,
     })
 }
 
@@ -215,6 +308,8 @@ struct ListenerFilters {
     original_dst: bool,
     /// `envoy.filters.listener.original_src`.
     original_src: Option<OriginalSrc>,
+    /// `envoy.filters.listener.tls_inspector`.
+    tls_inspector: Option<InspectorFilter>,
 }
 
 fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFilters> {
@@ -226,13 +321,17 @@ fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFi
             return Err(ConfigError::invalid(
                 tpath,
                 format!(
-                    "required (type.googleapis.com/{ORIGINAL_DST_FILTER} or {ORIGINAL_SRC_FILTER})"
+                    "required (type.googleapis.com/{ORIGINAL_DST_FILTER}, {ORIGINAL_SRC_FILTER} \
+                     or {TLS_INSPECTOR})"
                 ),
             ));
         };
         if type_name(any) == ORIGINAL_DST_FILTER {
             let _: OriginalDst = decode_any(any, ORIGINAL_DST_FILTER, &tpath)?;
             out.original_dst = true;
+        } else if type_name(any) == TLS_INSPECTOR {
+            let t: PbTlsInspector = decode_any(any, TLS_INSPECTOR, &tpath)?;
+            out.tls_inspector = Some(inspector_filter(&t, &tpath)?);
         } else if type_name(any) == UDP_PROXY {
             return Err(ConfigError::invalid(
                 tpath,
@@ -255,6 +354,9 @@ fn same_rules(a: &ChainMatch, b: &ChainMatch) -> bool {
     }
     a.destination_port == b.destination_port
         && overlap(&a.prefix_ranges, &b.prefix_ranges)
+        && overlap(&a.server_names, &b.server_names)
+        && a.transport_protocol == b.transport_protocol
+        && overlap(&a.application_protocols, &b.application_protocols)
         && overlap(&a.source_prefix_ranges, &b.source_prefix_ranges)
         && overlap(&a.source_ports, &b.source_ports)
 }

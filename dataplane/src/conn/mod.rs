@@ -12,13 +12,26 @@
 //!
 //! # States
 //!
-//! A connection's [`Stage`] is one of: refused by its chain's connection limit and waiting
+//! A connection's [`Stage`] is one of: waiting for its listener's TLS inspector to read the
+//! ClientHello before any chain is decided ([`Stage::Inspecting`]), refused by its chain's
+//! connection limit and waiting
 //! for the filter's delay ([`Stage::Limited`]), held back by an injected delay
 //! ([`Stage::Delayed`]), creating its upstream socket ([`Stage::Opening`]), connecting it
 //! ([`Stage::Connecting`]), in a TLS handshake with the client (after accept, before any
 //! upstream is picked) or with the backend (after its TCP connect: still part of the
 //! connect, as in Envoy) ([`Stage::Handshaking`]), relaying ([`Stage::Relaying`]) or
 //! closing ([`Stage::Closing`]).
+//!
+//! # TLS inspection
+//!
+//! On a listener with a TLS inspector the verdict waits: [`Event::Inspect`] moves an
+//! accepted connection to [`Stage::Inspecting`] and asks the driver to read the client's
+//! first bytes ([`Action::StartInspection`]). The driver reads and parses them itself and
+//! feeds the verdict ([`Event::Accepted`]) once it has a chain, or
+//! [`Event::InspectionFailed`] (the client left, a read failed, a refused ClientHello, the
+//! deadline without `continue_on_listener_filters_timeout`), which closes the client. The
+//! machine keeps the deadline (`listener_filters_timeout`): past it, it asks the driver to
+//! stop reading ([`Action::AbandonInspection`]); the driver answers once its read is back.
 //!
 //! # TLS handshakes
 //!
@@ -78,6 +91,9 @@ pub enum Stage {
     Free,
     /// Accepted; its verdict ([`Event::Accepted`]) comes next.
     Accepted,
+    /// The listener's TLS inspector reads the client's first bytes; the verdict comes when
+    /// it is done.
+    Inspecting,
     /// Refused by its filter chain's connection limit: the client is closed at
     /// `close_at_ms` (the filter's `delay`).
     Limited {
@@ -283,8 +299,15 @@ pub enum Transport {
 /// A completion or a decision, as the machine sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// The connection was accepted with this verdict.
+    /// The connection was accepted with this verdict (after its inspection, if any).
     Accepted(Verdict),
+    /// The listener's TLS inspector must read the client first, within `timeout_ms`.
+    Inspect {
+        /// `listener_filters_timeout`; `None`: no deadline.
+        timeout_ms: Option<u64>,
+    },
+    /// The inspection ended without a chain: the client is closed.
+    InspectionFailed,
     /// The fault delay is over: connect now.
     DelayOver,
     /// The upstream socket was created (and set up), or failed with errno.
@@ -348,6 +371,11 @@ pub enum Action {
     CloseMirror,
     /// Give a shared budget back.
     Release(Seat),
+    /// Read the client's first bytes for the TLS inspector (answered by
+    /// [`Event::Accepted`] or [`Event::InspectionFailed`]).
+    StartInspection,
+    /// The inspection is past its deadline: stop reading.
+    AbandonInspection,
     /// Start a TLS handshake with `side` (answered by [`Event::Handshaken`]).
     StartHandshake(Side),
     /// The handshake with `side` is past its deadline: stop its I/O and report it
@@ -469,9 +497,9 @@ struct Clock {
     last_activity_ms: u64,
     /// When the current connect attempt began (its socket was asked for).
     attempt_started_ms: u64,
-    /// The handshake under way must be done by then.
+    /// The handshake or inspection under way must be done by then.
     handshake_deadline_ms: Option<u64>,
-    /// The driver was asked to give the handshake up.
+    /// The driver was asked to give the handshake (or inspection) up.
     handshake_abandoned: bool,
 }
 
@@ -607,10 +635,25 @@ impl Machine {
             return Err(Violation::FreeSlot);
         }
         match event {
-            Event::Accepted(verdict) if self.stage == Stage::Accepted => {
+            Event::Accepted(verdict)
+                if matches!(self.stage, Stage::Accepted | Stage::Inspecting) =>
+            {
+                self.clock.handshake_deadline_ms = None;
                 self.on_accepted(now_ms, verdict, upstreams, out)
             }
             Event::Accepted(_) => return Err(Violation::Decided),
+            Event::Inspect { timeout_ms } if self.stage == Stage::Accepted => {
+                self.stage = Stage::Inspecting;
+                self.clock.handshake_deadline_ms = timeout_ms.map(|t| now_ms + t);
+                self.clock.handshake_abandoned = false;
+                out.push(Action::StartInspection);
+            }
+            Event::Inspect { .. } => return Err(Violation::Decided),
+            Event::InspectionFailed => {
+                if self.stage == Stage::Inspecting {
+                    self.close_client(false, out);
+                }
+            }
             Event::DelayOver => self.on_delay_over(now_ms, upstreams, out),
             Event::SocketCreated(result) => self.on_socket(now_ms, result, upstreams, out),
             Event::ConnectDone(result) => self.on_connect(now_ms, result, upstreams, out),
@@ -991,14 +1034,21 @@ impl Machine {
             self.abort(Abort::Drain, out);
             return;
         }
-        if let Stage::Handshaking { side } = self.stage {
-            let late = self
-                .clock
-                .handshake_deadline_ms
-                .is_some_and(|d| now_ms >= d);
-            if late && !self.clock.handshake_abandoned {
-                self.clock.handshake_abandoned = true;
-                out.push(Action::AbandonHandshake(side));
+        let late = self
+            .clock
+            .handshake_deadline_ms
+            .is_some_and(|d| now_ms >= d);
+        if late && !self.clock.handshake_abandoned {
+            match self.stage {
+                Stage::Handshaking { side } => {
+                    self.clock.handshake_abandoned = true;
+                    out.push(Action::AbandonHandshake(side));
+                }
+                Stage::Inspecting => {
+                    self.clock.handshake_abandoned = true;
+                    out.push(Action::AbandonInspection);
+                }
+                _ => {}
             }
         }
         let idle = !self.is_delayed()

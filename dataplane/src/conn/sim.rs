@@ -46,6 +46,11 @@ pub(super) struct World {
     pub tls_backend: u64,
     /// Handshakes that fail.
     pub handshake_fail: u64,
+    /// Connections whose listener has a TLS inspector, inspections that fail (the client
+    /// leaves, a refused ClientHello), and timed-out ones that go on as plaintext.
+    pub inspect: u64,
+    pub inspect_fail: u64,
+    pub continue_on_timeout: u64,
 }
 
 /// An operation in flight, as the worker's `user_data` names it.
@@ -63,6 +68,8 @@ enum Op {
     MirrorClose,
     /// A whole TLS handshake's I/O with a side (the worker's reads and writes, as one).
     Handshake(Side),
+    /// The TLS inspector's reads of the client's first bytes, as one.
+    Inspect,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -244,6 +251,17 @@ impl Sim {
             s.remaining[dir as usize] = s.totals[dir as usize];
             s.source_resets[dir as usize] = self.rng.chance(self.world.recv_error);
         }
+        if self.rng.chance(self.world.inspect) {
+            let timeout_ms = self.rng.chance(700).then(|| self.rng.below(80));
+            self.feed(slot, Event::Inspect { timeout_ms });
+            return;
+        }
+        let accepted = self.decided(slot);
+        self.feed(slot, accepted);
+    }
+
+    /// The verdict for `slot`, with what the driver takes for it (fault seats, a mirror).
+    fn decided(&mut self, slot: usize) -> Event {
         let verdict = self.verdict();
         if let Verdict::Proxy(p) = verdict {
             self.fault_seats += u32::from(p.faults.active);
@@ -252,7 +270,7 @@ impl Sim {
                 self.slots[slot].machine.mirror_started();
             }
         }
-        self.feed(slot, Event::Accepted(verdict));
+        Event::Accepted(verdict)
     }
 
     /// Half the connections pass a connection limit (and hold its seat).
@@ -410,6 +428,19 @@ impl Sim {
                     None => self
                         .violations
                         .push(format!("slot {slot}: abandoned a handshake not in flight")),
+                }
+            }
+            Action::StartInspection => self.start(slot, Op::Inspect),
+            Action::AbandonInspection => {
+                let reading = self
+                    .inflight
+                    .iter_mut()
+                    .find(|f| f.slot == slot && f.op == Op::Inspect);
+                match reading {
+                    Some(f) => f.cancelled = true,
+                    None => self.violations.push(format!(
+                        "slot {slot}: abandoned an inspection not in flight"
+                    )),
                 }
             }
             Action::ScheduleDelay { at_ms } => self.slots[slot].delay_at_ms = Some(at_ms),
@@ -582,6 +613,22 @@ impl Sim {
                 };
                 Event::Handshaken { side, end }
             }
+            Op::Inspect => {
+                // The worker decides only while the connection waits for it.
+                if self.slots[slot].machine.stage() != Stage::Inspecting {
+                    return None;
+                }
+                let go_on = if f.cancelled {
+                    self.rng.chance(w.continue_on_timeout)
+                } else {
+                    !self.rng.chance(w.inspect_fail)
+                };
+                if go_on {
+                    self.decided(slot)
+                } else {
+                    Event::InspectionFailed
+                }
+            }
         })
     }
 
@@ -690,7 +737,12 @@ impl Op {
     fn on_sockets(self) -> bool {
         matches!(
             self,
-            Op::Connect | Op::Recv(_) | Op::Send { .. } | Op::Shutdown(_) | Op::Handshake(_)
+            Op::Connect
+                | Op::Recv(_)
+                | Op::Send { .. }
+                | Op::Shutdown(_)
+                | Op::Handshake(_)
+                | Op::Inspect
         )
     }
 }

@@ -355,6 +355,9 @@ fn hostile(slots: usize, buffers: u16, rates: [u64; 6]) -> World {
         tls_client: fault,
         tls_backend: error,
         handshake_fail: fail,
+        inspect: shed + fault,
+        inspect_fail: fail,
+        continue_on_timeout: 500,
     }
 }
 
@@ -556,4 +559,52 @@ fn a_backend_handshake_is_part_of_the_connect_and_its_failure_retries() {
         feed(&mut m2, 1_000, Event::Tick, &mut up),
         [Action::AbandonHandshake(Side::Backend)]
     );
+}
+
+#[test]
+fn an_inspected_connection_waits_for_its_verdict() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    let start = feed(
+        &mut m,
+        0,
+        Event::Inspect {
+            timeout_ms: Some(100),
+        },
+        &mut up,
+    );
+    assert_eq!(start, [Action::StartInspection]);
+    assert_eq!(m.stage(), Stage::Inspecting);
+    m.started(1); // the inspection's read
+    assert!(feed(&mut m, 50, Event::Tick, &mut up).is_empty());
+    m.completed().unwrap();
+    let decided = feed(&mut m, 60, Event::Accepted(proxy(1)), &mut up);
+    assert_eq!(decided, [Action::OpenSocket]);
+    // The deadline is the inspection's only: past it, nothing is abandoned.
+    assert!(feed(&mut m, 500, Event::Tick, &mut up).is_empty());
+}
+
+#[test]
+fn an_inspection_past_its_deadline_is_abandoned_once_then_fails() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    feed(
+        &mut m,
+        0,
+        Event::Inspect {
+            timeout_ms: Some(100),
+        },
+        &mut up,
+    );
+    m.started(1);
+    assert_eq!(
+        feed(&mut m, 100, Event::Tick, &mut up),
+        [Action::AbandonInspection]
+    );
+    assert!(feed(&mut m, 200, Event::Tick, &mut up).is_empty());
+    m.completed().unwrap();
+    let failed = feed(&mut m, 201, Event::InspectionFailed, &mut up);
+    assert_eq!(&failed[..1], [Action::CloseClient { reset: false }]);
+    // Nothing else in flight: the slot finishes at once.
+    assert_eq!(failed.last(), Some(&Action::Finish));
 }

@@ -1,12 +1,16 @@
 //! Envoy's filter-chain match, allocation-free.
 //!
 //! Envoy narrows the candidate chains criterion by criterion, in a fixed order: destination
-//! port, destination IP, (server name, transport and application protocols: not supported
-//! here, rejected by config), source IP, source port. At each step the most specific
-//! candidates that match win (an exact port over "any port", the longest matching prefix over
-//! shorter ones); chains that leave the criterion empty are the fallback; when neither exists
-//! the connection matches no chain. Candidates are a fixed-size bitset, so a listener holds
-//! at most [`MAX_FILTER_CHAINS`] chains (the config layer rejects more).
+//! port, destination IP, server name, transport protocol, application protocols, source IP,
+//! source port. At each step the most specific candidates that match win (an exact port over
+//! "any port", the longest matching prefix over shorter ones, an exact server name over the
+//! longest matching `*.` suffix, the client's first offered protocol that a chain lists);
+//! chains that leave the criterion empty are the fallback; when neither exists the
+//! connection matches no chain (Envoy commits at each step: a later criterion that fails
+//! does not send it back to a less specific candidate). The server name, transport protocol
+//! and protocols are what the TLS inspector read ([`Detected`]): none, `raw_buffer` and none
+//! without it. Candidates are a fixed-size bitset, so a listener holds at most
+//! [`MAX_FILTER_CHAINS`] chains (the config layer rejects more).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -62,10 +66,88 @@ pub struct ChainMatch {
     pub destination_port: Option<u16>,
     /// `prefix_ranges` (destination IP).
     pub prefix_ranges: Vec<CidrRange>,
+    /// `server_names`: exact names, or `*.suffix` wildcards.
+    pub server_names: Vec<Box<str>>,
+    /// `transport_protocol` (`raw_buffer`, `tls`, ...), if set.
+    pub transport_protocol: Option<Box<str>>,
+    /// `application_protocols`.
+    pub application_protocols: Vec<Box<str>>,
     /// `source_prefix_ranges`.
     pub source_prefix_ranges: Vec<CidrRange>,
     /// `source_ports`.
     pub source_ports: Vec<u16>,
+}
+
+impl ChainMatch {
+    /// Whether it reads what only a TLS inspector can tell (without one such a chain never
+    /// matches; the config warns).
+    pub fn needs_tls_inspector(&self) -> bool {
+        self.transport_protocol.as_deref() == Some(TRANSPORT_TLS)
+            || (self.transport_protocol.is_none()
+                && (!self.server_names.is_empty() || !self.application_protocols.is_empty()))
+    }
+}
+
+/// The transport protocol a connection has when no listener filter detected one.
+pub const TRANSPORT_RAW_BUFFER: &str = "raw_buffer";
+/// The transport protocol the TLS inspector sets when it read a ClientHello.
+pub const TRANSPORT_TLS: &str = "tls";
+
+/// What listener filters detected of a connection (Envoy's requested server name,
+/// detected transport protocol and requested application protocols).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detected<'a> {
+    /// The SNI; empty when none.
+    pub server_name: &'a [u8],
+    /// `raw_buffer` or `tls`.
+    pub transport_protocol: &'a str,
+    /// The offered protocols as a TLS ALPN list (length-prefixed entries).
+    pub alpn_list: &'a [u8],
+}
+
+impl Default for Detected<'_> {
+    fn default() -> Self {
+        Detected::NOTHING
+    }
+}
+
+impl<'a> Detected<'a> {
+    /// A connection no listener filter looked into.
+    pub const NOTHING: Detected<'static> = Detected {
+        server_name: b"",
+        transport_protocol: TRANSPORT_RAW_BUFFER,
+        alpn_list: b"",
+    };
+
+    /// The offered protocols, in the client's order.
+    pub fn application_protocols(&self) -> crate::tls::client_hello::AlpnIter<'a> {
+        crate::tls::client_hello::AlpnIter::new(self.alpn_list)
+    }
+}
+
+/// Specificity of an exact server name (above any suffix's length).
+const EXACT_NAME: u32 = 1 << 16;
+
+/// How well `name` (a chain's `server_names` entry) matches `sni`: an exact match beats
+/// every wildcard, a longer `*.` suffix beats a shorter one. Envoy's rule: `*.example.com`
+/// matches any name ending in `.example.com` with at least one byte before it.
+fn server_name_score(name: &str, sni: &[u8]) -> Option<u32> {
+    if name.as_bytes() == sni {
+        return Some(EXACT_NAME);
+    }
+    let suffix = name.strip_prefix('*')?.as_bytes();
+    let matches =
+        suffix.first() == Some(&b'.') && sni.len() > suffix.len() && sni.ends_with(suffix);
+    matches.then_some(suffix.len() as u32)
+}
+
+/// Specificity of a chain's `application_protocols` for the client's offer: the earlier
+/// the first protocol of the offer the chain lists, the better.
+fn protocols_score(chain: &[Box<str>], detected: &Detected) -> Option<u32> {
+    let first = detected
+        .application_protocols()
+        .position(|p| chain.iter().any(|c| c.as_bytes() == p))?;
+    Some(u32::MAX - first as u32)
 }
 
 #[derive(Clone, Copy)]
@@ -131,8 +213,15 @@ where
 }
 
 /// Index of the chain among `n` chains (`get(i)` is chain i) that matches a connection from
-/// `remote` to `local`, in Envoy's order. Chains past [`MAX_FILTER_CHAINS`] are not considered.
-pub fn select<'a, G>(n: usize, get: G, local: SocketAddr, remote: SocketAddr) -> Option<usize>
+/// `remote` to `local` with what listener filters `detected`, in Envoy's order. Chains past
+/// [`MAX_FILTER_CHAINS`] are not considered.
+pub fn select<'a, G>(
+    n: usize,
+    get: G,
+    local: SocketAddr,
+    remote: SocketAddr,
+    detected: &Detected,
+) -> Option<usize>
 where
     G: Fn(usize) -> &'a ChainMatch,
 {
@@ -145,6 +234,23 @@ where
     cands = narrow(n, &get, cands, |c| {
         (!c.prefix_ranges.is_empty())
             .then(|| best_prefix(&c.prefix_ranges, local.ip()).map(u32::from))
+    });
+    cands = narrow(n, &get, cands, |c| {
+        (!c.server_names.is_empty()).then(|| {
+            c.server_names
+                .iter()
+                .filter_map(|name| server_name_score(name, detected.server_name))
+                .max()
+        })
+    });
+    cands = narrow(n, &get, cands, |c| {
+        c.transport_protocol
+            .as_deref()
+            .map(|t| (t == detected.transport_protocol).then_some(1))
+    });
+    cands = narrow(n, &get, cands, |c| {
+        (!c.application_protocols.is_empty())
+            .then(|| protocols_score(&c.application_protocols, detected))
     });
     cands = narrow(n, &get, cands, |c| {
         (!c.source_prefix_ranges.is_empty())
@@ -178,7 +284,97 @@ mod tests {
             |i| &chains[i],
             local.parse().unwrap(),
             remote.parse().unwrap(),
+            &Detected::NOTHING,
         )
+    }
+
+    fn alpn_list(protocols: &[&str]) -> Vec<u8> {
+        protocols
+            .iter()
+            .flat_map(|p| std::iter::once(p.len() as u8).chain(p.bytes()))
+            .collect()
+    }
+
+    /// The chain for a TLS connection with this SNI and ALPN offer.
+    fn sel_tls(chains: &[ChainMatch], sni: &str, alpn: &[&str]) -> Option<usize> {
+        let list = alpn_list(alpn);
+        let detected = Detected {
+            server_name: sni.as_bytes(),
+            transport_protocol: TRANSPORT_TLS,
+            alpn_list: &list,
+        };
+        let (local, remote) = (
+            "127.0.0.1:443".parse().unwrap(),
+            "127.0.0.2:9".parse().unwrap(),
+        );
+        select(chains.len(), |i| &chains[i], local, remote, &detected)
+    }
+
+    fn names(names: &[&str]) -> ChainMatch {
+        ChainMatch {
+            server_names: names.iter().map(|n| (*n).into()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exact_name_then_longest_wildcard_then_no_name() {
+        let chains = vec![
+            names(&["*.example.com"]),
+            names(&["a.example.com"]),
+            names(&["*.b.example.com"]),
+            ChainMatch::default(),
+        ];
+        assert_eq!(sel_tls(&chains, "a.example.com", &[]), Some(1));
+        assert_eq!(sel_tls(&chains, "x.b.example.com", &[]), Some(2));
+        assert_eq!(sel_tls(&chains, "c.example.com", &[]), Some(0));
+        assert_eq!(sel_tls(&chains, "example.com", &[]), Some(3));
+        assert_eq!(sel_tls(&chains, "", &[]), Some(3));
+        // Without an inspector: no name, raw_buffer.
+        assert_eq!(sel(&chains, "127.0.0.1:1", "127.0.0.2:2"), Some(3));
+    }
+
+    #[test]
+    fn transport_protocol_and_alpn() {
+        let tls = ChainMatch {
+            transport_protocol: Some(TRANSPORT_TLS.into()),
+            ..Default::default()
+        };
+        let h2 = ChainMatch {
+            transport_protocol: Some(TRANSPORT_TLS.into()),
+            application_protocols: vec!["h2".into()],
+            ..Default::default()
+        };
+        let http11 = ChainMatch {
+            transport_protocol: Some(TRANSPORT_TLS.into()),
+            application_protocols: vec!["http/1.1".into()],
+            ..Default::default()
+        };
+        let raw = ChainMatch {
+            transport_protocol: Some(TRANSPORT_RAW_BUFFER.into()),
+            ..Default::default()
+        };
+        let chains = vec![tls, h2, http11, raw];
+        assert_eq!(sel(&chains, "127.0.0.1:1", "127.0.0.2:2"), Some(3));
+        assert_eq!(sel_tls(&chains, "", &[]), Some(0));
+        assert_eq!(sel_tls(&chains, "", &["h2", "http/1.1"]), Some(1));
+        assert_eq!(sel_tls(&chains, "", &["http/1.1", "h2"]), Some(2));
+        assert_eq!(sel_tls(&chains, "", &["spdy"]), Some(0));
+    }
+
+    #[test]
+    fn a_name_committed_to_does_not_fall_back() {
+        // Envoy: the exact name's chains are the only candidates from then on.
+        let chains = vec![
+            ChainMatch {
+                server_names: vec!["a.example.com".into()],
+                transport_protocol: Some(TRANSPORT_RAW_BUFFER.into()),
+                ..Default::default()
+            },
+            names(&["*.example.com"]),
+        ];
+        assert_eq!(sel_tls(&chains, "a.example.com", &[]), None);
+        assert_eq!(sel_tls(&chains, "b.example.com", &[]), Some(1));
     }
 
     #[test]
@@ -261,5 +457,16 @@ mod tests {
         ];
         assert_eq!(sel(&chains, "127.0.0.1:80", "127.0.0.9:1000"), Some(0));
         assert_eq!(sel(&chains, "127.0.0.1:80", "127.0.0.9:1001"), Some(1));
+    }
+
+    #[test]
+    fn these_matches_need_an_inspector() {
+        assert!(names(&["a"]).needs_tls_inspector());
+        assert!(!ChainMatch::default().needs_tls_inspector());
+        let raw_named = ChainMatch {
+            transport_protocol: Some(TRANSPORT_RAW_BUFFER.into()),
+            ..names(&["a"])
+        };
+        assert!(!raw_named.needs_tls_inspector());
     }
 }

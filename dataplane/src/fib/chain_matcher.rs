@@ -19,8 +19,13 @@
 //! What the whole matcher yields is a chain, a name no chain has ([`Outcome::Closed`]: Envoy
 //! closes the connection, whatever the default chain) or nothing ([`Outcome::NoMatch`]: the
 //! default chain, if any). Inputs are formatted into a stack buffer as Envoy's are (an
-//! address as text, a port in decimal), so string matching sees what it sees in Envoy.
+//! address as text, a port in decimal, the offered application protocols as
+//! `'h2','http/1.1'`), so string matching sees what it sees in Envoy. The server name,
+//! transport protocol and application protocols are what the TLS inspector read
+//! ([`Detected`]); without one there is no server name, the transport is `raw_buffer` and no
+//! protocol is offered.
 
+use super::chain_match::Detected;
 use super::CidrRange;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -42,11 +47,18 @@ pub enum Input {
     /// `source_type`: `local` when the peer is a loopback address or the local address
     /// itself; no value otherwise.
     SourceType,
+    /// `server_name`: the SNI the TLS inspector read; no value without one.
+    ServerName,
+    /// `transport_protocol`: `tls` or `raw_buffer`.
+    TransportProtocol,
+    /// `application_protocol`: the offered ALPN protocols, each quoted, joined by commas;
+    /// no value when none were offered.
+    ApplicationProtocol,
 }
 
 impl Input {
-    fn bit(self) -> u8 {
-        1 << self as u8
+    fn bit(self) -> u16 {
+        1 << self as u16
     }
 }
 
@@ -55,7 +67,7 @@ impl Input {
 pub struct ChainMatcher {
     root: Matcher,
     /// The inputs it reads, one bit per [`Input`].
-    inputs: u8,
+    inputs: u16,
 }
 
 /// One `Matcher`: a list or a tree, and what happens when it yields nothing.
@@ -162,11 +174,12 @@ pub enum Outcome {
     NoMatch,
 }
 
-/// A connection's addresses, as the inputs read them.
+/// A connection's addresses and what listener filters detected, as the inputs read them.
 #[derive(Clone, Copy)]
-struct Conn {
+struct Conn<'a> {
     local: SocketAddr,
     remote: SocketAddr,
+    detected: Detected<'a>,
 }
 
 impl ChainMatcher {
@@ -187,14 +200,19 @@ impl ChainMatcher {
         self.inputs & input.bit() != 0
     }
 
-    /// The chain for a connection from `remote` to `local`. Allocation-free.
-    pub fn select(&self, local: SocketAddr, remote: SocketAddr) -> Outcome {
-        self.root.evaluate(Conn { local, remote })
+    /// The chain for a connection from `remote` to `local` with what listener filters
+    /// `detected`. Allocation-free.
+    pub fn select(&self, local: SocketAddr, remote: SocketAddr, detected: &Detected) -> Outcome {
+        self.root.evaluate(Conn {
+            local,
+            remote,
+            detected: *detected,
+        })
     }
 }
 
 impl Matcher {
-    fn inputs(&self, bits: &mut u8) {
+    fn inputs(&self, bits: &mut u16) {
         let on_matches: Box<dyn Iterator<Item = &OnMatch>> = match &self.kind {
             MatcherKind::Any => Box::new(std::iter::empty()),
             MatcherKind::List(ms) => {
@@ -219,7 +237,7 @@ impl Matcher {
         }
     }
 
-    fn evaluate(&self, c: Conn) -> Outcome {
+    fn evaluate(&self, c: Conn<'_>) -> Outcome {
         match &self.kind {
             MatcherKind::Any => {}
             MatcherKind::List(ms) => {
@@ -280,7 +298,7 @@ impl Matcher {
 }
 
 impl OnMatch {
-    fn evaluate(&self, c: Conn) -> Outcome {
+    fn evaluate(&self, c: Conn<'_>) -> Outcome {
         match self {
             OnMatch::Chain(i) => Outcome::Chain(*i),
             OnMatch::Missing => Outcome::Closed,
@@ -290,7 +308,7 @@ impl OnMatch {
 }
 
 impl Predicate {
-    fn inputs(&self, bits: &mut u8) {
+    fn inputs(&self, bits: &mut u16) {
         match self {
             Predicate::Single(input, _) => *bits |= input.bit(),
             Predicate::Or(ps) | Predicate::And(ps) => ps.iter().for_each(|p| p.inputs(bits)),
@@ -298,7 +316,7 @@ impl Predicate {
         }
     }
 
-    fn holds(&self, c: Conn) -> bool {
+    fn holds(&self, c: Conn<'_>) -> bool {
         match self {
             Predicate::Single(input, m) => value(*input, c).is_some_and(|v| m.matches(v.bytes())),
             Predicate::Or(ps) => ps.iter().any(|p| p.holds(c)),
@@ -328,19 +346,31 @@ impl StringMatch {
     }
 }
 
-/// An input's value as text, in a stack buffer.
-struct Text {
-    buf: [u8; 48],
+/// The longest value an input formats: the protocols of an ALPN list of
+/// [`crate::tls::client_hello::MAX_ALPN_LIST_BYTES`], each quoted and comma-separated.
+const MAX_VALUE_BYTES: usize = 3 * crate::tls::client_hello::MAX_ALPN_LIST_BYTES;
+
+/// An input's value as text, in a stack buffer (or borrowed, for the server name).
+struct Text<'a> {
+    buf: [u8; MAX_VALUE_BYTES],
     len: usize,
+    borrowed: Option<&'a [u8]>,
 }
 
-impl Text {
+impl Text<'_> {
     fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        self.borrowed.unwrap_or(&self.buf[..self.len])
+    }
+
+    /// Appends what fits of `bytes`.
+    fn push(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
     }
 }
 
-impl std::fmt::Write for Text {
+impl std::fmt::Write for Text<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         let end = self.len + s.len();
         let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
@@ -359,27 +389,54 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn is_local(c: Conn) -> bool {
+fn is_local(c: Conn<'_>) -> bool {
     let remote = canonical(c.remote.ip());
     remote.is_loopback() || remote == canonical(c.local.ip())
 }
 
-fn ip_value(input: Input, c: Conn) -> Option<IpAddr> {
+fn ip_value(input: Input, c: Conn<'_>) -> Option<IpAddr> {
     match input {
         Input::DestinationIp => Some(canonical(c.local.ip())),
         Input::SourceIp | Input::DirectSourceIp => Some(canonical(c.remote.ip())),
-        // A port or `local` is no address: the IP matcher takes its on_no_match.
-        Input::DestinationPort | Input::SourcePort | Input::SourceType => None,
+        // A port, `local` or a name is no address: the IP matcher takes its on_no_match.
+        Input::DestinationPort
+        | Input::SourcePort
+        | Input::SourceType
+        | Input::ServerName
+        | Input::TransportProtocol
+        | Input::ApplicationProtocol => None,
     }
 }
 
-fn value(input: Input, c: Conn) -> Option<Text> {
+fn value(input: Input, c: Conn<'_>) -> Option<Text<'_>> {
     let mut t = Text {
-        buf: [0; 48],
+        buf: [0; MAX_VALUE_BYTES],
         len: 0,
+        borrowed: None,
     };
-    // At most 45 bytes (an IPv6 address with an IPv4 tail): the write cannot fail.
+    // Addresses take at most 45 bytes, the protocol list at most MAX_VALUE_BYTES: the
+    // writes cannot fail.
     let _ = match input {
+        Input::ServerName => {
+            let name = c.detected.server_name;
+            t.borrowed = Some(name).filter(|n| !n.is_empty());
+            return t.borrowed.is_some().then_some(t);
+        }
+        Input::TransportProtocol => {
+            t.borrowed = Some(c.detected.transport_protocol.as_bytes());
+            return Some(t);
+        }
+        Input::ApplicationProtocol => {
+            let mut protocols = c.detected.application_protocols().peekable();
+            protocols.peek()?;
+            for (i, p) in protocols.enumerate() {
+                let sep: &[u8] = if i == 0 { b"'" } else { b",'" };
+                t.push(sep);
+                t.push(p);
+                t.push(b"'");
+            }
+            Ok(())
+        }
         Input::DestinationIp | Input::SourceIp | Input::DirectSourceIp => {
             write!(t, "{}", ip_value(input, c)?)
         }
@@ -433,7 +490,11 @@ mod tests {
     }
 
     fn sel(m: &Matcher, local: &str, remote: &str) -> Outcome {
-        ChainMatcher::new(m.clone()).select(local.parse().unwrap(), remote.parse().unwrap())
+        ChainMatcher::new(m.clone()).select(
+            local.parse().unwrap(),
+            remote.parse().unwrap(),
+            &Detected::NOTHING,
+        )
     }
 
     /// Envoy's docs: destination port 80 -> http; 443 -> by source range internal / tls;
@@ -653,6 +714,7 @@ mod tests {
         let c = Conn {
             local: "10.0.0.1:1".parse().unwrap(),
             remote: "10.0.0.2:1".parse().unwrap(),
+            detected: Detected::NOTHING,
         };
         assert!(not.holds(c));
         let and = Predicate::And(vec![
@@ -665,5 +727,36 @@ mod tests {
             Predicate::Single(Input::DestinationPort, exact("2")),
         ]);
         assert!(!or.holds(c));
+    }
+
+    #[test]
+    fn tls_inputs_read_what_the_inspector_detected() {
+        let list = [
+            2, b'h', b'2', 8, b'h', b't', b't', b'p', b'/', b'1', b'.', b'1',
+        ];
+        let tls = Detected {
+            server_name: b"a.example.com",
+            transport_protocol: super::super::chain_match::TRANSPORT_TLS,
+            alpn_list: &list,
+        };
+        let c = Conn {
+            local: "10.0.0.1:1".parse().unwrap(),
+            remote: "10.0.0.2:1".parse().unwrap(),
+            detected: tls,
+        };
+        let holds = |input, p: &str| Predicate::Single(input, exact(p)).holds(c);
+        assert!(holds(Input::ServerName, "a.example.com"));
+        assert!(holds(Input::TransportProtocol, "tls"));
+        assert!(holds(Input::ApplicationProtocol, "'h2','http/1.1'"));
+        let plain = Conn {
+            detected: Detected::NOTHING,
+            ..c
+        };
+        assert!(value(Input::ServerName, plain).is_none());
+        assert!(value(Input::ApplicationProtocol, plain).is_none());
+        assert_eq!(
+            value(Input::TransportProtocol, plain).unwrap().bytes(),
+            b"raw_buffer"
+        );
     }
 }

@@ -21,7 +21,9 @@
 mod chain_match;
 pub mod chain_matcher;
 
-pub use chain_match::{ChainMatch, CidrRange, MAX_FILTER_CHAINS};
+pub use chain_match::{
+    ChainMatch, CidrRange, Detected, MAX_FILTER_CHAINS, TRANSPORT_RAW_BUFFER, TRANSPORT_TLS,
+};
 pub use chain_matcher::ChainMatcher;
 
 pub use crate::hash_lb::RingHashFunction;
@@ -146,6 +148,26 @@ pub struct Listener {
     pub ignore_global_conn_limit: bool,
     /// `listener.<ip>_<port>.ssl.*` when a chain terminates TLS, by address across FIBs.
     pub ssl_stats: Option<Arc<crate::stats::SslStats>>,
+    /// `envoy.filters.listener.tls_inspector`: the chain waits for the ClientHello.
+    pub tls_inspector: Option<TlsInspector>,
+}
+
+/// A listener's TLS inspector and the listener filters' deadline.
+#[derive(Debug, Clone)]
+pub struct TlsInspector {
+    /// `max_client_hello_size`: a longer ClientHello is `client_hello_too_large`.
+    pub max_client_hello_bytes: u32,
+    /// `close_connection_on_client_hello_parsing_errors` (kept for the record: a ClientHello
+    /// too large closes the connection either way, as in Envoy 1.40, and a malformed one is
+    /// plaintext either way).
+    pub close_on_parse_error: bool,
+    /// `listener_filters_timeout` (Envoy's default 15 s; `None`: 0, no deadline).
+    pub timeout_ms: Option<u64>,
+    /// `continue_on_listener_filters_timeout`: past the deadline the connection goes on
+    /// with what was read (as plaintext) instead of being closed.
+    pub continue_on_timeout: bool,
+    /// `tls_inspector.*`, one block shared by every listener.
+    pub stats: Arc<crate::stats::TlsInspectorStats>,
 }
 
 /// A UDP listener: Envoy's `address.socket_address.protocol: UDP` with the listener filter
@@ -202,14 +224,20 @@ impl Listener {
     /// Envoy's filter chain match for a connection from `remote` to `local`, or the default
     /// chain, or `None`. Allocation-free.
     pub fn match_chain(&self, local: SocketAddr, remote: SocketAddr) -> Option<&FilterChain> {
-        self.match_chain_index(local, remote).map(|i| self.chain(i))
+        self.match_chain_index(local, remote, &Detected::NOTHING)
+            .map(|i| self.chain(i))
     }
 
     /// Like [`Listener::match_chain`], as an index for [`Listener::chain`]: a position in
     /// `filter_chains`, or [`DEFAULT_CHAIN`].
-    pub fn match_chain_index(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+    pub fn match_chain_index(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        detected: &Detected,
+    ) -> Option<u32> {
         if let Some(m) = &self.chain_matcher {
-            return match m.select(local, remote) {
+            return match m.select(local, remote, detected) {
                 chain_matcher::Outcome::Chain(i) => Some(i),
                 // An action naming no chain: Envoy closes the connection, default or not.
                 chain_matcher::Outcome::Closed => None,
@@ -219,7 +247,8 @@ impl Listener {
             };
         }
         let chains = &self.filter_chains;
-        match chain_match::select(chains.len(), |i| &chains[i].matcher, local, remote) {
+        let matcher = |i: usize| &chains[i].matcher;
+        match chain_match::select(chains.len(), matcher, local, remote, detected) {
             Some(i) => Some(i as u32),
             None => self.default_chain.as_ref().map(|_| DEFAULT_CHAIN),
         }

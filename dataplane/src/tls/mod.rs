@@ -7,9 +7,12 @@
 //!   session tickets shared by all workers without a lock).
 //! - [`Session`]: one connection's TLS, driven by the worker over its provided buffers in
 //!   place (no thread, no blocking, no I/O here).
+//! - [`client_hello`]: the tls_inspector's reading of a ClientHello (SNI, ALPN), without
+//!   rustls and without allocating.
 //! - [`verify`]: Envoy's `CertificateValidationContext` (chain, CRLs, SAN matchers).
 
 mod client_cache;
+pub mod client_hello;
 mod context;
 pub mod session;
 pub mod settings;

@@ -229,6 +229,8 @@ impl Worker {
             Action::MirrorPrimaryClosed => self.mirror_primary_closed(slot),
             Action::CloseMirror => self.shadow_close(slot),
             Action::Release(seat) => self.release(slot, seat),
+            Action::StartInspection => self.start_inspection(slot),
+            Action::AbandonInspection => self.abandon_inspection(slot),
             Action::StartHandshake(side) => self.start_handshake(slot, side),
             Action::AbandonHandshake(side) => self.abandon_handshake(slot, side),
             Action::ScheduleDelay { at_ms } => {
@@ -313,8 +315,10 @@ impl Worker {
         if fd == NO_FD {
             return;
         }
-        // A handshake's own I/O may still be on the socket: cancelled with the close.
-        let ops = if reset || self.tls_busy(slot, Side::Client) {
+        // A handshake's or the inspection's own I/O may still be on the socket: cancelled
+        // with the close.
+        let busy = self.tls_busy(slot, Side::Client) || self.inspection_busy(slot);
+        let ops = if reset || busy {
             self.ring.teardown(fd, true, ud)
         } else {
             self.ring.close(fd, ud);
@@ -480,6 +484,7 @@ impl Worker {
     fn finish(&mut self, slot: u32) {
         self.record_close(slot);
         self.release_tls(slot);
+        self.release_inspection(slot);
         let conn = &mut self.conns[slot as usize];
         for pipe in std::mem::replace(&mut conn.pipes, [super::pipes::NO_PIPE; 2]) {
             if pipe != super::pipes::NO_PIPE {

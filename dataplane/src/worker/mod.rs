@@ -19,6 +19,7 @@
 
 mod drive;
 mod fault;
+mod inspect;
 mod mirror;
 mod pipes;
 mod relay_io;
@@ -31,7 +32,7 @@ pub mod wait;
 
 use crate::accesslog::ResponseFlags;
 use crate::conn;
-use crate::fib::{Fib, Listener, Route};
+use crate::fib::{Detected, Fib, Listener, Route};
 use crate::global_limit::Counted;
 use crate::handoff::{Phase, Shared, Snapshot};
 use crate::hash_lb;
@@ -182,6 +183,25 @@ struct Decision {
     outcome: Outcome,
 }
 
+impl Decision {
+    /// Nothing decided yet for a connection from `remote` to `local`.
+    fn new(local: SocketAddr, remote: Option<SocketAddr>) -> Decision {
+        Decision {
+            local,
+            remote,
+            chain: slot::CHAIN_NONE,
+            cluster: None,
+            idle_timeout_ms: None,
+            max_attempts: 1,
+            hash: None,
+            holds_limit: false,
+            buffer_limits: BufferLimits::ENVOY_DEFAULT,
+            tls: conn::TlsPlan::default(),
+            outcome: Outcome::Proxy,
+        }
+    }
+}
+
 /// Where accept sends a connection.
 enum Outcome {
     /// To its cluster.
@@ -194,6 +214,9 @@ enum Outcome {
     },
     /// Refused by its chain's connection limit: closed after `delay_ms`.
     Limited { delay_ms: u64 },
+    /// Its listener's TLS inspector reads the ClientHello first; the chain is decided
+    /// then ([`Worker::decide_chain`]).
+    Inspect { timeout_ms: Option<u64> },
 }
 
 /// No filter chain or no route: closed cleanly, `NR`.
@@ -201,6 +224,14 @@ const NO_ROUTE: Outcome = Outcome::Refuse {
     flags: ResponseFlags::NO_ROUTE_FOUND,
     reset: false,
     details: "-",
+};
+
+/// [`NO_ROUTE`] as the machine's verdict.
+const NO_ROUTE_VERDICT: conn::Verdict = conn::Verdict::Refuse {
+    flags: ResponseFlags::NO_ROUTE_FOUND,
+    reset: false,
+    details: "-",
+    holds_limit: false,
 };
 
 /// A FIB generation still in use on this worker.
@@ -850,6 +881,9 @@ impl Worker {
             };
             let c = &self.conns[slot as usize];
             if c.machine.is_live() {
+                if c.inspect.starved {
+                    self.retry_starved_inspection(slot);
+                }
                 self.drive(slot, conn::Event::Tick);
             } else if c.shadow.drain_deadline_ms.is_some_and(|d| self.now_ms >= d) {
                 self.shadow_drain_expired(slot);
@@ -1007,7 +1041,18 @@ impl Worker {
             return;
         };
         self.occupy(slot, listener_slot, fib_index, fd, &decision);
-        let verdict = match decision.outcome {
+        if let Outcome::Inspect { timeout_ms } = decision.outcome {
+            self.drive(slot, conn::Event::Inspect { timeout_ms });
+            return;
+        }
+        let verdict = self.verdict(slot, &decision);
+        self.drive(slot, conn::Event::Accepted(verdict));
+    }
+
+    /// The machine's verdict for `slot` from its accept-time `decision` (the fault
+    /// filter's draws and the mirror's shadow are taken here).
+    fn verdict(&mut self, slot: u32, decision: &Decision) -> conn::Verdict {
+        match decision.outcome {
             // The filter closes the connection before the tcp_proxy routes it; Envoy's
             // tcp_proxy still counts it and logs it (no upstream, no flag).
             Outcome::Limited { delay_ms } => conn::Verdict::Limited { delay_ms },
@@ -1021,6 +1066,8 @@ impl Worker {
                 details,
                 holds_limit: decision.holds_limit,
             },
+            // Decided after the inspection, never here.
+            Outcome::Inspect { .. } => NO_ROUTE_VERDICT,
             Outcome::Proxy => {
                 let faults = self.draw_faults(slot);
                 if !faults.abort_at_accept {
@@ -1035,8 +1082,7 @@ impl Worker {
                     tls: decision.tls,
                 })
             }
-        };
-        self.drive(slot, conn::Event::Accepted(verdict));
+        }
     }
 
     /// Takes free slot `slot` for the connection on `fd` accepted on `listener_slot`.
@@ -1096,19 +1142,7 @@ impl Worker {
             .server_stats
             .inc(id, ServerStat::TotalConnections);
         let (local, remote) = addresses(listener, generation.address_needs[fib_index], fd);
-        let mut decision = Decision {
-            local,
-            remote,
-            chain: slot::CHAIN_NONE,
-            cluster: None,
-            idle_timeout_ms: None,
-            max_attempts: 1,
-            hash: None,
-            holds_limit: false,
-            buffer_limits: BufferLimits::ENVOY_DEFAULT,
-            tls: conn::TlsPlan::default(),
-            outcome: Outcome::Proxy,
-        };
+        let mut decision = Decision::new(local, remote);
         if listener.use_original_dst && generation.fib.is_own_address(local) {
             // Passed through, it would come straight back: refuse it, as Istio's BlackHole
             // chain on 15001 does.
@@ -1120,14 +1154,44 @@ impl Worker {
             };
             return Some(decision);
         }
-        let remote_for_match = remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let Some(chain_index) = listener.match_chain_index(local, remote_for_match) else {
+        if let Some(inspector) = &listener.tls_inspector {
+            listener.stats.inc(id, ListenerStat::DownstreamPreCxActive);
+            decision.outcome = Outcome::Inspect {
+                timeout_ms: inspector.timeout_ms,
+            };
+            return Some(decision);
+        }
+        self.decide_chain(gen_index, fib_index, &mut decision, &Detected::NOTHING);
+        Some(decision)
+    }
+
+    /// The filter chain, connection limit, route and cluster of a connection with what its
+    /// listener filters `detected`, with their stats, into `decision`.
+    fn decide_chain(
+        &mut self,
+        gen_index: usize,
+        fib_index: usize,
+        decision: &mut Decision,
+        detected: &Detected,
+    ) {
+        let id = self.id;
+        let Some(generation) = self.generations[gen_index].as_ref() else {
+            decision.outcome = NO_ROUTE;
+            return;
+        };
+        let listener = &generation.fib.listeners[fib_index];
+        let remote_for_match = decision
+            .remote
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let matched = listener.match_chain_index(decision.local, remote_for_match, detected);
+        let Some(chain_index) = matched else {
             listener.stats.inc(id, ListenerStat::NoFilterChainMatch);
             decision.outcome = NO_ROUTE;
-            return Some(decision);
+            return;
         };
         let chain = listener.chain(chain_index);
         decision.chain = chain_index;
+        decision.outcome = Outcome::Proxy;
         if let Some(limit) = &chain.connection_limit {
             if !limit.state.try_enter(limit.max_connections) {
                 chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
@@ -1135,11 +1199,11 @@ impl Worker {
                 decision.outcome = Outcome::Limited {
                     delay_ms: limit.delay_ms,
                 };
-                return Some(decision);
+                return;
             }
             decision.holds_limit = true;
         }
-        route_tcp(id, &chain.tcp_proxy, &mut self.rng, &mut decision);
+        route_tcp(id, &chain.tcp_proxy, &mut self.rng, decision);
         let cluster = decision.cluster.map(|c| generation.fib.cluster(c));
         decision.buffer_limits = BufferLimits {
             client_bytes: listener.buffer_limit_bytes,
@@ -1151,7 +1215,6 @@ impl Worker {
             backend: cluster.is_some_and(|c| c.tls.is_some() || c.tls_secrets_missing),
             connect_timeout_ms: cluster.map_or(5000, |c| c.connect_timeout_ms),
         };
-        Some(decision)
     }
 
     // ---- connection completions ----
@@ -1190,6 +1253,7 @@ impl Worker {
             Kind::TlsReadBackend => self.on_tls_read(slot, Side::Backend, c),
             Kind::TlsWriteClient => self.on_tls_write(slot, Side::Client, c.result),
             Kind::TlsWriteBackend => self.on_tls_write(slot, Side::Backend, c.result),
+            Kind::InspectRead => self.on_inspect_read(slot, c),
             _ => {}
         }
         self.settle(slot);

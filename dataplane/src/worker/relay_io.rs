@@ -22,6 +22,15 @@ impl Worker {
             self.splice_recv_again(slot, dir);
             return;
         }
+        if dir == Dir::Up && c.buffer_id().is_none() {
+            if let Some((buf, len)) = self.take_inspected(slot) {
+                // The no-op standing for the bytes the TLS inspector read.
+                if let Some(received) = self.accept_bytes(slot, dir, BufId::Ring(buf), len) {
+                    self.relay_event(slot, Event::Recv(dir, received));
+                }
+                return;
+            }
+        }
         let tls = self.tls_receive(slot, dir, &c);
         if let Some(answer) = tls.filter(|t| *t != TlsReceived::Socket) {
             self.deliver_tls(slot, dir, answer);
@@ -330,6 +339,9 @@ impl Worker {
     /// Starts a receive on `dir`'s source of `slot`, of at most the source's buffer limit.
     pub(super) fn submit_recv(&mut self, slot: u32, dir: Dir) {
         if self.tls_answers_receive(slot, dir) {
+            return;
+        }
+        if dir == Dir::Up && self.inspected_answers_receive(slot) {
             return;
         }
         let tls = self.tls_direction(slot, dir);

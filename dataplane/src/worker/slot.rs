@@ -65,6 +65,26 @@ pub(crate) struct Conn {
     pub shadow: Shadow,
     /// TLS on each side (by [`Side`]: client, backend), from its handshake on.
     pub tls: [Option<Box<super::tls_io::TlsSide>>; 2],
+    /// The TLS inspector's reading of the client's first bytes.
+    pub inspect: Inspect,
+    /// The server name the TLS inspector read (`%REQUESTED_SERVER_NAME%`), allocated only
+    /// for a connection that sent one.
+    pub server_name: Option<Box<str>>,
+}
+
+/// The TLS inspector's state of one connection (all clear without one).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Inspect {
+    /// The bytes read so far, from the stream's first (one buffer, `len` bytes): after the
+    /// inspection, the chain's first bytes (fed to its TLS session, or its relay's first
+    /// receive).
+    pub held: Option<(RingBuf, u32)>,
+    /// A receive (or the no-op standing for one) is in flight.
+    pub reading: bool,
+    /// The machine gave the inspection up at its deadline.
+    pub abandoned: bool,
+    /// The last receive found the buffer pool dry: the next tick receives again.
+    pub starved: bool,
 }
 
 /// Copy chunks a shadow may have queued at once.
@@ -219,6 +239,8 @@ impl Default for Conn {
             faults: Faults::default(),
             shadow: Shadow::default(),
             tls: [None, None],
+            inspect: Inspect::default(),
+            server_name: None,
         }
     }
 }
@@ -266,12 +288,14 @@ impl Conn {
 }
 
 // A slot is touched on every completion of its connection, and the slab holds
-// `max_connections_per_worker` of them from the start (8,192 x 784 B = 6.4 MB a worker by
-// default): a change of size is a decision, not an accident. Of the 784 B, the machine is
+// `max_connections_per_worker` of them from the start (8,192 x 816 B = 6.7 MB a worker by
+// default): a change of size is a decision, not an accident. 32 B are the TLS inspector's
+// (the buffer it holds, whether it reads, and a pointer to the server name it read,
+// allocated only for a connection that sent one). Of the other 784 B, the machine is
 // 296 (its relay 112, of which 8 are the connection's buffer limits; 80 for TLS: which
 // sides speak it, the handshake deadline and the attempt's start, the fault delay held
 // while the client handshakes); 8 more count the bytes each direction holds for the
 // `*_tx_bytes_buffered` gauges; 16 point to each side's TLS state, allocated only for a
 // connection that speaks TLS.
-const _: () = assert!(std::mem::size_of::<Conn>() == 784);
+const _: () = assert!(std::mem::size_of::<Conn>() == 816);
 const _: () = assert!(std::mem::size_of::<Machine>() == 296);

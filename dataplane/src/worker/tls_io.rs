@@ -142,6 +142,9 @@ impl Worker {
         t.local_failure = failed;
         t.not_ready = not_ready;
         conn.tls[side as usize] = Some(Box::new(t));
+        if side == Side::Client {
+            self.feed_inspected(slot);
+        }
         if self.tls_pump(slot, side).is_some() {
             // Ended before any I/O: report it through a completion, never from inside the
             // action being carried out.
@@ -170,6 +173,19 @@ impl Worker {
             }
         }
         waiting
+    }
+
+    /// The bytes the TLS inspector read (the ClientHello) go to the client's new session
+    /// first, as a handshake receive's would.
+    fn feed_inspected(&mut self, slot: u32) {
+        let Some((buf, len)) = self.take_inspected(slot) else {
+            return;
+        };
+        let Some(t) = self.conns[slot as usize].tls[Side::Client as usize].as_deref_mut() else {
+            self.ring.recycle(buf);
+            return;
+        };
+        feed_handshake(t, buf, len, &mut self.ring, self.id, Side::Client);
     }
 
     fn new_session(&self, slot: u32, side: Side) -> Option<Session> {
@@ -292,7 +308,7 @@ impl Worker {
     }
 
     /// The listener `slot` was accepted on, in its own generation.
-    fn listener_of(&self, slot: u32) -> Option<&crate::fib::Listener> {
+    pub(super) fn listener_of(&self, slot: u32) -> Option<&crate::fib::Listener> {
         let conn = &self.conns[slot as usize];
         let g = self.generations[conn.generation as usize].as_ref()?;
         g.fib.listeners.get(conn.fib_listener as usize)
@@ -389,17 +405,7 @@ impl Worker {
         t.hs_recv = false;
         match buf {
             Some((b, _)) if !live || t.reported || t.abandoned => self.ring.recycle(b),
-            Some((b, n)) => {
-                let bytes = self.ring.buffer_mut(b);
-                match t.session.decrypt_in_place(bytes, 0, n as usize) {
-                    Ok(d) => keep_decrypted(t, b, d, &mut self.ring),
-                    // The session failed; its alert goes out from this buffer.
-                    Err(e) => {
-                        tracing::debug!(worker = self.id, ?side, error = %e, "TLS handshake failed");
-                        t.scratch = Some(b);
-                    }
-                }
-            }
+            Some((b, n)) => feed_handshake(t, b, n as u32, &mut self.ring, self.id, side),
             // End of stream or an error before the handshake finished (or the no-op that
             // reports an end decided before any I/O).
             None if !t.reported && !t.local_failure && !t.abandoned => t.peer_failure = true,
@@ -707,21 +713,25 @@ impl Worker {
     }
 }
 
-/// What a closed connection's TLS gives its access-log records.
+/// What a closed connection's TLS gives its access-log records: each side's session, and
+/// the server name the TLS inspector read (a chain that passes TLS through has only that).
 pub(super) fn tls_record(conn: &super::slot::Conn) -> Option<Arc<TlsRecord>> {
-    let side = |s: Side| {
-        conn.tls[s as usize]
-            .as_deref()
-            .map(|t| side_record(&t.session))
+    let server_name = conn.server_name.as_deref();
+    let downstream = match conn.tls[Side::Client as usize].as_deref() {
+        Some(t) => Some(side_record(&t.session, server_name)),
+        None => server_name.map(|n| TlsSideRecord::new(None, None, Some(n.into()), None, None)),
     };
+    let upstream = conn.tls[Side::Backend as usize]
+        .as_deref()
+        .map(|t| side_record(&t.session, None));
     let record = TlsRecord {
-        downstream: side(Side::Client),
-        upstream: side(Side::Backend),
+        downstream,
+        upstream,
     };
     (record.downstream.is_some() || record.upstream.is_some()).then(|| Arc::new(record))
 }
 
-fn side_record(session: &Session) -> TlsSideRecord {
+fn side_record(session: &Session, server_name: Option<&str>) -> TlsSideRecord {
     let negotiated = session.negotiated();
     TlsSideRecord::new(
         negotiated.map(|n| n.version),
@@ -730,8 +740,8 @@ fn side_record(session: &Session) -> TlsSideRecord {
             .and_then(SslStat::of_cipher)
             .and_then(|s| s.name().strip_prefix("ciphers.")),
         // `%REQUESTED_SERVER_NAME%` is the tls_inspector's (Envoy sets none without
-        // one, even on a chain that terminates TLS); no listener has one yet.
-        None,
+        // one, even on a chain that terminates TLS).
+        server_name.map(Box::from),
         session
             .peer_certificates()
             .and_then(|c| c.first())
@@ -762,6 +772,26 @@ pub(super) enum TlsReceived {
     Relay(Received),
     /// Nothing for the relay: receive again.
     Again,
+}
+
+/// Feeds `len` bytes received in `buf` to a side's handshake: decrypted in place and kept
+/// ([`keep_decrypted`]), or, when the session fails, the buffer its alert goes out from.
+fn feed_handshake(
+    t: &mut TlsSide,
+    buf: RingBuf,
+    len: u32,
+    ring: &mut crate::sys::Ring,
+    worker: usize,
+    side: Side,
+) {
+    let bytes = ring.buffer_mut(buf);
+    match t.session.decrypt_in_place(bytes, 0, len as usize) {
+        Ok(d) => keep_decrypted(t, buf, d, ring),
+        Err(e) => {
+            tracing::debug!(worker, ?side, error = %e, "TLS handshake failed");
+            t.scratch = Some(buf);
+        }
+    }
 }
 
 /// Keeps what a handshake receive decrypted: plaintext for the relay, or the buffer for the

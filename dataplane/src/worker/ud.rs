@@ -73,6 +73,8 @@ pub(crate) enum Kind {
     TlsWriteClient = 31,
     /// A write TLS itself makes to the backend.
     TlsWriteBackend = 32,
+    /// A receive of the client's first bytes for the TLS inspector.
+    InspectRead = 33,
 }
 
 impl Kind {
@@ -110,6 +112,7 @@ impl Kind {
             30 => Kind::TlsReadBackend,
             31 => Kind::TlsWriteClient,
             32 => Kind::TlsWriteBackend,
+            33 => Kind::InspectRead,
             _ => return None,
         })
     }

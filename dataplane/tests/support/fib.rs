@@ -74,6 +74,7 @@ pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
             access_logs: Vec::new(),
             ignore_global_conn_limit: false,
             ssl_stats: None,
+            tls_inspector: None,
         }],
         clusters: vec![Arc::new(cluster)],
         own_addresses: vec![listen],
