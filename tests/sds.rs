@@ -3,15 +3,16 @@
 //!
 //! * a chain's certificate from `static_resources.secrets`, another from a watched file
 //!   (`path_config_source`); a new certificate moved into place reaches new handshakes
-//!   within a second, ten times over, while eight established TLS connections keep echoing
-//!   with no error; a secret file whose key does not belong to its certificate is refused
+//!   within a second, ten times over, while `switchyard-bench rr --tls` keeps eight
+//!   established connections busy with no error; a secret file whose key does not belong to its certificate is refused
 //!   (`sds.<name>.update_rejected`) and the last good certificate keeps serving;
 //! * mTLS whose trust bundle comes from SDS through a `combined_validation_context` (the
 //!   SAN matcher inline, the CA from the file): the client is accepted, an intruder refused,
 //!   and a new trust bundle that no longer trusts the client's CA refuses new handshakes of
 //!   the same client while its established connection goes on;
 //! * a listener over LDS whose certificate comes over ADS warms until the secret arrives,
-//!   then serves; a bad secret is NACKed, naming the field, and the old one keeps serving.
+//!   then serves; a bad secret is NACKed, naming the field, and the old one keeps serving;
+//!   the same over Delta ADS (the secret subscribed by name, NACKed when bad, rotated).
 
 mod common;
 
@@ -20,15 +21,15 @@ use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     secret, Secret, TlsCertificate,
 };
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
 use envoy_types::pb::google::protobuf::Any as PbAny;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_control::xds::fixtures::{self, any};
-use switchyard_control::xds::server::{start_server, SotwHandle};
+use switchyard_control::xds::server::{start_server, DeltaHandle, SotwHandle};
 
 const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 /// SDS needs the node's id and cluster (Envoy refuses the bootstrap without them).
@@ -121,59 +122,14 @@ fn wait_for_leaf(port: u16, want: &[u8], within: Duration) -> Duration {
     }
 }
 
-/// Eight TLS connections to `port` echoing 4 KiB requests back to back until `stop`;
-/// counts round trips and errors.
-struct Load {
-    stop: Arc<AtomicBool>,
-    trips: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(port: u16) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let trips = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(AtomicU64::new(0));
-        let threads = (0..8u8)
-            .map(|i| {
-                let (stop, trips, errors) = (stop.clone(), trips.clone(), errors.clone());
-                std::thread::spawn(move || {
-                    let mut s = tls_connect(local(port), client_config(None));
-                    let msg = vec![i; 4096];
-                    let mut got = vec![0u8; 4096];
-                    while !stop.load(Ordering::Relaxed) {
-                        let ok = s.write_all(&msg).is_ok()
-                            && s.read_exact(&mut got).is_ok()
-                            && got == msg;
-                        if !ok {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
-                        trips.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            trips,
-            errors,
-            threads,
-        }
-    }
-
-    /// Stops the clients; (round trips, errors).
-    fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("load client");
-        }
-        (
-            self.trips.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
-        )
-    }
+/// `switchyard-bench rr --tls --conns 8 --msg 4k` to `port` for `duration`, on a thread.
+fn bench_rr(port: u16, duration: Duration) -> std::thread::JoinHandle<switchyard_bench::RrReport> {
+    let mut cfg = switchyard_bench::RrConfig::new(local(port));
+    cfg.conns = 8;
+    cfg.msg = 4096;
+    cfg.duration = duration;
+    cfg.tls = Some(switchyard_bench::TlsOptions::new(cert("ca.pem")));
+    std::thread::spawn(move || switchyard_bench::run_rr(&cfg).expect("rr runs"))
 }
 
 #[test]
@@ -216,9 +172,10 @@ fn static_and_file_secrets_serve_and_ten_rotations_reach_new_handshakes_only() {
     assert_eq!(served_leaf(static_port, None), Some(rsa.clone()));
     wait_for_leaf(file_port, &ecdsa, Duration::from_secs(10));
 
-    // Ten rotations under load: each reaches new handshakes within a second; the eight
-    // established connections never notice.
-    let load = Load::start(file_port);
+    // Ten rotations under `switchyard-bench rr` (8 TLS connections): each reaches new
+    // handshakes within a second; the established connections never notice.
+    let rr = bench_rr(file_port, Duration::from_secs(8));
+    std::thread::sleep(Duration::from_millis(300));
     let mut slowest = Duration::ZERO;
     for i in 0..10 {
         let (chain, key, leaf) = if i % 2 == 0 {
@@ -228,12 +185,22 @@ fn static_and_file_secrets_serve_and_ten_rotations_reach_new_handshakes_only() {
         };
         move_into(&file, &certificate_file("server_cert", chain, key));
         slowest = slowest.max(wait_for_leaf(file_port, leaf, Duration::from_secs(1)));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let (trips, errors) = load.finish();
-    eprintln!("10 rotations: slowest reached new handshakes in {slowest:?}; {trips} round trips");
-    assert_eq!(errors, 0, "an established connection saw an error");
-    assert!(trips >= 80, "the established connections stalled: {trips}");
+    let report = rr.join().expect("rr");
+    eprintln!(
+        "10 rotations: slowest reached new handshakes in {slowest:?}; {} requests",
+        report.results.requests
+    );
+    assert_eq!(report.errors_total, 0, "{:?}", report.error_samples);
+    assert_eq!(
+        report.results.connections_ok, 8,
+        "every connection ran to the end"
+    );
+    assert!(
+        report.results.requests >= 80,
+        "the established connections stalled"
+    );
 
     // A key that does not belong to its certificate: refused, the last good one serves.
     let rejected = proxy.stat("sds.server_cert.update_rejected");
@@ -382,38 +349,68 @@ fn respond(stream: &SotwHandle, type_url: &str, version: &str, resources: Vec<Pb
     stream.responses.blocking_send(Ok(response)).unwrap();
 }
 
-#[test]
-fn a_listener_warms_until_its_secret_arrives_over_ads_and_a_bad_secret_is_nacked() {
+/// A proxy whose listeners and clusters come over ADS (`api`: `GRPC` or `DELTA_GRPC`) from
+/// the scripted server, and the listener (named `name`, to the echo) it will be sent, whose
+/// certificate is the ADS secret `secret`. `None` when the proxy binary is missing.
+struct AdsSetup {
+    _backend: Backend,
+    proxy: Proxy,
+    port: u16,
+    listener: PbAny,
+    sotw: std::sync::mpsc::Receiver<SotwHandle>,
+    delta: std::sync::mpsc::Receiver<DeltaHandle>,
+}
+
+fn ads_setup(api: &str, name: &str, secret: &str) -> Option<AdsSetup> {
     let backend = Backend::echo();
-    let (server_addr, streams, _) = start_server();
+    let (server_addr, sotw, delta) = start_server();
     let (admin, port) = (free_port(), free_port());
-    let listener = tcp_listener("warm", port, "warm", "echo")
+    let listener = tcp_listener(name, port, name, "echo")
         + &sds_tls(
-            "ads_cert",
+            secret,
             Some("                ads: {}\n                resource_api_version: V3\n"),
             "",
             "",
         );
-    let yaml = fixtures::ads_bootstrap("sds-test", admin, server_addr, "GRPC", "15s")
+    let yaml = fixtures::ads_bootstrap("sds-test", admin, server_addr, api, "15s")
         + &static_cluster("echo", &[(backend.addr, 1)]);
     let kind = selected_proxy();
     if !require(proxy_available(kind), "the proxy binary under test") {
-        return;
+        return None;
     }
     // Not waited for: it is INITIALIZING until the server answers.
     let proxy = Proxy::spawn(kind, &yaml, ProxyOpts::default());
+    Some(AdsSetup {
+        _backend: backend,
+        proxy,
+        port,
+        listener: yaml_listener_any(&listener),
+        sotw,
+        delta,
+    })
+}
+
+#[test]
+fn a_listener_warms_until_its_secret_arrives_over_ads_and_a_bad_secret_is_nacked() {
+    // `_backend` bound, not `..`: the echo must live as long as the test.
+    let Some(AdsSetup {
+        _backend,
+        proxy,
+        port,
+        listener,
+        sotw: streams,
+        ..
+    }) = ads_setup("GRPC", "warm", "ads_cert")
+    else {
+        return;
+    };
     let stream = streams
         .recv_timeout(Duration::from_secs(10))
         .expect("the proxy opens an ADS stream");
     next_request(&stream, CLUSTER_TYPE, Duration::from_secs(10));
     respond(&stream, CLUSTER_TYPE, "1", Vec::new());
     next_request(&stream, LISTENER_TYPE, Duration::from_secs(10));
-    respond(
-        &stream,
-        LISTENER_TYPE,
-        "1",
-        vec![yaml_listener_any(&listener)],
-    );
+    respond(&stream, LISTENER_TYPE, "1", vec![listener]);
     let req = next_request(&stream, SECRET_TYPE, Duration::from_secs(10));
     assert_eq!(req.resource_names, vec!["ads_cert".to_string()]);
     // Warming: not listening until the secret arrives.
@@ -465,4 +462,106 @@ fn yaml_listener_any(item: &str) -> PbAny {
     let mut listener = value["listeners"][0].clone();
     listener["@type"] = LISTENER_TYPE.into();
     switchyard_control::xds::resource::from_json(&listener).expect("a listener")
+}
+
+/// The next Delta request of `type_url` on `stream`.
+fn next_delta_request(
+    stream: &DeltaHandle,
+    type_url: &str,
+    within: Duration,
+) -> DeltaDiscoveryRequest {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let req = stream
+            .requests
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no Delta {type_url} request within {within:?}"));
+        if req.type_url == type_url {
+            return req;
+        }
+    }
+}
+
+/// A Delta response of `type_url` with `resources` (name, version, payload).
+fn delta_respond(stream: &DeltaHandle, type_url: &str, nonce: &str, resources: Vec<(&str, PbAny)>) {
+    let response = DeltaDiscoveryResponse {
+        type_url: type_url.into(),
+        nonce: nonce.into(),
+        resources: resources
+            .into_iter()
+            .map(|(name, any)| Resource {
+                name: name.into(),
+                version: nonce.into(),
+                resource: Some(any),
+                ..Resource::default()
+            })
+            .collect(),
+        ..DeltaDiscoveryResponse::default()
+    };
+    stream.responses.blocking_send(Ok(response)).unwrap();
+}
+
+#[test]
+fn a_secret_over_delta_ads_is_subscribed_by_name_nacked_when_bad_and_rotated() {
+    let Some(AdsSetup {
+        _backend,
+        proxy,
+        port,
+        listener,
+        delta: streams,
+        ..
+    }) = ads_setup("DELTA_GRPC", "delta", "delta_cert")
+    else {
+        return;
+    };
+    let stream = streams
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the proxy opens a Delta ADS stream");
+    let wait = Duration::from_secs(10);
+    next_delta_request(&stream, CLUSTER_TYPE, wait);
+    delta_respond(&stream, CLUSTER_TYPE, "c1", Vec::new());
+    next_delta_request(&stream, LISTENER_TYPE, wait);
+    delta_respond(&stream, LISTENER_TYPE, "l1", vec![("delta", listener)]);
+    let req = loop {
+        let r = next_delta_request(&stream, SECRET_TYPE, wait);
+        if !r.resource_names_subscribe.is_empty() {
+            break r;
+        }
+    };
+    assert_eq!(req.resource_names_subscribe, vec!["delta_cert".to_string()]);
+    let good = certificate_secret("delta_cert", "server.pem", "server.key");
+    delta_respond(
+        &stream,
+        SECRET_TYPE,
+        "s1",
+        vec![("delta_cert", any(SECRET_TYPE, &good))],
+    );
+    proxy.wait_listening(local(port), wait);
+    wait_for_leaf(port, &leaf_of("server.pem"), Duration::from_secs(5));
+
+    let bad = certificate_secret("delta_cert", "server.pem", "server-rsa.key");
+    delta_respond(
+        &stream,
+        SECRET_TYPE,
+        "s2",
+        vec![("delta_cert", any(SECRET_TYPE, &bad))],
+    );
+    let nack = loop {
+        let r = next_delta_request(&stream, SECRET_TYPE, wait);
+        if r.response_nonce == "s2" {
+            break r;
+        }
+    };
+    assert!(nack.error_detail.is_some(), "a NACK");
+    assert_eq!(served_leaf(port, None), Some(leaf_of("server.pem")));
+
+    let rsa = certificate_secret("delta_cert", "server-rsa.pem", "server-rsa.key");
+    delta_respond(
+        &stream,
+        SECRET_TYPE,
+        "s3",
+        vec![("delta_cert", any(SECRET_TYPE, &rsa))],
+    );
+    wait_for_leaf(port, &leaf_of("server-rsa.pem"), Duration::from_secs(1));
 }
