@@ -598,3 +598,47 @@ fn a_client_hello_too_large_is_closed() {
         "no connection reached the TLS chain"
     );
 }
+
+#[test]
+fn first_bytes_that_are_no_client_hello_close_only_where_asked() {
+    let backends = Backends::start(&["tls_default", "plain"]);
+    let (admin, lenient, strict) = (free_port(), free_port(), free_port());
+    let chains = [
+        chain("transport_protocol: tls", "tls_default", ECDSA, ""),
+        chain("transport_protocol: raw_buffer", "plain", None, ""),
+    ];
+    // A small first read too: the ClientHello is then read in more than one receive.
+    let small_first = INSPECTOR.to_string() + "        initial_read_buffer_size: 256\n";
+    let closing =
+        INSPECTOR.to_string() + "        close_connection_on_client_hello_parsing_errors: true\n";
+    let yaml = bootstrap(
+        admin,
+        &(listener(lenient, &small_first, &chains) + &listener(strict, &closing, &chains)),
+        &backends.clusters(),
+    );
+    let Some(proxy) = start_selected(&yaml) else {
+        return;
+    };
+    proxy.wait_listening(local(lenient), Duration::from_secs(10));
+    proxy.wait_listening(local(strict), Duration::from_secs(10));
+    let request = b"GET / HTTP/1.0\r\n\r\n";
+    assert_eq!(
+        reach_plain(lenient, request),
+        ("plain".to_string(), request.to_vec())
+    );
+    let mut s = connect_retry(local(strict), Duration::from_secs(5));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "closed");
+    // TLS still passes on both, the long ClientHello over several reads on the first.
+    for port in [lenient, strict] {
+        assert_eq!(reach_tls(port, Some("x.test"), &[]).tag, "tls_default");
+    }
+    assert!(proxy.wait_stat("tls_inspector.tls_not_found", 2, Duration::from_secs(5)) >= 2);
+    assert_eq!(
+        backends.0[1].1.accepted(),
+        1,
+        "only the lenient listener's client"
+    );
+}

@@ -441,6 +441,7 @@ fn build(
                 tls_inspector: t.tls_inspector.as_ref().map(|i| TlsInspector {
                     max_client_hello_bytes: i.max_client_hello_bytes,
                     close_on_parse_error: i.close_on_parse_error,
+                    initial_read_bytes: i.initial_read_bytes,
                     timeout_ms: i.timeout_ms,
                     continue_on_timeout: i.continue_on_timeout,
                     stats: stats.tls_inspector(),

@@ -423,6 +423,8 @@ pub struct TlsInspectorConfig {
     pub max_client_hello_bytes: u32,
     /// `close_connection_on_client_hello_parsing_errors`.
     pub close_on_parse_error: bool,
+    /// `initial_read_buffer_size` (256 to 65,536), if given.
+    pub initial_read_bytes: Option<u32>,
     /// The listener's `listener_filters_timeout` (default 15 s; `None`: 0, no deadline).
     pub timeout_ms: Option<u64>,
     /// The listener's `continue_on_listener_filters_timeout`.

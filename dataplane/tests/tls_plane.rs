@@ -421,6 +421,7 @@ fn an_inspected_listener_relays_eight_tls_and_eight_plaintext_connections() {
         listener.tls_inspector = Some(TlsInspector {
             max_client_hello_bytes: 16 * 1024,
             close_on_parse_error: false,
+            initial_read_bytes: None,
             timeout_ms: Some(5_000),
             continue_on_timeout: false,
             stats: Arc::new(TlsInspectorStats::new("tls_inspector", 1)),

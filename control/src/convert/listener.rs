@@ -165,6 +165,7 @@ fn tls_inspector(
     Ok(Some(TlsInspectorConfig {
         max_client_hello_bytes: filter.max_client_hello_bytes,
         close_on_parse_error: filter.close_on_parse_error,
+        initial_read_bytes: filter.initial_read_bytes,
         timeout_ms,
         continue_on_timeout: l.continue_on_listener_filters_timeout,
     }))
@@ -175,11 +176,11 @@ fn tls_inspector(
 struct InspectorFilter {
     max_client_hello_bytes: u32,
     close_on_parse_error: bool,
+    initial_read_bytes: Option<u32>,
 }
 
 /// A `TlsInspector` at `path`: Envoy's ranges; the JA3/JA4 fingerprints are refused when
-/// enabled (Switchyard computes none); `initial_read_buffer_size` has no effect (the
-/// inspector reads what arrives into one of the worker's buffers).
+/// enabled (Switchyard computes none); `initial_read_buffer_size` bounds the first receive.
 fn inspector_filter(t: &PbTlsInspector, path: &str) -> Result<InspectorFilter> {
     for (name, on) in [
         ("enable_ja3_fingerprinting", t.enable_ja3_fingerprinting),
@@ -213,6 +214,7 @@ fn inspector_filter(t: &PbTlsInspector, path: &str) -> Result<InspectorFilter> {
     Ok(InspectorFilter {
         max_client_hello_bytes: max,
         close_on_parse_error: t.close_connection_on_client_hello_parsing_errors,
+        initial_read_bytes: t.initial_read_buffer_size.map(|v| v.value),
     })
 }
 

@@ -157,10 +157,13 @@ pub struct Listener {
 pub struct TlsInspector {
     /// `max_client_hello_size`: a longer ClientHello is `client_hello_too_large`.
     pub max_client_hello_bytes: u32,
-    /// `close_connection_on_client_hello_parsing_errors` (kept for the record: a ClientHello
-    /// too large closes the connection either way, as in Envoy 1.40, and a malformed one is
-    /// plaintext either way).
+    /// `close_connection_on_client_hello_parsing_errors`: first bytes that do not parse as
+    /// a ClientHello (plaintext included) close the connection instead of going on as
+    /// `raw_buffer`, as Envoy's (a ClientHello too large closes it either way).
     pub close_on_parse_error: bool,
+    /// `initial_read_buffer_size`: the most the first receive takes (later ones take up to
+    /// `max_client_hello_bytes` in all); `None`: the first takes up to that too.
+    pub initial_read_bytes: Option<u32>,
     /// `listener_filters_timeout` (Envoy's default 15 s; `None`: 0, no deadline).
     pub timeout_ms: Option<u64>,
     /// `continue_on_listener_filters_timeout`: past the deadline the connection goes on

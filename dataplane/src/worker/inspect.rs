@@ -36,7 +36,9 @@ const COPY_CHUNK_BYTES: usize = 512;
 #[derive(Debug, Clone, Copy)]
 struct Settings {
     max_bytes: u32,
+    first_read_bytes: u32,
     continue_on_timeout: bool,
+    close_on_parse_error: bool,
 }
 
 impl Worker {
@@ -66,16 +68,28 @@ impl Worker {
     fn inspector_settings(&self, slot: u32) -> Option<Settings> {
         let inspector = self.listener_of(slot)?.tls_inspector.as_ref()?;
         let room = tls_room(self.ring.buffer_size(BufClass::Small));
+        let max_bytes = inspector.max_client_hello_bytes.min(room);
         Some(Settings {
-            max_bytes: inspector.max_client_hello_bytes.min(room),
+            max_bytes,
+            first_read_bytes: inspector
+                .initial_read_bytes
+                .map_or(max_bytes, |b| b.min(max_bytes)),
             continue_on_timeout: inspector.continue_on_timeout,
+            close_on_parse_error: inspector.close_on_parse_error,
         })
     }
 
     fn inspect_recv(&mut self, slot: u32) {
-        let max_bytes = self.inspector_settings(slot).map_or(1, |s| s.max_bytes);
+        let settings = self.inspector_settings(slot);
         let conn = &mut self.conns[slot as usize];
         let held = conn.inspect.held.map_or(0, |(_, n)| n);
+        let max_bytes = settings.map_or(1, |s| {
+            if held == 0 {
+                s.first_read_bytes
+            } else {
+                s.max_bytes
+            }
+        });
         let ud = ud::encode(Kind::InspectRead, slot, conn.nonce);
         conn.inspect.reading = true;
         conn.machine.started(1);
@@ -149,7 +163,13 @@ impl Worker {
             Inspected::NeedMore => self.inspect_recv(slot),
             Inspected::NotTls => {
                 self.count_inspector(slot, TlsInspectorStat::TlsNotFound);
-                self.finish_inspection(slot, &Detected::NOTHING);
+                if settings.close_on_parse_error {
+                    // Envoy's close_connection_on_client_hello_parsing_errors: whatever does
+                    // not parse as a ClientHello is closed, plaintext included.
+                    self.fail_inspection(slot, None);
+                } else {
+                    self.finish_inspection(slot, &Detected::NOTHING);
+                }
             }
             // Closed, with close_connection_on_client_hello_parsing_errors or without, as
             // Envoy 1.40 closes it.
