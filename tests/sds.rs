@@ -103,10 +103,6 @@ fn served_leaf(port: u16, identity: Option<&str>) -> Option<Vec<u8>> {
     Some(leaf)
 }
 
-fn leaf_of(name: &str) -> Vec<u8> {
-    certs(name).remove(0).to_vec()
-}
-
 /// Polls new handshakes on `port` until one is served `want`; how long it took.
 fn wait_for_leaf(port: u16, want: &[u8], within: Duration) -> Duration {
     let started = Instant::now();
@@ -168,7 +164,7 @@ fn static_and_file_secrets_serve_and_ten_rotations_reach_new_handshakes_only() {
         return;
     };
     proxy.wait_listening(local(file_port), Duration::from_secs(10));
-    let (ecdsa, rsa) = (leaf_of("server.pem"), leaf_of("server-rsa.pem"));
+    let (ecdsa, rsa) = (leaf("server.pem"), leaf("server-rsa.pem"));
     assert_eq!(served_leaf(static_port, None), Some(rsa.clone()));
     wait_for_leaf(file_port, &ecdsa, Duration::from_secs(10));
 
@@ -429,7 +425,7 @@ fn a_listener_warms_until_its_secret_arrives_over_ads_and_a_bad_secret_is_nacked
     let good = certificate_secret("ads_cert", "server.pem", "server.key");
     respond(&stream, SECRET_TYPE, "1", vec![any(SECRET_TYPE, &good)]);
     proxy.wait_listening(local(port), Duration::from_secs(10));
-    wait_for_leaf(port, &leaf_of("server.pem"), Duration::from_secs(5));
+    wait_for_leaf(port, &leaf("server.pem"), Duration::from_secs(5));
 
     // A key that is not the certificate's: NACKed, the old certificate serves.
     let bad = certificate_secret("ads_cert", "server.pem", "server-rsa.key");
@@ -447,12 +443,12 @@ fn a_listener_warms_until_its_secret_arrives_over_ads_and_a_bad_secret_is_nacked
         "{detail}"
     );
     assert_eq!(nack.version_info, "1");
-    assert_eq!(served_leaf(port, None), Some(leaf_of("server.pem")));
+    assert_eq!(served_leaf(port, None), Some(leaf("server.pem")));
     assert!(proxy.stat("sds.ads_cert.update_rejected") >= 1);
     // Rotation over ADS.
     let rsa = certificate_secret("ads_cert", "server-rsa.pem", "server-rsa.key");
     respond(&stream, SECRET_TYPE, "3", vec![any(SECRET_TYPE, &rsa)]);
-    wait_for_leaf(port, &leaf_of("server-rsa.pem"), Duration::from_secs(1));
+    wait_for_leaf(port, &leaf("server-rsa.pem"), Duration::from_secs(1));
 }
 
 /// A listener item of the test YAML as an LDS resource.
@@ -538,7 +534,7 @@ fn a_secret_over_delta_ads_is_subscribed_by_name_nacked_when_bad_and_rotated() {
         vec![("delta_cert", any(SECRET_TYPE, &good))],
     );
     proxy.wait_listening(local(port), wait);
-    wait_for_leaf(port, &leaf_of("server.pem"), Duration::from_secs(5));
+    wait_for_leaf(port, &leaf("server.pem"), Duration::from_secs(5));
 
     let bad = certificate_secret("delta_cert", "server.pem", "server-rsa.key");
     delta_respond(
@@ -554,7 +550,7 @@ fn a_secret_over_delta_ads_is_subscribed_by_name_nacked_when_bad_and_rotated() {
         }
     };
     assert!(nack.error_detail.is_some(), "a NACK");
-    assert_eq!(served_leaf(port, None), Some(leaf_of("server.pem")));
+    assert_eq!(served_leaf(port, None), Some(leaf("server.pem")));
 
     let rsa = certificate_secret("delta_cert", "server-rsa.pem", "server-rsa.key");
     delta_respond(
@@ -563,5 +559,5 @@ fn a_secret_over_delta_ads_is_subscribed_by_name_nacked_when_bad_and_rotated() {
         "s3",
         vec![("delta_cert", any(SECRET_TYPE, &rsa))],
     );
-    wait_for_leaf(port, &leaf_of("server-rsa.pem"), Duration::from_secs(1));
+    wait_for_leaf(port, &leaf("server-rsa.pem"), Duration::from_secs(1));
 }

@@ -22,27 +22,12 @@ mod common;
 
 use common::*;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn cert(name: &str) -> PathBuf {
-    repo_root().join("tests/certs").join(name)
-}
-
-fn leaf(name: &str) -> Vec<u8> {
-    CertificateDer::pem_file_iter(cert(name))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .to_vec()
-}
 
 /// Accepts any server certificate (the test names are not in the certificates) and keeps
 /// the leaf it was shown, to tell which chain's certificate served the handshake.

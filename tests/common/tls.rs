@@ -22,6 +22,11 @@ pub fn certs(name: &str) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
+/// The first (leaf) certificate of the PEM file `name` of the test PKI, as DER.
+pub fn leaf(name: &str) -> Vec<u8> {
+    certs(name).remove(0).to_vec()
+}
+
 /// A rustls client config trusting the test CA, presenting `identity` (`client`,
 /// `intruder`, ...) when given.
 pub fn client_config(identity: Option<&str>) -> Arc<rustls::ClientConfig> {
