@@ -709,7 +709,7 @@ stat_block!(
 
 stat_block!(
     /// `server.*` stats kept by workers (the admin adds live, uptime, concurrency).
-    ServerStats, ServerStat, 10, {
+    ServerStats, ServerStat, 12, {
     /// Connections open on all listeners.
     TotalConnections => ("total_connections", Gauge),
     /// Access-log records dropped because the log queue was full.
@@ -732,6 +732,13 @@ stat_block!(
     RelayBufferExhausted => ("relay_buffer_exhausted", Counter),
     /// Receives into a large buffer (a direction moving bulk data).
     RelayLargeBufferReceives => ("relay_large_buffer_receives", Counter),
+    /// TLS records whose end came in a later receive: their first bytes were copied to the
+    /// front of a spare buffer, which the next receive filled after them. Switchyard's own
+    /// stat.
+    TlsRecordsCarried => ("tls_records_carried", Counter),
+    /// The same with no spare buffer free: parked beside the session, and moved in front of
+    /// the next receive's bytes (which costs a copy of them). Switchyard's own stat.
+    TlsRecordsParked => ("tls_records_parked", Counter),
     /// Broken invariants a worker refused instead of absorbing: a completion for a slot that
     /// was reused or freed, a completion with nothing in flight, an open-connection count
     /// below zero. Always 0; anything else is a bug (logged). Switchyard's own stat.

@@ -77,24 +77,34 @@ fn cluster_ssl(f: &Fib) -> &SslStats {
 }
 
 fn start(f: impl FnOnce(SocketAddr) -> Fib) -> (DataPlane, Arc<Fib>, SocketAddr) {
+    let (plane, fib, listen, _) = start_with(Limits::default(), f);
+    (plane, fib, listen)
+}
+
+/// [`start`] with `limits`, and the server stats.
+fn start_with(
+    limits: Limits,
+    f: impl FnOnce(SocketAddr) -> Fib,
+) -> (DataPlane, Arc<Fib>, SocketAddr, Arc<ServerStats>) {
     let listen = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
+    let server = Arc::new(ServerStats::new("server", 1));
     let plane = DataPlane::start(
         PlaneConfig {
             cpus: vec![0],
             pin: false,
-            limits: Limits::default(),
+            limits,
             drain_time: Duration::from_secs(1),
         },
-        Arc::new(ServerStats::new("server", 1)),
+        server.clone(),
         Arc::new(AccessLogQueues::new(1, 64)),
     )
     .expect("start");
     let fib = Arc::new(f(listen));
     plane.publish(fib.clone()).expect("publish");
-    (plane, fib, listen)
+    (plane, fib, listen, server)
 }
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -154,9 +164,30 @@ fn in_parallel(n: u32, client: impl Fn(u32) + Send + Sync + Clone + 'static) {
     }
 }
 
-/// Eight clients at once each move 1 MiB both ways through a chain that terminates TLS.
+/// Eight clients at once each move 1 MiB both ways through a chain that terminates TLS
+/// (with the default pools: records split over receives are carried in spare buffers).
 #[test]
 fn a_terminating_chain_relays_eight_loaded_connections() {
+    let server = terminate_eight_loaded(Limits::default());
+    assert!(server.get(ServerStat::TlsRecordsCarried) > 0);
+    assert_eq!(server.get(ServerStat::TlsRecordsParked), 0);
+}
+
+/// The same with a pool so small that no spare buffer is ever free: records split over
+/// receives are parked beside their session and still reach the backend whole.
+#[test]
+fn with_no_spare_buffer_split_records_are_parked_and_still_relayed_whole() {
+    let server = terminate_eight_loaded(Limits {
+        buffers_per_worker: 64,
+        large_buffer_size_bytes: 0,
+        ..Limits::default()
+    });
+    assert!(server.get(ServerStat::TlsRecordsParked) > 0);
+}
+
+/// Eight rustls clients each move 1 MiB both ways through a terminating chain to an echo
+/// backend; every byte comes back, every handshake is counted. Returns the server stats.
+fn terminate_eight_loaded(limits: Limits) -> Arc<ServerStats> {
     let pki = Pki::new();
     let ctx = Arc::new(
         ServerContext::new(&server_settings(pki.leaf(&["gateway.example.com"], &[]))).unwrap(),
@@ -166,7 +197,7 @@ fn a_terminating_chain_relays_eight_loaded_connections() {
         context: Some(ctx),
         handshake_timeout_ms: None,
     };
-    let (plane, f, listen) = start(|l| fib(l, backend, Some(chain), None));
+    let (plane, f, listen, server) = start_with(limits, |l| fib(l, backend, Some(chain), None));
     let config = client_config(&pki, None);
     in_parallel(8, move |id| {
         let config = config.clone();
@@ -195,6 +226,7 @@ fn a_terminating_chain_relays_eight_loaded_connections() {
     assert_eq!(tls13.iter().map(|&c| ssl.get(c)).sum::<u64>(), 8);
     assert_eq!(ssl.get(SslStat::ConnectionError), 0);
     plane.shutdown(Duration::from_millis(100));
+    server
 }
 
 /// Plaintext clients, a cluster that originates TLS to a rustls echo server.

@@ -146,6 +146,8 @@ static ONE: libc::c_int = 1;
 const BUF_KERNEL: u8 = 0;
 const BUF_WORKER: u8 = 1;
 const BUF_SENDING: u8 = 2;
+/// Held for a receive into it at an offset ([`Ring::recv_into`]): the kernel writes it.
+const BUF_RECEIVING: u8 = 4;
 /// Owned by the pool but not in the kernel's ring (beyond the window).
 const BUF_SPARE: u8 = 3;
 
@@ -208,6 +210,17 @@ impl RingBuf {
     /// The id as a number (to carry in `user_data`; [`Ring::buffer_in_send`] turns it back).
     pub fn raw(self) -> u16 {
         self.0
+    }
+
+    /// The pool it belongs to.
+    pub(crate) fn class(self) -> BufClass {
+        if self.0 & LARGE_BIT != 0 {
+            BufClass::Large
+        } else if self.0 & DATAGRAM_BIT != 0 {
+            BufClass::Datagram
+        } else {
+            BufClass::Small
+        }
     }
 }
 
@@ -1026,6 +1039,46 @@ impl Ring {
         unsafe { self.push(e) }
     }
 
+    /// Receives at most `len` bytes into buffer `id` (which the worker holds) at `offset`:
+    /// the bytes already there before `offset` stay (TLS puts a record's first part there,
+    /// so the rest lands after it). The buffer is the kernel's until [`Ring::recv_done`].
+    pub fn recv_into(&mut self, fd: RawFd, id: RingBuf, offset: u32, len: u32, user_data: u64) {
+        let (pool, bid) = self.pool_of(id);
+        let state = &mut pool.state[usize::from(bid)];
+        assert_eq!(
+            *state, BUF_WORKER,
+            "receive into buffer {id} not held by the worker"
+        );
+        assert!(
+            len > 0 && offset.checked_add(len).is_some_and(|end| end <= pool.size),
+            "receive outside buffer"
+        );
+        *state = BUF_RECEIVING;
+        // SAFETY: bid < count and offset + len <= size, so the range is inside the pool.
+        let ptr = unsafe {
+            pool.data
+                .add(usize::from(bid) * pool.size as usize + offset as usize)
+        };
+        let e = opcode::Recv::new(types::Fd(fd), ptr, len)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the buffer is in state RECEIVING until `recv_done`: the worker cannot
+        // touch it (`buffer_mut`, `recycle`, `send` all need BUF_WORKER), the kernel's ring
+        // does not hold it, and the pool outlives every operation.
+        unsafe { self.push(e) }
+    }
+
+    /// A receive into buffer `id` ([`Ring::recv_into`]) completed: the worker holds it again.
+    pub fn recv_done(&mut self, id: RingBuf) {
+        let (pool, bid) = self.pool_of(id);
+        let s = &mut pool.state[usize::from(bid)];
+        assert_eq!(
+            *s, BUF_RECEIVING,
+            "recv_done on buffer {id} not in a receive"
+        );
+        *s = BUF_WORKER;
+    }
+
     /// A send from buffer `id` completed.
     pub fn send_done(&mut self, id: RingBuf) {
         let (pool, bid) = self.pool_of(id);
@@ -1050,6 +1103,20 @@ impl Ring {
         // until the worker hands it over again, which needs `&mut self`, so no other
         // reference to these bytes exists while the returned one lives.
         unsafe { std::slice::from_raw_parts_mut(pool.data.add(usize::from(bid) * size), size) }
+    }
+
+    /// Copies `len` bytes at `at` of buffer `from` to the front of buffer `to`; both are
+    /// held by the worker and are not the same buffer.
+    pub fn copy_between(&mut self, from: RingBuf, at: usize, len: usize, to: RingBuf) {
+        assert_ne!(from, to, "a copy between two buffers");
+        let src = self.buffer_mut(from)[at..at + len].as_ptr();
+        let dst = self.buffer_mut(to);
+        assert!(len <= dst.len(), "copy larger than its buffer");
+        // SAFETY: `src` points at `len` bytes inside buffer `from` (bounds checked by the
+        // slice above) and `dst` is buffer `to`, at least `len` long; both are held by the
+        // worker (`buffer_mut` asserts it), so nothing else writes them, and two distinct
+        // buffers of the pools never overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), len) }
     }
 
     /// Takes a buffer of pool `class` that the kernel does not hold (a spare), for the

@@ -126,6 +126,8 @@ impl ServerContext {
             };
             let mut config = builder.with_cert_resolver(resolver.clone());
             config.alpn_protocols = alpn;
+            // The records run in place on the worker once rustls hands the keys over.
+            config.enable_secret_extraction = true;
             // Stateless resumption only: a session cache would be a lock every worker takes.
             config.session_storage = Arc::new(NoServerSessionStorage {});
             match &ticketer {
@@ -161,10 +163,13 @@ impl ServerContext {
         &self.settings
     }
 
-    /// The config for a client that sent `hello`: ALPN only when the client offers one of
-    /// ours.
-    pub(crate) fn config_for(&self, hello: &ClientHello<'_>) -> Arc<ServerConfig> {
-        match (&self.without_alpn, hello.alpn()) {
+    /// The config for a client whose ClientHello offers `offered` (None: no ALPN
+    /// extension): ALPN only when the client offers one of ours.
+    pub(crate) fn config_for<'a>(
+        &self,
+        offered: Option<impl Iterator<Item = &'a [u8]>>,
+    ) -> Arc<ServerConfig> {
+        match (&self.without_alpn, offered) {
             (Some(without), Some(mut offered)) => {
                 if offered.any(|p| self.alpn.iter().any(|ours| ours == p)) {
                     self.with_alpn.clone()
@@ -222,6 +227,7 @@ impl ClientContext {
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = settings.alpn.clone();
+        config.enable_secret_extraction = true;
         config.resumption = if settings.max_session_keys == 0 {
             rustls::client::Resumption::disabled()
         } else {

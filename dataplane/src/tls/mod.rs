@@ -6,7 +6,9 @@
 //!   shared by every worker through the FIB (rustls configs, certificate choice, verifiers,
 //!   session tickets shared by all workers without a lock).
 //! - [`Session`]: one connection's TLS, driven by the worker over its provided buffers in
-//!   place (no thread, no blocking, no I/O here).
+//!   place (no thread, no blocking, no I/O here): rustls' handshake, then
+//!   [`record`]: the records opened and sealed where they lie, with the secrets rustls
+//!   hands over (where kTLS would take them).
 //! - [`client_hello`]: the tls_inspector's reading of a ClientHello (SNI, ALPN), without
 //!   rustls and without allocating.
 //! - [`verify`]: Envoy's `CertificateValidationContext` (chain, CRLs, SAN matchers).
@@ -14,6 +16,7 @@
 mod client_cache;
 pub mod client_hello;
 mod context;
+pub mod record;
 pub mod session;
 pub mod settings;
 mod ticket;

@@ -3,7 +3,7 @@
 //! operations, on provided buffers or, in splice mode, on the connection's pipes.
 
 use super::slot::ShadowState;
-use super::tls_io::{tls_room, TlsReceived, TlsSent};
+use super::tls_io::{TlsReceived, TlsSent};
 use super::ud::{self, Kind};
 use super::{classify_receive, send_kind, Receive, RelayMode, Worker};
 use crate::conn;
@@ -238,11 +238,11 @@ impl Worker {
     /// Picks the buffer size of a direction's next receive from what this one got: a small
     /// buffer filled to the brim means more is waiting (bulk), so go large; a large receive
     /// that a small buffer would have held means the burst is over.
-    fn resize_receives(&mut self, slot: u32, dir: Dir, class: BufClass, len: u32) {
+    pub(super) fn resize_receives(&mut self, slot: u32, dir: Dir, class: BufClass, len: u32) {
         let mut small = self.ring.buffer_size(BufClass::Small);
         if self.tls_direction(slot, dir) {
-            // A TLS direction's receives stop short of the brim (room for records).
-            small = tls_room(small);
+            // A TLS direction's receives may stop short of the brim (room for records).
+            small = self.tls_receive_room(slot, dir, small);
         }
         let large = &mut self.conns[slot as usize].large_receives[dir as usize];
         match class {
@@ -345,10 +345,17 @@ impl Worker {
             return;
         }
         let tls = self.tls_direction(slot, dir);
+        let max_len = self.conns[slot as usize]
+            .machine
+            .relay()
+            .limits()
+            .recv_bytes(dir);
+        if tls && self.tls_receive_carried(slot, dir, max_len) {
+            return;
+        }
         let throttled = self.throttled(slot, dir);
         let conn = &mut self.conns[slot as usize];
         let fd = conn.fd(dir.source());
-        let max_len = conn.machine.relay().limits().recv_bytes(dir);
         conn.machine.started(1);
         let kind = if dir == Dir::Up {
             Kind::RecvUp
@@ -389,7 +396,8 @@ impl Worker {
             };
             conn.recv_class[dir as usize] = class;
             let max_len = if tls {
-                max_len.min(tls_room(self.ring.buffer_size(class)))
+                let room = self.tls_receive_room(slot, dir, self.ring.buffer_size(class));
+                max_len.min(room)
             } else {
                 max_len
             };

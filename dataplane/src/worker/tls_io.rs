@@ -20,7 +20,7 @@ use super::Worker;
 use crate::accesslog::tls::{TlsRecord, TlsSideRecord};
 use crate::conn::{self, HandshakeEnd};
 use crate::relay::{Dir, Received, Side};
-use crate::stats::{ListenerStat, SslStat, SslStats};
+use crate::stats::{ListenerStat, ServerStat, SslStat, SslStats};
 use crate::sys::{BufClass, Completion, RingBuf};
 use crate::tls::{Decrypted, Session, TLS_SLACK};
 use std::sync::Arc;
@@ -54,8 +54,13 @@ pub(crate) struct TlsSide {
     scratch: Option<RingBuf>,
     /// Plaintext decrypted before the relay asked for it.
     ready: Option<(RingBuf, u32)>,
-    /// rustls holds plaintext that did not fit.
-    pending: bool,
+    /// The first bytes of a record whose end has not arrived: they go in front of the
+    /// next receive's.
+    carry: Option<Carry>,
+    /// A receive into the carry's buffer, after its bytes, is in flight.
+    carry_receiving: bool,
+    /// Where a carry waits when no spare buffer was free (allocated then, kept).
+    parked: Option<Box<[u8]>>,
     /// The peer sent `close_notify`: the direction's next receive is its end.
     eof: bool,
     /// The handshake failed for want of a buffer.
@@ -82,7 +87,9 @@ impl TlsSide {
             write: None,
             scratch: None,
             ready: None,
-            pending: false,
+            carry: None,
+            carry_receiving: false,
+            parked: None,
             eof: false,
             local_failure: false,
             not_ready: false,
@@ -96,9 +103,21 @@ impl TlsSide {
 
     /// The relay's next receive needs no socket read: bytes or the end are already here.
     fn answers_receive(&self) -> bool {
-        self.ready.is_some() || self.pending || self.eof
+        self.ready.is_some() || self.eof
     }
 }
+
+/// The first `len` bytes of a record whose end has not arrived yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carry {
+    /// At the front of a spare buffer, which the next receive fills after them.
+    Buffer { buf: RingBuf, len: u32 },
+    /// In [`TlsSide::parked`]: the next receive's bytes move up to make room for them.
+    Parked { len: u32 },
+}
+
+/// The most bytes of an incomplete record a carry holds (a TLS 1.2 record at its longest).
+const MAX_CARRY_BYTES: usize = crate::tls::record::HEADER_LEN + 16 * 1024 + 2048;
 
 fn read_kind(side: Side) -> Kind {
     match side {
@@ -185,7 +204,8 @@ impl Worker {
             self.ring.recycle(buf);
             return;
         };
-        feed_handshake(t, buf, len, &mut self.ring, self.id, Side::Client);
+        let carried = feed_handshake(t, buf, len, &mut self.ring, self.id, Side::Client);
+        self.count_carry(carried);
     }
 
     fn new_session(&self, slot: u32, side: Side) -> Option<Session> {
@@ -383,6 +403,16 @@ impl Worker {
         }
     }
 
+    /// Counts how the first bytes of a record split over receives were kept, if any were.
+    fn count_carry(&self, carried: Option<Carry>) {
+        let stat = match carried {
+            Some(Carry::Buffer { .. }) => ServerStat::TlsRecordsCarried,
+            Some(Carry::Parked { .. }) => ServerStat::TlsRecordsParked,
+            None => return,
+        };
+        self.shared.server_stats.inc(self.id, stat);
+    }
+
     /// Whether `slot` is in a handshake with `side` (its completions move it on).
     fn handshaking(&self, slot: u32, side: Side) -> bool {
         self.conns[slot as usize].machine.stage() == conn::Stage::Handshaking { side }
@@ -405,7 +435,10 @@ impl Worker {
         t.hs_recv = false;
         match buf {
             Some((b, _)) if !live || t.reported || t.abandoned => self.ring.recycle(b),
-            Some((b, n)) => feed_handshake(t, b, n as u32, &mut self.ring, self.id, side),
+            Some((b, n)) => {
+                let carried = feed_handshake(t, b, n as u32, &mut self.ring, self.id, side);
+                self.count_carry(carried);
+            }
             // End of stream or an error before the handshake finished (or the no-op that
             // reports an end decided before any I/O).
             None if !t.reported && !t.local_failure && !t.abandoned => t.peer_failure = true,
@@ -500,6 +533,9 @@ impl Worker {
     ) -> Option<TlsReceived> {
         let side = dir.source();
         let t = self.conns[slot as usize].tls[side as usize].as_deref_mut()?;
+        if t.carry_receiving {
+            return Some(self.carried_receive(slot, dir, c.result));
+        }
         if t.answers_receive() && c.buffer_id().is_none() {
             return Some(self.answer_from_session(slot, dir));
         }
@@ -514,24 +550,65 @@ impl Worker {
         if let Some((buf, len)) = t.ready.take() {
             return TlsReceived::Plain { buf, len };
         }
-        if t.pending {
-            let Some(buf) = self.ring.take_spare(BufClass::Small) else {
-                return TlsReceived::Relay(Received::NoBuffer);
-            };
-            let n = t.session.drain_plaintext(self.ring.buffer_mut(buf)) as u32;
-            t.pending = n > 0 && t.session.has_plaintext();
-            if n > 0 {
-                return TlsReceived::Plain { buf, len: n };
-            }
-            self.ring.recycle(buf);
-            if !t.eof {
-                return TlsReceived::Again;
-            }
-        }
         TlsReceived::Relay(Received::Eof)
     }
 
-    /// Decrypts the `len` bytes just received into `buf` on `dir` in place.
+    /// A receive into the carry's buffer on `dir` completed: the record's first bytes and
+    /// what came after them are decrypted together.
+    fn carried_receive(&mut self, slot: u32, dir: Dir, result: i32) -> TlsReceived {
+        let t = self.conns[slot as usize].tls[dir.source() as usize]
+            .as_deref_mut()
+            .expect("checked by the caller");
+        t.carry_receiving = false;
+        let Some(Carry::Buffer { buf, len }) = t.carry.take() else {
+            unreachable!("a carried receive has its buffer")
+        };
+        self.ring.recv_done(buf);
+        if result > 0 {
+            let total = len + result as u32;
+            self.resize_receives(slot, dir, buf.class(), total);
+            return self.tls_decrypt(slot, dir, buf, total);
+        }
+        self.ring.recycle(buf);
+        self.feed_starved();
+        // The peer ended (or failed) in the middle of a record: no plaintext of it exists.
+        let end = if result == 0 {
+            Received::Eof
+        } else {
+            Received::Error(-result)
+        };
+        TlsReceived::Relay(end)
+    }
+
+    /// The next receive on `dir` from a TLS side with a carry in a buffer: into that
+    /// buffer, after the carried bytes. False when there is none (a socket read into a
+    /// provided buffer is due).
+    pub(super) fn tls_receive_carried(&mut self, slot: u32, dir: Dir, max_len: u32) -> bool {
+        let conn = &mut self.conns[slot as usize];
+        let (fd, nonce) = (conn.fd(dir.source()), conn.nonce);
+        let Some(t) = conn.tls[dir.source() as usize].as_deref_mut() else {
+            return false;
+        };
+        let Some(Carry::Buffer { buf, len }) = t.carry else {
+            return false;
+        };
+        t.carry_receiving = true;
+        conn.recv_class[dir as usize] = buf.class();
+        conn.machine.started(1);
+        let kind = if dir == Dir::Up {
+            Kind::RecvUp
+        } else {
+            Kind::RecvDown
+        };
+        let room = self.tls_receive_room(slot, dir, self.ring.buffer_size(buf.class()));
+        let nonce_ud = ud::encode(kind, slot, nonce);
+        self.ring
+            .recv_into(fd, buf, len, room.min(max_len).max(1), nonce_ud);
+        true
+    }
+
+    /// Decrypts the `len` bytes just received into `buf` on `dir` in place (after the
+    /// bytes of a record carried from the last receive, moved in front of them).
     pub(super) fn tls_decrypt(
         &mut self,
         slot: u32,
@@ -543,10 +620,20 @@ impl Worker {
             .as_deref_mut()
             .expect("a TLS side");
         let bytes = self.ring.buffer_mut(buf);
-        match t.session.decrypt_in_place(bytes, 0, len as usize) {
+        let len = unpark(t, bytes, len as usize);
+        match t.session.decrypt_in_place(bytes, len) {
             Ok(d) => {
                 t.eof |= d.peer_closed;
-                t.pending |= d.plaintext_pending;
+                let class = if self.conns[slot as usize].large_receives[dir as usize] {
+                    BufClass::Large
+                } else {
+                    BufClass::Small
+                };
+                let t = self.conns[slot as usize].tls[dir.source() as usize]
+                    .as_deref_mut()
+                    .expect("a TLS side");
+                let carried = carry(t, buf, d, class, &mut self.ring);
+                self.count_carry(carried);
                 if d.plaintext > 0 {
                     return TlsReceived::Plain {
                         buf,
@@ -693,7 +780,15 @@ impl Worker {
             let Some(t) = self.conns[slot as usize].tls[side as usize].take() else {
                 continue;
             };
-            for buf in [t.ready.map(|(b, _)| b), t.scratch].into_iter().flatten() {
+            let carried = match t.carry {
+                Some(Carry::Buffer { buf, .. }) => Some(buf),
+                _ => None,
+            };
+            debug_assert!(!t.carry_receiving, "freed with a receive in flight");
+            for buf in [t.ready.map(|(b, _)| b), t.scratch, carried]
+                .into_iter()
+                .flatten()
+            {
                 self.ring.recycle(buf);
             }
         }
@@ -710,6 +805,27 @@ impl Worker {
     pub(super) fn tls_direction(&self, slot: u32, dir: Dir) -> bool {
         let conn = &self.conns[slot as usize];
         conn.tls[dir.source() as usize].is_some() || conn.tls[dir.sink() as usize].is_some()
+    }
+
+    /// The most a receive on `dir` may take into a buffer of `size` bytes: all of it when
+    /// only the source speaks TLS (plaintext is never longer than its records, and it is
+    /// moved down over them), less [`TLS_SLACK`] when the sink does (its records' headers
+    /// and tags); less what a carry puts in front either way.
+    pub(super) fn tls_receive_room(&self, slot: u32, dir: Dir, size: u32) -> u32 {
+        let conn = &self.conns[slot as usize];
+        let room = if conn.tls[dir.sink() as usize].is_some() {
+            tls_room(size)
+        } else {
+            size
+        };
+        let carried = match conn.tls[dir.source() as usize].as_deref() {
+            Some(TlsSide {
+                carry: Some(Carry::Buffer { len, .. } | Carry::Parked { len }),
+                ..
+            }) => *len,
+            _ => 0,
+        };
+        room.saturating_sub(carried).max(1)
     }
 }
 
@@ -783,13 +899,18 @@ fn feed_handshake(
     ring: &mut crate::sys::Ring,
     worker: usize,
     side: Side,
-) {
+) -> Option<Carry> {
     let bytes = ring.buffer_mut(buf);
-    match t.session.decrypt_in_place(bytes, 0, len as usize) {
-        Ok(d) => keep_decrypted(t, buf, d, ring),
+    match t.session.decrypt_in_place(bytes, len as usize) {
+        Ok(d) => {
+            let carried = carry(t, buf, d, BufClass::Small, ring);
+            keep_decrypted(t, buf, d, ring);
+            carried
+        }
         Err(e) => {
             tracing::debug!(worker, ?side, error = %e, "TLS handshake failed");
             t.scratch = Some(buf);
+            None
         }
     }
 }
@@ -798,7 +919,6 @@ fn feed_handshake(
 /// next write.
 fn keep_decrypted(t: &mut TlsSide, buf: RingBuf, d: Decrypted, ring: &mut crate::sys::Ring) {
     t.eof |= d.peer_closed;
-    t.pending |= d.plaintext_pending;
     if d.plaintext > 0 {
         if let Some((old, _)) = t.ready.replace((buf, d.plaintext as u32)) {
             // Cannot happen: one handshake receive after the handshake's end at most.
@@ -807,4 +927,50 @@ fn keep_decrypted(t: &mut TlsSide, buf: RingBuf, d: Decrypted, ring: &mut crate:
     } else {
         t.scratch = Some(buf);
     }
+}
+
+/// Keeps the first bytes of a record whose end has not arrived (`d`'s tail in `buf`) for
+/// the next receive: at the front of a spare buffer (of `class`, the size the direction
+/// receives into, else small) that the receive fills after them, or, with no spare free,
+/// parked beside the session. Returns how it was kept.
+fn carry(
+    t: &mut TlsSide,
+    buf: RingBuf,
+    d: Decrypted,
+    class: BufClass,
+    ring: &mut crate::sys::Ring,
+) -> Option<Carry> {
+    debug_assert!(t.carry.is_none(), "one carry at a time");
+    if d.tail_len == 0 {
+        return None;
+    }
+    let len = d.tail_len as u32;
+    let spare = ring
+        .take_spare(class)
+        .or_else(|| ring.take_spare(BufClass::Small));
+    if let Some(spare) = spare {
+        ring.copy_between(buf, d.tail_at, d.tail_len, spare);
+        t.carry = Some(Carry::Buffer { buf: spare, len });
+        return t.carry;
+    }
+    let parked = t
+        .parked
+        .get_or_insert_with(|| vec![0u8; MAX_CARRY_BYTES].into_boxed_slice());
+    parked[..d.tail_len].copy_from_slice(&ring.buffer_mut(buf)[d.tail_at..d.tail_at + d.tail_len]);
+    t.carry = Some(Carry::Parked { len });
+    t.carry
+}
+
+/// Puts a parked carry in front of the `len` bytes just received into `bytes` (the receive
+/// left room for it); the bytes to decrypt.
+fn unpark(t: &mut TlsSide, bytes: &mut [u8], len: usize) -> usize {
+    let Some(Carry::Parked { len: parked }) = t.carry else {
+        return len;
+    };
+    t.carry = None;
+    let parked = parked as usize;
+    bytes.copy_within(..len, parked);
+    let from = t.parked.as_deref().expect("a parked carry has its room");
+    bytes[..parked].copy_from_slice(&from[..parked]);
+    parked + len
 }
