@@ -167,6 +167,8 @@ fn static_and_file_secrets_serve_and_ten_rotations_reach_new_handshakes_only() {
     let (ecdsa, rsa) = (leaf("server.pem"), leaf("server-rsa.pem"));
     assert_eq!(served_leaf(static_port, None), Some(rsa.clone()));
     wait_for_leaf(file_port, &ecdsa, Duration::from_secs(10));
+    dumped_secret(&proxy, "static_secrets", "static_cert");
+    dumped_secret(&proxy, "dynamic_active_secrets", "server_cert");
 
     // Ten rotations under `switchyard-bench rr` (8 TLS connections): each reaches new
     // handshakes within a second; the established connections never notice.
@@ -426,6 +428,8 @@ fn a_listener_warms_until_its_secret_arrives_over_ads_and_a_bad_secret_is_nacked
     respond(&stream, SECRET_TYPE, "1", vec![any(SECRET_TYPE, &good)]);
     proxy.wait_listening(local(port), Duration::from_secs(10));
     wait_for_leaf(port, &leaf("server.pem"), Duration::from_secs(5));
+    let dumped = dumped_secret(&proxy, "dynamic_active_secrets", "ads_cert");
+    assert_eq!(dumped["version_info"], "1", "{dumped}");
 
     // A key that is not the certificate's: NACKed, the old certificate serves.
     let bad = certificate_secret("ads_cert", "server.pem", "server-rsa.key");
@@ -449,6 +453,24 @@ fn a_listener_warms_until_its_secret_arrives_over_ads_and_a_bad_secret_is_nacked
     let rsa = certificate_secret("ads_cert", "server-rsa.pem", "server-rsa.key");
     respond(&stream, SECRET_TYPE, "3", vec![any(SECRET_TYPE, &rsa)]);
     wait_for_leaf(port, &leaf("server-rsa.pem"), Duration::from_secs(1));
+}
+
+/// The entry named `name` of `/config_dump?resource=<field>` (Envoy's `StaticSecret` or
+/// `DynamicSecret`): there, with its secret, and its private key redacted.
+fn dumped_secret(proxy: &Proxy, field: &str, name: &str) -> serde_json::Value {
+    let body = proxy.get(&format!("/config_dump?resource={field}")).body;
+    let dump: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let entry = dump["configs"]
+        .as_array()
+        .and_then(|c| c.iter().find(|e| e["name"] == name))
+        .unwrap_or_else(|| panic!("{name} not in {field}: {body}"))
+        .clone();
+    assert!(
+        entry["secret"]["tls_certificate"]["private_key"].is_object(),
+        "{entry}"
+    );
+    assert!(!body.contains("PRIVATE KEY"), "a key in the dump: {body}");
+    entry
 }
 
 /// A listener item of the test YAML as an LDS resource.

@@ -278,7 +278,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             .xds_dump
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .0 = Some(XdsTypeDumps::default());
+            .types = Some(XdsTypeDumps::default());
     }
     let state_writer = match (&options.state_dir, &xds) {
         (Some(dir), Some(_)) => Some(StateWriter::spawn(dir.clone()).map_err(RunError::StateDir)?),
@@ -1258,6 +1258,18 @@ impl Control {
     fn update_watches(&mut self) {
         let watches = self.dynamic.eds_watches(&self.statics);
         let secrets = self.dynamic.secret_watches(&self.statics);
+        let forgotten = self.dynamic.forget_unwatched_secrets(&secrets);
+        if !forgotten.is_empty() {
+            tracing::info!(names = ?forgotten, "SDS: secrets no listener or cluster names any more are forgotten");
+            let mut dump = self
+                .admin
+                .xds_dump
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for name in &forgotten {
+                dump.secrets.forget(name);
+            }
+        }
         if self.xds.is_none() && !secrets.is_empty() {
             // A reload named the first secret from a file.
             match Sources::start(&self.statics, Held::new(), self.events.clone()) {
@@ -1449,6 +1461,7 @@ impl Control {
                 if !change.removals.is_empty() {
                     tracing::warn!(names = ?change.removals, "SDS: secrets removed by the server are kept while in use (as Envoy)");
                 }
+                self.dump_secrets(&change);
                 let rejected = change.rejected.clone();
                 let arrived: Vec<SecretKey> = change
                     .upserts
@@ -1568,9 +1581,34 @@ impl Control {
             .xds_dump
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = dump.0.as_mut() {
+        if let Some(d) = dump.types.as_mut() {
             record(d);
         }
+    }
+
+    /// Records secrets received (over ADS or from a file) into `/config_dump`'s
+    /// `dynamic_active_secrets`. A secret the server drops stays there, as it stays in use.
+    fn dump_secrets<T>(&self, change: &crate::xds::Change<T>) {
+        let mut kept = crate::xds::Change {
+            type_url: change.type_url.clone(),
+            upserts: Vec::new(),
+            removals: Vec::new(),
+            rejected: Vec::new(),
+            version: change.version.clone(),
+        };
+        kept.upserts
+            .extend(change.upserts.iter().map(|a| crate::xds::Accepted {
+                name: a.name.clone(),
+                version: a.version.clone(),
+                resource: a.resource.clone(),
+                value: (),
+            }));
+        self.admin
+            .xds_dump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .secrets
+            .record(&kept, &now_rfc3339(), |_| false);
     }
 
     /// Records into what `--state-dir` keeps (nothing is kept without one).

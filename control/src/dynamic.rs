@@ -165,6 +165,27 @@ impl DynamicState {
         self.promote_listeners(None);
     }
 
+    /// Forgets the secrets received that `watched` (what [`DynamicState::secret_watches`]
+    /// says is named now) no longer names: no listener or cluster can use them, and a
+    /// config that names one again subscribes to it again (as Envoy's SDS provider, made
+    /// per use). Returns their names.
+    pub fn forget_unwatched_secrets(
+        &mut self,
+        watched: &BTreeMap<SecretSource, Vec<String>>,
+    ) -> Vec<String> {
+        let named = |k: &SecretKey| {
+            watched
+                .get(&k.source)
+                .is_some_and(|names| names.contains(&k.name))
+        };
+        let forgotten: Vec<SecretKey> =
+            self.secrets.keys().filter(|k| !named(k)).cloned().collect();
+        for key in &forgotten {
+            self.secrets.remove(key);
+        }
+        forgotten.into_iter().map(|k| k.name).collect()
+    }
+
     /// Every secret named over SDS by the listeners and clusters received (warming or
     /// not) and by `statics`, by source: what the sources must watch.
     pub fn secret_watches(&self, statics: &Rib) -> BTreeMap<SecretSource, Vec<String>> {
@@ -806,5 +827,21 @@ mod tests {
         d.apply_clusters(change(Vec::<(&str, ClusterConfig)>::new(), &["b"]), None);
         assert_eq!(d.warming_clusters().count(), 0);
         assert!(d.compose(&statics).0.cluster("b").is_none());
+    }
+
+    #[test]
+    fn secrets_no_listener_or_cluster_names_are_forgotten() {
+        let mut d = DynamicState::default();
+        let value = SecretValue::Validation(crate::rib::ValidationParts::default());
+        d.apply_secrets(
+            &SecretSource::Ads,
+            change(vec![("kept", value.clone()), ("dropped", value)], &[]),
+        );
+        assert_eq!(d.secrets().len(), 2);
+        let watched = BTreeMap::from([(SecretSource::Ads, vec!["kept".to_string()])]);
+        assert_eq!(d.forget_unwatched_secrets(&watched), ["dropped"]);
+        let left: Vec<_> = d.secrets().keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(left, ["kept"]);
+        assert!(d.forget_unwatched_secrets(&watched).is_empty());
     }
 }

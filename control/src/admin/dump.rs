@@ -7,7 +7,8 @@
 //! clusters, listeners). Resources from xDS come from the control thread's xDS dump
 //! (`AdminState::xds_dump`): `version_info`, `dynamic_active_clusters` and
 //! `dynamic_listeners` (with `active_state`, or `error_state` for a rejected update), as
-//! Envoy shows them.
+//! Envoy shows them. Last, a `SecretsConfigDump`: `static_secrets` from the bootstrap and
+//! `dynamic_active_secrets` received over ADS or from SDS files, private keys redacted.
 
 use super::http::{Query, Response};
 use super::{state_name, AdminState};
@@ -16,6 +17,8 @@ use serde_json::{json, Map, Value};
 const BOOTSTRAP_DUMP: &str = "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump";
 const CLUSTERS_DUMP: &str = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump";
 const LISTENERS_DUMP: &str = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump";
+const SECRETS_DUMP: &str = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump";
+const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 
@@ -48,6 +51,8 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ("dynamic_warming_clusters", CLUSTERS_DUMP, "DynamicCluster"),
     ("static_listeners", LISTENERS_DUMP, "StaticListener"),
     ("dynamic_listeners", LISTENERS_DUMP, "DynamicListener"),
+    ("static_secrets", SECRETS_DUMP, "StaticSecret"),
+    ("dynamic_active_secrets", SECRETS_DUMP, "DynamicSecret"),
 ];
 
 /// The items of one repeated field of a dump (each `{"<key>": Any}`, or for dynamic
@@ -56,6 +61,21 @@ fn resource_items(bootstrap: &Value, xds: &Value, field: &str) -> Vec<Value> {
     let (kind, key, type_url) = match field {
         "static_clusters" => ("clusters", "cluster", CLUSTER),
         "static_listeners" => ("listeners", "listener", LISTENER),
+        "static_secrets" => {
+            // Envoy's StaticSecret: the name beside the secret.
+            return static_resources(bootstrap, "secrets")
+                .iter()
+                .map(|r| json!({"name": r.get("name").cloned().unwrap_or_default(), "secret": as_any(SECRET, r)}))
+                .collect();
+        }
+        "dynamic_active_secrets" => {
+            return xds
+                .get("secrets")
+                .and_then(|d| d.get(field))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+        }
         "dynamic_active_clusters" | "dynamic_warming_clusters" | "dynamic_listeners" => {
             let dump = if field == "dynamic_listeners" {
                 "listeners"
@@ -124,6 +144,13 @@ pub(crate) fn render_config_dump(bootstrap: &Value, xds: &Value) -> Value {
         "listeners",
         &["static_listeners", "dynamic_listeners"],
     );
+    let secrets = section(
+        bootstrap,
+        xds,
+        SECRETS_DUMP,
+        "-",
+        &["static_secrets", "dynamic_active_secrets"],
+    );
     let bootstrap = if bootstrap.is_null() {
         json!({})
     } else {
@@ -133,6 +160,7 @@ pub(crate) fn render_config_dump(bootstrap: &Value, xds: &Value) -> Value {
         {"@type": BOOTSTRAP_DUMP, "bootstrap": bootstrap},
         clusters,
         listeners,
+        secrets,
     ]})
 }
 
@@ -310,7 +338,8 @@ mod tests {
         let b = bootstrap_json();
         let d = render_config_dump(&b, &Value::Null);
         let configs = d["configs"].as_array().unwrap();
-        assert_eq!(configs.len(), 3);
+        assert_eq!(configs.len(), 4);
+        assert_eq!(configs[3], json!({"@type": SECRETS_DUMP}));
         assert_eq!(configs[0], json!({"@type": BOOTSTRAP_DUMP, "bootstrap": b}));
         assert_eq!(
             configs[1],
@@ -336,7 +365,41 @@ mod tests {
                 {"@type": BOOTSTRAP_DUMP, "bootstrap": {}},
                 {"@type": CLUSTERS_DUMP},
                 {"@type": LISTENERS_DUMP},
+                {"@type": SECRETS_DUMP},
             ]})
+        );
+    }
+
+    #[test]
+    fn secrets_are_dumped_static_and_dynamic_with_keys_redacted() {
+        let key = json!({"inline_string": "-----BEGIN PRIVATE KEY-----"});
+        let b = json!({"static_resources": {"secrets": [
+            {"name": "server_cert", "tls_certificate": {
+                "certificate_chain": {"filename": "/certs/a.pem"}, "private_key": key}},
+        ]}});
+        let xds = json!({"secrets": {"dynamic_active_secrets": [
+            {"name": "spiffe", "version_info": "7", "last_updated": "2026-12-07T00:00:00.000Z",
+             "secret": {"@type": SECRET, "name": "spiffe", "tls_certificate": {"private_key": key}}},
+        ]}});
+        let mut d = render_config_dump(&b, &xds);
+        redact_secrets(&mut d);
+        let secrets = &d["configs"][3];
+        assert_eq!(secrets["@type"], SECRETS_DUMP);
+        let s = &secrets["static_secrets"][0];
+        assert_eq!(s["name"], "server_cert");
+        assert_eq!(s["secret"]["@type"], SECRET);
+        let redacted = json!({"inline_string": "[redacted]"});
+        assert_eq!(s["secret"]["tls_certificate"]["private_key"], redacted);
+        let dynamic = &secrets["dynamic_active_secrets"][0];
+        assert_eq!(dynamic["version_info"], "7");
+        assert_eq!(
+            dynamic["secret"]["tls_certificate"]["private_key"],
+            redacted
+        );
+        let v = render_resource(&b, &xds, "dynamic_active_secrets").unwrap();
+        assert_eq!(
+            v["configs"][0]["@type"],
+            format!("{SECRETS_DUMP}.DynamicSecret")
         );
     }
 

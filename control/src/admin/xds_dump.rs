@@ -2,7 +2,8 @@
 //! records each change ([`TypeDump::record`], [`TypeDump::promote`]) and the admin renders
 //! the record in Envoy's shapes (`ClustersConfigDump`'s `dynamic_active_clusters` and
 //! `dynamic_warming_clusters`, `ListenersConfigDump`'s `dynamic_listeners` with their
-//! active, warming and error states). Payloads stay binary until a dump is asked for.
+//! active, warming and error states, `SecretsConfigDump`'s `dynamic_active_secrets` from
+//! ADS or watched files). Payloads stay binary until a dump is asked for.
 
 use crate::xds::resource;
 use crate::xds::Change;
@@ -10,9 +11,13 @@ use envoy_types::pb::google::protobuf::Any;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-/// What `/config_dump` shows of the resources received over xDS; `None` without xDS.
+/// What `/config_dump` shows of the resources received over xDS (`types`: `None` without
+/// xDS) and of the secrets received over ADS or from SDS files (with or without xDS).
 #[derive(Debug, Default)]
-pub struct XdsDump(pub Option<XdsTypeDumps>);
+pub struct XdsDump {
+    pub types: Option<XdsTypeDumps>,
+    pub secrets: TypeDump,
+}
 
 /// The dumps of clusters and listeners.
 #[derive(Debug, Default)]
@@ -23,10 +28,22 @@ pub struct XdsTypeDumps {
 
 impl XdsDump {
     /// `{"clusters": {version_info, dynamic_active_clusters, dynamic_warming_clusters},
-    /// "listeners": {version_info, dynamic_listeners}}`, or `Value::Null` without xDS.
-    /// Payloads are converted to JSON here, when asked for, not on every update.
+    /// "listeners": {version_info, dynamic_listeners}, "secrets": {dynamic_active_secrets}}`
+    /// (clusters and listeners only with xDS). Payloads are converted to JSON here, when
+    /// asked for, not on every update.
     pub fn render(&self) -> Value {
-        match &self.0 {
+        let mut out = self.render_types();
+        if !self.secrets.entries.is_empty() {
+            if out.is_null() {
+                out = json!({});
+            }
+            out["secrets"] = self.secrets.render_secrets();
+        }
+        out
+    }
+
+    fn render_types(&self) -> Value {
+        match &self.types {
             None => Value::Null,
             Some(d) => {
                 let mut clusters = d
@@ -94,6 +111,11 @@ impl TypeDump {
         }
     }
 
+    /// `name` is no longer held (a secret nothing names any more).
+    pub fn forget(&mut self, name: &str) {
+        self.entries.remove(name);
+    }
+
     /// The warming version of `name` has become active.
     pub fn promote(&mut self, name: &str) {
         if let Some(e) = self.entries.get_mut(name) {
@@ -116,6 +138,25 @@ impl TypeDump {
 
     /// `{"version_info", "dynamic_listeners": [{name, active_state, warming_state,
     /// error_state}]}`.
+    /// `{"dynamic_active_secrets": [{name, version_info, last_updated, secret}]}`: the
+    /// version serving of each secret received (Envoy's `DynamicSecret`).
+    fn render_secrets(&self) -> Value {
+        let items: Vec<Value> = self
+            .entries
+            .iter()
+            .filter_map(|(name, e)| {
+                let (version, any, when) = e.active.as_ref()?;
+                Some(json!({
+                    "name": name,
+                    "version_info": version,
+                    "last_updated": when,
+                    "secret": resource::to_json(any),
+                }))
+            })
+            .collect();
+        json!({ "dynamic_active_secrets": items })
+    }
+
     fn render_listeners(&self) -> Value {
         let items: Vec<Value> = self
             .entries
@@ -192,5 +233,21 @@ mod tests {
         let a = &v["dynamic_listeners"][0];
         assert_eq!(a["active_state"]["version_info"], "3");
         assert!(a.get("warming_state").is_none());
+    }
+
+    #[test]
+    fn secrets_render_the_version_serving_by_name() {
+        let mut dump = XdsDump::default();
+        assert!(dump.render().is_null(), "nothing without xDS or secrets");
+        let mut c = change(vec![("spiffe", 1u8)], &[]);
+        c.version = "v1".into();
+        dump.secrets
+            .record(&c, "2026-12-07T00:00:00.000Z", |_| false);
+        let v = dump.render();
+        let s = &v["secrets"]["dynamic_active_secrets"][0];
+        assert_eq!(s["name"], "spiffe");
+        assert_eq!(s["version_info"], "1");
+        assert_eq!(s["last_updated"], "2026-12-07T00:00:00.000Z");
+        assert!(v.get("clusters").is_none(), "no xDS types without xDS");
     }
 }
