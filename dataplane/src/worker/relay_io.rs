@@ -353,7 +353,7 @@ impl Worker {
         if tls && self.tls_receive_carried(slot, dir, max_len) {
             return;
         }
-        let throttled = self.throttled(slot, dir);
+        let large_ok = self.may_receive_large(slot, dir);
         let conn = &mut self.conns[slot as usize];
         let fd = conn.fd(dir.source());
         conn.machine.started(1);
@@ -364,8 +364,6 @@ impl Worker {
         };
         let nonce = conn.nonce;
         let ud = ud::encode(kind, slot, nonce);
-        // A mirrored direction receives small buffers: each is copied whole for the shadow.
-        let mirrored = dir == Dir::Up && conn.shadow.state != ShadowState::Off;
         if self.limits.relay_mode == RelayMode::Splice {
             let (pipe_in, capacity) = self
                 .pipes
@@ -384,10 +382,8 @@ impl Worker {
             );
         } else {
             // A large buffer only where the limit lets a receive fill more than a small one.
-            let class = if conn.large_receives[dir as usize]
+            let class = if large_ok
                 && max_len > self.ring.buffer_size(BufClass::Small)
-                && !throttled
-                && !mirrored
                 && self.ring.buffers_in_kernel(BufClass::Large) > 0
             {
                 BufClass::Large
@@ -403,6 +399,15 @@ impl Worker {
             };
             self.ring.recv(fd, class, max_len, ud);
         }
+    }
+
+    /// Whether `dir`'s next receive may take a large buffer: it moves bulk, and neither a
+    /// fault's throttle nor a mirror (each received buffer is copied whole into a small chunk
+    /// for the shadow) holds it to small ones.
+    pub(super) fn may_receive_large(&self, slot: u32, dir: Dir) -> bool {
+        let conn = &self.conns[slot as usize];
+        let mirrored = dir == Dir::Up && conn.shadow.state != ShadowState::Off;
+        conn.large_receives[dir as usize] && !mirrored && !self.throttled(slot, dir)
     }
 
     /// Carries out one of the relay's actions.

@@ -624,7 +624,7 @@ impl Worker {
         match t.session.decrypt_in_place(bytes, len) {
             Ok(d) => {
                 t.eof |= d.peer_closed;
-                let class = if self.conns[slot as usize].large_receives[dir as usize] {
+                let class = if self.may_receive_large(slot, dir) {
                     BufClass::Large
                 } else {
                     BufClass::Small
