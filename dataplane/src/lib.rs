@@ -19,6 +19,7 @@ pub mod health;
 pub mod host;
 pub mod lb;
 pub mod plane;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod stats;
 #[allow(unsafe_code)]

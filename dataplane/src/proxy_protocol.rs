@@ -1,0 +1,476 @@
+//! PROXY protocol headers, versions 1 and 2 (HAProxy's `proxy-protocol.txt`), as
+//! `envoy.filters.listener.proxy_protocol` reads them from a connection's first bytes: the
+//! addresses the proxy in front declares, and version 2's TLVs.
+//!
+//! Guarantees:
+//! - **Incremental.** [`parse`] takes everything received so far, from the stream's first
+//!   byte; while the bytes are a prefix of a header it answers [`Parsed::NeedMore`], so a
+//!   header sent one byte per segment is read whole once its last byte is in, and the bytes
+//!   after it (the stream's own, sent in the same segment or not) are left alone
+//!   ([`Header::len`]).
+//! - **Bounded.** A version 1 header is at most 107 bytes (the specification's limit); a
+//!   version 2 header longer than the caller's limit is [`Parsed::TooLarge`] as soon as its
+//!   length field is in.
+//! - **No allocation, no panic.** Addresses are parsed from the input in place and TLVs are
+//!   handed out as slices of it ([`Header::tlvs`]); any input, however malformed, gives an
+//!   answer (`proptest` below feeds arbitrary bytes).
+//! - **Strict where the specification is.** Version 1: `PROXY`, one space between fields,
+//!   `TCP4` with IPv4 addresses, `TCP6` with IPv6 ones, decimal ports up to 65535, `CRLF`;
+//!   `UNKNOWN` declares nothing (the connection's own addresses stand). Version 2: the
+//!   12-byte signature, version 2, command `LOCAL` (declares nothing) or `PROXY`, families
+//!   `UNSPEC` (nothing), `INET` and `INET6`; `UNIX` addresses are refused, as Envoy refuses
+//!   them; every TLV must fit the header exactly.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The version 2 signature: `\r\n\r\n\0\r\nQUIT\n`.
+pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+/// The longest version 1 header, `CRLF` included.
+pub const V1_MAX_BYTES: usize = 107;
+/// A version 2 header's fixed part: signature, version and command, family, length.
+pub const V2_FIXED_BYTES: usize = 16;
+
+const V1_PREFIX: &[u8] = b"PROXY ";
+
+/// Which version a header is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// Why a header was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// A version 1 header without `CRLF` within 107 bytes, or a field that does not parse.
+    V1Malformed,
+    /// A version 2 header whose version, command, family or transport is not one the
+    /// specification defines, or whose length is too short for its addresses.
+    V2Malformed,
+    /// A version 2 header declaring `AF_UNIX` addresses (refused, as Envoy refuses them).
+    V2UnixAddresses,
+    /// A version 2 TLV that runs past the header's end.
+    V2BadTlv,
+}
+
+impl ParseError {
+    /// The version of the header that was refused.
+    pub fn version(self) -> Version {
+        match self {
+            ParseError::V1Malformed => Version::V1,
+            _ => Version::V2,
+        }
+    }
+}
+
+/// A whole header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub version: Version,
+    /// Bytes the header takes: the stream's own bytes begin after them.
+    pub len: usize,
+    /// The declared (source, destination); `None` for `LOCAL`, `UNKNOWN` and `UNSPEC`, where
+    /// the connection's own addresses stand.
+    pub addresses: Option<(SocketAddr, SocketAddr)>,
+    /// Where version 2's TLVs lie in the input (empty for version 1).
+    tlvs: (usize, usize),
+}
+
+impl Header {
+    /// The TLVs of a version 2 header, from `input` (the bytes it was parsed from).
+    pub fn tlvs<'a>(&self, input: &'a [u8]) -> Tlvs<'a> {
+        Tlvs {
+            rest: input.get(self.tlvs.0..self.tlvs.1).unwrap_or_default(),
+        }
+    }
+}
+
+/// What [`parse`] made of a stream's first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// A prefix of a header: read more.
+    NeedMore,
+    /// The bytes cannot begin a header of either version.
+    NotProxy,
+    /// A version 2 header longer than the limit.
+    TooLarge,
+    /// A header that is refused.
+    Error(ParseError),
+    /// A whole header.
+    Header(Header),
+}
+
+/// Reads a PROXY protocol header from `bytes`, the stream's first bytes; a version 2
+/// header may be at most `max_v2_bytes` long.
+pub fn parse(bytes: &[u8], max_v2_bytes: usize) -> Parsed {
+    if is_prefix_of(bytes, &V2_SIGNATURE) {
+        if bytes.len() < V2_SIGNATURE.len() {
+            return Parsed::NeedMore;
+        }
+        return parse_v2(bytes, max_v2_bytes);
+    }
+    if is_prefix_of(bytes, V1_PREFIX) {
+        if bytes.len() < V1_PREFIX.len() {
+            return Parsed::NeedMore;
+        }
+        return parse_v1(bytes);
+    }
+    Parsed::NotProxy
+}
+
+/// Whether `bytes` and `signature` agree on their common length.
+fn is_prefix_of(bytes: &[u8], signature: &[u8]) -> bool {
+    let n = bytes.len().min(signature.len());
+    bytes[..n] == signature[..n]
+}
+
+fn parse_v1(bytes: &[u8]) -> Parsed {
+    let window = &bytes[..bytes.len().min(V1_MAX_BYTES)];
+    let Some(cr) = window.windows(2).position(|w| w == b"\r\n") else {
+        return if bytes.len() >= V1_MAX_BYTES {
+            Parsed::Error(ParseError::V1Malformed)
+        } else {
+            Parsed::NeedMore
+        };
+    };
+    let line = &bytes[V1_PREFIX.len()..cr];
+    match v1_addresses(line) {
+        Some(addresses) => Parsed::Header(Header {
+            version: Version::V1,
+            len: cr + 2,
+            addresses,
+            tlvs: (0, 0),
+        }),
+        None => Parsed::Error(ParseError::V1Malformed),
+    }
+}
+
+/// The fields after `PROXY `: `UNKNOWN[ anything]`, or the protocol and four fields.
+fn v1_addresses(line: &[u8]) -> Option<Option<(SocketAddr, SocketAddr)>> {
+    if line == b"UNKNOWN" || line.starts_with(b"UNKNOWN ") {
+        return Some(None);
+    }
+    let mut fields = line.split(|&b| b == b' ');
+    let family = fields.next()?;
+    let (src, dst) = (fields.next()?, fields.next()?);
+    let (sport, dport) = (fields.next()?, fields.next()?);
+    if fields.next().is_some() {
+        return None;
+    }
+    let (src, dst): (IpAddr, IpAddr) = match family {
+        b"TCP4" => (
+            ascii::<Ipv4Addr>(src)?.into(),
+            ascii::<Ipv4Addr>(dst)?.into(),
+        ),
+        b"TCP6" => (
+            ascii::<Ipv6Addr>(src)?.into(),
+            ascii::<Ipv6Addr>(dst)?.into(),
+        ),
+        _ => return None,
+    };
+    let (sport, dport) = (v1_port(sport)?, v1_port(dport)?);
+    Some(Some((
+        SocketAddr::new(src, sport),
+        SocketAddr::new(dst, dport),
+    )))
+}
+
+/// An address parsed from ASCII bytes.
+fn ascii<T: std::str::FromStr>(field: &[u8]) -> Option<T> {
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+/// A decimal port, 0 to 65535, digits only.
+fn v1_port(field: &[u8]) -> Option<u16> {
+    if field.is_empty() || field.len() > 5 || !field.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    ascii::<u16>(field)
+}
+
+fn parse_v2(bytes: &[u8], max_v2_bytes: usize) -> Parsed {
+    if bytes.len() < V2_FIXED_BYTES {
+        return Parsed::NeedMore;
+    }
+    let (ver_cmd, family) = (bytes[12], bytes[13]);
+    let len = V2_FIXED_BYTES + usize::from(u16::from_be_bytes([bytes[14], bytes[15]]));
+    if ver_cmd >> 4 != 2 || ver_cmd & 0x0f > 1 || family >> 4 > 3 || family & 0x0f > 2 {
+        return Parsed::Error(ParseError::V2Malformed);
+    }
+    if len > max_v2_bytes {
+        return Parsed::TooLarge;
+    }
+    if bytes.len() < len {
+        return Parsed::NeedMore;
+    }
+    let local = ver_cmd & 0x0f == 0;
+    let body = &bytes[V2_FIXED_BYTES..len];
+    let (addresses, taken) = match family >> 4 {
+        _ if local => (None, body.len()),
+        0 => (None, body.len()),
+        1 if body.len() >= 12 => {
+            let ip = |at: usize| IpAddr::from([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+            let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+            let src = SocketAddr::new(ip(0), port(8));
+            let dst = SocketAddr::new(ip(4), port(10));
+            (Some((src, dst)), 12)
+        }
+        2 if body.len() >= 36 => {
+            let ip = |at: usize| {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&body[at..at + 16]);
+                IpAddr::from(octets)
+            };
+            let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+            let src = SocketAddr::new(ip(0), port(32));
+            let dst = SocketAddr::new(ip(16), port(34));
+            (Some((src, dst)), 36)
+        }
+        3 => return Parsed::Error(ParseError::V2UnixAddresses),
+        _ => return Parsed::Error(ParseError::V2Malformed),
+    };
+    let tlvs = (V2_FIXED_BYTES + taken, len);
+    if !local && Tlvs::check(&bytes[tlvs.0..tlvs.1]).is_none() {
+        return Parsed::Error(ParseError::V2BadTlv);
+    }
+    Parsed::Header(Header {
+        version: Version::V2,
+        len,
+        addresses,
+        tlvs: if local { (len, len) } else { tlvs },
+    })
+}
+
+/// A version 2 header's TLVs: (type, value).
+#[derive(Debug, Clone)]
+pub struct Tlvs<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Tlvs<'a> {
+    /// `Some` when the TLVs fill `region` exactly.
+    fn check(region: &[u8]) -> Option<()> {
+        let mut rest = region;
+        while !rest.is_empty() {
+            let [_, hi, lo, tail @ ..] = rest else {
+                return None;
+            };
+            rest = tail.get(usize::from(u16::from_be_bytes([*hi, *lo]))..)?;
+        }
+        Some(())
+    }
+}
+
+impl<'a> Iterator for Tlvs<'a> {
+    type Item = (u8, &'a [u8]);
+
+    fn next(&mut self) -> Option<(u8, &'a [u8])> {
+        let [typ, hi, lo, tail @ ..] = self.rest else {
+            return None;
+        };
+        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        let value = tail.get(..len)?;
+        self.rest = &tail[len..];
+        Some((*typ, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A version 2 header: `command` 1 (PROXY) or 0 (LOCAL), `family` byte, `body`.
+    fn v2(command: u8, family: u8, body: &[u8]) -> Vec<u8> {
+        let mut h = V2_SIGNATURE.to_vec();
+        h.push(0x20 | command);
+        h.push(family);
+        h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        h.extend_from_slice(body);
+        h
+    }
+
+    fn inet_body(tlvs: &[u8]) -> Vec<u8> {
+        let mut b = vec![192, 0, 2, 1, 198, 51, 100, 7];
+        b.extend_from_slice(&40000u16.to_be_bytes());
+        b.extend_from_slice(&443u16.to_be_bytes());
+        b.extend_from_slice(tlvs);
+        b
+    }
+
+    #[test]
+    fn version_1_tcp4_tcp6_and_unknown() {
+        let h = b"PROXY TCP4 192.0.2.1 198.51.100.7 40000 443\r\nGET /";
+        let Parsed::Header(p) = parse(h, 4096) else {
+            panic!()
+        };
+        assert_eq!(p.version, Version::V1);
+        assert_eq!(&h[p.len..], b"GET /");
+        assert_eq!(
+            p.addresses,
+            Some((addr("192.0.2.1:40000"), addr("198.51.100.7:443")))
+        );
+        let h = b"PROXY TCP6 2001:db8::1 2001:db8::2 1 65535\r\n";
+        let Parsed::Header(p) = parse(h, 4096) else {
+            panic!()
+        };
+        assert_eq!(
+            p.addresses,
+            Some((addr("[2001:db8::1]:1"), addr("[2001:db8::2]:65535")))
+        );
+        for unknown in [
+            &b"PROXY UNKNOWN\r\n"[..],
+            b"PROXY UNKNOWN ffff::1 x y z\r\n",
+        ] {
+            let Parsed::Header(p) = parse(unknown, 4096) else {
+                panic!()
+            };
+            assert_eq!((p.addresses, p.len), (None, unknown.len()));
+        }
+    }
+
+    #[test]
+    fn version_1_refuses_what_the_specification_does() {
+        for bad in [
+            &b"PROXY TCP4 192.0.2.1 198.51.100.7 40000 65536\r\n"[..],
+            b"PROXY TCP4 2001:db8::1 198.51.100.7 1 2\r\n",
+            b"PROXY TCP6 192.0.2.1 198.51.100.7 1 2\r\n",
+            b"PROXY TCP4 192.0.2.1  198.51.100.7 1 2\r\n",
+            b"PROXY TCP4 192.0.2.1 198.51.100.7 +1 2\r\n",
+            b"PROXY TCP4 192.0.2.1 198.51.100.7 1\r\n",
+            b"PROXY TCP4 192.0.2.1 198.51.100.7 1 2 3\r\n",
+            b"PROXY UDP4 192.0.2.1 198.51.100.7 1 2\r\n",
+        ] {
+            assert_eq!(
+                parse(bad, 4096),
+                Parsed::Error(ParseError::V1Malformed),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // No CRLF within 107 bytes.
+        let long = [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 100]].concat();
+        assert_eq!(parse(&long, 4096), Parsed::Error(ParseError::V1Malformed));
+        assert_eq!(parse(&long[..90], 4096), Parsed::NeedMore);
+    }
+
+    #[test]
+    fn version_2_inet_inet6_local_unspec_and_tlvs() {
+        let tlvs = [0x01, 0, 2, b'h', b'2', 0xea, 0, 3, 1, 2, 3];
+        let h = [v2(1, 0x11, &inet_body(&tlvs)), b"data".to_vec()].concat();
+        let Parsed::Header(p) = parse(&h, 4096) else {
+            panic!()
+        };
+        assert_eq!(p.version, Version::V2);
+        assert_eq!(&h[p.len..], b"data");
+        assert_eq!(
+            p.addresses,
+            Some((addr("192.0.2.1:40000"), addr("198.51.100.7:443")))
+        );
+        let got: Vec<_> = p.tlvs(&h).collect();
+        assert_eq!(got, [(0x01, &b"h2"[..]), (0xea, &[1, 2, 3][..])]);
+
+        let mut body6 = Vec::new();
+        body6.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        body6.extend_from_slice(&"2001:db8::2".parse::<Ipv6Addr>().unwrap().octets());
+        body6.extend_from_slice(&[0, 80, 1, 187]);
+        let Parsed::Header(p) = parse(&v2(1, 0x21, &body6), 4096) else {
+            panic!()
+        };
+        assert_eq!(
+            p.addresses,
+            Some((addr("[2001:db8::1]:80"), addr("[2001:db8::2]:443")))
+        );
+        // LOCAL (a health check from the proxy itself) and UNSPEC declare nothing.
+        for h in [v2(0, 0x11, &inet_body(&[])), v2(1, 0x00, &[9, 9, 9])] {
+            let Parsed::Header(p) = parse(&h, 4096) else {
+                panic!()
+            };
+            assert_eq!((p.addresses, p.len), (None, h.len()));
+        }
+    }
+
+    #[test]
+    fn version_2_refuses_unix_bad_fields_bad_tlvs_and_too_long() {
+        let unix = v2(1, 0x31, &[0u8; 216]);
+        assert_eq!(
+            parse(&unix, 4096),
+            Parsed::Error(ParseError::V2UnixAddresses)
+        );
+        let mut bad_version = v2(1, 0x11, &inet_body(&[]));
+        bad_version[12] = 0x31;
+        assert_eq!(
+            parse(&bad_version, 4096),
+            Parsed::Error(ParseError::V2Malformed)
+        );
+        assert_eq!(
+            parse(&v2(2, 0x11, &inet_body(&[])), 4096),
+            Parsed::Error(ParseError::V2Malformed)
+        );
+        assert_eq!(
+            parse(&v2(1, 0x11, &[1, 2, 3]), 4096),
+            Parsed::Error(ParseError::V2Malformed),
+            "too short for its addresses"
+        );
+        assert_eq!(
+            parse(&v2(1, 0x11, &inet_body(&[0x01, 0, 5, b'x'])), 4096),
+            Parsed::Error(ParseError::V2BadTlv)
+        );
+        // Longer than the limit: known from the length field alone.
+        let big = v2(1, 0x11, &[0u8; 200]);
+        assert_eq!(parse(&big[..16], 100), Parsed::TooLarge);
+    }
+
+    #[test]
+    fn every_prefix_of_a_header_needs_more_and_other_bytes_are_not_proxy() {
+        let headers = [
+            b"PROXY TCP4 192.0.2.1 198.51.100.7 40000 443\r\n".to_vec(),
+            v2(1, 0x11, &inet_body(&[0x01, 0, 2, b'h', b'2'])),
+        ];
+        for h in &headers {
+            for n in 0..h.len() {
+                assert_eq!(parse(&h[..n], 4096), Parsed::NeedMore, "prefix {n}");
+            }
+            assert!(matches!(parse(h, 4096), Parsed::Header(_)));
+        }
+        for other in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"\x16\x03\x01",
+            b"PROXZ",
+            b"\r\n\r\n\x01",
+        ] {
+            assert_eq!(parse(other, 4096), Parsed::NotProxy);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse(&bytes, 4096);
+        }
+
+        #[test]
+        fn never_panics_on_damaged_headers(
+            at in 0usize..60,
+            value in any::<u8>(),
+            cut in 0usize..60,
+        ) {
+            for mut h in [
+                b"PROXY TCP6 2001:db8::1 2001:db8::2 1 65535\r\n".to_vec(),
+                v2(1, 0x11, &inet_body(&[0x01, 0, 2, b'h', b'2'])),
+            ] {
+                let at = at % h.len();
+                h[at] = value;
+                h.truncate(h.len() - cut.min(h.len()));
+                if let Parsed::Header(p) = parse(&h, 4096) {
+                    prop_assert!(p.len <= h.len());
+                    let _ = p.tlvs(&h).count();
+                }
+            }
+        }
+    }
+}
