@@ -41,7 +41,8 @@ use std::sync::Arc;
 use switchyard_dataplane::accesslog::AccessLogSink;
 use switchyard_dataplane::fib::{
     ChainTls, Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable,
-    Listener, Mirror, Route, TcpProxy, TlsInspector, UdpListener, UdpProxy, WeightedClusters,
+    Listener, LocalRateLimit, Mirror, Route, TcpProxy, TlsInspector, UdpListener, UdpProxy,
+    WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::host::HostState;
@@ -361,44 +362,58 @@ fn build(
             })
         })
         .collect();
-    let mut chain =
-        |l: &ListenerConfig, c: &FilterChainConfig| -> Result<FilterChain, CompileError> {
-            let tls = match &c.tls {
-                Some(t) => Some(
-                    chain_tls(contexts, t, &stats.listener_ssl(l.address)).map_err(|error| {
-                        CompileError::ChainTls {
-                            listener: l.name.clone(),
-                            chain: c.name.clone(),
-                            error,
-                        }
-                    })?,
-                ),
-                None => None,
-            };
-            Ok(FilterChain {
-                name: c.name.as_str().into(),
-                matcher: c.matcher.clone(),
-                connection_limit: c.connection_limit.as_ref().map(|l| ConnectionLimit {
-                    max_connections: l.max_connections,
-                    delay_ms: l.delay.map_or(0, millis),
-                    state: stats.connection_limit(&l.stat_prefix),
-                }),
-                mirror: c.mirror.as_ref().map(|m| Mirror {
-                    cluster: ids.get(m.cluster.as_str()).copied(),
-                    per_million: m.per_million,
-                    max_buffered_bytes: m.max_buffered_bytes,
-                    stats: stats.mirror(&m.stat_prefix),
-                }),
-                fault: c.fault.as_ref().map(|f| Fault {
-                    delay: f.delay,
-                    abort: f.abort,
-                    throttle: f.throttle,
-                    stats: stats.fault(&f.stat_prefix),
-                }),
-                tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
-                tls,
-            })
+    let mut chain = |l: &ListenerConfig,
+                     c: &FilterChainConfig|
+     -> Result<FilterChain, CompileError> {
+        let tls = match &c.tls {
+            Some(t) => Some(
+                chain_tls(contexts, t, &stats.listener_ssl(l.address)).map_err(|error| {
+                    CompileError::ChainTls {
+                        listener: l.name.clone(),
+                        chain: c.name.clone(),
+                        error,
+                    }
+                })?,
+            ),
+            None => None,
         };
+        Ok(FilterChain {
+            name: c.name.as_str().into(),
+            matcher: c.matcher.clone(),
+            connection_limit: c.connection_limit.as_ref().map(|l| ConnectionLimit {
+                max_connections: l.max_connections,
+                delay_ms: l.delay.map_or(0, millis),
+                state: stats.connection_limit(&l.stat_prefix),
+            }),
+            local_rate_limit: c.local_rate_limit.as_ref().map(|r| {
+                // A bucket of its own is the filter's: its listener, chain and match.
+                let key = if r.share_key.is_empty() {
+                    format!("chain:{}/{}/{:?}", l.name, c.name, c.matcher)
+                } else {
+                    format!("share:{}", r.share_key)
+                };
+                let interval_ms = millis(r.fill_interval);
+                LocalRateLimit {
+                    bucket: stats.token_bucket(&key, r.max_tokens, r.tokens_per_fill, interval_ms),
+                    stats: stats.local_rate_limit(&r.stat_prefix),
+                }
+            }),
+            mirror: c.mirror.as_ref().map(|m| Mirror {
+                cluster: ids.get(m.cluster.as_str()).copied(),
+                per_million: m.per_million,
+                max_buffered_bytes: m.max_buffered_bytes,
+                stats: stats.mirror(&m.stat_prefix),
+            }),
+            fault: c.fault.as_ref().map(|f| Fault {
+                delay: f.delay,
+                abort: f.abort,
+                throttle: f.throttle,
+                stats: stats.fault(&f.stat_prefix),
+            }),
+            tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
+            tls,
+        })
+    };
     let mut listeners = Vec::new();
     let mut udp_listeners = Vec::new();
     // A listener with `additional_addresses` is one FIB listener per address: the same name,

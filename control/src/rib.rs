@@ -482,6 +482,8 @@ pub struct FilterChainConfig {
     pub matcher: ChainMatch,
     /// `envoy.filters.network.connection_limit`, before the tcp_proxy.
     pub connection_limit: Option<ConnectionLimitConfig>,
+    /// `envoy.filters.network.local_ratelimit`, before the tcp_proxy.
+    pub local_rate_limit: Option<LocalRateLimitConfig>,
     /// `switchyard.filters.network.fault`, before the tcp_proxy.
     pub fault: Option<FaultConfig>,
     /// `switchyard.filters.network.mirror`, before the tcp_proxy.
@@ -634,6 +636,22 @@ pub struct ConnectionLimitConfig {
     pub max_connections: u64,
     /// Hold a refused connection this long before closing it.
     pub delay: Option<Duration>,
+}
+
+/// Envoy's local rate limit network filter: a token bucket of new connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRateLimitConfig {
+    /// `local_rate_limit.<stat_prefix>.rate_limited`.
+    pub stat_prefix: String,
+    /// The bucket starts full (0: it never holds a token, and every connection is limited,
+    /// as in Envoy).
+    pub max_tokens: u32,
+    /// At least 1 (default 1).
+    pub tokens_per_fill: u32,
+    /// At least 50 ms, as Envoy requires.
+    pub fill_interval: Duration,
+    /// Filters with the same key share one bucket (empty: this filter's own).
+    pub share_key: String,
 }
 
 /// Envoy's tcp_proxy network filter.

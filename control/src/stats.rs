@@ -11,10 +11,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
+use switchyard_dataplane::rate_limit::TokenBucket;
 use switchyard_dataplane::stats::{
     listener_stat_name, ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState,
-    FaultStats, ListenerStats, ListenerUdpStats, MirrorStats, ServerStats, SslStats, TcpStats,
-    TlsInspectorStats, UdpStats,
+    FaultStats, ListenerStats, ListenerUdpStats, LocalRateLimitStats, MirrorStats, ServerStats,
+    SslStats, TcpStats, TlsInspectorStats, UdpStats,
 };
 
 /// All stat blocks, by name.
@@ -58,6 +59,11 @@ pub struct Blocks {
     pub resources: BTreeMap<String, Arc<ClusterResources>>,
     /// `connection_limit.<stat_prefix>.`
     pub connection_limit: BTreeMap<String, Arc<ConnectionLimitState>>,
+    /// `local_rate_limit.<stat_prefix>.`
+    pub local_rate_limit: BTreeMap<String, Arc<LocalRateLimitStats>>,
+    /// The local rate limits' token buckets, by `share_key` (or by the filter's place when it
+    /// has none), so that a recompilation keeps each bucket's tokens.
+    pub token_buckets: BTreeMap<String, Arc<TokenBucket>>,
     /// `fault.<stat_prefix>.`
     pub fault: BTreeMap<String, Arc<FaultStats>>,
     /// `mirror.<stat_prefix>.`
@@ -120,6 +126,10 @@ impl StatsRegistry {
             }
             blocks
                 .connection_limit
+                .values()
+                .for_each(|b| b.reset_counters());
+            blocks
+                .local_rate_limit
                 .values()
                 .for_each(|b| b.reset_counters());
             blocks.health.values().for_each(|b| b.reset_counters());
@@ -223,6 +233,37 @@ impl StatsRegistry {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    /// The `local_rate_limit.<prefix>.` stats.
+    pub fn local_rate_limit(&self, prefix: &str) -> Arc<LocalRateLimitStats> {
+        self.blocks()
+            .local_rate_limit
+            .entry(prefix.to_string())
+            .or_insert_with(|| Arc::new(LocalRateLimitStats::new(prefix)))
+            .clone()
+    }
+
+    /// The token bucket kept under `key`, or a new full one when there is none or the one
+    /// there has other settings.
+    pub fn token_bucket(
+        &self,
+        key: &str,
+        max_tokens: u32,
+        tokens_per_fill: u32,
+        interval_ms: u64,
+    ) -> Arc<TokenBucket> {
+        let mut blocks = self.blocks();
+        let kept = blocks
+            .token_buckets
+            .get(key)
+            .filter(|b| b.has_settings(max_tokens, tokens_per_fill, interval_ms));
+        if let Some(b) = kept {
+            return b.clone();
+        }
+        let bucket = Arc::new(TokenBucket::new(max_tokens, tokens_per_fill, interval_ms));
+        blocks.token_buckets.insert(key.to_string(), bucket.clone());
+        bucket
     }
 
     /// The `connection_limit.<prefix>.` count and stats.

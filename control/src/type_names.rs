@@ -8,6 +8,8 @@ pub(crate) const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.S
 pub(crate) const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 pub(crate) const CONNECTION_LIMIT: &str =
     "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+pub(crate) const LOCAL_RATELIMIT: &str =
+    "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
 pub(crate) const ORIGINAL_DST_FILTER: &str =
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 pub(crate) const ORIGINAL_SRC_FILTER: &str =

@@ -20,6 +20,7 @@ pub mod host;
 pub mod lb;
 pub mod plane;
 pub mod proxy_protocol;
+pub mod rate_limit;
 pub mod relay;
 pub mod stats;
 #[allow(unsafe_code)]

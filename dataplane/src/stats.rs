@@ -370,6 +370,42 @@ pub struct ClusterResources {
     pending: AtomicU64,
 }
 
+/// `local_rate_limit.<stat_prefix>.*`: Envoy's network local rate limit's counter, shared
+/// by every filter with the prefix.
+#[derive(Debug)]
+pub struct LocalRateLimitStats {
+    /// The stat prefix.
+    pub name: Arc<str>,
+    /// Connections refused for want of a token (`rate_limited`).
+    rate_limited: AtomicU64,
+}
+
+impl LocalRateLimitStats {
+    /// Zeroed, for stat prefix `name`.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        LocalRateLimitStats {
+            name: name.into(),
+            rate_limited: AtomicU64::new(0),
+        }
+    }
+
+    /// A connection refused for want of a token.
+    #[inline]
+    pub fn limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `rate_limited`.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// `POST /reset_counters`.
+    pub fn reset_counters(&self) {
+        self.rate_limited.store(0, Ordering::Relaxed);
+    }
+}
+
 /// `connection_limit.<stat_prefix>.*` and the count the limit is decided on, shared by
 /// every worker (the limit holds across workers together) and across FIB generations.
 #[derive(Debug)]

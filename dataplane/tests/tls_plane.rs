@@ -438,6 +438,7 @@ fn an_inspected_listener_relays_eight_tls_and_eight_plaintext_connections() {
                 ..ChainMatch::default()
             },
             connection_limit: None,
+            local_rate_limit: None,
             fault: None,
             mirror: None,
             tcp_proxy: TcpProxy {

@@ -274,6 +274,12 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                 |s| b.get(s),
             );
         }
+        for (prefix, l) in &blocks.local_rate_limit {
+            out.push(Stat {
+                name: format!("local_rate_limit.{}.rate_limited", sanitize_element(prefix)),
+                value: StatValue::Counter(l.rate_limited()),
+            });
+        }
         for (prefix, l) in &blocks.connection_limit {
             let p = format!("connection_limit.{}", sanitize_element(prefix));
             out.push(Stat {

@@ -21,10 +21,10 @@ use crate::type_names::{
     APPLICATION_PROTOCOL_INPUT, CARES_RESOLVER, CONNECTION_LIMIT, DESTINATION_IP_INPUT,
     DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, DOWNSTREAM_CONNECTIONS_MONITOR, FAULT,
     FILE_LOG, GETADDRINFO_RESOLVER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER, LEAST_REQUEST_POLICY,
-    MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, RANDOM_POLICY,
-    RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_PORT_INPUT,
-    SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY, TLS_INSPECTOR,
-    TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
+    LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER,
+    RANDOM_POLICY, RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT, SOURCE_IP_INPUT,
+    SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY,
+    TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
 };
 use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_TLS};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
@@ -323,6 +323,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         CONNECTION_LIMIT,
         &["stat_prefix", "max_connections", "delay"],
+    ),
+    // `runtime_enabled` is refused (no runtime key turns it off here).
+    (LOCAL_RATELIMIT, &["stat_prefix", "token_bucket", "share_key"]),
+    (
+        "envoy.type.v3.TokenBucket",
+        &["max_tokens", "tokens_per_fill", "fill_interval"],
     ),
     (ORIGINAL_SRC_FILTER, &["mark"]),
     // `convert::listener` refuses the fingerprints when enabled (Switchyard computes none).
@@ -775,7 +781,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
 const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "envoy.config.listener.v3.Filter.typed_config",
-        &[TCP_PROXY, CONNECTION_LIMIT, FAULT, MIRROR],
+        &[TCP_PROXY, CONNECTION_LIMIT, LOCAL_RATELIMIT, FAULT, MIRROR],
     ),
     (
         "envoy.config.listener.v3.ListenerFilter.typed_config",

@@ -1,7 +1,7 @@
 //! A TCP listener's filter chain: its `filter_chain_match` (ports, CIDRs, server names,
 //! transport and application protocols) and its network
 //! filters, which must end with exactly one `tcp_proxy` (converted in `tcp_proxy`), each
-//! other kind (`connection_limit`, fault, mirror) at most once before it; and its
+//! other kind (`connection_limit`, `local_ratelimit`, fault, mirror) at most once before it; and its
 //! `transport_socket` (TLS termination, in `tls`).
 
 use super::address::{cidr, port};
@@ -13,12 +13,14 @@ use crate::ext::fault::Fault as PbFault;
 use crate::ext::mirror::Mirror as PbMirror;
 use crate::path::{field, index};
 use crate::rib::{
-    ConnectionLimitConfig, FaultConfig, FilterChainConfig, MirrorConfig, TcpProxyConfig,
+    ConnectionLimitConfig, FaultConfig, FilterChainConfig, LocalRateLimitConfig, MirrorConfig,
+    TcpProxyConfig,
 };
-use crate::type_names::{CONNECTION_LIMIT, FAULT, MIRROR, TCP_PROXY};
+use crate::type_names::{CONNECTION_LIMIT, FAULT, LOCAL_RATELIMIT, MIRROR, TCP_PROXY};
 use envoy_types::pb::envoy::config::core::v3::CidrRange as PbCidr;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, FilterChainMatch};
 use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit as PbConnectionLimit;
+use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::google::protobuf::Any;
 use switchyard_dataplane::fib::{ChainMatch, CidrRange};
@@ -34,6 +36,7 @@ pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainCo
         name: fc.name.clone(),
         matcher,
         connection_limit: side.connection_limit,
+        local_rate_limit: side.local_rate_limit,
         fault: side.fault,
         mirror: side.mirror,
         tcp_proxy,
@@ -105,6 +108,7 @@ fn server_names(names: &[String], path: &str) -> Result<Vec<Box<str>>> {
 #[derive(Default)]
 struct SideFilters {
     connection_limit: Option<ConnectionLimitConfig>,
+    local_rate_limit: Option<LocalRateLimitConfig>,
     fault: Option<FaultConfig>,
     mirror: Option<MirrorConfig>,
 }
@@ -115,6 +119,7 @@ impl SideFilters {
         let taken = match name {
             FAULT => self.fault.is_some(),
             MIRROR => self.mirror.is_some(),
+            LOCAL_RATELIMIT => self.local_rate_limit.is_some(),
             _ => self.connection_limit.is_some(),
         };
         if taken {
@@ -132,6 +137,10 @@ impl SideFilters {
             MIRROR => {
                 let m: PbMirror = decode_any(any, MIRROR, &tpath)?;
                 self.mirror = Some(ext::mirror_config(&m, &tpath)?);
+            }
+            LOCAL_RATELIMIT => {
+                let l: PbLocalRateLimit = decode_any(any, LOCAL_RATELIMIT, &tpath)?;
+                self.local_rate_limit = Some(local_rate_limit_config(&l, &tpath)?);
             }
             _ => {
                 let limit: PbConnectionLimit = decode_any(any, CONNECTION_LIMIT, &tpath)?;
@@ -193,8 +202,56 @@ fn filter_kind(type_name: &str) -> &'static str {
     match type_name {
         FAULT => "fault",
         MIRROR => "mirror",
+        LOCAL_RATELIMIT => "local_ratelimit",
         _ => "connection_limit",
     }
+}
+
+/// The shortest `fill_interval` Envoy's network rate limit takes.
+const MIN_FILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// `envoy.filters.network.local_ratelimit`: Envoy's validation (a non-empty `stat_prefix`,
+/// a `token_bucket` with `tokens_per_fill` above 0 and a `fill_interval` of at least 50 ms;
+/// `max_tokens: 0` is taken, as Envoy takes it: a bucket that never holds a token).
+fn local_rate_limit_config(l: &PbLocalRateLimit, path: &str) -> Result<LocalRateLimitConfig> {
+    if l.stat_prefix.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "stat_prefix"),
+            "required (non-empty)",
+        ));
+    }
+    let bpath = field(path, "token_bucket");
+    let Some(bucket) = &l.token_bucket else {
+        return Err(ConfigError::invalid(bpath, "required"));
+    };
+    let tokens_per_fill = match bucket.tokens_per_fill {
+        None => 1,
+        Some(v) if v.value > 0 => v.value,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                field(&bpath, "tokens_per_fill"),
+                "must be greater than 0",
+            ))
+        }
+    };
+    let ipath = field(&bpath, "fill_interval");
+    let Some(interval) = &bucket.fill_interval else {
+        return Err(ConfigError::invalid(ipath, "required"));
+    };
+    let fill_interval = duration(interval, &ipath)?;
+    if fill_interval < MIN_FILL_INTERVAL {
+        return Err(ConfigError::invalid(
+            ipath,
+            "must be at least 50ms (Envoy: local rate limit token bucket fill timer must be >= 50ms)",
+        ));
+    }
+    Ok(LocalRateLimitConfig {
+        stat_prefix: l.stat_prefix.clone(),
+        max_tokens: bucket.max_tokens,
+        tokens_per_fill,
+        fill_interval,
+        share_key: l.share_key.clone(),
+    })
 }
 
 fn connection_limit_config(c: &PbConnectionLimit, path: &str) -> Result<ConnectionLimitConfig> {

@@ -330,6 +330,8 @@ pub struct FilterChain {
     pub matcher: ChainMatch,
     /// `envoy.filters.network.connection_limit` before the tcp_proxy, if any.
     pub connection_limit: Option<ConnectionLimit>,
+    /// `envoy.filters.network.local_ratelimit` before the tcp_proxy, if any.
+    pub local_rate_limit: Option<LocalRateLimit>,
     /// `switchyard.filters.network.fault`, when configured.
     pub fault: Option<Fault>,
     /// `switchyard.filters.network.mirror`, when configured.
@@ -419,6 +421,17 @@ pub struct ConnectionLimit {
     pub delay_ms: u64,
     /// The shared count and stats, by stat prefix, across FIB generations.
     pub state: Arc<ConnectionLimitState>,
+}
+
+/// Envoy's `envoy.filters.network.local_ratelimit`: each new connection takes a token of
+/// the bucket, shared by every worker, or is closed (`rate_limited`) before anything
+/// upstream is picked or opened.
+#[derive(Debug)]
+pub struct LocalRateLimit {
+    /// The filter's bucket (or its `share_key`'s), across FIB generations.
+    pub bucket: Arc<crate::rate_limit::TokenBucket>,
+    /// `local_rate_limit.<stat_prefix>.*`.
+    pub stats: Arc<crate::stats::LocalRateLimitStats>,
 }
 
 /// Envoy `envoy.filters.network.tcp_proxy`, compiled.

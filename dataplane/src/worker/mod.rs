@@ -1192,6 +1192,18 @@ impl Worker {
         let chain = listener.chain(chain_index);
         decision.chain = chain_index;
         decision.outcome = Outcome::Proxy;
+        if let Some(rate) = &chain.local_rate_limit {
+            // Envoy's local_ratelimit: no token, no connection. Closed at once, before any
+            // upstream is picked (and before a TLS handshake, which Envoy would finish
+            // first); the tcp_proxy counts and logs it, as Envoy's does.
+            if !rate.bucket.try_take() {
+                rate.stats.limited();
+                chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
+                chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxActive);
+                decision.outcome = Outcome::Limited { delay_ms: 0 };
+                return;
+            }
+        }
         if let Some(limit) = &chain.connection_limit {
             if !limit.state.try_enter(limit.max_connections) {
                 chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);

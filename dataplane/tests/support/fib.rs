@@ -43,6 +43,7 @@ pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         name: "".into(),
         matcher: ChainMatch::default(),
         connection_limit: None,
+        local_rate_limit: None,
         fault: None,
         mirror: None,
         tcp_proxy: TcpProxy {
