@@ -7,7 +7,8 @@
 //! * a bucket of one refilled every 300 ms: a second connection at once is limited, one after
 //!   the interval is relayed;
 //! * `share_key`: two listeners share one bucket of three;
-//! * `max_tokens: 0` (which Envoy takes): every connection is limited.
+//! * `max_tokens: 0` (which Envoy takes): every connection is limited;
+//! * with `connection_limit` in the chain too, the two apply in the chain's order.
 //!
 //! The same test runs against Envoy.
 
@@ -150,4 +151,67 @@ fn listeners_with_one_share_key_share_one_bucket_and_an_empty_bucket_limits_all(
         ),
         3
     );
+}
+
+/// A chain with both limits runs them in its order, as Envoy runs its filters: the first
+/// to refuse decides and the other is not consulted (no token taken, no seat held).
+#[test]
+fn a_connection_limit_and_a_rate_limit_apply_in_the_chains_order() {
+    let backend = Backend::echo();
+    let (seat_first, token_first) = (free_port(), free_port());
+    let Some(proxy) = start(
+        &[
+            (
+                "seat_first",
+                seat_first,
+                connection_limit_filter("seats_a", 1, None)
+                    + &rate_filter("tokens_a", 3, "60s", ""),
+            ),
+            (
+                "token_first",
+                token_first,
+                rate_filter("tokens_b", 3, "60s", "")
+                    + &connection_limit_filter("seats_b", 1, None),
+            ),
+        ],
+        &backend,
+    ) else {
+        return;
+    };
+    // Connection limit first: while one connection holds the seat, three more are refused
+    // by it and take no token; after it closes, the two tokens left serve two more.
+    let held = one_held_three_refused(&proxy, seat_first, "seats_a", 3);
+    assert_eq!(proxy.stat("local_rate_limit.tokens_a.rate_limited"), 0);
+    drop(held);
+    proxy.wait_stat(
+        "connection_limit.seats_a.active_connections",
+        0,
+        Duration::from_secs(5),
+    );
+    for _ in 0..2 {
+        assert!(relayed(seat_first), "a token left");
+        proxy.wait_stat(
+            "connection_limit.seats_a.active_connections",
+            0,
+            Duration::from_secs(5),
+        );
+    }
+    assert!(!relayed(seat_first), "the three tokens are spent");
+    // Rate limit first: each refused connection took a token before the seat refused it.
+    let _held = one_held_three_refused(&proxy, token_first, "seats_b", 2);
+    assert_eq!(proxy.stat("local_rate_limit.tokens_b.rate_limited"), 1);
+}
+
+/// One connection relayed and held, then three refused, `by_seats` of them by the
+/// connection limit `seats`; the held one.
+fn one_held_three_refused(proxy: &Proxy, port: u16, seats: &str, by_seats: u64) -> Vec<TcpStream> {
+    let (one, held) = relayed_of(port, 1);
+    assert_eq!(one, 1);
+    assert_eq!(relayed_of(port, 3).0, 0);
+    let stat = format!("connection_limit.{seats}.limited_connections");
+    assert_eq!(
+        proxy.wait_stat(&stat, by_seats, Duration::from_secs(5)),
+        by_seats
+    );
+    held
 }

@@ -385,6 +385,7 @@ fn build(
                 delay_ms: l.delay.map_or(0, millis),
                 state: stats.connection_limit(&l.stat_prefix),
             }),
+            rate_limit_first: c.rate_limit_first,
             local_rate_limit: c.local_rate_limit.as_ref().map(|r| {
                 // A bucket of its own is the filter's: its listener, chain and match.
                 let key = if r.share_key.is_empty() {

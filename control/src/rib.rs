@@ -484,6 +484,8 @@ pub struct FilterChainConfig {
     pub connection_limit: Option<ConnectionLimitConfig>,
     /// `envoy.filters.network.local_ratelimit`, before the tcp_proxy.
     pub local_rate_limit: Option<LocalRateLimitConfig>,
+    /// The rate limit comes before the connection limit (when both are there).
+    pub rate_limit_first: bool,
     /// `switchyard.filters.network.fault`, before the tcp_proxy.
     pub fault: Option<FaultConfig>,
     /// `switchyard.filters.network.mirror`, before the tcp_proxy.

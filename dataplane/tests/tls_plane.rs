@@ -439,6 +439,7 @@ fn an_inspected_listener_relays_eight_tls_and_eight_plaintext_connections() {
             },
             connection_limit: None,
             local_rate_limit: None,
+            rate_limit_first: false,
             fault: None,
             mirror: None,
             tcp_proxy: TcpProxy {

@@ -37,6 +37,7 @@ pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainCo
         matcher,
         connection_limit: side.connection_limit,
         local_rate_limit: side.local_rate_limit,
+        rate_limit_first: side.rate_limit_first,
         fault: side.fault,
         mirror: side.mirror,
         tcp_proxy,
@@ -109,6 +110,9 @@ fn server_names(names: &[String], path: &str) -> Result<Vec<Box<str>>> {
 struct SideFilters {
     connection_limit: Option<ConnectionLimitConfig>,
     local_rate_limit: Option<LocalRateLimitConfig>,
+    /// The rate limit comes before the connection limit in the chain (Envoy runs them in
+    /// order: the first to refuse decides, and the other is not consulted).
+    rate_limit_first: bool,
     fault: Option<FaultConfig>,
     mirror: Option<MirrorConfig>,
 }
@@ -141,6 +145,7 @@ impl SideFilters {
             LOCAL_RATELIMIT => {
                 let l: PbLocalRateLimit = decode_any(any, LOCAL_RATELIMIT, &tpath)?;
                 self.local_rate_limit = Some(local_rate_limit_config(&l, &tpath)?);
+                self.rate_limit_first = self.connection_limit.is_none();
             }
             _ => {
                 let limit: PbConnectionLimit = decode_any(any, CONNECTION_LIMIT, &tpath)?;

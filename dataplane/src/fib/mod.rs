@@ -332,6 +332,9 @@ pub struct FilterChain {
     pub connection_limit: Option<ConnectionLimit>,
     /// `envoy.filters.network.local_ratelimit` before the tcp_proxy, if any.
     pub local_rate_limit: Option<LocalRateLimit>,
+    /// The rate limit comes before the connection limit in the chain: the first of the two
+    /// to refuse decides, and the other is not consulted (Envoy runs them in order).
+    pub rate_limit_first: bool,
     /// `switchyard.filters.network.fault`, when configured.
     pub fault: Option<Fault>,
     /// `switchyard.filters.network.mirror`, when configured.

@@ -219,6 +219,33 @@ enum Outcome {
     Inspect { timeout_ms: Option<u64> },
 }
 
+/// Envoy's local_ratelimit on `chain`, if it has one: a token taken, or the connection
+/// counted as rate limited (it is closed at once, before any upstream is picked, and before
+/// a TLS handshake, which Envoy would finish first).
+fn rate_limit_passes(chain: &crate::fib::FilterChain) -> bool {
+    let Some(rate) = &chain.local_rate_limit else {
+        return true;
+    };
+    if rate.bucket.try_take() {
+        return true;
+    }
+    rate.stats.limited();
+    false
+}
+
+/// A connection a limit refused: closed after `delay_ms`; the tcp_proxy counts and logs it,
+/// as Envoy's does.
+fn refuse_limited(
+    id: usize,
+    chain: &crate::fib::FilterChain,
+    decision: &mut Decision,
+    delay_ms: u64,
+) {
+    chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
+    chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxActive);
+    decision.outcome = Outcome::Limited { delay_ms };
+}
+
 /// No filter chain or no route: closed cleanly, `NR`.
 const NO_ROUTE: Outcome = Outcome::Refuse {
     flags: ResponseFlags::NO_ROUTE_FOUND,
@@ -1192,28 +1219,30 @@ impl Worker {
         let chain = listener.chain(chain_index);
         decision.chain = chain_index;
         decision.outcome = Outcome::Proxy;
-        if let Some(rate) = &chain.local_rate_limit {
-            // Envoy's local_ratelimit: no token, no connection. Closed at once, before any
-            // upstream is picked (and before a TLS handshake, which Envoy would finish
-            // first); the tcp_proxy counts and logs it, as Envoy's does.
-            if !rate.bucket.try_take() {
-                rate.stats.limited();
-                chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
-                chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxActive);
-                decision.outcome = Outcome::Limited { delay_ms: 0 };
-                return;
-            }
+        if chain.rate_limit_first && !rate_limit_passes(chain) {
+            refuse_limited(id, chain, decision, 0);
+            return;
         }
         if let Some(limit) = &chain.connection_limit {
             if !limit.state.try_enter(limit.max_connections) {
-                chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
-                chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxActive);
-                decision.outcome = Outcome::Limited {
-                    delay_ms: limit.delay_ms,
-                };
+                refuse_limited(id, chain, decision, limit.delay_ms);
                 return;
             }
             decision.holds_limit = true;
+        }
+        if !chain.rate_limit_first && !rate_limit_passes(chain) {
+            // Refused after the connection limit took it in: closed at once, so its seat
+            // goes back now (a limited connection holds none).
+            if let Some(limit) = chain
+                .connection_limit
+                .as_ref()
+                .filter(|_| decision.holds_limit)
+            {
+                limit.state.leave();
+                decision.holds_limit = false;
+            }
+            refuse_limited(id, chain, decision, 0);
+            return;
         }
         route_tcp(id, &chain.tcp_proxy, &mut self.rng, decision);
         let cluster = decision.cluster.map(|c| generation.fib.cluster(c));

@@ -44,6 +44,7 @@ pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         matcher: ChainMatch::default(),
         connection_limit: None,
         local_rate_limit: None,
+        rate_limit_first: false,
         fault: None,
         mirror: None,
         tcp_proxy: TcpProxy {
