@@ -13,36 +13,12 @@ secret() {
   mv "$O/cert.tmp" "$O/cert.yaml"
 }
 secret server
-cat > "$O/switchyard.yaml" <<Y
-node: { id: rotation, cluster: bench }
-admin: { address: { socket_address: { address: 127.0.0.1, port_value: $ADMIN } } }
-static_resources:
-  listeners:
-  - name: tls
-    address: { socket_address: { address: 127.0.0.1, port_value: $PORT } }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tls
-          cluster: echo
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
+. ci/tls-listener.sh
+tls_listener_bootstrap $ADMIN $PORT 17111 "            tls_certificate_sds_secret_configs:
             - name: server_cert
-              sds_config: { path_config_source: { path: $O/cert.yaml } }
-  clusters:
-  - name: echo
-    load_assignment:
-      cluster_name: echo
-      endpoints:
-      - lb_endpoints:
-        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 17111 } } }
-Y
+              sds_config: { path_config_source: { path: $O/cert.yaml } }" \
+  "node: { id: rotation, cluster: bench }
+" > "$O/switchyard.yaml"
 $B serve --echo $ECHO --duration 120 > "$O/serve.log" 2>&1 & SERVE=$!
 $S run -c "$O/switchyard.yaml" --concurrency 1 > "$O/switchyard.log" 2>&1 & SW=$!
 trap 'kill $SW $SERVE 2>/dev/null || true' EXIT

@@ -19,35 +19,10 @@ O=${1:-target/tls-burst}; REPS=${2:-3}
 mkdir -p "$O"
 B=target/release/switchyard-bench; S=target/release/switchyard; C=tests/certs
 ECHO=127.0.0.1:17101; PORT=17102; ADMIN=17103
-sed -e "s#@ADMIN@#$ADMIN#; s#@PORT@#$PORT#; s#@CERTS@#$PWD/$C#g" > "$O/switchyard.yaml" <<'Y'
-admin: { address: { socket_address: { address: 127.0.0.1, port_value: @ADMIN@ } } }
-static_resources:
-  listeners:
-  - name: tls
-    address: { socket_address: { address: 127.0.0.1, port_value: @PORT@ } }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tls
-          cluster: echo
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: { filename: @CERTS@/server.pem }
-              private_key: { filename: @CERTS@/server.key }
-  clusters:
-  - name: echo
-    load_assignment:
-      cluster_name: echo
-      endpoints:
-      - lb_endpoints:
-        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 17101 } } }
-Y
+. ci/tls-listener.sh
+tls_listener_bootstrap $ADMIN $PORT 17101 "            tls_certificates:
+            - certificate_chain: { filename: $PWD/$C/server.pem }
+              private_key: { filename: $PWD/$C/server.key }" > "$O/switchyard.yaml"
 taskset -c 0 chrt -f 50 $B serve --echo $ECHO --duration 600 > "$O/serve.log" 2>&1 & SERVE=$!
 taskset -c 1 $S run -c "$O/switchyard.yaml" --concurrency 1 > "$O/switchyard.log" 2>&1 & SW=$!
 trap 'kill $SW $SERVE 2>/dev/null || true' EXIT
