@@ -205,12 +205,12 @@ fn parse_v2(bytes: &[u8], max_v2_bytes: usize) -> Parsed {
     }
     let local = ver_cmd & 0x0f == 0;
     let body = &bytes[V2_FIXED_BYTES..len];
+    let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
     let (addresses, taken) = match family >> 4 {
         _ if local => (None, body.len()),
         0 => (None, body.len()),
         1 if body.len() >= 12 => {
             let ip = |at: usize| IpAddr::from([body[at], body[at + 1], body[at + 2], body[at + 3]]);
-            let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
             let src = SocketAddr::new(ip(0), port(8));
             let dst = SocketAddr::new(ip(4), port(10));
             (Some((src, dst)), 12)
@@ -221,7 +221,6 @@ fn parse_v2(bytes: &[u8], max_v2_bytes: usize) -> Parsed {
                 octets.copy_from_slice(&body[at..at + 16]);
                 IpAddr::from(octets)
             };
-            let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
             let src = SocketAddr::new(ip(0), port(32));
             let dst = SocketAddr::new(ip(16), port(34));
             (Some((src, dst)), 36)
@@ -230,7 +229,7 @@ fn parse_v2(bytes: &[u8], max_v2_bytes: usize) -> Parsed {
         _ => return Parsed::Error(ParseError::V2Malformed),
     };
     let tlvs = (V2_FIXED_BYTES + taken, len);
-    if !local && Tlvs::check(&bytes[tlvs.0..tlvs.1]).is_none() {
+    if !local && !Tlvs::fill(&bytes[tlvs.0..tlvs.1]) {
         return Parsed::Error(ParseError::V2BadTlv);
     }
     Parsed::Header(Header {
@@ -247,17 +246,12 @@ pub struct Tlvs<'a> {
     rest: &'a [u8],
 }
 
-impl<'a> Tlvs<'a> {
-    /// `Some` when the TLVs fill `region` exactly.
-    fn check(region: &[u8]) -> Option<()> {
-        let mut rest = region;
-        while !rest.is_empty() {
-            let [_, hi, lo, tail @ ..] = rest else {
-                return None;
-            };
-            rest = tail.get(usize::from(u16::from_be_bytes([*hi, *lo]))..)?;
-        }
-        Some(())
+impl Tlvs<'_> {
+    /// Whether whole TLVs fill `region` exactly (iterating stops at one that runs past it).
+    fn fill(region: &[u8]) -> bool {
+        let mut tlvs = Tlvs { rest: region };
+        tlvs.by_ref().for_each(drop);
+        tlvs.rest.is_empty()
     }
 }
 

@@ -382,39 +382,32 @@ impl RecordLayer {
 
     fn on_handshake(
         &mut self,
+        bytes: &[u8],
+        schedule: &mut dyn KeySchedule,
+    ) -> Result<(), RecordError> {
+        if self.partial_message.is_empty() {
+            return self.on_messages(bytes, schedule);
+        }
+        let mut gathered = std::mem::take(&mut self.partial_message);
+        gathered.extend_from_slice(bytes);
+        // Once whole, the gathering vector's memory goes back with `gathered`.
+        self.on_messages(&gathered, schedule)
+    }
+
+    /// Handles the whole messages of `bytes` and keeps an incomplete last one (in
+    /// `partial_message`, empty when called) for the next record.
+    fn on_messages(
+        &mut self,
         mut bytes: &[u8],
         schedule: &mut dyn KeySchedule,
     ) -> Result<(), RecordError> {
-        if !self.partial_message.is_empty() {
-            let mut gathered = std::mem::take(&mut self.partial_message);
-            gathered.extend_from_slice(bytes);
-            // Once whole, the gathering vector's memory goes back with `gathered`.
-            return self.on_messages(&gathered, schedule);
-        }
-        let whole = self.on_messages_whole(&mut bytes, schedule)?;
-        if !whole {
-            if bytes.len() > MAX_MESSAGE_LEN {
-                return Err(RecordError::DecodeError);
-            }
-            self.partial_message.extend_from_slice(bytes);
-        }
-        Ok(())
-    }
-
-    /// Handles the whole messages of `bytes`, leaving `bytes` at the first incomplete one;
-    /// true when none is left.
-    fn on_messages_whole(
-        &mut self,
-        bytes: &mut &[u8],
-        schedule: &mut dyn KeySchedule,
-    ) -> Result<bool, RecordError> {
-        while let [typ, a, b, c, rest @ ..] = *bytes {
+        while let [typ, a, b, c, rest @ ..] = bytes {
             let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
             if len > MAX_MESSAGE_LEN {
                 return Err(RecordError::DecodeError);
             }
             if rest.len() < len {
-                return Ok(false);
+                break;
             }
             let (body, after) = rest.split_at(len);
             if *typ == HANDSHAKE_KEY_UPDATE && !after.is_empty() {
@@ -422,23 +415,9 @@ impl RecordLayer {
                 return Err(RecordError::UnexpectedMessage);
             }
             self.on_message(*typ, body, schedule)?;
-            *bytes = after;
+            bytes = after;
         }
-        Ok(bytes.is_empty())
-    }
-
-    fn on_messages(
-        &mut self,
-        gathered: &[u8],
-        schedule: &mut dyn KeySchedule,
-    ) -> Result<(), RecordError> {
-        let mut rest = gathered;
-        if !self.on_messages_whole(&mut rest, schedule)? {
-            if rest.len() > MAX_MESSAGE_LEN {
-                return Err(RecordError::DecodeError);
-            }
-            self.partial_message.extend_from_slice(rest);
-        }
+        self.partial_message.extend_from_slice(bytes);
         Ok(())
     }
 
