@@ -1589,26 +1589,12 @@ impl Control {
     /// Records secrets received (over ADS or from a file) into `/config_dump`'s
     /// `dynamic_active_secrets`. A secret the server drops stays there, as it stays in use.
     fn dump_secrets<T>(&self, change: &crate::xds::Change<T>) {
-        let mut kept = crate::xds::Change {
-            type_url: change.type_url.clone(),
-            upserts: Vec::new(),
-            removals: Vec::new(),
-            rejected: Vec::new(),
-            version: change.version.clone(),
-        };
-        kept.upserts
-            .extend(change.upserts.iter().map(|a| crate::xds::Accepted {
-                name: a.name.clone(),
-                version: a.version.clone(),
-                resource: a.resource.clone(),
-                value: (),
-            }));
         self.admin
             .xds_dump
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .secrets
-            .record(&kept, &now_rfc3339(), |_| false);
+            .record_upserts(&change.upserts, &now_rfc3339(), |_| false);
     }
 
     /// Records into what `--state-dir` keeps (nothing is kept without one).

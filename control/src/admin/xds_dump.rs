@@ -94,7 +94,23 @@ impl TypeDump {
         for name in &change.removals {
             self.entries.remove(name);
         }
-        for a in &change.upserts {
+        self.record_upserts(&change.upserts, now, warming);
+        for r in &change.rejected {
+            let e = self.entries.entry(r.name.clone()).or_default();
+            e.error = Some((r.resource.clone(), now.into(), r.reason.clone()));
+        }
+    }
+
+    /// Records new versions received at `now` (of a change whose removals and rejections
+    /// are not shown: secrets the server drops stay in use); `warming` as in
+    /// [`TypeDump::record`].
+    pub fn record_upserts<T>(
+        &mut self,
+        upserts: &[crate::xds::Accepted<T>],
+        now: &str,
+        warming: impl Fn(&str) -> bool,
+    ) {
+        for a in upserts {
             let e = self.entries.entry(a.name.clone()).or_default();
             let v = (a.version.clone(), a.resource.clone(), now.into());
             if warming(&a.name) {
@@ -104,10 +120,6 @@ impl TypeDump {
                 e.warming = None;
             }
             e.error = None;
-        }
-        for r in &change.rejected {
-            let e = self.entries.entry(r.name.clone()).or_default();
-            e.error = Some((r.resource.clone(), now.into(), r.reason.clone()));
         }
     }
 
