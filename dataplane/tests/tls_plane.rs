@@ -432,25 +432,11 @@ fn an_inspected_listener_relays_eight_tls_and_eight_plaintext_connections() {
             ..ChainMatch::default()
         };
         listener.filter_chains.push(FilterChain {
-            name: "plain".into(),
             matcher: ChainMatch {
                 transport_protocol: Some(TRANSPORT_RAW_BUFFER.into()),
                 ..ChainMatch::default()
             },
-            connection_limit: None,
-            local_rate_limit: None,
-            rate_limit_first: false,
-            fault: None,
-            mirror: None,
-            tcp_proxy: TcpProxy {
-                stats: Arc::new(TcpStats::new("plain", 1)),
-                route: Route::Cluster(ClusterId(0)),
-                idle_timeout_ms: None,
-                max_connect_attempts: 1,
-                access_logs: vec![],
-                hash_source_ip: false,
-            },
-            tls: None,
+            ..support::fib::plain_chain("plain", "plain", 1, 1)
         });
         listener.tls_inspector = Some(TlsInspector {
             max_client_hello_bytes: 16 * 1024,

@@ -7,6 +7,34 @@ use switchyard_dataplane::fib::*;
 use switchyard_dataplane::host::HostState;
 use switchyard_dataplane::stats::*;
 
+/// A plaintext chain `name` matching everything, with only a tcp_proxy (stats
+/// `tcp.<stat_prefix>`) to the first cluster, making at most `max_connect_attempts`.
+pub fn plain_chain(
+    name: &str,
+    stat_prefix: &str,
+    workers: usize,
+    max_connect_attempts: u32,
+) -> FilterChain {
+    FilterChain {
+        name: name.into(),
+        matcher: ChainMatch::default(),
+        connection_limit: None,
+        local_rate_limit: None,
+        rate_limit_first: false,
+        fault: None,
+        mirror: None,
+        tcp_proxy: TcpProxy {
+            stats: Arc::new(TcpStats::new(stat_prefix, workers)),
+            route: Route::Cluster(ClusterId(0)),
+            idle_timeout_ms: None,
+            max_connect_attempts,
+            access_logs: vec![],
+            hash_source_ip: false,
+        },
+        tls: None,
+    }
+}
+
 /// A listener on `listen` with one plaintext chain to cluster `echo` over `backends`
 /// (round robin, two connect attempts), for `workers` workers.
 pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
@@ -39,24 +67,7 @@ pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         tls_secrets_missing: false,
         ssl_stats: None,
     };
-    let chain = FilterChain {
-        name: "".into(),
-        matcher: ChainMatch::default(),
-        connection_limit: None,
-        local_rate_limit: None,
-        rate_limit_first: false,
-        fault: None,
-        mirror: None,
-        tcp_proxy: TcpProxy {
-            stats: Arc::new(TcpStats::new("l4", workers)),
-            route: Route::Cluster(ClusterId(0)),
-            idle_timeout_ms: None,
-            max_connect_attempts: 2,
-            access_logs: vec![],
-            hash_source_ip: false,
-        },
-        tls: None,
-    };
+    let chain = plain_chain("", "l4", workers, 2);
     Fib {
         generation: 1,
         listeners: vec![Listener {
