@@ -36,8 +36,9 @@ use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{ConnectionTrafficSecrets, HandshakeKind};
 use std::sync::Arc;
 
-/// Room kept free in a buffer that carries TLS: a receive or a send of plaintext takes at
-/// most the buffer's capacity less this.
+/// Room kept free in a buffer whose plaintext goes to a TLS peer (its records' headers and
+/// tags), and in a handshake's receive; a receive whose only TLS side is its source takes
+/// the whole buffer.
 pub const TLS_SLACK: u32 = 17 * 1024;
 
 /// The longest ClientHello read before rustls is given it (TLS allows 2^24; this is what

@@ -133,8 +133,9 @@ fn write_kind(side: Side) -> Kind {
     }
 }
 
-/// The most a receive or send of plaintext through a TLS side may take from a buffer of
-/// `size` bytes (what leaves room for records and leftover plaintext).
+/// The most a receive may take from a buffer of `size` bytes when its plaintext goes to a
+/// TLS side, or in a handshake or inspection (room for records and what comes with the
+/// handshake's last flight).
 pub(super) fn tls_room(size: u32) -> u32 {
     size.saturating_sub(TLS_SLACK).max(1)
 }
