@@ -10,8 +10,10 @@
 //! * `max_tokens: 0` (which Envoy takes): every connection is limited;
 //! * with `connection_limit` in the chain too, the two apply in the chain's order.
 //!
-//! The same test runs against Envoy.
+//! Each test runs in both relay modes (the limit is decided at accept, before either
+//! relays a byte), and against Envoy.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -37,7 +39,7 @@ fn rate_filter(prefix: &str, max: u32, interval: &str, share_key: &str) -> Strin
 /// Starts the selected proxy with two workers, the listeners `(name, port, filter)` to one
 /// echo backend, and waits until they listen. Waiting connects, which would take a token:
 /// it connects to a listener of the same config without a limit instead.
-fn start(listeners: &[(&str, u16, String)], backend: &Backend) -> Option<Proxy> {
+fn start(listeners: &[(&str, u16, String)], backend: &Backend, mode: RelayMode) -> Option<Proxy> {
     let probe = free_port();
     let items: String = listeners
         .iter()
@@ -49,7 +51,16 @@ fn start(listeners: &[(&str, u16, String)], backend: &Backend) -> Option<Proxy> 
         &items,
         &static_cluster("echo", &[(backend.addr, 1)]),
     );
-    let proxy = start_selected_with(&yaml, 2)?;
+    let kind = selected_proxy();
+    let opts = ProxyOpts {
+        concurrency: 2,
+        ..ProxyOpts::default()
+    };
+    let opts = relay_mode_opts(kind, mode, opts)?;
+    if !require(proxy_available(kind), kind.name()) {
+        return None;
+    }
+    let proxy = Proxy::start_with(kind, &yaml, opts);
     proxy.wait_listening(local(probe), Duration::from_secs(10));
     Some(proxy)
 }
@@ -76,13 +87,13 @@ fn relayed_of(port: u16, n: usize) -> (usize, Vec<TcpStream>) {
     (ok, held)
 }
 
-#[test]
-fn five_tokens_relay_five_connections_across_two_workers_and_close_the_rest() {
+fn five_tokens_relay_five_connections_across_two_workers_and_close_the_rest(mode: RelayMode) {
     let backend = Backend::echo();
     let port = free_port();
     let Some(proxy) = start(
         &[("gw", port, rate_filter("gw_rate", 5, "60s", ""))],
         &backend,
+        mode,
     ) else {
         return;
     };
@@ -104,13 +115,13 @@ fn five_tokens_relay_five_connections_across_two_workers_and_close_the_rest() {
     );
 }
 
-#[test]
-fn the_bucket_refills_every_interval() {
+fn the_bucket_refills_every_interval(mode: RelayMode) {
     let backend = Backend::echo();
     let port = free_port();
     let Some(proxy) = start(
         &[("gw", port, rate_filter("refill", 1, "0.3s", ""))],
         &backend,
+        mode,
     ) else {
         return;
     };
@@ -121,8 +132,7 @@ fn the_bucket_refills_every_interval() {
     assert!(proxy.stat("local_rate_limit.refill.rate_limited") >= 1);
 }
 
-#[test]
-fn listeners_with_one_share_key_share_one_bucket_and_an_empty_bucket_limits_all() {
+fn listeners_with_one_share_key_share_one_bucket_and_an_empty_bucket_limits_all(mode: RelayMode) {
     let backend = Backend::echo();
     let (a, b, none) = (free_port(), free_port(), free_port());
     let Some(proxy) = start(
@@ -132,6 +142,7 @@ fn listeners_with_one_share_key_share_one_bucket_and_an_empty_bucket_limits_all(
             ("none", none, rate_filter("none", 0, "60s", "")),
         ],
         &backend,
+        mode,
     ) else {
         return;
     };
@@ -155,8 +166,7 @@ fn listeners_with_one_share_key_share_one_bucket_and_an_empty_bucket_limits_all(
 
 /// A chain with both limits runs them in its order, as Envoy runs its filters: the first
 /// to refuse decides and the other is not consulted (no token taken, no seat held).
-#[test]
-fn a_connection_limit_and_a_rate_limit_apply_in_the_chains_order() {
+fn a_connection_limit_and_a_rate_limit_apply_in_the_chains_order(mode: RelayMode) {
     let backend = Backend::echo();
     let (seat_first, token_first) = (free_port(), free_port());
     let Some(proxy) = start(
@@ -175,6 +185,7 @@ fn a_connection_limit_and_a_rate_limit_apply_in_the_chains_order() {
             ),
         ],
         &backend,
+        mode,
     ) else {
         return;
     };
@@ -215,3 +226,10 @@ fn one_held_three_refused(proxy: &Proxy, port: u16, seats: &str, by_seats: u64) 
     );
     held
 }
+
+in_both_relay_modes!(
+    five_tokens_relay_five_connections_across_two_workers_and_close_the_rest,
+    the_bucket_refills_every_interval,
+    listeners_with_one_share_key_share_one_bucket_and_an_empty_bucket_limits_all,
+    a_connection_limit_and_a_rate_limit_apply_in_the_chains_order,
+);
