@@ -57,15 +57,7 @@ fn start_in(yaml: &str, mode: RelayMode) -> Option<Proxy> {
         skip_unsupported(kind, "L4 fault injection (a Switchyard extension)");
         return None;
     }
-    let opts = ProxyOpts {
-        concurrency: 2,
-        ..ProxyOpts::default()
-    };
-    let opts = relay_mode_opts(kind, mode, opts)?;
-    if !require(proxy_available(kind), kind.name()) {
-        return None;
-    }
-    Some(Proxy::start_with(kind, yaml, opts))
+    start_selected_mode_with(yaml, mode, 2)
 }
 
 in_both_relay_modes!(

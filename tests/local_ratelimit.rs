@@ -51,16 +51,7 @@ fn start(listeners: &[(&str, u16, String)], backend: &Backend, mode: RelayMode) 
         &items,
         &static_cluster("echo", &[(backend.addr, 1)]),
     );
-    let kind = selected_proxy();
-    let opts = ProxyOpts {
-        concurrency: 2,
-        ..ProxyOpts::default()
-    };
-    let opts = relay_mode_opts(kind, mode, opts)?;
-    if !require(proxy_available(kind), kind.name()) {
-        return None;
-    }
-    let proxy = Proxy::start_with(kind, &yaml, opts);
+    let proxy = start_selected_mode_with(&yaml, mode, 2)?;
     proxy.wait_listening(local(probe), Duration::from_secs(10));
     Some(proxy)
 }

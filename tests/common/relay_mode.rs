@@ -64,6 +64,21 @@ pub fn relay_mode_opts(kind: ProxyKind, mode: RelayMode, mut opts: ProxyOpts) ->
     Some(opts)
 }
 
+/// Starts the selected proxy with `workers` workers in relay mode `mode`, or returns None
+/// as [`start_selected_mode`] does.
+pub fn start_selected_mode_with(yaml: &str, mode: RelayMode, workers: u32) -> Option<Proxy> {
+    let kind = selected_proxy();
+    let opts = ProxyOpts {
+        concurrency: workers,
+        ..ProxyOpts::default()
+    };
+    let opts = relay_mode_opts(kind, mode, opts)?;
+    if !require(proxy_available(kind), kind.name()) {
+        return None;
+    }
+    Some(Proxy::start_with(kind, yaml, opts))
+}
+
 /// Starts the selected proxy (one worker) in relay mode `mode` with `extra` Switchyard
 /// arguments, or returns None: a skip when the proxy has no such mode ([`relay_mode_opts`]),
 /// or when it is not available (a failure under CI).
