@@ -684,6 +684,14 @@ fn dns_bootstrap(admin: u16, ads: SocketAddr, api: &str, dns: &DnsServer) -> Str
         &address,
         &format!("address: {XDS_NAME}, port_value: {} ", ads.port()),
     )
+    // Failed attempts while the name does not resolve grow the reconnect backoff; with
+    // Envoy's default (500 ms doubling to 30 s) the first attempt after it resolves may come
+    // after the test's wait. Both proxies honour this one.
+    .replace(
+        "envoy_grpc: { cluster_name: xds }",
+        "envoy_grpc: { cluster_name: xds, retry_policy: { retry_back_off: \
+         { base_interval: 0.1s, max_interval: 0.5s } } }",
+    )
 }
 
 /// The ADS cluster is STRICT_DNS: while its name does not resolve (NXDOMAIN) nothing

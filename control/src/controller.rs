@@ -729,6 +729,8 @@ impl Sources {
         config.reserved_addresses = self.reserved.clone();
         config.eds_sources = self.eds_sources.clone();
         config.initial_metadata = source.initial_metadata.clone();
+        config.backoff_base = source.reconnect.base;
+        config.backoff_max = source.reconnect.max;
         let name = match &stream {
             Stream::Ads => "xds".to_string(),
             Stream::Lds => "xds-lds".to_string(),

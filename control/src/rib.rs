@@ -142,6 +142,27 @@ pub struct GrpcSource {
     /// `grpc_services[0].initial_metadata`: request metadata (header name, lower-cased as
     /// Envoy sends it, and value) sent when every stream to this server opens, in order.
     pub initial_metadata: Vec<(String, String)>,
+    /// `envoy_grpc.retry_policy.retry_back_off`: the reconnect backoff after a stream fails.
+    pub reconnect: ReconnectBackoff,
+}
+
+/// The jittered exponential backoff between attempts to (re)open an xDS stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReconnectBackoff {
+    /// `base_interval`: the first delay; it doubles per failed attempt.
+    pub base: Duration,
+    /// `max_interval`: the cap (ten times `base` when not given, as Envoy).
+    pub max: Duration,
+}
+
+impl Default for ReconnectBackoff {
+    /// Envoy's default for xDS streams: 500 ms base, 30 s cap.
+    fn default() -> ReconnectBackoff {
+        ReconnectBackoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The xDS protocol variant.

@@ -148,7 +148,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.HeaderValue", &["key", "value"]),
     (
         "envoy.config.core.v3.GrpcService.EnvoyGrpc",
-        &["cluster_name"],
+        &["cluster_name", "retry_policy"],
+    ),
+    ("envoy.config.core.v3.RetryPolicy", &["retry_back_off"]),
+    (
+        "envoy.config.core.v3.BackoffStrategy",
+        &["base_interval", "max_interval"],
     ),
     ("envoy.config.core.v3.Node", &["id", "cluster", "metadata", "locality"]),
     (

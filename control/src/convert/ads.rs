@@ -7,13 +7,13 @@ use super::{duration, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
 use crate::rib::{
-    ClusterConfig, DynamicConfig, FileSource, GrpcSource, XdsApi, XdsSource,
+    ClusterConfig, DynamicConfig, FileSource, GrpcSource, ReconnectBackoff, XdsApi, XdsSource,
     DEFAULT_INITIAL_FETCH_TIMEOUT,
 };
 use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
 use envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
-use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+use envoy_types::pb::envoy::config::core::v3::grpc_service::{EnvoyGrpc, TargetSpecifier};
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, ConfigSource, HeaderValue, PathConfigSource,
 };
@@ -160,7 +160,44 @@ fn api_source(api: &ApiConfigSource, path: &str) -> Result<GrpcSource> {
             &service.initial_metadata,
             &field(&gpath, "initial_metadata"),
         )?,
+        reconnect: reconnect_backoff(target, &field(&gpath, "envoy_grpc"))?,
     })
+}
+
+/// `envoy_grpc.retry_policy`: for an xDS stream Envoy reads only `retry_back_off` (the walker
+/// refuses the policy's other fields by path). `base_interval` is required and at least 1 ms;
+/// `max_interval`, when given, is at least `base_interval`, and is ten times it otherwise.
+fn reconnect_backoff(target: &EnvoyGrpc, path: &str) -> Result<ReconnectBackoff> {
+    let Some(policy) = &target.retry_policy else {
+        return Ok(ReconnectBackoff::default());
+    };
+    let path = field(&field(path, "retry_policy"), "retry_back_off");
+    let Some(backoff) = &policy.retry_back_off else {
+        return Ok(ReconnectBackoff::default());
+    };
+    let base_path = field(&path, "base_interval");
+    let Some(base) = &backoff.base_interval else {
+        return Err(ConfigError::invalid(base_path, "required"));
+    };
+    let base = duration(base, &base_path)?;
+    if base < Duration::from_millis(1) {
+        return Err(ConfigError::invalid(base_path, "must be at least 1ms"));
+    }
+    let max = match &backoff.max_interval {
+        None => base.saturating_mul(10),
+        Some(m) => {
+            let max_path = field(&path, "max_interval");
+            let max = duration(m, &max_path)?;
+            if max.is_zero() || max < base {
+                return Err(ConfigError::invalid(
+                    max_path,
+                    "must be greater than zero and at least base_interval",
+                ));
+            }
+            max
+        }
+    };
+    Ok(ReconnectBackoff { base, max })
 }
 
 /// `initial_metadata`: headers the xDS client sends when each stream opens. Envoy lower-cases
@@ -341,6 +378,49 @@ static_resources:
                 ("x-tenant", "team-b")
             ]
         );
+    }
+
+    /// `envoy_grpc.retry_policy.retry_back_off` sets the reconnect backoff; `max_interval`
+    /// defaults to ten times `base_interval`, and no policy means Envoy's 500 ms / 30 s.
+    #[test]
+    fn retry_back_off_sets_the_reconnect_backoff() {
+        let yaml = |policy: &str| {
+            format!(
+                "dynamic_resources:
+  ads_config:
+    api_type: DELTA_GRPC
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {{cluster_name: xds{policy}}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 18000}}}}}}
+"
+            )
+        };
+        let reconnect = |policy: &str| {
+            let (rib, _) = parse_yaml_rib(&yaml(policy)).unwrap_or_else(|e| panic!("{e}"));
+            let r = rib.dynamic.and_then(|d| d.ads).expect("ADS").reconnect;
+            (r.base.as_millis(), r.max.as_millis())
+        };
+        assert_eq!(reconnect(""), (500, 30_000));
+        assert_eq!(reconnect(", retry_policy: {}"), (500, 30_000));
+        let both = ", retry_policy: {retry_back_off: {base_interval: 0.1s, max_interval: 0.5s}}";
+        assert_eq!(reconnect(both), (100, 500));
+        let base = ", retry_policy: {retry_back_off: {base_interval: 0.25s}}";
+        assert_eq!(reconnect(base), (250, 2500));
+        let e = parse_yaml_rib(&yaml(
+            ", retry_policy: {retry_back_off: {max_interval: 1s}}",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("retry_back_off.base_interval"), "{e}");
     }
 
     /// A STRICT_DNS or LOGICAL_DNS management cluster is accepted and resolved by nobody
