@@ -31,19 +31,6 @@ fn listener_with_logs(port: u16, cluster: &str, default_log: &str, json_log: &st
     )
 }
 
-fn read_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    wait_until(Duration::from_secs(10), || {
-        lines = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        lines.len() >= n
-    });
-    lines
-}
-
 #[test]
 fn file_access_logs_in_envoy_default_and_json_formats() {
     let backend = Backend::echo();
@@ -72,7 +59,7 @@ fn file_access_logs_in_envoy_default_and_json_formats() {
     assert_eq!(end, End::Eof);
     drop(s);
 
-    let lines = read_lines(&default_log, 1);
+    let lines = wait_log_lines(&default_log, 1);
     assert_eq!(
         lines.len(),
         1,
@@ -99,7 +86,7 @@ fn file_access_logs_in_envoy_default_and_json_formats() {
         "upstream host: {line}"
     );
 
-    let json = read_lines(&json_log, 1);
+    let json = wait_log_lines(&json_log, 1);
     assert_eq!(json.len(), 1, "{json:?}");
     let v: serde_json::Value = serde_json::from_str(&json[0]).expect("json line");
     assert_eq!(v["bytes_received"], 1000, "{v}");
@@ -174,7 +161,7 @@ fn connect_timeout_is_enforced_and_counted() {
         1
     );
     // Envoy's tcp_proxy logs a connect timeout as a connect failure: `UF,URX`, not `UT`.
-    let lines = read_lines(&log, 1);
+    let lines = wait_log_lines(&log, 1);
     let (line, duration_ms) = without_time(&lines[0]);
     assert_eq!(
         line,
@@ -339,7 +326,7 @@ fn connections_the_proxy_ends_are_logged_as_envoy_logs_them() {
         ("idle", vec![relayed.clone()]),
     ];
     for (name, want) in &expect {
-        let got = sorted(read_lines(
+        let got = sorted(wait_log_lines(
             &dir.join(format!("{name}.fields.log")),
             want.len(),
         ));
@@ -350,7 +337,7 @@ fn connections_the_proxy_ends_are_logged_as_envoy_logs_them() {
         format!("\"- - -\" 0 {flags} {bytes} - \"-\" \"-\" \"-\" \"-\" \"{host}\"")
     };
     let refused_line = |name: &str| {
-        let lines = read_lines(&dir.join(format!("{name}.log")), 2);
+        let lines = wait_log_lines(&dir.join(format!("{name}.log")), 2);
         let shapes: Vec<(String, u64)> = lines.iter().map(|l| without_time(l)).collect();
         shapes
             .into_iter()
@@ -366,14 +353,14 @@ fn connections_the_proxy_ends_are_logged_as_envoy_logs_them() {
         "held for the filter's 0.3 s delay: {duration_ms} ms"
     );
     for name in ["refused", "twice"] {
-        let lines = read_lines(&dir.join(format!("{name}.log")), 1);
+        let lines = wait_log_lines(&dir.join(format!("{name}.log")), 1);
         assert_eq!(
             without_time(&lines[0]).0,
             shape("UF,URX", "0 0", &closed_host),
             "{name}"
         );
     }
-    let lines = read_lines(&dir.join("idle.log"), 1);
+    let lines = wait_log_lines(&dir.join("idle.log"), 1);
     let (line, duration_ms) = without_time(&lines[0]);
     assert_eq!(line, shape("-", "8 8", &echo));
     assert!(duration_ms >= 400, "{duration_ms} ms");

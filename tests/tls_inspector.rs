@@ -346,7 +346,7 @@ fn chains_are_picked_by_server_name_transport_and_alpn() {
         );
     }
     // The access log: the SNI the inspector read ("-" without one).
-    let lines = wait_lines(&log, cases.len() + 3);
+    let lines = wait_log_lines(&log, cases.len() + 3);
     for want in [
         "a.example.com exact",
         "x.b.example.com longer_wild",
@@ -354,19 +354,6 @@ fn chains_are_picked_by_server_name_transport_and_alpn() {
         "- plain",
     ] {
         assert!(lines.iter().any(|l| l == want), "{want:?} in {lines:?}");
-    }
-}
-
-/// Waits until `path` has `n` lines; its lines.
-fn wait_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        if lines.len() >= n || Instant::now() >= deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

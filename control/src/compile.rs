@@ -41,8 +41,8 @@ use std::sync::Arc;
 use switchyard_dataplane::accesslog::AccessLogSink;
 use switchyard_dataplane::fib::{
     ChainTls, Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable,
-    Listener, LocalRateLimit, Mirror, Route, TcpProxy, TlsInspector, UdpListener, UdpProxy,
-    WeightedClusters,
+    Listener, LocalRateLimit, Mirror, ProxyProtocol, Route, TcpProxy, TlsInspector, UdpListener,
+    UdpProxy, WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::host::HostState;
@@ -454,14 +454,18 @@ fn build(
                     .chains()
                     .any(|c| c.tls.is_some())
                     .then(|| stats.listener_ssl(l.address)),
+                proxy_protocol: t.proxy_protocol.as_ref().map(|p| ProxyProtocol {
+                    acceptance: p.acceptance,
+                    declares_destination: p.declares_destination,
+                    stats: stats.proxy_proto(&p.stat_prefix),
+                }),
                 tls_inspector: t.tls_inspector.as_ref().map(|i| TlsInspector {
                     max_client_hello_bytes: i.max_client_hello_bytes,
                     close_on_parse_error: i.close_on_parse_error,
                     initial_read_bytes: i.initial_read_bytes,
-                    timeout_ms: i.timeout_ms,
-                    continue_on_timeout: i.continue_on_timeout,
                     stats: stats.tls_inspector(),
                 }),
+                filter_deadline: t.filter_deadline,
             }),
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFilter, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
-    ChainMatch, ChainMatcher, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle, HealthPolicy,
-    LbPolicy, Locality, LocalityName, OriginalSrc, UpstreamBind,
+    ChainMatch, ChainMatcher, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle,
+    FilterDeadline, HealthPolicy, LbPolicy, Locality, LocalityName, OriginalSrc, UpstreamBind,
 };
+use switchyard_dataplane::proxy_protocol::Acceptance;
 use switchyard_dataplane::tls::settings::{ClientSettings, ServerSettings};
 
 /// Envoy's default tcp_proxy `idle_timeout`.
@@ -433,8 +434,25 @@ pub struct TcpListenerConfig {
     /// `ignore_global_conn_limit`: its connections count toward the global connection limit
     /// but are never refused by it.
     pub ignore_global_conn_limit: bool,
-    /// `envoy.filters.listener.tls_inspector`, with the listener filters' deadline.
+    /// `envoy.filters.listener.proxy_protocol`.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+    /// `envoy.filters.listener.tls_inspector`.
     pub tls_inspector: Option<TlsInspectorConfig>,
+    /// `listener_filters_timeout` and `continue_on_listener_filters_timeout`, for the
+    /// filters above.
+    pub filter_deadline: FilterDeadline,
+}
+
+/// A listener's PROXY protocol filter (`convert::listener`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocolConfig {
+    /// The versions taken (`disallowed_versions`) and
+    /// `allow_requests_without_proxy_protocol`.
+    pub acceptance: Acceptance,
+    /// False when an `original_dst` filter follows it (whose address then stands).
+    pub declares_destination: bool,
+    /// `stat_prefix` (empty: none).
+    pub stat_prefix: String,
 }
 
 /// A listener's TLS inspector (`convert::listener`).
@@ -446,10 +464,6 @@ pub struct TlsInspectorConfig {
     pub close_on_parse_error: bool,
     /// `initial_read_buffer_size` (256 to 65,536), if given.
     pub initial_read_bytes: Option<u32>,
-    /// The listener's `listener_filters_timeout` (default 15 s; `None`: 0, no deadline).
-    pub timeout_ms: Option<u64>,
-    /// The listener's `continue_on_listener_filters_timeout`.
-    pub continue_on_timeout: bool,
 }
 
 impl TcpListenerConfig {

@@ -14,8 +14,8 @@ use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
 use switchyard_dataplane::rate_limit::TokenBucket;
 use switchyard_dataplane::stats::{
     listener_stat_name, ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState,
-    FaultStats, ListenerStats, ListenerUdpStats, LocalRateLimitStats, MirrorStats, ServerStats,
-    SslStats, TcpStats, TlsInspectorStats, UdpStats,
+    FaultStats, ListenerStats, ListenerUdpStats, LocalRateLimitStats, MirrorStats, ProxyProtoStats,
+    ServerStats, SslStats, TcpStats, TlsInspectorStats, UdpStats,
 };
 
 /// All stat blocks, by name.
@@ -55,6 +55,8 @@ pub struct Blocks {
     /// `tls_inspector.`, once a listener has a TLS inspector (one block for all, as Envoy's
     /// inspector counts in the root scope).
     pub tls_inspector: Option<Arc<TlsInspectorStats>>,
+    /// `proxy_proto.[<stat_prefix>.]`, by `stat_prefix` (empty: the unprefixed block).
+    pub proxy_proto: BTreeMap<String, Arc<ProxyProtoStats>>,
     /// Circuit-breaker resources in use, by cluster name.
     pub resources: BTreeMap<String, Arc<ClusterResources>>,
     /// `connection_limit.<stat_prefix>.`
@@ -124,6 +126,7 @@ impl StatsRegistry {
             if let Some(b) = &blocks.tls_inspector {
                 b.reset_counters();
             }
+            blocks.proxy_proto.values().for_each(|b| b.reset_counters());
             blocks
                 .connection_limit
                 .values()
@@ -308,6 +311,17 @@ impl StatsRegistry {
         self.blocks()
             .tls_inspector
             .get_or_insert_with(|| Arc::new(TlsInspectorStats::new("tls_inspector", w)))
+            .clone()
+    }
+
+    /// The `proxy_proto.[<prefix>.]` block of the PROXY protocol filters with this
+    /// `stat_prefix` (shared by them, as Envoy's scope is).
+    pub fn proxy_proto(&self, prefix: &str) -> Arc<ProxyProtoStats> {
+        let w = self.workers;
+        self.blocks()
+            .proxy_proto
+            .entry(prefix.to_string())
+            .or_insert_with(|| Arc::new(ProxyProtoStats::new(prefix, w)))
             .clone()
     }
 

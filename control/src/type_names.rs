@@ -14,6 +14,8 @@ pub(crate) const ORIGINAL_DST_FILTER: &str =
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 pub(crate) const ORIGINAL_SRC_FILTER: &str =
     "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
+pub(crate) const PROXY_PROTOCOL: &str =
+    "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol";
 pub(crate) const TLS_INSPECTOR: &str =
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 pub(crate) const UDP_PROXY: &str = "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig";

@@ -91,6 +91,11 @@ pub enum Operator {
     DownstreamRemoteAddress,
     /// `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`
     DownstreamRemoteAddressWithoutPort,
+    /// `%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`: the peer the socket sees (the remote address
+    /// unless a PROXY header declared another)
+    DownstreamDirectRemoteAddress,
+    /// `%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%`
+    DownstreamDirectRemoteAddressWithoutPort,
     /// `%DOWNSTREAM_LOCAL_ADDRESS%`
     DownstreamLocalAddress,
     /// `%RESPONSE_FLAGS%`
@@ -193,8 +198,10 @@ pub struct AccessRecord {
     pub bytes_received: u64,
     /// Bytes written to the client.
     pub bytes_sent: u64,
-    /// Client address.
+    /// Client address (the one a PROXY header declared, if any).
     pub downstream_remote: Option<SocketAddr>,
+    /// The peer the socket saw, when a PROXY header declared another client address.
+    pub downstream_direct_remote: Option<SocketAddr>,
     /// Address the client connected to.
     pub downstream_local: Option<SocketAddr>,
     /// Backend connected to (last attempt).
@@ -272,6 +279,10 @@ impl Operator {
             "DOWNSTREAM_REMOTE_ADDRESS" => Operator::DownstreamRemoteAddress,
             "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
                 Operator::DownstreamRemoteAddressWithoutPort
+            }
+            "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Operator::DownstreamDirectRemoteAddress,
+            "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+                Operator::DownstreamDirectRemoteAddressWithoutPort
             }
             "DOWNSTREAM_LOCAL_ADDRESS" => Operator::DownstreamLocalAddress,
             "RESPONSE_FLAGS" => Operator::ResponseFlags,
@@ -424,6 +435,11 @@ enum Value<'a> {
     Owned(String),
 }
 
+/// The peer the socket saw: the remote address unless a PROXY header declared another.
+fn direct_remote(record: &AccessRecord) -> Option<SocketAddr> {
+    record.downstream_direct_remote.or(record.downstream_remote)
+}
+
 fn value(record: &AccessRecord, op: Operator) -> Value<'_> {
     let addr = |a: Option<SocketAddr>| a.map_or(Value::Missing, Value::Addr);
     match op {
@@ -445,6 +461,10 @@ fn value(record: &AccessRecord, op: Operator) -> Value<'_> {
         Operator::DownstreamRemoteAddressWithoutPort => record
             .downstream_remote
             .map_or(Value::Missing, |a| Value::Ip(a.ip())),
+        Operator::DownstreamDirectRemoteAddress => addr(direct_remote(record)),
+        Operator::DownstreamDirectRemoteAddressWithoutPort => {
+            direct_remote(record).map_or(Value::Missing, |a| Value::Ip(a.ip()))
+        }
         Operator::DownstreamLocalAddress => addr(record.downstream_local),
         Operator::ResponseFlags => Value::Flags(record.response_flags),
         Operator::ConnectionTerminationDetails => match record.termination_details {
@@ -852,6 +872,7 @@ mod render_tests {
             bytes_received: 1000,
             bytes_sent: 1000,
             downstream_remote: Some("127.0.0.1:40000".parse().unwrap()),
+            downstream_direct_remote: None,
             downstream_local: Some("127.0.0.1:10000".parse().unwrap()),
             upstream_host: Some("127.0.0.1:9001".parse().unwrap()),
             upstream_local: None,
@@ -987,6 +1008,20 @@ mod render_tests {
             rendered(&r),
             "[2026-11-25T17:03:02.047Z] \"- - -\" 0 UF,URX 5 0 1234 - \"-\" \"-\" \"-\" \"-\" \"-\"\n"
         );
+    }
+
+    /// Without a PROXY header the direct remote address is the remote address; behind one,
+    /// the peer the socket saw.
+    #[test]
+    fn direct_remote_address_is_the_peer_behind_a_proxy_header() {
+        let template = "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% \
+                        %DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%\n";
+        let format = LogFormat::Text(parse_text_format(template).unwrap());
+        let mut r = record(sink(format, LogPath::Stdout));
+        assert_eq!(rendered(&r), "127.0.0.1:40000 127.0.0.1:40000 127.0.0.1\n");
+        r.downstream_direct_remote = r.downstream_remote;
+        r.downstream_remote = Some("192.0.2.7:5555".parse().unwrap());
+        assert_eq!(rendered(&r), "192.0.2.7:5555 127.0.0.1:40000 127.0.0.1\n");
     }
 
     #[test]

@@ -257,18 +257,19 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Refuses a FIB with TLS when the workers splice: they never see the bytes.
+    /// Refuses a FIB with TLS when the workers splice: they never see the bytes. (The
+    /// listener filters that read first, the PROXY protocol's and the TLS inspector, work in
+    /// either mode: the bytes they read are sent on from their ring buffer, then the relay
+    /// splices.)
     fn check_relay_mode(&self, fib: &Fib) -> Result<(), PlaneError> {
         if self.relay_mode != crate::worker::RelayMode::Splice {
             return Ok(());
         }
-        // The TLS inspector too: the bytes it read go to the relay from a ring buffer.
         let listener = fib.listeners.iter().find(|l| {
-            l.tls_inspector.is_some()
-                || l.filter_chains
-                    .iter()
-                    .chain(l.default_chain.as_ref())
-                    .any(|c| c.tls.is_some())
+            l.filter_chains
+                .iter()
+                .chain(l.default_chain.as_ref())
+                .any(|c| c.tls.is_some())
         });
         let what = match listener {
             Some(l) => format!("listener '{}'", l.name),

@@ -118,6 +118,66 @@ pub fn parse(bytes: &[u8], max_v2_bytes: usize) -> Parsed {
     Parsed::NotProxy
 }
 
+/// Which versions a listener takes, and whether a stream without a header may pass
+/// (Envoy's `disallowed_versions` and `allow_requests_without_proxy_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acceptance {
+    pub v1: bool,
+    pub v2: bool,
+    pub allow_without_header: bool,
+}
+
+impl Acceptance {
+    fn takes(self, version: Version) -> bool {
+        match version {
+            Version::V1 => self.v1,
+            Version::V2 => self.v2,
+        }
+    }
+}
+
+/// What a listener does with a stream's first bytes ([`judge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// They may still become a header: read more.
+    NeedMore,
+    /// No header (or, with `allow_without_header`, one of a version not taken, which is
+    /// then the stream's own bytes).
+    NotFound,
+    /// A header of a version the listener does not take (without `allow_without_header`).
+    Disallowed(Version),
+    /// A malformed header of this version (or a version 2 one longer than the limit).
+    Error(Version),
+    /// A whole header of a version the listener takes.
+    Header(Header),
+}
+
+/// Judges a stream's first `bytes` as Envoy's `envoy.filters.listener.proxy_protocol` does:
+/// a version not taken is known by its signature alone (and, with `allow_without_header`,
+/// its signature is not even looked for); a taken one is parsed whole.
+pub fn judge(bytes: &[u8], acceptance: Acceptance, max_v2_bytes: usize) -> Verdict {
+    let looked_for = |v: Version| acceptance.takes(v) || !acceptance.allow_without_header;
+    let v2 = looked_for(Version::V2) && is_prefix_of(bytes, &V2_SIGNATURE);
+    let v1 = looked_for(Version::V1) && is_prefix_of(bytes, V1_PREFIX);
+    let version = match (v1, v2) {
+        (false, false) => return Verdict::NotFound,
+        (true, _) if bytes.len() >= V1_PREFIX.len() => Version::V1,
+        (_, true) if bytes.len() >= V2_SIGNATURE.len() => Version::V2,
+        _ => return Verdict::NeedMore,
+    };
+    if !acceptance.takes(version) {
+        return Verdict::Disallowed(version);
+    }
+    match parse(bytes, max_v2_bytes) {
+        Parsed::NeedMore => Verdict::NeedMore,
+        Parsed::Header(h) => Verdict::Header(h),
+        Parsed::Error(e) => Verdict::Error(e.version()),
+        Parsed::TooLarge => Verdict::Error(Version::V2),
+        // The signature matched: `parse` sees the same.
+        Parsed::NotProxy => Verdict::NotFound,
+    }
+}
+
 /// Whether `bytes` and `signature` agree on their common length.
 fn is_prefix_of(bytes: &[u8], signature: &[u8]) -> bool {
     let n = bytes.len().min(signature.len());
@@ -296,6 +356,60 @@ mod tests {
         b
     }
 
+    const ALL: Acceptance = Acceptance {
+        v1: true,
+        v2: true,
+        allow_without_header: false,
+    };
+
+    #[test]
+    fn judged_by_signature_then_parsed() {
+        let v1 = b"PROXY TCP4 192.0.2.1 198.51.100.7 40000 443\r\nhello";
+        let Verdict::Header(h) = judge(v1, ALL, 4096) else {
+            panic!("a version 1 header")
+        };
+        assert_eq!(&v1[h.len..], b"hello");
+        assert_eq!(judge(b"PROX", ALL, 4096), Verdict::NeedMore);
+        assert_eq!(judge(b"\r\n\r\n", ALL, 4096), Verdict::NeedMore);
+        assert_eq!(judge(b"GET / HTTP/1.1\r\n", ALL, 4096), Verdict::NotFound);
+        assert_eq!(
+            judge(b"PROXY TCP4 1.2.3.4\r\n", ALL, 4096),
+            Verdict::Error(Version::V1)
+        );
+        let long = v2(1, 0x11, &[0u8; 400]);
+        assert_eq!(judge(&long, ALL, 100), Verdict::Error(Version::V2));
+    }
+
+    #[test]
+    fn versions_not_taken_are_refused_or_not_looked_for() {
+        let v1 = b"PROXY UNKNOWN\r\n";
+        let v2_local = v2(0, 0, &[]);
+        let strict = Acceptance { v1: false, ..ALL };
+        assert_eq!(
+            judge(b"PROXY ", strict, 4096),
+            Verdict::Disallowed(Version::V1)
+        );
+        assert_eq!(judge(b"PROX", strict, 4096), Verdict::NeedMore);
+        assert!(matches!(judge(&v2_local, strict, 4096), Verdict::Header(_)));
+        let lenient = Acceptance {
+            allow_without_header: true,
+            ..strict
+        };
+        // The version 1 signature is not looked for: those bytes are the stream's own.
+        assert_eq!(judge(v1, lenient, 4096), Verdict::NotFound);
+        assert_eq!(judge(b"PROX", lenient, 4096), Verdict::NotFound);
+        assert_eq!(judge(b"\r\n", lenient, 4096), Verdict::NeedMore);
+        let no_v2 = Acceptance {
+            v2: false,
+            allow_without_header: false,
+            ..ALL
+        };
+        assert_eq!(
+            judge(&v2_local, no_v2, 4096),
+            Verdict::Disallowed(Version::V2)
+        );
+    }
+
     #[test]
     fn version_1_tcp4_tcp6_and_unknown() {
         let h = b"PROXY TCP4 192.0.2.1 198.51.100.7 40000 443\r\nGET /";
@@ -464,6 +578,36 @@ mod tests {
                     prop_assert!(p.len <= h.len());
                     let _ = p.tlvs(&h).count();
                 }
+            }
+        }
+
+        /// However the bytes arrive (the worker judges what it holds after each receive),
+        /// the first verdict that is not `NeedMore` is the one every longer prefix gets: a
+        /// header read one byte per segment is the header read at once.
+        #[test]
+        fn the_verdict_does_not_depend_on_how_the_bytes_arrive(
+            which in 0usize..4,
+            tail in proptest::collection::vec(any::<u8>(), 0..40),
+            v1 in any::<bool>(),
+            v2_taken in any::<bool>(),
+            allow in any::<bool>(),
+        ) {
+            let mut bytes = match which {
+                0 => b"PROXY TCP4 192.0.2.1 198.51.100.7 40000 443\r\n".to_vec(),
+                1 => v2(1, 0x11, &inet_body(&[0x01, 0, 2, b'h', b'2'])),
+                2 => v2(0, 0, &[]),
+                _ => Vec::new(),
+            };
+            bytes.extend_from_slice(&tail);
+            let acceptance = Acceptance { v1, v2: v2_taken, allow_without_header: allow };
+            let whole = judge(&bytes, acceptance, 4096);
+            let first = (0..=bytes.len())
+                .map(|n| judge(&bytes[..n], acceptance, 4096))
+                .find(|v| *v != Verdict::NeedMore);
+            if let Some(first) = first {
+                prop_assert_eq!(first, whole);
+            } else {
+                prop_assert_eq!(whole, Verdict::NeedMore);
             }
         }
     }

@@ -706,6 +706,45 @@ stat_block!(
 });
 
 stat_block!(
+    /// `proxy_proto.[<stat_prefix>.]*`: Envoy's `envoy.filters.listener.proxy_protocol`
+    /// counts, one block per `stat_prefix` (the unprefixed block for filters without one).
+    /// Envoy's root `downstream_cx_proxy_proto_error` is their errors and
+    /// `not_found_disallowed` summed ([`ProxyProtoStats::errors`]).
+    ProxyProtoStats, ProxyProtoStat, 8, {
+    /// Streams without a header, passed on (`allow_requests_without_proxy_protocol`).
+    NotFoundAllowed => ("not_found_allowed", Counter),
+    /// Streams without a header, closed.
+    NotFoundDisallowed => ("not_found_disallowed", Counter),
+    /// Version 1 headers read (or known by their signature, when disallowed).
+    V1Found => ("versions.v1.found", Counter),
+    /// Version 1 headers of a listener that disallows version 1, closed.
+    V1Disallowed => ("versions.v1.disallowed", Counter),
+    /// Malformed version 1 headers, closed.
+    V1Error => ("versions.v1.error", Counter),
+    /// Version 2 headers read (or known by their signature, when disallowed).
+    V2Found => ("versions.v2.found", Counter),
+    /// Version 2 headers of a listener that disallows version 2, closed.
+    V2Disallowed => ("versions.v2.disallowed", Counter),
+    /// Malformed (or too long) version 2 headers, closed.
+    V2Error => ("versions.v2.error", Counter),
+});
+
+impl ProxyProtoStats {
+    /// What this block adds to Envoy's root `downstream_cx_proxy_proto_error`: malformed
+    /// headers of either version and streams closed for having none.
+    pub fn errors(&self) -> u64 {
+        [
+            ProxyProtoStat::V1Error,
+            ProxyProtoStat::V2Error,
+            ProxyProtoStat::NotFoundDisallowed,
+        ]
+        .into_iter()
+        .map(|s| self.get(s))
+        .sum()
+    }
+}
+
+stat_block!(
     /// `listener.<ip>_<port>.*`: one per listener address.
     ListenerStats, ListenerStat, 14, {
     /// Connections accepted.

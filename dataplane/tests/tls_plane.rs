@@ -438,12 +438,11 @@ fn an_inspected_listener_relays_eight_tls_and_eight_plaintext_connections() {
             },
             ..support::fib::plain_chain("plain", "plain", 1, 1)
         });
+        listener.filter_deadline.timeout_ms = Some(5_000);
         listener.tls_inspector = Some(TlsInspector {
             max_client_hello_bytes: 16 * 1024,
             close_on_parse_error: false,
             initial_read_bytes: None,
-            timeout_ms: Some(5_000),
-            continue_on_timeout: false,
             stats: Arc::new(TlsInspectorStats::new("tls_inspector", 1)),
         });
         f

@@ -57,6 +57,20 @@ pub fn file_access_log(path: &std::path::Path, log_format: Option<&str>) -> Stri
     )
 }
 
+/// Waits (up to 10 s) until the file at `path` (an access log) has `n` lines; its lines.
+pub fn wait_log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    super::wait_until(std::time::Duration::from_secs(10), || {
+        lines = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.len() >= n
+    });
+    lines
+}
+
 /// Like [`tcp_listener`], with network filters (`filters` items, indented as such) before
 /// the tcp_proxy.
 pub fn tcp_listener_after(

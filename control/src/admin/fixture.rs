@@ -88,7 +88,9 @@ pub(crate) fn fixture() -> Fixture {
             access_logs: Vec::new(),
             ignore_global_conn_limit: false,
             ssl_stats: None,
+            proxy_protocol: None,
             tls_inspector: None,
+            filter_deadline: Default::default(),
         }],
         clusters: vec![
             Arc::new(Cluster {

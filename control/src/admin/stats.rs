@@ -23,11 +23,13 @@ use crate::stats_config::{Tag, TagProducer};
 use regex::Regex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use switchyard_dataplane::fib::{Cluster, Fib, HashLookup, Route};
 use switchyard_dataplane::health::FAILED_ACTIVE_HC;
 use switchyard_dataplane::stats::{
     ClusterStat, ClusterUdpStat, FaultStat, HealthStat, ListenerStat, ListenerUdpStat, MirrorStat,
-    Resource, ServerStat, SslStat, StatKind, TcpStat, TlsInspectorStat, UdpStat,
+    ProxyProtoStat, ProxyProtoStats, Resource, ServerStat, SslStat, StatKind, TcpStat,
+    TlsInspectorStat, UdpStat,
 };
 
 /// A stat's value: counters are unsigned, gauges signed.
@@ -95,6 +97,34 @@ fn push_block<S: Copy>(
             name: format!("{prefix}.{}", name(s)),
             value: StatValue::new(kind(s), get(s)),
         });
+    }
+}
+
+/// `proxy_proto.[<prefix>.]*` per `stat_prefix`, and Envoy's root
+/// `downstream_cx_proxy_proto_error` (every block's errors) once any listener has the filter.
+fn proxy_proto_stats(out: &mut Vec<Stat>, blocks: &BTreeMap<String, Arc<ProxyProtoStats>>) {
+    if blocks.is_empty() {
+        return;
+    }
+    let errors: u64 = blocks.values().map(|b| b.errors()).sum();
+    out.push(Stat {
+        name: "downstream_cx_proxy_proto_error".to_string(),
+        value: StatValue::new(StatKind::Counter, errors),
+    });
+    for (prefix, b) in blocks {
+        let p = if prefix.is_empty() {
+            "proxy_proto".to_string()
+        } else {
+            format!("proxy_proto.{}", sanitize_element(prefix))
+        };
+        push_block(
+            out,
+            &p,
+            &ProxyProtoStat::ALL,
+            ProxyProtoStat::name,
+            ProxyProtoStat::kind,
+            |s| b.get(s),
+        );
     }
 }
 
@@ -348,6 +378,7 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                 });
             }
         }
+        proxy_proto_stats(&mut out, &blocks.proxy_proto);
         if let Some(b) = &blocks.tls_inspector {
             push_block(
                 &mut out,

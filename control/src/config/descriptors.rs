@@ -30,6 +30,7 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
     "envoy/extensions/filters/listener/original_src/v3/original_src.proto",
+    "envoy/extensions/filters/listener/proxy_protocol/v3/proxy_protocol.proto",
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     "envoy/extensions/filters/network/connection_limit/v3/connection_limit.proto",
     "envoy/extensions/filters/network/local_ratelimit/v3/local_rate_limit.proto",
@@ -47,6 +48,7 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     // Transport sockets: TLS (`Downstream`/`UpstreamTlsContext`) and plaintext.
     "envoy/extensions/transport_sockets/tls/v3/tls.proto",
     "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",
+    "envoy/extensions/transport_sockets/proxy_protocol/v3/upstream_proxy_protocol.proto",
     // Imported by the IP matcher (`proto/xds/type/matcher/v3/ip.proto`, built by build.rs).
     "xds/core/v3/cidr.proto",
 ];

@@ -22,9 +22,9 @@ use crate::type_names::{
     DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, DOWNSTREAM_CONNECTIONS_MONITOR, FAULT,
     FILE_LOG, GETADDRINFO_RESOLVER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER, LEAST_REQUEST_POLICY,
     LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER,
-    RANDOM_POLICY, RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT, SOURCE_IP_INPUT,
-    SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY,
-    TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
+    PROXY_PROTOCOL, RANDOM_POLICY, RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT,
+    SOURCE_IP_INPUT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE,
+    TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
 };
 use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_TLS};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
@@ -336,6 +336,25 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["max_tokens", "tokens_per_fill", "fill_interval"],
     ),
     (ORIGINAL_SRC_FILTER, &["mark"]),
+    // `convert::proxy_protocol` refuses `rules`, `pass_through_tlvs` and a `tlv_location`
+    // other than the default, by path.
+    (
+        PROXY_PROTOCOL,
+        &[
+            "rules",
+            "allow_requests_without_proxy_protocol",
+            "pass_through_tlvs",
+            "disallowed_versions",
+            "stat_prefix",
+            "tlv_location",
+        ],
+    ),
+    // Reached only to be refused (by `convert`, or here when they carry fields).
+    (
+        "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol.Rule",
+        &[],
+    ),
+    ("envoy.config.core.v3.ProxyProtocolPassThroughTLVs", &[]),
     // `convert::listener` refuses the fingerprints when enabled (Switchyard computes none).
     (
         TLS_INSPECTOR,
@@ -793,6 +812,7 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         &[
             ORIGINAL_DST_FILTER,
             ORIGINAL_SRC_FILTER,
+            PROXY_PROTOCOL,
             TLS_INSPECTOR,
             UDP_PROXY,
         ],

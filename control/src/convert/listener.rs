@@ -2,7 +2,8 @@
 //! `filter_chain`) or UDP (`udp`); for TCP, the chains' matches must differ (Envoy's
 //! duplicate rule), or with a `filter_chain_matcher` (`chain_matcher`) the chains are picked
 //! by their names, and the listener filters (`original_dst`, `original_src`,
-//! `tls_inspector` with the listener filters' deadline) are read. A listener whose chains
+//! `proxy_protocol` (`proxy_protocol`), `tls_inspector`, with the listener filters'
+//! deadline) are read. A listener whose chains
 //! match on what only a TLS inspector can tell (a server name, the `tls` transport,
 //! application protocols) without one is accepted with a warning, as Envoy 1.40 accepts it:
 //! its connections have no server name, `raw_buffer` and no protocols, so those chains never
@@ -12,14 +13,17 @@ use super::access_log::access_log_config;
 use super::address::listener_address;
 use super::chain_matcher::{chain_matcher, ChainNames};
 use super::filter_chain::filter_chain;
+use super::proxy_protocol::proxy_protocol_filter;
 use super::{decode_any, duration, type_name, udp, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
 use crate::rib::{
     AccessLogConfig, Bind, FilterChainConfig, ListenerConfig, ListenerKind, Protocol,
-    TcpListenerConfig, TlsInspectorConfig,
+    ProxyProtocolConfig, TcpListenerConfig, TlsInspectorConfig,
 };
-use crate::type_names::{ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, TLS_INSPECTOR, UDP_PROXY};
+use crate::type_names::{
+    ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, PROXY_PROTOCOL, TLS_INSPECTOR, UDP_PROXY,
+};
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     listener_filter, FilterChain, Listener, ListenerFilter,
@@ -28,7 +32,7 @@ use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::Ori
 use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc as PbOriginalSrc;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector as PbTlsInspector;
 use std::net::SocketAddr;
-use switchyard_dataplane::fib::{ChainMatch, OriginalSrc, MAX_FILTER_CHAINS};
+use switchyard_dataplane::fib::{ChainMatch, FilterDeadline, OriginalSrc, MAX_FILTER_CHAINS};
 use switchyard_dataplane::tls::client_hello::DEFAULT_MAX_CLIENT_HELLO_BYTES;
 
 /// A listener: its address's protocol decides whether it is a TCP listener (filter chains)
@@ -113,7 +117,7 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
         None => None,
     };
     let filters = listener_filters(&l.listener_filters, &field(path, "listener_filters"))?;
-    let tls_inspector = tls_inspector(l, filters.tls_inspector, &filter_chains, path)?;
+    let tls_inspector = tls_inspector(filters.tls_inspector, &filter_chains, path);
     Ok(TcpListenerConfig {
         filter_chains,
         default_filter_chain,
@@ -128,21 +132,17 @@ fn tcp_listener(l: &Listener, path: &str) -> Result<TcpListenerConfig> {
         max_accepts_per_event: max_accepts_per_event(l, path)?,
         access_logs: listener_access_logs(l, path)?,
         ignore_global_conn_limit: l.ignore_global_conn_limit,
+        proxy_protocol: filters.proxy_protocol,
         tls_inspector,
+        filter_deadline: filter_deadline(l, path)?,
     })
 }
 
 /// Envoy's default `listener_filters_timeout`.
 const DEFAULT_LISTENER_FILTERS_TIMEOUT_MS: u64 = 15_000;
 
-/// The listener's TLS inspector, with the listener filters' deadline; without one, a
-/// warning when a chain's match reads what only an inspector can tell.
-fn tls_inspector(
-    l: &Listener,
-    configured: Option<InspectorFilter>,
-    chains: &[FilterChainConfig],
-    path: &str,
-) -> Result<Option<TlsInspectorConfig>> {
+/// `listener_filters_timeout` and `continue_on_listener_filters_timeout`.
+fn filter_deadline(l: &Listener, path: &str) -> Result<FilterDeadline> {
     let timeout_ms = match &l.listener_filters_timeout {
         None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT_MS),
         Some(d) => {
@@ -151,6 +151,19 @@ fn tls_inspector(
             (!d.is_zero()).then(|| (d.as_millis() as u64).max(1))
         }
     };
+    Ok(FilterDeadline {
+        timeout_ms,
+        continue_on_timeout: l.continue_on_listener_filters_timeout,
+    })
+}
+
+/// The listener's TLS inspector; without one, a warning when a chain's match reads what
+/// only an inspector can tell.
+fn tls_inspector(
+    configured: Option<InspectorFilter>,
+    chains: &[FilterChainConfig],
+    path: &str,
+) -> Option<TlsInspectorConfig> {
     let Some(filter) = configured else {
         if chains.iter().any(|c| c.matcher.needs_tls_inspector()) {
             tracing::warn!(
@@ -160,15 +173,13 @@ fn tls_inspector(
                  never match (as in Envoy)"
             );
         }
-        return Ok(None);
+        return None;
     };
-    Ok(Some(TlsInspectorConfig {
+    Some(TlsInspectorConfig {
         max_client_hello_bytes: filter.max_client_hello_bytes,
         close_on_parse_error: filter.close_on_parse_error,
         initial_read_bytes: filter.initial_read_bytes,
-        timeout_ms,
-        continue_on_timeout: l.continue_on_listener_filters_timeout,
-    }))
+    })
 }
 
 /// What an `envoy.filters.listener.tls_inspector` says.
@@ -310,10 +321,15 @@ struct ListenerFilters {
     original_dst: bool,
     /// `envoy.filters.listener.original_src`.
     original_src: Option<OriginalSrc>,
+    /// `envoy.filters.listener.proxy_protocol`.
+    proxy_protocol: Option<ProxyProtocolConfig>,
     /// `envoy.filters.listener.tls_inspector`.
     tls_inspector: Option<InspectorFilter>,
 }
 
+/// The listener filters, in order. Each at most once; the PROXY protocol's before the TLS
+/// inspector (which would otherwise read the header where a ClientHello belongs); an
+/// `original_dst` after the PROXY protocol's keeps its own destination, as in Envoy.
 fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFilters> {
     let mut out = ListenerFilters::default();
     for (i, f) in filters.iter().enumerate() {
@@ -323,14 +339,26 @@ fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFi
             return Err(ConfigError::invalid(
                 tpath,
                 format!(
-                    "required (type.googleapis.com/{ORIGINAL_DST_FILTER}, {ORIGINAL_SRC_FILTER} \
-                     or {TLS_INSPECTOR})"
+                    "required (type.googleapis.com/{ORIGINAL_DST_FILTER}, {ORIGINAL_SRC_FILTER}, \
+                     {PROXY_PROTOCOL} or {TLS_INSPECTOR})"
                 ),
             ));
         };
         if type_name(any) == ORIGINAL_DST_FILTER {
             let _: OriginalDst = decode_any(any, ORIGINAL_DST_FILTER, &tpath)?;
             out.original_dst = true;
+            if let Some(p) = &mut out.proxy_protocol {
+                p.declares_destination = false;
+            }
+        } else if type_name(any) == PROXY_PROTOCOL {
+            if out.proxy_protocol.is_some() || out.tls_inspector.is_some() {
+                return Err(ConfigError::invalid(
+                    fpath,
+                    "the proxy_protocol filter must come once, before any tls_inspector (which \
+                     would read the PROXY header where the ClientHello belongs)",
+                ));
+            }
+            out.proxy_protocol = Some(proxy_protocol_filter(any, &tpath)?);
         } else if type_name(any) == TLS_INSPECTOR {
             let t: PbTlsInspector = decode_any(any, TLS_INSPECTOR, &tpath)?;
             out.tls_inspector = Some(inspector_filter(&t, &tpath)?);

@@ -52,6 +52,7 @@ mod health;
 mod lb;
 mod lb_typed;
 mod listener;
+mod proxy_protocol;
 mod runtime;
 mod stats_config;
 mod string_matcher;

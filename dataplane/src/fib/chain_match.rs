@@ -103,6 +103,9 @@ pub struct Detected<'a> {
     pub transport_protocol: &'a str,
     /// The offered protocols as a TLS ALPN list (length-prefixed entries).
     pub alpn_list: &'a [u8],
+    /// The peer the socket sees, when a PROXY header declared another source (which is
+    /// then the connection's remote address); `None`: the remote address is the peer.
+    pub direct_remote: Option<std::net::SocketAddr>,
 }
 
 impl Default for Detected<'_> {
@@ -117,6 +120,7 @@ impl<'a> Detected<'a> {
         server_name: b"",
         transport_protocol: TRANSPORT_RAW_BUFFER,
         alpn_list: b"",
+        direct_remote: None,
     };
 
     /// The offered protocols, in the client's order.
@@ -302,6 +306,7 @@ mod tests {
             server_name: sni.as_bytes(),
             transport_protocol: TRANSPORT_TLS,
             alpn_list: &list,
+            direct_remote: None,
         };
         let (local, remote) = (
             "127.0.0.1:443".parse().unwrap(),

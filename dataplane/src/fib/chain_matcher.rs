@@ -397,7 +397,11 @@ fn is_local(c: Conn<'_>) -> bool {
 fn ip_value(input: Input, c: Conn<'_>) -> Option<IpAddr> {
     match input {
         Input::DestinationIp => Some(canonical(c.local.ip())),
-        Input::SourceIp | Input::DirectSourceIp => Some(canonical(c.remote.ip())),
+        Input::SourceIp => Some(canonical(c.remote.ip())),
+        Input::DirectSourceIp => {
+            let direct = c.detected.direct_remote.unwrap_or(c.remote);
+            Some(canonical(direct.ip()))
+        }
         // A port, `local` or a name is no address: the IP matcher takes its on_no_match.
         Input::DestinationPort
         | Input::SourcePort
@@ -690,6 +694,29 @@ mod tests {
         assert_eq!(s(&missing), Outcome::Closed);
     }
 
+    /// After a PROXY header, `source_ip` is the declared source and `direct_source_ip` the
+    /// peer the socket sees.
+    #[test]
+    fn direct_source_ip_is_the_peer_behind_a_proxy_header() {
+        let m = |input| Matcher {
+            kind: MatcherKind::Exact(input, map(&[("10.0.0.7", chain(0))])),
+            on_no_match: Some(chain(1)),
+        };
+        let behind = Detected {
+            direct_remote: Some("10.0.0.7:5000".parse().unwrap()),
+            ..Detected::NOTHING
+        };
+        let select = |m: &Matcher| {
+            ChainMatcher::new(m.clone()).select(
+                "10.0.0.1:443".parse().unwrap(),
+                "192.0.2.9:40000".parse().unwrap(),
+                &behind,
+            )
+        };
+        assert_eq!(select(&m(Input::DirectSourceIp)), Outcome::Chain(0));
+        assert_eq!(select(&m(Input::SourceIp)), Outcome::Chain(1));
+    }
+
     #[test]
     fn string_matchers() {
         let m = |kind, p: &str, ignore_case| StringMatch {
@@ -738,6 +765,7 @@ mod tests {
             server_name: b"a.example.com",
             transport_protocol: super::super::chain_match::TRANSPORT_TLS,
             alpn_list: &list,
+            direct_remote: None,
         };
         let c = Conn {
             local: "10.0.0.1:1".parse().unwrap(),

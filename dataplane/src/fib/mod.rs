@@ -148,11 +148,52 @@ pub struct Listener {
     pub ignore_global_conn_limit: bool,
     /// `listener.<ip>_<port>.ssl.*` when a chain terminates TLS, by address across FIBs.
     pub ssl_stats: Option<Arc<crate::stats::SslStats>>,
+    /// `envoy.filters.listener.proxy_protocol`: the chain waits for the PROXY header, whose
+    /// addresses then stand for the connection's (read before any ClientHello).
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// `envoy.filters.listener.tls_inspector`: the chain waits for the ClientHello.
     pub tls_inspector: Option<TlsInspector>,
+    /// The deadline of the listener filters that read the client's first bytes.
+    pub filter_deadline: FilterDeadline,
 }
 
-/// A listener's TLS inspector and the listener filters' deadline.
+/// `listener_filters_timeout` and `continue_on_listener_filters_timeout`: how long the
+/// listener filters that read (the PROXY protocol's, the TLS inspector) may wait for the
+/// client's bytes, and what happens then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterDeadline {
+    /// `listener_filters_timeout` (Envoy's default 15 s; `None`: 0, no deadline).
+    pub timeout_ms: Option<u64>,
+    /// `continue_on_listener_filters_timeout`: past the deadline the connection goes on
+    /// with what was read (its own addresses, as plaintext) instead of being closed.
+    pub continue_on_timeout: bool,
+}
+
+impl Default for FilterDeadline {
+    /// Envoy's: 15 s, then closed.
+    fn default() -> FilterDeadline {
+        FilterDeadline {
+            timeout_ms: Some(15_000),
+            continue_on_timeout: false,
+        }
+    }
+}
+
+/// A listener's `envoy.filters.listener.proxy_protocol`.
+#[derive(Debug, Clone)]
+pub struct ProxyProtocol {
+    /// `disallowed_versions` (as the versions taken) and
+    /// `allow_requests_without_proxy_protocol`.
+    pub acceptance: crate::proxy_protocol::Acceptance,
+    /// Whether a declared destination replaces the connection's local address; false when
+    /// an `original_dst` filter runs after this one (its `SO_ORIGINAL_DST` then stands, as
+    /// in Envoy, where the last filter to restore the local address wins).
+    pub declares_destination: bool,
+    /// `proxy_proto.[<stat_prefix>.]*`.
+    pub stats: Arc<crate::stats::ProxyProtoStats>,
+}
+
+/// A listener's TLS inspector.
 #[derive(Debug, Clone)]
 pub struct TlsInspector {
     /// `max_client_hello_size`: a longer ClientHello is `client_hello_too_large`.
@@ -164,11 +205,6 @@ pub struct TlsInspector {
     /// `initial_read_buffer_size`: the most the first receive takes (later ones take up to
     /// `max_client_hello_bytes` in all); `None`: the first takes up to that too.
     pub initial_read_bytes: Option<u32>,
-    /// `listener_filters_timeout` (Envoy's default 15 s; `None`: 0, no deadline).
-    pub timeout_ms: Option<u64>,
-    /// `continue_on_listener_filters_timeout`: past the deadline the connection goes on
-    /// with what was read (as plaintext) instead of being closed.
-    pub continue_on_timeout: bool,
     /// `tls_inspector.*`, one block shared by every listener.
     pub stats: Arc<crate::stats::TlsInspectorStats>,
 }

@@ -639,6 +639,7 @@ fn access_record(
         bytes_received: relay.bytes(Dir::Up).received,
         bytes_sent: relay.bytes(Dir::Down).sent,
         downstream_remote: conn.remote,
+        downstream_direct_remote: conn.direct_remote,
         downstream_local: conn.local,
         upstream_host: conn.upstream,
         upstream_local: None,

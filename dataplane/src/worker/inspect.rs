@@ -1,23 +1,27 @@
-//! Envoy's `envoy.filters.listener.tls_inspector` on the worker's ring: a connection of a
-//! listener with one is read before its chain is decided, until its first bytes are a whole
-//! ClientHello (its server name and protocols then pick the chain), plainly not TLS
-//! (`raw_buffer`), too long (closed, as Envoy 1.40 closes it), or the listener filters'
-//! deadline passes.
+//! The listener filters that read a connection's first bytes before its chain is decided,
+//! on the worker's ring: Envoy's `envoy.filters.listener.proxy_protocol` (its PROXY header,
+//! [`super::proxy_header`]) and then `envoy.filters.listener.tls_inspector` (its ClientHello:
+//! the server name and protocols then pick the chain). A connection of a listener with
+//! either is read until each filter has its answer: a whole header or ClientHello, plainly
+//! none (plaintext: `raw_buffer`), one refused (closed, as Envoy 1.40 closes it), or the
+//! listener filters' deadline.
 //!
 //! Guarantees:
 //! - **The bytes stay.** Everything read is kept in one buffer of the worker's pool
 //!   ([`super::slot::Inspect::held`]): a receive appends to it (copied through the stack,
-//!   nothing allocated), and after the verdict the same bytes are the chain's first: fed to
-//!   its TLS session's acceptor ([`Worker::take_inspected`] in the handshake), or its relay's
-//!   first receive from the client (answered by a no-op completion, as decrypted TLS bytes
-//!   are). So a ClientHello split over any number of segments is read whole, and nothing the
-//!   client sent is lost or read twice.
-//! - **Bounded.** At most `max_client_hello_size` bytes are read (less when the worker's
-//!   buffers leave less room for TLS records); one receive in flight per connection.
+//!   nothing allocated); a PROXY header is removed from its front (one `memmove` within the
+//!   buffer), and after the verdict the rest are the chain's first bytes: fed to its TLS
+//!   session's acceptor ([`Worker::take_inspected`] in the handshake), or its relay's first
+//!   receive from the client (answered by a no-op completion, as decrypted TLS bytes are).
+//!   So a header or ClientHello split over any number of segments is read whole, and
+//!   nothing the client sent after its header is lost or read twice.
+//! - **Bounded.** At most one buffer's room for TLS records is read (and no more than the
+//!   inspector's `max_client_hello_size` for the ClientHello); one receive in flight per
+//!   connection.
 //! - **Decided once nothing is in flight.** The verdict (or the close) is fed to the machine
 //!   from a receive's completion, with no other inspection I/O left; past the deadline the
 //!   receive is cancelled and its completion decides.
-//! - **Listeners without an inspector pay nothing**: no stage, no receive, no state beyond
+//! - **Listeners without these filters pay nothing**: no stage, no receive, no state beyond
 //!   the slot's (clear) [`super::slot::Inspect`].
 
 use super::tls_io::tls_room;
@@ -37,7 +41,6 @@ const COPY_CHUNK_BYTES: usize = 512;
 struct Settings {
     max_bytes: u32,
     first_read_bytes: u32,
-    continue_on_timeout: bool,
     close_on_parse_error: bool,
 }
 
@@ -74,26 +77,34 @@ impl Worker {
             first_read_bytes: inspector
                 .initial_read_bytes
                 .map_or(max_bytes, |b| b.min(max_bytes)),
-            continue_on_timeout: inspector.continue_on_timeout,
             close_on_parse_error: inspector.close_on_parse_error,
         })
     }
 
-    fn inspect_recv(&mut self, slot: u32) {
-        let settings = self.inspector_settings(slot);
+    /// The most the next receive may take: the room a PROXY header (and what follows it)
+    /// may fill while one is due, else what the inspector still reads.
+    fn next_read_bytes(&self, slot: u32) -> u32 {
+        let held = self.conns[slot as usize].inspect.held.map_or(0, |(_, n)| n);
+        let max_bytes = if self.proxy_header_due(slot) {
+            self.proxy_header_room()
+        } else {
+            self.inspector_settings(slot).map_or(1, |s| {
+                if held == 0 {
+                    s.first_read_bytes
+                } else {
+                    s.max_bytes
+                }
+            })
+        };
+        max_bytes.saturating_sub(held).max(1)
+    }
+
+    pub(super) fn inspect_recv(&mut self, slot: u32) {
+        let max_len = self.next_read_bytes(slot);
         let conn = &mut self.conns[slot as usize];
-        let held = conn.inspect.held.map_or(0, |(_, n)| n);
-        let max_bytes = settings.map_or(1, |s| {
-            if held == 0 {
-                s.first_read_bytes
-            } else {
-                s.max_bytes
-            }
-        });
         let ud = ud::encode(Kind::InspectRead, slot, conn.nonce);
         conn.inspect.reading = true;
         conn.machine.started(1);
-        let max_len = max_bytes.saturating_sub(held).max(1);
         self.ring.recv(conn.client, BufClass::Small, max_len, ud);
     }
 
@@ -114,11 +125,11 @@ impl Worker {
         if let Some((buf, n)) = received {
             self.hold(slot, buf, n as u32);
         }
-        let Some(settings) = self.inspector_settings(slot) else {
+        let Some(deadline) = self.listener_of(slot).map(|l| l.filter_deadline) else {
             return self.fail_inspection(slot, Some(ListenerStat::DownstreamListenerFilterError));
         };
         if self.conns[slot as usize].inspect.abandoned {
-            return self.inspection_timed_out(slot, settings);
+            return self.inspection_timed_out(slot, deadline.continue_on_timeout);
         }
         match c.result {
             0 => self.fail_inspection(
@@ -128,7 +139,25 @@ impl Worker {
             n if n < 0 => {
                 self.fail_inspection(slot, Some(ListenerStat::DownstreamListenerFilterError))
             }
-            _ => self.read_client_hello(slot, settings),
+            _ => self.read_first_bytes(slot),
+        }
+    }
+
+    /// What `slot` holds goes to the filter whose turn it is: the PROXY protocol's while
+    /// its header is due, then the TLS inspector's; with neither left, the verdict.
+    fn read_first_bytes(&mut self, slot: u32) {
+        if self.proxy_header_due(slot) {
+            return self.read_proxy_header(slot);
+        }
+        self.read_after_proxy_header(slot);
+    }
+
+    /// The PROXY header is read (or the listener takes none): the TLS inspector reads on
+    /// from what is held, or the chain is decided.
+    pub(super) fn read_after_proxy_header(&mut self, slot: u32) {
+        match self.inspector_settings(slot) {
+            Some(settings) => self.read_client_hello(slot, settings),
+            None => self.finish_inspection(slot, &Detected::NOTHING),
         }
     }
 
@@ -206,15 +235,16 @@ impl Worker {
             server_name: name.unwrap_or_default(),
             transport_protocol: TRANSPORT_TLS,
             alpn_list: hello.alpn_list(),
+            direct_remote: None,
         };
         self.finish_inspection(slot, &detected);
     }
 
     /// Past the deadline (`downstream_pre_cx_timeout`, counted either way as in Envoy): on
     /// as plaintext with what was read (`continue_on_listener_filters_timeout`), or closed.
-    fn inspection_timed_out(&mut self, slot: u32, settings: Settings) {
+    fn inspection_timed_out(&mut self, slot: u32, continue_on_timeout: bool) {
         self.count_listener_stat(slot, ListenerStat::DownstreamPreCxTimeout, true);
-        if settings.continue_on_timeout {
+        if continue_on_timeout {
             self.finish_inspection(slot, &Detected::NOTHING);
         } else {
             self.fail_inspection(slot, None);
@@ -230,7 +260,7 @@ impl Worker {
         }
     }
 
-    fn count_listener_stat(&self, slot: u32, stat: ListenerStat, up: bool) {
+    pub(super) fn count_listener_stat(&self, slot: u32, stat: ListenerStat, up: bool) {
         if let Some(l) = self.listener_of(slot) {
             if up {
                 l.stats.inc(self.id, stat);
@@ -241,7 +271,7 @@ impl Worker {
     }
 
     /// The inspection ended without a chain: counted in `stat`, the client closed.
-    fn fail_inspection(&mut self, slot: u32, stat: Option<ListenerStat>) {
+    pub(super) fn fail_inspection(&mut self, slot: u32, stat: Option<ListenerStat>) {
         self.count_listener_stat(slot, ListenerStat::DownstreamPreCxActive, false);
         if let Some(stat) = stat {
             self.count_listener_stat(slot, stat, true);
@@ -258,7 +288,11 @@ impl Worker {
             return self.drive(slot, conn::Event::InspectionFailed);
         };
         let mut decision = Decision::new(local, conn.remote);
-        self.decide_chain(gen_index, fib_index, &mut decision, detected);
+        let detected = Detected {
+            direct_remote: conn.direct_remote,
+            ..*detected
+        };
+        self.decide_chain(gen_index, fib_index, &mut decision, &detected);
         let conn = &mut self.conns[slot as usize];
         conn.chain = decision.chain;
         conn.cluster = decision.cluster;

@@ -22,6 +22,7 @@ mod fault;
 mod inspect;
 mod mirror;
 mod pipes;
+mod proxy_header;
 mod relay_io;
 mod slot;
 mod sockets;
@@ -214,8 +215,8 @@ enum Outcome {
     },
     /// Refused by its chain's connection limit: closed after `delay_ms`.
     Limited { delay_ms: u64 },
-    /// Its listener's TLS inspector reads the ClientHello first; the chain is decided
-    /// then ([`Worker::decide_chain`]).
+    /// Its listener's filters read the client's first bytes (a PROXY header, a
+    /// ClientHello); the chain is decided then ([`Worker::decide_chain`]).
     Inspect { timeout_ms: Option<u64> },
 }
 
@@ -1181,10 +1182,10 @@ impl Worker {
             };
             return Some(decision);
         }
-        if let Some(inspector) = &listener.tls_inspector {
+        if listener.tls_inspector.is_some() || listener.proxy_protocol.is_some() {
             listener.stats.inc(id, ListenerStat::DownstreamPreCxActive);
             decision.outcome = Outcome::Inspect {
-                timeout_ms: inspector.timeout_ms,
+                timeout_ms: listener.filter_deadline.timeout_ms,
             };
             return Some(decision);
         }

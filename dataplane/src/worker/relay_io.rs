@@ -148,7 +148,10 @@ impl Worker {
     }
 
     pub(super) fn on_sent(&mut self, slot: u32, dir: Dir, result: i32) {
-        if self.limits.relay_mode == RelayMode::Splice {
+        // In splice mode a send from a provided buffer is the bytes a listener filter read
+        // before the relay began (held in a ring buffer, not a pipe).
+        let from_buffer = self.conns[slot as usize].sending[dir as usize].is_some();
+        if self.limits.relay_mode == RelayMode::Splice && !from_buffer {
             self.on_splice_sent(slot, dir, result);
             return;
         }

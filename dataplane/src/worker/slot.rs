@@ -39,8 +39,12 @@ pub(crate) struct Conn {
     pub hash: Option<u64>,
     pub start_ms: u64,
     pub start_unix_ms: u64,
+    /// The addresses the connection is known by: the socket's, or those a PROXY header
+    /// declared.
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
+    /// The peer the socket sees, when a PROXY header declared another source.
+    pub direct_remote: Option<SocketAddr>,
     pub upstream: Option<SocketAddr>,
     /// The buffer each direction is sending from, if any.
     pub sending: [Option<RingBuf>; 2],
@@ -72,7 +76,8 @@ pub(crate) struct Conn {
     pub server_name: Option<Box<str>>,
 }
 
-/// The TLS inspector's state of one connection (all clear without one).
+/// The state of the listener filters that read one connection's first bytes (the PROXY
+/// protocol's, the TLS inspector; all clear without them).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Inspect {
     /// The bytes read so far, from the stream's first (one buffer, `len` bytes): after the
@@ -85,6 +90,8 @@ pub(crate) struct Inspect {
     pub abandoned: bool,
     /// The last receive found the buffer pool dry: the next tick receives again.
     pub starved: bool,
+    /// The PROXY protocol filter is done (its header read and removed, or none there).
+    pub proxy_done: bool,
 }
 
 /// Copy chunks a shadow may have queued at once.
@@ -228,6 +235,7 @@ impl Default for Conn {
             start_unix_ms: 0,
             local: None,
             remote: None,
+            direct_remote: None,
             upstream: None,
             sending: [None; 2],
             recv_class: [BufClass::Small; 2],
@@ -288,14 +296,16 @@ impl Conn {
 }
 
 // A slot is touched on every completion of its connection, and the slab holds
-// `max_connections_per_worker` of them from the start (8,192 x 816 B = 6.7 MB a worker by
-// default): a change of size is a decision, not an accident. 32 B are the TLS inspector's
-// (the buffer it holds, whether it reads, and a pointer to the server name it read,
-// allocated only for a connection that sent one). Of the other 784 B, the machine is
+// `max_connections_per_worker` of them from the start (8,192 x 848 B = 6.9 MB a worker by
+// default): a change of size is a decision, not an accident. 32 B are the listener filters'
+// that read first (the buffer they hold, whether they read, whether the PROXY header is
+// done, and a pointer to the server name the TLS inspector read, allocated only for a
+// connection that sent one), 32 B the socket's peer behind a PROXY header. Of the other
+// 784 B, the machine is
 // 296 (its relay 112, of which 8 are the connection's buffer limits; 80 for TLS: which
 // sides speak it, the handshake deadline and the attempt's start, the fault delay held
 // while the client handshakes); 8 more count the bytes each direction holds for the
 // `*_tx_bytes_buffered` gauges; 16 point to each side's TLS state, allocated only for a
 // connection that speaks TLS.
-const _: () = assert!(std::mem::size_of::<Conn>() == 816);
+const _: () = assert!(std::mem::size_of::<Conn>() == 848);
 const _: () = assert!(std::mem::size_of::<Machine>() == 296);
