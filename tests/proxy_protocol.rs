@@ -23,6 +23,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+use switchyard_dataplane::proxy_protocol;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -422,12 +423,224 @@ fn missing_malformed_and_disallowed_headers_close_that_connection_and_count(mode
     assert_eq!(ping(&mut served, b"two").unwrap(), b"two", "still served");
 }
 
+/// A backend that reads a PROXY header first (parsed with the dataplane's parser, which
+/// the Envoy pass checks against Envoy's writer), writes `ready\n`, then echoes; it keeps
+/// each header's version, addresses and TLVs.
+struct HeaderBackend {
+    addr: SocketAddr,
+    headers: std::sync::Arc<std::sync::Mutex<Vec<SeenHeader>>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SeenHeader {
+    version: proxy_protocol::Version,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+    tlvs: Vec<(u8, Vec<u8>)>,
+}
+
+impl HeaderBackend {
+    fn start() -> HeaderBackend {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let headers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = headers.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming().take(BACKEND_MAX_CONNS) {
+                let Ok(s) = s else { continue };
+                let seen = seen.clone();
+                std::thread::spawn(move || serve_after_header(s, &seen));
+            }
+        });
+        HeaderBackend { addr, headers }
+    }
+
+    fn wait_headers(&self, n: usize) -> Vec<SeenHeader> {
+        wait_until(WAIT, || self.headers.lock().unwrap().len() >= n);
+        self.headers.lock().unwrap().clone()
+    }
+}
+
+/// Reads the header (closing the connection on anything else), answers `ready\n`, echoes.
+fn serve_after_header(mut s: TcpStream, seen: &std::sync::Mutex<Vec<SeenHeader>>) {
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut held = Vec::new();
+    let mut buf = [0u8; 4096];
+    let header = loop {
+        match proxy_protocol::parse(&held, 65_551) {
+            proxy_protocol::Parsed::NeedMore => {}
+            proxy_protocol::Parsed::Header(h) => break h,
+            _ => return,
+        }
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => held.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    };
+    seen.lock().unwrap().push(SeenHeader {
+        version: header.version,
+        addresses: header.addresses,
+        tlvs: header.tlvs(&held).map(|(t, v)| (t, v.to_vec())).collect(),
+    });
+    let rest = held[header.len..].to_vec();
+    if s.write_all(b"ready\n").is_err() || s.write_all(&rest).is_err() {
+        return;
+    }
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+/// A static cluster to `endpoint` whose connections start with a PROXY header of `config`
+/// (`ProxyProtocolConfig` fields, a flow map's contents), around `inner` (a transport
+/// socket's `name` and `typed_config` lines; empty: raw_buffer).
+fn pp_cluster(name: &str, endpoint: SocketAddr, config: &str, inner: &str) -> String {
+    let inner = if inner.is_empty() {
+        "          name: envoy.transport_sockets.raw_buffer\n          typed_config:\n            \
+         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer\n"
+            .to_string()
+    } else {
+        inner.to_string()
+    };
+    static_cluster(name, &[(endpoint, 1)]).replace(
+        &format!("  - name: {name}\n"),
+        &format!(
+            r#"  - name: {name}
+    transport_socket:
+      name: envoy.transport_sockets.upstream_proxy_protocol
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport
+        config: {{ {config} }}
+        transport_socket:
+{inner}"#
+        ),
+    )
+}
+
+/// Connects to `port` and reads the backend's `ready` line before sending anything (the
+/// header went out at connect, as a server-first protocol needs), then checks an echo.
+fn ready_then_echo(port: u16) -> TcpStream {
+    let mut s = connect_retry(local(port), WAIT);
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(read_line(&mut s).unwrap(), "ready");
+    assert_eq!(ping(&mut s, b"after ready").unwrap(), b"after ready");
+    s
+}
+
+/// Clusters send version 1 and version 2 headers (with their `added_tlvs`) declaring the
+/// client's address and the address it reached, before the client's first byte; behind a
+/// downstream PROXY header, the declared client.
+fn clusters_send_a_proxy_header_declaring_the_client(mode: RelayMode) {
+    let backend = HeaderBackend::start();
+    let (to_v1, to_v2, behind) = (free_port(), free_port(), free_port());
+    let listeners = tcp_listener("to_v1", to_v1, "to_v1", "v1")
+        + &tcp_listener("to_v2", to_v2, "to_v2", "v2")
+        + &listener("behind", behind, &pp_filter(""), &chain("", "v2", ""), "");
+    let clusters = pp_cluster("v1", backend.addr, "version: V1", "")
+        + &pp_cluster(
+            "v2",
+            backend.addr,
+            "version: V2, added_tlvs: [{ type: 0xE0, value: c3dpdGNoeWFyZA== }, { type: 0x05, value: AA== }]",
+            "",
+        )
+        + &static_cluster("probe", &[(local(closed_port()), 1)]);
+    let Some(_proxy) = start(&listeners, &clusters, "probe", mode) else {
+        return;
+    };
+    let client = ready_then_echo(to_v1);
+    let v1_seen = backend.wait_headers(1);
+    assert_eq!(
+        v1_seen[0],
+        SeenHeader {
+            version: proxy_protocol::Version::V1,
+            addresses: Some((client.local_addr().unwrap(), local(to_v1))),
+            tlvs: vec![],
+        }
+    );
+    let client = ready_then_echo(to_v2);
+    let tlvs = vec![(0xe0, b"switchyard".to_vec()), (0x05, vec![0])];
+    assert_eq!(
+        backend.wait_headers(2)[1],
+        SeenHeader {
+            version: proxy_protocol::Version::V2,
+            addresses: Some((client.local_addr().unwrap(), local(to_v2))),
+            tlvs: tlvs.clone(),
+        }
+    );
+    // Behind a downstream header: the declared client and destination go on.
+    let mut s = connect_retry(local(behind), WAIT);
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let (src, dst) = (addr("192.0.2.44:4444"), addr("203.0.113.9:443"));
+    s.write_all(&v1(src, dst)).unwrap();
+    assert_eq!(read_line(&mut s).unwrap(), "ready");
+    assert_eq!(
+        backend.wait_headers(3)[2],
+        SeenHeader {
+            version: proxy_protocol::Version::V2,
+            addresses: Some((src, dst)),
+            tlvs,
+        }
+    );
+}
+
 in_both_relay_modes!(
+    clusters_send_a_proxy_header_declaring_the_client,
     a_header_its_data_and_fin_in_one_burst_are_served_in_full_where_envoy_resets,
     a_header_sent_one_byte_per_segment_is_read_whole,
     declared_sources_and_a_client_hello_after_the_header_pick_the_chain,
     missing_malformed_and_disallowed_headers_close_that_connection_and_count,
 );
+
+/// A cluster's header wraps its TLS: the header first, then the handshake. The proxy talks
+/// to itself: its inner listener reads the header (as a TLS gateway behind a load balancer
+/// would) and terminates TLS, and its access log shows the client the header declared.
+#[test]
+fn a_proxy_header_goes_before_the_tls_handshake_it_wraps() {
+    let backend = Backend::echo();
+    let (front, inner) = (free_port(), free_port());
+    let dir = test_dir("proxy-protocol-tls");
+    let log = dir.join("inner.log");
+    let format =
+        "              log_format:\n                text_format_source:\n                  \
+                  inline_string: \"%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_TLS_VERSION%\\n\"\n";
+    let logs = format!(
+        "          access_log:\n{}",
+        file_access_log(&log, Some(format))
+    );
+    let tls_chain = format!(
+        "{}      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \
+         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          \
+         common_tls_context:\n            tls_certificates:\n            - certificate_chain: {{ filename: {} }}\n              \
+         private_key: {{ filename: {} }}\n",
+        chain("", "echo", &logs),
+        cert("server.pem").display(),
+        cert("server.key").display()
+    );
+    let listeners = tcp_listener("front", front, "front", "inner_tls")
+        + &listener("inner", inner, &pp_filter(""), &tls_chain, "");
+    let upstream_tls = format!(
+        "          name: envoy.transport_sockets.tls\n          typed_config:\n            \
+         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n            \
+         sni: backend.example.com\n            common_tls_context:\n              validation_context:\n                \
+         trusted_ca: {{ filename: {} }}\n",
+        cert("ca.pem").display()
+    );
+    let clusters = pp_cluster("inner_tls", local(inner), "version: V2", &upstream_tls)
+        + &static_cluster("echo", &[(backend.addr, 1)]);
+    let Some(proxy) = start(&listeners, &clusters, "echo", RelayMode::BufferRing) else {
+        return;
+    };
+    let mut s = connect_retry(local(front), WAIT);
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(ping(&mut s, b"through tls").unwrap(), b"through tls");
+    let client = s.local_addr().unwrap();
+    drop(s);
+    let lines = wait_log_lines(&log, 1);
+    // TLS 1.2: an upstream context's default maximum, Envoy's and so Switchyard's.
+    assert_eq!(lines, [format!("{client} TLSv1.2")], "{}", proxy.logs());
+    assert_eq!(proxy.wait_stat("proxy_proto.versions.v2.found", 1, WAIT), 1);
+}
 
 /// A header that never ends is closed at `listener_filters_timeout`, reaching no backend.
 #[test]

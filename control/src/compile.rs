@@ -599,6 +599,7 @@ fn cluster(
         health: c.health.clone(),
         health_state: stats.health(&c.name),
         tls: None,
+        proxy_protocol: c.proxy_protocol.clone(),
         tls_secrets_missing: c.tls.as_ref().is_some_and(|t| !t.secrets.ready),
         added_via_api: c.added_via_api,
         udp_stats,

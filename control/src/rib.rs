@@ -16,6 +16,7 @@ use switchyard_dataplane::accesslog::{LogFilter, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
     ChainMatch, ChainMatcher, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle,
     FilterDeadline, HealthPolicy, LbPolicy, Locality, LocalityName, OriginalSrc, UpstreamBind,
+    UpstreamProxyProtocol,
 };
 use switchyard_dataplane::proxy_protocol::Acceptance;
 use switchyard_dataplane::tls::settings::{ClientSettings, ServerSettings};
@@ -795,6 +796,9 @@ pub struct ClusterConfig {
     /// `transport_socket` with an `UpstreamTlsContext`: connections to the endpoints speak
     /// TLS; `None`: plaintext (no transport socket, or `raw_buffer`).
     pub tls: Option<ClusterTlsConfig>,
+    /// `transport_socket` `envoy.transport_sockets.upstream_proxy_protocol`: a PROXY header
+    /// starts each connection (around `tls`, or plaintext).
+    pub proxy_protocol: Option<UpstreamProxyProtocol>,
 }
 
 /// A STRICT_DNS or LOGICAL_DNS cluster's discovery: what to resolve ([`DnsQuery`]), with

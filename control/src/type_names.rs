@@ -77,5 +77,9 @@ pub(crate) const DOWNSTREAM_TLS: &str =
 /// `envoy.transport_sockets.tls` on a cluster: TLS origination.
 pub(crate) const UPSTREAM_TLS: &str =
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+/// `envoy.transport_sockets.upstream_proxy_protocol` on a cluster: a PROXY header first,
+/// around a plaintext or TLS socket.
+pub(crate) const UPSTREAM_PROXY_PROTOCOL: &str =
+    "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport";
 /// `envoy.transport_sockets.raw_buffer`: plaintext (the same as no transport socket).
 pub(crate) const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";

@@ -329,6 +329,109 @@ impl<'a> Iterator for Tlvs<'a> {
     }
 }
 
+/// The longest header [`write`] makes without TLVs: a version 2 header with IPv6 addresses.
+pub const MAX_HEADER_BYTES_WITHOUT_TLVS: usize = V2_FIXED_BYTES + 36;
+
+/// Writes a header of `version` declaring `addresses` (source, destination) into `out`, with
+/// `tlvs` (whole TLVs, already encoded) after a version 2 header's addresses; `None` when
+/// `out` is too small. Both addresses of one family are declared as such (an IPv4-mapped
+/// IPv6 address counts as IPv4); no addresses, or addresses of two families, declare
+/// nothing: version 1's `UNKNOWN`, version 2's `UNSPEC` (with the `PROXY` command, as
+/// Envoy writes it). Version 1 carries no TLVs.
+pub fn write(
+    out: &mut [u8],
+    version: Version,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+    tlvs: &[u8],
+) -> Option<usize> {
+    let addresses = addresses.and_then(|(src, dst)| same_family(src, dst));
+    match version {
+        Version::V1 => write_v1(out, addresses),
+        Version::V2 => write_v2(out, addresses, tlvs),
+    }
+}
+
+/// The pair with IPv4-mapped addresses made IPv4, if both are then of one family.
+fn same_family(src: SocketAddr, dst: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
+    let plain = |a: SocketAddr| match a.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(a, |v4| SocketAddr::new(v4.into(), a.port())),
+        IpAddr::V4(_) => a,
+    };
+    let (src, dst) = (plain(src), plain(dst));
+    (src.is_ipv4() == dst.is_ipv4()).then_some((src, dst))
+}
+
+fn write_v1(out: &mut [u8], addresses: Option<(SocketAddr, SocketAddr)>) -> Option<usize> {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(out);
+    let written = match addresses {
+        None => cursor.write_all(b"PROXY UNKNOWN\r\n"),
+        Some((src, dst)) => write!(
+            cursor,
+            "PROXY {} {} {} {} {}\r\n",
+            if src.is_ipv4() { "TCP4" } else { "TCP6" },
+            src.ip(),
+            dst.ip(),
+            src.port(),
+            dst.port()
+        ),
+    };
+    written.ok().map(|()| cursor.position() as usize)
+}
+
+fn write_v2(
+    out: &mut [u8],
+    addresses: Option<(SocketAddr, SocketAddr)>,
+    tlvs: &[u8],
+) -> Option<usize> {
+    let address_bytes = match addresses {
+        None => 0,
+        Some((src, _)) if src.is_ipv4() => 12,
+        Some(_) => 36,
+    };
+    let body = address_bytes + tlvs.len();
+    let len = V2_FIXED_BYTES + body;
+    let body_len = u16::try_from(body).ok()?;
+    let out = out.get_mut(..len)?;
+    out[..12].copy_from_slice(&V2_SIGNATURE);
+    out[12] = 0x21; // version 2, PROXY
+    out[13] = match addresses {
+        None => 0x00,
+        Some((src, _)) if src.is_ipv4() => 0x11,
+        Some(_) => 0x21,
+    };
+    out[14..16].copy_from_slice(&body_len.to_be_bytes());
+    let mut at = V2_FIXED_BYTES;
+    if let Some((src, dst)) = addresses {
+        for ip in [src.ip(), dst.ip()] {
+            let octets: &[u8] = match &ip {
+                IpAddr::V4(v4) => &v4.octets(),
+                IpAddr::V6(v6) => &v6.octets(),
+            };
+            out[at..at + octets.len()].copy_from_slice(octets);
+            at += octets.len();
+        }
+        for port in [src.port(), dst.port()] {
+            out[at..at + 2].copy_from_slice(&port.to_be_bytes());
+            at += 2;
+        }
+    }
+    out[at..].copy_from_slice(tlvs);
+    Some(len)
+}
+
+/// Appends the TLV (`kind`, `value`) to `out`; `None` when `value` is longer than a TLV
+/// holds (65,535 bytes).
+pub fn encode_tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) -> Option<()> {
+    let len = u16::try_from(value.len()).ok()?;
+    out.push(kind);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(value);
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,6 +681,57 @@ mod tests {
                     prop_assert!(p.len <= h.len());
                     let _ = p.tlvs(&h).count();
                 }
+            }
+        }
+
+        /// What [`write`] makes, [`parse`] reads back: the version, the addresses (or
+        /// none), the TLVs, and the length.
+        #[test]
+        fn written_headers_parse_back(
+            v4 in any::<bool>(),
+            mixed in any::<bool>(),
+            ports in any::<(u16, u16)>(),
+            octets in any::<[u8; 32]>(),
+            v2_header in any::<bool>(),
+            values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..4),
+        ) {
+            let ip = |at: usize| -> IpAddr {
+                if v4 {
+                    IpAddr::from([octets[at], octets[at + 1], octets[at + 2], octets[at + 3]])
+                } else {
+                    let mut o = [0u8; 16];
+                    o.copy_from_slice(&octets[at..at + 16]);
+                    IpAddr::from(o)
+                }
+            };
+            let src = SocketAddr::new(ip(0), ports.0);
+            let dst = if mixed {
+                SocketAddr::new(IpAddr::from([10, 0, 0, 1]), ports.1)
+            } else {
+                SocketAddr::new(ip(16), ports.1)
+            };
+            let mut tlvs = Vec::new();
+            for (i, v) in values.iter().enumerate() {
+                encode_tlv(&mut tlvs, 0xe0 + i as u8, v).unwrap();
+            }
+            let version = if v2_header { Version::V2 } else { Version::V1 };
+            let mut out = [0u8; 512];
+            let n = write(&mut out, version, Some((src, dst)), &tlvs).unwrap();
+            let Parsed::Header(h) = parse(&out[..n], 4096) else {
+                panic!("{:?}", &out[..n])
+            };
+            prop_assert_eq!(h.len, n);
+            prop_assert_eq!(h.version, version);
+            let expected = same_family(src, dst);
+            prop_assert_eq!(h.addresses, expected);
+            // TLVs after `UNSPEC` addresses are discarded with them, as the
+            // specification tells a receiver.
+            if v2_header && expected.is_some() {
+                let got: Vec<(u8, Vec<u8>)> =
+                    h.tlvs(&out[..n]).map(|(t, v)| (t, v.to_vec())).collect();
+                let want: Vec<(u8, Vec<u8>)> =
+                    values.iter().enumerate().map(|(i, v)| (0xe0 + i as u8, v.clone())).collect();
+                prop_assert_eq!(got, want);
             }
         }
 

@@ -80,6 +80,7 @@ fn cluster(endpoints: &[(SocketAddr, Arc<HostState>)], max_sessions: u32) -> Clu
         added_via_api: false,
         udp_stats: Arc::new(ClusterUdpStats::new("udp_echo", 1)),
         tls: None,
+        proxy_protocol: None,
         tls_secrets_missing: false,
         ssl_stats: None,
     }

@@ -65,6 +65,7 @@ fn cluster(
         added_via_api: true,
         dns: None,
         tls: None,
+        proxy_protocol: None,
     };
     let eps: Vec<EndpointConfig> = endpoints
         .iter()

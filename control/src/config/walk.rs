@@ -26,7 +26,7 @@ use crate::type_names::{
     SOURCE_IP_INPUT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE,
     TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
 };
-use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_TLS};
+use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_PROXY_PROTOCOL, UPSTREAM_TLS};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -447,6 +447,22 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     // certificate providers, custom handshakers, key logs, OCSP and SCTs are refused by path.
     ("envoy.config.core.v3.TransportSocket", &["name", "typed_config"]),
     (RAW_BUFFER, &[]),
+    // `convert::cluster` refuses `tlv_as_pool_key: true` (no connection pools) and
+    // `pass_through_tlvs`.
+    (
+        UPSTREAM_PROXY_PROTOCOL,
+        &[
+            "config",
+            "transport_socket",
+            "allow_unspecified_address",
+            "tlv_as_pool_key",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.ProxyProtocolConfig",
+        &["version", "pass_through_tlvs", "added_tlvs"],
+    ),
+    ("envoy.config.core.v3.TlvEntry", &["type", "value"]),
     (
         DOWNSTREAM_TLS,
         &[
@@ -873,6 +889,10 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.cluster.v3.Cluster.transport_socket",
+        &[UPSTREAM_TLS, RAW_BUFFER, UPSTREAM_PROXY_PROTOCOL],
+    ),
+    (
+        "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport.transport_socket",
         &[UPSTREAM_TLS, RAW_BUFFER],
     ),
     // Every real xDS bootstrap gives its ADS cluster HTTP/2 this way; Switchyard speaks gRPC

@@ -9,7 +9,7 @@ use super::ads::config_source;
 use super::circuit_breakers::circuit_breakers;
 use super::dns::{dns_cluster, unused_dns_fields};
 use super::endpoints::load_assignment;
-use super::tls::cluster_tls;
+use super::tls::cluster_transport;
 use super::upstream_bind::{upstream_bind, upstream_connection_options};
 use super::{duration, health, lb, Result};
 use crate::error::ConfigError;
@@ -69,6 +69,7 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             upstream_connection_options(o, &field(path, "upstream_connection_options"))?;
         upstream_bind.socket_options.extend(keepalive);
     }
+    let (tls, proxy_protocol) = cluster_transport(c.transport_socket.as_ref(), path)?;
     let circuit_breakers = match &c.circuit_breakers {
         Some(cb) => circuit_breakers(cb, &field(path, "circuit_breakers"))?,
         None => CircuitBreakers::default(),
@@ -99,7 +100,8 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         health,
         added_via_api: false,
         dns,
-        tls: cluster_tls(c.transport_socket.as_ref(), path)?,
+        tls,
+        proxy_protocol,
     })
 }
 

@@ -1,20 +1,28 @@
-//! `envoy.filters.listener.proxy_protocol`: which PROXY protocol versions a listener takes,
-//! whether a stream without a header may pass, and the stats prefix.
+//! The PROXY protocol both ways: `envoy.filters.listener.proxy_protocol` (which versions a
+//! listener takes, whether a stream without a header may pass, the stats prefix) and a
+//! cluster's `envoy.transport_sockets.upstream_proxy_protocol` (the version it sends and the
+//! TLVs it adds, around a plaintext or TLS socket).
 //!
-//! Refused by path, since nothing here would read what they produce: `rules` (TLVs as
-//! dynamic metadata, which no Switchyard filter reads), `pass_through_tlvs` (TLVs kept for
-//! an upstream PROXY header, which Switchyard's clusters do not send yet) and a
-//! `tlv_location` other than the default.
+//! Refused by path: `rules` (TLVs as dynamic metadata, which no Switchyard filter reads),
+//! `pass_through_tlvs` on either side (the downstream header's TLVs are not kept for the
+//! upstream one), a `tlv_location` other than the default, `added_tlvs` given by a
+//! `format_string`, and `tlv_as_pool_key: true` (a tcp_proxy has no connection pools).
 
 use super::{decode_any, Result};
 use crate::error::ConfigError;
 use crate::path::field;
+use crate::path::index;
 use crate::rib::ProxyProtocolConfig;
-use crate::type_names::PROXY_PROTOCOL;
+use crate::type_names::{PROXY_PROTOCOL, UPSTREAM_PROXY_PROTOCOL};
 use envoy_types::pb::envoy::config::core::v3::proxy_protocol_config::Version as PbVersion;
+use envoy_types::pb::envoy::config::core::v3::{
+    ProxyProtocolConfig as PbProxyProtocolConfig, TransportSocket,
+};
 use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol;
+use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
 use envoy_types::pb::google::protobuf::Any;
-use switchyard_dataplane::proxy_protocol::Acceptance;
+use switchyard_dataplane::fib::UpstreamProxyProtocol;
+use switchyard_dataplane::proxy_protocol::{encode_tlv, Acceptance, Version};
 
 /// The filter's `typed_config` at `path`.
 pub(super) fn proxy_protocol_filter(any: &Any, path: &str) -> Result<ProxyProtocolConfig> {
@@ -63,6 +71,107 @@ pub(super) fn proxy_protocol_filter(any: &Any, path: &str) -> Result<ProxyProtoc
         stat_prefix: p.stat_prefix,
     })
 }
+
+/// A cluster's `envoy.transport_sockets.upstream_proxy_protocol` at `path` (its
+/// `typed_config`): the header it sends, and the socket it wraps (`None`: plaintext).
+pub(super) fn upstream_proxy_protocol(
+    any: &Any,
+    path: &str,
+) -> Result<(Option<TransportSocket>, UpstreamProxyProtocol)> {
+    let t: ProxyProtocolUpstreamTransport = decode_any(any, UPSTREAM_PROXY_PROTOCOL, path)?;
+    if t.tlv_as_pool_key {
+        return Err(ConfigError::unsupported(
+            field(path, "tlv_as_pool_key"),
+            "a tcp_proxy has no connection pools to key (false only)",
+        ));
+    }
+    if t.transport_socket.is_none() {
+        return Err(ConfigError::invalid(
+            field(path, "transport_socket"),
+            "required (the socket the header goes before: raw_buffer or tls)",
+        ));
+    }
+    let empty = PbProxyProtocolConfig::default();
+    let config = t.config.as_ref().unwrap_or(&empty);
+    let header = upstream_header(config, &field(path, "config"))?;
+    Ok((t.transport_socket, header))
+}
+
+/// `config`: the version, and `added_tlvs` (static values; version 2 only, as only it
+/// carries TLVs).
+fn upstream_header(config: &PbProxyProtocolConfig, path: &str) -> Result<UpstreamProxyProtocol> {
+    if config.pass_through_tlvs.is_some() {
+        return Err(ConfigError::unsupported(
+            field(path, "pass_through_tlvs"),
+            "not supported by Switchyard: the downstream header's TLVs are not kept",
+        ));
+    }
+    let version = match PbVersion::try_from(config.version) {
+        Ok(PbVersion::V1) => Version::V1,
+        Ok(PbVersion::V2) => Version::V2,
+        Err(_) => {
+            return Err(ConfigError::invalid(
+                field(path, "version"),
+                format!(
+                    "{} is not a PROXY protocol version (V1 or V2)",
+                    config.version
+                ),
+            ))
+        }
+    };
+    let mut tlvs = Vec::new();
+    let tpath = field(path, "added_tlvs");
+    for (i, tlv) in config.added_tlvs.iter().enumerate() {
+        let at = index(&tpath, i);
+        if tlv.format_string.is_some() {
+            return Err(ConfigError::unsupported(
+                field(&at, "format_string"),
+                "TLV values from format strings are not supported by Switchyard (a static \
+                 value only)",
+            ));
+        }
+        if tlv.value.is_empty() {
+            return Err(ConfigError::invalid(
+                field(&at, "value"),
+                "one of value or format_string must be set, as in Envoy (an empty value is \
+                 unset)",
+            ));
+        }
+        let kind = u8::try_from(tlv.r#type).map_err(|_| {
+            ConfigError::invalid(field(&at, "type"), "a TLV type is one byte (0 to 255)")
+        })?;
+        encode_tlv(&mut tlvs, kind, &tlv.value).ok_or_else(|| {
+            ConfigError::invalid(
+                field(&at, "value"),
+                "longer than a TLV holds (65,535 bytes)",
+            )
+        })?;
+    }
+    if version == Version::V1 && !tlvs.is_empty() {
+        // Envoy drops them silently.
+        return Err(ConfigError::invalid(
+            tpath,
+            "only a version 2 header carries TLVs (set version: V2)",
+        ));
+    }
+    if tlvs.len() > MAX_ADDED_TLV_BYTES {
+        return Err(ConfigError::invalid(
+            tpath,
+            format!(
+                "{} bytes of TLVs; Switchyard sends at most {MAX_ADDED_TLV_BYTES}",
+                tlvs.len()
+            ),
+        ));
+    }
+    Ok(UpstreamProxyProtocol {
+        version,
+        tlvs: tlvs.into_boxed_slice(),
+    })
+}
+
+/// The most TLV bytes a cluster may add: the header is written into one buffer of the
+/// worker's pool (4 KiB at least), with its addresses.
+pub const MAX_ADDED_TLV_BYTES: usize = 2048;
 
 #[cfg(test)]
 mod tests {
@@ -136,6 +245,50 @@ mod tests {
         assert!(!after.proxy_protocol.unwrap().declares_destination);
         let before = listener(&format!("{ORIGINAL_DST}{PP}")).unwrap();
         assert!(before.proxy_protocol.unwrap().declares_destination);
+    }
+
+    /// A cluster's header: the version (V1 by default), the added TLVs encoded in order,
+    /// and the wrapped socket deciding TLS.
+    #[test]
+    fn clusters_send_the_version_and_tlvs_around_their_socket() {
+        use switchyard_dataplane::proxy_protocol::Version;
+        let cluster = |config: &str, inner: &str| {
+            let yaml = format!(
+                "static_resources:
+  clusters:
+  - name: c
+    transport_socket:
+      name: envoy.transport_sockets.upstream_proxy_protocol
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport
+        config: {{ {config} }}
+        transport_socket:
+          name: inner
+          typed_config:
+            '@type': type.googleapis.com/envoy.extensions.transport_sockets.{inner}
+    load_assignment:
+      cluster_name: c
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9}}}}}}
+"
+            );
+            let (rib, _) = parse_yaml_rib(&yaml).unwrap_or_else(|e| panic!("{e}"));
+            rib.cluster("c").unwrap().clone()
+        };
+        let raw = "raw_buffer.v3.RawBuffer";
+        let c = cluster("", raw);
+        let p = c.proxy_protocol.expect("a header");
+        assert_eq!((p.version, &*p.tlvs), (Version::V1, &[][..]));
+        assert!(c.tls.is_none());
+        let c = cluster(
+            "version: V2, added_tlvs: [{type: 0xE0, value: YWI=}, {type: 1, value: eA==}]",
+            "tls.v3.UpstreamTlsContext",
+        );
+        let p = c.proxy_protocol.expect("a header");
+        assert_eq!(p.version, Version::V2);
+        assert_eq!(&*p.tlvs, &[0xe0, 0, 2, b'a', b'b', 1, 0, 1, b'x'][..]);
+        assert!(c.tls.is_some(), "TLS inside the header");
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! address. Everything the walker does not list (SDS, certificate providers, key logs, OCSP,
 //! SPKI and hash pinning, ...) is refused there, by path.
 
+use super::proxy_protocol::upstream_proxy_protocol;
 use super::string_matcher::{string_matcher, string_matcher_parts};
 use super::{decode_any, duration, type_name, Result};
 use crate::error::ConfigError;
@@ -33,7 +34,7 @@ use crate::rib::{
 };
 use crate::secrets::finish_validation;
 use crate::stats_config::NameMatch;
-use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_TLS};
+use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_PROXY_PROTOCOL, UPSTREAM_TLS};
 use envoy_types::pb::envoy::config::core::v3::{
     data_source, transport_socket, DataSource, TransportSocket,
 };
@@ -48,6 +49,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use switchyard_dataplane::fib::chain_matcher::StringMatchKind;
+use switchyard_dataplane::fib::UpstreamProxyProtocol;
 use switchyard_dataplane::tls::settings::{
     Certificate, CipherSuite, ClientSettings, Curve, KeyFormat, PrivateKey, SanMatcher, SanType,
     ServerSettings, SessionTickets, StringMatch, StringPattern, TlsParams, TlsVersion, Validation,
@@ -109,11 +111,26 @@ pub(super) fn chain_tls(fc: &FilterChain, path: &str) -> Result<Option<ChainTlsC
     }))
 }
 
-/// A cluster's `transport_socket`: TLS origination, or `None` for plaintext.
-pub(super) fn cluster_tls(
+/// A cluster's `transport_socket`: TLS origination (or `None`: plaintext), with a PROXY
+/// header before it when the socket is `envoy.transport_sockets.upstream_proxy_protocol`
+/// (whose own `transport_socket` is then the TLS or plaintext one).
+pub(super) fn cluster_transport(
     socket: Option<&TransportSocket>,
     path: &str,
-) -> Result<Option<ClusterTlsConfig>> {
+) -> Result<(Option<ClusterTlsConfig>, Option<UpstreamProxyProtocol>)> {
+    let spath = field(path, "transport_socket");
+    let Some((any, tpath)) = typed_config(socket, &spath)? else {
+        return Ok((None, None));
+    };
+    if type_name(any) != UPSTREAM_PROXY_PROTOCOL {
+        return Ok((cluster_tls(socket, path)?, None));
+    }
+    let (inner, proxy) = upstream_proxy_protocol(any, &tpath)?;
+    Ok((cluster_tls(inner.as_ref(), &tpath)?, Some(proxy)))
+}
+
+/// A cluster's `transport_socket`: TLS origination, or `None` for plaintext.
+fn cluster_tls(socket: Option<&TransportSocket>, path: &str) -> Result<Option<ClusterTlsConfig>> {
     let spath = field(path, "transport_socket");
     let Some((any, tpath)) = typed_config(socket, &spath)? else {
         return Ok(None);

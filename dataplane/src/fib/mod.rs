@@ -193,6 +193,15 @@ pub struct ProxyProtocol {
     pub stats: Arc<crate::stats::ProxyProtoStats>,
 }
 
+/// A cluster's `envoy.transport_sockets.upstream_proxy_protocol`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamProxyProtocol {
+    /// `config.version`.
+    pub version: crate::proxy_protocol::Version,
+    /// `config.added_tlvs`, encoded (version 2 only; empty for version 1).
+    pub tlvs: Box<[u8]>,
+}
+
 /// A listener's TLS inspector.
 #[derive(Debug, Clone)]
 pub struct TlsInspector {
@@ -715,6 +724,10 @@ pub struct Cluster {
     /// originate TLS with this context (the handshake is part of the connect, as in Envoy);
     /// `None`: plaintext.
     pub tls: Option<Arc<crate::tls::ClientContext>>,
+    /// `transport_socket` `envoy.transport_sockets.upstream_proxy_protocol`: each connection
+    /// to its endpoints starts with a PROXY header declaring the client's addresses (before
+    /// any TLS); `None`: no header.
+    pub proxy_protocol: Option<UpstreamProxyProtocol>,
     /// The cluster originates TLS but its context waits for SDS secrets (`tls` is `None`):
     /// each connect fails at once (`upstream_context_secrets_not_ready`).
     pub tls_secrets_missing: bool,

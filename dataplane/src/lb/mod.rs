@@ -699,6 +699,7 @@ mod tests {
             added_via_api: false,
             udp_stats: Arc::new(crate::stats::ClusterUdpStats::new("c", 1)),
             tls: None,
+            proxy_protocol: None,
             tls_secrets_missing: false,
             ssl_stats: None,
         }

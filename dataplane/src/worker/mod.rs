@@ -325,9 +325,11 @@ impl ActiveCounts {
 /// Which addresses a listener's connections need looked up at accept.
 #[derive(Clone, Copy)]
 struct AddressNeeds {
-    /// A wildcard listener whose chains match on destination address.
+    /// A wildcard listener whose chains match on destination address (or a cluster sends
+    /// it in a PROXY header).
     local: bool,
-    /// Chains match on the source, or connections may be logged.
+    /// Chains match on the source, connections may be logged, or a cluster sends the
+    /// source in a PROXY header.
     peer: bool,
 }
 
@@ -701,14 +703,18 @@ impl Worker {
             active,
             fib: fib.clone(),
             conns: 0,
-            address_needs: fib
-                .listeners
-                .iter()
-                .map(|l| AddressNeeds {
-                    local: l.needs_local_address(),
-                    peer: l.needs_remote_address() || l.has_access_logs(),
-                })
-                .collect(),
+            address_needs: {
+                // An upstream PROXY header declares both addresses.
+                let declared = fib.clusters.iter().any(|c| c.proxy_protocol.is_some());
+                fib.listeners
+                    .iter()
+                    .map(|l| AddressNeeds {
+                        local: l.needs_local_address()
+                            || declared && l.address.ip().is_unspecified(),
+                        peer: l.needs_remote_address() || l.has_access_logs() || declared,
+                    })
+                    .collect()
+            },
         };
         let index = match self.generations.iter().position(Option::is_none) {
             Some(i) => {
@@ -1296,6 +1302,7 @@ impl Worker {
             Kind::TlsWriteClient => self.on_tls_write(slot, Side::Client, c.result),
             Kind::TlsWriteBackend => self.on_tls_write(slot, Side::Backend, c.result),
             Kind::InspectRead => self.on_inspect_read(slot, c),
+            Kind::UpstreamProxyHeader => self.on_upstream_proxy_header_sent(slot, c.result),
             _ => {}
         }
         self.settle(slot);
@@ -1364,6 +1371,16 @@ impl Worker {
     }
 
     fn on_connect(&mut self, slot: u32, result: i32) {
+        if result >= 0 && self.send_upstream_proxy_header(slot) {
+            // Connected once the header is sent.
+            return;
+        }
+        self.connect_done(slot, result);
+    }
+
+    /// The connect (and the PROXY header that starts it, if any) is over: fed to the
+    /// machine, with the pipes attached in splice mode.
+    pub(super) fn connect_done(&mut self, slot: u32, result: i32) {
         let connecting = self.conns[slot as usize].machine.stage() == conn::Stage::Connecting;
         let outcome = if result < 0 {
             Err(-result)

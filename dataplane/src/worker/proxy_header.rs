@@ -23,10 +23,12 @@
 //!   Envoy's 64 KiB for version 2, enough for any TLVs a load balancer sends) is an error.
 
 use super::tls_io::tls_room;
+use super::ud::{self, Kind};
 use super::Worker;
 use crate::proxy_protocol::{self, Header, Verdict, Version};
+use crate::relay::Dir;
 use crate::stats::ProxyProtoStat;
-use crate::sys::BufClass;
+use crate::sys::{BufClass, RingBuf};
 
 impl Worker {
     /// Whether `slot`'s listener reads a PROXY header that has not been read yet.
@@ -129,6 +131,104 @@ impl Worker {
             .and_then(|l| l.proxy_protocol.as_ref())
         {
             p.stats.inc(self.id, stat);
+        }
+    }
+}
+
+/// The upstream side: a cluster's `envoy.transport_sockets.upstream_proxy_protocol`.
+///
+/// - **Part of the connect.** Once the connect completes, the header goes out (one `send`
+///   from a buffer of the worker's pool, resumed if short) and only its completion tells the
+///   machine the upstream is connected; a TLS handshake, and any byte of the client's, come
+///   after it. A failed send fails the attempt as a failed connect would (retried on the
+///   next endpoint while attempts are left).
+/// - **The connection's addresses.** The header declares the client's address (the one a
+///   downstream PROXY header declared, if any) and the address it connected to.
+/// - **Bounded.** At most 52 bytes of addresses and the cluster's TLVs (2 KiB at most) in
+///   one buffer, held until the send completes; nothing allocated. With the pool dry the
+///   attempt fails (`ENOBUFS`), as a connect without a socket would.
+impl Worker {
+    /// Sends `slot`'s upstream PROXY header if its cluster has one; false when it has none
+    /// (or the connection is no longer connecting).
+    pub(super) fn send_upstream_proxy_header(&mut self, slot: u32) -> bool {
+        let conn = &self.conns[slot as usize];
+        if conn.machine.stage() != crate::conn::Stage::Connecting {
+            return false;
+        }
+        let Some(generation) = self.generations[conn.generation as usize].as_ref() else {
+            return false;
+        };
+        let Some(header) = conn
+            .cluster
+            .and_then(|id| generation.fib.cluster(id).proxy_protocol.as_ref())
+        else {
+            return false;
+        };
+        let addresses = conn.remote.zip(conn.local);
+        let Some(buf) = self.ring.take_spare(BufClass::Small) else {
+            self.connect_done(slot, -libc::ENOBUFS);
+            return true;
+        };
+        let written = proxy_protocol::write(
+            self.ring.buffer_mut(buf),
+            header.version,
+            addresses,
+            &header.tlvs,
+        );
+        let Some(len) = written.and_then(|n| u16::try_from(n).ok()) else {
+            // Convert bounds the TLVs well below any buffer: not reached.
+            self.ring.recycle(buf);
+            self.connect_done(slot, -libc::EMSGSIZE);
+            return true;
+        };
+        let conn = &mut self.conns[slot as usize];
+        conn.sending[Dir::Up as usize] = Some(buf);
+        conn.inspect.upstream_header_len = len;
+        conn.inspect.upstream_header_sent = 0;
+        self.send_header_rest(slot, buf);
+        true
+    }
+
+    /// Sends what is left of the header in `buf`.
+    fn send_header_rest(&mut self, slot: u32, buf: RingBuf) {
+        let conn = &mut self.conns[slot as usize];
+        let ud = ud::encode(Kind::UpstreamProxyHeader, slot, conn.nonce);
+        let (len, sent) = (
+            conn.inspect.upstream_header_len,
+            conn.inspect.upstream_header_sent,
+        );
+        conn.machine.started(1);
+        let left = u32::from(len - sent);
+        self.ring.send(conn.backend, buf, u32::from(sent), left, ud);
+    }
+
+    /// The header's send completed: the rest goes out, or the connect is over.
+    pub(super) fn on_upstream_proxy_header_sent(&mut self, slot: u32, result: i32) {
+        let Some(buf) = self.conns[slot as usize].sending[Dir::Up as usize].take() else {
+            return;
+        };
+        self.ring.send_done(buf);
+        let conn = &mut self.conns[slot as usize];
+        let connecting = conn.machine.stage() == crate::conn::Stage::Connecting;
+        let (len, sent) = (
+            conn.inspect.upstream_header_len,
+            conn.inspect.upstream_header_sent,
+        );
+        let left = i32::from(len - sent);
+        if connecting && result > 0 && result < left {
+            conn.inspect.upstream_header_sent = sent + result as u16;
+            conn.sending[Dir::Up as usize] = Some(buf);
+            return self.send_header_rest(slot, buf);
+        }
+        self.ring.recycle(buf);
+        if connecting {
+            let outcome = match result {
+                n if n >= left => 0,
+                n if n < 0 => n,
+                // Nothing sent and no error: the header cannot go whole.
+                _ => -libc::EPIPE,
+            };
+            self.connect_done(slot, outcome);
         }
     }
 }

@@ -92,6 +92,10 @@ pub(crate) struct Inspect {
     pub starved: bool,
     /// The PROXY protocol filter is done (its header read and removed, or none there).
     pub proxy_done: bool,
+    /// The upstream PROXY header being sent (its buffer is `sending` upstream): its length
+    /// and the bytes of it sent so far.
+    pub upstream_header_len: u16,
+    pub upstream_header_sent: u16,
 }
 
 /// Copy chunks a shadow may have queued at once.

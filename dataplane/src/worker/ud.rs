@@ -75,6 +75,8 @@ pub(crate) enum Kind {
     TlsWriteBackend = 32,
     /// A receive of the client's first bytes for the TLS inspector.
     InspectRead = 33,
+    /// The send of the PROXY header that starts a connection to the backend.
+    UpstreamProxyHeader = 34,
 }
 
 impl Kind {
@@ -113,6 +115,7 @@ impl Kind {
             31 => Kind::TlsWriteClient,
             32 => Kind::TlsWriteBackend,
             33 => Kind::InspectRead,
+            34 => Kind::UpstreamProxyHeader,
             _ => return None,
         })
     }

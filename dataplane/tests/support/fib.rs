@@ -64,6 +64,7 @@ pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         added_via_api: false,
         udp_stats: Arc::new(ClusterUdpStats::new("echo", 1)),
         tls: None,
+        proxy_protocol: None,
         tls_secrets_missing: false,
         ssl_stats: None,
     };
