@@ -214,20 +214,30 @@ fn burst(port: u16, n: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// An access log (in a directory of its own, tagged `tag`) of lines `fields`: its path, and
+/// the tcp_proxy's `access_log` YAML writing it.
+fn access_log_of(tag: &str, fields: &str) -> (std::path::PathBuf, String) {
+    let log = test_dir(tag).join("access.log");
+    let format = format!(
+        "              log_format:\n                text_format_source:\n                  \
+         inline_string: \"{fields}\\n\"\n"
+    );
+    let logs = format!(
+        "          access_log:\n{}",
+        file_access_log(&log, Some(&format))
+    );
+    (log, logs)
+}
+
 /// Version 1 and version 2 (with TLVs) headers written one byte per segment are read whole;
 /// the access log shows the declared addresses and the socket's peer.
 fn a_header_sent_one_byte_per_segment_is_read_whole(mode: RelayMode) {
     let backend = Backend::echo();
     let port = free_port();
-    let dir = test_dir("proxy-protocol-log");
-    let log = dir.join("access.log");
-    let format =
-        "              log_format:\n                text_format_source:\n                  \
-                  inline_string: \"%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% \
-                  %DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%\\n\"\n";
-    let logs = format!(
-        "          access_log:\n{}",
-        file_access_log(&log, Some(format))
+    let (log, logs) = access_log_of(
+        "proxy-protocol-log",
+        "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% \
+                  %DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%",
     );
     let front = listener(
         "front",
@@ -584,7 +594,62 @@ fn clusters_send_a_proxy_header_declaring_the_client(mode: RelayMode) {
     );
 }
 
+/// Beyond Envoy: Switchyard's `TrustedSources` before the filter. A header from a peer in
+/// the ranges is read; one from any other peer is its stream's own bytes (the backend echoes
+/// it) and the peer's own address stands in the access log.
+fn only_trusted_peers_declare_the_source(mode: RelayMode) {
+    if selected_proxy() == ProxyKind::Envoy {
+        return skip_unsupported(
+            ProxyKind::Envoy,
+            "TrustedSources is Switchyard's own listener filter",
+        );
+    }
+    let backend = Backend::echo();
+    let port = free_port();
+    let (log, logs) = access_log_of(
+        "proxy-protocol-trusted",
+        "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    );
+    let trusted = r#"    - name: switchyard.filters.listener.proxy_protocol_trusted_sources
+      typed_config:
+        "@type": type.googleapis.com/switchyard.filters.listener.proxy_protocol.v1.TrustedSources
+        source_prefix_ranges: [{ address_prefix: 127.0.0.2, prefix_len: 32 }]
+"#;
+    let head = pp_filter("        stat_prefix: lb\n").replacen(
+        "    listener_filters:\n",
+        &format!("    listener_filters:\n{trusted}"),
+        1,
+    );
+    let front = listener("front", port, &head, &chain("", "echo", &logs), "");
+    let clusters = static_cluster("echo", &[(backend.addr, 1)]);
+    let Some(proxy) = start(&front, &clusters, "echo", mode) else {
+        return;
+    };
+    let header = v1(addr("192.0.2.5:5555"), local(port));
+    let mut untrusted = connect_retry(local(port), WAIT);
+    untrusted.set_read_timeout(Some(WAIT)).unwrap();
+    let mut sent = header.clone();
+    sent.extend_from_slice(b"x");
+    assert_eq!(ping(&mut untrusted, &sent).unwrap(), sent, "passed as data");
+    drop(untrusted);
+    let mut trusted = connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2), local(port)).unwrap();
+    trusted.set_read_timeout(Some(WAIT)).unwrap();
+    trusted.write_all(&header).unwrap();
+    assert_eq!(
+        ping(&mut trusted, b"y").unwrap(),
+        b"y",
+        "the header was read"
+    );
+    drop(trusted);
+    let mut lines = wait_log_lines(&log, 2);
+    lines.sort();
+    assert_eq!(lines, ["127.0.0.1", "192.0.2.5"]);
+    assert_eq!(proxy.stat("proxy_proto.lb.untrusted_source"), 1);
+    assert_eq!(proxy.stat("proxy_proto.lb.versions.v1.found"), 1);
+}
+
 in_both_relay_modes!(
+    only_trusted_peers_declare_the_source,
     clusters_send_a_proxy_header_declaring_the_client,
     a_header_its_data_and_fin_in_one_burst_are_served_in_full_where_envoy_resets,
     a_header_sent_one_byte_per_segment_is_read_whole,
@@ -599,14 +664,9 @@ in_both_relay_modes!(
 fn a_proxy_header_goes_before_the_tls_handshake_it_wraps() {
     let backend = Backend::echo();
     let (front, inner) = (free_port(), free_port());
-    let dir = test_dir("proxy-protocol-tls");
-    let log = dir.join("inner.log");
-    let format =
-        "              log_format:\n                text_format_source:\n                  \
-                  inline_string: \"%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_TLS_VERSION%\\n\"\n";
-    let logs = format!(
-        "          access_log:\n{}",
-        file_access_log(&log, Some(format))
+    let (log, logs) = access_log_of(
+        "proxy-protocol-tls",
+        "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_TLS_VERSION%",
     );
     let tls_chain = format!(
         "{}      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \

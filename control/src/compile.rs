@@ -457,6 +457,7 @@ fn build(
                 proxy_protocol: t.proxy_protocol.as_ref().map(|p| ProxyProtocol {
                     acceptance: p.acceptance,
                     declares_destination: p.declares_destination,
+                    trusted_sources: p.trusted_sources.as_deref().map(Box::from),
                     stats: stats.proxy_proto(&p.stat_prefix),
                 }),
                 tls_inspector: t.tls_inspector.as_ref().map(|i| TlsInspector {

@@ -30,6 +30,15 @@ pub mod udp_route {
     ));
 }
 
+/// `switchyard.filters.listener.proxy_protocol.v1`: the peers a PROXY protocol filter trusts.
+pub mod trusted_sources {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/switchyard.filters.listener.proxy_protocol.v1.rs"
+    ));
+}
+
 /// `xds.type.matcher.v3.IPMatcher`: the matching API's IP range matcher, which envoy-types
 /// does not carry (its `OnMatch` and `CidrRange` are envoy-types' own).
 pub mod ip_matcher {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFilter, LogFormat, LogPath};
 use switchyard_dataplane::fib::{
-    ChainMatch, ChainMatcher, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle,
+    ChainMatch, ChainMatcher, CidrRange, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle,
     FilterDeadline, HealthPolicy, LbPolicy, Locality, LocalityName, OriginalSrc, UpstreamBind,
     UpstreamProxyProtocol,
 };
@@ -454,6 +454,8 @@ pub struct ProxyProtocolConfig {
     pub declares_destination: bool,
     /// `stat_prefix` (empty: none).
     pub stat_prefix: String,
+    /// Switchyard's `TrustedSources` before it: only these peers' headers are read.
+    pub trusted_sources: Option<Vec<CidrRange>>,
 }
 
 /// A listener's TLS inspector (`convert::listener`).

@@ -710,7 +710,7 @@ stat_block!(
     /// counts, one block per `stat_prefix` (the unprefixed block for filters without one).
     /// Envoy's root `downstream_cx_proxy_proto_error` is their errors and
     /// `not_found_disallowed` summed ([`ProxyProtoStats::errors`]).
-    ProxyProtoStats, ProxyProtoStat, 8, {
+    ProxyProtoStats, ProxyProtoStat, 9, {
     /// Streams without a header, passed on (`allow_requests_without_proxy_protocol`).
     NotFoundAllowed => ("not_found_allowed", Counter),
     /// Streams without a header, closed.
@@ -727,6 +727,9 @@ stat_block!(
     V2Disallowed => ("versions.v2.disallowed", Counter),
     /// Malformed (or too long) version 2 headers, closed.
     V2Error => ("versions.v2.error", Counter),
+    /// Switchyard's own: connections from a peer outside the filter's trusted sources, whose
+    /// header was not looked for.
+    UntrustedSource => ("untrusted_source", Counter),
 });
 
 impl ProxyProtoStats {

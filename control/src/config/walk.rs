@@ -24,7 +24,8 @@ use crate::type_names::{
     LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER,
     PROXY_PROTOCOL, RANDOM_POLICY, RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT,
     SOURCE_IP_INPUT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE,
-    TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
+    TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, TRUSTED_SOURCES, UDP_PROXY, UDP_ROUTE,
+    UDP_WEIGHTED_ROUTE,
 };
 use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_PROXY_PROTOCOL, UPSTREAM_TLS};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
@@ -787,6 +788,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "switchyard.filters.network.mirror.v1.Mirror",
         &["stat_prefix", "cluster", "percent", "max_buffered_bytes"],
     ),
+    (TRUSTED_SOURCES, &["source_prefix_ranges"]),
+    (
+        "switchyard.filters.listener.proxy_protocol.v1.CidrRange",
+        &["address_prefix", "prefix_len"],
+    ),
     (
         "switchyard.filters.udp.udp_proxy.v1.WeightedRoute",
         &["clusters"],
@@ -829,6 +835,7 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
             ORIGINAL_DST_FILTER,
             ORIGINAL_SRC_FILTER,
             PROXY_PROTOCOL,
+            TRUSTED_SOURCES,
             TLS_INSPECTOR,
             UDP_PROXY,
         ],

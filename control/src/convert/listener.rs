@@ -13,7 +13,7 @@ use super::access_log::access_log_config;
 use super::address::listener_address;
 use super::chain_matcher::{chain_matcher, ChainNames};
 use super::filter_chain::filter_chain;
-use super::proxy_protocol::proxy_protocol_filter;
+use super::proxy_protocol::{proxy_protocol_filter, trusted_sources};
 use super::{decode_any, duration, type_name, udp, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
@@ -22,7 +22,8 @@ use crate::rib::{
     ProxyProtocolConfig, TcpListenerConfig, TlsInspectorConfig,
 };
 use crate::type_names::{
-    ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, PROXY_PROTOCOL, TLS_INSPECTOR, UDP_PROXY,
+    ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER, PROXY_PROTOCOL, TLS_INSPECTOR, TRUSTED_SOURCES,
+    UDP_PROXY,
 };
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -332,6 +333,8 @@ struct ListenerFilters {
 /// `original_dst` after the PROXY protocol's keeps its own destination, as in Envoy.
 fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFilters> {
     let mut out = ListenerFilters::default();
+    // Switchyard's trusted sources, until the proxy_protocol filter after them takes them.
+    let mut trusted = None;
     for (i, f) in filters.iter().enumerate() {
         let fpath = index(path, i);
         let tpath = field(&fpath, "typed_config");
@@ -350,6 +353,14 @@ fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFi
             if let Some(p) = &mut out.proxy_protocol {
                 p.declares_destination = false;
             }
+        } else if type_name(any) == TRUSTED_SOURCES {
+            if out.proxy_protocol.is_some() || trusted.is_some() {
+                return Err(ConfigError::invalid(
+                    fpath,
+                    "the trusted sources come once, before the proxy_protocol filter they guard",
+                ));
+            }
+            trusted = Some((trusted_sources(any, &tpath)?, fpath));
         } else if type_name(any) == PROXY_PROTOCOL {
             if out.proxy_protocol.is_some() || out.tls_inspector.is_some() {
                 return Err(ConfigError::invalid(
@@ -358,7 +369,9 @@ fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFi
                      would read the PROXY header where the ClientHello belongs)",
                 ));
             }
-            out.proxy_protocol = Some(proxy_protocol_filter(any, &tpath)?);
+            let mut filter = proxy_protocol_filter(any, &tpath)?;
+            filter.trusted_sources = trusted.take().map(|(ranges, _)| ranges);
+            out.proxy_protocol = Some(filter);
         } else if type_name(any) == TLS_INSPECTOR {
             let t: PbTlsInspector = decode_any(any, TLS_INSPECTOR, &tpath)?;
             out.tls_inspector = Some(inspector_filter(&t, &tpath)?);
@@ -371,6 +384,13 @@ fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFi
             let src: PbOriginalSrc = decode_any(any, ORIGINAL_SRC_FILTER, &tpath)?;
             out.original_src = Some(OriginalSrc { mark: src.mark });
         }
+    }
+    if let Some((_, fpath)) = trusted {
+        return Err(ConfigError::invalid(
+            fpath,
+            "trusted sources guard the envoy.filters.listener.proxy_protocol filter after them, \
+             and none follows",
+        ));
     }
     Ok(out)
 }

@@ -8,20 +8,22 @@
 //! upstream one), a `tlv_location` other than the default, `added_tlvs` given by a
 //! `format_string`, and `tlv_as_pool_key: true` (a tcp_proxy has no connection pools).
 
+use super::address::cidr;
 use super::{decode_any, Result};
 use crate::error::ConfigError;
+use crate::ext::trusted_sources::TrustedSources as PbTrustedSources;
 use crate::path::field;
 use crate::path::index;
 use crate::rib::ProxyProtocolConfig;
-use crate::type_names::{PROXY_PROTOCOL, UPSTREAM_PROXY_PROTOCOL};
+use crate::type_names::{PROXY_PROTOCOL, TRUSTED_SOURCES, UPSTREAM_PROXY_PROTOCOL};
 use envoy_types::pb::envoy::config::core::v3::proxy_protocol_config::Version as PbVersion;
 use envoy_types::pb::envoy::config::core::v3::{
-    ProxyProtocolConfig as PbProxyProtocolConfig, TransportSocket,
+    CidrRange as PbCidr, ProxyProtocolConfig as PbProxyProtocolConfig, TransportSocket,
 };
 use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol;
 use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
-use envoy_types::pb::google::protobuf::Any;
-use switchyard_dataplane::fib::UpstreamProxyProtocol;
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use switchyard_dataplane::fib::{CidrRange, UpstreamProxyProtocol};
 use switchyard_dataplane::proxy_protocol::{encode_tlv, Acceptance, Version};
 
 /// The filter's `typed_config` at `path`.
@@ -69,7 +71,34 @@ pub(super) fn proxy_protocol_filter(any: &Any, path: &str) -> Result<ProxyProtoc
         acceptance,
         declares_destination: true,
         stat_prefix: p.stat_prefix,
+        trusted_sources: None,
     })
+}
+
+/// Switchyard's `TrustedSources` listener filter at `path` (its `typed_config`): at least
+/// one range, each a valid prefix.
+pub(super) fn trusted_sources(any: &Any, path: &str) -> Result<Vec<CidrRange>> {
+    let t: PbTrustedSources = decode_any(any, TRUSTED_SOURCES, path)?;
+    let rpath = field(path, "source_prefix_ranges");
+    if t.source_prefix_ranges.is_empty() {
+        return Err(ConfigError::invalid(
+            rpath,
+            "at least one range (without one, no peer's header would be read)",
+        ));
+    }
+    t.source_prefix_ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let envoy_shaped = PbCidr {
+                address_prefix: r.address_prefix.clone(),
+                prefix_len: Some(UInt32Value {
+                    value: r.prefix_len,
+                }),
+            };
+            cidr(&envoy_shaped, &index(&rpath, i))
+        })
+        .collect()
 }
 
 /// A cluster's `envoy.transport_sockets.upstream_proxy_protocol` at `path` (its
@@ -289,6 +318,33 @@ mod tests {
         assert_eq!(p.version, Version::V2);
         assert_eq!(&*p.tlvs, &[0xe0, 0, 2, b'a', b'b', 1, 0, 1, b'x'][..]);
         assert!(c.tls.is_some(), "TLS inside the header");
+    }
+
+    /// Switchyard's trusted sources go to the proxy_protocol filter after them.
+    #[test]
+    fn trusted_sources_guard_the_filter_after_them() {
+        let trusted = "    - name: switchyard.filters.listener.proxy_protocol_trusted_sources
+      typed_config:
+        '@type': type.googleapis.com/switchyard.filters.listener.proxy_protocol.v1.TrustedSources
+        source_prefix_ranges: [{address_prefix: 10.1.2.3, prefix_len: 8}, {address_prefix: '2001:db8::', prefix_len: 32}]
+";
+        let p = listener(&format!("{trusted}{PP}"))
+            .unwrap()
+            .proxy_protocol
+            .unwrap();
+        let ranges = p.trusted_sources.expect("the ranges");
+        assert_eq!(ranges.len(), 2);
+        assert!(ranges[0].contains("10.200.0.1".parse().unwrap()));
+        assert!(!ranges[0].contains("11.0.0.1".parse().unwrap()));
+        assert!(ranges[1].contains("2001:db8::7".parse().unwrap()));
+        assert!(listener(PP)
+            .unwrap()
+            .proxy_protocol
+            .unwrap()
+            .trusted_sources
+            .is_none());
+        let e = listener(&format!("{PP}{trusted}")).unwrap_err();
+        assert!(e.contains("listener_filters[1]"), "{e}");
     }
 
     #[test]

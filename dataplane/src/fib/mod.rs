@@ -189,8 +189,22 @@ pub struct ProxyProtocol {
     /// an `original_dst` filter runs after this one (its `SO_ORIGINAL_DST` then stands, as
     /// in Envoy, where the last filter to restore the local address wins).
     pub declares_destination: bool,
+    /// Switchyard's `TrustedSources`: only peers in these ranges have their header read;
+    /// `None`: every peer's.
+    pub trusted_sources: Option<Box<[CidrRange]>>,
     /// `proxy_proto.[<stat_prefix>.]*`.
     pub stats: Arc<crate::stats::ProxyProtoStats>,
+}
+
+impl ProxyProtocol {
+    /// Whether the header of a connection from `peer` is read (an unknown peer is not
+    /// trusted when ranges are set).
+    pub fn reads_header_of(&self, peer: Option<SocketAddr>) -> bool {
+        match &self.trusted_sources {
+            None => true,
+            Some(ranges) => peer.is_some_and(|p| ranges.iter().any(|r| r.contains(p.ip()))),
+        }
+    }
 }
 
 /// A cluster's `envoy.transport_sockets.upstream_proxy_protocol`.
@@ -341,9 +355,14 @@ impl Listener {
     }
 
     /// True when the peer address is needed: chains match on the source, upstream sockets
-    /// bind it (`original_src`), or a hash policy keys on it.
+    /// bind it (`original_src`), a hash policy keys on it, or only trusted peers' PROXY
+    /// headers are read.
     pub fn needs_remote_address(&self) -> bool {
         self.original_src.is_some()
+            || self
+                .proxy_protocol
+                .as_ref()
+                .is_some_and(|p| p.trusted_sources.is_some())
             || self
                 .filter_chains
                 .iter()

@@ -39,7 +39,7 @@ use crate::handoff::{Phase, Shared, Snapshot};
 use crate::hash_lb;
 use crate::lb::{mix_seed, Rng, WorkerLb};
 use crate::relay::{BufferLimits, Dir, Event, Received, Side};
-use crate::stats::{ListenerStat, ServerStat, TcpStat};
+use crate::stats::{ListenerStat, ProxyProtoStat, ServerStat, TcpStat};
 use crate::sys::net::{self, EventFd};
 use crate::sys::{BufPoolSize, Completion, Ring, RingError, RingSetup, WaitSpec, Waited};
 use pipes::Pipes;
@@ -181,6 +181,8 @@ struct Decision {
     buffer_limits: BufferLimits,
     /// Which sides speak TLS (the chain's and the cluster's transport sockets).
     tls: conn::TlsPlan,
+    /// The peer is not among the PROXY protocol filter's trusted sources: no header is read.
+    skips_proxy_header: bool,
     outcome: Outcome,
 }
 
@@ -198,6 +200,7 @@ impl Decision {
             holds_limit: false,
             buffer_limits: BufferLimits::ENVOY_DEFAULT,
             tls: conn::TlsPlan::default(),
+            skips_proxy_header: false,
             outcome: Outcome::Proxy,
         }
     }
@@ -1154,6 +1157,7 @@ impl Worker {
         conn.chain = decision.chain;
         conn.cluster = decision.cluster;
         conn.hash = decision.hash;
+        conn.inspect.proxy_done = decision.skips_proxy_header;
     }
 
     fn listener_in(&self, gen_index: usize, fib_index: usize) -> Option<&Listener> {
@@ -1188,7 +1192,15 @@ impl Worker {
             };
             return Some(decision);
         }
-        if listener.tls_inspector.is_some() || listener.proxy_protocol.is_some() {
+        let proxy_header = match &listener.proxy_protocol {
+            Some(p) if !p.reads_header_of(remote) => {
+                p.stats.inc(id, ProxyProtoStat::UntrustedSource);
+                decision.skips_proxy_header = true;
+                false
+            }
+            other => other.is_some(),
+        };
+        if listener.tls_inspector.is_some() || proxy_header {
             listener.stats.inc(id, ListenerStat::DownstreamPreCxActive);
             decision.outcome = Outcome::Inspect {
                 timeout_ms: listener.filter_deadline.timeout_ms,
