@@ -49,6 +49,13 @@ Scenarios (full run; --quick runs a subset, once, shorter):
                      (bench/peers/*-tls.*) after its TCP one in the same cell; direct is
                      `switchyard-bench serve --tls-cert --tls-key` (rustls on CPU 0: the floor
                      of the TLS cost). The floor: n/a (it relays plain TCP only).
+  S9 proxy protocol  the client sends a PROXY protocol v2 header first on every connection
+                     (`switchyard-bench --proxy-protocol v2`, as a load balancer in front would)
+                     to a listener that reads it (Switchyard and Envoy: the proxy_protocol
+                     listener filter; nginx: `listen ... proxy_protocol`; HAProxy: `bind ...
+                     accept-proxy`), relayed to the echo: cps 8 concurrent and rr 64 B with 64
+                     connections (S3's count). Direct: the same loads to the echo without a
+                     header (the limit). The floor: n/a (it reads no header).
 
 Hygiene: contenders interleaved (order rotated each repetition); before each cell (one
 contender x placement x repetition) the machine must be idle (/proc/stat idle > 90% over 1 s,
@@ -103,14 +110,14 @@ PROXIES = CONTENDERS[1:]
 # The floor (`switchyard-bench forward`: a blocking thread per direction) is a reference for
 # what any user-space hop costs, not a proxy: it spawns threads per connection, so the
 # connect-heavy (S4) and idle-memory (S5) scenarios would measure that, not a floor.
-FLOOR_SKIPS = ("S4", "S5", "S6", "S7", "S8")
+FLOOR_SKIPS = ("S4", "S5", "S6", "S7", "S8", "S9")
 # S7 (UDP): who cannot take part, and why (recorded in each cell and shown as n/a).
 UDP_NA = {"floor": "switchyard-bench forward relays TCP only",
           "haproxy": "HAProxy has no UDP proxying"}
 UDP_CONFIGS = {"switchyard": "switchyard-udp.yaml", "nginx": "nginx-udp.conf",
                "envoy": "envoy-udp.yaml"}
 SCENARIOS = {"S1": "bulk", "S2": "latency", "S3": "rr", "S4": "cps", "S5": "idle",
-             "S6": "routing", "S7": "udp", "S8": "tls"}
+             "S6": "routing", "S7": "udp", "S8": "tls", "S9": "proxy"}
 # S8 (TLS termination): each proxy's TLS peer config, who cannot take part, the certificates
 # (tests/certs: ECDSA P-256 and RSA-2048 leaves for localhost/127.0.0.1, signed by ca.pem) and
 # the per-contender port of each listener.
@@ -378,12 +385,12 @@ class Env:
         self.udp_echo = b + 5  # S7: `serve --udp-echo`
         self.ports = {}
         for i, name in enumerate(PROXIES):
-            base = b + 10 * (i + 1)
+            base = b + 20 * (i + 1)
             self.ports[name] = dict(BULK_PORT=base, RR_PORT=base + 1, ADMIN_PORT=base + 2,
                                     WEIGHTED_PORT=base + 3, HASH_PORT=base + 4,
                                     UDP_PORT=base + 5, TLS_EC_BULK_PORT=base + 6,
                                     TLS_EC_RR_PORT=base + 7, TLS_RSA_BULK_PORT=base + 8,
-                                    TLS_RSA_RR_PORT=base + 9)
+                                    TLS_RSA_RR_PORT=base + 9, PROXY_PORT=base + 10)
         # S8 direct: `serve --tls-*` (sink, echo) per certificate.
         self.tls_direct = {"ECDSA": (b + 6, b + 7), "RSA": (b + 8, b + 9)}
         self.envoy = None
@@ -432,6 +439,12 @@ class Env:
                 f.write(c.read() + k.read())
             out.update({f"CERT_{key}": cert, f"KEY_{key}": pkey, f"CERT_KEY_{key}": both})
         return out
+
+    def proxy_target(self, contender):
+        """S9: the listener that reads a PROXY header; direct: the echo (no header)."""
+        if contender == "direct":
+            return f"127.0.0.1:{self.echo}"
+        return f"127.0.0.1:{self.ports[contender]['PROXY_PORT']}"
 
     def route_target(self, contender, route):
         """S6: the listener that splits (`weighted`) or hashes (`hash`); direct: the echo."""
@@ -649,6 +662,11 @@ def measure_once(ctx, cell, spec, proxy):
                                     spec["mode"] == "throughput")
     if spec["mode"] == "udp":
         target = ctx.env.udp_target(cell["contender"])
+    extra = spec["extra"]
+    if spec["scenario"] == "S9":
+        target = ctx.env.proxy_target(cell["contender"])
+        if cell["contender"] != "direct":
+            extra = extra + ["--proxy-protocol", "v2"]
     pid = proxy.pid if proxy else None
     cpu0 = tree_cpu_s(pid) if pid else None
     rss0 = tree_rss_kib(pid) if pid else None
@@ -669,7 +687,7 @@ def measure_once(ctx, cell, spec, proxy):
         counters = Counters(pid, admin)
     foreign = Foreign()
     t0 = time.monotonic()
-    rc, report, stderr = bench(ctx.args, ctx.tmp, spec["mode"], target, spec["extra"],
+    rc, report, stderr = bench(ctx.args, ctx.tmp, spec["mode"], target, extra,
                                spec["timeout"])
     wall = time.monotonic() - t0
     totals = counters.finish() if counters else None
@@ -678,7 +696,7 @@ def measure_once(ctx, cell, spec, proxy):
         stop_poll.set()
         poller.join()
     m = {"id": spec["id"], "scenario": spec["scenario"], "mode": spec["mode"],
-         "target": target, "args": [str(x) for x in spec["extra"]], "rc": rc,
+         "target": target, "args": [str(x) for x in extra], "rc": rc,
          "wall_s": round(wall, 3), "foreign_cpu_per_s": round(fcpu, 3),
          "loadavg": loadavg(), "report": report}
     if stderr and rc != 0:
@@ -805,6 +823,11 @@ def specs_for(cfg, rates, scenarios):
                                    f"{rate:.0f}", "--duration", u, "--drain",
                                    cfg["udp_drain"]], timeout=u + 60))
     out += tls_specs(cfg)
+    n = cfg["s3_conns"][0]
+    out.append(dict(id="S9 PROXY v2 cps 8 concurrent", scenario="S9", mode="cps",
+                    extra=["--concurrency", 8, "--msg", 64, "--duration", c], timeout=c + 60))
+    out.append(dict(id=f"S9 PROXY v2 rr 64 B {n} conns", scenario="S9", mode="rr",
+                    extra=["--conns", n, "--msg", 64, "--duration", r], timeout=r + 60))
     return [x for x in out if x["scenario"] in scenarios]
 
 
@@ -1088,7 +1111,15 @@ ROWS = [  # (measurement id prefix, metric, label, unit, higher_is_better)
     # full: must be 0 (lower is right); resumed: near 100 (higher is right).
     (f"S8 {{}} {kind}", "resumed_pct", f"S8 TLS {{}} {kind}: resumed (%)", "x1",
      kind == "resumed"),
-)]
+)] + [
+    ("S9 PROXY v2 cps {} concurrent", "cps", "S9 PROXY v2 cps {} concurrent (conn/s)", "k",
+     True),
+    ("S9 PROXY v2 cps {} concurrent", "conn_per_cpu_s",
+     "S9 PROXY v2 cps {} concurrent (conn per proxy CPU-s)", "k", True),
+    ("S9 PROXY v2 rr 64 B {} conns", "rps", "S9 PROXY v2 rr 64 B {} conns (req/s)", "k", True),
+    ("S9 PROXY v2 rr 64 B {} conns", "req_per_cpu_s",
+     "S9 PROXY v2 rr 64 B {} conns (req per proxy CPU-s)", "k", True),
+]
 
 
 def fmt(v, unit):
@@ -1130,7 +1161,7 @@ def table_rows(results, placement):
     """[(label, unit, higher, {contender: [values]})] in a stable order."""
     data = collect(results)
     ids = row_ids(results, placement)
-    order = {"S1": 0, "S2": 1, "S3": 3, "S4": 4, "S5": 5, "S6": 6, "S7": 7, "S8": 8}
+    order = {"S1": 0, "S2": 1, "S3": 3, "S4": 4, "S5": 5, "S6": 6, "S7": 7, "S8": 8, "S9": 9}
     rows = []
     for pattern, metric, label, unit, higher in ROWS:
         if pattern == "S2 open":
@@ -1413,7 +1444,8 @@ def main():
     ap.add_argument("--placements", default="shared,split")
     ap.add_argument("--scenarios", "--scenario", default="all",
                     help="comma list of scenarios, by number or name: S1 bulk, S2 latency, "
-                         "S3 rr, S4 cps, S5 idle, S6 routing, S7 udp, S8 tls (default all)")
+                         "S3 rr, S4 cps, S5 idle, S6 routing, S7 udp, S8 tls, S9 proxy "
+                         "(default all)")
     ap.add_argument("--udp-rates", "--udp-rate", default="4000,20000",
                     help="S7: comma list of datagrams/s, all sessions together "
                          "(default 4000,20000)")
@@ -1459,7 +1491,7 @@ def main():
         elif x.lower() in names:
             scenarios.append(names[x.lower()])
         elif x:
-            ap.error(f"--scenarios: unknown scenario {x!r} (S1-S8 or "
+            ap.error(f"--scenarios: unknown scenario {x!r} (S1-S9 or "
                      f"{', '.join(SCENARIOS.values())})")
     scenarios = [x for x in SCENARIOS if x in scenarios]
     if not scenarios:

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{BenchError, ErrorClass, ErrorSink, Failure};
 use crate::hist::{LatencyHistogram, LatencySummary};
-use crate::net::{self, CloseMode, Conn};
+use crate::net::{self, CloseMode, Conn, ProxyHeader};
 use crate::pattern::{conn_seed, fill, PatternVerifier};
 use crate::report::{Progress, Report, TableRows};
 use crate::throughput::CONNS_MAX;
@@ -45,6 +45,8 @@ pub struct CpsConfig {
     pub progress: bool,
     /// TLS on every connection (`None`: plain TCP).
     pub tls: Option<TlsOptions>,
+    /// A PROXY header first on every connection (`None`: none).
+    pub proxy_header: Option<ProxyHeader>,
     /// Connections started per second, all workers together (`None`: as fast as they
     /// complete, closed loop). Each worker starts its k-th connection at
     /// `k * concurrency / rate` seconds, or as soon as the one before is done if later.
@@ -64,6 +66,7 @@ impl CpsConfig {
             io_timeout: Duration::from_secs(5),
             progress: false,
             tls: None,
+            proxy_header: None,
             rate_per_s: None,
         }
     }
@@ -100,6 +103,9 @@ pub struct CpsParams {
     /// Present only with TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsParams>,
+    /// Present only with a PROXY header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyHeader>,
 }
 
 impl TableRows for CpsParams {
@@ -112,6 +118,9 @@ impl TableRows for CpsParams {
         ];
         if let Some(tls) = &self.tls {
             rows.push(("tls", tls.row()));
+        }
+        if let Some(p) = self.proxy_protocol {
+            rows.push(("PROXY header", p.name().to_string()));
         }
         rows
     }
@@ -247,6 +256,7 @@ pub fn run_cps(cfg: &CpsConfig) -> Result<CpsReport, BenchError> {
             connect_timeout_s: cfg.connect_timeout.as_secs_f64(),
             io_timeout_s: cfg.io_timeout.as_secs_f64(),
             tls: cfg.tls.as_ref().map(TlsOptions::params),
+            proxy_protocol: cfg.proxy_header,
         },
         elapsed,
         CpsResults {
@@ -299,7 +309,8 @@ fn worker(
         k += 1;
         let t0 = Instant::now();
         let result =
-            net::connect(cfg.target, cfg.connect_timeout, cfg.io_timeout).and_then(|tcp| {
+            net::connect(cfg.target, cfg.connect_timeout, cfg.io_timeout).and_then(|mut tcp| {
+                net::send_proxy_header(&mut tcp, cfg.proxy_header)?;
                 let connected = Instant::now();
                 let mut stream = Conn::establish(tcp, tls)?;
                 let handshaken = Instant::now();

@@ -45,7 +45,7 @@ pub use error::{BenchError, ErrorClass, ErrorCounts};
 pub use forward::{spawn_forward, Forwarder, FORWARD_BUFFER_BYTES};
 pub use hist::{LatencyHistogram, LatencySummary};
 pub use idle::{run_idle, IdleConfig, IdleParams, IdleReport, IdleResults};
-pub use net::CloseMode;
+pub use net::{CloseMode, ProxyHeader};
 pub use report::{Envelope, Report, TableRows, SCHEMA};
 pub use rr::{run_rr, RrConfig, RrParams, RrReport, RrResults};
 pub use server::{spawn_echo, spawn_sink, spawn_source, Server, ServerKind, ServerStats};

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use switchyard_bench::{
     run_cps, run_idle, run_rr, run_throughput, run_udp, spawn_forward, spawn_udp_echo, BenchError,
-    CloseMode, CpsConfig, Direction, IdleConfig, Report, RrConfig, Server, ServerKind, TableRows,
-    ThroughputConfig, TlsOptions, UdpConfig,
+    CloseMode, CpsConfig, Direction, IdleConfig, ProxyHeader, Report, RrConfig, Server, ServerKind,
+    TableRows, ThroughputConfig, TlsOptions, UdpConfig,
 };
 
 #[derive(Debug, Parser)]
@@ -189,6 +189,9 @@ struct RrArgs {
     /// Run time.
     #[arg(long, default_value = "3", value_parser = parse_duration)]
     duration: Duration,
+    /// Send a PROXY protocol header of this version first on every connection.
+    #[arg(long, value_enum)]
+    proxy_protocol: Option<ProxyArg>,
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +215,9 @@ struct CpsArgs {
     /// Connections started per second, all together (paced; default: closed loop).
     #[arg(long)]
     rate: Option<f64>,
+    /// Send a PROXY protocol header of this version first on every connection.
+    #[arg(long, value_enum)]
+    proxy_protocol: Option<ProxyArg>,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +265,21 @@ enum DirectionArg {
     Up,
     Down,
     Both,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProxyArg {
+    V1,
+    V2,
+}
+
+impl From<ProxyArg> for ProxyHeader {
+    fn from(p: ProxyArg) -> ProxyHeader {
+        match p {
+            ProxyArg::V1 => ProxyHeader::V1,
+            ProxyArg::V2 => ProxyHeader::V2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -351,6 +372,7 @@ fn main() -> ExitCode {
                 io_timeout: a.common.io_timeout,
                 progress: !a.common.quiet,
                 tls: a.tls.options(),
+                proxy_header: a.proxy_protocol.map(ProxyHeader::from),
             };
             finish(run_rr(&cfg), &a.common)
         }
@@ -365,6 +387,7 @@ fn main() -> ExitCode {
                 io_timeout: a.common.io_timeout,
                 progress: !a.common.quiet,
                 tls: a.tls.options(),
+                proxy_header: a.proxy_protocol.map(ProxyHeader::from),
                 rate_per_s: a.rate.filter(|r| *r > 0.0),
             };
             finish(run_cps(&cfg), &a.common)

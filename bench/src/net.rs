@@ -12,6 +12,100 @@ use crate::error::{ErrorClass, Failure};
 use crate::pattern::PatternVerifier;
 use crate::tls::{self, ClientTls, TlsClient};
 
+/// A PROXY protocol header (HAProxy's `proxy-protocol.txt`) the client sends first on every
+/// connection, as a load balancer in front of the proxy would, declaring the connection's own
+/// addresses: version 1 (text) or version 2 (binary, `PROXY` command, no TLVs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyHeader {
+    V1,
+    V2,
+}
+
+impl ProxyHeader {
+    /// `v1` or `v2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyHeader::V1 => "v1",
+            ProxyHeader::V2 => "v2",
+        }
+    }
+
+    /// Writes the header declaring `src` -> `dst` into `out` (108 bytes hold either
+    /// version); its length. Addresses of two families are declared as `UNKNOWN`/`UNSPEC`.
+    fn write(self, src: SocketAddr, dst: SocketAddr, out: &mut [u8; 108]) -> usize {
+        let same = src.is_ipv4() == dst.is_ipv4();
+        match self {
+            ProxyHeader::V1 => {
+                let mut cursor = io::Cursor::new(&mut out[..]);
+                let written = if same {
+                    let family = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+                    write!(
+                        cursor,
+                        "PROXY {family} {} {} {} {}\r\n",
+                        src.ip(),
+                        dst.ip(),
+                        src.port(),
+                        dst.port()
+                    )
+                } else {
+                    cursor.write_all(b"PROXY UNKNOWN\r\n")
+                };
+                written.expect("a version 1 header fits 108 bytes");
+                cursor.position() as usize
+            }
+            ProxyHeader::V2 => {
+                out[..12].copy_from_slice(b"\r\n\r\n\0\r\nQUIT\n");
+                out[12] = 0x21;
+                let mut at = 16;
+                let mut put = |bytes: &[u8], at: &mut usize| {
+                    out[*at..*at + bytes.len()].copy_from_slice(bytes);
+                    *at += bytes.len();
+                };
+                let family = match (src, dst) {
+                    (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                        put(&s.ip().octets(), &mut at);
+                        put(&d.ip().octets(), &mut at);
+                        0x11
+                    }
+                    (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+                        put(&s.ip().octets(), &mut at);
+                        put(&d.ip().octets(), &mut at);
+                        0x21
+                    }
+                    _ => 0x00,
+                };
+                if family != 0 {
+                    put(&src.port().to_be_bytes(), &mut at);
+                    put(&dst.port().to_be_bytes(), &mut at);
+                }
+                out[13] = family;
+                out[14..16].copy_from_slice(&((at - 16) as u16).to_be_bytes());
+                at
+            }
+        }
+    }
+}
+
+/// Sends `header` (if any) on a new connection, declaring its own local and peer addresses.
+pub(crate) fn send_proxy_header(
+    tcp: &mut TcpStream,
+    header: Option<ProxyHeader>,
+) -> Result<(), Failure> {
+    let Some(header) = header else {
+        return Ok(());
+    };
+    let src = tcp
+        .local_addr()
+        .map_err(|e| Failure::io("local address", &e))?;
+    let dst = tcp
+        .peer_addr()
+        .map_err(|e| Failure::io("peer address", &e))?;
+    let mut buf = [0u8; 108];
+    let len = header.write(src, dst, &mut buf);
+    write_all(tcp, &buf[..len], "PROXY header")
+}
+
 /// A client connection: plain TCP, or TLS whose handshake has completed.
 pub(crate) enum Conn {
     Plain(TcpStream),
@@ -100,14 +194,17 @@ pub(crate) fn configure(stream: &TcpStream, io_timeout: Duration) -> io::Result<
     Ok(())
 }
 
-/// Connects to `target` as [`connect`] does, then runs the TLS handshake when `tls` is given.
+/// Connects to `target` as [`connect`] does, sends `proxy` (a PROXY header) when given,
+/// then runs the TLS handshake when `tls` is given.
 pub(crate) fn connect_conn(
     target: SocketAddr,
     connect_timeout: Duration,
     io_timeout: Duration,
+    proxy: Option<ProxyHeader>,
     tls: Option<&TlsClient>,
 ) -> Result<Conn, Failure> {
-    let tcp = connect(target, connect_timeout, io_timeout)?;
+    let mut tcp = connect(target, connect_timeout, io_timeout)?;
+    send_proxy_header(&mut tcp, proxy)?;
     Conn::establish(tcp, tls)
 }
 
@@ -208,5 +305,41 @@ pub(crate) fn close(mut stream: Conn, mode: CloseMode) -> Result<(), Failure> {
             stream.half_close()?;
             expect_eof(&mut stream, "close")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(version: ProxyHeader, src: &str, dst: &str) -> Vec<u8> {
+        let mut buf = [0u8; 108];
+        let n = version.write(src.parse().unwrap(), dst.parse().unwrap(), &mut buf);
+        buf[..n].to_vec()
+    }
+
+    /// The specification's examples: version 1 text, version 2 with the `PROXY` command.
+    #[test]
+    fn proxy_headers_as_the_specification_writes_them() {
+        assert_eq!(
+            header(ProxyHeader::V1, "192.0.2.1:40000", "198.51.100.7:443"),
+            b"PROXY TCP4 192.0.2.1 198.51.100.7 40000 443\r\n"
+        );
+        assert_eq!(
+            header(ProxyHeader::V1, "[2001:db8::1]:1", "[2001:db8::2]:2"),
+            b"PROXY TCP6 2001:db8::1 2001:db8::2 1 2\r\n"
+        );
+        assert_eq!(
+            header(ProxyHeader::V1, "192.0.2.1:1", "[2001:db8::2]:2"),
+            b"PROXY UNKNOWN\r\n"
+        );
+        let v2 = header(ProxyHeader::V2, "192.0.2.1:40000", "198.51.100.7:443");
+        let mut want = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        want.extend_from_slice(&[192, 0, 2, 1, 198, 51, 100, 7]);
+        want.extend_from_slice(&40000u16.to_be_bytes());
+        want.extend_from_slice(&443u16.to_be_bytes());
+        assert_eq!(v2, want);
+        let v6 = header(ProxyHeader::V2, "[2001:db8::1]:1", "[2001:db8::2]:2");
+        assert_eq!((v6[13], v6[15], v6.len()), (0x21, 36, 52));
     }
 }

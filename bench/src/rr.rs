@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{BenchError, ErrorClass, ErrorSink, Failure};
 use crate::gate::Gate;
 use crate::hist::LatencyHistogram;
-use crate::net::{self, Conn};
+use crate::net::{self, Conn, ProxyHeader};
 use crate::pacing::{drive, LoopStats, MonotonicClock, OpenLoopSchedule, Pacing};
 use crate::pattern::{conn_seed, fill, PatternVerifier};
 use crate::report::{Progress, Report, TableRows};
@@ -46,6 +46,8 @@ pub struct RrConfig {
     pub progress: bool,
     /// TLS on every connection (`None`: plain TCP).
     pub tls: Option<TlsOptions>,
+    /// A PROXY header first on every connection (`None`: none).
+    pub proxy_header: Option<ProxyHeader>,
 }
 
 impl RrConfig {
@@ -61,6 +63,7 @@ impl RrConfig {
             io_timeout: Duration::from_secs(5),
             progress: false,
             tls: None,
+            proxy_header: None,
         }
     }
 
@@ -106,6 +109,9 @@ pub struct RrParams {
     /// Present only with TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsParams>,
+    /// Present only with a PROXY header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyHeader>,
 }
 
 impl TableRows for RrParams {
@@ -121,6 +127,9 @@ impl TableRows for RrParams {
         rows.push(("duration", format!("{}s", self.duration_s)));
         if let Some(tls) = &self.tls {
             rows.push(("tls", tls.row()));
+        }
+        if let Some(p) = self.proxy_protocol {
+            rows.push(("PROXY header", p.name().to_string()));
         }
         rows
     }
@@ -180,6 +189,7 @@ pub fn run_rr(cfg: &RrConfig) -> Result<RrReport, BenchError> {
                         cfg.target,
                         cfg.connect_timeout,
                         cfg.io_timeout,
+                        cfg.proxy_header,
                         tls.as_ref(),
                     );
                     let Some(start) = conn_gate.arrive_and_wait() else {
@@ -272,6 +282,7 @@ pub fn run_rr(cfg: &RrConfig) -> Result<RrReport, BenchError> {
             connect_timeout_s: cfg.connect_timeout.as_secs_f64(),
             io_timeout_s: cfg.io_timeout.as_secs_f64(),
             tls: cfg.tls.as_ref().map(TlsOptions::params),
+            proxy_protocol: cfg.proxy_header,
         },
         elapsed,
         RrResults {

@@ -220,6 +220,7 @@ pub fn run_throughput(cfg: &ThroughputConfig) -> Result<ThroughputReport, BenchE
                     cfg.target,
                     cfg.connect_timeout,
                     cfg.io_timeout,
+                    None,
                     tls.as_ref(),
                 );
                 let Some(start) = conn_gate.arrive_and_wait() else {

@@ -70,6 +70,7 @@ fn synthetic_report_round_trips_exactly() {
             connect_timeout_s: 2.0,
             io_timeout_s: 5.0,
             tls: None,
+            proxy_protocol: None,
         },
         3.0012,
         RrResults {
