@@ -21,6 +21,7 @@ pub mod lb;
 pub mod plane;
 pub mod proxy_protocol;
 pub mod rate_limit;
+pub mod rbac;
 pub mod relay;
 pub mod stats;
 #[allow(unsafe_code)]

@@ -50,6 +50,28 @@ impl CidrRange {
     }
 }
 
+impl std::str::FromStr for CidrRange {
+    type Err = String;
+
+    /// `address/prefix_len` (`10.0.0.0/8`, `2001:db8::/32`), taken as written.
+    fn from_str(s: &str) -> Result<CidrRange, String> {
+        let (address, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}' is not address/prefix_len"))?;
+        let address: IpAddr = address
+            .parse()
+            .map_err(|_| format!("'{address}' is not an IP address"))?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        match len.parse::<u8>() {
+            Ok(prefix_len) if prefix_len <= max => Ok(CidrRange {
+                address,
+                prefix_len,
+            }),
+            _ => Err(format!("'{len}' is not a prefix length up to {max}")),
+        }
+    }
+}
+
 fn prefix_eq(net: u128, ip: u128, bits: u32, prefix_len: u8) -> bool {
     let len = u32::from(prefix_len).min(bits);
     if len == 0 {
@@ -275,11 +297,7 @@ mod tests {
     use super::*;
 
     fn cidr(s: &str) -> CidrRange {
-        let (a, l) = s.split_once('/').unwrap();
-        CidrRange {
-            address: a.parse().unwrap(),
-            prefix_len: l.parse().unwrap(),
-        }
+        s.parse().unwrap()
     }
 
     fn sel(chains: &[ChainMatch], local: &str, remote: &str) -> Option<usize> {
