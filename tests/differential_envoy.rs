@@ -681,6 +681,14 @@ fn run(kind: ProxyKind, bed: &Bed) -> Outcome {
         "{}: {stat}",
         kind.name()
     );
+    // As Envoy's, the listener counts only the connections a filter chain took.
+    let taken: usize = classes()
+        .iter()
+        .filter(|c| c.listener == 5 && c.expect != "closed")
+        .map(|c| c.count)
+        .sum();
+    let stat = format!("listener.0.0.0.0_{port6}.downstream_cx_total");
+    assert_eq!(proxy.stat(&stat), taken as u64, "{}: {stat}", kind.name());
     for (k, b) in &bed.backends {
         out.accepted
             .insert(k.to_string(), b.accepted() - before[*k].0);

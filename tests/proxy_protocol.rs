@@ -430,6 +430,10 @@ fn missing_malformed_and_disallowed_headers_close_that_connection_and_count(mode
     assert_eq!(proxy.stat("proxy_proto.no_v2.versions.v2.found"), 1);
     // The malformed and the missing count as errors; the disallowed do not (as Envoy).
     assert_eq!(proxy.stat("downstream_cx_proxy_proto_error"), 3);
+    // As Envoy's, the listener counts only the connection a filter chain took.
+    let listener_stat = |s: &str| proxy.stat(&format!("listener.127.0.0.1_{strict}.{s}"));
+    assert_eq!(listener_stat("downstream_cx_total"), 1);
+    assert_eq!(listener_stat("downstream_cx_active"), 1);
     assert_eq!(ping(&mut served, b"two").unwrap(), b"two", "still served");
 }
 

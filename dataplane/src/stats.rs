@@ -750,11 +750,12 @@ impl ProxyProtoStats {
 stat_block!(
     /// `listener.<ip>_<port>.*`: one per listener address.
     ListenerStats, ListenerStat, 14, {
-    /// Connections accepted.
+    /// Connections a filter chain took (as Envoy counts them: not those the listener
+    /// filters closed, nor those no chain matched).
     DownstreamCxTotal => ("downstream_cx_total", Counter),
-    /// Connections open now.
+    /// Of those, the ones open now.
     DownstreamCxActive => ("downstream_cx_active", Gauge),
-    /// Connections closed.
+    /// Of those, the ones closed.
     DownstreamCxDestroy => ("downstream_cx_destroy", Counter),
     /// Connections that matched no filter chain.
     NoFilterChainMatch => ("no_filter_chain_match", Counter),

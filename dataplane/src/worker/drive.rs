@@ -523,8 +523,10 @@ impl Worker {
         let Some(listener) = fib.listeners.get(conn.fib_listener as usize) else {
             return;
         };
-        listener.stats.dec(id, ListenerStat::DownstreamCxActive);
-        listener.stats.inc(id, ListenerStat::DownstreamCxDestroy);
+        if conn.chain != CHAIN_NONE {
+            listener.stats.dec(id, ListenerStat::DownstreamCxActive);
+            listener.stats.inc(id, ListenerStat::DownstreamCxDestroy);
+        }
         if let Some(cluster_id) = conn.cluster {
             self.count_cluster_close(slot, cluster_id);
         }

@@ -1174,8 +1174,6 @@ impl Worker {
         let id = self.id;
         let generation = self.generations[gen_index].as_ref()?;
         let listener = generation.fib.listeners.get(fib_index)?;
-        listener.stats.inc(id, ListenerStat::DownstreamCxTotal);
-        listener.stats.inc(id, ListenerStat::DownstreamCxActive);
         self.shared
             .server_stats
             .inc(id, ServerStat::TotalConnections);
@@ -1235,6 +1233,10 @@ impl Worker {
             decision.outcome = NO_ROUTE;
             return;
         };
+        // As Envoy's listener counts a connection: once a filter chain has taken it (not one
+        // its listener filters closed, nor one no chain matched).
+        listener.stats.inc(id, ListenerStat::DownstreamCxTotal);
+        listener.stats.inc(id, ListenerStat::DownstreamCxActive);
         let chain = listener.chain(chain_index);
         decision.chain = chain_index;
         decision.outcome = Outcome::Proxy;
