@@ -523,7 +523,7 @@ impl Worker {
         let Some(listener) = fib.listeners.get(conn.fib_listener as usize) else {
             return;
         };
-        if conn.chain != CHAIN_NONE {
+        if conn.listener_counted {
             listener.stats.dec(id, ListenerStat::DownstreamCxActive);
             listener.stats.inc(id, ListenerStat::DownstreamCxDestroy);
         }

@@ -297,6 +297,7 @@ impl Worker {
         conn.chain = decision.chain;
         conn.cluster = decision.cluster;
         conn.hash = decision.hash;
+        conn.listener_counted = decision.listener_counted;
         let verdict = self.verdict(slot, &decision);
         self.drive(slot, conn::Event::Accepted(verdict));
     }

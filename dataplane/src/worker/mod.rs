@@ -183,6 +183,9 @@ struct Decision {
     tls: conn::TlsPlan,
     /// The peer is not among the PROXY protocol filter's trusted sources: no header is read.
     skips_proxy_header: bool,
+    /// Counted in the listener's `downstream_cx_total` and `_active` (a chain took it, or
+    /// the proxy-loop refusal that stands for Istio's BlackHole chain).
+    listener_counted: bool,
     outcome: Outcome,
 }
 
@@ -201,6 +204,7 @@ impl Decision {
             buffer_limits: BufferLimits::ENVOY_DEFAULT,
             tls: conn::TlsPlan::default(),
             skips_proxy_header: false,
+            listener_counted: false,
             outcome: Outcome::Proxy,
         }
     }
@@ -1157,6 +1161,7 @@ impl Worker {
         conn.chain = decision.chain;
         conn.cluster = decision.cluster;
         conn.hash = decision.hash;
+        conn.listener_counted = decision.listener_counted;
         conn.inspect.proxy_done = decision.skips_proxy_header;
     }
 
@@ -1181,8 +1186,11 @@ impl Worker {
         let mut decision = Decision::new(local, remote);
         if listener.use_original_dst && generation.fib.is_own_address(local) {
             // Passed through, it would come straight back: refuse it, as Istio's BlackHole
-            // chain on 15001 does.
+            // chain on 15001 does (and count it as that chain's connection would be).
             listener.stats.inc(id, ListenerStat::DownstreamCxProxyLoop);
+            listener.stats.inc(id, ListenerStat::DownstreamCxTotal);
+            listener.stats.inc(id, ListenerStat::DownstreamCxActive);
+            decision.listener_counted = true;
             decision.outcome = Outcome::Refuse {
                 flags: ResponseFlags::NO_ROUTE_FOUND,
                 reset: true,
@@ -1237,6 +1245,7 @@ impl Worker {
         // its listener filters closed, nor one no chain matched).
         listener.stats.inc(id, ListenerStat::DownstreamCxTotal);
         listener.stats.inc(id, ListenerStat::DownstreamCxActive);
+        decision.listener_counted = true;
         let chain = listener.chain(chain_index);
         decision.chain = chain_index;
         decision.outcome = Outcome::Proxy;

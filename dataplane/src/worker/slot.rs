@@ -45,6 +45,9 @@ pub(crate) struct Conn {
     pub remote: Option<SocketAddr>,
     /// The peer the socket sees, when a PROXY header declared another source.
     pub direct_remote: Option<SocketAddr>,
+    /// Counted in its listener's `downstream_cx_total` and `_active` (so counted down when
+    /// it closes).
+    pub listener_counted: bool,
     pub upstream: Option<SocketAddr>,
     /// The buffer each direction is sending from, if any.
     pub sending: [Option<RingBuf>; 2],
@@ -240,6 +243,7 @@ impl Default for Conn {
             local: None,
             remote: None,
             direct_remote: None,
+            listener_counted: false,
             upstream: None,
             sending: [None; 2],
             recv_class: [BufClass::Small; 2],
