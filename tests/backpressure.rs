@@ -198,8 +198,8 @@ fn upload_until_stalled(addr: SocketAddr) -> (TcpStream, u64) {
 
 /// One side stalled, the other sending: the limited connections hold at most about their
 /// limits (each direction: its sink's limit, plus one receive of at most its source's
-/// limit, plus Envoy's read slice), the default's (1 MiB) far more. Up: a backend that never
-/// reads; down: a client that never reads.
+/// limit, plus Envoy's read slice), the default's (1 MiB) far more upstream. Up: a backend
+/// that never reads; down: a client that never reads.
 fn buffer_limits_bound_the_bytes_held_for_a_stalled_side(mode: RelayMode) {
     let silent = SilentBackend::start();
     let source = Backend::source(1 << 30, SEED);
@@ -262,14 +262,16 @@ fn buffer_limits_bound_the_bytes_held_for_a_stalled_side(mode: RelayMode) {
             proxy.logs()
         );
     }
-    // In splice mode a direction holds at most its pipe (64 KiB) whatever the limit.
+    // In splice mode a direction holds at most its pipe (64 KiB) whatever the limit. The
+    // premise is checked upstream only: the client there writes as fast as it can, so the
+    // default's two buffers fill; downstream the relay holds whatever its two receives found
+    // of the source's stream, which under load can be two short ones (33,792 B in one CI
+    // run), so a low figure there says nothing about the limit.
     if mode == RelayMode::BufferRing {
-        for (what, held) in [("up", up_open), ("down", down_open)] {
-            assert!(
-                held > 2 * bound,
-                "{what}: only {held} bytes held with the 1 MiB default: the limited case \
-                 proves nothing"
-            );
-        }
+        assert!(
+            up_open > 2 * bound,
+            "up: only {up_open} bytes held with the 1 MiB default: the limited case proves \
+             nothing"
+        );
     }
 }
