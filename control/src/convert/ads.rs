@@ -384,15 +384,24 @@ static_resources:
     /// defaults to ten times `base_interval`, and no policy means Envoy's 500 ms / 30 s.
     #[test]
     fn retry_back_off_sets_the_reconnect_backoff() {
-        // The test fixtures' ADS bootstrap, with `policy` after its service's cluster name.
         let yaml = |policy: &str| {
-            let ads = "127.0.0.1:18000".parse().unwrap();
-            let base = crate::xds::fixtures::ads_bootstrap("node1", 9901, ads, "DELTA_GRPC", "15s");
-            let service = "envoy_grpc: { cluster_name: xds }";
-            assert!(base.contains(service), "{base}");
-            base.replace(
-                service,
-                &format!("envoy_grpc: {{ cluster_name: xds{policy} }}"),
+            format!(
+                "dynamic_resources:
+  ads_config:
+    api_type: DELTA_GRPC
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {{cluster_name: xds{policy}}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 18000}}}}}}
+"
             )
         };
         let reconnect = |policy: &str| {

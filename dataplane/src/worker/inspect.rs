@@ -293,7 +293,11 @@ impl Worker {
             ..*detected
         };
         self.decide_chain(gen_index, fib_index, &mut decision, &detected);
-        decision.route_onto(&mut self.conns[slot as usize]);
+        let conn = &mut self.conns[slot as usize];
+        conn.chain = decision.chain;
+        conn.cluster = decision.cluster;
+        conn.hash = decision.hash;
+        conn.listener_counted = decision.listener_counted;
         let verdict = self.verdict(slot, &decision);
         self.drive(slot, conn::Event::Accepted(verdict));
     }

@@ -208,23 +208,6 @@ impl Decision {
             outcome: Outcome::Proxy,
         }
     }
-
-    /// Counts the connection in `listener`'s `downstream_cx_total` and `_active` (counted
-    /// down when it closes, by [`slot::Conn::listener_counted`]).
-    fn count_in(&mut self, worker: usize, listener: &Listener) {
-        listener.stats.inc(worker, ListenerStat::DownstreamCxTotal);
-        listener.stats.inc(worker, ListenerStat::DownstreamCxActive);
-        self.listener_counted = true;
-    }
-
-    /// Writes what the connection's close and retries need of the decision onto its slot:
-    /// chain, cluster, hash key, and whether the listener counted it.
-    fn route_onto(&self, conn: &mut slot::Conn) {
-        conn.chain = self.chain;
-        conn.cluster = self.cluster;
-        conn.hash = self.hash;
-        conn.listener_counted = self.listener_counted;
-    }
 }
 
 /// Where accept sends a connection.
@@ -1175,7 +1158,10 @@ impl Worker {
         conn.start_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        decision.route_onto(conn);
+        conn.chain = decision.chain;
+        conn.cluster = decision.cluster;
+        conn.hash = decision.hash;
+        conn.listener_counted = decision.listener_counted;
         conn.inspect.proxy_done = decision.skips_proxy_header;
     }
 
@@ -1202,7 +1188,9 @@ impl Worker {
             // Passed through, it would come straight back: refuse it, as Istio's BlackHole
             // chain on 15001 does (and count it as that chain's connection would be).
             listener.stats.inc(id, ListenerStat::DownstreamCxProxyLoop);
-            decision.count_in(id, listener);
+            listener.stats.inc(id, ListenerStat::DownstreamCxTotal);
+            listener.stats.inc(id, ListenerStat::DownstreamCxActive);
+            decision.listener_counted = true;
             decision.outcome = Outcome::Refuse {
                 flags: ResponseFlags::NO_ROUTE_FOUND,
                 reset: true,
@@ -1255,7 +1243,9 @@ impl Worker {
         };
         // As Envoy's listener counts a connection: once a filter chain has taken it (not one
         // its listener filters closed, nor one no chain matched).
-        decision.count_in(id, listener);
+        listener.stats.inc(id, ListenerStat::DownstreamCxTotal);
+        listener.stats.inc(id, ListenerStat::DownstreamCxActive);
+        decision.listener_counted = true;
         let chain = listener.chain(chain_index);
         decision.chain = chain_index;
         decision.outcome = Outcome::Proxy;
