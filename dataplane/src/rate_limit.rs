@@ -57,13 +57,21 @@ impl TokenBucket {
         loop {
             let tokens = (current >> 32) as u32;
             let counted = current as u32;
-            let fills = u64::from(fills_now.wrapping_sub(counted));
+            // A worker whose clock reading is older than the last count (it was preempted
+            // between reading the time and here) adds nothing and keeps the count: the
+            // wrapped difference would otherwise read as billions of fills.
+            let since = fills_now.wrapping_sub(counted);
+            let (fills, counted_now) = if since > u32::MAX / 2 {
+                (0, counted)
+            } else {
+                (u64::from(since), fills_now)
+            };
             let refilled = (u64::from(tokens) + fills * u64::from(self.tokens_per_fill))
                 .min(u64::from(self.max_tokens));
             if refilled == 0 {
                 return false;
             }
-            let next = ((refilled - 1) << 32) | u64::from(fills_now);
+            let next = ((refilled - 1) << 32) | u64::from(counted_now);
             match self.state.compare_exchange_weak(
                 current,
                 next,
@@ -105,6 +113,20 @@ mod tests {
         // Ten intervals later: full again, not more.
         let t2 = t0 + Duration::from_millis(1100);
         assert_eq!((0..10).filter(|_| b.try_take_at(t2)).count(), 3);
+    }
+
+    #[test]
+    fn a_stale_clock_reading_adds_nothing_and_keeps_the_count() {
+        let bucket = TokenBucket::new(2, 1, 100);
+        let start = bucket.origin;
+        let later = start + Duration::from_millis(350);
+        assert!(bucket.try_take_at(later));
+        assert!(bucket.try_take_at(later));
+        assert!(!bucket.try_take_at(later), "empty at 3 intervals");
+        // A worker that read the clock before the others' count: no refill.
+        assert!(!bucket.try_take_at(start + Duration::from_millis(150)));
+        assert!(!bucket.try_take_at(later), "the count did not move back");
+        assert!(bucket.try_take_at(start + Duration::from_millis(400)));
     }
 
     #[test]
