@@ -23,6 +23,7 @@ pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod rbac;
 pub mod relay;
+pub mod source_limit;
 pub mod stats;
 #[allow(unsafe_code)]
 mod sys;
