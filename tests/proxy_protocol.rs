@@ -334,21 +334,6 @@ fn declared_sources_and_a_client_hello_after_the_header_pick_the_chain(mode: Rel
     assert_eq!(proxy.stat("proxy_proto.versions.v2.found"), 2);
 }
 
-/// A ClientHello for `name` (the first flight of a rustls client).
-fn client_hello(name: &str) -> Vec<u8> {
-    #[allow(deprecated)]
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    let mut hello = Vec::new();
-    conn.write_tls(&mut hello).unwrap();
-    hello
-}
 
 /// Whether the proxy closed `s` (EOF or reset) within `WAIT` without relaying anything.
 fn closed(mut s: TcpStream) -> bool {

@@ -41,8 +41,8 @@ use std::sync::Arc;
 use switchyard_dataplane::accesslog::AccessLogSink;
 use switchyard_dataplane::fib::{
     ChainTls, Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable,
-    Listener, LocalRateLimit, Mirror, ProxyProtocol, Route, TcpProxy, TlsInspector, UdpListener,
-    UdpProxy, WeightedClusters,
+    Listener, LocalRateLimit, Mirror, NetworkRbac, ProxyProtocol, Route, TcpProxy, TlsInspector,
+    UdpListener, UdpProxy, WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::host::HostState;
@@ -385,7 +385,13 @@ fn build(
                 delay_ms: l.delay.map_or(0, millis),
                 state: stats.connection_limit(&l.stat_prefix),
             }),
-            rate_limit_first: c.rate_limit_first,
+            gates: c.gates.clone(),
+            rbac: c.rbac.as_ref().map(|r| NetworkRbac {
+                rules: r.rules.clone(),
+                shadow_rules: r.shadow_rules.clone(),
+                continuous: r.continuous,
+                stats: stats.rbac(&r.stat_prefix, &r.shadow_rules_stat_prefix),
+            }),
             local_rate_limit: c.local_rate_limit.as_ref().map(|r| {
                 // A bucket of its own is the filter's: its listener, chain and match.
                 let key = if r.share_key.is_empty() {

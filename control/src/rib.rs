@@ -522,8 +522,10 @@ pub struct FilterChainConfig {
     pub connection_limit: Option<ConnectionLimitConfig>,
     /// `envoy.filters.network.local_ratelimit`, before the tcp_proxy.
     pub local_rate_limit: Option<LocalRateLimitConfig>,
-    /// The rate limit comes before the connection limit (when both are there).
-    pub rate_limit_first: bool,
+    /// `envoy.filters.network.rbac`, before the tcp_proxy.
+    pub rbac: Option<RbacConfig>,
+    /// The filters that may refuse a connection (RBAC, the limits), in the chain's order.
+    pub gates: Vec<switchyard_dataplane::fib::Gate>,
     /// `switchyard.filters.network.fault`, before the tcp_proxy.
     pub fault: Option<FaultConfig>,
     /// `switchyard.filters.network.mirror`, before the tcp_proxy.
@@ -676,6 +678,22 @@ pub struct ConnectionLimitConfig {
     pub max_connections: u64,
     /// Hold a refused connection this long before closing it.
     pub delay: Option<Duration>,
+}
+
+/// Envoy's RBAC network filter, its rules compiled (and shared by every FIB built from
+/// them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbacConfig {
+    /// `<stat_prefix>.rbac.*` (required).
+    pub stat_prefix: String,
+    /// The shadow counters' own prefix after `<stat_prefix>.rbac.`.
+    pub shadow_rules_stat_prefix: String,
+    /// `rules`; `None`: every connection is allowed.
+    pub rules: Option<std::sync::Arc<switchyard_dataplane::rbac::Rbac>>,
+    /// `shadow_rules`: decided and counted, never enforced.
+    pub shadow_rules: Option<std::sync::Arc<switchyard_dataplane::rbac::Rbac>>,
+    /// `enforcement_type: CONTINUOUS`.
+    pub continuous: bool,
 }
 
 /// Envoy's local rate limit network filter: a token bucket of new connections.

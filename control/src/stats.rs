@@ -15,7 +15,7 @@ use switchyard_dataplane::rate_limit::TokenBucket;
 use switchyard_dataplane::stats::{
     listener_stat_name, ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState,
     FaultStats, ListenerStats, ListenerUdpStats, LocalRateLimitStats, MirrorStats, ProxyProtoStats,
-    ServerStats, SslStats, TcpStats, TlsInspectorStats, UdpStats,
+    RbacStats, ServerStats, SslStats, TcpStats, TlsInspectorStats, UdpStats,
 };
 
 /// All stat blocks, by name.
@@ -63,6 +63,8 @@ pub struct Blocks {
     pub connection_limit: BTreeMap<String, Arc<ConnectionLimitState>>,
     /// `local_rate_limit.<stat_prefix>.`
     pub local_rate_limit: BTreeMap<String, Arc<LocalRateLimitStats>>,
+    /// `<stat_prefix>.rbac.`, by stat prefix and shadow rules' stat prefix.
+    pub rbac: BTreeMap<(String, String), Arc<RbacStats>>,
     /// The local rate limits' token buckets, by `share_key` (or by the filter's place when it
     /// has none), so that a recompilation keeps each bucket's tokens.
     pub token_buckets: BTreeMap<String, Arc<TokenBucket>>,
@@ -135,6 +137,7 @@ impl StatsRegistry {
                 .local_rate_limit
                 .values()
                 .for_each(|b| b.reset_counters());
+            blocks.rbac.values().for_each(|b| b.reset_counters());
             blocks.health.values().for_each(|b| b.reset_counters());
             blocks.fault.values().for_each(|b| b.reset_counters());
             blocks.mirror.values().for_each(|b| b.reset_counters());
@@ -235,6 +238,15 @@ impl StatsRegistry {
             .resources
             .entry(name.to_string())
             .or_default()
+            .clone()
+    }
+
+    /// The `<prefix>.rbac.` stats (shadow ones under `shadow_prefix`).
+    pub fn rbac(&self, prefix: &str, shadow_prefix: &str) -> Arc<RbacStats> {
+        self.blocks()
+            .rbac
+            .entry((prefix.to_string(), shadow_prefix.to_string()))
+            .or_insert_with(|| Arc::new(RbacStats::new(prefix, shadow_prefix)))
             .clone()
     }
 

@@ -10,6 +10,7 @@ pub(crate) const CONNECTION_LIMIT: &str =
     "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
 pub(crate) const LOCAL_RATELIMIT: &str =
     "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
+pub(crate) const RBAC: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
 pub(crate) const ORIGINAL_DST_FILTER: &str =
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 pub(crate) const ORIGINAL_SRC_FILTER: &str =

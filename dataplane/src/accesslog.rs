@@ -216,6 +216,9 @@ pub struct AccessRecord {
     pub response_flags: ResponseFlags,
     /// Why the proxy closed the connection, if it did (`-` otherwise).
     pub termination_details: &'static str,
+    /// The RBAC policy that denied it (its log name), when `termination_details` is
+    /// [`crate::rbac::DENIED_DETAILS`].
+    pub denied_by: Option<Arc<str>>,
     /// Its TLS, when it spoke TLS and a sink of it renders a TLS operator (one per
     /// connection, shared by its records).
     pub tls: Option<Arc<tls::TlsRecord>>,
@@ -469,6 +472,11 @@ fn value(record: &AccessRecord, op: Operator) -> Value<'_> {
         Operator::ResponseFlags => Value::Flags(record.response_flags),
         Operator::ConnectionTerminationDetails => match record.termination_details {
             "" | "-" => Value::Missing,
+            crate::rbac::DENIED_DETAILS => Value::Owned(format!(
+                "{}[{}]",
+                crate::rbac::DENIED_DETAILS,
+                record.denied_by.as_deref().unwrap_or("none")
+            )),
             details => Value::Str(details),
         },
         Operator::Protocol => Value::Missing,
@@ -880,6 +888,7 @@ mod render_tests {
             upstream_cluster_raw: Some("echo_raw".into()),
             response_flags: ResponseFlags::default(),
             termination_details: "-",
+            denied_by: None,
             tls: None,
         }
     }

@@ -15,11 +15,23 @@
 //! - **Decided early, never wrongly.** [`Rbac::decide`] answers [`Decision::Pending`] only
 //!   while the answer depends on an input still [`Known::Later`]; any answer it gives is the
 //!   one it would give with every input known (property-tested below).
+//! - **Cost independent of the policies that cannot match.** Policies are filed in an
+//!   index ([`index`]) under a condition each match meets (client or local CIDRs, ports,
+//!   exact server names); a decision evaluates only the candidates a few hash lookups find,
+//!   in name order, and stops at the first that decides.
 //! - **No allocation, no panic** on any input.
 
 use crate::fib::chain_matcher::StringMatch;
 use crate::fib::CidrRange;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+mod index;
+
+/// `%CONNECTION_TERMINATION_DETAILS%` of a connection the rules denied; the access log
+/// writes it as Envoy does, `rbac_access_denied_matched_policy[NAME]` (`[none]` when no
+/// policy matched), with the policy's name the connection keeps.
+pub const DENIED_DETAILS: &str = "rbac_access_denied_matched_policy";
 
 /// What a permission may require of a connection (Envoy's `Permission`, the L4 subset).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,11 +90,23 @@ pub enum Action {
 }
 
 /// One set of rules (`rules` or `shadow_rules`): its action and policies, in name order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Rbac {
     pub action: Action,
     policies: Vec<Policy>,
+    /// Each policy's name as `rbac_access_denied_matched_policy[...]` writes it (white space
+    /// replaced by `_`, as Envoy does), shared with the access log.
+    log_names: Box<[Arc<str>]>,
+    index: index::Index,
 }
+
+impl PartialEq for Rbac {
+    fn eq(&self, other: &Rbac) -> bool {
+        self.action == other.action && self.policies == other.policies
+    }
+}
+
+impl Eq for Rbac {}
 
 /// An input of the decision: known now, or not yet (it will be, later in the connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +118,8 @@ pub enum Known<T> {
 /// The client's certificate, as the principals read it.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerIdentity<'a> {
-    pub uri_sans: &'a [Box<str>],
-    pub dns_sans: &'a [Box<str>],
+    pub uri_sans: &'a [String],
+    pub dns_sans: &'a [String],
     /// RFC 2253, as Envoy renders it.
     pub subject: &'a str,
 }
@@ -238,7 +262,31 @@ impl Rbac {
     /// A set of rules; its policies are kept in name order (Envoy's map order).
     pub fn new(action: Action, mut policies: Vec<Policy>) -> Rbac {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        Rbac { action, policies }
+        let log_names = policies
+            .iter()
+            .map(|p| Arc::from(p.name.replace(char::is_whitespace, "_")))
+            .collect();
+        let index = index::Index::build(&policies);
+        Rbac {
+            action,
+            policies,
+            log_names,
+            index,
+        }
+    }
+
+    /// The name a denial's `%CONNECTION_TERMINATION_DETAILS%` writes for the policy named
+    /// `matched` (`none` for no policy).
+    pub fn log_name(&self, matched: Option<&str>) -> Arc<str> {
+        let found = matched.and_then(|name| {
+            self.policies
+                .binary_search_by(|p| p.name.as_ref().cmp(name))
+                .ok()
+        });
+        match found {
+            Some(i) => self.log_names[i].clone(),
+            None => Arc::from("none"),
+        }
     }
 
     /// The policies, in name order.
@@ -249,6 +297,44 @@ impl Rbac {
     /// The first policy (in name order) that matches, if that is known: `Ok(None)` when
     /// none does, `Err(())` while an earlier-named policy, or the outcome, is undecided.
     fn first_match(&self, c: &Inputs<'_>) -> Result<Option<&str>, ()> {
+        let lookup = index::Lookup {
+            remote: c.remote.ip(),
+            direct_remote: c.direct_remote.ip(),
+            local: c.local.ip(),
+            port: c.local.port(),
+            server_name: match c.server_name {
+                Known::Now(name) => Some(name.unwrap_or_default()),
+                Known::Later => None,
+            },
+        };
+        // The first policy, in name order, that is not false: each list of candidates is
+        // ascending, so each is read up to its first such policy, or the best found so far.
+        let mut first: Option<(u32, Truth)> = None;
+        self.index.candidates(&lookup, |ids| {
+            for &id in ids {
+                if first.is_some_and(|(best, _)| id >= best) {
+                    return;
+                }
+                match self.policies[id as usize].eval(c) {
+                    Truth::False => {}
+                    truth => {
+                        first = Some((id, truth));
+                        return;
+                    }
+                }
+            }
+        });
+        match first {
+            None => Ok(None),
+            Some((id, Truth::True)) => Ok(Some(&self.policies[id as usize].name)),
+            Some(_) => Err(()),
+        }
+    }
+
+    /// [`Rbac::first_match`] without the index: every policy in name order (the model the
+    /// index is tested against).
+    #[cfg(test)]
+    fn first_match_linear(&self, c: &Inputs<'_>) -> Result<Option<&str>, ()> {
         for policy in &self.policies {
             match policy.eval(c) {
                 Truth::True => return Ok(Some(&policy.name)),
@@ -483,8 +569,8 @@ mod tests {
                 )],
             )
         };
-        let uris: [Box<str>; 1] = [spiffe.into()];
-        let dns: [Box<str>; 1] = ["frontend.default.svc".into()];
+        let uris: [String; 1] = [spiffe.into()];
+        let dns: [String; 1] = ["frontend.default.svc".into()];
         let peer = PeerIdentity {
             uri_sans: &uris,
             dns_sans: &dns,
@@ -550,7 +636,140 @@ mod tests {
         })
     }
 
+    fn arb_cidr() -> impl Strategy<Value = CidrRange> {
+        prop_oneof![
+            (
+                0u8..3,
+                prop_oneof![Just(8u8), Just(16), Just(24), Just(32), Just(0)]
+            )
+                .prop_map(|(i, len)| cidr(&format!("10.0.{i}.9/{len}"))),
+            (0u8..3, prop_oneof![Just(64u8), Just(128)])
+                .prop_map(|(i, len)| cidr(&format!("2001:db8::{i}/{len}"))),
+        ]
+    }
+
+    fn arb_indexed_permission() -> impl Strategy<Value = Permission> {
+        let leaf = prop_oneof![
+            Just(Permission::Any),
+            arb_cidr().prop_map(Permission::DestinationIp),
+            (0u16..4).prop_map(|p| Permission::DestinationPort(8000 + p)),
+            (0u32..4, 0u32..100).prop_map(|(a, len)| Permission::DestinationPortRange {
+                start: 8000 + a,
+                end: 8000 + a + len,
+            }),
+            prop_oneof![Just("a"), Just("b"), Just("")]
+                .prop_map(|s| Permission::RequestedServerName(exact(s))),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Permission::And),
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Permission::Or),
+                inner.prop_map(|p| Permission::Not(Box::new(p))),
+            ]
+        })
+    }
+
+    fn arb_indexed_principal() -> impl Strategy<Value = Principal> {
+        let leaf = prop_oneof![
+            Just(Principal::Any),
+            arb_cidr().prop_map(Principal::RemoteIp),
+            arb_cidr().prop_map(Principal::DirectRemoteIp),
+            Just(Principal::Authenticated(None)),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Principal::And),
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Principal::Or),
+                inner.prop_map(|p| Principal::Not(Box::new(p))),
+            ]
+        })
+    }
+
+    fn arb_ip() -> impl Strategy<Value = std::net::IpAddr> {
+        prop_oneof![
+            (0u8..4, 0u8..12).prop_map(|(a, b)| std::net::IpAddr::from([10, 0, a, b])),
+            (0u8..4, 0u8..12).prop_map(|(a, b)| {
+                std::net::IpAddr::V6(std::net::Ipv4Addr::new(10, 0, a, b).to_ipv6_mapped())
+            }),
+            (0u16..4).prop_map(|i| format!("2001:db8::{i}").parse().unwrap()),
+        ]
+    }
+
+    #[test]
+    fn ten_thousand_policies_by_source_find_theirs() {
+        let policies = (0..10_000u32)
+            .map(|i| {
+                let [a, b] = (i as u16).to_be_bytes();
+                policy(
+                    &format!("p{i:05}"),
+                    vec![Permission::DestinationPort(443)],
+                    vec![Principal::RemoteIp(cidr(&format!("10.1.{a}.{b}/32")))],
+                )
+            })
+            .collect();
+        let rules = Rbac::new(Action::Allow, policies);
+        let c = inputs("10.1.39.15:1", 443);
+        let name = format!("p{:05}", 39 * 256 + 15);
+        assert_eq!(
+            rules.decide(&c),
+            Decision::Allowed {
+                matched: Some(name.as_str())
+            }
+        );
+        assert_eq!(rules.log_name(Some(&name)).as_ref(), name);
+        assert_eq!(
+            rules.decide(&inputs("10.2.0.1:1", 443)),
+            Decision::Denied { matched: None }
+        );
+        assert_eq!(rules.log_name(None).as_ref(), "none");
+    }
+
     proptest! {
+        /// The index finds what a walk through every policy in name order finds.
+        #[test]
+        fn the_index_decides_as_every_policy_in_order(
+            policies in proptest::collection::vec(
+                (proptest::collection::vec(arb_indexed_permission(), 1..3),
+                 proptest::collection::vec(arb_indexed_principal(), 1..3)),
+                1..12,
+            ),
+            remote in arb_ip(),
+            direct in arb_ip(),
+            local in arb_ip(),
+            port in 7998u16..8102,
+            name in prop_oneof![Just(None), Just(Some("a")), Just(Some("b")), Just(Some(""))],
+            sni_late in any::<bool>(),
+            peer in prop_oneof![Just(Known::Later), Just(Known::Now(false)), Just(Known::Now(true))],
+        ) {
+            let policies = policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, (permissions, principals))| Policy {
+                    name: format!("p{}", 11 - i).into(),
+                    permissions,
+                    principals,
+                })
+                .collect();
+            let rules = Rbac::new(Action::Allow, policies);
+            let uris: [String; 0] = [];
+            let identity = PeerIdentity { uri_sans: &uris, dns_sans: &uris, subject: "" };
+            let c = Inputs {
+                local: SocketAddr::new(local, port),
+                remote: SocketAddr::new(remote, 1000),
+                direct_remote: SocketAddr::new(direct, 1000),
+                server_name: if sni_late {
+                    Known::Later
+                } else {
+                    Known::Now(name.map(str::as_bytes))
+                },
+                peer: match peer {
+                    Known::Later => Known::Later,
+                    Known::Now(p) => Known::Now(p.then_some(identity)),
+                },
+            };
+            prop_assert_eq!(rules.first_match(&c), rules.first_match_linear(&c));
+        }
+
         /// Whatever is not known yet, an answer given early is the answer given once
         /// everything is known.
         #[test]
@@ -579,7 +798,7 @@ mod tests {
                 .collect();
             let action = if deny { Action::Deny } else { Action::Allow };
             let rules = Rbac::new(action, policies);
-            let uris: [Box<str>; 0] = [];
+            let uris: [String; 0] = [];
             let peer = PeerIdentity { uri_sans: &uris, dns_sans: &uris, subject: "" };
             let remote = SocketAddr::from(([10, 0, remote, 9], 1000));
             let full = Inputs {

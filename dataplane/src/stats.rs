@@ -406,6 +406,95 @@ impl LocalRateLimitStats {
     }
 }
 
+/// `<stat_prefix>.rbac.*`: Envoy's network RBAC filter's counters, shared by every filter
+/// with the same prefixes.
+#[derive(Debug)]
+pub struct RbacStats {
+    /// `<stat_prefix>.rbac.` as Envoy joins it.
+    pub prefix: Arc<str>,
+    /// The shadow counters' prefix: `prefix`, then `shadow_rules_stat_prefix` (joined).
+    pub shadow_prefix: Arc<str>,
+    counters: [AtomicU64; 4],
+}
+
+/// One of [`RbacStats`]' counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RbacStat {
+    Allowed,
+    Denied,
+    ShadowAllowed,
+    ShadowDenied,
+}
+
+impl RbacStat {
+    pub const ALL: [RbacStat; 4] = [
+        RbacStat::Allowed,
+        RbacStat::Denied,
+        RbacStat::ShadowAllowed,
+        RbacStat::ShadowDenied,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RbacStat::Allowed => "allowed",
+            RbacStat::Denied => "denied",
+            RbacStat::ShadowAllowed => "shadow_allowed",
+            RbacStat::ShadowDenied => "shadow_denied",
+        }
+    }
+}
+
+/// Envoy's `statPrefixJoin`: `prefix` and `token` with one `.` between (none when `prefix`
+/// is empty or already ends with one).
+pub fn stat_prefix_join(prefix: &str, token: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('.') {
+        format!("{prefix}{token}")
+    } else {
+        format!("{prefix}.{token}")
+    }
+}
+
+impl RbacStats {
+    /// Zeroed, for `stat_prefix` and `shadow_rules_stat_prefix` (Envoy 1.40's names:
+    /// `a` and `s` count `a.rbac.allowed` and `a.rbac.s.shadow_allowed`).
+    pub fn new(stat_prefix: &str, shadow_rules_stat_prefix: &str) -> Self {
+        let prefix = stat_prefix_join(stat_prefix, "rbac.");
+        let shadow = match shadow_rules_stat_prefix {
+            "" => prefix.clone(),
+            s => stat_prefix_join(&format!("{prefix}{s}"), ""),
+        };
+        RbacStats {
+            prefix: prefix.into(),
+            shadow_prefix: shadow.into(),
+            counters: Default::default(),
+        }
+    }
+
+    #[inline]
+    pub fn inc(&self, stat: RbacStat) {
+        self.counters[stat as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, stat: RbacStat) -> u64 {
+        self.counters[stat as usize].load(Ordering::Relaxed)
+    }
+
+    /// The stat's full name.
+    pub fn full_name(&self, stat: RbacStat) -> String {
+        match stat {
+            RbacStat::Allowed | RbacStat::Denied => format!("{}{}", self.prefix, stat.name()),
+            _ => format!("{}{}", self.shadow_prefix, stat.name()),
+        }
+    }
+
+    /// `POST /reset_counters`.
+    pub fn reset_counters(&self) {
+        self.counters
+            .iter()
+            .for_each(|c| c.store(0, Ordering::Relaxed));
+    }
+}
+
 /// `connection_limit.<stat_prefix>.*` and the count the limit is decided on, shared by
 /// every worker (the limit holds across workers together) and across FIB generations.
 #[derive(Debug)]

@@ -67,3 +67,19 @@ pub fn downstream_tls_socket(top: &str, common: &str) -> String {
 {common}"#
     )
 }
+
+/// A ClientHello for `name` (the first flight of a rustls client), as bytes to send.
+pub fn client_hello(name: &str) -> Vec<u8> {
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello
+}

@@ -28,7 +28,7 @@ use switchyard_dataplane::fib::{Cluster, Fib, HashLookup, Route};
 use switchyard_dataplane::health::FAILED_ACTIVE_HC;
 use switchyard_dataplane::stats::{
     ClusterStat, ClusterUdpStat, FaultStat, HealthStat, ListenerStat, ListenerUdpStat, MirrorStat,
-    ProxyProtoStat, ProxyProtoStats, Resource, ServerStat, SslStat, StatKind, TcpStat,
+    ProxyProtoStat, ProxyProtoStats, RbacStat, Resource, ServerStat, SslStat, StatKind, TcpStat,
     TlsInspectorStat, UdpStat,
 };
 
@@ -309,6 +309,14 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                 name: format!("local_rate_limit.{}.rate_limited", sanitize_element(prefix)),
                 value: StatValue::Counter(l.rate_limited()),
             });
+        }
+        for r in blocks.rbac.values() {
+            for stat in RbacStat::ALL {
+                out.push(Stat {
+                    name: r.full_name(stat),
+                    value: StatValue::Counter(r.get(stat)),
+                });
+            }
         }
         for (prefix, l) in &blocks.connection_limit {
             let p = format!("connection_limit.{}", sanitize_element(prefix));

@@ -34,6 +34,7 @@ pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     "envoy/extensions/filters/network/connection_limit/v3/connection_limit.proto",
     "envoy/extensions/filters/network/local_ratelimit/v3/local_rate_limit.proto",
+    "envoy/extensions/filters/network/rbac/v3/rbac.proto",
     "envoy/extensions/filters/udp/udp_proxy/v3/udp_proxy.proto",
     "envoy/extensions/filters/udp/udp_proxy/v3/route.proto",
     "envoy/extensions/network/dns_resolver/cares/v3/cares_dns_resolver.proto",

@@ -22,7 +22,7 @@ use crate::type_names::{
     DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, DOWNSTREAM_CONNECTIONS_MONITOR, FAULT,
     FILE_LOG, GETADDRINFO_RESOLVER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER, LEAST_REQUEST_POLICY,
     LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER,
-    PROXY_PROTOCOL, RANDOM_POLICY, RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT,
+    PROXY_PROTOCOL, RANDOM_POLICY, RBAC, RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT,
     SOURCE_IP_INPUT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE,
     TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, TRUSTED_SOURCES, UDP_PROXY, UDP_ROUTE,
     UDP_WEIGHTED_ROUTE,
@@ -332,6 +332,58 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     // `runtime_enabled` is refused (no runtime key turns it off here).
     (LOCAL_RATELIMIT, &["stat_prefix", "token_bucket", "share_key"]),
+    // `matcher`, `shadow_matcher` and `delay_deny` are refused (`convert::rbac`).
+    (
+        RBAC,
+        &[
+            "rules",
+            "shadow_rules",
+            "stat_prefix",
+            "shadow_rules_stat_prefix",
+            "enforcement_type",
+        ],
+    ),
+    // Audit logging is refused.
+    ("envoy.config.rbac.v3.RBAC", &["action", "policies"]),
+    // CEL conditions are refused.
+    (
+        "envoy.config.rbac.v3.Policy",
+        &["permissions", "principals"],
+    ),
+    // The L4 rules; HTTP's, metadata and extensions are refused.
+    (
+        "envoy.config.rbac.v3.Permission",
+        &[
+            "and_rules",
+            "or_rules",
+            "any",
+            "destination_ip",
+            "destination_port",
+            "destination_port_range",
+            "not_rule",
+            "requested_server_name",
+        ],
+    ),
+    ("envoy.config.rbac.v3.Permission.Set", &["rules"]),
+    (
+        "envoy.config.rbac.v3.Principal",
+        &[
+            "and_ids",
+            "or_ids",
+            "any",
+            "authenticated",
+            "source_ip",
+            "direct_remote_ip",
+            "remote_ip",
+            "not_id",
+        ],
+    ),
+    ("envoy.config.rbac.v3.Principal.Set", &["ids"]),
+    (
+        "envoy.config.rbac.v3.Principal.Authenticated",
+        &["principal_name"],
+    ),
+    ("envoy.type.v3.Int32Range", &["start", "end"]),
     (
         "envoy.type.v3.TokenBucket",
         &["max_tokens", "tokens_per_fill", "fill_interval"],
@@ -827,7 +879,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
 const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "envoy.config.listener.v3.Filter.typed_config",
-        &[TCP_PROXY, CONNECTION_LIMIT, LOCAL_RATELIMIT, FAULT, MIRROR],
+        &[TCP_PROXY, CONNECTION_LIMIT, LOCAL_RATELIMIT, RBAC, FAULT, MIRROR],
     ),
     (
         "envoy.config.listener.v3.ListenerFilter.typed_config",

@@ -1,10 +1,12 @@
 //! A TCP listener's filter chain: its `filter_chain_match` (ports, CIDRs, server names,
 //! transport and application protocols) and its network
 //! filters, which must end with exactly one `tcp_proxy` (converted in `tcp_proxy`), each
-//! other kind (`connection_limit`, `local_ratelimit`, fault, mirror) at most once before it; and its
+//! other kind (`rbac`, `connection_limit`, `local_ratelimit`, fault, mirror) at most once
+//! before it; and its
 //! `transport_socket` (TLS termination, in `tls`).
 
 use super::address::{cidr, port};
+use super::rbac::rbac_config;
 use super::tcp_proxy::tcp_proxy;
 use super::tls::chain_tls;
 use super::{decode_any, duration, ext, type_name, Result};
@@ -14,16 +16,17 @@ use crate::ext::mirror::Mirror as PbMirror;
 use crate::path::{field, index};
 use crate::rib::{
     ConnectionLimitConfig, FaultConfig, FilterChainConfig, LocalRateLimitConfig, MirrorConfig,
-    TcpProxyConfig,
+    RbacConfig, TcpProxyConfig,
 };
-use crate::type_names::{CONNECTION_LIMIT, FAULT, LOCAL_RATELIMIT, MIRROR, TCP_PROXY};
+use crate::type_names::{CONNECTION_LIMIT, FAULT, LOCAL_RATELIMIT, MIRROR, RBAC, TCP_PROXY};
 use envoy_types::pb::envoy::config::core::v3::CidrRange as PbCidr;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, FilterChainMatch};
 use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit as PbConnectionLimit;
 use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as PbRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::google::protobuf::Any;
-use switchyard_dataplane::fib::{ChainMatch, CidrRange};
+use switchyard_dataplane::fib::{ChainMatch, CidrRange, Gate};
 
 pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
     let matcher = match &fc.filter_chain_match {
@@ -37,7 +40,8 @@ pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainCo
         matcher,
         connection_limit: side.connection_limit,
         local_rate_limit: side.local_rate_limit,
-        rate_limit_first: side.rate_limit_first,
+        rbac: side.rbac,
+        gates: side.gates,
         fault: side.fault,
         mirror: side.mirror,
         tcp_proxy,
@@ -110,9 +114,10 @@ fn server_names(names: &[String], path: &str) -> Result<Vec<Box<str>>> {
 struct SideFilters {
     connection_limit: Option<ConnectionLimitConfig>,
     local_rate_limit: Option<LocalRateLimitConfig>,
-    /// The rate limit comes before the connection limit in the chain (Envoy runs them in
-    /// order: the first to refuse decides, and the other is not consulted).
-    rate_limit_first: bool,
+    rbac: Option<RbacConfig>,
+    /// The filters that may refuse a connection, in the chain's order (Envoy runs them in
+    /// order: the first to refuse decides, and those after it are not consulted).
+    gates: Vec<Gate>,
     fault: Option<FaultConfig>,
     mirror: Option<MirrorConfig>,
 }
@@ -124,6 +129,7 @@ impl SideFilters {
             FAULT => self.fault.is_some(),
             MIRROR => self.mirror.is_some(),
             LOCAL_RATELIMIT => self.local_rate_limit.is_some(),
+            RBAC => self.rbac.is_some(),
             _ => self.connection_limit.is_some(),
         };
         if taken {
@@ -145,11 +151,17 @@ impl SideFilters {
             LOCAL_RATELIMIT => {
                 let l: PbLocalRateLimit = decode_any(any, LOCAL_RATELIMIT, &tpath)?;
                 self.local_rate_limit = Some(local_rate_limit_config(&l, &tpath)?);
-                self.rate_limit_first = self.connection_limit.is_none();
+                self.gates.push(Gate::RateLimit);
+            }
+            RBAC => {
+                let r: PbRbac = decode_any(any, RBAC, &tpath)?;
+                self.rbac = Some(rbac_config(&r, &tpath)?);
+                self.gates.push(Gate::Rbac);
             }
             _ => {
                 let limit: PbConnectionLimit = decode_any(any, CONNECTION_LIMIT, &tpath)?;
                 self.connection_limit = Some(connection_limit_config(&limit, &tpath)?);
+                self.gates.push(Gate::ConnectionLimit);
             }
         }
         Ok(())
@@ -208,6 +220,7 @@ fn filter_kind(type_name: &str) -> &'static str {
         FAULT => "fault",
         MIRROR => "mirror",
         LOCAL_RATELIMIT => "local_ratelimit",
+        RBAC => "rbac",
         _ => "connection_limit",
     }
 }

@@ -53,6 +53,7 @@ mod lb;
 mod lb_typed;
 mod listener;
 mod proxy_protocol;
+mod rbac;
 mod runtime;
 mod stats_config;
 mod string_matcher;

@@ -159,6 +159,13 @@ pub fn render(record: Option<&TlsRecord>, side: TlsSideSel, field: TlsField) -> 
     }
 }
 
+/// The subject of DER certificate `der`, as `%DOWNSTREAM_PEER_SUBJECT%` renders it (RFC 2253),
+/// for RBAC's `authenticated` principal.
+pub(crate) fn peer_subject(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(rfc2253(cert.subject()))
+}
+
 fn parse_peer(der: &[u8]) -> Option<PeerInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let sans = crate::tls::verify::PeerSans::of(der);

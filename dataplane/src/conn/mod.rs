@@ -241,6 +241,10 @@ pub struct Proxy {
 pub struct TlsPlan {
     /// The client's side: TLS terminated by the filter chain.
     pub client: bool,
+    /// The chain's RBAC reads the client's certificate: it is decided
+    /// ([`Upstreams::authorize`]) once the client's handshake is done, before anything
+    /// upstream is picked or opened.
+    pub authorize_client: bool,
     /// `transport_socket_connect_timeout`: the client handshake's deadline after accept.
     pub client_timeout_ms: Option<u64>,
     /// The backend's side: TLS originated by the cluster.
@@ -284,6 +288,9 @@ pub enum Abort {
     Fault,
     /// No transport could be set up for the relay (splice mode without pipes): reset.
     NoTransport,
+    /// Its chain's RBAC, under CONTINUOUS enforcement, denies it in a newly published FIB:
+    /// closed (both sides, cleanly), with Envoy's RBAC details.
+    Denied,
 }
 
 /// How a connect ended when it succeeded: whether the relay can start.
@@ -474,6 +481,12 @@ pub trait Upstreams {
     fn admit(&mut self) -> Result<(), Overflow>;
     /// An endpoint to connect to other than `exclude`; `None` when there is none.
     fn pick(&mut self, exclude: Option<u32>) -> Option<Target>;
+    /// The chain's RBAC decided with the client's certificate, once its handshake is done
+    /// (asked only of a connection accepted with [`TlsPlan::authorize_client`]):
+    /// false when it denies the connection (the driver keeps which policy did).
+    fn authorize(&mut self) -> bool {
+        true
+    }
 }
 
 /// Connect attempts: made so far and allowed.
@@ -805,6 +818,13 @@ impl Machine {
         match (side, end) {
             (Side::Client, HandshakeEnd::Done) => {
                 self.clock.last_activity_ms = now_ms;
+                if self.tls.authorize_client && !upstreams.authorize() {
+                    // Envoy's RBAC denial: no flag, its details (the driver names the
+                    // policy), the client closed at once.
+                    self.details = crate::rbac::DENIED_DETAILS;
+                    self.close_client(false, out);
+                    return;
+                }
                 self.after_accept(now_ms, upstreams, out);
             }
             (Side::Client, _) => self.close_client(false, out),
@@ -1085,6 +1105,7 @@ impl Machine {
                 true,
                 out,
             ),
+            Abort::Denied => self.end(0, crate::rbac::DENIED_DETAILS, false, out),
         }
     }
 

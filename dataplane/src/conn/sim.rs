@@ -315,6 +315,7 @@ impl Sim {
             },
             tls: TlsPlan {
                 client: self.rng.chance(w.tls_client),
+                authorize_client: false,
                 client_timeout_ms: self.rng.chance(500).then(|| self.rng.below(60)),
                 backend: self.rng.chance(w.tls_backend),
                 connect_timeout_ms: 1 + self.rng.below(80),

@@ -12,6 +12,9 @@ struct Fixed {
     admit: bool,
     endpoint: Option<u32>,
     admitted: u32,
+    /// What `authorize` answers, and how often it was asked.
+    authorized: bool,
+    authorize_asked: u32,
 }
 
 impl Upstreams for Fixed {
@@ -28,6 +31,11 @@ impl Upstreams for Fixed {
         self.endpoint
             .map(|e| Target::Endpoint(if Some(e) == exclude { e + 1 } else { e }))
     }
+
+    fn authorize(&mut self) -> bool {
+        self.authorize_asked += 1;
+        self.authorized
+    }
 }
 
 fn healthy() -> Fixed {
@@ -35,6 +43,8 @@ fn healthy() -> Fixed {
         admit: true,
         endpoint: Some(0),
         admitted: 0,
+        authorized: true,
+        authorize_asked: 0,
     }
 }
 
@@ -410,6 +420,7 @@ fn tls_proxy(client: bool, backend: bool, max_attempts: u32) -> Verdict {
         buffer_limits: relay::BufferLimits::ENVOY_DEFAULT,
         tls: TlsPlan {
             client,
+            authorize_client: false,
             client_timeout_ms: Some(100),
             backend,
             connect_timeout_ms: 1_000,
@@ -437,6 +448,42 @@ fn the_client_handshake_comes_before_any_upstream_is_picked() {
     };
     assert_eq!(feed(&mut m, 5, done, &mut up), [Action::OpenSocket]);
     assert_eq!(up.admitted, 1);
+}
+
+#[test]
+fn a_policy_on_the_client_certificate_is_decided_after_its_handshake_before_any_upstream() {
+    for authorized in [true, false] {
+        let mut up = healthy();
+        up.authorized = authorized;
+        let mut m = Machine::accepted_at(0);
+        let Verdict::Proxy(mut p) = tls_proxy(true, false, 1) else {
+            unreachable!()
+        };
+        p.tls.authorize_client = true;
+        let out = feed(&mut m, 0, Event::Accepted(Verdict::Proxy(p)), &mut up);
+        assert_eq!(out, [Action::StartHandshake(Side::Client)]);
+        assert_eq!(up.authorize_asked, 0, "not before the certificate is known");
+        m.started(1);
+        m.completed().unwrap();
+        let done = Event::Handshaken {
+            side: Side::Client,
+            end: HandshakeEnd::Done,
+        };
+        let out = feed(&mut m, 5, done, &mut up);
+        assert_eq!(up.authorize_asked, 1);
+        if authorized {
+            assert_eq!(out, [Action::OpenSocket]);
+        } else {
+            assert_eq!(up.admitted, 0, "nothing admitted for a denied client");
+            assert_eq!(
+                out,
+                [Action::CloseClient { reset: false }, Action::Finish],
+                "closed at once, nothing upstream"
+            );
+            assert_eq!(m.details(), crate::rbac::DENIED_DETAILS);
+            assert_eq!(m.flags().0, 0, "Envoy's RBAC sets no response flag");
+        }
+    }
 }
 
 #[test]

@@ -341,7 +341,17 @@ impl Listener {
                     .iter()
                     .any(|c| !c.matcher.prefix_ranges.is_empty())
                     || matcher_reads(Input::DestinationIp)
-                    || matcher_reads(Input::SourceType))
+                    || matcher_reads(Input::SourceType)
+                    || self.has_rbac())
+    }
+
+    /// True when a chain (or the default chain) has an RBAC filter (which reads the
+    /// connection's addresses).
+    pub fn has_rbac(&self) -> bool {
+        self.filter_chains
+            .iter()
+            .chain(self.default_chain.iter())
+            .any(|c| c.rbac.is_some())
     }
 
     /// True when any chain (or the default chain) writes an access log.
@@ -359,6 +369,7 @@ impl Listener {
     /// headers are read.
     pub fn needs_remote_address(&self) -> bool {
         self.original_src.is_some()
+            || self.has_rbac()
             || self
                 .proxy_protocol
                 .as_ref()
@@ -396,9 +407,12 @@ pub struct FilterChain {
     pub connection_limit: Option<ConnectionLimit>,
     /// `envoy.filters.network.local_ratelimit` before the tcp_proxy, if any.
     pub local_rate_limit: Option<LocalRateLimit>,
-    /// The rate limit comes before the connection limit in the chain: the first of the two
-    /// to refuse decides, and the other is not consulted (Envoy runs them in order).
-    pub rate_limit_first: bool,
+    /// `envoy.filters.network.rbac` before the tcp_proxy, if any.
+    pub rbac: Option<NetworkRbac>,
+    /// The filters that may refuse a new connection (RBAC, the rate and connection limits),
+    /// in the chain's order: the first to refuse decides, and those after it are not
+    /// consulted (Envoy runs them in order).
+    pub gates: Vec<Gate>,
     /// `switchyard.filters.network.fault`, when configured.
     pub fault: Option<Fault>,
     /// `switchyard.filters.network.mirror`, when configured.
@@ -499,6 +513,47 @@ pub struct LocalRateLimit {
     pub bucket: Arc<crate::rate_limit::TokenBucket>,
     /// `local_rate_limit.<stat_prefix>.*`.
     pub stats: Arc<crate::stats::LocalRateLimitStats>,
+}
+
+/// A filter that may refuse a new connection before the tcp_proxy routes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// The chain's [`NetworkRbac`].
+    Rbac,
+    /// The chain's [`LocalRateLimit`].
+    RateLimit,
+    /// The chain's [`ConnectionLimit`].
+    ConnectionLimit,
+}
+
+/// Envoy's `envoy.filters.network.rbac`: `rules` (enforced) and `shadow_rules` (counted
+/// only), decided as soon as what they read of the connection is known: at accept, after
+/// the ClientHello for server names, after the client's handshake for its certificate;
+/// never later, so the upstream connect waits for nothing else.
+#[derive(Debug)]
+pub struct NetworkRbac {
+    /// `rules`; `None`: every connection is allowed (and counted `allowed`).
+    pub rules: Option<Arc<crate::rbac::Rbac>>,
+    /// `shadow_rules`, if any.
+    pub shadow_rules: Option<Arc<crate::rbac::Rbac>>,
+    /// `enforcement_type: CONTINUOUS`: a connection the chain's RBAC of a later FIB denies
+    /// is closed when that FIB is published.
+    pub continuous: bool,
+    /// `<stat_prefix>.rbac.*`.
+    pub stats: Arc<crate::stats::RbacStats>,
+}
+
+impl NetworkRbac {
+    /// The late inputs either set of rules reads.
+    pub fn reads(&self) -> crate::rbac::Reads {
+        let mut out = crate::rbac::Reads::default();
+        for r in self.rules.iter().chain(self.shadow_rules.iter()) {
+            let reads = r.reads();
+            out.server_name |= reads.server_name;
+            out.peer |= reads.peer;
+        }
+        out
+    }
 }
 
 /// Envoy `envoy.filters.network.tcp_proxy`, compiled.

@@ -54,6 +54,9 @@ struct ConnRoute {
     local: Option<SocketAddr>,
     fib_listener: u32,
     upstream: Option<SocketAddr>,
+    /// The chain's RBAC decision after the client's handshake (decided before the event
+    /// is fed, so that the machine's question has its answer).
+    authorized: bool,
 }
 
 /// For events that never ask about the cluster (relay completions): nothing to borrow.
@@ -97,6 +100,10 @@ impl Upstreams for SlotUpstreams<'_> {
         };
         cluster.stats.inc(worker, overflow);
         Err(Overflow)
+    }
+
+    fn authorize(&mut self) -> bool {
+        self.conn.authorized
     }
 
     fn pick(&mut self, exclude: Option<u32>) -> Option<Target> {
@@ -148,6 +155,12 @@ impl Worker {
     /// of it.
     pub(super) fn machine_event(&mut self, slot: u32, event: Event) -> Actions {
         let mut out = Actions::default();
+        let client_handshaken = Event::Handshaken {
+            side: crate::relay::Side::Client,
+            end: crate::conn::HandshakeEnd::Done,
+        };
+        let authorized = !(event == client_handshaken && self.conns[slot as usize].rbac_late)
+            || self.authorize_after_handshake(slot);
         let conn = &mut self.conns[slot as usize];
         let result = if let Event::Relay(_) = event {
             conn.machine
@@ -159,6 +172,7 @@ impl Worker {
                 local: conn.local,
                 fib_listener: conn.fib_listener,
                 upstream: conn.upstream,
+                authorized,
             };
             let mut upstreams = SlotUpstreams {
                 worker: self.id,
@@ -649,6 +663,7 @@ fn access_record(
         upstream_cluster_raw,
         response_flags: conn.machine.flags(),
         termination_details: conn.machine.details(),
+        denied_by: conn.denied_by.clone(),
         tls: None,
     }
 }

@@ -294,10 +294,13 @@ impl Worker {
         };
         self.decide_chain(gen_index, fib_index, &mut decision, &detected);
         let conn = &mut self.conns[slot as usize];
+        conn.tls_detected = detected.transport_protocol == TRANSPORT_TLS;
         conn.chain = decision.chain;
         conn.cluster = decision.cluster;
         conn.hash = decision.hash;
         conn.listener_counted = decision.listener_counted;
+        conn.denied_by = decision.denied_by.clone();
+        conn.rbac_late = decision.rbac_late;
         let verdict = self.verdict(slot, &decision);
         self.drive(slot, conn::Event::Accepted(verdict));
     }

@@ -23,6 +23,7 @@ mod inspect;
 mod mirror;
 mod pipes;
 mod proxy_header;
+mod rbac_gate;
 mod relay_io;
 mod slot;
 mod sockets;
@@ -33,7 +34,7 @@ pub mod wait;
 
 use crate::accesslog::ResponseFlags;
 use crate::conn;
-use crate::fib::{Detected, Fib, Listener, Route};
+use crate::fib::{Detected, Fib, Gate, Listener, Route};
 use crate::global_limit::Counted;
 use crate::handoff::{Phase, Shared, Snapshot};
 use crate::hash_lb;
@@ -186,6 +187,10 @@ struct Decision {
     /// Counted in the listener's `downstream_cx_total` and `_active` (a chain took it, or
     /// the proxy-loop refusal that stands for Istio's BlackHole chain).
     listener_counted: bool,
+    /// The RBAC policy that denied it (its log name).
+    denied_by: Option<Arc<str>>,
+    /// Its chain's RBAC reads the client's certificate: decided after the handshake.
+    rbac_late: bool,
     outcome: Outcome,
 }
 
@@ -205,6 +210,8 @@ impl Decision {
             tls: conn::TlsPlan::default(),
             skips_proxy_header: false,
             listener_counted: false,
+            denied_by: None,
+            rbac_late: false,
             outcome: Outcome::Proxy,
         }
     }
@@ -242,16 +249,17 @@ fn rate_limit_passes(chain: &crate::fib::FilterChain) -> bool {
 }
 
 /// A connection a limit refused: closed after `delay_ms`; the tcp_proxy counts and logs it,
-/// as Envoy's does.
+/// as Envoy's does. False: the connection does not pass.
 fn refuse_limited(
     id: usize,
     chain: &crate::fib::FilterChain,
     decision: &mut Decision,
     delay_ms: u64,
-) {
+) -> bool {
     chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
     chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxActive);
     decision.outcome = Outcome::Limited { delay_ms };
+    false
 }
 
 /// No filter chain or no route: closed cleanly, `NR`.
@@ -666,6 +674,7 @@ impl Worker {
         self.snapshot_epoch = snapshot.epoch;
         if snapshot.fib.generation != self.snapshot_generation {
             self.adopt_generation(&snapshot.fib);
+            self.enforce_continuous_rbac();
         }
         self.reconcile_listeners(&snapshot);
         self.reconcile_udp_listeners(&snapshot);
@@ -1162,6 +1171,8 @@ impl Worker {
         conn.cluster = decision.cluster;
         conn.hash = decision.hash;
         conn.listener_counted = decision.listener_counted;
+        conn.denied_by = decision.denied_by.clone();
+        conn.rbac_late = decision.rbac_late;
         conn.inspect.proxy_done = decision.skips_proxy_header;
     }
 
@@ -1249,30 +1260,36 @@ impl Worker {
         let chain = listener.chain(chain_index);
         decision.chain = chain_index;
         decision.outcome = Outcome::Proxy;
-        if chain.rate_limit_first && !rate_limit_passes(chain) {
-            refuse_limited(id, chain, decision, 0);
-            return;
-        }
-        if let Some(limit) = &chain.connection_limit {
-            if !limit.state.try_enter(limit.max_connections) {
-                refuse_limited(id, chain, decision, limit.delay_ms);
+        for gate in &chain.gates {
+            let passed = match gate {
+                Gate::Rbac => rbac_gate::at_accept(id, chain, decision, detected),
+                Gate::RateLimit => {
+                    rate_limit_passes(chain) || refuse_limited(id, chain, decision, 0)
+                }
+                Gate::ConnectionLimit => match &chain.connection_limit {
+                    Some(limit) if !limit.state.try_enter(limit.max_connections) => {
+                        refuse_limited(id, chain, decision, limit.delay_ms)
+                    }
+                    Some(_) => {
+                        decision.holds_limit = true;
+                        true
+                    }
+                    None => true,
+                },
+            };
+            if !passed {
+                // Refused after the connection limit took it in: closed at once, so its
+                // seat goes back now (a refused connection holds none).
+                if let Some(limit) = chain
+                    .connection_limit
+                    .as_ref()
+                    .filter(|_| decision.holds_limit)
+                {
+                    limit.state.leave();
+                    decision.holds_limit = false;
+                }
                 return;
             }
-            decision.holds_limit = true;
-        }
-        if !chain.rate_limit_first && !rate_limit_passes(chain) {
-            // Refused after the connection limit took it in: closed at once, so its seat
-            // goes back now (a limited connection holds none).
-            if let Some(limit) = chain
-                .connection_limit
-                .as_ref()
-                .filter(|_| decision.holds_limit)
-            {
-                limit.state.leave();
-                decision.holds_limit = false;
-            }
-            refuse_limited(id, chain, decision, 0);
-            return;
         }
         route_tcp(id, &chain.tcp_proxy, &mut self.rng, decision);
         let cluster = decision.cluster.map(|c| generation.fib.cluster(c));
@@ -1282,6 +1299,7 @@ impl Worker {
         };
         decision.tls = conn::TlsPlan {
             client: chain.tls.is_some(),
+            authorize_client: decision.rbac_late,
             client_timeout_ms: chain.tls.as_ref().and_then(|t| t.handshake_timeout_ms),
             backend: cluster.is_some_and(|c| c.tls.is_some() || c.tls_secrets_missing),
             connect_timeout_ms: cluster.map_or(5000, |c| c.connect_timeout_ms),

@@ -77,6 +77,12 @@ pub(crate) struct Conn {
     /// The server name the TLS inspector read (`%REQUESTED_SERVER_NAME%`), allocated only
     /// for a connection that sent one.
     pub server_name: Option<Box<str>>,
+    /// The RBAC policy that denied it (its log name; `None` with the denial: no policy).
+    pub denied_by: Option<std::sync::Arc<str>>,
+    /// Its chain's RBAC waits for the client's certificate: decided after the handshake.
+    pub rbac_late: bool,
+    /// Its TLS inspector found a ClientHello (the transport protocol its chain matched).
+    pub tls_detected: bool,
 }
 
 /// The state of the listener filters that read one connection's first bytes (the PROXY
@@ -257,6 +263,9 @@ impl Default for Conn {
             tls: [None, None],
             inspect: Inspect::default(),
             server_name: None,
+            denied_by: None,
+            rbac_late: false,
+            tls_detected: false,
         }
     }
 }
@@ -304,8 +313,11 @@ impl Conn {
 }
 
 // A slot is touched on every completion of its connection, and the slab holds
-// `max_connections_per_worker` of them from the start (8,192 x 848 B = 6.9 MB a worker by
-// default): a change of size is a decision, not an accident. 32 B are the listener filters'
+// `max_connections_per_worker` of them from the start (8,192 x 872 B = 7.1 MB a worker by
+// default): a change of size is a decision, not an accident. 24 B are RBAC's (the name of
+// the policy that denied the connection, shared with the FIB, and whether the decision
+// waits for the client's certificate, and the transport its inspector detected, which a
+// CONTINUOUS decision matches the next FIB's chains with). 32 B are the listener filters'
 // that read first (the buffer they hold, whether they read, whether the PROXY header is
 // done, and a pointer to the server name the TLS inspector read, allocated only for a
 // connection that sent one), 32 B the socket's peer behind a PROXY header. Of the other
@@ -315,5 +327,5 @@ impl Conn {
 // while the client handshakes); 8 more count the bytes each direction holds for the
 // `*_tx_bytes_buffered` gauges; 16 point to each side's TLS state, allocated only for a
 // connection that speaks TLS.
-const _: () = assert!(std::mem::size_of::<Conn>() == 848);
+const _: () = assert!(std::mem::size_of::<Conn>() == 872);
 const _: () = assert!(std::mem::size_of::<Machine>() == 296);

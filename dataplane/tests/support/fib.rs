@@ -20,7 +20,8 @@ pub fn plain_chain(
         matcher: ChainMatch::default(),
         connection_limit: None,
         local_rate_limit: None,
-        rate_limit_first: false,
+        rbac: None,
+        gates: Vec::new(),
         fault: None,
         mirror: None,
         tcp_proxy: TcpProxy {
