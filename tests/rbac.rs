@@ -705,11 +705,13 @@ fn deny_under_churn_at_a_thousand_connections_a_second(mode: RelayMode) {
     let after: Vec<_> = record.iter().filter(|(t, _)| *t >= published).collect();
     let admitted_before = before.filter(|(_, relayed)| *relayed).count();
     let admitted_after = after.iter().filter(|(_, relayed)| *relayed).count();
+    // About 1,000 a second on an idle machine; the premise asks only for a steady stream
+    // on both sides of the publication (CI runs tests side by side on two cores).
     assert!(
-        admitted_before >= 300,
+        admitted_before >= 100,
         "the old policy admitted {admitted_before} of the first second's connections"
     );
-    assert!(after.len() >= 300, "only {} connections after", after.len());
+    assert!(after.len() >= 100, "only {} connections after", after.len());
     assert_eq!(
         admitted_after,
         0,
