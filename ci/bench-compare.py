@@ -56,6 +56,12 @@ Scenarios (full run; --quick runs a subset, once, shorter):
                      accept-proxy`), relayed to the echo: cps 8 concurrent and rr 64 B with 64
                      connections (S3's count). Direct: the same loads to the echo without a
                      header (the limit). The floor: n/a (it reads no header).
+  S10 rbac           cps 8 concurrent through an allow list of 1, 100 and 10,000 entries, each
+                     one client address, the loopback's (the client's) last in the order the
+                     proxy reads them (Switchyard and Envoy: the network RBAC filter, ALLOW, one
+                     `remote_ip` policy each, loopback's named last; HAProxy: `tcp-request
+                     connection reject unless { src -f list }`; nginx: `allow` lines then `deny
+                     all`). Direct: the echo without a list (the limit). The floor: n/a.
 
 Hygiene: contenders interleaved (order rotated each repetition); before each cell (one
 contender x placement x repetition) the machine must be idle (/proc/stat idle > 90% over 1 s,
@@ -110,14 +116,16 @@ PROXIES = CONTENDERS[1:]
 # The floor (`switchyard-bench forward`: a blocking thread per direction) is a reference for
 # what any user-space hop costs, not a proxy: it spawns threads per connection, so the
 # connect-heavy (S4) and idle-memory (S5) scenarios would measure that, not a floor.
-FLOOR_SKIPS = ("S4", "S5", "S6", "S7", "S8", "S9")
+FLOOR_SKIPS = ("S4", "S5", "S6", "S7", "S8", "S9", "S10")
 # S7 (UDP): who cannot take part, and why (recorded in each cell and shown as n/a).
 UDP_NA = {"floor": "switchyard-bench forward relays TCP only",
           "haproxy": "HAProxy has no UDP proxying"}
 UDP_CONFIGS = {"switchyard": "switchyard-udp.yaml", "nginx": "nginx-udp.conf",
                "envoy": "envoy-udp.yaml"}
 SCENARIOS = {"S1": "bulk", "S2": "latency", "S3": "rr", "S4": "cps", "S5": "idle",
-             "S6": "routing", "S7": "udp", "S8": "tls", "S9": "proxy"}
+             "S6": "routing", "S7": "udp", "S8": "tls", "S9": "proxy", "S10": "rbac"}
+# S10: the allow lists' sizes, each with a listener of its own in every peer config.
+RBAC_SIZES = (1, 100, 10000)
 # S8 (TLS termination): each proxy's TLS peer config, who cannot take part, the certificates
 # (tests/certs: ECDSA P-256 and RSA-2048 leaves for localhost/127.0.0.1, signed by ca.pem) and
 # the per-contender port of each listener.
@@ -390,7 +398,9 @@ class Env:
                                     WEIGHTED_PORT=base + 3, HASH_PORT=base + 4,
                                     UDP_PORT=base + 5, TLS_EC_BULK_PORT=base + 6,
                                     TLS_EC_RR_PORT=base + 7, TLS_RSA_BULK_PORT=base + 8,
-                                    TLS_RSA_RR_PORT=base + 9, PROXY_PORT=base + 10)
+                                    TLS_RSA_RR_PORT=base + 9, PROXY_PORT=base + 10,
+                                    **{f"RBAC_{n}_PORT": base + 11 + i
+                                       for i, n in enumerate(RBAC_SIZES)})
         # S8 direct: `serve --tls-*` (sink, echo) per certificate.
         self.tls_direct = {"ECDSA": (b + 6, b + 7), "RSA": (b + 8, b + 9)}
         self.envoy = None
@@ -446,6 +456,36 @@ class Env:
             return f"127.0.0.1:{self.echo}"
         return f"127.0.0.1:{self.ports[contender]['PROXY_PORT']}"
 
+    def rbac_target(self, contender, size):
+        """S10: the listener behind an allow list of `size` entries; direct: the echo."""
+        if contender == "direct":
+            return f"127.0.0.1:{self.echo}"
+        return f"127.0.0.1:{self.ports[contender][f'RBAC_{size}_PORT']}"
+
+    def rbac_lists(self, tmp):
+        """S10's allow lists for the peer configs: `size - 1` decoy client addresses
+        (10.1.x.y) and the loopback last. Envoy's and Switchyard's RBAC policies as one YAML
+        flow map (Envoy reads policies in name order: the loopback's, `zzzz-loopback`, is the
+        last it tries); HAProxy's `src -f` files; nginx's `allow` files."""
+        out = {}
+        for size in RBAC_SIZES:
+            decoys = [f"10.1.{i >> 8 & 255}.{i & 255}" for i in range(size - 1)]
+            policy = ("{{ permissions: [{{ any: true }}], principals: [{{ remote_ip: "
+                      "{{ address_prefix: {}, prefix_len: {} }} }}] }}")
+            entries = [f'"p{i:05}": ' + policy.format(a, 32) for i, a in enumerate(decoys)]
+            entries.append('"zzzz-loopback": ' + policy.format("127.0.0.0", 8))
+            out[f"RBAC_POLICIES_{size}"] = "{ " + ", ".join(entries) + " }"
+            hap = os.path.join(tmp, f"allow-{size}.lst")
+            with open(hap, "w") as f:
+                f.write("".join(f"{a}\n" for a in decoys) + "127.0.0.0/8\n")
+            ngx = os.path.join(tmp, f"allow-{size}.nginx")
+            with open(ngx, "w") as f:
+                f.write("".join(f"allow {a};\n" for a in decoys)
+                        + "allow 127.0.0.0/8;\ndeny all;\n")
+            out[f"RBAC_LIST_{size}"] = hap
+            out[f"RBAC_NGINX_{size}"] = ngx
+        return out
+
     def route_target(self, contender, route):
         """S6: the listener that splits (`weighted`) or hashes (`hash`); direct: the echo."""
         if contender == "direct":
@@ -462,6 +502,7 @@ class Env:
                     TMP=os.path.join(self.tmp, name))
         os.makedirs(vals["TMP"], exist_ok=True)
         vals.update(self.tls_files(name))
+        vals.update(self.rbac_lists(vals["TMP"]))
         for k, v in vals.items():
             text = text.replace("{{" + k + "}}", str(v))
         if re.search(r"\{\{[A-Z_]+\}\}", text):
@@ -663,6 +704,8 @@ def measure_once(ctx, cell, spec, proxy):
     if spec["mode"] == "udp":
         target = ctx.env.udp_target(cell["contender"])
     extra = spec["extra"]
+    if spec["scenario"] == "S10":
+        target = ctx.env.rbac_target(cell["contender"], spec["rbac_size"])
     if spec["scenario"] == "S9":
         target = ctx.env.proxy_target(cell["contender"])
         if cell["contender"] != "direct":
@@ -828,6 +871,11 @@ def specs_for(cfg, rates, scenarios):
                     extra=["--concurrency", 8, "--msg", 64, "--duration", c], timeout=c + 60))
     out.append(dict(id=f"S9 PROXY v2 rr 64 B {n} conns", scenario="S9", mode="rr",
                     extra=["--conns", n, "--msg", 64, "--duration", r], timeout=r + 60))
+    for size in RBAC_SIZES:
+        out.append(dict(id=f"S10 RBAC {size} cps 8 concurrent", scenario="S10", mode="cps",
+                        rbac_size=size,
+                        extra=["--concurrency", 8, "--msg", 64, "--duration", c],
+                        timeout=c + 60))
     return [x for x in out if x["scenario"] in scenarios]
 
 
@@ -1119,6 +1167,10 @@ ROWS = [  # (measurement id prefix, metric, label, unit, higher_is_better)
     ("S9 PROXY v2 rr 64 B {} conns", "rps", "S9 PROXY v2 rr 64 B {} conns (req/s)", "k", True),
     ("S9 PROXY v2 rr 64 B {} conns", "req_per_cpu_s",
      "S9 PROXY v2 rr 64 B {} conns (req per proxy CPU-s)", "k", True),
+    ("S10 RBAC {} cps 8 concurrent", "cps",
+     "S10 allow list of {} entries, cps 8 concurrent (conn/s)", "k", True),
+    ("S10 RBAC {} cps 8 concurrent", "conn_per_cpu_s",
+     "S10 allow list of {} entries, cps 8 concurrent (conn per proxy CPU-s)", "k", True),
 ]
 
 

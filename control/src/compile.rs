@@ -41,8 +41,8 @@ use std::sync::Arc;
 use switchyard_dataplane::accesslog::AccessLogSink;
 use switchyard_dataplane::fib::{
     ChainTls, Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable,
-    Listener, LocalRateLimit, Mirror, NetworkRbac, ProxyProtocol, Route, TcpProxy, TlsInspector,
-    UdpListener, UdpProxy, WeightedClusters,
+    Listener, LocalRateLimit, Mirror, NetworkRbac, ProxyProtocol, Route, SourceLimit, TcpProxy,
+    TlsInspector, UdpListener, UdpProxy, WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::host::HostState;
@@ -386,6 +386,10 @@ fn build(
                 state: stats.connection_limit(&l.stat_prefix),
             }),
             gates: c.gates.clone(),
+            source_limit: c.source_limit.as_ref().map(|l| {
+                let (table, stats) = stats.source_limit(&l.stat_prefix, &l.settings);
+                SourceLimit { table, stats }
+            }),
             rbac: c.rbac.as_ref().map(|r| NetworkRbac {
                 rules: r.rules.clone(),
                 shadow_rules: r.shadow_rules.clone(),

@@ -49,3 +49,12 @@ pub mod ip_matcher {
 /// The extension files' descriptors (without the well-known types they import).
 pub(crate) const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard.bin"));
+
+/// `switchyard.filters.network.source_limit.v1`: per-source connection limits.
+pub mod source_limit {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/switchyard.filters.network.source_limit.v1.rs"
+    ));
+}

@@ -524,6 +524,8 @@ pub struct FilterChainConfig {
     pub local_rate_limit: Option<LocalRateLimitConfig>,
     /// `envoy.filters.network.rbac`, before the tcp_proxy.
     pub rbac: Option<RbacConfig>,
+    /// `switchyard.filters.network.source_limit`, before the tcp_proxy.
+    pub source_limit: Option<SourceLimitConfig>,
     /// The filters that may refuse a connection (RBAC, the limits), in the chain's order.
     pub gates: Vec<switchyard_dataplane::fib::Gate>,
     /// `switchyard.filters.network.fault`, before the tcp_proxy.
@@ -694,6 +696,15 @@ pub struct RbacConfig {
     pub shadow_rules: Option<std::sync::Arc<switchyard_dataplane::rbac::Rbac>>,
     /// `enforcement_type: CONTINUOUS`.
     pub continuous: bool,
+}
+
+/// Switchyard's per-source limits: filters with one `stat_prefix` share its table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceLimitConfig {
+    /// `source_limit.<stat_prefix>.*` (required).
+    pub stat_prefix: String,
+    /// The sources' prefixes, limits and the table's size.
+    pub settings: switchyard_dataplane::source_limit::SourceLimitSettings,
 }
 
 /// Envoy's local rate limit network filter: a token bucket of new connections.

@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchyard_dataplane::health::{ClusterHealth, HealthSignal};
 use switchyard_dataplane::rate_limit::TokenBucket;
+use switchyard_dataplane::source_limit::{SourceLimitSettings, SourceTable};
 use switchyard_dataplane::stats::{
     listener_stat_name, ClusterResources, ClusterStats, ClusterUdpStats, ConnectionLimitState,
     FaultStats, ListenerStats, ListenerUdpStats, LocalRateLimitStats, MirrorStats, ProxyProtoStats,
-    RbacStats, ServerStats, SslStats, TcpStats, TlsInspectorStats, UdpStats,
+    RbacStats, ServerStats, SourceLimitStats, SslStats, TcpStats, TlsInspectorStats, UdpStats,
 };
 
 /// All stat blocks, by name.
@@ -65,6 +66,8 @@ pub struct Blocks {
     pub local_rate_limit: BTreeMap<String, Arc<LocalRateLimitStats>>,
     /// `<stat_prefix>.rbac.`, by stat prefix and shadow rules' stat prefix.
     pub rbac: BTreeMap<(String, String), Arc<RbacStats>>,
+    /// `source_limit.<stat_prefix>.`: each prefix's table and refusals.
+    pub source_limit: BTreeMap<String, (Arc<SourceTable>, Arc<SourceLimitStats>)>,
     /// The local rate limits' token buckets, by `share_key` (or by the filter's place when it
     /// has none), so that a recompilation keeps each bucket's tokens.
     pub token_buckets: BTreeMap<String, Arc<TokenBucket>>,
@@ -138,6 +141,10 @@ impl StatsRegistry {
                 .values()
                 .for_each(|b| b.reset_counters());
             blocks.rbac.values().for_each(|b| b.reset_counters());
+            blocks
+                .source_limit
+                .values()
+                .for_each(|(_, b)| b.reset_counters());
             blocks.health.values().for_each(|b| b.reset_counters());
             blocks.fault.values().for_each(|b| b.reset_counters());
             blocks.mirror.values().for_each(|b| b.reset_counters());
@@ -239,6 +246,28 @@ impl StatsRegistry {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    /// The per-source table and stats of `source_limit.<prefix>.`: the table kept while its
+    /// settings stay the same (so a reload or an endpoint update forgets no source), a new
+    /// one when they change.
+    pub fn source_limit(
+        &self,
+        prefix: &str,
+        settings: &SourceLimitSettings,
+    ) -> (Arc<SourceTable>, Arc<SourceLimitStats>) {
+        let mut blocks = self.blocks();
+        let entry = blocks
+            .source_limit
+            .entry(prefix.to_string())
+            .or_insert_with(|| {
+                let table = Arc::new(SourceTable::new(settings.clone()));
+                (table, Arc::new(SourceLimitStats::new(prefix)))
+            });
+        if entry.0.settings() != settings {
+            entry.0 = Arc::new(SourceTable::new(settings.clone()));
+        }
+        (entry.0.clone(), entry.1.clone())
     }
 
     /// The `<prefix>.rbac.` stats (shadow ones under `shadow_prefix`).

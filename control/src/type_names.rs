@@ -44,6 +44,8 @@ pub(crate) const MAGLEV_POLICY: &str = "envoy.extensions.load_balancing_policies
 pub const FAULT: &str = "switchyard.filters.network.fault.v1.Fault";
 /// `@type` of the mirror filter's config.
 pub const MIRROR: &str = "switchyard.filters.network.mirror.v1.Mirror";
+/// `@type` of the per-source limits filter's config.
+pub const SOURCE_LIMIT: &str = "switchyard.filters.network.source_limit.v1.SourceLimit";
 /// `@type` of the listener filter naming the peers a PROXY protocol filter trusts.
 pub const TRUSTED_SOURCES: &str = "switchyard.filters.listener.proxy_protocol.v1.TrustedSources";
 /// `@type` of the UDP proxy's weighted route (the action of its matcher).

@@ -495,6 +495,56 @@ impl RbacStats {
     }
 }
 
+/// `source_limit.<stat_prefix>.*`: the per-source limits' refusals, shared by every filter
+/// with the prefix (and its table's own counters, read from the table).
+#[derive(Debug)]
+pub struct SourceLimitStats {
+    /// The stat prefix.
+    pub name: Arc<str>,
+    counters: [AtomicU64; 3],
+}
+
+impl SourceLimitStats {
+    /// The counters, by [`crate::source_limit::Refusal`]: `rate_limited`,
+    /// `concurrency_limited`, `table_full`.
+    pub const NAMES: [&'static str; 3] = ["rate_limited", "concurrency_limited", "table_full"];
+
+    /// Zeroed, for stat prefix `name`.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        SourceLimitStats {
+            name: name.into(),
+            counters: Default::default(),
+        }
+    }
+
+    /// A connection refused for `why`.
+    #[inline]
+    pub fn refused(&self, why: crate::source_limit::Refusal) {
+        self.counters[Self::slot(why)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn slot(why: crate::source_limit::Refusal) -> usize {
+        use crate::source_limit::Refusal;
+        match why {
+            Refusal::Rate => 0,
+            Refusal::Concurrency => 1,
+            Refusal::TableFull => 2,
+        }
+    }
+
+    /// Each counter with its name, in [`SourceLimitStats::NAMES`]' order.
+    pub fn counts(&self) -> [(&'static str, u64); 3] {
+        std::array::from_fn(|i| (Self::NAMES[i], self.counters[i].load(Ordering::Relaxed)))
+    }
+
+    /// `POST /reset_counters`.
+    pub fn reset_counters(&self) {
+        self.counters
+            .iter()
+            .for_each(|c| c.store(0, Ordering::Relaxed));
+    }
+}
+
 /// `connection_limit.<stat_prefix>.*` and the count the limit is decided on, shared by
 /// every worker (the limit holds across workers together) and across FIB generations.
 #[derive(Debug)]

@@ -316,6 +316,13 @@ pub static ENDPOINTS: &[Endpoint] = &[
         handler: dump::handle_server_info,
     },
     Endpoint {
+        path: "/source_limits",
+        help: "Switchyard: the busiest sources of each per-source limit (JSON)",
+        mutates: false,
+        params: &[("limit", "How many sources per filter (default 10)")],
+        handler: stats::handle_source_limits,
+    },
+    Endpoint {
         path: "/stats",
         help: "print server stats",
         mutates: false,

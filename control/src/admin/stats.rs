@@ -310,6 +310,23 @@ pub fn collect_stats(state: &AdminState) -> Vec<Stat> {
                 value: StatValue::Counter(l.rate_limited()),
             });
         }
+        for (prefix, (table, l)) in &blocks.source_limit {
+            let p = format!("source_limit.{}", sanitize_element(prefix));
+            for (name, value) in l.counts() {
+                out.push(Stat {
+                    name: format!("{p}.{name}"),
+                    value: StatValue::Counter(value),
+                });
+            }
+            out.push(Stat {
+                name: format!("{p}.evictions"),
+                value: StatValue::Counter(table.counters().evictions),
+            });
+            out.push(Stat {
+                name: format!("{p}.table_bytes"),
+                value: StatValue::Gauge(table.memory_bytes() as i64),
+            });
+        }
         for r in blocks.rbac.values() {
             for stat in RbacStat::ALL {
                 out.push(Stat {
@@ -704,6 +721,51 @@ pub(super) fn handle_prometheus(state: &AdminState, q: &Query) -> Response {
         200,
         render_prometheus(&selected(state, &sel), &state.stats_config.tags),
     )
+}
+
+/// `GET /source_limits[?limit=N]`: each per-source limit's table (its size, memory and
+/// counters) and its `N` busiest sources (by open connections, then refusals), as JSON.
+pub(super) fn handle_source_limits(state: &AdminState, query: &Query) -> Response {
+    let limit = match query.get("limit").map(str::parse::<usize>) {
+        None => 10,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return Response::text(400, "limit: not a number\n"),
+    };
+    let tables: Vec<(String, Arc<switchyard_dataplane::source_limit::SourceTable>)> = state
+        .stats
+        .blocks()
+        .source_limit
+        .iter()
+        .map(|(prefix, (table, _))| (prefix.clone(), table.clone()))
+        .collect();
+    let filters: Vec<serde_json::Value> = tables
+        .iter()
+        .map(|(prefix, table)| {
+            let busiest: Vec<serde_json::Value> = table
+                .busiest(limit)
+                .into_iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "source": s.prefix,
+                        "open_connections": s.open_connections,
+                        "tokens_left": s.tokens_left,
+                        "connections_admitted": s.connections_admitted,
+                        "connections_refused": s.connections_refused,
+                    })
+                })
+                .collect();
+            let counters = table.counters();
+            serde_json::json!({
+                "stat_prefix": prefix,
+                "table_entries": table.entries(),
+                "table_bytes": table.memory_bytes(),
+                "evictions": counters.evictions,
+                "refused_table_full": counters.refused_table_full,
+                "busiest": busiest,
+            })
+        })
+        .collect();
+    Response::json(&serde_json::json!({ "source_limits": filters }))
 }
 
 #[cfg(test)]

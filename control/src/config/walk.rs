@@ -23,9 +23,9 @@ use crate::type_names::{
     FILE_LOG, GETADDRINFO_RESOLVER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER, LEAST_REQUEST_POLICY,
     LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER,
     PROXY_PROTOCOL, RANDOM_POLICY, RBAC, RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT,
-    SOURCE_IP_INPUT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG, STRING_VALUE,
-    TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, TRUSTED_SOURCES, UDP_PROXY, UDP_ROUTE,
-    UDP_WEIGHTED_ROUTE,
+    SOURCE_IP_INPUT, SOURCE_LIMIT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG,
+    STRING_VALUE, TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, TRUSTED_SOURCES, UDP_PROXY,
+    UDP_ROUTE, UDP_WEIGHTED_ROUTE,
 };
 use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_PROXY_PROTOCOL, UPSTREAM_TLS};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
@@ -858,6 +858,21 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["stat_prefix", "delay", "abort", "throttle"],
     ),
     (
+        SOURCE_LIMIT,
+        &[
+            "stat_prefix",
+            "ipv4_prefix_len",
+            "ipv6_prefix_len",
+            "connection_rate",
+            "max_connections_per_source",
+            "table_entries",
+        ],
+    ),
+    (
+        "switchyard.filters.network.source_limit.v1.TokenBucket",
+        &["max_tokens", "tokens_per_fill", "fill_interval"],
+    ),
+    (
         "switchyard.filters.network.fault.v1.Delay",
         &["fixed_delay", "percent"],
     ),
@@ -879,7 +894,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
 const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "envoy.config.listener.v3.Filter.typed_config",
-        &[TCP_PROXY, CONNECTION_LIMIT, LOCAL_RATELIMIT, RBAC, FAULT, MIRROR],
+        &[
+            TCP_PROXY,
+            CONNECTION_LIMIT,
+            LOCAL_RATELIMIT,
+            RBAC,
+            SOURCE_LIMIT,
+            FAULT,
+            MIRROR,
+        ],
     ),
     (
         "envoy.config.listener.v3.ListenerFilter.typed_config",

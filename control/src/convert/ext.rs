@@ -7,7 +7,9 @@ use crate::ext::fault::Fault as PbFault;
 use crate::ext::mirror::Mirror as PbMirror;
 use crate::ext::udp_route::WeightedRoute as PbWeightedRoute;
 use crate::path::{field, index};
-use crate::rib::{millis_ceil, FaultConfig, MirrorConfig, RouteConfig, WeightedClusterConfig};
+use crate::rib::{
+    millis_ceil, FaultConfig, MirrorConfig, RouteConfig, SourceLimitConfig, WeightedClusterConfig,
+};
 use switchyard_dataplane::fib::{FaultAbort, FaultDelay, FaultThrottle};
 
 /// `switchyard.filters.network.fault.v1.Fault`.
@@ -148,4 +150,107 @@ fn per_million(percent: Option<f64>, path: &str) -> Result<u32> {
         return Err(ConfigError::invalid(path, "must be between 0 and 100"));
     }
     Ok((p * 10_000.0).round() as u32)
+}
+
+/// `switchyard.filters.network.source_limit.v1.SourceLimit`: a non-empty `stat_prefix`,
+/// prefix lengths of 1 to 32 and 1 to 128, at least one limit, a bucket as Envoy's local rate
+/// limit takes it (`max_tokens` of 1 to 16,777,215, `tokens_per_fill` above 0, a
+/// `fill_interval` of at least 50 ms), a cap of at least 1, a table of 8 to 4,194,304 entries.
+pub(super) fn source_limit_config(
+    l: &crate::ext::source_limit::SourceLimit,
+    path: &str,
+) -> Result<SourceLimitConfig> {
+    use switchyard_dataplane::source_limit as sl;
+    if l.stat_prefix.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "stat_prefix"),
+            "required (non-empty)",
+        ));
+    }
+    let prefix_len = |v: Option<u32>, default: u8, max: u32, name: &str| match v {
+        None => Ok(default),
+        Some(len) if (1..=max).contains(&len) => Ok(len as u8),
+        Some(len) => Err(ConfigError::invalid(
+            field(path, name),
+            format!("{len}: must be 1 to {max}"),
+        )),
+    };
+    let ipv4_prefix_len = prefix_len(l.ipv4_prefix_len, 32, 32, "ipv4_prefix_len")?;
+    let ipv6_prefix_len = prefix_len(l.ipv6_prefix_len, 64, 128, "ipv6_prefix_len")?;
+    let rate = match &l.connection_rate {
+        Some(b) => Some(source_rate(b, &field(path, "connection_rate"))?),
+        None => None,
+    };
+    let max_connections_per_source = match l.max_connections_per_source {
+        Some(n) if (1..=sl::MAX_CONNECTIONS_PER_SOURCE).contains(&n) => Some(n),
+        Some(n) => {
+            return Err(ConfigError::invalid(
+                field(path, "max_connections_per_source"),
+                format!("{n}: must be 1 to {}", sl::MAX_CONNECTIONS_PER_SOURCE),
+            ))
+        }
+        None => None,
+    };
+    if rate.is_none() && max_connections_per_source.is_none() {
+        return Err(ConfigError::invalid(
+            path,
+            "connection_rate or max_connections_per_source is required (a filter without a \
+             limit would limit nothing)",
+        ));
+    }
+    let table_entries = l.table_entries.unwrap_or(sl::DEFAULT_TABLE_ENTRIES);
+    if !(sl::WAYS as u32..=sl::MAX_TABLE_ENTRIES as u32).contains(&table_entries) {
+        return Err(ConfigError::invalid(
+            field(path, "table_entries"),
+            format!(
+                "{table_entries}: must be {} to {}",
+                sl::WAYS,
+                sl::MAX_TABLE_ENTRIES
+            ),
+        ));
+    }
+    Ok(SourceLimitConfig {
+        stat_prefix: l.stat_prefix.clone(),
+        settings: sl::SourceLimitSettings {
+            ipv4_prefix_len,
+            ipv6_prefix_len,
+            rate,
+            max_connections_per_source,
+            table_entries,
+        },
+    })
+}
+
+/// A source's token bucket.
+fn source_rate(
+    b: &crate::ext::source_limit::TokenBucket,
+    path: &str,
+) -> Result<switchyard_dataplane::source_limit::SourceRate> {
+    use switchyard_dataplane::source_limit::MAX_TOKENS;
+    if !(1..=MAX_TOKENS).contains(&b.max_tokens) {
+        return Err(ConfigError::invalid(
+            field(path, "max_tokens"),
+            format!("{}: must be 1 to {MAX_TOKENS}", b.max_tokens),
+        ));
+    }
+    let tokens_per_fill = b.tokens_per_fill.unwrap_or(1);
+    if tokens_per_fill == 0 {
+        return Err(ConfigError::invalid(
+            field(path, "tokens_per_fill"),
+            "must be greater than 0",
+        ));
+    }
+    let ipath = field(path, "fill_interval");
+    let Some(interval) = &b.fill_interval else {
+        return Err(ConfigError::invalid(ipath, "required"));
+    };
+    let interval = duration(interval, &ipath)?;
+    if interval < std::time::Duration::from_millis(50) {
+        return Err(ConfigError::invalid(ipath, "must be at least 50ms"));
+    }
+    Ok(switchyard_dataplane::source_limit::SourceRate {
+        max_tokens: b.max_tokens,
+        tokens_per_fill,
+        fill_interval_ms: interval.as_millis() as u64,
+    })
 }

@@ -13,12 +13,15 @@ use super::{decode_any, duration, ext, type_name, Result};
 use crate::error::ConfigError;
 use crate::ext::fault::Fault as PbFault;
 use crate::ext::mirror::Mirror as PbMirror;
+use crate::ext::source_limit::SourceLimit as PbSourceLimit;
 use crate::path::{field, index};
 use crate::rib::{
     ConnectionLimitConfig, FaultConfig, FilterChainConfig, LocalRateLimitConfig, MirrorConfig,
-    RbacConfig, TcpProxyConfig,
+    RbacConfig, SourceLimitConfig, TcpProxyConfig,
 };
-use crate::type_names::{CONNECTION_LIMIT, FAULT, LOCAL_RATELIMIT, MIRROR, RBAC, TCP_PROXY};
+use crate::type_names::{
+    CONNECTION_LIMIT, FAULT, LOCAL_RATELIMIT, MIRROR, RBAC, SOURCE_LIMIT, TCP_PROXY,
+};
 use envoy_types::pb::envoy::config::core::v3::CidrRange as PbCidr;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, FilterChainMatch};
 use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit as PbConnectionLimit;
@@ -41,6 +44,7 @@ pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainCo
         connection_limit: side.connection_limit,
         local_rate_limit: side.local_rate_limit,
         rbac: side.rbac,
+        source_limit: side.source_limit,
         gates: side.gates,
         fault: side.fault,
         mirror: side.mirror,
@@ -115,6 +119,7 @@ struct SideFilters {
     connection_limit: Option<ConnectionLimitConfig>,
     local_rate_limit: Option<LocalRateLimitConfig>,
     rbac: Option<RbacConfig>,
+    source_limit: Option<SourceLimitConfig>,
     /// The filters that may refuse a connection, in the chain's order (Envoy runs them in
     /// order: the first to refuse decides, and those after it are not consulted).
     gates: Vec<Gate>,
@@ -130,6 +135,7 @@ impl SideFilters {
             MIRROR => self.mirror.is_some(),
             LOCAL_RATELIMIT => self.local_rate_limit.is_some(),
             RBAC => self.rbac.is_some(),
+            SOURCE_LIMIT => self.source_limit.is_some(),
             _ => self.connection_limit.is_some(),
         };
         if taken {
@@ -157,6 +163,11 @@ impl SideFilters {
                 let r: PbRbac = decode_any(any, RBAC, &tpath)?;
                 self.rbac = Some(rbac_config(&r, &tpath)?);
                 self.gates.push(Gate::Rbac);
+            }
+            SOURCE_LIMIT => {
+                let l: PbSourceLimit = decode_any(any, SOURCE_LIMIT, &tpath)?;
+                self.source_limit = Some(ext::source_limit_config(&l, &tpath)?);
+                self.gates.push(Gate::SourceLimit);
             }
             _ => {
                 let limit: PbConnectionLimit = decode_any(any, CONNECTION_LIMIT, &tpath)?;
@@ -221,6 +232,7 @@ fn filter_kind(type_name: &str) -> &'static str {
         MIRROR => "mirror",
         LOCAL_RATELIMIT => "local_ratelimit",
         RBAC => "rbac",
+        SOURCE_LIMIT => "source_limit",
         _ => "connection_limit",
     }
 }

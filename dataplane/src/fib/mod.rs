@@ -371,6 +371,11 @@ impl Listener {
         self.original_src.is_some()
             || self.has_rbac()
             || self
+                .filter_chains
+                .iter()
+                .chain(self.default_chain.iter())
+                .any(|c| c.source_limit.is_some())
+            || self
                 .proxy_protocol
                 .as_ref()
                 .is_some_and(|p| p.trusted_sources.is_some())
@@ -409,6 +414,8 @@ pub struct FilterChain {
     pub local_rate_limit: Option<LocalRateLimit>,
     /// `envoy.filters.network.rbac` before the tcp_proxy, if any.
     pub rbac: Option<NetworkRbac>,
+    /// `switchyard.filters.network.source_limit` before the tcp_proxy, if any.
+    pub source_limit: Option<SourceLimit>,
     /// The filters that may refuse a new connection (RBAC, the rate and connection limits),
     /// in the chain's order: the first to refuse decides, and those after it are not
     /// consulted (Envoy runs them in order).
@@ -524,6 +531,18 @@ pub enum Gate {
     RateLimit,
     /// The chain's [`ConnectionLimit`].
     ConnectionLimit,
+    /// The chain's [`SourceLimit`].
+    SourceLimit,
+}
+
+/// `switchyard.filters.network.source_limit`: per client source (address or prefix), a
+/// token bucket of new connections and a cap on open ones, in a table every worker shares.
+#[derive(Debug)]
+pub struct SourceLimit {
+    /// The table (kept across FIB generations while the filter's settings stay the same).
+    pub table: Arc<crate::source_limit::SourceTable>,
+    /// `source_limit.<stat_prefix>.*`.
+    pub stats: Arc<crate::stats::SourceLimitStats>,
 }
 
 /// Envoy's `envoy.filters.network.rbac`: `rules` (enforced) and `shadow_rules` (counted

@@ -497,6 +497,7 @@ impl Worker {
     /// record, then the slot is freed.
     fn finish(&mut self, slot: u32) {
         self.record_close(slot);
+        self.release_source_seat(slot);
         self.release_tls(slot);
         self.release_inspection(slot);
         let conn = &mut self.conns[slot as usize];
@@ -518,6 +519,18 @@ impl Worker {
             g.conns -= 1;
         }
         self.release_generation_if_unused(gen_index);
+    }
+
+    /// The seat `slot`'s per-source limit gave it goes back (to the table of its own
+    /// generation's chain, the one that gave it).
+    fn release_source_seat(&mut self, slot: u32) {
+        let seat = std::mem::replace(
+            &mut self.conns[slot as usize].source_seat,
+            crate::source_limit::SourceSeat::NONE,
+        );
+        if let Some(limit) = self.chain_of(slot).and_then(|c| c.source_limit.as_ref()) {
+            limit.table.release(seat);
+        }
     }
 
     /// Stats and the access-log record of a connection that just closed.

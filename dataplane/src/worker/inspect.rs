@@ -301,6 +301,7 @@ impl Worker {
         conn.listener_counted = decision.listener_counted;
         conn.denied_by = decision.denied_by.clone();
         conn.rbac_late = decision.rbac_late;
+        conn.source_seat = decision.source_seat;
         let verdict = self.verdict(slot, &decision);
         self.drive(slot, conn::Event::Accepted(verdict));
     }

@@ -191,6 +191,8 @@ struct Decision {
     denied_by: Option<Arc<str>>,
     /// Its chain's RBAC reads the client's certificate: decided after the handshake.
     rbac_late: bool,
+    /// The seat its chain's per-source limit gave it.
+    source_seat: crate::source_limit::SourceSeat,
     outcome: Outcome,
 }
 
@@ -212,6 +214,7 @@ impl Decision {
             listener_counted: false,
             denied_by: None,
             rbac_late: false,
+            source_seat: crate::source_limit::SourceSeat::NONE,
             outcome: Outcome::Proxy,
         }
     }
@@ -246,6 +249,53 @@ fn rate_limit_passes(chain: &crate::fib::FilterChain) -> bool {
     }
     rate.stats.limited();
     false
+}
+
+/// The chain's per-source limit, if it has one: the client's source admitted (its seat in
+/// `decision`), or the connection refused at once, counted, and logged with the reason as
+/// its termination details (`source_rate_limited`, `source_concurrency_limited`,
+/// `source_table_full`); the tcp_proxy counts it, as for Envoy's limits. The source is the
+/// client's address as a PROXY header declared it, if any.
+fn source_limit_passes(
+    id: usize,
+    chain: &crate::fib::FilterChain,
+    decision: &mut Decision,
+) -> bool {
+    let (Some(limit), Some(remote)) = (&chain.source_limit, decision.remote) else {
+        return true;
+    };
+    match limit.table.admit(remote.ip()) {
+        Ok(seat) => {
+            decision.source_seat = seat;
+            true
+        }
+        Err(why) => {
+            limit.stats.refused(why);
+            chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
+            chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxActive);
+            decision.outcome = Outcome::Refuse {
+                flags: 0,
+                reset: false,
+                details: match why {
+                    crate::source_limit::Refusal::Rate => "source_rate_limited",
+                    crate::source_limit::Refusal::Concurrency => "source_concurrency_limited",
+                    crate::source_limit::Refusal::TableFull => "source_table_full",
+                },
+            };
+            false
+        }
+    }
+}
+
+/// A connection refused after its per-source limit admitted it gives its seat back at once.
+fn release_source_seat(chain: &crate::fib::FilterChain, decision: &mut Decision) {
+    let seat = std::mem::replace(
+        &mut decision.source_seat,
+        crate::source_limit::SourceSeat::NONE,
+    );
+    if let Some(limit) = &chain.source_limit {
+        limit.table.release(seat);
+    }
 }
 
 /// A connection a limit refused: closed after `delay_ms`; the tcp_proxy counts and logs it,
@@ -1173,6 +1223,7 @@ impl Worker {
         conn.listener_counted = decision.listener_counted;
         conn.denied_by = decision.denied_by.clone();
         conn.rbac_late = decision.rbac_late;
+        conn.source_seat = decision.source_seat;
         conn.inspect.proxy_done = decision.skips_proxy_header;
     }
 
@@ -1263,6 +1314,7 @@ impl Worker {
         for gate in &chain.gates {
             let passed = match gate {
                 Gate::Rbac => rbac_gate::at_accept(id, chain, decision, detected),
+                Gate::SourceLimit => source_limit_passes(id, chain, decision),
                 Gate::RateLimit => {
                     rate_limit_passes(chain) || refuse_limited(id, chain, decision, 0)
                 }
@@ -1278,6 +1330,7 @@ impl Worker {
                 },
             };
             if !passed {
+                release_source_seat(chain, decision);
                 // Refused after the connection limit took it in: closed at once, so its
                 // seat goes back now (a refused connection holds none).
                 if let Some(limit) = chain

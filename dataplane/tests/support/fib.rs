@@ -21,6 +21,7 @@ pub fn plain_chain(
         connection_limit: None,
         local_rate_limit: None,
         rbac: None,
+        source_limit: None,
         gates: Vec::new(),
         fault: None,
         mirror: None,
