@@ -636,7 +636,62 @@ fn only_trusted_peers_declare_the_source(mode: RelayMode) {
     assert_eq!(proxy.stat("proxy_proto.lb.versions.v1.found"), 1);
 }
 
+/// `pass_through_tlvs` on both sides: the listener keeps the downstream header's TLVs of its
+/// types, the cluster sends those of its own types and its `added_tlvs`, an added TLV
+/// replacing the passed ones of its type; a listener without it passes none.
+fn tlvs_pass_through_from_the_downstream_header_to_the_upstream_one(mode: RelayMode) {
+    let backend = HeaderBackend::start();
+    let (passing, keeping_none) = (free_port(), free_port());
+    let listeners = listener(
+        "passing",
+        passing,
+        &pp_filter("        pass_through_tlvs: { match_type: INCLUDE, tlv_type: [0xE0, 0x01] }\n"),
+        &chain("", "pass", ""),
+        "",
+    ) + &listener(
+        "none",
+        keeping_none,
+        &pp_filter(""),
+        &chain("", "pass", ""),
+        "",
+    );
+    let clusters = pp_cluster(
+        "pass",
+        backend.addr,
+        "version: V2, pass_through_tlvs: { match_type: INCLUDE_ALL }, added_tlvs: [{ type: 0x01, value: b3ZlcnJpZGU= }]",
+        "",
+    ) + &static_cluster("probe", &[(local(closed_port()), 1)]);
+    let Some(_proxy) = start(&listeners, &clusters, "probe", mode) else {
+        return;
+    };
+    let mut tlvs = Vec::new();
+    for (t, v) in [(0xe0u8, &b"abc"[..]), (0xe1, b"def"), (0x01, b"h2")] {
+        tlvs.push(t);
+        tlvs.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        tlvs.extend_from_slice(v);
+    }
+    let (src, dst) = (addr("192.0.2.44:4444"), addr("203.0.113.9:443"));
+    for (i, port) in [passing, keeping_none].into_iter().enumerate() {
+        let mut s = connect_retry(local(port), WAIT);
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(&v2(src, dst, &tlvs)).unwrap();
+        assert_eq!(read_line(&mut s).unwrap(), "ready");
+        let seen = backend.wait_headers(i + 1)[i].clone();
+        assert_eq!(seen.addresses, Some((src, dst)));
+        let mut got = seen.tlvs;
+        got.sort();
+        let want = if i == 0 {
+            // 0xE1: not kept by the listener; 0x01: replaced by the added one.
+            vec![(0x01, b"override".to_vec()), (0xe0, b"abc".to_vec())]
+        } else {
+            vec![(0x01, b"override".to_vec())]
+        };
+        assert_eq!(got, want, "listener {i}");
+    }
+}
+
 in_both_relay_modes!(
+    tlvs_pass_through_from_the_downstream_header_to_the_upstream_one,
     only_trusted_peers_declare_the_source,
     clusters_send_a_proxy_header_declaring_the_client,
     a_header_its_data_and_fin_in_one_burst_are_served_in_full_where_envoy_resets,

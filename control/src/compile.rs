@@ -468,6 +468,7 @@ fn build(
                     acceptance: p.acceptance,
                     declares_destination: p.declares_destination,
                     trusted_sources: p.trusted_sources.as_deref().map(Box::from),
+                    pass_through_tlvs: p.pass_through_tlvs,
                     stats: stats.proxy_proto(&p.stat_prefix),
                 }),
                 tls_inspector: t.tls_inspector.as_ref().map(|i| TlsInspector {

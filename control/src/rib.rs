@@ -456,6 +456,8 @@ pub struct ProxyProtocolConfig {
     pub stat_prefix: String,
     /// Switchyard's `TrustedSources` before it: only these peers' headers are read.
     pub trusted_sources: Option<Vec<CidrRange>>,
+    /// `pass_through_tlvs`: the TLV types kept for the upstream header.
+    pub pass_through_tlvs: Option<switchyard_dataplane::proxy_protocol::TlvTypes>,
 }
 
 /// A listener's TLS inspector (`convert::listener`).

@@ -422,6 +422,76 @@ fn write_v2(
     Some(len)
 }
 
+/// A set of TLV types (`pass_through_tlvs`): all 256, or those listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlvTypes([u64; 4]);
+
+impl TlvTypes {
+    /// Every type (`INCLUDE_ALL`).
+    pub const ALL: TlvTypes = TlvTypes([u64::MAX; 4]);
+
+    /// The types in `types` (`INCLUDE`).
+    pub fn of(types: impl IntoIterator<Item = u8>) -> TlvTypes {
+        let mut set = TlvTypes::default();
+        for t in types {
+            set.0[usize::from(t / 64)] |= 1 << (t % 64);
+        }
+        set
+    }
+
+    pub fn contains(&self, t: u8) -> bool {
+        self.0[usize::from(t / 64)] & (1 << (t % 64)) != 0
+    }
+
+    /// These types but those in `other`.
+    pub fn without(&self, other: &TlvTypes) -> TlvTypes {
+        TlvTypes(std::array::from_fn(|i| self.0[i] & !other.0[i]))
+    }
+
+    /// Whether no type is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+}
+
+/// The whole TLVs of `tlvs` (encoded) whose type is in `types`, appended to `out` encoded.
+pub fn keep_tlvs(out: &mut Vec<u8>, tlvs: &[u8], types: &TlvTypes) {
+    for (kind, value) in (Tlvs { rest: tlvs }).filter(|(t, _)| types.contains(*t)) {
+        // A value read from a TLV fits one.
+        let _ = encode_tlv(out, kind, value);
+    }
+}
+
+/// [`write`], with the TLVs of `passed` (encoded, from the downstream header) whose type is
+/// in `keep`, then `added` (encoded), after a version 2 header's addresses; `None` when
+/// `out` is too small or the TLVs exceed a header's 65,535 bytes. Version 1 carries none.
+pub fn write_passing(
+    out: &mut [u8],
+    version: Version,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+    passed: &[u8],
+    keep: &TlvTypes,
+    added: &[u8],
+) -> Option<usize> {
+    let mut len = write(out, version, addresses, &[])?;
+    if version == Version::V1 {
+        return Some(len);
+    }
+    for (kind, value) in (Tlvs { rest: passed }).filter(|(t, _)| keep.contains(*t)) {
+        let value_len = u16::try_from(value.len()).ok()?;
+        let dst = out.get_mut(len..len + 3 + value.len())?;
+        dst[0] = kind;
+        dst[1..3].copy_from_slice(&value_len.to_be_bytes());
+        dst[3..].copy_from_slice(value);
+        len += 3 + value.len();
+    }
+    out.get_mut(len..len + added.len())?.copy_from_slice(added);
+    len += added.len();
+    let body = u16::try_from(len - V2_FIXED_BYTES).ok()?;
+    out[14..16].copy_from_slice(&body.to_be_bytes());
+    Some(len)
+}
+
 /// Appends the TLV (`kind`, `value`) to `out`; `None` when `value` is longer than a TLV
 /// holds (65,535 bytes).
 pub fn encode_tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) -> Option<()> {
@@ -603,6 +673,51 @@ mod tests {
             };
             assert_eq!((p.addresses, p.len), (None, h.len()));
         }
+    }
+
+    #[test]
+    fn passed_tlvs_are_filtered_and_added_ones_follow() {
+        let mut passed = Vec::new();
+        for (t, v) in [(0xe0u8, &b"abc"[..]), (0xe1, b"def"), (0x01, b"h2")] {
+            encode_tlv(&mut passed, t, v).unwrap();
+        }
+        let mut kept = Vec::new();
+        keep_tlvs(&mut kept, &passed, &TlvTypes::of([0xe0, 0x01]));
+        let mut added = Vec::new();
+        encode_tlv(&mut added, 0x01, b"override").unwrap();
+        let keep = TlvTypes::ALL.without(&TlvTypes::of([0x01]));
+        let (src, dst) = (addr("192.0.2.1:1000"), addr("198.51.100.2:443"));
+        let mut out = [0u8; 256];
+        let n = write_passing(
+            &mut out,
+            Version::V2,
+            Some((src, dst)),
+            &kept,
+            &keep,
+            &added,
+        )
+        .unwrap();
+        let Parsed::Header(h) = parse(&out[..n], 65_551) else {
+            panic!("a header")
+        };
+        assert_eq!(h.len, n);
+        assert_eq!(h.addresses, Some((src, dst)));
+        let tlvs: Vec<_> = h.tlvs(&out[..n]).map(|(t, v)| (t, v.to_vec())).collect();
+        assert_eq!(
+            tlvs,
+            [(0xe0, b"abc".to_vec()), (0x01, b"override".to_vec())],
+            "0xE1 not passed by the listener, 0x01 replaced by the added one"
+        );
+        let v1 = write_passing(
+            &mut out,
+            Version::V1,
+            Some((src, dst)),
+            &kept,
+            &keep,
+            &added,
+        );
+        assert!(v1.is_some_and(|n| out[..n].starts_with(b"PROXY TCP4 ")));
+        assert!(TlvTypes::default().is_empty() && !TlvTypes::ALL.is_empty());
     }
 
     #[test]

@@ -389,8 +389,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["max_tokens", "tokens_per_fill", "fill_interval"],
     ),
     (ORIGINAL_SRC_FILTER, &["mark"]),
-    // `convert::proxy_protocol` refuses `rules`, `pass_through_tlvs` and a `tlv_location`
-    // other than the default, by path.
+    // `convert::proxy_protocol` refuses `rules` and a `tlv_location` other than the
+    // default, by path.
     (
         PROXY_PROTOCOL,
         &[
@@ -407,7 +407,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol.Rule",
         &[],
     ),
-    ("envoy.config.core.v3.ProxyProtocolPassThroughTLVs", &[]),
+    (
+        "envoy.config.core.v3.ProxyProtocolPassThroughTLVs",
+        &["match_type", "tlv_type"],
+    ),
     // `convert::listener` refuses the fingerprints when enabled (Switchyard computes none).
     (
         TLS_INSPECTOR,
@@ -500,8 +503,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     // certificate providers, custom handshakers, key logs, OCSP and SCTs are refused by path.
     ("envoy.config.core.v3.TransportSocket", &["name", "typed_config"]),
     (RAW_BUFFER, &[]),
-    // `convert::cluster` refuses `tlv_as_pool_key: true` (no connection pools) and
-    // `pass_through_tlvs`.
+    // `convert::cluster` refuses `tlv_as_pool_key: true` (no connection pools).
     (
         UPSTREAM_PROXY_PROTOCOL,
         &[

@@ -3,10 +3,13 @@
 //! cluster's `envoy.transport_sockets.upstream_proxy_protocol` (the version it sends and the
 //! TLVs it adds, around a plaintext or TLS socket).
 //!
+//! `pass_through_tlvs` on both sides: the listener keeps the downstream header's TLVs of its
+//! types with the connection, the cluster sends those of its own types (less the types its
+//! `added_tlvs` set, which replace them, as in Envoy).
+//!
 //! Refused by path: `rules` (TLVs as dynamic metadata, which no Switchyard filter reads),
-//! `pass_through_tlvs` on either side (the downstream header's TLVs are not kept for the
-//! upstream one), a `tlv_location` other than the default, `added_tlvs` given by a
-//! `format_string`, and `tlv_as_pool_key: true` (a tcp_proxy has no connection pools).
+//! a `tlv_location` other than the default, `added_tlvs` given by a `format_string`, and
+//! `tlv_as_pool_key: true` (a tcp_proxy has no connection pools).
 
 use super::address::cidr;
 use super::{decode_any, Result};
@@ -18,13 +21,14 @@ use crate::rib::ProxyProtocolConfig;
 use crate::type_names::{PROXY_PROTOCOL, TRUSTED_SOURCES, UPSTREAM_PROXY_PROTOCOL};
 use envoy_types::pb::envoy::config::core::v3::proxy_protocol_config::Version as PbVersion;
 use envoy_types::pb::envoy::config::core::v3::{
-    CidrRange as PbCidr, ProxyProtocolConfig as PbProxyProtocolConfig, TransportSocket,
+    CidrRange as PbCidr, ProxyProtocolConfig as PbProxyProtocolConfig,
+    ProxyProtocolPassThroughTlVs as PbPassThroughTlvs, TransportSocket,
 };
 use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol;
 use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use switchyard_dataplane::fib::{CidrRange, UpstreamProxyProtocol};
-use switchyard_dataplane::proxy_protocol::{encode_tlv, Acceptance, Version};
+use switchyard_dataplane::proxy_protocol::{encode_tlv, Acceptance, TlvTypes, Version};
 
 /// The filter's `typed_config` at `path`.
 pub(super) fn proxy_protocol_filter(any: &Any, path: &str) -> Result<ProxyProtocolConfig> {
@@ -34,13 +38,6 @@ pub(super) fn proxy_protocol_filter(any: &Any, path: &str) -> Result<ProxyProtoc
             field(path, "rules"),
             "TLVs as dynamic metadata are not supported by Switchyard (no filter here reads \
              them)",
-        ));
-    }
-    if p.pass_through_tlvs.is_some() {
-        return Err(ConfigError::unsupported(
-            field(path, "pass_through_tlvs"),
-            "not supported by Switchyard yet: its clusters send no upstream PROXY header to \
-             pass TLVs through",
         ));
     }
     if p.tlv_location != 0 {
@@ -67,12 +64,44 @@ pub(super) fn proxy_protocol_filter(any: &Any, path: &str) -> Result<ProxyProtoc
             }
         }
     }
+    let pass_through_tlvs = match &p.pass_through_tlvs {
+        Some(t) => Some(tlv_types(t, &field(path, "pass_through_tlvs"))?),
+        None => None,
+    };
     Ok(ProxyProtocolConfig {
         acceptance,
         declares_destination: true,
         stat_prefix: p.stat_prefix,
         trusted_sources: None,
+        pass_through_tlvs,
     })
+}
+
+/// `ProxyProtocolPassThroughTLVs`: every type (`INCLUDE_ALL`, the default) or those of
+/// `tlv_type` (`INCLUDE`), each one byte.
+fn tlv_types(t: &PbPassThroughTlvs, path: &str) -> Result<TlvTypes> {
+    use envoy_types::pb::envoy::config::core::v3::proxy_protocol_pass_through_tl_vs::PassTlVsMatchType;
+    match PassTlVsMatchType::try_from(t.match_type) {
+        Ok(PassTlVsMatchType::IncludeAll) => Ok(TlvTypes::ALL),
+        Ok(PassTlVsMatchType::Include) => {
+            let tpath = field(path, "tlv_type");
+            let types = t
+                .tlv_type
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    u8::try_from(v).map_err(|_| {
+                        ConfigError::invalid(index(&tpath, i), "a TLV type is one byte (0 to 255)")
+                    })
+                })
+                .collect::<Result<Vec<u8>>>()?;
+            Ok(TlvTypes::of(types))
+        }
+        Err(_) => Err(ConfigError::invalid(
+            field(path, "match_type"),
+            format!("unknown value {}", t.match_type),
+        )),
+    }
 }
 
 /// Switchyard's `TrustedSources` listener filter at `path` (its `typed_config`): at least
@@ -129,12 +158,6 @@ pub(super) fn upstream_proxy_protocol(
 /// `config`: the version, and `added_tlvs` (static values; version 2 only, as only it
 /// carries TLVs).
 fn upstream_header(config: &PbProxyProtocolConfig, path: &str) -> Result<UpstreamProxyProtocol> {
-    if config.pass_through_tlvs.is_some() {
-        return Err(ConfigError::unsupported(
-            field(path, "pass_through_tlvs"),
-            "not supported by Switchyard: the downstream header's TLVs are not kept",
-        ));
-    }
     let version = match PbVersion::try_from(config.version) {
         Ok(PbVersion::V1) => Version::V1,
         Ok(PbVersion::V2) => Version::V2,
@@ -192,9 +215,15 @@ fn upstream_header(config: &PbProxyProtocolConfig, path: &str) -> Result<Upstrea
             ),
         ));
     }
+    let passed = match &config.pass_through_tlvs {
+        Some(t) => tlv_types(t, &field(path, "pass_through_tlvs"))?,
+        None => TlvTypes::default(),
+    };
+    let added = TlvTypes::of(config.added_tlvs.iter().map(|t| t.r#type as u8));
     Ok(UpstreamProxyProtocol {
         version,
         tlvs: tlvs.into_boxed_slice(),
+        pass_through_tlvs: passed.without(&added),
     })
 }
 

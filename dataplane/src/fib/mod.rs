@@ -192,6 +192,9 @@ pub struct ProxyProtocol {
     /// Switchyard's `TrustedSources`: only peers in these ranges have their header read;
     /// `None`: every peer's.
     pub trusted_sources: Option<Box<[CidrRange]>>,
+    /// `pass_through_tlvs`: the TLVs of these types are kept with the connection, for its
+    /// cluster's upstream header; `None`: none are.
+    pub pass_through_tlvs: Option<crate::proxy_protocol::TlvTypes>,
     /// `proxy_proto.[<stat_prefix>.]*`.
     pub stats: Arc<crate::stats::ProxyProtoStats>,
 }
@@ -214,6 +217,10 @@ pub struct UpstreamProxyProtocol {
     pub version: crate::proxy_protocol::Version,
     /// `config.added_tlvs`, encoded (version 2 only; empty for version 1).
     pub tlvs: Box<[u8]>,
+    /// `config.pass_through_tlvs` less the types `added_tlvs` sets (an added TLV replaces
+    /// every passed one of its type, as in Envoy): which of the TLVs the downstream header
+    /// brought go on; empty: none.
+    pub pass_through_tlvs: crate::proxy_protocol::TlvTypes,
 }
 
 /// A listener's TLS inspector.

@@ -54,6 +54,7 @@ impl Worker {
             return self.read_after_proxy_header(slot);
         };
         let (acceptance, declares_destination) = (filter.acceptance, filter.declares_destination);
+        let pass_through = filter.pass_through_tlvs;
         let Some((held, len)) = self.conns[slot as usize].inspect.held else {
             return self.inspect_recv(slot);
         };
@@ -80,6 +81,9 @@ impl Worker {
             Verdict::Error(Version::V1) => self.refuse_proxy_header(slot, ProxyProtoStat::V1Error),
             Verdict::Error(Version::V2) => self.refuse_proxy_header(slot, ProxyProtoStat::V2Error),
             Verdict::Header(header) => {
+                if let Some(types) = &pass_through {
+                    self.keep_passed_tlvs(slot, &header, types);
+                }
                 self.take_proxy_header(slot, &header, declares_destination);
                 self.read_after_proxy_header(slot);
             }
@@ -119,6 +123,22 @@ impl Worker {
         self.conns[slot as usize].inspect.held = Some((held, rest));
     }
 
+    /// The header's TLVs of `types`, kept with the connection for its upstream header (one
+    /// allocation, only when there are some).
+    fn keep_passed_tlvs(&mut self, slot: u32, header: &Header, types: &proxy_protocol::TlvTypes) {
+        let Some((held, len)) = self.conns[slot as usize].inspect.held else {
+            return;
+        };
+        let bytes = &self.ring.buffer_mut(held)[..len as usize];
+        let mut kept = Vec::new();
+        for (kind, value) in header.tlvs(bytes).filter(|(t, _)| types.contains(*t)) {
+            let _ = proxy_protocol::encode_tlv(&mut kept, kind, value);
+        }
+        if !kept.is_empty() {
+            self.conns[slot as usize].passed_tlvs = Some(kept.into_boxed_slice());
+        }
+    }
+
     /// The connection is closed for its header (or its lack of one), counted in `stat`.
     fn refuse_proxy_header(&mut self, slot: u32, stat: ProxyProtoStat) {
         self.count_proxy_proto(slot, stat);
@@ -144,9 +164,12 @@ impl Worker {
 ///   next endpoint while attempts are left).
 /// - **The connection's addresses.** The header declares the client's address (the one a
 ///   downstream PROXY header declared, if any) and the address it connected to.
-/// - **Bounded.** At most 52 bytes of addresses and the cluster's TLVs (2 KiB at most) in
-///   one buffer, held until the send completes; nothing allocated. With the pool dry the
-///   attempt fails (`ENOBUFS`), as a connect without a socket would.
+/// - **Bounded.** At most 52 bytes of addresses, the TLVs passed through from the downstream
+///   header (`pass_through_tlvs` on both sides; an added TLV replaces the passed ones of its
+///   type, as in Envoy) and the cluster's own (2 KiB at most) in one buffer, held until the
+///   send completes; nothing allocated. With the pool dry the attempt fails (`ENOBUFS`), as
+///   a connect without a socket would; so does a header too long for one buffer
+///   (`EMSGSIZE`).
 impl Worker {
     /// Sends `slot`'s upstream PROXY header if its cluster has one; false when it has none
     /// (or the connection is no longer connecting).
@@ -169,14 +192,18 @@ impl Worker {
             self.connect_done(slot, -libc::ENOBUFS);
             return true;
         };
-        let written = proxy_protocol::write(
+        let passed = conn.passed_tlvs.as_deref().unwrap_or_default();
+        let written = proxy_protocol::write_passing(
             self.ring.buffer_mut(buf),
             header.version,
             addresses,
+            passed,
+            &header.pass_through_tlvs,
             &header.tlvs,
         );
         let Some(len) = written.and_then(|n| u16::try_from(n).ok()) else {
-            // Convert bounds the TLVs well below any buffer: not reached.
+            // Passed TLVs that fill the downstream header's room, with the added ones, do
+            // not fit one buffer: the attempt fails.
             self.ring.recycle(buf);
             self.connect_done(slot, -libc::EMSGSIZE);
             return true;

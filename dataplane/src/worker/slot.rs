@@ -85,6 +85,9 @@ pub(crate) struct Conn {
     pub tls_detected: bool,
     /// The seat its chain's per-source limit gave it (given back when the slot frees).
     pub source_seat: crate::source_limit::SourceSeat,
+    /// The downstream PROXY header's TLVs its listener passes through (encoded), allocated
+    /// only for a header that had some.
+    pub passed_tlvs: Option<Box<[u8]>>,
 }
 
 /// The state of the listener filters that read one connection's first bytes (the PROXY
@@ -269,6 +272,7 @@ impl Default for Conn {
             rbac_late: false,
             tls_detected: false,
             source_seat: crate::source_limit::SourceSeat::NONE,
+            passed_tlvs: None,
         }
     }
 }
@@ -316,9 +320,10 @@ impl Conn {
 }
 
 // A slot is touched on every completion of its connection, and the slab holds
-// `max_connections_per_worker` of them from the start (8,192 x 880 B = 7.2 MB a worker by
-// default): a change of size is a decision, not an accident. 8 B are the per-source
-// limit's seat. 24 B are RBAC's (the name of
+// `max_connections_per_worker` of them from the start (8,192 x 896 B = 7.3 MB a worker by
+// default): a change of size is a decision, not an accident. 16 B point to the downstream
+// PROXY header's TLVs passed through (allocated only when there are some). 8 B are the
+// per-source limit's seat. 24 B are RBAC's (the name of
 // the policy that denied the connection, shared with the FIB, and whether the decision
 // waits for the client's certificate, and the transport its inspector detected, which a
 // CONTINUOUS decision matches the next FIB's chains with). 32 B are the listener filters'
@@ -331,5 +336,5 @@ impl Conn {
 // while the client handshakes); 8 more count the bytes each direction holds for the
 // `*_tx_bytes_buffered` gauges; 16 point to each side's TLS state, allocated only for a
 // connection that speaks TLS.
-const _: () = assert!(std::mem::size_of::<Conn>() == 880);
+const _: () = assert!(std::mem::size_of::<Conn>() == 896);
 const _: () = assert!(std::mem::size_of::<Machine>() == 296);
