@@ -334,7 +334,6 @@ fn declared_sources_and_a_client_hello_after_the_header_pick_the_chain(mode: Rel
     assert_eq!(proxy.stat("proxy_proto.versions.v2.found"), 2);
 }
 
-
 /// Whether the proxy closed `s` (EOF or reset) within `WAIT` without relaying anything.
 fn closed(mut s: TcpStream) -> bool {
     s.set_read_timeout(Some(WAIT)).unwrap();

@@ -309,7 +309,6 @@ const INSPECTOR: &str = r#"    listener_filters:
         "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector
 "#;
 
-
 fn requested_server_name_is_decided_after_the_client_hello(mode: RelayMode) {
     let backend = Backend::echo();
     let port = free_port();
