@@ -20,6 +20,7 @@
 
 mod chain_match;
 pub mod chain_matcher;
+pub(crate) mod prefix_map;
 
 pub use chain_match::{
     ChainMatch, CidrRange, Detected, MAX_FILTER_CHAINS, TRANSPORT_RAW_BUFFER, TRANSPORT_TLS,
