@@ -28,31 +28,30 @@ fn index(n: u32) -> ChainIndex {
 }
 
 #[inline(never)]
-fn select_all(index: &ChainIndex, names: &[String], selects: u32) -> u32 {
+fn select_all(index: &ChainIndex, names: &[String], selects: u32) -> usize {
     let local = SocketAddr::from(([10, 0, 0, 1], 443));
     let remote = SocketAddr::from(([10, 0, 0, 2], 40000));
-    let mut matched = 0;
-    for k in 0..selects {
-        let sni = &names[(k.wrapping_mul(7919) as usize) % names.len()];
-        let detected = Detected {
-            server_name: sni.as_bytes(),
-            transport_protocol: TRANSPORT_TLS,
-            ..Detected::NOTHING
-        };
-        if std::hint::black_box(index.select(local, remote, &detected)).is_some() {
-            matched += 1;
-        }
-    }
-    matched
+    (0..selects)
+        .filter(|k| {
+            let sni = &names[(k.wrapping_mul(7919) as usize) % names.len()];
+            let detected = Detected {
+                server_name: sni.as_bytes(),
+                transport_protocol: TRANSPORT_TLS,
+                ..Detected::NOTHING
+            };
+            std::hint::black_box(index.select(local, remote, &detected)).is_some()
+        })
+        .count()
 }
 
 fn main() {
-    let args: Vec<u32> = std::env::args()
+    let mut args = std::env::args()
         .skip(1)
-        .map(|a| a.parse().expect("N SELECTS"))
-        .collect();
-    let (n, selects) = (args[0].max(1), args[1]);
-    let index = index(n);
+        .map(|a| a.parse::<u32>().expect("N SELECTS"));
+    let (n, selects) = (
+        args.next().unwrap_or(1).max(1),
+        args.next().unwrap_or(20_000),
+    );
     let names: Vec<String> = (0..n).map(name).collect();
-    println!("{}", select_all(&index, &names, selects));
+    println!("{}", select_all(&index(n), &names, selects));
 }

@@ -23,7 +23,7 @@ use super::MAX_FILTER_CHAINS;
 use super::{is_same_ip_or_loopback, ChainMatch, CidrRange, Detected, SourceType};
 use crate::fib::prefix_map::{normalized, PrefixMap};
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Position of a node in [`ChainIndex::nodes`].
 type NodeId = u32;
@@ -67,21 +67,6 @@ const LEVELS: [Level; 9] = [
     Level::SourcePort,
 ];
 
-/// One node's branches: the specific ones, and that of the chains that leave the
-/// criterion empty.
-#[derive(Debug)]
-struct Branches<M> {
-    specific: M,
-    fallback: Option<NodeId>,
-}
-
-impl<M> Branches<M> {
-    /// The specific branch found, else the fallback (never back to it once one is found).
-    fn or_fallback(&self, found: Option<NodeId>) -> Option<NodeId> {
-        found.or(self.fallback)
-    }
-}
-
 /// Server names: exact ones, and `*.` wildcards by their suffix (`.example.com`).
 #[derive(Debug, Default)]
 struct Names {
@@ -106,17 +91,25 @@ impl Names {
 
 #[derive(Debug)]
 enum Node {
-    DestinationPort(Branches<HashMap<u16, NodeId>>),
-    DestinationIp(Branches<PrefixMap<NodeId>>),
-    ServerName(Branches<Names>),
-    TransportProtocol(Branches<HashMap<Box<[u8]>, NodeId>>),
-    ApplicationProtocols(Branches<HashMap<Box<[u8]>, NodeId>>),
-    DirectSourceIp(Branches<PrefixMap<NodeId>>),
-    /// Specific branches: same IP or loopback, external.
-    SourceType(Branches<[Option<NodeId>; 2]>),
-    SourceIp(Branches<PrefixMap<NodeId>>),
-    SourcePort(Branches<HashMap<u16, NodeId>>),
+    /// A criterion: the specific branches, else that of the chains that leave it empty.
+    Level {
+        level: Level,
+        specific: Specific,
+        fallback: Option<NodeId>,
+    },
+    /// The chain a walk ends at.
     Chain(u32),
+}
+
+/// A level's specific branches, by the kind of value the criterion takes.
+#[derive(Debug)]
+enum Specific {
+    Ports(HashMap<u16, NodeId>),
+    Prefixes(PrefixMap<NodeId>),
+    Names(Names),
+    Texts(HashMap<Box<[u8]>, NodeId>),
+    /// Same IP or loopback, external.
+    SourceTypes([Option<NodeId>; 2]),
 }
 
 /// What a lookup reads of a connection.
@@ -126,33 +119,54 @@ struct Conn<'c, 'd> {
     detected: &'c Detected<'d>,
 }
 
-impl Node {
-    /// The node below this one for `c`; `None`: no chain (or a leaf, not asked).
-    fn next(&self, c: &Conn) -> Option<NodeId> {
+impl Conn<'_, '_> {
+    /// The port `level` reads (destination or source).
+    fn port(&self, level: Level) -> u16 {
+        match level {
+            Level::DestinationPort => self.local.port(),
+            _ => self.remote.port(),
+        }
+    }
+
+    /// The address `level` reads (destination, direct source or source).
+    fn ip(&self, level: Level) -> IpAddr {
+        match level {
+            Level::DestinationIp => self.local.ip(),
+            Level::DirectSourceIp => self.detected.direct_remote.unwrap_or(self.remote).ip(),
+            _ => self.remote.ip(),
+        }
+    }
+}
+
+impl Specific {
+    /// The branches of `level` filed under `keys`.
+    fn new(level: Level, keys: &[(Key, NodeId)]) -> Specific {
+        match level {
+            Level::DestinationPort | Level::SourcePort => Specific::Ports(ports(keys)),
+            Level::DestinationIp | Level::DirectSourceIp | Level::SourceIp => {
+                Specific::Prefixes(prefixes(keys))
+            }
+            Level::ServerName => Specific::Names(names(keys)),
+            Level::TransportProtocol | Level::ApplicationProtocols => Specific::Texts(texts(keys)),
+            Level::SourceType => Specific::SourceTypes(source_types(keys)),
+        }
+    }
+
+    /// The specific branch `c` takes at `level`, if any.
+    fn find(&self, level: Level, c: &Conn) -> Option<NodeId> {
         let d = c.detected;
         match self {
-            Node::DestinationPort(b) => b.or_fallback(b.specific.get(&c.local.port()).copied()),
-            Node::DestinationIp(b) => b.or_fallback(b.specific.longest(c.local.ip()).copied()),
-            Node::ServerName(b) => b.or_fallback(b.specific.find(d.server_name)),
-            Node::TransportProtocol(b) => {
-                let found = b.specific.get(d.transport_protocol.as_bytes());
-                b.or_fallback(found.copied())
+            Specific::Ports(m) => m.get(&c.port(level)).copied(),
+            Specific::Prefixes(m) => m.longest(c.ip(level)).copied(),
+            Specific::Names(names) => names.find(d.server_name),
+            Specific::Texts(m) if level == Level::ApplicationProtocols => {
+                d.application_protocols().find_map(|p| m.get(p)).copied()
             }
-            Node::ApplicationProtocols(b) => {
-                let found = d.application_protocols().find_map(|p| b.specific.get(p));
-                b.or_fallback(found.copied())
-            }
-            Node::DirectSourceIp(b) => {
-                let direct = d.direct_remote.unwrap_or(c.remote).ip();
-                b.or_fallback(b.specific.longest(direct).copied())
-            }
-            Node::SourceType(b) => {
+            Specific::Texts(m) => m.get(d.transport_protocol.as_bytes()).copied(),
+            Specific::SourceTypes(branches) => {
                 let local = is_same_ip_or_loopback(c.local.ip(), c.remote.ip());
-                b.or_fallback(b.specific[usize::from(!local)])
+                branches[usize::from(!local)]
             }
-            Node::SourceIp(b) => b.or_fallback(b.specific.longest(c.remote.ip()).copied()),
-            Node::SourcePort(b) => b.or_fallback(b.specific.get(&c.remote.port()).copied()),
-            Node::Chain(_) => None,
         }
     }
 }
@@ -198,7 +212,12 @@ impl ChainIndex {
         loop {
             match &self.nodes[at as usize] {
                 Node::Chain(i) => return Some(*i as usize),
-                node => at = node.next(&conn)?,
+                // The specific branch, else the fallback: never back to it once one is found.
+                Node::Level {
+                    level,
+                    specific,
+                    fallback,
+                } => at = specific.find(*level, &conn).or(*fallback)?,
             }
         }
     }
@@ -324,48 +343,6 @@ fn source_types(specific: &[(Key, NodeId)]) -> [Option<NodeId>; 2] {
     [of(SourceType::SameIpOrLoopback), of(SourceType::External)]
 }
 
-/// The node of `level` with these branches.
-fn node(level: Level, specific: &[(Key, NodeId)], fallback: Option<NodeId>) -> Node {
-    match level {
-        Level::DestinationPort => Node::DestinationPort(Branches {
-            specific: ports(specific),
-            fallback,
-        }),
-        Level::DestinationIp => Node::DestinationIp(Branches {
-            specific: prefixes(specific),
-            fallback,
-        }),
-        Level::ServerName => Node::ServerName(Branches {
-            specific: names(specific),
-            fallback,
-        }),
-        Level::TransportProtocol => Node::TransportProtocol(Branches {
-            specific: texts(specific),
-            fallback,
-        }),
-        Level::ApplicationProtocols => Node::ApplicationProtocols(Branches {
-            specific: texts(specific),
-            fallback,
-        }),
-        Level::DirectSourceIp => Node::DirectSourceIp(Branches {
-            specific: prefixes(specific),
-            fallback,
-        }),
-        Level::SourceType => Node::SourceType(Branches {
-            specific: source_types(specific),
-            fallback,
-        }),
-        Level::SourceIp => Node::SourceIp(Branches {
-            specific: prefixes(specific),
-            fallback,
-        }),
-        Level::SourcePort => Node::SourcePort(Branches {
-            specific: ports(specific),
-            fallback,
-        }),
-    }
-}
-
 /// Builds the tree depth first, each (depth, chains) subtree once.
 struct Builder<'a> {
     chains: &'a [&'a ChainMatch],
@@ -410,7 +387,11 @@ impl Builder<'_> {
             specific.push((key, self.build(depth + 1, chains)));
         }
         let fallback = (!rest.is_empty()).then(|| self.build(depth + 1, rest));
-        self.push(node(level, &specific, fallback))
+        self.push(Node::Level {
+            level,
+            specific: Specific::new(level, &specific),
+            fallback,
+        })
     }
 
     /// The first chain of `set`, which all meet the same criteria.
