@@ -40,9 +40,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use switchyard_dataplane::accesslog::AccessLogSink;
 use switchyard_dataplane::fib::{
-    ChainTls, Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain, HashTable,
-    Listener, LocalRateLimit, Mirror, NetworkRbac, ProxyProtocol, Route, SourceLimit, TcpProxy,
-    TlsInspector, UdpListener, UdpProxy, WeightedClusters,
+    ChainIndex, ChainTls, Cluster, ClusterId, ConnectionLimit, Endpoint, Fault, Fib, FilterChain,
+    HashTable, Listener, LocalRateLimit, Mirror, NetworkRbac, ProxyProtocol, Route, SourceLimit,
+    TcpProxy, TlsInspector, UdpListener, UdpProxy, WeightedClusters,
 };
 use switchyard_dataplane::health::{FAILED_ACTIVE_HC, PENDING_ACTIVE_HC};
 use switchyard_dataplane::host::HostState;
@@ -436,49 +436,53 @@ fn build(
         .flat_map(|(i, l)| l.addresses().map(move |a| (i, l, a)))
     {
         match &l.kind {
-            ListenerKind::Tcp(t) => listeners.push(Listener {
-                name: l.name.as_str().into(),
-                address,
-                filter_chains: t
+            ListenerKind::Tcp(t) => {
+                let filter_chains: Vec<FilterChain> = t
                     .filter_chains
                     .iter()
                     .map(|c| chain(l, c))
-                    .collect::<Result<_, _>>()?,
-                default_chain: t
-                    .default_filter_chain
-                    .as_ref()
-                    .map(|c| chain(l, c))
-                    .transpose()?,
-                chain_matcher: t.chain_matcher.clone(),
-                backlog: DEFAULT_BACKLOG,
-                stats: stats.listener(l.address),
-                use_original_dst: t.use_original_dst,
-                transparent: t.transparent,
-                reuse_port: t.reuse_port,
-                original_src: t.original_src,
-                buffer_limit_bytes: t.buffer_limit_bytes,
-                max_accepts_per_event: t.max_accepts_per_event,
-                access_logs: listener_logs[i].clone(),
-                ignore_global_conn_limit: t.ignore_global_conn_limit,
-                ssl_stats: t
-                    .chains()
-                    .any(|c| c.tls.is_some())
-                    .then(|| stats.listener_ssl(l.address)),
-                proxy_protocol: t.proxy_protocol.as_ref().map(|p| ProxyProtocol {
-                    acceptance: p.acceptance,
-                    declares_destination: p.declares_destination,
-                    trusted_sources: p.trusted_sources.as_deref().map(Box::from),
-                    pass_through_tlvs: p.pass_through_tlvs,
-                    stats: stats.proxy_proto(&p.stat_prefix),
-                }),
-                tls_inspector: t.tls_inspector.as_ref().map(|i| TlsInspector {
-                    max_client_hello_bytes: i.max_client_hello_bytes,
-                    close_on_parse_error: i.close_on_parse_error,
-                    initial_read_bytes: i.initial_read_bytes,
-                    stats: stats.tls_inspector(),
-                }),
-                filter_deadline: t.filter_deadline,
-            }),
+                    .collect::<Result<_, _>>()?;
+                listeners.push(Listener {
+                    name: l.name.as_str().into(),
+                    address,
+                    chain_index: ChainIndex::of(&filter_chains),
+                    filter_chains,
+                    default_chain: t
+                        .default_filter_chain
+                        .as_ref()
+                        .map(|c| chain(l, c))
+                        .transpose()?,
+                    chain_matcher: t.chain_matcher.clone(),
+                    backlog: DEFAULT_BACKLOG,
+                    stats: stats.listener(l.address),
+                    use_original_dst: t.use_original_dst,
+                    transparent: t.transparent,
+                    reuse_port: t.reuse_port,
+                    original_src: t.original_src,
+                    buffer_limit_bytes: t.buffer_limit_bytes,
+                    max_accepts_per_event: t.max_accepts_per_event,
+                    access_logs: listener_logs[i].clone(),
+                    ignore_global_conn_limit: t.ignore_global_conn_limit,
+                    ssl_stats: t
+                        .chains()
+                        .any(|c| c.tls.is_some())
+                        .then(|| stats.listener_ssl(l.address)),
+                    proxy_protocol: t.proxy_protocol.as_ref().map(|p| ProxyProtocol {
+                        acceptance: p.acceptance,
+                        declares_destination: p.declares_destination,
+                        trusted_sources: p.trusted_sources.as_deref().map(Box::from),
+                        pass_through_tlvs: p.pass_through_tlvs,
+                        stats: stats.proxy_proto(&p.stat_prefix),
+                    }),
+                    tls_inspector: t.tls_inspector.as_ref().map(|i| TlsInspector {
+                        max_client_hello_bytes: i.max_client_hello_bytes,
+                        close_on_parse_error: i.close_on_parse_error,
+                        initial_read_bytes: i.initial_read_bytes,
+                        stats: stats.tls_inspector(),
+                    }),
+                    filter_deadline: t.filter_deadline,
+                });
+            }
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),
                 address,

@@ -438,6 +438,7 @@ fn an_inspected_listener_relays_eight_tls_and_eight_plaintext_connections() {
             },
             ..support::fib::plain_chain("plain", "plain", 1, 1)
         });
+        listener.chain_index = ChainIndex::of(&listener.filter_chains);
         listener.filter_deadline.timeout_ms = Some(5_000);
         listener.tls_inspector = Some(TlsInspector {
             max_client_hello_bytes: 16 * 1024,

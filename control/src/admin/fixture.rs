@@ -75,6 +75,7 @@ pub(crate) fn fixture() -> Fixture {
             name: "gw".into(),
             address: listener_addr,
             filter_chains: Vec::new(),
+            chain_index: Default::default(),
             default_chain: None,
             chain_matcher: None,
             backlog: 1024,

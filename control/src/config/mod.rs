@@ -584,8 +584,8 @@ static_resources:
                 "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.on_demand",
             ),
             (
-                r#"{"static_resources": {"listeners": [{"filter_chains": [{"filter_chain_match": {"direct_source_prefix_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]}}]}]}}"#,
-                "static_resources.listeners[0].filter_chains[0].filter_chain_match.direct_source_prefix_ranges",
+                r#"{"static_resources": {"listeners": [{"filter_chains": [{"filter_chain_match": {"address_suffix": "0.0.0.1", "suffix_len": 8}}]}]}}"#,
+                "static_resources.listeners[0].filter_chains[0].filter_chain_match.address_suffix",
             ),
             (
                 // A cluster's TLS context on a chain: the walker knows where each one goes.

@@ -442,6 +442,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "server_names",
             "transport_protocol",
             "application_protocols",
+            "direct_source_prefix_ranges",
+            "source_type",
             "source_prefix_ranges",
             "source_ports",
         ],

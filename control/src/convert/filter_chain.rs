@@ -1,5 +1,5 @@
 //! A TCP listener's filter chain: its `filter_chain_match` (ports, CIDRs, server names,
-//! transport and application protocols) and its network
+//! transport and application protocols, source type) and its network
 //! filters, which must end with exactly one `tcp_proxy` (converted in `tcp_proxy`), each
 //! other kind (`rbac`, `connection_limit`, `local_ratelimit`, fault, mirror) at most once
 //! before it; and its
@@ -23,13 +23,14 @@ use crate::type_names::{
     CONNECTION_LIMIT, FAULT, LOCAL_RATELIMIT, MIRROR, RBAC, SOURCE_LIMIT, TCP_PROXY,
 };
 use envoy_types::pb::envoy::config::core::v3::CidrRange as PbCidr;
+use envoy_types::pb::envoy::config::listener::v3::filter_chain_match::ConnectionSourceType as PbSourceType;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, FilterChainMatch};
 use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit as PbConnectionLimit;
 use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as PbRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::google::protobuf::Any;
-use switchyard_dataplane::fib::{ChainMatch, CidrRange, Gate};
+use switchyard_dataplane::fib::{ChainMatch, CidrRange, Gate, SourceType};
 
 pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
     let matcher = match &fc.filter_chain_match {
@@ -53,8 +54,9 @@ pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainCo
     })
 }
 
-/// `filter_chain_match`: destination port, destination and source CIDRs, server names,
-/// transport and application protocols, source ports.
+/// `filter_chain_match`: destination port, destination and source CIDRs (the direct
+/// source's too), server names, transport and application protocols, source type, source
+/// ports.
 fn chain_match(m: &FilterChainMatch, mpath: &str) -> Result<ChainMatch> {
     let cidrs = |ranges: &[PbCidr], name: &str| -> Result<Vec<CidrRange>> {
         let p = field(mpath, name);
@@ -86,9 +88,27 @@ fn chain_match(m: &FilterChainMatch, mpath: &str) -> Result<ChainMatch> {
             .iter()
             .map(|p| p.as_str().into())
             .collect(),
+        direct_source_prefix_ranges: cidrs(
+            &m.direct_source_prefix_ranges,
+            "direct_source_prefix_ranges",
+        )?,
+        source_type: source_type(m.source_type, &field(mpath, "source_type"))?,
         source_prefix_ranges: cidrs(&m.source_prefix_ranges, "source_prefix_ranges")?,
         source_ports,
     })
+}
+
+/// `source_type` (`ConnectionSourceType`): ANY, SAME_IP_OR_LOOPBACK or EXTERNAL.
+fn source_type(value: i32, path: &str) -> Result<SourceType> {
+    match PbSourceType::try_from(value) {
+        Ok(PbSourceType::Any) => Ok(SourceType::Any),
+        Ok(PbSourceType::SameIpOrLoopback) => Ok(SourceType::SameIpOrLoopback),
+        Ok(PbSourceType::External) => Ok(SourceType::External),
+        Err(_) => Err(ConfigError::invalid(
+            path,
+            format!("unknown source type {value}"),
+        )),
+    }
 }
 
 /// `server_names`: exact names, or `*.` wildcards; a `*` anywhere else is refused, as

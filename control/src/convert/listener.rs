@@ -33,7 +33,7 @@ use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::Ori
 use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc as PbOriginalSrc;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector as PbTlsInspector;
 use std::net::SocketAddr;
-use switchyard_dataplane::fib::{ChainMatch, FilterDeadline, OriginalSrc, MAX_FILTER_CHAINS};
+use switchyard_dataplane::fib::{ChainIndex, FilterDeadline, OriginalSrc, MAX_FILTER_CHAINS};
 use switchyard_dataplane::tls::client_hello::DEFAULT_MAX_CLIENT_HELLO_BYTES;
 
 /// A listener: its address's protocol decides whether it is a TCP listener (filter chains)
@@ -255,23 +255,29 @@ fn filter_chains(l: &Listener, chains_path: &str) -> Result<Vec<FilterChainConfi
         if l.filter_chain_matcher.is_some() {
             // The matcher picks chains by name; their own matches play no part.
             by_name(fc, &filter_chains, &chain_path)?;
-            filter_chains.push(chain);
-            continue;
-        }
-        if let Some(j) = filter_chains
-            .iter()
-            .position(|o| same_rules(&o.matcher, &chain.matcher))
-        {
-            return Err(ConfigError::invalid(
-                field(&chain_path, "filter_chain_match"),
-                format!(
-                    "multiple filter chains with the same matching rules are defined (same as filter_chains[{j}])"
-                ),
-            ));
         }
         filter_chains.push(chain);
     }
+    if l.filter_chain_matcher.is_none() {
+        no_duplicate_rules(&filter_chains, chains_path)?;
+    }
     Ok(filter_chains)
+}
+
+/// Envoy's duplicate check: two chains conflict when some connection would reach the same
+/// leaf of the match tree through both, i.e. every criterion has a value in common (or is
+/// empty in both). Found by building the match index (linear in the chains' criteria).
+fn no_duplicate_rules(chains: &[FilterChainConfig], chains_path: &str) -> Result<()> {
+    let chain_index = ChainIndex::build(chains.iter().map(|c| &c.matcher));
+    match chain_index.first_duplicate() {
+        None => Ok(()),
+        Some((later, earlier)) => Err(ConfigError::invalid(
+            field(&index(chains_path, later), "filter_chain_match"),
+            format!(
+                "multiple filter chains with the same matching rules are defined (same as filter_chains[{earlier}])"
+            ),
+        )),
+    }
 }
 
 /// A chain of a listener with a `filter_chain_matcher` (Envoy's rules): named, the name
@@ -393,22 +399,6 @@ fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFi
         ));
     }
     Ok(out)
-}
-
-/// Envoy's duplicate check: two chains conflict when some connection would reach the same
-/// leaf of the match tree through both, i.e. every criterion has a value in common (or is
-/// empty in both).
-fn same_rules(a: &ChainMatch, b: &ChainMatch) -> bool {
-    fn overlap<T: PartialEq>(x: &[T], y: &[T]) -> bool {
-        (x.is_empty() && y.is_empty()) || x.iter().any(|e| y.contains(e))
-    }
-    a.destination_port == b.destination_port
-        && overlap(&a.prefix_ranges, &b.prefix_ranges)
-        && overlap(&a.server_names, &b.server_names)
-        && a.transport_protocol == b.transport_protocol
-        && overlap(&a.application_protocols, &b.application_protocols)
-        && overlap(&a.source_prefix_ranges, &b.source_prefix_ranges)
-        && overlap(&a.source_ports, &b.source_ports)
 }
 
 /// The listener's `access_log`, each as a tcp_proxy's.

@@ -25,7 +25,8 @@
 //! ([`Detected`]); without one there is no server name, the transport is `raw_buffer` and no
 //! protocol is offered.
 
-use super::chain_match::Detected;
+use super::chain_match::{is_same_ip_or_loopback, Detected};
+use super::prefix_map::canonical;
 use super::CidrRange;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -380,18 +381,8 @@ impl std::fmt::Write for Text<'_> {
     }
 }
 
-/// An address as Envoy sees it: an IPv4-mapped IPv6 address (a dual-stack socket's IPv4
-/// peer) is the IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 fn is_local(c: Conn<'_>) -> bool {
-    let remote = canonical(c.remote.ip());
-    remote.is_loopback() || remote == canonical(c.local.ip())
+    is_same_ip_or_loopback(c.local.ip(), c.remote.ip())
 }
 
 fn ip_value(input: Input, c: Conn<'_>) -> Option<IpAddr> {

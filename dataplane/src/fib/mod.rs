@@ -20,9 +20,11 @@
 
 mod chain_match;
 pub mod chain_matcher;
+pub(crate) mod prefix_map;
 
 pub use chain_match::{
-    ChainMatch, CidrRange, Detected, MAX_FILTER_CHAINS, TRANSPORT_RAW_BUFFER, TRANSPORT_TLS,
+    ChainIndex, ChainMatch, CidrRange, Detected, SourceType, MAX_FILTER_CHAINS,
+    TRANSPORT_RAW_BUFFER, TRANSPORT_TLS,
 };
 pub use chain_matcher::ChainMatcher;
 
@@ -112,6 +114,9 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Filter chains in config order; [`Listener::match_chain`] picks one.
     pub filter_chains: Vec<FilterChain>,
+    /// The chains' `matcher`s compiled ([`ChainIndex::of`]); rebuilt whenever
+    /// `filter_chains` change.
+    pub chain_index: ChainIndex,
     /// Used when no chain matches (Envoy `default_filter_chain`).
     pub default_chain: Option<FilterChain>,
     /// Envoy's `filter_chain_matcher`: when set, it picks the chain (the chains' own
@@ -315,9 +320,12 @@ impl Listener {
                 }
             };
         }
-        let chains = &self.filter_chains;
-        let matcher = |i: usize| &chains[i].matcher;
-        match chain_match::select(chains.len(), matcher, local, remote, detected) {
+        debug_assert_eq!(
+            self.chain_index.chains(),
+            self.filter_chains.len(),
+            "the chain index was built from other chains"
+        );
+        match self.chain_index.select(local, remote, detected) {
             Some(i) => Some(i as u32),
             None => self.default_chain.as_ref().map(|_| DEFAULT_CHAIN),
         }
@@ -336,18 +344,16 @@ impl Listener {
     }
 
     /// True when matching needs the connection's real local address (a wildcard listener
-    /// with chains, or a chain matcher, that match on destination address).
+    /// with chains, or a chain matcher, that match on destination address or source type).
     pub fn needs_local_address(&self) -> bool {
         use chain_matcher::Input;
         let matcher_reads = |i| self.chain_matcher.as_ref().is_some_and(|m| m.reads(i));
         self.use_original_dst
             || self.transparent
             || self.address.ip().is_unspecified()
-                && (self
-                    .filter_chains
-                    .iter()
-                    .any(|c| !c.matcher.prefix_ranges.is_empty())
-                    || matcher_reads(Input::DestinationIp)
+                && (self.filter_chains.iter().any(|c| {
+                    !c.matcher.prefix_ranges.is_empty() || c.matcher.source_type != SourceType::Any
+                }) || matcher_reads(Input::DestinationIp)
                     || matcher_reads(Input::SourceType)
                     || self.has_rbac())
     }
@@ -391,9 +397,7 @@ impl Listener {
                 .iter()
                 .chain(self.default_chain.iter())
                 .any(|c| c.tcp_proxy.hash_source_ip)
-            || self.filter_chains.iter().any(|c| {
-                !c.matcher.source_prefix_ranges.is_empty() || !c.matcher.source_ports.is_empty()
-            })
+            || self.filter_chains.iter().any(|c| c.matcher.reads_source())
             || self.chain_matcher.as_ref().is_some_and(|m| {
                 use chain_matcher::Input;
                 [
@@ -405,6 +409,13 @@ impl Listener {
                 .into_iter()
                 .any(|i| m.reads(i))
             })
+    }
+}
+
+impl ChainIndex {
+    /// The index of `chains`' matchers, for [`Listener::chain_index`].
+    pub fn of(chains: &[FilterChain]) -> ChainIndex {
+        ChainIndex::build(chains.iter().map(|c| &c.matcher))
     }
 }
 

@@ -22,6 +22,7 @@
 
 use super::{Permission, Policy, Principal};
 use crate::fib::chain_matcher::StringMatchKind;
+use crate::fib::prefix_map::PrefixMap;
 use crate::fib::CidrRange;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -133,86 +134,10 @@ fn policy_key(p: &Policy) -> Option<Key> {
 }
 
 /// Policies by CIDR: one map per prefix length, of the masked address.
-#[derive(Debug, Default)]
-struct CidrIndex {
-    v4: Vec<(u8, HashMap<u32, Ids>)>,
-    v6: Vec<(u8, HashMap<u128, Ids>)>,
-}
+type CidrIndex = PrefixMap<Ids>;
 
-fn mask4(ip: u32, len: u8) -> u32 {
-    match len {
-        0 => 0,
-        l => ip & (u32::MAX << (32 - u32::from(l.min(32)))),
-    }
-}
-
-fn mask6(ip: u128, len: u8) -> u128 {
-    match len {
-        0 => 0,
-        l => ip & (u128::MAX << (128 - u32::from(l.min(128)))),
-    }
-}
-
-impl CidrIndex {
-    fn build(entries: Vec<(CidrRange, u32)>) -> CidrIndex {
-        let mut v4: HashMap<u8, HashMap<u32, Vec<u32>>> = HashMap::new();
-        let mut v6: HashMap<u8, HashMap<u128, Vec<u32>>> = HashMap::new();
-        for (range, id) in entries {
-            match range.address {
-                IpAddr::V4(a) => {
-                    let len = range.prefix_len.min(32);
-                    let key = mask4(u32::from(a), len);
-                    v4.entry(len).or_default().entry(key).or_default().push(id);
-                }
-                IpAddr::V6(a) => {
-                    let len = range.prefix_len.min(128);
-                    let key = mask6(u128::from(a), len);
-                    v6.entry(len).or_default().entry(key).or_default().push(id);
-                }
-            }
-        }
-        CidrIndex {
-            v4: freeze(v4),
-            v6: freeze(v6),
-        }
-    }
-
-    /// Calls `f` with the policies filed under each range that holds `ip` (IPv4-mapped IPv6
-    /// addresses as IPv4, as [`CidrRange::contains`] reads them).
-    fn each_holding(&self, ip: IpAddr, f: &mut impl FnMut(&[u32])) {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match ip {
-            IpAddr::V4(a) => {
-                for (len, map) in &self.v4 {
-                    if let Some(ids) = map.get(&mask4(u32::from(a), *len)) {
-                        f(ids);
-                    }
-                }
-            }
-            IpAddr::V6(a) => {
-                for (len, map) in &self.v6 {
-                    if let Some(ids) = map.get(&mask6(u128::from(a), *len)) {
-                        f(ids);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Sorted, deduplicated, frozen lists.
-fn freeze<K: std::hash::Hash + Eq>(
-    by_len: HashMap<u8, HashMap<K, Vec<u32>>>,
-) -> Vec<(u8, HashMap<K, Ids>)> {
-    let mut out: Vec<_> = by_len
-        .into_iter()
-        .map(|(len, map)| (len, map.into_iter().map(|(k, v)| (k, ids(v))).collect()))
-        .collect();
-    out.sort_by_key(|(len, _)| *len);
-    out
+fn cidr_index(entries: Vec<(CidrRange, u32)>) -> CidrIndex {
+    PrefixMap::grouped(entries).map_values(ids)
 }
 
 fn ids(mut v: Vec<u32>) -> Ids {
@@ -271,9 +196,9 @@ impl Index {
         }
         Index {
             always: ids(always),
-            remote: CidrIndex::build(remote),
-            direct_remote: CidrIndex::build(direct),
-            destination: CidrIndex::build(destination),
+            remote: cidr_index(remote),
+            direct_remote: cidr_index(direct),
+            destination: cidr_index(destination),
             ports: ports.into_iter().map(|(k, v)| (k, ids(v))).collect(),
             server_names: names.into_iter().map(|(k, v)| (k, ids(v))).collect(),
             any_server_name: ids(any_name),
@@ -286,9 +211,10 @@ impl Index {
         if !self.always.is_empty() {
             f(&self.always);
         }
-        self.remote.each_holding(c.remote, &mut f);
-        self.direct_remote.each_holding(c.direct_remote, &mut f);
-        self.destination.each_holding(c.local, &mut f);
+        self.remote.each_holding(c.remote, |ids| f(ids));
+        self.direct_remote
+            .each_holding(c.direct_remote, |ids| f(ids));
+        self.destination.each_holding(c.local, |ids| f(ids));
         if let Some(ids) = self.ports.get(&c.port) {
             f(ids);
         }

@@ -76,6 +76,7 @@ pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
         listeners: vec![Listener {
             name: "gw".into(),
             address: listen,
+            chain_index: ChainIndex::build([&chain.matcher]),
             filter_chains: vec![chain],
             default_chain: None,
             chain_matcher: None,
