@@ -62,6 +62,14 @@ Scenarios (full run; --quick runs a subset, once, shorter):
                      `remote_ip` policy each, loopback's named last; HAProxy: `tcp-request
                      connection reject unless { src -f list }`; nginx: `allow` lines then `deny
                      all`). Direct: the echo without a list (the limit). The floor: n/a.
+  S11 sni routing    cps 8 concurrent of TLS clients (`--tls --tls-sni backend.example.com`,
+                     full handshakes) through a listener that routes by the ClientHello's SNI
+                     among 10,000 names, without terminating TLS, to the TLS echo (S8's ECDSA
+                     `serve --tls-cert`; the other 9,999 names lead elsewhere). Switchyard and
+                     Envoy: a tls_inspector and 10,000 filter chains, one server name each, the
+                     client's last; HAProxy: `req.ssl_sni` through a map of 10,000 names;
+                     nginx: `ssl_preread` and a map of 10,000 names. Direct: the TLS echo. The
+                     floor: n/a.
 
 Hygiene: contenders interleaved (order rotated each repetition); before each cell (one
 contender x placement x repetition) the machine must be idle (/proc/stat idle > 90% over 1 s,
@@ -116,14 +124,18 @@ PROXIES = CONTENDERS[1:]
 # The floor (`switchyard-bench forward`: a blocking thread per direction) is a reference for
 # what any user-space hop costs, not a proxy: it spawns threads per connection, so the
 # connect-heavy (S4) and idle-memory (S5) scenarios would measure that, not a floor.
-FLOOR_SKIPS = ("S4", "S5", "S6", "S7", "S8", "S9", "S10")
+FLOOR_SKIPS = ("S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11")
 # S7 (UDP): who cannot take part, and why (recorded in each cell and shown as n/a).
 UDP_NA = {"floor": "switchyard-bench forward relays TCP only",
           "haproxy": "HAProxy has no UDP proxying"}
 UDP_CONFIGS = {"switchyard": "switchyard-udp.yaml", "nginx": "nginx-udp.conf",
                "envoy": "envoy-udp.yaml"}
 SCENARIOS = {"S1": "bulk", "S2": "latency", "S3": "rr", "S4": "cps", "S5": "idle",
-             "S6": "routing", "S7": "udp", "S8": "tls", "S9": "proxy", "S10": "rbac"}
+             "S6": "routing", "S7": "udp", "S8": "tls", "S9": "proxy", "S10": "rbac",
+             "S11": "sni"}
+# S11: the server names routed by SNI; the client's (a name of tests/certs/server.pem) last.
+SNI_NAMES = 10000
+SNI_CLIENT_NAME = "backend.example.com"
 # S10: the allow lists' sizes, each with a listener of its own in every peer config.
 RBAC_SIZES = (1, 100, 10000)
 # S8 (TLS termination): each proxy's TLS peer config, who cannot take part, the certificates
@@ -399,6 +411,7 @@ class Env:
                                     UDP_PORT=base + 5, TLS_EC_BULK_PORT=base + 6,
                                     TLS_EC_RR_PORT=base + 7, TLS_RSA_BULK_PORT=base + 8,
                                     TLS_RSA_RR_PORT=base + 9, PROXY_PORT=base + 10,
+                                    SNI_PORT=base + 14,
                                     **{f"RBAC_{n}_PORT": base + 11 + i
                                        for i, n in enumerate(RBAC_SIZES)})
         # S8 direct: `serve --tls-*` (sink, echo) per certificate.
@@ -486,6 +499,35 @@ class Env:
             out[f"RBAC_NGINX_{size}"] = ngx
         return out
 
+    def sni_target(self, contender):
+        """S11: the listener routing by SNI; direct: the TLS echo."""
+        if contender == "direct":
+            return f"127.0.0.1:{self.tls_direct['ECDSA'][1]}"
+        return f"127.0.0.1:{self.ports[contender]['SNI_PORT']}"
+
+    def sni_routes(self, tmp):
+        """S11's routes: for Envoy and Switchyard, 10,000 filter chains (YAML, indented as
+        `filter_chains` items), one server name each, the decoys to `echo`, the client's name
+        (last) to `echo_tls`; HAProxy's and nginx's maps of the same names."""
+        names = [f"svc-{i:05}.example.com" for i in range(SNI_NAMES - 1)] + [SNI_CLIENT_NAME]
+        route = lambda n: "echo_tls" if n == SNI_CLIENT_NAME else "echo"
+        tcp = ('"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.'
+               'TcpProxy')
+        chains = "".join(
+            f"    - filter_chain_match: {{ server_names: [\"{n}\"] }}\n"
+            f"      filters:\n"
+            f"      - name: envoy.filters.network.tcp_proxy\n"
+            f"        typed_config: {{ {tcp}, stat_prefix: sni, cluster: {route(n)} }}\n"
+            for n in names)
+        hap = os.path.join(tmp, "sni.map")
+        with open(hap, "w") as f:
+            f.write("".join(f"{n} {route(n)}\n" for n in names))
+        ngx = os.path.join(tmp, "sni.nginx")
+        with open(ngx, "w") as f:
+            f.write("".join(f"{n} {route(n)};\n" for n in names))
+        return {"SNI_CHAINS": chains.rstrip("\n"), "SNI_MAP": hap, "SNI_NGINX_MAP": ngx,
+                "ECHO_TLS_PORT": self.tls_direct["ECDSA"][1]}
+
     def route_target(self, contender, route):
         """S6: the listener that splits (`weighted`) or hashes (`hash`); direct: the echo."""
         if contender == "direct":
@@ -503,6 +545,7 @@ class Env:
         os.makedirs(vals["TMP"], exist_ok=True)
         vals.update(self.tls_files(name))
         vals.update(self.rbac_lists(vals["TMP"]))
+        vals.update(self.sni_routes(vals["TMP"]))
         for k, v in vals.items():
             text = text.replace("{{" + k + "}}", str(v))
         if re.search(r"\{\{[A-Z_]+\}\}", text):
@@ -704,6 +747,8 @@ def measure_once(ctx, cell, spec, proxy):
     if spec["mode"] == "udp":
         target = ctx.env.udp_target(cell["contender"])
     extra = spec["extra"]
+    if spec["scenario"] == "S11":
+        target = ctx.env.sni_target(cell["contender"])
     if spec["scenario"] == "S10":
         target = ctx.env.rbac_target(cell["contender"], spec["rbac_size"])
     if spec["scenario"] == "S9":
@@ -876,6 +921,10 @@ def specs_for(cfg, rates, scenarios):
                         rbac_size=size,
                         extra=["--concurrency", 8, "--msg", 64, "--duration", c],
                         timeout=c + 60))
+    out.append(dict(id="S11 SNI 10000 names cps 8 concurrent", scenario="S11", mode="cps",
+                    extra=["--concurrency", 8, "--msg", 64, "--duration", c, "--tls",
+                           "--tls-ca", TLS_CA, "--tls-sni", SNI_CLIENT_NAME],
+                    timeout=c + 60))
     return [x for x in out if x["scenario"] in scenarios]
 
 
@@ -1171,6 +1220,11 @@ ROWS = [  # (measurement id prefix, metric, label, unit, higher_is_better)
      "S10 allow list of {} entries, cps 8 concurrent (conn/s)", "k", True),
     ("S10 RBAC {} cps 8 concurrent", "conn_per_cpu_s",
      "S10 allow list of {} entries, cps 8 concurrent (conn per proxy CPU-s)", "k", True),
+    ("S11 SNI {} names cps 8 concurrent", "cps",
+     "S11 SNI routing among {} names, TLS cps 8 concurrent (conn/s)", "k", True),
+    ("S11 SNI {} names cps 8 concurrent", "conn_per_cpu_s",
+     "S11 SNI routing among {} names, TLS cps 8 concurrent (conn per proxy CPU-s)", "k",
+     True),
 ]
 
 
@@ -1632,7 +1686,7 @@ def main():
                 extra = procs.start(["taskset", "-c", LOAD_CPU, BENCH, "serve",
                                      "--echo", f"127.0.0.1:{port}"])
                 wait_until(lambda: port_listening(port), extra, "switchyard-bench serve (S6)")
-        if "S8" in scenarios:
+        if "S8" in scenarios or "S11" in scenarios:
             for cert, (sink, echo) in ctx.env.tls_direct.items():
                 leaf = TLS_CERTS[cert][1]
                 tls_backend = procs.start(
