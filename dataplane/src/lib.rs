@@ -15,6 +15,7 @@ pub mod fib;
 pub mod global_limit;
 pub mod handoff;
 pub mod hash_lb;
+pub mod hbone;
 pub mod health;
 pub mod host;
 pub mod lb;
