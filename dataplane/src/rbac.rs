@@ -98,6 +98,8 @@ pub struct Rbac {
     /// replaced by `_`, as Envoy does), shared with the access log.
     log_names: Box<[Arc<str>]>,
     index: index::Index,
+    /// The late inputs the policies read, found once when they are compiled.
+    reads: Reads,
 }
 
 impl PartialEq for Rbac {
@@ -267,11 +269,17 @@ impl Rbac {
             .map(|p| Arc::from(p.name.replace(char::is_whitespace, "_")))
             .collect();
         let index = index::Index::build(&policies);
+        let mut reads = Reads::default();
+        for p in &policies {
+            p.permissions.iter().for_each(|x| x.reads(&mut reads));
+            p.principals.iter().for_each(|x| x.reads(&mut reads));
+        }
         Rbac {
             action,
             policies,
             log_names,
             index,
+            reads,
         }
     }
 
@@ -362,12 +370,7 @@ impl Rbac {
     /// Whether the decision reads the server name or the peer's identity (so that a
     /// connection waits for them only where a policy could).
     pub fn reads(&self) -> Reads {
-        let mut r = Reads::default();
-        for p in &self.policies {
-            p.permissions.iter().for_each(|x| x.reads(&mut r));
-            p.principals.iter().for_each(|x| x.reads(&mut r));
-        }
-        r
+        self.reads
     }
 }
 
