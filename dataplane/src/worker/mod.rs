@@ -271,18 +271,12 @@ fn source_limit_passes(
         }
         Err(why) => {
             limit.stats.refused(why);
-            chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
-            chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxActive);
-            decision.outcome = Outcome::Refuse {
-                flags: 0,
-                reset: false,
-                details: match why {
-                    crate::source_limit::Refusal::Rate => "source_rate_limited",
-                    crate::source_limit::Refusal::Concurrency => "source_concurrency_limited",
-                    crate::source_limit::Refusal::TableFull => "source_table_full",
-                },
+            let details = match why {
+                crate::source_limit::Refusal::Rate => "source_rate_limited",
+                crate::source_limit::Refusal::Concurrency => "source_concurrency_limited",
+                crate::source_limit::Refusal::TableFull => "source_table_full",
             };
-            false
+            refuse_at_gate(id, chain, decision, refused_with(details))
         }
     }
 }
@@ -298,18 +292,37 @@ fn release_source_seat(chain: &crate::fib::FilterChain, decision: &mut Decision)
     }
 }
 
-/// A connection a limit refused: closed after `delay_ms`; the tcp_proxy counts and logs it,
-/// as Envoy's does. False: the connection does not pass.
+/// A connection a limit refused: closed after `delay_ms`. False: it does not pass.
 fn refuse_limited(
     id: usize,
     chain: &crate::fib::FilterChain,
     decision: &mut Decision,
     delay_ms: u64,
 ) -> bool {
+    refuse_at_gate(id, chain, decision, Outcome::Limited { delay_ms })
+}
+
+/// A connection one of its chain's gates (RBAC, a limit) refused, closed as `outcome` says:
+/// by then Envoy's tcp_proxy has taken it, so it counts and logs it. False: it does not pass.
+fn refuse_at_gate(
+    id: usize,
+    chain: &crate::fib::FilterChain,
+    decision: &mut Decision,
+    outcome: Outcome,
+) -> bool {
     chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxTotal);
     chain.tcp_proxy.stats.inc(id, TcpStat::DownstreamCxActive);
-    decision.outcome = Outcome::Limited { delay_ms };
+    decision.outcome = outcome;
     false
+}
+
+/// A clean close with no flag and these termination details.
+fn refused_with(details: &'static str) -> Outcome {
+    Outcome::Refuse {
+        flags: 0,
+        reset: false,
+        details,
+    }
 }
 
 /// No filter chain or no route: closed cleanly, `NR`.

@@ -26,11 +26,11 @@
 //! connection; at a publication, one decision per open connection under CONTINUOUS
 //! enforcement.
 
-use super::{slot, Decision, Outcome, Worker};
+use super::{slot, Decision, Worker};
 use crate::fib::{Detected, FilterChain, NetworkRbac};
 use crate::rbac::{self, Inputs, Known, PeerIdentity};
 use crate::relay::Side;
-use crate::stats::{RbacStat, TcpStat};
+use crate::stats::RbacStat;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -100,22 +100,13 @@ pub(super) fn at_accept(
             true
         }
         Judged::Denied(name) => {
-            // Envoy's tcp_proxy has taken the connection by then: it counts and logs it.
-            chain
-                .tcp_proxy
-                .stats
-                .inc(worker, TcpStat::DownstreamCxTotal);
-            chain
-                .tcp_proxy
-                .stats
-                .inc(worker, TcpStat::DownstreamCxActive);
             decision.denied_by = Some(name);
-            decision.outcome = Outcome::Refuse {
-                flags: 0,
-                reset: false,
-                details: rbac::DENIED_DETAILS,
-            };
-            false
+            super::refuse_at_gate(
+                worker,
+                chain,
+                decision,
+                super::refused_with(rbac::DENIED_DETAILS),
+            )
         }
     }
 }
