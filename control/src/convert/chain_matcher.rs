@@ -17,12 +17,11 @@
 //! an `and`/`or`, required fields) are checked here, by path.
 
 use super::address::cidr;
-use super::string_matcher::{string_matcher, string_matcher_parts};
+use super::string_matcher::{plain_string_matcher, string_matcher_parts};
 use super::{decode_any, type_name, Result};
 use crate::error::ConfigError;
 use crate::ext::ip_matcher::IpMatcher;
 use crate::path::{field, index};
-use crate::stats_config::NameMatch;
 use crate::type_names::{
     APPLICATION_PROTOCOL_INPUT, DESTINATION_IP_INPUT, DESTINATION_PORT_INPUT,
     DIRECT_SOURCE_IP_INPUT, IP_MATCHER, SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_PORT_INPUT,
@@ -343,11 +342,5 @@ fn predicate(p: &Predicate, path: &str) -> Result<fib::Predicate> {
 /// `ignore_case` (`convert::string_matcher`); `safe_regex` is refused here.
 fn string_match(m: &StringMatcher, path: &str) -> Result<fib::StringMatch> {
     let parts = string_matcher_parts!(&m.match_pattern, MatchPattern);
-    match string_matcher(parts, m.ignore_case, path)? {
-        NameMatch::Plain(p) => Ok(p),
-        NameMatch::Regex(_) => Err(ConfigError::unsupported(
-            field(path, "safe_regex"),
-            "not supported by Switchyard",
-        )),
-    }
+    plain_string_matcher(parts, m.ignore_case, path)
 }

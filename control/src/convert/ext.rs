@@ -240,14 +240,10 @@ fn source_rate(
             "must be greater than 0",
         ));
     }
-    let ipath = field(path, "fill_interval");
-    let Some(interval) = &b.fill_interval else {
-        return Err(ConfigError::invalid(ipath, "required"));
-    };
-    let interval = duration(interval, &ipath)?;
-    if interval < std::time::Duration::from_millis(50) {
-        return Err(ConfigError::invalid(ipath, "must be at least 50ms"));
-    }
+    let interval = super::filter_chain::fill_interval(
+        b.fill_interval.as_ref(),
+        &field(path, "fill_interval"),
+    )?;
     Ok(switchyard_dataplane::source_limit::SourceRate {
         max_tokens: b.max_tokens,
         tokens_per_fill,

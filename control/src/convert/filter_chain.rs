@@ -260,6 +260,25 @@ fn filter_kind(type_name: &str) -> &'static str {
 /// The shortest `fill_interval` Envoy's network rate limit takes.
 const MIN_FILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// A token bucket's `fill_interval` at `path`: required, at least 50 ms (Envoy's bound for
+/// its network rate limit, which Switchyard's per-source buckets keep too).
+pub(super) fn fill_interval(
+    interval: Option<&envoy_types::pb::google::protobuf::Duration>,
+    path: &str,
+) -> Result<std::time::Duration> {
+    let Some(interval) = interval else {
+        return Err(ConfigError::invalid(path, "required"));
+    };
+    let fill_interval = duration(interval, path)?;
+    if fill_interval < MIN_FILL_INTERVAL {
+        return Err(ConfigError::invalid(
+            path,
+            "must be at least 50ms (Envoy: local rate limit token bucket fill timer must be >= 50ms)",
+        ));
+    }
+    Ok(fill_interval)
+}
+
 /// `envoy.filters.network.local_ratelimit`: Envoy's validation (a non-empty `stat_prefix`,
 /// a `token_bucket` with `tokens_per_fill` above 0 and a `fill_interval` of at least 50 ms;
 /// `max_tokens: 0` is taken, as Envoy takes it: a bucket that never holds a token).
@@ -284,17 +303,10 @@ fn local_rate_limit_config(l: &PbLocalRateLimit, path: &str) -> Result<LocalRate
             ))
         }
     };
-    let ipath = field(&bpath, "fill_interval");
-    let Some(interval) = &bucket.fill_interval else {
-        return Err(ConfigError::invalid(ipath, "required"));
-    };
-    let fill_interval = duration(interval, &ipath)?;
-    if fill_interval < MIN_FILL_INTERVAL {
-        return Err(ConfigError::invalid(
-            ipath,
-            "must be at least 50ms (Envoy: local rate limit token bucket fill timer must be >= 50ms)",
-        ));
-    }
+    let fill_interval = fill_interval(
+        bucket.fill_interval.as_ref(),
+        &field(&bpath, "fill_interval"),
+    )?;
     Ok(LocalRateLimitConfig {
         stat_prefix: l.stat_prefix.clone(),
         max_tokens: bucket.max_tokens,

@@ -13,12 +13,11 @@
 //! and principals, `safe_regex` server names.
 
 use super::address::cidr;
-use super::string_matcher::{string_matcher, string_matcher_parts};
+use super::string_matcher::{plain_string_matcher, string_matcher_parts};
 use super::Result;
 use crate::error::ConfigError;
 use crate::path::{field, index};
 use crate::rib::RbacConfig;
-use crate::stats_config::NameMatch;
 use envoy_types::pb::envoy::config::rbac::v3::{
     permission::Rule, principal::Identifier, Permission as PbPermission, Policy as PbPolicy,
     Principal as PbPrincipal, Rbac as PbRules,
@@ -267,11 +266,5 @@ fn principal(p: &PbPrincipal, path: &str) -> Result<Principal> {
 /// A `StringMatcher` (checked as everywhere else); `safe_regex` is refused.
 fn string_match(m: &StringMatcher, path: &str) -> Result<StringMatch> {
     let parts = string_matcher_parts!(&m.match_pattern, MatchPattern);
-    match string_matcher(parts, m.ignore_case, path)? {
-        NameMatch::Plain(p) => Ok(p),
-        NameMatch::Regex(_) => Err(ConfigError::unsupported(
-            field(path, "safe_regex"),
-            "not supported by Switchyard's RBAC",
-        )),
-    }
+    plain_string_matcher(parts, m.ignore_case, path)
 }

@@ -76,6 +76,22 @@ pub(super) fn string_matcher(parts: Parts<'_>, ignore_case: bool, path: &str) ->
     }))
 }
 
+/// The matcher at `path` where only plain patterns are taken: `safe_regex` is refused by
+/// path.
+pub(super) fn plain_string_matcher(
+    parts: Parts<'_>,
+    ignore_case: bool,
+    path: &str,
+) -> Result<StringMatch> {
+    match string_matcher(parts, ignore_case, path)? {
+        NameMatch::Plain(p) => Ok(p),
+        NameMatch::Regex(_) => Err(ConfigError::unsupported(
+            field(path, "safe_regex"),
+            "not supported by Switchyard",
+        )),
+    }
+}
+
 fn safe_regex(re: &str, ignore_case: bool, path: &str) -> Result<Pattern> {
     if ignore_case {
         return Err(ConfigError::invalid(
