@@ -378,6 +378,7 @@ fn build(
             None => None,
         };
         Ok(FilterChain {
+            hbone: None,
             name: c.name.as_str().into(),
             matcher: c.matcher.clone(),
             connection_limit: c.connection_limit.as_ref().map(|l| ConnectionLimit {
@@ -591,6 +592,8 @@ fn cluster(
         Arc::new(host)
     };
     let mut cluster = Cluster {
+        http2: None,
+        original_dst_authority: false,
         name: c.name.as_str().into(),
         observability_name: c.observability_name().into(),
         connect_timeout_ms: millis(c.connect_timeout),
@@ -647,6 +650,7 @@ fn tcp_proxy(
         max_connect_attempts: t.max_connect_attempts.max(1),
         access_logs: t.access_logs.iter().map(|a| sinks.get(a)).collect(),
         hash_source_ip: t.hash_source_ip,
+        tunneling: None,
     }
 }
 

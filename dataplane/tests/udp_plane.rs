@@ -47,6 +47,8 @@ struct Plane {
 /// `max_sessions`.
 fn cluster(endpoints: &[(SocketAddr, Arc<HostState>)], max_sessions: u32) -> Cluster {
     Cluster {
+        http2: None,
+        original_dst_authority: false,
         name: "udp_echo".into(),
         observability_name: "udp_echo".into(),
         connect_timeout_ms: 1000,

@@ -95,6 +95,8 @@ pub(crate) fn fixture() -> Fixture {
         }],
         clusters: vec![
             Arc::new(Cluster {
+                http2: None,
+                original_dst_authority: false,
                 name: "echo".into(),
                 observability_name: "echo".into(),
                 connect_timeout_ms: 1000,
@@ -131,6 +133,8 @@ pub(crate) fn fixture() -> Fixture {
                 ssl_stats: None,
             }),
             Arc::new(Cluster {
+                http2: None,
+                original_dst_authority: false,
                 name: "empty".into(),
                 observability_name: "empty".into(),
                 connect_timeout_ms: 1000,

@@ -20,6 +20,7 @@
 
 mod chain_match;
 pub mod chain_matcher;
+pub mod hbone;
 pub(crate) mod prefix_map;
 
 pub use chain_match::{
@@ -447,6 +448,9 @@ pub struct FilterChain {
     /// `transport_socket` `envoy.transport_sockets.tls`: TLS is terminated with this
     /// context (the handshake completes before the upstream connect); `None`: plaintext.
     pub tls: Option<ChainTls>,
+    /// The chain terminates HBONE (HTTP/2 CONNECT): each connection is an HTTP/2 connection
+    /// and each of its CONNECT streams is proxied by `tcp_proxy`; `None`: the connection is.
+    pub hbone: Option<hbone::HboneTerminate>,
 }
 
 /// A filter chain's TLS termination.
@@ -609,6 +613,9 @@ pub struct TcpProxy {
     /// `hash_policy: [{source_ip: {}}]`: hashing balancers (RING_HASH, MAGLEV) key on the
     /// client's IP, so one client keeps its endpoint; without it they hash a random number.
     pub hash_source_ip: bool,
+    /// `tunneling_config`: each connection is a CONNECT stream over its cluster's pooled
+    /// HTTP/2 connections (the cluster has [`Cluster::http2`]); `None`: a TCP connection.
+    pub tunneling: Option<Arc<hbone::Tunneling>>,
 }
 
 /// The tcp_proxy's destination.
@@ -844,6 +851,13 @@ pub struct Cluster {
     pub tls_secrets_missing: bool,
     /// `cluster.<name>.ssl.*`, by name across FIBs (with `tls`).
     pub ssl_stats: Option<Arc<crate::stats::SslStats>>,
+    /// Its connections carry HTTP/2 (`typed_extension_protocol_options`): a tcp_proxy with
+    /// a `tunneling_config` sends each connection as a CONNECT stream over them.
+    pub http2: Option<hbone::Http2Upstream>,
+    /// `ORIGINAL_DST` with `original_dst_lb_config: {use_http_header: true,
+    /// http_header_name: ":authority"}`: an HBONE stream goes to the address its
+    /// `:authority` names (else, as in Envoy, to the connection's local address).
+    pub original_dst_authority: bool,
 }
 
 /// What decides a cluster's endpoints' health, and what balancing does about it.

@@ -615,6 +615,8 @@ mod tests {
             .collect();
         let hash_table = HashTable::build(policy, &endpoints[..first_priority_len(&endpoints)]);
         Cluster {
+            http2: None,
+            original_dst_authority: false,
             name: "c".into(),
             observability_name: "c".into(),
             connect_timeout_ms: 1000,

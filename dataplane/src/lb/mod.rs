@@ -683,6 +683,8 @@ mod tests {
 
     fn cluster(policy: LbPolicy, weights: &[u32]) -> Cluster {
         Cluster {
+            http2: None,
+            original_dst_authority: false,
             name: "c".into(),
             observability_name: "c".into(),
             connect_timeout_ms: 1000,

@@ -16,6 +16,7 @@ pub fn plain_chain(
     max_connect_attempts: u32,
 ) -> FilterChain {
     FilterChain {
+        hbone: None,
         name: name.into(),
         matcher: ChainMatch::default(),
         connection_limit: None,
@@ -26,6 +27,7 @@ pub fn plain_chain(
         fault: None,
         mirror: None,
         tcp_proxy: TcpProxy {
+            tunneling: None,
             stats: Arc::new(TcpStats::new(stat_prefix, workers)),
             route: Route::Cluster(ClusterId(0)),
             idle_timeout_ms: None,
@@ -41,6 +43,8 @@ pub fn plain_chain(
 /// (round robin, two connect attempts), for `workers` workers.
 pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
     let cluster = Cluster {
+        http2: None,
+        original_dst_authority: false,
         name: "echo".into(),
         observability_name: "echo".into(),
         connect_timeout_ms: 1000,
