@@ -81,9 +81,9 @@ impl std::fmt::Display for PlaneError {
             PlaneError::Worker(e) => write!(f, "worker failed to start: {e}"),
             PlaneError::TlsNeedsBufferRing { what } => write!(
                 f,
-                "{what} speaks TLS (transport_socket envoy.transport_sockets.tls), which needs \
-                 the bytes in user space: run with --relay-mode buffer-ring (the default), not \
-                 splice"
+                "{what} speaks TLS (transport_socket envoy.transport_sockets.tls) or HBONE's \
+                 HTTP/2, which need the bytes in user space: run with --relay-mode buffer-ring \
+                 (the default), not splice"
             ),
         }
     }
@@ -269,11 +269,15 @@ impl DataPlane {
             l.filter_chains
                 .iter()
                 .chain(l.default_chain.as_ref())
-                .any(|c| c.tls.is_some())
+                .any(|c| c.tls.is_some() || c.hbone.is_some() || c.tcp_proxy.tunneling.is_some())
         });
         let what = match listener {
             Some(l) => format!("listener '{}'", l.name),
-            None => match fib.clusters.iter().find(|c| c.tls.is_some()) {
+            None => match fib
+                .clusters
+                .iter()
+                .find(|c| c.tls.is_some() || c.http2.is_some())
+            {
                 Some(c) => format!("cluster '{}'", c.name),
                 None => return Ok(()),
             },

@@ -927,7 +927,7 @@ stat_block!(
 
 stat_block!(
     /// `server.*` stats kept by workers (the admin adds live, uptime, concurrency).
-    ServerStats, ServerStat, 12, {
+    ServerStats, ServerStat, 14, {
     /// Connections open on all listeners.
     TotalConnections => ("total_connections", Gauge),
     /// Access-log records dropped because the log queue was full.
@@ -961,6 +961,12 @@ stat_block!(
     /// was reused or freed, a completion with nothing in flight, an open-connection count
     /// below zero. Always 0; anything else is a bug (logged). Switchyard's own stat.
     WorkerInvariantViolations => ("worker_invariant_violations", Counter),
+    /// HBONE: pooled HTTP/2 connections a worker opened for tunnelled connections.
+    /// Switchyard's own stat.
+    HbonePooledConnections => ("hbone_pooled_connections", Counter),
+    /// HBONE: tunnelled connections whose CONNECT was answered with other than 2xx, or
+    /// failed with its HTTP/2 connection or its deadline. Switchyard's own stat.
+    HboneConnectRefused => ("hbone_connect_refused", Counter),
 });
 
 /// Envoy-style listener stat name part: `127.0.0.1_10000`, `[::1]_10000`.

@@ -234,6 +234,25 @@ pub struct Proxy {
     pub buffer_limits: relay::BufferLimits,
     /// Which sides speak TLS.
     pub tls: TlsPlan,
+    /// Whether one side is an HTTP/2 connection's codec in the worker (HBONE).
+    pub carrier: Carrier,
+}
+
+/// A connection whose one side is an HTTP/2 codec inside the driver rather than a socket
+/// (HBONE): its streams are connections of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Carrier {
+    /// Two sockets.
+    #[default]
+    No,
+    /// A terminating HTTP/2 connection: the client is its socket, the backend the server
+    /// codec. Nothing upstream is admitted, picked or connected: once the client's
+    /// handshake is done (and authorized), the relay starts.
+    Server,
+    /// A pooled HTTP/2 connection: the client is the client codec, the backend its socket
+    /// to the picked endpoint. Its streams hold the cluster's circuit breaker, not it, so
+    /// it is not admitted.
+    Client,
 }
 
 /// Which sides of a connection speak TLS, and their handshake deadlines.
@@ -552,6 +571,7 @@ pub struct Machine {
     tls: TlsPlan,
     /// The fault filter's connect delay, held while the client handshake runs.
     delay_ms: Option<u64>,
+    carrier: Carrier,
 }
 
 impl Machine {
@@ -758,6 +778,7 @@ impl Machine {
         self.seats.limit = p.holds_limit;
         self.seats.fault = p.faults.active;
         self.tls = p.tls;
+        self.carrier = p.carrier;
         self.delay_ms = p.faults.delay_ms;
         if p.faults.abort_at_accept {
             self.abort(Abort::Fault, out);
@@ -776,6 +797,11 @@ impl Machine {
     /// The connection is accepted (and its client handshake done): the fault delay, then
     /// the first connect attempt.
     fn after_accept(&mut self, now_ms: u64, upstreams: &mut dyn Upstreams, out: &mut Actions) {
+        if self.carrier == Carrier::Server {
+            // Its backend is the codec: there from the start.
+            self.connected(now_ms, Transport::Ready, out);
+            return;
+        }
         if let Some(delay_ms) = self.delay_ms {
             self.flags.set(ResponseFlags::DELAY_INJECTED);
             let at_ms = now_ms + delay_ms;
@@ -859,7 +885,7 @@ impl Machine {
         upstreams: &mut dyn Upstreams,
         out: &mut Actions,
     ) {
-        if self.breaker == Breaker::Free {
+        if self.breaker == Breaker::Free && self.carrier != Carrier::Client {
             if upstreams.admit().is_err() {
                 out.push(Action::Note(Note::Overflow));
                 self.flags.set(ResponseFlags::UPSTREAM_OVERFLOW);

@@ -320,6 +320,7 @@ impl Sim {
                 backend: self.rng.chance(w.tls_backend),
                 connect_timeout_ms: 1 + self.rng.below(80),
             },
+            carrier: Carrier::No,
         })
     }
 

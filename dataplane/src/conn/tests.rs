@@ -56,6 +56,7 @@ fn proxy(max_attempts: u32) -> Verdict {
         faults: Faults::default(),
         buffer_limits: relay::BufferLimits::ENVOY_DEFAULT,
         tls: TlsPlan::default(),
+        carrier: Carrier::No,
     })
 }
 
@@ -239,6 +240,7 @@ fn idle_time_counts_from_the_last_byte_and_not_during_a_fault_delay() {
         },
         buffer_limits: relay::BufferLimits::ENVOY_DEFAULT,
         tls: TlsPlan::default(),
+        carrier: Carrier::No,
     });
     assert_eq!(
         feed(&mut m, 0, Event::Accepted(delayed), &mut up),
@@ -425,6 +427,7 @@ fn tls_proxy(client: bool, backend: bool, max_attempts: u32) -> Verdict {
             backend,
             connect_timeout_ms: 1_000,
         },
+        carrier: Carrier::No,
     })
 }
 

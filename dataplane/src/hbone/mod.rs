@@ -38,7 +38,7 @@ pub struct Buffers {
     /// The socket's read side ended.
     pub received_eof: bool,
     /// From the codec, for the socket.
-    pub to_send: Vec<u8>,
+    pub to_send: VecDeque<u8>,
 }
 
 /// The I/O an `h2` connection reads and writes: the worker's [`Buffers`], shared with it.
@@ -53,7 +53,19 @@ impl Wire {
 
     /// What the codec wrote since the last call, for the socket.
     pub fn take_output(&self) -> Vec<u8> {
-        std::mem::take(&mut self.0.borrow_mut().to_send)
+        std::mem::take(&mut self.0.borrow_mut().to_send).into()
+    }
+
+    /// The codec's next output bytes, as many as fit `dst`: how many.
+    pub fn take_output_into(&self, dst: &mut [u8]) -> usize {
+        let mut b = self.0.borrow_mut();
+        let n = dst.len().min(b.to_send.len());
+        let (front, back) = b.to_send.as_slices();
+        let from_front = n.min(front.len());
+        dst[..from_front].copy_from_slice(&front[..from_front]);
+        dst[from_front..n].copy_from_slice(&back[..n - from_front]);
+        b.to_send.drain(..n);
+        n
     }
 }
 
@@ -88,7 +100,7 @@ impl AsyncWrite for Wire {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.0.borrow_mut().to_send.extend_from_slice(buf);
+        self.0.borrow_mut().to_send.extend(buf);
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -57,6 +57,10 @@ struct ConnRoute {
     /// The chain's RBAC decision after the client's handshake (decided before the event
     /// is fed, so that the machine's question has its answer).
     authorized: bool,
+    /// A pooled HTTP/2 connection's endpoint, picked by the stream it was opened for.
+    pinned: Option<(Option<u32>, SocketAddr)>,
+    /// A terminated HBONE stream's `:authority` destination.
+    authority: Option<SocketAddr>,
 }
 
 /// For events that never ask about the cluster (relay completions): nothing to borrow.
@@ -112,6 +116,25 @@ impl Upstreams for SlotUpstreams<'_> {
         let cluster_id = self.conn.cluster?;
         let fib = &generation.fib;
         let cluster = fib.cluster(cluster_id);
+        if let Some((endpoint, address)) = self.conn.pinned {
+            // A pooled HTTP/2 connection goes where its first stream's pick went.
+            cluster.stats.inc(worker, ClusterStat::UpstreamCxTotal);
+            self.conn.upstream = Some(address);
+            return Some(match endpoint {
+                Some(e) => {
+                    cluster.endpoints[e as usize].stats.inc(HostStat::CxTotal);
+                    Target::Endpoint(e)
+                }
+                None => Target::OriginalDst,
+            });
+        }
+        if cluster.is_original_dst() && cluster.original_dst_authority {
+            if let Some(address) = self.conn.authority {
+                cluster.stats.inc(worker, ClusterStat::UpstreamCxTotal);
+                self.conn.upstream = Some(address);
+                return Some(Target::OriginalDst);
+            }
+        }
         if cluster.is_original_dst() {
             // `type: ORIGINAL_DST`: where the client was going, as restored by its
             // listener's `use_original_dst`; without one there is no upstream (as in Envoy).
@@ -173,7 +196,14 @@ impl Worker {
                 fib_listener: conn.fib_listener,
                 upstream: conn.upstream,
                 authorized,
+                pinned: None,
+                authority: None,
             };
+            if conn.hbone.is_some() {
+                route.pinned = self.pinned_endpoint(slot);
+                route.authority = self.stream_authority(slot);
+            }
+            let conn = &mut self.conns[slot as usize];
             let mut upstreams = SlotUpstreams {
                 worker: self.id,
                 generation: self.generations[conn.generation as usize].as_mut(),
@@ -260,6 +290,9 @@ impl Worker {
     /// Creates the upstream socket for the endpoint just picked (the connect follows in
     /// [`Worker::on_socket`]).
     fn open_upstream_socket(&mut self, slot: u32) {
+        if self.hbone_open(slot) {
+            return;
+        }
         let flags = self.socket_flags();
         let conn = &self.conns[slot as usize];
         let address = conn.upstream.expect("an upstream picked before its socket");
@@ -270,6 +303,9 @@ impl Worker {
 
     /// Connects the upstream socket, with `TCP_NODELAY` and the cluster's connect timeout.
     fn connect_upstream(&mut self, slot: u32) {
+        if self.hbone_connect(slot) {
+            return;
+        }
         let timeout = self.connect_timeout(slot);
         let conn = &self.conns[slot as usize];
         let fd = conn.backend;
@@ -309,6 +345,7 @@ impl Worker {
 
     /// Closes the upstream socket of a failed attempt, or one that arrived too late.
     fn close_backend(&mut self, slot: u32) {
+        self.hbone_detach(slot);
         let conn = &mut self.conns[slot as usize];
         let fd = std::mem::replace(&mut conn.backend, NO_FD);
         if fd != NO_FD {
@@ -323,6 +360,7 @@ impl Worker {
     /// Closes the client when no upstream socket is open (no route, refused, connect
     /// failure, an abort before connecting), with a reset if asked.
     fn close_client(&mut self, slot: u32, reset: bool) {
+        self.hbone_close(slot, Side::Client, reset);
         let conn = &mut self.conns[slot as usize];
         let ud = ud::encode(Kind::Aux, slot, conn.nonce);
         let fd = std::mem::replace(&mut conn.client, NO_FD);
@@ -345,6 +383,8 @@ impl Worker {
     /// either socket: a plain close each; otherwise every operation on them is cancelled
     /// first, and each is reset if asked.
     fn close_both(&mut self, slot: u32, reset_client: bool, reset_backend: bool, clean: bool) {
+        self.hbone_close(slot, Side::Client, reset_client);
+        self.hbone_close(slot, Side::Backend, reset_backend);
         let conn = &mut self.conns[slot as usize];
         let ud = ud::encode(Kind::Aux, slot, conn.nonce);
         let splicing = conn.pipes[0] != super::pipes::NO_PIPE;
@@ -404,7 +444,10 @@ impl Worker {
     fn note(&mut self, slot: u32, note: Note) {
         let id = self.id;
         match note {
-            Note::Connected { endpoint } => self.count_connected(slot, endpoint),
+            Note::Connected { endpoint } => {
+                self.count_connected(slot, endpoint);
+                self.hbone_upstream_connected(slot);
+            }
             Note::ConnectFailed {
                 endpoint,
                 timed_out,
@@ -496,7 +539,9 @@ impl Worker {
     /// The connection is over and nothing of it is in flight: its stats and access-log
     /// record, then the slot is freed.
     fn finish(&mut self, slot: u32) {
+        let internal = self.is_internal(slot);
         self.record_close(slot);
+        self.release_hbone(slot);
         self.release_source_seat(slot);
         self.release_tls(slot);
         self.release_inspection(slot);
@@ -514,7 +559,9 @@ impl Worker {
         }
         self.free_slots.push(slot);
         self.open_conns -= 1;
-        self.shared.global_connections.leave(Counted::Worker);
+        if !internal {
+            self.shared.global_connections.leave(Counted::Worker);
+        }
         if let Some(g) = self.generations[gen_index].as_mut() {
             g.conns -= 1;
         }
@@ -544,9 +591,11 @@ impl Worker {
             return;
         };
         let fib: &Fib = &g.fib;
-        self.shared
-            .server_stats
-            .dec(id, ServerStat::TotalConnections);
+        if !self.is_internal(slot) {
+            self.shared
+                .server_stats
+                .dec(id, ServerStat::TotalConnections);
+        }
         let Some(listener) = fib.listeners.get(conn.fib_listener as usize) else {
             return;
         };

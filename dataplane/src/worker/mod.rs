@@ -19,6 +19,7 @@
 
 mod drive;
 mod fault;
+mod hbone_io;
 mod inspect;
 mod mirror;
 mod pipes;
@@ -182,6 +183,10 @@ struct Decision {
     buffer_limits: BufferLimits,
     /// Which sides speak TLS (the chain's and the cluster's transport sockets).
     tls: conn::TlsPlan,
+    /// The chain terminates HBONE: the connection carries HTTP/2 streams.
+    carrier: conn::Carrier,
+    /// The chain's tcp_proxy tunnels it over HTTP/2 CONNECT (the cluster speaks HTTP/2).
+    tunnelled: bool,
     /// The peer is not among the PROXY protocol filter's trusted sources: no header is read.
     skips_proxy_header: bool,
     /// Counted in the listener's `downstream_cx_total` and `_active` (a chain took it, or
@@ -210,6 +215,8 @@ impl Decision {
             holds_limit: false,
             buffer_limits: BufferLimits::ENVOY_DEFAULT,
             tls: conn::TlsPlan::default(),
+            carrier: conn::Carrier::No,
+            tunnelled: false,
             skips_proxy_header: false,
             listener_counted: false,
             denied_by: None,
@@ -462,6 +469,8 @@ pub(crate) struct Worker {
     next_detect_ms: u64,
     /// The last wait found completions (a busy-poll is worth trying).
     last_found_work: bool,
+    /// HBONE's carriers to pump, tunnelled connections waiting for one, the pools.
+    hbone: hbone_io::HboneState,
 }
 
 impl Worker {
@@ -527,6 +536,7 @@ impl Worker {
             schedstat: None,
             next_detect_ms: 0,
             last_found_work: false,
+            hbone: hbone_io::HboneState::default(),
         };
         if worker.placement.detecting() {
             // Opened on the worker's own thread: thread-self is this thread from now on.
@@ -565,6 +575,9 @@ impl Worker {
                 self.dispatch(*c);
             }
             self.batch = batch;
+            if self.hbone.has_work() {
+                self.hbone_pump();
+            }
             if !self.starved.is_empty() {
                 self.feed_starved();
             }
@@ -686,6 +699,7 @@ impl Worker {
             }
         }
         self.expire_connections();
+        self.hbone_tick();
         self.udp_on_tick();
         self.detect_placement();
     }
@@ -1186,6 +1200,11 @@ impl Worker {
                 if !faults.abort_at_accept {
                     self.start_shadow(slot);
                 }
+                if let Some(http2) = self.chain_of(slot).and_then(|c| c.hbone.clone()) {
+                    self.start_server_carrier(slot, http2.http2);
+                } else if decision.tunnelled {
+                    self.start_tunnelled(slot);
+                }
                 conn::Verdict::Proxy(conn::Proxy {
                     idle_timeout_ms: decision.idle_timeout_ms,
                     max_attempts: decision.max_attempts,
@@ -1193,6 +1212,7 @@ impl Worker {
                     faults,
                     buffer_limits: decision.buffer_limits,
                     tls: decision.tls,
+                    carrier: decision.carrier,
                 })
             }
         }
@@ -1357,8 +1377,27 @@ impl Worker {
                 return;
             }
         }
+        if chain.hbone.is_some() {
+            // Its streams are routed, each on its own; the connection only carries them.
+            decision.carrier = conn::Carrier::Server;
+            decision.idle_timeout_ms = None;
+            decision.max_attempts = 1;
+            decision.buffer_limits = BufferLimits {
+                client_bytes: listener.buffer_limit_bytes,
+                backend_bytes: 0,
+            };
+            decision.tls = conn::TlsPlan {
+                client: chain.tls.is_some(),
+                authorize_client: decision.rbac_late,
+                client_timeout_ms: chain.tls.as_ref().and_then(|t| t.handshake_timeout_ms),
+                ..conn::TlsPlan::default()
+            };
+            return;
+        }
         route_tcp(id, &chain.tcp_proxy, &mut self.rng, decision);
         let cluster = decision.cluster.map(|c| generation.fib.cluster(c));
+        decision.tunnelled =
+            chain.tcp_proxy.tunneling.is_some() && cluster.is_some_and(|c| c.http2.is_some());
         decision.buffer_limits = BufferLimits {
             client_bytes: listener.buffer_limit_bytes,
             backend_bytes: cluster.map_or(0, |c| c.buffer_limit_bytes),
@@ -1418,6 +1457,11 @@ impl Worker {
     /// The upstream socket was created: set up (bind, original source), then connected; or
     /// the attempt failed locally.
     fn on_socket(&mut self, slot: u32, result: i32) {
+        if self.virtual_side(slot) == Some(Side::Backend) {
+            // A tunnelled connection's backend is a stream: nothing was opened.
+            self.drive(slot, conn::Event::SocketCreated(Ok(())));
+            return;
+        }
         if result >= 0 {
             self.conns[slot as usize].backend = result;
         }
@@ -1478,6 +1522,10 @@ impl Worker {
     }
 
     fn on_connect(&mut self, slot: u32, result: i32) {
+        if let Some(result) = self.hbone_connected(slot) {
+            self.connect_done(slot, result);
+            return;
+        }
         if result >= 0 && self.send_upstream_proxy_header(slot) {
             // Connected once the header is sent.
             return;

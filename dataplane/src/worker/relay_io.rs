@@ -15,6 +15,10 @@ impl Worker {
     /// A receive completed on `dir`'s source: its bytes (counted, charged to the fault
     /// filter) go to the relay, or the direction starves, ends or fails.
     pub(super) fn on_recv(&mut self, slot: u32, dir: Dir, c: Completion) {
+        if let Some(received) = self.hbone_received(slot, dir) {
+            self.deliver_virtual(slot, dir, received);
+            return;
+        }
         if c.result == -libc::EAGAIN
             && self.limits.relay_mode == RelayMode::Splice
             && self.conns[slot as usize].machine.stage() == conn::Stage::Relaying
@@ -95,6 +99,22 @@ impl Worker {
         Some(Received::Data { buf, len })
     }
 
+    /// What a virtual source (an HTTP/2 stream or codec) delivered on `dir`, passed on to
+    /// the relay.
+    fn deliver_virtual(&mut self, slot: u32, dir: Dir, received: Received) {
+        let received = match received {
+            Received::Data { buf, len } => match self.accept_bytes(slot, dir, buf, len) {
+                Some(r) => r,
+                None => return,
+            },
+            other => other,
+        };
+        if received == Received::NoBuffer {
+            self.starve(slot, dir);
+        }
+        self.relay_event(slot, Event::Recv(dir, received));
+    }
+
     /// What a TLS source made of a receive on `dir`, passed on to the relay.
     fn deliver_tls(&mut self, slot: u32, dir: Dir, answer: TlsReceived) {
         let received = match answer {
@@ -148,6 +168,13 @@ impl Worker {
     }
 
     pub(super) fn on_sent(&mut self, slot: u32, dir: Dir, result: i32) {
+        if let Some(outcome) = self.hbone_sent(slot, dir) {
+            if let Ok(n) = outcome {
+                self.count_sent(slot, dir, u64::from(n));
+            }
+            self.relay_event(slot, Event::Sent(dir, outcome));
+            return;
+        }
         // In splice mode a send from a provided buffer is the bytes a listener filter read
         // before the relay began (held in a ring buffer, not a pipe).
         let from_buffer = self.conns[slot as usize].sending[dir as usize].is_some();
@@ -341,6 +368,9 @@ impl Worker {
 
     /// Starts a receive on `dir`'s source of `slot`, of at most the source's buffer limit.
     pub(super) fn submit_recv(&mut self, slot: u32, dir: Dir) {
+        if self.hbone_recv(slot, dir) {
+            return;
+        }
         if self.tls_answers_receive(slot, dir) {
             return;
         }
@@ -445,6 +475,9 @@ impl Worker {
     /// Sends `len` bytes at `offset` of `buf` to `dir`'s sink: a splice from the pipe, or a
     /// send from the provided buffer (and its first send upstream copies it for the mirror).
     fn submit_send(&mut self, slot: u32, dir: Dir, buf: BufId, offset: u32, len: u32) {
+        if self.hbone_send(slot, dir, buf, offset, len) {
+            return;
+        }
         let conn = &mut self.conns[slot as usize];
         let fd = conn.fd(dir.sink());
         let ud = ud::encode(send_kind(dir), slot, conn.nonce);
@@ -482,6 +515,9 @@ impl Worker {
     /// `shutdown(SHUT_WR)` on `side`: the other side's end of stream, after its last byte
     /// (the client's also ends the mirror's stream).
     fn submit_shutdown(&mut self, slot: u32, side: Side) {
+        if self.hbone_shutdown(slot, side) {
+            return;
+        }
         if side == Side::Backend && self.conns[slot as usize].shadow.state != ShadowState::Off {
             self.mirror_eof(slot);
         }

@@ -88,6 +88,9 @@ pub(crate) struct Conn {
     /// The downstream PROXY header's TLVs its listener passes through (encoded), allocated
     /// only for a header that had some.
     pub passed_tlvs: Option<Box<[u8]>>,
+    /// HBONE: the HTTP/2 connection this slot carries, or the stream it is (allocated only
+    /// for those).
+    pub hbone: Option<Box<super::hbone_io::Hbone>>,
 }
 
 /// The state of the listener filters that read one connection's first bytes (the PROXY
@@ -273,6 +276,7 @@ impl Default for Conn {
             tls_detected: false,
             source_seat: crate::source_limit::SourceSeat::NONE,
             passed_tlvs: None,
+            hbone: None,
         }
     }
 }
@@ -320,8 +324,9 @@ impl Conn {
 }
 
 // A slot is touched on every completion of its connection, and the slab holds
-// `max_connections_per_worker` of them from the start (8,192 x 896 B = 7.3 MB a worker by
-// default): a change of size is a decision, not an accident. 16 B point to the downstream
+// `max_connections_per_worker` of them from the start (8,192 x 904 B = 7.4 MB a worker by
+// default): a change of size is a decision, not an accident. 8 B point to HBONE's state
+// (a carrier's codec or a stream's handles, allocated only for those). 16 B point to the downstream
 // PROXY header's TLVs passed through (allocated only when there are some). 8 B are the
 // per-source limit's seat. 24 B are RBAC's (the name of
 // the policy that denied the connection, shared with the FIB, and whether the decision
@@ -336,5 +341,5 @@ impl Conn {
 // while the client handshakes); 8 more count the bytes each direction holds for the
 // `*_tx_bytes_buffered` gauges; 16 point to each side's TLS state, allocated only for a
 // connection that speaks TLS.
-const _: () = assert!(std::mem::size_of::<Conn>() == 896);
+const _: () = assert!(std::mem::size_of::<Conn>() == 904);
 const _: () = assert!(std::mem::size_of::<Machine>() == 296);
