@@ -12,10 +12,13 @@ use switchyard_dataplane::fib::hbone::*;
 use switchyard_dataplane::fib::*;
 use switchyard_dataplane::plane::{DataPlane, PlaneConfig};
 use switchyard_dataplane::stats::*;
+use switchyard_dataplane::tls::settings::*;
+use switchyard_dataplane::tls::{ClientContext, ServerContext};
 use switchyard_dataplane::worker::Limits;
 
 mod support;
 use support::fib::echo_backend;
+use support::pki::{client_settings, server_settings, Pki};
 
 /// Streams of one pooled connection in these tests.
 const MAX_STREAMS: u32 = 100;
@@ -28,22 +31,67 @@ fn settings() -> Http2Settings {
     }
 }
 
-/// Listener 0 on `outer` tunnels to cluster 0 (`tunnel`: HTTP/2 to `inner`) with
-/// `:authority` `authority`; listener 1 on `inner` terminates HBONE and routes to cluster 1
-/// (`dst`: ORIGINAL_DST by `:authority`).
-fn fib(outer: SocketAddr, inner: SocketAddr, authority: &str) -> Fib {
-    let mut f = support::fib::fib(outer, &[inner], 1);
-    let chain = &mut f.listeners[0].filter_chains[0];
-    chain.tcp_proxy.tunneling = Some(Arc::new(Tunneling {
-        hostname: Template::literal(authority),
-        headers: vec![TunnelHeader {
-            name: "x-test".into(),
-            value: Template {
-                parts: vec![TemplatePart::DownstreamRemoteAddressWithoutPort],
+/// TLS on both ends of the tunnel: the terminating chain's and the tunnel cluster's.
+struct Mtls {
+    chain: ChainTls,
+    cluster: Arc<ClientContext>,
+}
+
+/// The SPIFFE ID the terminating chain accepts.
+const CALLER: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+/// mTLS as HBONE has it: the terminating chain asks for a client certificate with
+/// [`CALLER`]'s SPIFFE ID; the tunnel cluster presents one with `client_spiffe_id`.
+fn mtls(pki: &Pki, client_spiffe_id: &str) -> Mtls {
+    let mut settings = server_settings(pki.leaf(&["hbone.example.com"], &[]));
+    settings.validation = Some(Validation {
+        trusted_ca: vec![pki.ca.clone()],
+        crls: Vec::new(),
+        san_matchers: vec![SanMatcher {
+            san_type: SanType::Uri,
+            matcher: StringMatch {
+                pattern: StringPattern::Exact(CALLER.into()),
+                ignore_case: false,
             },
-            append: true,
         }],
-    }));
+        trusted_ca_source: None,
+    });
+    settings.require_client_certificate = true;
+    settings.alpn = vec![b"h2".to_vec()];
+    let mut client = client_settings(pki);
+    client.certificate = Some(pki.leaf(&[], &[client_spiffe_id]));
+    client.sni = Some("hbone.example.com".into());
+    client.alpn = vec![b"h2".to_vec()];
+    Mtls {
+        chain: ChainTls {
+            context: Some(Arc::new(ServerContext::new(&settings).unwrap())),
+            handshake_timeout_ms: None,
+        },
+        cluster: Arc::new(ClientContext::new(&client).unwrap()),
+    }
+}
+
+/// Listeners on `outers` (each with its own `:authority`) tunnel to cluster 0 (`tunnel`:
+/// HTTP/2 to `inner`, with `tls` when given); the last listener, on `inner`, terminates
+/// HBONE and routes to cluster 1 (`dst`: ORIGINAL_DST by `:authority`).
+fn fib(outers: &[(SocketAddr, String)], inner: SocketAddr, tls: Option<Mtls>) -> Fib {
+    let mut f = support::fib::fib(outers[0].0, &[inner], 1);
+    let template = f.listeners.remove(0);
+    for (i, (outer, authority)) in outers.iter().enumerate() {
+        let mut chain = support::fib::plain_chain("", &format!("out{i}"), 1, 1);
+        chain.tcp_proxy.tunneling = Some(Arc::new(Tunneling {
+            hostname: Template::literal(authority),
+            headers: vec![TunnelHeader {
+                name: "x-test".into(),
+                value: Template {
+                    parts: vec![TemplatePart::DownstreamRemoteAddressWithoutPort],
+                },
+                append: true,
+            }],
+        }));
+        f.listeners
+            .push(listener(&template, &format!("out{i}"), *outer, chain));
+    }
     let tunnel = Arc::get_mut(&mut f.clusters[0]).expect("fresh");
     tunnel.http2 = Some(Http2Upstream {
         http2: settings(),
@@ -52,12 +100,14 @@ fn fib(outer: SocketAddr, inner: SocketAddr, authority: &str) -> Fib {
     let mut terminate = support::fib::plain_chain("hbone", "hbone", 1, 1);
     terminate.hbone = Some(HboneTerminate { http2: settings() });
     terminate.tcp_proxy.route = Route::Cluster(ClusterId(1));
-    let mut listener = support::fib::fib(inner, &[], 1).listeners.remove(0);
-    listener.name = "hbone".into();
-    listener.stats = Arc::new(ListenerStats::new(listener_stat_name(&inner), 1));
-    listener.chain_index = ChainIndex::build([&terminate.matcher]);
-    listener.filter_chains = vec![terminate];
-    f.listeners.push(listener);
+    if let Some(t) = tls {
+        tunnel.ssl_stats = Some(Arc::new(SslStats::new("tunnel", 1)));
+        tunnel.tls = Some(t.cluster);
+        terminate.tls = Some(t.chain);
+    }
+    let mut inner_listener = listener(&template, "hbone", inner, terminate);
+    inner_listener.ssl_stats = Some(Arc::new(SslStats::new("hbone", 1)));
+    f.listeners.push(inner_listener);
     let mut dst = support::fib::fib(inner, &[], 1).clusters.remove(0);
     let d = Arc::get_mut(&mut dst).expect("fresh");
     d.name = "dst".into();
@@ -65,8 +115,39 @@ fn fib(outer: SocketAddr, inner: SocketAddr, authority: &str) -> Fib {
     d.original_dst_authority = true;
     d.stats = Arc::new(ClusterStats::new("dst", 1));
     f.clusters.push(dst);
-    f.own_addresses.push(inner);
+    f.own_addresses = outers.iter().map(|o| o.0).chain([inner]).collect();
     f
+}
+
+/// `template` renamed, on `address`, with the one chain `chain`.
+fn listener(template: &Listener, name: &str, address: SocketAddr, chain: FilterChain) -> Listener {
+    Listener {
+        name: name.into(),
+        address,
+        stats: Arc::new(ListenerStats::new(listener_stat_name(&address), 1)),
+        chain_index: ChainIndex::build([&chain.matcher]),
+        filter_chains: vec![chain],
+        default_chain: None,
+        chain_matcher: None,
+        backlog: template.backlog,
+        use_original_dst: false,
+        transparent: false,
+        reuse_port: true,
+        original_src: None,
+        buffer_limit_bytes: template.buffer_limit_bytes,
+        max_accepts_per_event: None,
+        access_logs: Vec::new(),
+        ignore_global_conn_limit: false,
+        ssl_stats: None,
+        proxy_protocol: None,
+        tls_inspector: None,
+        filter_deadline: FilterDeadline::default(),
+    }
+}
+
+/// The terminating listener of [`fib`].
+fn inner(f: &Fib) -> &Listener {
+    f.listeners.last().expect("the terminating listener")
 }
 
 fn free_port() -> SocketAddr {
@@ -135,13 +216,13 @@ fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-/// Eight clients at once move 1 MiB each way through the tunnel: byte-exact, half-closed
-/// both ways, over one pooled HTTP/2 connection.
-#[test]
-fn eight_loaded_connections_cross_one_pooled_tunnel() {
+/// Eight clients at once each move 1 MiB both ways through a tunnel (with `tls` or in
+/// plaintext): byte-exact, half-closed both ways, over one pooled HTTP/2 connection.
+fn eight_loaded(tls: impl FnOnce(&Pki) -> Option<Mtls>) -> (Arc<Fib>, Arc<ServerStats>) {
+    let pki = Pki::new();
     let echo = echo_backend();
-    let (outer, inner) = (free_port(), free_port());
-    let (_plane, fib, server) = start(fib(outer, inner, &echo.to_string()));
+    let (outer, inner_addr) = (free_port(), free_port());
+    let (plane, fib, server) = start(fib(&[(outer, echo.to_string())], inner_addr, tls(&pki)));
     let threads: Vec<_> = (0..8u32)
         .map(|id| {
             std::thread::spawn(move || {
@@ -159,12 +240,242 @@ fn eight_loaded_connections_cross_one_pooled_tunnel() {
         1,
         "eight streams share one HTTP/2 connection"
     );
-    let inner_listener = &fib.listeners[1].stats;
-    assert_eq!(inner_listener.get(ListenerStat::DownstreamCxTotal), 1);
-    let streams = &fib.listeners[1].filter_chains[0].tcp_proxy.stats;
+    let terminating = inner(&fib);
+    assert_eq!(terminating.stats.get(ListenerStat::DownstreamCxTotal), 1);
+    let streams = &terminating.filter_chains[0].tcp_proxy.stats;
     eventually("the streams closed", || {
-        streams.get(TcpStat::DownstreamCxActive) == 0
+        streams.gauge(TcpStat::DownstreamCxActive) == 0
     });
     assert_eq!(streams.get(TcpStat::DownstreamCxTotal), 8);
     assert_eq!(server.get(ServerStat::WorkerInvariantViolations), 0);
+    plane.shutdown(Duration::from_millis(100));
+    (fib, server)
+}
+
+#[test]
+fn eight_loaded_connections_cross_one_pooled_plaintext_tunnel() {
+    eight_loaded(|_| None);
+}
+
+#[test]
+fn eight_loaded_connections_cross_one_pooled_mtls_tunnel() {
+    let (fib, _) = eight_loaded(|pki| Some(mtls(pki, CALLER)));
+    let ssl = inner(&fib).ssl_stats.as_deref().expect("TLS");
+    assert_eq!(
+        ssl.get(SslStat::Handshake),
+        1,
+        "one handshake for eight streams"
+    );
+}
+
+/// A tunnel whose client certificate names another workload is refused at its
+/// handshake: the tunnelled connection is closed without a byte.
+#[test]
+fn a_peer_with_the_wrong_spiffe_id_is_refused() {
+    let pki = Pki::new();
+    let echo = echo_backend();
+    let (outer, inner_addr) = (free_port(), free_port());
+    let tls = mtls(&pki, "spiffe://cluster.local/ns/other/sa/intruder");
+    let (plane, fib, _) = start(fib(&[(outer, echo.to_string())], inner_addr, Some(tls)));
+    let mut s = TcpStream::connect(outer).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"hello");
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "refused, it reads nothing: {r:?}"
+    );
+    let ssl = inner(&fib).ssl_stats.as_deref().expect("TLS");
+    eventually("the refusal counted", || {
+        ssl.get(SslStat::FailVerifySan) == 1
+    });
+    assert_eq!(ssl.get(SslStat::Handshake), 0);
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// A pooled connection carries at most its stream limit: 150 connections open at once
+/// take two HTTP/2 connections.
+#[test]
+fn streams_beyond_the_limit_open_a_second_pooled_connection() {
+    let echo = echo_backend_many();
+    let (outer, inner_addr) = (free_port(), free_port());
+    let (plane, fib, server) = start(fib(&[(outer, echo.to_string())], inner_addr, None));
+    let mut open = Vec::new();
+    for i in 0..150u32 {
+        let mut s = TcpStream::connect(outer).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let msg = i.to_be_bytes();
+        s.write_all(&msg).unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+        open.push(s);
+    }
+    assert_eq!(server.get(ServerStat::HbonePooledConnections), 2);
+    assert_eq!(inner(&fib).stats.get(ListenerStat::DownstreamCxTotal), 2);
+    drop(open);
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// An echo server for many connections at once (one thread each).
+fn echo_backend_many() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || {
+                support::fib::echo(&s);
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// A CONNECT the far side cannot serve (its destination refuses) fails that connection
+/// alone: closed without a byte and counted, while another stream of the same pooled
+/// connection goes on.
+#[test]
+fn a_refused_connect_fails_only_its_connection() {
+    let echo = echo_backend();
+    let closed = free_port();
+    let (good, bad, inner_addr) = (free_port(), free_port(), free_port());
+    let outers = [(good, echo.to_string()), (bad, closed.to_string())];
+    let (plane, _fib, server) = start(fib(&outers, inner_addr, None));
+    let mut first = TcpStream::connect(good).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    first.write_all(b"one").unwrap();
+    let mut got = [0u8; 3];
+    first.read_exact(&mut got).unwrap();
+    let mut refused = TcpStream::connect(bad).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = refused.write_all(b"lost");
+    let mut buf = [0u8; 8];
+    let r = refused.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "refused, it reads nothing: {r:?}"
+    );
+    eventually("the refusal counted", || {
+        server.get(ServerStat::HboneConnectRefused) == 1
+    });
+    first.write_all(b"two").unwrap();
+    first.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"two");
+    assert_eq!(server.get(ServerStat::HbonePooledConnections), 1);
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// One tunnelled connection whose client stops reading fills only its own stream's
+/// window: four others move 1 MiB each meanwhile, and the slow one gets every byte once
+/// it reads.
+#[test]
+fn a_slow_stream_does_not_stall_the_others() {
+    let echo = echo_backend_many();
+    let (outer, inner_addr) = (free_port(), free_port());
+    let (plane, _fib, server) = start(fib(&[(outer, echo.to_string())], inner_addr, None));
+    let mut slow = TcpStream::connect(outer).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // More than every socket buffer and window on the way can hold: its echo backs up.
+    let slow_msg = pattern(48 * 1024 * 1024, 99);
+    let writer = {
+        let mut w = slow.try_clone().unwrap();
+        let msg = slow_msg.clone();
+        std::thread::spawn(move || w.write_all(&msg).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let fast: Vec<_> = (0..4u32)
+        .map(|id| {
+            std::thread::spawn(move || {
+                let msg = pattern(1024 * 1024, id);
+                let got = exchange(TcpStream::connect(outer).unwrap(), &msg);
+                assert!(got == msg, "client {id}: the echo differs");
+            })
+        })
+        .collect();
+    for t in fast {
+        t.join()
+            .expect("a fast client finished while the slow one did not read");
+    }
+    assert!(
+        !writer.is_finished(),
+        "the slow stream was stalled meanwhile"
+    );
+    let mut got = vec![0u8; slow_msg.len()];
+    slow.read_exact(&mut got).unwrap();
+    assert!(got == slow_msg, "the slow client's echo differs");
+    writer.join().unwrap();
+    assert_eq!(server.get(ServerStat::HbonePooledConnections), 1);
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// A reset crosses the tunnel both ways: a client's reset reaches the destination as a
+/// reset, and a destination's reset reaches the client as one.
+#[test]
+fn resets_cross_the_tunnel_both_ways() {
+    let (resetting, seen) = resetting_backend();
+    let (outer, inner_addr) = (free_port(), free_port());
+    let (plane, _fib, _) = start(fib(&[(outer, resetting.to_string())], inner_addr, None));
+    // The backend resets after "reset".
+    let mut s = TcpStream::connect(outer).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"reset").unwrap();
+    let mut buf = [0u8; 8];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the backend's reset arrives as one: {r:?}"
+    );
+    // The client resets after "hold": the backend's read fails with a reset.
+    let s = TcpStream::connect(outer).unwrap();
+    (&s).write_all(b"hold").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    let outcome = seen
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the backend's read");
+    assert_eq!(outcome, std::io::ErrorKind::ConnectionReset);
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// A backend that resets a connection that sends "reset", and reports how a read after
+/// "hold" ended.
+fn resetting_backend() -> (SocketAddr, std::sync::mpsc::Receiver<std::io::ErrorKind>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 5];
+                let n = s.read(&mut buf).unwrap_or(0);
+                if &buf[..n] == b"reset" {
+                    socket2::SockRef::from(&s)
+                        .set_linger(Some(Duration::ZERO))
+                        .unwrap();
+                    return;
+                }
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let kind = match s.read(&mut buf) {
+                    Ok(0) => std::io::ErrorKind::UnexpectedEof,
+                    Ok(_) => std::io::ErrorKind::InvalidData,
+                    Err(e) => e.kind(),
+                };
+                let _ = tx.send(kind);
+            });
+        }
+    });
+    (addr, rx)
 }

@@ -1406,7 +1406,9 @@ impl Worker {
             client: chain.tls.is_some(),
             authorize_client: decision.rbac_late,
             client_timeout_ms: chain.tls.as_ref().and_then(|t| t.handshake_timeout_ms),
-            backend: cluster.is_some_and(|c| c.tls.is_some() || c.tls_secrets_missing),
+            // A tunnelled connection's TLS is its pooled HTTP/2 connection's.
+            backend: !decision.tunnelled
+                && cluster.is_some_and(|c| c.tls.is_some() || c.tls_secrets_missing),
             connect_timeout_ms: cluster.map_or(5000, |c| c.connect_timeout_ms),
         };
     }
