@@ -158,13 +158,18 @@ fn free_port() -> SocketAddr {
 }
 
 fn start(f: Fib) -> (DataPlane, Arc<Fib>, Arc<ServerStats>) {
+    start_draining_in(f, Duration::from_secs(1))
+}
+
+/// [`start`] with the plane's `drain_time`.
+fn start_draining_in(f: Fib, drain_time: Duration) -> (DataPlane, Arc<Fib>, Arc<ServerStats>) {
     let server = Arc::new(ServerStats::new("server", 1));
     let plane = DataPlane::start(
         PlaneConfig {
             cpus: vec![0],
             pin: false,
             limits: Limits::default(),
-            drain_time: Duration::from_secs(1),
+            drain_time,
         },
         server.clone(),
         Arc::new(AccessLogQueues::new(1, 64)),
@@ -478,4 +483,34 @@ fn resetting_backend() -> (SocketAddr, std::sync::mpsc::Receiver<std::io::ErrorK
         }
     });
     (addr, rx)
+}
+
+/// A drain lets streams in flight finish: the terminating side sends GOAWAY, the stream
+/// open at that moment goes on moving bytes both ways, and once it ends both HTTP/2
+/// connections close (before the drain time runs out).
+#[test]
+fn a_drain_lets_streams_in_flight_finish() {
+    let echo = echo_backend();
+    let (outer, inner_addr) = (free_port(), free_port());
+    let f = fib(&[(outer, echo.to_string())], inner_addr, None);
+    let (plane, fib, server) = start_draining_in(f, Duration::from_secs(30));
+    let mut s = TcpStream::connect(outer).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = [0u8; 6];
+    s.write_all(b"before").unwrap();
+    s.read_exact(&mut got).unwrap();
+    plane.drain_listeners();
+    std::thread::sleep(Duration::from_millis(300));
+    let msg = pattern(1024 * 1024, 7);
+    let echoed = exchange(s, &msg);
+    assert!(
+        echoed == msg,
+        "the stream in flight went on after the drain began"
+    );
+    let carriers = &inner(&fib).stats;
+    eventually("the terminating HTTP/2 connection closed", || {
+        carriers.gauge(ListenerStat::DownstreamCxActive) == 0
+    });
+    assert_eq!(server.gauge(ServerStat::TotalConnections), 0);
+    plane.shutdown(Duration::from_millis(100));
 }

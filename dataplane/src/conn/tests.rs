@@ -658,3 +658,51 @@ fn an_inspection_past_its_deadline_is_abandoned_once_then_fails() {
     // Nothing else in flight: the slot finishes at once.
     assert_eq!(failed.last(), Some(&Action::Finish));
 }
+
+fn carrier(kind: Carrier) -> Verdict {
+    let Verdict::Proxy(mut p) = proxy(1) else {
+        unreachable!()
+    };
+    p.carrier = kind;
+    Verdict::Proxy(p)
+}
+
+#[test]
+fn a_terminating_carrier_relays_at_once_with_nothing_upstream() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    let actions = feed(
+        &mut m,
+        0,
+        Event::Accepted(carrier(Carrier::Server)),
+        &mut up,
+    );
+    assert_eq!(m.stage(), Stage::Relaying);
+    assert!(actions.contains(&Action::Relay(relay::Action::Recv(Dir::Up))));
+    assert!(!actions.contains(&Action::OpenSocket));
+    assert_eq!(up.admitted, 0, "no circuit-breaker seat for a carrier");
+    assert_eq!(m.breaker(), Breaker::Free);
+}
+
+#[test]
+fn a_pooled_carrier_connects_without_taking_a_breaker_seat() {
+    let mut up = healthy();
+    let mut m = Machine::accepted_at(0);
+    let actions = feed(
+        &mut m,
+        0,
+        Event::Accepted(carrier(Carrier::Client)),
+        &mut up,
+    );
+    assert_eq!(actions, [Action::OpenSocket]);
+    assert_eq!(up.admitted, 0, "its streams hold the breaker, not it");
+    m.started(1);
+    m.completed().unwrap();
+    feed(&mut m, 0, Event::SocketCreated(Ok(())), &mut up);
+    m.started(1);
+    m.completed().unwrap();
+    let actions = feed(&mut m, 1, Event::ConnectDone(Ok(Transport::Ready)), &mut up);
+    assert_eq!(m.stage(), Stage::Relaying);
+    assert!(!actions.contains(&Action::Release(Seat::BreakerPending)));
+    assert_eq!(m.breaker(), Breaker::Free);
+}

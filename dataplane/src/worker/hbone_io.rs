@@ -616,6 +616,26 @@ impl Worker {
         }
     }
 
+    /// Draining (the plane's, or `listener_slot`'s alone): terminating carriers send GOAWAY
+    /// (their streams in flight finish, the peer opens no more; the connection closes once
+    /// they are done), pooled ones take no new stream.
+    pub(super) fn hbone_drain(&mut self, listener_slot: Option<u32>) {
+        for (slot, nonce) in self.hbone.carriers.clone() {
+            if listener_slot.is_some_and(|l| self.conns[slot as usize].listener_slot != l) {
+                continue;
+            }
+            let Some(c) = self.live_carrier(slot, nonce) else {
+                continue;
+            };
+            c.retired = true;
+            if let Codec::Server(conn) = &mut c.codec {
+                conn.graceful_shutdown();
+            }
+            self.hbone.dirty.push((slot, nonce));
+        }
+        self.hbone_pump();
+    }
+
     /// Polls one carrier's codec, opens its new streams, serves its streams and hands its
     /// output to its relay.
     fn pump_carrier(&mut self, slot: u32, nonce: u32) {
@@ -699,13 +719,7 @@ impl Worker {
         } else {
             Dir::Down
         };
-        let limit = self.conns[slot as usize]
-            .machine
-            .relay()
-            .limits()
-            .recv_bytes(dir);
-        let size = self.ring.buffer_size(BufClass::Small);
-        let room = self.tls_receive_room(slot, dir, size).min(limit).max(1);
+        let room = self.virtual_receive_room(slot, dir);
         let c = self.carrier_mut(slot).expect("checked");
         let (pending, ended) = {
             let b = c.wire.0.borrow();
@@ -732,6 +746,15 @@ impl Worker {
         io.recv_waiting = false;
         io.recv_answer = Some(answer);
         self.post(slot, recv_kind(dir));
+    }
+
+    /// The most a receive on `dir` from a virtual source takes into a spare small buffer:
+    /// the source's buffer limit, and room for records when the sink speaks TLS.
+    fn virtual_receive_room(&self, slot: u32, dir: Dir) -> u32 {
+        let relay = self.conns[slot as usize].machine.relay();
+        let limit = relay.limits().recv_bytes(dir);
+        let size = self.ring.buffer_size(BufClass::Small);
+        self.tls_receive_room(slot, dir, size).min(limit).max(1)
     }
 
     /// Serves one stream: its CONNECT's answer, its waiting receive and send.
@@ -795,13 +818,7 @@ impl Worker {
         } else {
             Dir::Down
         };
-        let limit = self.conns[slot as usize]
-            .machine
-            .relay()
-            .limits()
-            .recv_bytes(dir);
-        let size = self.ring.buffer_size(BufClass::Small);
-        let room = self.tls_receive_room(slot, dir, size).min(limit).max(1) as usize;
+        let room = self.virtual_receive_room(slot, dir) as usize;
         let s = self.stream_mut(slot).expect("checked");
         let answer = loop {
             if !s.pending.is_empty() {

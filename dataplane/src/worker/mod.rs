@@ -719,6 +719,7 @@ impl Worker {
             for i in 0..self.listeners.len() {
                 self.stop_accepting(i);
             }
+            self.hbone_drain(None);
         }
         if phase == Phase::Running {
             for i in 0..self.listeners.len() {
@@ -868,6 +869,7 @@ impl Worker {
     }
 
     fn mark_listener_conns_draining(&mut self, listener_slot: usize) {
+        self.hbone_drain(Some(listener_slot as u32));
         let deadline_ms = self.now_ms + self.shared.drain_time_ms;
         for i in 0..self.occupied.len() {
             let slot = self.occupied[i];
