@@ -1,15 +1,15 @@
-//! HBONE's HTTP/2 on a worker (issue 21, first part): the `h2` crate's connection state
-//! machine, driven without a runtime over byte queues the worker fills and drains itself.
+//! HBONE's HTTP/2 on a worker: the `h2` crate's connection state machine, driven without
+//! a runtime over byte queues the worker fills and drains itself.
 //!
 //! `h2` is written against `AsyncRead`/`AsyncWrite` and a waker, not against a runtime: a
 //! [`Wire`] is such an I/O whose reads take the bytes the worker received from the socket
 //! (answering `Pending` when there are none yet) and whose writes append to the bytes the
 //! worker will send. The worker polls the connection with a no-op waker after each receive
 //! and each send completion; nothing is spawned, no thread or second runtime exists, and every
-//! future is polled on the worker's own thread. Not wired to a listener or cluster yet: this
-//! module is the driving technique, tested end to end between a client and a server
-//! connection (a CONNECT stream both ways, half-closes, resets, many streams on one
-//! connection, flow control).
+//! future is polled on the worker's own thread. The worker's side (carriers, streams,
+//! pools) is `worker/hbone_io.rs`; this module's tests drive a client and a server
+//! connection by hand (a CONNECT stream both ways, half-closes, resets, many streams on
+//! one connection, flow control).
 //!
 //! Guarantees:
 //! - **No runtime, no threads.** Polling happens only in [`poll_once`]; a `Pending` from the

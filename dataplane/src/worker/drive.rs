@@ -626,7 +626,10 @@ impl Worker {
             all.filter(|s| s.filter.admits(flags))
         };
         let tls = if logged().any(|s| s.format.uses_tls()) {
-            super::tls_io::tls_record(conn)
+            // A terminated HBONE stream's TLS is its HTTP/2 connection's: the calling
+            // workload's identity.
+            self.stream_peer_record(slot)
+                .or_else(|| super::tls_io::tls_record(conn))
         } else {
             None
         };

@@ -41,6 +41,7 @@
 use super::slot::{CHAIN_NONE, NO_FD};
 use super::ud::{self, Kind};
 use super::Worker;
+use crate::accesslog::tls::TlsRecord;
 use crate::conn;
 use crate::fib::hbone::Http2Settings;
 use crate::fib::Route;
@@ -53,6 +54,7 @@ use h2::{client, server, Reason, RecvStream, SendStream};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 
 /// A slot's part in HBONE (`Conn::hbone`).
@@ -89,6 +91,9 @@ pub(crate) struct Carrier {
     idle_timeout_ms: Option<u64>,
     /// No new streams go to it (its codec ended, or it is closing).
     retired: bool,
+    /// Terminating: its TLS for its streams' access logs (made at the first stream that
+    /// needs it, then shared).
+    peer: Option<Arc<TlsRecord>>,
     /// Pooled: the endpoint it connects to (index in its cluster, address): the pick its
     /// first stream made.
     pinned: Option<(Option<u32>, SocketAddr)>,
@@ -138,6 +143,8 @@ pub(crate) struct Stream {
     request: Option<http::Request<()>>,
     /// Terminated: the destination `:authority` names.
     authority: Option<SocketAddr>,
+    /// Terminated: its HTTP/2 connection's TLS (the peer's identity), for its access log.
+    peer: Option<Arc<TlsRecord>>,
     io: Virtual,
     /// Tunnelled: the connect (CONNECT answered) must be done by then.
     connect_deadline_ms: Option<u64>,
@@ -225,6 +232,30 @@ impl Worker {
             Hbone::Carrier(c) => c.pinned,
             Hbone::Stream(_) => None,
         }
+    }
+
+    /// A terminated stream's TLS for its access log: its HTTP/2 connection's.
+    pub(super) fn stream_peer_record(&self, slot: u32) -> Option<Arc<TlsRecord>> {
+        match self.conns[slot as usize].hbone.as_deref()? {
+            Hbone::Stream(s) => s.peer.clone(),
+            Hbone::Carrier(_) => None,
+        }
+    }
+
+    /// Terminating carrier `slot`'s TLS record, when its streams' logs read TLS (made once).
+    fn carrier_peer_record(&mut self, slot: u32, needed: bool) -> Option<Arc<TlsRecord>> {
+        if !needed {
+            return None;
+        }
+        let record = match self.carrier_mut(slot)?.peer.clone() {
+            Some(r) => r,
+            None => {
+                let r = super::tls_io::tls_record(&self.conns[slot as usize])?;
+                self.carrier_mut(slot)?.peer = Some(r.clone());
+                r
+            }
+        };
+        Some(record)
     }
 
     /// The destination a terminated stream's `:authority` names.
@@ -542,6 +573,7 @@ impl Worker {
             idle_since_ms: self.now_ms,
             idle_timeout_ms: None,
             retired: false,
+            peer: None,
             pinned: None,
         };
         let nonce = self.conns[slot as usize].nonce;
@@ -963,6 +995,11 @@ impl Worker {
             return;
         };
         let tcp = &listener.chain(chain).tcp_proxy;
+        let logs_tls = tcp
+            .access_logs
+            .iter()
+            .chain(&listener.access_logs)
+            .any(|s| s.format.uses_tls());
         tcp.stats.inc(self.id, TcpStat::DownstreamCxTotal);
         tcp.stats.inc(self.id, TcpStat::DownstreamCxActive);
         let cluster = match &tcp.route {
@@ -1008,6 +1045,7 @@ impl Worker {
             response: None,
             request: None,
             authority,
+            peer: self.carrier_peer_record(carrier, logs_tls),
             io: Virtual::default(),
             connect_deadline_ms: None,
         };
@@ -1107,10 +1145,7 @@ impl Worker {
         let conn = &self.conns[slot as usize];
         let endpoint = conn.upstream?;
         let cluster = self.cluster_of(slot)?;
-        let identity = cluster
-            .tls
-            .as_ref()
-            .map_or(0, |t| std::sync::Arc::as_ptr(t) as usize);
+        let identity = cluster.tls.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize);
         Some(PoolKey { endpoint, identity })
     }
 
@@ -1192,6 +1227,7 @@ impl Worker {
             idle_since_ms: self.now_ms,
             idle_timeout_ms: http2.idle_timeout_ms,
             retired: false,
+            peer: None,
             pinned: Some((upstream_endpoint, key.endpoint)),
         })));
         self.hbone.pools.entry(key).or_default().push((slot, nonce));
@@ -1303,6 +1339,7 @@ impl Worker {
             response: None,
             request: None,
             authority: None,
+            peer: None,
             io: Virtual::default(),
             connect_deadline_ms: None,
         })));
