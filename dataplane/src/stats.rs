@@ -319,11 +319,17 @@ stat_block!(
 
 stat_block!(
     /// `cluster.<name>.*`: one per cluster name.
-    ClusterStats, ClusterStat, 18, {
+    ClusterStats, ClusterStat, 20, {
     /// Upstream connections attempted.
     UpstreamCxTotal => ("upstream_cx_total", Counter),
     /// Upstream connections open now.
     UpstreamCxActive => ("upstream_cx_active", Gauge),
+    /// HBONE: connections tunnelled as CONNECT streams over the cluster's HTTP/2
+    /// connections (Envoy counts each as a request; the HTTP/2 connections are the
+    /// `upstream_cx_*`).
+    UpstreamRqTotal => ("upstream_rq_total", Counter),
+    /// HBONE: such streams open now.
+    UpstreamRqActive => ("upstream_rq_active", Gauge),
     /// Bytes received from clients and not yet written to the backend (the upstream
     /// connections' write buffers, which the cluster's `per_connection_buffer_limit_bytes`
     /// bounds).

@@ -61,6 +61,8 @@ struct ConnRoute {
     pinned: Option<(Option<u32>, SocketAddr)>,
     /// A terminated HBONE stream's `:authority` destination.
     authority: Option<SocketAddr>,
+    /// A tunnelled connection: its upstream is a stream (a request), not a connection.
+    tunnelled: bool,
 }
 
 /// For events that never ask about the cluster (relay completions): nothing to borrow.
@@ -158,8 +160,13 @@ impl Upstreams for SlotUpstreams<'_> {
         if picked.panic {
             cluster.stats.inc(worker, ClusterStat::LbHealthyPanic);
         }
-        cluster.stats.inc(worker, ClusterStat::UpstreamCxTotal);
-        endpoint.stats.inc(HostStat::CxTotal);
+        if self.conn.tunnelled {
+            // A stream of a pooled connection, which counts the connection.
+            cluster.stats.inc(worker, ClusterStat::UpstreamRqTotal);
+        } else {
+            cluster.stats.inc(worker, ClusterStat::UpstreamCxTotal);
+            endpoint.stats.inc(HostStat::CxTotal);
+        }
         self.conn.upstream = Some(endpoint.address);
         Some(Target::Endpoint(picked.endpoint as u32))
     }
@@ -198,10 +205,12 @@ impl Worker {
                 authorized,
                 pinned: None,
                 authority: None,
+                tunnelled: false,
             };
             if conn.hbone.is_some() {
                 route.pinned = self.pinned_endpoint(slot);
                 route.authority = self.stream_authority(slot);
+                route.tunnelled = self.virtual_side(slot) == Some(Side::Backend);
             }
             let conn = &mut self.conns[slot as usize];
             let mut upstreams = SlotUpstreams {
@@ -495,7 +504,15 @@ impl Worker {
             return;
         };
         let c = g.fib.cluster(cluster);
-        c.stats.inc(id, ClusterStat::UpstreamCxActive);
+        let stream = conn.hbone.is_some() && self.virtual_side(slot) == Some(Side::Backend);
+        c.stats.inc(
+            id,
+            if stream {
+                ClusterStat::UpstreamRqActive
+            } else {
+                ClusterStat::UpstreamCxActive
+            },
+        );
         let Some(endpoint) = endpoint else { return };
         let host = &c.endpoints[endpoint as usize];
         host.stats.inc(HostStat::CxActive);
@@ -653,21 +670,26 @@ impl Worker {
             return;
         };
         let cluster = g.fib.cluster(cluster_id);
+        let stream = conn.hbone.is_some() && self.virtual_side(slot) == Some(Side::Backend);
         if let Upstream::Connected {
             endpoint,
             remote_close,
         } = machine.upstream()
         {
-            cluster.stats.dec(id, ClusterStat::UpstreamCxActive);
-            cluster.stats.inc(id, ClusterStat::UpstreamCxDestroy);
-            cluster.stats.inc(
-                id,
-                if remote_close {
-                    ClusterStat::UpstreamCxDestroyRemote
-                } else {
-                    ClusterStat::UpstreamCxDestroyLocal
-                },
-            );
+            if stream {
+                cluster.stats.dec(id, ClusterStat::UpstreamRqActive);
+            } else {
+                cluster.stats.dec(id, ClusterStat::UpstreamCxActive);
+                cluster.stats.inc(id, ClusterStat::UpstreamCxDestroy);
+                cluster.stats.inc(
+                    id,
+                    if remote_close {
+                        ClusterStat::UpstreamCxDestroyRemote
+                    } else {
+                        ClusterStat::UpstreamCxDestroyLocal
+                    },
+                );
+            }
             if let Some(e) = endpoint {
                 cluster.endpoints[e as usize].stats.dec(HostStat::CxActive);
                 let counts = &mut self.active.counts[g.active[cluster_id.0 as usize] as usize];
