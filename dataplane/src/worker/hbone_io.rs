@@ -169,6 +169,9 @@ pub(crate) struct HboneState {
     pools: HashMap<PoolKey, Vec<(u32, u32)>>,
     /// Carriers open now (terminating and pooled), for the tick.
     carriers: Vec<(u32, u32)>,
+    /// `dirty` and `connects` of the last pump, emptied, for the next (their memory kept).
+    spare_dirty: Vec<(u32, u32)>,
+    spare_connects: Vec<(u32, u32)>,
 }
 
 impl HboneState {
@@ -588,15 +591,23 @@ impl Worker {
             if !self.hbone.has_work() {
                 return;
             }
-            for (slot, nonce) in std::mem::take(&mut self.hbone.connects) {
+            // Swapped with spare lists, so their memory is kept (nothing allocated per batch).
+            let mut connects = std::mem::take(&mut self.hbone.spare_connects);
+            std::mem::swap(&mut connects, &mut self.hbone.connects);
+            for &(slot, nonce) in &connects {
                 self.assign_carrier(slot, nonce);
             }
-            let mut dirty = std::mem::take(&mut self.hbone.dirty);
+            connects.clear();
+            self.hbone.spare_connects = connects;
+            let mut dirty = std::mem::take(&mut self.hbone.spare_dirty);
+            std::mem::swap(&mut dirty, &mut self.hbone.dirty);
             dirty.sort_unstable();
             dirty.dedup();
-            for (slot, nonce) in dirty {
+            for &(slot, nonce) in &dirty {
                 self.pump_carrier(slot, nonce);
             }
+            dirty.clear();
+            self.hbone.spare_dirty = dirty;
         }
     }
 
@@ -605,7 +616,9 @@ impl Worker {
     /// again).
     pub(super) fn hbone_tick(&mut self) {
         let now = self.now_ms;
-        for (slot, nonce) in self.hbone.carriers.clone() {
+        let mut i = 0;
+        while let Some(&(slot, nonce)) = self.hbone.carriers.get(i) {
+            i += 1;
             let Some(c) = self.live_carrier(slot, nonce) else {
                 continue;
             };
@@ -621,7 +634,9 @@ impl Worker {
                     send.take();
                 }
             }
-            for (s, sn) in c.streams.clone() {
+            let mut j = 0;
+            while let Some(&(s, sn)) = self.carrier_mut(slot).and_then(|c| c.streams.get(j)) {
+                j += 1;
                 self.expire_connect(s, sn);
             }
             self.hbone.dirty.push((slot, nonce));
@@ -680,8 +695,10 @@ impl Worker {
                 self.open_server_stream(slot, req, respond);
             }
             self.send_queued_requests(slot);
-            let streams = self.carrier_mut(slot).map(|c| c.streams.clone());
-            for (s, n) in streams.unwrap_or_default() {
+            // By index: serving a stream never removes one (only a slot's finish does).
+            let mut i = 0;
+            while let Some(&(s, n)) = self.carrier_mut(slot).and_then(|c| c.streams.get(i)) {
+                i += 1;
                 if self.conns[s as usize].nonce == n {
                     self.progress_stream(s);
                 }
@@ -1151,8 +1168,9 @@ impl Worker {
 
     /// A carrier of `key`'s pool with room for one more stream.
     fn pooled_carrier(&mut self, key: PoolKey) -> Option<(u32, u32)> {
-        let list = self.hbone.pools.get(&key)?.clone();
-        for (c, n) in list {
+        let mut i = 0;
+        while let Some(&(c, n)) = self.hbone.pools.get(&key).and_then(|l| l.get(i)) {
+            i += 1;
             let live = self.conns[c as usize].machine.is_live();
             let Some(carrier) = self.live_carrier(c, n) else {
                 continue;
