@@ -125,6 +125,15 @@ struct Virtual {
     connect_answer: Option<i32>,
 }
 
+impl Virtual {
+    /// Nothing waits any more (the side closed); answers already posted stay, for their
+    /// completions (a receive's buffer goes to the relay, which recycles it).
+    fn stop_waiting(&mut self) {
+        self.recv_waiting = false;
+        self.send_waiting = None;
+    }
+}
+
 /// One CONNECT stream's handles, in its own slot.
 pub(crate) struct Stream {
     /// Its carrier (slot, nonce), `None` before one is assigned or after it ended.
@@ -275,6 +284,15 @@ impl Worker {
         }
     }
 
+    /// A stream operation waits for its carrier's next pump, or, with its carrier gone,
+    /// is answered now (its handles fail).
+    fn serve_stream_later(&mut self, slot: u32) {
+        match self.carrier_of(slot) {
+            Some(c) => self.hbone.dirty.push(c),
+            None => self.progress_stream(slot),
+        }
+    }
+
     fn carrier_of(&self, slot: u32) -> Option<(u32, u32)> {
         match self.conns[slot as usize].hbone.as_deref()? {
             Hbone::Carrier(_) => Some((slot, self.conns[slot as usize].nonce)),
@@ -301,8 +319,7 @@ impl Worker {
         if let Some(io) = self.io_mut(slot) {
             io.recv_waiting = true;
         }
-        let carrier = self.carrier_of(slot);
-        self.mark_dirty(carrier);
+        self.serve_stream_later(slot);
         true
     }
 
@@ -338,10 +355,11 @@ impl Worker {
             wire.feed(bytes);
             self.io_mut(slot).expect("a carrier").send_answer = Some(Ok(len));
             self.post(slot, super::send_kind(dir));
+            self.mark_dirty(carrier);
         } else if let Some(io) = self.io_mut(slot) {
             io.send_waiting = Some((buf, off, len));
+            self.serve_stream_later(slot);
         }
-        self.mark_dirty(carrier);
         true
     }
 
@@ -424,7 +442,7 @@ impl Worker {
         }
         let carrier = self.carrier_of(slot);
         if let Some(s) = self.stream_mut(slot) {
-            s.io = Virtual::default();
+            s.io.stop_waiting();
             if let Some(mut respond) = s.respond.take() {
                 let status = http::StatusCode::SERVICE_UNAVAILABLE;
                 let answer = http::Response::builder().status(status).body(()).ok();
@@ -440,7 +458,7 @@ impl Worker {
         }
         if let Some(c) = self.carrier_mut(slot) {
             c.retired = true;
-            c.io = Virtual::default();
+            c.io.stop_waiting();
         }
         self.mark_dirty(carrier);
     }
@@ -462,7 +480,7 @@ impl Worker {
         s.response = None;
         s.request = None;
         s.pending = Bytes::new();
-        s.io = Virtual::default();
+        s.io.stop_waiting();
         let Some((c, n)) = s.carrier.take() else {
             return;
         };
