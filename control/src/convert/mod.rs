@@ -496,6 +496,14 @@ fn duration(d: &PbDuration, path: &str) -> Result<Duration> {
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
+/// A timeout at `path`: `default` (Envoy's) when not given, `None` (no timeout) at `0s`.
+fn timeout_or(d: Option<&PbDuration>, default: Duration, path: &str) -> Result<Option<Duration>> {
+    match d {
+        None => Ok(Some(default)),
+        Some(d) => Ok(Some(duration(d, path)?).filter(|d| !d.is_zero())),
+    }
+}
+
 /// The message name an `Any` carries.
 fn type_name(any: &Any) -> &str {
     any.type_url

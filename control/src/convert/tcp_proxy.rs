@@ -8,8 +8,8 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::r#type::v3::HashPolicy as PbHashPolicy;
 use envoy_types::pb::envoy::r#type::v3::hash_policy::PolicySpecifier;
-use super::access_log::access_log_config;
-use super::{duration, Result};
+use super::access_log::access_logs;
+use super::{timeout_or, Result};
 
 pub(super) fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
     if t.stat_prefix.is_empty() {
@@ -19,10 +19,11 @@ pub(super) fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
         ));
     }
     let route = route(t.cluster_specifier.as_ref(), path)?;
-    let idle_timeout = match &t.idle_timeout {
-        None => Some(DEFAULT_IDLE_TIMEOUT),
-        Some(d) => Some(duration(d, &field(path, "idle_timeout"))?).filter(|d| !d.is_zero()),
-    };
+    let idle_timeout = timeout_or(
+        t.idle_timeout.as_ref(),
+        DEFAULT_IDLE_TIMEOUT,
+        &field(path, "idle_timeout"),
+    )?;
     let max_connect_attempts = match t.max_connect_attempts {
         None => 1,
         Some(v) if v.value >= 1 => v.value,
@@ -33,13 +34,7 @@ pub(super) fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
             ))
         }
     };
-    let lpath = field(path, "access_log");
-    let access_logs = t
-        .access_log
-        .iter()
-        .enumerate()
-        .map(|(i, a)| access_log_config(a, &index(&lpath, i)))
-        .collect::<Result<Vec<_>>>()?;
+    let access_logs = access_logs(&t.access_log, &field(path, "access_log"))?;
     Ok(TcpProxyConfig {
         stat_prefix: t.stat_prefix.clone(),
         route,
