@@ -592,8 +592,8 @@ fn cluster(
         Arc::new(host)
     };
     let mut cluster = Cluster {
-        http2: None,
-        original_dst_authority: false,
+        http2: c.http2,
+        original_dst_authority: c.original_dst_authority,
         name: c.name.as_str().into(),
         observability_name: c.observability_name().into(),
         connect_timeout_ms: millis(c.connect_timeout),

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFilter, LogFormat, LogPath};
+use switchyard_dataplane::fib::hbone::Http2Upstream;
 use switchyard_dataplane::fib::{
     ChainMatch, ChainMatcher, CidrRange, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle,
     FilterDeadline, HealthPolicy, LbPolicy, Locality, LocalityName, OriginalSrc, UpstreamBind,
@@ -23,6 +24,10 @@ use switchyard_dataplane::tls::settings::{ClientSettings, ServerSettings};
 
 /// Envoy's default tcp_proxy `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Envoy's default `common_http_protocol_options.idle_timeout` of a cluster's HTTP
+/// connections (an HBONE origination pool's).
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Envoy's default udp_proxy `idle_timeout`.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -832,6 +837,14 @@ pub struct ClusterConfig {
     /// `transport_socket` `envoy.transport_sockets.upstream_proxy_protocol`: a PROXY header
     /// starts each connection (around `tls`, or plaintext).
     pub proxy_protocol: Option<UpstreamProxyProtocol>,
+    /// `typed_extension_protocol_options` `HttpProtocolOptions` with
+    /// `explicit_http_config.http2_protocol_options` (or the deprecated
+    /// `http2_protocol_options`): the endpoints speak HTTP/2, with these settings; what a
+    /// tcp_proxy's `tunneling_config` needs.
+    pub http2: Option<Http2Upstream>,
+    /// `type: ORIGINAL_DST` with `original_dst_lb_config: {use_http_header: true,
+    /// http_header_name: ":authority"}`: an HBONE stream goes where its `:authority` says.
+    pub original_dst_authority: bool,
 }
 
 /// A STRICT_DNS or LOGICAL_DNS cluster's discovery: what to resolve ([`DnsQuery`]), with

@@ -615,13 +615,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "maglev_lb_config",
             "load_assignment",
             "eds_cluster_config",
+            // HTTP/2 to the endpoints (`convert::hbone`): an xDS cluster's gRPC, a tcp_proxy's
+            // `tunneling_config` streams.
             "typed_extension_protocol_options",
             // The deprecated form of `typed_extension_protocol_options`'
             // `explicit_http_config.http2_protocol_options`, with the same meaning and the
-            // same (empty) message: Switchyard speaks gRPC over HTTP/2 to an xDS cluster
-            // regardless, and a tcp_proxy cluster has no HTTP. Envoy takes both forms at once
-            // (the typed one wins), and so does Switchyard.
+            // same message. Envoy takes both forms at once (the typed one wins), and so does
+            // Switchyard.
             "http2_protocol_options",
+            // ORIGINAL_DST by `:authority` (`convert::hbone`).
+            "original_dst_lb_config",
             "upstream_bind_config",
             "circuit_breakers",
             "health_checks",
@@ -770,12 +773,33 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "state",
         ],
     ),
-    (HTTP_PROTOCOL_OPTIONS, &["explicit_http_config"]),
+    // Explicit HTTP/2 only (`auto_config`, `use_downstream_protocol_config`, HTTP/1 and
+    // HTTP/3, filters, ... are refused).
+    (
+        HTTP_PROTOCOL_OPTIONS,
+        &["explicit_http_config", "common_http_protocol_options"],
+    ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
         &["http2_protocol_options"],
     ),
-    ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
+    // `CommonHttpProtocolOptions`: a pooled connection's idle timeout only.
+    ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout"]),
+    // The settings HBONE uses, on either side; `allow_connect` belongs to the connection
+    // manager (`convert::hbone` refuses it on a cluster).
+    (
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &[
+            "allow_connect",
+            "max_concurrent_streams",
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",
+        &["use_http_header", "http_header_name"],
+    ),
     (
         "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
         &["eds_config", "service_name"],
@@ -981,8 +1005,9 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport.transport_socket",
         &[UPSTREAM_TLS, RAW_BUFFER],
     ),
-    // Every real xDS bootstrap gives its ADS cluster HTTP/2 this way; Switchyard speaks gRPC
-    // (HTTP/2) to it regardless, and a tcp_proxy cluster has no HTTP to configure.
+    // Every real xDS bootstrap gives its ADS cluster HTTP/2 this way (Switchyard speaks gRPC
+    // over HTTP/2 to it regardless); a tcp_proxy's `tunneling_config` needs it on its
+    // clusters. The key is checked by `convert::hbone`.
     (
         "envoy.config.cluster.v3.Cluster.TypedExtensionProtocolOptionsEntry.value",
         &[HTTP_PROTOCOL_OPTIONS],

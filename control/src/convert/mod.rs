@@ -12,7 +12,8 @@
 //! part shares (durations, `Any` decoding); each part of the config has its own file:
 //! `listener` (and `filter_chain`, `tcp_proxy`, `access_log` under it, `udp` for UDP
 //! listeners), `cluster` (and `lb`, `circuit_breakers`, `upstream_bind`, `health`,
-//! `endpoints` under it), `tls` (the transport sockets of both), `ads` (`dynamic_resources`), `address`, and `ext` (Switchyard's
+//! `endpoints` under it), `tls` (the transport sockets of both), `ads` (`dynamic_resources`), `address`, `hbone` (HTTP/2
+//! for HBONE: a cluster's HTTP/2 and ORIGINAL_DST by `:authority`), and `ext` (Switchyard's
 //! own extensions).
 
 use self::address::admin_address;
@@ -48,6 +49,7 @@ mod dns;
 mod endpoints;
 mod ext;
 mod filter_chain;
+mod hbone;
 mod health;
 mod lb;
 mod lb_typed;
