@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFilter, LogFormat, LogPath};
-use switchyard_dataplane::fib::hbone::Http2Upstream;
+use switchyard_dataplane::fib::hbone::{Http2Upstream, Tunneling};
 use switchyard_dataplane::fib::{
     ChainMatch, ChainMatcher, CidrRange, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle,
     FilterDeadline, HealthPolicy, LbPolicy, Locality, LocalityName, OriginalSrc, UpstreamBind,
@@ -745,6 +745,10 @@ pub struct TcpProxyConfig {
     pub hash_source_ip: bool,
     /// Access logs written when a connection closes.
     pub access_logs: Vec<AccessLogConfig>,
+    /// `tunneling_config`: each connection is a CONNECT stream to its cluster, which must
+    /// have [`ClusterConfig::http2`] (checked against the bootstrap's clusters by `convert`,
+    /// and at compile for clusters from CDS: one without it is no route).
+    pub tunneling: Option<Arc<Tunneling>>,
 }
 
 /// The tcp_proxy's or udp_proxy's destination, by cluster name (a name may be missing from

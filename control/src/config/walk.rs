@@ -463,7 +463,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_connect_attempts",
             "access_log",
             "hash_policy",
+            // HBONE's origination (`convert::hbone`): the connection is a CONNECT stream.
+            "tunneling_config",
         ],
+    ),
+    // `use_post`, `post_path`, the response propagation and request ids are refused.
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TunnelingConfig",
+        &["hostname", "headers_to_add"],
+    ),
+    // `keep_empty_value` is refused; `append_action` takes the two that add or overwrite
+    // (`convert::hbone`).
+    (
+        "envoy.config.core.v3.HeaderValueOption",
+        &["header", "append", "append_action"],
     ),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",

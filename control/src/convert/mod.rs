@@ -13,7 +13,7 @@
 //! `listener` (and `filter_chain`, `tcp_proxy`, `access_log` under it, `udp` for UDP
 //! listeners), `cluster` (and `lb`, `circuit_breakers`, `upstream_bind`, `health`,
 //! `endpoints` under it), `tls` (the transport sockets of both), `ads` (`dynamic_resources`), `address`, `hbone` (HTTP/2
-//! for HBONE: a cluster's HTTP/2 and ORIGINAL_DST by `:authority`), and `ext` (Switchyard's
+//! CONNECT: a tcp_proxy's tunneling, a cluster's HTTP/2, ORIGINAL_DST by `:authority`), and `ext` (Switchyard's
 //! own extensions).
 
 use self::address::admin_address;
@@ -86,6 +86,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
     let statics = b.static_resources.as_ref().unwrap_or(&empty);
     let clusters = static_clusters(&statics.clusters)?;
     let listeners = static_listeners(&statics.listeners, &admin)?;
+    hbone::tunneling_clusters(&statics.listeners, &listeners, &clusters)?;
     let dynamic = match &b.dynamic_resources {
         Some(d) => Some(dynamic_resources(d, &clusters)?),
         None => None,

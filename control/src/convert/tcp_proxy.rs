@@ -1,5 +1,6 @@
 //! The `tcp_proxy` network filter: its route (one cluster or weighted clusters), idle
-//! timeout, connect attempts, hash policy and access logs (converted in `access_log`).
+//! timeout, connect attempts, hash policy, access logs (converted in `access_log`) and
+//! `tunneling_config` (in `hbone`).
 
 use crate::error::ConfigError;
 use crate::path::{field, index};
@@ -9,7 +10,8 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_pr
 use envoy_types::pb::envoy::r#type::v3::HashPolicy as PbHashPolicy;
 use envoy_types::pb::envoy::r#type::v3::hash_policy::PolicySpecifier;
 use super::access_log::access_logs;
-use super::{timeout_or, Result};
+use super::{hbone, timeout_or, Result};
+use std::sync::Arc;
 
 pub(super) fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
     if t.stat_prefix.is_empty() {
@@ -42,6 +44,11 @@ pub(super) fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
         max_connect_attempts,
         access_logs,
         hash_source_ip: hash_policy(&t.hash_policy, &field(path, "hash_policy"))?,
+        tunneling: t
+            .tunneling_config
+            .as_ref()
+            .map(|c| hbone::tunneling(c, &field(path, "tunneling_config")).map(Arc::new))
+            .transpose()?,
     })
 }
 
