@@ -380,7 +380,7 @@ fn build(
             None => None,
         };
         Ok(FilterChain {
-            hbone: None,
+            hbone: c.hbone.clone(),
             name: c.name.as_str().into(),
             matcher: c.matcher.clone(),
             connection_limit: c.connection_limit.as_ref().map(|l| ConnectionLimit {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFilter, LogFormat, LogPath};
-use switchyard_dataplane::fib::hbone::{Http2Upstream, Tunneling};
+use switchyard_dataplane::fib::hbone::{HboneTerminate, Http2Upstream, Tunneling};
 use switchyard_dataplane::fib::{
     ChainMatch, ChainMatcher, CidrRange, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle,
     FilterDeadline, HealthPolicy, LbPolicy, Locality, LocalityName, OriginalSrc, UpstreamBind,
@@ -24,6 +24,9 @@ use switchyard_dataplane::tls::settings::{ClientSettings, ServerSettings};
 
 /// Envoy's default tcp_proxy `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Envoy's default `stream_idle_timeout` of the connection manager (an HBONE chain's streams).
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Envoy's default `common_http_protocol_options.idle_timeout` of a cluster's HTTP
 /// connections (an HBONE origination pool's).
@@ -539,8 +542,15 @@ pub struct FilterChainConfig {
     pub fault: Option<FaultConfig>,
     /// `switchyard.filters.network.mirror`, before the tcp_proxy.
     pub mirror: Option<MirrorConfig>,
-    /// The tcp_proxy filter (the chain's terminal filter).
+    /// The tcp_proxy filter (the chain's terminal filter); for an HBONE chain, what each
+    /// CONNECT stream is proxied by, compiled from the connection manager (`stat_prefix`,
+    /// the route's cluster, `stream_idle_timeout`, `access_log`; one connect attempt, no
+    /// hash policy, no tunneling).
     pub tcp_proxy: TcpProxyConfig,
+    /// The terminal filter is `envoy.filters.network.http_connection_manager` in the shape
+    /// that terminates HBONE (HTTP/2 CONNECT): its server's HTTP/2 settings. HBONE is
+    /// mTLS in a mesh; a plaintext chain is accepted too (tests use it).
+    pub hbone: Option<HboneTerminate>,
     /// `transport_socket` with a `DownstreamTlsContext`: the chain terminates TLS; `None`:
     /// plaintext (no transport socket, or `raw_buffer`).
     pub tls: Option<ChainTlsConfig>,

@@ -20,12 +20,12 @@ use crate::path::{field, index};
 use crate::type_names::{
     APPLICATION_PROTOCOL_INPUT, CARES_RESOLVER, CONNECTION_LIMIT, DESTINATION_IP_INPUT,
     DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, DOWNSTREAM_CONNECTIONS_MONITOR, FAULT,
-    FILE_LOG, GETADDRINFO_RESOLVER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER, LEAST_REQUEST_POLICY,
-    LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER,
-    PROXY_PROTOCOL, RANDOM_POLICY, RBAC, RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT,
-    SOURCE_IP_INPUT, SOURCE_LIMIT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG,
-    STRING_VALUE, TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, TRUSTED_SOURCES, UDP_PROXY,
-    UDP_ROUTE, UDP_WEIGHTED_ROUTE,
+    FILE_LOG, GETADDRINFO_RESOLVER, HTTP_CONNECTION_MANAGER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER,
+    LEAST_REQUEST_POLICY, LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER,
+    ORIGINAL_SRC_FILTER, PROXY_PROTOCOL, RANDOM_POLICY, RBAC, RING_HASH_POLICY, ROUND_ROBIN_POLICY,
+    ROUTER, SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_LIMIT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT,
+    STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT,
+    TRUSTED_SOURCES, UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
 };
 use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_PROXY_PROTOCOL, UPSTREAM_TLS};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
@@ -477,6 +477,58 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.core.v3.HeaderValueOption",
         &["header", "append", "append_action"],
+    ),
+    // HBONE's termination (`convert::hbone`): the connection manager in exactly the shape
+    // that terminates HTTP/2 CONNECT into the chain's proxying; every other field (RDS,
+    // HTTP/1, tracing, timeouts other than the streams' idle one, ...) is refused.
+    (
+        HTTP_CONNECTION_MANAGER,
+        &[
+            "stat_prefix",
+            "codec_type",
+            "http2_protocol_options",
+            "upgrade_configs",
+            "route_config",
+            "http_filters",
+            "access_log",
+            "stream_idle_timeout",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+        &["name", "typed_config"],
+    ),
+    // The router takes no field: its defaults are what proxying a CONNECT stream does.
+    (ROUTER, &[]),
+    // Inline routes only. `name`s label the route table and its virtual host in
+    // /config_dump (a virtual host's is required, as in Envoy); nothing matches on them.
+    (
+        "envoy.config.route.v3.RouteConfiguration",
+        &["name", "virtual_hosts"],
+    ),
+    (
+        "envoy.config.route.v3.VirtualHost",
+        &["name", "domains", "routes"],
+    ),
+    ("envoy.config.route.v3.Route", &["match", "route"]),
+    ("envoy.config.route.v3.RouteMatch", &["connect_matcher"]),
+    ("envoy.config.route.v3.RouteMatch.ConnectMatcher", &[]),
+    (
+        "envoy.config.route.v3.RouteAction",
+        &["cluster", "upgrade_configs"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig",
+        &["upgrade_type", "connect_config"],
+    ),
+    // `proxy_protocol_config` and `allow_post` are refused.
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig",
+        &[],
     ),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
@@ -937,6 +989,7 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         "envoy.config.listener.v3.Filter.typed_config",
         &[
             TCP_PROXY,
+            HTTP_CONNECTION_MANAGER,
             CONNECTION_LIMIT,
             LOCAL_RATELIMIT,
             RBAC,
@@ -974,6 +1027,10 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "xds.type.matcher.v3.Matcher.MatcherTree.custom_match",
         &[IP_MATCHER],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter.typed_config",
+        &[ROUTER],
     ),
     (
         "envoy.config.accesslog.v3.AccessLog.typed_config",

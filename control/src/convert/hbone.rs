@@ -1,23 +1,39 @@
-//! HBONE's config (issue 21): a tcp_proxy's `tunneling_config` (its `hostname` and
-//! `headers_to_add` with Envoy's substitution operators), a cluster's HTTP/2
-//! (`typed_extension_protocol_options` `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`,
-//! or the deprecated `http2_protocol_options`) and ORIGINAL_DST by `:authority`
-//! (`original_dst_lb_config`).
+//! HBONE's config (issue 21): HTTP/2 CONNECT terminated by a filter chain (the subset of
+//! `envoy.filters.network.http_connection_manager` that says exactly that), a tcp_proxy's
+//! `tunneling_config` (its `hostname` and `headers_to_add` with Envoy's substitution
+//! operators), a cluster's HTTP/2 (`typed_extension_protocol_options`
+//! `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`, or the deprecated
+//! `http2_protocol_options`) and ORIGINAL_DST by `:authority` (`original_dst_lb_config`).
 //!
 //! The walker lets through only the fields listed for these messages; what is left to refuse
-//! here are values (header names, operators, ranges) and Envoy's required fields, each by its
-//! path.
+//! here are values (codec types, upgrade types, domains, header names, operators, ranges) and
+//! Envoy's required fields, each by its path. HBONE is mTLS in a mesh; a chain that
+//! terminates it may be plaintext too (tests use that).
 
-use super::{decode_any, timeout_or, Result};
+use super::access_log::access_logs;
+use super::{decode_any, timeout_or, type_name, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
-use crate::rib::{millis_ceil, ClusterConfig, ListenerConfig, DEFAULT_HTTP_IDLE_TIMEOUT};
-use crate::type_names::HTTP_PROTOCOL_OPTIONS;
+use crate::rib::{
+    millis_ceil, ClusterConfig, ListenerConfig, RouteConfig, TcpProxyConfig,
+    DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
+};
+use crate::type_names::{HTTP_PROTOCOL_OPTIONS, ROUTER};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValueOption, Http2ProtocolOptions};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, UpgradeConfig};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, RouteSpecifier, UpgradeConfig as HcmUpgradeConfig,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_filter, HttpConnectionManager, HttpFilter,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::TunnelingConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
@@ -25,7 +41,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions
 use envoy_types::pb::google::protobuf::UInt32Value;
 use std::sync::Arc;
 use switchyard_dataplane::fib::hbone::{
-    Http2Settings, Http2Upstream, Template, TemplatePart, TunnelHeader, Tunneling,
+    HboneTerminate, Http2Settings, Http2Upstream, Template, TemplatePart, TunnelHeader, Tunneling,
 };
 
 /// The extension name Envoy also takes as the key of `HttpProtocolOptions` in
@@ -36,6 +52,83 @@ const HTTP_PROTOCOL_OPTIONS_NAME: &str = "envoy.upstreams.http.http_protocol_opt
 const STREAMS: (u32, u32) = (1, 2_147_483_647);
 /// Envoy's bounds of `initial_stream_window_size` and `initial_connection_window_size`.
 const WINDOW: (u32, u32) = (65_535, 2_147_483_647);
+
+/// `envoy.filters.network.http_connection_manager` as HBONE's termination: the chain's
+/// HTTP/2 server settings, and the tcp_proxy each CONNECT stream is proxied by (`stat_prefix`,
+/// the one route's cluster, `stream_idle_timeout`, `access_log`).
+pub(super) fn connection_manager(
+    h: &HttpConnectionManager,
+    path: &str,
+) -> Result<(HboneTerminate, TcpProxyConfig)> {
+    if h.stat_prefix.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "stat_prefix"),
+            "required (non-empty)",
+        ));
+    }
+    match CodecType::try_from(h.codec_type) {
+        Ok(CodecType::Auto | CodecType::Http2) => {}
+        Ok(other) => {
+            return Err(ConfigError::unsupported(
+                field(path, "codec_type"),
+                format!(
+                    "{} is not supported: HBONE is HTTP/2 (HTTP2, or AUTO, which Switchyard \
+                     serves as HTTP/2 only)",
+                    other.as_str_name()
+                ),
+            ))
+        }
+        Err(_) => {
+            return Err(ConfigError::invalid(
+                field(path, "codec_type"),
+                format!("unknown codec type {}", h.codec_type),
+            ))
+        }
+    }
+    let hpath = field(path, "http2_protocol_options");
+    let http2 = match &h.http2_protocol_options {
+        Some(o) if o.allow_connect => http2_settings(o, &hpath)?,
+        _ => {
+            return Err(ConfigError::invalid(
+                field(&hpath, "allow_connect"),
+                "required (true): HBONE's streams are CONNECT requests",
+            ))
+        }
+    };
+    hcm_upgrades(&h.upgrade_configs, &field(path, "upgrade_configs"))?;
+    let rpath = field(path, "route_config");
+    let routes = member(
+        h.route_specifier.as_ref().map(|r| match r {
+            RouteSpecifier::RouteConfig(r) => Some(r),
+            _ => None,
+        }),
+        (&rpath, "required (inline)"),
+        (
+            path,
+            "only an inline route_config is supported (not rds or scoped_routes)",
+        ),
+    )?;
+    let cluster = route_config(routes, &rpath)?;
+    http_filters(&h.http_filters, &field(path, "http_filters"))?;
+    let idle_timeout = timeout_or(
+        h.stream_idle_timeout.as_ref(),
+        DEFAULT_STREAM_IDLE_TIMEOUT,
+        &field(path, "stream_idle_timeout"),
+    )?;
+    let access_logs = access_logs(&h.access_log, &field(path, "access_log"))?;
+    Ok((
+        HboneTerminate { http2 },
+        TcpProxyConfig {
+            stat_prefix: h.stat_prefix.clone(),
+            route: RouteConfig::Cluster(cluster),
+            idle_timeout,
+            max_connect_attempts: 1,
+            hash_source_ip: false,
+            access_logs,
+            tunneling: None,
+        },
+    ))
+}
 
 /// `http2_protocol_options`: the three settings HBONE uses, in Envoy's ranges, Envoy's
 /// defaults for those left out (`allow_connect` is the caller's).
@@ -81,6 +174,212 @@ fn member<T>(found: Option<Option<T>>, required: (&str, &str), other: (&str, &st
         Some(Some(v)) => Ok(v),
         Some(None) => Err(ConfigError::unsupported(other.0, other.1)),
         None => Err(ConfigError::invalid(required.0, required.1)),
+    }
+}
+
+/// Whether `t` names the CONNECT upgrade (Envoy compares upgrade types without regard to
+/// case).
+fn is_connect(t: &str) -> bool {
+    t.eq_ignore_ascii_case("CONNECT")
+}
+
+/// The connection manager's `upgrade_configs`: exactly `[{upgrade_type: CONNECT}]`.
+fn hcm_upgrades(upgrades: &[HcmUpgradeConfig], path: &str) -> Result<()> {
+    if upgrades.is_empty() {
+        return Err(ConfigError::invalid(
+            path,
+            "required: [{upgrade_type: CONNECT}] (HBONE's streams are CONNECT requests)",
+        ));
+    }
+    for (i, u) in upgrades.iter().enumerate() {
+        let upath = index(path, i);
+        if !is_connect(&u.upgrade_type) {
+            return Err(ConfigError::unsupported(
+                field(&upath, "upgrade_type"),
+                format!(
+                    "'{}' is not supported: only CONNECT (HBONE)",
+                    u.upgrade_type
+                ),
+            ));
+        }
+        if i > 0 {
+            return Err(ConfigError::invalid(
+                upath,
+                "a second CONNECT upgrade (Envoy: multiple upgrade configs with the same name)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The inline `route_config`: one virtual host for every domain (`"*"`) with one route,
+/// `connect_matcher` to a cluster with CONNECT terminated (`connect_config`). The cluster's
+/// name.
+fn route_config(r: &RouteConfiguration, path: &str) -> Result<String> {
+    let vpath = field(path, "virtual_hosts");
+    let vh = one(&r.virtual_hosts, &vpath, "virtual host", ONE_ROUTE)?;
+    virtual_host(vh, &index(&vpath, 0))
+}
+
+/// Why an HBONE chain has one virtual host, one domain and one route.
+const ONE_ROUTE: &str = "every CONNECT stream of an HBONE chain takes the same route";
+
+/// The one element of `items` at `path`: none is an error, a second is not supported
+/// (`why`).
+fn one<'a, T>(items: &'a [T], path: &str, what: &str, why: &str) -> Result<&'a T> {
+    match items {
+        [one] => Ok(one),
+        [] => Err(ConfigError::invalid(
+            path,
+            format!("exactly one {what} is required"),
+        )),
+        _ => Err(ConfigError::unsupported(
+            index(path, 1),
+            format!("exactly one {what} is supported: {why}"),
+        )),
+    }
+}
+
+fn virtual_host(vh: &VirtualHost, path: &str) -> Result<String> {
+    if vh.name.is_empty() {
+        return Err(ConfigError::invalid(
+            field(path, "name"),
+            "required (non-empty)",
+        ));
+    }
+    let dpath = field(path, "domains");
+    let domain = one(&vh.domains, &dpath, "domain (\"*\")", ONE_ROUTE)?;
+    if domain != "*" {
+        return Err(ConfigError::unsupported(
+            index(&dpath, 0),
+            format!(
+                "'{domain}' is not supported: only \"*\" (Switchyard does not match :authority \
+                 per virtual host)"
+            ),
+        ));
+    }
+    let rpath = field(path, "routes");
+    let route = one(&vh.routes, &rpath, "route", ONE_ROUTE)?;
+    connect_route(route, &index(&rpath, 0))
+}
+
+/// A route: `match: {connect_matcher: {}}`, `route: {cluster, upgrade_configs: [{upgrade_type:
+/// CONNECT, connect_config: {}}]}`.
+fn connect_route(route: &Route, path: &str) -> Result<String> {
+    let mpath = field(path, "match");
+    member(
+        route
+            .r#match
+            .as_ref()
+            .and_then(|m| m.path_specifier.as_ref())
+            .map(|p| matches!(p, PathSpecifier::ConnectMatcher(_)).then_some(())),
+        (&field(&mpath, "connect_matcher"), "required ({})"),
+        (
+            &mpath,
+            "only connect_matcher is supported (an HBONE chain routes CONNECT streams)",
+        ),
+    )?;
+    let apath = field(path, "route");
+    let action = member(
+        route.action.as_ref().map(|a| match a {
+            Action::Route(a) => Some(a),
+            _ => None,
+        }),
+        (&apath, "required"),
+        (path, "only a route to a cluster is supported"),
+    )?;
+    let cluster = match &action.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(name)) if !name.is_empty() => name.clone(),
+        Some(ClusterSpecifier::Cluster(_)) | None => {
+            return Err(ConfigError::invalid(
+                field(&apath, "cluster"),
+                "required (non-empty)",
+            ))
+        }
+        Some(_) => {
+            return Err(ConfigError::unsupported(
+                &apath,
+                "only cluster is supported",
+            ))
+        }
+    };
+    route_upgrades(&action.upgrade_configs, &field(&apath, "upgrade_configs"))?;
+    Ok(cluster)
+}
+
+/// The route's `upgrade_configs`: exactly `[{upgrade_type: CONNECT, connect_config: {}}]`.
+/// Without `connect_config` Envoy forwards the CONNECT request to the cluster as HTTP; with
+/// it, it sends the stream's payload as a TCP connection, which is what Switchyard does.
+fn route_upgrades(upgrades: &[UpgradeConfig], path: &str) -> Result<()> {
+    const WANT: &str = "[{upgrade_type: CONNECT, connect_config: {}}]";
+    let u = match upgrades {
+        [] => {
+            return Err(ConfigError::invalid(
+                path,
+                format!(
+                    "required: {WANT} (each stream's payload goes to the cluster as a TCP \
+                     connection)"
+                ),
+            ))
+        }
+        [u, ..] => u,
+    };
+    let upath = index(path, 0);
+    if !is_connect(&u.upgrade_type) {
+        return Err(ConfigError::unsupported(
+            field(&upath, "upgrade_type"),
+            format!(
+                "'{}' is not supported: only CONNECT (HBONE)",
+                u.upgrade_type
+            ),
+        ));
+    }
+    if u.connect_config.is_none() {
+        return Err(ConfigError::invalid(
+            field(&upath, "connect_config"),
+            "required ({}): without it Envoy forwards the CONNECT request to the cluster as \
+             HTTP; with it, as in Switchyard, the stream's payload goes to the cluster as a TCP \
+             connection",
+        ));
+    }
+    if upgrades.len() > 1 {
+        return Err(ConfigError::unsupported(
+            index(path, 1),
+            format!("exactly {WANT} is supported"),
+        ));
+    }
+    Ok(())
+}
+
+/// `http_filters`: exactly the router (`envoy.filters.http.router`, no field set).
+fn http_filters(filters: &[HttpFilter], path: &str) -> Result<()> {
+    let f = one(
+        filters,
+        path,
+        "HTTP filter (envoy.filters.http.router)",
+        "a CONNECT stream goes through the router alone",
+    )?;
+    let fpath = index(path, 0);
+    if f.name.is_empty() {
+        return Err(ConfigError::invalid(
+            field(&fpath, "name"),
+            "required (non-empty)",
+        ));
+    }
+    let tpath = field(&fpath, "typed_config");
+    match &f.config_type {
+        Some(http_filter::ConfigType::TypedConfig(any)) if type_name(any) == ROUTER => Ok(()),
+        Some(http_filter::ConfigType::TypedConfig(any)) => Err(ConfigError::unsupported(
+            tpath,
+            format!(
+                "@type '{}' is not supported (only type.googleapis.com/{ROUTER})",
+                any.type_url
+            ),
+        )),
+        _ => Err(ConfigError::invalid(
+            tpath,
+            format!("required: {{\"@type\": type.googleapis.com/{ROUTER}}}"),
+        )),
     }
 }
 
@@ -480,7 +779,10 @@ mod tests {
     use super::*;
     use crate::load::parse_yaml_rib;
     use crate::rib::{FilterChainConfig, Rib};
+    use std::time::Duration;
     use switchyard_dataplane::fib::hbone::TemplatePart as P;
+
+    const F: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
 
     fn rib(yaml: &str) -> Rib {
         parse_yaml_rib(yaml)
@@ -498,6 +800,228 @@ mod tests {
 
     fn chain(r: &Rib) -> &FilterChainConfig {
         &r.listeners[0].tcp().unwrap().filter_chains[0]
+    }
+
+    /// A listener whose one chain ends in a connection manager with `fields` (YAML at its
+    /// fields' indent), and a static cluster `backend`. `{route}` in `fields` stands for the
+    /// one CONNECT route to `backend`; `{router}` for the router filter.
+    fn hcm(fields: &str) -> String {
+        let route = "route_config:
+            virtual_hosts:
+            - name: connect
+              domains: ['*']
+              routes:
+              - match: {connect_matcher: {}}
+                route:
+                  cluster: backend
+                  upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]";
+        let router = "http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+        let fields = fields.replace("{route}", route).replace("{router}", router);
+        format!(
+            "static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 15008}}}}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+{fields}
+  clusters:
+  - name: backend
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9000}}}}}}
+"
+        )
+    }
+
+    /// The minimal termination: what every test below changes one thing of.
+    const MINIMAL: &str = "          stat_prefix: hb
+          http2_protocol_options: {allow_connect: true}
+          upgrade_configs: [{upgrade_type: CONNECT}]
+          {route}
+          {router}";
+
+    #[test]
+    fn a_connection_manager_terminates_hbone_with_envoys_defaults() {
+        let r = rib(&hcm(MINIMAL));
+        let c = chain(&r);
+        assert_eq!(
+            c.hbone,
+            Some(HboneTerminate {
+                http2: Http2Settings::ENVOY_DEFAULT
+            })
+        );
+        let t = &c.tcp_proxy;
+        assert_eq!(t.stat_prefix, "hb");
+        assert_eq!(t.route, RouteConfig::Cluster("backend".into()));
+        assert_eq!(t.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(t.max_connect_attempts, 1);
+        assert!(!t.hash_source_ip);
+        assert!(t.access_logs.is_empty());
+        assert!(t.tunneling.is_none());
+        // What walks routes sees the stream's cluster.
+        assert_eq!(
+            r.listeners[0].routed_clusters().collect::<Vec<_>>(),
+            ["backend"]
+        );
+    }
+
+    #[test]
+    fn a_connection_manager_takes_its_settings_idle_timeout_and_logs() {
+        let r = rib(&hcm("          stat_prefix: hb
+          codec_type: http2
+          http2_protocol_options:
+            allow_connect: true
+            max_concurrent_streams: 100
+            initial_stream_window_size: 65535
+            initial_connection_window_size: 2147483647
+          upgrade_configs: [{upgrade_type: Connect}]
+          stream_idle_timeout: 0s
+          access_log:
+          - name: stdout
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+          {route}
+          {router}"));
+        let c = chain(&r);
+        assert_eq!(
+            c.hbone.as_ref().unwrap().http2,
+            Http2Settings {
+                max_concurrent_streams: 100,
+                initial_stream_window_bytes: 65_535,
+                initial_connection_window_bytes: 2_147_483_647,
+            }
+        );
+        assert_eq!(c.tcp_proxy.idle_timeout, None, "0s turns it off");
+        assert_eq!(c.tcp_proxy.access_logs.len(), 1);
+    }
+
+    #[test]
+    fn gates_may_come_before_a_connection_manager() {
+        let yaml = hcm(MINIMAL).replace(
+            "      - name: hcm\n",
+            "      - name: rbac
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: r
+      - name: hcm\n",
+        );
+        let r = rib(&yaml);
+        assert!(chain(&r).rbac.is_some());
+        assert!(chain(&r).hbone.is_some());
+    }
+
+    #[test]
+    fn each_part_of_the_termination_is_refused_by_path() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("          stat_prefix: hb\n", "", "stat_prefix"),
+            ("stat_prefix: hb\n", "stat_prefix: hb\n          codec_type: HTTP3\n", "codec_type"),
+            (
+                "http2_protocol_options: {allow_connect: true}",
+                "http2_protocol_options: {max_concurrent_streams: 10}",
+                "http2_protocol_options.allow_connect",
+            ),
+            (
+                "{allow_connect: true}",
+                "{allow_connect: true, max_concurrent_streams: 2147483648}",
+                "http2_protocol_options.max_concurrent_streams",
+            ),
+            (
+                "{allow_connect: true}",
+                "{allow_connect: true, initial_connection_window_size: 1000}",
+                "http2_protocol_options.initial_connection_window_size",
+            ),
+            (
+                "{allow_connect: true}",
+                "{allow_connect: true, allow_metadata: true}",
+                "http2_protocol_options.allow_metadata",
+            ),
+            (
+                "upgrade_configs: [{upgrade_type: CONNECT}]",
+                "upgrade_configs: []",
+                "upgrade_configs",
+            ),
+            (
+                "[{upgrade_type: CONNECT}]",
+                "[{upgrade_type: CONNECT, filters: []}]",
+                "upgrade_configs[0].filters",
+            ),
+            (
+                "[{upgrade_type: CONNECT}]",
+                "[{upgrade_type: CONNECT}, {upgrade_type: websocket}]",
+                "upgrade_configs[1].upgrade_type",
+            ),
+            ("domains: ['*']", "domains: []", "route_config.virtual_hosts[0].domains"),
+            (
+                "domains: ['*']",
+                "domains: ['*', 'a']",
+                "route_config.virtual_hosts[0].domains[1]",
+            ),
+            ("- name: connect", "- name: ''", "route_config.virtual_hosts[0].name"),
+            (
+                "match: {connect_matcher: {}}",
+                "match: {path: /x}",
+                "route_config.virtual_hosts[0].routes[0].match.path",
+            ),
+            (
+                "match: {connect_matcher: {}}",
+                "match: {}",
+                "route_config.virtual_hosts[0].routes[0].match.connect_matcher",
+            ),
+            (
+                "cluster: backend",
+                "cluster_header: x",
+                "route_config.virtual_hosts[0].routes[0].route.cluster_header",
+            ),
+            (
+                "[{upgrade_type: CONNECT, connect_config: {}}]",
+                "[{upgrade_type: websocket, connect_config: {}}]",
+                "route_config.virtual_hosts[0].routes[0].route.upgrade_configs[0].upgrade_type",
+            ),
+            (
+                "[{upgrade_type: CONNECT, connect_config: {}}]",
+                "[{upgrade_type: CONNECT, connect_config: {}, enabled: true}]",
+                "route_config.virtual_hosts[0].routes[0].route.upgrade_configs[0].enabled",
+            ),
+            (
+                "[{upgrade_type: CONNECT, connect_config: {}}]",
+                "[{upgrade_type: CONNECT, connect_config: {}}, {upgrade_type: CONNECT, connect_config: {}}]",
+                "route_config.virtual_hosts[0].routes[0].route.upgrade_configs[1]",
+            ),
+            ("- name: envoy.filters.http.router", "- name: ''", "http_filters[0].name"),
+            (
+                "stat_prefix: hb\n",
+                "stat_prefix: hb\n          stream_idle_timeout: -1s\n",
+                "stream_idle_timeout",
+            ),
+        ];
+        for (from, to, path) in cases {
+            let yaml = hcm(MINIMAL).replacen(from, to, 1);
+            assert_ne!(yaml, hcm(MINIMAL), "{from}");
+            assert_eq!(refused(&yaml), format!("{F}.{path}"), "{from} -> {to}");
+        }
+        // Fault and mirror act on the connection's bytes: not before a connection manager.
+        let yaml = hcm(MINIMAL).replace(
+            "      - name: hcm\n",
+            "      - name: mirror
+        typed_config:
+          '@type': type.googleapis.com/switchyard.filters.network.mirror.v1.Mirror
+          stat_prefix: m
+          cluster: backend
+      - name: hcm\n",
+        );
+        assert_eq!(
+            refused(&yaml),
+            "static_resources.listeners[0].filter_chains[0].filters[0]"
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //! `listener` (and `filter_chain`, `tcp_proxy`, `access_log` under it, `udp` for UDP
 //! listeners), `cluster` (and `lb`, `circuit_breakers`, `upstream_bind`, `health`,
 //! `endpoints` under it), `tls` (the transport sockets of both), `ads` (`dynamic_resources`), `address`, `hbone` (HTTP/2
-//! CONNECT: a tcp_proxy's tunneling, a cluster's HTTP/2, ORIGINAL_DST by `:authority`), and `ext` (Switchyard's
-//! own extensions).
+//! CONNECT: a chain's connection manager, a tcp_proxy's tunneling, a cluster's HTTP/2,
+//! ORIGINAL_DST by `:authority`), and `ext` (Switchyard's own extensions).
 
 use self::address::admin_address;
 use self::ads::dynamic_resources;
