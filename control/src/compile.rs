@@ -25,7 +25,9 @@
 //!
 //! Cluster ids are indices into `rib.clusters` (the FIB keeps the RIB's order). A tcp_proxy
 //! or udp_proxy naming a cluster that does not exist compiles to [`Route::Missing`] (Envoy's
-//! behaviour: `downstream_cx_no_route` / `downstream_sess_no_route` at run time).
+//! behaviour: `downstream_cx_no_route` / `downstream_sess_no_route` at run time); so does a
+//! tunneling tcp_proxy's cluster without HTTP/2 (`convert` refuses that among the
+//! bootstrap's clusters; one from CDS can only be found here).
 //!
 //! The RIB's listeners are TCP and UDP in one list; the FIB has them apart
 //! ([`Fib::listeners`], [`Fib::udp_listeners`]), each in config order.
@@ -378,7 +380,7 @@ fn build(
             None => None,
         };
         Ok(FilterChain {
-            hbone: None,
+            hbone: c.hbone.clone(),
             name: c.name.as_str().into(),
             matcher: c.matcher.clone(),
             connection_limit: c.connection_limit.as_ref().map(|l| ConnectionLimit {
@@ -422,7 +424,7 @@ fn build(
                 throttle: f.throttle,
                 stats: stats.fault(&f.stat_prefix),
             }),
-            tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, stats, sinks),
+            tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, &clusters, stats, sinks),
             tls,
         })
     };
@@ -592,8 +594,8 @@ fn cluster(
         Arc::new(host)
     };
     let mut cluster = Cluster {
-        http2: None,
-        original_dst_authority: false,
+        http2: c.http2,
+        original_dst_authority: c.original_dst_authority,
         name: c.name.as_str().into(),
         observability_name: c.observability_name().into(),
         connect_timeout_ms: millis(c.connect_timeout),
@@ -636,13 +638,30 @@ fn cluster(
     cluster
 }
 
+/// A tcp_proxy; with `tunneling`, a cluster without HTTP/2 is no route (a CONNECT stream
+/// needs an HTTP/2 connection).
 fn tcp_proxy(
     t: &TcpProxyConfig,
     ids: &HashMap<String, ClusterId>,
+    clusters: &[Arc<Cluster>],
     stats: &StatsRegistry,
     sinks: &mut AccessLogSinks,
 ) -> TcpProxy {
-    let route = route(&t.route, ids);
+    let route = match &t.tunneling {
+        None => route(&t.route, |name| ids.get(name).copied()),
+        Some(_) => route(&t.route, |name| {
+            let id = ids.get(name).copied()?;
+            if clusters[id.0 as usize].http2.is_none() {
+                tracing::warn!(
+                    stat_prefix = %t.stat_prefix,
+                    cluster = name,
+                    "a tunneling tcp_proxy routes to a cluster without HTTP/2 (typed_extension_protocol_options); its connections will be closed (downstream_cx_no_route)"
+                );
+                return None;
+            }
+            Some(id)
+        }),
+    };
     TcpProxy {
         stats: stats.tcp(&t.stat_prefix),
         route,
@@ -650,7 +669,7 @@ fn tcp_proxy(
         max_connect_attempts: t.max_connect_attempts.max(1),
         access_logs: t.access_logs.iter().map(|a| sinks.get(a)).collect(),
         hash_source_ip: t.hash_source_ip,
-        tunneling: None,
+        tunneling: t.tunneling.clone(),
     }
 }
 
@@ -661,31 +680,25 @@ fn udp_proxy(
 ) -> UdpProxy {
     UdpProxy {
         stats: stats.udp(&u.stat_prefix),
-        route: route(&u.route, ids),
+        route: route(&u.route, |name| ids.get(name).copied()),
         idle_timeout_ms: u.idle_timeout.map(millis),
         hash_source_ip: u.hash_source_ip,
         max_upstream_rx_datagram_bytes: u.max_upstream_rx_datagram_bytes,
     }
 }
 
-/// A tcp_proxy's or udp_proxy's route: clusters by id, [`Route::Missing`] for a name that
-/// is not among the clusters.
-fn route(r: &RouteConfig, ids: &HashMap<String, ClusterId>) -> Route {
+/// A tcp_proxy's or udp_proxy's route: clusters by id (`id` of a name), [`Route::Missing`]
+/// for a name `id` does not find.
+fn route(r: &RouteConfig, id: impl Fn(&str) -> Option<ClusterId>) -> Route {
     match r {
-        RouteConfig::Cluster(name) => match ids.get(name.as_str()) {
-            Some(id) => Route::Cluster(*id),
+        RouteConfig::Cluster(name) => match id(name) {
+            Some(id) => Route::Cluster(id),
             None => Route::Missing(name.as_str().into()),
         },
         RouteConfig::Weighted(entries) => {
             let items = entries
                 .iter()
-                .map(|e| {
-                    (
-                        ids.get(e.name.as_str()).copied(),
-                        Arc::from(e.name.as_str()),
-                        e.weight,
-                    )
-                })
+                .map(|e| (id(&e.name), Arc::from(e.name.as_str()), e.weight))
                 .collect();
             match WeightedClusters::new(items) {
                 Some(w) => Route::Weighted(w),

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_dataplane::accesslog::{LogFilter, LogFormat, LogPath};
+use switchyard_dataplane::fib::hbone::{HboneTerminate, Http2Upstream, Tunneling};
 use switchyard_dataplane::fib::{
     ChainMatch, ChainMatcher, CidrRange, CircuitBreakers, FaultAbort, FaultDelay, FaultThrottle,
     FilterDeadline, HealthPolicy, LbPolicy, Locality, LocalityName, OriginalSrc, UpstreamBind,
@@ -23,6 +24,13 @@ use switchyard_dataplane::tls::settings::{ClientSettings, ServerSettings};
 
 /// Envoy's default tcp_proxy `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Envoy's default `stream_idle_timeout` of the connection manager (an HBONE chain's streams).
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Envoy's default `common_http_protocol_options.idle_timeout` of a cluster's HTTP
+/// connections (an HBONE origination pool's).
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Envoy's default udp_proxy `idle_timeout`.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -534,8 +542,15 @@ pub struct FilterChainConfig {
     pub fault: Option<FaultConfig>,
     /// `switchyard.filters.network.mirror`, before the tcp_proxy.
     pub mirror: Option<MirrorConfig>,
-    /// The tcp_proxy filter (the chain's terminal filter).
+    /// The tcp_proxy filter (the chain's terminal filter); for an HBONE chain, what each
+    /// CONNECT stream is proxied by, compiled from the connection manager (`stat_prefix`,
+    /// the route's cluster, `stream_idle_timeout`, `access_log`; one connect attempt, no
+    /// hash policy, no tunneling).
     pub tcp_proxy: TcpProxyConfig,
+    /// The terminal filter is `envoy.filters.network.http_connection_manager` in the shape
+    /// that terminates HBONE (HTTP/2 CONNECT): its server's HTTP/2 settings. HBONE is
+    /// mTLS in a mesh; a plaintext chain is accepted too (tests use it).
+    pub hbone: Option<HboneTerminate>,
     /// `transport_socket` with a `DownstreamTlsContext`: the chain terminates TLS; `None`:
     /// plaintext (no transport socket, or `raw_buffer`).
     pub tls: Option<ChainTlsConfig>,
@@ -740,6 +755,10 @@ pub struct TcpProxyConfig {
     pub hash_source_ip: bool,
     /// Access logs written when a connection closes.
     pub access_logs: Vec<AccessLogConfig>,
+    /// `tunneling_config`: each connection is a CONNECT stream to its cluster, which must
+    /// have [`ClusterConfig::http2`] (checked against the bootstrap's clusters by `convert`,
+    /// and at compile for clusters from CDS: one without it is no route).
+    pub tunneling: Option<Arc<Tunneling>>,
 }
 
 /// The tcp_proxy's or udp_proxy's destination, by cluster name (a name may be missing from
@@ -832,6 +851,14 @@ pub struct ClusterConfig {
     /// `transport_socket` `envoy.transport_sockets.upstream_proxy_protocol`: a PROXY header
     /// starts each connection (around `tls`, or plaintext).
     pub proxy_protocol: Option<UpstreamProxyProtocol>,
+    /// `typed_extension_protocol_options` `HttpProtocolOptions` with
+    /// `explicit_http_config.http2_protocol_options` (or the deprecated
+    /// `http2_protocol_options`): the endpoints speak HTTP/2, with these settings; what a
+    /// tcp_proxy's `tunneling_config` needs.
+    pub http2: Option<Http2Upstream>,
+    /// `type: ORIGINAL_DST` with `original_dst_lb_config: {use_http_header: true,
+    /// http_header_name: ":authority"}`: an HBONE stream goes where its `:authority` says.
+    pub original_dst_authority: bool,
 }
 
 /// A STRICT_DNS or LOGICAL_DNS cluster's discovery: what to resolve ([`DnsQuery`]), with

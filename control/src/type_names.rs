@@ -3,6 +3,11 @@
 //! them and `convert` dispatches on them, neither importing the other.
 
 pub(crate) const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+/// HBONE's termination: `envoy.filters.network.http_connection_manager`, CONNECT only.
+pub(crate) const HTTP_CONNECTION_MANAGER: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+/// The connection manager's one HTTP filter, `envoy.filters.http.router`.
+pub(crate) const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
 pub(crate) const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 pub(crate) const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 pub(crate) const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";

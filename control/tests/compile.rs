@@ -910,3 +910,113 @@ fn tls_contexts_are_shared_across_generations() {
     let other = compile(&rib, 1, &stats, &mut CompileCache::new()).expect("compiles");
     assert!(!Arc::ptr_eq(&context(&other, 0), &mtls));
 }
+
+/// HBONE's termination compiles to a chain that terminates HTTP/2 CONNECT, each stream
+/// proxied by the chain's tcp_proxy (the connection manager's prefix, route, stream idle
+/// timeout and logs); its ORIGINAL_DST cluster goes by `:authority`.
+#[test]
+fn hbone_termination_compiles_to_a_chain_that_terminates_connect() {
+    use switchyard_dataplane::fib::hbone::Http2Settings;
+    let fib = build(&rib("hbone_terminate.yaml"));
+    let chain = &fib.listeners[0].filter_chains[0];
+    let hbone = chain.hbone.as_ref().expect("terminates HBONE");
+    assert_eq!(
+        hbone.http2,
+        Http2Settings {
+            max_concurrent_streams: 100,
+            initial_stream_window_bytes: 65_536,
+            initial_connection_window_bytes: 1_048_576,
+        }
+    );
+    assert!(chain.connection_limit.is_some(), "a gate before it");
+    let tp = &chain.tcp_proxy;
+    assert_eq!(&*tp.stats.name, "hbone_inbound");
+    assert!(matches!(tp.route, Route::Cluster(ClusterId(0))));
+    assert_eq!(tp.idle_timeout_ms, Some(3_600_000));
+    assert_eq!(tp.max_connect_attempts, 1);
+    assert_eq!(tp.access_logs.len(), 1);
+    assert!(!tp.hash_source_ip);
+    assert!(tp.tunneling.is_none());
+    assert!(fib.clusters[0].original_dst_authority);
+    assert!(!fib.clusters[1].original_dst_authority);
+
+    // Envoy's defaults.
+    let chain = &fib.listeners[1].filter_chains[0];
+    assert_eq!(
+        chain.hbone.as_ref().unwrap().http2,
+        Http2Settings::ENVOY_DEFAULT
+    );
+    assert_eq!(chain.tcp_proxy.idle_timeout_ms, Some(300_000));
+    assert!(matches!(
+        chain.tcp_proxy.route,
+        Route::Cluster(ClusterId(1))
+    ));
+}
+
+/// HBONE's origination compiles to tcp_proxies that tunnel over their clusters' HTTP/2; a
+/// cluster that lacks HTTP/2 (which only CDS can bring: `convert` refuses it among the
+/// bootstrap's) is no route for a tunnel.
+#[test]
+fn hbone_origination_compiles_to_tunnels_over_http2_clusters() {
+    use switchyard_dataplane::fib::hbone::{Http2Settings, Http2Upstream, TemplatePart};
+    let rib = rib("hbone_originate.yaml");
+    let fib = build(&rib);
+    let tp = &fib.listeners[0].filter_chains[0].tcp_proxy;
+    let tunnel = tp.tunneling.as_ref().expect("tunnels");
+    assert_eq!(
+        tunnel.hostname.parts,
+        [TemplatePart::DownstreamLocalAddress]
+    );
+    let names: Vec<(&str, bool)> = tunnel
+        .headers
+        .iter()
+        .map(|h| (h.name.as_str(), h.append))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("x-forwarded-for", true),
+            ("x-origin-port", false),
+            ("baggage", true)
+        ]
+    );
+    assert!(matches!(tp.route, Route::Cluster(ClusterId(0))));
+    assert_eq!(
+        fib.clusters[0].http2,
+        Some(Http2Upstream {
+            http2: Http2Settings {
+                max_concurrent_streams: 100,
+                initial_stream_window_bytes: 65_536,
+                initial_connection_window_bytes: 1_048_576,
+            },
+            idle_timeout_ms: Some(300_000),
+        })
+    );
+    assert_eq!(
+        fib.clusters[1].http2,
+        Some(Http2Upstream {
+            http2: Http2Settings::ENVOY_DEFAULT,
+            idle_timeout_ms: Some(3_600_000),
+        }),
+        "the deprecated http2_protocol_options, Envoy's defaults"
+    );
+    let split = &fib.listeners[1].filter_chains[0].tcp_proxy;
+    let Route::Weighted(w) = &split.route else {
+        panic!("{:?}", split.route)
+    };
+    assert_eq!(w.entries[0].cluster, Some(ClusterId(0)));
+    assert_eq!(w.entries[1].cluster, Some(ClusterId(1)));
+
+    // node_b as CDS might send it: without HTTP/2.
+    let mut plain = rib.clone();
+    Arc::make_mut(&mut plain.clusters[0]).http2 = None;
+    let fib = build(&plain);
+    let tp = &fib.listeners[0].filter_chains[0].tcp_proxy;
+    assert!(matches!(&tp.route, Route::Missing(name) if &**name == "node_b"));
+    let Route::Weighted(w) = &fib.listeners[1].filter_chains[0].tcp_proxy.route else {
+        panic!()
+    };
+    assert_eq!(w.entries[0].cluster, None, "no route when picked");
+    assert_eq!(w.entries[1].cluster, Some(ClusterId(1)));
+    assert!(fib.clusters[0].http2.is_none());
+}

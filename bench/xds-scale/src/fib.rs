@@ -66,6 +66,8 @@ fn cluster(
         dns: None,
         tls: None,
         proxy_protocol: None,
+        http2: None,
+        original_dst_authority: false,
     };
     let eps: Vec<EndpointConfig> = endpoints
         .iter()

@@ -25,6 +25,9 @@ pub(crate) const ENVOY_TYPES_VERSION: &str = "0.7.7";
 pub(crate) const ROOT_FILES: &[&str] = &[
     "envoy/config/bootstrap/v3/bootstrap.proto",
     "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
+    // HBONE's termination: the connection manager (CONNECT only) and its router.
+    "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
+    "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
@@ -154,6 +157,8 @@ mod tests {
         for name in [
             "envoy.config.bootstrap.v3.Bootstrap",
             "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "envoy.extensions.filters.http.router.v3.Router",
             "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
             "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
             "envoy.extensions.access_loggers.file.v3.FileAccessLog",

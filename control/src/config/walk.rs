@@ -20,12 +20,12 @@ use crate::path::{field, index};
 use crate::type_names::{
     APPLICATION_PROTOCOL_INPUT, CARES_RESOLVER, CONNECTION_LIMIT, DESTINATION_IP_INPUT,
     DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, DOWNSTREAM_CONNECTIONS_MONITOR, FAULT,
-    FILE_LOG, GETADDRINFO_RESOLVER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER, LEAST_REQUEST_POLICY,
-    LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER, ORIGINAL_SRC_FILTER,
-    PROXY_PROTOCOL, RANDOM_POLICY, RBAC, RING_HASH_POLICY, ROUND_ROBIN_POLICY, SERVER_NAME_INPUT,
-    SOURCE_IP_INPUT, SOURCE_LIMIT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT, STDERR_LOG, STDOUT_LOG,
-    STRING_VALUE, TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT, TRUSTED_SOURCES, UDP_PROXY,
-    UDP_ROUTE, UDP_WEIGHTED_ROUTE,
+    FILE_LOG, GETADDRINFO_RESOLVER, HTTP_CONNECTION_MANAGER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER,
+    LEAST_REQUEST_POLICY, LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER,
+    ORIGINAL_SRC_FILTER, PROXY_PROTOCOL, RANDOM_POLICY, RBAC, RING_HASH_POLICY, ROUND_ROBIN_POLICY,
+    ROUTER, SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_LIMIT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT,
+    STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT,
+    TRUSTED_SOURCES, UDP_PROXY, UDP_ROUTE, UDP_WEIGHTED_ROUTE,
 };
 use crate::type_names::{DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_PROXY_PROTOCOL, UPSTREAM_TLS};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
@@ -463,7 +463,72 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_connect_attempts",
             "access_log",
             "hash_policy",
+            // HBONE's origination (`convert::hbone`): the connection is a CONNECT stream.
+            "tunneling_config",
         ],
+    ),
+    // `use_post`, `post_path`, the response propagation and request ids are refused.
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TunnelingConfig",
+        &["hostname", "headers_to_add"],
+    ),
+    // `keep_empty_value` is refused; `append_action` takes the two that add or overwrite
+    // (`convert::hbone`).
+    (
+        "envoy.config.core.v3.HeaderValueOption",
+        &["header", "append", "append_action"],
+    ),
+    // HBONE's termination (`convert::hbone`): the connection manager in exactly the shape
+    // that terminates HTTP/2 CONNECT into the chain's proxying; every other field (RDS,
+    // HTTP/1, tracing, timeouts other than the streams' idle one, ...) is refused.
+    (
+        HTTP_CONNECTION_MANAGER,
+        &[
+            "stat_prefix",
+            "codec_type",
+            "http2_protocol_options",
+            "upgrade_configs",
+            "route_config",
+            "http_filters",
+            "access_log",
+            "stream_idle_timeout",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+        &["name", "typed_config"],
+    ),
+    // The router takes no field: its defaults are what proxying a CONNECT stream does.
+    (ROUTER, &[]),
+    // Inline routes only. `name`s label the route table and its virtual host in
+    // /config_dump (a virtual host's is required, as in Envoy); nothing matches on them.
+    (
+        "envoy.config.route.v3.RouteConfiguration",
+        &["name", "virtual_hosts"],
+    ),
+    (
+        "envoy.config.route.v3.VirtualHost",
+        &["name", "domains", "routes"],
+    ),
+    ("envoy.config.route.v3.Route", &["match", "route"]),
+    ("envoy.config.route.v3.RouteMatch", &["connect_matcher"]),
+    ("envoy.config.route.v3.RouteMatch.ConnectMatcher", &[]),
+    (
+        "envoy.config.route.v3.RouteAction",
+        &["cluster", "upgrade_configs"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig",
+        &["upgrade_type", "connect_config"],
+    ),
+    // `proxy_protocol_config` and `allow_post` are refused.
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig",
+        &[],
     ),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
@@ -615,13 +680,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "maglev_lb_config",
             "load_assignment",
             "eds_cluster_config",
+            // HTTP/2 to the endpoints (`convert::hbone`): an xDS cluster's gRPC, a tcp_proxy's
+            // `tunneling_config` streams.
             "typed_extension_protocol_options",
             // The deprecated form of `typed_extension_protocol_options`'
             // `explicit_http_config.http2_protocol_options`, with the same meaning and the
-            // same (empty) message: Switchyard speaks gRPC over HTTP/2 to an xDS cluster
-            // regardless, and a tcp_proxy cluster has no HTTP. Envoy takes both forms at once
-            // (the typed one wins), and so does Switchyard.
+            // same message. Envoy takes both forms at once (the typed one wins), and so does
+            // Switchyard.
             "http2_protocol_options",
+            // ORIGINAL_DST by `:authority` (`convert::hbone`).
+            "original_dst_lb_config",
             "upstream_bind_config",
             "circuit_breakers",
             "health_checks",
@@ -770,12 +838,33 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "state",
         ],
     ),
-    (HTTP_PROTOCOL_OPTIONS, &["explicit_http_config"]),
+    // Explicit HTTP/2 only (`auto_config`, `use_downstream_protocol_config`, HTTP/1 and
+    // HTTP/3, filters, ... are refused).
+    (
+        HTTP_PROTOCOL_OPTIONS,
+        &["explicit_http_config", "common_http_protocol_options"],
+    ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
         &["http2_protocol_options"],
     ),
-    ("envoy.config.core.v3.Http2ProtocolOptions", &[]),
+    // `CommonHttpProtocolOptions`: a pooled connection's idle timeout only.
+    ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout"]),
+    // The settings HBONE uses, on either side; `allow_connect` belongs to the connection
+    // manager (`convert::hbone` refuses it on a cluster).
+    (
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &[
+            "allow_connect",
+            "max_concurrent_streams",
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",
+        &["use_http_header", "http_header_name"],
+    ),
     (
         "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
         &["eds_config", "service_name"],
@@ -900,6 +989,7 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         "envoy.config.listener.v3.Filter.typed_config",
         &[
             TCP_PROXY,
+            HTTP_CONNECTION_MANAGER,
             CONNECTION_LIMIT,
             LOCAL_RATELIMIT,
             RBAC,
@@ -937,6 +1027,10 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "xds.type.matcher.v3.Matcher.MatcherTree.custom_match",
         &[IP_MATCHER],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter.typed_config",
+        &[ROUTER],
     ),
     (
         "envoy.config.accesslog.v3.AccessLog.typed_config",
@@ -981,8 +1075,9 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
         "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport.transport_socket",
         &[UPSTREAM_TLS, RAW_BUFFER],
     ),
-    // Every real xDS bootstrap gives its ADS cluster HTTP/2 this way; Switchyard speaks gRPC
-    // (HTTP/2) to it regardless, and a tcp_proxy cluster has no HTTP to configure.
+    // Every real xDS bootstrap gives its ADS cluster HTTP/2 this way (Switchyard speaks gRPC
+    // over HTTP/2 to it regardless); a tcp_proxy's `tunneling_config` needs it on its
+    // clusters. The key is checked by `convert::hbone`.
     (
         "envoy.config.cluster.v3.Cluster.TypedExtensionProtocolOptionsEntry.value",
         &[HTTP_PROTOCOL_OPTIONS],

@@ -27,6 +27,14 @@ use switchyard_dataplane::accesslog::{
     parse_json_value, parse_text_format, LogFilter, LogFormat, LogPath, ResponseFlags,
 };
 
+/// An `access_log` list at `path` (a tcp_proxy's, a listener's, a connection manager's).
+pub(super) fn access_logs(logs: &[AccessLog], path: &str) -> Result<Vec<AccessLogConfig>> {
+    logs.iter()
+        .enumerate()
+        .map(|(i, a)| access_log_config(a, &index(path, i)))
+        .collect()
+}
+
 /// One `access_log` entry: its `typed_config` names the logger.
 pub(super) fn access_log_config(a: &AccessLog, path: &str) -> Result<AccessLogConfig> {
     let filter = match &a.filter {

@@ -11,7 +11,7 @@ use super::dns::{dns_cluster, unused_dns_fields};
 use super::endpoints::load_assignment;
 use super::tls::cluster_transport;
 use super::upstream_bind::{upstream_bind, upstream_connection_options};
-use super::{duration, health, lb, Result};
+use super::{duration, hbone, health, lb, Result};
 use crate::error::ConfigError;
 use crate::path::field;
 use crate::rib::{ClusterConfig, EndpointConfig, XdsSource, DEFAULT_CONNECT_TIMEOUT};
@@ -32,11 +32,13 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
     }
     let kind = discovery_type(c, path)?;
     let connect_timeout = connect_timeout(c, path)?;
-    let lb = lb::settings(c, path)?;
     let original_dst = matches!(
         c.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32
     );
+    // Before the balancer's settings, which take an `original_dst_lb_config` as checked.
+    let original_dst_authority = hbone::original_dst_authority(c, original_dst, path)?;
+    let lb = lb::settings(c, path)?;
     original_dst_rules(c, original_dst, lb.policy, path)?;
     let typed_locality_weighted = lb.locality_weighted;
     let lb_policy = lb::lb_policy(lb, path)?;
@@ -102,6 +104,8 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         dns,
         tls,
         proxy_protocol,
+        http2: hbone::cluster_http2(c, path)?,
+        original_dst_authority,
     })
 }
 

@@ -1,15 +1,15 @@
 //! A TCP listener's filter chain: its `filter_chain_match` (ports, CIDRs, server names,
 //! transport and application protocols, source type) and its network
-//! filters, which must end with exactly one `tcp_proxy` (converted in `tcp_proxy`), each
-//! other kind (`rbac`, `connection_limit`, `local_ratelimit`, fault, mirror) at most once
-//! before it; and its
-//! `transport_socket` (TLS termination, in `tls`).
+//! filters, which must end with exactly one `tcp_proxy` (converted in `tcp_proxy`) or
+//! `http_connection_manager` terminating HBONE (in `hbone`), each other kind (`rbac`,
+//! `connection_limit`, `local_ratelimit`, `source_limit`, and before a tcp_proxy fault and
+//! mirror) at most once before it; and its `transport_socket` (TLS termination, in `tls`).
 
 use super::address::{cidr, port};
 use super::rbac::rbac_config;
 use super::tcp_proxy::tcp_proxy;
 use super::tls::chain_tls;
-use super::{decode_any, duration, ext, type_name, Result};
+use super::{decode_any, duration, ext, hbone, type_name, Result};
 use crate::error::ConfigError;
 use crate::ext::fault::Fault as PbFault;
 use crate::ext::mirror::Mirror as PbMirror;
@@ -20,16 +20,19 @@ use crate::rib::{
     RbacConfig, SourceLimitConfig, TcpProxyConfig,
 };
 use crate::type_names::{
-    CONNECTION_LIMIT, FAULT, LOCAL_RATELIMIT, MIRROR, RBAC, SOURCE_LIMIT, TCP_PROXY,
+    CONNECTION_LIMIT, FAULT, HTTP_CONNECTION_MANAGER, LOCAL_RATELIMIT, MIRROR, RBAC, SOURCE_LIMIT,
+    TCP_PROXY,
 };
 use envoy_types::pb::envoy::config::core::v3::CidrRange as PbCidr;
 use envoy_types::pb::envoy::config::listener::v3::filter_chain_match::ConnectionSourceType as PbSourceType;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, FilterChainMatch};
 use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit as PbConnectionLimit;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as PbRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::google::protobuf::Any;
+use switchyard_dataplane::fib::hbone::HboneTerminate;
 use switchyard_dataplane::fib::{ChainMatch, CidrRange, Gate, SourceType};
 
 pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainConfig> {
@@ -37,7 +40,7 @@ pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainCo
         Some(m) => chain_match(m, &field(path, "filter_chain_match"))?,
         None => ChainMatch::default(),
     };
-    let (side, tcp_proxy) = network_filters(&fc.filters, &field(path, "filters"))?;
+    let (side, tcp_proxy, hbone) = network_filters(&fc.filters, &field(path, "filters"))?;
     let tls = chain_tls(fc, path)?;
     Ok(FilterChainConfig {
         name: fc.name.clone(),
@@ -50,6 +53,7 @@ pub(super) fn filter_chain(fc: &FilterChain, path: &str) -> Result<FilterChainCo
         fault: side.fault,
         mirror: side.mirror,
         tcp_proxy,
+        hbone,
         tls,
     })
 }
@@ -199,18 +203,21 @@ impl SideFilters {
     }
 }
 
-/// `filters`: one `tcp_proxy`, last; before it at most one filter of each other kind.
+/// `filters`: one `tcp_proxy` or `http_connection_manager` (HBONE), last; before it at most
+/// one filter of each other kind (no fault or mirror before a connection manager: they act
+/// on a connection's bytes, which are HTTP/2 frames there).
 fn network_filters(
     filters: &[Filter],
     filters_path: &str,
-) -> Result<(SideFilters, TcpProxyConfig)> {
+) -> Result<(SideFilters, TcpProxyConfig, Option<HboneTerminate>)> {
     let Some(last) = filters.len().checked_sub(1) else {
         return Err(ConfigError::invalid(
             filters_path,
-            "a filter chain needs a tcp_proxy filter (its terminal filter)",
+            "a filter chain needs a tcp_proxy or http_connection_manager filter (its terminal              filter)",
         ));
     };
     let mut tcp = None;
+    let mut hbone = None;
     let mut side = SideFilters::default();
     for (i, f) in filters.iter().enumerate() {
         let fpath = index(filters_path, i);
@@ -222,12 +229,40 @@ fn network_filters(
         };
         let tpath = field(&fpath, "typed_config");
         let name = type_name(any);
+        if name == HTTP_CONNECTION_MANAGER {
+            if i != last {
+                return Err(ConfigError::invalid(
+                    fpath,
+                    "http_connection_manager is a terminal filter: it must be the last filter \
+                     in the chain",
+                ));
+            }
+            if let Some((j, kind)) = filters[..i].iter().enumerate().find_map(|(j, f)| {
+                let Some(filter::ConfigType::TypedConfig(a)) = &f.config_type else {
+                    return None;
+                };
+                matches!(type_name(a), FAULT | MIRROR).then(|| (j, filter_kind(type_name(a))))
+            }) {
+                return Err(ConfigError::unsupported(
+                    index(filters_path, j),
+                    format!(
+                        "a {kind} filter cannot come before http_connection_manager (HBONE): \
+                         it acts on the connection's bytes, which are HTTP/2 frames there"
+                    ),
+                ));
+            }
+            let h: HttpConnectionManager = decode_any(any, HTTP_CONNECTION_MANAGER, &tpath)?;
+            let (terminate, proxy) = hbone::connection_manager(&h, &tpath)?;
+            hbone = Some(terminate);
+            tcp = Some(proxy);
+            continue;
+        }
         if name != TCP_PROXY {
             // A filter before the tcp_proxy: at most one of each kind, never the last.
             if i == last {
                 return Err(ConfigError::invalid(
                     fpath,
-                    "the chain must end with a tcp_proxy filter",
+                    "the chain must end with a tcp_proxy or http_connection_manager filter",
                 ));
             }
             side.add(name, any, &fpath)?;
@@ -242,7 +277,7 @@ fn network_filters(
         }
         tcp = Some(tcp_proxy(&proxy, &tpath)?);
     }
-    Ok((side, tcp.expect("the last filter was converted")))
+    Ok((side, tcp.expect("the last filter was converted"), hbone))
 }
 
 /// A network filter's short name in errors.

@@ -72,6 +72,9 @@ pub(super) fn settings(c: &Cluster, path: &str) -> Result<LbSettings> {
         Some(LbConfig::LeastRequestLbConfig(lr)) => {
             least_request_choice_count(lr, policy, &field(path, "least_request_lb_config"))?
         }
+        // ORIGINAL_DST's own (`hbone::original_dst_authority` checked it): no balancer
+        // setting.
+        Some(LbConfig::OriginalDstLbConfig(_)) => None,
         Some(_) => {
             return Err(ConfigError::unsupported(
                 path,

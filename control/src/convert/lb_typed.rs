@@ -178,6 +178,7 @@ fn ignored_by_envoy(c: &Cluster, legacy: PbLbPolicy, used: PbLbPolicy, path: &st
             LbConfig::RingHashLbConfig(_) => "ring_hash_lb_config",
             LbConfig::MaglevLbConfig(_) => "maglev_lb_config",
             LbConfig::LeastRequestLbConfig(_) => "least_request_lb_config",
+            LbConfig::OriginalDstLbConfig(_) => "original_dst_lb_config",
             _ => "lb_config",
         };
         return Err(ConfigError::invalid(

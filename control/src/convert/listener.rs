@@ -9,7 +9,7 @@
 //! its connections have no server name, `raw_buffer` and no protocols, so those chains never
 //! match (checked against Envoy 1.40, which injects no inspector).
 
-use super::access_log::access_log_config;
+use super::access_log::access_logs;
 use super::address::listener_address;
 use super::chain_matcher::{chain_matcher, ChainNames};
 use super::filter_chain::filter_chain;
@@ -403,12 +403,7 @@ fn listener_filters(filters: &[ListenerFilter], path: &str) -> Result<ListenerFi
 
 /// The listener's `access_log`, each as a tcp_proxy's.
 fn listener_access_logs(l: &Listener, path: &str) -> Result<Vec<AccessLogConfig>> {
-    let lpath = field(path, "access_log");
-    l.access_log
-        .iter()
-        .enumerate()
-        .map(|(i, a)| access_log_config(a, &index(&lpath, i)))
-        .collect()
+    access_logs(&l.access_log, &field(path, "access_log"))
 }
 
 /// `max_connections_to_accept_per_socket_event`: more than 0, as Envoy validates it.

@@ -12,8 +12,9 @@
 //! part shares (durations, `Any` decoding); each part of the config has its own file:
 //! `listener` (and `filter_chain`, `tcp_proxy`, `access_log` under it, `udp` for UDP
 //! listeners), `cluster` (and `lb`, `circuit_breakers`, `upstream_bind`, `health`,
-//! `endpoints` under it), `tls` (the transport sockets of both), `ads` (`dynamic_resources`), `address`, and `ext` (Switchyard's
-//! own extensions).
+//! `endpoints` under it), `tls` (the transport sockets of both), `ads` (`dynamic_resources`), `address`, `hbone` (HTTP/2
+//! CONNECT: a chain's connection manager, a tcp_proxy's tunneling, a cluster's HTTP/2,
+//! ORIGINAL_DST by `:authority`), and `ext` (Switchyard's own extensions).
 
 use self::address::admin_address;
 use self::ads::dynamic_resources;
@@ -48,6 +49,7 @@ mod dns;
 mod endpoints;
 mod ext;
 mod filter_chain;
+mod hbone;
 mod health;
 mod lb;
 mod lb_typed;
@@ -84,6 +86,7 @@ pub fn bootstrap(b: &Bootstrap) -> Result<Rib> {
     let statics = b.static_resources.as_ref().unwrap_or(&empty);
     let clusters = static_clusters(&statics.clusters)?;
     let listeners = static_listeners(&statics.listeners, &admin)?;
+    hbone::tunneling_clusters(&statics.listeners, &listeners, &clusters)?;
     let dynamic = match &b.dynamic_resources {
         Some(d) => Some(dynamic_resources(d, &clusters)?),
         None => None,
@@ -494,6 +497,14 @@ fn duration(d: &PbDuration, path: &str) -> Result<Duration> {
     crate::duration::check_duration(d.seconds, d.nanos)
         .map_err(|m| ConfigError::invalid(path, m))?;
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// A timeout at `path`: `default` (Envoy's) when not given, `None` (no timeout) at `0s`.
+fn timeout_or(d: Option<&PbDuration>, default: Duration, path: &str) -> Result<Option<Duration>> {
+    match d {
+        None => Ok(Some(default)),
+        Some(d) => Ok(Some(duration(d, path)?).filter(|d| !d.is_zero())),
+    }
 }
 
 /// The message name an `Any` carries.

@@ -1,5 +1,6 @@
 //! The `tcp_proxy` network filter: its route (one cluster or weighted clusters), idle
-//! timeout, connect attempts, hash policy and access logs (converted in `access_log`).
+//! timeout, connect attempts, hash policy, access logs (converted in `access_log`) and
+//! `tunneling_config` (in `hbone`).
 
 use crate::error::ConfigError;
 use crate::path::{field, index};
@@ -8,8 +9,9 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::r#type::v3::HashPolicy as PbHashPolicy;
 use envoy_types::pb::envoy::r#type::v3::hash_policy::PolicySpecifier;
-use super::access_log::access_log_config;
-use super::{duration, Result};
+use super::access_log::access_logs;
+use super::{hbone, timeout_or, Result};
+use std::sync::Arc;
 
 pub(super) fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
     if t.stat_prefix.is_empty() {
@@ -19,10 +21,11 @@ pub(super) fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
         ));
     }
     let route = route(t.cluster_specifier.as_ref(), path)?;
-    let idle_timeout = match &t.idle_timeout {
-        None => Some(DEFAULT_IDLE_TIMEOUT),
-        Some(d) => Some(duration(d, &field(path, "idle_timeout"))?).filter(|d| !d.is_zero()),
-    };
+    let idle_timeout = timeout_or(
+        t.idle_timeout.as_ref(),
+        DEFAULT_IDLE_TIMEOUT,
+        &field(path, "idle_timeout"),
+    )?;
     let max_connect_attempts = match t.max_connect_attempts {
         None => 1,
         Some(v) if v.value >= 1 => v.value,
@@ -33,13 +36,7 @@ pub(super) fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
             ))
         }
     };
-    let lpath = field(path, "access_log");
-    let access_logs = t
-        .access_log
-        .iter()
-        .enumerate()
-        .map(|(i, a)| access_log_config(a, &index(&lpath, i)))
-        .collect::<Result<Vec<_>>>()?;
+    let access_logs = access_logs(&t.access_log, &field(path, "access_log"))?;
     Ok(TcpProxyConfig {
         stat_prefix: t.stat_prefix.clone(),
         route,
@@ -47,6 +44,11 @@ pub(super) fn tcp_proxy(t: &TcpProxy, path: &str) -> Result<TcpProxyConfig> {
         max_connect_attempts,
         access_logs,
         hash_source_ip: hash_policy(&t.hash_policy, &field(path, "hash_policy"))?,
+        tunneling: t
+            .tunneling_config
+            .as_ref()
+            .map(|c| hbone::tunneling(c, &field(path, "tunneling_config")).map(Arc::new))
+            .transpose()?,
     })
 }
 
