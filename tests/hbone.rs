@@ -23,9 +23,16 @@ use std::time::Duration;
 
 const CALLER: &str = "spiffe://cluster.local/ns/default/sa/client";
 
-/// A destination proxy: HBONE terminated on `port` (mTLS, [`CALLER`] only), streams to
-/// their `:authority`; its stream access log at `log` with the caller's SPIFFE ID.
-fn destination(admin: u16, port: u16, log: &std::path::Path) -> String {
+/// A destination proxy of `kind`: HBONE terminated on `port` (mTLS, [`CALLER`] only),
+/// streams to their `:authority`; its stream access log at `log` with the caller's SPIFFE
+/// ID and the pod (and, from Envoy, which renders request headers, the `forwarded` header
+/// the source added).
+fn destination(kind: ProxyKind, admin: u16, port: u16, log: &std::path::Path) -> String {
+    let headers = if kind == ProxyKind::Envoy {
+        " %REQ(FORWARDED)%"
+    } else {
+        ""
+    };
     format!(
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
@@ -69,7 +76,7 @@ static_resources:
               path: {log}
               log_format:
                 text_format_source:
-                  inline_string: "%DOWNSTREAM_PEER_URI_SAN% %UPSTREAM_HOST%\n"
+                  inline_string: "%DOWNSTREAM_PEER_URI_SAN% %UPSTREAM_HOST%{headers}\n"
           route_config:
             name: hbone
             virtual_hosts:
@@ -121,6 +128,8 @@ static_resources:
           cluster: tunnel
           tunneling_config:
             hostname: "{authority}"
+            headers_to_add:
+            - header: {{ key: forwarded, value: "for=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }}
   clusters:
   - name: tunnel
     type: STATIC
@@ -187,7 +196,7 @@ struct Pair {
 fn start_pair(kinds: (ProxyKind, ProxyKind), authority: &str, identity: &str) -> Pair {
     let (outbound, hbone_port) = (free_port(), free_port());
     let log = test_dir("hbone-log").join("streams.log");
-    let dest = destination(free_port(), hbone_port, &log);
+    let dest = destination(kinds.1, free_port(), hbone_port, &log);
     let src = source(free_port(), outbound, hbone_port, authority, identity);
     let opts = || ProxyOpts {
         concurrency: 1,
@@ -240,12 +249,21 @@ fn a_mib_each_way_crosses_the_tunnel_with_the_callers_identity() {
         }
         assert_eq!(tunnels(&p), 1, "{}: eight streams, one connection", p.name);
         let lines = wait_log_lines(&p.log, 8);
+        let pod = backend.addr.to_string();
+        let forwarded = format!("{pod} for=127.0.0.1");
         for line in &lines {
             assert!(
-                line.starts_with(CALLER) && line.ends_with(&backend.addr.to_string()),
+                line.starts_with(&format!("{CALLER} {pod}")),
                 "{}: the stream's log names the caller and the pod: {line}",
                 p.name
             );
+            if kinds.1 == ProxyKind::Envoy {
+                assert!(
+                    line.ends_with(&forwarded),
+                    "{}: the source's headers_to_add arrived: {line}",
+                    p.name
+                );
+            }
         }
     }
 }
@@ -327,5 +345,43 @@ fn a_caller_with_the_wrong_spiffe_id_is_refused() {
         );
         assert!(failed >= 1, "{}: the refusal counted", p.name);
         assert_eq!(backend.accepted(), 0, "{}: the pod saw nothing", p.name);
+    }
+}
+
+/// The destination's side ends first: the backend's FIN reaches the client as the end of
+/// its stream while the client's direction stays open and goes on delivering (half-close
+/// from the far side, END_STREAM on the stream in that one direction). Two Switchyards
+/// only: Envoy 1.40 closes the whole tunnelled connection once the far side's stream ends
+/// (verified: the client's later shutdown finds the socket closed).
+#[test]
+fn the_far_side_half_closes_first() {
+    let backend = Backend::source(256 * 1024, 11);
+    let both_switchyard = (ProxyKind::Switchyard, ProxyKind::Switchyard);
+    for kinds in pairs().into_iter().filter(|k| *k == both_switchyard) {
+        let p = start_pair(kinds, &backend.addr.to_string(), "client");
+        let mut s = connect_retry(local(p.outbound), Duration::from_secs(5));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (got, end) = read_all(&mut s, usize::MAX);
+        assert_eq!(got.len(), 256 * 1024, "{}: the backend's bytes", p.name);
+        assert_eq!(end, End::Eof, "{}: then its end", p.name);
+        let sent = write_prng(&mut s, 5, 64 * 1024)
+            .unwrap_or_else(|e| panic!("{}: the client's direction is still open: {e}", p.name));
+        s.shutdown(Shutdown::Write).unwrap();
+        // The source's listening probe reached the backend too: find this connection's
+        // report by what it received.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !backend
+            .reports()
+            .iter()
+            .any(|r| r.rx_bytes == sent && r.end == "eof")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: what the client sent after the far side's end arrived: {:?}",
+                p.name,
+                backend.reports()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -514,3 +514,41 @@ fn a_drain_lets_streams_in_flight_finish() {
     assert_eq!(server.gauge(ServerStat::TotalConnections), 0);
     plane.shutdown(Duration::from_millis(100));
 }
+
+/// The far side ends first: the destination's FIN reaches the client as the end of its
+/// stream, while the client's direction stays open and keeps delivering.
+#[test]
+fn the_far_side_half_closes_first() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(&pattern(256 * 1024, 3)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.read_to_end(&mut got);
+        tx.send(got).unwrap();
+    });
+    let (outer, inner_addr) = (free_port(), free_port());
+    let (plane, _fib, _) = start(fib(&[(outer, backend.to_string())], inner_addr, None));
+    let mut s = TcpStream::connect(outer).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(
+        got == pattern(256 * 1024, 3),
+        "the backend's bytes, then its end"
+    );
+    let after = pattern(64 * 1024, 4);
+    s.write_all(&after).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let received = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        received == after,
+        "what the client sent after the far side's end: {} bytes",
+        received.len()
+    );
+    plane.shutdown(Duration::from_millis(100));
+}

@@ -109,6 +109,34 @@ pub enum TemplatePart {
     DownstreamRemotePort,
 }
 
+impl Tunneling {
+    /// Its hostname or a header renders the client's address (`remote`) or the local one
+    /// (`local`): the worker looks them up at accept.
+    pub fn reads(&self) -> (bool, bool) {
+        let templates =
+            || std::iter::once(&self.hostname).chain(self.headers.iter().map(|h| &h.value));
+        let any = |f: fn(&TemplatePart) -> bool| templates().any(|t| t.parts.iter().any(f));
+        (
+            any(|p| {
+                matches!(
+                    p,
+                    TemplatePart::DownstreamLocalAddress
+                        | TemplatePart::DownstreamLocalAddressWithoutPort
+                        | TemplatePart::DownstreamLocalPort
+                )
+            }),
+            any(|p| {
+                matches!(
+                    p,
+                    TemplatePart::DownstreamRemoteAddress
+                        | TemplatePart::DownstreamRemoteAddressWithoutPort
+                        | TemplatePart::DownstreamRemotePort
+                )
+            }),
+        )
+    }
+}
+
 impl Template {
     /// The literal text `s`.
     pub fn literal(s: &str) -> Template {

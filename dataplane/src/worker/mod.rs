@@ -802,10 +802,24 @@ impl Worker {
                 let declared = fib.clusters.iter().any(|c| c.proxy_protocol.is_some());
                 fib.listeners
                     .iter()
-                    .map(|l| AddressNeeds {
-                        local: l.needs_local_address()
-                            || declared && l.address.ip().is_unspecified(),
-                        peer: l.needs_remote_address() || l.has_access_logs() || declared,
+                    .map(|l| {
+                        // A tunnel's :authority or headers may render either address.
+                        let (tunnel_local, tunnel_remote) = l
+                            .filter_chains
+                            .iter()
+                            .chain(l.default_chain.as_ref())
+                            .filter_map(|c| c.tcp_proxy.tunneling.as_deref())
+                            .map(|t| t.reads())
+                            .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1));
+                        let wildcard = l.address.ip().is_unspecified();
+                        AddressNeeds {
+                            local: l.needs_local_address()
+                                || (declared || tunnel_local) && wildcard,
+                            peer: l.needs_remote_address()
+                                || l.has_access_logs()
+                                || declared
+                                || tunnel_remote,
+                        }
                     })
                     .collect()
             },
