@@ -576,7 +576,7 @@ impl Worker {
             }
             self.batch = batch;
             if self.hbone.has_work() {
-                self.hbone_pump();
+                self.hbone_run();
             }
             if !self.starved.is_empty() {
                 self.feed_starved();
