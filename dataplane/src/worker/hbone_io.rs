@@ -193,6 +193,11 @@ impl HboneState {
     }
 }
 
+/// The largest frame this side accepts (SETTINGS_MAX_FRAME_SIZE; HTTP/2's default is 16
+/// KiB, Envoy has no setting for it): a peer sends a relay's 64 KiB receive as one DATA
+/// frame instead of four.
+const MAX_FRAME_BYTES: u32 = 256 * 1024;
+
 /// Rounds of pumping and synthetic completions one loop turn runs before it leaves the rest
 /// to the ring (as no-ops, completing in the next turn): a bound on the turn's length.
 const SYNTHETIC_ROUNDS: usize = 64;
@@ -622,6 +627,7 @@ impl Worker {
             .max_concurrent_streams(http2.max_concurrent_streams)
             .initial_window_size(http2.initial_stream_window_bytes)
             .initial_connection_window_size(http2.initial_connection_window_bytes)
+            .max_frame_size(MAX_FRAME_BYTES)
             .handshake::<_, Bytes>(wire.clone());
         let carrier = Carrier {
             wire,
@@ -824,20 +830,19 @@ impl Worker {
         } else {
             Dir::Down
         };
-        let room = self.virtual_receive_room(slot, dir);
         let c = self.carrier_mut(slot).expect("checked");
         let (pending, ended) = {
             let b = c.wire.0.borrow();
             (b.to_send.len(), matches!(c.codec, Codec::Done))
         };
         let answer = if pending > 0 {
-            let Some(buf) = self.ring.take_spare(BufClass::Small) else {
+            let Some((buf, room)) = self.virtual_receive_buffer(slot, dir, pending) else {
                 // No spare: the tick tries again.
                 return;
             };
             let c = self.carrier_mut(slot).expect("checked");
             let wire = c.wire.clone();
-            let n = wire.take_output_into(&mut self.ring.buffer_mut(buf)[..room as usize]);
+            let n = wire.take_output_into(&mut self.ring.buffer_mut(buf)[..room]);
             Received::Data {
                 buf: BufId::Ring(buf),
                 len: n as u32,
@@ -853,13 +858,29 @@ impl Worker {
         self.post(slot, recv_kind(dir));
     }
 
-    /// The most a receive on `dir` from a virtual source takes into a spare small buffer:
-    /// the source's buffer limit, and room for records when the sink speaks TLS.
-    fn virtual_receive_room(&self, slot: u32, dir: Dir) -> u32 {
+    /// A spare buffer for a receive on `dir` from a virtual source with `want` bytes ready,
+    /// and how much of it the receive may fill (the source's buffer limit, less room for
+    /// records when the sink speaks TLS): a large one when they would overfill a small one
+    /// (bulk), as a socket's receives move to large buffers. `None`: no spare is free.
+    fn virtual_receive_buffer(
+        &mut self,
+        slot: u32,
+        dir: Dir,
+        want: usize,
+    ) -> Option<(RingBuf, usize)> {
         let relay = self.conns[slot as usize].machine.relay();
         let limit = relay.limits().recv_bytes(dir);
-        let size = self.ring.buffer_size(BufClass::Small);
-        self.tls_receive_room(slot, dir, size).min(limit).max(1)
+        let room = |w: &Self, class| {
+            let size = w.ring.buffer_size(class);
+            w.tls_receive_room(slot, dir, size).min(limit).max(1) as usize
+        };
+        let small = room(self, BufClass::Small);
+        if want > small && self.ring.buffer_size(BufClass::Large) > 0 {
+            if let Some(buf) = self.ring.take_spare(BufClass::Large) {
+                return Some((buf, room(self, BufClass::Large)));
+            }
+        }
+        Some((self.ring.take_spare(BufClass::Small)?, small))
     }
 
     /// Serves one stream: its CONNECT's answer, its waiting receive and send.
@@ -923,7 +944,6 @@ impl Worker {
         } else {
             Dir::Down
         };
-        let room = self.virtual_receive_room(slot, dir) as usize;
         let s = self.stream_mut(slot).expect("checked");
         let answer = loop {
             if !s.pending.is_empty() {
@@ -942,7 +962,8 @@ impl Worker {
         let answer = match answer {
             Some(a) => a,
             None => {
-                let Some(buf) = self.ring.take_spare(BufClass::Small) else {
+                let want = self.stream_mut(slot).map_or(0, |s| s.pending.len());
+                let Some((buf, room)) = self.virtual_receive_buffer(slot, dir, want) else {
                     let s = self.stream_mut(slot).expect("checked");
                     s.io.recv_waiting = false;
                     s.io.recv_answer = Some(Received::NoBuffer);
@@ -1273,6 +1294,7 @@ impl Worker {
                 .max_concurrent_streams(http2.http2.max_concurrent_streams)
                 .initial_window_size(http2.http2.initial_stream_window_bytes)
                 .initial_connection_window_size(http2.http2.initial_connection_window_bytes)
+                .max_frame_size(MAX_FRAME_BYTES)
                 .handshake::<_, Bytes>(wire.clone()),
         );
         // Writes the preface into the wire: ready at once.
