@@ -16,8 +16,9 @@
 //!   destination; a tunnelled connection's client is its socket and its backend the stream.
 //!   It has its own machine (admission, pick, connect, relay, idle, access log) like any
 //!   connection.
-//! - The relay's operations on a virtual side complete through no-op completions: a receive
-//!   copies the next bytes (a stream's DATA, the codec's output) into a spare buffer of the
+//! - The relay's operations on a virtual side complete through completions the worker
+//!   makes itself, handled in the same loop turn ([`Worker::hbone_run`]): a receive copies
+//!   the next bytes (a stream's DATA, the codec's output) into a spare buffer of the
 //!   worker's pool, a send copies the relay's bytes into the codec (a stream's send within
 //!   its flow-control window, or the codec's input). So a virtual side holds at most the
 //!   relay's two buffers per direction, like a socket; what `h2` holds is bounded by its
@@ -110,18 +111,19 @@ enum Codec {
     Done,
 }
 
-/// The relay's operations on a virtual side, each answered by a no-op completion.
+/// The relay's operations on a virtual side, each answered by a completion the worker makes
+/// ([`Worker::post`]).
 #[derive(Debug, Default)]
 struct Virtual {
     /// The relay's receive waits for bytes.
     recv_waiting: bool,
-    /// What the receive's no-op completion delivers.
+    /// What the receive's completion delivers.
     recv_answer: Option<Received>,
     /// The relay's send waiting for room: buffer, offset, length.
     send_waiting: Option<(RingBuf, u32, u32)>,
-    /// What the send's no-op completion delivers.
+    /// What the send's completion delivers.
     send_answer: Option<Result<u32, i32>>,
-    /// What the connect's no-op completion delivers (0 or -errno).
+    /// What the connect's completion delivers (0 or -errno).
     connect_answer: Option<i32>,
 }
 
@@ -369,7 +371,7 @@ impl Worker {
         true
     }
 
-    /// A receive's no-op completion on `dir` of a virtual source: what it delivers.
+    /// A receive's completion on `dir` of a virtual source: what it delivers.
     pub(super) fn hbone_received(&mut self, slot: u32, dir: Dir) -> Option<Received> {
         if !self.is_virtual(slot, dir.source()) {
             return None;
@@ -409,7 +411,7 @@ impl Worker {
         true
     }
 
-    /// A send's no-op completion on `dir` to a virtual sink: its outcome.
+    /// A send's completion on `dir` to a virtual sink: its outcome.
     pub(super) fn hbone_sent(&mut self, slot: u32, dir: Dir) -> Option<Result<u32, i32>> {
         if !self.is_virtual(slot, dir.sink()) {
             return None;
@@ -471,7 +473,7 @@ impl Worker {
         true
     }
 
-    /// The connect's no-op completion: its result (0 or -errno).
+    /// The connect's completion: its result (0 or -errno).
     pub(super) fn hbone_connected(&mut self, slot: u32) -> Option<i32> {
         if !self.is_virtual(slot, Side::Backend) {
             return None;
