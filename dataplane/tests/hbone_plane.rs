@@ -552,3 +552,33 @@ fn the_far_side_half_closes_first() {
     );
     plane.shutdown(Duration::from_millis(100));
 }
+
+/// A pooled connection without streams for its cluster's idle timeout closes (GOAWAY, then
+/// its socket); the next tunnelled connection opens a new one.
+#[test]
+fn an_idle_pooled_connection_closes_and_the_next_stream_opens_another() {
+    let echo = echo_backend();
+    let (outer, inner_addr) = (free_port(), free_port());
+    let mut f = fib(&[(outer, echo.to_string())], inner_addr, None);
+    let tunnel = Arc::get_mut(&mut f.clusters[0]).expect("fresh");
+    tunnel.http2 = Some(Http2Upstream {
+        http2: settings(),
+        idle_timeout_ms: Some(300),
+    });
+    let (plane, fib, server) = start(f);
+    let one = |id: u32| {
+        let msg = pattern(1000, id);
+        let got = exchange(TcpStream::connect(outer).unwrap(), &msg);
+        assert!(got == msg, "connection {id}: the echo differs");
+    };
+    one(1);
+    let carriers = &inner(&fib).stats;
+    assert_eq!(carriers.get(ListenerStat::DownstreamCxTotal), 1);
+    eventually("the idle pooled connection closed", || {
+        carriers.gauge(ListenerStat::DownstreamCxActive) == 0
+    });
+    one(2);
+    assert_eq!(server.get(ServerStat::HbonePooledConnections), 2);
+    assert_eq!(carriers.get(ListenerStat::DownstreamCxTotal), 2);
+    plane.shutdown(Duration::from_millis(100));
+}

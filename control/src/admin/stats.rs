@@ -781,12 +781,12 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        // 10 tcp + 12 udp + 2 clusters x (18 + 4 membership + 2 circuit breaker) + 5 udp of
+        // 10 tcp + 12 udp + 2 clusters x (20 + 4 membership + 2 circuit breaker) + 5 udp of
         // echo (empty has no UDP route) + the listener block + 2 workers x 2 + the UDP
         // listener's 1 + the worker server block + 4 admin server stats.
         assert_eq!(
             stats.len(),
-            10 + 12 + 2 * 24 + 5 + ListenerStat::ALL.len() + 4 + 1 + ServerStat::ALL.len() + 4
+            10 + 12 + 2 * 26 + 5 + ListenerStat::ALL.len() + 4 + 1 + ServerStat::ALL.len() + 4
         );
         let text = render_text(&stats);
         for line in [
