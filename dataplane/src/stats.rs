@@ -1023,7 +1023,7 @@ mod tests {
     #[test]
     fn names_are_envoy_names() {
         assert_eq!(TcpStat::DownstreamCxTotal.name(), "downstream_cx_total");
-        assert_eq!(ClusterStat::ALL.len(), 18);
+        assert_eq!(ClusterStat::ALL.len(), 20);
         assert_eq!(
             ClusterStat::UpstreamCxTxBytesBuffered.name(),
             "upstream_cx_tx_bytes_buffered"
