@@ -210,7 +210,7 @@ impl Worker {
             if conn.hbone.is_some() {
                 route.pinned = self.pinned_endpoint(slot);
                 route.authority = self.stream_authority(slot);
-                route.tunnelled = self.virtual_side(slot) == Some(Side::Backend);
+                route.tunnelled = self.is_tunnelled(slot);
             }
             let conn = &mut self.conns[slot as usize];
             let mut upstreams = SlotUpstreams {
@@ -504,7 +504,7 @@ impl Worker {
             return;
         };
         let c = g.fib.cluster(cluster);
-        let stream = conn.hbone.is_some() && self.virtual_side(slot) == Some(Side::Backend);
+        let stream = self.is_tunnelled(slot);
         c.stats.inc(
             id,
             if stream {
@@ -670,7 +670,7 @@ impl Worker {
             return;
         };
         let cluster = g.fib.cluster(cluster_id);
-        let stream = conn.hbone.is_some() && self.virtual_side(slot) == Some(Side::Backend);
+        let stream = self.is_tunnelled(slot);
         if let Upstream::Connected {
             endpoint,
             remote_close,

@@ -222,6 +222,12 @@ impl Worker {
         self.virtual_side(slot) == Some(side)
     }
 
+    /// A tunnelled connection: its backend is a stream (a request of its cluster), not a
+    /// socket.
+    pub(super) fn is_tunnelled(&self, slot: u32) -> bool {
+        self.is_virtual(slot, Side::Backend)
+    }
+
     fn io_mut(&mut self, slot: u32) -> Option<&mut Virtual> {
         match self.conns[slot as usize].hbone.as_deref_mut()? {
             Hbone::Carrier(c) => Some(&mut c.io),

@@ -1475,7 +1475,7 @@ impl Worker {
     /// The upstream socket was created: set up (bind, original source), then connected; or
     /// the attempt failed locally.
     fn on_socket(&mut self, slot: u32, result: i32) {
-        if self.virtual_side(slot) == Some(Side::Backend) {
+        if self.is_tunnelled(slot) {
             // A tunnelled connection's backend is a stream: nothing was opened.
             self.drive(slot, conn::Event::SocketCreated(Ok(())));
             return;
