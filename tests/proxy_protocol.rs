@@ -670,15 +670,26 @@ fn tlvs_pass_through_from_the_downstream_header_to_the_upstream_one(mode: RelayM
         tlvs.extend_from_slice(&(v.len() as u16).to_be_bytes());
         tlvs.extend_from_slice(v);
     }
-    let (src, dst) = (addr("192.0.2.44:4444"), addr("203.0.113.9:443"));
+    let dst = addr("203.0.113.9:443");
     for (i, port) in [passing, keeping_none].into_iter().enumerate() {
+        // Each listener's client declares its own source, so its upstream header is found
+        // by what it declares, not by the order the backend saw headers in.
+        let src = addr(&format!("192.0.2.44:{}", 4444 + i));
         let mut s = connect_retry(local(port), WAIT);
         s.set_read_timeout(Some(WAIT)).unwrap();
         s.write_all(&v2(src, dst, &tlvs)).unwrap();
         assert_eq!(read_line(&mut s).unwrap(), "ready");
-        let seen = backend.wait_headers(i + 1)[i].clone();
-        assert_eq!(seen.addresses, Some((src, dst)));
-        let mut got = seen.tlvs;
+        let headers = backend.wait_headers(i + 1);
+        let from_src: Vec<_> = headers
+            .iter()
+            .filter(|h| h.addresses == Some((src, dst)))
+            .collect();
+        assert_eq!(
+            from_src.len(),
+            1,
+            "listener {i}: one upstream header declaring {src}: {headers:?}"
+        );
+        let mut got = from_src[0].tlvs.clone();
         got.sort();
         let want = if i == 0 {
             // 0xE1: not kept by the listener; 0x01: replaced by the added one.
