@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "switchyard/filters/udp/udp_proxy/v1/route.proto",
     "switchyard/filters/listener/proxy_protocol/v1/trusted_sources.proto",
     "switchyard/filters/network/source_limit/v1/source_limit.proto",
+    "switchyard/config/endpoint/v1/hbone_tunnel.proto",
 ];
 
 /// The IP matcher: its imports (xDS's matcher and CIDR range) come from the vendored Envoy

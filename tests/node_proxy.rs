@@ -129,8 +129,13 @@ struct Visits {
 }
 
 /// From `pod`, `n` connections to `target` one after another, each sending [`PAYLOAD`]
-/// bytes and checking the echo; five seconds per connection at most.
+/// random bytes and checking the echo; five seconds per connection at most.
 fn visit(pod: &Netns, target: &str, n: usize) -> Visits {
+    visit_sending(pod, target, n, &format!("os.urandom({PAYLOAD})"))
+}
+
+/// [`visit`] with the bytes the Python expression `data` makes.
+fn visit_sending(pod: &Netns, target: &str, n: usize, data: &str) -> Visits {
     let (ip, port) = target.split_once(':').unwrap();
     let code = format!(
         r#"
@@ -140,7 +145,7 @@ for i in range({n}):
         s = socket.create_connection(("{ip}", {port}), timeout=5)
         f = s.makefile("rb")
         banner = f.readline().decode().strip()
-        data = os.urandom({PAYLOAD})
+        data = {data}
         def send():
             s.sendall(data)
             s.shutdown(socket.SHUT_WR)
@@ -292,9 +297,19 @@ struct NodeProxy {
 
 impl NodeProxy {
     fn start(node: &Netns, tproxy: bool) -> NodeProxy {
+        NodeProxy::with_bootstrap(node, tproxy, |_| bootstrap(tproxy))
+    }
+
+    /// Starts with the bootstrap `yaml(dir)` makes, given the proxy's own directory (for
+    /// the files it names, written there before the proxy starts; all readable by UID 1337).
+    fn with_bootstrap(
+        node: &Netns,
+        as_root: bool,
+        yaml: impl FnOnce(&std::path::Path) -> String,
+    ) -> NodeProxy {
         let dir = std::env::temp_dir().join(format!("{}-node-proxy", node.0));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("node.yaml"), bootstrap(tproxy)).unwrap();
+        std::fs::write(dir.join("node.yaml"), yaml(&dir)).unwrap();
         ok(&run(std::process::Command::new("chmod").args([
             "-R",
             "a+rwX",
@@ -303,7 +318,7 @@ impl NodeProxy {
         let mut proxy = NodeProxy {
             process: None,
             dir,
-            as_root: tproxy,
+            as_root,
         };
         proxy.restart(node);
         proxy
@@ -549,4 +564,454 @@ fn tproxy_endpoints_see_the_pods_own_address() {
     ok(&k.node.capture(&["remove"]));
     assert_eq!(k.node.capture_state(), pristine, "remove restores the node");
     let _ = (&k.b, &k.c);
+}
+
+// ---- node to node: HBONE ----
+
+/// The nodes' link and the node proxies' HBONE port.
+const NODE1_IP: &str = "10.0.0.1";
+const NODE2_IP: &str = "10.0.0.2";
+const HBONE_PORT: u16 = 15008;
+/// Pod C, a second workload on node 1 with an identity of its own.
+const C1_IP: &str = "10.244.3.2";
+/// The workloads' SPIFFE IDs: pod A runs as `client`, pod C as `intruder` (the test PKI).
+const A_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+const C_ID: &str = "spiffe://cluster.local/ns/other/sa/intruder";
+
+/// Two nodes, as in ambient mesh:
+///
+/// ```text
+///   pod A 10.244.1.2 ─┐                                          ┌─ pod B 10.244.2.2
+///   pod C 10.244.3.2 ─┴─ node 1 10.0.0.1 ═══ link ═══ 10.0.0.2 node 2
+/// ```
+///
+/// Each node runs the same node-proxy bootstrap ([`hbone_bootstrap`]) and `capture
+/// install`. Service `web` (VIP 10.96.0.10:80) has one endpoint, pod B's 8080, reached
+/// through node 2's HBONE port.
+struct TwoNodes {
+    node1: Netns,
+    node2: Netns,
+    a: Netns,
+    c: Netns,
+    /// Node 1's side of the link between the nodes.
+    link1: String,
+    _b: Netns,
+    _endpoint: KillOnDrop,
+}
+
+fn two_nodes() -> TwoNodes {
+    let (node1, node2) = (Netns::new(), Netns::new());
+    for node in [&node1, &node2] {
+        node.sh(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0",
+        );
+    }
+    let (link1, _) = node1.link(&node2, NODE1_IP, NODE2_IP, 24);
+    let (a, c, b) = (Netns::new(), Netns::new(), Netns::new());
+    node1.link(&a, "10.244.1.1", A_IP, 24);
+    a.sh("ip route add default via 10.244.1.1");
+    node1.link(&c, "10.244.3.1", C1_IP, 24);
+    c.sh("ip route add default via 10.244.3.1");
+    node2.link(&b, "10.244.2.1", B_IP, 24);
+    b.sh("ip route add default via 10.244.2.1");
+    let endpoint = endpoint(&b, "B", B_IP);
+    TwoNodes {
+        node1,
+        node2,
+        a,
+        c,
+        link1,
+        _b: b,
+        _endpoint: endpoint,
+    }
+}
+
+/// The node-proxy bootstrap with HBONE, written into `dir` with the files it names (the
+/// test PKI's certificates, and one SDS file per source workload):
+/// - `virtualOutbound` 15001: per source workload (`source_prefix_ranges`) a chain for
+///   Service `web` whose cluster presents that workload's SDS secret; its tcp_proxy
+///   tunnels to the endpoint picked (`%UPSTREAM_HOST%`) through the endpoint's node proxy
+///   (the endpoint's `switchyard.hbone` metadata);
+/// - `hbone` 15008: mTLS from the mesh's workloads, each CONNECT stream delivered to its
+///   `:authority` (ORIGINAL_DST, no second balancing), logged with the caller's SPIFFE ID.
+fn hbone_bootstrap(dir: &std::path::Path) -> String {
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+        "intruder.pem",
+        "intruder.key",
+    ] {
+        std::fs::copy(cert(f), dir.join(f)).unwrap();
+    }
+    let secret = |id: &str, name: &str| {
+        let file = dir.join(format!("{name}.sds.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                r#"resources:
+- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+  name: "{id}"
+  tls_certificate:
+    certificate_chain: {{ filename: {dir}/{name}.pem }}
+    private_key: {{ filename: {dir}/{name}.key }}
+"#,
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let outbound_chain = |source: &str, workload: &str| {
+        format!(
+            r#"    - filter_chain_match:
+        prefix_ranges: [{{ address_prefix: {VIP}, prefix_len: 32 }}]
+        destination_port: 80
+        source_prefix_ranges: [{{ address_prefix: {source}, prefix_len: 32 }}]
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: web_from_{workload}
+          cluster: web_from_{workload}
+          tunneling_config:
+            hostname: "%UPSTREAM_HOST%"
+            headers_to_add:
+            - header: {{ key: forwarded, value: "for=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }}
+"#
+        )
+    };
+    let service_cluster = |workload: &str, id: &str, sds: &std::path::Path| {
+        format!(
+            r#"  - name: web_from_{workload}
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{ max_concurrent_streams: 100 }}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: backend.example.com
+        common_tls_context:
+          alpn_protocols: [h2]
+          tls_certificate_sds_secret_configs:
+          - name: "{id}"
+            sds_config:
+              path_config_source: {{ path: {sds} }}
+              resource_api_version: V3
+          validation_context:
+            trusted_ca: {{ filename: {dir}/ca.pem }}
+            match_typed_subject_alt_names:
+            - {{ san_type: DNS, matcher: {{ exact: backend.example.com }} }}
+    load_assignment:
+      cluster_name: web_from_{workload}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {B_IP}, port_value: 8080 }} }} }}
+          metadata:
+            typed_filter_metadata:
+              switchyard.hbone:
+                "@type": type.googleapis.com/switchyard.config.endpoint.v1.HboneTunnel
+                address: {NODE2_IP}
+                port_value: {HBONE_PORT}
+"#,
+            sds = sds.display(),
+            dir = dir.display()
+        )
+    };
+    let (a_sds, c_sds) = (secret(A_ID, "client"), secret(C_ID, "intruder"));
+    format!(
+        r#"node: {{ id: switchyard~node, cluster: switchyard }}
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 15000 }}
+static_resources:
+  listeners:
+  - name: virtualOutbound
+    address:
+      socket_address: {{ address: 0.0.0.0, port_value: 15001 }}
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst
+    filter_chains:
+{chain_a}{chain_c}    default_filter_chain:
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: PassthroughCluster
+          cluster: PassthroughCluster
+  - name: hbone
+    address:
+      socket_address: {{ address: 0.0.0.0, port_value: {HBONE_PORT} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            alpn_protocols: [h2]
+            tls_certificates:
+            - certificate_chain: {{ filename: {dir}/server.pem }}
+              private_key: {{ filename: {dir}/server.key }}
+            validation_context:
+              trusted_ca: {{ filename: {dir}/ca.pem }}
+              match_typed_subject_alt_names:
+              - {{ san_type: URI, matcher: {{ prefix: "spiffe://cluster.local/" }} }}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: hbone
+          codec_type: HTTP2
+          http2_protocol_options: {{ allow_connect: true }}
+          upgrade_configs: [{{ upgrade_type: CONNECT }}]
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {dir}/streams.log
+              log_format:
+                text_format_source:
+                  inline_string: "%DOWNSTREAM_PEER_URI_SAN% %UPSTREAM_HOST%\n"
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ connect_matcher: {{}} }}
+                route:
+                  cluster: inbound_pods
+                  upgrade_configs: [{{ upgrade_type: CONNECT, connect_config: {{}} }}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{cluster_a}{cluster_c}  - name: inbound_pods
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+    original_dst_lb_config: {{ use_http_header: true, http_header_name: ":authority" }}
+  - name: PassthroughCluster
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+"#,
+        chain_a = outbound_chain(A_IP, "a"),
+        chain_c = outbound_chain(C1_IP, "c"),
+        cluster_a = service_cluster("a", A_ID, &a_sds),
+        cluster_c = service_cluster("c", C_ID, &c_sds),
+        dir = dir.display(),
+    )
+}
+
+/// What crossed the link between the nodes, per TCP flow, from a raw socket on node 1's
+/// side of it: started before the traffic, read after it.
+struct Sniffer {
+    process: KillOnDrop,
+    stop: PathBuf,
+}
+
+/// One direction of one TCP connection on the link, reassembled by sequence number.
+#[derive(Debug)]
+struct Flow {
+    /// `src:port>dst:port`.
+    key: String,
+    bytes: usize,
+    /// Its bytes parse whole as TLS records (`ContentType`, version 3.x, length), the first
+    /// a handshake record.
+    tls: bool,
+    /// The client's plaintext marker appears in it.
+    marker: bool,
+}
+
+/// The marker a client's payload repeats, looked for in the captured bytes.
+const MARKER: &str = "switchyard-plaintext-marker-";
+
+impl Sniffer {
+    fn start(node: &Netns, iface: &str) -> Sniffer {
+        let stop = std::env::temp_dir().join(format!("{}-sniff-stop", node.0));
+        let _ = std::fs::remove_file(&stop);
+        let code = format!(
+            r#"
+import os, socket, struct, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.bind(("{iface}", 0))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+s.settimeout(0.1)
+print("ready", flush=True)
+flows = {{}}
+while True:
+    try:
+        pkt = s.recv(1 << 18)
+    except socket.timeout:
+        if os.path.exists("{stop}"):
+            break
+        continue
+    if struct.unpack("!H", pkt[12:14])[0] != 0x0800:
+        continue
+    ip = pkt[14:]
+    if ip[9] != 6:
+        continue
+    ihl = (ip[0] & 15) * 4
+    total = struct.unpack("!H", ip[2:4])[0]
+    tcp = ip[ihl:total]
+    sport, dport, seq = struct.unpack("!HHI", tcp[:8])
+    payload = bytes(tcp[(tcp[12] >> 4) * 4:])
+    key = f"{{socket.inet_ntoa(ip[12:16])}}:{{sport}}>{{socket.inet_ntoa(ip[16:20])}}:{{dport}}"
+    f = flows.setdefault(key, {{"isn": seq, "segs": {{}}}})
+    if payload:
+        f["segs"][(seq - f["isn"]) % (1 << 32)] = payload
+for key, f in flows.items():
+    data, at = bytearray(), None
+    for off in sorted(f["segs"]):
+        seg = f["segs"][off]
+        if at is None:
+            at = off
+        if off + len(seg) <= at + len(data):
+            continue
+        data += seg[at + len(data) - off:]
+    i, tls = 0, len(data) > 0 and data[0] == 22
+    while tls and i < len(data):
+        if i + 5 > len(data) or data[i] not in (20, 21, 22, 23) or data[i + 1] != 3:
+            tls = False
+            break
+        i += 5 + struct.unpack("!H", data[i + 3:i + 5])[0]
+    tls = tls and i == len(data)
+    print(f"FLOW {{key}} {{len(data)}} {{int(tls)}} {{int(b'{MARKER}' in data)}}", flush=True)
+"#,
+            stop = stop.display()
+        );
+        let mut process = node
+            .command("python3")
+            .args(["-u", "-c", &code])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map(KillOnDrop)
+            .expect("python3 sniffer");
+        let mut ready = String::new();
+        let stdout = process.0.stdout.as_mut().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready", "the sniffer started");
+        Sniffer { process, stop }
+    }
+
+    /// Stops it and reads what it saw.
+    fn flows(mut self) -> Vec<Flow> {
+        std::fs::write(&self.stop, "").unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.process.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let _ = std::fs::remove_file(&self.stop);
+        out.lines()
+            .filter_map(|l| l.strip_prefix("FLOW "))
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                Flow {
+                    key: f[0].to_string(),
+                    bytes: f[1].parse().unwrap(),
+                    tls: f[2] == "1",
+                    marker: f[3] == "1",
+                }
+            })
+            .collect()
+    }
+}
+
+/// [`visit`] with 64 KiB of [`MARKER`]s per connection.
+fn visit_with_marker(pod: &Netns, target: &str, n: usize) -> Visits {
+    visit_sending(
+        pod,
+        target,
+        n,
+        &format!("b\"{MARKER}\" * (65536 // {})", MARKER.len()),
+    )
+}
+
+#[test]
+fn a_service_on_another_node_is_reached_through_hbone_as_the_calling_workload() {
+    if !prerequisites() {
+        return;
+    }
+    let k = two_nodes();
+    let proxy1 = NodeProxy::with_bootstrap(&k.node1, false, hbone_bootstrap);
+    let proxy2 = NodeProxy::with_bootstrap(&k.node2, false, hbone_bootstrap);
+    for (node, proxy) in [(&k.node1, &proxy1), (&k.node2, &proxy2)] {
+        assert!(
+            node.wait_listening(&format!("0.0.0.0:{HBONE_PORT}"), Duration::from_secs(10)),
+            "HBONE never listened\n{}",
+            proxy.logs()
+        );
+        ok(&node.capture(&["install"]));
+    }
+    let sniffer = Sniffer::start(&k.node1, &k.link1);
+
+    let from_a = visit_with_marker(&k.a, &format!("{VIP}:80"), 3);
+    let from_c = visit_with_marker(&k.c, &format!("{VIP}:80"), 2);
+    let flows = sniffer.flows();
+    // Pod B saw each connection from its own node's proxy (it delivered the stream).
+    let b = |n: usize| BTreeMap::from([("B:8080 10.244.2.1".to_string(), n)]);
+    let logs = || format!("{}\n{}", proxy1.logs(), proxy2.logs());
+    assert!(
+        from_a.errors.is_empty() && from_c.errors.is_empty(),
+        "{from_a:?} {from_c:?}\n{}",
+        logs()
+    );
+    assert_eq!(from_a.exact, b(3), "pod A\n{}", logs());
+    assert_eq!(from_c.exact, b(2), "pod C\n{}", logs());
+
+    // Between the nodes: only the tunnels to node 2's HBONE port, TLS both ways, each
+    // byte of them, and no plaintext marker.
+    let hbone = format!("{NODE2_IP}:{HBONE_PORT}");
+    assert!(!flows.is_empty(), "the sniffer saw the link");
+    for f in &flows {
+        assert!(
+            f.key.contains(&hbone),
+            "only HBONE crosses the link: {flows:?}"
+        );
+        assert!(
+            f.bytes > 0 && f.tls,
+            "TLS records, and only those: {flows:?}"
+        );
+        assert!(!f.marker, "no plaintext on the link: {flows:?}");
+    }
+    let carried: usize = flows.iter().map(|f| f.bytes).sum();
+    assert!(
+        carried > 2 * 5 * 65536,
+        "the five connections' bytes crossed, both ways: {carried} B in {flows:?}"
+    );
+    // One pooled HTTP/2 connection per source workload (its own client certificate).
+    assert_eq!(
+        flows.iter().filter(|f| f.key.ends_with(&hbone)).count(),
+        2,
+        "{flows:?}"
+    );
+
+    // Node 2 logged each stream with its calling workload's identity, and delivered it
+    // to the endpoint node 1 picked.
+    let log = std::fs::read_to_string(proxy2.dir.join("streams.log")).unwrap_or_default();
+    let mut lines: Vec<&str> = log.lines().collect();
+    lines.sort();
+    let (a_line, c_line) = (format!("{A_ID} {B_IP}:8080"), format!("{C_ID} {B_IP}:8080"));
+    assert_eq!(
+        lines,
+        vec![a_line.as_str(), &a_line, &a_line, &c_line, &c_line],
+        "node 2's stream log\n{}",
+        proxy2.logs()
+    );
+    let s1 = proxy1.stats(&k.node1);
+    let s2 = proxy2.stats(&k.node2);
+    let stat = |s: &BTreeMap<String, u64>, name: &str| s.get(name).copied().unwrap_or(0);
+    assert_eq!(stat(&s1, "cluster.web_from_a.upstream_rq_total"), 3);
+    assert_eq!(stat(&s1, "cluster.web_from_c.upstream_rq_total"), 2);
+    assert_eq!(stat(&s1, "server.hbone_pooled_connections"), 2);
+    assert_eq!(stat(&s2, "listener.0.0.0.0_15008.downstream_cx_total"), 2);
+    assert_eq!(stat(&s2, "cluster.inbound_pods.upstream_cx_total"), 5);
 }

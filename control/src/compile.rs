@@ -413,7 +413,7 @@ fn build(
                 }
             }),
             mirror: c.mirror.as_ref().map(|m| Mirror {
-                cluster: ids.get(m.cluster.as_str()).copied(),
+                cluster: untunnelled(ids, &clusters, &m.cluster, &m.stat_prefix),
                 per_million: m.per_million,
                 max_buffered_bytes: m.max_buffered_bytes,
                 stats: stats.mirror(&m.stat_prefix),
@@ -489,7 +489,7 @@ fn build(
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),
                 address,
-                proxy: udp_proxy(u, ids, stats),
+                proxy: udp_proxy(u, ids, &clusters, stats),
                 max_rx_datagram_bytes: u.max_downstream_rx_datagram_bytes,
                 udp_stats: stats.listener_udp(l.address),
             }),
@@ -613,6 +613,7 @@ fn cluster(
                 weight: e.weight,
                 priority: e.priority,
                 locality: e.locality.clone(),
+                tunnel: e.tunnel,
                 stats: old.get(&e.address).map_or_else(new_host, |s| Arc::clone(s)),
             })
             .collect(),
@@ -648,7 +649,9 @@ fn tcp_proxy(
     sinks: &mut AccessLogSinks,
 ) -> TcpProxy {
     let route = match &t.tunneling {
-        None => route(&t.route, |name| ids.get(name).copied()),
+        None => route(&t.route, |name| {
+            untunnelled(ids, clusters, name, &t.stat_prefix)
+        }),
         Some(_) => route(&t.route, |name| {
             let id = ids.get(name).copied()?;
             if clusters[id.0 as usize].http2.is_none() {
@@ -673,14 +676,38 @@ fn tcp_proxy(
     }
 }
 
+/// A cluster a connection reaches directly (not through a tunnel): one whose endpoints are
+/// reached through HBONE tunnels is no route (a connection never bypasses the tunnel; the
+/// bootstrap's are refused by `convert`, CDS and EDS ones land here).
+fn untunnelled(
+    ids: &HashMap<String, ClusterId>,
+    clusters: &[Arc<Cluster>],
+    name: &str,
+    stat_prefix: &str,
+) -> Option<ClusterId> {
+    let id = ids.get(name).copied()?;
+    if clusters[id.0 as usize].has_tunnels() {
+        tracing::warn!(
+            stat_prefix,
+            cluster = name,
+            "a proxy without tunneling_config routes to a cluster whose endpoints are reached through HBONE tunnels (metadata switchyard.hbone); its connections will be closed (no route)"
+        );
+        return None;
+    }
+    Some(id)
+}
+
 fn udp_proxy(
     u: &UdpProxyConfig,
     ids: &HashMap<String, ClusterId>,
+    clusters: &[Arc<Cluster>],
     stats: &StatsRegistry,
 ) -> UdpProxy {
     UdpProxy {
         stats: stats.udp(&u.stat_prefix),
-        route: route(&u.route, |name| ids.get(name).copied()),
+        route: route(&u.route, |name| {
+            untunnelled(ids, clusters, name, &u.stat_prefix)
+        }),
         idle_timeout_ms: u.idle_timeout.map(millis),
         hash_source_ip: u.hash_source_ip,
         max_upstream_rx_datagram_bytes: u.max_upstream_rx_datagram_bytes,

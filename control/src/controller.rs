@@ -1700,6 +1700,7 @@ mod tests {
             weight: 1,
             priority,
             locality: Default::default(),
+            tunnel: None,
         }
     }
 

@@ -597,6 +597,7 @@ mod tests {
             weight: 1,
             priority: 0,
             locality: Default::default(),
+            tunnel: None,
         };
         d.apply_endpoints(change(vec![("c", vec![ep.clone()].into())], &[]));
         let mut clash = statics.cluster("xds").unwrap().clone();
@@ -706,6 +707,7 @@ mod tests {
             weight: 1,
             priority: 0,
             locality: Default::default(),
+            tunnel: None,
         }]
         .into()
     }

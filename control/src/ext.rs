@@ -58,3 +58,12 @@ pub mod source_limit {
         "/switchyard.filters.network.source_limit.v1.rs"
     ));
 }
+
+/// `switchyard.config.endpoint.v1`: the node proxy an endpoint is reached through (HBONE).
+pub mod hbone_tunnel {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/switchyard.config.endpoint.v1.rs"
+    ));
+}

@@ -996,6 +996,9 @@ pub struct EndpointConfig {
     pub priority: u32,
     /// The `LocalityLbEndpoints` group it came from (its weight and name).
     pub locality: Locality,
+    /// Its metadata's HBONE tunnel (`switchyard.hbone`): the node proxy a tunnelled
+    /// connection reaches it through.
+    pub tunnel: Option<SocketAddr>,
 }
 
 /// Whole milliseconds of `d`, rounded up so that a non-zero duration never becomes zero

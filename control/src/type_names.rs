@@ -53,6 +53,10 @@ pub const MIRROR: &str = "switchyard.filters.network.mirror.v1.Mirror";
 pub const SOURCE_LIMIT: &str = "switchyard.filters.network.source_limit.v1.SourceLimit";
 /// `@type` of the listener filter naming the peers a PROXY protocol filter trusts.
 pub const TRUSTED_SOURCES: &str = "switchyard.filters.listener.proxy_protocol.v1.TrustedSources";
+/// `@type` of an endpoint's HBONE tunnel (its typed metadata under [`HBONE_TUNNEL_KEY`]).
+pub const HBONE_TUNNEL: &str = "switchyard.config.endpoint.v1.HboneTunnel";
+/// The `typed_filter_metadata` key of an endpoint's [`HBONE_TUNNEL`].
+pub const HBONE_TUNNEL_KEY: &str = "switchyard.hbone";
 /// `@type` of the UDP proxy's weighted route (the action of its matcher).
 pub const UDP_WEIGHTED_ROUTE: &str = "switchyard.filters.udp.udp_proxy.v1.WeightedRoute";
 

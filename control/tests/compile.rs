@@ -261,6 +261,7 @@ fn with_endpoints(rib: &Rib, index: usize, endpoints: &[(&str, u32)]) -> Rib {
             weight: *weight,
             priority: 0,
             locality: Default::default(),
+            tunnel: None,
         })
         .collect();
     changed

@@ -61,6 +61,7 @@ fn cluster(endpoints: &[(SocketAddr, Arc<HostState>)], max_sessions: u32) -> Clu
                 weight: 1,
                 priority: 0,
                 locality: Default::default(),
+                tunnel: None,
                 stats: stats.clone(),
             })
             .collect(),

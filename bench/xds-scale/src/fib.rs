@@ -76,6 +76,7 @@ fn cluster(
             weight: 1,
             priority: 0,
             locality: Default::default(),
+            tunnel: None,
         })
         .collect();
     (name, c, eps.into())

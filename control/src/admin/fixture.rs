@@ -108,6 +108,7 @@ pub(crate) fn fixture() -> Fixture {
                         weight: 1,
                         priority: 0,
                         locality: Default::default(),
+                        tunnel: None,
                         stats: h1,
                     },
                     Endpoint {
@@ -115,6 +116,7 @@ pub(crate) fn fixture() -> Fixture {
                         weight: 3,
                         priority: 0,
                         locality: Default::default(),
+                        tunnel: None,
                         stats: h2,
                     },
                 ],

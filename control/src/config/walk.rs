@@ -20,8 +20,8 @@ use crate::path::{field, index};
 use crate::type_names::{
     APPLICATION_PROTOCOL_INPUT, CARES_RESOLVER, CONNECTION_LIMIT, DESTINATION_IP_INPUT,
     DESTINATION_PORT_INPUT, DIRECT_SOURCE_IP_INPUT, DOWNSTREAM_CONNECTIONS_MONITOR, FAULT,
-    FILE_LOG, GETADDRINFO_RESOLVER, HTTP_CONNECTION_MANAGER, HTTP_PROTOCOL_OPTIONS, IP_MATCHER,
-    LEAST_REQUEST_POLICY, LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER,
+    FILE_LOG, GETADDRINFO_RESOLVER, HBONE_TUNNEL, HTTP_CONNECTION_MANAGER, HTTP_PROTOCOL_OPTIONS,
+    IP_MATCHER, LEAST_REQUEST_POLICY, LOCAL_RATELIMIT, MAGLEV_POLICY, MIRROR, ORIGINAL_DST_FILTER,
     ORIGINAL_SRC_FILTER, PROXY_PROTOCOL, RANDOM_POLICY, RBAC, RING_HASH_POLICY, ROUND_ROBIN_POLICY,
     ROUTER, SERVER_NAME_INPUT, SOURCE_IP_INPUT, SOURCE_LIMIT, SOURCE_PORT_INPUT, SOURCE_TYPE_INPUT,
     STDERR_LOG, STDOUT_LOG, STRING_VALUE, TCP_PROXY, TLS_INSPECTOR, TRANSPORT_PROTOCOL_INPUT,
@@ -926,7 +926,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.LbEndpoint",
-        &["endpoint", "load_balancing_weight"],
+        &["endpoint", "load_balancing_weight", "metadata"],
+    ),
+    // An endpoint's metadata: only Switchyard's HBONE tunnel, typed (`convert` checks the
+    // key); untyped `filter_metadata` is read by no Switchyard filter.
+    ("envoy.config.core.v3.Metadata", &["typed_filter_metadata"]),
+    (
+        "switchyard.config.endpoint.v1.HboneTunnel",
+        &["address", "port_value"],
     ),
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),
     (
@@ -1035,6 +1042,10 @@ const TYPED_CONFIG: &[(&str, &[&str])] = &[
     (
         "envoy.config.accesslog.v3.AccessLog.typed_config",
         &[STDOUT_LOG, STDERR_LOG, FILE_LOG],
+    ),
+    (
+        "envoy.config.core.v3.Metadata.TypedFilterMetadataEntry.value",
+        &[HBONE_TUNNEL],
     ),
     (
         "envoy.config.overload.v3.ResourceMonitor.typed_config",

@@ -86,6 +86,10 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
             "an ORIGINAL_DST cluster has no endpoints to check",
         ));
     }
+    let http2 = hbone::cluster_http2(c, path)?;
+    if http2.is_none() {
+        hbone::tunnels_need_http2(c, path)?;
+    }
     Ok(ClusterConfig {
         name: c.name.clone(),
         alt_stat_name: Some(c.alt_stat_name.clone()).filter(|n| !n.is_empty()),
@@ -104,7 +108,7 @@ pub(super) fn cluster(c: &Cluster, path: &str) -> Result<ClusterConfig> {
         dns,
         tls,
         proxy_protocol,
-        http2: hbone::cluster_http2(c, path)?,
+        http2,
         original_dst_authority,
     })
 }

@@ -1,17 +1,20 @@
 //! A `ClusterLoadAssignment` (a cluster's `load_assignment`, or an EDS resource) to the
 //! RIB's endpoints: IP addresses with non-zero ports and weights, sorted by priority; or, for
-//! a STRICT_DNS / LOGICAL_DNS cluster, the names to resolve ([`dns_targets`]).
+//! a STRICT_DNS / LOGICAL_DNS cluster, the names to resolve ([`dns_targets`]). An endpoint's
+//! `metadata` is only Switchyard's HBONE tunnel ([`hbone_tunnel`]), on IP endpoints.
 
 use super::address::{any_socket_address, raw_socket_address};
-use super::Result;
+use super::{decode_any, Result};
 use crate::error::ConfigError;
+use crate::ext::hbone_tunnel::HboneTunnel;
 use crate::path::{field, index};
 use crate::rib::{DnsTarget, EndpointConfig};
+use crate::type_names::{HBONE_TUNNEL, HBONE_TUNNEL_KEY};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints,
 };
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use switchyard_dataplane::fib::{Locality, LocalityName};
 
@@ -44,6 +47,7 @@ pub(super) fn load_assignment(
             weight: weight(lbe, p)?,
             priority,
             locality: locality.clone(),
+            tunnel: hbone_tunnel(lbe, p)?,
         });
         Ok(())
     })?;
@@ -67,6 +71,15 @@ pub(super) fn dns_targets(
         let (_, name, port_value) = raw_socket_address(endpoint(lbe, p)?.address.as_ref(), &apath)?;
         let sa_path = field(&apath, "socket_address");
         check_host_name(name, &field(&sa_path, "address"))?;
+        if lbe.metadata.is_some() {
+            return Err(ConfigError::unsupported(
+                field(p, "metadata"),
+                format!(
+                    "not supported on the endpoints of a {kind} cluster (an HBONE tunnel is an \
+                     IP endpoint's)"
+                ),
+            ));
+        }
         let port = match u16::try_from(port_value) {
             Ok(0) => {
                 return Err(ConfigError::invalid(
@@ -159,6 +172,44 @@ fn endpoint<'a>(
         Some(HostIdentifier::Endpoint(ep)) => Ok(ep),
         _ => Err(ConfigError::invalid(field(path, "endpoint"), "required")),
     }
+}
+
+/// `metadata.typed_filter_metadata["switchyard.hbone"]`: the node proxy this endpoint is
+/// reached through (an IP address and a non-zero port). Any other key is refused: no
+/// Switchyard filter reads endpoint metadata.
+fn hbone_tunnel(lbe: &LbEndpoint, path: &str) -> Result<Option<SocketAddr>> {
+    let Some(metadata) = &lbe.metadata else {
+        return Ok(None);
+    };
+    let tpath = field(&field(path, "metadata"), "typed_filter_metadata");
+    let mut tunnel = None;
+    for (key, any) in &metadata.typed_filter_metadata {
+        let kpath = field(&tpath, key);
+        if key != HBONE_TUNNEL_KEY {
+            return Err(ConfigError::unsupported(
+                kpath,
+                format!("not supported by Switchyard (an endpoint's typed metadata is only '{HBONE_TUNNEL_KEY}', its HBONE tunnel)"),
+            ));
+        }
+        let t: HboneTunnel = decode_any(any, HBONE_TUNNEL, &kpath)?;
+        let ip = t.address.parse::<IpAddr>().map_err(|_| {
+            ConfigError::invalid(
+                field(&kpath, "address"),
+                format!("'{}' is not an IP address", t.address),
+            )
+        })?;
+        let port = match u16::try_from(t.port_value) {
+            Ok(p) if p != 0 => p,
+            _ => {
+                return Err(ConfigError::invalid(
+                    field(&kpath, "port_value"),
+                    "required: 1 to 65535 (Istio's HBONE port is 15008)",
+                ))
+            }
+        };
+        tunnel = Some(SocketAddr::new(ip, port));
+    }
+    Ok(tunnel)
 }
 
 /// `load_balancing_weight`: at least 1, 1 when not given.

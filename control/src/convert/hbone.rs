@@ -18,7 +18,7 @@ use crate::rib::{
     millis_ceil, ClusterConfig, ListenerConfig, RouteConfig, TcpProxyConfig,
     DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
 };
-use crate::type_names::{HTTP_PROTOCOL_OPTIONS, ROUTER};
+use crate::type_names::{HBONE_TUNNEL_KEY, HTTP_PROTOCOL_OPTIONS, ROUTER};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -551,6 +551,7 @@ fn template(text: &str, path: &str) -> Result<Template> {
                 TemplatePart::DownstreamRemoteAddressWithoutPort
             }
             "DOWNSTREAM_REMOTE_PORT" => TemplatePart::DownstreamRemotePort,
+            "UPSTREAM_HOST" => TemplatePart::UpstreamHost,
             _ => {
                 return Err(ConfigError::unsupported(
                     path,
@@ -558,7 +559,8 @@ fn template(text: &str, path: &str) -> Result<Template> {
                         "command operator '%{name}%' is not supported here (only \
                          %DOWNSTREAM_LOCAL_ADDRESS%, %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%, \
                          %DOWNSTREAM_LOCAL_PORT%, %DOWNSTREAM_REMOTE_ADDRESS%, \
-                         %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, %DOWNSTREAM_REMOTE_PORT%)"
+                         %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, %DOWNSTREAM_REMOTE_PORT%, \
+                         %UPSTREAM_HOST%)"
                     ),
                 ))
             }
@@ -722,9 +724,44 @@ pub(super) fn original_dst_authority(c: &Cluster, original_dst: bool, path: &str
     ))
 }
 
+/// A cluster without HTTP/2 whose `load_assignment` has an endpoint with an HBONE tunnel
+/// (`metadata.typed_filter_metadata["switchyard.hbone"]`) is refused at that endpoint: the
+/// tunnel is a CONNECT stream over HTTP/2.
+pub(super) fn tunnels_need_http2(c: &Cluster, path: &str) -> Result<()> {
+    let Some(la) = &c.load_assignment else {
+        return Ok(());
+    };
+    let lpath = field(&field(path, "load_assignment"), "endpoints");
+    for (i, group) in la.endpoints.iter().enumerate() {
+        for (j, lbe) in group.lb_endpoints.iter().enumerate() {
+            let tunnelled = lbe
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.typed_filter_metadata.contains_key(HBONE_TUNNEL_KEY));
+            if tunnelled {
+                let epath = index(&field(&index(&lpath, i), "lb_endpoints"), j);
+                return Err(ConfigError::invalid(
+                    field(
+                        &field(&field(&epath, "metadata"), "typed_filter_metadata"),
+                        HBONE_TUNNEL_KEY,
+                    ),
+                    format!(
+                        "an HBONE tunnel needs the cluster's HTTP/2 \
+                         (typed_extension_protocol_options {HTTP_PROTOCOL_OPTIONS} with \
+                         explicit_http_config.http2_protocol_options)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Each static listener's tunneling tcp_proxies route only to clusters with HTTP/2, among
 /// the bootstrap's clusters (a name that is not among them is a no-route, as Envoy's; one
-/// from CDS is checked when it compiles). `protos` are the listeners `listeners` came from.
+/// from CDS is checked when it compiles); its other tcp_proxies never route to a cluster
+/// whose endpoints are reached through HBONE tunnels (a connection never bypasses its
+/// tunnel). `protos` are the listeners `listeners` came from.
 pub(super) fn tunneling_clusters(
     protos: &[Listener],
     listeners: &[ListenerConfig],
@@ -745,30 +782,44 @@ pub(super) fn tunneling_clusters(
             .zip(proto.default_filter_chain.as_ref())
             .map(|(c, p)| (c, p, field(&lpath, "default_filter_chain")));
         for (c, p, cpath) in chains.chain(default) {
-            if c.tcp_proxy.tunneling.is_none() {
-                continue;
-            }
-            let Some(name) = c.tcp_proxy.route.cluster_names().find(|n| {
-                clusters
-                    .iter()
-                    .any(|cl| cl.name == *n && cl.http2.is_none())
-            }) else {
+            let last = p.filters.len().saturating_sub(1);
+            let path = field(&index(&field(&cpath, "filters"), last), "typed_config");
+            let tunnelling = c.tcp_proxy.tunneling.is_some();
+            let mismatch = |cl: &ClusterConfig| {
+                if tunnelling {
+                    cl.http2.is_none()
+                } else {
+                    cl.endpoints.iter().any(|e| e.tunnel.is_some())
+                }
+            };
+            let Some(name) = c
+                .tcp_proxy
+                .route
+                .cluster_names()
+                .find(|n| clusters.iter().any(|cl| cl.name == *n && mismatch(cl)))
+            else {
                 continue;
             };
-            let last = p.filters.len().saturating_sub(1);
-            let path = field(
-                &field(&index(&field(&cpath, "filters"), last), "typed_config"),
-                "tunneling_config",
-            );
-            return Err(ConfigError::invalid(
-                path,
-                format!(
-                    "routes to cluster '{name}', which has no HTTP/2 \
-                     (typed_extension_protocol_options {HTTP_PROTOCOL_OPTIONS} with \
-                     explicit_http_config.http2_protocol_options): a tunnel is a CONNECT stream \
-                     over HTTP/2"
-                ),
-            ));
+            return Err(if tunnelling {
+                ConfigError::invalid(
+                    field(&path, "tunneling_config"),
+                    format!(
+                        "routes to cluster '{name}', which has no HTTP/2 \
+                         (typed_extension_protocol_options {HTTP_PROTOCOL_OPTIONS} with \
+                         explicit_http_config.http2_protocol_options): a tunnel is a CONNECT \
+                         stream over HTTP/2"
+                    ),
+                )
+            } else {
+                ConfigError::invalid(
+                    path,
+                    format!(
+                        "routes to cluster '{name}', whose endpoints are reached through HBONE \
+                         tunnels (metadata {HBONE_TUNNEL_KEY}), without tunneling_config: a \
+                         connection never bypasses its tunnel"
+                    ),
+                )
+            });
         }
     }
     Ok(())
@@ -1152,7 +1203,7 @@ mod tests {
         let cases = [
             ("            hostname: ''".to_string(), "hostname"),
             ("            hostname: 'a/b'".to_string(), "hostname"),
-            ("            hostname: '%UPSTREAM_HOST%'".to_string(), "hostname"),
+            ("            hostname: '%UPSTREAM_CLUSTER%'".to_string(), "hostname"),
             ("            hostname: h\n            post_path: /x".to_string(), "post_path"),
             (
                 "            hostname: h\n            propagate_response_trailers: true".to_string(),
@@ -1184,6 +1235,123 @@ mod tests {
         let missing =
             tunnel("            hostname: h", H2).replace("cluster: c\n", "cluster: gone\n");
         assert!(rib(&missing).cluster("gone").is_none());
+    }
+
+    /// [`tunnel`]'s bootstrap whose endpoint carries `metadata` (YAML at the endpoint's
+    /// fields' indent); `tunneling: None` drops the tcp_proxy's `tunneling_config`.
+    fn tunnelled_endpoint(tunneling: Option<&str>, http2: &str, metadata: &str) -> String {
+        let yaml = tunnel(tunneling.unwrap_or("            hostname: h"), http2).replace(
+            "port_value: 15008}}}\n",
+            &format!("port_value: 15008}}}}}}\n{metadata}\n"),
+        );
+        match tunneling {
+            Some(_) => yaml,
+            None => yaml.replace("          tunneling_config:\n            hostname: h\n", ""),
+        }
+    }
+
+    const HBONE_META: &str = "          metadata:
+            typed_filter_metadata:
+              switchyard.hbone:
+                '@type': type.googleapis.com/switchyard.config.endpoint.v1.HboneTunnel
+                address: 10.0.0.2
+                port_value: 15008";
+
+    #[test]
+    fn an_endpoints_hbone_tunnel_is_its_node_proxy_and_upstream_host_renders_the_endpoint() {
+        let yaml = tunnelled_endpoint(
+            Some("            hostname: '%UPSTREAM_HOST%'"),
+            H2,
+            HBONE_META,
+        );
+        let r = rib(&yaml);
+        let c = r.cluster("c").unwrap();
+        assert_eq!(c.endpoints[0].address, "127.0.0.1:15008".parse().unwrap());
+        assert_eq!(
+            c.endpoints[0].tunnel,
+            Some("10.0.0.2:15008".parse().unwrap())
+        );
+        assert_eq!(
+            tunneling_of(&yaml).hostname.parts,
+            vec![P::UpstreamHost],
+            "%UPSTREAM_HOST% is taken"
+        );
+        // Without metadata, no tunnel.
+        let plain = rib(&tunnel("            hostname: h", H2));
+        assert_eq!(plain.cluster("c").unwrap().endpoints[0].tunnel, None);
+    }
+
+    #[test]
+    fn each_part_of_an_hbone_tunnel_is_refused_by_path() {
+        let ep =
+            "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].metadata";
+        let key = format!("{ep}.typed_filter_metadata.switchyard.hbone");
+        let cases = [
+            (
+                HBONE_META.replace("10.0.0.2", "node-b"),
+                format!("{key}.address"),
+            ),
+            (
+                HBONE_META.replace("port_value: 15008", "port_value: 0"),
+                format!("{key}.port_value"),
+            ),
+            (
+                HBONE_META.replace("port_value: 15008", "port_value: 70000"),
+                format!("{key}.port_value"),
+            ),
+            (
+                HBONE_META.replace("              switchyard.hbone:", "              istio:"),
+                format!("{ep}.typed_filter_metadata.istio"),
+            ),
+            (
+                HBONE_META.replace(
+                    "switchyard.config.endpoint.v1.HboneTunnel",
+                    "google.protobuf.Struct",
+                ),
+                key.clone(),
+            ),
+            (
+                "          metadata:\n            filter_metadata: {istio: {workload: b}}"
+                    .to_string(),
+                format!("{ep}.filter_metadata"),
+            ),
+            (
+                HBONE_META.replace(
+                    "port_value: 15008",
+                    "port_value: 15008\n                zone: a",
+                ),
+                format!("{key}.zone"),
+            ),
+        ];
+        for (meta, path) in cases {
+            let yaml = tunnelled_endpoint(Some("            hostname: h"), H2, &meta);
+            assert_eq!(refused(&yaml), path, "{meta}");
+        }
+        // The tunnel is a CONNECT stream over HTTP/2: its cluster needs HTTP/2.
+        assert_eq!(refused(&tunnelled_endpoint(None, "", HBONE_META)), key);
+        // A tcp_proxy that does not tunnel never routes to it (nothing bypasses the tunnel).
+        assert_eq!(
+            refused(&tunnelled_endpoint(None, H2, HBONE_META)),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
+        );
+    }
+
+    #[test]
+    fn a_dns_clusters_endpoints_have_no_metadata() {
+        let yaml = cluster(&format!(
+            "    type: STRICT_DNS
+{H2}
+    load_assignment:
+      cluster_name: c
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: b.example, port_value: 80}}}}}}
+{HBONE_META}"
+        ));
+        assert_eq!(
+            refused(&yaml),
+            "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].metadata"
+        );
     }
 
     /// A static cluster `c` with `fields` (YAML at its fields' indent).

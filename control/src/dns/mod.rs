@@ -244,6 +244,7 @@ static_resources:
                 weight: 1,
                 priority: 0,
                 locality: Default::default(),
+                tunnel: None,
             }]
             .into(),
             hostnames: vec![Arc::from("a.example")].into(),

@@ -123,6 +123,7 @@ pub(super) fn endpoints(
                     weight: target.weight,
                     priority: target.priority,
                     locality: target.locality.clone(),
+                    tunnel: None,
                 },
                 name.clone(),
             ));

@@ -107,6 +107,9 @@ pub enum TemplatePart {
     DownstreamRemoteAddressWithoutPort,
     /// `%DOWNSTREAM_REMOTE_PORT%`.
     DownstreamRemotePort,
+    /// `%UPSTREAM_HOST%`: the endpoint the connection's cluster picked, `ip:port` (rendered
+    /// after the pick; with an HBONE tunnel, the endpoint behind the node proxy).
+    UpstreamHost,
 }
 
 impl Tunneling {
@@ -145,9 +148,16 @@ impl Template {
         }
     }
 
-    /// The value for a connection from `remote` to `local`, appended to `out` (an address
-    /// not known renders as nothing, as Envoy renders a missing value in a header).
-    pub fn render(&self, local: Option<SocketAddr>, remote: Option<SocketAddr>, out: &mut String) {
+    /// The value for a connection from `remote` to `local` that picked endpoint `upstream`,
+    /// appended to `out` (an address not known renders as nothing, as Envoy renders a missing
+    /// value in a header).
+    pub fn render(
+        &self,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+        upstream: Option<SocketAddr>,
+        out: &mut String,
+    ) {
         use std::fmt::Write;
         for part in &self.parts {
             let _ = match part {
@@ -167,6 +177,7 @@ impl Template {
                     Some(a) => write!(out, "{}", a.port()),
                     None => Ok(()),
                 },
+                TemplatePart::UpstreamHost => write_addr(out, upstream),
             };
         }
     }
@@ -201,17 +212,20 @@ mod tests {
                 TemplatePart::DownstreamLocalPort,
                 TemplatePart::Literal(" from ".into()),
                 TemplatePart::DownstreamRemoteAddress,
+                TemplatePart::Literal(" to ".into()),
+                TemplatePart::UpstreamHost,
             ],
         };
         let mut out = String::new();
         t.render(
             Some("[::1]:80".parse().unwrap()),
             Some("10.0.0.1:5000".parse().unwrap()),
+            Some("10.244.2.2:8080".parse().unwrap()),
             &mut out,
         );
-        assert_eq!(out, "::1:80 from 10.0.0.1:5000");
+        assert_eq!(out, "::1:80 from 10.0.0.1:5000 to 10.244.2.2:8080");
         let mut out = String::new();
-        t.render(None, None, &mut out);
-        assert_eq!(out, ": from ");
+        t.render(None, None, None, &mut out);
+        assert_eq!(out, ": from  to ");
     }
 }

@@ -1016,6 +1016,12 @@ impl Cluster {
     pub fn is_original_dst(&self) -> bool {
         self.lb_policy == LbPolicy::ClusterProvided
     }
+
+    /// Some endpoint is reached through an HBONE tunnel ([`Endpoint::tunnel`]): only a
+    /// tunnelling tcp_proxy may route here.
+    pub fn has_tunnels(&self) -> bool {
+        self.endpoints.iter().any(|e| e.tunnel.is_some())
+    }
 }
 
 /// One backend address.
@@ -1029,6 +1035,11 @@ pub struct Endpoint {
     pub priority: u32,
     /// The `LocalityLbEndpoints` it came from.
     pub locality: Locality,
+    /// The node proxy a tunnelled connection reaches it through (its metadata's HBONE
+    /// tunnel): the pooled HTTP/2 connection goes there, not to `address`, and
+    /// `%UPSTREAM_HOST%` is still `address`. Only tunnelling tcp_proxies route to a
+    /// cluster with such endpoints.
+    pub tunnel: Option<SocketAddr>,
     /// The host's counters and health ([`HostState`]), shared across generations by cluster
     /// and address.
     pub stats: Arc<HostState>,

@@ -610,6 +610,7 @@ mod tests {
                 weight: 1,
                 priority,
                 locality: Default::default(),
+                tunnel: None,
                 stats: Arc::new(HostState::new()),
             })
             .collect();

@@ -676,6 +676,7 @@ mod tests {
                 weight,
                 priority: 0,
                 locality: Default::default(),
+                tunnel: None,
                 stats: Arc::new(HostState::new()),
             })
             .collect()

@@ -1242,11 +1242,14 @@ impl Worker {
         self.post(slot, Kind::Connect);
     }
 
-    /// A tunnelled connection's pool: its endpoint and its cluster's TLS identity.
+    /// A tunnelled connection's pool: where its endpoint is reached (the endpoint, or the
+    /// node proxy its HBONE tunnel names) and its cluster's TLS identity.
     fn pool_key(&self, slot: u32) -> Option<PoolKey> {
         let conn = &self.conns[slot as usize];
-        let endpoint = conn.upstream?;
         let cluster = self.cluster_of(slot)?;
+        let picked = conn.machine.upstream().endpoint();
+        let tunnel = picked.and_then(|e| cluster.endpoints.get(e as usize)?.tunnel);
+        let endpoint = tunnel.or(conn.upstream)?;
         let identity = cluster.tls.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize);
         Some(PoolKey { endpoint, identity })
     }
@@ -1353,7 +1356,7 @@ impl Worker {
         let mut authority = String::new();
         tunneling
             .hostname
-            .render(conn.local, conn.remote, &mut authority);
+            .render(conn.local, conn.remote, conn.upstream, &mut authority);
         let mut req = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(authority.as_str())
@@ -1362,7 +1365,8 @@ impl Worker {
         let headers = req.headers_mut();
         for h in &tunneling.headers {
             let mut value = String::new();
-            h.value.render(conn.local, conn.remote, &mut value);
+            h.value
+                .render(conn.local, conn.remote, conn.upstream, &mut value);
             let (Ok(name), Ok(value)) = (
                 http::HeaderName::from_bytes(h.name.as_bytes()),
                 http::HeaderValue::from_str(&value),

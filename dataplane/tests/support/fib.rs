@@ -57,6 +57,7 @@ pub fn fib(listen: SocketAddr, backends: &[SocketAddr], workers: usize) -> Fib {
                 weight: 1,
                 priority: 0,
                 locality: Default::default(),
+                tunnel: None,
                 stats: Arc::new(HostState::new()),
             })
             .collect(),
