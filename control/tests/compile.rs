@@ -1021,3 +1021,47 @@ fn hbone_origination_compiles_to_tunnels_over_http2_clusters() {
     assert_eq!(w.entries[1].cluster, Some(ClusterId(1)));
     assert!(fib.clusters[0].http2.is_none());
 }
+
+/// An endpoint reached through an HBONE tunnel (as EDS or CDS may bring one, where `convert`
+/// cannot see who routes to its cluster): a tcp_proxy without `tunneling_config` compiles
+/// to no route for that cluster, a tunnelling one keeps it, and the endpoint keeps its
+/// tunnel in the FIB.
+#[test]
+fn a_cluster_with_tunnelled_endpoints_is_no_route_for_what_does_not_tunnel() {
+    let mut tunnelled = rib("minimal.yaml");
+    let c = Arc::make_mut(&mut tunnelled.clusters[0]);
+    let mut endpoints = c.endpoints.to_vec();
+    endpoints[0].tunnel = Some(addr("10.0.0.2:15008"));
+    c.endpoints = endpoints.into();
+    let fib = build(&tunnelled);
+    assert!(
+        matches!(&fib.listeners[0].filter_chains[0].tcp_proxy.route, Route::Missing(n) if &**n == "echo")
+    );
+    assert_eq!(
+        fib.clusters[0].endpoints[0].tunnel,
+        Some(addr("10.0.0.2:15008"))
+    );
+    assert!(matches!(
+        build(&rib("minimal.yaml")).listeners[0].filter_chains[0]
+            .tcp_proxy
+            .route,
+        Route::Cluster(ClusterId(0))
+    ));
+
+    let originate = rib("hbone_originate.yaml");
+    let fib = build(&originate);
+    let tunnelling = &fib.listeners[0].filter_chains[0].tcp_proxy;
+    assert!(tunnelling.tunneling.is_some());
+    let Route::Cluster(id) = tunnelling.route else {
+        panic!("the tunnel's cluster: {:?}", tunnelling.route)
+    };
+    let mut with_tunnel = originate.clone();
+    let c = Arc::make_mut(&mut with_tunnel.clusters[id.0 as usize]);
+    let mut endpoints = c.endpoints.to_vec();
+    endpoints[0].tunnel = Some(addr("10.0.0.2:15008"));
+    c.endpoints = endpoints.into();
+    assert!(matches!(
+        build(&with_tunnel).listeners[0].filter_chains[0].tcp_proxy.route,
+        Route::Cluster(i) if i == id
+    ));
+}
