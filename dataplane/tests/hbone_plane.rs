@@ -98,7 +98,10 @@ fn fib(outers: &[(SocketAddr, String)], inner: SocketAddr, tls: Option<Mtls>) ->
         idle_timeout_ms: Some(60_000),
     });
     let mut terminate = support::fib::plain_chain("hbone", "hbone", 1, 1);
-    terminate.hbone = Some(HboneTerminate { http2: settings() });
+    terminate.hbone = Some(HboneTerminate {
+        http2: settings(),
+        idle_timeout_ms: Some(60_000),
+    });
     terminate.tcp_proxy.route = Route::Cluster(ClusterId(1));
     if let Some(t) = tls {
         tunnel.ssl_stats = Some(Arc::new(SslStats::new("tunnel", 1)));
@@ -557,14 +560,40 @@ fn the_far_side_half_closes_first() {
 /// its socket); the next tunnelled connection opens a new one.
 #[test]
 fn an_idle_pooled_connection_closes_and_the_next_stream_opens_another() {
-    let echo = echo_backend();
-    let (outer, inner_addr) = (free_port(), free_port());
-    let mut f = fib(&[(outer, echo.to_string())], inner_addr, None);
+    let (outer, mut f) = echo_tunnel();
     let tunnel = Arc::get_mut(&mut f.clusters[0]).expect("fresh");
     tunnel.http2 = Some(Http2Upstream {
         http2: settings(),
         idle_timeout_ms: Some(300),
     });
+    idle_closes_and_the_next_stream_opens_another(outer, f);
+}
+
+/// A terminating connection without streams for its idle timeout (HCM's
+/// `common_http_protocol_options.idle_timeout`) drains (GOAWAY) and closes, as Envoy's does;
+/// the source's pooled connection sees it end and the next stream opens another.
+#[test]
+fn an_idle_terminating_connection_drains_and_closes() {
+    let (outer, mut f) = echo_tunnel();
+    let terminating = f.listeners.last_mut().expect("the HBONE listener");
+    terminating.filter_chains[0]
+        .hbone
+        .as_mut()
+        .expect("terminates")
+        .idle_timeout_ms = Some(300);
+    idle_closes_and_the_next_stream_opens_another(outer, f);
+}
+
+/// A tunnel from a fresh port to an echo backend: the port and the FIB.
+fn echo_tunnel() -> (SocketAddr, Fib) {
+    let echo = echo_backend();
+    let (outer, inner_addr) = (free_port(), free_port());
+    (outer, fib(&[(outer, echo.to_string())], inner_addr, None))
+}
+
+/// One tunnelled connection through `f` (whose tunnel or termination closes when idle), the
+/// HTTP/2 connection closes, and a second connection crosses a new one.
+fn idle_closes_and_the_next_stream_opens_another(outer: SocketAddr, f: Fib) {
     let (plane, fib, server) = start(f);
     let one = |id: u32| {
         let msg = pattern(1000, id);
@@ -574,7 +603,7 @@ fn an_idle_pooled_connection_closes_and_the_next_stream_opens_another() {
     one(1);
     let carriers = &inner(&fib).stats;
     assert_eq!(carriers.get(ListenerStat::DownstreamCxTotal), 1);
-    eventually("the idle pooled connection closed", || {
+    eventually("the idle HTTP/2 connection closed", || {
         carriers.gauge(ListenerStat::DownstreamCxActive) == 0
     });
     one(2);

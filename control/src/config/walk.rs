@@ -480,7 +480,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     // HBONE's termination (`convert::hbone`): the connection manager in exactly the shape
     // that terminates HTTP/2 CONNECT into the chain's proxying; every other field (RDS,
-    // HTTP/1, tracing, timeouts other than the streams' idle one, ...) is refused.
+    // HTTP/1, tracing, timeouts other than the streams' and the connection's idle ones, ...)
+    // is refused.
     (
         HTTP_CONNECTION_MANAGER,
         &[
@@ -492,6 +493,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "http_filters",
             "access_log",
             "stream_idle_timeout",
+            "common_http_protocol_options",
         ],
     ),
     (

@@ -54,8 +54,9 @@ const STREAMS: (u32, u32) = (1, 2_147_483_647);
 const WINDOW: (u32, u32) = (65_535, 2_147_483_647);
 
 /// `envoy.filters.network.http_connection_manager` as HBONE's termination: the chain's
-/// HTTP/2 server settings, and the tcp_proxy each CONNECT stream is proxied by (`stat_prefix`,
-/// the one route's cluster, `stream_idle_timeout`, `access_log`).
+/// HTTP/2 server settings and connection idle timeout (`common_http_protocol_options`), and
+/// the tcp_proxy each CONNECT stream is proxied by (`stat_prefix`, the one route's cluster,
+/// `stream_idle_timeout`, `access_log`).
 pub(super) fn connection_manager(
     h: &HttpConnectionManager,
     path: &str,
@@ -116,8 +117,19 @@ pub(super) fn connection_manager(
         &field(path, "stream_idle_timeout"),
     )?;
     let access_logs = access_logs(&h.access_log, &field(path, "access_log"))?;
+    let cpath = field(path, "common_http_protocol_options");
+    let connection_idle = timeout_or(
+        h.common_http_protocol_options
+            .as_ref()
+            .and_then(|o| o.idle_timeout.as_ref()),
+        DEFAULT_HTTP_IDLE_TIMEOUT,
+        &field(&cpath, "idle_timeout"),
+    )?;
     Ok((
-        HboneTerminate { http2 },
+        HboneTerminate {
+            http2,
+            idle_timeout_ms: connection_idle.map(millis_ceil),
+        },
         TcpProxyConfig {
             stat_prefix: h.stat_prefix.clone(),
             route: RouteConfig::Cluster(cluster),
@@ -907,8 +919,10 @@ mod tests {
         assert_eq!(
             c.hbone,
             Some(HboneTerminate {
-                http2: Http2Settings::ENVOY_DEFAULT
-            })
+                http2: Http2Settings::ENVOY_DEFAULT,
+                idle_timeout_ms: Some(3_600_000),
+            }),
+            "Envoy's defaults: the connection's idle timeout is an hour"
         );
         let t = &c.tcp_proxy;
         assert_eq!(t.stat_prefix, "hb");
@@ -936,6 +950,7 @@ mod tests {
             initial_connection_window_size: 2147483647
           upgrade_configs: [{upgrade_type: Connect}]
           stream_idle_timeout: 0s
+          common_http_protocol_options: {idle_timeout: 90s}
           access_log:
           - name: stdout
             typed_config:
@@ -952,7 +967,22 @@ mod tests {
             }
         );
         assert_eq!(c.tcp_proxy.idle_timeout, None, "0s turns it off");
+        assert_eq!(c.hbone.as_ref().unwrap().idle_timeout_ms, Some(90_000));
         assert_eq!(c.tcp_proxy.access_logs.len(), 1);
+        let off = rib(&hcm(MINIMAL).replace(
+            "stat_prefix: hb\n",
+            "stat_prefix: hb\n          common_http_protocol_options: {idle_timeout: 0s}\n",
+        ));
+        assert_eq!(chain(&off).hbone.as_ref().unwrap().idle_timeout_ms, None);
+        // The connection's other HTTP settings are not Switchyard's (it stays L4).
+        let other = hcm(MINIMAL).replace(
+            "stat_prefix: hb\n",
+            "stat_prefix: hb\n          common_http_protocol_options: {max_connection_duration: 60s}\n",
+        );
+        assert_eq!(
+            refused(&other),
+            format!("{F}.common_http_protocol_options.max_connection_duration")
+        );
     }
 
     #[test]

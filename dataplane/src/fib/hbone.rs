@@ -43,6 +43,9 @@ impl Default for Http2Settings {
 pub struct HboneTerminate {
     /// The server's HTTP/2 settings.
     pub http2: Http2Settings,
+    /// `common_http_protocol_options.idle_timeout` (Envoy's default 1 h): a connection
+    /// without streams for this long is drained (GOAWAY) and closed; `None`: never.
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// A cluster's connections carry HTTP/2 (`typed_extension_protocol_options`

@@ -44,7 +44,7 @@ use super::ud::{self, Kind};
 use super::Worker;
 use crate::accesslog::tls::TlsRecord;
 use crate::conn;
-use crate::fib::hbone::Http2Settings;
+use crate::fib::hbone::HboneTerminate;
 use crate::fib::Route;
 use crate::hbone::{poll_fn_once, poll_once, Wire};
 use crate::relay::{BufId, BufferLimits, Dir, Received, Side};
@@ -629,7 +629,8 @@ impl Worker {
     // ---- carriers ----
 
     /// A terminating carrier: the server codec of an accepted connection on an HBONE chain.
-    pub(super) fn start_server_carrier(&mut self, slot: u32, http2: Http2Settings) {
+    pub(super) fn start_server_carrier(&mut self, slot: u32, terminate: &HboneTerminate) {
+        let http2 = terminate.http2;
         let wire = Wire::default();
         let handshake = server::Builder::new()
             .max_concurrent_streams(http2.max_concurrent_streams)
@@ -647,7 +648,7 @@ impl Worker {
             pool: None,
             max_streams: http2.max_concurrent_streams,
             idle_since_ms: self.now_ms,
-            idle_timeout_ms: None,
+            idle_timeout_ms: terminate.idle_timeout_ms,
             retired: false,
             peer: None,
             pinned: None,
@@ -683,9 +684,9 @@ impl Worker {
         }
     }
 
-    /// The tick: pooled carriers idle past their timeout close, CONNECTs past their
-    /// deadline fail, and every carrier is pumped (a stream that found no buffer tries
-    /// again).
+    /// The tick: carriers idle past their timeout close (a pooled one ends its client
+    /// codec, a terminating one drains: GOAWAY), CONNECTs past their deadline fail, and
+    /// every carrier is pumped (a stream that found no buffer tries again).
     pub(super) fn hbone_tick(&mut self) {
         let now = self.now_ms;
         let mut i = 0;
@@ -694,16 +695,20 @@ impl Worker {
             let Some(c) = self.live_carrier(slot, nonce) else {
                 continue;
             };
-            let idle = c.pool.is_some()
-                && c.streams.is_empty()
+            let idle = c.streams.is_empty()
                 && c.queued.is_empty()
                 && c.idle_timeout_ms
                     .is_some_and(|t| now >= c.idle_since_ms + t);
             if idle && !c.retired {
                 c.retired = true;
-                // Without streams or a request handle the client codec ends (GOAWAY).
-                if let Codec::Client { send, .. } = &mut c.codec {
-                    send.take();
+                match &mut c.codec {
+                    // Without streams or a request handle the client codec ends (GOAWAY).
+                    Codec::Client { send, .. } => drop(send.take()),
+                    // As Envoy's HCM at its idle timeout: a drain sequence, then the close.
+                    Codec::Server(conn) => conn.graceful_shutdown(),
+                    // A peer that never finished its preface: the end, then the close.
+                    Codec::ServerHandshake(_) => c.codec = Codec::Done,
+                    Codec::Done => {}
                 }
             }
             let mut j = 0;

@@ -1216,8 +1216,8 @@ impl Worker {
                 if !faults.abort_at_accept {
                     self.start_shadow(slot);
                 }
-                if let Some(http2) = self.chain_of(slot).and_then(|c| c.hbone.clone()) {
-                    self.start_server_carrier(slot, http2.http2);
+                if let Some(terminate) = self.chain_of(slot).and_then(|c| c.hbone.clone()) {
+                    self.start_server_carrier(slot, &terminate);
                 } else if decision.tunnelled {
                     self.start_tunnelled(slot);
                 }
