@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use switchyard_dataplane::accesslog::AccessLogQueues;
 use switchyard_dataplane::fib::hbone::*;
 use switchyard_dataplane::fib::*;
-use switchyard_dataplane::plane::{DataPlane, PlaneConfig};
+use switchyard_dataplane::plane::{DataPlane, PlaneConfig, PlaneError};
 use switchyard_dataplane::stats::*;
 use switchyard_dataplane::tls::settings::*;
 use switchyard_dataplane::tls::{ClientContext, ServerContext};
-use switchyard_dataplane::worker::Limits;
+use switchyard_dataplane::worker::{Limits, RelayMode};
 
 mod support;
 use support::fib::echo_backend;
@@ -609,5 +609,54 @@ fn idle_closes_and_the_next_stream_opens_another(outer: SocketAddr, f: Fib) {
     one(2);
     assert_eq!(server.get(ServerStat::HbonePooledConnections), 2);
     assert_eq!(carriers.get(ListenerStat::DownstreamCxTotal), 2);
+    plane.shutdown(Duration::from_millis(100));
+}
+
+/// The splice relay never sees the bytes, so it cannot carry HTTP/2: a FIB that terminates
+/// HBONE, or only originates it, is refused by name and nothing of it is published.
+#[test]
+fn splicing_workers_refuse_hbone() {
+    let plane = DataPlane::start(
+        PlaneConfig {
+            cpus: vec![0],
+            pin: false,
+            limits: Limits {
+                relay_mode: RelayMode::Splice,
+                ..Limits::default()
+            },
+            drain_time: Duration::from_secs(1),
+        },
+        Arc::new(ServerStats::new("server", 1)),
+        Arc::new(AccessLogQueues::new(1, 64)),
+    )
+    .expect("start");
+    let (outer, inner_addr) = (free_port(), free_port());
+    let make = || fib(&[(outer, "10.0.0.1:80".into())], inner_addr, None);
+    let refused = |f: Fib| match plane.publish(Arc::new(f)) {
+        Err(PlaneError::TlsNeedsBufferRing { what }) => what,
+        other => panic!("published: {other:?}"),
+    };
+    assert_eq!(
+        refused(make()),
+        "listener 'out0'",
+        "the tunnelling listener"
+    );
+    let mut terminating_only = make();
+    terminating_only.listeners.remove(0);
+    Arc::get_mut(&mut terminating_only.clusters[0])
+        .expect("fresh")
+        .http2 = None;
+    assert_eq!(refused(terminating_only), "listener 'hbone'");
+    let mut originating_cluster_only = make();
+    originating_cluster_only.listeners.clear();
+    assert_eq!(
+        refused(originating_cluster_only),
+        "cluster 'echo'",
+        "the HTTP/2 cluster"
+    );
+    assert!(
+        TcpStream::connect(inner_addr).is_err(),
+        "nothing of a refused FIB listens"
+    );
     plane.shutdown(Duration::from_millis(100));
 }
