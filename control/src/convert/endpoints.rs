@@ -183,7 +183,10 @@ fn hbone_tunnel(lbe: &LbEndpoint, path: &str) -> Result<Option<SocketAddr>> {
     };
     let tpath = field(&field(path, "metadata"), "typed_filter_metadata");
     let mut tunnel = None;
-    for (key, any) in &metadata.typed_filter_metadata {
+    // In key order, so that of several refused keys the same one is named every time.
+    let mut entries: Vec<_> = metadata.typed_filter_metadata.iter().collect();
+    entries.sort_by_key(|(key, _)| *key);
+    for (key, any) in entries {
         let kpath = field(&tpath, key);
         if key != HBONE_TUNNEL_KEY {
             return Err(ConfigError::unsupported(
