@@ -351,6 +351,8 @@ fn build(
     cache: &mut CompileCache,
 ) -> Result<Fib, CompileError> {
     let clusters = cache.clusters(rib, stats)?;
+    // Once per build, not per route: a cluster may have many endpoints and many routes.
+    let tunnelled: Vec<bool> = clusters.iter().map(|c| c.has_tunnels()).collect();
     let ids = &cache.ids;
     let sinks = &mut cache.sinks;
     let contexts = &mut cache.tls;
@@ -413,7 +415,7 @@ fn build(
                 }
             }),
             mirror: c.mirror.as_ref().map(|m| Mirror {
-                cluster: untunnelled(ids, &clusters, &m.cluster, &m.stat_prefix),
+                cluster: untunnelled(ids, &tunnelled, &m.cluster, &m.stat_prefix),
                 per_million: m.per_million,
                 max_buffered_bytes: m.max_buffered_bytes,
                 stats: stats.mirror(&m.stat_prefix),
@@ -424,7 +426,7 @@ fn build(
                 throttle: f.throttle,
                 stats: stats.fault(&f.stat_prefix),
             }),
-            tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, &clusters, stats, sinks),
+            tcp_proxy: tcp_proxy(&c.tcp_proxy, ids, (&clusters, &tunnelled), stats, sinks),
             tls,
         })
     };
@@ -489,7 +491,7 @@ fn build(
             ListenerKind::Udp(u) => udp_listeners.push(UdpListener {
                 name: l.name.as_str().into(),
                 address,
-                proxy: udp_proxy(u, ids, &clusters, stats),
+                proxy: udp_proxy(u, ids, &tunnelled, stats),
                 max_rx_datagram_bytes: u.max_downstream_rx_datagram_bytes,
                 udp_stats: stats.listener_udp(l.address),
             }),
@@ -644,13 +646,13 @@ fn cluster(
 fn tcp_proxy(
     t: &TcpProxyConfig,
     ids: &HashMap<String, ClusterId>,
-    clusters: &[Arc<Cluster>],
+    (clusters, tunnelled): (&[Arc<Cluster>], &[bool]),
     stats: &StatsRegistry,
     sinks: &mut AccessLogSinks,
 ) -> TcpProxy {
     let route = match &t.tunneling {
         None => route(&t.route, |name| {
-            untunnelled(ids, clusters, name, &t.stat_prefix)
+            untunnelled(ids, tunnelled, name, &t.stat_prefix)
         }),
         Some(_) => route(&t.route, |name| {
             let id = ids.get(name).copied()?;
@@ -678,15 +680,16 @@ fn tcp_proxy(
 
 /// A cluster a connection reaches directly (not through a tunnel): one whose endpoints are
 /// reached through HBONE tunnels is no route (a connection never bypasses the tunnel; the
-/// bootstrap's are refused by `convert`, CDS and EDS ones land here).
+/// bootstrap's are refused by `convert`, CDS and EDS ones land here). `tunnelled`: by
+/// cluster id, whether it has such endpoints.
 fn untunnelled(
     ids: &HashMap<String, ClusterId>,
-    clusters: &[Arc<Cluster>],
+    tunnelled: &[bool],
     name: &str,
     stat_prefix: &str,
 ) -> Option<ClusterId> {
     let id = ids.get(name).copied()?;
-    if clusters[id.0 as usize].has_tunnels() {
+    if tunnelled[id.0 as usize] {
         tracing::warn!(
             stat_prefix,
             cluster = name,
@@ -700,13 +703,13 @@ fn untunnelled(
 fn udp_proxy(
     u: &UdpProxyConfig,
     ids: &HashMap<String, ClusterId>,
-    clusters: &[Arc<Cluster>],
+    tunnelled: &[bool],
     stats: &StatsRegistry,
 ) -> UdpProxy {
     UdpProxy {
         stats: stats.udp(&u.stat_prefix),
         route: route(&u.route, |name| {
-            untunnelled(ids, clusters, name, &u.stat_prefix)
+            untunnelled(ids, tunnelled, name, &u.stat_prefix)
         }),
         idle_timeout_ms: u.idle_timeout.map(millis),
         hash_source_ip: u.hash_source_ip,
