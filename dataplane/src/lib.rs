@@ -19,6 +19,7 @@ pub mod hbone;
 pub mod health;
 pub mod host;
 pub mod lb;
+pub mod offload;
 pub mod plane;
 pub mod proxy_protocol;
 pub mod rate_limit;
