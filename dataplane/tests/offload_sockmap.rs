@@ -39,6 +39,19 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// `data` written into `from` (by a thread) arrives whole and in order at `to`.
+fn crosses(from: &TcpStream, to: &mut TcpStream, data: &[u8], what: &str) {
+    let writer = {
+        let mut w = from.try_clone().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || w.write_all(&data).unwrap())
+    };
+    let mut got = vec![0u8; data.len()];
+    to.read_exact(&mut got).unwrap();
+    assert!(got == data, "{what}: byte-exact");
+    writer.join().unwrap();
+}
+
 /// A client, a "proxy" holding two sockets (the accepted `front`, the connected `back`) and a
 /// backend: spliced, 1 MiB crosses each way byte-exact without the proxy reading a byte, the
 /// counts say so, and the FIN reaches the proxy's own socket (the worker's job to pass on).
@@ -51,24 +64,8 @@ fn a_spliced_pair_moves_bytes_in_the_kernel_and_counts_them() {
 
     let up = pattern(1 << 20, 1);
     let down = pattern(1 << 20, 2);
-    let writer = {
-        let mut c = client.try_clone().unwrap();
-        let up = up.clone();
-        std::thread::spawn(move || c.write_all(&up).unwrap())
-    };
-    let mut got = vec![0u8; up.len()];
-    backend.read_exact(&mut got).unwrap();
-    assert!(got == up, "client -> backend byte-exact");
-    writer.join().unwrap();
-    let echo = {
-        let mut b = backend.try_clone().unwrap();
-        let down = down.clone();
-        std::thread::spawn(move || b.write_all(&down).unwrap())
-    };
-    let mut got = vec![0u8; down.len()];
-    client.read_exact(&mut got).unwrap();
-    assert!(got == down, "backend -> client byte-exact");
-    echo.join().unwrap();
+    crosses(&client, &mut backend, &up, "client -> backend");
+    crosses(&backend, &mut client, &down, "backend -> client");
 
     // The proxy's sockets never had a byte to read.
     front.set_nonblocking(true).unwrap();
