@@ -12,8 +12,11 @@
 //! - bytes are moved in order and whole, both ways, and counted per socket;
 //! - a FIN is not redirected: the socket's reader (user space) sees the end and must shut
 //!   the peer's write side, as the relay does today;
-//! - bytes already queued on a socket before [`Sockmap::splice`] stay there for user space:
-//!   the caller must have read them (the switch-over's ordering is the caller's).
+//! - bytes already queued on a socket at [`Sockmap::splice`] belong to the kernel path (user
+//!   space cannot read them any more), but move only when the socket is read (the read
+//!   returns nothing) or more bytes arrive, and then go first: after a splice the caller
+//!   reads each socket once, and must hold no bytes of its own (read, not yet sent) then,
+//!   or they would arrive after the queued ones.
 //!
 //! Loading needs CAP_BPF and CAP_NET_ADMIN (or root); without them, or in a build without
 //! clang, [`Sockmap::load`] says why.

@@ -112,3 +112,53 @@ fn an_unspliced_pair_is_read_by_user_space_again() {
     assert_eq!(&got, b"user", "the proxy reads it itself");
     drop(backend);
 }
+
+/// The switch-over's ordering as this kernel does it: bytes a socket had queued, unread,
+/// when it was spliced belong to the kernel path from then on, but nothing moves them until
+/// the socket is read or more bytes arrive. A read of the spliced socket returns nothing and
+/// sends them to the peer, ahead of what arrives later. So after a splice the worker must
+/// read each socket once (or a request already waiting stalls until its sender sends more),
+/// and must hold no bytes of its own (read, not yet sent) at that moment, or they would
+/// arrive after the queued ones.
+#[test]
+fn bytes_queued_at_the_splice_wait_for_a_read_and_then_go_first() {
+    let Some(mut map) = sockmap() else { return };
+    let (mut client, front) = pair();
+    let (back, mut backend) = pair();
+    client.write_all(b"queued ").unwrap();
+    // Until the bytes sit in front's receive queue.
+    let mut peek = [0u8; 7];
+    assert_eq!(front.peek(&mut peek).unwrap(), 7);
+    map.splice(&front, &back).expect("splice");
+
+    // Nobody reads front and nothing more arrives: they stay.
+    backend
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = (&backend).read(&mut buf);
+    assert!(early.is_err(), "they wait: {early:?}");
+
+    // A read of front gets nothing, and sends them on.
+    front
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let read = (&front).read(&mut buf);
+    assert!(
+        matches!(&read, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "user space has nothing to read: {read:?}"
+    );
+    backend
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = [0u8; 7];
+    backend.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"queued ");
+
+    client.write_all(b"then more").unwrap();
+    let mut got = [0u8; 9];
+    backend.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"then more");
+    let counts = map.unsplice(&front, &back).expect("unsplice");
+    assert_eq!(counts.a_to_b, 16, "the queued bytes counted with the rest");
+}
