@@ -11,7 +11,8 @@
 //! Guarantees and limits, as the test `tests/offload_sockmap.rs` shows them:
 //! - bytes are moved in order and whole, both ways, and counted per socket;
 //! - a FIN is not redirected: the socket's reader (user space) sees the end and must shut
-//!   the peer's write side, as the relay does today;
+//!   the peer's write side, as the relay does today, but only once [`Sockmap::caught_up`]
+//!   (passed on at once, it overtakes redirected bytes still queued in the kernel);
 //! - bytes already queued on a socket at [`Sockmap::splice`] belong to the kernel path (user
 //!   space cannot read them any more), but move only when the socket is read (the read
 //!   returns nothing) or more bytes arrive, and then go first: after a splice the caller
@@ -145,6 +146,17 @@ impl Sockmap {
             return Err(socket_error(e));
         }
         Ok(())
+    }
+
+    /// Every byte `from` has received is in `to`'s stream (acknowledged, or in its send
+    /// queue): only then may `from`'s end (FIN) be passed on to `to`. Redirected bytes wait
+    /// in the kernel's queue first, and a FIN sent before them would cut the stream short.
+    pub fn caught_up(&self, from: &impl AsRawFd, to: &impl AsRawFd) -> Result<bool, OffloadError> {
+        let received = crate::sys::net::tcp_stream_counts(from.as_raw_fd())
+            .map_err(socket_error)?
+            .received;
+        let sent = crate::sys::net::tcp_stream_counts(to.as_raw_fd()).map_err(socket_error)?;
+        Ok(sent.acked + sent.unacked >= received)
     }
 
     /// Takes `a` and `b` out of the kernel path (their receives reach user space again) and

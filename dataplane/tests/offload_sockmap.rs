@@ -162,3 +162,61 @@ fn bytes_queued_at_the_splice_wait_for_a_read_and_then_go_first() {
     let counts = map.unsplice(&front, &back).expect("unsplice");
     assert_eq!(counts.a_to_b, 16, "the queued bytes counted with the rest");
 }
+
+/// A FIN passed on only once the peer socket caught up keeps every byte. Passed on as soon as
+/// the receive sees it, it overtook the redirected bytes still queued in the kernel: a probe
+/// delivered 4.16 of 8 MiB in 19 of 20 runs.
+#[test]
+fn a_fin_passed_on_once_the_peer_caught_up_keeps_every_byte() {
+    let Some(mut map) = sockmap() else { return };
+    for round in 0..5 {
+        let (client, front) = pair();
+        let (back, mut backend) = pair();
+        map.splice(&front, &back).expect("splice");
+        // The backend reads all along: a stream that waits for its reader never catches up.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).unwrap();
+            got
+        });
+        let sent = pattern(8 << 20, round);
+        let writer = {
+            let mut c = client.try_clone().unwrap();
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                c.write_all(&sent).unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+            })
+        };
+        // The proxy's receive: nothing but the end (a read meanwhile may find nothing yet).
+        let mut buf = [0u8; 64];
+        loop {
+            match (&front).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => panic!("round {round}: user space read {n} bytes"),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !map.caught_up(&front, &back).expect("counts") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: never caught up"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        back.shutdown(Shutdown::Write).unwrap();
+        let got = reader.join().unwrap();
+        writer.join().unwrap();
+        assert!(
+            got == sent,
+            "round {round}: {} of {} bytes before the end",
+            got.len(),
+            sent.len()
+        );
+        map.unsplice(&front, &back).expect("unsplice");
+    }
+}

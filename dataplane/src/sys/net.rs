@@ -207,6 +207,49 @@ fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()
     }
 }
 
+/// A TCP socket's stream positions: bytes received in order (`tcpi_bytes_received`), bytes
+/// sent and acknowledged (`tcpi_bytes_acked`), and bytes in the send queue not yet
+/// acknowledged (`SIOCOUTQ`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TcpStreamCounts {
+    pub received: u64,
+    pub acked: u64,
+    pub unacked: u64,
+}
+
+/// `getsockopt(TCP_INFO)` and `ioctl(SIOCOUTQ)` of `fd`.
+pub(crate) fn tcp_stream_counts(fd: RawFd) -> io::Result<TcpStreamCounts> {
+    // SAFETY: `tcp_info` is plain old data (integers only), so all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`, which is that large and
+    // lives across the call; `len` is a valid, writable socklen_t.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the pointer, which is valid and
+    // writable for the call.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpStreamCounts {
+        received: info.tcpi_bytes_received,
+        acked: info.tcpi_bytes_acked,
+        unacked: u64::try_from(queued).unwrap_or(0),
+    })
+}
+
 /// `getpeername`.
 pub(crate) fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
     with_socket(fd, |s| s.peer_addr())
