@@ -181,13 +181,12 @@ fn hbone_tunnel(lbe: &LbEndpoint, path: &str) -> Result<Option<SocketAddr>> {
     let Some(metadata) = &lbe.metadata else {
         return Ok(None);
     };
-    let tpath = field(&field(path, "metadata"), "typed_filter_metadata");
     let mut tunnel = None;
     // In key order, so that of several refused keys the same one is named every time.
     let mut entries: Vec<_> = metadata.typed_filter_metadata.iter().collect();
     entries.sort_by_key(|(key, _)| *key);
     for (key, any) in entries {
-        let kpath = field(&tpath, key);
+        let kpath = typed_metadata_path(path, key);
         if key != HBONE_TUNNEL_KEY {
             return Err(ConfigError::unsupported(
                 kpath,
@@ -213,6 +212,31 @@ fn hbone_tunnel(lbe: &LbEndpoint, path: &str) -> Result<Option<SocketAddr>> {
         tunnel = Some(SocketAddr::new(ip, port));
     }
     Ok(tunnel)
+}
+
+/// The path of an endpoint's `metadata.typed_filter_metadata[key]`.
+fn typed_metadata_path(endpoint_path: &str, key: &str) -> String {
+    field(
+        &field(&field(endpoint_path, "metadata"), "typed_filter_metadata"),
+        key,
+    )
+}
+
+/// The path of the first endpoint of `la` (at `lpath`) with an HBONE tunnel in its
+/// metadata, if one has.
+pub(super) fn first_tunnel_path(la: &ClusterLoadAssignment, lpath: &str) -> Result<Option<String>> {
+    let mut found = None;
+    for_each_endpoint(la, lpath, |lbe, _, _, p| {
+        let tunnelled = lbe
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.typed_filter_metadata.contains_key(HBONE_TUNNEL_KEY));
+        if tunnelled && found.is_none() {
+            found = Some(typed_metadata_path(p, HBONE_TUNNEL_KEY));
+        }
+        Ok(())
+    })?;
+    Ok(found)
 }
 
 /// `load_balancing_weight`: at least 1, 1 when not given.

@@ -11,6 +11,7 @@
 //! terminates it may be plaintext too (tests use that).
 
 use super::access_log::access_logs;
+use super::endpoints::first_tunnel_path;
 use super::{decode_any, timeout_or, type_name, Result};
 use crate::error::ConfigError;
 use crate::path::{field, index};
@@ -743,30 +744,17 @@ pub(super) fn tunnels_need_http2(c: &Cluster, path: &str) -> Result<()> {
     let Some(la) = &c.load_assignment else {
         return Ok(());
     };
-    let lpath = field(&field(path, "load_assignment"), "endpoints");
-    for (i, group) in la.endpoints.iter().enumerate() {
-        for (j, lbe) in group.lb_endpoints.iter().enumerate() {
-            let tunnelled = lbe
-                .metadata
-                .as_ref()
-                .is_some_and(|m| m.typed_filter_metadata.contains_key(HBONE_TUNNEL_KEY));
-            if tunnelled {
-                let epath = index(&field(&index(&lpath, i), "lb_endpoints"), j);
-                return Err(ConfigError::invalid(
-                    field(
-                        &field(&field(&epath, "metadata"), "typed_filter_metadata"),
-                        HBONE_TUNNEL_KEY,
-                    ),
-                    format!(
-                        "an HBONE tunnel needs the cluster's HTTP/2 \
-                         (typed_extension_protocol_options {HTTP_PROTOCOL_OPTIONS} with \
-                         explicit_http_config.http2_protocol_options)"
-                    ),
-                ));
-            }
-        }
+    match first_tunnel_path(la, &field(path, "load_assignment"))? {
+        Some(tunnel) => Err(ConfigError::invalid(
+            tunnel,
+            format!(
+                "an HBONE tunnel needs the cluster's HTTP/2 \
+                 (typed_extension_protocol_options {HTTP_PROTOCOL_OPTIONS} with \
+                 explicit_http_config.http2_protocol_options)"
+            ),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Each static listener's tunneling tcp_proxies route only to clusters with HTTP/2, among
