@@ -227,10 +227,20 @@ fn eventually(what: &str, cond: impl Fn() -> bool) {
 /// Eight clients at once each move 1 MiB both ways through a tunnel (with `tls` or in
 /// plaintext): byte-exact, half-closed both ways, over one pooled HTTP/2 connection.
 fn eight_loaded(tls: impl FnOnce(&Pki) -> Option<Mtls>) -> (Arc<Fib>, Arc<ServerStats>) {
+    eight_loaded_through(tls, |_, _, _| {})
+}
+
+/// [`eight_loaded`] with `reshape(fib, echo, inner)` applied to the FIB first.
+fn eight_loaded_through(
+    tls: impl FnOnce(&Pki) -> Option<Mtls>,
+    reshape: impl FnOnce(&mut Fib, SocketAddr, SocketAddr),
+) -> (Arc<Fib>, Arc<ServerStats>) {
     let pki = Pki::new();
     let echo = echo_backend();
     let (outer, inner_addr) = (free_port(), free_port());
-    let (plane, fib, server) = start(fib(&[(outer, echo.to_string())], inner_addr, tls(&pki)));
+    let mut f = fib(&[(outer, echo.to_string())], inner_addr, tls(&pki));
+    reshape(&mut f, echo, inner_addr);
+    let (plane, fib, server) = start(f);
     let threads: Vec<_> = (0..8u32)
         .map(|id| {
             std::thread::spawn(move || {
@@ -263,6 +273,36 @@ fn eight_loaded(tls: impl FnOnce(&Pki) -> Option<Mtls>) -> (Arc<Fib>, Arc<Server
 #[test]
 fn eight_loaded_connections_cross_one_pooled_plaintext_tunnel() {
     eight_loaded(|_| None);
+}
+
+/// The node-to-node shape: the tunnel cluster's endpoint is the pod (the echo backend) and
+/// its HBONE tunnel names the node proxy (the terminating listener); `:authority` is
+/// `%UPSTREAM_HOST%`. Eight loaded clients share one pooled connection to the node proxy,
+/// which delivers each stream to the pod.
+#[test]
+fn eight_loaded_connections_reach_a_pod_through_its_node_proxy() {
+    let (fib, _) = eight_loaded_through(
+        |pki| Some(mtls(pki, CALLER)),
+        |f, pod, node| {
+            let c = Arc::get_mut(&mut f.clusters[0]).expect("fresh");
+            c.endpoints[0].address = pod;
+            c.endpoints[0].tunnel = Some(node);
+            f.listeners[0].filter_chains[0].tcp_proxy.tunneling = Some(Arc::new(Tunneling {
+                hostname: Template {
+                    parts: vec![TemplatePart::UpstreamHost],
+                },
+                headers: Vec::new(),
+            }));
+        },
+    );
+    let pod = &fib.clusters[0].endpoints[0];
+    assert_eq!(pod.tunnel, Some(inner(&fib).address));
+    let delivered = &fib.clusters[1].stats;
+    assert_eq!(
+        delivered.get(ClusterStat::UpstreamCxTotal),
+        8,
+        "the node proxy connected each stream to the pod its :authority named"
+    );
 }
 
 #[test]
